@@ -1,0 +1,260 @@
+//! Chat Completions (`POST /v1/chat/completions`) requests, responses and stream chunks.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Extra, Usage};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions from the application.
+    System,
+    /// Instructions from the application (newer OpenAI models).
+    Developer,
+    /// The end user.
+    User,
+    /// The model.
+    Assistant,
+    /// A tool result.
+    Tool,
+    /// A legacy function result.
+    Function,
+}
+
+/// A message's content: plain text or a list of typed parts (text, images, audio…).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MessageContent {
+    /// Plain text.
+    Text(String),
+    /// Typed parts.
+    Parts(Vec<ContentPart>),
+}
+
+impl MessageContent {
+    /// The text of the content: the string itself, or its `text` parts joined by newlines.
+    pub fn text(&self) -> String {
+        match self {
+            MessageContent::Text(text) => text.clone(),
+            MessageContent::Parts(parts) => parts
+                .iter()
+                .filter_map(|p| p.text.as_deref())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+}
+
+/// One part of a multi-part message (`{"type": "text", "text": …}`, `{"type": "image_url", …}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContentPart {
+    /// Part type, e.g. `text` or `image_url`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Text of a `text` part.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// Other fields (`image_url`, `input_audio`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A function call requested by the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCall {
+    /// Function name.
+    pub name: String,
+    /// Arguments as a JSON-encoded string.
+    pub arguments: String,
+}
+
+/// A tool call in an assistant message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// Call id, echoed by the tool result message.
+    pub id: String,
+    /// Always `function` today.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The call.
+    pub function: FunctionCall,
+    /// Unmodelled fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One chat message, in a request or in a response choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Author role.
+    pub role: Role,
+    /// Content; `null` for an assistant message that only calls tools.
+    #[serde(default)]
+    pub content: Option<MessageContent>,
+    /// Optional participant name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Tool calls made by an assistant message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<ToolCall>>,
+    /// For a `tool` message: the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// Unmodelled fields (`refusal`, `audio`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ChatMessage {
+    /// A message with text content.
+    pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: Some(MessageContent::Text(content.into())),
+            name: None,
+            tool_calls: None,
+            tool_call_id: None,
+            extra: Extra::new(),
+        }
+    }
+
+    /// The message's text content, or an empty string.
+    pub fn content_text(&self) -> String {
+        self.content.as_ref().map(MessageContent::text).unwrap_or_default()
+    }
+}
+
+/// `stream_options` of a streaming request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct StreamOptions {
+    /// Ask for a final chunk carrying the usage of the whole request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_usage: Option<bool>,
+    /// Unmodelled fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// Body of `POST /v1/chat/completions`.
+///
+/// Only what the gateway reads is modelled; every other parameter (temperature,
+/// tools, response_format, parameters OpenAI adds tomorrow…) lives in `extra` and
+/// is forwarded unchanged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionRequest {
+    /// Public model name (a model group) or router name.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<ChatMessage>,
+    /// Stream the answer as server-sent events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Options for streaming.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_options: Option<StreamOptions>,
+    /// Every other parameter, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ChatCompletionRequest {
+    /// Whether the client asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+
+    /// Whether the client asked for a final usage chunk.
+    pub fn wants_stream_usage(&self) -> bool {
+        self.stream_options
+            .as_ref()
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false)
+    }
+}
+
+/// One choice of a non-streaming chat response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatChoice {
+    /// Position of the choice.
+    pub index: u32,
+    /// The generated message.
+    pub message: ChatMessage,
+    /// Why generation stopped (`stop`, `length`, `tool_calls`, …).
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// Unmodelled fields (`logprobs`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A non-streaming chat response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionResponse {
+    /// Response id.
+    pub id: String,
+    /// Always `chat.completion`.
+    pub object: String,
+    /// Unix time of creation.
+    pub created: u64,
+    /// Model that answered.
+    pub model: String,
+    /// The choices.
+    pub choices: Vec<ChatChoice>,
+    /// Token usage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Unmodelled fields (`system_fingerprint`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// The incremental message of a stream chunk.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChunkDelta {
+    /// Role, in the first chunk only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// A piece of content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Unmodelled fields (`tool_calls`, `refusal`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One choice of a stream chunk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkChoice {
+    /// Position of the choice.
+    pub index: u32,
+    /// What this chunk adds.
+    pub delta: ChunkDelta,
+    /// Set on the choice's last chunk.
+    #[serde(default)]
+    pub finish_reason: Option<String>,
+    /// Unmodelled fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// One `data:` event of a streaming chat response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChatCompletionChunk {
+    /// Response id, the same in every chunk.
+    pub id: String,
+    /// Always `chat.completion.chunk`.
+    pub object: String,
+    /// Unix time of creation.
+    pub created: u64,
+    /// Model that answered.
+    pub model: String,
+    /// The choices (empty in the final usage chunk).
+    pub choices: Vec<ChunkChoice>,
+    /// Usage, in the final chunk when `include_usage` was requested.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Usage>,
+    /// Unmodelled fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}

@@ -1,0 +1,28 @@
+//! OpenAI-shaped wire types for Switchyard.
+//!
+//! Every request and response type keeps the fields it does not model in a
+//! flattened `extra` map, so a parameter or response field this crate has
+//! never heard of passes through the gateway unchanged. The crate has no I/O
+//! and depends only on serde.
+
+pub mod chat;
+pub mod completions;
+pub mod embeddings;
+pub mod error;
+pub mod models;
+pub mod usage;
+
+pub use chat::{
+    ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ChunkChoice,
+    ChunkDelta, ContentPart, FunctionCall, MessageContent, Role, StreamOptions, ToolCall,
+};
+pub use completions::{CompletionChoice, CompletionRequest, CompletionResponse, Prompt};
+pub use embeddings::{
+    EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector,
+};
+pub use error::{ErrorBody, ErrorDetail};
+pub use models::{ModelList, ModelObject};
+pub use usage::Usage;
+
+/// Map of fields a type does not model; kept verbatim for pass-through.
+pub type Extra = serde_json::Map<String, serde_json::Value>;

@@ -1,0 +1,107 @@
+//! Wire types must keep every field they do not model.
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+use serde_json::{Value, json};
+use switchyard_api::{
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse,
+    EmbeddingRequest, EmbeddingResponse, ErrorBody, MessageContent, Role,
+};
+
+fn roundtrip<T: serde::de::DeserializeOwned + serde::Serialize>(value: &Value) -> Value {
+    let typed: T = serde_json::from_value(value.clone()).unwrap();
+    serde_json::to_value(&typed).unwrap()
+}
+
+#[test]
+fn chat_request_keeps_unknown_parameters_everywhere() {
+    let request = json!({
+        "model": "gpt-4o",
+        "messages": [
+            {"role": "developer", "content": "be brief", "future_message_field": {"x": 1}},
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is this?", "cache_control": {"type": "ephemeral"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}}
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}, "extra_call": true}
+            ]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"}
+        ],
+        "stream": true,
+        "stream_options": {"include_usage": true, "future_option": "yes"},
+        "temperature": 0.2,
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "a_parameter_from_tomorrow": {"nested": [1, 2, 3]},
+        "seed": 7
+    });
+    assert_eq!(roundtrip::<ChatCompletionRequest>(&request), request);
+
+    let typed: ChatCompletionRequest = serde_json::from_value(request).unwrap();
+    assert!(typed.is_stream());
+    assert!(typed.wants_stream_usage());
+    assert_eq!(typed.messages[0].role, Role::Developer);
+    assert!(matches!(typed.messages[1].content, Some(MessageContent::Parts(_))));
+    assert_eq!(typed.messages[1].content_text(), "what is this?");
+    assert_eq!(typed.extra["a_parameter_from_tomorrow"]["nested"][2], 3);
+}
+
+#[test]
+fn chat_response_and_chunk_keep_unknown_fields() {
+    let response = json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "gpt-4o",
+        "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "finish_reason": "stop", "logprobs": null,
+                     "message": {"role": "assistant", "content": "hi", "refusal": null, "annotations": []},
+                     "brand_new": 1}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4,
+                  "prompt_tokens_details": {"cached_tokens": 2}},
+        "service_tier": "default"
+    });
+    assert_eq!(roundtrip::<ChatCompletionResponse>(&response), response);
+    let typed: ChatCompletionResponse = serde_json::from_value(response).unwrap();
+    assert_eq!(typed.usage.unwrap().cached_prompt_tokens(), 2);
+
+    let chunk = json!({
+        "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+        "choices": [{"index": 0, "delta": {"content": "he", "reasoning": "x"}, "finish_reason": null, "logprobs": null}],
+        "obfuscation": "abc"
+    });
+    assert_eq!(roundtrip::<ChatCompletionChunk>(&chunk), chunk);
+}
+
+#[test]
+fn completion_and_embedding_types_keep_unknown_fields() {
+    let request = json!({"model": "m", "prompt": ["a", "b"], "max_tokens": 5, "echo": false, "suffix": "z"});
+    assert_eq!(roundtrip::<CompletionRequest>(&request), request);
+    let tokens = json!({"model": "m", "prompt": [1, 2, 3]});
+    assert_eq!(roundtrip::<CompletionRequest>(&tokens), tokens);
+
+    let response = json!({"id": "x", "object": "text_completion", "created": 1, "model": "m",
+        "choices": [{"text": "t", "index": 0, "finish_reason": "length", "logprobs": null}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}, "new_field": [true]});
+    assert_eq!(roundtrip::<CompletionResponse>(&response), response);
+
+    let embed =
+        json!({"model": "e", "input": [[1, 2], [3]], "dimensions": 8, "user": "u", "encoding_format": "base64"});
+    assert_eq!(roundtrip::<EmbeddingRequest>(&embed), embed);
+    let embed_response = json!({"object": "list", "model": "e",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]},
+                 {"object": "embedding", "index": 1, "embedding": "AAAAPw=="}],
+        "usage": {"prompt_tokens": 2, "total_tokens": 2}, "extra_top": 1});
+    assert_eq!(roundtrip::<EmbeddingResponse>(&embed_response), embed_response);
+}
+
+#[test]
+fn error_code_may_be_a_number_upstream() {
+    let body: ErrorBody = serde_json::from_value(json!({
+        "error": {"message": "m", "type": "t", "param": null, "code": 429}
+    }))
+    .unwrap();
+    assert_eq!(body.error.code.as_deref(), Some("429"));
+}
+
+#[test]
+fn unknown_role_is_rejected() {
+    let bad = json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]});
+    assert!(serde_json::from_value::<ChatCompletionRequest>(bad).is_err());
+}

@@ -1,0 +1,505 @@
+//! Configuration: figment layers (defaults → YAML file → `SWITCHYARD_…` environment)
+//! parsed into strict serde structs, then validated into runtime settings.
+//!
+//! Every struct denies unknown fields, so a typo fails start-up with the key's
+//! path. Secrets are written as `os.environ/NAME` and resolved at validation.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Yaml};
+use serde::{Deserialize, Serialize};
+use switchyard_providers::{HttpSettings, MockSettings, Secret, Timeouts};
+
+/// The embedded default configuration: mock deployments only, in-memory everything.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/config.yaml");
+
+/// Top-level sections that `SWITCHYARD_<SECTION>__<KEY>` variables may set.
+const ENV_SECTIONS: &[&str] = &["server"];
+
+/// The configuration file as written.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listener settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Public model names and their deployments.
+    #[serde(default)]
+    pub model_list: Vec<ModelEntry>,
+}
+
+/// `server:` — where and how the gateway listens.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to bind (`SWITCHYARD_HOST`, `--host`).
+    pub host: String,
+    /// Port to bind; 0 picks a free one (`SWITCHYARD_PORT`, `--port`).
+    pub port: u16,
+    /// Largest request body accepted, in bytes; larger bodies get 413.
+    pub max_body_bytes: usize,
+    /// How long in-flight requests may run after a shutdown signal, in milliseconds.
+    pub shutdown_timeout_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 4000,
+            max_body_bytes: 10 * 1024 * 1024,
+            shutdown_timeout_ms: 30_000,
+        }
+    }
+}
+
+/// One public model name (a model group).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelEntry {
+    /// The name clients send as `model`.
+    pub model_name: String,
+    /// Deployments that can serve it.
+    pub deployments: Vec<DeploymentEntry>,
+}
+
+/// Which upstream protocol a deployment speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// OpenAI or an OpenAI-compatible server (vLLM, Ollama, LM Studio…).
+    Openai,
+    /// Azure OpenAI.
+    Azure,
+    /// The built-in mock.
+    Mock,
+}
+
+/// One deployment: an upstream model reachable with one set of credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentEntry {
+    /// Upstream protocol.
+    pub provider: ProviderKind,
+    /// Upstream model name (for Azure: the deployment name).
+    pub model: String,
+    /// Base URL (`…/v1` for OpenAI-compatible servers, the resource URL for Azure).
+    #[serde(default)]
+    pub api_base: Option<String>,
+    /// Credential: `os.environ/NAME` (preferred) or a literal.
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Azure `api-version`.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Relative share of traffic (default 1).
+    #[serde(default)]
+    pub weight: Option<f64>,
+    /// USD per prompt token.
+    #[serde(default)]
+    pub input_cost_per_token: Option<f64>,
+    /// USD per completion token.
+    #[serde(default)]
+    pub output_cost_per_token: Option<f64>,
+    /// Requests per minute the upstream allows.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens per minute the upstream allows.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Timeouts (milliseconds).
+    #[serde(default)]
+    pub timeouts: TimeoutsEntry,
+    /// Extra headers for every upstream request; values may be `os.environ/NAME`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Behaviour of a `mock` deployment.
+    #[serde(default)]
+    pub mock: Option<MockEntry>,
+}
+
+/// `timeouts:` of a deployment, in milliseconds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsEntry {
+    /// Connecting to the upstream.
+    pub connect_ms: u64,
+    /// Until the response head, and a stream's first event.
+    pub first_byte_ms: u64,
+    /// The whole request, a stream's body included.
+    pub total_ms: u64,
+}
+
+impl Default for TimeoutsEntry {
+    fn default() -> Self {
+        let t = Timeouts::default();
+        Self {
+            connect_ms: t.connect.as_millis() as u64,
+            first_byte_ms: t.first_byte.as_millis() as u64,
+            total_ms: t.total.as_millis() as u64,
+        }
+    }
+}
+
+/// `mock:` settings of a mock deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MockEntry {
+    /// Fixed reply (default: `mock reply: <last user message>`).
+    pub reply: Option<String>,
+    /// Delay before answering, in milliseconds.
+    pub delay_ms: u64,
+    /// Delay between stream chunks, in milliseconds.
+    pub chunk_delay_ms: u64,
+    /// Length of mock embeddings.
+    pub embedding_dims: usize,
+}
+
+impl Default for MockEntry {
+    fn default() -> Self {
+        Self {
+            reply: None,
+            delay_ms: 0,
+            chunk_delay_ms: 0,
+            embedding_dims: 16,
+        }
+    }
+}
+
+/// Where the YAML layer comes from.
+#[derive(Debug, Clone)]
+pub enum Source<'a> {
+    /// A file on disk; it must exist.
+    File(&'a Path),
+    /// The embedded default.
+    Embedded,
+    /// YAML text (tests).
+    Text(&'a str),
+}
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Key path, e.g. `model_list[0].deployments[1].api_base`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config file `{path}` could not be read: {reason}")]
+    Read {
+        /// The path given.
+        path: String,
+        /// The I/O error.
+        reason: String,
+    },
+    /// The layers could not be parsed into the schema (unknown key, wrong type…).
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    /// Values parsed but are not valid.
+    #[error("invalid configuration:\n{}", .0.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<ConfigIssue>),
+}
+
+/// Command-line overrides, applied over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--host`.
+    pub host: Option<String>,
+    /// `--port`.
+    pub port: Option<u16>,
+}
+
+/// Reads the layers: serde defaults, the YAML source, `SWITCHYARD_HOST`,
+/// `SWITCHYARD_PORT` and `SWITCHYARD_<SECTION>__<KEY>` variables, then `overrides`.
+pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let yaml = match source {
+        Source::File(path) => std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?,
+        Source::Embedded => DEFAULT_CONFIG.to_owned(),
+        Source::Text(text) => text.to_owned(),
+    };
+    let env = Env::prefixed("SWITCHYARD_").filter_map(|key| match key.as_str() {
+        "host" => Some("server.host".into()),
+        "port" => Some("server.port".into()),
+        other => {
+            let (section, _) = other.split_once("__")?;
+            ENV_SECTIONS.contains(&section).then(|| other.replace("__", ".").into())
+        }
+    });
+    let mut figment = Figment::new().merge(Yaml::string(&yaml)).merge(env);
+    if let Some(host) = &overrides.host {
+        figment = figment.merge(("server.host", host));
+    }
+    if let Some(port) = overrides.port {
+        figment = figment.merge(("server.port", port));
+    }
+    figment
+        .extract::<Config>()
+        .map_err(|err| ConfigError::Parse(err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
+}
+
+/// A validated deployment, ready to build a provider from.
+#[derive(Debug, Clone)]
+pub struct DeploymentSpec {
+    /// `group/index`, used in logs, headers and errors.
+    pub name: String,
+    /// Upstream protocol.
+    pub provider: ProviderKind,
+    /// Upstream model (Azure: deployment name).
+    pub model: String,
+    /// Base URL, for HTTP providers.
+    pub api_base: Option<String>,
+    /// Resolved credential.
+    pub api_key: Option<Secret>,
+    /// Azure `api-version`.
+    pub api_version: Option<String>,
+    /// Relative traffic share.
+    pub weight: f64,
+    /// USD per prompt token.
+    pub input_cost_per_token: f64,
+    /// USD per completion token.
+    pub output_cost_per_token: f64,
+    /// Upstream request limit per minute.
+    pub rpm: Option<u64>,
+    /// Upstream token limit per minute.
+    pub tpm: Option<u64>,
+    /// Transport settings.
+    pub http: HttpSettings,
+    /// Mock behaviour.
+    pub mock: MockSettings,
+}
+
+/// A validated model group.
+#[derive(Debug, Clone)]
+pub struct ModelSpec {
+    /// Public model name.
+    pub name: String,
+    /// Its deployments.
+    pub deployments: Vec<DeploymentSpec>,
+}
+
+/// Looks up environment variables; the real environment in the binary, a map in tests.
+pub trait EnvSource {
+    /// The variable's value, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl EnvSource for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+}
+
+/// Resolves `os.environ/NAME` through `env`; other values are literals.
+fn resolve_secret(value: &str, path: &str, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Option<Secret> {
+    match value.strip_prefix("os.environ/") {
+        Some(name) => match env.get(name) {
+            Some(v) => Some(Secret::new(v)),
+            None => {
+                issues.push(issue(path, format!("environment variable `{name}` is not set")));
+                None
+            }
+        },
+        None => Some(Secret::new(value)),
+    }
+}
+
+fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
+    ConfigIssue {
+        path: path.into(),
+        message: message.into(),
+    }
+}
+
+fn check_url(value: &str, path: &str, issues: &mut Vec<ConfigIssue>) {
+    match reqwest::Url::parse(value) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
+        Ok(_) => issues.push(issue(path, format!("`{value}` is not an http(s) URL"))),
+        Err(e) => issues.push(issue(path, format!("`{value}` is not a valid URL ({e})"))),
+    }
+}
+
+fn check_price(value: Option<f64>, path: &str, issues: &mut Vec<ConfigIssue>) -> f64 {
+    match value {
+        None => 0.0,
+        Some(v) if v.is_finite() && v >= 0.0 => v,
+        Some(v) => {
+            issues.push(issue(path, format!("{v} is not a non-negative number")));
+            0.0
+        }
+    }
+}
+
+fn validate_deployment(
+    entry: &DeploymentEntry,
+    group: &str,
+    index: usize,
+    path: &str,
+    env: &dyn EnvSource,
+    issues: &mut Vec<ConfigIssue>,
+) -> DeploymentSpec {
+    if entry.model.trim().is_empty() {
+        issues.push(issue(format!("{path}.model"), "must not be empty"));
+    }
+    match (entry.provider, &entry.api_base) {
+        (ProviderKind::Azure, None) => issues.push(issue(format!("{path}.api_base"), "is required for azure")),
+        (_, Some(base)) => check_url(base, &format!("{path}.api_base"), issues),
+        _ => {}
+    }
+    match (entry.provider, &entry.api_version) {
+        (ProviderKind::Azure, None) => issues.push(issue(format!("{path}.api_version"), "is required for azure")),
+        (ProviderKind::Openai | ProviderKind::Mock, Some(_)) => {
+            issues.push(issue(format!("{path}.api_version"), "is only used by azure"))
+        }
+        _ => {}
+    }
+    if entry.mock.is_some() && entry.provider != ProviderKind::Mock {
+        issues.push(issue(format!("{path}.mock"), "is only used by the mock provider"));
+    }
+    let weight = entry.weight.unwrap_or(1.0);
+    if !(weight.is_finite() && weight > 0.0) {
+        issues.push(issue(
+            format!("{path}.weight"),
+            format!("{weight} is not a positive number"),
+        ));
+    }
+    let t = &entry.timeouts;
+    for (field, value) in [
+        ("connect_ms", t.connect_ms),
+        ("first_byte_ms", t.first_byte_ms),
+        ("total_ms", t.total_ms),
+    ] {
+        if value == 0 {
+            issues.push(issue(format!("{path}.timeouts.{field}"), "must be greater than 0"));
+        }
+    }
+    let api_key = entry
+        .api_key
+        .as_deref()
+        .and_then(|k| resolve_secret(k, &format!("{path}.api_key"), env, issues));
+    let headers = entry
+        .headers
+        .iter()
+        .filter_map(|(name, value)| {
+            let secret = resolve_secret(value, &format!("{path}.headers.{name}"), env, issues)?;
+            Some((name.clone(), secret.expose().to_owned()))
+        })
+        .collect();
+    let mock = entry.mock.clone().unwrap_or_default();
+    if mock.embedding_dims == 0 {
+        issues.push(issue(format!("{path}.mock.embedding_dims"), "must be greater than 0"));
+    }
+    DeploymentSpec {
+        name: format!("{group}/{index}"),
+        provider: entry.provider,
+        model: entry.model.clone(),
+        api_base: entry.api_base.clone(),
+        api_key,
+        api_version: entry.api_version.clone(),
+        weight,
+        input_cost_per_token: check_price(
+            entry.input_cost_per_token,
+            &format!("{path}.input_cost_per_token"),
+            issues,
+        ),
+        output_cost_per_token: check_price(
+            entry.output_cost_per_token,
+            &format!("{path}.output_cost_per_token"),
+            issues,
+        ),
+        rpm: entry.rpm,
+        tpm: entry.tpm,
+        http: HttpSettings {
+            timeouts: Timeouts {
+                connect: Duration::from_millis(t.connect_ms),
+                first_byte: Duration::from_millis(t.first_byte_ms),
+                total: Duration::from_millis(t.total_ms),
+            },
+            headers,
+        },
+        mock: MockSettings {
+            reply: mock.reply,
+            delay: Duration::from_millis(mock.delay_ms),
+            chunk_delay: Duration::from_millis(mock.chunk_delay_ms),
+            embedding_dims: mock.embedding_dims,
+        },
+    }
+}
+
+impl Config {
+    /// Checks every value and resolves secrets, reporting all problems at once.
+    pub fn validate(&self, env: &dyn EnvSource) -> Result<Vec<ModelSpec>, ConfigError> {
+        let mut issues = Vec::new();
+        if self.server.max_body_bytes == 0 {
+            issues.push(issue("server.max_body_bytes", "must be greater than 0"));
+        }
+        if self.model_list.is_empty() {
+            issues.push(issue("model_list", "must list at least one model"));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut models = Vec::with_capacity(self.model_list.len());
+        for (i, entry) in self.model_list.iter().enumerate() {
+            let path = format!("model_list[{i}]");
+            let name = entry.model_name.trim();
+            if name.is_empty() {
+                issues.push(issue(format!("{path}.model_name"), "must not be empty"));
+            } else if !seen.insert(name.to_owned()) {
+                issues.push(issue(
+                    format!("{path}.model_name"),
+                    format!("`{name}` is listed more than once"),
+                ));
+            }
+            if entry.deployments.is_empty() {
+                issues.push(issue(
+                    format!("{path}.deployments"),
+                    "must list at least one deployment",
+                ));
+            }
+            let deployments = entry
+                .deployments
+                .iter()
+                .enumerate()
+                .map(|(j, d)| validate_deployment(d, name, j, &format!("{path}.deployments[{j}]"), env, &mut issues))
+                .collect();
+            models.push(ModelSpec {
+                name: name.to_owned(),
+                deployments,
+            });
+        }
+        if issues.is_empty() {
+            Ok(models)
+        } else {
+            Err(ConfigError::Invalid(issues))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,99 @@
+use std::collections::BTreeMap;
+
+use super::*;
+
+fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+}
+
+fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    load(Source::Text(yaml), &Overrides::default())
+}
+
+#[test]
+fn embedded_default_is_valid_and_mock_only() {
+    let config = load(Source::Embedded, &Overrides::default()).unwrap();
+    let models = config.validate(&env(&[])).unwrap();
+    assert!(!models.is_empty());
+    assert!(
+        models
+            .iter()
+            .flat_map(|m| &m.deployments)
+            .all(|d| d.provider == ProviderKind::Mock)
+    );
+    assert_eq!(config.server.host, "127.0.0.1");
+}
+
+#[test]
+fn unknown_keys_fail_naming_the_key() {
+    let err = parse("model_list:\n  - model_name: a\n    deployments:\n      - provider: mock\n        model: m\n        temprature: 1\n")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("temprature"), "{err}");
+    assert!(err.contains("model_list.0.deployments.0"), "{err}");
+    let err = parse("sever:\n  port: 1\n").unwrap_err().to_string();
+    assert!(err.contains("sever"), "{err}");
+}
+
+#[test]
+fn invalid_values_are_reported_with_their_path() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: azure\n        model: d\n        weight: -1\n        api_key: os.environ/MISSING_KEY\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: x\n        api_base: not a url\n        timeouts: {total_ms: 0}\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[])).unwrap_err().to_string();
+    for expected in [
+        "model_list[0].deployments[0].api_base: is required for azure",
+        "model_list[0].deployments[0].api_version: is required for azure",
+        "model_list[0].deployments[0].weight",
+        "model_list[0].deployments[0].api_key: environment variable `MISSING_KEY` is not set",
+        "model_list[1].model_name: `a` is listed more than once",
+        "model_list[1].deployments[0].api_base",
+        "model_list[1].deployments[0].timeouts.total_ms",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
+#[test]
+fn secrets_resolve_from_the_environment_and_never_print() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: gpt\n        api_base: http://127.0.0.1:9/v1\n        api_key: os.environ/TEST_KEY\n",
+    )
+    .unwrap();
+    let models = config.validate(&env(&[("TEST_KEY", "sk-secret-value")])).unwrap();
+    let key = models[0].deployments[0].api_key.clone().unwrap();
+    assert_eq!(key.expose(), "sk-secret-value");
+    assert!(!format!("{:?}", models).contains("sk-secret-value"));
+}
+
+#[test]
+fn overrides_win_over_the_file() {
+    let config = load(
+        Source::Text("server:\n  port: 5000\nmodel_list: []\n"),
+        &Overrides {
+            host: Some("0.0.0.0".into()),
+            port: Some(6000),
+        },
+    )
+    .unwrap();
+    assert_eq!(config.server.port, 6000);
+    assert_eq!(config.server.host, "0.0.0.0");
+    assert!(
+        config
+            .validate(&env(&[]))
+            .unwrap_err()
+            .to_string()
+            .contains("model_list: must list at least one model")
+    );
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let err = load(
+        Source::File(Path::new("/nonexistent/switchyard.yaml")),
+        &Overrides::default(),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("/nonexistent/switchyard.yaml"));
+}

@@ -1,0 +1,188 @@
+//! Every failure the gateway returns, rendered once as an OpenAI-style error.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use switchyard_api::ErrorBody;
+use switchyard_providers::ProviderError;
+use switchyard_routing::RoutingError;
+
+/// A request that failed, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not JSON.
+    #[error("We could not parse the JSON body of your request: {0}")]
+    InvalidJson(String),
+    /// A field is missing or has the wrong type or value.
+    #[error("{message}")]
+    InvalidField {
+        /// The field's path, e.g. `messages[0].role`.
+        param: Option<String>,
+        /// What is wrong.
+        message: String,
+    },
+    /// No model group has this name.
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    /// The body exceeds `server.max_body_bytes`.
+    #[error("The request body is larger than the limit of {0} bytes.")]
+    BodyTooLarge(usize),
+    /// No route has this path.
+    #[error("Unknown request URL: {method} {path}.")]
+    UnknownRoute {
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The route exists but not for this method.
+    #[error("Method {0} is not allowed for this URL.")]
+    MethodNotAllowed(String),
+    /// The upstream call failed.
+    #[error("{deployment}: {source}")]
+    Upstream {
+        /// The deployment that failed (`group/index`).
+        deployment: String,
+        /// The typed upstream failure.
+        source: Box<ProviderError>,
+    },
+    /// A routing failure other than an unknown model.
+    #[error("{0}")]
+    Routing(RoutingError),
+    /// A bug: the gateway caught a panic or reached an impossible state.
+    #[error("The gateway failed to handle the request: {0}")]
+    Internal(String),
+}
+
+impl From<RoutingError> for ApiError {
+    fn from(err: RoutingError) -> Self {
+        match err {
+            RoutingError::UnknownModel(model) => ApiError::ModelNotFound(model),
+            other => ApiError::Routing(other),
+        }
+    }
+}
+
+impl ApiError {
+    /// An upstream failure at `deployment`.
+    pub fn upstream(deployment: &str, source: ProviderError) -> Self {
+        ApiError::Upstream {
+            deployment: deployment.to_owned(),
+            source: Box::new(source),
+        }
+    }
+
+    /// HTTP status, error type, param and code.
+    pub fn parts(&self) -> (StatusCode, &str, Option<String>, Option<String>) {
+        use StatusCode as S;
+        let invalid = "invalid_request_error";
+        match self {
+            ApiError::InvalidJson(_) => (S::BAD_REQUEST, invalid, None, Some("invalid_json".into())),
+            ApiError::InvalidField { param, .. } => (S::BAD_REQUEST, invalid, param.clone(), None),
+            ApiError::ModelNotFound(_) => (
+                S::NOT_FOUND,
+                invalid,
+                Some("model".into()),
+                Some("model_not_found".into()),
+            ),
+            ApiError::BodyTooLarge(_) => (S::PAYLOAD_TOO_LARGE, invalid, None, Some("request_too_large".into())),
+            ApiError::UnknownRoute { .. } => (S::NOT_FOUND, invalid, None, Some("unknown_url".into())),
+            ApiError::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, invalid, None, Some("method_not_allowed".into())),
+            ApiError::Routing(RoutingError::NoDeployment(_)) => (
+                S::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                Some("model".into()),
+                Some("no_deployment".into()),
+            ),
+            ApiError::Routing(_) | ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
+            ApiError::Upstream { source, .. } => upstream_parts(source),
+        }
+    }
+
+    /// The client-facing message. Upstream 4xx keep the upstream's own words.
+    pub fn message(&self) -> String {
+        if let ApiError::Upstream { source, .. } = self
+            && let ProviderError::Status { status, message, .. } = source.as_ref()
+            && (400..500).contains(status)
+        {
+            return message.clone();
+        }
+        self.to_string()
+    }
+
+    /// The OpenAI-style body.
+    pub fn body(&self) -> ErrorBody {
+        let (_, kind, param, code) = self.parts();
+        ErrorBody::new(self.message(), kind, param, code)
+    }
+}
+
+fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Option<String>) {
+    use StatusCode as S;
+    match err {
+        ProviderError::Status {
+            status,
+            kind,
+            code,
+            param,
+            ..
+        } if (400..500).contains(status) => (
+            S::from_u16(*status).unwrap_or(S::BAD_REQUEST),
+            kind.as_deref().unwrap_or("invalid_request_error"),
+            param.clone(),
+            code.clone(),
+        ),
+        ProviderError::Status { .. } => (S::BAD_GATEWAY, "upstream_error", None, Some("upstream_error".into())),
+        ProviderError::Timeout(_) => (
+            S::GATEWAY_TIMEOUT,
+            "upstream_error",
+            None,
+            Some("upstream_timeout".into()),
+        ),
+        ProviderError::Connect(_) => (
+            S::BAD_GATEWAY,
+            "upstream_error",
+            None,
+            Some("upstream_unreachable".into()),
+        ),
+        ProviderError::InvalidResponse(_) | ProviderError::Stream(_) | ProviderError::Transport(_) => (
+            S::BAD_GATEWAY,
+            "upstream_error",
+            None,
+            Some("upstream_invalid_response".into()),
+        ),
+        ProviderError::Unsupported { .. } => (
+            S::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            Some("unsupported".into()),
+        ),
+        ProviderError::InvalidConfig(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, ..) = self.parts();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        } else {
+            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+        }
+        let retry_after = match &self {
+            ApiError::Upstream { source, .. } => match source.as_ref() {
+                ProviderError::Status {
+                    retry_after: Some(after),
+                    ..
+                } => HeaderValue::from_str(&after.as_secs().max(1).to_string()).ok(),
+                _ => None,
+            },
+            _ => None,
+        };
+        let body = serde_json::to_vec(&self.body()).unwrap_or_default();
+        let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
+        if let Some(value) = retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        response
+    }
+}

@@ -1,0 +1,66 @@
+//! The Switchyard gateway: configuration, the HTTP API and request dispatch.
+//!
+//! The `switchyard` binary is a thin shell over [`serve`]; everything here can
+//! be driven in-process by tests.
+
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod routes;
+pub mod state;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+pub use config::{Config, ConfigError, Overrides, Source};
+pub use error::ApiError;
+pub use state::AppState;
+
+/// Validates `config` against `env` and builds the shared state.
+pub fn build_state(config: &Config, env: &dyn config::EnvSource) -> Result<AppState, ConfigError> {
+    let models = config.validate(env)?;
+    AppState::build(config.server.clone(), &models).map_err(ConfigError::Invalid)
+}
+
+/// Binds the configured address.
+pub async fn bind(state: &AppState) -> std::io::Result<TcpListener> {
+    TcpListener::bind((state.server.host.as_str(), state.server.port)).await
+}
+
+/// Serves until `shutdown` resolves, then lets in-flight requests finish for up
+/// to `server.shutdown_timeout_ms`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let drain = Duration::from_millis(state.server.shutdown_timeout_ms);
+    let app = routes::router(Arc::new(state));
+    let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
+        async move {
+            shutdown.await;
+            let _ = signalled_tx.send(());
+        },
+    );
+    let server = tokio::spawn(async move { server.await });
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result.map_err(std::io::Error::other)?,
+        _ = signalled_rx => {}
+    }
+    match tokio::time::timeout(drain, &mut server).await {
+        Ok(result) => result.map_err(std::io::Error::other)?,
+        Err(_) => {
+            tracing::warn!(
+                timeout_ms = drain.as_millis() as u64,
+                "in-flight requests did not finish before the drain timeout"
+            );
+            Ok(())
+        }
+    }
+}

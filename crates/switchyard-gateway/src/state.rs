@@ -1,0 +1,115 @@
+//! The state shared by every handler, built once from a validated configuration.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use switchyard_providers::{AzureProvider, MockProvider, OpenAiProvider, ProviderClient, ProviderError};
+use switchyard_routing::{DeploymentId, DeploymentInfo, ModelGroup, Registry};
+
+use crate::config::{ConfigIssue, DeploymentSpec, ModelSpec, ProviderKind, ServerConfig};
+
+/// Everything a request needs: the routing registry and one client per deployment,
+/// indexed by [`DeploymentId`].
+#[derive(Debug)]
+pub struct AppState {
+    /// Model groups and deployments.
+    pub registry: Registry,
+    /// Provider clients, in registry order.
+    pub providers: Vec<ProviderClient>,
+    /// Listener settings.
+    pub server: ServerConfig,
+    /// Unix time the configuration was loaded (reported by `/v1/models`).
+    pub loaded_at: u64,
+}
+
+const OPENAI_API_BASE: &str = "https://api.openai.com/v1";
+
+fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError> {
+    Ok(match spec.provider {
+        ProviderKind::Openai => ProviderClient::OpenAi(OpenAiProvider::new(
+            spec.api_base.as_deref().unwrap_or(OPENAI_API_BASE),
+            spec.api_key.as_ref(),
+            &spec.http,
+        )?),
+        ProviderKind::Azure => ProviderClient::Azure(AzureProvider::new(
+            spec.api_base.as_deref().unwrap_or_default(),
+            &spec.model,
+            spec.api_version.as_deref().unwrap_or_default(),
+            spec.api_key.as_ref(),
+            &spec.http,
+        )?),
+        ProviderKind::Mock => ProviderClient::Mock(MockProvider::new(spec.mock.clone())),
+    })
+}
+
+fn provider_name(kind: ProviderKind) -> &'static str {
+    match kind {
+        ProviderKind::Openai => "openai",
+        ProviderKind::Azure => "azure",
+        ProviderKind::Mock => "mock",
+    }
+}
+
+impl AppState {
+    /// Builds the registry and the provider clients.
+    pub fn build(server: ServerConfig, models: &[ModelSpec]) -> Result<Self, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let mut providers = Vec::new();
+        let mut groups = Vec::with_capacity(models.len());
+        for (i, model) in models.iter().enumerate() {
+            let mut infos = Vec::with_capacity(model.deployments.len());
+            for (j, spec) in model.deployments.iter().enumerate() {
+                match build_provider(spec) {
+                    Ok(client) => providers.push(client),
+                    Err(e) => {
+                        issues.push(ConfigIssue {
+                            path: format!("model_list[{i}].deployments[{j}]"),
+                            message: e.to_string(),
+                        });
+                        continue;
+                    }
+                }
+                infos.push(DeploymentInfo {
+                    id: DeploymentId(providers.len() - 1),
+                    name: spec.name.clone(),
+                    model: spec.model.clone(),
+                    provider: provider_name(spec.provider).to_owned(),
+                    weight: spec.weight,
+                    input_cost_per_token: spec.input_cost_per_token,
+                    output_cost_per_token: spec.output_cost_per_token,
+                    rpm: spec.rpm,
+                    tpm: spec.tpm,
+                });
+            }
+            match ModelGroup::new(model.name.clone(), infos) {
+                Ok(group) => groups.push(group),
+                Err(e) => issues.push(ConfigIssue {
+                    path: format!("model_list[{i}]"),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        let registry = Registry::new(groups).map_err(|e| {
+            vec![ConfigIssue {
+                path: "model_list".into(),
+                message: e.to_string(),
+            }]
+        })?;
+        Ok(Self {
+            registry,
+            providers,
+            server,
+            loaded_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        })
+    }
+
+    /// The client of a deployment chosen from this state's registry.
+    pub fn provider(&self, id: DeploymentId) -> Option<&ProviderClient> {
+        self.providers.get(id.0)
+    }
+}

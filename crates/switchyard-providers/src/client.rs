@@ -1,0 +1,52 @@
+//! The closed set of configured providers.
+
+use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest};
+
+use crate::{AzureProvider, ChunkStream, MockProvider, OpenAiProvider, Provider, ProviderResponse, Result};
+
+/// A configured upstream: matched once per call, no dynamic dispatch.
+#[derive(Debug)]
+pub enum ProviderClient {
+    /// OpenAI or an OpenAI-compatible server.
+    OpenAi(OpenAiProvider),
+    /// Azure OpenAI.
+    Azure(AzureProvider),
+    /// The built-in mock.
+    Mock(MockProvider),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $p:ident => $call:expr) => {
+        match $self {
+            ProviderClient::OpenAi($p) => $call,
+            ProviderClient::Azure($p) => $call,
+            ProviderClient::Mock($p) => $call,
+        }
+    };
+}
+
+impl Provider for ProviderClient {
+    fn kind(&self) -> &'static str {
+        dispatch!(self, p => p.kind())
+    }
+
+    async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
+        dispatch!(self, p => p.chat(req).await)
+    }
+
+    async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
+        dispatch!(self, p => p.chat_stream(req).await)
+    }
+
+    async fn completion(&self, req: &CompletionRequest) -> Result<ProviderResponse> {
+        dispatch!(self, p => p.completion(req).await)
+    }
+
+    async fn completion_stream(&self, req: &CompletionRequest) -> Result<ChunkStream> {
+        dispatch!(self, p => p.completion_stream(req).await)
+    }
+
+    async fn embeddings(&self, req: &EmbeddingRequest) -> Result<ProviderResponse> {
+        dispatch!(self, p => p.embeddings(req).await)
+    }
+}

@@ -1,0 +1,182 @@
+//! The pooled HTTP client shared by OpenAI-wire providers.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use serde::Deserialize;
+use switchyard_api::{ErrorBody, Usage};
+
+use crate::sse::sse_chunks;
+use crate::{ChunkStream, ProviderError, ProviderResponse, Result, TimeoutPhase};
+
+/// Per-deployment timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// Establishing a TCP (and TLS) connection.
+    pub connect: Duration,
+    /// From sending the request to the response head, and to a stream's first event.
+    pub first_byte: Duration,
+    /// The whole exchange, a stream's body included.
+    pub total: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(5),
+            first_byte: Duration::from_secs(60),
+            total: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Transport settings of one deployment.
+#[derive(Debug, Clone, Default)]
+pub struct HttpSettings {
+    /// Timeouts.
+    pub timeouts: Timeouts,
+    /// Extra headers sent with every request (values may be secrets: never logged).
+    pub headers: Vec<(String, String)>,
+}
+
+/// Fields the gateway reads from an upstream body; everything else is skipped.
+#[derive(Deserialize)]
+pub(crate) struct Probe {
+    #[serde(default)]
+    pub(crate) usage: Option<Usage>,
+    #[serde(default)]
+    pub(crate) error: Option<serde_json::Value>,
+}
+
+/// A keep-alive connection pool to one upstream, with its timeouts and headers.
+#[derive(Debug, Clone)]
+pub(crate) struct HttpUpstream {
+    client: reqwest::Client,
+    timeouts: Timeouts,
+}
+
+impl HttpUpstream {
+    /// Builds the pool. `auth` holds credential headers, marked sensitive.
+    pub(crate) fn new(settings: &HttpSettings, auth: Vec<(HeaderName, HeaderValue)>) -> Result<Self> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &settings.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ProviderError::InvalidConfig(format!("invalid header name `{name}`")))?;
+            let mut value = HeaderValue::from_str(value)
+                .map_err(|_| ProviderError::InvalidConfig(format!("invalid value for header `{name}`")))?;
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        for (name, mut value) in auth {
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        let client = reqwest::Client::builder()
+            .default_headers(headers)
+            .connect_timeout(settings.timeouts.connect)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Duration::from_secs(60))
+            .build()
+            .map_err(|e| ProviderError::InvalidConfig(e.without_url().to_string()))?;
+        Ok(Self {
+            client,
+            timeouts: settings.timeouts,
+        })
+    }
+
+    /// Sends a JSON body and waits for the response head, within the first-byte timeout.
+    async fn send(&self, url: &str, body: Vec<u8>) -> Result<reqwest::Response> {
+        let request = self
+            .client
+            .post(url)
+            .header(CONTENT_TYPE, "application/json")
+            .timeout(self.timeouts.total)
+            .body(body)
+            .send();
+        let response = match tokio::time::timeout(self.timeouts.first_byte, request).await {
+            Ok(result) => result.map_err(ProviderError::from_reqwest)?,
+            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+        };
+        if response.status().is_success() {
+            Ok(response)
+        } else {
+            Err(status_error(response).await)
+        }
+    }
+
+    /// POSTs JSON and returns the whole JSON answer, validated and with its usage.
+    pub(crate) async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<ProviderResponse> {
+        let response = self.send(url, body).await?;
+        let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
+        let probe: Probe = serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::InvalidResponse(format!("body is not valid JSON ({e})")))?;
+        if let Some(error) = probe.error {
+            return Err(ProviderError::InvalidResponse(format!(
+                "the upstream answered 200 with an error: {}",
+                error_message(&error)
+            )));
+        }
+        Ok(ProviderResponse {
+            body: bytes,
+            usage: probe.usage,
+        })
+    }
+
+    /// POSTs JSON asking for a stream and returns its events.
+    pub(crate) async fn post_stream(&self, url: &str, body: Vec<u8>) -> Result<ChunkStream> {
+        let response = self.send(url, body).await?;
+        Ok(sse_chunks(response, self.timeouts.first_byte))
+    }
+}
+
+/// The message of an OpenAI-style error object, or its JSON.
+pub(crate) fn error_message(error: &serde_json::Value) -> String {
+    error
+        .get("message")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| error.to_string())
+}
+
+/// Turns a non-2xx upstream response into a typed error, keeping the upstream's message.
+async fn status_error(response: reqwest::Response) -> ProviderError {
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(Duration::from_secs_f64);
+    let body: Bytes = response.bytes().await.unwrap_or_default();
+    match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(parsed) => ProviderError::Status {
+            status: status.as_u16(),
+            message: parsed.error.message,
+            kind: Some(parsed.error.kind),
+            code: parsed.error.code,
+            param: parsed.error.param,
+            retry_after,
+        },
+        Err(_) => {
+            let text = String::from_utf8_lossy(&body);
+            let text = text.trim();
+            let message = if text.is_empty() {
+                status.canonical_reason().unwrap_or("no message").to_owned()
+            } else {
+                text.chars().take(500).collect()
+            };
+            ProviderError::Status {
+                status: status.as_u16(),
+                message,
+                kind: None,
+                code: None,
+                param: None,
+                retry_after,
+            }
+        }
+    }
+}

@@ -1,0 +1,418 @@
+//! The built-in mock provider: deterministic answers with no network, so the
+//! embedded default configuration works on a machine with no account.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use serde::Serialize;
+use switchyard_api::{
+    ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ChunkChoice,
+    ChunkDelta, CompletionChoice, CompletionRequest, CompletionResponse, EmbeddingData, EmbeddingRequest,
+    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Extra, Role, Usage,
+};
+
+use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, StreamChunk};
+
+/// Behaviour of a mock deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MockSettings {
+    /// Fixed reply; when unset the mock answers `mock reply: <last user message>`.
+    pub reply: Option<String>,
+    /// Delay before answering (before the first chunk of a stream).
+    pub delay: Duration,
+    /// Delay between stream chunks.
+    pub chunk_delay: Duration,
+    /// Length of mock embedding vectors.
+    pub embedding_dims: usize,
+}
+
+impl Default for MockSettings {
+    fn default() -> Self {
+        Self {
+            reply: None,
+            delay: Duration::ZERO,
+            chunk_delay: Duration::ZERO,
+            embedding_dims: 16,
+        }
+    }
+}
+
+/// A provider that answers from memory.
+#[derive(Debug)]
+pub struct MockProvider {
+    settings: MockSettings,
+    counter: AtomicU64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}
+
+fn to_bytes<T: Serialize>(value: &T) -> Result<Bytes> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| ProviderError::InvalidResponse(format!("mock could not encode its answer: {e}")))
+}
+
+/// Splits a reply into stream pieces: each word with its following space.
+fn pieces(reply: &str) -> Vec<String> {
+    let words: Vec<&str> = reply.split(' ').collect();
+    let last = words.len().saturating_sub(1);
+    words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| if i == last { (*w).to_owned() } else { format!("{w} ") })
+        .collect()
+}
+
+/// A deterministic unit vector derived from `text` (FNV-1a seeding xorshift).
+fn mock_embedding(text: &str, dims: usize) -> Vec<f32> {
+    let mut seed: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in text.as_bytes() {
+        seed ^= u64::from(*byte);
+        seed = seed.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut vector: Vec<f32> = (0..dims)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|v| *v /= norm);
+    }
+    vector
+}
+
+impl MockProvider {
+    /// A mock with the given behaviour.
+    pub fn new(settings: MockSettings) -> Self {
+        Self {
+            settings,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    fn next_id(&self, prefix: &str) -> String {
+        format!("{prefix}-mock-{}", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn reply_to(&self, prompt: &str) -> String {
+        match &self.settings.reply {
+            Some(reply) => reply.clone(),
+            None => format!("mock reply: {prompt}"),
+        }
+    }
+
+    async fn wait(&self) {
+        if !self.settings.delay.is_zero() {
+            tokio::time::sleep(self.settings.delay).await;
+        }
+    }
+
+    fn chat_reply(req: &ChatCompletionRequest) -> (String, u64) {
+        let last_user = req
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map(ChatMessage::content_text)
+            .unwrap_or_default();
+        let prompt_tokens = req
+            .messages
+            .iter()
+            .map(|m| words(&m.content_text()))
+            .sum::<u64>()
+            .max(1);
+        (last_user, prompt_tokens)
+    }
+
+    /// Streams `pieces` as chunks built by `chunk`, then an optional usage chunk.
+    fn stream_pieces<F>(
+        &self,
+        pieces: Vec<String>,
+        usage_chunk: Option<Result<Bytes>>,
+        usage: Usage,
+        chunk: F,
+    ) -> ChunkStream
+    where
+        F: Fn(usize, Option<&str>) -> Result<Bytes> + Send + 'static,
+    {
+        let delay = self.settings.delay;
+        let chunk_delay = self.settings.chunk_delay;
+        let count = pieces.len();
+        // index 0: opening chunk; 1..=count: pieces; count+1: finish chunk.
+        let body = stream::iter(0..count + 2).then(move |i| {
+            let piece = i.checked_sub(1).and_then(|p| pieces.get(p).cloned());
+            let data = if i == count + 1 {
+                chunk(i, None)
+            } else {
+                chunk(i, piece.as_deref().or(Some("")))
+            };
+            async move {
+                let pause = if i == 0 { delay } else { chunk_delay };
+                if !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                data.map(|data| StreamChunk { data, usage: None })
+            }
+        });
+        let tail = stream::iter(usage_chunk.map(move |data| {
+            data.map(|data| StreamChunk {
+                data,
+                usage: Some(usage),
+            })
+        }));
+        Box::pin(body.chain(tail))
+    }
+}
+
+impl Provider for MockProvider {
+    fn kind(&self) -> &'static str {
+        "mock"
+    }
+
+    async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
+        self.wait().await;
+        let (prompt, prompt_tokens) = Self::chat_reply(req);
+        let reply = self.reply_to(&prompt);
+        let usage = Usage::new(prompt_tokens, words(&reply));
+        let response = ChatCompletionResponse {
+            id: self.next_id("chatcmpl"),
+            object: "chat.completion".into(),
+            created: now(),
+            model: req.model.clone(),
+            choices: vec![ChatChoice {
+                index: 0,
+                message: ChatMessage::text(Role::Assistant, reply),
+                finish_reason: Some("stop".into()),
+                extra: Extra::new(),
+            }],
+            usage: Some(usage.clone()),
+            extra: Extra::new(),
+        };
+        Ok(ProviderResponse {
+            body: to_bytes(&response)?,
+            usage: Some(usage),
+        })
+    }
+
+    async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
+        let (prompt, prompt_tokens) = Self::chat_reply(req);
+        let reply = self.reply_to(&prompt);
+        let usage = Usage::new(prompt_tokens, words(&reply));
+        let (id, created, model) = (self.next_id("chatcmpl"), now(), req.model.clone());
+        let make = move |choices: Vec<ChunkChoice>, usage: Option<Usage>| ChatCompletionChunk {
+            id: id.clone(),
+            object: "chat.completion.chunk".into(),
+            created,
+            model: model.clone(),
+            choices,
+            usage,
+            extra: Extra::new(),
+        };
+        let usage_chunk = req
+            .wants_stream_usage()
+            .then(|| to_bytes(&make(Vec::new(), Some(usage.clone()))));
+        Ok(self.stream_pieces(pieces(&reply), usage_chunk, usage, move |i, piece| {
+            let delta = ChunkDelta {
+                role: (i == 0).then_some(Role::Assistant),
+                content: piece.map(str::to_owned),
+                extra: Extra::new(),
+            };
+            let finish_reason = piece.is_none().then(|| "stop".to_owned());
+            to_bytes(&make(
+                vec![ChunkChoice {
+                    index: 0,
+                    delta,
+                    finish_reason,
+                    extra: Extra::new(),
+                }],
+                None,
+            ))
+        }))
+    }
+
+    async fn completion(&self, req: &CompletionRequest) -> Result<ProviderResponse> {
+        self.wait().await;
+        let prompts = req.prompt.texts();
+        let prompt_tokens = prompts.iter().map(|p| words(p)).sum::<u64>().max(1);
+        let choices: Vec<CompletionChoice> = prompts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| CompletionChoice {
+                text: self.reply_to(p),
+                index: i as u32,
+                finish_reason: Some("stop".into()),
+                extra: Extra::new(),
+            })
+            .collect();
+        let usage = Usage::new(prompt_tokens, choices.iter().map(|c| words(&c.text)).sum());
+        let response = CompletionResponse {
+            id: self.next_id("cmpl"),
+            object: "text_completion".into(),
+            created: now(),
+            model: req.model.clone(),
+            choices,
+            usage: Some(usage.clone()),
+            extra: Extra::new(),
+        };
+        Ok(ProviderResponse {
+            body: to_bytes(&response)?,
+            usage: Some(usage),
+        })
+    }
+
+    async fn completion_stream(&self, req: &CompletionRequest) -> Result<ChunkStream> {
+        let prompt = req.prompt.texts().join(" ");
+        let reply = self.reply_to(&prompt);
+        let usage = Usage::new(words(&prompt).max(1), words(&reply));
+        let (id, created, model) = (self.next_id("cmpl"), now(), req.model.clone());
+        let make = move |choices: Vec<CompletionChoice>, usage: Option<Usage>| CompletionResponse {
+            id: id.clone(),
+            object: "text_completion".into(),
+            created,
+            model: model.clone(),
+            choices,
+            usage,
+            extra: Extra::new(),
+        };
+        let usage_chunk = req
+            .wants_stream_usage()
+            .then(|| to_bytes(&make(Vec::new(), Some(usage.clone()))));
+        Ok(self.stream_pieces(pieces(&reply), usage_chunk, usage, move |_, piece| {
+            to_bytes(&make(
+                vec![CompletionChoice {
+                    text: piece.unwrap_or_default().to_owned(),
+                    index: 0,
+                    finish_reason: piece.is_none().then(|| "stop".to_owned()),
+                    extra: Extra::new(),
+                }],
+                None,
+            ))
+        }))
+    }
+
+    async fn embeddings(&self, req: &EmbeddingRequest) -> Result<ProviderResponse> {
+        self.wait().await;
+        let dims = req
+            .extra
+            .get("dimensions")
+            .and_then(serde_json::Value::as_u64)
+            .map_or(self.settings.embedding_dims, |d| d as usize);
+        let base64 = req.encoding_format.as_deref() == Some("base64");
+        let texts = req.input.texts();
+        let data = texts
+            .iter()
+            .enumerate()
+            .map(|(i, text)| {
+                let vector = mock_embedding(text, dims);
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    EmbeddingVector::Base64(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    EmbeddingVector::Float(vector)
+                };
+                EmbeddingData {
+                    object: "embedding".into(),
+                    index: i as u32,
+                    embedding,
+                }
+            })
+            .collect();
+        let tokens = texts.iter().map(|t| words(t)).sum::<u64>().max(1);
+        let usage = Usage::new(tokens, 0);
+        let response = EmbeddingResponse {
+            object: "list".into(),
+            data,
+            model: req.model.clone(),
+            usage: Some(EmbeddingUsage {
+                prompt_tokens: tokens,
+                total_tokens: tokens,
+                extra: Extra::new(),
+            }),
+            extra: Extra::new(),
+        };
+        Ok(ProviderResponse {
+            body: to_bytes(&response)?,
+            usage: Some(usage),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::TryStreamExt;
+
+    fn chat_request(stream_usage: bool) -> ChatCompletionRequest {
+        serde_json::from_value(serde_json::json!({
+            "model": "mock-1",
+            "messages": [{"role": "system", "content": "be nice"}, {"role": "user", "content": "hello there"}],
+            "stream": true,
+            "stream_options": {"include_usage": stream_usage}
+        }))
+        .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn chat_is_deterministic_and_counts_usage() {
+        let mock = MockProvider::new(MockSettings::default());
+        let answer = mock.chat(&chat_request(false)).await.map_err(|e| e.to_string());
+        let answer = answer.unwrap_or_else(|e| unreachable!("{e}"));
+        let parsed: ChatCompletionResponse =
+            serde_json::from_slice(&answer.body).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(parsed.choices[0].message.content_text(), "mock reply: hello there");
+        assert_eq!(answer.usage, Some(Usage::new(4, 4)));
+    }
+
+    #[tokio::test]
+    async fn stream_reassembles_to_the_same_text_and_ends_with_usage() {
+        let mock = MockProvider::new(MockSettings::default());
+        let stream = mock
+            .chat_stream(&chat_request(true))
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let chunks: Vec<StreamChunk> = stream.try_collect().await.unwrap_or_else(|e| unreachable!("{e}"));
+        let mut text = String::new();
+        for chunk in &chunks {
+            let parsed: ChatCompletionChunk =
+                serde_json::from_slice(&chunk.data).unwrap_or_else(|e| unreachable!("{e}"));
+            for choice in parsed.choices {
+                text.push_str(choice.delta.content.as_deref().unwrap_or(""));
+            }
+        }
+        assert_eq!(text, "mock reply: hello there");
+        let last = chunks.last().and_then(|c| c.usage.clone());
+        assert_eq!(last, Some(Usage::new(4, 4)));
+        let without = mock
+            .chat_stream(&chat_request(false))
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let chunks: Vec<StreamChunk> = without.try_collect().await.unwrap_or_else(|e| unreachable!("{e}"));
+        assert!(chunks.iter().all(|c| c.usage.is_none()));
+    }
+
+    #[test]
+    fn embeddings_are_unit_vectors_and_differ_by_text() {
+        let a = mock_embedding("a", 16);
+        let b = mock_embedding("b", 16);
+        assert_eq!(a, mock_embedding("a", 16));
+        assert_ne!(a, b);
+        let norm: f32 = a.iter().map(|v| v * v).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4);
+    }
+}

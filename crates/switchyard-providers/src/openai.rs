@@ -1,0 +1,115 @@
+//! OpenAI, OpenAI-compatible servers (vLLM, Ollama's `/v1`, LM Studio…) and Azure OpenAI.
+//!
+//! These upstreams already speak the gateway's wire format, so request bodies are
+//! serialised once and response bytes pass through unchanged.
+
+use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
+use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest};
+
+use crate::http::{HttpSettings, HttpUpstream};
+use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, Secret};
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| ProviderError::InvalidConfig(format!("request could not be encoded: {e}")))
+}
+
+fn header_value(secret: &Secret, prefix: &str) -> Result<HeaderValue> {
+    HeaderValue::from_str(&format!("{prefix}{}", secret.expose()))
+        .map_err(|_| ProviderError::InvalidConfig("the API key contains characters not allowed in a header".into()))
+}
+
+/// The three endpoints of an OpenAI-wire upstream and the pool that reaches them.
+#[derive(Debug, Clone)]
+struct Endpoints {
+    http: HttpUpstream,
+    chat_url: String,
+    completions_url: String,
+    embeddings_url: String,
+}
+
+/// Implements [`Provider`] for a newtype over [`Endpoints`].
+macro_rules! openai_wire_provider {
+    ($ty:ident, $kind:literal) => {
+        impl Provider for $ty {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
+                self.0.http.post_json(&self.0.chat_url, encode(req)?).await
+            }
+
+            async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
+                self.0.http.post_stream(&self.0.chat_url, encode(req)?).await
+            }
+
+            async fn completion(&self, req: &CompletionRequest) -> Result<ProviderResponse> {
+                self.0.http.post_json(&self.0.completions_url, encode(req)?).await
+            }
+
+            async fn completion_stream(&self, req: &CompletionRequest) -> Result<ChunkStream> {
+                self.0
+                    .http
+                    .post_stream(&self.0.completions_url, encode(req)?)
+                    .await
+            }
+
+            async fn embeddings(&self, req: &EmbeddingRequest) -> Result<ProviderResponse> {
+                self.0.http.post_json(&self.0.embeddings_url, encode(req)?).await
+            }
+        }
+    };
+}
+
+/// OpenAI or any server speaking its API at `api_base` (which includes `/v1`).
+#[derive(Debug, Clone)]
+pub struct OpenAiProvider(Endpoints);
+
+impl OpenAiProvider {
+    /// A provider for `api_base`, authenticating with `Authorization: Bearer` when a key is given.
+    pub fn new(api_base: &str, api_key: Option<&Secret>, settings: &HttpSettings) -> Result<Self> {
+        let mut auth = Vec::new();
+        if let Some(key) = api_key {
+            auth.push((AUTHORIZATION, header_value(key, "Bearer ")?));
+        }
+        let base = api_base.trim_end_matches('/');
+        Ok(Self(Endpoints {
+            http: HttpUpstream::new(settings, auth)?,
+            chat_url: format!("{base}/chat/completions"),
+            completions_url: format!("{base}/completions"),
+            embeddings_url: format!("{base}/embeddings"),
+        }))
+    }
+}
+
+openai_wire_provider!(OpenAiProvider, "openai");
+
+/// Azure OpenAI: one deployment of a resource, addressed by URL, `api-version` and `api-key`.
+#[derive(Debug, Clone)]
+pub struct AzureProvider(Endpoints);
+
+impl AzureProvider {
+    /// A provider for `{api_base}/openai/deployments/{deployment}/…?api-version={api_version}`.
+    pub fn new(
+        api_base: &str,
+        deployment: &str,
+        api_version: &str,
+        api_key: Option<&Secret>,
+        settings: &HttpSettings,
+    ) -> Result<Self> {
+        let mut auth = Vec::new();
+        if let Some(key) = api_key {
+            auth.push((HeaderName::from_static("api-key"), header_value(key, "")?));
+        }
+        let base = api_base.trim_end_matches('/');
+        let url = |op: &str| format!("{base}/openai/deployments/{deployment}/{op}?api-version={api_version}");
+        Ok(Self(Endpoints {
+            http: HttpUpstream::new(settings, auth)?,
+            chat_url: url("chat/completions"),
+            completions_url: url("completions"),
+            embeddings_url: url("embeddings"),
+        }))
+    }
+}
+
+openai_wire_provider!(AzureProvider, "azure");

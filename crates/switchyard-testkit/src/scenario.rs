@@ -1,0 +1,128 @@
+//! Per-request fault-injection directives.
+//!
+//! A scenario spec is a comma-separated list of directives such as
+//! `first_byte_ms=200,status=503,retry_after=1`. It is read from the
+//! `x-mock-scenario` request header, or else from the part of the model
+//! (or Azure deployment) name after the first `::`.
+
+use std::str::FromStr;
+
+/// Name of the request header that carries a scenario spec.
+pub const SCENARIO_HEADER: &str = "x-mock-scenario";
+
+/// Fault-injection settings for one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scenario {
+    /// Sleep this many milliseconds before sending response headers.
+    pub first_byte_ms: Option<u64>,
+    /// Streaming: sleep this many milliseconds between SSE events.
+    pub chunk_delay_ms: Option<u64>,
+    /// Streaming: emit exactly this many content chunks.
+    pub chunks: Option<usize>,
+    /// Reply with this HTTP status and an OpenAI-style error body.
+    pub status: Option<u16>,
+    /// With `status`: value of the `Retry-After` header, in seconds.
+    pub retry_after: Option<u64>,
+    /// Abort the connection after this many content chunks (0 for non-streaming bodies).
+    pub reset_after: Option<usize>,
+    /// Non-streaming: reply 200 with a truncated JSON body.
+    pub malformed_json: bool,
+    /// Streaming: send an event whose data is not JSON after the first event.
+    pub malformed_sse: bool,
+    /// Never respond.
+    pub hang: bool,
+    /// Override the embedding dimensions.
+    pub embedding_dims: Option<usize>,
+}
+
+impl Scenario {
+    /// Parses a comma-separated directive list. Empty entries are ignored.
+    ///
+    /// Returns an error message naming the offending directive when a
+    /// directive is unknown or its value does not parse.
+    pub fn parse(spec: &str) -> Result<Scenario, String> {
+        let mut scenario = Scenario::default();
+        for raw in spec.split(',') {
+            let directive = raw.trim();
+            if directive.is_empty() {
+                continue;
+            }
+            let (name, value) = match directive.split_once('=') {
+                Some((name, value)) => (name.trim(), Some(value.trim())),
+                None => (directive, None),
+            };
+            match name {
+                "first_byte_ms" => scenario.first_byte_ms = Some(number(name, value)?),
+                "chunk_delay_ms" => scenario.chunk_delay_ms = Some(number(name, value)?),
+                "chunks" => scenario.chunks = Some(number(name, value)?),
+                "status" => {
+                    let code: u16 = number(name, value)?;
+                    if !(100..=999).contains(&code) {
+                        return Err(format!("invalid value for mock directive `{name}`"));
+                    }
+                    scenario.status = Some(code);
+                }
+                "retry_after" => scenario.retry_after = Some(number(name, value)?),
+                "reset_after" => scenario.reset_after = Some(number(name, value)?),
+                "embedding_dims" => scenario.embedding_dims = Some(number(name, value)?),
+                "malformed_json" => scenario.malformed_json = flag(name, value)?,
+                "malformed_sse" => scenario.malformed_sse = flag(name, value)?,
+                "hang" => scenario.hang = flag(name, value)?,
+                _ => return Err(format!("unknown mock scenario directive `{directive}`")),
+            }
+        }
+        Ok(scenario)
+    }
+
+    /// Selects the spec for a request: the header value if present, else the
+    /// model name's suffix after the first `::`, else an empty spec.
+    pub fn spec_for<'a>(header: Option<&'a str>, model: Option<&'a str>) -> &'a str {
+        if let Some(header) = header {
+            return header;
+        }
+        model.and_then(|m| m.split_once("::")).map_or("", |(_, spec)| spec)
+    }
+}
+
+fn number<T: FromStr>(name: &str, value: Option<&str>) -> Result<T, String> {
+    value
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("invalid value for mock directive `{name}`"))
+}
+
+fn flag(name: &str, value: Option<&str>) -> Result<bool, String> {
+    match value {
+        None | Some("true" | "1") => Ok(true),
+        Some("false" | "0") => Ok(false),
+        Some(_) => Err(format!("invalid value for mock directive `{name}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_directives() {
+        let s = Scenario::parse("status=429, retry_after=2,chunks=3,hang,").unwrap();
+        assert_eq!(s.status, Some(429));
+        assert_eq!(s.retry_after, Some(2));
+        assert_eq!(s.chunks, Some(3));
+        assert!(s.hang);
+        assert!(!s.malformed_json);
+    }
+
+    #[test]
+    fn rejects_unknown_and_bad_values() {
+        assert!(Scenario::parse("explode").unwrap_err().contains("explode"));
+        assert!(Scenario::parse("status=abc").unwrap_err().contains("status"));
+    }
+
+    #[test]
+    fn spec_selection() {
+        assert_eq!(Scenario::spec_for(None, Some("gpt-4o::status=500")), "status=500");
+        assert_eq!(Scenario::spec_for(None, Some("gpt-4o")), "");
+        assert_eq!(Scenario::spec_for(Some("hang"), Some("m::status=1")), "hang");
+        assert_eq!(Scenario::spec_for(None, Some("a::b::c")), "b::c");
+    }
+}

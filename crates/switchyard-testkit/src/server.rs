@@ -1,0 +1,381 @@
+//! The mock upstream server: lifecycle, request recording and routing.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::Response;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+use crate::embeddings::embeddings;
+use crate::openai_mock::{
+    RequestCtx, chat_completions, completions, error_response, injected_error, invalid_request, models,
+    non_stream_fault,
+};
+use crate::scenario::{SCENARIO_HEADER, Scenario};
+use crate::sse::{StreamCounters, StreamStats};
+
+/// One HTTP request received by a [`MockUpstream`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedRequest {
+    /// HTTP method, e.g. `"POST"`.
+    pub method: String,
+    /// Request path, e.g. `"/v1/chat/completions"`.
+    pub path: String,
+    /// Raw query string, if any (without the `?`).
+    pub query: Option<String>,
+    /// Request headers in arrival order, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// Parsed JSON body, or `Null` when the body was empty or not JSON.
+    pub body: Value,
+}
+
+impl RecordedRequest {
+    /// Value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// State shared by all requests to one mock server.
+#[derive(Debug, Default)]
+pub(crate) struct MockState {
+    requests: Mutex<Vec<RecordedRequest>>,
+    next_id: AtomicU64,
+    /// Streaming response counters.
+    pub(crate) streams: Arc<StreamCounters>,
+}
+
+impl MockState {
+    /// Next value of the per-server response id counter.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        self.requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(request);
+    }
+}
+
+/// A mock OpenAI-compatible upstream listening on a local port.
+///
+/// The server task is aborted when the value is dropped.
+#[derive(Debug)]
+pub struct MockUpstream {
+    addr: SocketAddr,
+    state: Arc<MockState>,
+    task: JoinHandle<()>,
+}
+
+impl MockUpstream {
+    /// Starts a mock on an ephemeral port of 127.0.0.1.
+    pub async fn start() -> MockUpstream {
+        MockUpstream::start_on(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))
+            .await
+            .expect("bind mock upstream on 127.0.0.1")
+    }
+
+    /// Starts a mock listening on `addr` (port 0 picks a free port).
+    pub async fn start_on(addr: SocketAddr) -> std::io::Result<MockUpstream> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(MockState::default());
+        let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
+        let task = tokio::spawn(async move {
+            // Serving only ends when the task is aborted.
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(MockUpstream { addr, state, task })
+    }
+
+    /// The address the server is bound to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// OpenAI-style base URL, e.g. `http://127.0.0.1:PORT/v1`.
+    pub fn base_url(&self) -> String {
+        format!("{}/v1", self.root_url())
+    }
+
+    /// Server root URL without `/v1`, e.g. `http://127.0.0.1:PORT` (Azure-style `api_base`).
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The most recent request, if any.
+    pub fn last_request(&self) -> Option<RecordedRequest> {
+        self.state
+            .requests
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .cloned()
+    }
+
+    /// Counters of started, completed, cancelled and aborted streams.
+    pub fn stream_stats(&self) -> StreamStats {
+        self.state.streams.snapshot()
+    }
+
+    /// Waits until at least `n` streams were cancelled, polling every 20 ms.
+    /// Returns `false` if that did not happen within `max_wait`.
+    pub async fn wait_for_cancelled(&self, n: usize, max_wait: Duration) -> bool {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            if self.stream_stats().cancelled >= n {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resolves once the server task ends (it only ends if it fails).
+    pub async fn serve_forever(self) {
+        let mut this = self;
+        let _ = (&mut this.task).await;
+    }
+}
+
+impl Drop for MockUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The API operations the mock understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Operation {
+    ChatCompletions,
+    Completions,
+    Embeddings,
+    Models,
+}
+
+/// A classified request path.
+struct Route {
+    operation: Operation,
+    /// Deployment name for Azure-style paths.
+    deployment: Option<String>,
+}
+
+fn classify(path: &str) -> Option<Route> {
+    if let Some(rest) = path.strip_prefix("/openai/deployments/") {
+        let (deployment, tail) = rest.split_once('/')?;
+        let operation = match tail {
+            "chat/completions" => Operation::ChatCompletions,
+            "completions" => Operation::Completions,
+            "embeddings" => Operation::Embeddings,
+            _ => return None,
+        };
+        if deployment.is_empty() {
+            return None;
+        }
+        return Some(Route {
+            operation,
+            deployment: Some(deployment.to_owned()),
+        });
+    }
+    let rest = path.strip_prefix("/v1").unwrap_or(path);
+    let operation = match rest {
+        "/chat/completions" => Operation::ChatCompletions,
+        "/completions" => Operation::Completions,
+        "/embeddings" => Operation::Embeddings,
+        "/models" => Operation::Models,
+        _ => return None,
+    };
+    Some(Route {
+        operation,
+        deployment: None,
+    })
+}
+
+fn has_query_param(query: Option<&str>, name: &str) -> bool {
+    query.is_some_and(|q| {
+        q.split('&').any(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            key == name && !value.is_empty()
+        })
+    })
+}
+
+/// Checks Azure (`api-version`, `api-key`) or bearer-token requirements.
+fn check_auth(request: &RecordedRequest, azure: bool) -> Option<Response> {
+    if azure {
+        if !has_query_param(request.query.as_deref(), "api-version") {
+            return Some(error_response(
+                StatusCode::BAD_REQUEST,
+                "Missing required query parameter: api-version",
+                "invalid_request_error",
+                None,
+                Some("missing_api_version"),
+            ));
+        }
+        if missing(request.header("api-key")) {
+            return Some(error_response(
+                StatusCode::UNAUTHORIZED,
+                "Access denied due to missing or invalid api-key header.",
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
+            ));
+        }
+        return None;
+    }
+    let valid = match request.header("authorization") {
+        None => true,
+        Some(value) => value
+            .strip_prefix("Bearer ")
+            .is_some_and(|token| !token.trim().is_empty()),
+    };
+    if valid {
+        None
+    } else {
+        Some(error_response(
+            StatusCode::UNAUTHORIZED,
+            "Invalid authorization header: expected 'Bearer <key>'.",
+            "invalid_request_error",
+            None,
+            Some("invalid_api_key"),
+        ))
+    }
+}
+
+fn missing(value: Option<&str>) -> bool {
+    value.is_none_or(|v| v.trim().is_empty())
+}
+
+async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let recorded = RecordedRequest {
+        method: parts.method.as_str().to_owned(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_ascii_lowercase(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: json.clone(),
+    };
+    state.record(recorded.clone());
+
+    let Some(route) = classify(&recorded.path) else {
+        let message = format!("Unknown request URL: {} {}", recorded.method, recorded.path);
+        return error_response(
+            StatusCode::NOT_FOUND,
+            &message,
+            "invalid_request_error",
+            None,
+            Some("unknown_url"),
+        );
+    };
+    let expected = if route.operation == Operation::Models {
+        Method::GET
+    } else {
+        Method::POST
+    };
+    if parts.method != expected {
+        let message = format!("Method {} not allowed for {}", recorded.method, recorded.path);
+        return error_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &message,
+            "invalid_request_error",
+            None,
+            None,
+        );
+    }
+    let azure = route.deployment.is_some();
+    if let Some(response) = check_auth(&recorded, azure) {
+        return response;
+    }
+
+    let model = route
+        .deployment
+        .clone()
+        .or_else(|| json.get("model").and_then(Value::as_str).map(str::to_owned));
+    let spec = Scenario::spec_for(recorded.header(SCENARIO_HEADER), model.as_deref());
+    let scenario = match Scenario::parse(spec) {
+        Ok(scenario) => scenario,
+        Err(message) => return invalid_request(&message, None),
+    };
+
+    if let Some(ms) = scenario.first_byte_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if scenario.hang {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+    if let Some(code) = scenario.status {
+        return injected_error(code, scenario.retry_after);
+    }
+
+    let ctx = RequestCtx {
+        state: &state,
+        body: &json,
+        model: model.unwrap_or_default(),
+        scenario: &scenario,
+        azure,
+    };
+    match route.operation {
+        Operation::ChatCompletions => chat_completions(&ctx),
+        Operation::Completions => completions(&ctx),
+        Operation::Embeddings => embeddings(&ctx),
+        Operation::Models => non_stream_fault(&scenario).unwrap_or_else(models),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_paths() {
+        let r = classify("/v1/chat/completions").unwrap();
+        assert_eq!(r.operation, Operation::ChatCompletions);
+        assert!(r.deployment.is_none());
+        assert_eq!(classify("/embeddings").unwrap().operation, Operation::Embeddings);
+        let r = classify("/openai/deployments/gpt-4o::hang/completions").unwrap();
+        assert_eq!(r.operation, Operation::Completions);
+        assert_eq!(r.deployment.as_deref(), Some("gpt-4o::hang"));
+        assert!(classify("/v1/unknown").is_none());
+        assert!(classify("/openai/deployments//embeddings").is_none());
+    }
+
+    #[test]
+    fn query_params() {
+        assert!(has_query_param(Some("a=1&api-version=2024-02-01"), "api-version"));
+        assert!(!has_query_param(Some("api-version="), "api-version"));
+        assert!(!has_query_param(None, "api-version"));
+    }
+}

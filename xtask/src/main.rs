@@ -1,0 +1,56 @@
+//! Developer automation for the Switchyard workspace.
+//!
+//! Invoked through the cargo alias defined in `.cargo/config.toml`:
+//!
+//! - `cargo xtask ci` runs formatting, lints, build, the Rust test suite and
+//!   the Python OpenAI-SDK client tests, failing fast on the first error.
+//! - `cargo xtask bench gateway` measures the gateway's overhead against the
+//!   mock upstream with the `oha` load generator.
+#![allow(
+    clippy::print_stdout,
+    reason = "xtask is a command-line tool whose step headers and reports belong on stdout"
+)]
+
+mod bench;
+mod ci;
+mod http;
+mod oha;
+mod process;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Command-line interface of `cargo xtask`.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", about = "Switchyard developer tasks", version)]
+struct Cli {
+    /// The task to run.
+    #[command(subcommand)]
+    task: Task,
+}
+
+/// Tasks understood by `cargo xtask`.
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Run the full CI pipeline: fmt, clippy, build, cargo test, Python client tests.
+    Ci(ci::CiArgs),
+    /// Run benchmarks.
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Ci(args) => ci::run(&args),
+        Task::Bench(args) => bench::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
