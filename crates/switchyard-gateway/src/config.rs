@@ -235,12 +235,15 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         Source::Embedded => DEFAULT_CONFIG.to_owned(),
         Source::Text(text) => text.to_owned(),
     };
-    let env = Env::prefixed("SWITCHYARD_").filter_map(|key| match key.as_str() {
-        "host" => Some("server.host".into()),
-        "port" => Some("server.port".into()),
-        other => {
-            let (section, _) = other.split_once("__")?;
-            ENV_SECTIONS.contains(&section).then(|| other.replace("__", ".").into())
+    let env = Env::prefixed("SWITCHYARD_").filter_map(|key| {
+        let key = key.as_str().to_ascii_lowercase();
+        match key.as_str() {
+            "host" => Some("server.host".into()),
+            "port" => Some("server.port".into()),
+            other => {
+                let (section, _) = other.split_once("__")?;
+                ENV_SECTIONS.contains(&section).then(|| other.replace("__", ".").into())
+            }
         }
     });
     let mut figment = Figment::new().merge(Yaml::string(&yaml)).merge(env);
