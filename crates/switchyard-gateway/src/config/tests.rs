@@ -97,3 +97,25 @@ fn missing_file_is_an_error() {
     .unwrap_err();
     assert!(err.to_string().contains("/nonexistent/switchyard.yaml"));
 }
+
+#[test]
+fn shipped_examples_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config");
+    let env = env(&[
+        ("OPENAI_API_KEY", "k"),
+        ("OPENAI_API_KEY_2", "k"),
+        ("AZURE_API_KEY", "k"),
+        ("AZURE_API_KEY_EASTUS2", "k"),
+    ]);
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let config = load(Source::File(&path), &Overrides::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        config.validate(&env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        checked += 1;
+    }
+    assert!(checked >= 4, "expected the default and three examples, found {checked}");
+}
