@@ -37,9 +37,7 @@ fn config(mock: &MockUpstream) -> String {
     yaml += &openai("broken-sse", "mock-model::malformed_sse", "");
     yaml += &openai("reset", "mock-model::reset_after=2", "");
     yaml += &openai("trickle", "mock-model::chunk_delay_ms=1000,chunks=200", "");
-    yaml += &format!(
-        "  - model_name: unreachable\n    deployments:\n      - provider: openai\n        model: m\n        api_base: http://127.0.0.1:1/v1\n        timeouts:\n          connect_ms: 2000\n"
-    );
+    yaml += "  - model_name: unreachable\n    deployments:\n      - provider: openai\n        model: m\n        api_base: http://127.0.0.1:1/v1\n        timeouts:\n          connect_ms: 2000\n";
     yaml += &format!(
         "  - model_name: azure-test\n    deployments:\n      - provider: azure\n        model: my-deployment\n        api_base: {root}\n        api_version: 2024-10-21\n        api_key: os.environ/TEST_AZURE_KEY\n"
     );

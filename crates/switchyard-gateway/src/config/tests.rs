@@ -113,8 +113,11 @@ fn shipped_examples_are_valid() {
         if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
             continue;
         }
-        let config = load(Source::File(&path), &Overrides::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        config.validate(&env).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let config =
+            load(Source::File(&path), &Overrides::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        config
+            .validate(&env)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         checked += 1;
     }
     assert!(checked >= 4, "expected the default and three examples, found {checked}");
