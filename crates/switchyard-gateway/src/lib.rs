@@ -10,10 +10,10 @@ pub mod routes;
 pub mod state;
 pub mod stream;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Overrides, Source};
@@ -41,12 +41,20 @@ pub async fn serve(
     let drain = Duration::from_millis(state.server.shutdown_timeout_ms);
     let app = routes::router(Arc::new(state));
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(
-        async move {
-            shutdown.await;
-            let _ = signalled_tx.send(());
-        },
-    );
+    let server = axum::serve(
+        // Streams are many small writes: send each event at once rather than
+        // letting Nagle's algorithm hold it for the client's delayed ACK.
+        listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        }),
+        app,
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        let _ = signalled_tx.send(());
+    });
     let server = tokio::spawn(async move { server.await });
     tokio::pin!(server);
     tokio::select! {

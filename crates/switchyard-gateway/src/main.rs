@@ -9,6 +9,10 @@ use switchyard_gateway::config::{self, ProcessEnv};
 use switchyard_gateway::{Overrides, Source};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc: faster small allocations under concurrency than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Switchyard, an LLM gateway speaking the OpenAI API.
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about)]

@@ -37,6 +37,11 @@ fn config(mock: &MockUpstream) -> String {
     yaml += &openai("broken-sse", "mock-model::malformed_sse", "");
     yaml += &openai("reset", "mock-model::reset_after=2", "");
     yaml += &openai("trickle", "mock-model::chunk_delay_ms=1000,chunks=200", "");
+    yaml += &openai(
+        "too-long",
+        "mock-model::chunk_delay_ms=100,chunks=1000",
+        "        timeouts:\n          total_ms: 1000\n",
+    );
     yaml += "  - model_name: unreachable\n    deployments:\n      - provider: openai\n        model: m\n        api_base: http://127.0.0.1:1/v1\n        timeouts:\n          connect_ms: 2000\n";
     yaml += &format!(
         "  - model_name: azure-test\n    deployments:\n      - provider: azure\n        model: my-deployment\n        api_base: {root}\n        api_version: 2024-10-21\n        api_key: os.environ/TEST_AZURE_KEY\n"
@@ -298,7 +303,7 @@ async fn upstream_faults_become_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_breaks_ends_with_an_error_event_not_done() {
     let s = setup().await;
-    for model in ["broken-sse", "reset"] {
+    for model in ["broken-sse", "reset", "too-long"] {
         let response = s.post("/v1/chat/completions", &chat(model, true)).await;
         assert_eq!(response.status(), 200, "{model}");
         let events = sse_events(response).await;

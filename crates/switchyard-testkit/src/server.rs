@@ -45,6 +45,9 @@ impl RecordedRequest {
     }
 }
 
+/// How many recent requests a mock keeps for inspection.
+pub const MAX_RECORDED: usize = 10_000;
+
 /// State shared by all requests to one mock server.
 #[derive(Debug, Default)]
 pub(crate) struct MockState {
@@ -60,11 +63,14 @@ impl MockState {
         self.next_id.fetch_add(1, Ordering::SeqCst) + 1
     }
 
+    /// Keeps the request, dropping the oldest beyond [`MAX_RECORDED`] so a
+    /// long benchmark run does not grow without bound.
     fn record(&self, request: RecordedRequest) {
-        self.requests
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(request);
+        let mut requests = self.requests.lock().unwrap_or_else(PoisonError::into_inner);
+        if requests.len() >= MAX_RECORDED {
+            requests.drain(..MAX_RECORDED / 2);
+        }
+        requests.push(request);
     }
 }
 
