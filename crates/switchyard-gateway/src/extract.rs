@@ -9,24 +9,21 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use crate::error::ApiError;
+use crate::routes::SharedState;
 
 /// A JSON body parsed into `T`; rejections are OpenAI-style errors.
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<SharedState> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req.extensions().get::<BodyLimit>().map(|l| l.0).unwrap_or(usize::MAX);
+    async fn from_request(req: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
+        let limit = state.server.max_body_bytes;
         let bytes = Bytes::from_request(req, state).await.map_err(|e| reject(e, limit))?;
         parse(&bytes).map(JsonBody)
     }
 }
-
-/// The configured body limit, attached as a request extension for error messages.
-#[derive(Debug, Clone, Copy)]
-pub struct BodyLimit(pub usize);
 
 fn reject(err: BytesRejection, limit: usize) -> ApiError {
     if err.status() == StatusCode::PAYLOAD_TOO_LARGE {

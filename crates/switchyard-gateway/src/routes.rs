@@ -4,9 +4,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -17,7 +16,7 @@ use switchyard_routing::{DeploymentInfo, SimpleShuffle};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
-use crate::extract::{BodyLimit, JsonBody};
+use crate::extract::JsonBody;
 use crate::state::AppState;
 use crate::stream::sse_response;
 
@@ -28,8 +27,8 @@ pub type SharedState = Arc<AppState>;
 ///
 /// Layers, outermost first:
 /// 1. `CatchPanicLayer` — a panic in a handler becomes a 500 JSON error, never a dead process.
-/// 2. `attach_body_limit` — puts [`BodyLimit`] in the request extensions for error messages.
-/// 3. `DefaultBodyLimit` — bodies over `server.max_body_bytes` are rejected (413) while read.
+/// 2. `DefaultBodyLimit` — bodies over `server.max_body_bytes` are rejected (413) while
+///    [`JsonBody`] reads them.
 pub fn router(state: SharedState) -> Router {
     let limit = state.server.max_body_bytes;
     let api = Router::new()
@@ -45,10 +44,6 @@ pub fn router(state: SharedState) -> Router {
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn(move |mut req: Request, next: Next| {
-            req.extensions_mut().insert(BodyLimit(limit));
-            next.run(req)
-        }))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("an unexpected error occurred".into()).into_response()
         }))

@@ -88,10 +88,10 @@ impl HttpUpstream {
     }
 
     /// Sends a JSON body and waits for the response head, within the first-byte timeout.
-    async fn send(&self, url: &str, body: Vec<u8>) -> Result<reqwest::Response> {
+    async fn send(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<reqwest::Response> {
         let request = self
             .client
-            .post(url)
+            .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
             .timeout(self.timeouts.total)
             .body(body)
@@ -108,7 +108,7 @@ impl HttpUpstream {
     }
 
     /// POSTs JSON and returns the whole JSON answer, validated and with its usage.
-    pub(crate) async fn post_json(&self, url: &str, body: Vec<u8>) -> Result<ProviderResponse> {
+    pub(crate) async fn post_json(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<ProviderResponse> {
         let response = self.send(url, body).await?;
         let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
         let probe: Probe = serde_json::from_slice(&bytes)
@@ -126,7 +126,7 @@ impl HttpUpstream {
     }
 
     /// POSTs JSON asking for a stream and returns its events.
-    pub(crate) async fn post_stream(&self, url: &str, body: Vec<u8>) -> Result<ChunkStream> {
+    pub(crate) async fn post_stream(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<ChunkStream> {
         let response = self.send(url, body).await?;
         Ok(sse_chunks(response, self.timeouts.first_byte))
     }

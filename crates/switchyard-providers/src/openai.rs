@@ -22,9 +22,14 @@ fn header_value(secret: &Secret, prefix: &str) -> Result<HeaderValue> {
 #[derive(Debug, Clone)]
 struct Endpoints {
     http: HttpUpstream,
-    chat_url: String,
-    completions_url: String,
-    embeddings_url: String,
+    chat_url: reqwest::Url,
+    completions_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
+}
+
+/// Parses an endpoint URL once, at build time, so requests never re-parse it.
+fn endpoint(url: String) -> Result<reqwest::Url> {
+    reqwest::Url::parse(&url).map_err(|e| ProviderError::InvalidConfig(format!("invalid endpoint URL `{url}`: {e}")))
 }
 
 /// Implements [`Provider`] for a newtype over [`Endpoints`].
@@ -75,9 +80,9 @@ impl OpenAiProvider {
         let base = api_base.trim_end_matches('/');
         Ok(Self(Endpoints {
             http: HttpUpstream::new(settings, auth)?,
-            chat_url: format!("{base}/chat/completions"),
-            completions_url: format!("{base}/completions"),
-            embeddings_url: format!("{base}/embeddings"),
+            chat_url: endpoint(format!("{base}/chat/completions"))?,
+            completions_url: endpoint(format!("{base}/completions"))?,
+            embeddings_url: endpoint(format!("{base}/embeddings"))?,
         }))
     }
 }
@@ -105,9 +110,9 @@ impl AzureProvider {
         let url = |op: &str| format!("{base}/openai/deployments/{deployment}/{op}?api-version={api_version}");
         Ok(Self(Endpoints {
             http: HttpUpstream::new(settings, auth)?,
-            chat_url: url("chat/completions"),
-            completions_url: url("completions"),
-            embeddings_url: url("embeddings"),
+            chat_url: endpoint(url("chat/completions"))?,
+            completions_url: endpoint(url("completions"))?,
+            embeddings_url: endpoint(url("embeddings"))?,
         }))
     }
 }
