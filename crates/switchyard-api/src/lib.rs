@@ -5,6 +5,7 @@
 //! never heard of passes through the gateway unchanged. The crate has no I/O
 //! and depends only on serde.
 
+pub mod anthropic;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;

@@ -105,3 +105,34 @@ fn unknown_role_is_rejected() {
     let bad = json!({"model": "m", "messages": [{"role": "wizard", "content": "x"}]});
     assert!(serde_json::from_value::<ChatCompletionRequest>(bad).is_err());
 }
+
+#[test]
+fn anthropic_types_keep_unknown_fields() {
+    use switchyard_api::anthropic::{MessagesRequest, MessagesResponse, StreamEvent};
+    let request = json!({
+        "model": "claude-sonnet-4-5", "max_tokens": 100,
+        "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "hi"},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "AAAA"}}
+            ]},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {"a": 1}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "42", "is_error": false}]}
+        ],
+        "tools": [{"name": "f", "input_schema": {"type": "object"}, "cache_control": {"type": "ephemeral"}}],
+        "tool_choice": {"type": "auto"},
+        "top_k": 5, "thinking": {"type": "enabled", "budget_tokens": 1024}
+    });
+    assert_eq!(roundtrip::<MessagesRequest>(&request), request);
+    let response = json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "content": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}, {"type": "text", "text": "hi", "citations": []}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 3, "output_tokens": 1, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 0, "service_tier": "standard"},
+        "container": null
+    });
+    assert_eq!(roundtrip::<MessagesResponse>(&response), response);
+    let event = json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"a\""}});
+    assert_eq!(roundtrip::<StreamEvent>(&event), event);
+}

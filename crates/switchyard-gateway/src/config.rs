@@ -75,6 +75,8 @@ pub enum ProviderKind {
     Openai,
     /// Azure OpenAI.
     Azure,
+    /// Anthropic's Messages API.
+    Anthropic,
     /// The built-in mock.
     Mock,
 }
@@ -96,6 +98,12 @@ pub struct DeploymentEntry {
     /// Azure `api-version`.
     #[serde(default)]
     pub api_version: Option<String>,
+    /// Anthropic `anthropic-version` header (default `2023-06-01`).
+    #[serde(default)]
+    pub anthropic_version: Option<String>,
+    /// `max_tokens` sent to Anthropic when the client sends none (default 4096).
+    #[serde(default)]
+    pub default_max_tokens: Option<u32>,
     /// Relative share of traffic (default 1).
     #[serde(default)]
     pub weight: Option<f64>,
@@ -273,6 +281,10 @@ pub struct DeploymentSpec {
     pub api_key: Option<Secret>,
     /// Azure `api-version`.
     pub api_version: Option<String>,
+    /// Anthropic `anthropic-version`.
+    pub anthropic_version: Option<String>,
+    /// Anthropic `max_tokens` default.
+    pub default_max_tokens: Option<u32>,
     /// Relative traffic share.
     pub weight: f64,
     /// USD per prompt token.
@@ -378,10 +390,19 @@ fn validate_deployment(
     }
     match (entry.provider, &entry.api_version) {
         (ProviderKind::Azure, None) => issues.push(issue(format!("{path}.api_version"), "is required for azure")),
-        (ProviderKind::Openai | ProviderKind::Mock, Some(_)) => {
-            issues.push(issue(format!("{path}.api_version"), "is only used by azure"))
+        (ProviderKind::Azure, Some(_)) | (_, None) => {}
+        (_, Some(_)) => issues.push(issue(format!("{path}.api_version"), "is only used by azure")),
+    }
+    if entry.provider != ProviderKind::Anthropic {
+        if entry.anthropic_version.is_some() {
+            issues.push(issue(format!("{path}.anthropic_version"), "is only used by anthropic"));
         }
-        _ => {}
+        if entry.default_max_tokens.is_some() {
+            issues.push(issue(format!("{path}.default_max_tokens"), "is only used by anthropic"));
+        }
+    }
+    if entry.default_max_tokens == Some(0) {
+        issues.push(issue(format!("{path}.default_max_tokens"), "must be greater than 0"));
     }
     if entry.mock.is_some() && entry.provider != ProviderKind::Mock {
         issues.push(issue(format!("{path}.mock"), "is only used by the mock provider"));
@@ -426,6 +447,8 @@ fn validate_deployment(
         api_base: entry.api_base.clone(),
         api_key,
         api_version: entry.api_version.clone(),
+        anthropic_version: entry.anthropic_version.clone(),
+        default_max_tokens: entry.default_max_tokens,
         weight,
         input_cost_per_token: check_price(
             entry.input_cost_per_token,

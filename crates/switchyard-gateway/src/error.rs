@@ -100,11 +100,12 @@ impl ApiError {
 
     /// The client-facing message. Upstream 4xx keep the upstream's own words.
     pub fn message(&self) -> String {
-        if let ApiError::Upstream { source, .. } = self
-            && let ProviderError::Status { status, message, .. } = source.as_ref()
-            && (400..500).contains(status)
-        {
-            return message.clone();
+        if let ApiError::Upstream { source, .. } = self {
+            match source.as_ref() {
+                ProviderError::Status { status, message, .. } if (400..500).contains(status) => return message.clone(),
+                ProviderError::InvalidRequest { message, .. } => return message.clone(),
+                _ => {}
+            }
         }
         self.to_string()
     }
@@ -155,6 +156,12 @@ fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Opt
             "invalid_request_error",
             None,
             Some("unsupported".into()),
+        ),
+        ProviderError::InvalidRequest { param, .. } => (
+            S::BAD_REQUEST,
+            "invalid_request_error",
+            param.clone(),
+            Some("unsupported_parameter".into()),
         ),
         ProviderError::InvalidConfig(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
     }

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod error;
 pub mod extract;
+pub mod messages;
 pub mod routes;
 pub mod state;
 pub mod stream;

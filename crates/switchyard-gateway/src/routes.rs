@@ -35,7 +35,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/chat/completions", post(chat_completions))
         .route("/completions", post(completions))
         .route("/embeddings", post(embeddings))
-        .route("/models", get(models));
+        .route("/models", get(models))
+        .route("/messages", post(crate::messages::messages))
+        .route("/messages/count_tokens", post(crate::messages::count_tokens));
     Router::new()
         .merge(api.clone())
         .nest("/v1", api)
@@ -54,7 +56,10 @@ const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-switchyard-depl
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-model");
 
 /// Picks a deployment of `model` and returns it with its client.
-fn choose<'s>(state: &'s AppState, model: &str) -> Result<(&'s DeploymentInfo, &'s ProviderClient), ApiError> {
+pub(crate) fn choose<'s>(
+    state: &'s AppState,
+    model: &str,
+) -> Result<(&'s DeploymentInfo, &'s ProviderClient), ApiError> {
     let group = state.registry.group(model)?;
     let deployment = SimpleShuffle.pick(group)?;
     let client = state
@@ -64,7 +69,7 @@ fn choose<'s>(state: &'s AppState, model: &str) -> Result<(&'s DeploymentInfo, &
 }
 
 /// Adds the routing decision to a response.
-fn with_route_headers(mut response: Response, public_model: &str, deployment: &DeploymentInfo) -> Response {
+pub(crate) fn with_route_headers(mut response: Response, public_model: &str, deployment: &DeploymentInfo) -> Response {
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(public_model) {
         headers.insert(MODEL_HEADER, v);

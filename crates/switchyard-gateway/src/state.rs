@@ -2,7 +2,10 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use switchyard_providers::{AzureProvider, MockProvider, OpenAiProvider, ProviderClient, ProviderError};
+use switchyard_providers::anthropic::{DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
+use switchyard_providers::{
+    AnthropicProvider, AnthropicSettings, AzureProvider, MockProvider, OpenAiProvider, ProviderClient, ProviderError,
+};
 use switchyard_routing::{DeploymentId, DeploymentInfo, ModelGroup, Registry};
 
 use crate::config::{ConfigIssue, DeploymentSpec, ModelSpec, ProviderKind, ServerConfig};
@@ -22,6 +25,7 @@ pub struct AppState {
 }
 
 const OPENAI_API_BASE: &str = "https://api.openai.com/v1";
+const ANTHROPIC_API_BASE: &str = "https://api.anthropic.com";
 
 fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError> {
     Ok(match spec.provider {
@@ -37,6 +41,18 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
             spec.api_key.as_ref(),
             &spec.http,
         )?),
+        ProviderKind::Anthropic => ProviderClient::Anthropic(AnthropicProvider::new(
+            &AnthropicSettings {
+                api_base: spec.api_base.clone().unwrap_or_else(|| ANTHROPIC_API_BASE.to_owned()),
+                api_key: spec.api_key.clone(),
+                version: spec
+                    .anthropic_version
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_owned()),
+                default_max_tokens: spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            },
+            &spec.http,
+        )?),
         ProviderKind::Mock => ProviderClient::Mock(MockProvider::new(spec.mock.clone())),
     })
 }
@@ -45,6 +61,7 @@ fn provider_name(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::Openai => "openai",
         ProviderKind::Azure => "azure",
+        ProviderKind::Anthropic => "anthropic",
         ProviderKind::Mock => "mock",
     }
 }

@@ -2,7 +2,9 @@
 
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest};
 
-use crate::{AzureProvider, ChunkStream, MockProvider, OpenAiProvider, Provider, ProviderResponse, Result};
+use crate::{
+    AnthropicProvider, AzureProvider, ChunkStream, MockProvider, OpenAiProvider, Provider, ProviderResponse, Result,
+};
 
 /// A configured upstream: matched once per call, no dynamic dispatch.
 #[derive(Debug)]
@@ -11,6 +13,8 @@ pub enum ProviderClient {
     OpenAi(OpenAiProvider),
     /// Azure OpenAI.
     Azure(AzureProvider),
+    /// Anthropic's Messages API.
+    Anthropic(AnthropicProvider),
     /// The built-in mock.
     Mock(MockProvider),
 }
@@ -20,6 +24,7 @@ macro_rules! dispatch {
         match $self {
             ProviderClient::OpenAi($p) => $call,
             ProviderClient::Azure($p) => $call,
+            ProviderClient::Anthropic($p) => $call,
             ProviderClient::Mock($p) => $call,
         }
     };

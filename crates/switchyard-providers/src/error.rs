@@ -59,6 +59,14 @@ pub enum ProviderError {
     /// The transport failed while sending or reading.
     #[error("the upstream request failed: {0}")]
     Transport(String),
+    /// The request cannot be expressed in the upstream's protocol.
+    #[error("{message}")]
+    InvalidRequest {
+        /// What cannot be translated.
+        message: String,
+        /// The request parameter at fault.
+        param: Option<String>,
+    },
     /// The provider could not be built from its settings.
     #[error("invalid provider settings: {0}")]
     InvalidConfig(String),
@@ -81,6 +89,7 @@ impl ProviderError {
             ProviderError::InvalidResponse(_)
             | ProviderError::Stream(_)
             | ProviderError::InvalidConfig(_)
+            | ProviderError::InvalidRequest { .. }
             | ProviderError::Unsupported { .. } => false,
         }
     }

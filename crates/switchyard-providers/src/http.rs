@@ -7,7 +7,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use switchyard_api::{ErrorBody, Usage};
 
-use crate::sse::sse_chunks;
+use crate::sse::{EventStream, sse_chunks, sse_events};
 use crate::{ChunkStream, ProviderError, ProviderResponse, Result, TimeoutPhase};
 
 /// Per-deployment timeouts.
@@ -125,10 +125,22 @@ impl HttpUpstream {
         })
     }
 
-    /// POSTs JSON asking for a stream and returns its events.
+    /// POSTs JSON asking for an OpenAI-style stream and returns its chunks.
     pub(crate) async fn post_stream(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<ChunkStream> {
         let response = self.send(url, body).await?;
         Ok(sse_chunks(response, self.timeouts.first_byte))
+    }
+
+    /// POSTs JSON asking for a stream and returns its raw SSE events.
+    pub(crate) async fn post_events(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<EventStream> {
+        let response = self.send(url, body).await?;
+        Ok(sse_events(response, self.timeouts.first_byte))
+    }
+
+    /// POSTs JSON and returns the validated body bytes, whatever their schema.
+    pub(crate) async fn post_bytes(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<Bytes> {
+        let response = self.send(url, body).await?;
+        response.bytes().await.map_err(ProviderError::from_reqwest)
     }
 }
 

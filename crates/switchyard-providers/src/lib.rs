@@ -1,10 +1,11 @@
 //! Upstream LLM providers behind one [`Provider`] trait.
 //!
 //! The configured provider is the closed enum [`ProviderClient`]: OpenAI and any
-//! OpenAI-compatible server, Azure OpenAI, and the built-in mock. Providers
+//! OpenAI-compatible server, Azure OpenAI, Anthropic, and the built-in mock. Providers
 //! return upstream bytes untouched where the wire format already is OpenAI's,
 //! and report usage parsed alongside so the gateway never re-parses a body.
 
+pub mod anthropic;
 pub mod client;
 pub mod error;
 pub mod http;
@@ -20,6 +21,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage};
 
+pub use anthropic::{AnthropicProvider, AnthropicSettings};
 pub use client::ProviderClient;
 pub use error::{ProviderError, TimeoutPhase};
 pub use http::{HttpSettings, Timeouts};

@@ -1,0 +1,315 @@
+//! Anthropic Messages API wire types (`POST /v1/messages`), used both to call
+//! Anthropic upstreams and to serve Anthropic-format clients.
+//!
+//! Content blocks are one flexible struct rather than an enum so that block
+//! types this crate does not know (and fields such as `cache_control`) survive
+//! a round trip.
+
+use serde::{Deserialize, Serialize};
+
+use crate::Extra;
+
+/// Text or a list of content blocks (`content` of a message, `system`, tool results).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Content {
+    /// Plain text.
+    Text(String),
+    /// Typed blocks.
+    Blocks(Vec<ContentBlock>),
+}
+
+impl Content {
+    /// The text of the content: the string, or its `text` blocks joined by newlines.
+    pub fn text(&self) -> String {
+        match self {
+            Content::Text(text) => text.clone(),
+            Content::Blocks(blocks) => blocks
+                .iter()
+                .filter_map(|b| b.text.as_deref())
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    /// The content as blocks (a string becomes one text block).
+    pub fn into_blocks(self) -> Vec<ContentBlock> {
+        match self {
+            Content::Text(text) => vec![ContentBlock::text(text)],
+            Content::Blocks(blocks) => blocks,
+        }
+    }
+}
+
+/// One content block: `text`, `image`, `tool_use`, `tool_result`, `thinking`, …
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ContentBlock {
+    /// Block type.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `text` (and `thinking`) blocks: the text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `image` blocks: `{"type": "base64", "media_type", "data"}` or `{"type": "url", "url"}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<serde_json::Value>,
+    /// `tool_use` blocks: the call id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `tool_use` blocks: the tool name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `tool_use` blocks: the arguments object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<serde_json::Value>,
+    /// `tool_result` blocks: the call answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_use_id: Option<String>,
+    /// `tool_result` blocks: the result, text or blocks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<Content>,
+    /// `tool_result` blocks: whether the tool failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub is_error: Option<bool>,
+    /// Other fields (`cache_control`, `signature`, `citations`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl ContentBlock {
+    /// A text block.
+    pub fn text(text: impl Into<String>) -> Self {
+        Self {
+            kind: "text".into(),
+            text: Some(text.into()),
+            ..Self::default()
+        }
+    }
+}
+
+/// Author of a message (Anthropic has only these two; system text is separate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageRole {
+    /// The user (and tool results).
+    User,
+    /// The model.
+    Assistant,
+}
+
+/// One message of the conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// Author.
+    pub role: MessageRole,
+    /// Content.
+    pub content: Content,
+}
+
+/// A tool the model may call.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tool {
+    /// Tool name.
+    pub name: String,
+    /// What it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// JSON Schema of its input (absent for Anthropic's built-in tools).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
+    /// Other fields (`type` of built-in tools, `cache_control`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// Body of `POST /v1/messages`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagesRequest {
+    /// Model name.
+    pub model: String,
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Largest number of tokens to generate (required by Anthropic).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// System prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system: Option<Content>,
+    /// Sequences that stop generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_sequences: Option<Vec<String>>,
+    /// Stream the answer as server-sent events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// Sampling temperature, 0 to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_p: Option<f64>,
+    /// Tools the model may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tools: Option<Vec<Tool>>,
+    /// `{"type": "auto" | "any" | "tool" | "none", "name"?, "disable_parallel_tool_use"?}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_choice: Option<serde_json::Value>,
+    /// Every other parameter (`top_k`, `metadata`, `thinking`, …), kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+impl MessagesRequest {
+    /// Whether the client asked for a stream.
+    pub fn is_stream(&self) -> bool {
+        self.stream.unwrap_or(false)
+    }
+}
+
+/// Token usage of a Messages response.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessagesUsage {
+    /// Input tokens not read from or written to the prompt cache.
+    #[serde(default)]
+    pub input_tokens: u64,
+    /// Output tokens.
+    #[serde(default)]
+    pub output_tokens: u64,
+    /// Input tokens read from the prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_read_input_tokens: Option<u64>,
+    /// Input tokens written to the prompt cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation_input_tokens: Option<u64>,
+    /// Other fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// A complete Messages response (also `message` in `message_start`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessagesResponse {
+    /// Message id.
+    pub id: String,
+    /// Always `message`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Always `assistant`.
+    pub role: MessageRole,
+    /// Model that answered.
+    pub model: String,
+    /// Generated blocks.
+    pub content: Vec<ContentBlock>,
+    /// `end_turn`, `max_tokens`, `stop_sequence`, `tool_use`, `pause_turn`, `refusal`.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// The stop sequence that ended generation.
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
+    /// Token usage.
+    #[serde(default)]
+    pub usage: MessagesUsage,
+    /// Other fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// The `delta` of a `content_block_delta` event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct BlockDelta {
+    /// `text_delta`, `input_json_delta`, `thinking_delta`, `signature_delta`, …
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `text_delta`: the text piece.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// `input_json_delta`: a piece of the tool input's JSON.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_json: Option<String>,
+    /// Other fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
+}
+
+/// The `delta` of a `message_delta` event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MessageDelta {
+    /// Why generation stopped.
+    #[serde(default)]
+    pub stop_reason: Option<String>,
+    /// The stop sequence that ended generation.
+    #[serde(default)]
+    pub stop_sequence: Option<String>,
+}
+
+/// The error of an `error` event or an error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamError {
+    /// Error type, e.g. `overloaded_error`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Description.
+    pub message: String,
+}
+
+/// One event of a streaming Messages response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamEvent {
+    /// Opens the message, with input usage.
+    MessageStart {
+        /// The message so far (empty content).
+        message: MessagesResponse,
+    },
+    /// Opens content block `index`.
+    ContentBlockStart {
+        /// Block position.
+        index: u32,
+        /// The block's start (type, and id/name for tool use).
+        content_block: ContentBlock,
+    },
+    /// A piece of content block `index`.
+    ContentBlockDelta {
+        /// Block position.
+        index: u32,
+        /// The piece.
+        delta: BlockDelta,
+    },
+    /// Closes content block `index`.
+    ContentBlockStop {
+        /// Block position.
+        index: u32,
+    },
+    /// Stop reason and output usage.
+    MessageDelta {
+        /// Stop reason.
+        delta: MessageDelta,
+        /// Cumulative usage (output tokens at least).
+        #[serde(default)]
+        usage: MessagesUsage,
+    },
+    /// The end of the message.
+    MessageStop,
+    /// Keep-alive.
+    Ping,
+    /// A failure after the stream started.
+    Error {
+        /// What failed.
+        error: StreamError,
+    },
+}
+
+impl StreamEvent {
+    /// The SSE `event:` name of this event.
+    pub fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::MessageStart { .. } => "message_start",
+            StreamEvent::ContentBlockStart { .. } => "content_block_start",
+            StreamEvent::ContentBlockDelta { .. } => "content_block_delta",
+            StreamEvent::ContentBlockStop { .. } => "content_block_stop",
+            StreamEvent::MessageDelta { .. } => "message_delta",
+            StreamEvent::MessageStop => "message_stop",
+            StreamEvent::Ping => "ping",
+            StreamEvent::Error { .. } => "error",
+        }
+    }
+}

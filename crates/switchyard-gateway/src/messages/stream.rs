@@ -1,0 +1,254 @@
+//! Anthropic-format event streams for `/v1/messages`: upstream Anthropic events
+//! passed through, or OpenAI chunks converted into Anthropic events.
+
+use std::convert::Infallible;
+
+use axum::body::Body;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{Stream, StreamExt, stream};
+use serde_json::{Value, json};
+use switchyard_api::anthropic::{ContentBlock, MessageRole, MessagesResponse, MessagesUsage, StreamEvent};
+use switchyard_api::{ChatCompletionChunk, Extra, Usage};
+use switchyard_providers::{ChunkStream, ProviderError};
+
+use super::translate::{messages_usage, stop_reason};
+use crate::error::ApiError;
+
+/// Frames one event as `event: NAME\ndata: JSON\n\n`.
+pub fn frame(name: &str, data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(name.len() + data.len() + 16);
+    out.put_slice(b"event: ");
+    out.put_slice(name.as_bytes());
+    out.put_slice(b"\ndata: ");
+    out.put_slice(data);
+    out.put_slice(b"\n\n");
+    out.freeze()
+}
+
+fn event(e: &StreamEvent) -> Bytes {
+    frame(e.name(), &serde_json::to_vec(e).unwrap_or_default())
+}
+
+/// The `error` event for a stream that failed after it started.
+pub fn error_event(deployment: &str, err: ProviderError) -> Bytes {
+    let error = ApiError::upstream(deployment, err);
+    tracing::warn!(error = %error, "stream failed after it started");
+    let body = json!({"type": "error", "error": {"type": "api_error", "message": error.message()}});
+    frame("error", body.to_string().as_bytes())
+}
+
+/// An SSE response over already-framed events.
+pub fn sse(events: impl Stream<Item = Bytes> + Send + 'static) -> Response {
+    let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// Upstream Anthropic events, re-framed unchanged; the stream must end with `message_stop`.
+pub fn passthrough(events: switchyard_providers::sse::EventStream, deployment: String) -> Response {
+    let out = stream::unfold(
+        (events, deployment, false),
+        |(mut events, deployment, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let (bytes, done) = match events.next().await {
+                    None => (
+                        error_event(
+                            &deployment,
+                            ProviderError::Stream("the upstream closed the stream before message_stop".into()),
+                        ),
+                        true,
+                    ),
+                    Some(Err(e)) => (error_event(&deployment, e), true),
+                    Some(Ok(ev)) if ev.data.trim().is_empty() => continue,
+                    Some(Ok(ev)) => {
+                        let name = if ev.event.is_empty() {
+                            "message"
+                        } else {
+                            ev.event.as_str()
+                        };
+                        (
+                            frame(name, ev.data.as_bytes()),
+                            name == "message_stop" || name == "error",
+                        )
+                    }
+                };
+                return Some((bytes, (events, deployment, done)));
+            }
+        },
+    );
+    sse(out)
+}
+
+/// Conversion state of OpenAI chunks into Anthropic events.
+struct Converter {
+    started: bool,
+    /// The open block: its index and whether it is text (else a tool call's OpenAI index).
+    open: Option<(u32, Option<u64>)>,
+    next_index: u32,
+    stop_reason: Option<String>,
+    usage: Option<Usage>,
+}
+
+impl Converter {
+    fn close(&mut self, out: &mut Vec<Bytes>) {
+        if let Some((index, _)) = self.open.take() {
+            out.push(event(&StreamEvent::ContentBlockStop { index }));
+        }
+    }
+
+    fn open(&mut self, block: ContentBlock, tool: Option<u64>, out: &mut Vec<Bytes>) -> u32 {
+        self.close(out);
+        let index = self.next_index;
+        self.next_index += 1;
+        out.push(event(&StreamEvent::ContentBlockStart {
+            index,
+            content_block: block,
+        }));
+        self.open = Some((index, tool));
+        index
+    }
+
+    fn on_chunk(&mut self, chunk: ChatCompletionChunk, out: &mut Vec<Bytes>) {
+        if !self.started {
+            self.started = true;
+            let message = MessagesResponse {
+                id: chunk.id.clone(),
+                kind: "message".into(),
+                role: MessageRole::Assistant,
+                model: chunk.model.clone(),
+                content: Vec::new(),
+                stop_reason: None,
+                stop_sequence: None,
+                usage: MessagesUsage::default(),
+                extra: Extra::new(),
+            };
+            out.push(event(&StreamEvent::MessageStart { message }));
+        }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+                let index = match self.open {
+                    Some((index, None)) => index,
+                    _ => self.open(ContentBlock::text(""), None, out),
+                };
+                let delta = switchyard_api::anthropic::BlockDelta {
+                    kind: "text_delta".into(),
+                    text: Some(text),
+                    ..Default::default()
+                };
+                out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
+            }
+            let calls = choice
+                .delta
+                .extra
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            for call in calls {
+                let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let index = match self.open {
+                    Some((index, Some(open))) if open == tool => index,
+                    _ => {
+                        let block = ContentBlock {
+                            kind: "tool_use".into(),
+                            id: call.get("id").and_then(Value::as_str).map(str::to_owned),
+                            name: call
+                                .pointer("/function/name")
+                                .and_then(Value::as_str)
+                                .map(str::to_owned),
+                            input: Some(json!({})),
+                            ..ContentBlock::default()
+                        };
+                        self.open(block, Some(tool), out)
+                    }
+                };
+                if let Some(args) = call
+                    .pointer("/function/arguments")
+                    .and_then(Value::as_str)
+                    .filter(|a| !a.is_empty())
+                {
+                    let delta = switchyard_api::anthropic::BlockDelta {
+                        kind: "input_json_delta".into(),
+                        partial_json: Some(args.to_owned()),
+                        ..Default::default()
+                    };
+                    out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.stop_reason = stop_reason(Some(&reason));
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut Vec<Bytes>) {
+        self.close(out);
+        out.push(event(&StreamEvent::MessageDelta {
+            delta: switchyard_api::anthropic::MessageDelta {
+                stop_reason: self.stop_reason.clone().or_else(|| Some("end_turn".into())),
+                stop_sequence: None,
+            },
+            usage: messages_usage(self.usage.as_ref()),
+        }));
+        out.push(event(&StreamEvent::MessageStop));
+    }
+}
+
+/// OpenAI chunks converted to Anthropic events, as an SSE response.
+pub fn from_chat_chunks(chunks: ChunkStream, deployment: String) -> Response {
+    let converter = Converter {
+        started: false,
+        open: None,
+        next_index: 0,
+        stop_reason: None,
+        usage: None,
+    };
+    let out = stream::unfold(
+        (chunks, converter, deployment, false),
+        |(mut chunks, mut conv, deployment, done)| async move {
+            if done {
+                return None;
+            }
+            let mut out = Vec::new();
+            let done = loop {
+                match chunks.next().await {
+                    Some(Ok(chunk)) => match serde_json::from_slice::<ChatCompletionChunk>(&chunk.data) {
+                        Ok(parsed) => conv.on_chunk(parsed, &mut out),
+                        Err(e) => {
+                            out.push(error_event(
+                                &deployment,
+                                ProviderError::Stream(format!("malformed chunk ({e})")),
+                            ));
+                            break true;
+                        }
+                    },
+                    Some(Err(e)) => {
+                        out.push(error_event(&deployment, e));
+                        break true;
+                    }
+                    None => {
+                        conv.finish(&mut out);
+                        break true;
+                    }
+                }
+                if !out.is_empty() {
+                    break false;
+                }
+            };
+            let bytes: Bytes = out.concat().into();
+            Some((bytes, (chunks, conv, deployment, done)))
+        },
+    );
+    sse(out)
+}

@@ -1,0 +1,260 @@
+//! Anthropic-format requests → OpenAI chat requests, and OpenAI chat responses →
+//! Anthropic-format responses, for serving `/v1/messages` from OpenAI-style
+//! deployments.
+
+use serde_json::{Value, json};
+use switchyard_api::anthropic::{Content, ContentBlock, MessageRole, MessagesRequest, MessagesResponse, MessagesUsage};
+use switchyard_api::{
+    ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ContentPart, Extra, FunctionCall, MessageContent, Role,
+    StreamOptions, ToolCall, Usage,
+};
+
+use crate::error::ApiError;
+
+fn invalid(message: impl Into<String>, param: &str) -> ApiError {
+    ApiError::InvalidField {
+        param: Some(param.to_owned()),
+        message: message.into(),
+    }
+}
+
+fn image_part(source: &Value, param: &str) -> Result<ContentPart, ApiError> {
+    let url = match source.get("type").and_then(Value::as_str) {
+        Some("base64") => {
+            let media = source.get("media_type").and_then(Value::as_str).unwrap_or("image/png");
+            let data = source.get("data").and_then(Value::as_str).unwrap_or_default();
+            format!("data:{media};base64,{data}")
+        }
+        Some("url") => source.get("url").and_then(Value::as_str).unwrap_or_default().to_owned(),
+        _ => return Err(invalid("image source must be of type base64 or url", param)),
+    };
+    let mut extra = Extra::new();
+    extra.insert("image_url".into(), json!({"url": url}));
+    Ok(ContentPart {
+        kind: "image_url".into(),
+        text: None,
+        extra,
+    })
+}
+
+fn message(role: Role, parts: Vec<ContentPart>) -> ChatMessage {
+    let content = match parts.as_slice() {
+        [only] if only.kind == "text" => MessageContent::Text(only.text.clone().unwrap_or_default()),
+        _ => MessageContent::Parts(parts),
+    };
+    ChatMessage {
+        role,
+        content: Some(content),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        extra: Extra::new(),
+    }
+}
+
+fn text_part(text: &str) -> ContentPart {
+    ContentPart {
+        kind: "text".into(),
+        text: Some(text.to_owned()),
+        extra: Extra::new(),
+    }
+}
+
+/// Converts one Anthropic message into OpenAI messages (tool results become `tool` messages).
+fn convert_message(
+    role: MessageRole,
+    content: &Content,
+    index: usize,
+    out: &mut Vec<ChatMessage>,
+) -> Result<(), ApiError> {
+    let blocks = content.clone().into_blocks();
+    let mut parts = Vec::new();
+    let mut calls = Vec::new();
+    for (j, block) in blocks.iter().enumerate() {
+        let param = format!("messages[{index}].content[{j}]");
+        match block.kind.as_str() {
+            "text" => parts.push(text_part(block.text.as_deref().unwrap_or_default())),
+            "image" => parts.push(image_part(block.source.as_ref().unwrap_or(&Value::Null), &param)?),
+            "tool_use" => calls.push(ToolCall {
+                id: block.id.clone().unwrap_or_default(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: block.name.clone().unwrap_or_default(),
+                    arguments: block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
+                },
+                extra: Extra::new(),
+            }),
+            "tool_result" => {
+                let mut text = block.content.as_ref().map(Content::text).unwrap_or_default();
+                if block.is_error == Some(true) {
+                    text = format!("Error: {text}");
+                }
+                out.push(ChatMessage {
+                    role: Role::Tool,
+                    content: Some(MessageContent::Text(text)),
+                    name: None,
+                    tool_calls: None,
+                    tool_call_id: block.tool_use_id.clone(),
+                    extra: Extra::new(),
+                });
+            }
+            "thinking" | "redacted_thinking" => {}
+            other => {
+                return Err(invalid(
+                    format!("content blocks of type `{other}` are not supported here"),
+                    &param,
+                ));
+            }
+        }
+    }
+    match role {
+        MessageRole::User if !parts.is_empty() => out.push(message(Role::User, parts)),
+        MessageRole::User => {}
+        MessageRole::Assistant => {
+            if parts.is_empty() && calls.is_empty() {
+                return Ok(());
+            }
+            let text: String = parts.iter().filter_map(|p| p.text.as_deref()).collect();
+            out.push(ChatMessage {
+                role: Role::Assistant,
+                content: (!text.is_empty()).then_some(MessageContent::Text(text)),
+                name: None,
+                tool_calls: (!calls.is_empty()).then_some(calls),
+                tool_call_id: None,
+                extra: Extra::new(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Builds the OpenAI chat request for an Anthropic-format request.
+pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, ApiError> {
+    let mut messages = Vec::new();
+    if let Some(system) = &req.system {
+        messages.push(ChatMessage::text(Role::System, system.text()));
+    }
+    for (i, m) in req.messages.iter().enumerate() {
+        convert_message(m.role, &m.content, i, &mut messages)?;
+    }
+    let mut extra = Extra::new();
+    if let Some(max) = req.max_tokens {
+        extra.insert("max_tokens".into(), json!(max));
+    }
+    if let Some(stop) = &req.stop_sequences {
+        extra.insert("stop".into(), json!(stop));
+    }
+    if let Some(t) = req.temperature {
+        extra.insert("temperature".into(), json!(t));
+    }
+    if let Some(p) = req.top_p {
+        extra.insert("top_p".into(), json!(p));
+    }
+    if let Some(tools) = &req.tools {
+        let converted: Vec<Value> = tools
+            .iter()
+            .map(|t| {
+                json!({"type": "function", "function": {
+                    "name": t.name,
+                    "description": t.description,
+                    "parameters": t.input_schema.clone().unwrap_or_else(|| json!({"type": "object"})),
+                }})
+            })
+            .collect();
+        extra.insert("tools".into(), Value::Array(converted));
+    }
+    if let Some(choice) = &req.tool_choice {
+        let converted = match choice.get("type").and_then(Value::as_str) {
+            Some("auto") => json!("auto"),
+            Some("any") => json!("required"),
+            Some("none") => json!("none"),
+            Some("tool") => json!({"type": "function", "function": {"name": choice.get("name")}}),
+            _ => {
+                return Err(invalid(
+                    "`tool_choice.type` must be auto, any, tool or none",
+                    "tool_choice",
+                ));
+            }
+        };
+        extra.insert("tool_choice".into(), converted);
+        if choice.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
+            extra.insert("parallel_tool_calls".into(), json!(false));
+        }
+    }
+    if let Some(user) = req.extra.get("metadata").and_then(|m| m.get("user_id")) {
+        extra.insert("user".into(), user.clone());
+    }
+    let stream = req.is_stream();
+    Ok(ChatCompletionRequest {
+        model: req.model.clone(),
+        messages,
+        stream: stream.then_some(true),
+        stream_options: stream.then(|| StreamOptions {
+            include_usage: Some(true),
+            extra: Extra::new(),
+        }),
+        extra,
+    })
+}
+
+/// Anthropic's `stop_reason` for an OpenAI `finish_reason`.
+pub fn stop_reason(finish_reason: Option<&str>) -> Option<String> {
+    finish_reason.map(|r| {
+        match r {
+            "length" => "max_tokens",
+            "tool_calls" | "function_call" => "tool_use",
+            "content_filter" => "refusal",
+            _ => "end_turn",
+        }
+        .to_owned()
+    })
+}
+
+/// Anthropic usage for OpenAI usage (cached prompt tokens reported separately).
+pub fn messages_usage(usage: Option<&Usage>) -> MessagesUsage {
+    let Some(u) = usage else {
+        return MessagesUsage::default();
+    };
+    let cached = u.cached_prompt_tokens();
+    MessagesUsage {
+        input_tokens: u.prompt_tokens.saturating_sub(cached),
+        output_tokens: u.completion_tokens,
+        cache_read_input_tokens: Some(cached),
+        cache_creation_input_tokens: Some(0),
+        extra: Extra::new(),
+    }
+}
+
+/// The Anthropic-format response for an OpenAI chat response.
+pub fn to_messages_response(resp: ChatCompletionResponse) -> MessagesResponse {
+    let mut content = Vec::new();
+    let mut finish = None;
+    if let Some(choice) = resp.choices.into_iter().next() {
+        finish = choice.finish_reason;
+        let text = choice.message.content_text();
+        if !text.is_empty() {
+            content.push(ContentBlock::text(text));
+        }
+        for call in choice.message.tool_calls.unwrap_or_default() {
+            let input = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
+            content.push(ContentBlock {
+                kind: "tool_use".into(),
+                id: Some(call.id),
+                name: Some(call.function.name),
+                input: Some(input),
+                ..ContentBlock::default()
+            });
+        }
+    }
+    MessagesResponse {
+        id: resp.id,
+        kind: "message".into(),
+        role: MessageRole::Assistant,
+        model: resp.model,
+        content,
+        stop_reason: stop_reason(finish.as_deref()).or_else(|| Some("end_turn".into())),
+        stop_sequence: None,
+        usage: messages_usage(resp.usage.as_ref()),
+        extra: Extra::new(),
+    }
+}

@@ -1,0 +1,153 @@
+//! Anthropic's Messages API (`POST /v1/messages`).
+//!
+//! OpenAI chat requests are translated to Messages requests and the answers
+//! translated back ([`translate`]); streams are converted event by event
+//! ([`stream`]). Requests that arrive in Anthropic's own format can be passed
+//! through with [`AnthropicProvider::messages`] and
+//! [`AnthropicProvider::messages_stream`].
+
+pub mod stream;
+pub mod translate;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use reqwest::header::{HeaderName, HeaderValue};
+use switchyard_api::anthropic::{MessagesRequest, MessagesResponse};
+use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest};
+
+use crate::http::{HttpSettings, HttpUpstream};
+use crate::sse::EventStream;
+use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, Secret};
+
+/// The `anthropic-version` sent when the configuration names none.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
+/// `max_tokens` used when an OpenAI-format client sends none (Anthropic requires it).
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// Settings of an Anthropic deployment.
+#[derive(Debug, Clone)]
+pub struct AnthropicSettings {
+    /// Base URL, e.g. `https://api.anthropic.com` (`/v1/messages` is appended).
+    pub api_base: String,
+    /// `x-api-key`.
+    pub api_key: Option<Secret>,
+    /// `anthropic-version` header.
+    pub version: String,
+    /// `max_tokens` for requests that carry none.
+    pub default_max_tokens: u32,
+}
+
+/// Anthropic's Messages API.
+#[derive(Debug, Clone)]
+pub struct AnthropicProvider {
+    http: HttpUpstream,
+    messages_url: reqwest::Url,
+    count_tokens_url: reqwest::Url,
+    default_max_tokens: u32,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| ProviderError::InvalidConfig(format!("request could not be encoded: {e}")))
+}
+
+impl AnthropicProvider {
+    /// A provider for one Anthropic deployment.
+    pub fn new(settings: &AnthropicSettings, http: &HttpSettings) -> Result<Self> {
+        let mut auth = vec![(
+            HeaderName::from_static("anthropic-version"),
+            HeaderValue::from_str(&settings.version)
+                .map_err(|_| ProviderError::InvalidConfig("invalid anthropic-version".into()))?,
+        )];
+        if let Some(key) = &settings.api_key {
+            let value = HeaderValue::from_str(key.expose()).map_err(|_| {
+                ProviderError::InvalidConfig("the API key contains characters not allowed in a header".into())
+            })?;
+            auth.push((HeaderName::from_static("x-api-key"), value));
+        }
+        let base = settings.api_base.trim_end_matches('/');
+        let base = base.strip_suffix("/v1").unwrap_or(base);
+        let parse = |url: String| {
+            reqwest::Url::parse(&url)
+                .map_err(|e| ProviderError::InvalidConfig(format!("invalid endpoint URL `{url}`: {e}")))
+        };
+        Ok(Self {
+            http: HttpUpstream::new(http, auth)?,
+            messages_url: parse(format!("{base}/v1/messages"))?,
+            count_tokens_url: parse(format!("{base}/v1/messages/count_tokens"))?,
+            default_max_tokens: settings.default_max_tokens,
+        })
+    }
+
+    /// Sends an Anthropic-format request as is and returns the upstream's JSON.
+    pub async fn messages(&self, req: &MessagesRequest) -> Result<Bytes> {
+        self.http.post_bytes(&self.messages_url, encode(req)?).await
+    }
+
+    /// Counts the input tokens of an Anthropic-format request.
+    pub async fn count_tokens(&self, req: &serde_json::Value) -> Result<Bytes> {
+        self.http.post_bytes(&self.count_tokens_url, encode(req)?).await
+    }
+
+    /// Sends an Anthropic-format streaming request and returns the raw events.
+    pub async fn messages_stream(&self, req: &MessagesRequest) -> Result<EventStream> {
+        self.http.post_events(&self.messages_url, encode(req)?).await
+    }
+}
+
+impl Provider for AnthropicProvider {
+    fn kind(&self) -> &'static str {
+        "anthropic"
+    }
+
+    async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
+        let mut request = translate::to_messages_request(req, self.default_max_tokens)?;
+        request.stream = None;
+        let bytes = self.messages(&request).await?;
+        let response: MessagesResponse = serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::InvalidResponse(format!("not a Messages response ({e})")))?;
+        let chat = translate::to_chat_response(response, now());
+        let usage = chat.usage.clone();
+        let body = serde_json::to_vec(&chat)
+            .map_err(|e| ProviderError::InvalidResponse(format!("could not encode the response: {e}")))?;
+        Ok(ProviderResponse {
+            body: Bytes::from(body),
+            usage,
+        })
+    }
+
+    async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
+        let mut request = translate::to_messages_request(req, self.default_max_tokens)?;
+        request.stream = Some(true);
+        let events = self.messages_stream(&request).await?;
+        Ok(stream::to_chat_chunks(events, req.wants_stream_usage(), now()))
+    }
+
+    async fn completion(&self, _req: &CompletionRequest) -> Result<ProviderResponse> {
+        Err(ProviderError::Unsupported {
+            provider: "anthropic",
+            operation: "legacy completions (use /v1/chat/completions)",
+        })
+    }
+
+    async fn completion_stream(&self, _req: &CompletionRequest) -> Result<ChunkStream> {
+        Err(ProviderError::Unsupported {
+            provider: "anthropic",
+            operation: "legacy completions (use /v1/chat/completions)",
+        })
+    }
+
+    async fn embeddings(&self, _req: &EmbeddingRequest) -> Result<ProviderResponse> {
+        Err(ProviderError::Unsupported {
+            provider: "anthropic",
+            operation: "embeddings",
+        })
+    }
+}

@@ -1,0 +1,362 @@
+//! OpenAI chat requests → Anthropic Messages requests, and Anthropic responses →
+//! OpenAI chat responses.
+
+use serde_json::{Value, json};
+use switchyard_api::anthropic::{
+    Content, ContentBlock, Message, MessageRole, MessagesRequest, MessagesResponse, MessagesUsage, Tool,
+};
+use switchyard_api::{
+    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ContentPart, Extra, FunctionCall,
+    MessageContent, Role, ToolCall, Usage,
+};
+
+use crate::{ProviderError, Result};
+
+fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
+    ProviderError::InvalidRequest {
+        message: message.into(),
+        param: Some(param.to_owned()),
+    }
+}
+
+/// OpenAI parameters that have no Anthropic equivalent and change the answer's
+/// shape: rejected rather than silently dropped.
+const REJECTED: &[&str] = &["logprobs", "top_logprobs", "audio", "modalities", "prediction"];
+
+/// An image part's URL as an Anthropic image source.
+fn image_source(url: &str) -> Value {
+    if let Some(rest) = url.strip_prefix("data:")
+        && let Some((meta, data)) = rest.split_once(',')
+    {
+        let media_type = meta.trim_end_matches(";base64");
+        return json!({"type": "base64", "media_type": media_type, "data": data});
+    }
+    json!({"type": "url", "url": url})
+}
+
+/// An OpenAI content part as an Anthropic block.
+fn part_to_block(part: &ContentPart, param: &str) -> Result<ContentBlock> {
+    match part.kind.as_str() {
+        "text" => {
+            let mut block = ContentBlock::text(part.text.clone().unwrap_or_default());
+            if let Some(cache) = part.extra.get("cache_control") {
+                block.extra.insert("cache_control".into(), cache.clone());
+            }
+            Ok(block)
+        }
+        "image_url" => {
+            let url = part
+                .extra
+                .get("image_url")
+                .and_then(|i| i.get("url").or(Some(i)))
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("an image_url part needs `image_url.url`", param))?;
+            Ok(ContentBlock {
+                kind: "image".into(),
+                source: Some(image_source(url)),
+                ..ContentBlock::default()
+            })
+        }
+        other => Err(invalid(
+            format!("content parts of type `{other}` are not supported by this provider"),
+            param,
+        )),
+    }
+}
+
+fn content_blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBlock>> {
+    match content {
+        None => Ok(Vec::new()),
+        Some(MessageContent::Text(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(MessageContent::Text(text)) => Ok(vec![ContentBlock::text(text.clone())]),
+        Some(MessageContent::Parts(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| part_to_block(p, &format!("{param}[{i}]")))
+            .collect(),
+    }
+}
+
+/// Appends blocks as a message of `role`, merging with the previous message of
+/// the same role (Anthropic requires alternating roles).
+fn push(messages: &mut Vec<Message>, role: MessageRole, blocks: Vec<ContentBlock>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = messages.last_mut()
+        && last.role == role
+    {
+        let previous = std::mem::replace(&mut last.content, Content::Blocks(Vec::new()));
+        let mut merged = previous.into_blocks();
+        merged.extend(blocks);
+        last.content = Content::Blocks(merged);
+        return;
+    }
+    messages.push(Message {
+        role,
+        content: Content::Blocks(blocks),
+    });
+}
+
+fn tool_use_blocks(calls: &[ToolCall], param: &str) -> Result<Vec<ContentBlock>> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(i, call)| {
+            let arguments = if call.function.arguments.trim().is_empty() {
+                "{}"
+            } else {
+                &call.function.arguments
+            };
+            let input: Value = serde_json::from_str(arguments).map_err(|e| {
+                invalid(
+                    format!("tool call arguments are not valid JSON: {e}"),
+                    &format!("{param}[{i}].function.arguments"),
+                )
+            })?;
+            Ok(ContentBlock {
+                kind: "tool_use".into(),
+                id: Some(call.id.clone()),
+                name: Some(call.function.name.clone()),
+                input: Some(input),
+                ..ContentBlock::default()
+            })
+        })
+        .collect()
+}
+
+fn convert_tools(tools: &Value) -> Result<Vec<Tool>> {
+    let list = tools
+        .as_array()
+        .ok_or_else(|| invalid("`tools` must be an array", "tools"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let function = tool
+                .get("function")
+                .ok_or_else(|| invalid("only tools of type `function` are supported", &format!("tools[{i}]")))?;
+            let name = function
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("a tool needs `function.name`", &format!("tools[{i}].function.name")))?;
+            Ok(Tool {
+                name: name.to_owned(),
+                description: function.get("description").and_then(Value::as_str).map(str::to_owned),
+                input_schema: Some(
+                    function
+                        .get("parameters")
+                        .cloned()
+                        .unwrap_or_else(|| json!({"type": "object"})),
+                ),
+                extra: Extra::new(),
+            })
+        })
+        .collect()
+}
+
+fn convert_tool_choice(choice: &Value, parallel: Option<bool>) -> Result<Value> {
+    let mut converted = match choice {
+        Value::String(s) if s == "auto" => json!({"type": "auto"}),
+        Value::String(s) if s == "none" => json!({"type": "none"}),
+        Value::String(s) if s == "required" => json!({"type": "any"}),
+        Value::Object(o) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("`tool_choice` must name a function", "tool_choice"))?;
+            json!({"type": "tool", "name": name})
+        }
+        _ => {
+            return Err(invalid(
+                "`tool_choice` must be auto, none, required or a function",
+                "tool_choice",
+            ));
+        }
+    };
+    if parallel == Some(false) && converted["type"] != "none" {
+        converted["disable_parallel_tool_use"] = json!(true);
+    }
+    Ok(converted)
+}
+
+/// Builds the Anthropic request for an OpenAI chat request.
+///
+/// `max_tokens` (or `max_completion_tokens`) is required by Anthropic; when the
+/// client sends neither, `default_max_tokens` is used. Temperatures above 1 are
+/// clamped to Anthropic's maximum of 1.
+pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32) -> Result<MessagesRequest> {
+    for key in REJECTED {
+        if req
+            .extra
+            .get(*key)
+            .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
+        {
+            return Err(invalid(format!("`{key}` is not supported by this provider"), key));
+        }
+    }
+    if req.extra.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(invalid("only one choice (`n` = 1) is supported by this provider", "n"));
+    }
+    let mut system = Vec::new();
+    let mut messages: Vec<Message> = Vec::new();
+    for (i, message) in req.messages.iter().enumerate() {
+        let param = format!("messages[{i}].content");
+        match message.role {
+            Role::System | Role::Developer => system.extend(content_blocks(&message.content, &param)?),
+            Role::User => push(
+                &mut messages,
+                MessageRole::User,
+                content_blocks(&message.content, &param)?,
+            ),
+            Role::Assistant => {
+                let mut blocks = content_blocks(&message.content, &param)?;
+                if let Some(calls) = &message.tool_calls {
+                    blocks.extend(tool_use_blocks(calls, &format!("messages[{i}].tool_calls"))?);
+                }
+                push(&mut messages, MessageRole::Assistant, blocks);
+            }
+            Role::Tool | Role::Function => {
+                let tool_use_id = message
+                    .tool_call_id
+                    .clone()
+                    .or_else(|| message.name.clone())
+                    .ok_or_else(|| {
+                        invalid(
+                            "a tool message needs `tool_call_id`",
+                            &format!("messages[{i}].tool_call_id"),
+                        )
+                    })?;
+                let block = ContentBlock {
+                    kind: "tool_result".into(),
+                    tool_use_id: Some(tool_use_id),
+                    content: Some(Content::Text(message.content_text())),
+                    ..ContentBlock::default()
+                };
+                push(&mut messages, MessageRole::User, vec![block]);
+            }
+        }
+    }
+    if messages.is_empty() {
+        return Err(invalid(
+            "at least one user or assistant message is required",
+            "messages",
+        ));
+    }
+    let max_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
+        .map_or(default_max_tokens, |v| v.min(u64::from(u32::MAX)) as u32);
+    let stop_sequences = match req.extra.get("stop") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(vec![s.clone()]),
+        Some(Value::Array(items)) => Some(items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
+        Some(_) => return Err(invalid("`stop` must be a string or an array of strings", "stop")),
+    };
+    let tools = req
+        .extra
+        .get("tools")
+        .filter(|t| !t.is_null())
+        .map(convert_tools)
+        .transpose()?;
+    let parallel = req.extra.get("parallel_tool_calls").and_then(Value::as_bool);
+    let tool_choice = match req.extra.get("tool_choice").filter(|t| !t.is_null()) {
+        Some(choice) => Some(convert_tool_choice(choice, parallel)?),
+        None if parallel == Some(false) && tools.is_some() => {
+            Some(json!({"type": "auto", "disable_parallel_tool_use": true}))
+        }
+        None => None,
+    };
+    let mut extra = Extra::new();
+    if let Some(user) = req.extra.get("user").and_then(Value::as_str) {
+        extra.insert("metadata".into(), json!({"user_id": user}));
+    }
+    Ok(MessagesRequest {
+        model: req.model.clone(),
+        messages,
+        max_tokens: Some(max_tokens),
+        system: (!system.is_empty()).then_some(Content::Blocks(system)),
+        stop_sequences,
+        stream: req.is_stream().then_some(true),
+        temperature: req
+            .extra
+            .get("temperature")
+            .and_then(Value::as_f64)
+            .map(|t| t.clamp(0.0, 1.0)),
+        top_p: req.extra.get("top_p").and_then(Value::as_f64),
+        tools,
+        tool_choice,
+        extra,
+    })
+}
+
+/// OpenAI's `finish_reason` for an Anthropic `stop_reason`.
+pub fn finish_reason(stop_reason: Option<&str>) -> Option<String> {
+    stop_reason.map(|r| {
+        match r {
+            "max_tokens" | "model_context_window_exceeded" => "length",
+            "tool_use" => "tool_calls",
+            "refusal" => "content_filter",
+            _ => "stop",
+        }
+        .to_owned()
+    })
+}
+
+/// OpenAI usage for Anthropic usage: prompt tokens include cached ones, which are
+/// also reported as `prompt_tokens_details.cached_tokens` and, verbatim, as
+/// `cache_read_input_tokens` / `cache_creation_input_tokens`.
+pub fn usage(u: &MessagesUsage) -> Usage {
+    let read = u.cache_read_input_tokens.unwrap_or(0);
+    let written = u.cache_creation_input_tokens.unwrap_or(0);
+    let mut usage = Usage::new(u.input_tokens + read + written, u.output_tokens);
+    usage
+        .extra
+        .insert("prompt_tokens_details".into(), json!({"cached_tokens": read}));
+    usage.extra.insert("cache_read_input_tokens".into(), json!(read));
+    usage.extra.insert("cache_creation_input_tokens".into(), json!(written));
+    usage
+}
+
+/// The OpenAI chat response for an Anthropic response.
+pub fn to_chat_response(resp: MessagesResponse, created: u64) -> ChatCompletionResponse {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for block in &resp.content {
+        match block.kind.as_str() {
+            "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
+            "tool_use" => calls.push(ToolCall {
+                id: block.id.clone().unwrap_or_default(),
+                kind: "function".into(),
+                function: FunctionCall {
+                    name: block.name.clone().unwrap_or_default(),
+                    arguments: block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
+                },
+                extra: Extra::new(),
+            }),
+            _ => {}
+        }
+    }
+    let message = ChatMessage {
+        role: Role::Assistant,
+        content: (!text.is_empty() || calls.is_empty()).then_some(MessageContent::Text(text)),
+        name: None,
+        tool_calls: (!calls.is_empty()).then_some(calls),
+        tool_call_id: None,
+        extra: Extra::new(),
+    };
+    ChatCompletionResponse {
+        id: resp.id,
+        object: "chat.completion".into(),
+        created,
+        model: resp.model,
+        choices: vec![ChatChoice {
+            index: 0,
+            message,
+            finish_reason: finish_reason(resp.stop_reason.as_deref()),
+            extra: Extra::new(),
+        }],
+        usage: Some(usage(&resp.usage)),
+        extra: Extra::new(),
+    }
+}
