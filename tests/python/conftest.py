@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import anthropic
 import openai
 import pytest
 
@@ -165,6 +166,12 @@ model_list:
         model: "mock-model::status=500"
         api_base: {mock_url}/v1
         api_key: test-upstream-key
+  - model_name: claude-test
+    deployments:
+      - provider: anthropic
+        model: claude-mock
+        api_base: {mock_url}
+        api_key: test-anthropic-key
 """
 
 
@@ -214,6 +221,23 @@ def client(gateway: Gateway) -> Iterator[openai.OpenAI]:
     http_client = openai.DefaultHttpxClient(trust_env=False)
     sdk = openai.OpenAI(
         base_url=f"{gateway.url}/v1",
+        api_key="test-key",
+        max_retries=0,
+        timeout=30.0,
+        http_client=http_client,
+    )
+    try:
+        yield sdk
+    finally:
+        sdk.close()
+
+
+@pytest.fixture(scope="session")
+def claude(gateway: Gateway) -> Iterator[anthropic.Anthropic]:
+    """An Anthropic SDK client talking to the gateway's ``/v1/messages``."""
+    http_client = anthropic.DefaultHttpxClient(trust_env=False)
+    sdk = anthropic.Anthropic(
+        base_url=gateway.url,
         api_key="test-key",
         max_retries=0,
         timeout=30.0,

@@ -151,3 +151,6 @@ impl Provider for AnthropicProvider {
         })
     }
 }
+
+#[cfg(test)]
+mod tests;

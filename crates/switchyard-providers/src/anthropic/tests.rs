@@ -1,0 +1,251 @@
+use futures_util::{StreamExt, stream};
+use serde_json::{Value, json};
+use switchyard_api::anthropic::MessagesResponse;
+use switchyard_api::{ChatCompletionChunk, ChatCompletionRequest};
+
+use super::stream::to_chat_chunks;
+use super::translate::{to_chat_response, to_messages_request};
+use crate::ProviderError;
+use crate::sse::Event;
+
+fn chat(body: Value) -> ChatCompletionRequest {
+    serde_json::from_value(body).unwrap()
+}
+
+#[test]
+fn request_translation_covers_system_tools_images_and_results() {
+    let req = chat(json!({
+        "model": "claude",
+        "messages": [
+            {"role": "system", "content": "rule one"},
+            {"role": "developer", "content": "rule two"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "look", "cache_control": {"type": "ephemeral"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.jpg"}}
+            ]},
+            {"role": "assistant", "content": "checking", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\":1}"}},
+                {"id": "c2", "type": "function", "function": {"name": "g", "arguments": ""}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "one"},
+            {"role": "tool", "tool_call_id": "c2", "content": "two"},
+            {"role": "user", "content": "thanks"}
+        ],
+        "stop": "END", "temperature": 1.7, "top_p": 0.9, "user": "u1",
+        "tools": [{"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}}}],
+        "tool_choice": "required", "parallel_tool_calls": false
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 4096).unwrap()).unwrap();
+    assert_eq!(out["system"][0]["text"], "rule one");
+    assert_eq!(out["system"][1]["text"], "rule two");
+    assert_eq!(out["max_tokens"], 4096);
+    assert_eq!(out["stop_sequences"], json!(["END"]));
+    assert_eq!(out["temperature"], 1.0);
+    assert_eq!(out["metadata"], json!({"user_id": "u1"}));
+    assert_eq!(
+        out["tool_choice"],
+        json!({"type": "any", "disable_parallel_tool_use": true})
+    );
+    assert_eq!(
+        out["tools"][0],
+        json!({"name": "f", "description": "d", "input_schema": {"type": "object"}})
+    );
+    let messages = out["messages"].as_array().unwrap();
+    assert_eq!(
+        messages.len(),
+        3,
+        "tool results and the next user turn merge into one user message"
+    );
+    let user = &messages[0]["content"];
+    assert_eq!(user[0]["cache_control"], json!({"type": "ephemeral"}));
+    assert_eq!(
+        user[1]["source"],
+        json!({"type": "base64", "media_type": "image/png", "data": "AAAA"})
+    );
+    assert_eq!(
+        user[2]["source"],
+        json!({"type": "url", "url": "https://example.com/cat.jpg"})
+    );
+    let assistant = &messages[1]["content"];
+    assert_eq!(
+        assistant[1],
+        json!({"type": "tool_use", "id": "c1", "name": "f", "input": {"a": 1}})
+    );
+    assert_eq!(assistant[2]["input"], json!({}));
+    let results = &messages[2]["content"];
+    assert_eq!(
+        results[0],
+        json!({"type": "tool_result", "tool_use_id": "c1", "content": "one"})
+    );
+    assert_eq!(results[1]["tool_use_id"], "c2");
+    assert_eq!(results[2]["text"], "thanks");
+}
+
+#[test]
+fn request_translation_rejects_what_it_cannot_express() {
+    let base = json!({"model": "c", "messages": [{"role": "user", "content": "x"}]});
+    let mut n = base.clone();
+    n["n"] = json!(2);
+    assert!(
+        matches!(to_messages_request(&chat(n), 10), Err(ProviderError::InvalidRequest { param: Some(p), .. }) if p == "n")
+    );
+    let mut logprobs = base.clone();
+    logprobs["logprobs"] = json!(true);
+    assert!(to_messages_request(&chat(logprobs), 10).is_err());
+    let bad_args = json!({"model": "c", "messages": [
+        {"role": "assistant", "content": null, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}
+    ]});
+    let err = to_messages_request(&chat(bad_args), 10).unwrap_err();
+    assert!(err.to_string().contains("not valid JSON"), "{err}");
+    let mut max = base;
+    max["max_completion_tokens"] = json!(7);
+    assert_eq!(to_messages_request(&chat(max), 10).unwrap().max_tokens, Some(7));
+}
+
+#[test]
+fn response_translation_maps_tools_stop_reasons_and_cached_usage() {
+    let response: MessagesResponse = serde_json::from_value(json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "content": [{"type": "text", "text": "Let me check."},
+                    {"type": "tool_use", "id": "t1", "name": "f", "input": {"q": 1}},
+                    {"type": "tool_use", "id": "t2", "name": "g", "input": {}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 3}
+    }))
+    .unwrap();
+    let chat = serde_json::to_value(to_chat_response(response, 1)).unwrap();
+    let choice = &chat["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls");
+    assert_eq!(choice["message"]["content"], "Let me check.");
+    assert_eq!(
+        choice["message"]["tool_calls"][0]["function"],
+        json!({"name": "f", "arguments": "{\"q\":1}"})
+    );
+    assert_eq!(choice["message"]["tool_calls"][1]["id"], "t2");
+    assert_eq!(chat["usage"]["prompt_tokens"], 20);
+    assert_eq!(chat["usage"]["completion_tokens"], 5);
+    assert_eq!(chat["usage"]["prompt_tokens_details"]["cached_tokens"], 7);
+    assert_eq!(chat["usage"]["cache_creation_input_tokens"], 3);
+    for (anthropic, openai) in [
+        ("end_turn", "stop"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+    ] {
+        assert_eq!(
+            super::translate::finish_reason(Some(anthropic)).as_deref(),
+            Some(openai)
+        );
+    }
+}
+
+fn events(items: &[(&str, Value)]) -> crate::sse::EventStream {
+    let items: Vec<Result<Event, ProviderError>> = items
+        .iter()
+        .map(|(name, data)| {
+            Ok(Event {
+                event: (*name).to_owned(),
+                data: data.to_string(),
+                id: String::new(),
+                retry: None,
+            })
+        })
+        .collect();
+    Box::pin(stream::iter(items))
+}
+
+fn tool_stream(stop: bool) -> Vec<(&'static str, Value)> {
+    let mut items = vec![
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_9", "type": "message", "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 4, "output_tokens": 1, "cache_read_input_tokens": 2, "cache_creation_input_tokens": 1}}}),
+        ),
+        ("ping", json!({"type": "ping"})),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "f", "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"q\":"}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "\"x\"}"}}),
+        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+        ),
+    ];
+    if stop {
+        items.push(("message_stop", json!({"type": "message_stop"})));
+    }
+    items
+}
+
+#[tokio::test]
+async fn stream_conversion_streams_tool_arguments_and_cached_usage() {
+    let chunks: Vec<_> = to_chat_chunks(events(&tool_stream(true)), true, 1).collect().await;
+    let parsed: Vec<ChatCompletionChunk> = chunks
+        .iter()
+        .map(|c| serde_json::from_slice(&c.as_ref().unwrap().data).unwrap())
+        .collect();
+    let text: String = parsed
+        .iter()
+        .filter_map(|c| c.choices.first()?.delta.content.clone())
+        .collect();
+    assert_eq!(text, "Hi");
+    let mut arguments = String::new();
+    for chunk in &parsed {
+        for call in chunk
+            .choices
+            .first()
+            .and_then(|c| c.delta.extra.get("tool_calls"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(call["index"], 0);
+            if let Some(id) = call.get("id") {
+                assert_eq!(id, "toolu_1");
+            }
+            arguments.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(arguments, "{\"q\":\"x\"}");
+    let finish: Vec<_> = parsed
+        .iter()
+        .filter_map(|c| c.choices.first()?.finish_reason.clone())
+        .collect();
+    assert_eq!(finish, vec!["tool_calls"]);
+    let usage = parsed.last().unwrap().usage.clone().unwrap();
+    assert_eq!((usage.prompt_tokens, usage.completion_tokens), (7, 9));
+    assert_eq!(usage.cached_prompt_tokens(), 2);
+    assert!(parsed.iter().all(|c| c.id == "msg_9"));
+}
+
+#[tokio::test]
+async fn a_stream_without_message_stop_is_an_error() {
+    let chunks: Vec<_> = to_chat_chunks(events(&tool_stream(false)), false, 1).collect().await;
+    assert!(matches!(chunks.last(), Some(Err(ProviderError::Stream(m))) if m.contains("message_stop")));
+    let error = vec![
+        tool_stream(true)[0].clone(),
+        (
+            "error",
+            json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
+        ),
+    ];
+    let chunks: Vec<_> = to_chat_chunks(events(&error), false, 1).collect().await;
+    assert!(matches!(chunks.last(), Some(Err(ProviderError::Stream(m))) if m.contains("Overloaded")));
+}

@@ -1,0 +1,148 @@
+"""The official Anthropic SDK against Switchyard's ``/v1/messages``.
+
+``gpt-test`` is an OpenAI-style deployment (the request is translated);
+``claude-test`` is an Anthropic deployment (the request passes through).
+The OpenAI SDK is also pointed at ``claude-test`` to check the other
+direction of translation.
+"""
+
+from __future__ import annotations
+
+import json
+
+import anthropic
+import openai
+import pytest
+
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+}
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_plain_message(claude: anthropic.Anthropic, model: str) -> None:
+    message = claude.messages.create(
+        model=model,
+        max_tokens=100,
+        system="be brief",
+        messages=[{"role": "user", "content": "hello there"}],
+    )
+    assert message.type == "message"
+    assert message.role == "assistant"
+    assert message.content[0].type == "text"
+    assert message.content[0].text == "mock reply: hello there"
+    assert message.stop_reason == "end_turn"
+    assert message.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_streaming_message(claude: anthropic.Anthropic, model: str) -> None:
+    with claude.messages.stream(
+        model=model,
+        max_tokens=100,
+        messages=[{"role": "user", "content": "stream this please"}],
+    ) as stream:
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+    assert text == "mock reply: stream this please"
+    assert final.content[0].text == text
+    assert final.stop_reason == "end_turn"
+    assert final.usage.output_tokens > 0
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_tool_use_round_trip(claude: anthropic.Anthropic, model: str) -> None:
+    first = claude.messages.create(
+        model=model,
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "weather in Paris?"}],
+    )
+    assert first.stop_reason == "tool_use"
+    uses = [b for b in first.content if b.type == "tool_use"]
+    assert len(uses) == 1
+    assert uses[0].name == "get_weather"
+    assert isinstance(uses[0].input, dict) and uses[0].input.get("q") == "mock"
+
+    second = claude.messages.create(
+        model=model,
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        messages=[
+            {"role": "user", "content": "weather in Paris?"},
+            {"role": "assistant", "content": [b.model_dump() for b in first.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": uses[0].id, "content": "sunny"}]},
+        ],
+    )
+    assert second.content[0].type == "text"
+    assert second.stop_reason == "end_turn"
+
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+def test_streaming_tool_use(claude: anthropic.Anthropic, model: str) -> None:
+    with claude.messages.stream(
+        model=model,
+        max_tokens=100,
+        tools=[WEATHER_TOOL],
+        tool_choice={"type": "tool", "name": "get_weather"},
+        messages=[{"role": "user", "content": "weather?"}],
+    ) as stream:
+        final = stream.get_final_message()
+    uses = [b for b in final.content if b.type == "tool_use"]
+    assert len(uses) == 1
+    assert uses[0].name == "get_weather"
+    assert uses[0].input.get("q") == "mock"
+    assert final.stop_reason == "tool_use"
+
+
+def test_missing_max_tokens_is_a_bad_request(claude: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.messages.create(
+            model="gpt-test",
+            max_tokens=0,
+            messages=[{"role": "user", "content": "x"}],
+        )
+    assert "max_tokens" in str(info.value)
+
+
+def test_unknown_model_is_not_found(claude: anthropic.Anthropic) -> None:
+    with pytest.raises(anthropic.NotFoundError):
+        claude.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+
+
+def test_openai_sdk_against_anthropic_deployment(client: openai.OpenAI) -> None:
+    resp = client.chat.completions.create(
+        model="claude-test",
+        messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
+    )
+    assert resp.choices[0].message.content == "mock reply: hello there"
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.usage is not None and resp.usage.completion_tokens > 0
+
+    stream = client.chat.completions.create(
+        model="claude-test",
+        messages=[{"role": "user", "content": "hello there"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "mock reply: hello there"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+
+
+def test_openai_sdk_tool_call_against_anthropic_deployment(client: openai.OpenAI) -> None:
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_TOOL["input_schema"]}}]
+    resp = client.chat.completions.create(
+        model="claude-test",
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=tools,
+        tool_choice="required",
+    )
+    call = resp.choices[0].message.tool_calls[0]
+    assert resp.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["q"] == "mock"
