@@ -77,6 +77,8 @@ pub enum ProviderKind {
     Azure,
     /// Anthropic's Messages API.
     Anthropic,
+    /// AWS Bedrock (Converse API).
+    Bedrock,
     /// The built-in mock.
     Mock,
 }
@@ -101,9 +103,21 @@ pub struct DeploymentEntry {
     /// Anthropic `anthropic-version` header (default `2023-06-01`).
     #[serde(default)]
     pub anthropic_version: Option<String>,
-    /// `max_tokens` sent to Anthropic when the client sends none (default 4096).
+    /// `max_tokens` sent to Anthropic or Bedrock when the client sends none (default 4096).
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
+    /// Bedrock: AWS region (default `AWS_REGION` / `AWS_DEFAULT_REGION`).
+    #[serde(default)]
+    pub aws_region: Option<String>,
+    /// Bedrock: access key id, `os.environ/NAME`; without it the default credential chain is used.
+    #[serde(default)]
+    pub aws_access_key_id: Option<String>,
+    /// Bedrock: secret access key, `os.environ/NAME`.
+    #[serde(default)]
+    pub aws_secret_access_key: Option<String>,
+    /// Bedrock: session token for temporary credentials, `os.environ/NAME`.
+    #[serde(default)]
+    pub aws_session_token: Option<String>,
     /// Relative share of traffic (default 1).
     #[serde(default)]
     pub weight: Option<f64>,
@@ -283,8 +297,12 @@ pub struct DeploymentSpec {
     pub api_version: Option<String>,
     /// Anthropic `anthropic-version`.
     pub anthropic_version: Option<String>,
-    /// Anthropic `max_tokens` default.
+    /// Anthropic and Bedrock `max_tokens` default.
     pub default_max_tokens: Option<u32>,
+    /// Bedrock region.
+    pub aws_region: Option<String>,
+    /// Bedrock static credentials (access key id, secret, session token).
+    pub aws_credentials: Option<(Secret, Secret, Option<Secret>)>,
     /// Relative traffic share.
     pub weight: f64,
     /// USD per prompt token.
@@ -393,14 +411,17 @@ fn validate_deployment(
         (ProviderKind::Azure, Some(_)) | (_, None) => {}
         (_, Some(_)) => issues.push(issue(format!("{path}.api_version"), "is only used by azure")),
     }
-    if entry.provider != ProviderKind::Anthropic {
-        if entry.anthropic_version.is_some() {
-            issues.push(issue(format!("{path}.anthropic_version"), "is only used by anthropic"));
-        }
-        if entry.default_max_tokens.is_some() {
-            issues.push(issue(format!("{path}.default_max_tokens"), "is only used by anthropic"));
-        }
+    if entry.provider != ProviderKind::Anthropic && entry.anthropic_version.is_some() {
+        issues.push(issue(format!("{path}.anthropic_version"), "is only used by anthropic"));
     }
+    if !matches!(entry.provider, ProviderKind::Anthropic | ProviderKind::Bedrock) && entry.default_max_tokens.is_some()
+    {
+        issues.push(issue(
+            format!("{path}.default_max_tokens"),
+            "is only used by anthropic and bedrock",
+        ));
+    }
+    let (aws_region, aws_credentials) = validate_aws(entry, path, env, issues);
     if entry.default_max_tokens == Some(0) {
         issues.push(issue(format!("{path}.default_max_tokens"), "must be greater than 0"));
     }
@@ -449,6 +470,8 @@ fn validate_deployment(
         api_version: entry.api_version.clone(),
         anthropic_version: entry.anthropic_version.clone(),
         default_max_tokens: entry.default_max_tokens,
+        aws_region,
+        aws_credentials,
         weight,
         input_cost_per_token: check_price(
             entry.input_cost_per_token,
@@ -477,6 +500,61 @@ fn validate_deployment(
             embedding_dims: mock.embedding_dims,
         },
     }
+}
+
+/// Bedrock's region and optional static credentials; other providers must not set them.
+#[allow(clippy::type_complexity, reason = "a private helper returning two validated values")]
+fn validate_aws(
+    entry: &DeploymentEntry,
+    path: &str,
+    env: &dyn EnvSource,
+    issues: &mut Vec<ConfigIssue>,
+) -> (Option<String>, Option<(Secret, Secret, Option<Secret>)>) {
+    let aws_keys = [
+        ("aws_region", &entry.aws_region),
+        ("aws_access_key_id", &entry.aws_access_key_id),
+        ("aws_secret_access_key", &entry.aws_secret_access_key),
+        ("aws_session_token", &entry.aws_session_token),
+    ];
+    if entry.provider != ProviderKind::Bedrock {
+        for (key, value) in aws_keys {
+            if value.is_some() {
+                issues.push(issue(format!("{path}.{key}"), "is only used by bedrock"));
+            }
+        }
+        return (None, None);
+    }
+    let region = entry
+        .aws_region
+        .clone()
+        .or_else(|| env.get("AWS_REGION"))
+        .or_else(|| env.get("AWS_DEFAULT_REGION"));
+    if region.is_none() {
+        issues.push(issue(
+            format!("{path}.aws_region"),
+            "is required for bedrock (or set AWS_REGION)",
+        ));
+    }
+    let secret = |key: &str, value: &Option<String>, issues: &mut Vec<ConfigIssue>| {
+        value
+            .as_deref()
+            .and_then(|v| resolve_secret(v, &format!("{path}.{key}"), env, issues))
+    };
+    let id = secret("aws_access_key_id", &entry.aws_access_key_id, issues);
+    let key = secret("aws_secret_access_key", &entry.aws_secret_access_key, issues);
+    let token = secret("aws_session_token", &entry.aws_session_token, issues);
+    let credentials = match (id, key) {
+        (Some(id), Some(key)) => Some((id, key, token)),
+        (None, None) => None,
+        _ => {
+            issues.push(issue(
+                format!("{path}.aws_secret_access_key"),
+                "aws_access_key_id and aws_secret_access_key go together",
+            ));
+            None
+        }
+    };
+    (region, credentials)
 }
 
 impl Config {

@@ -4,7 +4,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use switchyard_providers::anthropic::{DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
 use switchyard_providers::{
-    AnthropicProvider, AnthropicSettings, AzureProvider, MockProvider, OpenAiProvider, ProviderClient, ProviderError,
+    AnthropicProvider, AnthropicSettings, AzureProvider, BedrockProvider, BedrockSettings, MockProvider,
+    OpenAiProvider, ProviderClient, ProviderError, StaticCredentials,
 };
 use switchyard_routing::{DeploymentId, DeploymentInfo, ModelGroup, Registry};
 
@@ -53,6 +54,20 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
             },
             &spec.http,
         )?),
+        ProviderKind::Bedrock => ProviderClient::Bedrock(BedrockProvider::new(BedrockSettings {
+            region: spec.aws_region.clone().unwrap_or_default(),
+            endpoint_url: spec.api_base.clone(),
+            credentials: spec
+                .aws_credentials
+                .clone()
+                .map(|(id, secret, token)| StaticCredentials {
+                    access_key_id: id,
+                    secret_access_key: secret,
+                    session_token: token,
+                }),
+            default_max_tokens: spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            timeouts: spec.http.timeouts,
+        })),
         ProviderKind::Mock => ProviderClient::Mock(MockProvider::new(spec.mock.clone())),
     })
 }
@@ -62,6 +77,7 @@ fn provider_name(kind: ProviderKind) -> &'static str {
         ProviderKind::Openai => "openai",
         ProviderKind::Azure => "azure",
         ProviderKind::Anthropic => "anthropic",
+        ProviderKind::Bedrock => "bedrock",
         ProviderKind::Mock => "mock",
     }
 }

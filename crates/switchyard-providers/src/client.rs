@@ -3,7 +3,8 @@
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest};
 
 use crate::{
-    AnthropicProvider, AzureProvider, ChunkStream, MockProvider, OpenAiProvider, Provider, ProviderResponse, Result,
+    AnthropicProvider, AzureProvider, BedrockProvider, ChunkStream, MockProvider, OpenAiProvider, Provider,
+    ProviderResponse, Result,
 };
 
 /// A configured upstream: matched once per call, no dynamic dispatch.
@@ -15,6 +16,8 @@ pub enum ProviderClient {
     Azure(AzureProvider),
     /// Anthropic's Messages API.
     Anthropic(AnthropicProvider),
+    /// AWS Bedrock.
+    Bedrock(BedrockProvider),
     /// The built-in mock.
     Mock(MockProvider),
 }
@@ -25,6 +28,7 @@ macro_rules! dispatch {
             ProviderClient::OpenAi($p) => $call,
             ProviderClient::Azure($p) => $call,
             ProviderClient::Anthropic($p) => $call,
+            ProviderClient::Bedrock($p) => $call,
             ProviderClient::Mock($p) => $call,
         }
     };

@@ -1,11 +1,13 @@
 //! Upstream LLM providers behind one [`Provider`] trait.
 //!
 //! The configured provider is the closed enum [`ProviderClient`]: OpenAI and any
-//! OpenAI-compatible server, Azure OpenAI, Anthropic, and the built-in mock. Providers
+//! OpenAI-compatible server, Azure OpenAI, Anthropic, AWS Bedrock, and the built-in mock. Providers
 //! return upstream bytes untouched where the wire format already is OpenAI's,
 //! and report usage parsed alongside so the gateway never re-parses a body.
 
 pub mod anthropic;
+pub mod bedrock;
+mod chunks;
 pub mod client;
 pub mod error;
 pub mod http;
@@ -22,6 +24,7 @@ use futures_util::Stream;
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage};
 
 pub use anthropic::{AnthropicProvider, AnthropicSettings};
+pub use bedrock::{BedrockProvider, BedrockSettings, StaticCredentials};
 pub use client::ProviderClient;
 pub use error::{ProviderError, TimeoutPhase};
 pub use http::{HttpSettings, Timeouts};

@@ -8,21 +8,17 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use bytes::Bytes;
 use futures_util::{StreamExt, stream};
-use serde_json::{Value, json};
 use switchyard_api::anthropic::{MessagesUsage, StreamEvent};
-use switchyard_api::{ChatCompletionChunk, ChunkChoice, ChunkDelta, Extra, Role, Usage};
 
 use super::translate::{finish_reason, usage};
+use crate::chunks::ChunkBuilder;
 use crate::sse::EventStream;
 use crate::{ChunkStream, ProviderError, Result, StreamChunk};
 
 /// Conversion state of one stream.
 struct Converter {
-    id: String,
-    model: String,
-    created: u64,
+    out: ChunkBuilder,
     include_usage: bool,
     usage: MessagesUsage,
     /// Anthropic block index → OpenAI tool-call index.
@@ -31,79 +27,24 @@ struct Converter {
 }
 
 impl Converter {
-    fn chunk(&self, delta: ChunkDelta, finish_reason: Option<String>, usage: Option<Usage>) -> Result<StreamChunk> {
-        let choices = if usage.is_some() {
-            Vec::new()
-        } else {
-            vec![ChunkChoice {
-                index: 0,
-                delta,
-                finish_reason,
-                extra: Extra::new(),
-            }]
-        };
-        let chunk = ChatCompletionChunk {
-            id: self.id.clone(),
-            object: "chat.completion.chunk".into(),
-            created: self.created,
-            model: self.model.clone(),
-            choices,
-            usage: usage.clone(),
-            extra: Extra::new(),
-        };
-        let data =
-            serde_json::to_vec(&chunk).map_err(|e| ProviderError::Stream(format!("could not encode a chunk: {e}")))?;
-        Ok(StreamChunk {
-            data: Bytes::from(data),
-            usage,
-        })
-    }
-
-    fn tool_delta(index: u32, call: Value) -> ChunkDelta {
-        let mut call = call;
-        call["index"] = json!(index);
-        let mut extra = Extra::new();
-        extra.insert("tool_calls".into(), json!([call]));
-        ChunkDelta {
-            role: None,
-            content: None,
-            extra,
-        }
-    }
-
     /// The chunks one event produces.
     fn on_event(&mut self, event: StreamEvent, out: &mut VecDeque<Result<StreamChunk>>) {
         match event {
             StreamEvent::MessageStart { message } => {
-                self.id = message.id;
-                self.model = message.model;
+                self.out.id = message.id;
+                self.out.model = message.model;
                 self.usage = message.usage;
-                let delta = ChunkDelta {
-                    role: Some(Role::Assistant),
-                    content: Some(String::new()),
-                    extra: Extra::new(),
-                };
-                out.push_back(self.chunk(delta, None, None));
+                out.push_back(self.out.role());
             }
             StreamEvent::ContentBlockStart { index, content_block } if content_block.kind == "tool_use" => {
                 let tool_index = self.tools.len() as u32;
                 self.tools.insert(index, tool_index);
-                let call = json!({
-                    "id": content_block.id.unwrap_or_default(),
-                    "type": "function",
-                    "function": {"name": content_block.name.unwrap_or_default(), "arguments": ""}
-                });
-                out.push_back(self.chunk(Self::tool_delta(tool_index, call), None, None));
+                let id = content_block.id.unwrap_or_default();
+                let name = content_block.name.unwrap_or_default();
+                out.push_back(self.out.tool_start(tool_index, &id, &name));
             }
             StreamEvent::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
-                "text_delta" => {
-                    let delta = ChunkDelta {
-                        role: None,
-                        content: delta.text,
-                        extra: Extra::new(),
-                    };
-                    out.push_back(self.chunk(delta, None, None));
-                }
+                "text_delta" => out.push_back(self.out.text(delta.text.unwrap_or_default())),
                 "input_json_delta" => {
                     let Some(&tool_index) = self.tools.get(&index) else {
                         out.push_back(Err(ProviderError::Stream(format!(
@@ -111,8 +52,10 @@ impl Converter {
                         ))));
                         return;
                     };
-                    let call = json!({"function": {"arguments": delta.partial_json.unwrap_or_default()}});
-                    out.push_back(self.chunk(Self::tool_delta(tool_index, call), None, None));
+                    out.push_back(
+                        self.out
+                            .tool_arguments(tool_index, delta.partial_json.unwrap_or_default()),
+                    );
                 }
                 _ => {}
             },
@@ -127,13 +70,12 @@ impl Converter {
                 if u.cache_creation_input_tokens.is_some() {
                     self.usage.cache_creation_input_tokens = u.cache_creation_input_tokens;
                 }
-                let reason = finish_reason(delta.stop_reason.as_deref());
-                out.push_back(self.chunk(ChunkDelta::default(), reason, None));
+                out.push_back(self.out.finish(finish_reason(delta.stop_reason.as_deref())));
             }
             StreamEvent::MessageStop => {
                 self.finished = true;
                 if self.include_usage {
-                    out.push_back(self.chunk(ChunkDelta::default(), None, Some(usage(&self.usage))));
+                    out.push_back(self.out.usage(usage(&self.usage)));
                 }
             }
             StreamEvent::Error { error } => out.push_back(Err(ProviderError::Stream(format!(
@@ -148,9 +90,10 @@ impl Converter {
 /// Converts Anthropic SSE events into OpenAI chunks.
 pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: u64) -> ChunkStream {
     let converter = Converter {
-        id: String::new(),
-        model: String::new(),
-        created,
+        out: ChunkBuilder {
+            created,
+            ..ChunkBuilder::default()
+        },
         include_usage,
         usage: MessagesUsage::default(),
         tools: HashMap::new(),

@@ -1,0 +1,371 @@
+//! OpenAI chat requests ↔ Bedrock Converse messages.
+
+use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
+use aws_sdk_bedrockruntime::types::{
+    AnyToolChoice, AutoToolChoice, CachePointBlock, CachePointType, ContentBlock, ConversationRole, ImageBlock,
+    ImageFormat, ImageSource, InferenceConfiguration, Message, SpecificToolChoice, StopReason, SystemContentBlock,
+    TokenUsage, Tool, ToolChoice, ToolConfiguration, ToolInputSchema, ToolResultBlock, ToolResultContentBlock,
+    ToolSpecification, ToolUseBlock,
+};
+use aws_smithy_types::{Blob, Document, Number};
+use base64::Engine as _;
+use serde_json::{Map, Value};
+use switchyard_api::anthropic::MessagesUsage;
+use switchyard_api::{
+    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Extra, FunctionCall, MessageContent, Role,
+    ToolCall, Usage,
+};
+
+use crate::{ProviderError, Result};
+
+fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
+    ProviderError::InvalidRequest {
+        message: message.into(),
+        param: Some(param.to_owned()),
+    }
+}
+
+fn built<T, E: std::fmt::Display>(result: std::result::Result<T, E>, param: &str) -> Result<T> {
+    result.map_err(|e| invalid(format!("cannot build the Bedrock request: {e}"), param))
+}
+
+/// A JSON value as a Smithy document.
+pub(crate) fn to_document(value: &Value) -> Document {
+    match value {
+        Value::Null => Document::Null,
+        Value::Bool(b) => Document::Bool(*b),
+        Value::Number(n) => Document::Number(match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => Number::PosInt(u),
+            (None, Some(i)) => Number::NegInt(i),
+            _ => Number::Float(n.as_f64().unwrap_or(0.0)),
+        }),
+        Value::String(s) => Document::String(s.clone()),
+        Value::Array(items) => Document::Array(items.iter().map(to_document).collect()),
+        Value::Object(map) => Document::Object(map.iter().map(|(k, v)| (k.clone(), to_document(v))).collect()),
+    }
+}
+
+/// A Smithy document as a JSON value.
+pub(crate) fn from_document(doc: &Document) -> Value {
+    match doc {
+        Document::Null => Value::Null,
+        Document::Bool(b) => Value::Bool(*b),
+        Document::Number(Number::PosInt(u)) => Value::from(*u),
+        Document::Number(Number::NegInt(i)) => Value::from(*i),
+        Document::Number(Number::Float(f)) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        Document::String(s) => Value::String(s.clone()),
+        Document::Array(items) => Value::Array(items.iter().map(from_document).collect()),
+        Document::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), from_document(v)))
+                .collect::<Map<_, _>>(),
+        ),
+    }
+}
+
+fn image(url: &str, param: &str) -> Result<ContentBlock> {
+    let Some((meta, data)) = url.strip_prefix("data:").and_then(|rest| rest.split_once(',')) else {
+        return Err(invalid(
+            "Bedrock takes images as base64 data URLs only, not links",
+            param,
+        ));
+    };
+    let format = match meta.trim_end_matches(";base64") {
+        "image/png" => ImageFormat::Png,
+        "image/jpeg" | "image/jpg" => ImageFormat::Jpeg,
+        "image/gif" => ImageFormat::Gif,
+        "image/webp" => ImageFormat::Webp,
+        other => {
+            return Err(invalid(
+                format!("image type `{other}` is not supported by Bedrock"),
+                param,
+            ));
+        }
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map_err(|e| invalid(format!("the image is not valid base64: {e}"), param))?;
+    let block = ImageBlock::builder()
+        .format(format)
+        .source(ImageSource::Bytes(Blob::new(bytes)))
+        .build();
+    Ok(ContentBlock::Image(built(block, param)?))
+}
+
+fn cache_point() -> Result<ContentBlock> {
+    Ok(ContentBlock::CachePoint(built(
+        CachePointBlock::builder().r#type(CachePointType::Default).build(),
+        "cache_control",
+    )?))
+}
+
+fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBlock>> {
+    let mut out = Vec::new();
+    match content {
+        None => {}
+        Some(MessageContent::Text(text)) if text.is_empty() => {}
+        Some(MessageContent::Text(text)) => out.push(ContentBlock::Text(text.clone())),
+        Some(MessageContent::Parts(parts)) => {
+            for (i, part) in parts.iter().enumerate() {
+                let param = format!("{param}[{i}]");
+                match part.kind.as_str() {
+                    "text" => out.push(ContentBlock::Text(part.text.clone().unwrap_or_default())),
+                    "image_url" => {
+                        let url = part
+                            .extra
+                            .get("image_url")
+                            .and_then(|i| i.get("url").or(Some(i)))
+                            .and_then(Value::as_str)
+                            .unwrap_or_default();
+                        out.push(image(url, &param)?);
+                    }
+                    other => {
+                        return Err(invalid(
+                            format!("content parts of type `{other}` are not supported by Bedrock"),
+                            &param,
+                        ));
+                    }
+                }
+                if part.extra.contains_key("cache_control") {
+                    out.push(cache_point()?);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn push(messages: &mut Vec<(ConversationRole, Vec<ContentBlock>)>, role: ConversationRole, content: Vec<ContentBlock>) {
+    if content.is_empty() {
+        return;
+    }
+    match messages.last_mut() {
+        Some((last, existing)) if *last == role => existing.extend(content),
+        _ => messages.push((role, content)),
+    }
+}
+
+/// The pieces of a Converse call built from an OpenAI chat request.
+pub(crate) struct ConverseInput {
+    pub(crate) system: Vec<SystemContentBlock>,
+    pub(crate) messages: Vec<Message>,
+    pub(crate) inference: InferenceConfiguration,
+    pub(crate) tools: Option<ToolConfiguration>,
+}
+
+fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
+    let Some(tools) = req.extra.get("tools").and_then(Value::as_array) else {
+        return Ok(None);
+    };
+    let mut specs = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let param = format!("tools[{i}]");
+        let function = tool
+            .get("function")
+            .ok_or_else(|| invalid("only function tools are supported", &param))?;
+        let name = function
+            .get("name")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("a tool needs a name", &param))?;
+        let schema = function
+            .get("parameters")
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        let spec = ToolSpecification::builder()
+            .name(name)
+            .set_description(function.get("description").and_then(Value::as_str).map(str::to_owned))
+            .input_schema(ToolInputSchema::Json(to_document(&schema)))
+            .build();
+        specs.push(Tool::ToolSpec(built(spec, &param)?));
+    }
+    let choice = match req.extra.get("tool_choice") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s == "auto" || s == "none" => {
+            Some(ToolChoice::Auto(AutoToolChoice::builder().build()))
+        }
+        Some(Value::String(s)) if s == "required" => Some(ToolChoice::Any(AnyToolChoice::builder().build())),
+        Some(Value::Object(o)) => {
+            let name = o
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("`tool_choice` must name a function", "tool_choice"))?;
+            Some(ToolChoice::Tool(built(
+                SpecificToolChoice::builder().name(name).build(),
+                "tool_choice",
+            )?))
+        }
+        Some(_) => {
+            return Err(invalid(
+                "`tool_choice` must be auto, none, required or a function",
+                "tool_choice",
+            ));
+        }
+    };
+    let config = ToolConfiguration::builder()
+        .set_tools(Some(specs))
+        .set_tool_choice(choice)
+        .build();
+    Ok(Some(built(config, "tools")?))
+}
+
+/// Builds the Converse input for an OpenAI chat request.
+pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) -> Result<ConverseInput> {
+    if req.extra.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
+        return Err(invalid("only one choice (`n` = 1) is supported by Bedrock", "n"));
+    }
+    let mut system = Vec::new();
+    let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
+    for (i, message) in req.messages.iter().enumerate() {
+        let param = format!("messages[{i}].content");
+        match message.role {
+            Role::System | Role::Developer => system.push(SystemContentBlock::Text(message.content_text())),
+            Role::User => push(&mut turns, ConversationRole::User, blocks(&message.content, &param)?),
+            Role::Assistant => {
+                let mut content = blocks(&message.content, &param)?;
+                for (j, call) in message.tool_calls.iter().flatten().enumerate() {
+                    let param = format!("messages[{i}].tool_calls[{j}].function.arguments");
+                    let arguments = if call.function.arguments.trim().is_empty() {
+                        "{}"
+                    } else {
+                        &call.function.arguments
+                    };
+                    let input: Value = serde_json::from_str(arguments)
+                        .map_err(|e| invalid(format!("tool call arguments are not valid JSON: {e}"), &param))?;
+                    let block = ToolUseBlock::builder()
+                        .tool_use_id(&call.id)
+                        .name(&call.function.name)
+                        .input(to_document(&input))
+                        .build();
+                    content.push(ContentBlock::ToolUse(built(block, &param)?));
+                }
+                push(&mut turns, ConversationRole::Assistant, content);
+            }
+            Role::Tool | Role::Function => {
+                let id = message
+                    .tool_call_id
+                    .clone()
+                    .or_else(|| message.name.clone())
+                    .unwrap_or_default();
+                let block = ToolResultBlock::builder()
+                    .tool_use_id(id)
+                    .content(ToolResultContentBlock::Text(message.content_text()))
+                    .build();
+                push(
+                    &mut turns,
+                    ConversationRole::User,
+                    vec![ContentBlock::ToolResult(built(block, &param)?)],
+                );
+            }
+        }
+    }
+    if turns.is_empty() {
+        return Err(invalid(
+            "at least one user or assistant message is required",
+            "messages",
+        ));
+    }
+    let messages = turns
+        .into_iter()
+        .map(|(role, content)| {
+            built(
+                Message::builder().role(role).set_content(Some(content)).build(),
+                "messages",
+            )
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let max_tokens = ["max_completion_tokens", "max_tokens"]
+        .iter()
+        .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
+        .map_or(default_max_tokens, |v| v.min(i32::MAX as u64) as u32);
+    let stop = match req.extra.get("stop") {
+        Some(Value::String(s)) => Some(vec![s.clone()]),
+        Some(Value::Array(items)) => Some(items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
+        _ => None,
+    };
+    let inference = InferenceConfiguration::builder()
+        .max_tokens(max_tokens.min(i32::MAX as u32) as i32)
+        .set_temperature(req.extra.get("temperature").and_then(Value::as_f64).map(|t| t as f32))
+        .set_top_p(req.extra.get("top_p").and_then(Value::as_f64).map(|t| t as f32))
+        .set_stop_sequences(stop)
+        .build();
+    Ok(ConverseInput {
+        system,
+        messages,
+        inference,
+        tools: tool_config(req)?,
+    })
+}
+
+/// OpenAI's `finish_reason` for a Converse stop reason.
+pub(crate) fn finish_reason(reason: &StopReason) -> String {
+    match reason {
+        StopReason::MaxTokens | StopReason::ModelContextWindowExceeded => "length",
+        StopReason::ToolUse => "tool_calls",
+        StopReason::ContentFiltered | StopReason::GuardrailIntervened => "content_filter",
+        _ => "stop",
+    }
+    .to_owned()
+}
+
+/// OpenAI usage for Converse usage, cached tokens counted as Anthropic's are.
+pub(crate) fn usage(u: &TokenUsage) -> Usage {
+    let non_negative = |v: i32| u64::try_from(v).unwrap_or(0);
+    crate::anthropic::translate::usage(&MessagesUsage {
+        input_tokens: non_negative(u.input_tokens),
+        output_tokens: non_negative(u.output_tokens),
+        cache_read_input_tokens: u.cache_read_input_tokens.map(non_negative),
+        cache_creation_input_tokens: u.cache_write_input_tokens.map(non_negative),
+        extra: Extra::new(),
+    })
+}
+
+/// The OpenAI chat response for a Converse answer.
+pub(crate) fn to_chat_response(
+    output: ConverseOutput,
+    id: String,
+    model: String,
+    created: u64,
+) -> ChatCompletionResponse {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    if let Some(message) = output.output.as_ref().and_then(|o| o.as_message().ok()) {
+        for block in &message.content {
+            match block {
+                ContentBlock::Text(t) => text.push_str(t),
+                ContentBlock::ToolUse(tool) => calls.push(ToolCall {
+                    id: tool.tool_use_id.clone(),
+                    kind: "function".into(),
+                    function: FunctionCall {
+                        name: tool.name.clone(),
+                        arguments: from_document(&tool.input).to_string(),
+                    },
+                    extra: Extra::new(),
+                }),
+                _ => {}
+            }
+        }
+    }
+    let message = ChatMessage {
+        role: Role::Assistant,
+        content: (!text.is_empty() || calls.is_empty()).then_some(MessageContent::Text(text)),
+        name: None,
+        tool_calls: (!calls.is_empty()).then_some(calls),
+        tool_call_id: None,
+        extra: Extra::new(),
+    };
+    ChatCompletionResponse {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model,
+        choices: vec![ChatChoice {
+            index: 0,
+            message,
+            finish_reason: Some(finish_reason(&output.stop_reason)),
+            extra: Extra::new(),
+        }],
+        usage: output.usage.as_ref().map(usage),
+        extra: Extra::new(),
+    }
+}

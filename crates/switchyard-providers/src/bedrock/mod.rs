@@ -1,0 +1,321 @@
+//! AWS Bedrock through the SDK's Converse and ConverseStream APIs (chat) and
+//! InvokeModel (Titan and Cohere embeddings).
+//!
+//! The SDK client is built on first use: with explicit credentials from the
+//! configuration, or else from the default credential chain (environment,
+//! profile, web identity, container and instance roles). The endpoint URL can
+//! be overridden per deployment. The SDK's own retries are off: the gateway
+//! decides what to retry and where.
+
+mod convert;
+mod stream;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aws_config::BehaviorVersion;
+use aws_sdk_bedrockruntime::Client;
+use aws_sdk_bedrockruntime::config::http::HttpResponse;
+use aws_sdk_bedrockruntime::config::{Credentials, Region};
+use aws_sdk_bedrockruntime::error::{ProvideErrorMetadata, SdkError};
+use aws_smithy_types::Blob;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::retry::RetryConfig;
+use aws_smithy_types::timeout::TimeoutConfig;
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::{Value, json};
+use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage};
+use tokio::sync::OnceCell;
+
+use crate::chunks::ChunkBuilder;
+use crate::http::Timeouts;
+use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, Secret, TimeoutPhase};
+
+/// Static AWS credentials from the configuration.
+#[derive(Debug, Clone)]
+pub struct StaticCredentials {
+    /// `aws_access_key_id`.
+    pub access_key_id: Secret,
+    /// `aws_secret_access_key`.
+    pub secret_access_key: Secret,
+    /// `aws_session_token`, for temporary credentials.
+    pub session_token: Option<Secret>,
+}
+
+/// Settings of a Bedrock deployment.
+#[derive(Debug, Clone)]
+pub struct BedrockSettings {
+    /// AWS region, e.g. `us-east-1`.
+    pub region: String,
+    /// Endpoint override (a VPC endpoint, a proxy, a test server).
+    pub endpoint_url: Option<String>,
+    /// Explicit credentials; `None` uses the default credential chain.
+    pub credentials: Option<StaticCredentials>,
+    /// `maxTokens` when the client sends none.
+    pub default_max_tokens: u32,
+    /// Connect and total timeouts; first-byte bounds a stream's first event.
+    pub timeouts: Timeouts,
+}
+
+/// AWS Bedrock Runtime.
+#[derive(Debug)]
+pub struct BedrockProvider {
+    settings: BedrockSettings,
+    client: OnceCell<Client>,
+    counter: AtomicU64,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A typed error for an SDK failure; messages come from the service, never credentials.
+fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    err: SdkError<E, HttpResponse>,
+) -> ProviderError {
+    match &err {
+        SdkError::ServiceError(ctx) => {
+            let code = ctx.err().code().map(str::to_owned);
+            ProviderError::Status {
+                status: ctx.raw().status().as_u16(),
+                message: ctx
+                    .err()
+                    .message()
+                    .unwrap_or("the service returned an error")
+                    .to_owned(),
+                kind: code.clone(),
+                code,
+                param: None,
+                retry_after: None,
+            }
+        }
+        SdkError::TimeoutError(_) => ProviderError::Timeout(TimeoutPhase::Total),
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => ProviderError::Timeout(TimeoutPhase::Connect),
+        SdkError::DispatchFailure(failure) if failure.is_io() => {
+            ProviderError::Connect(DisplayErrorContext(&err).to_string())
+        }
+        SdkError::ResponseError(_) => ProviderError::InvalidResponse(DisplayErrorContext(&err).to_string()),
+        _ => ProviderError::Transport(DisplayErrorContext(&err).to_string()),
+    }
+}
+
+impl BedrockProvider {
+    /// A provider for one Bedrock deployment; the SDK client is built on first use.
+    pub fn new(settings: BedrockSettings) -> Self {
+        Self {
+            settings,
+            client: OnceCell::new(),
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async {
+                let s = &self.settings;
+                let timeouts = TimeoutConfig::builder()
+                    .connect_timeout(s.timeouts.connect)
+                    .operation_timeout(s.timeouts.total)
+                    .build();
+                let retry = RetryConfig::standard().with_max_attempts(1);
+                let mut builder = match &s.credentials {
+                    Some(c) => aws_sdk_bedrockruntime::Config::builder()
+                        .behavior_version(BehaviorVersion::latest())
+                        .region(Region::new(s.region.clone()))
+                        .credentials_provider(Credentials::new(
+                            c.access_key_id.expose(),
+                            c.secret_access_key.expose(),
+                            c.session_token.as_ref().map(|t| t.expose().to_owned()),
+                            None,
+                            "switchyard-config",
+                        )),
+                    None => {
+                        let shared = aws_config::defaults(BehaviorVersion::latest())
+                            .region(Region::new(s.region.clone()))
+                            .load()
+                            .await;
+                        aws_sdk_bedrockruntime::config::Builder::from(&shared)
+                    }
+                };
+                builder = builder.timeout_config(timeouts).retry_config(retry);
+                if let Some(url) = &s.endpoint_url {
+                    builder = builder.endpoint_url(url);
+                }
+                Client::from_conf(builder.build())
+            })
+            .await
+    }
+
+    fn next_id(&self) -> String {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        format!(
+            "chatcmpl-bedrock-{nanos:x}-{}",
+            self.counter.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    async fn invoke_json(&self, model: &str, body: &Value) -> Result<Value> {
+        let output = self
+            .client()
+            .await
+            .invoke_model()
+            .model_id(model)
+            .content_type("application/json")
+            .accept("application/json")
+            .body(Blob::new(body.to_string()))
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        serde_json::from_slice(output.body.as_ref())
+            .map_err(|e| ProviderError::InvalidResponse(format!("InvokeModel returned invalid JSON ({e})")))
+    }
+
+    /// Embeds `texts` with a Titan (one call per text) or Cohere (one call) model.
+    async fn embed(&self, model: &str, texts: &[String], dimensions: Option<u64>) -> Result<(Vec<Vec<f32>>, u64)> {
+        let floats = |v: &Value| -> Vec<f32> {
+            v.as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).map(|f| f as f32).collect())
+                .unwrap_or_default()
+        };
+        if model.contains("titan-embed") {
+            let mut vectors = Vec::with_capacity(texts.len());
+            let mut tokens = 0;
+            for text in texts {
+                let mut body = json!({"inputText": text});
+                if let Some(d) = dimensions {
+                    body["dimensions"] = json!(d);
+                }
+                let answer = self.invoke_json(model, &body).await?;
+                tokens += answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0);
+                vectors.push(floats(answer.get("embedding").unwrap_or(&Value::Null)));
+            }
+            Ok((vectors, tokens))
+        } else if model.contains("cohere.embed") {
+            let answer = self
+                .invoke_json(model, &json!({"texts": texts, "input_type": "search_document"}))
+                .await?;
+            let vectors: Vec<Vec<f32>> = answer
+                .get("embeddings")
+                .and_then(Value::as_array)
+                .map(|all| all.iter().map(floats).collect())
+                .unwrap_or_default();
+            let tokens = texts.iter().map(|t| t.split_whitespace().count() as u64).sum();
+            Ok((vectors, tokens))
+        } else {
+            Err(ProviderError::Unsupported {
+                provider: "bedrock",
+                operation: "embeddings with this model (Titan and Cohere embedding models are supported)",
+            })
+        }
+    }
+}
+
+impl Provider for BedrockProvider {
+    fn kind(&self) -> &'static str {
+        "bedrock"
+    }
+
+    async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
+        let input = convert::to_converse(req, self.settings.default_max_tokens)?;
+        let output = self
+            .client()
+            .await
+            .converse()
+            .model_id(&req.model)
+            .set_system(Some(input.system))
+            .set_messages(Some(input.messages))
+            .inference_config(input.inference)
+            .set_tool_config(input.tools)
+            .send()
+            .await
+            .map_err(sdk_error)?;
+        let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now());
+        let usage = response.usage.clone();
+        let body = serde_json::to_vec(&response)
+            .map_err(|e| ProviderError::InvalidResponse(format!("could not encode the response: {e}")))?;
+        Ok(ProviderResponse {
+            body: Bytes::from(body),
+            usage,
+        })
+    }
+
+    async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
+        let input = convert::to_converse(req, self.settings.default_max_tokens)?;
+        let send = self
+            .client()
+            .await
+            .converse_stream()
+            .model_id(&req.model)
+            .set_system(Some(input.system))
+            .set_messages(Some(input.messages))
+            .inference_config(input.inference)
+            .set_tool_config(input.tools)
+            .send();
+        let output = match tokio::time::timeout(self.settings.timeouts.first_byte, send).await {
+            Ok(result) => result.map_err(sdk_error)?,
+            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+        };
+        let out = ChunkBuilder {
+            id: self.next_id(),
+            model: req.model.clone(),
+            created: now(),
+        };
+        Ok(stream::to_chat_chunks(
+            output.stream,
+            out,
+            req.wants_stream_usage(),
+            self.settings.timeouts.first_byte,
+        ))
+    }
+
+    async fn completion(&self, _req: &CompletionRequest) -> Result<ProviderResponse> {
+        Err(ProviderError::Unsupported {
+            provider: "bedrock",
+            operation: "legacy completions (use /v1/chat/completions)",
+        })
+    }
+
+    async fn completion_stream(&self, _req: &CompletionRequest) -> Result<ChunkStream> {
+        Err(ProviderError::Unsupported {
+            provider: "bedrock",
+            operation: "legacy completions (use /v1/chat/completions)",
+        })
+    }
+
+    async fn embeddings(&self, req: &EmbeddingRequest) -> Result<ProviderResponse> {
+        let texts = req.input.texts();
+        let dimensions = req.extra.get("dimensions").and_then(Value::as_u64);
+        let (vectors, tokens) = self.embed(&req.model, &texts, dimensions).await?;
+        let base64 = req.encoding_format.as_deref() == Some("base64");
+        let data: Vec<Value> = vectors
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                let embedding = if base64 {
+                    let bytes: Vec<u8> = v.iter().flat_map(|f| f.to_le_bytes()).collect();
+                    json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+                } else {
+                    json!(v)
+                };
+                json!({"object": "embedding", "index": i, "embedding": embedding})
+            })
+            .collect();
+        let body = json!({
+            "object": "list",
+            "data": data,
+            "model": req.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        });
+        Ok(ProviderResponse {
+            body: Bytes::from(body.to_string()),
+            usage: Some(Usage::new(tokens, 0)),
+        })
+    }
+}

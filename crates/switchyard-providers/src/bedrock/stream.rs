@@ -1,0 +1,121 @@
+//! Bedrock ConverseStream events → OpenAI chat chunks.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
+use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
+use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ContentBlockStart, ConverseStreamOutput};
+use aws_smithy_types::error::display::DisplayErrorContext;
+use futures_util::stream;
+
+use super::convert::{finish_reason, usage};
+use crate::chunks::ChunkBuilder;
+use crate::{ChunkStream, ProviderError, Result, StreamChunk, TimeoutPhase};
+
+/// The SDK's receiver of ConverseStream events.
+pub(crate) type Receiver = EventReceiver<ConverseStreamOutput, ConverseStreamOutputError>;
+
+struct Converter {
+    out: ChunkBuilder,
+    include_usage: bool,
+    /// Bedrock content block index → OpenAI tool-call index.
+    tools: HashMap<i32, u32>,
+    stopped: bool,
+    finished: bool,
+}
+
+impl Converter {
+    fn on_event(&mut self, event: ConverseStreamOutput, out: &mut VecDeque<Result<StreamChunk>>) {
+        match event {
+            ConverseStreamOutput::MessageStart(_) => out.push_back(self.out.role()),
+            ConverseStreamOutput::ContentBlockStart(start) => {
+                if let Some(ContentBlockStart::ToolUse(tool)) = start.start {
+                    let index = self.tools.len() as u32;
+                    self.tools.insert(start.content_block_index, index);
+                    out.push_back(self.out.tool_start(index, &tool.tool_use_id, &tool.name));
+                }
+            }
+            ConverseStreamOutput::ContentBlockDelta(delta) => match delta.delta {
+                Some(ContentBlockDelta::Text(text)) => out.push_back(self.out.text(text)),
+                Some(ContentBlockDelta::ToolUse(tool)) => match self.tools.get(&delta.content_block_index) {
+                    Some(&index) => out.push_back(self.out.tool_arguments(index, tool.input)),
+                    None => out.push_back(Err(ProviderError::Stream(format!(
+                        "tool input for block {}, which is not a tool use",
+                        delta.content_block_index
+                    )))),
+                },
+                _ => {}
+            },
+            ConverseStreamOutput::MessageStop(stop) => {
+                self.stopped = true;
+                out.push_back(self.out.finish(Some(finish_reason(&stop.stop_reason))));
+            }
+            ConverseStreamOutput::Metadata(metadata) => {
+                self.finished = true;
+                if self.include_usage
+                    && let Some(u) = metadata.usage
+                {
+                    out.push_back(self.out.usage(usage(&u)));
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Converts a ConverseStream into OpenAI chunks. The first event must arrive
+/// within `first_byte`; a stream that ends before `messageStop` is an error.
+pub(crate) fn to_chat_chunks(
+    receiver: Receiver,
+    out: ChunkBuilder,
+    include_usage: bool,
+    first_byte: Duration,
+) -> ChunkStream {
+    let converter = Converter {
+        out,
+        include_usage,
+        tools: HashMap::new(),
+        stopped: false,
+        finished: false,
+    };
+    let state = (receiver, converter, VecDeque::<Result<StreamChunk>>::new(), false, true);
+    let chunks = stream::unfold(
+        state,
+        move |(mut rx, mut conv, mut queue, mut failed, mut first)| async move {
+            loop {
+                if let Some(item) = queue.pop_front() {
+                    failed |= item.is_err();
+                    return Some((item, (rx, conv, queue, failed, first)));
+                }
+                if failed || conv.finished {
+                    return None;
+                }
+                let next = if first {
+                    first = false;
+                    match tokio::time::timeout(first_byte, rx.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            queue.push_back(Err(ProviderError::Timeout(TimeoutPhase::FirstByte)));
+                            continue;
+                        }
+                    }
+                } else {
+                    rx.recv().await
+                };
+                match next {
+                    Ok(Some(event)) => conv.on_event(event, &mut queue),
+                    Ok(None) if conv.stopped => return None,
+                    Ok(None) => queue.push_back(Err(ProviderError::Stream(
+                        "the upstream closed the stream before messageStop".into(),
+                    ))),
+                    Err(e) => queue.push_back(Err(ProviderError::Stream(format!(
+                        "the upstream stream failed: {}",
+                        DisplayErrorContext(&e)
+                    )))),
+                }
+            }
+        },
+    );
+    Box::pin(chunks)
+}

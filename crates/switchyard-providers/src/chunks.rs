@@ -1,0 +1,109 @@
+//! Building OpenAI chat chunks for providers whose streams are translated.
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use switchyard_api::{ChatCompletionChunk, ChunkChoice, ChunkDelta, Extra, Role, Usage};
+
+use crate::{ProviderError, Result, StreamChunk};
+
+/// Makes the chunks of one translated stream: same id, model and creation time.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChunkBuilder {
+    /// Response id.
+    pub(crate) id: String,
+    /// Model that answers.
+    pub(crate) model: String,
+    /// Unix time of creation.
+    pub(crate) created: u64,
+}
+
+impl ChunkBuilder {
+    /// A chunk with one choice, or the final usage chunk (no choices) when `usage` is set.
+    pub(crate) fn chunk(
+        &self,
+        delta: ChunkDelta,
+        finish_reason: Option<String>,
+        usage: Option<Usage>,
+    ) -> Result<StreamChunk> {
+        let choices = if usage.is_some() {
+            Vec::new()
+        } else {
+            vec![ChunkChoice {
+                index: 0,
+                delta,
+                finish_reason,
+                extra: Extra::new(),
+            }]
+        };
+        let chunk = ChatCompletionChunk {
+            id: self.id.clone(),
+            object: "chat.completion.chunk".into(),
+            created: self.created,
+            model: self.model.clone(),
+            choices,
+            usage: usage.clone(),
+            extra: Extra::new(),
+        };
+        let data =
+            serde_json::to_vec(&chunk).map_err(|e| ProviderError::Stream(format!("could not encode a chunk: {e}")))?;
+        Ok(StreamChunk {
+            data: Bytes::from(data),
+            usage,
+        })
+    }
+
+    /// The opening chunk: the assistant role and empty content.
+    pub(crate) fn role(&self) -> Result<StreamChunk> {
+        let delta = ChunkDelta {
+            role: Some(Role::Assistant),
+            content: Some(String::new()),
+            extra: Extra::new(),
+        };
+        self.chunk(delta, None, None)
+    }
+
+    /// A content piece.
+    pub(crate) fn text(&self, text: String) -> Result<StreamChunk> {
+        let delta = ChunkDelta {
+            role: None,
+            content: Some(text),
+            extra: Extra::new(),
+        };
+        self.chunk(delta, None, None)
+    }
+
+    /// The start of tool call `index`: its id and name, no arguments yet.
+    pub(crate) fn tool_start(&self, index: u32, id: &str, name: &str) -> Result<StreamChunk> {
+        self.tool(
+            index,
+            json!({"id": id, "type": "function", "function": {"name": name, "arguments": ""}}),
+        )
+    }
+
+    /// A piece of tool call `index`'s arguments.
+    pub(crate) fn tool_arguments(&self, index: u32, arguments: String) -> Result<StreamChunk> {
+        self.tool(index, json!({"function": {"arguments": arguments}}))
+    }
+
+    fn tool(&self, index: u32, mut call: Value) -> Result<StreamChunk> {
+        call["index"] = json!(index);
+        let mut extra = Extra::new();
+        extra.insert("tool_calls".into(), json!([call]));
+        let delta = ChunkDelta {
+            role: None,
+            content: None,
+            extra,
+        };
+        self.chunk(delta, None, None)
+    }
+
+    /// The chunk carrying the finish reason.
+    pub(crate) fn finish(&self, reason: Option<String>) -> Result<StreamChunk> {
+        self.chunk(ChunkDelta::default(), reason, None)
+    }
+
+    /// The final usage chunk.
+    pub(crate) fn usage(&self, usage: Usage) -> Result<StreamChunk> {
+        self.chunk(ChunkDelta::default(), None, Some(usage))
+    }
+}
