@@ -106,6 +106,9 @@ fn shipped_examples_are_valid() {
         ("OPENAI_API_KEY_2", "k"),
         ("AZURE_API_KEY", "k"),
         ("AZURE_API_KEY_EASTUS2", "k"),
+        ("ANTHROPIC_API_KEY", "k"),
+        ("BEDROCK_ACCESS_KEY_ID", "k"),
+        ("BEDROCK_SECRET_ACCESS_KEY", "k"),
     ]);
     let mut checked = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
@@ -120,5 +123,27 @@ fn shipped_examples_are_valid() {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         checked += 1;
     }
-    assert!(checked >= 4, "expected the default and three examples, found {checked}");
+    assert!(checked >= 5, "expected the default and four examples, found {checked}");
+}
+
+#[test]
+fn provider_specific_keys_are_checked() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: bedrock\n        model: m\n        aws_access_key_id: os.environ/ID\n      - provider: openai\n        model: m\n        aws_region: us-east-1\n        default_max_tokens: 5\n      - provider: anthropic\n        model: m\n        default_max_tokens: 0\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[("ID", "x")])).unwrap_err().to_string();
+    for expected in [
+        "model_list[0].deployments[0].aws_region: is required for bedrock",
+        "model_list[0].deployments[0].aws_secret_access_key: aws_access_key_id and aws_secret_access_key go together",
+        "model_list[0].deployments[1].aws_region: is only used by bedrock",
+        "model_list[0].deployments[1].default_max_tokens: is only used by anthropic and bedrock",
+        "model_list[0].deployments[2].default_max_tokens: must be greater than 0",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    let ok = parse("model_list:\n  - model_name: a\n    deployments:\n      - provider: bedrock\n        model: m\n")
+        .unwrap();
+    let models = ok.validate(&env(&[("AWS_REGION", "eu-west-1")])).unwrap();
+    assert_eq!(models[0].deployments[0].aws_region.as_deref(), Some("eu-west-1"));
 }

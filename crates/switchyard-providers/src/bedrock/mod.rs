@@ -224,7 +224,7 @@ impl Provider for BedrockProvider {
 
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
-        let output = self
+        let send = self
             .client()
             .await
             .converse()
@@ -233,9 +233,11 @@ impl Provider for BedrockProvider {
             .set_messages(Some(input.messages))
             .inference_config(input.inference)
             .set_tool_config(input.tools)
-            .send()
-            .await
-            .map_err(sdk_error)?;
+            .send();
+        let output = match tokio::time::timeout(self.settings.timeouts.first_byte, send).await {
+            Ok(result) => result.map_err(sdk_error)?,
+            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+        };
         let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now());
         let usage = response.usage.clone();
         let body = serde_json::to_vec(&response)

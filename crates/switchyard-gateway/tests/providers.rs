@@ -1,0 +1,355 @@
+//! Provider contract tests: the same cases, through the real `switchyard`
+//! binary, against a mock of each provider's real wire protocol (OpenAI JSON and
+//! SSE, Azure, Anthropic Messages and its event stream, Bedrock Converse and the
+//! AWS event-stream framing).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MockUpstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// The YAML of one deployment of `provider` serving upstream model `model`.
+fn deployment(provider: &str, mock: &MockUpstream, model: &str, extra: &str) -> String {
+    let root = mock.root_url();
+    let base = mock.base_url();
+    let body = match provider {
+        "openai" => {
+            format!("provider: openai\n        model: \"{model}\"\n        api_base: {base}\n        api_key: k")
+        }
+        "azure" => format!(
+            "provider: azure\n        model: \"{model}\"\n        api_base: {root}\n        api_version: 2024-10-21\n        api_key: k"
+        ),
+        "anthropic" => {
+            format!("provider: anthropic\n        model: \"{model}\"\n        api_base: {root}\n        api_key: k")
+        }
+        "bedrock" => format!(
+            "provider: bedrock\n        model: \"{model}\"\n        api_base: {root}\n        aws_region: us-east-1\n        aws_access_key_id: os.environ/TEST_AWS_ID\n        aws_secret_access_key: os.environ/TEST_AWS_SECRET"
+        ),
+        other => panic!("no such provider {other}"),
+    };
+    format!("      - {body}\n{extra}")
+}
+
+/// A gateway with the model groups the contract cases use, all on `provider`.
+fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
+    let base_model = if provider == "bedrock" {
+        "anthropic.claude-3-5-sonnet-20240620-v1:0"
+    } else {
+        "mock-model"
+    };
+    let groups = [
+        ("contract", String::new(), String::new()),
+        ("parallel", "::parallel_tools".to_owned(), String::new()),
+        ("limited", "::status=429,retry_after=3".to_owned(), String::new()),
+        ("failing", "::status=500".to_owned(), String::new()),
+        (
+            "slow",
+            "::first_byte_ms=5000".to_owned(),
+            "        timeouts:\n          first_byte_ms: 300\n".to_owned(),
+        ),
+        ("reset", "::reset_after=2".to_owned(), String::new()),
+        ("malformed", "::malformed_sse".to_owned(), String::new()),
+    ];
+    let mut yaml = String::from("model_list:\n");
+    for (name, suffix, extra) in groups {
+        yaml += &format!("  - model_name: {name}\n    deployments:\n");
+        yaml += &deployment(provider, mock, &format!("{base_model}{suffix}"), &extra);
+    }
+    GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[
+            ("TEST_AWS_ID", "AKIDTEST"),
+            ("TEST_AWS_SECRET", "test-secret"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    )
+}
+
+struct Client {
+    http: reqwest::Client,
+    base: String,
+}
+
+impl Client {
+    async fn chat(&self, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The `data:` payloads of a streaming chat request.
+    async fn stream(&self, mut body: Value) -> (u16, Vec<String>) {
+        body["stream"] = json!(true);
+        let response = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            text.split("\n\n")
+                .filter_map(|e| e.strip_prefix("data: "))
+                .map(str::to_owned)
+                .collect(),
+        )
+    }
+}
+
+fn user(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+const TOOLS: &str = r#"[{"type":"function","function":{"name":"get_weather","description":"weather","parameters":{"type":"object","properties":{"q":{"type":"string"}}}}},
+{"type":"function","function":{"name":"get_time","parameters":{"type":"object"}}}]"#;
+
+fn with_tools(mut body: Value) -> Value {
+    body["tools"] = serde_json::from_str(TOOLS).unwrap();
+    body["tool_choice"] = json!("required");
+    body
+}
+
+/// Reassembles streamed content and tool-call arguments (by tool index).
+fn reassemble(events: &[String]) -> (String, Vec<(String, String)>, Option<String>, Option<Value>) {
+    let mut text = String::new();
+    let mut tools: Vec<(String, String)> = Vec::new();
+    let mut finish = None;
+    let mut usage = None;
+    for event in events.iter().filter(|e| *e != "[DONE]") {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            usage = Some(u.clone());
+        }
+        let Some(choice) = chunk["choices"].get(0) else {
+            continue;
+        };
+        text.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+        for call in choice["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let index = call["index"].as_u64().unwrap() as usize;
+            if tools.len() <= index {
+                tools.resize(index + 1, (String::new(), String::new()));
+            }
+            if let Some(name) = call["function"]["name"].as_str() {
+                tools[index].0.push_str(name);
+            }
+            tools[index]
+                .1
+                .push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = Some(f.to_owned());
+        }
+    }
+    (text, tools, finish, usage)
+}
+
+async fn run_contract(provider: &str) {
+    let mock = MockUpstream::start().await;
+    let gateway = start(provider, &mock);
+    let c = Client {
+        http: reqwest::Client::new(),
+        base: gateway.base_url(),
+    };
+
+    // Plain chat.
+    let (status, body) = c.chat(user("contract", "hello there")).await;
+    assert_eq!(status, 200, "{provider}: {body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "mock reply: hello there",
+        "{provider}"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop", "{provider}");
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{provider}: {body}"
+    );
+
+    // Multi-turn with a system prompt: the last user turn is answered, the system text reaches the upstream.
+    let (status, body) = c
+        .chat(json!({"model": "contract", "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "first question"},
+            {"role": "assistant", "content": "first answer"},
+            {"role": "user", "content": "second question"}
+        ]}))
+        .await;
+    assert_eq!(status, 200, "{provider}: {body}");
+    assert_eq!(
+        body["choices"][0]["message"]["content"], "mock reply: second question",
+        "{provider}"
+    );
+    let seen = mock.last_request().unwrap().body.to_string();
+    assert!(
+        seen.contains("You are terse."),
+        "{provider}: system prompt missing upstream: {seen}"
+    );
+    assert!(
+        seen.contains("first answer"),
+        "{provider}: history missing upstream: {seen}"
+    );
+
+    // Image input (base64 data URL).
+    let (status, body) = c
+        .chat(json!({"model": "contract", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "describe"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+        ]}]}))
+        .await;
+    assert_eq!(status, 200, "{provider}: {body}");
+    assert!(
+        mock.last_request().unwrap().body.to_string().contains("iVBORw0KGgo="),
+        "{provider}: image missing upstream"
+    );
+
+    // Tool call round trip.
+    let (status, body) = c.chat(with_tools(user("contract", "weather?"))).await;
+    assert_eq!(status, 200, "{provider}: {body}");
+    let message = &body["choices"][0]["message"];
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls", "{provider}: {body}");
+    let call = &message["tool_calls"][0];
+    assert_eq!(call["function"]["name"], "get_weather", "{provider}");
+    let arguments: Value = serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+    assert_eq!(arguments["q"], "mock", "{provider}");
+    let (status, body) = c
+        .chat(
+            json!({"model": "contract", "tools": serde_json::from_str::<Value>(TOOLS).unwrap(), "messages": [
+                {"role": "user", "content": "weather?"},
+                message,
+                {"role": "tool", "tool_call_id": call["id"], "content": "sunny"}
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{provider}: {body}");
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .starts_with("mock reply"),
+        "{provider}: {body}"
+    );
+    assert!(
+        mock.last_request().unwrap().body.to_string().contains("sunny"),
+        "{provider}: tool result missing upstream"
+    );
+
+    // Parallel tool calls.
+    let (status, body) = c.chat(with_tools(user("parallel", "weather and time?"))).await;
+    assert_eq!(status, 200, "{provider}: {body}");
+    let calls = body["choices"][0]["message"]["tool_calls"].as_array().unwrap();
+    assert_eq!(calls.len(), 2, "{provider}: {body}");
+    assert_ne!(calls[0]["id"], calls[1]["id"], "{provider}");
+
+    // Streaming text reassembles to the non-streaming answer.
+    let (status, events) = c.stream(user("contract", "stream me please")).await;
+    assert_eq!(status, 200, "{provider}");
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{provider}: {events:?}"
+    );
+    let (text, _, finish, _) = reassemble(&events);
+    assert_eq!(text, "mock reply: stream me please", "{provider}");
+    assert_eq!(finish.as_deref(), Some("stop"), "{provider}");
+
+    // Streaming tool calls reassemble to the same arguments as the non-streaming call.
+    let (_, whole) = c.chat(with_tools(user("parallel", "weather and time?"))).await;
+    let (status, events) = c.stream(with_tools(user("parallel", "weather and time?"))).await;
+    assert_eq!(status, 200, "{provider}");
+    let (_, tools, finish, _) = reassemble(&events);
+    let expected: Vec<(String, String)> = whole["choices"][0]["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["function"]["name"].as_str().unwrap().to_owned(),
+                t["function"]["arguments"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(tools.len(), expected.len(), "{provider}: {events:?}");
+    for ((name, args), (want_name, want_args)) in tools.iter().zip(&expected) {
+        assert_eq!(name, want_name, "{provider}");
+        let got: Value = serde_json::from_str(args).unwrap();
+        let want: Value = serde_json::from_str(want_args).unwrap();
+        assert_eq!(got, want, "{provider}");
+    }
+    assert_eq!(finish.as_deref(), Some("tool_calls"), "{provider}");
+
+    // Usage with cached tokens, non-streaming and streaming.
+    let cached = json!({"model": "contract", "messages": [{"role": "user", "content": [
+        {"type": "text", "text": "a long shared prefix", "cache_control": {"type": "ephemeral"}},
+        {"type": "text", "text": "question"}
+    ]}]});
+    let (status, body) = c.chat(cached.clone()).await;
+    assert_eq!(status, 200, "{provider}: {body}");
+    assert_eq!(
+        body["usage"]["prompt_tokens_details"]["cached_tokens"], 7,
+        "{provider}: {body}"
+    );
+    let mut streamed = cached;
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (_, events) = c.stream(streamed).await;
+    let (_, _, _, usage) = reassemble(&events);
+    let usage = usage.unwrap_or_else(|| panic!("{provider}: no usage chunk in {events:?}"));
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 7,
+        "{provider}: {usage}"
+    );
+    assert!(usage["total_tokens"].as_u64().unwrap() >= 7, "{provider}");
+
+    // Faults.
+    let (status, body) = c.chat(user("limited", "x")).await;
+    assert_eq!(status, 429, "{provider}: {body}");
+    assert!(
+        body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{provider}"
+    );
+    let (status, body) = c.chat(user("failing", "x")).await;
+    assert_eq!(status, 502, "{provider}: {body}");
+    let (status, body) = c.chat(user("slow", "x")).await;
+    assert_eq!(status, 504, "{provider}: {body}");
+    for model in ["reset", "malformed"] {
+        let (status, events) = c.stream(user(model, "one two three four five six")).await;
+        assert_eq!(status, 200, "{provider}/{model}");
+        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+        assert_eq!(
+            last["error"]["type"], "upstream_error",
+            "{provider}/{model}: {events:?}"
+        );
+        assert!(!events.iter().any(|e| e == "[DONE]"), "{provider}/{model}");
+    }
+}
+
+/// One test per provider, each running every contract case.
+macro_rules! provider_contract {
+    ($($name:ident => $provider:literal),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                run_contract($provider).await;
+            }
+        )*
+    };
+}
+
+provider_contract! {
+    openai_contract => "openai",
+    azure_contract => "azure",
+    anthropic_contract => "anthropic",
+    bedrock_contract => "bedrock",
+}
