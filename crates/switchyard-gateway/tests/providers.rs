@@ -123,8 +123,11 @@ fn with_tools(mut body: Value) -> Value {
     body
 }
 
+/// What a stream reassembles to: text, tool calls (name, arguments) by index, finish reason, usage.
+type Reassembled = (String, Vec<(String, String)>, Option<String>, Option<Value>);
+
 /// Reassembles streamed content and tool-call arguments (by tool index).
-fn reassemble(events: &[String]) -> (String, Vec<(String, String)>, Option<String>, Option<Value>) {
+fn reassemble(events: &[String]) -> Reassembled {
     let mut text = String::new();
     let mut tools: Vec<(String, String)> = Vec::new();
     let mut finish = None;

@@ -1,10 +1,12 @@
-//! Deterministic embeddings for the mock upstream.
+//! Deterministic embeddings for the mock upstream: OpenAI `/v1/embeddings`
+//! and Bedrock `InvokeModel` for Titan and Cohere embedding models.
 
 use axum::http::StatusCode;
 use axum::response::Response;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use crate::bedrock_mock::validation_error;
 use crate::openai_mock::{RequestCtx, invalid_request, json_response, non_stream_fault, word_count};
 
 /// Embedding dimensions used when neither the request nor the scenario sets them.
@@ -132,6 +134,79 @@ pub(crate) fn embeddings(ctx: &RequestCtx<'_>) -> Response {
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     });
     json_response(StatusCode::OK, &body)
+}
+
+/// Embedding dimensions for a Bedrock request: its `field`, else the scenario's, else the default.
+fn bedrock_dims(ctx: &RequestCtx<'_>, field: &str) -> Result<usize, Box<Response>> {
+    let dims = match ctx.body.get(field) {
+        None | Some(Value::Null) => ctx.scenario.embedding_dims.unwrap_or(DEFAULT_EMBEDDING_DIMS),
+        Some(value) => value.as_u64().and_then(|d| usize::try_from(d).ok()).unwrap_or(0),
+    };
+    if dims == 0 || dims > 65_536 {
+        let message = format!("{field}: must be an integer between 1 and 65536");
+        return Err(Box::new(validation_error(&message)));
+    }
+    Ok(dims)
+}
+
+/// `POST /model/{modelId}/invoke` for Titan (`amazon.titan-embed-*`) and
+/// Cohere (`cohere.embed-*`) embedding models.
+pub(crate) fn bedrock_invoke(ctx: &RequestCtx<'_>) -> Response {
+    let model = ctx.model.split("::").next().unwrap_or_default();
+    let response = if model.contains("titan-embed") {
+        titan(ctx)
+    } else if model.contains("cohere.embed") {
+        cohere(ctx)
+    } else {
+        Err(Box::new(validation_error(
+            "The mock serves InvokeModel only for Titan and Cohere embedding models.",
+        )))
+    };
+    response.unwrap_or_else(|response| *response)
+}
+
+fn titan(ctx: &RequestCtx<'_>) -> Result<Response, Box<Response>> {
+    let Some(text) = ctx.body.get("inputText").and_then(Value::as_str) else {
+        return Err(Box::new(validation_error("inputText: must be a string")));
+    };
+    let dims = bedrock_dims(ctx, "dimensions")?;
+    if let Some(response) = non_stream_fault(ctx.scenario) {
+        return Ok(response);
+    }
+    let body = json!({
+        "embedding": mock_embedding(&Value::String(text.to_owned()), dims),
+        "inputTextTokenCount": word_count(text).max(1),
+    });
+    Ok(json_response(StatusCode::OK, &body))
+}
+
+fn cohere(ctx: &RequestCtx<'_>) -> Result<Response, Box<Response>> {
+    let texts: Option<Vec<&str>> = ctx
+        .body
+        .get("texts")
+        .and_then(Value::as_array)
+        .filter(|texts| !texts.is_empty())
+        .and_then(|texts| texts.iter().map(Value::as_str).collect());
+    let Some(texts) = texts else {
+        return Err(Box::new(validation_error(
+            "texts: must be a non-empty array of strings",
+        )));
+    };
+    let dims = bedrock_dims(ctx, "output_dimension")?;
+    if let Some(response) = non_stream_fault(ctx.scenario) {
+        return Ok(response);
+    }
+    let embeddings: Vec<Vec<f32>> = texts
+        .iter()
+        .map(|text| mock_embedding(&Value::String((*text).to_owned()), dims))
+        .collect();
+    let body = json!({
+        "id": format!("embed-mock-{}", ctx.state.next_id()),
+        "embeddings": embeddings,
+        "texts": texts,
+        "response_type": "embeddings_floats",
+    });
+    Ok(json_response(StatusCode::OK, &body))
 }
 
 #[cfg(test)]

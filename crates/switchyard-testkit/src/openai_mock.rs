@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use serde_json::{Map, Value, json};
 
+use crate::reply::{MOCK_CACHE_READ_TOKENS, contains_key};
 use crate::scenario::Scenario;
 use crate::server::MockState;
 use crate::sse::{SseItem, content_pieces, reset_response, sse_response};
@@ -130,34 +131,60 @@ fn chat_reply(messages: &[Value]) -> String {
     words.join(" ")
 }
 
-/// The function the mock "calls" when the request forces tool use.
-fn forced_tool(obj: &Map<String, Value>) -> Option<String> {
-    let tools = obj.get("tools")?.as_array()?;
+/// The functions the mock "calls" when the request forces tool use: one, or
+/// two with `parallel` (the first two tools, or the named tool twice).
+fn forced_tools(obj: &Map<String, Value>, parallel: bool) -> Vec<String> {
+    let Some(tools) = obj.get("tools").and_then(Value::as_array) else {
+        return Vec::new();
+    };
     let forced = match obj.get("tool_choice") {
         Some(Value::String(s)) => s == "required",
         Some(Value::Object(_)) => true,
         _ => false,
     };
     if !forced {
-        return None;
+        return Vec::new();
     }
     let named = obj
         .get("tool_choice")
         .and_then(|c| c.pointer("/function/name"))
         .and_then(Value::as_str);
-    let first = tools
-        .first()
-        .and_then(|t| t.pointer("/function/name"))
-        .and_then(Value::as_str);
-    named.or(first).map(str::to_owned)
+    let name_at = |i: usize| {
+        tools
+            .get(i)
+            .and_then(|t| t.pointer("/function/name"))
+            .and_then(Value::as_str)
+    };
+    let Some(first) = named.or(name_at(0)) else {
+        return Vec::new();
+    };
+    if !parallel {
+        return vec![first.to_owned()];
+    }
+    let second = if named.is_some() {
+        first
+    } else {
+        name_at(1).unwrap_or(first)
+    };
+    vec![first.to_owned(), second.to_owned()]
 }
 
-fn chat_usage(prompt: usize, completion: usize) -> Value {
+/// Prompt tokens served from cache: [`MOCK_CACHE_READ_TOKENS`] when a message
+/// or tool carries `cache_control`, else 0.
+fn cached_tokens(obj: &Map<String, Value>) -> u64 {
+    let marked = ["messages", "tools"]
+        .iter()
+        .filter_map(|key| obj.get(*key))
+        .any(|v| contains_key(v, "cache_control"));
+    if marked { MOCK_CACHE_READ_TOKENS } else { 0 }
+}
+
+fn chat_usage(prompt: usize, completion: usize, cached: u64) -> Value {
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": 0},
+        "prompt_tokens_details": {"cached_tokens": cached},
     })
 }
 
@@ -237,27 +264,31 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
         .sum::<usize>()
         .max(1);
     let reply = chat_reply(messages);
-    let tool = forced_tool(obj);
+    let tools = forced_tools(obj, ctx.scenario.parallel_tools);
+    let cached = cached_tokens(obj);
     let id = format!("chatcmpl-mock-{}", ctx.state.next_id());
     let created = unix_now();
     if is_streaming(ctx.body) {
-        return chat_stream(ctx, &id, created, &reply, tool.as_deref(), prompt_tokens);
+        return chat_stream(ctx, &id, created, &reply, &tools, (prompt_tokens, cached));
     }
     if let Some(response) = non_stream_fault(ctx.scenario) {
         return response;
     }
     let n = obj.get("n").and_then(Value::as_u64).unwrap_or(1).clamp(1, 128);
-    let (message, finish, completion_tokens) = match &tool {
-        Some(name) => (
-            json!({"role": "assistant", "content": null, "tool_calls": [tool_call(name)]}),
-            "tool_calls",
-            1,
-        ),
-        None => (
+    let (message, finish, completion_tokens) = match tools.len() {
+        0 => (
             json!({"role": "assistant", "content": reply, "refusal": null}),
             "stop",
             word_count(&reply),
         ),
+        calls => {
+            let tool_calls: Vec<Value> = tools.iter().enumerate().map(|(i, name)| tool_call(i, name)).collect();
+            (
+                json!({"role": "assistant", "content": null, "tool_calls": tool_calls}),
+                "tool_calls",
+                calls,
+            )
+        }
     };
     let choices: Vec<Value> = (0..n)
         .map(|index| {
@@ -277,28 +308,33 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
         "model": ctx.model,
         "system_fingerprint": "fp_mock",
         "choices": choices,
-        "usage": chat_usage(prompt_tokens, completion_tokens),
+        "usage": chat_usage(prompt_tokens, completion_tokens, cached),
         "mock_extension": {"echo": true},
     });
     json_response(StatusCode::OK, &body)
 }
 
-fn tool_call(name: &str) -> Value {
+/// Arguments of every mock tool call.
+const TOOL_ARGUMENTS: &str = "{\"q\":\"mock\"}";
+
+fn tool_call(index: usize, name: &str) -> Value {
     json!({
-        "id": "call_mock_0",
+        "id": format!("call_mock_{index}"),
         "type": "function",
-        "function": {"name": name, "arguments": "{\"q\":\"mock\"}"},
+        "function": {"name": name, "arguments": TOOL_ARGUMENTS},
     })
 }
 
+/// `tokens` is `(prompt_tokens, cached_tokens)`.
 fn chat_stream(
     ctx: &RequestCtx<'_>,
     id: &str,
     created: u64,
     reply: &str,
-    tool: Option<&str>,
-    prompt_tokens: usize,
+    tools: &[String],
+    tokens: (usize, u64),
 ) -> Response {
+    let (prompt_tokens, cached) = tokens;
     let usage_enabled = include_usage(ctx.body);
     let chunk = |delta: Value, finish: Option<&str>| {
         let mut value = json!({
@@ -320,24 +356,8 @@ fn chat_stream(
         }
         value
     };
-    let (prefix, content, finish, completion_tokens) = match tool {
-        Some(name) => {
-            let opening = json!({
-                "role": "assistant",
-                "content": null,
-                "tool_calls": [{
-                    "index": 0,
-                    "id": "call_mock_0",
-                    "type": "function",
-                    "function": {"name": name, "arguments": ""},
-                }],
-            });
-            let arguments = json!({
-                "tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":\"mock\"}"}}],
-            });
-            (chunk(opening, None), vec![chunk(arguments, None)], "tool_calls", 1)
-        }
-        None => {
+    let (prefix, content, finish, completion_tokens) = match tools.len() {
+        0 => {
             let pieces = content_pieces(reply, ctx.scenario.chunks);
             let tokens = pieces.iter().map(|p| word_count(p)).sum();
             let content = pieces.into_iter().map(|p| chunk(json!({"content": p}), None)).collect();
@@ -347,6 +367,28 @@ fn chat_stream(
                 "stop",
                 tokens,
             )
+        }
+        calls => {
+            let openings: Vec<Value> = tools
+                .iter()
+                .enumerate()
+                .map(|(index, name)| {
+                    json!({
+                        "index": index,
+                        "id": format!("call_mock_{index}"),
+                        "type": "function",
+                        "function": {"name": name, "arguments": ""},
+                    })
+                })
+                .collect();
+            let opening = json!({"role": "assistant", "content": null, "tool_calls": openings});
+            let arguments = (0..calls)
+                .map(|index| {
+                    let call = json!({"index": index, "function": {"arguments": TOOL_ARGUMENTS}});
+                    chunk(json!({"tool_calls": [call]}), None)
+                })
+                .collect();
+            (chunk(opening, None), arguments, "tool_calls", calls)
         }
     };
     let mut suffix = vec![chunk(json!({}), Some(finish))];
@@ -358,7 +400,7 @@ fn chat_stream(
             "model": ctx.model,
             "system_fingerprint": "fp_mock",
             "choices": [],
-            "usage": chat_usage(prompt_tokens, completion_tokens),
+            "usage": chat_usage(prompt_tokens, completion_tokens, cached),
             "mock_extension": {"echo": true},
         }));
     }
@@ -481,11 +523,27 @@ mod tests {
 
     #[test]
     fn forced_tool_detection() {
-        let tools = json!([{"type": "function", "function": {"name": "lookup"}}]);
+        let tools = json!([
+            {"type": "function", "function": {"name": "lookup"}},
+            {"type": "function", "function": {"name": "clock"}},
+        ]);
         let obj = json!({"tools": tools, "tool_choice": "required"});
-        assert_eq!(forced_tool(obj.as_object().unwrap()).as_deref(), Some("lookup"));
+        assert_eq!(forced_tools(obj.as_object().unwrap(), false), ["lookup"]);
+        assert_eq!(forced_tools(obj.as_object().unwrap(), true), ["lookup", "clock"]);
+        let obj = json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "clock"}}});
+        assert_eq!(forced_tools(obj.as_object().unwrap(), true), ["clock", "clock"]);
         let obj = json!({"tools": tools, "tool_choice": "auto"});
-        assert_eq!(forced_tool(obj.as_object().unwrap()), None);
+        assert!(forced_tools(obj.as_object().unwrap(), false).is_empty());
+    }
+
+    #[test]
+    fn cache_control_reports_cached_tokens() {
+        let marked = json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "x", "cache_control": {"type": "ephemeral"}},
+        ]}]});
+        assert_eq!(cached_tokens(marked.as_object().unwrap()), MOCK_CACHE_READ_TOKENS);
+        let plain = json!({"messages": [{"role": "user", "content": "cache_control"}]});
+        assert_eq!(cached_tokens(plain.as_object().unwrap()), 0);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! A scenario spec is a comma-separated list of directives such as
 //! `first_byte_ms=200,status=503,retry_after=1`. It is read from the
 //! `x-mock-scenario` request header, or else from the part of the model
-//! (or Azure deployment) name after the first `::`.
+//! (or Azure deployment, or percent-decoded Bedrock model id) name after the
+//! first `::`.
 
 use std::str::FromStr;
 
@@ -27,12 +28,21 @@ pub struct Scenario {
     pub reset_after: Option<usize>,
     /// Non-streaming: reply 200 with a truncated JSON body.
     pub malformed_json: bool,
-    /// Streaming: send an event whose data is not JSON after the first event.
+    /// Streaming: send an event whose data is not JSON after the first event
+    /// (for Bedrock, an event-stream frame whose payload is not JSON).
     pub malformed_sse: bool,
     /// Never respond.
     pub hang: bool,
     /// Override the embedding dimensions.
     pub embedding_dims: Option<usize>,
+    /// Anthropic and Bedrock: forced tool use calls two tools instead of one.
+    pub parallel_tools: bool,
+    /// Anthropic and Bedrock streaming: send an error event after the first
+    /// content delta, then end the stream.
+    pub error_event: bool,
+    /// Anthropic and Bedrock streaming: end the stream cleanly without its
+    /// final stop event(s) (`message_stop`; `messageStop` and `metadata`).
+    pub no_stop: bool,
 }
 
 impl Scenario {
@@ -68,6 +78,9 @@ impl Scenario {
                 "malformed_json" => scenario.malformed_json = flag(name, value)?,
                 "malformed_sse" => scenario.malformed_sse = flag(name, value)?,
                 "hang" => scenario.hang = flag(name, value)?,
+                "parallel_tools" => scenario.parallel_tools = flag(name, value)?,
+                "error_event" => scenario.error_event = flag(name, value)?,
+                "no_stop" => scenario.no_stop = flag(name, value)?,
                 _ => return Err(format!("unknown mock scenario directive `{directive}`")),
             }
         }
@@ -110,6 +123,8 @@ mod tests {
         assert_eq!(s.chunks, Some(3));
         assert!(s.hang);
         assert!(!s.malformed_json);
+        let s = Scenario::parse("parallel_tools,error_event=1,no_stop=false").unwrap();
+        assert!(s.parallel_tools && s.error_event && !s.no_stop);
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The mock upstream server: lifecycle, request recording and routing.
+//! The mock upstream server: lifecycle, request recording and routing to the
+//! OpenAI, Anthropic and Bedrock protocol handlers.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,13 +13,14 @@ use axum::response::Response;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-use crate::embeddings::embeddings;
+use crate::embeddings::{bedrock_invoke, embeddings};
 use crate::openai_mock::{
     RequestCtx, chat_completions, completions, error_response, injected_error, invalid_request, models,
     non_stream_fault,
 };
 use crate::scenario::{SCENARIO_HEADER, Scenario};
 use crate::sse::{StreamCounters, StreamStats};
+use crate::{anthropic_mock, bedrock_mock};
 
 /// One HTTP request received by a [`MockUpstream`].
 #[derive(Debug, Clone, PartialEq)]
@@ -74,7 +76,8 @@ impl MockState {
     }
 }
 
-/// A mock OpenAI-compatible upstream listening on a local port.
+/// A mock upstream listening on a local port that speaks the OpenAI
+/// (and Azure OpenAI), Anthropic Messages and AWS Bedrock Runtime protocols.
 ///
 /// The server task is aborted when the value is dropped.
 #[derive(Debug)]
@@ -115,7 +118,8 @@ impl MockUpstream {
         format!("{}/v1", self.root_url())
     }
 
-    /// Server root URL without `/v1`, e.g. `http://127.0.0.1:PORT` (Azure-style `api_base`).
+    /// Server root URL without `/v1`, e.g. `http://127.0.0.1:PORT`: the Azure
+    /// `api_base`, the Anthropic base URL and the Bedrock endpoint URL.
     pub fn root_url(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -179,6 +183,51 @@ enum Operation {
     Completions,
     Embeddings,
     Models,
+    Messages,
+    CountTokens,
+    Converse,
+    ConverseStream,
+    InvokeModel,
+}
+
+/// The wire protocol of an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    OpenAi,
+    Anthropic,
+    Bedrock,
+}
+
+impl Operation {
+    fn protocol(self) -> Protocol {
+        match self {
+            Operation::ChatCompletions | Operation::Completions | Operation::Embeddings | Operation::Models => {
+                Protocol::OpenAi
+            }
+            Operation::Messages | Operation::CountTokens => Protocol::Anthropic,
+            Operation::Converse | Operation::ConverseStream | Operation::InvokeModel => Protocol::Bedrock,
+        }
+    }
+}
+
+impl Protocol {
+    /// A 400 error in the protocol's format.
+    fn invalid_request(self, message: &str) -> Response {
+        match self {
+            Protocol::OpenAi => invalid_request(message, None),
+            Protocol::Anthropic => anthropic_mock::invalid_request(message),
+            Protocol::Bedrock => bedrock_mock::validation_error(message),
+        }
+    }
+
+    /// The error for a `status=CODE` directive in the protocol's format.
+    fn injected_error(self, code: u16, retry_after: Option<u64>) -> Response {
+        match self {
+            Protocol::OpenAi => injected_error(code, retry_after),
+            Protocol::Anthropic => anthropic_mock::injected_error(code, retry_after),
+            Protocol::Bedrock => bedrock_mock::injected_error(code, retry_after),
+        }
+    }
 }
 
 /// A classified request path.
@@ -186,9 +235,26 @@ struct Route {
     operation: Operation,
     /// Deployment name for Azure-style paths.
     deployment: Option<String>,
+    /// Percent-decoded model id for Bedrock paths.
+    model_id: Option<String>,
 }
 
 fn classify(path: &str) -> Option<Route> {
+    if let Some(rest) = path.strip_prefix("/model/") {
+        let (model_id, tail) = rest.rsplit_once('/')?;
+        let operation = match tail {
+            "converse" => Operation::Converse,
+            "converse-stream" => Operation::ConverseStream,
+            "invoke" => Operation::InvokeModel,
+            _ => return None,
+        };
+        let model_id = bedrock_mock::percent_decode(model_id).filter(|id| !id.is_empty())?;
+        return Some(Route {
+            operation,
+            deployment: None,
+            model_id: Some(model_id),
+        });
+    }
     if let Some(rest) = path.strip_prefix("/openai/deployments/") {
         let (deployment, tail) = rest.split_once('/')?;
         let operation = match tail {
@@ -203,6 +269,7 @@ fn classify(path: &str) -> Option<Route> {
         return Some(Route {
             operation,
             deployment: Some(deployment.to_owned()),
+            model_id: None,
         });
     }
     let rest = path.strip_prefix("/v1").unwrap_or(path);
@@ -211,11 +278,14 @@ fn classify(path: &str) -> Option<Route> {
         "/completions" => Operation::Completions,
         "/embeddings" => Operation::Embeddings,
         "/models" => Operation::Models,
+        "/messages" => Operation::Messages,
+        "/messages/count_tokens" => Operation::CountTokens,
         _ => return None,
     };
     Some(Route {
         operation,
         deployment: None,
+        model_id: None,
     })
 }
 
@@ -322,18 +392,24 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         );
     }
     let azure = route.deployment.is_some();
-    if let Some(response) = check_auth(&recorded, azure) {
+    let protocol = route.operation.protocol();
+    let auth_error = match protocol {
+        Protocol::OpenAi => check_auth(&recorded, azure),
+        Protocol::Anthropic => anthropic_mock::check_auth(&recorded),
+        Protocol::Bedrock => bedrock_mock::check_auth(&recorded),
+    };
+    if let Some(response) = auth_error {
         return response;
     }
 
     let model = route
         .deployment
-        .clone()
+        .or(route.model_id)
         .or_else(|| json.get("model").and_then(Value::as_str).map(str::to_owned));
     let spec = Scenario::spec_for(recorded.header(SCENARIO_HEADER), model.as_deref());
     let scenario = match Scenario::parse(spec) {
         Ok(scenario) => scenario,
-        Err(message) => return invalid_request(&message, None),
+        Err(message) => return protocol.invalid_request(&message),
     };
 
     if let Some(ms) = scenario.first_byte_ms {
@@ -343,7 +419,7 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         tokio::time::sleep(Duration::from_secs(3600)).await;
     }
     if let Some(code) = scenario.status {
-        return injected_error(code, scenario.retry_after);
+        return protocol.injected_error(code, scenario.retry_after);
     }
 
     let ctx = RequestCtx {
@@ -358,6 +434,11 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         Operation::Completions => completions(&ctx),
         Operation::Embeddings => embeddings(&ctx),
         Operation::Models => non_stream_fault(&scenario).unwrap_or_else(models),
+        Operation::Messages => anthropic_mock::messages(&ctx),
+        Operation::CountTokens => anthropic_mock::count_tokens(&ctx),
+        Operation::Converse => bedrock_mock::converse(&ctx),
+        Operation::ConverseStream => bedrock_mock::converse_stream(&ctx),
+        Operation::InvokeModel => bedrock_invoke(&ctx),
     }
 }
 
@@ -376,6 +457,17 @@ mod tests {
         assert_eq!(r.deployment.as_deref(), Some("gpt-4o::hang"));
         assert!(classify("/v1/unknown").is_none());
         assert!(classify("/openai/deployments//embeddings").is_none());
+        assert_eq!(classify("/v1/messages").unwrap().operation, Operation::Messages);
+        assert_eq!(
+            classify("/messages/count_tokens").unwrap().operation,
+            Operation::CountTokens
+        );
+        let r = classify("/model/us.anthropic.claude%3A0%3A%3Ahang/converse-stream").unwrap();
+        assert_eq!(r.operation, Operation::ConverseStream);
+        assert_eq!(r.model_id.as_deref(), Some("us.anthropic.claude:0::hang"));
+        assert_eq!(classify("/model/m/invoke").unwrap().operation, Operation::InvokeModel);
+        assert!(classify("/model//converse").is_none());
+        assert!(classify("/model/m/other").is_none());
     }
 
     #[test]

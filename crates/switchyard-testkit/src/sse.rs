@@ -1,4 +1,6 @@
-//! Server-sent-event bodies with delay, abort and cancellation tracking.
+//! Streaming bodies (server-sent events, AWS event-stream frames) with delay,
+//! abort and cancellation tracking, and the protocol-neutral fault planning
+//! shared by the Anthropic and Bedrock mocks.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -10,6 +12,8 @@ use axum::http::{StatusCode, header};
 use axum::response::Response;
 use bytes::Bytes;
 use serde_json::Value;
+
+use crate::scenario::Scenario;
 
 /// Pause before an abort so that earlier events reach the client.
 const ABORT_FLUSH_GRACE: Duration = Duration::from_millis(50);
@@ -73,6 +77,77 @@ impl SseItem {
     }
 }
 
+/// What a planned event is, for the stream fault directives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EventRole {
+    /// Structure around the content (message and block starts and stops).
+    Frame,
+    /// A content delta; counted by `reset_after` and `error_event`.
+    Content,
+    /// Final metadata before the stop event; `reset_after` aborts before it.
+    Tail,
+    /// The closing event(s) that `no_stop` leaves out.
+    Stop,
+}
+
+/// One encoded event of a planned stream.
+#[derive(Debug, Clone)]
+pub(crate) struct PlannedEvent {
+    /// How the fault directives treat the event.
+    pub(crate) role: EventRole,
+    /// The encoded event.
+    pub(crate) bytes: Bytes,
+}
+
+impl PlannedEvent {
+    /// An event with the given role.
+    pub(crate) fn new(role: EventRole, bytes: Bytes) -> PlannedEvent {
+        PlannedEvent { role, bytes }
+    }
+}
+
+/// Applies `no_stop`, `error_event`, `reset_after` and `malformed_sse` to a
+/// protocol's events. `malformed` is inserted after the first event and
+/// `error` follows the first content event.
+pub(crate) fn plan_events(
+    events: Vec<PlannedEvent>,
+    scenario: &Scenario,
+    malformed: Bytes,
+    error: Bytes,
+) -> Vec<SseItem> {
+    let mut items = Vec::with_capacity(events.len() + 2);
+    let mut content_sent = 0;
+    let mut aborted = false;
+    for event in events {
+        if scenario.no_stop && event.role == EventRole::Stop {
+            continue;
+        }
+        if let Some(limit) = scenario.reset_after {
+            let at_limit = event.role == EventRole::Content && content_sent == limit;
+            if at_limit || matches!(event.role, EventRole::Tail | EventRole::Stop) {
+                items.push(SseItem::Abort);
+                aborted = true;
+                break;
+            }
+        }
+        items.push(SseItem::Raw(event.bytes));
+        if event.role == EventRole::Content {
+            content_sent += 1;
+            if scenario.error_event && content_sent == 1 {
+                items.push(SseItem::Raw(error));
+                break;
+            }
+        }
+    }
+    if scenario.reset_after.is_some() && !aborted && !scenario.error_event {
+        items.push(SseItem::Abort);
+    }
+    if scenario.malformed_sse && !items.is_empty() {
+        items.insert(1, SseItem::Raw(malformed));
+    }
+    items
+}
+
 /// Records how a streaming body ended when it is dropped.
 struct StreamGuard {
     counters: Arc<StreamCounters>,
@@ -103,6 +178,17 @@ struct StreamState {
 /// Builds a `text/event-stream` response that emits `items` one body chunk
 /// at a time, sleeping `delay` between events.
 pub(crate) fn sse_response(counters: &Arc<StreamCounters>, items: Vec<SseItem>, delay: Duration) -> Response {
+    stream_response(counters, items, delay, "text/event-stream")
+}
+
+/// Builds a streaming response with the given content type that emits `items`
+/// one body chunk at a time, sleeping `delay` between them.
+pub(crate) fn stream_response(
+    counters: &Arc<StreamCounters>,
+    items: Vec<SseItem>,
+    delay: Duration,
+    content_type: &'static str,
+) -> Response {
     counters.started.fetch_add(1, Ordering::SeqCst);
     let state = StreamState {
         items: items.into(),
@@ -139,7 +225,7 @@ pub(crate) fn sse_response(counters: &Arc<StreamCounters>, items: Vec<SseItem>, 
     });
     Response::builder()
         .status(StatusCode::OK)
-        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CONTENT_TYPE, content_type)
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| Response::new(Body::empty()))
@@ -180,7 +266,53 @@ pub(crate) fn content_pieces(text: &str, count: Option<usize>) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::content_pieces;
+    use super::*;
+
+    fn event(role: EventRole, text: &'static str) -> PlannedEvent {
+        PlannedEvent::new(role, Bytes::from_static(text.as_bytes()))
+    }
+
+    fn texts(items: &[SseItem]) -> Vec<String> {
+        items
+            .iter()
+            .map(|item| match item {
+                SseItem::Raw(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                SseItem::Abort => "ABORT".to_owned(),
+            })
+            .collect()
+    }
+
+    fn plan(spec: &str) -> Vec<String> {
+        let events = vec![
+            event(EventRole::Frame, "start"),
+            event(EventRole::Content, "a"),
+            event(EventRole::Content, "b"),
+            event(EventRole::Frame, "block_stop"),
+            event(EventRole::Tail, "delta"),
+            event(EventRole::Stop, "stop"),
+        ];
+        let scenario = Scenario::parse(spec).unwrap();
+        texts(&plan_events(
+            events,
+            &scenario,
+            Bytes::from_static(b"BAD"),
+            Bytes::from_static(b"ERR"),
+        ))
+    }
+
+    #[test]
+    fn planning_applies_directives() {
+        assert_eq!(plan(""), vec!["start", "a", "b", "block_stop", "delta", "stop"]);
+        assert_eq!(plan("no_stop"), vec!["start", "a", "b", "block_stop", "delta"]);
+        assert_eq!(plan("error_event"), vec!["start", "a", "ERR"]);
+        assert_eq!(plan("reset_after=1"), vec!["start", "a", "ABORT"]);
+        assert_eq!(plan("reset_after=0"), vec!["start", "ABORT"]);
+        assert_eq!(plan("reset_after=5"), vec!["start", "a", "b", "block_stop", "ABORT"]);
+        assert_eq!(
+            plan("malformed_sse,no_stop"),
+            vec!["start", "BAD", "a", "b", "block_stop", "delta"]
+        );
+    }
 
     #[test]
     fn pieces_default_and_cycled() {

@@ -4,7 +4,8 @@
     clippy::panic,
     reason = "test support crate"
 )]
-//! Standalone mock OpenAI-compatible upstream for benchmarks and Python tests.
+//! Standalone mock upstream (OpenAI, Anthropic and Bedrock protocols) for
+//! benchmarks and Python tests.
 //!
 //! Prints `mock-upstream listening on http://HOST:PORT` once ready, then
 //! serves until killed or interrupted.
@@ -17,7 +18,7 @@ use switchyard_testkit::MockUpstream;
 
 /// Command-line options.
 #[derive(Debug, Parser)]
-#[command(name = "mock-upstream", about = "Mock OpenAI-compatible upstream server")]
+#[command(name = "mock-upstream", about = "Mock OpenAI, Anthropic and Bedrock upstream server")]
 struct Cli {
     /// Host or IP address to bind.
     #[arg(long, default_value = "127.0.0.1")]

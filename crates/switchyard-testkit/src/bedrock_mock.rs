@@ -1,0 +1,447 @@
+//! AWS Bedrock Runtime (REST-JSON): `POST /model/{modelId}/converse` and
+//! `POST /model/{modelId}/converse-stream` (AWS event-stream frames).
+
+use std::time::Duration;
+
+use aws_smithy_eventstream::frame::write_message_to;
+use aws_smithy_types::event_stream::{Header, HeaderValue as FrameValue, Message};
+use aws_smithy_types::str_bytes::StrBytes;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use serde_json::{Map, Value, json};
+
+use crate::openai_mock::{RequestCtx, json_response, non_stream_fault, word_count};
+use crate::reply::{Reply, ReplyBlock, ReplyRequest, ToolChoice, build_reply, cache_tokens, contains_key, json_pieces};
+use crate::server::RecordedRequest;
+use crate::sse::{EventRole, PlannedEvent, content_pieces, plan_events, stream_response};
+
+/// Content type of an AWS event-stream response body.
+const EVENT_STREAM_CONTENT_TYPE: &str = "application/vnd.amazon.eventstream";
+
+/// Name of the header that carries an AWS JSON error's type.
+const ERROR_TYPE_HEADER: &str = "x-amzn-errortype";
+
+/// Builds an AWS JSON-protocol error: `x-amzn-errortype` plus `{"message": ...}`.
+pub(crate) fn error_response(status: StatusCode, error_type: &'static str, message: &str) -> Response {
+    let mut response = json_response(status, &json!({"message": message}));
+    response
+        .headers_mut()
+        .insert(ERROR_TYPE_HEADER, HeaderValue::from_static(error_type));
+    response
+}
+
+/// A 400 `ValidationException`.
+pub(crate) fn validation_error(message: &str) -> Response {
+    error_response(StatusCode::BAD_REQUEST, "ValidationException", message)
+}
+
+/// The error produced by a `status=CODE` directive.
+pub(crate) fn injected_error(code: u16, retry_after: Option<u64>) -> Response {
+    let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let error_type = match code {
+        429 => "ThrottlingException",
+        503 => "ServiceUnavailableException",
+        408 => "ModelTimeoutException",
+        403 => "AccessDeniedException",
+        404 => "ResourceNotFoundException",
+        424 => "ModelErrorException",
+        500..=599 => "InternalServerException",
+        _ => "ValidationException",
+    };
+    let mut response = error_response(status, error_type, &format!("mock upstream error {code}"));
+    if let Some(seconds) = retry_after {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// Requires a SigV4 `authorization` header, as the AWS SDK sends.
+pub(crate) fn check_auth(request: &RecordedRequest) -> Option<Response> {
+    let signed = request
+        .header("authorization")
+        .is_some_and(|v| v.starts_with("AWS4-HMAC-SHA256"));
+    if signed {
+        return None;
+    }
+    Some(error_response(
+        StatusCode::FORBIDDEN,
+        "MissingAuthenticationTokenException",
+        "Missing Authentication Token",
+    ))
+}
+
+/// Checks the Converse request shape; returns the body object and messages.
+fn validate(body: &Value) -> Result<(&Map<String, Value>, &[Value]), String> {
+    let obj = body.as_object().ok_or("request body: expected a JSON object")?;
+    let messages = match obj.get("messages").and_then(Value::as_array) {
+        Some(messages) if !messages.is_empty() => messages,
+        _ => return Err("messages: must be a non-empty array".into()),
+    };
+    for (i, message) in messages.iter().enumerate() {
+        if !matches!(message.get("role").and_then(Value::as_str), Some("user" | "assistant")) {
+            return Err(format!("messages.{i}.role: must be 'user' or 'assistant'"));
+        }
+        if !message.get("content").is_some_and(Value::is_array) {
+            return Err(format!("messages.{i}.content: must be an array of content blocks"));
+        }
+    }
+    if obj.get("system").is_some_and(|s| !s.is_array()) {
+        return Err("system: must be an array of system content blocks".into());
+    }
+    let config = obj.get("inferenceConfig");
+    if config
+        .and_then(|c| c.get("maxTokens"))
+        .is_some_and(|m| m.as_u64().is_none_or(|m| m < 1))
+    {
+        return Err("inferenceConfig.maxTokens: must be an integer greater than or equal to 1".into());
+    }
+    if config
+        .and_then(|c| c.get("stopSequences"))
+        .is_some_and(|s| !s.as_array().is_some_and(|s| s.iter().all(Value::is_string)))
+    {
+        return Err("inferenceConfig.stopSequences: must be an array of strings".into());
+    }
+    if obj
+        .get("toolConfig")
+        .is_some_and(|c| c.get("tools").and_then(Value::as_array).is_none_or(|t| t.is_empty()))
+    {
+        return Err("toolConfig.tools: must be a non-empty array".into());
+    }
+    Ok((obj, messages))
+}
+
+/// Concatenated `text` of an array of content blocks.
+fn blocks_text(blocks: Option<&Value>) -> String {
+    blocks
+        .and_then(Value::as_array)
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Input tokens: words of the system prompt and message texts, one per image (at least 1).
+fn prompt_tokens(obj: &Map<String, Value>, messages: &[Value]) -> usize {
+    let system = word_count(&blocks_text(obj.get("system")));
+    let messages: usize = messages
+        .iter()
+        .map(|m| {
+            let images = m
+                .get("content")
+                .and_then(Value::as_array)
+                .map_or(0, |blocks| blocks.iter().filter(|b| b.get("image").is_some()).count());
+            word_count(&blocks_text(m.get("content"))) + images
+        })
+        .sum();
+    (system + messages).max(1)
+}
+
+/// Text of a `toolResult` block: its `text` items, and `json` items as JSON text.
+fn tool_result_text(result: &Value) -> String {
+    result
+        .get("content")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| match (item.get("text"), item.get("json")) {
+                    (Some(Value::String(text)), _) => Some(text.clone()),
+                    (_, Some(json)) => Some(json.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn reply_request(obj: &Map<String, Value>, messages: &[Value], parallel_tools: bool) -> ReplyRequest {
+    let content = messages
+        .iter()
+        .rev()
+        .find(|m| m.get("role").and_then(Value::as_str) == Some("user"))
+        .and_then(|m| m.get("content"));
+    let results: Vec<String> = content
+        .and_then(Value::as_array)
+        .map(|blocks| {
+            blocks
+                .iter()
+                .filter_map(|b| b.get("toolResult"))
+                .map(tool_result_text)
+                .collect()
+        })
+        .unwrap_or_default();
+    let tool_config = obj.get("toolConfig");
+    let tools: Vec<String> = tool_config
+        .and_then(|c| c.get("tools"))
+        .and_then(Value::as_array)
+        .map(|tools| {
+            tools
+                .iter()
+                .filter_map(|t| t.pointer("/toolSpec/name").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let choice = tool_config.and_then(|c| c.get("toolChoice"));
+    let tool_choice = if tools.is_empty() {
+        ToolChoice::Auto
+    } else if let Some(name) = choice.and_then(|c| c.pointer("/tool/name")).and_then(Value::as_str) {
+        ToolChoice::Named(name.to_owned())
+    } else if choice.and_then(|c| c.get("any")).is_some() {
+        ToolChoice::Any
+    } else {
+        ToolChoice::Auto
+    };
+    let config = obj.get("inferenceConfig");
+    ReplyRequest {
+        user_text: blocks_text(content),
+        tool_result: (!results.is_empty()).then(|| results.join(" ")),
+        tools,
+        tool_choice,
+        parallel_tools,
+        max_tokens: config.and_then(|c| c.get("maxTokens")).and_then(Value::as_u64),
+        stop_sequences: config
+            .and_then(|c| c.get("stopSequences"))
+            .and_then(Value::as_array)
+            .map(|s| s.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default(),
+    }
+}
+
+/// A Converse reply with its token counts.
+struct Planned {
+    reply: Reply,
+    input: usize,
+    read: u64,
+    write: u64,
+}
+
+impl Planned {
+    fn usage(&self, output: usize) -> Value {
+        json!({
+            "inputTokens": self.input,
+            "outputTokens": output,
+            "totalTokens": self.input + output,
+            "cacheReadInputTokens": self.read,
+            "cacheWriteInputTokens": self.write,
+        })
+    }
+}
+
+fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
+    let (obj, messages) = validate(ctx.body).map_err(|message| Box::new(validation_error(&message)))?;
+    let reply = build_reply(
+        &reply_request(obj, messages, ctx.scenario.parallel_tools),
+        "tooluse_mock_",
+    );
+    let (read, write) = cache_tokens(contains_key(ctx.body, "cachePoint"));
+    Ok(Planned {
+        reply,
+        input: prompt_tokens(obj, messages),
+        read,
+        write,
+    })
+}
+
+/// `POST /model/{modelId}/converse`.
+pub(crate) fn converse(ctx: &RequestCtx<'_>) -> Response {
+    let planned = match plan(ctx) {
+        Ok(planned) => planned,
+        Err(response) => return *response,
+    };
+    if let Some(response) = non_stream_fault(ctx.scenario) {
+        return response;
+    }
+    let content: Vec<Value> = planned
+        .reply
+        .blocks
+        .iter()
+        .map(|block| match block {
+            ReplyBlock::Text(text) => json!({"text": text}),
+            ReplyBlock::ToolUse { id, name, input, .. } => {
+                json!({"toolUse": {"toolUseId": id, "name": name, "input": input}})
+            }
+        })
+        .collect();
+    let body = json!({
+        "output": {"message": {"role": "assistant", "content": content}},
+        "stopReason": planned.reply.stop_reason,
+        "usage": planned.usage(planned.reply.output_tokens()),
+        "metrics": {"latencyMs": 1},
+    });
+    json_response(StatusCode::OK, &body)
+}
+
+fn string_header(name: &'static str, value: &str) -> Header {
+    Header::new(name, FrameValue::String(StrBytes::from(value.to_owned())))
+}
+
+/// Encodes one event-stream frame.
+fn frame(headers: Vec<Header>, payload: Bytes) -> Bytes {
+    let mut buffer = Vec::new();
+    write_message_to(&Message::new_from_parts(headers, payload), &mut buffer)
+        .expect("mock event-stream frames are small enough to encode");
+    Bytes::from(buffer)
+}
+
+/// An `event` frame with a raw payload.
+fn event_frame_raw(event_type: &str, payload: Bytes) -> Bytes {
+    let headers = vec![
+        string_header(":event-type", event_type),
+        string_header(":content-type", "application/json"),
+        string_header(":message-type", "event"),
+    ];
+    frame(headers, payload)
+}
+
+/// An `event` frame with a JSON payload.
+fn event_frame(event_type: &str, payload: &Value) -> Bytes {
+    event_frame_raw(event_type, Bytes::from(payload.to_string()))
+}
+
+/// An `exception` frame, e.g. `throttlingException`.
+fn exception_frame(exception_type: &str, message: &str) -> Bytes {
+    let headers = vec![
+        string_header(":exception-type", exception_type),
+        string_header(":content-type", "application/json"),
+        string_header(":message-type", "exception"),
+    ];
+    frame(headers, Bytes::from(json!({"message": message}).to_string()))
+}
+
+/// `POST /model/{modelId}/converse-stream`.
+pub(crate) fn converse_stream(ctx: &RequestCtx<'_>) -> Response {
+    let planned = match plan(ctx) {
+        Ok(planned) => planned,
+        Err(response) => return *response,
+    };
+    let event = |role, name: &str, payload: Value| PlannedEvent::new(role, event_frame(name, &payload));
+    let mut events = vec![event(EventRole::Frame, "messageStart", json!({"role": "assistant"}))];
+    let mut output_tokens = 0;
+    for (index, block) in planned.reply.blocks.iter().enumerate() {
+        let deltas: Vec<Value> = match block {
+            ReplyBlock::Text(text) => {
+                let pieces = content_pieces(text, ctx.scenario.chunks);
+                output_tokens += pieces.iter().map(|p| word_count(p)).sum::<usize>();
+                pieces.into_iter().map(|text| json!({"text": text})).collect()
+            }
+            ReplyBlock::ToolUse {
+                id, name, input_json, ..
+            } => {
+                output_tokens += 1;
+                events.push(event(
+                    EventRole::Frame,
+                    "contentBlockStart",
+                    json!({"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": id, "name": name}}}),
+                ));
+                json_pieces(input_json)
+                    .into_iter()
+                    .map(|piece| json!({"toolUse": {"input": piece}}))
+                    .collect()
+            }
+        };
+        for delta in deltas {
+            events.push(event(
+                EventRole::Content,
+                "contentBlockDelta",
+                json!({"contentBlockIndex": index, "delta": delta}),
+            ));
+        }
+        events.push(event(
+            EventRole::Frame,
+            "contentBlockStop",
+            json!({"contentBlockIndex": index}),
+        ));
+    }
+    events.push(event(
+        EventRole::Stop,
+        "messageStop",
+        json!({"stopReason": planned.reply.stop_reason}),
+    ));
+    events.push(event(
+        EventRole::Stop,
+        "metadata",
+        json!({"usage": planned.usage(output_tokens), "metrics": {"latencyMs": 1}}),
+    ));
+    let malformed = event_frame_raw("contentBlockDelta", Bytes::from_static(b"{not json"));
+    let error = exception_frame("internalServerException", "mock upstream stream error");
+    let items = plan_events(events, ctx.scenario, malformed, error);
+    let delay = Duration::from_millis(ctx.scenario.chunk_delay_ms.unwrap_or(0));
+    stream_response(&ctx.state.streams, items, delay, EVENT_STREAM_CONTENT_TYPE)
+}
+
+/// Decodes `%XX` escapes in a path segment; `None` if the result is not UTF-8.
+pub(crate) fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .filter(|_| bytes[i] == b'%')
+            .and_then(|hex| std::str::from_utf8(hex).ok())
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_smithy_eventstream::frame::read_message_from;
+
+    use super::*;
+
+    #[test]
+    fn decodes_model_ids() {
+        assert_eq!(
+            percent_decode("anthropic.claude-3%3A0%3A%3Astatus%3D429").as_deref(),
+            Some("anthropic.claude-3:0::status=429")
+        );
+        assert_eq!(percent_decode("a%2").as_deref(), Some("a%2"));
+        assert_eq!(percent_decode("%ff"), None);
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let bytes = event_frame("messageStart", &json!({"role": "assistant"}));
+        let message = read_message_from(&mut bytes.clone()).unwrap();
+        let event_type = message.headers().iter().find(|h| h.name().as_str() == ":event-type");
+        assert_eq!(
+            event_type.unwrap().value().as_string().unwrap().as_str(),
+            "messageStart"
+        );
+        assert_eq!(&message.payload()[..], br#"{"role":"assistant"}"#);
+    }
+
+    #[test]
+    fn tool_results_and_prompt_tokens() {
+        let body = json!({
+            "system": [{"text": "be brief"}, {"cachePoint": {"type": "default"}}],
+            "messages": [{"role": "user", "content": [
+                {"text": "hi"},
+                {"image": {"format": "png", "source": {"bytes": "AA=="}}},
+                {"toolResult": {"toolUseId": "t", "content": [{"text": "sunny "}, {"json": {"t": 1}}]}},
+            ]}],
+        });
+        let (obj, messages) = validate(&body).unwrap();
+        assert_eq!(prompt_tokens(obj, messages), 4);
+        let request = reply_request(obj, messages, false);
+        assert_eq!(request.tool_result.as_deref(), Some(r#"sunny {"t":1}"#));
+        assert!(contains_key(&body, "cachePoint"));
+    }
+}
