@@ -172,6 +172,22 @@ model_list:
         model: claude-mock
         api_base: {mock_url}
         api_key: test-anthropic-key
+  - model_name: bedrock-claude
+    deployments:
+      - provider: bedrock
+        model: anthropic.claude-3-5-sonnet-20240620-v1:0
+        api_base: {mock_url}
+        aws_region: us-east-1
+        aws_access_key_id: AKIDTEST
+        aws_secret_access_key: test-secret
+  - model_name: bedrock-nova
+    deployments:
+      - provider: bedrock
+        model: amazon.nova-lite-v1:0
+        api_base: {mock_url}
+        aws_region: us-east-1
+        aws_access_key_id: AKIDTEST
+        aws_secret_access_key: test-secret
 """
 
 

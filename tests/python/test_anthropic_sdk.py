@@ -1,9 +1,10 @@
 """The official Anthropic SDK against Switchyard's ``/v1/messages``.
 
-``gpt-test`` is an OpenAI-style deployment (the request is translated);
-``claude-test`` is an Anthropic deployment (the request passes through).
-The OpenAI SDK is also pointed at ``claude-test`` to check the other
-direction of translation.
+``gpt-test`` is an OpenAI-style deployment and ``bedrock-nova`` a non-Claude
+Bedrock model (the request is translated); ``claude-test`` is an Anthropic
+deployment and ``bedrock-claude`` Claude on Bedrock (the request passes
+through). The OpenAI SDK is also pointed at the Anthropic and Bedrock models
+to check the other direction of translation.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import anthropic
 import openai
 import pytest
 
+MODELS = ["gpt-test", "claude-test", "bedrock-claude", "bedrock-nova"]
+
 WEATHER_TOOL = {
     "name": "get_weather",
     "description": "Weather for a city",
@@ -21,7 +24,7 @@ WEATHER_TOOL = {
 }
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+@pytest.mark.parametrize("model", MODELS)
 def test_plain_message(claude: anthropic.Anthropic, model: str) -> None:
     message = claude.messages.create(
         model=model,
@@ -37,7 +40,7 @@ def test_plain_message(claude: anthropic.Anthropic, model: str) -> None:
     assert message.usage.output_tokens > 0
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+@pytest.mark.parametrize("model", MODELS)
 def test_streaming_message(claude: anthropic.Anthropic, model: str) -> None:
     with claude.messages.stream(
         model=model,
@@ -52,7 +55,7 @@ def test_streaming_message(claude: anthropic.Anthropic, model: str) -> None:
     assert final.usage.output_tokens > 0
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+@pytest.mark.parametrize("model", MODELS)
 def test_tool_use_round_trip(claude: anthropic.Anthropic, model: str) -> None:
     first = claude.messages.create(
         model=model,
@@ -81,7 +84,7 @@ def test_tool_use_round_trip(claude: anthropic.Anthropic, model: str) -> None:
     assert second.stop_reason == "end_turn"
 
 
-@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])
+@pytest.mark.parametrize("model", MODELS)
 def test_streaming_tool_use(claude: anthropic.Anthropic, model: str) -> None:
     with claude.messages.stream(
         model=model,
@@ -113,9 +116,10 @@ def test_unknown_model_is_not_found(claude: anthropic.Anthropic) -> None:
         claude.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
 
 
-def test_openai_sdk_against_anthropic_deployment(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("model", ["claude-test", "bedrock-claude", "bedrock-nova"])
+def test_openai_sdk_against_anthropic_and_bedrock(client: openai.OpenAI, model: str) -> None:
     resp = client.chat.completions.create(
-        model="claude-test",
+        model=model,
         messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}],
     )
     assert resp.choices[0].message.content == "mock reply: hello there"
@@ -123,7 +127,7 @@ def test_openai_sdk_against_anthropic_deployment(client: openai.OpenAI) -> None:
     assert resp.usage is not None and resp.usage.completion_tokens > 0
 
     stream = client.chat.completions.create(
-        model="claude-test",
+        model=model,
         messages=[{"role": "user", "content": "hello there"}],
         stream=True,
         stream_options={"include_usage": True},
@@ -134,10 +138,11 @@ def test_openai_sdk_against_anthropic_deployment(client: openai.OpenAI) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
 
 
-def test_openai_sdk_tool_call_against_anthropic_deployment(client: openai.OpenAI) -> None:
+@pytest.mark.parametrize("model", ["claude-test", "bedrock-claude"])
+def test_openai_sdk_tool_call_against_anthropic_and_bedrock(client: openai.OpenAI, model: str) -> None:
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": WEATHER_TOOL["input_schema"]}}]
     resp = client.chat.completions.create(
-        model="claude-test",
+        model=model,
         messages=[{"role": "user", "content": "weather?"}],
         tools=tools,
         tool_choice="required",

@@ -356,3 +356,68 @@ provider_contract! {
     anthropic_contract => "anthropic",
     bedrock_contract => "bedrock",
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_embeddings_and_anthropic_count_tokens() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("model_list:\n");
+    for (name, model) in [
+        ("titan", "amazon.titan-embed-text-v2:0"),
+        ("cohere", "cohere.embed-english-v3"),
+        ("nova", "amazon.nova-lite-v1:0"),
+    ] {
+        yaml += &format!("  - model_name: {name}\n    deployments:\n");
+        yaml += &deployment("bedrock", &mock, model, "");
+    }
+    yaml += "  - model_name: claude\n    deployments:\n";
+    yaml += &deployment("anthropic", &mock, "claude-mock", "");
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[("TEST_AWS_ID", "AKIDTEST"), ("TEST_AWS_SECRET", "test-secret")],
+    );
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let request = http.post(format!("{}{path}", gateway.base_url())).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.json::<Value>().await.unwrap())
+        }
+    };
+    for model in ["titan", "cohere"] {
+        let (status, body) = post("/v1/embeddings", json!({"model": model, "input": ["alpha", "beta"]})).await;
+        assert_eq!(status, 200, "{model}: {body}");
+        for (i, text) in ["alpha", "beta"].iter().enumerate() {
+            let got: Vec<f32> = serde_json::from_value(body["data"][i]["embedding"].clone()).unwrap();
+            assert_eq!(got, switchyard_testkit::mock_embedding(&json!(text), 16), "{model}");
+            assert_eq!(body["data"][i]["index"], i);
+        }
+        let (_, b64) = post(
+            "/v1/embeddings",
+            json!({"model": model, "input": "alpha", "encoding_format": "base64"}),
+        )
+        .await;
+        let encoded = b64["data"][0]["embedding"].as_str().unwrap();
+        assert_eq!(
+            encoded,
+            switchyard_testkit::encode_base64_embedding(&switchyard_testkit::mock_embedding(&json!("alpha"), 16))
+        );
+    }
+    let (status, body) = post("/v1/embeddings", json!({"model": "nova", "input": "x"})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("unsupported")),
+        "{body}"
+    );
+
+    let request = json!({"model": "claude", "messages": [{"role": "user", "content": "one two three"}]});
+    let (status, body) = post("/v1/messages/count_tokens", request).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["input_tokens"].as_u64().unwrap() >= 3, "{body}");
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/messages/count_tokens");
+    assert_eq!(seen.body["model"], "claude-mock");
+    let (status, body) = post("/v1/messages/count_tokens", json!({"model": "nova", "messages": []})).await;
+    assert_eq!((status, body["type"].as_str()), (400, Some("error")), "{body}");
+}

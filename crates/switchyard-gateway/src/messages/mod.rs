@@ -1,8 +1,9 @@
 //! `POST /v1/messages` and `POST /v1/messages/count_tokens`: Anthropic-format
 //! clients (the Anthropic SDKs, Claude Code) served from any deployment.
 //!
-//! Anthropic deployments get the request as it came (only `model` is swapped)
-//! and their answer, events included, goes back unchanged. Other deployments
+//! Anthropic deployments, and Claude models on Bedrock (through InvokeModel),
+//! get the request as it came (only `model` is swapped) and their answer,
+//! events included, goes back unchanged. Other deployments
 //! get the request translated to OpenAI's chat format, and their answer is
 //! translated back, streams event by event.
 
@@ -13,9 +14,13 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use std::future::Future;
 use switchyard_api::ChatCompletionResponse;
 use switchyard_api::anthropic::MessagesRequest;
-use switchyard_providers::{Provider, ProviderClient, ProviderError};
+
+use bytes::Bytes;
+use switchyard_providers::sse::EventStream;
+use switchyard_providers::{BedrockProvider, Provider, ProviderClient, ProviderError};
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
@@ -69,31 +74,66 @@ pub async fn messages(
     let (deployment, client) = choose(&state, &req.model)?;
     let public_model = std::mem::replace(&mut req.model, deployment.model.clone());
     let upstream = |e: ProviderError| ApiError::upstream(&deployment.name, e);
-    let response = if let ProviderClient::Anthropic(anthropic) = client {
-        if req.is_stream() {
-            stream::passthrough(
-                anthropic.messages_stream(&req).await.map_err(upstream)?,
-                deployment.name.clone(),
+    let stream = req.is_stream();
+    let response = match client {
+        ProviderClient::Anthropic(p) => {
+            native(
+                stream,
+                &deployment.name,
+                || p.messages(&req),
+                || p.messages_stream(&req),
             )
-        } else {
-            let body = anthropic.messages(&req).await.map_err(upstream)?;
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            .await?
         }
-    } else {
-        let chat = translate::to_chat_request(&req)?;
-        if req.is_stream() {
-            let chunks = client.chat_stream(&chat).await.map_err(upstream)?;
-            stream::from_chat_chunks(chunks, deployment.name.clone())
-        } else {
-            let answer = client.chat(&chat).await.map_err(upstream)?;
-            let parsed: ChatCompletionResponse = serde_json::from_slice(&answer.body)
-                .map_err(|e| upstream(ProviderError::InvalidResponse(format!("not a chat completion ({e})"))))?;
-            let body = serde_json::to_vec(&translate::to_messages_response(parsed))
-                .map_err(|e| ApiError::Internal(e.to_string()))?;
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        ProviderClient::Bedrock(p) if BedrockProvider::is_claude(&deployment.model) => {
+            native(
+                stream,
+                &deployment.name,
+                || p.messages(&req),
+                || p.messages_stream(&req),
+            )
+            .await?
+        }
+        _ => {
+            let chat = translate::to_chat_request(&req)?;
+            if stream {
+                let chunks = client.chat_stream(&chat).await.map_err(upstream)?;
+                stream::from_chat_chunks(chunks, deployment.name.clone())
+            } else {
+                let answer = client.chat(&chat).await.map_err(upstream)?;
+                let parsed: ChatCompletionResponse = serde_json::from_slice(&answer.body)
+                    .map_err(|e| upstream(ProviderError::InvalidResponse(format!("not a chat completion ({e})"))))?;
+                let body = serde_json::to_vec(&translate::to_messages_response(parsed))
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
         }
     };
     Ok(with_route_headers(response, &public_model, deployment))
+}
+
+/// Serves an Anthropic-format request from an upstream that speaks it natively:
+/// the answer, or each stream event, goes back unchanged.
+async fn native<J, S>(
+    stream: bool,
+    deployment: &str,
+    json: impl FnOnce() -> J,
+    events: impl FnOnce() -> S,
+) -> Result<Response, ApiError>
+where
+    J: Future<Output = Result<Bytes, ProviderError>>,
+    S: Future<Output = Result<EventStream, ProviderError>>,
+{
+    let upstream = |e: ProviderError| ApiError::upstream(deployment, e);
+    Ok(if stream {
+        stream::passthrough(events().await.map_err(upstream)?, deployment.to_owned())
+    } else {
+        (
+            [(header::CONTENT_TYPE, "application/json")],
+            json().await.map_err(upstream)?,
+        )
+            .into_response()
+    })
 }
 
 /// `POST /v1/messages/count_tokens`: answered by Anthropic deployments.

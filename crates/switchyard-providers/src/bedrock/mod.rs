@@ -7,6 +7,7 @@
 //! be overridden per deployment. The SDK's own retries are off: the gateway
 //! decides what to retry and where.
 
+pub mod claude;
 mod convert;
 mod stream;
 

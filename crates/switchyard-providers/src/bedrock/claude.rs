@@ -1,0 +1,146 @@
+//! Anthropic-format requests passed straight through to Claude on Bedrock
+//! (InvokeModel / InvokeModelWithResponseStream with an Anthropic Messages body).
+
+use std::time::Duration;
+
+use aws_sdk_bedrockruntime::types::ResponseStream;
+use aws_smithy_types::Blob;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use bytes::Bytes;
+use futures_util::stream;
+use serde_json::{Value, json};
+use switchyard_api::anthropic::MessagesRequest;
+
+use super::{BedrockProvider, sdk_error};
+use crate::sse::{Event, EventStream};
+use crate::{ProviderError, Result, TimeoutPhase};
+
+/// The `anthropic_version` Bedrock expects in the body of Claude requests.
+pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
+
+/// The InvokeModel body for an Anthropic-format request: the request itself
+/// without `model` and `stream` (Bedrock rejects them), with Bedrock's `anthropic_version`.
+pub(crate) fn invoke_body(req: &MessagesRequest) -> Result<Vec<u8>> {
+    let mut body = serde_json::to_value(req)
+        .map_err(|e| ProviderError::InvalidConfig(format!("cannot encode the request: {e}")))?;
+    if let Some(map) = body.as_object_mut() {
+        map.remove("model");
+        map.remove("stream");
+        map.insert("anthropic_version".into(), json!(BEDROCK_ANTHROPIC_VERSION));
+    }
+    serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidConfig(format!("cannot encode the request: {e}")))
+}
+
+/// An Anthropic stream event decoded from a Bedrock `chunk`.
+fn decode_chunk(bytes: &[u8]) -> Result<Event> {
+    let value: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ProviderError::Stream(format!("malformed event from the upstream ({e})")))?;
+    let name = value
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("message")
+        .to_owned();
+    Ok(Event {
+        event: name,
+        data: String::from_utf8_lossy(bytes).into_owned(),
+        id: String::new(),
+        retry: None,
+    })
+}
+
+impl BedrockProvider {
+    /// Whether this deployment's model is Claude (served natively for `/v1/messages`).
+    pub fn is_claude(model: &str) -> bool {
+        model.contains("anthropic.claude")
+    }
+
+    /// Sends an Anthropic-format request to Claude on Bedrock; returns Anthropic's JSON.
+    pub async fn messages(&self, req: &MessagesRequest) -> Result<Bytes> {
+        let send = self
+            .client()
+            .await
+            .invoke_model()
+            .model_id(&req.model)
+            .content_type("application/json")
+            .accept("application/json")
+            .body(Blob::new(invoke_body(req)?))
+            .send();
+        let output = match tokio::time::timeout(self.settings.timeouts.first_byte, send).await {
+            Ok(result) => result.map_err(sdk_error)?,
+            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+        };
+        Ok(Bytes::from(output.body.into_inner()))
+    }
+
+    /// Streams an Anthropic-format request from Claude on Bedrock as Anthropic events.
+    pub async fn messages_stream(&self, req: &MessagesRequest) -> Result<EventStream> {
+        let first_byte: Duration = self.settings.timeouts.first_byte;
+        let send = self
+            .client()
+            .await
+            .invoke_model_with_response_stream()
+            .model_id(&req.model)
+            .content_type("application/json")
+            .accept("application/json")
+            .body(Blob::new(invoke_body(req)?))
+            .send();
+        let output = match tokio::time::timeout(first_byte, send).await {
+            Ok(result) => result.map_err(sdk_error)?,
+            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+        };
+        let events = stream::unfold((output.body, true, false), move |(mut rx, first, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                let next = if first {
+                    match tokio::time::timeout(first_byte, rx.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            return Some((Err(ProviderError::Timeout(TimeoutPhase::FirstByte)), (rx, false, true)));
+                        }
+                    }
+                } else {
+                    rx.recv().await
+                };
+                let item = match next {
+                    Ok(Some(ResponseStream::Chunk(part))) => match part.bytes {
+                        Some(bytes) => decode_chunk(bytes.as_ref()),
+                        None => continue,
+                    },
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(e) => Err(ProviderError::Stream(format!(
+                        "the upstream stream failed: {}",
+                        DisplayErrorContext(&e)
+                    ))),
+                };
+                let done = item.is_err();
+                return Some((item, (rx, false, done)));
+            }
+        });
+        Ok(Box::pin(events))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn invoke_body_drops_model_and_stream_and_sets_the_version() {
+        let req: MessagesRequest = serde_json::from_value(json!({
+            "model": "anthropic.claude-x", "stream": true, "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}], "thinking": {"type": "enabled", "budget_tokens": 1024}
+        }))
+        .unwrap();
+        let body: Value = serde_json::from_slice(&invoke_body(&req).unwrap()).unwrap();
+        assert!(body.get("model").is_none() && body.get("stream").is_none());
+        assert_eq!(body["anthropic_version"], BEDROCK_ANTHROPIC_VERSION);
+        assert_eq!(body["thinking"]["budget_tokens"], 1024);
+        assert!(BedrockProvider::is_claude(
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+        ));
+        assert!(!BedrockProvider::is_claude("amazon.nova-lite-v1:0"));
+    }
+}
