@@ -151,3 +151,21 @@ def test_openai_sdk_tool_call_against_anthropic_and_bedrock(client: openai.OpenA
     assert resp.choices[0].finish_reason == "tool_calls"
     assert call.function.name == "get_weather"
     assert json.loads(call.function.arguments)["q"] == "mock"
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_image_input(claude: anthropic.Anthropic, model: str) -> None:
+    message = claude.messages.create(
+        model=model,
+        max_tokens=100,
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}},
+                    {"type": "text", "text": "what is this"},
+                ],
+            }
+        ],
+    )
+    assert message.content[0].text == "mock reply: what is this"
