@@ -64,10 +64,20 @@ struct Parsed<'a> {
 }
 
 fn validate(body: &Value, require_max_tokens: bool) -> Result<Parsed<'_>, String> {
+    validate_fields(body_with_model(body)?, require_max_tokens)
+}
+
+/// Checks that the body is an object with a string `model`.
+fn body_with_model(body: &Value) -> Result<&Map<String, Value>, String> {
     let obj = body.as_object().ok_or("request body: expected a JSON object")?;
     if !obj.get("model").is_some_and(Value::is_string) {
         return Err("model: Field required (a string)".into());
     }
+    Ok(obj)
+}
+
+/// Checks every Messages field but `model`.
+fn validate_fields(obj: &Map<String, Value>, require_max_tokens: bool) -> Result<Parsed<'_>, String> {
     if require_max_tokens && obj.get("max_tokens").and_then(Value::as_u64).is_none_or(|m| m < 1) {
         return Err("max_tokens: Field required (an integer greater than or equal to 1)".into());
     }
@@ -206,12 +216,28 @@ struct Usage {
     write: u64,
 }
 
-/// `POST /v1/messages`.
-pub(crate) fn messages(ctx: &RequestCtx<'_>) -> Response {
-    let parsed = match validate(ctx.body, true) {
-        Ok(parsed) => parsed,
-        Err(message) => return invalid_request(&message),
-    };
+/// One event of an Anthropic message stream, before encoding.
+pub(crate) struct StreamEvent {
+    /// How the stream fault directives treat the event.
+    pub(crate) role: EventRole,
+    /// The event name, which is also its `type`.
+    pub(crate) name: &'static str,
+    /// The event's JSON.
+    pub(crate) data: Value,
+}
+
+/// The mock's answer to one Messages request, as a JSON body or as stream events.
+pub(crate) struct Answer {
+    id: String,
+    model: String,
+    reply: Reply,
+    usage: Usage,
+}
+
+/// Validates the Messages fields of `obj` (all but `model`) and computes the
+/// answer, which echoes `model`. `Err` carries the validation message.
+pub(crate) fn answer(ctx: &RequestCtx<'_>, obj: &Map<String, Value>, model: &str) -> Result<Answer, String> {
+    let parsed = validate_fields(obj, true)?;
     let reply = build_reply(&reply_request(&parsed, ctx.scenario.parallel_tools), "toolu_mock_");
     let (read, write) = cache_tokens(is_cached(parsed.obj));
     let usage = Usage {
@@ -219,29 +245,132 @@ pub(crate) fn messages(ctx: &RequestCtx<'_>) -> Response {
         read,
         write,
     };
-    let id = format!("msg_mock_{}", ctx.state.next_id());
+    Ok(Answer {
+        id: format!("msg_mock_{}", ctx.state.next_id()),
+        model: model.to_owned(),
+        reply,
+        usage,
+    })
+}
+
+impl Answer {
+    /// Input tokens of the request (without cached tokens).
+    pub(crate) fn input_tokens(&self) -> usize {
+        self.usage.input
+    }
+
+    fn usage_json(&self, output_tokens: usize) -> Value {
+        json!({
+            "input_tokens": self.usage.input,
+            "output_tokens": output_tokens,
+            "cache_read_input_tokens": self.usage.read,
+            "cache_creation_input_tokens": self.usage.write,
+        })
+    }
+
+    /// The non-streaming response body.
+    pub(crate) fn message(&self) -> Value {
+        json!({
+            "id": self.id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": self.reply.blocks.iter().map(content_json).collect::<Vec<_>>(),
+            "stop_reason": self.reply.stop_reason,
+            "stop_sequence": self.reply.stop_sequence,
+            "usage": self.usage_json(self.reply.output_tokens()),
+        })
+    }
+
+    /// The stream events, text split into `chunks` pieces when set, and the
+    /// output tokens reported by `message_delta`.
+    pub(crate) fn stream_events(&self, chunks: Option<usize>) -> (Vec<StreamEvent>, usize) {
+        let event = |role, name, data| StreamEvent { role, name, data };
+        let mut events = vec![
+            event(
+                EventRole::Frame,
+                "message_start",
+                json!({"type": "message_start", "message": {
+                    "id": self.id,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": self.model,
+                    "content": [],
+                    "stop_reason": null,
+                    "stop_sequence": null,
+                    "usage": self.usage_json(1),
+                }}),
+            ),
+            event(EventRole::Frame, "ping", json!({"type": "ping"})),
+        ];
+        let mut output_tokens = 0;
+        for (index, block) in self.reply.blocks.iter().enumerate() {
+            let (start, deltas) = match block {
+                ReplyBlock::Text(text) => {
+                    let pieces = content_pieces(text, chunks);
+                    output_tokens += pieces.iter().map(|p| word_count(p)).sum::<usize>();
+                    let deltas: Vec<Value> = pieces
+                        .into_iter()
+                        .map(|text| json!({"type": "text_delta", "text": text}))
+                        .collect();
+                    (json!({"type": "text", "text": ""}), deltas)
+                }
+                ReplyBlock::ToolUse {
+                    id, name, input_json, ..
+                } => {
+                    output_tokens += 1;
+                    let deltas = json_pieces(input_json)
+                        .into_iter()
+                        .map(|piece| json!({"type": "input_json_delta", "partial_json": piece}))
+                        .collect();
+                    (json!({"type": "tool_use", "id": id, "name": name, "input": {}}), deltas)
+                }
+            };
+            events.push(event(
+                EventRole::Frame,
+                "content_block_start",
+                json!({"type": "content_block_start", "index": index, "content_block": start}),
+            ));
+            for delta in deltas {
+                events.push(event(
+                    EventRole::Content,
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": index, "delta": delta}),
+                ));
+            }
+            events.push(event(
+                EventRole::Frame,
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": index}),
+            ));
+        }
+        events.push(event(
+            EventRole::Tail,
+            "message_delta",
+            json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": self.reply.stop_reason, "stop_sequence": self.reply.stop_sequence},
+                "usage": {"output_tokens": output_tokens},
+            }),
+        ));
+        events.push(event(EventRole::Stop, "message_stop", json!({"type": "message_stop"})));
+        (events, output_tokens)
+    }
+}
+
+/// `POST /v1/messages`.
+pub(crate) fn messages(ctx: &RequestCtx<'_>) -> Response {
+    let answer = match body_with_model(ctx.body).and_then(|obj| answer(ctx, obj, &ctx.model)) {
+        Ok(answer) => answer,
+        Err(message) => return invalid_request(&message),
+    };
     if ctx.body.get("stream") == Some(&Value::Bool(true)) {
-        return stream(ctx, &id, &reply, &usage);
+        return stream(ctx, &answer);
     }
     if let Some(response) = non_stream_fault(ctx.scenario) {
         return response;
     }
-    let body = json!({
-        "id": id,
-        "type": "message",
-        "role": "assistant",
-        "model": ctx.model,
-        "content": reply.blocks.iter().map(content_json).collect::<Vec<_>>(),
-        "stop_reason": reply.stop_reason,
-        "stop_sequence": reply.stop_sequence,
-        "usage": {
-            "input_tokens": usage.input,
-            "output_tokens": reply.output_tokens(),
-            "cache_read_input_tokens": usage.read,
-            "cache_creation_input_tokens": usage.write,
-        },
-    });
-    json_response(StatusCode::OK, &body)
+    json_response(StatusCode::OK, &answer.message())
 }
 
 /// `POST /v1/messages/count_tokens`.
@@ -260,81 +389,12 @@ fn sse_event(name: &str, data: &Value) -> Bytes {
     Bytes::from(format!("event: {name}\ndata: {data}\n\n"))
 }
 
-fn stream(ctx: &RequestCtx<'_>, id: &str, reply: &Reply, usage: &Usage) -> Response {
-    let event = |role, name: &str, data: Value| PlannedEvent::new(role, sse_event(name, &data));
-    let mut events = vec![
-        event(
-            EventRole::Frame,
-            "message_start",
-            json!({"type": "message_start", "message": {
-                "id": id,
-                "type": "message",
-                "role": "assistant",
-                "model": ctx.model,
-                "content": [],
-                "stop_reason": null,
-                "stop_sequence": null,
-                "usage": {
-                    "input_tokens": usage.input,
-                    "output_tokens": 1,
-                    "cache_read_input_tokens": usage.read,
-                    "cache_creation_input_tokens": usage.write,
-                },
-            }}),
-        ),
-        event(EventRole::Frame, "ping", json!({"type": "ping"})),
-    ];
-    let mut output_tokens = 0;
-    for (index, block) in reply.blocks.iter().enumerate() {
-        let (start, deltas) = match block {
-            ReplyBlock::Text(text) => {
-                let pieces = content_pieces(text, ctx.scenario.chunks);
-                output_tokens += pieces.iter().map(|p| word_count(p)).sum::<usize>();
-                let deltas: Vec<Value> = pieces
-                    .into_iter()
-                    .map(|text| json!({"type": "text_delta", "text": text}))
-                    .collect();
-                (json!({"type": "text", "text": ""}), deltas)
-            }
-            ReplyBlock::ToolUse {
-                id, name, input_json, ..
-            } => {
-                output_tokens += 1;
-                let deltas = json_pieces(input_json)
-                    .into_iter()
-                    .map(|piece| json!({"type": "input_json_delta", "partial_json": piece}))
-                    .collect();
-                (json!({"type": "tool_use", "id": id, "name": name, "input": {}}), deltas)
-            }
-        };
-        events.push(event(
-            EventRole::Frame,
-            "content_block_start",
-            json!({"type": "content_block_start", "index": index, "content_block": start}),
-        ));
-        for delta in deltas {
-            events.push(event(
-                EventRole::Content,
-                "content_block_delta",
-                json!({"type": "content_block_delta", "index": index, "delta": delta}),
-            ));
-        }
-        events.push(event(
-            EventRole::Frame,
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": index}),
-        ));
-    }
-    events.push(event(
-        EventRole::Tail,
-        "message_delta",
-        json!({
-            "type": "message_delta",
-            "delta": {"stop_reason": reply.stop_reason, "stop_sequence": reply.stop_sequence},
-            "usage": {"output_tokens": output_tokens},
-        }),
-    ));
-    events.push(event(EventRole::Stop, "message_stop", json!({"type": "message_stop"})));
+fn stream(ctx: &RequestCtx<'_>, answer: &Answer) -> Response {
+    let (events, _) = answer.stream_events(ctx.scenario.chunks);
+    let events = events
+        .into_iter()
+        .map(|e| PlannedEvent::new(e.role, sse_event(e.name, &e.data)))
+        .collect();
     let malformed = Bytes::from_static(b"event: content_block_delta\ndata: {not json}\n\n");
     let error = sse_event(
         "error",

@@ -17,7 +17,7 @@ use crate::server::RecordedRequest;
 use crate::sse::{EventRole, PlannedEvent, content_pieces, plan_events, stream_response};
 
 /// Content type of an AWS event-stream response body.
-const EVENT_STREAM_CONTENT_TYPE: &str = "application/vnd.amazon.eventstream";
+pub(crate) const EVENT_STREAM_CONTENT_TYPE: &str = "application/vnd.amazon.eventstream";
 
 /// Name of the header that carries an AWS JSON error's type.
 const ERROR_TYPE_HEADER: &str = "x-amzn-errortype";
@@ -290,7 +290,7 @@ fn frame(headers: Vec<Header>, payload: Bytes) -> Bytes {
 }
 
 /// An `event` frame with a raw payload.
-fn event_frame_raw(event_type: &str, payload: Bytes) -> Bytes {
+pub(crate) fn event_frame_raw(event_type: &str, payload: Bytes) -> Bytes {
     let headers = vec![
         string_header(":event-type", event_type),
         string_header(":content-type", "application/json"),
@@ -305,7 +305,7 @@ fn event_frame(event_type: &str, payload: &Value) -> Bytes {
 }
 
 /// An `exception` frame, e.g. `throttlingException`.
-fn exception_frame(exception_type: &str, message: &str) -> Bytes {
+pub(crate) fn exception_frame(exception_type: &str, message: &str) -> Bytes {
     let headers = vec![
         string_header(":exception-type", exception_type),
         string_header(":content-type", "application/json"),

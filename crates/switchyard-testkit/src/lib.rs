@@ -25,6 +25,11 @@
 //!   `/model/{id}/converse-stream` (AWS event-stream frames) and
 //!   `/model/{id}/invoke` for Titan and Cohere embeddings; needs a SigV4
 //!   `authorization` header.
+//! * Claude on Bedrock in Anthropic's format: `/model/{id}/invoke` and
+//!   `/model/{id}/invoke-with-response-stream` for `anthropic.` model ids with
+//!   an Anthropic Messages body without `model` and `stream`, plus
+//!   `"anthropic_version": "bedrock-2023-05-31"`. Replies are the Anthropic
+//!   mock's; streamed events travel base64-encoded in event-stream `chunk` frames.
 //!
 //! Anthropic and Bedrock replies echo the last user message, call tools when
 //! the request forces tool use, and report [`MOCK_CACHE_READ_TOKENS`] and
@@ -38,6 +43,7 @@
 //! See [`Scenario`] for the full list.
 
 mod anthropic_mock;
+mod bedrock_claude;
 mod bedrock_mock;
 mod embeddings;
 mod harness;

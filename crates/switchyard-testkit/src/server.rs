@@ -20,7 +20,7 @@ use crate::openai_mock::{
 };
 use crate::scenario::{SCENARIO_HEADER, Scenario};
 use crate::sse::{StreamCounters, StreamStats};
-use crate::{anthropic_mock, bedrock_mock};
+use crate::{anthropic_mock, bedrock_claude, bedrock_mock};
 
 /// One HTTP request received by a [`MockUpstream`].
 #[derive(Debug, Clone, PartialEq)]
@@ -188,6 +188,7 @@ enum Operation {
     Converse,
     ConverseStream,
     InvokeModel,
+    InvokeModelStream,
 }
 
 /// The wire protocol of an operation.
@@ -205,7 +206,9 @@ impl Operation {
                 Protocol::OpenAi
             }
             Operation::Messages | Operation::CountTokens => Protocol::Anthropic,
-            Operation::Converse | Operation::ConverseStream | Operation::InvokeModel => Protocol::Bedrock,
+            Operation::Converse | Operation::ConverseStream | Operation::InvokeModel | Operation::InvokeModelStream => {
+                Protocol::Bedrock
+            }
         }
     }
 }
@@ -246,6 +249,7 @@ fn classify(path: &str) -> Option<Route> {
             "converse" => Operation::Converse,
             "converse-stream" => Operation::ConverseStream,
             "invoke" => Operation::InvokeModel,
+            "invoke-with-response-stream" => Operation::InvokeModelStream,
             _ => return None,
         };
         let model_id = bedrock_mock::percent_decode(model_id).filter(|id| !id.is_empty())?;
@@ -438,7 +442,9 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         Operation::CountTokens => anthropic_mock::count_tokens(&ctx),
         Operation::Converse => bedrock_mock::converse(&ctx),
         Operation::ConverseStream => bedrock_mock::converse_stream(&ctx),
+        Operation::InvokeModel if bedrock_claude::is_claude(&ctx) => bedrock_claude::invoke(&ctx),
         Operation::InvokeModel => bedrock_invoke(&ctx),
+        Operation::InvokeModelStream => bedrock_claude::invoke_stream(&ctx),
     }
 }
 
@@ -466,6 +472,10 @@ mod tests {
         assert_eq!(r.operation, Operation::ConverseStream);
         assert_eq!(r.model_id.as_deref(), Some("us.anthropic.claude:0::hang"));
         assert_eq!(classify("/model/m/invoke").unwrap().operation, Operation::InvokeModel);
+        assert_eq!(
+            classify("/model/m/invoke-with-response-stream").unwrap().operation,
+            Operation::InvokeModelStream
+        );
         assert!(classify("/model//converse").is_none());
         assert!(classify("/model/m/other").is_none());
     }
