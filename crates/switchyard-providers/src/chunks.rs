@@ -1,8 +1,11 @@
-//! Building OpenAI chat chunks for providers whose streams are translated.
+//! Building OpenAI chat responses and chunks for providers whose answers are translated.
 
 use bytes::Bytes;
 use serde_json::{Value, json};
-use switchyard_api::{ChatCompletionChunk, ChunkChoice, ChunkDelta, Extra, Role, Usage};
+use switchyard_api::{
+    ChatChoice, ChatCompletionChunk, ChatCompletionResponse, ChatMessage, ChunkChoice, ChunkDelta, Extra, FunctionCall,
+    MessageContent, Role, ToolCall, Usage,
+};
 
 use crate::{ProviderError, Result, StreamChunk};
 
@@ -105,5 +108,49 @@ impl ChunkBuilder {
     /// The final usage chunk.
     pub(crate) fn usage(&self, usage: Usage) -> Result<StreamChunk> {
         self.chunk(ChunkDelta::default(), None, Some(usage))
+    }
+}
+
+/// A function tool call.
+pub(crate) fn tool_call(id: String, name: String, arguments: String) -> ToolCall {
+    ToolCall {
+        id,
+        kind: "function".into(),
+        function: FunctionCall { name, arguments },
+        extra: Extra::new(),
+    }
+}
+
+/// A one-choice chat response from an assistant's text and tool calls.
+pub(crate) fn chat_response(
+    id: String,
+    model: String,
+    created: u64,
+    text: String,
+    calls: Vec<ToolCall>,
+    finish_reason: Option<String>,
+    usage: Option<Usage>,
+) -> ChatCompletionResponse {
+    let message = ChatMessage {
+        role: Role::Assistant,
+        content: (!text.is_empty() || calls.is_empty()).then_some(MessageContent::Text(text)),
+        name: None,
+        tool_calls: (!calls.is_empty()).then_some(calls),
+        tool_call_id: None,
+        extra: Extra::new(),
+    };
+    ChatCompletionResponse {
+        id,
+        object: "chat.completion".into(),
+        created,
+        model,
+        choices: vec![ChatChoice {
+            index: 0,
+            message,
+            finish_reason,
+            extra: Extra::new(),
+        }],
+        usage,
+        extra: Extra::new(),
     }
 }

@@ -6,10 +6,10 @@ use switchyard_api::anthropic::{
     Content, ContentBlock, Message, MessageRole, MessagesRequest, MessagesResponse, MessagesUsage, Tool,
 };
 use switchyard_api::{
-    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ContentPart, Extra, FunctionCall,
-    MessageContent, Role, ToolCall, Usage,
+    ChatCompletionRequest, ChatCompletionResponse, ContentPart, Extra, MessageContent, Role, ToolCall, Usage,
 };
 
+use crate::chunks::{chat_response, tool_call};
 use crate::{ProviderError, Result};
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -325,38 +325,22 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64) -> ChatCompletionR
     for block in &resp.content {
         match block.kind.as_str() {
             "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
-            "tool_use" => calls.push(ToolCall {
-                id: block.id.clone().unwrap_or_default(),
-                kind: "function".into(),
-                function: FunctionCall {
-                    name: block.name.clone().unwrap_or_default(),
-                    arguments: block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
-                extra: Extra::new(),
-            }),
+            "tool_use" => calls.push(tool_call(
+                block.id.clone().unwrap_or_default(),
+                block.name.clone().unwrap_or_default(),
+                block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
+            )),
             _ => {}
         }
     }
-    let message = ChatMessage {
-        role: Role::Assistant,
-        content: (!text.is_empty() || calls.is_empty()).then_some(MessageContent::Text(text)),
-        name: None,
-        tool_calls: (!calls.is_empty()).then_some(calls),
-        tool_call_id: None,
-        extra: Extra::new(),
-    };
-    ChatCompletionResponse {
-        id: resp.id,
-        object: "chat.completion".into(),
+    let finish = finish_reason(resp.stop_reason.as_deref());
+    chat_response(
+        resp.id,
+        resp.model,
         created,
-        model: resp.model,
-        choices: vec![ChatChoice {
-            index: 0,
-            message,
-            finish_reason: finish_reason(resp.stop_reason.as_deref()),
-            extra: Extra::new(),
-        }],
-        usage: Some(usage(&resp.usage)),
-        extra: Extra::new(),
-    }
+        text,
+        calls,
+        finish,
+        Some(usage(&resp.usage)),
+    )
 }

@@ -11,11 +11,9 @@ use aws_smithy_types::{Blob, Document, Number};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use switchyard_api::anthropic::MessagesUsage;
-use switchyard_api::{
-    ChatChoice, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Extra, FunctionCall, MessageContent, Role,
-    ToolCall, Usage,
-};
+use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, Extra, MessageContent, Role, Usage};
 
+use crate::chunks::{chat_response, tool_call};
 use crate::{ProviderError, Result};
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -333,39 +331,23 @@ pub(crate) fn to_chat_response(
         for block in &message.content {
             match block {
                 ContentBlock::Text(t) => text.push_str(t),
-                ContentBlock::ToolUse(tool) => calls.push(ToolCall {
-                    id: tool.tool_use_id.clone(),
-                    kind: "function".into(),
-                    function: FunctionCall {
-                        name: tool.name.clone(),
-                        arguments: from_document(&tool.input).to_string(),
-                    },
-                    extra: Extra::new(),
-                }),
+                ContentBlock::ToolUse(tool) => calls.push(tool_call(
+                    tool.tool_use_id.clone(),
+                    tool.name.clone(),
+                    from_document(&tool.input).to_string(),
+                )),
                 _ => {}
             }
         }
     }
-    let message = ChatMessage {
-        role: Role::Assistant,
-        content: (!text.is_empty() || calls.is_empty()).then_some(MessageContent::Text(text)),
-        name: None,
-        tool_calls: (!calls.is_empty()).then_some(calls),
-        tool_call_id: None,
-        extra: Extra::new(),
-    };
-    ChatCompletionResponse {
+    let finish = Some(finish_reason(&output.stop_reason));
+    chat_response(
         id,
-        object: "chat.completion".into(),
-        created,
         model,
-        choices: vec![ChatChoice {
-            index: 0,
-            message,
-            finish_reason: Some(finish_reason(&output.stop_reason)),
-            extra: Extra::new(),
-        }],
-        usage: output.usage.as_ref().map(usage),
-        extra: Extra::new(),
-    }
+        created,
+        text,
+        calls,
+        finish,
+        output.usage.as_ref().map(usage),
+    )
 }
