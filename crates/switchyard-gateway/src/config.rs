@@ -27,9 +27,29 @@ pub struct Config {
     /// Listener settings.
     #[serde(default)]
     pub server: ServerConfig,
+    /// How deployments are chosen.
+    #[serde(default)]
+    pub router_settings: RouterSettings,
     /// Public model names and their deployments.
     #[serde(default)]
     pub model_list: Vec<ModelEntry>,
+}
+
+/// `router_settings:` — how a deployment is chosen for each request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouterSettings {
+    /// Strategy for groups that name none: `simple-shuffle`, `least-busy`,
+    /// `latency-based`, `cost-based`, `usage-based`, `power-of-two`.
+    pub routing_strategy: String,
+}
+
+impl Default for RouterSettings {
+    fn default() -> Self {
+        Self {
+            routing_strategy: "simple-shuffle".into(),
+        }
+    }
 }
 
 /// `server:` — where and how the gateway listens.
@@ -63,6 +83,9 @@ impl Default for ServerConfig {
 pub struct ModelEntry {
     /// The name clients send as `model`.
     pub model_name: String,
+    /// Strategy for this group (default: `router_settings.routing_strategy`).
+    #[serde(default)]
+    pub routing_strategy: Option<String>,
     /// Deployments that can serve it.
     pub deployments: Vec<DeploymentEntry>,
 }
@@ -121,6 +144,9 @@ pub struct DeploymentEntry {
     /// Relative share of traffic (default 1).
     #[serde(default)]
     pub weight: Option<f64>,
+    /// Quality score in [0, 1] used by `cost-based` routing.
+    #[serde(default)]
+    pub quality: Option<f64>,
     /// USD per prompt token.
     #[serde(default)]
     pub input_cost_per_token: Option<f64>,
@@ -305,6 +331,8 @@ pub struct DeploymentSpec {
     pub aws_credentials: Option<(Secret, Secret, Option<Secret>)>,
     /// Relative traffic share.
     pub weight: f64,
+    /// Quality score in [0, 1], if configured.
+    pub quality: Option<f64>,
     /// USD per prompt token.
     pub input_cost_per_token: f64,
     /// USD per completion token.
@@ -324,6 +352,8 @@ pub struct DeploymentSpec {
 pub struct ModelSpec {
     /// Public model name.
     pub name: String,
+    /// Routing strategy name.
+    pub strategy: String,
     /// Its deployments.
     pub deployments: Vec<DeploymentSpec>,
 }
@@ -428,6 +458,11 @@ fn validate_deployment(
     if entry.mock.is_some() && entry.provider != ProviderKind::Mock {
         issues.push(issue(format!("{path}.mock"), "is only used by the mock provider"));
     }
+    if let Some(q) = entry.quality
+        && !(0.0..=1.0).contains(&q)
+    {
+        issues.push(issue(format!("{path}.quality"), format!("{q} is not between 0 and 1")));
+    }
     let weight = entry.weight.unwrap_or(1.0);
     if !(weight.is_finite() && weight > 0.0) {
         issues.push(issue(
@@ -473,6 +508,7 @@ fn validate_deployment(
         aws_region,
         aws_credentials,
         weight,
+        quality: entry.quality,
         input_cost_per_token: check_price(
             entry.input_cost_per_token,
             &format!("{path}.input_cost_per_token"),
@@ -594,6 +630,10 @@ impl Config {
                 .collect();
             models.push(ModelSpec {
                 name: name.to_owned(),
+                strategy: entry
+                    .routing_strategy
+                    .clone()
+                    .unwrap_or_else(|| self.router_settings.routing_strategy.clone()),
                 deployments,
             });
         }

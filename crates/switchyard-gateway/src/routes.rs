@@ -10,15 +10,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::json;
+use std::time::Instant;
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ModelObject};
 use switchyard_providers::{ChunkStream, Provider, ProviderClient, ProviderError, ProviderResponse};
-use switchyard_routing::{DeploymentInfo, SimpleShuffle};
+
+use switchyard_routing::{DeploymentInfo, ErrorClass, InFlight, Outcome, RouteContext};
 use tower_http::catch_panic::CatchPanicLayer;
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::state::AppState;
-use crate::stream::sse_response;
+use crate::stream::{StreamTracker, sse_response};
 
 /// Shared state handed to handlers.
 pub type SharedState = Arc<AppState>;
@@ -54,29 +56,106 @@ pub fn router(state: SharedState) -> Router {
 
 const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-switchyard-deployment");
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-model");
+const STRATEGY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-strategy");
+const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 
-/// Picks a deployment of `model` and returns it with its client.
-pub(crate) fn choose<'s>(
-    state: &'s AppState,
-    model: &str,
-) -> Result<(&'s DeploymentInfo, &'s ProviderClient), ApiError> {
+/// A routing decision: the deployment, its client, the strategy that chose it,
+/// and the in-flight mark held while the request runs.
+pub(crate) struct Route<'s> {
+    /// The chosen deployment.
+    pub(crate) deployment: &'s DeploymentInfo,
+    /// Its client.
+    pub(crate) client: &'s ProviderClient,
+    /// The strategy's name.
+    pub(crate) strategy: &'s str,
+    /// Counts the request as in flight until dropped.
+    pub(crate) in_flight: InFlight,
+    /// When the request was sent on.
+    pub(crate) started: Instant,
+}
+
+/// Picks a deployment of `model` with the group's strategy.
+pub(crate) fn choose<'s>(state: &'s AppState, model: &str) -> Result<Route<'s>, ApiError> {
     let group = state.registry.group(model)?;
-    let deployment = SimpleShuffle.pick(group)?;
+    let route = state
+        .routes
+        .get(model)
+        .ok_or_else(|| ApiError::Internal(format!("no route for model group {model}")))?;
+    let ctx = RouteContext {
+        group,
+        candidates: &route.all,
+        stats: &state.stats,
+        now_ms: state.now_ms(),
+        estimated_tokens: 0,
+    };
+    let index = route.strategy.choose(&ctx, &mut fastrand::Rng::new())?;
+    let deployment = group.deployments().get(index).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "strategy chose deployment {index} of {model}, which does not exist"
+        ))
+    })?;
     let client = state
         .provider(deployment.id)
         .ok_or_else(|| ApiError::Internal(format!("no client for deployment {}", deployment.name)))?;
-    Ok((deployment, client))
+    tracing::debug!(model, deployment = %deployment.name, strategy = route.strategy.name(), "routed");
+    Ok(Route {
+        deployment,
+        client,
+        strategy: route.strategy.name(),
+        in_flight: state.stats.start(deployment.id),
+        started: Instant::now(),
+    })
+}
+
+/// The routing statistics' class of an upstream failure.
+pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
+    match err {
+        ProviderError::Status { status: 429, .. } => ErrorClass::RateLimited,
+        ProviderError::Status { status: 401 | 403, .. } => ErrorClass::Auth,
+        ProviderError::Status { status, .. } if *status >= 500 => ErrorClass::ServerError,
+        ProviderError::Status { .. } | ProviderError::InvalidRequest { .. } | ProviderError::Unsupported { .. } => {
+            ErrorClass::ClientError
+        }
+        ProviderError::Timeout(_) => ErrorClass::Timeout,
+        ProviderError::Connect(_) => ErrorClass::Connect,
+        _ => ErrorClass::Other,
+    }
+}
+
+/// Records the outcome of a call on `route` in the live statistics.
+pub(crate) fn record<T>(state: &AppState, route: &Route<'_>, result: &Result<T, ProviderError>, tokens: u64) {
+    let now = state.now_ms();
+    match result {
+        Ok(_) => {
+            let outcome = Outcome {
+                latency: route.started.elapsed(),
+                ttft: None,
+                tokens,
+            };
+            state.stats.record_success(route.deployment.id, outcome, now);
+        }
+        Err(e) => state.stats.record_failure(route.deployment.id, error_class(e), now),
+    }
 }
 
 /// Adds the routing decision to a response.
-pub(crate) fn with_route_headers(mut response: Response, public_model: &str, deployment: &DeploymentInfo) -> Response {
+pub(crate) fn with_route_headers(
+    mut response: Response,
+    public_model: &str,
+    deployment: &DeploymentInfo,
+    strategy: &str,
+) -> Response {
     let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(public_model) {
-        headers.insert(MODEL_HEADER, v);
+    for (name, value) in [
+        (MODEL_HEADER, public_model),
+        (DEPLOYMENT_HEADER, deployment.name.as_str()),
+        (STRATEGY_HEADER, strategy),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
     }
-    if let Ok(v) = HeaderValue::from_str(&deployment.name) {
-        headers.insert(DEPLOYMENT_HEADER, v);
-    }
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from_static("1"));
     response
 }
 
@@ -86,7 +165,8 @@ fn json_bytes(response: ProviderResponse) -> Response {
 
 /// Runs a non-streaming or streaming call and renders its answer.
 async fn answer<J, S>(
-    deployment: &DeploymentInfo,
+    state: &SharedState,
+    route: Route<'_>,
     public_model: &str,
     stream: bool,
     json_call: impl FnOnce() -> J,
@@ -96,15 +176,29 @@ where
     J: Future<Output = Result<ProviderResponse, ProviderError>>,
     S: Future<Output = Result<ChunkStream, ProviderError>>,
 {
+    let name = &route.deployment.name;
     let response = if stream {
-        let chunks = stream_call()
-            .await
-            .map_err(|e| ApiError::upstream(&deployment.name, e))?;
-        sse_response(chunks, deployment.name.clone())
+        let result = stream_call().await;
+        if result.is_err() {
+            record(state, &route, &result, 0);
+        }
+        let chunks = result.map_err(|e| ApiError::upstream(name, e))?;
+        let (deployment, strategy) = (route.deployment, route.strategy);
+        let tracker = StreamTracker::new(state.clone(), deployment.id, route.started, route.in_flight);
+        let response = sse_response(chunks, name.clone(), Some(tracker));
+        with_route_headers(response, public_model, deployment, strategy)
     } else {
-        json_bytes(json_call().await.map_err(|e| ApiError::upstream(&deployment.name, e))?)
+        let result = json_call().await;
+        let tokens = result
+            .as_ref()
+            .ok()
+            .and_then(|r| r.usage.as_ref())
+            .map_or(0, |u| u.total_tokens);
+        record(state, &route, &result, tokens);
+        let response = json_bytes(result.map_err(|e| ApiError::upstream(name, e))?);
+        with_route_headers(response, public_model, route.deployment, route.strategy)
     };
-    Ok(with_route_headers(response, public_model, deployment))
+    Ok(response)
 }
 
 async fn chat_completions(
@@ -117,11 +211,13 @@ async fn chat_completions(
             message: "'messages' must contain at least one message.".into(),
         });
     }
-    let (deployment, client) = choose(&state, &req.model)?;
-    let public_model = std::mem::replace(&mut req.model, deployment.model.clone());
+    let route = choose(&state, &req.model)?;
+    let client = route.client;
+    let public_model = std::mem::replace(&mut req.model, route.deployment.model.clone());
     let stream = req.is_stream();
     answer(
-        deployment,
+        &state,
+        route,
         &public_model,
         stream,
         || client.chat(&req),
@@ -134,11 +230,13 @@ async fn completions(
     State(state): State<SharedState>,
     JsonBody(mut req): JsonBody<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let (deployment, client) = choose(&state, &req.model)?;
-    let public_model = std::mem::replace(&mut req.model, deployment.model.clone());
+    let route = choose(&state, &req.model)?;
+    let client = route.client;
+    let public_model = std::mem::replace(&mut req.model, route.deployment.model.clone());
     let stream = req.is_stream();
     answer(
-        deployment,
+        &state,
+        route,
         &public_model,
         stream,
         || client.completion(&req),
@@ -157,13 +255,22 @@ async fn embeddings(
             message: "'input' must not be empty.".into(),
         });
     }
-    let (deployment, client) = choose(&state, &req.model)?;
-    let public_model = std::mem::replace(&mut req.model, deployment.model.clone());
-    let response = client
-        .embeddings(&req)
-        .await
-        .map_err(|e| ApiError::upstream(&deployment.name, e))?;
-    Ok(with_route_headers(json_bytes(response), &public_model, deployment))
+    let route = choose(&state, &req.model)?;
+    let public_model = std::mem::replace(&mut req.model, route.deployment.model.clone());
+    let result = route.client.embeddings(&req).await;
+    let tokens = result
+        .as_ref()
+        .ok()
+        .and_then(|r| r.usage.as_ref())
+        .map_or(0, |u| u.total_tokens);
+    record(&state, &route, &result, tokens);
+    let response = result.map_err(|e| ApiError::upstream(&route.deployment.name, e))?;
+    Ok(with_route_headers(
+        json_bytes(response),
+        &public_model,
+        route.deployment,
+        route.strategy,
+    ))
 }
 
 async fn models(State(state): State<SharedState>) -> Json<ModelList> {

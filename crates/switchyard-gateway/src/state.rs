@@ -1,13 +1,17 @@
 //! The state shared by every handler, built once from a validated configuration.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use switchyard_providers::anthropic::{DEFAULT_ANTHROPIC_VERSION, DEFAULT_MAX_TOKENS};
 use switchyard_providers::{
     AnthropicProvider, AnthropicSettings, AzureProvider, BedrockProvider, BedrockSettings, MockProvider,
     OpenAiProvider, ProviderClient, ProviderError, StaticCredentials,
 };
-use switchyard_routing::{DeploymentId, DeploymentInfo, ModelGroup, Registry};
+use switchyard_routing::{
+    DeploymentId, DeploymentInfo, LiveStats, ModelGroup, Registry, RoutingStrategy, StrategyRegistry,
+};
 
 use crate::config::{ConfigIssue, DeploymentSpec, ModelSpec, ProviderKind, ServerConfig};
 
@@ -23,6 +27,21 @@ pub struct AppState {
     pub server: ServerConfig,
     /// Unix time the configuration was loaded (reported by `/v1/models`).
     pub loaded_at: u64,
+    /// Each group's strategy and candidate list, by public model name.
+    pub routes: HashMap<String, GroupRoute>,
+    /// Live per-deployment statistics the strategies read, indexed like `providers`.
+    pub stats: LiveStats,
+    /// Origin of the monotonic milliseconds passed to routing.
+    pub started: Instant,
+}
+
+/// How one model group is routed.
+#[derive(Debug, Clone)]
+pub struct GroupRoute {
+    /// The group's strategy.
+    pub strategy: Arc<dyn RoutingStrategy>,
+    /// Indexes of every deployment of the group (all are candidates).
+    pub all: Vec<usize>,
 }
 
 const OPENAI_API_BASE: &str = "https://api.openai.com/v1";
@@ -87,6 +106,8 @@ impl AppState {
     pub fn build(server: ServerConfig, models: &[ModelSpec]) -> Result<Self, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
         let mut providers = Vec::new();
+        let strategies = StrategyRegistry::with_builtins();
+        let mut routes = HashMap::new();
         let mut groups = Vec::with_capacity(models.len());
         for (i, model) in models.iter().enumerate() {
             let mut infos = Vec::with_capacity(model.deployments.len());
@@ -107,11 +128,25 @@ impl AppState {
                     model: spec.model.clone(),
                     provider: provider_name(spec.provider).to_owned(),
                     weight: spec.weight,
+                    quality: spec.quality,
                     input_cost_per_token: spec.input_cost_per_token,
                     output_cost_per_token: spec.output_cost_per_token,
                     rpm: spec.rpm,
                     tpm: spec.tpm,
                 });
+            }
+            match strategies.require(&model.strategy) {
+                Ok(strategy) => {
+                    let all = (0..infos.len()).collect();
+                    routes.insert(model.name.clone(), GroupRoute { strategy, all });
+                }
+                Err(e) => issues.push(ConfigIssue {
+                    path: format!("model_list[{i}].routing_strategy"),
+                    message: format!(
+                        "{e}; known strategies: {}",
+                        strategies.names().collect::<Vec<_>>().join(", ")
+                    ),
+                }),
             }
             match ModelGroup::new(model.name.clone(), infos) {
                 Ok(group) => groups.push(group),
@@ -130,8 +165,12 @@ impl AppState {
                 message: e.to_string(),
             }]
         })?;
+        let stats = LiveStats::new(providers.len());
         Ok(Self {
             registry,
+            stats,
+            routes,
+            started: Instant::now(),
             providers,
             server,
             loaded_at: SystemTime::now()
@@ -139,6 +178,11 @@ impl AppState {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         })
+    }
+
+    /// Monotonic milliseconds since start-up, the clock of routing statistics.
+    pub fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
     }
 
     /// The client of a deployment chosen from this state's registry.

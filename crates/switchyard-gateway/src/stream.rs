@@ -9,7 +9,12 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
-use switchyard_providers::ChunkStream;
+use std::time::{Duration, Instant};
+
+use switchyard_providers::{ChunkStream, ProviderError, StreamChunk};
+use switchyard_routing::{DeploymentId, InFlight, Outcome};
+
+use crate::routes::{SharedState, error_class};
 
 use crate::error::ApiError;
 
@@ -31,23 +36,84 @@ fn error_event(deployment: &str, err: switchyard_providers::ProviderError) -> By
     frame(&serde_json::to_vec(&error.body()).unwrap_or_default())
 }
 
+/// Follows one stream for the routing statistics: it keeps the deployment
+/// counted as in flight until the stream ends, and records the outcome, time
+/// to first chunk and tokens then.
+pub struct StreamTracker {
+    state: SharedState,
+    id: DeploymentId,
+    started: Instant,
+    first_chunk: Option<Duration>,
+    tokens: u64,
+    _in_flight: InFlight,
+}
+
+impl StreamTracker {
+    /// Starts following a stream on deployment `id`, sent at `started`.
+    pub(crate) fn new(state: SharedState, id: DeploymentId, started: Instant, in_flight: InFlight) -> Self {
+        Self {
+            state,
+            id,
+            started,
+            first_chunk: None,
+            tokens: 0,
+            _in_flight: in_flight,
+        }
+    }
+
+    fn on_chunk(&mut self, chunk: &StreamChunk) {
+        self.first_chunk.get_or_insert_with(|| self.started.elapsed());
+        if let Some(usage) = &chunk.usage {
+            self.tokens = usage.total_tokens;
+        }
+    }
+
+    fn finish(&self, error: Option<&ProviderError>) {
+        let now = self.state.now_ms();
+        match error {
+            None => {
+                let outcome = Outcome {
+                    latency: self.started.elapsed(),
+                    ttft: self.first_chunk,
+                    tokens: self.tokens,
+                };
+                self.state.stats.record_success(self.id, outcome, now);
+            }
+            Some(e) => self.state.stats.record_failure(self.id, error_class(e), now),
+        }
+    }
+}
+
 /// Turns upstream chunks into an SSE response. Dropping the response body (the
 /// client went away) drops the upstream stream, which closes its connection.
-pub fn sse_response(chunks: ChunkStream, deployment: String) -> Response {
-    let events = stream::unfold(
-        (chunks, deployment, false),
-        |(mut chunks, deployment, finished)| async move {
-            if finished {
-                return None;
+pub fn sse_response(chunks: ChunkStream, deployment: String, tracker: Option<StreamTracker>) -> Response {
+    let state = (chunks, deployment, tracker, false);
+    let events = stream::unfold(state, |(mut chunks, deployment, mut tracker, finished)| async move {
+        if finished {
+            return None;
+        }
+        let (bytes, finished) = match chunks.next().await {
+            Some(Ok(chunk)) => {
+                if let Some(t) = tracker.as_mut() {
+                    t.on_chunk(&chunk);
+                }
+                (frame(&chunk.data), false)
             }
-            let (bytes, finished) = match chunks.next().await {
-                Some(Ok(chunk)) => (frame(&chunk.data), false),
-                Some(Err(err)) => (error_event(&deployment, err), true),
-                None => (Bytes::from_static(DONE), true),
-            };
-            Some((bytes, (chunks, deployment, finished)))
-        },
-    );
+            Some(Err(err)) => {
+                if let Some(t) = &tracker {
+                    t.finish(Some(&err));
+                }
+                (error_event(&deployment, err), true)
+            }
+            None => {
+                if let Some(t) = &tracker {
+                    t.finish(None);
+                }
+                (Bytes::from_static(DONE), true)
+            }
+        };
+        Some((bytes, (chunks, deployment, tracker, finished)))
+    });
     let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
     *response.status_mut() = StatusCode::OK;
     let headers = response.headers_mut();

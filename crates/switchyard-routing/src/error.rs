@@ -19,4 +19,18 @@ pub enum RoutingError {
         /// What is wrong.
         reason: String,
     },
+    /// No routing strategy is registered under this name.
+    #[error("the routing strategy `{0}` does not exist")]
+    UnknownStrategy(String),
+    /// A routing strategy is already registered under this name.
+    #[error("a routing strategy named `{0}` is already registered")]
+    DuplicateStrategy(String),
+    /// A strategy or statistics parameter is out of range.
+    #[error("invalid value for `{parameter}`: {reason}")]
+    InvalidParameter {
+        /// The parameter's name, e.g. `tolerance`.
+        parameter: String,
+        /// What is wrong.
+        reason: String,
+    },
 }

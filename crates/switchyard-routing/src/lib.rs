@@ -1,14 +1,37 @@
 //! The routing core of Switchyard, as a library.
 //!
 //! A [`Registry`] maps public model names to [`ModelGroup`]s of deployments;
-//! a strategy picks one deployment of a group per request. Nothing here does
-//! I/O or knows about HTTP: a decision is a few arithmetic operations on data
-//! built once at configuration time.
+//! a [`RoutingStrategy`] picks one deployment of a group per request, reading
+//! the [`LiveStats`] the gateway records as requests start and finish.
+//! Nothing here does I/O, reads a clock or takes a lock: a decision is a few
+//! arithmetic operations on configuration and atomics.
+//!
+//! Built-in strategies, by name (see [`StrategyRegistry::with_builtins`]):
+//! [`SimpleShuffle`] (`simple-shuffle`), [`LeastBusy`] (`least-busy`),
+//! [`LatencyBased`] (`latency-based`), [`CostBased`] (`cost-based`),
+//! [`UsageBased`] (`usage-based`) and [`PowerOfTwo`] (`power-of-two`).
 
+mod cells;
+pub mod cost;
 pub mod error;
+pub mod latency;
+pub mod least_busy;
+pub mod power_of_two;
 pub mod registry;
 pub mod shuffle;
+pub mod stats;
+pub mod strategy;
+pub mod strategy_registry;
+pub mod usage;
 
+pub use cost::CostBased;
 pub use error::RoutingError;
+pub use latency::LatencyBased;
+pub use least_busy::LeastBusy;
+pub use power_of_two::PowerOfTwo;
 pub use registry::{DeploymentId, DeploymentInfo, ModelGroup, Registry};
 pub use shuffle::SimpleShuffle;
+pub use stats::{DEFAULT_EWMA_ALPHA, DeploymentStats, ErrorClass, InFlight, LiveStats, Outcome};
+pub use strategy::{Candidate, RouteContext, RoutingStrategy};
+pub use strategy_registry::StrategyRegistry;
+pub use usage::UsageBased;

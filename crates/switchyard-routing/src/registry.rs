@@ -29,6 +29,9 @@ pub struct DeploymentInfo {
     pub rpm: Option<u64>,
     /// Tokens per minute the deployment allows, if known.
     pub tpm: Option<u64>,
+    /// Quality score, higher is better (any finite scale, e.g. 0–1 or an eval
+    /// score), used by `cost-based` routing; `None` when not rated.
+    pub quality: Option<f64>,
 }
 
 /// One public model name and the deployments that can serve it.
@@ -41,7 +44,8 @@ pub struct ModelGroup {
 }
 
 impl ModelGroup {
-    /// A group; fails when it is empty or a weight is not a positive finite number.
+    /// A group; fails when it is empty, a weight is not a positive finite
+    /// number or a quality is not finite.
     pub fn new(name: impl Into<String>, deployments: Vec<DeploymentInfo>) -> Result<Self, RoutingError> {
         let name = name.into();
         if deployments.is_empty() {
@@ -57,6 +61,12 @@ impl ModelGroup {
                 return Err(RoutingError::InvalidGroup {
                     group: name,
                     reason: format!("deployment `{}` has weight {}, which is not positive", d.name, d.weight),
+                });
+            }
+            if d.quality.is_some_and(|q| !q.is_finite()) {
+                return Err(RoutingError::InvalidGroup {
+                    group: name,
+                    reason: format!("deployment `{}` has a quality that is not a finite number", d.name),
                 });
             }
             total += d.weight;

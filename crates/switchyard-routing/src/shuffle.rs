@@ -1,13 +1,27 @@
 //! `simple-shuffle`: weighted random choice.
 
-use crate::{DeploymentInfo, ModelGroup, RoutingError};
+use crate::strategy::weighted_pick;
+use crate::{DeploymentInfo, ModelGroup, RouteContext, RoutingError, RoutingStrategy};
 
 /// Picks a deployment at random, in proportion to its weight. With equal
 /// weights this spreads load uniformly; it needs no live statistics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SimpleShuffle;
 
+impl RoutingStrategy for SimpleShuffle {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn choose(&self, ctx: &RouteContext<'_>, rng: &mut fastrand::Rng) -> Result<usize, RoutingError> {
+        weighted_pick(ctx, rng, None).ok_or_else(|| ctx.no_deployment())
+    }
+}
+
 impl SimpleShuffle {
+    /// The strategy's registered name.
+    pub const NAME: &'static str = "simple-shuffle";
+
     /// Picks from `group` using the thread's random generator.
     pub fn pick<'g>(&self, group: &'g ModelGroup) -> Result<&'g DeploymentInfo, RoutingError> {
         self.pick_with(group, &mut fastrand::Rng::new())
@@ -37,21 +51,8 @@ impl SimpleShuffle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{DeploymentId, Registry};
-
-    fn deployment(id: usize, weight: f64) -> DeploymentInfo {
-        DeploymentInfo {
-            id: DeploymentId(id),
-            name: format!("g/{id}"),
-            model: format!("m{id}"),
-            provider: "mock".into(),
-            weight,
-            input_cost_per_token: 0.0,
-            output_cost_per_token: 0.0,
-            rpm: None,
-            tpm: None,
-        }
-    }
+    use crate::strategy::tests::{counts, counts_among, deployment, group};
+    use crate::{LiveStats, Registry};
 
     #[test]
     fn picks_in_proportion_to_weight() {
@@ -69,6 +70,39 @@ mod tests {
     }
 
     #[test]
+    fn choose_honours_weights_over_all_and_some_candidates() {
+        let weights = [1.0, 2.0, 3.0, 4.0];
+        let group = ModelGroup::new("g", (0..4).map(|i| deployment(i, weights[i])).collect()).unwrap();
+        let stats = LiveStats::new(4);
+        let draws = 50_000;
+        let all = counts(&SimpleShuffle, &group, &stats, draws);
+        for (i, count) in all.iter().enumerate() {
+            let share = *count as f64 / draws as f64;
+            assert!((share - weights[i] / 10.0).abs() < 0.01, "{all:?}");
+        }
+        let some = counts_among(&SimpleShuffle, &group, &[0, 3], &stats, draws);
+        assert_eq!(some[1] + some[2], 0, "only candidates are chosen");
+        let share = some[3] as f64 / draws as f64;
+        assert!((share - 0.8).abs() < 0.01, "{some:?}");
+    }
+
+    #[test]
+    fn choose_needs_a_candidate() {
+        let group = group(2);
+        let stats = LiveStats::new(2);
+        let ctx = RouteContext {
+            group: &group,
+            candidates: &[],
+            stats: &stats,
+            now_ms: 0,
+            estimated_tokens: 0,
+        };
+        let err = SimpleShuffle.choose(&ctx, &mut fastrand::Rng::with_seed(1));
+        assert_eq!(err, Err(RoutingError::NoDeployment("g".into())));
+        assert_eq!(SimpleShuffle.name(), "simple-shuffle");
+    }
+
+    #[test]
     fn every_deployment_gets_traffic_with_equal_weights() {
         let group = ModelGroup::new("g", (0..5).map(|i| deployment(i, 1.0)).collect()).unwrap();
         let mut rng = fastrand::Rng::with_seed(1);
@@ -77,12 +111,18 @@ mod tests {
             seen[SimpleShuffle.pick_with(&group, &mut rng).unwrap().id.0] = true;
         }
         assert!(seen.iter().all(|s| *s));
+        assert!(SimpleShuffle.pick(&group).is_ok());
     }
 
     #[test]
     fn rejects_bad_groups_and_unknown_models() {
         assert!(ModelGroup::new("empty", vec![]).is_err());
         assert!(ModelGroup::new("zero", vec![deployment(0, 0.0)]).is_err());
+        let nan_quality = DeploymentInfo {
+            quality: Some(f64::NAN),
+            ..deployment(0, 1.0)
+        };
+        assert!(ModelGroup::new("nan", vec![nan_quality]).is_err());
         let a = ModelGroup::new("a", vec![deployment(0, 1.0)]).unwrap();
         let dup = ModelGroup::new("a", vec![deployment(1, 1.0)]).unwrap();
         assert!(Registry::new(vec![a.clone(), dup]).is_err());

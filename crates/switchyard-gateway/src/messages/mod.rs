@@ -71,7 +71,8 @@ pub async fn messages(
     JsonBody(mut req): JsonBody<MessagesRequest>,
 ) -> Result<Response, AnthropicError> {
     validate(&req)?;
-    let (deployment, client) = choose(&state, &req.model)?;
+    let route = choose(&state, &req.model)?;
+    let (deployment, client) = (route.deployment, route.client);
     let public_model = std::mem::replace(&mut req.model, deployment.model.clone());
     let upstream = |e: ProviderError| ApiError::upstream(&deployment.name, e);
     let stream = req.is_stream();
@@ -109,7 +110,7 @@ pub async fn messages(
             }
         }
     };
-    Ok(with_route_headers(response, &public_model, deployment))
+    Ok(with_route_headers(response, &public_model, deployment, route.strategy))
 }
 
 /// Serves an Anthropic-format request from an upstream that speaks it natively:
@@ -149,7 +150,8 @@ pub async fn count_tokens(
             message: "model: a string is required".into(),
         })?
         .to_owned();
-    let (deployment, client) = choose(&state, &model)?;
+    let route = choose(&state, &model)?;
+    let (deployment, client) = (route.deployment, route.client);
     let ProviderClient::Anthropic(anthropic) = client else {
         return Err(ApiError::upstream(
             &deployment.name,
@@ -169,5 +171,6 @@ pub async fn count_tokens(
         ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         &model,
         deployment,
+        route.strategy,
     ))
 }

@@ -1,0 +1,91 @@
+//! Routing strategies chosen in the configuration, fed by live statistics,
+//! through the real `switchyard` binary.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use switchyard_testkit::{GatewayProcess, run_check_config};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+const CONFIG: &str = r#"
+router_settings:
+  routing_strategy: latency-based
+model_list:
+  - model_name: cheap-first
+    routing_strategy: cost-based
+    deployments:
+      - {provider: mock, model: expensive, input_cost_per_token: 0.00001, output_cost_per_token: 0.00003}
+      - {provider: mock, model: cheap, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}
+  - model_name: fast-first
+    deployments:
+      - {provider: mock, model: slow, mock: {delay_ms: 150}}
+      - {provider: mock, model: fast}
+  - model_name: spread
+    routing_strategy: least-busy
+    deployments:
+      - {provider: mock, model: a, mock: {delay_ms: 1500}}
+      - {provider: mock, model: b, mock: {delay_ms: 1500}}
+"#;
+
+async fn ask(http: &reqwest::Client, base: &str, model: &str) -> (String, String) {
+    let response = http
+        .post(format!("{base}/v1/chat/completions"))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    (header("x-switchyard-deployment"), header("x-switchyard-strategy"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_strategies_choose_from_live_stats() {
+    let gateway = GatewayProcess::start(Path::new(BIN), CONFIG);
+    let base = gateway.base_url();
+    let http = reqwest::Client::new();
+
+    for _ in 0..10 {
+        assert_eq!(
+            ask(&http, &base, "cheap-first").await,
+            ("cheap-first/1".into(), "cost-based".into())
+        );
+    }
+
+    // Latency-based (the global default): once both deployments have answered,
+    // the 150 ms one is never chosen again.
+    let mut chosen = Vec::new();
+    for _ in 0..12 {
+        let (deployment, strategy) = ask(&http, &base, "fast-first").await;
+        assert_eq!(strategy, "latency-based");
+        chosen.push(deployment);
+    }
+    assert!(chosen[4..].iter().all(|d| d == "fast-first/1"), "{chosen:?}");
+
+    // Least-busy: a request arriving while the other deployment is busy goes to the idle one.
+    let first = tokio::spawn({
+        let (http, base) = (http.clone(), base.clone());
+        async move { ask(&http, &base, "spread").await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (second, strategy) = ask(&http, &base, "spread").await;
+    let (first, _) = first.await.unwrap();
+    assert_eq!(strategy, "least-busy");
+    assert_ne!(first, second);
+}
+
+#[test]
+fn an_unknown_strategy_is_a_config_error_naming_the_key() {
+    let config = "model_list:\n  - model_name: a\n    routing_strategy: fastest-please\n    deployments:\n      - {provider: mock, model: m}\n";
+    let output = run_check_config(Path::new(BIN), config);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("model_list[0].routing_strategy"), "{stderr}");
+    assert!(
+        stderr.contains("least-busy"),
+        "the error lists the known strategies: {stderr}"
+    );
+}

@@ -1,0 +1,153 @@
+//! `latency-based`: the fastest deployments, by their latency average.
+
+use crate::strategy::{Reservoir, latency_score};
+use crate::{RouteContext, RoutingError, RoutingStrategy};
+
+/// Chooses at random (in proportion to weight) among the candidates whose
+/// latency average is within `tolerance` of the best one's.
+///
+/// A deployment with no latency sample yet counts as the fastest while no
+/// request to it is in flight, so that new deployments are probed one
+/// request at a time, and as the slowest while its probe runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyBased {
+    tolerance: f64,
+}
+
+impl LatencyBased {
+    /// The strategy's registered name.
+    pub const NAME: &'static str = "latency-based";
+    /// Default width of the band: within 10% of the best.
+    pub const DEFAULT_TOLERANCE: f64 = 0.1;
+
+    /// A strategy choosing among deployments at most `(1 + tolerance)` times
+    /// slower than the fastest; `tolerance` must be finite and not negative.
+    pub fn new(tolerance: f64) -> Result<Self, RoutingError> {
+        if !(tolerance.is_finite() && tolerance >= 0.0) {
+            return Err(RoutingError::InvalidParameter {
+                parameter: "tolerance".into(),
+                reason: format!("{tolerance} is not a finite number ≥ 0"),
+            });
+        }
+        Ok(Self { tolerance })
+    }
+
+    /// The width of the band, as a fraction of the best latency.
+    pub fn tolerance(&self) -> f64 {
+        self.tolerance
+    }
+}
+
+impl Default for LatencyBased {
+    fn default() -> Self {
+        Self {
+            tolerance: Self::DEFAULT_TOLERANCE,
+        }
+    }
+}
+
+impl RoutingStrategy for LatencyBased {
+    fn name(&self) -> &str {
+        Self::NAME
+    }
+
+    fn choose(&self, ctx: &RouteContext<'_>, rng: &mut fastrand::Rng) -> Result<usize, RoutingError> {
+        let mut best = None;
+        let mut best_score = f64::INFINITY;
+        for c in ctx.iter() {
+            let score = latency_score(c.stats);
+            if best.is_none() || score < best_score {
+                best = Some(c.index);
+                best_score = score;
+            }
+        }
+        let Some(best) = best else {
+            return Err(ctx.no_deployment());
+        };
+        let limit = best_score * (1.0 + self.tolerance);
+        let mut pick = Reservoir::default();
+        for c in ctx.iter() {
+            if latency_score(c.stats) <= limit {
+                pick.offer(c.index, c.deployment.weight, rng);
+            }
+        }
+        // Averages may move between the two passes; the best of the first stands in.
+        Ok(pick.chosen().unwrap_or(best))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::strategy::tests::{counts, group};
+    use crate::{DeploymentId, LiveStats, Outcome};
+    use std::time::Duration;
+
+    /// Statistics of `n` deployments, the first ones with one latency sample each.
+    fn stats_with_latencies(n: usize, ms: &[u64]) -> LiveStats {
+        let stats = LiveStats::new(n);
+        for (i, ms) in ms.iter().enumerate() {
+            let outcome = Outcome {
+                latency: Duration::from_millis(*ms),
+                ..Outcome::default()
+            };
+            stats.record_success(DeploymentId(i), outcome, 0);
+        }
+        stats
+    }
+
+    #[test]
+    fn picks_the_fastest() {
+        let group = group(4);
+        let stats = stats_with_latencies(4, &[300, 120, 100, 250]);
+        assert_eq!(
+            counts(&LatencyBased::default(), &group, &stats, 1_000),
+            vec![0, 0, 1_000, 0]
+        );
+    }
+
+    #[test]
+    fn spreads_across_the_tolerance_band() {
+        let group = group(4);
+        // 100 ms is the best; 105 and 110 are within 10%, 111 is not.
+        let stats = stats_with_latencies(4, &[105, 100, 111, 110]);
+        let draws = 30_000;
+        let counts = counts(&LatencyBased::default(), &group, &stats, draws);
+        assert_eq!(counts[2], 0, "{counts:?}");
+        for i in [0, 1, 3] {
+            let share = counts[i] as f64 / draws as f64;
+            assert!((share - 1.0 / 3.0).abs() < 0.015, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn the_band_follows_the_tolerance() {
+        let group = group(4);
+        let stats = stats_with_latencies(4, &[105, 100, 111, 110]);
+        let wide = LatencyBased::new(0.5).unwrap();
+        assert!(counts(&wide, &group, &stats, 1_000).iter().all(|c| *c > 0));
+        let exact = LatencyBased::new(0.0).unwrap();
+        assert_eq!(counts(&exact, &group, &stats, 1_000), vec![0, 1_000, 0, 0]);
+    }
+
+    #[test]
+    fn probes_unknown_deployments_one_request_at_a_time() {
+        let group = group(3);
+        let stats = stats_with_latencies(3, &[50, 400]);
+        assert_eq!(counts(&LatencyBased::default(), &group, &stats, 100), vec![0, 0, 100]);
+        let _probe = stats.start(DeploymentId(2));
+        assert_eq!(counts(&LatencyBased::default(), &group, &stats, 100), vec![100, 0, 0]);
+    }
+
+    #[test]
+    fn rejects_bad_tolerances() {
+        for bad in [-0.1, f64::NAN, f64::INFINITY] {
+            assert!(matches!(
+                LatencyBased::new(bad),
+                Err(RoutingError::InvalidParameter { .. })
+            ));
+        }
+        assert_eq!(LatencyBased::default().tolerance(), 0.1);
+        assert_eq!(LatencyBased::default().name(), "latency-based");
+    }
+}
