@@ -42,12 +42,18 @@ pub struct RouterSettings {
     /// Strategy for groups that name none: `simple-shuffle`, `least-busy`,
     /// `latency-based`, `cost-based`, `usage-based`, `power-of-two`.
     pub routing_strategy: String,
+    /// `latency-based`: deployments within this fraction of the fastest share the traffic.
+    pub latency_tolerance: f64,
+    /// `cost-based`: the quality a deployment needs to be chosen for its price.
+    pub cost_min_quality: f64,
 }
 
 impl Default for RouterSettings {
     fn default() -> Self {
         Self {
             routing_strategy: "simple-shuffle".into(),
+            latency_tolerance: switchyard_routing::LatencyBased::DEFAULT_TOLERANCE,
+            cost_min_quality: 0.0,
         }
     }
 }

@@ -24,7 +24,7 @@ pub use state::AppState;
 /// Validates `config` against `env` and builds the shared state.
 pub fn build_state(config: &Config, env: &dyn config::EnvSource) -> Result<AppState, ConfigError> {
     let models = config.validate(env)?;
-    AppState::build(config.server.clone(), &models).map_err(ConfigError::Invalid)
+    AppState::build(config.server.clone(), &config.router_settings, &models).map_err(ConfigError::Invalid)
 }
 
 /// Binds the configured address.

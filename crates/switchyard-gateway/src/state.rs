@@ -10,10 +10,11 @@ use switchyard_providers::{
     OpenAiProvider, ProviderClient, ProviderError, StaticCredentials,
 };
 use switchyard_routing::{
-    DeploymentId, DeploymentInfo, LiveStats, ModelGroup, Registry, RoutingStrategy, StrategyRegistry,
+    CostBased, DeploymentId, DeploymentInfo, LatencyBased, LiveStats, ModelGroup, Registry, RoutingStrategy,
+    StrategyRegistry,
 };
 
-use crate::config::{ConfigIssue, DeploymentSpec, ModelSpec, ProviderKind, ServerConfig};
+use crate::config::{ConfigIssue, DeploymentSpec, ModelSpec, ProviderKind, RouterSettings, ServerConfig};
 
 /// Everything a request needs: the routing registry and one client per deployment,
 /// indexed by [`DeploymentId`].
@@ -103,10 +104,28 @@ fn provider_name(kind: ProviderKind) -> &'static str {
 
 impl AppState {
     /// Builds the registry and the provider clients.
-    pub fn build(server: ServerConfig, models: &[ModelSpec]) -> Result<Self, Vec<ConfigIssue>> {
+    pub fn build(
+        server: ServerConfig,
+        router: &RouterSettings,
+        models: &[ModelSpec],
+    ) -> Result<Self, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
         let mut providers = Vec::new();
-        let strategies = StrategyRegistry::with_builtins();
+        let mut strategies = StrategyRegistry::with_builtins();
+        match LatencyBased::new(router.latency_tolerance) {
+            Ok(s) => drop(strategies.replace(LatencyBased::NAME, Arc::new(s))),
+            Err(e) => issues.push(ConfigIssue {
+                path: "router_settings.latency_tolerance".into(),
+                message: e.to_string(),
+            }),
+        }
+        match CostBased::new(router.cost_min_quality) {
+            Ok(s) => drop(strategies.replace(CostBased::NAME, Arc::new(s))),
+            Err(e) => issues.push(ConfigIssue {
+                path: "router_settings.cost_min_quality".into(),
+                message: e.to_string(),
+            }),
+        }
         let mut routes = HashMap::new();
         let mut groups = Vec::with_capacity(models.len());
         for (i, model) in models.iter().enumerate() {

@@ -13,7 +13,14 @@ const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const CONFIG: &str = r#"
 router_settings:
   routing_strategy: latency-based
+  cost_min_quality: 0.5
 model_list:
+  - model_name: good-enough
+    routing_strategy: cost-based
+    deployments:
+      - {provider: mock, model: cheap-but-weak, quality: 0.3, input_cost_per_token: 0.000001}
+      - {provider: mock, model: pricier-and-good, quality: 0.9, input_cost_per_token: 0.000005}
+      - {provider: mock, model: priciest, quality: 0.95, input_cost_per_token: 0.00001}
   - model_name: cheap-first
     routing_strategy: cost-based
     deployments:
@@ -75,6 +82,20 @@ async fn configured_strategies_choose_from_live_stats() {
     let (first, _) = first.await.unwrap();
     assert_eq!(strategy, "least-busy");
     assert_ne!(first, second);
+}
+
+#[test]
+fn invalid_router_settings_are_config_errors() {
+    let config = "router_settings:\n  latency_tolerance: -1\nmodel_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m, quality: 2}\n";
+    let output = run_check_config(Path::new(BIN), config);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("model_list[0].deployments[0].quality"), "{stderr}");
+    let config = "router_settings:\n  latency_tolerance: -1\nmodel_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n";
+    let output = run_check_config(Path::new(BIN), config);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("router_settings.latency_tolerance"), "{stderr}");
 }
 
 #[test]
