@@ -12,6 +12,7 @@
 //! [`UsageBased`] (`usage-based`) and [`PowerOfTwo`] (`power-of-two`).
 
 mod cells;
+pub mod cooldown;
 pub mod cost;
 pub mod error;
 pub mod latency;
@@ -24,6 +25,7 @@ pub mod strategy;
 pub mod strategy_registry;
 pub mod usage;
 
+pub use cooldown::{BreakerState, CooldownPolicy, CooldownStatus, Cooldowns};
 pub use cost::CostBased;
 pub use error::RoutingError;
 pub use latency::LatencyBased;

@@ -1,0 +1,290 @@
+//! Cooldowns: a circuit breaker per deployment.
+//!
+//! A deployment that fails `allowed_fails` times (rate limits, server errors,
+//! timeouts, refused connections) within `window_ms` is skipped for
+//! `cooldown_ms`; then exactly one request probes it (half-open): success
+//! closes the breaker, failure opens it again. An authentication failure (401,
+//! 403) marks the deployment's key invalid until the configuration is reloaded.
+//! All state is atomics; the caller passes a monotonic clock in milliseconds.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use crate::{DeploymentId, ErrorClass};
+
+/// When a deployment is put in cooldown, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CooldownPolicy {
+    /// Failures within the window that open the breaker.
+    pub allowed_fails: u32,
+    /// The window failures are counted in, in milliseconds.
+    pub window_ms: u64,
+    /// How long an open breaker skips the deployment, in milliseconds.
+    pub cooldown_ms: u64,
+}
+
+impl Default for CooldownPolicy {
+    fn default() -> Self {
+        Self {
+            allowed_fails: 3,
+            window_ms: 60_000,
+            cooldown_ms: 30_000,
+        }
+    }
+}
+
+/// The state of one deployment's breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Serving normally.
+    Closed,
+    /// Skipped until the cooldown ends.
+    Open,
+    /// One probe request is in flight.
+    HalfOpen,
+    /// The upstream rejected the key; skipped until reload.
+    KeyInvalid,
+}
+
+impl BreakerState {
+    /// Lower-case name for the admin API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open => "open",
+            BreakerState::HalfOpen => "half_open",
+            BreakerState::KeyInvalid => "key_invalid",
+        }
+    }
+}
+
+const CLOSED: u8 = 0;
+const OPEN: u8 = 1;
+const HALF_OPEN: u8 = 2;
+
+#[derive(Debug, Default)]
+struct Breaker {
+    state: AtomicU8,
+    /// Open: when the cooldown ends. Half-open: when the probe started.
+    since_or_until: AtomicU64,
+    window_start: AtomicU64,
+    failures: AtomicU32,
+    key_invalid: AtomicBool,
+}
+
+/// A deployment's breaker as reported by the admin API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CooldownStatus {
+    /// The deployment.
+    pub id: DeploymentId,
+    /// Its state now.
+    pub state: BreakerState,
+    /// Failures counted in the current window.
+    pub recent_failures: u32,
+    /// Milliseconds until an open breaker lets a probe through (0 otherwise).
+    pub remaining_ms: u64,
+}
+
+/// One breaker per deployment, indexed by [`DeploymentId`].
+#[derive(Debug)]
+pub struct Cooldowns {
+    policy: CooldownPolicy,
+    breakers: Vec<Breaker>,
+}
+
+impl Cooldowns {
+    /// Breakers for `n` deployments.
+    pub fn new(n: usize, policy: CooldownPolicy) -> Self {
+        Self {
+            policy,
+            breakers: (0..n).map(|_| Breaker::default()).collect(),
+        }
+    }
+
+    /// The policy in force.
+    pub fn policy(&self) -> CooldownPolicy {
+        self.policy
+    }
+
+    /// Whether a request may go to `id` now. When an open breaker's cooldown has
+    /// ended, exactly one caller gets `true` and becomes the half-open probe; a
+    /// probe that never reports back is replaced after another cooldown period.
+    pub fn is_available(&self, id: DeploymentId, now_ms: u64) -> bool {
+        let Some(b) = self.breakers.get(id.0) else {
+            return true;
+        };
+        if b.key_invalid.load(Ordering::Acquire) {
+            return false;
+        }
+        match b.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => {
+                now_ms >= b.since_or_until.load(Ordering::Acquire)
+                    && b.state
+                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+                    && {
+                        b.since_or_until.store(now_ms, Ordering::Release);
+                        true
+                    }
+            }
+            _ => {
+                let started = b.since_or_until.load(Ordering::Acquire);
+                now_ms.saturating_sub(started) >= self.policy.cooldown_ms
+                    && b.since_or_until
+                        .compare_exchange(started, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok()
+            }
+        }
+    }
+
+    /// A request to `id` succeeded: a half-open breaker closes.
+    pub fn record_success(&self, id: DeploymentId, _now_ms: u64) {
+        if let Some(b) = self.breakers.get(id.0)
+            && b.state
+                .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            b.failures.store(0, Ordering::Release);
+        }
+    }
+
+    /// A request to `id` failed with `class`. Returns `true` when this failure
+    /// opened the breaker.
+    pub fn record_failure(&self, id: DeploymentId, class: ErrorClass, now_ms: u64) -> bool {
+        let Some(b) = self.breakers.get(id.0) else {
+            return false;
+        };
+        match class {
+            ErrorClass::Auth => {
+                b.key_invalid.store(true, Ordering::Release);
+                return true;
+            }
+            ErrorClass::RateLimited | ErrorClass::ServerError | ErrorClass::Timeout | ErrorClass::Connect => {}
+            ErrorClass::ClientError | ErrorClass::Other => return false,
+        }
+        let open = |b: &Breaker| {
+            b.since_or_until
+                .store(now_ms.saturating_add(self.policy.cooldown_ms), Ordering::Release);
+            b.state.store(OPEN, Ordering::Release);
+            b.failures.store(0, Ordering::Release);
+            b.window_start.store(now_ms, Ordering::Release);
+        };
+        if b.state.load(Ordering::Acquire) == HALF_OPEN {
+            open(b);
+            return true;
+        }
+        let start = b.window_start.load(Ordering::Acquire);
+        let failures = if now_ms.saturating_sub(start) > self.policy.window_ms
+            && b.window_start
+                .compare_exchange(start, now_ms, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            b.failures.store(1, Ordering::Release);
+            1
+        } else {
+            b.failures.fetch_add(1, Ordering::AcqRel) + 1
+        };
+        if failures >= self.policy.allowed_fails && b.state.load(Ordering::Acquire) == CLOSED {
+            open(b);
+            return true;
+        }
+        false
+    }
+
+    /// Every breaker's state, for the admin API.
+    pub fn snapshot(&self, now_ms: u64) -> Vec<CooldownStatus> {
+        self.breakers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let raw = b.state.load(Ordering::Acquire);
+                let state = if b.key_invalid.load(Ordering::Acquire) {
+                    BreakerState::KeyInvalid
+                } else {
+                    match raw {
+                        CLOSED => BreakerState::Closed,
+                        OPEN => BreakerState::Open,
+                        _ => BreakerState::HalfOpen,
+                    }
+                };
+                let remaining_ms = if raw == OPEN {
+                    b.since_or_until.load(Ordering::Acquire).saturating_sub(now_ms)
+                } else {
+                    0
+                };
+                CooldownStatus {
+                    id: DeploymentId(i),
+                    state,
+                    recent_failures: b.failures.load(Ordering::Acquire),
+                    remaining_ms,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: DeploymentId = DeploymentId(0);
+
+    fn breakers() -> Cooldowns {
+        Cooldowns::new(
+            2,
+            CooldownPolicy {
+                allowed_fails: 2,
+                window_ms: 1_000,
+                cooldown_ms: 5_000,
+            },
+        )
+    }
+
+    #[test]
+    fn opens_after_allowed_fails_then_probes_once_and_closes() {
+        let c = breakers();
+        assert!(!c.record_failure(D, ErrorClass::ServerError, 0));
+        assert!(c.is_available(D, 10));
+        assert!(c.record_failure(D, ErrorClass::Timeout, 20));
+        assert!(!c.is_available(D, 30));
+        assert!(c.is_available(DeploymentId(1), 30), "other deployments are unaffected");
+        assert_eq!(c.snapshot(1_020)[0].remaining_ms, 4_000);
+        assert!(c.is_available(D, 5_020), "the cooldown ended: one probe");
+        assert!(!c.is_available(D, 5_021), "only one probe at a time");
+        assert_eq!(c.snapshot(5_021)[0].state, BreakerState::HalfOpen);
+        c.record_success(D, 5_100);
+        assert!(c.is_available(D, 5_101));
+        assert_eq!(c.snapshot(5_101)[0].state, BreakerState::Closed);
+    }
+
+    #[test]
+    fn a_failed_probe_reopens_and_a_lost_probe_is_replaced() {
+        let c = breakers();
+        c.record_failure(D, ErrorClass::Connect, 0);
+        c.record_failure(D, ErrorClass::Connect, 1);
+        assert!(c.is_available(D, 5_001));
+        assert!(c.record_failure(D, ErrorClass::RateLimited, 5_002));
+        assert!(!c.is_available(D, 9_000));
+        assert!(c.is_available(D, 10_002));
+        assert!(!c.is_available(D, 12_000));
+        assert!(c.is_available(D, 15_002), "a probe that never reported is replaced");
+    }
+
+    #[test]
+    fn failures_outside_the_window_and_client_errors_do_not_count() {
+        let c = breakers();
+        c.record_failure(D, ErrorClass::ServerError, 0);
+        c.record_failure(D, ErrorClass::ServerError, 2_000);
+        assert!(c.is_available(D, 2_001));
+        c.record_failure(D, ErrorClass::ClientError, 2_002);
+        assert!(c.is_available(D, 2_003));
+    }
+
+    #[test]
+    fn auth_failures_mark_the_key_invalid() {
+        let c = breakers();
+        assert!(c.record_failure(D, ErrorClass::Auth, 0));
+        assert!(!c.is_available(D, 1_000_000));
+        assert_eq!(c.snapshot(0)[0].state, BreakerState::KeyInvalid);
+    }
+}
