@@ -11,7 +11,7 @@ use futures_util::stream;
 use serde_json::{Value, json};
 use switchyard_api::anthropic::MessagesRequest;
 
-use super::{BedrockProvider, sdk_error};
+use super::BedrockProvider;
 use crate::sse::{Event, EventStream};
 use crate::{ProviderError, Result, TimeoutPhase};
 
@@ -65,10 +65,7 @@ impl BedrockProvider {
             .accept("application/json")
             .body(Blob::new(invoke_body(req)?))
             .send();
-        let output = match tokio::time::timeout(self.settings.timeouts.first_byte, send).await {
-            Ok(result) => result.map_err(sdk_error)?,
-            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
-        };
+        let output = self.within_first_byte(send).await?;
         Ok(Bytes::from(output.body.into_inner()))
     }
 
@@ -84,10 +81,7 @@ impl BedrockProvider {
             .accept("application/json")
             .body(Blob::new(invoke_body(req)?))
             .send();
-        let output = match tokio::time::timeout(first_byte, send).await {
-            Ok(result) => result.map_err(sdk_error)?,
-            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
-        };
+        let output = self.within_first_byte(send).await?;
         let events = stream::unfold((output.body, true, false), move |(mut rx, first, done)| async move {
             if done {
                 return None;

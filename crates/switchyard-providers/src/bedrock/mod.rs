@@ -104,7 +104,33 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
     }
 }
 
+/// Sets the model and the translated Converse input on a Converse or ConverseStream builder.
+macro_rules! with_converse_input {
+    ($builder:expr, $req:expr, $input:expr) => {
+        $builder
+            .model_id(&$req.model)
+            .set_system(Some($input.system))
+            .set_messages(Some($input.messages))
+            .inference_config($input.inference)
+            .set_tool_config($input.tools)
+    };
+}
+
 impl BedrockProvider {
+    /// Awaits an SDK call's response within the first-byte timeout.
+    pub(crate) async fn within_first_byte<T, E>(
+        &self,
+        send: impl std::future::Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        match tokio::time::timeout(self.settings.timeouts.first_byte, send).await {
+            Ok(result) => result.map_err(sdk_error),
+            Err(_) => Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+        }
+    }
+
     /// A provider for one Bedrock deployment; the SDK client is built on first use.
     pub fn new(settings: BedrockSettings) -> Self {
         Self {
@@ -225,20 +251,9 @@ impl Provider for BedrockProvider {
 
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
-        let send = self
-            .client()
-            .await
-            .converse()
-            .model_id(&req.model)
-            .set_system(Some(input.system))
-            .set_messages(Some(input.messages))
-            .inference_config(input.inference)
-            .set_tool_config(input.tools)
-            .send();
-        let output = match tokio::time::timeout(self.settings.timeouts.first_byte, send).await {
-            Ok(result) => result.map_err(sdk_error)?,
-            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
-        };
+        let output = self
+            .within_first_byte(with_converse_input!(self.client().await.converse(), req, input).send())
+            .await?;
         let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now());
         let usage = response.usage.clone();
         let body = serde_json::to_vec(&response)
@@ -251,20 +266,9 @@ impl Provider for BedrockProvider {
 
     async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
-        let send = self
-            .client()
-            .await
-            .converse_stream()
-            .model_id(&req.model)
-            .set_system(Some(input.system))
-            .set_messages(Some(input.messages))
-            .inference_config(input.inference)
-            .set_tool_config(input.tools)
-            .send();
-        let output = match tokio::time::timeout(self.settings.timeouts.first_byte, send).await {
-            Ok(result) => result.map_err(sdk_error)?,
-            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
-        };
+        let output = self
+            .within_first_byte(with_converse_input!(self.client().await.converse_stream(), req, input).send())
+            .await?;
         let out = ChunkBuilder {
             id: self.next_id(),
             model: req.model.clone(),
