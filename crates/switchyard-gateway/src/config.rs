@@ -46,16 +46,131 @@ pub struct RouterSettings {
     pub latency_tolerance: f64,
     /// `cost-based`: the quality a deployment needs to be chosen for its price.
     pub cost_min_quality: f64,
+    /// Retries within a model group after a retryable failure (connect error,
+    /// timeout, 408, 429, 5xx), each on another deployment when there is one.
+    pub num_retries: u32,
+    /// The most retries a request may ask for with its `num_retries` field.
+    pub max_num_retries: u32,
+    /// Backoff before the first retry, in milliseconds; doubled for each
+    /// later retry, with full jitter.
+    pub retry_backoff_ms: u64,
+    /// Longest backoff between retries, in milliseconds.
+    pub max_backoff_ms: u64,
+    /// A `Retry-After` longer than this (milliseconds) is not waited for: the
+    /// request moves on to another deployment or fallback, or fails with 429.
+    pub max_retry_after_ms: u64,
+    /// Deadline of a whole request, retries and fallbacks included, until its
+    /// answer (a stream: its first content) starts, in milliseconds.
+    pub timeout_ms: u64,
+    /// The longest deadline a request may ask for with its `timeout` field, in milliseconds.
+    pub max_timeout_ms: u64,
+    /// The most fallback groups one request walks through.
+    pub max_fallbacks: usize,
+    /// Cooldown: failures within `allowed_fails_window_ms` that take a deployment out of rotation.
+    pub allowed_fails: u32,
+    /// Cooldown: the window failures are counted in, in milliseconds.
+    pub allowed_fails_window_ms: u64,
+    /// Cooldown: how long a failing deployment is skipped before one probe request, in milliseconds.
+    pub cooldown_ms: u64,
 }
 
 impl Default for RouterSettings {
     fn default() -> Self {
+        let retry = switchyard_routing::RetryPolicy::default();
+        let cooldown = switchyard_routing::CooldownPolicy::default();
         Self {
             routing_strategy: "simple-shuffle".into(),
             latency_tolerance: switchyard_routing::LatencyBased::DEFAULT_TOLERANCE,
             cost_min_quality: 0.0,
+            num_retries: retry.num_retries,
+            max_num_retries: 5,
+            retry_backoff_ms: retry.base_backoff.as_millis() as u64,
+            max_backoff_ms: retry.max_backoff.as_millis() as u64,
+            max_retry_after_ms: retry.max_retry_after.as_millis() as u64,
+            timeout_ms: 600_000,
+            max_timeout_ms: 600_000,
+            max_fallbacks: 5,
+            allowed_fails: cooldown.allowed_fails,
+            allowed_fails_window_ms: cooldown.window_ms,
+            cooldown_ms: cooldown.cooldown_ms,
         }
     }
+}
+
+impl RouterSettings {
+    /// The validated retry, deadline and cooldown settings of the dispatch loop.
+    pub fn dispatch(&self) -> Result<DispatchSettings, Vec<ConfigIssue>> {
+        let mut issues = Vec::new();
+        let retry = switchyard_routing::RetryPolicy {
+            num_retries: self.num_retries,
+            base_backoff: Duration::from_millis(self.retry_backoff_ms),
+            max_backoff: Duration::from_millis(self.max_backoff_ms),
+            max_retry_after: Duration::from_millis(self.max_retry_after_ms),
+        };
+        if retry.validate().is_err() {
+            issues.push(issue(
+                "router_settings.retry_backoff_ms",
+                "must not exceed router_settings.max_backoff_ms",
+            ));
+        }
+        if self.num_retries > self.max_num_retries {
+            issues.push(issue(
+                "router_settings.num_retries",
+                "must not exceed router_settings.max_num_retries",
+            ));
+        }
+        for (value, name) in [
+            (self.timeout_ms, "timeout_ms"),
+            (self.max_timeout_ms, "max_timeout_ms"),
+            (self.cooldown_ms, "cooldown_ms"),
+            (self.allowed_fails_window_ms, "allowed_fails_window_ms"),
+        ] {
+            if value == 0 {
+                issues.push(issue(format!("router_settings.{name}"), "must be greater than 0"));
+            }
+        }
+        if self.timeout_ms > self.max_timeout_ms {
+            issues.push(issue(
+                "router_settings.timeout_ms",
+                "must not exceed router_settings.max_timeout_ms",
+            ));
+        }
+        if self.allowed_fails == 0 {
+            issues.push(issue("router_settings.allowed_fails", "must be at least 1"));
+        }
+        if !issues.is_empty() {
+            return Err(issues);
+        }
+        Ok(DispatchSettings {
+            retry,
+            max_num_retries: self.max_num_retries,
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_timeout: Duration::from_millis(self.max_timeout_ms),
+            max_fallbacks: self.max_fallbacks,
+            cooldown: switchyard_routing::CooldownPolicy {
+                allowed_fails: self.allowed_fails,
+                window_ms: self.allowed_fails_window_ms,
+                cooldown_ms: self.cooldown_ms,
+            },
+        })
+    }
+}
+
+/// The dispatch loop's validated settings (from [`RouterSettings`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DispatchSettings {
+    /// Retries and backoff.
+    pub retry: switchyard_routing::RetryPolicy,
+    /// Ceiling of a request's own `num_retries`.
+    pub max_num_retries: u32,
+    /// Default deadline of a request.
+    pub timeout: Duration,
+    /// Ceiling of a request's own `timeout`.
+    pub max_timeout: Duration,
+    /// The most fallback groups one request walks through.
+    pub max_fallbacks: usize,
+    /// When deployments are put in cooldown.
+    pub cooldown: switchyard_routing::CooldownPolicy,
 }
 
 /// `server:` — where and how the gateway listens.
@@ -92,6 +207,17 @@ pub struct ModelEntry {
     /// Strategy for this group (default: `router_settings.routing_strategy`).
     #[serde(default)]
     pub routing_strategy: Option<String>,
+    /// Model groups tried in order when every attempt on this one failed.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Model groups tried in order when the upstream rejects the prompt as too
+    /// long for the model's context window.
+    #[serde(default)]
+    pub context_window_fallbacks: Vec<String>,
+    /// Model groups tried in order when the upstream refuses the request under
+    /// its content policy.
+    #[serde(default)]
+    pub content_policy_fallbacks: Vec<String>,
     /// Deployments that can serve it.
     pub deployments: Vec<DeploymentEntry>,
 }
@@ -360,6 +486,12 @@ pub struct ModelSpec {
     pub name: String,
     /// Routing strategy name.
     pub strategy: String,
+    /// Groups tried when every attempt on this one failed.
+    pub fallbacks: Vec<String>,
+    /// Groups tried when the prompt exceeds the context window.
+    pub context_window_fallbacks: Vec<String>,
+    /// Groups tried when the upstream refuses on content policy.
+    pub content_policy_fallbacks: Vec<String>,
     /// Its deployments.
     pub deployments: Vec<DeploymentSpec>,
 }
@@ -640,8 +772,30 @@ impl Config {
                     .routing_strategy
                     .clone()
                     .unwrap_or_else(|| self.router_settings.routing_strategy.clone()),
+                fallbacks: entry.fallbacks.clone(),
+                context_window_fallbacks: entry.context_window_fallbacks.clone(),
+                content_policy_fallbacks: entry.content_policy_fallbacks.clone(),
                 deployments,
             });
+        }
+        for (i, entry) in self.model_list.iter().enumerate() {
+            for (field, list) in [
+                ("fallbacks", &entry.fallbacks),
+                ("context_window_fallbacks", &entry.context_window_fallbacks),
+                ("content_policy_fallbacks", &entry.content_policy_fallbacks),
+            ] {
+                for (k, target) in list.iter().enumerate() {
+                    let path = format!("model_list[{i}].{field}[{k}]");
+                    if target.trim() == entry.model_name.trim() {
+                        issues.push(issue(path, format!("`{target}` cannot fall back to itself")));
+                    } else if !seen.contains(target.trim()) {
+                        issues.push(issue(path, format!("`{target}` is not a model_name in model_list")));
+                    }
+                }
+            }
+        }
+        if let Err(found) = self.router_settings.dispatch() {
+            issues.extend(found);
         }
         if issues.is_empty() {
             Ok(models)

@@ -45,6 +45,14 @@ pub enum ApiError {
         /// The typed upstream failure.
         source: Box<ProviderError>,
     },
+    /// The request's deadline (`timeout`) passed before an answer started.
+    #[error("The request did not complete within its timeout ({after:?} into attempt {attempts}).")]
+    Deadline {
+        /// How long the last attempt had run.
+        after: std::time::Duration,
+        /// Attempts made.
+        attempts: u32,
+    },
     /// A routing failure other than an unknown model.
     #[error("{0}")]
     Routing(RoutingError),
@@ -92,6 +100,12 @@ impl ApiError {
                 "service_unavailable",
                 Some("model".into()),
                 Some("no_deployment".into()),
+            ),
+            ApiError::Deadline { .. } => (
+                S::GATEWAY_TIMEOUT,
+                "timeout_error",
+                None,
+                Some("request_timeout".into()),
             ),
             ApiError::Routing(_) | ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
             ApiError::Upstream { source, .. } => upstream_parts(source),

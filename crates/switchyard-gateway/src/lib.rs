@@ -4,6 +4,7 @@
 //! be driven in-process by tests.
 
 pub mod config;
+mod dispatch;
 pub mod error;
 pub mod extract;
 pub mod messages;

@@ -1,7 +1,6 @@
 //! The HTTP surface: OpenAI-compatible endpoints (with and without `/v1`),
 //! health checks, and JSON errors for unknown routes and methods.
 
-use std::future::Future;
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
@@ -9,14 +8,16 @@ use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use bytes::Bytes;
 use serde_json::json;
 use std::time::Instant;
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ModelObject};
-use switchyard_providers::{ChunkStream, Provider, ProviderClient, ProviderError, ProviderResponse};
+use switchyard_providers::ProviderError;
 
-use switchyard_routing::{DeploymentInfo, ErrorClass, InFlight, Outcome, RouteContext};
+use switchyard_routing::{ErrorClass, InFlight};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::dispatch::{Call, Decision, Failed, Reply, RequestOptions, Served, dispatch};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::state::AppState;
@@ -59,54 +60,6 @@ const MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-model");
 const STRATEGY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-strategy");
 const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-switchyard-attempts");
 
-/// A routing decision: the deployment, its client, the strategy that chose it,
-/// and the in-flight mark held while the request runs.
-pub(crate) struct Route<'s> {
-    /// The chosen deployment.
-    pub(crate) deployment: &'s DeploymentInfo,
-    /// Its client.
-    pub(crate) client: &'s ProviderClient,
-    /// The strategy's name.
-    pub(crate) strategy: &'s str,
-    /// Counts the request as in flight until dropped.
-    pub(crate) in_flight: InFlight,
-    /// When the request was sent on.
-    pub(crate) started: Instant,
-}
-
-/// Picks a deployment of `model` with the group's strategy.
-pub(crate) fn choose<'s>(state: &'s AppState, model: &str) -> Result<Route<'s>, ApiError> {
-    let group = state.registry.group(model)?;
-    let route = state
-        .routes
-        .get(model)
-        .ok_or_else(|| ApiError::Internal(format!("no route for model group {model}")))?;
-    let ctx = RouteContext {
-        group,
-        candidates: &route.all,
-        stats: &state.stats,
-        now_ms: state.now_ms(),
-        estimated_tokens: 0,
-    };
-    let index = route.strategy.choose(&ctx, &mut fastrand::Rng::new())?;
-    let deployment = group.deployments().get(index).ok_or_else(|| {
-        ApiError::Internal(format!(
-            "strategy chose deployment {index} of {model}, which does not exist"
-        ))
-    })?;
-    let client = state
-        .provider(deployment.id)
-        .ok_or_else(|| ApiError::Internal(format!("no client for deployment {}", deployment.name)))?;
-    tracing::debug!(model, deployment = %deployment.name, strategy = route.strategy.name(), "routed");
-    Ok(Route {
-        deployment,
-        client,
-        strategy: route.strategy.name(),
-        in_flight: state.stats.start(deployment.id),
-        started: Instant::now(),
-    })
-}
-
 /// The routing statistics' class of an upstream failure.
 pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
     match err {
@@ -122,155 +75,113 @@ pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
     }
 }
 
-/// Records the outcome of a call on `route` in the live statistics.
-pub(crate) fn record<T>(state: &AppState, route: &Route<'_>, result: &Result<T, ProviderError>, tokens: u64) {
-    let now = state.now_ms();
-    match result {
-        Ok(_) => {
-            let outcome = Outcome {
-                latency: route.started.elapsed(),
-                ttft: None,
-                tokens,
-            };
-            state.stats.record_success(route.deployment.id, outcome, now);
-        }
-        Err(e) => state.stats.record_failure(route.deployment.id, error_class(e), now),
-    }
-}
-
-/// Adds the routing decision to a response.
-pub(crate) fn with_route_headers(
-    mut response: Response,
-    public_model: &str,
-    deployment: &DeploymentInfo,
-    strategy: &str,
-) -> Response {
+/// Adds the routing decision to a response: the model group that answered,
+/// the deployment, the strategy and the number of attempts.
+pub(crate) fn with_route_headers(mut response: Response, decision: &Decision<'_>) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
-        (MODEL_HEADER, public_model),
-        (DEPLOYMENT_HEADER, deployment.name.as_str()),
-        (STRATEGY_HEADER, strategy),
+        (MODEL_HEADER, decision.group),
+        (DEPLOYMENT_HEADER, decision.deployment.name.as_str()),
+        (STRATEGY_HEADER, decision.strategy),
     ] {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }
     }
-    headers.insert(ATTEMPTS_HEADER, HeaderValue::from_static("1"));
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(decision.attempts));
     response
 }
 
-fn json_bytes(response: ProviderResponse) -> Response {
-    ([(header::CONTENT_TYPE, "application/json")], response.body).into_response()
+/// A failed request's error response, with the number of attempts made.
+pub(crate) fn failure_response(mut response: Response, attempts: u32) -> Response {
+    if attempts > 0 {
+        response
+            .headers_mut()
+            .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    }
+    response
 }
 
-/// Runs a non-streaming or streaming call and renders its answer.
-async fn answer<J, S>(
+fn json_bytes(body: Bytes) -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Follows a served stream for the statistics until it ends.
+pub(crate) fn tracker(
     state: &SharedState,
-    route: Route<'_>,
-    public_model: &str,
-    stream: bool,
-    json_call: impl FnOnce() -> J,
-    stream_call: impl FnOnce() -> S,
-) -> Result<Response, ApiError>
-where
-    J: Future<Output = Result<ProviderResponse, ProviderError>>,
-    S: Future<Output = Result<ChunkStream, ProviderError>>,
-{
-    let name = &route.deployment.name;
-    let response = if stream {
-        let result = stream_call().await;
-        if result.is_err() {
-            record(state, &route, &result, 0);
-        }
-        let chunks = result.map_err(|e| ApiError::upstream(name, e))?;
-        let (deployment, strategy) = (route.deployment, route.strategy);
-        let tracker = StreamTracker::new(state.clone(), deployment.id, route.started, route.in_flight);
-        let response = sse_response(chunks, name.clone(), Some(tracker));
-        with_route_headers(response, public_model, deployment, strategy)
-    } else {
-        let result = json_call().await;
-        let tokens = result
-            .as_ref()
-            .ok()
-            .and_then(|r| r.usage.as_ref())
-            .map_or(0, |u| u.total_tokens);
-        record(state, &route, &result, tokens);
-        let response = json_bytes(result.map_err(|e| ApiError::upstream(name, e))?);
-        with_route_headers(response, public_model, route.deployment, route.strategy)
+    decision: &Decision<'_>,
+    in_flight: InFlight,
+    started: Instant,
+) -> StreamTracker {
+    StreamTracker::new(state.clone(), decision.deployment.id, started, in_flight)
+}
+
+/// Dispatches an OpenAI-format request and renders its answer.
+async fn openai(state: SharedState, model: &str, mut call: Call<'_>, options: RequestOptions) -> Response {
+    let Served {
+        reply,
+        decision,
+        in_flight,
+        started,
+    } = match dispatch(&state, model, &mut call, &options).await {
+        Ok(served) => served,
+        Err(Failed { error, attempts }) => return failure_response(error.into_response(), attempts),
     };
-    Ok(response)
+    let response = match reply {
+        Reply::Json(answer) => json_bytes(answer.body),
+        Reply::Chunks(chunks) => {
+            let chunks = tracker(&state, &decision, in_flight, started).follow(chunks);
+            sse_response(chunks, decision.deployment.name.clone())
+        }
+        Reply::Native(_) | Reply::Events(_) => {
+            ApiError::Internal("an Anthropic-format answer to an OpenAI-format request".into()).into_response()
+        }
+    };
+    with_route_headers(response, &decision)
 }
 
 async fn chat_completions(
     State(state): State<SharedState>,
     JsonBody(mut req): JsonBody<ChatCompletionRequest>,
-) -> Result<Response, ApiError> {
+) -> Response {
     if req.messages.is_empty() {
-        return Err(ApiError::InvalidField {
+        return ApiError::InvalidField {
             param: Some("messages".into()),
             message: "'messages' must contain at least one message.".into(),
-        });
+        }
+        .into_response();
     }
-    let route = choose(&state, &req.model)?;
-    let client = route.client;
-    let public_model = std::mem::replace(&mut req.model, route.deployment.model.clone());
-    let stream = req.is_stream();
-    answer(
-        &state,
-        route,
-        &public_model,
-        stream,
-        || client.chat(&req),
-        || client.chat_stream(&req),
-    )
-    .await
+    let options = match RequestOptions::take(&mut req.extra) {
+        Ok(options) => options,
+        Err(e) => return e.into_response(),
+    };
+    let model = std::mem::take(&mut req.model);
+    openai(state, &model, Call::Chat(&mut req), options).await
 }
 
-async fn completions(
-    State(state): State<SharedState>,
-    JsonBody(mut req): JsonBody<CompletionRequest>,
-) -> Result<Response, ApiError> {
-    let route = choose(&state, &req.model)?;
-    let client = route.client;
-    let public_model = std::mem::replace(&mut req.model, route.deployment.model.clone());
-    let stream = req.is_stream();
-    answer(
-        &state,
-        route,
-        &public_model,
-        stream,
-        || client.completion(&req),
-        || client.completion_stream(&req),
-    )
-    .await
+async fn completions(State(state): State<SharedState>, JsonBody(mut req): JsonBody<CompletionRequest>) -> Response {
+    let options = match RequestOptions::take(&mut req.extra) {
+        Ok(options) => options,
+        Err(e) => return e.into_response(),
+    };
+    let model = std::mem::take(&mut req.model);
+    openai(state, &model, Call::Completion(&mut req), options).await
 }
 
-async fn embeddings(
-    State(state): State<SharedState>,
-    JsonBody(mut req): JsonBody<EmbeddingRequest>,
-) -> Result<Response, ApiError> {
+async fn embeddings(State(state): State<SharedState>, JsonBody(mut req): JsonBody<EmbeddingRequest>) -> Response {
     if req.input.is_empty() {
-        return Err(ApiError::InvalidField {
+        return ApiError::InvalidField {
             param: Some("input".into()),
             message: "'input' must not be empty.".into(),
-        });
+        }
+        .into_response();
     }
-    let route = choose(&state, &req.model)?;
-    let public_model = std::mem::replace(&mut req.model, route.deployment.model.clone());
-    let result = route.client.embeddings(&req).await;
-    let tokens = result
-        .as_ref()
-        .ok()
-        .and_then(|r| r.usage.as_ref())
-        .map_or(0, |u| u.total_tokens);
-    record(&state, &route, &result, tokens);
-    let response = result.map_err(|e| ApiError::upstream(&route.deployment.name, e))?;
-    Ok(with_route_headers(
-        json_bytes(response),
-        &public_model,
-        route.deployment,
-        route.strategy,
-    ))
+    let options = match RequestOptions::take(&mut req.extra) {
+        Ok(options) => options,
+        Err(e) => return e.into_response(),
+    };
+    let model = std::mem::take(&mut req.model);
+    openai(state, &model, Call::Embeddings(&mut req), options).await
 }
 
 async fn models(State(state): State<SharedState>) -> Json<ModelList> {

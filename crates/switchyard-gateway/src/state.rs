@@ -10,11 +10,13 @@ use switchyard_providers::{
     OpenAiProvider, ProviderClient, ProviderError, StaticCredentials,
 };
 use switchyard_routing::{
-    CostBased, DeploymentId, DeploymentInfo, LatencyBased, LiveStats, ModelGroup, Registry, RoutingStrategy,
+    Cooldowns, CostBased, DeploymentId, DeploymentInfo, LatencyBased, LiveStats, ModelGroup, Registry, RoutingStrategy,
     StrategyRegistry,
 };
 
-use crate::config::{ConfigIssue, DeploymentSpec, ModelSpec, ProviderKind, RouterSettings, ServerConfig};
+use crate::config::{
+    ConfigIssue, DeploymentSpec, DispatchSettings, ModelSpec, ProviderKind, RouterSettings, ServerConfig,
+};
 
 /// Everything a request needs: the routing registry and one client per deployment,
 /// indexed by [`DeploymentId`].
@@ -32,6 +34,10 @@ pub struct AppState {
     pub routes: HashMap<String, GroupRoute>,
     /// Live per-deployment statistics the strategies read, indexed like `providers`.
     pub stats: LiveStats,
+    /// Per-deployment circuit breakers, indexed like `providers`.
+    pub cooldowns: Cooldowns,
+    /// Retries, deadlines and cooldown policy.
+    pub dispatch: DispatchSettings,
     /// Origin of the monotonic milliseconds passed to routing.
     pub started: Instant,
 }
@@ -43,6 +49,12 @@ pub struct GroupRoute {
     pub strategy: Arc<dyn RoutingStrategy>,
     /// Indexes of every deployment of the group (all are candidates).
     pub all: Vec<usize>,
+    /// Groups tried when every attempt on this one failed.
+    pub fallbacks: Vec<String>,
+    /// Groups tried when the prompt exceeds the context window.
+    pub context_window_fallbacks: Vec<String>,
+    /// Groups tried when the upstream refuses on content policy.
+    pub content_policy_fallbacks: Vec<String>,
 }
 
 const OPENAI_API_BASE: &str = "https://api.openai.com/v1";
@@ -110,6 +122,13 @@ impl AppState {
         models: &[ModelSpec],
     ) -> Result<Self, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
+        let dispatch = match router.dispatch() {
+            Ok(d) => Some(d),
+            Err(found) => {
+                issues.extend(found);
+                None
+            }
+        };
         let mut providers = Vec::new();
         let mut strategies = StrategyRegistry::with_builtins();
         match LatencyBased::new(router.latency_tolerance) {
@@ -156,8 +175,14 @@ impl AppState {
             }
             match strategies.require(&model.strategy) {
                 Ok(strategy) => {
-                    let all = (0..infos.len()).collect();
-                    routes.insert(model.name.clone(), GroupRoute { strategy, all });
+                    let route = GroupRoute {
+                        strategy,
+                        all: (0..infos.len()).collect(),
+                        fallbacks: model.fallbacks.clone(),
+                        context_window_fallbacks: model.context_window_fallbacks.clone(),
+                        content_policy_fallbacks: model.content_policy_fallbacks.clone(),
+                    };
+                    routes.insert(model.name.clone(), route);
                 }
                 Err(e) => issues.push(ConfigIssue {
                     path: format!("model_list[{i}].routing_strategy"),
@@ -175,9 +200,9 @@ impl AppState {
                 }),
             }
         }
-        if !issues.is_empty() {
+        let Some(dispatch) = dispatch.filter(|_| issues.is_empty()) else {
             return Err(issues);
-        }
+        };
         let registry = Registry::new(groups).map_err(|e| {
             vec![ConfigIssue {
                 path: "model_list".into(),
@@ -188,6 +213,8 @@ impl AppState {
         Ok(Self {
             registry,
             stats,
+            cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
+            dispatch,
             routes,
             started: Instant::now(),
             providers,

@@ -8,9 +8,11 @@ use axum::body::Body;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
-use futures_util::{StreamExt, stream};
+use futures_util::{Stream, StreamExt, stream};
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
+use switchyard_providers::sse::Event;
 use switchyard_providers::{ChunkStream, ProviderError, StreamChunk};
 use switchyard_routing::{DeploymentId, InFlight, Outcome};
 
@@ -36,14 +38,43 @@ fn error_event(deployment: &str, err: switchyard_providers::ProviderError) -> By
     frame(&serde_json::to_vec(&error.body()).unwrap_or_default())
 }
 
-/// Follows one stream for the routing statistics: it keeps the deployment
-/// counted as in flight until the stream ends, and records the outcome, time
-/// to first chunk and tokens then.
+/// What the tracker needs to know about one item of an upstream stream.
+pub(crate) trait Observed {
+    /// Total tokens, when the item reports usage.
+    fn total_tokens(&self) -> Option<u64>;
+    /// Whether the item is an in-band error (an Anthropic `error` event).
+    fn in_band_error(&self) -> Option<ProviderError>;
+}
+
+impl Observed for StreamChunk {
+    fn total_tokens(&self) -> Option<u64> {
+        self.usage.as_ref().map(|u| u.total_tokens)
+    }
+
+    fn in_band_error(&self) -> Option<ProviderError> {
+        None
+    }
+}
+
+impl Observed for Event {
+    fn total_tokens(&self) -> Option<u64> {
+        None
+    }
+
+    fn in_band_error(&self) -> Option<ProviderError> {
+        (self.event == "error").then(|| ProviderError::Stream(format!("error event from the upstream: {}", self.data)))
+    }
+}
+
+/// Follows one stream for the routing statistics and the circuit breaker: it
+/// keeps the deployment counted as in flight until the stream ends, and
+/// records the outcome, time to first item and tokens then. A stream the
+/// client abandons records nothing.
 pub struct StreamTracker {
     state: SharedState,
     id: DeploymentId,
     started: Instant,
-    first_chunk: Option<Duration>,
+    first_item: Option<Duration>,
     tokens: u64,
     _in_flight: InFlight,
 }
@@ -55,16 +86,16 @@ impl StreamTracker {
             state,
             id,
             started,
-            first_chunk: None,
+            first_item: None,
             tokens: 0,
             _in_flight: in_flight,
         }
     }
 
-    fn on_chunk(&mut self, chunk: &StreamChunk) {
-        self.first_chunk.get_or_insert_with(|| self.started.elapsed());
-        if let Some(usage) = &chunk.usage {
-            self.tokens = usage.total_tokens;
+    fn on_item(&mut self, item: &impl Observed) {
+        self.first_item.get_or_insert_with(|| self.started.elapsed());
+        if let Some(tokens) = item.total_tokens() {
+            self.tokens = tokens;
         }
     }
 
@@ -74,45 +105,68 @@ impl StreamTracker {
             None => {
                 let outcome = Outcome {
                     latency: self.started.elapsed(),
-                    ttft: self.first_chunk,
+                    ttft: self.first_item,
                     tokens: self.tokens,
                 };
                 self.state.stats.record_success(self.id, outcome, now);
+                self.state.cooldowns.record_success(self.id, now);
             }
-            Some(e) => self.state.stats.record_failure(self.id, error_class(e), now),
+            Some(e) => {
+                let class = error_class(e);
+                self.state.stats.record_failure(self.id, class, now);
+                if self.state.cooldowns.record_failure(self.id, class, now) {
+                    tracing::warn!(
+                        deployment = self.id.0,
+                        "deployment put in cooldown after a failed stream"
+                    );
+                }
+            }
         }
+    }
+
+    /// Wraps `items` so that the outcome is recorded when the stream ends.
+    pub(crate) fn follow<T: Observed + Send + 'static>(
+        self,
+        items: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>>,
+    ) -> Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>> {
+        Box::pin(stream::unfold(Some((items, self)), |state| async move {
+            let (mut items, mut tracker) = state?;
+            match items.next().await {
+                Some(Ok(item)) => {
+                    tracker.on_item(&item);
+                    if let Some(e) = item.in_band_error() {
+                        tracker.finish(Some(&e));
+                        return Some((Ok(item), None));
+                    }
+                    Some((Ok(item), Some((items, tracker))))
+                }
+                Some(Err(e)) => {
+                    tracker.finish(Some(&e));
+                    Some((Err(e), None))
+                }
+                None => {
+                    tracker.finish(None);
+                    None
+                }
+            }
+        }))
     }
 }
 
 /// Turns upstream chunks into an SSE response. Dropping the response body (the
 /// client went away) drops the upstream stream, which closes its connection.
-pub fn sse_response(chunks: ChunkStream, deployment: String, tracker: Option<StreamTracker>) -> Response {
-    let state = (chunks, deployment, tracker, false);
-    let events = stream::unfold(state, |(mut chunks, deployment, mut tracker, finished)| async move {
+pub fn sse_response(chunks: ChunkStream, deployment: String) -> Response {
+    let state = (chunks, deployment, false);
+    let events = stream::unfold(state, |(mut chunks, deployment, finished)| async move {
         if finished {
             return None;
         }
         let (bytes, finished) = match chunks.next().await {
-            Some(Ok(chunk)) => {
-                if let Some(t) = tracker.as_mut() {
-                    t.on_chunk(&chunk);
-                }
-                (frame(&chunk.data), false)
-            }
-            Some(Err(err)) => {
-                if let Some(t) = &tracker {
-                    t.finish(Some(&err));
-                }
-                (error_event(&deployment, err), true)
-            }
-            None => {
-                if let Some(t) = &tracker {
-                    t.finish(None);
-                }
-                (Bytes::from_static(DONE), true)
-            }
+            Some(Ok(chunk)) => (frame(&chunk.data), false),
+            Some(Err(err)) => (error_event(&deployment, err), true),
+            None => (Bytes::from_static(DONE), true),
         };
-        Some((bytes, (chunks, deployment, tracker, finished)))
+        Some((bytes, (chunks, deployment, finished)))
     });
     let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
     *response.status_mut() = StatusCode::OK;

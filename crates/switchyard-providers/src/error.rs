@@ -81,17 +81,81 @@ pub enum ProviderError {
 }
 
 impl ProviderError {
-    /// Whether another attempt (possibly elsewhere) could succeed.
+    /// Whether another attempt (possibly elsewhere) could succeed: connection
+    /// failures, timeouts, 408/429/5xx (Anthropic's 529 "overloaded" included),
+    /// and broken or malformed answers. Retrying is only safe before any output
+    /// reached the client.
     pub fn is_retryable(&self) -> bool {
         match self {
-            ProviderError::Connect(_) | ProviderError::Timeout(_) | ProviderError::Transport(_) => true,
-            ProviderError::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
-            ProviderError::InvalidResponse(_)
-            | ProviderError::Stream(_)
-            | ProviderError::InvalidConfig(_)
+            ProviderError::Connect(_)
+            | ProviderError::Timeout(_)
+            | ProviderError::Transport(_)
+            | ProviderError::InvalidResponse(_)
+            | ProviderError::Stream(_) => true,
+            ProviderError::Status { status, .. } => matches!(status, 408 | 429 | 500..=599),
+            ProviderError::InvalidConfig(_)
             | ProviderError::InvalidRequest { .. }
             | ProviderError::Unsupported { .. } => false,
         }
+    }
+
+    /// Whether the upstream rejected the prompt as longer than the model's
+    /// context window (OpenAI and Azure `context_length_exceeded`, Anthropic
+    /// "prompt is too long", Bedrock "input is too long", and the wordings of
+    /// vLLM and other OpenAI-compatible servers).
+    pub fn is_context_window_exceeded(&self) -> bool {
+        let ProviderError::Status {
+            status, message, code, ..
+        } = self
+        else {
+            return false;
+        };
+        if code.as_deref() == Some("context_length_exceeded") {
+            return true;
+        }
+        if !matches!(status, 400 | 413 | 422) {
+            return false;
+        }
+        let message = message.to_ascii_lowercase();
+        [
+            "context length",
+            "context window",
+            "context_length_exceeded",
+            "prompt is too long",
+            "input is too long",
+            "too many input tokens",
+            "maximum number of tokens",
+        ]
+        .iter()
+        .any(|needle| message.contains(needle))
+    }
+
+    /// Whether the upstream refused the request under its content policy
+    /// (OpenAI `content_policy_violation`, Azure `content_filter`, Bedrock
+    /// guardrail interventions).
+    pub fn is_content_policy_violation(&self) -> bool {
+        let ProviderError::Status {
+            status, message, code, ..
+        } = self
+        else {
+            return false;
+        };
+        if matches!(
+            code.as_deref(),
+            Some("content_policy_violation" | "content_filter" | "ResponsibleAIPolicyViolation")
+        ) {
+            return true;
+        }
+        let message = message.to_ascii_lowercase();
+        *status == 400
+            && [
+                "content management policy",
+                "content policy",
+                "safety system",
+                "guardrail",
+            ]
+            .iter()
+            .any(|needle| message.contains(needle))
     }
 
     /// Converts a transport error, dropping the URL from its text.
@@ -122,4 +186,70 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(status: u16, message: &str, code: Option<&str>) -> ProviderError {
+        ProviderError::Status {
+            status,
+            message: message.into(),
+            kind: None,
+            code: code.map(str::to_owned),
+            param: None,
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn retryable_classes() {
+        for s in [408, 429, 500, 502, 503, 504, 529] {
+            assert!(status(s, "x", None).is_retryable(), "{s}");
+        }
+        for s in [400, 401, 403, 404, 422] {
+            assert!(!status(s, "x", None).is_retryable(), "{s}");
+        }
+        assert!(ProviderError::Stream("reset".into()).is_retryable());
+        assert!(
+            !ProviderError::InvalidRequest {
+                message: "x".into(),
+                param: None
+            }
+            .is_retryable()
+        );
+    }
+
+    #[test]
+    fn recognises_context_window_errors_of_each_provider() {
+        assert!(
+            status(
+                400,
+                "This model's maximum context length is 8192 tokens",
+                Some("context_length_exceeded")
+            )
+            .is_context_window_exceeded()
+        );
+        assert!(status(400, "prompt is too long: 210000 tokens > 200000 maximum", None).is_context_window_exceeded());
+        assert!(status(400, "Input is too long for requested model.", None).is_context_window_exceeded());
+        assert!(!status(400, "messages: field required", None).is_context_window_exceeded());
+        assert!(!status(500, "prompt is too long", None).is_context_window_exceeded());
+        assert!(!ProviderError::Stream("context length".into()).is_context_window_exceeded());
+    }
+
+    #[test]
+    fn recognises_content_policy_errors() {
+        assert!(status(400, "rejected", Some("content_policy_violation")).is_content_policy_violation());
+        assert!(status(400, "filtered", Some("content_filter")).is_content_policy_violation());
+        assert!(
+            status(
+                400,
+                "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+                None
+            )
+            .is_content_policy_violation()
+        );
+        assert!(!status(400, "bad request", None).is_content_policy_violation());
+    }
 }

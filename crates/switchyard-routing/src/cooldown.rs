@@ -105,6 +105,24 @@ impl Cooldowns {
         self.policy
     }
 
+    /// Whether `id` could take a request now, without claiming anything: true
+    /// when closed, or when an open breaker's cooldown (or a lost probe's
+    /// period) has ended. Use it to filter candidates, then claim the chosen
+    /// one with [`Cooldowns::is_available`].
+    pub fn may_serve(&self, id: DeploymentId, now_ms: u64) -> bool {
+        let Some(b) = self.breakers.get(id.0) else {
+            return true;
+        };
+        if b.key_invalid.load(Ordering::Acquire) {
+            return false;
+        }
+        match b.state.load(Ordering::Acquire) {
+            CLOSED => true,
+            OPEN => now_ms >= b.since_or_until.load(Ordering::Acquire),
+            _ => now_ms.saturating_sub(b.since_or_until.load(Ordering::Acquire)) >= self.policy.cooldown_ms,
+        }
+    }
+
     /// Whether a request may go to `id` now. When an open breaker's cooldown has
     /// ended, exactly one caller gets `true` and becomes the half-open probe; a
     /// probe that never reports back is replaced after another cooldown period.
@@ -247,6 +265,8 @@ mod tests {
         assert!(c.is_available(D, 10));
         assert!(c.record_failure(D, ErrorClass::Timeout, 20));
         assert!(!c.is_available(D, 30));
+        assert!(!c.may_serve(D, 30));
+        assert!(c.may_serve(D, 5_020), "may_serve does not claim the probe");
         assert!(c.is_available(DeploymentId(1), 30), "other deployments are unaffected");
         assert_eq!(c.snapshot(1_020)[0].remaining_ms, 4_000);
         assert!(c.is_available(D, 5_020), "the cooldown ended: one probe");

@@ -239,7 +239,7 @@ fn plan_stream(prefix: Vec<Value>, content: Vec<Value>, suffix: Vec<Value>, scen
     if scenario.malformed_sse && !items.is_empty() {
         items.insert(1, SseItem::malformed());
     }
-    items
+    crate::sse::with_first_event_pause(items, scenario)
 }
 
 fn stream_delay(scenario: &Scenario) -> Duration {

@@ -43,6 +43,17 @@ pub struct Scenario {
     /// Anthropic and Bedrock streaming: end the stream cleanly without its
     /// final stop event(s) (`message_stop`; `messageStop` and `metadata`).
     pub no_stop: bool,
+    /// Streaming: send the response head at once, then wait this many
+    /// milliseconds before the first event.
+    pub first_event_ms: Option<u64>,
+    /// The other directives apply to the first N requests carrying this spec
+    /// only; later ones are served normally (an upstream that recovers).
+    pub fail_first: Option<u64>,
+    /// Reject prompts longer than this many words with the protocol's
+    /// "context window exceeded" error.
+    pub context_window: Option<usize>,
+    /// Reject the request with the protocol's content-policy error.
+    pub content_filter: bool,
 }
 
 impl Scenario {
@@ -81,6 +92,10 @@ impl Scenario {
                 "parallel_tools" => scenario.parallel_tools = flag(name, value)?,
                 "error_event" => scenario.error_event = flag(name, value)?,
                 "no_stop" => scenario.no_stop = flag(name, value)?,
+                "first_event_ms" => scenario.first_event_ms = Some(number(name, value)?),
+                "fail_first" => scenario.fail_first = Some(number(name, value)?),
+                "context_window" => scenario.context_window = Some(number(name, value)?),
+                "content_filter" => scenario.content_filter = flag(name, value)?,
                 _ => return Err(format!("unknown mock scenario directive `{directive}`")),
             }
         }
@@ -125,6 +140,12 @@ mod tests {
         assert!(!s.malformed_json);
         let s = Scenario::parse("parallel_tools,error_event=1,no_stop=false").unwrap();
         assert!(s.parallel_tools && s.error_event && !s.no_stop);
+        let s = Scenario::parse("fail_first=2,status=500,context_window=10,content_filter,first_event_ms=5").unwrap();
+        assert_eq!(
+            (s.fail_first, s.context_window, s.first_event_ms),
+            (Some(2), Some(10), Some(5))
+        );
+        assert!(s.content_filter);
     }
 
     #[test]

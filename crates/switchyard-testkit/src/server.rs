@@ -1,6 +1,7 @@
 //! The mock upstream server: lifecycle, request recording and routing to the
 //! OpenAI, Anthropic and Bedrock protocol handlers.
 
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -35,6 +36,8 @@ pub struct RecordedRequest {
     pub headers: Vec<(String, String)>,
     /// Parsed JSON body, or `Null` when the body was empty or not JSON.
     pub body: Value,
+    /// When the request arrived.
+    pub received_at: Instant,
 }
 
 impl RecordedRequest {
@@ -55,6 +58,8 @@ pub const MAX_RECORDED: usize = 10_000;
 pub(crate) struct MockState {
     requests: Mutex<Vec<RecordedRequest>>,
     next_id: AtomicU64,
+    /// Requests seen per `fail_first` spec.
+    spec_counts: Mutex<HashMap<String, u64>>,
     /// Streaming response counters.
     pub(crate) streams: Arc<StreamCounters>,
 }
@@ -63,6 +68,14 @@ impl MockState {
     /// Next value of the per-server response id counter.
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// Counts one more request carrying `spec`; returns the new count.
+    fn count_spec(&self, spec: &str) -> u64 {
+        let mut counts = self.spec_counts.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = counts.entry(spec.to_owned()).or_insert(0);
+        *count += 1;
+        *count
     }
 
     /// Keeps the request, dropping the oldest beyond [`MAX_RECORDED`] so a
@@ -223,6 +236,40 @@ impl Protocol {
         }
     }
 
+    /// The protocol's error for a prompt longer than the context window.
+    fn context_window_error(self, limit: usize, used: usize) -> Response {
+        match self {
+            Protocol::OpenAi => error_response(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "This model's maximum context length is {limit} tokens. However, your messages resulted in {used} tokens. Please reduce the length of the messages."
+                ),
+                "invalid_request_error",
+                Some("messages"),
+                Some("context_length_exceeded"),
+            ),
+            Protocol::Anthropic => {
+                anthropic_mock::invalid_request(&format!("prompt is too long: {used} tokens > {limit} maximum"))
+            }
+            Protocol::Bedrock => bedrock_mock::validation_error("Input is too long for requested model."),
+        }
+    }
+
+    /// The protocol's content-policy refusal.
+    fn content_filter_error(self) -> Response {
+        match self {
+            Protocol::OpenAi => error_response(
+                StatusCode::BAD_REQUEST,
+                "Your request was rejected as a result of our safety system.",
+                "invalid_request_error",
+                None,
+                Some("content_policy_violation"),
+            ),
+            Protocol::Anthropic => anthropic_mock::invalid_request("Output blocked by content filtering policy"),
+            Protocol::Bedrock => bedrock_mock::validation_error("The request was blocked by a guardrail."),
+        }
+    }
+
     /// The error for a `status=CODE` directive in the protocol's format.
     fn injected_error(self, code: u16, retry_after: Option<u64>) -> Response {
         match self {
@@ -344,6 +391,23 @@ fn check_auth(request: &RecordedRequest, azure: bool) -> Option<Response> {
     }
 }
 
+/// Words in the prompt: every string under `messages`, `system` and `prompt`.
+fn prompt_words(body: &Value) -> usize {
+    fn words(v: &Value) -> usize {
+        match v {
+            Value::String(s) => s.split_whitespace().count(),
+            Value::Array(items) => items.iter().map(words).sum(),
+            Value::Object(map) => map.values().map(words).sum(),
+            _ => 0,
+        }
+    }
+    ["messages", "system", "prompt"]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(words)
+        .sum()
+}
+
 fn missing(value: Option<&str>) -> bool {
     value.is_none_or(|v| v.trim().is_empty())
 }
@@ -367,6 +431,7 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             })
             .collect(),
         body: json.clone(),
+        received_at: Instant::now(),
     };
     state.record(recorded.clone());
 
@@ -411,10 +476,24 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         .or(route.model_id)
         .or_else(|| json.get("model").and_then(Value::as_str).map(str::to_owned));
     let spec = Scenario::spec_for(recorded.header(SCENARIO_HEADER), model.as_deref());
-    let scenario = match Scenario::parse(spec) {
+    let mut scenario = match Scenario::parse(spec) {
         Ok(scenario) => scenario,
         Err(message) => return protocol.invalid_request(&message),
     };
+    if let Some(n) = scenario.fail_first
+        && state.count_spec(spec) > n
+    {
+        scenario = Scenario::default();
+    }
+    if let Some(limit) = scenario.context_window {
+        let used = prompt_words(&json);
+        if used > limit {
+            return protocol.context_window_error(limit, used);
+        }
+    }
+    if scenario.content_filter {
+        return protocol.content_filter_error();
+    }
 
     if let Some(ms) = scenario.first_byte_ms {
         tokio::time::sleep(Duration::from_millis(ms)).await;

@@ -58,6 +58,8 @@ pub(crate) enum SseItem {
     Raw(Bytes),
     /// Abort the connection.
     Abort,
+    /// Wait this long before the next item (sends nothing).
+    Pause(Duration),
 }
 
 impl SseItem {
@@ -145,6 +147,14 @@ pub(crate) fn plan_events(
     if scenario.malformed_sse && !items.is_empty() {
         items.insert(1, SseItem::Raw(malformed));
     }
+    with_first_event_pause(items, scenario)
+}
+
+/// Puts the `first_event_ms` pause in front of a planned stream.
+pub(crate) fn with_first_event_pause(mut items: Vec<SseItem>, scenario: &Scenario) -> Vec<SseItem> {
+    if let Some(ms) = scenario.first_event_ms {
+        items.insert(0, SseItem::Pause(Duration::from_millis(ms)));
+    }
     items
 }
 
@@ -207,6 +217,11 @@ pub(crate) fn stream_response(
         }
         state.first = false;
         match item {
+            SseItem::Pause(pause) => {
+                tokio::time::sleep(pause).await;
+                state.first = true;
+                Some((Ok(Bytes::new()), state))
+            }
             SseItem::Raw(bytes) => {
                 if state.items.is_empty() {
                     state.guard.finished = true;
@@ -278,6 +293,7 @@ mod tests {
             .map(|item| match item {
                 SseItem::Raw(bytes) => String::from_utf8_lossy(bytes).into_owned(),
                 SseItem::Abort => "ABORT".to_owned(),
+                SseItem::Pause(d) => format!("PAUSE {}ms", d.as_millis()),
             })
             .collect()
     }

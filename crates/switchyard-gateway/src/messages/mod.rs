@@ -14,17 +14,14 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use std::future::Future;
 use switchyard_api::ChatCompletionResponse;
 use switchyard_api::anthropic::MessagesRequest;
+use switchyard_providers::ProviderError;
 
-use bytes::Bytes;
-use switchyard_providers::sse::EventStream;
-use switchyard_providers::{BedrockProvider, Provider, ProviderClient, ProviderError};
-
+use crate::dispatch::{Call, Failed, Reply, RequestOptions, Served, dispatch};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::routes::{SharedState, choose, with_route_headers};
+use crate::routes::{SharedState, failure_response, tracker, with_route_headers};
 
 /// An [`ApiError`] rendered for Anthropic clients: the OpenAI error fields plus
 /// Anthropic's top-level `"type": "error"`, which its SDKs expect.
@@ -65,112 +62,82 @@ fn validate(req: &MessagesRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// `POST /v1/messages`.
-pub async fn messages(
-    State(state): State<SharedState>,
-    JsonBody(mut req): JsonBody<MessagesRequest>,
-) -> Result<Response, AnthropicError> {
-    validate(&req)?;
-    let route = choose(&state, &req.model)?;
-    let (deployment, client) = (route.deployment, route.client);
-    let public_model = std::mem::replace(&mut req.model, deployment.model.clone());
-    let upstream = |e: ProviderError| ApiError::upstream(&deployment.name, e);
-    let stream = req.is_stream();
-    let response = match client {
-        ProviderClient::Anthropic(p) => {
-            native(
-                stream,
-                &deployment.name,
-                || p.messages(&req),
-                || p.messages_stream(&req),
-            )
-            .await?
-        }
-        ProviderClient::Bedrock(p) if BedrockProvider::is_claude(&deployment.model) => {
-            native(
-                stream,
-                &deployment.name,
-                || p.messages(&req),
-                || p.messages_stream(&req),
-            )
-            .await?
-        }
-        _ => {
-            let chat = translate::to_chat_request(&req)?;
-            if stream {
-                let chunks = client.chat_stream(&chat).await.map_err(upstream)?;
-                stream::from_chat_chunks(chunks, deployment.name.clone())
-            } else {
-                let answer = client.chat(&chat).await.map_err(upstream)?;
-                let parsed: ChatCompletionResponse = serde_json::from_slice(&answer.body)
-                    .map_err(|e| upstream(ProviderError::InvalidResponse(format!("not a chat completion ({e})"))))?;
-                let body = serde_json::to_vec(&translate::to_messages_response(parsed))
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
-            }
-        }
-    };
-    Ok(with_route_headers(response, &public_model, deployment, route.strategy))
+/// Renders a failure for Anthropic clients.
+fn failed(Failed { error, attempts }: Failed) -> Response {
+    failure_response(AnthropicError(error).into_response(), attempts)
 }
 
-/// Serves an Anthropic-format request from an upstream that speaks it natively:
-/// the answer, or each stream event, goes back unchanged.
-async fn native<J, S>(
-    stream: bool,
-    deployment: &str,
-    json: impl FnOnce() -> J,
-    events: impl FnOnce() -> S,
-) -> Result<Response, ApiError>
-where
-    J: Future<Output = Result<Bytes, ProviderError>>,
-    S: Future<Output = Result<EventStream, ProviderError>>,
-{
-    let upstream = |e: ProviderError| ApiError::upstream(deployment, e);
-    Ok(if stream {
-        stream::passthrough(events().await.map_err(upstream)?, deployment.to_owned())
-    } else {
-        (
-            [(header::CONTENT_TYPE, "application/json")],
-            json().await.map_err(upstream)?,
-        )
-            .into_response()
-    })
+/// `POST /v1/messages`.
+pub async fn messages(State(state): State<SharedState>, JsonBody(mut req): JsonBody<MessagesRequest>) -> Response {
+    if let Err(e) = validate(&req) {
+        return failed(e.into());
+    }
+    let options = match RequestOptions::take(&mut req.extra) {
+        Ok(options) => options,
+        Err(e) => return failed(e.into()),
+    };
+    let model = std::mem::take(&mut req.model);
+    let Served {
+        reply,
+        decision,
+        in_flight,
+        started,
+    } = match dispatch(&state, &model, &mut Call::Messages(&mut req), &options).await {
+        Ok(served) => served,
+        Err(f) => return failed(f),
+    };
+    let name = decision.deployment.name.clone();
+    let response = match reply {
+        Reply::Native(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Reply::Events(events) => {
+            stream::passthrough(tracker(&state, &decision, in_flight, started).follow(events), name)
+        }
+        Reply::Chunks(chunks) => {
+            stream::from_chat_chunks(tracker(&state, &decision, in_flight, started).follow(chunks), name)
+        }
+        Reply::Json(answer) => match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
+            Ok(parsed) => match serde_json::to_vec(&translate::to_messages_response(parsed)) {
+                Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                Err(e) => return failed(ApiError::Internal(e.to_string()).into()),
+            },
+            Err(e) => {
+                let error = ProviderError::InvalidResponse(format!("not a chat completion ({e})"));
+                return failed(ApiError::upstream(&name, error).into());
+            }
+        },
+    };
+    with_route_headers(response, &decision)
 }
 
 /// `POST /v1/messages/count_tokens`: answered by Anthropic deployments.
 pub async fn count_tokens(
     State(state): State<SharedState>,
     JsonBody(mut req): JsonBody<serde_json::Value>,
-) -> Result<Response, AnthropicError> {
-    let model = req
-        .get("model")
-        .and_then(serde_json::Value::as_str)
-        .ok_or_else(|| ApiError::InvalidField {
-            param: Some("model".into()),
-            message: "model: a string is required".into(),
-        })?
-        .to_owned();
-    let route = choose(&state, &model)?;
-    let (deployment, client) = (route.deployment, route.client);
-    let ProviderClient::Anthropic(anthropic) = client else {
-        return Err(ApiError::upstream(
-            &deployment.name,
-            ProviderError::Unsupported {
-                provider: client.kind(),
-                operation: "count_tokens",
-            },
-        )
-        .into());
+) -> Response {
+    let Some(model) = req.get("model").and_then(serde_json::Value::as_str).map(str::to_owned) else {
+        return failed(
+            ApiError::InvalidField {
+                param: Some("model".into()),
+                message: "model: a string is required".into(),
+            }
+            .into(),
+        );
     };
-    req["model"] = json!(deployment.model);
-    let body = anthropic
-        .count_tokens(&req)
-        .await
-        .map_err(|e| ApiError::upstream(&deployment.name, e))?;
-    Ok(with_route_headers(
-        ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        &model,
-        deployment,
-        route.strategy,
-    ))
+    let options = match req.as_object_mut().map(RequestOptions::take) {
+        Some(Ok(options)) => options,
+        Some(Err(e)) => return failed(e.into()),
+        None => RequestOptions::default(),
+    };
+    match dispatch(&state, &model, &mut Call::CountTokens(&mut req), &options).await {
+        Ok(Served {
+            reply: Reply::Native(body),
+            decision,
+            ..
+        }) => with_route_headers(
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+            &decision,
+        ),
+        Ok(_) => failed(ApiError::Internal("count_tokens answered in an unexpected format".into()).into()),
+        Err(f) => failed(f),
+    }
 }

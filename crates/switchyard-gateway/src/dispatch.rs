@@ -1,0 +1,519 @@
+//! The dispatch loop: routes a request to a deployment, and when the attempt
+//! fails before any output reached the client, retries (with backoff, on
+//! another deployment of the group when there is one) and then falls back to
+//! other model groups.
+//!
+//! Order of events for one request:
+//! 1. the requested group's strategy picks among the deployments whose circuit
+//!    breaker lets them serve, preferring ones this request has not tried yet;
+//! 2. a retryable failure (connect error, timeout, 408, 429, 5xx, a broken
+//!    answer) is recorded, then — after a jittered exponential backoff, at
+//!    least the `Retry-After` when the same deployment is tried again — the
+//!    next attempt goes out, up to `num_retries` retries in the group;
+//! 3. when the group is exhausted, the next fallback group is tried the same
+//!    way: `context_window_fallbacks` after a "prompt too long" rejection,
+//!    `content_policy_fallbacks` after a content-policy refusal, `fallbacks`
+//!    after anything else retryable;
+//! 4. other client errors (400, 401, 404…) go back to the client at once.
+//!
+//! A stream counts as answered when its first event arrives: until then
+//! nothing has been sent to the client, so a failure can still move on.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use serde_json::Value;
+use switchyard_api::anthropic::MessagesRequest;
+use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Extra};
+use switchyard_providers::sse::EventStream;
+use switchyard_providers::{BedrockProvider, ChunkStream, Provider, ProviderClient, ProviderError, ProviderResponse};
+use switchyard_routing::{DeploymentInfo, Outcome, RouteContext, RoutingError, Wait};
+
+use crate::error::ApiError;
+use crate::messages::translate;
+use crate::routes::error_class;
+use crate::state::{AppState, GroupRoute};
+
+/// The gateway's own request fields, removed before the request goes upstream.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct RequestOptions {
+    /// Model groups to fall back to instead of the configured `fallbacks`.
+    pub(crate) fallbacks: Option<Vec<String>>,
+    /// Retries within a group, capped at `router_settings.max_num_retries`.
+    pub(crate) num_retries: Option<u32>,
+    /// Deadline of the request, capped at `router_settings.max_timeout_ms`.
+    pub(crate) timeout: Option<Duration>,
+}
+
+fn invalid(param: &str, message: String) -> ApiError {
+    ApiError::InvalidField {
+        param: Some(param.to_owned()),
+        message,
+    }
+}
+
+impl RequestOptions {
+    /// Takes `fallbacks`, `num_retries` and `timeout` (seconds) out of a
+    /// request's unmodelled fields.
+    pub(crate) fn take(extra: &mut Extra) -> Result<Self, ApiError> {
+        let mut options = RequestOptions::default();
+        if let Some(value) = extra.remove("fallbacks") {
+            let Value::Array(items) = value else {
+                return Err(invalid(
+                    "fallbacks",
+                    "'fallbacks' must be a list of model names.".into(),
+                ));
+            };
+            let names = items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(name) => Ok(name),
+                    _ => Err(invalid(
+                        &format!("fallbacks[{i}]"),
+                        format!("'fallbacks[{i}]' must be a model name."),
+                    )),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            options.fallbacks = Some(names);
+        }
+        if let Some(value) = extra.remove("num_retries") {
+            let n = value
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| invalid("num_retries", "'num_retries' must be a non-negative integer.".into()))?;
+            options.num_retries = Some(n);
+        }
+        if let Some(value) = extra.remove("timeout") {
+            let seconds = value
+                .as_f64()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
+                .ok_or_else(|| invalid("timeout", "'timeout' must be a positive number of seconds.".into()))?;
+            options.timeout = Some(Duration::from_secs_f64(seconds));
+        }
+        Ok(options)
+    }
+}
+
+/// One request, in whichever API it came.
+pub(crate) enum Call<'r> {
+    /// `POST /v1/chat/completions`.
+    Chat(&'r mut ChatCompletionRequest),
+    /// `POST /v1/completions`.
+    Completion(&'r mut CompletionRequest),
+    /// `POST /v1/embeddings`.
+    Embeddings(&'r mut EmbeddingRequest),
+    /// `POST /v1/messages`.
+    Messages(&'r mut MessagesRequest),
+    /// `POST /v1/messages/count_tokens`.
+    CountTokens(&'r mut Value),
+}
+
+/// A successful attempt's answer.
+pub(crate) enum Reply {
+    /// OpenAI-format JSON (for `/v1/messages`: a chat completion to translate).
+    Json(ProviderResponse),
+    /// OpenAI-format chunks; the first has already arrived.
+    Chunks(ChunkStream),
+    /// Anthropic-format JSON, passed through.
+    Native(Bytes),
+    /// Anthropic-format events, passed through; the first content event has arrived.
+    Events(EventStream),
+}
+
+/// Who answered, reported in the response headers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Decision<'s> {
+    /// The deployment that answered.
+    pub(crate) deployment: &'s DeploymentInfo,
+    /// The strategy that chose it.
+    pub(crate) strategy: &'s str,
+    /// The model group that answered (a fallback, or the one requested).
+    pub(crate) group: &'s str,
+    /// Attempts made, this one included.
+    pub(crate) attempts: u32,
+}
+
+/// The request was answered.
+pub(crate) struct Served<'s> {
+    /// The answer.
+    pub(crate) reply: Reply,
+    /// Who answered.
+    pub(crate) decision: Decision<'s>,
+    /// Keeps the deployment counted as in flight; streams hand it to their tracker.
+    pub(crate) in_flight: switchyard_routing::InFlight,
+    /// When the answering attempt was sent.
+    pub(crate) started: Instant,
+}
+
+/// The request failed; `error` is the last attempt's failure.
+#[derive(Debug)]
+pub(crate) struct Failed {
+    /// What the client is told.
+    pub(crate) error: ApiError,
+    /// Attempts made.
+    pub(crate) attempts: u32,
+}
+
+impl From<ApiError> for Failed {
+    fn from(error: ApiError) -> Self {
+        Failed { error, attempts: 0 }
+    }
+}
+
+/// Why the dispatch moves to another group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reason {
+    Failed,
+    ContextWindow,
+    ContentPolicy,
+}
+
+/// Runs `call` against `requested` and its fallbacks until one answers.
+pub(crate) async fn dispatch<'s>(
+    state: &'s AppState,
+    requested: &str,
+    call: &mut Call<'_>,
+    options: &RequestOptions,
+) -> Result<Served<'s>, Failed> {
+    let settings = &state.dispatch;
+    let (requested, first) = state
+        .routes
+        .get_key_value(requested)
+        .ok_or_else(|| ApiError::ModelNotFound(requested.to_owned()))?;
+    if let Some(list) = &options.fallbacks {
+        if let Some((i, name)) = list.iter().enumerate().find(|(_, n)| !state.routes.contains_key(*n)) {
+            return Err(invalid(
+                &format!("fallbacks[{i}]"),
+                format!("The fallback model `{name}` does not exist."),
+            )
+            .into());
+        }
+    }
+    let timeout = options.timeout.unwrap_or(settings.timeout).min(settings.max_timeout);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let num_retries = options
+        .num_retries
+        .unwrap_or(settings.retry.num_retries)
+        .min(settings.max_num_retries);
+    let general = options.fallbacks.as_deref().unwrap_or(&first.fallbacks);
+
+    let mut rng = fastrand::Rng::new();
+    let mut visited: Vec<&str> = Vec::new();
+    let mut attempts = 0u32;
+    let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
+    loop {
+        visited.push(group.0);
+        let outcome = try_group(state, group, call, num_retries, deadline, &mut rng, &mut attempts).await;
+        let (error, reason) = match outcome {
+            GroupOutcome::Served(served) => return Ok(served),
+            GroupOutcome::Final(error) => return Err(Failed { error, attempts }),
+            GroupOutcome::Exhausted(error, reason) => (error, reason),
+        };
+        let list = match reason {
+            Reason::Failed => general,
+            Reason::ContextWindow => first.context_window_fallbacks.as_slice(),
+            Reason::ContentPolicy => first.content_policy_fallbacks.as_slice(),
+        };
+        let next = list
+            .iter()
+            .filter(|name| !visited.contains(&name.as_str()))
+            .find_map(|name| state.routes.get_key_value(name.as_str()));
+        let fallbacks_used = visited.len() - 1;
+        match next {
+            Some((name, route))
+                if fallbacks_used < settings.max_fallbacks && tokio::time::Instant::now() < deadline =>
+            {
+                tracing::info!(from = group.0, to = %name, ?reason, "falling back to another model group");
+                group = (name.as_str(), route);
+            }
+            _ => return Err(Failed { error, attempts }),
+        }
+    }
+}
+
+enum GroupOutcome<'s> {
+    Served(Served<'s>),
+    /// A failure no other group would fix (or the deadline passed).
+    Final(ApiError),
+    /// The group could not answer; fallbacks may.
+    Exhausted(ApiError, Reason),
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn try_group<'s>(
+    state: &'s AppState,
+    (name, route): (&'s str, &'s GroupRoute),
+    call: &mut Call<'_>,
+    num_retries: u32,
+    deadline: tokio::time::Instant,
+    rng: &mut fastrand::Rng,
+    attempts: &mut u32,
+) -> GroupOutcome<'s> {
+    let group = match state.registry.group(name) {
+        Ok(group) => group,
+        Err(e) => return GroupOutcome::Final(e.into()),
+    };
+    let deployments = group.deployments();
+    // Deployments tried by this request, with the Retry-After each sent.
+    let mut tried: Vec<(usize, Option<Duration>)> = Vec::new();
+    let mut last: Option<ApiError> = None;
+    for retry in 0..=num_retries {
+        let now = state.now_ms();
+        let healthy: Vec<usize> = route
+            .all
+            .iter()
+            .copied()
+            .filter(|&i| deployments.get(i).is_some_and(|d| state.cooldowns.may_serve(d.id, now)))
+            .collect();
+        let fresh: Vec<usize> = healthy
+            .iter()
+            .copied()
+            .filter(|i| !tried.iter().any(|(t, _)| t == i))
+            .collect();
+        let mut pool = if fresh.is_empty() { healthy } else { fresh };
+        let index = loop {
+            if pool.is_empty() {
+                let error = last.take().unwrap_or_else(|| {
+                    tracing::warn!(group = name, "every deployment of the group is cooling down");
+                    ApiError::Routing(RoutingError::NoDeployment(name.to_owned()))
+                });
+                return GroupOutcome::Exhausted(error, Reason::Failed);
+            }
+            let ctx = RouteContext {
+                group,
+                candidates: &pool,
+                stats: &state.stats,
+                now_ms: now,
+                estimated_tokens: 0,
+            };
+            let index = match route.strategy.choose(&ctx, rng) {
+                Ok(index) => index,
+                Err(e) => return GroupOutcome::Final(e.into()),
+            };
+            match deployments.get(index) {
+                // Claims the half-open probe when the breaker is recovering.
+                Some(d) if state.cooldowns.is_available(d.id, now) => break index,
+                _ => pool.retain(|&i| i != index),
+            }
+        };
+        let Some(deployment) = deployments.get(index) else {
+            return GroupOutcome::Final(ApiError::Internal(format!("no deployment {index} in {name}")));
+        };
+        if retry > 0 {
+            let retry_after = tried.iter().find(|(t, _)| *t == index).and_then(|(_, after)| *after);
+            let pause = match state.dispatch.retry.wait(retry, retry_after, rng) {
+                Wait::Sleep(pause) => pause,
+                Wait::TooLong(after) => {
+                    tracing::info!(deployment = %deployment.name, ?after, "Retry-After is longer than allowed; not waiting");
+                    break;
+                }
+            };
+            if tokio::time::Instant::now() + pause >= deadline {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+        }
+        let Some(client) = state.provider(deployment.id) else {
+            return GroupOutcome::Final(ApiError::Internal(format!("no client for {}", deployment.name)));
+        };
+        *attempts += 1;
+        tracing::debug!(group = name, deployment = %deployment.name, strategy = route.strategy.name(), attempt = *attempts, "routed");
+        let in_flight = state.stats.start(deployment.id);
+        let started = Instant::now();
+        let result = match tokio::time::timeout_at(deadline, attempt(call, deployment, client)).await {
+            Ok(result) => result,
+            Err(_) => {
+                return GroupOutcome::Final(ApiError::Deadline {
+                    after: started.elapsed(),
+                    attempts: *attempts,
+                });
+            }
+        };
+        let now = state.now_ms();
+        match result {
+            Ok(reply) => {
+                if let Reply::Json(ProviderResponse { usage, .. }) = &reply {
+                    let outcome = Outcome {
+                        latency: started.elapsed(),
+                        ttft: None,
+                        tokens: usage.as_ref().map_or(0, |u| u.total_tokens),
+                    };
+                    state.stats.record_success(deployment.id, outcome, now);
+                }
+                if matches!(reply, Reply::Native(_)) {
+                    let outcome = Outcome {
+                        latency: started.elapsed(),
+                        ttft: None,
+                        tokens: 0,
+                    };
+                    state.stats.record_success(deployment.id, outcome, now);
+                }
+                // A stream's first event arrived: the breaker closes now, its
+                // statistics are recorded when it ends.
+                state.cooldowns.record_success(deployment.id, now);
+                return GroupOutcome::Served(Served {
+                    reply,
+                    decision: Decision {
+                        deployment,
+                        strategy: route.strategy.name(),
+                        group: name,
+                        attempts: *attempts,
+                    },
+                    in_flight,
+                    started,
+                });
+            }
+            Err(e) => {
+                drop(in_flight);
+                let class = error_class(&e);
+                state.stats.record_failure(deployment.id, class, now);
+                if state.cooldowns.record_failure(deployment.id, class, now) {
+                    tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
+                }
+                tracing::warn!(deployment = %deployment.name, attempt = *attempts, error = %e, "attempt failed");
+                let reason = if e.is_context_window_exceeded() {
+                    Some(Reason::ContextWindow)
+                } else if e.is_content_policy_violation() {
+                    Some(Reason::ContentPolicy)
+                } else {
+                    None
+                };
+                let retryable = e.is_retryable();
+                let retry_after = match &e {
+                    ProviderError::Status { retry_after, .. } => *retry_after,
+                    _ => None,
+                };
+                let error = ApiError::upstream(&deployment.name, e);
+                if let Some(reason) = reason {
+                    return GroupOutcome::Exhausted(error, reason);
+                }
+                if !retryable && class != switchyard_routing::ErrorClass::Auth {
+                    return GroupOutcome::Final(error);
+                }
+                match tried.iter_mut().find(|(t, _)| *t == index) {
+                    Some(entry) => entry.1 = retry_after,
+                    None => tried.push((index, retry_after)),
+                }
+                last = Some(error);
+            }
+        }
+    }
+    let error = last.unwrap_or_else(|| ApiError::Routing(RoutingError::NoDeployment(name.to_owned())));
+    GroupOutcome::Exhausted(error, Reason::Failed)
+}
+
+/// Sends `call` to one deployment; streams are held until their first event.
+async fn attempt(
+    call: &mut Call<'_>,
+    deployment: &DeploymentInfo,
+    client: &ProviderClient,
+) -> Result<Reply, ProviderError> {
+    match call {
+        Call::Chat(req) => {
+            req.model.clone_from(&deployment.model);
+            if req.is_stream() {
+                hold_chunks(client.chat_stream(req).await?).await.map(Reply::Chunks)
+            } else {
+                client.chat(req).await.map(Reply::Json)
+            }
+        }
+        Call::Completion(req) => {
+            req.model.clone_from(&deployment.model);
+            if req.is_stream() {
+                hold_chunks(client.completion_stream(req).await?)
+                    .await
+                    .map(Reply::Chunks)
+            } else {
+                client.completion(req).await.map(Reply::Json)
+            }
+        }
+        Call::Embeddings(req) => {
+            req.model.clone_from(&deployment.model);
+            client.embeddings(req).await.map(Reply::Json)
+        }
+        Call::Messages(req) => {
+            req.model.clone_from(&deployment.model);
+            let stream = req.is_stream();
+            match client {
+                ProviderClient::Anthropic(p) if stream => hold_events(p.messages_stream(req).await?).await,
+                ProviderClient::Anthropic(p) => p.messages(req).await.map(Reply::Native),
+                ProviderClient::Bedrock(p) if BedrockProvider::is_claude(&deployment.model) => {
+                    if stream {
+                        hold_events(p.messages_stream(req).await?).await
+                    } else {
+                        p.messages(req).await.map(Reply::Native)
+                    }
+                }
+                _ => {
+                    let chat = translate::to_chat_request(req).map_err(|e| ProviderError::InvalidRequest {
+                        message: e.message(),
+                        param: e.parts().2,
+                    })?;
+                    if stream {
+                        hold_chunks(client.chat_stream(&chat).await?).await.map(Reply::Chunks)
+                    } else {
+                        client.chat(&chat).await.map(Reply::Json)
+                    }
+                }
+            }
+        }
+        Call::CountTokens(body) => {
+            let ProviderClient::Anthropic(p) = client else {
+                return Err(ProviderError::Unsupported {
+                    provider: client.kind(),
+                    operation: "count_tokens",
+                });
+            };
+            body["model"] = Value::String(deployment.model.clone());
+            p.count_tokens(body).await.map(Reply::Native)
+        }
+    }
+}
+
+/// Waits for a chunk stream's first chunk (bounded by the deployment's
+/// first-byte timeout, which the provider applies); a failure before it is
+/// the attempt's failure.
+async fn hold_chunks(mut chunks: ChunkStream) -> Result<ChunkStream, ProviderError> {
+    match chunks.next().await {
+        Some(Ok(first)) => Ok(Box::pin(stream::once(async { Ok(first) }).chain(chunks))),
+        Some(Err(e)) => Err(e),
+        None => Ok(chunks),
+    }
+}
+
+/// Anthropic events before any content: sent by the upstream as soon as it
+/// accepts the request, before generation starts.
+fn is_preamble(event: &str) -> bool {
+    matches!(event, "message_start" | "ping")
+}
+
+/// Holds Anthropic events until the first one past `message_start` (the
+/// first content block); an `error` event before it fails the attempt.
+async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
+    let mut held = Vec::new();
+    loop {
+        match events.next().await {
+            Some(Ok(event)) if event.event == "error" => {
+                return Err(ProviderError::Stream(format!(
+                    "error event from the upstream before any content: {}",
+                    event.data
+                )));
+            }
+            Some(Ok(event)) => {
+                let preamble = is_preamble(&event.event);
+                held.push(Ok(event));
+                if !preamble || held.len() >= MAX_HELD_EVENTS {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
+    }
+    Ok(Reply::Events(Box::pin(stream::iter(held).chain(events))))
+}
+
+/// Bound on events held back before content (an upstream sending endless pings).
+const MAX_HELD_EVENTS: usize = 64;
