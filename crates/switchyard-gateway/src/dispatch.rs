@@ -472,15 +472,51 @@ async fn attempt(
     }
 }
 
-/// Waits for a chunk stream's first chunk (bounded by the deployment's
-/// first-byte timeout, which the provider applies); a failure before it is
-/// the attempt's failure.
+/// Holds a chunk stream until its first chunk with output (text, a tool call,
+/// a refusal, a finish reason, or usage), bounded by the deployment's
+/// first-byte timeout which the provider applies to the first event. Servers
+/// such as vLLM send a role-only chunk as soon as they accept the request, so
+/// the first chunk alone does not prove the model is generating. A failure
+/// before output is the attempt's failure.
 async fn hold_chunks(mut chunks: ChunkStream) -> Result<ChunkStream, ProviderError> {
-    match chunks.next().await {
-        Some(Ok(first)) => Ok(Box::pin(stream::once(async { Ok(first) }).chain(chunks))),
-        Some(Err(e)) => Err(e),
-        None => Ok(chunks),
+    let mut held = Vec::new();
+    loop {
+        match chunks.next().await {
+            Some(Ok(chunk)) => {
+                let output = is_output(&chunk.data);
+                held.push(Ok(chunk));
+                if output || held.len() >= MAX_HELD_EVENTS {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Err(e),
+            None => break,
+        }
     }
+    Ok(Box::pin(stream::iter(held).chain(chunks)))
+}
+
+/// Whether an OpenAI-format chunk carries output. Only the first chunks of a
+/// stream are inspected.
+fn is_output(data: &[u8]) -> bool {
+    let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+        return true;
+    };
+    let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+        return true;
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    choices.is_empty()
+        || choices.iter().any(|choice| {
+            let delta = choice.get("delta");
+            let field = |name: &str| delta.and_then(|d| d.get(name));
+            text(field("content"))
+                || text(field("refusal"))
+                || text(field("reasoning_content"))
+                || text(choice.get("text"))
+                || field("tool_calls").is_some_and(|t| !t.is_null())
+                || choice.get("finish_reason").is_some_and(|f| !f.is_null())
+        })
 }
 
 /// Anthropic events before any content: sent by the upstream as soon as it
@@ -517,3 +553,46 @@ async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
 
 /// Bound on events held back before content (an upstream sending endless pings).
 const MAX_HELD_EVENTS: usize = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_chunks_are_recognised() {
+        let no = [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#,
+        ];
+        let yes = [
+            r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#,
+            r#"{"choices":[{"index":0,"text":"Hi"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[],"usage":{"total_tokens":3}}"#,
+        ];
+        assert!(no.iter().all(|c| !is_output(c.as_bytes())));
+        assert!(yes.iter().all(|c| is_output(c.as_bytes())));
+    }
+
+    #[test]
+    fn gateway_fields_are_taken_out_of_the_request() {
+        let mut extra: Extra =
+            serde_json::from_str(r#"{"fallbacks":["b"],"num_retries":1,"timeout":2.5,"temperature":0.2}"#).unwrap();
+        let options = RequestOptions::take(&mut extra).unwrap();
+        assert_eq!(options.fallbacks, Some(vec!["b".to_owned()]));
+        assert_eq!(options.num_retries, Some(1));
+        assert_eq!(options.timeout, Some(Duration::from_millis(2500)));
+        assert_eq!(extra.len(), 1, "other fields stay");
+        for (body, param) in [
+            (r#"{"fallbacks":"b"}"#, "fallbacks"),
+            (r#"{"fallbacks":[1]}"#, "fallbacks[0]"),
+            (r#"{"num_retries":1.5}"#, "num_retries"),
+            (r#"{"timeout":-1}"#, "timeout"),
+        ] {
+            let mut extra: Extra = serde_json::from_str(body).unwrap();
+            let err = RequestOptions::take(&mut extra).unwrap_err();
+            assert_eq!(err.parts().2.as_deref(), Some(param), "{body}");
+        }
+    }
+}

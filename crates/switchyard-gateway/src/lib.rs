@@ -3,6 +3,7 @@
 //! The `switchyard` binary is a thin shell over [`serve`]; everything here can
 //! be driven in-process by tests.
 
+pub mod admin;
 pub mod config;
 mod dispatch;
 pub mod error;

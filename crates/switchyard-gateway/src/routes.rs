@@ -46,6 +46,7 @@ pub fn router(state: SharedState) -> Router {
         .nest("/v1", api)
         .route("/health/liveness", get(liveness))
         .route("/health/readiness", get(readiness))
+        .route("/admin/deployments", get(crate::admin::deployments))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -19,7 +19,10 @@ fn config(mock: &MockUpstream) -> String {
             "  - model_name: {name}\n    deployments:\n      - provider: openai\n        model: \"{model}\"\n        api_base: {base}\n{extra}"
         )
     };
-    let mut yaml = String::from("server:\n  max_body_bytes: 4096\nmodel_list:\n");
+    // Short backoffs; a long Retry-After is passed to the client, not waited for.
+    let mut yaml = String::from(
+        "server:\n  max_body_bytes: 4096\nrouter_settings:\n  retry_backoff_ms: 10\n  max_backoff_ms: 20\n  max_retry_after_ms: 1000\nmodel_list:\n",
+    );
     yaml += &openai(
         "gpt-test",
         "mock-model",
@@ -303,7 +306,14 @@ async fn upstream_faults_become_typed_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_breaks_ends_with_an_error_event_not_done() {
     let s = setup().await;
-    for model in ["broken-sse", "reset", "too-long"] {
+    // A malformed event before any output is the attempt's failure: retried,
+    // then reported as a plain error response.
+    let response = s.post("/v1/chat/completions", &chat("broken-sse", true)).await;
+    assert_eq!(response.status(), 502);
+    assert_eq!(response.headers()["x-switchyard-attempts"], "3");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_invalid_response", "{body}");
+    for model in ["reset", "too-long"] {
         let response = s.post("/v1/chat/completions", &chat(model, true)).await;
         assert_eq!(response.status(), 200, "{model}");
         let events = sse_events(response).await;

@@ -53,7 +53,9 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         ("reset", "::reset_after=2".to_owned(), String::new()),
         ("malformed", "::malformed_sse".to_owned(), String::new()),
     ];
-    let mut yaml = String::from("model_list:\n");
+    // One attempt per request: these cases check how each provider's faults
+    // are reported; retries and fallbacks are tested in `faults.rs`.
+    let mut yaml = String::from("router_settings:\n  num_retries: 0\nmodel_list:\n");
     for (name, suffix, extra) in groups {
         yaml += &format!("  - model_name: {name}\n    deployments:\n");
         yaml += &deployment(provider, mock, &format!("{base_model}{suffix}"), &extra);
@@ -326,16 +328,19 @@ async fn run_contract(provider: &str) {
     assert_eq!(status, 502, "{provider}: {body}");
     let (status, body) = c.chat(user("slow", "x")).await;
     assert_eq!(status, 504, "{provider}: {body}");
-    for model in ["reset", "malformed"] {
-        let (status, events) = c.stream(user(model, "one two three four five six")).await;
-        assert_eq!(status, 200, "{provider}/{model}");
-        let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
-        assert_eq!(
-            last["error"]["type"], "upstream_error",
-            "{provider}/{model}: {events:?}"
-        );
-        assert!(!events.iter().any(|e| e == "[DONE]"), "{provider}/{model}");
-    }
+    // A malformed event before any content fails the attempt: a plain error.
+    let (status, body) = c
+        .chat(json!({"model": "malformed", "stream": true,
+        "messages": [{"role": "user", "content": "one two"}]}))
+        .await;
+    assert_eq!(status, 502, "{provider}: {body}");
+    assert_eq!(body["error"]["code"], "upstream_invalid_response", "{provider}: {body}");
+    // A failure after content started ends the stream with an error event.
+    let (status, events) = c.stream(user("reset", "one two three four five six")).await;
+    assert_eq!(status, 200, "{provider}/reset");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "upstream_error", "{provider}/reset: {events:?}");
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{provider}/reset");
 }
 
 /// One test per provider, each running every contract case.

@@ -1,0 +1,471 @@
+//! Provider faults through the real `switchyard` binary: retries, Retry-After,
+//! fallback groups, context-window and content-policy fallbacks, circuit
+//! breakers, and streams that fail before or after their first event.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MockUpstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+/// A gateway whose groups all point at `mock`. `{base}` and `{root}` in
+/// `model_list` are replaced by the mock's OpenAI base URL and root URL.
+fn gateway(mock: &MockUpstream, router: &str, model_list: &str) -> GatewayProcess {
+    let models = model_list
+        .replace("{base}", &mock.base_url())
+        .replace("{root}", &mock.root_url());
+    let config =
+        format!("router_settings:\n  retry_backoff_ms: 10\n  max_backoff_ms: 50\n{router}\nmodel_list:\n{models}");
+    GatewayProcess::start(Path::new(BIN), &config)
+}
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// The content of a streamed chat completion, and every event's data.
+    fn streamed(&self) -> (String, Vec<String>) {
+        let data: Vec<String> = self
+            .body
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_owned)
+            .collect();
+        let text = data
+            .iter()
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter_map(|v| {
+                v.pointer("/choices/0/delta/content")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+            })
+            .collect();
+        (text, data)
+    }
+}
+
+async fn post(gateway: &GatewayProcess, path: &str, body: Value) -> Answer {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", gateway.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap();
+    Answer { status, headers, body }
+}
+
+async fn chat(gateway: &GatewayProcess, model: &str, extra: Value) -> Answer {
+    let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]});
+    if let (Some(body), Value::Object(extra)) = (body.as_object_mut(), extra) {
+        body.extend(extra);
+    }
+    post(gateway, "/v1/chat/completions", body).await
+}
+
+async fn admin(gateway: &GatewayProcess) -> Vec<Value> {
+    let body: Value = reqwest::get(format!("{}/admin/deployments", gateway.base_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["deployments"].as_array().unwrap().clone()
+}
+
+async fn breaker(gateway: &GatewayProcess, deployment: &str) -> Value {
+    admin(gateway)
+        .await
+        .into_iter()
+        .find(|d| d["deployment"] == deployment)
+        .unwrap_or_else(|| panic!("no deployment {deployment}"))["cooldown"]
+        .clone()
+}
+
+/// Requests the mock received for an upstream model name.
+fn sent_to(mock: &MockUpstream, model: &str) -> usize {
+    mock.requests().iter().filter(|r| r.body["model"] == model).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_deployment_is_retried_elsewhere_then_put_in_cooldown() {
+    let mock = MockUpstream::start().await;
+    // cost-based tries the cheap, broken deployment first.
+    let gw = gateway(
+        &mock,
+        "  allowed_fails: 2\n  cooldown_ms: 600000",
+        r#"
+  - model_name: pair
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "cheap::status=500", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "dear", input_cost_per_token: 0.00001}
+"#,
+    );
+    for _ in 0..2 {
+        let a = chat(&gw, "pair", json!({})).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-switchyard-deployment"), "pair/1");
+        assert_eq!(a.header("x-switchyard-attempts"), "2");
+    }
+    let state = breaker(&gw, "pair/0").await;
+    assert_eq!(state["state"], "open", "{state}");
+    assert!(state["remaining_ms"].as_u64().unwrap() > 0);
+    assert_eq!(breaker(&gw, "pair/1").await["state"], "closed");
+
+    // In cooldown the broken deployment is skipped: one attempt, no upstream call.
+    for _ in 0..5 {
+        let a = chat(&gw, "pair", json!({})).await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-switchyard-attempts"), "1");
+    }
+    assert_eq!(sent_to(&mock, "cheap::status=500"), 2);
+    assert_eq!(sent_to(&mock, "dear"), 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_is_honoured_and_a_long_one_is_returned() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  max_retry_after_ms: 5000",
+        r#"
+  - model_name: limited
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "m::fail_first=1,status=429,retry_after=1"}
+  - model_name: very-limited
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "m::status=429,retry_after=120"}
+"#,
+    );
+    let a = chat(&gw, "limited", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-attempts"), "2");
+    let times: Vec<_> = mock.requests().iter().map(|r| r.received_at).collect();
+    assert_eq!(times.len(), 2);
+    let waited = times[1] - times[0];
+    assert!(
+        waited >= Duration::from_secs(1),
+        "retried after {waited:?}, before Retry-After"
+    );
+
+    // Retry-After beyond max_retry_after_ms: no waiting, the client gets the 429 and its Retry-After.
+    let a = chat(&gw, "very-limited", json!({})).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.header("retry-after"), "120");
+    assert_eq!(a.header("x-switchyard-attempts"), "1");
+    assert_eq!(a.json()["error"]["type"], "rate_limit_error");
+}
+
+const FALLBACKS: &str = r#"
+  - model_name: down
+    fallbacks: [backup]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "down-a::status=503"}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "down-b::status=502"}
+  - model_name: backup
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "backup-1"}
+  - model_name: small
+    context_window_fallbacks: [large]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "small-1::context_window=4"}
+  - model_name: small-alone
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "small-2::context_window=4"}
+  - model_name: large
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "large-1"}
+  - model_name: strict
+    content_policy_fallbacks: [backup]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "strict-1::content_filter"}
+  - model_name: strict-alone
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "strict-2::content_filter"}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_every_deployment_is_down_the_fallback_group_answers() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(&mock, "  num_retries: 2\n  allowed_fails: 100", FALLBACKS);
+    let a = chat(&gw, "down", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "backup");
+    assert_eq!(a.header("x-switchyard-deployment"), "backup/0");
+    // Three attempts in `down` (both deployments, then one again), one in `backup`.
+    assert_eq!(a.header("x-switchyard-attempts"), "4");
+    assert_eq!(
+        sent_to(&mock, "down-a::status=503") + sent_to(&mock, "down-b::status=502"),
+        3
+    );
+    assert!(sent_to(&mock, "down-a::status=503") >= 1 && sent_to(&mock, "down-b::status=502") >= 1);
+
+    // Per-request overrides: fewer retries, other fallbacks, none at all.
+    let a = chat(&gw, "down", json!({"num_retries": 0})).await;
+    assert_eq!(a.header("x-switchyard-attempts"), "2");
+    let a = chat(&gw, "down", json!({"num_retries": 0, "fallbacks": ["large"]})).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-switchyard-model"), "large");
+    let a = chat(&gw, "down", json!({"num_retries": 1, "fallbacks": []})).await;
+    assert_eq!(a.status, 502, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-attempts"), "2");
+    assert_eq!(a.json()["error"]["code"], "upstream_error");
+    // The gateway's own fields never reach the upstream.
+    assert!(mock.requests().iter().all(|r| r.body.get("num_retries").is_none()
+        && r.body.get("fallbacks").is_none()
+        && r.body.get("timeout").is_none()));
+
+    // Bad overrides are client errors naming the field.
+    let a = chat(&gw, "down", json!({"fallbacks": ["nope"]})).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "fallbacks[0]");
+    let a = chat(&gw, "down", json!({"num_retries": -1})).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "num_retries");
+    let a = chat(&gw, "down", json!({"timeout": "soon"})).await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["error"]["param"], "timeout");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn context_window_and_content_policy_fallbacks() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(&mock, "", FALLBACKS);
+    let short = chat(&gw, "small", json!({})).await;
+    assert_eq!(short.status, 200);
+    assert_eq!(short.header("x-switchyard-model"), "small");
+
+    let long = json!({"messages": [{"role": "user", "content": "one two three four five six seven eight"}]});
+    let a = chat(&gw, "small", long.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "large");
+    assert_eq!(
+        a.header("x-switchyard-attempts"),
+        "2",
+        "a too-long prompt is not retried on the same group"
+    );
+    assert_eq!(a.json()["model"], "large-1");
+    // Context-window fallbacks do not depend on the general `fallbacks`.
+    let a = chat(&gw, "small", json!({"messages": long["messages"], "fallbacks": []})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "large");
+    // Without a context-window fallback the upstream's 400 reaches the client.
+    let a = chat(
+        &gw,
+        "large",
+        json!({"messages": [{"role": "user", "content": "x ".repeat(5000)}]}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "large has no limit");
+    let a = chat(&gw, "small-alone", long).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "context_length_exceeded");
+
+    let a = chat(&gw, "strict", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "backup");
+    let a = chat(&gw, "strict-alone", json!({})).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "content_policy_violation");
+    assert_eq!(a.header("x-switchyard-attempts"), "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooldown_is_entered_then_left_through_a_probe() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_ms: 800",
+        r#"
+  - model_name: flaky
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "f::fail_first=2,status=500"}
+"#,
+    );
+    for _ in 0..2 {
+        assert_eq!(chat(&gw, "flaky", json!({})).await.status, 502);
+    }
+    assert_eq!(breaker(&gw, "flaky/0").await["state"], "open");
+    let a = chat(&gw, "flaky", json!({})).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "no_deployment");
+    assert_eq!(
+        sent_to(&mock, "f::fail_first=2,status=500"),
+        2,
+        "no request reaches a deployment in cooldown"
+    );
+
+    // Wait for the cooldown to end (polling the admin endpoint), then one probe closes the breaker.
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = breaker(&gw, "flaky/0").await;
+        if state["remaining_ms"] == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(state["remaining_ms"], 0, "{state}");
+    let a = chat(&gw, "flaky", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(breaker(&gw, "flaky/0").await["state"], "closed");
+    assert_eq!(chat(&gw, "flaky", json!({})).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_key_takes_the_deployment_out_until_reload() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  cooldown_ms: 1",
+        r#"
+  - model_name: keys
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "revoked::status=401", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "valid", input_cost_per_token: 0.00001}
+"#,
+    );
+    let a = chat(&gw, "keys", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-attempts"), "2");
+    assert_eq!(breaker(&gw, "keys/0").await["state"], "key_invalid");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, "keys", json!({})).await.header("x-switchyard-attempts"), "1");
+    }
+    assert_eq!(sent_to(&mock, "revoked::status=401"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_before_its_first_event_falls_back_cleanly() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 0",
+        r#"
+  - model_name: stalls
+    fallbacks: [backup]
+    deployments:
+      - provider: openai
+        api_base: "{base}"
+        api_key: k
+        model: "stall::first_event_ms=5000"
+        timeouts: {first_byte_ms: 300}
+  - model_name: drops
+    fallbacks: [backup]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "drop::reset_after=0"}
+  - model_name: backup
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "backup-1"}
+"#,
+    );
+    for model in ["stalls", "drops"] {
+        let a = chat(&gw, model, json!({"stream": true})).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-switchyard-model"), "backup");
+        assert_eq!(a.header("x-switchyard-attempts"), "2");
+        let (text, events) = a.streamed();
+        assert_eq!(text, "mock reply: hello there", "{model}");
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+        assert!(!a.body.contains("error"), "no trace of the failed attempt: {}", a.body);
+        let roles = events.iter().filter(|e| e.contains("\"role\"")).count();
+        assert_eq!(roles, 1, "one stream, from one deployment: {}", a.body);
+    }
+    assert_eq!(sent_to(&mock, "stall::first_event_ms=5000"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fails_after_its_first_event_ends_with_an_error_event() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: breaks
+    fallbacks: [backup]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "brk::reset_after=2"}
+  - model_name: backup
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "backup-1"}
+"#,
+    );
+    let a = chat(&gw, "breaks", json!({"stream": true})).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-switchyard-attempts"), "1");
+    let (text, events) = a.streamed();
+    assert_eq!(text, "mock reply: ", "the two chunks sent before the failure");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["type"], "upstream_error", "{}", a.body);
+    assert!(!events.iter().any(|e| e == "[DONE]"));
+    assert_eq!(sent_to(&mock, "backup-1"), 0, "never switches provider mid-stream");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_deadline_bounds_retries_and_anthropic_clients_get_fallbacks_too() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: slow
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "slow::first_byte_ms=10000"}
+  - model_name: claude-busy
+    fallbacks: [claude-ok]
+    deployments:
+      - {provider: anthropic, api_base: "{root}", api_key: k, model: "busy::status=529"}
+  - model_name: claude-ok
+    deployments:
+      - {provider: anthropic, api_base: "{root}", api_key: k, model: "claude-ok-1"}
+"#,
+    );
+    let a = chat(&gw, "slow", json!({"timeout": 0.3})).await;
+    assert_eq!(a.status, 504, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "request_timeout");
+
+    let body = json!({"model": "claude-busy", "max_tokens": 50, "num_retries": 1,
+        "messages": [{"role": "user", "content": "hello there"}]});
+    let a = post(&gw, "/v1/messages", body.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "claude-ok");
+    assert_eq!(a.header("x-switchyard-attempts"), "3");
+    assert_eq!(a.json()["type"], "message");
+
+    let mut stream = body;
+    stream["stream"] = json!(true);
+    let a = post(&gw, "/v1/messages", stream).await;
+    assert_eq!(a.status, 200);
+    assert_eq!(a.header("x-switchyard-model"), "claude-ok");
+    assert!(a.body.contains("event: message_stop"), "{}", a.body);
+
+    let a = post(
+        &gw,
+        "/v1/messages",
+        json!({"model": "claude-ok", "max_tokens": 5, "fallbacks": "x",
+        "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(a.status, 400);
+    assert_eq!(a.json()["type"], "error");
+    assert_eq!(a.json()["error"]["param"], "fallbacks");
+}
