@@ -1,7 +1,7 @@
 //! `cargo xtask ci`: the full CI pipeline, failing fast on the first error.
 //!
 //! Steps, in order: `cargo fmt --check`, `cargo clippy -D warnings`,
-//! `cargo build --workspace --bins`, `cargo test --workspace`, and the Python
+//! `cargo build --workspace --bins`, `cargo xtask models fetch`, `cargo test --workspace`, and the Python
 //! OpenAI-SDK client tests in `tests/python` run against the freshly built
 //! `switchyard` and `mock-upstream` binaries.
 
@@ -33,6 +33,8 @@ enum Step {
     Clippy,
     /// `cargo build --workspace --bins`.
     Build,
+    /// `cargo xtask models fetch`: the embedding model the tests use.
+    Models,
     /// `cargo test --workspace`.
     Test,
     /// The Python OpenAI-SDK client tests.
@@ -46,6 +48,7 @@ impl Step {
             Self::Fmt => "cargo fmt --all -- --check",
             Self::Clippy => "cargo clippy --workspace --all-targets -- -D warnings",
             Self::Build => "cargo build --workspace --bins",
+            Self::Models => "fetch the embedding model (cargo xtask models fetch)",
             Self::Test => "cargo test --workspace",
             Self::Python => "python client tests (pytest -q tests/python)",
         }
@@ -61,7 +64,7 @@ pub fn run(args: &CiArgs) -> Result<()> {
     if !args.skip_lint {
         steps.extend([Step::Fmt, Step::Clippy]);
     }
-    steps.extend([Step::Build, Step::Test]);
+    steps.extend([Step::Build, Step::Models, Step::Test]);
     if !args.skip_python {
         steps.push(Step::Python);
     }
@@ -87,6 +90,7 @@ fn run_step(step: Step, root: &Path, target: &Path) -> Result<()> {
             "clippy",
         ),
         Step::Build => cargo(root, &["build", "--workspace", "--bins"], "build"),
+        Step::Models => crate::models::fetch(&crate::models::FetchArgs { dir: None, cache: None }),
         Step::Test => cargo(root, &["test", "--workspace"], "cargo test"),
         Step::Python => python_tests(root, target),
     }

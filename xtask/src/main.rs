@@ -4,6 +4,7 @@
 //!
 //! - `cargo xtask ci` runs formatting, lints, build, the Rust test suite and
 //!   the Python OpenAI-SDK client tests, failing fast on the first error.
+//! - `cargo xtask models fetch` puts the embedding model in `models/`.
 //! - `cargo xtask bench gateway` measures the gateway's overhead against the
 //!   mock upstream with the `oha` load generator.
 #![allow(
@@ -14,6 +15,7 @@
 mod bench;
 mod ci;
 mod http;
+mod models;
 mod oha;
 mod process;
 mod util;
@@ -38,6 +40,8 @@ enum Task {
     Ci(ci::CiArgs),
     /// Run benchmarks.
     Bench(bench::BenchArgs),
+    /// Fetch model files (`cargo xtask models fetch`).
+    Models(models::ModelsArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +49,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Ci(args) => ci::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Models(args) => models::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -14,9 +14,13 @@
 mod cells;
 pub mod cooldown;
 pub mod cost;
+pub mod dataset;
+pub mod embed;
 pub mod error;
+pub mod knn;
 pub mod latency;
 pub mod least_busy;
+pub mod mlp;
 pub mod power_of_two;
 pub mod registry;
 pub mod retry;

@@ -1,0 +1,236 @@
+//! Routing data: one query per JSON line with each model's quality on it and,
+//! optionally, what answering cost.
+//!
+//! ```json
+//! {"id": "q1", "query": "…", "scores": {"gpt-4o": 1.0, "llama-3-8b": 0.0},
+//!  "costs": {"gpt-4o": 0.0042, "llama-3-8b": 0.0001}, "cost_kind": "usd_total_per_query", "task": "qa"}
+//! ```
+//!
+//! `costs` may be `null`, or per-model prices rather than per-query totals
+//! (`cost_kind` says which); any number of models, with any names, is accepted.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// One line of a routing data file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Identifier of the query.
+    #[serde(default)]
+    pub id: String,
+    /// The prompt text.
+    pub query: String,
+    /// Each model's quality on this query (higher is better, usually in [0, 1]).
+    pub scores: BTreeMap<String, f64>,
+    /// What answering cost with each model, if known.
+    #[serde(default)]
+    pub costs: Option<BTreeMap<String, f64>>,
+    /// What `costs` means, e.g. `usd_total_per_query`.
+    #[serde(default)]
+    pub cost_kind: Option<String>,
+    /// The task or benchmark the query comes from.
+    #[serde(default)]
+    pub task: Option<String>,
+}
+
+/// Why a data file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {reason}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// A line is not a valid sample.
+    #[error("{path}:{line}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The file has no samples.
+    #[error("{0} contains no samples")]
+    Empty(String),
+}
+
+/// A routing data set in matrix form: model `j`'s score and cost on query `i`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dataset {
+    /// The samples, in file order.
+    pub samples: Vec<Sample>,
+    /// Every model named in any sample, sorted.
+    pub models: Vec<String>,
+    /// `scores[i][j]`: model `j` on query `i`; a model missing from a line scores 0.
+    pub scores: Vec<Vec<f32>>,
+    /// `costs[i][j]`: cost of model `j` on query `i` (the model's mean cost
+    /// where a line gives none; all zero when the file has no costs).
+    pub costs: Vec<Vec<f64>>,
+    /// SHA-256 of the file's bytes, recorded in router manifests.
+    pub hash: String,
+}
+
+impl Dataset {
+    /// Reads a JSON Lines file.
+    pub fn load(path: &Path) -> Result<Self, DatasetError> {
+        let display = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| DatasetError::Read {
+            path: display.clone(),
+            reason: e.to_string(),
+        })?;
+        let hash = format!("{:x}", Sha256::digest(&bytes));
+        let mut samples = Vec::new();
+        for (i, line) in bytes.lines().enumerate() {
+            let line = line.map_err(|e| DatasetError::Read {
+                path: display.clone(),
+                reason: e.to_string(),
+            })?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let sample: Sample = serde_json::from_str(&line).map_err(|e| DatasetError::Invalid {
+                path: display.clone(),
+                line: i + 1,
+                reason: e.to_string(),
+            })?;
+            if sample.scores.is_empty() {
+                return Err(DatasetError::Invalid {
+                    path: display,
+                    line: i + 1,
+                    reason: "`scores` is empty".into(),
+                });
+            }
+            samples.push(sample);
+        }
+        if samples.is_empty() {
+            return Err(DatasetError::Empty(display));
+        }
+        let mut dataset = Self::from_samples(samples);
+        dataset.hash = hash;
+        Ok(dataset)
+    }
+
+    /// Builds the matrices from samples (the hash is left empty).
+    pub fn from_samples(samples: Vec<Sample>) -> Self {
+        let mut models: Vec<String> = samples.iter().flat_map(|s| s.scores.keys().cloned()).collect();
+        models.sort();
+        models.dedup();
+        Self::with_models(samples, models)
+    }
+
+    /// Builds the matrices for a given model order (models a sample lacks score 0).
+    pub fn with_models(samples: Vec<Sample>, models: Vec<String>) -> Self {
+        let scores = samples
+            .iter()
+            .map(|s| {
+                models
+                    .iter()
+                    .map(|m| s.scores.get(m).copied().unwrap_or(0.0) as f32)
+                    .collect()
+            })
+            .collect();
+        // Mean known cost per model, used where a line gives none.
+        let mut sum = vec![0.0; models.len()];
+        let mut count = vec![0usize; models.len()];
+        for s in &samples {
+            if let Some(costs) = &s.costs {
+                for (j, m) in models.iter().enumerate() {
+                    if let Some(c) = costs.get(m).filter(|c| c.is_finite()) {
+                        sum[j] += c;
+                        count[j] += 1;
+                    }
+                }
+            }
+        }
+        let mean: Vec<f64> = sum
+            .iter()
+            .zip(&count)
+            .map(|(s, &c)| if c == 0 { 0.0 } else { s / c as f64 })
+            .collect();
+        let costs = samples
+            .iter()
+            .map(|s| {
+                models
+                    .iter()
+                    .enumerate()
+                    .map(|(j, m)| {
+                        s.costs
+                            .as_ref()
+                            .and_then(|c| c.get(m))
+                            .copied()
+                            .filter(|c| c.is_finite())
+                            .unwrap_or(mean[j])
+                    })
+                    .collect()
+            })
+            .collect();
+        Self {
+            samples,
+            models,
+            scores,
+            costs,
+            hash: String::new(),
+        }
+    }
+
+    /// Each model's mean cost over the data set.
+    pub fn mean_costs(&self) -> Vec<f64> {
+        let n = self.costs.len().max(1) as f64;
+        (0..self.models.len())
+            .map(|j| self.costs.iter().map(|row| row[j]).sum::<f64>() / n)
+            .collect()
+    }
+
+    /// The query texts.
+    pub fn queries(&self) -> Vec<&str> {
+        self.samples.iter().map(|s| s.query.as_str()).collect()
+    }
+
+    /// Splits off a validation set: every `1/fraction`-th sample after a
+    /// seeded shuffle goes to the second set.
+    pub fn split(&self, fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+        let mut order: Vec<usize> = (0..self.samples.len()).collect();
+        fastrand::Rng::with_seed(seed).shuffle(&mut order);
+        let n_val = ((self.samples.len() as f64) * fraction).round() as usize;
+        let val = order[..n_val.min(order.len())].to_vec();
+        let train = order[n_val.min(order.len())..].to_vec();
+        (train, val)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_lines_with_and_without_costs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"id":"a","query":"q1","scores":{"m2":1.0,"m1":0.0},"costs":{"m1":1.0,"m2":3.0},"cost_kind":"usd_total_per_query","task":"t"}"#,
+                "\n\n",
+                r#"{"id":"b","query":"q2","scores":{"m1":1.0,"m3":0.5},"costs":null}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let d = Dataset::load(&path).unwrap();
+        assert_eq!(d.models, ["m1", "m2", "m3"]);
+        assert_eq!(d.scores, vec![vec![0.0, 1.0, 0.0], vec![1.0, 0.0, 0.5]]);
+        assert_eq!(d.costs[1], vec![1.0, 3.0, 0.0], "missing costs use the model's mean");
+        assert_eq!(d.hash.len(), 64);
+        std::fs::write(&path, "{\"query\": 1}\n").unwrap();
+        assert!(Dataset::load(&path).unwrap_err().to_string().contains(":1:"));
+    }
+}
