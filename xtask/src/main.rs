@@ -5,6 +5,7 @@
 //! - `cargo xtask ci` runs formatting, lints, build, the Rust test suite and
 //!   the Python OpenAI-SDK client tests, failing fast on the first error.
 //! - `cargo xtask models fetch` puts the embedding model in `models/`.
+//! - `cargo xtask train` / `cargo xtask eval` train and evaluate learned routers.
 //! - `cargo xtask bench gateway` measures the gateway's overhead against the
 //!   mock upstream with the `oha` load generator.
 #![allow(
@@ -18,6 +19,7 @@ mod http;
 mod models;
 mod oha;
 mod process;
+mod router;
 mod util;
 
 use std::process::ExitCode;
@@ -42,6 +44,10 @@ enum Task {
     Bench(bench::BenchArgs),
     /// Fetch model files (`cargo xtask models fetch`).
     Models(models::ModelsArgs),
+    /// Train a learned router (KNN or MLP) from routing data.
+    Train(router::TrainArgs),
+    /// Evaluate a learned router on routing data: quality–cost sweep, AIQ.
+    Eval(router::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +56,8 @@ fn main() -> ExitCode {
         Task::Ci(args) => ci::run(&args),
         Task::Bench(args) => bench::run(&args),
         Task::Models(args) => models::run(&args),
+        Task::Train(args) => router::train(&args),
+        Task::Eval(args) => router::eval(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,292 @@
+//! Learned routers: a predictor of each candidate model's quality on a query
+//! (KNN or MLP over the query's embedding), the decision rule that trades
+//! predicted quality against cost, and the artifact directory they live in.
+//!
+//! An artifact is a directory holding `manifest.json` (format version, kind,
+//! embedder id, candidate models and their mean costs, training-data hash,
+//! parameters, metrics) and the predictor's data: `knn.safetensors` (training
+//! embeddings and scores; the HNSW index is rebuilt on load) or
+//! `mlp.safetensors` (weights).
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::knn::{KnnIndex, KnnParams};
+use crate::mlp::{Mlp, MlpParams};
+
+/// The artifact format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Which predictor an artifact holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PredictorKind {
+    /// [`KnnIndex`].
+    Knn,
+    /// [`Mlp`].
+    Mlp,
+}
+
+/// `manifest.json` of a router artifact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// [`FORMAT_VERSION`] when written.
+    pub format_version: u32,
+    /// The predictor.
+    pub kind: PredictorKind,
+    /// Id of the embedder the router was trained with ([`crate::embed::Embedder::id`]).
+    pub embedder: String,
+    /// Embedding width.
+    pub dims: usize,
+    /// Candidate model names, in prediction order.
+    pub models: Vec<String>,
+    /// Each candidate's mean cost per query in the training data.
+    pub mean_costs: Vec<f64>,
+    /// SHA-256 of the training data file.
+    pub data_hash: String,
+    /// KNN parameters (KNN routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub knn: Option<KnnParams>,
+    /// MLP parameters (MLP routers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mlp: Option<MlpParams>,
+    /// Validation metrics recorded at training time.
+    #[serde(default)]
+    pub metrics: serde_json::Value,
+}
+
+/// Why an artifact could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactError {
+    /// A file could not be read or written.
+    #[error("{path}: {reason}")]
+    Io {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The manifest or data is inconsistent.
+    #[error("invalid router artifact: {0}")]
+    Invalid(String),
+    /// A tensor operation failed.
+    #[error("router tensors: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+fn io(path: &Path, e: impl std::fmt::Display) -> ArtifactError {
+    ArtifactError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+/// The predictor of a loaded router.
+#[derive(Debug)]
+pub enum Predictor {
+    /// Neighbours' scores.
+    Knn(KnnIndex),
+    /// A trained network.
+    Mlp(Mlp),
+}
+
+/// A router: manifest plus predictor.
+#[derive(Debug)]
+pub struct LearnedRouter {
+    /// What the router is.
+    pub manifest: Manifest,
+    /// How it predicts.
+    pub predictor: Predictor,
+}
+
+/// How predicted quality is traded against cost.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// `argmax(score − λ · cost / max cost)`: λ = 0 buys the best predicted
+    /// quality, larger λ saves money.
+    Tradeoff {
+        /// λ.
+        lambda: f64,
+    },
+    /// The cheapest candidate whose predicted score reaches `min_score`, else
+    /// the best predicted.
+    Threshold {
+        /// The score a candidate needs.
+        min_score: f64,
+    },
+}
+
+/// Picks a candidate: `scores[j]` and `costs[j]` of model `j`, considering
+/// only models with `allowed[j]`. `None` when nothing is allowed.
+pub fn decide(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Objective) -> Option<usize> {
+    let ok = |j: &usize| allowed.get(*j).copied().unwrap_or(false);
+    let n = scores.len().min(costs.len());
+    let max_cost = (0..n).filter(ok).map(|j| costs[j]).fold(0.0f64, f64::max);
+    let norm = |j: usize| if max_cost > 0.0 { costs[j] / max_cost } else { 0.0 };
+    let best_by = |key: &dyn Fn(usize) -> f64| {
+        (0..n).filter(ok).max_by(|&a, &b| {
+            key(a)
+                .total_cmp(&key(b))
+                // Ties go to the cheaper model.
+                .then_with(|| costs[b].total_cmp(&costs[a]))
+        })
+    };
+    match objective {
+        Objective::Tradeoff { lambda } => best_by(&|j| f64::from(scores[j]) - lambda * norm(j)),
+        Objective::Threshold { min_score } => (0..n)
+            .filter(ok)
+            .filter(|&j| f64::from(scores[j]) >= min_score)
+            .min_by(|&a, &b| costs[a].total_cmp(&costs[b]))
+            .or_else(|| best_by(&|j| f64::from(scores[j]))),
+    }
+}
+
+impl LearnedRouter {
+    /// Predicted score of each candidate model for one query embedding.
+    pub fn predict(&self, embedding: &[f32]) -> Result<Vec<f32>, ArtifactError> {
+        if embedding.len() != self.manifest.dims {
+            return Err(ArtifactError::Invalid(format!(
+                "embedding has {} dimensions, the router expects {}",
+                embedding.len(),
+                self.manifest.dims
+            )));
+        }
+        Ok(match &self.predictor {
+            Predictor::Knn(index) => index.predict(embedding),
+            Predictor::Mlp(mlp) => mlp.predict(embedding)?,
+        })
+    }
+
+    /// Writes the artifact into `dir` (created if missing). The manifest is
+    /// written last, so a watcher never sees a manifest without its data.
+    pub fn save(&self, dir: &Path) -> Result<(), ArtifactError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        match &self.predictor {
+            Predictor::Knn(index) => {
+                let (embeddings, scores) = index.data();
+                let rows = |m: &[Vec<f32>]| {
+                    let width = m.first().map_or(0, Vec::len);
+                    let flat: Vec<f32> = m.iter().flatten().copied().collect();
+                    Tensor::from_vec(flat, (m.len(), width), &Device::Cpu)
+                };
+                let tensors = HashMap::from([
+                    ("embeddings".to_owned(), rows(embeddings)?),
+                    ("scores".to_owned(), rows(scores)?),
+                ]);
+                candle_core::safetensors::save(&tensors, dir.join("knn.safetensors"))?;
+            }
+            Predictor::Mlp(mlp) => mlp.save(&dir.join("mlp.safetensors"))?,
+        }
+        let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(|e| ArtifactError::Invalid(e.to_string()))?;
+        let tmp = dir.join("manifest.json.tmp");
+        std::fs::write(&tmp, manifest).map_err(|e| io(&tmp, e))?;
+        std::fs::rename(&tmp, dir.join("manifest.json")).map_err(|e| io(dir, e))?;
+        Ok(())
+    }
+
+    /// Reads and checks an artifact directory.
+    pub fn load(dir: &Path) -> Result<Self, ArtifactError> {
+        let path = dir.join("manifest.json");
+        let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| io(&path, e))?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(ArtifactError::Invalid(format!(
+                "format version {} (this build reads {FORMAT_VERSION})",
+                manifest.format_version
+            )));
+        }
+        let m = manifest.models.len();
+        if m == 0 || manifest.mean_costs.len() != m {
+            return Err(ArtifactError::Invalid(
+                "models and mean_costs must be non-empty and equally long".into(),
+            ));
+        }
+        let predictor = match manifest.kind {
+            PredictorKind::Knn => {
+                let path = dir.join("knn.safetensors");
+                let tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
+                let get = |name: &str| {
+                    tensors
+                        .get(name)
+                        .ok_or_else(|| ArtifactError::Invalid(format!("knn.safetensors lacks `{name}`")))
+                };
+                let embeddings = get("embeddings")?.to_vec2::<f32>()?;
+                let scores = get("scores")?.to_vec2::<f32>()?;
+                if embeddings.len() != scores.len()
+                    || embeddings.first().is_some_and(|e| e.len() != manifest.dims)
+                    || scores.first().is_some_and(|s| s.len() != m)
+                {
+                    return Err(ArtifactError::Invalid(
+                        "knn.safetensors does not match the manifest".into(),
+                    ));
+                }
+                Predictor::Knn(KnnIndex::build(embeddings, scores, manifest.knn.unwrap_or_default()))
+            }
+            PredictorKind::Mlp => {
+                let hidden = manifest.mlp.unwrap_or_default().hidden;
+                Predictor::Mlp(Mlp::load(&dir.join("mlp.safetensors"), manifest.dims, hidden, m)?)
+            }
+        };
+        Ok(Self { manifest, predictor })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions_trade_quality_for_cost() {
+        let scores = [0.9f32, 0.85, 0.3];
+        let costs = [10.0, 2.0, 0.1];
+        let all = [true; 3];
+        assert_eq!(
+            decide(&scores, &costs, &all, Objective::Tradeoff { lambda: 0.0 }),
+            Some(0)
+        );
+        assert_eq!(
+            decide(&scores, &costs, &all, Objective::Tradeoff { lambda: 0.2 }),
+            Some(1)
+        );
+        assert_eq!(
+            decide(&scores, &costs, &all, Objective::Tradeoff { lambda: 5.0 }),
+            Some(2)
+        );
+        assert_eq!(
+            decide(&scores, &costs, &all, Objective::Threshold { min_score: 0.8 }),
+            Some(1)
+        );
+        assert_eq!(
+            decide(&scores, &costs, &all, Objective::Threshold { min_score: 0.95 }),
+            Some(0)
+        );
+        assert_eq!(
+            decide(
+                &scores,
+                &costs,
+                &[false, false, true],
+                Objective::Tradeoff { lambda: 0.0 }
+            ),
+            Some(2),
+            "only allowed candidates"
+        );
+        assert_eq!(
+            decide(&scores, &costs, &[false; 3], Objective::Tradeoff { lambda: 0.0 }),
+            None
+        );
+        assert_eq!(
+            decide(
+                &[0.5, 0.5],
+                &[2.0, 1.0],
+                &[true, true],
+                Objective::Tradeoff { lambda: 0.0 }
+            ),
+            Some(1),
+            "ties go to the cheaper model"
+        );
+    }
+}

@@ -1,0 +1,286 @@
+//! `cargo xtask train` and `cargo xtask eval`: learned routers from routing
+//! data (JSON Lines, see `switchyard_routing::dataset`).
+
+use std::collections::HashMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use clap::{Args, ValueEnum};
+use switchyard_routing::dataset::Dataset;
+use switchyard_routing::embed::{Embedder, EmbedderConfig};
+use switchyard_routing::eval::{Report, evaluate};
+use switchyard_routing::knn::{KnnIndex, KnnParams};
+use switchyard_routing::learned::{FORMAT_VERSION, LearnedRouter, Manifest, Predictor, PredictorKind};
+use switchyard_routing::mlp::{Mlp, MlpParams};
+
+use crate::util::{self, header};
+
+/// Which predictor to train.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Kind {
+    /// K nearest neighbours over an HNSW index.
+    Knn,
+    /// A multi-layer perceptron.
+    Mlp,
+}
+
+/// Options of `cargo xtask train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The predictor.
+    #[arg(long)]
+    pub router: Kind,
+    /// Training data (JSON Lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Where to write the router artifact.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The embedding model directory.
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub model_dir: PathBuf,
+    /// Seed of the validation split and of the MLP.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Share of the data held out for validation (MLP early stopping, metrics).
+    #[arg(long, default_value_t = 0.1)]
+    pub val_fraction: f64,
+    /// KNN: neighbours per query.
+    #[arg(long, default_value_t = 20)]
+    pub k: usize,
+    /// MLP: hidden width.
+    #[arg(long, default_value_t = 256)]
+    pub hidden: usize,
+    /// MLP: most epochs.
+    #[arg(long, default_value_t = 200)]
+    pub max_epochs: usize,
+}
+
+/// Options of `cargo xtask eval`.
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// The router artifact directory.
+    #[arg(long)]
+    pub router: PathBuf,
+    /// Evaluation data (JSON Lines).
+    #[arg(long)]
+    pub data: PathBuf,
+    /// The embedding model directory.
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub model_dir: PathBuf,
+    /// Also write the report as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+fn embedder(root: &Path, model_dir: &Path) -> Result<Embedder> {
+    let dir = if model_dir.is_absolute() {
+        model_dir.to_owned()
+    } else {
+        root.join(model_dir)
+    };
+    Embedder::load(&EmbedderConfig {
+        model_dir: dir.clone(),
+        cache_entries: 0,
+        ..EmbedderConfig::default()
+    })
+    .with_context(|| {
+        format!(
+            "loading the embedder from {} (run `cargo xtask models fetch`)",
+            dir.display()
+        )
+    })
+}
+
+/// Embeds every query, reusing a cache keyed by the data's hash and the embedder.
+fn embed_all(root: &Path, embedder: &Embedder, data: &Dataset) -> Result<Vec<Vec<f32>>> {
+    let id: String = embedder
+        .id()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let cache = util::target_dir(root)?
+        .join("embed-cache")
+        .join(format!("{}-{id}.safetensors", data.hash));
+    if let Ok(tensors) = candle_core::safetensors::load(&cache, &Device::Cpu)
+        && let Some(t) = tensors.get("embeddings")
+    {
+        let rows = t.to_vec2::<f32>()?;
+        if rows.len() == data.samples.len() {
+            println!("embeddings from cache {}", cache.display());
+            return Ok(rows);
+        }
+    }
+    let queries = data.queries();
+    let mut out = Vec::with_capacity(queries.len());
+    for chunk in queries.chunks(64) {
+        out.extend(embedder.embed(chunk)?);
+        print!("\rembedding queries: {}/{}", out.len(), queries.len());
+        std::io::stdout().flush().ok();
+    }
+    println!();
+    if let Some(parent) = cache.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let width = out.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = out.iter().flatten().copied().collect();
+    let tensor = Tensor::from_vec(flat, (out.len(), width), &Device::Cpu)?;
+    candle_core::safetensors::save(&HashMap::from([("embeddings".to_owned(), tensor)]), &cache)?;
+    Ok(out)
+}
+
+fn pick<T: Clone>(rows: &[T], idx: &[usize]) -> Vec<T> {
+    idx.iter().map(|&i| rows[i].clone()).collect()
+}
+
+fn print_report(r: &Report) {
+    println!("{:<44} {:>9} {:>12}", "router", "quality", "cost/query");
+    println!("{:<44} {:>9.4} {:>12.6}", "oracle", r.oracle.quality, r.oracle.cost);
+    for (name, p) in &r.single {
+        println!("{:<44} {:>9.4} {:>12.6}", format!("single: {name}"), p.quality, p.cost);
+    }
+    println!("{:<44} {:>9.4} {:>12.6}", "random", r.random.quality, r.random.cost);
+    for s in r.sweep.iter().step_by(5) {
+        println!(
+            "{:<44} {:>9.4} {:>12.6}",
+            format!("router λ={:.4}", s.lambda),
+            s.point.quality,
+            s.point.cost
+        );
+    }
+    println!();
+    println!(
+        "AIQ: router {:.4}, zero router {:.4}, oracle {:.4}",
+        r.aiq, r.zero_router_aiq, r.oracle_aiq
+    );
+    let pct = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |c| format!("{:.1}%", c * 100.0));
+    println!(
+        "cost to reach {} quality: 95% → {} of its cost, 100% → {}",
+        r.best_single.0,
+        pct(r.cost_for_95),
+        pct(r.cost_for_100)
+    );
+}
+
+/// Trains a router and writes its artifact.
+pub fn train(args: &TrainArgs) -> Result<()> {
+    let root = util::workspace_root()?;
+    header(&format!("train {:?} router on {}", args.router, args.data.display()));
+    let data = Dataset::load(&args.data)?;
+    if !(0.0..0.9).contains(&args.val_fraction) {
+        bail!("--val-fraction must be in [0, 0.9)");
+    }
+    let embedder = embedder(&root, &args.model_dir)?;
+    let x = embed_all(&root, &embedder, &data)?;
+    let (train_idx, val_idx) = data.split(args.val_fraction, args.seed);
+    let val_or_train = if val_idx.is_empty() { &train_idx } else { &val_idx };
+    let mean_costs = {
+        let sub = Dataset::with_models(pick(&data.samples, &train_idx), data.models.clone());
+        sub.mean_costs()
+    };
+    let mut metrics = serde_json::Map::new();
+    let (predictor, knn, mlp) = match args.router {
+        Kind::Knn => {
+            let params = KnnParams {
+                k: args.k,
+                ..KnnParams::default()
+            };
+            let index = KnnIndex::build(pick(&x, &train_idx), pick(&data.scores, &train_idx), params);
+            let recall = index.recall_at_k(&pick(&x, val_or_train), params.k);
+            println!("HNSW recall@{} against exact search: {recall:.4}", params.k);
+            metrics.insert("recall_at_k".into(), recall.into());
+            (Predictor::Knn(index), Some(params), None)
+        }
+        Kind::Mlp => {
+            let params = MlpParams {
+                hidden: args.hidden,
+                max_epochs: args.max_epochs,
+                seed: args.seed,
+                ..MlpParams::default()
+            };
+            let (mlp, report) = Mlp::train(&x, &data.scores, &train_idx, &val_idx, &params)?;
+            println!(
+                "trained {} epochs; best validation loss {:.4} at epoch {}",
+                report.epochs, report.best_val_loss, report.best_epoch
+            );
+            metrics.insert("training".into(), serde_json::to_value(&report)?);
+            (Predictor::Mlp(mlp), None, Some(params))
+        }
+    };
+    let router = LearnedRouter {
+        manifest: Manifest {
+            format_version: FORMAT_VERSION,
+            kind: match args.router {
+                Kind::Knn => PredictorKind::Knn,
+                Kind::Mlp => PredictorKind::Mlp,
+            },
+            embedder: embedder.id().to_owned(),
+            dims: embedder.dims(),
+            models: data.models.clone(),
+            mean_costs: mean_costs.clone(),
+            data_hash: data.hash.clone(),
+            knn,
+            mlp,
+            metrics: serde_json::Value::Null,
+        },
+        predictor,
+    };
+    let predicted = val_or_train
+        .iter()
+        .map(|&i| router.predict(&x[i]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let report = evaluate(
+        &data.models,
+        &predicted,
+        &pick(&data.scores, val_or_train),
+        &pick(&data.costs, val_or_train),
+        &mean_costs,
+    );
+    println!("validation ({} queries):", val_or_train.len());
+    print_report(&report);
+    metrics.insert("validation_aiq".into(), report.aiq.into());
+    metrics.insert("validation_queries".into(), val_or_train.len().into());
+    let mut router = router;
+    router.manifest.metrics = serde_json::Value::Object(metrics);
+    router.save(&args.out)?;
+    println!("router written to {}", args.out.display());
+    Ok(())
+}
+
+/// Evaluates a router artifact on a data file.
+pub fn eval(args: &EvalArgs) -> Result<()> {
+    let root = util::workspace_root()?;
+    header(&format!("eval {} on {}", args.router.display(), args.data.display()));
+    let router = LearnedRouter::load(&args.router)?;
+    let embedder = embedder(&root, &args.model_dir)?;
+    if embedder.id() != router.manifest.embedder {
+        bail!(
+            "the router was trained with embedder `{}`, not `{}`",
+            router.manifest.embedder,
+            embedder.id()
+        );
+    }
+    let data = Dataset::load(&args.data)?;
+    let data = Dataset::with_models(data.samples, router.manifest.models.clone());
+    let data = Dataset {
+        hash: Dataset::load(&args.data)?.hash,
+        ..data
+    };
+    let x = embed_all(&root, &embedder, &data)?;
+    let predicted = x.iter().map(|e| router.predict(e)).collect::<Result<Vec<_>, _>>()?;
+    let report = evaluate(
+        &data.models,
+        &predicted,
+        &data.scores,
+        &data.costs,
+        &router.manifest.mean_costs,
+    );
+    print_report(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        println!("report written to {}", path.display());
+    }
+    Ok(())
+}
