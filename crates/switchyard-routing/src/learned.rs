@@ -239,6 +239,79 @@ impl LearnedRouter {
 mod tests {
     use super::*;
 
+    fn manifest(kind: PredictorKind) -> Manifest {
+        Manifest {
+            format_version: FORMAT_VERSION,
+            kind,
+            embedder: "test".into(),
+            dims: 4,
+            models: vec!["a".into(), "b".into()],
+            mean_costs: vec![1.0, 0.1],
+            data_hash: "0".repeat(64),
+            knn: Some(KnnParams {
+                k: 2,
+                ..KnnParams::default()
+            }),
+            mlp: Some(MlpParams {
+                hidden: 8,
+                max_epochs: 3,
+                ..MlpParams::default()
+            }),
+            metrics: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn artifacts_round_trip_and_bad_ones_are_rejected() {
+        let x: Vec<Vec<f32>> = (0..8)
+            .map(|i| {
+                let mut v = vec![0.0; 4];
+                v[i % 4] = 1.0;
+                v
+            })
+            .collect();
+        let y: Vec<Vec<f32>> = (0..8).map(|i| vec![1.0, if i % 2 == 0 { 1.0 } else { 0.0 }]).collect();
+        let knn = LearnedRouter {
+            manifest: manifest(PredictorKind::Knn),
+            predictor: Predictor::Knn(KnnIndex::build(
+                x.clone(),
+                y.clone(),
+                KnnParams {
+                    k: 2,
+                    ..KnnParams::default()
+                },
+            )),
+        };
+        let all: Vec<usize> = (0..8).collect();
+        let (mlp, _) = Mlp::train(&x, &y, &all, &[], &manifest(PredictorKind::Mlp).mlp.unwrap_or_default()).unwrap();
+        let mlp = LearnedRouter {
+            manifest: manifest(PredictorKind::Mlp),
+            predictor: Predictor::Mlp(mlp),
+        };
+        for router in [knn, mlp] {
+            let dir = tempfile::tempdir().unwrap();
+            router.save(dir.path()).unwrap();
+            let loaded = LearnedRouter::load(dir.path()).unwrap();
+            assert_eq!(loaded.manifest, router.manifest);
+            for e in &x {
+                assert_eq!(loaded.predict(e).unwrap(), router.predict(e).unwrap());
+            }
+            assert!(loaded.predict(&[1.0, 0.0]).is_err(), "wrong width");
+            let text = std::fs::read_to_string(dir.path().join("manifest.json")).unwrap();
+            std::fs::write(
+                dir.path().join("manifest.json"),
+                text.replace("\"format_version\": 1", "\"format_version\": 99"),
+            )
+            .unwrap();
+            assert!(
+                LearnedRouter::load(dir.path())
+                    .unwrap_err()
+                    .to_string()
+                    .contains("format version 99")
+            );
+        }
+    }
+
     #[test]
     fn decisions_trade_quality_for_cost() {
         let scores = [0.9f32, 0.85, 0.3];
