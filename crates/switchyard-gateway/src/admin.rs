@@ -52,3 +52,37 @@ pub async fn deployments(State(state): State<SharedState>) -> Json<Value> {
         "deployments": out,
     }))
 }
+
+/// `GET /admin/routers`: every learned router with the version serving now
+/// (artifact version, training-data hash, candidates, metrics) and its reload
+/// status (loads, rejections and the last error).
+pub async fn routers(State(state): State<SharedState>) -> Json<Value> {
+    let mut names: Vec<&String> = state.learned.keys().collect();
+    names.sort();
+    let routers: Vec<Value> = names
+        .into_iter()
+        .filter_map(|name| state.learned.get(name).map(|route| (name, route)))
+        .map(|(name, route)| {
+            let current = route.current().map(|loaded| {
+                let m = &loaded.router.manifest;
+                json!({
+                    "version": loaded.version,
+                    "loaded_at": loaded.loaded_at,
+                    "kind": m.kind,
+                    "embedder": m.embedder,
+                    "data_hash": m.data_hash,
+                    "models": m.models,
+                    "groups": loaded.groups,
+                    "metrics": m.metrics,
+                })
+            });
+            json!({
+                "model_name": name,
+                "artifact": route.spec.location.to_string(),
+                "current": current,
+                "status": route.status(),
+            })
+        })
+        .collect();
+    Json(json!({ "routers": routers }))
+}

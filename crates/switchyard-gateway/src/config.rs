@@ -18,7 +18,7 @@ use switchyard_providers::{HttpSettings, MockSettings, Secret, Timeouts};
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/config.yaml");
 
 /// Top-level sections that `SWITCHYARD_<SECTION>__<KEY>` variables may set.
-const ENV_SECTIONS: &[&str] = &["server"];
+const ENV_SECTIONS: &[&str] = &["server", "embedder"];
 
 /// The configuration file as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -33,6 +33,10 @@ pub struct Config {
     /// Public model names and their deployments.
     #[serde(default)]
     pub model_list: Vec<ModelEntry>,
+    /// The sentence embedder learned routers use (loaded only when a model
+    /// group has a `router`).
+    #[serde(default)]
+    pub embedder: switchyard_routing::embed::EmbedderConfig,
 }
 
 /// `router_settings:` — how a deployment is chosen for each request.
@@ -218,8 +222,74 @@ pub struct ModelEntry {
     /// its content policy.
     #[serde(default)]
     pub content_policy_fallbacks: Vec<String>,
-    /// Deployments that can serve it.
+    /// Deployments that can serve it (none for a learned-router group).
+    #[serde(default)]
     pub deployments: Vec<DeploymentEntry>,
+    /// A learned router choosing among other model groups (instead of deployments).
+    #[serde(default)]
+    pub router: Option<RouterEntry>,
+}
+
+/// `router:` of a model group — a learned router that predicts each candidate
+/// model's quality on the request's prompt and picks the best trade-off of
+/// quality and cost.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterEntry {
+    /// The artifact directory: a local path, or `s3://bucket/prefix`.
+    pub artifact: String,
+    /// `tradeoff` (`argmax(score − λ·cost)`) or `threshold` (cheapest model
+    /// predicted to score at least `min_score`).
+    #[serde(default)]
+    pub objective: ObjectiveKind,
+    /// λ of the trade-off: 0 buys the best predicted quality, larger saves money.
+    #[serde(default = "default_lambda")]
+    pub lambda: f64,
+    /// The score the `threshold` objective requires, in [0, 1].
+    #[serde(default)]
+    pub min_score: Option<f64>,
+    /// The router's model names mapped to this config's model groups; a name
+    /// not listed maps to the group of the same name.
+    #[serde(default)]
+    pub candidates: BTreeMap<String, String>,
+    /// How often the artifact's manifest is checked for a new version (0: never).
+    #[serde(default = "default_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// S3 client settings for `s3://` artifacts.
+    #[serde(default)]
+    pub s3: S3Entry,
+}
+
+fn default_lambda() -> f64 {
+    0.3
+}
+
+fn default_poll_interval_ms() -> u64 {
+    10_000
+}
+
+/// How a learned router trades predicted quality against cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ObjectiveKind {
+    /// `argmax(score − λ · cost / max cost)`.
+    #[default]
+    Tradeoff,
+    /// The cheapest candidate predicted to reach `min_score`.
+    Threshold,
+}
+
+/// S3 client settings; credentials come from the standard AWS sources
+/// (environment, profile, instance or task role).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Entry {
+    /// Endpoint override (MinIO, LocalStack, a VPC endpoint).
+    pub endpoint_url: Option<String>,
+    /// Region (default: `AWS_REGION`, else `us-east-1`).
+    pub region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible stores need.
+    pub force_path_style: bool,
 }
 
 /// Which upstream protocol a deployment speaks.
@@ -492,8 +562,117 @@ pub struct ModelSpec {
     pub context_window_fallbacks: Vec<String>,
     /// Groups tried when the upstream refuses on content policy.
     pub content_policy_fallbacks: Vec<String>,
-    /// Its deployments.
+    /// Its deployments (empty for a learned-router group).
     pub deployments: Vec<DeploymentSpec>,
+    /// The learned router of a router group.
+    pub router: Option<RouterSpec>,
+}
+
+/// Where a learned router's artifact lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ArtifactLocation {
+    /// A local directory.
+    Local(std::path::PathBuf),
+    /// An S3 prefix.
+    S3 {
+        /// Bucket name.
+        bucket: String,
+        /// Key prefix of the artifact's files (no trailing slash; may be empty).
+        prefix: String,
+    },
+}
+
+impl fmt::Display for ArtifactLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArtifactLocation::Local(path) => write!(f, "{}", path.display()),
+            ArtifactLocation::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// A validated learned router.
+#[derive(Debug, Clone)]
+pub struct RouterSpec {
+    /// Where the artifact is.
+    pub location: ArtifactLocation,
+    /// The decision rule.
+    pub objective: switchyard_routing::learned::Objective,
+    /// Router model name → model group, for names that differ.
+    pub candidates: BTreeMap<String, String>,
+    /// Manifest polling period; `None` disables hot reload.
+    pub poll_interval: Option<Duration>,
+    /// S3 client settings.
+    pub s3: S3Entry,
+}
+
+fn validate_router(entry: &RouterEntry, path: &str, issues: &mut Vec<ConfigIssue>) -> Option<RouterSpec> {
+    let location = match entry.artifact.trim() {
+        "" => {
+            issues.push(issue(format!("{path}.artifact"), "must not be empty"));
+            None
+        }
+        s3 if s3.starts_with("s3://") => {
+            let rest = &s3["s3://".len()..];
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                issues.push(issue(format!("{path}.artifact"), format!("`{s3}` names no bucket")));
+                None
+            } else {
+                Some(ArtifactLocation::S3 {
+                    bucket: bucket.to_owned(),
+                    prefix: prefix.trim_end_matches('/').to_owned(),
+                })
+            }
+        }
+        local => Some(ArtifactLocation::Local(local.into())),
+    };
+    if let Some(url) = &entry.s3.endpoint_url {
+        check_url(url, &format!("{path}.s3.endpoint_url"), issues);
+    }
+    let objective = match entry.objective {
+        ObjectiveKind::Tradeoff => {
+            if !(entry.lambda.is_finite() && entry.lambda >= 0.0) {
+                issues.push(issue(
+                    format!("{path}.lambda"),
+                    format!("{} is not a non-negative number", entry.lambda),
+                ));
+            }
+            if entry.min_score.is_some() {
+                issues.push(issue(
+                    format!("{path}.min_score"),
+                    "is only used by the threshold objective",
+                ));
+            }
+            switchyard_routing::learned::Objective::Tradeoff { lambda: entry.lambda }
+        }
+        ObjectiveKind::Threshold => match entry.min_score {
+            Some(min) if (0.0..=1.0).contains(&min) => {
+                switchyard_routing::learned::Objective::Threshold { min_score: min }
+            }
+            Some(min) => {
+                issues.push(issue(
+                    format!("{path}.min_score"),
+                    format!("{min} is not between 0 and 1"),
+                ));
+                switchyard_routing::learned::Objective::Threshold { min_score: 0.0 }
+            }
+            None => {
+                issues.push(issue(
+                    format!("{path}.min_score"),
+                    "is required by the threshold objective",
+                ));
+                switchyard_routing::learned::Objective::Threshold { min_score: 0.0 }
+            }
+        },
+    };
+    Some(RouterSpec {
+        location: location?,
+        objective,
+        candidates: entry.candidates.clone(),
+        poll_interval: (entry.poll_interval_ms > 0).then(|| Duration::from_millis(entry.poll_interval_ms)),
+        s3: entry.s3.clone(),
+    })
 }
 
 /// Looks up environment variables; the real environment in the binary, a map in tests.
@@ -754,12 +933,44 @@ impl Config {
                     format!("`{name}` is listed more than once"),
                 ));
             }
-            if entry.deployments.is_empty() {
-                issues.push(issue(
-                    format!("{path}.deployments"),
-                    "must list at least one deployment",
-                ));
-            }
+            let router = match &entry.router {
+                Some(router) => {
+                    if !entry.deployments.is_empty() {
+                        issues.push(issue(
+                            format!("{path}.deployments"),
+                            "a group with a `router` chooses among other model groups and has no deployments",
+                        ));
+                    }
+                    if entry.routing_strategy.is_some() {
+                        issues.push(issue(
+                            format!("{path}.routing_strategy"),
+                            "is not used by a group with a `router`",
+                        ));
+                    }
+                    for (field, list) in [
+                        ("fallbacks", &entry.fallbacks),
+                        ("context_window_fallbacks", &entry.context_window_fallbacks),
+                        ("content_policy_fallbacks", &entry.content_policy_fallbacks),
+                    ] {
+                        if !list.is_empty() {
+                            issues.push(issue(
+                                format!("{path}.{field}"),
+                                "a learned router falls back down its ranking and to its candidates' own fallbacks",
+                            ));
+                        }
+                    }
+                    validate_router(router, &format!("{path}.router"), &mut issues)
+                }
+                None => {
+                    if entry.deployments.is_empty() {
+                        issues.push(issue(
+                            format!("{path}.deployments"),
+                            "must list at least one deployment (or set `router`)",
+                        ));
+                    }
+                    None
+                }
+            };
             let deployments = entry
                 .deployments
                 .iter()
@@ -776,8 +987,15 @@ impl Config {
                 context_window_fallbacks: entry.context_window_fallbacks.clone(),
                 content_policy_fallbacks: entry.content_policy_fallbacks.clone(),
                 deployments,
+                router,
             });
         }
+        let routers: std::collections::HashSet<&str> = self
+            .model_list
+            .iter()
+            .filter(|e| e.router.is_some())
+            .map(|e| e.model_name.trim())
+            .collect();
         for (i, entry) in self.model_list.iter().enumerate() {
             for (field, list) in [
                 ("fallbacks", &entry.fallbacks),
@@ -790,6 +1008,21 @@ impl Config {
                         issues.push(issue(path, format!("`{target}` cannot fall back to itself")));
                     } else if !seen.contains(target.trim()) {
                         issues.push(issue(path, format!("`{target}` is not a model_name in model_list")));
+                    } else if routers.contains(target.trim()) {
+                        issues.push(issue(
+                            path,
+                            format!("`{target}` is a learned-router group; fall back to groups with deployments"),
+                        ));
+                    }
+                }
+            }
+            if let Some(router) = &entry.router {
+                for (model, group) in &router.candidates {
+                    let path = format!("model_list[{i}].router.candidates.{model}");
+                    if !seen.contains(group.trim()) {
+                        issues.push(issue(path, format!("`{group}` is not a model_name in model_list")));
+                    } else if routers.contains(group.trim()) {
+                        issues.push(issue(path, format!("`{group}` is a learned-router group")));
                     }
                 }
             }

@@ -19,6 +19,7 @@
 //! A stream counts as answered when its first event arrives: until then
 //! nothing has been sent to the client, so a failure can still move on.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,6 +32,7 @@ use switchyard_providers::{BedrockProvider, ChunkStream, Provider, ProviderClien
 use switchyard_routing::{DeploymentInfo, Outcome, RouteContext, RoutingError, Wait};
 
 use crate::error::ApiError;
+use crate::learned::{Live, Prediction};
 use crate::messages::translate;
 use crate::routes::error_class;
 use crate::state::{AppState, GroupRoute};
@@ -110,6 +112,37 @@ pub(crate) enum Call<'r> {
     CountTokens(&'r mut Value),
 }
 
+impl Call<'_> {
+    /// The prompt a learned router reads: every message's text, in order.
+    /// `None` for requests a learned router does not route.
+    fn query_text(&self) -> Option<String> {
+        let join = |parts: Vec<String>| {
+            parts
+                .into_iter()
+                .filter(|p| !p.is_empty())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        match self {
+            Call::Chat(req) => Some(join(
+                req.messages
+                    .iter()
+                    .filter_map(|m| m.content.as_ref().map(|c| c.text()))
+                    .collect(),
+            )),
+            Call::Completion(req) => Some(join(req.prompt.texts())),
+            Call::Messages(req) => Some(join(
+                req.system
+                    .iter()
+                    .map(|s| s.text())
+                    .chain(req.messages.iter().map(|m| m.content.text()))
+                    .collect(),
+            )),
+            Call::Embeddings(_) | Call::CountTokens(_) => None,
+        }
+    }
+}
+
 /// A successful attempt's answer.
 pub(crate) enum Reply {
     /// OpenAI-format JSON (for `/v1/messages`: a chat completion to translate).
@@ -123,7 +156,7 @@ pub(crate) enum Reply {
 }
 
 /// Who answered, reported in the response headers.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(crate) struct Decision<'s> {
     /// The deployment that answered.
     pub(crate) deployment: &'s DeploymentInfo,
@@ -133,6 +166,8 @@ pub(crate) struct Decision<'s> {
     pub(crate) group: &'s str,
     /// Attempts made, this one included.
     pub(crate) attempts: u32,
+    /// A learned router's predicted scores and choice, when one routed the request.
+    pub(crate) prediction: Option<Arc<Prediction>>,
 }
 
 /// The request was answered.
@@ -178,6 +213,25 @@ pub(crate) async fn dispatch<'s>(
     options: &RequestOptions,
 ) -> Result<Served<'s>, Failed> {
     let settings = &state.dispatch;
+    let prediction = match state.learned.get(requested) {
+        Some(route) => {
+            let query = call.query_text().ok_or_else(|| {
+                invalid(
+                    "model",
+                    format!("`{requested}` is a learned router; it serves chat, completion and message requests."),
+                )
+            })?;
+            let live = Live {
+                registry: &state.registry,
+                stats: &state.stats,
+                cooldowns: &state.cooldowns,
+                now_ms: state.now_ms(),
+            };
+            Some(Arc::new(route.predict(&live, query).await?))
+        }
+        None => None,
+    };
+    let requested = prediction.as_ref().map_or(requested, |p| p.ranked[0].as_str());
     let (requested, first) = state
         .routes
         .get_key_value(requested)
@@ -197,7 +251,9 @@ pub(crate) async fn dispatch<'s>(
         .num_retries
         .unwrap_or(settings.retry.num_retries)
         .min(settings.max_num_retries);
-    let general = options.fallbacks.as_deref().unwrap_or(&first.fallbacks);
+    // A learned router falls back down its ranking.
+    let ranked_rest = prediction.as_ref().map(|p| &p.ranked[1..]);
+    let general = options.fallbacks.as_deref().or(ranked_rest).unwrap_or(&first.fallbacks);
 
     let mut rng = fastrand::Rng::new();
     let mut visited: Vec<&str> = Vec::new();
@@ -207,7 +263,10 @@ pub(crate) async fn dispatch<'s>(
         visited.push(group.0);
         let outcome = try_group(state, group, call, num_retries, deadline, &mut rng, &mut attempts).await;
         let (error, reason) = match outcome {
-            GroupOutcome::Served(served) => return Ok(served),
+            GroupOutcome::Served(mut served) => {
+                served.decision.prediction = prediction;
+                return Ok(served);
+            }
             GroupOutcome::Final(error) => return Err(Failed { error, attempts }),
             GroupOutcome::Exhausted(error, reason) => (error, reason),
         };
@@ -360,6 +419,7 @@ async fn try_group<'s>(
                         strategy: route.strategy.name(),
                         group: name,
                         attempts: *attempts,
+                        prediction: None,
                     },
                     in_flight,
                     started,

@@ -8,6 +8,7 @@ pub mod config;
 mod dispatch;
 pub mod error;
 pub mod extract;
+pub mod learned;
 pub mod messages;
 pub mod routes;
 pub mod state;
@@ -26,7 +27,13 @@ pub use state::AppState;
 /// Validates `config` against `env` and builds the shared state.
 pub fn build_state(config: &Config, env: &dyn config::EnvSource) -> Result<AppState, ConfigError> {
     let models = config.validate(env)?;
-    AppState::build(config.server.clone(), &config.router_settings, &models).map_err(ConfigError::Invalid)
+    AppState::build(
+        config.server.clone(),
+        &config.router_settings,
+        &config.embedder,
+        &models,
+    )
+    .map_err(ConfigError::Invalid)
 }
 
 /// Binds the configured address.

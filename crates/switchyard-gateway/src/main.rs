@@ -93,13 +93,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         port: cli.port,
     };
     let config = config::load(source(cli.config.as_ref()), &overrides)?;
-    let state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
+    let mut state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
+    state.start_learned().await?;
     let listener = switchyard_gateway::bind(&state)
         .await
         .with_context(|| format!("cannot listen on {}:{}", state.server.host, state.server.port))?;
     let addr = listener.local_addr()?;
     tracing::info!(
         models = state.registry.model_names().count(),
+        learned_routers = state.learned.len(),
         deployments = state.registry.deployment_count(),
         "listening on http://{addr}"
     );

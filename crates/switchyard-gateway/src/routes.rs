@@ -47,6 +47,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/health/liveness", get(liveness))
         .route("/health/readiness", get(readiness))
         .route("/admin/deployments", get(crate::admin::deployments))
+        .route("/admin/routers", get(crate::admin::routers))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -60,6 +61,9 @@ const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-switchyard-depl
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-model");
 const STRATEGY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-strategy");
 const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+const ROUTER_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router");
+const ROUTER_CHOICE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router-choice");
+const ROUTER_SCORES_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router-scores");
 
 /// The routing statistics' class of an upstream failure.
 pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
@@ -77,7 +81,8 @@ pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
 }
 
 /// Adds the routing decision to a response: the model group that answered,
-/// the deployment, the strategy and the number of attempts.
+/// the deployment, the strategy and the number of attempts; for a learned
+/// router also its name, its choice and each candidate's predicted score.
 pub(crate) fn with_route_headers(mut response: Response, decision: &Decision<'_>) -> Response {
     let headers = response.headers_mut();
     for (name, value) in [
@@ -90,6 +95,17 @@ pub(crate) fn with_route_headers(mut response: Response, decision: &Decision<'_>
         }
     }
     headers.insert(ATTEMPTS_HEADER, HeaderValue::from(decision.attempts));
+    if let Some(p) = &decision.prediction {
+        for (name, value) in [
+            (ROUTER_HEADER, p.router.clone()),
+            (ROUTER_CHOICE_HEADER, p.ranked[0].clone()),
+            (ROUTER_SCORES_HEADER, p.scores_header()),
+        ] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        }
+    }
     response
 }
 
@@ -191,6 +207,7 @@ async fn models(State(state): State<SharedState>) -> Json<ModelList> {
         data: state
             .registry
             .model_names()
+            .chain(state.learned.keys().map(String::as_str))
             .map(|name| ModelObject {
                 id: name.to_owned(),
                 object: "model".into(),

@@ -14,9 +14,12 @@ use switchyard_routing::{
     StrategyRegistry,
 };
 
+use switchyard_routing::embed::{Embedder, EmbedderConfig};
+
 use crate::config::{
-    ConfigIssue, DeploymentSpec, DispatchSettings, ModelSpec, ProviderKind, RouterSettings, ServerConfig,
+    ConfigIssue, DeploymentSpec, DispatchSettings, ModelSpec, ProviderKind, RouterSettings, RouterSpec, ServerConfig,
 };
+use crate::learned::{LearnedRoute, LoadError};
 
 /// Everything a request needs: the routing registry and one client per deployment,
 /// indexed by [`DeploymentId`].
@@ -40,6 +43,12 @@ pub struct AppState {
     pub dispatch: DispatchSettings,
     /// Origin of the monotonic milliseconds passed to routing.
     pub started: Instant,
+    /// The sentence embedder, loaded when a group has a learned router.
+    pub embedder: Option<Arc<Embedder>>,
+    /// Learned-router groups by public model name, once [`AppState::start_learned`] ran.
+    pub learned: HashMap<String, Arc<LearnedRoute>>,
+    /// Learned routers configured, waiting for [`AppState::start_learned`].
+    pending_routers: Vec<(String, RouterSpec)>,
 }
 
 /// How one model group is routed.
@@ -119,9 +128,28 @@ impl AppState {
     pub fn build(
         server: ServerConfig,
         router: &RouterSettings,
+        embedder: &EmbedderConfig,
         models: &[ModelSpec],
     ) -> Result<Self, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
+        let pending_routers: Vec<(String, RouterSpec)> = models
+            .iter()
+            .filter_map(|m| m.router.clone().map(|r| (m.name.clone(), r)))
+            .collect();
+        let embedder = if pending_routers.is_empty() {
+            None
+        } else {
+            match Embedder::load(embedder) {
+                Ok(e) => Some(Arc::new(e)),
+                Err(e) => {
+                    issues.push(ConfigIssue {
+                        path: "embedder.model_dir".into(),
+                        message: format!("{e} (run `cargo xtask models fetch`, or point it at the model's directory)"),
+                    });
+                    None
+                }
+            }
+        };
         let dispatch = match router.dispatch() {
             Ok(d) => Some(d),
             Err(found) => {
@@ -148,6 +176,9 @@ impl AppState {
         let mut routes = HashMap::new();
         let mut groups = Vec::with_capacity(models.len());
         for (i, model) in models.iter().enumerate() {
+            if model.router.is_some() {
+                continue;
+            }
             let mut infos = Vec::with_capacity(model.deployments.len());
             for (j, spec) in model.deployments.iter().enumerate() {
                 match build_provider(spec) {
@@ -216,6 +247,9 @@ impl AppState {
             cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
             dispatch,
             routes,
+            embedder,
+            learned: HashMap::new(),
+            pending_routers,
             started: Instant::now(),
             providers,
             server,
@@ -224,6 +258,22 @@ impl AppState {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         })
+    }
+
+    /// Loads every learned router's artifact (a failure is returned, for
+    /// start-up to fail) and starts watching them for new versions.
+    pub async fn start_learned(&mut self) -> Result<(), LoadError> {
+        let Some(embedder) = self.embedder.clone() else {
+            return Ok(());
+        };
+        let groups: std::collections::HashSet<String> = self.routes.keys().cloned().collect();
+        let mut routes = Vec::new();
+        for (name, spec) in std::mem::take(&mut self.pending_routers) {
+            let route = LearnedRoute::new(name.clone(), spec, groups.clone(), embedder.clone()).await;
+            routes.push(route.clone());
+            self.learned.insert(name, route);
+        }
+        crate::learned::start(&routes).await
     }
 
     /// Monotonic milliseconds since start-up, the clock of routing statistics.

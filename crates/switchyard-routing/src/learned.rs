@@ -145,6 +145,43 @@ pub fn decide(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Object
     }
 }
 
+/// Every allowed candidate, best first: [`decide`]'s choice, then the others
+/// by `score − λ · cost / max cost` (for [`Objective::Threshold`], by score),
+/// so a caller can fall back down the list.
+pub fn rank(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Objective) -> Vec<usize> {
+    let Some(first) = decide(scores, costs, allowed, objective) else {
+        return Vec::new();
+    };
+    let n = scores.len().min(costs.len());
+    let ok = |j: usize| allowed.get(j).copied().unwrap_or(false);
+    let max_cost = (0..n).filter(|&j| ok(j)).map(|j| costs[j]).fold(0.0f64, f64::max);
+    let lambda = match objective {
+        Objective::Tradeoff { lambda } => lambda,
+        Objective::Threshold { .. } => 0.0,
+    };
+    let value = |j: usize| {
+        let norm = if max_cost > 0.0 { costs[j] / max_cost } else { 0.0 };
+        f64::from(scores[j]) - lambda * norm
+    };
+    let mut rest: Vec<usize> = (0..n).filter(|&j| ok(j) && j != first).collect();
+    rest.sort_by(|&a, &b| {
+        value(b)
+            .total_cmp(&value(a))
+            .then_with(|| costs[a].total_cmp(&costs[b]))
+    });
+    std::iter::once(first).chain(rest).collect()
+}
+
+/// Writes `path` through a temporary file and a rename, so a
+/// reader sees the old file or the new one, never half of one.
+fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), ArtifactError>) -> Result<(), ArtifactError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    write(&tmp)?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
 impl LearnedRouter {
     /// Predicted score of each candidate model for one query embedding.
     pub fn predict(&self, embedding: &[f32]) -> Result<Vec<f32>, ArtifactError> {
@@ -177,15 +214,16 @@ impl LearnedRouter {
                     ("embeddings".to_owned(), rows(embeddings)?),
                     ("scores".to_owned(), rows(scores)?),
                 ]);
-                candle_core::safetensors::save(&tensors, dir.join("knn.safetensors"))?;
+                write_atomic(&dir.join("knn.safetensors"), |tmp| {
+                    Ok(candle_core::safetensors::save(&tensors, tmp)?)
+                })?;
             }
-            Predictor::Mlp(mlp) => mlp.save(&dir.join("mlp.safetensors"))?,
+            Predictor::Mlp(mlp) => write_atomic(&dir.join("mlp.safetensors"), |tmp| Ok(mlp.save(tmp)?))?,
         }
         let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(|e| ArtifactError::Invalid(e.to_string()))?;
-        let tmp = dir.join("manifest.json.tmp");
-        std::fs::write(&tmp, manifest).map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, dir.join("manifest.json")).map_err(|e| io(dir, e))?;
-        Ok(())
+        write_atomic(&dir.join("manifest.json"), |tmp| {
+            std::fs::write(tmp, manifest).map_err(|e| io(tmp, e))
+        })
     }
 
     /// Reads and checks an artifact directory.
@@ -310,6 +348,26 @@ mod tests {
                     .contains("format version 99")
             );
         }
+    }
+
+    #[test]
+    fn ranking_starts_with_the_decision_and_skips_disallowed_models() {
+        let scores = [0.9f32, 0.85, 0.3, 0.99];
+        let costs = [10.0, 2.0, 0.1, 20.0];
+        let allowed = [true, true, true, false];
+        assert_eq!(
+            rank(&scores, &costs, &allowed, Objective::Tradeoff { lambda: 0.2 }),
+            vec![1, 0, 2]
+        );
+        assert_eq!(
+            rank(&scores, &costs, &allowed, Objective::Threshold { min_score: 0.8 }),
+            vec![1, 0, 2]
+        );
+        assert_eq!(
+            rank(&scores, &costs, &allowed, Objective::Tradeoff { lambda: 5.0 }),
+            vec![2, 1, 0]
+        );
+        assert!(rank(&scores, &costs, &[false; 4], Objective::Tradeoff { lambda: 0.0 }).is_empty());
     }
 
     #[test]

@@ -147,3 +147,65 @@ fn provider_specific_keys_are_checked() {
     let models = ok.validate(&env(&[("AWS_REGION", "eu-west-1")])).unwrap();
     assert_eq!(models[0].deployments[0].aws_region.as_deref(), Some("eu-west-1"));
 }
+
+#[test]
+fn learned_router_groups_are_validated() {
+    let config = parse(
+        r#"
+model_list:
+  - model_name: auto
+    routing_strategy: least-busy
+    fallbacks: [a]
+    router:
+      artifact: s3://bucket/routers/auto/
+      objective: threshold
+      candidates: {gpt: nowhere, claude: auto2}
+      s3: {endpoint_url: "not a url"}
+    deployments:
+      - {provider: mock, model: m}
+  - model_name: auto2
+    router: {artifact: "", lambda: -1, min_score: 0.5}
+  - model_name: a
+    fallbacks: [auto2]
+    deployments:
+      - {provider: mock, model: m}
+"#,
+    )
+    .unwrap();
+    let err = config.validate(&env(&[])).unwrap_err().to_string();
+    for expected in [
+        "model_list[0].deployments: a group with a `router`",
+        "model_list[0].routing_strategy: is not used by a group with a `router`",
+        "model_list[0].fallbacks: a learned router falls back down its ranking",
+        "model_list[0].router.min_score: is required by the threshold objective",
+        "model_list[0].router.s3.endpoint_url",
+        "model_list[0].router.candidates.gpt: `nowhere` is not a model_name",
+        "model_list[0].router.candidates.claude: `auto2` is a learned-router group",
+        "model_list[1].router.artifact: must not be empty",
+        "model_list[1].router.lambda: -1 is not a non-negative number",
+        "model_list[1].router.min_score: is only used by the threshold objective",
+        "model_list[2].fallbacks[0]: `auto2` is a learned-router group",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+
+    let config = parse(
+        "model_list:\n  - model_name: auto\n    router: {artifact: \"s3://bucket/routers/auto/\", objective: threshold, min_score: 0.8, poll_interval_ms: 0}\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n",
+    )
+    .unwrap();
+    let models = config.validate(&env(&[])).unwrap();
+    let spec = models[0].router.clone().unwrap();
+    assert_eq!(
+        spec.location,
+        ArtifactLocation::S3 {
+            bucket: "bucket".into(),
+            prefix: "routers/auto".into()
+        }
+    );
+    assert_eq!(
+        spec.objective,
+        switchyard_routing::learned::Objective::Threshold { min_score: 0.8 }
+    );
+    assert_eq!(spec.poll_interval, None);
+    assert!(models[0].deployments.is_empty());
+}

@@ -1,0 +1,503 @@
+//! Learned-router groups: a model group whose `router` predicts each candidate
+//! model group's quality on the request's prompt and sends the request to the
+//! best trade-off of quality and cost, falling back down the ranking.
+//!
+//! The artifact (see [`switchyard_routing::learned`]) is loaded at start-up —
+//! a bad one fails start-up — and then polled: when its manifest changes
+//! (local modification time and size, or the S3 ETag), the new version is
+//! loaded on a background task, validated against the configuration and
+//! swapped in atomically. A version that fails is logged, shown by
+//! `GET /admin/routers`, and not retried until the manifest changes again;
+//! the previous router keeps serving. Requests read the current router once,
+//! so a swap never affects a request already routed.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use serde::Serialize;
+use switchyard_routing::embed::Embedder;
+use switchyard_routing::learned::{LearnedRouter, Manifest, PredictorKind, rank};
+use switchyard_routing::{Cooldowns, LiveStats, ModelGroup, Registry, RoutingError};
+
+use crate::config::{ArtifactLocation, RouterSpec, S3Entry};
+use crate::error::ApiError;
+
+/// Why an artifact version was not (or could not be) loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The artifact could not be read.
+    #[error("cannot read the router artifact at {location}: {reason}")]
+    Read {
+        /// Where it was read from.
+        location: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The artifact was read but does not fit this gateway.
+    #[error("the router artifact at {location} was rejected: {reason}")]
+    Rejected {
+        /// Where it was read from.
+        location: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Where artifacts are read from.
+#[derive(Debug)]
+enum Source {
+    Local(PathBuf),
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+/// The artifact was replaced while it was read: try again at the next poll.
+const CHANGED_WHILE_READ: &str = "the manifest changed while it was read";
+
+/// How long one check (and reload) of an artifact may take.
+const POLL_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A clear message from an AWS SDK error (its `Display` is only "service error").
+fn aws_reason<E: std::error::Error>(e: &E) -> String {
+    let mut reason = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        reason.push_str(": ");
+        reason.push_str(&s.to_string());
+        source = s.source();
+    }
+    reason
+}
+
+impl Source {
+    async fn new(location: &ArtifactLocation, s3: &S3Entry) -> Self {
+        match location {
+            ArtifactLocation::Local(path) => Source::Local(path.clone()),
+            ArtifactLocation::S3 { bucket, prefix } => {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                if let Some(region) = &s3.region {
+                    loader = loader.region(aws_config::Region::new(region.clone()));
+                }
+                let shared = loader.load().await;
+                let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(s3.force_path_style);
+                if shared.region().is_none() {
+                    builder = builder.region(aws_config::Region::new("us-east-1"));
+                }
+                if let Some(url) = &s3.endpoint_url {
+                    builder = builder.endpoint_url(url);
+                }
+                Source::S3 {
+                    client: aws_sdk_s3::Client::from_conf(builder.build()),
+                    bucket: bucket.clone(),
+                    prefix: prefix.clone(),
+                }
+            }
+        }
+    }
+
+    fn key(prefix: &str, file: &str) -> String {
+        if prefix.is_empty() {
+            file.to_owned()
+        } else {
+            format!("{prefix}/{file}")
+        }
+    }
+
+    /// A cheap fingerprint of the manifest: its modification time and size, or its ETag.
+    async fn version(&self) -> Result<String, String> {
+        match self {
+            Source::Local(dir) => local_version(&dir.join("manifest.json")),
+            Source::S3 { client, bucket, prefix } => {
+                let head = client
+                    .head_object()
+                    .bucket(bucket)
+                    .key(Self::key(prefix, "manifest.json"))
+                    .send()
+                    .await
+                    .map_err(|e| aws_reason(&e))?;
+                Ok(head.e_tag().unwrap_or_default().trim_matches('"').to_owned())
+            }
+        }
+    }
+
+    /// Reads the artifact; returns it with the version it was read at.
+    async fn load(&self) -> Result<(LearnedRouter, String), String> {
+        match self {
+            Source::Local(dir) => {
+                let before = local_version(&dir.join("manifest.json"))?;
+                let path = dir.clone();
+                let router = tokio::task::spawn_blocking(move || LearnedRouter::load(&path))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                let after = local_version(&dir.join("manifest.json"))?;
+                if before != after {
+                    return Err(CHANGED_WHILE_READ.into());
+                }
+                Ok((router, before))
+            }
+            Source::S3 { client, bucket, prefix } => {
+                let get = |file: &'static str| async move {
+                    let object = client
+                        .get_object()
+                        .bucket(bucket)
+                        .key(Self::key(prefix, file))
+                        .send()
+                        .await
+                        .map_err(|e| format!("{file}: {}", aws_reason(&e)))?;
+                    let etag = object.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+                    let bytes = object
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| format!("{file}: {e}"))?
+                        .into_bytes();
+                    Ok::<_, String>((bytes, etag))
+                };
+                let (manifest_bytes, etag) = get("manifest.json").await?;
+                let manifest: Manifest =
+                    serde_json::from_slice(&manifest_bytes).map_err(|e| format!("manifest.json: {e}"))?;
+                let data_file = match manifest.kind {
+                    PredictorKind::Knn => "knn.safetensors",
+                    PredictorKind::Mlp => "mlp.safetensors",
+                };
+                let (data, _) = get(data_file).await?;
+                let router = tokio::task::spawn_blocking(move || {
+                    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+                    std::fs::write(dir.path().join(data_file), &data).map_err(|e| e.to_string())?;
+                    std::fs::write(dir.path().join("manifest.json"), &manifest_bytes).map_err(|e| e.to_string())?;
+                    LearnedRouter::load(dir.path()).map_err(|e| e.to_string())
+                })
+                .await
+                .map_err(|e| e.to_string())??;
+                Ok((router, etag))
+            }
+        }
+    }
+}
+
+fn local_version(manifest: &Path) -> Result<String, String> {
+    let meta = std::fs::metadata(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    Ok(format!("{mtime}-{}", meta.len()))
+}
+
+/// A validated router with its candidates resolved to model groups.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The router.
+    pub router: LearnedRouter,
+    /// Model group of each of the router's models, in prediction order.
+    pub groups: Vec<String>,
+    /// The version it was loaded at (modification time and size, or ETag).
+    pub version: String,
+    /// Unix time it was loaded.
+    pub loaded_at: u64,
+}
+
+/// What `GET /admin/routers` reports about one router.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RouterStatus {
+    /// Versions swapped in since start-up (the first load included).
+    pub loads: u64,
+    /// Versions rejected.
+    pub rejected: u64,
+    /// Why the last rejected version was rejected.
+    pub last_error: Option<String>,
+    /// Unix time of the last check of the manifest.
+    pub last_checked: Option<u64>,
+    /// The version that was rejected last; not retried until the manifest changes.
+    #[serde(skip)]
+    rejected_version: Option<String>,
+}
+
+/// The predicted scores and the choice of one request, reported in headers and logs.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// The router group's name.
+    pub router: String,
+    /// Candidate groups, best first; the first is the router's choice.
+    pub ranked: Vec<String>,
+    /// Each candidate group's predicted score (including ones not allowed now).
+    pub scores: Vec<(String, f32)>,
+}
+
+impl Prediction {
+    /// `group=score` pairs, `;`-separated, scores with three decimals.
+    pub fn scores_header(&self) -> String {
+        self.scores
+            .iter()
+            .map(|(g, s)| format!("{g}={s:.3}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    }
+}
+
+/// One learned-router group.
+#[derive(Debug)]
+pub struct LearnedRoute {
+    /// Public model name of the group.
+    pub name: String,
+    /// Its configuration.
+    pub spec: RouterSpec,
+    source: Source,
+    current: ArcSwapOption<Loaded>,
+    status: Mutex<RouterStatus>,
+    /// Model groups with deployments, which candidates must map to.
+    groups: HashSet<String>,
+    embedder: Arc<Embedder>,
+}
+
+impl LearnedRoute {
+    /// A route with nothing loaded yet; [`LearnedRoute::reload`] loads it.
+    pub(crate) async fn new(
+        name: String,
+        spec: RouterSpec,
+        groups: HashSet<String>,
+        embedder: Arc<Embedder>,
+    ) -> Arc<Self> {
+        let source = Source::new(&spec.location, &spec.s3).await;
+        Arc::new(Self {
+            name,
+            spec,
+            source,
+            current: ArcSwapOption::empty(),
+            status: Mutex::new(RouterStatus::default()),
+            groups,
+            embedder,
+        })
+    }
+
+    /// The router serving now.
+    pub fn current(&self) -> Option<Arc<Loaded>> {
+        self.current.load_full()
+    }
+
+    /// A copy of the reload status.
+    pub fn status(&self) -> RouterStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut RouterStatus)) {
+        if let Ok(mut status) = self.status.lock() {
+            f(&mut status);
+        }
+    }
+
+    fn validate(&self, router: LearnedRouter, version: String) -> Result<Loaded, String> {
+        let m = &router.manifest;
+        if m.embedder != self.embedder.id() {
+            return Err(format!(
+                "it was trained with the embedder `{}` but the gateway runs `{}`",
+                m.embedder,
+                self.embedder.id()
+            ));
+        }
+        if m.dims != self.embedder.dims() {
+            return Err(format!(
+                "it expects {}-dimensional embeddings, the embedder makes {}",
+                m.dims,
+                self.embedder.dims()
+            ));
+        }
+        let mut groups = Vec::with_capacity(m.models.len());
+        let mut missing = Vec::new();
+        for model in &m.models {
+            let group = self.spec.candidates.get(model).unwrap_or(model);
+            if self.groups.contains(group) {
+                groups.push(group.clone());
+            } else {
+                missing.push(model.as_str());
+            }
+        }
+        if !missing.is_empty() {
+            return Err(format!(
+                "its candidate models {} are not model groups of this configuration (map them under `router.candidates`)",
+                missing.join(", ")
+            ));
+        }
+        Ok(Loaded {
+            router,
+            groups,
+            version,
+            loaded_at: unix_now(),
+        })
+    }
+
+    /// Loads the artifact's current version, validates it and swaps it in.
+    pub async fn reload(&self) -> Result<(), LoadError> {
+        let location = self.spec.location.to_string();
+        let (router, version) = match self.source.load().await {
+            Ok(loaded) => loaded,
+            Err(reason) if reason == CHANGED_WHILE_READ => {
+                return Err(LoadError::Read { location, reason });
+            }
+            Err(reason) => {
+                let error = LoadError::Read { location, reason };
+                // Not retried until the manifest changes again (a broken
+                // upload is not fixed by reading it again).
+                let version = self.source.version().await.ok();
+                self.update_status(|s| {
+                    s.rejected += 1;
+                    s.rejected_version = version;
+                    s.last_error = Some(error.to_string());
+                });
+                return Err(error);
+            }
+        };
+        match self.validate(router, version.clone()) {
+            Ok(loaded) => {
+                tracing::info!(router = %self.name, %version, data_hash = %loaded.router.manifest.data_hash, "router artifact loaded");
+                self.current.store(Some(Arc::new(loaded)));
+                self.update_status(|s| {
+                    s.loads += 1;
+                    s.rejected_version = None;
+                });
+                Ok(())
+            }
+            Err(reason) => {
+                self.update_status(|s| {
+                    s.rejected += 1;
+                    s.rejected_version = Some(version);
+                    s.last_error = Some(reason.clone());
+                });
+                Err(LoadError::Rejected { location, reason })
+            }
+        }
+    }
+
+    /// Checks the manifest and reloads when it changed.
+    async fn poll(&self) {
+        let version = self.source.version().await;
+        self.update_status(|s| s.last_checked = Some(unix_now()));
+        let version = match version {
+            Ok(v) => v,
+            Err(reason) => {
+                tracing::warn!(router = %self.name, %reason, "cannot check the router artifact; the current router keeps serving");
+                return;
+            }
+        };
+        let current = self.current().map(|l| l.version.clone());
+        let rejected = self.status().rejected_version;
+        if current.as_ref() == Some(&version) || rejected.as_ref() == Some(&version) {
+            return;
+        }
+        if let Err(e) = self.reload().await {
+            tracing::warn!(router = %self.name, error = %e, "new router artifact not loaded; the current router keeps serving");
+        }
+    }
+
+    /// Polls the artifact every `poll_interval` until the route is dropped.
+    pub(crate) fn watch(self: &Arc<Self>) {
+        let Some(period) = self.spec.poll_interval else {
+            return;
+        };
+        let weak: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            ticker.tick().await;
+            loop {
+                ticker.tick().await;
+                let Some(route) = weak.upgrade() else {
+                    break;
+                };
+                if tokio::time::timeout(POLL_TIMEOUT, route.poll()).await.is_err() {
+                    tracing::warn!(router = %route.name, "checking the router artifact timed out");
+                }
+            }
+        });
+    }
+
+    /// Predicts every candidate's score on `query` and ranks the groups that
+    /// can take the request now: a deployment whose circuit breaker lets it
+    /// serve and that is under its `rpm`/`tpm` limits.
+    pub(crate) async fn predict(&self, live: &Live<'_>, query: String) -> Result<Prediction, ApiError> {
+        let Some(loaded) = self.current() else {
+            return Err(ApiError::Routing(RoutingError::NoDeployment(self.name.clone())));
+        };
+        let embedder = self.embedder.clone();
+        let embedding = tokio::task::spawn_blocking(move || embedder.embed_one(&query))
+            .await
+            .map_err(|e| ApiError::Internal(format!("embedding task: {e}")))?
+            .map_err(|e| ApiError::Internal(format!("embedding the prompt: {e}")))?;
+        let scores = loaded
+            .router
+            .predict(&embedding)
+            .map_err(|e| ApiError::Internal(format!("router prediction: {e}")))?;
+        let allowed: Vec<bool> = loaded.groups.iter().map(|g| live.can_serve(g)).collect();
+        let order = rank(
+            &scores,
+            &loaded.router.manifest.mean_costs,
+            &allowed,
+            self.spec.objective,
+        );
+        if order.is_empty() {
+            tracing::warn!(router = %self.name, "no candidate of the router can serve now");
+            return Err(ApiError::Routing(RoutingError::NoDeployment(self.name.clone())));
+        }
+        let prediction = Prediction {
+            router: self.name.clone(),
+            ranked: order.iter().map(|&j| loaded.groups[j].clone()).collect(),
+            scores: loaded.groups.iter().cloned().zip(scores).collect(),
+        };
+        tracing::info!(
+            router = %self.name,
+            version = %loaded.version,
+            choice = %prediction.ranked[0],
+            scores = %prediction.scores_header(),
+            "learned routing decision"
+        );
+        Ok(prediction)
+    }
+}
+
+/// The live state a prediction filters candidates with.
+pub(crate) struct Live<'a> {
+    pub(crate) registry: &'a Registry,
+    pub(crate) stats: &'a LiveStats,
+    pub(crate) cooldowns: &'a Cooldowns,
+    pub(crate) now_ms: u64,
+}
+
+impl Live<'_> {
+    fn can_serve(&self, group: &str) -> bool {
+        self.registry
+            .group(group)
+            .is_ok_and(|g: &ModelGroup| g.deployments().iter().any(|d| self.deployment_ok(d)))
+    }
+
+    fn deployment_ok(&self, d: &switchyard_routing::DeploymentInfo) -> bool {
+        let stats = self.stats.deployment(d.id);
+        let under = |limit: Option<u64>, used: u64| limit.is_none_or(|l| used < l);
+        self.cooldowns.may_serve(d.id, self.now_ms)
+            && under(d.rpm, stats.rpm_used(self.now_ms).saturating_add(stats.in_flight()))
+            && under(d.tpm, stats.tpm_used(self.now_ms))
+    }
+}
+
+/// Loads every router once (a failure fails start-up) and starts watching them.
+pub async fn start(routes: &[Arc<LearnedRoute>]) -> Result<(), LoadError> {
+    for route in routes {
+        route.reload().await?;
+        route.watch();
+    }
+    Ok(())
+}

@@ -1,0 +1,437 @@
+//! Learned-router groups through the real `switchyard` binary and the real
+//! all-MiniLM-L6-v2 embedder (`cargo xtask models fetch`): the router picks
+//! the group predicted to answer best for the price, reports its scores in
+//! headers, falls back down its ranking, and hot-reloads new artifacts under
+//! load without failing a request while rejecting bad ones.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use switchyard_routing::embed::{Embedder, EmbedderConfig};
+use switchyard_routing::knn::{KnnIndex, KnnParams};
+use switchyard_routing::learned::{FORMAT_VERSION, LearnedRouter, Manifest, Predictor, PredictorKind};
+use switchyard_testkit::GatewayProcess;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+const MATH: &[&str] = &[
+    "Solve for x: 3x + 7 = 22.",
+    "What is the derivative of x^3 + 2x?",
+    "Compute the integral of sin(x) from 0 to pi.",
+    "Prove that the square root of 2 is irrational.",
+    "Find the eigenvalues of the matrix [[2, 1], [1, 2]].",
+    "How many prime numbers are there below 50?",
+];
+const POETRY: &[&str] = &[
+    "Write a short poem about autumn leaves.",
+    "Compose a haiku about the sea at night.",
+    "Write a limerick about a cat who loves cheese.",
+    "Give me a sonnet about lost love.",
+    "Write a few rhyming lines about spring rain.",
+    "A short free-verse poem about city lights, please.",
+];
+const MATH_QUERY: &str = "Solve the equation 5x - 3 = 12 for x.";
+const POETRY_QUERY: &str = "Write a poem about the moon over a quiet lake.";
+
+fn model_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "the embedding model is missing from {}: run `cargo xtask models fetch`",
+        dir.display()
+    );
+    dir.canonicalize().unwrap()
+}
+
+struct Trainer {
+    embedder: Embedder,
+    embeddings: Vec<Vec<f32>>,
+}
+
+impl Trainer {
+    fn new() -> Self {
+        let embedder = Embedder::load(&EmbedderConfig {
+            model_dir: model_dir(),
+            ..EmbedderConfig::default()
+        })
+        .unwrap();
+        let texts: Vec<&str> = MATH.iter().chain(POETRY).copied().collect();
+        let embeddings = embedder.embed(&texts).unwrap();
+        Trainer { embedder, embeddings }
+    }
+
+    /// A KNN router over the math and poetry queries. `math` and `poetry` are
+    /// the scores of `models` on each kind of query.
+    fn router(&self, tag: &str, models: &[&str], costs: &[f64], math: &[f32], poetry: &[f32]) -> LearnedRouter {
+        let scores: Vec<Vec<f32>> = MATH
+            .iter()
+            .map(|_| math.to_vec())
+            .chain(POETRY.iter().map(|_| poetry.to_vec()))
+            .collect();
+        let params = KnnParams {
+            k: 3,
+            ..KnnParams::default()
+        };
+        LearnedRouter {
+            manifest: Manifest {
+                format_version: FORMAT_VERSION,
+                kind: PredictorKind::Knn,
+                embedder: self.embedder.id().to_owned(),
+                dims: self.embedder.dims(),
+                models: models.iter().map(|m| (*m).to_owned()).collect(),
+                mean_costs: costs.to_vec(),
+                data_hash: tag.to_owned(),
+                knn: Some(params),
+                mlp: None,
+                metrics: json!({"tag": tag}),
+            },
+            predictor: Predictor::Knn(KnnIndex::build(self.embeddings.clone(), scores, params)),
+        }
+    }
+
+    /// Math needs the strong model; the cheap one writes poetry as well.
+    fn version_a(&self) -> LearnedRouter {
+        self.router(
+            "version-a",
+            &["strong", "cheap"],
+            &[10.0, 1.0],
+            &[1.0, 0.0],
+            &[1.0, 1.0],
+        )
+    }
+
+    /// The opposite: the cheap model is the one that does math.
+    fn version_b(&self) -> LearnedRouter {
+        self.router(
+            "version-b",
+            &["strong", "cheap"],
+            &[10.0, 1.0],
+            &[0.0, 1.0],
+            &[1.0, 1.0],
+        )
+    }
+}
+
+/// Two mock groups (`strong-model`, reached through `router.candidates`, and
+/// `cheap`) behind the learned group `switchyard/auto`.
+fn config(artifact: &str, router_extra: &str, strong_deployment: &str) -> String {
+    format!(
+        r#"
+router_settings:
+  num_retries: 0
+  retry_backoff_ms: 10
+embedder:
+  model_dir: "{model_dir}"
+model_list:
+  - model_name: switchyard/auto
+    router:
+      artifact: "{artifact}"
+      lambda: 0.3
+      candidates:
+        strong: strong-model
+{router_extra}
+  - model_name: strong-model
+    deployments:
+      - {strong_deployment}
+  - model_name: cheap
+    deployments:
+      - {{provider: mock, model: cheap-1, mock: {{reply: "cheap answer"}}}}
+"#,
+        model_dir = model_dir().display(),
+    )
+}
+
+const STRONG_MOCK: &str = r#"{provider: mock, model: strong-1, mock: {reply: "strong answer"}}"#;
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+
+    /// `group=score` pairs of `x-switchyard-router-scores`.
+    fn scores(&self) -> Vec<(String, f64)> {
+        self.header("x-switchyard-router-scores")
+            .split(';')
+            .filter(|s| !s.is_empty())
+            .map(|pair| {
+                let (g, s) = pair.split_once('=').unwrap();
+                (g.to_owned(), s.parse().unwrap())
+            })
+            .collect()
+    }
+}
+
+async fn post(client: &reqwest::Client, gw: &str, path: &str, body: Value) -> Answer {
+    let response = client.post(format!("{gw}{path}")).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.text().await.unwrap();
+    Answer { status, headers, body }
+}
+
+async fn ask(client: &reqwest::Client, gw: &str, query: &str) -> Answer {
+    let body = json!({"model": "switchyard/auto", "messages": [{"role": "user", "content": query}]});
+    post(client, gw, "/v1/chat/completions", body).await
+}
+
+async fn routers(gw: &str) -> Value {
+    reqwest::get(format!("{gw}/admin/routers"))
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["routers"][0]
+        .clone()
+}
+
+/// Polls `/admin/routers` until `check` holds (the gateway polls the artifact every 100 ms).
+async fn wait_for(gw: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let state = routers(gw).await;
+        if check(&state) {
+            return state;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}: {state}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_each_prompt_to_the_best_trade_off_and_reports_the_scores() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let gw = GatewayProcess::start(
+        Path::new(BIN),
+        &config(&dir.path().display().to_string(), "", STRONG_MOCK),
+    );
+    let base = gw.base_url();
+    let client = reqwest::Client::new();
+
+    let math = ask(&client, &base, MATH_QUERY).await;
+    assert_eq!(math.status, 200, "{}", math.body);
+    assert_eq!(math.json()["choices"][0]["message"]["content"], "strong answer");
+    assert_eq!(math.header("x-switchyard-model"), "strong-model");
+    assert_eq!(math.header("x-switchyard-router"), "switchyard/auto");
+    assert_eq!(math.header("x-switchyard-router-choice"), "strong-model");
+    let scores = math.scores();
+    assert_eq!(scores.len(), 2, "{scores:?}");
+    assert_eq!(scores[0].0, "strong-model");
+    assert_eq!(scores[1].0, "cheap");
+    assert!(scores[0].1 > 0.9 && scores[1].1 < 0.5, "{scores:?}");
+
+    // Both models write poetry; the cheap one is chosen.
+    let poem = ask(&client, &base, POETRY_QUERY).await;
+    assert_eq!(poem.status, 200, "{}", poem.body);
+    assert_eq!(poem.json()["choices"][0]["message"]["content"], "cheap answer");
+    assert_eq!(poem.header("x-switchyard-model"), "cheap");
+    assert!(poem.scores().iter().all(|(_, s)| *s > 0.9), "{:?}", poem.scores());
+
+    // Streams, completions and Anthropic messages are routed the same way.
+    let stream = post(
+        &client,
+        &base,
+        "/v1/chat/completions",
+        json!({"model": "switchyard/auto", "stream": true, "messages": [{"role": "user", "content": MATH_QUERY}]}),
+    )
+    .await;
+    assert_eq!(stream.status, 200, "{}", stream.body);
+    assert_eq!(stream.header("x-switchyard-model"), "strong-model");
+    assert!(stream.body.contains("strong"), "{}", stream.body);
+    let completion = post(
+        &client,
+        &base,
+        "/v1/completions",
+        json!({"model": "switchyard/auto", "prompt": POETRY_QUERY}),
+    )
+    .await;
+    assert_eq!(completion.status, 200, "{}", completion.body);
+    assert_eq!(completion.header("x-switchyard-model"), "cheap");
+    let message = post(
+        &client,
+        &base,
+        "/v1/messages",
+        json!({"model": "switchyard/auto", "max_tokens": 50, "messages": [{"role": "user", "content": MATH_QUERY}]}),
+    )
+    .await;
+    assert_eq!(message.status, 200, "{}", message.body);
+    assert_eq!(message.header("x-switchyard-model"), "strong-model");
+    assert_eq!(message.json()["content"][0]["text"], "strong answer");
+
+    // Embeddings have no prompt to judge: a clear 400 naming the field.
+    let embed = post(
+        &client,
+        &base,
+        "/v1/embeddings",
+        json!({"model": "switchyard/auto", "input": "hello"}),
+    )
+    .await;
+    assert_eq!(embed.status, 400, "{}", embed.body);
+    assert_eq!(embed.json()["error"]["param"], "model");
+
+    // The router group is listed with the others, and its state is visible.
+    let models: Value = reqwest::get(format!("{base}/v1/models"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = models["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&"switchyard/auto"), "{ids:?}");
+    let state = routers(&base).await;
+    assert_eq!(state["current"]["data_hash"], "version-a", "{state}");
+    assert_eq!(state["current"]["groups"], json!(["strong-model", "cheap"]));
+    assert_eq!(state["status"]["loads"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn falls_back_down_the_ranking_when_the_choice_fails() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    // Nothing listens on port 9: the strong model's only deployment fails to connect.
+    let broken = r#"{provider: openai, model: strong-1, api_key: k, api_base: "http://127.0.0.1:9/v1"}"#;
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&dir.path().display().to_string(), "", broken));
+    let client = reqwest::Client::new();
+    let answer = ask(&client, &gw.base_url(), MATH_QUERY).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-switchyard-router-choice"), "strong-model");
+    assert_eq!(answer.header("x-switchyard-model"), "cheap");
+    assert_eq!(answer.header("x-switchyard-attempts"), "2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_artifact_is_swapped_in_under_load_and_bad_ones_are_rejected() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let gw = GatewayProcess::start(
+        Path::new(BIN),
+        &config(
+            &dir.path().display().to_string(),
+            "      poll_interval_ms: 100",
+            STRONG_MOCK,
+        ),
+    );
+    let base = gw.base_url();
+
+    // Clients keep asking math questions throughout; every answer must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, base) = (stop.clone(), ok.clone(), base.clone());
+        clients.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let a = ask(&client, &base, MATH_QUERY).await;
+                if a.status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    failures.push(format!("{}: {}", a.status, a.body));
+                }
+            }
+            failures
+        }));
+    }
+    let client = reqwest::Client::new();
+    while ok.load(Ordering::Relaxed) < 20 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        ask(&client, &base, MATH_QUERY).await.header("x-switchyard-model"),
+        "strong-model"
+    );
+
+    // A new version: now the cheap model does math.
+    trainer.version_b().save(dir.path()).unwrap();
+    wait_for(&base, "version b", |s| s["current"]["data_hash"] == "version-b").await;
+    let after = ask(&client, &base, MATH_QUERY).await;
+    assert_eq!(after.header("x-switchyard-model"), "cheap", "{:?}", after.scores());
+
+    // A version naming a model the configuration lacks is rejected; b keeps serving.
+    trainer
+        .router(
+            "version-c",
+            &["strong", "mystery"],
+            &[10.0, 1.0],
+            &[1.0, 0.0],
+            &[1.0, 1.0],
+        )
+        .save(dir.path())
+        .unwrap();
+    let state = wait_for(&base, "the rejection", |s| s["status"]["rejected"] == 1).await;
+    let error = state["status"]["last_error"].as_str().unwrap();
+    assert!(error.contains("mystery"), "{error}");
+    assert_eq!(state["current"]["data_hash"], "version-b");
+
+    // A truncated data file is rejected too.
+    let mut manifest: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("manifest.json")).unwrap()).unwrap();
+    manifest["data_hash"] = json!("version-d");
+    manifest["models"] = json!(["strong", "cheap"]);
+    std::fs::write(dir.path().join("knn.safetensors"), b"not a safetensors file").unwrap();
+    std::fs::write(dir.path().join("manifest.json"), serde_json::to_vec(&manifest).unwrap()).unwrap();
+    let state = wait_for(&base, "the second rejection", |s| s["status"]["rejected"] == 2).await;
+    assert_eq!(state["current"]["data_hash"], "version-b", "{state}");
+    assert_eq!(state["status"]["loads"], 2, "{state}");
+
+    let before_stop = ok.load(Ordering::Relaxed);
+    while ok.load(Ordering::Relaxed) < before_stop + 10 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for c in clients {
+        let failures = c.await.unwrap();
+        assert!(failures.is_empty(), "requests failed during reloads: {failures:?}");
+    }
+    assert_eq!(
+        ask(&client, &base, MATH_QUERY).await.header("x-switchyard-model"),
+        "cheap"
+    );
+    assert!(gw.logs().iter().any(|l| l.contains("new router artifact not loaded")));
+}
+
+#[test]
+fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer
+        .router("bad", &["strong", "mystery"], &[10.0, 1.0], &[1.0, 0.0], &[1.0, 1.0])
+        .save(dir.path())
+        .unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let path = config_dir.path().join("config.yaml");
+    std::fs::write(&path, config(&dir.path().display().to_string(), "", STRONG_MOCK)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("mystery") && stderr.contains("rejected"), "{stderr}");
+}
