@@ -1,9 +1,11 @@
 //! `cargo xtask ci`: the full CI pipeline, failing fast on the first error.
 //!
 //! Steps, in order: `cargo fmt --check`, `cargo clippy -D warnings`,
-//! `cargo build --workspace --bins`, `cargo xtask models fetch`, `cargo test --workspace`, and the Python
-//! OpenAI-SDK client tests in `tests/python` run against the freshly built
-//! `switchyard` and `mock-upstream` binaries.
+//! `cargo build --workspace --bins`, `cargo xtask models fetch`, the Python
+//! test environment (`tests/python/requirements.txt`: client SDKs, pytest and
+//! `moto_server`, which the S3 tests start), `cargo test --workspace`, and the
+//! Python OpenAI-SDK client tests in `tests/python` run against the freshly
+//! built `switchyard` and `mock-upstream` binaries.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -35,6 +37,8 @@ enum Step {
     Build,
     /// `cargo xtask models fetch`: the embedding model the tests use.
     Models,
+    /// The Python virtual environment with the test tools.
+    PythonEnv,
     /// `cargo test --workspace`.
     Test,
     /// The Python OpenAI-SDK client tests.
@@ -49,6 +53,7 @@ impl Step {
             Self::Clippy => "cargo clippy --workspace --all-targets -- -D warnings",
             Self::Build => "cargo build --workspace --bins",
             Self::Models => "fetch the embedding model (cargo xtask models fetch)",
+            Self::PythonEnv => "python test environment (tests/python/requirements.txt)",
             Self::Test => "cargo test --workspace",
             Self::Python => "python client tests (pytest -q tests/python)",
         }
@@ -64,7 +69,7 @@ pub fn run(args: &CiArgs) -> Result<()> {
     if !args.skip_lint {
         steps.extend([Step::Fmt, Step::Clippy]);
     }
-    steps.extend([Step::Build, Step::Models, Step::Test]);
+    steps.extend([Step::Build, Step::Models, Step::PythonEnv, Step::Test]);
     if !args.skip_python {
         steps.push(Step::Python);
     }
@@ -91,7 +96,16 @@ fn run_step(step: Step, root: &Path, target: &Path) -> Result<()> {
         ),
         Step::Build => cargo(root, &["build", "--workspace", "--bins"], "build"),
         Step::Models => crate::models::fetch(&crate::models::FetchArgs { dir: None, cache: None }),
-        Step::Test => cargo(root, &["test", "--workspace"], "cargo test"),
+        Step::PythonEnv => ensure_venv(root, target).map(drop),
+        Step::Test => {
+            let moto = target.join("py-venv").join("bin").join("moto_server");
+            let mut command = clean_command(util::cargo_program());
+            command
+                .args(["test", "--workspace"])
+                .current_dir(root)
+                .env("MOTO_SERVER_BIN", moto);
+            run_checked(&mut command, "cargo test")
+        }
         Step::Python => python_tests(root, target),
     }
 }

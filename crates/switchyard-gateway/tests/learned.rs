@@ -2,7 +2,8 @@
 //! all-MiniLM-L6-v2 embedder (`cargo xtask models fetch`): the router picks
 //! the group predicted to answer best for the price, reports its scores in
 //! headers, falls back down its ranking, and hot-reloads new artifacts under
-//! load without failing a request while rejecting bad ones.
+//! load without failing a request while rejecting bad ones — from a local
+//! directory and from S3 (a real `moto_server`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 use switchyard_routing::embed::{Embedder, EmbedderConfig};
 use switchyard_routing::knn::{KnnIndex, KnnParams};
 use switchyard_routing::learned::{FORMAT_VERSION, LearnedRouter, Manifest, Predictor, PredictorKind};
-use switchyard_testkit::GatewayProcess;
+use switchyard_testkit::{GatewayProcess, MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -434,4 +435,96 @@ fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("mystery") && stderr.contains("rejected"), "{stderr}");
+}
+
+fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            MOTO_ACCESS_KEY_ID,
+            MOTO_SECRET_ACCESS_KEY,
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// Publishes an artifact the way a training job should: data first, manifest last.
+async fn publish(client: &aws_sdk_s3::Client, router: &LearnedRouter) {
+    let dir = tempfile::tempdir().unwrap();
+    router.save(dir.path()).unwrap();
+    for file in ["knn.safetensors", "manifest.json"] {
+        let body = std::fs::read(dir.path().join(file)).unwrap();
+        client
+            .put_object()
+            .bucket("routers")
+            .key(format!("prod/auto/{file}"))
+            .body(body.into())
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routers_load_and_reload_from_s3() {
+    let trainer = Trainer::new();
+    let moto = MotoServer::start();
+    let s3 = s3_client(&moto.endpoint());
+    s3.create_bucket().bucket("routers").send().await.unwrap();
+    publish(&s3, &trainer.version_a()).await;
+
+    let extra = format!(
+        "      poll_interval_ms: 100\n      s3: {{endpoint_url: \"{}\", region: us-east-1, force_path_style: true}}",
+        moto.endpoint()
+    );
+    let gw = GatewayProcess::start_with(
+        Path::new(BIN),
+        &config("s3://routers/prod/auto/", &extra, STRONG_MOCK),
+        &[],
+        &[
+            ("AWS_ACCESS_KEY_ID", MOTO_ACCESS_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", MOTO_SECRET_ACCESS_KEY),
+        ],
+    );
+    let base = gw.base_url();
+    let client = reqwest::Client::new();
+    let state = routers(&base).await;
+    assert_eq!(state["artifact"], "s3://routers/prod/auto");
+    assert_eq!(state["current"]["data_hash"], "version-a", "{state}");
+    assert_eq!(
+        ask(&client, &base, MATH_QUERY).await.header("x-switchyard-model"),
+        "strong-model"
+    );
+
+    publish(&s3, &trainer.version_b()).await;
+    wait_for(&base, "version b from S3", |s| s["current"]["data_hash"] == "version-b").await;
+    assert_eq!(
+        ask(&client, &base, MATH_QUERY).await.header("x-switchyard-model"),
+        "cheap"
+    );
+
+    // A manifest that is not JSON is rejected; version b keeps serving.
+    s3.put_object()
+        .bucket("routers")
+        .key("prod/auto/manifest.json")
+        .body(b"{ not json".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let state = wait_for(&base, "the rejection", |s| s["status"]["rejected"] == 1).await;
+    assert!(
+        state["status"]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("manifest.json"),
+        "{state}"
+    );
+    assert_eq!(state["current"]["data_hash"], "version-b");
+    assert_eq!(ask(&client, &base, MATH_QUERY).await.status, 200);
 }

@@ -47,6 +47,7 @@ mod bedrock_claude;
 mod bedrock_mock;
 mod embeddings;
 mod harness;
+mod moto;
 mod openai_mock;
 mod reply;
 mod scenario;
@@ -55,6 +56,7 @@ mod sse;
 
 pub use embeddings::{DEFAULT_EMBEDDING_DIMS, encode_base64_embedding, mock_embedding};
 pub use harness::{GatewayProcess, run_check_config};
+pub use moto::{MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoServer};
 pub use reply::{MOCK_CACHE_READ_TOKENS, MOCK_CACHE_WRITE_TOKENS};
 pub use scenario::{SCENARIO_HEADER, Scenario};
 pub use server::{MockUpstream, RecordedRequest};
