@@ -44,6 +44,9 @@ pub struct BenchArgs {
 pub enum BenchTarget {
     /// Gateway overhead versus calling the mock upstream directly.
     Gateway(GatewayBenchArgs),
+    /// A learned router's decision on one core: embedding a 256-token prompt
+    /// (uncached and cached) and the KNN and MLP predictions (criterion).
+    Routing,
 }
 
 /// Options of `cargo xtask bench gateway`.
@@ -64,7 +67,48 @@ pub struct GatewayBenchArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     match &args.target {
         BenchTarget::Gateway(gateway) => gateway_bench(gateway),
+        BenchTarget::Routing => routing_bench(),
     }
+}
+
+/// The routing-decision budget the benchmark is compared with.
+const ROUTING_BUDGET_MS: f64 = 2.0;
+
+/// Runs `benches/routing_decision.rs` on one core and prints each median
+/// beside the 2 ms budget.
+fn routing_bench() -> Result<()> {
+    let root = util::workspace_root()?;
+    crate::models::fetch(&crate::models::FetchArgs { dir: None, cache: None })?;
+    header("criterion: benches/routing_decision.rs (RAYON_NUM_THREADS=1)");
+    let mut command = clean_command(util::cargo_program());
+    command
+        .args(["bench", "-p", "switchyard-benches", "--bench", "routing_decision"])
+        .current_dir(&root)
+        .env("RAYON_NUM_THREADS", "1");
+    run_checked(&mut command, "cargo bench")?;
+    let dir = util::target_dir(&root)?.join("criterion").join("learned routing");
+    let mut rows = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let path = entry?.path();
+        let (Ok(meta), Ok(estimates)) = (
+            fs::read(path.join("new").join("benchmark.json")),
+            fs::read(path.join("new").join("estimates.json")),
+        ) else {
+            continue;
+        };
+        let meta: serde_json::Value = serde_json::from_slice(&meta)?;
+        let estimates: serde_json::Value = serde_json::from_slice(&estimates)?;
+        let name = meta["function_id"].as_str().unwrap_or_default().to_owned();
+        let median_ns = estimates["median"]["point_estimate"].as_f64().unwrap_or(f64::NAN);
+        rows.push((name, median_ns / 1e6));
+    }
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    header("learned routing decision, one core");
+    println!("{:<32} {:>12} {:>14}", "step", "median ms", "vs 2 ms budget");
+    for (name, ms) in &rows {
+        println!("{name:<32} {ms:>12.4} {:>13.2}x", ms / ROUTING_BUDGET_MS);
+    }
+    Ok(())
 }
 
 /// A request shape that is measured against both sides.

@@ -168,6 +168,14 @@ impl Embedder {
         &self.id
     }
 
+    /// Tokens of `text` that are embedded (special tokens included, after truncation).
+    pub fn token_count(&self, text: &str) -> Result<usize, EmbedError> {
+        self.tokenizer
+            .encode(text, true)
+            .map(|e| e.get_ids().len())
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+    }
+
     /// Embeds one text, from the cache when it was seen recently.
     pub fn embed_one(&self, text: &str) -> Result<Arc<[f32]>, EmbedError> {
         let key = self.hasher.hash_one(text);
