@@ -18,6 +18,7 @@ mod ci;
 mod http;
 mod models;
 mod oha;
+mod plot;
 mod process;
 mod router;
 mod util;

@@ -2,12 +2,12 @@
 //! data (JSON Lines, see `switchyard_routing::dataset`).
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
 use switchyard_routing::dataset::Dataset;
 use switchyard_routing::embed::{Embedder, EmbedderConfig};
 use switchyard_routing::eval::{Report, evaluate};
@@ -73,6 +73,19 @@ pub struct EvalArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also draw the cost–quality curves into this PNG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed_precise} {prefix}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_message(what.to_owned());
+    bar
 }
 
 fn embedder(root: &Path, model_dir: &Path) -> Result<Embedder> {
@@ -115,12 +128,12 @@ fn embed_all(root: &Path, embedder: &Embedder, data: &Dataset) -> Result<Vec<Vec
     }
     let queries = data.queries();
     let mut out = Vec::with_capacity(queries.len());
+    let bar = progress(queries.len(), "embedding");
     for chunk in queries.chunks(64) {
         out.extend(embedder.embed(chunk)?);
-        print!("\rembedding queries: {}/{}", out.len(), queries.len());
-        std::io::stdout().flush().ok();
+        bar.set_position(out.len() as u64);
     }
-    println!();
+    bar.finish();
     if let Some(parent) = cache.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -200,7 +213,15 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 seed: args.seed,
                 ..MlpParams::default()
             };
-            let (mlp, report) = Mlp::train(&x, &data.scores, &train_idx, &val_idx, &params)?;
+            let bar = progress(params.max_epochs, "epochs");
+            let (mlp, report) = Mlp::train_with(&x, &data.scores, &train_idx, &val_idx, &params, &mut |e| {
+                bar.set_position(e.epoch as u64);
+                bar.set_prefix(format!(
+                    "train loss {:.4}, validation loss {:.4}",
+                    e.train_loss, e.val_loss
+                ));
+            })?;
+            bar.finish();
             println!(
                 "trained {} epochs; best validation loss {:.4} at epoch {}",
                 report.epochs, report.best_val_loss, report.best_epoch
@@ -281,6 +302,18 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
         println!("report written to {}", path.display());
+    }
+    if let Some(path) = &args.plot {
+        let name = args
+            .router
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        let data_name = args
+            .data
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+        crate::plot::plot(&report, &format!("router {name} on {data_name}"), path)?;
+        println!("plot written to {}", path.display());
     }
     Ok(())
 }

@@ -77,13 +77,9 @@ fn point(choice: &[usize], scores: &[Vec<f32>], costs: &[Vec<f64>]) -> Point {
     }
 }
 
-/// Area under the non-decreasing upper hull of `points` over `[lo, hi]`,
-/// divided by `hi − lo`. Below the cheapest point the curve is 0; above the
-/// priciest it stays at its last value.
-pub fn aiq(points: &[Point], lo: f64, hi: f64) -> f64 {
-    if hi <= lo {
-        return 0.0;
-    }
+/// The non-decreasing upper convex hull of `points`, cheapest first: the
+/// qualities reachable at each cost by mixing two operating points.
+fn hull(points: &[Point]) -> Vec<Point> {
     let mut pts: Vec<Point> = points.iter().copied().filter(|p| p.cost.is_finite()).collect();
     pts.sort_by(|a, b| a.cost.total_cmp(&b.cost).then(b.quality.total_cmp(&a.quality)));
     // Pareto front: each point must beat every cheaper one.
@@ -107,6 +103,17 @@ pub fn aiq(points: &[Point], lo: f64, hi: f64) -> f64 {
         }
         hull.push(p);
     }
+    hull
+}
+
+/// Area under the non-decreasing upper hull of `points` over `[lo, hi]`,
+/// divided by `hi − lo`. Below the cheapest point the curve is 0; above the
+/// priciest it stays at its last value.
+pub fn aiq(points: &[Point], lo: f64, hi: f64) -> f64 {
+    if hi <= lo {
+        return 0.0;
+    }
+    let hull = hull(points);
     let f = |c: f64| -> f64 {
         let Some(first) = hull.first() else { return 0.0 };
         if c < first.cost {
@@ -131,13 +138,18 @@ pub fn aiq(points: &[Point], lo: f64, hi: f64) -> f64 {
     area / (hi - lo)
 }
 
-/// The cheapest cost on the router's hull at which quality reaches `target`.
-fn cost_to_reach(sweep: &[SweepPoint], target: f64) -> Option<f64> {
-    sweep
-        .iter()
-        .filter(|s| s.point.quality >= target)
-        .map(|s| s.point.cost)
-        .min_by(f64::total_cmp)
+/// The cheapest cost on the hull of `points` (interpolating between two
+/// operating points, as AIQ does) at which quality reaches `target`.
+pub fn cost_to_reach(points: &[Point], target: f64) -> Option<f64> {
+    let hull = hull(points);
+    let first = hull.first()?;
+    if first.quality >= target {
+        return Some(first.cost);
+    }
+    hull.windows(2).find(|w| w[1].quality >= target).map(|w| {
+        let t = (target - w[0].quality) / (w[1].quality - w[0].quality).max(f64::MIN_POSITIVE);
+        w[0].cost + t * (w[1].cost - w[0].cost)
+    })
 }
 
 /// Evaluates predictions `predicted[i][j]` against true `scores` and `costs`
@@ -221,8 +233,8 @@ pub fn evaluate(
         aiq: aiq(&router_points, lo, hi),
         zero_router_aiq: aiq(&singles, lo, hi),
         oracle_aiq: aiq(&oracle_sweep, lo, hi),
-        cost_for_95: cost_to_reach(&sweep, 0.95 * best_single.1.quality).map(|c| c / base_cost),
-        cost_for_100: cost_to_reach(&sweep, best_single.1.quality).map(|c| c / base_cost),
+        cost_for_95: cost_to_reach(&router_points, 0.95 * best_single.1.quality).map(|c| c / base_cost),
+        cost_for_100: cost_to_reach(&router_points, best_single.1.quality).map(|c| c / base_cost),
         sweep,
         single,
         best_single,
@@ -254,6 +266,17 @@ mod tests {
         // Nothing below the cheapest point.
         let a = aiq(&[p(0.5, 1.0)], 0.0, 1.0);
         assert!((a - 0.5).abs() < 1e-6, "{a}");
+    }
+
+    #[test]
+    fn cost_to_reach_interpolates_on_the_hull() {
+        let points = [p(0.1, 0.5), p(1.0, 1.0), p(0.6, 0.55)];
+        // Halfway between the two hull points; the point below the hull is ignored.
+        let c = cost_to_reach(&points, 0.75).unwrap();
+        assert!((c - 0.55).abs() < 1e-9, "{c}");
+        assert_eq!(cost_to_reach(&points, 0.4), Some(0.1));
+        assert_eq!(cost_to_reach(&points, 1.0), Some(1.0));
+        assert_eq!(cost_to_reach(&points, 1.01), None);
     }
 
     #[test]

@@ -59,6 +59,17 @@ pub struct TrainReport {
 /// A copy of every weight, by variable name.
 type Weights = Vec<(String, Tensor)>;
 
+/// One finished training epoch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Epoch {
+    /// Its number, from 1.
+    pub epoch: usize,
+    /// Mean training loss over its batches.
+    pub train_loss: f64,
+    /// Loss on the validation rows after it.
+    pub val_loss: f64,
+}
+
 /// A trained (or loaded) MLP.
 pub struct Mlp {
     l1: Linear,
@@ -138,6 +149,18 @@ impl Mlp {
         val: &[usize],
         params: &MlpParams,
     ) -> Result<(Self, TrainReport), candle_core::Error> {
+        Self::train_with(x, y, train, val, params, &mut |_| {})
+    }
+
+    /// [`Mlp::train`], calling `on_epoch` after every epoch (for progress reports).
+    pub fn train_with(
+        x: &[Vec<f32>],
+        y: &[Vec<f32>],
+        train: &[usize],
+        val: &[usize],
+        params: &MlpParams,
+        on_epoch: &mut dyn FnMut(&Epoch),
+    ) -> Result<(Self, TrainReport), candle_core::Error> {
         let dims = x.first().map_or(0, Vec::len);
         let models = y.first().map_or(0, Vec::len);
         let mlp = Self::build(VarMap::new(), dims, params.hidden, models, params.seed)?;
@@ -179,6 +202,11 @@ impl Mlp {
             let val_loss = f64::from(
                 candle_nn::loss::binary_cross_entropy_with_logit(&mlp.logits(&vx)?, &vy)?.to_scalar::<f32>()?,
             );
+            on_epoch(&Epoch {
+                epoch,
+                train_loss: report.last_train_loss,
+                val_loss,
+            });
             if best.as_ref().is_none_or(|(l, ..)| val_loss < *l) {
                 let snapshot = mlp.snapshot()?;
                 best = Some((val_loss, epoch, snapshot));

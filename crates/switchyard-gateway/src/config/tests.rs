@@ -209,3 +209,12 @@ model_list:
     assert_eq!(spec.poll_interval, None);
     assert!(models[0].deployments.is_empty());
 }
+
+#[test]
+fn the_learned_router_example_is_valid() {
+    let config = parse(include_str!("../../../../config/learned.example.yaml")).unwrap();
+    let models = config.validate(&env(&[("OPENAI_API_KEY", "sk-test")])).unwrap();
+    let router = models[0].router.clone().unwrap();
+    assert_eq!(router.location, ArtifactLocation::Local("models/routers/auto".into()));
+    assert_eq!(router.candidates["gpt-4-1106-preview"], "gpt-4");
+}
