@@ -126,6 +126,7 @@ fn config(artifact: &str, router_extra: &str, strong_deployment: &str) -> String
 router_settings:
   num_retries: 0
   retry_backoff_ms: 10
+  allowed_fails: 1
 embedder:
   model_dir: "{model_dir}"
 model_list:
@@ -320,6 +321,33 @@ async fn falls_back_down_the_ranking_when_the_choice_fails() {
     assert_eq!(answer.header("x-switchyard-router-choice"), "strong-model");
     assert_eq!(answer.header("x-switchyard-model"), "cheap");
     assert_eq!(answer.header("x-switchyard-attempts"), "2");
+
+    // One failure puts the strong deployment in cooldown (allowed_fails: 1):
+    // the router no longer chooses it, and nothing is sent to it.
+    let answer = ask(&client, &gw.base_url(), MATH_QUERY).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-switchyard-router-choice"), "cheap");
+    assert_eq!(answer.header("x-switchyard-attempts"), "1");
+    // The scores still show what the router predicted for every candidate.
+    assert!(answer.scores()[0].1 > 0.9, "{:?}", answer.scores());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_candidate_at_its_rate_limit_is_not_chosen() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let limited = r#"{provider: mock, model: strong-1, rpm: 2, mock: {reply: "strong answer"}}"#;
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&dir.path().display().to_string(), "", limited));
+    let client = reqwest::Client::new();
+    for _ in 0..2 {
+        let a = ask(&client, &gw.base_url(), MATH_QUERY).await;
+        assert_eq!(a.header("x-switchyard-model"), "strong-model", "{}", a.body);
+    }
+    // Its two requests this minute are used: the next one goes to the other candidate.
+    let a = ask(&client, &gw.base_url(), MATH_QUERY).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-router-choice"), "cheap");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
