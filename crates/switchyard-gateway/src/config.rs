@@ -18,7 +18,7 @@ use switchyard_providers::{HttpSettings, MockSettings, Secret, Timeouts};
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/config.yaml");
 
 /// Top-level sections that `SWITCHYARD_<SECTION>__<KEY>` variables may set.
-const ENV_SECTIONS: &[&str] = &["server", "embedder"];
+const ENV_SECTIONS: &[&str] = &["server", "embedder", "policy"];
 
 /// The configuration file as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -37,6 +37,9 @@ pub struct Config {
     /// group has a `router`).
     #[serde(default)]
     pub embedder: switchyard_routing::embed::EmbedderConfig,
+    /// Virtual keys, rate limits, budgets and spend tracking.
+    #[serde(default)]
+    pub policy: crate::policy_config::PolicyConfig,
 }
 
 /// `router_settings:` — how a deployment is chosen for each request.
@@ -355,6 +358,12 @@ pub struct DeploymentEntry {
     /// USD per completion token.
     #[serde(default)]
     pub output_cost_per_token: Option<f64>,
+    /// USD per prompt token read from the upstream's prompt cache (default: the input price).
+    #[serde(default)]
+    pub cache_read_input_token_cost: Option<f64>,
+    /// USD per prompt token written to the upstream's prompt cache (default: the input price).
+    #[serde(default)]
+    pub cache_creation_input_token_cost: Option<f64>,
     /// Requests per minute the upstream allows.
     #[serde(default)]
     pub rpm: Option<u64>,
@@ -539,6 +548,9 @@ pub struct DeploymentSpec {
     pub input_cost_per_token: f64,
     /// USD per completion token.
     pub output_cost_per_token: f64,
+    /// Every price of the deployment: configured, else the built-in price of
+    /// a well-known upstream model, else zero.
+    pub prices: switchyard_policy::Prices,
     /// Upstream request limit per minute.
     pub rpm: Option<u64>,
     /// Upstream token limit per minute.
@@ -698,7 +710,12 @@ impl EnvSource for BTreeMap<String, String> {
 }
 
 /// Resolves `os.environ/NAME` through `env`; other values are literals.
-fn resolve_secret(value: &str, path: &str, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Option<Secret> {
+pub(crate) fn resolve_secret(
+    value: &str,
+    path: &str,
+    env: &dyn EnvSource,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Secret> {
     match value.strip_prefix("os.environ/") {
         Some(name) => match env.get(name) {
             Some(v) => Some(Secret::new(v)),
@@ -711,7 +728,7 @@ fn resolve_secret(value: &str, path: &str, env: &dyn EnvSource, issues: &mut Vec
     }
 }
 
-fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
+pub(crate) fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
     ConfigIssue {
         path: path.into(),
         message: message.into(),
@@ -809,6 +826,7 @@ fn validate_deployment(
             Some((name.clone(), secret.expose().to_owned()))
         })
         .collect();
+    let prices = deployment_prices(entry, path, issues);
     let mock = entry.mock.clone().unwrap_or_default();
     if mock.embedding_dims == 0 {
         issues.push(issue(format!("{path}.mock.embedding_dims"), "must be greater than 0"));
@@ -826,16 +844,9 @@ fn validate_deployment(
         aws_credentials,
         weight,
         quality: entry.quality,
-        input_cost_per_token: check_price(
-            entry.input_cost_per_token,
-            &format!("{path}.input_cost_per_token"),
-            issues,
-        ),
-        output_cost_per_token: check_price(
-            entry.output_cost_per_token,
-            &format!("{path}.output_cost_per_token"),
-            issues,
-        ),
+        input_cost_per_token: prices.input,
+        output_cost_per_token: prices.output,
+        prices,
         rpm: entry.rpm,
         tpm: entry.tpm,
         http: HttpSettings {
@@ -852,6 +863,44 @@ fn validate_deployment(
             chunk_delay: Duration::from_millis(mock.chunk_delay_ms),
             embedding_dims: mock.embedding_dims,
         },
+    }
+}
+
+/// A deployment's prices: each configured one, the rest from the built-in
+/// table when the upstream model is well known (only when no price is
+/// configured at all), else zero.
+fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssue>) -> switchyard_policy::Prices {
+    let configured = [
+        entry.input_cost_per_token,
+        entry.output_cost_per_token,
+        entry.cache_read_input_token_cost,
+        entry.cache_creation_input_token_cost,
+    ];
+    if configured.iter().all(Option::is_none) {
+        if let Some(builtin) = switchyard_policy::price::builtin(&entry.model) {
+            return builtin;
+        }
+    }
+    let optional = |value: Option<f64>, field: &str, issues: &mut Vec<ConfigIssue>| {
+        value.map(|v| check_price(Some(v), &format!("{path}.{field}"), issues))
+    };
+    switchyard_policy::Prices {
+        input: check_price(
+            entry.input_cost_per_token,
+            &format!("{path}.input_cost_per_token"),
+            issues,
+        ),
+        output: check_price(
+            entry.output_cost_per_token,
+            &format!("{path}.output_cost_per_token"),
+            issues,
+        ),
+        cache_read: optional(entry.cache_read_input_token_cost, "cache_read_input_token_cost", issues),
+        cache_write: optional(
+            entry.cache_creation_input_token_cost,
+            "cache_creation_input_token_cost",
+            issues,
+        ),
     }
 }
 

@@ -115,7 +115,7 @@ pub(crate) enum Call<'r> {
 impl Call<'_> {
     /// The prompt a learned router reads: every message's text, in order.
     /// `None` for requests a learned router does not route.
-    fn query_text(&self) -> Option<String> {
+    pub(crate) fn query_text(&self) -> Option<String> {
         let join = |parts: Vec<String>| {
             parts
                 .into_iter()

@@ -3,6 +3,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use switchyard_api::ErrorBody;
+use switchyard_policy::{Denied, PolicyError};
 use switchyard_providers::ProviderError;
 use switchyard_routing::RoutingError;
 
@@ -56,6 +57,15 @@ pub enum ApiError {
     /// A routing failure other than an unknown model.
     #[error("{0}")]
     Routing(RoutingError),
+    /// The policy refused the request (key, limits, budget).
+    #[error("{0}")]
+    Denied(switchyard_policy::Denied),
+    /// The caller may not use this route.
+    #[error("{0}")]
+    Forbidden(String),
+    /// An admin operation failed.
+    #[error("{0}")]
+    Policy(switchyard_policy::PolicyError),
     /// A bug: the gateway caught a panic or reached an impossible state.
     #[error("The gateway failed to handle the request: {0}")]
     Internal(String),
@@ -108,6 +118,9 @@ impl ApiError {
                 Some("request_timeout".into()),
             ),
             ApiError::Routing(_) | ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
+            ApiError::Denied(denied) => denied_parts(denied),
+            ApiError::Forbidden(_) => (S::FORBIDDEN, "permission_error", None, Some("forbidden".into())),
+            ApiError::Policy(err) => policy_parts(err),
             ApiError::Upstream { source, .. } => upstream_parts(source),
         }
     }
@@ -128,6 +141,69 @@ impl ApiError {
     pub fn body(&self) -> ErrorBody {
         let (_, kind, param, code) = self.parts();
         ErrorBody::new(self.message(), kind, param, code)
+    }
+}
+
+fn denied_parts(denied: &Denied) -> (StatusCode, &'static str, Option<String>, Option<String>) {
+    use StatusCode as S;
+    let auth = "authentication_error";
+    match denied {
+        Denied::MissingKey => (S::UNAUTHORIZED, auth, None, Some("missing_api_key".into())),
+        Denied::InvalidKey => (S::UNAUTHORIZED, auth, None, Some("invalid_api_key".into())),
+        Denied::Expired => (S::UNAUTHORIZED, auth, None, Some("key_expired".into())),
+        Denied::Blocked { .. } => (S::FORBIDDEN, "permission_error", None, Some("key_blocked".into())),
+        Denied::ModelNotAllowed { .. } => (
+            S::FORBIDDEN,
+            "permission_error",
+            Some("model".into()),
+            Some("model_not_allowed".into()),
+        ),
+        Denied::RateLimited { .. } => (
+            S::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            None,
+            Some("rate_limit_exceeded".into()),
+        ),
+        Denied::TooManyParallel { .. } => (
+            S::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            None,
+            Some("too_many_parallel_requests".into()),
+        ),
+        Denied::BudgetExceeded { .. } => (S::BAD_REQUEST, "budget_exceeded", None, Some("budget_exceeded".into())),
+        Denied::Unavailable => (
+            S::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            None,
+            Some("policy_store_unavailable".into()),
+        ),
+    }
+}
+
+fn policy_parts(err: &PolicyError) -> (StatusCode, &'static str, Option<String>, Option<String>) {
+    use StatusCode as S;
+    match err {
+        PolicyError::Field(f) => (S::BAD_REQUEST, "invalid_request_error", Some(f.param.clone()), None),
+        PolicyError::NotFound { .. } => (S::NOT_FOUND, "invalid_request_error", None, Some("not_found".into())),
+        PolicyError::Conflict(_) => (S::CONFLICT, "invalid_request_error", None, Some("conflict".into())),
+        PolicyError::FromConfig(_) => (
+            S::BAD_REQUEST,
+            "invalid_request_error",
+            None,
+            Some("declared_in_config".into()),
+        ),
+        PolicyError::Store(_) => (
+            S::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            None,
+            Some("store_error".into()),
+        ),
+        PolicyError::Unavailable(_) => (
+            S::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            None,
+            Some("policy_store_unavailable".into()),
+        ),
     }
 }
 
@@ -197,12 +273,36 @@ impl IntoResponse for ApiError {
                 } => HeaderValue::from_str(&after.as_secs().max(1).to_string()).ok(),
                 _ => None,
             },
+            ApiError::Denied(Denied::RateLimited {
+                retry_after: Some(after),
+                ..
+            }) => HeaderValue::from_str(&after.as_secs_f64().ceil().max(1.0).to_string()).ok(),
+            ApiError::Denied(Denied::TooManyParallel { .. }) => Some(HeaderValue::from_static("1")),
             _ => None,
         };
         let body = serde_json::to_vec(&self.body()).unwrap_or_default();
         let mut response = (status, [(header::CONTENT_TYPE, "application/json")], body).into_response();
         if let Some(value) = retry_after {
             response.headers_mut().insert(header::RETRY_AFTER, value);
+        }
+        if let ApiError::Denied(Denied::RateLimited {
+            kind,
+            limit,
+            retry_after,
+            ..
+        }) = &self
+        {
+            let k = kind.as_str();
+            let reset = switchyard_policy::policy::format_reset(retry_after.unwrap_or_default());
+            for (name, value) in [
+                (format!("x-ratelimit-limit-{k}"), limit.to_string()),
+                (format!("x-ratelimit-remaining-{k}"), "0".to_owned()),
+                (format!("x-ratelimit-reset-{k}"), reset),
+            ] {
+                if let (Ok(n), Ok(v)) = (axum::http::HeaderName::try_from(name), HeaderValue::from_str(&value)) {
+                    response.headers_mut().insert(n, v);
+                }
+            }
         }
         response
     }

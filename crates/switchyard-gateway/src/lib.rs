@@ -10,6 +10,9 @@ pub mod error;
 pub mod extract;
 pub mod learned;
 pub mod messages;
+mod metering;
+pub mod policy_admin;
+pub mod policy_config;
 pub mod routes;
 pub mod state;
 pub mod stream;
@@ -27,11 +30,18 @@ pub use state::AppState;
 /// Validates `config` against `env` and builds the shared state.
 pub fn build_state(config: &Config, env: &dyn config::EnvSource) -> Result<AppState, ConfigError> {
     let models = config.validate(env)?;
+    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    let mut issues = Vec::new();
+    let policy = config.policy.validate(env, &names, &mut issues);
+    if !issues.is_empty() {
+        return Err(ConfigError::Invalid(issues));
+    }
     AppState::build(
         config.server.clone(),
         &config.router_settings,
         &config.embedder,
         &models,
+        policy,
     )
     .map_err(ConfigError::Invalid)
 }

@@ -95,6 +95,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = config::load(source(cli.config.as_ref()), &overrides)?;
     let mut state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
     state.start_learned().await?;
+    state.start_policy().await?;
     let listener = switchyard_gateway::bind(&state)
         .await
         .with_context(|| format!("cannot listen on {}:{}", state.server.host, state.server.port))?;

@@ -3,8 +3,9 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{DefaultBodyLimit, Extension, State};
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -20,8 +21,10 @@ use tower_http::catch_panic::CatchPanicLayer;
 use crate::dispatch::{Call, Decision, Failed, Reply, RequestOptions, Served, dispatch};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::metering;
 use crate::state::AppState;
 use crate::stream::{StreamTracker, sse_response};
+use switchyard_policy::Principal;
 
 /// Shared state handed to handlers.
 pub type SharedState = Arc<AppState>;
@@ -41,13 +44,26 @@ pub fn router(state: SharedState) -> Router {
         .route("/models", get(models))
         .route("/messages", post(crate::messages::messages))
         .route("/messages/count_tokens", post(crate::messages::count_tokens));
-    Router::new()
+    let client = Router::new()
         .merge(api.clone())
         .nest("/v1", api)
-        .route("/health/liveness", get(liveness))
-        .route("/health/readiness", get(readiness))
+        .route_layer(middleware::from_fn_with_state(state.clone(), metering::authenticate));
+    let admin = crate::policy_admin::routes()
+        .route_layer(middleware::from_fn_with_state(state.clone(), metering::require_master));
+    // Read-only status: open on a gateway without keys, the master key's otherwise.
+    let status = Router::new()
         .route("/admin/deployments", get(crate::admin::deployments))
         .route("/admin/routers", get(crate::admin::routers))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metering::require_master_if_set,
+        ));
+    Router::new()
+        .merge(client)
+        .merge(admin)
+        .merge(status)
+        .route("/health/liveness", get(liveness))
+        .route("/health/readiness", get(readiness))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -133,8 +149,34 @@ pub(crate) fn tracker(
     StreamTracker::new(state.clone(), decision.deployment.id, started, in_flight)
 }
 
+/// Asks a streaming upstream for its final usage chunk (to charge the
+/// request) when the client did not; `true` when the client must not see it.
+fn request_stream_usage(call: &mut Call<'_>) -> bool {
+    let options = match call {
+        Call::Chat(req) if req.is_stream() && !req.wants_stream_usage() => &mut req.stream_options,
+        Call::Completion(req) if req.is_stream() && !req.wants_stream_usage() => &mut req.stream_options,
+        _ => return false,
+    };
+    options.get_or_insert_with(Default::default).include_usage = Some(true);
+    true
+}
+
 /// Dispatches an OpenAI-format request and renders its answer.
-async fn openai(state: SharedState, model: &str, mut call: Call<'_>, options: RequestOptions) -> Response {
+async fn openai(
+    state: SharedState,
+    principal: &Principal,
+    model: &str,
+    mut call: Call<'_>,
+    options: RequestOptions,
+) -> Response {
+    let meter = match metering::admit(&state, principal, model, &call).await {
+        Ok(meter) => meter,
+        Err(e) => return e.into_response(),
+    };
+    let strip_usage = request_stream_usage(&mut call);
+    let mut extra_headers = Response::new(axum::body::Body::empty());
+    meter.headers(&mut extra_headers);
+    let extra_headers = extra_headers.into_parts().0.headers;
     let Served {
         reply,
         decision,
@@ -142,23 +184,39 @@ async fn openai(state: SharedState, model: &str, mut call: Call<'_>, options: Re
         started,
     } = match dispatch(&state, model, &mut call, &options).await {
         Ok(served) => served,
-        Err(Failed { error, attempts }) => return failure_response(error.into_response(), attempts),
+        Err(Failed { error, attempts }) => {
+            let mut response = failure_response(error.into_response(), attempts);
+            response.headers_mut().extend(extra_headers);
+            return response;
+        }
     };
-    let response = match reply {
-        Reply::Json(answer) => json_bytes(answer.body),
+    let mut response = match reply {
+        Reply::Json(answer) => {
+            let usage = answer.usage.as_ref().map(metering::openai_usage);
+            let record = meter
+                .settle(&state, decision.deployment.id, &decision.deployment.name, usage)
+                .await;
+            let mut response = json_bytes(answer.body);
+            metering::cost_header(&mut response, record.as_ref());
+            response
+        }
         Reply::Chunks(chunks) => {
-            let chunks = tracker(&state, &decision, in_flight, started).follow(chunks);
-            sse_response(chunks, decision.deployment.name.clone())
+            let chunks = tracker(&state, &decision, in_flight, started)
+                .metered(meter, decision.deployment.name.clone())
+                .follow(chunks);
+            sse_response(chunks, decision.deployment.name.clone(), strip_usage)
         }
         Reply::Native(_) | Reply::Events(_) => {
             ApiError::Internal("an Anthropic-format answer to an OpenAI-format request".into()).into_response()
         }
     };
+    response.headers_mut().extend(extra_headers);
     with_route_headers(response, &decision)
 }
 
 async fn chat_completions(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(mut req): JsonBody<ChatCompletionRequest>,
 ) -> Response {
     if req.messages.is_empty() {
@@ -173,19 +231,27 @@ async fn chat_completions(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    openai(state, &model, Call::Chat(&mut req), options).await
+    openai(state, &principal, &model, Call::Chat(&mut req), options).await
 }
 
-async fn completions(State(state): State<SharedState>, JsonBody(mut req): JsonBody<CompletionRequest>) -> Response {
+async fn completions(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(mut req): JsonBody<CompletionRequest>,
+) -> Response {
     let options = match RequestOptions::take(&mut req.extra) {
         Ok(options) => options,
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    openai(state, &model, Call::Completion(&mut req), options).await
+    openai(state, &principal, &model, Call::Completion(&mut req), options).await
 }
 
-async fn embeddings(State(state): State<SharedState>, JsonBody(mut req): JsonBody<EmbeddingRequest>) -> Response {
+async fn embeddings(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(mut req): JsonBody<EmbeddingRequest>,
+) -> Response {
     if req.input.is_empty() {
         return ApiError::InvalidField {
             param: Some("input".into()),
@@ -198,16 +264,18 @@ async fn embeddings(State(state): State<SharedState>, JsonBody(mut req): JsonBod
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    openai(state, &model, Call::Embeddings(&mut req), options).await
+    openai(state, &principal, &model, Call::Embeddings(&mut req), options).await
 }
 
-async fn models(State(state): State<SharedState>) -> Json<ModelList> {
+async fn models(State(state): State<SharedState>, Extension(principal): Extension<Principal>) -> Json<ModelList> {
+    let view = principal.view();
     Json(ModelList {
         object: "list".into(),
         data: state
             .registry
             .model_names()
             .chain(state.learned.keys().map(String::as_str))
+            .filter(|name| view.is_none_or(|v| v.allows(name)))
             .map(|name| ModelObject {
                 id: name.to_owned(),
                 object: "model".into(),

@@ -20,6 +20,8 @@ use crate::config::{
     ConfigIssue, DeploymentSpec, DispatchSettings, ModelSpec, ProviderKind, RouterSettings, RouterSpec, ServerConfig,
 };
 use crate::learned::{LearnedRoute, LoadError};
+use crate::policy_config::PolicySpec;
+use switchyard_policy::{Policy, PolicyError, PolicySettings, Prices};
 
 /// Everything a request needs: the routing registry and one client per deployment,
 /// indexed by [`DeploymentId`].
@@ -49,6 +51,17 @@ pub struct AppState {
     pub learned: HashMap<String, Arc<LearnedRoute>>,
     /// Learned routers configured, waiting for [`AppState::start_learned`].
     pending_routers: Vec<(String, RouterSpec)>,
+    /// Keys, limits, budgets and spend (in memory until [`AppState::start_policy`]).
+    pub policy: Policy,
+    /// The policy settings, opened by [`AppState::start_policy`].
+    pending_policy: Option<PolicySettings>,
+    /// Output tokens assumed for a request without `max_tokens` (budget reservations).
+    pub default_max_tokens: u32,
+    /// Prices of each deployment, indexed like `providers`.
+    pub prices: Vec<Prices>,
+    /// Per public model name, the highest prices any deployment it may reach
+    /// charges (its own, its fallbacks', a learned router's candidates').
+    pub ceilings: HashMap<String, Prices>,
 }
 
 /// How one model group is routed.
@@ -113,6 +126,49 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
     })
 }
 
+/// The most any deployment reachable from each model name charges per token.
+fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Prices> {
+    let own: HashMap<&str, Prices> = models
+        .iter()
+        .map(|m| {
+            let max = m
+                .deployments
+                .iter()
+                .fold(Prices::default(), |acc, d| max_prices(acc, d.prices));
+            (m.name.as_str(), max)
+        })
+        .collect();
+    models
+        .iter()
+        .map(|m| {
+            let reachable = m
+                .fallbacks
+                .iter()
+                .chain(&m.context_window_fallbacks)
+                .chain(&m.content_policy_fallbacks)
+                .map(String::as_str)
+                .chain(m.router.iter().flat_map(|r| r.candidates.values().map(String::as_str)));
+            let ceiling = reachable
+                .filter_map(|name| own.get(name).copied())
+                .fold(own.get(m.name.as_str()).copied().unwrap_or_default(), max_prices);
+            (m.name.clone(), ceiling)
+        })
+        .collect()
+}
+
+fn max_prices(a: Prices, b: Prices) -> Prices {
+    let opt = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (None, None) => None,
+        (x, y) => Some(x.unwrap_or(0.0).max(y.unwrap_or(0.0))),
+    };
+    Prices {
+        input: a.input.max(b.input),
+        output: a.output.max(b.output),
+        cache_read: opt(a.cache_read, b.cache_read),
+        cache_write: opt(a.cache_write, b.cache_write),
+    }
+}
+
 fn provider_name(kind: ProviderKind) -> &'static str {
     match kind {
         ProviderKind::Openai => "openai",
@@ -130,6 +186,7 @@ impl AppState {
         router: &RouterSettings,
         embedder: &EmbedderConfig,
         models: &[ModelSpec],
+        policy: PolicySpec,
     ) -> Result<Self, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
         let pending_routers: Vec<(String, RouterSpec)> = models
@@ -158,6 +215,7 @@ impl AppState {
             }
         };
         let mut providers = Vec::new();
+        let mut prices = Vec::new();
         let mut strategies = StrategyRegistry::with_builtins();
         match LatencyBased::new(router.latency_tolerance) {
             Ok(s) => drop(strategies.replace(LatencyBased::NAME, Arc::new(s))),
@@ -182,7 +240,10 @@ impl AppState {
             let mut infos = Vec::with_capacity(model.deployments.len());
             for (j, spec) in model.deployments.iter().enumerate() {
                 match build_provider(spec) {
-                    Ok(client) => providers.push(client),
+                    Ok(client) => {
+                        providers.push(client);
+                        prices.push(spec.prices);
+                    }
                     Err(e) => {
                         issues.push(ConfigIssue {
                             path: format!("model_list[{i}].deployments[{j}]"),
@@ -241,7 +302,13 @@ impl AppState {
             }]
         })?;
         let stats = LiveStats::new(providers.len());
+        let ceilings = price_ceilings(models);
         Ok(Self {
+            policy: Policy::memory(&policy.settings),
+            pending_policy: Some(policy.settings),
+            default_max_tokens: policy.default_max_tokens,
+            prices,
+            ceilings,
             registry,
             stats,
             cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
@@ -274,6 +341,15 @@ impl AppState {
             self.learned.insert(name, route);
         }
         crate::learned::start(&routes).await
+    }
+
+    /// Opens the policy store: replays the local files, or connects to
+    /// Redis (an unreachable Redis fails start-up).
+    pub async fn start_policy(&mut self) -> Result<(), PolicyError> {
+        if let Some(settings) = self.pending_policy.take() {
+            self.policy = Policy::open(settings).await?;
+        }
+        Ok(())
     }
 
     /// Monotonic milliseconds since start-up, the clock of routing statistics.

@@ -19,6 +19,8 @@ use switchyard_routing::{DeploymentId, InFlight, Outcome};
 use crate::routes::{SharedState, error_class};
 
 use crate::error::ApiError;
+use crate::metering::{Metered, anthropic_usage, openai_usage};
+use switchyard_policy::TokenUsage;
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
@@ -42,6 +44,8 @@ fn error_event(deployment: &str, err: switchyard_providers::ProviderError) -> By
 pub(crate) trait Observed {
     /// Total tokens, when the item reports usage.
     fn total_tokens(&self) -> Option<u64>;
+    /// Usage the item reports, merged into what earlier items reported.
+    fn merge_usage(&self, usage: &mut Option<TokenUsage>);
     /// Whether the item is an in-band error (an Anthropic `error` event).
     fn in_band_error(&self) -> Option<ProviderError>;
 }
@@ -49,6 +53,12 @@ pub(crate) trait Observed {
 impl Observed for StreamChunk {
     fn total_tokens(&self) -> Option<u64> {
         self.usage.as_ref().map(|u| u.total_tokens)
+    }
+
+    fn merge_usage(&self, usage: &mut Option<TokenUsage>) {
+        if let Some(u) = &self.usage {
+            *usage = Some(openai_usage(u));
+        }
     }
 
     fn in_band_error(&self) -> Option<ProviderError> {
@@ -59,6 +69,29 @@ impl Observed for StreamChunk {
 impl Observed for Event {
     fn total_tokens(&self) -> Option<u64> {
         None
+    }
+
+    /// `message_start` carries the prompt's usage, `message_delta` the output so far.
+    fn merge_usage(&self, usage: &mut Option<TokenUsage>) {
+        let path: &[&str] = match self.event.as_str() {
+            "message_start" => &["message", "usage"],
+            "message_delta" => &["usage"],
+            _ => return,
+        };
+        let Ok(data) = serde_json::from_str::<serde_json::Value>(&self.data) else {
+            return;
+        };
+        let Some(found) = path.iter().try_fold(&data, |v, k| v.get(*k)) else {
+            return;
+        };
+        let seen = anthropic_usage(found);
+        let merged = usage.get_or_insert_with(TokenUsage::default);
+        if seen.prompt > 0 {
+            merged.prompt = seen.prompt;
+            merged.cache_read = seen.cache_read;
+            merged.cache_write = seen.cache_write;
+        }
+        merged.completion = merged.completion.max(seen.completion);
     }
 
     fn in_band_error(&self) -> Option<ProviderError> {
@@ -76,6 +109,8 @@ pub struct StreamTracker {
     started: Instant,
     first_item: Option<Duration>,
     tokens: u64,
+    usage: Option<TokenUsage>,
+    meter: Option<(Metered, String)>,
     _in_flight: InFlight,
 }
 
@@ -88,8 +123,16 @@ impl StreamTracker {
             started,
             first_item: None,
             tokens: 0,
+            usage: None,
+            meter: None,
             _in_flight: in_flight,
         }
+    }
+
+    /// Charges the stream's usage to `meter` when it ends (or is abandoned).
+    pub(crate) fn metered(mut self, meter: Metered, deployment: String) -> Self {
+        self.meter = Some((meter, deployment));
+        self
     }
 
     fn on_item(&mut self, item: &impl Observed) {
@@ -97,9 +140,26 @@ impl StreamTracker {
         if let Some(tokens) = item.total_tokens() {
             self.tokens = tokens;
         }
+        item.merge_usage(&mut self.usage);
     }
 
-    fn finish(&self, error: Option<&ProviderError>) {
+    /// Charges what the stream used, on a task of its own.
+    fn charge(&mut self) {
+        let Some((meter, name)) = self.meter.take() else {
+            return;
+        };
+        let usage = self.usage;
+        let state = self.state.clone();
+        let id = self.id;
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                meter.settle(&state, id, &name, usage).await;
+            });
+        }
+    }
+
+    fn finish(&mut self, error: Option<&ProviderError>) {
+        self.charge();
         let now = self.state.now_ms();
         match error {
             None => {
@@ -153,15 +213,39 @@ impl StreamTracker {
     }
 }
 
+impl Drop for StreamTracker {
+    /// A stream the client abandoned is still charged for what it used.
+    fn drop(&mut self) {
+        self.charge();
+    }
+}
+
+/// Whether a chunk is the usage-only chunk `include_usage` adds (no choices).
+fn is_usage_only(chunk: &StreamChunk) -> bool {
+    chunk.usage.is_some()
+        && serde_json::from_slice::<serde_json::Value>(&chunk.data)
+            .ok()
+            .and_then(|v| v.get("choices").and_then(|c| c.as_array().map(Vec::is_empty)))
+            .unwrap_or(false)
+}
+
 /// Turns upstream chunks into an SSE response. Dropping the response body (the
 /// client went away) drops the upstream stream, which closes its connection.
-pub fn sse_response(chunks: ChunkStream, deployment: String) -> Response {
+/// With `strip_usage`, the usage-only chunk the gateway asked for on the
+/// client's behalf is not forwarded.
+pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) -> Response {
     let state = (chunks, deployment, false);
-    let events = stream::unfold(state, |(mut chunks, deployment, finished)| async move {
+    let events = stream::unfold(state, move |(mut chunks, deployment, finished)| async move {
         if finished {
             return None;
         }
-        let (bytes, finished) = match chunks.next().await {
+        let next = loop {
+            match chunks.next().await {
+                Some(Ok(chunk)) if strip_usage && is_usage_only(&chunk) => continue,
+                other => break other,
+            }
+        };
+        let (bytes, finished) = match next {
             Some(Ok(chunk)) => (frame(&chunk.data), false),
             Some(Err(err)) => (error_event(&deployment, err), true),
             None => (Bytes::from_static(DONE), true),

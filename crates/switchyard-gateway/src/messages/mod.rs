@@ -10,7 +10,7 @@
 pub mod stream;
 pub mod translate;
 
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
@@ -21,7 +21,9 @@ use switchyard_providers::ProviderError;
 use crate::dispatch::{Call, Failed, Reply, RequestOptions, Served, dispatch};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::metering;
 use crate::routes::{SharedState, failure_response, tracker, with_route_headers};
+use switchyard_policy::Principal;
 
 /// An [`ApiError`] rendered for Anthropic clients: the OpenAI error fields plus
 /// Anthropic's top-level `"type": "error"`, which its SDKs expect.
@@ -68,7 +70,11 @@ fn failed(Failed { error, attempts }: Failed) -> Response {
 }
 
 /// `POST /v1/messages`.
-pub async fn messages(State(state): State<SharedState>, JsonBody(mut req): JsonBody<MessagesRequest>) -> Response {
+pub async fn messages(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(mut req): JsonBody<MessagesRequest>,
+) -> Response {
     if let Err(e) = validate(&req) {
         return failed(e.into());
     }
@@ -77,41 +83,78 @@ pub async fn messages(State(state): State<SharedState>, JsonBody(mut req): JsonB
         Err(e) => return failed(e.into()),
     };
     let model = std::mem::take(&mut req.model);
+    let mut call = Call::Messages(&mut req);
+    let meter = match metering::admit(&state, &principal, &model, &call).await {
+        Ok(meter) => meter,
+        Err(e) => return failed(e.into()),
+    };
+    let mut extra = Response::new(axum::body::Body::empty());
+    meter.headers(&mut extra);
+    let extra = extra.into_parts().0.headers;
     let Served {
         reply,
         decision,
         in_flight,
         started,
-    } = match dispatch(&state, &model, &mut Call::Messages(&mut req), &options).await {
+    } = match dispatch(&state, &model, &mut call, &options).await {
         Ok(served) => served,
-        Err(f) => return failed(f),
+        Err(f) => {
+            let mut response = failed(f);
+            response.headers_mut().extend(extra);
+            return response;
+        }
     };
     let name = decision.deployment.name.clone();
-    let response = match reply {
-        Reply::Native(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-        Reply::Events(events) => {
-            stream::passthrough(tracker(&state, &decision, in_flight, started).follow(events), name)
+    let id = decision.deployment.id;
+    let mut response = match reply {
+        Reply::Native(body) => {
+            let usage = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("usage").map(metering::anthropic_usage));
+            let record = meter.settle(&state, id, &name, usage).await;
+            let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+            metering::cost_header(&mut response, record.as_ref());
+            response
         }
-        Reply::Chunks(chunks) => {
-            stream::from_chat_chunks(tracker(&state, &decision, in_flight, started).follow(chunks), name)
-        }
-        Reply::Json(answer) => match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
-            Ok(parsed) => match serde_json::to_vec(&translate::to_messages_response(parsed)) {
-                Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-                Err(e) => return failed(ApiError::Internal(e.to_string()).into()),
-            },
-            Err(e) => {
-                let error = ProviderError::InvalidResponse(format!("not a chat completion ({e})"));
-                return failed(ApiError::upstream(&name, error).into());
+        Reply::Events(events) => stream::passthrough(
+            tracker(&state, &decision, in_flight, started)
+                .metered(meter, name.clone())
+                .follow(events),
+            name,
+        ),
+        Reply::Chunks(chunks) => stream::from_chat_chunks(
+            tracker(&state, &decision, in_flight, started)
+                .metered(meter, name.clone())
+                .follow(chunks),
+            name,
+        ),
+        Reply::Json(answer) => {
+            let usage = answer.usage.as_ref().map(metering::openai_usage);
+            let record = meter.settle(&state, id, &name, usage).await;
+            match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
+                Ok(parsed) => match serde_json::to_vec(&translate::to_messages_response(parsed)) {
+                    Ok(body) => {
+                        let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+                        metering::cost_header(&mut response, record.as_ref());
+                        response
+                    }
+                    Err(e) => return failed(ApiError::Internal(e.to_string()).into()),
+                },
+                Err(e) => {
+                    let error = ProviderError::InvalidResponse(format!("not a chat completion ({e})"));
+                    return failed(ApiError::upstream(&name, error).into());
+                }
             }
-        },
+        }
     };
+    response.headers_mut().extend(extra);
     with_route_headers(response, &decision)
 }
 
 /// `POST /v1/messages/count_tokens`: answered by Anthropic deployments.
 pub async fn count_tokens(
     State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
     JsonBody(mut req): JsonBody<serde_json::Value>,
 ) -> Response {
     let Some(model) = req.get("model").and_then(serde_json::Value::as_str).map(str::to_owned) else {
@@ -123,6 +166,9 @@ pub async fn count_tokens(
             .into(),
         );
     };
+    if principal.view().is_some_and(|v| !v.allows(&model)) {
+        return failed(ApiError::Denied(switchyard_policy::Denied::ModelNotAllowed { model }).into());
+    }
     let options = match req.as_object_mut().map(RequestOptions::take) {
         Some(Ok(options)) => options,
         Some(Err(e)) => return failed(e.into()),

@@ -1,0 +1,462 @@
+//! The admin API for keys, teams and spend, shaped like LiteLLM's so that
+//! existing tooling ports over. Every route needs the master key.
+
+#![allow(
+    clippy::result_large_err,
+    reason = "helpers return the finished error response; admin routes are not a hot path"
+)]
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Map, Value, json};
+use switchyard_policy::period::{date_of, day_of_date, day_of_ms, now_ms};
+use switchyard_policy::{KeyRecord, LogFilter, Nanos, PolicyError, TeamRecord, to_usd};
+
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::routes::SharedState;
+
+/// The admin routes (the caller adds the master-key check).
+pub fn routes() -> Router<SharedState> {
+    Router::new()
+        .route("/key/generate", post(generate_key))
+        .route("/key/info", get(key_info))
+        .route("/key/update", post(update_key))
+        .route("/key/delete", post(delete_keys))
+        .route("/key/list", get(list_keys))
+        .route("/key/regenerate", post(regenerate_key))
+        .route("/key/{key}/regenerate", post(regenerate_key_at))
+        .route("/team/new", post(new_team))
+        .route("/team/info", get(team_info))
+        .route("/team/update", post(update_team))
+        .route("/team/delete", post(delete_teams))
+        .route("/team/list", get(list_teams))
+        .route("/spend/keys", get(spend_keys))
+        .route("/spend/teams", get(spend_teams))
+        .route("/spend/models", get(spend_models))
+        .route("/spend/logs", get(spend_logs))
+        .route("/admin/policy", get(policy_status))
+}
+
+fn fail(e: PolicyError) -> Response {
+    ApiError::Policy(e).into_response()
+}
+
+fn object(body: Value) -> Result<Map<String, Value>, Response> {
+    match body {
+        Value::Object(map) => Ok(map),
+        _ => Err(ApiError::InvalidField {
+            param: None,
+            message: "The body must be a JSON object.".into(),
+        }
+        .into_response()),
+    }
+}
+
+fn iso(ms: Option<i64>) -> Value {
+    ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
+        .map_or(Value::Null, |t| Value::String(t.to_string()))
+}
+
+/// A key as the API shows it (never its plaintext).
+fn key_json(key: &KeyRecord) -> Value {
+    let mut v = serde_json::to_value(key).unwrap_or_default();
+    v["expires"] = iso(key.expires_at);
+    v["created"] = iso(Some(key.created_at));
+    v
+}
+
+fn team_json(team: &TeamRecord) -> Value {
+    let mut v = serde_json::to_value(team).unwrap_or_default();
+    v["created"] = iso(Some(team.created_at));
+    v
+}
+
+fn usd(nanos: Nanos) -> Value {
+    json!(to_usd(nanos))
+}
+
+/// Start of the next budget period, for `budget_reset_at`.
+fn reset_at(period: Option<switchyard_policy::period::BudgetPeriod>) -> Value {
+    period.map_or(Value::Null, |p| {
+        let day = p.next_start(day_of_ms(now_ms()));
+        Value::String(format!("{}T00:00:00Z", date_of(day)))
+    })
+}
+
+async fn generate_key(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    let body = match object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match state.policy.generate_key(&body).await {
+        Ok((plaintext, record)) => {
+            tracing::info!(key_id = %record.key_id, key_name = %record.key_name, "key generated");
+            let mut v = key_json(&record);
+            v["key"] = Value::String(plaintext);
+            Json(v).into_response()
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn key_info(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(reference) = q.get("key") else {
+        return ApiError::InvalidField {
+            param: Some("key".into()),
+            message: "The query parameter 'key' (the key or its hash) is required.".into(),
+        }
+        .into_response();
+    };
+    let record = match state.policy.find_key(reference).await {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let (spend, total) = match state.policy.key_spend(&record).await {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let mut info = key_json(&record);
+    info["spend"] = usd(spend);
+    info["total_spend"] = usd(total);
+    info["budget_reset_at"] = reset_at(record.limits.budget_duration);
+    Json(json!({"key": record.token, "info": info})).into_response()
+}
+
+async fn update_key(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    let body = match object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match state.policy.update_key(&body).await {
+        Ok(record) => Json(key_json(&record)).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+fn string_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, Response> {
+    match body.get(field) {
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().map(str::to_owned).ok_or_else(|| {
+                    ApiError::InvalidField {
+                        param: Some(format!("{field}[{i}]")),
+                        message: format!("'{field}[{i}]' must be a string."),
+                    }
+                    .into_response()
+                })
+            })
+            .collect(),
+        _ => Err(ApiError::InvalidField {
+            param: Some(field.into()),
+            message: format!("'{field}' must be a list."),
+        }
+        .into_response()),
+    }
+}
+
+async fn delete_keys(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    let body = match object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let keys = match string_list(&body, "keys") {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match state.policy.delete_keys(&keys).await {
+        Ok(deleted) => Json(json!({"deleted_keys": deleted})).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn list_keys(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let keys = match state.policy.list_keys().await {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let keys: Vec<&KeyRecord> = keys
+        .iter()
+        .filter(|k| q.get("team_id").is_none_or(|t| k.team_id.as_ref() == Some(t)))
+        .filter(|k| q.get("key_alias").is_none_or(|a| k.key_alias.as_ref() == Some(a)))
+        .collect();
+    let full = q.get("return_full_object").is_some_and(|v| v == "true");
+    let items: Vec<Value> = keys
+        .iter()
+        .map(|k| {
+            if full {
+                key_json(k)
+            } else {
+                Value::String(k.token.clone())
+            }
+        })
+        .collect();
+    Json(json!({
+        "keys": items,
+        "total_count": items.len(),
+        "current_page": 1,
+        "total_pages": 1,
+    }))
+    .into_response()
+}
+
+async fn regenerate(state: &SharedState, reference: &str, body: &Map<String, Value>) -> Response {
+    match state.policy.regenerate_key(reference, body).await {
+        Ok((plaintext, record)) => {
+            tracing::info!(key_id = %record.key_id, key_name = %record.key_name, "key regenerated");
+            let mut v = key_json(&record);
+            v["key"] = Value::String(plaintext);
+            Json(v).into_response()
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn regenerate_key(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    let body = match object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let Some(reference) = body.get("key").and_then(Value::as_str).map(str::to_owned) else {
+        return ApiError::InvalidField {
+            param: Some("key".into()),
+            message: "'key' (the key or its hash) is required.".into(),
+        }
+        .into_response();
+    };
+    regenerate(&state, &reference, &body).await
+}
+
+async fn regenerate_key_at(
+    State(state): State<SharedState>,
+    Path(key): Path<String>,
+    body: Option<Json<Value>>,
+) -> Response {
+    let body = match body.map(|Json(b)| b) {
+        Some(b) => match object(b) {
+            Ok(b) => b,
+            Err(r) => return r,
+        },
+        None => Map::new(),
+    };
+    regenerate(&state, &key, &body).await
+}
+
+async fn new_team(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    let body = match object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match state.policy.new_team(&body).await {
+        Ok(team) => Json(team_json(&team)).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn team_info(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let Some(id) = q.get("team_id") else {
+        return ApiError::InvalidField {
+            param: Some("team_id".into()),
+            message: "The query parameter 'team_id' is required.".into(),
+        }
+        .into_response();
+    };
+    let team = match state.policy.team(id).await {
+        Ok(t) => t,
+        Err(e) => return fail(e),
+    };
+    let (spend, total) = match state.policy.team_spend(&team).await {
+        Ok(s) => s,
+        Err(e) => return fail(e),
+    };
+    let keys = match state.policy.list_keys().await {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let mut info = team_json(&team);
+    info["spend"] = usd(spend);
+    info["total_spend"] = usd(total);
+    info["budget_reset_at"] = reset_at(team.limits.budget_duration);
+    info["keys"] = keys
+        .iter()
+        .filter(|k| k.team_id.as_deref() == Some(team.team_id.as_str()))
+        .map(|k| Value::String(k.token.clone()))
+        .collect();
+    Json(json!({"team_id": team.team_id, "team_info": info})).into_response()
+}
+
+async fn update_team(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    let body = match object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    match state.policy.update_team(&body).await {
+        Ok(team) => Json(team_json(&team)).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn delete_teams(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    let body = match object(body) {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let ids = match string_list(&body, "team_ids") {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    match state.policy.delete_teams(&ids).await {
+        Ok(deleted) => Json(json!({"deleted_teams": deleted})).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn list_teams(State(state): State<SharedState>) -> Response {
+    match state.policy.list_teams().await {
+        Ok(teams) => Json(Value::Array(teams.iter().map(team_json).collect())).into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn spend_keys(State(state): State<SharedState>) -> Response {
+    match state.policy.spend_keys().await {
+        Ok(keys) => Json(Value::Array(
+            keys.iter()
+                .map(|k| {
+                    json!({
+                        "key_id": k.key_id,
+                        "key_name": k.key_name,
+                        "key_alias": k.key_alias,
+                        "team_id": k.team_id,
+                        "spend": to_usd(k.spend_nanos),
+                        "total_spend": to_usd(k.total_spend_nanos),
+                        "total_spend_nanos": k.total_spend_nanos,
+                    })
+                })
+                .collect(),
+        ))
+        .into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+async fn spend_by(state: &SharedState, prefix: &str, field: &str) -> Response {
+    match state.policy.spend_by_prefix(prefix).await {
+        Ok(rows) => {
+            let mut rows: Vec<Value> = rows
+                .iter()
+                .map(|(name, spend)| {
+                    json!({
+                        field: name,
+                        "total_spend": to_usd(spend.total),
+                        "total_spend_nanos": spend.total,
+                        "daily": spend.days.iter().map(|(d, v)| (date_of(*d).to_string(), usd(*v))).collect::<Map<_, _>>(),
+                    })
+                })
+                .collect();
+            rows.sort_by(|a, b| a[field].as_str().cmp(&b[field].as_str()));
+            Json(Value::Array(rows)).into_response()
+        }
+        Err(e) => fail(e),
+    }
+}
+
+async fn spend_teams(State(state): State<SharedState>) -> Response {
+    spend_by(&state, "team:", "team_id").await
+}
+
+async fn spend_models(State(state): State<SharedState>) -> Response {
+    spend_by(&state, "model:", "model").await
+}
+
+fn parse_day(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Response> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(text) => text
+            .parse::<jiff::civil::Date>()
+            .map(|d| Some(day_of_date(d)))
+            .map_err(|_| {
+                ApiError::InvalidField {
+                    param: Some(name.into()),
+                    message: format!("'{name}' must be a date like 2026-01-31."),
+                }
+                .into_response()
+            }),
+    }
+}
+
+async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let (start_day, end_day) = match (parse_day(&q, "start_date"), parse_day(&q, "end_date")) {
+        (Ok(s), Ok(e)) => (s, e),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
+    let limit = match q.get("limit").map(|l| l.parse::<usize>()) {
+        None => 1000,
+        Some(Ok(n)) if n > 0 => n.min(100_000),
+        Some(_) => {
+            return ApiError::InvalidField {
+                param: Some("limit".into()),
+                message: "'limit' must be a positive integer.".into(),
+            }
+            .into_response();
+        }
+    };
+    let key = match q.get("api_key").or_else(|| q.get("key")) {
+        Some(reference) => match state.policy.find_key(reference).await {
+            Ok(record) => Some(record.key_id),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+    let filter = LogFilter {
+        key,
+        team_id: q.get("team_id").cloned(),
+        model: q.get("model").cloned(),
+        start_day,
+        end_day,
+        limit,
+    };
+    match state.policy.spend_logs(&filter).await {
+        Ok(records) => Json(Value::Array(
+            records
+                .iter()
+                .map(|r| {
+                    let mut v = serde_json::to_value(r).unwrap_or_default();
+                    v["spend"] = usd(r.cost_nanos);
+                    v["startTime"] = iso(Some(r.ts));
+                    v
+                })
+                .collect(),
+        ))
+        .into_response(),
+        Err(e) => fail(e),
+    }
+}
+
+/// `GET /admin/policy`: where policy state lives and the store's health.
+async fn policy_status(State(state): State<SharedState>) -> Response {
+    let counters = state.policy.counters();
+    let redis = state.policy.redis_status().map(|(mode, pending)| {
+        json!({
+            "failure_mode": mode,
+            "pending_spend_records": pending,
+        })
+    });
+    Json(json!({
+        "auth_required": state.policy.auth_required(),
+        "store": if redis.is_some() { "redis" } else { "local" },
+        "redis": redis,
+        "fail_open_admissions": counters.fail_open.load(Ordering::Relaxed),
+        "fail_closed_refusals": counters.fail_closed.load(Ordering::Relaxed),
+        "replayed_spend_records": counters.replayed.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}

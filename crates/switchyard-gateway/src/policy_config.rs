@@ -1,0 +1,240 @@
+//! `policy:` — virtual keys, limits, budgets and where their state lives.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use switchyard_policy::key::{apply_key_field, apply_team_field, display_name, expiry_from, hash_key};
+use switchyard_policy::period::now_ms;
+use switchyard_policy::{FailureMode, FsyncPolicy, KeyRecord, PolicySettings, RedisSettings, TeamRecord};
+
+use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
+
+/// The environment variable that sets the master key when the file does not.
+pub const MASTER_KEY_ENV: &str = "SWITCHYARD_MASTER_KEY";
+
+/// `policy:` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PolicyConfig {
+    /// The admin key, `os.environ/NAME` or a literal (else `SWITCHYARD_MASTER_KEY`).
+    /// With a master key (or keys below), every client route needs a key.
+    pub master_key: Option<String>,
+    /// Directory of the local store's `keys.jsonl` and `spend.jsonl`; unset:
+    /// memory only. Not used with `redis`.
+    pub data_dir: Option<PathBuf>,
+    /// When the local store's files reach the disk: `always`, `every_second`, `never`.
+    pub fsync: FsyncPolicy,
+    /// Output tokens a request without `max_tokens` may produce, for its budget reservation.
+    pub default_max_tokens: u32,
+    /// Shared state across replicas.
+    pub redis: Option<RedisConfig>,
+    /// Keys declared here (each with `key: os.environ/NAME`, plus the fields of `/key/generate`).
+    pub keys: Vec<BTreeMap<String, Value>>,
+    /// Teams declared here (the fields of `/team/new`).
+    pub teams: Vec<BTreeMap<String, Value>>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            master_key: None,
+            data_dir: None,
+            fsync: FsyncPolicy::EverySecond,
+            default_max_tokens: 4096,
+            redis: None,
+            keys: Vec::new(),
+            teams: Vec::new(),
+        }
+    }
+}
+
+/// `policy.redis:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://host:port/db`, or `os.environ/NAME`.
+    pub url: String,
+    /// Prefix of every Redis key the gateway writes.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// `fail_closed` (503 while Redis is down) or `fail_open` (in-process limits).
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    /// Longest wait for one Redis command, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// How long a dead replica's reservations and in-flight slots last, in milliseconds.
+    #[serde(default = "default_hold_ttl_ms")]
+    pub hold_ttl_ms: u64,
+    /// Spend records kept in the Redis log stream (approximately).
+    #[serde(default = "default_log_max_len")]
+    pub log_max_len: u64,
+}
+
+fn default_prefix() -> String {
+    "switchyard:".into()
+}
+
+fn default_timeout_ms() -> u64 {
+    500
+}
+
+fn default_hold_ttl_ms() -> u64 {
+    600_000
+}
+
+fn default_log_max_len() -> u64 {
+    1_000_000
+}
+
+/// The validated policy settings, and the reservation ceiling.
+#[derive(Debug, Clone)]
+pub struct PolicySpec {
+    /// For [`switchyard_policy::Policy::open`].
+    pub settings: PolicySettings,
+    /// Output tokens assumed for a request without `max_tokens`.
+    pub default_max_tokens: u32,
+}
+
+impl PolicyConfig {
+    /// Checks every value, resolving secrets; `models` are the configured model names.
+    pub fn validate(&self, env: &dyn EnvSource, models: &[String], issues: &mut Vec<ConfigIssue>) -> PolicySpec {
+        let master_key = match &self.master_key {
+            Some(value) => resolve_secret(value, "policy.master_key", env, issues).map(|s| s.expose().to_owned()),
+            None => env.get(MASTER_KEY_ENV).filter(|v| !v.is_empty()),
+        };
+        if master_key.as_ref().is_some_and(|k| k.len() < 8) {
+            issues.push(issue("policy.master_key", "must be at least 8 characters"));
+        }
+        if self.default_max_tokens == 0 {
+            issues.push(issue("policy.default_max_tokens", "must be greater than 0"));
+        }
+        let redis = self.redis.as_ref().and_then(|r| {
+            let url = resolve_secret(&r.url, "policy.redis.url", env, issues)?
+                .expose()
+                .to_owned();
+            if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                issues.push(issue(
+                    "policy.redis.url",
+                    "must start with redis://, rediss:// or unix://",
+                ));
+            }
+            if r.timeout_ms == 0 {
+                issues.push(issue("policy.redis.timeout_ms", "must be greater than 0"));
+            }
+            if r.hold_ttl_ms < 1000 {
+                issues.push(issue("policy.redis.hold_ttl_ms", "must be at least 1000"));
+            }
+            Some(RedisSettings {
+                url,
+                prefix: r.prefix.clone(),
+                failure_mode: r.failure_mode,
+                timeout: Duration::from_millis(r.timeout_ms),
+                hold_ttl: Duration::from_millis(r.hold_ttl_ms),
+                log_max_len: r.log_max_len.max(1),
+            })
+        });
+        if self.redis.is_some() && self.data_dir.is_some() {
+            issues.push(issue("policy.data_dir", "is not used with policy.redis; remove one"));
+        }
+        let known = |list: &[String], path: &str, issues: &mut Vec<ConfigIssue>| {
+            for (i, m) in list.iter().enumerate() {
+                if !models.contains(m) {
+                    issues.push(issue(
+                        format!("{path}.models[{i}]"),
+                        format!("`{m}` is not a model_name in model_list"),
+                    ));
+                }
+            }
+        };
+        let now = now_ms();
+        let mut teams = Vec::new();
+        for (i, entry) in self.teams.iter().enumerate() {
+            let path = format!("policy.teams[{i}]");
+            let Some(team_id) = entry.get("team_id").and_then(Value::as_str).filter(|s| !s.is_empty()) else {
+                issues.push(issue(format!("{path}.team_id"), "is required"));
+                continue;
+            };
+            let mut record = TeamRecord {
+                team_id: team_id.to_owned(),
+                team_alias: None,
+                created_at: now,
+                from_config: true,
+                limits: Default::default(),
+            };
+            for (name, value) in entry.iter().filter(|(n, _)| n.as_str() != "team_id") {
+                if let Err(e) = apply_team_field(&mut record, name, value) {
+                    issues.push(issue(format!("{path}.{}", e.param), e.message));
+                }
+            }
+            known(&record.limits.models, &path, issues);
+            teams.push(record);
+        }
+        let mut keys = Vec::new();
+        for (i, entry) in self.keys.iter().enumerate() {
+            let path = format!("policy.keys[{i}]");
+            let Some(raw) = entry.get("key").and_then(Value::as_str) else {
+                issues.push(issue(format!("{path}.key"), "is required (os.environ/NAME)"));
+                continue;
+            };
+            let Some(plaintext) = resolve_secret(raw, &format!("{path}.key"), env, issues) else {
+                continue;
+            };
+            let plaintext = plaintext.expose().to_owned();
+            if plaintext.len() < 8 {
+                issues.push(issue(format!("{path}.key"), "must be at least 8 characters"));
+            }
+            let token = hash_key(&plaintext);
+            let mut record = KeyRecord {
+                key_id: token.clone(),
+                token,
+                key_name: display_name(&plaintext),
+                key_alias: None,
+                team_id: None,
+                user_id: None,
+                expires_at: None,
+                created_at: now,
+                from_config: true,
+                limits: Default::default(),
+            };
+            for (name, value) in entry.iter().filter(|(n, _)| n.as_str() != "key") {
+                let result = if name == "duration" {
+                    expiry_from(value, now).map(|e| record.expires_at = e)
+                } else {
+                    apply_key_field(&mut record, name, value)
+                };
+                if let Err(e) = result {
+                    issues.push(issue(format!("{path}.{}", e.param), e.message));
+                }
+            }
+            known(&record.limits.models, &path, issues);
+            if let Some(team) = &record.team_id {
+                if !teams.iter().any(|t| &t.team_id == team) {
+                    issues.push(issue(
+                        format!("{path}.team_id"),
+                        format!("`{team}` is not a team in policy.teams"),
+                    ));
+                }
+            }
+            if keys.iter().any(|(_, k): &(String, KeyRecord)| k.token == record.token) {
+                issues.push(issue(format!("{path}.key"), "is declared twice"));
+            }
+            keys.push((plaintext, record));
+        }
+        PolicySpec {
+            settings: PolicySettings {
+                master_key,
+                data_dir: if redis.is_some() { None } else { self.data_dir.clone() },
+                fsync: self.fsync,
+                redis,
+                keys,
+                teams,
+                known_models: models.to_vec(),
+            },
+            default_max_tokens: self.default_max_tokens,
+        }
+    }
+}

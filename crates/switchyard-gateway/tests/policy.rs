@@ -1,0 +1,480 @@
+//! Keys, limits, budgets and spend through the real `switchyard` binary with
+//! the local store: the admin API, authentication, model allow-lists, teams,
+//! rate limits with OpenAI's headers, budgets under concurrency, and spend
+//! that survives `kill -9`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use switchyard_testkit::GatewayProcess;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-master-key-for-tests-0001";
+
+/// Mock deployments priced at $1 per million prompt tokens and $2 per
+/// million completion tokens: "hello" costs 1 × 1000 + 3 × 2000 nano-dollars.
+fn config(data_dir: &Path, extra_policy: &str, delay_ms: u64) -> String {
+    format!(
+        r#"
+policy:
+  master_key: {MASTER}
+  data_dir: {dir}
+{extra_policy}
+model_list:
+  - model_name: mock-a
+    deployments:
+      - provider: mock
+        model: mock-a-1
+        input_cost_per_token: 0.000001
+        output_cost_per_token: 0.000002
+        mock:
+          delay_ms: {delay_ms}
+  - model_name: mock-b
+    deployments:
+      - provider: mock
+        model: mock-b-1
+        input_cost_per_token: 0.000001
+        output_cost_per_token: 0.000002
+"#,
+        dir = data_dir.display()
+    )
+}
+
+const HELLO_COST_NANOS: i64 = 7000;
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    body: Value,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn code(&self) -> &str {
+        self.body.pointer("/error/code").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+async fn send(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Answer { status, headers, body }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+async fn admin(gw: &GatewayProcess, path: &str, body: Value) -> Answer {
+    send(
+        client()
+            .post(format!("{}{path}", gw.base_url()))
+            .bearer_auth(MASTER)
+            .json(&body),
+    )
+    .await
+}
+
+async fn admin_get(gw: &GatewayProcess, path: &str) -> Answer {
+    send(client().get(format!("{}{path}", gw.base_url())).bearer_auth(MASTER)).await
+}
+
+async fn chat_with(gw: &GatewayProcess, key: Option<&str>, model: &str) -> Answer {
+    let mut request = client()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .json(&json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    send(request).await
+}
+
+async fn generate(gw: &GatewayProcess, body: Value) -> String {
+    let answer = admin(gw, "/key/generate", body).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    answer.body["key"].as_str().unwrap().to_owned()
+}
+
+/// "0.000007000" → 7000.
+fn nanos(text: &str) -> i64 {
+    let (whole, frac) = text.split_once('.').unwrap();
+    whole.parse::<i64>().unwrap() * 1_000_000_000 + frac.parse::<i64>().unwrap()
+}
+
+#[tokio::test]
+async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(dir.path(), "", 0);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+
+    // Without or with a wrong key: 401, OpenAI-shaped, naming no other key.
+    let missing = chat_with(&gw, None, "mock-a").await;
+    assert_eq!(
+        (missing.status, missing.code()),
+        (401, "missing_api_key"),
+        "{}",
+        missing.body
+    );
+    assert_eq!(missing.body["error"]["type"], "authentication_error");
+    let wrong = chat_with(&gw, Some("sk-not-a-real-key-000000000"), "mock-a").await;
+    assert_eq!((wrong.status, wrong.code()), (401, "invalid_api_key"));
+
+    let key = generate(&gw, json!({"key_alias": "app", "models": ["mock-a"]})).await;
+    assert!(key.starts_with("sk-"));
+    let other = generate(&gw, json!({"key_alias": "other"})).await;
+    assert!(!wrong.body.to_string().contains(&other[3..]));
+    assert!(!wrong.body.to_string().contains(&key[3..]));
+
+    // The key works on its model, with each header clients use.
+    let ok = chat_with(&gw, Some(&key), "mock-a").await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(nanos(ok.header("x-switchyard-response-cost")), HELLO_COST_NANOS);
+    assert!(ok.header("x-switchyard-request-id").starts_with("req-"));
+    for header in ["x-api-key", "api-key"] {
+        let answer = send(
+            client()
+                .post(format!("{}/v1/chat/completions", gw.base_url()))
+                .header(header, &key)
+                .json(&json!({"model": "mock-a", "messages": [{"role": "user", "content": "hello"}]})),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{header}: {}", answer.body);
+    }
+
+    // Not on another model, and /v1/models lists only what it may call.
+    let denied = chat_with(&gw, Some(&key), "mock-b").await;
+    assert_eq!(
+        (denied.status, denied.code()),
+        (403, "model_not_allowed"),
+        "{}",
+        denied.body
+    );
+    let models = send(client().get(format!("{}/v1/models", gw.base_url())).bearer_auth(&key)).await;
+    let ids: Vec<&str> = models.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["mock-a"]);
+
+    // The admin API takes only the master key.
+    let as_key = send(client().get(format!("{}/key/list", gw.base_url())).bearer_auth(&key)).await;
+    assert_eq!(as_key.status, 403);
+    let anonymous = send(client().get(format!("{}/admin/deployments", gw.base_url()))).await;
+    assert_eq!(anonymous.status, 401);
+
+    // Stored only as hashes: no plaintext anywhere in the data directory.
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        assert!(
+            !text.contains(&key[3..]) && !text.contains(&other[3..]),
+            "plaintext at rest"
+        );
+    }
+    let info = admin_get(&gw, &format!("/key/info?key={key}")).await;
+    assert_eq!(info.status, 200);
+    assert_eq!(info.body["info"]["key_alias"], "app");
+    assert_eq!(
+        info.body["info"]["total_spend"],
+        json!(0.000021),
+        "three requests so far"
+    );
+    assert!(!info.body.to_string().contains(&key[3..]));
+
+    // Update: blocked → 403; unblocked → 200. Bad field → 400 naming it.
+    let blocked = admin(&gw, "/key/update", json!({"key": key, "blocked": true})).await;
+    assert_eq!(blocked.status, 200, "{}", blocked.body);
+    assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.code(), "key_blocked");
+    admin(&gw, "/key/update", json!({"key": key, "blocked": false})).await;
+    assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.status, 200);
+    let bad = admin(&gw, "/key/update", json!({"key": key, "rpm_limit": -1})).await;
+    assert_eq!(
+        (bad.status, bad.body["error"]["param"].as_str()),
+        (400, Some("rpm_limit"))
+    );
+    let unknown_model = admin(&gw, "/key/generate", json!({"models": ["nope"]})).await;
+    assert_eq!(unknown_model.body["error"]["param"], "models[0]");
+
+    // Expiry.
+    let short = generate(&gw, json!({"duration": "1s"})).await;
+    assert_eq!(chat_with(&gw, Some(&short), "mock-a").await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let expired = chat_with(&gw, Some(&short), "mock-a").await;
+    assert_eq!((expired.status, expired.code()), (401, "key_expired"));
+
+    // Regenerate: the old key stops at once, the new one works, spend stays.
+    let regenerated = admin(&gw, "/key/regenerate", json!({"key": key})).await;
+    assert_eq!(regenerated.status, 200, "{}", regenerated.body);
+    let new_key = regenerated.body["key"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, key);
+    assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.code(), "invalid_api_key");
+    assert_eq!(chat_with(&gw, Some(&new_key), "mock-a").await.status, 200);
+    let info = admin_get(&gw, &format!("/key/info?key={new_key}")).await;
+    assert_eq!(
+        nanos(&format!("{:.9}", info.body["info"]["total_spend"].as_f64().unwrap())),
+        5 * HELLO_COST_NANOS
+    );
+
+    // Delete.
+    let deleted = admin(&gw, "/key/delete", json!({"keys": [other]})).await;
+    assert_eq!(deleted.body["deleted_keys"].as_array().unwrap().len(), 1);
+    assert_eq!(chat_with(&gw, Some(&other), "mock-a").await.code(), "invalid_api_key");
+
+    // A restart keeps keys and spend.
+    drop(gw);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    assert_eq!(chat_with(&gw, Some(&new_key), "mock-a").await.status, 200);
+    assert_eq!(chat_with(&gw, Some(&other), "mock-a").await.code(), "invalid_api_key");
+    assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.code(), "invalid_api_key");
+    let spend = admin_get(&gw, "/spend/keys").await;
+    let row = spend
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["key_alias"] == "app")
+        .unwrap()
+        .clone();
+    assert_eq!(row["total_spend_nanos"], json!(6 * HELLO_COST_NANOS));
+    let logs = admin_get(&gw, &format!("/spend/logs?api_key={new_key}&model=mock-a")).await;
+    assert_eq!(logs.body.as_array().unwrap().len(), 6, "{}", logs.body);
+}
+
+#[tokio::test]
+async fn teams_narrow_models_and_share_one_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 0));
+    let team = admin(
+        &gw,
+        "/team/new",
+        json!({"team_id": "research", "models": ["mock-b"], "max_budget": 0.00003, "budget_duration": "monthly"}),
+    )
+    .await;
+    assert_eq!(team.status, 200, "{}", team.body);
+    let missing_team = admin(&gw, "/key/generate", json!({"team_id": "nobody"})).await;
+    assert_eq!(missing_team.body["error"]["param"], "team_id");
+    let first = generate(&gw, json!({"team_id": "research"})).await;
+    let second = generate(&gw, json!({"team_id": "research"})).await;
+
+    // The team's models apply to a key that names none.
+    assert_eq!(chat_with(&gw, Some(&first), "mock-a").await.code(), "model_not_allowed");
+    // Budget $0.00003: each request reserves up to 15000 and costs 7000.
+    let mut served = 0;
+    for key in [&first, &second, &first, &second, &first] {
+        let answer = chat_with(&gw, Some(key), "mock-b").await;
+        match answer.status {
+            200 => served += 1,
+            400 => {
+                assert_eq!(answer.code(), "budget_exceeded");
+                assert_eq!(answer.body["error"]["type"], "budget_exceeded");
+                assert!(
+                    answer.body["error"]["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("max budget $0.000030000")
+                );
+            }
+            other => panic!("{other}: {}", answer.body),
+        }
+    }
+    // 7000 × 3 = 21000 leaves 9000 < 15000: the fourth is refused, whichever key sends it.
+    assert_eq!(served, 3);
+    let info = admin_get(&gw, "/team/info?team_id=research").await;
+    assert_eq!(info.body["team_info"]["spend"], json!(0.000021));
+    assert_eq!(info.body["team_info"]["keys"].as_array().unwrap().len(), 2);
+    let refused = admin(&gw, "/team/delete", json!({"team_ids": ["research"]})).await;
+    assert_eq!(refused.status, 409);
+}
+
+#[tokio::test]
+async fn rate_limits_answer_429_with_openai_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 0));
+    let key = generate(&gw, json!({"rpm_limit": 3, "tpm_limit": 1000})).await;
+    for remaining in ["2", "1", "0"] {
+        let ok = chat_with(&gw, Some(&key), "mock-a").await;
+        assert_eq!(ok.status, 200, "{}", ok.body);
+        assert_eq!(ok.header("x-ratelimit-limit-requests"), "3");
+        assert_eq!(ok.header("x-ratelimit-remaining-requests"), remaining);
+        assert_eq!(ok.header("x-ratelimit-limit-tokens"), "1000");
+        assert!(ok.header("x-ratelimit-reset-requests").ends_with('s'));
+    }
+    let limited = chat_with(&gw, Some(&key), "mock-a").await;
+    assert_eq!(
+        (limited.status, limited.code()),
+        (429, "rate_limit_exceeded"),
+        "{}",
+        limited.body
+    );
+    assert_eq!(limited.body["error"]["type"], "rate_limit_error");
+    let retry_after: u64 = limited.header("retry-after").parse().unwrap();
+    assert!((1..=20).contains(&retry_after), "{retry_after}");
+    assert_eq!(limited.header("x-ratelimit-remaining-requests"), "0");
+    // Another key is not affected.
+    let other = generate(&gw, json!({"model_rpm_limit": {"mock-a": 1}})).await;
+    assert_eq!(chat_with(&gw, Some(&other), "mock-a").await.status, 200);
+    assert_eq!(chat_with(&gw, Some(&other), "mock-a").await.status, 429);
+    assert_eq!(
+        chat_with(&gw, Some(&other), "mock-b").await.status,
+        200,
+        "per-model limit"
+    );
+    // A prompt larger than the token limit on its own.
+    let small = generate(&gw, json!({"tpm_limit": 5})).await;
+    let long = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(&small)
+            .json(&json!({"model": "mock-a", "messages": [{"role": "user", "content": "a long prompt that is well over twenty bytes"}]})),
+    )
+    .await;
+    assert_eq!(long.status, 429);
+    assert!(
+        long.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("alone exceeds")
+    );
+    // Parallel cap.
+    let slow_dir = tempfile::tempdir().unwrap();
+    let slow = GatewayProcess::start(Path::new(BIN), &config(slow_dir.path(), "", 300));
+    let single = generate(&slow, json!({"max_parallel_requests": 1})).await;
+    let (a, b) = tokio::join!(chat_with(&slow, Some(&single), "mock-a"), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        chat_with(&slow, Some(&single), "mock-a").await
+    });
+    assert_eq!(a.status, 200);
+    assert_eq!((b.status, b.code()), (429, "too_many_parallel_requests"));
+    assert_eq!(
+        chat_with(&slow, Some(&single), "mock-a").await.status,
+        200,
+        "the slot is free again"
+    );
+}
+
+#[tokio::test]
+async fn a_budget_is_not_overspent_by_50_concurrent_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Arc::new(GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 100)));
+    // $0.0001: 100000 nano-dollars; each request reserves 15000 and costs 7000.
+    let key = generate(&gw, json!({"max_budget": 0.0001})).await;
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (gw, key) = (gw.clone(), key.clone());
+        tasks.push(tokio::spawn(async move { chat_with(&gw, Some(&key), "mock-a").await }));
+    }
+    let mut served = 0i64;
+    let mut refused = 0;
+    for task in tasks {
+        let answer = task.await.unwrap();
+        match (answer.status, answer.code()) {
+            (200, _) => served += 1,
+            (400, "budget_exceeded") => refused += 1,
+            other => panic!("{other:?}: {}", answer.body),
+        }
+    }
+    assert_eq!(served + refused, 50);
+    assert!(served >= 6, "at least budget / reservation requests pass: {served}");
+    let info = admin_get(&gw, &format!("/key/info?key={key}")).await;
+    let spend = nanos(&format!("{:.9}", info.body["info"]["spend"].as_f64().unwrap()));
+    assert_eq!(spend, served * HELLO_COST_NANOS);
+    assert!(spend <= 100_000, "overspent: {spend}");
+    // Sequentially, the budget fills up to what reservations allow and no further.
+    loop {
+        let answer = chat_with(&gw, Some(&key), "mock-a").await;
+        if answer.status != 200 {
+            assert_eq!(answer.code(), "budget_exceeded");
+            break;
+        }
+    }
+    let info = admin_get(&gw, &format!("/key/info?key={key}")).await;
+    let spend = nanos(&format!("{:.9}", info.body["info"]["spend"].as_f64().unwrap()));
+    assert!(spend <= 100_000 && spend + 15_000 > 100_000, "{spend}");
+}
+
+#[tokio::test]
+async fn kill_9_mid_load_loses_no_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(dir.path(), "  fsync: never", 50);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let key = generate(&gw, json!({"key_alias": "load"})).await;
+    let base = gw.base_url();
+    let seen: Arc<std::sync::Mutex<HashMap<String, i64>>> = Arc::default();
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (base, key, seen) = (base.clone(), key.clone(), seen.clone());
+        workers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            loop {
+                let sent = client
+                    .post(format!("{base}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&json!({"model": "mock-a", "messages": [{"role": "user", "content": "hello"}]}))
+                    .send()
+                    .await;
+                let Ok(response) = sent else { return };
+                let cost = response
+                    .headers()
+                    .get("x-switchyard-response-cost")
+                    .map(|v| nanos(v.to_str().unwrap()));
+                let id = response
+                    .headers()
+                    .get("x-switchyard-request-id")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                if response.status() == 200 && response.bytes().await.is_ok() {
+                    seen.lock().unwrap().insert(id.unwrap(), cost.unwrap());
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(gw); // SIGKILL
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    let seen = seen.lock().unwrap().clone();
+    assert!(seen.len() >= 10, "load ran: {}", seen.len());
+
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let logs = admin_get(&gw, &format!("/spend/logs?api_key={key}&limit=100000")).await;
+    let logged: HashMap<String, i64> = logs
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["request_id"].as_str().unwrap().to_owned(),
+                r["cost_nanos"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    // Every charge a client saw is recorded, at the price it saw.
+    for (id, cost) in &seen {
+        assert_eq!(logged.get(id), Some(cost), "charge {id} lost");
+    }
+    // Anything else was in flight when the process died (at most one per worker).
+    assert!(
+        logged.len() - seen.len() <= 4,
+        "{} logged, {} seen",
+        logged.len(),
+        seen.len()
+    );
+    let spend = admin_get(&gw, "/spend/keys").await;
+    let total = spend.body[0]["total_spend_nanos"].as_i64().unwrap();
+    assert_eq!(total, logged.values().sum::<i64>());
+    let seen_total: i64 = seen.values().sum();
+    assert!(total - seen_total <= 5 * HELLO_COST_NANOS);
+}

@@ -1,0 +1,191 @@
+//! What one request is checked against: the limits of its key and team,
+//! turned into named counters every store evaluates the same way.
+
+use std::time::Duration;
+
+use crate::key::KeyView;
+use crate::money::{Nanos, from_usd};
+use crate::period::BudgetPeriod;
+use crate::spend::{subject_key, subject_team};
+
+/// What a request asks for, as far as limits go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Demand {
+    /// The public model name.
+    pub model: String,
+    /// Prompt tokens, estimated before the call (charged to TPM up front).
+    pub estimated_tokens: u32,
+    /// The most the request can cost (reserved against budgets).
+    pub max_cost: Nanos,
+}
+
+/// Requests or tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RateKind {
+    /// Requests per minute.
+    Requests,
+    /// Tokens per minute.
+    Tokens,
+}
+
+impl RateKind {
+    /// `requests` or `tokens`, as in the `x-ratelimit-*` headers.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RateKind::Requests => "requests",
+            RateKind::Tokens => "tokens",
+        }
+    }
+}
+
+/// One per-minute limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateCheck {
+    /// Counter name, unique per key/team, model and kind.
+    pub id: String,
+    /// Who it limits, for messages (`key`, `team`, `key for model gpt-4o`).
+    pub scope: String,
+    /// Requests or tokens.
+    pub kind: RateKind,
+    /// Allowed per minute.
+    pub limit: u32,
+    /// What this request takes (1 request, or its estimated tokens).
+    pub cost: u32,
+}
+
+/// A budget the request reserves its maximum cost against.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetCheck {
+    /// Ledger subject (`key:<hash>`, `team:<id>`).
+    pub subject: String,
+    /// `key` or `team`, for messages.
+    pub scope: String,
+    /// Allowed spend per period.
+    pub limit: Nanos,
+    /// The period; `None`: a lifetime budget.
+    pub period: Option<BudgetPeriod>,
+}
+
+/// A cap on requests in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParallelCheck {
+    /// Counter name.
+    pub id: String,
+    /// `key` or `team`.
+    pub scope: String,
+    /// Allowed at once.
+    pub limit: u32,
+}
+
+/// Every check of one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Checks {
+    /// In-flight caps.
+    pub parallel: Vec<ParallelCheck>,
+    /// Per-minute limits.
+    pub rates: Vec<RateCheck>,
+    /// Budgets.
+    pub budgets: Vec<BudgetCheck>,
+}
+
+/// The state of one per-minute limit after a request was admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateState {
+    /// Allowed per minute.
+    pub limit: u32,
+    /// Still available now.
+    pub remaining: u32,
+    /// Until the limit is whole again.
+    pub reset: Duration,
+}
+
+impl Checks {
+    /// The checks for `view` calling `demand.model`.
+    pub fn for_request(view: &KeyView, demand: &Demand) -> Checks {
+        let mut checks = Checks::default();
+        let token = &view.key.key_id;
+        let model = &demand.model;
+        let tokens = demand.estimated_tokens.max(1);
+        let key_limits = &view.key.limits;
+        let mut add_rates = |prefix: &str, scope: &str, rpm: Option<u32>, tpm: Option<u32>| {
+            if let Some(limit) = rpm {
+                checks.rates.push(RateCheck {
+                    id: format!("rpm:{prefix}"),
+                    scope: scope.to_owned(),
+                    kind: RateKind::Requests,
+                    limit,
+                    cost: 1,
+                });
+            }
+            if let Some(limit) = tpm {
+                checks.rates.push(RateCheck {
+                    id: format!("tpm:{prefix}"),
+                    scope: scope.to_owned(),
+                    kind: RateKind::Tokens,
+                    limit,
+                    cost: tokens,
+                });
+            }
+        };
+        add_rates(
+            &format!("key:{token}:model:{model}"),
+            &format!("key for model {model}"),
+            key_limits.model_rpm_limit.get(model).copied(),
+            key_limits.model_tpm_limit.get(model).copied(),
+        );
+        add_rates(
+            &format!("key:{token}"),
+            "key",
+            key_limits.rpm_limit,
+            key_limits.tpm_limit,
+        );
+        if let Some(team) = &view.team {
+            let l = &team.limits;
+            add_rates(
+                &format!("team:{}:model:{model}", team.team_id),
+                &format!("team for model {model}"),
+                l.model_rpm_limit.get(model).copied(),
+                l.model_tpm_limit.get(model).copied(),
+            );
+            add_rates(&format!("team:{}", team.team_id), "team", l.rpm_limit, l.tpm_limit);
+        }
+        if let Some(limit) = key_limits.max_parallel_requests {
+            checks.parallel.push(ParallelCheck {
+                id: format!("parallel:key:{token}"),
+                scope: "key".into(),
+                limit,
+            });
+        }
+        if let Some(budget) = key_limits.max_budget {
+            checks.budgets.push(BudgetCheck {
+                subject: subject_key(token),
+                scope: "key".into(),
+                limit: from_usd(budget),
+                period: key_limits.budget_duration,
+            });
+        }
+        if let Some(team) = &view.team {
+            if let Some(limit) = team.limits.max_parallel_requests {
+                checks.parallel.push(ParallelCheck {
+                    id: format!("parallel:team:{}", team.team_id),
+                    scope: "team".into(),
+                    limit,
+                });
+            }
+            if let Some(budget) = team.limits.max_budget {
+                checks.budgets.push(BudgetCheck {
+                    subject: subject_team(&team.team_id),
+                    scope: "team".into(),
+                    limit: from_usd(budget),
+                    period: team.limits.budget_duration,
+                });
+            }
+        }
+        checks
+    }
+
+    /// The token limits charged up front, to correct with the real usage.
+    pub fn token_rates(&self) -> impl Iterator<Item = &RateCheck> {
+        self.rates.iter().filter(|r| r.kind == RateKind::Tokens)
+    }
+}

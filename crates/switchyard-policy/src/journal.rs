@@ -1,0 +1,136 @@
+//! Append-only JSON Lines files: the local store's keys and spend log.
+//!
+//! Each record is one `write` of one line. A process killed at any point
+//! leaves every completed line in the file (the page cache outlives the
+//! process); a line cut short by a crash of the machine is dropped when the
+//! file is opened again. How often the file is flushed to the disk itself is
+//! the [`FsyncPolicy`].
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+/// When appended lines are forced to the disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncPolicy {
+    /// After every line, before the request that wrote it is answered.
+    Always,
+    /// Once a second, by a background task (at most a second lost on power loss).
+    #[default]
+    EverySecond,
+    /// Left to the operating system.
+    Never,
+}
+
+/// One append-only file.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+    policy: FsyncPolicy,
+    dirty: AtomicBool,
+}
+
+impl Journal {
+    /// Opens (or creates) `path`, returning the complete lines already in it.
+    /// A last line without its newline (a torn write) is cut off.
+    pub fn open(path: &Path, policy: FsyncPolicy) -> io::Result<(Journal, Vec<String>)> {
+        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes)?;
+        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        if complete < bytes.len() {
+            tracing::warn!(path = %path.display(), bytes = bytes.len() - complete, "dropping a torn last line");
+            file.set_len(complete as u64)?;
+            file.seek(SeekFrom::End(0))?;
+        }
+        let lines = bytes[..complete]
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        Ok((
+            Journal {
+                path: path.to_owned(),
+                file: Mutex::new(file),
+                policy,
+                dirty: AtomicBool::new(false),
+            },
+            lines,
+        ))
+    }
+
+    /// Appends one record as a line.
+    pub fn append<T: Serialize>(&self, record: &T) -> io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+        line.push(b'\n');
+        let mut file = self.file.lock();
+        file.write_all(&line)?;
+        match self.policy {
+            FsyncPolicy::Always => file.sync_data()?,
+            FsyncPolicy::EverySecond => self.dirty.store(true, Ordering::Release),
+            FsyncPolicy::Never => {}
+        }
+        Ok(())
+    }
+
+    /// Flushes to the disk if anything was appended since the last flush.
+    pub fn sync_if_dirty(&self) -> io::Result<()> {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            self.file.lock().sync_data()?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the whole file with `records` (written to a temporary file,
+    /// flushed, then renamed over it), and appends from there on.
+    pub fn rewrite<T: Serialize>(&self, records: &[T]) -> io::Result<()> {
+        let tmp = self.path.with_extension("jsonl.tmp");
+        {
+            let mut out = io::BufWriter::new(File::create(&tmp)?);
+            for record in records {
+                serde_json::to_writer(&mut out, record).map_err(io::Error::other)?;
+                out.write_all(b"\n")?;
+            }
+            out.flush()?;
+            out.get_ref().sync_all()?;
+        }
+        let mut file = self.file.lock();
+        std::fs::rename(&tmp, &self.path)?;
+        *file = OpenOptions::new().append(true).read(true).open(&self.path)?;
+        Ok(())
+    }
+
+    /// Reads every complete line again (for queries over the whole log).
+    pub fn read_lines(&self) -> io::Result<Vec<String>> {
+        let _guard = self.file.lock();
+        let reader = BufReader::new(File::open(&self.path)?);
+        reader.lines().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn torn_tail_is_dropped_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
+        let (journal, lines) = Journal::open(&path, FsyncPolicy::Always).unwrap();
+        assert_eq!(lines, vec!["{\"a\":1}", "{\"a\":2}"]);
+        journal.append(&serde_json::json!({"a": 3})).unwrap();
+        let (_, lines) = Journal::open(&path, FsyncPolicy::Never).unwrap();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[2], "{\"a\":3}");
+        journal.rewrite(&[serde_json::json!({"b": 1})]).unwrap();
+        journal.append(&serde_json::json!({"b": 2})).unwrap();
+        assert_eq!(journal.read_lines().unwrap(), vec!["{\"b\":1}", "{\"b\":2}"]);
+    }
+}

@@ -1,0 +1,406 @@
+//! Virtual keys and teams: what is stored (hashes, never plaintext), what a
+//! key may do, and how admin requests change them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::period::{BudgetPeriod, parse_duration_secs};
+
+/// Prefix of every key the gateway generates.
+pub const KEY_PREFIX: &str = "sk-";
+
+/// The SHA-256 of a key, hex-encoded: the only form a key is stored in.
+pub fn hash_key(plaintext: &str) -> String {
+    hex::encode(Sha256::digest(plaintext.as_bytes()))
+}
+
+/// Compares two hashes in constant time.
+pub fn hashes_equal(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+/// A new random key: `sk-` and 48 hex digits (192 bits from the OS RNG).
+pub fn generate_key() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("{KEY_PREFIX}{}", hex::encode(bytes)))
+}
+
+/// What may be shown of a key after creation: its prefix and last four characters.
+pub fn display_name(plaintext: &str) -> String {
+    let tail: String = plaintext
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{KEY_PREFIX}...{tail}")
+}
+
+/// The limits a key or a team carries.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Model groups it may call; empty means every model.
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// Spend allowed per budget period (or in total), in USD.
+    #[serde(default)]
+    pub max_budget: Option<f64>,
+    /// When the budget starts again; `None`: never.
+    #[serde(default)]
+    pub budget_duration: Option<BudgetPeriod>,
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm_limit: Option<u32>,
+    /// Tokens per minute.
+    #[serde(default)]
+    pub tpm_limit: Option<u32>,
+    /// Requests per minute, per model group.
+    #[serde(default)]
+    pub model_rpm_limit: BTreeMap<String, u32>,
+    /// Tokens per minute, per model group.
+    #[serde(default)]
+    pub model_tpm_limit: BTreeMap<String, u32>,
+    /// Requests in flight at once.
+    #[serde(default)]
+    pub max_parallel_requests: Option<u32>,
+    /// Free-form metadata, returned as given.
+    #[serde(default)]
+    pub metadata: Map<String, Value>,
+    /// A blocked key or team is refused.
+    #[serde(default)]
+    pub blocked: bool,
+}
+
+impl Limits {
+    /// Whether `model` is allowed (an empty list allows every model).
+    pub fn allows(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+}
+
+/// A stored virtual key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// A stable id: the hash of the key's first value, kept when the key is
+    /// regenerated, so that spend and limits follow the key.
+    pub key_id: String,
+    /// SHA-256 of the key (hex).
+    pub token: String,
+    /// `sk-...` and the key's last four characters.
+    pub key_name: String,
+    /// A human name.
+    #[serde(default)]
+    pub key_alias: Option<String>,
+    /// The team the key belongs to.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// The user the key was issued to.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Expiry, Unix milliseconds.
+    #[serde(default)]
+    pub expires_at: Option<i64>,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Declared in the configuration file (not changeable through the API).
+    #[serde(default)]
+    pub from_config: bool,
+    /// Limits.
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+/// A stored team: limits and a budget shared by its keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TeamRecord {
+    /// The team's id.
+    pub team_id: String,
+    /// A human name.
+    #[serde(default)]
+    pub team_alias: Option<String>,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Declared in the configuration file.
+    #[serde(default)]
+    pub from_config: bool,
+    /// Limits.
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+/// An authenticated key with its team.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyView {
+    /// The key.
+    pub key: KeyRecord,
+    /// Its team, if it has one.
+    pub team: Option<TeamRecord>,
+}
+
+impl KeyView {
+    /// Whether the key, and its team, may call `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.key.limits.allows(model) && self.team.as_ref().is_none_or(|t| t.limits.allows(model))
+    }
+
+    /// The models the key may call: its own list, narrowed by its team's.
+    /// `None` means every model.
+    pub fn allowed_models(&self) -> Option<Vec<String>> {
+        let own = &self.key.limits.models;
+        let team = self.team.as_ref().map(|t| &t.limits.models).filter(|m| !m.is_empty());
+        match (own.is_empty(), team) {
+            (true, None) => None,
+            (true, Some(team)) => Some(team.clone()),
+            (false, None) => Some(own.clone()),
+            (false, Some(team)) => Some(own.iter().filter(|m| team.contains(m)).cloned().collect()),
+        }
+    }
+}
+
+/// A field of an admin request that is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FieldError {
+    /// The field, e.g. `rpm_limit`.
+    pub param: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn field_error(param: &str, message: impl Into<String>) -> FieldError {
+    FieldError {
+        param: param.to_owned(),
+        message: message.into(),
+    }
+}
+
+fn positive_u32(name: &str, value: &Value) -> Result<u32, FieldError> {
+    value
+        .as_u64()
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| field_error(name, format!("'{name}' must be a positive integer.")))
+}
+
+fn optional<T>(value: &Value, parse: impl FnOnce(&Value) -> Result<T, FieldError>) -> Result<Option<T>, FieldError> {
+    if value.is_null() {
+        Ok(None)
+    } else {
+        parse(value).map(Some)
+    }
+}
+
+fn optional_string(name: &str, value: &Value) -> Result<Option<String>, FieldError> {
+    optional(value, |v| {
+        v.as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| field_error(name, format!("'{name}' must be a string.")))
+    })
+}
+
+fn per_model(name: &str, value: &Value) -> Result<BTreeMap<String, u32>, FieldError> {
+    if value.is_null() {
+        return Ok(BTreeMap::new());
+    }
+    let Value::Object(map) = value else {
+        return Err(field_error(name, format!("'{name}' must map model names to limits.")));
+    };
+    map.iter()
+        .map(|(model, v)| Ok((model.clone(), positive_u32(&format!("{name}.{model}"), v)?)))
+        .collect()
+}
+
+/// Sets one limit field from an admin request. `Ok(false)`: not a limit field.
+pub fn apply_limit_field(limits: &mut Limits, name: &str, value: &Value) -> Result<bool, FieldError> {
+    match name {
+        "models" => {
+            limits.models = match value {
+                Value::Null => Vec::new(),
+                Value::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| {
+                        item.as_str()
+                            .filter(|s| !s.trim().is_empty())
+                            .map(str::to_owned)
+                            .ok_or_else(|| {
+                                field_error(&format!("models[{i}]"), "Each model must be a non-empty string.")
+                            })
+                    })
+                    .collect::<Result<_, _>>()?,
+                _ => return Err(field_error(name, "'models' must be a list of model names.")),
+            };
+        }
+        "max_budget" => {
+            limits.max_budget = optional(value, |v| {
+                v.as_f64()
+                    .filter(|b| b.is_finite() && *b >= 0.0)
+                    .ok_or_else(|| field_error(name, "'max_budget' must be a non-negative number of USD."))
+            })?;
+        }
+        "budget_duration" => {
+            limits.budget_duration = optional(value, |v| {
+                v.as_str().and_then(BudgetPeriod::parse).ok_or_else(|| {
+                    field_error(
+                        name,
+                        "'budget_duration' must be one of daily (1d), weekly (7d), monthly (1mo).",
+                    )
+                })
+            })?;
+        }
+        "rpm_limit" => limits.rpm_limit = optional(value, |v| positive_u32(name, v))?,
+        "tpm_limit" => limits.tpm_limit = optional(value, |v| positive_u32(name, v))?,
+        "max_parallel_requests" => limits.max_parallel_requests = optional(value, |v| positive_u32(name, v))?,
+        "model_rpm_limit" => limits.model_rpm_limit = per_model(name, value)?,
+        "model_tpm_limit" => limits.model_tpm_limit = per_model(name, value)?,
+        "metadata" => {
+            limits.metadata = match value {
+                Value::Null => Map::new(),
+                Value::Object(map) => map.clone(),
+                _ => return Err(field_error(name, "'metadata' must be an object.")),
+            };
+        }
+        "blocked" => {
+            limits.blocked = optional(value, |v| {
+                v.as_bool()
+                    .ok_or_else(|| field_error(name, "'blocked' must be true or false."))
+            })?
+            .unwrap_or(false);
+        }
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// Sets one field of a key from a `/key/generate` or `/key/update` body.
+/// `key` and `duration` are handled by the caller.
+pub fn apply_key_field(record: &mut KeyRecord, name: &str, value: &Value) -> Result<(), FieldError> {
+    match name {
+        "key_alias" => record.key_alias = optional_string(name, value)?,
+        "team_id" => record.team_id = optional_string(name, value)?,
+        "user_id" => record.user_id = optional_string(name, value)?,
+        _ => {
+            if !apply_limit_field(&mut record.limits, name, value)? {
+                return Err(field_error(name, format!("Unknown field '{name}'.")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Sets one field of a team from a `/team/new` or `/team/update` body.
+pub fn apply_team_field(record: &mut TeamRecord, name: &str, value: &Value) -> Result<(), FieldError> {
+    match name {
+        "team_alias" => record.team_alias = optional_string(name, value)?,
+        _ => {
+            if !apply_limit_field(&mut record.limits, name, value)? {
+                return Err(field_error(name, format!("Unknown field '{name}'.")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Expiry from a `duration` field (`"30d"`, `"1h"`, or null for none), from `now_ms`.
+pub fn expiry_from(value: &Value, now_ms: i64) -> Result<Option<i64>, FieldError> {
+    optional(value, |v| {
+        v.as_str()
+            .and_then(parse_duration_secs)
+            .map(|secs| now_ms.saturating_add(secs.saturating_mul(1000)))
+            .ok_or_else(|| field_error("duration", "'duration' must look like 30s, 15m, 12h or 30d."))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn keys_are_random_and_hashed() {
+        let a = generate_key().unwrap();
+        let b = generate_key().unwrap();
+        assert_ne!(a, b);
+        assert!(a.starts_with("sk-") && a.len() == 51);
+        let h = hash_key(&a);
+        assert_eq!(h.len(), 64);
+        assert!(!h.contains(&a[3..]));
+        assert!(hashes_equal(&h, &hash_key(&a)));
+        assert!(!hashes_equal(&h, &hash_key(&b)));
+        assert_eq!(display_name("sk-abcdef1234"), "sk-...1234");
+    }
+
+    #[test]
+    fn limit_fields_are_validated_by_name() {
+        let mut limits = Limits::default();
+        apply_limit_field(&mut limits, "rpm_limit", &json!(10)).unwrap();
+        apply_limit_field(&mut limits, "budget_duration", &json!("1mo")).unwrap();
+        apply_limit_field(&mut limits, "models", &json!(["a", "b"])).unwrap();
+        apply_limit_field(&mut limits, "model_tpm_limit", &json!({"a": 100})).unwrap();
+        assert_eq!(limits.rpm_limit, Some(10));
+        assert_eq!(limits.budget_duration, Some(BudgetPeriod::Monthly));
+        assert_eq!(limits.model_tpm_limit.get("a"), Some(&100));
+        for (field, value, param) in [
+            ("rpm_limit", json!(0), "rpm_limit"),
+            ("rpm_limit", json!("x"), "rpm_limit"),
+            ("max_budget", json!(-1.0), "max_budget"),
+            ("budget_duration", json!("30d"), "budget_duration"),
+            ("models", json!(["a", 3]), "models[1]"),
+            ("model_rpm_limit", json!({"a": -2}), "model_rpm_limit.a"),
+        ] {
+            let err = apply_limit_field(&mut limits, field, &value).unwrap_err();
+            assert_eq!(err.param, param, "{field} = {value}");
+        }
+        assert!(!apply_limit_field(&mut limits, "nope", &json!(1)).unwrap());
+        apply_limit_field(&mut limits, "rpm_limit", &Value::Null).unwrap();
+        assert_eq!(limits.rpm_limit, None);
+    }
+
+    #[test]
+    fn team_models_narrow_the_key() {
+        let key = KeyRecord {
+            key_id: "t".into(),
+            token: "t".into(),
+            key_name: "sk-...t".into(),
+            key_alias: None,
+            team_id: Some("team".into()),
+            user_id: None,
+            expires_at: None,
+            created_at: 0,
+            from_config: false,
+            limits: Limits::default(),
+        };
+        let team = TeamRecord {
+            team_id: "team".into(),
+            team_alias: None,
+            created_at: 0,
+            from_config: false,
+            limits: Limits {
+                models: vec!["a".into()],
+                ..Limits::default()
+            },
+        };
+        let view = KeyView {
+            key: key.clone(),
+            team: Some(team.clone()),
+        };
+        assert!(view.allows("a"));
+        assert!(!view.allows("b"));
+        assert_eq!(view.allowed_models(), Some(vec!["a".to_owned()]));
+        let mut narrow = key;
+        narrow.limits.models = vec!["a".into(), "b".into()];
+        let view = KeyView {
+            key: narrow,
+            team: Some(team),
+        };
+        assert!(!view.allows("b"));
+        assert_eq!(view.allowed_models(), Some(vec!["a".to_owned()]));
+    }
+}

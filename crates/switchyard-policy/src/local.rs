@@ -1,0 +1,379 @@
+//! The in-process store: keys, teams, limits and the spend ledger in memory,
+//! with keys and spend kept in two append-only files when a data directory
+//! is set (`keys.jsonl`, `spend.jsonl`). Rate limits use `governor` (GCRA).
+
+use std::collections::{HashMap, VecDeque};
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::{Quota, RateLimiter};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{Checks, RateState};
+use crate::error::{Denied, PolicyError};
+use crate::journal::{FsyncPolicy, Journal};
+use crate::key::{KeyRecord, TeamRecord};
+use crate::money::Nanos;
+use crate::period::{Day, day_of_ms, now_ms};
+use crate::spend::{Ledger, LogFilter, SpendRecord, SubjectSpend};
+
+type Limiter =
+    RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+/// Records kept in memory when there is no data directory.
+const MEMORY_LOG_LIMIT: usize = 100_000;
+
+/// One line of `keys.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum KeyOp {
+    PutKey { record: KeyRecord },
+    DeleteKey { token: String },
+    PutTeam { record: TeamRecord },
+    DeleteTeam { team_id: String },
+}
+
+#[derive(Debug, Default)]
+struct State {
+    keys: HashMap<String, KeyRecord>,
+    teams: HashMap<String, TeamRecord>,
+    ledger: Ledger,
+    reserved: HashMap<String, Nanos>,
+    parallel: HashMap<String, u32>,
+    recent: VecDeque<SpendRecord>,
+}
+
+/// The in-process store.
+#[derive(Debug)]
+pub struct LocalStore {
+    state: Mutex<State>,
+    limiters: Mutex<HashMap<String, (u32, Arc<Limiter>)>>,
+    keys_log: Option<Journal>,
+    spend_log: Option<Journal>,
+    clock: DefaultClock,
+}
+
+impl LocalStore {
+    /// A store in memory only.
+    pub fn memory() -> Self {
+        Self {
+            state: Mutex::new(State::default()),
+            limiters: Mutex::new(HashMap::new()),
+            keys_log: None,
+            spend_log: None,
+            clock: DefaultClock::default(),
+        }
+    }
+
+    /// A store whose keys and spend live in `dir` (created if missing):
+    /// both logs are replayed, and the keys log is compacted.
+    pub fn open(dir: &Path, fsync: FsyncPolicy) -> Result<Self, PolicyError> {
+        std::fs::create_dir_all(dir)?;
+        let (keys_log, key_lines) = Journal::open(&dir.join("keys.jsonl"), fsync)?;
+        let (spend_log, spend_lines) = Journal::open(&dir.join("spend.jsonl"), fsync)?;
+        let mut state = State::default();
+        for (i, line) in key_lines.iter().enumerate() {
+            match serde_json::from_str::<KeyOp>(line) {
+                Ok(KeyOp::PutKey { record }) => drop(state.keys.insert(record.token.clone(), record)),
+                Ok(KeyOp::DeleteKey { token }) => drop(state.keys.remove(&token)),
+                Ok(KeyOp::PutTeam { record }) => drop(state.teams.insert(record.team_id.clone(), record)),
+                Ok(KeyOp::DeleteTeam { team_id }) => drop(state.teams.remove(&team_id)),
+                Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of keys.jsonl"),
+            }
+        }
+        let mut records = 0usize;
+        for (i, line) in spend_lines.iter().enumerate() {
+            match serde_json::from_str::<SpendRecord>(line) {
+                Ok(record) => {
+                    state.ledger.add(&record);
+                    records += 1;
+                }
+                Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of spend.jsonl"),
+            }
+        }
+        let mut snapshot: Vec<KeyOp> = state
+            .teams
+            .values()
+            .map(|t| KeyOp::PutTeam { record: t.clone() })
+            .collect();
+        snapshot.extend(state.keys.values().map(|k| KeyOp::PutKey { record: k.clone() }));
+        keys_log.rewrite(&snapshot)?;
+        tracing::info!(
+            dir = %dir.display(),
+            keys = state.keys.len(),
+            teams = state.teams.len(),
+            spend_records = records,
+            "policy store opened"
+        );
+        Ok(Self {
+            state: Mutex::new(state),
+            limiters: Mutex::new(HashMap::new()),
+            keys_log: Some(keys_log),
+            spend_log: Some(spend_log),
+            clock: DefaultClock::default(),
+        })
+    }
+
+    /// Flushes the logs to the disk if anything was written since the last flush.
+    pub fn sync(&self) {
+        for log in [&self.keys_log, &self.spend_log].into_iter().flatten() {
+            if let Err(e) = log.sync_if_dirty() {
+                tracing::error!(error = %e, "cannot flush the policy store to disk");
+            }
+        }
+    }
+
+    fn log_key_op(&self, op: &KeyOp) -> Result<(), PolicyError> {
+        if let Some(log) = &self.keys_log {
+            log.append(op)?;
+        }
+        Ok(())
+    }
+
+    /// A key by hash.
+    pub fn key(&self, token: &str) -> Option<KeyRecord> {
+        self.state.lock().keys.get(token).cloned()
+    }
+
+    /// A team by id.
+    pub fn team(&self, id: &str) -> Option<TeamRecord> {
+        self.state.lock().teams.get(id).cloned()
+    }
+
+    /// Stores a key (new or changed).
+    pub fn put_key(&self, record: KeyRecord) -> Result<(), PolicyError> {
+        self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
+        self.state.lock().keys.insert(record.token.clone(), record);
+        Ok(())
+    }
+
+    /// Deletes a key; whether it existed.
+    pub fn delete_key(&self, token: &str) -> Result<bool, PolicyError> {
+        if !self.state.lock().keys.contains_key(token) {
+            return Ok(false);
+        }
+        self.log_key_op(&KeyOp::DeleteKey {
+            token: token.to_owned(),
+        })?;
+        Ok(self.state.lock().keys.remove(token).is_some())
+    }
+
+    /// Stores a team.
+    pub fn put_team(&self, record: TeamRecord) -> Result<(), PolicyError> {
+        self.log_key_op(&KeyOp::PutTeam { record: record.clone() })?;
+        self.state.lock().teams.insert(record.team_id.clone(), record);
+        Ok(())
+    }
+
+    /// Deletes a team; whether it existed.
+    pub fn delete_team(&self, id: &str) -> Result<bool, PolicyError> {
+        if !self.state.lock().teams.contains_key(id) {
+            return Ok(false);
+        }
+        self.log_key_op(&KeyOp::DeleteTeam { team_id: id.to_owned() })?;
+        Ok(self.state.lock().teams.remove(id).is_some())
+    }
+
+    /// Every key.
+    pub fn keys(&self) -> Vec<KeyRecord> {
+        self.state.lock().keys.values().cloned().collect()
+    }
+
+    /// Every team.
+    pub fn teams(&self) -> Vec<TeamRecord> {
+        self.state.lock().teams.values().cloned().collect()
+    }
+
+    /// One ledger subject's spend.
+    pub fn spend(&self, subject: &str) -> SubjectSpend {
+        self.state.lock().ledger.get(subject).cloned().unwrap_or_default()
+    }
+
+    /// Every subject under `prefix` with its spend.
+    pub fn spend_by_prefix(&self, prefix: &str) -> Vec<(String, SubjectSpend)> {
+        self.state
+            .lock()
+            .ledger
+            .by_prefix(prefix)
+            .map(|(name, spend)| (name.to_owned(), spend.clone()))
+            .collect()
+    }
+
+    /// Spend records matching `filter`, newest first.
+    pub fn logs(&self, filter: &LogFilter) -> Result<Vec<SpendRecord>, PolicyError> {
+        let mut out: Vec<SpendRecord> = match &self.spend_log {
+            Some(log) => log
+                .read_lines()?
+                .iter()
+                .rev()
+                .filter_map(|line| serde_json::from_str::<SpendRecord>(line).ok())
+                .filter(|r| filter.matches(r))
+                .take(filter.limit)
+                .collect(),
+            None => self
+                .state
+                .lock()
+                .recent
+                .iter()
+                .rev()
+                .filter(|r| filter.matches(r))
+                .take(filter.limit)
+                .cloned()
+                .collect(),
+        };
+        out.truncate(filter.limit);
+        Ok(out)
+    }
+
+    fn limiter(&self, id: &str, limit: u32) -> Arc<Limiter> {
+        let mut limiters = self.limiters.lock();
+        if let Some((l, limiter)) = limiters.get(id) {
+            if *l == limit {
+                return limiter.clone();
+            }
+        }
+        let burst = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
+        let limiter =
+            Arc::new(RateLimiter::direct(Quota::per_minute(burst)).with_middleware::<StateInformationMiddleware>());
+        limiters.insert(id.to_owned(), (limit, limiter.clone()));
+        limiter
+    }
+
+    /// Checks and takes every limit of a request, all under one lock: parallel
+    /// caps, budgets (spend + reservations + this request's maximum cost), then
+    /// the per-minute limits. On success the parallel slots and the
+    /// reservation are held until [`LocalStore::settle`] or [`LocalStore::release`].
+    pub fn admit(&self, checks: &Checks, max_cost: Nanos) -> Result<Vec<RateState>, Denied> {
+        let mut state = self.state.lock();
+        for p in &checks.parallel {
+            if state.parallel.get(&p.id).copied().unwrap_or(0) >= p.limit {
+                return Err(Denied::TooManyParallel {
+                    scope: p.scope.clone(),
+                    limit: p.limit,
+                });
+            }
+        }
+        let today = day_of_ms(now_ms());
+        for b in &checks.budgets {
+            let spend = state.ledger.get(&b.subject).map_or(0, |s| s.in_period(b.period, today));
+            let reserved = state.reserved.get(&b.subject).copied().unwrap_or(0);
+            if spend + reserved + max_cost > b.limit {
+                return Err(Denied::BudgetExceeded {
+                    scope: b.scope.clone(),
+                    spend,
+                    reserved,
+                    limit: b.limit,
+                    requested: max_cost,
+                });
+            }
+        }
+        let mut states = Vec::with_capacity(checks.rates.len());
+        for r in &checks.rates {
+            let limiter = self.limiter(&r.id, r.limit);
+            let n = NonZeroU32::new(r.cost).unwrap_or(NonZeroU32::MIN);
+            match limiter.check_n(n) {
+                Ok(Ok(snapshot)) => {
+                    let remaining = snapshot.remaining_burst_capacity();
+                    states.push(rate_state(r.limit, remaining));
+                }
+                Ok(Err(not_until)) => {
+                    return Err(Denied::RateLimited {
+                        scope: r.scope.clone(),
+                        kind: r.kind,
+                        limit: r.limit,
+                        retry_after: Some(not_until.wait_time_from(self.clock.now())),
+                    });
+                }
+                Err(_) => {
+                    return Err(Denied::RateLimited {
+                        scope: r.scope.clone(),
+                        kind: r.kind,
+                        limit: r.limit,
+                        retry_after: None,
+                    });
+                }
+            }
+        }
+        for p in &checks.parallel {
+            *state.parallel.entry(p.id.clone()).or_default() += 1;
+        }
+        for b in &checks.budgets {
+            *state.reserved.entry(b.subject.clone()).or_default() += max_cost;
+        }
+        Ok(states)
+    }
+
+    /// Gives back what [`LocalStore::admit`] held, without a charge.
+    pub fn release(&self, checks: &Checks, max_cost: Nanos) {
+        let mut state = self.state.lock();
+        release_locked(&mut state, checks, max_cost);
+    }
+
+    /// Records the spend of an admitted request and gives back what it held;
+    /// token limits are charged the tokens used beyond the estimate.
+    pub fn settle(&self, checks: &Checks, max_cost: Nanos, record: &SpendRecord) -> Result<(), PolicyError> {
+        if let Some(log) = &self.spend_log {
+            log.append(record)?;
+        }
+        {
+            let mut state = self.state.lock();
+            release_locked(&mut state, checks, max_cost);
+            state.ledger.add(record);
+            if self.spend_log.is_none() {
+                if state.recent.len() >= MEMORY_LOG_LIMIT {
+                    state.recent.pop_front();
+                }
+                state.recent.push_back(record.clone());
+            }
+        }
+        let used = u32::try_from(record.usage.total()).unwrap_or(u32::MAX);
+        for r in checks.token_rates() {
+            if let Some(extra) = used.checked_sub(r.cost).and_then(NonZeroU32::new) {
+                // Best effort: the bucket takes what fits.
+                let _ = self
+                    .limiter(&r.id, r.limit)
+                    .check_n(extra.min(NonZeroU32::new(r.limit).unwrap_or(extra)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds records written elsewhere (a Redis outage's local spend) to this ledger only.
+    pub fn add_to_ledger(&self, record: &SpendRecord) {
+        self.state.lock().ledger.add(record);
+    }
+}
+
+fn release_locked(state: &mut State, checks: &Checks, max_cost: Nanos) {
+    for p in &checks.parallel {
+        if let Some(n) = state.parallel.get_mut(&p.id) {
+            *n = n.saturating_sub(1);
+        }
+    }
+    for b in &checks.budgets {
+        if let Some(r) = state.reserved.get_mut(&b.subject) {
+            *r = (*r - max_cost).max(0);
+        }
+    }
+}
+
+/// The state of a per-minute limit with `remaining` of `limit` left.
+pub(crate) fn rate_state(limit: u32, remaining: u32) -> RateState {
+    let per_unit = 60_000.0 / f64::from(limit.max(1));
+    let missing = f64::from(limit.saturating_sub(remaining));
+    RateState {
+        limit,
+        remaining,
+        reset: Duration::from_millis((missing * per_unit).ceil() as u64),
+    }
+}
+
+/// The day a record would be charged on now (tests).
+pub fn today() -> Day {
+    day_of_ms(now_ms())
+}

@@ -1,0 +1,983 @@
+//! The policy front: authentication, admission (limits and budget
+//! reservations), settlement of spend, and the admin operations, over the
+//! in-process store or Redis.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::checks::{Checks, Demand, RateKind, RateState};
+use crate::error::{Denied, PolicyError};
+use crate::journal::FsyncPolicy;
+use crate::key::{
+    KEY_PREFIX, KeyRecord, KeyView, TeamRecord, apply_key_field, apply_team_field, display_name, expiry_from,
+    generate_key, hash_key, hashes_equal,
+};
+use crate::local::LocalStore;
+use crate::money::Nanos;
+use crate::period::{day_of_ms, now_ms};
+use crate::price::TokenUsage;
+use crate::redis_store::{RedisSettings, RedisStore, StoreDown};
+use crate::spend::{LogFilter, SpendRecord, SubjectSpend, subject_key, subject_team};
+
+/// What to do when Redis cannot be reached while serving.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// Refuse requests that need the store (503), never exceed a shared limit.
+    #[default]
+    FailClosed,
+    /// Serve on this replica's in-process limits and keys seen before the
+    /// outage; spend is queued and written when Redis is back.
+    FailOpen,
+}
+
+/// How the policy is set up.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySettings {
+    /// The admin key (plaintext; only its hash is kept).
+    pub master_key: Option<String>,
+    /// Where the local store keeps `keys.jsonl` and `spend.jsonl` (`None`: memory only).
+    pub data_dir: Option<PathBuf>,
+    /// When the local store's files are flushed to disk.
+    pub fsync: FsyncPolicy,
+    /// Shared state across replicas.
+    pub redis: Option<RedisSettings>,
+    /// Keys declared in the configuration file, with their plaintext.
+    pub keys: Vec<(String, KeyRecord)>,
+    /// Teams declared in the configuration file.
+    pub teams: Vec<TeamRecord>,
+    /// Model names keys may be given (checked on create and update); empty: any.
+    pub known_models: Vec<String>,
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub enum Principal {
+    /// No key was required and none was sent.
+    Anonymous,
+    /// The master key: every model, no limits, the admin API.
+    Master,
+    /// A virtual key.
+    Key(Arc<KeyView>),
+}
+
+impl Principal {
+    /// The key's view, for a virtual key.
+    pub fn view(&self) -> Option<&Arc<KeyView>> {
+        match self {
+            Principal::Key(view) => Some(view),
+            _ => None,
+        }
+    }
+}
+
+/// Where an admitted request's holds live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holder {
+    Local,
+    Redis,
+    FallbackLocal,
+}
+
+/// An admitted request: holds its parallel slots and budget reservation
+/// until it is settled, or released when dropped unsettled.
+#[derive(Debug)]
+pub struct Ticket {
+    policy: Policy,
+    id: String,
+    view: Option<Arc<KeyView>>,
+    model: String,
+    checks: Checks,
+    max_cost: Nanos,
+    holder: Holder,
+    rates: Vec<(RateKind, RateState)>,
+    done: bool,
+}
+
+/// What an answered request cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Charge {
+    /// The deployment that answered.
+    pub deployment: String,
+    /// Its token counts.
+    pub usage: TokenUsage,
+    /// Its cost.
+    pub cost: Nanos,
+}
+
+impl Ticket {
+    /// The request's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// OpenAI-style `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+    /// headers: for each kind, the limit with the least left.
+    pub fn rate_headers(&self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for kind in [RateKind::Requests, RateKind::Tokens] {
+            let tightest = self
+                .rates
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, s)| s)
+                .min_by_key(|s| s.remaining);
+            if let Some(s) = tightest {
+                let k = kind.as_str();
+                out.push((format!("x-ratelimit-limit-{k}"), s.limit.to_string()));
+                out.push((format!("x-ratelimit-remaining-{k}"), s.remaining.to_string()));
+                out.push((format!("x-ratelimit-reset-{k}"), format_reset(s.reset)));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.done = true;
+            self.policy.release(self);
+        }
+    }
+}
+
+/// A duration the way OpenAI writes it in `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`.
+pub fn format_reset(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let s = d.as_secs_f64();
+        let text = format!("{s:.3}");
+        format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// Counters of the policy's own health.
+#[derive(Debug, Default)]
+pub struct PolicyCounters {
+    /// Requests admitted on in-process limits because Redis was down.
+    pub fail_open: AtomicU64,
+    /// Requests refused because Redis was down.
+    pub fail_closed: AtomicU64,
+    /// Spend records written to Redis after an outage.
+    pub replayed: AtomicU64,
+}
+
+/// One per process, so the size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Store {
+    Local(LocalStore),
+    Redis {
+        redis: RedisStore,
+        mode: FailureMode,
+        fallback: LocalStore,
+        /// Keys and teams seen, for fail-open authentication.
+        seen: Mutex<HashMap<String, KeyView>>,
+        /// Settlements Redis has not taken yet.
+        pending: Mutex<Vec<(Checks, Nanos, SpendRecord)>>,
+    },
+}
+
+#[derive(Debug)]
+struct Inner {
+    master: Option<String>,
+    config_keys: HashMap<String, KeyRecord>,
+    config_teams: HashMap<String, TeamRecord>,
+    known_models: HashSet<String>,
+    store: Store,
+    counters: PolicyCounters,
+    next_id: AtomicU64,
+    id_prefix: String,
+}
+
+/// Keys, limits, budgets and spend. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Policy(Arc<Inner>);
+
+/// Per key, what `GET /spend/keys` reports.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeySpend {
+    /// The key's stable id.
+    pub key_id: String,
+    /// `sk-...` and its last four characters.
+    pub key_name: String,
+    /// Alias.
+    pub key_alias: Option<String>,
+    /// Team.
+    pub team_id: Option<String>,
+    /// Spend in the current budget period (in total without one), nano-dollars.
+    pub spend_nanos: Nanos,
+    /// Spend ever, nano-dollars.
+    pub total_spend_nanos: Nanos,
+}
+
+fn field(param: &str, message: impl Into<String>) -> PolicyError {
+    PolicyError::Field(crate::key::FieldError {
+        param: param.to_owned(),
+        message: message.into(),
+    })
+}
+
+impl Policy {
+    /// Opens the store (replaying the local files, or connecting to Redis:
+    /// an unreachable Redis fails here) and starts background flushing.
+    pub async fn open(settings: PolicySettings) -> Result<Policy, PolicyError> {
+        let store = match &settings.redis {
+            Some(redis) => Store::Redis {
+                redis: RedisStore::connect(redis).await?,
+                mode: redis.failure_mode,
+                fallback: LocalStore::memory(),
+                seen: Mutex::new(HashMap::new()),
+                pending: Mutex::new(Vec::new()),
+            },
+            None => match &settings.data_dir {
+                Some(dir) => Store::Local(LocalStore::open(dir, settings.fsync)?),
+                None => Store::Local(LocalStore::memory()),
+            },
+        };
+        let mut prefix = [0u8; 4];
+        getrandom::fill(&mut prefix).map_err(|e| PolicyError::Store(e.to_string()))?;
+        let policy = Policy(Arc::new(Inner {
+            master: settings.master_key.as_deref().map(hash_key),
+            config_keys: settings
+                .keys
+                .iter()
+                .map(|(_, record)| (record.token.clone(), record.clone()))
+                .collect(),
+            config_teams: settings.teams.iter().map(|t| (t.team_id.clone(), t.clone())).collect(),
+            known_models: settings.known_models.iter().cloned().collect(),
+            store,
+            counters: PolicyCounters::default(),
+            next_id: AtomicU64::new(0),
+            id_prefix: hex::encode(prefix),
+        }));
+        policy.start_background();
+        Ok(policy)
+    }
+
+    /// A policy in memory with the configured master key and keys, without
+    /// opening any store (for validating a configuration, and until
+    /// [`Policy::open`] replaces it).
+    pub fn memory(settings: &PolicySettings) -> Policy {
+        Policy(Arc::new(Inner {
+            master: settings.master_key.as_deref().map(hash_key),
+            config_keys: settings
+                .keys
+                .iter()
+                .map(|(_, record)| (record.token.clone(), record.clone()))
+                .collect(),
+            config_teams: settings.teams.iter().map(|t| (t.team_id.clone(), t.clone())).collect(),
+            known_models: settings.known_models.iter().cloned().collect(),
+            store: Store::Local(LocalStore::memory()),
+            counters: PolicyCounters::default(),
+            next_id: AtomicU64::new(0),
+            id_prefix: "0".into(),
+        }))
+    }
+
+    fn start_background(&self) {
+        let weak = Arc::downgrade(&self.0);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(inner) = weak.upgrade() else { return };
+                let policy = Policy(inner);
+                match &policy.0.store {
+                    Store::Local(_) => {
+                        let policy = policy.clone();
+                        let _ = tokio::task::spawn_blocking(move || {
+                            if let Store::Local(local) = &policy.0.store {
+                                local.sync();
+                            }
+                        })
+                        .await;
+                    }
+                    Store::Redis { .. } => policy.replay_pending().await,
+                }
+            }
+        });
+    }
+
+    /// Whether client routes need a key: a master key or configured keys exist.
+    pub fn auth_required(&self) -> bool {
+        self.0.master.is_some() || !self.0.config_keys.is_empty()
+    }
+
+    /// Whether a master key is configured.
+    pub fn has_master_key(&self) -> bool {
+        self.0.master.is_some()
+    }
+
+    /// Whether `token` is the master key (constant-time comparison of hashes).
+    pub fn is_master(&self, token: &str) -> bool {
+        self.0
+            .master
+            .as_deref()
+            .is_some_and(|m| hashes_equal(m, &hash_key(token)))
+    }
+
+    /// The policy's health counters.
+    pub fn counters(&self) -> &PolicyCounters {
+        &self.0.counters
+    }
+
+    /// Whether Redis is configured, and the settlements waiting for it.
+    pub fn redis_status(&self) -> Option<(FailureMode, usize)> {
+        match &self.0.store {
+            Store::Redis { mode, pending, .. } => Some((*mode, pending.lock().len())),
+            Store::Local(_) => None,
+        }
+    }
+
+    fn new_id(&self) -> String {
+        let n = self.0.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("req-{}-{n:x}", self.0.id_prefix)
+    }
+
+    /// A request id for a request that needs no ticket.
+    pub fn request_id(&self) -> String {
+        self.new_id()
+    }
+
+    async fn lookup_key(&self, token: &str) -> Result<Option<KeyRecord>, StoreDown> {
+        if let Some(record) = self.0.config_keys.get(token) {
+            return Ok(Some(record.clone()));
+        }
+        match &self.0.store {
+            Store::Local(local) => Ok(local.key(token)),
+            Store::Redis { redis, .. } => redis.key(token).await,
+        }
+    }
+
+    async fn lookup_team(&self, id: &str) -> Result<Option<TeamRecord>, StoreDown> {
+        if let Some(team) = self.0.config_teams.get(id) {
+            return Ok(Some(team.clone()));
+        }
+        match &self.0.store {
+            Store::Local(local) => Ok(local.team(id)),
+            Store::Redis { redis, .. } => redis.team(id).await,
+        }
+    }
+
+    async fn load_view(&self, token: &str) -> Result<Option<KeyView>, StoreDown> {
+        let Some(key) = self.lookup_key(token).await? else {
+            return Ok(None);
+        };
+        let team = match &key.team_id {
+            Some(id) => self.lookup_team(id).await?,
+            None => None,
+        };
+        Ok(Some(KeyView { key, team }))
+    }
+
+    /// Who `token` is. `None` (no key sent) is anonymous unless keys are required.
+    pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, Denied> {
+        let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
+            return if self.auth_required() {
+                Err(Denied::MissingKey)
+            } else {
+                Ok(Principal::Anonymous)
+            };
+        };
+        if self.is_master(token) {
+            return Ok(Principal::Master);
+        }
+        let hash = hash_key(token);
+        let view = match self.load_view(&hash).await {
+            Ok(view) => {
+                if let (Some(v), Store::Redis { seen, .. }) = (&view, &self.0.store) {
+                    seen.lock().insert(hash.clone(), v.clone());
+                }
+                view
+            }
+            Err(StoreDown(reason)) => match &self.0.store {
+                Store::Redis {
+                    mode: FailureMode::FailOpen,
+                    seen,
+                    ..
+                } => {
+                    tracing::warn!(%reason, "Redis is down: authenticating from keys seen before");
+                    seen.lock().get(&hash).cloned()
+                }
+                _ => {
+                    self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%reason, "Redis is down: refusing the request (fail_closed)");
+                    return Err(Denied::Unavailable);
+                }
+            },
+        };
+        let Some(view) = view else {
+            return if self.auth_required() {
+                Err(Denied::InvalidKey)
+            } else {
+                // Without required keys an unknown key is still refused: the
+                // caller meant to use one.
+                Err(Denied::InvalidKey)
+            };
+        };
+        if !hashes_equal(&view.key.token, &hash) {
+            return Err(Denied::InvalidKey);
+        }
+        if view.key.expires_at.is_some_and(|at| at <= now_ms()) {
+            return Err(Denied::Expired);
+        }
+        if view.key.limits.blocked {
+            return Err(Denied::Blocked { scope: "key" });
+        }
+        if view.team.as_ref().is_some_and(|t| t.limits.blocked) {
+            return Err(Denied::Blocked { scope: "team" });
+        }
+        Ok(Principal::Key(Arc::new(view)))
+    }
+
+    /// Admits a request: checks the key's model allow-list, its and its
+    /// team's in-flight caps, per-minute limits and budgets, and reserves
+    /// `demand.max_cost` until the ticket is settled or dropped.
+    pub async fn admit(&self, principal: &Principal, demand: &Demand) -> Result<Ticket, Denied> {
+        let view = principal.view().cloned();
+        let checks = match &view {
+            Some(v) => {
+                if !v.allows(&demand.model) {
+                    return Err(Denied::ModelNotAllowed {
+                        model: demand.model.clone(),
+                    });
+                }
+                Checks::for_request(v, demand)
+            }
+            None => Checks::default(),
+        };
+        let id = self.new_id();
+        let max_cost = if checks.budgets.is_empty() { 0 } else { demand.max_cost };
+        let ticket = |holder, states: Vec<RateState>| Ticket {
+            policy: self.clone(),
+            id: id.clone(),
+            view: view.clone(),
+            model: demand.model.clone(),
+            rates: checks.rates.iter().map(|r| r.kind).zip(states).collect(),
+            checks: checks.clone(),
+            max_cost,
+            holder,
+            done: false,
+        };
+        if checks == Checks::default() {
+            return Ok(ticket(Holder::Local, Vec::new()));
+        }
+        match &self.0.store {
+            Store::Local(local) => local.admit(&checks, max_cost).map(|s| ticket(Holder::Local, s)),
+            Store::Redis {
+                redis, mode, fallback, ..
+            } => match redis.admit(&checks, &id, max_cost).await {
+                Ok(result) => result.map(|s| ticket(Holder::Redis, s)),
+                Err(StoreDown(reason)) => match mode {
+                    FailureMode::FailClosed => {
+                        self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(%reason, "Redis is down: refusing the request (fail_closed)");
+                        Err(Denied::Unavailable)
+                    }
+                    FailureMode::FailOpen => {
+                        self.0.counters.fail_open.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%reason, "Redis is down: admitting on in-process limits (fail_open)");
+                        fallback
+                            .admit(&checks, max_cost)
+                            .map(|s| ticket(Holder::FallbackLocal, s))
+                    }
+                },
+            },
+        }
+    }
+
+    fn release(&self, ticket: &Ticket) {
+        match (&self.0.store, ticket.holder) {
+            (Store::Local(local), _) => local.release(&ticket.checks, ticket.max_cost),
+            (Store::Redis { fallback, .. }, Holder::FallbackLocal) => fallback.release(&ticket.checks, ticket.max_cost),
+            (Store::Redis { .. }, _) => {
+                let policy = self.clone();
+                let checks = ticket.checks.clone();
+                let id = ticket.id.clone();
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        if let Store::Redis { redis, .. } = &policy.0.store {
+                            if let Err(StoreDown(reason)) = redis.release(&checks, &id).await {
+                                tracing::warn!(%reason, "cannot release a reservation; it expires by itself");
+                            }
+                        }
+                    });
+                }
+            }
+        }
+    }
+
+    /// Records what an admitted request cost and gives back its holds. The
+    /// record is written (to the log file or Redis) before this returns.
+    pub async fn settle(&self, mut ticket: Ticket, charge: Charge) -> Result<SpendRecord, PolicyError> {
+        ticket.done = true;
+        let key = ticket.view.as_ref().map(|v| &v.key);
+        let record = SpendRecord {
+            request_id: ticket.id.clone(),
+            ts: now_ms(),
+            key: key.map(|k| k.key_id.clone()),
+            key_alias: key.and_then(|k| k.key_alias.clone()),
+            team_id: key.and_then(|k| k.team_id.clone()),
+            model: ticket.model.clone(),
+            deployment: charge.deployment,
+            usage: charge.usage,
+            cost_nanos: charge.cost,
+        };
+        match (&self.0.store, ticket.holder) {
+            (Store::Local(local), _) => local.settle(&ticket.checks, ticket.max_cost, &record)?,
+            (
+                Store::Redis {
+                    redis,
+                    fallback,
+                    pending,
+                    ..
+                },
+                holder,
+            ) => {
+                if holder == Holder::FallbackLocal {
+                    fallback.release(&ticket.checks, ticket.max_cost);
+                    fallback.add_to_ledger(&record);
+                }
+                if let Err(StoreDown(reason)) = redis.settle(&ticket.checks, ticket.max_cost, &record).await {
+                    tracing::warn!(%reason, request_id = %record.request_id, "Redis is down: spend queued until it is back");
+                    pending
+                        .lock()
+                        .push((ticket.checks.clone(), ticket.max_cost, record.clone()));
+                }
+            }
+        }
+        Ok(record)
+    }
+
+    async fn replay_pending(&self) {
+        let Store::Redis { redis, pending, .. } = &self.0.store else {
+            return;
+        };
+        let queued: Vec<_> = std::mem::take(&mut *pending.lock());
+        if queued.is_empty() {
+            return;
+        }
+        let mut left = Vec::new();
+        let mut iter = queued.into_iter();
+        for (checks, max_cost, record) in iter.by_ref() {
+            match redis.settle(&checks, max_cost, &record).await {
+                Ok(()) => {
+                    self.0.counters.replayed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(_) => {
+                    left.push((checks, max_cost, record));
+                    break;
+                }
+            }
+        }
+        left.extend(iter);
+        if left.is_empty() {
+            tracing::info!("Redis is back: queued spend written");
+        }
+        let mut guard = pending.lock();
+        left.append(&mut guard);
+        *guard = left;
+    }
+
+    // ----- admin: keys -----
+
+    fn check_models(&self, models: &[String]) -> Result<(), PolicyError> {
+        if self.0.known_models.is_empty() {
+            return Ok(());
+        }
+        match models
+            .iter()
+            .enumerate()
+            .find(|(_, m)| !self.0.known_models.contains(*m))
+        {
+            Some((i, m)) => Err(field(
+                &format!("models[{i}]"),
+                format!("No model named `{m}` is configured."),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    async fn check_team_exists(&self, team: Option<&str>) -> Result<(), PolicyError> {
+        if let Some(id) = team {
+            if self.lookup_team(id).await.map_err(down)?.is_none() {
+                return Err(field("team_id", format!("No team `{id}` exists.")));
+            }
+        }
+        Ok(())
+    }
+
+    async fn put_key(&self, record: KeyRecord) -> Result<(), PolicyError> {
+        match &self.0.store {
+            Store::Local(local) => local.put_key(record),
+            Store::Redis { redis, .. } => redis.put_key(&record).await.map_err(down),
+        }
+    }
+
+    /// `POST /key/generate`: a new key from `body`; returns its plaintext (shown once).
+    pub async fn generate_key(&self, body: &Map<String, Value>) -> Result<(String, KeyRecord), PolicyError> {
+        let now = now_ms();
+        let plaintext = match body.get("key") {
+            None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,
+            Some(Value::String(k)) if k.starts_with(KEY_PREFIX) && k.len() >= 20 => k.clone(),
+            Some(_) => {
+                return Err(field(
+                    "key",
+                    "A custom 'key' must start with `sk-` and be at least 20 characters.",
+                ));
+            }
+        };
+        let token = hash_key(&plaintext);
+        if self.is_master(&plaintext) || self.lookup_key(&token).await.map_err(down)?.is_some() {
+            return Err(PolicyError::Conflict("This key already exists.".into()));
+        }
+        let mut record = KeyRecord {
+            key_id: token.clone(),
+            token,
+            key_name: display_name(&plaintext),
+            key_alias: None,
+            team_id: None,
+            user_id: None,
+            expires_at: None,
+            created_at: now,
+            from_config: false,
+            limits: Default::default(),
+        };
+        for (name, value) in body {
+            match name.as_str() {
+                "key" => {}
+                "duration" => record.expires_at = expiry_from(value, now)?,
+                _ => apply_key_field(&mut record, name, value)?,
+            }
+        }
+        self.check_models(&record.limits.models)?;
+        self.check_team_exists(record.team_id.as_deref()).await?;
+        self.put_key(record.clone()).await?;
+        Ok((plaintext, record))
+    }
+
+    /// Finds a key by its plaintext (`sk-…`), its hash, or its id.
+    pub async fn find_key(&self, reference: &str) -> Result<KeyRecord, PolicyError> {
+        let token = if reference.starts_with(KEY_PREFIX) {
+            hash_key(reference)
+        } else {
+            reference.to_owned()
+        };
+        if let Some(record) = self.lookup_key(&token).await.map_err(down)? {
+            return Ok(record);
+        }
+        self.list_keys()
+            .await?
+            .into_iter()
+            .find(|k| k.key_id == token)
+            .ok_or(PolicyError::NotFound { what: "Key" })
+    }
+
+    /// `POST /key/update`: changes the fields in `body` of the key named by `body.key`.
+    pub async fn update_key(&self, body: &Map<String, Value>) -> Result<KeyRecord, PolicyError> {
+        let reference = body
+            .get("key")
+            .and_then(Value::as_str)
+            .ok_or_else(|| field("key", "'key' (the key or its hash) is required."))?;
+        let mut record = self.find_key(reference).await?;
+        if record.from_config {
+            return Err(PolicyError::FromConfig("key"));
+        }
+        let now = now_ms();
+        for (name, value) in body {
+            match name.as_str() {
+                "key" => {}
+                "duration" => record.expires_at = expiry_from(value, now)?,
+                _ => apply_key_field(&mut record, name, value)?,
+            }
+        }
+        self.check_models(&record.limits.models)?;
+        self.check_team_exists(record.team_id.as_deref()).await?;
+        self.put_key(record.clone()).await?;
+        Ok(record)
+    }
+
+    /// `POST /key/delete`: deletes each key; returns the ids deleted.
+    pub async fn delete_keys(&self, references: &[String]) -> Result<Vec<String>, PolicyError> {
+        let mut deleted = Vec::new();
+        for reference in references {
+            let record = self.find_key(reference).await?;
+            if record.from_config {
+                return Err(PolicyError::FromConfig("key"));
+            }
+            let existed = match &self.0.store {
+                Store::Local(local) => local.delete_key(&record.token)?,
+                Store::Redis { redis, seen, .. } => {
+                    seen.lock().remove(&record.token);
+                    redis.delete_key(&record.token).await.map_err(down)?
+                }
+            };
+            if existed {
+                deleted.push(record.key_id);
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// `POST /key/regenerate`: a new plaintext for the key; the old one stops
+    /// working at once. Spend and limits stay with the key. `body` may change
+    /// fields at the same time.
+    pub async fn regenerate_key(
+        &self,
+        reference: &str,
+        body: &Map<String, Value>,
+    ) -> Result<(String, KeyRecord), PolicyError> {
+        let mut record = self.find_key(reference).await?;
+        if record.from_config {
+            return Err(PolicyError::FromConfig("key"));
+        }
+        let plaintext = match body.get("new_key") {
+            Some(Value::String(k)) if k.starts_with(KEY_PREFIX) && k.len() >= 20 => k.clone(),
+            None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,
+            Some(_) => {
+                return Err(field(
+                    "new_key",
+                    "'new_key' must start with `sk-` and be at least 20 characters.",
+                ));
+            }
+        };
+        let now = now_ms();
+        for (name, value) in body {
+            match name.as_str() {
+                "key" | "new_key" => {}
+                "duration" => record.expires_at = expiry_from(value, now)?,
+                _ => apply_key_field(&mut record, name, value)?,
+            }
+        }
+        let old = std::mem::replace(&mut record.token, hash_key(&plaintext));
+        record.key_name = display_name(&plaintext);
+        match &self.0.store {
+            Store::Local(local) => {
+                local.put_key(record.clone())?;
+                local.delete_key(&old)?;
+            }
+            Store::Redis { redis, seen, .. } => {
+                seen.lock().remove(&old);
+                redis.put_key(&record).await.map_err(down)?;
+                redis.delete_key(&old).await.map_err(down)?;
+            }
+        }
+        Ok((plaintext, record))
+    }
+
+    /// Every key (configured and stored).
+    pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, PolicyError> {
+        let mut keys: Vec<KeyRecord> = self.0.config_keys.values().cloned().collect();
+        match &self.0.store {
+            Store::Local(local) => keys.extend(local.keys()),
+            Store::Redis { redis, .. } => keys.extend(redis.keys().await.map_err(down)?),
+        }
+        keys.sort_by_key(|k| k.created_at);
+        Ok(keys)
+    }
+
+    // ----- admin: teams -----
+
+    async fn put_team(&self, record: TeamRecord) -> Result<(), PolicyError> {
+        match &self.0.store {
+            Store::Local(local) => local.put_team(record),
+            Store::Redis { redis, .. } => redis.put_team(&record).await.map_err(down),
+        }
+    }
+
+    /// `POST /team/new`.
+    pub async fn new_team(&self, body: &Map<String, Value>) -> Result<TeamRecord, PolicyError> {
+        let team_id = match body.get("team_id") {
+            Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),
+            None | Some(Value::Null) => {
+                let mut bytes = [0u8; 8];
+                getrandom::fill(&mut bytes).map_err(|e| PolicyError::Store(e.to_string()))?;
+                format!("team-{}", hex::encode(bytes))
+            }
+            Some(_) => return Err(field("team_id", "'team_id' must be a non-empty string.")),
+        };
+        if self.lookup_team(&team_id).await.map_err(down)?.is_some() {
+            return Err(PolicyError::Conflict(format!("Team `{team_id}` already exists.")));
+        }
+        let mut record = TeamRecord {
+            team_id,
+            team_alias: None,
+            created_at: now_ms(),
+            from_config: false,
+            limits: Default::default(),
+        };
+        for (name, value) in body {
+            if name != "team_id" {
+                apply_team_field(&mut record, name, value)?;
+            }
+        }
+        self.check_models(&record.limits.models)?;
+        self.put_team(record.clone()).await?;
+        Ok(record)
+    }
+
+    /// A team by id.
+    pub async fn team(&self, id: &str) -> Result<TeamRecord, PolicyError> {
+        self.lookup_team(id)
+            .await
+            .map_err(down)?
+            .ok_or(PolicyError::NotFound { what: "Team" })
+    }
+
+    /// `POST /team/update`.
+    pub async fn update_team(&self, body: &Map<String, Value>) -> Result<TeamRecord, PolicyError> {
+        let id = body
+            .get("team_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| field("team_id", "'team_id' is required."))?;
+        let mut record = self.team(id).await?;
+        if record.from_config {
+            return Err(PolicyError::FromConfig("team"));
+        }
+        for (name, value) in body {
+            if name != "team_id" {
+                apply_team_field(&mut record, name, value)?;
+            }
+        }
+        self.check_models(&record.limits.models)?;
+        self.put_team(record.clone()).await?;
+        Ok(record)
+    }
+
+    /// `POST /team/delete`: refused while keys belong to the team.
+    pub async fn delete_teams(&self, ids: &[String]) -> Result<Vec<String>, PolicyError> {
+        let keys = self.list_keys().await?;
+        let mut deleted = Vec::new();
+        for id in ids {
+            let record = self.team(id).await?;
+            if record.from_config {
+                return Err(PolicyError::FromConfig("team"));
+            }
+            let members = keys.iter().filter(|k| k.team_id.as_deref() == Some(id)).count();
+            if members > 0 {
+                return Err(PolicyError::Conflict(format!(
+                    "Team `{id}` still has {members} keys; delete them or move them first."
+                )));
+            }
+            let existed = match &self.0.store {
+                Store::Local(local) => local.delete_team(id)?,
+                Store::Redis { redis, .. } => redis.delete_team(id).await.map_err(down)?,
+            };
+            if existed {
+                deleted.push(id.clone());
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Every team.
+    pub async fn list_teams(&self) -> Result<Vec<TeamRecord>, PolicyError> {
+        let mut teams: Vec<TeamRecord> = self.0.config_teams.values().cloned().collect();
+        match &self.0.store {
+            Store::Local(local) => teams.extend(local.teams()),
+            Store::Redis { redis, .. } => teams.extend(redis.teams().await.map_err(down)?),
+        }
+        teams.sort_by_key(|t| t.created_at);
+        Ok(teams)
+    }
+
+    // ----- spend -----
+
+    /// One ledger subject's spend (`key:<id>`, `team:<id>`, `model:<name>`).
+    pub async fn spend_of(&self, subject: &str) -> Result<SubjectSpend, PolicyError> {
+        match &self.0.store {
+            Store::Local(local) => Ok(local.spend(subject)),
+            Store::Redis { redis, .. } => redis.spend(subject).await.map_err(down),
+        }
+    }
+
+    /// A key's spend in its current budget period (in total without one).
+    pub async fn key_spend(&self, key: &KeyRecord) -> Result<(Nanos, Nanos), PolicyError> {
+        let spend = self.spend_of(&subject_key(&key.key_id)).await?;
+        let today = day_of_ms(now_ms());
+        Ok((spend.in_period(key.limits.budget_duration, today), spend.total))
+    }
+
+    /// A team's spend in its current budget period, and in total.
+    pub async fn team_spend(&self, team: &TeamRecord) -> Result<(Nanos, Nanos), PolicyError> {
+        let spend = self.spend_of(&subject_team(&team.team_id)).await?;
+        let today = day_of_ms(now_ms());
+        Ok((spend.in_period(team.limits.budget_duration, today), spend.total))
+    }
+
+    /// `GET /spend/keys`: every key's spend.
+    pub async fn spend_keys(&self) -> Result<Vec<KeySpend>, PolicyError> {
+        let mut out = Vec::new();
+        for key in self.list_keys().await? {
+            let (spend, total) = self.key_spend(&key).await?;
+            out.push(KeySpend {
+                key_id: key.key_id,
+                key_name: key.key_name,
+                key_alias: key.key_alias,
+                team_id: key.team_id,
+                spend_nanos: spend,
+                total_spend_nanos: total,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Spend per subject under a prefix (`model:`, `team:`, `key:`).
+    pub async fn spend_by_prefix(&self, prefix: &str) -> Result<Vec<(String, SubjectSpend)>, PolicyError> {
+        match &self.0.store {
+            Store::Local(local) => Ok(local.spend_by_prefix(prefix)),
+            Store::Redis { redis, .. } => redis.spend_by_prefix(prefix).await.map_err(down),
+        }
+    }
+
+    /// `GET /spend/logs`.
+    pub async fn spend_logs(&self, filter: &LogFilter) -> Result<Vec<SpendRecord>, PolicyError> {
+        match &self.0.store {
+            Store::Local(_) => {
+                let policy = self.clone();
+                let filter = filter.clone();
+                tokio::task::spawn_blocking(move || match &policy.0.store {
+                    Store::Local(local) => local.logs(&filter),
+                    Store::Redis { .. } => Ok(Vec::new()),
+                })
+                .await
+                .map_err(|e| PolicyError::Store(e.to_string()))?
+            }
+            Store::Redis { redis, .. } => redis.logs(filter).await.map_err(down),
+        }
+    }
+}
+
+fn down(StoreDown(reason): StoreDown) -> PolicyError {
+    PolicyError::Unavailable(reason)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resets_are_written_like_openai() {
+        assert_eq!(format_reset(Duration::from_millis(20)), "20ms");
+        assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(format_reset(Duration::from_secs(2)), "2s");
+        assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+    }
+}

@@ -1,0 +1,203 @@
+//! Prices per token and the cost of one request's usage.
+//!
+//! Deployments carry their configured prices; a deployment that names none
+//! gets the built-in price of a well-known upstream model, found by name.
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::{Nanos, from_usd};
+
+/// US dollars per token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Prices {
+    /// Per uncached prompt token.
+    pub input: f64,
+    /// Per generated token.
+    pub output: f64,
+    /// Per prompt token read from the upstream's prompt cache (`None`: the input price).
+    pub cache_read: Option<f64>,
+    /// Per prompt token written to the upstream's prompt cache (`None`: the input price).
+    pub cache_write: Option<f64>,
+}
+
+/// Token counts of one request, normalised across providers: `prompt`
+/// counts every prompt token, cached or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    /// All prompt tokens (uncached, cache reads and cache writes).
+    pub prompt: u64,
+    /// Generated tokens.
+    pub completion: u64,
+    /// Prompt tokens read from the prompt cache.
+    pub cache_read: u64,
+    /// Prompt tokens written to the prompt cache.
+    pub cache_write: u64,
+}
+
+impl TokenUsage {
+    /// Prompt plus completion tokens.
+    pub fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
+}
+
+impl Prices {
+    /// Prices of `n` per-million-token amounts (how price lists are written).
+    const fn per_million(input: f64, output: f64, cache_read: Option<f64>, cache_write: Option<f64>) -> Self {
+        const M: f64 = 1_000_000.0;
+        Self {
+            input: input / M,
+            output: output / M,
+            cache_read: match cache_read {
+                Some(v) => Some(v / M),
+                None => None,
+            },
+            cache_write: match cache_write {
+                Some(v) => Some(v / M),
+                None => None,
+            },
+        }
+    }
+
+    /// Whether every price is zero (nothing is charged).
+    pub fn is_free(&self) -> bool {
+        self.input == 0.0 && self.output == 0.0 && self.cache_read.unwrap_or(0.0) == 0.0
+    }
+
+    /// The cost of `usage`, rounded to the nearest nano-dollar.
+    pub fn cost(&self, usage: &TokenUsage) -> Nanos {
+        let cached = usage.cache_read.saturating_add(usage.cache_write).min(usage.prompt);
+        let uncached = usage.prompt - cached;
+        let read = usage.cache_read.min(cached);
+        let write = cached - read;
+        let usd = uncached as f64 * self.input
+            + read as f64 * self.cache_read.unwrap_or(self.input)
+            + write as f64 * self.cache_write.unwrap_or(self.input)
+            + usage.completion as f64 * self.output;
+        from_usd(usd)
+    }
+
+    /// The most a request can cost: every prompt token at the highest input
+    /// price, and `max_output` generated tokens.
+    pub fn ceiling(&self, prompt: u64, max_output: u64) -> Nanos {
+        let input = self
+            .input
+            .max(self.cache_read.unwrap_or(0.0))
+            .max(self.cache_write.unwrap_or(0.0));
+        from_usd(prompt as f64 * input + max_output as f64 * self.output)
+    }
+}
+
+/// Well-known models and their list prices (USD per million tokens: input,
+/// output, cache read, cache write).
+const BUILTIN: &[(&str, Prices)] = &[
+    ("gpt-4o", Prices::per_million(2.5, 10.0, Some(1.25), None)),
+    ("gpt-4o-mini", Prices::per_million(0.15, 0.6, Some(0.075), None)),
+    ("gpt-4.1", Prices::per_million(2.0, 8.0, Some(0.5), None)),
+    ("gpt-4.1-mini", Prices::per_million(0.4, 1.6, Some(0.1), None)),
+    ("gpt-4.1-nano", Prices::per_million(0.1, 0.4, Some(0.025), None)),
+    ("gpt-4-turbo", Prices::per_million(10.0, 30.0, None, None)),
+    ("gpt-4", Prices::per_million(30.0, 60.0, None, None)),
+    ("gpt-3.5-turbo", Prices::per_million(0.5, 1.5, None, None)),
+    ("o1", Prices::per_million(15.0, 60.0, Some(7.5), None)),
+    ("o3", Prices::per_million(2.0, 8.0, Some(0.5), None)),
+    ("o3-mini", Prices::per_million(1.1, 4.4, Some(0.55), None)),
+    ("o4-mini", Prices::per_million(1.1, 4.4, Some(0.275), None)),
+    ("text-embedding-3-small", Prices::per_million(0.02, 0.0, None, None)),
+    ("text-embedding-3-large", Prices::per_million(0.13, 0.0, None, None)),
+    ("text-embedding-ada-002", Prices::per_million(0.1, 0.0, None, None)),
+    ("claude-3-haiku", Prices::per_million(0.25, 1.25, Some(0.03), Some(0.3))),
+    ("claude-3-5-haiku", Prices::per_million(0.8, 4.0, Some(0.08), Some(1.0))),
+    (
+        "claude-3-5-sonnet",
+        Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
+    ),
+    (
+        "claude-3-7-sonnet",
+        Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
+    ),
+    ("claude-sonnet-4", Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75))),
+    ("claude-3-opus", Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75))),
+    ("claude-opus-4", Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75))),
+];
+
+/// The built-in price of a well-known upstream model, matched by name: an
+/// exact name, or one followed by a version suffix (`gpt-4o-2024-08-06`,
+/// `claude-3-5-sonnet-20241022`). Bedrock ids (`us.anthropic.claude-…-v2:0`)
+/// are matched from their model part. The longest matching name wins.
+pub fn builtin(model: &str) -> Option<Prices> {
+    let name = match model.find("claude-") {
+        Some(at) => &model[at..],
+        None => model.rsplit('/').next().unwrap_or(model),
+    };
+    BUILTIN
+        .iter()
+        .filter(|(known, _)| {
+            name.strip_prefix(known)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', ':', '@']) && !is_variant(rest))
+        })
+        .max_by_key(|(known, _)| known.len())
+        .map(|(_, prices)| *prices)
+}
+
+/// A suffix that names another model rather than a version (`-mini`, `-nano`…).
+fn is_variant(rest: &str) -> bool {
+    let next = rest[1..].split(['-', ':', '@']).next().unwrap_or("");
+    matches!(
+        next,
+        "mini" | "nano" | "turbo" | "audio" | "realtime" | "search" | "small" | "large"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_known_models_are_priced_by_name() {
+        assert_eq!(
+            builtin("gpt-4o"),
+            Some(Prices::per_million(2.5, 10.0, Some(1.25), None))
+        );
+        assert_eq!(builtin("gpt-4o-2024-08-06"), builtin("gpt-4o"));
+        assert_eq!(builtin("gpt-4o-mini-2024-07-18"), builtin("gpt-4o-mini"));
+        assert_ne!(builtin("gpt-4o-mini"), builtin("gpt-4o"));
+        assert_eq!(builtin("claude-3-5-sonnet-20241022"), builtin("claude-3-5-sonnet"));
+        assert_eq!(
+            builtin("us.anthropic.claude-3-5-haiku-20241022-v1:0"),
+            builtin("claude-3-5-haiku")
+        );
+        assert_eq!(builtin("gpt-4-turbo-2024-04-09"), builtin("gpt-4-turbo"));
+        assert_ne!(builtin("gpt-4-turbo"), builtin("gpt-4"));
+        assert_eq!(builtin("my-finetune"), None);
+        assert_eq!(builtin("mock-gpt-1"), None);
+    }
+
+    #[test]
+    fn cost_counts_cached_tokens_at_their_price() {
+        let p = Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75));
+        let usage = TokenUsage {
+            prompt: 1_000_000,
+            completion: 1_000_000,
+            cache_read: 0,
+            cache_write: 0,
+        };
+        assert_eq!(p.cost(&usage), 18_000_000_000);
+        let cached = TokenUsage {
+            prompt: 3_000_000,
+            completion: 0,
+            cache_read: 1_000_000,
+            cache_write: 1_000_000,
+        };
+        // 1M uncached at $3, 1M read at $0.30, 1M written at $3.75.
+        assert_eq!(p.cost(&cached), 7_050_000_000);
+        assert!(
+            p.ceiling(10, 100)
+                >= p.cost(&TokenUsage {
+                    prompt: 10,
+                    completion: 100,
+                    ..Default::default()
+                })
+        );
+    }
+}

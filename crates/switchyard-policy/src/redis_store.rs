@@ -1,0 +1,530 @@
+//! The shared store: keys, teams, limits, reservations and spend in Redis,
+//! so that every replica enforces one set of limits and budgets.
+//!
+//! Admission is one Lua script: it checks every in-flight cap, per-minute
+//! limit (GCRA on the server's clock) and budget of a request, and only when
+//! all pass takes them all. Settlement is another, idempotent per request id.
+//! Reservations and in-flight slots carry an expiry, so a replica that dies
+//! holding them does not hold them for ever.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use redis::{Client, Cmd, Script};
+use serde::{Deserialize, Serialize};
+
+use crate::checks::{Checks, RateState};
+use crate::error::{Denied, PolicyError};
+use crate::key::{KeyRecord, TeamRecord};
+use crate::local::rate_state;
+use crate::money::Nanos;
+use crate::period::{Day, day_of_ms, now_ms};
+use crate::policy::FailureMode;
+use crate::spend::{LogFilter, SpendRecord, SubjectSpend};
+
+/// Redis connection settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RedisSettings {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Prefix of every key the gateway writes.
+    pub prefix: String,
+    /// What to do while Redis is unreachable.
+    pub failure_mode: FailureMode,
+    /// Longest wait for one Redis command.
+    pub timeout: Duration,
+    /// How long a reservation or in-flight slot outlives a replica that died holding it.
+    pub hold_ttl: Duration,
+    /// Spend records kept in the log stream (approximately).
+    pub log_max_len: u64,
+}
+
+/// Redis did not answer.
+#[derive(Debug, Clone)]
+pub struct StoreDown(pub String);
+
+impl From<redis::RedisError> for StoreDown {
+    fn from(e: redis::RedisError) -> Self {
+        StoreDown(e.to_string())
+    }
+}
+
+const ADMIT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local a, k = 1, 1
+local function arg() local v = ARGV[a]; a = a + 1; return v end
+local function key() local v = KEYS[k]; k = k + 1; return v end
+local rid = arg()
+local cost = tonumber(arg())
+local ttl = tonumber(arg())
+local par = {}
+for j = 1, tonumber(arg()) do
+  local name = key()
+  local limit = tonumber(arg())
+  redis.call('ZREMRANGEBYSCORE', name, '-inf', now)
+  if redis.call('ZCARD', name) >= limit then return {'parallel', tostring(j)} end
+  par[j] = name
+end
+local rates = {}
+local out = {'ok'}
+for j = 1, tonumber(arg()) do
+  local name = key()
+  local limit = tonumber(arg())
+  local n = tonumber(arg())
+  local interval = 60000 / limit
+  if n > limit then return {'rate', tostring(j), '-1'} end
+  local tat = tonumber(redis.call('GET', name) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + n * interval
+  if new_tat - now > 60000 then
+    return {'rate', tostring(j), tostring(math.ceil(new_tat - 60000 - now))}
+  end
+  rates[j] = {name, new_tat}
+  table.insert(out, tostring(math.floor((60000 - (new_tat - now)) / interval)))
+end
+local budgets = {}
+for j = 1, tonumber(arg()) do
+  local spend, resv, amounts = key(), key(), key()
+  local limit = tonumber(arg())
+  local spent = 0
+  for f = 1, tonumber(arg()) do spent = spent + tonumber(redis.call('HGET', spend, arg()) or '0') end
+  local stale = redis.call('ZRANGEBYSCORE', resv, '-inf', now)
+  for _, m in ipairs(stale) do redis.call('ZREM', resv, m); redis.call('HDEL', amounts, m) end
+  local reserved = 0
+  for _, v in ipairs(redis.call('HVALS', amounts)) do reserved = reserved + tonumber(v) end
+  if spent + reserved + cost > limit then
+    return {'budget', tostring(j), string.format('%d', spent), string.format('%d', reserved)}
+  end
+  budgets[j] = {resv, amounts}
+end
+for _, name in ipairs(par) do
+  redis.call('ZADD', name, now + ttl, rid)
+  redis.call('PEXPIRE', name, ttl)
+end
+for _, r in ipairs(rates) do redis.call('SET', r[1], string.format('%.3f', r[2]), 'PX', 61000) end
+for _, b in ipairs(budgets) do
+  redis.call('ZADD', b[1], now + ttl, rid)
+  redis.call('HSET', b[2], rid, string.format('%d', cost))
+end
+return out
+"#;
+
+const SETTLE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local a, k = 1, 1
+local function arg() local v = ARGV[a]; a = a + 1; return v end
+local function key() local v = KEYS[k]; k = k + 1; return v end
+local rid = arg()
+local fresh = redis.call('SET', key(), '1', 'NX', 'EX', 172800)
+for j = 1, tonumber(arg()) do redis.call('ZREM', key(), rid) end
+for j = 1, tonumber(arg()) do
+  local resv, amounts = key(), key()
+  redis.call('ZREM', resv, rid)
+  redis.call('HDEL', amounts, rid)
+end
+local spends = {}
+for j = 1, tonumber(arg()) do spends[j] = key() end
+local log = key()
+local day, cost, record, maxlen = arg(), arg(), arg(), arg()
+local trates = {}
+for j = 1, tonumber(arg()) do trates[j] = {key(), tonumber(arg()), tonumber(arg())} end
+if not fresh then return 0 end
+for _, s in ipairs(spends) do
+  redis.call('HINCRBY', s, day, cost)
+  redis.call('HINCRBY', s, 'total', cost)
+end
+redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'r', record)
+for _, r in ipairs(trates) do
+  local name, limit, extra = r[1], r[2], r[3]
+  if extra > 0 then
+    local interval = 60000 / limit
+    local tat = tonumber(redis.call('GET', name) or '0')
+    if tat < now then tat = now end
+    local new_tat = math.min(tat + extra * interval, now + 60000)
+    redis.call('SET', name, string.format('%.3f', new_tat), 'PX', 61000)
+  end
+end
+return 1
+"#;
+
+const RELEASE: &str = r#"
+local rid = ARGV[1]
+local k = 1
+for j = 1, tonumber(ARGV[2]) do redis.call('ZREM', KEYS[k], rid); k = k + 1 end
+for j = 1, tonumber(ARGV[3]) do
+  redis.call('ZREM', KEYS[k], rid)
+  redis.call('HDEL', KEYS[k + 1], rid)
+  k = k + 2
+end
+return 1
+"#;
+
+/// The Redis-backed store.
+#[derive(Clone)]
+pub struct RedisStore {
+    con: ConnectionManager,
+    settings: RedisSettings,
+    admit: Script,
+    settle: Script,
+    release: Script,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("prefix", &self.settings.prefix)
+            .finish()
+    }
+}
+
+/// The hash fields of the days of a budget period so far (`total` without one).
+fn period_fields(period: Option<crate::period::BudgetPeriod>, today: Day) -> Vec<String> {
+    match period {
+        None => vec!["total".into()],
+        Some(p) => (p.start(today)..=today).map(|d| d.to_string()).collect(),
+    }
+}
+
+impl RedisStore {
+    /// Connects and checks the server answers; a wrong URL or an unreachable
+    /// server fails here, at start-up.
+    pub async fn connect(settings: &RedisSettings) -> Result<RedisStore, PolicyError> {
+        let client = Client::open(settings.url.as_str())
+            .map_err(|e| PolicyError::Store(format!("policy.redis.url is not a valid Redis URL: {e}")))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(settings.timeout))
+            .set_response_timeout(Some(settings.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let con = ConnectionManager::new_lazy_with_config(client, config)
+            .map_err(|e| PolicyError::Store(format!("policy.redis.url: {e}")))?;
+        let store = RedisStore {
+            con,
+            settings: settings.clone(),
+            admit: Script::new(ADMIT),
+            settle: Script::new(SETTLE),
+            release: Script::new(RELEASE),
+        };
+        let mut last = String::new();
+        for _ in 0..3 {
+            match store.query::<String>(redis::cmd("PING")).await {
+                Ok(_) => return Ok(store),
+                Err(StoreDown(reason)) => last = reason,
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(PolicyError::Store(format!(
+            "policy.redis.url: cannot reach Redis ({last})"
+        )))
+    }
+
+    fn name(&self, suffix: &str) -> String {
+        format!("{}{suffix}", self.settings.prefix)
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreDown> {
+        let mut con = self.con.clone();
+        match tokio::time::timeout(self.settings.timeout, cmd.query_async::<T>(&mut con)).await {
+            Ok(result) => result.map_err(StoreDown::from),
+            Err(_) => Err(StoreDown("Redis did not answer in time".into())),
+        }
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, invocation: redis::ScriptInvocation<'_>) -> Result<T, StoreDown> {
+        let mut con = self.con.clone();
+        match tokio::time::timeout(self.settings.timeout * 2, invocation.invoke_async::<T>(&mut con)).await {
+            Ok(result) => result.map_err(StoreDown::from),
+            Err(_) => Err(StoreDown("Redis did not answer in time".into())),
+        }
+    }
+
+    async fn hget_json<T: for<'de> Deserialize<'de>>(&self, hash: &str, field: &str) -> Result<Option<T>, StoreDown> {
+        let raw: Option<String> = self
+            .query(redis::cmd("HGET").arg(self.name(hash)).arg(field).clone())
+            .await?;
+        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+    }
+
+    async fn hvals_json<T: for<'de> Deserialize<'de>>(&self, hash: &str) -> Result<Vec<T>, StoreDown> {
+        let raw: Vec<String> = self.query(redis::cmd("HVALS").arg(self.name(hash)).clone()).await?;
+        Ok(raw.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
+    }
+
+    async fn hset_json<T: Serialize>(&self, hash: &str, field: &str, value: &T) -> Result<(), StoreDown> {
+        let json = serde_json::to_string(value).map_err(|e| StoreDown(e.to_string()))?;
+        self.query::<i64>(redis::cmd("HSET").arg(self.name(hash)).arg(field).arg(json).clone())
+            .await
+            .map(drop)
+    }
+
+    async fn hdel(&self, hash: &str, field: &str) -> Result<bool, StoreDown> {
+        let n: i64 = self
+            .query(redis::cmd("HDEL").arg(self.name(hash)).arg(field).clone())
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// A key by hash.
+    pub async fn key(&self, token: &str) -> Result<Option<KeyRecord>, StoreDown> {
+        self.hget_json("keys", token).await
+    }
+
+    /// A team by id.
+    pub async fn team(&self, id: &str) -> Result<Option<TeamRecord>, StoreDown> {
+        self.hget_json("teams", id).await
+    }
+
+    /// Stores a key.
+    pub async fn put_key(&self, record: &KeyRecord) -> Result<(), StoreDown> {
+        self.hset_json("keys", &record.token, record).await
+    }
+
+    /// Deletes a key.
+    pub async fn delete_key(&self, token: &str) -> Result<bool, StoreDown> {
+        self.hdel("keys", token).await
+    }
+
+    /// Stores a team.
+    pub async fn put_team(&self, record: &TeamRecord) -> Result<(), StoreDown> {
+        self.hset_json("teams", &record.team_id, record).await
+    }
+
+    /// Deletes a team.
+    pub async fn delete_team(&self, id: &str) -> Result<bool, StoreDown> {
+        self.hdel("teams", id).await
+    }
+
+    /// Every key.
+    pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreDown> {
+        self.hvals_json("keys").await
+    }
+
+    /// Every team.
+    pub async fn teams(&self) -> Result<Vec<TeamRecord>, StoreDown> {
+        self.hvals_json("teams").await
+    }
+
+    /// The admission script: all checks, then all holds, atomically.
+    pub async fn admit(
+        &self,
+        checks: &Checks,
+        id: &str,
+        max_cost: Nanos,
+    ) -> Result<Result<Vec<RateState>, Denied>, StoreDown> {
+        let mut inv = self.admit.prepare_invoke();
+        inv.arg(id).arg(max_cost).arg(self.settings.hold_ttl.as_millis() as u64);
+        inv.arg(checks.parallel.len());
+        for p in &checks.parallel {
+            inv.key(self.name(&format!("par:{}", p.id))).arg(p.limit);
+        }
+        inv.arg(checks.rates.len());
+        for r in &checks.rates {
+            inv.key(self.name(&format!("rl:{}", r.id))).arg(r.limit).arg(r.cost);
+        }
+        inv.arg(checks.budgets.len());
+        let today = day_of_ms(now_ms());
+        for b in &checks.budgets {
+            inv.key(self.name(&format!("spend:{}", b.subject)))
+                .key(self.name(&format!("resv:{}", b.subject)))
+                .key(self.name(&format!("resva:{}", b.subject)));
+            let fields = period_fields(b.period, today);
+            inv.arg(b.limit).arg(fields.len());
+            for f in fields {
+                inv.arg(f);
+            }
+        }
+        let reply: Vec<String> = self.run(inv).await?;
+        let index = |i: usize| -> usize { reply.get(i).and_then(|v| v.parse::<usize>().ok()).unwrap_or(1).max(1) - 1 };
+        let number = |i: usize| -> i64 { reply.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
+        match reply.first().map(String::as_str) {
+            Some("ok") => Ok(Ok(checks
+                .rates
+                .iter()
+                .enumerate()
+                .map(|(i, r)| rate_state(r.limit, u32::try_from(number(i + 1)).unwrap_or(0)))
+                .collect())),
+            Some("parallel") => {
+                let p = &checks.parallel[index(1).min(checks.parallel.len().saturating_sub(1))];
+                Ok(Err(Denied::TooManyParallel {
+                    scope: p.scope.clone(),
+                    limit: p.limit,
+                }))
+            }
+            Some("rate") => {
+                let r = &checks.rates[index(1).min(checks.rates.len().saturating_sub(1))];
+                let wait = number(2);
+                Ok(Err(Denied::RateLimited {
+                    scope: r.scope.clone(),
+                    kind: r.kind,
+                    limit: r.limit,
+                    retry_after: (wait >= 0).then(|| Duration::from_millis(wait as u64)),
+                }))
+            }
+            Some("budget") => {
+                let b = &checks.budgets[index(1).min(checks.budgets.len().saturating_sub(1))];
+                Ok(Err(Denied::BudgetExceeded {
+                    scope: b.scope.clone(),
+                    spend: number(2),
+                    reserved: number(3),
+                    limit: b.limit,
+                    requested: max_cost,
+                }))
+            }
+            other => Err(StoreDown(format!("unexpected admission reply {other:?}"))),
+        }
+    }
+
+    /// The settlement script: frees the holds, adds the spend and logs the
+    /// record, once per request id.
+    pub async fn settle(&self, checks: &Checks, _max_cost: Nanos, record: &SpendRecord) -> Result<(), StoreDown> {
+        let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
+        let mut inv = self.settle.prepare_invoke();
+        inv.arg(&record.request_id);
+        inv.key(self.name(&format!("settled:{}", record.request_id)));
+        inv.arg(checks.parallel.len());
+        for p in &checks.parallel {
+            inv.key(self.name(&format!("par:{}", p.id)));
+        }
+        inv.arg(checks.budgets.len());
+        for b in &checks.budgets {
+            inv.key(self.name(&format!("resv:{}", b.subject)))
+                .key(self.name(&format!("resva:{}", b.subject)));
+        }
+        let subjects = record.subjects();
+        inv.arg(subjects.len());
+        for s in &subjects {
+            inv.key(self.name(&format!("spend:{s}")));
+        }
+        inv.key(self.name("log"));
+        inv.arg(record.day())
+            .arg(record.cost_nanos)
+            .arg(json)
+            .arg(self.settings.log_max_len);
+        let used = record.usage.total();
+        let tokens: Vec<_> = checks.token_rates().collect();
+        inv.arg(tokens.len());
+        for r in tokens {
+            inv.key(self.name(&format!("rl:{}", r.id)))
+                .arg(r.limit)
+                .arg(used.saturating_sub(u64::from(r.cost)));
+        }
+        self.run::<i64>(inv).await.map(drop)
+    }
+
+    /// Frees an unsettled request's holds.
+    pub async fn release(&self, checks: &Checks, id: &str) -> Result<(), StoreDown> {
+        let mut inv = self.release.prepare_invoke();
+        inv.arg(id).arg(checks.parallel.len()).arg(checks.budgets.len());
+        for p in &checks.parallel {
+            inv.key(self.name(&format!("par:{}", p.id)));
+        }
+        for b in &checks.budgets {
+            inv.key(self.name(&format!("resv:{}", b.subject)))
+                .key(self.name(&format!("resva:{}", b.subject)));
+        }
+        self.run::<i64>(inv).await.map(drop)
+    }
+
+    /// One subject's spend.
+    pub async fn spend(&self, subject: &str) -> Result<SubjectSpend, StoreDown> {
+        let raw: HashMap<String, i64> = self
+            .query(
+                redis::cmd("HGETALL")
+                    .arg(self.name(&format!("spend:{subject}")))
+                    .clone(),
+            )
+            .await?;
+        let mut out = SubjectSpend::default();
+        let mut days = BTreeMap::new();
+        for (field, value) in raw {
+            if field == "total" {
+                out.total = value;
+            } else if let Ok(day) = field.parse::<Day>() {
+                days.insert(day, value);
+            }
+        }
+        out.days = days;
+        Ok(out)
+    }
+
+    /// Every subject under `prefix` with its spend.
+    pub async fn spend_by_prefix(&self, prefix: &str) -> Result<Vec<(String, SubjectSpend)>, StoreDown> {
+        let pattern = self.name(&format!("spend:{prefix}*"));
+        let strip = self.name("spend:");
+        let mut cursor = 0u64;
+        let mut names = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = self
+                .query(
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(500)
+                        .clone(),
+                )
+                .await?;
+            names.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        let mut out = Vec::new();
+        for name in names {
+            let Some(subject) = name.strip_prefix(&strip) else {
+                continue;
+            };
+            let spend = self.spend(subject).await?;
+            if let Some(short) = subject.strip_prefix(prefix) {
+                out.push((short.to_owned(), spend));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Spend records matching `filter`, newest first (reads the log stream
+    /// from its end in pages).
+    pub async fn logs(&self, filter: &LogFilter) -> Result<Vec<SpendRecord>, StoreDown> {
+        let mut out = Vec::new();
+        let mut end = "+".to_owned();
+        let mut scanned = 0usize;
+        while out.len() < filter.limit && scanned < 1_000_000 {
+            let page: Vec<(String, Vec<String>)> = self
+                .query(
+                    redis::cmd("XREVRANGE")
+                        .arg(self.name("log"))
+                        .arg(&end)
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1000)
+                        .clone(),
+                )
+                .await?;
+            if page.is_empty() {
+                break;
+            }
+            scanned += page.len();
+            for (id, fields) in &page {
+                if end != "+" && *id == end {
+                    continue;
+                }
+                if let Some(record) = fields.get(1).and_then(|r| serde_json::from_str::<SpendRecord>(r).ok()) {
+                    if filter.matches(&record) && out.len() < filter.limit {
+                        out.push(record);
+                    }
+                }
+            }
+            let Some((last, _)) = page.last() else { break };
+            if page.len() < 1000 {
+                break;
+            }
+            end = last.clone();
+        }
+        Ok(out)
+    }
+}

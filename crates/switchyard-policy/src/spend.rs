@@ -1,0 +1,147 @@
+//! Spend records and the ledger that sums them per key, team and model, per day.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use crate::money::Nanos;
+use crate::period::{BudgetPeriod, Day, day_of_ms};
+use crate::price::TokenUsage;
+
+/// One charged request, as logged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpendRecord {
+    /// The request's id (`x-switchyard-request-id`).
+    pub request_id: String,
+    /// When it was settled, Unix milliseconds.
+    pub ts: i64,
+    /// SHA-256 of the key that paid (`None`: no key, or the master key).
+    pub key: Option<String>,
+    /// The key's alias.
+    #[serde(default)]
+    pub key_alias: Option<String>,
+    /// The key's team.
+    #[serde(default)]
+    pub team_id: Option<String>,
+    /// The public model name the client asked for.
+    pub model: String,
+    /// The deployment that answered.
+    pub deployment: String,
+    /// Token counts.
+    pub usage: TokenUsage,
+    /// What it cost, nano-dollars.
+    pub cost_nanos: Nanos,
+}
+
+impl SpendRecord {
+    /// The ledger subjects this record is charged to.
+    pub fn subjects(&self) -> Vec<String> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(key) = &self.key {
+            out.push(subject_key(key));
+        }
+        if let Some(team) = &self.team_id {
+            out.push(subject_team(team));
+        }
+        out.push(subject_model(&self.model));
+        out
+    }
+
+    /// The UTC day it was charged on.
+    pub fn day(&self) -> Day {
+        day_of_ms(self.ts)
+    }
+}
+
+/// Ledger subject of a key.
+pub fn subject_key(token: &str) -> String {
+    format!("key:{token}")
+}
+
+/// Ledger subject of a team.
+pub fn subject_team(team: &str) -> String {
+    format!("team:{team}")
+}
+
+/// Ledger subject of a model group.
+pub fn subject_model(model: &str) -> String {
+    format!("model:{model}")
+}
+
+/// Spend of one subject: in total and per day.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SubjectSpend {
+    /// Everything ever charged.
+    pub total: Nanos,
+    /// Per UTC day.
+    pub days: BTreeMap<Day, Nanos>,
+}
+
+impl SubjectSpend {
+    /// Spend in the budget period containing `today` (`None`: in total).
+    pub fn in_period(&self, period: Option<BudgetPeriod>, today: Day) -> Nanos {
+        match period {
+            None => self.total,
+            Some(p) => self.days.range(p.start(today)..).map(|(_, v)| *v).sum(),
+        }
+    }
+}
+
+/// Spend per subject, rebuilt from the spend log at start-up.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    subjects: HashMap<String, SubjectSpend>,
+}
+
+impl Ledger {
+    /// Adds a record's cost to each of its subjects.
+    pub fn add(&mut self, record: &SpendRecord) {
+        let day = record.day();
+        for subject in record.subjects() {
+            let entry = self.subjects.entry(subject).or_default();
+            entry.total += record.cost_nanos;
+            *entry.days.entry(day).or_default() += record.cost_nanos;
+        }
+    }
+
+    /// One subject's spend.
+    pub fn get(&self, subject: &str) -> Option<&SubjectSpend> {
+        self.subjects.get(subject)
+    }
+
+    /// Every subject with a prefix (`key:`, `team:`, `model:`), prefix removed.
+    pub fn by_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, &'a SubjectSpend)> + 'a {
+        self.subjects
+            .iter()
+            .filter_map(move |(s, v)| s.strip_prefix(prefix).map(|name| (name, v)))
+    }
+}
+
+/// Which spend records to return.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogFilter {
+    /// Only this key (hash).
+    pub key: Option<String>,
+    /// Only this team.
+    pub team_id: Option<String>,
+    /// Only this model group.
+    pub model: Option<String>,
+    /// From this day (inclusive).
+    pub start_day: Option<Day>,
+    /// Up to this day (inclusive).
+    pub end_day: Option<Day>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+impl LogFilter {
+    /// Whether `record` passes.
+    pub fn matches(&self, record: &SpendRecord) -> bool {
+        let day = record.day();
+        self.key.as_ref().is_none_or(|k| record.key.as_ref() == Some(k))
+            && self.team_id.as_ref().is_none_or(|t| record.team_id.as_ref() == Some(t))
+            && self.model.as_ref().is_none_or(|m| &record.model == m)
+            && self.start_day.is_none_or(|d| day >= d)
+            && self.end_day.is_none_or(|d| day <= d)
+    }
+}
