@@ -1,0 +1,213 @@
+//! Limits and budgets shared by two gateway processes through a real
+//! `redis-server`, and what happens when Redis goes away and comes back.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, RedisServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-master-key-for-tests-0001";
+const CONFIG_KEY: &str = "sk-config-declared-key-0001";
+const HELLO_COST_NANOS: i64 = 7000;
+
+fn config(redis: &str, mode: &str, delay_ms: u64) -> String {
+    format!(
+        r#"
+policy:
+  master_key: {MASTER}
+  redis:
+    url: {redis}
+    failure_mode: {mode}
+    timeout_ms: 300
+  keys:
+    - key: {CONFIG_KEY}
+      key_alias: declared
+      rpm_limit: 1000
+model_list:
+  - model_name: mock-a
+    deployments:
+      - provider: mock
+        model: mock-a-1
+        input_cost_per_token: 0.000001
+        output_cost_per_token: 0.000002
+        mock:
+          delay_ms: {delay_ms}
+"#
+    )
+}
+
+async fn post(base: &str, path: &str, key: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(base: &str, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{base}{path}"))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn chat(base: &str, key: &str) -> (u16, Value) {
+    post(
+        base,
+        "/v1/chat/completions",
+        key,
+        json!({"model": "mock-a", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await
+}
+
+fn code(body: &Value) -> &str {
+    body.pointer("/error/code").and_then(Value::as_str).unwrap_or("")
+}
+
+#[tokio::test]
+async fn two_gateways_share_one_rate_limit_and_one_budget() {
+    let redis = RedisServer::start();
+    let a = GatewayProcess::start(Path::new(BIN), &config(&redis.url(), "fail_closed", 50));
+    let b = GatewayProcess::start(Path::new(BIN), &config(&redis.url(), "fail_closed", 50));
+    let bases = [a.base_url(), b.base_url()];
+
+    // A key made on one gateway works on the other.
+    let (status, made) = post(&bases[0], "/key/generate", MASTER, json!({"rpm_limit": 5})).await;
+    assert_eq!(status, 200, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+
+    // 8 concurrent requests, 4 to each gateway: exactly 5 pass.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let (base, key) = (bases[i % 2].clone(), key.clone());
+        tasks.push(tokio::spawn(async move { chat(&base, &key).await }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            200 => ok += 1,
+            429 => assert_eq!(code(&body), "rate_limit_exceeded"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(ok, 5);
+
+    // Budget $0.0001 (each request reserves 15000 and costs 7000), 50
+    // concurrent requests over both gateways.
+    let (_, made) = post(&bases[1], "/key/generate", MASTER, json!({"max_budget": 0.0001})).await;
+    let key = Arc::new(made["key"].as_str().unwrap().to_owned());
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let (base, key) = (bases[i % 2].clone(), key.clone());
+        tasks.push(tokio::spawn(async move { chat(&base, &key).await }));
+    }
+    let mut served = 0i64;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            200 => served += 1,
+            400 => assert_eq!(code(&body), "budget_exceeded"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!(served >= 6, "{served}");
+    let info = get(&bases[0], &format!("/key/info?key={key}")).await;
+    let spend = (info["info"]["spend"].as_f64().unwrap() * 1e9).round() as i64;
+    assert_eq!(spend, served * HELLO_COST_NANOS);
+    assert!(spend <= 100_000, "overspent: {spend}");
+    // Both gateways read the same spend log.
+    let logs = get(&bases[1], &format!("/spend/logs?api_key={key}")).await;
+    assert_eq!(logs.as_array().unwrap().len() as i64, served);
+}
+
+#[tokio::test]
+async fn redis_down_fails_closed_or_open_as_configured_then_recovers() {
+    let mut redis = RedisServer::start();
+    let closed = GatewayProcess::start(Path::new(BIN), &config(&redis.url(), "fail_closed", 0));
+    let open = GatewayProcess::start(Path::new(BIN), &config(&redis.url(), "fail_open", 0));
+    assert_eq!(chat(&closed.base_url(), CONFIG_KEY).await.0, 200);
+    assert_eq!(chat(&open.base_url(), CONFIG_KEY).await.0, 200);
+
+    redis.stop();
+    let (status, body) = chat(&closed.base_url(), CONFIG_KEY).await;
+    assert_eq!((status, code(&body)), (503, "policy_store_unavailable"), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().contains("unavailable"));
+    for _ in 0..3 {
+        let (status, body) = chat(&open.base_url(), CONFIG_KEY).await;
+        assert_eq!(status, 200, "fail_open serves: {body}");
+    }
+    let status = get(&open.base_url(), "/admin/policy").await;
+    assert!(status["fail_open_admissions"].as_u64().unwrap() >= 3, "{status}");
+    assert!(
+        status["redis"]["pending_spend_records"].as_u64().unwrap() >= 3,
+        "{status}"
+    );
+    assert!(open.wait_for_log("fail_open", Duration::from_secs(5)));
+
+    redis.restart();
+    // Both recover; the spend queued during the outage reaches Redis.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let closed_ok = chat(&closed.base_url(), CONFIG_KEY).await.0 == 200;
+        let status = get(&open.base_url(), "/admin/policy").await;
+        let drained = status["redis"]["pending_spend_records"] == json!(0);
+        if closed_ok && drained {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery: {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let spend = get(&closed.base_url(), "/spend/keys").await;
+    let declared = spend
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_alias"] == "declared")
+        .unwrap();
+    // Redis restarted empty: what it holds now is the 3 queued charges and the
+    // requests served since.
+    assert!(
+        declared["total_spend_nanos"].as_i64().unwrap() >= 4 * HELLO_COST_NANOS,
+        "{declared}"
+    );
+}
+
+#[test]
+fn a_wrong_redis_url_fails_start_up() {
+    let out = switchyard_testkit::run_check_config(Path::new(BIN), &config("http://nope", "fail_closed", 0));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("policy.redis.url"));
+    // Unreachable: start-up fails with the field named.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.yaml");
+    std::fs::write(&path, config("redis://127.0.0.1:1", "fail_closed", 0)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["--config", path.to_str().unwrap(), "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("policy.redis.url") && text.contains("cannot reach Redis"),
+        "{text}"
+    );
+}
