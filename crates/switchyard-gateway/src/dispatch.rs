@@ -46,6 +46,9 @@ pub(crate) struct RequestOptions {
     pub(crate) num_retries: Option<u32>,
     /// Deadline of the request, capped at `router_settings.max_timeout_ms`.
     pub(crate) timeout: Option<Duration>,
+    /// The models the caller's key may call (`None`: any); a learned router
+    /// chooses among these when the list names some of its candidates.
+    pub(crate) allowed_models: Option<Vec<String>>,
 }
 
 fn invalid(param: &str, message: String) -> ApiError {
@@ -222,6 +225,7 @@ pub(crate) async fn dispatch<'s>(
                 )
             })?;
             let live = Live {
+                allowed: options.allowed_models.as_deref(),
                 registry: &state.registry,
                 stats: &state.stats,
                 cooldowns: &state.cooldowns,

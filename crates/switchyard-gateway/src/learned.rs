@@ -442,7 +442,15 @@ impl LearnedRoute {
             .router
             .predict(&embedding)
             .map_err(|e| ApiError::Internal(format!("router prediction: {e}")))?;
-        let allowed: Vec<bool> = loaded.groups.iter().map(|g| live.can_serve(g)).collect();
+        // A key whose allow-list names some of the candidates is routed among those only.
+        let key_names_candidates = live
+            .allowed
+            .is_some_and(|list| loaded.groups.iter().any(|g| list.contains(g)));
+        let allowed: Vec<bool> = loaded
+            .groups
+            .iter()
+            .map(|g| live.can_serve(g) && (!key_names_candidates || live.allowed.is_some_and(|l| l.contains(g))))
+            .collect();
         let order = rank(
             &scores,
             &loaded.router.manifest.mean_costs,
@@ -471,6 +479,8 @@ impl LearnedRoute {
 
 /// The live state a prediction filters candidates with.
 pub(crate) struct Live<'a> {
+    /// The models the caller's key may call (`None`: any).
+    pub(crate) allowed: Option<&'a [String]>,
     pub(crate) registry: &'a Registry,
     pub(crate) stats: &'a LiveStats,
     pub(crate) cooldowns: &'a Cooldowns,

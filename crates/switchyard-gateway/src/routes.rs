@@ -167,8 +167,9 @@ async fn openai(
     principal: &Principal,
     model: &str,
     mut call: Call<'_>,
-    options: RequestOptions,
+    mut options: RequestOptions,
 ) -> Response {
+    options.allowed_models = principal.view().and_then(|v| v.allowed_models());
     let meter = match metering::admit(&state, principal, model, &call).await {
         Ok(meter) => meter,
         Err(e) => return e.into_response(),

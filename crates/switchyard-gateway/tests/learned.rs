@@ -350,6 +350,60 @@ async fn a_candidate_at_its_rate_limit_is_not_chosen() {
     assert_eq!(a.header("x-switchyard-router-choice"), "cheap");
 }
 
+#[tokio::test]
+async fn a_key_limited_to_some_candidates_is_routed_among_those() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let master = "sk-master-key-for-learned-tests";
+    let yaml = format!(
+        "policy:\n  master_key: {master}\n{}",
+        config(&dir.path().display().to_string(), "", STRONG_MOCK)
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let client = reqwest::Client::new();
+    let generate = |models: Value| {
+        let client = client.clone();
+        let url = format!("{}/key/generate", gw.base_url());
+        async move {
+            let made: Value = client
+                .post(url)
+                .bearer_auth(master)
+                .json(&json!({"models": models}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            made["key"].as_str().unwrap().to_owned()
+        }
+    };
+    let ask_as = |key: String| {
+        let client = client.clone();
+        let url = format!("{}/v1/chat/completions", gw.base_url());
+        async move {
+            let body = json!({"model": "switchyard/auto", "messages": [{"role": "user", "content": MATH_QUERY}]});
+            let response = client.post(url).bearer_auth(key).json(&body).send().await.unwrap();
+            let status = response.status().as_u16();
+            let choice = response
+                .headers()
+                .get("x-switchyard-router-choice")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, choice)
+        }
+    };
+    // Math goes to the strong model for a key that may call the router alone…
+    let any = generate(json!(["switchyard/auto"])).await;
+    assert_eq!(ask_as(any).await, (200, Some("strong-model".to_owned())));
+    // …and to the cheap one for a key limited to it.
+    let cheap = generate(json!(["switchyard/auto", "cheap"])).await;
+    assert_eq!(ask_as(cheap).await, (200, Some("cheap".to_owned())));
+    // A key without the router gets 403.
+    let direct = generate(json!(["cheap"])).await;
+    assert_eq!(ask_as(direct).await.0, 403);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_artifact_is_swapped_in_under_load_and_bad_ones_are_rejected() {
     let trainer = Trainer::new();

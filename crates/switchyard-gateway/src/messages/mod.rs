@@ -78,10 +78,11 @@ pub async fn messages(
     if let Err(e) = validate(&req) {
         return failed(e.into());
     }
-    let options = match RequestOptions::take(&mut req.extra) {
+    let mut options = match RequestOptions::take(&mut req.extra) {
         Ok(options) => options,
         Err(e) => return failed(e.into()),
     };
+    options.allowed_models = principal.view().and_then(|v| v.allowed_models());
     let model = std::mem::take(&mut req.model);
     let mut call = Call::Messages(&mut req);
     let meter = match metering::admit(&state, &principal, &model, &call).await {
