@@ -478,3 +478,109 @@ async fn kill_9_mid_load_loses_no_charge() {
     let seen_total: i64 = seen.values().sum();
     assert!(total - seen_total <= 5 * HELLO_COST_NANOS);
 }
+
+#[tokio::test]
+async fn streams_are_charged_from_usage_the_client_did_not_ask_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 0));
+    let key = generate(&gw, json!({"key_alias": "streamer"})).await;
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(&key)
+        .json(&json!({"model": "mock-a", "stream": true, "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.trim_end().ends_with("data: [DONE]"), "{body}");
+    // The usage chunk the gateway asked for is not forwarded.
+    for data in body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+    {
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        assert!(
+            !chunk["choices"].as_array().unwrap().is_empty(),
+            "usage-only chunk leaked: {data}"
+        );
+    }
+    // A client that asked for usage gets it.
+    let asked = client()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(&key)
+        .json(
+            &json!({"model": "mock-a", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(asked.contains("\"completion_tokens\":3"), "{asked}");
+    // Both streams are charged (after they end) from the upstream's usage.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = admin_get(&gw, &format!("/key/info?key={key}")).await;
+        let spend = nanos(&format!("{:.9}", info.body["info"]["total_spend"].as_f64().unwrap()));
+        if spend == 2 * HELLO_COST_NANOS {
+            break;
+        }
+        assert!(spend < 2 * HELLO_COST_NANOS, "{spend}");
+        assert!(std::time::Instant::now() < deadline, "streams not charged: {spend}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = admin_get(&gw, &format!("/spend/logs?api_key={key}&start_date=2000-01-01")).await;
+    let records = logs.body.as_array().unwrap();
+    assert_eq!(records.len(), 2);
+    assert_eq!(records[0]["usage"]["completion"], 3);
+    let none = admin_get(&gw, &format!("/spend/logs?api_key={key}&end_date=2000-01-01")).await;
+    assert!(none.body.as_array().unwrap().is_empty());
+    let bad = admin_get(&gw, "/spend/logs?start_date=yesterday").await;
+    assert_eq!(
+        (bad.status, bad.body["error"]["param"].as_str()),
+        (400, Some("start_date"))
+    );
+}
+
+#[test]
+fn policy_mistakes_in_the_file_name_their_field() {
+    let yaml = r#"
+policy:
+  master_key: short
+  redis:
+    url: http://localhost
+  data_dir: /tmp/x
+  teams:
+    - team_id: t
+      rpm_limit: 0
+  keys:
+    - key: sk-a-long-enough-key-0001
+      models: [nope]
+      team_id: missing
+      budget_duration: fortnightly
+model_list:
+  - model_name: mock-a
+    deployments:
+      - provider: mock
+        model: m
+"#;
+    let out = switchyard_testkit::run_check_config(Path::new(BIN), yaml);
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stderr);
+    for field in [
+        "policy.master_key",
+        "policy.redis.url",
+        "policy.data_dir",
+        "policy.teams[0].rpm_limit",
+        "policy.keys[0].models[0]",
+        "policy.keys[0].team_id",
+        "policy.keys[0].budget_duration",
+    ] {
+        assert!(text.contains(field), "{field} not named in: {text}");
+    }
+    assert!(!text.contains("sk-a-long-enough-key-0001"), "a key reached the output");
+}
