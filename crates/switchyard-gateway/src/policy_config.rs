@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use switchyard_policy::key::{apply_key_field, apply_team_field, display_name, expiry_from, hash_key};
+use switchyard_policy::key::{apply_key_field, apply_team_field, expiry_from};
 use switchyard_policy::period::now_ms;
 use switchyard_policy::{FailureMode, FsyncPolicy, KeyRecord, PolicySettings, RedisSettings, TeamRecord};
 
@@ -187,19 +187,7 @@ impl PolicyConfig {
             if plaintext.len() < 8 {
                 issues.push(issue(format!("{path}.key"), "must be at least 8 characters"));
             }
-            let token = hash_key(&plaintext);
-            let mut record = KeyRecord {
-                key_id: token.clone(),
-                token,
-                key_name: display_name(&plaintext),
-                key_alias: None,
-                team_id: None,
-                user_id: None,
-                expires_at: None,
-                created_at: now,
-                from_config: true,
-                limits: Default::default(),
-            };
+            let mut record = KeyRecord::new(&plaintext, now, true);
             for (name, value) in entry.iter().filter(|(n, _)| n.as_str() != "key") {
                 let result = if name == "duration" {
                     expiry_from(value, now).map(|e| record.expires_at = e)

@@ -117,6 +117,25 @@ pub struct KeyRecord {
     pub limits: Limits,
 }
 
+impl KeyRecord {
+    /// A new key for `plaintext`, created at `now_ms`, with no limits yet.
+    pub fn new(plaintext: &str, now_ms: i64, from_config: bool) -> Self {
+        let token = hash_key(plaintext);
+        KeyRecord {
+            key_id: token.clone(),
+            token,
+            key_name: display_name(plaintext),
+            key_alias: None,
+            team_id: None,
+            user_id: None,
+            expires_at: None,
+            created_at: now_ms,
+            from_config,
+            limits: Limits::default(),
+        }
+    }
+}
+
 /// A stored team: limits and a budget shared by its keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TeamRecord {

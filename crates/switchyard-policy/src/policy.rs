@@ -647,18 +647,7 @@ impl Policy {
         if self.is_master(&plaintext) || self.lookup_key(&token).await.map_err(down)?.is_some() {
             return Err(PolicyError::Conflict("This key already exists.".into()));
         }
-        let mut record = KeyRecord {
-            key_id: token.clone(),
-            token,
-            key_name: display_name(&plaintext),
-            key_alias: None,
-            team_id: None,
-            user_id: None,
-            expires_at: None,
-            created_at: now,
-            from_config: false,
-            limits: Default::default(),
-        };
+        let mut record = KeyRecord::new(&plaintext, now, false);
         for (name, value) in body {
             match name.as_str() {
                 "key" => {}

@@ -347,14 +347,18 @@ impl RedisStore {
                 .map(|(i, r)| rate_state(r.limit, u32::try_from(number(i + 1)).unwrap_or(0)))
                 .collect())),
             Some("parallel") => {
-                let p = &checks.parallel[index(1).min(checks.parallel.len().saturating_sub(1))];
+                let Some(p) = checks.parallel.get(index(1)) else {
+                    return Err(StoreDown(format!("admission reply names no such check: {reply:?}")));
+                };
                 Ok(Err(Denied::TooManyParallel {
                     scope: p.scope.clone(),
                     limit: p.limit,
                 }))
             }
             Some("rate") => {
-                let r = &checks.rates[index(1).min(checks.rates.len().saturating_sub(1))];
+                let Some(r) = checks.rates.get(index(1)) else {
+                    return Err(StoreDown(format!("admission reply names no such check: {reply:?}")));
+                };
                 let wait = number(2);
                 Ok(Err(Denied::RateLimited {
                     scope: r.scope.clone(),
@@ -364,7 +368,9 @@ impl RedisStore {
                 }))
             }
             Some("budget") => {
-                let b = &checks.budgets[index(1).min(checks.budgets.len().saturating_sub(1))];
+                let Some(b) = checks.budgets.get(index(1)) else {
+                    return Err(StoreDown(format!("admission reply names no such check: {reply:?}")));
+                };
                 Ok(Err(Denied::BudgetExceeded {
                     scope: b.scope.clone(),
                     spend: number(2),
