@@ -18,7 +18,7 @@ use switchyard_providers::{HttpSettings, MockSettings, Secret, Timeouts};
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/config.yaml");
 
 /// Top-level sections that `SWITCHYARD_<SECTION>__<KEY>` variables may set.
-const ENV_SECTIONS: &[&str] = &["server", "embedder", "policy"];
+const ENV_SECTIONS: &[&str] = &["server", "embedder", "policy", "cache", "telemetry"];
 
 /// The configuration file as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -40,6 +40,12 @@ pub struct Config {
     /// Virtual keys, rate limits, budgets and spend tracking.
     #[serde(default)]
     pub policy: crate::policy_config::PolicyConfig,
+    /// The response cache: exact and semantic, in process or in Redis.
+    #[serde(default)]
+    pub cache: crate::cache_config::CacheConfig,
+    /// Logs, span export, metrics and the request log.
+    #[serde(default)]
+    pub telemetry: crate::telemetry_config::TelemetryConfig,
 }
 
 /// `router_settings:` — how a deployment is chosen for each request.

@@ -20,7 +20,11 @@
 //! nothing has been sent to the client, so a failure can still move on.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
+
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
@@ -38,7 +42,7 @@ use crate::routes::error_class;
 use crate::state::{AppState, GroupRoute};
 
 /// The gateway's own request fields, removed before the request goes upstream.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct RequestOptions {
     /// Model groups to fall back to instead of the configured `fallbacks`.
     pub(crate) fallbacks: Option<Vec<String>>,
@@ -49,6 +53,8 @@ pub(crate) struct RequestOptions {
     /// The models the caller's key may call (`None`: any); a learned router
     /// chooses among these when the list names some of its candidates.
     pub(crate) allowed_models: Option<Vec<String>>,
+    /// Where time spent waiting on upstreams is added up (for the overhead header).
+    pub(crate) upstream_ns: Option<Arc<AtomicU64>>,
 }
 
 fn invalid(param: &str, message: String) -> ApiError {
@@ -116,6 +122,16 @@ pub(crate) enum Call<'r> {
 }
 
 impl Call<'_> {
+    /// The GenAI semantic conventions' operation name.
+    pub(crate) fn operation(&self) -> &'static str {
+        match self {
+            Call::Chat(_) | Call::Messages(_) => "chat",
+            Call::Completion(_) => "text_completion",
+            Call::Embeddings(_) => "embeddings",
+            Call::CountTokens(_) => "count_tokens",
+        }
+    }
+
     /// The prompt a learned router reads: every message's text, in order.
     /// `None` for requests a learned router does not route.
     pub(crate) fn query_text(&self) -> Option<String> {
@@ -231,7 +247,18 @@ pub(crate) async fn dispatch<'s>(
                 cooldowns: &state.cooldowns,
                 now_ms: state.now_ms(),
             };
-            Some(Arc::new(route.predict(&live, query).await?))
+            let span = tracing::info_span!(
+                target: "switchyard",
+                "learned route",
+                otel.name = "switchyard.route.learned",
+                "switchyard.router" = requested,
+                "switchyard.router.choice" = Empty,
+                "switchyard.router.scores" = Empty,
+            );
+            let prediction = route.predict(&live, query).instrument(span.clone()).await?;
+            span.record("switchyard.router.choice", prediction.ranked[0].as_str());
+            span.record("switchyard.router.scores", prediction.scores_header().as_str());
+            Some(Arc::new(prediction))
         }
         None => None,
     };
@@ -265,7 +292,17 @@ pub(crate) async fn dispatch<'s>(
     let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
     loop {
         visited.push(group.0);
-        let outcome = try_group(state, group, call, num_retries, deadline, &mut rng, &mut attempts).await;
+        let outcome = try_group(
+            state,
+            group,
+            call,
+            num_retries,
+            deadline,
+            &mut rng,
+            &mut attempts,
+            options.upstream_ns.as_deref(),
+        )
+        .await;
         let (error, reason) = match outcome {
             GroupOutcome::Served(mut served) => {
                 served.decision.prediction = prediction;
@@ -289,6 +326,7 @@ pub(crate) async fn dispatch<'s>(
                 if fallbacks_used < settings.max_fallbacks && tokio::time::Instant::now() < deadline =>
             {
                 tracing::info!(from = group.0, to = %name, ?reason, "falling back to another model group");
+                state.metrics.fallback(group.0, name);
                 group = (name.as_str(), route);
             }
             _ => return Err(Failed { error, attempts }),
@@ -313,6 +351,7 @@ async fn try_group<'s>(
     deadline: tokio::time::Instant,
     rng: &mut fastrand::Rng,
     attempts: &mut u32,
+    upstream_ns: Option<&AtomicU64>,
 ) -> GroupOutcome<'s> {
     let group = match state.registry.group(name) {
         Ok(group) => group,
@@ -377,17 +416,53 @@ async fn try_group<'s>(
                 break;
             }
             tokio::time::sleep(pause).await;
+            if let Some(counter) = upstream_ns {
+                crate::observe::RequestContext::add_upstream(counter, pause);
+            }
+            state.metrics.retry(name);
         }
         let Some(client) = state.provider(deployment.id) else {
             return GroupOutcome::Final(ApiError::Internal(format!("no client for {}", deployment.name)));
         };
         *attempts += 1;
         tracing::debug!(group = name, deployment = %deployment.name, strategy = route.strategy.name(), attempt = *attempts, "routed");
+        drop(tracing::info_span!(
+            target: "switchyard",
+            "route",
+            otel.name = "switchyard.route",
+            "switchyard.routing.strategy" = route.strategy.name(),
+            "switchyard.model_group" = name,
+            "switchyard.deployment" = deployment.name.as_str(),
+            "switchyard.attempt" = i64::from(*attempts),
+        ));
+        state.metrics.routed(route.strategy.name(), name, &deployment.name);
+        let attempt_span = tracing::info_span!(
+            target: "switchyard",
+            "upstream",
+            otel.name = format!("{} {}", call.operation(), deployment.model),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            "gen_ai.operation.name" = call.operation(),
+            "gen_ai.system" = deployment.provider.as_str(),
+            "gen_ai.request.model" = deployment.model.as_str(),
+            "switchyard.deployment" = deployment.name.as_str(),
+            "switchyard.attempt" = i64::from(*attempts),
+            "error.type" = Empty,
+        );
         let in_flight = state.stats.start(deployment.id);
         let started = Instant::now();
-        let result = match tokio::time::timeout_at(deadline, attempt(call, deployment, client)).await {
+        let sent = tokio::time::timeout_at(deadline, attempt(call, deployment, client))
+            .instrument(attempt_span.clone())
+            .await;
+        if let Some(counter) = upstream_ns {
+            crate::observe::RequestContext::add_upstream(counter, started.elapsed());
+        }
+        let result = match sent {
             Ok(result) => result,
             Err(_) => {
+                attempt_span.record("error.type", "timeout");
+                attempt_span.record("otel.status_code", "error");
+                state.metrics.attempt(&deployment.name, "deadline");
                 return GroupOutcome::Final(ApiError::Deadline {
                     after: started.elapsed(),
                     attempts: *attempts,
@@ -397,6 +472,7 @@ async fn try_group<'s>(
         let now = state.now_ms();
         match result {
             Ok(reply) => {
+                state.metrics.attempt(&deployment.name, "ok");
                 if let Reply::Json(ProviderResponse { usage, .. }) = &reply {
                     let outcome = Outcome {
                         latency: started.elapsed(),
@@ -432,9 +508,14 @@ async fn try_group<'s>(
             Err(e) => {
                 drop(in_flight);
                 let class = error_class(&e);
+                let class_name = class.as_str();
+                attempt_span.record("error.type", class_name);
+                attempt_span.record("otel.status_code", "error");
+                state.metrics.attempt(&deployment.name, class_name);
                 state.stats.record_failure(deployment.id, class, now);
                 if state.cooldowns.record_failure(deployment.id, class, now) {
                     tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
+                    state.metrics.cooldown(&deployment.name);
                 }
                 tracing::warn!(deployment = %deployment.name, attempt = *attempts, error = %e, "attempt failed");
                 let reason = if e.is_context_window_exceeded() {

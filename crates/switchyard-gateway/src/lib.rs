@@ -4,6 +4,8 @@
 //! be driven in-process by tests.
 
 pub mod admin;
+pub mod cache;
+pub mod cache_config;
 pub mod config;
 mod dispatch;
 pub mod error;
@@ -11,11 +13,13 @@ pub mod extract;
 pub mod learned;
 pub mod messages;
 mod metering;
+mod observe;
 pub mod policy_admin;
 pub mod policy_config;
 pub mod routes;
 pub mod state;
 pub mod stream;
+pub mod telemetry_config;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,6 +37,8 @@ pub fn build_state(config: &Config, env: &dyn config::EnvSource) -> Result<AppSt
     let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
     let mut issues = Vec::new();
     let policy = config.policy.validate(env, &names, &mut issues);
+    let cache = config.cache.validate(env, &names, &mut issues);
+    let telemetry = config.telemetry.validate(env, &mut issues);
     if !issues.is_empty() {
         return Err(ConfigError::Invalid(issues));
     }
@@ -42,6 +48,8 @@ pub fn build_state(config: &Config, env: &dyn config::EnvSource) -> Result<AppSt
         &config.embedder,
         &models,
         policy,
+        cache.as_ref(),
+        telemetry,
     )
     .map_err(ConfigError::Invalid)
 }

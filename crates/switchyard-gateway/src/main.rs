@@ -1,13 +1,12 @@
 //! `switchyard`: the gateway binary.
 
-use std::io::{IsTerminal as _, Write as _};
+use std::io::Write as _;
 use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use switchyard_gateway::config::{self, ProcessEnv};
 use switchyard_gateway::{Overrides, Source};
-use tracing_subscriber::EnvFilter;
 
 /// mimalloc: faster small allocations under concurrency than the system allocator.
 #[global_allocator]
@@ -94,6 +93,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = config::load(source(cli.config.as_ref()), &overrides)?;
     let mut state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
+    let mut telemetry = switchyard_telemetry::init_tracing(&state.telemetry.tracing)?;
+    if telemetry.exporting() {
+        tracing::info!("exporting spans over OTLP");
+    }
+    state.start_telemetry().await?;
+    let request_log = state.request_log.clone();
     state.start_learned().await?;
     state.start_policy().await?;
     let listener = switchyard_gateway::bind(&state)
@@ -107,6 +112,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         "listening on http://{addr}"
     );
     switchyard_gateway::serve(listener, state, shutdown_signal()).await?;
+    if let Some(log) = request_log {
+        log.flush().await;
+    }
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
 }
 
@@ -115,11 +124,6 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::CheckConfig { path }) = cli.command {
         return check_config(path.or(cli.config));
     }
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stdout)
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli))
 }

@@ -111,6 +111,7 @@ fn prompt_bytes(call: &Call<'_>) -> u64 {
 pub(crate) async fn admit(
     state: &AppState,
     principal: &Principal,
+    request_id: &str,
     model: &str,
     call: &Call<'_>,
 ) -> Result<Metered, ApiError> {
@@ -125,8 +126,24 @@ pub(crate) async fn admit(
         model: model.to_owned(),
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
         max_cost: ceiling.ceiling(bytes.max(1), max_output(call, state.default_max_tokens)),
+        request_id: Some(request_id.to_owned()),
     };
-    let ticket = state.policy.admit(principal, &demand).await.map_err(ApiError::Denied)?;
+    let ticket = match state.policy.admit(principal, &demand).await {
+        Ok(ticket) => ticket,
+        Err(denied) => {
+            let reason = match &denied {
+                switchyard_policy::Denied::RateLimited { .. } => Some("rate_limit"),
+                switchyard_policy::Denied::TooManyParallel { .. } => Some("parallel_limit"),
+                switchyard_policy::Denied::BudgetExceeded { .. } => Some("budget"),
+                switchyard_policy::Denied::Unavailable => Some("store_unavailable"),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                state.metrics.refused(reason);
+            }
+            return Err(ApiError::Denied(denied));
+        }
+    };
     Ok(Metered {
         ticket,
         estimated_prompt: estimated,
@@ -185,15 +202,55 @@ impl Metered {
             ..TokenUsage::default()
         });
         let cost = state.prices.get(deployment.0).map_or(0, |p| p.cost(&usage));
-        let charge = Charge {
-            deployment: name.to_owned(),
-            usage,
-            cost,
-        };
+        self.charge(
+            state,
+            Charge {
+                deployment: name.to_owned(),
+                usage,
+                cost,
+                cache_hit: false,
+            },
+        )
+        .await
+    }
+
+    /// Charges a request answered from the response cache `cost` (the
+    /// original cost at the cache's rate).
+    pub(crate) async fn settle_cached(
+        self,
+        state: &AppState,
+        deployment: &str,
+        usage: TokenUsage,
+        cost: switchyard_policy::Nanos,
+    ) -> Option<SpendRecord> {
+        self.charge(
+            state,
+            Charge {
+                deployment: deployment.to_owned(),
+                usage,
+                cost,
+                cache_hit: true,
+            },
+        )
+        .await
+    }
+
+    async fn charge(self, state: &AppState, charge: Charge) -> Option<SpendRecord> {
+        let name = charge.deployment.clone();
         match state.policy.settle(self.ticket, charge).await {
-            Ok(record) => Some(record),
+            Ok(record) => {
+                state.metrics.usage(
+                    &record.model,
+                    &record.deployment,
+                    record.usage.prompt,
+                    record.usage.completion,
+                    switchyard_policy::to_usd(record.cost_nanos),
+                    record.cache_hit,
+                );
+                Some(record)
+            }
             Err(e) => {
-                tracing::error!(error = %e, deployment = name, "cannot record spend");
+                tracing::error!(error = %e, deployment = %name, "cannot record spend");
                 None
             }
         }

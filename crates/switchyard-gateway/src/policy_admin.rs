@@ -416,8 +416,21 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
         },
         None => None,
     };
+    let cache_hit = match q.get("cache_hit").map(String::as_str) {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            return ApiError::InvalidField {
+                param: Some("cache_hit".into()),
+                message: "'cache_hit' must be true or false.".into(),
+            }
+            .into_response();
+        }
+    };
     let filter = LogFilter {
         key,
+        cache_hit,
         team_id: q.get("team_id").cloned(),
         model: q.get("model").cloned(),
         start_day,
@@ -432,6 +445,7 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
                     let mut v = serde_json::to_value(r).unwrap_or_default();
                     v["spend"] = usd(r.cost_nanos);
                     v["startTime"] = iso(Some(r.ts));
+                    v["cache_hit"] = Value::Bool(r.cache_hit);
                     v
                 })
                 .collect(),

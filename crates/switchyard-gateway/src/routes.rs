@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Extension, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,13 +18,18 @@ use switchyard_providers::ProviderError;
 use switchyard_routing::{ErrorClass, InFlight};
 use tower_http::catch_panic::CatchPanicLayer;
 
+use crate::cache::{self, Controls, Lookup};
 use crate::dispatch::{Call, Decision, Failed, Reply, RequestOptions, Served, dispatch};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::metering;
+use crate::observe::{RequestContext, Trail};
 use crate::state::AppState;
 use crate::stream::{StreamTracker, sse_response};
+use switchyard_cache::{CachedAnswer, CachedBody};
 use switchyard_policy::Principal;
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 /// Shared state handed to handlers.
 pub type SharedState = Arc<AppState>;
@@ -43,7 +48,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/embeddings", post(embeddings))
         .route("/models", get(models))
         .route("/messages", post(crate::messages::messages))
-        .route("/messages/count_tokens", post(crate::messages::count_tokens));
+        .route("/messages/count_tokens", post(crate::messages::count_tokens))
+        .route("/feedback", post(feedback));
     let client = Router::new()
         .merge(api.clone())
         .nest("/v1", api)
@@ -64,12 +70,14 @@ pub fn router(state: SharedState) -> Router {
         .merge(status)
         .route("/health/liveness", get(liveness))
         .route("/health/readiness", get(readiness))
+        .route("/metrics", get(metrics))
         .fallback(unknown_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .layer(CatchPanicLayer::custom(|_| {
             ApiError::Internal("an unexpected error occurred".into()).into_response()
         }))
+        .layer(middleware::from_fn_with_state(state.clone(), crate::observe::observe))
         .with_state(state)
 }
 
@@ -147,6 +155,7 @@ pub(crate) fn tracker(
     started: Instant,
 ) -> StreamTracker {
     StreamTracker::new(state.clone(), decision.deployment.id, started, in_flight)
+        .labelled(decision.group.to_owned(), decision.deployment.name.clone())
 }
 
 /// Asks a streaming upstream for its final usage chunk (to charge the
@@ -161,23 +170,113 @@ fn request_stream_usage(call: &mut Call<'_>) -> bool {
     true
 }
 
-/// Dispatches an OpenAI-format request and renders its answer.
+/// Dispatches an OpenAI-format request and renders its answer; answers
+/// from the response cache when it holds one.
 async fn openai(
     state: SharedState,
     principal: &Principal,
+    ctx: &RequestContext,
+    model: &str,
+    call: Call<'_>,
+    options: RequestOptions,
+    controls: Controls,
+) -> Response {
+    let operation = match &call {
+        Call::Chat(_) => "chat",
+        Call::Completion(_) => "text_completion",
+        _ => "embeddings",
+    };
+    let span = tracing::info_span!(
+        target: "switchyard",
+        "gen_ai",
+        otel.name = format!("{operation} {model}"),
+        "gen_ai.operation.name" = operation,
+        "gen_ai.request.model" = model,
+        "gen_ai.response.model" = Empty,
+        "gen_ai.usage.input_tokens" = Empty,
+        "gen_ai.usage.output_tokens" = Empty,
+        "switchyard.deployment" = Empty,
+        "switchyard.cache" = Empty,
+    );
+    openai_inner(state, principal, ctx, model, call, options, controls)
+        .instrument(span)
+        .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn openai_inner(
+    state: SharedState,
+    principal: &Principal,
+    ctx: &RequestContext,
     model: &str,
     mut call: Call<'_>,
     mut options: RequestOptions,
+    controls: Controls,
 ) -> Response {
     options.allowed_models = principal.view().and_then(|v| v.allowed_models());
-    let meter = match metering::admit(&state, principal, model, &call).await {
+    options.upstream_ns = Some(ctx.upstream_ns.clone());
+    let mut trail = Trail::start(&state, ctx, principal, model, &call);
+    if state.telemetry.log_payloads {
+        tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
+    }
+    let meter = match metering::admit(&state, principal, &ctx.id, model, &call).await {
         Ok(meter) => meter,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            if let Some(t) = trail {
+                t.finish(e.parts().0.as_u16(), Some(&e));
+            }
+            return e.into_response();
+        }
     };
     let strip_usage = request_stream_usage(&mut call);
     let mut extra_headers = Response::new(axum::body::Body::empty());
     meter.headers(&mut extra_headers);
     let extra_headers = extra_headers.into_parts().0.headers;
+    let mut pending = None;
+    if let Some(cache) = &state.cache {
+        let lookup_span = tracing::info_span!(
+            target: "switchyard",
+            "cache lookup",
+            otel.name = "switchyard.cache.lookup",
+            "switchyard.cache.result" = Empty,
+            "switchyard.cache.similarity" = Empty,
+        );
+        let found = cache
+            .lookup(state.embedder.as_ref(), model, principal, &call, controls)
+            .instrument(lookup_span.clone())
+            .await;
+        let result = match &found {
+            Some(Lookup::Hit { similarity: None, .. }) => "hit",
+            Some(Lookup::Hit { .. }) => "semantic_hit",
+            Some(Lookup::Miss(_)) => "miss",
+            None => "bypass",
+        };
+        lookup_span.record("switchyard.cache.result", result);
+        tracing::Span::current().record("switchyard.cache", result);
+        state.metrics.cache(model, result);
+        match found {
+            Some(Lookup::Hit { answer, similarity }) => {
+                if let Some(sim) = similarity {
+                    lookup_span.record("switchyard.cache.similarity", f64::from(sim));
+                }
+                let (mut response, record) = serve_hit(&state, meter, model, &answer, similarity, strip_usage).await;
+                if let Some(mut t) = trail {
+                    t.cache(true, Some(&answer.deployment));
+                    t.charged(record.as_ref().map(|r| r.usage), record.as_ref());
+                    t.finish(200, None);
+                }
+                response.headers_mut().extend(extra_headers);
+                return response;
+            }
+            Some(Lookup::Miss(p)) => {
+                if let Some(t) = trail.as_mut() {
+                    t.cache(false, None);
+                }
+                pending = Some(p);
+            }
+            None => {}
+        }
+    }
     let Served {
         reply,
         decision,
@@ -186,38 +285,146 @@ async fn openai(
     } = match dispatch(&state, model, &mut call, &options).await {
         Ok(served) => served,
         Err(Failed { error, attempts }) => {
+            if let Some(t) = trail {
+                t.finish(error.parts().0.as_u16(), Some(&error));
+            }
             let mut response = failure_response(error.into_response(), attempts);
             response.headers_mut().extend(extra_headers);
             return response;
         }
     };
+    let current = tracing::Span::current();
+    current.record("switchyard.deployment", decision.deployment.name.as_str());
+    current.record("gen_ai.response.model", decision.deployment.model.as_str());
+    if let Some(t) = trail.as_mut() {
+        t.routed(&decision);
+    }
     let mut response = match reply {
         Reply::Json(answer) => {
             let usage = answer.usage.as_ref().map(metering::openai_usage);
             let record = meter
                 .settle(&state, decision.deployment.id, &decision.deployment.name, usage)
                 .await;
+            if let Some(u) = usage {
+                current.record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
+                current.record(
+                    "gen_ai.usage.output_tokens",
+                    i64::try_from(u.completion).unwrap_or(i64::MAX),
+                );
+            }
+            if state.telemetry.log_payloads {
+                tracing::info!(target: "switchyard::payload", request_id = %ctx.id, completion = %String::from_utf8_lossy(&answer.body), "response payload");
+            }
+            if let Some(t) = trail.take() {
+                let mut t = t;
+                t.charged(usage, record.as_ref());
+                t.finish(200, None);
+            }
+            if let (Some(cache), Some(pending)) = (&state.cache, &pending) {
+                let stored = CachedAnswer {
+                    body: CachedBody::Json(String::from_utf8_lossy(&answer.body).into_owned()),
+                    deployment: decision.deployment.name.clone(),
+                    prompt_tokens: usage.map_or(0, |u| u.prompt),
+                    completion_tokens: usage.map_or(0, |u| u.completion),
+                    cost_nanos: record.as_ref().map_or(0, |r| r.cost_nanos),
+                    created_ms: 0,
+                    ttl_secs: 0,
+                };
+                cache.store_answer(pending, stored).await;
+            }
             let mut response = json_bytes(answer.body);
             metering::cost_header(&mut response, record.as_ref());
             response
         }
         Reply::Chunks(chunks) => {
-            let chunks = tracker(&state, &decision, in_flight, started)
-                .metered(meter, decision.deployment.name.clone())
-                .follow(chunks);
+            let mut tracker =
+                tracker(&state, &decision, in_flight, started).metered(meter, decision.deployment.name.clone());
+            if let Some(mut t) = trail.take() {
+                t.first_byte();
+                tracker = tracker.with_trail(t);
+            }
+            let chunks = tracker.follow(chunks);
+            let chunks = match pending.clone() {
+                Some(pending) => {
+                    let state = state.clone();
+                    let id = decision.deployment.id;
+                    let name = decision.deployment.name.clone();
+                    crate::cache::record_stream(chunks, move |seen| {
+                        tokio::spawn(async move {
+                            let usage = seen.iter().rev().find_map(|c| {
+                                let v: serde_json::Value = serde_json::from_str(c).ok()?;
+                                serde_json::from_value::<switchyard_api::Usage>(v.get("usage")?.clone()).ok()
+                            });
+                            let usage = usage.as_ref().map(metering::openai_usage);
+                            let cost = match (usage, state.prices.get(id.0)) {
+                                (Some(u), Some(p)) => p.cost(&u),
+                                _ => 0,
+                            };
+                            let stored = CachedAnswer {
+                                body: CachedBody::Chunks(seen),
+                                deployment: name,
+                                prompt_tokens: usage.map_or(0, |u| u.prompt),
+                                completion_tokens: usage.map_or(0, |u| u.completion),
+                                cost_nanos: cost,
+                                created_ms: 0,
+                                ttl_secs: 0,
+                            };
+                            if let Some(cache) = &state.cache {
+                                cache.store_answer(&pending, stored).await;
+                            }
+                        });
+                    })
+                }
+                None => chunks,
+            };
             sse_response(chunks, decision.deployment.name.clone(), strip_usage)
         }
         Reply::Native(_) | Reply::Events(_) => {
             ApiError::Internal("an Anthropic-format answer to an OpenAI-format request".into()).into_response()
         }
     };
+    if pending.is_some() {
+        cache::mark(&mut response, false, None);
+    }
     response.headers_mut().extend(extra_headers);
     with_route_headers(response, &decision)
+}
+
+/// Answers from the cache: charged at the cache's rate and marked as a hit.
+async fn serve_hit(
+    state: &SharedState,
+    meter: metering::Metered,
+    model: &str,
+    answer: &CachedAnswer,
+    similarity: Option<f32>,
+    strip_usage: bool,
+) -> (Response, Option<switchyard_policy::SpendRecord>) {
+    let ratio = state.cache.as_ref().map_or(0.0, |c| c.hit_cost_ratio);
+    let cost = (answer.cost_nanos as f64 * ratio).round() as i64;
+    let usage = switchyard_policy::TokenUsage {
+        prompt: answer.prompt_tokens,
+        completion: answer.completion_tokens,
+        ..Default::default()
+    };
+    let record = meter.settle_cached(state, &answer.deployment, usage, cost).await;
+    let mut response = cache::replay(answer, strip_usage);
+    metering::cost_header(&mut response, record.as_ref());
+    cache::mark(&mut response, true, similarity);
+    let headers = response.headers_mut();
+    for (name, value) in [(MODEL_HEADER, model), (DEPLOYMENT_HEADER, answer.deployment.as_str())] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            headers.insert(name, v);
+        }
+    }
+    headers.insert(ATTEMPTS_HEADER, HeaderValue::from(0));
+    (response, record)
 }
 
 async fn chat_completions(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
     JsonBody(mut req): JsonBody<ChatCompletionRequest>,
 ) -> Response {
     if req.messages.is_empty() {
@@ -231,26 +438,47 @@ async fn chat_completions(
         Ok(options) => options,
         Err(e) => return e.into_response(),
     };
+    let controls = match Controls::take(&mut req.extra, &headers) {
+        Ok(controls) => controls,
+        Err(e) => return e.into_response(),
+    };
     let model = std::mem::take(&mut req.model);
-    openai(state, &principal, &model, Call::Chat(&mut req), options).await
+    openai(state, &principal, &ctx, &model, Call::Chat(&mut req), options, controls).await
 }
 
 async fn completions(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
     JsonBody(mut req): JsonBody<CompletionRequest>,
 ) -> Response {
     let options = match RequestOptions::take(&mut req.extra) {
         Ok(options) => options,
         Err(e) => return e.into_response(),
     };
+    let controls = match Controls::take(&mut req.extra, &headers) {
+        Ok(controls) => controls,
+        Err(e) => return e.into_response(),
+    };
     let model = std::mem::take(&mut req.model);
-    openai(state, &principal, &model, Call::Completion(&mut req), options).await
+    openai(
+        state,
+        &principal,
+        &ctx,
+        &model,
+        Call::Completion(&mut req),
+        options,
+        controls,
+    )
+    .await
 }
 
 async fn embeddings(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
     JsonBody(mut req): JsonBody<EmbeddingRequest>,
 ) -> Response {
     if req.input.is_empty() {
@@ -264,8 +492,21 @@ async fn embeddings(
         Ok(options) => options,
         Err(e) => return e.into_response(),
     };
+    let controls = match Controls::take(&mut req.extra, &headers) {
+        Ok(controls) => controls,
+        Err(e) => return e.into_response(),
+    };
     let model = std::mem::take(&mut req.model);
-    openai(state, &principal, &model, Call::Embeddings(&mut req), options).await
+    openai(
+        state,
+        &principal,
+        &ctx,
+        &model,
+        Call::Embeddings(&mut req),
+        options,
+        controls,
+    )
+    .await
 }
 
 async fn models(State(state): State<SharedState>, Extension(principal): Extension<Principal>) -> Json<ModelList> {
@@ -285,6 +526,70 @@ async fn models(State(state): State<SharedState>, Extension(principal): Extensio
             })
             .collect(),
     })
+}
+
+/// `GET /metrics`: Prometheus text exposition.
+async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri) -> Response {
+    if !state.telemetry.metrics {
+        return unknown_route(method, uri).await.into_response();
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// `POST /v1/feedback`: a quality score for an earlier request, appended to
+/// the request log. Body: `request_id`, and `score` (0–1) or `thumbs`
+/// (`up` / `down`); optionally `comment`.
+async fn feedback(State(state): State<SharedState>, JsonBody(body): JsonBody<serde_json::Value>) -> Response {
+    let invalid = |param: &str, message: &str| {
+        ApiError::InvalidField {
+            param: Some(param.to_owned()),
+            message: message.to_owned(),
+        }
+        .into_response()
+    };
+    let Some(log) = &state.request_log else {
+        return ApiError::Forbidden(
+            "Feedback needs the request log: set telemetry.request_log in the configuration.".into(),
+        )
+        .into_response();
+    };
+    let request_id = match body.get("request_id").and_then(serde_json::Value::as_str) {
+        Some(id) if !id.is_empty() && id.len() <= 200 && id.chars().all(|c| c.is_ascii_graphic()) => id,
+        _ => {
+            return invalid(
+                "request_id",
+                "'request_id' must be the x-request-id of an earlier request.",
+            );
+        }
+    };
+    let score = match (body.get("score"), body.get("thumbs")) {
+        (Some(score), None) => match score.as_f64().filter(|s| (0.0..=1.0).contains(s)) {
+            Some(s) => s,
+            None => return invalid("score", "'score' must be a number from 0 to 1."),
+        },
+        (None, Some(thumbs)) => match thumbs.as_str() {
+            Some("up") => 1.0,
+            Some("down") => 0.0,
+            _ => return invalid("thumbs", "'thumbs' must be \"up\" or \"down\"."),
+        },
+        _ => {
+            return invalid(
+                "score",
+                "Send either 'score' (0 to 1) or 'thumbs' (\"up\" or \"down\").",
+            );
+        }
+    };
+    let comment = match body.get("comment") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(c)) if c.len() <= 4096 => Some(c.clone()),
+        Some(_) => return invalid("comment", "'comment' must be a string of at most 4096 bytes."),
+    };
+    log.feedback(request_id, score, comment);
+    Json(json!({"request_id": request_id, "score": score, "status": "recorded"})).into_response()
 }
 
 async fn liveness() -> impl IntoResponse {

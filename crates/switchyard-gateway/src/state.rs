@@ -62,6 +62,14 @@ pub struct AppState {
     /// Per public model name, the highest prices any deployment it may reach
     /// charges (its own, its fallbacks', a learned router's candidates').
     pub ceilings: HashMap<String, Prices>,
+    /// The response cache, when `cache.enabled`.
+    pub cache: Option<crate::cache::GatewayCache>,
+    /// Prometheus metrics.
+    pub metrics: switchyard_telemetry::Metrics,
+    /// The request log, once [`AppState::start_telemetry`] opened it.
+    pub request_log: Option<switchyard_telemetry::RequestLog>,
+    /// Logs, spans, metrics and request-log settings.
+    pub telemetry: crate::telemetry_config::TelemetrySpec,
 }
 
 /// How one model group is routed.
@@ -187,13 +195,16 @@ impl AppState {
         embedder: &EmbedderConfig,
         models: &[ModelSpec],
         policy: PolicySpec,
+        cache: Option<&crate::cache_config::CacheSpec>,
+        telemetry: crate::telemetry_config::TelemetrySpec,
     ) -> Result<Self, Vec<ConfigIssue>> {
         let mut issues = Vec::new();
+        let semantic = cache.is_some_and(crate::cache::GatewayCache::needs_embedder);
         let pending_routers: Vec<(String, RouterSpec)> = models
             .iter()
             .filter_map(|m| m.router.clone().map(|r| (m.name.clone(), r)))
             .collect();
-        let embedder = if pending_routers.is_empty() {
+        let embedder = if pending_routers.is_empty() && !semantic {
             None
         } else {
             match Embedder::load(embedder) {
@@ -292,6 +303,16 @@ impl AppState {
                 }),
             }
         }
+        let cache = match cache.map(crate::cache::GatewayCache::new).transpose() {
+            Ok(cache) => cache,
+            Err(e) => {
+                issues.push(ConfigIssue {
+                    path: "cache.redis.url".into(),
+                    message: e.to_string(),
+                });
+                None
+            }
+        };
         let Some(dispatch) = dispatch.filter(|_| issues.is_empty()) else {
             return Err(issues);
         };
@@ -309,6 +330,10 @@ impl AppState {
             default_max_tokens: policy.default_max_tokens,
             prices,
             ceilings,
+            cache,
+            metrics: switchyard_telemetry::Metrics::new(),
+            request_log: None,
+            telemetry,
             registry,
             stats,
             cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
@@ -348,6 +373,14 @@ impl AppState {
     pub async fn start_policy(&mut self) -> Result<(), PolicyError> {
         if let Some(settings) = self.pending_policy.take() {
             self.policy = Policy::open(settings).await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the request log (a file or a Redis stream) and starts its writer.
+    pub async fn start_telemetry(&mut self) -> Result<(), switchyard_telemetry::TelemetryError> {
+        if let Some(settings) = &self.telemetry.request_log {
+            self.request_log = Some(switchyard_telemetry::RequestLog::open(settings, self.metrics.clone()).await?);
         }
         Ok(())
     }

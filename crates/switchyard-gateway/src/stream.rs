@@ -20,6 +20,7 @@ use crate::routes::{SharedState, error_class};
 
 use crate::error::ApiError;
 use crate::metering::{Metered, anthropic_usage, openai_usage};
+use crate::observe::Trail;
 use switchyard_policy::TokenUsage;
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -111,6 +112,8 @@ pub struct StreamTracker {
     tokens: u64,
     usage: Option<TokenUsage>,
     meter: Option<(Metered, String)>,
+    labels: (String, String),
+    trail: Option<Trail>,
     _in_flight: InFlight,
 }
 
@@ -125,8 +128,22 @@ impl StreamTracker {
             tokens: 0,
             usage: None,
             meter: None,
+            labels: (String::new(), String::new()),
+            trail: None,
             _in_flight: in_flight,
         }
+    }
+
+    /// Names the model group and deployment in metrics.
+    pub(crate) fn labelled(mut self, group: String, deployment: String) -> Self {
+        self.labels = (group, deployment);
+        self
+    }
+
+    /// Appends the request-log record when the stream ends.
+    pub(crate) fn with_trail(mut self, trail: Trail) -> Self {
+        self.trail = Some(trail);
+        self
     }
 
     /// Charges the stream's usage to `meter` when it ends (or is abandoned).
@@ -161,6 +178,23 @@ impl StreamTracker {
     fn finish(&mut self, error: Option<&ProviderError>) {
         self.charge();
         let now = self.state.now_ms();
+        self.state.metrics.stream(
+            &self.labels.0,
+            &self.labels.1,
+            self.started.elapsed().as_secs_f64(),
+            self.first_item.map(|d| d.as_secs_f64()),
+        );
+        if let Some(mut trail) = self.trail.take() {
+            let cost = match (self.usage, self.state.prices.get(self.id.0)) {
+                (Some(u), Some(p)) => p.cost(&u),
+                _ => 0,
+            };
+            trail.charged_raw(self.usage, cost);
+            match error {
+                None => trail.finish_with(200, None),
+                Some(e) => trail.finish_with(502, Some(error_class(e).as_str().to_owned())),
+            }
+        }
         match error {
             None => {
                 let outcome = Outcome {
@@ -217,6 +251,14 @@ impl Drop for StreamTracker {
     /// A stream the client abandoned is still charged for what it used.
     fn drop(&mut self) {
         self.charge();
+        if let Some(mut trail) = self.trail.take() {
+            let cost = match (self.usage, self.state.prices.get(self.id.0)) {
+                (Some(u), Some(p)) => p.cost(&u),
+                _ => 0,
+            };
+            trail.charged_raw(self.usage, cost);
+            trail.finish_with(499, Some("client_closed".into()));
+        }
     }
 }
 

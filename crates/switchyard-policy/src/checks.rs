@@ -17,6 +17,9 @@ pub struct Demand {
     pub estimated_tokens: u32,
     /// The most the request can cost (reserved against budgets).
     pub max_cost: Nanos,
+    /// The id the gateway gave the request (from [`crate::Policy::request_id`]);
+    /// `None`: the ticket makes one.
+    pub request_id: Option<String>,
 }
 
 /// Requests or tokens.

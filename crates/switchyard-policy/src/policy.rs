@@ -110,6 +110,8 @@ pub struct Charge {
     pub usage: TokenUsage,
     /// Its cost.
     pub cost: Nanos,
+    /// Served from the response cache (charged at the cache's rate, counted apart).
+    pub cache_hit: bool,
 }
 
 impl Ticket {
@@ -462,7 +464,7 @@ impl Policy {
             }
             None => Checks::default(),
         };
-        let id = self.new_id();
+        let id = demand.request_id.clone().unwrap_or_else(|| self.new_id());
         let max_cost = if checks.budgets.is_empty() { 0 } else { demand.max_cost };
         let ticket = |holder, states: Vec<RateState>| Ticket {
             policy: self.clone(),
@@ -538,6 +540,7 @@ impl Policy {
             deployment: charge.deployment,
             usage: charge.usage,
             cost_nanos: charge.cost,
+            cache_hit: charge.cache_hit,
         };
         match (&self.0.store, ticket.holder) {
             (Store::Local(local), _) => local.settle(&ticket.checks, ticket.max_cost, &record)?,

@@ -31,6 +31,9 @@ pub struct SpendRecord {
     pub usage: TokenUsage,
     /// What it cost, nano-dollars.
     pub cost_nanos: Nanos,
+    /// Whether the answer came from the response cache.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cache_hit: bool,
 }
 
 impl SpendRecord {
@@ -130,6 +133,8 @@ pub struct LogFilter {
     pub start_day: Option<Day>,
     /// Up to this day (inclusive).
     pub end_day: Option<Day>,
+    /// Only answers from the cache (`Some(true)`) or from upstreams (`Some(false)`).
+    pub cache_hit: Option<bool>,
     /// At most this many, newest first.
     pub limit: usize,
 }
@@ -143,5 +148,6 @@ impl LogFilter {
             && self.model.as_ref().is_none_or(|m| &record.model == m)
             && self.start_day.is_none_or(|d| day >= d)
             && self.end_day.is_none_or(|d| day <= d)
+            && self.cache_hit.is_none_or(|c| record.cache_hit == c)
     }
 }

@@ -31,6 +31,7 @@ pub mod stats;
 pub mod strategy;
 pub mod strategy_registry;
 pub mod usage;
+pub mod vector;
 
 pub use cooldown::{BreakerState, CooldownPolicy, CooldownStatus, Cooldowns};
 pub use cost::CostBased;

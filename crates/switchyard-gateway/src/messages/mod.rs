@@ -70,9 +70,10 @@ fn failed(Failed { error, attempts }: Failed) -> Response {
 }
 
 /// `POST /v1/messages`.
-pub async fn messages(
+pub(crate) async fn messages(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<crate::observe::RequestContext>,
     JsonBody(mut req): JsonBody<MessagesRequest>,
 ) -> Response {
     if let Err(e) = validate(&req) {
@@ -85,7 +86,8 @@ pub async fn messages(
     options.allowed_models = principal.view().and_then(|v| v.allowed_models());
     let model = std::mem::take(&mut req.model);
     let mut call = Call::Messages(&mut req);
-    let meter = match metering::admit(&state, &principal, &model, &call).await {
+    options.upstream_ns = Some(ctx.upstream_ns.clone());
+    let meter = match metering::admit(&state, &principal, &ctx.id, &model, &call).await {
         Ok(meter) => meter,
         Err(e) => return failed(e.into()),
     };

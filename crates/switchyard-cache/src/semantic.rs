@@ -1,0 +1,144 @@
+//! The semantic cache's index: per model group, prompt embeddings in an
+//! HNSW index, each pointing at the exact-match key its answer is stored under.
+
+use parking_lot::RwLock;
+use switchyard_routing::vector::VectorIndex;
+
+use crate::key::CacheKey;
+
+/// A cached prompt similar enough to the one asked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SemanticHit {
+    /// Where its answer is stored.
+    pub key: CacheKey,
+    /// Cosine similarity of the two prompts.
+    pub similarity: f32,
+}
+
+struct Entry {
+    /// Hash of the request without its prompt: tools, sampling parameters…
+    params: String,
+    key: CacheKey,
+}
+
+struct Inner {
+    index: VectorIndex,
+    entries: Vec<Entry>,
+}
+
+/// One model group's semantic index. When it is full it starts again empty
+/// (its answers stay in the exact cache until they expire).
+pub struct SemanticIndex {
+    min_similarity: f32,
+    capacity: usize,
+    inner: RwLock<Inner>,
+}
+
+impl std::fmt::Debug for SemanticIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SemanticIndex")
+            .field("min_similarity", &self.min_similarity)
+            .field("entries", &self.inner.read().entries.len())
+            .finish()
+    }
+}
+
+/// Neighbours examined per lookup: the closest prompts may have been asked
+/// with other parameters.
+const CANDIDATES: usize = 8;
+
+impl SemanticIndex {
+    /// An empty index answering prompts at least `min_similarity` (cosine)
+    /// close, holding up to `capacity` prompts.
+    pub fn new(min_similarity: f32, capacity: usize) -> Self {
+        Self {
+            min_similarity,
+            capacity,
+            inner: RwLock::new(Inner {
+                index: VectorIndex::new(capacity),
+                entries: Vec::new(),
+            }),
+        }
+    }
+
+    /// The similarity a hit needs.
+    pub fn min_similarity(&self) -> f32 {
+        self.min_similarity
+    }
+
+    /// The closest cached prompt asked with the same `params`, if it is
+    /// similar enough.
+    pub fn lookup(&self, embedding: &[f32], params: &str) -> Option<SemanticHit> {
+        let inner = self.inner.read();
+        inner
+            .index
+            .search(embedding, CANDIDATES)
+            .into_iter()
+            .filter(|(_, sim)| *sim >= self.min_similarity)
+            .find_map(|(id, similarity)| {
+                let entry = inner.entries.get(id)?;
+                (entry.params == params).then(|| SemanticHit {
+                    key: entry.key.clone(),
+                    similarity,
+                })
+            })
+    }
+
+    /// Remembers that the answer to `embedding`'s prompt is stored under `key`.
+    pub fn insert(&self, embedding: &[f32], params: String, key: CacheKey) {
+        let mut inner = self.inner.write();
+        if inner.entries.len() >= self.capacity {
+            inner.index = VectorIndex::new(self.capacity);
+            inner.entries.clear();
+        }
+        let id = inner.entries.len();
+        inner.entries.push(Entry { params, key });
+        inner.index.insert(id, embedding);
+    }
+
+    /// Prompts indexed.
+    pub fn len(&self) -> usize {
+        self.inner.read().entries.len()
+    }
+
+    /// Whether nothing is indexed.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(v: &[f32]) -> Vec<f32> {
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[test]
+    fn close_prompts_with_the_same_parameters_hit() {
+        let index = SemanticIndex::new(0.9, 100);
+        index.insert(&unit(&[1.0, 0.0, 0.0]), "p".into(), CacheKey("a".into()));
+        index.insert(&unit(&[0.0, 1.0, 0.0]), "p".into(), CacheKey("b".into()));
+        let hit = index.lookup(&unit(&[1.0, 0.2, 0.0]), "p").unwrap();
+        assert_eq!(hit.key, CacheKey("a".into()));
+        assert!(hit.similarity > 0.9 && hit.similarity < 1.0);
+        assert!(index.lookup(&unit(&[1.0, 0.2, 0.0]), "other params").is_none());
+        assert!(
+            index.lookup(&unit(&[1.0, 1.0, 0.0]), "p").is_none(),
+            "0.71 is below 0.9"
+        );
+    }
+
+    #[test]
+    fn a_full_index_starts_again() {
+        let index = SemanticIndex::new(0.9, 16);
+        for i in 0..16 {
+            index.insert(&unit(&[1.0, i as f32, 0.5]), "p".into(), CacheKey(format!("{i}")));
+        }
+        assert_eq!(index.len(), 16);
+        index.insert(&unit(&[0.0, 0.0, 1.0]), "p".into(), CacheKey("new".into()));
+        assert_eq!(index.len(), 1);
+    }
+}

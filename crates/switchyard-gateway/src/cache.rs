@@ -1,0 +1,383 @@
+//! The response cache's side of a request: the controls a client sends,
+//! the lookup before dispatch (exact, then semantic), serving a hit, and
+//! storing a fresh answer (a stream once it is complete).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures_util::{StreamExt, stream};
+use serde_json::Value;
+use switchyard_api::Extra;
+use switchyard_cache::{CacheKey, CachedAnswer, CachedBody, KeyParts, ResponseCache, SemanticIndex, exact_key};
+use switchyard_policy::Principal;
+use switchyard_providers::{ChunkStream, ProviderError, StreamChunk};
+use switchyard_routing::embed::Embedder;
+
+use crate::cache_config::{CacheSpec, StoreSpec};
+use crate::dispatch::Call;
+use crate::error::ApiError;
+
+/// `x-switchyard-cache: hit | miss` on every answer the cache could serve.
+pub(crate) const CACHE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-cache");
+/// The cosine similarity of a semantic hit.
+const SIMILARITY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-cache-similarity");
+
+/// The gateway's response cache.
+#[derive(Debug)]
+pub struct GatewayCache {
+    store: ResponseCache,
+    ttl: Duration,
+    max_ttl: Duration,
+    per_key: bool,
+    /// Fraction of the original cost charged on a hit.
+    pub hit_cost_ratio: f64,
+    semantic: HashMap<String, SemanticIndex>,
+}
+
+/// What a client asked of the cache for one request: the body's `cache`
+/// object (`no-cache`, `no-store`, `ttl`, `s-maxage`) and `Cache-Control`
+/// (`no-cache`, `no-store`, `max-age`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Controls {
+    /// Do not answer from the cache.
+    pub(crate) no_cache: bool,
+    /// Do not store this answer.
+    pub(crate) no_store: bool,
+    /// Keep this answer for this long.
+    pub(crate) ttl: Option<Duration>,
+    /// Accept only a cached answer younger than this.
+    pub(crate) max_age: Option<Duration>,
+}
+
+fn bad(param: &str, message: &str) -> ApiError {
+    ApiError::InvalidField {
+        param: Some(param.to_owned()),
+        message: message.to_owned(),
+    }
+}
+
+fn seconds(value: &Value, param: &str) -> Result<Duration, ApiError> {
+    value
+        .as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e10)
+        .map(Duration::from_secs_f64)
+        .ok_or_else(|| bad(param, &format!("'{param}' must be a non-negative number of seconds.")))
+}
+
+impl Controls {
+    /// Takes the `cache` field out of a request body and reads `Cache-Control`.
+    pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let mut controls = Controls::default();
+        if let Some(value) = extra.remove("cache") {
+            let Value::Object(map) = value else {
+                return Err(bad("cache", "'cache' must be an object, e.g. {\"no-cache\": true}."));
+            };
+            for (name, v) in &map {
+                let param = format!("cache.{name}");
+                match name.as_str() {
+                    "no-cache" | "no_cache" => {
+                        controls.no_cache = v.as_bool().ok_or_else(|| bad(&param, "must be true or false."))?;
+                    }
+                    "no-store" | "no_store" => {
+                        controls.no_store = v.as_bool().ok_or_else(|| bad(&param, "must be true or false."))?;
+                    }
+                    "ttl" => controls.ttl = Some(seconds(v, &param)?),
+                    "s-maxage" | "s_maxage" => controls.max_age = Some(seconds(v, &param)?),
+                    _ => {
+                        return Err(bad(
+                            &param,
+                            &format!("Unknown cache control `{name}`; known: no-cache, no-store, ttl, s-maxage."),
+                        ));
+                    }
+                }
+            }
+        }
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(text) = value.to_str() else { continue };
+            for directive in text.split(',').map(str::trim) {
+                let (name, arg) = directive.split_once('=').unwrap_or((directive, ""));
+                match name.trim().to_ascii_lowercase().as_str() {
+                    "no-cache" => controls.no_cache = true,
+                    "no-store" => controls.no_store = true,
+                    "max-age" => {
+                        if let Ok(secs) = arg.trim().parse::<u64>() {
+                            controls.max_age = Some(Duration::from_secs(secs));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(controls)
+    }
+}
+
+/// A request the cache could not answer, to store its answer under.
+#[derive(Debug, Clone)]
+pub(crate) struct Pending {
+    key: CacheKey,
+    ttl: Duration,
+    semantic: Option<(String, Arc<[f32]>, String)>,
+    store: bool,
+}
+
+/// The cache's verdict on a request.
+#[derive(Debug)]
+pub(crate) enum Lookup {
+    /// A stored answer; `similarity` for a semantic hit.
+    Hit {
+        answer: Arc<CachedAnswer>,
+        similarity: Option<f32>,
+    },
+    /// Nothing usable stored.
+    Miss(Pending),
+}
+
+/// The endpoint name keys are made under; `None` for requests not cached.
+fn endpoint(call: &Call<'_>) -> Option<&'static str> {
+    match call {
+        Call::Chat(_) => Some("chat"),
+        Call::Completion(_) => Some("completions"),
+        Call::Embeddings(_) => Some("embeddings"),
+        Call::Messages(_) | Call::CountTokens(_) => None,
+    }
+}
+
+fn body_of(call: &Call<'_>) -> Option<Value> {
+    match call {
+        Call::Chat(req) => serde_json::to_value(&**req).ok(),
+        Call::Completion(req) => serde_json::to_value(&**req).ok(),
+        Call::Embeddings(req) => serde_json::to_value(&**req).ok(),
+        Call::Messages(_) | Call::CountTokens(_) => None,
+    }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl GatewayCache {
+    /// Opens the configured store (Redis connects on first use).
+    pub fn new(spec: &CacheSpec) -> Result<Self, switchyard_cache::CacheError> {
+        let store = match &spec.store {
+            StoreSpec::Memory(bytes) => ResponseCache::memory(*bytes),
+            StoreSpec::Redis { url, prefix, timeout } => ResponseCache::redis(switchyard_cache::RedisCacheSettings {
+                url: url.clone(),
+                prefix: prefix.clone(),
+                timeout: *timeout,
+            })?,
+        };
+        Ok(Self {
+            store,
+            ttl: spec.ttl,
+            max_ttl: spec.max_ttl,
+            per_key: spec.per_key,
+            hit_cost_ratio: spec.hit_cost_ratio,
+            semantic: spec
+                .semantic
+                .iter()
+                .map(|(name, (sim, cap))| (name.clone(), SemanticIndex::new(*sim, *cap)))
+                .collect(),
+        })
+    }
+
+    /// Whether any group answers similar prompts (the embedder is needed).
+    pub fn needs_embedder(spec: &CacheSpec) -> bool {
+        !spec.semantic.is_empty()
+    }
+
+    /// The store, for its counters.
+    pub fn store(&self) -> &ResponseCache {
+        &self.store
+    }
+
+    /// Looks `call` to `model` up; `None` when the cache does not apply.
+    pub(crate) async fn lookup(
+        &self,
+        embedder: Option<&Arc<Embedder>>,
+        model: &str,
+        principal: &Principal,
+        call: &Call<'_>,
+        controls: Controls,
+    ) -> Option<Lookup> {
+        let endpoint = endpoint(call)?;
+        if controls.no_cache && controls.no_store {
+            return None;
+        }
+        let body = body_of(call)?;
+        let scope = if self.per_key {
+            principal.view().map(|v| v.key.key_id.clone())
+        } else {
+            None
+        };
+        let key = exact_key(KeyParts {
+            endpoint,
+            model,
+            body: &body,
+            scope: scope.as_deref(),
+        });
+        let semantic_index = self.semantic.get(model).filter(|_| endpoint != "embeddings");
+        let mut pending = Pending {
+            key,
+            ttl: controls.ttl.unwrap_or(self.ttl).min(self.max_ttl),
+            semantic: None,
+            store: !controls.no_store,
+        };
+        let fresh = |answer: &CachedAnswer| {
+            controls
+                .max_age
+                .is_none_or(|age| now_ms() - answer.created_ms <= age.as_millis() as i64)
+        };
+        if !controls.no_cache {
+            if let Some(answer) = self.store.get(&pending.key).await.filter(|a| fresh(a)) {
+                return Some(Lookup::Hit {
+                    answer,
+                    similarity: None,
+                });
+            }
+        }
+        if let (Some(index), Some(embedder), Some(text)) = (semantic_index, embedder, call.query_text()) {
+            let mut params = body.clone();
+            if let Value::Object(map) = &mut params {
+                map.remove("messages");
+                map.remove("prompt");
+            }
+            let params = exact_key(KeyParts {
+                endpoint,
+                model,
+                body: &params,
+                scope: scope.as_deref(),
+            })
+            .0;
+            let embedder = embedder.clone();
+            let embedding = tokio::task::spawn_blocking(move || embedder.embed_one(&text)).await;
+            match embedding {
+                Ok(Ok(embedding)) => {
+                    if !controls.no_cache {
+                        if let Some(hit) = index.lookup(&embedding, &params) {
+                            if let Some(answer) = self.store.peek(&hit.key).await.filter(|a| fresh(a)) {
+                                return Some(Lookup::Hit {
+                                    answer,
+                                    similarity: Some(hit.similarity),
+                                });
+                            }
+                        }
+                    }
+                    pending.semantic = Some((model.to_owned(), embedding, params));
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot embed the prompt for the semantic cache"),
+                Err(e) => tracing::warn!(error = %e, "embedding task failed"),
+            }
+        }
+        Some(Lookup::Miss(pending))
+    }
+
+    /// Stores a fresh answer (unless the client said `no-store`).
+    pub(crate) async fn store_answer(&self, pending: &Pending, mut answer: CachedAnswer) {
+        if !pending.store {
+            return;
+        }
+        answer.ttl_secs = pending.ttl.as_secs().max(1);
+        answer.created_ms = now_ms();
+        self.store.put(&pending.key, answer).await;
+        if let Some((group, embedding, params)) = &pending.semantic {
+            if let Some(index) = self.semantic.get(group) {
+                index.insert(embedding, params.clone(), pending.key.clone());
+            }
+        }
+    }
+}
+
+/// Marks a response as served from the cache or not.
+pub(crate) fn mark(response: &mut Response, hit: bool, similarity: Option<f32>) {
+    let headers = response.headers_mut();
+    headers.insert(CACHE_HEADER, HeaderValue::from_static(if hit { "hit" } else { "miss" }));
+    if let Some(sim) = similarity {
+        if let Ok(v) = HeaderValue::from_str(&format!("{sim:.4}")) {
+            headers.insert(SIMILARITY_HEADER, v);
+        }
+    }
+}
+
+/// A cached answer as a response: the JSON as stored, or the stream's
+/// chunks replayed as server-sent events.
+pub(crate) fn replay(answer: &CachedAnswer, strip_usage: bool) -> Response {
+    match &answer.body {
+        CachedBody::Json(text) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            Bytes::copy_from_slice(text.as_bytes()),
+        )
+            .into_response(),
+        CachedBody::Chunks(chunks) => {
+            let items: Vec<Result<StreamChunk, ProviderError>> = chunks
+                .iter()
+                .map(|data| {
+                    let usage = serde_json::from_str::<Value>(data)
+                        .ok()
+                        .and_then(|v| v.get("usage").filter(|u| !u.is_null()).cloned())
+                        .and_then(|u| serde_json::from_value(u).ok());
+                    Ok(StreamChunk {
+                        data: Bytes::copy_from_slice(data.as_bytes()),
+                        usage,
+                    })
+                })
+                .collect();
+            let chunks: ChunkStream = Box::pin(stream::iter(items));
+            crate::stream::sse_response(chunks, answer.deployment.clone(), strip_usage)
+        }
+    }
+}
+
+/// Follows a stream and hands its chunks to `done` once it ended cleanly.
+pub(crate) fn record_stream(chunks: ChunkStream, done: impl FnOnce(Vec<String>) + Send + 'static) -> ChunkStream {
+    let state = (chunks, Vec::<String>::new(), Some(done));
+    Box::pin(stream::unfold(state, |(mut chunks, mut seen, mut done)| async move {
+        match chunks.next().await {
+            Some(Ok(chunk)) => {
+                if done.is_some() {
+                    seen.push(String::from_utf8_lossy(&chunk.data).into_owned());
+                }
+                Some((Ok(chunk), (chunks, seen, done)))
+            }
+            Some(Err(e)) => Some((Err(e), (chunks, Vec::new(), None))),
+            None => {
+                if let Some(done) = done.take() {
+                    done(std::mem::take(&mut seen));
+                }
+                None
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controls_come_from_the_body_and_cache_control() {
+        let mut extra: Extra =
+            serde_json::from_str(r#"{"cache":{"no-cache":true,"ttl":600},"temperature":0}"#).unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store, max-age=30"));
+        let c = Controls::take(&mut extra, &headers).unwrap();
+        assert!(c.no_cache && c.no_store);
+        assert_eq!(c.ttl, Some(Duration::from_secs(600)));
+        assert_eq!(c.max_age, Some(Duration::from_secs(30)));
+        assert!(!extra.contains_key("cache"));
+        for (body, param) in [
+            (r#"{"cache":true}"#, "cache"),
+            (r#"{"cache":{"ttl":"x"}}"#, "cache.ttl"),
+            (r#"{"cache":{"no-cache":1}}"#, "cache.no-cache"),
+            (r#"{"cache":{"bogus":1}}"#, "cache.bogus"),
+        ] {
+            let mut extra: Extra = serde_json::from_str(body).unwrap();
+            let err = Controls::take(&mut extra, &HeaderMap::new()).unwrap_err();
+            assert_eq!(err.parts().2.as_deref(), Some(param), "{body}");
+        }
+    }
+}

@@ -1,0 +1,257 @@
+//! What the gateway tells about each request: the request id, the trace
+//! span (continuing a client's `traceparent`), Prometheus metrics, the
+//! overhead header, and the request-log record.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::trace::TraceContextExt as _;
+use tracing::Instrument as _;
+use tracing::field::Empty;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use switchyard_policy::{Principal, SpendRecord, TokenUsage, to_usd};
+use switchyard_telemetry::RequestRecord;
+
+use crate::dispatch::{Call, Decision};
+use crate::error::ApiError;
+use crate::routes::SharedState;
+
+const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const OVERHEAD: HeaderName = HeaderName::from_static("x-switchyard-overhead-ms");
+
+/// One request's id and clocks, handed to handlers as an extension.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestContext {
+    /// The id in `x-request-id`, the spend log and the request log.
+    pub(crate) id: String,
+    /// When the gateway received the request.
+    pub(crate) started: Instant,
+    /// Nanoseconds spent waiting on upstreams (and backing off between attempts).
+    pub(crate) upstream_ns: Arc<AtomicU64>,
+}
+
+impl RequestContext {
+    /// Adds upstream time.
+    pub(crate) fn add_upstream(counter: &AtomicU64, spent: Duration) {
+        counter.fetch_add(u64::try_from(spent.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// The route's name in metrics and span names: a fixed set, whatever the path.
+fn route_name(path: &str) -> &'static str {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    match path {
+        "/chat/completions" => "chat",
+        "/completions" => "completions",
+        "/embeddings" => "embeddings",
+        "/messages" => "messages",
+        "/messages/count_tokens" => "count_tokens",
+        "/models" => "models",
+        "/feedback" => "feedback",
+        "/metrics" => "metrics",
+        p if p.starts_with("/health") => "health",
+        p if p.starts_with("/key") || p.starts_with("/team") || p.starts_with("/spend") || p.starts_with("/admin") => {
+            "admin"
+        }
+        _ => "other",
+    }
+}
+
+/// The outermost middleware: gives the request its id and span, counts it,
+/// and adds `x-request-id` and `x-switchyard-overhead-ms` to the answer.
+pub(crate) async fn observe(State(state): State<SharedState>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = state.policy.request_id();
+    let route = route_name(request.uri().path());
+    let method = request.method().as_str().to_owned();
+    let span = tracing::info_span!(
+        target: "switchyard",
+        "request",
+        otel.name = format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        "http.request.method" = %method,
+        "url.path" = %request.uri().path(),
+        "http.response.status_code" = Empty,
+        "switchyard.request_id" = %id,
+    );
+    let parent = switchyard_telemetry::parent_context(request.headers());
+    if parent.has_active_span() {
+        if let Err(e) = span.set_parent(parent) {
+            tracing::debug!(error = %e, "cannot continue the client's trace");
+        }
+    }
+    let ctx = RequestContext {
+        id: id.clone(),
+        started,
+        upstream_ns: Arc::default(),
+    };
+    let upstream = ctx.upstream_ns.clone();
+    request.extensions_mut().insert(ctx);
+    let in_flight = (!matches!(route, "health" | "metrics")).then(|| state.metrics.in_flight());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    drop(in_flight);
+    let elapsed = started.elapsed();
+    let overhead = elapsed.saturating_sub(Duration::from_nanos(upstream.load(Ordering::Relaxed)));
+    let status = response.status().as_u16();
+    span.record("http.response.status_code", i64::from(status));
+    if status >= 500 {
+        span.record("otel.status_code", "error");
+    }
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    if !matches!(route, "health" | "metrics") {
+        let model = header("x-switchyard-model");
+        let deployment = header("x-switchyard-deployment");
+        state
+            .metrics
+            .request(route, &model, &deployment, status, elapsed.as_secs_f64());
+        if !deployment.is_empty() {
+            state.metrics.overhead(overhead.as_secs_f64());
+        }
+    }
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
+        headers.insert(OVERHEAD, v);
+    }
+    response
+}
+
+/// A request-log record being filled in as the request goes.
+#[derive(Debug)]
+pub(crate) struct Trail {
+    state: SharedState,
+    record: RequestRecord,
+    started: Instant,
+    finished: bool,
+}
+
+impl Trail {
+    /// Starts a record, when the request log is on.
+    pub(crate) fn start(
+        state: &SharedState,
+        ctx: &RequestContext,
+        principal: &Principal,
+        model: &str,
+        call: &Call<'_>,
+    ) -> Option<Self> {
+        let log = state.request_log.as_ref()?;
+        let (endpoint, stream) = match call {
+            Call::Chat(r) => ("chat", r.is_stream()),
+            Call::Completion(r) => ("completions", r.is_stream()),
+            Call::Embeddings(_) => ("embeddings", false),
+            Call::Messages(r) => ("messages", r.is_stream()),
+            Call::CountTokens(_) => ("count_tokens", false),
+        };
+        Some(Self {
+            state: state.clone(),
+            record: RequestRecord {
+                request_id: ctx.id.clone(),
+                endpoint: endpoint.into(),
+                key_alias: principal.view().and_then(|v| v.key.key_alias.clone()),
+                model: model.to_owned(),
+                stream,
+                prompt: if log.include_prompt() { call.query_text() } else { None },
+                ..RequestRecord::default()
+            },
+            started: ctx.started,
+            finished: false,
+        })
+    }
+
+    /// Notes who answered.
+    pub(crate) fn routed(&mut self, decision: &Decision<'_>) {
+        let r = &mut self.record;
+        r.served_model = Some(decision.group.to_owned());
+        r.deployment = Some(decision.deployment.name.clone());
+        r.strategy = Some(decision.strategy.to_owned());
+        r.attempts = decision.attempts;
+        if let Some(p) = &decision.prediction {
+            r.router = Some(p.router.clone());
+            r.predicted = Some(p.scores.iter().cloned().collect());
+        }
+    }
+
+    /// Notes a cache hit (served by `deployment` when it was stored) or miss.
+    pub(crate) fn cache(&mut self, hit: bool, deployment: Option<&str>) {
+        self.record.cache = Some(if hit { "hit" } else { "miss" }.into());
+        if let Some(d) = deployment {
+            self.record.deployment = Some(d.to_owned());
+        }
+    }
+
+    /// Notes the usage and what was charged.
+    pub(crate) fn charged(&mut self, usage: Option<TokenUsage>, record: Option<&SpendRecord>) {
+        if let Some(u) = usage {
+            self.record.prompt_tokens = u.prompt;
+            self.record.completion_tokens = u.completion;
+        }
+        if let Some(r) = record {
+            self.record.cost_usd = to_usd(r.cost_nanos);
+        }
+    }
+
+    /// Notes usage and cost known without a spend record (a stream's end).
+    pub(crate) fn charged_raw(&mut self, usage: Option<TokenUsage>, cost_nanos: i64) {
+        self.charged(usage, None);
+        self.record.cost_usd = to_usd(cost_nanos);
+    }
+
+    /// Notes that the response head is being sent now.
+    pub(crate) fn first_byte(&mut self) {
+        self.record.ttfb_ms = Some(self.started.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    /// Appends the record with the answer's status.
+    pub(crate) fn finish(mut self, status: u16, error: Option<&ApiError>) {
+        self.emit(status, error.map(error_class));
+    }
+
+    /// Appends the record with a status and a failure class.
+    pub(crate) fn finish_with(mut self, status: u16, class: Option<String>) {
+        self.emit(status, class);
+    }
+
+    fn emit(&mut self, status: u16, class: Option<String>) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let latency = self.started.elapsed().as_secs_f64() * 1000.0;
+        let mut record = std::mem::take(&mut self.record);
+        record.latency_ms = latency;
+        record.ttfb_ms.get_or_insert(latency);
+        record.status = status;
+        record.error_class = class;
+        if let Some(log) = &self.state.request_log {
+            log.record(record);
+        }
+    }
+}
+
+impl Drop for Trail {
+    /// A record never finished is a request the client abandoned.
+    fn drop(&mut self) {
+        self.emit(499, Some("client_closed".into()));
+    }
+}
+
+/// The request log's class of an error: its code, else its type.
+pub(crate) fn error_class(error: &ApiError) -> String {
+    let (_, kind, _, code) = error.parts();
+    code.unwrap_or_else(|| kind.to_owned())
+}

@@ -1,0 +1,228 @@
+//! `telemetry:` — logs, span export, metrics and the request log.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use switchyard_telemetry::{LogFormat, LogSink, OtlpProtocol, OtlpSettings, RequestLogSettings, TracingSettings};
+
+use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
+
+/// `telemetry:` as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// `json` (one object per line) or `text`.
+    pub log_format: LogFormat,
+    /// Log filter, `RUST_LOG` syntax (`RUST_LOG` wins when set).
+    pub log_level: String,
+    /// Log prompts and completions. Off by default: logs never hold them.
+    pub log_payloads: bool,
+    /// Serve Prometheus metrics at `/metrics`.
+    pub metrics: bool,
+    /// Export spans over OTLP. Without this section, spans are exported when
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set.
+    pub otlp: Option<OtlpConfig>,
+    /// One record per finished request, for analysis and router training.
+    pub request_log: Option<RequestLogConfig>,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            log_format: LogFormat::Json,
+            log_level: "info".into(),
+            log_payloads: false,
+            metrics: true,
+            otlp: None,
+            request_log: None,
+        }
+    }
+}
+
+/// `telemetry.otlp:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    /// Collector URL: `http://host:4318` for HTTP (`/v1/traces` is added),
+    /// `http://host:4317` for gRPC. Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    pub endpoint: Option<String>,
+    /// `http/protobuf` or `grpc` (unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`).
+    pub protocol: Option<OtlpProtocol>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Longest wait for one export, milliseconds.
+    pub timeout_ms: u64,
+    /// Delay between batch exports, milliseconds.
+    pub batch_delay_ms: u64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: None,
+            protocol: None,
+            service_name: "switchyard".into(),
+            timeout_ms: 10_000,
+            batch_delay_ms: 1_000,
+        }
+    }
+}
+
+/// `telemetry.request_log:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RequestLogConfig {
+    /// JSONL file (rotated to `.1`, `.2`…). Ignored with `redis`.
+    pub path: PathBuf,
+    /// Size that rotates the file, bytes.
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    pub keep: usize,
+    /// Write to a Redis stream instead of a file.
+    pub redis: Option<RequestLogRedis>,
+    /// Records carry the prompt text.
+    pub include_prompt: bool,
+    /// Records queued in memory before new ones are dropped (and counted).
+    pub queue: usize,
+}
+
+impl Default for RequestLogConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("./switchyard-data/requests.jsonl"),
+            max_bytes: 100 * 1024 * 1024,
+            keep: 5,
+            redis: None,
+            include_prompt: false,
+            queue: 65_536,
+        }
+    }
+}
+
+/// `telemetry.request_log.redis:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestLogRedis {
+    /// `redis://host:port/db`, or `os.environ/NAME`.
+    pub url: String,
+    /// Stream key.
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Approximate entries kept.
+    #[serde(default = "default_max_len")]
+    pub max_len: u64,
+}
+
+fn default_stream() -> String {
+    "switchyard:requests".into()
+}
+
+fn default_max_len() -> u64 {
+    1_000_000
+}
+
+/// The validated telemetry settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TelemetrySpec {
+    /// Logs and spans.
+    pub tracing: TracingSettings,
+    /// The request log.
+    pub request_log: Option<RequestLogSettings>,
+    /// Log prompts and completions.
+    pub log_payloads: bool,
+    /// Serve `/metrics`.
+    pub metrics: bool,
+}
+
+impl TelemetryConfig {
+    /// Validates the section; `env` supplies `OTEL_EXPORTER_OTLP_*`.
+    pub fn validate(&self, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> TelemetrySpec {
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
+            issues.push(issue("telemetry.log_level", e.to_string()));
+        }
+        let from_env = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+            .iter()
+            .any(|n| env.get(n).is_some_and(|v| !v.trim().is_empty()));
+        let otlp = match (&self.otlp, from_env) {
+            (None, false) => None,
+            (section, _) => {
+                let c = section.clone().unwrap_or_default();
+                if let Some(endpoint) = &c.endpoint {
+                    match reqwest::Url::parse(endpoint) {
+                        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+                        _ => issues.push(issue("telemetry.otlp.endpoint", "must be an http:// or https:// URL")),
+                    }
+                }
+                if c.timeout_ms == 0 {
+                    issues.push(issue("telemetry.otlp.timeout_ms", "must be greater than 0"));
+                }
+                if c.batch_delay_ms == 0 {
+                    issues.push(issue("telemetry.otlp.batch_delay_ms", "must be greater than 0"));
+                }
+                let env_protocol = env
+                    .get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+                    .or_else(|| env.get("OTEL_EXPORTER_OTLP_PROTOCOL"));
+                let protocol = c.protocol.unwrap_or(match env_protocol.as_deref() {
+                    Some("grpc") => OtlpProtocol::Grpc,
+                    _ => OtlpProtocol::HttpProtobuf,
+                });
+                Some(OtlpSettings {
+                    endpoint: c.endpoint,
+                    protocol,
+                    service_name: c.service_name,
+                    timeout: Duration::from_millis(c.timeout_ms),
+                    batch_delay: Duration::from_millis(c.batch_delay_ms),
+                })
+            }
+        };
+        let request_log = self.request_log.as_ref().map(|r| {
+            if r.queue == 0 {
+                issues.push(issue("telemetry.request_log.queue", "must be greater than 0"));
+            }
+            let sink = match &r.redis {
+                Some(redis) => {
+                    let url = resolve_secret(&redis.url, "telemetry.request_log.redis.url", env, issues)
+                        .map(|s| s.expose().to_owned())
+                        .unwrap_or_default();
+                    if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+                        issues.push(issue(
+                            "telemetry.request_log.redis.url",
+                            "must start with redis:// or rediss://",
+                        ));
+                    }
+                    LogSink::Redis {
+                        url,
+                        stream: redis.stream.clone(),
+                        max_len: redis.max_len,
+                    }
+                }
+                None => {
+                    if r.max_bytes < 4096 {
+                        issues.push(issue("telemetry.request_log.max_bytes", "must be at least 4096"));
+                    }
+                    LogSink::File {
+                        path: r.path.clone(),
+                        max_bytes: r.max_bytes,
+                        keep: r.keep,
+                    }
+                }
+            };
+            RequestLogSettings {
+                sink,
+                include_prompt: r.include_prompt,
+                queue: r.queue,
+            }
+        });
+        TelemetrySpec {
+            tracing: TracingSettings {
+                format: self.log_format,
+                filter: self.log_level.clone(),
+                otlp,
+            },
+            request_log,
+            log_payloads: self.log_payloads,
+            metrics: self.metrics,
+        }
+    }
+}

@@ -1,0 +1,405 @@
+//! The response cache through the real `switchyard` binary in front of the
+//! OpenAI mock upstream: exact hits for JSON and streams, per-request
+//! controls, spend of cached answers, keys kept apart, a Redis cache shared
+//! by two gateways that degrades to misses when Redis goes away, and the
+//! semantic cache with the real all-MiniLM-L6-v2 embedder.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MockUpstream, RedisServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-master-key-for-cache-tests";
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|_| panic!("not JSON: {}", self.text))
+    }
+
+    /// The `data:` payloads of an SSE body, `[DONE]` included.
+    fn events(&self) -> Vec<String> {
+        self.text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+fn gateway(mock: &MockUpstream, cache: &str) -> GatewayProcess {
+    let yaml = format!(
+        r#"
+policy:
+  master_key: {MASTER}
+cache:
+{cache}
+model_list:
+  - model_name: gpt
+    deployments:
+      - provider: openai
+        api_base: "{base}"
+        api_key: sk-upstream
+        model: gpt-upstream
+        input_cost_per_token: 0.000001
+        output_cost_per_token: 0.000002
+"#,
+        base = mock.base_url()
+    );
+    GatewayProcess::start(BIN.as_ref(), &yaml)
+}
+
+async fn post(gw: &GatewayProcess, key: &str, body: Value, headers: &[(&str, &str)]) -> Answer {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(key)
+        .json(&body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    Answer { status, headers, text }
+}
+
+fn ask(prompt: &str) -> Value {
+    json!({"model": "gpt", "messages": [{"role": "user", "content": prompt}]})
+}
+
+fn with(mut body: Value, extra: Value) -> Value {
+    body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+    body
+}
+
+fn upstream_calls(mock: &MockUpstream) -> usize {
+    mock.requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(&mock, "  enabled: true\n  backend: memory\n  ttl_seconds: 600");
+
+    let first = post(
+        &gw,
+        MASTER,
+        with(ask("hello cache"), json!({"temperature": 0.3, "user": "a"})),
+        &[],
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.header("x-switchyard-cache"), "miss");
+    assert_eq!(upstream_calls(&mock), 1);
+    // Field order and `user` do not change the answer, so they share the entry.
+    let body = json!({"user": "b", "temperature": 0.3, "messages": [{"content": "hello cache", "role": "user"}], "model": "gpt"});
+    let second = post(&gw, MASTER, body, &[]).await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    assert_eq!(second.header("x-switchyard-cache"), "hit");
+    assert_eq!(second.json(), first.json(), "the same answer, id included");
+    assert_eq!(
+        second.header("x-switchyard-deployment"),
+        first.header("x-switchyard-deployment")
+    );
+    let cost = |a: &Answer| a.header("x-switchyard-response-cost").parse::<f64>().unwrap();
+    assert_eq!(cost(&second), 0.0, "hits are free by default");
+    assert!(cost(&first) > 0.0);
+    assert_eq!(upstream_calls(&mock), 1, "the hit never reached the upstream");
+
+    // A sampling parameter changes the key.
+    let other = post(&gw, MASTER, with(ask("hello cache"), json!({"temperature": 0.9})), &[]).await;
+    assert_eq!(other.header("x-switchyard-cache"), "miss");
+    assert_eq!(upstream_calls(&mock), 2);
+
+    // no-cache asks the upstream again (and stores the fresh answer).
+    let fresh = post(
+        &gw,
+        MASTER,
+        with(
+            ask("hello cache"),
+            json!({"temperature": 0.3, "cache": {"no-cache": true}}),
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(fresh.header("x-switchyard-cache"), "miss");
+    assert_ne!(fresh.json()["id"], first.json()["id"]);
+    assert_eq!(upstream_calls(&mock), 3);
+    let again = post(&gw, MASTER, with(ask("hello cache"), json!({"temperature": 0.3})), &[]).await;
+    assert_eq!(again.header("x-switchyard-cache"), "hit");
+    assert_eq!(again.json()["id"], fresh.json()["id"], "no-cache replaced the entry");
+    // Cache-Control: no-cache does the same.
+    let header = post(
+        &gw,
+        MASTER,
+        with(ask("hello cache"), json!({"temperature": 0.3})),
+        &[("cache-control", "no-cache")],
+    )
+    .await;
+    assert_eq!(header.header("x-switchyard-cache"), "miss");
+    assert_eq!(upstream_calls(&mock), 4);
+
+    // no-store: answered, never kept.
+    for _ in 0..2 {
+        let a = post(
+            &gw,
+            MASTER,
+            with(ask("do not keep"), json!({"cache": {"no-store": true}})),
+            &[],
+        )
+        .await;
+        assert_eq!(a.status, 200);
+        assert_eq!(a.header("x-switchyard-cache"), "miss");
+    }
+    assert_eq!(
+        post(&gw, MASTER, ask("do not keep"), &[])
+            .await
+            .header("x-switchyard-cache"),
+        "miss"
+    );
+    assert_eq!(upstream_calls(&mock), 7);
+
+    // A per-request ttl: gone once it passed.
+    let short = with(ask("short lived"), json!({"cache": {"ttl": 1}}));
+    assert_eq!(
+        post(&gw, MASTER, short.clone(), &[]).await.header("x-switchyard-cache"),
+        "miss"
+    );
+    assert_eq!(
+        post(&gw, MASTER, short.clone(), &[]).await.header("x-switchyard-cache"),
+        "hit"
+    );
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    assert_eq!(post(&gw, MASTER, short, &[]).await.header("x-switchyard-cache"), "miss");
+
+    // Bad controls are the client's error, named by field.
+    let bad = post(&gw, MASTER, with(ask("x"), json!({"cache": {"ttl": "soon"}})), &[]).await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"]["param"], "cache.ttl");
+
+    // Spend: hits are recorded apart, at no cost.
+    let logs = reqwest::Client::new()
+        .get(format!("{}/spend/logs?cache_hit=true", gw.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let hits = logs.as_array().unwrap();
+    assert_eq!(hits.len(), 3, "{logs}");
+    assert!(
+        hits.iter().all(|r| r["cache_hit"] == true && r["cost_nanos"] == 0),
+        "{logs}"
+    );
+    let paid = reqwest::Client::new()
+        .get(format!("{}/spend/logs?cache_hit=false", gw.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(paid.as_array().unwrap().len(), 9, "{paid}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_is_replayed_with_the_same_chunks_and_keys_can_be_kept_apart() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(&mock, "  enabled: true\n  per_key: true\n  hit_cost_ratio: 0.5");
+    let stream = with(ask("tell me a story"), json!({"stream": true}));
+    let first = post(&gw, MASTER, stream.clone(), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.header("x-switchyard-cache"), "miss");
+    let events = first.events();
+    assert!(events.len() > 3, "{}", first.text);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(
+        !first.text.contains("\"usage\":{"),
+        "the client did not ask for usage: {}",
+        first.text
+    );
+    // The entry is written once the stream has ended.
+    let mut second = post(&gw, MASTER, stream.clone(), &[]).await;
+    for _ in 0..50 {
+        if second.header("x-switchyard-cache") == "hit" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        second = post(&gw, MASTER, stream.clone(), &[]).await;
+    }
+    assert_eq!(second.header("x-switchyard-cache"), "hit");
+    assert_eq!(second.header("content-type"), "text/event-stream");
+    assert_eq!(second.events(), events, "the same chunks in the same order");
+    // With include_usage the client gets the usage chunk the gateway kept.
+    let with_usage = with(stream.clone(), json!({"stream_options": {"include_usage": true}}));
+    let third = post(&gw, MASTER, with_usage, &[]).await;
+    assert_eq!(third.header("x-switchyard-cache"), "hit");
+    assert!(third.text.contains("\"usage\":{"), "{}", third.text);
+    // Charged half the original cost.
+    let cost = |a: &Answer| a.header("x-switchyard-response-cost").parse::<f64>().unwrap();
+    let json_first = post(&gw, MASTER, ask("priced"), &[]).await;
+    let json_hit = post(&gw, MASTER, ask("priced"), &[]).await;
+    assert_eq!(json_hit.header("x-switchyard-cache"), "hit");
+    assert!(
+        (cost(&json_hit) * 2.0 - cost(&json_first)).abs() < 1e-6,
+        "{} vs {}",
+        cost(&json_hit),
+        cost(&json_first)
+    );
+
+    // per_key: another key's identical request is not served this key's answer.
+    let made: Value = reqwest::Client::new()
+        .post(format!("{}/key/generate", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"key_alias": "other"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let other_key = made["key"].as_str().unwrap();
+    let other = post(&gw, other_key, ask("priced"), &[]).await;
+    assert_eq!(other.status, 200, "{}", other.text);
+    assert_eq!(other.header("x-switchyard-cache"), "miss");
+    assert_eq!(
+        post(&gw, other_key, ask("priced"), &[])
+            .await
+            .header("x-switchyard-cache"),
+        "hit"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cache_is_shared_by_replicas_and_an_outage_is_only_a_miss() {
+    let mut redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let cache = format!(
+        "  enabled: true\n  backend: redis\n  redis:\n    url: {}\n    timeout_ms: 300",
+        redis.url()
+    );
+    let a = gateway(&mock, &cache);
+    let b = gateway(&mock, &cache);
+    let first = post(&a, MASTER, ask("shared answer"), &[]).await;
+    assert_eq!(first.header("x-switchyard-cache"), "miss");
+    let second = post(&b, MASTER, ask("shared answer"), &[]).await;
+    assert_eq!(second.header("x-switchyard-cache"), "hit", "{}", second.text);
+    assert_eq!(second.json(), first.json());
+    assert_eq!(upstream_calls(&mock), 1);
+
+    redis.stop();
+    for gw in [&a, &b] {
+        let down = post(gw, MASTER, ask("shared answer"), &[]).await;
+        assert_eq!(down.status, 200, "Redis down is a miss, not an error: {}", down.text);
+        assert_eq!(down.header("x-switchyard-cache"), "miss");
+    }
+    assert_eq!(upstream_calls(&mock), 3);
+    redis.restart();
+    let mut back = post(&a, MASTER, ask("after restart"), &[]).await;
+    for _ in 0..40 {
+        if back.header("x-switchyard-cache") == "miss"
+            && post(&b, MASTER, ask("after restart"), &[])
+                .await
+                .header("x-switchyard-cache")
+                == "hit"
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        back = post(&a, MASTER, ask("after restart"), &[]).await;
+    }
+    assert_eq!(
+        post(&b, MASTER, ask("after restart"), &[])
+            .await
+            .header("x-switchyard-cache"),
+        "hit"
+    );
+}
+
+fn model_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+    assert!(
+        dir.join("model.safetensors").exists(),
+        "the embedding model is missing from {}: run `cargo xtask models fetch`",
+        dir.display()
+    );
+    dir.canonicalize().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paraphrase_hits_the_semantic_cache_and_an_unrelated_prompt_misses() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        r#"
+embedder:
+  model_dir: "{dir}"
+cache:
+  enabled: true
+  semantic:
+    gpt:
+      min_similarity: 0.85
+model_list:
+  - model_name: gpt
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: k, model: gpt-upstream}}
+  - model_name: exact-only
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: k, model: other-upstream}}
+"#,
+        dir = model_dir().display(),
+        base = mock.base_url()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let first = post(&gw, "", ask("What is the capital city of France?"), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.header("x-switchyard-cache"), "miss");
+    let paraphrase = post(&gw, "", ask("What's the capital of France?"), &[]).await;
+    assert_eq!(paraphrase.header("x-switchyard-cache"), "hit", "{}", paraphrase.text);
+    let similarity: f64 = paraphrase.header("x-switchyard-cache-similarity").parse().unwrap();
+    assert!((0.85..1.0).contains(&similarity), "{similarity}");
+    assert_eq!(paraphrase.json(), first.json());
+    let unrelated = post(&gw, "", ask("Write a haiku about autumn leaves."), &[]).await;
+    assert_eq!(unrelated.header("x-switchyard-cache"), "miss");
+    assert!(unrelated.header("x-switchyard-cache-similarity").is_empty());
+    // Other parameters, or a group without a semantic cache: no semantic hit.
+    let hotter = post(
+        &gw,
+        "",
+        with(ask("What's the capital of France?"), json!({"temperature": 1.5})),
+        &[],
+    )
+    .await;
+    assert_eq!(hotter.header("x-switchyard-cache"), "miss");
+    let exact_only = json!({"model": "exact-only", "messages": [{"role": "user", "content": "What is the capital city of France?"}]});
+    assert_eq!(
+        post(&gw, "", exact_only, &[]).await.header("x-switchyard-cache"),
+        "miss"
+    );
+    let exact_only =
+        json!({"model": "exact-only", "messages": [{"role": "user", "content": "What's the capital of France?"}]});
+    assert_eq!(
+        post(&gw, "", exact_only, &[]).await.header("x-switchyard-cache"),
+        "miss"
+    );
+    assert_eq!(upstream_calls(&mock), 5);
+}

@@ -1,0 +1,472 @@
+//! Observability through the real `switchyard` binary: spans exported over
+//! OTLP/HTTP to a receiver (names, GenAI attributes, parent links, the
+//! client's `traceparent`), Prometheus metrics, the request log with
+//! feedback, the overhead header, and logs that hold no secret.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MockUpstream, OtlpReceiver, ReceivedSpan};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-master-observability-0001";
+const UPSTREAM_KEY: &str = "sk-upstream-secret-0002";
+const PROMPT: &str = "the confidential prompt zebra-quartz-42";
+
+struct Answer {
+    status: u16,
+    headers: HeaderMap,
+    text: String,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map_or("", |v| v.to_str().unwrap())
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|_| panic!("not JSON: {}", self.text))
+    }
+}
+
+async fn post(gw: &GatewayProcess, path: &str, key: &str, body: Value, headers: &[(&str, &str)]) -> Answer {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}{path}", gw.base_url()))
+        .bearer_auth(key)
+        .json(&body);
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    Answer { status, headers, text }
+}
+
+fn models(mock: &MockUpstream) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: gpt
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: "{UPSTREAM_KEY}", model: gpt-upstream, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}}
+  - model_name: flaky
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: "{UPSTREAM_KEY}", model: "flaky-upstream::fail_first=1,status=500"}}
+  - model_name: down
+    fallbacks: [gpt]
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: "{UPSTREAM_KEY}", model: "down-upstream::status=503"}}
+"#,
+        base = mock.base_url()
+    )
+}
+
+fn chat(model: &str, prompt: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": prompt}]})
+}
+
+fn one<'a>(spans: &'a [ReceivedSpan], what: &str, pick: impl Fn(&ReceivedSpan) -> bool) -> &'a ReceivedSpan {
+    let found: Vec<_> = spans.iter().filter(|s| pick(s)).collect();
+    assert_eq!(found.len(), 1, "{what}: {found:#?}\nall: {spans:#?}");
+    found[0]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_follow_the_request_with_genai_attributes_under_the_clients_trace() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        r#"
+router_settings:
+  num_retries: 2
+  retry_backoff_ms: 1
+cache:
+  enabled: true
+telemetry:
+  otlp:
+    endpoint: "{endpoint}"
+    service_name: switchyard-under-test
+    batch_delay_ms: 100
+{models}"#,
+        endpoint = receiver.endpoint(),
+        models = models(&mock)
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent_id = "00f067aa0ba902b7";
+    let traceparent = format!("00-{trace_id}-{parent_id}-01");
+    let a = post(
+        &gw,
+        "/v1/chat/completions",
+        "",
+        chat("gpt", "hello spans"),
+        &[("traceparent", &traceparent)],
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let b = post(&gw, "/v1/chat/completions", "", chat("flaky", "hello retries"), &[]).await;
+    assert_eq!(b.status, 200, "{}", b.text);
+
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), |spans| {
+            spans
+                .iter()
+                .filter(|s| s.name.starts_with("chat ") && s.kind == 3)
+                .count()
+                >= 3
+                && spans.iter().filter(|s| s.name == "POST chat").count() >= 2
+        })
+        .await;
+    let ours: Vec<ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
+    let server = one(&ours, "server span", |s| s.name == "POST chat");
+    assert_eq!(
+        server.parent_span_id, parent_id,
+        "the client's traceparent is the parent"
+    );
+    assert_eq!(server.kind, 2, "server kind");
+    assert_eq!(server.service, "switchyard-under-test");
+    assert_eq!(server.attr("http.response.status_code"), Some("200"));
+    assert_eq!(server.attr("http.request.method"), Some("POST"));
+    assert_eq!(server.attr("switchyard.request_id"), Some(a.header("x-request-id")));
+
+    let genai = one(&ours, "gen_ai span", |s| s.name == "chat gpt");
+    assert_eq!(genai.parent_span_id, server.span_id);
+    assert_eq!(genai.attr("gen_ai.operation.name"), Some("chat"));
+    assert_eq!(genai.attr("gen_ai.request.model"), Some("gpt"));
+    assert_eq!(genai.attr("gen_ai.response.model"), Some("gpt-upstream"));
+    let input: i64 = genai.attr("gen_ai.usage.input_tokens").unwrap().parse().unwrap();
+    let output: i64 = genai.attr("gen_ai.usage.output_tokens").unwrap().parse().unwrap();
+    assert!(input > 0 && output > 0, "{genai:?}");
+    assert_eq!(genai.attr("switchyard.cache"), Some("miss"));
+
+    let lookup = one(&ours, "cache span", |s| s.name == "switchyard.cache.lookup");
+    assert_eq!(lookup.parent_span_id, genai.span_id);
+    assert_eq!(lookup.attr("switchyard.cache.result"), Some("miss"));
+    let route = one(&ours, "route span", |s| s.name == "switchyard.route");
+    assert_eq!(route.parent_span_id, genai.span_id);
+    assert_eq!(route.attr("switchyard.routing.strategy"), Some("simple-shuffle"));
+    assert_eq!(route.attr("switchyard.deployment"), Some("gpt/0"));
+    let upstream = one(&ours, "upstream span", |s| s.name == "chat gpt-upstream");
+    assert_eq!(upstream.parent_span_id, genai.span_id);
+    assert_eq!(upstream.kind, 3, "client kind");
+    assert_eq!(upstream.attr("gen_ai.system"), Some("openai"));
+    assert_eq!(upstream.attr("gen_ai.request.model"), Some("gpt-upstream"));
+
+    // The retried request: a trace of its own, two attempts, the first failed.
+    let flaky_genai = spans.iter().find(|s| s.name == "chat flaky").expect("flaky span");
+    assert_ne!(flaky_genai.trace_id, trace_id, "no traceparent: a new trace");
+    let mut attempts: Vec<&ReceivedSpan> = spans
+        .iter()
+        .filter(|s| s.parent_span_id == flaky_genai.span_id && s.kind == 3)
+        .collect();
+    attempts.sort_by_key(|s| s.attr("switchyard.attempt").map(str::to_owned));
+    assert_eq!(attempts.len(), 2, "{attempts:#?}");
+    assert_eq!(attempts[0].attr("error.type"), Some("server_error"));
+    assert_eq!(attempts[0].status, 2, "error status");
+    assert_eq!(attempts[1].attr("error.type"), None);
+    for s in &spans {
+        for v in s.attributes.values() {
+            assert!(!v.contains(UPSTREAM_KEY) && !v.contains("hello spans"), "{s:?}");
+        }
+    }
+}
+
+async fn metrics(gw: &GatewayProcess) -> String {
+    reqwest::get(format!("{}/metrics", gw.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of the sample whose line starts with `prefix`.
+fn sample(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .unwrap_or_else(|| panic!("no sample `{prefix}` in:\n{text}"))
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusals() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "policy:\n  master_key: {MASTER}\nrouter_settings:\n  num_retries: 3\n  retry_backoff_ms: 1\ncache:\n  enabled: true\n{}",
+        models(&mock)
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    for _ in 0..2 {
+        assert_eq!(
+            post(&gw, "/v1/chat/completions", MASTER, chat("gpt", "count me"), &[])
+                .await
+                .status,
+            200
+        );
+    }
+    let stream = json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "stream me"}]});
+    assert_eq!(post(&gw, "/v1/chat/completions", MASTER, stream, &[]).await.status, 200);
+    let retried = post(&gw, "/v1/chat/completions", MASTER, chat("flaky", "retry me"), &[]).await;
+    assert_eq!(retried.status, 200, "{}", retried.text);
+    let fell_back = post(&gw, "/v1/chat/completions", MASTER, chat("down", "fall back"), &[]).await;
+    assert_eq!(fell_back.status, 200, "{}", fell_back.text);
+    let key = post(&gw, "/key/generate", MASTER, json!({"rpm_limit": 1}), &[])
+        .await
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &key, chat("gpt", "one"), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        post(&gw, "/v1/chat/completions", &key, chat("gpt", "two"), &[])
+            .await
+            .status,
+        429
+    );
+
+    let text = metrics(&gw).await;
+    assert!(text.contains("# TYPE switchyard_requests_total counter"), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_requests_total{route="chat",model="gpt",deployment="gpt/0",status="200"}"#
+        ),
+        5.0,
+        "two JSON (one a cache hit), one stream, one for the key, one fallback answered by gpt"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_requests_total{route="chat",model="",deployment="",status="429"}"#
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(&text, r#"switchyard_rate_limited_total{reason="rate_limit"}"#),
+        1.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"switchyard_request_duration_seconds_count{route="chat",model="gpt"}"#
+        ) >= 5.0
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_time_to_first_token_seconds_count{model="gpt",deployment="gpt/0"}"#
+        ),
+        1.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"switchyard_tokens_total{model="gpt",deployment="gpt/0",direction="input"}"#
+        ) > 0.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"switchyard_tokens_total{model="gpt",deployment="gpt/0",direction="output"}"#
+        ) > 0.0
+    );
+    assert!(sample(&text, r#"switchyard_cost_microusd_total{model="gpt",cache="miss"}"#) > 0.0);
+    assert_eq!(
+        sample(&text, r#"switchyard_cache_lookups_total{model="gpt",result="hit"}"#),
+        1.0
+    );
+    assert!(sample(&text, r#"switchyard_cache_lookups_total{model="gpt",result="miss"}"#) >= 3.0);
+    assert!(
+        sample(
+            &text,
+            r#"switchyard_routing_decisions_total{strategy="simple-shuffle",model="gpt",deployment="gpt/0"}"#
+        ) >= 4.0
+    );
+    assert_eq!(sample(&text, r#"switchyard_retries_total{model="flaky"}"#), 1.0);
+    assert_eq!(
+        sample(&text, r#"switchyard_fallbacks_total{from="down",to="gpt"}"#),
+        1.0
+    );
+    assert!(
+        sample(
+            &text,
+            r#"switchyard_upstream_attempts_total{deployment="flaky/0",outcome="server_error"}"#
+        ) >= 1.0
+    );
+    assert!(sample(&text, r#"switchyard_cooldowns_total{deployment="down/0"}"#) >= 1.0);
+    assert_eq!(sample(&text, "switchyard_in_flight_requests"), 0.0);
+    assert!(sample(&text, "switchyard_overhead_seconds_count") >= 5.0);
+}
+
+fn read_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn wait_for_lines(path: &Path, n: usize) -> Vec<Value> {
+    for _ in 0..200 {
+        let lines = read_lines(path);
+        if lines.len() >= n {
+            return lines;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    read_lines(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_reaches_the_logs() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("requests.jsonl");
+    let yaml = format!(
+        "policy:\n  master_key: {MASTER}\ntelemetry:\n  request_log:\n    path: {}\n{}",
+        log_path.display(),
+        models(&mock)
+    );
+    let gw = GatewayProcess::start_with(BIN.as_ref(), &yaml, &[], &[("RUST_LOG", "debug")]);
+    let key = post(&gw, "/key/generate", MASTER, json!({"key_alias": "team-a-app"}), &[])
+        .await
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let json_answer = post(&gw, "/v1/chat/completions", &key, chat("gpt", PROMPT), &[]).await;
+    assert_eq!(json_answer.status, 200, "{}", json_answer.text);
+    let stream = json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": PROMPT}]});
+    let streamed = post(&gw, "/v1/chat/completions", &key, stream, &[]).await;
+    assert_eq!(streamed.status, 200);
+    let missing = post(&gw, "/v1/chat/completions", &key, chat("no-such-model", PROMPT), &[]).await;
+    assert_eq!(missing.status, 404);
+    for a in [&json_answer, &streamed, &missing] {
+        assert!(a.header("x-request-id").starts_with("req-"), "every answer has an id");
+        let overhead: f64 = a.header("x-switchyard-overhead-ms").parse().unwrap();
+        assert!(overhead >= 0.0);
+    }
+
+    let records = wait_for_lines(&log_path, 3).await;
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let by_id = |id: &str| {
+        records
+            .iter()
+            .find(|r| r["request_id"] == id)
+            .unwrap_or_else(|| panic!("{id}: {records:#?}"))
+    };
+    let r = by_id(json_answer.header("x-request-id"));
+    assert_eq!(r["type"], "request");
+    assert_eq!(r["key_alias"], "team-a-app");
+    assert_eq!(r["model"], "gpt");
+    assert_eq!(r["deployment"], "gpt/0");
+    assert_eq!(r["strategy"], "simple-shuffle");
+    assert_eq!(r["status"], 200);
+    assert!(r["prompt_tokens"].as_u64().unwrap() > 0 && r["completion_tokens"].as_u64().unwrap() > 0);
+    let header_cost: f64 = json_answer.header("x-switchyard-response-cost").parse().unwrap();
+    assert!((r["cost_usd"].as_f64().unwrap() - header_cost).abs() < 1e-12, "{r}");
+    assert!(r["latency_ms"].as_f64().unwrap() > 0.0 && r["ts"].as_i64().unwrap() > 0);
+    assert!(r.get("prompt").is_none(), "prompts are not kept unless configured");
+    let s = by_id(streamed.header("x-request-id"));
+    assert_eq!(s["stream"], true);
+    assert_eq!(s["status"], 200);
+    assert!(s["completion_tokens"].as_u64().unwrap() > 0, "{s}");
+    assert!(s["ttfb_ms"].as_f64().unwrap() <= s["latency_ms"].as_f64().unwrap());
+    let m = by_id(missing.header("x-request-id"));
+    assert_eq!(m["status"], 404);
+    assert_eq!(m["error_class"], "model_not_found");
+
+    // Feedback joins a request by id.
+    let id = json_answer.header("x-request-id");
+    let ok = post(
+        &gw,
+        "/v1/feedback",
+        &key,
+        json!({"request_id": id, "score": 0.8, "comment": "good"}),
+        &[],
+    )
+    .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let down = post(
+        &gw,
+        "/v1/feedback",
+        &key,
+        json!({"request_id": streamed.header("x-request-id"), "thumbs": "down"}),
+        &[],
+    )
+    .await;
+    assert_eq!(down.status, 200);
+    for (body, param) in [
+        (json!({"request_id": id, "score": 1.5}), "score"),
+        (json!({"request_id": id, "thumbs": "sideways"}), "thumbs"),
+        (json!({"request_id": id}), "score"),
+        (json!({"score": 1}), "request_id"),
+    ] {
+        let bad = post(&gw, "/v1/feedback", &key, body.clone(), &[]).await;
+        assert_eq!(bad.status, 400, "{body}");
+        assert_eq!(bad.json()["error"]["param"], param, "{body}");
+    }
+    let unauthenticated = post(
+        &gw,
+        "/v1/feedback",
+        "sk-wrong",
+        json!({"request_id": id, "score": 1}),
+        &[],
+    )
+    .await;
+    assert_eq!(unauthenticated.status, 401);
+    let lines = wait_for_lines(&log_path, 5).await;
+    let feedback: Vec<&Value> = lines.iter().filter(|l| l["type"] == "feedback").collect();
+    assert_eq!(feedback.len(), 2);
+    assert_eq!(feedback[0]["request_id"], id);
+    assert_eq!(feedback[0]["score"], 0.8);
+    assert_eq!(feedback[1]["score"], 0.0);
+
+    // Nothing secret in the logs (at debug level) or the request log.
+    let logs = gw.logs().join("\n");
+    assert!(
+        logs.lines().filter(|l| l.starts_with('{')).count() > 5,
+        "JSON log lines: {logs}"
+    );
+    let file = std::fs::read_to_string(&log_path).unwrap();
+    for secret in [PROMPT, "zebra-quartz", key.as_str(), MASTER, UPSTREAM_KEY] {
+        assert!(!logs.contains(secret), "`{secret}` reached the logs:\n{logs}");
+        assert!(!file.contains(secret), "`{secret}` reached the request log");
+    }
+    let with_id = logs.lines().any(|l| l.contains(id));
+    assert!(with_id, "log lines carry the request id:\n{logs}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_are_logged_and_kept_only_when_asked() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("requests.jsonl");
+    let yaml = format!(
+        "telemetry:\n  log_payloads: true\n  request_log:\n    path: {}\n    include_prompt: true\n{}",
+        log_path.display(),
+        models(&mock)
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let a = post(&gw, "/v1/chat/completions", "", chat("gpt", PROMPT), &[]).await;
+    assert_eq!(a.status, 200);
+    let records = wait_for_lines(&log_path, 1).await;
+    assert_eq!(records[0]["prompt"], PROMPT);
+    assert!(
+        gw.wait_for_log(PROMPT, Duration::from_secs(5)),
+        "the prompt is logged with log_payloads"
+    );
+    assert!(!gw.logs().join("\n").contains(UPSTREAM_KEY), "keys never are");
+}

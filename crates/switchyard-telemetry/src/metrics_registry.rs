@@ -1,0 +1,281 @@
+//! Prometheus metrics.
+
+use std::sync::Arc;
+
+use metrics::{counter, gauge, histogram, with_local_recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Request latency buckets, seconds: from a cache hit to a long generation.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+/// Gateway overhead buckets, seconds.
+const OVERHEAD_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05];
+
+/// The gateway's metrics and their Prometheus rendering.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Keeps a request counted as in flight until dropped.
+#[derive(Debug)]
+pub struct InFlightGuard {
+    metrics: Metrics,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.metrics
+            .with(|| gauge!("switchyard_in_flight_requests").decrement(1.0));
+    }
+}
+
+/// The builder with histogram buckets (a summary is the fallback).
+fn bucketed() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    PrometheusBuilder::new()
+        .with_recommended_naming(true)
+        .set_buckets_for_metric(Matcher::Full("switchyard_overhead_seconds".into()), OVERHEAD_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+}
+
+impl Metrics {
+    /// A fresh registry with every metric described.
+    pub fn new() -> Self {
+        let builder = bucketed().unwrap_or_else(|_| PrometheusBuilder::new().with_recommended_naming(true));
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let metrics = Self {
+            recorder: Arc::new(recorder),
+            handle,
+        };
+        metrics.with(|| {
+            use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+            describe_counter!(
+                "switchyard_requests",
+                "Requests answered, by route, model group, deployment and status."
+            );
+            describe_histogram!(
+                "switchyard_request_duration_seconds",
+                Unit::Seconds,
+                "Time from the request to the response head (for streams, the first event)."
+            );
+            describe_histogram!(
+                "switchyard_stream_duration_seconds",
+                Unit::Seconds,
+                "Time from the request to the end of a stream."
+            );
+            describe_histogram!(
+                "switchyard_time_to_first_token_seconds",
+                Unit::Seconds,
+                "Time from sending to the upstream to its first streamed event."
+            );
+            describe_histogram!(
+                "switchyard_overhead_seconds",
+                Unit::Seconds,
+                "Time spent in the gateway itself, upstream time excluded."
+            );
+            describe_counter!(
+                "switchyard_tokens",
+                "Tokens, by model group, deployment and direction (input, output)."
+            );
+            describe_counter!(
+                "switchyard_cost_microusd",
+                "Spend in millionths of a USD, by model group and whether it was a cache hit."
+            );
+            describe_counter!(
+                "switchyard_cache_lookups",
+                "Response cache lookups, by model group and result."
+            );
+            describe_counter!(
+                "switchyard_routing_decisions",
+                "Deployments chosen, by strategy, model group and deployment."
+            );
+            describe_counter!(
+                "switchyard_upstream_attempts",
+                "Upstream attempts, by deployment and outcome."
+            );
+            describe_counter!("switchyard_retries", "Retries after a failed attempt, by model group.");
+            describe_counter!("switchyard_fallbacks", "Fallbacks from one model group to another.");
+            describe_counter!(
+                "switchyard_cooldowns",
+                "Deployments put in cooldown by their circuit breaker."
+            );
+            describe_counter!(
+                "switchyard_rate_limited",
+                "Requests refused by a rate limit or budget, by reason."
+            );
+            describe_gauge!("switchyard_in_flight_requests", "Requests being served now.");
+            describe_counter!(
+                "switchyard_request_log_dropped",
+                "Request-log records dropped because the writer fell behind."
+            );
+        });
+        metrics
+    }
+
+    fn with<T>(&self, f: impl FnOnce() -> T) -> T {
+        with_local_recorder(&*self.recorder, f)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Counts a request in flight until the guard is dropped.
+    pub fn in_flight(&self) -> InFlightGuard {
+        self.with(|| gauge!("switchyard_in_flight_requests").increment(1.0));
+        InFlightGuard { metrics: self.clone() }
+    }
+
+    /// A request answered (or refused) with `status` after `seconds`.
+    pub fn request(&self, route: &str, model: &str, deployment: &str, status: u16, seconds: f64) {
+        self.with(|| {
+            counter!(
+                "switchyard_requests",
+                "route" => route.to_owned(),
+                "model" => model.to_owned(),
+                "deployment" => deployment.to_owned(),
+                "status" => status.to_string()
+            )
+            .increment(1);
+            histogram!("switchyard_request_duration_seconds", "route" => route.to_owned(), "model" => model.to_owned())
+                .record(seconds);
+        });
+    }
+
+    /// Time the gateway itself spent on a request.
+    pub fn overhead(&self, seconds: f64) {
+        self.with(|| histogram!("switchyard_overhead_seconds").record(seconds));
+    }
+
+    /// A stream ended after `seconds`; its first event came after `ttft`.
+    pub fn stream(&self, model: &str, deployment: &str, seconds: f64, ttft: Option<f64>) {
+        self.with(|| {
+            histogram!("switchyard_stream_duration_seconds", "model" => model.to_owned(), "deployment" => deployment.to_owned())
+                .record(seconds);
+            if let Some(ttft) = ttft {
+                histogram!("switchyard_time_to_first_token_seconds", "model" => model.to_owned(), "deployment" => deployment.to_owned())
+                    .record(ttft);
+            }
+        });
+    }
+
+    /// Tokens used upstream (none for a cache hit) and what was charged.
+    pub fn usage(&self, model: &str, deployment: &str, input: u64, output: u64, cost_usd: f64, cache_hit: bool) {
+        self.with(|| {
+            let counts = [("input", input), ("output", output)];
+            let upstream = if cache_hit { &counts[..0] } else { &counts[..] };
+            for &(direction, n) in upstream {
+                counter!(
+                    "switchyard_tokens",
+                    "model" => model.to_owned(),
+                    "deployment" => deployment.to_owned(),
+                    "direction" => direction
+                )
+                .increment(n);
+            }
+            let cache = if cache_hit { "hit" } else { "miss" };
+            counter!("switchyard_cost_microusd", "model" => model.to_owned(), "cache" => cache)
+                .increment((cost_usd * 1e6).round().max(0.0) as u64);
+        });
+    }
+
+    /// A cache lookup: `hit`, `semantic_hit` or `miss`.
+    pub fn cache(&self, model: &str, result: &'static str) {
+        self.with(|| {
+            counter!("switchyard_cache_lookups", "model" => model.to_owned(), "result" => result).increment(1);
+        });
+    }
+
+    /// A routing decision.
+    pub fn routed(&self, strategy: &str, model: &str, deployment: &str) {
+        self.with(|| {
+            counter!(
+                "switchyard_routing_decisions",
+                "strategy" => strategy.to_owned(),
+                "model" => model.to_owned(),
+                "deployment" => deployment.to_owned()
+            )
+            .increment(1);
+        });
+    }
+
+    /// An upstream attempt's outcome (`ok` or an error class).
+    pub fn attempt(&self, deployment: &str, outcome: &str) {
+        self.with(|| {
+            counter!("switchyard_upstream_attempts", "deployment" => deployment.to_owned(), "outcome" => outcome.to_owned())
+                .increment(1);
+        });
+    }
+
+    /// A retry within a model group.
+    pub fn retry(&self, model: &str) {
+        self.with(|| counter!("switchyard_retries", "model" => model.to_owned()).increment(1));
+    }
+
+    /// A fallback between model groups.
+    pub fn fallback(&self, from: &str, to: &str) {
+        self.with(|| {
+            counter!("switchyard_fallbacks", "from" => from.to_owned(), "to" => to.to_owned()).increment(1);
+        });
+    }
+
+    /// A deployment put in cooldown.
+    pub fn cooldown(&self, deployment: &str) {
+        self.with(|| counter!("switchyard_cooldowns", "deployment" => deployment.to_owned()).increment(1));
+    }
+
+    /// A request refused by policy (`rate_limit`, `budget`, …).
+    pub fn refused(&self, reason: &'static str) {
+        self.with(|| counter!("switchyard_rate_limited", "reason" => reason).increment(1));
+    }
+
+    /// A request-log record dropped.
+    pub fn log_dropped(&self) {
+        self.with(|| counter!("switchyard_request_log_dropped").increment(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_render_as_prometheus_text_with_labels() {
+        let m = Metrics::new();
+        m.request("chat", "gpt", "gpt/0", 200, 0.012);
+        m.request("chat", "gpt", "gpt/0", 200, 0.020);
+        m.cache("gpt", "hit");
+        {
+            let _guard = m.in_flight();
+            assert!(m.render().contains("switchyard_in_flight_requests 1"));
+        }
+        let text = m.render();
+        assert!(
+            text.contains(r#"switchyard_requests_total{route="chat",model="gpt",deployment="gpt/0",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains("switchyard_request_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains(r#"switchyard_cache_lookups_total{model="gpt",result="hit"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("switchyard_in_flight_requests 0"), "{text}");
+        assert!(text.contains("# HELP switchyard_requests_total"), "{text}");
+    }
+}

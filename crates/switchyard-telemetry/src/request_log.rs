@@ -1,0 +1,413 @@
+//! The request log: one JSON record per finished request, and feedback
+//! records that score one, appended by a background writer to a rotating
+//! JSONL file or a Redis stream. `cargo xtask export-traces` joins them into
+//! router training data.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics_registry::Metrics;
+use crate::otel::TelemetryError;
+
+/// One finished request.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Always `request`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request's id (`x-request-id`).
+    pub request_id: String,
+    /// When it finished, Unix milliseconds.
+    pub ts: i64,
+    /// The endpoint: `chat`, `completions`, `embeddings`, `messages`.
+    pub endpoint: String,
+    /// The calling key's alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_alias: Option<String>,
+    /// The model group asked for.
+    pub model: String,
+    /// The model group that answered (a fallback, or a learned router's choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_model: Option<String>,
+    /// The deployment that answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
+    /// The strategy that chose it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<String>,
+    /// The learned router that ranked the candidates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<String>,
+    /// The learned router's predicted score per candidate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub predicted: Option<BTreeMap<String, f32>>,
+    /// Upstream attempts made.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Whether the answer streamed.
+    #[serde(default)]
+    pub stream: bool,
+    /// `hit` or `miss` when the cache applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<String>,
+    /// Milliseconds from the request to the last byte.
+    pub latency_ms: f64,
+    /// Milliseconds from the request to the response head (the first event of a stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfb_ms: Option<f64>,
+    /// Prompt tokens.
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    #[serde(default)]
+    pub completion_tokens: u64,
+    /// What it cost, USD.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// HTTP status of the answer.
+    pub status: u16,
+    /// The class of the failure, when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_class: Option<String>,
+    /// The prompt, only when `request_log.include_prompt` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+}
+
+/// A score given to a request after the fact.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    /// Always `feedback`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The request it scores.
+    pub request_id: String,
+    /// When it was given, Unix milliseconds.
+    pub ts: i64,
+    /// Quality, 0 (bad) to 1 (good); thumbs up is 1, down is 0.
+    pub score: f64,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+}
+
+/// Where records go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogSink {
+    /// A JSONL file, rotated to `.1`, `.2`… when it reaches `max_bytes`.
+    File {
+        /// The live file.
+        path: PathBuf,
+        /// Size that triggers a rotation.
+        max_bytes: u64,
+        /// Rotated files kept.
+        keep: usize,
+    },
+    /// A Redis stream (`XADD … MAXLEN ~`).
+    Redis {
+        /// `redis://` URL.
+        url: String,
+        /// Stream key.
+        stream: String,
+        /// Approximate entries kept.
+        max_len: u64,
+    },
+}
+
+/// Request-log settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestLogSettings {
+    /// Where records go.
+    pub sink: LogSink,
+    /// Whether records carry the prompt text.
+    pub include_prompt: bool,
+    /// Records queued before new ones are dropped (and counted).
+    pub queue: usize,
+}
+
+#[derive(Debug)]
+enum Msg {
+    Line(String),
+    Flush(oneshot::Sender<()>),
+}
+
+/// The request log's handle: cheap to clone, never blocks a request.
+#[derive(Debug, Clone)]
+pub struct RequestLog {
+    tx: mpsc::Sender<Msg>,
+    include_prompt: bool,
+    metrics: Metrics,
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl RequestLog {
+    /// Opens the sink and starts the writer on the current Tokio runtime.
+    pub async fn open(settings: &RequestLogSettings, metrics: Metrics) -> Result<Self, TelemetryError> {
+        let (tx, rx) = mpsc::channel(settings.queue.max(16));
+        match &settings.sink {
+            LogSink::File { path, max_bytes, keep } => {
+                let writer = FileWriter::open(path.clone(), *max_bytes, *keep)?;
+                tokio::task::spawn_blocking(move || writer.run(rx));
+            }
+            LogSink::Redis { url, stream, max_len } => {
+                let client =
+                    redis::Client::open(url.as_str()).map_err(|e| TelemetryError::RequestLog(e.to_string()))?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)));
+                let con = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
+                    .map_err(|e| TelemetryError::RequestLog(e.to_string()))?;
+                tokio::spawn(redis_writer(con, stream.clone(), *max_len, rx));
+            }
+        }
+        Ok(Self {
+            tx,
+            include_prompt: settings.include_prompt,
+            metrics,
+        })
+    }
+
+    /// Whether records should carry the prompt.
+    pub fn include_prompt(&self) -> bool {
+        self.include_prompt
+    }
+
+    fn send(&self, line: String) {
+        if self.tx.try_send(Msg::Line(line)).is_err() {
+            self.metrics.log_dropped();
+            tracing::warn!("request log is behind; a record was dropped");
+        }
+    }
+
+    /// Appends a finished request (its `kind` and `ts` are filled in).
+    pub fn record(&self, mut record: RequestRecord) {
+        record.kind = "request".into();
+        if record.ts == 0 {
+            record.ts = now_ms();
+        }
+        if !self.include_prompt {
+            record.prompt = None;
+        }
+        if let Ok(line) = serde_json::to_string(&record) {
+            self.send(line);
+        }
+    }
+
+    /// Appends feedback on a request.
+    pub fn feedback(&self, request_id: &str, score: f64, comment: Option<String>) {
+        let feedback = Feedback {
+            kind: "feedback".into(),
+            request_id: request_id.to_owned(),
+            ts: now_ms(),
+            score,
+            comment,
+        };
+        if let Ok(line) = serde_json::to_string(&feedback) {
+            self.send(line);
+        }
+    }
+
+    /// Waits until everything queued before this call is written.
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+        }
+    }
+}
+
+struct FileWriter {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: usize,
+    file: std::io::BufWriter<std::fs::File>,
+    size: u64,
+}
+
+impl FileWriter {
+    fn open(path: PathBuf, max_bytes: u64, keep: usize) -> Result<Self, TelemetryError> {
+        let fail = |e: std::io::Error| TelemetryError::RequestLog(format!("{}: {e}", path.display()));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(fail)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(fail)?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(Self {
+            file: std::io::BufWriter::new(file),
+            path,
+            max_bytes,
+            keep,
+            size,
+        })
+    }
+
+    fn rotated(&self, n: usize) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file.flush()?;
+        if self.keep == 0 {
+            std::fs::remove_file(&self.path)?;
+        } else {
+            for n in (1..self.keep).rev() {
+                let from = self.rotated(n);
+                if from.exists() {
+                    std::fs::rename(&from, self.rotated(n + 1))?;
+                }
+            }
+            std::fs::rename(&self.path, self.rotated(1))?;
+        }
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        self.file = std::io::BufWriter::new(file);
+        self.size = 0;
+        Ok(())
+    }
+
+    fn write(&mut self, line: &str) -> std::io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 + 1 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(line.as_bytes())?;
+        self.file.write_all(b"\n")?;
+        self.size += line.len() as u64 + 1;
+        Ok(())
+    }
+
+    /// Writes lines as they come; flushes whenever the queue is empty.
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+        while let Some(msg) = rx.blocking_recv() {
+            let mut waiting = Vec::new();
+            let mut next = Some(msg);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Line(line) => {
+                        if let Err(e) = self.write(&line) {
+                            tracing::error!(error = %e, path = %self.path.display(), "cannot write the request log");
+                        }
+                    }
+                    Msg::Flush(done) => waiting.push(done),
+                }
+                next = rx.try_recv().ok();
+            }
+            if let Err(e) = self.file.flush() {
+                tracing::error!(error = %e, "cannot flush the request log");
+            }
+            for done in waiting {
+                let _ = done.send(());
+            }
+        }
+        let _ = self.file.flush();
+    }
+}
+
+async fn redis_writer(
+    mut con: redis::aio::ConnectionManager,
+    stream: String,
+    max_len: u64,
+    mut rx: mpsc::Receiver<Msg>,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            Msg::Line(line) => {
+                let mut tries = 0;
+                loop {
+                    let result = redis::cmd("XADD")
+                        .arg(&stream)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(max_len)
+                        .arg("*")
+                        .arg("record")
+                        .arg(&line)
+                        .query_async::<String>(&mut con)
+                        .await;
+                    match result {
+                        Ok(_) => break,
+                        Err(e) if tries < 3 => {
+                            tries += 1;
+                            tracing::warn!(error = %e, "request log: Redis write failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "request log: Redis write failed; record dropped");
+                            break;
+                        }
+                    }
+                }
+            }
+            Msg::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_are_appended_and_the_file_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        let settings = RequestLogSettings {
+            sink: LogSink::File {
+                path: path.clone(),
+                max_bytes: 2000,
+                keep: 2,
+            },
+            include_prompt: false,
+            queue: 1000,
+        };
+        let log = RequestLog::open(&settings, Metrics::new()).await.unwrap();
+        for i in 0..30 {
+            log.record(RequestRecord {
+                request_id: format!("req-{i}"),
+                model: "gpt".into(),
+                status: 200,
+                prompt: Some("secret prompt".into()),
+                ..RequestRecord::default()
+            });
+        }
+        log.feedback("req-29", 0.75, None);
+        log.flush().await;
+        let live = std::fs::read_to_string(&path).unwrap();
+        let last: Vec<Feedback> = live
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Feedback>(l).ok())
+            .filter(|f| f.kind == "feedback")
+            .collect();
+        assert_eq!(last.len(), 1);
+        assert_eq!(last[0].score, 0.75);
+        assert!(std::fs::metadata(&path).unwrap().len() <= 2000);
+        assert!(dir.path().join("requests.jsonl.1").exists());
+        assert!(dir.path().join("requests.jsonl.2").exists());
+        assert!(
+            !dir.path().join("requests.jsonl.3").exists(),
+            "only two rotated files are kept"
+        );
+        let all = [path.clone(), dir.path().join("requests.jsonl.1")]
+            .iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect::<String>();
+        assert!(!all.contains("secret prompt"), "prompts are left out unless asked for");
+        let first: RequestRecord = serde_json::from_str(live.lines().next().unwrap()).unwrap();
+        assert_eq!(first.kind, "request");
+        assert!(first.ts > 0);
+    }
+}

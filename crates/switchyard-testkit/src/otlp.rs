@@ -1,0 +1,150 @@
+//! A small OTLP/HTTP trace receiver: accepts `POST /v1/traces` with
+//! protobuf bodies, as an OpenTelemetry collector does, and keeps the spans
+//! for tests to inspect.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use prost::Message as _;
+use tokio::task::JoinHandle;
+
+/// One received span.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedSpan {
+    /// The span's name.
+    pub name: String,
+    /// Trace id, 32 hex digits.
+    pub trace_id: String,
+    /// Span id, 16 hex digits.
+    pub span_id: String,
+    /// Parent span id, empty for a root span.
+    pub parent_span_id: String,
+    /// OTLP span kind (1 internal, 2 server, 3 client).
+    pub kind: i32,
+    /// Attributes, rendered as strings (integers in decimal).
+    pub attributes: BTreeMap<String, String>,
+    /// Status code (0 unset, 1 ok, 2 error).
+    pub status: i32,
+    /// The resource's `service.name`.
+    pub service: String,
+}
+
+impl ReceivedSpan {
+    /// An attribute's value.
+    pub fn attr(&self, key: &str) -> Option<&str> {
+        self.attributes.get(key).map(String::as_str)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn render(value: Option<&Value>) -> String {
+    match value {
+        Some(Value::StringValue(s)) => s.clone(),
+        Some(Value::IntValue(i)) => i.to_string(),
+        Some(Value::DoubleValue(d)) => d.to_string(),
+        Some(Value::BoolValue(b)) => b.to_string(),
+        Some(other) => format!("{other:?}"),
+        None => String::new(),
+    }
+}
+
+type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
+
+/// The receiver; stops when dropped.
+#[derive(Debug)]
+pub struct OtlpReceiver {
+    addr: SocketAddr,
+    spans: Spans,
+    task: JoinHandle<()>,
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn traces(State(spans): State<Spans>, body: Bytes) -> (StatusCode, Vec<u8>) {
+    let Ok(request) = ExportTraceServiceRequest::decode(body) else {
+        return (StatusCode::BAD_REQUEST, Vec::new());
+    };
+    let mut received = Vec::new();
+    for resource in &request.resource_spans {
+        let service = resource
+            .resource
+            .as_ref()
+            .and_then(|r| r.attributes.iter().find(|kv| kv.key == "service.name"))
+            .map(|kv| render(kv.value.as_ref().and_then(|v| v.value.as_ref())))
+            .unwrap_or_default();
+        for scope in &resource.scope_spans {
+            for span in &scope.spans {
+                received.push(ReceivedSpan {
+                    name: span.name.clone(),
+                    trace_id: hex(&span.trace_id),
+                    span_id: hex(&span.span_id),
+                    parent_span_id: hex(&span.parent_span_id),
+                    kind: span.kind,
+                    attributes: span
+                        .attributes
+                        .iter()
+                        .map(|kv| (kv.key.clone(), render(kv.value.as_ref().and_then(|v| v.value.as_ref()))))
+                        .collect(),
+                    status: span.status.as_ref().map_or(0, |s| s.code),
+                    service: service.clone(),
+                });
+            }
+        }
+    }
+    spans.lock().unwrap_or_else(PoisonError::into_inner).extend(received);
+    (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+}
+
+impl OtlpReceiver {
+    /// Starts listening on a free port of 127.0.0.1.
+    pub async fn start() -> std::io::Result<OtlpReceiver> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let spans = Spans::default();
+        let app = Router::new()
+            .route("/v1/traces", post(traces))
+            .with_state(spans.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(OtlpReceiver { addr, spans, task })
+    }
+
+    /// The base URL (`http://127.0.0.1:port`); spans go to `/v1/traces` under it.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received so far.
+    pub fn spans(&self) -> Vec<ReceivedSpan> {
+        self.spans.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Waits until `ready` holds for the spans received, up to `max_wait`.
+    pub async fn wait_for(&self, max_wait: Duration, ready: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let spans = self.spans();
+            if ready(&spans) || Instant::now() >= deadline {
+                return spans;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
