@@ -6,6 +6,8 @@
 //!   the Python OpenAI-SDK client tests, failing fast on the first error.
 //! - `cargo xtask models fetch` puts the embedding model in `models/`.
 //! - `cargo xtask train` / `cargo xtask eval` train and evaluate learned routers.
+//! - `cargo xtask export-traces` turns the gateway's request log and feedback
+//!   into routing data for `train`.
 //! - `cargo xtask bench gateway` measures the gateway's overhead against the
 //!   mock upstream with the `oha` load generator.
 #![allow(
@@ -21,6 +23,7 @@ mod oha;
 mod plot;
 mod process;
 mod router;
+mod traces;
 mod util;
 
 use std::process::ExitCode;
@@ -49,6 +52,8 @@ enum Task {
     Train(router::TrainArgs),
     /// Evaluate a learned router on routing data: quality–cost sweep, AIQ.
     Eval(router::EvalArgs),
+    /// Turn the gateway's request log and feedback into routing data for `train`.
+    ExportTraces(traces::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,7 @@ fn main() -> ExitCode {
         Task::Models(args) => models::run(&args),
         Task::Train(args) => router::train(&args),
         Task::Eval(args) => router::eval(&args),
+        Task::ExportTraces(args) => traces::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

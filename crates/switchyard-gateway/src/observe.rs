@@ -43,6 +43,20 @@ impl RequestContext {
     }
 }
 
+/// The model group a failed request asked for (answers carry
+/// `x-switchyard-model` instead), for metric labels.
+#[derive(Debug, Clone)]
+pub(crate) struct ModelLabel(pub(crate) String);
+
+/// Labels `response` with `model` when no answer header names one and the
+/// model is configured (unknown names would make unbounded label sets).
+pub(crate) fn label_failure(state: &SharedState, model: &str, response: &mut Response) {
+    let known = state.routes.contains_key(model) || state.learned.contains_key(model);
+    if known && !response.headers().contains_key("x-switchyard-model") {
+        response.extensions_mut().insert(ModelLabel(model.to_owned()));
+    }
+}
+
 /// The route's name in metrics and span names: a fixed set, whatever the path.
 fn route_name(path: &str) -> &'static str {
     let path = path.strip_prefix("/v1").unwrap_or(path);
@@ -113,7 +127,12 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
             .to_owned()
     };
     if !matches!(route, "health" | "metrics") {
-        let model = header("x-switchyard-model");
+        let mut model = header("x-switchyard-model");
+        if model.is_empty() {
+            if let Some(ModelLabel(label)) = response.extensions().get::<ModelLabel>() {
+                model.clone_from(label);
+            }
+        }
         let deployment = header("x-switchyard-deployment");
         state
             .metrics

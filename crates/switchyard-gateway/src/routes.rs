@@ -198,9 +198,11 @@ async fn openai(
         "switchyard.deployment" = Empty,
         "switchyard.cache" = Empty,
     );
-    openai_inner(state, principal, ctx, model, call, options, controls)
+    let mut response = openai_inner(state.clone(), principal, ctx, model, call, options, controls)
         .instrument(span)
-        .await
+        .await;
+    crate::observe::label_failure(&state, model, &mut response);
+    response
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -532,6 +534,15 @@ async fn models(State(state): State<SharedState>, Extension(principal): Extensio
 async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri) -> Response {
     if !state.telemetry.metrics {
         return unknown_route(method, uri).await.into_response();
+    }
+    if let Some(cache) = &state.cache {
+        let store = cache.store();
+        let counters = store.counters();
+        state.metrics.cache_store(
+            counters.stores.load(std::sync::atomic::Ordering::Relaxed),
+            counters.errors.load(std::sync::atomic::Ordering::Relaxed),
+            store.local_entries(),
+        );
     }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],

@@ -49,12 +49,12 @@ pub struct OtlpConfig {
     pub endpoint: Option<String>,
     /// `http/protobuf` or `grpc` (unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`).
     pub protocol: Option<OtlpProtocol>,
-    /// `service.name` of the spans.
-    pub service_name: String,
+    /// `service.name` of the spans (unset: `OTEL_SERVICE_NAME`, else `switchyard`).
+    pub service_name: Option<String>,
     /// Longest wait for one export, milliseconds.
     pub timeout_ms: u64,
-    /// Delay between batch exports, milliseconds.
-    pub batch_delay_ms: u64,
+    /// Delay between batch exports, milliseconds (unset: `OTEL_BSP_SCHEDULE_DELAY`, else 5000).
+    pub batch_delay_ms: Option<u64>,
 }
 
 impl Default for OtlpConfig {
@@ -62,9 +62,9 @@ impl Default for OtlpConfig {
         Self {
             endpoint: None,
             protocol: None,
-            service_name: "switchyard".into(),
+            service_name: None,
             timeout_ms: 10_000,
-            batch_delay_ms: 1_000,
+            batch_delay_ms: None,
         }
     }
 }
@@ -157,7 +157,7 @@ impl TelemetryConfig {
                 if c.timeout_ms == 0 {
                     issues.push(issue("telemetry.otlp.timeout_ms", "must be greater than 0"));
                 }
-                if c.batch_delay_ms == 0 {
+                if c.batch_delay_ms == Some(0) {
                     issues.push(issue("telemetry.otlp.batch_delay_ms", "must be greater than 0"));
                 }
                 let env_protocol = env
@@ -170,9 +170,12 @@ impl TelemetryConfig {
                 Some(OtlpSettings {
                     endpoint: c.endpoint,
                     protocol,
-                    service_name: c.service_name,
+                    service_name: c
+                        .service_name
+                        .or_else(|| env.get("OTEL_SERVICE_NAME").filter(|s| !s.trim().is_empty()))
+                        .unwrap_or_else(|| "switchyard".into()),
                     timeout: Duration::from_millis(c.timeout_ms),
-                    batch_delay: Duration::from_millis(c.batch_delay_ms),
+                    batch_delay: c.batch_delay_ms.map(Duration::from_millis),
                 })
             }
         };

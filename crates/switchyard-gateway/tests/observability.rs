@@ -57,6 +57,9 @@ model_list:
   - model_name: flaky
     deployments:
       - {{provider: openai, api_base: "{base}", api_key: "{UPSTREAM_KEY}", model: "flaky-upstream::fail_first=1,status=500"}}
+  - model_name: broken
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: "{UPSTREAM_KEY}", model: "broken-upstream::status=500"}}
   - model_name: down
     fallbacks: [gpt]
     deployments:
@@ -249,7 +252,7 @@ async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusal
     assert_eq!(
         sample(
             &text,
-            r#"switchyard_requests_total{route="chat",model="",deployment="",status="429"}"#
+            r#"switchyard_requests_total{route="chat",model="gpt",deployment="",status="429"}"#
         ),
         1.0
     );
@@ -353,14 +356,17 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     assert_eq!(streamed.status, 200);
     let missing = post(&gw, "/v1/chat/completions", &key, chat("no-such-model", PROMPT), &[]).await;
     assert_eq!(missing.status, 404);
+    let anthropic = json!({"model": "gpt", "max_tokens": 50, "messages": [{"role": "user", "content": PROMPT}]});
+    let message = post(&gw, "/v1/messages", &key, anthropic, &[]).await;
+    assert_eq!(message.status, 200, "{}", message.text);
     for a in [&json_answer, &streamed, &missing] {
         assert!(a.header("x-request-id").starts_with("req-"), "every answer has an id");
         let overhead: f64 = a.header("x-switchyard-overhead-ms").parse().unwrap();
         assert!(overhead >= 0.0);
     }
 
-    let records = wait_for_lines(&log_path, 3).await;
-    assert_eq!(records.len(), 3, "{records:#?}");
+    let records = wait_for_lines(&log_path, 4).await;
+    assert_eq!(records.len(), 4, "{records:#?}");
     let by_id = |id: &str| {
         records
             .iter()
@@ -387,6 +393,10 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     let m = by_id(missing.header("x-request-id"));
     assert_eq!(m["status"], 404);
     assert_eq!(m["error_class"], "model_not_found");
+    let anthropic = by_id(message.header("x-request-id"));
+    assert_eq!(anthropic["endpoint"], "messages");
+    assert_eq!(anthropic["deployment"], "gpt/0");
+    assert!(anthropic["completion_tokens"].as_u64().unwrap() > 0, "{anthropic}");
 
     // Feedback joins a request by id.
     let id = json_answer.header("x-request-id");
@@ -427,7 +437,7 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     )
     .await;
     assert_eq!(unauthenticated.status, 401);
-    let lines = wait_for_lines(&log_path, 5).await;
+    let lines = wait_for_lines(&log_path, 6).await;
     let feedback: Vec<&Value> = lines.iter().filter(|l| l["type"] == "feedback").collect();
     assert_eq!(feedback.len(), 2);
     assert_eq!(feedback[0]["request_id"], id);
@@ -469,4 +479,74 @@ async fn payloads_are_logged_and_kept_only_when_asked() {
         "the prompt is logged with log_payloads"
     );
     assert!(!gw.logs().join("\n").contains(UPSTREAM_KEY), "keys never are");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_grpc_to_the_collector_named_by_the_standard_variables() {
+    let receiver = OtlpReceiver::start_grpc().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let endpoint = receiver.endpoint();
+    let gw = GatewayProcess::start_with(
+        BIN.as_ref(),
+        &models(&mock),
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_SERVICE_NAME", "from-the-environment"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let a = post(&gw, "/v1/chat/completions", "", chat("gpt", "over grpc"), &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.name == "chat gpt-upstream")
+        })
+        .await;
+    let upstream = one(&spans, "upstream span", |s| s.name == "chat gpt-upstream");
+    let genai = one(&spans, "gen_ai span", |s| s.name == "chat gpt");
+    assert_eq!(upstream.parent_span_id, genai.span_id);
+    assert_eq!(upstream.trace_id, genai.trace_id);
+    assert_eq!(upstream.service, "from-the-environment");
+    assert_eq!(genai.attr("switchyard.cache"), None, "no cache configured");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_can_be_a_redis_stream() {
+    let redis = switchyard_testkit::RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "telemetry:\n  request_log:\n    redis:\n      url: {}\n      stream: test:requests\n{}",
+        redis.url(),
+        models(&mock)
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let a = post(&gw, "/v1/chat/completions", "", chat("gpt", "into redis"), &[]).await;
+    assert_eq!(a.status, 200);
+    let id = a.header("x-request-id").to_owned();
+    let f = post(&gw, "/v1/feedback", "", json!({"request_id": id, "thumbs": "up"}), &[]).await;
+    assert_eq!(f.status, 200, "{}", f.text);
+    let mut entries = Vec::new();
+    for _ in 0..100 {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-u", &redis.url(), "--raw", "XRANGE", "test:requests", "-", "+"])
+            .output()
+            .unwrap();
+        entries = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect();
+        if entries.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["type"], "request");
+    assert_eq!(entries[0]["request_id"], id.as_str());
+    assert_eq!(entries[0]["deployment"], "gpt/0");
+    assert_eq!(entries[1]["type"], "feedback");
+    assert_eq!(entries[1]["score"], 1.0);
 }

@@ -76,7 +76,7 @@ impl Metrics {
             describe_histogram!(
                 "switchyard_stream_duration_seconds",
                 Unit::Seconds,
-                "Time from the request to the end of a stream."
+                "Time from sending a stream's request to the upstream to the stream's end."
             );
             describe_histogram!(
                 "switchyard_time_to_first_token_seconds",
@@ -119,6 +119,15 @@ impl Metrics {
                 "Requests refused by a rate limit or budget, by reason."
             );
             describe_gauge!("switchyard_in_flight_requests", "Requests being served now.");
+            describe_counter!("switchyard_cache_stores", "Answers written to the response cache.");
+            describe_counter!(
+                "switchyard_cache_errors",
+                "Response-cache store failures (each served as a miss or left unstored)."
+            );
+            describe_gauge!(
+                "switchyard_cache_entries",
+                "Answers held by the in-process response cache."
+            );
             describe_counter!(
                 "switchyard_request_log_dropped",
                 "Request-log records dropped because the writer fell behind."
@@ -243,6 +252,18 @@ impl Metrics {
     /// A request refused by policy (`rate_limit`, `budget`, …).
     pub fn refused(&self, reason: &'static str) {
         self.with(|| counter!("switchyard_rate_limited", "reason" => reason).increment(1));
+    }
+
+    /// The response cache's own counts: answers stored, store failures, and
+    /// entries held in process (`None` for Redis).
+    pub fn cache_store(&self, stores: u64, errors: u64, entries: Option<u64>) {
+        self.with(|| {
+            counter!("switchyard_cache_stores").absolute(stores);
+            counter!("switchyard_cache_errors").absolute(errors);
+            if let Some(n) = entries {
+                gauge!("switchyard_cache_entries").set(n as f64);
+            }
+        });
     }
 
     /// A request-log record dropped.

@@ -50,8 +50,8 @@ pub struct OtlpSettings {
     pub service_name: String,
     /// Longest wait for one export.
     pub timeout: Duration,
-    /// Delay between batch exports.
-    pub batch_delay: Duration,
+    /// Delay between batch exports (`None`: `OTEL_BSP_SCHEDULE_DELAY`, else 5 s).
+    pub batch_delay: Option<Duration>,
 }
 
 /// Logs and traces.
@@ -156,12 +156,12 @@ pub fn init_tracing(settings: &TracingSettings) -> Result<TelemetryGuard, Teleme
     let (otel, provider) = match &settings.otlp {
         Some(otlp) => {
             let exporter = exporter(otlp)?;
+            let mut config = opentelemetry_sdk::trace::BatchConfigBuilder::default();
+            if let Some(delay) = otlp.batch_delay {
+                config = config.with_scheduled_delay(delay);
+            }
             let batch = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
-                .with_batch_config(
-                    opentelemetry_sdk::trace::BatchConfigBuilder::default()
-                        .with_scheduled_delay(otlp.batch_delay)
-                        .build(),
-                )
+                .with_batch_config(config.build())
                 .build();
             let provider = SdkTracerProvider::builder()
                 .with_span_processor(batch)

@@ -1,6 +1,6 @@
-//! A small OTLP/HTTP trace receiver: accepts `POST /v1/traces` with
-//! protobuf bodies, as an OpenTelemetry collector does, and keeps the spans
-//! for tests to inspect.
+//! A small OTLP trace receiver, as an OpenTelemetry collector is: over
+//! HTTP it accepts `POST /v1/traces` with protobuf bodies, over gRPC the
+//! `TraceService/Export` call; it keeps the spans for tests to inspect.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -12,6 +12,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message as _;
@@ -80,6 +81,24 @@ async fn traces(State(spans): State<Spans>, body: Bytes) -> (StatusCode, Vec<u8>
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, Vec::new());
     };
+    keep(&spans, &request);
+    (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
+}
+
+struct Grpc(Spans);
+
+#[tonic::async_trait]
+impl TraceService for Grpc {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        keep(&self.0, request.get_ref());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn keep(spans: &Spans, request: &ExportTraceServiceRequest) {
     let mut received = Vec::new();
     for resource in &request.resource_spans {
         let service = resource
@@ -108,11 +127,26 @@ async fn traces(State(spans): State<Spans>, body: Bytes) -> (StatusCode, Vec<u8>
         }
     }
     spans.lock().unwrap_or_else(PoisonError::into_inner).extend(received);
-    (StatusCode::OK, ExportTraceServiceResponse::default().encode_to_vec())
 }
 
 impl OtlpReceiver {
-    /// Starts listening on a free port of 127.0.0.1.
+    /// Starts an OTLP/gRPC receiver on a free port of 127.0.0.1.
+    pub async fn start_grpc() -> std::io::Result<OtlpReceiver> {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let spans = Spans::default();
+        let service = TraceServiceServer::new(Grpc(spans.clone()));
+        let task = tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await;
+        });
+        Ok(OtlpReceiver { addr, spans, task })
+    }
+
+    /// Starts an OTLP/HTTP receiver on a free port of 127.0.0.1.
     pub async fn start() -> std::io::Result<OtlpReceiver> {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;

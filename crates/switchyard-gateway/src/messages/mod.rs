@@ -22,8 +22,13 @@ use crate::dispatch::{Call, Failed, Reply, RequestOptions, Served, dispatch};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::metering;
+use crate::observe::{RequestContext, Trail};
 use crate::routes::{SharedState, failure_response, tracker, with_route_headers};
+use crate::stream::StreamTracker;
 use switchyard_policy::Principal;
+use switchyard_policy::{SpendRecord, TokenUsage};
+use tracing::Instrument as _;
+use tracing::field::Empty;
 
 /// An [`ApiError`] rendered for Anthropic clients: the OpenAI error fields plus
 /// Anthropic's top-level `"type": "error"`, which its SDKs expect.
@@ -73,8 +78,33 @@ fn failed(Failed { error, attempts }: Failed) -> Response {
 pub(crate) async fn messages(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Extension(ctx): Extension<crate::observe::RequestContext>,
-    JsonBody(mut req): JsonBody<MessagesRequest>,
+    Extension(ctx): Extension<RequestContext>,
+    JsonBody(req): JsonBody<MessagesRequest>,
+) -> Response {
+    let model = req.model.clone();
+    let span = tracing::info_span!(
+        target: "switchyard",
+        "gen_ai",
+        otel.name = format!("chat {model}"),
+        "gen_ai.operation.name" = "chat",
+        "gen_ai.request.model" = model.as_str(),
+        "gen_ai.response.model" = Empty,
+        "gen_ai.usage.input_tokens" = Empty,
+        "gen_ai.usage.output_tokens" = Empty,
+        "switchyard.deployment" = Empty,
+    );
+    let mut response = messages_inner(state.clone(), principal, ctx, req)
+        .instrument(span)
+        .await;
+    crate::observe::label_failure(&state, &model, &mut response);
+    response
+}
+
+async fn messages_inner(
+    state: SharedState,
+    principal: Principal,
+    ctx: RequestContext,
+    mut req: MessagesRequest,
 ) -> Response {
     if let Err(e) = validate(&req) {
         return failed(e.into());
@@ -87,9 +117,15 @@ pub(crate) async fn messages(
     let model = std::mem::take(&mut req.model);
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());
+    let mut trail = Trail::start(&state, &ctx, &principal, &model, &call);
     let meter = match metering::admit(&state, &principal, &ctx.id, &model, &call).await {
         Ok(meter) => meter,
-        Err(e) => return failed(e.into()),
+        Err(e) => {
+            if let Some(t) = trail {
+                t.finish(e.parts().0.as_u16(), Some(&e));
+            }
+            return failed(e.into());
+        }
     };
     let mut extra = Response::new(axum::body::Body::empty());
     meter.headers(&mut extra);
@@ -102,6 +138,9 @@ pub(crate) async fn messages(
     } = match dispatch(&state, &model, &mut call, &options).await {
         Ok(served) => served,
         Err(f) => {
+            if let Some(t) = trail {
+                t.finish(f.error.parts().0.as_u16(), Some(&f.error));
+            }
             let mut response = failed(f);
             response.headers_mut().extend(extra);
             return response;
@@ -109,31 +148,63 @@ pub(crate) async fn messages(
     };
     let name = decision.deployment.name.clone();
     let id = decision.deployment.id;
+    let current = tracing::Span::current();
+    current.record("switchyard.deployment", name.as_str());
+    current.record("gen_ai.response.model", decision.deployment.model.as_str());
+    if let Some(t) = trail.as_mut() {
+        t.routed(&decision);
+    }
+    let settled = |trail: Option<Trail>, usage: Option<TokenUsage>, record: Option<&SpendRecord>| {
+        if let Some(u) = usage {
+            current.record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
+            current.record(
+                "gen_ai.usage.output_tokens",
+                i64::try_from(u.completion).unwrap_or(i64::MAX),
+            );
+        }
+        if let Some(mut t) = trail {
+            t.charged(usage, record);
+            t.finish(200, None);
+        }
+    };
+    let streaming = |trail: &mut Option<Trail>, tracker: StreamTracker| match trail.take() {
+        Some(mut t) => {
+            t.first_byte();
+            tracker.with_trail(t)
+        }
+        None => tracker,
+    };
     let mut response = match reply {
         Reply::Native(body) => {
             let usage = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("usage").map(metering::anthropic_usage));
             let record = meter.settle(&state, id, &name, usage).await;
+            settled(trail.take(), usage, record.as_ref());
             let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             metering::cost_header(&mut response, record.as_ref());
             response
         }
         Reply::Events(events) => stream::passthrough(
-            tracker(&state, &decision, in_flight, started)
-                .metered(meter, name.clone())
-                .follow(events),
+            streaming(
+                &mut trail,
+                tracker(&state, &decision, in_flight, started).metered(meter, name.clone()),
+            )
+            .follow(events),
             name,
         ),
         Reply::Chunks(chunks) => stream::from_chat_chunks(
-            tracker(&state, &decision, in_flight, started)
-                .metered(meter, name.clone())
-                .follow(chunks),
+            streaming(
+                &mut trail,
+                tracker(&state, &decision, in_flight, started).metered(meter, name.clone()),
+            )
+            .follow(chunks),
             name,
         ),
         Reply::Json(answer) => {
             let usage = answer.usage.as_ref().map(metering::openai_usage);
             let record = meter.settle(&state, id, &name, usage).await;
+            settled(trail.take(), usage, record.as_ref());
             match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
                 Ok(parsed) => match serde_json::to_vec(&translate::to_messages_response(parsed)) {
                     Ok(body) => {

@@ -1,0 +1,323 @@
+//! `cargo xtask export-traces`: turns the gateway's request log (JSONL files,
+//! rotated ones included, or a Redis stream) and the feedback given on it into
+//! routing data for `cargo xtask train`.
+//!
+//! Each answered request that kept its prompt (`request_log.include_prompt`)
+//! and was scored (`POST /v1/feedback`, or `--unrated-score`) is one
+//! observation: the model group that answered, the score, the cost. Requests
+//! with the same prompt become one sample with a score per model group (the
+//! mean when a group answered it more than once), costs alongside.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{BufRead, Write as _};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result, bail};
+use clap::Args;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use switchyard_routing::dataset::Sample;
+
+/// Options of `cargo xtask export-traces`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Request-log files (JSONL); their rotated siblings `FILE.1`, `FILE.2`… are read too.
+    #[arg(long = "input")]
+    pub inputs: Vec<PathBuf>,
+    /// Read the log from this Redis instead (`redis://host:port/db`).
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// The Redis stream key.
+    #[arg(long, default_value = "switchyard:requests")]
+    pub stream: String,
+    /// Where to write the routing data (JSONL).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Only requests that asked for this model group (e.g. a learned router's name).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Score for answered requests nobody rated (default: they are left out).
+    #[arg(long)]
+    pub unrated_score: Option<f64>,
+    /// Score for requests whose answer failed after routing (default: left out).
+    #[arg(long)]
+    pub failure_score: Option<f64>,
+    /// Name of the task the samples are tagged with.
+    #[arg(long, default_value = "traces")]
+    pub task: String,
+}
+
+/// What an export found.
+#[derive(Debug, Default, PartialEq)]
+pub struct Summary {
+    /// Request records read.
+    pub requests: usize,
+    /// Feedback records read.
+    pub feedback: usize,
+    /// Requests with no prompt kept (the log was not told to keep them).
+    pub without_prompt: usize,
+    /// Requests left out for lack of a score.
+    pub unrated: usize,
+    /// Observations turned into samples.
+    pub used: usize,
+    /// Samples written.
+    pub samples: usize,
+    /// Observations per model group.
+    pub per_model: BTreeMap<String, usize>,
+}
+
+/// The rotated files of `path`, oldest first, then `path` itself.
+fn with_rotated(path: &Path) -> Vec<PathBuf> {
+    let mut rotated = Vec::new();
+    for n in 1.. {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        let candidate = PathBuf::from(name);
+        if !candidate.exists() {
+            break;
+        }
+        rotated.push(candidate);
+    }
+    rotated.reverse();
+    rotated.push(path.to_owned());
+    rotated
+}
+
+fn read_files(inputs: &[PathBuf]) -> Result<Vec<Value>> {
+    let mut lines = Vec::new();
+    for input in inputs {
+        if !input.exists() {
+            bail!("{}: no such request log", input.display());
+        }
+        for path in with_rotated(input) {
+            let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+                let line = line.with_context(|| format!("cannot read {}", path.display()))?;
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str(&line) {
+                    Ok(v) => lines.push(v),
+                    // A torn last line of a live file.
+                    Err(e) => eprintln!("{}:{}: skipped: {e}", path.display(), i + 1),
+                }
+            }
+        }
+    }
+    Ok(lines)
+}
+
+fn read_redis(url: &str, stream: &str) -> Result<Vec<Value>> {
+    let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
+    let mut con = client
+        .get_connection()
+        .with_context(|| format!("cannot connect to {url}"))?;
+    let mut lines = Vec::new();
+    let mut start = "-".to_owned();
+    loop {
+        let batch: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(1000)
+            .query(&mut con)
+            .with_context(|| format!("XRANGE {stream}"))?;
+        let Some((last, _)) = batch.last() else { break };
+        start = format!("({last}");
+        let done = batch.len() < 1000;
+        for (_, fields) in batch {
+            for (name, value) in fields {
+                if name == "record" {
+                    if let Ok(v) = serde_json::from_str(&value) {
+                        lines.push(v);
+                    }
+                }
+            }
+        }
+        if done {
+            break;
+        }
+    }
+    Ok(lines)
+}
+
+/// One prompt's scores and costs from one model group.
+type Observed = (Vec<f64>, Vec<f64>);
+
+/// Joins request records and feedback into routing samples.
+pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
+    let mut summary = Summary::default();
+    let mut scores: HashMap<&str, Vec<f64>> = HashMap::new();
+    for line in lines.iter().filter(|l| l["type"] == "feedback") {
+        summary.feedback += 1;
+        if let (Some(id), Some(score)) = (line["request_id"].as_str(), line["score"].as_f64()) {
+            scores.entry(id).or_default().push(score);
+        }
+    }
+    let mut by_prompt: BTreeMap<&str, BTreeMap<String, Observed>> = BTreeMap::new();
+    for r in lines.iter().filter(|l| l["type"] == "request") {
+        summary.requests += 1;
+        if args.model.as_deref().is_some_and(|m| r["model"] != m) {
+            continue;
+        }
+        let Some(prompt) = r["prompt"].as_str().filter(|p| !p.trim().is_empty()) else {
+            summary.without_prompt += 1;
+            continue;
+        };
+        let status = r["status"].as_u64().unwrap_or(0);
+        let served = r["served_model"].as_str().map(str::to_owned);
+        let id = r["request_id"].as_str().unwrap_or_default();
+        let rated = scores.get(id).map(|s| s.iter().sum::<f64>() / s.len() as f64);
+        let (model, score) = match (status, served) {
+            (200, Some(model)) => match rated.or(args.unrated_score) {
+                Some(score) => (model, score),
+                None => {
+                    summary.unrated += 1;
+                    continue;
+                }
+            },
+            (s, Some(model)) if s >= 500 => match args.failure_score {
+                Some(score) => (model, score),
+                None => continue,
+            },
+            _ => continue,
+        };
+        summary.used += 1;
+        *summary.per_model.entry(model.clone()).or_default() += 1;
+        let entry = by_prompt.entry(prompt).or_default().entry(model).or_default();
+        entry.0.push(score);
+        entry.1.push(r["cost_usd"].as_f64().unwrap_or(0.0));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    let samples: Vec<Sample> = by_prompt
+        .into_iter()
+        .map(|(prompt, models)| {
+            let digest = Sha256::digest(prompt.as_bytes());
+            Sample {
+                id: format!("trace-{}", hex_prefix(&digest)),
+                query: prompt.to_owned(),
+                scores: models.iter().map(|(m, (s, _))| (m.clone(), mean(s))).collect(),
+                costs: Some(models.iter().map(|(m, (_, c))| (m.clone(), mean(c))).collect()),
+                cost_kind: Some("usd_total_per_query".into()),
+                task: Some(args.task.clone()),
+            }
+        })
+        .collect();
+    summary.samples = samples.len();
+    (samples, summary)
+}
+
+fn hex_prefix(digest: &[u8]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs the export.
+pub fn run(args: &ExportArgs) -> Result<()> {
+    if let Some(s) = args
+        .unrated_score
+        .into_iter()
+        .chain(args.failure_score)
+        .find(|s| !(0.0..=1.0).contains(s))
+    {
+        bail!("scores are between 0 and 1, not {s}");
+    }
+    let lines = match (&args.redis, args.inputs.is_empty()) {
+        (Some(url), true) => read_redis(url, &args.stream)?,
+        (None, false) => read_files(&args.inputs)?,
+        (Some(_), false) => bail!("read either --input files or --redis, not both"),
+        (None, true) => bail!("nothing to read: give --input FILE (the request log) or --redis URL"),
+    };
+    let (samples, summary) = join(&lines, args);
+    if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?,
+    );
+    for sample in &samples {
+        serde_json::to_writer(&mut out, sample)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    println!(
+        "read {} requests and {} feedback records; {} without a prompt, {} unrated",
+        summary.requests, summary.feedback, summary.without_prompt, summary.unrated
+    );
+    for (model, n) in &summary.per_model {
+        println!("  {model}: {n} scored answers");
+    }
+    println!("wrote {} samples to {}", summary.samples, args.out.display());
+    if summary.samples == 0 {
+        println!(
+            "no samples: the request log needs `include_prompt: true`, and answers need feedback \
+             (POST /v1/feedback) or --unrated-score"
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn args() -> ExportArgs {
+        ExportArgs {
+            inputs: Vec::new(),
+            redis: None,
+            stream: "s".into(),
+            out: PathBuf::from("out.jsonl"),
+            model: None,
+            unrated_score: None,
+            failure_score: None,
+            task: "traces".into(),
+        }
+    }
+
+    fn request(id: &str, prompt: Option<&str>, model: &str, status: u16, cost: f64) -> Value {
+        json!({"type": "request", "request_id": id, "model": "router", "served_model": model,
+               "status": status, "cost_usd": cost, "prompt": prompt})
+    }
+
+    #[test]
+    fn requests_and_feedback_become_one_sample_per_prompt() {
+        let lines = vec![
+            request("a", Some("write a poem"), "small", 200, 0.001),
+            request("b", Some("write a poem"), "big", 200, 0.010),
+            request("c", Some("write a poem"), "big", 200, 0.012),
+            request("d", Some("sum 2 and 2"), "small", 200, 0.001),
+            request("e", None, "small", 200, 0.001),
+            request("f", Some("unrated"), "small", 200, 0.001),
+            request("g", Some("failed"), "small", 502, 0.0),
+            json!({"type": "feedback", "request_id": "a", "score": 0.5}),
+            json!({"type": "feedback", "request_id": "a", "score": 1.0}),
+            json!({"type": "feedback", "request_id": "b", "score": 1.0}),
+            json!({"type": "feedback", "request_id": "c", "score": 0.0}),
+            json!({"type": "feedback", "request_id": "d", "score": 0.0}),
+        ];
+        let (samples, summary) = join(&lines, &args());
+        assert_eq!(samples.len(), 2);
+        let poem = samples.iter().find(|s| s.query == "write a poem").unwrap();
+        assert_eq!(poem.scores["small"], 0.75);
+        assert_eq!(poem.scores["big"], 0.5);
+        assert!((poem.costs.as_ref().unwrap()["big"] - 0.011).abs() < 1e-12);
+        assert_eq!(summary.without_prompt, 1);
+        assert_eq!(summary.unrated, 1);
+        assert_eq!(summary.used, 4);
+        assert_eq!(summary.feedback, 5);
+
+        let mut lenient = args();
+        lenient.unrated_score = Some(1.0);
+        lenient.failure_score = Some(0.0);
+        let (samples, _) = join(&lines, &lenient);
+        assert_eq!(samples.len(), 4);
+        assert_eq!(
+            samples.iter().find(|s| s.query == "failed").unwrap().scores["small"],
+            0.0
+        );
+        let mut other = args();
+        other.model = Some("another-router".into());
+        assert!(join(&lines, &other).0.is_empty());
+    }
+}
