@@ -144,6 +144,11 @@ impl ResponseCache {
     /// A Redis cache. The connection is made on first use, so an unreachable
     /// Redis does not stop start-up; until it answers, every lookup misses.
     pub fn redis(settings: RedisCacheSettings) -> Result<Self, CacheError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(CacheError::Redis(
+                "a Redis cache must be opened inside a Tokio runtime".into(),
+            ));
+        }
         let client = redis::Client::open(settings.url.as_str()).map_err(|e| CacheError::Redis(e.to_string()))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(settings.timeout))

@@ -46,6 +46,10 @@ pub struct Config {
     /// Logs, span export, metrics and the request log.
     #[serde(default)]
     pub telemetry: crate::telemetry_config::TelemetryConfig,
+    /// Warnings about keys that were read but not used (a LiteLLM file's
+    /// unsupported settings), logged at start-up.
+    #[serde(skip)]
+    pub notices: Vec<String>,
 }
 
 /// `router_settings:` — how a deployment is chosen for each request.
@@ -198,6 +202,14 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// How long in-flight requests may run after a shutdown signal, in milliseconds.
     pub shutdown_timeout_ms: u64,
+    /// After a shutdown signal, how long readiness reports `draining` (503)
+    /// while requests are still accepted, so load balancers stop sending
+    /// first; in milliseconds.
+    pub drain_delay_ms: u64,
+    /// How often the configuration file (or S3 object) is checked for
+    /// changes, in milliseconds; 0 turns the watch off (`SIGHUP` and
+    /// `POST /config/reload` still reload).
+    pub config_poll_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -207,6 +219,8 @@ impl Default for ServerConfig {
             port: 4000,
             max_body_bytes: 10 * 1024 * 1024,
             shutdown_timeout_ms: 30_000,
+            drain_delay_ms: 1_000,
+            config_poll_ms: 2_000,
         }
     }
 }
@@ -511,16 +525,28 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
             }
         }
     });
-    let mut figment = Figment::new().merge(Yaml::string(&yaml)).merge(env);
+    let doc: serde_json::Value = Figment::from(Yaml::string(&yaml))
+        .extract()
+        .map_err(|err| ConfigError::Parse(err.to_string()))?;
+    let mut notices = Vec::new();
+    let mut figment = if crate::litellm::is_litellm(&doc) {
+        let translation = crate::litellm::translate(&doc).map_err(ConfigError::Invalid)?;
+        notices = translation.warnings;
+        Figment::from(figment::providers::Serialized::defaults(translation.config)).merge(env)
+    } else {
+        Figment::new().merge(Yaml::string(&yaml)).merge(env)
+    };
     if let Some(host) = &overrides.host {
         figment = figment.merge(("server.host", host));
     }
     if let Some(port) = overrides.port {
         figment = figment.merge(("server.port", port));
     }
-    figment
+    let mut config = figment
         .extract::<Config>()
-        .map_err(|err| ConfigError::Parse(err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))
+        .map_err(|err| ConfigError::Parse(err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+    config.notices = notices;
+    Ok(config)
 }
 
 /// A validated deployment, ready to build a provider from.

@@ -71,7 +71,7 @@ fn unix_now() -> u64 {
 }
 
 /// A clear message from an AWS SDK error (its `Display` is only "service error").
-fn aws_reason<E: std::error::Error>(e: &E) -> String {
+pub(crate) fn aws_reason<E: std::error::Error>(e: &E) -> String {
     let mut reason = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -82,29 +82,32 @@ fn aws_reason<E: std::error::Error>(e: &E) -> String {
     reason
 }
 
+/// An S3 client with the given settings; credentials from the standard AWS sources.
+pub(crate) async fn s3_client(s3: &S3Entry) -> aws_sdk_s3::Client {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = &s3.region {
+        loader = loader.region(aws_config::Region::new(region.clone()));
+    }
+    let shared = loader.load().await;
+    let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(s3.force_path_style);
+    if shared.region().is_none() {
+        builder = builder.region(aws_config::Region::new("us-east-1"));
+    }
+    if let Some(url) = &s3.endpoint_url {
+        builder = builder.endpoint_url(url);
+    }
+    aws_sdk_s3::Client::from_conf(builder.build())
+}
+
 impl Source {
     async fn new(location: &ArtifactLocation, s3: &S3Entry) -> Self {
         match location {
             ArtifactLocation::Local(path) => Source::Local(path.clone()),
-            ArtifactLocation::S3 { bucket, prefix } => {
-                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
-                if let Some(region) = &s3.region {
-                    loader = loader.region(aws_config::Region::new(region.clone()));
-                }
-                let shared = loader.load().await;
-                let mut builder = aws_sdk_s3::config::Builder::from(&shared).force_path_style(s3.force_path_style);
-                if shared.region().is_none() {
-                    builder = builder.region(aws_config::Region::new("us-east-1"));
-                }
-                if let Some(url) = &s3.endpoint_url {
-                    builder = builder.endpoint_url(url);
-                }
-                Source::S3 {
-                    client: aws_sdk_s3::Client::from_conf(builder.build()),
-                    bucket: bucket.clone(),
-                    prefix: prefix.clone(),
-                }
-            }
+            ArtifactLocation::S3 { bucket, prefix } => Source::S3 {
+                client: s3_client(s3).await,
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+            },
         }
     }
 

@@ -11,11 +11,13 @@ mod dispatch;
 pub mod error;
 pub mod extract;
 pub mod learned;
+pub mod litellm;
 pub mod messages;
 mod metering;
 mod observe;
 pub mod policy_admin;
 pub mod policy_config;
+pub mod reload;
 pub mod routes;
 pub mod state;
 pub mod stream;
@@ -59,15 +61,20 @@ pub async fn bind(state: &AppState) -> std::io::Result<TcpListener> {
     TcpListener::bind((state.server.host.as_str(), state.server.port)).await
 }
 
-/// Serves until `shutdown` resolves, then lets in-flight requests finish for up
-/// to `server.shutdown_timeout_ms`.
+/// Serves until `shutdown` resolves: then readiness reports `draining` for
+/// `server.drain_delay_ms` while requests are still taken, the listener
+/// closes, and in-flight requests (streams included) get up to
+/// `server.shutdown_timeout_ms` to finish.
 pub async fn serve(
     listener: TcpListener,
-    state: AppState,
+    live: Arc<reload::Live>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let drain = Duration::from_millis(state.server.shutdown_timeout_ms);
-    let app = routes::router(Arc::new(state));
+    let server = live.state().server.clone();
+    let drain = Duration::from_millis(server.shutdown_timeout_ms);
+    let delay = Duration::from_millis(server.drain_delay_ms);
+    let app = live.service();
+    let draining = live.clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
     let server = axum::serve(
         // Streams are many small writes: send each event at once rather than
@@ -81,6 +88,12 @@ pub async fn serve(
     )
     .with_graceful_shutdown(async move {
         shutdown.await;
+        draining.start_draining();
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            "shutting down: readiness reports draining, then no new connections"
+        );
+        tokio::time::sleep(delay).await;
         let _ = signalled_tx.send(());
     });
     let server = tokio::spawn(async move { server.await });

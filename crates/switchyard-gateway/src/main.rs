@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use std::time::Duration;
 use switchyard_gateway::config::{self, ProcessEnv};
+use switchyard_gateway::reload::{self, Live, Origin};
 use switchyard_gateway::{Overrides, Source};
 
 /// mimalloc: faster small allocations under concurrency than the system allocator.
@@ -16,7 +18,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "switchyard", version, about)]
 struct Cli {
-    /// Configuration file (YAML). Without it the embedded default is used.
+    /// Configuration file (YAML), or `s3://bucket/key`; watched for changes.
+    /// Without it the embedded default is used.
     #[arg(long, short, env = "SWITCHYARD_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// Address to listen on (overrides `server.host` and `SWITCHYARD_HOST`).
@@ -25,6 +28,12 @@ struct Cli {
     /// Port to listen on, 0 for any free port (overrides `server.port` and `SWITCHYARD_PORT`).
     #[arg(long)]
     port: Option<u16>,
+    /// S3 endpoint for an `s3://bucket/key` configuration (MinIO, LocalStack, a VPC endpoint).
+    #[arg(long, env = "SWITCHYARD_S3_ENDPOINT_URL")]
+    s3_endpoint_url: Option<String>,
+    /// Path-style S3 addressing, which most S3-compatible stores need.
+    #[arg(long, env = "SWITCHYARD_S3_FORCE_PATH_STYLE")]
+    s3_force_path_style: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -35,6 +44,9 @@ enum Command {
     CheckConfig {
         /// The file to check (defaults to `--config`, else the embedded default).
         path: Option<PathBuf>,
+        /// A LiteLLM proxy `config.yaml`: report what each key maps to.
+        #[arg(long, value_name = "FILE", conflicts_with = "path")]
+        litellm: Option<PathBuf>,
     },
 }
 
@@ -42,10 +54,52 @@ fn source(path: Option<&PathBuf>) -> Source<'_> {
     path.map_or(Source::Embedded, |p| Source::File(p))
 }
 
+/// Prints how a LiteLLM configuration maps onto Switchyard's.
+fn litellm_report(path: &PathBuf) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let doc: serde_json::Value =
+        figment::Figment::from(<figment::providers::Yaml as figment::providers::Format>::string(&text))
+            .extract()
+            .with_context(|| format!("{} is not valid YAML", path.display()))?;
+    let mut out = std::io::stdout().lock();
+    if !switchyard_gateway::litellm::is_litellm(&doc) {
+        writeln!(
+            out,
+            "{} is not a LiteLLM configuration (no litellm_params, litellm_settings or general_settings)",
+            path.display()
+        )?;
+    }
+    match switchyard_gateway::litellm::translate(&doc) {
+        Ok(t) => {
+            writeln!(out, "LiteLLM keys and what they became:")?;
+            for (from, to) in &t.mapped {
+                writeln!(out, "  {from} -> {to}")?;
+            }
+            if !t.warnings.is_empty() {
+                writeln!(out, "ignored (no effect on routing, limits or spend):")?;
+                for w in &t.warnings {
+                    writeln!(out, "  warning: {w}")?;
+                }
+            }
+        }
+        Err(issues) => {
+            writeln!(out, "not supported (start-up would fail):")?;
+            for i in &issues {
+                writeln!(out, "  error: {i}")?;
+            }
+            anyhow::bail!("{} cannot be served as it is", path.display());
+        }
+    }
+    Ok(())
+}
+
 fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
     let config = config::load(source(path.as_ref()), &Overrides::default())?;
     let state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
     let mut out = std::io::stdout().lock();
+    for notice in &config.notices {
+        writeln!(out, "warning: {notice}")?;
+    }
     writeln!(
         out,
         "configuration is valid: {} models, {} deployments",
@@ -91,11 +145,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         host: cli.host,
         port: cli.port,
     };
-    let config = config::load(source(cli.config.as_ref()), &overrides)?;
+    let s3 = config::S3Entry {
+        endpoint_url: cli.s3_endpoint_url,
+        region: None,
+        force_path_style: cli.s3_force_path_style,
+    };
+    let origin = Origin::from_arg(cli.config.as_ref(), &s3).await?;
+    let fetched = origin.fetch().await?;
+    let config = reload::parse(&fetched, &overrides)?;
     let mut state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
     let mut telemetry = switchyard_telemetry::init_tracing(&state.telemetry.tracing)?;
     if telemetry.exporting() {
         tracing::info!("exporting spans over OTLP");
+    }
+    for notice in &config.notices {
+        tracing::warn!("configuration: {notice}");
     }
     state.start_telemetry().await?;
     let request_log = state.request_log.clone();
@@ -111,19 +175,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         deployments = state.registry.deployment_count(),
         "listening on http://{addr}"
     );
-    switchyard_gateway::serve(listener, state, shutdown_signal()).await?;
+    let poll = Duration::from_millis(state.server.config_poll_ms);
+    let live = Live::new(
+        origin,
+        overrides,
+        Box::new(ProcessEnv),
+        config,
+        fetched.fingerprint,
+        state,
+    );
+    live.watch(poll);
+    live.reload_on_sighup();
+    switchyard_gateway::serve(listener, live.clone(), shutdown_signal()).await?;
+    live.state().policy.flush().await;
     if let Some(log) = request_log {
         log.flush().await;
     }
+    tracing::info!("stopped: spend and the request log are written");
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Some(Command::CheckConfig { path }) = cli.command {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if let Some(Command::CheckConfig { path, litellm }) = cli.command {
+        // Inside the runtime: clients (Redis) are made, not connected.
+        let _entered = runtime.enter();
+        if let Some(file) = litellm {
+            litellm_report(&file)?;
+            return check_config(Some(file));
+        }
         return check_config(path.or(cli.config));
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli))
 }

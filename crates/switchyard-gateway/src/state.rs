@@ -63,7 +63,7 @@ pub struct AppState {
     /// charges (its own, its fallbacks', a learned router's candidates').
     pub ceilings: HashMap<String, Prices>,
     /// The response cache, when `cache.enabled`.
-    pub cache: Option<crate::cache::GatewayCache>,
+    pub cache: Option<Arc<crate::cache::GatewayCache>>,
     /// Prometheus metrics.
     pub metrics: switchyard_telemetry::Metrics,
     /// The request log, once [`AppState::start_telemetry`] opened it.
@@ -303,7 +303,10 @@ impl AppState {
                 }),
             }
         }
-        let cache = match cache.map(crate::cache::GatewayCache::new).transpose() {
+        let cache = match cache
+            .map(|c| crate::cache::GatewayCache::new(c).map(Arc::new))
+            .transpose()
+        {
             Ok(cache) => cache,
             Err(e) => {
                 issues.push(ConfigIssue {
@@ -375,6 +378,22 @@ impl AppState {
             self.policy = Policy::open(settings).await?;
         }
         Ok(())
+    }
+
+    /// Takes over what outlives a configuration from the state it replaces:
+    /// keys, limits, budgets and spend, metrics, the request log, the listener
+    /// and telemetry settings, and the cache when its settings are unchanged.
+    pub(crate) fn inherit(&mut self, old: &AppState, same_cache: bool) {
+        self.policy = old.policy.clone();
+        self.pending_policy = None;
+        self.default_max_tokens = old.default_max_tokens;
+        self.metrics = old.metrics.clone();
+        self.request_log = old.request_log.clone();
+        self.telemetry = old.telemetry.clone();
+        self.server = old.server.clone();
+        if same_cache {
+            self.cache = old.cache.clone();
+        }
     }
 
     /// Opens the request log (a file or a Redis stream) and starts its writer.

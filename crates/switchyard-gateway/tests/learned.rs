@@ -219,10 +219,14 @@ async fn routes_each_prompt_to_the_best_trade_off_and_reports_the_scores() {
     let trainer = Trainer::new();
     let dir = tempfile::tempdir().unwrap();
     trainer.version_a().save(dir.path()).unwrap();
-    let gw = GatewayProcess::start(
-        Path::new(BIN),
-        &config(&dir.path().display().to_string(), "", STRONG_MOCK),
+    let log_dir = tempfile::tempdir().unwrap();
+    let log_path = log_dir.path().join("requests.jsonl");
+    let yaml = format!(
+        "telemetry:\n  request_log:\n    path: {}\n{}",
+        log_path.display(),
+        config(&dir.path().display().to_string(), "", STRONG_MOCK)
     );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
     let base = gw.base_url();
     let client = reqwest::Client::new();
 
@@ -305,6 +309,25 @@ async fn routes_each_prompt_to_the_best_trade_off_and_reports_the_scores() {
     assert_eq!(state["current"]["data_hash"], "version-a", "{state}");
     assert_eq!(state["current"]["groups"], json!(["strong-model", "cheap"]));
     assert_eq!(state["status"]["loads"], 1);
+
+    // The request log keeps the router's decision, for training the next one.
+    let id = math.header("x-request-id").to_owned();
+    let mut record = Value::Null;
+    for _ in 0..100 {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(&id)) {
+            record = serde_json::from_str(line).unwrap();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(record["model"], "switchyard/auto", "{record}");
+    assert_eq!(record["served_model"], "strong-model");
+    assert_eq!(record["router"], "switchyard/auto");
+    assert_eq!(record["deployment"], "strong-model/0");
+    let predicted = &record["predicted"];
+    assert!(predicted["strong-model"].as_f64().unwrap() > 0.9, "{record}");
+    assert!(predicted["cheap"].as_f64().unwrap() < 0.5, "{record}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -317,6 +317,24 @@ impl Policy {
         });
     }
 
+    /// Writes everything recorded so far: the local store's files reach the
+    /// disk, spend queued while Redis was down is sent (when it is back).
+    /// Called at shutdown.
+    pub async fn flush(&self) {
+        match &self.0.store {
+            Store::Local(_) => {
+                let policy = self.clone();
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Store::Local(local) = &policy.0.store {
+                        local.sync();
+                    }
+                })
+                .await;
+            }
+            Store::Redis { .. } => self.replay_pending().await,
+        }
+    }
+
     /// Whether client routes need a key: a master key or configured keys exist.
     pub fn auth_required(&self) -> bool {
         self.0.master.is_some() || !self.0.config_keys.is_empty()

@@ -25,6 +25,7 @@ pub struct GatewayProcess {
     child: Child,
     addr: SocketAddr,
     logs: Logs,
+    config_path: PathBuf,
     _config_dir: TempDir,
 }
 
@@ -36,16 +37,19 @@ impl GatewayProcess {
     }
 
     /// Like [`GatewayProcess::start`], with extra arguments and environment
-    /// variables. Inherited `SWITCHYARD_*` variables are removed first.
+    /// variables. Inherited `SWITCHYARD_*` variables are removed first. When
+    /// `args` has its own `--config`, `config_yaml` is not used.
     ///
     /// Panics with the collected output if the process exits, or prints no
     /// line containing `listening on http://` within 60 seconds.
     pub fn start_with(bin: &Path, config_yaml: &str, args: &[&str], envs: &[(&str, &str)]) -> GatewayProcess {
         let (config_dir, config_path) = write_config(config_yaml);
         let mut command = Command::new(bin);
+        // `args` may name another `--config` (an `s3://` one); the file is then unused.
+        if !args.contains(&"--config") {
+            command.arg("--config").arg(&config_path);
+        }
         command
-            .arg("--config")
-            .arg(&config_path)
             .args(["--port", "0"])
             .args(args)
             .stdin(Stdio::null())
@@ -96,6 +100,7 @@ impl GatewayProcess {
             child,
             addr,
             logs,
+            config_path: config_path.clone(),
             _config_dir: config_dir,
         }
     }
@@ -132,6 +137,35 @@ impl GatewayProcess {
     /// Process id of the child.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The configuration file the gateway was started with (rewrite it to
+    /// test reloads).
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Sends a signal by name (`TERM`, `HUP`, …) with `kill(1)`.
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits up to `max_wait` for the process to exit; its exit code, or
+    /// `None` if it is still running (or was killed by a signal).
+    pub fn wait_exit(&mut self, max_wait: Duration) -> Option<i32> {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.code(),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                _ => return None,
+            }
+        }
     }
 }
 

@@ -1,0 +1,585 @@
+//! Reading a LiteLLM proxy `config.yaml` as it is.
+//!
+//! A file is LiteLLM's when a `model_list` entry has `litellm_params`, or it
+//! has a `litellm_settings` or `general_settings` section. It is translated
+//! into Switchyard's own schema before validation; every key is either
+//! mapped, ignored with one warning (it changes nothing about which upstream
+//! answers, what is allowed or what is charged), or refused with an error
+//! naming it (Switchyard cannot do what it asks, and ignoring it would change
+//! behaviour).
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value, json};
+
+use crate::config::{ConfigIssue, issue};
+
+/// The outcome of a translation.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Translation {
+    /// The configuration in Switchyard's schema.
+    pub config: Value,
+    /// `(LiteLLM key, what it became)`, in file order.
+    pub mapped: Vec<(String, String)>,
+    /// Keys ignored, each with the reason.
+    pub warnings: Vec<String>,
+}
+
+/// Whether a parsed configuration file is in LiteLLM's format.
+pub fn is_litellm(doc: &Value) -> bool {
+    let entries = doc.get("model_list").and_then(Value::as_array);
+    entries.is_some_and(|list| list.iter().any(|m| m.get("litellm_params").is_some()))
+        || doc.get("litellm_settings").is_some()
+        || doc.get("general_settings").is_some()
+}
+
+/// Keys that change nothing a request gets: ignored with a warning.
+const IGNORED_LITELLM_SETTINGS: &[(&str, &str)] = &[
+    ("set_verbose", "logging is set with telemetry.log_level"),
+    ("json_logs", "logs are JSON lines by default (telemetry.log_format)"),
+    ("success_callback", "use telemetry.otlp, /metrics and the request log"),
+    ("failure_callback", "use telemetry.otlp, /metrics and the request log"),
+    ("callbacks", "use telemetry.otlp, /metrics and the request log"),
+    ("service_callback", "use telemetry.otlp and /metrics"),
+    (
+        "turn_off_message_logging",
+        "prompts are never logged unless telemetry.log_payloads is set",
+    ),
+    ("redact_user_api_key_info", "keys never reach logs or traces"),
+    ("drop_params", "request parameters are forwarded as sent"),
+    ("telemetry", "Switchyard sends no usage telemetry"),
+    (
+        "disable_end_user_cost_tracking",
+        "spend is tracked per key, team and model",
+    ),
+];
+
+const IGNORED_GENERAL_SETTINGS: &[(&str, &str)] = &[
+    ("database_url", "keys and spend live in policy.data_dir or policy.redis"),
+    (
+        "store_model_in_db",
+        "models come from the configuration file (reloadable)",
+    ),
+    ("alerting", "alert from the Prometheus metrics at /metrics"),
+    ("alerting_threshold", "alert from the Prometheus metrics at /metrics"),
+    ("proxy_batch_write_at", "spend is written as each request is charged"),
+    ("disable_spend_logs", "spend records are always kept (/spend/logs)"),
+    (
+        "background_health_checks",
+        "deployments are watched by their circuit breakers",
+    ),
+    (
+        "health_check_interval",
+        "deployments are watched by their circuit breakers",
+    ),
+    ("ui_access_mode", "Switchyard has no admin UI"),
+];
+
+const IGNORED_ROUTER_SETTINGS: &[(&str, &str)] = &[
+    (
+        "enable_pre_call_checks",
+        "context-window fallbacks are taken when an upstream rejects a long prompt",
+    ),
+    (
+        "retry_after",
+        "backoff is router_settings.retry_backoff_ms, and Retry-After is honoured",
+    ),
+    ("redis_db", "use a redis:// URL with the database in its path"),
+];
+
+const IGNORED_PARAMS: &[(&str, &str)] = &[
+    (
+        "max_retries",
+        "retries are per model group (router_settings.num_retries)",
+    ),
+    ("organization", "send an OpenAI-Organization header with `headers`"),
+];
+
+fn secs_to_ms(v: &Value) -> Option<u64> {
+    v.as_f64()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| (s * 1000.0).round() as u64)
+}
+
+struct Translator {
+    out: Translation,
+    issues: Vec<ConfigIssue>,
+}
+
+impl Translator {
+    fn map(&mut self, from: impl Into<String>, to: impl Into<String>) {
+        self.out.mapped.push((from.into(), to.into()));
+    }
+
+    fn warn(&mut self, key: &str, why: &str) {
+        self.out.warnings.push(format!("`{key}` is not used: {why}"));
+    }
+
+    fn refuse(&mut self, key: &str, why: &str) {
+        self.issues.push(issue(key, why));
+    }
+
+    /// `litellm_params.model` (`provider/name`) → provider, upstream model, default base.
+    fn provider(&mut self, path: &str, model: &str) -> Option<(&'static str, String, Option<&'static str>)> {
+        let (prefix, name) = match model.split_once('/') {
+            Some((p, n)) => (p, n),
+            None => ("openai", model),
+        };
+        let found = match prefix {
+            "openai" | "text-completion-openai" | "custom_openai" | "openai_like" => ("openai", None),
+            "hosted_vllm" | "vllm" | "lm_studio" | "llamafile" => ("openai", None),
+            "ollama" | "ollama_chat" => ("openai", Some("http://localhost:11434/v1")),
+            "azure" => ("azure", None),
+            "anthropic" => ("anthropic", None),
+            "bedrock" | "bedrock_converse" => ("bedrock", None),
+            other => {
+                self.refuse(
+                    &format!("{path}.model"),
+                    &format!(
+                        "provider `{other}` is not supported (supported: openai, azure, anthropic, bedrock, \
+                         hosted_vllm, ollama, and OpenAI-compatible servers through openai/ with api_base)"
+                    ),
+                );
+                return None;
+            }
+        };
+        // `bedrock/converse/<id>` and `bedrock/invoke/<id>` name the API; Switchyard picks it.
+        let name = name
+            .strip_prefix("converse/")
+            .or_else(|| name.strip_prefix("invoke/"))
+            .unwrap_or(name);
+        Some((found.0, name.to_owned(), found.1))
+    }
+
+    fn deployment(&mut self, i: usize, entry: &Value) -> Option<(String, Value)> {
+        let path = format!("model_list[{i}]");
+        let Some(name) = entry.get("model_name").and_then(Value::as_str) else {
+            self.refuse(&format!("{path}.model_name"), "a model name is required");
+            return None;
+        };
+        let params = entry
+            .get("litellm_params")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let ppath = format!("{path}.litellm_params");
+        let Some(model) = params.get("model").and_then(Value::as_str) else {
+            self.refuse(&format!("{ppath}.model"), "`provider/model` is required");
+            return None;
+        };
+        let (provider, upstream, default_base) = self.provider(&ppath, model)?;
+        let mut d = Map::new();
+        d.insert("provider".into(), json!(provider));
+        d.insert("model".into(), json!(upstream));
+        if let Some(base) = default_base {
+            d.insert("api_base".into(), json!(base));
+        }
+        let mut timeouts = Map::new();
+        for (key, value) in &params {
+            let here = format!("{ppath}.{key}");
+            let target = match key.as_str() {
+                "model" => continue,
+                "api_base" | "base_url" => {
+                    let mut base = value.as_str().unwrap_or_default().trim_end_matches('/').to_owned();
+                    if default_base.is_some() && !base.ends_with("/v1") {
+                        base.push_str("/v1");
+                    }
+                    d.insert("api_base".into(), json!(base));
+                    "api_base"
+                }
+                "api_key"
+                | "api_version"
+                | "rpm"
+                | "tpm"
+                | "weight"
+                | "input_cost_per_token"
+                | "output_cost_per_token"
+                | "aws_access_key_id"
+                | "aws_secret_access_key"
+                | "aws_session_token"
+                | "cache_read_input_token_cost"
+                | "cache_creation_input_token_cost" => {
+                    d.insert(key.clone(), value.clone());
+                    key.as_str()
+                }
+                "aws_region_name" => {
+                    d.insert("aws_region".into(), value.clone());
+                    "aws_region"
+                }
+                "timeout" => match secs_to_ms(value) {
+                    Some(ms) => {
+                        timeouts.insert("total_ms".into(), json!(ms));
+                        "timeouts.total_ms"
+                    }
+                    None => {
+                        self.refuse(&here, "must be a number of seconds");
+                        continue;
+                    }
+                },
+                "stream_timeout" => match secs_to_ms(value) {
+                    Some(ms) => {
+                        timeouts.insert("first_byte_ms".into(), json!(ms));
+                        "timeouts.first_byte_ms"
+                    }
+                    None => {
+                        self.refuse(&here, "must be a number of seconds");
+                        continue;
+                    }
+                },
+                "extra_headers" | "headers" => {
+                    d.insert("headers".into(), value.clone());
+                    "headers"
+                }
+                other => {
+                    if let Some((_, why)) = IGNORED_PARAMS.iter().find(|(k, _)| *k == other) {
+                        self.warn(&here, why);
+                    } else {
+                        self.refuse(
+                            &here,
+                            "is not supported; it would change what the upstream is sent, so it is refused rather than dropped",
+                        );
+                    }
+                    continue;
+                }
+            };
+            self.map(here, format!("model_list[{name}].deployments[].{target}"));
+        }
+        if !timeouts.is_empty() {
+            let defaults = crate::config::TimeoutsEntry::default();
+            timeouts.entry("connect_ms").or_insert(json!(defaults.connect_ms));
+            timeouts.entry("first_byte_ms").or_insert(json!(defaults.first_byte_ms));
+            timeouts.entry("total_ms").or_insert(json!(defaults.total_ms));
+            d.insert("timeouts".into(), Value::Object(timeouts));
+        }
+        if let Some(info) = entry.get("model_info").and_then(Value::as_object) {
+            for (key, value) in info {
+                let here = format!("{path}.model_info.{key}");
+                if matches!(key.as_str(), "input_cost_per_token" | "output_cost_per_token") {
+                    d.entry(key.clone()).or_insert_with(|| value.clone());
+                    self.map(here, format!("model_list[{name}].deployments[].{key}"));
+                } else {
+                    self.warn(&here, "model metadata is not used");
+                }
+            }
+        }
+        for key in entry
+            .as_object()
+            .map(|o| o.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+        {
+            if !matches!(key.as_str(), "model_name" | "litellm_params" | "model_info") {
+                self.refuse(
+                    &format!("{path}.{key}"),
+                    "is not a LiteLLM model_list key Switchyard knows",
+                );
+            }
+        }
+        Some((name.to_owned(), Value::Object(d)))
+    }
+
+    /// `[{group: [fallback, …]}, …]` → per-group lists.
+    fn fallbacks(&mut self, key: &str, value: &Value, into: &mut BTreeMap<String, Map<String, Value>>, field: &str) {
+        let Some(list) = value.as_array() else {
+            self.refuse(key, "must be a list of {model: [fallbacks]} maps");
+            return;
+        };
+        for (i, item) in list.iter().enumerate() {
+            let Some(map) = item.as_object() else {
+                self.refuse(&format!("{key}[{i}]"), "must be a {model: [fallbacks]} map");
+                continue;
+            };
+            for (group, targets) in map {
+                match into.get_mut(group) {
+                    Some(entry) => {
+                        entry.insert(field.into(), targets.clone());
+                        self.map(format!("{key}[{i}].{group}"), format!("model_list[{group}].{field}"));
+                    }
+                    None => self.refuse(&format!("{key}[{i}].{group}"), "names no model in model_list"),
+                }
+            }
+        }
+    }
+}
+
+/// Translates a parsed LiteLLM configuration; every problem is reported at once.
+pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
+    let mut t = Translator {
+        out: Translation::default(),
+        issues: Vec::new(),
+    };
+    let mut groups: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for (i, entry) in doc
+        .get("model_list")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        if let Some((name, deployment)) = t.deployment(i, entry) {
+            let group = groups.entry(name.clone()).or_insert_with(|| {
+                order.push(name.clone());
+                let mut m = Map::new();
+                m.insert("model_name".into(), json!(name));
+                m.insert("deployments".into(), json!([]));
+                m
+            });
+            if let Some(Value::Array(list)) = group.get_mut("deployments") {
+                list.push(deployment);
+            }
+        }
+    }
+    let mut router = Map::new();
+    let mut policy = Map::new();
+    let mut cache = Map::new();
+    let mut redis_parts: BTreeMap<&str, Value> = BTreeMap::new();
+    if let Some(settings) = doc.get("router_settings").and_then(Value::as_object) {
+        for (key, value) in settings {
+            let here = format!("router_settings.{key}");
+            match key.as_str() {
+                "routing_strategy" => {
+                    let strategy = match value.as_str().unwrap_or_default() {
+                        "simple-shuffle" => "simple-shuffle",
+                        "least-busy" => "least-busy",
+                        "latency-based-routing" => "latency-based",
+                        "usage-based-routing" | "usage-based-routing-v2" => "usage-based",
+                        "cost-based-routing" => "cost-based",
+                        other => {
+                            t.refuse(&here, &format!("strategy `{other}` has no Switchyard equivalent"));
+                            continue;
+                        }
+                    };
+                    router.insert("routing_strategy".into(), json!(strategy));
+                    t.map(here, format!("router_settings.routing_strategy: {strategy}"));
+                }
+                "num_retries" => {
+                    router.insert("num_retries".into(), value.clone());
+                    t.map(here, "router_settings.num_retries");
+                }
+                "timeout" => match secs_to_ms(value) {
+                    Some(ms) => {
+                        router.insert("timeout_ms".into(), json!(ms));
+                        router.insert("max_timeout_ms".into(), json!(ms.max(600_000)));
+                        t.map(here, "router_settings.timeout_ms");
+                    }
+                    None => t.refuse(&here, "must be a number of seconds"),
+                },
+                "allowed_fails" => {
+                    router.insert("allowed_fails".into(), value.clone());
+                    t.map(here, "router_settings.allowed_fails");
+                }
+                "cooldown_time" => match secs_to_ms(value) {
+                    Some(ms) => {
+                        router.insert("cooldown_ms".into(), json!(ms));
+                        t.map(here, "router_settings.cooldown_ms");
+                    }
+                    None => t.refuse(&here, "must be a number of seconds"),
+                },
+                "fallbacks" => t.fallbacks(&here, value, &mut groups, "fallbacks"),
+                "context_window_fallbacks" => t.fallbacks(&here, value, &mut groups, "context_window_fallbacks"),
+                "content_policy_fallbacks" => t.fallbacks(&here, value, &mut groups, "content_policy_fallbacks"),
+                "redis_host" => drop(redis_parts.insert("host", value.clone())),
+                "redis_port" => drop(redis_parts.insert("port", value.clone())),
+                "redis_password" => drop(redis_parts.insert("password", value.clone())),
+                "redis_url" => drop(redis_parts.insert("url", value.clone())),
+                other => match IGNORED_ROUTER_SETTINGS.iter().find(|(k, _)| *k == other) {
+                    Some((_, why)) => t.warn(&here, why),
+                    None => t.refuse(&here, "is not supported, and ignoring it would change routing"),
+                },
+            }
+        }
+    }
+    if !redis_parts.is_empty() {
+        let url = match redis_parts.get("url").and_then(Value::as_str) {
+            Some(url) => url.to_owned(),
+            None => {
+                let host = redis_parts.get("host").and_then(Value::as_str).unwrap_or("localhost");
+                let port = redis_parts
+                    .get("port")
+                    .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+                    .unwrap_or_else(|| "6379".into());
+                match redis_parts.get("password").and_then(Value::as_str) {
+                    Some(password) if password.starts_with("os.environ/") => {
+                        t.refuse(
+                            "router_settings.redis_password",
+                            "write the whole URL instead: redis_url: os.environ/REDIS_URL (redis://:password@host:port)",
+                        );
+                        String::new()
+                    }
+                    Some(password) => format!("redis://:{password}@{host}:{port}"),
+                    None => format!("redis://{host}:{port}"),
+                }
+            }
+        };
+        policy.insert("redis".into(), json!({"url": url}));
+        t.map(
+            "router_settings.redis_*",
+            "policy.redis.url (shared rate limits, budgets and spend)",
+        );
+    }
+    if let Some(settings) = doc.get("litellm_settings").and_then(Value::as_object) {
+        for (key, value) in settings {
+            let here = format!("litellm_settings.{key}");
+            match key.as_str() {
+                "cache" => {
+                    cache.insert("enabled".into(), json!(value.as_bool().unwrap_or(false)));
+                    t.map(here, "cache.enabled");
+                }
+                "cache_params" => {
+                    let Some(params) = value.as_object() else {
+                        t.refuse(&here, "must be a map");
+                        continue;
+                    };
+                    for (p, v) in params {
+                        let phere = format!("{here}.{p}");
+                        match p.as_str() {
+                            "type" => match v.as_str().unwrap_or_default() {
+                                "local" | "in-memory" | "in_memory" => {
+                                    cache.insert("backend".into(), json!("memory"));
+                                    t.map(phere, "cache.backend: memory");
+                                }
+                                "redis" => {
+                                    cache.insert("backend".into(), json!("redis"));
+                                    t.map(phere, "cache.backend: redis");
+                                }
+                                other => {
+                                    t.refuse(&phere, &format!("cache type `{other}` is not supported (local, redis)"))
+                                }
+                            },
+                            "ttl" => {
+                                cache.insert("ttl_seconds".into(), v.clone());
+                                t.map(phere, "cache.ttl_seconds");
+                            }
+                            "host" | "port" | "password" => {
+                                if let Some(o) = cache.entry("__redis").or_insert_with(|| json!({})).as_object_mut() {
+                                    o.insert(p.clone(), v.clone());
+                                }
+                            }
+                            "namespace" => {
+                                let prefix = format!("{}:", v.as_str().unwrap_or("litellm"));
+                                if let Some(o) = cache.entry("__redis").or_insert_with(|| json!({})).as_object_mut() {
+                                    o.insert("prefix".into(), json!(prefix));
+                                }
+                                t.map(phere, "cache.redis.prefix");
+                            }
+                            "supported_call_types" => t.warn(&phere, "chat, completions and embeddings are cached"),
+                            _ => t.refuse(&phere, "is not supported, and ignoring it would change what is cached"),
+                        }
+                    }
+                }
+                "num_retries" => {
+                    router.entry("num_retries").or_insert_with(|| value.clone());
+                    t.map(here, "router_settings.num_retries");
+                }
+                "request_timeout" => match secs_to_ms(value) {
+                    Some(ms) => {
+                        router.entry("timeout_ms").or_insert(json!(ms));
+                        router.entry("max_timeout_ms").or_insert(json!(ms.max(600_000)));
+                        t.map(here, "router_settings.timeout_ms");
+                    }
+                    None => t.refuse(&here, "must be a number of seconds"),
+                },
+                "fallbacks" => t.fallbacks(&here, value, &mut groups, "fallbacks"),
+                "context_window_fallbacks" => t.fallbacks(&here, value, &mut groups, "context_window_fallbacks"),
+                "content_policy_fallbacks" => t.fallbacks(&here, value, &mut groups, "content_policy_fallbacks"),
+                other => match IGNORED_LITELLM_SETTINGS.iter().find(|(k, _)| *k == other) {
+                    Some((_, why)) => t.warn(&here, why),
+                    None => t.refuse(&here, "is not supported, and ignoring it would change behaviour"),
+                },
+            }
+        }
+    }
+    if let Some(redis) = cache.remove("__redis").and_then(|v| v.as_object().cloned()) {
+        let host = redis.get("host").and_then(Value::as_str).unwrap_or("localhost");
+        let port = redis
+            .get("port")
+            .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
+            .unwrap_or_else(|| "6379".into());
+        let url = match redis.get("password").and_then(Value::as_str) {
+            Some(pw) => format!("redis://:{pw}@{host}:{port}"),
+            None => format!("redis://{host}:{port}"),
+        };
+        let mut r = Map::new();
+        r.insert("url".into(), json!(url));
+        if let Some(prefix) = redis.get("prefix") {
+            r.insert("prefix".into(), prefix.clone());
+        }
+        cache.insert("redis".into(), Value::Object(r));
+        t.map("litellm_settings.cache_params.host/port/password", "cache.redis.url");
+    } else if cache.get("backend") == Some(&json!("redis")) {
+        if let Some(url) = policy.get("redis").and_then(|r| r.get("url")).cloned() {
+            cache.insert("redis".into(), json!({"url": url}));
+            t.map("router_settings.redis_*", "cache.redis.url");
+        }
+    }
+    if let Some(settings) = doc.get("general_settings").and_then(Value::as_object) {
+        for (key, value) in settings {
+            let here = format!("general_settings.{key}");
+            match key.as_str() {
+                "master_key" => {
+                    policy.insert("master_key".into(), value.clone());
+                    t.map(here, "policy.master_key");
+                }
+                other => match IGNORED_GENERAL_SETTINGS.iter().find(|(k, _)| *k == other) {
+                    Some((_, why)) => t.warn(&here, why),
+                    None => t.refuse(&here, "is not supported, and ignoring it would change behaviour"),
+                },
+            }
+        }
+    }
+    if let Some(doc) = doc.as_object() {
+        for key in doc.keys() {
+            match key.as_str() {
+                "model_list" | "router_settings" | "litellm_settings" | "general_settings" => {}
+                // Switchyard's own sections may sit beside LiteLLM's.
+                "server" | "embedder" | "policy" | "cache" | "telemetry" => {}
+                "environment_variables" => t.warn(key, "set these in the process environment"),
+                other => t.refuse(other, "is not a LiteLLM section Switchyard knows"),
+            }
+        }
+    }
+    if !t.issues.is_empty() {
+        return Err(t.issues);
+    }
+    let mut config = Map::new();
+    for section in ["server", "embedder", "telemetry"] {
+        if let Some(v) = doc.get(section) {
+            config.insert(section.into(), v.clone());
+        }
+    }
+    let merge = |ours: Map<String, Value>, theirs: Option<&Value>| {
+        let mut merged = ours;
+        if let Some(Value::Object(extra)) = theirs {
+            for (k, v) in extra {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+        merged
+    };
+    let policy = merge(policy, doc.get("policy"));
+    let cache = merge(cache, doc.get("cache"));
+    if !router.is_empty() {
+        if let Some(n) = router.get("num_retries").and_then(Value::as_u64) {
+            router.insert("max_num_retries".into(), json!(n.max(5)));
+        }
+        config.insert("router_settings".into(), Value::Object(router));
+    }
+    if !policy.is_empty() {
+        config.insert("policy".into(), Value::Object(policy));
+    }
+    if !cache.is_empty() {
+        config.insert("cache".into(), Value::Object(cache));
+    }
+    config.insert(
+        "model_list".into(),
+        Value::Array(
+            order
+                .iter()
+                .filter_map(|n| groups.remove(n))
+                .map(Value::Object)
+                .collect(),
+        ),
+    );
+    t.out.config = Value::Object(config);
+    Ok(t.out)
+}

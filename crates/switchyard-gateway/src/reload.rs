@@ -1,0 +1,382 @@
+//! The running gateway's lifecycle: configuration reloads without a restart
+//! (file changes, `SIGHUP`, `POST /config/reload`, an S3 object's new ETag)
+//! and the drain before shutdown.
+//!
+//! A reload reads and validates the whole configuration and starts what it
+//! needs (learned routers' artifacts) before anything changes; then the new
+//! state is swapped in at once. Requests already running keep the state they
+//! started with, streams included; a rejected configuration changes nothing.
+//! Keys, limits, budgets and spend, metrics, the request log, and a cache
+//! whose settings did not change carry over; `server`, `policy` and
+//! `telemetry` changes take effect at the next restart (a warning says so).
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tower::ServiceExt as _;
+
+use crate::config::{self, Config, ConfigError, EnvSource, Overrides, Source};
+use crate::error::ApiError;
+use crate::metering::presented_key;
+use crate::state::AppState;
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// The embedded default (never changes).
+    Embedded,
+    /// A file, watched for changes.
+    File(PathBuf),
+    /// An S3 object, polled by ETag.
+    S3 {
+        /// The client.
+        client: aws_sdk_s3::Client,
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+}
+
+/// Why a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The configuration could not be read.
+    #[error("cannot read the configuration: {0}")]
+    Fetch(String),
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Something the configuration needs could not start.
+    #[error("cannot start the new configuration: {0}")]
+    Start(String),
+}
+
+/// One configuration text and its fingerprint (content hash or ETag).
+#[derive(Debug, Clone)]
+pub struct Fetched {
+    /// YAML text (`None`: the embedded default).
+    pub text: Option<String>,
+    /// Changes when the text does.
+    pub fingerprint: String,
+}
+
+impl Origin {
+    /// Parses `--config`: a path or `s3://bucket/key`.
+    pub async fn from_arg(arg: Option<&PathBuf>, s3: &config::S3Entry) -> Result<Self, ReloadError> {
+        let Some(path) = arg else { return Ok(Origin::Embedded) };
+        let text = path.to_string_lossy();
+        let Some(rest) = text.strip_prefix("s3://") else {
+            return Ok(Origin::File(path.clone()));
+        };
+        let (bucket, key) = rest
+            .split_once('/')
+            .filter(|(b, k)| !b.is_empty() && !k.is_empty())
+            .ok_or_else(|| ReloadError::Fetch(format!("`{text}` is not s3://bucket/key")))?;
+        Ok(Origin::S3 {
+            client: crate::learned::s3_client(s3).await,
+            bucket: bucket.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    /// Reads the configuration.
+    pub async fn fetch(&self) -> Result<Fetched, ReloadError> {
+        match self {
+            Origin::Embedded => Ok(Fetched {
+                text: None,
+                fingerprint: "embedded".into(),
+            }),
+            Origin::File(path) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .map_err(|e| ReloadError::Fetch(format!("{}: {e}", path.display())))?;
+                let fingerprint = hex::encode(Sha256::digest(text.as_bytes()));
+                Ok(Fetched {
+                    text: Some(text),
+                    fingerprint,
+                })
+            }
+            Origin::S3 { client, bucket, key } => {
+                let object = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| {
+                    ReloadError::Fetch(format!("s3://{bucket}/{key}: {}", crate::learned::aws_reason(&e)))
+                })?;
+                let etag = object.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+                let bytes = object
+                    .body
+                    .collect()
+                    .await
+                    .map_err(|e| ReloadError::Fetch(format!("s3://{bucket}/{key}: {e}")))?
+                    .into_bytes();
+                let text = String::from_utf8(bytes.to_vec())
+                    .map_err(|_| ReloadError::Fetch(format!("s3://{bucket}/{key} is not UTF-8")))?;
+                Ok(Fetched {
+                    text: Some(text),
+                    fingerprint: etag,
+                })
+            }
+        }
+    }
+
+    /// The fingerprint only, when it is cheaper than the text (S3: `HeadObject`).
+    async fn fingerprint(&self) -> Result<String, ReloadError> {
+        match self {
+            Origin::S3 { client, bucket, key } => client
+                .head_object()
+                .bucket(bucket)
+                .key(key)
+                .send()
+                .await
+                .map(|h| h.e_tag().unwrap_or_default().trim_matches('"').to_owned())
+                .map_err(|e| ReloadError::Fetch(format!("s3://{bucket}/{key}: {}", crate::learned::aws_reason(&e)))),
+            other => other.fetch().await.map(|f| f.fingerprint),
+        }
+    }
+
+    /// Whether it can change while the gateway runs.
+    fn watchable(&self) -> bool {
+        !matches!(self, Origin::Embedded)
+    }
+}
+
+/// Parses a fetched configuration.
+pub fn parse(fetched: &Fetched, overrides: &Overrides) -> Result<Config, ConfigError> {
+    match &fetched.text {
+        None => config::load(Source::Embedded, overrides),
+        Some(text) => config::load(Source::Text(text), overrides),
+    }
+}
+
+/// The gateway's current state and everything needed to replace it.
+pub struct Live {
+    origin: Origin,
+    overrides: Overrides,
+    env: Box<dyn EnvSource + Send + Sync>,
+    state: ArcSwap<AppState>,
+    router: ArcSwap<Router>,
+    config: parking_lot::Mutex<(Config, String)>,
+    /// The fingerprint of the last configuration refused, not retried by the watch.
+    refused: parking_lot::Mutex<Option<String>>,
+    reloading: tokio::sync::Mutex<()>,
+    draining: AtomicBool,
+    reloads: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl std::fmt::Debug for Live {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Live")
+            .field("origin", &self.origin)
+            .field("reloads", &self.reloads.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Live {
+    /// Wraps a started state built from `config` (fetched with `fingerprint`).
+    pub fn new(
+        origin: Origin,
+        overrides: Overrides,
+        env: Box<dyn EnvSource + Send + Sync>,
+        config: Config,
+        fingerprint: String,
+        state: AppState,
+    ) -> Arc<Self> {
+        let state = Arc::new(state);
+        let router = crate::routes::router(state.clone());
+        Arc::new(Self {
+            origin,
+            overrides,
+            env,
+            state: ArcSwap::new(state),
+            router: ArcSwap::from_pointee(router),
+            config: parking_lot::Mutex::new((config, fingerprint)),
+            refused: parking_lot::Mutex::new(None),
+            reloading: tokio::sync::Mutex::new(()),
+            draining: AtomicBool::new(false),
+            reloads: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        })
+    }
+
+    /// The state new requests get.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.load_full()
+    }
+
+    /// Reloads if the configuration changed (or always, with `force`);
+    /// `Ok(false)` when there was nothing new.
+    pub async fn reload(&self, trigger: &str, force: bool) -> Result<bool, ReloadError> {
+        let _one_at_a_time = self.reloading.lock().await;
+        if !force {
+            let fingerprint = self.origin.fingerprint().await?;
+            if fingerprint == self.config.lock().1 || self.refused.lock().as_deref() == Some(fingerprint.as_str()) {
+                return Ok(false);
+            }
+        }
+        let result = self.apply().await;
+        match &result {
+            Ok(()) => {
+                *self.refused.lock() = None;
+                self.reloads.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(trigger, "configuration reloaded");
+            }
+            Err(e) => {
+                if let Ok(fingerprint) = self.origin.fingerprint().await {
+                    *self.refused.lock() = Some(fingerprint);
+                }
+                self.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(trigger, error = %e, "configuration rejected; the previous one keeps serving");
+            }
+        }
+        result.map(|()| true)
+    }
+
+    async fn apply(&self) -> Result<(), ReloadError> {
+        let fetched = self.origin.fetch().await?;
+        let config = parse(&fetched, &self.overrides)?;
+        let mut next = crate::build_state(&config, self.env.as_ref())?;
+        let old = self.state.load_full();
+        {
+            let (previous, _) = &*self.config.lock();
+            for (section, changed) in [
+                ("server", previous.server != config.server),
+                ("policy", previous.policy != config.policy),
+                ("telemetry", previous.telemetry != config.telemetry),
+            ] {
+                if changed {
+                    tracing::warn!(section, "this section changed; it takes effect at the next restart");
+                }
+            }
+            next.inherit(&old, previous.cache == config.cache);
+        }
+        next.start_learned()
+            .await
+            .map_err(|e| ReloadError::Start(e.to_string()))?;
+        for notice in &config.notices {
+            tracing::warn!("configuration: {notice}");
+        }
+        let next = Arc::new(next);
+        let router = crate::routes::router(next.clone());
+        self.state.store(next);
+        self.router.store(Arc::new(router));
+        *self.config.lock() = (config, fetched.fingerprint);
+        Ok(())
+    }
+
+    /// Turns readiness false: load balancers stop sending new requests.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// Polls the origin every `every` and reloads when it changed.
+    pub fn watch(self: &Arc<Self>, every: Duration) {
+        if !self.origin.watchable() || every.is_zero() {
+            return;
+        }
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let Some(live) = weak.upgrade() else { return };
+                if live.draining.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(e) = live.reload("watch", false).await {
+                    tracing::debug!(error = %e, "configuration watch");
+                }
+            }
+        });
+    }
+
+    /// Reloads on every `SIGHUP`.
+    pub fn reload_on_sighup(self: &Arc<Self>) {
+        #[cfg(unix)]
+        {
+            let weak = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                    tracing::error!("cannot listen for SIGHUP");
+                    return;
+                };
+                while hup.recv().await.is_some() {
+                    let Some(live) = weak.upgrade() else { return };
+                    let _ = live.reload("SIGHUP", true).await;
+                }
+            });
+        }
+    }
+
+    /// The HTTP service: the lifecycle routes, then the current router.
+    pub fn service(self: &Arc<Self>) -> Router {
+        Router::new().fallback(front).with_state(self.clone())
+    }
+}
+
+/// Every request passes here first: `POST /config/reload`, readiness while
+/// draining, and everything else to the router of the current state.
+async fn front(State(live): State<Arc<Live>>, request: Request) -> Response {
+    let path = request.uri().path();
+    if path == "/config/reload" {
+        if request.method() != Method::POST {
+            return ApiError::MethodNotAllowed(request.method().to_string()).into_response();
+        }
+        let headers = request.headers().clone();
+        drop(request);
+        return reload_route(&live, &headers).await;
+    }
+    if path == "/health/readiness" && live.draining.load(Ordering::SeqCst) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "draining"})),
+        )
+            .into_response();
+    }
+    let router = live.router.load_full();
+    let result: Result<Response, Infallible> = Router::clone(&router).oneshot(request).await;
+    match result {
+        Ok(response) => response,
+        Err(never) => match never {},
+    }
+}
+
+async fn reload_route(live: &Live, headers: &axum::http::HeaderMap) -> Response {
+    let state = live.state();
+    if !state.policy.has_master_key() {
+        return ApiError::Forbidden(
+            "Reloading needs a master key: set policy.master_key or SWITCHYARD_MASTER_KEY.".into(),
+        )
+        .into_response();
+    }
+    match presented_key(headers) {
+        Some(token) if state.policy.is_master(token) => {}
+        Some(_) => return ApiError::Forbidden("Reloading needs the master key.".into()).into_response(),
+        None => return ApiError::Denied(switchyard_policy::Denied::MissingKey).into_response(),
+    }
+    match live.reload("api", true).await {
+        Ok(_) => axum::Json(json!({
+            "status": "reloaded",
+            "reloads": live.reloads.load(Ordering::Relaxed),
+            "models": live.state().registry.model_names().count(),
+        }))
+        .into_response(),
+        Err(e) => ApiError::InvalidField {
+            param: None,
+            message: format!("The configuration was not applied; the previous one keeps serving. {e}"),
+        }
+        .into_response(),
+    }
+}

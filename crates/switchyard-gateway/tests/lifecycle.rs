@@ -1,0 +1,320 @@
+//! The running gateway's lifecycle through the real binary: configuration
+//! reloads (file watch, `SIGHUP`, `POST /config/reload`, an S3 object on a
+//! real `moto_server`) under load with no failed request, a bad
+//! configuration rejected while the old one serves, and a graceful shutdown
+//! that drains a long stream, reports readiness false first, writes spend
+//! and the request log, and exits 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-lifecycle-master-0001";
+const STORY: &str = "one two three four five six seven eight";
+
+fn config(reply: &str, extra_models: &str, server: &str) -> String {
+    format!(
+        r#"
+server:
+  config_poll_ms: 150
+{server}
+policy:
+  master_key: {MASTER}
+model_list:
+  - model_name: a
+    deployments:
+      - {{provider: mock, model: a-1, mock: {{reply: "{reply}", delay_ms: 5}}}}
+  - model_name: slow
+    deployments:
+      - {{provider: mock, model: slow-1, mock: {{reply: "{STORY}", delay_ms: 5, chunk_delay_ms: 120}}}}
+{extra_models}"#
+    )
+}
+
+async fn ask(client: &reqwest::Client, base: &str, model: &str) -> (u16, String) {
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await;
+    match response {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            let text = body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            (status, text)
+        }
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+/// Streams `slow` to its end: the concatenated text, and whether `[DONE]` came.
+async fn stream(client: reqwest::Client, base: String) -> (String, bool) {
+    let response = client
+        .post(format!("{base}/v1/chat/completions"))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "tell"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    let mut text = String::new();
+    let mut done = false;
+    for data in body.lines().filter_map(|l| l.strip_prefix("data: ")) {
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let chunk: Value = serde_json::from_str(data).unwrap();
+        text.push_str(chunk["choices"][0]["delta"]["content"].as_str().unwrap_or_default());
+    }
+    (text, done)
+}
+
+async fn models(base: &str) -> Vec<String> {
+    let body: Value = reqwest::Client::new()
+        .get(format!("{base}/v1/models"))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+async fn wait_until(what: &str, check: impl AsyncFn() -> bool) {
+    for _ in 0..200 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const MODEL_B: &str = "  - model_name: b\n    deployments:\n      - {provider: mock, model: b-1}\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reloads_under_load_fail_no_request_and_bad_configs_change_nothing() {
+    let gw = GatewayProcess::start(BIN.as_ref(), &config("v1", "", ""));
+    let base = gw.base_url();
+    let client = reqwest::Client::new();
+    assert_eq!(ask(&client, &base, "a").await, (200, "v1".into()));
+
+    // Load: four clients asking all along, and a long stream begun on v1.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (client, base, stop, sent, failed) =
+            (client.clone(), base.clone(), stop.clone(), sent.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let (status, text) = ask(&client, &base, "a").await;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != 200 || !text.starts_with('v') {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed: {status} {text}");
+                }
+            }
+        }));
+    }
+    let long = tokio::spawn(stream(client.clone(), base.clone()));
+    tokio::time::sleep(Duration::from_millis(150)).await;
+
+    // 1. The file changes: the watch applies it.
+    std::fs::write(gw.config_path(), config("v2", MODEL_B, "")).unwrap();
+    wait_until("the watch to add model b", async || {
+        models(&base).await.contains(&"b".to_owned())
+    })
+    .await;
+    assert_eq!(ask(&client, &base, "a").await, (200, "v2".into()));
+    assert_eq!(ask(&client, &base, "b").await.0, 200);
+
+    // 2. SIGHUP reloads at once.
+    std::fs::write(gw.config_path(), config("v3", MODEL_B, "")).unwrap();
+    gw.signal("HUP");
+    assert!(
+        gw.wait_for_log("\"trigger\":\"SIGHUP\"", Duration::from_secs(10)),
+        "{:?}",
+        gw.logs()
+    );
+    wait_until("v3", async || ask(&client, &base, "a").await.1 == "v3").await;
+
+    // 3. An invalid configuration is refused with its reason; v3 keeps serving.
+    let broken = config("v4", MODEL_B, "").replace("model_name: b", "model_name: b\n    routing_strategy: telepathy");
+    std::fs::write(gw.config_path(), broken).unwrap();
+    let reload = |key: &'static str| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/config/reload"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, body) = reload(MASTER).await;
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("routing_strategy") && message.contains("telepathy"),
+        "{message}"
+    );
+    assert_eq!(ask(&client, &base, "a").await, (200, "v3".into()));
+    assert_eq!(reload("sk-not-the-master").await.0, 403);
+
+    // 4. Fixed, and reloaded through the API.
+    std::fs::write(gw.config_path(), config("v5", "", "")).unwrap();
+    let (status, body) = reload(MASTER).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "reloaded");
+    assert_eq!(ask(&client, &base, "a").await, (200, "v5".into()));
+    assert!(!models(&base).await.contains(&"b".to_owned()));
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let (text, done) = long.await.unwrap();
+    assert_eq!(text.trim(), STORY, "the stream begun on v1 finished on v1");
+    assert!(done);
+    assert!(
+        sent.load(Ordering::Relaxed) > 20,
+        "{} requests",
+        sent.load(Ordering::Relaxed)
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed across four reloads"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_streams_reports_not_ready_first_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}\ntelemetry:\n  request_log:\n    path: {}\n",
+        config("v1", "", "  drain_delay_ms: 600\n  shutdown_timeout_ms: 10000").replace(
+            &format!("policy:\n  master_key: {MASTER}\n"),
+            &format!(
+                "policy:\n  master_key: {MASTER}\n  data_dir: {}\n",
+                dir.path().display()
+            )
+        ),
+        dir.path().join("requests.jsonl").display()
+    );
+    let mut gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let base = gw.base_url();
+    let client = reqwest::Client::new();
+    let ready = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/health/readiness"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    assert_eq!(ready(client.clone(), base.clone()).await, 200);
+    let long = tokio::spawn(stream(client.clone(), base.clone()));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    gw.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        ready(client.clone(), base.clone()).await,
+        503,
+        "readiness turns false first"
+    );
+    let (text, done) = long.await.unwrap();
+    assert_eq!(text.trim(), STORY, "the stream in flight finished");
+    assert!(done);
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0), "{:?}", gw.logs());
+
+    let spend = std::fs::read_to_string(dir.path().join("spend.jsonl")).unwrap();
+    assert_eq!(spend.lines().count(), 1, "the stream's spend was written: {spend}");
+    let log = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap();
+    let record: Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
+    assert_eq!(record["model"], "slow");
+    assert_eq!(record["status"], 200);
+}
+
+fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {
+    let config = aws_sdk_s3::config::Builder::new()
+        .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+        .region(aws_sdk_s3::config::Region::new("us-east-1"))
+        .endpoint_url(endpoint)
+        .force_path_style(true)
+        .credentials_provider(aws_sdk_s3::config::Credentials::new(
+            MOTO_ACCESS_KEY_ID,
+            MOTO_SECRET_ACCESS_KEY,
+            None,
+            None,
+            "test",
+        ))
+        .build();
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_in_s3_is_polled_by_etag() {
+    let moto = MotoServer::start();
+    let s3 = s3_client(&moto.endpoint());
+    s3.create_bucket().bucket("fleet").send().await.unwrap();
+    let put = |yaml: String| {
+        let s3 = s3.clone();
+        async move {
+            s3.put_object()
+                .bucket("fleet")
+                .key("gateway/config.yaml")
+                .body(yaml.into_bytes().into())
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    put(config("from-s3", "", "")).await;
+    let endpoint = moto.endpoint();
+    let gw = GatewayProcess::start_with(
+        BIN.as_ref(),
+        "",
+        &["--config", "s3://fleet/gateway/config.yaml", "--s3-force-path-style"],
+        &[
+            ("SWITCHYARD_S3_ENDPOINT_URL", endpoint.as_str()),
+            ("AWS_ACCESS_KEY_ID", MOTO_ACCESS_KEY_ID),
+            ("AWS_SECRET_ACCESS_KEY", MOTO_SECRET_ACCESS_KEY),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    let base = gw.base_url();
+    let client = reqwest::Client::new();
+    assert_eq!(ask(&client, &base, "a").await, (200, "from-s3".into()));
+    put(config("new-version", MODEL_B, "")).await;
+    wait_until("the new object", async || {
+        ask(&client, &base, "a").await.1 == "new-version"
+    })
+    .await;
+    assert!(models(&base).await.contains(&"b".to_owned()));
+}

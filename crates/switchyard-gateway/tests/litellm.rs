@@ -1,0 +1,279 @@
+//! A LiteLLM proxy `config.yaml`, as teams run it, served as it is: what
+//! each key becomes (routing, retries, cooldowns, limits, prices, cache,
+//! master key), the gateway answering through it over real HTTP with a
+//! shared Redis, `check-config --litellm`'s report, and keys Switchyard
+//! cannot honour failing start-up by name.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_gateway::config::{self, Source};
+use switchyard_gateway::{Overrides, build_state};
+use switchyard_testkit::{GatewayProcess, MockUpstream, RedisServer};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-litellm-master-0001";
+
+fn litellm_config(mock: &str, redis_port: u16) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params:
+      model: openai/gpt-4o
+      api_base: {mock}/v1
+      api_key: os.environ/OPENAI_API_KEY
+      rpm: 600
+      tpm: 100000
+      input_cost_per_token: 0.0000025
+      output_cost_per_token: 0.00001
+  - model_name: gpt-4o
+    litellm_params:
+      model: azure/gpt-4o-eu
+      api_base: {mock}
+      api_key: os.environ/AZURE_API_KEY
+      api_version: "2024-06-01"
+      rpm: 300
+    model_info:
+      id: azure-eu
+  - model_name: claude-sonnet
+    litellm_params:
+      model: anthropic/claude-3-5-sonnet-20240620
+      api_base: {mock}
+      api_key: os.environ/ANTHROPIC_API_KEY
+      timeout: 30
+      max_retries: 1
+  - model_name: llama
+    litellm_params:
+      model: hosted_vllm/meta-llama/Llama-3.1-8B-Instruct
+      api_base: {mock}/v1
+
+router_settings:
+  routing_strategy: usage-based-routing-v2
+  num_retries: 2
+  timeout: 45
+  fallbacks: [{{"gpt-4o": ["claude-sonnet"]}}]
+  context_window_fallbacks: [{{"llama": ["gpt-4o"]}}]
+  allowed_fails: 4
+  cooldown_time: 20
+  redis_host: 127.0.0.1
+  redis_port: {redis_port}
+  enable_pre_call_checks: true
+
+litellm_settings:
+  cache: true
+  cache_params:
+    type: redis
+    ttl: 600
+  set_verbose: false
+  success_callback: ["langfuse"]
+  drop_params: true
+
+general_settings:
+  master_key: os.environ/LITELLM_MASTER_KEY
+"#
+    )
+}
+
+fn env() -> BTreeMap<String, String> {
+    [
+        ("OPENAI_API_KEY", "sk-openai-test"),
+        ("AZURE_API_KEY", "azure-test"),
+        ("ANTHROPIC_API_KEY", "sk-ant-test"),
+        ("LITELLM_MASTER_KEY", MASTER),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+#[tokio::test]
+async fn a_litellm_config_becomes_the_same_routing_and_limits() {
+    let yaml = litellm_config("http://127.0.0.1:9", 6390);
+    let config = config::load(Source::Text(&yaml), &Overrides::default()).unwrap();
+    let state = build_state(&config, &env()).unwrap();
+
+    let names: Vec<&str> = state.registry.model_names().collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    let gpt = state.registry.group("gpt-4o").unwrap().deployments();
+    assert_eq!(gpt.len(), 2, "two entries with one model_name are one group");
+    assert_eq!((gpt[0].provider.as_str(), gpt[0].model.as_str()), ("openai", "gpt-4o"));
+    assert_eq!(
+        (gpt[1].provider.as_str(), gpt[1].model.as_str()),
+        ("azure", "gpt-4o-eu")
+    );
+    assert_eq!(
+        (gpt[0].rpm, gpt[0].tpm, gpt[1].rpm),
+        (Some(600), Some(100_000), Some(300))
+    );
+    assert_eq!(gpt[0].input_cost_per_token, 0.0000025);
+    let claude = state.registry.group("claude-sonnet").unwrap().deployments();
+    assert_eq!(claude[0].provider, "anthropic");
+    let llama = state.registry.group("llama").unwrap().deployments();
+    assert_eq!(
+        (llama[0].provider.as_str(), llama[0].model.as_str()),
+        ("openai", "meta-llama/Llama-3.1-8B-Instruct")
+    );
+
+    let route = &state.routes["gpt-4o"];
+    assert_eq!(route.strategy.name(), "usage-based");
+    assert_eq!(route.fallbacks, vec!["claude-sonnet".to_owned()]);
+    assert_eq!(
+        state.routes["llama"].context_window_fallbacks,
+        vec!["gpt-4o".to_owned()]
+    );
+    assert_eq!(state.dispatch.retry.num_retries, 2);
+    assert_eq!(state.dispatch.timeout, Duration::from_secs(45));
+    assert_eq!(state.dispatch.cooldown.allowed_fails, 4);
+    assert_eq!(state.dispatch.cooldown.cooldown_ms, 20_000);
+    assert!(state.policy.has_master_key());
+    assert!(state.cache.is_some(), "litellm_settings.cache");
+    assert_eq!(state.cache.as_ref().unwrap().store().backend_name(), "redis");
+
+    let notices = config.notices.join("\n");
+    for key in [
+        "litellm_settings.set_verbose",
+        "litellm_settings.success_callback",
+        "litellm_settings.drop_params",
+        "router_settings.enable_pre_call_checks",
+        "model_list[1].model_info.id",
+        "model_list[2].litellm_params.max_retries",
+    ] {
+        assert_eq!(
+            notices.matches(&format!("`{key}`")).count(),
+            1,
+            "one warning for {key}:\n{notices}"
+        );
+    }
+}
+
+#[test]
+fn keys_that_would_change_behaviour_fail_by_name() {
+    for (extra, key) in [
+        (
+            "router_settings:\n  model_group_alias: {\"gpt-4\": \"gpt-4o\"}\n",
+            "router_settings.model_group_alias",
+        ),
+        ("litellm_settings:\n  max_budget: 100\n", "litellm_settings.max_budget"),
+        (
+            "general_settings:\n  custom_auth: my_module.auth\n",
+            "general_settings.custom_auth",
+        ),
+    ] {
+        let yaml = format!(
+            "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/gpt-4o\n      api_key: k\n{extra}"
+        );
+        let err = config::load(Source::Text(&yaml), &Overrides::default()).unwrap_err();
+        assert!(err.to_string().contains(key), "{key}: {err}");
+    }
+    let yaml = "model_list:\n  - model_name: g\n    litellm_params:\n      model: vertex_ai/gemini-pro\n";
+    let err = config::load(Source::Text(yaml), &Overrides::default()).unwrap_err();
+    assert!(
+        err.to_string().contains("model_list[0].litellm_params.model") && err.to_string().contains("vertex_ai"),
+        "{err}"
+    );
+}
+
+async fn chat(gw: &GatewayProcess, key: Option<&str>, model: &str) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .json(&json!({"model": model, "messages": [{"role": "user", "content": "hello from litellm"}]}));
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    (status, headers, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_serves_a_litellm_config_as_it_is() {
+    let redis = RedisServer::start();
+    let port: u16 = redis
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let mock = MockUpstream::start().await;
+    let yaml = litellm_config(&mock.root_url(), port);
+    let env = env();
+    let envs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let gw = GatewayProcess::start_with(BIN.as_ref(), &yaml, &[], &envs);
+
+    let (status, _, _) = chat(&gw, None, "gpt-4o").await;
+    assert_eq!(status, 401, "general_settings.master_key guards the API");
+    let (status, headers, body) = chat(&gw, Some(MASTER), "gpt-4o").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        headers["x-switchyard-deployment"]
+            .to_str()
+            .unwrap()
+            .starts_with("gpt-4o/")
+    );
+    let (_, again, _) = chat(&gw, Some(MASTER), "gpt-4o").await;
+    assert_eq!(
+        again["x-switchyard-cache"], "hit",
+        "litellm_settings.cache on the router's Redis"
+    );
+    for model in ["claude-sonnet", "llama"] {
+        let (status, _, body) = chat(&gw, Some(MASTER), model).await;
+        assert_eq!(status, 200, "{model}: {body}");
+    }
+    let logs = gw.logs().join("\n");
+    assert!(
+        logs.contains("litellm_settings.success_callback"),
+        "warnings are logged at start-up:\n{logs}"
+    );
+    assert!(!logs.contains("sk-openai-test") && !logs.contains(MASTER));
+}
+
+#[test]
+fn check_config_reports_what_maps_to_what() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("litellm.yaml");
+    std::fs::write(&path, litellm_config("http://127.0.0.1:9", 6390)).unwrap();
+    let run = |file: &Path| {
+        let out = Command::new(BIN)
+            .args(["check-config", "--litellm"])
+            .arg(file)
+            .envs(env())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = run(&path);
+    assert!(ok, "{out}");
+    for line in [
+        "router_settings.routing_strategy -> router_settings.routing_strategy: usage-based",
+        "router_settings.cooldown_time -> router_settings.cooldown_ms",
+        "general_settings.master_key -> policy.master_key",
+        "model_list[0].litellm_params.rpm -> model_list[gpt-4o].deployments[].rpm",
+        "warning: `litellm_settings.drop_params` is not used",
+        "configuration is valid: 3 models, 4 deployments",
+    ] {
+        assert!(out.contains(line), "missing `{line}` in:\n{out}");
+    }
+    std::fs::write(
+        &path,
+        "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      api_key: k\nrouter_settings:\n  model_group_alias: {}\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&path);
+    assert!(!ok, "{out}");
+    assert!(out.contains("error: router_settings.model_group_alias"), "{out}");
+}
