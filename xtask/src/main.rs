@@ -6,6 +6,8 @@
 //!   the Python OpenAI-SDK client tests, failing fast on the first error.
 //! - `cargo xtask models fetch` puts the embedding model in `models/`.
 //! - `cargo xtask train` / `cargo xtask eval` train and evaluate learned routers.
+//! - `cargo xtask image` / `cargo xtask dist` build the container image and
+//!   release archives with checksums.
 //! - `cargo xtask export-traces` turns the gateway's request log and feedback
 //!   into routing data for `train`.
 //! - `cargo xtask bench gateway` measures the gateway's overhead against the
@@ -22,6 +24,7 @@ mod models;
 mod oha;
 mod plot;
 mod process;
+mod release;
 mod router;
 mod traces;
 mod util;
@@ -54,6 +57,10 @@ enum Task {
     Eval(router::EvalArgs),
     /// Turn the gateway's request log and feedback into routing data for `train`.
     ExportTraces(traces::ExportArgs),
+    /// Build the container image (deploy/docker/Dockerfile) with docker or podman.
+    Image(release::ImageArgs),
+    /// Build release binaries and pack them with SHA-256 checksums.
+    Dist(release::DistArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +72,8 @@ fn main() -> ExitCode {
         Task::Train(args) => router::train(&args),
         Task::Eval(args) => router::eval(&args),
         Task::ExportTraces(args) => traces::run(&args),
+        Task::Image(args) => release::image(&args),
+        Task::Dist(args) => release::dist(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

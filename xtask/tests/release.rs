@@ -1,0 +1,93 @@
+//! `cargo xtask image` says clearly when no container engine is present and
+//! prints the build it would run; `cargo xtask dist` packs a binary with a
+//! checksum that `sha256sum -c` accepts.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::process::Command;
+
+const XTASK: &str = env!("CARGO_BIN_EXE_xtask");
+/// Any executable will do: packing does not look inside it.
+const SMALL_BINARY: &str = "/bin/true";
+
+fn xtask(args: &[&str], path: Option<&str>) -> (bool, String) {
+    let mut command = Command::new(XTASK);
+    command.args(args);
+    if let Some(path) = path {
+        command.env("PATH", path);
+    }
+    let out = command.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn image_without_an_engine_says_so_and_print_shows_the_build() {
+    let empty = tempfile::tempdir().unwrap();
+    let (ok, out) = xtask(&["image"], Some(empty.path().to_str().unwrap()));
+    assert!(!ok);
+    assert!(
+        out.contains("no container engine found") && out.contains("docker") && out.contains("podman"),
+        "{out}"
+    );
+    let (ok, out) = xtask(
+        &["image", "--print", "--tag", "switchyard:test"],
+        Some(empty.path().to_str().unwrap()),
+    );
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("build -f deploy/docker/Dockerfile -t switchyard:test --build-arg WITH_MODEL=0 ."),
+        "{out}"
+    );
+}
+
+#[test]
+fn dist_packs_a_binary_with_a_checksum_that_verifies() {
+    let out = tempfile::tempdir().unwrap();
+    let (ok, log) = xtask(
+        &["dist", "--binary", SMALL_BINARY, "--out", out.path().to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{log}");
+    let sums = std::fs::read_to_string(out.path().join("SHA256SUMS")).unwrap();
+    assert_eq!(sums.lines().count(), 1, "{sums}");
+    let archive = sums.split_whitespace().nth(1).unwrap();
+    assert!(
+        archive.starts_with("switchyard-") && archive.ends_with(".tar.gz"),
+        "{archive}"
+    );
+    let check = Command::new("sha256sum")
+        .arg("-c")
+        .arg("SHA256SUMS")
+        .current_dir(out.path())
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+    let listing = Command::new("tar")
+        .arg("-tzf")
+        .arg(out.path().join(archive))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in ["/switchyard", "/README.md", "/config/config.yaml"] {
+        assert!(listing.lines().any(|l| l.ends_with(file)), "{file} in {listing}");
+    }
+    // Packing again replaces the line rather than adding one.
+    let (ok, log) = xtask(
+        &["dist", "--binary", SMALL_BINARY, "--out", out.path().to_str().unwrap()],
+        None,
+    );
+    assert!(ok, "{log}");
+    assert_eq!(
+        std::fs::read_to_string(out.path().join("SHA256SUMS"))
+            .unwrap()
+            .lines()
+            .count(),
+        1
+    );
+}
