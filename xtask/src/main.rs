@@ -19,6 +19,7 @@
 
 mod bench;
 mod ci;
+mod codegen;
 mod http;
 mod models;
 mod oha;
@@ -57,6 +58,8 @@ enum Task {
     Eval(router::EvalArgs),
     /// Turn the gateway's request log and feedback into routing data for `train`.
     ExportTraces(traces::ExportArgs),
+    /// Write docs/configuration.md from the configuration types (`--check`: fail if stale).
+    Codegen(codegen::CodegenArgs),
     /// Build the container image (deploy/docker/Dockerfile) with docker or podman.
     Image(release::ImageArgs),
     /// Build release binaries and pack them with SHA-256 checksums.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Task::Train(args) => router::train(&args),
         Task::Eval(args) => router::eval(&args),
         Task::ExportTraces(args) => traces::run(&args),
+        Task::Codegen(args) => codegen::run(&args),
         Task::Image(args) => release::image(&args),
         Task::Dist(args) => release::dist(&args),
     };

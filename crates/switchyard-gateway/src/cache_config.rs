@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
 
 /// `cache:` as written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// Whether answers are cached at all.
@@ -50,7 +50,7 @@ impl Default for CacheConfig {
 }
 
 /// Where cached answers live.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CacheBackend {
     /// In this process.
@@ -60,7 +60,7 @@ pub enum CacheBackend {
 }
 
 /// `cache.redis:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRedisConfig {
     /// `redis://host:port/db`, or `os.environ/NAME`.
@@ -82,7 +82,7 @@ fn default_timeout_ms() -> u64 {
 }
 
 /// `cache.semantic.<model>:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SemanticConfig {
     /// Cosine similarity of two prompts' embeddings needed for a hit (0–1).

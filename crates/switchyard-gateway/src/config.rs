@@ -21,7 +21,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("../../../config/config.yaml");
 const ENV_SECTIONS: &[&str] = &["server", "embedder", "policy", "cache", "telemetry"];
 
 /// The configuration file as written.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Listener settings.
@@ -53,7 +53,7 @@ pub struct Config {
 }
 
 /// `router_settings:` — how a deployment is chosen for each request.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouterSettings {
     /// Strategy for groups that name none: `simple-shuffle`, `least-busy`,
@@ -191,7 +191,7 @@ pub struct DispatchSettings {
 }
 
 /// `server:` — where and how the gateway listens.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address to bind (`SWITCHYARD_HOST`, `--host`).
@@ -226,7 +226,7 @@ impl Default for ServerConfig {
 }
 
 /// One public model name (a model group).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelEntry {
     /// The name clients send as `model`.
@@ -256,7 +256,7 @@ pub struct ModelEntry {
 /// `router:` of a model group — a learned router that predicts each candidate
 /// model's quality on the request's prompt and picks the best trade-off of
 /// quality and cost.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouterEntry {
     /// The artifact directory: a local path, or `s3://bucket/prefix`.
@@ -292,7 +292,7 @@ fn default_poll_interval_ms() -> u64 {
 }
 
 /// How a learned router trades predicted quality against cost.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ObjectiveKind {
     /// `argmax(score − λ · cost / max cost)`.
@@ -304,7 +304,7 @@ pub enum ObjectiveKind {
 
 /// S3 client settings; credentials come from the standard AWS sources
 /// (environment, profile, instance or task role).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct S3Entry {
     /// Endpoint override (MinIO, LocalStack, a VPC endpoint).
@@ -316,7 +316,7 @@ pub struct S3Entry {
 }
 
 /// Which upstream protocol a deployment speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// OpenAI or an OpenAI-compatible server (vLLM, Ollama, LM Studio…).
@@ -332,7 +332,7 @@ pub enum ProviderKind {
 }
 
 /// One deployment: an upstream model reachable with one set of credentials.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeploymentEntry {
     /// Upstream protocol.
@@ -402,7 +402,7 @@ pub struct DeploymentEntry {
 }
 
 /// `timeouts:` of a deployment, in milliseconds.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TimeoutsEntry {
     /// Connecting to the upstream.
@@ -425,7 +425,7 @@ impl Default for TimeoutsEntry {
 }
 
 /// `mock:` settings of a mock deployment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct MockEntry {
     /// Fixed reply (default: `mock reply: <last user message>`).

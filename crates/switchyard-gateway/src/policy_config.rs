@@ -16,7 +16,7 @@ use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
 pub const MASTER_KEY_ENV: &str = "SWITCHYARD_MASTER_KEY";
 
 /// `policy:` as written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct PolicyConfig {
     /// The admin key, `os.environ/NAME` or a literal (else `SWITCHYARD_MASTER_KEY`).
@@ -52,7 +52,7 @@ impl Default for PolicyConfig {
 }
 
 /// `policy.redis:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     /// `redis://host:port/db`, or `os.environ/NAME`.

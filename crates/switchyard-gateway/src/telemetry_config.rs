@@ -9,7 +9,7 @@ use switchyard_telemetry::{LogFormat, LogSink, OtlpProtocol, OtlpSettings, Reque
 use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
 
 /// `telemetry:` as written.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct TelemetryConfig {
     /// `json` (one object per line) or `text`.
@@ -41,7 +41,7 @@ impl Default for TelemetryConfig {
 }
 
 /// `telemetry.otlp:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
     /// Collector URL: `http://host:4318` for HTTP (`/v1/traces` is added),
@@ -70,7 +70,7 @@ impl Default for OtlpConfig {
 }
 
 /// `telemetry.request_log:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RequestLogConfig {
     /// JSONL file (rotated to `.1`, `.2`…). Ignored with `redis`.
@@ -101,7 +101,7 @@ impl Default for RequestLogConfig {
 }
 
 /// `telemetry.request_log.redis:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLogRedis {
     /// `redis://host:port/db`, or `os.environ/NAME`.

@@ -27,7 +27,7 @@ use crate::redis_store::{RedisSettings, RedisStore, StoreDown};
 use crate::spend::{LogFilter, SpendRecord, SubjectSpend, subject_key, subject_team};
 
 /// What to do when Redis cannot be reached while serving.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureMode {
     /// Refuse requests that need the store (503), never exceed a shared limit.

@@ -39,7 +39,7 @@ pub enum EmbedError {
 }
 
 /// Which part of a prompt longer than `max_tokens` is embedded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Truncation {
     /// Keep the beginning.
@@ -50,7 +50,7 @@ pub enum Truncation {
 }
 
 /// How the embedder is loaded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbedderConfig {
     /// Directory with `config.json`, `tokenizer.json` and `model.safetensors`.
