@@ -19,7 +19,8 @@ use crate::config::{ConfigIssue, issue};
 pub struct Translation {
     /// The configuration in Switchyard's schema.
     pub config: Value,
-    /// `(LiteLLM key, what it became)`, in file order.
+    /// `(LiteLLM key, what it became)`: model entries in file order, keys
+    /// within a section in alphabetical order.
     pub mapped: Vec<(String, String)>,
     /// Keys ignored, each with the reason.
     pub warnings: Vec<String>,
@@ -84,7 +85,6 @@ const IGNORED_ROUTER_SETTINGS: &[(&str, &str)] = &[
         "retry_after",
         "backoff is router_settings.retry_backoff_ms, and Retry-After is honoured",
     ),
-    ("redis_db", "use a redis:// URL with the database in its path"),
 ];
 
 const IGNORED_PARAMS: &[(&str, &str)] = &[
@@ -301,6 +301,16 @@ impl Translator {
     }
 }
 
+fn doc_cache_namespace(doc: &Value) -> Option<String> {
+    doc.pointer("/litellm_settings/cache_params/namespace")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
+fn cache_redis_prefix(namespace: &Option<String>) -> Option<String> {
+    namespace.as_ref().map(|n| format!("{n}:"))
+}
+
 /// Translates a parsed LiteLLM configuration; every problem is reported at once.
 pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     let mut t = Translator {
@@ -382,6 +392,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                 "redis_port" => drop(redis_parts.insert("port", value.clone())),
                 "redis_password" => drop(redis_parts.insert("password", value.clone())),
                 "redis_url" => drop(redis_parts.insert("url", value.clone())),
+                "redis_db" => drop(redis_parts.insert("db", value.clone())),
                 other => match IGNORED_ROUTER_SETTINGS.iter().find(|(k, _)| *k == other) {
                     Some((_, why)) => t.warn(&here, why),
                     None => t.refuse(&here, "is not supported, and ignoring it would change routing"),
@@ -398,6 +409,10 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     .get("port")
                     .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
                     .unwrap_or_else(|| "6379".into());
+                let db = redis_parts
+                    .get("db")
+                    .map(|d| format!("/{}", d.as_str().map_or_else(|| d.to_string(), str::to_owned)))
+                    .unwrap_or_default();
                 match redis_parts.get("password").and_then(Value::as_str) {
                     Some(password) if password.starts_with("os.environ/") => {
                         t.refuse(
@@ -406,8 +421,8 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                         );
                         String::new()
                     }
-                    Some(password) => format!("redis://:{password}@{host}:{port}"),
-                    None => format!("redis://{host}:{port}"),
+                    Some(password) => format!("redis://:{password}@{host}:{port}{db}"),
+                    None => format!("redis://{host}:{port}{db}"),
                 }
             }
         };
@@ -489,7 +504,21 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             }
         }
     }
-    if let Some(redis) = cache.remove("__redis").and_then(|v| v.as_object().cloned()) {
+    let cache_redis = cache.remove("__redis").and_then(|v| v.as_object().cloned());
+    let has_address = cache_redis
+        .as_ref()
+        .is_some_and(|r| r.contains_key("host") || r.contains_key("port") || r.contains_key("password"));
+    if let Some(redis) = cache_redis.filter(|_| has_address) {
+        if redis
+            .get("password")
+            .and_then(Value::as_str)
+            .is_some_and(|p| p.starts_with("os.environ/"))
+        {
+            t.refuse(
+                "litellm_settings.cache_params.password",
+                "write the whole URL in `cache.redis.url: os.environ/REDIS_URL` (redis://:password@host:port)",
+            );
+        }
         let host = redis.get("host").and_then(Value::as_str).unwrap_or("localhost");
         let port = redis
             .get("port")
@@ -508,7 +537,12 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         t.map("litellm_settings.cache_params.host/port/password", "cache.redis.url");
     } else if cache.get("backend") == Some(&json!("redis")) {
         if let Some(url) = policy.get("redis").and_then(|r| r.get("url")).cloned() {
-            cache.insert("redis".into(), json!({"url": url}));
+            let mut r = Map::new();
+            r.insert("url".into(), url);
+            if let Some(prefix) = cache_redis_prefix(&doc_cache_namespace(doc)) {
+                r.insert("prefix".into(), json!(prefix));
+            }
+            cache.insert("redis".into(), Value::Object(r));
             t.map("router_settings.redis_*", "cache.redis.url");
         }
     }

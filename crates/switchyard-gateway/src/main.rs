@@ -54,8 +54,9 @@ fn source(path: Option<&PathBuf>) -> Source<'_> {
     path.map_or(Source::Embedded, |p| Source::File(p))
 }
 
-/// Prints how a LiteLLM configuration maps onto Switchyard's.
-fn litellm_report(path: &PathBuf) -> anyhow::Result<()> {
+/// Prints how a LiteLLM configuration maps onto Switchyard's; `false` when
+/// the file is in Switchyard's own format (nothing to report).
+fn litellm_report(path: &PathBuf) -> anyhow::Result<bool> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: serde_json::Value =
         figment::Figment::from(<figment::providers::Yaml as figment::providers::Format>::string(&text))
@@ -90,14 +91,14 @@ fn litellm_report(path: &PathBuf) -> anyhow::Result<()> {
             anyhow::bail!("{} cannot be served as it is", path.display());
         }
     }
-    Ok(())
+    Ok(true)
 }
 
-fn check_config(path: Option<PathBuf>) -> anyhow::Result<()> {
+fn check_config(path: Option<PathBuf>, show_notices: bool) -> anyhow::Result<()> {
     let config = config::load(source(path.as_ref()), &Overrides::default())?;
     let state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
     let mut out = std::io::stdout().lock();
-    for notice in &config.notices {
+    for notice in config.notices.iter().filter(|_| show_notices) {
         writeln!(out, "warning: {notice}")?;
     }
     writeln!(
@@ -137,7 +138,7 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutting down: no new connections, draining in-flight requests");
+    tracing::info!("shutdown signal received");
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -203,10 +204,12 @@ fn main() -> anyhow::Result<()> {
         // Inside the runtime: clients (Redis) are made, not connected.
         let _entered = runtime.enter();
         if let Some(file) = litellm {
-            litellm_report(&file)?;
-            return check_config(Some(file));
+            if litellm_report(&file)? {
+                return check_config(Some(file), false);
+            }
+            return check_config(Some(file), true);
         }
-        return check_config(path.or(cli.config));
+        return check_config(path.or(cli.config), true);
     }
     runtime.block_on(run(cli))
 }

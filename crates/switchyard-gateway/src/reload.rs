@@ -229,6 +229,7 @@ impl Live {
             Ok(()) => {
                 *self.refused.lock() = None;
                 self.reloads.fetch_add(1, Ordering::Relaxed);
+                self.state().metrics.config_reload(true);
                 tracing::info!(trigger, "configuration reloaded");
             }
             Err(e) => {
@@ -236,6 +237,7 @@ impl Live {
                     *self.refused.lock() = Some(fingerprint);
                 }
                 self.rejected.fetch_add(1, Ordering::Relaxed);
+                self.state().metrics.config_reload(false);
                 tracing::error!(trigger, error = %e, "configuration rejected; the previous one keeps serving");
             }
         }
@@ -260,6 +262,8 @@ impl Live {
             }
             next.inherit(&old, previous.cache == config.cache);
         }
+        next.policy
+            .set_known_models(config.model_list.iter().map(|m| m.model_name.clone()));
         next.start_learned()
             .await
             .map_err(|e| ReloadError::Start(e.to_string()))?;
@@ -289,14 +293,22 @@ impl Live {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             tick.tick().await;
+            let mut last_error: Option<String> = None;
             loop {
                 tick.tick().await;
                 let Some(live) = weak.upgrade() else { return };
                 if live.draining.load(Ordering::Relaxed) {
                     return;
                 }
-                if let Err(e) = live.reload("watch", false).await {
-                    tracing::debug!(error = %e, "configuration watch");
+                match live.reload("watch", false).await {
+                    Ok(_) => last_error = None,
+                    Err(e) => {
+                        let reason = e.to_string();
+                        if last_error.as_deref() != Some(reason.as_str()) {
+                            tracing::warn!(error = %reason, "configuration watch");
+                        }
+                        last_error = Some(reason);
+                    }
                 }
             }
         });

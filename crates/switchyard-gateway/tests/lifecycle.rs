@@ -147,6 +147,15 @@ async fn reloads_under_load_fail_no_request_and_bad_configs_change_nothing() {
     .await;
     assert_eq!(ask(&client, &base, "a").await, (200, "v2".into()));
     assert_eq!(ask(&client, &base, "b").await.0, 200);
+    // Keys may be given the models a reload added.
+    let key = client
+        .post(format!("{base}/key/generate"))
+        .bearer_auth(MASTER)
+        .json(&json!({"models": ["b"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(key.status(), 200, "{}", key.text().await.unwrap());
 
     // 2. SIGHUP reloads at once.
     std::fs::write(gw.config_path(), config("v3", MODEL_B, "")).unwrap();

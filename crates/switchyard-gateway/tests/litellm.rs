@@ -178,6 +178,20 @@ fn keys_that_would_change_behaviour_fail_by_name() {
     );
 }
 
+#[test]
+fn redis_settings_become_one_url_and_the_cache_follows_it() {
+    let doc: Value = serde_json::from_value(json!({
+        "model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "k"}}],
+        "router_settings": {"redis_host": "cache.internal", "redis_port": 6380, "redis_db": 2, "redis_password": "pw"},
+        "litellm_settings": {"cache": true, "cache_params": {"type": "redis", "namespace": "team-a"}},
+    }))
+    .unwrap();
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert_eq!(t.config["policy"]["redis"]["url"], "redis://:pw@cache.internal:6380/2");
+    assert_eq!(t.config["cache"]["redis"]["url"], "redis://:pw@cache.internal:6380/2");
+    assert_eq!(t.config["cache"]["redis"]["prefix"], "team-a:");
+}
+
 async fn chat(gw: &GatewayProcess, key: Option<&str>, model: &str) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut request = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", gw.base_url()))

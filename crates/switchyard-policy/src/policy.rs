@@ -197,7 +197,7 @@ struct Inner {
     master: Option<String>,
     config_keys: HashMap<String, KeyRecord>,
     config_teams: HashMap<String, TeamRecord>,
-    known_models: HashSet<String>,
+    known_models: parking_lot::RwLock<HashSet<String>>,
     store: Store,
     counters: PolicyCounters,
     next_id: AtomicU64,
@@ -259,7 +259,7 @@ impl Policy {
                 .map(|(_, record)| (record.token.clone(), record.clone()))
                 .collect(),
             config_teams: settings.teams.iter().map(|t| (t.team_id.clone(), t.clone())).collect(),
-            known_models: settings.known_models.iter().cloned().collect(),
+            known_models: parking_lot::RwLock::new(settings.known_models.iter().cloned().collect()),
             store,
             counters: PolicyCounters::default(),
             next_id: AtomicU64::new(0),
@@ -281,7 +281,7 @@ impl Policy {
                 .map(|(_, record)| (record.token.clone(), record.clone()))
                 .collect(),
             config_teams: settings.teams.iter().map(|t| (t.team_id.clone(), t.clone())).collect(),
-            known_models: settings.known_models.iter().cloned().collect(),
+            known_models: parking_lot::RwLock::new(settings.known_models.iter().cloned().collect()),
             store: Store::Local(LocalStore::memory()),
             counters: PolicyCounters::default(),
             next_id: AtomicU64::new(0),
@@ -618,15 +618,18 @@ impl Policy {
 
     // ----- admin: keys -----
 
+    /// Replaces the model names keys and teams may be given (after a
+    /// configuration reload added or removed groups).
+    pub fn set_known_models(&self, names: impl IntoIterator<Item = String>) {
+        *self.0.known_models.write() = names.into_iter().collect();
+    }
+
     fn check_models(&self, models: &[String]) -> Result<(), PolicyError> {
-        if self.0.known_models.is_empty() {
+        let known = self.0.known_models.read();
+        if known.is_empty() {
             return Ok(());
         }
-        match models
-            .iter()
-            .enumerate()
-            .find(|(_, m)| !self.0.known_models.contains(*m))
-        {
+        match models.iter().enumerate().find(|(_, m)| !known.contains(*m)) {
             Some((i, m)) => Err(field(
                 &format!("models[{i}]"),
                 format!("No model named `{m}` is configured."),

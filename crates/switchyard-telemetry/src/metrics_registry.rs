@@ -266,6 +266,12 @@ impl Metrics {
         });
     }
 
+    /// A configuration reload applied (`true`) or refused.
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "rejected" };
+        self.with(|| counter!("switchyard_config_reloads", "result" => result).increment(1));
+    }
+
     /// A request-log record dropped.
     pub fn log_dropped(&self) {
         self.with(|| counter!("switchyard_request_log_dropped").increment(1));

@@ -1,0 +1,178 @@
+"""The deployment assets: the Helm chart rendered by a real ``helm`` (from the
+``helm-binary`` package) and every manifest validated against the Kubernetes
+1.31 schemas; the configuration the chart and the compose stack ship is one
+the gateway accepts; the Grafana dashboard only queries metrics the gateway
+really exports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from conftest import _binary
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "deploy" / "helm" / "switchyard"
+DOCKER = ROOT / "deploy" / "docker"
+KUBERNETES = "1.31"
+
+
+def helm() -> str:
+    beside = Path(sys.executable).parent / "helm"
+    found = str(beside) if beside.exists() else shutil.which("helm")
+    assert found, "helm is installed with the Python test requirements (helm-binary)"
+    return found
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    out = subprocess.run(
+        [helm(), "template", "gw", str(CHART), *args], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def validate(docs: list[dict[str, Any]]) -> None:
+    for doc in docs:
+        kubernetes_validate.validate(doc, KUBERNETES, strict=True)
+
+
+def check_config(text: str, tmp_path: Path) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(text, encoding="utf-8")
+    out = subprocess.run(
+        [_binary("GATEWAY_BIN"), "check-config", str(path)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    return out.stdout
+
+
+def test_chart_lints() -> None:
+    out = subprocess.run([helm(), "lint", "--strict", str(CHART)], capture_output=True, text=True, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_default_manifests_are_valid_and_safe(tmp_path: Path) -> None:
+    docs = render()
+    validate(docs)
+    kinds = {d["kind"] for d in docs}
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount", "PodDisruptionBudget"} <= kinds, kinds
+
+    deployment = by_kind(docs, "Deployment")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/health/readiness"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/health/liveness"
+    security = {**pod.get("securityContext", {}), **container.get("securityContext", {})}
+    assert security.get("runAsNonRoot") is True
+    assert container["securityContext"].get("readOnlyRootFilesystem") is True
+
+    config = yaml.safe_load(by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"])
+    server = config["server"]
+    grace = pod["terminationGracePeriodSeconds"]
+    assert grace * 1000 > server["drain_delay_ms"] + server["shutdown_timeout_ms"], (grace, server)
+    assert "valid" in check_config(by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"], tmp_path)
+
+    budget = by_kind(docs, "PodDisruptionBudget")[0]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+
+def test_autoscaling_redis_and_secrets_render_valid_manifests() -> None:
+    docs = render(
+        "--set", "autoscaling.enabled=true",
+        "--set", "redis.enabled=true",
+        "--set", "redis.url=redis://redis:6379/0",
+        "--set", "masterKey.value=sk-chart-test",
+    )
+    validate(docs)
+    hpa = by_kind(docs, "HorizontalPodAutoscaler")
+    assert hpa, [d["kind"] for d in docs]
+    deployment = by_kind(docs, "Deployment")[0]
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    assert "SWITCHYARD_POLICY__REDIS__URL" in env and "SWITCHYARD_MASTER_KEY" in env, sorted(env)
+    assert "secretKeyRef" in env["SWITCHYARD_MASTER_KEY"]["valueFrom"], "the key comes from a Secret"
+    secrets = by_kind(docs, "Secret")
+    assert secrets and all("sk-chart-test" not in json.dumps(d.get("metadata", {})) for d in secrets)
+
+
+def test_values_are_checked_against_the_schema() -> None:
+    out = subprocess.run(
+        [helm(), "template", "gw", str(CHART), "--set", "replicaCount=many"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode != 0
+    assert "replicaCount" in out.stderr, out.stderr
+
+
+def test_the_compose_configuration_is_accepted(tmp_path: Path) -> None:
+    compose = yaml.safe_load((DOCKER / "docker-compose.yaml").read_text(encoding="utf-8"))
+    assert {"switchyard", "redis", "jaeger", "prometheus", "grafana"} <= set(compose["services"])
+    # The compose file names Redis by its service name: check the rest of it.
+    text = (DOCKER / "switchyard.compose.yaml").read_text(encoding="utf-8")
+    config = yaml.safe_load(text)
+    config.get("policy", {}).pop("redis", None)
+    config.get("cache", {}).pop("redis", None)
+    if config.get("cache", {}).get("backend") == "redis":
+        config["cache"]["backend"] = "memory"
+    config.get("telemetry", {}).pop("request_log", None)
+    config.get("policy", {}).pop("data_dir", None)
+    assert "valid" in check_config(yaml.safe_dump(config), tmp_path)
+
+
+def test_the_dashboard_queries_only_exported_metrics(gateway: Any, client: Any) -> None:
+    client.chat.completions.create(model="gpt-test", messages=[{"role": "user", "content": "for the dashboard"}])
+    for _ in client.chat.completions.create(
+        model="gpt-test", messages=[{"role": "user", "content": "stream"}], stream=True
+    ):
+        pass
+    import httpx
+
+    exported = httpx.get(f"{gateway.url}/metrics", trust_env=False).text
+    names = set(re.findall(r"^(switchyard_[a-z_]+)", exported, re.M))
+    dashboard = json.loads((DOCKER / "grafana" / "dashboards" / "switchyard.json").read_text(encoding="utf-8"))
+    queries = [
+        target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        if "expr" in target
+    ]
+    assert len(queries) >= 8, queries
+    used = {m for q in queries for m in re.findall(r"switchyard_[a-z_]+", q)}
+    # A series appears once it has a value; these need retries, refusals or drops to exist.
+    rare = {
+        "switchyard_retries_total",
+        "switchyard_fallbacks_total",
+        "switchyard_cooldowns_total",
+        "switchyard_rate_limited_total",
+        "switchyard_request_log_dropped_total",
+        "switchyard_cache_lookups_total",
+        "switchyard_cache_stores_total",
+        "switchyard_cache_errors_total",
+        "switchyard_cache_entries",
+    }
+    missing = {m for m in used - rare if m not in names}
+    assert not missing, f"the dashboard queries metrics the gateway does not export: {missing}"
+    source = (ROOT / "crates" / "switchyard-telemetry" / "src" / "metrics_registry.rs").read_text(encoding="utf-8")
+    declared = {f"{n}_total" for n in re.findall(r'describe_counter!\(\s*"([a-z_]+)"', source)}
+    declared |= set(re.findall(r'describe_gauge!\(\s*"([a-z_]+)"', source))
+    for name in re.findall(r'describe_histogram!\(\s*"([a-z_]+)"', source):
+        declared |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+    unknown = (used & rare) - declared
+    assert not unknown, f"not metrics of the gateway: {unknown}"
