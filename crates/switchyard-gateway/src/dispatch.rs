@@ -247,7 +247,7 @@ pub(crate) async fn dispatch<'s>(
                 cooldowns: &state.cooldowns,
                 now_ms: state.now_ms(),
             };
-            let span = tracing::info_span!(
+            let span = tracing::debug_span!(
                 target: "switchyard",
                 "learned route",
                 otel.name = "switchyard.route.learned",
@@ -426,7 +426,7 @@ async fn try_group<'s>(
         };
         *attempts += 1;
         tracing::debug!(group = name, deployment = %deployment.name, strategy = route.strategy.name(), attempt = *attempts, "routed");
-        drop(tracing::info_span!(
+        drop(tracing::debug_span!(
             target: "switchyard",
             "route",
             otel.name = "switchyard.route",
@@ -436,7 +436,7 @@ async fn try_group<'s>(
             "switchyard.attempt" = i64::from(*attempts),
         ));
         state.metrics.routed(route.strategy.name(), name, &deployment.name);
-        let attempt_span = tracing::info_span!(
+        let attempt_span = tracing::debug_span!(
             target: "switchyard",
             "upstream",
             otel.name = format!("{} {}", call.operation(), deployment.model),

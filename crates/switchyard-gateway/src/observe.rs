@@ -79,6 +79,10 @@ fn route_name(path: &str) -> &'static str {
 
 /// The outermost middleware: gives the request its id and span, counts it,
 /// and adds `x-request-id` and `x-switchyard-overhead-ms` to the answer.
+///
+/// This server span is at `info`, so log lines carry the request id; the
+/// spans inside it are at `debug`: exported over OTLP whatever the log level,
+/// and free when neither export nor debug logs want them.
 pub(crate) async fn observe(State(state): State<SharedState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = state.policy.request_id();

@@ -186,7 +186,7 @@ async fn openai(
         Call::Completion(_) => "text_completion",
         _ => "embeddings",
     };
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
         otel.name = format!("{operation} {model}"),
@@ -236,7 +236,7 @@ async fn openai_inner(
     let extra_headers = extra_headers.into_parts().0.headers;
     let mut pending = None;
     if let Some(cache) = &state.cache {
-        let lookup_span = tracing::info_span!(
+        let lookup_span = tracing::debug_span!(
             target: "switchyard",
             "cache lookup",
             otel.name = "switchyard.cache.lookup",

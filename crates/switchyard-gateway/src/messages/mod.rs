@@ -82,7 +82,7 @@ pub(crate) async fn messages(
     JsonBody(req): JsonBody<MessagesRequest>,
 ) -> Response {
     let model = req.model.clone();
-    let span = tracing::info_span!(
+    let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
         otel.name = format!("chat {model}"),
