@@ -396,8 +396,10 @@ impl AppState {
         }
     }
 
-    /// Opens the request log (a file or a Redis stream) and starts its writer.
+    /// Starts the metrics' upkeep, opens the request log (a file or a Redis
+    /// stream) and starts its writer.
     pub async fn start_telemetry(&mut self) -> Result<(), switchyard_telemetry::TelemetryError> {
+        self.metrics.start_upkeep(std::time::Duration::from_secs(5));
         if let Some(settings) = &self.telemetry.request_log {
             self.request_log = Some(switchyard_telemetry::RequestLog::open(settings, self.metrics.clone()).await?);
         }

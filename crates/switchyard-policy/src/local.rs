@@ -25,8 +25,9 @@ use crate::spend::{Ledger, LogFilter, SpendRecord, SubjectSpend};
 type Limiter =
     RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock, StateInformationMiddleware>;
 
-/// Records kept in memory when there is no data directory.
-const MEMORY_LOG_LIMIT: usize = 100_000;
+/// Spend records kept for `/spend/logs` when there is no data directory (the
+/// ledger of totals keeps everything; only the itemised log is bounded).
+const MEMORY_LOG_LIMIT: usize = 10_000;
 
 /// One line of `keys.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
