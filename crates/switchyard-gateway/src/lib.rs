@@ -107,8 +107,13 @@ pub async fn serve(
         Err(_) => {
             tracing::warn!(
                 timeout_ms = drain.as_millis() as u64,
-                "in-flight requests did not finish before the drain timeout"
+                "in-flight requests did not finish before the drain timeout; cutting them"
             );
+            // End the streams still running; their trackers charge what was
+            // used and write the request log on tasks of their own: let
+            // those run before the process exits.
+            live.state().cut.send_replace(true);
+            tokio::time::sleep(Duration::from_millis(300)).await;
             Ok(())
         }
     }

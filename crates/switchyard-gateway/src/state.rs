@@ -70,6 +70,9 @@ pub struct AppState {
     pub request_log: Option<switchyard_telemetry::RequestLog>,
     /// Logs, spans, metrics and request-log settings.
     pub telemetry: crate::telemetry_config::TelemetrySpec,
+    /// Set when shutdown cuts the streams still running after the drain
+    /// timeout (shared by every state a reload makes).
+    pub cut: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// How one model group is routed.
@@ -337,6 +340,7 @@ impl AppState {
             metrics: switchyard_telemetry::Metrics::new(),
             request_log: None,
             telemetry,
+            cut: Arc::new(tokio::sync::watch::Sender::new(false)),
             registry,
             stats,
             cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
@@ -391,6 +395,7 @@ impl AppState {
         self.request_log = old.request_log.clone();
         self.telemetry = old.telemetry.clone();
         self.server = old.server.clone();
+        self.cut = old.cut.clone();
         if same_cache {
             self.cache = old.cache.clone();
         }

@@ -223,16 +223,28 @@ impl StreamTracker {
         self,
         items: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>>,
     ) -> Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>> {
-        Box::pin(stream::unfold(Some((items, self)), |state| async move {
-            let (mut items, mut tracker) = state?;
-            match items.next().await {
+        let cut = self.state.cut.subscribe();
+        Box::pin(stream::unfold(Some((items, self, cut)), |state| async move {
+            let (mut items, mut tracker, mut cut) = state?;
+            let next = tokio::select! {
+                biased;
+                _ = cut.wait_for(|cut| *cut) => {
+                    // Shutting down past the drain timeout: the stream ends
+                    // here; dropping the tracker charges what was used.
+                    drop(tracker);
+                    let e = ProviderError::Stream("the gateway is shutting down".into());
+                    return Some((Err(e), None));
+                }
+                next = items.next() => next,
+            };
+            match next {
                 Some(Ok(item)) => {
                     tracker.on_item(&item);
                     if let Some(e) = item.in_band_error() {
                         tracker.finish(Some(&e));
                         return Some((Ok(item), None));
                     }
-                    Some((Ok(item), Some((items, tracker))))
+                    Some((Ok(item), Some((items, tracker, cut))))
                 }
                 Some(Err(e)) => {
                     tracker.finish(Some(&e));

@@ -327,3 +327,42 @@ async fn a_configuration_in_s3_is_polled_by_etag() {
     .await;
     assert!(models(&base).await.contains(&"b".to_owned()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_cut_at_the_drain_timeout_is_still_charged_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}\ntelemetry:\n  request_log:\n    path: {}\n",
+        config("v1", "", "  drain_delay_ms: 0\n  shutdown_timeout_ms: 300").replace(
+            &format!("policy:\n  master_key: {MASTER}\n"),
+            &format!(
+                "policy:\n  master_key: {MASTER}\n  data_dir: {}\n",
+                dir.path().display()
+            )
+        ),
+        dir.path().join("requests.jsonl").display()
+    );
+    let mut gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let client = reqwest::Client::new();
+    let response = client
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "tell"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body = tokio::spawn(async move { response.text().await.unwrap_or_default() });
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{:?}", gw.logs());
+    let text = body.await.unwrap();
+    assert!(!text.contains("[DONE]"), "the stream was cut: {text}");
+
+    let spend = std::fs::read_to_string(dir.path().join("spend.jsonl")).unwrap_or_default();
+    assert!(spend.contains(&id), "the cut stream was charged: {spend:?}");
+    let log = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap_or_default();
+    let record: Value = serde_json::from_str(log.lines().find(|l| l.contains(&id)).expect("a record")).unwrap();
+    assert_eq!(record["status"], 499);
+}
