@@ -607,11 +607,21 @@ async fn liveness() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// `GET /health/readiness`: 503 while the policy's Redis is unreachable under
+/// `fail_closed` (every keyed request would be refused); under `fail_open`
+/// ready, with the store reported `degraded`.
 async fn readiness(State(state): State<SharedState>) -> impl IntoResponse {
+    let (status, store) = match state.policy.store_health().await {
+        None => (StatusCode::OK, "local"),
+        Some((_, true)) => (StatusCode::OK, "ok"),
+        Some((switchyard_policy::FailureMode::FailOpen, false)) => (StatusCode::OK, "degraded"),
+        Some((switchyard_policy::FailureMode::FailClosed, false)) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+    };
     (
-        StatusCode::OK,
+        status,
         Json(json!({
-            "status": "ready",
+            "status": if status == StatusCode::OK { "ready" } else { "not_ready" },
+            "policy_store": store,
             "models": state.registry.model_names().count(),
             "deployments": state.registry.deployment_count(),
         })),

@@ -158,6 +158,16 @@ async fn redis_down_fails_closed_or_open_as_configured_then_recovers() {
         "{status}"
     );
     assert!(open.wait_for_log("fail_open", Duration::from_secs(5)));
+    // Readiness: a fail_closed replica stops taking traffic, a fail_open one keeps it.
+    let ready = |base: String| async move {
+        let r = reqwest::get(format!("{base}/health/readiness")).await.unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<Value>().await.unwrap()["policy_store"].clone(),
+        )
+    };
+    assert_eq!(ready(closed.base_url()).await, (503, json!("unavailable")));
+    assert_eq!(ready(open.base_url()).await, (200, json!("degraded")));
 
     redis.restart();
     // Both recover; the spend queued during the outage reaches Redis.
@@ -172,6 +182,7 @@ async fn redis_down_fails_closed_or_open_as_configured_then_recovers() {
         assert!(Instant::now() < deadline, "no recovery: {status}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert_eq!(ready(closed.base_url()).await, (200, json!("ok")));
     let spend = get(&closed.base_url(), "/spend/keys").await;
     let declared = spend
         .as_array()

@@ -366,6 +366,15 @@ impl Policy {
         }
     }
 
+    /// Whether the store can take requests now: `None` for the local store
+    /// (always), else whether Redis answers, with its failure mode.
+    pub async fn store_health(&self) -> Option<(FailureMode, bool)> {
+        match &self.0.store {
+            Store::Redis { redis, mode, .. } => Some((*mode, redis.ping().await.is_ok())),
+            Store::Local(_) => None,
+        }
+    }
+
     fn new_id(&self) -> String {
         let n = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         format!("req-{}-{n:x}", self.0.id_prefix)

@@ -166,6 +166,9 @@ return 1
 #[derive(Clone)]
 pub struct RedisStore {
     con: ConnectionManager,
+    /// For health checks on connections of their own, apart from the
+    /// manager's, so a probe never disturbs requests' commands.
+    client: Client,
     settings: RedisSettings,
     admit: Script,
     settle: Script,
@@ -199,10 +202,11 @@ impl RedisStore {
             .set_response_timeout(Some(settings.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let con = ConnectionManager::new_lazy_with_config(client, config)
+        let con = ConnectionManager::new_lazy_with_config(client.clone(), config)
             .map_err(|e| PolicyError::Store(format!("policy.redis.url: {e}")))?;
         let store = RedisStore {
             con,
+            client,
             settings: settings.clone(),
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
@@ -223,6 +227,20 @@ impl RedisStore {
 
     fn name(&self, suffix: &str) -> String {
         format!("{}{suffix}", self.settings.prefix)
+    }
+
+    /// Whether Redis answers a `PING` within the command timeout, on a
+    /// connection of its own.
+    pub async fn ping(&self) -> Result<(), StoreDown> {
+        let probe = async {
+            let mut con = self.client.get_multiplexed_async_connection().await?;
+            redis::cmd("PING").query_async::<String>(&mut con).await
+        };
+        match tokio::time::timeout(self.settings.timeout, probe).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(StoreDown::from(e)),
+            Err(_) => Err(StoreDown("Redis did not answer in time".into())),
+        }
     }
 
     async fn query<T: redis::FromRedisValue>(&self, cmd: Cmd) -> Result<T, StoreDown> {
