@@ -422,6 +422,15 @@ async fn serve_hit(
     (response, record)
 }
 
+/// Takes the gateway's own fields (routing options, cache controls) out of a
+/// request body, before it goes upstream.
+fn gateway_fields(
+    extra: &mut switchyard_api::Extra,
+    headers: &HeaderMap,
+) -> Result<(RequestOptions, Controls), ApiError> {
+    Ok((RequestOptions::take(extra)?, Controls::take(extra, headers)?))
+}
+
 async fn chat_completions(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
@@ -436,12 +445,8 @@ async fn chat_completions(
         }
         .into_response();
     }
-    let options = match RequestOptions::take(&mut req.extra) {
-        Ok(options) => options,
-        Err(e) => return e.into_response(),
-    };
-    let controls = match Controls::take(&mut req.extra, &headers) {
-        Ok(controls) => controls,
+    let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
+        Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
@@ -455,12 +460,8 @@ async fn completions(
     headers: HeaderMap,
     JsonBody(mut req): JsonBody<CompletionRequest>,
 ) -> Response {
-    let options = match RequestOptions::take(&mut req.extra) {
-        Ok(options) => options,
-        Err(e) => return e.into_response(),
-    };
-    let controls = match Controls::take(&mut req.extra, &headers) {
-        Ok(controls) => controls,
+    let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
+        Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
@@ -490,12 +491,8 @@ async fn embeddings(
         }
         .into_response();
     }
-    let options = match RequestOptions::take(&mut req.extra) {
-        Ok(options) => options,
-        Err(e) => return e.into_response(),
-    };
-    let controls = match Controls::take(&mut req.extra, &headers) {
-        Ok(controls) => controls,
+    let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
+        Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);

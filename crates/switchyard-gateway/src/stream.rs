@@ -160,6 +160,14 @@ impl StreamTracker {
         item.merge_usage(&mut self.usage);
     }
 
+    /// What the usage seen so far costs on this deployment.
+    fn cost(&self) -> switchyard_policy::Nanos {
+        match (self.usage, self.state.prices.get(self.id.0)) {
+            (Some(u), Some(p)) => p.cost(&u),
+            _ => 0,
+        }
+    }
+
     /// Charges what the stream used, on a task of its own.
     fn charge(&mut self) {
         let Some((meter, name)) = self.meter.take() else {
@@ -185,11 +193,7 @@ impl StreamTracker {
             self.first_item.map(|d| d.as_secs_f64()),
         );
         if let Some(mut trail) = self.trail.take() {
-            let cost = match (self.usage, self.state.prices.get(self.id.0)) {
-                (Some(u), Some(p)) => p.cost(&u),
-                _ => 0,
-            };
-            trail.charged_raw(self.usage, cost);
+            trail.charged_raw(self.usage, self.cost());
             match error {
                 None => trail.finish_with(200, None),
                 Some(e) => trail.finish_with(502, Some(error_class(e).as_str().to_owned())),
@@ -264,11 +268,7 @@ impl Drop for StreamTracker {
     fn drop(&mut self) {
         self.charge();
         if let Some(mut trail) = self.trail.take() {
-            let cost = match (self.usage, self.state.prices.get(self.id.0)) {
-                (Some(u), Some(p)) => p.cost(&u),
-                _ => 0,
-            };
-            trail.charged_raw(self.usage, cost);
+            trail.charged_raw(self.usage, self.cost());
             trail.finish_with(499, Some("client_closed".into()));
         }
     }
