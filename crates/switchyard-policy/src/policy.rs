@@ -2,7 +2,7 @@
 //! reservations), settlement of spend, and the admin operations, over the
 //! in-process store or Redis.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -187,8 +187,13 @@ enum Store {
         fallback: LocalStore,
         /// Keys and teams seen, for fail-open authentication.
         seen: Mutex<HashMap<String, KeyView>>,
-        /// Settlements Redis has not taken yet.
-        pending: Mutex<Vec<(Checks, Nanos, SpendRecord)>>,
+        /// Settlements Redis has not taken yet, oldest first. A record
+        /// leaves the queue only once Redis has taken it.
+        pending: Mutex<VecDeque<(Checks, Nanos, SpendRecord)>>,
+        /// Held while the queue is being written, so that one replay (the
+        /// background one, or a flush at shutdown) waits for another
+        /// instead of finding the queue momentarily short.
+        replaying: tokio::sync::Mutex<()>,
     },
 }
 
@@ -242,7 +247,8 @@ impl Policy {
                 mode: redis.failure_mode,
                 fallback: LocalStore::memory(),
                 seen: Mutex::new(HashMap::new()),
-                pending: Mutex::new(Vec::new()),
+                pending: Mutex::new(VecDeque::new()),
+                replaying: tokio::sync::Mutex::new(()),
             },
             None => match &settings.data_dir {
                 Some(dir) => Store::Local(LocalStore::open(dir, settings.fsync)?),
@@ -588,7 +594,7 @@ impl Policy {
                     tracing::warn!(%reason, request_id = %record.request_id, "Redis is down: spend queued until it is back");
                     pending
                         .lock()
-                        .push((ticket.checks.clone(), ticket.max_cost, record.clone()));
+                        .push_back((ticket.checks.clone(), ticket.max_cost, record.clone()));
                 }
             }
         }
@@ -596,33 +602,45 @@ impl Policy {
     }
 
     async fn replay_pending(&self) {
-        let Store::Redis { redis, pending, .. } = &self.0.store else {
+        let Store::Redis {
+            redis,
+            pending,
+            replaying,
+            ..
+        } = &self.0.store
+        else {
             return;
         };
-        let queued: Vec<_> = std::mem::take(&mut *pending.lock());
-        if queued.is_empty() {
-            return;
+        let _one_at_a_time = replaying.lock().await;
+        let mut written = 0_usize;
+        loop {
+            // Only replays remove records, and they hold `replaying`: the
+            // front is still this record once its write returns. New
+            // records are pushed at the back meanwhile.
+            let Some((checks, max_cost, record)) = pending.lock().front().cloned() else {
+                break;
+            };
+            // `settle` is idempotent per request id: a write that reached
+            // Redis but whose reply was lost is not counted twice.
+            if redis.settle(&checks, max_cost, &record).await.is_err() {
+                break;
+            }
+            pending.lock().pop_front();
+            written += 1;
+            self.0.counters.replayed.fetch_add(1, Ordering::Relaxed);
         }
-        let mut left = Vec::new();
-        let mut iter = queued.into_iter();
-        for (checks, max_cost, record) in iter.by_ref() {
-            match redis.settle(&checks, max_cost, &record).await {
-                Ok(()) => {
-                    self.0.counters.replayed.fetch_add(1, Ordering::Relaxed);
-                }
-                Err(_) => {
-                    left.push((checks, max_cost, record));
-                    break;
-                }
+        if written > 0 {
+            let left = pending.lock().len();
+            if left == 0 {
+                tracing::info!(written, "Redis is back: queued spend written");
+            } else {
+                tracing::warn!(
+                    written,
+                    left,
+                    "Redis took part of the queued spend; the rest is retried"
+                );
             }
         }
-        left.extend(iter);
-        if left.is_empty() {
-            tracing::info!("Redis is back: queued spend written");
-        }
-        let mut guard = pending.lock();
-        left.append(&mut guard);
-        *guard = left;
     }
 
     // ----- admin: keys -----

@@ -1,0 +1,105 @@
+//! Spend charged while Redis is down: queued, and written once it is back,
+//! against a real `redis-server`.
+
+use std::future::Future as _;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::Duration;
+
+use switchyard_policy::{Charge, Demand, FailureMode, KeyRecord, Policy, PolicySettings, RedisSettings, TokenUsage};
+use switchyard_testkit::RedisServer;
+
+const KEY: &str = "sk-outage-test-key-0123456789";
+const COST: i64 = 1_500;
+
+fn settings(url: &str) -> PolicySettings {
+    let mut record = KeyRecord::new(KEY, 0, true);
+    record.key_alias = Some("outage".into());
+    PolicySettings {
+        redis: Some(RedisSettings {
+            url: url.into(),
+            prefix: "test:".into(),
+            failure_mode: FailureMode::FailOpen,
+            timeout: Duration::from_millis(300),
+            hold_ttl: Duration::from_secs(60),
+            log_max_len: 1_000,
+        }),
+        keys: vec![(KEY.into(), record)],
+        ..PolicySettings::default()
+    }
+}
+
+/// Admits and settles one request as the gateway does.
+async fn charge(policy: &Policy) {
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let demand = Demand {
+        model: "m".into(),
+        estimated_tokens: 10,
+        max_cost: 10 * COST,
+        request_id: None,
+    };
+    let ticket = policy.admit(&principal, &demand).await.unwrap();
+    let charge = Charge {
+        deployment: "m-1".into(),
+        usage: TokenUsage {
+            prompt: 10,
+            completion: 5,
+            ..TokenUsage::default()
+        },
+        cost: COST,
+        cache_hit: false,
+    };
+    policy.settle(ticket, charge).await.unwrap();
+}
+
+fn pending(policy: &Policy) -> usize {
+    policy.redis_status().unwrap().1
+}
+
+async fn key_spend(policy: &Policy) -> i64 {
+    let keys = policy.spend_keys().await.unwrap();
+    keys.iter()
+        .find(|k| k.key_alias.as_deref() == Some("outage"))
+        .map_or(0, |k| k.total_spend_nanos)
+}
+
+// A current-thread runtime: the policy's background replay runs only when
+// the test awaits, so the steps below are not raced by it.
+#[tokio::test]
+async fn queued_spend_leaves_the_queue_only_once_redis_has_it() {
+    let mut redis = RedisServer::start();
+    let policy = Policy::open(settings(&redis.url())).await.unwrap();
+    charge(&policy).await;
+    assert_eq!(key_spend(&policy).await, COST);
+
+    redis.stop();
+    for _ in 0..3 {
+        charge(&policy).await;
+    }
+    assert_eq!(pending(&policy), 3);
+
+    // Still down: a flush writes nothing and keeps every record.
+    policy.flush().await;
+    assert_eq!(pending(&policy), 3);
+    assert_eq!(policy.counters().replayed.load(Ordering::Relaxed), 0);
+
+    redis.restart();
+    // A replay that has started but not finished still counts every record
+    // it has not written: nothing reads as drained while it is in flight.
+    let mut replay = std::pin::pin!(policy.flush());
+    let first = std::future::poll_fn(|cx| Poll::Ready(replay.as_mut().poll(cx))).await;
+    assert!(first.is_pending(), "a replay needs Redis round trips");
+    assert_eq!(pending(&policy), 3, "records left the queue before Redis took them");
+    // A second flush (as at shutdown) returns only once the queue is written.
+    let (_, spend_after_second) = tokio::join!(replay, async {
+        policy.flush().await;
+        (pending(&policy), key_spend(&policy).await)
+    });
+    // Redis restarted empty: it holds the three queued charges.
+    assert_eq!(spend_after_second, (0, 3 * COST));
+    assert_eq!(policy.counters().replayed.load(Ordering::Relaxed), 3);
+
+    // Writing again is idempotent: nothing is counted twice.
+    policy.flush().await;
+    assert_eq!(key_spend(&policy).await, 3 * COST);
+}
