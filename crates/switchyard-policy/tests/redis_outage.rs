@@ -1,5 +1,6 @@
 //! Spend charged while Redis is down: queued, and written once it is back,
 //! against a real `redis-server`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use std::future::Future as _;
 use std::sync::atomic::Ordering;
