@@ -23,7 +23,9 @@ pub struct PolicyConfig {
     /// With a master key (or keys below), every client route needs a key.
     pub master_key: Option<String>,
     /// Directory of the local store's `keys.jsonl` and `spend.jsonl`; unset:
-    /// memory only. Not used with `redis`.
+    /// memory only. With `redis`, it holds only `pending-spend.jsonl`: spend
+    /// queued while Redis is unreachable, written when it is back, also
+    /// after a restart.
     pub data_dir: Option<PathBuf>,
     /// When the local store's files reach the disk: `always`, `every_second`, `never`.
     pub fsync: FsyncPolicy,
@@ -137,9 +139,6 @@ impl PolicyConfig {
                 log_max_len: r.log_max_len.max(1),
             })
         });
-        if self.redis.is_some() && self.data_dir.is_some() {
-            issues.push(issue("policy.data_dir", "is not used with policy.redis; remove one"));
-        }
         let known = |list: &[String], path: &str, issues: &mut Vec<ConfigIssue>| {
             for (i, m) in list.iter().enumerate() {
                 if !models.contains(m) {
@@ -215,7 +214,7 @@ impl PolicyConfig {
         PolicySpec {
             settings: PolicySettings {
                 master_key,
-                data_dir: if redis.is_some() { None } else { self.data_dir.clone() },
+                data_dir: self.data_dir.clone(),
                 fsync: self.fsync,
                 redis,
                 keys,

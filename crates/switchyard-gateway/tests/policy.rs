@@ -553,7 +553,6 @@ policy:
   master_key: short
   redis:
     url: http://localhost
-  data_dir: /tmp/x
   teams:
     - team_id: t
       rpm_limit: 0
@@ -574,7 +573,6 @@ model_list:
     for field in [
         "policy.master_key",
         "policy.redis.url",
-        "policy.data_dir",
         "policy.teams[0].rpm_limit",
         "policy.keys[0].models[0]",
         "policy.keys[0].team_id",

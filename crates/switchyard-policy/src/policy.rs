@@ -3,7 +3,7 @@
 //! in-process store or Redis.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::checks::{Checks, Demand, RateKind, RateState};
 use crate::error::{Denied, PolicyError};
-use crate::journal::FsyncPolicy;
+use crate::journal::{FsyncPolicy, Journal};
 use crate::key::{
     KEY_PREFIX, KeyRecord, KeyView, TeamRecord, apply_key_field, apply_team_field, display_name, expiry_from,
     generate_key, hash_key, hashes_equal,
@@ -177,6 +177,10 @@ pub struct PolicyCounters {
 }
 
 /// One per process, so the size difference of the variants does not matter.
+/// Settlements waiting for Redis: each request's checks (for the holds to
+/// free), its reserved maximum and its record.
+type PendingQueue = VecDeque<(Checks, Nanos, SpendRecord)>;
+
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Store {
@@ -189,7 +193,11 @@ enum Store {
         seen: Mutex<HashMap<String, KeyView>>,
         /// Settlements Redis has not taken yet, oldest first. A record
         /// leaves the queue only once Redis has taken it.
-        pending: Mutex<VecDeque<(Checks, Nanos, SpendRecord)>>,
+        pending: Mutex<PendingQueue>,
+        /// With a data directory, the queue's records on disk
+        /// (`pending-spend.jsonl`), so a replica stopped during an outage
+        /// writes them when it starts again. Emptied when the queue drains.
+        spill: Option<Journal>,
         /// Held while the queue is being written, so that one replay (the
         /// background one, or a flush at shutdown) waits for another
         /// instead of finding the queue momentarily short.
@@ -237,19 +245,51 @@ fn field(param: &str, message: impl Into<String>) -> PolicyError {
     })
 }
 
+/// Opens `dir/pending-spend.jsonl`, returning the records queued in it by
+/// an earlier run. They are written again with no holds to free: holds of
+/// a stopped process expire on their own.
+fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Journal, PendingQueue), PolicyError> {
+    std::fs::create_dir_all(dir)?;
+    let (spill, lines) = Journal::open(&dir.join("pending-spend.jsonl"), fsync)?;
+    let mut queued = VecDeque::new();
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_str::<SpendRecord>(line) {
+            Ok(record) => queued.push_back((Checks::default(), record.cost_nanos, record)),
+            Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of pending-spend.jsonl"),
+        }
+    }
+    if !queued.is_empty() {
+        tracing::warn!(
+            records = queued.len(),
+            "spend queued during a Redis outage before the last stop is written to Redis now"
+        );
+    }
+    Ok((spill, queued))
+}
+
 impl Policy {
     /// Opens the store (replaying the local files, or connecting to Redis:
     /// an unreachable Redis fails here) and starts background flushing.
     pub async fn open(settings: PolicySettings) -> Result<Policy, PolicyError> {
         let store = match &settings.redis {
-            Some(redis) => Store::Redis {
-                redis: RedisStore::connect(redis).await?,
-                mode: redis.failure_mode,
-                fallback: LocalStore::memory(),
-                seen: Mutex::new(HashMap::new()),
-                pending: Mutex::new(VecDeque::new()),
-                replaying: tokio::sync::Mutex::new(()),
-            },
+            Some(redis) => {
+                let (spill, queued) = match &settings.data_dir {
+                    Some(dir) => {
+                        let (spill, queued) = open_spill(dir, settings.fsync)?;
+                        (Some(spill), queued)
+                    }
+                    None => (None, VecDeque::new()),
+                };
+                Store::Redis {
+                    redis: RedisStore::connect(redis).await?,
+                    mode: redis.failure_mode,
+                    fallback: LocalStore::memory(),
+                    seen: Mutex::new(HashMap::new()),
+                    pending: Mutex::new(queued),
+                    spill,
+                    replaying: tokio::sync::Mutex::new(()),
+                }
+            }
             None => match &settings.data_dir {
                 Some(dir) => Store::Local(LocalStore::open(dir, settings.fsync)?),
                 None => Store::Local(LocalStore::memory()),
@@ -317,10 +357,28 @@ impl Policy {
                         })
                         .await;
                     }
-                    Store::Redis { .. } => policy.replay_pending().await,
+                    Store::Redis { .. } => {
+                        policy.replay_pending().await;
+                        policy.sync_spill().await;
+                    }
                 }
             }
         });
+    }
+
+    /// Forces the spilled queue to the disk (for `fsync: every_second`).
+    async fn sync_spill(&self) {
+        if let Store::Redis { spill: Some(_), .. } = &self.0.store {
+            let policy = self.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Store::Redis { spill: Some(spill), .. } = &policy.0.store {
+                    if let Err(e) = spill.sync_if_dirty() {
+                        tracing::warn!(error = %e, "cannot flush pending-spend.jsonl");
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     /// Writes everything recorded so far: the local store's files reach the
@@ -337,7 +395,10 @@ impl Policy {
                 })
                 .await;
             }
-            Store::Redis { .. } => self.replay_pending().await,
+            Store::Redis { .. } => {
+                self.replay_pending().await;
+                self.sync_spill().await;
+            }
         }
     }
 
@@ -582,6 +643,7 @@ impl Policy {
                     redis,
                     fallback,
                     pending,
+                    spill,
                     ..
                 },
                 holder,
@@ -592,9 +654,13 @@ impl Policy {
                 }
                 if let Err(StoreDown(reason)) = redis.settle(&ticket.checks, ticket.max_cost, &record).await {
                     tracing::warn!(%reason, request_id = %record.request_id, "Redis is down: spend queued until it is back");
-                    pending
-                        .lock()
-                        .push_back((ticket.checks.clone(), ticket.max_cost, record.clone()));
+                    let mut queue = pending.lock();
+                    if let Some(spill) = spill {
+                        if let Err(e) = spill.append(&record) {
+                            tracing::error!(error = %e, request_id = %record.request_id, "cannot write pending-spend.jsonl: this record is kept in memory only");
+                        }
+                    }
+                    queue.push_back((ticket.checks.clone(), ticket.max_cost, record.clone()));
                 }
             }
         }
@@ -605,6 +671,7 @@ impl Policy {
         let Store::Redis {
             redis,
             pending,
+            spill,
             replaying,
             ..
         } = &self.0.store
@@ -625,7 +692,17 @@ impl Policy {
             if redis.settle(&checks, max_cost, &record).await.is_err() {
                 break;
             }
-            pending.lock().pop_front();
+            let mut queue = pending.lock();
+            queue.pop_front();
+            if queue.is_empty() {
+                if let Some(spill) = spill {
+                    // Under the queue's lock: no record is appended meanwhile.
+                    if let Err(e) = spill.rewrite::<SpendRecord>(&[]) {
+                        tracing::warn!(error = %e, "cannot empty pending-spend.jsonl; its records are written again (once) at the next start");
+                    }
+                }
+            }
+            drop(queue);
             written += 1;
             self.0.counters.replayed.fetch_add(1, Ordering::Relaxed);
         }

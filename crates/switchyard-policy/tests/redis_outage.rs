@@ -7,13 +7,15 @@ use std::sync::atomic::Ordering;
 use std::task::Poll;
 use std::time::Duration;
 
-use switchyard_policy::{Charge, Demand, FailureMode, KeyRecord, Policy, PolicySettings, RedisSettings, TokenUsage};
+use switchyard_policy::{
+    Charge, Demand, FailureMode, FsyncPolicy, KeyRecord, Policy, PolicySettings, RedisSettings, TokenUsage,
+};
 use switchyard_testkit::RedisServer;
 
 const KEY: &str = "sk-outage-test-key-0123456789";
 const COST: i64 = 1_500;
 
-fn settings(url: &str) -> PolicySettings {
+fn settings(url: &str, data_dir: Option<&std::path::Path>) -> PolicySettings {
     let mut record = KeyRecord::new(KEY, 0, true);
     record.key_alias = Some("outage".into());
     PolicySettings {
@@ -26,6 +28,8 @@ fn settings(url: &str) -> PolicySettings {
             log_max_len: 1_000,
         }),
         keys: vec![(KEY.into(), record)],
+        data_dir: data_dir.map(std::path::Path::to_path_buf),
+        fsync: FsyncPolicy::Always,
         ..PolicySettings::default()
     }
 }
@@ -69,7 +73,7 @@ async fn key_spend(policy: &Policy) -> i64 {
 #[tokio::test]
 async fn queued_spend_leaves_the_queue_only_once_redis_has_it() {
     let mut redis = RedisServer::start();
-    let policy = Policy::open(settings(&redis.url())).await.unwrap();
+    let policy = Policy::open(settings(&redis.url(), None)).await.unwrap();
     charge(&policy).await;
     assert_eq!(key_spend(&policy).await, COST);
 
@@ -103,4 +107,48 @@ async fn queued_spend_leaves_the_queue_only_once_redis_has_it() {
     // Writing again is idempotent: nothing is counted twice.
     policy.flush().await;
     assert_eq!(key_spend(&policy).await, 3 * COST);
+}
+
+fn spill_lines(dir: &std::path::Path) -> usize {
+    std::fs::read_to_string(dir.join("pending-spend.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+// With a data directory, spend queued during an outage outlives the
+// process: a replica stopped (or killed) before Redis came back writes it
+// when it starts again.
+#[tokio::test]
+async fn queued_spend_survives_a_restart_with_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start();
+    let policy = Policy::open(settings(&redis.url(), Some(dir.path()))).await.unwrap();
+    charge(&policy).await;
+    assert_eq!(spill_lines(dir.path()), 0, "nothing is spilled while Redis answers");
+
+    redis.stop();
+    for _ in 0..4 {
+        charge(&policy).await;
+    }
+    assert_eq!(pending(&policy), 4);
+    assert_eq!(spill_lines(dir.path()), 4);
+    // Stopped while Redis is still down: the shutdown flush writes nothing.
+    policy.flush().await;
+    drop(policy);
+
+    redis.restart();
+    let policy = Policy::open(settings(&redis.url(), Some(dir.path()))).await.unwrap();
+    assert_eq!(pending(&policy), 4, "the spilled records are queued again");
+    policy.flush().await;
+    assert_eq!(pending(&policy), 0);
+    // Redis restarted empty: it holds the four charges of the outage.
+    assert_eq!(key_spend(&policy).await, 4 * COST);
+    assert_eq!(spill_lines(dir.path()), 0, "a drained queue empties the file");
+
+    // And a third start has nothing left to write.
+    drop(policy);
+    let policy = Policy::open(settings(&redis.url(), Some(dir.path()))).await.unwrap();
+    assert_eq!(pending(&policy), 0);
+    assert_eq!(key_spend(&policy).await, 4 * COST);
 }
