@@ -21,6 +21,8 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 pub struct Response {
     /// HTTP status code.
     pub status: u16,
+    /// The response head (status line and headers) as sent.
+    pub head: String,
     /// Raw body (still chunk-encoded if the server chose chunked encoding).
     pub body: String,
 }
@@ -82,10 +84,19 @@ fn read_to_end(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<()> {
 
 /// Sends a JSON POST and reads the whole response.
 pub fn post_json(authority: &str, path: &str, body: &str) -> Result<Response> {
+    exchange(authority, path, &post_request(authority, path, body, false))
+}
+
+/// Sends a GET and reads the whole response.
+pub fn get(authority: &str, path: &str) -> Result<Response> {
+    let request = format!("GET {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\r\n");
+    exchange(authority, path, &request)
+}
+
+/// Writes `request` and reads the response until the server closes.
+fn exchange(authority: &str, path: &str, request: &str) -> Result<Response> {
     let mut stream = connect(authority)?;
-    stream
-        .write_all(post_request(authority, path, body, false).as_bytes())
-        .context("writing HTTP request")?;
+    stream.write_all(request.as_bytes()).context("writing HTTP request")?;
     let mut buffer = Vec::new();
     read_to_end(&mut stream, &mut buffer)?;
     let end = head_end(&buffer).with_context(|| {
@@ -96,8 +107,19 @@ pub fn post_json(authority: &str, path: &str, body: &str) -> Result<Response> {
     })?;
     Ok(Response {
         status: parse_status(&buffer[..end])?,
+        head: String::from_utf8_lossy(&buffer[..end]).into_owned(),
         body: String::from_utf8_lossy(&buffer[end..]).into_owned(),
     })
+}
+
+impl Response {
+    /// The value of header `name` (lower case), if the response has it.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
 }
 
 /// Sends one streaming POST and returns the time from the start of the

@@ -4,11 +4,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Args;
 use sha2::{Digest, Sha256};
 
+use crate::http;
 use crate::util::{cargo_program, display_command, find_on_path, run_checked, target_dir, workspace_root};
 
 /// The workspace version, the image tag and archive version.
@@ -29,6 +31,12 @@ pub struct ImageArgs {
     /// Print the build command instead of running it.
     #[arg(long)]
     pub print: bool,
+    /// After the build, run the image and check it: ready, serves a chat
+    /// completion on the default configuration, runs as uid 10001, reloads
+    /// on SIGHUP, drains and exits 0 on SIGTERM; with `--with-model`, the
+    /// embedding model serves a semantic cache.
+    #[arg(long, conflicts_with = "print")]
+    pub check: bool,
 }
 
 /// Options of `cargo xtask dist`.
@@ -42,17 +50,41 @@ pub struct DistArgs {
     pub binary: Option<PathBuf>,
 }
 
-/// The container engine to build with.
+/// The container engine to build with: `--engine`, else the first of
+/// `docker` and `podman` on PATH that answers `info` (a docker client whose
+/// daemon is not running is passed over for podman).
 fn engine(args: &ImageArgs) -> Result<PathBuf> {
     if let Some(engine) = &args.engine {
         return Ok(engine.clone());
     }
-    find_on_path("docker")
-        .or_else(|| find_on_path("podman"))
-        .with_context(|| {
+    let mut refusals = Vec::new();
+    for name in ["docker", "podman"] {
+        let Some(path) = find_on_path(name) else { continue };
+        match Command::new(&path).arg("info").output() {
+            Ok(out) if out.status.success() => return Ok(path),
+            Ok(out) => {
+                let why = String::from_utf8_lossy(&out.stderr);
+                let why = why
+                    .lines()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no reason given")
+                    .trim();
+                refusals.push(format!("`{name} info` failed: {why}"));
+            }
+            Err(e) => refusals.push(format!("cannot run {}: {e}", path.display())),
+        }
+    }
+    if refusals.is_empty() {
+        bail!(
             "no container engine found: neither `docker` nor `podman` is on PATH. Install one, or build the \
-         image elsewhere with `docker build -f deploy/docker/Dockerfile .` from the repository root"
-        })
+             image elsewhere with `docker build -f deploy/docker/Dockerfile .` from the repository root"
+        );
+    }
+    bail!(
+        "no working container engine: {}. Start the engine (for docker, its daemon), install podman, or pass \
+         --engine",
+        refusals.join("; ")
+    )
 }
 
 /// Builds the image from `deploy/docker/Dockerfile`.
@@ -88,7 +120,221 @@ pub fn image(args: &ImageArgs) -> Result<()> {
     }
     run_checked(&mut command, "image build")?;
     println!("built {}", args.tag);
+    if args.check {
+        check_image(&engine, &args.tag, args.with_model)?;
+    }
     Ok(())
+}
+
+/// A container started by [`check_image`], removed when dropped.
+struct Container<'a> {
+    engine: &'a Path,
+    name: String,
+}
+
+impl Container<'_> {
+    /// Runs `engine <args>` and returns its stdout, failing with its stderr.
+    fn engine(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(self.engine)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run {}", self.engine.display()))?;
+        if !out.status.success() {
+            bail!(
+                "`{} {}` failed: {}",
+                self.engine.display(),
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The container's output so far (stdout and stderr).
+    fn logs(&self) -> String {
+        Command::new(self.engine)
+            .args(["logs", &self.name])
+            .output()
+            .map(|out| {
+                format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                )
+            })
+            .unwrap_or_default()
+    }
+
+    /// Waits until the logs contain `needle`.
+    fn wait_for_log(&self, needle: &str, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        bail!(
+            "the container did not log `{needle}` within {within:?}; its logs:\n{}",
+            self.logs()
+        )
+    }
+}
+
+impl Drop for Container<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new(self.engine).args(["rm", "-f", &self.name]).output();
+    }
+}
+
+/// The JSON in a response body (the body may be chunk-framed).
+fn json_body(body: &str) -> Result<serde_json::Value> {
+    let start = body.find('{').context("no JSON in the response")?;
+    let end = body.rfind('}').context("no JSON in the response")?;
+    serde_json::from_str(&body[start..=end]).context("the response is not JSON")
+}
+
+/// Starts a container of `tag` (with `run_args` before the image and
+/// `command` after it) and waits until it is ready.
+fn start_container<'a>(
+    engine: &'a Path,
+    tag: &str,
+    run_args: &[&str],
+    command: &[&str],
+) -> Result<(Container<'a>, String)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let authority = format!("127.0.0.1:{port}");
+    let container = Container {
+        engine,
+        name: format!("switchyard-image-check-{}-{port}", std::process::id()),
+    };
+    let publish = format!("{authority}:4000");
+    let mut args = vec!["run", "-d", "--name", &container.name, "-p", &publish];
+    args.extend_from_slice(run_args);
+    args.push(tag);
+    args.extend_from_slice(command);
+    container.engine(&args)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if http::get(&authority, "/health/readiness").is_ok_and(|r| r.status == 200) {
+            return Ok((container, authority));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the container was not ready within 60 s; its logs:\n{}",
+                container.logs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Asks `model` for a chat completion of `prompt`; fails unless it is 200
+/// with some content.
+fn chat(authority: &str, model: &str, prompt: &str) -> Result<http::Response> {
+    let request = serde_json::json!({
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+    });
+    let response = http::post_json(authority, "/v1/chat/completions", &request.to_string())?;
+    let answer = json_body(&response.body)?;
+    let content = answer["choices"][0]["message"]["content"].as_str().unwrap_or_default();
+    if response.status != 200 || content.is_empty() {
+        bail!("chat completion on `{model}` answered {}: {answer}", response.status);
+    }
+    Ok(response)
+}
+
+/// Starts `tag` and checks what a deployment relies on.
+fn check_image(engine: &Path, tag: &str, with_model: bool) -> Result<()> {
+    let (container, authority) = start_container(engine, tag, &[], &[])?;
+    println!("check: ready on {authority}");
+
+    let models = json_body(&http::get(&authority, "/v1/models")?.body)?;
+    let model = models["data"][0]["id"]
+        .as_str()
+        .with_context(|| format!("/v1/models listed no model: {models}"))?
+        .to_owned();
+    chat(&authority, &model, "Say hello from the image.")?;
+    println!("check: `{model}` answered a chat completion");
+
+    let uid = container.engine(&["exec", &container.name, "id", "-u"])?;
+    if uid.trim() != "10001" {
+        bail!("the gateway runs as uid {}, not 10001", uid.trim());
+    }
+    println!("check: runs as uid 10001");
+
+    container.engine(&["kill", "--signal", "HUP", &container.name])?;
+    container.wait_for_log("configuration reloaded", Duration::from_secs(10))?;
+    println!("check: SIGHUP reloaded the configuration");
+
+    container.engine(&["stop", "--time", "30", &container.name])?;
+    let code = container.engine(&["inspect", "--format", "{{.State.ExitCode}}", &container.name])?;
+    if code.trim() != "0" {
+        bail!("exit code {} after SIGTERM; logs:\n{}", code.trim(), container.logs());
+    }
+    container.wait_for_log("stopped: spend and the request log are written", Duration::from_secs(5))?;
+    println!("check: SIGTERM drained and exited 0");
+    drop(container);
+
+    if with_model {
+        check_model(engine, tag)?;
+    }
+    Ok(())
+}
+
+/// The configuration [`check_model`] mounts: a semantic cache, which loads
+/// the embedding model at start-up and embeds every prompt it looks up.
+const SEMANTIC_CONFIG: &str = "\
+server:
+  host: 0.0.0.0
+cache:
+  enabled: true
+  backend: memory
+  semantic:
+    mock-gpt:
+      min_similarity: 0.8
+model_list:
+  - model_name: mock-gpt
+    deployments:
+      - provider: mock
+        model: mock-gpt-1
+";
+
+/// Runs the image with a semantic cache and checks that the baked-in model
+/// embeds: a paraphrase of a cached prompt is a semantic hit.
+fn check_model(engine: &Path, tag: &str) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = std::env::temp_dir().join(format!("switchyard-image-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    // Readable by the image's uid 10001.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::write(dir.join("config.yaml"), SEMANTIC_CONFIG)?;
+    std::fs::set_permissions(dir.join("config.yaml"), std::fs::Permissions::from_mode(0o644))?;
+    let volume = format!("{}:/etc/switchyard/check:ro", dir.display());
+    let result = (|| {
+        let (container, authority) = start_container(
+            engine,
+            tag,
+            &["-v", &volume],
+            &["--config", "/etc/switchyard/check/config.yaml"],
+        )?;
+        chat(&authority, "mock-gpt", "What is the capital of France?")?;
+        let paraphrase = chat(&authority, "mock-gpt", "What's the capital city of France?")?;
+        match paraphrase.header("x-switchyard-cache-similarity") {
+            Some(similarity) => println!(
+                "check: the embedding model loads; a paraphrase hit the semantic cache (similarity {similarity})"
+            ),
+            None => bail!(
+                "a paraphrase missed the semantic cache (x-switchyard-cache: {}); logs:\n{}",
+                paraphrase.header("x-switchyard-cache").unwrap_or("absent"),
+                container.logs()
+            ),
+        }
+        Ok(())
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
 }
 
 /// The host's target triple, as rustc reports it.

@@ -91,3 +91,47 @@ fn dist_packs_a_binary_with_a_checksum_that_verifies() {
         1
     );
 }
+
+/// Writes an executable shell script `name` into `dir`.
+fn script(dir: &std::path::Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+#[test]
+fn image_passes_over_a_docker_client_without_a_daemon() {
+    let bin = tempfile::tempdir().unwrap();
+    let dir = bin.path();
+    // Only the fakes: a real docker or podman elsewhere on PATH stays out.
+    let path = dir.display().to_string();
+    // A docker client whose daemon is not running, as `docker info` reports it.
+    script(
+        dir,
+        "docker",
+        "echo 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?' >&2; exit 1",
+    );
+    let (ok, out) = xtask(&["image"], Some(&path));
+    assert!(!ok);
+    assert!(
+        out.contains("no working container engine") && out.contains("Cannot connect to the Docker daemon"),
+        "{out}"
+    );
+
+    // With podman beside it, podman builds; its arguments are recorded.
+    let called = dir.join("podman-called");
+    script(
+        dir,
+        "podman",
+        &format!("[ \"$1\" = info ] && exit 0\necho \"$@\" > '{}'", called.display()),
+    );
+    let (ok, out) = xtask(&["image", "--tag", "switchyard:test"], Some(&path));
+    assert!(ok, "{out}");
+    assert!(out.contains("built switchyard:test"), "{out}");
+    let args = std::fs::read_to_string(&called).unwrap();
+    assert_eq!(
+        args.trim(),
+        "build -f deploy/docker/Dockerfile -t switchyard:test --build-arg WITH_MODEL=0 ."
+    );
+}
