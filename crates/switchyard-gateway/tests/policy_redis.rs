@@ -222,3 +222,65 @@ fn a_wrong_redis_url_fails_start_up() {
         "{text}"
     );
 }
+
+/// A fail_open replica killed (`kill -9`) during a Redis outage keeps the
+/// spend it queued in `policy.data_dir`; started again once Redis is back,
+/// it writes that spend to Redis.
+#[tokio::test]
+async fn spend_queued_in_an_outage_survives_kill_9_with_a_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = RedisServer::start();
+    let yaml = config(&redis.url(), "fail_open", 0).replace(
+        "policy:\n",
+        &format!("policy:\n  data_dir: {}\n  fsync: always\n", dir.path().display()),
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &yaml);
+    assert_eq!(chat(&gateway.base_url(), CONFIG_KEY).await.0, 200);
+
+    redis.stop();
+    for _ in 0..3 {
+        let (status, body) = chat(&gateway.base_url(), CONFIG_KEY).await;
+        assert_eq!(status, 200, "fail_open serves: {body}");
+    }
+    let status = get(&gateway.base_url(), "/admin/policy").await;
+    assert_eq!(status["redis"]["pending_spend_records"], json!(3), "{status}");
+    let spilled = std::fs::read_to_string(dir.path().join("pending-spend.jsonl")).unwrap();
+    assert_eq!(spilled.lines().count(), 3);
+    assert!(!spilled.contains(CONFIG_KEY), "a key reached the disk");
+    // No shutdown flush: the process dies at once (SIGKILL).
+    gateway.signal("KILL");
+    drop(gateway);
+
+    // Redis comes back empty; a new process on the same directory writes
+    // the three queued charges.
+    redis.restart();
+    let gateway = GatewayProcess::start(Path::new(BIN), &yaml);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = get(&gateway.base_url(), "/admin/policy").await;
+        if status["redis"]["pending_spend_records"] == json!(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not written: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let spend = get(&gateway.base_url(), "/spend/keys").await;
+    let declared = spend
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_alias"] == "declared")
+        .unwrap();
+    assert_eq!(
+        declared["total_spend_nanos"].as_i64().unwrap(),
+        3 * HELLO_COST_NANOS,
+        "{declared}"
+    );
+    let logs = get(&gateway.base_url(), "/spend/logs").await;
+    assert_eq!(logs.as_array().unwrap().len(), 3, "{logs}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("pending-spend.jsonl")).unwrap(),
+        "",
+        "a drained queue empties the file"
+    );
+}
