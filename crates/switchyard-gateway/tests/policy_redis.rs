@@ -74,6 +74,18 @@ async fn chat(base: &str, key: &str) -> (u16, Value) {
     .await
 }
 
+/// Total spend of the key declared in the configuration, from `/spend/keys`.
+async fn declared_spend(base: &str) -> i64 {
+    let spend = get(base, "/spend/keys").await;
+    let declared = spend
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["key_alias"] == "declared")
+        .unwrap_or_else(|| panic!("no declared key in {spend}"));
+    declared["total_spend_nanos"].as_i64().unwrap()
+}
+
 fn code(body: &Value) -> &str {
     body.pointer("/error/code").and_then(Value::as_str).unwrap_or("")
 }
@@ -183,19 +195,10 @@ async fn redis_down_fails_closed_or_open_as_configured_then_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(ready(closed.base_url()).await, (200, json!("ok")));
-    let spend = get(&closed.base_url(), "/spend/keys").await;
-    let declared = spend
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key_alias"] == "declared")
-        .unwrap();
     // Redis restarted empty: what it holds now is the 3 queued charges and the
     // requests served since.
-    assert!(
-        declared["total_spend_nanos"].as_i64().unwrap() >= 4 * HELLO_COST_NANOS,
-        "{declared}"
-    );
+    let spent = declared_spend(&closed.base_url()).await;
+    assert!(spent >= 4 * HELLO_COST_NANOS, "{spent}");
 }
 
 #[test]
@@ -264,18 +267,7 @@ async fn spend_queued_in_an_outage_survives_kill_9_with_a_data_dir() {
         assert!(Instant::now() < deadline, "not written: {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let spend = get(&gateway.base_url(), "/spend/keys").await;
-    let declared = spend
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|k| k["key_alias"] == "declared")
-        .unwrap();
-    assert_eq!(
-        declared["total_spend_nanos"].as_i64().unwrap(),
-        3 * HELLO_COST_NANOS,
-        "{declared}"
-    );
+    assert_eq!(declared_spend(&gateway.base_url()).await, 3 * HELLO_COST_NANOS);
     let logs = get(&gateway.base_url(), "/spend/logs").await;
     assert_eq!(logs.as_array().unwrap().len(), 3, "{logs}");
     assert_eq!(
