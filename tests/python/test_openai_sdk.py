@@ -106,6 +106,16 @@ def test_models_list(client: openai.OpenAI) -> None:
     assert {"gpt-test", "mock-gpt"} <= ids, f"models listed: {sorted(ids)}"
 
 
+def test_models_retrieve(client: openai.OpenAI) -> None:
+    model = client.models.retrieve("mock-gpt")
+
+    assert (model.id, model.object, model.owned_by) == ("mock-gpt", "model", "switchyard")
+
+    with pytest.raises(openai.NotFoundError) as excinfo:
+        client.models.retrieve("no-such-model")
+    assert excinfo.value.code == "model_not_found"
+
+
 def test_unknown_model_is_not_found(client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as excinfo:
         client.chat.completions.create(model="no-such-model", messages=HELLO)

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, Extension, State};
+use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,7 @@ use crate::observe::{RequestContext, Trail};
 use crate::state::AppState;
 use crate::stream::{StreamTracker, sse_response};
 use switchyard_cache::{CachedAnswer, CachedBody};
-use switchyard_policy::Principal;
+use switchyard_policy::{KeyView, Principal};
 use tracing::Instrument as _;
 use tracing::field::Empty;
 
@@ -47,6 +47,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/completions", post(completions))
         .route("/embeddings", post(embeddings))
         .route("/models", get(models))
+        .route("/models/{*model}", get(model))
         .route("/messages", post(crate::messages::messages))
         .route("/messages/count_tokens", post(crate::messages::count_tokens))
         .route("/feedback", post(feedback));
@@ -512,19 +513,42 @@ async fn models(State(state): State<SharedState>, Extension(principal): Extensio
     let view = principal.view();
     Json(ModelList {
         object: "list".into(),
-        data: state
-            .registry
-            .model_names()
-            .chain(state.learned.keys().map(String::as_str))
-            .filter(|name| view.is_none_or(|v| v.allows(name)))
-            .map(|name| ModelObject {
-                id: name.to_owned(),
-                object: "model".into(),
-                created: state.loaded_at,
-                owned_by: "switchyard".into(),
-            })
+        data: visible_models(&state, view)
+            .map(|name| model_object(&state, name))
             .collect(),
     })
+}
+
+/// `GET /v1/models/{model}`: one model as `/v1/models` lists it; 404
+/// `model_not_found` for a name that is not configured or that the key may
+/// not use. Names may contain `/` (`switchyard/auto`).
+async fn model(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path(name): Path<String>,
+) -> Result<Json<ModelObject>, ApiError> {
+    visible_models(&state, principal.view())
+        .find(|candidate| *candidate == name)
+        .map(|found| Json(model_object(&state, found)))
+        .ok_or(ApiError::ModelNotFound(name))
+}
+
+/// Model groups and learned routers the caller may use, in listing order.
+fn visible_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyView>>) -> impl Iterator<Item = &'a str> + 'a {
+    state
+        .registry
+        .model_names()
+        .chain(state.learned.keys().map(String::as_str))
+        .filter(move |name| view.is_none_or(|v| v.allows(name)))
+}
+
+fn model_object(state: &SharedState, name: &str) -> ModelObject {
+    ModelObject {
+        id: name.to_owned(),
+        object: "model".into(),
+        created: state.loaded_at,
+        owned_by: "switchyard".into(),
+    }
 }
 
 /// `GET /metrics`: Prometheus text exposition.

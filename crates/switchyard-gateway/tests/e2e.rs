@@ -50,6 +50,7 @@ fn config(mock: &MockUpstream) -> String {
         "  - model_name: azure-test\n    deployments:\n      - provider: azure\n        model: my-deployment\n        api_base: {root}\n        api_version: 2024-10-21\n        api_key: os.environ/TEST_AZURE_KEY\n"
     );
     yaml += "  - model_name: mock-gpt\n    deployments:\n      - provider: mock\n        model: builtin-1\n";
+    yaml += "  - model_name: team/mock-gpt\n    deployments:\n      - provider: mock\n        model: builtin-2\n";
     yaml
 }
 
@@ -394,6 +395,33 @@ async fn azure_completions_embeddings_models_and_health() {
             "{ids:?}"
         );
     }
+    // One model, by name; names may contain a slash.
+    for name in ["mock-gpt", "team/mock-gpt"] {
+        let response = s
+            .http
+            .get(format!("{}/v1/models/{name}", s.gateway.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(
+            (body["id"].as_str(), body["object"].as_str()),
+            (Some(name), Some("model"))
+        );
+    }
+    let (status, body) = {
+        let response = s
+            .http
+            .get(format!("{}/models/no-such-model", s.gateway.base_url()))
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 404);
+    assert_error_shape(&body);
+    assert_eq!(body["error"]["code"], "model_not_found");
     for path in ["/health/liveness", "/health/readiness"] {
         let response = s
             .http

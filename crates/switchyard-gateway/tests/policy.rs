@@ -168,6 +168,23 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["mock-a"]);
+    // Retrieving one model follows the same list: another model is not found.
+    let one = |name: &str| {
+        send(
+            client()
+                .get(format!("{}/v1/models/{name}", gw.base_url()))
+                .bearer_auth(&key),
+        )
+    };
+    let allowed = one("mock-a").await;
+    assert_eq!((allowed.status, allowed.body["id"].as_str()), (200, Some("mock-a")));
+    let hidden = one("mock-b").await;
+    assert_eq!(
+        (hidden.status, hidden.code()),
+        (404, "model_not_found"),
+        "{}",
+        hidden.body
+    );
 
     // The admin API takes only the master key.
     let as_key = send(client().get(format!("{}/key/list", gw.base_url())).bearer_auth(&key)).await;
