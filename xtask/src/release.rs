@@ -25,7 +25,8 @@ pub struct ImageArgs {
     /// Bake the embedding model (models/all-MiniLM-L6-v2) into the image.
     #[arg(long)]
     pub with_model: bool,
-    /// The container engine (default: `docker`, else `podman`, from PATH).
+    /// The container engine (default: the first of `docker` and `podman` on
+    /// PATH that answers `docker info` / `podman info`).
     #[arg(long)]
     pub engine: Option<PathBuf>,
     /// Print the build command instead of running it.
@@ -60,18 +61,9 @@ fn engine(args: &ImageArgs) -> Result<PathBuf> {
     let mut refusals = Vec::new();
     for name in ["docker", "podman"] {
         let Some(path) = find_on_path(name) else { continue };
-        match Command::new(&path).arg("info").output() {
-            Ok(out) if out.status.success() => return Ok(path),
-            Ok(out) => {
-                let why = String::from_utf8_lossy(&out.stderr);
-                let why = why
-                    .lines()
-                    .find(|l| !l.trim().is_empty())
-                    .unwrap_or("no reason given")
-                    .trim();
-                refusals.push(format!("`{name} info` failed: {why}"));
-            }
-            Err(e) => refusals.push(format!("cannot run {}: {e}", path.display())),
+        match answers_info(&path) {
+            Ok(()) => return Ok(path),
+            Err(why) => refusals.push(format!("`{name} info` failed: {why}")),
         }
     }
     if refusals.is_empty() {
@@ -87,19 +79,63 @@ fn engine(args: &ImageArgs) -> Result<PathBuf> {
     )
 }
 
+/// Runs `<engine> info` (for at most [`INFO_TIMEOUT`]); the first line of
+/// its error output when it fails.
+fn answers_info(engine: &Path) -> std::result::Result<(), String> {
+    use std::io::Read as _;
+    let mut child = Command::new(engine)
+        .arg("info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {}: {e}", engine.display()))?;
+    let deadline = Instant::now() + INFO_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {} s", INFO_TIMEOUT.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    if status.success() {
+        return Ok(());
+    }
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    Err(stderr
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no reason given")
+        .trim()
+        .to_owned())
+}
+
+/// How long `<engine> info` may take to answer.
+const INFO_TIMEOUT: Duration = Duration::from_secs(15);
+
 /// Builds the image from `deploy/docker/Dockerfile`.
 pub fn image(args: &ImageArgs) -> Result<()> {
     let root = workspace_root()?;
     if args.with_model && !root.join("models/all-MiniLM-L6-v2/model.safetensors").exists() {
         bail!("--with-model needs the model in models/all-MiniLM-L6-v2: run `cargo xtask models fetch` first");
     }
-    let engine = match engine(args) {
-        Ok(engine) => engine,
-        Err(e) if args.print => {
-            println!("({e})");
-            PathBuf::from("docker")
-        }
-        Err(e) => return Err(e),
+    // Printing the command runs nothing, so it asks no engine anything.
+    let engine = if args.print {
+        args.engine
+            .clone()
+            .or_else(|| find_on_path("docker"))
+            .or_else(|| find_on_path("podman"))
+            .unwrap_or_else(|| PathBuf::from("docker"))
+    } else {
+        engine(args)?
     };
     let mut command = Command::new(&engine);
     command
@@ -219,6 +255,13 @@ fn start_container<'a>(
         if http::get(&authority, "/health/readiness").is_ok_and(|r| r.status == 200) {
             return Ok((container, authority));
         }
+        let running = container.engine(&["inspect", "--format", "{{.State.Running}}", &container.name])?;
+        if running.trim() == "false" {
+            bail!(
+                "the container exited before it was ready; its logs:\n{}",
+                container.logs()
+            );
+        }
         if Instant::now() > deadline {
             bail!(
                 "the container was not ready within 60 s; its logs:\n{}",
@@ -305,13 +348,17 @@ model_list:
 /// embeds: a paraphrase of a cached prompt is a semantic hit.
 fn check_model(engine: &Path, tag: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
-    let dir = std::env::temp_dir().join(format!("switchyard-image-check-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let temp = tempfile::Builder::new()
+        .prefix("switchyard-image-check-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let dir = temp.path();
     // Readable by the image's uid 10001.
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     std::fs::write(dir.join("config.yaml"), SEMANTIC_CONFIG)?;
     std::fs::set_permissions(dir.join("config.yaml"), std::fs::Permissions::from_mode(0o644))?;
-    let volume = format!("{}:/etc/switchyard/check:ro", dir.display());
+    // `Z`: relabelled for the container where SELinux is enforcing.
+    let volume = format!("{}:/etc/switchyard/check:ro,Z", dir.display());
     let result = (|| {
         let (container, authority) = start_container(
             engine,
@@ -333,7 +380,7 @@ fn check_model(engine: &Path, tag: &str) -> Result<()> {
         }
         Ok(())
     })();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(temp);
     result
 }
 

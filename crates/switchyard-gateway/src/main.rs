@@ -188,14 +188,34 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     live.watch(poll);
     live.reload_on_sighup();
     switchyard_gateway::serve(listener, live.clone(), shutdown_signal()).await?;
-    live.state().policy.flush().await;
-    if let Some(log) = request_log {
-        log.flush().await;
+    // Bounded, so a slow Redis cannot keep the process past its grace
+    // period: what is not written by then stays queued (and, with
+    // `policy.data_dir`, on disk for the next start).
+    let policy = live.state().policy.clone();
+    let mut complete = true;
+    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, policy.flush()).await.is_err() {
+        let queued = policy.redis_status().map_or(0, |(_, queued)| queued);
+        tracing::warn!(queued, "stopping before all queued spend reached Redis");
+        complete = false;
     }
-    tracing::info!("stopped: spend and the request log are written");
+    if let Some(log) = request_log {
+        if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, log.flush()).await.is_err() {
+            tracing::warn!("stopping before the request log was fully written");
+            complete = false;
+        }
+    }
+    if complete {
+        tracing::info!("stopped: spend and the request log are written");
+    } else {
+        tracing::warn!("stopped with writes left undone (see above)");
+    }
     tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
     Ok(())
 }
+
+/// The longest the shutdown waits for each of spend and the request log to
+/// be written.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -39,7 +39,8 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
 
 /// Renders an error for the route's clients (Anthropic-shaped on `/messages`).
 pub(crate) fn error_for(path: &str, error: ApiError) -> Response {
-    if path.contains("/messages") {
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    if path == "/messages" || path == "/messages/count_tokens" {
         AnthropicError(error).into_response()
     } else {
         error.into_response()

@@ -67,6 +67,7 @@ fn route_name(path: &str) -> &'static str {
         "/messages" => "messages",
         "/messages/count_tokens" => "count_tokens",
         "/models" => "models",
+        p if p.starts_with("/models/") => "models",
         "/feedback" => "feedback",
         "/metrics" => "metrics",
         p if p.starts_with("/health") => "health",

@@ -27,7 +27,8 @@ pub struct PolicyConfig {
     /// queued while Redis is unreachable, written when it is back, also
     /// after a restart.
     pub data_dir: Option<PathBuf>,
-    /// When the local store's files reach the disk: `always`, `every_second`, `never`.
+    /// When appended lines reach the disk (the local store's files, or with
+    /// `redis` the queued spend): `always`, `every_second`, `never`.
     pub fsync: FsyncPolicy,
     /// Output tokens a request without `max_tokens` may produce, for its budget reservation.
     pub default_max_tokens: u32,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{DefaultBodyLimit, Extension, Path, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
@@ -525,8 +526,12 @@ async fn models(State(state): State<SharedState>, Extension(principal): Extensio
 async fn model(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Path(name): Path<String>,
+    name: Result<Path<String>, PathRejection>,
 ) -> Result<Json<ModelObject>, ApiError> {
+    let Path(name) = name.map_err(|e| ApiError::InvalidField {
+        param: Some("model".into()),
+        message: format!("The model name in the path is not valid: {}", e.body_text()),
+    })?;
     visible_models(&state, principal.view())
         .find(|candidate| *candidate == name)
         .map(|found| Json(model_object(&state, found)))

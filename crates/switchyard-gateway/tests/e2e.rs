@@ -422,6 +422,17 @@ async fn azure_completions_embeddings_models_and_health() {
     assert_eq!(status, 404);
     assert_error_shape(&body);
     assert_eq!(body["error"]["code"], "model_not_found");
+    // A name that is not UTF-8 once decoded: a JSON 400, not a plain-text one.
+    let response = s
+        .http
+        .get(format!("{}/v1/models/%FF", s.gateway.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    assert_error_shape(&body);
+    assert_eq!(body["error"]["param"], "model");
     for path in ["/health/liveness", "/health/readiness"] {
         let response = s
             .http

@@ -70,7 +70,12 @@ impl Journal {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
         let mut file = self.file.lock();
-        file.write_all(&line)?;
+        let before = file.metadata()?.len();
+        if let Err(e) = file.write_all(&line) {
+            // A line cut short would swallow the next one: take it back.
+            let _ = file.set_len(before);
+            return Err(e);
+        }
         match self.policy {
             FsyncPolicy::Always => file.sync_data()?,
             FsyncPolicy::EverySecond => self.dirty.store(true, Ordering::Release),

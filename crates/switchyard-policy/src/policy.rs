@@ -176,11 +176,11 @@ pub struct PolicyCounters {
     pub replayed: AtomicU64,
 }
 
-/// One per process, so the size difference of the variants does not matter.
 /// Settlements waiting for Redis: each request's checks (for the holds to
 /// free), its reserved maximum and its record.
 type PendingQueue = VecDeque<(Checks, Nanos, SpendRecord)>;
 
+/// One per process, so the size difference of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Store {
@@ -196,8 +196,9 @@ enum Store {
         pending: Mutex<PendingQueue>,
         /// With a data directory, the queue's records on disk
         /// (`pending-spend.jsonl`), so a replica stopped during an outage
-        /// writes them when it starts again. Emptied when the queue drains.
-        spill: Option<Journal>,
+        /// writes them when it starts again. Rewritten with what is left
+        /// after each replay that wrote something.
+        spill: Option<Spill>,
         /// Held while the queue is being written, so that one replay (the
         /// background one, or a flush at shutdown) waits for another
         /// instead of finding the queue momentarily short.
@@ -245,18 +246,60 @@ fn field(param: &str, message: impl Into<String>) -> PolicyError {
     })
 }
 
+/// The spilled queue: its journal, and the lock that keeps it to one
+/// process.
+#[derive(Debug)]
+struct Spill {
+    journal: Journal,
+    /// `pending-spend.lock`, held (`flock`) while this process runs.
+    _lock: std::fs::File,
+}
+
 /// Opens `dir/pending-spend.jsonl`, returning the records queued in it by
 /// an earlier run. They are written again with no holds to free: holds of
-/// a stopped process expire on their own.
-fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Journal, PendingQueue), PolicyError> {
+/// a stopped process expire on their own. Fails when another process has
+/// the directory: two processes on one file would drop each other's
+/// records when either rewrites it.
+fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Spill, PendingQueue), PolicyError> {
     std::fs::create_dir_all(dir)?;
-    let (spill, lines) = Journal::open(&dir.join("pending-spend.jsonl"), fsync)?;
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("pending-spend.lock"))?;
+    match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => {}
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
+            return Err(PolicyError::Store(format!(
+                "{} is in use by another Switchyard process; give each replica a data_dir of its own",
+                dir.display()
+            )));
+        }
+        Err(e) => return Err(std::io::Error::from(e).into()),
+    }
+    let (journal, lines) = Journal::open(&dir.join("pending-spend.jsonl"), fsync)?;
     let mut queued = VecDeque::new();
+    let mut unreadable = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         match serde_json::from_str::<SpendRecord>(line) {
             Ok(record) => queued.push_back((Checks::default(), record.cost_nanos, record)),
-            Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of pending-spend.jsonl"),
+            Err(e) => {
+                tracing::warn!(line = i + 1, error = %e, "an unreadable line of pending-spend.jsonl is moved to pending-spend.rejected.jsonl");
+                unreadable.push(line.as_str());
+            }
         }
+    }
+    if !unreadable.is_empty() {
+        let mut rejected = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("pending-spend.rejected.jsonl"))?;
+        for line in unreadable {
+            std::io::Write::write_all(&mut rejected, format!("{line}\n").as_bytes())?;
+        }
+        rejected.sync_all()?;
+        let records: Vec<&SpendRecord> = queued.iter().map(|(_, _, r)| r).collect();
+        journal.rewrite(&records)?;
     }
     if !queued.is_empty() {
         tracing::warn!(
@@ -264,7 +307,7 @@ fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Journal, PendingQueue),
             "spend queued during a Redis outage before the last stop is written to Redis now"
         );
     }
-    Ok((spill, queued))
+    Ok((Spill { journal, _lock: lock }, queued))
 }
 
 impl Policy {
@@ -372,7 +415,7 @@ impl Policy {
             let policy = self.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 if let Store::Redis { spill: Some(spill), .. } = &policy.0.store {
-                    if let Err(e) = spill.sync_if_dirty() {
+                    if let Err(e) = spill.journal.sync_if_dirty() {
                         tracing::warn!(error = %e, "cannot flush pending-spend.jsonl");
                     }
                 }
@@ -656,7 +699,7 @@ impl Policy {
                     tracing::warn!(%reason, request_id = %record.request_id, "Redis is down: spend queued until it is back");
                     let mut queue = pending.lock();
                     if let Some(spill) = spill {
-                        if let Err(e) = spill.append(&record) {
+                        if let Err(e) = spill.journal.append(&record) {
                             tracing::error!(error = %e, request_id = %record.request_id, "cannot write pending-spend.jsonl: this record is kept in memory only");
                         }
                     }
@@ -689,34 +732,34 @@ impl Policy {
             };
             // `settle` is idempotent per request id: a write that reached
             // Redis but whose reply was lost is not counted twice.
-            if redis.settle(&checks, max_cost, &record).await.is_err() {
+            if let Err(StoreDown(reason)) = redis.settle(&checks, max_cost, &record).await {
+                tracing::debug!(%reason, queued = pending.lock().len(), "Redis did not take the queued spend yet");
                 break;
             }
-            let mut queue = pending.lock();
-            queue.pop_front();
-            if queue.is_empty() {
-                if let Some(spill) = spill {
-                    // Under the queue's lock: no record is appended meanwhile.
-                    if let Err(e) = spill.rewrite::<SpendRecord>(&[]) {
-                        tracing::warn!(error = %e, "cannot empty pending-spend.jsonl; its records are written again (once) at the next start");
-                    }
-                }
-            }
-            drop(queue);
+            pending.lock().pop_front();
             written += 1;
             self.0.counters.replayed.fetch_add(1, Ordering::Relaxed);
         }
-        if written > 0 {
-            let left = pending.lock().len();
-            if left == 0 {
-                tracing::info!(written, "Redis is back: queued spend written");
-            } else {
-                tracing::warn!(
-                    written,
-                    left,
-                    "Redis took part of the queued spend; the rest is retried"
-                );
+        if written == 0 {
+            return;
+        }
+        let queue = pending.lock();
+        if let Some(spill) = spill {
+            // Under the queue's lock: no record is appended meanwhile, so the
+            // file holds exactly the records still queued.
+            let left: Vec<&SpendRecord> = queue.iter().map(|(_, _, r)| r).collect();
+            if let Err(e) = spill.journal.rewrite(&left) {
+                tracing::warn!(error = %e, "cannot rewrite pending-spend.jsonl; records Redis has are written again (once) at the next start");
             }
+        }
+        if queue.is_empty() {
+            tracing::info!(written, "Redis is back: queued spend written");
+        } else {
+            tracing::warn!(
+                written,
+                left = queue.len(),
+                "Redis took part of the queued spend; the rest is retried"
+            );
         }
     }
 

@@ -8,7 +8,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use switchyard_policy::{
-    Charge, Demand, FailureMode, FsyncPolicy, KeyRecord, Policy, PolicySettings, RedisSettings, TokenUsage,
+    Charge, Demand, FailureMode, FsyncPolicy, KeyRecord, LogFilter, Policy, PolicySettings, RedisSettings, SpendRecord,
+    TokenUsage,
 };
 use switchyard_testkit::RedisServer;
 
@@ -23,7 +24,8 @@ fn settings(url: &str, data_dir: Option<&std::path::Path>) -> PolicySettings {
             url: url.into(),
             prefix: "test:".into(),
             failure_mode: FailureMode::FailOpen,
-            timeout: Duration::from_millis(300),
+            // Longer than the test's CLIENT PAUSE below.
+            timeout: Duration::from_secs(3),
             hold_ttl: Duration::from_secs(60),
             log_max_len: 1_000,
         }),
@@ -68,8 +70,50 @@ async fn key_spend(policy: &Policy) -> i64 {
         .map_or(0, |k| k.total_spend_nanos)
 }
 
+/// Makes Redis hold back writes (scripts included) for `ms`, so a replay
+/// started now is still in flight when the test looks at the queue.
+async fn pause_writes(url: &str, ms: u64) {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(ms)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+/// Reads through the policy's own Redis connection until it answers, so
+/// its connection manager has reconnected (reads are not paused).
+async fn until_reconnected(policy: &Policy) {
+    for _ in 0..100 {
+        if policy.spend_keys().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the policy never reconnected to Redis");
+}
+
+/// `Policy::open` on a data directory, waiting while the previous policy
+/// of this process (dropped, but its background task may still hold it
+/// for a moment) releases the directory.
+async fn reopen(url: &str, dir: &std::path::Path) -> Policy {
+    for _ in 0..100 {
+        match Policy::open(settings(url, Some(dir))).await {
+            Ok(policy) => return policy,
+            Err(e) if e.to_string().contains("in use by another") => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    panic!("{} stayed locked", dir.display());
+}
+
 // A current-thread runtime: the policy's background replay runs only when
-// the test awaits, so the steps below are not raced by it.
+// the test awaits.
 #[tokio::test]
 async fn queued_spend_leaves_the_queue_only_once_redis_has_it() {
     let mut redis = RedisServer::start();
@@ -89,6 +133,10 @@ async fn queued_spend_leaves_the_queue_only_once_redis_has_it() {
     assert_eq!(policy.counters().replayed.load(Ordering::Relaxed), 0);
 
     redis.restart();
+    // Writes wait a second: whichever replay starts first (the background
+    // one, or the flush below) is still in flight when the queue is read.
+    pause_writes(&redis.url(), 1_000).await;
+    until_reconnected(&policy).await;
     // A replay that has started but not finished still counts every record
     // it has not written: nothing reads as drained while it is in flight.
     let mut replay = std::pin::pin!(policy.flush());
@@ -103,10 +151,6 @@ async fn queued_spend_leaves_the_queue_only_once_redis_has_it() {
     // Redis restarted empty: it holds the three queued charges.
     assert_eq!(spend_after_second, (0, 3 * COST));
     assert_eq!(policy.counters().replayed.load(Ordering::Relaxed), 3);
-
-    // Writing again is idempotent: nothing is counted twice.
-    policy.flush().await;
-    assert_eq!(key_spend(&policy).await, 3 * COST);
 }
 
 fn spill_lines(dir: &std::path::Path) -> usize {
@@ -126,6 +170,10 @@ async fn queued_spend_survives_a_restart_with_a_data_dir() {
     let policy = Policy::open(settings(&redis.url(), Some(dir.path()))).await.unwrap();
     charge(&policy).await;
     assert_eq!(spill_lines(dir.path()), 0, "nothing is spilled while Redis answers");
+    // One process per directory.
+    let second = Policy::open(settings(&redis.url(), Some(dir.path()))).await;
+    let error = second.err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(error.contains("in use by another Switchyard process"), "{error}");
 
     redis.stop();
     for _ in 0..4 {
@@ -138,7 +186,7 @@ async fn queued_spend_survives_a_restart_with_a_data_dir() {
     drop(policy);
 
     redis.restart();
-    let policy = Policy::open(settings(&redis.url(), Some(dir.path()))).await.unwrap();
+    let policy = reopen(&redis.url(), dir.path()).await;
     assert_eq!(pending(&policy), 4, "the spilled records are queued again");
     policy.flush().await;
     assert_eq!(pending(&policy), 0);
@@ -146,9 +194,72 @@ async fn queued_spend_survives_a_restart_with_a_data_dir() {
     assert_eq!(key_spend(&policy).await, 4 * COST);
     assert_eq!(spill_lines(dir.path()), 0, "a drained queue empties the file");
 
-    // And a third start has nothing left to write.
+    // A replica killed while it replayed leaves records Redis already has
+    // in the file: written again at the next start, they count once.
+    let written = all_logs(&policy).await;
+    let lines: String = written
+        .iter()
+        .filter(|r| key_spend_record(r))
+        .map(|r| serde_json::to_string(r).unwrap() + "\n")
+        .collect();
     drop(policy);
-    let policy = Policy::open(settings(&redis.url(), Some(dir.path()))).await.unwrap();
+    let policy = reopen(&redis.url(), dir.path()).await;
+    assert_eq!(pending(&policy), 0, "a third start has nothing left to write");
+    drop(policy);
+    std::fs::write(dir.path().join("pending-spend.jsonl"), &lines).unwrap();
+    // Redis restarted empty: its log holds the four charges of the outage.
+    assert_eq!(spill_lines(dir.path()), 4);
+    let policy = reopen(&redis.url(), dir.path()).await;
+    assert_eq!(pending(&policy), 4);
+    policy.flush().await;
     assert_eq!(pending(&policy), 0);
-    assert_eq!(key_spend(&policy).await, 4 * COST);
+    assert_eq!(
+        key_spend(&policy).await,
+        4 * COST,
+        "a record written twice counted twice"
+    );
+    assert_eq!(all_logs(&policy).await.len(), 4);
+}
+
+/// Every spend record in Redis.
+async fn all_logs(policy: &Policy) -> Vec<SpendRecord> {
+    let filter = LogFilter {
+        limit: 1_000,
+        ..LogFilter::default()
+    };
+    policy.spend_logs(&filter).await.unwrap()
+}
+
+/// Whether `record` is a charge of the test's key.
+fn key_spend_record(record: &SpendRecord) -> bool {
+    record.key_alias.as_deref() == Some("outage")
+}
+
+// A spill file's unreadable lines are kept aside, not dropped, and the
+// readable ones are still written.
+#[tokio::test]
+async fn unreadable_spilled_lines_are_set_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let policy = Policy::open(settings(&redis.url(), Some(dir.path()))).await.unwrap();
+    charge(&policy).await;
+    let record = all_logs(&policy).await.remove(0);
+    let mut other = record.clone();
+    other.request_id = "spilled-by-an-earlier-run".into();
+    drop(policy);
+    std::fs::write(
+        dir.path().join("pending-spend.jsonl"),
+        format!(
+            "{{\"not\": \"a record\"}}\n{}\n",
+            serde_json::to_string(&other).unwrap()
+        ),
+    )
+    .unwrap();
+    let policy = reopen(&redis.url(), dir.path()).await;
+    assert_eq!(pending(&policy), 1);
+    let rejected = std::fs::read_to_string(dir.path().join("pending-spend.rejected.jsonl")).unwrap();
+    assert_eq!(rejected, "{\"not\": \"a record\"}\n");
+    assert_eq!(spill_lines(dir.path()), 1, "the file keeps only the readable record");
+    policy.flush().await;
+    assert_eq!(key_spend(&policy).await, 2 * COST);
 }
