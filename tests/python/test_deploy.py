@@ -105,6 +105,9 @@ def test_autoscaling_redis_and_secrets_render_valid_manifests() -> None:
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     assert "SWITCHYARD_POLICY__REDIS__URL" in env and "SWITCHYARD_MASTER_KEY" in env, sorted(env)
+    # With Redis the data directory keeps only spend queued during an outage,
+    # on the pod's own volume.
+    assert env["SWITCHYARD_POLICY__DATA_DIR"]["value"] == "/var/lib/switchyard/data", sorted(env)
     assert "secretKeyRef" in env["SWITCHYARD_MASTER_KEY"]["valueFrom"], "the key comes from a Secret"
     secrets = by_kind(docs, "Secret")
     assert secrets and all("sk-chart-test" not in json.dumps(d.get("metadata", {})) for d in secrets)

@@ -162,7 +162,7 @@ The container's environment: secrets, Redis, the local store, extraEnv.
       key: {{ include "switchyard.redisSecretKey" . }}
 {{- end }}
 {{- end }}
-{{- if and .Values.localStore.dataDir (not (include "switchyard.sharedPolicy" .)) (not (dig "policy" "data_dir" "" $config)) }}
+{{- if and .Values.localStore.dataDir (not (dig "policy" "data_dir" "" $config)) }}
 - name: SWITCHYARD_POLICY__DATA_DIR
   value: {{ .Values.localStore.dataDir | quote }}
 {{- end }}
