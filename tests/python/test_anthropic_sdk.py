@@ -169,3 +169,28 @@ def test_image_input(claude: anthropic.Anthropic, model: str) -> None:
         ],
     )
     assert message.content[0].text == "mock reply: what is this"
+
+
+def test_models_list_and_retrieve_in_anthropic_shape(claude: anthropic.Anthropic, client: openai.OpenAI) -> None:
+    everything = [model.id for model in client.models.list()]
+    first = claude.models.list()
+    assert first.data, "no models listed"
+    model = first.data[0]
+    assert (model.type, model.display_name) == ("model", model.id)
+    assert model.created_at.year >= 2024
+
+    # One model per page: the SDK follows `after_id` through every page, in
+    # the order OpenAI clients see.
+    paged = [model.id for model in claude.models.list(limit=1)]
+    assert paged == everything
+    one_page = claude.models.list(limit=2)
+    assert (one_page.has_more, one_page.last_id) == (len(everything) > 2, everything[1])
+    before = claude.models.list(before_id=everything[2], limit=1)
+    assert [m.id for m in before.data] == [everything[1]] and before.has_more
+
+    retrieved = claude.models.retrieve("claude-test")
+    assert (retrieved.id, retrieved.type) == ("claude-test", "model")
+    with pytest.raises(anthropic.NotFoundError):
+        claude.models.retrieve("no-such-model")
+    with pytest.raises(anthropic.BadRequestError):
+        claude.models.list(limit=0)

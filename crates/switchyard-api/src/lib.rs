@@ -22,7 +22,7 @@ pub use embeddings::{
     EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector,
 };
 pub use error::{ErrorBody, ErrorDetail};
-pub use models::{ModelList, ModelObject};
+pub use models::{AnthropicModel, AnthropicModelList, ModelList, ModelObject};
 pub use usage::Usage;
 
 /// Map of fields a type does not model; kept verbatim for pass-through.

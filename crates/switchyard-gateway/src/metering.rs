@@ -37,10 +37,13 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Renders an error for the route's clients (Anthropic-shaped on `/messages`).
-pub(crate) fn error_for(path: &str, error: ApiError) -> Response {
+/// Renders an error for the route's clients: Anthropic-shaped on
+/// `/messages`, and on `/models` for clients that send `anthropic-version`.
+pub(crate) fn error_for(path: &str, headers: &HeaderMap, error: ApiError) -> Response {
     let path = path.strip_prefix("/v1").unwrap_or(path);
-    if path == "/messages" || path == "/messages/count_tokens" {
+    let anthropic_models =
+        (path == "/models" || path.starts_with("/models/")) && headers.contains_key("anthropic-version");
+    if path == "/messages" || path == "/messages/count_tokens" || anthropic_models {
         AnthropicError(error).into_response()
     } else {
         error.into_response()
@@ -56,7 +59,7 @@ pub(crate) async fn authenticate(State(state): State<SharedState>, mut request: 
             request.extensions_mut().insert(principal);
             next.run(request).await
         }
-        Err(denied) => error_for(request.uri().path(), ApiError::Denied(denied)),
+        Err(denied) => error_for(request.uri().path(), request.headers(), ApiError::Denied(denied)),
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{DefaultBodyLimit, Extension, Path, State};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,10 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use serde_json::json;
 use std::time::Instant;
-use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList, ModelObject};
+use switchyard_api::{
+    AnthropicModel, AnthropicModelList, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ModelList,
+    ModelObject,
+};
 use switchyard_providers::ProviderError;
 
 use switchyard_routing::{ErrorClass, InFlight};
@@ -23,6 +26,7 @@ use crate::cache::{self, Controls, Lookup};
 use crate::dispatch::{Call, Decision, Failed, Reply, RequestOptions, Served, dispatch};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::messages::AnthropicError;
 use crate::metering;
 use crate::observe::{RequestContext, Trail};
 use crate::state::AppState;
@@ -510,32 +514,122 @@ async fn embeddings(
     .await
 }
 
-async fn models(State(state): State<SharedState>, Extension(principal): Extension<Principal>) -> Json<ModelList> {
-    let view = principal.view();
-    Json(ModelList {
-        object: "list".into(),
-        data: visible_models(&state, view)
-            .map(|name| model_object(&state, name))
-            .collect(),
-    })
+async fn models(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
+    page: Result<Query<ModelPage>, QueryRejection>,
+) -> Response {
+    let names: Vec<&str> = visible_models(&state, principal.view()).collect();
+    if !speaks_anthropic(&headers) {
+        return Json(ModelList {
+            object: "list".into(),
+            data: names.iter().map(|name| model_object(&state, name)).collect(),
+        })
+        .into_response();
+    }
+    let page = match page {
+        Ok(Query(page)) => page,
+        Err(e) => {
+            return AnthropicError(ApiError::InvalidField {
+                param: None,
+                message: e.body_text(),
+            })
+            .into_response();
+        }
+    };
+    match anthropic_page(&names, &page) {
+        Ok((models, has_more)) => Json(AnthropicModelList {
+            first_id: models.first().map(|m| (*m).to_owned()),
+            last_id: models.last().map(|m| (*m).to_owned()),
+            data: models.iter().map(|name| anthropic_model(&state, name)).collect(),
+            has_more,
+        })
+        .into_response(),
+        Err(e) => AnthropicError(e).into_response(),
+    }
 }
 
-/// `GET /v1/models/{model}`: one model as `/v1/models` lists it; 404
-/// `model_not_found` for a name that is not configured or that the key may
-/// not use. Names may contain `/` (`switchyard/auto`).
+/// Query parameters of Anthropic's `GET /v1/models` (OpenAI's takes none).
+#[derive(Debug, Default, serde::Deserialize)]
+struct ModelPage {
+    /// Models per page, 1 to 1000 (default 20).
+    limit: Option<usize>,
+    /// The page after this id.
+    after_id: Option<String>,
+    /// The page before this id.
+    before_id: Option<String>,
+}
+
+/// Whether the client is an Anthropic SDK (they always send `anthropic-version`).
+fn speaks_anthropic(headers: &HeaderMap) -> bool {
+    headers.contains_key("anthropic-version")
+}
+
+/// The page of `names` that `page` asks for, and whether more follow.
+fn anthropic_page<'a>(names: &[&'a str], page: &ModelPage) -> Result<(Vec<&'a str>, bool), ApiError> {
+    let invalid = |param: &str, message: String| ApiError::InvalidField {
+        param: Some(param.into()),
+        message,
+    };
+    let limit = page.limit.unwrap_or(20);
+    if !(1..=1000).contains(&limit) {
+        return Err(invalid(
+            "limit",
+            format!("limit must be between 1 and 1000, not {limit}."),
+        ));
+    }
+    let position = |id: &str, param: &str| {
+        names
+            .iter()
+            .position(|name| *name == id)
+            .ok_or_else(|| invalid(param, format!("No model named `{id}`.")))
+    };
+    match (&page.after_id, &page.before_id) {
+        (Some(_), Some(_)) => Err(invalid("before_id", "Give after_id or before_id, not both.".into())),
+        (Some(after), None) => {
+            let start = position(after, "after_id")? + 1;
+            let end = (start + limit).min(names.len());
+            Ok((names[start..end].to_vec(), end < names.len()))
+        }
+        (None, Some(before)) => {
+            let end = position(before, "before_id")?;
+            let start = end.saturating_sub(limit);
+            Ok((names[start..end].to_vec(), start > 0))
+        }
+        (None, None) => {
+            let end = limit.min(names.len());
+            Ok((names[..end].to_vec(), end < names.len()))
+        }
+    }
+}
+
+/// `GET /v1/models/{model}`: one model as `/v1/models` lists it (Anthropic's
+/// shape for Anthropic clients); 404 `model_not_found` for a name that is
+/// not configured or that the key may not use. Names may contain `/`
+/// (`switchyard/auto`).
 async fn model(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
+    headers: HeaderMap,
     name: Result<Path<String>, PathRejection>,
-) -> Result<Json<ModelObject>, ApiError> {
-    let Path(name) = name.map_err(|e| ApiError::InvalidField {
-        param: Some("model".into()),
-        message: format!("The model name in the path is not valid: {}", e.body_text()),
-    })?;
-    visible_models(&state, principal.view())
-        .find(|candidate| *candidate == name)
-        .map(|found| Json(model_object(&state, found)))
-        .ok_or(ApiError::ModelNotFound(name))
+) -> Response {
+    let found = name
+        .map_err(|e| ApiError::InvalidField {
+            param: Some("model".into()),
+            message: format!("The model name in the path is not valid: {}", e.body_text()),
+        })
+        .and_then(|Path(name)| {
+            visible_models(&state, principal.view())
+                .find(|candidate| *candidate == name)
+                .ok_or(ApiError::ModelNotFound(name))
+        });
+    match (found, speaks_anthropic(&headers)) {
+        (Ok(name), false) => Json(model_object(&state, name)).into_response(),
+        (Ok(name), true) => Json(anthropic_model(&state, name)).into_response(),
+        (Err(e), false) => e.into_response(),
+        (Err(e), true) => AnthropicError(e).into_response(),
+    }
 }
 
 /// Model groups and learned routers the caller may use, in listing order.
@@ -545,6 +639,19 @@ fn visible_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyView>>) ->
         .model_names()
         .chain(state.learned.keys().map(String::as_str))
         .filter(move |name| view.is_none_or(|v| v.allows(name)))
+}
+
+fn anthropic_model(state: &SharedState, name: &str) -> AnthropicModel {
+    AnthropicModel {
+        kind: "model".into(),
+        id: name.to_owned(),
+        display_name: name.to_owned(),
+        created_at: i64::try_from(state.loaded_at)
+            .ok()
+            .and_then(|secs| jiff::Timestamp::from_second(secs).ok())
+            .unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+            .to_string(),
+    }
 }
 
 fn model_object(state: &SharedState, name: &str) -> ModelObject {
