@@ -635,7 +635,13 @@ async fn hold_chunks(mut chunks: ChunkStream) -> Result<ChunkStream, ProviderErr
                 }
             }
             Some(Err(e)) => return Err(e),
-            None => break,
+            // Ended (`[DONE]` or closed) with nothing but preamble: a broken
+            // stream, which the next attempt may answer.
+            None => {
+                return Err(ProviderError::Stream(
+                    "the upstream ended the stream before any output".into(),
+                ));
+            }
         }
     }
     Ok(Box::pin(stream::iter(held).chain(chunks)))
@@ -651,17 +657,21 @@ fn is_output(data: &[u8]) -> bool {
         return true;
     };
     let text = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-    choices.is_empty()
-        || choices.iter().any(|choice| {
-            let delta = choice.get("delta");
-            let field = |name: &str| delta.and_then(|d| d.get(name));
-            text(field("content"))
-                || text(field("refusal"))
-                || text(field("reasoning_content"))
-                || text(choice.get("text"))
-                || field("tool_calls").is_some_and(|t| !t.is_null())
-                || choice.get("finish_reason").is_some_and(|f| !f.is_null())
-        })
+    // No choices: the final usage chunk is output; Azure's first chunk
+    // (prompt filter results only) is not.
+    if choices.is_empty() {
+        return chunk.get("usage").is_some_and(|u| !u.is_null());
+    }
+    choices.iter().any(|choice| {
+        let delta = choice.get("delta");
+        let field = |name: &str| delta.and_then(|d| d.get(name));
+        text(field("content"))
+            || text(field("refusal"))
+            || text(field("reasoning_content"))
+            || text(choice.get("text"))
+            || field("tool_calls").is_some_and(|t| !t.is_null())
+            || choice.get("finish_reason").is_some_and(|f| !f.is_null())
+    })
 }
 
 /// Anthropic events before any content: sent by the upstream as soon as it
@@ -690,7 +700,12 @@ async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
                 }
             }
             Some(Err(e)) => return Err(e),
-            None => break,
+            // Closed after `message_start` without content or `message_stop`.
+            None => {
+                return Err(ProviderError::Stream(
+                    "the upstream closed the stream before any content".into(),
+                ));
+            }
         }
     }
     Ok(Reply::Events(Box::pin(stream::iter(held).chain(events))))
@@ -708,6 +723,8 @@ mod tests {
         let no = [
             r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
             r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#,
+            // Azure's first chunk: prompt filter results only.
+            r#"{"choices":[],"prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#,
         ];
         let yes = [
             r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
@@ -718,6 +735,42 @@ mod tests {
         ];
         assert!(no.iter().all(|c| !is_output(c.as_bytes())));
         assert!(yes.iter().all(|c| is_output(c.as_bytes())));
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_ends_before_output_fails_the_attempt() {
+        let chunk = |data: &str| {
+            Ok(switchyard_providers::StreamChunk {
+                data: Bytes::from(data.to_owned()),
+                usage: None,
+            })
+        };
+        let role_only = stream::iter(vec![chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#)]);
+        assert!(matches!(
+            hold_chunks(Box::pin(role_only)).await,
+            Err(ProviderError::Stream(_))
+        ));
+        let answered = stream::iter(vec![
+            chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#),
+            chunk(r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#),
+        ]);
+        assert!(hold_chunks(Box::pin(answered)).await.is_ok());
+
+        let event = |name: &str| {
+            Ok(switchyard_providers::sse::Event {
+                event: name.to_owned(),
+                data: "{}".to_owned(),
+                id: String::new(),
+                retry: None,
+            })
+        };
+        let started_only = stream::iter(vec![event("message_start"), event("ping")]);
+        assert!(matches!(
+            hold_events(Box::pin(started_only)).await,
+            Err(ProviderError::Stream(_))
+        ));
+        let content = stream::iter(vec![event("message_start"), event("content_block_start")]);
+        assert!(hold_events(Box::pin(content)).await.is_ok());
     }
 
     #[test]

@@ -263,7 +263,8 @@ impl LocalStore {
         for b in &checks.budgets {
             let spend = state.ledger.get(&b.subject).map_or(0, |s| s.in_period(b.period, today));
             let reserved = state.reserved.get(&b.subject).copied().unwrap_or(0);
-            if spend + reserved + max_cost > b.limit {
+            // Saturating: a huge `max_cost` must not wrap around and pass.
+            if spend.saturating_add(reserved).saturating_add(max_cost) > b.limit {
                 return Err(Denied::BudgetExceeded {
                     scope: b.scope.clone(),
                     spend,
@@ -304,7 +305,8 @@ impl LocalStore {
             *state.parallel.entry(p.id.clone()).or_default() += 1;
         }
         for b in &checks.budgets {
-            *state.reserved.entry(b.subject.clone()).or_default() += max_cost;
+            let reserved = state.reserved.entry(b.subject.clone()).or_default();
+            *reserved = reserved.saturating_add(max_cost);
         }
         Ok(states)
     }
@@ -317,10 +319,15 @@ impl LocalStore {
 
     /// Records the spend of an admitted request and gives back what it held;
     /// token limits are charged the tokens used beyond the estimate.
+    ///
+    /// The holds are given back and the spend counted even when the log
+    /// cannot be written (the error is returned after): a full disk must not
+    /// keep a key's in-flight slots and reservations taken.
     pub fn settle(&self, checks: &Checks, max_cost: Nanos, record: &SpendRecord) -> Result<(), PolicyError> {
-        if let Some(log) = &self.spend_log {
-            log.append(record)?;
-        }
+        let logged = match &self.spend_log {
+            Some(log) => log.append(record),
+            None => Ok(()),
+        };
         {
             let mut state = self.state.lock();
             release_locked(&mut state, checks, max_cost);
@@ -334,19 +341,35 @@ impl LocalStore {
         }
         let used = u32::try_from(record.usage.total()).unwrap_or(u32::MAX);
         for r in checks.token_rates() {
-            if let Some(extra) = used.checked_sub(r.cost).and_then(NonZeroU32::new) {
-                // Best effort: the bucket takes what fits.
-                let _ = self
-                    .limiter(&r.id, r.limit)
-                    .check_n(extra.min(NonZeroU32::new(r.limit).unwrap_or(extra)));
+            if let Some(extra) = used.checked_sub(r.cost) {
+                take_what_fits(&self.limiter(&r.id, r.limit), extra.min(r.limit));
             }
         }
-        Ok(())
+        logged.map_err(PolicyError::from)
     }
 
     /// Adds records written elsewhere (a Redis outage's local spend) to this ledger only.
     pub fn add_to_ledger(&self, record: &SpendRecord) {
         self.state.lock().ledger.add(record);
+    }
+}
+
+/// Takes up to `n` cells from `limiter`, as many as it has now: a rate
+/// limiter's `check_n` is all or nothing, so the amount is built from
+/// powers of two, largest first.
+fn take_what_fits(limiter: &Limiter, n: u32) {
+    let mut left = n;
+    let mut step = 1_u32 << (31 - n.max(1).leading_zeros());
+    while left > 0 && step > 0 {
+        if step <= left {
+            if let Some(cells) = NonZeroU32::new(step) {
+                if matches!(limiter.check_n(cells), Ok(Ok(_))) {
+                    left -= step;
+                    continue;
+                }
+            }
+        }
+        step /= 2;
     }
 }
 
@@ -358,7 +381,7 @@ fn release_locked(state: &mut State, checks: &Checks, max_cost: Nanos) {
     }
     for b in &checks.budgets {
         if let Some(r) = state.reserved.get_mut(&b.subject) {
-            *r = (*r - max_cost).max(0);
+            *r = r.saturating_sub(max_cost).max(0);
         }
     }
 }
@@ -377,4 +400,29 @@ pub(crate) fn rate_state(limit: u32, remaining: u32) -> RateState {
 /// The day a record would be charged on now (tests).
 pub fn today() -> Day {
     day_of_ms(now_ms())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_top_up_takes_what_fits_not_nothing() {
+        let store = LocalStore::memory();
+        let limiter = store.limiter("tpm:test", 100);
+        assert!(matches!(limiter.check_n(NonZeroU32::new(60).unwrap()), Ok(Ok(_))));
+        // 70 more do not fit; the 40 that do are taken.
+        take_what_fits(&limiter, 70);
+        assert!(
+            matches!(limiter.check_n(NonZeroU32::MIN), Ok(Err(_))),
+            "cells were left"
+        );
+
+        // When everything fits, exactly `n` is taken.
+        let limiter = store.limiter("tpm:other", 100);
+        take_what_fits(&limiter, 30);
+        assert!(matches!(limiter.check_n(NonZeroU32::new(70).unwrap()), Ok(Ok(_))));
+        assert!(matches!(limiter.check_n(NonZeroU32::MIN), Ok(Err(_))));
+    }
 }

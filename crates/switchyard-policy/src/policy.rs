@@ -681,33 +681,44 @@ impl Policy {
         };
         match (&self.0.store, ticket.holder) {
             (Store::Local(local), _) => local.settle(&ticket.checks, ticket.max_cost, &record)?,
-            (
-                Store::Redis {
-                    redis,
-                    fallback,
-                    pending,
-                    spill,
-                    ..
-                },
-                holder,
-            ) => {
+            (Store::Redis { fallback, .. }, holder) => {
                 if holder == Holder::FallbackLocal {
                     fallback.release(&ticket.checks, ticket.max_cost);
                     fallback.add_to_ledger(&record);
                 }
-                if let Err(StoreDown(reason)) = redis.settle(&ticket.checks, ticket.max_cost, &record).await {
-                    tracing::warn!(%reason, request_id = %record.request_id, "Redis is down: spend queued until it is back");
-                    let mut queue = pending.lock();
-                    if let Some(spill) = spill {
-                        if let Err(e) = spill.journal.append(&record) {
-                            tracing::error!(error = %e, request_id = %record.request_id, "cannot write pending-spend.jsonl: this record is kept in memory only");
-                        }
-                    }
-                    queue.push_back((ticket.checks.clone(), ticket.max_cost, record.clone()));
+                // On a task of its own: the write (or, when Redis is down,
+                // the queueing) finishes even when the request that settles
+                // is dropped mid-way, e.g. by a client that disconnects.
+                let policy = self.clone();
+                let (checks, max_cost, queued) = (ticket.checks.clone(), ticket.max_cost, record.clone());
+                let write = tokio::spawn(async move { policy.settle_in_redis(checks, max_cost, queued).await });
+                if let Err(e) = write.await {
+                    tracing::error!(error = %e, request_id = %record.request_id, "the spend write stopped");
                 }
             }
         }
         Ok(record)
+    }
+
+    /// Writes a settlement to Redis, or queues it (and spills it to disk)
+    /// when Redis does not take it.
+    async fn settle_in_redis(&self, checks: Checks, max_cost: Nanos, record: SpendRecord) {
+        let Store::Redis {
+            redis, pending, spill, ..
+        } = &self.0.store
+        else {
+            return;
+        };
+        if let Err(StoreDown(reason)) = redis.settle(&checks, max_cost, &record).await {
+            tracing::warn!(%reason, request_id = %record.request_id, "Redis is down: spend queued until it is back");
+            let mut queue = pending.lock();
+            if let Some(spill) = spill {
+                if let Err(e) = spill.journal.append(&record) {
+                    tracing::error!(error = %e, request_id = %record.request_id, "cannot write pending-spend.jsonl: this record is kept in memory only");
+                }
+            }
+            queue.push_back((checks, max_cost, record));
+        }
     }
 
     async fn replay_pending(&self) {

@@ -161,8 +161,8 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         .get(reqwest::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|s| s.is_finite() && *s >= 0.0)
-        .map(Duration::from_secs_f64);
+        // `try_`: a value too large for a Duration (`1e20`) is ignored, not a panic.
+        .and_then(|s| Duration::try_from_secs_f64(s).ok());
     let body: Bytes = response.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(parsed) => ProviderError::Status {

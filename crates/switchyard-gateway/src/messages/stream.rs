@@ -46,6 +46,8 @@ pub fn sse(events: impl Stream<Item = Bytes> + Send + 'static) -> Response {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Reverse proxies (nginx) pass the events on as they come.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
 }
 
