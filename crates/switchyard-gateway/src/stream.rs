@@ -177,8 +177,11 @@ impl StreamTracker {
         let state = self.state.clone();
         let id = self.id;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // Taken now, before the task runs: a shutdown's flush waits for it.
+            let guard = state.policy.write_guard();
             handle.spawn(async move {
                 meter.settle(&state, id, &name, usage).await;
+                drop(guard);
             });
         }
     }

@@ -216,6 +216,29 @@ struct Inner {
     counters: PolicyCounters,
     next_id: AtomicU64,
     id_prefix: String,
+    /// Settlements on their way to the store; [`Policy::flush`] waits for them.
+    writes: Writes,
+}
+
+/// A count of settlements in progress, and a signal when it reaches zero.
+#[derive(Debug, Default)]
+struct Writes {
+    count: std::sync::atomic::AtomicUsize,
+    idle: tokio::sync::Notify,
+}
+
+/// Held while a settlement is on its way to the store (taken before the
+/// task that writes it is spawned); [`Policy::flush`] waits until none is
+/// held, so a shutdown does not exit under a write.
+#[derive(Debug)]
+pub struct WriteGuard(Arc<Inner>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if self.0.writes.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.writes.idle.notify_waiters();
+        }
+    }
 }
 
 /// Keys, limits, budgets and spend. Cheap to clone.
@@ -351,6 +374,7 @@ impl Policy {
             known_models: parking_lot::RwLock::new(settings.known_models.iter().cloned().collect()),
             store,
             counters: PolicyCounters::default(),
+            writes: Writes::default(),
             next_id: AtomicU64::new(0),
             id_prefix: hex::encode(prefix),
         }));
@@ -373,6 +397,7 @@ impl Policy {
             known_models: parking_lot::RwLock::new(settings.known_models.iter().cloned().collect()),
             store: Store::Local(LocalStore::memory()),
             counters: PolicyCounters::default(),
+            writes: Writes::default(),
             next_id: AtomicU64::new(0),
             id_prefix: "0".into(),
         }))
@@ -424,10 +449,31 @@ impl Policy {
         }
     }
 
-    /// Writes everything recorded so far: the local store's files reach the
-    /// disk, spend queued while Redis was down is sent (when it is back).
-    /// Called at shutdown.
+    /// Marks a settlement as under way until the guard is dropped; take it
+    /// before spawning the task that settles.
+    pub fn write_guard(&self) -> WriteGuard {
+        self.0.writes.count.fetch_add(1, Ordering::AcqRel);
+        WriteGuard(self.0.clone())
+    }
+
+    /// Returns once no [`WriteGuard`] is held.
+    async fn writes_done(&self) {
+        loop {
+            let idle = self.0.writes.idle.notified();
+            tokio::pin!(idle);
+            idle.as_mut().enable();
+            if self.0.writes.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+
+    /// Writes everything recorded so far: settlements under way finish, the
+    /// local store's files reach the disk, spend queued while Redis was
+    /// down is sent (when it is back). Called at shutdown.
     pub async fn flush(&self) {
+        self.writes_done().await;
         match &self.0.store {
             Store::Local(_) => {
                 let policy = self.clone();
@@ -691,7 +737,11 @@ impl Policy {
                 // is dropped mid-way, e.g. by a client that disconnects.
                 let policy = self.clone();
                 let (checks, max_cost, queued) = (ticket.checks.clone(), ticket.max_cost, record.clone());
-                let write = tokio::spawn(async move { policy.settle_in_redis(checks, max_cost, queued).await });
+                let guard = self.write_guard();
+                let write = tokio::spawn(async move {
+                    policy.settle_in_redis(checks, max_cost, queued).await;
+                    drop(guard);
+                });
                 if let Err(e) = write.await {
                     tracing::error!(error = %e, request_id = %record.request_id, "the spend write stopped");
                 }
@@ -1142,6 +1192,20 @@ fn down(StoreDown(reason): StoreDown) -> PolicyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_flush_waits_for_settlements_under_way() {
+        use std::future::Future as _;
+        let policy = Policy::memory(&PolicySettings::default());
+        let guard = policy.write_guard();
+        let mut flush = std::pin::pin!(policy.flush());
+        let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(flush.as_mut().poll(cx))).await;
+        assert!(polled.is_pending(), "the flush went ahead of a write under way");
+        drop(guard);
+        tokio::time::timeout(Duration::from_secs(5), flush)
+            .await
+            .expect("the flush returns once the write is done");
+    }
 
     #[test]
     fn resets_are_written_like_openai() {
