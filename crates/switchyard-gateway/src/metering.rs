@@ -192,6 +192,11 @@ pub(crate) fn anthropic_usage(usage: &Value) -> TokenUsage {
 }
 
 impl Metered {
+    /// The prompt tokens estimated before the call.
+    pub(crate) fn estimated_prompt(&self) -> u64 {
+        self.estimated_prompt
+    }
+
     /// Charges the request for `usage` on `deployment` (the estimate when
     /// `None`). The record is written before this returns.
     pub(crate) async fn settle(

@@ -111,6 +111,9 @@ pub struct StreamTracker {
     first_item: Option<Duration>,
     tokens: u64,
     usage: Option<TokenUsage>,
+    /// Items passed to the client, for the output estimate of a stream cut
+    /// before the upstream reported its usage.
+    items: u64,
     meter: Option<(Metered, String)>,
     labels: (String, String),
     trail: Option<Trail>,
@@ -127,6 +130,7 @@ impl StreamTracker {
             first_item: None,
             tokens: 0,
             usage: None,
+            items: 0,
             meter: None,
             labels: (String::new(), String::new()),
             trail: None,
@@ -154,6 +158,7 @@ impl StreamTracker {
 
     fn on_item(&mut self, item: &impl Observed) {
         self.first_item.get_or_insert_with(|| self.started.elapsed());
+        self.items += 1;
         if let Some(tokens) = item.total_tokens() {
             self.tokens = tokens;
         }
@@ -168,12 +173,25 @@ impl StreamTracker {
         }
     }
 
-    /// Charges what the stream used, on a task of its own.
-    fn charge(&mut self) {
+    /// Charges what the stream used, on a task of its own. A stream that did
+    /// not end cleanly (abandoned by its client, or cut by an upstream
+    /// fault) may not have had its usage reported yet: its output is taken
+    /// as at least one token per item streamed, so leaving before the usage
+    /// chunk does not make the output free.
+    fn charge(&mut self, complete: bool) {
         let Some((meter, name)) = self.meter.take() else {
             return;
         };
-        let usage = self.usage;
+        let usage = if complete {
+            self.usage
+        } else {
+            let mut usage = self.usage.unwrap_or(TokenUsage {
+                prompt: meter.estimated_prompt(),
+                ..TokenUsage::default()
+            });
+            usage.completion = usage.completion.max(self.items);
+            Some(usage)
+        };
         let state = self.state.clone();
         let id = self.id;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -187,7 +205,7 @@ impl StreamTracker {
     }
 
     fn finish(&mut self, error: Option<&ProviderError>) {
-        self.charge();
+        self.charge(error.is_none());
         let now = self.state.now_ms();
         self.state.metrics.stream(
             &self.labels.0,
@@ -269,7 +287,7 @@ impl StreamTracker {
 impl Drop for StreamTracker {
     /// A stream the client abandoned is still charged for what it used.
     fn drop(&mut self) {
-        self.charge();
+        self.charge(false);
         if let Some(mut trail) = self.trail.take() {
             trail.charged_raw(self.usage, self.cost());
             trail.finish_with(499, Some("client_closed".into()));

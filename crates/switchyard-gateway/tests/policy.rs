@@ -599,3 +599,62 @@ model_list:
     }
     assert!(!text.contains("sk-a-long-enough-key-0001"), "a key reached the output");
 }
+
+/// A client that leaves a stream before its final usage chunk is charged
+/// the estimated prompt and at least a token per chunk it received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_left_before_its_usage_is_charged_for_what_it_streamed() {
+    use futures_util::StreamExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let slow = "  - model_name: mock-slow\n    deployments:\n      - provider: mock\n        model: mock-slow-1\n        input_cost_per_token: 0.000001\n        output_cost_per_token: 0.000002\n        mock:\n          chunk_delay_ms: 300\n  - model_name: mock-b\n";
+    let yaml = config(dir.path(), "", 0).replace("  - model_name: mock-b\n", slow);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let prompt = "one two three four five six seven eight nine ten eleven twelve";
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "mock-slow", "stream": true, "messages": [{"role": "user", "content": prompt}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut received = 0;
+    while received < 3 {
+        let bytes = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("a chunk within 10 s")
+            .unwrap()
+            .unwrap();
+        received += String::from_utf8_lossy(&bytes).matches("data: {").count();
+    }
+    drop(body);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let logs = send(
+            client()
+                .get(format!("{}/spend/logs", gw.base_url()))
+                .bearer_auth(MASTER),
+        )
+        .await;
+        if let Some(record) = logs
+            .body
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["model"] == "mock-slow"))
+        {
+            break record.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no spend record: {}", logs.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let prompt_tokens = record["usage"]["prompt"].as_i64().unwrap();
+    let completion_tokens = record["usage"]["completion"].as_i64().unwrap();
+    assert!(prompt_tokens > 0, "{record}");
+    assert!(completion_tokens >= received as i64, "received {received}: {record}");
+    assert_eq!(
+        record["cost_nanos"].as_i64().unwrap(),
+        prompt_tokens * 1000 + completion_tokens * 2000,
+        "{record}"
+    );
+}
