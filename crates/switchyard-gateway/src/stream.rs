@@ -192,6 +192,8 @@ impl StreamTracker {
             usage.completion = usage.completion.max(self.items);
             Some(usage)
         };
+        // The request log shows what was charged.
+        self.usage = usage;
         let state = self.state.clone();
         let id = self.id;
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
