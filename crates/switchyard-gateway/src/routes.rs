@@ -334,7 +334,16 @@ async fn openai_inner(
                     deployment: decision.deployment.name.clone(),
                     prompt_tokens: usage.map_or(0, |u| u.prompt),
                     completion_tokens: usage.map_or(0, |u| u.completion),
-                    cost_nanos: record.as_ref().map_or(0, |r| r.cost_nanos),
+                    // The answer's price even when its charge could not be
+                    // recorded, so later hits are not free.
+                    cost_nanos: record.as_ref().map_or_else(
+                        || {
+                            usage
+                                .zip(state.prices.get(decision.deployment.id.0))
+                                .map_or(0, |(u, p)| p.cost(&u))
+                        },
+                        |r| r.cost_nanos,
+                    ),
                     created_ms: 0,
                     ttl_secs: 0,
                 };

@@ -52,6 +52,11 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         ),
         ("reset", "::reset_after=2".to_owned(), String::new()),
         ("malformed", "::malformed_sse".to_owned(), String::new()),
+        (
+            "stalled",
+            "::chunk_delay_ms=200".to_owned(),
+            "        timeouts:\n          total_ms: 1500\n".to_owned(),
+        ),
     ];
     // One attempt per request: these cases check how each provider's faults
     // are reported; retries and fallbacks are tested in `faults.rs`.
@@ -341,6 +346,16 @@ async fn run_contract(provider: &str) {
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["type"], "upstream_error", "{provider}/reset: {events:?}");
     assert!(!events.iter().any(|e| e == "[DONE]"), "{provider}/reset");
+    // A stream still running at the deployment's total timeout is cut there,
+    // with an error event (40 words at 200 ms each would take 8 s).
+    let (status, events) = c.stream(user("stalled", &"word ".repeat(40))).await;
+    assert_eq!(status, 200, "{provider}/stalled");
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(
+        last["error"]["type"], "upstream_error",
+        "{provider}/stalled: {events:?}"
+    );
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{provider}/stalled");
 }
 
 /// One test per provider, each running every contract case.

@@ -691,6 +691,9 @@ impl Policy {
         match (&self.0.store, ticket.holder) {
             (Store::Local(local), _) => local.release(&ticket.checks, ticket.max_cost),
             (Store::Redis { fallback, .. }, Holder::FallbackLocal) => fallback.release(&ticket.checks, ticket.max_cost),
+            // Nothing held in Redis (the master key, an anonymous caller, a
+            // key with only per-minute limits): no round trip.
+            (Store::Redis { .. }, _) if ticket.checks.parallel.is_empty() && ticket.checks.budgets.is_empty() => {}
             (Store::Redis { .. }, _) => {
                 let policy = self.clone();
                 let checks = ticket.checks.clone();

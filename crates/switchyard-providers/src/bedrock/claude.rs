@@ -72,6 +72,9 @@ impl BedrockProvider {
     /// Streams an Anthropic-format request from Claude on Bedrock as Anthropic events.
     pub async fn messages_stream(&self, req: &MessagesRequest) -> Result<EventStream> {
         let first_byte: Duration = self.settings.timeouts.first_byte;
+        // The SDK's operation timeout ends with the response head; the
+        // stream's body is bounded here.
+        let deadline = tokio::time::Instant::now() + self.settings.timeouts.total;
         let send = self
             .client()
             .await
@@ -95,7 +98,10 @@ impl BedrockProvider {
                         }
                     }
                 } else {
-                    rx.recv().await
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => return Some((Err(ProviderError::Timeout(TimeoutPhase::Total)), (rx, false, true))),
+                    }
                 };
                 let item = match next {
                     Ok(Some(ResponseStream::Chunk(part))) => match part.bytes {

@@ -265,6 +265,9 @@ impl Provider for BedrockProvider {
     }
 
     async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
+        // The SDK's operation timeout ends with the response head; the
+        // stream's body is bounded by this deadline.
+        let deadline = tokio::time::Instant::now() + self.settings.timeouts.total;
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
             .within_first_byte(with_converse_input!(self.client().await.converse_stream(), req, input).send())
@@ -279,6 +282,7 @@ impl Provider for BedrockProvider {
             out,
             req.wants_stream_usage(),
             self.settings.timeouts.first_byte,
+            deadline,
         ))
     }
 

@@ -65,12 +65,15 @@ impl Converter {
 }
 
 /// Converts a ConverseStream into OpenAI chunks. The first event must arrive
-/// within `first_byte`; a stream that ends before `messageStop` is an error.
+/// within `first_byte`, and the whole stream end by `deadline` (the
+/// deployment's total timeout); a stream that ends before `messageStop` is
+/// an error.
 pub(crate) fn to_chat_chunks(
     receiver: Receiver,
     out: ChunkBuilder,
     include_usage: bool,
     first_byte: Duration,
+    deadline: tokio::time::Instant,
 ) -> ChunkStream {
     let converter = Converter {
         out,
@@ -101,7 +104,13 @@ pub(crate) fn to_chat_chunks(
                         }
                     }
                 } else {
-                    rx.recv().await
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            queue.push_back(Err(ProviderError::Timeout(TimeoutPhase::Total)));
+                            continue;
+                        }
+                    }
                 };
                 match next {
                     Ok(Some(event)) => conv.on_event(event, &mut queue),
