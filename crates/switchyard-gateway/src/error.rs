@@ -270,13 +270,13 @@ impl IntoResponse for ApiError {
                 ProviderError::Status {
                     retry_after: Some(after),
                     ..
-                } => HeaderValue::from_str(&after.as_secs().max(1).to_string()).ok(),
+                } => retry_after_header(*after),
                 _ => None,
             },
             ApiError::Denied(Denied::RateLimited {
                 retry_after: Some(after),
                 ..
-            }) => HeaderValue::from_str(&after.as_secs_f64().ceil().max(1.0).to_string()).ok(),
+            }) => retry_after_header(*after),
             ApiError::Denied(Denied::TooManyParallel { .. }) => Some(HeaderValue::from_static("1")),
             _ => None,
         };
@@ -305,5 +305,24 @@ impl IntoResponse for ApiError {
             }
         }
         response
+    }
+}
+
+/// `Retry-After` in whole seconds, rounded up (a client that waits what it
+/// is told must not come back early), at least 1.
+fn retry_after_header(after: std::time::Duration) -> Option<HeaderValue> {
+    HeaderValue::from_str(&after.as_secs_f64().ceil().max(1.0).to_string()).ok()
+}
+
+#[cfg(test)]
+mod retry_after_tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        for (ms, header) in [(100, "1"), (1_200, "2"), (1_900, "2"), (7_000, "7")] {
+            let value = retry_after_header(std::time::Duration::from_millis(ms));
+            assert_eq!(value, Some(HeaderValue::from_static(header)), "{ms} ms");
+        }
     }
 }
