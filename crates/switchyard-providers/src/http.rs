@@ -110,7 +110,7 @@ impl HttpUpstream {
     /// POSTs JSON and returns the whole JSON answer, validated and with its usage.
     pub(crate) async fn post_json(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<ProviderResponse> {
         let response = self.send(url, body).await?;
-        let bytes = response.bytes().await.map_err(ProviderError::from_reqwest)?;
+        let bytes = read_body(response, MAX_BODY_BYTES).await?;
         let probe: Probe = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::InvalidResponse(format!("body is not valid JSON ({e})")))?;
         if let Some(error) = probe.error {
@@ -140,8 +140,35 @@ impl HttpUpstream {
     /// POSTs JSON and returns the validated body bytes, whatever their schema.
     pub(crate) async fn post_bytes(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<Bytes> {
         let response = self.send(url, body).await?;
-        response.bytes().await.map_err(ProviderError::from_reqwest)
+        read_body(response, MAX_BODY_BYTES).await
     }
+}
+
+/// The largest JSON answer read from an upstream (a large embeddings batch
+/// is tens of MiB); a larger one is an invalid response, not a process out
+/// of memory.
+pub(crate) const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+/// The largest error body read from an upstream; only its message is kept.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads `response`'s body, failing once it passes `limit` bytes.
+async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Bytes> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(ProviderError::InvalidResponse(format!(
+            "the answer is larger than {limit} bytes"
+        )));
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(ProviderError::from_reqwest)? {
+        if body.len() + chunk.len() > limit {
+            return Err(ProviderError::InvalidResponse(format!(
+                "the answer is larger than {limit} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
 }
 
 /// The message of an OpenAI-style error object, or its JSON.
@@ -163,7 +190,7 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         .and_then(|v| v.trim().parse::<f64>().ok())
         // `try_`: a value too large for a Duration (`1e20`) is ignored, not a panic.
         .and_then(|s| Duration::try_from_secs_f64(s).ok());
-    let body: Bytes = response.bytes().await.unwrap_or_default();
+    let body: Bytes = read_body(response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(parsed) => ProviderError::Status {
             status: status.as_u16(),
@@ -190,5 +217,32 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
                 retry_after,
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use switchyard_testkit::MockUpstream;
+
+    async fn answer(mock: &MockUpstream) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/chat/completions", mock.base_url()))
+            .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "hello there"}]}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn an_answer_over_the_limit_is_an_invalid_response() {
+        let mock = MockUpstream::start().await;
+        let whole = read_body(answer(&mock).await, MAX_BODY_BYTES).await.unwrap();
+        assert!(whole.len() > 20);
+        let cut = read_body(answer(&mock).await, whole.len() - 1).await;
+        assert!(matches!(cut, Err(ProviderError::InvalidResponse(_))), "{cut:?}");
+        let exact = read_body(answer(&mock).await, whole.len()).await.unwrap();
+        assert_eq!(exact.len(), whole.len(), "an answer of exactly the limit is read whole");
     }
 }
