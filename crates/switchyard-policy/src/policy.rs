@@ -669,20 +669,26 @@ impl Policy {
                 redis, mode, fallback, ..
             } => match redis.admit(&checks, &id, max_cost).await {
                 Ok(result) => result.map(|s| ticket(Holder::Redis, s)),
-                Err(StoreDown(reason)) => match mode {
-                    FailureMode::FailClosed => {
-                        self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(%reason, "Redis is down: refusing the request (fail_closed)");
-                        Err(Denied::Unavailable)
+                Err(StoreDown(reason)) => {
+                    // The script may have run with only its reply lost: free
+                    // whatever it took under this id (a no-op otherwise), so
+                    // a slot or reservation does not wait out `hold_ttl`.
+                    self.release_in_redis(&checks, &id);
+                    match mode {
+                        FailureMode::FailClosed => {
+                            self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(%reason, "Redis is down: refusing the request (fail_closed)");
+                            Err(Denied::Unavailable)
+                        }
+                        FailureMode::FailOpen => {
+                            self.0.counters.fail_open.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%reason, "Redis is down: admitting on in-process limits (fail_open)");
+                            fallback
+                                .admit(&checks, max_cost)
+                                .map(|s| ticket(Holder::FallbackLocal, s))
+                        }
                     }
-                    FailureMode::FailOpen => {
-                        self.0.counters.fail_open.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%reason, "Redis is down: admitting on in-process limits (fail_open)");
-                        fallback
-                            .admit(&checks, max_cost)
-                            .map(|s| ticket(Holder::FallbackLocal, s))
-                    }
-                },
+                }
             },
         }
     }
@@ -691,23 +697,29 @@ impl Policy {
         match (&self.0.store, ticket.holder) {
             (Store::Local(local), _) => local.release(&ticket.checks, ticket.max_cost),
             (Store::Redis { fallback, .. }, Holder::FallbackLocal) => fallback.release(&ticket.checks, ticket.max_cost),
-            // Nothing held in Redis (the master key, an anonymous caller, a
-            // key with only per-minute limits): no round trip.
-            (Store::Redis { .. }, _) if ticket.checks.parallel.is_empty() && ticket.checks.budgets.is_empty() => {}
-            (Store::Redis { .. }, _) => {
-                let policy = self.clone();
-                let checks = ticket.checks.clone();
-                let id = ticket.id.clone();
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                    handle.spawn(async move {
-                        if let Store::Redis { redis, .. } = &policy.0.store {
-                            if let Err(StoreDown(reason)) = redis.release(&checks, &id).await {
-                                tracing::warn!(%reason, "cannot release a reservation; it expires by itself");
-                            }
-                        }
-                    });
+            (Store::Redis { .. }, _) => self.release_in_redis(&ticket.checks, &ticket.id),
+        }
+    }
+
+    /// Frees, on a task of its own, what request `id` holds in Redis:
+    /// in-flight slots and budget reservations. No round trip when its
+    /// checks hold nothing there (the master key, an anonymous caller, a key
+    /// with only per-minute limits).
+    fn release_in_redis(&self, checks: &Checks, id: &str) {
+        if checks.parallel.is_empty() && checks.budgets.is_empty() {
+            return;
+        }
+        let policy = self.clone();
+        let checks = checks.clone();
+        let id = id.to_owned();
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                if let Store::Redis { redis, .. } = &policy.0.store {
+                    if let Err(StoreDown(reason)) = redis.release(&checks, &id).await {
+                        tracing::debug!(%reason, "cannot release a reservation; it expires by itself");
+                    }
                 }
-            }
+            });
         }
     }
 

@@ -8,8 +8,8 @@ use std::task::Poll;
 use std::time::Duration;
 
 use switchyard_policy::{
-    Charge, Demand, FailureMode, FsyncPolicy, KeyRecord, LogFilter, Policy, PolicySettings, RedisSettings, SpendRecord,
-    TokenUsage,
+    Charge, Demand, Denied, FailureMode, FsyncPolicy, KeyRecord, LogFilter, Policy, PolicySettings, RedisSettings,
+    SpendRecord, TokenUsage,
 };
 use switchyard_testkit::RedisServer;
 
@@ -262,4 +262,40 @@ async fn unreadable_spilled_lines_are_set_aside() {
     assert_eq!(spill_lines(dir.path()), 1, "the file keeps only the readable record");
     policy.flush().await;
     assert_eq!(key_spend(&policy).await, 2 * COST);
+}
+
+// An admission whose reply is lost (Redis answered after the timeout) must
+// not keep what its script took: with one slot, the key would be locked out
+// until `hold_ttl`.
+#[tokio::test]
+async fn a_lost_admission_reply_does_not_keep_its_slot() {
+    let redis = RedisServer::start();
+    let mut settings = settings(&redis.url(), None);
+    if let Some(r) = settings.redis.as_mut() {
+        r.failure_mode = FailureMode::FailClosed;
+        r.timeout = Duration::from_millis(300);
+    }
+    settings.keys[0].1.limits.max_parallel_requests = Some(1);
+    let policy = Policy::open(settings).await.unwrap();
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let demand = Demand {
+        model: "m".into(),
+        estimated_tokens: 10,
+        max_cost: 10 * COST,
+        request_id: None,
+    };
+    drop(policy.admit(&principal, &demand).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    pause_writes(&redis.url(), 1_000).await;
+    let refused = policy.admit(&principal, &demand).await;
+    assert!(matches!(refused, Err(Denied::Unavailable)), "{:?}", refused.err());
+    // Redis ran the script once the pause ended, and the release sent after it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let admitted = policy.admit(&principal, &demand).await;
+    assert!(
+        admitted.is_ok(),
+        "the lost admission kept the key's only slot: {:?}",
+        admitted.err()
+    );
 }
