@@ -154,19 +154,23 @@ async fn messages_inner(
     if let Some(t) = trail.as_mut() {
         t.routed(&decision);
     }
-    let settled = |trail: Option<Trail>, usage: Option<TokenUsage>, record: Option<&SpendRecord>| {
-        if let Some(u) = usage {
-            current.record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
-            current.record(
-                "gen_ai.usage.output_tokens",
-                i64::try_from(u.completion).unwrap_or(i64::MAX),
-            );
-        }
-        if let Some(mut t) = trail {
-            t.charged(usage, record);
-            t.finish(200, None);
-        }
-    };
+    let settled =
+        |trail: Option<Trail>, usage: Option<TokenUsage>, record: Option<&SpendRecord>, error: Option<&ApiError>| {
+            if let Some(u) = usage {
+                current.record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
+                current.record(
+                    "gen_ai.usage.output_tokens",
+                    i64::try_from(u.completion).unwrap_or(i64::MAX),
+                );
+            }
+            if let Some(mut t) = trail {
+                t.charged(usage, record);
+                match error {
+                    None => t.finish(200, None),
+                    Some(e) => t.finish(e.parts().0.as_u16(), Some(e)),
+                }
+            }
+        };
     let streaming = |trail: &mut Option<Trail>, tracker: StreamTracker| match trail.take() {
         Some(mut t) => {
             t.first_byte();
@@ -180,7 +184,7 @@ async fn messages_inner(
                 .ok()
                 .and_then(|v| v.get("usage").map(metering::anthropic_usage));
             let record = meter.settle(&state, id, &name, usage).await;
-            settled(trail.take(), usage, record.as_ref());
+            settled(trail.take(), usage, record.as_ref(), None);
             let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             metering::cost_header(&mut response, record.as_ref());
             response
@@ -203,21 +207,26 @@ async fn messages_inner(
         ),
         Reply::Json(answer) => {
             let usage = answer.usage.as_ref().map(metering::openai_usage);
+            let translated = match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
+                Ok(parsed) => serde_json::to_vec(&translate::to_messages_response(parsed))
+                    .map_err(|e| ApiError::Internal(e.to_string())),
+                Err(e) => Err(ApiError::upstream(
+                    &name,
+                    ProviderError::InvalidResponse(format!("not a chat completion ({e})")),
+                )),
+            };
+            // The upstream answered, so its usage is charged even when the
+            // answer cannot be translated; the request log has the status
+            // the client gets.
             let record = meter.settle(&state, id, &name, usage).await;
-            settled(trail.take(), usage, record.as_ref());
-            match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
-                Ok(parsed) => match serde_json::to_vec(&translate::to_messages_response(parsed)) {
-                    Ok(body) => {
-                        let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
-                        metering::cost_header(&mut response, record.as_ref());
-                        response
-                    }
-                    Err(e) => return failed(ApiError::Internal(e.to_string()).into()),
-                },
-                Err(e) => {
-                    let error = ProviderError::InvalidResponse(format!("not a chat completion ({e})"));
-                    return failed(ApiError::upstream(&name, error).into());
+            settled(trail.take(), usage, record.as_ref(), translated.as_ref().err());
+            match translated {
+                Ok(body) => {
+                    let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+                    metering::cost_header(&mut response, record.as_ref());
+                    response
                 }
+                Err(e) => return failed(e.into()),
             }
         }
     };
