@@ -32,7 +32,9 @@ use serde_json::Value;
 use switchyard_api::anthropic::MessagesRequest;
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Extra};
 use switchyard_providers::sse::EventStream;
-use switchyard_providers::{BedrockProvider, ChunkStream, Provider, ProviderClient, ProviderError, ProviderResponse};
+use switchyard_providers::{
+    BedrockProvider, ChunkStream, Provider, ProviderClient, ProviderError, ProviderResponse, TimeoutPhase,
+};
 use switchyard_routing::{DeploymentInfo, Outcome, RouteContext, RoutingError, Wait};
 
 use crate::error::ApiError;
@@ -559,7 +561,9 @@ async fn attempt(
         Call::Chat(req) => {
             req.model.clone_from(&deployment.model);
             if req.is_stream() {
-                hold_chunks(client.chat_stream(req).await?).await.map(Reply::Chunks)
+                within_first_byte(client, hold_chunks(client.chat_stream(req).await?))
+                    .await
+                    .map(Reply::Chunks)
             } else {
                 client.chat(req).await.map(Reply::Json)
             }
@@ -567,7 +571,7 @@ async fn attempt(
         Call::Completion(req) => {
             req.model.clone_from(&deployment.model);
             if req.is_stream() {
-                hold_chunks(client.completion_stream(req).await?)
+                within_first_byte(client, hold_chunks(client.completion_stream(req).await?))
                     .await
                     .map(Reply::Chunks)
             } else {
@@ -582,11 +586,13 @@ async fn attempt(
             req.model.clone_from(&deployment.model);
             let stream = req.is_stream();
             match client {
-                ProviderClient::Anthropic(p) if stream => hold_events(p.messages_stream(req).await?).await,
+                ProviderClient::Anthropic(p) if stream => {
+                    within_first_byte(client, hold_events(p.messages_stream(req).await?)).await
+                }
                 ProviderClient::Anthropic(p) => p.messages(req).await.map(Reply::Native),
                 ProviderClient::Bedrock(p) if BedrockProvider::is_claude(&deployment.model) => {
                     if stream {
-                        hold_events(p.messages_stream(req).await?).await
+                        within_first_byte(client, hold_events(p.messages_stream(req).await?)).await
                     } else {
                         p.messages(req).await.map(Reply::Native)
                     }
@@ -597,7 +603,9 @@ async fn attempt(
                         param: e.parts().2,
                     })?;
                     if stream {
-                        hold_chunks(client.chat_stream(&chat).await?).await.map(Reply::Chunks)
+                        within_first_byte(client, hold_chunks(client.chat_stream(&chat).await?))
+                            .await
+                            .map(Reply::Chunks)
                     } else {
                         client.chat(&chat).await.map(Reply::Json)
                     }
@@ -709,6 +717,22 @@ async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
         }
     }
     Ok(Reply::Events(Box::pin(stream::iter(held).chain(events))))
+}
+
+/// Bounds the wait for a stream's first output (after its first event: a
+/// role-only chunk, `message_start`, pings) by the deployment's first-byte
+/// timeout, so an upstream that accepts a request and then stalls is
+/// retried instead of holding the request until its total timeout.
+async fn within_first_byte<T>(
+    client: &ProviderClient,
+    hold: impl std::future::Future<Output = Result<T, ProviderError>>,
+) -> Result<T, ProviderError> {
+    match client.first_byte_timeout() {
+        Some(limit) => tokio::time::timeout(limit, hold)
+            .await
+            .unwrap_or(Err(ProviderError::Timeout(TimeoutPhase::FirstByte))),
+        None => hold.await,
+    }
 }
 
 /// Bound on events held back before content (an upstream sending endless pings).

@@ -53,6 +53,11 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         ("reset", "::reset_after=2".to_owned(), String::new()),
         ("malformed", "::malformed_sse".to_owned(), String::new()),
         (
+            "hesitant",
+            "::chunk_delay_ms=3000".to_owned(),
+            "        timeouts:\n          first_byte_ms: 500\n".to_owned(),
+        ),
+        (
             "stalled",
             "::chunk_delay_ms=200".to_owned(),
             "        timeouts:\n          total_ms: 1500\n".to_owned(),
@@ -332,6 +337,13 @@ async fn run_contract(provider: &str) {
     let (status, body) = c.chat(user("failing", "x")).await;
     assert_eq!(status, 502, "{provider}: {body}");
     let (status, body) = c.chat(user("slow", "x")).await;
+    assert_eq!(status, 504, "{provider}: {body}");
+    // A stream that starts (a role chunk, `message_start`) but sends no
+    // output within the first-byte timeout fails the same way.
+    let (status, body) = c
+        .chat(json!({"model": "hesitant", "stream": true,
+        "messages": [{"role": "user", "content": "one two three"}]}))
+        .await;
     assert_eq!(status, 504, "{provider}: {body}");
     // A malformed event before any content fails the attempt: a plain error.
     let (status, body) = c

@@ -34,6 +34,20 @@ macro_rules! dispatch {
     };
 }
 
+impl ProviderClient {
+    /// The deployment's first-byte timeout; `None` for the built-in mock,
+    /// which has no timeouts.
+    pub fn first_byte_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            ProviderClient::OpenAi(p) => Some(p.first_byte_timeout()),
+            ProviderClient::Azure(p) => Some(p.first_byte_timeout()),
+            ProviderClient::Anthropic(p) => Some(p.first_byte_timeout()),
+            ProviderClient::Bedrock(p) => Some(p.first_byte_timeout()),
+            ProviderClient::Mock(_) => None,
+        }
+    }
+}
+
 impl Provider for ProviderClient {
     fn kind(&self) -> &'static str {
         dispatch!(self, p => p.kind())

@@ -57,6 +57,11 @@ pub(crate) struct HttpUpstream {
 }
 
 impl HttpUpstream {
+    /// How long the first byte may take.
+    pub(crate) fn first_byte(&self) -> std::time::Duration {
+        self.timeouts.first_byte
+    }
+
     /// Builds the pool. `auth` holds credential headers, marked sensitive.
     pub(crate) fn new(settings: &HttpSettings, auth: Vec<(HeaderName, HeaderValue)>) -> Result<Self> {
         let mut headers = HeaderMap::new();

@@ -21,7 +21,7 @@ fn header_value(secret: &Secret, prefix: &str) -> Result<HeaderValue> {
 /// The three endpoints of an OpenAI-wire upstream and the pool that reaches them.
 #[derive(Debug, Clone)]
 struct Endpoints {
-    http: HttpUpstream,
+    pub(crate) http: HttpUpstream,
     chat_url: reqwest::Url,
     completions_url: reqwest::Url,
     embeddings_url: reqwest::Url,
@@ -71,6 +71,11 @@ macro_rules! openai_wire_provider {
 pub struct OpenAiProvider(Endpoints);
 
 impl OpenAiProvider {
+    /// How long the first byte of an answer may take.
+    pub fn first_byte_timeout(&self) -> std::time::Duration {
+        self.0.http.first_byte()
+    }
+
     /// A provider for `api_base`, authenticating with `Authorization: Bearer` when a key is given.
     pub fn new(api_base: &str, api_key: Option<&Secret>, settings: &HttpSettings) -> Result<Self> {
         let mut auth = Vec::new();
@@ -94,6 +99,11 @@ openai_wire_provider!(OpenAiProvider, "openai");
 pub struct AzureProvider(Endpoints);
 
 impl AzureProvider {
+    /// How long the first byte of an answer may take.
+    pub fn first_byte_timeout(&self) -> std::time::Duration {
+        self.0.http.first_byte()
+    }
+
     /// A provider for `{api_base}/openai/deployments/{deployment}/…?api-version={api_version}`.
     pub fn new(
         api_base: &str,

@@ -59,6 +59,11 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 impl AnthropicProvider {
+    /// How long the first byte of an answer may take.
+    pub fn first_byte_timeout(&self) -> std::time::Duration {
+        self.http.first_byte()
+    }
+
     /// A provider for one Anthropic deployment.
     pub fn new(settings: &AnthropicSettings, http: &HttpSettings) -> Result<Self> {
         let mut auth = vec![(

@@ -117,6 +117,11 @@ macro_rules! with_converse_input {
 }
 
 impl BedrockProvider {
+    /// How long the first event of an answer may take.
+    pub fn first_byte_timeout(&self) -> std::time::Duration {
+        self.settings.timeouts.first_byte
+    }
+
     /// Awaits an SDK call's response within the first-byte timeout.
     pub(crate) async fn within_first_byte<T, E>(
         &self,
