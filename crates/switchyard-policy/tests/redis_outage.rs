@@ -36,15 +36,20 @@ fn settings(url: &str, data_dir: Option<&std::path::Path>) -> PolicySettings {
     }
 }
 
-/// Admits and settles one request as the gateway does.
-async fn charge(policy: &Policy) {
-    let principal = policy.authenticate(Some(KEY)).await.unwrap();
-    let demand = Demand {
+/// One request to model `m`, reserving ten times its cost.
+fn demand() -> Demand {
+    Demand {
         model: "m".into(),
         estimated_tokens: 10,
         max_cost: 10 * COST,
         request_id: None,
-    };
+    }
+}
+
+/// Admits and settles one request as the gateway does.
+async fn charge(policy: &Policy) {
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let demand = demand();
     let ticket = policy.admit(&principal, &demand).await.unwrap();
     let charge = Charge {
         deployment: "m-1".into(),
@@ -278,12 +283,7 @@ async fn a_lost_admission_reply_does_not_keep_its_slot() {
     settings.keys[0].1.limits.max_parallel_requests = Some(1);
     let policy = Policy::open(settings).await.unwrap();
     let principal = policy.authenticate(Some(KEY)).await.unwrap();
-    let demand = Demand {
-        model: "m".into(),
-        estimated_tokens: 10,
-        max_cost: 10 * COST,
-        request_id: None,
-    };
+    let demand = demand();
     drop(policy.admit(&principal, &demand).await.unwrap());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
