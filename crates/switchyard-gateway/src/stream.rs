@@ -28,10 +28,19 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 /// Frames one JSON payload as an SSE `data:` event.
 fn frame(data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 8);
-    out.put_slice(b"data: ");
-    out.put_slice(data);
-    out.put_slice(b"\n\n");
+    put_data(&mut out, data);
+    out.put_slice(b"\n");
     out.freeze()
+}
+
+/// Writes an event's data as `data:` lines. Data received over several
+/// `data:` lines holds them joined by `\n`, and goes out the same way.
+pub(crate) fn put_data(out: &mut BytesMut, data: &[u8]) {
+    for line in data.split(|b| *b == b'\n') {
+        out.put_slice(b"data: ");
+        out.put_slice(line);
+        out.put_slice(b"\n");
+    }
 }
 
 /// The SSE error event sent when a stream fails after it started.

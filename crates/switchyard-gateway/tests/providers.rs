@@ -52,6 +52,9 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         ),
         ("reset", "::reset_after=2".to_owned(), String::new()),
         ("malformed", "::malformed_sse".to_owned(), String::new()),
+        ("pretty", "::multiline_sse".to_owned(), String::new()),
+        // 17 MiB in one event, past the 16 MiB a stream's event may hold.
+        ("huge", "::huge_event_kib=17408".to_owned(), String::new()),
         (
             "hesitant",
             "::chunk_delay_ms=3000".to_owned(),
@@ -111,15 +114,22 @@ impl Client {
             .await
             .unwrap();
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        (
-            status,
-            text.split("\n\n")
-                .filter_map(|e| e.strip_prefix("data: "))
-                .map(str::to_owned)
-                .collect(),
-        )
+        (status, sse_data(&response.text().await.unwrap()))
     }
+}
+
+/// The data of each event of an SSE body, its `data:` lines joined by `\n`.
+fn sse_data(body: &str) -> Vec<String> {
+    body.split("\n\n")
+        .map(|event| {
+            event
+                .lines()
+                .filter_map(|line| line.strip_prefix("data: "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .filter(|data| !data.is_empty())
+        .collect()
 }
 
 fn user(model: &str, text: &str) -> Value {
@@ -279,6 +289,39 @@ async fn run_contract(provider: &str) {
     let (text, _, finish, _) = reassemble(&events);
     assert_eq!(text, "mock reply: stream me please", "{provider}");
     assert_eq!(finish.as_deref(), Some("stop"), "{provider}");
+    // Events whose JSON spans several `data:` lines are read whole, and
+    // reach the client as valid events.
+    if provider != "bedrock" {
+        let (status, events) = c.stream(user("pretty", "stream me please")).await;
+        assert_eq!(status, 200, "{provider}");
+        assert_eq!(
+            events.last().map(String::as_str),
+            Some("[DONE]"),
+            "{provider}: {events:?}"
+        );
+        let (text, _, finish, _) = reassemble(&events);
+        assert_eq!(text, "mock reply: stream me please", "{provider}");
+        assert_eq!(finish.as_deref(), Some("stop"), "{provider}");
+    }
+    if provider == "anthropic" {
+        // Passed through on /v1/messages: each line keeps its `data:`.
+        let response = c
+            .http
+            .post(format!("{}/v1/messages", c.base))
+            .json(&json!({"model": "pretty", "max_tokens": 64, "stream": true,
+                "messages": [{"role": "user", "content": "stream me please"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.text().await.unwrap();
+        let mut text = String::new();
+        for data in sse_data(&body) {
+            let event: Value = serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {data:?}"));
+            text.push_str(event["delta"]["text"].as_str().unwrap_or_default());
+        }
+        assert_eq!(text, "mock reply: stream me please", "{body}");
+    }
 
     // Streaming tool calls reassemble to the same arguments as the non-streaming call.
     let (_, whole) = c.chat(with_tools(user("parallel", "weather and time?"))).await;
@@ -352,6 +395,18 @@ async fn run_contract(provider: &str) {
         .await;
     assert_eq!(status, 502, "{provider}: {body}");
     assert_eq!(body["error"]["code"], "upstream_invalid_response", "{provider}: {body}");
+    // An event that never ends is cut at 16 MiB instead of filling memory
+    // (the Bedrock mock frames its events, so it has no such case).
+    if provider != "bedrock" {
+        let (status, body) = c
+            .chat(json!({"model": "huge", "stream": true,
+            "messages": [{"role": "user", "content": "one two"}]}))
+            .await;
+        assert_eq!(status, 502, "{provider}: {body}");
+        assert_eq!(body["error"]["code"], "upstream_invalid_response", "{provider}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.contains("larger than 16 MiB"), "{provider}: {message}");
+    }
     // A failure after content started ends the stream with an error event.
     let (status, events) = c.stream(user("reset", "one two three four five six")).await;
     assert_eq!(status, 200, "{provider}/reset");

@@ -3,7 +3,7 @@
 use std::pin::Pin;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 pub use eventsource_stream::Event;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt, stream};
@@ -14,9 +14,133 @@ use crate::{ChunkStream, ProviderError, StreamChunk, TimeoutPhase};
 /// Upstream SSE events ([`Event`]: `event` name and `data`); transport failures and a silent start become errors.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, ProviderError>> + Send>>;
 
+/// The largest event an upstream may send, in bytes (its lines, without their
+/// line ends). A bigger one ends the stream with an error instead of being
+/// buffered without bound.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Why an upstream's event-stream body could not be read.
+#[derive(Debug)]
+enum BodyError {
+    /// The connection failed.
+    Transport(reqwest::Error),
+    /// One event grew past [`MAX_EVENT_BYTES`] without ending.
+    EventTooLarge,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Transport(e) => write!(f, "{e}"),
+            BodyError::EventTooLarge => write!(f, "an event larger than {} MiB", MAX_EVENT_BYTES >> 20),
+        }
+    }
+}
+
+/// Measures the event being received across body chunks: the bytes since the
+/// last blank line, which is where an event ends (`\n`, `\r\n` or `\r`
+/// line ends, as the SSE specification allows).
+#[derive(Debug, Default)]
+struct EventMeter {
+    line: usize,
+    event: usize,
+    after_cr: bool,
+}
+
+impl EventMeter {
+    /// Takes the next body chunk; returns the size of the event still open
+    /// at its end.
+    fn feed(&mut self, chunk: &[u8]) -> usize {
+        let mut start = 0;
+        for pos in memchr::memchr2_iter(b'\n', b'\r', chunk) {
+            let run = pos - start;
+            start = pos + 1;
+            if run == 0 && self.after_cr && chunk[pos] == b'\n' {
+                // The `\n` of a `\r\n` line end.
+                self.after_cr = false;
+                continue;
+            }
+            self.event = self.event.saturating_add(run);
+            if self.line + run == 0 {
+                self.event = 0;
+            }
+            self.line = 0;
+            self.after_cr = chunk[pos] == b'\r';
+            // The biggest event is measured before its end is seen.
+            if self.event > MAX_EVENT_BYTES {
+                return self.event;
+            }
+        }
+        let rest = chunk.len() - start;
+        if rest > 0 {
+            self.after_cr = false;
+            self.line += rest;
+            self.event = self.event.saturating_add(rest);
+        }
+        self.event
+    }
+}
+
+/// The body of a streaming response cut at line ends: every item ends with a
+/// whole line, and a partial line waits for the rest. The event parser then
+/// reads each line once however many chunks it came in (it would re-read an
+/// incomplete line from its start on every chunk). Fails once an event
+/// outgrows [`MAX_EVENT_BYTES`].
+fn whole_lines<S>(body: S) -> impl Stream<Item = Result<Bytes, BodyError>> + Send
+where
+    S: Stream<Item = Result<Bytes, reqwest::Error>> + Send + Unpin,
+{
+    struct Lines<S> {
+        body: S,
+        meter: EventMeter,
+        partial: BytesMut,
+        failed: bool,
+    }
+    let state = Lines {
+        body,
+        meter: EventMeter::default(),
+        partial: BytesMut::new(),
+        failed: false,
+    };
+    stream::unfold(state, |mut state| async move {
+        if state.failed {
+            return None;
+        }
+        loop {
+            let chunk = match state.body.next().await {
+                Some(Ok(chunk)) => chunk,
+                Some(Err(e)) => {
+                    state.failed = true;
+                    return Some((Err(BodyError::Transport(e)), state));
+                }
+                // What is left is not a whole line; the parser ignores it,
+                // as it ignores an event that never ends.
+                None if state.partial.is_empty() => return None,
+                None => return Some((Ok(state.partial.split().freeze()), state)),
+            };
+            if state.meter.feed(&chunk) > MAX_EVENT_BYTES {
+                state.failed = true;
+                return Some((Err(BodyError::EventTooLarge), state));
+            }
+            let Some(last) = memchr::memrchr2(b'\n', b'\r', &chunk) else {
+                state.partial.extend_from_slice(&chunk);
+                continue;
+            };
+            let lines = if state.partial.is_empty() {
+                chunk.slice(..=last)
+            } else {
+                state.partial.extend_from_slice(&chunk[..=last]);
+                state.partial.split().freeze()
+            };
+            state.partial.extend_from_slice(&chunk[last + 1..]);
+            return Some((Ok(lines), state));
+        }
+    })
+}
+
 /// The events of a streaming response. The first must arrive within `first_byte`.
 pub(crate) fn sse_events(response: reqwest::Response, first_byte: Duration) -> EventStream {
-    let events = response.bytes_stream().eventsource();
+    let events = Box::pin(whole_lines(response.bytes_stream())).eventsource();
     let events = stream::unfold((events, true), move |(mut events, first)| async move {
         let next = if first {
             match tokio::time::timeout(first_byte, events.next()).await {
@@ -28,9 +152,13 @@ pub(crate) fn sse_events(response: reqwest::Response, first_byte: Duration) -> E
         };
         let item = match next? {
             Ok(event) => Ok(event),
-            Err(EventStreamError::Transport(e)) => Err(ProviderError::Stream(format!(
+            Err(EventStreamError::Transport(BodyError::Transport(e))) => Err(ProviderError::Stream(format!(
                 "the upstream connection failed mid-stream: {}",
                 ProviderError::from_reqwest(e)
+            ))),
+            Err(EventStreamError::Transport(BodyError::EventTooLarge)) => Err(ProviderError::Stream(format!(
+                "the upstream sent {}",
+                BodyError::EventTooLarge
             ))),
             Err(e) => Err(ProviderError::Stream(e.to_string())),
         };
@@ -85,4 +213,90 @@ pub(crate) fn sse_chunks(response: reqwest::Response, first_byte: Duration) -> C
         },
     );
     Box::pin(chunks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `chunks` in order and returns the open event's size after each.
+    fn sizes(chunks: &[&str]) -> Vec<usize> {
+        let mut meter = EventMeter::default();
+        chunks.iter().map(|c| meter.feed(c.as_bytes())).collect()
+    }
+
+    #[test]
+    fn events_end_at_a_blank_line_with_any_line_end() {
+        assert_eq!(sizes(&["data: ab\n", "\n"]), vec![8, 0]);
+        assert_eq!(sizes(&["data: ab\r\n\r\n"]), vec![0]);
+        assert_eq!(sizes(&["data: ab\r\r"]), vec![0]);
+        // A `\r\n` split across chunks is one line end, not a blank line.
+        assert_eq!(sizes(&["data: ab\r", "\ndata: c"]), vec![8, 15]);
+        assert_eq!(sizes(&["data: ab\r", "\n", "\r\n"]), vec![8, 8, 0]);
+    }
+
+    #[test]
+    fn an_event_is_measured_over_its_lines_and_chunks() {
+        assert_eq!(sizes(&["event: x\ndata: 1\n", "data: 22"]), vec![15, 23]);
+        assert_eq!(sizes(&["da", "ta", ": 1\n\ndata: 2"]), vec![2, 4, 7]);
+        assert_eq!(sizes(&[": ping\n\n", ""]), vec![0, 0]);
+    }
+
+    /// The items `whole_lines` makes of `chunks`.
+    async fn lines(chunks: &[&'static str]) -> Vec<String> {
+        let body = stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok(Bytes::from_static(c.as_bytes())))
+                .collect::<Vec<_>>(),
+        );
+        let items: Vec<_> = whole_lines(body).collect().await;
+        items
+            .into_iter()
+            .map(|item| String::from_utf8(item.unwrap().to_vec()).unwrap())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn partial_lines_wait_for_their_end() {
+        assert_eq!(lines(&["data: 1\n\n"]).await, vec!["data: 1\n\n"]);
+        assert_eq!(
+            lines(&["da", "ta: 1", "2\n\ndata: ", "3\n", "\n"]).await,
+            vec!["data: 12\n\n", "data: 3\n", "\n"]
+        );
+        assert_eq!(
+            lines(&["data: 1\r", "\n\r\n", "data: tail"]).await,
+            vec!["data: 1\r", "\n\r\n", "data: tail"]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_oversized_event_fails_the_body() {
+        let big: &'static [u8] = Box::leak(vec![b'x'; MAX_EVENT_BYTES].into_boxed_slice());
+        let body = stream::iter(vec![
+            Ok(Bytes::from_static(b"data: 1\n\ndata: ")),
+            Ok(Bytes::from_static(big)),
+            Ok(Bytes::from_static(b"\n\n")),
+        ]);
+        let items: Vec<_> = whole_lines(body).collect().await;
+        assert_eq!(items.len(), 2);
+        assert!(matches!(&items[0], Ok(b) if b.as_ref() == b"data: 1\n\n"));
+        assert!(matches!(items[1], Err(BodyError::EventTooLarge)));
+    }
+
+    #[test]
+    fn an_oversized_event_is_caught_before_it_ends() {
+        let mut meter = EventMeter::default();
+        let big = vec![b'x'; MAX_EVENT_BYTES];
+        assert_eq!(meter.feed(b"data: "), 6);
+        assert!(meter.feed(&big) > MAX_EVENT_BYTES);
+        let mut meter = EventMeter::default();
+        let mut lines = Vec::new();
+        // 16 bytes counted per line (the line end is not).
+        for _ in 0..=MAX_EVENT_BYTES / 16 {
+            lines.extend_from_slice(b"data: xxxxxxxxxx\n");
+        }
+        lines.extend_from_slice(b"\n");
+        assert!(meter.feed(&lines) > MAX_EVENT_BYTES);
+    }
 }

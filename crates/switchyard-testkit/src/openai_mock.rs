@@ -224,22 +224,23 @@ fn validated_object<'a>(ctx: &RequestCtx<'a>) -> Result<&'a Map<String, Value>, 
 /// Plans a streaming body: `prefix`, `content` and `suffix` events, then
 /// `[DONE]`, with `reset_after` and `malformed_sse` applied.
 fn plan_stream(prefix: Vec<Value>, content: Vec<Value>, suffix: Vec<Value>, scenario: &Scenario) -> Vec<SseItem> {
-    let mut items: Vec<SseItem> = prefix.iter().map(SseItem::json).collect();
+    let json = |value: &Value| SseItem::json_lines(value, scenario.multiline_sse);
+    let mut items: Vec<SseItem> = prefix.iter().map(json).collect();
     match scenario.reset_after {
         Some(n) => {
-            items.extend(content.iter().take(n).map(SseItem::json));
+            items.extend(content.iter().take(n).map(json));
             items.push(SseItem::Abort);
         }
         None => {
-            items.extend(content.iter().map(SseItem::json));
-            items.extend(suffix.iter().map(SseItem::json));
+            items.extend(content.iter().map(json));
+            items.extend(suffix.iter().map(json));
             items.push(SseItem::done());
         }
     }
     if scenario.malformed_sse && !items.is_empty() {
         items.insert(1, SseItem::malformed());
     }
-    crate::sse::with_first_event_pause(items, scenario)
+    crate::sse::with_first_event_pause(crate::sse::with_huge_event(items, scenario), scenario)
 }
 
 fn stream_delay(scenario: &Scenario) -> Duration {

@@ -54,6 +54,13 @@ pub struct Scenario {
     pub context_window: Option<usize>,
     /// Reject the request with the protocol's content-policy error.
     pub content_filter: bool,
+    /// OpenAI and Anthropic streaming: after the first event, send one event
+    /// whose `data:` line grows by this many KiB, in 64 KiB body chunks,
+    /// before it ends.
+    pub huge_event_kib: Option<usize>,
+    /// OpenAI and Anthropic streaming: spread each event's JSON over several
+    /// `data:` lines (pretty-printed), as the SSE format allows.
+    pub multiline_sse: bool,
 }
 
 impl Scenario {
@@ -96,6 +103,8 @@ impl Scenario {
                 "fail_first" => scenario.fail_first = Some(number(name, value)?),
                 "context_window" => scenario.context_window = Some(number(name, value)?),
                 "content_filter" => scenario.content_filter = flag(name, value)?,
+                "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
+                "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),
                 _ => return Err(format!("unknown mock scenario directive `{directive}`")),
             }
         }

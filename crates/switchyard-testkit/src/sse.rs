@@ -63,9 +63,10 @@ pub(crate) enum SseItem {
 }
 
 impl SseItem {
-    /// A `data: <json>\n\n` event.
-    pub(crate) fn json(value: &Value) -> SseItem {
-        SseItem::Raw(Bytes::from(format!("data: {value}\n\n")))
+    /// A `data:` event whose JSON is pretty-printed over several `data:`
+    /// lines with `multiline`, else on one.
+    pub(crate) fn json_lines(value: &Value, multiline: bool) -> SseItem {
+        SseItem::Raw(Bytes::from(format!("{}\n", data_lines(value, multiline))))
     }
 
     /// The terminating `data: [DONE]\n\n` event.
@@ -77,6 +78,16 @@ impl SseItem {
     pub(crate) fn malformed() -> SseItem {
         SseItem::Raw(Bytes::from_static(b"data: {not json}\n\n"))
     }
+}
+
+/// The `data:` lines of an event carrying `value`: one, or with `multiline`
+/// one per line of the pretty-printed JSON.
+pub(crate) fn data_lines(value: &Value, multiline: bool) -> String {
+    if !multiline {
+        return format!("data: {value}\n");
+    }
+    let pretty = serde_json::to_string_pretty(value).unwrap_or_default();
+    pretty.lines().map(|line| format!("data: {line}\n")).collect()
 }
 
 /// What a planned event is, for the stream fault directives.
@@ -148,6 +159,30 @@ pub(crate) fn plan_events(
         items.insert(1, SseItem::Raw(malformed));
     }
     with_first_event_pause(items, scenario)
+}
+
+/// Applies `huge_event_kib` to a planned SSE stream: the oversized event
+/// follows the first one.
+pub(crate) fn with_huge_event(mut items: Vec<SseItem>, scenario: &Scenario) -> Vec<SseItem> {
+    const PIECE: usize = 64 * 1024;
+    let Some(kib) = scenario.huge_event_kib else {
+        return items;
+    };
+    let at = items
+        .iter()
+        .position(|item| matches!(item, SseItem::Raw(_)))
+        .map_or(0, |i| i + 1);
+    let mut huge = vec![SseItem::Raw(Bytes::from_static(b"data: "))];
+    let piece = Bytes::from(vec![b'x'; PIECE]);
+    let mut left = kib.saturating_mul(1024);
+    while left > 0 {
+        let n = left.min(PIECE);
+        huge.push(SseItem::Raw(piece.slice(..n)));
+        left -= n;
+    }
+    huge.push(SseItem::Raw(Bytes::from_static(b"\n\n")));
+    items.splice(at..at, huge);
+    items
 }
 
 /// Puts the `first_event_ms` pause in front of a planned stream.
@@ -328,6 +363,20 @@ mod tests {
             plan("malformed_sse,no_stop"),
             vec!["start", "BAD", "a", "b", "block_stop", "delta"]
         );
+    }
+
+    #[test]
+    fn a_huge_event_follows_the_first() {
+        let scenario = Scenario::parse("huge_event_kib=130").unwrap();
+        let items = with_huge_event(vec![SseItem::done(), SseItem::done()], &scenario);
+        let lens: Vec<usize> = items
+            .iter()
+            .map(|item| match item {
+                SseItem::Raw(bytes) => bytes.len(),
+                _ => usize::MAX,
+            })
+            .collect();
+        assert_eq!(lens, vec![14, 6, 65536, 65536, 2048, 2, 14]);
     }
 
     #[test]

@@ -21,9 +21,9 @@ pub fn frame(name: &str, data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(name.len() + data.len() + 16);
     out.put_slice(b"event: ");
     out.put_slice(name.as_bytes());
-    out.put_slice(b"\ndata: ");
-    out.put_slice(data);
-    out.put_slice(b"\n\n");
+    out.put_slice(b"\n");
+    crate::stream::put_data(&mut out, data);
+    out.put_slice(b"\n");
     out.freeze()
 }
 
