@@ -63,6 +63,14 @@ pub enum ApiError {
     /// The caller may not use this route.
     #[error("{0}")]
     Forbidden(String),
+    /// A fallback the request names is a model its key may not call.
+    #[error("This API key is not allowed to call model `{model}`, named in `{param}`.")]
+    FallbackNotAllowed {
+        /// The field, `fallbacks[i]`.
+        param: String,
+        /// The model named there.
+        model: String,
+    },
     /// An admin operation failed.
     #[error("{0}")]
     Policy(switchyard_policy::PolicyError),
@@ -105,6 +113,12 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => (S::PAYLOAD_TOO_LARGE, invalid, None, Some("request_too_large".into())),
             ApiError::UnknownRoute { .. } => (S::NOT_FOUND, invalid, None, Some("unknown_url".into())),
             ApiError::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, invalid, None, Some("method_not_allowed".into())),
+            ApiError::FallbackNotAllowed { param, .. } => (
+                S::FORBIDDEN,
+                "permission_error",
+                Some(param.clone()),
+                Some("model_not_allowed".into()),
+            ),
             ApiError::Routing(RoutingError::NoDeployment(_)) => (
                 S::SERVICE_UNAVAILABLE,
                 "service_unavailable",

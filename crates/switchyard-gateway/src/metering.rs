@@ -110,20 +110,49 @@ fn prompt_bytes(call: &Call<'_>) -> u64 {
     }
 }
 
+/// Checks that the key may call every fallback model the request names.
+pub(crate) fn check_fallbacks(principal: &Principal, fallbacks: Option<&[String]>) -> Result<(), ApiError> {
+    let Some(view) = principal.view() else {
+        return Ok(());
+    };
+    match fallbacks
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+        .find(|(_, name)| !view.allows(name))
+    {
+        Some((i, name)) => Err(ApiError::FallbackNotAllowed {
+            param: format!("fallbacks[{i}]"),
+            model: name.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Admits a request to `model`: the key's model allow-list, its limits and
-/// its budget, reserving the most the request can cost.
+/// its budget, reserving the most the request can cost. The `fallbacks` the
+/// request names must be models the key may call too, and their prices
+/// count in the reservation.
 pub(crate) async fn admit(
     state: &AppState,
     principal: &Principal,
     request_id: &str,
     model: &str,
     call: &Call<'_>,
+    fallbacks: Option<&[String]>,
 ) -> Result<Metered, ApiError> {
-    let ceiling = state
+    let mut ceiling = state
         .ceilings
         .get(model)
         .copied()
         .ok_or_else(|| ApiError::ModelNotFound(model.to_owned()))?;
+    check_fallbacks(principal, fallbacks)?;
+    for name in fallbacks.unwrap_or_default() {
+        // An unknown name is refused by the dispatch, with its field.
+        if let Some(prices) = state.ceilings.get(name.as_str()) {
+            ceiling = crate::state::max_prices(ceiling, *prices);
+        }
+    }
     let bytes = prompt_bytes(call);
     let estimated = bytes.div_ceil(4).max(1);
     let demand = Demand {

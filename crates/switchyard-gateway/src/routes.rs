@@ -227,7 +227,7 @@ async fn openai_inner(
     if state.telemetry.log_payloads {
         tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
     }
-    let meter = match metering::admit(&state, principal, &ctx.id, model, &call).await {
+    let meter = match metering::admit(&state, principal, &ctx.id, model, &call, options.fallbacks.as_deref()).await {
         Ok(meter) => meter,
         Err(e) => {
             if let Some(t) = trail {

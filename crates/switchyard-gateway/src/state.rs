@@ -167,7 +167,8 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Prices> {
         .collect()
 }
 
-fn max_prices(a: Prices, b: Prices) -> Prices {
+/// The higher of each of two price lists' prices.
+pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
     let opt = |x: Option<f64>, y: Option<f64>| match (x, y) {
         (None, None) => None,
         (x, y) => Some(x.unwrap_or(0.0).max(y.unwrap_or(0.0))),

@@ -160,6 +160,48 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
         "{}",
         denied.body
     );
+    // Nor as a fallback the request names, on any route.
+    let chat = json!({"model": "mock-a", "fallbacks": ["mock-a", "mock-b"],
+        "messages": [{"role": "user", "content": "hello"}]});
+    let messages = json!({"model": "mock-a", "max_tokens": 5, "fallbacks": ["mock-b"],
+        "messages": [{"role": "user", "content": "hello"}]});
+    for (path, body, param) in [
+        ("/v1/chat/completions", &chat, "fallbacks[1]"),
+        ("/v1/messages", &messages, "fallbacks[0]"),
+        ("/v1/messages/count_tokens", &messages, "fallbacks[0]"),
+    ] {
+        let answer = send(
+            client()
+                .post(format!("{}{path}", gw.base_url()))
+                .bearer_auth(&key)
+                .json(body),
+        )
+        .await;
+        assert_eq!(answer.status, 403, "{path}: {}", answer.body);
+        assert_eq!(
+            answer.body["error"]["type"], "permission_error",
+            "{path}: {}",
+            answer.body
+        );
+        // Anthropic's error shape has no `param`: the message names it.
+        let message = answer.body["error"]["message"].as_str().unwrap();
+        assert!(message.contains(&format!("`{param}`")), "{path}: {message}");
+        if path == "/v1/chat/completions" {
+            assert_eq!(answer.body["error"]["param"], param);
+        }
+    }
+    // A fallback the key may call is accepted (another key, so that the
+    // spend counted below stays this key's).
+    let narrow = generate(&gw, json!({"key_alias": "narrow", "models": ["mock-a"]})).await;
+    let allowed = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(&narrow)
+            .json(&json!({"model": "mock-a", "fallbacks": ["mock-a"],
+                "messages": [{"role": "user", "content": "hello"}]})),
+    )
+    .await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
     let models = send(client().get(format!("{}/v1/models", gw.base_url())).bearer_auth(&key)).await;
     let ids: Vec<&str> = models.body["data"]
         .as_array()

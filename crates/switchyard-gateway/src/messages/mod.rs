@@ -118,7 +118,7 @@ async fn messages_inner(
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     let mut trail = Trail::start(&state, &ctx, &principal, &model, &call);
-    let meter = match metering::admit(&state, &principal, &ctx.id, &model, &call).await {
+    let meter = match metering::admit(&state, &principal, &ctx.id, &model, &call, options.fallbacks.as_deref()).await {
         Ok(meter) => meter,
         Err(e) => {
             if let Some(t) = trail {
@@ -257,6 +257,9 @@ pub async fn count_tokens(
         Some(Err(e)) => return failed(e.into()),
         None => RequestOptions::default(),
     };
+    if let Err(e) = metering::check_fallbacks(&principal, options.fallbacks.as_deref()) {
+        return failed(e.into());
+    }
     match dispatch(&state, &model, &mut Call::CountTokens(&mut req), &options).await {
         Ok(Served {
             reply: Reply::Native(body),
