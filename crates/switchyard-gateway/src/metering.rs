@@ -213,7 +213,7 @@ pub(crate) fn anthropic_usage(usage: &Value) -> TokenUsage {
     let n = |name: &str| usage.get(name).and_then(Value::as_u64).unwrap_or(0);
     let (read, write) = (n("cache_read_input_tokens"), n("cache_creation_input_tokens"));
     TokenUsage {
-        prompt: n("input_tokens") + read + write,
+        prompt: n("input_tokens").saturating_add(read).saturating_add(write),
         completion: n("output_tokens"),
         cache_read: read,
         cache_write: write,

@@ -85,7 +85,10 @@ impl SubjectSpend {
     pub fn in_period(&self, period: Option<BudgetPeriod>, today: Day) -> Nanos {
         match period {
             None => self.total,
-            Some(p) => self.days.range(p.start(today)..).map(|(_, v)| *v).sum(),
+            Some(p) => self
+                .days
+                .range(p.start(today)..)
+                .fold(0, |sum: Nanos, (_, v)| sum.saturating_add(*v)),
         }
     }
 }
@@ -102,8 +105,9 @@ impl Ledger {
         let day = record.day();
         for subject in record.subjects() {
             let entry = self.subjects.entry(subject).or_default();
-            entry.total += record.cost_nanos;
-            *entry.days.entry(day).or_default() += record.cost_nanos;
+            entry.total = entry.total.saturating_add(record.cost_nanos);
+            let on_day = entry.days.entry(day).or_default();
+            *on_day = on_day.saturating_add(record.cost_nanos);
         }
     }
 
@@ -149,5 +153,40 @@ impl LogFilter {
             && self.start_day.is_none_or(|d| day >= d)
             && self.end_day.is_none_or(|d| day <= d)
             && self.cache_hit.is_none_or(|c| record.cache_hit == c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(day_ms: i64, cost_nanos: Nanos) -> SpendRecord {
+        SpendRecord {
+            request_id: format!("req-{day_ms}"),
+            ts: day_ms,
+            key: Some("abc".into()),
+            key_alias: None,
+            team_id: None,
+            model: "m".into(),
+            deployment: "m/0".into(),
+            usage: TokenUsage::default(),
+            cost_nanos,
+            cache_hit: false,
+        }
+    }
+
+    #[test]
+    fn sums_saturate_instead_of_wrapping() {
+        let mut ledger = Ledger::default();
+        let day_ms = 86_400_000;
+        ledger.add(&record(0, Nanos::MAX - 1));
+        ledger.add(&record(0, 5));
+        ledger.add(&record(day_ms, Nanos::MAX));
+        let spend = ledger.get(&subject_key("abc")).unwrap();
+        assert_eq!(spend.total, Nanos::MAX);
+        let today = day_of_ms(day_ms);
+        assert_eq!(spend.in_period(Some(BudgetPeriod::Monthly), today), Nanos::MAX);
+        assert_eq!(spend.in_period(Some(BudgetPeriod::Daily), today), Nanos::MAX);
+        assert_eq!(spend.in_period(None, today), Nanos::MAX);
     }
 }

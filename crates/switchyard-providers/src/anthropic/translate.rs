@@ -309,7 +309,10 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Option<String> {
 pub fn usage(u: &MessagesUsage) -> Usage {
     let read = u.cache_read_input_tokens.unwrap_or(0);
     let written = u.cache_creation_input_tokens.unwrap_or(0);
-    let mut usage = Usage::new(u.input_tokens + read + written, u.output_tokens);
+    let mut usage = Usage::new(
+        u.input_tokens.saturating_add(read).saturating_add(written),
+        u.output_tokens,
+    );
     usage
         .extra
         .insert("prompt_tokens_details".into(), json!({"cached_tokens": read}));
@@ -343,4 +346,22 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64) -> ChatCompletionR
         finish,
         Some(usage(&resp.usage)),
     )
+}
+
+#[cfg(test)]
+mod usage_tests {
+    use super::*;
+
+    #[test]
+    fn token_counts_from_the_upstream_saturate() {
+        let upstream = MessagesUsage {
+            input_tokens: u64::MAX,
+            output_tokens: u64::MAX,
+            cache_read_input_tokens: Some(1),
+            ..MessagesUsage::default()
+        };
+        let usage = usage(&upstream);
+        assert_eq!(usage.prompt_tokens, u64::MAX);
+        assert_eq!(usage.total_tokens, u64::MAX);
+    }
 }

@@ -218,14 +218,14 @@ impl BedrockProvider {
         };
         if model.contains("titan-embed") {
             let mut vectors = Vec::with_capacity(texts.len());
-            let mut tokens = 0;
+            let mut tokens: u64 = 0;
             for text in texts {
                 let mut body = json!({"inputText": text});
                 if let Some(d) = dimensions {
                     body["dimensions"] = json!(d);
                 }
                 let answer = self.invoke_json(model, &body).await?;
-                tokens += answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0);
+                tokens = tokens.saturating_add(answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0));
                 vectors.push(floats(answer.get("embedding").unwrap_or(&Value::Null)));
             }
             Ok((vectors, tokens))
