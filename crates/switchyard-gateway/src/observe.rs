@@ -57,6 +57,29 @@ pub(crate) fn label_failure(state: &SharedState, model: &str, response: &mut Res
     }
 }
 
+/// A requested model as spans name it: a configured model group's name, or
+/// `unknown`, so that what a client makes up stays out of span names and
+/// attributes (a refused request's model may be any string of any length).
+pub(crate) fn span_model<'a>(state: &SharedState, model: &'a str) -> &'a str {
+    if state.routes.contains_key(model) || state.learned.contains_key(model) {
+        model
+    } else {
+        "unknown"
+    }
+}
+
+/// The request path as spans record it, with a virtual key in the path
+/// (`/key/{key}/regenerate`) left out.
+fn span_path(path: &str) -> std::borrow::Cow<'_, str> {
+    match path
+        .strip_prefix("/key/")
+        .and_then(|rest| rest.strip_suffix("/regenerate"))
+    {
+        Some(_) => "/key/{key}/regenerate".into(),
+        None => path.into(),
+    }
+}
+
 /// The route's name in metrics and span names: a fixed set, whatever the path.
 fn route_name(path: &str) -> &'static str {
     let path = path.strip_prefix("/v1").unwrap_or(path);
@@ -96,7 +119,7 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
         otel.kind = "server",
         otel.status_code = Empty,
         "http.request.method" = %method,
-        "url.path" = %request.uri().path(),
+        "url.path" = %span_path(request.uri().path()),
         "http.response.status_code" = Empty,
         "switchyard.request_id" = %id,
     );
@@ -278,4 +301,16 @@ impl Drop for Trail {
 pub(crate) fn error_class(error: &ApiError) -> String {
     let (_, kind, _, code) = error.parts();
     code.unwrap_or_else(|| kind.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_in_the_path_is_not_recorded() {
+        assert_eq!(span_path("/key/sk-secret-1234/regenerate"), "/key/{key}/regenerate");
+        assert_eq!(span_path("/key/regenerate"), "/key/regenerate");
+        assert_eq!(span_path("/v1/chat/completions"), "/v1/chat/completions");
+    }
 }

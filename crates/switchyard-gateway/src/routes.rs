@@ -192,12 +192,13 @@ async fn openai(
         Call::Completion(_) => "text_completion",
         _ => "embeddings",
     };
+    let span_model = crate::observe::span_model(&state, model);
     let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
-        otel.name = format!("{operation} {model}"),
+        otel.name = format!("{operation} {span_model}"),
         "gen_ai.operation.name" = operation,
-        "gen_ai.request.model" = model,
+        "gen_ai.request.model" = span_model,
         "gen_ai.response.model" = Empty,
         "gen_ai.usage.input_tokens" = Empty,
         "gen_ai.usage.output_tokens" = Empty,

@@ -114,6 +114,11 @@ telemetry:
     assert_eq!(a.status, 200, "{}", a.text);
     let b = post(&gw, "/v1/chat/completions", "", chat("flaky", "hello retries"), &[]).await;
     assert_eq!(b.status, 200, "{}", b.text);
+    // A made-up model and a key in an admin path stay out of the spans.
+    let c = post(&gw, "/v1/chat/completions", "", chat("made-up-model-xyz", "hi"), &[]).await;
+    assert_eq!(c.status, 404, "{}", c.text);
+    let d = post(&gw, "/key/sk-path-secret-0042/regenerate", "", json!({}), &[]).await;
+    assert!(d.status >= 400, "{}", d.text);
 
     let spans = receiver
         .wait_for(Duration::from_secs(20), |spans| {
@@ -122,9 +127,20 @@ telemetry:
                 .filter(|s| s.name.starts_with("chat ") && s.kind == 3)
                 .count()
                 >= 3
-                && spans.iter().filter(|s| s.name == "POST chat").count() >= 2
+                && spans.iter().filter(|s| s.name == "POST chat").count() >= 3
+                && spans.iter().any(|s| s.name == "chat unknown")
+                && spans
+                    .iter()
+                    .any(|s| s.attr("url.path") == Some("/key/{key}/regenerate"))
         })
         .await;
+    for s in &spans {
+        let text = format!("{} {:?}", s.name, s.attributes);
+        assert!(
+            !text.contains("made-up-model-xyz") && !text.contains("sk-path-secret-0042"),
+            "{s:?}"
+        );
+    }
     let ours: Vec<ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
     let server = one(&ours, "server span", |s| s.name == "POST chat");
     assert_eq!(

@@ -82,12 +82,13 @@ pub(crate) async fn messages(
     JsonBody(req): JsonBody<MessagesRequest>,
 ) -> Response {
     let model = req.model.clone();
+    let span_model = crate::observe::span_model(&state, &model);
     let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
-        otel.name = format!("chat {model}"),
+        otel.name = format!("chat {span_model}"),
         "gen_ai.operation.name" = "chat",
-        "gen_ai.request.model" = model.as_str(),
+        "gen_ai.request.model" = span_model,
         "gen_ai.response.model" = Empty,
         "gen_ai.usage.input_tokens" = Empty,
         "gen_ai.usage.output_tokens" = Empty,
