@@ -285,6 +285,21 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
         nanos(&format!("{:.9}", info.body["info"]["total_spend"].as_f64().unwrap())),
         5 * HELLO_COST_NANOS
     );
+    // A new plaintext that a key already has is refused, and both keys keep
+    // working: its own (a retried call) and another key's. (Listing models
+    // checks a key without spending.)
+    let works = |key: String| {
+        let url = format!("{}/v1/models", gw.base_url());
+        async move { send(client().get(url).bearer_auth(key)).await.status }
+    };
+    for taken in [&new_key, &other] {
+        let again = admin(&gw, "/key/regenerate", json!({"key": new_key, "new_key": taken})).await;
+        assert_eq!(again.status, 409, "{}", again.body);
+        assert_eq!(works(taken.clone()).await, 200);
+    }
+    let unknown_model = admin(&gw, "/key/regenerate", json!({"key": new_key, "models": ["nope"]})).await;
+    assert_eq!(unknown_model.status, 400, "{}", unknown_model.body);
+    assert_eq!(works(new_key.clone()).await, 200);
 
     // Delete.
     let deleted = admin(&gw, "/key/delete", json!({"keys": [other]})).await;

@@ -361,7 +361,9 @@ impl Policy {
                 None => Store::Local(LocalStore::memory()),
             },
         };
-        let mut prefix = [0u8; 4];
+        // 64 random bits per process: ids of replicas and restarts do not meet
+        // (Redis keeps settled ids for 48 hours to drop repeated settlements).
+        let mut prefix = [0u8; 8];
         getrandom::fill(&mut prefix).map_err(|e| PolicyError::Store(e.to_string()))?;
         let policy = Policy(Arc::new(Inner {
             master: settings.master_key.as_deref().map(hash_key),
@@ -993,6 +995,12 @@ impl Policy {
                 ));
             }
         };
+        // A plaintext some key (this one included) or the master key already
+        // has would leave two keys on one hash, or delete the key just written.
+        let token = hash_key(&plaintext);
+        if self.is_master(&plaintext) || self.lookup_key(&token).await.map_err(down)?.is_some() {
+            return Err(PolicyError::Conflict("This key already exists.".into()));
+        }
         let now = now_ms();
         for (name, value) in body {
             match name.as_str() {
@@ -1001,7 +1009,9 @@ impl Policy {
                 _ => apply_key_field(&mut record, name, value)?,
             }
         }
-        let old = std::mem::replace(&mut record.token, hash_key(&plaintext));
+        self.check_models(&record.limits.models)?;
+        self.check_team_exists(record.team_id.as_deref()).await?;
+        let old = std::mem::replace(&mut record.token, token);
         record.key_name = display_name(&plaintext);
         match &self.0.store {
             Store::Local(local) => {
@@ -1220,6 +1230,18 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), flush)
             .await
             .expect("the flush returns once the write is done");
+    }
+
+    #[tokio::test]
+    async fn request_ids_carry_64_random_bits_per_process() {
+        let a = Policy::open(PolicySettings::default()).await.unwrap();
+        let b = Policy::open(PolicySettings::default()).await.unwrap();
+        let (first, second) = (a.request_id(), a.request_id());
+        let prefix = |id: &str| id.rsplit_once('-').unwrap().0.to_owned();
+        assert_eq!(prefix(&first).len(), "req-".len() + 16, "{first}");
+        assert_eq!(prefix(&first), prefix(&second));
+        assert_ne!(first, second);
+        assert_ne!(prefix(&first), prefix(&b.request_id()));
     }
 
     #[test]
