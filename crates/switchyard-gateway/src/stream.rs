@@ -184,14 +184,16 @@ impl StreamTracker {
 
     /// Charges what the stream used, on a task of its own. A stream that did
     /// not end cleanly (abandoned by its client, or cut by an upstream
-    /// fault) may not have had its usage reported yet: its output is taken
-    /// as at least one token per item streamed, so leaving before the usage
-    /// chunk does not make the output free.
+    /// fault) may not have had its usage reported yet, and some upstreams
+    /// never report it: without a complete stream's usage, the output is
+    /// taken as at least one token per item streamed, so leaving before the
+    /// usage chunk, or an upstream that sends none, does not make the output
+    /// free.
     fn charge(&mut self, complete: bool) {
         let Some((meter, name)) = self.meter.take() else {
             return;
         };
-        let usage = if complete {
+        let usage = if complete && self.usage.is_some() {
             self.usage
         } else {
             let mut usage = self.usage.unwrap_or(TokenUsage {

@@ -715,3 +715,55 @@ async fn a_stream_left_before_its_usage_is_charged_for_what_it_streamed() {
         "{record}"
     );
 }
+
+/// An upstream that ends a stream cleanly but never reports its usage (some
+/// OpenAI-compatible servers ignore `stream_options`) is charged the
+/// estimated prompt and at least a token per chunk, not the prompt alone.
+#[tokio::test]
+async fn a_stream_without_usage_is_charged_for_what_it_streamed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let quiet = format!(
+        "  - model_name: quiet\n    deployments:\n      - provider: openai\n        model: \"mock-model::no_usage\"\n        api_base: {}\n        api_key: k\n        input_cost_per_token: 0.000001\n        output_cost_per_token: 0.000002\n  - model_name: mock-b\n",
+        mock.base_url()
+    );
+    let yaml = config(dir.path(), "", 0).replace("  - model_name: mock-b\n", &quiet);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let response = client()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "quiet", "stream": true,
+            "messages": [{"role": "user", "content": "one two three four five six"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
+    assert!(!text.contains("\"usage\":{"), "the upstream sent usage: {text}");
+    let content_chunks = text.matches("\"content\":\"").count() as i64;
+    assert!(content_chunks >= 6, "{text}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let logs = admin_get(&gw, "/spend/logs").await;
+        if let Some(record) = logs
+            .body
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["model"] == "quiet"))
+        {
+            break record.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no spend record: {}", logs.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let prompt_tokens = record["usage"]["prompt"].as_i64().unwrap();
+    let completion_tokens = record["usage"]["completion"].as_i64().unwrap();
+    assert!(prompt_tokens > 0, "{record}");
+    assert!(completion_tokens >= content_chunks, "{content_chunks} chunks: {record}");
+    assert_eq!(
+        record["cost_nanos"].as_i64().unwrap(),
+        prompt_tokens * 1000 + completion_tokens * 2000,
+        "{record}"
+    );
+}

@@ -336,7 +336,7 @@ fn chat_stream(
     tokens: (usize, u64),
 ) -> Response {
     let (prompt_tokens, cached) = tokens;
-    let usage_enabled = include_usage(ctx.body);
+    let usage_enabled = include_usage(ctx.body) && !ctx.scenario.no_usage;
     let chunk = |delta: Value, finish: Option<&str>| {
         let mut value = json!({
             "id": id,
@@ -458,7 +458,7 @@ pub(crate) fn completions(ctx: &RequestCtx<'_>) -> Response {
 }
 
 fn completions_stream(ctx: &RequestCtx<'_>, id: &str, created: u64, text: &str, prompt_tokens: usize) -> Response {
-    let usage_enabled = include_usage(ctx.body);
+    let usage_enabled = include_usage(ctx.body) && !ctx.scenario.no_usage;
     let chunk = |piece: &str, finish: Option<&str>| {
         let mut value = json!({
             "id": id,

@@ -61,6 +61,9 @@ pub struct Scenario {
     /// OpenAI and Anthropic streaming: spread each event's JSON over several
     /// `data:` lines (pretty-printed), as the SSE format allows.
     pub multiline_sse: bool,
+    /// OpenAI streaming: send no usage chunk even when the request asks for
+    /// one (`stream_options.include_usage`), as some compatible servers do.
+    pub no_usage: bool,
 }
 
 impl Scenario {
@@ -103,6 +106,7 @@ impl Scenario {
                 "fail_first" => scenario.fail_first = Some(number(name, value)?),
                 "context_window" => scenario.context_window = Some(number(name, value)?),
                 "content_filter" => scenario.content_filter = flag(name, value)?,
+                "no_usage" => scenario.no_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),
                 _ => return Err(format!("unknown mock scenario directive `{directive}`")),
