@@ -421,6 +421,33 @@ async fn rate_limits_answer_429_with_openai_headers() {
             .unwrap()
             .contains("alone exceeds")
     );
+    // Output beyond the prompt estimate is owed to the token limit, not
+    // forgotten once the minute's tokens are used: 300 words of answer
+    // against 100 tokens a minute leave about 200 owed, which the next
+    // request waits for (before, it waited for its own 2 tokens only).
+    let wordy_dir = tempfile::tempdir().unwrap();
+    let words = "word ".repeat(300);
+    let wordy_yaml = config(wordy_dir.path(), "", 0).replace(
+        "        mock:\n          delay_ms: 0\n",
+        &format!(
+            "        mock:\n          delay_ms: 0\n          reply: \"{}\"\n",
+            words.trim()
+        ),
+    );
+    let wordy = GatewayProcess::start(Path::new(BIN), &wordy_yaml);
+    let tight = generate(&wordy, json!({"tpm_limit": 100})).await;
+    let first = chat_with(&wordy, Some(&tight), "mock-a").await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert!(first.body["usage"]["completion_tokens"].as_u64().unwrap() >= 300);
+    let owed = chat_with(&wordy, Some(&tight), "mock-a").await;
+    assert_eq!(
+        (owed.status, owed.code()),
+        (429, "rate_limit_exceeded"),
+        "{}",
+        owed.body
+    );
+    let retry_after: u64 = owed.header("retry-after").parse().unwrap();
+    assert!((100..=200).contains(&retry_after), "{retry_after}");
     // Parallel cap.
     let slow_dir = tempfile::tempdir().unwrap();
     let slow = GatewayProcess::start(Path::new(BIN), &config(slow_dir.path(), "", 300));

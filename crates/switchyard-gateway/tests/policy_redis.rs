@@ -36,7 +36,14 @@ model_list:
         output_cost_per_token: 0.000002
         mock:
           delay_ms: {delay_ms}
-"#
+  - model_name: mock-wordy
+    deployments:
+      - provider: mock
+        model: mock-wordy-1
+        mock:
+          reply: "{wordy}"
+"#,
+        wordy = "word ".repeat(300).trim_end()
     )
 }
 
@@ -118,6 +125,25 @@ async fn two_gateways_share_one_rate_limit_and_one_budget() {
         }
     }
     assert_eq!(ok, 5);
+
+    // Output beyond a request's estimate is owed to the shared token limit:
+    // 300 words against 100 tokens a minute leave about 200 owed, which the
+    // next request waits for, on either gateway.
+    let (_, made) = post(&bases[0], "/key/generate", MASTER, json!({"tpm_limit": 100})).await;
+    let tight = made["key"].as_str().unwrap().to_owned();
+    let wordy = json!({"model": "mock-wordy", "messages": [{"role": "user", "content": "hello"}]});
+    let (status, body) = post(&bases[0], "/v1/chat/completions", &tight, wordy.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", bases[1]))
+        .bearer_auth(&tight)
+        .json(&wordy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    let retry_after: u64 = response.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((100..=200).contains(&retry_after), "{retry_after}");
 
     // Budget $0.0001 (each request reserves 15000 and costs 7000), 50
     // concurrent requests over both gateways.

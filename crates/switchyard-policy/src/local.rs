@@ -47,6 +47,10 @@ struct State {
     reserved: HashMap<String, Nanos>,
     parallel: HashMap<String, u32>,
     recent: VecDeque<SpendRecord>,
+    /// Tokens a token limit is still owed: usage beyond a request's estimate
+    /// that did not fit in the limiter when it was charged. Paid before the
+    /// limit admits anything else.
+    debt: HashMap<String, u64>,
 }
 
 /// The in-process store.
@@ -277,6 +281,21 @@ impl LocalStore {
         let mut states = Vec::with_capacity(checks.rates.len());
         for r in &checks.rates {
             let limiter = self.limiter(&r.id, r.limit);
+            if let Some(owed) = state.debt.get_mut(&r.id) {
+                *owed -= u64::from(take_what_fits(&limiter, u32::try_from(*owed).unwrap_or(u32::MAX)));
+                if *owed > 0 {
+                    let cells = owed.saturating_add(u64::from(r.cost));
+                    return Err(Denied::RateLimited {
+                        scope: r.scope.clone(),
+                        kind: r.kind,
+                        limit: r.limit,
+                        retry_after: Some(Duration::from_millis(
+                            cells.saturating_mul(60_000).div_ceil(u64::from(r.limit.max(1))),
+                        )),
+                    });
+                }
+                state.debt.remove(&r.id);
+            }
             let n = NonZeroU32::new(r.cost).unwrap_or(NonZeroU32::MIN);
             match limiter.check_n(n) {
                 Ok(Ok(snapshot)) => {
@@ -342,7 +361,13 @@ impl LocalStore {
         let used = u32::try_from(record.usage.total()).unwrap_or(u32::MAX);
         for r in checks.token_rates() {
             if let Some(extra) = used.checked_sub(r.cost) {
-                take_what_fits(&self.limiter(&r.id, r.limit), extra.min(r.limit));
+                let taken = take_what_fits(&self.limiter(&r.id, r.limit), extra);
+                let owed = u64::from(extra - taken);
+                if owed > 0 {
+                    let mut state = self.state.lock();
+                    let debt = state.debt.entry(r.id.clone()).or_default();
+                    *debt = debt.saturating_add(owed).min(max_debt(r.limit));
+                }
             }
         }
         logged.map_err(PolicyError::from)
@@ -354,10 +379,17 @@ impl LocalStore {
     }
 }
 
-/// Takes up to `n` cells from `limiter`, as many as it has now: a rate
-/// limiter's `check_n` is all or nothing, so the amount is built from
-/// powers of two, largest first.
-fn take_what_fits(limiter: &Limiter, n: u32) {
+/// The most tokens a token limit of `limit` per minute can be owed: an
+/// hour's worth, so that one absurd usage report cannot shut a key out
+/// for longer.
+pub(crate) fn max_debt(limit: u32) -> u64 {
+    u64::from(limit).saturating_mul(60)
+}
+
+/// Takes up to `n` cells from `limiter`, as many as it has now, and returns
+/// how many it took: a rate limiter's `check_n` is all or nothing, so the
+/// amount is built from powers of two, largest first.
+fn take_what_fits(limiter: &Limiter, n: u32) -> u32 {
     let mut left = n;
     let mut step = 1_u32 << (31 - n.max(1).leading_zeros());
     while left > 0 && step > 0 {
@@ -371,6 +403,7 @@ fn take_what_fits(limiter: &Limiter, n: u32) {
         }
         step /= 2;
     }
+    n - left
 }
 
 fn release_locked(state: &mut State, checks: &Checks, max_cost: Nanos) {

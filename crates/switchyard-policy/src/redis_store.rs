@@ -143,8 +143,10 @@ for _, r in ipairs(trates) do
     local interval = 60000 / limit
     local tat = tonumber(redis.call('GET', name) or '0')
     if tat < now then tat = now end
-    local new_tat = math.min(tat + extra * interval, now + 60000)
-    redis.call('SET', name, string.format('%.3f', new_tat), 'PX', 61000)
+    -- Beyond a full minute, the rest is owed: later requests wait for it,
+    -- up to an hour's worth.
+    local new_tat = math.min(tat + extra * interval, now + 60000 + 3600000)
+    redis.call('SET', name, string.format('%.3f', new_tat), 'PX', math.ceil(new_tat - now) + 1000)
   end
 end
 return 1
