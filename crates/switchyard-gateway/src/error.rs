@@ -139,10 +139,19 @@ impl ApiError {
         }
     }
 
-    /// The client-facing message. Upstream 4xx keep the upstream's own words.
+    /// The client-facing message. Upstream 4xx keep the upstream's own words,
+    /// except a rejection of the gateway's own credentials (401, 403): that
+    /// is the gateway's configuration, not the client's request, and the
+    /// upstream's text may name the account or part of the key.
     pub fn message(&self) -> String {
-        if let ApiError::Upstream { source, .. } = self {
+        if let ApiError::Upstream { source, deployment } = self {
             match source.as_ref() {
+                ProviderError::Status { status, .. } if is_auth_status(*status) => {
+                    return format!(
+                        "The upstream of deployment {deployment} rejected the gateway's credentials (HTTP {status}); \
+                         the gateway's operator must fix its configuration."
+                    );
+                }
                 ProviderError::Status { status, message, .. } if (400..500).contains(status) => return message.clone(),
                 ProviderError::InvalidRequest { message, .. } => return message.clone(),
                 _ => {}
@@ -221,9 +230,20 @@ fn policy_parts(err: &PolicyError) -> (StatusCode, &'static str, Option<String>,
     }
 }
 
+/// An upstream status that rejects the gateway's own credentials.
+fn is_auth_status(status: u16) -> bool {
+    matches!(status, 401 | 403)
+}
+
 fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Option<String>) {
     use StatusCode as S;
     match err {
+        ProviderError::Status { status, .. } if is_auth_status(*status) => (
+            S::BAD_GATEWAY,
+            "upstream_error",
+            None,
+            Some("upstream_auth_error".into()),
+        ),
         ProviderError::Status {
             status,
             kind,

@@ -341,7 +341,21 @@ async fn a_rejected_key_takes_the_deployment_out_until_reload() {
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "revoked::status=401", input_cost_per_token: 0.000001}
       - {provider: openai, api_base: "{base}", api_key: k, model: "valid", input_cost_per_token: 0.00001}
+  - model_name: locked
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "locked::status=403"}
 "#,
+    );
+    // With no deployment left, the client learns that the gateway's upstream
+    // credentials failed: a 502, not the upstream's 401/403 and its words.
+    let locked = chat(&gw, "locked", json!({})).await;
+    assert_eq!(locked.status, 502, "{}", locked.body);
+    let body = locked.json();
+    assert_eq!(body["error"]["code"], "upstream_auth_error");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("credentials") && !message.contains("mock upstream error"),
+        "{message}"
     );
     let a = chat(&gw, "keys", json!({})).await;
     assert_eq!(a.status, 200, "{}", a.body);
