@@ -45,7 +45,8 @@ pub enum CachedBody {
 }
 
 impl CachedBody {
-    fn weight(&self) -> usize {
+    /// The bytes it holds, as the in-process store weighs them.
+    pub fn size(&self) -> usize {
         match self {
             CachedBody::Json(s) => s.len(),
             CachedBody::Chunks(c) => c.iter().map(|s| s.len() + 8).sum(),
@@ -131,7 +132,7 @@ impl ResponseCache {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &String, v: &Arc<CachedAnswer>| {
-                u32::try_from(k.len() + v.body.weight() + 128).unwrap_or(u32::MAX)
+                u32::try_from(k.len() + v.body.size() + 128).unwrap_or(u32::MAX)
             })
             .expire_after(PerEntryTtl)
             .build();

@@ -35,6 +35,8 @@ pub struct GatewayCache {
     per_key: bool,
     /// Fraction of the original cost charged on a hit.
     pub hit_cost_ratio: f64,
+    /// The largest answer stored, in bytes.
+    pub max_entry_bytes: usize,
     semantic: HashMap<String, SemanticIndex>,
 }
 
@@ -177,6 +179,7 @@ impl GatewayCache {
             max_ttl: spec.max_ttl,
             per_key: spec.per_key,
             hit_cost_ratio: spec.hit_cost_ratio,
+            max_entry_bytes: spec.max_entry_bytes,
             semantic: spec
                 .semantic
                 .iter()
@@ -278,7 +281,7 @@ impl GatewayCache {
 
     /// Stores a fresh answer (unless the client said `no-store`).
     pub(crate) async fn store_answer(&self, pending: &Pending, mut answer: CachedAnswer) {
-        if !pending.store {
+        if !pending.store || answer.body.size() > self.max_entry_bytes {
             return;
         }
         answer.ttl_secs = pending.ttl.as_secs().max(1);
@@ -332,27 +335,45 @@ pub(crate) fn replay(answer: &CachedAnswer, strip_usage: bool) -> Response {
     }
 }
 
-/// Follows a stream and hands its chunks to `done` once it ended cleanly.
-pub(crate) fn record_stream(chunks: ChunkStream, done: impl FnOnce(Vec<String>) + Send + 'static) -> ChunkStream {
-    let state = (chunks, Vec::<String>::new(), Some(done));
-    Box::pin(stream::unfold(state, |(mut chunks, mut seen, mut done)| async move {
-        match chunks.next().await {
-            Some(Ok(chunk)) => {
-                if done.is_some() {
-                    seen.push(String::from_utf8_lossy(&chunk.data).into_owned());
+/// Follows a stream and hands its chunks to `done` once it ended cleanly,
+/// unless they came to more than `limit` bytes: then it stops recording and
+/// lets the stream go on alone.
+pub(crate) fn record_stream(
+    chunks: ChunkStream,
+    limit: usize,
+    done: impl FnOnce(Vec<String>) + Send + 'static,
+) -> ChunkStream {
+    let state = (chunks, Vec::<String>::new(), 0usize, Some(done));
+    Box::pin(stream::unfold(
+        state,
+        move |(mut chunks, mut seen, mut size, mut done)| async move {
+            match chunks.next().await {
+                Some(Ok(chunk)) => {
+                    if done.is_some() {
+                        size = size.saturating_add(chunk.data.len() + CHUNK_OVERHEAD);
+                        if size > limit {
+                            done = None;
+                            seen = Vec::new();
+                        } else {
+                            seen.push(String::from_utf8_lossy(&chunk.data).into_owned());
+                        }
+                    }
+                    Some((Ok(chunk), (chunks, seen, size, done)))
                 }
-                Some((Ok(chunk), (chunks, seen, done)))
-            }
-            Some(Err(e)) => Some((Err(e), (chunks, Vec::new(), None))),
-            None => {
-                if let Some(done) = done.take() {
-                    done(std::mem::take(&mut seen));
+                Some(Err(e)) => Some((Err(e), (chunks, Vec::new(), 0, None))),
+                None => {
+                    if let Some(done) = done.take() {
+                        done(std::mem::take(&mut seen));
+                    }
+                    None
                 }
-                None
             }
-        }
-    }))
+        },
+    ))
 }
+
+/// What a stored chunk counts for beyond its bytes (as the store weighs it).
+const CHUNK_OVERHEAD: usize = 8;
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,9 @@ pub struct CacheConfig {
     pub max_ttl_seconds: u64,
     /// `memory`: bytes of answers held before the least used are dropped.
     pub max_bytes: u64,
+    /// The largest answer kept, in bytes: a bigger one (a long stream) is
+    /// passed on but not stored, and a stream stops being recorded there.
+    pub max_entry_bytes: u64,
     /// `redis`: connection settings.
     pub redis: Option<CacheRedisConfig>,
     /// Keep answers per virtual key: one key's answers are never served to another.
@@ -41,6 +44,7 @@ impl Default for CacheConfig {
             ttl_seconds: 3600,
             max_ttl_seconds: 7 * 24 * 3600,
             max_bytes: 256 * 1024 * 1024,
+            max_entry_bytes: 8 * 1024 * 1024,
             redis: None,
             per_key: false,
             hit_cost_ratio: 0.0,
@@ -109,6 +113,8 @@ pub struct CacheSpec {
     pub per_key: bool,
     /// Fraction of the original cost charged on a hit.
     pub hit_cost_ratio: f64,
+    /// The largest answer stored, in bytes.
+    pub max_entry_bytes: usize,
     /// Semantic groups: (min similarity, capacity).
     pub semantic: BTreeMap<String, (f32, usize)>,
 }
@@ -144,6 +150,9 @@ impl CacheConfig {
         }
         if self.max_ttl_seconds < self.ttl_seconds {
             issues.push(issue("cache.max_ttl_seconds", "must be at least `cache.ttl_seconds`"));
+        }
+        if self.max_entry_bytes < 1024 {
+            issues.push(issue("cache.max_entry_bytes", "must be at least 1024"));
         }
         if !(0.0..=1.0).contains(&self.hit_cost_ratio) || !self.hit_cost_ratio.is_finite() {
             issues.push(issue("cache.hit_cost_ratio", "must be between 0 and 1"));
@@ -196,6 +205,7 @@ impl CacheConfig {
             max_ttl: Duration::from_secs(self.max_ttl_seconds),
             per_key: self.per_key,
             hit_cost_ratio: self.hit_cost_ratio,
+            max_entry_bytes: usize::try_from(self.max_entry_bytes).unwrap_or(usize::MAX),
             semantic,
         })
     }

@@ -367,7 +367,8 @@ async fn openai_inner(
                     let state = state.clone();
                     let id = decision.deployment.id;
                     let name = decision.deployment.name.clone();
-                    crate::cache::record_stream(chunks, move |seen| {
+                    let limit = state.cache.as_ref().map_or(0, |c| c.max_entry_bytes);
+                    crate::cache::record_stream(chunks, limit, move |seen| {
                         tokio::spawn(async move {
                             let usage = seen.iter().rev().find_map(|c| {
                                 let v: serde_json::Value = serde_json::from_str(c).ok()?;

@@ -222,6 +222,49 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
     assert_eq!(paid.as_array().unwrap().len(), 9, "{paid}");
 }
 
+/// Answers over `cache.max_entry_bytes` are served but not kept; a long
+/// stream is not held in memory to the end for the cache's sake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_over_the_entry_limit_are_not_kept() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(&mock, "  enabled: true\n  max_entry_bytes: 4096");
+    let long_prompt = "word ".repeat(100);
+    let long_stream = with(ask(&long_prompt), json!({"stream": true}));
+    let short_stream = with(ask("a short story"), json!({"stream": true}));
+    for body in [&long_stream, &short_stream] {
+        let first = post(&gw, MASTER, body.clone(), &[]).await;
+        assert_eq!(first.status, 200, "{}", first.text);
+        assert_eq!(first.events().last().map(String::as_str), Some("[DONE]"));
+    }
+    // The short stream is kept once it ended; by then the long one would be too.
+    let mut short = post(&gw, MASTER, short_stream.clone(), &[]).await;
+    for _ in 0..50 {
+        if short.header("x-switchyard-cache") == "hit" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        short = post(&gw, MASTER, short_stream.clone(), &[]).await;
+    }
+    assert_eq!(short.header("x-switchyard-cache"), "hit");
+    let long = post(&gw, MASTER, long_stream, &[]).await;
+    assert_eq!(long.status, 200);
+    assert_eq!(long.header("x-switchyard-cache"), "miss");
+    assert!(long.text.len() > 4096, "{}", long.text.len());
+    // The same for a JSON answer.
+    let long_json = ask(&"word ".repeat(1000));
+    assert_eq!(post(&gw, MASTER, long_json.clone(), &[]).await.status, 200);
+    let again = post(&gw, MASTER, long_json, &[]).await;
+    assert_eq!(again.header("x-switchyard-cache"), "miss");
+    assert_eq!(
+        post(&gw, MASTER, ask("short"), &[]).await.header("x-switchyard-cache"),
+        "miss"
+    );
+    assert_eq!(
+        post(&gw, MASTER, ask("short"), &[]).await.header("x-switchyard-cache"),
+        "hit"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_is_replayed_with_the_same_chunks_and_keys_can_be_kept_apart() {
     let mock = MockUpstream::start().await;
