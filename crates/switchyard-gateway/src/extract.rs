@@ -25,7 +25,8 @@ impl<T: DeserializeOwned> FromRequest<SharedState> for JsonBody<T> {
     }
 }
 
-fn reject(err: BytesRejection, limit: usize) -> ApiError {
+/// The error for a body that could not be read.
+pub(crate) fn reject(err: BytesRejection, limit: usize) -> ApiError {
     if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::BodyTooLarge(limit)
     } else {

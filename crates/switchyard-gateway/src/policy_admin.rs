@@ -11,6 +11,8 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -237,15 +239,27 @@ async fn regenerate_key(State(state): State<SharedState>, JsonBody(body): JsonBo
 
 async fn regenerate_key_at(
     State(state): State<SharedState>,
-    Path(key): Path<String>,
-    body: Option<Json<Value>>,
+    key: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let body = match body.map(|Json(b)| b) {
-        Some(b) => match object(b) {
-            Ok(b) => b,
-            Err(r) => return r,
+    let key = match key {
+        Ok(Path(key)) => key,
+        Err(e) => {
+            return ApiError::InvalidField {
+                param: Some("key".into()),
+                message: format!("The key in the path is not valid: {}", e.body_text()),
+            }
+            .into_response();
+        }
+    };
+    let body = match body {
+        Ok(bytes) if bytes.trim_ascii().is_empty() => Map::new(),
+        Ok(bytes) => match crate::extract::parse::<Value>(&bytes).map(object) {
+            Ok(Ok(b)) => b,
+            Ok(Err(r)) => return r,
+            Err(e) => return e.into_response(),
         },
-        None => Map::new(),
+        Err(e) => return crate::extract::reject(e, state.server.max_body_bytes).into_response(),
     };
     regenerate(&state, &key, &body).await
 }

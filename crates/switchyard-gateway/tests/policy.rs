@@ -297,6 +297,22 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
         assert_eq!(again.status, 409, "{}", again.body);
         assert_eq!(works(taken.clone()).await, 200);
     }
+    // Unreadable input to the admin API gets the JSON error shape too.
+    for (path, content_type, body) in [
+        (format!("/key/{new_key}/regenerate"), "text/plain", "x"),
+        (format!("/key/{new_key}/regenerate"), "application/json", "{"),
+    ] {
+        let request = client().post(format!("{}{path}", gw.base_url()));
+        let answer = send(
+            request
+                .bearer_auth(MASTER)
+                .header("content-type", content_type)
+                .body(body),
+        )
+        .await;
+        assert_eq!(answer.status, 400, "{path}: {}", answer.body);
+        assert!(answer.body["error"]["message"].is_string(), "{path}: {}", answer.body);
+    }
     let unknown_model = admin(&gw, "/key/regenerate", json!({"key": new_key, "models": ["nope"]})).await;
     assert_eq!(unknown_model.status, 400, "{}", unknown_model.body);
     assert_eq!(works(new_key.clone()).await, 200);
