@@ -88,25 +88,108 @@ pub(crate) async fn require_master_if_set(State(state): State<SharedState>, requ
     }
 }
 
-/// The most output tokens a request can produce.
+/// The most output tokens a request can produce: its `max_tokens` (or the
+/// default) for each answer it asks for (`n`, `best_of`, one per prompt).
 fn max_output(call: &Call<'_>, default: u32) -> u64 {
     let from = |extra: &serde_json::Map<String, Value>, names: &[&str]| {
         names.iter().find_map(|n| extra.get(*n).and_then(Value::as_u64))
     };
+    let answers = |extra: &serde_json::Map<String, Value>, names: &[&str]| {
+        names
+            .iter()
+            .filter_map(|n| extra.get(*n).and_then(Value::as_u64))
+            .max()
+            .unwrap_or(1)
+            .max(1)
+    };
     match call {
-        Call::Chat(req) => from(&req.extra, &["max_completion_tokens", "max_tokens"]).unwrap_or(u64::from(default)),
-        Call::Completion(req) => from(&req.extra, &["max_tokens"]).unwrap_or(u64::from(default)),
+        Call::Chat(req) => from(&req.extra, &["max_completion_tokens", "max_tokens"])
+            .unwrap_or(u64::from(default))
+            .saturating_mul(answers(&req.extra, &["n"])),
+        Call::Completion(req) => from(&req.extra, &["max_tokens"])
+            .unwrap_or(u64::from(default))
+            .saturating_mul(answers(&req.extra, &["n", "best_of"]))
+            .saturating_mul(prompt_count(&req.prompt)),
         Call::Messages(req) => req.max_tokens.map_or(u64::from(default), u64::from),
         Call::Embeddings(_) | Call::CountTokens(_) => 0,
     }
 }
 
-/// Bytes of prompt text: an upper bound on its tokens.
+fn prompt_count(prompt: &switchyard_api::Prompt) -> u64 {
+    match prompt {
+        switchyard_api::Prompt::Texts(t) => t.len().max(1) as u64,
+        switchyard_api::Prompt::TokenBatches(b) => b.len().max(1) as u64,
+        _ => 1,
+    }
+}
+
+/// What an image (or other media given by reference) may take in prompt
+/// tokens whatever its size in the request: the providers' largest image
+/// costs are about 1,600–2,500 tokens.
+const MEDIA_TOKENS: u64 = 2_500;
+
+/// The length of `value` as JSON.
+fn json_len(value: &impl serde::Serialize) -> u64 {
+    serde_json::to_vec(value).map_or(0, |b| b.len() as u64)
+}
+
+/// An upper bound on a request's prompt tokens: its bytes of text (a token
+/// is at least one byte), tool definitions and calls, tool results and
+/// structured-output schemas as JSON, and [`MEDIA_TOKENS`] per image.
 fn prompt_bytes(call: &Call<'_>) -> u64 {
     match call {
         Call::Embeddings(req) => req.input.texts().iter().map(|t| t.len() as u64).sum(),
         Call::CountTokens(_) => 0,
-        other => other.query_text().map_or(0, |t| t.len() as u64),
+        Call::Completion(req) => req.prompt.texts().iter().map(|t| t.len() as u64).sum(),
+        Call::Chat(req) => {
+            let mut n = 0u64;
+            for m in &req.messages {
+                n = n.saturating_add(match &m.content {
+                    Some(switchyard_api::MessageContent::Text(t)) => t.len() as u64,
+                    Some(switchyard_api::MessageContent::Parts(parts)) => parts
+                        .iter()
+                        .map(|p| match &p.text {
+                            Some(t) => t.len() as u64,
+                            None if p.kind == "image_url" => MEDIA_TOKENS,
+                            None => json_len(&p.extra),
+                        })
+                        .sum(),
+                    None => 0,
+                });
+                if let Some(calls) = &m.tool_calls {
+                    n = n.saturating_add(json_len(calls));
+                }
+            }
+            ["tools", "functions", "response_format"]
+                .iter()
+                .filter_map(|name| req.extra.get(*name))
+                .fold(n, |n, v| n.saturating_add(json_len(v)))
+        }
+        Call::Messages(req) => {
+            let system = req.system.as_ref().map_or(0, content_bytes);
+            let tools = req.tools.as_ref().map_or(0, json_len);
+            req.messages.iter().fold(system.saturating_add(tools), |n, m| {
+                n.saturating_add(content_bytes(&m.content))
+            })
+        }
+    }
+}
+
+/// [`prompt_bytes`] of Anthropic content, tool results' content included.
+fn content_bytes(content: &switchyard_api::anthropic::Content) -> u64 {
+    use switchyard_api::anthropic::Content;
+    match content {
+        Content::Text(t) => t.len() as u64,
+        Content::Blocks(blocks) => blocks.iter().fold(0u64, |n, b| {
+            let own = match (&b.text, b.kind.as_str()) {
+                (Some(t), _) => t.len() as u64,
+                (None, "image") => MEDIA_TOKENS,
+                (None, _) => b.source.as_ref().map_or(0, json_len),
+            };
+            let input = b.input.as_ref().map_or(0, json_len);
+            let nested = b.content.as_ref().map_or(0, content_bytes);
+            n.saturating_add(own).saturating_add(input).saturating_add(nested)
+        }),
     }
 }
 
@@ -318,5 +401,66 @@ pub(crate) fn cost_header(response: &mut Response, record: Option<&SpendRecord>)
         if let Ok(v) = HeaderValue::from_str(&format_usd(record.cost_nanos)) {
             response.headers_mut().insert(COST_HEADER, v);
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use serde_json::json;
+    use switchyard_api::anthropic::MessagesRequest;
+    use switchyard_api::{ChatCompletionRequest, CompletionRequest};
+
+    use super::*;
+
+    #[test]
+    fn every_answer_asked_for_is_reserved() {
+        let mut chat: ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "m", "n": 3, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        assert_eq!(max_output(&Call::Chat(&mut chat), 4096), 30);
+        let mut completion: CompletionRequest = serde_json::from_value(json!({
+            "model": "m", "prompt": ["a", "b"], "best_of": 2, "n": 1, "max_tokens": 5
+        }))
+        .unwrap();
+        assert_eq!(max_output(&Call::Completion(&mut completion), 4096), 20);
+        let mut plain: ChatCompletionRequest =
+            serde_json::from_value(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
+        assert_eq!(max_output(&Call::Chat(&mut plain), 4096), 4096);
+    }
+
+    #[test]
+    fn the_prompt_bound_counts_more_than_text() {
+        let tools = json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]);
+        let calls = json!([{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\":1}"}}]);
+        let mut chat: ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "m",
+            "tools": tools,
+            "messages": [
+                {"role": "user", "content": [
+                    {"type": "text", "text": "hello"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}
+                ]},
+                {"role": "assistant", "content": null, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "c1", "content": "result"}
+            ]
+        }))
+        .unwrap();
+        let expected = 5 + MEDIA_TOKENS + json_len(&chat.messages[1].tool_calls) + 6 + json_len(&tools);
+        assert_eq!(prompt_bytes(&Call::Chat(&mut chat)), expected);
+
+        let mut messages: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 5, "system": "sys",
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"x": 1}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t",
+                    "content": [{"type": "text", "text": "a long tool result"}]}]}
+            ]
+        }))
+        .unwrap();
+        let expected = 3 + MEDIA_TOKENS + json_len(&json!({"x": 1})) + "a long tool result".len() as u64;
+        assert_eq!(prompt_bytes(&Call::Messages(&mut messages)), expected);
     }
 }
