@@ -203,6 +203,11 @@ enum Store {
         /// background one, or a flush at shutdown) waits for another
         /// instead of finding the queue momentarily short.
         replaying: tokio::sync::Mutex<()>,
+        /// Releases (in-flight slots, reservations) Redis did not take,
+        /// retried with the queued spend so that a moment's outage does not
+        /// hold a key's slots for `hold_ttl`. Oldest dropped past
+        /// [`MAX_QUEUED_RELEASES`]: those expire by themselves.
+        releases: Mutex<VecDeque<(Checks, String)>>,
     },
 }
 
@@ -333,6 +338,9 @@ fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Spill, PendingQueue), P
     Ok((Spill { journal, _lock: lock }, queued))
 }
 
+/// The most releases kept for a retry while Redis is down.
+const MAX_QUEUED_RELEASES: usize = 100_000;
+
 impl Policy {
     /// Opens the store (replaying the local files, or connecting to Redis:
     /// an unreachable Redis fails here) and starts background flushing.
@@ -354,6 +362,7 @@ impl Policy {
                     pending: Mutex::new(queued),
                     spill,
                     replaying: tokio::sync::Mutex::new(()),
+                    releases: Mutex::new(VecDeque::new()),
                 }
             }
             None => match &settings.data_dir {
@@ -718,7 +727,8 @@ impl Policy {
             handle.spawn(async move {
                 if let Store::Redis { redis, .. } = &policy.0.store {
                     if let Err(StoreDown(reason)) = redis.release(&checks, &id).await {
-                        tracing::debug!(%reason, "cannot release a reservation; it expires by itself");
+                        tracing::debug!(%reason, "cannot release a reservation yet; retried with the queued spend");
+                        policy.queue_release(checks, id);
                     }
                 }
             });
@@ -788,7 +798,42 @@ impl Policy {
         }
     }
 
+    fn queue_release(&self, checks: Checks, id: String) {
+        if let Store::Redis { releases, .. } = &self.0.store {
+            let mut queue = releases.lock();
+            if queue.len() >= MAX_QUEUED_RELEASES {
+                queue.pop_front();
+            }
+            queue.push_back((checks, id));
+        }
+    }
+
+    /// Retries the releases Redis did not take; those it still refuses stay
+    /// queued.
+    async fn replay_releases(&self) {
+        let Store::Redis { redis, releases, .. } = &self.0.store else {
+            return;
+        };
+        let queued: Vec<(Checks, String)> = releases.lock().drain(..).collect();
+        let mut failed = Vec::new();
+        for (checks, id) in queued {
+            if !failed.is_empty() || redis.release(&checks, &id).await.is_err() {
+                failed.push((checks, id));
+            }
+        }
+        if !failed.is_empty() {
+            let mut queue = releases.lock();
+            for entry in failed.into_iter().rev() {
+                queue.push_front(entry);
+            }
+            while queue.len() > MAX_QUEUED_RELEASES {
+                queue.pop_front();
+            }
+        }
+    }
+
     async fn replay_pending(&self) {
+        self.replay_releases().await;
         let Store::Redis {
             redis,
             pending,

@@ -299,3 +299,57 @@ async fn a_lost_admission_reply_does_not_keep_its_slot() {
         admitted.err()
     );
 }
+
+// A release Redis refuses (here: scripts are not allowed for a moment, so
+// it never runs) is retried with the queued spend, instead of holding the
+// key's only slot until `hold_ttl` (60 s in these settings).
+#[tokio::test]
+async fn a_refused_release_is_retried() {
+    let redis = RedisServer::start();
+    let mut settings = settings(&redis.url(), None);
+    if let Some(r) = settings.redis.as_mut() {
+        r.failure_mode = FailureMode::FailClosed;
+        r.timeout = Duration::from_millis(500);
+    }
+    settings.keys[0].1.limits.max_parallel_requests = Some(1);
+    let policy = Policy::open(settings).await.unwrap();
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let demand = demand();
+    let ticket = policy.admit(&principal, &demand).await.unwrap();
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let acl = |rules: &[&str]| {
+        let mut cmd = redis::cmd("ACL");
+        cmd.arg("SETUSER").arg("default");
+        for rule in rules {
+            cmd.arg(*rule);
+        }
+        cmd
+    };
+    let _: () = acl(&["-eval", "-evalsha"]).query_async(&mut conn).await.unwrap();
+    drop(ticket);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = policy.admit(&principal, &demand).await;
+    assert!(matches!(refused, Err(Denied::Unavailable)), "{:?}", refused.err());
+    let _: () = acl(&["+@all"]).query_async(&mut conn).await.unwrap();
+
+    let mut admitted = policy.admit(&principal, &demand).await;
+    for _ in 0..50 {
+        if admitted.is_ok() {
+            break;
+        }
+        assert!(
+            matches!(admitted, Err(Denied::TooManyParallel { .. })),
+            "{:?}",
+            admitted.err()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        admitted = policy.admit(&principal, &demand).await;
+    }
+    assert!(
+        admitted.is_ok(),
+        "the refused release kept the key's only slot: {:?}",
+        admitted.err()
+    );
+}
