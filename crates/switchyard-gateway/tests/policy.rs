@@ -810,3 +810,30 @@ async fn a_stream_without_usage_is_charged_for_what_it_streamed() {
         "{record}"
     );
 }
+
+/// An upstream answer `/v1/messages` cannot translate is a 502 that is still
+/// charged, and says so, with the key's rate-limit headers like any answer.
+#[tokio::test]
+async fn an_untranslatable_answer_is_charged_and_keeps_the_limit_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let odd = format!(
+        "  - model_name: odd\n    deployments:\n      - provider: openai\n        model: \"mock-model::wrong_shape\"\n        api_base: {}\n        api_key: k\n        input_cost_per_token: 0.000001\n        output_cost_per_token: 0.000002\n  - model_name: mock-b\n",
+        mock.base_url()
+    );
+    let yaml = config(dir.path(), "", 0).replace("  - model_name: mock-b\n", &odd);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let key = generate(&gw, json!({"rpm_limit": 10})).await;
+    let answer = send(
+        client()
+            .post(format!("{}/v1/messages", gw.base_url()))
+            .header("x-api-key", &key)
+            .json(&json!({"model": "odd", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert_eq!(answer.body["type"], "error", "{}", answer.body);
+    assert_eq!(answer.header("x-ratelimit-limit-requests"), "10");
+    // 3 prompt and 2 completion tokens, as the upstream reported.
+    assert_eq!(nanos(answer.header("x-switchyard-response-cost")), 3 * 1000 + 2 * 2000);
+}

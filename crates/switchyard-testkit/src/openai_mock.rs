@@ -80,7 +80,8 @@ pub(crate) fn json_response(status: StatusCode, body: &Value) -> Response {
         .unwrap_or_else(|_| Response::new(Body::empty()))
 }
 
-/// Applies the non-streaming body faults (`reset_after`, `malformed_json`).
+/// Applies the non-streaming body faults (`reset_after`, `malformed_json`,
+/// `wrong_shape`).
 pub(crate) fn non_stream_fault(scenario: &Scenario) -> Option<Response> {
     if scenario.reset_after.is_some() {
         return Some(reset_response());
@@ -92,6 +93,11 @@ pub(crate) fn non_stream_fault(scenario: &Scenario) -> Option<Response> {
             .body(Body::from(r#"{"id": "broken", "choices": ["#))
             .unwrap_or_else(|_| Response::new(Body::empty()));
         return Some(response);
+    }
+    if scenario.wrong_shape {
+        let body = json!({"id": "odd", "object": "chat.completion",
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}});
+        return Some(json_response(StatusCode::OK, &body));
     }
     None
 }

@@ -64,6 +64,9 @@ pub struct Scenario {
     /// OpenAI streaming: send no usage chunk even when the request asks for
     /// one (`stream_options.include_usage`), as some compatible servers do.
     pub no_usage: bool,
+    /// Non-streaming: reply 200 with valid JSON that is not an answer (no
+    /// `choices`), with usage.
+    pub wrong_shape: bool,
 }
 
 impl Scenario {
@@ -106,6 +109,7 @@ impl Scenario {
                 "fail_first" => scenario.fail_first = Some(number(name, value)?),
                 "context_window" => scenario.context_window = Some(number(name, value)?),
                 "content_filter" => scenario.content_filter = flag(name, value)?,
+                "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
                 "no_usage" => scenario.no_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),

@@ -227,7 +227,12 @@ async fn messages_inner(
                     metering::cost_header(&mut response, record.as_ref());
                     response
                 }
-                Err(e) => return failed(e.into()),
+                // Charged, so the answer says what it cost, like any other.
+                Err(e) => {
+                    let mut response = failed(e.into());
+                    metering::cost_header(&mut response, record.as_ref());
+                    response
+                }
             }
         }
     };
