@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
-use switchyard_api::{ErrorBody, Usage};
+use switchyard_api::Usage;
 
 use crate::sse::{EventStream, sse_chunks, sse_events};
 use crate::{ChunkStream, ProviderError, ProviderResponse, Result, TimeoutPhase};
@@ -196,13 +196,17 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         // `try_`: a value too large for a Duration (`1e20`) is ignored, not a panic.
         .and_then(|s| Duration::try_from_secs_f64(s).ok());
     let body: Bytes = read_body(response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
-    match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(parsed) => ProviderError::Status {
+    match serde_json::from_slice::<ErrorEnvelope>(&body) {
+        Ok(ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error)) => ProviderError::Status {
             status: status.as_u16(),
-            message: parsed.error.message,
-            kind: Some(parsed.error.kind),
-            code: parsed.error.code,
-            param: parsed.error.param,
+            message: error.message,
+            kind: error.kind,
+            code: error.code.and_then(|c| match c {
+                serde_json::Value::String(s) => Some(s),
+                serde_json::Value::Number(n) => Some(n.to_string()),
+                _ => None,
+            }),
+            param: error.param,
             retry_after,
         },
         Err(_) => {
@@ -225,9 +229,59 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
     }
 }
 
+/// An upstream's error body, read leniently: OpenAI's envelope with any of
+/// `type`, `code` and `param` left out (Azure's errors have no `type`), or
+/// the flat `{"object": "error", "message", "type", "code"}` of vLLM.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ErrorEnvelope {
+    Wrapped { error: LenientError },
+    Flat(LenientError),
+}
+
+#[derive(Debug, Deserialize)]
+struct LenientError {
+    message: String,
+    #[serde(rename = "type", default, deserialize_with = "string_or_none")]
+    kind: Option<String>,
+    #[serde(default)]
+    code: Option<serde_json::Value>,
+    #[serde(default, deserialize_with = "string_or_none")]
+    param: Option<String>,
+}
+
+/// A string, or `None` for any other JSON value.
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Option<String>, D::Error> {
+    Ok(match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Some(s),
+        _ => None,
+    })
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    #[test]
+    fn error_bodies_are_read_without_a_type_or_an_envelope() {
+        use super::{ErrorEnvelope, LenientError};
+        let read = |body: &str| match serde_json::from_str::<ErrorEnvelope>(body).unwrap() {
+            ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error) => error,
+        };
+        // Azure's content filter: no `type`, a string code.
+        let azure: LenientError = read(
+            r#"{"error":{"message":"The response was filtered","param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation"}}}"#,
+        );
+        assert_eq!(azure.message, "The response was filtered");
+        assert_eq!(azure.kind, None);
+        assert_eq!(azure.code, Some(serde_json::json!("content_filter")));
+        assert_eq!(azure.param.as_deref(), Some("prompt"));
+        // vLLM: flat, with a numeric code.
+        let vllm = read(r#"{"object":"error","message":"too long","type":"BadRequestError","param":null,"code":400}"#);
+        assert_eq!(vllm.message, "too long");
+        assert_eq!(vllm.kind.as_deref(), Some("BadRequestError"));
+        assert_eq!(vllm.code, Some(serde_json::json!(400)));
+    }
+
     use super::*;
     use switchyard_testkit::MockUpstream;
 

@@ -13,7 +13,7 @@ use switchyard_api::anthropic::{ContentBlock, MessageRole, MessagesResponse, Mes
 use switchyard_api::{ChatCompletionChunk, Extra, Usage};
 use switchyard_providers::{ChunkStream, ProviderError};
 
-use super::translate::{messages_usage, stop_reason};
+use super::translate::{final_stop_reason, messages_usage, stop_reason};
 use crate::error::ApiError;
 
 /// Frames one event as `event: NAME\ndata: JSON\n\n`.
@@ -97,6 +97,8 @@ struct Converter {
     next_index: u32,
     stop_reason: Option<String>,
     usage: Option<Usage>,
+    /// Whether a tool call was streamed.
+    used_tools: bool,
 }
 
 impl Converter {
@@ -172,6 +174,7 @@ impl Converter {
                             input: Some(json!({})),
                             ..ContentBlock::default()
                         };
+                        self.used_tools = true;
                         self.open(block, Some(tool), out)
                     }
                 };
@@ -198,7 +201,7 @@ impl Converter {
         self.close(out);
         out.push(event(&StreamEvent::MessageDelta {
             delta: switchyard_api::anthropic::MessageDelta {
-                stop_reason: self.stop_reason.clone().or_else(|| Some("end_turn".into())),
+                stop_reason: Some(final_stop_reason(self.stop_reason.as_deref(), self.used_tools)),
                 stop_sequence: None,
             },
             usage: messages_usage(self.usage.as_ref()),
@@ -215,6 +218,7 @@ pub fn from_chat_chunks(chunks: ChunkStream, deployment: String) -> Response {
         next_index: 0,
         stop_reason: None,
         usage: None,
+        used_tools: false,
     };
     let out = stream::unfold(
         (chunks, converter, deployment, false),

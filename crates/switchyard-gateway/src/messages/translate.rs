@@ -210,6 +210,18 @@ pub fn stop_reason(finish_reason: Option<&str>) -> Option<String> {
     })
 }
 
+/// The `stop_reason` a finished answer reports: `tool_use` whenever it
+/// called a tool, even if the upstream said `stop` (some OpenAI-compatible
+/// servers do), since agent loops look for it.
+pub fn final_stop_reason(mapped: Option<&str>, used_tools: bool) -> String {
+    match mapped {
+        None | Some("end_turn") if used_tools => "tool_use",
+        None => "end_turn",
+        Some(reason) => reason,
+    }
+    .to_owned()
+}
+
 /// Anthropic usage for OpenAI usage (cached prompt tokens reported separately).
 pub fn messages_usage(usage: Option<&Usage>) -> MessagesUsage {
     let Some(u) = usage else {
@@ -246,15 +258,30 @@ pub fn to_messages_response(resp: ChatCompletionResponse) -> MessagesResponse {
             });
         }
     }
+    let used_tools = content.iter().any(|b| b.kind == "tool_use");
     MessagesResponse {
         id: resp.id,
         kind: "message".into(),
         role: MessageRole::Assistant,
         model: resp.model,
         content,
-        stop_reason: stop_reason(finish.as_deref()).or_else(|| Some("end_turn".into())),
+        stop_reason: Some(final_stop_reason(stop_reason(finish.as_deref()).as_deref(), used_tools)),
         stop_sequence: None,
         usage: messages_usage(resp.usage.as_ref()),
         extra: Extra::new(),
+    }
+}
+
+#[cfg(test)]
+mod stop_tests {
+    use super::*;
+
+    #[test]
+    fn an_answer_that_called_a_tool_stops_for_it() {
+        assert_eq!(final_stop_reason(Some("end_turn"), true), "tool_use");
+        assert_eq!(final_stop_reason(None, true), "tool_use");
+        assert_eq!(final_stop_reason(None, false), "end_turn");
+        assert_eq!(final_stop_reason(Some("max_tokens"), true), "max_tokens");
+        assert_eq!(final_stop_reason(Some("end_turn"), false), "end_turn");
     }
 }

@@ -120,6 +120,11 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
                     Err(e) if event.event == "error" || event.data.contains("\"error\"") => queue.push_back(Err(
                         ProviderError::Stream(format!("error event from the upstream ({e})")),
                     )),
+                    // Anthropic may add event types; clients are to ignore
+                    // those they do not know.
+                    Err(_) if is_unknown_event(&event.data) => {
+                        tracing::debug!(event = %event.event, "unknown Anthropic stream event skipped");
+                    }
                     Err(e) => queue.push_back(Err(ProviderError::Stream(format!(
                         "malformed `{}` event from the upstream ({e})",
                         event.event
@@ -129,4 +134,36 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         }
     });
     Box::pin(chunks)
+}
+
+/// Whether `data` is a JSON object whose `type` is no event this stream
+/// knows.
+fn is_unknown_event(data: &str) -> bool {
+    const KNOWN: &[&str] = &[
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    ];
+    serde_json::from_str::<serde_json::Value>(data)
+        .ok()
+        .and_then(|v| v.get("type").and_then(serde_json::Value::as_str).map(str::to_owned))
+        .is_some_and(|kind| !KNOWN.contains(&kind.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_unknown_event;
+
+    #[test]
+    fn only_event_types_it_does_not_know_are_skipped() {
+        assert!(is_unknown_event(r#"{"type":"message_annotation","x":1}"#));
+        assert!(!is_unknown_event(r#"{"type":"content_block_delta","index":"bad"}"#));
+        assert!(!is_unknown_event("{not json"));
+        assert!(!is_unknown_event(r#"{"no_type":1}"#));
+    }
 }

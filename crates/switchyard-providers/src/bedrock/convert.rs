@@ -151,9 +151,38 @@ pub(crate) struct ConverseInput {
     pub(crate) tools: Option<ToolConfiguration>,
 }
 
+/// Converse refuses `toolUse` and `toolResult` blocks without a
+/// `toolConfig`, which OpenAI does not require (a follow-up request may
+/// replay tool calls without offering tools). The tools the conversation
+/// called are declared then, with any input allowed.
+fn history_tools(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
+    let mut names: Vec<&str> = Vec::new();
+    for call in req.messages.iter().flat_map(|m| m.tool_calls.iter().flatten()) {
+        if !names.contains(&call.function.name.as_str()) {
+            names.push(&call.function.name);
+        }
+    }
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut specs = Vec::with_capacity(names.len());
+    for name in names {
+        let spec = ToolSpecification::builder()
+            .name(name)
+            .description("A tool called earlier in this conversation.")
+            .input_schema(ToolInputSchema::Json(to_document(
+                &serde_json::json!({"type": "object"}),
+            )))
+            .build();
+        specs.push(Tool::ToolSpec(built(spec, "messages")?));
+    }
+    let config = ToolConfiguration::builder().set_tools(Some(specs)).build();
+    Ok(Some(built(config, "messages")?))
+}
+
 fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
     let Some(tools) = req.extra.get("tools").and_then(Value::as_array) else {
-        return Ok(None);
+        return history_tools(req);
     };
     let mut specs = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
@@ -283,7 +312,13 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     };
     let inference = InferenceConfiguration::builder()
         .max_tokens(max_tokens.min(i32::MAX as u32) as i32)
-        .set_temperature(req.extra.get("temperature").and_then(Value::as_f64).map(|t| t as f32))
+        // Converse takes 0–1; OpenAI clients may send up to 2.
+        .set_temperature(
+            req.extra
+                .get("temperature")
+                .and_then(Value::as_f64)
+                .map(|t| t.clamp(0.0, 1.0) as f32),
+        )
         .set_top_p(req.extra.get("top_p").and_then(Value::as_f64).map(|t| t as f32))
         .set_stop_sequences(stop)
         .build();
@@ -350,4 +385,48 @@ pub(crate) fn to_chat_response(
         finish,
         output.usage.as_ref().map(usage),
     )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn converse(body: Value) -> ConverseInput {
+        let req: ChatCompletionRequest = serde_json::from_value(body).unwrap();
+        to_converse(&req, 1024).unwrap()
+    }
+
+    #[test]
+    fn temperature_is_clamped_to_the_converse_range() {
+        let input = converse(json!({"model": "m", "temperature": 1.7,
+            "messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(input.inference.temperature(), Some(1.0));
+    }
+
+    #[test]
+    fn tools_called_earlier_are_declared_when_none_are_offered() {
+        let input = converse(json!({"model": "m", "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}},
+                {"id": "c2", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "tool", "tool_call_id": "c2", "content": "sunny"},
+            {"role": "user", "content": "summarise"}
+        ]}));
+        let tools = input.tools.unwrap();
+        let names: Vec<&str> = tools
+            .tools()
+            .iter()
+            .filter_map(|t| t.as_tool_spec().ok())
+            .map(|s| s.name())
+            .collect();
+        assert_eq!(names, vec!["get_weather"]);
+        let plain = converse(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
+        assert!(plain.tools.is_none());
+    }
 }
