@@ -13,6 +13,34 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| ProviderError::InvalidConfig(format!("request could not be encoded: {e}")))
 }
 
+/// The chat request as sent: reasoning models (o1, o3, o4, gpt-5 families)
+/// refuse `max_tokens` and take `max_completion_tokens`, so a request that
+/// sets only the former has it renamed for them. Other bodies are encoded
+/// as they are.
+fn encode_chat(req: &ChatCompletionRequest) -> Result<Vec<u8>> {
+    if is_reasoning_model(&req.model)
+        && req.extra.contains_key("max_tokens")
+        && !req.extra.contains_key("max_completion_tokens")
+    {
+        let mut req = req.clone();
+        if let Some(limit) = req.extra.remove("max_tokens") {
+            req.extra.insert("max_completion_tokens".into(), limit);
+        }
+        return encode(&req);
+    }
+    encode(req)
+}
+
+/// Whether `model` (an upstream model or Azure deployment name, possibly
+/// behind a `provider/` prefix) is of a family that refuses `max_tokens`.
+fn is_reasoning_model(model: &str) -> bool {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    ["o1", "o3", "o4", "gpt-5"].iter().any(|family| {
+        name.strip_prefix(family)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', '.', '_']))
+    })
+}
+
 fn header_value(secret: &Secret, prefix: &str) -> Result<HeaderValue> {
     HeaderValue::from_str(&format!("{prefix}{}", secret.expose()))
         .map_err(|_| ProviderError::InvalidConfig("the API key contains characters not allowed in a header".into()))
@@ -41,11 +69,11 @@ macro_rules! openai_wire_provider {
             }
 
             async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
-                self.0.http.post_json(&self.0.chat_url, encode(req)?).await
+                self.0.http.post_json(&self.0.chat_url, encode_chat(req)?).await
             }
 
             async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
-                self.0.http.post_stream(&self.0.chat_url, encode(req)?).await
+                self.0.http.post_stream(&self.0.chat_url, encode_chat(req)?).await
             }
 
             async fn completion(&self, req: &CompletionRequest) -> Result<ProviderResponse> {
@@ -128,3 +156,30 @@ impl AzureProvider {
 }
 
 openai_wire_provider!(AzureProvider, "azure");
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasoning_models_get_max_completion_tokens() {
+        for model in ["o1", "o3-mini", "o4-mini-2025-04-16", "gpt-5", "gpt-5.1", "openai/o3"] {
+            assert!(is_reasoning_model(model), "{model}");
+        }
+        for model in ["gpt-4o", "gpt-4.1-mini", "o1x", "llama-3-o1", "ollama"] {
+            assert!(!is_reasoning_model(model), "{model}");
+        }
+        let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "o3-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req).unwrap()).unwrap();
+        assert_eq!(body["max_completion_tokens"], 50);
+        assert!(body.get("max_tokens").is_none());
+        let mut other = req.clone();
+        other.model = "gpt-4o".into();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&other).unwrap()).unwrap();
+        assert_eq!(body["max_tokens"], 50);
+    }
+}
