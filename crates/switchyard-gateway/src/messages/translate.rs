@@ -85,7 +85,27 @@ fn convert_message(
                 extra: Extra::new(),
             }),
             "tool_result" => {
-                let mut text = block.content.as_ref().map(Content::text).unwrap_or_default();
+                // OpenAI tool messages hold text only: images a tool returned
+                // go to the user message that follows the tool messages.
+                let mut texts = Vec::new();
+                let nested = block.content.clone().map(Content::into_blocks).unwrap_or_default();
+                for (k, inner) in nested.iter().enumerate() {
+                    let param = format!("{param}.content[{k}]");
+                    match inner.kind.as_str() {
+                        "text" => texts.push(inner.text.clone().unwrap_or_default()),
+                        "image" => {
+                            parts.push(image_part(inner.source.as_ref().unwrap_or(&Value::Null), &param)?);
+                            texts.push("(image in the next message)".to_owned());
+                        }
+                        other => {
+                            return Err(invalid(
+                                format!("tool results with `{other}` content are not supported here"),
+                                &param,
+                            ));
+                        }
+                    }
+                }
+                let mut text = texts.join("\n");
                 if block.is_error == Some(true) {
                     text = format!("Error: {text}");
                 }
@@ -283,5 +303,49 @@ mod stop_tests {
         assert_eq!(final_stop_reason(None, false), "end_turn");
         assert_eq!(final_stop_reason(Some("max_tokens"), true), "max_tokens");
         assert_eq!(final_stop_reason(Some("end_turn"), false), "end_turn");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tool_result_tests {
+    use super::*;
+
+    #[test]
+    fn images_a_tool_returned_follow_in_a_user_message() {
+        let req: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10,
+            "messages": [
+                {"role": "user", "content": "look"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "screenshot", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "t1", "content": [
+                        {"type": "text", "text": "taken"},
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}}
+                    ]},
+                    {"type": "text", "text": "what is on it?"}
+                ]}
+            ]
+        }))
+        .unwrap();
+        let chat = to_chat_request(&req).unwrap();
+        let roles: Vec<Role> = chat.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, vec![Role::User, Role::Assistant, Role::Tool, Role::User]);
+        assert_eq!(chat.messages[2].content_text(), "taken\n(image in the next message)");
+        let Some(MessageContent::Parts(parts)) = &chat.messages[3].content else {
+            panic!("{:?}", chat.messages[3]);
+        };
+        let kinds: Vec<&str> = parts.iter().map(|p| p.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["image_url", "text"]);
+        assert_eq!(parts[0].extra["image_url"]["url"], "data:image/png;base64,iVBORw0KGgo=");
+
+        let bad: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1",
+                "content": [{"type": "document", "source": {}}]}]}]
+        }))
+        .unwrap();
+        let err = to_chat_request(&bad).unwrap_err();
+        assert_eq!(err.parts().2.as_deref(), Some("messages[0].content[0].content[0]"));
     }
 }
