@@ -156,6 +156,11 @@ pub struct MessagesRequest {
     /// Every other parameter (`top_k`, `metadata`, `thinking`, …), kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+    /// Beta features the client asked for in its `anthropic-beta` header:
+    /// not part of the body; sent on as that header to Anthropic and as
+    /// the body's `anthropic_beta` to Bedrock.
+    #[serde(skip)]
+    pub betas: Vec<String>,
 }
 
 impl MessagesRequest {

@@ -322,6 +322,37 @@ async fn run_contract(provider: &str) {
         }
         assert_eq!(text, "mock reply: stream me please", "{body}");
     }
+    if provider == "anthropic" || provider == "bedrock" {
+        // Beta features the client names reach Anthropic as its header and
+        // Bedrock as the body's `anthropic_beta`.
+        let response = c
+            .http
+            .post(format!("{}/v1/messages", c.base))
+            .header("anthropic-beta", "beta-one-2025-01-01, beta-two-2025-02-02")
+            .json(&json!({"model": "contract", "max_tokens": 64,
+                "messages": [{"role": "user", "content": "hello"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{provider}");
+        let seen = mock.last_request().unwrap();
+        if provider == "anthropic" {
+            let header = seen.headers.iter().find(|(name, _)| name == "anthropic-beta");
+            assert_eq!(
+                header.map(|(_, v)| v.as_str()),
+                Some("beta-one-2025-01-01,beta-two-2025-02-02"),
+                "{:?}",
+                seen.headers
+            );
+        } else {
+            assert_eq!(
+                seen.body["anthropic_beta"],
+                json!(["beta-one-2025-01-01", "beta-two-2025-02-02"]),
+                "{}",
+                seen.body
+            );
+        }
+    }
 
     // Streaming tool calls reassemble to the same arguments as the non-streaming call.
     let (_, whole) = c.chat(with_tools(user("parallel", "weather and time?"))).await;

@@ -94,13 +94,26 @@ impl HttpUpstream {
 
     /// Sends a JSON body and waits for the response head, within the first-byte timeout.
     async fn send(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<reqwest::Response> {
-        let request = self
+        self.send_with(url, body, None).await
+    }
+
+    /// [`Self::send`] with one more header for this request only.
+    async fn send_with(
+        &self,
+        url: &reqwest::Url,
+        body: Vec<u8>,
+        header: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<reqwest::Response> {
+        let mut request = self
             .client
             .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
             .timeout(self.timeouts.total)
-            .body(body)
-            .send();
+            .body(body);
+        if let Some((name, value)) = header {
+            request = request.header(name, value);
+        }
+        let request = request.send();
         let response = match tokio::time::timeout(self.timeouts.first_byte, request).await {
             Ok(result) => result.map_err(ProviderError::from_reqwest)?,
             Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
@@ -137,14 +150,24 @@ impl HttpUpstream {
     }
 
     /// POSTs JSON asking for a stream and returns its raw SSE events.
-    pub(crate) async fn post_events(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<EventStream> {
-        let response = self.send(url, body).await?;
+    pub(crate) async fn post_events(
+        &self,
+        url: &reqwest::Url,
+        body: Vec<u8>,
+        header: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<EventStream> {
+        let response = self.send_with(url, body, header).await?;
         Ok(sse_events(response, self.timeouts.first_byte))
     }
 
     /// POSTs JSON and returns the validated body bytes, whatever their schema.
-    pub(crate) async fn post_bytes(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<Bytes> {
-        let response = self.send(url, body).await?;
+    pub(crate) async fn post_bytes(
+        &self,
+        url: &reqwest::Url,
+        body: Vec<u8>,
+        header: Option<(HeaderName, HeaderValue)>,
+    ) -> Result<Bytes> {
+        let response = self.send_with(url, body, header).await?;
         read_body(response, MAX_BODY_BYTES).await
     }
 }

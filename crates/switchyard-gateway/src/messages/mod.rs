@@ -74,13 +74,29 @@ fn failed(Failed { error, attempts }: Failed) -> Response {
     failure_response(AnthropicError(error).into_response(), attempts)
 }
 
+/// The beta features named in `anthropic-beta` headers (comma-separated,
+/// possibly repeated).
+fn betas(headers: &axum::http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("anthropic-beta")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 /// `POST /v1/messages`.
 pub(crate) async fn messages(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     Extension(ctx): Extension<RequestContext>,
-    JsonBody(req): JsonBody<MessagesRequest>,
+    headers: axum::http::HeaderMap,
+    JsonBody(mut req): JsonBody<MessagesRequest>,
 ) -> Response {
+    req.betas = betas(&headers);
     let model = req.model.clone();
     let span_model = crate::observe::span_model(&state, &model);
     let span = tracing::debug_span!(

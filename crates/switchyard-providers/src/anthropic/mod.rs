@@ -93,18 +93,34 @@ impl AnthropicProvider {
 
     /// Sends an Anthropic-format request as is and returns the upstream's JSON.
     pub async fn messages(&self, req: &MessagesRequest) -> Result<Bytes> {
-        self.http.post_bytes(&self.messages_url, encode(req)?).await
+        self.http
+            .post_bytes(&self.messages_url, encode(req)?, beta_header(&req.betas)?)
+            .await
     }
 
     /// Counts the input tokens of an Anthropic-format request.
     pub async fn count_tokens(&self, req: &serde_json::Value) -> Result<Bytes> {
-        self.http.post_bytes(&self.count_tokens_url, encode(req)?).await
+        self.http.post_bytes(&self.count_tokens_url, encode(req)?, None).await
     }
 
     /// Sends an Anthropic-format streaming request and returns the raw events.
     pub async fn messages_stream(&self, req: &MessagesRequest) -> Result<EventStream> {
-        self.http.post_events(&self.messages_url, encode(req)?).await
+        self.http
+            .post_events(&self.messages_url, encode(req)?, beta_header(&req.betas)?)
+            .await
     }
+}
+
+/// The `anthropic-beta` header for the betas a client asked for.
+fn beta_header(betas: &[String]) -> Result<Option<(HeaderName, HeaderValue)>> {
+    if betas.is_empty() {
+        return Ok(None);
+    }
+    let value = HeaderValue::from_str(&betas.join(",")).map_err(|_| ProviderError::InvalidRequest {
+        message: "`anthropic-beta` holds characters not allowed in a header".into(),
+        param: None,
+    })?;
+    Ok(Some((HeaderName::from_static("anthropic-beta"), value)))
 }
 
 impl Provider for AnthropicProvider {

@@ -287,6 +287,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         tools,
         tool_choice,
         extra,
+        betas: Vec::new(),
     })
 }
 

@@ -27,6 +27,9 @@ pub(crate) fn invoke_body(req: &MessagesRequest) -> Result<Vec<u8>> {
         map.remove("model");
         map.remove("stream");
         map.insert("anthropic_version".into(), json!(BEDROCK_ANTHROPIC_VERSION));
+        if !req.betas.is_empty() {
+            map.insert("anthropic_beta".into(), json!(req.betas));
+        }
     }
     serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidConfig(format!("cannot encode the request: {e}")))
 }
