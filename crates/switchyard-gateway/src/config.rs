@@ -713,7 +713,11 @@ fn validate_router(entry: &RouterEntry, path: &str, issues: &mut Vec<ConfigIssue
     Some(RouterSpec {
         location: location?,
         objective,
-        candidates: entry.candidates.clone(),
+        candidates: entry
+            .candidates
+            .iter()
+            .map(|(model, group)| (model.clone(), group.trim().to_owned()))
+            .collect(),
         poll_interval: (entry.poll_interval_ms > 0).then(|| Duration::from_millis(entry.poll_interval_ms)),
         s3: entry.s3.clone(),
     })
@@ -760,6 +764,22 @@ pub(crate) fn resolve_secret(
     }
 }
 
+/// A credential: a secret that may not be empty. An empty one (typically a
+/// variable set to nothing, as `${KEY:-}` does in Compose files) would only
+/// fail later, as every request's 401.
+fn resolve_credential(value: &str, path: &str, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Option<Secret> {
+    let secret = resolve_secret(value, path, env, issues)?;
+    if secret.expose().trim().is_empty() {
+        let what = match value.strip_prefix("os.environ/") {
+            Some(name) => format!("environment variable `{name}` is empty"),
+            None => "is empty".to_owned(),
+        };
+        issues.push(issue(path, what));
+        return None;
+    }
+    Some(secret)
+}
+
 pub(crate) fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
     ConfigIssue {
         path: path.into(),
@@ -784,6 +804,11 @@ fn check_price(value: Option<f64>, path: &str, issues: &mut Vec<ConfigIssue>) ->
             0.0
         }
     }
+}
+
+/// Each name without surrounding whitespace.
+fn trimmed(names: &[String]) -> Vec<String> {
+    names.iter().map(|n| n.trim().to_owned()).collect()
 }
 
 fn validate_deployment(
@@ -849,7 +874,7 @@ fn validate_deployment(
     let api_key = entry
         .api_key
         .as_deref()
-        .and_then(|k| resolve_secret(k, &format!("{path}.api_key"), env, issues));
+        .and_then(|k| resolve_credential(k, &format!("{path}.api_key"), env, issues));
     let headers = entry
         .headers
         .iter()
@@ -972,7 +997,7 @@ fn validate_aws(
     let secret = |key: &str, value: &Option<String>, issues: &mut Vec<ConfigIssue>| {
         value
             .as_deref()
-            .and_then(|v| resolve_secret(v, &format!("{path}.{key}"), env, issues))
+            .and_then(|v| resolve_credential(v, &format!("{path}.{key}"), env, issues))
     };
     let id = secret("aws_access_key_id", &entry.aws_access_key_id, issues);
     let key = secret("aws_secret_access_key", &entry.aws_secret_access_key, issues);
@@ -1064,9 +1089,10 @@ impl Config {
                     .routing_strategy
                     .clone()
                     .unwrap_or_else(|| self.router_settings.routing_strategy.clone()),
-                fallbacks: entry.fallbacks.clone(),
-                context_window_fallbacks: entry.context_window_fallbacks.clone(),
-                content_policy_fallbacks: entry.content_policy_fallbacks.clone(),
+                // Names are compared trimmed above; they are kept that way.
+                fallbacks: trimmed(&entry.fallbacks),
+                context_window_fallbacks: trimmed(&entry.context_window_fallbacks),
+                content_policy_fallbacks: trimmed(&entry.content_policy_fallbacks),
                 deployments,
                 router,
             });

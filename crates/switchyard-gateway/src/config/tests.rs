@@ -68,6 +68,29 @@ fn secrets_resolve_from_the_environment_and_never_print() {
 }
 
 #[test]
+fn an_empty_credential_fails_at_load() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: gpt\n        api_base: http://127.0.0.1:9/v1\n        api_key: os.environ/TEST_KEY\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[("TEST_KEY", "")])).unwrap_err().to_string();
+    assert!(
+        err.contains("model_list[0].deployments[0].api_key: environment variable `TEST_KEY` is empty"),
+        "{err}"
+    );
+}
+
+#[test]
+fn fallback_and_candidate_names_are_kept_trimmed() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    fallbacks: [\"b \"]\n    deployments:\n      - {provider: mock, model: m}\n  - model_name: b\n    deployments:\n      - {provider: mock, model: m}\n",
+    )
+    .unwrap();
+    let models = config.validate(&env(&[])).unwrap();
+    assert_eq!(models[0].fallbacks, vec!["b".to_owned()]);
+}
+
+#[test]
 fn overrides_win_over_the_file() {
     let config = load(
         Source::Text("server:\n  port: 5000\nmodel_list: []\n"),
