@@ -226,10 +226,18 @@ pub struct RouterStatus {
     pub last_error: Option<String>,
     /// Unix time of the last check of the manifest.
     pub last_checked: Option<u64>,
-    /// The version that was rejected last; not retried until the manifest changes.
+    /// The version that was rejected last; not retried until the manifest
+    /// changes, except one that could not be read, retried after
+    /// [`RETRY_READ_AFTER`] (the store may not have answered).
     #[serde(skip)]
     rejected_version: Option<String>,
+    /// When the rejected version could not be read.
+    #[serde(skip)]
+    read_failed_at: Option<std::time::Instant>,
 }
+
+/// How long a version that could not be read waits before it is read again.
+const RETRY_READ_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The predicted scores and the choice of one request, reported in headers and logs.
 #[derive(Debug, Clone)]
@@ -360,6 +368,7 @@ impl LearnedRoute {
                 self.update_status(|s| {
                     s.rejected += 1;
                     s.rejected_version = version;
+                    s.read_failed_at = Some(std::time::Instant::now());
                     s.last_error = Some(error.to_string());
                 });
                 return Err(error);
@@ -379,6 +388,7 @@ impl LearnedRoute {
                 self.update_status(|s| {
                     s.rejected += 1;
                     s.rejected_version = Some(version);
+                    s.read_failed_at = None;
                     s.last_error = Some(reason.clone());
                 });
                 Err(LoadError::Rejected { location, reason })
@@ -398,8 +408,10 @@ impl LearnedRoute {
             }
         };
         let current = self.current().map(|l| l.version.clone());
-        let rejected = self.status().rejected_version;
-        if current.as_ref() == Some(&version) || rejected.as_ref() == Some(&version) {
+        let status = self.status();
+        let held = status.rejected_version.as_ref() == Some(&version)
+            && status.read_failed_at.is_none_or(|at| at.elapsed() < RETRY_READ_AFTER);
+        if current.as_ref() == Some(&version) || held {
             return;
         }
         if let Err(e) = self.reload().await {

@@ -94,9 +94,14 @@ fn litellm_report(path: &PathBuf) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn check_config(path: Option<PathBuf>, show_notices: bool) -> anyhow::Result<()> {
+fn check_config(runtime: &tokio::runtime::Runtime, path: Option<PathBuf>, show_notices: bool) -> anyhow::Result<()> {
     let config = config::load(source(path.as_ref()), &Overrides::default())?;
-    let state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
+    let mut state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
+    // Learned routers are loaded and checked against the configuration as
+    // start-up would, so a missing or mismatched artifact fails here too.
+    runtime
+        .block_on(state.start_learned())
+        .context("a learned router cannot be loaded")?;
     let mut out = std::io::stdout().lock();
     for notice in config.notices.iter().filter(|_| show_notices) {
         writeln!(out, "warning: {notice}")?;
@@ -225,11 +230,11 @@ fn main() -> anyhow::Result<()> {
         let _entered = runtime.enter();
         if let Some(file) = litellm {
             if litellm_report(&file)? {
-                return check_config(Some(file), false);
+                return check_config(&runtime, Some(file), false);
             }
-            return check_config(Some(file), true);
+            return check_config(&runtime, Some(file), true);
         }
-        return check_config(path.or(cli.config), true);
+        return check_config(&runtime, path.or(cli.config), true);
     }
     runtime.block_on(run(cli))
 }

@@ -165,12 +165,35 @@ pub struct Live {
     state: ArcSwap<AppState>,
     router: ArcSwap<Router>,
     config: parking_lot::Mutex<(Config, String)>,
-    /// The fingerprint of the last configuration refused, not retried by the watch.
-    refused: parking_lot::Mutex<Option<String>>,
+    /// The last configuration refused: its fingerprint, when, and whether
+    /// the failure may pass by itself (something it needs could not start,
+    /// e.g. an artifact store that did not answer). The watch does not retry
+    /// an invalid one; one that failed to start it retries after
+    /// [`RETRY_START_AFTER`].
+    refused: parking_lot::Mutex<Option<Refused>>,
     reloading: tokio::sync::Mutex<()>,
     draining: AtomicBool,
     reloads: AtomicU64,
     rejected: AtomicU64,
+}
+
+/// A configuration version the watch does not apply again as it is.
+#[derive(Debug, Clone)]
+struct Refused {
+    fingerprint: String,
+    at: std::time::Instant,
+    may_pass: bool,
+}
+
+/// How long the watch waits before it tries again a configuration whose
+/// start failed.
+const RETRY_START_AFTER: Duration = Duration::from_secs(30);
+
+impl Refused {
+    /// Whether the watch should leave `fingerprint` alone now.
+    fn holds(&self, fingerprint: &str) -> bool {
+        self.fingerprint == fingerprint && (!self.may_pass || self.at.elapsed() < RETRY_START_AFTER)
+    }
 }
 
 impl std::fmt::Debug for Live {
@@ -220,11 +243,14 @@ impl Live {
         let _one_at_a_time = self.reloading.lock().await;
         if !force {
             let fingerprint = self.origin.fingerprint().await?;
-            if fingerprint == self.config.lock().1 || self.refused.lock().as_deref() == Some(fingerprint.as_str()) {
+            if fingerprint == self.config.lock().1
+                || self.refused.lock().as_ref().is_some_and(|r| r.holds(&fingerprint))
+            {
                 return Ok(false);
             }
         }
-        let result = self.apply().await;
+        let mut tried = None;
+        let result = self.apply(&mut tried).await;
         match &result {
             Ok(()) => {
                 *self.refused.lock() = None;
@@ -233,8 +259,15 @@ impl Live {
                 tracing::info!(trigger, "configuration reloaded");
             }
             Err(e) => {
-                if let Ok(fingerprint) = self.origin.fingerprint().await {
-                    *self.refused.lock() = Some(fingerprint);
+                // The version that was read and failed, not whatever the
+                // source holds by now; one that could not be read is not
+                // marked, so the watch tries again.
+                if let Some(fingerprint) = tried {
+                    *self.refused.lock() = Some(Refused {
+                        fingerprint,
+                        at: std::time::Instant::now(),
+                        may_pass: matches!(e, ReloadError::Start(_)),
+                    });
                 }
                 self.rejected.fetch_add(1, Ordering::Relaxed);
                 self.state().metrics.config_reload(false);
@@ -244,8 +277,11 @@ impl Live {
         result.map(|()| true)
     }
 
-    async fn apply(&self) -> Result<(), ReloadError> {
+    /// Reads, validates, starts and swaps in the configuration; `tried`
+    /// gets the fingerprint of the version read.
+    async fn apply(&self, tried: &mut Option<String>) -> Result<(), ReloadError> {
         let fetched = self.origin.fetch().await?;
+        *tried = Some(fetched.fingerprint.clone());
         let config = parse(&fetched, &self.overrides)?;
         let mut next = crate::build_state(&config, self.env.as_ref())?;
         let old = self.state.load_full();
@@ -260,13 +296,20 @@ impl Live {
                     tracing::warn!(section, "this section changed; it takes effect at the next restart");
                 }
             }
-            next.inherit(&old, previous.cache == config.cache);
+            // A semantic index holds the embedder's vectors: with another
+            // embedder, the cache starts afresh.
+            next.inherit(
+                &old,
+                previous.cache == config.cache && previous.embedder == config.embedder,
+            );
         }
-        next.policy
-            .set_known_models(config.model_list.iter().map(|m| m.model_name.clone()));
         next.start_learned()
             .await
             .map_err(|e| ReloadError::Start(e.to_string()))?;
+        // Only once nothing can fail: the policy is shared with the state
+        // that keeps serving if this reload is refused.
+        next.policy
+            .set_known_models(config.model_list.iter().map(|m| m.model_name.trim().to_owned()));
         for notice in &config.notices {
             tracing::warn!("configuration: {notice}");
         }
@@ -390,5 +433,40 @@ async fn reload_route(live: &Live, headers: &axum::http::HeaderMap) -> Response 
             message: format!("The configuration was not applied; the previous one keeps serving. {e}"),
         }
         .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_version_is_held_and_one_that_failed_to_start_is_retried_later() {
+        let now = std::time::Instant::now();
+        let invalid = Refused {
+            fingerprint: "v2".into(),
+            at: now,
+            may_pass: false,
+        };
+        assert!(invalid.holds("v2"));
+        assert!(!invalid.holds("v3"), "another version is tried");
+        let start_failed = Refused {
+            fingerprint: "v2".into(),
+            at: now,
+            may_pass: true,
+        };
+        assert!(start_failed.holds("v2"));
+        if let Some(long_ago) = now.checked_sub(RETRY_START_AFTER + Duration::from_secs(1)) {
+            let old = Refused {
+                at: long_ago,
+                ..start_failed
+            };
+            assert!(!old.holds("v2"), "retried once the wait is over");
+            let old_invalid = Refused {
+                at: long_ago,
+                ..invalid
+            };
+            assert!(old_invalid.holds("v2"), "an invalid version is never retried as it is");
+        }
     }
 }

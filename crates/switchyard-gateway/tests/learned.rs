@@ -540,6 +540,15 @@ fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("mystery") && stderr.contains("rejected"), "{stderr}");
+    // `check-config` finds it too, before a rollout.
+    let checked = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!checked.status.success());
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(stderr.contains("mystery"), "{stderr}");
 }
 
 fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {

@@ -193,6 +193,37 @@ async fn reloads_under_load_fail_no_request_and_bad_configs_change_nothing() {
     );
     assert_eq!(ask(&client, &base, "a").await, (200, "v3".into()));
     assert_eq!(reload("sk-not-the-master").await.0, 403);
+    // A configuration that is valid but cannot start (its router artifact is
+    // missing) changes nothing either: not even the models keys may name.
+    let model_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/all-MiniLM-L6-v2")
+        .canonicalize()
+        .expect("the embedding model: run `cargo xtask models fetch`");
+    let unstartable = format!(
+        "embedder:\n  model_dir: \"{}\"\n{}",
+        model_dir.display(),
+        config(
+            "v4",
+            "  - model_name: c\n    deployments:\n      - {provider: mock, model: c-1}\n  - model_name: auto\n    router:\n      artifact: /nonexistent/router\n      candidates: {m1: a, m2: c}\n",
+            ""
+        )
+    );
+    std::fs::write(gw.config_path(), unstartable).unwrap();
+    let (status, body) = reload(MASTER).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("nonexistent"),
+        "{body}"
+    );
+    let key = client
+        .post(format!("{base}/key/generate"))
+        .bearer_auth(MASTER)
+        .json(&json!({"models": ["c"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(key.status(), 400, "{}", key.text().await.unwrap());
+    assert_eq!(ask(&client, &base, "a").await, (200, "v3".into()));
 
     // 4. Fixed, and reloaded through the API.
     std::fs::write(gw.config_path(), config("v5", "", "")).unwrap();
