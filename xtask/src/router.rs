@@ -185,6 +185,16 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if !(0.0..0.9).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 0.9)");
     }
+    if args.k == 0 {
+        bail!("--k must be at least 1");
+    }
+    if matches!(args.router, Kind::Mlp)
+        && let Some(score) = data.scores.iter().flatten().find(|s| !(0.0..=1.0).contains(*s))
+    {
+        bail!(
+            "the MLP is trained on scores in [0, 1] (binary cross-entropy); this data has {score}: rescale it (e.g. divide 1–10 ratings by 10)"
+        );
+    }
     let embedder = embedder(&root, &args.model_dir)?;
     let x = embed_all(&root, &embedder, &data)?;
     let (train_idx, val_idx) = data.split(args.val_fraction, args.seed);

@@ -91,12 +91,13 @@ fn read_files(inputs: &[PathBuf]) -> Result<Vec<Value>> {
         }
         for path in with_rotated(input) {
             let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            // Read as bytes: a torn line may end inside a UTF-8 character.
+            for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
                 let line = line.with_context(|| format!("cannot read {}", path.display()))?;
-                if line.trim().is_empty() {
+                if line.trim_ascii().is_empty() {
                     continue;
                 }
-                match serde_json::from_str(&line) {
+                match serde_json::from_slice(&line) {
                     Ok(v) => lines.push(v),
                     // A torn last line of a live file.
                     Err(e) => eprintln!("{}:{}: skipped: {e}", path.display(), i + 1),

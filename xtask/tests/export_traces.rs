@@ -97,6 +97,11 @@ async fn a_rotated_request_log_exports_to_routing_data_a_router_trains_on() {
     let log = RequestLog::open(&settings, Metrics::new()).await.unwrap();
     write_traffic(&log, 60).await;
     assert!(dir.path().join("requests.jsonl.1").exists(), "the log rotated");
+    // A line torn inside a UTF-8 character (a write cut short) is skipped.
+    drop(log);
+    let mut live = std::fs::OpenOptions::new().append(true).open(&log_path).unwrap();
+    std::io::Write::write_all(&mut live, b"{\"type\":\"request\",\"prompt\":\"caf\xc3").unwrap();
+    drop(live);
 
     let data = dir.path().join("data.jsonl");
     let (ok, out) = xtask(&[

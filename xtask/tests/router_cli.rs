@@ -182,6 +182,23 @@ fn bad_arguments_fail_with_a_clear_message() {
     let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok);
     assert!(log.contains("--val-fraction"), "{log}");
+    let mut args = base(&train);
+    args.extend(["--k".into(), "0".into()]);
+    let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok);
+    assert!(log.contains("--k must be at least 1"), "{log}");
+    // The MLP learns scores in [0, 1]; a 1–10 rating must be rescaled.
+    let rated = dir.path().join("rated.jsonl");
+    let text = std::fs::read_to_string(&train)
+        .unwrap()
+        .replace("\"big\":1.0", "\"big\":7.0");
+    assert!(text.contains("7.0"), "{text}");
+    std::fs::write(&rated, text).unwrap();
+    let mut args = base(&rated);
+    args[2] = "mlp".into();
+    let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok);
+    assert!(log.contains("rescale"), "{log}");
 
     std::fs::write(&train, "{\"id\": 1, \"query\": \"x\"\n").unwrap();
     let (ok, log) = xtask(&base(&train).iter().map(String::as_str).collect::<Vec<_>>());

@@ -243,6 +243,14 @@ impl LearnedRouter {
                 "models and mean_costs must be non-empty and equally long".into(),
             ));
         }
+        if manifest.mean_costs.iter().any(|c| !c.is_finite() || *c < 0.0) {
+            return Err(ArtifactError::Invalid(
+                "mean_costs must be finite and not negative".into(),
+            ));
+        }
+        if manifest.knn.as_ref().is_some_and(|k| k.k == 0) {
+            return Err(ArtifactError::Invalid("knn.k must be at least 1".into()));
+        }
         let predictor = match manifest.kind {
             PredictorKind::Knn => {
                 let path = dir.join("knn.safetensors");
@@ -254,19 +262,31 @@ impl LearnedRouter {
                 };
                 let embeddings = get("embeddings")?.to_vec2::<f32>()?;
                 let scores = get("scores")?.to_vec2::<f32>()?;
-                if embeddings.len() != scores.len()
+                if embeddings.is_empty()
+                    || embeddings.len() != scores.len()
                     || embeddings.first().is_some_and(|e| e.len() != manifest.dims)
                     || scores.first().is_some_and(|s| s.len() != m)
                 {
                     return Err(ArtifactError::Invalid(
-                        "knn.safetensors does not match the manifest".into(),
+                        "knn.safetensors does not match the manifest (or holds no query)".into(),
+                    ));
+                }
+                if embeddings.iter().chain(&scores).flatten().any(|v| !v.is_finite()) {
+                    return Err(ArtifactError::Invalid(
+                        "knn.safetensors holds a value that is not a finite number".into(),
                     ));
                 }
                 Predictor::Knn(KnnIndex::build(embeddings, scores, manifest.knn.unwrap_or_default()))
             }
             PredictorKind::Mlp => {
                 let hidden = manifest.mlp.unwrap_or_default().hidden;
-                Predictor::Mlp(Mlp::load(&dir.join("mlp.safetensors"), manifest.dims, hidden, m)?)
+                let mlp = Mlp::load(&dir.join("mlp.safetensors"), manifest.dims, hidden, m)?;
+                if !mlp.is_finite()? {
+                    return Err(ArtifactError::Invalid(
+                        "mlp.safetensors holds a weight that is not a finite number".into(),
+                    ));
+                }
+                Predictor::Mlp(mlp)
             }
         };
         Ok(Self { manifest, predictor })
@@ -348,6 +368,47 @@ mod tests {
                     .contains("format version 99")
             );
         }
+    }
+
+    #[test]
+    fn artifacts_with_values_that_cannot_predict_are_rejected() {
+        let x: Vec<Vec<f32>> = (0..4)
+            .map(|i| {
+                let mut v = vec![0.0; 4];
+                v[i] = 1.0;
+                v
+            })
+            .collect();
+        let knn = |y: Vec<Vec<f32>>, edit: &dyn Fn(&mut Manifest)| {
+            let mut manifest = manifest(PredictorKind::Knn);
+            edit(&mut manifest);
+            let router = LearnedRouter {
+                predictor: Predictor::Knn(KnnIndex::build(x.clone(), y, manifest.knn.clone().unwrap_or_default())),
+                manifest,
+            };
+            let dir = tempfile::tempdir().unwrap();
+            router.save(dir.path()).unwrap();
+            LearnedRouter::load(dir.path()).map(|_| ()).map_err(|e| e.to_string())
+        };
+        let good = vec![vec![1.0, 0.0]; 4];
+        assert_eq!(knn(good.clone(), &|_| {}), Ok(()));
+        let mut nan = good.clone();
+        nan[2][1] = f32::NAN;
+        assert!(knn(nan, &|_| {}).unwrap_err().contains("finite"));
+        assert!(
+            knn(good.clone(), &|m| m.mean_costs[0] = -1.0)
+                .unwrap_err()
+                .contains("mean_costs")
+        );
+        assert!(
+            knn(good, &|m| {
+                if let Some(k) = m.knn.as_mut() {
+                    k.k = 0;
+                }
+            })
+            .unwrap_err()
+            .contains("knn.k")
+        );
     }
 
     #[test]

@@ -280,6 +280,18 @@ impl Mlp {
     pub fn dims(&self) -> usize {
         self.dims
     }
+
+    /// Whether every weight is a finite number (a NaN would make every
+    /// prediction NaN).
+    pub fn is_finite(&self) -> Result<bool, candle_core::Error> {
+        for var in self.varmap.all_vars() {
+            let values = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+            if values.iter().any(|v| !v.is_finite()) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]
