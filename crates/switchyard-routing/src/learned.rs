@@ -383,7 +383,7 @@ mod tests {
             let mut manifest = manifest(PredictorKind::Knn);
             edit(&mut manifest);
             let router = LearnedRouter {
-                predictor: Predictor::Knn(KnnIndex::build(x.clone(), y, manifest.knn.clone().unwrap_or_default())),
+                predictor: Predictor::Knn(KnnIndex::build(x.clone(), y, manifest.knn.unwrap_or_default())),
                 manifest,
             };
             let dir = tempfile::tempdir().unwrap();
