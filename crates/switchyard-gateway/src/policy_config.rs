@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use switchyard_policy::key::{apply_key_field, apply_team_field, expiry_from};
+use switchyard_policy::key::{apply_key_field, apply_team_field};
 use switchyard_policy::period::now_ms;
 use switchyard_policy::{FailureMode, FsyncPolicy, KeyRecord, PolicySettings, RedisSettings, TeamRecord};
 
@@ -189,13 +189,25 @@ impl PolicyConfig {
             }
             let mut record = KeyRecord::new(&plaintext, now, true);
             for (name, value) in entry.iter().filter(|(n, _)| n.as_str() != "key") {
-                let result = if name == "duration" {
-                    expiry_from(value, now).map(|e| record.expires_at = e)
-                } else {
-                    apply_key_field(&mut record, name, value)
-                };
-                if let Err(e) = result {
-                    issues.push(issue(format!("{path}.{}", e.param), e.message));
+                match name.as_str() {
+                    // Counted from each start, a lifetime would never end
+                    // for a replica restarted often enough.
+                    "duration" => issues.push(issue(
+                        format!("{path}.duration"),
+                        "a key declared here has no creation time to count from: set `expires` (e.g. 2027-01-01T00:00:00Z) instead",
+                    )),
+                    "expires" => match value.as_str().map(str::parse::<jiff::Timestamp>) {
+                        Some(Ok(at)) => record.expires_at = Some(at.as_millisecond()),
+                        _ => issues.push(issue(
+                            format!("{path}.expires"),
+                            "must be an RFC 3339 time, e.g. 2027-01-01T00:00:00Z",
+                        )),
+                    },
+                    _ => {
+                        if let Err(e) = apply_key_field(&mut record, name, value) {
+                            issues.push(issue(format!("{path}.{}", e.param), e.message));
+                        }
+                    }
                 }
             }
             known(&record.limits.models, &path, issues);

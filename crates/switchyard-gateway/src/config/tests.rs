@@ -81,6 +81,24 @@ fn an_empty_credential_fails_at_load() {
 }
 
 #[test]
+fn a_declared_key_expires_at_a_time_not_after_a_duration() {
+    let yaml = |field: &str| {
+        format!(
+            "policy:\n  keys:\n    - key: sk-declared-key-0001\n      {field}\nmodel_list:\n  - model_name: a\n    deployments:\n      - {{provider: mock, model: m}}\n"
+        )
+    };
+    let check = |field: &str| crate::build_state(&parse(&yaml(field)).unwrap(), &env(&[])).map(|_| ());
+    let err = check("duration: 30d").unwrap_err().to_string();
+    assert!(
+        err.contains("policy.keys[0].duration") && err.contains("expires"),
+        "{err}"
+    );
+    let err = check("expires: next week").unwrap_err().to_string();
+    assert!(err.contains("policy.keys[0].expires"), "{err}");
+    assert!(check("expires: 2027-01-01T00:00:00Z").is_ok());
+}
+
+#[test]
 fn fallback_and_candidate_names_are_kept_trimmed() {
     let config = parse(
         "model_list:\n  - model_name: a\n    fallbacks: [\"b \"]\n    deployments:\n      - {provider: mock, model: m}\n  - model_name: b\n    deployments:\n      - {provider: mock, model: m}\n",
