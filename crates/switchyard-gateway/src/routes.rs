@@ -467,7 +467,24 @@ async fn chat_completions(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    openai(state, &principal, &ctx, &model, Call::Chat(&mut req), options, controls).await
+    detached(async move { openai(state, &principal, &ctx, &model, Call::Chat(&mut req), options, controls).await })
+        .await
+}
+
+/// Handles a request on a task of its own, so that a client that goes away
+/// before its answer does not cut the handling short: the upstream call
+/// (which the provider bills whether or not anyone waits) finishes, and is
+/// charged and logged. A stream that has started still stops when its
+/// client leaves, since its body is only read while the client is there.
+pub(crate) async fn detached<F>(work: F) -> Response
+where
+    F: std::future::Future<Output = Response> + Send + 'static,
+{
+    use tracing::Instrument as _;
+    match tokio::spawn(work.in_current_span()).await {
+        Ok(response) => response,
+        Err(e) => ApiError::Internal(format!("the request's task failed: {e}")).into_response(),
+    }
 }
 
 async fn completions(
@@ -482,15 +499,18 @@ async fn completions(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    openai(
-        state,
-        &principal,
-        &ctx,
-        &model,
-        Call::Completion(&mut req),
-        options,
-        controls,
-    )
+    detached(async move {
+        openai(
+            state,
+            &principal,
+            &ctx,
+            &model,
+            Call::Completion(&mut req),
+            options,
+            controls,
+        )
+        .await
+    })
     .await
 }
 
@@ -513,15 +533,18 @@ async fn embeddings(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    openai(
-        state,
-        &principal,
-        &ctx,
-        &model,
-        Call::Embeddings(&mut req),
-        options,
-        controls,
-    )
+    detached(async move {
+        openai(
+            state,
+            &principal,
+            &ctx,
+            &model,
+            Call::Embeddings(&mut req),
+            options,
+            controls,
+        )
+        .await
+    })
     .await
 }
 

@@ -837,3 +837,37 @@ async fn an_untranslatable_answer_is_charged_and_keeps_the_limit_headers() {
     // 3 prompt and 2 completion tokens, as the upstream reported.
     assert_eq!(nanos(answer.header("x-switchyard-response-cost")), 3 * 1000 + 2 * 2000);
 }
+
+/// A client that gives up on a JSON answer does not make it free: the
+/// upstream call goes on (the provider bills it either way) and is charged.
+#[tokio::test]
+async fn a_request_its_client_left_is_still_charged() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 1_500));
+    let key = generate(&gw, json!({"key_alias": "impatient"})).await;
+    let gave_up = client()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(&key)
+        .timeout(Duration::from_millis(300))
+        .json(&json!({"model": "mock-a", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was to time out first");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = admin_get(&gw, "/spend/logs").await;
+        let charged = logs
+            .body
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["key_alias"] == "impatient");
+        if let Some(record) = charged {
+            assert_eq!(record["cost_nanos"], json!(HELLO_COST_NANOS), "{record}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never charged: {}", logs.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

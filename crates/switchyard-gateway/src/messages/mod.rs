@@ -110,9 +110,8 @@ pub(crate) async fn messages(
         "gen_ai.usage.output_tokens" = Empty,
         "switchyard.deployment" = Empty,
     );
-    let mut response = messages_inner(state.clone(), principal, ctx, req)
-        .instrument(span)
-        .await;
+    let work = messages_inner(state.clone(), principal, ctx, req).instrument(span);
+    let mut response = crate::routes::detached(work).await;
     crate::observe::label_failure(&state, &model, &mut response);
     response
 }
