@@ -6,9 +6,9 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use std::time::Duration;
+use switchyard_gateway::Overrides;
 use switchyard_gateway::config::{self, ProcessEnv};
 use switchyard_gateway::reload::{self, Live, Origin};
-use switchyard_gateway::{Overrides, Source};
 
 /// mimalloc: faster small allocations under concurrency than the system allocator.
 #[global_allocator]
@@ -29,10 +29,10 @@ struct Cli {
     #[arg(long)]
     port: Option<u16>,
     /// S3 endpoint for an `s3://bucket/key` configuration (MinIO, LocalStack, a VPC endpoint).
-    #[arg(long, env = "SWITCHYARD_S3_ENDPOINT_URL")]
+    #[arg(long, env = "SWITCHYARD_S3_ENDPOINT_URL", global = true)]
     s3_endpoint_url: Option<String>,
     /// Path-style S3 addressing, which most S3-compatible stores need.
-    #[arg(long, env = "SWITCHYARD_S3_FORCE_PATH_STYLE")]
+    #[arg(long, env = "SWITCHYARD_S3_FORCE_PATH_STYLE", global = true)]
     s3_force_path_style: bool,
     #[command(subcommand)]
     command: Option<Command>,
@@ -48,10 +48,6 @@ enum Command {
         #[arg(long, value_name = "FILE", conflicts_with = "path")]
         litellm: Option<PathBuf>,
     },
-}
-
-fn source(path: Option<&PathBuf>) -> Source<'_> {
-    path.map_or(Source::Embedded, |p| Source::File(p))
 }
 
 /// Prints how a LiteLLM configuration maps onto Switchyard's; `false` when
@@ -94,8 +90,18 @@ fn litellm_report(path: &PathBuf) -> anyhow::Result<bool> {
     Ok(true)
 }
 
-fn check_config(runtime: &tokio::runtime::Runtime, path: Option<PathBuf>, show_notices: bool) -> anyhow::Result<()> {
-    let config = config::load(source(path.as_ref()), &Overrides::default())?;
+fn check_config(
+    runtime: &tokio::runtime::Runtime,
+    path: Option<PathBuf>,
+    s3: &config::S3Entry,
+    show_notices: bool,
+) -> anyhow::Result<()> {
+    // Read as the server would: a file, or an `s3://` object.
+    let config = runtime.block_on(async {
+        let origin = Origin::from_arg(path.as_ref(), s3).await?;
+        let fetched = origin.fetch().await?;
+        anyhow::Ok(reload::parse(&fetched, &Overrides::default())?)
+    })?;
     let mut state = switchyard_gateway::build_state(&config, &ProcessEnv)?;
     // Learned routers are loaded and checked against the configuration as
     // start-up would, so a missing or mismatched artifact fails here too.
@@ -228,13 +234,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(Command::CheckConfig { path, litellm }) = cli.command {
         // Inside the runtime: clients (Redis) are made, not connected.
         let _entered = runtime.enter();
+        let s3 = config::S3Entry {
+            endpoint_url: cli.s3_endpoint_url,
+            region: None,
+            force_path_style: cli.s3_force_path_style,
+        };
         if let Some(file) = litellm {
             if litellm_report(&file)? {
-                return check_config(&runtime, Some(file), false);
+                return check_config(&runtime, Some(file), &s3, false);
             }
-            return check_config(&runtime, Some(file), true);
+            return check_config(&runtime, Some(file), &s3, true);
         }
-        return check_config(&runtime, path.or(cli.config), true);
+        return check_config(&runtime, path.or(cli.config), &s3, true);
     }
     runtime.block_on(run(cli))
 }

@@ -357,6 +357,25 @@ async fn a_configuration_in_s3_is_polled_by_etag() {
     })
     .await;
     assert!(models(&base).await.contains(&"b".to_owned()));
+
+    // `check-config` reads the object as the server does.
+    let check = |key: &str| {
+        std::process::Command::new(BIN)
+            .args(["check-config", &format!("s3://fleet/{key}"), "--s3-force-path-style"])
+            .env("SWITCHYARD_S3_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", MOTO_ACCESS_KEY_ID)
+            .env("AWS_SECRET_ACCESS_KEY", MOTO_SECRET_ACCESS_KEY)
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let ok = check("gateway/config.yaml");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("configuration is valid"));
+    put(config("v", MODEL_B, "").replace("model_name: b", "model_name: b\n    routing_strategy: telepathy")).await;
+    let bad = check("gateway/config.yaml");
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("telepathy"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
