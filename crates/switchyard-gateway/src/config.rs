@@ -849,6 +849,21 @@ fn validate_deployment(
     if entry.mock.is_some() && entry.provider != ProviderKind::Mock {
         issues.push(issue(format!("{path}.mock"), "is only used by the mock provider"));
     }
+    if matches!(entry.provider, ProviderKind::Bedrock | ProviderKind::Mock) {
+        let (what, instead) = match entry.provider {
+            ProviderKind::Bedrock => ("bedrock", "it signs with AWS credentials (aws_access_key_id, …)"),
+            _ => ("the mock provider", "it calls nothing"),
+        };
+        if entry.api_key.is_some() {
+            issues.push(issue(
+                format!("{path}.api_key"),
+                format!("is not used by {what}: {instead}"),
+            ));
+        }
+        if !entry.headers.is_empty() {
+            issues.push(issue(format!("{path}.headers"), format!("are not sent by {what}")));
+        }
+    }
     if let Some(q) = entry.quality
         && !(0.0..=1.0).contains(&q)
     {

@@ -259,3 +259,17 @@ fn the_learned_router_example_is_valid() {
     assert_eq!(router.location, ArtifactLocation::Local("models/routers/auto".into()));
     assert_eq!(router.candidates["gpt-4-1106-preview"], "gpt-4");
 }
+
+#[test]
+fn settings_a_provider_ignores_are_refused() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: bedrock\n        model: anthropic.claude-3-5-sonnet-20240620-v1:0\n        aws_region: us-east-1\n        api_key: sk-not-for-bedrock\n      - provider: mock\n        model: m\n        headers: {x-a: b}\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[])).unwrap_err().to_string();
+    assert!(
+        err.contains("model_list[0].deployments[0].api_key: is not used by bedrock"),
+        "{err}"
+    );
+    assert!(err.contains("model_list[0].deployments[1].headers"), "{err}");
+}
