@@ -47,7 +47,8 @@ pub struct Report {
     /// The oracle's AIQ (its points over λ).
     pub oracle_aiq: f64,
     /// Cost, as a fraction of the best single model's, at which the router
-    /// reaches 95% of that model's quality (`None` if never).
+    /// reaches 95% of that model's quality (`None` if never, or if that
+    /// model costs nothing).
     pub cost_for_95: Option<f64>,
     /// The same for 100%.
     pub cost_for_100: Option<f64>,
@@ -108,11 +109,10 @@ fn hull(points: &[Point]) -> Vec<Point> {
 
 /// Area under the non-decreasing upper hull of `points` over `[lo, hi]`,
 /// divided by `hi − lo`. Below the cheapest point the curve is 0; above the
-/// priciest it stays at its last value.
+/// priciest it stays at its last value. When the range is a single cost
+/// (every model costs the same, or the data has no costs), the mean over it
+/// is the curve's value there.
 pub fn aiq(points: &[Point], lo: f64, hi: f64) -> f64 {
-    if hi <= lo {
-        return 0.0;
-    }
     let hull = hull(points);
     let f = |c: f64| -> f64 {
         let Some(first) = hull.first() else { return 0.0 };
@@ -127,6 +127,9 @@ pub fn aiq(points: &[Point], lo: f64, hi: f64) -> f64 {
         }
         hull.last().map_or(0.0, |p| p.quality)
     };
+    if hi <= lo {
+        return f(lo);
+    }
     // The curve is piecewise linear: integrate exactly between breakpoints.
     let mut xs: Vec<f64> = vec![lo, hi];
     xs.extend(hull.iter().map(|p| p.cost).filter(|&c| c > lo && c < hi));
@@ -224,7 +227,8 @@ pub fn evaluate(
     };
     let router_points: Vec<Point> = sweep.iter().map(|s| s.point).collect();
     let (lo, hi) = (cheapest.1.cost, priciest);
-    let base_cost = best_single.1.cost.max(f64::MIN_POSITIVE);
+    // A share of the best single model's cost; none when that costs nothing.
+    let base_cost = Some(best_single.1.cost).filter(|c| *c > 0.0);
     Report {
         oracle: oracle_sweep.first().copied().unwrap_or(Point {
             cost: 0.0,
@@ -233,8 +237,12 @@ pub fn evaluate(
         aiq: aiq(&router_points, lo, hi),
         zero_router_aiq: aiq(&singles, lo, hi),
         oracle_aiq: aiq(&oracle_sweep, lo, hi),
-        cost_for_95: cost_to_reach(&router_points, 0.95 * best_single.1.quality).map(|c| c / base_cost),
-        cost_for_100: cost_to_reach(&router_points, best_single.1.quality).map(|c| c / base_cost),
+        cost_for_95: cost_to_reach(&router_points, 0.95 * best_single.1.quality)
+            .zip(base_cost)
+            .map(|(c, b)| c / b),
+        cost_for_100: cost_to_reach(&router_points, best_single.1.quality)
+            .zip(base_cost)
+            .map(|(c, b)| c / b),
         sweep,
         single,
         best_single,
@@ -266,6 +274,9 @@ mod tests {
         // Nothing below the cheapest point.
         let a = aiq(&[p(0.5, 1.0)], 0.0, 1.0);
         assert!((a - 0.5).abs() < 1e-6, "{a}");
+        // A single cost: the best quality reached there.
+        let a = aiq(&[p(0.0, 0.6), p(0.0, 0.9), p(0.0, 0.3)], 0.0, 0.0);
+        assert!((a - 0.9).abs() < 1e-9, "{a}");
     }
 
     #[test]
