@@ -145,7 +145,7 @@ fn endpoint(call: &Call<'_>) -> Option<&'static str> {
         Call::Chat(_) => Some("chat"),
         Call::Completion(_) => Some("completions"),
         Call::Embeddings(_) => Some("embeddings"),
-        Call::Messages(_) | Call::CountTokens(_) => None,
+        Call::Messages(_) | Call::CountTokens(..) => None,
     }
 }
 
@@ -154,7 +154,7 @@ fn body_of(call: &Call<'_>) -> Option<Value> {
         Call::Chat(req) => serde_json::to_value(&**req).ok(),
         Call::Completion(req) => serde_json::to_value(&**req).ok(),
         Call::Embeddings(req) => serde_json::to_value(&**req).ok(),
-        Call::Messages(_) | Call::CountTokens(_) => None,
+        Call::Messages(_) | Call::CountTokens(..) => None,
     }
 }
 

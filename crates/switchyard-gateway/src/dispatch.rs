@@ -120,7 +120,7 @@ pub(crate) enum Call<'r> {
     /// `POST /v1/messages`.
     Messages(&'r mut MessagesRequest),
     /// `POST /v1/messages/count_tokens`.
-    CountTokens(&'r mut Value),
+    CountTokens(&'r mut Value, &'r [String]),
 }
 
 impl Call<'_> {
@@ -130,7 +130,7 @@ impl Call<'_> {
             Call::Chat(_) | Call::Messages(_) => "chat",
             Call::Completion(_) => "text_completion",
             Call::Embeddings(_) => "embeddings",
-            Call::CountTokens(_) => "count_tokens",
+            Call::CountTokens(..) => "count_tokens",
         }
     }
 
@@ -159,7 +159,7 @@ impl Call<'_> {
                     .chain(req.messages.iter().map(|m| m.content.text()))
                     .collect(),
             )),
-            Call::Embeddings(_) | Call::CountTokens(_) => None,
+            Call::Embeddings(_) | Call::CountTokens(..) => None,
         }
     }
 }
@@ -612,7 +612,7 @@ async fn attempt(
                 }
             }
         }
-        Call::CountTokens(body) => {
+        Call::CountTokens(body, betas) => {
             let ProviderClient::Anthropic(p) = client else {
                 return Err(ProviderError::Unsupported {
                     provider: client.kind(),
@@ -620,7 +620,7 @@ async fn attempt(
                 });
             };
             body["model"] = Value::String(deployment.model.clone());
-            p.count_tokens(body).await.map(Reply::Native)
+            p.count_tokens(body, betas).await.map(Reply::Native)
         }
     }
 }

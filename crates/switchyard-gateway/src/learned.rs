@@ -57,8 +57,35 @@ enum Source {
     },
 }
 
-/// The artifact was replaced while it was read: try again at the next poll.
-const CHANGED_WHILE_READ: &str = "the manifest changed while it was read";
+/// Why an artifact could not be read.
+#[derive(Debug)]
+enum ReadFailure {
+    /// It was replaced while it was read: try again at the next poll.
+    Changed,
+    /// Its store did not answer, or a file could not be read: this may pass.
+    Unreachable(String),
+    /// It was read, and is not a router this build can load.
+    Invalid(String),
+}
+
+impl std::fmt::Display for ReadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadFailure::Changed => f.write_str("the manifest changed while it was read"),
+            ReadFailure::Unreachable(reason) | ReadFailure::Invalid(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// A failure of `LearnedRouter::load` on files that were there to read.
+fn load_failure(e: switchyard_routing::learned::ArtifactError) -> ReadFailure {
+    match e {
+        // A file that cannot be read (or a manifest torn by a writer) may
+        // be whole at the next read.
+        switchyard_routing::learned::ArtifactError::Io { .. } => ReadFailure::Unreachable(e.to_string()),
+        other => ReadFailure::Invalid(other.to_string()),
+    }
+}
 
 /// How long one check (and reload) of an artifact may take.
 const POLL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -137,18 +164,18 @@ impl Source {
     }
 
     /// Reads the artifact; returns it with the version it was read at.
-    async fn load(&self) -> Result<(LearnedRouter, String), String> {
+    async fn load(&self) -> Result<(LearnedRouter, String), ReadFailure> {
         match self {
             Source::Local(dir) => {
-                let before = local_version(&dir.join("manifest.json"))?;
+                let before = local_version(&dir.join("manifest.json")).map_err(ReadFailure::Unreachable)?;
                 let path = dir.clone();
                 let router = tokio::task::spawn_blocking(move || LearnedRouter::load(&path))
                     .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
-                let after = local_version(&dir.join("manifest.json"))?;
+                    .map_err(|e| ReadFailure::Invalid(e.to_string()))?
+                    .map_err(load_failure)?;
+                let after = local_version(&dir.join("manifest.json")).map_err(ReadFailure::Unreachable)?;
                 if before != after {
-                    return Err(CHANGED_WHILE_READ.into());
+                    return Err(ReadFailure::Changed);
                 }
                 Ok((router, before))
             }
@@ -170,22 +197,24 @@ impl Source {
                         .into_bytes();
                     Ok::<_, String>((bytes, etag))
                 };
-                let (manifest_bytes, etag) = get("manifest.json").await?;
-                let manifest: Manifest =
-                    serde_json::from_slice(&manifest_bytes).map_err(|e| format!("manifest.json: {e}"))?;
+                let (manifest_bytes, etag) = get("manifest.json").await.map_err(ReadFailure::Unreachable)?;
+                let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+                    .map_err(|e| ReadFailure::Invalid(format!("manifest.json: {e}")))?;
                 let data_file = match manifest.kind {
                     PredictorKind::Knn => "knn.safetensors",
                     PredictorKind::Mlp => "mlp.safetensors",
                 };
-                let (data, _) = get(data_file).await?;
+                let (data, _) = get(data_file).await.map_err(ReadFailure::Unreachable)?;
                 let router = tokio::task::spawn_blocking(move || {
-                    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-                    std::fs::write(dir.path().join(data_file), &data).map_err(|e| e.to_string())?;
-                    std::fs::write(dir.path().join("manifest.json"), &manifest_bytes).map_err(|e| e.to_string())?;
-                    LearnedRouter::load(dir.path()).map_err(|e| e.to_string())
+                    let local = |e: std::io::Error| ReadFailure::Unreachable(format!("a temporary copy: {e}"));
+                    let dir = tempfile::tempdir().map_err(local)?;
+                    std::fs::write(dir.path().join(data_file), &data).map_err(local)?;
+                    std::fs::write(dir.path().join("manifest.json"), &manifest_bytes).map_err(local)?;
+                    // Read whole from S3: what does not load is the artifact's fault.
+                    LearnedRouter::load(dir.path()).map_err(|e| ReadFailure::Invalid(e.to_string()))
                 })
                 .await
-                .map_err(|e| e.to_string())??;
+                .map_err(|e| ReadFailure::Invalid(e.to_string()))??;
                 Ok((router, etag))
             }
         }
@@ -357,18 +386,28 @@ impl LearnedRoute {
         let location = self.spec.location.to_string();
         let (router, version) = match self.source.load().await {
             Ok(loaded) => loaded,
-            Err(reason) if reason == CHANGED_WHILE_READ => {
-                return Err(LoadError::Read { location, reason });
+            Err(failure @ ReadFailure::Changed) => {
+                return Err(LoadError::Read {
+                    location,
+                    reason: failure.to_string(),
+                });
             }
-            Err(reason) => {
-                let error = LoadError::Read { location, reason };
-                // Not retried until the manifest changes again (a broken
-                // upload is not fixed by reading it again).
+            Err(failure) => {
+                // A broken upload is not fixed by reading it again: it waits
+                // for the manifest to change. One that could not be read is
+                // tried again after a while.
+                let unreachable = matches!(failure, ReadFailure::Unreachable(_));
+                let reason = failure.to_string();
+                let error = if unreachable {
+                    LoadError::Read { location, reason }
+                } else {
+                    LoadError::Rejected { location, reason }
+                };
                 let version = self.source.version().await.ok();
                 self.update_status(|s| {
                     s.rejected += 1;
                     s.rejected_version = version;
-                    s.read_failed_at = Some(std::time::Instant::now());
+                    s.read_failed_at = unreachable.then(std::time::Instant::now);
                     s.last_error = Some(error.to_string());
                 });
                 return Err(error);

@@ -111,7 +111,7 @@ fn max_output(call: &Call<'_>, default: u32) -> u64 {
             .saturating_mul(answers(&req.extra, &["n", "best_of"]))
             .saturating_mul(prompt_count(&req.prompt)),
         Call::Messages(req) => req.max_tokens.map_or(u64::from(default), u64::from),
-        Call::Embeddings(_) | Call::CountTokens(_) => 0,
+        Call::Embeddings(_) | Call::CountTokens(..) => 0,
     }
 }
 
@@ -128,9 +128,40 @@ fn prompt_count(prompt: &switchyard_api::Prompt) -> u64 {
 /// costs are about 1,600–2,500 tokens.
 const MEDIA_TOKENS: u64 = 2_500;
 
-/// The length of `value` as JSON.
+/// The length of `value` as JSON, counted as it is written, without a copy
+/// (for the small typed parts: tool definitions and calls).
 fn json_len(value: &impl serde::Serialize) -> u64 {
-    serde_json::to_vec(value).map_or(0, |b| b.len() as u64)
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 = self.0.saturating_add(buf.len() as u64);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    match serde_json::to_writer(&mut count, value) {
+        Ok(()) => count.0,
+        Err(_) => 0,
+    }
+}
+
+/// About the length of a JSON value, from its strings' lengths and its
+/// shape, without writing it: a part holding megabytes of base64 costs no
+/// more to measure than a short one. Escapes are not counted (they add
+/// bytes, not tokens).
+fn value_len(value: &Value) -> u64 {
+    match value {
+        Value::Null | Value::Bool(_) => 5,
+        Value::Number(_) => 24,
+        Value::String(s) => s.len() as u64 + 2,
+        Value::Array(items) => items.iter().fold(2, |n, v| n.saturating_add(value_len(v) + 1)),
+        Value::Object(map) => map.iter().fold(2, |n, (k, v)| {
+            n.saturating_add(k.len() as u64 + 4).saturating_add(value_len(v))
+        }),
+    }
 }
 
 /// An upper bound on a request's prompt tokens: its bytes of text (a token
@@ -139,7 +170,7 @@ fn json_len(value: &impl serde::Serialize) -> u64 {
 fn prompt_bytes(call: &Call<'_>) -> u64 {
     match call {
         Call::Embeddings(req) => req.input.texts().iter().map(|t| t.len() as u64).sum(),
-        Call::CountTokens(_) => 0,
+        Call::CountTokens(..) => 0,
         Call::Completion(req) => req.prompt.texts().iter().map(|t| t.len() as u64).sum(),
         Call::Chat(req) => {
             let mut n = 0u64;
@@ -151,7 +182,7 @@ fn prompt_bytes(call: &Call<'_>) -> u64 {
                         .map(|p| match &p.text {
                             Some(t) => t.len() as u64,
                             None if p.kind == "image_url" => MEDIA_TOKENS,
-                            None => json_len(&p.extra),
+                            None => p.extra.values().map(value_len).sum(),
                         })
                         .sum(),
                     None => 0,
@@ -163,7 +194,7 @@ fn prompt_bytes(call: &Call<'_>) -> u64 {
             ["tools", "functions", "response_format"]
                 .iter()
                 .filter_map(|name| req.extra.get(*name))
-                .fold(n, |n, v| n.saturating_add(json_len(v)))
+                .fold(n, |n, v| n.saturating_add(value_len(v)))
         }
         Call::Messages(req) => {
             let system = req.system.as_ref().map_or(0, content_bytes);
@@ -184,9 +215,9 @@ fn content_bytes(content: &switchyard_api::anthropic::Content) -> u64 {
             let own = match (&b.text, b.kind.as_str()) {
                 (Some(t), _) => t.len() as u64,
                 (None, "image") => MEDIA_TOKENS,
-                (None, _) => b.source.as_ref().map_or(0, json_len),
+                (None, _) => b.source.as_ref().map_or(0, value_len),
             };
-            let input = b.input.as_ref().map_or(0, json_len);
+            let input = b.input.as_ref().map_or(0, value_len);
             let nested = b.content.as_ref().map_or(0, content_bytes);
             n.saturating_add(own).saturating_add(input).saturating_add(nested)
         }),
@@ -414,6 +445,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn value_lengths_are_close_to_the_json() {
+        let value = json!({"type": "object", "properties": {"q": {"type": "string"}}, "n": [1, 2, true, null]});
+        let exact = serde_json::to_vec(&value).unwrap().len() as u64;
+        let estimate = value_len(&value);
+        assert!(estimate >= exact && estimate <= 2 * exact, "{estimate} vs {exact}");
+        assert_eq!(value_len(&json!("x".repeat(1000))), 1002);
+    }
+
+    #[test]
     fn every_answer_asked_for_is_reserved() {
         let mut chat: ChatCompletionRequest = serde_json::from_value(json!({
             "model": "m", "n": 3, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]
@@ -447,7 +487,7 @@ mod tests {
             ]
         }))
         .unwrap();
-        let expected = 5 + MEDIA_TOKENS + json_len(&chat.messages[1].tool_calls) + 6 + json_len(&tools);
+        let expected = 5 + MEDIA_TOKENS + json_len(&chat.messages[1].tool_calls) + 6 + value_len(&tools);
         assert_eq!(prompt_bytes(&Call::Chat(&mut chat)), expected);
 
         let mut messages: MessagesRequest = serde_json::from_value(json!({
@@ -460,7 +500,7 @@ mod tests {
             ]
         }))
         .unwrap();
-        let expected = 3 + MEDIA_TOKENS + json_len(&json!({"x": 1})) + "a long tool result".len() as u64;
+        let expected = 3 + MEDIA_TOKENS + value_len(&json!({"x": 1})) + "a long tool result".len() as u64;
         assert_eq!(prompt_bytes(&Call::Messages(&mut messages)), expected);
     }
 }

@@ -203,7 +203,7 @@ impl Trail {
             Call::Completion(r) => ("completions", r.is_stream()),
             Call::Embeddings(_) => ("embeddings", false),
             Call::Messages(r) => ("messages", r.is_stream()),
-            Call::CountTokens(_) => ("count_tokens", false),
+            Call::CountTokens(..) => ("count_tokens", false),
         };
         Some(Self {
             state: state.clone(),

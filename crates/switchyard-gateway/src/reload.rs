@@ -60,6 +60,10 @@ pub enum ReloadError {
     /// Something the configuration needs could not start.
     #[error("cannot start the new configuration: {0}")]
     Start(String),
+    /// Something the configuration needs could not be read now (its store
+    /// did not answer); the same configuration may start later.
+    #[error("cannot start the new configuration yet: {0}")]
+    Unavailable(String),
 }
 
 /// One configuration text and its fingerprint (content hash or ETag).
@@ -166,8 +170,8 @@ pub struct Live {
     router: ArcSwap<Router>,
     config: parking_lot::Mutex<(Config, String)>,
     /// The last configuration refused: its fingerprint, when, and whether
-    /// the failure may pass by itself (something it needs could not start,
-    /// e.g. an artifact store that did not answer). The watch does not retry
+    /// the failure may pass by itself (something it needs could not be
+    /// read, e.g. an artifact store that did not answer). The watch does not retry
     /// an invalid one; one that failed to start it retries after
     /// [`RETRY_START_AFTER`].
     refused: parking_lot::Mutex<Option<Refused>>,
@@ -266,7 +270,7 @@ impl Live {
                     *self.refused.lock() = Some(Refused {
                         fingerprint,
                         at: std::time::Instant::now(),
-                        may_pass: matches!(e, ReloadError::Start(_)),
+                        may_pass: matches!(e, ReloadError::Unavailable(_)),
                     });
                 }
                 self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -303,9 +307,10 @@ impl Live {
                 previous.cache == config.cache && previous.embedder == config.embedder,
             );
         }
-        next.start_learned()
-            .await
-            .map_err(|e| ReloadError::Start(e.to_string()))?;
+        next.start_learned().await.map_err(|e| match e {
+            crate::learned::LoadError::Read { .. } => ReloadError::Unavailable(e.to_string()),
+            crate::learned::LoadError::Rejected { .. } => ReloadError::Start(e.to_string()),
+        })?;
         // Only once nothing can fail: the policy is shared with the state
         // that keeps serving if this reload is refused.
         next.policy

@@ -536,6 +536,23 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
     let seen = mock.last_request().unwrap();
     assert_eq!(seen.path, "/v1/messages/count_tokens");
     assert_eq!(seen.body["model"], "claude-mock");
+    // Beta features reach the count too.
+    let counted = http
+        .post(format!("{}/v1/messages/count_tokens", gateway.base_url()))
+        .header("anthropic-beta", "beta-one-2025-01-01")
+        .json(&json!({"model": "claude", "messages": [{"role": "user", "content": "one"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), 200);
+    let seen = mock.last_request().unwrap();
+    assert!(
+        seen.headers
+            .iter()
+            .any(|(n, v)| n == "anthropic-beta" && v == "beta-one-2025-01-01"),
+        "{:?}",
+        seen.headers
+    );
     let (status, body) = post("/v1/messages/count_tokens", json!({"model": "nova", "messages": []})).await;
     assert_eq!((status, body["type"].as_str()), (400, Some("error")), "{body}");
 }

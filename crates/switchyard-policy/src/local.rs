@@ -48,9 +48,54 @@ struct State {
     parallel: HashMap<String, u32>,
     recent: VecDeque<SpendRecord>,
     /// Tokens a token limit is still owed: usage beyond a request's estimate
-    /// that did not fit in the limiter when it was charged. Paid before the
-    /// limit admits anything else.
-    debt: HashMap<String, u64>,
+    /// that did not fit in the limiter when it was charged. It is paid off
+    /// by the passing time before the limit admits anything else.
+    debt: HashMap<String, Debt>,
+}
+
+/// What a token limit was owed when its bucket was last empty.
+#[derive(Debug, Clone, Copy)]
+struct Debt {
+    owed: u64,
+    since: std::time::Instant,
+}
+
+impl Debt {
+    /// Brings the debt up to now against `limiter` (of `limit` a minute):
+    /// the cells the limiter refilled since go to the debt first. Returns
+    /// what is still owed; the limiter then holds only what came after.
+    fn settle_time(&mut self, limiter: &Limiter, limit: u32) -> u64 {
+        let elapsed = self.since.elapsed().as_millis();
+        let cells = u64::try_from(elapsed.saturating_mul(u128::from(limit)) / 60_000).unwrap_or(u64::MAX);
+        let (left, drain) = pay_over_time(self.owed, cells, limit);
+        let mut drain = drain;
+        while drain > 0 {
+            let step = u32::try_from(drain).unwrap_or(u32::MAX);
+            let taken = take_what_fits(limiter, step);
+            if taken == 0 {
+                break;
+            }
+            drain -= u64::from(taken);
+        }
+        self.owed = left;
+        self.since = std::time::Instant::now();
+        left
+    }
+}
+
+/// Where a debt of `owed` cells stands after `elapsed_cells` cells' worth of
+/// time on a limit of `limit`: what is still owed, and how many of the
+/// cells the limiter refilled meanwhile (it holds at most `limit`) belong to
+/// the debt and must be taken from it.
+fn pay_over_time(owed: u64, elapsed_cells: u64, limit: u32) -> (u64, u64) {
+    let limit = u64::from(limit);
+    let refilled = elapsed_cells.min(limit);
+    if elapsed_cells < owed {
+        (owed - elapsed_cells, refilled)
+    } else {
+        let kept = (elapsed_cells - owed).min(limit);
+        (0, refilled - kept)
+    }
 }
 
 /// The in-process store.
@@ -281,9 +326,9 @@ impl LocalStore {
         let mut states = Vec::with_capacity(checks.rates.len());
         for r in &checks.rates {
             let limiter = self.limiter(&r.id, r.limit);
-            if let Some(owed) = state.debt.get_mut(&r.id) {
-                *owed -= u64::from(take_what_fits(&limiter, u32::try_from(*owed).unwrap_or(u32::MAX)));
-                if *owed > 0 {
+            if let Some(debt) = state.debt.get_mut(&r.id) {
+                let owed = debt.settle_time(&limiter, r.limit);
+                if owed > 0 {
                     let cells = owed.saturating_add(u64::from(r.cost));
                     return Err(Denied::RateLimited {
                         scope: r.scope.clone(),
@@ -361,12 +406,24 @@ impl LocalStore {
         let used = u32::try_from(record.usage.total()).unwrap_or(u32::MAX);
         for r in checks.token_rates() {
             if let Some(extra) = used.checked_sub(r.cost) {
-                let taken = take_what_fits(&self.limiter(&r.id, r.limit), extra);
-                let owed = u64::from(extra - taken);
+                let limiter = self.limiter(&r.id, r.limit);
+                let mut state = self.state.lock();
+                let before = match state.debt.get_mut(&r.id) {
+                    Some(debt) => debt.settle_time(&limiter, r.limit),
+                    None => 0,
+                };
+                let taken = if before > 0 { 0 } else { take_what_fits(&limiter, extra) };
+                let owed = before.saturating_add(u64::from(extra - taken)).min(max_debt(r.limit));
                 if owed > 0 {
-                    let mut state = self.state.lock();
-                    let debt = state.debt.entry(r.id.clone()).or_default();
-                    *debt = debt.saturating_add(owed).min(max_debt(r.limit));
+                    state.debt.insert(
+                        r.id.clone(),
+                        Debt {
+                            owed,
+                            since: std::time::Instant::now(),
+                        },
+                    );
+                } else {
+                    state.debt.remove(&r.id);
                 }
             }
         }
@@ -439,6 +496,20 @@ pub fn today() -> Day {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_debt_is_paid_by_time_before_the_bucket_refills() {
+        // 7,000 owed on 1,000 a minute: 3 minutes in, 4,000 remain and the
+        // 1,000 the bucket refilled belong to the debt.
+        assert_eq!(pay_over_time(7_000, 3_000, 1_000), (4_000, 1_000));
+        // 10 minutes in: paid off 3 minutes ago; the bucket is full again.
+        assert_eq!(pay_over_time(7_000, 10_000, 1_000), (0, 0));
+        // Paid off 400 cells ago: the bucket keeps those 400 of its 1,000.
+        assert_eq!(pay_over_time(7_000, 7_400, 1_000), (0, 600));
+        // A debt smaller than the bucket, half a bucket of time later.
+        assert_eq!(pay_over_time(300, 500, 1_000), (0, 300));
+        assert_eq!(pay_over_time(300, 100, 1_000), (200, 100));
+    }
 
     #[test]
     fn a_token_top_up_takes_what_fits_not_nothing() {

@@ -132,9 +132,17 @@ local day, cost, record, maxlen = arg(), arg(), arg(), arg()
 local trates = {}
 for j = 1, tonumber(arg()) do trates[j] = {key(), tonumber(arg()), tonumber(arg())} end
 if not fresh then return 0 end
+-- Sums saturate: a total past the largest integer stays there (a script
+-- that failed half-way would keep its id and lose the rest).
+local function add(hash, field)
+  local r = redis.pcall('HINCRBY', hash, field, cost)
+  if type(r) == 'table' and r.err then
+    redis.call('HSET', hash, field, '9223372036854775807')
+  end
+end
 for _, s in ipairs(spends) do
-  redis.call('HINCRBY', s, day, cost)
-  redis.call('HINCRBY', s, 'total', cost)
+  add(s, day)
+  add(s, 'total')
 end
 redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'r', record)
 for _, r in ipairs(trates) do

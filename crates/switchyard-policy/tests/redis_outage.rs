@@ -353,3 +353,24 @@ async fn a_refused_release_is_retried() {
         admitted.err()
     );
 }
+
+// Spend sums in Redis saturate: a total that would pass the largest integer
+// stays there, and the record that took it there is still logged.
+#[tokio::test]
+async fn spend_sums_in_redis_saturate() {
+    let redis = RedisServer::start();
+    let policy = Policy::open(settings(&redis.url(), None)).await.unwrap();
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    for cost in [i64::MAX - 10, 100] {
+        let ticket = policy.admit(&principal, &demand()).await.unwrap();
+        let charge = Charge {
+            deployment: "m-1".into(),
+            usage: TokenUsage::default(),
+            cost,
+            cache_hit: false,
+        };
+        policy.settle(ticket, charge).await.unwrap();
+    }
+    assert_eq!(key_spend(&policy).await, i64::MAX);
+    assert_eq!(all_logs(&policy).await.len(), 2);
+}

@@ -22,13 +22,39 @@ fn encode_chat(req: &ChatCompletionRequest) -> Result<Vec<u8>> {
         && req.extra.contains_key("max_tokens")
         && !req.extra.contains_key("max_completion_tokens")
     {
-        let mut req = req.clone();
-        if let Some(limit) = req.extra.remove("max_tokens") {
-            req.extra.insert("max_completion_tokens".into(), limit);
-        }
-        return encode(&req);
+        return encode(&RenamedMaxTokens(req));
     }
     encode(req)
+}
+
+/// A chat request written with `max_tokens` named `max_completion_tokens`,
+/// without copying it. Writes the fields as `ChatCompletionRequest`'s own
+/// `Serialize` does (a test compares the two).
+struct RenamedMaxTokens<'a>(&'a ChatCompletionRequest);
+
+impl serde::Serialize for RenamedMaxTokens<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let req = self.0;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("model", &req.model)?;
+        map.serialize_entry("messages", &req.messages)?;
+        if let Some(stream) = &req.stream {
+            map.serialize_entry("stream", stream)?;
+        }
+        if let Some(options) = &req.stream_options {
+            map.serialize_entry("stream_options", options)?;
+        }
+        for (name, value) in &req.extra {
+            let name = if name == "max_tokens" {
+                "max_completion_tokens"
+            } else {
+                name
+            };
+            map.serialize_entry(name, value)?;
+        }
+        map.end()
+    }
 }
 
 /// Whether `model` (an upstream model or Azure deployment name, possibly
@@ -177,6 +203,18 @@ mod tests {
         let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req).unwrap()).unwrap();
         assert_eq!(body["max_completion_tokens"], 50);
         assert!(body.get("max_tokens").is_none());
+        // Everything else is written as the request's own serialisation
+        // writes it.
+        let mut full: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "o3", "max_tokens": 9, "stream": true, "stream_options": {"include_usage": true},
+            "temperature": 0.2, "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
+        }))
+        .unwrap();
+        let renamed: serde_json::Value = serde_json::from_slice(&encode_chat(&full).unwrap()).unwrap();
+        let limit = full.extra.remove("max_tokens").unwrap();
+        full.extra.insert("max_completion_tokens".into(), limit);
+        assert_eq!(renamed, serde_json::to_value(&full).unwrap());
         let mut other = req.clone();
         other.model = "gpt-4o".into();
         let body: serde_json::Value = serde_json::from_slice(&encode_chat(&other).unwrap()).unwrap();

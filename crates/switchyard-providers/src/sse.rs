@@ -94,6 +94,7 @@ where
         body: S,
         meter: EventMeter,
         partial: BytesMut,
+        /// The body ended or failed: nothing more is read.
         failed: bool,
     }
     let state = Lines {
@@ -116,7 +117,10 @@ where
                 // What is left is not a whole line; the parser ignores it,
                 // as it ignores an event that never ends.
                 None if state.partial.is_empty() => return None,
-                None => return Some((Ok(state.partial.split().freeze()), state)),
+                None => {
+                    state.failed = true;
+                    return Some((Ok(state.partial.split().freeze()), state));
+                }
             };
             if state.meter.feed(&chunk) > MAX_EVENT_BYTES {
                 state.failed = true;

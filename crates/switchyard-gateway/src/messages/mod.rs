@@ -259,6 +259,7 @@ async fn messages_inner(
 pub async fn count_tokens(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
+    headers: axum::http::HeaderMap,
     JsonBody(mut req): JsonBody<serde_json::Value>,
 ) -> Response {
     let Some(model) = req.get("model").and_then(serde_json::Value::as_str).map(str::to_owned) else {
@@ -281,7 +282,8 @@ pub async fn count_tokens(
     if let Err(e) = metering::check_fallbacks(&principal, options.fallbacks.as_deref()) {
         return failed(e.into());
     }
-    match dispatch(&state, &model, &mut Call::CountTokens(&mut req), &options).await {
+    let betas = betas(&headers);
+    match dispatch(&state, &model, &mut Call::CountTokens(&mut req, &betas), &options).await {
         Ok(Served {
             reply: Reply::Native(body),
             decision,

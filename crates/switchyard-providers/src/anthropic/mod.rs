@@ -98,9 +98,12 @@ impl AnthropicProvider {
             .await
     }
 
-    /// Counts the input tokens of an Anthropic-format request.
-    pub async fn count_tokens(&self, req: &serde_json::Value) -> Result<Bytes> {
-        self.http.post_bytes(&self.count_tokens_url, encode(req)?, None).await
+    /// Counts the input tokens of an Anthropic-format request, with the
+    /// beta features the client named.
+    pub async fn count_tokens(&self, req: &serde_json::Value, betas: &[String]) -> Result<Bytes> {
+        self.http
+            .post_bytes(&self.count_tokens_url, encode(req)?, beta_header(betas)?)
+            .await
     }
 
     /// Sends an Anthropic-format streaming request and returns the raw events.

@@ -151,38 +151,14 @@ pub(crate) struct ConverseInput {
     pub(crate) tools: Option<ToolConfiguration>,
 }
 
-/// Converse refuses `toolUse` and `toolResult` blocks without a
-/// `toolConfig`, which OpenAI does not require (a follow-up request may
-/// replay tool calls without offering tools). The tools the conversation
-/// called are declared then, with any input allowed.
-fn history_tools(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
-    let mut names: Vec<&str> = Vec::new();
-    for call in req.messages.iter().flat_map(|m| m.tool_calls.iter().flatten()) {
-        if !names.contains(&call.function.name.as_str()) {
-            names.push(&call.function.name);
-        }
-    }
-    if names.is_empty() {
-        return Ok(None);
-    }
-    let mut specs = Vec::with_capacity(names.len());
-    for name in names {
-        let spec = ToolSpecification::builder()
-            .name(name)
-            .description("A tool called earlier in this conversation.")
-            .input_schema(ToolInputSchema::Json(to_document(
-                &serde_json::json!({"type": "object"}),
-            )))
-            .build();
-        specs.push(Tool::ToolSpec(built(spec, "messages")?));
-    }
-    let config = ToolConfiguration::builder().set_tools(Some(specs)).build();
-    Ok(Some(built(config, "messages")?))
-}
-
 fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
-    let Some(tools) = req.extra.get("tools").and_then(Value::as_array) else {
-        return history_tools(req);
+    let Some(tools) = req
+        .extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .filter(|t| !t.is_empty())
+    else {
+        return Ok(None);
     };
     let mut specs = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
@@ -241,6 +217,14 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     if req.extra.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(invalid("only one choice (`n` = 1) is supported by Bedrock", "n"));
     }
+    // Converse refuses tool blocks without a `toolConfig`, and one would let
+    // the model call tools the client did not offer. Without tools, a
+    // conversation's earlier calls and results are passed on as text.
+    let offers_tools = req
+        .extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty());
     let mut system = Vec::new();
     let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
     for (i, message) in req.messages.iter().enumerate() {
@@ -251,6 +235,13 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
             Role::Assistant => {
                 let mut content = blocks(&message.content, &param)?;
                 for (j, call) in message.tool_calls.iter().flatten().enumerate() {
+                    if !offers_tools {
+                        content.push(ContentBlock::Text(format!(
+                            "[called the tool `{}` with {}]",
+                            call.function.name, call.function.arguments
+                        )));
+                        continue;
+                    }
                     let param = format!("messages[{i}].tool_calls[{j}].function.arguments");
                     let arguments = if call.function.arguments.trim().is_empty() {
                         "{}"
@@ -274,6 +265,11 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
                     .clone()
                     .or_else(|| message.name.clone())
                     .unwrap_or_default();
+                if !offers_tools {
+                    let text = format!("[result of the tool call {id}: {}]", message.content_text());
+                    push(&mut turns, ConversationRole::User, vec![ContentBlock::Text(text)]);
+                    continue;
+                }
                 let block = ToolResultBlock::builder()
                     .tool_use_id(id)
                     .content(ToolResultContentBlock::Text(message.content_text()))
@@ -407,7 +403,7 @@ mod tests {
     }
 
     #[test]
-    fn tools_called_earlier_are_declared_when_none_are_offered() {
+    fn without_tools_earlier_calls_are_passed_on_as_text() {
         let input = converse(json!({"model": "m", "messages": [
             {"role": "user", "content": "weather?"},
             {"role": "assistant", "content": null, "tool_calls": [
@@ -418,15 +414,27 @@ mod tests {
             {"role": "tool", "tool_call_id": "c2", "content": "sunny"},
             {"role": "user", "content": "summarise"}
         ]}));
-        let tools = input.tools.unwrap();
-        let names: Vec<&str> = tools
-            .tools()
+        assert!(input.tools.is_none());
+        let blocks: Vec<&ContentBlock> = input.messages.iter().flat_map(|m| m.content()).collect();
+        assert!(
+            blocks
+                .iter()
+                .all(|b| !matches!(b, ContentBlock::ToolUse(_) | ContentBlock::ToolResult(_))),
+            "{blocks:?}"
+        );
+        let text: Vec<&str> = blocks
             .iter()
-            .filter_map(|t| t.as_tool_spec().ok())
-            .map(|s| s.name())
+            .filter_map(|b| b.as_text().ok())
+            .map(String::as_str)
             .collect();
-        assert_eq!(names, vec!["get_weather"]);
-        let plain = converse(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
-        assert!(plain.tools.is_none());
+        assert!(text.contains(&"[called the tool `get_weather` with {}]"), "{text:?}");
+        assert!(text.contains(&"[result of the tool call c2: sunny]"), "{text:?}");
+        // An empty `tools` list offers none either.
+        let empty = converse(json!({"model": "m", "tools": [], "messages": [
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "ok"}
+        ]}));
+        assert!(empty.tools.is_none());
     }
 }
