@@ -1,5 +1,6 @@
 //! Decoding upstream server-sent events.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -94,6 +95,8 @@ where
         body: S,
         meter: EventMeter,
         partial: BytesMut,
+        /// Whole lines read and not yet handed on, one per item.
+        ready: VecDeque<Bytes>,
         /// The body ended or failed: nothing more is read.
         failed: bool,
     }
@@ -101,9 +104,13 @@ where
         body,
         meter: EventMeter::default(),
         partial: BytesMut::new(),
+        ready: VecDeque::new(),
         failed: false,
     };
     stream::unfold(state, |mut state| async move {
+        if let Some(line) = state.ready.pop_front() {
+            return Some((Ok(line), state));
+        }
         if state.failed {
             return None;
         }
@@ -137,7 +144,20 @@ where
                 state.partial.split().freeze()
             };
             state.partial.extend_from_slice(&chunk[last + 1..]);
-            return Some((Ok(lines), state));
+            // One line per item: the parser copies what follows each line it
+            // takes, so a chunk of many short events given whole would be
+            // copied once per event.
+            let mut start = 0;
+            for end in memchr::memchr_iter(b'\n', &lines) {
+                state.ready.push_back(lines.slice(start..=end));
+                start = end + 1;
+            }
+            if start < lines.len() {
+                state.ready.push_back(lines.slice(start..));
+            }
+            if let Some(line) = state.ready.pop_front() {
+                return Some((Ok(line), state));
+            }
         }
     })
 }
@@ -263,15 +283,17 @@ mod tests {
 
     #[tokio::test]
     async fn partial_lines_wait_for_their_end() {
-        assert_eq!(lines(&["data: 1\n\n"]).await, vec!["data: 1\n\n"]);
+        assert_eq!(lines(&["data: 1\n\n"]).await, vec!["data: 1\n", "\n"]);
         assert_eq!(
             lines(&["da", "ta: 1", "2\n\ndata: ", "3\n", "\n"]).await,
-            vec!["data: 12\n\n", "data: 3\n", "\n"]
+            vec!["data: 12\n", "\n", "data: 3\n", "\n"]
         );
         assert_eq!(
             lines(&["data: 1\r", "\n\r\n", "data: tail"]).await,
-            vec!["data: 1\r", "\n\r\n", "data: tail"]
+            vec!["data: 1\r", "\n", "\r\n", "data: tail"]
         );
+        // Bare CR line ends stay together.
+        assert_eq!(lines(&["data: 1\r\rdata: 2\r"]).await, vec!["data: 1\r\rdata: 2\r"]);
     }
 
     #[tokio::test]
@@ -283,9 +305,10 @@ mod tests {
             Ok(Bytes::from_static(b"\n\n")),
         ]);
         let items: Vec<_> = whole_lines(body).collect().await;
-        assert_eq!(items.len(), 2);
-        assert!(matches!(&items[0], Ok(b) if b.as_ref() == b"data: 1\n\n"));
-        assert!(matches!(items[1], Err(BodyError::EventTooLarge)));
+        assert_eq!(items.len(), 3);
+        assert!(matches!(&items[0], Ok(b) if b.as_ref() == b"data: 1\n"));
+        assert!(matches!(&items[1], Ok(b) if b.as_ref() == b"\n"));
+        assert!(matches!(items[2], Err(BodyError::EventTooLarge)));
     }
 
     #[test]
