@@ -189,6 +189,10 @@ async fn redis_down_fails_closed_or_open_as_configured_then_recovers() {
         let (status, body) = chat(&open.base_url(), CONFIG_KEY).await;
         assert_eq!(status, 200, "fail_open serves: {body}");
     }
+    // A key this replica has not seen cannot be checked: 503, not a 401
+    // that would tell its client the key is wrong.
+    let (status, body) = chat(&open.base_url(), "sk-not-seen-by-this-replica-0001").await;
+    assert_eq!((status, code(&body)), (503, "policy_store_unavailable"), "{body}");
     let status = get(&open.base_url(), "/admin/policy").await;
     assert!(status["fail_open_admissions"].as_u64().unwrap() >= 3, "{status}");
     assert!(

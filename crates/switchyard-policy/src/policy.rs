@@ -610,7 +610,16 @@ impl Policy {
                     ..
                 } => {
                     tracing::warn!(%reason, "Redis is down: authenticating from keys seen before");
-                    seen.lock().get(&hash).cloned()
+                    match seen.lock().get(&hash).cloned() {
+                        Some(view) => Some(view),
+                        // Not known to be wrong, only not seen here yet: a
+                        // 401 would tell the client its key is invalid.
+                        None if self.auth_required() => {
+                            self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
+                            return Err(Denied::Unavailable);
+                        }
+                        None => None,
+                    }
                 }
                 _ => {
                     self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
