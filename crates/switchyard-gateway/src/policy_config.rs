@@ -75,6 +75,15 @@ pub struct RedisConfig {
     /// Spend records kept in the Redis log stream (approximately).
     #[serde(default = "default_log_max_len")]
     pub log_max_len: u64,
+    /// Settlements kept (in memory, and in `data_dir`) while Redis is down;
+    /// once that many wait, requests get 503 until Redis takes them, so a
+    /// long outage under `fail_open` cannot exhaust memory.
+    #[serde(default = "default_max_queued_spend")]
+    pub max_queued_spend: usize,
+}
+
+fn default_max_queued_spend() -> usize {
+    100_000
 }
 
 fn default_prefix() -> String {
@@ -128,6 +137,9 @@ impl PolicyConfig {
             if r.timeout_ms == 0 {
                 issues.push(issue("policy.redis.timeout_ms", "must be greater than 0"));
             }
+            if r.max_queued_spend == 0 {
+                issues.push(issue("policy.redis.max_queued_spend", "must be greater than 0"));
+            }
             if r.hold_ttl_ms < 1000 {
                 issues.push(issue("policy.redis.hold_ttl_ms", "must be at least 1000"));
             }
@@ -138,6 +150,7 @@ impl PolicyConfig {
                 timeout: Duration::from_millis(r.timeout_ms),
                 hold_ttl: Duration::from_millis(r.hold_ttl_ms),
                 log_max_len: r.log_max_len.max(1),
+                max_queued_spend: r.max_queued_spend,
             })
         });
         let known = |list: &[String], path: &str, issues: &mut Vec<ConfigIssue>| {

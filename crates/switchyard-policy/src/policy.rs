@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::Mutex;
@@ -194,6 +194,10 @@ enum Store {
         /// Settlements Redis has not taken yet, oldest first. A record
         /// leaves the queue only once Redis has taken it.
         pending: Mutex<PendingQueue>,
+        /// How many settlements `pending` holds, read without its lock.
+        queued: AtomicUsize,
+        /// `max_queued_spend`: past it, requests are refused.
+        max_queued: usize,
         /// With a data directory, the queue's records on disk
         /// (`pending-spend.jsonl`), so a replica stopped during an outage
         /// writes them when it starts again. Rewritten with what is left
@@ -359,6 +363,8 @@ impl Policy {
                     mode: redis.failure_mode,
                     fallback: LocalStore::memory(),
                     seen: Mutex::new(HashMap::new()),
+                    queued: AtomicUsize::new(queued.len()),
+                    max_queued: redis.max_queued_spend,
                     pending: Mutex::new(queued),
                     spill,
                     replaying: tokio::sync::Mutex::new(()),
@@ -655,6 +661,17 @@ impl Policy {
     /// team's in-flight caps, per-minute limits and budgets, and reserves
     /// `demand.max_cost` until the ticket is settled or dropped.
     pub async fn admit(&self, principal: &Principal, demand: &Demand) -> Result<Ticket, Denied> {
+        if let Store::Redis { queued, max_queued, .. } = &self.0.store {
+            let waiting = queued.load(Ordering::Relaxed);
+            if waiting >= *max_queued {
+                self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    waiting,
+                    "spend waiting for Redis has reached policy.redis.max_queued_spend: refusing requests until Redis takes it"
+                );
+                return Err(Denied::Unavailable);
+            }
+        }
         let view = principal.view().cloned();
         let checks = match &view {
             Some(v) => {
@@ -790,7 +807,11 @@ impl Policy {
     /// when Redis does not take it.
     async fn settle_in_redis(&self, checks: Checks, max_cost: Nanos, record: SpendRecord) {
         let Store::Redis {
-            redis, pending, spill, ..
+            redis,
+            pending,
+            queued,
+            spill,
+            ..
         } = &self.0.store
         else {
             return;
@@ -804,6 +825,7 @@ impl Policy {
                 }
             }
             queue.push_back((checks, max_cost, record));
+            queued.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -846,6 +868,7 @@ impl Policy {
         let Store::Redis {
             redis,
             pending,
+            queued,
             spill,
             replaying,
             ..
@@ -869,6 +892,7 @@ impl Policy {
                 break;
             }
             pending.lock().pop_front();
+            queued.fetch_sub(1, Ordering::Relaxed);
             written += 1;
             self.0.counters.replayed.fetch_add(1, Ordering::Relaxed);
         }

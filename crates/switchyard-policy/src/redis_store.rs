@@ -38,6 +38,10 @@ pub struct RedisSettings {
     pub hold_ttl: Duration,
     /// Spend records kept in the log stream (approximately).
     pub log_max_len: u64,
+    /// The most settlements kept while Redis does not take them; when that
+    /// many wait, requests are refused as under `fail_closed` until Redis
+    /// has taken some.
+    pub max_queued_spend: usize,
 }
 
 /// Redis did not answer.

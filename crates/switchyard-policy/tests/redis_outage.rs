@@ -28,6 +28,7 @@ fn settings(url: &str, data_dir: Option<&std::path::Path>) -> PolicySettings {
             timeout: Duration::from_secs(3),
             hold_ttl: Duration::from_secs(60),
             log_max_len: 1_000,
+            max_queued_spend: 100_000,
         }),
         keys: vec![(KEY.into(), record)],
         data_dir: data_dir.map(std::path::Path::to_path_buf),
@@ -373,4 +374,33 @@ async fn spend_sums_in_redis_saturate() {
     }
     assert_eq!(key_spend(&policy).await, i64::MAX);
     assert_eq!(all_logs(&policy).await.len(), 2);
+}
+
+// Under fail_open, the spend waiting for Redis is bounded: once
+// `max_queued_spend` records wait, requests are refused (nothing is
+// dropped), and served again once Redis has taken them.
+#[tokio::test]
+async fn queued_spend_is_bounded_by_refusing_requests() {
+    let mut redis = RedisServer::start();
+    let mut settings = settings(&redis.url(), None);
+    if let Some(r) = settings.redis.as_mut() {
+        r.timeout = Duration::from_millis(300);
+        r.max_queued_spend = 2;
+    }
+    let policy = Policy::open(settings).await.unwrap();
+    charge(&policy).await;
+    redis.stop();
+    charge(&policy).await;
+    charge(&policy).await;
+    assert_eq!(pending(&policy), 2);
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let refused = policy.admit(&principal, &demand()).await;
+    assert!(matches!(refused, Err(Denied::Unavailable)), "{:?}", refused.err());
+    assert_eq!(pending(&policy), 2, "nothing was dropped");
+
+    redis.restart();
+    until_reconnected(&policy).await;
+    policy.flush().await;
+    assert_eq!(pending(&policy), 0);
+    assert!(policy.admit(&principal, &demand()).await.is_ok());
 }
