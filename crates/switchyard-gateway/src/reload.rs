@@ -270,7 +270,9 @@ impl Live {
                     *self.refused.lock() = Some(Refused {
                         fingerprint,
                         at: std::time::Instant::now(),
-                        may_pass: matches!(e, ReloadError::Unavailable(_)),
+                        // An artifact may be replaced to fit, or its store
+                        // come back: only an invalid file waits for a change.
+                        may_pass: matches!(e, ReloadError::Unavailable(_) | ReloadError::Start(_)),
                     });
                 }
                 self.rejected.fetch_add(1, Ordering::Relaxed);

@@ -467,8 +467,10 @@ async fn chat_completions(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    detached(async move { openai(state, &principal, &ctx, &model, Call::Chat(&mut req), options, controls).await })
-        .await
+    detached(&state.clone(), async move {
+        openai(state, &principal, &ctx, &model, Call::Chat(&mut req), options, controls).await
+    })
+    .await
 }
 
 /// Handles a request on a task of its own, so that a client that goes away
@@ -476,14 +478,27 @@ async fn chat_completions(
 /// (which the provider bills whether or not anyone waits) finishes, and is
 /// charged and logged. A stream that has started still stops when its
 /// client leaves, since its body is only read while the client is there.
-pub(crate) async fn detached<F>(work: F) -> Response
+///
+/// The task holds a write guard of the policy, so that a shutdown's flush
+/// waits (within its bound) for work whose client has gone.
+pub(crate) async fn detached<F>(state: &SharedState, work: F) -> Response
 where
     F: std::future::Future<Output = Response> + Send + 'static,
 {
     use tracing::Instrument as _;
+    let guard = state.policy.write_guard();
+    let work = async move {
+        let response = work.await;
+        drop(guard);
+        response
+    };
     match tokio::spawn(work.in_current_span()).await {
         Ok(response) => response,
-        Err(e) => ApiError::Internal(format!("the request's task failed: {e}")).into_response(),
+        Err(e) => {
+            // A panic's message stays in the log.
+            tracing::error!(error = %e, "a request's task failed");
+            ApiError::Internal("the request could not be completed".into()).into_response()
+        }
     }
 }
 
@@ -499,7 +514,7 @@ async fn completions(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    detached(async move {
+    detached(&state.clone(), async move {
         openai(
             state,
             &principal,
@@ -533,7 +548,7 @@ async fn embeddings(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    detached(async move {
+    detached(&state.clone(), async move {
         openai(
             state,
             &principal,

@@ -65,8 +65,19 @@ impl Debt {
     /// the cells the limiter refilled since go to the debt first. Returns
     /// what is still owed; the limiter then holds only what came after.
     fn settle_time(&mut self, limiter: &Limiter, limit: u32) -> u64 {
-        let elapsed = self.since.elapsed().as_millis();
-        let cells = u64::try_from(elapsed.saturating_mul(u128::from(limit)) / 60_000).unwrap_or(u64::MAX);
+        self.settle_at(limiter, limit, std::time::Instant::now())
+    }
+
+    /// [`Debt::settle_time`] as of `now`.
+    fn settle_at(&mut self, limiter: &Limiter, limit: u32, now: std::time::Instant) -> u64 {
+        const MINUTE_NS: u128 = 60_000_000_000;
+        let limit_cells = u128::from(limit.max(1));
+        let elapsed = now.saturating_duration_since(self.since).as_nanos();
+        let whole = elapsed.saturating_mul(limit_cells) / MINUTE_NS;
+        // Only the time the whole cells took is used up: the rest of a cell
+        // counts at the next call, however often calls come.
+        let used = std::time::Duration::from_nanos(u64::try_from(whole * MINUTE_NS / limit_cells).unwrap_or(u64::MAX));
+        let cells = u64::try_from(whole).unwrap_or(u64::MAX);
         let (left, drain) = pay_over_time(self.owed, cells, limit);
         let mut drain = drain;
         while drain > 0 {
@@ -78,7 +89,7 @@ impl Debt {
             drain -= u64::from(taken);
         }
         self.owed = left;
-        self.since = std::time::Instant::now();
+        self.since += used;
         left
     }
 }
@@ -414,16 +425,21 @@ impl LocalStore {
                 };
                 let taken = if before > 0 { 0 } else { take_what_fits(&limiter, extra) };
                 let owed = before.saturating_add(u64::from(extra - taken)).min(max_debt(r.limit));
-                if owed > 0 {
-                    state.debt.insert(
-                        r.id.clone(),
-                        Debt {
-                            owed,
-                            since: std::time::Instant::now(),
-                        },
-                    );
-                } else {
-                    state.debt.remove(&r.id);
+                match state.debt.get_mut(&r.id) {
+                    _ if owed == 0 => {
+                        state.debt.remove(&r.id);
+                    }
+                    // Brought up to date above: only the amount changes.
+                    Some(debt) => debt.owed = owed,
+                    None => {
+                        state.debt.insert(
+                            r.id.clone(),
+                            Debt {
+                                owed,
+                                since: std::time::Instant::now(),
+                            },
+                        );
+                    }
                 }
             }
         }
@@ -509,6 +525,22 @@ mod tests {
         // A debt smaller than the bucket, half a bucket of time later.
         assert_eq!(pay_over_time(300, 500, 1_000), (0, 300));
         assert_eq!(pay_over_time(300, 100, 1_000), (200, 100));
+    }
+
+    #[test]
+    fn frequent_checks_do_not_stop_a_debt_from_draining() {
+        // 1 cell a millisecond; checked every half millisecond.
+        let store = LocalStore::memory();
+        let limiter = store.limiter("tpm:drain", 60_000);
+        let start = std::time::Instant::now();
+        let mut debt = Debt {
+            owed: 1_000,
+            since: start,
+        };
+        for i in 1..=10 {
+            debt.settle_at(&limiter, 60_000, start + Duration::from_micros(500 * i));
+        }
+        assert_eq!(debt.owed, 995);
     }
 
     #[test]

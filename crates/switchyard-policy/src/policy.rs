@@ -174,6 +174,8 @@ pub struct PolicyCounters {
     pub fail_closed: AtomicU64,
     /// Spend records written to Redis after an outage.
     pub replayed: AtomicU64,
+    /// The second a full spend queue was last logged.
+    pub queue_full_logged: AtomicU64,
 }
 
 /// Settlements waiting for Redis: each request's checks (for the holds to
@@ -664,11 +666,16 @@ impl Policy {
         if let Store::Redis { queued, max_queued, .. } = &self.0.store {
             let waiting = queued.load(Ordering::Relaxed);
             if waiting >= *max_queued {
-                self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(
-                    waiting,
-                    "spend waiting for Redis has reached policy.redis.max_queued_spend: refusing requests until Redis takes it"
-                );
+                // Counted every time, logged at error level once a second.
+                let refusals = self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
+                let second = now_ms() / 1000;
+                if self.0.counters.queue_full_logged.swap(second as u64, Ordering::Relaxed) != second as u64 {
+                    tracing::error!(
+                        waiting,
+                        refusals,
+                        "spend waiting for Redis has reached policy.redis.max_queued_spend: refusing requests until Redis takes it"
+                    );
+                }
                 return Err(Denied::Unavailable);
             }
         }

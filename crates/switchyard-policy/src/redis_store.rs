@@ -141,7 +141,7 @@ if not fresh then return 0 end
 local function add(hash, field)
   local r = redis.pcall('HINCRBY', hash, field, cost)
   if type(r) == 'table' and r.err then
-    redis.call('HSET', hash, field, '9223372036854775807')
+    redis.pcall('HSET', hash, field, '9223372036854775807')
   end
 end
 for _, s in ipairs(spends) do

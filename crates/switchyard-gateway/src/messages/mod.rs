@@ -111,7 +111,7 @@ pub(crate) async fn messages(
         "switchyard.deployment" = Empty,
     );
     let work = messages_inner(state.clone(), principal, ctx, req).instrument(span);
-    let mut response = crate::routes::detached(work).await;
+    let mut response = crate::routes::detached(&state, work).await;
     crate::observe::label_failure(&state, &model, &mut response);
     response
 }
