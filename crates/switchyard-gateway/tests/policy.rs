@@ -106,6 +106,46 @@ async fn generate(gw: &GatewayProcess, body: Value) -> String {
     answer.body["key"].as_str().unwrap().to_owned()
 }
 
+/// The first spend record `pick` selects, once the gateway has written it
+/// (within 10 s).
+async fn spend_record(gw: &GatewayProcess, pick: impl Fn(&Value) -> bool) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = admin_get(gw, "/spend/logs").await;
+        if let Some(record) = logs.body.as_array().and_then(|all| all.iter().find(|r| pick(r))) {
+            return record.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no spend record: {}", logs.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that `record` charged at least `min_completion` output tokens and
+/// an estimated prompt, at the test deployments' prices.
+fn assert_charged_output(record: &Value, min_completion: i64) {
+    let prompt_tokens = record["usage"]["prompt"].as_i64().unwrap();
+    let completion_tokens = record["usage"]["completion"].as_i64().unwrap();
+    assert!(prompt_tokens > 0, "{record}");
+    assert!(
+        completion_tokens >= min_completion,
+        "at least {min_completion}: {record}"
+    );
+    assert_eq!(
+        record["cost_nanos"].as_i64().unwrap(),
+        prompt_tokens * 1000 + completion_tokens * 2000,
+        "{record}"
+    );
+}
+
+/// [`config`] with a group `name` on the OpenAI mock's `model`, at the test prices.
+fn config_with_mock_group(data_dir: &Path, name: &str, mock: &switchyard_testkit::MockUpstream, model: &str) -> String {
+    let group = format!(
+        "  - model_name: {name}\n    deployments:\n      - provider: openai\n        model: \"{model}\"\n        api_base: {}\n        api_key: k\n        input_cost_per_token: 0.000001\n        output_cost_per_token: 0.000002\n  - model_name: mock-b\n",
+        mock.base_url()
+    );
+    config(data_dir, "", 0).replace("  - model_name: mock-b\n", &group)
+}
+
 /// "0.000007000" → 7000.
 fn nanos(text: &str) -> i64 {
     let (whole, frac) = text.split_once('.').unwrap();
@@ -730,33 +770,8 @@ async fn a_stream_left_before_its_usage_is_charged_for_what_it_streamed() {
     }
     drop(body);
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let record = loop {
-        let logs = send(
-            client()
-                .get(format!("{}/spend/logs", gw.base_url()))
-                .bearer_auth(MASTER),
-        )
-        .await;
-        if let Some(record) = logs
-            .body
-            .as_array()
-            .and_then(|all| all.iter().find(|r| r["model"] == "mock-slow"))
-        {
-            break record.clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "no spend record: {}", logs.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let prompt_tokens = record["usage"]["prompt"].as_i64().unwrap();
-    let completion_tokens = record["usage"]["completion"].as_i64().unwrap();
-    assert!(prompt_tokens > 0, "{record}");
-    assert!(completion_tokens >= received as i64, "received {received}: {record}");
-    assert_eq!(
-        record["cost_nanos"].as_i64().unwrap(),
-        prompt_tokens * 1000 + completion_tokens * 2000,
-        "{record}"
-    );
+    let record = spend_record(&gw, |r| r["model"] == "mock-slow").await;
+    assert_charged_output(&record, received as i64);
 }
 
 /// An upstream that ends a stream cleanly but never reports its usage (some
@@ -766,11 +781,7 @@ async fn a_stream_left_before_its_usage_is_charged_for_what_it_streamed() {
 async fn a_stream_without_usage_is_charged_for_what_it_streamed() {
     let dir = tempfile::tempdir().unwrap();
     let mock = switchyard_testkit::MockUpstream::start().await;
-    let quiet = format!(
-        "  - model_name: quiet\n    deployments:\n      - provider: openai\n        model: \"mock-model::no_usage\"\n        api_base: {}\n        api_key: k\n        input_cost_per_token: 0.000001\n        output_cost_per_token: 0.000002\n  - model_name: mock-b\n",
-        mock.base_url()
-    );
-    let yaml = config(dir.path(), "", 0).replace("  - model_name: mock-b\n", &quiet);
+    let yaml = config_with_mock_group(dir.path(), "quiet", &mock, "mock-model::no_usage");
     let gw = GatewayProcess::start(Path::new(BIN), &yaml);
     let response = client()
         .post(format!("{}/v1/chat/completions", gw.base_url()))
@@ -787,28 +798,8 @@ async fn a_stream_without_usage_is_charged_for_what_it_streamed() {
     let content_chunks = text.matches("\"content\":\"").count() as i64;
     assert!(content_chunks >= 6, "{text}");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let record = loop {
-        let logs = admin_get(&gw, "/spend/logs").await;
-        if let Some(record) = logs
-            .body
-            .as_array()
-            .and_then(|all| all.iter().find(|r| r["model"] == "quiet"))
-        {
-            break record.clone();
-        }
-        assert!(std::time::Instant::now() < deadline, "no spend record: {}", logs.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let prompt_tokens = record["usage"]["prompt"].as_i64().unwrap();
-    let completion_tokens = record["usage"]["completion"].as_i64().unwrap();
-    assert!(prompt_tokens > 0, "{record}");
-    assert!(completion_tokens >= content_chunks, "{content_chunks} chunks: {record}");
-    assert_eq!(
-        record["cost_nanos"].as_i64().unwrap(),
-        prompt_tokens * 1000 + completion_tokens * 2000,
-        "{record}"
-    );
+    let record = spend_record(&gw, |r| r["model"] == "quiet").await;
+    assert_charged_output(&record, content_chunks);
 }
 
 /// An upstream answer `/v1/messages` cannot translate is a 502 that is still
@@ -817,11 +808,7 @@ async fn a_stream_without_usage_is_charged_for_what_it_streamed() {
 async fn an_untranslatable_answer_is_charged_and_keeps_the_limit_headers() {
     let dir = tempfile::tempdir().unwrap();
     let mock = switchyard_testkit::MockUpstream::start().await;
-    let odd = format!(
-        "  - model_name: odd\n    deployments:\n      - provider: openai\n        model: \"mock-model::wrong_shape\"\n        api_base: {}\n        api_key: k\n        input_cost_per_token: 0.000001\n        output_cost_per_token: 0.000002\n  - model_name: mock-b\n",
-        mock.base_url()
-    );
-    let yaml = config(dir.path(), "", 0).replace("  - model_name: mock-b\n", &odd);
+    let yaml = config_with_mock_group(dir.path(), "odd", &mock, "mock-model::wrong_shape");
     let gw = GatewayProcess::start(Path::new(BIN), &yaml);
     let key = generate(&gw, json!({"rpm_limit": 10})).await;
     let answer = send(
@@ -854,20 +841,6 @@ async fn a_request_its_client_left_is_still_charged() {
         .await;
     assert!(gave_up.is_err(), "the client was to time out first");
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let logs = admin_get(&gw, "/spend/logs").await;
-        let charged = logs
-            .body
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|r| r["key_alias"] == "impatient");
-        if let Some(record) = charged {
-            assert_eq!(record["cost_nanos"], json!(HELLO_COST_NANOS), "{record}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never charged: {}", logs.body);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let record = spend_record(&gw, |r| r["key_alias"] == "impatient").await;
+    assert_eq!(record["cost_nanos"], json!(HELLO_COST_NANOS), "{record}");
 }
