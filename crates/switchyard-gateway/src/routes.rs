@@ -467,8 +467,23 @@ async fn chat_completions(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
+    serve_detached(state, principal, ctx, model, req, |r| Call::Chat(r), options, controls).await
+}
+
+/// Serves `req` through [`openai`] on a task of its own ([`detached`]).
+#[allow(clippy::too_many_arguments)]
+async fn serve_detached<R: Send + 'static>(
+    state: SharedState,
+    principal: Principal,
+    ctx: RequestContext,
+    model: String,
+    mut req: R,
+    call: for<'a> fn(&'a mut R) -> Call<'a>,
+    options: RequestOptions,
+    controls: Controls,
+) -> Response {
     detached(&state.clone(), async move {
-        openai(state, &principal, &ctx, &model, Call::Chat(&mut req), options, controls).await
+        openai(state, &principal, &ctx, &model, call(&mut req), options, controls).await
     })
     .await
 }
@@ -514,18 +529,16 @@ async fn completions(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    detached(&state.clone(), async move {
-        openai(
-            state,
-            &principal,
-            &ctx,
-            &model,
-            Call::Completion(&mut req),
-            options,
-            controls,
-        )
-        .await
-    })
+    serve_detached(
+        state,
+        principal,
+        ctx,
+        model,
+        req,
+        |r| Call::Completion(r),
+        options,
+        controls,
+    )
     .await
 }
 
@@ -548,18 +561,16 @@ async fn embeddings(
         Err(e) => return e.into_response(),
     };
     let model = std::mem::take(&mut req.model);
-    detached(&state.clone(), async move {
-        openai(
-            state,
-            &principal,
-            &ctx,
-            &model,
-            Call::Embeddings(&mut req),
-            options,
-            controls,
-        )
-        .await
-    })
+    serve_detached(
+        state,
+        principal,
+        ctx,
+        model,
+        req,
+        |r| Call::Embeddings(r),
+        options,
+        controls,
+    )
     .await
 }
 
