@@ -494,20 +494,44 @@ async fn serve_detached<R: Send + 'static>(
 /// charged and logged. A stream that has started still stops when its
 /// client leaves, since its body is only read while the client is there.
 ///
-/// The task holds a write guard of the policy, so that a shutdown's flush
-/// waits (within its bound) for work whose client has gone.
+/// When the client has gone with the work still running, a write guard of
+/// the policy is held until it ends, so that a shutdown's flush waits
+/// (within its bound) for it. Taken only then: a guard on every request
+/// would cost its shared counters on the hot path.
 pub(crate) async fn detached<F>(state: &SharedState, work: F) -> Response
 where
     F: std::future::Future<Output = Response> + Send + 'static,
 {
     use tracing::Instrument as _;
-    let guard = state.policy.write_guard();
-    let work = async move {
-        let response = work.await;
-        drop(guard);
-        response
+    /// Hands a task whose client left to a watcher holding a write guard.
+    struct Abandoned<'a> {
+        handle: Option<tokio::task::JoinHandle<Response>>,
+        state: &'a SharedState,
+    }
+    impl Drop for Abandoned<'_> {
+        fn drop(&mut self) {
+            let Some(handle) = self.handle.take().filter(|h| !h.is_finished()) else {
+                return;
+            };
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let guard = self.state.policy.write_guard();
+                runtime.spawn(async move {
+                    let _ = handle.await;
+                    drop(guard);
+                });
+            }
+        }
+    }
+    let mut watch = Abandoned {
+        handle: Some(tokio::spawn(work.in_current_span())),
+        state,
     };
-    match tokio::spawn(work.in_current_span()).await {
+    let result = match watch.handle.as_mut() {
+        Some(handle) => handle.await,
+        None => return ApiError::Internal("the request could not be completed".into()).into_response(),
+    };
+    watch.handle = None;
+    match result {
         Ok(response) => response,
         Err(e) => {
             // A panic's message stays in the log.
