@@ -270,19 +270,25 @@ async fn unreadable_spilled_lines_are_set_aside() {
     assert_eq!(key_spend(&policy).await, 2 * COST);
 }
 
+/// A fail_closed policy whose key may have one request in flight, with
+/// Redis commands bounded by `timeout`.
+async fn one_slot_fail_closed(url: &str, timeout: Duration) -> Policy {
+    let mut settings = settings(url, None);
+    if let Some(r) = settings.redis.as_mut() {
+        r.failure_mode = FailureMode::FailClosed;
+        r.timeout = timeout;
+    }
+    settings.keys[0].1.limits.max_parallel_requests = Some(1);
+    Policy::open(settings).await.unwrap()
+}
+
 // An admission whose reply is lost (Redis answered after the timeout) must
 // not keep what its script took: with one slot, the key would be locked out
 // until `hold_ttl`.
 #[tokio::test]
 async fn a_lost_admission_reply_does_not_keep_its_slot() {
     let redis = RedisServer::start();
-    let mut settings = settings(&redis.url(), None);
-    if let Some(r) = settings.redis.as_mut() {
-        r.failure_mode = FailureMode::FailClosed;
-        r.timeout = Duration::from_millis(300);
-    }
-    settings.keys[0].1.limits.max_parallel_requests = Some(1);
-    let policy = Policy::open(settings).await.unwrap();
+    let policy = one_slot_fail_closed(&redis.url(), Duration::from_millis(300)).await;
     let principal = policy.authenticate(Some(KEY)).await.unwrap();
     let demand = demand();
     drop(policy.admit(&principal, &demand).await.unwrap());
@@ -307,13 +313,7 @@ async fn a_lost_admission_reply_does_not_keep_its_slot() {
 #[tokio::test]
 async fn a_refused_release_is_retried() {
     let redis = RedisServer::start();
-    let mut settings = settings(&redis.url(), None);
-    if let Some(r) = settings.redis.as_mut() {
-        r.failure_mode = FailureMode::FailClosed;
-        r.timeout = Duration::from_millis(500);
-    }
-    settings.keys[0].1.limits.max_parallel_requests = Some(1);
-    let policy = Policy::open(settings).await.unwrap();
+    let policy = one_slot_fail_closed(&redis.url(), Duration::from_millis(500)).await;
     let principal = policy.authenticate(Some(KEY)).await.unwrap();
     let demand = demand();
     let ticket = policy.admit(&principal, &demand).await.unwrap();
