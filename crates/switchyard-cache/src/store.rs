@@ -95,6 +95,18 @@ impl Expiry<String, Arc<CachedAnswer>> for PerEntryTtl {
     fn expire_after_create(&self, _key: &String, value: &Arc<CachedAnswer>, _created_at: Instant) -> Option<Duration> {
         Some(Duration::from_secs(value.ttl_secs.max(1)))
     }
+
+    /// A replaced entry lives for the new answer's time to live, not for what
+    /// was left of the old one's.
+    fn expire_after_update(
+        &self,
+        _key: &String,
+        value: &Arc<CachedAnswer>,
+        _updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(Duration::from_secs(value.ttl_secs.max(1)))
+    }
 }
 
 /// The store behind a [`ResponseCache`].
@@ -303,6 +315,27 @@ mod tests {
         assert_eq!(cache.counters().hits.load(Ordering::Relaxed), 1);
         assert_eq!(cache.counters().misses.load(Ordering::Relaxed), 1);
         assert_eq!(cache.counters().stores.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_replaced_entry_takes_the_new_time_to_live() {
+        let cache = ResponseCache::memory(1 << 20);
+        let key = CacheKey("k".into());
+        cache.put(&key, answer("\"short\"", 1)).await;
+        cache.put(&key, answer("\"long\"", 60)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(
+            cache.get(&key).await.map(|a| a.body.clone()),
+            Some(CachedBody::Json("\"long\"".into())),
+            "the entry expired with the replaced answer's time to live"
+        );
+
+        cache.put(&key, answer("\"brief\"", 1)).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(
+            cache.get(&key).await.is_none(),
+            "a shorter time to live did not replace the longer one"
+        );
     }
 
     #[tokio::test]
