@@ -269,17 +269,21 @@ pub(crate) async fn dispatch<'s>(
         .routes
         .get_key_value(requested)
         .ok_or_else(|| ApiError::ModelNotFound(requested.to_owned()))?;
-    if let Some(list) = &options.fallbacks {
-        if let Some((i, name)) = list.iter().enumerate().find(|(_, n)| !state.routes.contains_key(*n)) {
-            return Err(invalid(
-                &format!("fallbacks[{i}]"),
-                format!("The fallback model `{name}` does not exist."),
-            )
-            .into());
-        }
+    if let Some(list) = &options.fallbacks
+        && let Some((i, name)) = list.iter().enumerate().find(|(_, n)| !state.routes.contains_key(*n))
+    {
+        return Err(invalid(
+            &format!("fallbacks[{i}]"),
+            format!("The fallback model `{name}` does not exist."),
+        )
+        .into());
     }
     let timeout = options.timeout.unwrap_or(settings.timeout).min(settings.max_timeout);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = Deadline {
+        at: tokio::time::Instant::now() + timeout,
+        // A client's shorter deadline says nothing about the deployment.
+        blames_upstream: timeout >= settings.timeout,
+    };
     let num_retries = options
         .num_retries
         .unwrap_or(settings.retry.num_retries)
@@ -325,7 +329,7 @@ pub(crate) async fn dispatch<'s>(
         let fallbacks_used = visited.len() - 1;
         match next {
             Some((name, route))
-                if fallbacks_used < settings.max_fallbacks && tokio::time::Instant::now() < deadline =>
+                if fallbacks_used < settings.max_fallbacks && tokio::time::Instant::now() < deadline.at =>
             {
                 tracing::info!(from = group.0, to = %name, ?reason, "falling back to another model group");
                 state.metrics.fallback(group.0, name);
@@ -334,6 +338,15 @@ pub(crate) async fn dispatch<'s>(
             _ => return Err(Failed { error, attempts }),
         }
     }
+}
+
+/// When a request must have its answer.
+#[derive(Debug, Clone, Copy)]
+struct Deadline {
+    at: tokio::time::Instant,
+    /// Whether an attempt cut by it counts as the deployment's timeout: true
+    /// for the configured deadline, false for a shorter one the client set.
+    blames_upstream: bool,
 }
 
 enum GroupOutcome<'s> {
@@ -350,7 +363,7 @@ async fn try_group<'s>(
     (name, route): (&'s str, &'s GroupRoute),
     call: &mut Call<'_>,
     num_retries: u32,
-    deadline: tokio::time::Instant,
+    deadline: Deadline,
     rng: &mut fastrand::Rng,
     attempts: &mut u32,
     upstream_ns: Option<&AtomicU64>,
@@ -362,13 +375,17 @@ async fn try_group<'s>(
     let deployments = group.deployments();
     // Deployments tried by this request, with the Retry-After each sent.
     let mut tried: Vec<(usize, Option<Duration>)> = Vec::new();
+    // Deployments whose provider cannot express this request.
+    let mut unable: Vec<usize> = Vec::new();
     let mut last: Option<ApiError> = None;
-    for retry in 0..=num_retries {
+    let mut retry = 0u32;
+    while retry <= num_retries {
         let now = state.now_ms();
         let healthy: Vec<usize> = route
             .all
             .iter()
             .copied()
+            .filter(|i| !unable.contains(i))
             .filter(|&i| deployments.get(i).is_some_and(|d| state.cooldowns.may_serve(d.id, now)))
             .collect();
         let fresh: Vec<usize> = healthy
@@ -394,7 +411,8 @@ async fn try_group<'s>(
             };
             let index = match route.strategy.choose(&ctx, rng) {
                 Ok(index) => index,
-                Err(e) => return GroupOutcome::Final(e.into()),
+                // E.g. every deployment is over its rpm: fallbacks may answer.
+                Err(e) => return GroupOutcome::Exhausted(last.take().unwrap_or_else(|| e.into()), Reason::Failed),
             };
             match deployments.get(index) {
                 // Claims the half-open probe when the breaker is recovering.
@@ -414,7 +432,7 @@ async fn try_group<'s>(
                     break;
                 }
             };
-            if tokio::time::Instant::now() + pause >= deadline {
+            if tokio::time::Instant::now() + pause >= deadline.at {
                 break;
             }
             tokio::time::sleep(pause).await;
@@ -453,7 +471,7 @@ async fn try_group<'s>(
         );
         let in_flight = state.stats.start(deployment.id);
         let started = Instant::now();
-        let sent = tokio::time::timeout_at(deadline, attempt(call, deployment, client))
+        let sent = tokio::time::timeout_at(deadline.at, attempt(call, deployment, client))
             .instrument(attempt_span.clone())
             .await;
         if let Some(counter) = upstream_ns {
@@ -465,6 +483,17 @@ async fn try_group<'s>(
                 attempt_span.record("error.type", "timeout");
                 attempt_span.record("otel.status_code", "error");
                 state.metrics.attempt(&deployment.name, "deadline");
+                let now = state.now_ms();
+                if deadline.blames_upstream {
+                    let class = switchyard_routing::ErrorClass::Timeout;
+                    state.stats.record_failure(deployment.id, class, now);
+                    if state.cooldowns.record_failure(deployment.id, class, now) {
+                        tracing::warn!(deployment = %deployment.name, "deployment put in cooldown after the request's deadline");
+                        state.metrics.cooldown(&deployment.name);
+                    }
+                } else {
+                    state.cooldowns.release_probe(deployment.id, now);
+                }
                 return GroupOutcome::Final(ApiError::Deadline {
                     after: started.elapsed(),
                     attempts: *attempts,
@@ -514,10 +543,19 @@ async fn try_group<'s>(
                 attempt_span.record("error.type", class_name);
                 attempt_span.record("otel.status_code", "error");
                 state.metrics.attempt(&deployment.name, class_name);
-                state.stats.record_failure(deployment.id, class, now);
-                if state.cooldowns.record_failure(deployment.id, class, now) {
-                    tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
-                    state.metrics.cooldown(&deployment.name);
+                let unexpressible = matches!(
+                    e,
+                    ProviderError::Unsupported { .. } | ProviderError::InvalidRequest { .. }
+                );
+                if unexpressible {
+                    // Refused before anything was sent: says nothing of its health.
+                    state.cooldowns.release_probe(deployment.id, now);
+                } else {
+                    state.stats.record_failure(deployment.id, class, now);
+                    if state.cooldowns.record_failure(deployment.id, class, now) {
+                        tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
+                        state.metrics.cooldown(&deployment.name);
+                    }
                 }
                 tracing::warn!(deployment = %deployment.name, attempt = *attempts, error = %e, "attempt failed");
                 let reason = if e.is_context_window_exceeded() {
@@ -536,6 +574,15 @@ async fn try_group<'s>(
                 if let Some(reason) = reason {
                     return GroupOutcome::Exhausted(error, reason);
                 }
+                if unexpressible {
+                    // Another provider of the group may take it: not a retry.
+                    unable.push(index);
+                    if unable.len() < route.all.len() {
+                        last = Some(error);
+                        continue;
+                    }
+                    return GroupOutcome::Final(error);
+                }
                 if !retryable && class != switchyard_routing::ErrorClass::Auth {
                     return GroupOutcome::Final(error);
                 }
@@ -546,6 +593,7 @@ async fn try_group<'s>(
                 last = Some(error);
             }
         }
+        retry += 1;
     }
     let error = last.unwrap_or_else(|| ApiError::Routing(RoutingError::NoDeployment(name.to_owned())));
     GroupOutcome::Exhausted(error, Reason::Failed)

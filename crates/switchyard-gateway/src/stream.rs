@@ -245,12 +245,16 @@ impl StreamTracker {
             }
             Some(e) => {
                 let class = error_class(e);
+                self.state
+                    .metrics
+                    .stream_error(&self.labels.0, &self.labels.1, class.as_str());
                 self.state.stats.record_failure(self.id, class, now);
                 if self.state.cooldowns.record_failure(self.id, class, now) {
                     tracing::warn!(
-                        deployment = self.id.0,
+                        deployment = %self.labels.1,
                         "deployment put in cooldown after a failed stream"
                     );
+                    self.state.metrics.cooldown(&self.labels.1);
                 }
             }
         }

@@ -432,6 +432,19 @@ async fn a_stream_that_fails_after_its_first_event_ends_with_an_error_event() {
     assert_eq!(last["error"]["type"], "upstream_error", "{}", a.body);
     assert!(!events.iter().any(|e| e == "[DONE]"));
     assert_eq!(sent_to(&mock, "backup-1"), 0, "never switches provider mid-stream");
+
+    let metrics = reqwest::get(format!("{}/metrics", gw.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_stream_errors_total{")
+            && l.contains(r#"deployment="breaks/0""#)
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,4 +495,105 @@ async fn the_request_deadline_bounds_retries_and_anthropic_clients_get_fallbacks
     assert_eq!(a.status, 400);
     assert_eq!(a.json()["type"], "error");
     assert_eq!(a.json()["error"]["param"], "fallbacks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_deadline_counts_against_the_deployment_and_a_clients_shorter_one_does_not() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_ms: 600000\n  timeout_ms: 400",
+        r#"
+  - model_name: hang
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "hang::first_byte_ms=10000"}
+"#,
+    );
+    for _ in 0..3 {
+        let a = chat(&gw, "hang", json!({"timeout": 0.1})).await;
+        assert_eq!(a.status, 504, "{}", a.body);
+    }
+    let state = breaker(&gw, "hang/0").await;
+    assert_eq!(
+        state["state"], "closed",
+        "a client's own short deadline is not the deployment's fault: {state}"
+    );
+    assert_eq!(state["recent_failures"], 0, "{state}");
+
+    for _ in 0..2 {
+        let a = chat(&gw, "hang", json!({})).await;
+        assert_eq!(a.status, 504, "{}", a.body);
+        assert_eq!(a.json()["error"]["code"], "request_timeout");
+    }
+    let state = breaker(&gw, "hang/0").await;
+    assert_eq!(state["state"], "open", "two configured deadlines passed: {state}");
+    let a = chat(&gw, "hang", json!({})).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(sent_to(&mock, "hang::first_byte_ms=10000"), 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_over_its_rate_limits_falls_back() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: quota
+    routing_strategy: usage-based
+    fallbacks: [backup]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "quota-1", rpm: 1}
+  - model_name: backup
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "backup-1"}
+"#,
+    );
+    let a = chat(&gw, "quota", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "quota");
+    let a = chat(&gw, "quota", json!({})).await;
+    assert_eq!(
+        a.status, 200,
+        "the fallback answers once the group is over its rpm: {}",
+        a.body
+    );
+    assert_eq!(a.header("x-switchyard-model"), "backup");
+    assert_eq!(sent_to(&mock, "quota-1"), 1);
+
+    let a = chat(&gw, "quota", json!({"fallbacks": []})).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "no_deployment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_one_provider_lacks_goes_to_another_deployment_of_the_group() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: claude
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "claude-via-openai"}
+      - {provider: anthropic, api_base: "{root}", api_key: k, model: "claude-native"}
+  - model_name: openai-only
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "gpt"}
+"#,
+    );
+    let body = json!({"model": "claude", "messages": [{"role": "user", "content": "hello there"}]});
+    for _ in 0..12 {
+        let a = post(&gw, "/v1/messages/count_tokens", body.clone()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(a.json()["input_tokens"].as_u64().unwrap() > 0, "{}", a.body);
+        assert_eq!(a.header("x-switchyard-deployment"), "claude/1");
+    }
+    assert_eq!(breaker(&gw, "claude/0").await["state"], "closed");
+
+    let mut only = body;
+    only["model"] = json!("openai-only");
+    let a = post(&gw, "/v1/messages/count_tokens", only).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["type"], "error", "{}", a.body);
 }

@@ -1,9 +1,13 @@
 //! Cooldowns: a circuit breaker per deployment.
 //!
 //! A deployment that fails `allowed_fails` times (rate limits, server errors,
-//! timeouts, refused connections) within `window_ms` is skipped for
-//! `cooldown_ms`; then exactly one request probes it (half-open): success
-//! closes the breaker, failure opens it again. An authentication failure (401,
+//! timeouts, refused connections, broken or malformed answers) within
+//! `window_ms` is skipped for `cooldown_ms`; then exactly one request probes
+//! it (half-open): success closes the breaker, failure opens it again. A
+//! probe the upstream answered with a client error (the request's fault, not
+//! the deployment's) closes it too, and a probe that ended without a verdict
+//! can hand the probe to the next request at once
+//! ([`Cooldowns::release_probe`]). An authentication failure (401,
 //! 403) marks the deployment's key invalid until the configuration is reloaded.
 //! All state is atomics; the caller passes a monotonic clock in milliseconds.
 
@@ -166,8 +170,22 @@ impl Cooldowns {
         }
     }
 
+    /// A half-open probe to `id` ended without telling whether the deployment
+    /// works (the request's own deadline passed first): the breaker stays open,
+    /// and the next request may probe at once.
+    pub fn release_probe(&self, id: DeploymentId, now_ms: u64) {
+        if let Some(b) = self.breakers.get(id.0)
+            && b.state
+                .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            b.since_or_until.store(now_ms, Ordering::Release);
+        }
+    }
+
     /// A request to `id` failed with `class`. Returns `true` when this failure
-    /// opened the breaker.
+    /// opened the breaker. A client error is the request's fault: it counts no
+    /// failure, and as a probe's answer it shows the upstream is up.
     pub fn record_failure(&self, id: DeploymentId, class: ErrorClass, now_ms: u64) -> bool {
         let Some(b) = self.breakers.get(id.0) else {
             return false;
@@ -177,8 +195,15 @@ impl Cooldowns {
                 b.key_invalid.store(true, Ordering::Release);
                 return true;
             }
-            ErrorClass::RateLimited | ErrorClass::ServerError | ErrorClass::Timeout | ErrorClass::Connect => {}
-            ErrorClass::ClientError | ErrorClass::Other => return false,
+            ErrorClass::RateLimited
+            | ErrorClass::ServerError
+            | ErrorClass::Timeout
+            | ErrorClass::Connect
+            | ErrorClass::Other => {}
+            ErrorClass::ClientError => {
+                self.record_success(id, now_ms);
+                return false;
+            }
         }
         let open = |b: &Breaker| {
             b.since_or_until
@@ -298,6 +323,48 @@ mod tests {
         assert!(c.is_available(D, 2_001));
         c.record_failure(D, ErrorClass::ClientError, 2_002);
         assert!(c.is_available(D, 2_003));
+    }
+
+    #[test]
+    fn broken_answers_count_as_failures() {
+        let c = breakers();
+        assert!(!c.record_failure(D, ErrorClass::Other, 0));
+        assert!(
+            c.record_failure(D, ErrorClass::Other, 1),
+            "two broken answers open the breaker"
+        );
+        assert!(!c.may_serve(D, 2));
+    }
+
+    #[test]
+    fn a_probe_answered_with_a_client_error_closes_the_breaker() {
+        let c = breakers();
+        c.record_failure(D, ErrorClass::Timeout, 0);
+        c.record_failure(D, ErrorClass::Timeout, 1);
+        assert!(c.is_available(D, 5_001), "the probe");
+        assert!(!c.record_failure(D, ErrorClass::ClientError, 5_002));
+        assert_eq!(c.snapshot(5_003)[0].state, BreakerState::Closed);
+        assert!(c.may_serve(D, 5_003));
+    }
+
+    #[test]
+    fn a_released_probe_can_be_claimed_again_at_once() {
+        let c = breakers();
+        c.record_failure(D, ErrorClass::ServerError, 0);
+        c.record_failure(D, ErrorClass::ServerError, 1);
+        assert!(c.is_available(D, 5_001));
+        assert!(!c.may_serve(D, 5_500), "the probe is in flight");
+        c.release_probe(D, 5_500);
+        assert_eq!(c.snapshot(5_500)[0].state, BreakerState::Open);
+        assert!(c.may_serve(D, 5_500));
+        assert!(c.is_available(D, 5_500), "the next request probes");
+        assert!(!c.is_available(D, 5_501));
+        c.release_probe(DeploymentId(1), 5_600);
+        assert_eq!(
+            c.snapshot(5_600)[1].state,
+            BreakerState::Closed,
+            "a closed breaker stays closed"
+        );
     }
 
     #[test]

@@ -99,7 +99,9 @@ impl Reservoir {
 pub(crate) fn weighted_pick(ctx: &RouteContext<'_>, rng: &mut fastrand::Rng, exclude: Option<usize>) -> Option<usize> {
     let deployments = ctx.group.deployments();
     let last = deployments.len().checked_sub(1)?;
-    if ctx.candidates.len() == deployments.len() {
+    let whole_group =
+        ctx.candidates.len() == deployments.len() && ctx.candidates.iter().enumerate().all(|(i, &c)| i == c);
+    if whole_group {
         let cumulative = ctx.group.cumulative_weights();
         let total = *cumulative.last()?;
         let Some(skip) = exclude.and_then(|x| deployments.get(x).map(|d| (x, d.weight))) else {
@@ -248,6 +250,12 @@ pub(crate) mod tests {
         let stats = LiveStats::new(1);
         assert_eq!(weighted_pick(&ctx(&one, &[0], &stats), &mut rng, Some(0)), None);
         assert_eq!(weighted_pick(&ctx(&weighted, &[2], &stats), &mut rng, Some(2)), None);
+        // As many candidates as deployments, but not the whole group.
+        let two = group(2);
+        let stats = LiveStats::new(2);
+        for _ in 0..1_000 {
+            assert_eq!(weighted_pick(&ctx(&two, &[0, 7], &stats), &mut rng, None), Some(0));
+        }
     }
 
     #[test]

@@ -108,6 +108,10 @@ impl Metrics {
                 "switchyard_upstream_attempts",
                 "Upstream attempts, by deployment and outcome."
             );
+            describe_counter!(
+                "switchyard_stream_errors",
+                "Streams that failed after their first event, by model group, deployment and error class."
+            );
             describe_counter!("switchyard_retries", "Retries after a failed attempt, by model group.");
             describe_counter!("switchyard_fallbacks", "Fallbacks from one model group to another.");
             describe_counter!(
@@ -244,6 +248,19 @@ impl Metrics {
         self.with(|| {
             counter!("switchyard_upstream_attempts", "deployment" => deployment.to_owned(), "outcome" => outcome.to_owned())
                 .increment(1);
+        });
+    }
+
+    /// A stream failed after its first event (`error` is a failure class).
+    pub fn stream_error(&self, model: &str, deployment: &str, error: &str) {
+        self.with(|| {
+            counter!(
+                "switchyard_stream_errors",
+                "model" => model.to_owned(),
+                "deployment" => deployment.to_owned(),
+                "error" => error.to_owned()
+            )
+            .increment(1);
         });
     }
 
