@@ -297,7 +297,7 @@ fn gateway_bench(args: &GatewayBenchArgs) -> Result<()> {
                 concurrency,
             };
             // Alternate which side runs first to spread thermal and cache effects.
-            let (direct, through_gateway) = if run_index % 2 == 0 {
+            let (direct, through_gateway) = if run_index.is_multiple_of(2) {
                 let direct = measure(&oha, &direct_load, args.duration, "direct")?;
                 let through = measure(&oha, &gateway_load, args.duration, "gateway")?;
                 (direct, through)

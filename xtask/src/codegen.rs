@@ -187,11 +187,11 @@ impl Resolver<'_> {
                 self.rows(&format!("{path}[].{name}"), p, out, depth + 1);
             }
         }
-        if let Some(values) = map_values {
-            if let Some(props) = values.get("properties").and_then(Value::as_object) {
-                for (name, p) in props {
-                    self.rows(&format!("{path}.<name>.{name}"), p, out, depth + 1);
-                }
+        if let Some(values) = map_values
+            && let Some(props) = values.get("properties").and_then(Value::as_object)
+        {
+            for (name, p) in props {
+                self.rows(&format!("{path}.<name>.{name}"), p, out, depth + 1);
             }
         }
     }

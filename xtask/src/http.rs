@@ -146,23 +146,23 @@ pub fn streaming_ttfb(authority: &str, path: &str, body: &str) -> Result<Duratio
             Err(err) => return Err(err).context("reading streaming response"),
         };
         buffer.extend_from_slice(&chunk[..n]);
-        if body_start.is_none() {
-            if let Some(end) = head_end(&buffer) {
-                let status = parse_status(&buffer[..end])?;
-                if status != 200 {
-                    read_to_end(&mut stream, &mut buffer)?;
-                    bail!(
-                        "streaming request to {authority}{path} returned HTTP {status}: {}",
-                        String::from_utf8_lossy(&buffer[end..])
-                    );
-                }
-                body_start = Some(end);
+        if body_start.is_none()
+            && let Some(end) = head_end(&buffer)
+        {
+            let status = parse_status(&buffer[..end])?;
+            if status != 200 {
+                read_to_end(&mut stream, &mut buffer)?;
+                bail!(
+                    "streaming request to {authority}{path} returned HTTP {status}: {}",
+                    String::from_utf8_lossy(&buffer[end..])
+                );
             }
+            body_start = Some(end);
         }
-        if let Some(start) = body_start {
-            if buffer[start..].windows(5).any(|window| window == b"data:") {
-                break started.elapsed();
-            }
+        if let Some(start) = body_start
+            && buffer[start..].windows(5).any(|window| window == b"data:")
+        {
+            break started.elapsed();
         }
         if buffer.len() > MAX_RESPONSE_BYTES {
             bail!("no `data:` event within {MAX_RESPONSE_BYTES} bytes from {authority}{path}");

@@ -129,10 +129,10 @@ fn read_redis(url: &str, stream: &str) -> Result<Vec<Value>> {
         let done = batch.len() < 1000;
         for (_, fields) in batch {
             for (name, value) in fields {
-                if name == "record" {
-                    if let Ok(v) = serde_json::from_str(&value) {
-                        lines.push(v);
-                    }
+                if name == "record"
+                    && let Ok(v) = serde_json::from_str(&value)
+                {
+                    lines.push(v);
                 }
             }
         }

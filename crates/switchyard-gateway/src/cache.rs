@@ -235,13 +235,13 @@ impl GatewayCache {
                 .max_age
                 .is_none_or(|age| now_ms() - answer.created_ms <= age.as_millis() as i64)
         };
-        if !controls.no_cache {
-            if let Some(answer) = self.store.get(&pending.key).await.filter(|a| fresh(a)) {
-                return Some(Lookup::Hit {
-                    answer,
-                    similarity: None,
-                });
-            }
+        if !controls.no_cache
+            && let Some(answer) = self.store.get(&pending.key).await.filter(|a| fresh(a))
+        {
+            return Some(Lookup::Hit {
+                answer,
+                similarity: None,
+            });
         }
         if let (Some(index), Some(embedder), Some(text)) = (semantic_index, embedder, call.query_text()) {
             let mut params = body.clone();
@@ -260,15 +260,14 @@ impl GatewayCache {
             let embedding = tokio::task::spawn_blocking(move || embedder.embed_one(&text)).await;
             match embedding {
                 Ok(Ok(embedding)) => {
-                    if !controls.no_cache {
-                        if let Some(hit) = index.lookup(&embedding, &params) {
-                            if let Some(answer) = self.store.peek(&hit.key).await.filter(|a| fresh(a)) {
-                                return Some(Lookup::Hit {
-                                    answer,
-                                    similarity: Some(hit.similarity),
-                                });
-                            }
-                        }
+                    if !controls.no_cache
+                        && let Some(hit) = index.lookup(&embedding, &params)
+                        && let Some(answer) = self.store.peek(&hit.key).await.filter(|a| fresh(a))
+                    {
+                        return Some(Lookup::Hit {
+                            answer,
+                            similarity: Some(hit.similarity),
+                        });
                     }
                     pending.semantic = Some((model.to_owned(), embedding, params));
                 }
@@ -287,10 +286,10 @@ impl GatewayCache {
         answer.ttl_secs = pending.ttl.as_secs().max(1);
         answer.created_ms = now_ms();
         self.store.put(&pending.key, answer).await;
-        if let Some((group, embedding, params)) = &pending.semantic {
-            if let Some(index) = self.semantic.get(group) {
-                index.insert(embedding, params.clone(), pending.key.clone());
-            }
+        if let Some((group, embedding, params)) = &pending.semantic
+            && let Some(index) = self.semantic.get(group)
+        {
+            index.insert(embedding, params.clone(), pending.key.clone());
         }
     }
 }
@@ -299,10 +298,10 @@ impl GatewayCache {
 pub(crate) fn mark(response: &mut Response, hit: bool, similarity: Option<f32>) {
     let headers = response.headers_mut();
     headers.insert(CACHE_HEADER, HeaderValue::from_static(if hit { "hit" } else { "miss" }));
-    if let Some(sim) = similarity {
-        if let Ok(v) = HeaderValue::from_str(&format!("{sim:.4}")) {
-            headers.insert(SIMILARITY_HEADER, v);
-        }
+    if let Some(sim) = similarity
+        && let Ok(v) = HeaderValue::from_str(&format!("{sim:.4}"))
+    {
+        headers.insert(SIMILARITY_HEADER, v);
     }
 }
 

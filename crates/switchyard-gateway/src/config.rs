@@ -948,10 +948,10 @@ fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<Confi
         entry.cache_read_input_token_cost,
         entry.cache_creation_input_token_cost,
     ];
-    if configured.iter().all(Option::is_none) {
-        if let Some(builtin) = switchyard_policy::price::builtin(&entry.model) {
-            return builtin;
-        }
+    if configured.iter().all(Option::is_none)
+        && let Some(builtin) = switchyard_policy::price::builtin(&entry.model)
+    {
+        return builtin;
     }
     let optional = |value: Option<f64>, field: &str, issues: &mut Vec<ConfigIssue>| {
         value.map(|v| check_price(Some(v), &format!("{path}.{field}"), issues))

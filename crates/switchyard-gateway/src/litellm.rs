@@ -535,16 +535,16 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         }
         cache.insert("redis".into(), Value::Object(r));
         t.map("litellm_settings.cache_params.host/port/password", "cache.redis.url");
-    } else if cache.get("backend") == Some(&json!("redis")) {
-        if let Some(url) = policy.get("redis").and_then(|r| r.get("url")).cloned() {
-            let mut r = Map::new();
-            r.insert("url".into(), url);
-            if let Some(prefix) = cache_redis_prefix(&doc_cache_namespace(doc)) {
-                r.insert("prefix".into(), json!(prefix));
-            }
-            cache.insert("redis".into(), Value::Object(r));
-            t.map("router_settings.redis_*", "cache.redis.url");
+    } else if cache.get("backend") == Some(&json!("redis"))
+        && let Some(url) = policy.get("redis").and_then(|r| r.get("url")).cloned()
+    {
+        let mut r = Map::new();
+        r.insert("url".into(), url);
+        if let Some(prefix) = cache_redis_prefix(&doc_cache_namespace(doc)) {
+            r.insert("prefix".into(), json!(prefix));
         }
+        cache.insert("redis".into(), Value::Object(r));
+        t.map("router_settings.redis_*", "cache.redis.url");
     }
     if let Some(settings) = doc.get("general_settings").and_then(Value::as_object) {
         for (key, value) in settings {

@@ -209,11 +209,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::warn!(queued, "stopping before all queued spend reached Redis");
         complete = false;
     }
-    if let Some(log) = request_log {
-        if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, log.flush()).await.is_err() {
-            tracing::warn!("stopping before the request log was fully written");
-            complete = false;
-        }
+    if let Some(log) = request_log
+        && tokio::time::timeout(FINAL_FLUSH_TIMEOUT, log.flush()).await.is_err()
+    {
+        tracing::warn!("stopping before the request log was fully written");
+        complete = false;
     }
     if complete {
         tracing::info!("stopped: spend and the request log are written");

@@ -428,10 +428,10 @@ fn add_ticket_headers(response: &mut Response, ticket: &Ticket) {
 
 /// Adds the charge of a settled request to its response.
 pub(crate) fn cost_header(response: &mut Response, record: Option<&SpendRecord>) {
-    if let Some(record) = record {
-        if let Ok(v) = HeaderValue::from_str(&format_usd(record.cost_nanos)) {
-            response.headers_mut().insert(COST_HEADER, v);
-        }
+    if let Some(record) = record
+        && let Ok(v) = HeaderValue::from_str(&format_usd(record.cost_nanos))
+    {
+        response.headers_mut().insert(COST_HEADER, v);
     }
 }
 

@@ -124,10 +124,10 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
         "switchyard.request_id" = %id,
     );
     let parent = switchyard_telemetry::parent_context(request.headers());
-    if parent.has_active_span() {
-        if let Err(e) = span.set_parent(parent) {
-            tracing::debug!(error = %e, "cannot continue the client's trace");
-        }
+    if parent.has_active_span()
+        && let Err(e) = span.set_parent(parent)
+    {
+        tracing::debug!(error = %e, "cannot continue the client's trace");
     }
     let ctx = RequestContext {
         id: id.clone(),
@@ -156,10 +156,10 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
     };
     if !matches!(route, "health" | "metrics") {
         let mut model = header("x-switchyard-model");
-        if model.is_empty() {
-            if let Some(ModelLabel(label)) = response.extensions().get::<ModelLabel>() {
-                model.clone_from(label);
-            }
+        if model.is_empty()
+            && let Some(ModelLabel(label)) = response.extensions().get::<ModelLabel>()
+        {
+            model.clone_from(label);
         }
         let deployment = header("x-switchyard-deployment");
         state

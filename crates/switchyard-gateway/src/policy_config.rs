@@ -224,13 +224,13 @@ impl PolicyConfig {
                 }
             }
             known(&record.limits.models, &path, issues);
-            if let Some(team) = &record.team_id {
-                if !teams.iter().any(|t| &t.team_id == team) {
-                    issues.push(issue(
-                        format!("{path}.team_id"),
-                        format!("`{team}` is not a team in policy.teams"),
-                    ));
-                }
+            if let Some(team) = &record.team_id
+                && !teams.iter().any(|t| &t.team_id == team)
+            {
+                issues.push(issue(
+                    format!("{path}.team_id"),
+                    format!("`{team}` is not a team in policy.teams"),
+                ));
             }
             if keys.iter().any(|(_, k): &(String, KeyRecord)| k.token == record.token) {
                 issues.push(issue(format!("{path}.key"), "is declared twice"));

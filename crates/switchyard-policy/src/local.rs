@@ -293,10 +293,10 @@ impl LocalStore {
 
     fn limiter(&self, id: &str, limit: u32) -> Arc<Limiter> {
         let mut limiters = self.limiters.lock();
-        if let Some((l, limiter)) = limiters.get(id) {
-            if *l == limit {
-                return limiter.clone();
-            }
+        if let Some((l, limiter)) = limiters.get(id)
+            && *l == limit
+        {
+            return limiter.clone();
         }
         let burst = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
         let limiter =
@@ -466,13 +466,12 @@ fn take_what_fits(limiter: &Limiter, n: u32) -> u32 {
     let mut left = n;
     let mut step = 1_u32 << (31 - n.max(1).leading_zeros());
     while left > 0 && step > 0 {
-        if step <= left {
-            if let Some(cells) = NonZeroU32::new(step) {
-                if matches!(limiter.check_n(cells), Ok(Ok(_))) {
-                    left -= step;
-                    continue;
-                }
-            }
+        if step <= left
+            && let Some(cells) = NonZeroU32::new(step)
+            && matches!(limiter.check_n(cells), Ok(Ok(_)))
+        {
+            left -= step;
+            continue;
         }
         step /= 2;
     }

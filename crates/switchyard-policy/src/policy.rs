@@ -458,10 +458,10 @@ impl Policy {
         if let Store::Redis { spill: Some(_), .. } = &self.0.store {
             let policy = self.clone();
             let _ = tokio::task::spawn_blocking(move || {
-                if let Store::Redis { spill: Some(spill), .. } = &policy.0.store {
-                    if let Err(e) = spill.journal.sync_if_dirty() {
-                        tracing::warn!(error = %e, "cannot flush pending-spend.jsonl");
-                    }
+                if let Store::Redis { spill: Some(spill), .. } = &policy.0.store
+                    && let Err(e) = spill.journal.sync_if_dirty()
+                {
+                    tracing::warn!(error = %e, "cannot flush pending-spend.jsonl");
                 }
             })
             .await;
@@ -758,11 +758,11 @@ impl Policy {
         let id = id.to_owned();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move {
-                if let Store::Redis { redis, .. } = &policy.0.store {
-                    if let Err(StoreDown(reason)) = redis.release(&checks, &id).await {
-                        tracing::debug!(%reason, "cannot release a reservation yet; retried with the queued spend");
-                        policy.queue_release(checks, id);
-                    }
+                if let Store::Redis { redis, .. } = &policy.0.store
+                    && let Err(StoreDown(reason)) = redis.release(&checks, &id).await
+                {
+                    tracing::debug!(%reason, "cannot release a reservation yet; retried with the queued spend");
+                    policy.queue_release(checks, id);
                 }
             });
         }
@@ -826,10 +826,10 @@ impl Policy {
         if let Err(StoreDown(reason)) = redis.settle(&checks, max_cost, &record).await {
             tracing::warn!(%reason, request_id = %record.request_id, "Redis is down: spend queued until it is back");
             let mut queue = pending.lock();
-            if let Some(spill) = spill {
-                if let Err(e) = spill.journal.append(&record) {
-                    tracing::error!(error = %e, request_id = %record.request_id, "cannot write pending-spend.jsonl: this record is kept in memory only");
-                }
+            if let Some(spill) = spill
+                && let Err(e) = spill.journal.append(&record)
+            {
+                tracing::error!(error = %e, request_id = %record.request_id, "cannot write pending-spend.jsonl: this record is kept in memory only");
             }
             queue.push_back((checks, max_cost, record));
             queued.fetch_add(1, Ordering::Relaxed);
@@ -949,10 +949,10 @@ impl Policy {
     }
 
     async fn check_team_exists(&self, team: Option<&str>) -> Result<(), PolicyError> {
-        if let Some(id) = team {
-            if self.lookup_team(id).await.map_err(down)?.is_none() {
-                return Err(field("team_id", format!("No team `{id}` exists.")));
-            }
+        if let Some(id) = team
+            && self.lookup_team(id).await.map_err(down)?.is_none()
+        {
+            return Err(field("team_id", format!("No team `{id}` exists.")));
         }
         Ok(())
     }

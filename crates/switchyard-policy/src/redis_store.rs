@@ -551,10 +551,11 @@ impl RedisStore {
                 if end != "+" && *id == end {
                     continue;
                 }
-                if let Some(record) = fields.get(1).and_then(|r| serde_json::from_str::<SpendRecord>(r).ok()) {
-                    if filter.matches(&record) && out.len() < filter.limit {
-                        out.push(record);
-                    }
+                if let Some(record) = fields.get(1).and_then(|r| serde_json::from_str::<SpendRecord>(r).ok())
+                    && filter.matches(&record)
+                    && out.len() < filter.limit
+                {
+                    out.push(record);
                 }
             }
             let Some((last, _)) = page.last() else { break };
