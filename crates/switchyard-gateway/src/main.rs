@@ -62,9 +62,10 @@ fn litellm_report(path: &PathBuf) -> anyhow::Result<bool> {
     if !switchyard_gateway::litellm::is_litellm(&doc) {
         writeln!(
             out,
-            "{} is not a LiteLLM configuration (no litellm_params, litellm_settings or general_settings)",
+            "{} is not a LiteLLM configuration (no litellm_params, litellm_settings or general_settings); checking it as Switchyard's own",
             path.display()
         )?;
+        return Ok(false);
     }
     match switchyard_gateway::litellm::translate(&doc) {
         Ok(t) => {

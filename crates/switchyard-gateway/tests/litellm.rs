@@ -290,4 +290,15 @@ fn check_config_reports_what_maps_to_what() {
     let (ok, out) = run(&path);
     assert!(!ok, "{out}");
     assert!(out.contains("error: router_settings.model_group_alias"), "{out}");
+
+    // A file in Switchyard's own format is checked as such.
+    std::fs::write(
+        &path,
+        "model_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n",
+    )
+    .unwrap();
+    let (ok, out) = run(&path);
+    assert!(ok, "{out}");
+    assert!(out.contains("is not a LiteLLM configuration"), "{out}");
+    assert!(out.contains("configuration is valid: 1 models, 1 deployments"), "{out}");
 }
