@@ -1,6 +1,8 @@
 //! The semantic cache's index: per model group, prompt embeddings in an
 //! HNSW index, each pointing at the exact-match key its answer is stored under.
 
+use std::collections::HashSet;
+
 use parking_lot::RwLock;
 use switchyard_routing::vector::VectorIndex;
 
@@ -24,6 +26,8 @@ struct Entry {
 struct Inner {
     index: VectorIndex,
     entries: Vec<Entry>,
+    /// The keys indexed: a prompt stored again is not indexed twice.
+    keys: HashSet<CacheKey>,
 }
 
 /// One model group's semantic index. When it is full it starts again empty
@@ -57,6 +61,7 @@ impl SemanticIndex {
             inner: RwLock::new(Inner {
                 index: VectorIndex::new(capacity),
                 entries: Vec::new(),
+                keys: HashSet::new(),
             }),
         }
     }
@@ -66,32 +71,39 @@ impl SemanticIndex {
         self.min_similarity
     }
 
-    /// The closest cached prompt asked with the same `params`, if it is
-    /// similar enough.
-    pub fn lookup(&self, embedding: &[f32], params: &str) -> Option<SemanticHit> {
+    /// The cached prompts asked with the same `params` that are similar
+    /// enough, closest first (the closest one's answer may have expired).
+    pub fn lookup(&self, embedding: &[f32], params: &str) -> Vec<SemanticHit> {
         let inner = self.inner.read();
         inner
             .index
             .search(embedding, CANDIDATES)
             .into_iter()
             .filter(|(_, sim)| *sim >= self.min_similarity)
-            .find_map(|(id, similarity)| {
+            .filter_map(|(id, similarity)| {
                 let entry = inner.entries.get(id)?;
                 (entry.params == params).then(|| SemanticHit {
                     key: entry.key.clone(),
                     similarity,
                 })
             })
+            .collect()
     }
 
-    /// Remembers that the answer to `embedding`'s prompt is stored under `key`.
+    /// Remembers that the answer to `embedding`'s prompt is stored under
+    /// `key`; a key already indexed is left as it is.
     pub fn insert(&self, embedding: &[f32], params: String, key: CacheKey) {
         let mut inner = self.inner.write();
+        if inner.keys.contains(&key) {
+            return;
+        }
         if inner.entries.len() >= self.capacity {
             inner.index = VectorIndex::new(self.capacity);
             inner.entries.clear();
+            inner.keys.clear();
         }
         let id = inner.entries.len();
+        inner.keys.insert(key.clone());
         inner.entries.push(Entry { params, key });
         inner.index.insert(id, embedding);
     }
@@ -121,14 +133,32 @@ mod tests {
         let index = SemanticIndex::new(0.9, 100);
         index.insert(&unit(&[1.0, 0.0, 0.0]), "p".into(), CacheKey("a".into()));
         index.insert(&unit(&[0.0, 1.0, 0.0]), "p".into(), CacheKey("b".into()));
-        let hit = index.lookup(&unit(&[1.0, 0.2, 0.0]), "p").unwrap();
-        assert_eq!(hit.key, CacheKey("a".into()));
-        assert!(hit.similarity > 0.9 && hit.similarity < 1.0);
-        assert!(index.lookup(&unit(&[1.0, 0.2, 0.0]), "other params").is_none());
+        let hits = index.lookup(&unit(&[1.0, 0.2, 0.0]), "p");
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].key, CacheKey("a".into()));
+        assert!(hits[0].similarity > 0.9 && hits[0].similarity < 1.0);
+        assert!(index.lookup(&unit(&[1.0, 0.2, 0.0]), "other params").is_empty());
         assert!(
-            index.lookup(&unit(&[1.0, 1.0, 0.0]), "p").is_none(),
+            index.lookup(&unit(&[1.0, 1.0, 0.0]), "p").is_empty(),
             "0.71 is below 0.9"
         );
+    }
+
+    #[test]
+    fn every_close_prompt_is_returned_closest_first_and_a_key_is_indexed_once() {
+        let index = SemanticIndex::new(0.9, 16);
+        index.insert(&unit(&[1.0, 0.1, 0.0]), "p".into(), CacheKey("near".into()));
+        index.insert(&unit(&[1.0, 0.3, 0.0]), "p".into(), CacheKey("further".into()));
+        for _ in 0..20 {
+            index.insert(&unit(&[1.0, 0.1, 0.0]), "p".into(), CacheKey("near".into()));
+        }
+        assert_eq!(index.len(), 2, "stored again, indexed once");
+        let keys: Vec<_> = index
+            .lookup(&unit(&[1.0, 0.0, 0.0]), "p")
+            .into_iter()
+            .map(|h| h.key.0)
+            .collect();
+        assert_eq!(keys, ["near", "further"]);
     }
 
     #[test]

@@ -235,8 +235,9 @@ impl ResponseCache {
         }
     }
 
-    /// Stores `answer` under `key` for `answer.ttl_secs`; a failure is logged.
-    pub async fn put(&self, key: &CacheKey, answer: CachedAnswer) {
+    /// Stores `answer` under `key` for `answer.ttl_secs`; a failure is logged,
+    /// and `false` returned.
+    pub async fn put(&self, key: &CacheKey, answer: CachedAnswer) -> bool {
         let result = match &self.backend {
             Backend::Memory(cache) => {
                 cache.insert(key.0.clone(), Arc::new(answer));
@@ -266,10 +267,12 @@ impl ResponseCache {
         match result {
             Ok(()) => {
                 self.counters.stores.fetch_add(1, Ordering::Relaxed);
+                true
             }
             Err(e) => {
                 self.counters.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cannot store a response in the cache");
+                false
             }
         }
     }

@@ -158,6 +158,24 @@ fn body_of(call: &Call<'_>) -> Option<Value> {
     }
 }
 
+/// Empties the prompt text inside `messages` or `prompt`, keeping the rest:
+/// plain strings, and the `text` of content parts.
+fn blank_text(value: &mut Value, depth: usize) {
+    match value {
+        Value::String(text) => text.clear(),
+        Value::Array(items) => items.iter_mut().for_each(|v| blank_text(v, depth + 1)),
+        // A message's `content`, or a content part's `text`.
+        Value::Object(map) if depth < 4 => {
+            for field in ["content", "text"] {
+                if let Some(v) = map.get_mut(field) {
+                    blank_text(v, depth + 1);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -233,7 +251,7 @@ impl GatewayCache {
         let fresh = |answer: &CachedAnswer| {
             controls
                 .max_age
-                .is_none_or(|age| now_ms() - answer.created_ms <= age.as_millis() as i64)
+                .is_none_or(|age| now_ms() - answer.created_ms <= i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
         };
         if !controls.no_cache
             && let Some(answer) = self.store.get(&pending.key).await.filter(|a| fresh(a))
@@ -243,11 +261,17 @@ impl GatewayCache {
                 similarity: None,
             });
         }
-        if let (Some(index), Some(embedder), Some(text)) = (semantic_index, embedder, call.query_text()) {
+        let text = call.query_text().filter(|t| !t.trim().is_empty());
+        if let (Some(index), Some(embedder), Some(text)) = (semantic_index, embedder, text) {
+            // Similar prompts must agree on everything but their text: roles,
+            // images, tool calls, how the prompt is split.
             let mut params = body.clone();
             if let Value::Object(map) = &mut params {
-                map.remove("messages");
-                map.remove("prompt");
+                for field in ["messages", "prompt"] {
+                    if let Some(value) = map.get_mut(field) {
+                        blank_text(value, 0);
+                    }
+                }
             }
             let params = exact_key(KeyParts {
                 endpoint,
@@ -260,14 +284,18 @@ impl GatewayCache {
             let embedding = tokio::task::spawn_blocking(move || embedder.embed_one(&text)).await;
             match embedding {
                 Ok(Ok(embedding)) => {
-                    if !controls.no_cache
-                        && let Some(hit) = index.lookup(&embedding, &params)
-                        && let Some(answer) = self.store.peek(&hit.key).await.filter(|a| fresh(a))
-                    {
-                        return Some(Lookup::Hit {
-                            answer,
-                            similarity: Some(hit.similarity),
-                        });
+                    let hits = if controls.no_cache {
+                        Vec::new()
+                    } else {
+                        index.lookup(&embedding, &params)
+                    };
+                    for hit in hits {
+                        if let Some(answer) = self.store.peek(&hit.key).await.filter(|a| fresh(a)) {
+                            return Some(Lookup::Hit {
+                                answer,
+                                similarity: Some(hit.similarity),
+                            });
+                        }
                     }
                     pending.semantic = Some((model.to_owned(), embedding, params));
                 }
@@ -285,8 +313,9 @@ impl GatewayCache {
         }
         answer.ttl_secs = pending.ttl.as_secs().max(1);
         answer.created_ms = now_ms();
-        self.store.put(&pending.key, answer).await;
-        if let Some((group, embedding, params)) = &pending.semantic
+        let stored = self.store.put(&pending.key, answer).await;
+        if stored
+            && let Some((group, embedding, params)) = &pending.semantic
             && let Some(index) = self.semantic.get(group)
         {
             index.insert(embedding, params.clone(), pending.key.clone());

@@ -308,6 +308,9 @@ async fn openai_inner(
     if let Some(t) = trail.as_mut() {
         t.routed(&decision);
     }
+    // An answer from a fallback group is not kept as the requested group's.
+    let primary = decision.prediction.as_ref().map_or(model, |p| p.ranked[0].as_str());
+    let keep = pending.as_ref().filter(|_| decision.group == primary);
     let mut response = match reply {
         Reply::Json(answer) => {
             let usage = answer.usage.as_ref().map(metering::openai_usage);
@@ -329,7 +332,7 @@ async fn openai_inner(
                 t.charged(usage, record.as_ref());
                 t.finish(200, None);
             }
-            if let (Some(cache), Some(pending)) = (&state.cache, &pending) {
+            if let (Some(cache), Some(pending)) = (&state.cache, keep) {
                 let stored = CachedAnswer {
                     body: CachedBody::Json(String::from_utf8_lossy(&answer.body).into_owned()),
                     deployment: decision.deployment.name.clone(),
@@ -355,6 +358,7 @@ async fn openai_inner(
             response
         }
         Reply::Chunks(chunks) => {
+            let estimated_prompt = meter.estimated_prompt();
             let mut tracker =
                 tracker(&state, &decision, in_flight, started).metered(meter, decision.deployment.name.clone());
             if let Some(mut t) = trail.take() {
@@ -362,7 +366,7 @@ async fn openai_inner(
                 tracker = tracker.with_trail(t);
             }
             let chunks = tracker.follow(chunks);
-            let chunks = match pending.clone() {
+            let chunks = match keep.cloned() {
                 Some(pending) => {
                     let state = state.clone();
                     let id = decision.deployment.id;
@@ -374,7 +378,15 @@ async fn openai_inner(
                                 let v: serde_json::Value = serde_json::from_str(c).ok()?;
                                 serde_json::from_value::<switchyard_api::Usage>(v.get("usage")?.clone()).ok()
                             });
-                            let usage = usage.as_ref().map(metering::openai_usage);
+                            // Without the upstream's usage, what the stream was
+                            // charged: so later hits are not free.
+                            let usage = usage.as_ref().map(metering::openai_usage).or_else(|| {
+                                Some(switchyard_policy::TokenUsage {
+                                    prompt: estimated_prompt,
+                                    completion: u64::try_from(seen.len()).unwrap_or(u64::MAX),
+                                    ..switchyard_policy::TokenUsage::default()
+                                })
+                            });
                             let cost = match (usage, state.prices.get(id.0)) {
                                 (Some(u), Some(p)) => p.cost(&u),
                                 _ => 0,

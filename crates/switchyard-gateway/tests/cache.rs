@@ -155,6 +155,16 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
     .await;
     assert_eq!(header.header("x-switchyard-cache"), "miss");
     assert_eq!(upstream_calls(&mock), 4);
+    // A max-age too large for the clock still means "any age".
+    let any_age = post(
+        &gw,
+        MASTER,
+        with(ask("hello cache"), json!({"temperature": 0.3})),
+        &[("cache-control", "max-age=18446744073709551615")],
+    )
+    .await;
+    assert_eq!(any_age.header("x-switchyard-cache"), "hit");
+    assert_eq!(upstream_calls(&mock), 4);
 
     // no-store: answered, never kept.
     for _ in 0..2 {
@@ -205,7 +215,7 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
         .await
         .unwrap();
     let hits = logs.as_array().unwrap();
-    assert_eq!(hits.len(), 3, "{logs}");
+    assert_eq!(hits.len(), 4, "{logs}");
     assert!(
         hits.iter().all(|r| r["cache_hit"] == true && r["cost_nanos"] == 0),
         "{logs}"
@@ -445,4 +455,95 @@ model_list:
         "miss"
     );
     assert_eq!(upstream_calls(&mock), 5);
+
+    // Prompts that differ in what is not text are not similar, however
+    // close their text: another image, an image alone, another split.
+    let picture = |url: &str, text: Option<&str>| {
+        let mut parts = vec![json!({"type": "image_url", "image_url": {"url": url}})];
+        if let Some(text) = text {
+            parts.insert(0, json!({"type": "text", "text": text}));
+        }
+        json!({"model": "gpt", "messages": [{"role": "user", "content": parts}]})
+    };
+    for body in [
+        picture("https://example.com/cat.png", Some("What is in this image?")),
+        picture("https://example.com/dog.png", Some("What is in this image?")),
+        picture("https://example.com/dog.png", Some("What's in this image?")),
+        picture("https://example.com/cat.png", None),
+        picture("https://example.com/dog.png", None),
+    ] {
+        let a = post(&gw, "", body.clone(), &[]).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        let expected = if body.to_string().contains("What's") {
+            "hit"
+        } else {
+            "miss"
+        };
+        assert_eq!(a.header("x-switchyard-cache"), expected, "{body}");
+    }
+    assert_eq!(upstream_calls(&mock), 9);
+    let split = json!({"model": "gpt", "messages": [
+        {"role": "user", "content": "Name a planet."},
+        {"role": "assistant", "content": "Mars."},
+        {"role": "user", "content": "Another one?"}]});
+    let joined = json!({"model": "gpt", "messages": [
+        {"role": "user", "content": "Name a planet.\nMars.\nAnother one?"}]});
+    assert_eq!(post(&gw, "", split, &[]).await.header("x-switchyard-cache"), "miss");
+    assert_eq!(post(&gw, "", joined, &[]).await.header("x-switchyard-cache"), "miss");
+    assert_eq!(upstream_calls(&mock), 11);
+}
+
+/// A streamed answer the upstream sent without usage is kept at what the
+/// stream was charged, so its hits are not free; an answer a fallback group
+/// gave is not kept as the requested group's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hits_of_a_stream_without_usage_are_charged_and_fallback_answers_are_not_kept() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        r#"
+policy:
+  master_key: {MASTER}
+cache:
+  enabled: true
+  hit_cost_ratio: 1
+model_list:
+  - model_name: quiet
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: k, model: "quiet::no_usage", input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}}
+  - model_name: down
+    fallbacks: [quiet]
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: k, model: "down::status=500"}}
+"#,
+        base = mock.base_url()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let cost = |a: &Answer| a.header("x-switchyard-response-cost").parse::<f64>().unwrap();
+    let stream =
+        json!({"model": "quiet", "stream": true, "messages": [{"role": "user", "content": "tell me a story"}]});
+    let first = post(&gw, MASTER, stream.clone(), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert!(!first.text.contains("\"usage\":{"), "{}", first.text);
+    let mut hit = post(&gw, MASTER, stream.clone(), &[]).await;
+    for _ in 0..50 {
+        if hit.header("x-switchyard-cache") == "hit" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        hit = post(&gw, MASTER, stream.clone(), &[]).await;
+    }
+    assert_eq!(hit.header("x-switchyard-cache"), "hit");
+    assert!(cost(&hit) > 0.0, "a hit at ratio 1 of a charged stream is not free");
+
+    let down = json!({"model": "down", "messages": [{"role": "user", "content": "hello"}]});
+    for _ in 0..2 {
+        let a = post(&gw, MASTER, down.clone(), &[]).await;
+        assert_eq!(a.status, 200, "{}", a.text);
+        assert_eq!(a.header("x-switchyard-model"), "quiet");
+        assert_eq!(
+            a.header("x-switchyard-cache"),
+            "miss",
+            "a fallback's answer is not kept under `down`"
+        );
+    }
 }

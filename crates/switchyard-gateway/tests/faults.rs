@@ -591,6 +591,27 @@ async fn an_operation_one_provider_lacks_goes_to_another_deployment_of_the_group
     }
     assert_eq!(breaker(&gw, "claude/0").await["state"], "closed");
 
+    // The gateway's own fields never go upstream, cache controls included.
+    let mut message = body.clone();
+    message["max_tokens"] = json!(20);
+    message["cache"] = json!({"no-cache": true});
+    message["num_retries"] = json!(1);
+    for _ in 0..4 {
+        let a = post(&gw, "/v1/messages", message.clone()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+    }
+    message["cache"] = json!("yes");
+    let a = post(&gw, "/v1/messages", message).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["error"]["param"], "cache", "{}", a.body);
+    for request in mock.requests() {
+        assert!(
+            request.body.get("cache").is_none() && request.body.get("num_retries").is_none(),
+            "{}",
+            request.body
+        );
+    }
+
     let mut only = body;
     only["model"] = json!("openai-only");
     let a = post(&gw, "/v1/messages/count_tokens", only).await;

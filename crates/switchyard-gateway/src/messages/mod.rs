@@ -129,6 +129,10 @@ async fn messages_inner(
         Ok(options) => options,
         Err(e) => return failed(e.into()),
     };
+    // Messages are never cached, but the controls are not sent upstream either.
+    if let Err(e) = crate::cache::Controls::take(&mut req.extra, &axum::http::HeaderMap::new()) {
+        return failed(e.into());
+    }
     options.allowed_models = principal.view().and_then(|v| v.allowed_models());
     let model = std::mem::take(&mut req.model);
     let mut call = Call::Messages(&mut req);
@@ -273,6 +277,12 @@ pub async fn count_tokens(
     };
     if principal.view().is_some_and(|v| !v.allows(&model)) {
         return failed(ApiError::Denied(switchyard_policy::Denied::ModelNotAllowed { model }).into());
+    }
+    if let Some(Err(e)) = req
+        .as_object_mut()
+        .map(|body| crate::cache::Controls::take(body, &axum::http::HeaderMap::new()))
+    {
+        return failed(e.into());
     }
     let options = match req.as_object_mut().map(RequestOptions::take) {
         Some(Ok(options)) => options,
