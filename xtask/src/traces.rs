@@ -58,6 +58,8 @@ pub struct Summary {
     pub without_prompt: usize,
     /// Requests left out for lack of a score.
     pub unrated: usize,
+    /// Scores left out because a key rated another key's request.
+    pub foreign_feedback: usize,
     /// Observations turned into samples.
     pub used: usize,
     /// Samples written.
@@ -149,11 +151,13 @@ type Observed = (Vec<f64>, Vec<f64>);
 /// Joins request records and feedback into routing samples.
 pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
     let mut summary = Summary::default();
-    let mut scores: HashMap<&str, Vec<f64>> = HashMap::new();
+    // Each score with the key that gave it (none: the master key, or a
+    // gateway without keys).
+    let mut scores: HashMap<&str, Vec<(Option<&str>, f64)>> = HashMap::new();
     for line in lines.iter().filter(|l| l["type"] == "feedback") {
         summary.feedback += 1;
         if let (Some(id), Some(score)) = (line["request_id"].as_str(), line["score"].as_f64()) {
-            scores.entry(id).or_default().push(score);
+            scores.entry(id).or_default().push((line["key_ref"].as_str(), score));
         }
     }
     let mut by_prompt: BTreeMap<&str, BTreeMap<String, Observed>> = BTreeMap::new();
@@ -169,7 +173,17 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
         let status = r["status"].as_u64().unwrap_or(0);
         let served = r["served_model"].as_str().map(str::to_owned);
         let id = r["request_id"].as_str().unwrap_or_default();
-        let rated = scores.get(id).map(|s| s.iter().sum::<f64>() / s.len() as f64);
+        // A virtual key's score counts only on that key's own requests.
+        let asker = r["key_ref"].as_str();
+        let rated = scores.get(id).and_then(|s| {
+            let valid: Vec<f64> = s
+                .iter()
+                .filter(|(giver, _)| giver.is_none() || *giver == asker)
+                .map(|(_, score)| *score)
+                .collect();
+            summary.foreign_feedback += s.len() - valid.len();
+            (!valid.is_empty()).then(|| valid.iter().sum::<f64>() / valid.len() as f64)
+        });
         let (model, score) = match (status, served) {
             (200, Some(model)) => match rated.or(args.unrated_score) {
                 Some(score) => (model, score),
@@ -245,6 +259,12 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         "read {} requests and {} feedback records; {} without a prompt, {} unrated",
         summary.requests, summary.feedback, summary.without_prompt, summary.unrated
     );
+    if summary.foreign_feedback > 0 {
+        println!(
+            "left out {} scores a key gave to another key's requests",
+            summary.foreign_feedback
+        );
+    }
     for (model, n) in &summary.per_model {
         println!("  {model}: {n} scored answers");
     }
@@ -296,7 +316,12 @@ mod tests {
             json!({"type": "feedback", "request_id": "b", "score": 1.0}),
             json!({"type": "feedback", "request_id": "c", "score": 0.0}),
             json!({"type": "feedback", "request_id": "d", "score": 0.0}),
+            // Another key's score on d is not counted; d's own key's is.
+            json!({"type": "feedback", "request_id": "d", "score": 1.0, "key_ref": "other"}),
+            json!({"type": "feedback", "request_id": "d", "score": 0.5, "key_ref": "owner"}),
         ];
+        let mut lines = lines;
+        lines[3]["key_ref"] = json!("owner");
         let (samples, summary) = join(&lines, &args());
         assert_eq!(samples.len(), 2);
         let poem = samples.iter().find(|s| s.query == "write a poem").unwrap();
@@ -306,7 +331,10 @@ mod tests {
         assert_eq!(summary.without_prompt, 1);
         assert_eq!(summary.unrated, 1);
         assert_eq!(summary.used, 4);
-        assert_eq!(summary.feedback, 5);
+        assert_eq!(summary.feedback, 7);
+        assert_eq!(summary.foreign_feedback, 1);
+        let sum = samples.iter().find(|s| s.query == "sum 2 and 2").unwrap();
+        assert_eq!(sum.scores["small"], 0.25, "the owner's 0.5 and the master's 0.0");
 
         let mut lenient = args();
         lenient.unrated_score = Some(1.0);

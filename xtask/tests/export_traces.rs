@@ -66,7 +66,7 @@ async fn write_traffic(log: &RequestLog, n: usize) {
             });
             if i % 3 != 2 {
                 let good = (model == "poet") == poem;
-                log.feedback(&id, if good { 1.0 } else { 0.0 }, None);
+                log.feedback(&id, if good { 1.0 } else { 0.0 }, None, None);
             }
         }
     }

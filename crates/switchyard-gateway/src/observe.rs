@@ -211,6 +211,7 @@ impl Trail {
                 request_id: ctx.id.clone(),
                 endpoint: endpoint.into(),
                 key_alias: principal.view().and_then(|v| v.key.key_alias.clone()),
+                key_ref: principal.view().map(|v| switchyard_telemetry::key_ref(&v.key.key_id)),
                 model: model.to_owned(),
                 stream,
                 prompt: if log.include_prompt() { call.query_text() } else { None },

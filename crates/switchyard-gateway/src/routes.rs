@@ -783,7 +783,11 @@ async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri) -> 
 /// `POST /v1/feedback`: a quality score for an earlier request, appended to
 /// the request log. Body: `request_id`, and `score` (0–1) or `thumbs`
 /// (`up` / `down`); optionally `comment`.
-async fn feedback(State(state): State<SharedState>, JsonBody(body): JsonBody<serde_json::Value>) -> Response {
+async fn feedback(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    JsonBody(body): JsonBody<serde_json::Value>,
+) -> Response {
     let invalid = |param: &str, message: &str| {
         ApiError::InvalidField {
             param: Some(param.to_owned()),
@@ -828,7 +832,8 @@ async fn feedback(State(state): State<SharedState>, JsonBody(body): JsonBody<ser
         Some(serde_json::Value::String(c)) if c.len() <= 4096 => Some(c.clone()),
         Some(_) => return invalid("comment", "'comment' must be a string of at most 4096 bytes."),
     };
-    log.feedback(request_id, score, comment);
+    let key_ref = principal.view().map(|v| switchyard_telemetry::key_ref(&v.key.key_id));
+    log.feedback(request_id, score, comment, key_ref);
     Json(json!({"request_id": request_id, "score": score, "status": "recorded"})).into_response()
 }
 

@@ -392,6 +392,8 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     let r = by_id(json_answer.header("x-request-id"));
     assert_eq!(r["type"], "request");
     assert_eq!(r["key_alias"], "team-a-app");
+    let key_ref = r["key_ref"].as_str().unwrap().to_owned();
+    assert_eq!(key_ref.len(), 16, "{r}");
     assert_eq!(r["model"], "gpt");
     assert_eq!(r["deployment"], "gpt/0");
     assert_eq!(r["strategy"], "simple-shuffle");
@@ -458,6 +460,11 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     assert_eq!(feedback.len(), 2);
     assert_eq!(feedback[0]["request_id"], id);
     assert_eq!(feedback[0]["score"], 0.8);
+    assert_eq!(
+        feedback[0]["key_ref"],
+        key_ref.as_str(),
+        "who gave it, to tell it from another key's"
+    );
     assert_eq!(feedback[1]["score"], 0.0);
 
     // Nothing secret in the logs (at debug level) or the request log.
@@ -477,17 +484,41 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payloads_are_logged_and_kept_only_when_asked() {
+    let receiver = OtlpReceiver::start().await.unwrap();
     let mock = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("requests.jsonl");
     let yaml = format!(
-        "telemetry:\n  log_payloads: true\n  request_log:\n    path: {}\n    include_prompt: true\n{}",
+        "telemetry:\n  log_payloads: true\n  otlp:\n    endpoint: \"{}\"\n    batch_delay_ms: 100\n  request_log:\n    path: {}\n    include_prompt: true\n{}",
+        receiver.endpoint(),
         log_path.display(),
         models(&mock)
     );
-    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let gw = GatewayProcess::start_with(BIN.as_ref(), &yaml, &[], &[("RUST_LOG", "debug")]);
     let a = post(&gw, "/v1/chat/completions", "", chat("gpt", PROMPT), &[]).await;
     assert_eq!(a.status, 200);
+    // A body serde rejects, quoting the prompt, in a debug event.
+    let bad = post(
+        &gw,
+        "/v1/chat/completions",
+        "",
+        json!({"model": "gpt", "messages": PROMPT}),
+        &[],
+    )
+    .await;
+    assert_eq!(bad.status, 400, "{}", bad.text);
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), |spans| {
+            spans.iter().filter(|s| s.name == "POST chat").count() >= 2
+        })
+        .await;
+    for span in &spans {
+        let attributes = format!("{:?}", span.attributes);
+        assert!(
+            !attributes.contains(PROMPT) && !span.events.iter().any(|e| e.contains(PROMPT)),
+            "payloads stay out of the exported spans: {span:#?}"
+        );
+    }
     let records = wait_for_lines(&log_path, 1).await;
     assert_eq!(records[0]["prompt"], PROMPT);
     assert!(

@@ -17,4 +17,4 @@ pub use otel::{
     LogFormat, OtlpProtocol, OtlpSettings, TelemetryError, TelemetryGuard, TracingSettings, init_tracing,
     parent_context,
 };
-pub use request_log::{Feedback, LogSink, RequestLog, RequestLogSettings, RequestRecord};
+pub use request_log::{Feedback, LogSink, RequestLog, RequestLogSettings, RequestRecord, key_ref};

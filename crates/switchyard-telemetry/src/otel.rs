@@ -174,9 +174,7 @@ pub fn init_tracing(settings: &TracingSettings) -> Result<TelemetryGuard, Teleme
                 .with_threads(false)
                 .with_target(false)
                 .with_tracked_inactivity(false)
-                .with_filter(tracing_subscriber::filter::filter_fn(|meta| {
-                    meta.target().starts_with("switchyard")
-                }))
+                .with_filter(tracing_subscriber::filter::filter_fn(exported))
                 .boxed();
             (Some(layer), Some(provider))
         }
@@ -188,6 +186,14 @@ pub fn init_tracing(settings: &TracingSettings) -> Result<TelemetryGuard, Teleme
         .try_init()
         .map_err(|e| TelemetryError::Subscriber(e.to_string()))?;
     Ok(TelemetryGuard { provider })
+}
+
+/// What goes to the collector: the gateway's spans, and its events at info
+/// level and above as span events. Payload events (`log_payloads`) and debug
+/// events, which may quote a request body, stay in the local log.
+fn exported(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("switchyard")
+        && (meta.is_span() || (*meta.level() <= tracing::Level::INFO && meta.target() != "switchyard::payload"))
 }
 
 struct Headers<'a>(&'a http::HeaderMap);

@@ -29,6 +29,9 @@ pub struct RequestRecord {
     /// The calling key's alias.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_alias: Option<String>,
+    /// The calling virtual key, as a short reference (see [`key_ref`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ref: Option<String>,
     /// The model group asked for.
     pub model: String,
     /// The model group that answered (a fallback, or a learned router's choice).
@@ -91,9 +94,20 @@ pub struct Feedback {
     pub ts: i64,
     /// Quality, 0 (bad) to 1 (good); thumbs up is 1, down is 0.
     pub score: f64,
+    /// The virtual key that gave it (see [`key_ref`]); none for the master
+    /// key or a gateway without keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_ref: Option<String>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub comment: Option<String>,
+}
+
+/// A short, stable reference to a virtual key for the request log: the
+/// first 16 hex digits of its id (itself a SHA-256), enough to tell keys
+/// apart without writing the key's whole hash.
+pub fn key_ref(key_id: &str) -> String {
+    key_id.chars().take(16).collect()
 }
 
 /// Where records go.
@@ -201,13 +215,14 @@ impl RequestLog {
         }
     }
 
-    /// Appends feedback on a request.
-    pub fn feedback(&self, request_id: &str, score: f64, comment: Option<String>) {
+    /// Appends feedback on a request, given by the key `key_ref` refers to.
+    pub fn feedback(&self, request_id: &str, score: f64, comment: Option<String>, key_ref: Option<String>) {
         let feedback = Feedback {
             kind: "feedback".into(),
             request_id: request_id.to_owned(),
             ts: now_ms(),
             score,
+            key_ref,
             comment,
         };
         if let Ok(line) = serde_json::to_string(&feedback) {
@@ -384,7 +399,7 @@ mod tests {
                 ..RequestRecord::default()
             });
         }
-        log.feedback("req-29", 0.75, None);
+        log.feedback("req-29", 0.75, None, None);
         log.flush().await;
         let live = std::fs::read_to_string(&path).unwrap();
         let last: Vec<Feedback> = live

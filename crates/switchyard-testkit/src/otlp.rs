@@ -37,6 +37,8 @@ pub struct ReceivedSpan {
     pub status: i32,
     /// The resource's `service.name`.
     pub service: String,
+    /// The span's events, each its name then its attributes as `key=value`.
+    pub events: Vec<String>,
 }
 
 impl ReceivedSpan {
@@ -122,6 +124,21 @@ fn keep(spans: &Spans, request: &ExportTraceServiceRequest) {
                         .collect(),
                     status: span.status.as_ref().map_or(0, |s| s.code),
                     service: service.clone(),
+                    events: span
+                        .events
+                        .iter()
+                        .map(|e| {
+                            let mut line = e.name.clone();
+                            for kv in &e.attributes {
+                                line.push_str(&format!(
+                                    " {}={}",
+                                    kv.key,
+                                    render(kv.value.as_ref().and_then(|v| v.value.as_ref()))
+                                ));
+                            }
+                            line
+                        })
+                        .collect(),
                 });
             }
         }
