@@ -68,15 +68,41 @@ pub(crate) fn span_model<'a>(state: &SharedState, model: &'a str) -> &'a str {
     }
 }
 
-/// The request path as spans record it, with a virtual key in the path
-/// (`/key/{key}/regenerate`) left out.
-fn span_path(path: &str) -> std::borrow::Cow<'_, str> {
-    match path
-        .strip_prefix("/key/")
-        .and_then(|rest| rest.strip_suffix("/regenerate"))
-    {
-        Some(_) => "/key/{key}/regenerate".into(),
-        None => path.into(),
+/// The request path as spans and logs record it: the segment after `key/`
+/// (a virtual key in `/key/{key}/regenerate`, or anything a client puts
+/// there) is left out unless it names one of the key routes.
+pub(crate) fn span_path(path: &str) -> std::borrow::Cow<'_, str> {
+    const KEY_ROUTES: [&str; 6] = ["generate", "info", "update", "delete", "list", "regenerate"];
+    let segments: Vec<&str> = path.split('/').collect();
+    let secret =
+        |i: usize| i > 0 && segments[i - 1] == "key" && !segments[i].is_empty() && !KEY_ROUTES.contains(&segments[i]);
+    if !(0..segments.len()).any(secret) {
+        return path.into();
+    }
+    (0..segments.len())
+        .map(|i| if secret(i) { "{key}" } else { segments[i] })
+        .collect::<Vec<_>>()
+        .join("/")
+        .into()
+}
+
+/// Counts a request whose client left before its answer (status 499), when
+/// the middleware's future is dropped with it; the work itself may go on.
+struct ClientLeft<'a> {
+    state: Option<&'a SharedState>,
+    route: &'static str,
+    started: Instant,
+}
+
+impl Drop for ClientLeft<'_> {
+    fn drop(&mut self) {
+        if let Some(state) = self.state.take()
+            && !matches!(self.route, "health" | "metrics")
+        {
+            state
+                .metrics
+                .request(self.route, "", "", 499, self.started.elapsed().as_secs_f64());
+        }
     }
 }
 
@@ -137,7 +163,13 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
     let upstream = ctx.upstream_ns.clone();
     request.extensions_mut().insert(ctx);
     let in_flight = (!matches!(route, "health" | "metrics")).then(|| state.metrics.in_flight());
+    let mut left = ClientLeft {
+        state: Some(&state),
+        route,
+        started,
+    };
     let mut response = next.run(request).instrument(span.clone()).await;
+    left.state = None;
     drop(in_flight);
     let elapsed = started.elapsed();
     let overhead = elapsed.saturating_sub(Duration::from_nanos(upstream.load(Ordering::Relaxed)));
@@ -312,6 +344,14 @@ mod tests {
     fn a_key_in_the_path_is_not_recorded() {
         assert_eq!(span_path("/key/sk-secret-1234/regenerate"), "/key/{key}/regenerate");
         assert_eq!(span_path("/key/regenerate"), "/key/regenerate");
+        assert_eq!(span_path("/key/sk-secret-1234/regenerate/"), "/key/{key}/regenerate/");
+        assert_eq!(
+            span_path("/v1/key/sk-secret-1234/regenerate"),
+            "/v1/key/{key}/regenerate"
+        );
+        assert_eq!(span_path("/key/sk-secret-1234"), "/key/{key}");
+        assert_eq!(span_path("/key/"), "/key/");
+        assert_eq!(span_path("/key/info"), "/key/info");
         assert_eq!(span_path("/v1/chat/completions"), "/v1/chat/completions");
     }
 }

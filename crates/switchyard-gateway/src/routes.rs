@@ -865,7 +865,7 @@ async fn readiness(State(state): State<SharedState>) -> impl IntoResponse {
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {
     ApiError::UnknownRoute {
         method: method.to_string(),
-        path: uri.path().to_owned(),
+        path: crate::observe::span_path(uri.path()).into_owned(),
     }
 }
 

@@ -119,6 +119,14 @@ telemetry:
     assert_eq!(c.status, 404, "{}", c.text);
     let d = post(&gw, "/key/sk-path-secret-0042/regenerate", "", json!({}), &[]).await;
     assert!(d.status >= 400, "{}", d.text);
+    for path in [
+        "/key/sk-path-secret-0042/regenerate/",
+        "/v1/key/sk-path-secret-0042/regenerate",
+    ] {
+        let e = post(&gw, path, "", json!({}), &[]).await;
+        assert_eq!(e.status, 404, "{}", e.text);
+        assert!(!e.text.contains("sk-path-secret-0042"), "{}", e.text);
+    }
 
     let spans = receiver
         .wait_for(Duration::from_secs(20), |spans| {
@@ -596,4 +604,43 @@ async fn the_request_log_can_be_a_redis_stream() {
     assert_eq!(entries[0]["deployment"], "gpt/0");
     assert_eq!(entries[1]["type"], "feedback");
     assert_eq!(entries[1]["score"], 1.0);
+}
+
+/// A client that leaves before its answer is still counted (status 499),
+/// while the work it started goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_client_left_is_counted() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "{}  - model_name: slow\n    deployments:\n      - {{provider: openai, api_base: \"{}\", api_key: k, model: \"slow::first_byte_ms=1000\"}}\n",
+        models(&mock),
+        mock.base_url()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let gone = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .timeout(Duration::from_millis(200))
+        .json(&json!({"model": "slow", "messages": [{"role": "user", "content": "slow"}]}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up first");
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = reqwest::get(format!("{}/metrics", gw.base_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains(r#"status="499""#) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_requests_total{")
+            && l.contains(r#"route="chat""#)
+            && l.contains(r#"status="499""#)),
+        "{metrics}"
+    );
 }
