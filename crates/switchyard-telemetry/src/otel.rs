@@ -79,7 +79,9 @@ pub enum TelemetryError {
     RequestLog(String),
 }
 
-/// Flushes exported spans when dropped (or on [`TelemetryGuard::shutdown`]).
+/// Holds the span exporter. Call [`TelemetryGuard::shutdown`] before the
+/// process exits to export what is queued; dropping the guard does not (a
+/// flush blocks, which a drop inside the runtime must not).
 #[derive(Debug, Default)]
 pub struct TelemetryGuard {
     provider: Option<SdkTracerProvider>,

@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -155,7 +157,26 @@ enum Msg {
 pub struct RequestLog {
     tx: mpsc::Sender<Msg>,
     include_prompt: bool,
+    dropped: Dropped,
+}
+
+/// Counts records that were lost (queue full, write failed), in the metrics
+/// and in warnings that thin out as losses go on.
+#[derive(Debug, Clone)]
+struct Dropped {
     metrics: Metrics,
+    count: Arc<AtomicU64>,
+}
+
+impl Dropped {
+    fn one(&self, why: &str) {
+        self.metrics.log_dropped();
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        // The 1st, 2nd, 4th, 8th… loss: an outage does not flood the log.
+        if n.is_power_of_two() {
+            tracing::warn!(dropped_so_far = n, "request log: a record was dropped ({why})");
+        }
+    }
 }
 
 fn now_ms() -> i64 {
@@ -166,26 +187,33 @@ impl RequestLog {
     /// Opens the sink and starts the writer on the current Tokio runtime.
     pub async fn open(settings: &RequestLogSettings, metrics: Metrics) -> Result<Self, TelemetryError> {
         let (tx, rx) = mpsc::channel(settings.queue.max(16));
+        let dropped = Dropped {
+            metrics,
+            count: Arc::default(),
+        };
         match &settings.sink {
             LogSink::File { path, max_bytes, keep } => {
                 let writer = FileWriter::open(path.clone(), *max_bytes, *keep)?;
-                tokio::task::spawn_blocking(move || writer.run(rx));
+                let dropped = dropped.clone();
+                tokio::task::spawn_blocking(move || writer.run(rx, &dropped));
             }
             LogSink::Redis { url, stream, max_len } => {
                 let client =
                     redis::Client::open(url.as_str()).map_err(|e| TelemetryError::RequestLog(e.to_string()))?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)));
+                    .set_response_timeout(Some(Duration::from_secs(2)))
+                    // The writer retries a batch itself.
+                    .set_number_of_retries(1);
                 let con = redis::aio::ConnectionManager::new_lazy_with_config(client, config)
                     .map_err(|e| TelemetryError::RequestLog(e.to_string()))?;
-                tokio::spawn(redis_writer(con, stream.clone(), *max_len, rx));
+                tokio::spawn(redis_writer(con, stream.clone(), *max_len, rx, dropped.clone()));
             }
         }
         Ok(Self {
             tx,
             include_prompt: settings.include_prompt,
-            metrics,
+            dropped,
         })
     }
 
@@ -196,8 +224,7 @@ impl RequestLog {
 
     fn send(&self, line: String) {
         if self.tx.try_send(Msg::Line(line)).is_err() {
-            self.metrics.log_dropped();
-            tracing::warn!("request log is behind; a record was dropped");
+            self.dropped.one("the writer is behind");
         }
     }
 
@@ -304,7 +331,7 @@ impl FileWriter {
     }
 
     /// Writes lines as they come; flushes whenever the queue is empty.
-    fn run(mut self, mut rx: mpsc::Receiver<Msg>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Msg>, dropped: &Dropped) {
         while let Some(msg) = rx.blocking_recv() {
             let mut waiting = Vec::new();
             let mut next = Some(msg);
@@ -313,6 +340,7 @@ impl FileWriter {
                     Msg::Line(line) => {
                         if let Err(e) = self.write(&line) {
                             tracing::error!(error = %e, path = %self.path.display(), "cannot write the request log");
+                            dropped.one("the file cannot be written");
                         }
                     }
                     Msg::Flush(done) => waiting.push(done),
@@ -330,44 +358,66 @@ impl FileWriter {
     }
 }
 
+/// Records sent to Redis in one round trip at most.
+const REDIS_BATCH: usize = 256;
+
 async fn redis_writer(
     mut con: redis::aio::ConnectionManager,
     stream: String,
     max_len: u64,
     mut rx: mpsc::Receiver<Msg>,
+    dropped: Dropped,
 ) {
     while let Some(msg) = rx.recv().await {
-        match msg {
-            Msg::Line(line) => {
-                let mut tries = 0;
-                loop {
-                    let result = redis::cmd("XADD")
-                        .arg(&stream)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(max_len)
-                        .arg("*")
-                        .arg("record")
-                        .arg(&line)
-                        .query_async::<String>(&mut con)
-                        .await;
-                    match result {
-                        Ok(_) => break,
-                        Err(e) if tries < 3 => {
-                            tries += 1;
-                            tracing::warn!(error = %e, "request log: Redis write failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+        // What is queued goes in one atomic pipeline: one round trip, and a
+        // retry never writes a record twice.
+        let mut lines = Vec::new();
+        let mut waiting = Vec::new();
+        let mut next = Some(msg);
+        while let Some(msg) = next.take() {
+            match msg {
+                Msg::Line(line) => lines.push(line),
+                Msg::Flush(done) => waiting.push(done),
+            }
+            if lines.len() < REDIS_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !lines.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            for line in &lines {
+                pipe.cmd("XADD")
+                    .arg(&stream)
+                    .arg("MAXLEN")
+                    .arg("~")
+                    .arg(max_len)
+                    .arg("*")
+                    .arg("record")
+                    .arg(line)
+                    .ignore();
+            }
+            let mut tries = 0;
+            loop {
+                match pipe.query_async::<()>(&mut con).await {
+                    Ok(()) => break,
+                    Err(e) if tries < 3 => {
+                        tries += 1;
+                        tracing::warn!(error = %e, "request log: Redis write failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(200 * tries)).await;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, records = lines.len(), "request log: Redis write failed; records dropped");
+                        for _ in &lines {
+                            dropped.one("Redis did not take it");
                         }
-                        Err(e) => {
-                            tracing::error!(error = %e, "request log: Redis write failed; record dropped");
-                            break;
-                        }
+                        break;
                     }
                 }
             }
-            Msg::Flush(done) => {
-                let _ = done.send(());
-            }
+        }
+        for done in waiting {
+            let _ = done.send(());
         }
     }
 }
@@ -375,6 +425,33 @@ async fn redis_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_redis_did_not_take_are_counted_as_dropped() {
+        let metrics = Metrics::new();
+        let settings = RequestLogSettings {
+            sink: LogSink::Redis {
+                url: "redis://127.0.0.1:1".into(),
+                stream: "s".into(),
+                max_len: 100,
+            },
+            include_prompt: false,
+            queue: 100,
+        };
+        let log = RequestLog::open(&settings, metrics.clone()).await.unwrap();
+        for i in 0..5 {
+            log.record(RequestRecord {
+                request_id: format!("req-{i}"),
+                ..RequestRecord::default()
+            });
+        }
+        log.flush().await;
+        let text = metrics.render();
+        assert!(
+            text.lines().any(|l| l == "switchyard_request_log_dropped_total 5"),
+            "{text}"
+        );
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn records_are_appended_and_the_file_rotates() {
