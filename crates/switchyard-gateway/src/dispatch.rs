@@ -189,6 +189,9 @@ pub(crate) struct Decision<'s> {
     pub(crate) attempts: u32,
     /// A learned router's predicted scores and choice, when one routed the request.
     pub(crate) prediction: Option<Arc<Prediction>>,
+    /// Tokens counted up front against the deployment's minute (`tpm`), to
+    /// take back when the stream's real usage is counted.
+    pub(crate) estimated_tokens: u64,
 }
 
 /// The request was answered.
@@ -373,6 +376,13 @@ async fn try_group<'s>(
         Err(e) => return GroupOutcome::Final(e.into()),
     };
     let deployments = group.deployments();
+    // The prompt's tokens, counted against a deployment's minute while the
+    // request runs, so concurrent requests see them (`usage-based`).
+    let estimated = match call {
+        Call::CountTokens(..) => 0,
+        _ => crate::metering::prompt_bytes(call).div_ceil(4),
+    };
+    let signed = i64::try_from(estimated).unwrap_or(i64::MAX);
     // Deployments tried by this request, with the Retry-After each sent.
     let mut tried: Vec<(usize, Option<Duration>)> = Vec::new();
     // Deployments whose provider cannot express this request.
@@ -407,7 +417,7 @@ async fn try_group<'s>(
                 candidates: &pool,
                 stats: &state.stats,
                 now_ms: now,
-                estimated_tokens: 0,
+                estimated_tokens: estimated,
             };
             let index = match route.strategy.choose(&ctx, rng) {
                 Ok(index) => index,
@@ -470,6 +480,7 @@ async fn try_group<'s>(
             "error.type" = Empty,
         );
         let in_flight = state.stats.start(deployment.id);
+        state.stats.add_tokens(deployment.id, signed, state.now_ms());
         let started = Instant::now();
         let sent = tokio::time::timeout_at(deadline.at, attempt(call, deployment, client))
             .instrument(attempt_span.clone())
@@ -484,6 +495,7 @@ async fn try_group<'s>(
                 attempt_span.record("otel.status_code", "error");
                 state.metrics.attempt(&deployment.name, "deadline");
                 let now = state.now_ms();
+                state.stats.add_tokens(deployment.id, -signed, now);
                 if deadline.blames_upstream {
                     let class = switchyard_routing::ErrorClass::Timeout;
                     state.stats.record_failure(deployment.id, class, now);
@@ -504,21 +516,24 @@ async fn try_group<'s>(
         match result {
             Ok(reply) => {
                 state.metrics.attempt(&deployment.name, "ok");
-                if let Reply::Json(ProviderResponse { usage, .. }) = &reply {
+                let used = match &reply {
+                    Reply::Json(ProviderResponse { usage, .. }) => Some(usage.as_ref().map_or(0, |u| u.total_tokens)),
+                    // A token count is not a generation: no latency sample.
+                    Reply::Native(_) if matches!(call, Call::CountTokens(..)) => None,
+                    Reply::Native(body) => Some(native_tokens(body)),
+                    // A stream's outcome is recorded when it ends.
+                    Reply::Chunks(_) | Reply::Events(_) => None,
+                };
+                if let Some(tokens) = used {
+                    state.stats.add_tokens(deployment.id, -signed, now);
                     let outcome = Outcome {
                         latency: started.elapsed(),
                         ttft: None,
-                        tokens: usage.as_ref().map_or(0, |u| u.total_tokens),
+                        tokens,
                     };
                     state.stats.record_success(deployment.id, outcome, now);
-                }
-                if matches!(reply, Reply::Native(_)) {
-                    let outcome = Outcome {
-                        latency: started.elapsed(),
-                        ttft: None,
-                        tokens: 0,
-                    };
-                    state.stats.record_success(deployment.id, outcome, now);
+                } else if matches!(call, Call::CountTokens(..)) {
+                    state.stats.add_tokens(deployment.id, -signed, now);
                 }
                 // A stream's first event arrived: the breaker closes now, its
                 // statistics are recorded when it ends.
@@ -531,6 +546,7 @@ async fn try_group<'s>(
                         group: name,
                         attempts: *attempts,
                         prediction: None,
+                        estimated_tokens: if used.is_some() { 0 } else { estimated },
                     },
                     in_flight,
                     started,
@@ -538,6 +554,7 @@ async fn try_group<'s>(
             }
             Err(e) => {
                 drop(in_flight);
+                state.stats.add_tokens(deployment.id, -signed, now);
                 let class = error_class(&e);
                 let class_name = class.as_str();
                 attempt_span.record("error.type", class_name);
@@ -597,6 +614,21 @@ async fn try_group<'s>(
     }
     let error = last.unwrap_or_else(|| ApiError::Routing(RoutingError::NoDeployment(name.to_owned())));
     GroupOutcome::Exhausted(error, Reason::Failed)
+}
+
+/// Prompt plus output tokens of an Anthropic-format answer, from its `usage`.
+fn native_tokens(body: &Bytes) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        usage: Option<Value>,
+    }
+    serde_json::from_slice::<Answer>(body)
+        .ok()
+        .and_then(|a| a.usage)
+        .map_or(0, |u| {
+            let u = crate::metering::anthropic_usage(&u);
+            u.prompt.saturating_add(u.completion)
+        })
 }
 
 /// Sends `call` to one deployment; streams are held until their first event.

@@ -167,7 +167,7 @@ fn value_len(value: &Value) -> u64 {
 /// An upper bound on a request's prompt tokens: its bytes of text (a token
 /// is at least one byte), tool definitions and calls, tool results and
 /// structured-output schemas as JSON, and [`MEDIA_TOKENS`] per image.
-fn prompt_bytes(call: &Call<'_>) -> u64 {
+pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
     match call {
         Call::Embeddings(req) => req.input.texts().iter().map(|t| t.len() as u64).sum(),
         Call::CountTokens(..) => 0,

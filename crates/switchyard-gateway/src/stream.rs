@@ -52,8 +52,6 @@ fn error_event(deployment: &str, err: switchyard_providers::ProviderError) -> By
 
 /// What the tracker needs to know about one item of an upstream stream.
 pub(crate) trait Observed {
-    /// Total tokens, when the item reports usage.
-    fn total_tokens(&self) -> Option<u64>;
     /// Usage the item reports, merged into what earlier items reported.
     fn merge_usage(&self, usage: &mut Option<TokenUsage>);
     /// Whether the item is an in-band error (an Anthropic `error` event).
@@ -61,10 +59,6 @@ pub(crate) trait Observed {
 }
 
 impl Observed for StreamChunk {
-    fn total_tokens(&self) -> Option<u64> {
-        self.usage.as_ref().map(|u| u.total_tokens)
-    }
-
     fn merge_usage(&self, usage: &mut Option<TokenUsage>) {
         if let Some(u) = &self.usage {
             *usage = Some(openai_usage(u));
@@ -77,10 +71,6 @@ impl Observed for StreamChunk {
 }
 
 impl Observed for Event {
-    fn total_tokens(&self) -> Option<u64> {
-        None
-    }
-
     /// `message_start` carries the prompt's usage, `message_delta` the output so far.
     fn merge_usage(&self, usage: &mut Option<TokenUsage>) {
         let path: &[&str] = match self.event.as_str() {
@@ -118,7 +108,9 @@ pub struct StreamTracker {
     id: DeploymentId,
     started: Instant,
     first_item: Option<Duration>,
-    tokens: u64,
+    /// Tokens counted up front against the deployment's minute, taken back
+    /// when the stream's own usage is counted.
+    estimated_tokens: Option<u64>,
     usage: Option<TokenUsage>,
     /// Items passed to the client, for the output estimate of a stream cut
     /// before the upstream reported its usage.
@@ -137,7 +129,7 @@ impl StreamTracker {
             id,
             started,
             first_item: None,
-            tokens: 0,
+            estimated_tokens: None,
             usage: None,
             items: 0,
             meter: None,
@@ -151,6 +143,29 @@ impl StreamTracker {
     pub(crate) fn labelled(mut self, group: String, deployment: String) -> Self {
         self.labels = (group, deployment);
         self
+    }
+
+    /// Takes back `estimated` tokens counted up front when the stream ends.
+    pub(crate) fn counting(mut self, estimated: u64) -> Self {
+        self.estimated_tokens = Some(estimated);
+        self
+    }
+
+    /// Tokens used so far, as the upstream reported them (0 before it did).
+    fn tokens_used(&self) -> u64 {
+        self.usage.map_or(0, |u| u.prompt.saturating_add(u.completion))
+    }
+
+    /// Replaces the up-front estimate with the tokens used, once; `true`
+    /// when the outcome's own record counts them instead.
+    fn settle_tokens(&mut self, counted_by_outcome: bool) {
+        let Some(estimated) = self.estimated_tokens.take() else {
+            return;
+        };
+        let used = if counted_by_outcome { 0 } else { self.tokens_used() };
+        let delta = i128::from(used) - i128::from(estimated);
+        let delta = i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX });
+        self.state.stats.add_tokens(self.id, delta, self.state.now_ms());
     }
 
     /// Appends the request-log record when the stream ends.
@@ -168,9 +183,6 @@ impl StreamTracker {
     fn on_item(&mut self, item: &impl Observed) {
         self.first_item.get_or_insert_with(|| self.started.elapsed());
         self.items += 1;
-        if let Some(tokens) = item.total_tokens() {
-            self.tokens = tokens;
-        }
         item.merge_usage(&mut self.usage);
     }
 
@@ -233,12 +245,13 @@ impl StreamTracker {
                 Some(e) => trail.finish_with(502, Some(error_class(e).as_str().to_owned())),
             }
         }
+        self.settle_tokens(error.is_none());
         match error {
             None => {
                 let outcome = Outcome {
                     latency: self.started.elapsed(),
                     ttft: self.first_item,
-                    tokens: self.tokens,
+                    tokens: self.tokens_used(),
                 };
                 self.state.stats.record_success(self.id, outcome, now);
                 self.state.cooldowns.record_success(self.id, now);
@@ -304,6 +317,7 @@ impl StreamTracker {
 impl Drop for StreamTracker {
     /// A stream the client abandoned is still charged for what it used.
     fn drop(&mut self) {
+        self.settle_tokens(false);
         self.charge(false);
         if let Some(mut trail) = self.trail.take() {
             trail.charged_raw(self.usage, self.cost());

@@ -618,3 +618,64 @@ async fn an_operation_one_provider_lacks_goes_to_another_deployment_of_the_group
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(a.json()["type"], "error", "{}", a.body);
 }
+
+/// Tokens of Anthropic-format answers, JSON and streamed, count against a
+/// deployment's `tpm`, so `usage-based` stops choosing it when it is spent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_answers_count_against_tpm() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: claude
+    routing_strategy: usage-based
+    fallbacks: [spare]
+    deployments:
+      - {provider: anthropic, api_base: "{root}", api_key: k, model: "claude-native", tpm: 60}
+  - model_name: spare
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "spare-1"}
+"#,
+    );
+    let used = |deployments: Vec<Value>| {
+        deployments.into_iter().find(|d| d["deployment"] == "claude/0").unwrap()["stats"]["tpm_used"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no tpm_used"))
+    };
+    let body = json!({"model": "claude", "max_tokens": 20,
+        "messages": [{"role": "user", "content": "hello there, how are you today?"}]});
+    let a = post(&gw, "/v1/messages", body.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "claude");
+    let usage = &a.json()["usage"];
+    let tokens = usage["input_tokens"].as_u64().unwrap() + usage["output_tokens"].as_u64().unwrap();
+    assert!(tokens > 0);
+    assert_eq!(used(admin(&gw).await), tokens, "the JSON answer's tokens");
+
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let s = post(&gw, "/v1/messages", stream).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    let mut after = 0;
+    for _ in 0..50 {
+        after = used(admin(&gw).await);
+        if after > tokens {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(after > tokens, "the stream's tokens count too: {after}");
+
+    // Once the minute's tokens are spent, the fallback answers.
+    let mut served_by = String::new();
+    for _ in 0..10 {
+        let a = post(&gw, "/v1/messages", body.clone()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        served_by = a.header("x-switchyard-model").to_owned();
+        if served_by == "spare" {
+            break;
+        }
+    }
+    assert_eq!(served_by, "spare", "usage-based stops at the deployment's tpm");
+}
