@@ -403,7 +403,26 @@ async fn try_group<'s>(
             .copied()
             .filter(|i| !tried.iter().any(|(t, _)| t == i))
             .collect();
-        let mut pool = if fresh.is_empty() { healthy } else { fresh };
+        let mut pool = if fresh.is_empty() {
+            // Going back to tried deployments: not to one that asked for a
+            // longer pause than the policy waits, while another may answer.
+            let max = state.dispatch.retry.max_retry_after;
+            let waitable: Vec<usize> = healthy
+                .iter()
+                .copied()
+                .filter(|i| !tried.iter().any(|(t, after)| t == i && after.is_some_and(|a| a > max)))
+                .collect();
+            if waitable.is_empty() && !healthy.is_empty() {
+                tracing::info!(
+                    group = name,
+                    "every deployment asked for a longer pause than allowed; not waiting"
+                );
+                break;
+            }
+            waitable
+        } else {
+            fresh
+        };
         let index = loop {
             if pool.is_empty() {
                 let error = last.take().unwrap_or_else(|| {

@@ -314,6 +314,8 @@ async fn openai_inner(
     let keep = pending.as_ref().filter(|_| decision.group == primary);
     let mut response = match reply {
         Reply::Json(answer) => {
+            // The upstream is done: the deployment is no longer busy with it.
+            drop(in_flight);
             let usage = answer.usage.as_ref().map(metering::openai_usage);
             let record = meter
                 .settle(&state, decision.deployment.id, &decision.deployment.name, usage)

@@ -153,6 +153,11 @@ async fn retry_after_is_honoured_and_a_long_one_is_returned() {
   - model_name: very-limited
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "m::status=429,retry_after=120"}
+  - model_name: mixed
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "ra::status=429,retry_after=120", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "rb::fail_first=1,status=500", input_cost_per_token: 0.00001}
 "#,
     );
     let a = chat(&gw, "limited", json!({})).await;
@@ -172,6 +177,14 @@ async fn retry_after_is_honoured_and_a_long_one_is_returned() {
     assert_eq!(a.header("retry-after"), "120");
     assert_eq!(a.header("x-switchyard-attempts"), "1");
     assert_eq!(a.json()["error"]["type"], "rate_limit_error");
+
+    // A long Retry-After rules out only its own deployment: the retry goes
+    // to the other one, tried before but without asking for a pause.
+    let a = chat(&gw, "mixed", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-deployment"), "mixed/1");
+    assert_eq!(a.header("x-switchyard-attempts"), "3");
+    assert_eq!(sent_to(&mock, "ra::status=429,retry_after=120"), 1);
 }
 
 const FALLBACKS: &str = r#"

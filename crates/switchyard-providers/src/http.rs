@@ -208,16 +208,31 @@ pub(crate) fn error_message(error: &serde_json::Value) -> String {
         .unwrap_or_else(|| error.to_string())
 }
 
+/// How long the upstream asks to wait: `retry-after-ms` (OpenAI, Azure), else
+/// `Retry-After` in seconds or as an HTTP date. A value too large for a
+/// `Duration` (`1e20`) or unreadable is ignored, not a panic.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+    let seconds = |v: &str, scale: f64| {
+        v.parse::<f64>()
+            .ok()
+            .filter(|s| *s >= 0.0)
+            .and_then(|s| Duration::try_from_secs_f64(s / scale).ok())
+    };
+    if let Some(d) = text("retry-after-ms").and_then(|v| seconds(v, 1000.0)) {
+        return Some(d);
+    }
+    let value = text(reqwest::header::RETRY_AFTER.as_str())?;
+    seconds(value, 1.0).or_else(|| {
+        let at = httpdate::parse_http_date(value).ok()?;
+        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    })
+}
+
 /// Turns a non-2xx upstream response into a typed error, keeping the upstream's message.
 async fn status_error(response: reqwest::Response) -> ProviderError {
     let status = response.status();
-    let retry_after = response
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        // `try_`: a value too large for a Duration (`1e20`) is ignored, not a panic.
-        .and_then(|s| Duration::try_from_secs_f64(s).ok());
+    let retry_after = retry_after(response.headers(), std::time::SystemTime::now());
     let body: Bytes = read_body(response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
     match serde_json::from_slice::<ErrorEnvelope>(&body) {
         Ok(ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error)) => ProviderError::Status {
@@ -284,6 +299,44 @@ fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
+    use std::time::Duration;
+
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+    use super::retry_after;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| (HeaderName::from_static(k), HeaderValue::from_static(v)))
+            .collect()
+    }
+
+    #[test]
+    fn retry_after_reads_milliseconds_seconds_and_dates() {
+        let now = httpdate::parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT").unwrap();
+        let read = |pairs: &[(&'static str, &'static str)]| retry_after(&headers(pairs), now);
+        assert_eq!(read(&[("retry-after", "2")]), Some(Duration::from_secs(2)));
+        assert_eq!(read(&[("retry-after", "0.5")]), Some(Duration::from_millis(500)));
+        assert_eq!(
+            read(&[("retry-after-ms", "1500"), ("retry-after", "9")]),
+            Some(Duration::from_millis(1500)),
+            "the precise header wins"
+        );
+        assert_eq!(
+            read(&[("retry-after", "Wed, 21 Oct 2015 07:28:30 GMT")]),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            read(&[("retry-after", "Wed, 21 Oct 2015 07:27:00 GMT")]),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(read(&[("retry-after", "1e20")]), None);
+        assert_eq!(read(&[("retry-after", "-3")]), None);
+        assert_eq!(read(&[("retry-after", "soon")]), None);
+        assert_eq!(read(&[]), None);
+    }
+
     #[test]
     fn error_bodies_are_read_without_a_type_or_an_envelope() {
         use super::{ErrorEnvelope, LenientError};

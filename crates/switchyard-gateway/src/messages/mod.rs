@@ -200,6 +200,8 @@ async fn messages_inner(
     };
     let mut response = match reply {
         Reply::Native(body) => {
+            // The upstream is done: the deployment is no longer busy with it.
+            drop(in_flight);
             let usage = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
                 .and_then(|v| v.get("usage").map(metering::anthropic_usage));
@@ -226,6 +228,7 @@ async fn messages_inner(
             name,
         ),
         Reply::Json(answer) => {
+            drop(in_flight);
             let usage = answer.usage.as_ref().map(metering::openai_usage);
             let translated = match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
                 Ok(parsed) => serde_json::to_vec(&translate::to_messages_response(parsed))
