@@ -387,8 +387,26 @@ impl AppState {
 
     /// Takes over what outlives a configuration from the state it replaces:
     /// keys, limits, budgets and spend, metrics, the request log, the listener
-    /// and telemetry settings, and the cache when its settings are unchanged.
+    /// and telemetry settings, the cache when its settings are unchanged, and
+    /// the live statistics and circuit breaker of every deployment kept (same
+    /// name, provider and upstream model).
     pub(crate) fn inherit(&mut self, old: &AppState, same_cache: bool) {
+        self.started = old.started;
+        for name in self.registry.model_names() {
+            let (Ok(new_group), Ok(old_group)) = (self.registry.group(name), old.registry.group(name)) else {
+                continue;
+            };
+            for d in new_group.deployments() {
+                if let Some(before) = old_group
+                    .deployments()
+                    .iter()
+                    .find(|o| o.name == d.name && o.provider == d.provider && o.model == d.model)
+                {
+                    self.stats.carry_over(d.id, &old.stats, before.id);
+                    self.cooldowns.carry_over(d.id, &old.cooldowns, before.id);
+                }
+            }
+        }
         self.policy = old.policy.clone();
         self.pending_policy = None;
         self.default_max_tokens = old.default_max_tokens;

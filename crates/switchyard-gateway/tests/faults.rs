@@ -692,3 +692,56 @@ async fn anthropic_answers_count_against_tpm() {
     }
     assert_eq!(served_by, "spare", "usage-based stops at the deployment's tpm");
 }
+
+/// A reload keeps what the gateway learned about the deployments it keeps:
+/// an open breaker stays open, and this minute's requests stay counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_breakers_and_statistics_of_deployments_it_keeps() {
+    let mock = MockUpstream::start().await;
+    let router = "  num_retries: 0\n  allowed_fails: 2\n  cooldown_ms: 600000";
+    let models = r#"
+  - model_name: flaky
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "f::status=500"}
+  - model_name: steady
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "steady-1"}
+"#;
+    let gw = gateway(&mock, router, models);
+    for _ in 0..2 {
+        assert_eq!(chat(&gw, "flaky", json!({})).await.status, 502);
+    }
+    assert_eq!(chat(&gw, "steady", json!({})).await.status, 200);
+    assert_eq!(breaker(&gw, "flaky/0").await["state"], "open");
+
+    let grown = format!(
+        "router_settings:\n  retry_backoff_ms: 10\n  max_backoff_ms: 50\n{router}\nmodel_list:\n{models}  - model_name: extra\n    deployments:\n      - {{provider: openai, api_base: \"{{base}}\", api_key: k, model: \"extra-1\"}}\n"
+    )
+    .replace("{base}", &mock.base_url());
+    std::fs::write(gw.config_path(), grown).unwrap();
+    gw.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..200 {
+        if admin(&gw).await.iter().any(|d| d["deployment"] == "extra/0") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(reloaded, "{:?}", gw.logs());
+    assert_eq!(
+        breaker(&gw, "flaky/0").await["state"],
+        "open",
+        "the breaker survives the reload"
+    );
+    let a = chat(&gw, "flaky", json!({})).await;
+    assert_eq!(a.status, 503, "{}", a.body);
+    assert_eq!(sent_to(&mock, "f::status=500"), 2);
+    let steady = admin(&gw)
+        .await
+        .into_iter()
+        .find(|d| d["deployment"] == "steady/0")
+        .unwrap();
+    assert_eq!(steady["stats"]["successes"], 1, "{steady}");
+    assert_eq!(steady["stats"]["rpm_used"], 1, "{steady}");
+}

@@ -170,6 +170,22 @@ impl Cooldowns {
         }
     }
 
+    /// Carries the breaker of `from_id` in `from` over to `to`, e.g. for a
+    /// deployment that outlives a configuration reload (same clock). A key
+    /// marked invalid is not carried: a reload is how it is cleared.
+    pub fn carry_over(&self, to: DeploymentId, from: &Cooldowns, from_id: DeploymentId) {
+        let (Some(to), Some(from)) = (self.breakers.get(to.0), from.breakers.get(from_id.0)) else {
+            return;
+        };
+        to.since_or_until
+            .store(from.since_or_until.load(Ordering::Acquire), Ordering::Release);
+        to.window_start
+            .store(from.window_start.load(Ordering::Acquire), Ordering::Release);
+        to.failures
+            .store(from.failures.load(Ordering::Acquire), Ordering::Release);
+        to.state.store(from.state.load(Ordering::Acquire), Ordering::Release);
+    }
+
     /// A half-open probe to `id` ended without telling whether the deployment
     /// works (the request's own deadline passed first): the breaker stays open,
     /// and the next request may probe at once.

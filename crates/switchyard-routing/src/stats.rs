@@ -239,6 +239,25 @@ impl LiveStats {
         add_to_window(&stats.requests, 1, now_ms);
     }
 
+    /// Carries the history of `from_id` in `from` (averages, counts, this
+    /// minute's requests and tokens) over to `to`, e.g. for a deployment that
+    /// outlives a configuration reload. Both must use the same clock. Requests
+    /// in flight stay counted where they started, and are not carried.
+    pub fn carry_over(&self, to: DeploymentId, from: &LiveStats, from_id: DeploymentId) {
+        let (Some(to), Some(from)) = (self.get(to), from.get(from_id)) else {
+            return;
+        };
+        let copy = |a: &AtomicU64, b: &AtomicU64| a.store(b.load(Relaxed), Relaxed);
+        copy(&to.latency_us, &from.latency_us);
+        copy(&to.ttft_us, &from.ttft_us);
+        copy(&to.successes, &from.successes);
+        for (a, b) in to.failures.iter().zip(&from.failures) {
+            copy(a, b);
+        }
+        copy(&to.requests, &from.requests);
+        copy(&to.tokens, &from.tokens);
+    }
+
     /// Adds `tokens` to the current minute's usage of `id`: an up-front estimate
     /// before dispatch, or a correction (negative to take tokens back; usage
     /// never goes below zero).
