@@ -407,7 +407,32 @@ fn parse_day(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Res
     }
 }
 
+/// The query parameters `/spend/logs` reads.
+const SPEND_LOG_PARAMS: [&str; 9] = [
+    "start_date",
+    "end_date",
+    "limit",
+    "api_key",
+    "key",
+    "cache_hit",
+    "team_id",
+    "model",
+    "request_id",
+];
+
 async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    let mut unknown: Vec<&String> = q.keys().filter(|k| !SPEND_LOG_PARAMS.contains(&k.as_str())).collect();
+    unknown.sort();
+    if let Some(name) = unknown.first() {
+        return ApiError::InvalidField {
+            param: Some((*name).clone()),
+            message: format!(
+                "Unknown filter '{name}'; /spend/logs filters by {}.",
+                SPEND_LOG_PARAMS.join(", ")
+            ),
+        }
+        .into_response();
+    }
     let (start_day, end_day) = match (parse_day(&q, "start_date"), parse_day(&q, "end_date")) {
         (Ok(s), Ok(e)) => (s, e),
         (Err(r), _) | (_, Err(r)) => return r,
@@ -447,6 +472,7 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
         cache_hit,
         team_id: q.get("team_id").cloned(),
         model: q.get("model").cloned(),
+        request_id: q.get("request_id").cloned(),
         start_day,
         end_day,
         limit,

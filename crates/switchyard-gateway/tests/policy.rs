@@ -701,6 +701,17 @@ async fn streams_are_charged_from_usage_the_client_did_not_ask_for() {
         (bad.status, bad.body["error"]["param"].as_str()),
         (400, Some("start_date"))
     );
+    // One request's record, by its id; a filter the route does not know is an error.
+    let id = records[1]["request_id"].as_str().unwrap();
+    let one = admin_get(&gw, &format!("/spend/logs?request_id={id}")).await;
+    let one = one.body.as_array().unwrap();
+    assert_eq!(one.len(), 1, "{one:?}");
+    assert_eq!(one[0]["request_id"], id);
+    let unknown = admin_get(&gw, "/spend/logs?user_id=alice").await;
+    assert_eq!(
+        (unknown.status, unknown.body["error"]["param"].as_str()),
+        (400, Some("user_id"))
+    );
 }
 
 #[test]

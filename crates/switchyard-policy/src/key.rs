@@ -30,6 +30,22 @@ pub fn generate_key() -> Result<String, getrandom::Error> {
     Ok(format!("{KEY_PREFIX}{}", hex::encode(bytes)))
 }
 
+/// Whether `plaintext` can be a custom key: `sk-`, at least 20 characters,
+/// nothing a client could not send back unchanged (spaces, control characters).
+pub(crate) fn usable_key(plaintext: &str) -> bool {
+    plaintext.starts_with(KEY_PREFIX)
+        && plaintext.len() >= 20
+        && !plaintext.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+/// A fresh random id for a key made through the API (`key-` and 32 hex
+/// digits): spend and limits kept under an id never pass to a later key.
+pub fn new_key_id() -> Result<String, getrandom::Error> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)?;
+    Ok(format!("key-{}", hex::encode(bytes)))
+}
+
 /// What may be shown of a key after creation: its prefix and last four characters.
 pub fn display_name(plaintext: &str) -> String {
     let tail: String = plaintext

@@ -17,7 +17,7 @@ use crate::error::{Denied, PolicyError};
 use crate::journal::{FsyncPolicy, Journal};
 use crate::key::{
     KEY_PREFIX, KeyRecord, KeyView, TeamRecord, apply_key_field, apply_team_field, display_name, expiry_from,
-    generate_key, hash_key, hashes_equal,
+    generate_key, hash_key, hashes_equal, new_key_id, usable_key,
 };
 use crate::local::LocalStore;
 use crate::money::Nanos;
@@ -606,8 +606,13 @@ impl Policy {
         let hash = hash_key(token);
         let view = match self.load_view(&hash).await {
             Ok(view) => {
-                if let (Some(v), Store::Redis { seen, .. }) = (&view, &self.0.store) {
-                    seen.lock().insert(hash.clone(), v.clone());
+                if let Store::Redis { seen, .. } = &self.0.store {
+                    // A key Redis no longer has (deleted, or regenerated on
+                    // another replica) must not come back in an outage.
+                    match &view {
+                        Some(v) => seen.lock().insert(hash.clone(), v.clone()),
+                        None => seen.lock().remove(&hash),
+                    };
                 }
                 view
             }
@@ -969,11 +974,11 @@ impl Policy {
         let now = now_ms();
         let plaintext = match body.get("key") {
             None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,
-            Some(Value::String(k)) if k.starts_with(KEY_PREFIX) && k.len() >= 20 => k.clone(),
+            Some(Value::String(k)) if usable_key(k) => k.clone(),
             Some(_) => {
                 return Err(field(
                     "key",
-                    "A custom 'key' must start with `sk-` and be at least 20 characters.",
+                    "A custom 'key' must start with `sk-`, be at least 20 characters, and hold no spaces or control characters.",
                 ));
             }
         };
@@ -982,6 +987,7 @@ impl Policy {
             return Err(PolicyError::Conflict("This key already exists.".into()));
         }
         let mut record = KeyRecord::new(&plaintext, now, false);
+        record.key_id = new_key_id().map_err(|e| PolicyError::Store(e.to_string()))?;
         for (name, value) in body {
             match name.as_str() {
                 "key" => {}
@@ -1030,20 +1036,39 @@ impl Policy {
                 _ => apply_key_field(&mut record, name, value)?,
             }
         }
-        self.check_models(&record.limits.models)?;
-        self.check_team_exists(record.team_id.as_deref()).await?;
+        self.check_changed(body, &record).await?;
         self.put_key(record.clone()).await?;
         Ok(record)
     }
 
+    /// Checks the models and team a key update or regenerate sets; fields it
+    /// leaves alone are not checked again, so a key whose model a reload
+    /// removed can still be blocked or rotated.
+    async fn check_changed(&self, body: &Map<String, Value>, record: &KeyRecord) -> Result<(), PolicyError> {
+        if body.contains_key("models") {
+            self.check_models(&record.limits.models)?;
+        }
+        if body.contains_key("team_id") {
+            self.check_team_exists(record.team_id.as_deref()).await?;
+        }
+        Ok(())
+    }
+
     /// `POST /key/delete`: deletes each key; returns the ids deleted.
     pub async fn delete_keys(&self, references: &[String]) -> Result<Vec<String>, PolicyError> {
-        let mut deleted = Vec::new();
+        // Every key is found first: a missing or configured one deletes none.
+        let mut records: Vec<KeyRecord> = Vec::new();
         for reference in references {
             let record = self.find_key(reference).await?;
             if record.from_config {
                 return Err(PolicyError::FromConfig("key"));
             }
+            if !records.iter().any(|r| r.token == record.token) {
+                records.push(record);
+            }
+        }
+        let mut deleted = Vec::new();
+        for record in records {
             let existed = match &self.0.store {
                 Store::Local(local) => local.delete_key(&record.token)?,
                 Store::Redis { redis, seen, .. } => {
@@ -1071,12 +1096,12 @@ impl Policy {
             return Err(PolicyError::FromConfig("key"));
         }
         let plaintext = match body.get("new_key") {
-            Some(Value::String(k)) if k.starts_with(KEY_PREFIX) && k.len() >= 20 => k.clone(),
+            Some(Value::String(k)) if usable_key(k) => k.clone(),
             None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,
             Some(_) => {
                 return Err(field(
                     "new_key",
-                    "'new_key' must start with `sk-` and be at least 20 characters.",
+                    "'new_key' must start with `sk-`, be at least 20 characters, and hold no spaces or control characters.",
                 ));
             }
         };
@@ -1094,8 +1119,7 @@ impl Policy {
                 _ => apply_key_field(&mut record, name, value)?,
             }
         }
-        self.check_models(&record.limits.models)?;
-        self.check_team_exists(record.team_id.as_deref()).await?;
+        self.check_changed(body, &record).await?;
         let old = std::mem::replace(&mut record.token, token);
         record.key_name = display_name(&plaintext);
         match &self.0.store {
@@ -1158,7 +1182,9 @@ impl Policy {
                 apply_team_field(&mut record, name, value)?;
             }
         }
-        self.check_models(&record.limits.models)?;
+        if body.contains_key("models") {
+            self.check_models(&record.limits.models)?;
+        }
         self.put_team(record.clone()).await?;
         Ok(record)
     }
@@ -1186,7 +1212,9 @@ impl Policy {
                 apply_team_field(&mut record, name, value)?;
             }
         }
-        self.check_models(&record.limits.models)?;
+        if body.contains_key("models") {
+            self.check_models(&record.limits.models)?;
+        }
         self.put_team(record.clone()).await?;
         Ok(record)
     }
@@ -1315,6 +1343,88 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), flush)
             .await
             .expect("the flush returns once the write is done");
+    }
+
+    fn body(value: serde_json::Value) -> Map<String, Value> {
+        match value {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_model_went_away_can_still_be_blocked_and_rotated() {
+        let settings = PolicySettings {
+            master_key: Some("sk-master-0000000000000000".into()),
+            known_models: vec!["old".into(), "new".into()],
+            ..PolicySettings::default()
+        };
+        let policy = Policy::memory(&settings);
+        let (plaintext, _) = policy
+            .generate_key(&body(serde_json::json!({"models": ["old"]})))
+            .await
+            .unwrap();
+        policy.set_known_models(["new".to_owned()]);
+        let blocked = policy
+            .update_key(&body(serde_json::json!({"key": plaintext, "blocked": true})))
+            .await
+            .unwrap();
+        assert!(blocked.limits.blocked);
+        let (rotated, _) = policy.regenerate_key(&plaintext, &Map::new()).await.unwrap();
+        // Setting the models checks them.
+        let err = policy
+            .update_key(&body(serde_json::json!({"key": rotated, "models": ["old"]})))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::Field(f) if f.param == "models[0]"),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn keys_get_fresh_ids_and_a_bad_delete_deletes_nothing() {
+        let policy = Policy::memory(&PolicySettings::default());
+        let custom = "sk-custom-key-0000000000001";
+        let (_, first) = policy
+            .generate_key(&body(serde_json::json!({"key": custom})))
+            .await
+            .unwrap();
+        assert!(
+            first.key_id.starts_with("key-") && first.key_id.len() == 36,
+            "{}",
+            first.key_id
+        );
+        let err = policy
+            .delete_keys(&[custom.to_owned(), "sk-no-such-key-0000000000".to_owned()])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, PolicyError::NotFound { .. }), "{err:?}");
+        assert!(policy.find_key(custom).await.is_ok(), "a failed delete deleted nothing");
+        let deleted = policy
+            .delete_keys(&[custom.to_owned(), custom.to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(deleted, [first.key_id.clone()]);
+        let (_, again) = policy
+            .generate_key(&body(serde_json::json!({"key": custom})))
+            .await
+            .unwrap();
+        assert_ne!(
+            again.key_id, first.key_id,
+            "a key made again does not take the old one's spend"
+        );
+
+        for bad in ["sk-has a space-000000000000", "sk-trailing-space-0000000 ", "sk-short"] {
+            let err = policy
+                .generate_key(&body(serde_json::json!({"key": bad})))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, PolicyError::Field(f) if f.param == "key"),
+                "{bad}: {err:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -139,6 +139,8 @@ pub struct LogFilter {
     pub end_day: Option<Day>,
     /// Only answers from the cache (`Some(true)`) or from upstreams (`Some(false)`).
     pub cache_hit: Option<bool>,
+    /// Only the record of this request (`x-request-id`).
+    pub request_id: Option<String>,
     /// At most this many, newest first.
     pub limit: usize,
 }
@@ -150,6 +152,7 @@ impl LogFilter {
         self.key.as_ref().is_none_or(|k| record.key.as_ref() == Some(k))
             && self.team_id.as_ref().is_none_or(|t| record.team_id.as_ref() == Some(t))
             && self.model.as_ref().is_none_or(|m| &record.model == m)
+            && self.request_id.as_ref().is_none_or(|r| &record.request_id == r)
             && self.start_day.is_none_or(|d| day >= d)
             && self.end_day.is_none_or(|d| day <= d)
             && self.cache_hit.is_none_or(|c| record.cache_hit == c)

@@ -404,3 +404,33 @@ async fn queued_spend_is_bounded_by_refusing_requests() {
     assert_eq!(pending(&policy), 0);
     assert!(policy.admit(&principal, &demand()).await.is_ok());
 }
+
+/// A key deleted through one replica does not come back on another during
+/// a Redis outage under `fail_open`: the key cache forgets what Redis no
+/// longer has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_key_stays_out_during_an_outage() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let mut open = settings(&url, None);
+    open.master_key = Some("sk-master-outage-000000000000".into());
+    let a = Policy::open(open.clone()).await.unwrap();
+    let b = Policy::open(open).await.unwrap();
+    let body = serde_json::json!({"key_alias": "doomed"});
+    let (plaintext, _) = a.generate_key(body.as_object().unwrap()).await.unwrap();
+    assert!(matches!(
+        b.authenticate(Some(&plaintext)).await,
+        Ok(switchyard_policy::Principal::Key(_))
+    ));
+    a.delete_keys(std::slice::from_ref(&plaintext)).await.unwrap();
+    assert!(matches!(
+        b.authenticate(Some(&plaintext)).await,
+        Err(Denied::InvalidKey)
+    ));
+    redis.stop();
+    let during = b.authenticate(Some(&plaintext)).await;
+    assert!(
+        matches!(during, Err(Denied::InvalidKey | Denied::Unavailable)),
+        "{during:?}"
+    );
+}
