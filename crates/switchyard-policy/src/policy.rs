@@ -1405,7 +1405,7 @@ mod tests {
             .delete_keys(&[custom.to_owned(), custom.to_owned()])
             .await
             .unwrap();
-        assert_eq!(deleted, [first.key_id.clone()]);
+        assert_eq!(deleted, std::slice::from_ref(&first.key_id));
         let (_, again) = policy
             .generate_key(&body(serde_json::json!({"key": custom})))
             .await
