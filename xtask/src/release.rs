@@ -415,7 +415,11 @@ pub fn package(root: &Path, binary: &Path, triple: &str, out: &Path) -> Result<P
     }
     let archive = out.join(format!("{name}.tar.gz"));
     let mut tar = Command::new("tar");
-    tar.current_dir(out).arg("-czf").arg(&archive).arg(&name);
+    // The archive is named relative to `out`, where tar runs.
+    tar.current_dir(out)
+        .arg("-czf")
+        .arg(format!("{name}.tar.gz"))
+        .arg(&name);
     run_checked(&mut tar, "tar")?;
     std::fs::remove_dir_all(&staging).ok();
     let bytes = std::fs::read(&archive).with_context(|| format!("cannot read {}", archive.display()))?;

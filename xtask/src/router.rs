@@ -188,6 +188,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if args.k == 0 {
         bail!("--k must be at least 1");
     }
+    if args.hidden == 0 || args.max_epochs == 0 {
+        bail!("--hidden and --max-epochs must be at least 1");
+    }
     if matches!(args.router, Kind::Mlp)
         && let Some(score) = data.scores.iter().flatten().find(|s| !(0.0..=1.0).contains(*s))
     {
@@ -269,10 +272,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         &pick(&data.costs, val_or_train),
         &mean_costs,
     );
-    println!("validation ({} queries):", val_or_train.len());
+    // Without a validation split the figures are on the training data, and say so.
+    let split = if val_idx.is_empty() { "training" } else { "validation" };
+    println!("{split} ({} queries):", val_or_train.len());
     print_report(&report);
-    metrics.insert("validation_aiq".into(), report.aiq.into());
-    metrics.insert("validation_queries".into(), val_or_train.len().into());
+    metrics.insert(format!("{split}_aiq"), report.aiq.into());
+    metrics.insert(format!("{split}_queries"), val_or_train.len().into());
     let mut router = router;
     router.manifest.metrics = serde_json::Value::Object(metrics);
     router.save(&args.out)?;
@@ -293,11 +298,25 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             embedder.id()
         );
     }
-    let data = Dataset::load(&args.data)?;
-    let data = Dataset::with_models(data.samples, router.manifest.models.clone());
+    let loaded = Dataset::load(&args.data)?;
+    // A candidate the data never scores would count as scoring 0 at cost 0.
+    let missing: Vec<&String> = router
+        .manifest
+        .models
+        .iter()
+        .filter(|m| !loaded.models.contains(m))
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "{} has no scores for the router's candidates {missing:?} (it scores {:?})",
+            args.data.display(),
+            loaded.models
+        );
+    }
+    let hash = loaded.hash.clone();
     let data = Dataset {
-        hash: Dataset::load(&args.data)?.hash,
-        ..data
+        hash,
+        ..Dataset::with_models(loaded.samples, router.manifest.models.clone())
     };
     let x = embed_all(&root, &embedder, &data)?;
     let predicted = x.iter().map(|e| router.predict(e)).collect::<Result<Vec<_>, _>>()?;

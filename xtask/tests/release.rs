@@ -92,6 +92,25 @@ fn dist_packs_a_binary_with_a_checksum_that_verifies() {
     );
 }
 
+#[test]
+fn dist_takes_an_output_directory_relative_to_where_it_runs() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = Command::new(XTASK)
+        .args(["dist", "--binary", SMALL_BINARY, "--out", "dist"])
+        .current_dir(cwd.path())
+        .output()
+        .unwrap();
+    let log = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{log}");
+    let sums = std::fs::read_to_string(cwd.path().join("dist/SHA256SUMS")).unwrap();
+    let archive = sums.split_whitespace().nth(1).unwrap();
+    assert!(cwd.path().join("dist").join(archive).is_file(), "{log}");
+}
+
 /// Writes an executable shell script `name` into `dir`.
 fn script(dir: &std::path::Path, name: &str, body: &str) {
     use std::os::unix::fs::PermissionsExt;

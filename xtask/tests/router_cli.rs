@@ -154,6 +154,27 @@ fn train_and_eval_knn_and_mlp_routers() {
             "{} bytes",
             png.len()
         );
+
+        // Data that never scores one of the router's candidates is refused.
+        let partial = dir.path().join("partial.jsonl");
+        let text = std::fs::read_to_string(&test)
+            .unwrap()
+            .replace("\"coder\"", "\"coder-v2\"");
+        std::fs::write(&partial, text).unwrap();
+        let (ok, log) = xtask(&[
+            "eval",
+            "--router",
+            out.to_str().unwrap(),
+            "--data",
+            partial.to_str().unwrap(),
+            "--model-dir",
+            model,
+        ]);
+        assert!(!ok, "{log}");
+        assert!(
+            log.contains("no scores for the router's candidates [\"coder\"]"),
+            "{log}"
+        );
     }
 }
 
@@ -187,6 +208,11 @@ fn bad_arguments_fail_with_a_clear_message() {
     let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok);
     assert!(log.contains("--k must be at least 1"), "{log}");
+    let mut args = base(&train);
+    args.extend(["--hidden".into(), "0".into()]);
+    let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!ok);
+    assert!(log.contains("--hidden and --max-epochs must be at least 1"), "{log}");
     // The MLP learns scores in [0, 1]; a 1–10 rating must be rescaled.
     let rated = dir.path().join("rated.jsonl");
     let text = std::fs::read_to_string(&train)
