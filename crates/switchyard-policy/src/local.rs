@@ -206,22 +206,39 @@ impl LocalStore {
         self.state.lock().teams.get(id).cloned()
     }
 
-    /// Stores a key (new or changed).
-    pub fn put_key(&self, record: KeyRecord) -> Result<(), PolicyError> {
+    /// Stores `record` if no key has its token (`true`), or nothing (`false`).
+    pub fn insert_key(&self, record: KeyRecord) -> Result<bool, PolicyError> {
+        let mut state = self.state.lock();
+        if state.keys.contains_key(&record.token) {
+            return Ok(false);
+        }
         self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
-        self.state.lock().keys.insert(record.token.clone(), record);
-        Ok(())
+        state.keys.insert(record.token.clone(), record);
+        Ok(true)
     }
 
-    /// Deletes a key; whether it existed.
+    /// Replaces the key with `record`'s token if it is still there (`true`);
+    /// a key deleted or regenerated meanwhile is not brought back (`false`).
+    pub fn replace_key(&self, record: KeyRecord) -> Result<bool, PolicyError> {
+        let mut state = self.state.lock();
+        if !state.keys.contains_key(&record.token) {
+            return Ok(false);
+        }
+        self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
+        state.keys.insert(record.token.clone(), record);
+        Ok(true)
+    }
+
+    /// Deletes a key; whether it existed (of two deletes, one sees `true`).
     pub fn delete_key(&self, token: &str) -> Result<bool, PolicyError> {
-        if !self.state.lock().keys.contains_key(token) {
+        let mut state = self.state.lock();
+        if !state.keys.contains_key(token) {
             return Ok(false);
         }
         self.log_key_op(&KeyOp::DeleteKey {
             token: token.to_owned(),
         })?;
-        Ok(self.state.lock().keys.remove(token).is_some())
+        Ok(state.keys.remove(token).is_some())
     }
 
     /// Stores a team.
@@ -511,6 +528,25 @@ pub fn today() -> Day {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_are_inserted_only_when_absent_and_replaced_only_when_present() {
+        let store = LocalStore::memory();
+        let record = KeyRecord::new("sk-local-store-test-000001", 0, false);
+        assert!(store.insert_key(record.clone()).unwrap());
+        assert!(!store.insert_key(record.clone()).unwrap(), "the token is taken");
+        let mut blocked = record.clone();
+        blocked.limits.blocked = true;
+        assert!(store.replace_key(blocked).unwrap());
+        assert!(store.key(&record.token).unwrap().limits.blocked);
+        assert!(store.delete_key(&record.token).unwrap());
+        assert!(!store.delete_key(&record.token).unwrap(), "one delete sees it");
+        assert!(
+            !store.replace_key(record.clone()).unwrap(),
+            "a deleted key is not brought back"
+        );
+        assert!(store.key(&record.token).is_none());
+    }
 
     #[test]
     fn a_debt_is_paid_by_time_before_the_bucket_refills() {

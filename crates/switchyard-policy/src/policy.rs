@@ -962,13 +962,6 @@ impl Policy {
         Ok(())
     }
 
-    async fn put_key(&self, record: KeyRecord) -> Result<(), PolicyError> {
-        match &self.0.store {
-            Store::Local(local) => local.put_key(record),
-            Store::Redis { redis, .. } => redis.put_key(&record).await.map_err(down),
-        }
-    }
-
     /// `POST /key/generate`: a new key from `body`; returns its plaintext (shown once).
     pub async fn generate_key(&self, body: &Map<String, Value>) -> Result<(String, KeyRecord), PolicyError> {
         let now = now_ms();
@@ -997,7 +990,14 @@ impl Policy {
         }
         self.check_models(&record.limits.models)?;
         self.check_team_exists(record.team_id.as_deref()).await?;
-        self.put_key(record.clone()).await?;
+        // Two generates of one custom key: one wins, the other is told.
+        let inserted = match &self.0.store {
+            Store::Local(local) => local.insert_key(record.clone())?,
+            Store::Redis { redis, .. } => redis.insert_key(&record).await.map_err(down)?,
+        };
+        if !inserted {
+            return Err(PolicyError::Conflict("This key already exists.".into()));
+        }
         Ok((plaintext, record))
     }
 
@@ -1037,7 +1037,14 @@ impl Policy {
             }
         }
         self.check_changed(body, &record).await?;
-        self.put_key(record.clone()).await?;
+        // Deleted or regenerated since it was read: not brought back.
+        let replaced = match &self.0.store {
+            Store::Local(local) => local.replace_key(record.clone())?,
+            Store::Redis { redis, .. } => redis.replace_key(&record).await.map_err(down)?,
+        };
+        if !replaced {
+            return Err(PolicyError::NotFound { what: "Key" });
+        }
         Ok(record)
     }
 
@@ -1120,18 +1127,32 @@ impl Policy {
             }
         }
         self.check_changed(body, &record).await?;
+        let previous = record.clone();
         let old = std::mem::replace(&mut record.token, token);
         record.key_name = display_name(&plaintext);
-        match &self.0.store {
+        // The old value goes first, in one step: of two regenerates (or a
+        // regenerate and a delete) only one gets it, so one plaintext lives.
+        let (taken, inserted) = match &self.0.store {
             Store::Local(local) => {
-                local.put_key(record.clone())?;
-                local.delete_key(&old)?;
+                let taken = local.delete_key(&old)?;
+                (taken, taken && local.insert_key(record.clone())?)
             }
             Store::Redis { redis, seen, .. } => {
                 seen.lock().remove(&old);
-                redis.put_key(&record).await.map_err(down)?;
-                redis.delete_key(&old).await.map_err(down)?;
+                let taken = redis.delete_key(&old).await.map_err(down)?;
+                (taken, taken && redis.insert_key(&record).await.map_err(down)?)
             }
+        };
+        if !taken {
+            return Err(PolicyError::NotFound { what: "Key" });
+        }
+        if !inserted {
+            // The new value was taken meanwhile: keep the key as it was.
+            match &self.0.store {
+                Store::Local(local) => local.insert_key(previous)?,
+                Store::Redis { redis, .. } => redis.insert_key(&previous).await.map_err(down)?,
+            };
+            return Err(PolicyError::Conflict("This key already exists.".into()));
         }
         Ok((plaintext, record))
     }
@@ -1425,6 +1446,39 @@ mod tests {
                 "{bad}: {err:?}"
             );
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn of_concurrent_regenerates_one_wins_and_a_stale_update_brings_nothing_back() {
+        let policy = Policy::memory(&PolicySettings::default());
+        let (plaintext, _) = policy.generate_key(&Map::new()).await.unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|_| {
+                let (policy, plaintext) = (policy.clone(), plaintext.clone());
+                tokio::spawn(async move { policy.regenerate_key(&plaintext, &Map::new()).await })
+            })
+            .collect();
+        let mut new_values = Vec::new();
+        for task in tasks {
+            if let Ok((value, _)) = task.await.unwrap() {
+                new_values.push(value);
+            }
+        }
+        assert_eq!(new_values.len(), 1, "one plaintext lives: {new_values:?}");
+        assert_eq!(policy.list_keys().await.unwrap().len(), 1);
+        // An update naming the old value finds nothing to bring back.
+        let stale = policy
+            .update_key(&body(serde_json::json!({"key": plaintext, "blocked": true})))
+            .await;
+        assert!(matches!(stale, Err(PolicyError::NotFound { .. })), "{stale:?}");
+        assert!(!matches!(
+            policy.authenticate(Some(&plaintext)).await,
+            Ok(Principal::Key(_))
+        ));
+        // Two generates of one custom key: one is refused.
+        let custom = body(serde_json::json!({"key": "sk-the-same-custom-key-001"}));
+        let (a, b) = tokio::join!(policy.generate_key(&custom), policy.generate_key(&custom));
+        assert!(a.is_ok() != b.is_ok(), "{a:?} {b:?}");
     }
 
     #[tokio::test]

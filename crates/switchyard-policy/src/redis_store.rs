@@ -309,9 +309,32 @@ impl RedisStore {
         self.hget_json("teams", id).await
     }
 
-    /// Stores a key.
-    pub async fn put_key(&self, record: &KeyRecord) -> Result<(), StoreDown> {
-        self.hset_json("keys", &record.token, record).await
+    /// Stores `record` if no key has its token (`HSETNX`): `false` if one does.
+    pub async fn insert_key(&self, record: &KeyRecord) -> Result<bool, StoreDown> {
+        let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
+        let n: i64 = self
+            .query(
+                redis::cmd("HSETNX")
+                    .arg(self.name("keys"))
+                    .arg(&record.token)
+                    .arg(json)
+                    .clone(),
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Replaces the key with `record`'s token only if it is still there, in
+    /// one step: a key deleted or regenerated meanwhile is not brought back.
+    pub async fn replace_key(&self, record: &KeyRecord) -> Result<bool, StoreDown> {
+        let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
+        let script = redis::Script::new(
+            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then                redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1              end return 0",
+        );
+        let mut invocation = script.key(self.name("keys"));
+        invocation.arg(&record.token).arg(json);
+        let n: i64 = self.run(invocation).await?;
+        Ok(n == 1)
     }
 
     /// Deletes a key.

@@ -434,3 +434,28 @@ async fn a_deleted_key_stays_out_during_an_outage() {
         "{during:?}"
     );
 }
+
+/// The Redis store's key writes are conditional, in one step each: a
+/// deleted (or regenerated) key is not brought back by a stale update, and
+/// a token already taken is not overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_key_writes_are_conditional() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let store = switchyard_policy::redis_store::RedisStore::connect(settings(&url, None).redis.as_ref().unwrap())
+        .await
+        .unwrap();
+    let record = KeyRecord::new("sk-redis-store-test-000001", 0, false);
+    assert!(store.insert_key(&record).await.unwrap());
+    assert!(!store.insert_key(&record).await.unwrap(), "the token is taken");
+    let mut blocked = record.clone();
+    blocked.limits.blocked = true;
+    assert!(store.replace_key(&blocked).await.unwrap());
+    assert!(store.key(&record.token).await.unwrap().unwrap().limits.blocked);
+    assert!(store.delete_key(&record.token).await.unwrap());
+    assert!(
+        !store.replace_key(&record).await.unwrap(),
+        "a deleted key is not brought back"
+    );
+    assert!(store.key(&record.token).await.unwrap().is_none());
+}
