@@ -1076,7 +1076,7 @@ impl Config {
                         if !list.is_empty() {
                             issues.push(issue(
                                 format!("{path}.{field}"),
-                                "a learned router falls back down its ranking and to its candidates' own fallbacks",
+                                "a learned router falls back down its ranking (and, for a prompt too long or refused by a content filter, to its chosen candidate's context_window_fallbacks or content_policy_fallbacks)",
                             ));
                         }
                     }

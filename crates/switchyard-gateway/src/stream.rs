@@ -118,6 +118,9 @@ pub struct StreamTracker {
     meter: Option<(Metered, String)>,
     labels: (String, String),
     trail: Option<Trail>,
+    /// The request log's status for a stream dropped before its end: the
+    /// client left (499), unless the gateway cut it at shutdown.
+    cut_by_shutdown: bool,
     _in_flight: InFlight,
 }
 
@@ -135,6 +138,7 @@ impl StreamTracker {
             meter: None,
             labels: (String::new(), String::new()),
             trail: None,
+            cut_by_shutdown: false,
             _in_flight: in_flight,
         }
     }
@@ -286,6 +290,7 @@ impl StreamTracker {
                 _ = cut.wait_for(|cut| *cut) => {
                     // Shutting down past the drain timeout: the stream ends
                     // here; dropping the tracker charges what was used.
+                    tracker.cut_by_shutdown = true;
                     drop(tracker);
                     let e = ProviderError::Stream("the gateway is shutting down".into());
                     return Some((Err(e), None));
@@ -321,7 +326,12 @@ impl Drop for StreamTracker {
         self.charge(false);
         if let Some(mut trail) = self.trail.take() {
             trail.charged_raw(self.usage, self.cost());
-            trail.finish_with(499, Some("client_closed".into()));
+            let (status, why) = if self.cut_by_shutdown {
+                (503, "shutting_down")
+            } else {
+                (499, "client_closed")
+            };
+            trail.finish_with(status, Some(why.into()));
         }
     }
 }

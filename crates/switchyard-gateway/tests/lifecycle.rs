@@ -414,5 +414,6 @@ async fn a_stream_cut_at_the_drain_timeout_is_still_charged_and_logged() {
     assert!(spend.contains(&id), "the cut stream was charged: {spend:?}");
     let log = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap_or_default();
     let record: Value = serde_json::from_str(log.lines().find(|l| l.contains(&id)).expect("a record")).unwrap();
-    assert_eq!(record["status"], 499);
+    assert_eq!(record["status"], 503, "the gateway cut it, not the client: {record}");
+    assert_eq!(record["error_class"], "shutting_down");
 }
