@@ -228,7 +228,8 @@ pub struct ChunkDelta {
 pub struct ChunkChoice {
     /// Position of the choice.
     pub index: u32,
-    /// What this chunk adds.
+    /// What this chunk adds (missing from Azure's content-filter-only chunks).
+    #[serde(default)]
     pub delta: ChunkDelta,
     /// Set on the choice's last chunk.
     #[serde(default)]
@@ -241,13 +242,18 @@ pub struct ChunkChoice {
 /// One `data:` event of a streaming chat response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionChunk {
-    /// Response id, the same in every chunk.
+    /// Response id, the same in every chunk (empty in Azure's first,
+    /// prompt-filter chunk, as are `object`, `created` and `model`).
+    #[serde(default)]
     pub id: String,
     /// Always `chat.completion.chunk`.
+    #[serde(default)]
     pub object: String,
     /// Unix time of creation.
+    #[serde(default)]
     pub created: u64,
     /// Model that answered.
+    #[serde(default)]
     pub model: String,
     /// The choices (empty in the final usage chunk).
     pub choices: Vec<ChunkChoice>,

@@ -113,6 +113,10 @@ fn pay_over_time(owed: u64, elapsed_cells: u64, limit: u32) -> (u64, u64) {
 #[derive(Debug)]
 pub struct LocalStore {
     state: Mutex<State>,
+    /// Held by key writes from their check to their update, so each is one
+    /// step among writers, while request-path lookups take `state` only
+    /// briefly (never across a journal write).
+    key_writes: Mutex<()>,
     limiters: Mutex<HashMap<String, (u32, Arc<Limiter>)>>,
     keys_log: Option<Journal>,
     spend_log: Option<Journal>,
@@ -124,6 +128,7 @@ impl LocalStore {
     pub fn memory() -> Self {
         Self {
             state: Mutex::new(State::default()),
+            key_writes: Mutex::new(()),
             limiters: Mutex::new(HashMap::new()),
             keys_log: None,
             spend_log: None,
@@ -173,6 +178,7 @@ impl LocalStore {
         );
         Ok(Self {
             state: Mutex::new(state),
+            key_writes: Mutex::new(()),
             limiters: Mutex::new(HashMap::new()),
             keys_log: Some(keys_log),
             spend_log: Some(spend_log),
@@ -208,37 +214,60 @@ impl LocalStore {
 
     /// Stores `record` if no key has its token (`true`), or nothing (`false`).
     pub fn insert_key(&self, record: KeyRecord) -> Result<bool, PolicyError> {
-        let mut state = self.state.lock();
-        if state.keys.contains_key(&record.token) {
+        let _writing = self.key_writes.lock();
+        if self.state.lock().keys.contains_key(&record.token) {
             return Ok(false);
         }
         self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
-        state.keys.insert(record.token.clone(), record);
+        self.state.lock().keys.insert(record.token.clone(), record);
         Ok(true)
     }
 
     /// Replaces the key with `record`'s token if it is still there (`true`);
     /// a key deleted or regenerated meanwhile is not brought back (`false`).
     pub fn replace_key(&self, record: KeyRecord) -> Result<bool, PolicyError> {
-        let mut state = self.state.lock();
-        if !state.keys.contains_key(&record.token) {
+        let _writing = self.key_writes.lock();
+        if !self.state.lock().keys.contains_key(&record.token) {
             return Ok(false);
         }
         self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
-        state.keys.insert(record.token.clone(), record);
+        self.state.lock().keys.insert(record.token.clone(), record);
         Ok(true)
+    }
+
+    /// Moves the key stored under `old` to `record` (a new token), in one
+    /// step among key writes: `Ok(None)` when `old` is gone, `Ok(Some(false))`
+    /// when the new token is taken, `Ok(Some(true))` when done. The new value
+    /// is journalled before the old is removed, so a crash between the two
+    /// leaves both working rather than neither.
+    pub fn rename_key(&self, old: &str, record: KeyRecord) -> Result<Option<bool>, PolicyError> {
+        let _writing = self.key_writes.lock();
+        {
+            let state = self.state.lock();
+            if !state.keys.contains_key(old) {
+                return Ok(None);
+            }
+            if state.keys.contains_key(&record.token) {
+                return Ok(Some(false));
+            }
+        }
+        self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
+        self.state.lock().keys.insert(record.token.clone(), record);
+        self.log_key_op(&KeyOp::DeleteKey { token: old.to_owned() })?;
+        self.state.lock().keys.remove(old);
+        Ok(Some(true))
     }
 
     /// Deletes a key; whether it existed (of two deletes, one sees `true`).
     pub fn delete_key(&self, token: &str) -> Result<bool, PolicyError> {
-        let mut state = self.state.lock();
-        if !state.keys.contains_key(token) {
+        let _writing = self.key_writes.lock();
+        if !self.state.lock().keys.contains_key(token) {
             return Ok(false);
         }
         self.log_key_op(&KeyOp::DeleteKey {
             token: token.to_owned(),
         })?;
-        Ok(state.keys.remove(token).is_some())
+        Ok(self.state.lock().keys.remove(token).is_some())
     }
 
     /// Stores a team.
@@ -546,6 +575,25 @@ mod tests {
             "a deleted key is not brought back"
         );
         assert!(store.key(&record.token).is_none());
+
+        // A rename moves the key in one step, once.
+        assert!(store.insert_key(record.clone()).unwrap());
+        let taken = KeyRecord::new("sk-local-store-test-000002", 0, false);
+        assert!(store.insert_key(taken.clone()).unwrap());
+        assert_eq!(
+            store.rename_key(&record.token, taken.clone()).unwrap(),
+            Some(false),
+            "the new token is taken"
+        );
+        assert!(store.key(&record.token).is_some(), "a refused rename keeps the old key");
+        let new = KeyRecord::new("sk-local-store-test-000003", 0, false);
+        assert_eq!(store.rename_key(&record.token, new.clone()).unwrap(), Some(true));
+        assert!(store.key(&record.token).is_none() && store.key(&new.token).is_some());
+        assert_eq!(
+            store.rename_key(&record.token, new).unwrap(),
+            None,
+            "the old value is gone"
+        );
     }
 
     #[test]

@@ -1127,32 +1127,21 @@ impl Policy {
             }
         }
         self.check_changed(body, &record).await?;
-        let previous = record.clone();
         let old = std::mem::replace(&mut record.token, token);
         record.key_name = display_name(&plaintext);
-        // The old value goes first, in one step: of two regenerates (or a
-        // regenerate and a delete) only one gets it, so one plaintext lives.
-        let (taken, inserted) = match &self.0.store {
-            Store::Local(local) => {
-                let taken = local.delete_key(&old)?;
-                (taken, taken && local.insert_key(record.clone())?)
-            }
+        // One step in the store: of two regenerates (or a regenerate and a
+        // delete) only one gets the old value, and no failure leaves neither.
+        let moved = match &self.0.store {
+            Store::Local(local) => local.rename_key(&old, record.clone())?,
             Store::Redis { redis, seen, .. } => {
                 seen.lock().remove(&old);
-                let taken = redis.delete_key(&old).await.map_err(down)?;
-                (taken, taken && redis.insert_key(&record).await.map_err(down)?)
+                redis.rename_key(&old, &record).await.map_err(down)?
             }
         };
-        if !taken {
-            return Err(PolicyError::NotFound { what: "Key" });
-        }
-        if !inserted {
-            // The new value was taken meanwhile: keep the key as it was.
-            match &self.0.store {
-                Store::Local(local) => local.insert_key(previous)?,
-                Store::Redis { redis, .. } => redis.insert_key(&previous).await.map_err(down)?,
-            };
-            return Err(PolicyError::Conflict("This key already exists.".into()));
+        match moved {
+            None => return Err(PolicyError::NotFound { what: "Key" }),
+            Some(false) => return Err(PolicyError::Conflict("This key already exists.".into())),
+            Some(true) => {}
         }
         Ok((plaintext, record))
     }

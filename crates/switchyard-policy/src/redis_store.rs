@@ -337,6 +337,27 @@ impl RedisStore {
         Ok(n == 1)
     }
 
+    /// Moves the key stored under `old` to `record` (a new token) in one
+    /// step: `None` when `old` is gone, `Some(false)` when the new token is
+    /// taken, `Some(true)` when done.
+    pub async fn rename_key(&self, old: &str, record: &KeyRecord) -> Result<Option<bool>, StoreDown> {
+        let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
+        let script = redis::Script::new(
+            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end \
+             if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return -1 end \
+             redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) \
+             redis.call('HDEL', KEYS[1], ARGV[1]) return 1",
+        );
+        let mut invocation = script.key(self.name("keys"));
+        invocation.arg(old).arg(&record.token).arg(json);
+        let n: i64 = self.run(invocation).await?;
+        Ok(match n {
+            0 => None,
+            1 => Some(true),
+            _ => Some(false),
+        })
+    }
+
     /// Deletes a key.
     pub async fn delete_key(&self, token: &str) -> Result<bool, StoreDown> {
         self.hdel("keys", token).await

@@ -458,4 +458,23 @@ async fn redis_key_writes_are_conditional() {
         "a deleted key is not brought back"
     );
     assert!(store.key(&record.token).await.unwrap().is_none());
+
+    // A rename moves the key in one step, once.
+    assert!(store.insert_key(&record).await.unwrap());
+    let taken = KeyRecord::new("sk-redis-store-test-000002", 0, false);
+    assert!(store.insert_key(&taken).await.unwrap());
+    assert_eq!(store.rename_key(&record.token, &taken).await.unwrap(), Some(false));
+    assert!(
+        store.key(&record.token).await.unwrap().is_some(),
+        "a refused rename keeps the old key"
+    );
+    let new = KeyRecord::new("sk-redis-store-test-000003", 0, false);
+    assert_eq!(store.rename_key(&record.token, &new).await.unwrap(), Some(true));
+    assert!(store.key(&record.token).await.unwrap().is_none());
+    assert!(store.key(&new.token).await.unwrap().is_some());
+    assert_eq!(
+        store.rename_key(&record.token, &new).await.unwrap(),
+        None,
+        "the old value is gone"
+    );
 }

@@ -92,8 +92,12 @@ pub fn passthrough(events: switchyard_providers::sse::EventStream, deployment: S
 /// Conversion state of OpenAI chunks into Anthropic events.
 struct Converter {
     started: bool,
-    /// The open block: its index and whether it is text (else a tool call's OpenAI index).
+    /// The open text block's index.
     open: Option<(u32, Option<u64>)>,
+    /// Open tool-use blocks: each tool call's OpenAI index and its block's
+    /// index. They stay open until the message ends (or text follows), so
+    /// servers that interleave the calls' argument chunks are followed too.
+    tools: Vec<(u64, u32)>,
     next_index: u32,
     stop_reason: Option<String>,
     usage: Option<Usage>,
@@ -102,40 +106,67 @@ struct Converter {
 }
 
 impl Converter {
+    /// Closes every open block, in the order they were opened.
     fn close(&mut self, out: &mut Vec<Bytes>) {
-        if let Some((index, _)) = self.open.take() {
+        let mut open: Vec<u32> = self.open.take().map(|(index, _)| index).into_iter().collect();
+        open.extend(self.tools.drain(..).map(|(_, index)| index));
+        open.sort_unstable();
+        for index in open {
             out.push(event(&StreamEvent::ContentBlockStop { index }));
         }
     }
 
     fn open(&mut self, block: ContentBlock, tool: Option<u64>, out: &mut Vec<Bytes>) -> u32 {
-        self.close(out);
+        match tool {
+            // A text block follows everything before it.
+            None => self.close(out),
+            // A tool call closes the text before it, not the other calls.
+            Some(_) => {
+                if let Some((index, _)) = self.open.take() {
+                    out.push(event(&StreamEvent::ContentBlockStop { index }));
+                }
+            }
+        }
         let index = self.next_index;
         self.next_index += 1;
         out.push(event(&StreamEvent::ContentBlockStart {
             index,
             content_block: block,
         }));
-        self.open = Some((index, tool));
+        match tool {
+            None => self.open = Some((index, None)),
+            Some(tool) => self.tools.push((tool, index)),
+        }
         index
     }
 
-    fn on_chunk(&mut self, chunk: ChatCompletionChunk, out: &mut Vec<Bytes>) {
-        if !self.started {
-            self.started = true;
-            let message = MessagesResponse {
-                id: chunk.id.clone(),
-                kind: "message".into(),
-                role: MessageRole::Assistant,
-                model: chunk.model.clone(),
-                content: Vec::new(),
-                stop_reason: None,
-                stop_sequence: None,
-                usage: MessagesUsage::default(),
-                extra: Extra::new(),
-            };
-            out.push(event(&StreamEvent::MessageStart { message }));
+    /// `message_start`, once.
+    fn start(&mut self, id: &str, model: &str, out: &mut Vec<Bytes>) {
+        if self.started {
+            return;
         }
+        self.started = true;
+        let message = MessagesResponse {
+            id: id.to_owned(),
+            kind: "message".into(),
+            role: MessageRole::Assistant,
+            model: model.to_owned(),
+            content: Vec::new(),
+            stop_reason: None,
+            stop_sequence: None,
+            usage: MessagesUsage::default(),
+            extra: Extra::new(),
+        };
+        out.push(event(&StreamEvent::MessageStart { message }));
+    }
+
+    fn on_chunk(&mut self, chunk: ChatCompletionChunk, out: &mut Vec<Bytes>) {
+        // Azure opens with a chunk of prompt filter results only (no id, no
+        // choices): the message starts with the first real chunk.
+        if !self.started && chunk.id.is_empty() && chunk.choices.is_empty() && chunk.usage.is_none() {
+            return;
+        }
+        self.start(&chunk.id, &chunk.model, out);
         if chunk.usage.is_some() {
             self.usage = chunk.usage;
         }
@@ -161,9 +192,10 @@ impl Converter {
                 .unwrap_or_default();
             for call in calls {
                 let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                let index = match self.open {
-                    Some((index, Some(open))) if open == tool => index,
-                    _ => {
+                let known = self.tools.iter().find(|(t, _)| *t == tool).map(|(_, index)| *index);
+                let index = match known {
+                    Some(index) => index,
+                    None => {
                         let block = ContentBlock {
                             kind: "tool_use".into(),
                             id: call.get("id").and_then(Value::as_str).map(str::to_owned),
@@ -198,6 +230,7 @@ impl Converter {
     }
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
+        self.start("", "", out);
         self.close(out);
         out.push(event(&StreamEvent::MessageDelta {
             delta: switchyard_api::anthropic::MessageDelta {
@@ -215,6 +248,7 @@ pub fn from_chat_chunks(chunks: ChunkStream, deployment: String) -> Response {
     let converter = Converter {
         started: false,
         open: None,
+        tools: Vec::new(),
         next_index: 0,
         stop_reason: None,
         usage: None,
