@@ -292,3 +292,96 @@ pub fn from_chat_chunks(chunks: ChunkStream, deployment: String) -> Response {
     );
     sse(out)
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+
+    fn converter() -> Converter {
+        Converter {
+            started: false,
+            open: None,
+            tools: Vec::new(),
+            next_index: 0,
+            stop_reason: None,
+            usage: None,
+            used_tools: false,
+        }
+    }
+
+    /// The events written, as (event name, data) pairs.
+    fn events(out: &[Bytes]) -> Vec<(String, Value)> {
+        out.iter()
+            .map(|b| {
+                let text = std::str::from_utf8(b).unwrap();
+                let name = text.lines().find_map(|l| l.strip_prefix("event: ")).unwrap().to_owned();
+                let data = text.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                (name, serde_json::from_str(data).unwrap())
+            })
+            .collect()
+    }
+
+    fn chunk(value: Value) -> ChatCompletionChunk {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn azure_filter_chunks_and_interleaved_tool_calls_make_one_clean_message() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        let head = |choices: Value| json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt", "choices": choices});
+        for c in [
+            // Azure's first chunk: prompt filter results, no id, no choices.
+            json!({"id": "", "object": "", "created": 0, "model": "", "choices": [], "prompt_filter_results": []}),
+            head(json!([{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                {"index": 0, "id": "call_a", "type": "function", "function": {"name": "a", "arguments": ""}},
+                {"index": 1, "id": "call_b", "type": "function", "function": {"name": "b", "arguments": ""}}]}}])),
+            head(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{\"x\":"}}]}}])),
+            head(
+                json!([{"index": 0, "delta": {"tool_calls": [{"index": 1, "function": {"arguments": "{\"y\":2}"}}]}}]),
+            ),
+            head(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}}])),
+            // Azure's content-filter-only chunk: no delta.
+            head(json!([{"index": 0, "content_filter_results": {"hate": {"filtered": false}}}])),
+            head(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])),
+        ] {
+            conv.on_chunk(chunk(c), &mut out);
+        }
+        conv.finish(&mut out);
+        let events = events(&out);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(
+            events[0].1["message"]["id"], "c1",
+            "the message starts with the first real chunk"
+        );
+        // Each call's arguments reach its own block, whatever the order.
+        let mut arguments = [String::new(), String::new()];
+        for (name, data) in &events {
+            if name == "content_block_delta" {
+                let index = data["index"].as_u64().unwrap() as usize;
+                arguments[index].push_str(data["delta"]["partial_json"].as_str().unwrap());
+            }
+        }
+        assert_eq!(arguments, ["{\"x\":1}", "{\"y\":2}"]);
+        assert_eq!(events[1].1["content_block"]["name"], "a");
+        assert_eq!(events[2].1["content_block"]["name"], "b");
+        assert_eq!(events[8].1["delta"]["stop_reason"], "tool_use");
+    }
+}
