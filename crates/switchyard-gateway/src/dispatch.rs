@@ -192,6 +192,8 @@ pub(crate) struct Decision<'s> {
     /// Tokens counted up front against the deployment's minute (`tpm`), to
     /// take back when the stream's real usage is counted.
     pub(crate) estimated_tokens: u64,
+    /// When they were counted (the routing clock).
+    pub(crate) estimated_at_ms: u64,
 }
 
 /// The request was answered.
@@ -284,8 +286,7 @@ pub(crate) async fn dispatch<'s>(
     let timeout = options.timeout.unwrap_or(settings.timeout).min(settings.max_timeout);
     let deadline = Deadline {
         at: tokio::time::Instant::now() + timeout,
-        // A client's shorter deadline says nothing about the deployment.
-        blames_upstream: timeout >= settings.timeout,
+        configured: settings.timeout,
     };
     let num_retries = options
         .num_retries
@@ -347,9 +348,11 @@ pub(crate) async fn dispatch<'s>(
 #[derive(Debug, Clone, Copy)]
 struct Deadline {
     at: tokio::time::Instant,
-    /// Whether an attempt cut by it counts as the deployment's timeout: true
-    /// for the configured deadline, false for a shorter one the client set.
-    blames_upstream: bool,
+    /// The configured deadline. An attempt it cuts counts as the
+    /// deployment's timeout only when the attempt itself ran for at least
+    /// half of it: a client's shorter deadline, or the last sliver left after
+    /// other attempts, says nothing about the deployment.
+    configured: Duration,
 }
 
 enum GroupOutcome<'s> {
@@ -389,6 +392,9 @@ async fn try_group<'s>(
     let mut unable: Vec<usize> = Vec::new();
     let mut last: Option<ApiError> = None;
     let mut retry = 0u32;
+    // The retry whose backoff was slept: a deployment that could not take
+    // the request hands it on without a second pause.
+    let mut paused_for = 0u32;
     while retry <= num_retries {
         let now = state.now_ms();
         let healthy: Vec<usize> = route
@@ -452,7 +458,8 @@ async fn try_group<'s>(
         let Some(deployment) = deployments.get(index) else {
             return GroupOutcome::Final(ApiError::Internal(format!("no deployment {index} in {name}")));
         };
-        if retry > 0 {
+        if retry > paused_for {
+            paused_for = retry;
             let retry_after = tried.iter().find(|(t, _)| *t == index).and_then(|(_, after)| *after);
             let pause = match state.dispatch.retry.wait(retry, retry_after, rng) {
                 Wait::Sleep(pause) => pause,
@@ -499,7 +506,8 @@ async fn try_group<'s>(
             "error.type" = Empty,
         );
         let in_flight = state.stats.start(deployment.id);
-        state.stats.add_tokens(deployment.id, signed, state.now_ms());
+        let added_ms = state.now_ms();
+        state.stats.add_tokens(deployment.id, signed, added_ms);
         let started = Instant::now();
         let sent = tokio::time::timeout_at(deadline.at, attempt(call, deployment, client))
             .instrument(attempt_span.clone())
@@ -514,8 +522,8 @@ async fn try_group<'s>(
                 attempt_span.record("otel.status_code", "error");
                 state.metrics.attempt(&deployment.name, "deadline");
                 let now = state.now_ms();
-                state.stats.add_tokens(deployment.id, -signed, now);
-                if deadline.blames_upstream {
+                state.stats.take_back_tokens(deployment.id, estimated, added_ms, now);
+                if started.elapsed() >= deadline.configured / 2 {
                     let class = switchyard_routing::ErrorClass::Timeout;
                     state.stats.record_failure(deployment.id, class, now);
                     if state.cooldowns.record_failure(deployment.id, class, now) {
@@ -544,15 +552,13 @@ async fn try_group<'s>(
                     Reply::Chunks(_) | Reply::Events(_) => None,
                 };
                 if let Some(tokens) = used {
-                    state.stats.add_tokens(deployment.id, -signed, now);
+                    state.stats.take_back_tokens(deployment.id, estimated, added_ms, now);
                     let outcome = Outcome {
                         latency: started.elapsed(),
                         ttft: None,
                         tokens,
                     };
                     state.stats.record_success(deployment.id, outcome, now);
-                } else if matches!(call, Call::CountTokens(..)) {
-                    state.stats.add_tokens(deployment.id, -signed, now);
                 }
                 // A stream's first event arrived: the breaker closes now, its
                 // statistics are recorded when it ends.
@@ -566,6 +572,7 @@ async fn try_group<'s>(
                         attempts: *attempts,
                         prediction: None,
                         estimated_tokens: if used.is_some() { 0 } else { estimated },
+                        estimated_at_ms: added_ms,
                     },
                     in_flight,
                     started,
@@ -573,7 +580,7 @@ async fn try_group<'s>(
             }
             Err(e) => {
                 drop(in_flight);
-                state.stats.add_tokens(deployment.id, -signed, now);
+                state.stats.take_back_tokens(deployment.id, estimated, added_ms, now);
                 let class = error_class(&e);
                 let class_name = class.as_str();
                 attempt_span.record("error.type", class_name);
@@ -617,7 +624,8 @@ async fn try_group<'s>(
                         last = Some(error);
                         continue;
                     }
-                    return GroupOutcome::Final(error);
+                    // No deployment of the group can: a fallback group may.
+                    return GroupOutcome::Exhausted(error, Reason::Failed);
                 }
                 if !retryable && class != switchyard_routing::ErrorClass::Auth {
                     return GroupOutcome::Final(error);

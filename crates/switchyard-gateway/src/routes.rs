@@ -162,7 +162,7 @@ pub(crate) fn tracker(
 ) -> StreamTracker {
     StreamTracker::new(state.clone(), decision.deployment.id, started, in_flight)
         .labelled(decision.group.to_owned(), decision.deployment.name.clone())
-        .counting(decision.estimated_tokens)
+        .counting(decision.estimated_tokens, decision.estimated_at_ms)
 }
 
 /// Asks a streaming upstream for its final usage chunk (to charge the

@@ -110,7 +110,7 @@ pub struct StreamTracker {
     first_item: Option<Duration>,
     /// Tokens counted up front against the deployment's minute, taken back
     /// when the stream's own usage is counted.
-    estimated_tokens: Option<u64>,
+    estimated_tokens: Option<(u64, u64)>,
     usage: Option<TokenUsage>,
     /// Items passed to the client, for the output estimate of a stream cut
     /// before the upstream reported its usage.
@@ -149,9 +149,10 @@ impl StreamTracker {
         self
     }
 
-    /// Takes back `estimated` tokens counted up front when the stream ends.
-    pub(crate) fn counting(mut self, estimated: u64) -> Self {
-        self.estimated_tokens = Some(estimated);
+    /// Takes back `estimated` tokens, counted up front at `at_ms`, when the
+    /// stream ends.
+    pub(crate) fn counting(mut self, estimated: u64, at_ms: u64) -> Self {
+        self.estimated_tokens = Some((estimated, at_ms));
         self
     }
 
@@ -163,13 +164,15 @@ impl StreamTracker {
     /// Replaces the up-front estimate with the tokens used, once; `true`
     /// when the outcome's own record counts them instead.
     fn settle_tokens(&mut self, counted_by_outcome: bool) {
-        let Some(estimated) = self.estimated_tokens.take() else {
+        let Some((estimated, at_ms)) = self.estimated_tokens.take() else {
             return;
         };
-        let used = if counted_by_outcome { 0 } else { self.tokens_used() };
-        let delta = i128::from(used) - i128::from(estimated);
-        let delta = i64::try_from(delta).unwrap_or(if delta < 0 { i64::MIN } else { i64::MAX });
-        self.state.stats.add_tokens(self.id, delta, self.state.now_ms());
+        let now = self.state.now_ms();
+        self.state.stats.take_back_tokens(self.id, estimated, at_ms, now);
+        if !counted_by_outcome {
+            let used = i64::try_from(self.tokens_used()).unwrap_or(i64::MAX);
+            self.state.stats.add_tokens(self.id, used, now);
+        }
     }
 
     /// Appends the request-log record when the stream ends.

@@ -593,6 +593,10 @@ async fn an_operation_one_provider_lacks_goes_to_another_deployment_of_the_group
   - model_name: openai-only
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "gpt"}
+  - model_name: openai-then-claude
+    fallbacks: [claude]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "gpt-2"}
 "#,
     );
     let body = json!({"model": "claude", "messages": [{"role": "user", "content": "hello there"}]});
@@ -624,6 +628,13 @@ async fn an_operation_one_provider_lacks_goes_to_another_deployment_of_the_group
             request.body
         );
     }
+
+    // No deployment of the group can count tokens: its fallback does.
+    let mut falls = body.clone();
+    falls["model"] = json!("openai-then-claude");
+    let a = post(&gw, "/v1/messages/count_tokens", falls).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "claude");
 
     let mut only = body;
     only["model"] = json!("openai-only");

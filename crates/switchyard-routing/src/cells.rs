@@ -36,7 +36,7 @@ pub(crate) fn update_ewma(cell: &AtomicU64, sample: f64, alpha: f64) {
     }
 }
 
-fn minute_of(now_ms: u64) -> u64 {
+pub(crate) fn minute_of(now_ms: u64) -> u64 {
     (now_ms / WINDOW_MS).min(u64::from(u32::MAX))
 }
 

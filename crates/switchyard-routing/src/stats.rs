@@ -239,6 +239,15 @@ impl LiveStats {
         add_to_window(&stats.requests, 1, now_ms);
     }
 
+    /// Takes back `tokens` added up front with [`LiveStats::add_tokens`] at
+    /// `added_ms`, if the minute has not turned since: a new minute started
+    /// without them, and must not lose other requests' tokens to them.
+    pub fn take_back_tokens(&self, id: DeploymentId, tokens: u64, added_ms: u64, now_ms: u64) {
+        if crate::cells::minute_of(added_ms) == crate::cells::minute_of(now_ms) {
+            self.add_tokens(id, -i64::try_from(tokens).unwrap_or(i64::MAX), now_ms);
+        }
+    }
+
     /// Carries the history of `from_id` in `from` (averages, counts, this
     /// minute's requests and tokens) over to `to`, e.g. for a deployment that
     /// outlives a configuration reload. Both must use the same clock. Requests
@@ -311,6 +320,19 @@ mod tests {
             ttft: ttft_ms.map(Duration::from_millis),
             tokens,
         }
+    }
+
+    #[test]
+    fn an_estimate_is_taken_back_only_in_the_minute_it_was_added() {
+        let stats = LiveStats::new(1);
+        stats.add_tokens(ID, 100, 1_000);
+        stats.take_back_tokens(ID, 100, 1_000, 2_000);
+        assert_eq!(stats.deployment(ID).tpm_used(2_000), 0);
+        // Added at :59, the request ends in the next minute, where others used 500.
+        stats.add_tokens(ID, 100, 59_000);
+        stats.add_tokens(ID, 500, 61_000);
+        stats.take_back_tokens(ID, 100, 59_000, 61_500);
+        assert_eq!(stats.deployment(ID).tpm_used(61_500), 500);
     }
 
     #[test]

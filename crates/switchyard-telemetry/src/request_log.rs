@@ -106,8 +106,8 @@ pub struct Feedback {
 }
 
 /// A short, stable reference to a virtual key for the request log: the
-/// first 16 hex digits of its id (itself a SHA-256), enough to tell keys
-/// apart without writing the key's whole hash.
+/// first 16 characters of its id, enough to tell keys apart without writing
+/// a configured key's whole hash.
 pub fn key_ref(key_id: &str) -> String {
     key_id.chars().take(16).collect()
 }
@@ -370,7 +370,7 @@ async fn redis_writer(
 ) {
     while let Some(msg) = rx.recv().await {
         // What is queued goes in one atomic pipeline: one round trip, and a
-        // retry never writes a record twice.
+        // batch written whole or not at all.
         let mut lines = Vec::new();
         let mut waiting = Vec::new();
         let mut next = Some(msg);
