@@ -551,3 +551,35 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
     let (status, body) = post("/v1/messages/count_tokens", json!({"model": "nova", "messages": []})).await;
     assert_eq!((status, body["type"].as_str()), (400, Some("error")), "{body}");
 }
+
+/// Azure API versions before 2024-09-01 refuse `stream_options`: streams to
+/// them are sent without it (and charged from the gateway's estimate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_azure_api_version_streams_without_stream_options() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "model_list:\n  - model_name: old-azure\n    deployments:\n      - provider: azure\n        model: dep\n        api_base: {}\n        api_version: 2024-06-01\n        api_key: k\n",
+        mock.root_url()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &yaml);
+    for include_usage in [false, true] {
+        let mut body = json!({"model": "old-azure", "stream": true,
+            "messages": [{"role": "user", "content": "hello there"}]});
+        if include_usage {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", gateway.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let events = sse_data(&text);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+        let seen = mock.last_request().unwrap();
+        assert!(seen.query.as_deref().unwrap_or("").contains("api-version=2024-06-01"));
+        assert!(seen.body.get("stream_options").is_none(), "{}", seen.body);
+    }
+}

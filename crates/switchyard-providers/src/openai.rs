@@ -79,6 +79,23 @@ struct Endpoints {
     chat_url: reqwest::Url,
     completions_url: reqwest::Url,
     embeddings_url: reqwest::Url,
+    /// Whether the upstream takes `stream_options` (Azure API versions
+    /// before 2024-09-01 refuse it with a 400).
+    stream_options: bool,
+}
+
+/// Whether an Azure `api-version` (`YYYY-MM-DD`, maybe `-preview`) accepts
+/// `stream_options`: 2024-09-01-preview and later do.
+fn azure_takes_stream_options(api_version: &str) -> bool {
+    api_version.get(..10).is_some_and(|date| date >= "2024-09-01")
+}
+
+/// A copy of a streaming request without `stream_options`, for upstreams
+/// that refuse it (the stream is then charged from the gateway's estimate).
+fn without_stream_options<T: Clone>(req: &T, options: impl FnOnce(&mut T)) -> T {
+    let mut copy = req.clone();
+    options(&mut copy);
+    copy
 }
 
 /// Parses an endpoint URL once, at build time, so requests never re-parse it.
@@ -99,7 +116,12 @@ macro_rules! openai_wire_provider {
             }
 
             async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
-                self.0.http.post_stream(&self.0.chat_url, encode_chat(req)?).await
+                let body = if self.0.stream_options || req.stream_options.is_none() {
+                    encode_chat(req)?
+                } else {
+                    encode_chat(&without_stream_options(req, |r| r.stream_options = None))?
+                };
+                self.0.http.post_stream(&self.0.chat_url, body).await
             }
 
             async fn completion(&self, req: &CompletionRequest) -> Result<ProviderResponse> {
@@ -107,10 +129,12 @@ macro_rules! openai_wire_provider {
             }
 
             async fn completion_stream(&self, req: &CompletionRequest) -> Result<ChunkStream> {
-                self.0
-                    .http
-                    .post_stream(&self.0.completions_url, encode(req)?)
-                    .await
+                let body = if self.0.stream_options || req.stream_options.is_none() {
+                    encode(req)?
+                } else {
+                    encode(&without_stream_options(req, |r| r.stream_options = None))?
+                };
+                self.0.http.post_stream(&self.0.completions_url, body).await
             }
 
             async fn embeddings(&self, req: &EmbeddingRequest) -> Result<ProviderResponse> {
@@ -142,6 +166,7 @@ impl OpenAiProvider {
             chat_url: endpoint(format!("{base}/chat/completions"))?,
             completions_url: endpoint(format!("{base}/completions"))?,
             embeddings_url: endpoint(format!("{base}/embeddings"))?,
+            stream_options: true,
         }))
     }
 }
@@ -177,6 +202,7 @@ impl AzureProvider {
             chat_url: endpoint(url("chat/completions"))?,
             completions_url: endpoint(url("completions"))?,
             embeddings_url: endpoint(url("embeddings"))?,
+            stream_options: azure_takes_stream_options(api_version),
         }))
     }
 }
@@ -187,6 +213,23 @@ openai_wire_provider!(AzureProvider, "azure");
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn azure_api_versions_before_2024_09_take_no_stream_options() {
+        for v in ["2024-09-01-preview", "2024-10-21", "2025-04-01-preview"] {
+            assert!(azure_takes_stream_options(v), "{v}");
+        }
+        for v in [
+            "2023-05-15",
+            "2024-02-01",
+            "2024-06-01",
+            "2024-08-01-preview",
+            "latest",
+            "",
+        ] {
+            assert!(!azure_takes_stream_options(v), "{v}");
+        }
+    }
 
     #[test]
     fn reasoning_models_get_max_completion_tokens() {

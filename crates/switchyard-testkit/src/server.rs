@@ -361,6 +361,21 @@ fn check_auth(request: &RecordedRequest, azure: bool) -> Option<Response> {
                 Some("missing_api_version"),
             ));
         }
+        // Azure refuses `stream_options` before API version 2024-09-01.
+        let version = request
+            .query
+            .as_deref()
+            .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api-version=")))
+            .unwrap_or("");
+        if request.body.get("stream_options").is_some() && version.get(..10).is_none_or(|d| d < "2024-09-01") {
+            return Some(error_response(
+                StatusCode::BAD_REQUEST,
+                "Unrecognized request argument supplied: stream_options",
+                "invalid_request_error",
+                None,
+                None,
+            ));
+        }
         if missing(request.header("api-key")) {
             return Some(error_response(
                 StatusCode::UNAUTHORIZED,
