@@ -802,10 +802,7 @@ async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
     loop {
         match events.next().await {
             Some(Ok(event)) if event.event == "error" => {
-                return Err(ProviderError::Stream(format!(
-                    "error event from the upstream before any content: {}",
-                    event.data
-                )));
+                return Err(switchyard_providers::anthropic::stream::error_event(&event.data));
             }
             Some(Ok(event)) => {
                 let preamble = is_preamble(&event.event);

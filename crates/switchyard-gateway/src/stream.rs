@@ -95,7 +95,7 @@ impl Observed for Event {
     }
 
     fn in_band_error(&self) -> Option<ProviderError> {
-        (self.event == "error").then(|| ProviderError::Stream(format!("error event from the upstream: {}", self.data)))
+        (self.event == "error").then(|| switchyard_providers::anthropic::stream::error_event(&self.data))
     }
 }
 

@@ -78,10 +78,7 @@ impl Converter {
                     out.push_back(self.out.usage(usage(&self.usage)));
                 }
             }
-            StreamEvent::Error { error } => out.push_back(Err(ProviderError::Stream(format!(
-                "error event from the upstream: {} ({})",
-                error.message, error.kind
-            )))),
+            StreamEvent::Error { error } => out.push_back(Err(error_status(&error.kind, &error.message))),
             StreamEvent::ContentBlockStart { .. } | StreamEvent::ContentBlockStop { .. } | StreamEvent::Ping => {}
         }
     }
@@ -117,9 +114,9 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
                 Some(Ok(event)) if event.data.trim().is_empty() => {}
                 Some(Ok(event)) => match serde_json::from_str::<StreamEvent>(&event.data) {
                     Ok(parsed) => conv.on_event(parsed, &mut queue),
-                    Err(e) if event.event == "error" || event.data.contains("\"error\"") => queue.push_back(Err(
-                        ProviderError::Stream(format!("error event from the upstream ({e})")),
-                    )),
+                    Err(_) if event.event == "error" || event.data.contains("\"error\"") => {
+                        queue.push_back(Err(error_event(&event.data)));
+                    }
                     // Anthropic may add event types; clients are to ignore
                     // those they do not know.
                     Err(_) if is_unknown_event(&event.data) => {
@@ -134,6 +131,49 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         }
     });
     Box::pin(chunks)
+}
+
+/// The HTTP status Anthropic gives an error `type` when it answers with a
+/// status rather than in a stream.
+fn status_of(kind: &str) -> u16 {
+    match kind {
+        "invalid_request_error" => 400,
+        "authentication_error" => 401,
+        "permission_error" => 403,
+        "not_found_error" => 404,
+        "request_too_large" => 413,
+        "rate_limit_error" => 429,
+        "overloaded_error" => 529,
+        _ => 500,
+    }
+}
+
+/// An error Anthropic sent inside a stream, typed as the status it stands
+/// for: an `overloaded_error` mid-stream is a 529 (retried, and counted
+/// against the deployment) like one sent as the response's status.
+pub fn error_status(kind: &str, message: &str) -> ProviderError {
+    ProviderError::Status {
+        status: status_of(kind),
+        message: format!("{message} (in the stream)"),
+        kind: Some(kind.to_owned()),
+        code: None,
+        param: None,
+        retry_after: None,
+    }
+}
+
+/// An `error` event's data (`{"type":"error","error":{"type","message"}}`)
+/// as a typed error; data of another shape is a broken stream.
+pub fn error_event(data: &str) -> ProviderError {
+    let parsed = serde_json::from_str::<serde_json::Value>(data).ok();
+    let error = parsed.as_ref().and_then(|v| v.get("error"));
+    match (
+        error.and_then(|e| e.get("type")).and_then(serde_json::Value::as_str),
+        error.and_then(|e| e.get("message")).and_then(serde_json::Value::as_str),
+    ) {
+        (Some(kind), message) => error_status(kind, message.unwrap_or("the upstream reported an error")),
+        (None, _) => ProviderError::Stream(format!("error event from the upstream: {data}")),
+    }
 }
 
 /// Whether `data` is a JSON object whose `type` is no event this stream

@@ -247,5 +247,27 @@ async fn a_stream_without_message_stop_is_an_error() {
         ),
     ];
     let chunks: Vec<_> = to_chat_chunks(events(&error), false, 1).collect().await;
-    assert!(matches!(chunks.last(), Some(Err(ProviderError::Stream(m))) if m.contains("Overloaded")));
+    // An overload reported in the stream is the 529 it stands for.
+    assert!(
+        matches!(chunks.last(), Some(Err(ProviderError::Status { status: 529, message, kind: Some(kind), .. }))
+            if message.contains("Overloaded") && kind == "overloaded_error"),
+        "{:?}",
+        chunks.last()
+    );
+    assert!(chunks.last().unwrap().as_ref().unwrap_err().is_retryable());
+    for (kind, status) in [
+        ("rate_limit_error", 429),
+        ("api_error", 500),
+        ("invalid_request_error", 400),
+    ] {
+        let data = json!({"type": "error", "error": {"type": kind, "message": "m"}}).to_string();
+        assert!(
+            matches!(super::stream::error_event(&data), ProviderError::Status { status: s, .. } if s == status),
+            "{kind}"
+        );
+    }
+    assert!(matches!(
+        super::stream::error_event("not json"),
+        ProviderError::Stream(_)
+    ));
 }

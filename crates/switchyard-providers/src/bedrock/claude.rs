@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use aws_sdk_bedrockruntime::types::ResponseStream;
+use aws_sdk_bedrockruntime::types::error::ResponseStreamError;
 use aws_smithy_types::Blob;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use bytes::Bytes;
 use futures_util::stream;
 use serde_json::{Value, json};
@@ -113,10 +113,7 @@ impl BedrockProvider {
                     },
                     Ok(Some(_)) => continue,
                     Ok(None) => return None,
-                    Err(e) => Err(ProviderError::Stream(format!(
-                        "the upstream stream failed: {}",
-                        DisplayErrorContext(&e)
-                    ))),
+                    Err(e) => Err(super::stream_exception(&e, exception_name)),
                 };
                 let done = item.is_err();
                 return Some((item, (rx, false, done)));
@@ -124,6 +121,19 @@ impl BedrockProvider {
         });
         Ok(Box::pin(events))
     }
+}
+
+/// The name of a modelled InvokeModelWithResponseStream exception.
+fn exception_name(e: &ResponseStreamError) -> Option<&'static str> {
+    Some(match e {
+        ResponseStreamError::InternalServerException(_) => "InternalServerException",
+        ResponseStreamError::ModelStreamErrorException(_) => "ModelStreamErrorException",
+        ResponseStreamError::ValidationException(_) => "ValidationException",
+        ResponseStreamError::ThrottlingException(_) => "ThrottlingException",
+        ResponseStreamError::ModelTimeoutException(_) => "ModelTimeoutException",
+        ResponseStreamError::ServiceUnavailableException(_) => "ServiceUnavailableException",
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -104,6 +104,49 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
     }
 }
 
+/// An exception Bedrock sent inside a stream (`throttlingException`,
+/// `modelStreamErrorException`…), typed as the status it stands for, so a
+/// throttled stream is a 429 (retried, counted against the deployment)
+/// rather than a broken answer.
+pub(crate) fn stream_exception<
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug,
+>(
+    err: &SdkError<E, R>,
+    name: impl Fn(&E) -> Option<&'static str>,
+) -> ProviderError {
+    // Modelled stream exceptions carry no code in their metadata: their
+    // variant names them.
+    if let SdkError::ServiceError(ctx) = err
+        && let Some(code) = ctx.err().code().or_else(|| name(ctx.err()))
+    {
+        // In a stream the exception names start in lower case
+        // (`throttlingException`), in a response's headers in upper case.
+        let status = match code.to_ascii_lowercase().as_str() {
+            "throttlingexception" => 429,
+            "serviceunavailableexception" => 503,
+            "internalserverexception" => 500,
+            "modelstreamerrorexception" => 502,
+            "modeltimeoutexception" => 408,
+            "validationexception" => 400,
+            "accessdeniedexception" => 403,
+            _ => 500,
+        };
+        return ProviderError::Status {
+            status,
+            message: format!(
+                "{} (in the stream)",
+                ctx.err().message().unwrap_or("the service reported an error")
+            ),
+            kind: Some(code.to_owned()),
+            code: Some(code.to_owned()),
+            param: None,
+            retry_after: None,
+        };
+    }
+    ProviderError::Stream(format!("the upstream stream failed: {}", DisplayErrorContext(err)))
+}
+
 /// Sets the model and the translated Converse input on a Converse or ConverseStream builder.
 macro_rules! with_converse_input {
     ($builder:expr, $req:expr, $input:expr) => {

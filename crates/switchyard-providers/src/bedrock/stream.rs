@@ -6,7 +6,6 @@ use std::time::Duration;
 use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
 use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
 use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ContentBlockStart, ConverseStreamOutput};
-use aws_smithy_types::error::display::DisplayErrorContext;
 use futures_util::stream;
 
 use super::convert::{finish_reason, usage};
@@ -118,13 +117,22 @@ pub(crate) fn to_chat_chunks(
                     Ok(None) => queue.push_back(Err(ProviderError::Stream(
                         "the upstream closed the stream before messageStop".into(),
                     ))),
-                    Err(e) => queue.push_back(Err(ProviderError::Stream(format!(
-                        "the upstream stream failed: {}",
-                        DisplayErrorContext(&e)
-                    )))),
+                    Err(e) => queue.push_back(Err(super::stream_exception(&e, exception_name))),
                 }
             }
         },
     );
     Box::pin(chunks)
+}
+
+/// The name of a modelled ConverseStream exception.
+fn exception_name(e: &ConverseStreamOutputError) -> Option<&'static str> {
+    Some(match e {
+        ConverseStreamOutputError::InternalServerException(_) => "InternalServerException",
+        ConverseStreamOutputError::ModelStreamErrorException(_) => "ModelStreamErrorException",
+        ConverseStreamOutputError::ValidationException(_) => "ValidationException",
+        ConverseStreamOutputError::ThrottlingException(_) => "ThrottlingException",
+        ConverseStreamOutputError::ServiceUnavailableException(_) => "ServiceUnavailableException",
+        _ => return None,
+    })
 }
