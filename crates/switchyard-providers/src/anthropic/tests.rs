@@ -42,6 +42,10 @@ fn request_translation_covers_system_tools_images_and_results() {
     assert_eq!(out["max_tokens"], 4096);
     assert_eq!(out["stop_sequences"], json!(["END"]));
     assert_eq!(out["temperature"], 1.0);
+    assert!(
+        out.get("top_p").is_none(),
+        "with temperature set, top_p is left out: {out}"
+    );
     assert_eq!(out["metadata"], json!({"user_id": "u1"}));
     assert_eq!(
         out["tool_choice"],

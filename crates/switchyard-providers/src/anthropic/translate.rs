@@ -283,7 +283,14 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             .get("temperature")
             .and_then(Value::as_f64)
             .map(|t| t.clamp(0.0, 1.0)),
-        top_p: req.extra.get("top_p").and_then(Value::as_f64),
+        // Claude models from the 4.1 generation refuse `temperature` and
+        // `top_p` together, and Anthropic advises setting one: with both,
+        // `temperature` is kept.
+        top_p: req
+            .extra
+            .get("top_p")
+            .and_then(Value::as_f64)
+            .filter(|_| !req.extra.get("temperature").is_some_and(Value::is_number)),
         tools,
         tool_choice,
         extra,

@@ -151,13 +151,21 @@ pub(crate) struct ConverseInput {
     pub(crate) tools: Option<ToolConfiguration>,
 }
 
-fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
-    let Some(tools) = req
-        .extra
+/// The tools the model may call: none when the request offers none, or
+/// forbids calling them (`tool_choice: "none"`, which Converse cannot say:
+/// the tools are left out instead).
+fn offered_tools(req: &ChatCompletionRequest) -> Option<&Vec<Value>> {
+    if req.extra.get("tool_choice").and_then(Value::as_str) == Some("none") {
+        return None;
+    }
+    req.extra
         .get("tools")
         .and_then(Value::as_array)
         .filter(|t| !t.is_empty())
-    else {
+}
+
+fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
+    let Some(tools) = offered_tools(req) else {
         return Ok(None);
     };
     let mut specs = Vec::new();
@@ -183,9 +191,7 @@ fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>>
     }
     let choice = match req.extra.get("tool_choice") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) if s == "auto" || s == "none" => {
-            Some(ToolChoice::Auto(AutoToolChoice::builder().build()))
-        }
+        Some(Value::String(s)) if s == "auto" => Some(ToolChoice::Auto(AutoToolChoice::builder().build())),
         Some(Value::String(s)) if s == "required" => Some(ToolChoice::Any(AnyToolChoice::builder().build())),
         Some(Value::Object(o)) => {
             let name = o
@@ -212,6 +218,16 @@ fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>>
     Ok(Some(built(config, "tools")?))
 }
 
+/// `top_p`, unless the request also sets `temperature` for a Claude model:
+/// Claude models from the 4.1 generation refuse the two together, and
+/// Anthropic advises setting one; `temperature` is kept.
+fn top_p(req: &ChatCompletionRequest) -> Option<f64> {
+    let top_p = req.extra.get("top_p").and_then(Value::as_f64)?;
+    let claude = req.model.contains("anthropic.claude") || req.model.starts_with("claude");
+    let temperature = req.extra.get("temperature").and_then(Value::as_f64).is_some();
+    (!(claude && temperature)).then_some(top_p)
+}
+
 /// Builds the Converse input for an OpenAI chat request.
 pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) -> Result<ConverseInput> {
     if req.extra.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
@@ -220,11 +236,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     // Converse refuses tool blocks without a `toolConfig`, and one would let
     // the model call tools the client did not offer. Without tools, a
     // conversation's earlier calls and results are passed on as text.
-    let offers_tools = req
-        .extra
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty());
+    let offers_tools = offered_tools(req).is_some();
     let mut system = Vec::new();
     let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
     for (i, message) in req.messages.iter().enumerate() {
@@ -315,7 +327,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
                 .and_then(Value::as_f64)
                 .map(|t| t.clamp(0.0, 1.0) as f32),
         )
-        .set_top_p(req.extra.get("top_p").and_then(Value::as_f64).map(|t| t as f32))
+        .set_top_p(top_p(req).map(|t| t as f32))
         .set_stop_sequences(stop)
         .build();
     Ok(ConverseInput {
@@ -400,6 +412,40 @@ mod tests {
         let input = converse(json!({"model": "m", "temperature": 1.7,
             "messages": [{"role": "user", "content": "hi"}]}));
         assert_eq!(input.inference.temperature(), Some(1.0));
+    }
+
+    #[test]
+    fn claude_gets_temperature_or_top_p_not_both() {
+        let both = |model: &str| {
+            converse(json!({"model": model, "temperature": 0.5, "top_p": 0.9,
+                "messages": [{"role": "user", "content": "hi"}]}))
+        };
+        let claude = both("anthropic.claude-sonnet-4-5-20250929-v1:0");
+        assert_eq!(claude.inference.temperature(), Some(0.5));
+        assert_eq!(claude.inference.top_p(), None);
+        assert_eq!(both("amazon.nova-lite-v1:0").inference.top_p(), Some(0.9));
+        let only_top_p = converse(json!({"model": "anthropic.claude-3-haiku", "top_p": 0.9,
+            "messages": [{"role": "user", "content": "hi"}]}));
+        assert_eq!(only_top_p.inference.top_p(), Some(0.9));
+    }
+
+    #[test]
+    fn tool_choice_none_offers_no_tools() {
+        let input = converse(json!({"model": "m", "tool_choice": "none",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "user", "content": "summarise"}
+        ]}));
+        assert!(input.tools.is_none(), "Converse has no `none`: the tools are left out");
+        let blocks: Vec<&ContentBlock> = input.messages.iter().flat_map(|m| m.content()).collect();
+        assert!(
+            blocks.iter().all(|b| matches!(b, ContentBlock::Text(_))),
+            "earlier calls go as text: {blocks:?}"
+        );
     }
 
     #[test]
