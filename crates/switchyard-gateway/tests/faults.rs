@@ -757,22 +757,28 @@ async fn a_reload_keeps_the_breakers_and_statistics_of_deployments_it_keeps() {
     assert_eq!(steady["stats"]["rpm_used"], 1, "{steady}");
 }
 
-/// An error the upstream sends inside a stream keeps its kind: Anthropic's
-/// `overloaded_error` and Bedrock's `internalServerException` are server
-/// errors (as their HTTP statuses would be), not malformed answers.
+/// An error the upstream sends inside a stream keeps its kind: OpenAI's
+/// `server_error` chunk, Anthropic's `overloaded_error` and Bedrock's
+/// `internalServerException` are server errors (as their HTTP statuses would
+/// be), not malformed answers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_inside_a_stream_keep_their_kind() {
     let mock = MockUpstream::start().await;
     let gw = GatewayProcess::start_with(
         Path::new(BIN),
         &format!(
-            "router_settings:\n  num_retries: 0\nmodel_list:\n  - model_name: claude\n    deployments:\n      - {{provider: anthropic, api_base: \"{root}\", api_key: k, model: \"c::error_event\"}}\n  - model_name: bedrock\n    deployments:\n      - {{provider: bedrock, api_base: \"{root}\", aws_region: us-east-1, aws_access_key_id: AKIDTEST, aws_secret_access_key: test-secret, model: \"anthropic.claude-3-5-sonnet-20240620-v1:0::error_event\"}}\n",
-            root = mock.root_url()
+            "router_settings:\n  num_retries: 0\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, api_base: \"{base}\", api_key: k, model: \"g::error_event\"}}\n  - model_name: claude\n    deployments:\n      - {{provider: anthropic, api_base: \"{root}\", api_key: k, model: \"c::error_event\"}}\n  - model_name: bedrock\n    deployments:\n      - {{provider: bedrock, api_base: \"{root}\", aws_region: us-east-1, aws_access_key_id: AKIDTEST, aws_secret_access_key: test-secret, model: \"anthropic.claude-3-5-sonnet-20240620-v1:0::error_event\"}}\n",
+            root = mock.root_url(),
+            base = mock.base_url()
         ),
         &[],
         &[],
     );
-    for (model, text) in [("claude", "Overloaded"), ("bedrock", "mock upstream stream error")] {
+    for (model, text) in [
+        ("gpt", "The server had an error"),
+        ("claude", "Overloaded"),
+        ("bedrock", "mock upstream stream error"),
+    ] {
         let a = chat(&gw, model, json!({"stream": true})).await;
         assert_eq!(a.status, 200, "{}", a.body);
         let (_, events) = a.streamed();
@@ -785,7 +791,7 @@ async fn errors_inside_a_stream_keep_their_kind() {
         .text()
         .await
         .unwrap();
-    for deployment in ["claude/0", "bedrock/0"] {
+    for deployment in ["gpt/0", "claude/0", "bedrock/0"] {
         assert!(
             metrics.lines().any(|l| l.starts_with("switchyard_stream_errors_total{")
                 && l.contains(&format!("deployment=\"{deployment}\""))

@@ -208,6 +208,30 @@ pub(crate) fn error_message(error: &serde_json::Value) -> String {
         .unwrap_or_else(|| error.to_string())
 }
 
+/// An OpenAI-style error object sent inside a stream (`data: {"error": …}`),
+/// typed as the status it stands for: a rate limit is a 429, an invalid
+/// request a 400, anything else a server error (500).
+pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
+    let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
+    let (kind, code) = (text("type"), text("code"));
+    let said = |word: &str| kind.iter().chain(code.iter()).any(|t| t.contains(word));
+    let status = if said("rate_limit") {
+        429
+    } else if said("invalid_request") {
+        400
+    } else {
+        500
+    };
+    ProviderError::Status {
+        status,
+        message: format!("{} (in the stream)", error_message(error)),
+        kind,
+        code,
+        param: text("param"),
+        retry_after: None,
+    }
+}
+
 /// How long the upstream asks to wait: `retry-after-ms` (OpenAI, Azure), else
 /// `Retry-After` in seconds or as an HTTP date. A value too large for a
 /// `Duration` (`1e20`) or unreadable is ignored, not a panic.

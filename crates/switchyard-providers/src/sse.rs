@@ -9,7 +9,7 @@ pub use eventsource_stream::Event;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt, stream};
 
-use crate::http::{Probe, error_message};
+use crate::http::{Probe, stream_error};
 use crate::{ChunkStream, ProviderError, StreamChunk, TimeoutPhase};
 
 /// Upstream SSE events ([`Event`]: `event` name and `data`); transport failures and a silent start become errors.
@@ -220,10 +220,7 @@ pub(crate) fn sse_chunks(response: reqwest::Response, first_byte: Duration) -> C
                             Err(e) => Err(ProviderError::Stream(format!(
                                 "malformed event from the upstream ({e})"
                             ))),
-                            Ok(Probe { error: Some(error), .. }) => Err(ProviderError::Stream(format!(
-                                "error event from the upstream: {}",
-                                error_message(&error)
-                            ))),
+                            Ok(Probe { error: Some(error), .. }) => Err(stream_error(&error)),
                             Ok(Probe { usage, .. }) => Ok(StreamChunk {
                                 data: Bytes::from(data),
                                 usage,

@@ -228,11 +228,19 @@ fn validated_object<'a>(ctx: &RequestCtx<'a>) -> Result<&'a Map<String, Value>, 
 }
 
 /// Plans a streaming body: `prefix`, `content` and `suffix` events, then
-/// `[DONE]`, with `reset_after` and `malformed_sse` applied.
+/// `[DONE]`, with `reset_after`, `error_event` and `malformed_sse` applied.
 fn plan_stream(prefix: Vec<Value>, content: Vec<Value>, suffix: Vec<Value>, scenario: &Scenario) -> Vec<SseItem> {
     let json = |value: &Value| SseItem::json_lines(value, scenario.multiline_sse);
     let mut items: Vec<SseItem> = prefix.iter().map(json).collect();
     match scenario.reset_after {
+        _ if scenario.error_event => {
+            // OpenAI reports a failure after the stream started as an
+            // `error` object in place of a chunk, then ends the stream.
+            items.extend(content.iter().take(1).map(json));
+            items.push(json(&serde_json::json!({"error": {
+                "message": "The server had an error while processing your request.",
+                "type": "server_error", "param": null, "code": null}})));
+        }
         Some(n) => {
             items.extend(content.iter().take(n).map(json));
             items.push(SseItem::Abort);

@@ -37,8 +37,9 @@ pub struct Scenario {
     pub embedding_dims: Option<usize>,
     /// Anthropic and Bedrock: forced tool use calls two tools instead of one.
     pub parallel_tools: bool,
-    /// Anthropic and Bedrock streaming: send an error event after the first
-    /// content delta, then end the stream.
+    /// Streaming: send an error after the first content delta (an `error`
+    /// event, a Bedrock exception, or OpenAI's `{"error": …}` chunk), then
+    /// end the stream.
     pub error_event: bool,
     /// Anthropic and Bedrock streaming: end the stream cleanly without its
     /// final stop event(s) (`message_stop`; `messageStop` and `metadata`).
