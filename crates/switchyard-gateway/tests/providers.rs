@@ -583,3 +583,54 @@ async fn an_older_azure_api_version_streams_without_stream_options() {
         assert!(seen.body.get("stream_options").is_none(), "{}", seen.body);
     }
 }
+
+/// A Bedrock guardrail that intervenes answers 200 with its own message and
+/// `stopReason: guardrail_intervened`; clients see `finish_reason:
+/// content_filter`, as from Azure's output filter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bedrock_guardrail_intervention_is_a_content_filter_finish() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("model_list:\n  - model_name: guarded\n    deployments:\n");
+    yaml += &deployment("bedrock", &mock, "amazon.nova-lite-v1:0::content_filter", "");
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[("TEST_AWS_ID", "AKIDTEST"), ("TEST_AWS_SECRET", "test-secret")],
+    );
+    let http = reqwest::Client::new();
+    let json_answer: Value = http
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .json(&user("guarded", "something forbidden"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_answer["choices"][0]["finish_reason"], "content_filter",
+        "{json_answer}"
+    );
+    assert!(
+        json_answer["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("cannot answer"),
+        "{json_answer}"
+    );
+    let mut stream = user("guarded", "something forbidden");
+    stream["stream"] = json!(true);
+    let text = http
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .json(&stream)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (content, _, finish, _) = reassemble(&sse_data(&text));
+    assert_eq!(finish.as_deref(), Some("content_filter"), "{text}");
+    assert!(content.contains("cannot answer"), "{text}");
+}

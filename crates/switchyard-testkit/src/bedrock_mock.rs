@@ -235,10 +235,16 @@ impl Planned {
 
 fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
     let (obj, messages) = validate(ctx.body).map_err(|message| Box::new(validation_error(&message)))?;
-    let reply = build_reply(
+    let mut reply = build_reply(
         &reply_request(obj, messages, ctx.scenario.parallel_tools),
         "tooluse_mock_",
     );
+    if ctx.scenario.content_filter {
+        // A guardrail that intervenes answers 200 with its own message.
+        reply.blocks = vec![ReplyBlock::Text("Sorry, the model cannot answer this question.".into())];
+        reply.stop_reason = "guardrail_intervened";
+        reply.stop_sequence = None;
+    }
     let (read, write) = cache_tokens(contains_key(ctx.body, "cachePoint"));
     Ok(Planned {
         reply,

@@ -53,7 +53,8 @@ pub struct Scenario {
     /// Reject prompts longer than this many words with the protocol's
     /// "context window exceeded" error.
     pub context_window: Option<usize>,
-    /// Reject the request with the protocol's content-policy error.
+    /// Reject the request with the protocol's content-policy error (Bedrock:
+    /// answer as an intervening guardrail does, `guardrail_intervened`).
     pub content_filter: bool,
     /// OpenAI and Anthropic streaming: after the first event, send one event
     /// whose `data:` line grows by this many KiB, in 64 KiB body chunks,

@@ -256,17 +256,21 @@ impl Protocol {
     }
 
     /// The protocol's content-policy refusal.
-    fn content_filter_error(self) -> Response {
+    fn content_filter_error(self) -> Option<Response> {
         match self {
-            Protocol::OpenAi => error_response(
+            Protocol::OpenAi => Some(error_response(
                 StatusCode::BAD_REQUEST,
                 "Your request was rejected as a result of our safety system.",
                 "invalid_request_error",
                 None,
                 Some("content_policy_violation"),
-            ),
-            Protocol::Anthropic => anthropic_mock::invalid_request("Output blocked by content filtering policy"),
-            Protocol::Bedrock => bedrock_mock::validation_error("The request was blocked by a guardrail."),
+            )),
+            Protocol::Anthropic => Some(anthropic_mock::invalid_request(
+                "Output blocked by content filtering policy",
+            )),
+            // Bedrock's guardrails answer 200 with `guardrail_intervened`
+            // (its handler does that).
+            Protocol::Bedrock => None,
         }
     }
 
@@ -506,8 +510,10 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             return protocol.context_window_error(limit, used);
         }
     }
-    if scenario.content_filter {
-        return protocol.content_filter_error();
+    if scenario.content_filter
+        && let Some(refusal) = protocol.content_filter_error()
+    {
+        return refusal;
     }
 
     if let Some(ms) = scenario.first_byte_ms {
