@@ -57,6 +57,8 @@ pub(crate) struct RequestOptions {
     pub(crate) allowed_models: Option<Vec<String>>,
     /// Where time spent waiting on upstreams is added up (for the overhead header).
     pub(crate) upstream_ns: Option<Arc<AtomicU64>>,
+    /// The prompt's estimated tokens, when admission already worked them out.
+    pub(crate) prompt_tokens: Option<u64>,
 }
 
 fn invalid(param: &str, message: String) -> ApiError {
@@ -311,6 +313,7 @@ pub(crate) async fn dispatch<'s>(
             &mut rng,
             &mut attempts,
             options.upstream_ns.as_deref(),
+            options.prompt_tokens,
         )
         .await;
         let (error, reason) = match outcome {
@@ -373,6 +376,7 @@ async fn try_group<'s>(
     rng: &mut fastrand::Rng,
     attempts: &mut u32,
     upstream_ns: Option<&AtomicU64>,
+    prompt_tokens: Option<u64>,
 ) -> GroupOutcome<'s> {
     let group = match state.registry.group(name) {
         Ok(group) => group,
@@ -383,7 +387,7 @@ async fn try_group<'s>(
     // request runs, so concurrent requests see them (`usage-based`).
     let estimated = match call {
         Call::CountTokens(..) => 0,
-        _ => crate::metering::prompt_bytes(call).div_ceil(4),
+        _ => prompt_tokens.unwrap_or_else(|| crate::metering::prompt_bytes(call).div_ceil(4)),
     };
     let signed = i64::try_from(estimated).unwrap_or(i64::MAX);
     // Deployments tried by this request, with the Retry-After each sent.

@@ -238,6 +238,7 @@ async fn openai_inner(
             return e.into_response();
         }
     };
+    options.prompt_tokens = Some(meter.estimated_prompt());
     let strip_usage = request_stream_usage(&mut call);
     let mut extra_headers = Response::new(axum::body::Body::empty());
     meter.headers(&mut extra_headers);

@@ -147,6 +147,7 @@ async fn messages_inner(
             return failed(e.into());
         }
     };
+    options.prompt_tokens = Some(meter.estimated_prompt());
     let mut extra = Response::new(axum::body::Body::empty());
     meter.headers(&mut extra);
     let extra = extra.into_parts().0.headers;
