@@ -106,6 +106,34 @@ fn read(path: &Path) -> Result<Vec<u8>, EmbedError> {
     })
 }
 
+/// A stable 64-bit fingerprint (FNV-1a) of the model's files, so that two
+/// different models in folders of the same name have different ids: small
+/// files whole, and of large ones their length and 64 slices of 4 KiB spread
+/// evenly (different weights differ there), so a load does not hash 90 MB.
+fn fingerprint(files: &[&[u8]]) -> u64 {
+    const SLICES: usize = 64;
+    const SLICE: usize = 4096;
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |bytes: &[u8]| {
+        for &b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for file in files {
+        feed(&(file.len() as u64).to_le_bytes());
+        if file.len() <= SLICES * SLICE {
+            feed(file);
+        } else {
+            for i in 0..SLICES {
+                let start = file.len() / SLICES * i;
+                feed(file.get(start..start + SLICE).unwrap_or_default());
+            }
+        }
+    }
+    hash
+}
+
 impl Embedder {
     /// Loads the model in `config.model_dir` on the CPU.
     pub fn load(config: &EmbedderConfig) -> Result<Self, EmbedError> {
@@ -139,6 +167,11 @@ impl Embedder {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         let device = Device::Cpu;
         let weights = read(&dir.join("model.safetensors"))?;
+        let fingerprint = fingerprint(&[
+            &read(&dir.join("config.json"))?,
+            &read(&dir.join("tokenizer.json"))?,
+            &weights,
+        ]);
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
         let model = BertModel::load(vb, &bert)?;
         let name = dir
@@ -150,7 +183,11 @@ impl Embedder {
             tokenizer,
             device,
             dims: bert.hidden_size,
-            id: format!("{name}/{}/{:?}", config.max_tokens, config.truncation).to_lowercase(),
+            id: format!(
+                "{name}-{fingerprint:016x}/{}/{:?}",
+                config.max_tokens, config.truncation
+            )
+            .to_lowercase(),
             batch_size: config.batch_size,
             cache,
             hasher: std::collections::hash_map::RandomState::new(),

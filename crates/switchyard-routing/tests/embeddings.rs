@@ -84,3 +84,33 @@ fn long_prompts_keep_the_configured_end() {
     );
     assert_ne!(tail.id(), head.id(), "the id records the truncation");
 }
+
+/// Two different models in folders of the same name have different ids, so
+/// a router is never used with embeddings it was not trained on.
+#[test]
+fn the_id_tells_models_in_same_named_folders_apart() {
+    let original = embedder(Truncation::Tail, 256);
+    assert!(original.id().starts_with("all-minilm-l6-v2-"), "{}", original.id());
+    let copy = tempfile::tempdir().unwrap();
+    let dir = copy.path().join("all-MiniLM-L6-v2");
+    std::fs::create_dir(&dir).unwrap();
+    for file in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(model_dir().join(file), dir.join(file)).unwrap();
+    }
+    let load = || {
+        Embedder::load(&EmbedderConfig {
+            model_dir: dir.clone(),
+            max_tokens: 256,
+            truncation: Truncation::Tail,
+            ..EmbedderConfig::default()
+        })
+        .unwrap()
+    };
+    assert_eq!(load().id(), original.id(), "the same files: the same id");
+    // Other weights: change one value in the middle of the file.
+    let mut weights = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let middle = weights.len() / 2;
+    weights[middle] ^= 0x01;
+    std::fs::write(dir.join("model.safetensors"), weights).unwrap();
+    assert_ne!(load().id(), original.id());
+}
