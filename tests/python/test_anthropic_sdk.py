@@ -101,19 +101,34 @@ def test_streaming_tool_use(claude: anthropic.Anthropic, model: str) -> None:
     assert final.stop_reason == "tool_use"
 
 
-def test_missing_max_tokens_is_a_bad_request(claude: anthropic.Anthropic) -> None:
+def anthropic_error(err: anthropic.APIStatusError) -> dict:
+    """The Anthropic-shaped error body, checked for its envelope."""
+    body = err.body
+    assert isinstance(body, dict) and body.get("type") == "error", body
+    assert isinstance(body.get("error"), dict) and body["error"].get("message"), body
+    return body["error"]
+
+
+def test_a_zero_max_tokens_is_a_bad_request(claude: anthropic.Anthropic) -> None:
     with pytest.raises(anthropic.BadRequestError) as info:
         claude.messages.create(
             model="gpt-test",
             max_tokens=0,
             messages=[{"role": "user", "content": "x"}],
         )
-    assert "max_tokens" in str(info.value)
+    assert info.value.status_code == 400
+    error = anthropic_error(info.value)
+    assert error["type"] == "invalid_request_error"
+    assert "max_tokens" in error["message"]
 
 
 def test_unknown_model_is_not_found(claude: anthropic.Anthropic) -> None:
-    with pytest.raises(anthropic.NotFoundError):
+    with pytest.raises(anthropic.NotFoundError) as info:
         claude.messages.create(model="no-such-model", max_tokens=10, messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 404
+    error = anthropic_error(info.value)
+    assert error["type"] == "not_found_error"
+    assert "no-such-model" in error["message"]
 
 
 @pytest.mark.parametrize("model", ["claude-test", "bedrock-claude", "bedrock-nova"])

@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import anthropic
 import httpx
@@ -88,16 +88,17 @@ def sdk(cached: tuple[str, Path]) -> Iterator[openai.OpenAI]:
         client.close()
 
 
-def log_lines(path: Path, count: int) -> list[dict]:
-    """The request log once it holds at least ``count`` lines."""
+def log_until(path: Path, ready: Callable[[list[dict]], bool], timeout: float = 30.0) -> list[dict]:
+    """The request log's records once ``ready`` accepts them; fails after ``timeout``."""
+    deadline = time.monotonic() + timeout
     lines: list[dict] = []
-    for _ in range(200):
+    while time.monotonic() < deadline:
         if path.exists():
             lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-            if len(lines) >= count:
-                break
+            if ready(lines):
+                return lines
         time.sleep(0.025)
-    return lines
+    pytest.fail(f"the request log never held the records expected; it has: {lines}")
 
 
 def test_a_repeated_request_is_a_hit_with_the_same_answer(sdk: openai.OpenAI) -> None:
@@ -122,17 +123,23 @@ def test_a_repeated_request_is_a_hit_with_the_same_answer(sdk: openai.OpenAI) ->
 def test_a_stream_is_replayed_from_the_cache(sdk: openai.OpenAI) -> None:
     messages = [{"role": "user", "content": "stream me twice"}]
 
-    def run() -> tuple[str, list[str], str]:
-        raw = sdk.chat.completions.with_raw_response.create(model="gpt-test", messages=messages, stream=True)
+    def run(no_store: bool = False) -> tuple[str, list[str], str]:
+        extra = {"cache": {"no-store": True}} if no_store else None
+        raw = sdk.chat.completions.with_raw_response.create(
+            model="gpt-test", messages=messages, stream=True, extra_body=extra
+        )
         chunks = list(raw.parse())
         text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
         return raw.headers["x-switchyard-cache"], [c.id for c in chunks], text
 
     state, ids, text = run()
     assert state == "miss" and text
-    for _ in range(50):
-        again, again_ids, again_text = run()
-        if again == "hit":
+    # The entry is written once the stream has ended. The polls ask not to
+    # be stored, so that the hit can only be the first answer.
+    deadline = time.monotonic() + 30.0
+    while True:
+        again, again_ids, again_text = run(no_store=True)
+        if again == "hit" or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     assert again == "hit"
@@ -148,7 +155,11 @@ def test_feedback_lands_in_the_request_log(cached: tuple[str, Path], sdk: openai
     float(answer.headers["x-switchyard-overhead-ms"])
 
     claude = anthropic.Anthropic(
-        base_url=url, api_key="test-key", max_retries=0, http_client=anthropic.DefaultHttpxClient(trust_env=False)
+        base_url=url,
+        api_key="test-key",
+        max_retries=0,
+        timeout=30.0,
+        http_client=anthropic.DefaultHttpxClient(trust_env=False),
     )
     message = claude.messages.with_raw_response.create(
         model="claude-test", max_tokens=64, messages=[{"role": "user", "content": "hello claude"}]
@@ -164,12 +175,11 @@ def test_feedback_lands_in_the_request_log(cached: tuple[str, Path], sdk: openai
         assert bad.status_code == 400
         assert bad.json()["error"]["param"] == "score"
 
-    lines = log_lines(log_path, 1)
-    for _ in range(100):
-        if any(line.get("type") == "feedback" for line in lines):
-            break
-        time.sleep(0.025)
-        lines = log_lines(log_path, 1)
+    def complete(lines: list[dict]) -> bool:
+        kinds = {(line.get("type"), line.get("request_id")) for line in lines}
+        return {("request", request_id), ("request", claude_id), ("feedback", request_id)} <= kinds
+
+    lines = log_until(log_path, complete)
     record = next(line for line in lines if line.get("request_id") == request_id and line["type"] == "request")
     assert record["prompt"] == "rate this answer"
     assert record["served_model"] == "gpt-test"

@@ -36,7 +36,7 @@ def helm() -> str:
 
 def render(*args: str) -> list[dict[str, Any]]:
     out = subprocess.run(
-        [helm(), "template", "gw", str(CHART), *args], capture_output=True, text=True, check=False
+        [helm(), "template", "gw", str(CHART), *args], capture_output=True, text=True, check=False, timeout=120
     )
     assert out.returncode == 0, out.stderr
     return [d for d in yaml.safe_load_all(out.stdout) if d]
@@ -55,14 +55,16 @@ def check_config(text: str, tmp_path: Path) -> str:
     path = tmp_path / "config.yaml"
     path.write_text(text, encoding="utf-8")
     out = subprocess.run(
-        [_binary("GATEWAY_BIN"), "check-config", str(path)], capture_output=True, text=True, check=False
+        [_binary("GATEWAY_BIN"), "check-config", str(path)], capture_output=True, text=True, check=False, timeout=120
     )
     assert out.returncode == 0, out.stdout + out.stderr
     return out.stdout
 
 
 def test_chart_lints() -> None:
-    out = subprocess.run([helm(), "lint", "--strict", str(CHART)], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [helm(), "lint", "--strict", str(CHART)], capture_output=True, text=True, check=False, timeout=120
+    )
     assert out.returncode == 0, out.stdout + out.stderr
 
 
@@ -119,6 +121,7 @@ def test_values_are_checked_against_the_schema() -> None:
         capture_output=True,
         text=True,
         check=False,
+        timeout=120,
     )
     assert out.returncode != 0
     assert "replicaCount" in out.stderr, out.stderr

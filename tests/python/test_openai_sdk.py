@@ -138,6 +138,8 @@ def test_invalid_role_is_bad_request(client: openai.OpenAI) -> None:
     assert excinfo.value.status_code == 400
     assert isinstance(excinfo.value.body, dict), "error body is not an OpenAI error object"
     assert excinfo.value.body.get("message")
+    assert excinfo.value.type == "invalid_request_error"
+    assert excinfo.value.param is not None and excinfo.value.param.startswith("messages"), excinfo.value.param
 
 
 @pytest.mark.parametrize(
@@ -167,7 +169,7 @@ def test_builtin_mock_provider(client: openai.OpenAI) -> None:
     assert resp.usage is not None and resp.usage.total_tokens > 0
 
     chunks = list(client.chat.completions.create(model="mock-gpt", messages=HELLO, stream=True))
-    assert stream_text(chunks), "the built-in mock provider streamed no content"
+    assert stream_text(chunks) == content, "the stream says what the JSON answer says"
 
 
 def test_base_url_without_v1_prefix(client: openai.OpenAI, gateway: Gateway) -> None:
@@ -183,3 +185,41 @@ def test_upstream_500_becomes_502(client: openai.OpenAI) -> None:
 
     assert excinfo.value.status_code == 502
     assert isinstance(excinfo.value, openai.InternalServerError)
+    assert excinfo.value.type == "upstream_error"
+    assert "500" in excinfo.value.message, excinfo.value.message
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "weather",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
+    }
+]
+
+
+def test_tool_calls_streamed_and_not_agree(client: openai.OpenAI) -> None:
+    ask = [{"role": "user", "content": "what is the weather?"}]
+    full = client.chat.completions.create(
+        model="gpt-test", messages=ask, tools=TOOLS, tool_choice="required"  # type: ignore[arg-type]
+    )
+    calls = full.choices[0].message.tool_calls
+    assert calls and calls[0].function.name == "get_weather"
+    assert full.choices[0].finish_reason == "tool_calls"
+
+    name, arguments, finish = "", "", None
+    for chunk in client.chat.completions.create(
+        model="gpt-test", messages=ask, tools=TOOLS, tool_choice="required", stream=True  # type: ignore[arg-type]
+    ):
+        for choice in chunk.choices:
+            for call in choice.delta.tool_calls or []:
+                if call.index == 0 and call.function is not None:
+                    name += call.function.name or ""
+                    arguments += call.function.arguments or ""
+            finish = choice.finish_reason or finish
+    assert name == calls[0].function.name
+    assert arguments == calls[0].function.arguments
+    assert finish == "tool_calls"

@@ -46,10 +46,27 @@ impl IntoResponse for AnthropicError {
         let (status, ..) = self.0.parts();
         let mut body = serde_json::to_value(self.0.body()).unwrap_or_default();
         body["type"] = json!("error");
+        // Anthropic's own error types, which its SDKs and clients read; the
+        // gateway's `code` keeps the detail.
+        body["error"]["type"] = json!(anthropic_error_type(status));
         let mut response = self.0.into_response();
         *response.body_mut() = axum::body::Body::from(body.to_string());
         *response.status_mut() = status;
         response
+    }
+}
+
+/// The Anthropic error `type` of an answer's status.
+pub(crate) fn anthropic_error_type(status: axum::http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        500.. => "api_error",
+        _ => "invalid_request_error",
     }
 }
 

@@ -35,7 +35,8 @@ fn event(e: &StreamEvent) -> Bytes {
 pub fn error_event(deployment: &str, err: ProviderError) -> Bytes {
     let error = ApiError::upstream(deployment, err);
     tracing::warn!(error = %error, "stream failed after it started");
-    let body = json!({"type": "error", "error": {"type": "api_error", "message": error.message()}});
+    let kind = super::anthropic_error_type(error.parts().0);
+    let body = json!({"type": "error", "error": {"type": kind, "message": error.message()}});
     frame("error", body.to_string().as_bytes())
 }
 
