@@ -152,6 +152,8 @@ async fn messages_inner(
     }
     options.allowed_models = principal.view().and_then(|v| v.allowed_models());
     let model = std::mem::take(&mut req.model);
+    // Tools whose names OpenAI-format upstreams cannot take, to restore.
+    let tool_names = translate::shortened_tool_names(&req);
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     let mut trail = Trail::start(&state, &ctx, &principal, &model, &call);
@@ -244,12 +246,13 @@ async fn messages_inner(
             )
             .follow(chunks),
             name,
+            tool_names,
         ),
         Reply::Json(answer) => {
             drop(in_flight);
             let usage = answer.usage.as_ref().map(metering::openai_usage);
             let translated = match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
-                Ok(parsed) => serde_json::to_vec(&translate::to_messages_response(parsed))
+                Ok(parsed) => serde_json::to_vec(&translate::to_messages_response(parsed, &tool_names))
                     .map_err(|e| ApiError::Internal(e.to_string())),
                 Err(e) => Err(ApiError::upstream(
                     &name,

@@ -104,6 +104,8 @@ struct Converter {
     usage: Option<Usage>,
     /// Whether a tool call was streamed.
     used_tools: bool,
+    /// Tool names shortened for the upstream, to restore.
+    tool_names: Vec<(String, String)>,
 }
 
 impl Converter {
@@ -203,7 +205,7 @@ impl Converter {
                             name: call
                                 .pointer("/function/name")
                                 .and_then(Value::as_str)
-                                .map(str::to_owned),
+                                .map(|n| super::translate::original_tool_name(&self.tool_names, n.to_owned())),
                             input: Some(json!({})),
                             ..ContentBlock::default()
                         };
@@ -245,8 +247,9 @@ impl Converter {
 }
 
 /// OpenAI chunks converted to Anthropic events, as an SSE response.
-pub fn from_chat_chunks(chunks: ChunkStream, deployment: String) -> Response {
+pub fn from_chat_chunks(chunks: ChunkStream, deployment: String, tool_names: Vec<(String, String)>) -> Response {
     let converter = Converter {
+        tool_names,
         started: false,
         open: None,
         tools: Vec::new(),
@@ -302,6 +305,7 @@ mod tests {
 
     fn converter() -> Converter {
         Converter {
+            tool_names: Vec::new(),
             started: false,
             open: None,
             tools: Vec::new(),

@@ -11,6 +11,49 @@ use switchyard_api::{
 
 use crate::error::ApiError;
 
+/// OpenAI's cap on a function name's length; Anthropic allows longer ones
+/// (MCP tools often need them).
+const OPENAI_NAME_MAX: usize = 64;
+
+/// A 32-bit FNV-1a hash, stable across runs and platforms.
+fn fnv32(text: &str) -> u32 {
+    text.bytes()
+        .fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
+/// The name a tool goes by upstream: itself when OpenAI takes it, else its
+/// first 55 bytes, `_` and a hash of the whole (the same every time, so
+/// tool definitions and earlier calls agree).
+pub fn openai_tool_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.len() <= OPENAI_NAME_MAX {
+        return name.into();
+    }
+    let mut cut = 55;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}_{:08x}", &name[..cut], fnv32(name)).into()
+}
+
+/// The request's tools whose names were shortened for the upstream: each
+/// shortened name and the tool's own, to restore in the answer.
+pub fn shortened_tool_names(req: &MessagesRequest) -> Vec<(String, String)> {
+    req.tools
+        .iter()
+        .flatten()
+        .filter(|t| t.name.len() > OPENAI_NAME_MAX)
+        .map(|t| (openai_tool_name(&t.name).into_owned(), t.name.clone()))
+        .collect()
+}
+
+/// A tool name from the upstream, restored to the client's own.
+pub fn original_tool_name(names: &[(String, String)], name: String) -> String {
+    names
+        .iter()
+        .find(|(short, _)| *short == name)
+        .map_or(name, |(_, original)| original.clone())
+}
+
 fn invalid(message: impl Into<String>, param: &str) -> ApiError {
     ApiError::InvalidField {
         param: Some(param.to_owned()),
@@ -79,7 +122,7 @@ fn convert_message(
                 id: block.id.clone().unwrap_or_default(),
                 kind: "function".into(),
                 function: FunctionCall {
-                    name: block.name.clone().unwrap_or_default(),
+                    name: openai_tool_name(block.name.as_deref().unwrap_or_default()).into_owned(),
                     arguments: block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
                 },
                 extra: Extra::new(),
@@ -170,12 +213,13 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
     if let Some(p) = req.top_p {
         extra.insert("top_p".into(), json!(p));
     }
-    if let Some(tools) = &req.tools {
+    // An empty list is left out: OpenAI refuses `tools: []`.
+    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
         let converted: Vec<Value> = tools
             .iter()
             .map(|t| {
                 json!({"type": "function", "function": {
-                    "name": t.name,
+                    "name": openai_tool_name(&t.name),
                     "description": t.description,
                     "parameters": t.input_schema.clone().unwrap_or_else(|| json!({"type": "object"})),
                 }})
@@ -188,7 +232,9 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
             Some("auto") => json!("auto"),
             Some("any") => json!("required"),
             Some("none") => json!("none"),
-            Some("tool") => json!({"type": "function", "function": {"name": choice.get("name")}}),
+            Some("tool") => json!({"type": "function", "function": {
+                "name": choice.get("name").and_then(Value::as_str).map(openai_tool_name)
+            }}),
             _ => {
                 return Err(invalid(
                     "`tool_choice.type` must be auto, any, tool or none",
@@ -201,8 +247,21 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
             extra.insert("parallel_tool_calls".into(), json!(false));
         }
     }
-    if let Some(user) = req.extra.get("metadata").and_then(|m| m.get("user_id")) {
-        extra.insert("user".into(), user.clone());
+    // OpenAI caps `user` at 64 characters; longer ids (Claude Code sends
+    // about 150) go as a SHA-256, which stays one id per user.
+    if let Some(user) = req
+        .extra
+        .get("metadata")
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+    {
+        let user = if user.len() <= OPENAI_NAME_MAX {
+            user.to_owned()
+        } else {
+            use sha2::Digest as _;
+            hex::encode(sha2::Sha256::digest(user.as_bytes()))
+        };
+        extra.insert("user".into(), json!(user));
     }
     let stream = req.is_stream();
     Ok(ChatCompletionRequest {
@@ -258,7 +317,7 @@ pub fn messages_usage(usage: Option<&Usage>) -> MessagesUsage {
 }
 
 /// The Anthropic-format response for an OpenAI chat response.
-pub fn to_messages_response(resp: ChatCompletionResponse) -> MessagesResponse {
+pub fn to_messages_response(resp: ChatCompletionResponse, names: &[(String, String)]) -> MessagesResponse {
     let mut content = Vec::new();
     let mut finish = None;
     if let Some(choice) = resp.choices.into_iter().next() {
@@ -272,7 +331,7 @@ pub fn to_messages_response(resp: ChatCompletionResponse) -> MessagesResponse {
             content.push(ContentBlock {
                 kind: "tool_use".into(),
                 id: Some(call.id),
-                name: Some(call.function.name),
+                name: Some(original_tool_name(names, call.function.name)),
                 input: Some(input),
                 ..ContentBlock::default()
             });
@@ -347,5 +406,60 @@ mod tool_result_tests {
         .unwrap();
         let err = to_chat_request(&bad).unwrap_err();
         assert_eq!(err.parts().2.as_deref(), Some("messages[0].content[0].content[0]"));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod openai_limit_tests {
+    use super::*;
+
+    #[test]
+    fn long_tool_names_and_user_ids_fit_openai_and_names_come_back() {
+        let long = format!("mcp__{}__search", "a-very-long-server-name".repeat(3));
+        assert!(long.len() > 64);
+        let req: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10,
+            "metadata": {"user_id": "user_".repeat(30)},
+            "tools": [{"name": long, "input_schema": {"type": "object"}}, {"name": "short"}],
+            "tool_choice": {"type": "tool", "name": long},
+            "messages": [
+                {"role": "user", "content": "find it"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": long, "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "found"}]}
+            ]
+        }))
+        .unwrap();
+        let chat = to_chat_request(&req).unwrap();
+        let short = chat.extra["tools"][0]["function"]["name"].as_str().unwrap().to_owned();
+        assert!(short.len() <= 64, "{short}");
+        assert_ne!(short, long);
+        assert_eq!(chat.extra["tools"][1]["function"]["name"], "short");
+        assert_eq!(chat.extra["tool_choice"]["function"]["name"], short.as_str());
+        let history = &chat.messages[1].tool_calls.as_ref().unwrap()[0];
+        assert_eq!(history.function.name, short, "earlier calls use the same name");
+        let user = chat.extra["user"].as_str().unwrap();
+        assert_eq!(user.len(), 64, "{user}");
+
+        // The answer names the tool as the client knows it.
+        let names = shortened_tool_names(&req);
+        let resp: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "t2", "type": "function", "function": {"name": short, "arguments": "{}"}}]}}]
+        }))
+        .unwrap();
+        let answer = to_messages_response(resp, &names);
+        assert_eq!(answer.content[0].name.as_deref(), Some(long.as_str()));
+
+        // No tools at all: none are sent (OpenAI refuses an empty list).
+        let bare: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10, "tools": [], "metadata": {"user_id": "u1"},
+            "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        let chat = to_chat_request(&bare).unwrap();
+        assert!(chat.extra.get("tools").is_none());
+        assert_eq!(chat.extra["user"], "u1");
     }
 }
