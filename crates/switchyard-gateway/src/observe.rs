@@ -203,6 +203,10 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
     }
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&id) {
+        // Anthropic's SDKs read the id from `request-id`.
+        if matches!(route, "messages" | "count_tokens") {
+            headers.insert(HeaderName::from_static("request-id"), v.clone());
+        }
         headers.insert(REQUEST_ID, v);
     }
     if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {

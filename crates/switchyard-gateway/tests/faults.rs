@@ -800,3 +800,52 @@ async fn errors_inside_a_stream_keep_their_kind() {
         );
     }
 }
+
+/// Anthropic clients get Anthropic-shaped errors for bodies that do not
+/// parse too, and the request id where their SDKs look for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_routes_answer_bad_bodies_in_anthropic_shape() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: claude
+    deployments:
+      - {provider: anthropic, api_base: "{root}", api_key: k, model: "claude-native"}
+"#,
+    );
+    let http = reqwest::Client::new();
+    for (path, body) in [
+        ("/v1/messages", "{not json"),
+        (
+            "/v1/messages",
+            r#"{"model": "claude", "max_tokens": 5, "messages": "hi"}"#,
+        ),
+        ("/v1/messages/count_tokens", "[1, 2"),
+    ] {
+        let response = http
+            .post(format!("{}{path}", gw.base_url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 400, "{path} {body}");
+        let id = response.headers()["request-id"].to_str().unwrap().to_owned();
+        assert_eq!(id, response.headers()["x-request-id"].to_str().unwrap());
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["type"], "error", "{error}");
+        assert_eq!(error["error"]["type"], "invalid_request_error", "{error}");
+    }
+    let a = post(
+        &gw,
+        "/v1/messages",
+        json!({"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.header("request-id").starts_with("req-"));
+    let chat = chat(&gw, "claude", json!({})).await;
+    assert_eq!(chat.header("request-id"), "", "OpenAI routes keep only x-request-id");
+}

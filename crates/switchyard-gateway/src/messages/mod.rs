@@ -70,6 +70,22 @@ pub(crate) fn anthropic_error_type(status: axum::http::StatusCode) -> &'static s
     }
 }
 
+/// A JSON body for the Anthropic routes: as [`JsonBody`], with rejections
+/// (malformed JSON, a wrong field, a body over the limit) in Anthropic's
+/// error shape.
+pub struct AnthropicJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned> axum::extract::FromRequest<SharedState> for AnthropicJson<T> {
+    type Rejection = AnthropicError;
+
+    async fn from_request(req: axum::extract::Request, state: &SharedState) -> Result<Self, Self::Rejection> {
+        JsonBody::<T>::from_request(req, state)
+            .await
+            .map(|JsonBody(value)| AnthropicJson(value))
+            .map_err(AnthropicError)
+    }
+}
+
 fn validate(req: &MessagesRequest) -> Result<(), ApiError> {
     if req.max_tokens.is_none_or(|m| m == 0) {
         return Err(ApiError::InvalidField {
@@ -111,7 +127,7 @@ pub(crate) async fn messages(
     Extension(principal): Extension<Principal>,
     Extension(ctx): Extension<RequestContext>,
     headers: axum::http::HeaderMap,
-    JsonBody(mut req): JsonBody<MessagesRequest>,
+    AnthropicJson(mut req): AnthropicJson<MessagesRequest>,
 ) -> Response {
     req.betas = betas(&headers);
     let model = req.model.clone();
@@ -288,7 +304,7 @@ pub async fn count_tokens(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     headers: axum::http::HeaderMap,
-    JsonBody(mut req): JsonBody<serde_json::Value>,
+    AnthropicJson(mut req): AnthropicJson<serde_json::Value>,
 ) -> Response {
     let Some(model) = req.get("model").and_then(serde_json::Value::as_str).map(str::to_owned) else {
         return failed(
