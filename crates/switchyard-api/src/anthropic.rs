@@ -17,6 +17,9 @@ pub enum Content {
     Text(String),
     /// Typed blocks.
     Blocks(Vec<ContentBlock>),
+    /// Any other shape, kept verbatim: e.g. the error object a server tool's
+    /// result can hold (`{"type": "web_search_tool_result_error", …}`).
+    Other(serde_json::Value),
 }
 
 impl Content {
@@ -29,14 +32,17 @@ impl Content {
                 .filter_map(|b| b.text.as_deref())
                 .collect::<Vec<_>>()
                 .join("\n"),
+            Content::Other(_) => String::new(),
         }
     }
 
-    /// The content as blocks (a string becomes one text block).
+    /// The content as blocks (a string becomes one text block; another shape,
+    /// one block of its `type` with the rest of it in `extra`).
     pub fn into_blocks(self) -> Vec<ContentBlock> {
         match self {
             Content::Text(text) => vec![ContentBlock::text(text)],
             Content::Blocks(blocks) => blocks,
+            Content::Other(value) => serde_json::from_value(value).map(|b| vec![b]).unwrap_or_default(),
         }
     }
 }

@@ -136,3 +136,27 @@ fn anthropic_types_keep_unknown_fields() {
     let event = json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"a\""}});
     assert_eq!(roundtrip::<StreamEvent>(&event), event);
 }
+
+#[test]
+fn anthropic_server_tool_results_of_any_shape_round_trip() {
+    let request = serde_json::json!({
+        "model": "claude", "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "search, then run it"},
+            {"role": "assistant", "content": [
+                {"type": "server_tool_use", "id": "srv_1", "name": "web_search", "input": {"query": "x"}},
+                {"type": "web_search_tool_result", "tool_use_id": "srv_1",
+                 "content": {"type": "web_search_tool_result_error", "error_code": "max_uses_exceeded"}},
+                {"type": "bash_code_execution_tool_result", "tool_use_id": "srv_2",
+                 "content": {"type": "bash_code_execution_result", "stdout": "4\n", "stderr": "", "return_code": 0}},
+                {"type": "web_search_tool_result", "tool_use_id": "srv_3",
+                 "content": [{"type": "web_search_result", "url": "https://example.com", "title": "t", "encrypted_content": "e"}]}
+            ]},
+            {"role": "user", "content": "thanks"}
+        ]
+    });
+    assert_eq!(
+        roundtrip::<switchyard_api::anthropic::MessagesRequest>(&request),
+        request
+    );
+}
