@@ -343,6 +343,35 @@ pub async fn count_tokens(
             &decision,
         ),
         Ok(_) => failed(ApiError::Internal("count_tokens answered in an unexpected format".into()).into()),
+        // No deployment reached can count (only Anthropic's API does): the
+        // gateway's own estimate, marked as one, rather than an error that
+        // clients such as Claude Code would hit on every turn.
+        Err(f) if f.error.parts().3.as_deref() == Some("unsupported") => estimate_tokens(req),
         Err(f) => failed(f),
     }
+}
+
+/// `{"input_tokens": N}` from the gateway's estimate of the prompt (a token
+/// per 4 bytes, images and tools counted as admission counts them), with
+/// `x-switchyard-token-count: estimate`.
+fn estimate_tokens(req: serde_json::Value) -> Response {
+    let mut parsed = match serde_json::from_value::<MessagesRequest>(req) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            return failed(
+                ApiError::InvalidField {
+                    param: None,
+                    message: format!("Invalid request body: {e}."),
+                }
+                .into(),
+            );
+        }
+    };
+    let tokens = metering::prompt_bytes(&Call::Messages(&mut parsed)).div_ceil(4);
+    let mut response = axum::Json(json!({"input_tokens": tokens})).into_response();
+    response.headers_mut().insert(
+        axum::http::HeaderName::from_static("x-switchyard-token-count"),
+        axum::http::HeaderValue::from_static("estimate"),
+    );
+    response
 }
