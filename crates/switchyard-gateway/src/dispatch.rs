@@ -787,6 +787,7 @@ fn is_output(data: &[u8]) -> bool {
         text(field("content"))
             || text(field("refusal"))
             || text(field("reasoning_content"))
+            || text(field("reasoning"))
             || text(choice.get("text"))
             || field("tool_calls").is_some_and(|t| !t.is_null())
             || choice.get("finish_reason").is_some_and(|f| !f.is_null())

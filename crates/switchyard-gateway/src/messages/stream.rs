@@ -90,10 +90,13 @@ pub fn passthrough(events: switchyard_providers::sse::EventStream, deployment: S
     sse(out)
 }
 
+/// Marks the open block as a thinking block (tool calls use their index).
+const THINKING: u64 = u64::MAX;
+
 /// Conversion state of OpenAI chunks into Anthropic events.
 struct Converter {
     started: bool,
-    /// The open text block's index.
+    /// The open text (`None`) or thinking (`Some(u64::MAX)`) block's index.
     open: Option<(u32, Option<u64>)>,
     /// Open tool-use blocks: each tool call's OpenAI index and its block's
     /// index. They stay open until the message ends (or text follows), so
@@ -121,8 +124,8 @@ impl Converter {
 
     fn open(&mut self, block: ContentBlock, tool: Option<u64>, out: &mut Vec<Bytes>) -> u32 {
         match tool {
-            // A text block follows everything before it.
-            None => self.close(out),
+            // A text or thinking block follows everything before it.
+            None | Some(THINKING) => self.close(out),
             // A tool call closes the text before it, not the other calls.
             Some(_) => {
                 if let Some((index, _)) = self.open.take() {
@@ -138,6 +141,7 @@ impl Converter {
         }));
         match tool {
             None => self.open = Some((index, None)),
+            Some(THINKING) => self.open = Some((index, Some(THINKING))),
             Some(tool) => self.tools.push((tool, index)),
         }
         index
@@ -174,6 +178,31 @@ impl Converter {
             self.usage = chunk.usage;
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            // Reasoning from OpenAI-compatible servers (vLLM, DeepSeek…):
+            // `reasoning_content`, or `reasoning` in newer vLLM.
+            let reasoning = ["reasoning_content", "reasoning"]
+                .iter()
+                .find_map(|k| choice.delta.extra.get(*k).and_then(Value::as_str))
+                .filter(|t| !t.is_empty());
+            if let Some(thinking) = reasoning {
+                let index = match self.open {
+                    Some((index, Some(THINKING))) => index,
+                    _ => {
+                        let mut block = ContentBlock {
+                            kind: "thinking".into(),
+                            ..ContentBlock::default()
+                        };
+                        block.extra.insert("thinking".into(), json!(""));
+                        self.open(block, Some(THINKING), out)
+                    }
+                };
+                let mut delta = switchyard_api::anthropic::BlockDelta {
+                    kind: "thinking_delta".into(),
+                    ..Default::default()
+                };
+                delta.extra.insert("thinking".into(), json!(thinking));
+                out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
+            }
             if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
                 let index = match self.open {
                     Some((index, None)) => index,
@@ -330,6 +359,50 @@ mod tests {
 
     fn chunk(value: Value) -> ChatCompletionChunk {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn reasoning_streams_as_a_thinking_block_before_the_text() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        let head = |delta: Value| {
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta}]})
+        };
+        for delta in [
+            json!({"role": "assistant", "reasoning_content": "Let me "}),
+            json!({"reasoning": "think."}),
+            json!({"content": "Four."}),
+        ] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let events = events(&out);
+        let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(events[1].1["content_block"]["type"], "thinking");
+        assert_eq!(
+            events[2].1["delta"],
+            json!({"type": "thinking_delta", "thinking": "Let me "})
+        );
+        assert_eq!(events[3].1["delta"]["thinking"], "think.");
+        assert_eq!(events[5].1["content_block"]["type"], "text");
+        assert_eq!(events[5].1["index"], 1);
+        assert_eq!(events[6].1["delta"]["text"], "Four.");
     }
 
     #[test]

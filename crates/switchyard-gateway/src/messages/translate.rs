@@ -322,6 +322,19 @@ pub fn to_messages_response(resp: ChatCompletionResponse, names: &[(String, Stri
     let mut finish = None;
     if let Some(choice) = resp.choices.into_iter().next() {
         finish = choice.finish_reason;
+        // Reasoning from OpenAI-compatible servers becomes a thinking block.
+        if let Some(thinking) = ["reasoning_content", "reasoning"]
+            .iter()
+            .find_map(|k| choice.message.extra.get(*k).and_then(Value::as_str))
+            .filter(|t| !t.is_empty())
+        {
+            let mut block = ContentBlock {
+                kind: "thinking".into(),
+                ..ContentBlock::default()
+            };
+            block.extra.insert("thinking".into(), json!(thinking));
+            content.push(block);
+        }
         let text = choice.message.content_text();
         if !text.is_empty() {
             content.push(ContentBlock::text(text));
@@ -451,6 +464,20 @@ mod openai_limit_tests {
         .unwrap();
         let answer = to_messages_response(resp, &names);
         assert_eq!(answer.content[0].name.as_deref(), Some(long.as_str()));
+
+        // Reasoning from an OpenAI-compatible server comes first, as thinking.
+        let reasoned: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                "reasoning_content": "2 + 2 is 4.", "content": "Four."}}]
+        }))
+        .unwrap();
+        let answer = serde_json::to_value(to_messages_response(reasoned, &[])).unwrap();
+        assert_eq!(
+            answer["content"][0],
+            json!({"type": "thinking", "thinking": "2 + 2 is 4."})
+        );
+        assert_eq!(answer["content"][1]["text"], "Four.");
 
         // No tools at all: none are sent (OpenAI refuses an empty list).
         let bare: MessagesRequest = serde_json::from_value(json!({
