@@ -319,11 +319,15 @@ async fn run_contract(provider: &str) {
     }
     if provider == "anthropic" || provider == "bedrock" {
         // Beta features the client names reach Anthropic as its header and
-        // Bedrock as the body's `anthropic_beta`.
+        // Bedrock as the body's `anthropic_beta`, there only those Bedrock
+        // takes (Claude Code also names some it refuses).
         let response = c
             .http
             .post(format!("{}/v1/messages", c.base))
-            .header("anthropic-beta", "beta-one-2025-01-01, beta-two-2025-02-02")
+            .header(
+                "anthropic-beta",
+                "interleaved-thinking-2025-05-14, claude-code-20250219",
+            )
             .json(&json!({"model": "contract", "max_tokens": 64,
                 "messages": [{"role": "user", "content": "hello"}]}))
             .send()
@@ -335,14 +339,14 @@ async fn run_contract(provider: &str) {
             let header = seen.headers.iter().find(|(name, _)| name == "anthropic-beta");
             assert_eq!(
                 header.map(|(_, v)| v.as_str()),
-                Some("beta-one-2025-01-01,beta-two-2025-02-02"),
+                Some("interleaved-thinking-2025-05-14,claude-code-20250219"),
                 "{:?}",
                 seen.headers
             );
         } else {
             assert_eq!(
                 seen.body["anthropic_beta"],
-                json!(["beta-one-2025-01-01", "beta-two-2025-02-02"]),
+                json!(["interleaved-thinking-2025-05-14"]),
                 "{}",
                 seen.body
             );

@@ -18,6 +18,25 @@ use crate::{ProviderError, Result, TimeoutPhase};
 /// The `anthropic_version` Bedrock expects in the body of Claude requests.
 pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
+/// The `anthropic-beta` features Bedrock takes. It refuses a request naming
+/// any other ("invalid beta flag"), and clients such as Claude Code name
+/// several it does not have (`claude-code-20250219`, `mcp-servers-…`), so
+/// those are left out.
+const BEDROCK_BETAS: &[&str] = &[
+    "computer-use-2024-10-22",
+    "computer-use-2025-01-24",
+    "computer-use-2025-11-24",
+    "token-efficient-tools-2025-02-19",
+    "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14",
+    "context-1m-2025-08-07",
+    "context-management-2025-06-27",
+    "effort-2025-11-24",
+    "tool-search-tool-2025-10-19",
+    "tool-examples-2025-10-29",
+];
+
 /// The InvokeModel body for an Anthropic-format request: the request itself
 /// without `model` and `stream` (Bedrock rejects them), with Bedrock's `anthropic_version`.
 pub(crate) fn invoke_body(req: &MessagesRequest) -> Result<Vec<u8>> {
@@ -27,8 +46,16 @@ pub(crate) fn invoke_body(req: &MessagesRequest) -> Result<Vec<u8>> {
         map.remove("model");
         map.remove("stream");
         map.insert("anthropic_version".into(), json!(BEDROCK_ANTHROPIC_VERSION));
-        if !req.betas.is_empty() {
-            map.insert("anthropic_beta".into(), json!(req.betas));
+        let betas: Vec<&String> = req
+            .betas
+            .iter()
+            .filter(|b| BEDROCK_BETAS.contains(&b.as_str()))
+            .collect();
+        if betas.len() < req.betas.len() {
+            tracing::debug!(sent = ?req.betas, kept = ?betas, "beta features Bedrock does not take were left out");
+        }
+        if !betas.is_empty() {
+            map.insert("anthropic_beta".into(), json!(betas));
         }
     }
     serde_json::to_vec(&body).map_err(|e| ProviderError::InvalidConfig(format!("cannot encode the request: {e}")))
