@@ -109,6 +109,9 @@ struct Converter {
     used_tools: bool,
     /// Tool names shortened for the upstream, to restore.
     tool_names: Vec<(String, String)>,
+    /// Calls streamed without an `index` (some servers leave it out): each
+    /// one's id and the key it is followed under.
+    unindexed: Vec<(String, u64)>,
 }
 
 impl Converter {
@@ -145,6 +148,28 @@ impl Converter {
             Some(tool) => self.tools.push((tool, index)),
         }
         index
+    }
+
+    /// The key a streamed tool call's pieces are gathered under: its
+    /// `index`; without one, its `id` (a new call), or else the call being
+    /// streamed (a continuation).
+    fn tool_key(&mut self, call: &Value) -> u64 {
+        /// Keys of unindexed calls, apart from real indexes.
+        const UNINDEXED: u64 = 1 << 32;
+        if let Some(index) = call.get("index").and_then(Value::as_u64) {
+            return index;
+        }
+        match call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty()) {
+            Some(id) => match self.unindexed.iter().find(|(known, _)| known == id) {
+                Some((_, key)) => *key,
+                None => {
+                    let key = UNINDEXED + self.unindexed.len() as u64;
+                    self.unindexed.push((id.to_owned(), key));
+                    key
+                }
+            },
+            None => self.tools.last().map_or(0, |(key, _)| *key),
+        }
     }
 
     /// `message_start`, once.
@@ -203,7 +228,17 @@ impl Converter {
                 delta.extra.insert("thinking".into(), json!(thinking));
                 out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
             }
-            if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()) {
+            let refusal = choice
+                .delta
+                .extra
+                .get("refusal")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if refusal.is_some() {
+                self.stop_reason = Some("refusal".into());
+            }
+            if let Some(text) = choice.delta.content.filter(|t| !t.is_empty()).or(refusal) {
                 let index = match self.open {
                     Some((index, None)) => index,
                     _ => self.open(ContentBlock::text(""), None, out),
@@ -223,7 +258,7 @@ impl Converter {
                 .cloned()
                 .unwrap_or_default();
             for call in calls {
-                let tool = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let tool = self.tool_key(&call);
                 let known = self.tools.iter().find(|(t, _)| *t == tool).map(|(_, index)| *index);
                 let index = match known {
                     Some(index) => index,
@@ -255,7 +290,9 @@ impl Converter {
                     out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
                 }
             }
-            if let Some(reason) = choice.finish_reason {
+            if let Some(reason) = choice.finish_reason
+                && self.stop_reason.as_deref() != Some("refusal")
+            {
                 self.stop_reason = stop_reason(Some(&reason));
             }
         }
@@ -279,6 +316,7 @@ impl Converter {
 pub fn from_chat_chunks(chunks: ChunkStream, deployment: String, tool_names: Vec<(String, String)>) -> Response {
     let converter = Converter {
         tool_names,
+        unindexed: Vec::new(),
         started: false,
         open: None,
         tools: Vec::new(),
@@ -335,6 +373,7 @@ mod tests {
     fn converter() -> Converter {
         Converter {
             tool_names: Vec::new(),
+            unindexed: Vec::new(),
             started: false,
             open: None,
             tools: Vec::new(),
@@ -359,6 +398,59 @@ mod tests {
 
     fn chunk(value: Value) -> ChatCompletionChunk {
         serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn calls_without_an_index_are_told_apart_by_id_and_refusals_stop_as_such() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        let head = |delta: Value| {
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta}]})
+        };
+        for delta in [
+            json!({"tool_calls": [{"id": "a", "function": {"name": "one", "arguments": "{\"x\""}}]}),
+            json!({"tool_calls": [{"function": {"arguments": ":1}"}}]}),
+            json!({"tool_calls": [{"id": "b", "function": {"name": "two", "arguments": "{}"}}]}),
+        ] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let seen = events(&out);
+        let starts: Vec<&Value> = seen
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d)
+            .collect();
+        assert_eq!(starts.len(), 2, "{seen:?}");
+        let mut arguments = [String::new(), String::new()];
+        for (name, data) in &seen {
+            if name == "content_block_delta" {
+                arguments[data["index"].as_u64().unwrap() as usize]
+                    .push_str(data["delta"]["partial_json"].as_str().unwrap());
+            }
+        }
+        assert_eq!(arguments, ["{\"x\":1}", "{}"]);
+
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.on_chunk(chunk(head(json!({"refusal": "I can't help with that."}))), &mut out);
+        conv.on_chunk(
+            chunk(
+                json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            ),
+            &mut out,
+        );
+        conv.finish(&mut out);
+        let refused = events(&out);
+        assert!(
+            refused
+                .iter()
+                .any(|(n, d)| n == "content_block_delta" && d["delta"]["text"] == "I can't help with that.")
+        );
+        let delta = refused.iter().find(|(n, _)| n == "message_delta").unwrap();
+        assert_eq!(delta.1["delta"]["stop_reason"], "refusal");
     }
 
     #[test]

@@ -339,6 +339,17 @@ pub fn to_messages_response(resp: ChatCompletionResponse, names: &[(String, Stri
         if !text.is_empty() {
             content.push(ContentBlock::text(text));
         }
+        // A refusal (OpenAI's `refusal` field) is the answer's text.
+        if let Some(refusal) = choice
+            .message
+            .extra
+            .get("refusal")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+        {
+            content.push(ContentBlock::text(refusal));
+            finish = Some("content_filter".into());
+        }
         for call in choice.message.tool_calls.unwrap_or_default() {
             let input = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
             content.push(ContentBlock {
