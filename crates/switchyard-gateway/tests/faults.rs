@@ -815,8 +815,20 @@ async fn anthropic_routes_answer_bad_bodies_in_anthropic_shape() {
   - model_name: claude
     deployments:
       - {provider: anthropic, api_base: "{root}", api_key: k, model: "claude-native"}
+  - model_name: busy
+    deployments:
+      - {provider: anthropic, api_base: "{root}", api_key: k, model: "busy::status=529"}
 "#,
     );
+    // An upstream that is overloaded says so to Anthropic clients.
+    let a = post(
+        &gw,
+        "/v1/messages",
+        json!({"model": "busy", "max_tokens": 5, "num_retries": 0, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(a.status, 529, "{}", a.body);
+    assert_eq!(a.json()["error"]["type"], "overloaded_error", "{}", a.body);
     let http = reqwest::Client::new();
     for (path, body) in [
         ("/v1/messages", "{not json"),

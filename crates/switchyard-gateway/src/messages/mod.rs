@@ -43,7 +43,14 @@ impl From<ApiError> for AnthropicError {
 
 impl IntoResponse for AnthropicError {
     fn into_response(self) -> Response {
-        let (status, ..) = self.0.parts();
+        let (mut status, ..) = self.0.parts();
+        // An upstream that said it is overloaded (Anthropic's 529) says so to
+        // Anthropic clients too: they back off on it.
+        if let ApiError::Upstream { source, .. } = &self.0
+            && matches!(**source, ProviderError::Status { status: 529, .. })
+        {
+            status = axum::http::StatusCode::from_u16(529).unwrap_or(status);
+        }
         let mut body = serde_json::to_value(self.0.body()).unwrap_or_default();
         body["type"] = json!("error");
         // Anthropic's own error types, which its SDKs and clients read; the
