@@ -80,6 +80,48 @@ fn image_part(source: &Value, param: &str) -> Result<ContentPart, ApiError> {
     })
 }
 
+/// An Anthropic `document` block as OpenAI content: plain text (or a
+/// document given as content blocks) as text, titled when it has a title;
+/// a base64 PDF as a `file` part. A PDF by URL cannot be sent that way.
+fn document_part(block: &ContentBlock, param: &str) -> Result<ContentPart, ApiError> {
+    let source = block.source.as_ref().unwrap_or(&Value::Null);
+    let title = block.extra.get("title").and_then(Value::as_str);
+    let titled = |text: &str| match title {
+        Some(title) => text_part(&format!("{title}\n\n{text}")),
+        None => text_part(text),
+    };
+    match (
+        source.get("type").and_then(Value::as_str),
+        source.get("media_type").and_then(Value::as_str),
+    ) {
+        (Some("text"), _) => Ok(titled(source.get("data").and_then(Value::as_str).unwrap_or_default())),
+        (Some("content"), _) => {
+            let content: Option<Content> = source
+                .get("content")
+                .cloned()
+                .and_then(|c| serde_json::from_value(c).ok());
+            Ok(titled(&content.map(|c| c.text()).unwrap_or_default()))
+        }
+        (Some("base64"), Some("application/pdf")) => {
+            let data = source.get("data").and_then(Value::as_str).unwrap_or_default();
+            let mut extra = Extra::new();
+            extra.insert(
+                "file".into(),
+                json!({"filename": title.unwrap_or("document.pdf"), "file_data": format!("data:application/pdf;base64,{data}")}),
+            );
+            Ok(ContentPart {
+                kind: "file".into(),
+                text: None,
+                extra,
+            })
+        }
+        _ => Err(invalid(
+            "documents for this model must be text, content blocks or a base64 PDF",
+            param,
+        )),
+    }
+}
+
 fn message(role: Role, parts: Vec<ContentPart>) -> ChatMessage {
     let content = match parts.as_slice() {
         [only] if only.kind == "text" => MessageContent::Text(only.text.clone().unwrap_or_default()),
@@ -118,6 +160,7 @@ fn convert_message(
         match block.kind.as_str() {
             "text" => parts.push(text_part(block.text.as_deref().unwrap_or_default())),
             "image" => parts.push(image_part(block.source.as_ref().unwrap_or(&Value::Null), &param)?),
+            "document" => parts.push(document_part(block, &param)?),
             "tool_use" => calls.push(ToolCall {
                 id: block.id.clone().unwrap_or_default(),
                 kind: "function".into(),
@@ -489,6 +532,37 @@ mod openai_limit_tests {
             json!({"type": "thinking", "thinking": "2 + 2 is 4."})
         );
         assert_eq!(answer["content"][1]["text"], "Four.");
+
+        // Documents: text as text, a base64 PDF as a file part.
+        let docs: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": [
+                {"type": "document", "title": "Notes", "source": {"type": "text", "media_type": "text/plain", "data": "alpha"}},
+                {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}},
+                {"type": "text", "text": "summarise"}
+            ]}]
+        }))
+        .unwrap();
+        let chat = to_chat_request(&docs).unwrap();
+        let Some(MessageContent::Parts(parts)) = &chat.messages[0].content else {
+            panic!("{:?}", chat.messages[0]);
+        };
+        assert_eq!(parts[0].text.as_deref(), Some("Notes\n\nalpha"));
+        assert_eq!(parts[1].kind, "file");
+        assert_eq!(
+            parts[1].extra["file"]["file_data"],
+            "data:application/pdf;base64,JVBERi0="
+        );
+        let by_url: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": [
+                {"type": "document", "source": {"type": "url", "url": "https://example.com/a.pdf"}}]}]
+        }))
+        .unwrap();
+        assert_eq!(
+            to_chat_request(&by_url).unwrap_err().parts().2.as_deref(),
+            Some("messages[0].content[0]")
+        );
 
         // No tools at all: none are sent (OpenAI refuses an empty list).
         let bare: MessagesRequest = serde_json::from_value(json!({
