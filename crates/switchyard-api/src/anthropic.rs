@@ -17,9 +17,28 @@ pub enum Content {
     Text(String),
     /// Typed blocks.
     Blocks(Vec<ContentBlock>),
-    /// Any other shape, kept verbatim: e.g. the error object a server tool's
-    /// result can hold (`{"type": "web_search_tool_result_error", …}`).
-    Other(serde_json::Value),
+    /// A single typed object, kept verbatim: e.g. the error object a server
+    /// tool's result can hold (`{"type": "web_search_tool_result_error", …}`).
+    Other(TypedObject),
+}
+
+/// A JSON object with a string `type`; anything else is refused, so that
+/// malformed content is an error rather than silently kept.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct TypedObject(pub serde_json::Map<String, serde_json::Value>);
+
+impl<'de> Deserialize<'de> for TypedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        if map.get("type").is_some_and(serde_json::Value::is_string) {
+            Ok(TypedObject(map))
+        } else {
+            Err(serde::de::Error::custom(
+                "content must be text, a list of blocks, or an object with a `type`",
+            ))
+        }
+    }
 }
 
 impl Content {
@@ -42,7 +61,19 @@ impl Content {
         match self {
             Content::Text(text) => vec![ContentBlock::text(text)],
             Content::Blocks(blocks) => blocks,
-            Content::Other(value) => serde_json::from_value(value).map(|b| vec![b]).unwrap_or_default(),
+            Content::Other(TypedObject(map)) => {
+                let kind = map
+                    .get("type")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                let mut block = ContentBlock {
+                    kind,
+                    ..ContentBlock::default()
+                };
+                block.extra = map.into_iter().filter(|(k, _)| k != "type").collect();
+                vec![block]
+            }
         }
     }
 }

@@ -159,4 +159,17 @@ fn anthropic_server_tool_results_of_any_shape_round_trip() {
         roundtrip::<switchyard_api::anthropic::MessagesRequest>(&request),
         request
     );
+    // Malformed content is still refused.
+    for content in [
+        json!(null),
+        json!(42),
+        json!([{"text": "no type"}]),
+        json!({"text": "no type"}),
+    ] {
+        let bad = json!({"model": "claude", "max_tokens": 5, "messages": [{"role": "user", "content": content}]});
+        assert!(
+            serde_json::from_value::<switchyard_api::anthropic::MessagesRequest>(bad).is_err(),
+            "{content}"
+        );
+    }
 }

@@ -211,7 +211,7 @@ fn content_bytes(content: &switchyard_api::anthropic::Content) -> u64 {
     use switchyard_api::anthropic::Content;
     match content {
         Content::Text(t) => t.len() as u64,
-        Content::Other(v) => value_len(v),
+        Content::Other(o) => json_len(o),
         Content::Blocks(blocks) => blocks.iter().fold(0u64, |n, b| {
             let own = match (&b.text, b.kind.as_str()) {
                 (Some(t), _) => t.len() as u64,

@@ -80,6 +80,14 @@ pub enum ProviderError {
     },
 }
 
+/// Whether an error sent inside a stream keeps the status it stands for: a
+/// rate limit (429), a timeout (408) or a server error (5xx). A client error
+/// or an auth failure reported after a 200 is a broken stream instead, so it
+/// neither blames the request nor marks the deployment's key invalid.
+pub(crate) fn typed_in_stream(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500..=599)
+}
+
 impl ProviderError {
     /// Whether another attempt (possibly elsewhere) could succeed: connection
     /// failures, timeouts, 408/429/5xx (Anthropic's 529 "overloaded" included),

@@ -222,6 +222,9 @@ pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
     } else {
         500
     };
+    if !crate::error::typed_in_stream(status) {
+        return ProviderError::Stream(format!("error event from the upstream: {}", error_message(error)));
+    }
     ProviderError::Status {
         status,
         message: format!("{} (in the stream)", error_message(error)),

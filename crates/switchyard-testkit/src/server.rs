@@ -371,7 +371,10 @@ fn check_auth(request: &RecordedRequest, azure: bool) -> Option<Response> {
             .as_deref()
             .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api-version=")))
             .unwrap_or("");
-        if request.body.get("stream_options").is_some() && version.get(..10).is_none_or(|d| d < "2024-09-01") {
+        let dated_before = version
+            .get(..10)
+            .is_some_and(|d| d.starts_with("20") && d < "2024-09-01");
+        if request.body.get("stream_options").is_some() && dated_before {
             return Some(error_response(
                 StatusCode::BAD_REQUEST,
                 "Unrecognized request argument supplied: stream_options",

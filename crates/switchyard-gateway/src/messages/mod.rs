@@ -55,12 +55,26 @@ impl IntoResponse for AnthropicError {
         body["type"] = json!("error");
         // Anthropic's own error types, which its SDKs and clients read; the
         // gateway's `code` keeps the detail.
-        body["error"]["type"] = json!(anthropic_error_type(status));
+        body["error"]["type"] = json!(anthropic_type_of(&self.0));
         let mut response = self.0.into_response();
         *response.body_mut() = axum::body::Body::from(body.to_string());
         *response.status_mut() = status;
         response
     }
+}
+
+/// The Anthropic error `type` of a failure: from the upstream's own status
+/// when it sent one (a 529 is `overloaded_error` even where the gateway's
+/// answer is a 502), else from the gateway's status.
+pub(crate) fn anthropic_type_of(error: &ApiError) -> &'static str {
+    if let ApiError::Upstream { source, .. } = error
+        && let ProviderError::Status { status, .. } = **source
+        && let Ok(status) = axum::http::StatusCode::from_u16(status)
+        && (status.as_u16() == 429 || status.is_server_error())
+    {
+        return anthropic_error_type(status);
+    }
+    anthropic_error_type(error.parts().0)
 }
 
 /// The Anthropic error `type` of an answer's status.
@@ -177,6 +191,7 @@ async fn messages_inner(
     let model = std::mem::take(&mut req.model);
     // Tools whose names OpenAI-format upstreams cannot take, to restore.
     let tool_names = translate::shortened_tool_names(&req);
+    let thinking = translate::wants_thinking(&req);
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     let mut trail = Trail::start(&state, &ctx, &principal, &model, &call);
@@ -270,12 +285,13 @@ async fn messages_inner(
             .follow(chunks),
             name,
             tool_names,
+            thinking,
         ),
         Reply::Json(answer) => {
             drop(in_flight);
             let usage = answer.usage.as_ref().map(metering::openai_usage);
             let translated = match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
-                Ok(parsed) => serde_json::to_vec(&translate::to_messages_response(parsed, &tool_names))
+                Ok(parsed) => serde_json::to_vec(&translate::to_messages_response(parsed, &tool_names, thinking))
                     .map_err(|e| ApiError::Internal(e.to_string())),
                 Err(e) => Err(ApiError::upstream(
                     &name,

@@ -35,7 +35,7 @@ fn event(e: &StreamEvent) -> Bytes {
 pub fn error_event(deployment: &str, err: ProviderError) -> Bytes {
     let error = ApiError::upstream(deployment, err);
     tracing::warn!(error = %error, "stream failed after it started");
-    let kind = super::anthropic_error_type(error.parts().0);
+    let kind = super::anthropic_type_of(&error);
     let body = json!({"type": "error", "error": {"type": kind, "message": error.message()}});
     frame("error", body.to_string().as_bytes())
 }
@@ -112,6 +112,8 @@ struct Converter {
     /// Calls streamed without an `index` (some servers leave it out): each
     /// one's id and the key it is followed under.
     unindexed: Vec<(String, u64)>,
+    /// Whether the client asked for thinking (reasoning is passed on only then).
+    thinking: bool,
 }
 
 impl Converter {
@@ -207,8 +209,15 @@ impl Converter {
             // `reasoning_content`, or `reasoning` in newer vLLM.
             let reasoning = ["reasoning_content", "reasoning"]
                 .iter()
-                .find_map(|k| choice.delta.extra.get(*k).and_then(Value::as_str))
-                .filter(|t| !t.is_empty());
+                .find_map(|k| {
+                    choice
+                        .delta
+                        .extra
+                        .get(*k)
+                        .and_then(Value::as_str)
+                        .filter(|t| !t.is_empty())
+                })
+                .filter(|_| self.thinking);
             if let Some(thinking) = reasoning {
                 let index = match self.open {
                     Some((index, Some(THINKING))) => index,
@@ -313,8 +322,14 @@ impl Converter {
 }
 
 /// OpenAI chunks converted to Anthropic events, as an SSE response.
-pub fn from_chat_chunks(chunks: ChunkStream, deployment: String, tool_names: Vec<(String, String)>) -> Response {
+pub fn from_chat_chunks(
+    chunks: ChunkStream,
+    deployment: String,
+    tool_names: Vec<(String, String)>,
+    thinking: bool,
+) -> Response {
     let converter = Converter {
+        thinking,
         tool_names,
         unindexed: Vec::new(),
         started: false,
@@ -372,6 +387,7 @@ mod tests {
 
     fn converter() -> Converter {
         Converter {
+            thinking: true,
             tool_names: Vec::new(),
             unindexed: Vec::new(),
             started: false,
@@ -495,6 +511,20 @@ mod tests {
         assert_eq!(events[5].1["content_block"]["type"], "text");
         assert_eq!(events[5].1["index"], 1);
         assert_eq!(events[6].1["delta"]["text"], "Four.");
+
+        // A client that did not ask for thinking gets the text only.
+        let mut conv = Converter {
+            thinking: false,
+            ..converter()
+        };
+        let mut out = Vec::new();
+        for delta in [json!({"reasoning_content": "hmm"}), json!({"content": "Four."})] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let plain = tests::events(&out);
+        assert_eq!(plain[1].1["content_block"]["type"], "text", "{plain:?}");
+        assert!(!plain.iter().any(|(_, d)| d["delta"]["type"] == "thinking_delta"));
     }
 
     #[test]

@@ -359,17 +359,37 @@ pub fn messages_usage(usage: Option<&Usage>) -> MessagesUsage {
     }
 }
 
+/// Whether an Anthropic request asks for thinking (`thinking` set, and not
+/// `{"type": "disabled"}`).
+pub fn wants_thinking(req: &MessagesRequest) -> bool {
+    req.extra
+        .get("thinking")
+        .is_some_and(|t| t.get("type").and_then(Value::as_str) != Some("disabled"))
+}
+
 /// The Anthropic-format response for an OpenAI chat response.
-pub fn to_messages_response(resp: ChatCompletionResponse, names: &[(String, String)]) -> MessagesResponse {
+pub fn to_messages_response(
+    resp: ChatCompletionResponse,
+    names: &[(String, String)],
+    thinking: bool,
+) -> MessagesResponse {
     let mut content = Vec::new();
     let mut finish = None;
     if let Some(choice) = resp.choices.into_iter().next() {
         finish = choice.finish_reason;
-        // Reasoning from OpenAI-compatible servers becomes a thinking block.
+        // Reasoning from OpenAI-compatible servers becomes a thinking block,
+        // for a client that asked for thinking.
         if let Some(thinking) = ["reasoning_content", "reasoning"]
             .iter()
-            .find_map(|k| choice.message.extra.get(*k).and_then(Value::as_str))
-            .filter(|t| !t.is_empty())
+            .find_map(|k| {
+                choice
+                    .message
+                    .extra
+                    .get(*k)
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+            })
+            .filter(|_| thinking)
         {
             let mut block = ContentBlock {
                 kind: "thinking".into(),
@@ -516,7 +536,7 @@ mod openai_limit_tests {
                 "tool_calls": [{"id": "t2", "type": "function", "function": {"name": short, "arguments": "{}"}}]}}]
         }))
         .unwrap();
-        let answer = to_messages_response(resp, &names);
+        let answer = to_messages_response(resp, &names, false);
         assert_eq!(answer.content[0].name.as_deref(), Some(long.as_str()));
 
         // Reasoning from an OpenAI-compatible server comes first, as thinking.
@@ -526,12 +546,17 @@ mod openai_limit_tests {
                 "reasoning_content": "2 + 2 is 4.", "content": "Four."}}]
         }))
         .unwrap();
-        let answer = serde_json::to_value(to_messages_response(reasoned, &[])).unwrap();
+        let answer = serde_json::to_value(to_messages_response(reasoned.clone(), &[], true)).unwrap();
         assert_eq!(
             answer["content"][0],
             json!({"type": "thinking", "thinking": "2 + 2 is 4."})
         );
         assert_eq!(answer["content"][1]["text"], "Four.");
+        let unasked = serde_json::to_value(to_messages_response(reasoned, &[], false)).unwrap();
+        assert_eq!(
+            unasked["content"][0]["type"], "text",
+            "no thinking the client did not ask for"
+        );
 
         // Documents: text as text, a base64 PDF as a file part.
         let docs: MessagesRequest = serde_json::from_value(json!({

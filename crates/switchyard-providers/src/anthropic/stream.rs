@@ -149,11 +149,18 @@ fn status_of(kind: &str) -> u16 {
 }
 
 /// An error Anthropic sent inside a stream, typed as the status it stands
-/// for: an `overloaded_error` mid-stream is a 529 (retried, and counted
-/// against the deployment) like one sent as the response's status.
+/// for when that is a rate limit, a timeout or a server error: an
+/// `overloaded_error` mid-stream is a 529 (retried, and counted against the
+/// deployment) like one sent as the response's status. Others stay a broken
+/// stream: a 4xx sent after a 200 says nothing reliable about the request or
+/// the deployment's key.
 pub fn error_status(kind: &str, message: &str) -> ProviderError {
+    let status = status_of(kind);
+    if !crate::error::typed_in_stream(status) {
+        return ProviderError::Stream(format!("error event from the upstream: {message} ({kind})"));
+    }
     ProviderError::Status {
-        status: status_of(kind),
+        status,
         message: format!("{message} (in the stream)"),
         kind: Some(kind.to_owned()),
         code: None,

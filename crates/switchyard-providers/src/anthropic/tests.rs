@@ -259,14 +259,19 @@ async fn a_stream_without_message_stop_is_an_error() {
         chunks.last()
     );
     assert!(chunks.last().unwrap().as_ref().unwrap_err().is_retryable());
-    for (kind, status) in [
-        ("rate_limit_error", 429),
-        ("api_error", 500),
-        ("invalid_request_error", 400),
-    ] {
+    for (kind, status) in [("rate_limit_error", 429), ("api_error", 500)] {
         let data = json!({"type": "error", "error": {"type": kind, "message": "m"}}).to_string();
         assert!(
             matches!(super::stream::error_event(&data), ProviderError::Status { status: s, .. } if s == status),
+            "{kind}"
+        );
+    }
+    // A client or auth error after a 200 is a broken stream, not a verdict
+    // on the request or the key.
+    for kind in ["invalid_request_error", "authentication_error", "permission_error"] {
+        let data = json!({"type": "error", "error": {"type": kind, "message": "m"}}).to_string();
+        assert!(
+            matches!(super::stream::error_event(&data), ProviderError::Stream(_)),
             "{kind}"
         );
     }

@@ -132,6 +132,12 @@ pub(crate) fn stream_exception<
             "accessdeniedexception" => 403,
             _ => 500,
         };
+        if !crate::error::typed_in_stream(status) {
+            return ProviderError::Stream(format!(
+                "{code} in the stream: {}",
+                ctx.err().message().unwrap_or("the service reported an error")
+            ));
+        }
         return ProviderError::Status {
             status,
             message: format!(
