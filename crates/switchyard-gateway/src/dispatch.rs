@@ -503,7 +503,8 @@ async fn try_group<'s>(
             otel.kind = "client",
             otel.status_code = Empty,
             "gen_ai.operation.name" = call.operation(),
-            "gen_ai.system" = deployment.provider.as_str(),
+            "gen_ai.system" = genai_system(&deployment.provider),
+            "gen_ai.provider.name" = genai_system(&deployment.provider),
             "gen_ai.request.model" = deployment.model.as_str(),
             "switchyard.deployment" = deployment.name.as_str(),
             "switchyard.attempt" = i64::from(*attempts),
@@ -645,6 +646,16 @@ async fn try_group<'s>(
     }
     let error = last.unwrap_or_else(|| ApiError::Routing(RoutingError::NoDeployment(name.to_owned())));
     GroupOutcome::Exhausted(error, Reason::Failed)
+}
+
+/// The GenAI semantic conventions' name of a provider kind (`azure` is
+/// `azure.ai.openai`, `bedrock` is `aws.bedrock`).
+fn genai_system(provider: &str) -> &str {
+    match provider {
+        "azure" => "azure.ai.openai",
+        "bedrock" => "aws.bedrock",
+        other => other,
+    }
 }
 
 /// Prompt plus output tokens of an Anthropic-format answer, from its `usage`.
@@ -849,6 +860,15 @@ const MAX_HELD_EVENTS: usize = 64;
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn provider_kinds_take_their_genai_convention_names() {
+        assert_eq!(super::genai_system("azure"), "azure.ai.openai");
+        assert_eq!(super::genai_system("bedrock"), "aws.bedrock");
+        assert_eq!(super::genai_system("anthropic"), "anthropic");
+        assert_eq!(super::genai_system("openai"), "openai");
+    }
+
     use super::*;
 
     #[test]

@@ -182,6 +182,7 @@ telemetry:
     assert_eq!(upstream.parent_span_id, genai.span_id);
     assert_eq!(upstream.kind, 3, "client kind");
     assert_eq!(upstream.attr("gen_ai.system"), Some("openai"));
+    assert_eq!(upstream.attr("gen_ai.provider.name"), Some("openai"));
     assert_eq!(upstream.attr("gen_ai.request.model"), Some("gpt-upstream"));
 
     // The retried request: a trace of its own, two attempts, the first failed.
