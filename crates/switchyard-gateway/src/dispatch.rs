@@ -329,9 +329,17 @@ pub(crate) async fn dispatch<'s>(
             Reason::ContextWindow => first.context_window_fallbacks.as_slice(),
             Reason::ContentPolicy => first.content_policy_fallbacks.as_slice(),
         };
+        // A fallback the caller's key may not call is skipped: a key limited
+        // to some models never gets answers from others through a failure.
         let next = list
             .iter()
             .filter(|name| !visited.contains(&name.as_str()))
+            .filter(|name| {
+                options
+                    .allowed_models
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.contains(name))
+            })
             .find_map(|name| state.routes.get_key_value(name.as_str()));
         let fallbacks_used = visited.len() - 1;
         match next {

@@ -863,3 +863,55 @@ async fn anthropic_routes_answer_bad_bodies_in_anthropic_shape() {
     let chat = chat(&gw, "claude", json!({})).await;
     assert_eq!(chat.header("request-id"), "", "OpenAI routes keep only x-request-id");
 }
+
+/// A configured fallback the caller's key may not call is skipped: a key
+/// limited to one model never gets another's answers through a failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fallbacks_respect_the_keys_models() {
+    let mock = MockUpstream::start().await;
+    let master = "sk-master-key-for-fallback-tests";
+    let gw = GatewayProcess::start(
+        Path::new(BIN),
+        &format!(
+            "policy:\n  master_key: {master}\nrouter_settings:\n  num_retries: 0\nmodel_list:\n  - model_name: down\n    fallbacks: [backup]\n    deployments:\n      - {{provider: openai, api_base: \"{base}\", api_key: k, model: \"down::status=503\"}}\n  - model_name: backup\n    deployments:\n      - {{provider: openai, api_base: \"{base}\", api_key: k, model: \"backup-1\"}}\n",
+            base = mock.base_url()
+        ),
+    );
+    let http = reqwest::Client::new();
+    let key = |models: Value| {
+        let request = http
+            .post(format!("{}/key/generate", gw.base_url()))
+            .bearer_auth(master)
+            .json(&json!({"models": models}));
+        async move {
+            request.send().await.unwrap().json::<Value>().await.unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let ask = |key: String| {
+        let request = http
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(key)
+            .json(&json!({"model": "down", "messages": [{"role": "user", "content": "hello"}]}));
+        async move {
+            let response = request.send().await.unwrap();
+            let model = response
+                .headers()
+                .get("x-switchyard-model")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (response.status().as_u16(), model)
+        }
+    };
+    let only_down = key(json!(["down"])).await;
+    assert_eq!(
+        ask(only_down).await,
+        (502, None),
+        "the fallback it may not call is skipped"
+    );
+    let both = key(json!(["down", "backup"])).await;
+    assert_eq!(ask(both).await, (200, Some("backup".to_owned())));
+    assert_eq!(ask(master.to_owned()).await, (200, Some("backup".to_owned())));
+    assert_eq!(sent_to(&mock, "backup-1"), 2);
+}
