@@ -99,6 +99,16 @@ async fn breaker(gateway: &GatewayProcess, deployment: &str) -> Value {
         .clone()
 }
 
+/// The gateway's Prometheus text.
+async fn metrics(gateway: &GatewayProcess) -> String {
+    reqwest::get(format!("{}/metrics", gateway.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Requests the mock received for an upstream model name.
 fn sent_to(mock: &MockUpstream, model: &str) -> usize {
     mock.requests().iter().filter(|r| r.body["model"] == model).count()
@@ -446,12 +456,7 @@ async fn a_stream_that_fails_after_its_first_event_ends_with_an_error_event() {
     assert!(!events.iter().any(|e| e == "[DONE]"));
     assert_eq!(sent_to(&mock, "backup-1"), 0, "never switches provider mid-stream");
 
-    let metrics = reqwest::get(format!("{}/metrics", gw.base_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&gw).await;
     assert!(
         metrics.lines().any(|l| l.starts_with("switchyard_stream_errors_total{")
             && l.contains(r#"deployment="breaks/0""#)
@@ -787,12 +792,7 @@ async fn errors_inside_a_stream_keep_their_kind() {
         let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
         assert!(last["error"]["message"].as_str().unwrap().contains(text), "{last}");
     }
-    let metrics = reqwest::get(format!("{}/metrics", gw.base_url()))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics(&gw).await;
     for deployment in ["gpt/0", "claude/0", "bedrock/0"] {
         assert!(
             metrics.lines().any(|l| l.starts_with("switchyard_stream_errors_total{")
