@@ -743,14 +743,17 @@ async fn attempt(
             }
         }
         Call::CountTokens(body, betas) => {
-            let ProviderClient::Anthropic(p) = client else {
-                return Err(ProviderError::Unsupported {
+            body["model"] = Value::String(deployment.model.clone());
+            match client {
+                ProviderClient::Anthropic(p) => p.count_tokens(body, betas).await.map(Reply::Native),
+                ProviderClient::Bedrock(p) if BedrockProvider::is_claude(&deployment.model) => {
+                    p.count_tokens(body, betas).await.map(Reply::Native)
+                }
+                _ => Err(ProviderError::Unsupported {
                     provider: client.kind(),
                     operation: "count_tokens",
-                });
-            };
-            body["model"] = Value::String(deployment.model.clone());
-            p.count_tokens(body, betas).await.map(Reply::Native)
+                }),
+            }
         }
     }
 }

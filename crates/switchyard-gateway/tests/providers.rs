@@ -488,6 +488,8 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
     }
     yaml += "  - model_name: claude\n    deployments:\n";
     yaml += &deployment("anthropic", &mock, "claude-mock", "");
+    yaml += "  - model_name: bedrock-claude\n    deployments:\n";
+    yaml += &deployment("bedrock", &mock, "anthropic.claude-3-5-sonnet-20240620-v1:0", "");
     let gateway = GatewayProcess::start_with(
         Path::new(BIN),
         &yaml,
@@ -552,7 +554,25 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
         "{:?}",
         seen.headers
     );
-    // Bedrock has no token count here: the gateway estimates.
+    // Claude on Bedrock is counted by Bedrock's CountTokens.
+    let counted = http
+        .post(format!("{}/v1/messages/count_tokens", gateway.base_url()))
+        .json(&json!({"model": "bedrock-claude", "messages": [{"role": "user", "content": "one two three four five"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), 200);
+    assert!(
+        counted.headers().get("x-switchyard-token-count").is_none(),
+        "not an estimate"
+    );
+    let body: Value = counted.json().await.unwrap();
+    assert!(body["input_tokens"].as_u64().unwrap() >= 5, "{body}");
+    let seen = mock.last_request().unwrap();
+    assert!(seen.path.ends_with("/count-tokens"), "{}", seen.path);
+    assert!(seen.body.pointer("/input/invokeModel/body").is_some(), "{}", seen.body);
+
+    // Other Bedrock models have no token count: the gateway estimates.
     let (status, body) = post(
         "/v1/messages/count_tokens",
         json!({"model": "nova", "messages": [{"role": "user", "content": "one two three four"}]}),

@@ -92,6 +92,31 @@ pub(crate) fn invoke(ctx: &RequestCtx<'_>) -> Response {
     response
 }
 
+/// `POST /model/{modelId}/count-tokens` with `{"input": {"invokeModel":
+/// {"body": "<base64 of an InvokeModel body>"}}}`: `{"inputTokens": N}`.
+pub(crate) fn count_tokens(ctx: &RequestCtx<'_>) -> Response {
+    let Some(encoded) = ctx.body.pointer("/input/invokeModel/body").and_then(Value::as_str) else {
+        return validation_error("input.invokeModel.body is required");
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        return validation_error("input.invokeModel.body is not base64");
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&decoded) else {
+        return validation_error("input.invokeModel.body is not a JSON request");
+    };
+    let inner = RequestCtx {
+        state: ctx.state,
+        body: &body,
+        model: ctx.model.clone(),
+        scenario: ctx.scenario,
+        azure: ctx.azure,
+    };
+    match plan(&inner) {
+        Ok(answer) => json_response(StatusCode::OK, &json!({"inputTokens": answer.input_tokens()})),
+        Err(response) => *response,
+    }
+}
+
 /// A `chunk` frame carrying `payload` as the base64 `bytes` of a `PayloadPart`.
 fn chunk_frame(payload: &[u8]) -> Bytes {
     let encoded = base64::engine::general_purpose::STANDARD.encode(payload);

@@ -202,6 +202,7 @@ enum Operation {
     ConverseStream,
     InvokeModel,
     InvokeModelStream,
+    BedrockCountTokens,
 }
 
 /// The wire protocol of an operation.
@@ -219,9 +220,11 @@ impl Operation {
                 Protocol::OpenAi
             }
             Operation::Messages | Operation::CountTokens => Protocol::Anthropic,
-            Operation::Converse | Operation::ConverseStream | Operation::InvokeModel | Operation::InvokeModelStream => {
-                Protocol::Bedrock
-            }
+            Operation::Converse
+            | Operation::ConverseStream
+            | Operation::InvokeModel
+            | Operation::InvokeModelStream
+            | Operation::BedrockCountTokens => Protocol::Bedrock,
         }
     }
 }
@@ -301,6 +304,7 @@ fn classify(path: &str) -> Option<Route> {
             "converse-stream" => Operation::ConverseStream,
             "invoke" => Operation::InvokeModel,
             "invoke-with-response-stream" => Operation::InvokeModelStream,
+            "count-tokens" => Operation::BedrockCountTokens,
             _ => return None,
         };
         let model_id = bedrock_mock::percent_decode(model_id).filter(|id| !id.is_empty())?;
@@ -548,6 +552,7 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         Operation::InvokeModel if bedrock_claude::is_claude(&ctx) => bedrock_claude::invoke(&ctx),
         Operation::InvokeModel => bedrock_invoke(&ctx),
         Operation::InvokeModelStream => bedrock_claude::invoke_stream(&ctx),
+        Operation::BedrockCountTokens => bedrock_claude::count_tokens(&ctx),
     }
 }
 

@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use aws_sdk_bedrockruntime::types::ResponseStream;
 use aws_sdk_bedrockruntime::types::error::ResponseStreamError;
+use aws_sdk_bedrockruntime::types::{CountTokensInput, InvokeModelTokensRequest, ResponseStream};
 use aws_smithy_types::Blob;
 use bytes::Bytes;
 use futures_util::stream;
@@ -97,6 +97,33 @@ impl BedrockProvider {
             .send();
         let output = self.within_first_byte(send).await?;
         Ok(Bytes::from(output.body.into_inner()))
+    }
+
+    /// Counts an Anthropic-format request's input tokens with Bedrock's
+    /// CountTokens (the InvokeModel body it would send); returns Anthropic's
+    /// `{"input_tokens": N}`.
+    pub async fn count_tokens(&self, req: &Value, betas: &[String]) -> Result<Bytes> {
+        let mut parsed: MessagesRequest =
+            serde_json::from_value(req.clone()).map_err(|e| ProviderError::InvalidRequest {
+                message: format!("the request cannot be counted: {e}"),
+                param: None,
+            })?;
+        // An InvokeModel body needs `max_tokens`; counting ignores it.
+        parsed.max_tokens.get_or_insert(1);
+        parsed.betas = betas.to_vec();
+        let input = InvokeModelTokensRequest::builder()
+            .body(Blob::new(invoke_body(&parsed)?))
+            .build()
+            .map_err(|e| ProviderError::InvalidConfig(e.to_string()))?;
+        let send = self
+            .client()
+            .await
+            .count_tokens()
+            .model_id(&parsed.model)
+            .input(CountTokensInput::InvokeModel(input))
+            .send();
+        let output = self.within_first_byte(send).await?;
+        Ok(Bytes::from(json!({"input_tokens": output.input_tokens()}).to_string()))
     }
 
     /// Streams an Anthropic-format request from Claude on Bedrock as Anthropic events.
