@@ -1,6 +1,7 @@
 //! Claude on AWS Bedrock in Anthropic's native format: `POST /model/{modelId}/invoke`
 //! and `POST /model/{modelId}/invoke-with-response-stream` with an Anthropic
-//! Messages body (without `model` and `stream`, plus `anthropic_version`).
+//! Messages body (without `model` and `stream`, plus `anthropic_version`), and
+//! `POST /model/{modelId}/count-tokens` counting such a body.
 //!
 //! Answers are the Anthropic mock's, with `model` set to the model id; a stream
 //! sends each Anthropic event as a `chunk` frame whose payload is
