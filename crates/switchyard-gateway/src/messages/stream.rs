@@ -114,6 +114,8 @@ struct Converter {
     unindexed: Vec<(String, u64)>,
     /// Whether the client asked for thinking (reasoning is passed on only then).
     thinking: bool,
+    /// The stop sequence that ended the answer, when the server said which.
+    stop_sequence: Option<String>,
 }
 
 impl Converter {
@@ -302,6 +304,7 @@ impl Converter {
             if let Some(reason) = choice.finish_reason
                 && self.stop_reason.as_deref() != Some("refusal")
             {
+                self.stop_sequence = super::translate::matched_stop(Some(&reason), &choice.extra);
                 self.stop_reason = stop_reason(Some(&reason));
             }
         }
@@ -312,8 +315,11 @@ impl Converter {
         self.close(out);
         out.push(event(&StreamEvent::MessageDelta {
             delta: switchyard_api::anthropic::MessageDelta {
-                stop_reason: Some(final_stop_reason(self.stop_reason.as_deref(), self.used_tools)),
-                stop_sequence: None,
+                stop_reason: Some(match &self.stop_sequence {
+                    Some(_) if !self.used_tools => "stop_sequence".to_owned(),
+                    _ => final_stop_reason(self.stop_reason.as_deref(), self.used_tools),
+                }),
+                stop_sequence: self.stop_sequence.clone().filter(|_| !self.used_tools),
             },
             usage: messages_usage(self.usage.as_ref()),
         }));
@@ -330,6 +336,7 @@ pub fn from_chat_chunks(
 ) -> Response {
     let converter = Converter {
         thinking,
+        stop_sequence: None,
         tool_names,
         unindexed: Vec::new(),
         started: false,
@@ -388,6 +395,7 @@ mod tests {
     fn converter() -> Converter {
         Converter {
             thinking: true,
+            stop_sequence: None,
             tool_names: Vec::new(),
             unindexed: Vec::new(),
             started: false,

@@ -359,6 +359,20 @@ pub fn messages_usage(usage: Option<&Usage>) -> MessagesUsage {
     }
 }
 
+/// The stop sequence that ended a choice, where the server says which
+/// (vLLM's `stop_reason`: the matched string, or a token id when a stop
+/// token ended it).
+pub fn matched_stop(finish_reason: Option<&str>, choice_extra: &Extra) -> Option<String> {
+    (finish_reason == Some("stop"))
+        .then(|| {
+            choice_extra
+                .get("stop_reason")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .flatten()
+}
+
 /// Whether an Anthropic request asks for thinking (`thinking` set, and not
 /// `{"type": "disabled"}`).
 pub fn wants_thinking(req: &MessagesRequest) -> bool {
@@ -375,8 +389,10 @@ pub fn to_messages_response(
 ) -> MessagesResponse {
     let mut content = Vec::new();
     let mut finish = None;
+    let mut stop_sequence = None;
     if let Some(choice) = resp.choices.into_iter().next() {
         finish = choice.finish_reason;
+        stop_sequence = matched_stop(finish.as_deref(), &choice.extra);
         // Reasoning from OpenAI-compatible servers becomes a thinking block,
         // for a client that asked for thinking.
         if let Some(thinking) = ["reasoning_content", "reasoning"]
@@ -431,8 +447,11 @@ pub fn to_messages_response(
         role: MessageRole::Assistant,
         model: resp.model,
         content,
-        stop_reason: Some(final_stop_reason(stop_reason(finish.as_deref()).as_deref(), used_tools)),
-        stop_sequence: None,
+        stop_reason: Some(match &stop_sequence {
+            Some(_) if !used_tools => "stop_sequence".to_owned(),
+            _ => final_stop_reason(stop_reason(finish.as_deref()).as_deref(), used_tools),
+        }),
+        stop_sequence: stop_sequence.filter(|_| !used_tools),
         usage: messages_usage(resp.usage.as_ref()),
         extra: Extra::new(),
     }
@@ -552,6 +571,15 @@ mod openai_limit_tests {
             json!({"type": "thinking", "thinking": "2 + 2 is 4."})
         );
         assert_eq!(answer["content"][1]["text"], "Four.");
+        let stopped: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "stop_reason": "END",
+                "message": {"role": "assistant", "content": "done"}}]
+        }))
+        .unwrap();
+        let answer = to_messages_response(stopped, &[], false);
+        assert_eq!(answer.stop_reason.as_deref(), Some("stop_sequence"));
+        assert_eq!(answer.stop_sequence.as_deref(), Some("END"));
         let unasked = serde_json::to_value(to_messages_response(reasoned, &[], false)).unwrap();
         assert_eq!(
             unasked["content"][0]["type"], "text",
