@@ -62,17 +62,26 @@ impl Content {
             Content::Text(text) => vec![ContentBlock::text(text)],
             Content::Blocks(blocks) => blocks,
             Content::Other(TypedObject(map)) => {
-                let kind = map
-                    .get("type")
-                    .and_then(serde_json::Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                let mut block = ContentBlock {
-                    kind,
-                    ..ContentBlock::default()
-                };
-                block.extra = map.into_iter().filter(|(k, _)| k != "type").collect();
-                vec![block]
+                let value = serde_json::Value::Object(map);
+                match serde_json::from_value::<ContentBlock>(value.clone()) {
+                    Ok(block) => vec![block],
+                    Err(_) => {
+                        let serde_json::Value::Object(map) = value else {
+                            return Vec::new();
+                        };
+                        let kind = map
+                            .get("type")
+                            .and_then(serde_json::Value::as_str)
+                            .unwrap_or_default()
+                            .to_owned();
+                        let extra = map.into_iter().filter(|(k, _)| k != "type").collect();
+                        vec![ContentBlock {
+                            kind,
+                            extra,
+                            ..ContentBlock::default()
+                        }]
+                    }
+                }
             }
         }
     }

@@ -297,6 +297,9 @@ pub(crate) async fn dispatch<'s>(
     // A learned router falls back down its ranking.
     let ranked_rest = prediction.as_ref().map(|p| &p.ranked[1..]);
     let general = options.fallbacks.as_deref().or(ranked_rest).unwrap_or(&first.fallbacks);
+    // A learned router's ranking already holds only what the key may call
+    // (or, for a key that names none of its candidates, the router itself).
+    let ranking = options.fallbacks.is_none() && ranked_rest.is_some();
 
     let mut rng = fastrand::Rng::new();
     let mut visited: Vec<&str> = Vec::new();
@@ -335,10 +338,11 @@ pub(crate) async fn dispatch<'s>(
             .iter()
             .filter(|name| !visited.contains(&name.as_str()))
             .filter(|name| {
-                options
-                    .allowed_models
-                    .as_ref()
-                    .is_none_or(|allowed| allowed.contains(name))
+                (ranking && reason == Reason::Failed)
+                    || options
+                        .allowed_models
+                        .as_ref()
+                        .is_none_or(|allowed| allowed.contains(name))
             })
             .find_map(|name| state.routes.get_key_value(name.as_str()));
         let fallbacks_used = visited.len() - 1;
@@ -511,7 +515,7 @@ async fn try_group<'s>(
             otel.kind = "client",
             otel.status_code = Empty,
             "gen_ai.operation.name" = call.operation(),
-            "gen_ai.system" = genai_system(&deployment.provider),
+            "gen_ai.system" = deployment.provider.as_str(),
             "gen_ai.provider.name" = genai_system(&deployment.provider),
             "gen_ai.request.model" = deployment.model.as_str(),
             "switchyard.deployment" = deployment.name.as_str(),
@@ -746,8 +750,19 @@ async fn attempt(
             body["model"] = Value::String(deployment.model.clone());
             match client {
                 ProviderClient::Anthropic(p) => p.count_tokens(body, betas).await.map(Reply::Native),
-                ProviderClient::Bedrock(p) if BedrockProvider::is_claude(&deployment.model) => {
-                    p.count_tokens(body, betas).await.map(Reply::Native)
+                // Bedrock's CountTokens takes foundation-model ids only (not
+                // inference profiles). Any failure there (a role without
+                // `bedrock:CountTokens`, a model it does not count) leaves
+                // the count to the gateway's estimate, and says nothing of
+                // the deployment's health or key.
+                ProviderClient::Bedrock(p) if BedrockProvider::counts_tokens(&deployment.model) => {
+                    p.count_tokens(body, betas).await.map(Reply::Native).map_err(|e| {
+                        tracing::debug!(deployment = %deployment.name, error = %e, "Bedrock could not count tokens");
+                        ProviderError::Unsupported {
+                            provider: "bedrock",
+                            operation: "count_tokens",
+                        }
+                    })
                 }
                 _ => Err(ProviderError::Unsupported {
                     provider: client.kind(),

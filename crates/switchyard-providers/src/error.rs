@@ -80,12 +80,26 @@ pub enum ProviderError {
     },
 }
 
-/// Whether an error sent inside a stream keeps the status it stands for: a
-/// rate limit (429), a timeout (408) or a server error (5xx). A client error
-/// or an auth failure reported after a 200 is a broken stream instead, so it
-/// neither blames the request nor marks the deployment's key invalid.
-pub(crate) fn typed_in_stream(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500..=599)
+/// An error sent inside a stream, typed as `status`, as the gateway treats
+/// it: a rate limit (429), a timeout (408), a server error (5xx), a prompt
+/// too long or a content-policy refusal keep the status they stand for; any
+/// other client error or an auth failure reported after a 200 is a broken
+/// stream, so it neither blames the request nor marks the deployment's key
+/// invalid.
+pub(crate) fn in_stream(typed: ProviderError, message: &str) -> ProviderError {
+    let keeps = match &typed {
+        ProviderError::Status { status, .. } => {
+            matches!(status, 408 | 429 | 500..=599)
+                || typed.is_context_window_exceeded()
+                || typed.is_content_policy_violation()
+        }
+        _ => true,
+    };
+    if keeps {
+        typed
+    } else {
+        ProviderError::Stream(format!("error event from the upstream: {message}"))
+    }
 }
 
 impl ProviderError {

@@ -222,17 +222,15 @@ pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
     } else {
         500
     };
-    if !crate::error::typed_in_stream(status) {
-        return ProviderError::Stream(format!("error event from the upstream: {}", error_message(error)));
-    }
-    ProviderError::Status {
+    let typed = ProviderError::Status {
         status,
         message: format!("{} (in the stream)", error_message(error)),
         kind,
         code,
         param: text("param"),
         retry_after: None,
-    }
+    };
+    crate::error::in_stream(typed, &error_message(error))
 }
 
 /// How long the upstream asks to wait: `retry-after-ms` (OpenAI, Azure), else

@@ -84,10 +84,20 @@ struct Endpoints {
     stream_options: bool,
 }
 
-/// Whether an Azure `api-version` (`YYYY-MM-DD`, maybe `-preview`) accepts
-/// `stream_options`: 2024-09-01-preview and later do.
+/// Whether an Azure `api-version` accepts `stream_options`: dated versions
+/// (`YYYY-MM-DD`, maybe `-preview`) from 2024-09-01 on, and the undated ones
+/// of the newer API (`preview`, `latest`, `v1`).
 fn azure_takes_stream_options(api_version: &str) -> bool {
-    api_version.get(..10).is_some_and(|date| date >= "2024-09-01")
+    let dated = api_version.get(..10).filter(|d| {
+        d.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        })
+    });
+    dated.is_none_or(|date| date >= "2024-09-01")
 }
 
 /// A copy of a streaming request without `stream_options`, for upstreams
@@ -216,17 +226,17 @@ mod tests {
 
     #[test]
     fn azure_api_versions_before_2024_09_take_no_stream_options() {
-        for v in ["2024-09-01-preview", "2024-10-21", "2025-04-01-preview"] {
+        for v in [
+            "2024-09-01-preview",
+            "2024-10-21",
+            "2025-04-01-preview",
+            "preview",
+            "latest",
+            "v1",
+        ] {
             assert!(azure_takes_stream_options(v), "{v}");
         }
-        for v in [
-            "2023-05-15",
-            "2024-02-01",
-            "2024-06-01",
-            "2024-08-01-preview",
-            "latest",
-            "",
-        ] {
+        for v in ["2023-05-15", "2024-02-01", "2024-06-01", "2024-08-01-preview"] {
             assert!(!azure_takes_stream_options(v), "{v}");
         }
     }

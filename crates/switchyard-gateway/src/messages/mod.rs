@@ -347,11 +347,12 @@ pub async fn count_tokens(
     {
         return failed(e.into());
     }
-    let options = match req.as_object_mut().map(RequestOptions::take) {
+    let mut options = match req.as_object_mut().map(RequestOptions::take) {
         Some(Ok(options)) => options,
         Some(Err(e)) => return failed(e.into()),
         None => RequestOptions::default(),
     };
+    options.allowed_models = principal.view().and_then(|v| v.allowed_models());
     if let Err(e) = metering::check_fallbacks(&principal, options.fallbacks.as_deref()) {
         return failed(e.into());
     }
@@ -366,7 +367,7 @@ pub async fn count_tokens(
             &decision,
         ),
         Ok(_) => failed(ApiError::Internal("count_tokens answered in an unexpected format".into()).into()),
-        // No deployment reached can count (only Anthropic's API does): the
+        // No deployment reached can count (only Anthropic and Bedrock do): the
         // gateway's own estimate, marked as one, rather than an error that
         // clients such as Claude Code would hit on every turn.
         Err(f) if f.error.parts().3.as_deref() == Some("unsupported") => estimate_tokens(req),

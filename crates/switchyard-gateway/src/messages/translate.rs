@@ -378,6 +378,7 @@ pub fn matched_stop(finish_reason: Option<&str>, choice_extra: &Extra) -> Option
 pub fn wants_thinking(req: &MessagesRequest) -> bool {
     req.extra
         .get("thinking")
+        .filter(|t| !t.is_null())
         .is_some_and(|t| t.get("type").and_then(Value::as_str) != Some("disabled"))
 }
 
@@ -392,7 +393,6 @@ pub fn to_messages_response(
     let mut stop_sequence = None;
     if let Some(choice) = resp.choices.into_iter().next() {
         finish = choice.finish_reason;
-        stop_sequence = matched_stop(finish.as_deref(), &choice.extra);
         // Reasoning from OpenAI-compatible servers becomes a thinking block,
         // for a client that asked for thinking.
         if let Some(thinking) = ["reasoning_content", "reasoning"]
@@ -429,6 +429,7 @@ pub fn to_messages_response(
             content.push(ContentBlock::text(refusal));
             finish = Some("content_filter".into());
         }
+        stop_sequence = matched_stop(finish.as_deref(), &choice.extra);
         for call in choice.message.tool_calls.unwrap_or_default() {
             let input = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
             content.push(ContentBlock {

@@ -155,18 +155,15 @@ fn status_of(kind: &str) -> u16 {
 /// stream: a 4xx sent after a 200 says nothing reliable about the request or
 /// the deployment's key.
 pub fn error_status(kind: &str, message: &str) -> ProviderError {
-    let status = status_of(kind);
-    if !crate::error::typed_in_stream(status) {
-        return ProviderError::Stream(format!("error event from the upstream: {message} ({kind})"));
-    }
-    ProviderError::Status {
-        status,
+    let typed = ProviderError::Status {
+        status: status_of(kind),
         message: format!("{message} (in the stream)"),
         kind: Some(kind.to_owned()),
         code: None,
         param: None,
         retry_after: None,
-    }
+    };
+    crate::error::in_stream(typed, &format!("{message} ({kind})"))
 }
 
 /// An `error` event's data (`{"type":"error","error":{"type","message"}}`)

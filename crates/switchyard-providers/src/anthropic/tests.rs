@@ -275,6 +275,12 @@ async fn a_stream_without_message_stop_is_an_error() {
             "{kind}"
         );
     }
+    // A prompt too long keeps its kind, for the context-window fallbacks.
+    let data = json!({"type": "error", "error": {"type": "invalid_request_error",
+        "message": "prompt is too long: 210000 tokens > 200000 maximum"}})
+    .to_string();
+    let long = super::stream::error_event(&data);
+    assert!(long.is_context_window_exceeded(), "{long:?}");
     assert!(matches!(
         super::stream::error_event("not json"),
         ProviderError::Stream(_)

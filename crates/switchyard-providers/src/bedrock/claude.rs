@@ -84,6 +84,13 @@ impl BedrockProvider {
         model.contains("anthropic.claude")
     }
 
+    /// Whether Bedrock's CountTokens can count for this model: a Claude
+    /// foundation-model id, not an inference profile (`us.anthropic…`) or an
+    /// ARN.
+    pub fn counts_tokens(model: &str) -> bool {
+        model.starts_with("anthropic.claude")
+    }
+
     /// Sends an Anthropic-format request to Claude on Bedrock; returns Anthropic's JSON.
     pub async fn messages(&self, req: &MessagesRequest) -> Result<Bytes> {
         let send = self
@@ -108,8 +115,14 @@ impl BedrockProvider {
                 message: format!("the request cannot be counted: {e}"),
                 param: None,
             })?;
-        // An InvokeModel body needs `max_tokens`; counting ignores it.
-        parsed.max_tokens.get_or_insert(1);
+        // An InvokeModel body needs `max_tokens` (above a thinking budget);
+        // counting ignores it.
+        let budget = req
+            .pointer("/thinking/budget_tokens")
+            .and_then(Value::as_u64)
+            .and_then(|b| u32::try_from(b).ok())
+            .unwrap_or(0);
+        parsed.max_tokens.get_or_insert(budget.saturating_add(1));
         parsed.betas = betas.to_vec();
         let input = InvokeModelTokensRequest::builder()
             .body(Blob::new(invoke_body(&parsed)?))

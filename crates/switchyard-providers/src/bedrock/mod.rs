@@ -132,23 +132,16 @@ pub(crate) fn stream_exception<
             "accessdeniedexception" => 403,
             _ => 500,
         };
-        if !crate::error::typed_in_stream(status) {
-            return ProviderError::Stream(format!(
-                "{code} in the stream: {}",
-                ctx.err().message().unwrap_or("the service reported an error")
-            ));
-        }
-        return ProviderError::Status {
+        let message = ctx.err().message().unwrap_or("the service reported an error");
+        let typed = ProviderError::Status {
             status,
-            message: format!(
-                "{} (in the stream)",
-                ctx.err().message().unwrap_or("the service reported an error")
-            ),
+            message: format!("{message} (in the stream)"),
             kind: Some(code.to_owned()),
             code: Some(code.to_owned()),
             param: None,
             retry_after: None,
         };
+        return crate::error::in_stream(typed, &format!("{code}: {message}"));
     }
     ProviderError::Stream(format!("the upstream stream failed: {}", DisplayErrorContext(err)))
 }
