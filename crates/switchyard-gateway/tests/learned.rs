@@ -355,6 +355,45 @@ async fn falls_back_down_the_ranking_when_the_choice_fails() {
     assert!(answer.scores()[0].1 > 0.9, "{:?}", answer.scores());
 }
 
+/// A key that may call the router alone still falls back down the ranking:
+/// the candidates are the router's, not fallbacks the key lacks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_limited_to_the_router_falls_back_down_the_ranking() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let master = "sk-master-key-for-learned-fallbacks";
+    let broken = r#"{provider: openai, model: strong-1, api_key: k, api_base: "http://127.0.0.1:9/v1"}"#;
+    let yaml = format!(
+        "policy:\n  master_key: {master}\n{}",
+        config(&dir.path().display().to_string(), "", broken)
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let client = reqwest::Client::new();
+    let made: Value = client
+        .post(format!("{}/key/generate", gw.base_url()))
+        .bearer_auth(master)
+        .json(&json!({"models": ["switchyard/auto"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap();
+    let response = client
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(key)
+        .json(&json!({"model": "switchyard/auto", "messages": [{"role": "user", "content": MATH_QUERY}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let header = |name: &str| response.headers()[name].to_str().unwrap().to_owned();
+    assert_eq!(header("x-switchyard-router-choice"), "strong-model");
+    assert_eq!(header("x-switchyard-model"), "cheap");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_at_its_rate_limit_is_not_chosen() {
     let trainer = Trainer::new();
