@@ -55,8 +55,8 @@ impl Content {
         }
     }
 
-    /// The content as blocks (a string becomes one text block; another shape,
-    /// one block of its `type` with the rest of it in `extra`).
+    /// The content as blocks (a string becomes one text block; a typed object,
+    /// the one block it is).
     pub fn into_blocks(self) -> Vec<ContentBlock> {
         match self {
             Content::Text(text) => vec![ContentBlock::text(text)],

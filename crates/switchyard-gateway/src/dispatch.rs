@@ -751,12 +751,18 @@ async fn attempt(
             match client {
                 ProviderClient::Anthropic(p) => p.count_tokens(body, betas).await.map(Reply::Native),
                 // Bedrock's CountTokens takes foundation-model ids only (not
-                // inference profiles). Any failure there (a role without
-                // `bedrock:CountTokens`, a model it does not count) leaves
-                // the count to the gateway's estimate, and says nothing of
-                // the deployment's health or key.
+                // inference profiles). A failure that says Bedrock cannot
+                // count here (a role without `bedrock:CountTokens`, a model it
+                // does not count, an outage) leaves the count to the
+                // gateway's estimate, and says nothing of the deployment's
+                // health or key; a request it finds invalid stays a 400.
                 ProviderClient::Bedrock(p) if BedrockProvider::counts_tokens(&deployment.model) => {
                     p.count_tokens(body, betas).await.map(Reply::Native).map_err(|e| {
+                        let invalid_request = matches!(&e, ProviderError::Status { status: 400 | 413 | 422, message, .. }
+                            if !message.to_ascii_lowercase().contains("not support"));
+                        if invalid_request || matches!(e, ProviderError::InvalidRequest { .. }) {
+                            return e;
+                        }
                         tracing::debug!(deployment = %deployment.name, error = %e, "Bedrock could not count tokens");
                         ProviderError::Unsupported {
                             provider: "bedrock",

@@ -571,6 +571,14 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
     let seen = mock.last_request().unwrap();
     assert!(seen.path.ends_with("/count-tokens"), "{}", seen.path);
     assert!(seen.body.pointer("/input/invokeModel/body").is_some(), "{}", seen.body);
+    // A request Bedrock finds invalid stays the client's error, not an estimate.
+    let (status, body) = post(
+        "/v1/messages/count_tokens",
+        json!({"model": "bedrock-claude", "messages": []}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["type"], "error", "{body}");
 
     // Other Bedrock models have no token count: the gateway estimates.
     let (status, body) = post(

@@ -149,11 +149,11 @@ fn status_of(kind: &str) -> u16 {
 }
 
 /// An error Anthropic sent inside a stream, typed as the status it stands
-/// for when that is a rate limit, a timeout or a server error: an
-/// `overloaded_error` mid-stream is a 529 (retried, and counted against the
-/// deployment) like one sent as the response's status. Others stay a broken
-/// stream: a 4xx sent after a 200 says nothing reliable about the request or
-/// the deployment's key.
+/// for when that is a rate limit, a timeout, a server error, a prompt too
+/// long or a content-policy refusal: an `overloaded_error` mid-stream is a
+/// 529 (retried, and counted against the deployment) like one sent as the
+/// response's status. Others stay a broken stream: another 4xx sent after a
+/// 200 says nothing reliable about the request or the deployment's key.
 pub fn error_status(kind: &str, message: &str) -> ProviderError {
     let typed = ProviderError::Status {
         status: status_of(kind),
