@@ -270,15 +270,21 @@ impl LocalStore {
         Ok(self.state.lock().keys.remove(token).is_some())
     }
 
-    /// Stores a team.
-    pub fn put_team(&self, record: TeamRecord) -> Result<(), PolicyError> {
+    /// Stores a team if it is new (`replace: false`) or still there
+    /// (`replace: true`), in one step among writes: `false` when it is not.
+    pub fn put_team(&self, record: TeamRecord, replace: bool) -> Result<bool, PolicyError> {
+        let _writing = self.key_writes.lock();
+        if self.state.lock().teams.contains_key(&record.team_id) != replace {
+            return Ok(false);
+        }
         self.log_key_op(&KeyOp::PutTeam { record: record.clone() })?;
         self.state.lock().teams.insert(record.team_id.clone(), record);
-        Ok(())
+        Ok(true)
     }
 
     /// Deletes a team; whether it existed.
     pub fn delete_team(&self, id: &str) -> Result<bool, PolicyError> {
+        let _writing = self.key_writes.lock();
         if !self.state.lock().teams.contains_key(id) {
             return Ok(false);
         }
@@ -594,6 +600,24 @@ mod tests {
             None,
             "the old value is gone"
         );
+
+        // Teams: created once, changed only while they exist.
+        let team = TeamRecord {
+            team_id: "t1".into(),
+            team_alias: None,
+            created_at: 0,
+            from_config: false,
+            limits: Default::default(),
+        };
+        assert!(store.put_team(team.clone(), false).unwrap());
+        assert!(!store.put_team(team.clone(), false).unwrap(), "the id is taken");
+        assert!(store.put_team(team.clone(), true).unwrap());
+        assert!(store.delete_team("t1").unwrap());
+        assert!(
+            !store.put_team(team, true).unwrap(),
+            "a deleted team is not brought back"
+        );
+        assert!(store.team("t1").is_none());
     }
 
     #[test]

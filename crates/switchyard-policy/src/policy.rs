@@ -1159,10 +1159,18 @@ impl Policy {
 
     // ----- admin: teams -----
 
-    async fn put_team(&self, record: TeamRecord) -> Result<(), PolicyError> {
-        match &self.0.store {
-            Store::Local(local) => local.put_team(record),
-            Store::Redis { redis, .. } => redis.put_team(&record).await.map_err(down),
+    /// Stores a team: a new one only if its id is free (else 409), a changed
+    /// one only if it was not deleted meanwhile (else 404).
+    async fn put_team(&self, record: TeamRecord, replace: bool) -> Result<(), PolicyError> {
+        let id = record.team_id.clone();
+        let stored = match &self.0.store {
+            Store::Local(local) => local.put_team(record, replace)?,
+            Store::Redis { redis, .. } => redis.put_team(&record, replace).await.map_err(down)?,
+        };
+        match (stored, replace) {
+            (true, _) => Ok(()),
+            (false, false) => Err(PolicyError::Conflict(format!("Team `{id}` already exists."))),
+            (false, true) => Err(PolicyError::NotFound { what: "Team" }),
         }
     }
 
@@ -1195,7 +1203,7 @@ impl Policy {
         if body.contains_key("models") {
             self.check_models(&record.limits.models)?;
         }
-        self.put_team(record.clone()).await?;
+        self.put_team(record.clone(), false).await?;
         Ok(record)
     }
 
@@ -1225,7 +1233,7 @@ impl Policy {
         if body.contains_key("models") {
             self.check_models(&record.limits.models)?;
         }
-        self.put_team(record.clone()).await?;
+        self.put_team(record.clone(), true).await?;
         Ok(record)
     }
 

@@ -285,13 +285,6 @@ impl RedisStore {
         Ok(raw.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
     }
 
-    async fn hset_json<T: Serialize>(&self, hash: &str, field: &str, value: &T) -> Result<(), StoreDown> {
-        let json = serde_json::to_string(value).map_err(|e| StoreDown(e.to_string()))?;
-        self.query::<i64>(redis::cmd("HSET").arg(self.name(hash)).arg(field).arg(json).clone())
-            .await
-            .map(drop)
-    }
-
     async fn hdel(&self, hash: &str, field: &str) -> Result<bool, StoreDown> {
         let n: i64 = self
             .query(redis::cmd("HDEL").arg(self.name(hash)).arg(field).clone())
@@ -309,32 +302,40 @@ impl RedisStore {
         self.hget_json("teams", id).await
     }
 
-    /// Stores `record` if no key has its token (`HSETNX`): `false` if one does.
-    pub async fn insert_key(&self, record: &KeyRecord) -> Result<bool, StoreDown> {
-        let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
+    /// Sets `field` of `hash` to `value` only if the field is absent
+    /// (`HSETNX`): `false` if it is there.
+    async fn hset_if_absent<T: Serialize>(&self, hash: &str, field: &str, value: &T) -> Result<bool, StoreDown> {
+        let json = serde_json::to_string(value).map_err(|e| StoreDown(e.to_string()))?;
         let n: i64 = self
-            .query(
-                redis::cmd("HSETNX")
-                    .arg(self.name("keys"))
-                    .arg(&record.token)
-                    .arg(json)
-                    .clone(),
-            )
+            .query(redis::cmd("HSETNX").arg(self.name(hash)).arg(field).arg(json).clone())
             .await?;
         Ok(n == 1)
+    }
+
+    /// Sets `field` of `hash` to `value` only if the field is there, in one
+    /// step: `false` if it was deleted meanwhile.
+    async fn hset_if_present<T: Serialize>(&self, hash: &str, field: &str, value: &T) -> Result<bool, StoreDown> {
+        let json = serde_json::to_string(value).map_err(|e| StoreDown(e.to_string()))?;
+        let script = redis::Script::new(
+            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then \
+               redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 \
+             end return 0",
+        );
+        let mut invocation = script.key(self.name(hash));
+        invocation.arg(field).arg(json);
+        let n: i64 = self.run(invocation).await?;
+        Ok(n == 1)
+    }
+
+    /// Stores `record` if no key has its token (`HSETNX`): `false` if one does.
+    pub async fn insert_key(&self, record: &KeyRecord) -> Result<bool, StoreDown> {
+        self.hset_if_absent("keys", &record.token, record).await
     }
 
     /// Replaces the key with `record`'s token only if it is still there, in
     /// one step: a key deleted or regenerated meanwhile is not brought back.
     pub async fn replace_key(&self, record: &KeyRecord) -> Result<bool, StoreDown> {
-        let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
-        let script = redis::Script::new(
-            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then                redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1              end return 0",
-        );
-        let mut invocation = script.key(self.name("keys"));
-        invocation.arg(&record.token).arg(json);
-        let n: i64 = self.run(invocation).await?;
-        Ok(n == 1)
+        self.hset_if_present("keys", &record.token, record).await
     }
 
     /// Moves the key stored under `old` to `record` (a new token) in one
@@ -363,9 +364,14 @@ impl RedisStore {
         self.hdel("keys", token).await
     }
 
-    /// Stores a team.
-    pub async fn put_team(&self, record: &TeamRecord) -> Result<(), StoreDown> {
-        self.hset_json("teams", &record.team_id, record).await
+    /// Stores a team if it is new (`replace: false`) or still there
+    /// (`replace: true`), in one step: `false` when it is not.
+    pub async fn put_team(&self, record: &TeamRecord, replace: bool) -> Result<bool, StoreDown> {
+        if replace {
+            self.hset_if_present("teams", &record.team_id, record).await
+        } else {
+            self.hset_if_absent("teams", &record.team_id, record).await
+        }
     }
 
     /// Deletes a team.

@@ -477,4 +477,21 @@ async fn redis_key_writes_are_conditional() {
         None,
         "the old value is gone"
     );
+
+    // Teams: created once, changed only while they exist.
+    let team = switchyard_policy::TeamRecord {
+        team_id: "t1".into(),
+        team_alias: None,
+        created_at: 0,
+        from_config: false,
+        limits: Default::default(),
+    };
+    assert!(store.put_team(&team, false).await.unwrap());
+    assert!(!store.put_team(&team, false).await.unwrap(), "the id is taken");
+    assert!(store.put_team(&team, true).await.unwrap());
+    assert!(store.delete_team("t1").await.unwrap());
+    assert!(
+        !store.put_team(&team, true).await.unwrap(),
+        "a deleted team is not brought back"
+    );
 }
