@@ -424,14 +424,16 @@ mod tests {
         serde_json::from_value(value).unwrap()
     }
 
+    /// A chunk of choice 0 carrying `delta`.
+    fn head(delta: Value) -> Value {
+        json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta}]})
+    }
+
     #[test]
     fn calls_without_an_index_are_told_apart_by_id_and_refusals_stop_as_such() {
         let mut conv = converter();
         let mut out = Vec::new();
-        let head = |delta: Value| {
-            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta}]})
-        };
         for delta in [
             json!({"tool_calls": [{"id": "a", "function": {"name": "one", "arguments": "{\"x\""}}]}),
             json!({"tool_calls": [{"function": {"arguments": ":1}"}}]}),
@@ -481,10 +483,6 @@ mod tests {
     fn reasoning_streams_as_a_thinking_block_before_the_text() {
         let mut conv = converter();
         let mut out = Vec::new();
-        let head = |delta: Value| {
-            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-            "choices": [{"index": 0, "delta": delta}]})
-        };
         for delta in [
             json!({"role": "assistant", "reasoning_content": "Let me "}),
             json!({"reasoning": "think."}),
