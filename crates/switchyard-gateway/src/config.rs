@@ -366,6 +366,12 @@ pub struct DeploymentEntry {
     /// Bedrock: session token for temporary credentials, `os.environ/NAME`.
     #[serde(default)]
     pub aws_session_token: Option<String>,
+    /// Bedrock: the id to invoke when it is not `model` — an application
+    /// inference profile or provisioned throughput ARN. `model` then names the
+    /// foundation model behind it (e.g. `anthropic.claude-sonnet-4-5-…`), which
+    /// decides the request format and is what `count_tokens` counts with.
+    #[serde(default)]
+    pub aws_model_id: Option<String>,
     /// Relative share of traffic (default 1).
     #[serde(default)]
     pub weight: Option<f64>,
@@ -572,6 +578,8 @@ pub struct DeploymentSpec {
     pub aws_region: Option<String>,
     /// Bedrock static credentials (access key id, secret, session token).
     pub aws_credentials: Option<(Secret, Secret, Option<Secret>)>,
+    /// Bedrock id to invoke instead of `model` (an inference profile or provisioned ARN).
+    pub aws_model_id: Option<String>,
     /// Relative traffic share.
     pub weight: f64,
     /// Quality score in [0, 1], if configured.
@@ -914,6 +922,7 @@ fn validate_deployment(
         default_max_tokens: entry.default_max_tokens,
         aws_region,
         aws_credentials,
+        aws_model_id: entry.aws_model_id.clone(),
         weight,
         quality: entry.quality,
         input_cost_per_token: prices.input,
@@ -989,6 +998,7 @@ fn validate_aws(
         ("aws_access_key_id", &entry.aws_access_key_id),
         ("aws_secret_access_key", &entry.aws_secret_access_key),
         ("aws_session_token", &entry.aws_session_token),
+        ("aws_model_id", &entry.aws_model_id),
     ];
     if entry.provider != ProviderKind::Bedrock {
         for (key, value) in aws_keys {
@@ -997,6 +1007,9 @@ fn validate_aws(
             }
         }
         return (None, None);
+    }
+    if entry.aws_model_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+        issues.push(issue(format!("{path}.aws_model_id"), "must not be empty"));
     }
     let region = entry
         .aws_region

@@ -206,6 +206,11 @@ impl Translator {
                     d.insert("aws_region".into(), value.clone());
                     "aws_region"
                 }
+                // Bedrock's application inference profile or provisioned ARN.
+                "model_id" => {
+                    d.insert("aws_model_id".into(), value.clone());
+                    "aws_model_id"
+                }
                 "timeout" => match secs_to_ms(value) {
                     Some(ms) => {
                         timeouts.insert("total_ms".into(), json!(ms));

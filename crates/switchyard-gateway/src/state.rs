@@ -131,6 +131,7 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
                     session_token: token,
                 }),
             default_max_tokens: spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            model_id: spec.aws_model_id.clone(),
             timeouts: spec.http.timeouts,
         })),
         ProviderKind::Mock => ProviderClient::Mock(MockProvider::new(spec.mock.clone())),

@@ -192,6 +192,21 @@ fn redis_settings_become_one_url_and_the_cache_follows_it() {
     assert_eq!(t.config["cache"]["redis"]["prefix"], "team-a:");
 }
 
+#[test]
+fn a_bedrock_model_id_becomes_the_arn_invoked() {
+    let arn = "arn:aws:bedrock:eu-central-1:000000000000:application-inference-profile/a0a0a0a0a0a0";
+    let doc = json!({"model_list": [{"model_name": "claude", "litellm_params": {
+        "model": "bedrock/anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "model_id": arn, "aws_region_name": "eu-central-1"}}]});
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    let deployment = &t.config["model_list"][0]["deployments"][0];
+    assert_eq!(
+        deployment["model"], "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "{deployment}"
+    );
+    assert_eq!(deployment["aws_model_id"], arn, "{deployment}");
+}
+
 async fn chat(gw: &GatewayProcess, key: Option<&str>, model: &str) -> (u16, reqwest::header::HeaderMap, Value) {
     let mut request = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", gw.base_url()))

@@ -672,3 +672,82 @@ async fn a_bedrock_guardrail_intervention_is_a_content_filter_finish() {
     assert_eq!(finish.as_deref(), Some("content_filter"), "{text}");
     assert!(content.contains("cannot answer"), "{text}");
 }
+
+/// A Bedrock deployment on an application inference profile: `aws_model_id`
+/// is the ARN invoked, while `model` names the Claude model behind it, which
+/// decides the request format (native Anthropic body for `/v1/messages`,
+/// Claude's sampling rules on Converse) and is what CountTokens counts with.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bedrock_inference_profile_is_invoked_as_its_foundation_model() {
+    const ARN: &str = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/claude7x2k";
+    const FOUNDATION: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("model_list:\n  - model_name: profiled\n    deployments:\n");
+    yaml += &deployment(
+        "bedrock",
+        &mock,
+        FOUNDATION,
+        &format!("        aws_model_id: \"{ARN}\"\n"),
+    );
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[("TEST_AWS_ID", "AKIDTEST"), ("TEST_AWS_SECRET", "test-secret")],
+    );
+    let http = reqwest::Client::new();
+    let invoked = |path: &str| {
+        let (_, rest) = path.split_once("/model/").unwrap();
+        let (id, tail) = rest.rsplit_once('/').unwrap();
+        (id.replace("%3A", ":").replace("%2F", "/"), tail.to_owned())
+    };
+
+    let answer = http
+        .post(format!("{}/v1/messages", gateway.base_url()))
+        .json(&json!({"model": "profiled", "max_tokens": 50, "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["type"], "message", "{body}");
+    let seen = mock.last_request().unwrap();
+    assert_eq!(invoked(&seen.path), (ARN.to_owned(), "invoke".to_owned()));
+    assert_eq!(
+        seen.body["anthropic_version"], "bedrock-2023-05-31",
+        "native Claude body"
+    );
+
+    let mut chat = user("profiled", "hello there");
+    chat["temperature"] = json!(0.5);
+    chat["top_p"] = json!(0.9);
+    let answer = http
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .json(&chat)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let seen = mock.last_request().unwrap();
+    assert_eq!(invoked(&seen.path), (ARN.to_owned(), "converse".to_owned()));
+    assert_eq!(seen.body["inferenceConfig"]["temperature"], 0.5, "{}", seen.body);
+    assert!(
+        seen.body["inferenceConfig"].get("topP").is_none(),
+        "Claude takes one of the two: {}",
+        seen.body
+    );
+
+    let counted = http
+        .post(format!("{}/v1/messages/count_tokens", gateway.base_url()))
+        .json(&json!({"model": "profiled", "messages": [{"role": "user", "content": "one two three"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(counted.status(), 200);
+    assert!(
+        counted.headers().get("x-switchyard-token-count").is_none(),
+        "counted by Bedrock"
+    );
+    let seen = mock.last_request().unwrap();
+    assert_eq!(invoked(&seen.path), (FOUNDATION.to_owned(), "count-tokens".to_owned()));
+}

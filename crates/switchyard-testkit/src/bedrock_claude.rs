@@ -31,9 +31,16 @@ fn model_id<'a>(ctx: &'a RequestCtx<'_>) -> &'a str {
     ctx.model.split("::").next().unwrap_or_default()
 }
 
-/// Whether an InvokeModel request targets an Anthropic Claude model.
+/// Whether an InvokeModel request targets an Anthropic Claude model: a
+/// Claude model id or system inference profile, or (the mock's convention,
+/// as their ARNs do not name the model) an application inference profile or
+/// provisioned model whose id starts with `claude`.
 pub(crate) fn is_claude(ctx: &RequestCtx<'_>) -> bool {
-    model_id(ctx).contains("anthropic.")
+    let id = model_id(ctx);
+    id.contains("anthropic.")
+        || ["application-inference-profile/claude", "provisioned-model/claude"]
+            .iter()
+            .any(|resource| id.contains(resource))
 }
 
 /// Validates a Bedrock Claude body the way Bedrock does, then computes the answer.

@@ -190,7 +190,10 @@ async fn messages_inner(
     options.allowed_models = principal.view().and_then(|v| v.allowed_models());
     let model = std::mem::take(&mut req.model);
     // Tools whose names OpenAI-format upstreams cannot take, to restore.
-    let tool_names = translate::shortened_tool_names(&req);
+    let tool_names = match translate::shortened_tool_names(&req) {
+        Ok(names) => names,
+        Err(e) => return failed(e.into()),
+    };
     let thinking = translate::wants_thinking(&req);
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());

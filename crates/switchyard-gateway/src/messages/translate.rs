@@ -36,14 +36,30 @@ pub fn openai_tool_name(name: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// The request's tools whose names were shortened for the upstream: each
-/// shortened name and the tool's own, to restore in the answer.
-pub fn shortened_tool_names(req: &MessagesRequest) -> Vec<(String, String)> {
-    req.tools
+/// shortened name and the tool's own, to restore in the answer. Refuses a
+/// request where two tools would go upstream under the same name (a long
+/// name whose shortened form is another tool's name), since their calls
+/// could not be told apart.
+pub fn shortened_tool_names(req: &MessagesRequest) -> Result<Vec<(String, String)>, ApiError> {
+    let tools = req.tools.as_deref().unwrap_or_default();
+    let mut upstream: Vec<std::borrow::Cow<'_, str>> = tools.iter().map(|t| openai_tool_name(&t.name)).collect();
+    let shortened = tools
         .iter()
-        .flatten()
-        .filter(|t| t.name.len() > OPENAI_NAME_MAX)
-        .map(|t| (openai_tool_name(&t.name).into_owned(), t.name.clone()))
-        .collect()
+        .zip(&upstream)
+        .filter(|(t, _)| t.name.len() > OPENAI_NAME_MAX)
+        .map(|(t, short)| (short.clone().into_owned(), t.name.clone()))
+        .collect();
+    upstream.sort_unstable();
+    if let Some(pair) = upstream.windows(2).find(|w| w[0] == w[1]) {
+        return Err(invalid(
+            format!(
+                "tool names must be unique: two tools are named `{}` (names longer than {OPENAI_NAME_MAX} characters are sent to OpenAI-format models as their first 55 bytes, `_` and a hash)",
+                pair[0]
+            ),
+            "tools",
+        ));
+    }
+    Ok(shortened)
 }
 
 /// A tool name from the upstream, restored to the client's own.
@@ -549,7 +565,14 @@ mod openai_limit_tests {
         assert_eq!(user.len(), 64, "{user}");
 
         // The answer names the tool as the client knows it.
-        let names = shortened_tool_names(&req);
+        // A tool named like another's shortened name would be ambiguous.
+        let mut clash = req.clone();
+        clash.tools.as_mut().unwrap()[1].name = short.clone();
+        let err = shortened_tool_names(&clash).unwrap_err();
+        assert!(err.to_string().contains(&short), "{err}");
+        clash.tools.as_mut().unwrap()[1].name = long.clone();
+        assert!(shortened_tool_names(&clash).is_err(), "duplicate names are refused");
+        let names = shortened_tool_names(&req).unwrap();
         let resp: ChatCompletionResponse = serde_json::from_value(json!({
             "id": "c", "object": "chat.completion", "created": 1, "model": "m",
             "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,

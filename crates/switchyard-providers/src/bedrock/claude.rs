@@ -97,7 +97,7 @@ impl BedrockProvider {
             .client()
             .await
             .invoke_model()
-            .model_id(&req.model)
+            .model_id(self.target(&req.model))
             .content_type("application/json")
             .accept("application/json")
             .body(Blob::new(invoke_body(req)?))
@@ -149,7 +149,7 @@ impl BedrockProvider {
             .client()
             .await
             .invoke_model_with_response_stream()
-            .model_id(&req.model)
+            .model_id(self.target(&req.model))
             .content_type("application/json")
             .accept("application/json")
             .body(Blob::new(invoke_body(req)?))

@@ -55,6 +55,10 @@ pub struct BedrockSettings {
     pub credentials: Option<StaticCredentials>,
     /// `maxTokens` when the client sends none.
     pub default_max_tokens: u32,
+    /// The id to invoke instead of the request's model: an application
+    /// inference profile or provisioned throughput ARN. The request's model
+    /// still names the foundation model, which decides the request format.
+    pub model_id: Option<String>,
     /// Connect and total timeouts; first-byte bounds a stream's first event.
     pub timeouts: Timeouts,
 }
@@ -148,9 +152,9 @@ pub(crate) fn stream_exception<
 
 /// Sets the model and the translated Converse input on a Converse or ConverseStream builder.
 macro_rules! with_converse_input {
-    ($builder:expr, $req:expr, $input:expr) => {
+    ($builder:expr, $target:expr, $input:expr) => {
         $builder
-            .model_id(&$req.model)
+            .model_id($target)
             .set_system(Some($input.system))
             .set_messages(Some($input.messages))
             .inference_config($input.inference)
@@ -159,6 +163,12 @@ macro_rules! with_converse_input {
 }
 
 impl BedrockProvider {
+    /// The id a call for `model` invokes: the configured inference profile or
+    /// provisioned ARN, else the model itself.
+    pub(crate) fn target<'a>(&'a self, model: &'a str) -> &'a str {
+        self.settings.model_id.as_deref().unwrap_or(model)
+    }
+
     /// How long the first event of an answer may take.
     pub fn first_byte_timeout(&self) -> std::time::Duration {
         self.settings.timeouts.first_byte
@@ -240,7 +250,7 @@ impl BedrockProvider {
             .client()
             .await
             .invoke_model()
-            .model_id(model)
+            .model_id(self.target(model))
             .content_type("application/json")
             .accept("application/json")
             .body(Blob::new(body.to_string()))
@@ -299,7 +309,9 @@ impl Provider for BedrockProvider {
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
-            .within_first_byte(with_converse_input!(self.client().await.converse(), req, input).send())
+            .within_first_byte(
+                with_converse_input!(self.client().await.converse(), self.target(&req.model), input).send(),
+            )
             .await?;
         let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now());
         let usage = response.usage.clone();
@@ -317,7 +329,9 @@ impl Provider for BedrockProvider {
         let deadline = tokio::time::Instant::now() + self.settings.timeouts.total;
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
-            .within_first_byte(with_converse_input!(self.client().await.converse_stream(), req, input).send())
+            .within_first_byte(
+                with_converse_input!(self.client().await.converse_stream(), self.target(&req.model), input).send(),
+            )
             .await?;
         let out = ChunkBuilder {
             id: self.next_id(),
