@@ -128,6 +128,12 @@ async fn chat_passes_unknown_fields_both_ways_and_rewrites_the_model() {
     let mut body = chat("gpt-test", false);
     body["a_parameter_from_tomorrow"] = json!({"nested": [1, 2]});
     body["temperature"] = json!(0.25);
+    // Structured Outputs write a schema's properties in the order given.
+    let schema: Value = serde_json::from_str(
+        r#"{"type": "object", "properties": {"reasoning": {"type": "string"}, "answer": {"type": "string"}}}"#,
+    )
+    .unwrap();
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "a", "schema": schema}});
     let response = s.post("/v1/chat/completions", &body).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["x-switchyard-deployment"], "gpt-test/0");
@@ -141,6 +147,9 @@ async fn chat_passes_unknown_fields_both_ways_and_rewrites_the_model() {
     assert_eq!(seen.body["model"], "mock-model");
     assert_eq!(seen.body["a_parameter_from_tomorrow"], json!({"nested": [1, 2]}));
     assert_eq!(seen.body["temperature"], json!(0.25));
+    let properties = seen.body.pointer("/response_format/json_schema/schema/properties").unwrap();
+    let order: Vec<&String> = properties.as_object().unwrap().keys().collect();
+    assert_eq!(order, ["reasoning", "answer"], "keys keep the client's order");
     assert_eq!(seen.header("authorization"), Some("Bearer sk-upstream-secret"));
     assert_eq!(seen.header("x-team"), Some("blue"));
     assert!(
