@@ -74,11 +74,12 @@ pub struct FunctionCall {
 pub struct ToolCall {
     /// Call id, echoed by the tool result message.
     pub id: String,
-    /// Always `function` today.
+    /// `function`, or `custom` (a custom tool's free-form input, kept in `extra`).
     #[serde(rename = "type")]
     pub kind: String,
-    /// The call.
-    pub function: FunctionCall,
+    /// The call, for a `function` tool call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function: Option<FunctionCall>,
     /// Unmodelled fields, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,

@@ -832,7 +832,9 @@ fn is_output(data: &[u8]) -> bool {
             || text(field("reasoning_content"))
             || text(field("reasoning"))
             || text(choice.get("text"))
-            || field("tool_calls").is_some_and(|t| !t.is_null())
+            || ["tool_calls", "function_call", "audio"]
+                .iter()
+                .any(|name| field(name).is_some_and(|v| !v.is_null()))
             || choice.get("finish_reason").is_some_and(|f| !f.is_null())
     })
 }
@@ -908,6 +910,7 @@ mod tests {
         let no = [
             r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
             r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","function_call":null,"audio":null}}]}"#,
             // Azure's first chunk: prompt filter results only.
             r#"{"choices":[],"prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#,
         ];
@@ -915,6 +918,8 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"content":"Hi"},"finish_reason":null}]}"#,
             r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0}]}}]}"#,
             r#"{"choices":[{"index":0,"text":"Hi"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"function_call":{"name":"f","arguments":""}}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"audio":{"id":"a","data":"UklGR"}}}]}"#,
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
             r#"{"choices":[],"usage":{"total_tokens":3}}"#,
         ];

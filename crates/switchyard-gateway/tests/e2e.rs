@@ -147,7 +147,24 @@ async fn chat_passes_unknown_fields_both_ways_and_rewrites_the_model() {
     assert_eq!(seen.body["model"], "mock-model");
     assert_eq!(seen.body["a_parameter_from_tomorrow"], json!({"nested": [1, 2]}));
     assert_eq!(seen.body["temperature"], json!(0.25));
-    let properties = seen.body.pointer("/response_format/json_schema/schema/properties").unwrap();
+    // A custom tool's call in the history goes on as it came.
+    let custom = json!({"id": "c1", "type": "custom", "custom": {"name": "sql", "input": "select 1"}});
+    let mut turn = chat("gpt-test", false);
+    turn["messages"] = json!([
+        {"role": "user", "content": "run it"},
+        {"role": "assistant", "content": null, "tool_calls": [custom]},
+        {"role": "tool", "tool_call_id": "c1", "content": "1"}
+    ]);
+    let response = s.post("/v1/chat/completions", &turn).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        s.mock.last_request().unwrap().body["messages"][1]["tool_calls"][0],
+        custom
+    );
+    let properties = seen
+        .body
+        .pointer("/response_format/json_schema/schema/properties")
+        .unwrap();
     let order: Vec<&String> = properties.as_object().unwrap().keys().collect();
     assert_eq!(order, ["reasoning", "answer"], "keys keep the client's order");
     assert_eq!(seen.header("authorization"), Some("Bearer sk-upstream-secret"));

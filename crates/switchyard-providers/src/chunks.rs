@@ -116,7 +116,7 @@ pub(crate) fn tool_call(id: String, name: String, arguments: String) -> ToolCall
     ToolCall {
         id,
         kind: "function".into(),
-        function: FunctionCall { name, arguments },
+        function: Some(FunctionCall { name, arguments }),
         extra: Extra::new(),
     }
 }

@@ -180,10 +180,10 @@ fn convert_message(
             "tool_use" => calls.push(ToolCall {
                 id: block.id.clone().unwrap_or_default(),
                 kind: "function".into(),
-                function: FunctionCall {
+                function: Some(FunctionCall {
                     name: openai_tool_name(block.name.as_deref().unwrap_or_default()).into_owned(),
                     arguments: block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
-                },
+                }),
                 extra: Extra::new(),
             }),
             "tool_result" => {
@@ -446,12 +446,15 @@ pub fn to_messages_response(
             finish = Some("content_filter".into());
         }
         stop_sequence = matched_stop(finish.as_deref(), &choice.extra);
+        // Only function calls: the tools offered were translated from
+        // Anthropic's, which are all functions.
         for call in choice.message.tool_calls.unwrap_or_default() {
-            let input = serde_json::from_str(&call.function.arguments).unwrap_or_else(|_| json!({}));
+            let Some(function) = call.function else { continue };
+            let input = serde_json::from_str(&function.arguments).unwrap_or_else(|_| json!({}));
             content.push(ContentBlock {
                 kind: "tool_use".into(),
                 id: Some(call.id),
-                name: Some(original_tool_name(names, call.function.name)),
+                name: Some(original_tool_name(names, function.name)),
                 input: Some(input),
                 ..ContentBlock::default()
             });
@@ -560,7 +563,11 @@ mod openai_limit_tests {
         assert_eq!(chat.extra["tools"][1]["function"]["name"], "short");
         assert_eq!(chat.extra["tool_choice"]["function"]["name"], short.as_str());
         let history = &chat.messages[1].tool_calls.as_ref().unwrap()[0];
-        assert_eq!(history.function.name, short, "earlier calls use the same name");
+        assert_eq!(
+            history.function.as_ref().unwrap().name,
+            short,
+            "earlier calls use the same name"
+        );
         let user = chat.extra["user"].as_str().unwrap();
         assert_eq!(user.len(), 64, "{user}");
 

@@ -103,10 +103,16 @@ fn tool_use_blocks(calls: &[ToolCall], param: &str) -> Result<Vec<ContentBlock>>
         .iter()
         .enumerate()
         .map(|(i, call)| {
-            let arguments = if call.function.arguments.trim().is_empty() {
+            let function = call.function.as_ref().ok_or_else(|| {
+                invalid(
+                    "only `function` tool calls can be sent to this model",
+                    &format!("{param}[{i}].function"),
+                )
+            })?;
+            let arguments = if function.arguments.trim().is_empty() {
                 "{}"
             } else {
-                &call.function.arguments
+                &function.arguments
             };
             let input: Value = serde_json::from_str(arguments).map_err(|e| {
                 invalid(
@@ -117,7 +123,7 @@ fn tool_use_blocks(calls: &[ToolCall], param: &str) -> Result<Vec<ContentBlock>>
             Ok(ContentBlock {
                 kind: "tool_use".into(),
                 id: Some(call.id.clone()),
-                name: Some(call.function.name.clone()),
+                name: Some(function.name.clone()),
                 input: Some(input),
                 ..ContentBlock::default()
             })
@@ -371,5 +377,23 @@ mod usage_tests {
         let usage = usage(&upstream);
         assert_eq!(usage.prompt_tokens, u64::MAX);
         assert_eq!(usage.total_tokens, u64::MAX);
+    }
+
+    #[test]
+    fn a_custom_tool_call_cannot_be_sent_to_claude() {
+        let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "run it"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "custom", "custom": {"name": "sql", "input": "select 1"}}]}
+            ]
+        }))
+        .unwrap();
+        let err = to_messages_request(&req, 100).unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::InvalidRequest { param: Some(p), .. } if p == "messages[1].tool_calls[0].function"),
+            "{err:?}"
+        );
     }
 }

@@ -247,24 +247,30 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
             Role::Assistant => {
                 let mut content = blocks(&message.content, &param)?;
                 for (j, call) in message.tool_calls.iter().flatten().enumerate() {
+                    let Some(function) = &call.function else {
+                        return Err(invalid(
+                            "only `function` tool calls can be sent to this model",
+                            &format!("messages[{i}].tool_calls[{j}].function"),
+                        ));
+                    };
                     if !offers_tools {
                         content.push(ContentBlock::Text(format!(
                             "[called the tool `{}` with {}]",
-                            call.function.name, call.function.arguments
+                            function.name, function.arguments
                         )));
                         continue;
                     }
                     let param = format!("messages[{i}].tool_calls[{j}].function.arguments");
-                    let arguments = if call.function.arguments.trim().is_empty() {
+                    let arguments = if function.arguments.trim().is_empty() {
                         "{}"
                     } else {
-                        &call.function.arguments
+                        &function.arguments
                     };
                     let input: Value = serde_json::from_str(arguments)
                         .map_err(|e| invalid(format!("tool call arguments are not valid JSON: {e}"), &param))?;
                     let block = ToolUseBlock::builder()
                         .tool_use_id(&call.id)
-                        .name(&call.function.name)
+                        .name(&function.name)
                         .input(to_document(&input))
                         .build();
                     content.push(ContentBlock::ToolUse(built(block, &param)?));
