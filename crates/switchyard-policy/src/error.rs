@@ -24,6 +24,14 @@ pub enum Denied {
         /// `key` or `team`.
         scope: &'static str,
     },
+    /// The key belongs to a team that no longer exists (removed from the
+    /// configuration, or deleted while the key was being made): its team's
+    /// models, budget and limits cannot be applied, so it is refused.
+    #[error("This API key's team `{team}` does not exist; ask an administrator to move the key to a team or out of one.")]
+    TeamMissing {
+        /// The team the key names.
+        team: String,
+    },
     /// The key may not call this model.
     #[error("This API key is not allowed to call model `{model}`.")]
     ModelNotAllowed {

@@ -658,6 +658,9 @@ impl Policy {
         if view.key.limits.blocked {
             return Err(Denied::Blocked { scope: "key" });
         }
+        if let (Some(team), None) = (&view.key.team_id, &view.team) {
+            return Err(Denied::TeamMissing { team: team.clone() });
+        }
         if view.team.as_ref().is_some_and(|t| t.limits.blocked) {
             return Err(Denied::Blocked { scope: "team" });
         }
@@ -1397,6 +1400,31 @@ mod tests {
         assert!(
             matches!(&err, PolicyError::Field(f) if f.param == "models[0]"),
             "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_whose_team_is_gone_is_refused_not_freed_of_it() {
+        let policy = Policy::memory(&PolicySettings::default());
+        let team = policy
+            .new_team(&body(serde_json::json!({"team_id": "research", "models": ["cheap"]})))
+            .await
+            .unwrap();
+        let (plaintext, _) = policy
+            .generate_key(&body(serde_json::json!({"team_id": team.team_id})))
+            .await
+            .unwrap();
+        assert!(matches!(policy.authenticate(Some(&plaintext)).await, Ok(Principal::Key(_))));
+        // The team goes while the key still names it, as when a team
+        // deletion races the key's creation.
+        let Store::Local(local) = &policy.0.store else {
+            panic!("a memory policy has a local store")
+        };
+        assert!(local.delete_team("research").unwrap());
+        let refused = policy.authenticate(Some(&plaintext)).await;
+        assert!(
+            matches!(&refused, Err(Denied::TeamMissing { team }) if team == "research"),
+            "{refused:?}"
         );
     }
 
