@@ -69,7 +69,8 @@ pub struct RedisConfig {
     /// Longest wait for one Redis command, in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// How long a dead replica's reservations and in-flight slots last, in milliseconds.
+    /// How long a dead replica's reservations and in-flight slots last, in
+    /// milliseconds; a live one renews its running requests' every third of it.
     #[serde(default = "default_hold_ttl_ms")]
     pub hold_ttl_ms: u64,
     /// Spend records kept in the Redis log stream (approximately).

@@ -27,7 +27,9 @@ pub enum Denied {
     /// The key belongs to a team that no longer exists (removed from the
     /// configuration, or deleted while the key was being made): its team's
     /// models, budget and limits cannot be applied, so it is refused.
-    #[error("This API key's team `{team}` does not exist; ask an administrator to move the key to a team or out of one.")]
+    #[error(
+        "This API key's team `{team}` does not exist; ask an administrator to move the key to a team or out of one."
+    )]
     TeamMissing {
         /// The team the key names.
         team: String,

@@ -99,6 +99,8 @@ pub struct Ticket {
     holder: Holder,
     rates: Vec<(RateKind, RateState)>,
     done: bool,
+    /// Renews the request's holds in Redis while it runs.
+    keeper: Option<tokio::task::AbortHandle>,
 }
 
 /// What an answered request cost.
@@ -144,6 +146,9 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
+        }
         if !self.done {
             self.done = true;
             self.policy.release(self);
@@ -711,6 +716,7 @@ impl Policy {
             max_cost,
             holder,
             done: false,
+            keeper: None,
         };
         if checks == Checks::default() {
             return Ok(ticket(Holder::Local, Vec::new()));
@@ -720,7 +726,11 @@ impl Policy {
             Store::Redis {
                 redis, mode, fallback, ..
             } => match redis.admit(&checks, &id, max_cost).await {
-                Ok(result) => result.map(|s| ticket(Holder::Redis, s)),
+                Ok(result) => result.map(|s| {
+                    let mut ticket = ticket(Holder::Redis, s);
+                    ticket.keeper = self.keep_holds(&checks, &id);
+                    ticket
+                }),
                 Err(StoreDown(reason)) => {
                     // The script may have run with only its reply lost: free
                     // whatever it took under this id (a no-op otherwise), so
@@ -751,6 +761,39 @@ impl Policy {
             (Store::Redis { fallback, .. }, Holder::FallbackLocal) => fallback.release(&ticket.checks, ticket.max_cost),
             (Store::Redis { .. }, _) => self.release_in_redis(&ticket.checks, &ticket.id),
         }
+    }
+
+    /// Renews, every third of `hold_ttl`, what request `id` holds in Redis
+    /// (in-flight slots and budget reservations), so a request that runs
+    /// longer than `hold_ttl` — a long stream — keeps them until it is
+    /// settled or dropped, which aborts the task. `hold_ttl` then only bounds
+    /// how long the holds of a replica that died outlive it.
+    fn keep_holds(&self, checks: &Checks, id: &str) -> Option<tokio::task::AbortHandle> {
+        if checks.parallel.is_empty() && checks.budgets.is_empty() {
+            return None;
+        }
+        let Store::Redis { redis, .. } = &self.0.store else {
+            return None;
+        };
+        let every = redis.hold_ttl() / 3;
+        let policy = self.clone();
+        let checks = checks.clone();
+        let id = id.to_owned();
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        let task = handle.spawn(async move {
+            let Store::Redis { redis, .. } = &policy.0.store else {
+                return;
+            };
+            loop {
+                tokio::time::sleep(every).await;
+                match redis.renew(&checks, &id).await {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(StoreDown(reason)) => tracing::debug!(%reason, "cannot renew a request's holds; trying again"),
+                }
+            }
+        });
+        Some(task.abort_handle())
     }
 
     /// Frees, on a task of its own, what request `id` holds in Redis:
@@ -1414,7 +1457,10 @@ mod tests {
             .generate_key(&body(serde_json::json!({"team_id": team.team_id})))
             .await
             .unwrap();
-        assert!(matches!(policy.authenticate(Some(&plaintext)).await, Ok(Principal::Key(_))));
+        assert!(matches!(
+            policy.authenticate(Some(&plaintext)).await,
+            Ok(Principal::Key(_))
+        ));
         // The team goes while the key still names it, as when a team
         // deletion races the key's creation.
         let Store::Local(local) = &policy.0.store else {

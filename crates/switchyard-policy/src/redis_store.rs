@@ -176,6 +176,26 @@ end
 return 1
 "#;
 
+/// Pushes back the expiry of a running request's in-flight slots and budget
+/// reservations (members it still holds only: `XX`); returns how many it
+/// still holds.
+const RENEW: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local rid, ttl = ARGV[1], tonumber(ARGV[2])
+local held = 0
+for j = 1, #KEYS do
+  if redis.call('ZSCORE', KEYS[j], rid) then
+    redis.call('ZADD', KEYS[j], 'XX', now + ttl, rid)
+    held = held + 1
+  end
+end
+for j = 1, tonumber(ARGV[3]) do
+  if redis.call('EXISTS', KEYS[j]) == 1 then redis.call('PEXPIRE', KEYS[j], ttl) end
+end
+return held
+"#;
+
 /// The Redis-backed store.
 #[derive(Clone)]
 pub struct RedisStore {
@@ -187,6 +207,7 @@ pub struct RedisStore {
     admit: Script,
     settle: Script,
     release: Script,
+    renew: Script,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -225,6 +246,7 @@ impl RedisStore {
             admit: Script::new(ADMIT),
             settle: Script::new(SETTLE),
             release: Script::new(RELEASE),
+            renew: Script::new(RENEW),
         };
         let mut last = String::new();
         for _ in 0..3 {
@@ -500,6 +522,27 @@ impl RedisStore {
                 .arg(used.saturating_sub(u64::from(r.cost)));
         }
         self.run::<i64>(inv).await.map(drop)
+    }
+
+    /// How long a hold lasts unless renewed.
+    pub fn hold_ttl(&self) -> Duration {
+        self.settings.hold_ttl
+    }
+
+    /// Keeps a running request's holds for another `hold_ttl`; returns how
+    /// many it still has (none once they were freed or had expired).
+    pub async fn renew(&self, checks: &Checks, id: &str) -> Result<u64, StoreDown> {
+        let mut inv = self.renew.prepare_invoke();
+        inv.arg(id)
+            .arg(self.settings.hold_ttl.as_millis() as u64)
+            .arg(checks.parallel.len());
+        for p in &checks.parallel {
+            inv.key(self.name(&format!("par:{}", p.id)));
+        }
+        for b in &checks.budgets {
+            inv.key(self.name(&format!("resv:{}", b.subject)));
+        }
+        self.run::<u64>(inv).await
     }
 
     /// Frees an unsettled request's holds.

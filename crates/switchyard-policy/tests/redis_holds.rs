@@ -1,0 +1,86 @@
+//! A request's holds in Redis (in-flight slots, budget reservations) last as
+//! long as the request, not only `hold_ttl`, against a real `redis-server`.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::time::Duration;
+
+use switchyard_policy::{Demand, Denied, FailureMode, KeyRecord, Policy, PolicySettings, RedisSettings};
+use switchyard_testkit::RedisServer;
+
+const KEY: &str = "sk-long-request-key-0123456789";
+const HOLD_TTL: Duration = Duration::from_secs(1);
+
+fn settings(url: &str) -> PolicySettings {
+    let mut record = KeyRecord::new(KEY, 0, true);
+    record.limits.max_parallel_requests = Some(1);
+    record.limits.max_budget = Some(1.0);
+    PolicySettings {
+        redis: Some(RedisSettings {
+            url: url.into(),
+            prefix: "holds:".into(),
+            failure_mode: FailureMode::FailClosed,
+            timeout: Duration::from_secs(2),
+            hold_ttl: HOLD_TTL,
+            log_max_len: 1_000,
+            max_queued_spend: 1_000,
+        }),
+        keys: vec![(KEY.into(), record)],
+        ..PolicySettings::default()
+    }
+}
+
+/// A request reserving 60% of the key's $1 budget.
+fn demand() -> Demand {
+    Demand {
+        model: "m".into(),
+        estimated_tokens: 10,
+        max_cost: 600_000_000,
+        request_id: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_running_past_hold_ttl_keeps_its_slot_and_reservation() {
+    let redis = RedisServer::start();
+    let policy = Policy::open(settings(&redis.url())).await.unwrap();
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let running = policy.admit(&principal, &demand()).await.unwrap();
+
+    // Three times `hold_ttl` later the first request still runs: its slot
+    // is still taken, so a second one is refused.
+    tokio::time::sleep(HOLD_TTL * 3).await;
+    let second = policy.admit(&principal, &demand()).await;
+    assert!(
+        matches!(second, Err(Denied::TooManyParallel { .. })),
+        "the running request lost its slot: {second:?}"
+    );
+
+    // Once it ends, the slot is free at once.
+    drop(running);
+    let mut freed = false;
+    for _ in 0..100 {
+        match policy.admit(&principal, &demand()).await {
+            Ok(_) => {
+                freed = true;
+                break;
+            }
+            Err(Denied::TooManyParallel { .. }) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert!(freed, "the slot is freed once the request ends");
+
+    // The budget reservation is kept the same way: 60% of the budget is
+    // still reserved three `hold_ttl`s on, so another 60% is refused.
+    let mut settings = settings(&redis.url());
+    settings.keys[0].1.limits.max_parallel_requests = None;
+    let unlimited = Policy::open(settings).await.unwrap();
+    let principal = unlimited.authenticate(Some(KEY)).await.unwrap();
+    let _running = unlimited.admit(&principal, &demand()).await.unwrap();
+    tokio::time::sleep(HOLD_TTL * 3).await;
+    let over = unlimited.admit(&principal, &demand()).await;
+    assert!(
+        matches!(over, Err(Denied::BudgetExceeded { .. })),
+        "the running request lost its reservation: {over:?}"
+    );
+}
