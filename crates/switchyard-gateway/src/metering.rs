@@ -264,8 +264,8 @@ pub(crate) async fn admit(
     check_fallbacks(principal, fallbacks)?;
     for name in fallbacks.unwrap_or_default() {
         // An unknown name is refused by the dispatch, with its field.
-        if let Some(prices) = state.ceilings.get(name.as_str()) {
-            ceiling = crate::state::max_prices(ceiling, *prices);
+        if let Some(other) = state.ceilings.get(name.as_str()) {
+            ceiling = ceiling.max(*other);
         }
     }
     let bytes = prompt_bytes(call);
@@ -273,7 +273,13 @@ pub(crate) async fn admit(
     let demand = Demand {
         model: model.to_owned(),
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
-        max_cost: ceiling.ceiling(bytes.max(1), max_output(call, state.default_max_tokens)),
+        // Without `max_tokens`, the most output the request may produce: the
+        // policy's assumption, or what an Anthropic or Bedrock deployment
+        // it may reach asks for, whichever is more.
+        max_cost: ceiling.prices.ceiling(
+            bytes.max(1),
+            max_output(call, ceiling.default_output.unwrap_or(0).max(state.default_max_tokens)),
+        ),
         request_id: Some(request_id.to_owned()),
     };
     let ticket = match state.policy.admit(principal, &demand).await {

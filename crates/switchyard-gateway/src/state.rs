@@ -60,8 +60,9 @@ pub struct AppState {
     /// Prices of each deployment, indexed like `providers`.
     pub prices: Vec<Prices>,
     /// Per public model name, the highest prices any deployment it may reach
-    /// charges (its own, its fallbacks', a learned router's candidates').
-    pub ceilings: HashMap<String, Prices>,
+    /// charges (its own, its fallbacks', a learned router's candidates'),
+    /// and the most output such a deployment asks for by itself.
+    pub ceilings: HashMap<String, Ceiling>,
     /// The response cache, when `cache.enabled`.
     pub cache: Option<Arc<crate::cache::GatewayCache>>,
     /// Prometheus metrics.
@@ -138,15 +139,46 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
     })
 }
 
-/// The most any deployment reachable from each model name charges per token.
-fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Prices> {
-    let own: HashMap<&str, Prices> = models
+/// The most a request to one model name can cost per token, and the most
+/// output tokens a deployment it may reach requests upstream when the
+/// client sets no `max_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ceiling {
+    /// The highest price of each kind.
+    pub prices: Prices,
+    /// The highest `max_tokens` an Anthropic or Bedrock deployment sends
+    /// for a request without one (`None`: no such deployment).
+    pub default_output: Option<u32>,
+}
+
+impl Ceiling {
+    /// The higher of two ceilings, each part apart.
+    pub(crate) fn max(self, other: Ceiling) -> Ceiling {
+        Ceiling {
+            prices: max_prices(self.prices, other.prices),
+            default_output: self.default_output.max(other.default_output),
+        }
+    }
+}
+
+/// What a deployment asks of the upstream for a request without `max_tokens`:
+/// Anthropic and Bedrock require a value and are sent the deployment's.
+fn default_output(spec: &DeploymentSpec) -> Option<u32> {
+    matches!(spec.provider, ProviderKind::Anthropic | ProviderKind::Bedrock)
+        .then(|| spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))
+}
+
+/// The ceiling of each model name over every deployment it may reach.
+fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
+    let own: HashMap<&str, Ceiling> = models
         .iter()
         .map(|m| {
-            let max = m
-                .deployments
-                .iter()
-                .fold(Prices::default(), |acc, d| max_prices(acc, d.prices));
+            let max = m.deployments.iter().fold(Ceiling::default(), |acc, d| {
+                acc.max(Ceiling {
+                    prices: d.prices,
+                    default_output: default_output(d),
+                })
+            });
             (m.name.as_str(), max)
         })
         .collect();
@@ -162,7 +194,7 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Prices> {
                 .chain(m.router.iter().flat_map(|r| r.candidates.values().map(String::as_str)));
             let ceiling = reachable
                 .filter_map(|name| own.get(name).copied())
-                .fold(own.get(m.name.as_str()).copied().unwrap_or_default(), max_prices);
+                .fold(own.get(m.name.as_str()).copied().unwrap_or_default(), Ceiling::max);
             (m.name.clone(), ceiling)
         })
         .collect()

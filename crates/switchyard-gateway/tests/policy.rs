@@ -855,3 +855,31 @@ async fn a_request_its_client_left_is_still_charged() {
     let record = spend_record(&gw, |r| r["key_alias"] == "impatient").await;
     assert_eq!(record["cost_nanos"], json!(HELLO_COST_NANOS), "{record}");
 }
+
+/// A request without `max_tokens` reserves what the deployment itself asks
+/// for: an Anthropic deployment sends its `default_max_tokens` (here 32,000)
+/// upstream, more than `policy.default_max_tokens` (4,096).
+#[tokio::test]
+async fn the_reservation_covers_a_deployments_own_default_max_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let group = format!(
+        "  - model_name: claude\n    deployments:\n      - provider: anthropic\n        model: claude-mock\n        api_base: {}\n        api_key: k\n        default_max_tokens: 32000\n        input_cost_per_token: 0.000001\n        output_cost_per_token: 0.000002\n  - model_name: mock-b\n",
+        mock.root_url()
+    );
+    let yaml = config(dir.path(), "", 0).replace("  - model_name: mock-b\n", &group);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    // $0.02: 4,096 output tokens cost $0.008, 32,000 cost $0.064.
+    let key = generate(&gw, json!({"max_budget": 0.02})).await;
+    let unbounded = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(&key)
+            .json(&json!({"model": "claude", "messages": [{"role": "user", "content": "hello"}]})),
+    )
+    .await;
+    assert_eq!(unbounded.status, 400, "{}", unbounded.body);
+    assert_eq!(unbounded.code(), "budget_exceeded");
+    let bounded = chat_with(&gw, Some(&key), "claude").await;
+    assert_eq!(bounded.status, 200, "{}", bounded.body);
+}
