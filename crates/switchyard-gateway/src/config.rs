@@ -210,6 +210,10 @@ pub struct ServerConfig {
     /// changes, in milliseconds; 0 turns the watch off (`SIGHUP` and
     /// `POST /config/reload` still reload).
     pub config_poll_ms: u64,
+    /// Browser origins allowed to call the gateway (CORS), e.g.
+    /// `https://app.example.com`; `["*"]` allows any. Empty (the default):
+    /// no CORS headers, so browsers refuse cross-origin calls.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -221,6 +225,7 @@ impl Default for ServerConfig {
             shutdown_timeout_ms: 30_000,
             drain_delay_ms: 1_000,
             config_poll_ms: 2_000,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -1044,6 +1049,34 @@ fn validate_aws(
     (region, credentials)
 }
 
+/// Each allowed origin is `*` alone, or `scheme://host[:port]`.
+fn validate_cors(origins: &[String], issues: &mut Vec<ConfigIssue>) {
+    let wildcard = origins.iter().any(|o| o == "*");
+    for (i, origin) in origins.iter().enumerate() {
+        let path = format!("server.cors_allowed_origins[{i}]");
+        if origin == "*" {
+            if origins.len() > 1 {
+                issues.push(issue(path, "`*` allows every origin and cannot be listed with others"));
+            }
+            continue;
+        }
+        let well_formed = origin.parse::<axum::http::Uri>().is_ok_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.authority()
+                    .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty())
+                && u.path_and_query()
+                    .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+                && !origin.ends_with('/')
+        });
+        if !well_formed && !wildcard {
+            issues.push(issue(
+                path,
+                "must be an origin such as `https://app.example.com` (scheme, host and optional port, no path), or `*`",
+            ));
+        }
+    }
+}
+
 impl Config {
     /// Checks every value and resolves secrets, reporting all problems at once.
     pub fn validate(&self, env: &dyn EnvSource) -> Result<Vec<ModelSpec>, ConfigError> {
@@ -1051,6 +1084,7 @@ impl Config {
         if self.server.max_body_bytes == 0 {
             issues.push(issue("server.max_body_bytes", "must be greater than 0"));
         }
+        validate_cors(&self.server.cors_allowed_origins, &mut issues);
         if self.model_list.is_empty() {
             issues.push(issue("model_list", "must list at least one model"));
         }

@@ -42,6 +42,8 @@ pub type SharedState = Arc<AppState>;
 /// Builds the router.
 ///
 /// Layers, outermost first:
+/// 0. CORS, only with `server.cors_allowed_origins`: preflights are answered
+///    before any other layer.
 /// 1. `CatchPanicLayer` — a panic in a handler becomes a 500 JSON error, never a dead process.
 /// 2. `DefaultBodyLimit` — bodies over `server.max_body_bytes` are rejected (413) while
 ///    [`JsonBody`] reads them.
@@ -70,7 +72,8 @@ pub fn router(state: SharedState) -> Router {
             state.clone(),
             metering::require_master_if_set,
         ));
-    Router::new()
+    let cors = cors(&state.server.cors_allowed_origins);
+    let router = Router::new()
         .merge(client)
         .merge(admin)
         .merge(status)
@@ -84,7 +87,35 @@ pub fn router(state: SharedState) -> Router {
             ApiError::Internal("an unexpected error occurred".into()).into_response()
         }))
         .layer(middleware::from_fn_with_state(state.clone(), crate::observe::observe))
-        .with_state(state)
+        .with_state(state);
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+}
+
+/// Answers browsers' CORS preflights and marks answers readable by the
+/// allowed origins; none without any (no layer: an `OPTIONS` request gets
+/// the usual 405). Outermost, so preflights need no key.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowHeaders, AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    // Headers are mirrored: a `*` would not cover `Authorization`.
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods(Any)
+            .allow_headers(AllowHeaders::mirror_request())
+            .expose_headers(Any)
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-switchyard-deployment");

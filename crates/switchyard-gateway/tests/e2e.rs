@@ -541,3 +541,66 @@ async fn environment_variables_override_the_file() {
         .unwrap();
     assert_eq!(response.status(), 413);
 }
+
+/// Browsers may call the origins in `server.cors_allowed_origins`: their
+/// preflights are answered without a key, and answers are marked readable
+/// by them only. Without the setting an `OPTIONS` request is a JSON 405.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browsers_of_the_allowed_origins_may_call_it() {
+    const APP: &str = "https://app.example.com";
+    let yaml = "server:\n  cors_allowed_origins: [\"https://app.example.com\"]\npolicy:\n  master_key: sk-master-cors-0000000000\nmodel_list:\n  - model_name: m\n    deployments:\n      - provider: mock\n        model: mock-1\n";
+    let gateway = GatewayProcess::start(Path::new(BIN), yaml);
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.base_url());
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, &url)
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "authorization, content-type")
+            .send()
+    };
+    let answer = preflight(APP).await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let header =
+        |r: &reqwest::Response, name: &str| r.headers().get(name).map(|v| v.to_str().unwrap().to_ascii_lowercase());
+    assert_eq!(header(&answer, "access-control-allow-origin").as_deref(), Some(APP));
+    assert!(
+        header(&answer, "access-control-allow-headers").is_some_and(|h| h.contains("authorization")),
+        "{:?}",
+        answer.headers()
+    );
+    let other = preflight("https://evil.example.net").await.unwrap();
+    assert!(header(&other, "access-control-allow-origin").is_none());
+
+    let call = http
+        .post(&url)
+        .header("origin", APP)
+        .bearer_auth("sk-master-cors-0000000000")
+        .json(&json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(call.status(), 200);
+    assert_eq!(header(&call, "access-control-allow-origin").as_deref(), Some(APP));
+    assert!(
+        header(&call, "access-control-expose-headers").is_some(),
+        "x-request-id and the rate-limit headers are readable"
+    );
+
+    // Off by default.
+    let s = setup().await;
+    let answer = s
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/chat/completions", s.gateway.base_url()),
+        )
+        .header("origin", APP)
+        .header("access-control-request-method", "POST")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 405);
+    assert!(answer.headers().get("access-control-allow-origin").is_none());
+    assert_error_shape(&answer.json::<Value>().await.unwrap());
+}

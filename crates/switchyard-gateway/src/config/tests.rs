@@ -275,3 +275,32 @@ fn settings_a_provider_ignores_are_refused() {
     );
     assert!(err.contains("model_list[0].deployments[1].headers"), "{err}");
 }
+
+#[test]
+fn cors_origins_are_origins() {
+    let models = "model_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n";
+    let with = |origins: &str| parse(&format!("server:\n  cors_allowed_origins: {origins}\n{models}")).unwrap();
+    let err =
+        with("[\"https://app.example.com/path\", \"app.example.com\", \"ftp://x.example\", \"https://u@x.example\"]")
+            .validate(&env(&[]))
+            .unwrap_err()
+            .to_string();
+    for i in 0..4 {
+        assert!(
+            err.contains(&format!("server.cors_allowed_origins[{i}]: must be an origin")),
+            "{i}: {err}"
+        );
+    }
+    let err = with("[\"*\", \"https://app.example.com\"]")
+        .validate(&env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("server.cors_allowed_origins[0]: `*` allows every origin"),
+        "{err}"
+    );
+    with("[\"https://app.example.com\", \"http://localhost:3000\"]")
+        .validate(&env(&[]))
+        .unwrap();
+    with("[\"*\"]").validate(&env(&[])).unwrap();
+}
