@@ -348,10 +348,55 @@ fn is_usage_only(chunk: &StreamChunk) -> bool {
             .unwrap_or(false)
 }
 
+/// A chunk without its `"usage": null` member, which an upstream asked for
+/// `include_usage` puts in every chunk and a client that did not ask for it
+/// would not get from OpenAI. Found in the raw bytes (a `"` inside a JSON
+/// string is escaped, so the pattern is only ever a member); a chunk without
+/// it is passed on as it is.
+fn without_null_usage(data: &Bytes) -> Bytes {
+    const KEY: &[u8] = b"\"usage\"";
+    let skip_ws = |mut i: usize| {
+        while data.get(i).is_some_and(u8::is_ascii_whitespace) {
+            i += 1;
+        }
+        i
+    };
+    let Some(start) = data.windows(KEY.len()).position(|w| w == KEY) else {
+        return data.clone();
+    };
+    let colon = skip_ws(start + KEY.len());
+    if data.get(colon) != Some(&b':') {
+        return data.clone();
+    }
+    let value = skip_ws(colon + 1);
+    if !data[value..].starts_with(b"null") {
+        return data.clone();
+    }
+    let end = value + 4;
+    // Take the comma before the member, or else the one after it.
+    let before = data[..start].iter().rposition(|b| !b.is_ascii_whitespace());
+    let (from, to) = match before {
+        Some(i) if data[i] == b',' => (i, end),
+        _ => {
+            let after = skip_ws(end);
+            if data.get(after) == Some(&b',') {
+                (start, skip_ws(after + 1))
+            } else {
+                (start, end)
+            }
+        }
+    };
+    let mut out = BytesMut::with_capacity(data.len());
+    out.put_slice(&data[..from]);
+    out.put_slice(&data[to..]);
+    out.freeze()
+}
+
 /// Turns upstream chunks into an SSE response. Dropping the response body (the
 /// client went away) drops the upstream stream, which closes its connection.
-/// With `strip_usage`, the usage-only chunk the gateway asked for on the
-/// client's behalf is not forwarded.
+/// With `strip_usage`, the usage the gateway asked for on the client's
+/// behalf is not forwarded: neither the usage-only chunk nor the other
+/// chunks' `"usage": null`.
 pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) -> Response {
     let state = (chunks, deployment, false);
     let events = stream::unfold(state, move |(mut chunks, deployment, finished)| async move {
@@ -365,6 +410,7 @@ pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) 
             }
         };
         let (bytes, finished) = match next {
+            Some(Ok(chunk)) if strip_usage => (frame(&without_null_usage(&chunk.data)), false),
             Some(Ok(chunk)) => (frame(&chunk.data), false),
             Some(Err(err)) => (error_event(&deployment, err), true),
             None => (Bytes::from_static(DONE), true),
@@ -378,4 +424,38 @@ pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) 
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_null_usage_member_is_cut_and_nothing_else() {
+        let cut = |text: &str| String::from_utf8(without_null_usage(&Bytes::from(text.to_owned())).to_vec()).unwrap();
+        assert_eq!(
+            cut(r#"{"id":"c","choices":[{"delta":{"content":"hi"}}],"usage":null}"#),
+            r#"{"id":"c","choices":[{"delta":{"content":"hi"}}]}"#
+        );
+        assert_eq!(
+            cut(r#"{"id": "c", "usage": null, "choices": []}"#),
+            r#"{"id": "c", "choices": []}"#
+        );
+        assert_eq!(cut(r#"{"usage" : null , "id": "c"}"#), r#"{"id": "c"}"#);
+        assert_eq!(cut(r#"{"usage":null}"#), "{}");
+        for kept in [
+            r#"{"id":"c","usage":{"total_tokens":3}}"#,
+            r#"{"choices":[{"delta":{"content":"say \"usage\":null"}}]}"#,
+            r#"{"id":"c"}"#,
+        ] {
+            assert_eq!(cut(kept), kept);
+        }
+        for text in [
+            r#"{"id":"c","choices":[],"usage":null}"#,
+            r#"{"usage": null, "id": "c"}"#,
+        ] {
+            let value: serde_json::Value = serde_json::from_str(&cut(text)).unwrap();
+            assert!(value.get("usage").is_none(), "{value}");
+        }
+    }
 }

@@ -201,6 +201,22 @@ async fn streaming_forwards_chunks_usage_and_done() {
         s.mock.last_request().unwrap().body["stream_options"],
         json!({"include_usage": true})
     );
+
+    // Without `include_usage` the client sees no usage at all, though the
+    // gateway asks the upstream for it (which then adds `"usage": null` to
+    // every chunk).
+    let response = s.post("/chat/completions", &chat("gpt-test", true)).await;
+    let events = sse_events(response).await;
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    assert!(events.len() > 2, "{events:?}");
+    for event in &events[..events.len() - 1] {
+        let chunk: Value = serde_json::from_str(event).unwrap();
+        assert!(chunk.get("usage").is_none(), "{event}");
+    }
+    assert_eq!(
+        s.mock.last_request().unwrap().body["stream_options"],
+        json!({"include_usage": true})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
