@@ -23,6 +23,10 @@ pub struct ErrorDetail {
     /// Machine-readable code, e.g. `model_not_found`.
     #[serde(default, deserialize_with = "code_as_string")]
     pub code: Option<String>,
+    /// Other members, such as the details of an upstream's refusal (Azure's
+    /// `innererror` with its content filter results), kept verbatim.
+    #[serde(flatten)]
+    pub extra: crate::Extra,
 }
 
 impl ErrorBody {
@@ -39,6 +43,7 @@ impl ErrorBody {
                 kind: kind.into(),
                 param,
                 code,
+                extra: crate::Extra::new(),
             },
         }
     }

@@ -162,8 +162,24 @@ impl ApiError {
 
     /// The OpenAI-style body.
     pub fn body(&self) -> ErrorBody {
-        let (_, kind, param, code) = self.parts();
-        ErrorBody::new(self.message(), kind, param, code)
+        let (status, kind, param, code) = self.parts();
+        let mut body = ErrorBody::new(self.message(), kind, param, code);
+        // An upstream's refusal passed on as the client's error keeps its
+        // details (Azure's content filter results); its other members never
+        // replace the four above.
+        if let ApiError::Upstream { source, .. } = self
+            && let ProviderError::Status {
+                details: Some(details), ..
+            } = source.as_ref()
+            && status.is_client_error()
+        {
+            body.error.extra = details
+                .iter()
+                .filter(|(name, _)| !matches!(name.as_str(), "message" | "type" | "param" | "code"))
+                .map(|(name, value)| (name.clone(), value.clone()))
+                .collect();
+        }
+        body
     }
 }
 

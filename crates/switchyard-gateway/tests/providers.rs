@@ -751,3 +751,32 @@ async fn a_bedrock_inference_profile_is_invoked_as_its_foundation_model() {
     let seen = mock.last_request().unwrap();
     assert_eq!(invoked(&seen.path), (FOUNDATION.to_owned(), "count-tokens".to_owned()));
 }
+
+/// Azure's content filter refuses with the verdict per category in
+/// `innererror`; the client gets that refusal as it came, details included,
+/// so an app can tell its user which category was caught.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_azure_content_filter_refusal_keeps_its_details() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("model_list:\n  - model_name: filtered\n    deployments:\n");
+    yaml += &deployment("azure", &mock, "dep::content_filter", "");
+    let gateway = GatewayProcess::start(Path::new(BIN), &yaml);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .json(&user("filtered", "something violent"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: Value = response.json().await.unwrap();
+    let error = &body["error"];
+    assert_eq!(error["code"], "content_filter", "{body}");
+    assert_eq!(error["param"], "prompt", "{body}");
+    assert_eq!(error["type"], "invalid_request_error", "{body}");
+    assert_eq!(error["innererror"]["code"], "ResponsibleAIPolicyViolation", "{body}");
+    assert_eq!(
+        error["innererror"]["content_filter_result"]["violence"],
+        json!({"filtered": true, "severity": "medium"}),
+        "{body}"
+    );
+}

@@ -49,6 +49,10 @@ pub enum ProviderError {
         param: Option<String>,
         /// `Retry-After`, when sent.
         retry_after: Option<Duration>,
+        /// The upstream error object's other members (Azure's `innererror`
+        /// with its content filter results), passed on to the client with a
+        /// client error.
+        details: Option<Box<serde_json::Map<String, serde_json::Value>>>,
     },
     /// The upstream answered 2xx with a body that is not what the protocol says.
     #[error("the upstream returned an invalid response: {0}")]
@@ -222,6 +226,7 @@ mod tests {
             code: code.map(str::to_owned),
             param: None,
             retry_after: None,
+            details: None,
         }
     }
 

@@ -229,6 +229,7 @@ pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
         code,
         param: text("param"),
         retry_after: None,
+        details: None,
     };
     crate::error::in_stream(typed, &error_message(error))
 }
@@ -271,6 +272,7 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
             }),
             param: error.param,
             retry_after,
+            details: (!error.extra.is_empty()).then(|| Box::new(error.extra)),
         },
         Err(_) => {
             let text = String::from_utf8_lossy(&body);
@@ -287,6 +289,7 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
                 code: None,
                 param: None,
                 retry_after,
+                details: None,
             }
         }
     }
@@ -311,6 +314,9 @@ struct LenientError {
     code: Option<serde_json::Value>,
     #[serde(default, deserialize_with = "string_or_none")]
     param: Option<String>,
+    /// Every other member (`innererror`, `status`…).
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
 }
 
 /// A string, or `None` for any other JSON value.

@@ -46,6 +46,31 @@ pub(crate) fn error_response(
     json_response(status, &body)
 }
 
+/// Azure OpenAI's refusal of a prompt its content filter caught: code
+/// `content_filter`, no `type`, and the filter's verdict per category in
+/// `innererror`.
+pub(crate) fn azure_content_filter_error() -> Response {
+    let body = json!({
+        "error": {
+            "message": "The response was filtered due to the prompt triggering Azure OpenAI's content management policy.",
+            "type": null,
+            "param": "prompt",
+            "code": "content_filter",
+            "status": 400,
+            "innererror": {
+                "code": "ResponsibleAIPolicyViolation",
+                "content_filter_result": {
+                    "hate": {"filtered": false, "severity": "safe"},
+                    "self_harm": {"filtered": false, "severity": "safe"},
+                    "sexual": {"filtered": false, "severity": "safe"},
+                    "violence": {"filtered": true, "severity": "medium"}
+                }
+            }
+        }
+    });
+    json_response(StatusCode::BAD_REQUEST, &body)
+}
+
 /// A 400 `invalid_request_error` naming the offending parameter.
 pub(crate) fn invalid_request(message: &str, param: Option<&str>) -> Response {
     error_response(StatusCode::BAD_REQUEST, message, "invalid_request_error", param, None)

@@ -517,6 +517,9 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             return protocol.context_window_error(limit, used);
         }
     }
+    if scenario.content_filter && azure {
+        return crate::openai_mock::azure_content_filter_error();
+    }
     if scenario.content_filter
         && let Some(refusal) = protocol.content_filter_error()
     {

@@ -162,6 +162,7 @@ pub fn error_status(kind: &str, message: &str) -> ProviderError {
         code: None,
         param: None,
         retry_after: None,
+        details: None,
     };
     crate::error::in_stream(typed, &format!("{message} ({kind})"))
 }

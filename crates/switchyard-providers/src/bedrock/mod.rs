@@ -96,6 +96,7 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                 code,
                 param: None,
                 retry_after: None,
+                details: None,
             }
         }
         SdkError::TimeoutError(_) => ProviderError::Timeout(TimeoutPhase::Total),
@@ -144,6 +145,7 @@ pub(crate) fn stream_exception<
             code: Some(code.to_owned()),
             param: None,
             retry_after: None,
+            details: None,
         };
         return crate::error::in_stream(typed, &format!("{code}: {message}"));
     }
