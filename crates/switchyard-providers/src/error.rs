@@ -41,8 +41,9 @@ pub enum ProviderError {
         status: u16,
         /// The upstream's error message.
         message: String,
-        /// The upstream's error type, if it sent one.
-        kind: Option<String>,
+        /// The upstream's error type, if it sent one (boxed: the error stays
+        /// small enough to return by value).
+        kind: Option<Box<str>>,
         /// The upstream's error code, if it sent one.
         code: Option<String>,
         /// The parameter the upstream blamed, if any.

@@ -225,7 +225,7 @@ pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
     let typed = ProviderError::Status {
         status,
         message: format!("{} (in the stream)", error_message(error)),
-        kind,
+        kind: kind.map(Into::into),
         code,
         param: text("param"),
         retry_after: None,
@@ -264,7 +264,7 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         Ok(ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error)) => ProviderError::Status {
             status: status.as_u16(),
             message: error.message,
-            kind: error.kind,
+            kind: error.kind.map(Into::into),
             code: error.code.and_then(|c| match c {
                 serde_json::Value::String(s) => Some(s),
                 serde_json::Value::Number(n) => Some(n.to_string()),

@@ -158,7 +158,7 @@ pub fn error_status(kind: &str, message: &str) -> ProviderError {
     let typed = ProviderError::Status {
         status: status_of(kind),
         message: format!("{message} (in the stream)"),
-        kind: Some(kind.to_owned()),
+        kind: Some(kind.into()),
         code: None,
         param: None,
         retry_after: None,

@@ -254,7 +254,7 @@ async fn a_stream_without_message_stop_is_an_error() {
     // An overload reported in the stream is the 529 it stands for.
     assert!(
         matches!(chunks.last(), Some(Err(ProviderError::Status { status: 529, message, kind: Some(kind), .. }))
-            if message.contains("Overloaded") && kind == "overloaded_error"),
+            if message.contains("Overloaded") && &**kind == "overloaded_error"),
         "{:?}",
         chunks.last()
     );

@@ -92,7 +92,7 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                     .message()
                     .unwrap_or("the service returned an error")
                     .to_owned(),
-                kind: code.clone(),
+                kind: code.as_deref().map(Into::into),
                 code,
                 param: None,
                 retry_after: None,
@@ -141,7 +141,7 @@ pub(crate) fn stream_exception<
         let typed = ProviderError::Status {
             status,
             message: format!("{message} (in the stream)"),
-            kind: Some(code.to_owned()),
+            kind: Some(code.into()),
             code: Some(code.to_owned()),
             param: None,
             retry_after: None,
