@@ -74,7 +74,7 @@ impl Controls {
     /// Takes the `cache` field out of a request body and reads `Cache-Control`.
     pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Self, ApiError> {
         let mut controls = Controls::default();
-        if let Some(value) = extra.remove("cache") {
+        if let Some(value) = extra.shift_remove("cache") {
             let Value::Object(map) = value else {
                 return Err(bad("cache", "'cache' must be an object, e.g. {\"no-cache\": true}."));
             };

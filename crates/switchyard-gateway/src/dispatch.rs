@@ -73,7 +73,7 @@ impl RequestOptions {
     /// request's unmodelled fields.
     pub(crate) fn take(extra: &mut Extra) -> Result<Self, ApiError> {
         let mut options = RequestOptions::default();
-        if let Some(value) = extra.remove("fallbacks") {
+        if let Some(value) = extra.shift_remove("fallbacks") {
             let Value::Array(items) = value else {
                 return Err(invalid(
                     "fallbacks",
@@ -93,14 +93,14 @@ impl RequestOptions {
                 .collect::<Result<Vec<_>, _>>()?;
             options.fallbacks = Some(names);
         }
-        if let Some(value) = extra.remove("num_retries") {
+        if let Some(value) = extra.shift_remove("num_retries") {
             let n = value
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| invalid("num_retries", "'num_retries' must be a non-negative integer.".into()))?;
             options.num_retries = Some(n);
         }
-        if let Some(value) = extra.remove("timeout") {
+        if let Some(value) = extra.shift_remove("timeout") {
             let seconds = value
                 .as_f64()
                 .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)

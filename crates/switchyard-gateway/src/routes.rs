@@ -73,6 +73,11 @@ pub fn router(state: SharedState) -> Router {
             metering::require_master_if_set,
         ));
     let cors = cors(&state.server.cors_allowed_origins);
+    if state.server.cors_allowed_origins.iter().any(|o| o == "*") && !state.policy.auth_required() {
+        tracing::warn!(
+            "server.cors_allowed_origins is `*` and no key is required: any web page a user of this network opens can call the gateway"
+        );
+    }
     let router = Router::new()
         .merge(client)
         .merge(admin)
@@ -105,7 +110,16 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     let allow = if origins.iter().any(|o| o == "*") {
         AllowOrigin::any()
     } else {
-        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+        // Browsers send origins in lower case, without a default port.
+        AllowOrigin::list(origins.iter().filter_map(|o| {
+            let o = o.to_ascii_lowercase();
+            let o = match (o.strip_suffix(":443"), o.strip_suffix(":80")) {
+                (Some(bare), _) if o.starts_with("https://") => bare.to_owned(),
+                (_, Some(bare)) if o.starts_with("http://") => bare.to_owned(),
+                _ => o,
+            };
+            HeaderValue::from_str(&o).ok()
+        }))
     };
     // Headers are mirrored: a `*` would not cover `Authorization`.
     Some(

@@ -564,7 +564,8 @@ async fn environment_variables_override_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browsers_of_the_allowed_origins_may_call_it() {
     const APP: &str = "https://app.example.com";
-    let yaml = "server:\n  cors_allowed_origins: [\"https://app.example.com\"]\npolicy:\n  master_key: sk-master-cors-0000000000\nmodel_list:\n  - model_name: m\n    deployments:\n      - provider: mock\n        model: mock-1\n";
+    // Written as a person might: browsers send it lower-case, without the default port.
+    let yaml = "server:\n  cors_allowed_origins: [\"https://App.Example.com:443\"]\npolicy:\n  master_key: sk-master-cors-0000000000\nmodel_list:\n  - model_name: m\n    deployments:\n      - provider: mock\n        model: mock-1\n";
     let gateway = GatewayProcess::start(Path::new(BIN), yaml);
     let http = reqwest::Client::new();
     let url = format!("{}/v1/chat/completions", gateway.base_url());

@@ -107,8 +107,46 @@ impl Journal {
         }
         let mut file = self.file.lock();
         std::fs::rename(&tmp, &self.path)?;
+        sync_dir(&self.path);
         *file = OpenOptions::new().append(true).read(true).open(&self.path)?;
         Ok(())
+    }
+
+    /// Once the file has reached `limit` bytes: flushes it, moves it to
+    /// `to()` and goes on in a new, empty file at the same path. Returns where
+    /// the old file went, or `None` below the limit. If the new file cannot
+    /// be made, the old one is moved back and appends go on there.
+    pub fn rotate_past(&self, limit: u64, to: impl FnOnce() -> PathBuf) -> io::Result<Option<PathBuf>> {
+        let mut file = self.file.lock();
+        if file.metadata()?.len() < limit {
+            return Ok(None);
+        }
+        file.sync_data()?;
+        let target = to();
+        std::fs::rename(&self.path, &target)?;
+        match OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create_new(true)
+            .open(&self.path)
+        {
+            Ok(new) => *file = new,
+            Err(e) => {
+                std::fs::rename(&target, &self.path)?;
+                return Err(e);
+            }
+        }
+        sync_dir(&self.path);
+        Ok(Some(target))
+    }
+
+    /// Reads every complete line, then runs `then`, with no append or
+    /// rotation in between.
+    pub fn read_lines_then<R>(&self, then: impl FnOnce() -> R) -> io::Result<(Vec<String>, R)> {
+        let _guard = self.file.lock();
+        let reader = BufReader::new(File::open(&self.path)?);
+        let lines = reader.lines().collect::<io::Result<Vec<String>>>()?;
+        Ok((lines, then()))
     }
 
     /// Reads every complete line again (for queries over the whole log).
@@ -116,6 +154,16 @@ impl Journal {
         let _guard = self.file.lock();
         let reader = BufReader::new(File::open(&self.path)?);
         reader.lines().collect()
+    }
+}
+
+/// Makes a rename in the directory of `path` durable (best effort: not every
+/// platform can open a directory).
+pub(crate) fn sync_dir(path: &Path) {
+    if let Some(dir) = path.parent()
+        && let Ok(dir) = File::open(dir)
+    {
+        let _ = dir.sync_all();
     }
 }
 

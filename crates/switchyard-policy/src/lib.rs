@@ -20,6 +20,7 @@ pub mod policy;
 pub mod price;
 pub mod redis_store;
 pub mod spend;
+pub mod spend_log;
 
 pub use checks::{Demand, RateKind};
 pub use error::{Denied, PolicyError};

@@ -21,6 +21,7 @@ use crate::key::{KeyRecord, TeamRecord};
 use crate::money::Nanos;
 use crate::period::{Day, day_of_ms, now_ms};
 use crate::spend::{Ledger, LogFilter, SpendRecord, SubjectSpend};
+use crate::spend_log::{SpendLog, SpendLogLimits};
 
 type Limiter =
     RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock, StateInformationMiddleware>;
@@ -119,7 +120,7 @@ pub struct LocalStore {
     key_writes: Mutex<()>,
     limiters: Mutex<HashMap<String, (u32, Arc<Limiter>)>>,
     keys_log: Option<Journal>,
-    spend_log: Option<Journal>,
+    spend_log: Option<SpendLog>,
     clock: DefaultClock,
 }
 
@@ -139,10 +140,18 @@ impl LocalStore {
     /// A store whose keys and spend live in `dir` (created if missing):
     /// both logs are replayed, and the keys log is compacted.
     pub fn open(dir: &Path, fsync: FsyncPolicy) -> Result<Self, PolicyError> {
+        Self::open_with(dir, fsync, SpendLogLimits::default())
+    }
+
+    /// [`LocalStore::open`] with the spend log cut and kept as `limits` say.
+    pub fn open_with(dir: &Path, fsync: FsyncPolicy, limits: SpendLogLimits) -> Result<Self, PolicyError> {
         std::fs::create_dir_all(dir)?;
         let (keys_log, key_lines) = Journal::open(&dir.join("keys.jsonl"), fsync)?;
-        let (spend_log, spend_lines) = Journal::open(&dir.join("spend.jsonl"), fsync)?;
-        let mut state = State::default();
+        let spend = SpendLog::open(dir, fsync, limits)?;
+        let mut state = State {
+            ledger: spend.ledger,
+            ..State::default()
+        };
         for (i, line) in key_lines.iter().enumerate() {
             match serde_json::from_str::<KeyOp>(line) {
                 Ok(KeyOp::PutKey { record }) => drop(state.keys.insert(record.token.clone(), record)),
@@ -152,16 +161,7 @@ impl LocalStore {
                 Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of keys.jsonl"),
             }
         }
-        let mut records = 0usize;
-        for (i, line) in spend_lines.iter().enumerate() {
-            match serde_json::from_str::<SpendRecord>(line) {
-                Ok(record) => {
-                    state.ledger.add(&record);
-                    records += 1;
-                }
-                Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of spend.jsonl"),
-            }
-        }
+        let records = spend.records;
         let mut snapshot: Vec<KeyOp> = state
             .teams
             .values()
@@ -181,15 +181,17 @@ impl LocalStore {
             key_writes: Mutex::new(()),
             limiters: Mutex::new(HashMap::new()),
             keys_log: Some(keys_log),
-            spend_log: Some(spend_log),
+            spend_log: Some(spend.log),
             clock: DefaultClock::default(),
         })
     }
 
     /// Flushes the logs to the disk if anything was written since the last flush.
     pub fn sync(&self) {
-        for log in [&self.keys_log, &self.spend_log].into_iter().flatten() {
-            if let Err(e) = log.sync_if_dirty() {
+        let spend = self.spend_log.as_ref().map(SpendLog::sync_if_dirty);
+        let keys = self.keys_log.as_ref().map(Journal::sync_if_dirty);
+        for result in [spend, keys].into_iter().flatten() {
+            if let Err(e) = result {
                 tracing::error!(error = %e, "cannot flush the policy store to disk");
             }
         }
@@ -320,14 +322,7 @@ impl LocalStore {
     /// Spend records matching `filter`, newest first.
     pub fn logs(&self, filter: &LogFilter) -> Result<Vec<SpendRecord>, PolicyError> {
         let mut out: Vec<SpendRecord> = match &self.spend_log {
-            Some(log) => log
-                .read_lines()?
-                .iter()
-                .rev()
-                .filter_map(|line| serde_json::from_str::<SpendRecord>(line).ok())
-                .filter(|r| filter.matches(r))
-                .take(filter.limit)
-                .collect(),
+            Some(log) => log.logs(filter)?,
             None => self
                 .state
                 .lock()

@@ -784,12 +784,26 @@ impl Policy {
             let Store::Redis { redis, .. } = &policy.0.store else {
                 return;
             };
+            // After a failure, try again within a second rather than a
+            // third of `hold_ttl` later, so one slow reply does not let the
+            // holds lapse.
+            let mut wait = every;
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep(wait).await;
                 match redis.renew(&checks, &id).await {
-                    Ok(0) => return,
-                    Ok(_) => {}
-                    Err(StoreDown(reason)) => tracing::debug!(%reason, "cannot renew a request's holds; trying again"),
+                    Ok(0) => {
+                        tracing::warn!(
+                            request_id = %id,
+                            "a running request's in-flight slot and budget reservation had expired in Redis before they were renewed: \
+                             its limits no longer count it (was Redis unreachable for longer than policy.redis.hold_ttl_ms?)"
+                        );
+                        return;
+                    }
+                    Ok(_) => wait = every,
+                    Err(StoreDown(reason)) => {
+                        tracing::debug!(%reason, "cannot renew a request's holds; trying again");
+                        wait = every.min(Duration::from_secs(1));
+                    }
                 }
             }
         });
@@ -823,6 +837,10 @@ impl Policy {
     /// record is written (to the log file or Redis) before this returns.
     pub async fn settle(&self, mut ticket: Ticket, charge: Charge) -> Result<SpendRecord, PolicyError> {
         ticket.done = true;
+        // No renewal from here on: the settlement frees the holds.
+        if let Some(keeper) = ticket.keeper.take() {
+            keeper.abort();
+        }
         let key = ticket.view.as_ref().map(|v| &v.key);
         let record = SpendRecord {
             request_id: ticket.id.clone(),

@@ -72,7 +72,7 @@ pub fn subject_model(model: &str) -> String {
 }
 
 /// Spend of one subject: in total and per day.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SubjectSpend {
     /// Everything ever charged.
     pub total: Nanos,
@@ -94,7 +94,7 @@ impl SubjectSpend {
 }
 
 /// Spend per subject, rebuilt from the spend log at start-up.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Ledger {
     subjects: HashMap<String, SubjectSpend>,
 }
