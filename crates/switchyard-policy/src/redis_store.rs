@@ -132,6 +132,7 @@ end
 local spends = {}
 for j = 1, tonumber(arg()) do spends[j] = key() end
 local log = key()
+local index = key()
 local day, cost, record, maxlen = arg(), arg(), arg(), arg()
 local trates = {}
 for j = 1, tonumber(arg()) do trates[j] = {key(), tonumber(arg()), tonumber(arg())} end
@@ -147,6 +148,7 @@ end
 for _, s in ipairs(spends) do
   add(s, day)
   add(s, 'total')
+  redis.call('SADD', index, s)
 end
 redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'r', record)
 for _, r in ipairs(trates) do
@@ -195,6 +197,9 @@ for j = 1, tonumber(ARGV[3]) do
 end
 return held
 "#;
+
+/// The set of every spend hash's name, kept by the settlement script.
+const SUBJECTS: &str = "spend-subjects";
 
 /// The Redis-backed store.
 #[derive(Clone)]
@@ -509,6 +514,7 @@ impl RedisStore {
             inv.key(self.name(&format!("spend:{s}")));
         }
         inv.key(self.name("log"));
+        inv.key(self.name(SUBJECTS));
         inv.arg(record.day())
             .arg(record.cost_nanos)
             .arg(json)
@@ -581,10 +587,43 @@ impl RedisStore {
         Ok(out)
     }
 
-    /// Every subject under `prefix` with its spend.
+    /// Every subject under `prefix` with its spend, from the index of spend
+    /// hashes the settlement script keeps (`<prefix>spend-subjects`). A
+    /// database written before that index existed is scanned once to fill it.
     pub async fn spend_by_prefix(&self, prefix: &str) -> Result<Vec<(String, SubjectSpend)>, StoreDown> {
-        let pattern = self.name(&format!("spend:{prefix}*"));
         let strip = self.name("spend:");
+        let wanted = self.name(&format!("spend:{prefix}"));
+        let complete = self.name(&format!("{SUBJECTS}-complete"));
+        let indexed: bool = self.query(redis::cmd("EXISTS").arg(&complete).clone()).await?;
+        let names: Vec<String> = if indexed {
+            self.query(redis::cmd("SMEMBERS").arg(self.name(SUBJECTS)).clone())
+                .await?
+        } else {
+            let names = self.scan_spend_hashes().await?;
+            for batch in names.chunks(500) {
+                let _: i64 = self
+                    .query(redis::cmd("SADD").arg(self.name(SUBJECTS)).arg(batch).clone())
+                    .await?;
+            }
+            let _: () = self.query(redis::cmd("SET").arg(&complete).arg(1).clone()).await?;
+            names
+        };
+        let mut out = Vec::new();
+        for name in names.iter().filter(|n| n.starts_with(&wanted)) {
+            let Some(subject) = name.strip_prefix(&strip) else {
+                continue;
+            };
+            let spend = self.spend(subject).await?;
+            if let Some(short) = subject.strip_prefix(prefix) {
+                out.push((short.to_owned(), spend));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every spend hash, by scanning the whole database.
+    async fn scan_spend_hashes(&self) -> Result<Vec<String>, StoreDown> {
+        let pattern = self.name("spend:*");
         let mut cursor = 0u64;
         let mut names = Vec::new();
         loop {
@@ -605,17 +644,7 @@ impl RedisStore {
             }
             cursor = next;
         }
-        let mut out = Vec::new();
-        for name in names {
-            let Some(subject) = name.strip_prefix(&strip) else {
-                continue;
-            };
-            let spend = self.spend(subject).await?;
-            if let Some(short) = subject.strip_prefix(prefix) {
-                out.push((short.to_owned(), spend));
-            }
-        }
-        Ok(out)
+        Ok(names)
     }
 
     /// Spend records matching `filter`, newest first (reads the log stream

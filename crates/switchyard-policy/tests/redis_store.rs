@@ -1,5 +1,6 @@
-//! A request's holds in Redis (in-flight slots, budget reservations) last as
-//! long as the request, not only `hold_ttl`, against a real `redis-server`.
+//! The Redis store against a real `redis-server`: a request's holds
+//! (in-flight slots, budget reservations) last as long as the request, not
+//! only `hold_ttl`; spend listings come from an index, not a scan.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
 use std::time::Duration;
@@ -83,4 +84,76 @@ async fn a_request_running_past_hold_ttl_keeps_its_slot_and_reservation() {
         matches!(over, Err(Denied::BudgetExceeded { .. })),
         "the running request lost its reservation: {over:?}"
     );
+}
+
+/// Spend listings read the index of spend hashes the settlement keeps; a
+/// database from before the index is scanned once to fill it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
+    use switchyard_policy::{Charge, TokenUsage};
+    let redis = RedisServer::start();
+    let mut settings = settings(&redis.url());
+    settings.keys[0].1.limits.max_parallel_requests = None;
+    let policy = Policy::open(settings).await.unwrap();
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    for model in ["m", "n"] {
+        let demand = Demand {
+            model: model.into(),
+            max_cost: 1_000,
+            ..demand()
+        };
+        let ticket = policy.admit(&principal, &demand).await.unwrap();
+        let charge = Charge {
+            deployment: format!("{model}/0"),
+            usage: TokenUsage::default(),
+            cost: 10,
+            cache_hit: false,
+        };
+        policy.settle(ticket, charge).await.unwrap();
+    }
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("holds:spend-subjects")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(members.contains(&"holds:spend:model:m".to_owned()), "{members:?}");
+
+    // As if written before the index: only the hashes are there.
+    let _: () = redis::cmd("DEL")
+        .arg("holds:spend-subjects")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut models: Vec<String> = policy
+        .spend_by_prefix("model:")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    models.sort();
+    assert_eq!(models, ["m", "n"]);
+    let complete: bool = redis::cmd("EXISTS")
+        .arg("holds:spend-subjects-complete")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(complete);
+    // From then on the index answers: a hash it does not name is not listed.
+    let _: () = redis::cmd("SREM")
+        .arg("holds:spend-subjects")
+        .arg("holds:spend:model:n")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let listed: Vec<String> = policy
+        .spend_by_prefix("model:")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(listed, ["m"]);
 }
