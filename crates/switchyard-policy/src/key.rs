@@ -128,9 +128,26 @@ pub struct KeyRecord {
     /// Declared in the configuration file (not changeable through the API).
     #[serde(default)]
     pub from_config: bool,
+    /// Bumped by every change: a change is stored only over the revision it
+    /// was made from, so two concurrent changes cannot overwrite each other.
+    #[serde(default)]
+    pub revision: u64,
     /// Limits.
     #[serde(flatten)]
     pub limits: Limits,
+}
+
+/// The outcome of a revision-checked key write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyWrite {
+    /// Stored.
+    Done,
+    /// The key is gone (deleted, or regenerated to another value).
+    Missing,
+    /// The key changed since it was read: read it again.
+    Changed,
+    /// The new value is another key's.
+    Taken,
 }
 
 impl KeyRecord {
@@ -147,6 +164,7 @@ impl KeyRecord {
             expires_at: None,
             created_at: now_ms,
             from_config,
+            revision: 0,
             limits: Limits::default(),
         }
     }
@@ -410,6 +428,7 @@ mod tests {
             expires_at: None,
             created_at: 0,
             from_config: false,
+            revision: 0,
             limits: Limits::default(),
         };
         let team = TeamRecord {

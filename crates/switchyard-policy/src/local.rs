@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{Checks, RateState};
 use crate::error::{Denied, PolicyError};
 use crate::journal::{FsyncPolicy, Journal};
-use crate::key::{KeyRecord, TeamRecord};
+use crate::key::{KeyRecord, KeyWrite, TeamRecord};
 use crate::money::Nanos;
 use crate::period::{Day, day_of_ms, now_ms};
 use crate::spend::{Ledger, LogFilter, SpendRecord, SubjectSpend};
@@ -225,39 +225,43 @@ impl LocalStore {
         Ok(true)
     }
 
-    /// Replaces the key with `record`'s token if it is still there (`true`);
-    /// a key deleted or regenerated meanwhile is not brought back (`false`).
-    pub fn replace_key(&self, record: KeyRecord) -> Result<bool, PolicyError> {
+    /// Replaces the key with `record`'s token if it is still at revision
+    /// `read` (the one the change was made from); a key deleted or
+    /// regenerated meanwhile is not brought back.
+    pub fn replace_key(&self, read: u64, record: KeyRecord) -> Result<KeyWrite, PolicyError> {
         let _writing = self.key_writes.lock();
-        if !self.state.lock().keys.contains_key(&record.token) {
-            return Ok(false);
+        match self.state.lock().keys.get(&record.token) {
+            None => return Ok(KeyWrite::Missing),
+            Some(current) if current.revision != read => return Ok(KeyWrite::Changed),
+            Some(_) => {}
         }
         self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
         self.state.lock().keys.insert(record.token.clone(), record);
-        Ok(true)
+        Ok(KeyWrite::Done)
     }
 
-    /// Moves the key stored under `old` to `record` (a new token), in one
-    /// step among key writes: `Ok(None)` when `old` is gone, `Ok(Some(false))`
-    /// when the new token is taken, `Ok(Some(true))` when done. The new value
+    /// Moves the key stored under `old`, if still at revision `read`, to
+    /// `record` (a new token), in one step among key writes. The new value
     /// is journalled before the old is removed, so a crash between the two
     /// leaves both working rather than neither.
-    pub fn rename_key(&self, old: &str, record: KeyRecord) -> Result<Option<bool>, PolicyError> {
+    pub fn rename_key(&self, old: &str, read: u64, record: KeyRecord) -> Result<KeyWrite, PolicyError> {
         let _writing = self.key_writes.lock();
         {
             let state = self.state.lock();
-            if !state.keys.contains_key(old) {
-                return Ok(None);
+            match state.keys.get(old) {
+                None => return Ok(KeyWrite::Missing),
+                Some(current) if current.revision != read => return Ok(KeyWrite::Changed),
+                Some(_) => {}
             }
             if state.keys.contains_key(&record.token) {
-                return Ok(Some(false));
+                return Ok(KeyWrite::Taken);
             }
         }
         self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
         self.state.lock().keys.insert(record.token.clone(), record);
         self.log_key_op(&KeyOp::DeleteKey { token: old.to_owned() })?;
         self.state.lock().keys.remove(old);
-        Ok(Some(true))
+        Ok(KeyWrite::Done)
     }
 
     /// Deletes a key; whether it existed (of two deletes, one sees `true`).
@@ -567,12 +571,13 @@ mod tests {
         assert!(!store.insert_key(record.clone()).unwrap(), "the token is taken");
         let mut blocked = record.clone();
         blocked.limits.blocked = true;
-        assert!(store.replace_key(blocked).unwrap());
+        assert_eq!(store.replace_key(0, blocked).unwrap(), KeyWrite::Done);
         assert!(store.key(&record.token).unwrap().limits.blocked);
         assert!(store.delete_key(&record.token).unwrap());
         assert!(!store.delete_key(&record.token).unwrap(), "one delete sees it");
-        assert!(
-            !store.replace_key(record.clone()).unwrap(),
+        assert_eq!(
+            store.replace_key(0, record.clone()).unwrap(),
+            KeyWrite::Missing,
             "a deleted key is not brought back"
         );
         assert!(store.key(&record.token).is_none());
@@ -582,17 +587,17 @@ mod tests {
         let taken = KeyRecord::new("sk-local-store-test-000002", 0, false);
         assert!(store.insert_key(taken.clone()).unwrap());
         assert_eq!(
-            store.rename_key(&record.token, taken.clone()).unwrap(),
-            Some(false),
+            store.rename_key(&record.token, 0, taken.clone()).unwrap(),
+            KeyWrite::Taken,
             "the new token is taken"
         );
         assert!(store.key(&record.token).is_some(), "a refused rename keeps the old key");
         let new = KeyRecord::new("sk-local-store-test-000003", 0, false);
-        assert_eq!(store.rename_key(&record.token, new.clone()).unwrap(), Some(true));
+        assert_eq!(store.rename_key(&record.token, 0, new.clone()).unwrap(), KeyWrite::Done);
         assert!(store.key(&record.token).is_none() && store.key(&new.token).is_some());
         assert_eq!(
-            store.rename_key(&record.token, new).unwrap(),
-            None,
+            store.rename_key(&record.token, 0, new).unwrap(),
+            KeyWrite::Missing,
             "the old value is gone"
         );
 

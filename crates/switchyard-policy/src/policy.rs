@@ -16,7 +16,7 @@ use crate::checks::{Checks, Demand, RateKind, RateState};
 use crate::error::{Denied, PolicyError};
 use crate::journal::{FsyncPolicy, Journal};
 use crate::key::{
-    KEY_PREFIX, KeyRecord, KeyView, TeamRecord, apply_key_field, apply_team_field, display_name, expiry_from,
+    KEY_PREFIX, KeyRecord, KeyView, KeyWrite, TeamRecord, apply_key_field, apply_team_field, display_name, expiry_from,
     generate_key, hash_key, hashes_equal, new_key_id, usable_key,
 };
 use crate::local::LocalStore;
@@ -154,6 +154,14 @@ impl Drop for Ticket {
             self.policy.release(self);
         }
     }
+}
+
+/// How often a key change is made again when another change got in first.
+const KEY_WRITE_TRIES: usize = 5;
+
+/// A key that kept changing while a change to it was being made.
+fn busy_key() -> PolicyError {
+    PolicyError::Conflict("The key changed while this change was being made; try again.".into())
 }
 
 /// A duration the way OpenAI writes it in `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`.
@@ -1088,28 +1096,35 @@ impl Policy {
             .get("key")
             .and_then(Value::as_str)
             .ok_or_else(|| field("key", "'key' (the key or its hash) is required."))?;
-        let mut record = self.find_key(reference).await?;
-        if record.from_config {
-            return Err(PolicyError::FromConfig("key"));
-        }
-        let now = now_ms();
-        for (name, value) in body {
-            match name.as_str() {
-                "key" => {}
-                "duration" => record.expires_at = expiry_from(value, now)?,
-                _ => apply_key_field(&mut record, name, value)?,
+        for _ in 0..KEY_WRITE_TRIES {
+            let mut record = self.find_key(reference).await?;
+            if record.from_config {
+                return Err(PolicyError::FromConfig("key"));
+            }
+            let read = record.revision;
+            let now = now_ms();
+            for (name, value) in body {
+                match name.as_str() {
+                    "key" => {}
+                    "duration" => record.expires_at = expiry_from(value, now)?,
+                    _ => apply_key_field(&mut record, name, value)?,
+                }
+            }
+            self.check_changed(body, &record).await?;
+            record.revision = read + 1;
+            // Deleted or regenerated since it was read: not brought back;
+            // changed since: made again from the new value.
+            let written = match &self.0.store {
+                Store::Local(local) => local.replace_key(read, record.clone())?,
+                Store::Redis { redis, .. } => redis.replace_key(read, &record).await.map_err(down)?,
+            };
+            match written {
+                KeyWrite::Done => return Ok(record),
+                KeyWrite::Missing | KeyWrite::Taken => return Err(PolicyError::NotFound { what: "Key" }),
+                KeyWrite::Changed => {}
             }
         }
-        self.check_changed(body, &record).await?;
-        // Deleted or regenerated since it was read: not brought back.
-        let replaced = match &self.0.store {
-            Store::Local(local) => local.replace_key(record.clone())?,
-            Store::Redis { redis, .. } => redis.replace_key(&record).await.map_err(down)?,
-        };
-        if !replaced {
-            return Err(PolicyError::NotFound { what: "Key" });
-        }
-        Ok(record)
+        Err(busy_key())
     }
 
     /// Checks the models and team a key update or regenerate sets; fields it
@@ -1162,10 +1177,6 @@ impl Policy {
         reference: &str,
         body: &Map<String, Value>,
     ) -> Result<(String, KeyRecord), PolicyError> {
-        let mut record = self.find_key(reference).await?;
-        if record.from_config {
-            return Err(PolicyError::FromConfig("key"));
-        }
         let plaintext = match body.get("new_key") {
             Some(Value::String(k)) if usable_key(k) => k.clone(),
             None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,
@@ -1182,32 +1193,42 @@ impl Policy {
         if self.is_master(&plaintext) || self.lookup_key(&token).await.map_err(down)?.is_some() {
             return Err(PolicyError::Conflict("This key already exists.".into()));
         }
-        let now = now_ms();
-        for (name, value) in body {
-            match name.as_str() {
-                "key" | "new_key" => {}
-                "duration" => record.expires_at = expiry_from(value, now)?,
-                _ => apply_key_field(&mut record, name, value)?,
+        for _ in 0..KEY_WRITE_TRIES {
+            let mut record = self.find_key(reference).await?;
+            if record.from_config {
+                return Err(PolicyError::FromConfig("key"));
+            }
+            let read = record.revision;
+            let now = now_ms();
+            for (name, value) in body {
+                match name.as_str() {
+                    "key" | "new_key" => {}
+                    "duration" => record.expires_at = expiry_from(value, now)?,
+                    _ => apply_key_field(&mut record, name, value)?,
+                }
+            }
+            self.check_changed(body, &record).await?;
+            let old = std::mem::replace(&mut record.token, token.clone());
+            record.key_name = display_name(&plaintext);
+            record.revision = read + 1;
+            // One step in the store: of two regenerates (or a regenerate and
+            // a delete) only one gets the old value, no failure leaves
+            // neither, and a change made since the read is not lost.
+            let moved = match &self.0.store {
+                Store::Local(local) => local.rename_key(&old, read, record.clone())?,
+                Store::Redis { redis, seen, .. } => {
+                    seen.lock().remove(&old);
+                    redis.rename_key(&old, read, &record).await.map_err(down)?
+                }
+            };
+            match moved {
+                KeyWrite::Done => return Ok((plaintext, record)),
+                KeyWrite::Missing => return Err(PolicyError::NotFound { what: "Key" }),
+                KeyWrite::Taken => return Err(PolicyError::Conflict("This key already exists.".into())),
+                KeyWrite::Changed => {}
             }
         }
-        self.check_changed(body, &record).await?;
-        let old = std::mem::replace(&mut record.token, token);
-        record.key_name = display_name(&plaintext);
-        // One step in the store: of two regenerates (or a regenerate and a
-        // delete) only one gets the old value, and no failure leaves neither.
-        let moved = match &self.0.store {
-            Store::Local(local) => local.rename_key(&old, record.clone())?,
-            Store::Redis { redis, seen, .. } => {
-                seen.lock().remove(&old);
-                redis.rename_key(&old, &record).await.map_err(down)?
-            }
-        };
-        match moved {
-            None => return Err(PolicyError::NotFound { what: "Key" }),
-            Some(false) => return Err(PolicyError::Conflict("This key already exists.".into())),
-            Some(true) => {}
-        }
-        Ok((plaintext, record))
+        Err(busy_key())
     }
 
     /// Every key (configured and stored).
@@ -1490,6 +1511,48 @@ mod tests {
             matches!(&refused, Err(Denied::TeamMissing { team }) if team == "research"),
             "{refused:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_key_change_made_from_a_stale_read_is_not_stored() {
+        let policy = Policy::memory(&PolicySettings::default());
+        let (plaintext, stale) = policy.generate_key(&Map::new()).await.unwrap();
+        // Another admin blocks the key after `stale` was read…
+        let blocked = policy
+            .update_key(&body(serde_json::json!({"key": plaintext, "blocked": true})))
+            .await
+            .unwrap();
+        assert_eq!(blocked.revision, stale.revision + 1);
+        let Store::Local(local) = &policy.0.store else {
+            panic!("a memory policy has a local store")
+        };
+        // …so a change made from `stale` (as a regenerate or an update that
+        // read before the block would write) is refused, not stored over it.
+        let mut from_stale = stale.clone();
+        from_stale.key_alias = Some("renamed".into());
+        from_stale.revision = stale.revision + 1;
+        assert_eq!(
+            local.replace_key(stale.revision, from_stale.clone()).unwrap(),
+            KeyWrite::Changed
+        );
+        let mut moved = from_stale;
+        moved.token = "another-token".into();
+        assert_eq!(
+            local.rename_key(&stale.token, stale.revision, moved).unwrap(),
+            KeyWrite::Changed
+        );
+        // The API reads again and keeps both changes.
+        let (rotated, record) = policy
+            .regenerate_key(&plaintext, &body(serde_json::json!({"key_alias": "renamed"})))
+            .await
+            .unwrap();
+        assert!(record.limits.blocked, "the block survives the regenerate");
+        assert_eq!(record.key_alias.as_deref(), Some("renamed"));
+        assert_eq!(record.revision, stale.revision + 2);
+        assert!(matches!(
+            policy.authenticate(Some(&rotated)).await,
+            Err(Denied::Blocked { .. })
+        ));
     }
 
     #[tokio::test]

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checks::{Checks, RateState};
 use crate::error::{Denied, PolicyError};
-use crate::key::{KeyRecord, TeamRecord};
+use crate::key::{KeyRecord, KeyWrite, TeamRecord};
 use crate::local::rate_state;
 use crate::money::Nanos;
 use crate::period::{Day, day_of_ms, now_ms};
@@ -359,31 +359,50 @@ impl RedisStore {
         self.hset_if_absent("keys", &record.token, record).await
     }
 
-    /// Replaces the key with `record`'s token only if it is still there, in
-    /// one step: a key deleted or regenerated meanwhile is not brought back.
-    pub async fn replace_key(&self, record: &KeyRecord) -> Result<bool, StoreDown> {
-        self.hset_if_present("keys", &record.token, record).await
+    /// Replaces the key with `record`'s token only if it is still at
+    /// revision `read`, in one step: a key deleted or regenerated meanwhile
+    /// is not brought back, and a change made meanwhile is not overwritten.
+    pub async fn replace_key(&self, read: u64, record: &KeyRecord) -> Result<KeyWrite, StoreDown> {
+        self.write_key(&record.token, read, record).await
     }
 
-    /// Moves the key stored under `old` to `record` (a new token) in one
-    /// step: `None` when `old` is gone, `Some(false)` when the new token is
-    /// taken, `Some(true)` when done.
-    pub async fn rename_key(&self, old: &str, record: &KeyRecord) -> Result<Option<bool>, StoreDown> {
+    /// The revision-checked key write: `old`'s record, if at revision
+    /// `read`, becomes `record` under `record.token` (the same token, or a
+    /// new one that must be free).
+    async fn write_key(&self, old: &str, read: u64, record: &KeyRecord) -> Result<KeyWrite, StoreDown> {
         let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
         let script = redis::Script::new(
-            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end \
-             if redis.call('HEXISTS', KEYS[1], ARGV[2]) == 1 then return -1 end \
-             redis.call('HSET', KEYS[1], ARGV[2], ARGV[3]) \
-             redis.call('HDEL', KEYS[1], ARGV[1]) return 1",
+            r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local ok, rec = pcall(cjson.decode, cur)
+local rev = 0
+if ok and type(rec) == 'table' and type(rec.revision) == 'number' then rev = rec.revision end
+if rev ~= tonumber(ARGV[2]) then return -1 end
+if ARGV[3] ~= ARGV[1] then
+  if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return -2 end
+  redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+end
+return 1",
         );
         let mut invocation = script.key(self.name("keys"));
-        invocation.arg(old).arg(&record.token).arg(json);
+        invocation.arg(old).arg(read).arg(&record.token).arg(json);
         let n: i64 = self.run(invocation).await?;
         Ok(match n {
-            0 => None,
-            1 => Some(true),
-            _ => Some(false),
+            1 => KeyWrite::Done,
+            0 => KeyWrite::Missing,
+            -1 => KeyWrite::Changed,
+            _ => KeyWrite::Taken,
         })
+    }
+
+    /// Moves the key stored under `old`, if still at revision `read`, to
+    /// `record` (a new token) in one step.
+    pub async fn rename_key(&self, old: &str, read: u64, record: &KeyRecord) -> Result<KeyWrite, StoreDown> {
+        self.write_key(old, read, record).await
     }
 
     /// Deletes a key.

@@ -440,6 +440,7 @@ async fn a_deleted_key_stays_out_during_an_outage() {
 /// a token already taken is not overwritten.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_key_writes_are_conditional() {
+    use switchyard_policy::key::KeyWrite;
     let redis = RedisServer::start();
     let url = redis.url();
     let store = switchyard_policy::redis_store::RedisStore::connect(settings(&url, None).redis.as_ref().unwrap())
@@ -450,11 +451,12 @@ async fn redis_key_writes_are_conditional() {
     assert!(!store.insert_key(&record).await.unwrap(), "the token is taken");
     let mut blocked = record.clone();
     blocked.limits.blocked = true;
-    assert!(store.replace_key(&blocked).await.unwrap());
+    assert_eq!(store.replace_key(0, &blocked).await.unwrap(), KeyWrite::Done);
     assert!(store.key(&record.token).await.unwrap().unwrap().limits.blocked);
     assert!(store.delete_key(&record.token).await.unwrap());
-    assert!(
-        !store.replace_key(&record).await.unwrap(),
+    assert_eq!(
+        store.replace_key(0, &record).await.unwrap(),
+        KeyWrite::Missing,
         "a deleted key is not brought back"
     );
     assert!(store.key(&record.token).await.unwrap().is_none());
@@ -463,20 +465,40 @@ async fn redis_key_writes_are_conditional() {
     assert!(store.insert_key(&record).await.unwrap());
     let taken = KeyRecord::new("sk-redis-store-test-000002", 0, false);
     assert!(store.insert_key(&taken).await.unwrap());
-    assert_eq!(store.rename_key(&record.token, &taken).await.unwrap(), Some(false));
+    assert_eq!(
+        store.rename_key(&record.token, 0, &taken).await.unwrap(),
+        KeyWrite::Taken
+    );
     assert!(
         store.key(&record.token).await.unwrap().is_some(),
         "a refused rename keeps the old key"
     );
     let new = KeyRecord::new("sk-redis-store-test-000003", 0, false);
-    assert_eq!(store.rename_key(&record.token, &new).await.unwrap(), Some(true));
+    assert_eq!(store.rename_key(&record.token, 0, &new).await.unwrap(), KeyWrite::Done);
     assert!(store.key(&record.token).await.unwrap().is_none());
     assert!(store.key(&new.token).await.unwrap().is_some());
     assert_eq!(
-        store.rename_key(&record.token, &new).await.unwrap(),
-        None,
+        store.rename_key(&record.token, 0, &new).await.unwrap(),
+        KeyWrite::Missing,
         "the old value is gone"
     );
+
+    // A change made from a stale read is refused, as a replace or a rename.
+    let mut next = new.clone();
+    next.limits.blocked = true;
+    next.revision = 1;
+    assert_eq!(store.replace_key(0, &next).await.unwrap(), KeyWrite::Done);
+    let mut stale = new.clone();
+    stale.key_alias = Some("stale".into());
+    stale.revision = 1;
+    assert_eq!(store.replace_key(0, &stale).await.unwrap(), KeyWrite::Changed);
+    stale.token = "another-token".into();
+    assert_eq!(
+        store.rename_key(&new.token, 0, &stale).await.unwrap(),
+        KeyWrite::Changed
+    );
+    let kept = store.key(&new.token).await.unwrap().unwrap();
+    assert!(kept.limits.blocked && kept.key_alias.is_none() && kept.revision == 1);
 
     // Teams: created once, changed only while they exist.
     let team = switchyard_policy::TeamRecord {
