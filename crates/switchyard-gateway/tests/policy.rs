@@ -843,14 +843,7 @@ async fn a_request_its_client_left_is_still_charged() {
     let dir = tempfile::tempdir().unwrap();
     let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 1_500));
     let key = generate(&gw, json!({"key_alias": "impatient"})).await;
-    let gave_up = client()
-        .post(format!("{}/v1/chat/completions", gw.base_url()))
-        .bearer_auth(&key)
-        .timeout(Duration::from_millis(300))
-        .json(&json!({"model": "mock-a", "messages": [{"role": "user", "content": "hello"}]}))
-        .send()
-        .await;
-    assert!(gave_up.is_err(), "the client was to time out first");
+    leave_mid_request(&gw, &key).await;
 
     let record = spend_record(&gw, |r| r["key_alias"] == "impatient").await;
     assert_eq!(record["cost_nanos"], json!(HELLO_COST_NANOS), "{record}");
@@ -882,4 +875,45 @@ async fn the_reservation_covers_a_deployments_own_default_max_tokens() {
     assert_eq!(unbounded.code(), "budget_exceeded");
     let bounded = chat_with(&gw, Some(&key), "claude").await;
     assert_eq!(bounded.status, 200, "{}", bounded.body);
+}
+
+/// A shutdown right after a client left waits for its request: the upstream
+/// still answers it (and bills for it), so the gateway charges it and writes
+/// its spend before it exits.
+#[tokio::test]
+async fn a_shutdown_waits_for_a_request_its_client_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!("server:\n  drain_delay_ms: 0\n{}", config(dir.path(), "", 1_500));
+    let mut gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let key = generate(&gw, json!({"key_alias": "left-before-shutdown"})).await;
+    leave_mid_request(&gw, &key).await;
+    // The upstream needs another 1.2 s; no connection is open any more.
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0), "{:?}", gw.logs());
+    let log = std::fs::read_to_string(dir.path().join("spend.jsonl")).unwrap();
+    let record: Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["key_alias"] == "left-before-shutdown")
+        .unwrap_or_else(|| panic!("not charged: {log}"));
+    assert_eq!(record["cost_nanos"], json!(HELLO_COST_NANOS), "{record}");
+}
+
+/// Sends a chat request to `mock-a` with `key` over a connection of its own
+/// and closes that connection 300 ms later, before the answer (the server
+/// sees the client go, as an HTTP client's timeout may not show it).
+async fn leave_mid_request(gw: &GatewayProcess, key: &str) {
+    use std::io::Write as _;
+    let body = json!({"model": "mock-a", "messages": [{"role": "user", "content": "hello"}]}).to_string();
+    let address = gw.base_url().trim_start_matches("http://").to_owned();
+    let mut socket = std::net::TcpStream::connect(&address).unwrap();
+    write!(
+        socket,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: {address}\r\nauthorization: Bearer {key}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
