@@ -518,7 +518,14 @@ impl LearnedRoute {
         let prediction = Prediction {
             router: self.name.clone(),
             ranked: order.iter().map(|&j| loaded.groups[j].clone()).collect(),
-            scores: loaded.groups.iter().cloned().zip(scores).collect(),
+            // A key limited to some candidates sees only their scores.
+            scores: loaded
+                .groups
+                .iter()
+                .cloned()
+                .zip(scores)
+                .filter(|(g, _)| !key_names_candidates || live.allowed.is_some_and(|l| l.contains(g)))
+                .collect(),
         };
         tracing::info!(
             router = %self.name,

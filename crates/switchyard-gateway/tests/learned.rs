@@ -441,17 +441,23 @@ async fn a_key_limited_to_some_candidates_is_routed_among_those() {
             made["key"].as_str().unwrap().to_owned()
         }
     };
+    let last_scores = std::sync::Mutex::new(String::new());
     let ask_as = |key: String| {
         let client = client.clone();
+        let last_scores = &last_scores;
         let url = format!("{}/v1/chat/completions", gw.base_url());
         async move {
             let body = json!({"model": "switchyard/auto", "messages": [{"role": "user", "content": MATH_QUERY}]});
             let response = client.post(url).bearer_auth(key).json(&body).send().await.unwrap();
             let status = response.status().as_u16();
-            let choice = response
-                .headers()
-                .get("x-switchyard-router-choice")
-                .map(|v| v.to_str().unwrap().to_owned());
+            let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+            let (choice, scores) = (
+                header("x-switchyard-router-choice"),
+                header("x-switchyard-router-scores"),
+            );
+            if let Some(scores) = &scores {
+                last_scores.lock().unwrap().clone_from(scores);
+            }
             (status, choice)
         }
     };
@@ -461,6 +467,12 @@ async fn a_key_limited_to_some_candidates_is_routed_among_those() {
     // …and to the cheap one for a key limited to it.
     let cheap = generate(json!(["switchyard/auto", "cheap"])).await;
     assert_eq!(ask_as(cheap).await, (200, Some("cheap".to_owned())));
+    // Its scores header names only what it may call.
+    let scores = last_scores.lock().unwrap().clone();
+    assert!(
+        scores.starts_with("cheap=") && !scores.contains("strong-model"),
+        "{scores}"
+    );
     // A key without the router gets 403.
     let direct = generate(json!(["cheap"])).await;
     assert_eq!(ask_as(direct).await.0, 403);

@@ -182,6 +182,47 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), ArtifactErr
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
+/// The largest router data file read (2 GiB): a KNN index is held in memory.
+const MAX_DATA_BYTES: u64 = 2 << 30;
+
+/// Refuses manifest settings that would make loading or routing take
+/// unbounded memory (an `ef_search` in the billions allocates that much per
+/// query; a huge `hidden` allocates its weights before the file is read),
+/// and candidate names given twice.
+fn check_bounds(manifest: &Manifest) -> Result<(), ArtifactError> {
+    let over = |what: &str, value: usize, max: usize| {
+        (value > max).then(|| ArtifactError::Invalid(format!("{what} is {value}; at most {max} is accepted")))
+    };
+    let mut problems = vec![
+        over("dims", manifest.dims, 16_384),
+        (manifest.dims == 0).then(|| ArtifactError::Invalid("dims must be at least 1".into())),
+        over("the number of models", manifest.models.len(), 1_024),
+    ];
+    if let Some(knn) = &manifest.knn {
+        problems.push(over("knn.k", knn.k, 1_000));
+        problems.push(over("knn.ef_search", knn.ef_search, 100_000));
+        problems.push(over("knn.ef_construction", knn.ef_construction, 100_000));
+        problems.push(over("knn.max_connections", knn.max_connections, 256));
+    }
+    if let Some(mlp) = &manifest.mlp {
+        problems.push(over("mlp.hidden", mlp.hidden, 65_536));
+        problems.push(over(
+            "mlp weights (dims × hidden)",
+            manifest.dims.saturating_mul(mlp.hidden),
+            64 << 20,
+        ));
+    }
+    if let Some(problem) = problems.into_iter().flatten().next() {
+        return Err(problem);
+    }
+    let mut names: Vec<&String> = manifest.models.iter().collect();
+    names.sort_unstable();
+    if let Some(pair) = names.windows(2).find(|w| w[0] == w[1]) {
+        return Err(ArtifactError::Invalid(format!("model `{}` is listed twice", pair[0])));
+    }
+    Ok(())
+}
+
 impl LearnedRouter {
     /// Predicted score of each candidate model for one query embedding.
     pub fn predict(&self, embedding: &[f32]) -> Result<Vec<f32>, ArtifactError> {
@@ -230,7 +271,8 @@ impl LearnedRouter {
     pub fn load(dir: &Path) -> Result<Self, ArtifactError> {
         let path = dir.join("manifest.json");
         let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| io(&path, e))?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| ArtifactError::Invalid(format!("{} is not a valid manifest: {e}", path.display())))?;
         if manifest.format_version != FORMAT_VERSION {
             return Err(ArtifactError::Invalid(format!(
                 "format version {} (this build reads {FORMAT_VERSION})",
@@ -250,6 +292,18 @@ impl LearnedRouter {
         }
         if manifest.knn.as_ref().is_some_and(|k| k.k == 0) {
             return Err(ArtifactError::Invalid("knn.k must be at least 1".into()));
+        }
+        check_bounds(&manifest)?;
+        let data = dir.join(match manifest.kind {
+            PredictorKind::Knn => "knn.safetensors",
+            PredictorKind::Mlp => "mlp.safetensors",
+        });
+        let size = std::fs::metadata(&data).map_err(|e| io(&data, e))?.len();
+        if size > MAX_DATA_BYTES {
+            return Err(ArtifactError::Invalid(format!(
+                "{} is {size} bytes, more than the {MAX_DATA_BYTES} a router may hold",
+                data.display()
+            )));
         }
         let predictor = match manifest.kind {
             PredictorKind::Knn => {
@@ -401,7 +455,7 @@ mod tests {
                 .contains("mean_costs")
         );
         assert!(
-            knn(good, &|m| {
+            knn(good.clone(), &|m| {
                 if let Some(k) = m.knn.as_mut() {
                     k.k = 0;
                 }
@@ -409,6 +463,37 @@ mod tests {
             .unwrap_err()
             .contains("knn.k")
         );
+        // Settings that would take unbounded memory at load or per query.
+        assert!(
+            knn(good.clone(), &|m| {
+                if let Some(k) = m.knn.as_mut() {
+                    k.ef_search = 100_000_000_000;
+                }
+            })
+            .unwrap_err()
+            .contains("knn.ef_search")
+        );
+        assert!(
+            knn(good.clone(), &|m| {
+                if let Some(mlp) = m.mlp.as_mut() {
+                    mlp.hidden = 1_000_000_000;
+                }
+            })
+            .unwrap_err()
+            .contains("mlp.hidden")
+        );
+        assert!(
+            knn(good.clone(), &|m| m.models[1] = "a".into())
+                .unwrap_err()
+                .contains("listed twice")
+        );
+        // A manifest that does not parse is invalid, not unreadable.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("manifest.json"), b"{\"format_version\": 1,").unwrap();
+        assert!(matches!(
+            LearnedRouter::load(dir.path()),
+            Err(ArtifactError::Invalid(_))
+        ));
     }
 
     #[test]
