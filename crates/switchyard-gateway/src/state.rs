@@ -425,6 +425,24 @@ impl AppState {
     /// name, provider and upstream model).
     pub(crate) fn inherit(&mut self, old: &AppState, same_cache: bool) {
         self.started = old.started;
+        self.carry_live(old);
+        self.policy = old.policy.clone();
+        self.pending_policy = None;
+        self.default_max_tokens = old.default_max_tokens;
+        self.metrics = old.metrics.clone();
+        self.request_log = old.request_log.clone();
+        self.telemetry = old.telemetry.clone();
+        self.server = old.server.clone();
+        self.cut = old.cut.clone();
+        if same_cache {
+            self.cache = old.cache.clone();
+        }
+    }
+
+    /// Copies the live statistics and cooldowns of the deployments `old`
+    /// also has. A reload does it again right before the swap, so what the
+    /// old state saw while the new one was starting is not lost.
+    pub(crate) fn carry_live(&mut self, old: &AppState) {
         for name in self.registry.model_names() {
             let (Ok(new_group), Ok(old_group)) = (self.registry.group(name), old.registry.group(name)) else {
                 continue;
@@ -439,17 +457,6 @@ impl AppState {
                     self.cooldowns.carry_over(d.id, &old.cooldowns, before.id);
                 }
             }
-        }
-        self.policy = old.policy.clone();
-        self.pending_policy = None;
-        self.default_max_tokens = old.default_max_tokens;
-        self.metrics = old.metrics.clone();
-        self.request_log = old.request_log.clone();
-        self.telemetry = old.telemetry.clone();
-        self.server = old.server.clone();
-        self.cut = old.cut.clone();
-        if same_cache {
-            self.cache = old.cache.clone();
         }
     }
 
