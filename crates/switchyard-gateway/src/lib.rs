@@ -35,6 +35,17 @@ pub use state::AppState;
 
 /// Validates `config` against `env` and builds the shared state.
 pub fn build_state(config: &Config, env: &dyn config::EnvSource) -> Result<AppState, ConfigError> {
+    build_state_with(config, env, None)
+}
+
+/// [`build_state`] reusing an embedder already loaded with the same
+/// `embedder` settings (a reload that did not change them), rather than
+/// reading the model again.
+pub(crate) fn build_state_with(
+    config: &Config,
+    env: &dyn config::EnvSource,
+    embedder: Option<std::sync::Arc<switchyard_routing::embed::Embedder>>,
+) -> Result<AppState, ConfigError> {
     let models = config.validate(env)?;
     let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
     let mut issues = Vec::new();
@@ -47,7 +58,7 @@ pub fn build_state(config: &Config, env: &dyn config::EnvSource) -> Result<AppSt
     AppState::build(
         config.server.clone(),
         &config.router_settings,
-        &config.embedder,
+        (&config.embedder, embedder),
         &models,
         policy,
         cache.as_ref(),

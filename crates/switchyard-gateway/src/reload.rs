@@ -289,8 +289,13 @@ impl Live {
         let fetched = self.origin.fetch().await?;
         *tried = Some(fetched.fingerprint.clone());
         let config = parse(&fetched, &self.overrides)?;
-        let mut next = crate::build_state(&config, self.env.as_ref())?;
         let old = self.state.load_full();
+        // The same embedder settings: the model loaded already serves on
+        // (reading and building it again would hold a runtime thread, and
+        // drop its cache of embeddings).
+        let same_embedder = self.config.lock().0.embedder == config.embedder;
+        let reuse = old.embedder.clone().filter(|_| same_embedder);
+        let mut next = crate::build_state_with(&config, self.env.as_ref(), reuse)?;
         {
             let (previous, _) = &*self.config.lock();
             for (section, changed) in [

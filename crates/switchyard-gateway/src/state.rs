@@ -229,7 +229,7 @@ impl AppState {
     pub fn build(
         server: ServerConfig,
         router: &RouterSettings,
-        embedder: &EmbedderConfig,
+        (embedder, loaded): (&EmbedderConfig, Option<Arc<Embedder>>),
         models: &[ModelSpec],
         policy: PolicySpec,
         cache: Option<&crate::cache_config::CacheSpec>,
@@ -243,6 +243,8 @@ impl AppState {
             .collect();
         let embedder = if pending_routers.is_empty() && !semantic {
             None
+        } else if let Some(loaded) = loaded {
+            Some(loaded)
         } else {
             match Embedder::load(embedder) {
                 Ok(e) => Some(Arc::new(e)),

@@ -417,3 +417,54 @@ async fn a_stream_cut_at_the_drain_timeout_is_still_charged_and_logged() {
     assert_eq!(record["status"], 503, "the gateway cut it, not the client: {record}");
     assert_eq!(record["error_class"], "shutting_down");
 }
+
+/// A reload that leaves the `embedder` section alone keeps the embedder
+/// already loaded (and its cache of embeddings); one that changes it loads
+/// the model again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_keeps_the_loaded_embedder_unless_its_settings_change() {
+    use switchyard_gateway::reload::{Live, Origin, parse};
+    let model_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models/all-MiniLM-L6-v2")
+        .canonicalize()
+        .expect("the embedding model is missing: run `cargo xtask models fetch`");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.yaml");
+    let write = |cache_entries: u32, extra: &str| {
+        let yaml = format!(
+            "embedder:\n  model_dir: \"{}\"\n  cache_entries: {cache_entries}\ncache:\n  enabled: true\n  semantic:\n    a:\n      min_similarity: 0.9\nmodel_list:\n  - model_name: a\n    deployments:\n      - {{provider: mock, model: a-1}}\n{extra}",
+            model_dir.display()
+        );
+        std::fs::write(&path, yaml).unwrap();
+    };
+    write(100, "");
+    let origin = Origin::File(path.clone());
+    let fetched = origin.fetch().await.unwrap();
+    let overrides = switchyard_gateway::Overrides::default();
+    let config = parse(&fetched, &overrides).unwrap();
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let state = switchyard_gateway::build_state(&config, &env).unwrap();
+    let live = Live::new(origin, overrides, Box::new(env), config, fetched.fingerprint, state);
+    let first = live
+        .state()
+        .embedder
+        .clone()
+        .expect("the semantic cache needs an embedder");
+
+    write(100, MODEL_B);
+    assert!(live.reload("test", false).await.unwrap());
+    let kept = live.state().embedder.clone().unwrap();
+    assert!(Arc::ptr_eq(&first, &kept), "the same embedder serves on");
+    assert_eq!(models_of(&live), ["a", "b"]);
+
+    write(200, MODEL_B);
+    assert!(live.reload("test", false).await.unwrap());
+    let reloaded = live.state().embedder.clone().unwrap();
+    assert!(!Arc::ptr_eq(&first, &reloaded), "new settings load the model again");
+}
+
+fn models_of(live: &switchyard_gateway::reload::Live) -> Vec<String> {
+    let mut names: Vec<String> = live.state().registry.model_names().map(str::to_owned).collect();
+    names.sort();
+    names
+}
