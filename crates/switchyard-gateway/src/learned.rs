@@ -11,7 +11,7 @@
 //! the previous router keeps serving. Requests read the current router once,
 //! so a swap never affects a request already routed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -234,8 +234,9 @@ fn local_version(manifest: &Path) -> Result<String, String> {
 /// A validated router with its candidates resolved to model groups.
 #[derive(Debug)]
 pub struct Loaded {
-    /// The router.
-    pub router: LearnedRouter,
+    /// The router (shared with the route of a configuration that replaced
+    /// this one's, when the router did not change).
+    pub router: Arc<LearnedRouter>,
     /// Model group of each of the router's models, in prediction order.
     pub groups: Vec<String>,
     /// The version it was loaded at (modification time and size, or ETag).
@@ -341,7 +342,7 @@ impl LearnedRoute {
         }
     }
 
-    fn validate(&self, router: LearnedRouter, version: String) -> Result<Loaded, String> {
+    fn validate(&self, router: Arc<LearnedRouter>, version: String) -> Result<Loaded, String> {
         let m = &router.manifest;
         if m.embedder != self.embedder.id() {
             return Err(format!(
@@ -413,7 +414,7 @@ impl LearnedRoute {
                 return Err(error);
             }
         };
-        match self.validate(router, version.clone()) {
+        match self.validate(Arc::new(router), version.clone()) {
             Ok(loaded) => {
                 tracing::info!(router = %self.name, %version, data_hash = %loaded.router.manifest.data_hash, "router artifact loaded");
                 self.current.store(Some(Arc::new(loaded)));
@@ -432,6 +433,34 @@ impl LearnedRoute {
                 });
                 Err(LoadError::Rejected { location, reason })
             }
+        }
+    }
+
+    /// Takes over what `old` (the same router in the configuration this one
+    /// replaces: same artifact location and S3 settings, same embedder) has
+    /// loaded, checked against this configuration's groups, and its reload
+    /// status, so a version it rejected is not tried again. `false` when
+    /// there is nothing to take or it does not fit: the artifact is then
+    /// loaded afresh.
+    pub(crate) fn adopt(&self, old: &LearnedRoute) -> bool {
+        if old.spec.location != self.spec.location
+            || old.spec.s3 != self.spec.s3
+            || !Arc::ptr_eq(&old.embedder, &self.embedder)
+        {
+            return false;
+        }
+        let Some(current) = old.current() else {
+            return false;
+        };
+        match self.validate(current.router.clone(), current.version.clone()) {
+            Ok(mut loaded) => {
+                loaded.loaded_at = current.loaded_at;
+                self.current.store(Some(Arc::new(loaded)));
+                let status = old.status();
+                self.update_status(|s| *s = status);
+                true
+            }
+            Err(_) => false,
         }
     }
 
@@ -566,8 +595,22 @@ impl Live<'_> {
 
 /// Loads every router once (a failure fails start-up) and starts watching them.
 pub async fn start(routes: &[Arc<LearnedRoute>]) -> Result<(), LoadError> {
+    start_after(routes, &HashMap::new()).await
+}
+
+/// [`start`] for a reloaded configuration: a route whose router did not
+/// change takes over what the route it replaces (same name in `old`) has
+/// loaded, rather than reading the artifact again (which fails the reload if
+/// the store now holds a version the running router rejected).
+pub(crate) async fn start_after(
+    routes: &[Arc<LearnedRoute>],
+    old: &HashMap<String, Arc<LearnedRoute>>,
+) -> Result<(), LoadError> {
     for route in routes {
-        route.reload().await?;
+        let adopted = old.get(&route.name).is_some_and(|before| route.adopt(before));
+        if !adopted {
+            route.reload().await?;
+        }
         route.watch();
     }
     Ok(())

@@ -314,7 +314,7 @@ impl Live {
                 previous.cache == config.cache && previous.embedder == config.embedder,
             );
         }
-        next.start_learned().await.map_err(|e| match e {
+        next.start_learned_after(Some(&old)).await.map_err(|e| match e {
             crate::learned::LoadError::Read { .. } => ReloadError::Unavailable(e.to_string()),
             crate::learned::LoadError::Rejected { .. } => ReloadError::Start(e.to_string()),
         })?;

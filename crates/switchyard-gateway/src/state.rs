@@ -398,6 +398,12 @@ impl AppState {
     /// Loads every learned router's artifact (a failure is returned, for
     /// start-up to fail) and starts watching them for new versions.
     pub async fn start_learned(&mut self) -> Result<(), LoadError> {
+        self.start_learned_after(None).await
+    }
+
+    /// [`AppState::start_learned`] for a reloaded configuration: routers
+    /// that did not change take over what `old`'s have loaded.
+    pub(crate) async fn start_learned_after(&mut self, old: Option<&AppState>) -> Result<(), LoadError> {
         let Some(embedder) = self.embedder.clone() else {
             return Ok(());
         };
@@ -408,7 +414,10 @@ impl AppState {
             routes.push(route.clone());
             self.learned.insert(name, route);
         }
-        crate::learned::start(&routes).await
+        match old {
+            Some(old) => crate::learned::start_after(&routes, &old.learned).await,
+            None => crate::learned::start(&routes).await,
+        }
     }
 
     /// Opens the policy store: replays the local files, or connects to

@@ -555,6 +555,23 @@ async fn a_new_artifact_is_swapped_in_under_load_and_bad_ones_are_rejected() {
     assert_eq!(state["current"]["data_hash"], "version-b", "{state}");
     assert_eq!(state["status"]["loads"], 2, "{state}");
 
+    // A configuration reload keeps the router the route has loaded: the
+    // broken version in the store does not make the reload fail.
+    gw.signal("HUP");
+    for _ in 0..200 {
+        let logs = gw.logs();
+        if logs.iter().any(|l| l.contains("configuration reloaded")) {
+            break;
+        }
+        assert!(!logs.iter().any(|l| l.contains("configuration rejected")), "{logs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let state = wait_for(&base, "the reloaded route", |s| {
+        s["current"]["data_hash"] == "version-b"
+    })
+    .await;
+    assert_eq!(state["status"]["rejected"], 2, "the rejection carries over: {state}");
+
     let before_stop = ok.load(Ordering::Relaxed);
     while ok.load(Ordering::Relaxed) < before_stop + 10 {
         tokio::time::sleep(Duration::from_millis(20)).await;
