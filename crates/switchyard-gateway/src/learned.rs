@@ -13,6 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -163,21 +164,34 @@ impl Source {
         }
     }
 
-    /// Reads the artifact; returns it with the version it was read at.
-    async fn load(&self) -> Result<(LearnedRouter, String), ReadFailure> {
+    /// Reads the artifact; returns it with the version it was read at, or
+    /// why not with the version it was read at (when known). A version that
+    /// changed while it was read is `Changed`, never blamed for a failure.
+    /// `building` is set while the router is built on a blocking thread,
+    /// which goes on even if this future is dropped.
+    async fn load(&self, building: &Arc<AtomicBool>) -> Result<(LearnedRouter, String), (ReadFailure, Option<String>)> {
+        let unknown = |failure: ReadFailure| (failure, None);
         match self {
             Source::Local(dir) => {
-                let before = local_version(&dir.join("manifest.json")).map_err(ReadFailure::Unreachable)?;
+                let before =
+                    local_version(&dir.join("manifest.json")).map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
                 let path = dir.clone();
-                let router = tokio::task::spawn_blocking(move || LearnedRouter::load(&path))
-                    .await
-                    .map_err(|e| ReadFailure::Invalid(e.to_string()))?
-                    .map_err(load_failure)?;
-                let after = local_version(&dir.join("manifest.json")).map_err(ReadFailure::Unreachable)?;
+                let guard = Building::start(building);
+                let result = tokio::task::spawn_blocking(move || {
+                    let _guard = guard;
+                    LearnedRouter::load(&path)
+                })
+                .await
+                .map_err(|e| unknown(ReadFailure::Invalid(e.to_string())))?;
+                let after =
+                    local_version(&dir.join("manifest.json")).map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
                 if before != after {
-                    return Err(ReadFailure::Changed);
+                    return Err(unknown(ReadFailure::Changed));
                 }
-                Ok((router, before))
+                match result {
+                    Ok(router) => Ok((router, before)),
+                    Err(e) => Err((load_failure(e), Some(before))),
+                }
             }
             Source::S3 { client, bucket, prefix } => {
                 let get = |file: &'static str| async move {
@@ -197,15 +211,25 @@ impl Source {
                         .into_bytes();
                     Ok::<_, String>((bytes, etag))
                 };
-                let (manifest_bytes, etag) = get("manifest.json").await.map_err(ReadFailure::Unreachable)?;
+                let (manifest_bytes, etag) = get("manifest.json")
+                    .await
+                    .map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
+                let read_at = Some(etag.clone());
                 let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-                    .map_err(|e| ReadFailure::Invalid(format!("manifest.json: {e}")))?;
+                    .map_err(|e| (ReadFailure::Invalid(format!("manifest.json: {e}")), read_at.clone()))?;
                 let data_file = match manifest.kind {
                     PredictorKind::Knn => "knn.safetensors",
                     PredictorKind::Mlp => "mlp.safetensors",
                 };
-                let (data, _) = get(data_file).await.map_err(ReadFailure::Unreachable)?;
+                let (data, _) = get(data_file).await.map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
+                // A manifest replaced while the data was fetched may not
+                // describe that data: read both again at the next poll.
+                if self.version().await.map_err(|e| unknown(ReadFailure::Unreachable(e)))? != etag {
+                    return Err(unknown(ReadFailure::Changed));
+                }
+                let guard = Building::start(building);
                 let router = tokio::task::spawn_blocking(move || {
+                    let _guard = guard;
                     let local = |e: std::io::Error| ReadFailure::Unreachable(format!("a temporary copy: {e}"));
                     let dir = tempfile::tempdir().map_err(local)?;
                     std::fs::write(dir.path().join(data_file), &data).map_err(local)?;
@@ -214,10 +238,28 @@ impl Source {
                     LearnedRouter::load(dir.path()).map_err(|e| ReadFailure::Invalid(e.to_string()))
                 })
                 .await
-                .map_err(|e| ReadFailure::Invalid(e.to_string()))??;
+                .map_err(|e| ReadFailure::Invalid(e.to_string()))
+                .and_then(|built| built)
+                .map_err(|failure| (failure, read_at))?;
                 Ok((router, etag))
             }
         }
+    }
+}
+
+/// Marks a route as building a router until the blocking build ends.
+struct Building(Arc<AtomicBool>);
+
+impl Building {
+    fn start(flag: &Arc<AtomicBool>) -> Self {
+        flag.store(true, Ordering::Release);
+        Building(flag.clone())
+    }
+}
+
+impl Drop for Building {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
     }
 }
 
@@ -304,6 +346,8 @@ pub struct LearnedRoute {
     /// Model groups with deployments, which candidates must map to.
     groups: HashSet<String>,
     embedder: Arc<Embedder>,
+    /// A router is being built (it may outlive a poll that timed out).
+    building: Arc<AtomicBool>,
 }
 
 impl LearnedRoute {
@@ -323,6 +367,7 @@ impl LearnedRoute {
             status: Mutex::new(RouterStatus::default()),
             groups,
             embedder,
+            building: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -385,18 +430,19 @@ impl LearnedRoute {
     /// Loads the artifact's current version, validates it and swaps it in.
     pub async fn reload(&self) -> Result<(), LoadError> {
         let location = self.spec.location.to_string();
-        let (router, version) = match self.source.load().await {
+        let (router, version) = match self.source.load(&self.building).await {
             Ok(loaded) => loaded,
-            Err(failure @ ReadFailure::Changed) => {
+            Err((failure @ ReadFailure::Changed, _)) => {
                 return Err(LoadError::Read {
                     location,
                     reason: failure.to_string(),
                 });
             }
-            Err(failure) => {
+            Err((failure, read_at)) => {
                 // A broken upload is not fixed by reading it again: it waits
                 // for the manifest to change. One that could not be read is
-                // tried again after a while.
+                // tried again after a while. The version held is the one
+                // that was read, not whatever the store holds by now.
                 let unreachable = matches!(failure, ReadFailure::Unreachable(_));
                 let reason = failure.to_string();
                 let error = if unreachable {
@@ -404,7 +450,10 @@ impl LearnedRoute {
                 } else {
                     LoadError::Rejected { location, reason }
                 };
-                let version = self.source.version().await.ok();
+                let version = match read_at {
+                    Some(version) => Some(version),
+                    None => self.source.version().await.ok(),
+                };
                 self.update_status(|s| {
                     s.rejected += 1;
                     s.rejected_version = version;
@@ -466,6 +515,10 @@ impl LearnedRoute {
 
     /// Checks the manifest and reloads when it changed.
     async fn poll(&self) {
+        if self.building.load(Ordering::Acquire) {
+            // The last build is still running (its poll timed out): one at a time.
+            return;
+        }
         let version = self.source.version().await;
         self.update_status(|s| s.last_checked = Some(unix_now()));
         let version = match version {
