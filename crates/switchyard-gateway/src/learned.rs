@@ -159,7 +159,11 @@ impl Source {
                     .send()
                     .await
                     .map_err(|e| aws_reason(&e))?;
-                Ok(head.e_tag().unwrap_or_default().trim_matches('"').to_owned())
+                Ok(object_version(
+                    head.e_tag(),
+                    head.last_modified(),
+                    head.content_length(),
+                ))
             }
         }
     }
@@ -202,7 +206,7 @@ impl Source {
                         .send()
                         .await
                         .map_err(|e| format!("{file}: {}", aws_reason(&e)))?;
-                    let etag = object.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+                    let etag = object_version(object.e_tag(), object.last_modified(), object.content_length());
                     let bytes = object
                         .body
                         .collect()
@@ -244,6 +248,23 @@ impl Source {
                 Ok((router, etag))
             }
         }
+    }
+}
+
+/// An S3 object's version: its ETag, or, from a store that sends none, its
+/// modification time and size (an empty version would never change).
+pub(crate) fn object_version(
+    e_tag: Option<&str>,
+    last_modified: Option<&aws_sdk_s3::primitives::DateTime>,
+    length: Option<i64>,
+) -> String {
+    match e_tag.map(|t| t.trim_matches('"')).filter(|t| !t.is_empty()) {
+        Some(tag) => tag.to_owned(),
+        None => format!(
+            "{}-{}",
+            last_modified.map_or(0, aws_sdk_s3::primitives::DateTime::as_nanos),
+            length.unwrap_or(-1)
+        ),
     }
 }
 
@@ -667,4 +688,20 @@ pub(crate) async fn start_after(
         route.watch();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_object_without_an_etag_is_versioned_by_time_and_size() {
+        assert_eq!(object_version(Some("\"abc\""), None, Some(3)), "abc");
+        let at = aws_sdk_s3::primitives::DateTime::from_secs(1_700_000_000);
+        let later = aws_sdk_s3::primitives::DateTime::from_secs(1_700_000_001);
+        let v1 = object_version(None, Some(&at), Some(10));
+        assert!(!v1.is_empty());
+        assert_ne!(v1, object_version(Some(""), Some(&later), Some(10)));
+        assert_ne!(v1, object_version(None, Some(&at), Some(11)));
+    }
 }

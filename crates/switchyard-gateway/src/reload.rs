@@ -115,7 +115,8 @@ impl Origin {
                 let object = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| {
                     ReloadError::Fetch(format!("s3://{bucket}/{key}: {}", crate::learned::aws_reason(&e)))
                 })?;
-                let etag = object.e_tag().unwrap_or_default().trim_matches('"').to_owned();
+                let etag =
+                    crate::learned::object_version(object.e_tag(), object.last_modified(), object.content_length());
                 let bytes = object
                     .body
                     .collect()
@@ -141,7 +142,7 @@ impl Origin {
                 .key(key)
                 .send()
                 .await
-                .map(|h| h.e_tag().unwrap_or_default().trim_matches('"').to_owned())
+                .map(|h| crate::learned::object_version(h.e_tag(), h.last_modified(), h.content_length()))
                 .map_err(|e| ReloadError::Fetch(format!("s3://{bucket}/{key}: {}", crate::learned::aws_reason(&e)))),
             other => other.fetch().await.map(|f| f.fingerprint),
         }
