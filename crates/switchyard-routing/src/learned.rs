@@ -125,7 +125,9 @@ pub enum Objective {
 pub fn decide(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Objective) -> Option<usize> {
     let ok = |j: &usize| allowed.get(*j).copied().unwrap_or(false);
     let n = scores.len().min(costs.len());
-    let max_cost = (0..n).filter(ok).map(|j| costs[j]).fold(0.0f64, f64::max);
+    // Costs are scaled by the dearest of all candidates, allowed or not, so
+    // that λ means the same whichever are available now (and in `eval`).
+    let max_cost = costs[..n].iter().copied().fold(0.0f64, f64::max);
     let norm = |j: usize| if max_cost > 0.0 { costs[j] / max_cost } else { 0.0 };
     let best_by = |key: &dyn Fn(usize) -> f64| {
         (0..n).filter(ok).max_by(|&a, &b| {
@@ -154,7 +156,7 @@ pub fn rank(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Objectiv
     };
     let n = scores.len().min(costs.len());
     let ok = |j: usize| allowed.get(j).copied().unwrap_or(false);
-    let max_cost = (0..n).filter(|&j| ok(j)).map(|j| costs[j]).fold(0.0f64, f64::max);
+    let max_cost = costs[..n].iter().copied().fold(0.0f64, f64::max);
     let lambda = match objective {
         Objective::Tradeoff { lambda } => lambda,
         Objective::Threshold { .. } => 0.0,
@@ -510,10 +512,22 @@ mod tests {
             vec![1, 0, 2]
         );
         assert_eq!(
-            rank(&scores, &costs, &allowed, Objective::Tradeoff { lambda: 5.0 }),
+            rank(&scores, &costs, &allowed, Objective::Tradeoff { lambda: 10.0 }),
             vec![2, 1, 0]
         );
         assert!(rank(&scores, &costs, &[false; 4], Objective::Tradeoff { lambda: 0.0 }).is_empty());
+    }
+
+    #[test]
+    fn lambda_means_the_same_whichever_candidates_are_allowed() {
+        let scores = [0.9f32, 0.6, 0.45];
+        let costs = [10.0, 2.0, 0.1];
+        let lambda = Objective::Tradeoff { lambda: 0.2 };
+        assert_eq!(decide(&scores, &costs, &[true, true, true], lambda), Some(0));
+        // Without the dearest model, costs are still scaled by its cost:
+        // 0.6 − 0.2 × 0.2 beats 0.45 − 0.2 × 0.01.
+        assert_eq!(decide(&scores, &costs, &[false, true, true], lambda), Some(1));
+        assert_eq!(rank(&scores, &costs, &[false, true, true], lambda), vec![1, 2]);
     }
 
     #[test]
