@@ -88,8 +88,9 @@ fn load_failure(e: switchyard_routing::learned::ArtifactError) -> ReadFailure {
     }
 }
 
-/// How long one check (and reload) of an artifact may take.
-const POLL_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long one read from S3 (a manifest check, or one file) may take. The
+/// build of a router that was read is not bounded: it runs to the end.
+const S3_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn unix_now() -> u64 {
     SystemTime::now()
@@ -152,13 +153,17 @@ impl Source {
         match self {
             Source::Local(dir) => local_version(&dir.join("manifest.json")),
             Source::S3 { client, bucket, prefix } => {
-                let head = client
-                    .head_object()
-                    .bucket(bucket)
-                    .key(Self::key(prefix, "manifest.json"))
-                    .send()
-                    .await
-                    .map_err(|e| aws_reason(&e))?;
+                let head = tokio::time::timeout(
+                    S3_TIMEOUT,
+                    client
+                        .head_object()
+                        .bucket(bucket)
+                        .key(Self::key(prefix, "manifest.json"))
+                        .send(),
+                )
+                .await
+                .map_err(|_| "the store did not answer in time".to_owned())?
+                .map_err(|e| aws_reason(&e))?;
                 Ok(object_version(
                     head.e_tag(),
                     head.last_modified(),
@@ -199,21 +204,25 @@ impl Source {
             }
             Source::S3 { client, bucket, prefix } => {
                 let get = |file: &'static str| async move {
-                    let object = client
-                        .get_object()
-                        .bucket(bucket)
-                        .key(Self::key(prefix, file))
-                        .send()
-                        .await
-                        .map_err(|e| format!("{file}: {}", aws_reason(&e)))?;
-                    let etag = object_version(object.e_tag(), object.last_modified(), object.content_length());
-                    let bytes = object
-                        .body
-                        .collect()
-                        .await
-                        .map_err(|e| format!("{file}: {e}"))?
-                        .into_bytes();
-                    Ok::<_, String>((bytes, etag))
+                    tokio::time::timeout(S3_TIMEOUT, async move {
+                        let object = client
+                            .get_object()
+                            .bucket(bucket)
+                            .key(Self::key(prefix, file))
+                            .send()
+                            .await
+                            .map_err(|e| format!("{file}: {}", aws_reason(&e)))?;
+                        let etag = object_version(object.e_tag(), object.last_modified(), object.content_length());
+                        let bytes = object
+                            .body
+                            .collect()
+                            .await
+                            .map_err(|e| format!("{file}: {e}"))?
+                            .into_bytes();
+                        Ok::<_, String>((bytes, etag))
+                    })
+                    .await
+                    .map_err(|_| format!("{file}: the store did not answer in time"))?
                 };
                 let (manifest_bytes, etag) = get("manifest.json")
                     .await
@@ -327,6 +336,10 @@ pub struct RouterStatus {
     /// When the rejected version could not be read.
     #[serde(skip)]
     read_failed_at: Option<std::time::Instant>,
+    /// The rejected version was read whole and did not fit the
+    /// configuration (rather than being broken itself).
+    #[serde(skip)]
+    rejected_by_config: bool,
 }
 
 /// How long a version that could not be read waits before it is read again.
@@ -479,6 +492,7 @@ impl LearnedRoute {
                     s.rejected += 1;
                     s.rejected_version = version;
                     s.read_failed_at = unreachable.then(std::time::Instant::now);
+                    s.rejected_by_config = false;
                     s.last_error = Some(error.to_string());
                 });
                 return Err(error);
@@ -499,6 +513,7 @@ impl LearnedRoute {
                     s.rejected += 1;
                     s.rejected_version = Some(version);
                     s.read_failed_at = None;
+                    s.rejected_by_config = true;
                     s.last_error = Some(reason.clone());
                 });
                 Err(LoadError::Rejected { location, reason })
@@ -513,7 +528,9 @@ impl LearnedRoute {
     /// there is nothing to take or it does not fit: the artifact is then
     /// loaded afresh.
     pub(crate) fn adopt(&self, old: &LearnedRoute) -> bool {
-        if old.spec.location != self.spec.location
+        // Without polling, a reload is how a new version is read.
+        if self.spec.poll_interval.is_none()
+            || old.spec.location != self.spec.location
             || old.spec.s3 != self.spec.s3
             || !Arc::ptr_eq(&old.embedder, &self.embedder)
         {
@@ -526,7 +543,13 @@ impl LearnedRoute {
             Ok(mut loaded) => {
                 loaded.loaded_at = current.loaded_at;
                 self.current.store(Some(Arc::new(loaded)));
-                let status = old.status();
+                let mut status = old.status();
+                // A version that did not fit the old configuration may fit
+                // this one: the poller tries it again.
+                if status.rejected_by_config {
+                    status.rejected_version = None;
+                    status.rejected_by_config = false;
+                }
                 self.update_status(|s| *s = status);
                 true
             }
@@ -576,9 +599,7 @@ impl LearnedRoute {
                 let Some(route) = weak.upgrade() else {
                     break;
                 };
-                if tokio::time::timeout(POLL_TIMEOUT, route.poll()).await.is_err() {
-                    tracing::warn!(router = %route.name, "checking the router artifact timed out");
-                }
+                route.poll().await;
             }
         });
     }

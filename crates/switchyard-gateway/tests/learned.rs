@@ -588,6 +588,44 @@ async fn a_new_artifact_is_swapped_in_under_load_and_bad_ones_are_rejected() {
     assert!(gw.logs().iter().any(|l| l.contains("new router artifact not loaded")));
 }
 
+/// A version rejected because the configuration did not map one of its
+/// models is loaded once a reload adds the mapping.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_the_configuration_did_not_fit_loads_once_it_does() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let artifact = dir.path().display().to_string();
+    let gw = GatewayProcess::start(
+        Path::new(BIN),
+        &config(&artifact, "      poll_interval_ms: 100", STRONG_MOCK),
+    );
+    let base = gw.base_url();
+    trainer
+        .router(
+            "version-c",
+            &["strong", "mystery"],
+            &[10.0, 1.0],
+            &[1.0, 0.0],
+            &[1.0, 1.0],
+        )
+        .save(dir.path())
+        .unwrap();
+    let state = wait_for(&base, "the rejection", |s| s["status"]["rejected"] == 1).await;
+    assert_eq!(state["current"]["data_hash"], "version-a", "{state}");
+    std::fs::write(
+        gw.config_path(),
+        config(
+            &artifact,
+            "        mystery: cheap\n      poll_interval_ms: 100",
+            STRONG_MOCK,
+        ),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    wait_for(&base, "version c", |s| s["current"]["data_hash"] == "version-c").await;
+}
+
 #[test]
 fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     let trainer = Trainer::new();

@@ -232,7 +232,11 @@ impl LocalStore {
         let _writing = self.key_writes.lock();
         match self.state.lock().keys.get(&record.token) {
             None => return Ok(KeyWrite::Missing),
-            Some(current) if current.revision != read => return Ok(KeyWrite::Changed),
+            // Another key under the same value (deleted and made again) is
+            // not the one that was read, whatever its revision.
+            Some(current) if current.revision != read || current.key_id != record.key_id => {
+                return Ok(KeyWrite::Changed);
+            }
             Some(_) => {}
         }
         self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
@@ -250,7 +254,9 @@ impl LocalStore {
             let state = self.state.lock();
             match state.keys.get(old) {
                 None => return Ok(KeyWrite::Missing),
-                Some(current) if current.revision != read => return Ok(KeyWrite::Changed),
+                Some(current) if current.revision != read || current.key_id != record.key_id => {
+                    return Ok(KeyWrite::Changed);
+                }
                 Some(_) => {}
             }
             if state.keys.contains_key(&record.token) {
@@ -581,18 +587,30 @@ mod tests {
             "a deleted key is not brought back"
         );
         assert!(store.key(&record.token).is_none());
+        // The same value made again is another key: a change read from the
+        // first is not stored over it.
+        let mut again = record.clone();
+        again.key_id = "key-made-again".into();
+        assert!(store.insert_key(again).unwrap());
+        assert_eq!(store.replace_key(0, record.clone()).unwrap(), KeyWrite::Changed);
+        assert!(store.delete_key(&record.token).unwrap());
 
         // A rename moves the key in one step, once.
         assert!(store.insert_key(record.clone()).unwrap());
         let taken = KeyRecord::new("sk-local-store-test-000002", 0, false);
         assert!(store.insert_key(taken.clone()).unwrap());
+        // A regenerated key keeps its id under a new value.
+        let moved_to = |token: &str| KeyRecord {
+            token: token.to_owned(),
+            ..record.clone()
+        };
         assert_eq!(
-            store.rename_key(&record.token, 0, taken.clone()).unwrap(),
+            store.rename_key(&record.token, 0, moved_to(&taken.token)).unwrap(),
             KeyWrite::Taken,
             "the new token is taken"
         );
         assert!(store.key(&record.token).is_some(), "a refused rename keeps the old key");
-        let new = KeyRecord::new("sk-local-store-test-000003", 0, false);
+        let new = moved_to(&KeyRecord::new("sk-local-store-test-000003", 0, false).token);
         assert_eq!(store.rename_key(&record.token, 0, new.clone()).unwrap(), KeyWrite::Done);
         assert!(store.key(&record.token).is_none() && store.key(&new.token).is_some());
         assert_eq!(

@@ -1120,8 +1120,11 @@ impl Policy {
             };
             match written {
                 KeyWrite::Done => return Ok(record),
-                KeyWrite::Missing | KeyWrite::Taken => return Err(PolicyError::NotFound { what: "Key" }),
-                KeyWrite::Changed => {}
+                // Gone, or regenerated meanwhile: a key named by its id is
+                // found again under its new value; one named by a value that
+                // no longer works is not found.
+                KeyWrite::Missing | KeyWrite::Changed => {}
+                KeyWrite::Taken => return Err(PolicyError::NotFound { what: "Key" }),
             }
         }
         Err(busy_key())

@@ -367,8 +367,9 @@ impl RedisStore {
     }
 
     /// The revision-checked key write: `old`'s record, if at revision
-    /// `read`, becomes `record` under `record.token` (the same token, or a
-    /// new one that must be free).
+    /// `read` and still the key `record.key_id` (not one deleted and made
+    /// again with the same value), becomes `record` under `record.token`
+    /// (the same token, or a new one that must be free).
     async fn write_key(&self, old: &str, read: u64, record: &KeyRecord) -> Result<KeyWrite, StoreDown> {
         let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
         let script = redis::Script::new(
@@ -376,9 +377,12 @@ impl RedisStore {
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local ok, rec = pcall(cjson.decode, cur)
-local rev = 0
-if ok and type(rec) == 'table' and type(rec.revision) == 'number' then rev = rec.revision end
-if rev ~= tonumber(ARGV[2]) then return -1 end
+local rev, id = 0, nil
+if ok and type(rec) == 'table' then
+  if type(rec.revision) == 'number' then rev = rec.revision end
+  id = rec.key_id
+end
+if rev ~= tonumber(ARGV[2]) or id ~= ARGV[5] then return -1 end
 if ARGV[3] ~= ARGV[1] then
   if redis.call('HEXISTS', KEYS[1], ARGV[3]) == 1 then return -2 end
   redis.call('HSET', KEYS[1], ARGV[3], ARGV[4])
@@ -389,7 +393,12 @@ end
 return 1",
         );
         let mut invocation = script.key(self.name("keys"));
-        invocation.arg(old).arg(read).arg(&record.token).arg(json);
+        invocation
+            .arg(old)
+            .arg(read)
+            .arg(&record.token)
+            .arg(json)
+            .arg(&record.key_id);
         let n: i64 = self.run(invocation).await?;
         Ok(match n {
             1 => KeyWrite::Done,

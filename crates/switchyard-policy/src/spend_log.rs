@@ -14,7 +14,7 @@
 //! A crash at any step loses nothing and counts nothing twice: a segment
 //! the summary does not hold yet (`n > through`) is added at the next start.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -221,8 +221,15 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
+/// A segment's lines; bytes that are not UTF-8 are replaced (the line then
+/// fails to parse and is skipped), so one damaged record costs only itself.
 fn read_lines(path: &Path) -> io::Result<Vec<String>> {
-    BufReader::new(std::fs::File::open(path)?).lines().collect()
+    let bytes = std::fs::read(path)?;
+    Ok(bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .collect())
 }
 
 /// Adds the segments the summary does not hold yet to it, writes it, and

@@ -465,15 +465,23 @@ async fn redis_key_writes_are_conditional() {
     assert!(store.insert_key(&record).await.unwrap());
     let taken = KeyRecord::new("sk-redis-store-test-000002", 0, false);
     assert!(store.insert_key(&taken).await.unwrap());
+    let onto_taken = KeyRecord {
+        token: taken.token.clone(),
+        ..record.clone()
+    };
     assert_eq!(
-        store.rename_key(&record.token, 0, &taken).await.unwrap(),
+        store.rename_key(&record.token, 0, &onto_taken).await.unwrap(),
         KeyWrite::Taken
     );
     assert!(
         store.key(&record.token).await.unwrap().is_some(),
         "a refused rename keeps the old key"
     );
-    let new = KeyRecord::new("sk-redis-store-test-000003", 0, false);
+    // A regenerated key keeps its id under a new value.
+    let new = KeyRecord {
+        token: KeyRecord::new("sk-redis-store-test-000003", 0, false).token,
+        ..record.clone()
+    };
     assert_eq!(store.rename_key(&record.token, 0, &new).await.unwrap(), KeyWrite::Done);
     assert!(store.key(&record.token).await.unwrap().is_none());
     assert!(store.key(&new.token).await.unwrap().is_some());
@@ -499,6 +507,11 @@ async fn redis_key_writes_are_conditional() {
     );
     let kept = store.key(&new.token).await.unwrap().unwrap();
     assert!(kept.limits.blocked && kept.key_alias.is_none() && kept.revision == 1);
+    // The same value made again is another key (another `key_id`).
+    let mut other = kept.clone();
+    other.key_id = "key-made-again".into();
+    other.revision = 2;
+    assert_eq!(store.replace_key(1, &other).await.unwrap(), KeyWrite::Changed);
 
     // Teams: created once, changed only while they exist.
     let team = switchyard_policy::TeamRecord {
