@@ -61,6 +61,12 @@ pub struct GatewayBenchArgs {
     /// Also write the markdown report to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Hold each measured run at this many requests per second (open loop,
+    /// below what the machine can serve) rather than sending as fast as the
+    /// connections allow: latency then shows the work per request, not the
+    /// queue of a saturated machine.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
 }
 
 /// Runs the selected benchmark.
@@ -271,6 +277,7 @@ fn gateway_bench(args: &GatewayBenchArgs) -> Result<()> {
                 url: &url,
                 body: &body,
                 concurrency: args.concurrency.iter().copied().max().unwrap_or(8).max(8),
+                rate: None,
             };
             oha.warm_up(&load, WARM_UP_REQUESTS)?;
         }
@@ -281,8 +288,12 @@ fn gateway_bench(args: &GatewayBenchArgs) -> Result<()> {
     for scenario in SCENARIOS {
         for &concurrency in &args.concurrency {
             header(&format!(
-                "{} at concurrency {concurrency} ({}s per side)",
-                scenario.name, args.duration
+                "{} at concurrency {concurrency} ({}s per side{})",
+                scenario.name,
+                args.duration,
+                args.rate
+                    .map(|r| format!(", held at {r} requests/s"))
+                    .unwrap_or_default()
             ));
             let direct_url = format!("{}{}", mock.url(), scenario.path);
             let gateway_url = format!("{}{}", gateway.url(), scenario.path);
@@ -292,11 +303,13 @@ fn gateway_bench(args: &GatewayBenchArgs) -> Result<()> {
                 url: &direct_url,
                 body: &direct_body,
                 concurrency,
+                rate: args.rate,
             };
             let gateway_load = Load {
                 url: &gateway_url,
                 body: &gateway_body,
                 concurrency,
+                rate: args.rate,
             };
             // Alternate which side runs first to spread thermal and cache effects.
             let (direct, through_gateway) = if run_index.is_multiple_of(2) {
@@ -329,7 +342,7 @@ fn gateway_bench(args: &GatewayBenchArgs) -> Result<()> {
     let gateway_rss = gateway.rss_mib()?;
     let mock_rss = mock.rss_mib()?;
 
-    let report = render_report(&rows, ttfb_direct, ttfb_gateway, gateway_rss, mock_rss)?;
+    let report = render_report(&rows, args.rate, ttfb_direct, ttfb_gateway, gateway_rss, mock_rss)?;
     println!();
     println!("{report}");
     if let Some(out) = &args.out {
@@ -426,12 +439,19 @@ fn measure_ttfb(authority: &str, model: &str) -> Result<Ttfb> {
 /// Renders the markdown report: the table, TTFB lines and memory usage.
 fn render_report(
     rows: &[Row],
+    rate: Option<u32>,
     ttfb_direct: Ttfb,
     ttfb_gateway: Ttfb,
     gateway_rss: f64,
     mock_rss: f64,
 ) -> Result<String> {
     let mut out = String::new();
+    if let Some(rate) = rate {
+        writeln!(
+            out,
+            "Each measured run held at {rate} requests/s (open loop); without `--rate`, as fast as the connections go.\n"
+        )?;
+    }
     writeln!(
         out,
         "| scenario | c | direct rps | gateway rps | direct p50 ms | gateway p50 ms | overhead p50 ms | direct p90 | gateway p90 | direct p99 | gateway p99 | overhead p99 ms | failed (direct / gateway) |"

@@ -57,6 +57,8 @@ pub struct Load<'a> {
     pub body: &'a str,
     /// Concurrent connections.
     pub concurrency: u32,
+    /// Requests per second to hold the load at (`None`: as fast as possible).
+    pub rate: Option<u32>,
 }
 
 impl Oha {
@@ -109,6 +111,9 @@ impl Oha {
     pub fn run(&self, load: &Load<'_>, duration_secs: u64) -> Result<LoadResult> {
         let mut command = self.command(load);
         command.arg("-z").arg(format!("{duration_secs}s"));
+        if let Some(rate) = load.rate {
+            command.arg("-q").arg(rate.to_string());
+        }
         match self.mode {
             OutputMode::OutputFormatJson => {
                 command.args(["--output-format", "json"]);
