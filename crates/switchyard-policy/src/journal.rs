@@ -140,13 +140,26 @@ impl Journal {
         Ok(Some(target))
     }
 
-    /// Reads every complete line, then runs `then`, with no append or
-    /// rotation in between.
+    /// Every complete line as of one instant, with what `then` returned at
+    /// that instant (no append or rotation in between). The file is opened
+    /// and measured under the lock and read after it, so appends are not
+    /// held up by a long read; a rotation meanwhile does not disturb the
+    /// open file.
     pub fn read_lines_then<R>(&self, then: impl FnOnce() -> R) -> io::Result<(Vec<String>, R)> {
-        let _guard = self.file.lock();
-        let reader = BufReader::new(File::open(&self.path)?);
-        let lines = reader.lines().collect::<io::Result<Vec<String>>>()?;
-        Ok((lines, then()))
+        let (file, len, r) = {
+            let _guard = self.file.lock();
+            let file = File::open(&self.path)?;
+            let len = file.metadata()?.len();
+            (file, len, then())
+        };
+        let mut bytes = Vec::new();
+        file.take(len).read_to_end(&mut bytes)?;
+        let lines = bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .collect();
+        Ok((lines, r))
     }
 
     /// Reads every complete line again (for queries over the whole log).
