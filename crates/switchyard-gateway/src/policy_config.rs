@@ -177,6 +177,7 @@ impl PolicyConfig {
                 team_alias: None,
                 created_at: now,
                 from_config: true,
+                revision: 0,
                 limits: Default::default(),
             };
             for (name, value) in entry.iter().filter(|(n, _)| n.as_str() != "team_id") {

@@ -137,7 +137,7 @@ pub struct KeyRecord {
     pub limits: Limits,
 }
 
-/// The outcome of a revision-checked key write.
+/// The outcome of a revision-checked key or team write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyWrite {
     /// Stored.
@@ -146,7 +146,7 @@ pub enum KeyWrite {
     Missing,
     /// The key changed since it was read: read it again.
     Changed,
-    /// The new value is another key's.
+    /// The new value (or new team id) is another's.
     Taken,
 }
 
@@ -183,6 +183,9 @@ pub struct TeamRecord {
     /// Declared in the configuration file.
     #[serde(default)]
     pub from_config: bool,
+    /// Bumped by every change, as a key's [`KeyRecord::revision`].
+    #[serde(default)]
+    pub revision: u64,
     /// Limits.
     #[serde(flatten)]
     pub limits: Limits,
@@ -436,6 +439,7 @@ mod tests {
             team_alias: None,
             created_at: 0,
             from_config: false,
+            revision: 0,
             limits: Limits {
                 models: vec!["a".into()],
                 ..Limits::default()

@@ -284,14 +284,21 @@ impl LocalStore {
 
     /// Stores a team if it is new (`replace: false`) or still there
     /// (`replace: true`), in one step among writes: `false` when it is not.
-    pub fn put_team(&self, record: TeamRecord, replace: bool) -> Result<bool, PolicyError> {
+    /// With `replace`, only over the revision the change was made from
+    /// (`record.revision - 1`).
+    pub fn put_team(&self, record: TeamRecord, replace: bool) -> Result<KeyWrite, PolicyError> {
         let _writing = self.key_writes.lock();
-        if self.state.lock().teams.contains_key(&record.team_id) != replace {
-            return Ok(false);
+        match (self.state.lock().teams.get(&record.team_id), replace) {
+            (Some(_), false) => return Ok(KeyWrite::Taken),
+            (None, true) => return Ok(KeyWrite::Missing),
+            (Some(current), true) if current.revision.saturating_add(1) != record.revision => {
+                return Ok(KeyWrite::Changed);
+            }
+            _ => {}
         }
         self.log_key_op(&KeyOp::PutTeam { record: record.clone() })?;
         self.state.lock().teams.insert(record.team_id.clone(), record);
-        Ok(true)
+        Ok(KeyWrite::Done)
     }
 
     /// Deletes a team; whether it existed.
@@ -625,14 +632,29 @@ mod tests {
             team_alias: None,
             created_at: 0,
             from_config: false,
+            revision: 0,
             limits: Default::default(),
         };
-        assert!(store.put_team(team.clone(), false).unwrap());
-        assert!(!store.put_team(team.clone(), false).unwrap(), "the id is taken");
-        assert!(store.put_team(team.clone(), true).unwrap());
+        assert_eq!(store.put_team(team.clone(), false).unwrap(), KeyWrite::Done);
+        assert_eq!(
+            store.put_team(team.clone(), false).unwrap(),
+            KeyWrite::Taken,
+            "the id is taken"
+        );
+        let changed = TeamRecord {
+            revision: 1,
+            ..team.clone()
+        };
+        assert_eq!(store.put_team(changed.clone(), true).unwrap(), KeyWrite::Done);
+        assert_eq!(
+            store.put_team(changed.clone(), true).unwrap(),
+            KeyWrite::Changed,
+            "a change made from revision 0 is not stored over revision 1"
+        );
         assert!(store.delete_team("t1").unwrap());
-        assert!(
-            !store.put_team(team, true).unwrap(),
+        assert_eq!(
+            store.put_team(changed, true).unwrap(),
+            KeyWrite::Missing,
             "a deleted team is not brought back"
         );
         assert!(store.team("t1").is_none());

@@ -1249,16 +1249,16 @@ impl Policy {
 
     /// Stores a team: a new one only if its id is free (else 409), a changed
     /// one only if it was not deleted meanwhile (else 404).
-    async fn put_team(&self, record: TeamRecord, replace: bool) -> Result<(), PolicyError> {
+    async fn put_team(&self, record: TeamRecord, replace: bool) -> Result<KeyWrite, PolicyError> {
         let id = record.team_id.clone();
         let stored = match &self.0.store {
             Store::Local(local) => local.put_team(record, replace)?,
             Store::Redis { redis, .. } => redis.put_team(&record, replace).await.map_err(down)?,
         };
-        match (stored, replace) {
-            (true, _) => Ok(()),
-            (false, false) => Err(PolicyError::Conflict(format!("Team `{id}` already exists."))),
-            (false, true) => Err(PolicyError::NotFound { what: "Team" }),
+        match stored {
+            KeyWrite::Taken => Err(PolicyError::Conflict(format!("Team `{id}` already exists."))),
+            KeyWrite::Missing => Err(PolicyError::NotFound { what: "Team" }),
+            done_or_changed => Ok(done_or_changed),
         }
     }
 
@@ -1281,6 +1281,7 @@ impl Policy {
             team_alias: None,
             created_at: now_ms(),
             from_config: false,
+            revision: 0,
             limits: Default::default(),
         };
         for (name, value) in body {
@@ -1309,20 +1310,29 @@ impl Policy {
             .get("team_id")
             .and_then(Value::as_str)
             .ok_or_else(|| field("team_id", "'team_id' is required."))?;
-        let mut record = self.team(id).await?;
-        if record.from_config {
-            return Err(PolicyError::FromConfig("team"));
-        }
-        for (name, value) in body {
-            if name != "team_id" {
-                apply_team_field(&mut record, name, value)?;
+        // Stored only over the revision it was made from: made again from
+        // the new value when another change got in first.
+        for _ in 0..KEY_WRITE_TRIES {
+            let mut record = self.team(id).await?;
+            if record.from_config {
+                return Err(PolicyError::FromConfig("team"));
+            }
+            for (name, value) in body {
+                if name != "team_id" {
+                    apply_team_field(&mut record, name, value)?;
+                }
+            }
+            if body.contains_key("models") {
+                self.check_models(&record.limits.models)?;
+            }
+            record.revision = record.revision.saturating_add(1);
+            if self.put_team(record.clone(), true).await? == KeyWrite::Done {
+                return Ok(record);
             }
         }
-        if body.contains_key("models") {
-            self.check_models(&record.limits.models)?;
-        }
-        self.put_team(record.clone(), true).await?;
-        Ok(record)
+        Err(PolicyError::Conflict(
+            "The team changed while this change was being made; try again.".into(),
+        ))
     }
 
     /// `POST /team/delete`: refused while keys belong to the team.

@@ -339,21 +339,6 @@ impl RedisStore {
         Ok(n == 1)
     }
 
-    /// Sets `field` of `hash` to `value` only if the field is there, in one
-    /// step: `false` if it was deleted meanwhile.
-    async fn hset_if_present<T: Serialize>(&self, hash: &str, field: &str, value: &T) -> Result<bool, StoreDown> {
-        let json = serde_json::to_string(value).map_err(|e| StoreDown(e.to_string()))?;
-        let script = redis::Script::new(
-            "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 1 then \
-               redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) return 1 \
-             end return 0",
-        );
-        let mut invocation = script.key(self.name(hash));
-        invocation.arg(field).arg(json);
-        let n: i64 = self.run(invocation).await?;
-        Ok(n == 1)
-    }
-
     /// Stores `record` if no key has its token (`HSETNX`): `false` if one does.
     pub async fn insert_key(&self, record: &KeyRecord) -> Result<bool, StoreDown> {
         self.hset_if_absent("keys", &record.token, record).await
@@ -421,12 +406,36 @@ return 1",
 
     /// Stores a team if it is new (`replace: false`) or still there
     /// (`replace: true`), in one step: `false` when it is not.
-    pub async fn put_team(&self, record: &TeamRecord, replace: bool) -> Result<bool, StoreDown> {
-        if replace {
-            self.hset_if_present("teams", &record.team_id, record).await
-        } else {
-            self.hset_if_absent("teams", &record.team_id, record).await
+    /// With `replace`, only over the revision the change was made from
+    /// (`record.revision - 1`).
+    pub async fn put_team(&self, record: &TeamRecord, replace: bool) -> Result<KeyWrite, StoreDown> {
+        if !replace {
+            let inserted = self.hset_if_absent("teams", &record.team_id, record).await?;
+            return Ok(if inserted { KeyWrite::Done } else { KeyWrite::Taken });
         }
+        let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
+        let script = redis::Script::new(
+            r"
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if not cur then return 0 end
+local ok, rec = pcall(cjson.decode, cur)
+local rev = 0
+if ok and type(rec) == 'table' and type(rec.revision) == 'number' then rev = rec.revision end
+if rev ~= tonumber(ARGV[2]) then return -1 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1",
+        );
+        let mut invocation = script.key(self.name("teams"));
+        invocation
+            .arg(&record.team_id)
+            .arg(record.revision.saturating_sub(1))
+            .arg(json);
+        let n: i64 = self.run(invocation).await?;
+        Ok(match n {
+            1 => KeyWrite::Done,
+            0 => KeyWrite::Missing,
+            _ => KeyWrite::Changed,
+        })
     }
 
     /// Deletes a team.

@@ -519,14 +519,29 @@ async fn redis_key_writes_are_conditional() {
         team_alias: None,
         created_at: 0,
         from_config: false,
+        revision: 0,
         limits: Default::default(),
     };
-    assert!(store.put_team(&team, false).await.unwrap());
-    assert!(!store.put_team(&team, false).await.unwrap(), "the id is taken");
-    assert!(store.put_team(&team, true).await.unwrap());
+    assert_eq!(store.put_team(&team, false).await.unwrap(), KeyWrite::Done);
+    assert_eq!(
+        store.put_team(&team, false).await.unwrap(),
+        KeyWrite::Taken,
+        "the id is taken"
+    );
+    let changed = switchyard_policy::TeamRecord {
+        revision: 1,
+        ..team.clone()
+    };
+    assert_eq!(store.put_team(&changed, true).await.unwrap(), KeyWrite::Done);
+    assert_eq!(
+        store.put_team(&changed, true).await.unwrap(),
+        KeyWrite::Changed,
+        "a change made from revision 0 is not stored over revision 1"
+    );
     assert!(store.delete_team("t1").await.unwrap());
-    assert!(
-        !store.put_team(&team, true).await.unwrap(),
+    assert_eq!(
+        store.put_team(&changed, true).await.unwrap(),
+        KeyWrite::Missing,
         "a deleted team is not brought back"
     );
 }
