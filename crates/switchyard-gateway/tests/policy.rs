@@ -721,6 +721,7 @@ policy:
   master_key: short
   redis:
     url: http://localhost
+    settled_ttl_hours: 0
   teams:
     - team_id: t
       rpm_limit: 0
@@ -741,6 +742,7 @@ model_list:
     for field in [
         "policy.master_key",
         "policy.redis.url",
+        "policy.redis.settled_ttl_hours",
         "policy.teams[0].rpm_limit",
         "policy.keys[0].models[0]",
         "policy.keys[0].team_id",

@@ -392,7 +392,7 @@ impl Policy {
             },
         };
         // 64 random bits per process: ids of replicas and restarts do not meet
-        // (Redis keeps settled ids for 48 hours to drop repeated settlements).
+        // (Redis keeps settled ids for `settled_ttl` to drop repeated settlements).
         let mut prefix = [0u8; 8];
         getrandom::fill(&mut prefix).map_err(|e| PolicyError::Store(e.to_string()))?;
         let policy = Policy(Arc::new(Inner {

@@ -36,6 +36,9 @@ pub struct RedisSettings {
     pub timeout: Duration,
     /// How long a reservation or in-flight slot outlives a replica that died holding it.
     pub hold_ttl: Duration,
+    /// How long a settled request's id is kept, so that its settlement
+    /// retried after an outage counts once.
+    pub settled_ttl: Duration,
     /// Spend records kept in the log stream (approximately).
     pub log_max_len: u64,
     /// The most settlements kept while Redis does not take them; when that
@@ -122,7 +125,8 @@ local a, k = 1, 1
 local function arg() local v = ARGV[a]; a = a + 1; return v end
 local function key() local v = KEYS[k]; k = k + 1; return v end
 local rid = arg()
-local fresh = redis.call('SET', key(), '1', 'NX', 'EX', 172800)
+local dedupe = arg()
+local fresh = redis.call('SET', key(), '1', 'NX', 'EX', dedupe)
 for j = 1, tonumber(arg()) do redis.call('ZREM', key(), rid) end
 for j = 1, tonumber(arg()) do
   local resv, amounts = key(), key()
@@ -535,6 +539,7 @@ return 1",
         let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
         let mut inv = self.settle.prepare_invoke();
         inv.arg(&record.request_id);
+        inv.arg(self.settings.settled_ttl.as_secs().max(1));
         inv.key(self.name(&format!("settled:{}", record.request_id)));
         inv.arg(checks.parallel.len());
         for p in &checks.parallel {

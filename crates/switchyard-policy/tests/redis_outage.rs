@@ -27,6 +27,7 @@ fn settings(url: &str, data_dir: Option<&std::path::Path>) -> PolicySettings {
             // Longer than the test's CLIENT PAUSE below.
             timeout: Duration::from_secs(3),
             hold_ttl: Duration::from_secs(60),
+            settled_ttl: Duration::from_secs(3600),
             log_max_len: 1_000,
             max_queued_spend: 100_000,
         }),

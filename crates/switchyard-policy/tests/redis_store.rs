@@ -22,6 +22,7 @@ fn settings(url: &str) -> PolicySettings {
             failure_mode: FailureMode::FailClosed,
             timeout: Duration::from_secs(2),
             hold_ttl: HOLD_TTL,
+            settled_ttl: Duration::from_secs(3600),
             log_max_len: 1_000,
             max_queued_spend: 1_000,
         }),
@@ -119,6 +120,15 @@ async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
         .await
         .unwrap();
     assert!(members.contains(&"holds:spend:model:m".to_owned()), "{members:?}");
+    // Settled ids are kept for `settled_ttl` (an hour here, 48 hours by default).
+    let settled: Vec<String> = redis::cmd("KEYS")
+        .arg("holds:settled:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(settled.len(), 2, "{settled:?}");
+    let ttl: i64 = redis::cmd("TTL").arg(&settled[0]).query_async(&mut conn).await.unwrap();
+    assert!((3500..=3600).contains(&ttl), "{ttl}");
 
     // As if written before the index: only the hashes are there.
     let _: () = redis::cmd("DEL")
