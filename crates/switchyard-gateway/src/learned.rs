@@ -528,9 +528,7 @@ impl LearnedRoute {
     /// there is nothing to take or it does not fit: the artifact is then
     /// loaded afresh.
     pub(crate) fn adopt(&self, old: &LearnedRoute) -> bool {
-        // Without polling, a reload is how a new version is read.
-        if self.spec.poll_interval.is_none()
-            || old.spec.location != self.spec.location
+        if old.spec.location != self.spec.location
             || old.spec.s3 != self.spec.s3
             || !Arc::ptr_eq(&old.embedder, &self.embedder)
         {
@@ -560,7 +558,8 @@ impl LearnedRoute {
     /// Checks the manifest and reloads when it changed.
     async fn poll(&self) {
         if self.building.load(Ordering::Acquire) {
-            // The last build is still running (its poll timed out): one at a time.
+            // A build started elsewhere (a configuration reload of a route
+            // sharing this artifact) is still running: one at a time.
             return;
         }
         let version = self.source.version().await;
@@ -705,6 +704,12 @@ pub(crate) async fn start_after(
         let adopted = old.get(&route.name).is_some_and(|before| route.adopt(before));
         if !adopted {
             route.reload().await?;
+        } else if route.spec.poll_interval.is_none() {
+            // Not polled: a reload is how a new version is read. One that
+            // cannot be read or loaded leaves the adopted router serving.
+            if let Err(e) = route.reload().await {
+                tracing::warn!(router = %route.name, error = %e, "new router artifact not loaded; the current router keeps serving");
+            }
         }
         route.watch();
     }

@@ -626,6 +626,57 @@ async fn a_version_the_configuration_did_not_fit_loads_once_it_does() {
     wait_for(&base, "version c", |s| s["current"]["data_hash"] == "version-c").await;
 }
 
+/// A router that is not polled reads its artifact at each configuration
+/// reload; a broken one there leaves the router it had serving, and the
+/// reload itself succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unpolled_router_is_read_at_each_reload_and_a_bad_read_keeps_it() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let mut gw = GatewayProcess::start(
+        Path::new(BIN),
+        &config(
+            &dir.path().display().to_string(),
+            "      poll_interval_ms: 0",
+            STRONG_MOCK,
+        ),
+    );
+    let base = gw.base_url();
+    let reloads = |gw: &GatewayProcess| {
+        gw.logs()
+            .iter()
+            .filter(|l| l.contains("configuration reloaded"))
+            .count()
+    };
+    let reload_once = async |gw: &mut GatewayProcess| {
+        let before = reloads(gw);
+        gw.signal("HUP");
+        for _ in 0..200 {
+            if reloads(gw) > before {
+                return;
+            }
+            assert!(
+                !gw.logs().iter().any(|l| l.contains("configuration rejected")),
+                "{:?}",
+                gw.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no reload: {:?}", gw.logs());
+    };
+    // Serving: the SIGHUP handler is installed before the listener serves.
+    assert_eq!(routers(&base).await["current"]["data_hash"], "version-a");
+    std::fs::write(dir.path().join("knn.safetensors"), b"not a safetensors file").unwrap();
+    reload_once(&mut gw).await;
+    let state = routers(&base).await;
+    assert_eq!(state["current"]["data_hash"], "version-a", "{state}");
+    trainer.version_b().save(dir.path()).unwrap();
+    reload_once(&mut gw).await;
+    let state = routers(&base).await;
+    assert_eq!(state["current"]["data_hash"], "version-b", "{state}");
+}
+
 #[test]
 fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     let trainer = Trainer::new();

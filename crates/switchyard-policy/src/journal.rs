@@ -154,10 +154,11 @@ impl Journal {
         };
         let mut bytes = Vec::new();
         file.take(len).read_to_end(&mut bytes)?;
+        // A line that is not UTF-8 is left out, as one that does not parse.
         let lines = bytes
             .split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .filter_map(|l| std::str::from_utf8(l).ok().map(str::to_owned))
             .collect();
         Ok((lines, r))
     }

@@ -291,7 +291,13 @@ impl LocalStore {
         match (self.state.lock().teams.get(&record.team_id), replace) {
             (Some(_), false) => return Ok(KeyWrite::Taken),
             (None, true) => return Ok(KeyWrite::Missing),
-            (Some(current), true) if current.revision.saturating_add(1) != record.revision => {
+            // Another revision, or another team under the same id (deleted
+            // and made again): not the one the change was made from.
+            (Some(current), true)
+                if record.revision == 0
+                    || current.revision.saturating_add(1) != record.revision
+                    || current.created_at != record.created_at =>
+            {
                 return Ok(KeyWrite::Changed);
             }
             _ => {}
@@ -653,10 +659,18 @@ mod tests {
         );
         assert!(store.delete_team("t1").unwrap());
         assert_eq!(
-            store.put_team(changed, true).unwrap(),
+            store.put_team(changed.clone(), true).unwrap(),
             KeyWrite::Missing,
             "a deleted team is not brought back"
         );
+        // The same id made again is another team.
+        let again = TeamRecord {
+            created_at: 5,
+            ..team.clone()
+        };
+        assert_eq!(store.put_team(again, false).unwrap(), KeyWrite::Done);
+        assert_eq!(store.put_team(changed, true).unwrap(), KeyWrite::Changed);
+        assert!(store.delete_team("t1").unwrap());
         assert!(store.team("t1").is_none());
     }
 

@@ -417,15 +417,21 @@ return 1",
             let inserted = self.hset_if_absent("teams", &record.team_id, record).await?;
             return Ok(if inserted { KeyWrite::Done } else { KeyWrite::Taken });
         }
+        if record.revision == 0 {
+            return Ok(KeyWrite::Changed);
+        }
         let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
         let script = redis::Script::new(
             r"
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
 if not cur then return 0 end
 local ok, rec = pcall(cjson.decode, cur)
-local rev = 0
-if ok and type(rec) == 'table' and type(rec.revision) == 'number' then rev = rec.revision end
-if rev ~= tonumber(ARGV[2]) then return -1 end
+local rev, created = 0, nil
+if ok and type(rec) == 'table' then
+  if type(rec.revision) == 'number' then rev = rec.revision end
+  created = rec.created_at
+end
+if rev ~= tonumber(ARGV[2]) or created ~= tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1",
         );
@@ -433,7 +439,8 @@ return 1",
         invocation
             .arg(&record.team_id)
             .arg(record.revision.saturating_sub(1))
-            .arg(json);
+            .arg(json)
+            .arg(record.created_at);
         let n: i64 = self.run(invocation).await?;
         Ok(match n {
             1 => KeyWrite::Done,

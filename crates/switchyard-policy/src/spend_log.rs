@@ -221,14 +221,21 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
     Ok(found)
 }
 
-/// A segment's lines; bytes that are not UTF-8 are replaced (the line then
-/// fails to parse and is skipped), so one damaged record costs only itself.
+/// A segment's lines; a line that is not UTF-8 is skipped with a warning
+/// (repaired text could still parse, and charge a name that does not exist),
+/// so one damaged record costs only itself.
 fn read_lines(path: &Path) -> io::Result<Vec<String>> {
     let bytes = std::fs::read(path)?;
     Ok(bytes
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
-        .map(|l| String::from_utf8_lossy(l).into_owned())
+        .filter_map(|l| match std::str::from_utf8(l) {
+            Ok(line) => Some(line.to_owned()),
+            Err(_) => {
+                tracing::warn!(file = %path.display(), "skipping a spend record that is not UTF-8");
+                None
+            }
+        })
         .collect())
 }
 

@@ -545,4 +545,11 @@ async fn redis_key_writes_are_conditional() {
         KeyWrite::Missing,
         "a deleted team is not brought back"
     );
+    // The same id made again is another team.
+    let again = switchyard_policy::TeamRecord {
+        created_at: 5,
+        ..team.clone()
+    };
+    assert_eq!(store.put_team(&again, false).await.unwrap(), KeyWrite::Done);
+    assert_eq!(store.put_team(&changed, true).await.unwrap(), KeyWrite::Changed);
 }
