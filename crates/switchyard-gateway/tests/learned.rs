@@ -106,6 +106,18 @@ impl Trainer {
         )
     }
 
+    /// Version c: names a model (`mystery`) that no group serves unless
+    /// `router.candidates` maps it.
+    fn unmapped_version(&self) -> LearnedRouter {
+        self.router(
+            "version-c",
+            &["strong", "mystery"],
+            &[10.0, 1.0],
+            &[1.0, 0.0],
+            &[1.0, 1.0],
+        )
+    }
+
     /// The opposite: the cheap model is the one that does math.
     fn version_b(&self) -> LearnedRouter {
         self.router(
@@ -529,16 +541,7 @@ async fn a_new_artifact_is_swapped_in_under_load_and_bad_ones_are_rejected() {
     assert_eq!(after.header("x-switchyard-model"), "cheap", "{:?}", after.scores());
 
     // A version naming a model the configuration lacks is rejected; b keeps serving.
-    trainer
-        .router(
-            "version-c",
-            &["strong", "mystery"],
-            &[10.0, 1.0],
-            &[1.0, 0.0],
-            &[1.0, 1.0],
-        )
-        .save(dir.path())
-        .unwrap();
+    trainer.unmapped_version().save(dir.path()).unwrap();
     let state = wait_for(&base, "the rejection", |s| s["status"]["rejected"] == 1).await;
     let error = state["status"]["last_error"].as_str().unwrap();
     assert!(error.contains("mystery"), "{error}");
@@ -601,16 +604,7 @@ async fn a_version_the_configuration_did_not_fit_loads_once_it_does() {
         &config(&artifact, "      poll_interval_ms: 100", STRONG_MOCK),
     );
     let base = gw.base_url();
-    trainer
-        .router(
-            "version-c",
-            &["strong", "mystery"],
-            &[10.0, 1.0],
-            &[1.0, 0.0],
-            &[1.0, 1.0],
-        )
-        .save(dir.path())
-        .unwrap();
+    trainer.unmapped_version().save(dir.path()).unwrap();
     let state = wait_for(&base, "the rejection", |s| s["status"]["rejected"] == 1).await;
     assert_eq!(state["current"]["data_hash"], "version-a", "{state}");
     std::fs::write(

@@ -1097,20 +1097,7 @@ impl Policy {
             .and_then(Value::as_str)
             .ok_or_else(|| field("key", "'key' (the key or its hash) is required."))?;
         for _ in 0..KEY_WRITE_TRIES {
-            let mut record = self.find_key(reference).await?;
-            if record.from_config {
-                return Err(PolicyError::FromConfig("key"));
-            }
-            let read = record.revision;
-            let now = now_ms();
-            for (name, value) in body {
-                match name.as_str() {
-                    "key" => {}
-                    "duration" => record.expires_at = expiry_from(value, now)?,
-                    _ => apply_key_field(&mut record, name, value)?,
-                }
-            }
-            self.check_changed(body, &record).await?;
+            let (mut record, read) = self.changed_key(reference, body, &["key"]).await?;
             record.revision = read + 1;
             // Deleted or regenerated since it was read: not brought back;
             // changed since: made again from the new value.
@@ -1128,6 +1115,31 @@ impl Policy {
             }
         }
         Err(busy_key())
+    }
+
+    /// The key `reference` names, read now, with the fields of `body` (but
+    /// those in `skip`) applied and checked, and the revision it was read at.
+    async fn changed_key(
+        &self,
+        reference: &str,
+        body: &Map<String, Value>,
+        skip: &[&str],
+    ) -> Result<(KeyRecord, u64), PolicyError> {
+        let mut record = self.find_key(reference).await?;
+        if record.from_config {
+            return Err(PolicyError::FromConfig("key"));
+        }
+        let read = record.revision;
+        let now = now_ms();
+        for (name, value) in body {
+            match name.as_str() {
+                name if skip.contains(&name) => {}
+                "duration" => record.expires_at = expiry_from(value, now)?,
+                _ => apply_key_field(&mut record, name, value)?,
+            }
+        }
+        self.check_changed(body, &record).await?;
+        Ok((record, read))
     }
 
     /// Checks the models and team a key update or regenerate sets; fields it
@@ -1197,20 +1209,7 @@ impl Policy {
             return Err(PolicyError::Conflict("This key already exists.".into()));
         }
         for _ in 0..KEY_WRITE_TRIES {
-            let mut record = self.find_key(reference).await?;
-            if record.from_config {
-                return Err(PolicyError::FromConfig("key"));
-            }
-            let read = record.revision;
-            let now = now_ms();
-            for (name, value) in body {
-                match name.as_str() {
-                    "key" | "new_key" => {}
-                    "duration" => record.expires_at = expiry_from(value, now)?,
-                    _ => apply_key_field(&mut record, name, value)?,
-                }
-            }
-            self.check_changed(body, &record).await?;
+            let (mut record, read) = self.changed_key(reference, body, &["key", "new_key"]).await?;
             let old = std::mem::replace(&mut record.token, token.clone());
             record.key_name = display_name(&plaintext);
             record.revision = read + 1;
