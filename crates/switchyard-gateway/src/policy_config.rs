@@ -22,15 +22,18 @@ pub struct PolicyConfig {
     /// The admin key, `os.environ/NAME` or a literal (else `SWITCHYARD_MASTER_KEY`).
     /// With a master key (or keys below), every client route needs a key.
     pub master_key: Option<String>,
-    /// Directory of the local store's `keys.jsonl` and `spend.jsonl`; unset:
-    /// memory only. With `redis`, it holds only `pending-spend.jsonl`: spend
+    /// Directory of the local store's `keys.jsonl` and spend log
+    /// (`spend.jsonl`, its `spend.<n>.jsonl` segments and
+    /// `spend-summary.json`); unset: memory only. With `redis`, it holds only `pending-spend.jsonl`: spend
     /// queued while Redis is unreachable, written when it is back, also
     /// after a restart.
     pub data_dir: Option<PathBuf>,
     /// When appended lines reach the disk (the local store's files, or with
     /// `redis` the queued spend): `always`, `every_second`, `never`.
     pub fsync: FsyncPolicy,
-    /// Output tokens a request without `max_tokens` may produce, for its budget reservation.
+    /// Output tokens assumed for a request without `max_tokens`, for its
+    /// budget reservation (an `anthropic` or `bedrock` deployment it may reach
+    /// counts with its own `default_max_tokens` when that is higher).
     pub default_max_tokens: u32,
     /// Shared state across replicas.
     pub redis: Option<RedisConfig>,
