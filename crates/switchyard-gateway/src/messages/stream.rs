@@ -183,7 +183,7 @@ impl Converter {
         }
         self.started = true;
         let message = MessagesResponse {
-            id: id.to_owned(),
+            id: super::translate::message_id(id),
             kind: "message".into(),
             role: MessageRole::Assistant,
             model: model.to_owned(),
@@ -508,6 +508,7 @@ mod tests {
                 "message_stop"
             ]
         );
+        assert_eq!(events[0].1["message"]["id"], "msg_c1", "an id in Anthropic's form");
         assert_eq!(events[1].1["content_block"]["type"], "thinking");
         assert_eq!(
             events[2].1["delta"],
@@ -574,7 +575,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            events[0].1["message"]["id"], "c1",
+            events[0].1["message"]["id"], "msg_c1",
             "the message starts with the first real chunk"
         );
         // Each call's arguments reach its own block, whatever the order.

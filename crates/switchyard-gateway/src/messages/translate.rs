@@ -62,6 +62,16 @@ pub fn shortened_tool_names(req: &MessagesRequest) -> Result<Vec<(String, String
     Ok(shortened)
 }
 
+/// The id of a translated answer, in Anthropic's form (`msg_…`): the
+/// upstream's id without its `chatcmpl-` prefix, so the answer and its
+/// stream events carry the same id and it can be traced upstream.
+pub fn message_id(upstream: &str) -> String {
+    if upstream.starts_with("msg_") {
+        return upstream.to_owned();
+    }
+    format!("msg_{}", upstream.strip_prefix("chatcmpl-").unwrap_or(upstream))
+}
+
 /// A tool name from the upstream, restored to the client's own.
 pub fn original_tool_name(names: &[(String, String)], name: String) -> String {
     names
@@ -462,7 +472,7 @@ pub fn to_messages_response(
     }
     let used_tools = content.iter().any(|b| b.kind == "tool_use");
     MessagesResponse {
-        id: resp.id,
+        id: message_id(&resp.id),
         kind: "message".into(),
         role: MessageRole::Assistant,
         model: resp.model,
@@ -587,6 +597,9 @@ mod openai_limit_tests {
         }))
         .unwrap();
         let answer = to_messages_response(resp, &names, false);
+        assert_eq!(answer.id, "msg_c", "an id in Anthropic's form");
+        assert_eq!(message_id("chatcmpl-abc123"), "msg_abc123");
+        assert_eq!(message_id("msg_01XYZ"), "msg_01XYZ");
         assert_eq!(answer.content[0].name.as_deref(), Some(long.as_str()));
 
         // Reasoning from an OpenAI-compatible server comes first, as thinking.
