@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
+use crate::config::{ConfigIssue, EnvSource, issue, resolve_url};
 
 /// `cache:` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -67,7 +67,8 @@ pub enum CacheBackend {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CacheRedisConfig {
-    /// `redis://host:port/db`, or `os.environ/NAME`.
+    /// `redis://host:port/db`, `os.environ/NAME`, or a URL with
+    /// `{os.environ/NAME}` parts (`redis://:{os.environ/REDIS_PASSWORD}@host:6379`).
     pub url: String,
     /// Prefix of every cache key.
     #[serde(default = "default_prefix")]
@@ -169,7 +170,7 @@ impl CacheConfig {
                 StoreSpec::Memory(self.max_bytes)
             }
             (CacheBackend::Redis, Some(r)) => {
-                let url = resolve_secret(&r.url, "cache.redis.url", env, issues)
+                let url = resolve_url(&r.url, "cache.redis.url", env, issues)
                     .map(|s| s.expose().to_owned())
                     .unwrap_or_default();
                 if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {

@@ -383,6 +383,11 @@ pub struct DeploymentEntry {
     /// Quality score in [0, 1] used by `cost-based` routing.
     #[serde(default)]
     pub quality: Option<f64>,
+    /// The well-known model whose built-in prices apply when no price is
+    /// set here: for an Azure deployment or a fine-tune named otherwise
+    /// (e.g. `gpt-4o-2024-08-06`). It must be one the built-in table knows.
+    #[serde(default)]
+    pub base_model: Option<String>,
     /// USD per prompt token.
     #[serde(default)]
     pub input_cost_per_token: Option<f64>,
@@ -540,7 +545,8 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         .extract()
         .map_err(|err| ConfigError::Parse(err.to_string()))?;
     let mut notices = Vec::new();
-    let mut figment = if crate::litellm::is_litellm(&doc) {
+    let litellm = crate::litellm::is_litellm(&doc);
+    let mut figment = if litellm {
         let translation = crate::litellm::translate(&doc).map_err(ConfigError::Invalid)?;
         notices = translation.warnings;
         Figment::from(figment::providers::Serialized::defaults(translation.config)).merge(env)
@@ -557,7 +563,34 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         .extract::<Config>()
         .map_err(|err| ConfigError::Parse(err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
     config.notices = notices;
+    config.policy.litellm_master_key_env = litellm;
+    config.notices.extend(unpriced_notices(&config));
     Ok(config)
+}
+
+/// A warning for each deployment that would be charged nothing without
+/// anyone having said so: no price set, no `base_model`, and an upstream
+/// model the built-in table does not know (a mock is free by design).
+fn unpriced_notices(config: &Config) -> Vec<String> {
+    let mut notices = Vec::new();
+    for (i, group) in config.model_list.iter().enumerate() {
+        for (j, d) in group.deployments.iter().enumerate() {
+            if d.provider == ProviderKind::Mock
+                || d.base_model.is_some()
+                || !prices_unset(d)
+                || switchyard_policy::price::builtin(&d.model).is_some()
+            {
+                continue;
+            }
+            notices.push(format!(
+                "model_list[{i}].deployments[{j}] (`{}`): no price is set and the model has no built-in price, \
+                 so its requests cost $0 and count nothing against budgets; set input_cost_per_token and \
+                 output_cost_per_token (0 for a free local model), or base_model",
+                d.model
+            ));
+        }
+    }
+    notices
 }
 
 /// A validated deployment, ready to build a provider from.
@@ -777,6 +810,57 @@ pub(crate) fn resolve_secret(
     }
 }
 
+/// Resolves a connection URL: `os.environ/NAME` as a whole, or a URL whose
+/// parts are `{os.environ/NAME}` placeholders
+/// (`redis://:{os.environ/REDIS_PASSWORD}@{os.environ/REDIS_HOST}:6379`), each
+/// replaced by the variable's value, percent-encoded so that a password may
+/// hold `@`, `:` or `/`.
+pub(crate) fn resolve_url(
+    value: &str,
+    path: &str,
+    env: &dyn EnvSource,
+    issues: &mut Vec<ConfigIssue>,
+) -> Option<Secret> {
+    if value.starts_with("os.environ/") || !value.contains("{os.environ/") {
+        return resolve_secret(value, path, env, issues);
+    }
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    let mut complete = true;
+    while let Some(at) = rest.find("{os.environ/") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "{os.environ/".len()..];
+        let Some(end) = after.find('}') else {
+            issues.push(issue(path, "a `{os.environ/NAME}` placeholder is not closed with `}`"));
+            return None;
+        };
+        let name = &after[..end];
+        match env.get(name) {
+            Some(v) => out.push_str(&percent_encode(&v)),
+            None => {
+                issues.push(issue(path, format!("environment variable `{name}` is not set")));
+                complete = false;
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    complete.then(|| Secret::new(out))
+}
+
+/// `value` with every byte but RFC 3986's unreserved characters percent-encoded.
+pub(crate) fn percent_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// A credential: a secret that may not be empty. An empty one (typically a
 /// variable set to nothing, as `${KEY:-}` does in Compose files) would only
 /// fail later, as every request's 401.
@@ -913,8 +997,8 @@ fn validate_deployment(
         .collect();
     let prices = deployment_prices(entry, path, issues);
     let mock = entry.mock.clone().unwrap_or_default();
-    if mock.embedding_dims == 0 {
-        issues.push(issue(format!("{path}.mock.embedding_dims"), "must be greater than 0"));
+    if mock.embedding_dims == 0 || mock.embedding_dims > 4096 {
+        issues.push(issue(format!("{path}.mock.embedding_dims"), "must be from 1 to 4096"));
     }
     DeploymentSpec {
         name: format!("{group}/{index}"),
@@ -952,17 +1036,36 @@ fn validate_deployment(
     }
 }
 
-/// A deployment's prices: each configured one, the rest from the built-in
-/// table when the upstream model is well known (only when no price is
-/// configured at all), else zero.
-fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssue>) -> switchyard_policy::Prices {
-    let configured = [
+/// Whether a deployment sets none of its prices.
+fn prices_unset(entry: &DeploymentEntry) -> bool {
+    [
         entry.input_cost_per_token,
         entry.output_cost_per_token,
         entry.cache_read_input_token_cost,
         entry.cache_creation_input_token_cost,
-    ];
-    if configured.iter().all(Option::is_none)
+    ]
+    .iter()
+    .all(Option::is_none)
+}
+
+/// A deployment's prices: each configured one, the rest from the built-in
+/// table when `base_model` (else the upstream model) is well known (only
+/// when no price is configured at all), else zero.
+fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssue>) -> switchyard_policy::Prices {
+    if let Some(base) = &entry.base_model {
+        let known = switchyard_policy::price::builtin(base.trim());
+        if known.is_none() {
+            issues.push(issue(
+                format!("{path}.base_model"),
+                format!("`{base}` has no built-in price; set input_cost_per_token and output_cost_per_token instead"),
+            ));
+        }
+        if prices_unset(entry)
+            && let Some(builtin) = known
+        {
+            return builtin;
+        }
+    } else if prices_unset(entry)
         && let Some(builtin) = switchyard_policy::price::builtin(&entry.model)
     {
         return builtin;

@@ -26,6 +26,30 @@ pub struct Translation {
     pub warnings: Vec<String>,
 }
 
+/// A Redis URL from LiteLLM's separate `host`, `port`, `password` and `db`
+/// settings. A part given as `os.environ/NAME` becomes a
+/// `{os.environ/NAME}` placeholder, resolved (and percent-encoded) at
+/// validation; a literal part is percent-encoded here.
+fn redis_url(parts: &BTreeMap<&str, Value>) -> String {
+    let part = |name: &str| {
+        parts.get(name).map(|v| {
+            let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+            if text.starts_with("os.environ/") {
+                format!("{{{text}}}")
+            } else {
+                crate::config::percent_encode(&text)
+            }
+        })
+    };
+    let host = part("host").unwrap_or_else(|| "localhost".into());
+    let port = part("port").unwrap_or_else(|| "6379".into());
+    let db = part("db").map(|d| format!("/{d}")).unwrap_or_default();
+    match part("password") {
+        Some(password) => format!("redis://:{password}@{host}:{port}{db}"),
+        None => format!("redis://{host}:{port}{db}"),
+    }
+}
+
 /// Whether a parsed configuration file is in LiteLLM's format.
 pub fn is_litellm(doc: &Value) -> bool {
     let entries = doc.get("model_list").and_then(Value::as_array);
@@ -57,6 +81,22 @@ const IGNORED_LITELLM_SETTINGS: &[(&str, &str)] = &[
 
 const IGNORED_GENERAL_SETTINGS: &[(&str, &str)] = &[
     ("database_url", "keys and spend live in policy.data_dir or policy.redis"),
+    (
+        "database_connection_pool_limit",
+        "Switchyard has no database (policy.data_dir or policy.redis)",
+    ),
+    (
+        "database_connection_timeout",
+        "Switchyard has no database (policy.data_dir or policy.redis)",
+    ),
+    (
+        "allow_requests_on_db_unavailable",
+        "Switchyard has no database; while Redis is down policy.redis.failure_mode decides",
+    ),
+    (
+        "disable_error_logs",
+        "failed requests are logged without their payloads (telemetry.log_payloads)",
+    ),
     (
         "store_model_in_db",
         "models come from the configuration file (reloadable)",
@@ -262,6 +302,17 @@ impl Translator {
                 if matches!(key.as_str(), "input_cost_per_token" | "output_cost_per_token") {
                     d.entry(key.clone()).or_insert_with(|| value.clone());
                     self.map(here, format!("model_list[{name}].deployments[].{key}"));
+                } else if key == "base_model" {
+                    let base = value.as_str().unwrap_or_default();
+                    if switchyard_policy::price::builtin(base).is_some() {
+                        d.insert("base_model".into(), json!(base));
+                        self.map(here, format!("model_list[{name}].deployments[].base_model"));
+                    } else {
+                        self.warn(
+                            &here,
+                            "the model has no built-in price here: set input_cost_per_token and output_cost_per_token",
+                        );
+                    }
                 } else {
                     self.warn(&here, "model metadata is not used");
                 }
@@ -408,28 +459,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     if !redis_parts.is_empty() {
         let url = match redis_parts.get("url").and_then(Value::as_str) {
             Some(url) => url.to_owned(),
-            None => {
-                let host = redis_parts.get("host").and_then(Value::as_str).unwrap_or("localhost");
-                let port = redis_parts
-                    .get("port")
-                    .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
-                    .unwrap_or_else(|| "6379".into());
-                let db = redis_parts
-                    .get("db")
-                    .map(|d| format!("/{}", d.as_str().map_or_else(|| d.to_string(), str::to_owned)))
-                    .unwrap_or_default();
-                match redis_parts.get("password").and_then(Value::as_str) {
-                    Some(password) if password.starts_with("os.environ/") => {
-                        t.refuse(
-                            "router_settings.redis_password",
-                            "write the whole URL instead: redis_url: os.environ/REDIS_URL (redis://:password@host:port)",
-                        );
-                        String::new()
-                    }
-                    Some(password) => format!("redis://:{password}@{host}:{port}{db}"),
-                    None => format!("redis://{host}:{port}{db}"),
-                }
-            }
+            None => redis_url(&redis_parts),
         };
         policy.insert("redis".into(), json!({"url": url}));
         t.map(
@@ -514,25 +544,16 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         .as_ref()
         .is_some_and(|r| r.contains_key("host") || r.contains_key("port") || r.contains_key("password"));
     if let Some(redis) = cache_redis.filter(|_| has_address) {
-        if redis
-            .get("password")
-            .and_then(Value::as_str)
-            .is_some_and(|p| p.starts_with("os.environ/"))
-        {
-            t.refuse(
-                "litellm_settings.cache_params.password",
-                "write the whole URL in `cache.redis.url: os.environ/REDIS_URL` (redis://:password@host:port)",
-            );
-        }
-        let host = redis.get("host").and_then(Value::as_str).unwrap_or("localhost");
-        let port = redis
-            .get("port")
-            .map(|p| p.as_str().map_or_else(|| p.to_string(), str::to_owned))
-            .unwrap_or_else(|| "6379".into());
-        let url = match redis.get("password").and_then(Value::as_str) {
-            Some(pw) => format!("redis://:{pw}@{host}:{port}"),
-            None => format!("redis://{host}:{port}"),
-        };
+        let parts = redis
+            .iter()
+            .filter_map(|(k, v)| match k.as_str() {
+                "host" => Some(("host", v.clone())),
+                "port" => Some(("port", v.clone())),
+                "password" => Some(("password", v.clone())),
+                _ => None,
+            })
+            .collect();
+        let url = redis_url(&parts);
         let mut r = Map::new();
         r.insert("url".into(), json!(url));
         if let Some(prefix) = redis.get("prefix") {

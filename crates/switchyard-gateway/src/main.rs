@@ -188,6 +188,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         deployments = state.registry.deployment_count(),
         "listening on http://{addr}"
     );
+    if !state.policy.auth_required() {
+        let reach = if addr.ip().is_loopback() {
+            "this host"
+        } else {
+            "the network"
+        };
+        tracing::warn!(
+            "no master key and no virtual keys are configured: every client route is open to anyone on {reach} \
+             (set policy.master_key or SWITCHYARD_MASTER_KEY)"
+        );
+    }
     let poll = Duration::from_millis(state.server.config_poll_ms);
     let live = Live::new(
         origin,

@@ -78,11 +78,14 @@ pub(crate) async fn require_master(State(state): State<SharedState>, request: Re
     }
 }
 
-/// Middleware on read-only admin routes: open when the gateway has no
-/// master key, the master key's otherwise.
+/// Middleware on read-only admin routes: the master key's when the gateway
+/// has one; any valid key's when it has only configured keys; open when it
+/// has neither (no route needs a key then).
 pub(crate) async fn require_master_if_set(State(state): State<SharedState>, request: Request, next: Next) -> Response {
     if state.policy.has_master_key() {
         require_master(State(state), request, next).await
+    } else if state.policy.auth_required() {
+        authenticate(State(state), request, next).await
     } else {
         next.run(request).await
     }

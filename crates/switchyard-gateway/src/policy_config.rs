@@ -10,10 +10,13 @@ use switchyard_policy::key::{apply_key_field, apply_team_field};
 use switchyard_policy::period::now_ms;
 use switchyard_policy::{FailureMode, FsyncPolicy, KeyRecord, PolicySettings, RedisSettings, TeamRecord};
 
-use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
+use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret, resolve_url};
 
 /// The environment variable that sets the master key when the file does not.
 pub const MASTER_KEY_ENV: &str = "SWITCHYARD_MASTER_KEY";
+
+/// LiteLLM's master key variable, read for LiteLLM files after [`MASTER_KEY_ENV`].
+pub const LITELLM_MASTER_KEY_ENV: &str = "LITELLM_MASTER_KEY";
 
 /// `policy:` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -41,6 +44,10 @@ pub struct PolicyConfig {
     pub keys: Vec<BTreeMap<String, Value>>,
     /// Teams declared here (the fields of `/team/new`).
     pub teams: Vec<BTreeMap<String, Value>>,
+    /// Set for a LiteLLM file: `LITELLM_MASTER_KEY` is read too when neither
+    /// the file nor `SWITCHYARD_MASTER_KEY` sets the master key, as LiteLLM does.
+    #[serde(skip)]
+    pub litellm_master_key_env: bool,
 }
 
 impl Default for PolicyConfig {
@@ -53,6 +60,7 @@ impl Default for PolicyConfig {
             redis: None,
             keys: Vec::new(),
             teams: Vec::new(),
+            litellm_master_key_env: false,
         }
     }
 }
@@ -61,7 +69,8 @@ impl Default for PolicyConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
-    /// `redis://host:port/db`, or `os.environ/NAME`.
+    /// `redis://host:port/db`, `os.environ/NAME`, or a URL with
+    /// `{os.environ/NAME}` parts (`redis://:{os.environ/REDIS_PASSWORD}@host:6379`).
     pub url: String,
     /// Prefix of every Redis key the gateway writes.
     #[serde(default = "default_prefix")]
@@ -130,7 +139,15 @@ impl PolicyConfig {
     pub fn validate(&self, env: &dyn EnvSource, models: &[String], issues: &mut Vec<ConfigIssue>) -> PolicySpec {
         let master_key = match &self.master_key {
             Some(value) => resolve_secret(value, "policy.master_key", env, issues).map(|s| s.expose().to_owned()),
-            None => env.get(MASTER_KEY_ENV).filter(|v| !v.is_empty()),
+            None => env
+                .get(MASTER_KEY_ENV)
+                .filter(|v| !v.is_empty())
+                .or_else(|| {
+                    self.litellm_master_key_env
+                        .then(|| env.get(LITELLM_MASTER_KEY_ENV))
+                        .flatten()
+                })
+                .filter(|v| !v.is_empty()),
         };
         if master_key.as_ref().is_some_and(|k| k.len() < 8) {
             issues.push(issue("policy.master_key", "must be at least 8 characters"));
@@ -139,7 +156,7 @@ impl PolicyConfig {
             issues.push(issue("policy.default_max_tokens", "must be greater than 0"));
         }
         let redis = self.redis.as_ref().and_then(|r| {
-            let url = resolve_secret(&r.url, "policy.redis.url", env, issues)?
+            let url = resolve_url(&r.url, "policy.redis.url", env, issues)?
                 .expose()
                 .to_owned();
             if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {

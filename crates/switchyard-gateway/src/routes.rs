@@ -83,6 +83,8 @@ pub fn router(state: SharedState) -> Router {
         .merge(admin)
         .merge(status)
         .route("/health/liveness", get(liveness))
+        // LiteLLM's spelling, which its Helm chart and manifests probe.
+        .route("/health/liveliness", get(liveness))
         .route("/health/readiness", get(readiness))
         .route("/metrics", get(metrics))
         .fallback(unknown_route)

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_telemetry::{LogFormat, LogSink, OtlpProtocol, OtlpSettings, RequestLogSettings, TracingSettings};
 
-use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
+use crate::config::{ConfigIssue, EnvSource, issue, resolve_url};
 
 /// `telemetry:` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -104,7 +104,8 @@ impl Default for RequestLogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLogRedis {
-    /// `redis://host:port/db`, or `os.environ/NAME`.
+    /// `redis://host:port/db`, `os.environ/NAME`, or a URL with
+    /// `{os.environ/NAME}` parts (`redis://:{os.environ/REDIS_PASSWORD}@host:6379`).
     pub url: String,
     /// Stream key.
     #[serde(default = "default_stream")]
@@ -185,7 +186,7 @@ impl TelemetryConfig {
             }
             let sink = match &r.redis {
                 Some(redis) => {
-                    let url = resolve_secret(&redis.url, "telemetry.request_log.redis.url", env, issues)
+                    let url = resolve_url(&redis.url, "telemetry.request_log.redis.url", env, issues)
                         .map(|s| s.expose().to_owned())
                         .unwrap_or_default();
                     if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {

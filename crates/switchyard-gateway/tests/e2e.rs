@@ -475,7 +475,7 @@ async fn azure_completions_embeddings_models_and_health() {
     let body: Value = response.json().await.unwrap();
     assert_error_shape(&body);
     assert_eq!(body["error"]["param"], "model");
-    for path in ["/health/liveness", "/health/readiness"] {
+    for path in ["/health/liveness", "/health/liveliness", "/health/readiness"] {
         let response = s
             .http
             .get(format!("{}{path}", s.gateway.base_url()))

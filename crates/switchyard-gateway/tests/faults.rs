@@ -392,6 +392,42 @@ async fn a_rejected_key_takes_the_deployment_out_until_reload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_redirect_is_not_followed() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: openai
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: sk-upstream-secret, model: "m::redirect"}
+  - model_name: azure
+    deployments:
+      - {provider: azure, api_base: "{root}", api_key: azure-secret, api_version: "2024-10-21", model: "d::redirect"}
+  - model_name: anthropic
+    deployments:
+      - {provider: anthropic, api_base: "{root}", api_key: sk-ant-secret, model: "claude-3-5-haiku::redirect"}
+"#,
+    );
+    for model in ["openai", "azure", "anthropic"] {
+        for stream in [false, true] {
+            let answer = chat(&gw, model, json!({"stream": stream})).await;
+            assert_eq!(answer.status, 502, "{model}: {}", answer.body);
+            let message = answer.json()["error"]["message"].as_str().unwrap().to_owned();
+            assert!(message.contains("redirect"), "{model}: {message}");
+        }
+    }
+    // The prompt and the deployments' credentials never reached the
+    // address the upstream named.
+    let requests = mock.requests();
+    assert_eq!(requests.len(), 6, "{requests:?}");
+    assert!(
+        requests.iter().all(|r| r.path != switchyard_testkit::REDIRECT_TARGET),
+        "{requests:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_fails_before_its_first_event_falls_back_cleanly() {
     let mock = MockUpstream::start().await;
     let gw = gateway(

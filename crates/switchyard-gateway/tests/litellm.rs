@@ -75,6 +75,8 @@ litellm_settings:
 
 general_settings:
   master_key: os.environ/LITELLM_MASTER_KEY
+  database_connection_pool_limit: 10
+  allow_requests_on_db_unavailable: true
 "#
     )
 }
@@ -142,6 +144,8 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
         "router_settings.enable_pre_call_checks",
         "model_list[1].model_info.id",
         "model_list[2].litellm_params.max_retries",
+        "general_settings.database_connection_pool_limit",
+        "general_settings.allow_requests_on_db_unavailable",
     ] {
         assert_eq!(
             notices.matches(&format!("`{key}`")).count(),
@@ -190,6 +194,114 @@ fn redis_settings_become_one_url_and_the_cache_follows_it() {
     assert_eq!(t.config["policy"]["redis"]["url"], "redis://:pw@cache.internal:6380/2");
     assert_eq!(t.config["cache"]["redis"]["url"], "redis://:pw@cache.internal:6380/2");
     assert_eq!(t.config["cache"]["redis"]["prefix"], "team-a:");
+}
+
+/// LiteLLM's production guide sets every Redis part from the environment;
+/// each becomes a placeholder resolved at validation, percent-encoded (a
+/// password may hold `@` or `/`).
+#[test]
+fn redis_parts_from_the_environment_are_resolved() {
+    let yaml = r#"
+model_list:
+  - model_name: a
+    litellm_params: {model: openai/x, api_key: k}
+router_settings:
+  redis_host: os.environ/REDIS_HOST
+  redis_port: os.environ/REDIS_PORT
+  redis_password: os.environ/REDIS_PASSWORD
+litellm_settings:
+  cache: true
+  cache_params: {type: redis, host: os.environ/REDIS_HOST, port: 6390, password: "p@ss/word"}
+"#;
+    let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
+    let mut env: BTreeMap<String, String> = [
+        ("REDIS_HOST", "redis.internal"),
+        ("REDIS_PORT", "6380"),
+        ("REDIS_PASSWORD", "s3cr:t@/x"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let mut issues = Vec::new();
+    let spec = config.policy.validate(&env, &["a".to_owned()], &mut issues);
+    assert!(issues.is_empty(), "{issues:?}");
+    assert_eq!(
+        spec.settings.redis.unwrap().url,
+        "redis://:s3cr%3At%40%2Fx@redis.internal:6380"
+    );
+    let cache = config.cache.validate(&env, &["a".to_owned()], &mut issues);
+    assert!(issues.is_empty(), "{issues:?}");
+    assert!(
+        format!("{cache:?}").contains("redis://:p%40ss%2Fword@redis.internal:6390"),
+        "{cache:?}"
+    );
+    // A variable that is not set is named, and its value is never shown.
+    env.remove("REDIS_PASSWORD");
+    let mut issues = Vec::new();
+    let spec = config.policy.validate(&env, &["a".to_owned()], &mut issues);
+    assert!(spec.settings.redis.is_none());
+    let text = format!("{issues:?}");
+    assert!(
+        text.contains("policy.redis.url") && text.contains("REDIS_PASSWORD"),
+        "{text}"
+    );
+}
+
+/// With no `general_settings.master_key`, a LiteLLM file takes the master
+/// key from `LITELLM_MASTER_KEY` as LiteLLM does; Switchyard's own files
+/// read only `SWITCHYARD_MASTER_KEY`.
+#[test]
+fn a_litellm_file_reads_the_litellm_master_key_variable() {
+    let litellm = "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_key: k}\n";
+    let own = "model_list:\n  - model_name: a\n    deployments: [{provider: mock, model: m}]\n";
+    let env: BTreeMap<String, String> = [("LITELLM_MASTER_KEY".to_owned(), MASTER.to_owned())].into();
+    let master = |yaml: &str, env: &BTreeMap<String, String>| {
+        let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
+        let mut issues = Vec::new();
+        let spec = config.policy.validate(env, &["a".to_owned()], &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
+        spec.settings.master_key
+    };
+    assert_eq!(master(litellm, &env).as_deref(), Some(MASTER));
+    assert_eq!(master(own, &env), None);
+    let mut both = env.clone();
+    both.insert("SWITCHYARD_MASTER_KEY".into(), "sk-switchyard-master-01".into());
+    assert_eq!(master(litellm, &both).as_deref(), Some("sk-switchyard-master-01"));
+}
+
+/// `model_info.base_model` prices an Azure deployment named otherwise as
+/// the model it runs; one the built-in table does not know is a warning,
+/// and a deployment nobody priced is warned about too.
+#[test]
+fn base_model_prices_a_deployment_and_unpriced_ones_are_warned_about() {
+    let yaml = r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params: {model: azure/prod-gpt4o, api_base: "https://x.openai.azure.com", api_key: k, api_version: "2024-10-21"}
+    model_info: {base_model: azure/gpt-4o-2024-08-06}
+  - model_name: exotic
+    litellm_params: {model: azure/prod-exotic, api_base: "https://x.openai.azure.com", api_key: k, api_version: "2024-10-21"}
+    model_info: {base_model: azure/some-model-nobody-prices}
+"#;
+    let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
+    let deployment = &config.model_list[0].deployments[0];
+    assert_eq!(deployment.base_model.as_deref(), Some("azure/gpt-4o-2024-08-06"));
+    let env = BTreeMap::<String, String>::new();
+    let models = config.validate(&env).unwrap();
+    let priced = &models[0].deployments[0].prices;
+    assert_eq!(
+        *priced,
+        switchyard_policy::price::builtin("gpt-4o").unwrap(),
+        "priced as gpt-4o"
+    );
+    assert_eq!(models[1].deployments[0].prices, switchyard_policy::Prices::default());
+    let notices = config.notices.join("\n");
+    assert!(notices.contains("model_list[1].model_info.base_model"), "{notices}");
+    assert!(
+        notices.contains("model_list[1].deployments[0] (`prod-exotic`)") && notices.contains("cost $0"),
+        "{notices}"
+    );
+    assert!(!notices.contains("model_list[0].deployments[0]"), "{notices}");
 }
 
 #[test]

@@ -753,6 +753,41 @@ model_list:
     assert!(!text.contains("sk-a-long-enough-key-0001"), "a key reached the output");
 }
 
+/// A gateway with keys in its file but no master key guards its status
+/// routes with those keys; one with no keys at all says at start-up that
+/// every route is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_routes_follow_the_configured_keys() {
+    let key = "sk-config-key-for-status-0001";
+    let models = "model_list:\n  - model_name: m\n    deployments:\n      - {provider: mock, model: m}\n";
+    let gw = GatewayProcess::start(Path::new(BIN), &format!("policy:\n  keys:\n    - key: {key}\n{models}"));
+    for path in ["/admin/deployments", "/admin/routers"] {
+        let anonymous = send(client().get(format!("{}{path}", gw.base_url()))).await;
+        assert_eq!(anonymous.status, 401, "{path}: {}", anonymous.body);
+        let wrong = send(
+            client()
+                .get(format!("{}{path}", gw.base_url()))
+                .bearer_auth("sk-wrong-key-0000000001"),
+        )
+        .await;
+        assert_eq!(wrong.status, 401, "{path}: {}", wrong.body);
+        let with_key = send(client().get(format!("{}{path}", gw.base_url())).bearer_auth(key)).await;
+        assert_eq!(with_key.status, 200, "{path}: {}", with_key.body);
+    }
+    assert!(
+        !gw.logs().iter().any(|l| l.contains("every client route is open")),
+        "a gateway with keys is not open"
+    );
+    let open = GatewayProcess::start(Path::new(BIN), models);
+    let status = send(client().get(format!("{}/admin/deployments", open.base_url()))).await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    let logs = open.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("every client route is open")),
+        "{logs:?}"
+    );
+}
+
 /// A client that leaves a stream before its final usage chunk is charged
 /// the estimated prompt and at least a token per chunk it received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

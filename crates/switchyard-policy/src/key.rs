@@ -306,7 +306,7 @@ pub fn apply_limit_field(limits: &mut Limits, name: &str, value: &Value) -> Resu
                 v.as_str().and_then(BudgetPeriod::parse).ok_or_else(|| {
                     field_error(
                         name,
-                        "'budget_duration' must be one of daily (1d), weekly (7d), monthly (1mo).",
+                        "'budget_duration' must be one of daily (1d, 24h), weekly (7d), monthly (1mo, 30d).",
                     )
                 })
             })?;
@@ -407,7 +407,7 @@ mod tests {
             ("rpm_limit", json!(0), "rpm_limit"),
             ("rpm_limit", json!("x"), "rpm_limit"),
             ("max_budget", json!(-1.0), "max_budget"),
-            ("budget_duration", json!("30d"), "budget_duration"),
+            ("budget_duration", json!("2mo"), "budget_duration"),
             ("models", json!(["a", 3]), "models[1]"),
             ("model_rpm_limit", json!({"a": -2}), "model_rpm_limit.a"),
         ] {

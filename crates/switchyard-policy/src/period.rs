@@ -48,12 +48,13 @@ pub enum BudgetPeriod {
 }
 
 impl BudgetPeriod {
-    /// Parses `daily`/`1d`, `weekly`/`7d`/`1w`, `monthly`/`1mo`.
+    /// Parses `daily`/`1d`/`24h`, `weekly`/`7d`/`1w`, `monthly`/`1mo`/`30d`
+    /// (LiteLLM's `30d` budgets, too, start again on the first of the month).
     pub fn parse(text: &str) -> Option<Self> {
         match text.trim().to_ascii_lowercase().as_str() {
-            "daily" | "1d" | "day" => Some(Self::Daily),
+            "daily" | "1d" | "24h" | "day" => Some(Self::Daily),
             "weekly" | "7d" | "1w" | "week" => Some(Self::Weekly),
-            "monthly" | "1mo" | "month" => Some(Self::Monthly),
+            "monthly" | "1mo" | "30d" | "month" => Some(Self::Monthly),
             _ => None,
         }
     }
@@ -143,6 +144,10 @@ mod tests {
         assert_eq!(parse_duration_secs("10"), None);
         assert_eq!(BudgetPeriod::parse("1mo"), Some(BudgetPeriod::Monthly));
         assert_eq!(BudgetPeriod::parse("Weekly"), Some(BudgetPeriod::Weekly));
-        assert_eq!(BudgetPeriod::parse("30d"), None);
+        // LiteLLM's calendar-aligned spellings.
+        assert_eq!(BudgetPeriod::parse("30d"), Some(BudgetPeriod::Monthly));
+        assert_eq!(BudgetPeriod::parse("24h"), Some(BudgetPeriod::Daily));
+        assert_eq!(BudgetPeriod::parse("2mo"), None);
+        assert_eq!(BudgetPeriod::parse("12h"), None);
     }
 }

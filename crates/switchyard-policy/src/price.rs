@@ -97,10 +97,20 @@ const BUILTIN: &[(&str, Prices)] = &[
     ("gpt-4.1-mini", Prices::per_million(0.4, 1.6, Some(0.1), None)),
     ("gpt-4.1-nano", Prices::per_million(0.1, 0.4, Some(0.025), None)),
     ("gpt-4-turbo", Prices::per_million(10.0, 30.0, None, None)),
+    ("gpt-4-turbo-preview", Prices::per_million(10.0, 30.0, None, None)),
+    ("gpt-4-1106-preview", Prices::per_million(10.0, 30.0, None, None)),
+    ("gpt-4-0125-preview", Prices::per_million(10.0, 30.0, None, None)),
     ("gpt-4", Prices::per_million(30.0, 60.0, None, None)),
+    ("gpt-4-32k", Prices::per_million(60.0, 120.0, None, None)),
+    ("gpt-5", Prices::per_million(1.25, 10.0, Some(0.125), None)),
+    ("gpt-5-mini", Prices::per_million(0.25, 2.0, Some(0.025), None)),
+    ("gpt-5-nano", Prices::per_million(0.05, 0.4, Some(0.005), None)),
     ("gpt-3.5-turbo", Prices::per_million(0.5, 1.5, None, None)),
     ("o1", Prices::per_million(15.0, 60.0, Some(7.5), None)),
+    ("o1-mini", Prices::per_million(1.1, 4.4, Some(0.55), None)),
+    ("o1-pro", Prices::per_million(150.0, 600.0, None, None)),
     ("o3", Prices::per_million(2.0, 8.0, Some(0.5), None)),
+    ("o3-pro", Prices::per_million(20.0, 80.0, None, None)),
     ("o3-mini", Prices::per_million(1.1, 4.4, Some(0.55), None)),
     ("o4-mini", Prices::per_million(1.1, 4.4, Some(0.275), None)),
     ("text-embedding-3-small", Prices::per_million(0.02, 0.0, None, None)),
@@ -117,14 +127,28 @@ const BUILTIN: &[(&str, Prices)] = &[
         Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
     ),
     ("claude-sonnet-4", Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75))),
+    (
+        "claude-sonnet-4-5",
+        Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
+    ),
+    ("claude-haiku-4-5", Prices::per_million(1.0, 5.0, Some(0.1), Some(1.25))),
     ("claude-3-opus", Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75))),
     ("claude-opus-4", Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75))),
+    (
+        "claude-opus-4-1",
+        Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75)),
+    ),
+    ("claude-opus-4-5", Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25))),
 ];
 
 /// The built-in price of a well-known upstream model, matched by name: an
-/// exact name, or one followed by a version suffix (`gpt-4o-2024-08-06`,
-/// `claude-3-5-sonnet-20241022`). Bedrock ids (`us.anthropic.claude-…-v2:0`)
-/// are matched from their model part. The longest matching name wins.
+/// exact name, or one followed by a version suffix — a date
+/// (`gpt-4o-2024-08-06`, `claude-3-5-sonnet-20241022`, `gpt-4-0613`),
+/// `latest`, a Bedrock version (`-v1:0`, `:0`) or a Vertex `@date`. Any other
+/// suffix names another model (`claude-opus-4-5` is not `claude-opus-4`,
+/// `o3-pro` is not `o3`), which has no built-in price unless listed. Bedrock
+/// ids (`us.anthropic.claude-…-v2:0`) are matched from their model part; a
+/// provider prefix (`azure/gpt-4o`) is dropped. The longest matching name wins.
 pub fn builtin(model: &str) -> Option<Prices> {
     let name = match model.find("claude-") {
         Some(at) => &model[at..],
@@ -132,21 +156,27 @@ pub fn builtin(model: &str) -> Option<Prices> {
     };
     BUILTIN
         .iter()
-        .filter(|(known, _)| {
-            name.strip_prefix(known)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['-', ':', '@']) && !is_variant(rest))
-        })
+        .filter(|(known, _)| name.strip_prefix(known).is_some_and(is_version_suffix))
         .max_by_key(|(known, _)| known.len())
         .map(|(_, prices)| *prices)
 }
 
-/// A suffix that names another model rather than a version (`-mini`, `-nano`…).
-fn is_variant(rest: &str) -> bool {
-    let next = rest[1..].split(['-', ':', '@']).next().unwrap_or("");
-    matches!(
-        next,
-        "mini" | "nano" | "turbo" | "audio" | "realtime" | "search" | "small" | "large"
-    )
+/// Whether what follows a known model name only dates or versions it.
+fn is_version_suffix(rest: &str) -> bool {
+    let Some(sep) = rest.chars().next() else {
+        return true;
+    };
+    if sep == ':' || sep == '@' {
+        return true;
+    }
+    if sep != '-' {
+        return false;
+    }
+    let first = rest[1..].split(['-', ':', '@']).next().unwrap_or("");
+    let bedrock_version = first
+        .strip_prefix('v')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+    first == "latest" || bedrock_version || first.len() >= 4 && first.bytes().all(|b| b.is_ascii_digit())
 }
 
 #[cfg(test)]
@@ -170,6 +200,34 @@ mod tests {
         assert_eq!(builtin("gpt-4-turbo-2024-04-09"), builtin("gpt-4-turbo"));
         assert_ne!(builtin("gpt-4-turbo"), builtin("gpt-4"));
         assert_eq!(builtin("my-finetune"), None);
+        // A minor version or a suffix word names another model.
+        assert_eq!(
+            builtin("claude-opus-4-5-20251101"),
+            Some(Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25)))
+        );
+        assert_eq!(builtin("claude-opus-4-20250514"), builtin("claude-opus-4"));
+        assert_ne!(builtin("claude-opus-4-5"), builtin("claude-opus-4"));
+        assert_eq!(
+            builtin("us.anthropic.claude-haiku-4-5-20251001-v1:0"),
+            builtin("claude-haiku-4-5")
+        );
+        assert!(builtin("claude-haiku-4-5").is_some());
+        assert_eq!(builtin("claude-sonnet-4-6"), None);
+        assert_eq!(builtin("o3-pro"), Some(Prices::per_million(20.0, 80.0, None, None)));
+        assert_eq!(builtin("o3-deep-research"), None);
+        assert_eq!(builtin("gpt-5-chat-latest"), None);
+        assert_eq!(builtin("gpt-5.1"), None);
+        assert_eq!(builtin("gpt-5-2025-08-07"), builtin("gpt-5"));
+        assert_eq!(builtin("gpt-4-0613"), builtin("gpt-4"));
+        assert_eq!(builtin("gpt-4-1106-preview"), builtin("gpt-4-turbo"));
+        assert_eq!(builtin("gpt-4o-latest"), builtin("gpt-4o"));
+        assert_eq!(builtin("azure/gpt-4o-mini"), builtin("gpt-4o-mini"));
+        assert_eq!(builtin("claude-3-5-sonnet@20240620"), builtin("claude-3-5-sonnet"));
+        assert_eq!(
+            builtin("anthropic.claude-3-haiku-20240307-v1:0"),
+            builtin("claude-3-haiku")
+        );
+        assert_eq!(builtin("gpt-4o-mini-realtime-preview"), None);
         assert_eq!(builtin("mock-gpt-1"), None);
     }
 

@@ -84,6 +84,9 @@ impl HttpUpstream {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .tcp_keepalive(Duration::from_secs(60))
+            // A redirect would carry the prompt, and credentials in headers
+            // such as `api-key` or `x-api-key`, to another address.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| ProviderError::InvalidConfig(e.without_url().to_string()))?;
         Ok(Self {
@@ -259,6 +262,21 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::
 async fn status_error(response: reqwest::Response) -> ProviderError {
     let status = response.status();
     let retry_after = retry_after(response.headers(), std::time::SystemTime::now());
+    if status.is_redirection() {
+        return ProviderError::Status {
+            status: status.as_u16(),
+            message: format!(
+                "the upstream answered with a redirect (HTTP {}); redirects are not followed, so that the \
+                 prompt and credentials never go to another address: set api_base to the final URL",
+                status.as_u16()
+            ),
+            kind: None,
+            code: None,
+            param: None,
+            retry_after: None,
+            details: None,
+        };
+    }
     let body: Bytes = read_body(response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
     match serde_json::from_slice::<ErrorEnvelope>(&body) {
         Ok(ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error)) => ProviderError::Status {

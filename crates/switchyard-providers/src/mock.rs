@@ -16,6 +16,12 @@ use switchyard_api::{
 
 use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, StreamChunk};
 
+/// The widest embedding the mock makes (OpenAI's largest model has 3,072).
+const MAX_EMBEDDING_DIMS: u64 = 4096;
+
+/// The most texts one embeddings request may hold (OpenAI's limit).
+const MAX_EMBEDDING_INPUTS: usize = 2048;
+
 /// Behaviour of a mock deployment.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MockSettings {
@@ -308,13 +314,26 @@ impl Provider for MockProvider {
 
     async fn embeddings(&self, req: &EmbeddingRequest) -> Result<ProviderResponse> {
         self.wait().await;
-        let dims = req
-            .extra
-            .get("dimensions")
-            .and_then(serde_json::Value::as_u64)
-            .map_or(self.settings.embedding_dims, |d| d as usize);
+        let dims = match req.extra.get("dimensions") {
+            None | Some(serde_json::Value::Null) => self.settings.embedding_dims,
+            Some(d) => match d.as_u64().filter(|d| (1..=MAX_EMBEDDING_DIMS).contains(d)) {
+                Some(d) => usize::try_from(d).unwrap_or(self.settings.embedding_dims),
+                None => {
+                    return Err(ProviderError::InvalidRequest {
+                        message: format!("'dimensions' must be an integer from 1 to {MAX_EMBEDDING_DIMS}."),
+                        param: Some("dimensions".into()),
+                    });
+                }
+            },
+        };
         let base64 = req.encoding_format.as_deref() == Some("base64");
         let texts = req.input.texts();
+        if texts.len() > MAX_EMBEDDING_INPUTS {
+            return Err(ProviderError::InvalidRequest {
+                message: format!("'input' may hold at most {MAX_EMBEDDING_INPUTS} items, as OpenAI's does."),
+                param: Some("input".into()),
+            });
+        }
         let data = texts
             .iter()
             .enumerate()
@@ -366,6 +385,39 @@ mod tests {
             "stream_options": {"include_usage": stream_usage}
         }))
         .unwrap_or_else(|e| unreachable!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn embedding_sizes_a_client_asks_for_are_bounded() {
+        let mock = MockProvider::new(MockSettings::default());
+        let request = |body: serde_json::Value| -> EmbeddingRequest {
+            serde_json::from_value(body).unwrap_or_else(|e| unreachable!("{e}"))
+        };
+        let wide = mock
+            .embeddings(&request(
+                serde_json::json!({"model": "m", "input": "a", "dimensions": 100_000_000_000u64}),
+            ))
+            .await;
+        assert!(
+            matches!(&wide, Err(ProviderError::InvalidRequest { param: Some(p), .. }) if p == "dimensions"),
+            "{wide:?}"
+        );
+        let many = vec!["a"; MAX_EMBEDDING_INPUTS + 1];
+        let long = mock
+            .embeddings(&request(serde_json::json!({"model": "m", "input": many})))
+            .await;
+        assert!(
+            matches!(&long, Err(ProviderError::InvalidRequest { param: Some(p), .. }) if p == "input"),
+            "{long:?}"
+        );
+        let fine = mock
+            .embeddings(&request(
+                serde_json::json!({"model": "m", "input": "a", "dimensions": 8}),
+            ))
+            .await
+            .unwrap_or_else(|e| unreachable!("{e}"));
+        let parsed: serde_json::Value = serde_json::from_slice(&fine.body).unwrap_or_else(|e| unreachable!("{e}"));
+        assert_eq!(parsed["data"][0]["embedding"].as_array().map(Vec::len), Some(8));
     }
 
     #[tokio::test]

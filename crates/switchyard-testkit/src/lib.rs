@@ -62,6 +62,6 @@ pub use moto::{MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoServer};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use redis::RedisServer;
 pub use reply::{MOCK_CACHE_READ_TOKENS, MOCK_CACHE_WRITE_TOKENS};
-pub use scenario::{SCENARIO_HEADER, Scenario};
+pub use scenario::{REDIRECT_TARGET, SCENARIO_HEADER, Scenario};
 pub use server::{MockUpstream, RecordedRequest};
 pub use sse::StreamStats;

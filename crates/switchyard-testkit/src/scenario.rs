@@ -69,7 +69,14 @@ pub struct Scenario {
     /// Non-streaming: reply 200 with valid JSON that is not an answer (no
     /// `choices`), with usage.
     pub wrong_shape: bool,
+    /// Answer `307 Temporary Redirect` to [`REDIRECT_TARGET`] on the same
+    /// server (a compromised or misconfigured upstream).
+    pub redirect: bool,
 }
+
+/// Where a `redirect` scenario sends the client; a request arriving there is
+/// recorded like any other.
+pub const REDIRECT_TARGET: &str = "/redirected";
 
 impl Scenario {
     /// Parses a comma-separated directive list. Empty entries are ignored.
@@ -112,6 +119,7 @@ impl Scenario {
                 "context_window" => scenario.context_window = Some(number(name, value)?),
                 "content_filter" => scenario.content_filter = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
+                "redirect" => scenario.redirect = flag(name, value)?,
                 "no_usage" => scenario.no_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),

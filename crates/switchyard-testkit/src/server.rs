@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
@@ -534,6 +534,13 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
     }
     if let Some(code) = scenario.status {
         return protocol.injected_error(code, scenario.retry_after);
+    }
+    if scenario.redirect {
+        return (
+            StatusCode::TEMPORARY_REDIRECT,
+            [(axum::http::header::LOCATION, crate::scenario::REDIRECT_TARGET)],
+        )
+            .into_response();
     }
 
     let ctx = RequestCtx {
