@@ -214,6 +214,15 @@ pub struct ServerConfig {
     /// `https://app.example.com`; `["*"]` allows any. Empty (the default):
     /// no CORS headers, so browsers refuse cross-origin calls.
     pub cors_allowed_origins: Vec<String>,
+    /// How long a client may take to send a request's headers, in
+    /// milliseconds; a slower connection is closed.
+    pub header_read_timeout_ms: u64,
+    /// How long a client may take to send a request's body, in
+    /// milliseconds, once its headers arrived; a slower one gets 408.
+    pub body_read_timeout_ms: u64,
+    /// Client connections served at once; beyond it, new ones wait in the
+    /// listen backlog until one closes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -226,6 +235,9 @@ impl Default for ServerConfig {
             drain_delay_ms: 1_000,
             config_poll_ms: 2_000,
             cors_allowed_origins: Vec::new(),
+            header_read_timeout_ms: 30_000,
+            body_read_timeout_ms: 60_000,
+            max_connections: 10_000,
         }
     }
 }
@@ -1186,6 +1198,17 @@ impl Config {
         let mut issues = Vec::new();
         if self.server.max_body_bytes == 0 {
             issues.push(issue("server.max_body_bytes", "must be greater than 0"));
+        }
+        for (value, field) in [
+            (self.server.header_read_timeout_ms, "server.header_read_timeout_ms"),
+            (self.server.body_read_timeout_ms, "server.body_read_timeout_ms"),
+        ] {
+            if value == 0 {
+                issues.push(issue(field, "must be greater than 0"));
+            }
+        }
+        if self.server.max_connections == 0 {
+            issues.push(issue("server.max_connections", "must be greater than 0"));
         }
         validate_cors(&self.server.cors_allowed_origins, &mut issues);
         if self.model_list.is_empty() {

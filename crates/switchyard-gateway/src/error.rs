@@ -27,6 +27,9 @@ pub enum ApiError {
     /// The body exceeds `server.max_body_bytes`.
     #[error("The request body is larger than the limit of {0} bytes.")]
     BodyTooLarge(usize),
+    /// The body did not arrive within `server.body_read_timeout_ms`.
+    #[error("The request body did not arrive within {0} ms.")]
+    BodyTimeout(u64),
     /// No route has this path.
     #[error("Unknown request URL: {method} {path}.")]
     UnknownRoute {
@@ -111,6 +114,7 @@ impl ApiError {
                 Some("model_not_found".into()),
             ),
             ApiError::BodyTooLarge(_) => (S::PAYLOAD_TOO_LARGE, invalid, None, Some("request_too_large".into())),
+            ApiError::BodyTimeout(_) => (S::REQUEST_TIMEOUT, invalid, None, Some("request_timeout".into())),
             ApiError::UnknownRoute { .. } => (S::NOT_FOUND, invalid, None, Some("unknown_url".into())),
             ApiError::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, invalid, None, Some("method_not_allowed".into())),
             ApiError::FallbackNotAllowed { param, .. } => (

@@ -19,9 +19,25 @@ impl<T: DeserializeOwned> FromRequest<SharedState> for JsonBody<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &SharedState) -> Result<Self, Self::Rejection> {
-        let limit = state.server.max_body_bytes;
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| reject(e, limit))?;
+        let bytes = read_body(req, state).await?;
         parse(&bytes).map(JsonBody)
+    }
+}
+
+/// Reads a request's whole body within `server.max_body_bytes` and
+/// `server.body_read_timeout_ms`, so a client trickling its body in cannot
+/// hold a connection and its buffer for long.
+pub(crate) async fn read_body(req: Request, state: &SharedState) -> Result<Bytes, ApiError> {
+    let limit = state.server.max_body_bytes;
+    let timeout_ms = state.server.body_read_timeout_ms;
+    match tokio::time::timeout(
+        std::time::Duration::from_millis(timeout_ms),
+        Bytes::from_request(req, state),
+    )
+    .await
+    {
+        Ok(read) => read.map_err(|e| reject(e, limit)),
+        Err(_) => Err(ApiError::BodyTimeout(timeout_ms)),
     }
 }
 

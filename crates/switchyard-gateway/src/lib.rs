@@ -26,7 +26,6 @@ pub mod telemetry_config;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 
 pub use config::{Config, ConfigError, Overrides, Source};
@@ -87,17 +86,7 @@ pub async fn serve(
     let app = live.service();
     let draining = live.clone();
     let (signalled_tx, signalled_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(
-        // Streams are many small writes: send each event at once rather than
-        // letting Nagle's algorithm hold it for the client's delayed ACK.
-        listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        }),
-        app,
-    )
-    .with_graceful_shutdown(async move {
+    let stop = async move {
         shutdown.await;
         draining.start_draining();
         tracing::info!(
@@ -105,16 +94,20 @@ pub async fn serve(
             "shutting down: readiness reports draining, then no new connections"
         );
         tokio::time::sleep(delay).await;
-        let _ = signalled_tx.send(());
-    });
-    let server = tokio::spawn(async move { server.await });
+    };
+    let limits = ConnectionLimits {
+        header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+        max_connections: server.max_connections,
+    };
+    let server = accept_loop(listener, app, limits, stop, signalled_tx);
+    let server = tokio::spawn(server);
     tokio::pin!(server);
     tokio::select! {
-        result = &mut server => return result.map_err(std::io::Error::other)?,
+        result = &mut server => return result.map_err(std::io::Error::other),
         _ = signalled_rx => {}
     }
     match tokio::time::timeout(drain, &mut server).await {
-        Ok(result) => result.map_err(std::io::Error::other)?,
+        Ok(result) => result.map_err(std::io::Error::other),
         Err(_) => {
             tracing::warn!(
                 timeout_ms = drain.as_millis() as u64,
@@ -128,4 +121,93 @@ pub async fn serve(
             Ok(())
         }
     }
+}
+
+/// What one client connection may hold.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionLimits {
+    /// Longest wait for a request's headers.
+    header_read_timeout: Duration,
+    /// Connections served at once.
+    max_connections: usize,
+}
+
+/// Accepts connections until `stop` resolves, at most
+/// `limits.max_connections` at a time, each served by hyper (HTTP/1.1 with
+/// `limits.header_read_timeout`, or HTTP/2). Then it stops accepting,
+/// tells `signalled`, and waits for the open connections to finish their
+/// requests.
+async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionLimits,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    signalled: tokio::sync::oneshot::Sender<()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto::Builder;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    tokio::pin!(stop);
+    loop {
+        // A connection waits in the listen backlog while every slot is taken.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = &mut stop => break,
+        };
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    accept_failed(&e).await;
+                    continue;
+                }
+            },
+            () = &mut stop => break,
+        };
+        // Streams are many small writes: send each event at once rather than
+        // letting Nagle's algorithm hold it for the client's delayed ACK.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = builder
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = signalled.send(());
+    graceful.shutdown().await;
+}
+
+/// After a failed `accept`: a connection the peer already dropped is
+/// nothing; anything else (out of file descriptors) is logged and waited
+/// out briefly rather than retried in a busy loop.
+async fn accept_failed(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::warn!(error = %error, "cannot accept a connection");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }

@@ -468,3 +468,94 @@ fn models_of(live: &switchyard_gateway::reload::Live) -> Vec<String> {
     names.sort();
     names
 }
+
+/// Reads from `socket` until the gateway closes it, returning what arrived;
+/// panics if it is still open after `within`.
+async fn read_until_closed(socket: &mut tokio::net::TcpStream, within: Duration) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok(),
+        "the connection was not closed: {}",
+        String::from_utf8_lossy(&received)
+    );
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// A client that trickles its headers in is disconnected, and one that
+/// trickles its body in gets a 408; neither holds a connection for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_clients_are_cut_off() {
+    use tokio::io::AsyncWriteExt as _;
+    let gw = GatewayProcess::start(
+        BIN.as_ref(),
+        &config("hi", "", "  header_read_timeout_ms: 300\n  body_read_timeout_ms: 300"),
+    );
+    let addr = gw.base_url().trim_start_matches("http://").to_owned();
+
+    let mut headers = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    headers
+        .write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut headers, Duration::from_secs(20)).await;
+    assert!(!got.contains("200 OK"), "{got}");
+
+    let mut body = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    body.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {MASTER}\r\n\
+             content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"model\":"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let got = read_until_closed(&mut body, Duration::from_secs(20)).await;
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("\"code\":\"request_timeout\""), "{got}");
+
+    // A prompt client is served as before.
+    let (status, text) = ask(&reqwest::Client::new(), &gw.base_url(), "a").await;
+    assert_eq!((status, text.as_str()), (200, "hi"));
+}
+
+/// With `max_connections` open, a new connection waits until one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_for_a_free_slot() {
+    let gw = GatewayProcess::start(BIN.as_ref(), &config("hi", "", "  max_connections: 2"));
+    let base = gw.base_url();
+    // Two clients, each holding one keep-alive connection.
+    let held: Vec<reqwest::Client> = (0..2)
+        .map(|_| reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap())
+        .collect();
+    for client in &held {
+        assert_eq!(ask(client, &base, "a").await.0, 200);
+    }
+    let third = reqwest::Client::new();
+    let waiting = tokio::spawn({
+        let base = base.clone();
+        async move { ask(&third, &base, "a").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !waiting.is_finished(),
+        "a third connection was served while two were open"
+    );
+    drop(held);
+    let answer = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("served once a connection closed")
+        .unwrap();
+    assert_eq!(answer.0, 200);
+}
