@@ -89,6 +89,12 @@ pub struct RouterSettings {
     pub allowed_fails_window_ms: u64,
     /// Cooldown: how long a failing deployment is skipped before one probe request, in milliseconds.
     pub cooldown_ms: u64,
+    /// Cooldown for a deployment with nothing to take its requests instead
+    /// (alone in its group, no `fallbacks`, ranked by no learned router).
+    /// Off by default: skipping it would turn a brief upstream error into
+    /// `cooldown_ms` of 503s. On: such a group fails fast while its upstream
+    /// is failing.
+    pub cooldown_lone_deployments: bool,
 }
 
 impl Default for RouterSettings {
@@ -110,6 +116,7 @@ impl Default for RouterSettings {
             allowed_fails: cooldown.allowed_fails,
             allowed_fails_window_ms: cooldown.window_ms,
             cooldown_ms: cooldown.cooldown_ms,
+            cooldown_lone_deployments: false,
         }
     }
 }

@@ -430,10 +430,15 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     }
                     None => t.refuse(&here, "must be a number of seconds"),
                 },
-                "allowed_fails" => {
-                    router.insert("allowed_fails".into(), value.clone());
-                    t.map(here, "router_settings.allowed_fails");
-                }
+                // LiteLLM cools a deployment down once its failures exceed
+                // `allowed_fails`; Switchyard once they reach it.
+                "allowed_fails" => match value.as_u64().and_then(|n| n.checked_add(1)) {
+                    Some(n) => {
+                        router.insert("allowed_fails".into(), json!(n));
+                        t.map(here, "router_settings.allowed_fails (+1)");
+                    }
+                    None => t.refuse(&here, "must be a whole number"),
+                },
                 "cooldown_time" => match secs_to_ms(value) {
                     Some(ms) => {
                         router.insert("cooldown_ms".into(), json!(ms));

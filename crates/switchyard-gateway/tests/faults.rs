@@ -311,12 +311,56 @@ async fn context_window_and_content_policy_fallbacks() {
     assert_eq!(a.header("x-switchyard-attempts"), "1");
 }
 
+/// A deployment nothing else could stand in for is not cooled down by
+/// default: each request still reaches it, and it answers once it recovers.
+/// One with a fallback group is, so that the fallback answers at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_deployment_is_not_cooled_down() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_ms: 600000",
+        r#"
+  - model_name: lone
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "lone::fail_first=3,status=500"}
+  - model_name: backed
+    fallbacks: [spare]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "backed::status=500"}
+  - model_name: spare
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "spare-1"}
+"#,
+    );
+    for _ in 0..3 {
+        assert_eq!(chat(&gw, "lone", json!({})).await.status, 502);
+    }
+    assert_eq!(breaker(&gw, "lone/0").await["state"], "closed");
+    let recovered = chat(&gw, "lone", json!({})).await;
+    assert_eq!(recovered.status, 200, "{}", recovered.body);
+    assert_eq!(sent_to(&mock, "lone::fail_first=3,status=500"), 4);
+
+    for _ in 0..2 {
+        assert_eq!(chat(&gw, "backed", json!({})).await.status, 200);
+    }
+    assert_eq!(breaker(&gw, "backed/0").await["state"], "open");
+    let skipped = chat(&gw, "backed", json!({})).await;
+    assert_eq!(skipped.status, 200, "{}", skipped.body);
+    assert_eq!(skipped.header("x-switchyard-model"), "spare");
+    assert_eq!(
+        sent_to(&mock, "backed::status=500"),
+        2,
+        "the fallback answers without another try"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cooldown_is_entered_then_left_through_a_probe() {
     let mock = MockUpstream::start().await;
     let gw = gateway(
         &mock,
-        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_ms: 800",
+        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_lone_deployments: true\n  cooldown_ms: 800",
         r#"
   - model_name: flaky
     deployments:
@@ -556,7 +600,7 @@ async fn the_configured_deadline_counts_against_the_deployment_and_a_clients_sho
     let mock = MockUpstream::start().await;
     let gw = gateway(
         &mock,
-        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_ms: 600000\n  timeout_ms: 400",
+        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_lone_deployments: true\n  cooldown_ms: 600000\n  timeout_ms: 400",
         r#"
   - model_name: hang
     deployments:
@@ -752,7 +796,7 @@ async fn anthropic_answers_count_against_tpm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_breakers_and_statistics_of_deployments_it_keeps() {
     let mock = MockUpstream::start().await;
-    let router = "  num_retries: 0\n  allowed_fails: 2\n  cooldown_ms: 600000";
+    let router = "  num_retries: 0\n  allowed_fails: 2\n  cooldown_lone_deployments: true\n  cooldown_ms: 600000";
     let models = r#"
   - model_name: flaky
     deployments:
