@@ -40,7 +40,7 @@ impl Journal {
     /// Opens (or creates) `path`, returning the complete lines already in it.
     /// A last line without its newline (a torn write) is cut off.
     pub fn open(path: &Path, policy: FsyncPolicy) -> io::Result<(Journal, Vec<String>)> {
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(path)?;
+        let mut file = private_file().read(true).append(true).create(true).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
@@ -97,7 +97,7 @@ impl Journal {
     pub fn rewrite<T: Serialize>(&self, records: &[T]) -> io::Result<()> {
         let tmp = self.path.with_extension("jsonl.tmp");
         {
-            let mut out = io::BufWriter::new(File::create(&tmp)?);
+            let mut out = io::BufWriter::new(private_file().write(true).create(true).truncate(true).open(&tmp)?);
             for record in records {
                 serde_json::to_writer(&mut out, record).map_err(io::Error::other)?;
                 out.write_all(b"\n")?;
@@ -124,12 +124,7 @@ impl Journal {
         file.sync_data()?;
         let target = to();
         std::fs::rename(&self.path, &target)?;
-        match OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create_new(true)
-            .open(&self.path)
-        {
+        match private_file().read(true).append(true).create_new(true).open(&self.path) {
             Ok(new) => *file = new,
             Err(e) => {
                 std::fs::rename(&target, &self.path)?;
@@ -171,6 +166,16 @@ impl Journal {
     }
 }
 
+/// Options that create a file readable and writable by its owner only
+/// (mode 0600 on Unix): the files under `data_dir` hold key hashes, spend
+/// and who spent it. An existing file keeps its mode.
+pub fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
 /// Makes a rename in the directory of `path` durable (best effort: not every
 /// platform can open a directory).
 pub(crate) fn sync_dir(path: &Path) {
@@ -184,6 +189,24 @@ pub(crate) fn sync_dir(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(unix)]
+    #[test]
+    fn files_it_creates_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.jsonl");
+        let (journal, _) = Journal::open(&path, FsyncPolicy::Never).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        journal.rewrite(&[serde_json::json!({"a": 1})]).unwrap();
+        assert_eq!(mode(&path), 0o600, "a rewrite replaces the file with a private one");
+        let moved = journal
+            .rotate_past(0, || dir.path().join("keys.1.jsonl"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((mode(&moved), mode(&path)), (0o600, 0o600));
+    }
 
     #[test]
     fn torn_tail_is_dropped_and_appends_continue() {

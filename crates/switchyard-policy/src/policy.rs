@@ -309,7 +309,7 @@ struct Spill {
 /// records when either rewrites it.
 fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Spill, PendingQueue), PolicyError> {
     std::fs::create_dir_all(dir)?;
-    let lock = std::fs::OpenOptions::new()
+    let lock = crate::journal::private_file()
         .create(true)
         .truncate(false)
         .write(true)
@@ -337,7 +337,7 @@ fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Spill, PendingQueue), P
         }
     }
     if !unreadable.is_empty() {
-        let mut rejected = std::fs::OpenOptions::new()
+        let mut rejected = crate::journal::private_file()
             .create(true)
             .append(true)
             .open(dir.join("pending-spend.rejected.jsonl"))?;

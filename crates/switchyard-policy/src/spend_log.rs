@@ -274,7 +274,13 @@ fn summarise(dir: &Path, keep: usize) -> io::Result<Summary> {
     if added {
         let tmp = dir.join(format!("{SUMMARY}.tmp"));
         {
-            let mut out = io::BufWriter::new(std::fs::File::create(&tmp)?);
+            let mut out = io::BufWriter::new(
+                crate::journal::private_file()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .open(&tmp)?,
+            );
             serde_json::to_writer(&mut out, &summary).map_err(io::Error::other)?;
             out.flush()?;
             out.get_ref().sync_all()?;

@@ -280,11 +280,7 @@ impl FileWriter {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(fail)?;
+        let file = private_file().create(true).append(true).open(&path).map_err(fail)?;
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
         Ok(Self {
             file: std::io::BufWriter::new(file),
@@ -314,7 +310,7 @@ impl FileWriter {
             }
             std::fs::rename(&self.path, self.rotated(1))?;
         }
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let file = private_file().create(true).append(true).open(&self.path)?;
         self.file = std::io::BufWriter::new(file);
         self.size = 0;
         Ok(())
@@ -422,6 +418,15 @@ async fn redis_writer(
     }
 }
 
+/// Options that create a file readable and writable by its owner only
+/// (mode 0600 on Unix): the request log may hold prompts.
+fn private_file() -> std::fs::OpenOptions {
+    let mut options = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,5 +506,13 @@ mod tests {
         let first: RequestRecord = serde_json::from_str(live.lines().next().unwrap()).unwrap();
         assert_eq!(first.kind, "request");
         assert!(first.ts > 0);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            for file in [path.clone(), dir.path().join("requests.jsonl.1")] {
+                let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{}", file.display());
+            }
+        }
     }
 }
