@@ -13,22 +13,27 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Map, Value, json};
 use switchyard_policy::period::{date_of, day_of_date, day_of_ms, now_ms};
-use switchyard_policy::{KeyRecord, LogFilter, Nanos, PolicyError, TeamRecord, to_usd};
+use switchyard_policy::{KeyRecord, LogFilter, Nanos, PolicyError, Principal, TeamRecord, to_usd};
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::routes::SharedState;
 
+/// `GET /key/info`, which a virtual key may also call about itself (the
+/// caller adds authentication).
+pub fn key_info_route() -> Router<SharedState> {
+    Router::new().route("/key/info", get(key_info))
+}
+
 /// The admin routes (the caller adds the master-key check).
 pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/key/generate", post(generate_key))
-        .route("/key/info", get(key_info))
         .route("/key/update", post(update_key))
         .route("/key/delete", post(delete_keys))
         .route("/key/list", get(list_keys))
@@ -108,15 +113,44 @@ async fn generate_key(State(state): State<SharedState>, JsonBody(body): JsonBody
     }
 }
 
-async fn key_info(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    let Some(reference) = q.get("key") else {
-        return ApiError::InvalidField {
-            param: Some("key".into()),
-            message: "The query parameter 'key' (the key or its hash) is required.".into(),
+/// The master key reads any key's info (`?key=` the key, its hash or its
+/// id); a virtual key reads its own, with `key` left out or naming itself.
+async fn key_info(
+    State(state): State<SharedState>,
+    principal: Option<Extension<Principal>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let own = match principal.map(|Extension(p)| p) {
+        Some(Principal::Master) => None,
+        Some(Principal::Key(view)) => Some(view),
+        _ => {
+            return ApiError::Forbidden(
+                "The admin API needs a master key: set policy.master_key or SWITCHYARD_MASTER_KEY.".into(),
+            )
+            .into_response();
         }
-        .into_response();
     };
-    let record = match state.policy.find_key(reference).await {
+    let reference = match (q.get("key"), &own) {
+        (Some(reference), Some(view)) => {
+            let names_itself = reference == &view.key.key_id
+                || reference == &view.key.token
+                || (reference.starts_with("sk-") && switchyard_policy::key::hash_key(reference) == view.key.token);
+            if !names_itself {
+                return ApiError::Forbidden("A virtual key may read only its own info.".into()).into_response();
+            }
+            view.key.token.clone()
+        }
+        (None, Some(view)) => view.key.token.clone(),
+        (Some(reference), None) => reference.clone(),
+        (None, None) => {
+            return ApiError::InvalidField {
+                param: Some("key".into()),
+                message: "The query parameter 'key' (the key or its hash) is required.".into(),
+            }
+            .into_response();
+        }
+    };
+    let record = match state.policy.find_key(&reference).await {
         Ok(r) => r,
         Err(e) => return fail(e),
     };

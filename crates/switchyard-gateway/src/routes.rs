@@ -64,6 +64,9 @@ pub fn router(state: SharedState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), metering::authenticate));
     let admin = crate::policy_admin::routes()
         .route_layer(middleware::from_fn_with_state(state.clone(), metering::require_master));
+    // A virtual key may read its own info, as LiteLLM's tools expect.
+    let key_info = crate::policy_admin::key_info_route()
+        .route_layer(middleware::from_fn_with_state(state.clone(), metering::authenticate));
     // Read-only status: open on a gateway without keys, the master key's otherwise.
     let status = Router::new()
         .route("/admin/deployments", get(crate::admin::deployments))
@@ -81,6 +84,7 @@ pub fn router(state: SharedState) -> Router {
     let router = Router::new()
         .merge(client)
         .merge(admin)
+        .merge(key_info)
         .merge(status)
         .route("/health/liveness", get(liveness))
         // LiteLLM's spelling, which its Helm chart and manifests probe.

@@ -271,6 +271,27 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
     // The admin API takes only the master key.
     let as_key = send(client().get(format!("{}/key/list", gw.base_url())).bearer_auth(&key)).await;
     assert_eq!(as_key.status, 403);
+    // ...except that a key may read its own info, and only its own.
+    let info_as = |who: &str, query: &str| {
+        send(
+            client()
+                .get(format!("{}/key/info{query}", gw.base_url()))
+                .bearer_auth(who),
+        )
+    };
+    let own = info_as(&key, "").await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.body["info"]["key_alias"], "app");
+    let hash = own.body["key"].as_str().unwrap().to_owned();
+    for query in [format!("?key={key}"), format!("?key={hash}")] {
+        let named = info_as(&key, &query).await;
+        assert_eq!((named.status, &named.body["key"]), (200, &json!(hash)), "{query}");
+    }
+    let others = info_as(&key, &format!("?key={other}")).await;
+    assert_eq!(others.status, 403, "{}", others.body);
+    assert!(!others.body.to_string().contains("app"), "{}", others.body);
+    let anonymous = send(client().get(format!("{}/key/info", gw.base_url()))).await;
+    assert_eq!(anonymous.status, 401);
     let anonymous = send(client().get(format!("{}/admin/deployments", gw.base_url()))).await;
     assert_eq!(anonymous.status, 401);
 
