@@ -196,6 +196,8 @@ pub(crate) struct Decision<'s> {
     pub(crate) estimated_tokens: u64,
     /// When they were counted (the routing clock).
     pub(crate) estimated_at_ms: u64,
+    /// The id the upstream gave its answer, when it sent one.
+    pub(crate) upstream_request_id: Option<String>,
 }
 
 /// The request was answered.
@@ -520,15 +522,22 @@ async fn try_group<'s>(
             "gen_ai.request.model" = deployment.model.as_str(),
             "switchyard.deployment" = deployment.name.as_str(),
             "switchyard.attempt" = i64::from(*attempts),
+            "switchyard.upstream.request_id" = Empty,
             "error.type" = Empty,
         );
         let in_flight = state.stats.start(deployment.id);
         let added_ms = state.now_ms();
         state.stats.add_tokens(deployment.id, signed, added_ms);
         let started = Instant::now();
-        let sent = tokio::time::timeout_at(deadline.at, attempt(call, deployment, client))
-            .instrument(attempt_span.clone())
-            .await;
+        // Boxed: the attempt's future is deep, and nested in the request's
+        // it would pass the compiler's layout depth limit.
+        let sending: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> = Box::pin(
+            tokio::time::timeout_at(deadline.at, attempt(call, deployment, client)).instrument(attempt_span.clone()),
+        );
+        let (sent, upstream_request_id) = switchyard_providers::upstream_id::capture(sending).await;
+        if let Some(id) = &upstream_request_id {
+            attempt_span.record("switchyard.upstream.request_id", id.as_str());
+        }
         if let Some(counter) = upstream_ns {
             crate::observe::RequestContext::add_upstream(counter, started.elapsed());
         }
@@ -590,6 +599,7 @@ async fn try_group<'s>(
                         prediction: None,
                         estimated_tokens: if used.is_some() { 0 } else { estimated },
                         estimated_at_ms: added_ms,
+                        upstream_request_id,
                     },
                     in_flight,
                     started,
@@ -617,7 +627,13 @@ async fn try_group<'s>(
                         state.metrics.cooldown(&deployment.name);
                     }
                 }
-                tracing::warn!(deployment = %deployment.name, attempt = *attempts, error = %e, "attempt failed");
+                tracing::warn!(
+                    deployment = %deployment.name,
+                    attempt = *attempts,
+                    upstream_request_id = upstream_request_id.as_deref(),
+                    error = %e,
+                    "attempt failed"
+                );
                 let reason = if e.is_context_window_exceeded() {
                     Some(Reason::ContextWindow)
                 } else if e.is_content_policy_violation() {

@@ -265,6 +265,7 @@ impl Trail {
         r.deployment = Some(decision.deployment.name.clone());
         r.strategy = Some(decision.strategy.to_owned());
         r.attempts = decision.attempts;
+        r.upstream_request_id.clone_from(&decision.upstream_request_id);
         if let Some(p) = &decision.prediction {
             r.router = Some(p.router.clone());
             r.predicted = Some(p.scores.iter().cloned().collect());

@@ -142,6 +142,7 @@ const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-switchyard-depl
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-model");
 const STRATEGY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-strategy");
 const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-switchyard-attempts");
+const UPSTREAM_ID_HEADER: HeaderName = HeaderName::from_static("x-switchyard-upstream-request-id");
 const ROUTER_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router");
 const ROUTER_CHOICE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router-choice");
 const ROUTER_SCORES_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router-scores");
@@ -162,7 +163,8 @@ pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
 }
 
 /// Adds the routing decision to a response: the model group that answered,
-/// the deployment, the strategy and the number of attempts; for a learned
+/// the deployment, the strategy, the number of attempts and the upstream's
+/// own request id; for a learned
 /// router also its name, its choice and each candidate's predicted score.
 pub(crate) fn with_route_headers(mut response: Response, decision: &Decision<'_>) -> Response {
     let headers = response.headers_mut();
@@ -176,6 +178,13 @@ pub(crate) fn with_route_headers(mut response: Response, decision: &Decision<'_>
         }
     }
     headers.insert(ATTEMPTS_HEADER, HeaderValue::from(decision.attempts));
+    if let Some(v) = decision
+        .upstream_request_id
+        .as_deref()
+        .and_then(|id| HeaderValue::from_str(id).ok())
+    {
+        headers.insert(UPSTREAM_ID_HEADER, v);
+    }
     if let Some(p) = &decision.prediction {
         for (name, value) in [
             (ROUTER_HEADER, p.router.clone()),

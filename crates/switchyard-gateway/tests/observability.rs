@@ -406,6 +406,15 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     assert_eq!(r["model"], "gpt");
     assert_eq!(r["deployment"], "gpt/0");
     assert_eq!(r["strategy"], "simple-shuffle");
+    assert_eq!(
+        r["upstream_request_id"],
+        json_answer.header("x-switchyard-upstream-request-id"),
+        "the upstream's own id is logged with the request"
+    );
+    assert!(
+        r["upstream_request_id"].as_str().unwrap().starts_with("req_mock"),
+        "{r}"
+    );
     assert_eq!(r["status"], 200);
     assert!(r["prompt_tokens"].as_u64().unwrap() > 0 && r["completion_tokens"].as_u64().unwrap() > 0);
     let header_cost: f64 = json_answer.header("x-switchyard-response-cost").parse().unwrap();

@@ -203,6 +203,33 @@ async fn run_contract(provider: &str) {
         "{provider}: {body}"
     );
 
+    // The upstream's own request id comes back, from the header each
+    // provider names it in (Bedrock's is a UUID).
+    for stream in [false, true] {
+        let mut body = user("contract", "hello there");
+        body["stream"] = json!(stream);
+        let response = c
+            .http
+            .post(format!("{}/v1/chat/completions", c.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{provider}");
+        let id = response
+            .headers()
+            .get("x-switchyard-upstream-request-id")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let expected = if provider == "bedrock" {
+            id.ends_with("-0000-4000-8000-000000000000")
+        } else {
+            id.starts_with("req_mock")
+        };
+        assert!(expected, "{provider} stream={stream}: {id:?}");
+        response.bytes().await.unwrap();
+    }
+
     // Multi-turn with a system prompt: the last user turn is answered, the system text reaches the upstream.
     let (status, body) = c
         .chat(json!({"model": "contract", "messages": [

@@ -121,6 +121,7 @@ impl HttpUpstream {
             Ok(result) => result.map_err(ProviderError::from_reqwest)?,
             Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
         };
+        crate::upstream_id::record(response.headers());
         if response.status().is_success() {
             Ok(response)
         } else {

@@ -15,6 +15,7 @@ pub mod mock;
 pub mod openai;
 pub mod secret;
 pub mod sse;
+pub mod upstream_id;
 
 use std::future::Future;
 use std::pin::Pin;

@@ -45,6 +45,10 @@ pub struct RequestRecord {
     /// The strategy that chose it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<String>,
+    /// The id the upstream gave its answer (`x-request-id`, `request-id`,
+    /// `x-amzn-requestid`), for the provider's support.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_request_id: Option<String>,
     /// The learned router that ranked the candidates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub router: Option<String>,

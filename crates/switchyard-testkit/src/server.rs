@@ -58,6 +58,8 @@ pub const MAX_RECORDED: usize = 10_000;
 pub(crate) struct MockState {
     requests: Mutex<Vec<RecordedRequest>>,
     next_id: AtomicU64,
+    /// Counter of the request ids put on answers.
+    request_ids: AtomicU64,
     /// Requests seen per `fail_first` spec.
     spec_counts: Mutex<HashMap<String, u64>>,
     /// Streaming response counters.
@@ -113,7 +115,7 @@ impl MockUpstream {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let state = Arc::new(MockState::default());
-        let app = Router::new().fallback(handle).with_state(Arc::clone(&state));
+        let app = Router::new().fallback(handle_with_id).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
             // Serving only ends when the task is aborted.
             let _ = axum::serve(listener, app).await;
@@ -436,6 +438,24 @@ fn prompt_words(body: &Value) -> usize {
 
 fn missing(value: Option<&str>) -> bool {
     value.is_none_or(|v| v.trim().is_empty())
+}
+
+/// [`handle`], with the request id each provider puts on every answer,
+/// errors included: `x-request-id` (OpenAI, Azure), `request-id`
+/// (Anthropic), `x-amzn-requestid` (Bedrock).
+async fn handle_with_id(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let protocol = classify(request.uri().path()).map(|route| route.operation.protocol());
+    let n = state.request_ids.fetch_add(1, Ordering::Relaxed) + 1;
+    let mut response = handle(State(state), request).await;
+    let (name, value) = match protocol {
+        Some(Protocol::Anthropic) => ("request-id", format!("req_mock{n:016x}")),
+        Some(Protocol::Bedrock) => ("x-amzn-requestid", format!("{n:08x}-0000-4000-8000-000000000000")),
+        _ => ("x-request-id", format!("req_mock{n:016x}")),
+    };
+    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+        response.headers_mut().insert(name, value);
+    }
+    response
 }
 
 async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Response {

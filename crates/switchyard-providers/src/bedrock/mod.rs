@@ -227,7 +227,10 @@ impl BedrockProvider {
                         aws_sdk_bedrockruntime::config::Builder::from(&shared)
                     }
                 };
-                builder = builder.timeout_config(timeouts).retry_config(retry);
+                builder = builder
+                    .timeout_config(timeouts)
+                    .retry_config(retry)
+                    .interceptor(RecordRequestId);
                 if let Some(url) = &s.endpoint_url {
                     builder = builder.endpoint_url(url);
                 }
@@ -300,6 +303,28 @@ impl BedrockProvider {
                 operation: "embeddings with this model (Titan and Cohere embedding models are supported)",
             })
         }
+    }
+}
+
+/// Records the `x-amzn-requestid` of every Bedrock answer, errors included
+/// (see [`crate::upstream_id`]).
+#[derive(Debug)]
+struct RecordRequestId;
+
+impl aws_sdk_bedrockruntime::config::Intercept for RecordRequestId {
+    fn name(&self) -> &'static str {
+        "RecordRequestId"
+    }
+
+    fn read_before_deserialization(
+        &self,
+        context: &aws_sdk_bedrockruntime::config::interceptors::BeforeDeserializationInterceptorContextRef<'_>,
+        _components: &aws_sdk_bedrockruntime::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_bedrockruntime::config::ConfigBag,
+    ) -> std::result::Result<(), aws_sdk_bedrockruntime::error::BoxError> {
+        let headers = context.response().headers();
+        crate::upstream_id::record_from(|name| headers.get(name));
+        Ok(())
     }
 }
 
