@@ -59,6 +59,8 @@ pub(crate) struct RequestOptions {
     pub(crate) upstream_ns: Option<Arc<AtomicU64>>,
     /// The prompt's estimated tokens, when admission already worked them out.
     pub(crate) prompt_tokens: Option<u64>,
+    /// The end user and tags its spend record carries.
+    pub(crate) labels: switchyard_policy::Labels,
 }
 
 fn invalid(param: &str, message: String) -> ApiError {

@@ -10,6 +10,7 @@ pub mod config;
 mod dispatch;
 pub mod error;
 pub mod extract;
+mod labels;
 pub mod learned;
 pub mod litellm;
 pub mod messages;

@@ -258,6 +258,7 @@ pub(crate) async fn admit(
     model: &str,
     call: &Call<'_>,
     fallbacks: Option<&[String]>,
+    labels: switchyard_policy::Labels,
 ) -> Result<Metered, ApiError> {
     let mut ceiling = state
         .ceilings
@@ -286,7 +287,10 @@ pub(crate) async fn admit(
         request_id: Some(request_id.to_owned()),
     };
     let ticket = match state.policy.admit(principal, &demand).await {
-        Ok(ticket) => ticket,
+        Ok(mut ticket) => {
+            ticket.label(labels);
+            ticket
+        }
         Err(denied) => {
             let reason = match &denied {
                 switchyard_policy::Denied::RateLimited { .. } => Some("rate_limit"),

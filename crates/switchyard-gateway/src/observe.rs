@@ -258,6 +258,12 @@ impl Trail {
         })
     }
 
+    /// Notes the end user and tags the request named.
+    pub(crate) fn labels(&mut self, labels: &switchyard_policy::Labels) {
+        self.record.end_user.clone_from(&labels.end_user);
+        self.record.tags.clone_from(&labels.tags);
+    }
+
     /// Notes who answered.
     pub(crate) fn routed(&mut self, decision: &Decision<'_>) {
         let r = &mut self.record;

@@ -442,7 +442,7 @@ fn parse_day(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Res
 }
 
 /// The query parameters `/spend/logs` reads.
-const SPEND_LOG_PARAMS: [&str; 9] = [
+const SPEND_LOG_PARAMS: [&str; 11] = [
     "start_date",
     "end_date",
     "limit",
@@ -452,6 +452,8 @@ const SPEND_LOG_PARAMS: [&str; 9] = [
     "team_id",
     "model",
     "request_id",
+    "end_user",
+    "tag",
 ];
 
 async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -507,6 +509,8 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
         team_id: q.get("team_id").cloned(),
         model: q.get("model").cloned(),
         request_id: q.get("request_id").cloned(),
+        end_user: q.get("end_user").cloned(),
+        tag: q.get("tag").cloned(),
         start_day,
         end_day,
         limit,

@@ -289,7 +289,21 @@ async fn openai_inner(
     if state.telemetry.log_payloads {
         tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
     }
-    let meter = match metering::admit(&state, principal, &ctx.id, model, &call, options.fallbacks.as_deref()).await {
+    let labels = std::mem::take(&mut options.labels);
+    if let Some(t) = trail.as_mut() {
+        t.labels(&labels);
+    }
+    let meter = match metering::admit(
+        &state,
+        principal,
+        &ctx.id,
+        model,
+        &call,
+        options.fallbacks.as_deref(),
+        labels,
+    )
+    .await
+    {
         Ok(meter) => meter,
         Err(e) => {
             if let Some(t) = trail {
@@ -521,7 +535,10 @@ fn gateway_fields(
     extra: &mut switchyard_api::Extra,
     headers: &HeaderMap,
 ) -> Result<(RequestOptions, Controls), ApiError> {
-    Ok((RequestOptions::take(extra)?, Controls::take(extra, headers)?))
+    let mut options = RequestOptions::take(extra)?;
+    let controls = Controls::take(extra, headers)?;
+    options.labels = crate::labels::take(extra, headers)?;
+    Ok((options, controls))
 }
 
 async fn chat_completions(

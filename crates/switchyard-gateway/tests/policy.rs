@@ -774,6 +774,61 @@ model_list:
     assert!(!text.contains("sk-a-long-enough-key-0001"), "a key reached the output");
 }
 
+/// A request's end user and tags (OpenAI's `user`; `tags`, LiteLLM's
+/// `metadata.tags` and the tag headers) are on its spend record and filter
+/// `/spend/logs`; the tags never reach the upstream, and `metadata` goes on
+/// with its string members only, as OpenAI takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spend_records_carry_the_end_user_and_tags() {
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(BIN.as_ref(), &config_with_mock_group(dir.path(), "tagged", &mock, "m"));
+    let key = generate(&gw, json!({"key_alias": "tagger"})).await;
+    let answer = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(&key)
+            .header("x-litellm-tags", "from-header")
+            .json(&json!({
+                "model": "tagged", "max_tokens": 5, "user": "end-user-9",
+                "tags": ["nightly"],
+                "metadata": {"tags": ["eval", "nightly"], "generation_name": {"n": 1}, "run": "r-1"},
+                "messages": [{"role": "user", "content": "hello"}],
+            })),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let sent = mock.last_request().unwrap().body;
+    assert!(sent.get("tags").is_none(), "{sent}");
+    assert_eq!(sent["metadata"], json!({"run": "r-1"}), "{sent}");
+    assert_eq!(sent["user"], "end-user-9");
+
+    let record = spend_record(&gw, |r| r["key_alias"] == "tagger").await;
+    assert_eq!(record["end_user"], "end-user-9", "{record}");
+    assert_eq!(record["tags"], json!(["nightly", "eval", "from-header"]), "{record}");
+    let plain = chat_with(&gw, Some(&key), "mock-a").await;
+    assert_eq!(plain.status, 200);
+    spend_record(&gw, |r| r["model"] == "mock-a" && r["key_alias"] == "tagger").await;
+    for (query, expected) in [("tag=eval", 1), ("end_user=end-user-9", 1), ("tag=none", 0)] {
+        let found = admin_get(&gw, &format!("/spend/logs?{query}")).await;
+        assert_eq!(found.status, 200, "{}", found.body);
+        assert_eq!(
+            found.body.as_array().unwrap().len(),
+            expected,
+            "{query}: {}",
+            found.body
+        );
+    }
+    let bad = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(&key)
+            .json(&json!({"model": "tagged", "tags": "nightly", "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!((bad.status, bad.body["error"]["param"].as_str()), (400, Some("tags")));
+}
+
 /// A gateway with keys in its file but no master key guards its status
 /// routes with those keys; one with no keys at all says at start-up that
 /// every route is open.

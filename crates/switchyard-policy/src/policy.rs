@@ -101,6 +101,18 @@ pub struct Ticket {
     done: bool,
     /// Renews the request's holds in Redis while it runs.
     keeper: Option<tokio::task::AbortHandle>,
+    /// The end user and tags the request named, for its spend record.
+    labels: Labels,
+}
+
+/// What a request says about itself for spend attribution: the end user it
+/// serves (OpenAI's `user`) and its tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Labels {
+    /// The end user.
+    pub end_user: Option<String>,
+    /// Tags, in the order given, without repeats.
+    pub tags: Vec<String>,
 }
 
 /// What an answered request cost.
@@ -120,6 +132,11 @@ impl Ticket {
     /// The request's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Sets the end user and tags its spend record will carry.
+    pub fn label(&mut self, labels: Labels) {
+        self.labels = labels;
     }
 
     /// OpenAI-style `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
@@ -725,6 +742,7 @@ impl Policy {
             holder,
             done: false,
             keeper: None,
+            labels: Labels::default(),
         };
         if checks == Checks::default() {
             return Ok(ticket(Holder::Local, Vec::new()));
@@ -861,6 +879,8 @@ impl Policy {
             usage: charge.usage,
             cost_nanos: charge.cost,
             cache_hit: charge.cache_hit,
+            end_user: ticket.labels.end_user.take(),
+            tags: std::mem::take(&mut ticket.labels.tags),
         };
         match (&self.0.store, ticket.holder) {
             (Store::Local(local), _) => local.settle(&ticket.checks, ticket.max_cost, &record)?,

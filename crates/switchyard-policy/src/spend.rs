@@ -34,6 +34,12 @@ pub struct SpendRecord {
     /// Whether the answer came from the response cache.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cache_hit: bool,
+    /// The end user the request was made for (OpenAI's `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
+    /// The request's tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 impl SpendRecord {
@@ -141,6 +147,10 @@ pub struct LogFilter {
     pub cache_hit: Option<bool>,
     /// Only the record of this request (`x-request-id`).
     pub request_id: Option<String>,
+    /// Only requests made for this end user.
+    pub end_user: Option<String>,
+    /// Only requests carrying this tag.
+    pub tag: Option<String>,
     /// At most this many, newest first.
     pub limit: usize,
 }
@@ -156,6 +166,11 @@ impl LogFilter {
             && self.start_day.is_none_or(|d| day >= d)
             && self.end_day.is_none_or(|d| day <= d)
             && self.cache_hit.is_none_or(|c| record.cache_hit == c)
+            && self
+                .end_user
+                .as_ref()
+                .is_none_or(|u| record.end_user.as_ref() == Some(u))
+            && self.tag.as_ref().is_none_or(|t| record.tags.contains(t))
     }
 }
 
@@ -175,7 +190,33 @@ mod tests {
             usage: TokenUsage::default(),
             cost_nanos,
             cache_hit: false,
+            end_user: None,
+            tags: Vec::new(),
         }
+    }
+
+    #[test]
+    fn filters_pick_end_users_and_tags() {
+        let mut tagged = record(0, 1);
+        tagged.end_user = Some("user-7".into());
+        tagged.tags = vec!["batch".into(), "eval".into()];
+        let plain = record(0, 1);
+        let by = |end_user: Option<&str>, tag: Option<&str>| LogFilter {
+            end_user: end_user.map(str::to_owned),
+            tag: tag.map(str::to_owned),
+            ..LogFilter::default()
+        };
+        assert!(by(Some("user-7"), Some("eval")).matches(&tagged));
+        assert!(!by(Some("user-7"), None).matches(&plain));
+        assert!(!by(None, Some("prod")).matches(&tagged));
+        assert!(by(None, None).matches(&plain));
+        // Old records, without the fields, still read.
+        let old: SpendRecord = serde_json::from_value(serde_json::json!({
+            "request_id": "r", "ts": 0, "key": null, "model": "m", "deployment": "m/0",
+            "usage": {"prompt": 1, "completion": 1, "cache_read": 0, "cache_write": 0}, "cost_nanos": 5
+        }))
+        .unwrap();
+        assert!(old.tags.is_empty() && old.end_user.is_none());
     }
 
     #[test]

@@ -312,6 +312,8 @@ mod tests {
             usage: TokenUsage::default(),
             cost_nanos: 1_000 + i,
             cache_hit: false,
+            end_user: None,
+            tags: Vec::new(),
         }
     }
 

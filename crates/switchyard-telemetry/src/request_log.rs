@@ -36,6 +36,12 @@ pub struct RequestRecord {
     pub key_ref: Option<String>,
     /// The model group asked for.
     pub model: String,
+    /// The end user the request was made for (OpenAI's `user`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_user: Option<String>,
+    /// The request's tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
     /// The model group that answered (a fallback, or a learned router's choice).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub served_model: Option<String>,

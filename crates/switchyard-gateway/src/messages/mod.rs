@@ -164,7 +164,11 @@ pub(crate) async fn messages(
         "gen_ai.usage.output_tokens" = Empty,
         "switchyard.deployment" = Empty,
     );
-    let work = messages_inner(state.clone(), principal, ctx, req).instrument(span);
+    let labels = match crate::labels::anthropic(&req.extra, &headers) {
+        Ok(labels) => labels,
+        Err(e) => return AnthropicError(e).into_response(),
+    };
+    let work = messages_inner(state.clone(), principal, ctx, req, labels).instrument(span);
     let mut response = crate::routes::detached(&state, work).await;
     crate::observe::label_failure(&state, &model, &mut response);
     response
@@ -175,6 +179,7 @@ async fn messages_inner(
     principal: Principal,
     ctx: RequestContext,
     mut req: MessagesRequest,
+    labels: switchyard_policy::Labels,
 ) -> Response {
     if let Err(e) = validate(&req) {
         return failed(e.into());
@@ -183,6 +188,7 @@ async fn messages_inner(
         Ok(options) => options,
         Err(e) => return failed(e.into()),
     };
+    options.labels = labels;
     // Messages are never cached, but the controls are not sent upstream either.
     if let Err(e) = crate::cache::Controls::take(&mut req.extra, &axum::http::HeaderMap::new()) {
         return failed(e.into());
@@ -198,7 +204,21 @@ async fn messages_inner(
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     let mut trail = Trail::start(&state, &ctx, &principal, &model, &call);
-    let meter = match metering::admit(&state, &principal, &ctx.id, &model, &call, options.fallbacks.as_deref()).await {
+    let labels = std::mem::take(&mut options.labels);
+    if let Some(t) = trail.as_mut() {
+        t.labels(&labels);
+    }
+    let meter = match metering::admit(
+        &state,
+        &principal,
+        &ctx.id,
+        &model,
+        &call,
+        options.fallbacks.as_deref(),
+        labels,
+    )
+    .await
+    {
         Ok(meter) => meter,
         Err(e) => {
             if let Some(t) = trail {

@@ -1,0 +1,191 @@
+//! What a request says about itself for spend attribution: the end user it
+//! serves and its tags, read the ways OpenAI and LiteLLM clients send them.
+//!
+//! - End user: OpenAI's `user` field (left in the body: OpenAI uses it too);
+//!   on `/v1/messages`, Anthropic's `metadata.user_id`.
+//! - Tags: a top-level `tags` list and LiteLLM's `metadata.tags`, both taken
+//!   out of the body, and the `x-switchyard-tags` or `x-litellm-tags`
+//!   header (comma-separated).
+//!
+//! OpenAI's own `metadata` takes string values only, so on OpenAI-format
+//! routes the gateway also drops `metadata` members that are not strings
+//! (LiteLLM's `generation_name`, trace objects…) before the body goes
+//! upstream, and `metadata` itself when nothing is left.
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+use switchyard_api::Extra;
+use switchyard_policy::Labels;
+
+use crate::error::ApiError;
+
+/// The most tags one request may carry.
+const MAX_TAGS: usize = 32;
+/// The longest tag or end-user id.
+const MAX_LEN: usize = 256;
+/// Headers whose value is a comma-separated tag list.
+const TAG_HEADERS: [&str; 2] = ["x-switchyard-tags", "x-litellm-tags"];
+
+fn invalid(param: &str, message: String) -> ApiError {
+    ApiError::InvalidField {
+        param: Some(param.to_owned()),
+        message,
+    }
+}
+
+/// The labels of an OpenAI-format request, taking its tags out of `extra`
+/// and leaving `metadata` as OpenAI accepts it.
+pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, ApiError> {
+    let mut tags = Vec::new();
+    if let Some(value) = extra.shift_remove("tags") {
+        add_list(&mut tags, value, "tags")?;
+    }
+    if let Some(Value::Object(metadata)) = extra.get_mut("metadata") {
+        if let Some(value) = metadata.shift_remove("tags") {
+            add_list(&mut tags, value, "metadata.tags")?;
+        }
+        metadata.retain(|_, v| v.is_string());
+        if metadata.is_empty() {
+            extra.shift_remove("metadata");
+        }
+    }
+    add_headers(&mut tags, headers)?;
+    let end_user = match extra.get("user") {
+        Some(Value::String(user)) => checked(user, "user")?,
+        _ => None,
+    };
+    Ok(Labels { end_user, tags })
+}
+
+/// The labels of a `/v1/messages` request: `metadata.user_id` and the tag
+/// headers; its body is left as Anthropic defines it.
+pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, ApiError> {
+    let mut tags = Vec::new();
+    add_headers(&mut tags, headers)?;
+    let end_user = match extra.get("metadata").and_then(|m| m.get("user_id")) {
+        Some(Value::String(user)) => checked(user, "metadata.user_id")?,
+        _ => None,
+    };
+    Ok(Labels { end_user, tags })
+}
+
+/// A tag or user id within bounds; blank is none.
+fn checked(text: &str, param: &str) -> Result<Option<String>, ApiError> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(None);
+    }
+    if text.len() > MAX_LEN || text.chars().any(char::is_control) {
+        return Err(invalid(
+            param,
+            format!("'{param}' must be at most {MAX_LEN} bytes, without control characters."),
+        ));
+    }
+    Ok(Some(text.to_owned()))
+}
+
+fn push(tags: &mut Vec<String>, tag: &str, param: &str) -> Result<(), ApiError> {
+    let Some(tag) = checked(tag, param)? else {
+        return Ok(());
+    };
+    if !tags.contains(&tag) {
+        if tags.len() == MAX_TAGS {
+            return Err(invalid(param, format!("A request may carry at most {MAX_TAGS} tags.")));
+        }
+        tags.push(tag);
+    }
+    Ok(())
+}
+
+fn add_list(tags: &mut Vec<String>, value: Value, param: &str) -> Result<(), ApiError> {
+    let Value::Array(items) = value else {
+        return Err(invalid(param, format!("'{param}' must be a list of strings.")));
+    };
+    for (i, item) in items.iter().enumerate() {
+        let here = format!("{param}[{i}]");
+        let Value::String(tag) = item else {
+            return Err(invalid(&here, format!("'{here}' must be a string.")));
+        };
+        push(tags, tag, &here)?;
+    }
+    Ok(())
+}
+
+fn add_headers(tags: &mut Vec<String>, headers: &HeaderMap) -> Result<(), ApiError> {
+    for name in TAG_HEADERS {
+        for value in headers.get_all(name) {
+            let text = value
+                .to_str()
+                .map_err(|_| invalid(name, format!("The {name} header must be text.")))?;
+            for tag in text.split(',') {
+                push(tags, tag, name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+    use super::*;
+    use serde_json::json;
+
+    fn extra(body: Value) -> Extra {
+        match body {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn tags_come_from_the_body_and_headers_and_metadata_keeps_only_strings() {
+        let mut body = extra(json!({
+            "user": "user-42",
+            "tags": ["a", "b"],
+            "metadata": {"tags": ["b", "c"], "generation_name": {"x": 1}, "trace": "t-1"},
+        }));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-litellm-tags", "d, a".parse().unwrap());
+        let labels = take(&mut body, &headers).unwrap();
+        assert_eq!(labels.end_user.as_deref(), Some("user-42"));
+        assert_eq!(labels.tags, ["a", "b", "c", "d"]);
+        assert_eq!(
+            Value::Object(body),
+            json!({"user": "user-42", "metadata": {"trace": "t-1"}})
+        );
+
+        let mut only_tags = extra(json!({"metadata": {"tags": ["x"]}}));
+        take(&mut only_tags, &HeaderMap::new()).unwrap();
+        assert!(only_tags.is_empty(), "an emptied metadata is not sent: {only_tags:?}");
+    }
+
+    #[test]
+    fn bad_tags_are_refused_by_name() {
+        for (body, param) in [
+            (json!({"tags": "a"}), "tags"),
+            (json!({"tags": ["a", 1]}), "tags[1]"),
+            (json!({"metadata": {"tags": [{"a": 1}]}}), "metadata.tags[0]"),
+            (json!({"tags": ["x".repeat(MAX_LEN + 1)]}), "tags[0]"),
+            (json!({"user": "a\nb"}), "user"),
+        ] {
+            let err = take(&mut extra(body.clone()), &HeaderMap::new()).unwrap_err();
+            assert_eq!(err.parts().2.as_deref(), Some(param), "{body}");
+        }
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
+        let err = take(&mut extra(json!({"tags": many})), &HeaderMap::new()).unwrap_err();
+        assert_eq!(err.parts().2.as_deref(), Some("tags[32]"));
+    }
+
+    #[test]
+    fn anthropic_requests_name_their_user_in_metadata() {
+        let body = extra(json!({"metadata": {"user_id": "u-1"}}));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-switchyard-tags", "nightly".parse().unwrap());
+        let labels = anthropic(&body, &headers).unwrap();
+        assert_eq!(
+            (labels.end_user.as_deref(), labels.tags.as_slice()),
+            (Some("u-1"), &["nightly".to_owned()][..])
+        );
+    }
+}
