@@ -89,12 +89,12 @@ pub struct RouterSettings {
     pub allowed_fails_window_ms: u64,
     /// Cooldown: how long a failing deployment is skipped before one probe request, in milliseconds.
     pub cooldown_ms: u64,
-    /// Cooldown for a deployment with nothing to take its requests instead
-    /// (alone in its group, no `fallbacks`, ranked by no learned router).
-    /// Off by default: skipping it would turn a brief upstream error into
-    /// `cooldown_ms` of 503s. On: such a group fails fast while its upstream
-    /// is failing.
-    pub cooldown_lone_deployments: bool,
+    /// What a request gets when every deployment it could still reach is
+    /// cooling down (its group's, with no fallback group left to try):
+    /// `false` (default) sends it to them anyway, since refusing would turn
+    /// a brief upstream error into `cooldown_ms` of 503s; `true` answers 503
+    /// `no_deployment` at once.
+    pub cooldown_fail_fast: bool,
 }
 
 impl Default for RouterSettings {
@@ -116,7 +116,7 @@ impl Default for RouterSettings {
             allowed_fails: cooldown.allowed_fails,
             allowed_fails_window_ms: cooldown.window_ms,
             cooldown_ms: cooldown.cooldown_ms,
-            cooldown_lone_deployments: false,
+            cooldown_fail_fast: false,
         }
     }
 }
@@ -176,6 +176,7 @@ impl RouterSettings {
                 window_ms: self.allowed_fails_window_ms,
                 cooldown_ms: self.cooldown_ms,
             },
+            cooldown_fail_fast: self.cooldown_fail_fast,
         })
     }
 }
@@ -195,6 +196,9 @@ pub struct DispatchSettings {
     pub max_fallbacks: usize,
     /// When deployments are put in cooldown.
     pub cooldown: switchyard_routing::CooldownPolicy,
+    /// Refuse at once, rather than try cooling-down deployments, when
+    /// nothing else is left.
+    pub cooldown_fail_fast: bool,
 }
 
 /// `server:` — where and how the gateway listens.

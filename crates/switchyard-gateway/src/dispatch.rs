@@ -311,12 +311,28 @@ pub(crate) async fn dispatch<'s>(
     let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
     loop {
         visited.push(group.0);
+        // With no fallback group left to go to, deployments that are
+        // cooling down are tried rather than refused.
+        let last_resort = !settings.cooldown_fail_fast
+            && (visited.len() > settings.max_fallbacks
+                || !general.iter().any(|name| {
+                    !visited.contains(&name.as_str())
+                        && (ranking
+                            || options
+                                .allowed_models
+                                .as_ref()
+                                .is_none_or(|allowed| allowed.contains(name)))
+                        && state.routes.contains_key(name.as_str())
+                }));
         let outcome = try_group(
             state,
             group,
             call,
-            num_retries,
-            deadline,
+            GroupLimits {
+                num_retries,
+                deadline,
+                last_resort,
+            },
             &mut rng,
             &mut attempts,
             options.upstream_ns.as_deref(),
@@ -382,13 +398,28 @@ enum GroupOutcome<'s> {
     Exhausted(ApiError, Reason),
 }
 
+/// How far one group's attempts may go.
+#[derive(Debug, Clone, Copy)]
+struct GroupLimits {
+    /// Retries after the first attempt.
+    num_retries: u32,
+    /// When the request must have its answer.
+    deadline: Deadline,
+    /// No fallback group is left after this one: when every deployment is
+    /// cooling down, they are tried anyway.
+    last_resort: bool,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn try_group<'s>(
     state: &'s AppState,
     (name, route): (&'s str, &'s GroupRoute),
     call: &mut Call<'_>,
-    num_retries: u32,
-    deadline: Deadline,
+    GroupLimits {
+        num_retries,
+        deadline,
+        last_resort,
+    }: GroupLimits,
     rng: &mut fastrand::Rng,
     attempts: &mut u32,
     upstream_ns: Option<&AtomicU64>,
@@ -417,13 +448,18 @@ async fn try_group<'s>(
     let mut paused_for = 0u32;
     while retry <= num_retries {
         let now = state.now_ms();
-        let healthy: Vec<usize> = route
-            .all
-            .iter()
-            .copied()
-            .filter(|i| !unable.contains(i))
+        let able = || route.all.iter().copied().filter(|i| !unable.contains(i));
+        let mut healthy: Vec<usize> = able()
             .filter(|&i| deployments.get(i).is_some_and(|d| state.cooldowns.may_serve(d.id, now)))
             .collect();
+        // Every deployment is cooling down and no fallback group is left:
+        // refusing would turn a brief upstream error into `cooldown_ms` of
+        // 503s, so each is tried anyway, once per request (their breakers
+        // stay as they are).
+        let panic = healthy.is_empty() && last_resort;
+        if panic {
+            healthy = able().filter(|i| !tried.iter().any(|(t, _)| t == i)).collect();
+        }
         let fresh: Vec<usize> = healthy
             .iter()
             .copied()
@@ -471,7 +507,7 @@ async fn try_group<'s>(
             };
             match deployments.get(index) {
                 // Claims the half-open probe when the breaker is recovering.
-                Some(d) if state.cooldowns.is_available(d.id, now) => break index,
+                Some(d) if panic || state.cooldowns.is_available(d.id, now) => break index,
                 _ => pool.retain(|&i| i != index),
             }
         };

@@ -168,27 +168,6 @@ fn default_output(spec: &DeploymentSpec) -> Option<u32> {
         .then(|| spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))
 }
 
-/// Deployments that are alone in their group, in a group with no
-/// configured `fallbacks` that no learned router ranks: nothing could take
-/// their requests, so their breakers never open (a request's own
-/// `fallbacks` still apply after its attempts fail).
-fn lone_deployments(models: &[ModelSpec], registry: &Registry) -> Vec<DeploymentId> {
-    let ranked: std::collections::HashSet<&str> = models
-        .iter()
-        .filter_map(|m| m.router.as_ref())
-        .flat_map(|r| r.candidates.values().map(String::as_str))
-        .collect();
-    models
-        .iter()
-        .filter(|m| m.router.is_none() && m.fallbacks.is_empty() && !ranked.contains(m.name.as_str()))
-        .filter_map(|m| registry.group(&m.name).ok())
-        .filter_map(|g| match g.deployments() {
-            [only] => Some(only.id),
-            _ => None,
-        })
-        .collect()
-}
-
 /// The ceiling of each model name over every deployment it may reach.
 fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
     let own: HashMap<&str, Ceiling> = models
@@ -387,10 +366,6 @@ impl AppState {
         })?;
         let stats = LiveStats::new(providers.len());
         let ceilings = price_ceilings(models);
-        let mut cooldowns = Cooldowns::new(providers.len(), dispatch.cooldown);
-        if !router.cooldown_lone_deployments {
-            cooldowns = cooldowns.with_exempt(lone_deployments(models, &registry));
-        }
         Ok(Self {
             policy: Policy::memory(&policy.settings),
             pending_policy: Some(policy.settings),
@@ -404,7 +379,7 @@ impl AppState {
             cut: Arc::new(tokio::sync::watch::Sender::new(false)),
             registry,
             stats,
-            cooldowns,
+            cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
             dispatch,
             routes,
             embedder,

@@ -311,11 +311,13 @@ async fn context_window_and_content_policy_fallbacks() {
     assert_eq!(a.header("x-switchyard-attempts"), "1");
 }
 
-/// A deployment nothing else could stand in for is not cooled down by
-/// default: each request still reaches it, and it answers once it recovers.
-/// One with a fallback group is, so that the fallback answers at once.
+/// When every deployment a request could still reach is cooling down, it is
+/// sent to them anyway: a group with no fallback keeps answering once its
+/// upstream recovers, instead of refusing for the whole cooldown. A group
+/// with a fallback skips its cooling deployment, and the fallback answers
+/// at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lone_deployment_is_not_cooled_down() {
+async fn a_request_with_nowhere_else_to_go_is_tried_on_cooling_deployments() {
     let mock = MockUpstream::start().await;
     let gw = gateway(
         &mock,
@@ -336,9 +338,19 @@ async fn a_lone_deployment_is_not_cooled_down() {
     for _ in 0..3 {
         assert_eq!(chat(&gw, "lone", json!({})).await.status, 502);
     }
-    assert_eq!(breaker(&gw, "lone/0").await["state"], "closed");
+    assert_eq!(breaker(&gw, "lone/0").await["state"], "open");
     let recovered = chat(&gw, "lone", json!({})).await;
     assert_eq!(recovered.status, 200, "{}", recovered.body);
+    assert_eq!(
+        sent_to(&mock, "lone::fail_first=3,status=500"),
+        4,
+        "every request reached the only deployment, cooling down or not"
+    );
+    // A request's own fallbacks are somewhere else to go: the cooling
+    // deployment is skipped for them.
+    let elsewhere = chat(&gw, "lone", json!({"fallbacks": ["spare"]})).await;
+    assert_eq!(elsewhere.status, 200, "{}", elsewhere.body);
+    assert_eq!(elsewhere.header("x-switchyard-model"), "spare");
     assert_eq!(sent_to(&mock, "lone::fail_first=3,status=500"), 4);
 
     for _ in 0..2 {
@@ -360,7 +372,7 @@ async fn cooldown_is_entered_then_left_through_a_probe() {
     let mock = MockUpstream::start().await;
     let gw = gateway(
         &mock,
-        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_lone_deployments: true\n  cooldown_ms: 800",
+        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_fail_fast: true\n  cooldown_ms: 800",
         r#"
   - model_name: flaky
     deployments:
@@ -600,7 +612,7 @@ async fn the_configured_deadline_counts_against_the_deployment_and_a_clients_sho
     let mock = MockUpstream::start().await;
     let gw = gateway(
         &mock,
-        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_lone_deployments: true\n  cooldown_ms: 600000\n  timeout_ms: 400",
+        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_fail_fast: true\n  cooldown_ms: 600000\n  timeout_ms: 400",
         r#"
   - model_name: hang
     deployments:
@@ -796,7 +808,7 @@ async fn anthropic_answers_count_against_tpm() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_breakers_and_statistics_of_deployments_it_keeps() {
     let mock = MockUpstream::start().await;
-    let router = "  num_retries: 0\n  allowed_fails: 2\n  cooldown_lone_deployments: true\n  cooldown_ms: 600000";
+    let router = "  num_retries: 0\n  allowed_fails: 2\n  cooldown_fail_fast: true\n  cooldown_ms: 600000";
     let models = r#"
   - model_name: flaky
     deployments:

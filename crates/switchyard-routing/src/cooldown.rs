@@ -73,8 +73,6 @@ struct Breaker {
     window_start: AtomicU64,
     failures: AtomicU32,
     key_invalid: AtomicBool,
-    /// Never opened: the deployment has nothing to hand its requests to.
-    exempt: bool,
 }
 
 /// A deployment's breaker as reported by the admin API.
@@ -104,20 +102,6 @@ impl Cooldowns {
             policy,
             breakers: (0..n).map(|_| Breaker::default()).collect(),
         }
-    }
-
-    /// Marks deployments whose breakers never open, whatever they answer:
-    /// ones with no other deployment, fallback or router to take their
-    /// requests, where skipping them would only turn a brief upstream error
-    /// into an outage of `cooldown_ms` (or, for a 401, until a reload).
-    #[must_use]
-    pub fn with_exempt(mut self, ids: impl IntoIterator<Item = DeploymentId>) -> Self {
-        for id in ids {
-            if let Some(b) = self.breakers.get_mut(id.0) {
-                b.exempt = true;
-            }
-        }
-        self
     }
 
     /// The policy in force.
@@ -193,9 +177,6 @@ impl Cooldowns {
         let (Some(to), Some(from)) = (self.breakers.get(to.0), from.breakers.get(from_id.0)) else {
             return;
         };
-        if to.exempt {
-            return;
-        }
         to.since_or_until
             .store(from.since_or_until.load(Ordering::Acquire), Ordering::Release);
         to.window_start
@@ -225,9 +206,6 @@ impl Cooldowns {
         let Some(b) = self.breakers.get(id.0) else {
             return false;
         };
-        if b.exempt {
-            return false;
-        }
         match class {
             ErrorClass::Auth => {
                 b.key_invalid.store(true, Ordering::Release);
@@ -319,29 +297,6 @@ mod tests {
                 cooldown_ms: 5_000,
             },
         )
-    }
-
-    #[test]
-    fn an_exempt_deployment_never_opens() {
-        let c = breakers().with_exempt([D]);
-        for (t, class) in [
-            ErrorClass::ServerError,
-            ErrorClass::Timeout,
-            ErrorClass::Auth,
-            ErrorClass::Connect,
-        ]
-        .into_iter()
-        .enumerate()
-        {
-            assert!(!c.record_failure(D, class, t as u64));
-            assert!(c.may_serve(D, t as u64) && c.is_available(D, t as u64));
-        }
-        assert_eq!(c.snapshot(10)[0].state, BreakerState::Closed);
-        // The other deployment is not exempt.
-        let other = DeploymentId(1);
-        c.record_failure(other, ErrorClass::ServerError, 0);
-        assert!(c.record_failure(other, ErrorClass::ServerError, 1));
-        assert!(!c.may_serve(other, 2));
     }
 
     #[test]
