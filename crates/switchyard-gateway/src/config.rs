@@ -225,9 +225,11 @@ pub struct ServerConfig {
     /// `https://app.example.com`; `["*"]` allows any. Empty (the default):
     /// no CORS headers, so browsers refuse cross-origin calls.
     pub cors_allowed_origins: Vec<String>,
-    /// How long a client may take to send a request's headers, in
-    /// milliseconds; a slower connection is closed.
-    pub header_read_timeout_ms: u64,
+    /// How long a client connection may go without starting a request, in
+    /// milliseconds, before it is closed (once its running requests end);
+    /// an HTTP/1 request's headers must arrive within it too. Keep it above
+    /// the idle timeout of a load balancer in front (AWS ALB: 60 s).
+    pub idle_timeout_ms: u64,
     /// How long a client may take to send a request's body, in
     /// milliseconds, once its headers arrived; a slower one gets 408.
     pub body_read_timeout_ms: u64,
@@ -246,7 +248,7 @@ impl Default for ServerConfig {
             drain_delay_ms: 1_000,
             config_poll_ms: 2_000,
             cors_allowed_origins: Vec::new(),
-            header_read_timeout_ms: 30_000,
+            idle_timeout_ms: 75_000,
             body_read_timeout_ms: 60_000,
             max_connections: 10_000,
         }
@@ -1211,15 +1213,15 @@ impl Config {
             issues.push(issue("server.max_body_bytes", "must be greater than 0"));
         }
         for (value, field) in [
-            (self.server.header_read_timeout_ms, "server.header_read_timeout_ms"),
+            (self.server.idle_timeout_ms, "server.idle_timeout_ms"),
             (self.server.body_read_timeout_ms, "server.body_read_timeout_ms"),
         ] {
             if value == 0 {
                 issues.push(issue(field, "must be greater than 0"));
             }
         }
-        if self.server.max_connections == 0 {
-            issues.push(issue("server.max_connections", "must be greater than 0"));
+        if !(1..=1_000_000).contains(&self.server.max_connections) {
+            issues.push(issue("server.max_connections", "must be from 1 to 1000000"));
         }
         validate_cors(&self.server.cors_allowed_origins, &mut issues);
         if self.model_list.is_empty() {

@@ -97,7 +97,7 @@ pub async fn serve(
         tokio::time::sleep(delay).await;
     };
     let limits = ConnectionLimits {
-        header_read_timeout: Duration::from_millis(server.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(server.idle_timeout_ms),
         max_connections: server.max_connections,
     };
     let server = accept_loop(listener, app, limits, stop, signalled_tx);
@@ -127,16 +127,18 @@ pub async fn serve(
 /// What one client connection may hold.
 #[derive(Debug, Clone, Copy)]
 struct ConnectionLimits {
-    /// Longest wait for a request's headers.
-    header_read_timeout: Duration,
+    /// How long a connection may go without starting a request (an HTTP/1
+    /// request's headers must arrive within it too).
+    idle_timeout: Duration,
     /// Connections served at once.
     max_connections: usize,
 }
 
 /// Accepts connections until `stop` resolves, at most
-/// `limits.max_connections` at a time, each served by hyper (HTTP/1.1 with
-/// `limits.header_read_timeout`, or HTTP/2). Then it stops accepting,
-/// tells `signalled`, and waits for the open connections to finish their
+/// `limits.max_connections` at a time, each served by hyper (HTTP/1.1 or
+/// HTTP/2) and closed once it starts no request for `limits.idle_timeout`
+/// (after the requests it runs finish). Then it stops accepting, tells
+/// `signalled`, and waits for the open connections to finish their
 /// requests.
 async fn accept_loop(
     listener: TcpListener,
@@ -147,15 +149,21 @@ async fn accept_loop(
 ) {
     use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
+    use tower::ServiceExt as _;
 
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (closing_tx, closing) = tokio::sync::watch::channel(false);
+    // Validated to fit: every permit back means every connection has ended.
+    let slots = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let permits = Arc::new(tokio::sync::Semaphore::new(slots as usize));
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.idle_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(60)));
     tokio::pin!(stop);
     loop {
         // A connection waits in the listen backlog while every slot is taken.
@@ -181,21 +189,63 @@ async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = started.clone();
+        let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
+            move |request: axum::http::Request<hyper::body::Incoming>| {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                request
+            },
+        ));
         let connection = builder
             .serve_connection_with_upgrades(TokioIo::new(tcp), service)
             .into_owned();
-        let connection = graceful.watch(connection);
+        let mut closing = closing.clone();
+        let idle = limits.idle_timeout;
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::trace!(error = %e, "connection ended with an error");
+            tokio::pin!(connection);
+            let mut check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
+            let mut seen = 0;
+            let mut ending = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::trace!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = closing.changed(), if !ending => {
+                        connection.as_mut().graceful_shutdown();
+                        ending = true;
+                    }
+                    _ = check.tick(), if !ending => {
+                        let now = started.load(std::sync::atomic::Ordering::Relaxed);
+                        // Never a request (a client that sends nothing, or
+                        // an HTTP/2 preface and nothing after): dropped, as
+                        // a graceful close would wait for its answer.
+                        if now == 0 {
+                            break;
+                        }
+                        // No request started since the last look (an idle
+                        // keep-alive or HTTP/2 connection): closed once
+                        // what runs ends.
+                        if now == seen {
+                            connection.as_mut().graceful_shutdown();
+                            ending = true;
+                        }
+                        seen = now;
+                    }
+                }
             }
             drop(permit);
         });
     }
     drop(listener);
     let _ = signalled.send(());
-    graceful.shutdown().await;
+    let _ = closing_tx.send(true);
+    // Every slot back: every connection has finished.
+    let _ = permits.acquire_many(slots).await;
 }
 
 /// After a failed `accept`: a connection the peer already dropped is

@@ -492,16 +492,25 @@ async fn read_until_closed(socket: &mut tokio::net::TcpStream, within: Duration)
     String::from_utf8_lossy(&received).into_owned()
 }
 
-/// A client that trickles its headers in is disconnected, and one that
-/// trickles its body in gets a 408; neither holds a connection for long.
+/// A client that sends nothing, or trickles its headers in, or opens an
+/// HTTP/2 connection and starts no request, is disconnected; one that
+/// trickles its body in gets a 408; none holds a connection for long.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_clients_are_cut_off() {
     use tokio::io::AsyncWriteExt as _;
     let gw = GatewayProcess::start(
         BIN.as_ref(),
-        &config("hi", "", "  header_read_timeout_ms: 300\n  body_read_timeout_ms: 300"),
+        &config("hi", "", "  idle_timeout_ms: 300\n  body_read_timeout_ms: 300"),
     );
     let addr = gw.base_url().trim_start_matches("http://").to_owned();
+
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let got = read_until_closed(&mut silent, Duration::from_secs(20)).await;
+    assert!(got.is_empty(), "{got}");
+
+    let mut preface = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    preface.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    read_until_closed(&mut preface, Duration::from_secs(20)).await;
 
     let mut headers = tokio::net::TcpStream::connect(&addr).await.unwrap();
     headers
@@ -509,7 +518,7 @@ async fn slow_clients_are_cut_off() {
         .await
         .unwrap();
     let got = read_until_closed(&mut headers, Duration::from_secs(20)).await;
-    assert!(!got.contains("200 OK"), "{got}");
+    assert!(!got.starts_with("HTTP/1.1 2"), "{got}");
 
     let mut body = tokio::net::TcpStream::connect(&addr).await.unwrap();
     body.write_all(
