@@ -137,20 +137,32 @@ pub struct PolicySpec {
 impl PolicyConfig {
     /// Checks every value, resolving secrets; `models` are the configured model names.
     pub fn validate(&self, env: &dyn EnvSource, models: &[String], issues: &mut Vec<ConfigIssue>) -> PolicySpec {
+        // Where the master key came from, for an error about it.
+        let mut source = "policy.master_key".to_owned();
         let master_key = match &self.master_key {
             Some(value) => resolve_secret(value, "policy.master_key", env, issues).map(|s| s.expose().to_owned()),
-            None => env
-                .get(MASTER_KEY_ENV)
-                .filter(|v| !v.is_empty())
-                .or_else(|| {
+            None => {
+                let from = |name: &str| env.get(name).filter(|v| !v.is_empty());
+                let litellm = || {
                     self.litellm_master_key_env
-                        .then(|| env.get(LITELLM_MASTER_KEY_ENV))
+                        .then(|| from(LITELLM_MASTER_KEY_ENV))
                         .flatten()
-                })
-                .filter(|v| !v.is_empty()),
+                };
+                match (from(MASTER_KEY_ENV), litellm()) {
+                    (Some(key), _) => {
+                        source = format!("policy.master_key (from {MASTER_KEY_ENV})");
+                        Some(key)
+                    }
+                    (None, Some(key)) => {
+                        source = format!("policy.master_key (from {LITELLM_MASTER_KEY_ENV})");
+                        Some(key)
+                    }
+                    (None, None) => None,
+                }
+            }
         };
         if master_key.as_ref().is_some_and(|k| k.len() < 8) {
-            issues.push(issue("policy.master_key", "must be at least 8 characters"));
+            issues.push(issue(source, "must be at least 8 characters"));
         }
         if self.default_max_tokens == 0 {
             issues.push(issue("policy.default_max_tokens", "must be greater than 0"));

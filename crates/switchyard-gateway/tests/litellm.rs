@@ -268,6 +268,17 @@ fn a_litellm_file_reads_the_litellm_master_key_variable() {
     let mut both = env.clone();
     both.insert("SWITCHYARD_MASTER_KEY".into(), "sk-switchyard-master-01".into());
     assert_eq!(master(litellm, &both).as_deref(), Some("sk-switchyard-master-01"));
+    // LiteLLM's example key is too short here; the error names the variable.
+    let short: BTreeMap<String, String> = [("LITELLM_MASTER_KEY".to_owned(), "sk-1234".to_owned())].into();
+    let config = config::load(Source::Text(litellm), &Overrides::default()).unwrap();
+    let mut issues = Vec::new();
+    config.policy.validate(&short, &["a".to_owned()], &mut issues);
+    let text = format!("{issues:?}");
+    assert!(
+        text.contains("LITELLM_MASTER_KEY") && text.contains("at least 8"),
+        "{text}"
+    );
+    assert!(!text.contains("sk-1234"), "{text}");
 }
 
 /// `model_info.base_model` prices an Azure deployment named otherwise as

@@ -92,6 +92,8 @@ impl Prices {
 /// output, cache read, cache write).
 const BUILTIN: &[(&str, Prices)] = &[
     ("gpt-4o", Prices::per_million(2.5, 10.0, Some(1.25), None)),
+    // The first GPT-4o snapshot kept its launch price.
+    ("gpt-4o-2024-05-13", Prices::per_million(5.0, 15.0, None, None)),
     ("gpt-4o-mini", Prices::per_million(0.15, 0.6, Some(0.075), None)),
     ("gpt-4.1", Prices::per_million(2.0, 8.0, Some(0.5), None)),
     ("gpt-4.1-mini", Prices::per_million(0.4, 1.6, Some(0.1), None)),
@@ -100,14 +102,22 @@ const BUILTIN: &[(&str, Prices)] = &[
     ("gpt-4-turbo-preview", Prices::per_million(10.0, 30.0, None, None)),
     ("gpt-4-1106-preview", Prices::per_million(10.0, 30.0, None, None)),
     ("gpt-4-0125-preview", Prices::per_million(10.0, 30.0, None, None)),
+    ("gpt-4-vision-preview", Prices::per_million(10.0, 30.0, None, None)),
+    ("gpt-4-1106-vision-preview", Prices::per_million(10.0, 30.0, None, None)),
     ("gpt-4", Prices::per_million(30.0, 60.0, None, None)),
     ("gpt-4-32k", Prices::per_million(60.0, 120.0, None, None)),
     ("gpt-5", Prices::per_million(1.25, 10.0, Some(0.125), None)),
     ("gpt-5-mini", Prices::per_million(0.25, 2.0, Some(0.025), None)),
     ("gpt-5-nano", Prices::per_million(0.05, 0.4, Some(0.005), None)),
     ("gpt-3.5-turbo", Prices::per_million(0.5, 1.5, None, None)),
+    ("gpt-3.5-turbo-0301", Prices::per_million(1.5, 2.0, None, None)),
+    ("gpt-3.5-turbo-0613", Prices::per_million(1.5, 2.0, None, None)),
+    ("gpt-3.5-turbo-1106", Prices::per_million(1.0, 2.0, None, None)),
+    ("gpt-3.5-turbo-16k", Prices::per_million(3.0, 4.0, None, None)),
+    ("gpt-3.5-turbo-instruct", Prices::per_million(1.5, 2.0, None, None)),
     ("o1", Prices::per_million(15.0, 60.0, Some(7.5), None)),
     ("o1-mini", Prices::per_million(1.1, 4.4, Some(0.55), None)),
+    ("o1-preview", Prices::per_million(15.0, 60.0, Some(7.5), None)),
     ("o1-pro", Prices::per_million(150.0, 600.0, None, None)),
     ("o3", Prices::per_million(2.0, 8.0, Some(0.5), None)),
     ("o3-pro", Prices::per_million(20.0, 80.0, None, None)),
@@ -127,6 +137,11 @@ const BUILTIN: &[(&str, Prices)] = &[
         Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
     ),
     ("claude-sonnet-4", Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75))),
+    // Anthropic's `-0` aliases of the first Claude 4 models.
+    (
+        "claude-sonnet-4-0",
+        Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
+    ),
     (
         "claude-sonnet-4-5",
         Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
@@ -134,6 +149,10 @@ const BUILTIN: &[(&str, Prices)] = &[
     ("claude-haiku-4-5", Prices::per_million(1.0, 5.0, Some(0.1), Some(1.25))),
     ("claude-3-opus", Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75))),
     ("claude-opus-4", Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75))),
+    (
+        "claude-opus-4-0",
+        Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75)),
+    ),
     (
         "claude-opus-4-1",
         Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75)),
@@ -228,6 +247,21 @@ mod tests {
             builtin("claude-3-haiku")
         );
         assert_eq!(builtin("gpt-4o-mini-realtime-preview"), None);
+        // Snapshots priced apart from their family, and aliases.
+        assert_eq!(
+            builtin("gpt-4o-2024-05-13"),
+            Some(Prices::per_million(5.0, 15.0, None, None))
+        );
+        assert_eq!(
+            builtin("gpt-3.5-turbo-0613"),
+            Some(Prices::per_million(1.5, 2.0, None, None))
+        );
+        assert_eq!(builtin("gpt-3.5-turbo-0125"), builtin("gpt-3.5-turbo"));
+        assert_eq!(builtin("gpt-3.5-turbo-16k-0613"), builtin("gpt-3.5-turbo-16k"));
+        assert_eq!(builtin("gpt-4-1106-vision-preview"), builtin("gpt-4-turbo"));
+        assert_eq!(builtin("o1-preview-2024-09-12"), builtin("o1"));
+        assert_eq!(builtin("claude-sonnet-4-0"), builtin("claude-sonnet-4"));
+        assert_eq!(builtin("claude-opus-4-0"), builtin("claude-opus-4"));
         assert_eq!(builtin("mock-gpt-1"), None);
     }
 

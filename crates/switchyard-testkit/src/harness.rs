@@ -37,7 +37,8 @@ impl GatewayProcess {
     }
 
     /// Like [`GatewayProcess::start`], with extra arguments and environment
-    /// variables. Inherited `SWITCHYARD_*` variables are removed first. When
+    /// variables. Inherited `SWITCHYARD_*` variables (and `LITELLM_MASTER_KEY`)
+    /// are removed first. When
     /// `args` has its own `--config`, `config_yaml` is not used.
     ///
     /// Panics with the collected output if the process exits, or prints no
@@ -197,10 +198,12 @@ fn write_config(config_yaml: &str) -> (TempDir, PathBuf) {
     (dir, path)
 }
 
-/// Removes every inherited `SWITCHYARD_*` variable from the child's environment.
+/// Removes every inherited `SWITCHYARD_*` variable, and `LITELLM_MASTER_KEY`
+/// (which LiteLLM-format files read), from the child's environment.
 fn scrub_env(command: &mut Command) {
     for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("SWITCHYARD_") {
+        let text = name.to_string_lossy();
+        if text.starts_with("SWITCHYARD_") || text == "LITELLM_MASTER_KEY" {
             command.env_remove(&name);
         }
     }
