@@ -259,6 +259,7 @@ pub(crate) async fn dispatch<'s>(
                 stats: &state.stats,
                 cooldowns: &state.cooldowns,
                 now_ms: state.now_ms(),
+                fail_fast: settings.cooldown_fail_fast,
             };
             let span = tracing::debug_span!(
                 target: "switchyard",
@@ -311,8 +312,9 @@ pub(crate) async fn dispatch<'s>(
     let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
     loop {
         visited.push(group.0);
-        // With no fallback group left to go to, deployments that are
-        // cooling down are tried rather than refused.
+        // With no fallback group left that could serve now, deployments
+        // that are cooling down are tried rather than refused.
+        let now = state.now_ms();
         let last_resort = !settings.cooldown_fail_fast
             && (visited.len() > settings.max_fallbacks
                 || !general.iter().any(|name| {
@@ -323,6 +325,10 @@ pub(crate) async fn dispatch<'s>(
                                 .as_ref()
                                 .is_none_or(|allowed| allowed.contains(name)))
                         && state.routes.contains_key(name.as_str())
+                        && state
+                            .registry
+                            .group(name)
+                            .is_ok_and(|g| g.deployments().iter().any(|d| state.cooldowns.may_serve(d.id, now)))
                 }));
         let outcome = try_group(
             state,
@@ -452,13 +458,18 @@ async fn try_group<'s>(
         let mut healthy: Vec<usize> = able()
             .filter(|&i| deployments.get(i).is_some_and(|d| state.cooldowns.may_serve(d.id, now)))
             .collect();
-        // Every deployment is cooling down and no fallback group is left:
-        // refusing would turn a brief upstream error into `cooldown_ms` of
-        // 503s, so each is tried anyway, once per request (their breakers
-        // stay as they are).
+        // Every deployment is cooling down and no fallback group that could
+        // serve is left: refusing would turn a brief upstream error into
+        // `cooldown_ms` of 503s, so they are tried anyway, with the usual
+        // retries; one whose key the upstream rejected only when it is all
+        // there is, and once. Their breakers are left as they are.
         let panic = healthy.is_empty() && last_resort;
         if panic {
-            healthy = able().filter(|i| !tried.iter().any(|(t, _)| t == i)).collect();
+            let key_invalid = |i: &usize| deployments.get(*i).is_some_and(|d| state.cooldowns.key_invalid(d.id));
+            healthy = able().filter(|i| !key_invalid(i)).collect();
+            if healthy.is_empty() {
+                healthy = able().filter(|i| !tried.iter().any(|(t, _)| t == i)).collect();
+            }
         }
         let fresh: Vec<usize> = healthy
             .iter()
@@ -590,11 +601,13 @@ async fn try_group<'s>(
                 if started.elapsed() >= deadline.configured / 2 {
                     let class = switchyard_routing::ErrorClass::Timeout;
                     state.stats.record_failure(deployment.id, class, now);
-                    if state.cooldowns.record_failure(deployment.id, class, now) {
+                    // A try made anyway leaves the breaker (and another
+                    // request's probe) as it is.
+                    if !panic && state.cooldowns.record_failure(deployment.id, class, now) {
                         tracing::warn!(deployment = %deployment.name, "deployment put in cooldown after the request's deadline");
                         state.metrics.cooldown(&deployment.name);
                     }
-                } else {
+                } else if !panic {
                     state.cooldowns.release_probe(deployment.id, now);
                 }
                 return GroupOutcome::Final(ApiError::Deadline {
@@ -657,10 +670,14 @@ async fn try_group<'s>(
                 );
                 if unexpressible {
                     // Refused before anything was sent: says nothing of its health.
-                    state.cooldowns.release_probe(deployment.id, now);
+                    if !panic {
+                        state.cooldowns.release_probe(deployment.id, now);
+                    }
                 } else {
                     state.stats.record_failure(deployment.id, class, now);
-                    if state.cooldowns.record_failure(deployment.id, class, now) {
+                    // A try made anyway leaves the breaker (and another
+                    // request's probe) as it is.
+                    if !panic && state.cooldowns.record_failure(deployment.id, class, now) {
                         tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
                         state.metrics.cooldown(&deployment.name);
                     }

@@ -20,9 +20,11 @@ use switchyard_policy::Labels;
 use crate::error::ApiError;
 
 /// The most tags one request may carry.
-const MAX_TAGS: usize = 32;
-/// The longest tag or end-user id.
-const MAX_LEN: usize = 256;
+const MAX_TAGS: usize = 16;
+/// The longest tag.
+const MAX_TAG_LEN: usize = 64;
+/// The longest end-user id.
+const MAX_USER_LEN: usize = 128;
 /// Headers whose value is a comma-separated tag list.
 const TAG_HEADERS: [&str; 2] = ["x-switchyard-tags", "x-litellm-tags"];
 
@@ -51,7 +53,7 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
     }
     add_headers(&mut tags, headers)?;
     let end_user = match extra.get("user") {
-        Some(Value::String(user)) => checked(user, "user")?,
+        Some(Value::String(user)) => checked(user, "user", MAX_USER_LEN)?,
         _ => None,
     };
     Ok(Labels { end_user, tags })
@@ -63,29 +65,29 @@ pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, Ap
     let mut tags = Vec::new();
     add_headers(&mut tags, headers)?;
     let end_user = match extra.get("metadata").and_then(|m| m.get("user_id")) {
-        Some(Value::String(user)) => checked(user, "metadata.user_id")?,
+        Some(Value::String(user)) => checked(user, "metadata.user_id", MAX_USER_LEN)?,
         _ => None,
     };
     Ok(Labels { end_user, tags })
 }
 
-/// A tag or user id within bounds; blank is none.
-fn checked(text: &str, param: &str) -> Result<Option<String>, ApiError> {
+/// A tag or user id of at most `max` bytes; blank is none.
+fn checked(text: &str, param: &str, max: usize) -> Result<Option<String>, ApiError> {
     let text = text.trim();
     if text.is_empty() {
         return Ok(None);
     }
-    if text.len() > MAX_LEN || text.chars().any(char::is_control) {
+    if text.len() > max || text.chars().any(char::is_control) {
         return Err(invalid(
             param,
-            format!("'{param}' must be at most {MAX_LEN} bytes, without control characters."),
+            format!("'{param}' must be at most {max} bytes, without control characters."),
         ));
     }
     Ok(Some(text.to_owned()))
 }
 
 fn push(tags: &mut Vec<String>, tag: &str, param: &str) -> Result<(), ApiError> {
-    let Some(tag) = checked(tag, param)? else {
+    let Some(tag) = checked(tag, param, MAX_TAG_LEN)? else {
         return Ok(());
     };
     if !tags.contains(&tag) {
@@ -166,7 +168,7 @@ mod tests {
             (json!({"tags": "a"}), "tags"),
             (json!({"tags": ["a", 1]}), "tags[1]"),
             (json!({"metadata": {"tags": [{"a": 1}]}}), "metadata.tags[0]"),
-            (json!({"tags": ["x".repeat(MAX_LEN + 1)]}), "tags[0]"),
+            (json!({"tags": ["x".repeat(MAX_TAG_LEN + 1)]}), "tags[0]"),
             (json!({"user": "a\nb"}), "user"),
         ] {
             let err = take(&mut extra(body.clone()), &HeaderMap::new()).unwrap_err();
@@ -174,7 +176,7 @@ mod tests {
         }
         let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
         let err = take(&mut extra(json!({"tags": many})), &HeaderMap::new()).unwrap_err();
-        assert_eq!(err.parts().2.as_deref(), Some("tags[32]"));
+        assert_eq!(err.parts().2.as_deref(), Some("tags[16]"));
     }
 
     #[test]

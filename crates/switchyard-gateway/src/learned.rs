@@ -623,17 +623,30 @@ impl LearnedRoute {
         let key_names_candidates = live
             .allowed
             .is_some_and(|list| loaded.groups.iter().any(|g| list.contains(g)));
+        let permitted = |g: &String| !key_names_candidates || live.allowed.is_some_and(|l| l.contains(g));
         let allowed: Vec<bool> = loaded
             .groups
             .iter()
-            .map(|g| live.can_serve(g) && (!key_names_candidates || live.allowed.is_some_and(|l| l.contains(g))))
+            .map(|g| live.can_serve(g) && permitted(g))
             .collect();
-        let order = rank(
+        let mut order = rank(
             &scores,
             &loaded.router.manifest.mean_costs,
             &allowed,
             self.spec.objective,
         );
+        if order.is_empty() && !live.fail_fast {
+            // Every candidate is cooling down or at its limits: rank them
+            // all, and the request tries them in that order rather than
+            // being refused for the whole cooldown.
+            let anyway: Vec<bool> = loaded.groups.iter().map(permitted).collect();
+            order = rank(
+                &scores,
+                &loaded.router.manifest.mean_costs,
+                &anyway,
+                self.spec.objective,
+            );
+        }
         if order.is_empty() {
             tracing::warn!(router = %self.name, "no candidate of the router can serve now");
             return Err(ApiError::Routing(RoutingError::NoDeployment(self.name.clone())));
@@ -669,6 +682,9 @@ pub(crate) struct Live<'a> {
     pub(crate) stats: &'a LiveStats,
     pub(crate) cooldowns: &'a Cooldowns,
     pub(crate) now_ms: u64,
+    /// `router_settings.cooldown_fail_fast`: with no candidate able to
+    /// serve, refuse rather than rank them all anyway.
+    pub(crate) fail_fast: bool,
 }
 
 impl Live<'_> {

@@ -190,10 +190,14 @@ async fn accept_loop(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let counted = started.clone();
+        let http2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (counted, seen_http2) = (started.clone(), http2.clone());
         let service = hyper_util::service::TowerToHyperService::new(app.clone().map_request(
             move |request: axum::http::Request<hyper::body::Incoming>| {
                 counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if request.version() == axum::http::Version::HTTP_2 {
+                    seen_http2.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
                 request
             },
         ));
@@ -207,6 +211,10 @@ async fn accept_loop(
             let mut check = tokio::time::interval_at(tokio::time::Instant::now() + idle, idle);
             let mut seen = 0;
             let mut ending = false;
+            // A connection told to close that has run no request is dropped
+            // after this, since a graceful close waits for its peer.
+            let give_up = tokio::time::sleep(Duration::MAX);
+            tokio::pin!(give_up);
             loop {
                 tokio::select! {
                     result = connection.as_mut() => {
@@ -215,22 +223,29 @@ async fn accept_loop(
                         }
                         break;
                     }
+                    () = &mut give_up => break,
                     _ = closing.changed(), if !ending => {
                         connection.as_mut().graceful_shutdown();
+                        if started.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                            give_up.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                        }
                         ending = true;
                     }
                     _ = check.tick(), if !ending => {
                         let now = started.load(std::sync::atomic::Ordering::Relaxed);
-                        // Never a request (a client that sends nothing, or
-                        // an HTTP/2 preface and nothing after): dropped, as
-                        // a graceful close would wait for its answer.
                         if now == 0 {
-                            break;
-                        }
-                        // No request started since the last look (an idle
-                        // keep-alive or HTTP/2 connection): closed once
-                        // what runs ends.
-                        if now == seen {
+                            // Never a request (a client that sends nothing,
+                            // or an HTTP/2 preface alone): told to go away,
+                            // then dropped.
+                            connection.as_mut().graceful_shutdown();
+                            give_up.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
+                            ending = true;
+                        } else if now == seen && http2.load(std::sync::atomic::Ordering::Relaxed) {
+                            // An HTTP/2 connection that started no stream
+                            // since the last look: GOAWAY, and it closes once
+                            // its open streams end. (An idle HTTP/1
+                            // connection is closed by hyper's header timer,
+                            // counted from the end of its last response.)
                             connection.as_mut().graceful_shutdown();
                             ending = true;
                         }

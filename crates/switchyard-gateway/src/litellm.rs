@@ -73,10 +73,6 @@ const IGNORED_LITELLM_SETTINGS: &[(&str, &str)] = &[
     ("redact_user_api_key_info", "keys never reach logs or traces"),
     ("drop_params", "request parameters are forwarded as sent"),
     ("telemetry", "Switchyard sends no usage telemetry"),
-    (
-        "disable_end_user_cost_tracking",
-        "spend is tracked per key, team and model",
-    ),
 ];
 
 const IGNORED_GENERAL_SETTINGS: &[(&str, &str)] = &[
@@ -476,6 +472,10 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         for (key, value) in settings {
             let here = format!("litellm_settings.{key}");
             match key.as_str() {
+                "disable_end_user_cost_tracking" => {
+                    policy.insert("record_end_users".into(), json!(!value.as_bool().unwrap_or(false)));
+                    t.map(here, "policy.record_end_users (negated)");
+                }
                 "cache" => {
                     cache.insert("enabled".into(), json!(value.as_bool().unwrap_or(false)));
                     t.map(here, "cache.enabled");

@@ -40,6 +40,9 @@ pub struct PolicyConfig {
     pub default_max_tokens: u32,
     /// Shared state across replicas.
     pub redis: Option<RedisConfig>,
+    /// Record the end user a request names (OpenAI's `user`, Anthropic's
+    /// `metadata.user_id`) on its spend record and in the request log.
+    pub record_end_users: bool,
     /// Keys declared here (each with `key: os.environ/NAME`, plus the fields of `/key/generate`).
     pub keys: Vec<BTreeMap<String, Value>>,
     /// Teams declared here (the fields of `/team/new`).
@@ -58,6 +61,7 @@ impl Default for PolicyConfig {
             fsync: FsyncPolicy::EverySecond,
             default_max_tokens: 4096,
             redis: None,
+            record_end_users: true,
             keys: Vec::new(),
             teams: Vec::new(),
             litellm_master_key_env: false,
@@ -132,6 +136,8 @@ pub struct PolicySpec {
     pub settings: PolicySettings,
     /// Output tokens assumed for a request without `max_tokens`.
     pub default_max_tokens: u32,
+    /// Whether spend records and the request log name the end user.
+    pub record_end_users: bool,
 }
 
 impl PolicyConfig {
@@ -296,6 +302,7 @@ impl PolicyConfig {
                 known_models: models.to_vec(),
             },
             default_max_tokens: self.default_max_tokens,
+            record_end_users: self.record_end_users,
         }
     }
 }

@@ -289,7 +289,10 @@ async fn openai_inner(
     if state.telemetry.log_payloads {
         tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
     }
-    let labels = std::mem::take(&mut options.labels);
+    let mut labels = std::mem::take(&mut options.labels);
+    if !state.record_end_users {
+        labels.end_user = None;
+    }
     if let Some(t) = trail.as_mut() {
         t.labels(&labels);
     }

@@ -57,6 +57,8 @@ pub struct AppState {
     pending_policy: Option<PolicySettings>,
     /// Output tokens assumed for a request without `max_tokens` (budget reservations).
     pub default_max_tokens: u32,
+    /// Whether requests' end users are recorded (`policy.record_end_users`).
+    pub record_end_users: bool,
     /// Prices of each deployment, indexed like `providers`.
     pub prices: Vec<Prices>,
     /// Per public model name, the highest prices any deployment it may reach
@@ -370,6 +372,7 @@ impl AppState {
             policy: Policy::memory(&policy.settings),
             pending_policy: Some(policy.settings),
             default_max_tokens: policy.default_max_tokens,
+            record_end_users: policy.record_end_users,
             prices,
             ceilings,
             cache,
@@ -440,6 +443,7 @@ impl AppState {
         self.policy = old.policy.clone();
         self.pending_policy = None;
         self.default_max_tokens = old.default_max_tokens;
+        self.record_end_users = old.record_end_users;
         self.metrics = old.metrics.clone();
         self.request_log = old.request_log.clone();
         self.telemetry = old.telemetry.clone();

@@ -193,6 +193,12 @@ fn redis_settings_become_one_url_and_the_cache_follows_it() {
     .unwrap();
     let t = switchyard_gateway::litellm::translate(&doc).unwrap();
     assert_eq!(t.config["policy"]["redis"]["url"], "redis://:pw@cache.internal:6380/2");
+    let private = json!({
+        "model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "k"}}],
+        "litellm_settings": {"disable_end_user_cost_tracking": true},
+    });
+    let t2 = switchyard_gateway::litellm::translate(&private).unwrap();
+    assert_eq!(t2.config["policy"]["record_end_users"], false, "{}", t2.config);
     assert_eq!(t.config["cache"]["redis"]["url"], "redis://:pw@cache.internal:6380/2");
     assert_eq!(t.config["cache"]["redis"]["prefix"], "team-a:");
 }

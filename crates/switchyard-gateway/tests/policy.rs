@@ -827,6 +827,22 @@ async fn spend_records_carry_the_end_user_and_tags() {
     )
     .await;
     assert_eq!((bad.status, bad.body["error"]["param"].as_str()), (400, Some("tags")));
+
+    // `record_end_users: false` keeps end users out of the records.
+    let quiet_dir = tempfile::tempdir().unwrap();
+    let quiet = GatewayProcess::start(BIN.as_ref(), &config(quiet_dir.path(), "  record_end_users: false", 0));
+    let answer = send(
+        client()
+            .post(format!("{}/v1/chat/completions", quiet.base_url()))
+            .bearer_auth(MASTER)
+            .json(&json!({"model": "mock-a", "user": "end-user-9", "tags": ["kept"],
+                "messages": [{"role": "user", "content": "hello"}]})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let record = spend_record(&quiet, |r| r["model"] == "mock-a").await;
+    assert!(record.get("end_user").is_none(), "{record}");
+    assert_eq!(record["tags"], json!(["kept"]));
 }
 
 /// A gateway with keys in its file but no master key guards its status

@@ -127,6 +127,13 @@ impl Cooldowns {
         }
     }
 
+    /// Whether the upstream rejected `id`'s key (until a reload).
+    pub fn key_invalid(&self, id: DeploymentId) -> bool {
+        self.breakers
+            .get(id.0)
+            .is_some_and(|b| b.key_invalid.load(Ordering::Acquire))
+    }
+
     /// Whether a request may go to `id` now. When an open breaker's cooldown has
     /// ended, exactly one caller gets `true` and becomes the half-open probe; a
     /// probe that never reports back is replaced after another cooldown period.
