@@ -221,11 +221,17 @@ pub(crate) struct Failed {
     pub(crate) error: ApiError,
     /// Attempts made.
     pub(crate) attempts: u32,
+    /// The id the last upstream to answer gave its answer.
+    pub(crate) upstream_request_id: Option<String>,
 }
 
 impl From<ApiError> for Failed {
     fn from(error: ApiError) -> Self {
-        Failed { error, attempts: 0 }
+        Failed {
+            error,
+            attempts: 0,
+            upstream_request_id: None,
+        }
     }
 }
 
@@ -309,6 +315,7 @@ pub(crate) async fn dispatch<'s>(
     let mut rng = fastrand::Rng::new();
     let mut visited: Vec<&str> = Vec::new();
     let mut attempts = 0u32;
+    let mut upstream_request_id = None;
     let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
     loop {
         visited.push(group.0);
@@ -340,7 +347,7 @@ pub(crate) async fn dispatch<'s>(
                 last_resort,
             },
             &mut rng,
-            &mut attempts,
+            (&mut attempts, &mut upstream_request_id),
             options.upstream_ns.as_deref(),
             options.prompt_tokens,
         )
@@ -350,7 +357,13 @@ pub(crate) async fn dispatch<'s>(
                 served.decision.prediction = prediction;
                 return Ok(served);
             }
-            GroupOutcome::Final(error) => return Err(Failed { error, attempts }),
+            GroupOutcome::Final(error) => {
+                return Err(Failed {
+                    error,
+                    attempts,
+                    upstream_request_id,
+                });
+            }
             GroupOutcome::Exhausted(error, reason) => (error, reason),
         };
         let list = match reason {
@@ -380,7 +393,13 @@ pub(crate) async fn dispatch<'s>(
                 state.metrics.fallback(group.0, name);
                 group = (name.as_str(), route);
             }
-            _ => return Err(Failed { error, attempts }),
+            _ => {
+                return Err(Failed {
+                    error,
+                    attempts,
+                    upstream_request_id,
+                });
+            }
         }
     }
 }
@@ -427,7 +446,7 @@ async fn try_group<'s>(
         last_resort,
     }: GroupLimits,
     rng: &mut fastrand::Rng,
-    attempts: &mut u32,
+    (attempts, last_upstream_id): (&mut u32, &mut Option<String>),
     upstream_ns: Option<&AtomicU64>,
     prompt_tokens: Option<u64>,
 ) -> GroupOutcome<'s> {
@@ -586,6 +605,7 @@ async fn try_group<'s>(
         let (sent, upstream_request_id) = switchyard_providers::upstream_id::capture(sending).await;
         if let Some(id) = &upstream_request_id {
             attempt_span.record("switchyard.upstream.request_id", id.as_str());
+            last_upstream_id.clone_from(&upstream_request_id);
         }
         if let Some(counter) = upstream_ns {
             crate::observe::RequestContext::add_upstream(counter, started.elapsed());

@@ -258,6 +258,11 @@ impl Trail {
         })
     }
 
+    /// Notes the id the last upstream to answer gave a failed request.
+    pub(crate) fn upstream_request_id(&mut self, id: Option<&str>) {
+        self.record.upstream_request_id = id.map(str::to_owned);
+    }
+
     /// Notes the end user and tags the request named.
     pub(crate) fn labels(&mut self, labels: &switchyard_policy::Labels) {
         self.record.end_user.clone_from(&labels.end_user);

@@ -199,12 +199,16 @@ pub(crate) fn with_route_headers(mut response: Response, decision: &Decision<'_>
     response
 }
 
-/// A failed request's error response, with the number of attempts made.
-pub(crate) fn failure_response(mut response: Response, attempts: u32) -> Response {
+/// A failed request's error response, with the number of attempts made
+/// and the id the last upstream to answer gave its answer.
+pub(crate) fn failure_response(mut response: Response, attempts: u32, upstream_request_id: Option<&str>) -> Response {
     if attempts > 0 {
         response
             .headers_mut()
             .insert(ATTEMPTS_HEADER, HeaderValue::from(attempts));
+    }
+    if let Some(v) = upstream_request_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+        response.headers_mut().insert(UPSTREAM_ID_HEADER, v);
     }
     response
 }
@@ -372,11 +376,16 @@ async fn openai_inner(
         started,
     } = match dispatch(&state, model, &mut call, &options).await {
         Ok(served) => served,
-        Err(Failed { error, attempts }) => {
-            if let Some(t) = trail {
+        Err(Failed {
+            error,
+            attempts,
+            upstream_request_id,
+        }) => {
+            if let Some(mut t) = trail {
+                t.upstream_request_id(upstream_request_id.as_deref());
                 t.finish(error.parts().0.as_u16(), Some(&error));
             }
-            let mut response = failure_response(error.into_response(), attempts);
+            let mut response = failure_response(error.into_response(), attempts, upstream_request_id.as_deref());
             response.headers_mut().extend(extra_headers);
             return response;
         }

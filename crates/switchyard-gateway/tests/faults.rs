@@ -471,6 +471,14 @@ async fn an_upstream_redirect_is_not_followed() {
             assert_eq!(answer.status, 502, "{model}: {}", answer.body);
             let message = answer.json()["error"]["message"].as_str().unwrap().to_owned();
             assert!(message.contains("redirect"), "{model}: {message}");
+            // A failure keeps the id the upstream gave its answer.
+            assert!(
+                answer
+                    .header("x-switchyard-upstream-request-id")
+                    .starts_with("req_mock"),
+                "{model}: {:?}",
+                answer.headers
+            );
         }
     }
     // The prompt and the deployments' credentials never reached the

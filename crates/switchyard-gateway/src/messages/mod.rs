@@ -124,8 +124,18 @@ fn validate(req: &MessagesRequest) -> Result<(), ApiError> {
 }
 
 /// Renders a failure for Anthropic clients.
-fn failed(Failed { error, attempts }: Failed) -> Response {
-    failure_response(AnthropicError(error).into_response(), attempts)
+fn failed(
+    Failed {
+        error,
+        attempts,
+        upstream_request_id,
+    }: Failed,
+) -> Response {
+    failure_response(
+        AnthropicError(error).into_response(),
+        attempts,
+        upstream_request_id.as_deref(),
+    )
 }
 
 /// The beta features named in `anthropic-beta` headers (comma-separated,
@@ -242,7 +252,8 @@ async fn messages_inner(
     } = match dispatch(&state, &model, &mut call, &options).await {
         Ok(served) => served,
         Err(f) => {
-            if let Some(t) = trail {
+            if let Some(mut t) = trail {
+                t.upstream_request_id(f.upstream_request_id.as_deref());
                 t.finish(f.error.parts().0.as_u16(), Some(&f.error));
             }
             let mut response = failed(f);
