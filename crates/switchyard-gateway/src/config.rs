@@ -590,6 +590,14 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
     config.notices = notices;
     config.policy.litellm_master_key_env = litellm;
     config.notices.extend(unpriced_notices(&config));
+    if config.cache.enabled && !config.cache.semantic.is_empty() && !config.cache.per_key {
+        config.notices.push(
+            "cache.semantic with cache.per_key false: a caller may get an answer written for another \
+             caller's similar prompt, context included; set cache.per_key: true when keys belong to \
+             different tenants"
+                .into(),
+        );
+    }
     Ok(config)
 }
 

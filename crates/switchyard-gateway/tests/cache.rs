@@ -431,6 +431,11 @@ model_list:
     let similarity: f64 = paraphrase.header("x-switchyard-cache-similarity").parse().unwrap();
     assert!((0.85..1.0).contains(&similarity), "{similarity}");
     assert_eq!(paraphrase.json(), first.json());
+    assert!(
+        gw.wait_for_log("cache.semantic with cache.per_key false", Duration::from_secs(10)),
+        "shared semantic answers are warned about: {:?}",
+        gw.logs()
+    );
     let unrelated = post(&gw, "", ask("Write a haiku about autumn leaves."), &[]).await;
     assert_eq!(unrelated.header("x-switchyard-cache"), "miss");
     assert!(unrelated.header("x-switchyard-cache-similarity").is_empty());
