@@ -20,9 +20,19 @@ use crate::state::AppState;
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-switchyard-request-id");
 const COST_HEADER: HeaderName = HeaderName::from_static("x-switchyard-response-cost");
 
-/// The key a client sent: `Authorization: Bearer`, `x-api-key` (Anthropic
-/// clients) or `api-key` (Azure clients).
+/// The key a client sent: `x-litellm-api-key` (for clients whose
+/// `Authorization` carries something else, as LiteLLM allows), else
+/// `Authorization: Bearer`, `x-api-key` (Anthropic clients) or `api-key`
+/// (Azure clients).
 pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(key) = headers.get("x-litellm-api-key").and_then(|v| v.to_str().ok()) {
+        let key = key.trim();
+        let key = key
+            .strip_prefix("Bearer ")
+            .or_else(|| key.strip_prefix("bearer "))
+            .unwrap_or(key);
+        return Some(key.trim());
+    }
     if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let auth = auth.trim();
         let token = auth

@@ -191,6 +191,17 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
         .await;
         assert_eq!(answer.status, 200, "{header}: {}", answer.body);
     }
+    // LiteLLM's x-litellm-api-key wins over an Authorization header that
+    // carries something else.
+    let answer = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .header("x-litellm-api-key", format!("Bearer {key}"))
+            .bearer_auth("some-other-token")
+            .json(&json!({"model": "mock-a", "messages": [{"role": "user", "content": "hello"}]})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "x-litellm-api-key: {}", answer.body);
 
     // Not on another model, and /v1/models lists only what it may call.
     let denied = chat_with(&gw, Some(&key), "mock-b").await;
@@ -308,8 +319,8 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
     assert_eq!(info.body["info"]["key_alias"], "app");
     assert_eq!(
         info.body["info"]["total_spend"],
-        json!(0.000021),
-        "three requests so far"
+        json!(0.000028),
+        "four requests so far"
     );
     assert!(!info.body.to_string().contains(&key[3..]));
 
@@ -344,7 +355,7 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
     let info = admin_get(&gw, &format!("/key/info?key={new_key}")).await;
     assert_eq!(
         nanos(&format!("{:.9}", info.body["info"]["total_spend"].as_f64().unwrap())),
-        5 * HELLO_COST_NANOS
+        6 * HELLO_COST_NANOS
     );
     // A new plaintext that a key already has is refused, and both keys keep
     // working: its own (a retried call) and another key's. (Listing models
@@ -398,9 +409,9 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
         .find(|r| r["key_alias"] == "app")
         .unwrap()
         .clone();
-    assert_eq!(row["total_spend_nanos"], json!(6 * HELLO_COST_NANOS));
+    assert_eq!(row["total_spend_nanos"], json!(7 * HELLO_COST_NANOS));
     let logs = admin_get(&gw, &format!("/spend/logs?api_key={new_key}&model=mock-a")).await;
-    assert_eq!(logs.body.as_array().unwrap().len(), 6, "{}", logs.body);
+    assert_eq!(logs.body.as_array().unwrap().len(), 7, "{}", logs.body);
 }
 
 #[tokio::test]
