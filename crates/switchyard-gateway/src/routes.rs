@@ -55,6 +55,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/embeddings", post(embeddings))
         .route("/models", get(models))
         .route("/models/{*model}", get(model))
+        .route("/model/info", get(model_info))
         .route("/messages", post(crate::messages::messages))
         .route("/messages/count_tokens", post(crate::messages::count_tokens))
         .route("/feedback", post(feedback));
@@ -828,6 +829,43 @@ fn visible_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyView>>) ->
         .model_names()
         .chain(state.learned.keys().map(String::as_str))
         .filter(move |name| view.is_none_or(|v| v.allows(name)))
+}
+
+/// `GET /model/info` (also under `/v1`): LiteLLM's listing of deployments,
+/// for tools written against it. Each deployment of every model the caller
+/// may use, with its provider, upstream model, prices and limits; never a
+/// credential or an upstream address.
+async fn model_info(State(state): State<SharedState>, Extension(principal): Extension<Principal>) -> Response {
+    let mut data = Vec::new();
+    for name in visible_models(&state, principal.view()) {
+        let Ok(group) = state.registry.group(name) else {
+            // A learned router: the gateway picks among its candidates.
+            data.push(serde_json::json!({
+                "model_name": name,
+                "litellm_params": {"model": format!("switchyard/{name}")},
+                "model_info": {"id": name, "litellm_provider": "switchyard", "mode": "chat"},
+            }));
+            continue;
+        };
+        for d in group.deployments() {
+            let prices = state.prices.get(d.id.0).copied().unwrap_or_default();
+            data.push(serde_json::json!({
+                "model_name": name,
+                "litellm_params": {"model": format!("{}/{}", d.provider, d.model)},
+                "model_info": {
+                    "id": d.name,
+                    "litellm_provider": d.provider,
+                    "input_cost_per_token": prices.input,
+                    "output_cost_per_token": prices.output,
+                    "cache_read_input_token_cost": prices.cache_read,
+                    "cache_creation_input_token_cost": prices.cache_write,
+                    "rpm": d.rpm,
+                    "tpm": d.tpm,
+                },
+            }));
+        }
+    }
+    Json(serde_json::json!({"data": data})).into_response()
 }
 
 fn anthropic_model(state: &SharedState, name: &str) -> AnthropicModel {

@@ -386,6 +386,29 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
         let (status, _, body) = chat(&gw, Some(MASTER), model).await;
         assert_eq!(status, 200, "{model}: {body}");
     }
+    // LiteLLM's /model/info lists the deployments, without their secrets.
+    let info: Value = reqwest::Client::new()
+        .get(format!("{}/v1/model/info", gw.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let rows = info["data"].as_array().unwrap();
+    assert_eq!(rows.len(), 4, "{info}");
+    let azure = rows
+        .iter()
+        .find(|r| r["litellm_params"]["model"] == "azure/gpt-4o-eu")
+        .unwrap();
+    assert_eq!(azure["model_name"], "gpt-4o");
+    assert_eq!(azure["model_info"]["rpm"], 300);
+    let text = info.to_string();
+    assert!(
+        !text.contains("sk-openai-test") && !text.contains("azure-test") && !text.contains("127.0.0.1"),
+        "{text}"
+    );
     let logs = gw.logs().join("\n");
     assert!(
         logs.contains("litellm_settings.success_callback"),

@@ -261,6 +261,14 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
         .map(|m| m["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["mock-a"]);
+    let info = send(client().get(format!("{}/model/info", gw.base_url())).bearer_auth(&key)).await;
+    let names: Vec<&str> = info.body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["mock-a"], "/model/info follows the key's models too");
     // Retrieving one model follows the same list: another model is not found.
     let one = |name: &str| {
         send(
