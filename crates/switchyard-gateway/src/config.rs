@@ -236,6 +236,10 @@ pub struct ServerConfig {
     /// Client connections served at once; beyond it, new ones wait in the
     /// listen backlog until one closes.
     pub max_connections: usize,
+    /// API requests handled at once, counted until each answer starts (0:
+    /// no limit); beyond it a request gets 429 `gateway_overloaded` with
+    /// `Retry-After: 1`. Bounds the memory of bodies read and parsed at once.
+    pub max_concurrent_requests: usize,
 }
 
 impl Default for ServerConfig {
@@ -251,6 +255,7 @@ impl Default for ServerConfig {
             idle_timeout_ms: 75_000,
             body_read_timeout_ms: 60_000,
             max_connections: 10_000,
+            max_concurrent_requests: 0,
         }
     }
 }
@@ -1230,6 +1235,12 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&self.server.max_connections) {
             issues.push(issue("server.max_connections", "must be from 1 to 1000000"));
+        }
+        if self.server.max_concurrent_requests > 10_000_000 {
+            issues.push(issue(
+                "server.max_concurrent_requests",
+                "must be at most 10000000 (0: no limit)",
+            ));
         }
         validate_cors(&self.server.cors_allowed_origins, &mut issues);
         if self.model_list.is_empty() {

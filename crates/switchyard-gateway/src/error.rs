@@ -30,6 +30,9 @@ pub enum ApiError {
     /// The body did not arrive within `server.body_read_timeout_ms`.
     #[error("The request body did not arrive within {0} ms.")]
     BodyTimeout(u64),
+    /// `server.max_concurrent_requests` are being handled.
+    #[error("The gateway is handling its limit of {0} requests at once; retry shortly.")]
+    Overloaded(usize),
     /// No route has this path.
     #[error("Unknown request URL: {method} {path}.")]
     UnknownRoute {
@@ -115,6 +118,12 @@ impl ApiError {
             ),
             ApiError::BodyTooLarge(_) => (S::PAYLOAD_TOO_LARGE, invalid, None, Some("request_too_large".into())),
             ApiError::BodyTimeout(_) => (S::REQUEST_TIMEOUT, invalid, None, Some("request_timeout".into())),
+            ApiError::Overloaded(_) => (
+                S::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                None,
+                Some("gateway_overloaded".into()),
+            ),
             ApiError::UnknownRoute { .. } => (S::NOT_FOUND, invalid, None, Some("unknown_url".into())),
             ApiError::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, invalid, None, Some("method_not_allowed".into())),
             ApiError::FallbackNotAllowed { param, .. } => (
@@ -332,7 +341,9 @@ impl IntoResponse for ApiError {
                 retry_after: Some(after),
                 ..
             }) => retry_after_header(*after),
-            ApiError::Denied(Denied::TooManyParallel { .. }) => Some(HeaderValue::from_static("1")),
+            ApiError::Denied(Denied::TooManyParallel { .. }) | ApiError::Overloaded(_) => {
+                Some(HeaderValue::from_static("1"))
+            }
             _ => None,
         };
         let body = serde_json::to_vec(&self.body()).unwrap_or_default();

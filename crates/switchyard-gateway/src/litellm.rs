@@ -393,6 +393,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     }
     let mut router = Map::new();
     let mut policy = Map::new();
+    let mut server = Map::new();
     let mut cache = Map::new();
     let mut redis_parts: BTreeMap<&str, Value> = BTreeMap::new();
     if let Some(settings) = doc.get("router_settings").and_then(Value::as_object) {
@@ -585,6 +586,13 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     policy.insert("master_key".into(), value.clone());
                     t.map(here, "policy.master_key");
                 }
+                "global_max_parallel_requests" => match value.as_u64() {
+                    Some(n) => {
+                        server.insert("max_concurrent_requests".into(), json!(n));
+                        t.map(here, "server.max_concurrent_requests");
+                    }
+                    None => t.refuse(&here, "must be a whole number"),
+                },
                 other => match IGNORED_GENERAL_SETTINGS.iter().find(|(k, _)| *k == other) {
                     Some((_, why)) => t.warn(&here, why),
                     None => t.refuse(&here, "is not supported, and ignoring it would change behaviour"),
@@ -607,7 +615,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         return Err(t.issues);
     }
     let mut config = Map::new();
-    for section in ["server", "embedder", "telemetry"] {
+    for section in ["embedder", "telemetry"] {
         if let Some(v) = doc.get(section) {
             config.insert(section.into(), v.clone());
         }
@@ -622,6 +630,16 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         merged
     };
     let policy = merge(policy, doc.get("policy"));
+    match doc.get("server") {
+        // Not a map: left for validation to refuse by name.
+        Some(other) if !other.is_object() => drop(config.insert("server".into(), other.clone())),
+        theirs => {
+            let server = merge(server, theirs);
+            if !server.is_empty() {
+                config.insert("server".into(), Value::Object(server));
+            }
+        }
+    }
     let cache = merge(cache, doc.get("cache"));
     if !router.is_empty() {
         if let Some(n) = router.get("num_retries").and_then(Value::as_u64) {

@@ -73,6 +73,22 @@ pub(crate) async fn authenticate(State(state): State<SharedState>, mut request: 
     }
 }
 
+/// Middleware on client routes: holds one of `server.max_concurrent_requests`
+/// slots until the answer starts, or answers 429 when none is free.
+pub(crate) async fn limit_concurrency(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    let Some(slots) = &state.request_slots else {
+        return next.run(request).await;
+    };
+    match slots.clone().try_acquire_owned() {
+        Ok(_slot) => next.run(request).await,
+        Err(_) => error_for(
+            request.uri().path(),
+            request.headers(),
+            ApiError::Overloaded(state.server.max_concurrent_requests),
+        ),
+    }
+}
+
 /// Middleware on admin routes: only the master key passes.
 pub(crate) async fn require_master(State(state): State<SharedState>, request: Request, next: Next) -> Response {
     if !state.policy.has_master_key() {

@@ -62,7 +62,11 @@ pub fn router(state: SharedState) -> Router {
     let client = Router::new()
         .merge(api.clone())
         .nest("/v1", api)
-        .route_layer(middleware::from_fn_with_state(state.clone(), metering::authenticate));
+        .route_layer(middleware::from_fn_with_state(state.clone(), metering::authenticate))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metering::limit_concurrency,
+        ));
     let admin = crate::policy_admin::routes()
         .route_layer(middleware::from_fn_with_state(state.clone(), metering::require_master));
     // A virtual key may read its own info, as LiteLLM's tools expect.

@@ -76,6 +76,9 @@ pub struct AppState {
     /// Set when shutdown cuts the streams still running after the drain
     /// timeout (shared by every state a reload makes).
     pub cut: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Slots of `server.max_concurrent_requests` (shared by every state a
+    /// reload makes; `None`: no limit).
+    pub request_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// How one model group is routed.
@@ -380,6 +383,8 @@ impl AppState {
             request_log: None,
             telemetry,
             cut: Arc::new(tokio::sync::watch::Sender::new(false)),
+            request_slots: (server.max_concurrent_requests > 0)
+                .then(|| Arc::new(tokio::sync::Semaphore::new(server.max_concurrent_requests))),
             registry,
             stats,
             cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
@@ -449,6 +454,7 @@ impl AppState {
         self.telemetry = old.telemetry.clone();
         self.server = old.server.clone();
         self.cut = old.cut.clone();
+        self.request_slots = old.request_slots.clone();
         if same_cache {
             self.cache = old.cache.clone();
         }

@@ -568,3 +568,54 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot() {
         .unwrap();
     assert_eq!(answer.0, 200);
 }
+
+/// With `max_concurrent_requests` being handled, another request gets a 429
+/// at once instead of queueing; once one finishes, requests are served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_concurrency_limit_are_shed() {
+    let sleepy =
+        "  - model_name: sleepy\n    deployments:\n      - {provider: mock, model: s, mock: {delay_ms: 3000}}\n";
+    let gw = GatewayProcess::start_with(
+        BIN.as_ref(),
+        &config("hi", sleepy, "  max_concurrent_requests: 1"),
+        &[],
+        &[("RUST_LOG", "debug")],
+    );
+    let base = gw.base_url();
+    let holder = tokio::spawn({
+        let base = base.clone();
+        async move { ask(&reqwest::Client::new(), &base, "sleepy").await }
+    });
+    // The slow request holds the one slot once it is routed.
+    assert!(gw.wait_for_log("routed", Duration::from_secs(10)), "{:?}", gw.logs());
+    let client = reqwest::Client::new();
+    let mut shed = None;
+    while !holder.is_finished() {
+        let response = client
+            .post(format!("{base}/v1/chat/completions"))
+            .bearer_auth(MASTER)
+            .json(&json!({"model": "a", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 429 {
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            shed = Some((retry_after, response.json::<Value>().await.unwrap()));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let Some((retry_after, body)) = shed else {
+        panic!(
+            "no request was shed while the slow one ran: {:?}",
+            holder.await.unwrap()
+        );
+    };
+    assert_eq!(retry_after.as_deref(), Some("1"));
+    assert_eq!(body["error"]["code"], "gateway_overloaded", "{body}");
+    assert_eq!(holder.await.unwrap().0, 200);
+    assert_eq!(ask(&client, &base, "a").await, (200, "hi".to_owned()));
+}
