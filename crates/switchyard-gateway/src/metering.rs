@@ -273,6 +273,23 @@ pub(crate) fn check_fallbacks(principal: &Principal, fallbacks: Option<&[String]
     }
 }
 
+/// The end user and tags a request's records carry (no end user with
+/// `policy.record_end_users` off), noted in its request-log record too.
+pub(crate) fn take_labels(
+    state: &AppState,
+    options: &mut crate::dispatch::RequestOptions,
+    trail: Option<&mut crate::observe::Trail>,
+) -> switchyard_policy::Labels {
+    let mut labels = std::mem::take(&mut options.labels);
+    if !state.record_end_users {
+        labels.end_user = None;
+    }
+    if let Some(t) = trail {
+        t.labels(&labels);
+    }
+    labels
+}
+
 /// Admits a request to `model`: the key's model allow-list, its limits and
 /// its budget, reserving the most the request can cost. The `fallbacks` the
 /// request names must be models the key may call too, and their prices

@@ -298,13 +298,7 @@ async fn openai_inner(
     if state.telemetry.log_payloads {
         tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
     }
-    let mut labels = std::mem::take(&mut options.labels);
-    if !state.record_end_users {
-        labels.end_user = None;
-    }
-    if let Some(t) = trail.as_mut() {
-        t.labels(&labels);
-    }
+    let labels = metering::take_labels(&state, &mut options, trail.as_mut());
     let meter = match metering::admit(
         &state,
         principal,

@@ -214,13 +214,7 @@ async fn messages_inner(
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     let mut trail = Trail::start(&state, &ctx, &principal, &model, &call);
-    let mut labels = std::mem::take(&mut options.labels);
-    if !state.record_end_users {
-        labels.end_user = None;
-    }
-    if let Some(t) = trail.as_mut() {
-        t.labels(&labels);
-    }
+    let labels = metering::take_labels(&state, &mut options, trail.as_mut());
     let meter = match metering::admit(
         &state,
         &principal,
