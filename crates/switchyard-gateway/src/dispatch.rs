@@ -605,8 +605,8 @@ async fn try_group<'s>(
         let (sent, upstream_request_id) = switchyard_providers::upstream_id::capture(sending).await;
         if let Some(id) = &upstream_request_id {
             attempt_span.record("switchyard.upstream.request_id", id.as_str());
-            last_upstream_id.clone_from(&upstream_request_id);
         }
+        last_upstream_id.clone_from(&upstream_request_id);
         if let Some(counter) = upstream_ns {
             crate::observe::RequestContext::add_upstream(counter, started.elapsed());
         }
@@ -696,8 +696,9 @@ async fn try_group<'s>(
                 } else {
                     state.stats.record_failure(deployment.id, class, now);
                     // A try made anyway leaves the breaker (and another
-                    // request's probe) as it is.
-                    if !panic && state.cooldowns.record_failure(deployment.id, class, now) {
+                    // request's probe) as it is; a rejected key is noted.
+                    let noted = !panic || class == switchyard_routing::ErrorClass::Auth;
+                    if noted && state.cooldowns.record_failure(deployment.id, class, now) {
                         tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
                         state.metrics.cooldown(&deployment.name);
                     }

@@ -19,12 +19,13 @@ use switchyard_policy::Labels;
 
 use crate::error::ApiError;
 
-/// The most tags one request may carry.
+/// The most tags one request's records keep (the first ones).
 const MAX_TAGS: usize = 16;
-/// The longest tag.
+/// The longest tag kept (a longer one is cut).
 const MAX_TAG_LEN: usize = 64;
-/// The longest end-user id.
-const MAX_USER_LEN: usize = 128;
+/// The longest end-user id kept (a longer one is cut; Claude Code's JSON
+/// `user_id` takes about 190 bytes).
+const MAX_USER_LEN: usize = 256;
 /// Headers whose value is a comma-separated tag list.
 const TAG_HEADERS: [&str; 2] = ["x-switchyard-tags", "x-litellm-tags"];
 
@@ -53,7 +54,7 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
     }
     add_headers(&mut tags, headers)?;
     let end_user = match extra.get("user") {
-        Some(Value::String(user)) => checked(user, "user", MAX_USER_LEN)?,
+        Some(Value::String(user)) => kept(user, MAX_USER_LEN),
         _ => None,
     };
     Ok(Labels { end_user, tags })
@@ -65,38 +66,33 @@ pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, Ap
     let mut tags = Vec::new();
     add_headers(&mut tags, headers)?;
     let end_user = match extra.get("metadata").and_then(|m| m.get("user_id")) {
-        Some(Value::String(user)) => checked(user, "metadata.user_id", MAX_USER_LEN)?,
+        Some(Value::String(user)) => kept(user, MAX_USER_LEN),
         _ => None,
     };
     Ok(Labels { end_user, tags })
 }
 
-/// A tag or user id of at most `max` bytes; blank is none.
-fn checked(text: &str, param: &str, max: usize) -> Result<Option<String>, ApiError> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Ok(None);
+/// A tag or user id as recorded: trimmed, control characters left out, cut
+/// to `max` bytes at a character boundary; blank is none. A label never
+/// fails a request.
+fn kept(text: &str, max: usize) -> Option<String> {
+    let mut out = String::new();
+    for c in text.trim().chars().filter(|c| !c.is_control()) {
+        if out.len() + c.len_utf8() > max {
+            break;
+        }
+        out.push(c);
     }
-    if text.len() > max || text.chars().any(char::is_control) {
-        return Err(invalid(
-            param,
-            format!("'{param}' must be at most {max} bytes, without control characters."),
-        ));
-    }
-    Ok(Some(text.to_owned()))
+    (!out.is_empty()).then_some(out)
 }
 
-fn push(tags: &mut Vec<String>, tag: &str, param: &str) -> Result<(), ApiError> {
-    let Some(tag) = checked(tag, param, MAX_TAG_LEN)? else {
-        return Ok(());
-    };
-    if !tags.contains(&tag) {
-        if tags.len() == MAX_TAGS {
-            return Err(invalid(param, format!("A request may carry at most {MAX_TAGS} tags.")));
-        }
+fn push(tags: &mut Vec<String>, tag: &str) {
+    if let Some(tag) = kept(tag, MAX_TAG_LEN)
+        && tags.len() < MAX_TAGS
+        && !tags.contains(&tag)
+    {
         tags.push(tag);
     }
-    Ok(())
 }
 
 fn add_list(tags: &mut Vec<String>, value: Value, param: &str) -> Result<(), ApiError> {
@@ -108,7 +104,7 @@ fn add_list(tags: &mut Vec<String>, value: Value, param: &str) -> Result<(), Api
         let Value::String(tag) = item else {
             return Err(invalid(&here, format!("'{here}' must be a string.")));
         };
-        push(tags, tag, &here)?;
+        push(tags, tag);
     }
     Ok(())
 }
@@ -120,7 +116,7 @@ fn add_headers(tags: &mut Vec<String>, headers: &HeaderMap) -> Result<(), ApiErr
                 .to_str()
                 .map_err(|_| invalid(name, format!("The {name} header must be text.")))?;
             for tag in text.split(',') {
-                push(tags, tag, name)?;
+                push(tags, tag);
             }
         }
     }
@@ -168,19 +164,33 @@ mod tests {
             (json!({"tags": "a"}), "tags"),
             (json!({"tags": ["a", 1]}), "tags[1]"),
             (json!({"metadata": {"tags": [{"a": 1}]}}), "metadata.tags[0]"),
-            (json!({"tags": ["x".repeat(MAX_TAG_LEN + 1)]}), "tags[0]"),
-            (json!({"user": "a\nb"}), "user"),
         ] {
             let err = take(&mut extra(body.clone()), &HeaderMap::new()).unwrap_err();
             assert_eq!(err.parts().2.as_deref(), Some(param), "{body}");
         }
+        // Sizes never fail a request: labels are cut to fit.
         let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
-        let err = take(&mut extra(json!({"tags": many})), &HeaderMap::new()).unwrap_err();
-        assert_eq!(err.parts().2.as_deref(), Some("tags[16]"));
+        let long = "é".repeat(MAX_TAG_LEN);
+        let mut body = extra(json!({"tags": many, "user": format!("a\nb{}", "u".repeat(300))}));
+        body["tags"].as_array_mut().unwrap().insert(0, json!(long));
+        let labels = take(&mut body, &HeaderMap::new()).unwrap();
+        assert_eq!(labels.tags.len(), MAX_TAGS);
+        assert_eq!(labels.tags[0], "é".repeat(MAX_TAG_LEN / 2));
+        let user = labels.end_user.unwrap();
+        assert!(user.starts_with("abuuu") && user.len() == MAX_USER_LEN, "{user}");
     }
 
     #[test]
     fn anthropic_requests_name_their_user_in_metadata() {
+        // Claude Code's user_id is a JSON object in a string.
+        let claude_code = format!(
+            r#"{{"device_id":"{}","account_uuid":"{}","session_id":"{}"}}"#,
+            "d".repeat(64),
+            "a".repeat(36),
+            "s".repeat(36)
+        );
+        let labels = anthropic(&extra(json!({"metadata": {"user_id": claude_code}})), &HeaderMap::new()).unwrap();
+        assert_eq!(labels.end_user.as_deref(), Some(claude_code.as_str()));
         let body = extra(json!({"metadata": {"user_id": "u-1"}}));
         let mut headers = HeaderMap::new();
         headers.insert("x-switchyard-tags", "nightly".parse().unwrap());

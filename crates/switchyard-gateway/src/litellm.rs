@@ -473,10 +473,13 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         for (key, value) in settings {
             let here = format!("litellm_settings.{key}");
             match key.as_str() {
-                "disable_end_user_cost_tracking" => {
-                    policy.insert("record_end_users".into(), json!(!value.as_bool().unwrap_or(false)));
-                    t.map(here, "policy.record_end_users (negated)");
-                }
+                "disable_end_user_cost_tracking" => match value.as_bool() {
+                    Some(off) => {
+                        policy.insert("record_end_users".into(), json!(!off));
+                        t.map(here, "policy.record_end_users (negated)");
+                    }
+                    None => t.refuse(&here, "must be true or false"),
+                },
                 "cache" => {
                     cache.insert("enabled".into(), json!(value.as_bool().unwrap_or(false)));
                     t.map(here, "cache.enabled");

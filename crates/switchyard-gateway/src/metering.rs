@@ -30,8 +30,12 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
         let key = key
             .strip_prefix("Bearer ")
             .or_else(|| key.strip_prefix("bearer "))
-            .unwrap_or(key);
-        return Some(key.trim());
+            .unwrap_or(key)
+            .trim();
+        // An empty one (a template's unset variable) says nothing.
+        if !key.is_empty() {
+            return Some(key);
+        }
     }
     if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         let auth = auth.trim();
@@ -73,14 +77,23 @@ pub(crate) async fn authenticate(State(state): State<SharedState>, mut request: 
     }
 }
 
-/// Middleware on client routes: holds one of `server.max_concurrent_requests`
-/// slots until the answer starts, or answers 429 when none is free.
+tokio::task_local! {
+    /// The `server.max_concurrent_requests` slot of the request being
+    /// handled, for [`crate::routes::detached`] to keep while the request's
+    /// own task runs (after its client left, too).
+    pub(crate) static REQUEST_SLOT: std::sync::Arc<tokio::sync::OwnedSemaphorePermit>;
+}
+
+/// Middleware on client routes, outside authentication so that an
+/// overloaded gateway sheds before doing any work: holds one of
+/// `server.max_concurrent_requests` slots until the answer starts (and the
+/// request's own task ends), or answers 429 when none is free.
 pub(crate) async fn limit_concurrency(State(state): State<SharedState>, request: Request, next: Next) -> Response {
     let Some(slots) = &state.request_slots else {
         return next.run(request).await;
     };
     match slots.clone().try_acquire_owned() {
-        Ok(_slot) => next.run(request).await,
+        Ok(slot) => REQUEST_SLOT.scope(std::sync::Arc::new(slot), next.run(request)).await,
         Err(_) => error_for(
             request.uri().path(),
             request.headers(),

@@ -626,6 +626,13 @@ where
             }
         }
     }
+    // The request's concurrency slot lasts as long as its work.
+    let slot = crate::metering::REQUEST_SLOT.try_with(Arc::clone).ok();
+    let work = async move {
+        let response = work.await;
+        drop(slot);
+        response
+    };
     let mut watch = Abandoned {
         handle: Some(tokio::spawn(work.in_current_span())),
         state,

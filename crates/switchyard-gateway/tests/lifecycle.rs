@@ -618,4 +618,23 @@ async fn requests_beyond_the_concurrency_limit_are_shed() {
     assert_eq!(body["error"]["code"], "gateway_overloaded", "{body}");
     assert_eq!(holder.await.unwrap().0, 200);
     assert_eq!(ask(&client, &base, "a").await, (200, "hi".to_owned()));
+
+    // A request whose client leaves keeps its slot while its work goes on.
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let (status, error) = ask(&impatient, &base, "sleepy").await;
+    assert_eq!(status, 0, "the client gave up: {error}");
+    let (status, _) = ask(&client, &base, "a").await;
+    assert_eq!(status, 429, "the abandoned request still holds the slot");
+    let mut freed = false;
+    for _ in 0..200 {
+        if ask(&client, &base, "a").await.0 == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(freed, "the slot came back when the abandoned request finished");
 }

@@ -202,6 +202,20 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
     )
     .await;
     assert_eq!(answer.status, 200, "x-litellm-api-key: {}", answer.body);
+    // An empty one says nothing: the Authorization header is read.
+    let answer = send(
+        client()
+            .get(format!("{}/v1/models", gw.base_url()))
+            .header("x-litellm-api-key", "")
+            .bearer_auth(&key),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        answer.body["data"].as_array().map(Vec::len),
+        Some(1),
+        "the key's own view"
+    );
 
     // Not on another model, and /v1/models lists only what it may call.
     let denied = chat_with(&gw, Some(&key), "mock-b").await;
