@@ -225,10 +225,12 @@ pub struct ServerConfig {
     /// `https://app.example.com`; `["*"]` allows any. Empty (the default):
     /// no CORS headers, so browsers refuse cross-origin calls.
     pub cors_allowed_origins: Vec<String>,
-    /// How long a client connection may go without starting a request, in
-    /// milliseconds, before it is closed (once its running requests end);
-    /// an HTTP/1 request's headers must arrive within it too. Keep it above
-    /// the idle timeout of a load balancer in front (AWS ALB: 60 s).
+    /// Idle limit of a client connection, in milliseconds: one that never
+    /// starts a request is closed after it; an HTTP/1 one when its next
+    /// request's headers have not all arrived this long after its last
+    /// response; an HTTP/2 one that starts no stream for this long, once
+    /// its open streams end. Keep it above the idle timeout of a load
+    /// balancer in front (AWS ALB: 60 s).
     pub idle_timeout_ms: u64,
     /// How long a client may take to send a request's body, in
     /// milliseconds, once its headers arrived; a slower one gets 408.
@@ -236,9 +238,11 @@ pub struct ServerConfig {
     /// Client connections served at once; beyond it, new ones wait in the
     /// listen backlog until one closes.
     pub max_connections: usize,
-    /// API requests handled at once, counted until each answer starts (0:
-    /// no limit); beyond it a request gets 429 `gateway_overloaded` with
-    /// `Retry-After: 1`. Bounds the memory of bodies read and parsed at once.
+    /// API requests handled at once (0: no limit), each counted until its
+    /// answer starts and for as long as its own work runs (a stream's body
+    /// is not counted); beyond it a request gets 429 `gateway_overloaded`
+    /// with `Retry-After: 1`. Bounds the memory of bodies read and parsed
+    /// at once.
     pub max_concurrent_requests: usize,
 }
 
