@@ -11,8 +11,7 @@ use std::sync::atomic::Ordering;
 
 use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -274,7 +273,7 @@ async fn regenerate_key(State(state): State<SharedState>, JsonBody(body): JsonBo
 async fn regenerate_key_at(
     State(state): State<SharedState>,
     key: Result<Path<String>, PathRejection>,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
     let key = match key {
         Ok(Path(key)) => key,
@@ -286,14 +285,15 @@ async fn regenerate_key_at(
             .into_response();
         }
     };
-    let body = match body {
+    // Read within the body size and time limits, like every JSON body.
+    let body = match crate::extract::read_body(request, &state).await {
         Ok(bytes) if bytes.trim_ascii().is_empty() => Map::new(),
         Ok(bytes) => match crate::extract::parse::<Value>(&bytes).map(object) {
             Ok(Ok(b)) => b,
             Ok(Err(r)) => return r,
             Err(e) => return e.into_response(),
         },
-        Err(e) => return crate::extract::reject(e, state.server.max_body_bytes).into_response(),
+        Err(e) => return e.into_response(),
     };
     regenerate(&state, &key, &body).await
 }
