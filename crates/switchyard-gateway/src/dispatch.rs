@@ -319,9 +319,17 @@ pub(crate) async fn dispatch<'s>(
     let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
     loop {
         visited.push(group.0);
-        // With no fallback group left that could serve now, deployments
-        // that are cooling down are tried rather than refused.
-        let now = state.now_ms();
+        // With no fallback group left that could serve now (as a learned
+        // router judges it), deployments that are cooling down are tried
+        // rather than refused.
+        let live = Live {
+            allowed: None,
+            registry: &state.registry,
+            stats: &state.stats,
+            cooldowns: &state.cooldowns,
+            now_ms: state.now_ms(),
+            fail_fast: settings.cooldown_fail_fast,
+        };
         let last_resort = !settings.cooldown_fail_fast
             && (visited.len() > settings.max_fallbacks
                 || !general.iter().any(|name| {
@@ -332,10 +340,7 @@ pub(crate) async fn dispatch<'s>(
                                 .as_ref()
                                 .is_none_or(|allowed| allowed.contains(name)))
                         && state.routes.contains_key(name.as_str())
-                        && state
-                            .registry
-                            .group(name)
-                            .is_ok_and(|g| g.deployments().iter().any(|d| state.cooldowns.may_serve(d.id, now)))
+                        && live.can_serve(name)
                 }));
         let outcome = try_group(
             state,

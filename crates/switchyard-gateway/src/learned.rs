@@ -688,7 +688,9 @@ pub(crate) struct Live<'a> {
 }
 
 impl Live<'_> {
-    fn can_serve(&self, group: &str) -> bool {
+    /// Whether a deployment of `group` can take a request now: its breaker
+    /// lets it serve and it is under its `rpm` and `tpm`.
+    pub(crate) fn can_serve(&self, group: &str) -> bool {
         self.registry
             .group(group)
             .is_ok_and(|g: &ModelGroup| g.deployments().iter().any(|d| self.deployment_ok(d)))
