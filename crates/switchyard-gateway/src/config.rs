@@ -1132,6 +1132,9 @@ fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<Confi
             "cache_creation_input_token_cost",
             issues,
         ),
+        // Configured token prices leave a well-known model's per-search price.
+        web_search: switchyard_policy::price::builtin(entry.base_model.as_deref().unwrap_or(&entry.model))
+            .and_then(|p| p.web_search),
     }
 }
 

@@ -389,6 +389,7 @@ pub(crate) fn openai_usage(usage: &Usage) -> TokenUsage {
         completion: usage.completion_tokens,
         cache_read: usage.cached_prompt_tokens(),
         cache_write,
+        web_searches: 0,
     }
 }
 
@@ -401,6 +402,11 @@ pub(crate) fn anthropic_usage(usage: &Value) -> TokenUsage {
         completion: n("output_tokens"),
         cache_read: read,
         cache_write: write,
+        web_searches: usage
+            .get("server_tool_use")
+            .and_then(|s| s.get("web_search_requests"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0),
     }
 }
 

@@ -92,6 +92,7 @@ impl Observed for Event {
             merged.cache_write = seen.cache_write;
         }
         merged.completion = merged.completion.max(seen.completion);
+        merged.web_searches = merged.web_searches.max(seen.web_searches);
     }
 
     fn in_band_error(&self) -> Option<ProviderError> {

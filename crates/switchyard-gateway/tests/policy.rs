@@ -878,6 +878,40 @@ async fn spend_records_carry_the_end_user_and_tags() {
     assert_eq!(record["tags"], json!(["kept"]));
 }
 
+/// Web searches Claude ran for a request are charged at $0.01 each, on top
+/// of its tokens, for JSON answers and streams alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn claude_web_searches_are_charged() {
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "policy:\n  master_key: {MASTER}\n  data_dir: {}\nmodel_list:\n  - model_name: claude\n    deployments:\n      - {{provider: anthropic, api_base: \"{}\", api_key: k, model: \"claude-sonnet-4-5::web_searches=3\", input_cost_per_token: 0, output_cost_per_token: 0}}\n",
+        dir.path().display(),
+        mock.root_url()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    for (alias, stream) in [("searcher-json", false), ("searcher-stream", true)] {
+        let key = generate(&gw, json!({"key_alias": alias})).await;
+        let answer = send(
+            client()
+                .post(format!("{}/v1/messages", gw.base_url()))
+                .header("x-api-key", &key)
+                .header("anthropic-version", "2023-06-01")
+                .json(&json!({"model": "claude", "max_tokens": 50, "stream": stream,
+                    "messages": [{"role": "user", "content": "what is new today?"}]})),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{alias}");
+        let record = spend_record(&gw, |r| r["key_alias"] == alias).await;
+        assert_eq!(record["usage"]["web_searches"], 3, "{record}");
+        assert_eq!(
+            record["cost_nanos"],
+            json!(30_000_000),
+            "three searches at $0.01: {record}"
+        );
+    }
+}
+
 /// A gateway with keys in its file but no master key guards its status
 /// routes with those keys; one with no keys at all says at start-up that
 /// every route is open.

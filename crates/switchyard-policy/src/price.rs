@@ -18,6 +18,10 @@ pub struct Prices {
     pub cache_read: Option<f64>,
     /// Per prompt token written to the upstream's prompt cache (`None`: the input price).
     pub cache_write: Option<f64>,
+    /// Per web search the upstream ran for the request (Anthropic's
+    /// `server_tool_use.web_search_requests`); `None`: free.
+    #[serde(default)]
+    pub web_search: Option<f64>,
 }
 
 /// Token counts of one request, normalised across providers: `prompt`
@@ -32,6 +36,13 @@ pub struct TokenUsage {
     pub cache_read: u64,
     /// Prompt tokens written to the prompt cache.
     pub cache_write: u64,
+    /// Web searches the upstream ran (billed per search, not per token).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub web_searches: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl TokenUsage {
@@ -56,6 +67,7 @@ impl Prices {
                 Some(v) => Some(v / M),
                 None => None,
             },
+            web_search: None,
         }
     }
 
@@ -73,7 +85,8 @@ impl Prices {
         let usd = uncached as f64 * self.input
             + read as f64 * self.cache_read.unwrap_or(self.input)
             + write as f64 * self.cache_write.unwrap_or(self.input)
-            + usage.completion as f64 * self.output;
+            + usage.completion as f64 * self.output
+            + usage.web_searches as f64 * self.web_search.unwrap_or(0.0);
         from_usd(usd)
     }
 
@@ -177,8 +190,15 @@ pub fn builtin(model: &str) -> Option<Prices> {
         .iter()
         .filter(|(known, _)| name.strip_prefix(known).is_some_and(is_version_suffix))
         .max_by_key(|(known, _)| known.len())
-        .map(|(_, prices)| *prices)
+        .map(|(known, prices)| Prices {
+            // Anthropic bills its web search tool at $10 per 1,000 searches.
+            web_search: known.starts_with("claude-").then_some(CLAUDE_WEB_SEARCH),
+            ..*prices
+        })
 }
+
+/// USD per web search on Claude models.
+const CLAUDE_WEB_SEARCH: f64 = 0.01;
 
 /// Whether what follows a known model name only dates or versions it.
 fn is_version_suffix(rest: &str) -> bool {
@@ -222,7 +242,10 @@ mod tests {
         // A minor version or a suffix word names another model.
         assert_eq!(
             builtin("claude-opus-4-5-20251101"),
-            Some(Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25)))
+            Some(Prices {
+                web_search: Some(CLAUDE_WEB_SEARCH),
+                ..Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25))
+            })
         );
         assert_eq!(builtin("claude-opus-4-20250514"), builtin("claude-opus-4"));
         assert_ne!(builtin("claude-opus-4-5"), builtin("claude-opus-4"));
@@ -271,8 +294,7 @@ mod tests {
         let usage = TokenUsage {
             prompt: 1_000_000,
             completion: 1_000_000,
-            cache_read: 0,
-            cache_write: 0,
+            ..TokenUsage::default()
         };
         assert_eq!(p.cost(&usage), 18_000_000_000);
         let cached = TokenUsage {
@@ -280,9 +302,27 @@ mod tests {
             completion: 0,
             cache_read: 1_000_000,
             cache_write: 1_000_000,
+            web_searches: 0,
         };
         // 1M uncached at $3, 1M read at $0.30, 1M written at $3.75.
         assert_eq!(p.cost(&cached), 7_050_000_000);
+        // Claude's web searches cost $0.01 each, on top of the tokens.
+        let claude = builtin("claude-sonnet-4-5-20250929").unwrap();
+        let searched = TokenUsage {
+            prompt: 1_000,
+            completion: 100,
+            web_searches: 3,
+            ..TokenUsage::default()
+        };
+        assert_eq!(
+            claude.cost(&searched)
+                - claude.cost(&TokenUsage {
+                    web_searches: 0,
+                    ..searched
+                }),
+            30_000_000
+        );
+        assert_eq!(builtin("gpt-4o").unwrap().web_search, None);
         assert!(
             p.ceiling(10, 100)
                 >= p.cost(&TokenUsage {

@@ -214,6 +214,8 @@ struct Usage {
     input: usize,
     read: u64,
     write: u64,
+    /// Web searches reported (the `web_searches` directive).
+    searches: u64,
 }
 
 /// One event of an Anthropic message stream, before encoding.
@@ -244,6 +246,7 @@ pub(crate) fn answer(ctx: &RequestCtx<'_>, obj: &Map<String, Value>, model: &str
         input: prompt_tokens(&parsed),
         read,
         write,
+        searches: ctx.scenario.web_searches.unwrap_or(0),
     };
     Ok(Answer {
         id: format!("msg_mock_{}", ctx.state.next_id()),
@@ -260,12 +263,16 @@ impl Answer {
     }
 
     fn usage_json(&self, output_tokens: usize) -> Value {
-        json!({
+        let mut usage = json!({
             "input_tokens": self.usage.input,
             "output_tokens": output_tokens,
             "cache_read_input_tokens": self.usage.read,
             "cache_creation_input_tokens": self.usage.write,
-        })
+        });
+        if self.usage.searches > 0 {
+            usage["server_tool_use"] = json!({"web_search_requests": self.usage.searches});
+        }
+        usage
     }
 
     /// The non-streaming response body.
@@ -350,7 +357,11 @@ impl Answer {
             json!({
                 "type": "message_delta",
                 "delta": {"stop_reason": self.reply.stop_reason, "stop_sequence": self.reply.stop_sequence},
-                "usage": {"output_tokens": output_tokens},
+                "usage": if self.usage.searches > 0 {
+                    json!({"output_tokens": output_tokens, "server_tool_use": {"web_search_requests": self.usage.searches}})
+                } else {
+                    json!({"output_tokens": output_tokens})
+                },
             }),
         ));
         events.push(event(EventRole::Stop, "message_stop", json!({"type": "message_stop"})));

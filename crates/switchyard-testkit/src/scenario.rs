@@ -72,6 +72,9 @@ pub struct Scenario {
     /// Answer `307 Temporary Redirect` to [`REDIRECT_TARGET`] on the same
     /// server (a compromised or misconfigured upstream).
     pub redirect: bool,
+    /// Anthropic: report this many web searches run for the answer
+    /// (`usage.server_tool_use.web_search_requests`).
+    pub web_searches: Option<u64>,
 }
 
 /// Where a `redirect` scenario sends the client; a request arriving there is
@@ -120,6 +123,7 @@ impl Scenario {
                 "content_filter" => scenario.content_filter = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
                 "redirect" => scenario.redirect = flag(name, value)?,
+                "web_searches" => scenario.web_searches = Some(number(name, value)?),
                 "no_usage" => scenario.no_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),
