@@ -127,8 +127,8 @@ pub async fn serve(
 /// What one client connection may hold.
 #[derive(Debug, Clone, Copy)]
 struct ConnectionLimits {
-    /// How long a connection may go without starting a request (an HTTP/1
-    /// request's headers must arrive within it too).
+    /// How long a connection may stay idle (an HTTP/1 request's headers
+    /// must arrive within it too).
     idle_timeout: Duration,
     /// Connections served at once.
     max_connections: usize,
@@ -136,10 +136,11 @@ struct ConnectionLimits {
 
 /// Accepts connections until `stop` resolves, at most
 /// `limits.max_connections` at a time, each served by hyper (HTTP/1.1 or
-/// HTTP/2) and closed once it starts no request for `limits.idle_timeout`
-/// (after the requests it runs finish). Then it stops accepting, tells
-/// `signalled`, and waits for the open connections to finish their
-/// requests.
+/// HTTP/2). A connection that starts no request within `limits.idle_timeout`
+/// is dropped; an idle HTTP/1 one is closed by hyper's header timer, an
+/// HTTP/2 one that starts no stream for that long is told to go away.
+/// Then it stops accepting, tells `signalled`, and waits for the open
+/// connections to finish their requests.
 async fn accept_loop(
     listener: TcpListener,
     app: axum::Router,
