@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use switchyard_routing::embed::{Embedder, EmbedderConfig};
 use switchyard_routing::knn::{KnnIndex, KnnParams};
 use switchyard_routing::learned::{FORMAT_VERSION, LearnedRouter, Manifest, Predictor, PredictorKind};
-use switchyard_testkit::{GatewayProcess, MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoServer};
+use switchyard_testkit::{GatewayProcess, MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MockUpstream, MotoServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -365,6 +365,42 @@ async fn falls_back_down_the_ranking_when_the_choice_fails() {
     assert_eq!(answer.header("x-switchyard-attempts"), "1");
     // The scores still show what the router predicted for every candidate.
     assert!(answer.scores()[0].1 > 0.9, "{:?}", answer.scores());
+}
+
+/// When every candidate is cooling down, the router ranks them all and the
+/// request is tried on them anyway, rather than refused for the cooldown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_every_candidate_cooling_down_the_ranking_is_tried_anyway() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let mock = MockUpstream::start().await;
+    // The mock counts `fail_first` per directive list: each model has its own.
+    let flaky = |model: &str, spec: &str| {
+        format!(
+            r#"{{provider: openai, model: "{model}::{spec}", api_key: k, api_base: "{}"}}"#,
+            mock.base_url()
+        )
+    };
+    let yaml = config(
+        &dir.path().display().to_string(),
+        "",
+        &flaky("strong-1", "fail_first=1,status=500"),
+    )
+    .replace(
+        r#"{provider: mock, model: cheap-1, mock: {reply: "cheap answer"}}"#,
+        &flaky("cheap-1", "status=500,fail_first=1"),
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let client = reqwest::Client::new();
+    // Both fail once (allowed_fails: 1): both are cooling down.
+    let failed = ask(&client, &gw.base_url(), MATH_QUERY).await;
+    assert_eq!(failed.status, 502, "{}", failed.body);
+    assert_eq!(failed.header("x-switchyard-attempts"), "2");
+    let answer = ask(&client, &gw.base_url(), MATH_QUERY).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-switchyard-router-choice"), "strong-model");
+    assert_eq!(answer.header("x-switchyard-model"), "strong-model");
 }
 
 /// A key that may call the router alone still falls back down the ranking:
