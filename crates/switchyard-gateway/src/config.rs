@@ -238,6 +238,10 @@ pub struct ServerConfig {
     /// Client connections served at once; beyond it, new ones wait in the
     /// listen backlog until one closes.
     pub max_connections: usize,
+    /// Also send LiteLLM's response headers (`x-litellm-response-cost`,
+    /// `-model-id`, `-model-group`, `-call-id`, `-attempted-retries`) beside
+    /// the gateway's own; on by default for a LiteLLM configuration file.
+    pub litellm_headers: bool,
     /// API requests handled at once (0: no limit), each counted until its
     /// answer starts and for as long as its own work runs (a stream's body
     /// is not counted); beyond it a request gets 429 `gateway_overloaded`
@@ -260,6 +264,7 @@ impl Default for ServerConfig {
             body_read_timeout_ms: 60_000,
             max_connections: 10_000,
             max_concurrent_requests: 0,
+            litellm_headers: false,
         }
     }
 }

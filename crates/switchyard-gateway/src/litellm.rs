@@ -393,7 +393,8 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     }
     let mut router = Map::new();
     let mut policy = Map::new();
-    let mut server = Map::new();
+    // Clients of a LiteLLM proxy read its response headers.
+    let mut server = Map::from_iter([("litellm_headers".to_owned(), json!(true))]);
     let mut cache = Map::new();
     let mut redis_parts: BTreeMap<&str, Value> = BTreeMap::new();
     if let Some(settings) = doc.get("router_settings").and_then(Value::as_object) {

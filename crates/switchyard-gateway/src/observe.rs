@@ -212,7 +212,36 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
     if let Ok(v) = HeaderValue::from_str(&format!("{:.3}", overhead.as_secs_f64() * 1000.0)) {
         headers.insert(OVERHEAD, v);
     }
+    if state.server.litellm_headers {
+        litellm_headers(headers);
+    }
     response
+}
+
+/// LiteLLM's names for what the gateway's own headers say, for clients and
+/// dashboards written against LiteLLM (`server.litellm_headers`).
+fn litellm_headers(headers: &mut axum::http::HeaderMap) {
+    for (ours, theirs) in [
+        ("x-switchyard-response-cost", "x-litellm-response-cost"),
+        ("x-switchyard-deployment", "x-litellm-model-id"),
+        ("x-switchyard-model", "x-litellm-model-group"),
+        ("x-request-id", "x-litellm-call-id"),
+    ] {
+        if let Some(v) = headers.get(ours).cloned() {
+            headers.insert(HeaderName::from_static(theirs), v);
+        }
+    }
+    let retries = headers
+        .get("x-switchyard-attempts")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+        .map(|attempts| attempts.saturating_sub(1));
+    if let Some(retries) = retries {
+        headers.insert(
+            HeaderName::from_static("x-litellm-attempted-retries"),
+            HeaderValue::from(retries),
+        );
+    }
 }
 
 /// A request-log record being filled in as the request goes.

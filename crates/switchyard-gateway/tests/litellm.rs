@@ -203,7 +203,7 @@ fn redis_settings_become_one_url_and_the_cache_follows_it() {
     assert_eq!(t2.config["policy"]["record_end_users"], false, "{}", t2.config);
     assert_eq!(
         t2.config["server"],
-        json!({"max_concurrent_requests": 64, "port": 4001}),
+        json!({"litellm_headers": true, "max_concurrent_requests": 64, "port": 4001}),
         "{}",
         t2.config
     );
@@ -379,6 +379,17 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
     assert_eq!(status, 401, "general_settings.master_key guards the API");
     let (status, headers, body) = chat(&gw, Some(MASTER), "gpt-4o").await;
     assert_eq!(status, 200, "{body}");
+    // LiteLLM's response headers come too, for clients that read them.
+    for (theirs, ours) in [
+        ("x-litellm-response-cost", "x-switchyard-response-cost"),
+        ("x-litellm-model-id", "x-switchyard-deployment"),
+        ("x-litellm-model-group", "x-switchyard-model"),
+        ("x-litellm-call-id", "x-request-id"),
+    ] {
+        assert_eq!(headers.get(theirs), headers.get(ours), "{theirs}");
+        assert!(headers.contains_key(theirs), "{theirs}: {headers:?}");
+    }
+    assert_eq!(headers["x-litellm-attempted-retries"], "0");
     assert!(
         headers["x-switchyard-deployment"]
             .to_str()

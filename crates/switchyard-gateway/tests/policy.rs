@@ -181,6 +181,10 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
     assert_eq!(ok.status, 200, "{}", ok.body);
     assert_eq!(nanos(ok.header("x-switchyard-response-cost")), HELLO_COST_NANOS);
     assert!(ok.header("x-switchyard-request-id").starts_with("req-"));
+    assert!(
+        ok.headers.get("x-litellm-response-cost").is_none(),
+        "LiteLLM's headers only when asked for"
+    );
     for header in ["x-api-key", "api-key"] {
         let answer = send(
             client()
