@@ -56,6 +56,11 @@ pub(crate) trait Observed {
     fn merge_usage(&self, usage: &mut Option<TokenUsage>);
     /// Whether the item is an in-band error (an Anthropic `error` event).
     fn in_band_error(&self) -> Option<ProviderError>;
+    /// Whether the item ends the answer (an Anthropic `message_stop`): the
+    /// stream is complete even if its reader stops polling right after it.
+    fn is_last(&self) -> bool {
+        false
+    }
 }
 
 impl Observed for StreamChunk {
@@ -97,6 +102,10 @@ impl Observed for Event {
 
     fn in_band_error(&self) -> Option<ProviderError> {
         (self.event == "error").then(|| switchyard_providers::anthropic::stream::error_event(&self.data))
+    }
+
+    fn is_last(&self) -> bool {
+        self.event == "message_stop"
     }
 }
 
@@ -306,6 +315,10 @@ impl StreamTracker {
                     tracker.on_item(&item);
                     if let Some(e) = item.in_band_error() {
                         tracker.finish(Some(&e));
+                        return Some((Ok(item), None));
+                    }
+                    if item.is_last() {
+                        tracker.finish(None);
                         return Some((Ok(item), None));
                     }
                     Some((Ok(item), Some((items, tracker, cut))))

@@ -132,6 +132,25 @@ fn sse_data(body: &str) -> Vec<String> {
         .collect()
 }
 
+/// The sum of the `/metrics` samples of metric `name` that carry every one
+/// of `labels` (each `key="value"`).
+async fn metric_sum(c: &Client, name: &str, labels: &[&str]) -> f64 {
+    let text = c
+        .http
+        .get(format!("{}/metrics", c.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{name}{{");
+    text.lines()
+        .filter(|line| line.starts_with(&prefix) && labels.iter().all(|l| line.contains(l)))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn user(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
 }
@@ -345,6 +364,56 @@ async fn run_contract(provider: &str) {
         assert_eq!(text, "mock reply: stream me please", "{body}");
     }
     if provider == "anthropic" || provider == "bedrock" {
+        // A Claude stream passed through on /v1/messages ends at
+        // `message_stop`: it is recorded as a completed stream and charged
+        // the output tokens the upstream reported, not one per event.
+        let before = metric_sum(&c, "switchyard_stream_duration_seconds_count", &["model=\"contract\""]).await;
+        let output_before = metric_sum(
+            &c,
+            "switchyard_tokens_total",
+            &["model=\"contract\"", "direction=\"output\""],
+        )
+        .await;
+        let response = c
+            .http
+            .post(format!("{}/v1/messages", c.base))
+            .json(&json!({"model": "contract", "max_tokens": 64, "stream": true,
+                "messages": [{"role": "user", "content": "stream me please"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{provider}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains("event: message_stop"), "{provider}: {body}");
+        let reported = sse_data(&body)
+            .iter()
+            .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+            .filter(|event| event["type"] == "message_delta")
+            .find_map(|event| event["usage"]["output_tokens"].as_f64())
+            .unwrap();
+        assert!(
+            reported < 7.0,
+            "fewer tokens than events, or the check shows nothing: {body}"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let after = metric_sum(&c, "switchyard_stream_duration_seconds_count", &["model=\"contract\""]).await;
+            let output = metric_sum(
+                &c,
+                "switchyard_tokens_total",
+                &["model=\"contract\"", "direction=\"output\""],
+            )
+            .await;
+            if after == before + 1.0 && output == output_before + reported {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{provider}: streams {before} -> {after}, output tokens {output_before} -> {output} (reported {reported})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+
         // Beta features the client names reach Anthropic as its header and
         // Bedrock as the body's `anthropic_beta`, there only those Bedrock
         // takes (Claude Code also names some it refuses).
