@@ -217,6 +217,9 @@ impl GatewayCache {
     }
 
     /// Looks `call` to `model` up; `None` when the cache does not apply.
+    /// `learned` says `model` is a learned router's group: which candidate
+    /// answers depends on the caller's model allow-list, so callers share
+    /// answers only with callers allowed the same models.
     pub(crate) async fn lookup(
         &self,
         embedder: Option<&Arc<Embedder>>,
@@ -224,17 +227,14 @@ impl GatewayCache {
         principal: &Principal,
         call: &Call<'_>,
         controls: Controls,
+        learned: bool,
     ) -> Option<Lookup> {
         let endpoint = endpoint(call)?;
         if controls.no_cache && controls.no_store {
             return None;
         }
         let body = body_of(call)?;
-        let scope = if self.per_key {
-            principal.view().map(|v| v.key.key_id.clone())
-        } else {
-            None
-        };
+        let scope = scope(self.per_key, learned, principal);
         let key = exact_key(KeyParts {
             endpoint,
             model,
@@ -321,6 +321,27 @@ impl GatewayCache {
             index.insert(embedding, params.clone(), pending.key.clone());
         }
     }
+}
+
+/// What besides the request keys an answer: the caller's key with
+/// `per_key`, and for a learned router's group the caller's model
+/// allow-list (a key allowed only some candidates is routed among those).
+fn scope(per_key: bool, learned: bool, principal: &Principal) -> Option<String> {
+    let view = principal.view()?;
+    let mut scope = String::new();
+    if per_key {
+        scope.push_str(&view.key.key_id);
+    }
+    if learned && let Some(mut models) = view.allowed_models() {
+        models.sort_unstable();
+        models.dedup();
+        scope.push_str("\0models");
+        for m in models {
+            scope.push('\0');
+            scope.push_str(&m);
+        }
+    }
+    (!scope.is_empty()).then_some(scope)
 }
 
 /// Marks a response as served from the cache or not.

@@ -333,7 +333,14 @@ async fn openai_inner(
             "switchyard.cache.similarity" = Empty,
         );
         let found = cache
-            .lookup(state.embedder.as_ref(), model, principal, &call, controls)
+            .lookup(
+                state.embedder.as_ref(),
+                model,
+                principal,
+                &call,
+                controls,
+                state.learned.contains_key(model),
+            )
             .instrument(lookup_span.clone())
             .await;
         let result = match &found {

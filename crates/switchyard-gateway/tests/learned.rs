@@ -466,8 +466,10 @@ async fn a_key_limited_to_some_candidates_is_routed_among_those() {
     let dir = tempfile::tempdir().unwrap();
     trainer.version_a().save(dir.path()).unwrap();
     let master = "sk-master-key-for-learned-tests";
+    // With the response cache on: an answer one key's allow-list routed
+    // reaches only keys allowed the same models.
     let yaml = format!(
-        "policy:\n  master_key: {master}\n{}",
+        "policy:\n  master_key: {master}\ncache:\n  enabled: true\n{}",
         config(&dir.path().display().to_string(), "", STRONG_MOCK)
     );
     let gw = GatewayProcess::start(Path::new(BIN), &yaml);
@@ -499,13 +501,25 @@ async fn a_key_limited_to_some_candidates_is_routed_among_those() {
             let response = client.post(url).bearer_auth(key).json(&body).send().await.unwrap();
             let status = response.status().as_u16();
             let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
-            let (choice, scores) = (
+            let (choice, scores, cache) = (
                 header("x-switchyard-router-choice"),
                 header("x-switchyard-router-scores"),
+                header("x-switchyard-cache"),
             );
             if let Some(scores) = &scores {
                 last_scores.lock().unwrap().clone_from(scores);
             }
+            let text: Value = response.json().await.unwrap_or_default();
+            let text = text["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            // A cached answer names no router choice: its text says who answered.
+            let choice = match (cache.as_deref(), text.as_str()) {
+                (Some("hit"), "strong answer") => Some("strong-model (cached)".to_owned()),
+                (Some("hit"), "cheap answer") => Some("cheap (cached)".to_owned()),
+                _ => choice,
+            };
             (status, choice)
         }
     };
@@ -521,6 +535,11 @@ async fn a_key_limited_to_some_candidates_is_routed_among_those() {
         scores.starts_with("cheap=") && !scores.contains("strong-model"),
         "{scores}"
     );
+    // Each answer is cached for keys allowed the same models only.
+    let any_again = generate(json!(["switchyard/auto"])).await;
+    assert_eq!(ask_as(any_again).await, (200, Some("strong-model (cached)".to_owned())));
+    let cheap_again = generate(json!(["cheap", "switchyard/auto"])).await;
+    assert_eq!(ask_as(cheap_again).await, (200, Some("cheap (cached)".to_owned())));
     // A key without the router gets 403.
     let direct = generate(json!(["cheap"])).await;
     assert_eq!(ask_as(direct).await.0, 403);
