@@ -439,6 +439,10 @@ pub struct DeploymentEntry {
     /// USD per prompt token written to the upstream's prompt cache (default: the input price).
     #[serde(default)]
     pub cache_creation_input_token_cost: Option<f64>,
+    /// USD per prompt token written to the prompt cache for an hour
+    /// (Anthropic's `ttl: "1h"`; default: `cache_creation_input_token_cost`).
+    #[serde(default)]
+    pub cache_creation_input_token_cost_above_1hr: Option<f64>,
     /// Requests per minute the upstream allows.
     #[serde(default)]
     pub rpm: Option<u64>,
@@ -1090,6 +1094,7 @@ fn prices_unset(entry: &DeploymentEntry) -> bool {
         entry.output_cost_per_token,
         entry.cache_read_input_token_cost,
         entry.cache_creation_input_token_cost,
+        entry.cache_creation_input_token_cost_above_1hr,
     ]
     .iter()
     .all(Option::is_none)
@@ -1135,6 +1140,11 @@ fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<Confi
         cache_write: optional(
             entry.cache_creation_input_token_cost,
             "cache_creation_input_token_cost",
+            issues,
+        ),
+        cache_write_1h: optional(
+            entry.cache_creation_input_token_cost_above_1hr,
+            "cache_creation_input_token_cost_above_1hr",
             issues,
         ),
         // Configured token prices leave a well-known model's per-search price.

@@ -234,7 +234,8 @@ impl Translator {
                 | "aws_secret_access_key"
                 | "aws_session_token"
                 | "cache_read_input_token_cost"
-                | "cache_creation_input_token_cost" => {
+                | "cache_creation_input_token_cost"
+                | "cache_creation_input_token_cost_above_1hr" => {
                     d.insert(key.clone(), value.clone());
                     key.as_str()
                 }

@@ -376,12 +376,16 @@ pub(crate) struct Metered {
     pub(crate) estimated_prompt: u64,
 }
 
-/// OpenAI usage, normalised.
+/// OpenAI usage, normalised. Cache writes are read from
+/// `prompt_tokens_details.cache_creation_tokens` or, as Anthropic's and
+/// Bedrock's answers translated to OpenAI's format carry them, from
+/// `cache_creation_input_tokens` (and its `cache_creation` breakdown).
 pub(crate) fn openai_usage(usage: &Usage) -> TokenUsage {
     let cache_write = usage
         .extra
         .get("prompt_tokens_details")
         .and_then(|d| d.get("cache_creation_tokens"))
+        .or_else(|| usage.extra.get("cache_creation_input_tokens"))
         .and_then(Value::as_u64)
         .unwrap_or(0);
     TokenUsage {
@@ -389,8 +393,18 @@ pub(crate) fn openai_usage(usage: &Usage) -> TokenUsage {
         completion: usage.completion_tokens,
         cache_read: usage.cached_prompt_tokens(),
         cache_write,
+        cache_write_1h: hour_writes(usage.extra.get("cache_creation")),
         web_searches: 0,
     }
+}
+
+/// Tokens written to the prompt cache for an hour, from Anthropic's
+/// `cache_creation` breakdown.
+fn hour_writes(breakdown: Option<&Value>) -> u64 {
+    breakdown
+        .and_then(|c| c.get("ephemeral_1h_input_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
 }
 
 /// Anthropic usage (`input_tokens` excludes cache reads and writes), normalised.
@@ -402,6 +416,7 @@ pub(crate) fn anthropic_usage(usage: &Value) -> TokenUsage {
         completion: n("output_tokens"),
         cache_read: read,
         cache_write: write,
+        cache_write_1h: hour_writes(usage.get("cache_creation")),
         web_searches: usage
             .get("server_tool_use")
             .and_then(|s| s.get("web_search_requests"))

@@ -871,6 +871,7 @@ async fn model_info(State(state): State<SharedState>, Extension(principal): Exte
                     "output_cost_per_token": prices.output,
                     "cache_read_input_token_cost": prices.cache_read,
                     "cache_creation_input_token_cost": prices.cache_write,
+                    "cache_creation_input_token_cost_above_1hr": prices.cache_write_1h,
                     "rpm": d.rpm,
                     "tpm": d.tpm,
                 },

@@ -216,6 +216,7 @@ pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
         output: a.output.max(b.output),
         cache_read: opt(a.cache_read, b.cache_read),
         cache_write: opt(a.cache_write, b.cache_write),
+        cache_write_1h: opt(a.cache_write_1h, b.cache_write_1h),
         web_search: opt(a.web_search, b.web_search),
     }
 }

@@ -95,6 +95,7 @@ impl Observed for Event {
             merged.prompt = seen.prompt;
             merged.cache_read = seen.cache_read;
             merged.cache_write = seen.cache_write;
+            merged.cache_write_1h = seen.cache_write_1h;
         }
         merged.completion = merged.completion.max(seen.completion);
         merged.web_searches = merged.web_searches.max(seen.web_searches);

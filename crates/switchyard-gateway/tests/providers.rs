@@ -876,3 +876,131 @@ async fn an_azure_content_filter_refusal_keeps_its_details() {
         "{body}"
     );
 }
+
+/// Prompt-cache writes are charged at the write price whichever API the
+/// client speaks, and writes kept for an hour (`ttl: "1h"`) at theirs:
+/// through `/v1/chat/completions` (translated usage) and `/v1/messages`
+/// (Anthropic's usage passed through), as JSON and as a stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompt_cache_writes_are_charged_at_their_prices() {
+    use switchyard_testkit::{MOCK_CACHE_READ_TOKENS, MOCK_CACHE_WRITE_TOKENS};
+    let mock = MockUpstream::start().await;
+    const MASTER: &str = "sk-master-key-for-provider-tests";
+    let mut yaml = format!("policy:\n  master_key: {MASTER}\nmodel_list:\n  - model_name: claude\n    deployments:\n");
+    // Per token, in nano-dollars: input 1000, output 2000, cache read 100,
+    // write 1250, hour-long write 2000.
+    yaml += &deployment(
+        "anthropic",
+        &mock,
+        "mock-model",
+        "        input_cost_per_token: 0.000001\n        output_cost_per_token: 0.000002\n        cache_read_input_token_cost: 0.0000001\n        cache_creation_input_token_cost: 0.00000125\n        cache_creation_input_token_cost_above_1hr: 0.000002\n",
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &yaml);
+    let http = reqwest::Client::new();
+    let (read, write) = (
+        i64::try_from(MOCK_CACHE_READ_TOKENS).unwrap(),
+        i64::try_from(MOCK_CACHE_WRITE_TOKENS).unwrap(),
+    );
+    for ttl in [None, Some("1h")] {
+        let mut cache_control = json!({"type": "ephemeral"});
+        if let Some(ttl) = ttl {
+            cache_control["ttl"] = json!(ttl);
+        }
+        let write_price = if ttl.is_some() { 2000 } else { 1250 };
+        let content = json!([
+            {"type": "text", "text": "a long shared prefix", "cache_control": cache_control},
+            {"type": "text", "text": "question"}
+        ]);
+        for path in ["/v1/chat/completions", "/v1/messages"] {
+            for stream in [false, true] {
+                let mut body = json!({"model": "claude", "max_tokens": 50, "stream": stream,
+                    "messages": [{"role": "user", "content": content}]});
+                if stream && path == "/v1/chat/completions" {
+                    body["stream_options"] = json!({"include_usage": true});
+                }
+                let response = http
+                    .post(format!("{}{path}", gateway.base_url()))
+                    .bearer_auth(MASTER)
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200, "{path}");
+                let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+                let (cost, request_id) = (
+                    header("x-switchyard-response-cost"),
+                    header("x-switchyard-request-id").unwrap(),
+                );
+                let text = response.text().await.unwrap();
+                // The usage the client saw: uncached input and output tokens.
+                let usage = if stream {
+                    sse_data(&text)
+                        .iter()
+                        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                        .filter_map(|e| {
+                            let u = if path == "/v1/messages" {
+                                e.pointer("/message/usage").or_else(|| e.get("usage"))
+                            } else {
+                                e.get("usage")
+                            };
+                            u.filter(|u| u.is_object()).cloned()
+                        })
+                        .fold(json!({}), |mut all, u| {
+                            for (k, v) in u.as_object().unwrap() {
+                                if v.as_i64().is_some_and(|n| n > 0) || !all.as_object().unwrap().contains_key(k) {
+                                    all[k] = v.clone();
+                                }
+                            }
+                            all
+                        })
+                } else {
+                    serde_json::from_str::<Value>(&text).unwrap()["usage"].clone()
+                };
+                let (input, output) = if path == "/v1/messages" {
+                    (
+                        usage["input_tokens"].as_i64().unwrap(),
+                        usage["output_tokens"].as_i64().unwrap(),
+                    )
+                } else {
+                    (
+                        usage["prompt_tokens"].as_i64().unwrap() - read - write,
+                        usage["completion_tokens"].as_i64().unwrap(),
+                    )
+                };
+                let nanos = input * 1000 + read * 100 + write * write_price + output * 2000;
+                if !stream {
+                    let expected = format!("0.{nanos:09}");
+                    assert_eq!(cost.as_deref(), Some(expected.as_str()), "{path} ttl {ttl:?}: {text}");
+                }
+                // The spend record (a stream's once it ended) says the same.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+                loop {
+                    let logs: Value = http
+                        .get(format!("{}/spend/logs", gateway.base_url()))
+                        .bearer_auth(MASTER)
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap_or_default();
+                    let record = logs
+                        .as_array()
+                        .and_then(|all| all.iter().find(|r| r["request_id"] == request_id.as_str()));
+                    if let Some(record) = record {
+                        assert_eq!(
+                            record["cost_nanos"], nanos,
+                            "{path} stream {stream} ttl {ttl:?}: {record}"
+                        );
+                        break;
+                    }
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "{path} stream {stream} ttl {ttl:?}: no spend record {request_id}: {logs}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}

@@ -18,6 +18,10 @@ pub struct Prices {
     pub cache_read: Option<f64>,
     /// Per prompt token written to the upstream's prompt cache (`None`: the input price).
     pub cache_write: Option<f64>,
+    /// Per prompt token written to the prompt cache for an hour (Anthropic's
+    /// `ttl: "1h"`; `None`: the `cache_write` price).
+    #[serde(default)]
+    pub cache_write_1h: Option<f64>,
     /// Per web search the upstream ran for the request (Anthropic's
     /// `server_tool_use.web_search_requests`); `None`: free.
     #[serde(default)]
@@ -36,6 +40,9 @@ pub struct TokenUsage {
     pub cache_read: u64,
     /// Prompt tokens written to the prompt cache.
     pub cache_write: u64,
+    /// Of `cache_write`, the tokens written for an hour (priced apart).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h: u64,
     /// Web searches the upstream ran (billed per search, not per token).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub web_searches: u64,
@@ -68,6 +75,7 @@ impl Prices {
                 None => None,
             },
             web_search: None,
+            cache_write_1h: None,
         }
     }
 
@@ -82,9 +90,12 @@ impl Prices {
         let uncached = usage.prompt - cached;
         let read = usage.cache_read.min(cached);
         let write = cached - read;
+        let write_1h = usage.cache_write_1h.min(write);
+        let write_price = self.cache_write.unwrap_or(self.input);
         let usd = uncached as f64 * self.input
             + read as f64 * self.cache_read.unwrap_or(self.input)
-            + write as f64 * self.cache_write.unwrap_or(self.input)
+            + (write - write_1h) as f64 * write_price
+            + write_1h as f64 * self.cache_write_1h.unwrap_or(write_price)
             + usage.completion as f64 * self.output
             + usage.web_searches as f64 * self.web_search.unwrap_or(0.0);
         from_usd(usd)
@@ -96,7 +107,8 @@ impl Prices {
         let input = self
             .input
             .max(self.cache_read.unwrap_or(0.0))
-            .max(self.cache_write.unwrap_or(0.0));
+            .max(self.cache_write.unwrap_or(0.0))
+            .max(self.cache_write_1h.unwrap_or(0.0));
         from_usd(prompt as f64 * input + max_output as f64 * self.output)
     }
 }
@@ -190,10 +202,15 @@ pub fn builtin(model: &str) -> Option<Prices> {
         .iter()
         .filter(|(known, _)| name.strip_prefix(known).is_some_and(is_version_suffix))
         .max_by_key(|(known, _)| known.len())
-        .map(|(known, prices)| Prices {
-            // Anthropic bills its web search tool at $10 per 1,000 searches.
-            web_search: known.starts_with("claude-").then_some(CLAUDE_WEB_SEARCH),
-            ..*prices
+        .map(|(known, prices)| {
+            let claude = known.starts_with("claude-");
+            Prices {
+                // Anthropic bills its web search tool at $10 per 1,000 searches…
+                web_search: claude.then_some(CLAUDE_WEB_SEARCH),
+                // …and an hour-long cache write at twice the input price.
+                cache_write_1h: claude.then_some(prices.input * 2.0),
+                ..*prices
+            }
         })
 }
 
@@ -244,6 +261,7 @@ mod tests {
             builtin("claude-opus-4-5-20251101"),
             Some(Prices {
                 web_search: Some(CLAUDE_WEB_SEARCH),
+                cache_write_1h: Some(10.0 / 1_000_000.0),
                 ..Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25))
             })
         );
@@ -302,10 +320,24 @@ mod tests {
             completion: 0,
             cache_read: 1_000_000,
             cache_write: 1_000_000,
+            cache_write_1h: 0,
             web_searches: 0,
         };
         // 1M uncached at $3, 1M read at $0.30, 1M written at $3.75.
         assert_eq!(p.cost(&cached), 7_050_000_000);
+        // Writes kept for an hour cost twice the input price on Claude
+        // ($6 for Sonnet's), the rest of the writes $3.75.
+        let sonnet = builtin("claude-sonnet-4-5").unwrap();
+        let hour = TokenUsage {
+            cache_write_1h: 400_000,
+            ..cached
+        };
+        assert_eq!(
+            sonnet.cost(&hour),
+            3_000_000_000 + 300_000_000 + 2_250_000_000 + 2_400_000_000
+        );
+        // Without an hour price, hour-long writes cost what other writes do.
+        assert_eq!(p.cost(&hour), p.cost(&cached));
         // Claude's web searches cost $0.01 each, on top of the tokens.
         let claude = builtin("claude-sonnet-4-5-20250929").unwrap();
         let searched = TokenUsage {

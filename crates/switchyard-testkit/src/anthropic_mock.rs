@@ -147,6 +147,22 @@ fn is_cached(obj: &Map<String, Value>) -> bool {
         .any(|v| contains_key(v, "cache_control"))
 }
 
+/// Whether a cache point of the request asks to be kept for an hour
+/// (`"cache_control": {"type": "ephemeral", "ttl": "1h"}`).
+fn keeps_an_hour(value: &Value) -> bool {
+    match value {
+        Value::Object(map) => {
+            map.get("cache_control")
+                .and_then(|c| c.get("ttl"))
+                .and_then(Value::as_str)
+                == Some("1h")
+                || map.values().any(keeps_an_hour)
+        }
+        Value::Array(items) => items.iter().any(keeps_an_hour),
+        _ => false,
+    }
+}
+
 fn reply_request(parsed: &Parsed<'_>, parallel_tools: bool) -> ReplyRequest {
     let obj = parsed.obj;
     let last_user = parsed
@@ -216,6 +232,8 @@ struct Usage {
     write: u64,
     /// Web searches reported (the `web_searches` directive).
     searches: u64,
+    /// Whether the writes were kept for an hour (else five minutes).
+    hour: bool,
 }
 
 /// One event of an Anthropic message stream, before encoding.
@@ -247,6 +265,10 @@ pub(crate) fn answer(ctx: &RequestCtx<'_>, obj: &Map<String, Value>, model: &str
         read,
         write,
         searches: ctx.scenario.web_searches.unwrap_or(0),
+        hour: ["system", "messages", "tools"]
+            .iter()
+            .filter_map(|key| obj.get(*key))
+            .any(keeps_an_hour),
     };
     Ok(Answer {
         id: format!("msg_mock_{}", ctx.state.next_id()),
@@ -268,6 +290,10 @@ impl Answer {
             "output_tokens": output_tokens,
             "cache_read_input_tokens": self.usage.read,
             "cache_creation_input_tokens": self.usage.write,
+            "cache_creation": {
+                "ephemeral_5m_input_tokens": if self.usage.hour { 0 } else { self.usage.write },
+                "ephemeral_1h_input_tokens": if self.usage.hour { self.usage.write } else { 0 },
+            },
         });
         if self.usage.searches > 0 {
             usage["server_tool_use"] = json!({"web_search_requests": self.usage.searches});

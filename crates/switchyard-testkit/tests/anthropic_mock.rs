@@ -91,7 +91,8 @@ async fn non_streaming_shape_usage_and_cache() {
     assert_eq!(body["stop_sequence"], Value::Null);
     assert_eq!(
         body["usage"],
-        json!({"input_tokens": 7, "output_tokens": 4, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0})
+        json!({"input_tokens": 7, "output_tokens": 4, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": 0, "ephemeral_1h_input_tokens": 0}})
     );
 
     let mut cached = request.clone();
@@ -99,6 +100,18 @@ async fn non_streaming_shape_usage_and_cache() {
     let body = message(&mock, &cached).await;
     assert_eq!(body["usage"]["cache_read_input_tokens"], MOCK_CACHE_READ_TOKENS);
     assert_eq!(body["usage"]["cache_creation_input_tokens"], MOCK_CACHE_WRITE_TOKENS);
+    assert_eq!(
+        body["usage"]["cache_creation"]["ephemeral_5m_input_tokens"],
+        MOCK_CACHE_WRITE_TOKENS
+    );
+    let mut hour = cached.clone();
+    hour["system"][0]["cache_control"]["ttl"] = json!("1h");
+    let body = message(&mock, &hour).await;
+    assert_eq!(body["usage"]["cache_creation"]["ephemeral_5m_input_tokens"], 0);
+    assert_eq!(
+        body["usage"]["cache_creation"]["ephemeral_1h_input_tokens"],
+        MOCK_CACHE_WRITE_TOKENS
+    );
 
     let request = mock.last_request().unwrap();
     assert_eq!(request.path, "/v1/messages");

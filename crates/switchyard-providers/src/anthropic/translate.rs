@@ -318,8 +318,10 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Option<String> {
 }
 
 /// OpenAI usage for Anthropic usage: prompt tokens include cached ones, which are
-/// also reported as `prompt_tokens_details.cached_tokens` and, verbatim, as
-/// `cache_read_input_tokens` / `cache_creation_input_tokens`.
+/// also reported as `prompt_tokens_details.cached_tokens` (reads) and
+/// `cache_creation_tokens` (writes) and, verbatim, as
+/// `cache_read_input_tokens` / `cache_creation_input_tokens` (with the
+/// writes' `cache_creation` breakdown by time to live).
 pub fn usage(u: &MessagesUsage) -> Usage {
     let read = u.cache_read_input_tokens.unwrap_or(0);
     let written = u.cache_creation_input_tokens.unwrap_or(0);
@@ -327,11 +329,15 @@ pub fn usage(u: &MessagesUsage) -> Usage {
         u.input_tokens.saturating_add(read).saturating_add(written),
         u.output_tokens,
     );
-    usage
-        .extra
-        .insert("prompt_tokens_details".into(), json!({"cached_tokens": read}));
+    usage.extra.insert(
+        "prompt_tokens_details".into(),
+        json!({"cached_tokens": read, "cache_creation_tokens": written}),
+    );
     usage.extra.insert("cache_read_input_tokens".into(), json!(read));
     usage.extra.insert("cache_creation_input_tokens".into(), json!(written));
+    if let Some(breakdown) = u.extra.get("cache_creation").filter(|b| b.is_object()) {
+        usage.extra.insert("cache_creation".into(), breakdown.clone());
+    }
     usage
 }
 
