@@ -496,6 +496,58 @@ async fn run_contract(provider: &str) {
     );
     assert!(usage["total_tokens"].as_u64().unwrap() >= 7, "{provider}");
 
+    if provider == "anthropic" || provider == "bedrock" {
+        // A JSON `response_format` is asked for as one forced tool, whose
+        // input comes back as the message's text, as JSON and streamed.
+        let schema = json!({"type": "object", "properties": {"q": {"type": "string"}, "n": {"type": "integer"}}});
+        let mut asked = user("contract", "give me json");
+        asked["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}});
+        let (status, body) = c.chat(asked.clone()).await;
+        assert_eq!(status, 200, "{provider}: {body}");
+        let message = &body["choices"][0]["message"];
+        let content: Value = serde_json::from_str(message["content"].as_str().unwrap())
+            .unwrap_or_else(|e| panic!("{provider}: not JSON ({e}): {body}"));
+        assert_eq!(content, json!({"q": "mock", "n": 1}), "{provider}");
+        assert!(
+            message.get("tool_calls").is_none_or(Value::is_null),
+            "{provider}: {body}"
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "stop", "{provider}: {body}");
+        let seen = mock.last_request().unwrap();
+        let (tool, choice) = if provider == "anthropic" {
+            (seen.body["tools"][0].clone(), seen.body["tool_choice"].clone())
+        } else {
+            (
+                seen.body["toolConfig"]["tools"][0]["toolSpec"].clone(),
+                seen.body["toolConfig"]["toolChoice"].clone(),
+            )
+        };
+        assert_eq!(tool["name"], "json_tool_call", "{provider}: {}", seen.body);
+        let sent_schema = if provider == "anthropic" {
+            &tool["input_schema"]
+        } else {
+            &tool["inputSchema"]["json"]
+        };
+        assert_eq!(sent_schema, &schema, "{provider}: {}", seen.body);
+        assert!(choice.to_string().contains("json_tool_call"), "{provider}: {choice}");
+        let (status, events) = c.stream(asked).await;
+        assert_eq!(status, 200, "{provider}");
+        let (text, calls, finish, _) = reassemble(&events);
+        assert!(calls.is_empty(), "{provider}: {events:?}");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap_or_default(),
+            json!({"q": "mock", "n": 1}),
+            "{provider}: {events:?}"
+        );
+        assert_eq!(finish.as_deref(), Some("stop"), "{provider}");
+        // With the client's own tools it is refused, naming the field.
+        let mut both = with_tools(user("contract", "json and tools"));
+        both["response_format"] = json!({"type": "json_object"});
+        let (status, body) = c.chat(both).await;
+        assert_eq!(status, 400, "{provider}: {body}");
+        assert_eq!(body["error"]["param"], "response_format", "{provider}: {body}");
+    }
+
     // Faults.
     let (status, body) = c.chat(user("limited", "x")).await;
     assert_eq!(status, 429, "{provider}: {body}");

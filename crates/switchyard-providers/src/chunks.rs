@@ -154,3 +154,18 @@ pub(crate) fn chat_response(
         extra: Extra::new(),
     }
 }
+
+/// A tool call id as Anthropic and Bedrock take it (letters, digits, `_` and `-`):
+/// other characters become `_`, the same way in a call and in its result.
+/// Servers such as vLLM name calls `functions.get_weather:0`.
+pub(crate) fn tool_use_id(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}

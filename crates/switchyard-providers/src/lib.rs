@@ -11,6 +11,7 @@ mod chunks;
 pub mod client;
 pub mod error;
 pub mod http;
+pub mod json_mode;
 pub mod mock;
 pub mod openai;
 pub mod secret;

@@ -282,21 +282,33 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
     if let Some(p) = req.top_p {
         extra.insert("top_p".into(), json!(p));
     }
-    // An empty list is left out: OpenAI refuses `tools: []`.
-    if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
-        let converted: Vec<Value> = tools
+    // An empty list is left out: OpenAI refuses `tools: []`, and a
+    // `tool_choice` without tools.
+    let tools = req.tools.as_ref().filter(|t| !t.is_empty());
+    if let Some(tools) = tools {
+        let converted = tools
             .iter()
-            .map(|t| {
-                json!({"type": "function", "function": {
+            .enumerate()
+            .map(|(i, t)| {
+                // Anthropic's own tools (web search, bash, text editor,
+                // computer use, code execution) run on Anthropic's side or
+                // follow its fixed schemas: another model cannot serve them.
+                if let Some(kind) = t.extra.get("type").and_then(Value::as_str).filter(|k| *k != "custom") {
+                    return Err(invalid(
+                        format!("the tool type `{kind}` is served by Claude models only"),
+                        &format!("tools[{i}].type"),
+                    ));
+                }
+                Ok(json!({"type": "function", "function": {
                     "name": openai_tool_name(&t.name),
                     "description": t.description,
                     "parameters": t.input_schema.clone().unwrap_or_else(|| json!({"type": "object"})),
-                }})
+                }}))
             })
-            .collect();
+            .collect::<Result<Vec<Value>, ApiError>>()?;
         extra.insert("tools".into(), Value::Array(converted));
     }
-    if let Some(choice) = &req.tool_choice {
+    if let Some(choice) = req.tool_choice.as_ref().filter(|_| tools.is_some()) {
         let converted = match choice.get("type").and_then(Value::as_str) {
             Some("auto") => json!("auto"),
             Some("any") => json!("required"),
@@ -670,5 +682,52 @@ mod openai_limit_tests {
         let chat = to_chat_request(&bare).unwrap();
         assert!(chat.extra.get("tools").is_none());
         assert_eq!(chat.extra["user"], "u1");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tool_definition_tests {
+    use super::*;
+
+    fn request(tools: Value, tool_choice: Value) -> MessagesRequest {
+        serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10, "tools": tools, "tool_choice": tool_choice,
+            "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn anthropic_server_tools_are_refused_for_other_models() {
+        let req = request(
+            json!([
+                {"name": "lookup", "input_schema": {"type": "object"}},
+                {"type": "web_search_20250305", "name": "web_search", "max_uses": 3}
+            ]),
+            json!({"type": "auto"}),
+        );
+        let err = to_chat_request(&req).unwrap_err();
+        assert_eq!(err.parts().2.as_deref(), Some("tools[1].type"));
+        // A `custom` tool is a plain client tool.
+        let custom = request(
+            json!([{"type": "custom", "name": "lookup", "input_schema": {"type": "object"}}]),
+            json!({"type": "any"}),
+        );
+        let chat = to_chat_request(&custom).unwrap();
+        assert_eq!(chat.extra["tools"][0]["function"]["name"], "lookup");
+        assert_eq!(chat.extra["tool_choice"], "required");
+    }
+
+    #[test]
+    fn a_tool_choice_without_tools_is_left_out() {
+        let chat = to_chat_request(&request(
+            json!([]),
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+        ))
+        .unwrap();
+        assert!(chat.extra.get("tools").is_none());
+        assert!(chat.extra.get("tool_choice").is_none(), "{:?}", chat.extra);
+        assert!(chat.extra.get("parallel_tool_calls").is_none(), "{:?}", chat.extra);
     }
 }

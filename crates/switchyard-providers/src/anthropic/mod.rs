@@ -137,7 +137,8 @@ impl Provider for AnthropicProvider {
         let bytes = self.messages(&request).await?;
         let response: MessagesResponse = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::InvalidResponse(format!("not a Messages response ({e})")))?;
-        let chat = translate::to_chat_response(response, now());
+        let json = crate::json_mode::json_tool(req)?.is_some();
+        let chat = translate::to_chat_response(response, now(), json);
         let usage = chat.usage.clone();
         let body = serde_json::to_vec(&chat)
             .map_err(|e| ProviderError::InvalidResponse(format!("could not encode the response: {e}")))?;
@@ -151,7 +152,8 @@ impl Provider for AnthropicProvider {
         let mut request = translate::to_messages_request(req, self.default_max_tokens)?;
         request.stream = Some(true);
         let events = self.messages_stream(&request).await?;
-        Ok(stream::to_chat_chunks(events, req.wants_stream_usage(), now()))
+        let json = crate::json_mode::json_tool(req)?.is_some();
+        Ok(stream::to_chat_chunks(events, req.wants_stream_usage(), now(), json))
     }
 
     async fn completion(&self, _req: &CompletionRequest) -> Result<ProviderResponse> {

@@ -13,6 +13,7 @@ use switchyard_api::anthropic::{MessagesUsage, StreamEvent};
 
 use super::translate::{finish_reason, usage};
 use crate::chunks::ChunkBuilder;
+use crate::json_mode::{JSON_TOOL, json_finish};
 use crate::sse::EventStream;
 use crate::{ChunkStream, ProviderError, Result, StreamChunk};
 
@@ -24,6 +25,11 @@ struct Converter {
     /// Anthropic block index → OpenAI tool-call index.
     tools: HashMap<u32, u32>,
     finished: bool,
+    /// The request asked for a JSON answer: the JSON tool's input is streamed
+    /// as text.
+    json: bool,
+    /// The JSON tool's block index.
+    json_block: Option<u32>,
 }
 
 impl Converter {
@@ -36,6 +42,13 @@ impl Converter {
                 self.usage = message.usage;
                 out.push_back(self.out.role());
             }
+            StreamEvent::ContentBlockStart { index, content_block }
+                if self.json
+                    && content_block.kind == "tool_use"
+                    && content_block.name.as_deref() == Some(JSON_TOOL) =>
+            {
+                self.json_block = Some(index);
+            }
             StreamEvent::ContentBlockStart { index, content_block } if content_block.kind == "tool_use" => {
                 let tool_index = self.tools.len() as u32;
                 self.tools.insert(index, tool_index);
@@ -44,7 +57,11 @@ impl Converter {
                 out.push_back(self.out.tool_start(tool_index, &id, &name));
             }
             StreamEvent::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
+                "text_delta" if self.json => {}
                 "text_delta" => out.push_back(self.out.text(delta.text.unwrap_or_default())),
+                "input_json_delta" if self.json_block == Some(index) => {
+                    out.push_back(self.out.text(delta.partial_json.unwrap_or_default()));
+                }
                 "input_json_delta" => {
                     let Some(&tool_index) = self.tools.get(&index) else {
                         out.push_back(Err(ProviderError::Stream(format!(
@@ -70,7 +87,8 @@ impl Converter {
                 if u.cache_creation_input_tokens.is_some() {
                     self.usage.cache_creation_input_tokens = u.cache_creation_input_tokens;
                 }
-                out.push_back(self.out.finish(finish_reason(delta.stop_reason.as_deref())));
+                let finish = finish_reason(delta.stop_reason.as_deref()).map(|f| json_finish(f, self.json));
+                out.push_back(self.out.finish(finish));
             }
             StreamEvent::MessageStop => {
                 self.finished = true;
@@ -84,8 +102,9 @@ impl Converter {
     }
 }
 
-/// Converts Anthropic SSE events into OpenAI chunks.
-pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: u64) -> ChunkStream {
+/// Converts Anthropic SSE events into OpenAI chunks (`json`: the request
+/// asked for a JSON answer, which comes as the JSON tool's input).
+pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: u64, json: bool) -> ChunkStream {
     let converter = Converter {
         out: ChunkBuilder {
             created,
@@ -95,6 +114,8 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         usage: MessagesUsage::default(),
         tools: HashMap::new(),
         finished: false,
+        json,
+        json_block: None,
     };
     let state = (events, converter, VecDeque::<Result<StreamChunk>>::new(), false);
     let chunks = stream::unfold(state, |(mut events, mut conv, mut queue, mut failed)| async move {

@@ -118,7 +118,7 @@ fn response_translation_maps_tools_stop_reasons_and_cached_usage() {
         "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 7, "cache_creation_input_tokens": 3}
     }))
     .unwrap();
-    let chat = serde_json::to_value(to_chat_response(response, 1)).unwrap();
+    let chat = serde_json::to_value(to_chat_response(response, 1, false)).unwrap();
     let choice = &chat["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls");
     assert_eq!(choice["message"]["content"], "Let me check.");
@@ -200,7 +200,9 @@ fn tool_stream(stop: bool) -> Vec<(&'static str, Value)> {
 
 #[tokio::test]
 async fn stream_conversion_streams_tool_arguments_and_cached_usage() {
-    let chunks: Vec<_> = to_chat_chunks(events(&tool_stream(true)), true, 1).collect().await;
+    let chunks: Vec<_> = to_chat_chunks(events(&tool_stream(true)), true, 1, false)
+        .collect()
+        .await;
     let parsed: Vec<ChatCompletionChunk> = chunks
         .iter()
         .map(|c| serde_json::from_slice(&c.as_ref().unwrap().data).unwrap())
@@ -241,7 +243,9 @@ async fn stream_conversion_streams_tool_arguments_and_cached_usage() {
 
 #[tokio::test]
 async fn a_stream_without_message_stop_is_an_error() {
-    let chunks: Vec<_> = to_chat_chunks(events(&tool_stream(false)), false, 1).collect().await;
+    let chunks: Vec<_> = to_chat_chunks(events(&tool_stream(false)), false, 1, false)
+        .collect()
+        .await;
     assert!(matches!(chunks.last(), Some(Err(ProviderError::Stream(m))) if m.contains("message_stop")));
     let error = vec![
         tool_stream(true)[0].clone(),
@@ -250,7 +254,7 @@ async fn a_stream_without_message_stop_is_an_error() {
             json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
         ),
     ];
-    let chunks: Vec<_> = to_chat_chunks(events(&error), false, 1).collect().await;
+    let chunks: Vec<_> = to_chat_chunks(events(&error), false, 1, false).collect().await;
     // An overload reported in the stream is the 529 it stands for.
     assert!(
         matches!(chunks.last(), Some(Err(ProviderError::Status { status: 529, message, kind: Some(kind), .. }))
@@ -285,4 +289,46 @@ async fn a_stream_without_message_stop_is_an_error() {
         super::stream::error_event("not json"),
         ProviderError::Stream(_)
     ));
+}
+
+#[test]
+fn empty_text_parts_legacy_functions_and_tool_ids_fit_anthropic() {
+    let req: ChatCompletionRequest = serde_json::from_value(json!({
+        "model": "m",
+        "tools": [{"type": "function", "function": {"name": "get_weather"}}],
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "weather?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": ""}], "tool_calls": [
+                {"id": "functions.get_weather:0", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "functions.get_weather:0", "content": "sunny"}
+        ]
+    }))
+    .unwrap();
+    let out = serde_json::to_value(to_messages_request(&req, 100).unwrap()).unwrap();
+    // Empty text blocks are left out.
+    assert_eq!(
+        out["messages"][0]["content"],
+        json!([{"type": "text", "text": "weather?"}])
+    );
+    let call = &out["messages"][1]["content"][0];
+    assert_eq!(call["type"], "tool_use");
+    // An id Anthropic would refuse becomes one it takes, the same in the call and its result.
+    assert_eq!(call["id"], "functions_get_weather_0");
+    assert_eq!(
+        out["messages"][2]["content"][0]["tool_use_id"],
+        "functions_get_weather_0"
+    );
+
+    for legacy in [
+        json!({"model": "m", "functions": [{"name": "f"}], "messages": [{"role": "user", "content": "x"}]}),
+        json!({"model": "m", "messages": [{"role": "user", "content": "x"},
+            {"role": "function", "name": "f", "content": "done"}]}),
+    ] {
+        let req: ChatCompletionRequest = serde_json::from_value(legacy).unwrap();
+        assert!(matches!(
+            to_messages_request(&req, 100),
+            Err(ProviderError::InvalidRequest { .. })
+        ));
+    }
 }

@@ -9,7 +9,8 @@ use switchyard_api::{
     ChatCompletionRequest, ChatCompletionResponse, ContentPart, Extra, MessageContent, Role, ToolCall, Usage,
 };
 
-use crate::chunks::{chat_response, tool_call};
+use crate::chunks::{chat_response, tool_call, tool_use_id};
+use crate::json_mode::{JSON_TOOL, json_finish, json_tool};
 use crate::{ProviderError, Result};
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -21,7 +22,16 @@ fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
 
 /// OpenAI parameters that have no Anthropic equivalent and change the answer's
 /// shape: rejected rather than silently dropped.
-const REJECTED: &[&str] = &["logprobs", "top_logprobs", "audio", "modalities", "prediction"];
+/// The legacy `functions` and `function_call` are among them.
+const REJECTED: &[&str] = &[
+    "logprobs",
+    "top_logprobs",
+    "audio",
+    "modalities",
+    "prediction",
+    "functions",
+    "function_call",
+];
 
 /// An image part's URL as an Anthropic image source.
 fn image_source(url: &str) -> Value {
@@ -64,6 +74,8 @@ fn part_to_block(part: &ContentPart, param: &str) -> Result<ContentBlock> {
     }
 }
 
+/// A message's content as blocks; empty text is left out (Anthropic
+/// refuses empty text blocks).
 fn content_blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBlock>> {
     match content {
         None => Ok(Vec::new()),
@@ -72,6 +84,7 @@ fn content_blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<C
         Some(MessageContent::Parts(parts)) => parts
             .iter()
             .enumerate()
+            .filter(|(_, p)| !(p.kind == "text" && p.text.as_deref().is_none_or(str::is_empty)))
             .map(|(i, p)| part_to_block(p, &format!("{param}[{i}]")))
             .collect(),
     }
@@ -122,7 +135,7 @@ fn tool_use_blocks(calls: &[ToolCall], param: &str) -> Result<Vec<ContentBlock>>
             })?;
             Ok(ContentBlock {
                 kind: "tool_use".into(),
-                id: Some(call.id.clone()),
+                id: Some(tool_use_id(&call.id)),
                 name: Some(function.name.clone()),
                 input: Some(input),
                 ..ContentBlock::default()
@@ -222,20 +235,22 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 }
                 push(&mut messages, MessageRole::Assistant, blocks);
             }
-            Role::Tool | Role::Function => {
-                let tool_use_id = message
-                    .tool_call_id
-                    .clone()
-                    .or_else(|| message.name.clone())
-                    .ok_or_else(|| {
-                        invalid(
-                            "a tool message needs `tool_call_id`",
-                            &format!("messages[{i}].tool_call_id"),
-                        )
-                    })?;
+            Role::Function => {
+                return Err(invalid(
+                    "legacy `function` messages are not supported by this provider; send tool calls and `tool` messages",
+                    &format!("messages[{i}].role"),
+                ));
+            }
+            Role::Tool => {
+                let id = message.tool_call_id.as_deref().ok_or_else(|| {
+                    invalid(
+                        "a tool message needs `tool_call_id`",
+                        &format!("messages[{i}].tool_call_id"),
+                    )
+                })?;
                 let block = ContentBlock {
                     kind: "tool_result".into(),
-                    tool_use_id: Some(tool_use_id),
+                    tool_use_id: Some(tool_use_id(id)),
                     content: Some(Content::Text(message.content_text())),
                     ..ContentBlock::default()
                 };
@@ -272,6 +287,19 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             Some(json!({"type": "auto", "disable_parallel_tool_use": true}))
         }
         None => None,
+    };
+    // A JSON `response_format` is asked for as one forced tool's input.
+    let (tools, tool_choice) = match json_tool(req)? {
+        Some(json) => (
+            Some(vec![Tool {
+                name: JSON_TOOL.to_owned(),
+                description: Some(json.description),
+                input_schema: Some(json.schema),
+                extra: Extra::new(),
+            }]),
+            Some(json!({"type": "tool", "name": JSON_TOOL})),
+        ),
+        None => (tools, tool_choice),
     };
     let mut extra = Extra::new();
     if let Some(user) = req.extra.get("user").and_then(Value::as_str) {
@@ -341,13 +369,19 @@ pub fn usage(u: &MessagesUsage) -> Usage {
     usage
 }
 
-/// The OpenAI chat response for an Anthropic response.
-pub fn to_chat_response(resp: MessagesResponse, created: u64) -> ChatCompletionResponse {
+/// The OpenAI chat response for an Anthropic response. With `json` (the
+/// request asked for a JSON `response_format`), the JSON tool's input is the
+/// message's text and the answer finishes with `stop`.
+pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> ChatCompletionResponse {
     let mut text = String::new();
     let mut calls = Vec::new();
     for block in &resp.content {
         match block.kind.as_str() {
+            "text" if json => {}
             "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
+            "tool_use" if json && block.name.as_deref() == Some(JSON_TOOL) => {
+                text.push_str(&block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string));
+            }
             "tool_use" => calls.push(tool_call(
                 block.id.clone().unwrap_or_default(),
                 block.name.clone().unwrap_or_default(),
@@ -356,7 +390,7 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64) -> ChatCompletionR
             _ => {}
         }
     }
-    let finish = finish_reason(resp.stop_reason.as_deref());
+    let finish = finish_reason(resp.stop_reason.as_deref()).map(|f| json_finish(f, json));
     chat_response(
         resp.id,
         resp.model,

@@ -13,7 +13,8 @@ use serde_json::{Map, Value};
 use switchyard_api::anthropic::MessagesUsage;
 use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, Extra, MessageContent, Role, Usage};
 
-use crate::chunks::{chat_response, tool_call};
+use crate::chunks::{chat_response, tool_call, tool_use_id};
+use crate::json_mode::{JSON_TOOL, json_finish, json_tool};
 use crate::{ProviderError, Result};
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -165,6 +166,22 @@ fn offered_tools(req: &ChatCompletionRequest) -> Option<&Vec<Value>> {
 }
 
 fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
+    // A JSON `response_format` is asked for as one forced tool's input.
+    if let Some(json) = json_tool(req)? {
+        let spec = ToolSpecification::builder()
+            .name(JSON_TOOL)
+            .description(json.description)
+            .input_schema(ToolInputSchema::Json(to_document(&json.schema)))
+            .build();
+        let config = ToolConfiguration::builder()
+            .tools(Tool::ToolSpec(built(spec, "response_format")?))
+            .tool_choice(ToolChoice::Tool(built(
+                SpecificToolChoice::builder().name(JSON_TOOL).build(),
+                "response_format",
+            )?))
+            .build();
+        return Ok(Some(built(config, "response_format")?));
+    }
     let Some(tools) = offered_tools(req) else {
         return Ok(None);
     };
@@ -269,7 +286,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
                     let input: Value = serde_json::from_str(arguments)
                         .map_err(|e| invalid(format!("tool call arguments are not valid JSON: {e}"), &param))?;
                     let block = ToolUseBlock::builder()
-                        .tool_use_id(&call.id)
+                        .tool_use_id(tool_use_id(&call.id))
                         .name(&function.name)
                         .input(to_document(&input))
                         .build();
@@ -289,7 +306,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
                     continue;
                 }
                 let block = ToolResultBlock::builder()
-                    .tool_use_id(id)
+                    .tool_use_id(tool_use_id(&id))
                     .content(ToolResultContentBlock::Text(message.content_text()))
                     .build();
                 push(
@@ -367,19 +384,26 @@ pub(crate) fn usage(u: &TokenUsage) -> Usage {
     })
 }
 
-/// The OpenAI chat response for a Converse answer.
+/// The OpenAI chat response for a Converse answer. With `json` (the request
+/// asked for a JSON `response_format`), the JSON tool's input is the
+/// message's text and the answer finishes with `stop`.
 pub(crate) fn to_chat_response(
     output: ConverseOutput,
     id: String,
     model: String,
     created: u64,
+    json: bool,
 ) -> ChatCompletionResponse {
     let mut text = String::new();
     let mut calls = Vec::new();
     if let Some(message) = output.output.as_ref().and_then(|o| o.as_message().ok()) {
         for block in &message.content {
             match block {
+                ContentBlock::Text(_) if json => {}
                 ContentBlock::Text(t) => text.push_str(t),
+                ContentBlock::ToolUse(tool) if json && tool.name == JSON_TOOL => {
+                    text.push_str(&from_document(&tool.input).to_string());
+                }
                 ContentBlock::ToolUse(tool) => calls.push(tool_call(
                     tool.tool_use_id.clone(),
                     tool.name.clone(),
@@ -389,7 +413,7 @@ pub(crate) fn to_chat_response(
             }
         }
     }
-    let finish = Some(finish_reason(&output.stop_reason));
+    let finish = Some(json_finish(finish_reason(&output.stop_reason), json));
     chat_response(
         id,
         model,

@@ -340,7 +340,8 @@ impl Provider for BedrockProvider {
                 with_converse_input!(self.client().await.converse(), self.target(&req.model), input).send(),
             )
             .await?;
-        let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now());
+        let json = crate::json_mode::json_tool(req)?.is_some();
+        let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now(), json);
         let usage = response.usage.clone();
         let body = serde_json::to_vec(&response)
             .map_err(|e| ProviderError::InvalidResponse(format!("could not encode the response: {e}")))?;
@@ -371,6 +372,7 @@ impl Provider for BedrockProvider {
             req.wants_stream_usage(),
             self.settings.timeouts.first_byte,
             deadline,
+            crate::json_mode::json_tool(req)?.is_some(),
         ))
     }
 

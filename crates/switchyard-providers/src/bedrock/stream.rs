@@ -10,6 +10,7 @@ use futures_util::stream;
 
 use super::convert::{finish_reason, usage};
 use crate::chunks::ChunkBuilder;
+use crate::json_mode::{JSON_TOOL, json_finish};
 use crate::{ChunkStream, ProviderError, Result, StreamChunk, TimeoutPhase};
 
 /// The SDK's receiver of ConverseStream events.
@@ -22,6 +23,11 @@ struct Converter {
     tools: HashMap<i32, u32>,
     stopped: bool,
     finished: bool,
+    /// The request asked for a JSON answer: the JSON tool's input is
+    /// streamed as text.
+    json: bool,
+    /// The JSON tool's block index.
+    json_block: Option<i32>,
 }
 
 impl Converter {
@@ -30,13 +36,21 @@ impl Converter {
             ConverseStreamOutput::MessageStart(_) => out.push_back(self.out.role()),
             ConverseStreamOutput::ContentBlockStart(start) => {
                 if let Some(ContentBlockStart::ToolUse(tool)) = start.start {
+                    if self.json && tool.name == JSON_TOOL {
+                        self.json_block = Some(start.content_block_index);
+                        return;
+                    }
                     let index = self.tools.len() as u32;
                     self.tools.insert(start.content_block_index, index);
                     out.push_back(self.out.tool_start(index, &tool.tool_use_id, &tool.name));
                 }
             }
             ConverseStreamOutput::ContentBlockDelta(delta) => match delta.delta {
+                Some(ContentBlockDelta::Text(_)) if self.json => {}
                 Some(ContentBlockDelta::Text(text)) => out.push_back(self.out.text(text)),
+                Some(ContentBlockDelta::ToolUse(tool)) if self.json_block == Some(delta.content_block_index) => {
+                    out.push_back(self.out.text(tool.input));
+                }
                 Some(ContentBlockDelta::ToolUse(tool)) => match self.tools.get(&delta.content_block_index) {
                     Some(&index) => out.push_back(self.out.tool_arguments(index, tool.input)),
                     None => out.push_back(Err(ProviderError::Stream(format!(
@@ -48,7 +62,8 @@ impl Converter {
             },
             ConverseStreamOutput::MessageStop(stop) => {
                 self.stopped = true;
-                out.push_back(self.out.finish(Some(finish_reason(&stop.stop_reason))));
+                let finish = json_finish(finish_reason(&stop.stop_reason), self.json);
+                out.push_back(self.out.finish(Some(finish)));
             }
             ConverseStreamOutput::Metadata(metadata) => {
                 self.finished = true;
@@ -66,13 +81,15 @@ impl Converter {
 /// Converts a ConverseStream into OpenAI chunks. The first event must arrive
 /// within `first_byte`, and the whole stream end by `deadline` (the
 /// deployment's total timeout); a stream that ends before `messageStop` is
-/// an error.
+/// an error. `json`: the request asked for a JSON answer, which comes as
+/// the JSON tool's input.
 pub(crate) fn to_chat_chunks(
     receiver: Receiver,
     out: ChunkBuilder,
     include_usage: bool,
     first_byte: Duration,
     deadline: tokio::time::Instant,
+    json: bool,
 ) -> ChunkStream {
     let converter = Converter {
         out,
@@ -80,6 +97,8 @@ pub(crate) fn to_chat_chunks(
         tools: HashMap::new(),
         stopped: false,
         finished: false,
+        json,
+        json_block: None,
     };
     let state = (receiver, converter, VecDeque::<Result<StreamChunk>>::new(), false, true);
     let chunks = stream::unfold(

@@ -1,0 +1,138 @@
+//! OpenAI's `response_format` (`json_object`, `json_schema`) for providers
+//! without it (Anthropic, Bedrock Converse): the answer is asked for as the
+//! input of one forced tool whose schema is the requested one, and that
+//! input comes back to the client as the message's text.
+
+use serde_json::{Value, json};
+use switchyard_api::ChatCompletionRequest;
+
+use crate::{ProviderError, Result};
+
+/// The name of the tool that carries a JSON answer.
+pub const JSON_TOOL: &str = "json_tool_call";
+
+/// The tool a JSON answer is asked for through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JsonTool {
+    /// What the model is told the tool is for.
+    pub description: String,
+    /// The JSON Schema the answer must follow (an object at the root).
+    pub schema: Value,
+}
+
+fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
+    ProviderError::InvalidRequest {
+        message: message.into(),
+        param: Some(param.to_owned()),
+    }
+}
+
+/// The tool `req`'s `response_format` asks for; `None` for text answers.
+/// JSON answers cannot be combined with the client's own tools here.
+pub fn json_tool(req: &ChatCompletionRequest) -> Result<Option<JsonTool>> {
+    let Some(format) = req.extra.get("response_format").filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let kind = format.get("type").and_then(Value::as_str);
+    let tool = match kind {
+        Some("text") => return Ok(None),
+        Some("json_object") => JsonTool {
+            description: "Answer with a JSON object.".into(),
+            schema: json!({"type": "object"}),
+        },
+        Some("json_schema") => {
+            let spec = format.get("json_schema");
+            let schema = spec
+                .and_then(|s| s.get("schema"))
+                .filter(|s| s.is_object())
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"}));
+            if schema
+                .get("type")
+                .and_then(Value::as_str)
+                .is_some_and(|t| t != "object")
+            {
+                return Err(invalid(
+                    "this provider answers JSON through a tool, whose schema must describe an object",
+                    "response_format.json_schema.schema",
+                ));
+            }
+            let description = spec
+                .and_then(|s| s.get("description"))
+                .and_then(Value::as_str)
+                .map_or_else(
+                    || "Answer with a JSON object that follows this schema.".to_owned(),
+                    |d| format!("Answer with a JSON object that follows this schema. {d}"),
+                );
+            JsonTool { description, schema }
+        }
+        _ => {
+            return Err(invalid(
+                "`response_format.type` must be text, json_object or json_schema",
+                "response_format",
+            ));
+        }
+    };
+    let offers_tools = req
+        .extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+        && req.extra.get("tool_choice").and_then(Value::as_str) != Some("none");
+    if offers_tools {
+        return Err(invalid(
+            "a JSON `response_format` together with `tools` is not supported by this provider",
+            "response_format",
+        ));
+    }
+    Ok(Some(tool))
+}
+
+/// The finish reason of a JSON answer: its tool call is the answer.
+pub(crate) fn json_finish(finish: String, json: bool) -> String {
+    if json && finish == "tool_calls" {
+        "stop".to_owned()
+    } else {
+        finish
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    fn req(body: Value) -> ChatCompletionRequest {
+        serde_json::from_value(body).unwrap()
+    }
+
+    #[test]
+    fn each_format_becomes_its_tool_or_none() {
+        let base = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+        assert_eq!(json_tool(&req(base.clone())).unwrap(), None);
+        let mut text = base.clone();
+        text["response_format"] = json!({"type": "text"});
+        assert_eq!(json_tool(&req(text)).unwrap(), None);
+        let mut object = base.clone();
+        object["response_format"] = json!({"type": "json_object"});
+        assert_eq!(
+            json_tool(&req(object)).unwrap().unwrap().schema,
+            json!({"type": "object"})
+        );
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]});
+        let mut with_schema = base.clone();
+        with_schema["response_format"] = json!({"type": "json_schema",
+            "json_schema": {"name": "place", "description": "Where.", "schema": schema, "strict": true}});
+        let tool = json_tool(&req(with_schema.clone())).unwrap().unwrap();
+        assert_eq!(tool.schema, schema);
+        assert!(tool.description.ends_with("Where."), "{}", tool.description);
+        // With the client's tools it is refused, naming the field.
+        with_schema["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
+        let err = json_tool(&req(with_schema)).unwrap_err();
+        assert!(matches!(err, ProviderError::InvalidRequest { param: Some(p), .. } if p == "response_format"));
+        let mut array = base;
+        array["response_format"] =
+            json!({"type": "json_schema", "json_schema": {"name": "l", "schema": {"type": "array"}}});
+        assert!(json_tool(&req(array)).is_err());
+    }
+}
