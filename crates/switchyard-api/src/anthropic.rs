@@ -214,6 +214,31 @@ impl MessagesRequest {
     pub fn is_stream(&self) -> bool {
         self.stream.unwrap_or(false)
     }
+
+    /// Removes the `thinking` blocks that carry no `signature` from the
+    /// conversation (reasoning another model produced, which Claude refuses
+    /// to be sent back) and says how many there were. A message left with
+    /// no block keeps them.
+    pub fn drop_unsigned_thinking(&mut self) -> usize {
+        let unsigned = |b: &ContentBlock| {
+            b.kind == "thinking"
+                && b.extra
+                    .get("signature")
+                    .and_then(serde_json::Value::as_str)
+                    .is_none_or(str::is_empty)
+        };
+        let mut dropped = 0;
+        for message in &mut self.messages {
+            if let Content::Blocks(blocks) = &mut message.content {
+                let n = blocks.iter().filter(|b| unsigned(b)).count();
+                if n > 0 && n < blocks.len() {
+                    blocks.retain(|b| !unsigned(b));
+                    dropped += n;
+                }
+            }
+        }
+        dropped
+    }
 }
 
 /// Token usage of a Messages response.

@@ -816,6 +816,13 @@ async fn attempt(
         Call::Messages(req) => {
             req.model.clone_from(&deployment.model);
             let stream = req.is_stream();
+            let claude = matches!(client, ProviderClient::Anthropic(_))
+                || (matches!(client, ProviderClient::Bedrock(_)) && BedrockProvider::is_claude(&deployment.model));
+            if claude {
+                // Reasoning another model gave (passed on as `thinking`
+                // blocks) has no signature, which Claude refuses.
+                req.drop_unsigned_thinking();
+            }
             match client {
                 ProviderClient::Anthropic(p) if stream => {
                     within_first_byte(client, hold_events(p.messages_stream(req).await?)).await

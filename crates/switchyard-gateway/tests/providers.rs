@@ -414,6 +414,38 @@ async fn run_contract(provider: &str) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
 
+        // Reasoning another model gave comes back as `thinking` blocks
+        // without a signature, which Claude refuses: they are left out;
+        // Claude's own, signed, are kept.
+        let response = c
+            .http
+            .post(format!("{}/v1/messages", c.base))
+            .json(&json!({"model": "contract", "max_tokens": 64, "messages": [
+                {"role": "user", "content": "what is 2 + 2?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "from another model"},
+                    {"type": "text", "text": "4"}]},
+                {"role": "user", "content": "and 3 + 3?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "from Claude", "signature": "c2lnbmVk"},
+                    {"type": "text", "text": "6"}]},
+                {"role": "user", "content": "thanks"}
+            ]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{provider}: {}", response.text().await.unwrap());
+        let sent = mock.last_request().unwrap().body;
+        assert_eq!(
+            sent["messages"][1]["content"],
+            json!([{"type": "text", "text": "4"}]),
+            "{provider}: {sent}"
+        );
+        assert_eq!(
+            sent["messages"][3]["content"][0]["signature"], "c2lnbmVk",
+            "{provider}: {sent}"
+        );
+
         // Beta features the client names reach Anthropic as its header and
         // Bedrock as the body's `anthropic_beta`, there only those Bedrock
         // takes (Claude Code also names some it refuses).
