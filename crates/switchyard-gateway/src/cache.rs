@@ -281,9 +281,18 @@ impl GatewayCache {
             })
             .0;
             let embedder = embedder.clone();
-            let embedding = tokio::task::spawn_blocking(move || embedder.embed_one(&text)).await;
+            // A prompt longer than the embedder's window is embedded in part:
+            // prompts that differ only in the part cut would match, so such a
+            // prompt is looked up exactly only.
+            let embedding = tokio::task::spawn_blocking(move || match embedder.truncates(&text) {
+                Ok(false) => embedder.embed_one(&text).map(Some),
+                Ok(true) => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await;
             match embedding {
-                Ok(Ok(embedding)) => {
+                Ok(Ok(None)) => tracing::debug!("prompt longer than the embedder's window: no semantic lookup"),
+                Ok(Ok(Some(embedding))) => {
                     let hits = if controls.no_cache {
                         Vec::new()
                     } else {

@@ -496,6 +496,21 @@ model_list:
     assert_eq!(post(&gw, "", split, &[]).await.header("x-switchyard-cache"), "miss");
     assert_eq!(post(&gw, "", joined, &[]).await.header("x-switchyard-cache"), "miss");
     assert_eq!(upstream_calls(&mock), 11);
+
+    // Prompts longer than the embedder's window (256 tokens) that differ
+    // only in the part it cuts are not taken for each other; the same long
+    // prompt again is an exact hit.
+    let boilerplate = "Answer in one short sentence and cite no sources. ".repeat(40);
+    let long = |question: &str| ask(&format!("{question}\n{boilerplate}"));
+    let a = post(&gw, "", long("Who wrote Hamlet?"), &[]).await;
+    assert_eq!(a.header("x-switchyard-cache"), "miss", "{}", a.text);
+    let b = post(&gw, "", long("How far away is the Moon?"), &[]).await;
+    assert_eq!(b.header("x-switchyard-cache"), "miss", "{}", b.text);
+    assert_ne!(a.json(), b.json());
+    let again = post(&gw, "", long("Who wrote Hamlet?"), &[]).await;
+    assert_eq!(again.header("x-switchyard-cache"), "hit");
+    assert!(again.header("x-switchyard-cache-similarity").is_empty());
+    assert_eq!(upstream_calls(&mock), 13);
 }
 
 /// A streamed answer the upstream sent without usage is kept at what the

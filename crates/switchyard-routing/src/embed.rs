@@ -86,6 +86,7 @@ pub struct Embedder {
     dims: usize,
     id: String,
     batch_size: usize,
+    max_tokens: usize,
     cache: Option<moka::sync::Cache<u64, Arc<[f32]>>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -189,6 +190,7 @@ impl Embedder {
             )
             .to_lowercase(),
             batch_size: config.batch_size,
+            max_tokens: config.max_tokens,
             cache,
             hasher: std::collections::hash_map::RandomState::new(),
         })
@@ -210,6 +212,19 @@ impl Embedder {
         self.tokenizer
             .encode(text, true)
             .map(|e| e.get_ids().len())
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+    }
+
+    /// Whether `text` is longer than `max_tokens`, so that part of it is cut
+    /// before embedding (texts that differ only there embed alike).
+    pub fn truncates(&self, text: &str) -> Result<bool, EmbedError> {
+        // Every token covers at least one byte; `[CLS]` and `[SEP]` are added.
+        if text.len().saturating_add(2) <= self.max_tokens {
+            return Ok(false);
+        }
+        self.tokenizer
+            .encode(text, true)
+            .map(|e| !e.get_overflowing().is_empty())
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))
     }
 

@@ -83,6 +83,13 @@ fn long_prompts_keep_the_configured_end() {
         "tail keeps the question: {tail_sim} vs {head_sim}"
     );
     assert_ne!(tail.id(), head.id(), "the id records the truncation");
+    // Whether a text is cut is known before embedding it.
+    assert!(tail.truncates(&prompt).unwrap());
+    assert!(!tail.truncates(question).unwrap());
+    let just_fits = "word ".repeat(62);
+    assert_eq!(tail.token_count(&just_fits).unwrap(), 64);
+    assert!(!tail.truncates(&just_fits).unwrap());
+    assert!(tail.truncates(&format!("{just_fits}word")).unwrap());
 }
 
 /// Two different models in folders of the same name have different ids, so
