@@ -1,6 +1,7 @@
 //! Where answers are kept: in process (moka) or in Redis.
 
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -63,6 +64,9 @@ pub enum CacheError {
     /// A stored entry could not be read back.
     #[error("corrupt cache entry: {0}")]
     Corrupt(String),
+    /// Redis was not asked: it kept failing (see the breaker).
+    #[error("redis skipped while it keeps failing")]
+    Skipped,
 }
 
 /// Redis backend settings.
@@ -87,6 +91,83 @@ pub struct CacheCounters {
     pub stores: AtomicU64,
     /// Store failures (each also counted as a miss or a dropped store).
     pub errors: AtomicU64,
+    /// Lookups and stores not tried because Redis kept failing (each also
+    /// counted as a miss or a dropped store).
+    pub skipped: AtomicU64,
+}
+
+/// Failures in a row after which Redis is left alone for [`PAUSE`].
+const TRIP_AFTER: u32 = 3;
+/// How long Redis is left alone once it kept failing; then one command
+/// tries it again.
+const PAUSE: Duration = Duration::from_secs(2);
+
+/// Keeps a failing Redis from adding its timeout to every request: after
+/// [`TRIP_AFTER`] failures in a row, lookups miss and stores are dropped at
+/// once for [`PAUSE`]; then one command tries Redis again (the others keep
+/// skipping for another pause), and a success closes the breaker.
+#[derive(Debug, Default)]
+struct Breaker {
+    state: Mutex<BreakerState>,
+}
+
+#[derive(Debug, Default)]
+struct BreakerState {
+    failures: u32,
+    /// Until when commands are skipped; `None` while closed.
+    open_until: Option<Instant>,
+}
+
+impl Breaker {
+    /// Whether a command may go to Redis now.
+    fn allow(&self) -> bool {
+        let Ok(mut s) = self.state.lock() else {
+            return true;
+        };
+        match s.open_until {
+            None => true,
+            Some(until) => {
+                let now = Instant::now();
+                if now < until {
+                    return false;
+                }
+                // This command tries Redis; the others wait for its outcome,
+                // or for another pause if it never comes (a dropped request).
+                s.open_until = Some(now + PAUSE);
+                true
+            }
+        }
+    }
+
+    /// Records a command's outcome.
+    fn record(&self, ok: bool) {
+        let Ok(mut s) = self.state.lock() else {
+            return;
+        };
+        if ok {
+            if s.open_until.take().is_some() {
+                tracing::info!("the Redis response cache answers again");
+            }
+            s.failures = 0;
+            return;
+        }
+        s.failures = s.failures.saturating_add(1);
+        if s.failures >= TRIP_AFTER {
+            if s.open_until.is_none() {
+                tracing::warn!(
+                    failures = s.failures,
+                    "the Redis response cache keeps failing: lookups miss and answers are not stored; Redis is tried again every {} s",
+                    PAUSE.as_secs()
+                );
+            }
+            s.open_until = Some(Instant::now() + PAUSE);
+        }
+    }
+
+    /// Whether the breaker is open (failures are no longer logged one by one).
+    fn is_open(&self) -> bool {
+        self.state.lock().map(|s| s.open_until.is_some()).unwrap_or(false)
+    }
 }
 
 struct PerEntryTtl;
@@ -136,6 +217,7 @@ impl std::fmt::Debug for Backend {
 pub struct ResponseCache {
     backend: Backend,
     counters: Arc<CacheCounters>,
+    breaker: Breaker,
 }
 
 impl ResponseCache {
@@ -151,6 +233,7 @@ impl ResponseCache {
         Self {
             backend: Backend::Memory(cache),
             counters: Arc::default(),
+            breaker: Breaker::default(),
         }
     }
 
@@ -172,6 +255,7 @@ impl ResponseCache {
         Ok(Self {
             backend: Backend::Redis { con, settings },
             counters: Arc::default(),
+            breaker: Breaker::default(),
         })
     }
 
@@ -190,11 +274,10 @@ impl ResponseCache {
 
     /// The answer stored under `key`; a store failure is logged and is a miss.
     pub async fn get(&self, key: &CacheKey) -> Option<Arc<CachedAnswer>> {
-        let found = match self.try_get(key).await {
+        let found = match self.guarded_get(key).await {
             Ok(found) => found,
             Err(e) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "response cache lookup failed; treating it as a miss");
+                self.failed(&e, "response cache lookup failed; treating it as a miss");
                 None
             }
         };
@@ -209,7 +292,44 @@ impl ResponseCache {
 
     /// Whether `key` holds an answer, without counting a hit or a miss.
     pub async fn peek(&self, key: &CacheKey) -> Option<Arc<CachedAnswer>> {
-        self.try_get(key).await.ok().flatten()
+        match self.guarded_get(key).await {
+            Ok(found) => found,
+            Err(e) => {
+                self.failed(&e, "response cache lookup failed; treating it as a miss");
+                None
+            }
+        }
+    }
+
+    /// Counts and logs a failure (one by one until the breaker opens).
+    fn failed(&self, e: &CacheError, what: &str) {
+        match e {
+            CacheError::Skipped => {
+                self.counters.skipped.fetch_add(1, Ordering::Relaxed);
+            }
+            e => {
+                self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                if self.breaker.is_open() {
+                    tracing::debug!(error = %e, "{what}");
+                } else {
+                    tracing::warn!(error = %e, "{what}");
+                }
+            }
+        }
+    }
+
+    /// [`Self::try_get`] behind the breaker (Redis only).
+    async fn guarded_get(&self, key: &CacheKey) -> Result<Option<Arc<CachedAnswer>>, CacheError> {
+        if matches!(self.backend, Backend::Memory(_)) {
+            return self.try_get(key).await;
+        }
+        if !self.breaker.allow() {
+            return Err(CacheError::Skipped);
+        }
+        let result = self.try_get(key).await;
+        // An unreadable entry says nothing of Redis's health.
+        self.breaker.record(!matches!(result, Err(CacheError::Redis(_))));
+        result
     }
 
     async fn try_get(&self, key: &CacheKey) -> Result<Option<Arc<CachedAnswer>>, CacheError> {
@@ -243,11 +363,12 @@ impl ResponseCache {
                 cache.insert(key.0.clone(), Arc::new(answer));
                 Ok(())
             }
+            Backend::Redis { .. } if !self.breaker.allow() => Err(CacheError::Skipped),
             Backend::Redis { con, settings } => {
                 let mut con = con.clone();
                 let name = format!("{}{}", settings.prefix, key.as_str());
                 let ttl_ms = answer.ttl_secs.max(1).saturating_mul(1000);
-                match serde_json::to_vec(&answer) {
+                let result = match serde_json::to_vec(&answer) {
                     Ok(bytes) => tokio::time::timeout(
                         settings.timeout,
                         redis::cmd("SET")
@@ -261,7 +382,9 @@ impl ResponseCache {
                     .map_err(|_| CacheError::Redis("timed out".into()))
                     .and_then(|r| r.map_err(|e| CacheError::Redis(e.to_string()))),
                     Err(e) => Err(CacheError::Corrupt(e.to_string())),
-                }
+                };
+                self.breaker.record(!matches!(result, Err(CacheError::Redis(_))));
+                result
             }
         };
         match result {
@@ -270,8 +393,7 @@ impl ResponseCache {
                 true
             }
             Err(e) => {
-                self.counters.errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "cannot store a response in the cache");
+                self.failed(&e, "cannot store a response in the cache");
                 false
             }
         }

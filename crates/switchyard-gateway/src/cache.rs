@@ -393,6 +393,39 @@ pub(crate) fn replay(answer: &CachedAnswer, strip_usage: bool) -> Response {
     }
 }
 
+/// The part of an answer (or of a stream's chunk) that says whether it may
+/// be kept.
+#[derive(serde::Deserialize)]
+struct Finishes {
+    #[serde(default)]
+    choices: Option<Vec<Finish>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Finish {
+    #[serde(default)]
+    finish_reason: Option<String>,
+}
+
+/// Whether an answer may be kept for later callers: not one the content
+/// filter stopped (Azure answers 200 with `finish_reason: content_filter`),
+/// nor a completion with no choice at all. `parts` are the JSON body, or a
+/// stream's chunks (whose usage chunk has no choice).
+pub(crate) fn keepable<'a>(parts: impl IntoIterator<Item = &'a [u8]>, stream: bool) -> bool {
+    parts
+        .into_iter()
+        .all(|part| match serde_json::from_slice::<Finishes>(part) {
+            Ok(Finishes { choices: Some(choices) }) => {
+                (stream || !choices.is_empty())
+                    && choices
+                        .iter()
+                        .all(|c| c.finish_reason.as_deref() != Some("content_filter"))
+            }
+            Ok(Finishes { choices: None }) => true,
+            Err(_) => false,
+        })
+}
+
 /// Follows a stream and hands its chunks to `done` once it ended cleanly,
 /// unless they came to more than `limit` bytes: then it stops recording and
 /// lets the stream go on alone.
@@ -436,6 +469,34 @@ const CHUNK_OVERHEAD: usize = 8;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filtered_and_empty_answers_are_not_kept() {
+        let body = |s: &'static str| std::iter::once(s.as_bytes());
+        assert!(keepable(
+            body(r#"{"choices":[{"finish_reason":"stop","content_filter_results":{}}]}"#),
+            false
+        ));
+        assert!(keepable(
+            body(r#"{"object":"list","data":[{"embedding":[0.1]}]}"#),
+            false
+        ));
+        assert!(!keepable(
+            body(r#"{"choices":[{"finish_reason":"content_filter"}]}"#),
+            false
+        ));
+        assert!(!keepable(body(r#"{"choices":[]}"#), false));
+        let chunks = [
+            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#.as_bytes(),
+        ];
+        assert!(keepable(chunks, true));
+        let cut = [
+            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
+            r#"{"choices":[{"delta":{},"finish_reason":"content_filter"}]}"#.as_bytes(),
+        ];
+        assert!(!keepable(cut, true));
+    }
 
     #[test]
     fn controls_come_from_the_body_and_cache_control() {

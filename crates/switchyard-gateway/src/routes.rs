@@ -428,7 +428,8 @@ async fn openai_inner(
                 t.charged(usage, record.as_ref());
                 t.finish(200, None);
             }
-            if let (Some(cache), Some(pending)) = (&state.cache, keep) {
+            let keep = keep.filter(|_| crate::cache::keepable([&answer.body[..]], false));
+            if let (Some(_), Some(pending)) = (&state.cache, keep) {
                 let stored = CachedAnswer {
                     body: CachedBody::Json(String::from_utf8_lossy(&answer.body).into_owned()),
                     deployment: decision.deployment.name.clone(),
@@ -447,7 +448,14 @@ async fn openai_inner(
                     created_ms: 0,
                     ttl_secs: 0,
                 };
-                cache.store_answer(pending, stored).await;
+                // Stored off the answer's path: a slow Redis does not delay it.
+                let state = state.clone();
+                let pending = pending.clone();
+                tokio::spawn(async move {
+                    if let Some(cache) = &state.cache {
+                        cache.store_answer(&pending, stored).await;
+                    }
+                });
             }
             let mut response = json_bytes(answer.body);
             metering::cost_header(&mut response, record.as_ref());
@@ -469,6 +477,9 @@ async fn openai_inner(
                     let name = decision.deployment.name.clone();
                     let limit = state.cache.as_ref().map_or(0, |c| c.max_entry_bytes);
                     crate::cache::record_stream(chunks, limit, move |seen| {
+                        if !crate::cache::keepable(seen.iter().map(String::as_bytes), true) {
+                            return;
+                        }
                         tokio::spawn(async move {
                             let usage = seen.iter().rev().find_map(|c| {
                                 let v: serde_json::Value = serde_json::from_str(c).ok()?;
@@ -914,6 +925,7 @@ async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri) -> 
         state.metrics.cache_store(
             counters.stores.load(std::sync::atomic::Ordering::Relaxed),
             counters.errors.load(std::sync::atomic::Ordering::Relaxed),
+            counters.skipped.load(std::sync::atomic::Ordering::Relaxed),
             store.local_entries(),
         );
     }

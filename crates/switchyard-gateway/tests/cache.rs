@@ -367,6 +367,42 @@ async fn a_redis_cache_is_shared_by_replicas_and_an_outage_is_only_a_miss() {
         assert_eq!(down.header("x-switchyard-cache"), "miss");
     }
     assert_eq!(upstream_calls(&mock), 3);
+    // After three failures in a row Redis is left alone for a while: later
+    // lookups and stores are skipped instead of each waiting on it. Each of
+    // the six requests' lookup and store is counted once, as a failure or
+    // as skipped.
+    for i in 0..5 {
+        let down = post(&a, MASTER, ask(&format!("while down {i}")), &[]).await;
+        assert_eq!(down.status, 200, "{}", down.text);
+    }
+    let counter = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(format!("{}/metrics", a.base_url()))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let (errors, skipped) = (
+            counter(&text, "switchyard_cache_errors_total"),
+            counter(&text, "switchyard_cache_skipped_total"),
+        );
+        if errors + skipped == 12 {
+            assert!(errors >= 3 && skipped > 0, "errors {errors}, skipped {skipped}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "errors {errors}, skipped {skipped}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     redis.restart();
     let mut back = post(&a, MASTER, ask("after restart"), &[]).await;
     for _ in 0..40 {

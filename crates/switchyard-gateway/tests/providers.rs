@@ -808,7 +808,8 @@ async fn an_older_azure_api_version_streams_without_stream_options() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bedrock_guardrail_intervention_is_a_content_filter_finish() {
     let mock = MockUpstream::start().await;
-    let mut yaml = String::from("model_list:\n  - model_name: guarded\n    deployments:\n");
+    // With the response cache on: a filtered answer is not kept.
+    let mut yaml = String::from("cache:\n  enabled: true\nmodel_list:\n  - model_name: guarded\n    deployments:\n");
     yaml += &deployment("bedrock", &mock, "amazon.nova-lite-v1:0::content_filter", "");
     let gateway = GatewayProcess::start_with(
         Path::new(BIN),
@@ -851,6 +852,20 @@ async fn a_bedrock_guardrail_intervention_is_a_content_filter_finish() {
     let (content, _, finish, _) = reassemble(&sse_data(&text));
     assert_eq!(finish.as_deref(), Some("content_filter"), "{text}");
     assert!(content.contains("cannot answer"), "{text}");
+
+    // Neither the JSON answer nor the stream was kept for later callers.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for streamed in [false, true] {
+        let mut again = user("guarded", "something forbidden");
+        again["stream"] = json!(streamed);
+        let response = http
+            .post(format!("{}/v1/chat/completions", gateway.base_url()))
+            .json(&again)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.headers()["x-switchyard-cache"], "miss", "stream {streamed}");
+    }
 }
 
 /// A Bedrock deployment on an application inference profile: `aws_model_id`

@@ -288,10 +288,11 @@ impl Metrics {
 
     /// The response cache's own counts: answers stored, store failures, and
     /// entries held in process (`None` for Redis).
-    pub fn cache_store(&self, stores: u64, errors: u64, entries: Option<u64>) {
+    pub fn cache_store(&self, stores: u64, errors: u64, skipped: u64, entries: Option<u64>) {
         self.with(|| {
             counter!("switchyard_cache_stores").absolute(stores);
             counter!("switchyard_cache_errors").absolute(errors);
+            counter!("switchyard_cache_skipped").absolute(skipped);
             if let Some(n) = entries {
                 gauge!("switchyard_cache_entries").set(n as f64);
             }
