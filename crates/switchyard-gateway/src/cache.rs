@@ -41,9 +41,9 @@ pub struct GatewayCache {
 }
 
 /// What a client asked of the cache for one request: the body's `cache`
-/// object (`no-cache`, `no-store`, `ttl`, `s-maxage`) and `Cache-Control`
-/// (`no-cache`, `no-store`, `max-age`).
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// object (`no-cache`, `no-store`, `ttl`, `s-maxage`, `namespace`) and
+/// `Cache-Control` (`no-cache`, `no-store`, `max-age`).
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Controls {
     /// Do not answer from the cache.
     pub(crate) no_cache: bool,
@@ -53,6 +53,9 @@ pub(crate) struct Controls {
     pub(crate) ttl: Option<Duration>,
     /// Accept only a cached answer younger than this.
     pub(crate) max_age: Option<Duration>,
+    /// Answers are kept apart from those of other namespaces (LiteLLM's
+    /// `cache.namespace`).
+    pub(crate) namespace: Option<String>,
 }
 
 fn bad(param: &str, message: &str) -> ApiError {
@@ -89,10 +92,19 @@ impl Controls {
                     }
                     "ttl" => controls.ttl = Some(seconds(v, &param)?),
                     "s-maxage" | "s_maxage" => controls.max_age = Some(seconds(v, &param)?),
+                    "namespace" => {
+                        let ns = v
+                            .as_str()
+                            .filter(|ns| ns.len() <= 256)
+                            .ok_or_else(|| bad(&param, "must be a string of at most 256 bytes."))?;
+                        controls.namespace = (!ns.is_empty()).then(|| ns.to_owned());
+                    }
                     _ => {
                         return Err(bad(
                             &param,
-                            &format!("Unknown cache control `{name}`; known: no-cache, no-store, ttl, s-maxage."),
+                            &format!(
+                                "Unknown cache control `{name}`; known: no-cache, no-store, ttl, s-maxage, namespace."
+                            ),
                         ));
                     }
                 }
@@ -216,6 +228,11 @@ impl GatewayCache {
         &self.store
     }
 
+    /// Whether answers are kept in this process (no I/O to store one).
+    pub(crate) fn is_local(&self) -> bool {
+        self.store.backend_name() == "memory"
+    }
+
     /// Looks `call` to `model` up; `None` when the cache does not apply.
     /// `learned` says `model` is a learned router's group: which candidate
     /// answers depends on the caller's model allow-list, so callers share
@@ -234,7 +251,7 @@ impl GatewayCache {
             return None;
         }
         let body = body_of(call)?;
-        let scope = scope(self.per_key, learned, principal);
+        let scope = scope(self.per_key, learned, principal, controls.namespace.as_deref());
         let key = exact_key(KeyParts {
             endpoint,
             model,
@@ -332,12 +349,19 @@ impl GatewayCache {
     }
 }
 
-/// What besides the request keys an answer: the caller's key with
+/// What besides the request keys an answer: the client's namespace, the caller's key with
 /// `per_key`, and for a learned router's group the caller's model
 /// allow-list (a key allowed only some candidates is routed among those).
-fn scope(per_key: bool, learned: bool, principal: &Principal) -> Option<String> {
-    let view = principal.view()?;
+fn scope(per_key: bool, learned: bool, principal: &Principal, namespace: Option<&str>) -> Option<String> {
     let mut scope = String::new();
+    if let Some(ns) = namespace {
+        scope.push_str("ns\0");
+        scope.push_str(ns);
+        scope.push('\0');
+    }
+    let Some(view) = principal.view() else {
+        return (!scope.is_empty()).then_some(scope);
+    };
     if per_key {
         scope.push_str(&view.key.key_id);
     }

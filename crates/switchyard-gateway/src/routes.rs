@@ -448,14 +448,22 @@ async fn openai_inner(
                     created_ms: 0,
                     ttl_secs: 0,
                 };
-                // Stored off the answer's path: a slow Redis does not delay it.
-                let state = state.clone();
-                let pending = pending.clone();
-                tokio::spawn(async move {
-                    if let Some(cache) = &state.cache {
-                        cache.store_answer(&pending, stored).await;
+                match &state.cache {
+                    // In process: stored before the answer goes, so the
+                    // next identical request finds it.
+                    Some(cache) if cache.is_local() => cache.store_answer(pending, stored).await,
+                    // Redis: stored off the answer's path, which a slow
+                    // Redis does not delay.
+                    _ => {
+                        let state = state.clone();
+                        let pending = pending.clone();
+                        tokio::spawn(async move {
+                            if let Some(cache) = &state.cache {
+                                cache.store_answer(&pending, stored).await;
+                            }
+                        });
                     }
-                });
+                }
             }
             let mut response = json_bytes(answer.body);
             metering::cost_header(&mut response, record.as_ref());
