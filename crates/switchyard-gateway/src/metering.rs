@@ -487,7 +487,7 @@ impl Metered {
                     &record.deployment,
                     record.usage.prompt,
                     record.usage.completion,
-                    switchyard_policy::to_usd(record.cost_nanos),
+                    record.cost_nanos,
                     record.cache_hit,
                 );
                 Some(record)

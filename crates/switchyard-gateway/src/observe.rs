@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::trace::TraceContextExt as _;
@@ -137,7 +137,20 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
     let started = Instant::now();
     let id = state.policy.request_id();
     let route = route_name(request.uri().path());
-    let method = request.method().as_str().to_owned();
+    // A method outside HTTP's own set is `_OTHER`, as the semantic
+    // conventions say: clients cannot make up span names.
+    let method = match *request.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "_OTHER",
+    };
     let span = tracing::info_span!(
         target: "switchyard",
         "request",

@@ -310,7 +310,7 @@ async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusal
             r#"switchyard_tokens_total{model="gpt",deployment="gpt/0",direction="output"}"#
         ) > 0.0
     );
-    assert!(sample(&text, r#"switchyard_cost_microusd_total{model="gpt",cache="miss"}"#) > 0.0);
+    assert!(sample(&text, r#"switchyard_cost_nanousd_total{model="gpt",cache="miss"}"#) > 0.0);
     assert_eq!(
         sample(&text, r#"switchyard_cache_lookups_total{model="gpt",result="hit"}"#),
         1.0
@@ -525,11 +525,23 @@ async fn payloads_are_logged_and_kept_only_when_asked() {
     )
     .await;
     assert_eq!(bad.status, 400, "{}", bad.text);
+    // A method HTTP does not define is named `_OTHER`: clients cannot make up
+    // span names.
+    let brewed = reqwest::Client::new()
+        .request(
+            reqwest::Method::from_bytes(b"BREW").unwrap(),
+            format!("{}/v1/chat/completions", gw.base_url()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(brewed.status(), 405);
     let spans = receiver
         .wait_for(Duration::from_secs(20), |spans| {
-            spans.iter().filter(|s| s.name == "POST chat").count() >= 2
+            spans.iter().filter(|s| s.name == "POST chat").count() >= 2 && spans.iter().any(|s| s.name == "_OTHER chat")
         })
         .await;
+    assert!(!spans.iter().any(|s| s.name.contains("BREW")), "{spans:#?}");
     for span in &spans {
         let attributes = format!("{:?}", span.attributes);
         assert!(

@@ -7,10 +7,14 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 
 /// Request latency buckets, seconds: from a cache hit to a long generation.
 const LATENCY_BUCKETS: &[f64] = &[
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
 ];
-/// Gateway overhead buckets, seconds.
-const OVERHEAD_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05];
+/// Gateway overhead buckets, seconds (up to half a second: embedding a
+/// prompt for a learned router or the semantic cache takes milliseconds to
+/// hundreds of them).
+const OVERHEAD_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+];
 
 /// The gateway's metrics and their Prometheus rendering.
 #[derive(Clone)]
@@ -93,8 +97,8 @@ impl Metrics {
                 "Tokens, by model group, deployment and direction (input, output)."
             );
             describe_counter!(
-                "switchyard_cost_microusd",
-                "Spend in millionths of a USD, by model group and whether it was a cache hit."
+                "switchyard_cost_nanousd",
+                "Spend in billionths of a USD (exact, as charged), by model group and whether it was a cache hit."
             );
             describe_counter!(
                 "switchyard_cache_lookups",
@@ -203,8 +207,10 @@ impl Metrics {
         });
     }
 
-    /// Tokens used upstream (none for a cache hit) and what was charged.
-    pub fn usage(&self, model: &str, deployment: &str, input: u64, output: u64, cost_usd: f64, cache_hit: bool) {
+    /// Tokens used upstream (none for a cache hit) and what was charged, in
+    /// nano-dollars (counted exactly: a request cheaper than a micro-dollar
+    /// still counts).
+    pub fn usage(&self, model: &str, deployment: &str, input: u64, output: u64, cost_nanos: i64, cache_hit: bool) {
         self.with(|| {
             let counts = [("input", input), ("output", output)];
             let upstream = if cache_hit { &counts[..0] } else { &counts[..] };
@@ -218,8 +224,8 @@ impl Metrics {
                 .increment(n);
             }
             let cache = if cache_hit { "hit" } else { "miss" };
-            counter!("switchyard_cost_microusd", "model" => model.to_owned(), "cache" => cache)
-                .increment((cost_usd * 1e6).round().max(0.0) as u64);
+            counter!("switchyard_cost_nanousd", "model" => model.to_owned(), "cache" => cache)
+                .increment(u64::try_from(cost_nanos).unwrap_or(0));
         });
     }
 
@@ -321,6 +327,15 @@ mod tests {
         m.request("chat", "gpt", "gpt/0", 200, 0.012);
         m.request("chat", "gpt", "gpt/0", 200, 0.020);
         m.cache("gpt", "hit");
+        // An embedding call costing 0.4 micro-dollars, twice: 800 nano-dollars.
+        m.usage("embed", "embed/0", 20, 0, 400, false);
+        m.usage("embed", "embed/0", 20, 0, 400, false);
+        assert!(
+            m.render()
+                .contains(r#"switchyard_cost_nanousd_total{model="embed",cache="miss"} 800"#),
+            "{}",
+            m.render()
+        );
         {
             let _guard = m.in_flight();
             assert!(m.render().contains("switchyard_in_flight_requests 1"));
