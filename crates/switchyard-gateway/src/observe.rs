@@ -206,11 +206,17 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
         {
             model.clone_from(label);
         }
-        let deployment = header("x-switchyard-deployment");
+        // A cache hit never reached the deployment that first answered it.
+        let hit = header("x-switchyard-cache") == "hit";
+        let deployment = if hit {
+            "cache".to_owned()
+        } else {
+            header("x-switchyard-deployment")
+        };
         state
             .metrics
             .request(route, &model, &deployment, status, elapsed.as_secs_f64());
-        if !deployment.is_empty() {
+        if !deployment.is_empty() && !hit {
             state.metrics.overhead(overhead.as_secs_f64());
         }
     }

@@ -271,8 +271,16 @@ async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusal
             &text,
             r#"switchyard_requests_total{route="chat",model="gpt",deployment="gpt/0",status="200"}"#
         ),
-        5.0,
-        "two JSON (one a cache hit), one stream, one for the key, one fallback answered by gpt"
+        4.0,
+        "one JSON, one stream, one for the key, one fallback answered by gpt"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_requests_total{route="chat",model="gpt",deployment="cache",status="200"}"#
+        ),
+        1.0,
+        "a cache hit is not the deployment's traffic"
     );
     assert_eq!(
         sample(
