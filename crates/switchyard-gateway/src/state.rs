@@ -333,13 +333,24 @@ impl AppState {
                     };
                     routes.insert(model.name.clone(), route);
                 }
-                Err(e) => issues.push(ConfigIssue {
-                    path: format!("model_list[{i}].routing_strategy"),
-                    message: format!(
-                        "{e}; known strategies: {}",
-                        strategies.names().collect::<Vec<_>>().join(", ")
-                    ),
-                }),
+                Err(e) => {
+                    // A name the group took from `router_settings` is
+                    // reported once, where it was written.
+                    let path = if model.strategy == router.routing_strategy {
+                        "router_settings.routing_strategy".to_owned()
+                    } else {
+                        format!("model_list[{i}].routing_strategy")
+                    };
+                    if !issues.iter().any(|issue| issue.path == path) {
+                        issues.push(ConfigIssue {
+                            path,
+                            message: format!(
+                                "{e}; known strategies: {}",
+                                strategies.names().collect::<Vec<_>>().join(", ")
+                            ),
+                        });
+                    }
+                }
             }
             match ModelGroup::new(model.name.clone(), infos) {
                 Ok(group) => groups.push(group),

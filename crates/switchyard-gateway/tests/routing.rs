@@ -109,4 +109,15 @@ fn an_unknown_strategy_is_a_config_error_naming_the_key() {
         stderr.contains("least-busy"),
         "the error lists the known strategies: {stderr}"
     );
+    // A name every group takes from `router_settings` is reported once, there.
+    let config = "router_settings:\n  routing_strategy: fastest-please\nmodel_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n  - model_name: b\n    deployments:\n      - {provider: mock, model: m}\n";
+    let output = run_check_config(Path::new(BIN), config);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("router_settings.routing_strategy").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(!stderr.contains("model_list[1].routing_strategy"), "{stderr}");
 }
