@@ -83,6 +83,7 @@ async fn invoke_model_answers_like_the_anthropic_mock() {
             "output_tokens": 4,
             "cache_read_input_tokens": MOCK_CACHE_READ_TOKENS,
             "cache_creation_input_tokens": MOCK_CACHE_WRITE_TOKENS,
+            "cache_creation": {"ephemeral_5m_input_tokens": MOCK_CACHE_WRITE_TOKENS, "ephemeral_1h_input_tokens": 0},
         })
     );
     let request = mock.last_request().unwrap();
