@@ -95,7 +95,11 @@ impl Observed for Event {
             merged.prompt = seen.prompt;
             merged.cache_read = seen.cache_read;
             merged.cache_write = seen.cache_write;
-            merged.cache_write_1h = seen.cache_write_1h;
+            // `message_delta` repeats the counts without the writes'
+            // breakdown by time to live: `message_start`'s stands.
+            if found.get("cache_creation").is_some_and(serde_json::Value::is_object) {
+                merged.cache_write_1h = seen.cache_write_1h;
+            }
         }
         merged.completion = merged.completion.max(seen.completion);
         merged.web_searches = merged.web_searches.max(seen.web_searches);

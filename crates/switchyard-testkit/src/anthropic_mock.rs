@@ -377,17 +377,24 @@ impl Answer {
                 json!({"type": "content_block_stop", "index": index}),
             ));
         }
+        // As the current API does: cumulative counts, input and cache ones
+        // included, but no `cache_creation` breakdown.
+        let mut delta_usage = json!({
+            "input_tokens": self.usage.input,
+            "cache_read_input_tokens": self.usage.read,
+            "cache_creation_input_tokens": self.usage.write,
+            "output_tokens": output_tokens,
+        });
+        if self.usage.searches > 0 {
+            delta_usage["server_tool_use"] = json!({"web_search_requests": self.usage.searches});
+        }
         events.push(event(
             EventRole::Tail,
             "message_delta",
             json!({
                 "type": "message_delta",
                 "delta": {"stop_reason": self.reply.stop_reason, "stop_sequence": self.reply.stop_sequence},
-                "usage": if self.usage.searches > 0 {
-                    json!({"output_tokens": output_tokens, "server_tool_use": {"web_search_requests": self.usage.searches}})
-                } else {
-                    json!({"output_tokens": output_tokens})
-                },
+                "usage": delta_usage,
             }),
         ));
         events.push(event(EventRole::Stop, "message_stop", json!({"type": "message_stop"})));
