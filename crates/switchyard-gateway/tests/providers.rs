@@ -73,6 +73,10 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         yaml += &format!("  - model_name: {name}\n    deployments:\n");
         yaml += &deployment(provider, mock, &format!("{base_model}{suffix}"), &extra);
     }
+    if provider == "bedrock" {
+        yaml += "  - model_name: llama\n    deployments:\n";
+        yaml += &deployment(provider, mock, "meta.llama3-1-70b-instruct-v1:0", "");
+    }
     GatewayProcess::start_with(
         Path::new(BIN),
         &yaml,
@@ -572,12 +576,70 @@ async fn run_contract(provider: &str) {
             "{provider}: {events:?}"
         );
         assert_eq!(finish.as_deref(), Some("stop"), "{provider}");
-        // With the client's own tools it is refused, naming the field.
+        // Next to the client's own tools the JSON tool is offered, not
+        // forced: a model that calls a client tool gets the call back, one
+        // that answers in text gets its text.
         let mut both = with_tools(user("contract", "json and tools"));
         both["response_format"] = json!({"type": "json_object"});
-        let (status, body) = c.chat(both).await;
-        assert_eq!(status, 400, "{provider}: {body}");
-        assert_eq!(body["error"]["param"], "response_format", "{provider}: {body}");
+        let (status, body) = c.chat(both.clone()).await;
+        assert_eq!(status, 200, "{provider}: {body}");
+        assert_eq!(
+            body["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "get_weather",
+            "{provider}: {body}"
+        );
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls", "{provider}: {body}");
+        let seen = mock.last_request().unwrap();
+        let names: Vec<String> = if provider == "anthropic" {
+            seen.body["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["name"].as_str().unwrap().to_owned())
+                .collect()
+        } else {
+            seen.body["toolConfig"]["tools"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["toolSpec"]["name"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(
+            names,
+            ["get_weather", "get_time", "json_tool_call"],
+            "{provider}: {}",
+            seen.body
+        );
+        both["tool_choice"] = json!("auto");
+        for stream in [false, true] {
+            let (text, calls, finish) = if stream {
+                let (status, events) = c.stream(both.clone()).await;
+                assert_eq!(status, 200, "{provider}");
+                let (text, calls, finish, _) = reassemble(&events);
+                (text, calls.len(), finish)
+            } else {
+                let (status, body) = c.chat(both.clone()).await;
+                assert_eq!(status, 200, "{provider}: {body}");
+                let choice = &body["choices"][0];
+                (
+                    choice["message"]["content"].as_str().unwrap_or_default().to_owned(),
+                    choice["message"]["tool_calls"].as_array().map_or(0, Vec::len),
+                    choice["finish_reason"].as_str().map(str::to_owned),
+                )
+            };
+            assert_eq!(text, "mock reply: json and tools", "{provider} stream {stream}");
+            assert_eq!(calls, 0, "{provider} stream {stream}");
+            assert_eq!(finish.as_deref(), Some("stop"), "{provider} stream {stream}");
+        }
+    }
+    if provider == "bedrock" {
+        // Converse forces a named tool only on Claude and Nova: another
+        // model gets the request without `response_format`, as before.
+        let mut llama = user("llama", "give me json");
+        llama["response_format"] = json!({"type": "json_object"});
+        let (status, body) = c.chat(llama).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(mock.last_request().unwrap().body.get("toolConfig").is_none());
     }
 
     // Faults.

@@ -1,7 +1,8 @@
 //! OpenAI's `response_format` (`json_object`, `json_schema`) for providers
 //! without it (Anthropic, Bedrock Converse): the answer is asked for as the
-//! input of one forced tool whose schema is the requested one, and that
-//! input comes back to the client as the message's text.
+//! input of a tool whose schema is the requested one, and that input comes
+//! back to the client as the message's text. Alone, the tool is forced; next
+//! to the client's own tools, the model chooses between them.
 
 use serde_json::{Value, json};
 use switchyard_api::ChatCompletionRequest;
@@ -28,7 +29,6 @@ fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
 }
 
 /// The tool `req`'s `response_format` asks for; `None` for text answers.
-/// JSON answers cannot be combined with the client's own tools here.
 pub fn json_tool(req: &ChatCompletionRequest) -> Result<Option<JsonTool>> {
     let Some(format) = req.extra.get("response_format").filter(|f| !f.is_null()) else {
         return Ok(None);
@@ -42,20 +42,25 @@ pub fn json_tool(req: &ChatCompletionRequest) -> Result<Option<JsonTool>> {
         },
         Some("json_schema") => {
             let spec = format.get("json_schema");
-            let schema = spec
+            let mut schema = spec
                 .and_then(|s| s.get("schema"))
                 .filter(|s| s.is_object())
                 .cloned()
                 .unwrap_or_else(|| json!({"type": "object"}));
-            if schema
-                .get("type")
-                .and_then(Value::as_str)
-                .is_some_and(|t| t != "object")
-            {
-                return Err(invalid(
-                    "this provider answers JSON through a tool, whose schema must describe an object",
-                    "response_format.json_schema.schema",
-                ));
+            // A tool's input is an object: a schema for anything else, or a
+            // choice at its root, cannot be one.
+            let root_choice = ["anyOf", "oneOf", "allOf"].iter().any(|k| schema.get(*k).is_some());
+            match schema.get("type") {
+                None if !root_choice => {
+                    schema["type"] = json!("object");
+                }
+                Some(Value::String(t)) if t == "object" && !root_choice => {}
+                _ => {
+                    return Err(invalid(
+                        "this provider answers JSON through a tool, whose schema must describe an object (`type: object`, no anyOf, oneOf or allOf at the root)",
+                        "response_format.json_schema.schema",
+                    ));
+                }
             }
             let description = spec
                 .and_then(|s| s.get("description"))
@@ -73,22 +78,21 @@ pub fn json_tool(req: &ChatCompletionRequest) -> Result<Option<JsonTool>> {
             ));
         }
     };
-    let offers_tools = req
-        .extra
-        .get("tools")
-        .and_then(Value::as_array)
-        .is_some_and(|t| !t.is_empty())
-        && req.extra.get("tool_choice").and_then(Value::as_str) != Some("none");
-    if offers_tools {
-        return Err(invalid(
-            "a JSON `response_format` together with `tools` is not supported by this provider",
-            "response_format",
-        ));
-    }
     Ok(Some(tool))
 }
 
-/// The finish reason of a JSON answer: its tool call is the answer.
+/// Whether `req` offers the model tools it may call (a `tool_choice` of
+/// `none` offers none): the JSON tool then goes next to them, unforced.
+pub fn offers_tools(req: &ChatCompletionRequest) -> bool {
+    req.extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+        && req.extra.get("tool_choice").and_then(Value::as_str) != Some("none")
+}
+
+/// The finish reason of a JSON answer: its tool call is the answer (`json`:
+/// the answer is JSON and called none of the client's tools).
 pub(crate) fn json_finish(finish: String, json: bool) -> String {
     if json && finish == "tool_calls" {
         "stop".to_owned()
@@ -126,13 +130,30 @@ mod tests {
         let tool = json_tool(&req(with_schema.clone())).unwrap().unwrap();
         assert_eq!(tool.schema, schema);
         assert!(tool.description.ends_with("Where."), "{}", tool.description);
-        // With the client's tools it is refused, naming the field.
+        // Next to the client's tools it is offered, not forced.
+        assert!(!offers_tools(&req(with_schema.clone())));
         with_schema["tools"] = json!([{"type": "function", "function": {"name": "f"}}]);
-        let err = json_tool(&req(with_schema)).unwrap_err();
-        assert!(matches!(err, ProviderError::InvalidRequest { param: Some(p), .. } if p == "response_format"));
-        let mut array = base;
-        array["response_format"] =
-            json!({"type": "json_schema", "json_schema": {"name": "l", "schema": {"type": "array"}}});
-        assert!(json_tool(&req(array)).is_err());
+        assert!(json_tool(&req(with_schema.clone())).unwrap().is_some());
+        assert!(offers_tools(&req(with_schema.clone())));
+        with_schema["tool_choice"] = json!("none");
+        assert!(!offers_tools(&req(with_schema)));
+        // A schema without a root type describes an object; one for another
+        // type, or with a choice at its root, is refused, naming the field.
+        let mut untyped = base.clone();
+        untyped["response_format"] =
+            json!({"type": "json_schema", "json_schema": {"name": "u", "schema": {"properties": {}}}});
+        assert_eq!(
+            json_tool(&req(untyped)).unwrap().unwrap().schema,
+            json!({"type": "object", "properties": {}})
+        );
+        for schema in [json!({"type": "array"}), json!({"anyOf": [{"type": "object"}]})] {
+            let mut bad = base.clone();
+            bad["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "l", "schema": schema}});
+            let err = json_tool(&req(bad)).unwrap_err();
+            assert!(
+                matches!(err, ProviderError::InvalidRequest { param: Some(ref p), .. } if p == "response_format.json_schema.schema"),
+                "{err:?}"
+            );
+        }
     }
 }

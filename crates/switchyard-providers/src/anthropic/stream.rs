@@ -28,11 +28,25 @@ struct Converter {
     /// The request asked for a JSON answer: the JSON tool's input is streamed
     /// as text.
     json: bool,
-    /// The JSON tool's block index.
+    /// The JSON tool's block index (the first one: two answers would not
+    /// make one JSON text).
     json_block: Option<u32>,
+    /// Later JSON tool blocks, left out.
+    extra_json_blocks: Vec<u32>,
+    /// Text of a JSON answer held back: left out if the JSON tool answers,
+    /// passed on if the model answers in text instead.
+    held: String,
 }
 
 impl Converter {
+    /// Passes held text on, unless the JSON tool answered.
+    fn release(&mut self, out: &mut VecDeque<Result<StreamChunk>>) {
+        if self.json_block.is_none() && !self.held.is_empty() {
+            let text = std::mem::take(&mut self.held);
+            out.push_back(self.out.text(text));
+        }
+    }
+
     /// The chunks one event produces.
     fn on_event(&mut self, event: StreamEvent, out: &mut VecDeque<Result<StreamChunk>>) {
         match event {
@@ -47,9 +61,15 @@ impl Converter {
                     && content_block.kind == "tool_use"
                     && content_block.name.as_deref() == Some(JSON_TOOL) =>
             {
-                self.json_block = Some(index);
+                if self.json_block.is_none() {
+                    self.json_block = Some(index);
+                    self.held.clear();
+                } else {
+                    self.extra_json_blocks.push(index);
+                }
             }
             StreamEvent::ContentBlockStart { index, content_block } if content_block.kind == "tool_use" => {
+                self.release(out);
                 let tool_index = self.tools.len() as u32;
                 self.tools.insert(index, tool_index);
                 let id = content_block.id.unwrap_or_default();
@@ -57,11 +77,16 @@ impl Converter {
                 out.push_back(self.out.tool_start(tool_index, &id, &name));
             }
             StreamEvent::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
-                "text_delta" if self.json => {}
+                "text_delta" if self.json => {
+                    if self.json_block.is_none() {
+                        self.held.push_str(delta.text.as_deref().unwrap_or_default());
+                    }
+                }
                 "text_delta" => out.push_back(self.out.text(delta.text.unwrap_or_default())),
                 "input_json_delta" if self.json_block == Some(index) => {
                     out.push_back(self.out.text(delta.partial_json.unwrap_or_default()));
                 }
+                "input_json_delta" if self.extra_json_blocks.contains(&index) => {}
                 "input_json_delta" => {
                     let Some(&tool_index) = self.tools.get(&index) else {
                         out.push_back(Err(ProviderError::Stream(format!(
@@ -77,6 +102,7 @@ impl Converter {
                 _ => {}
             },
             StreamEvent::MessageDelta { delta, usage: u } => {
+                self.release(out);
                 self.usage.output_tokens = u.output_tokens;
                 if u.input_tokens > 0 {
                     self.usage.input_tokens = u.input_tokens;
@@ -87,7 +113,8 @@ impl Converter {
                 if u.cache_creation_input_tokens.is_some() {
                     self.usage.cache_creation_input_tokens = u.cache_creation_input_tokens;
                 }
-                let finish = finish_reason(delta.stop_reason.as_deref()).map(|f| json_finish(f, self.json));
+                let finish = finish_reason(delta.stop_reason.as_deref())
+                    .map(|f| json_finish(f, self.json && self.tools.is_empty()));
                 out.push_back(self.out.finish(finish));
             }
             StreamEvent::MessageStop => {
@@ -116,6 +143,8 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         finished: false,
         json,
         json_block: None,
+        extra_json_blocks: Vec::new(),
+        held: String::new(),
     };
     let state = (events, converter, VecDeque::<Result<StreamChunk>>::new(), false);
     let chunks = stream::unfold(state, |(mut events, mut conv, mut queue, mut failed)| async move {

@@ -332,3 +332,77 @@ fn empty_text_parts_legacy_functions_and_tool_ids_fit_anthropic() {
         ));
     }
 }
+
+#[tokio::test]
+async fn a_json_answer_is_the_first_json_tool_input_alone() {
+    // Text before the JSON tool, and a second JSON tool block, are left out.
+    let response: MessagesResponse = serde_json::from_value(json!({
+        "id": "msg_j", "type": "message", "role": "assistant", "model": "claude",
+        "content": [{"type": "text", "text": "Here it is:"},
+                    {"type": "tool_use", "id": "t1", "name": "json_tool_call", "input": {"a": 1}},
+                    {"type": "tool_use", "id": "t2", "name": "json_tool_call", "input": {"b": 2}}],
+        "stop_reason": "tool_use", "stop_sequence": null,
+        "usage": {"input_tokens": 3, "output_tokens": 4}
+    }))
+    .unwrap();
+    let chat = serde_json::to_value(to_chat_response(response, 1, true)).unwrap();
+    assert_eq!(chat["choices"][0]["message"]["content"], r#"{"a":1}"#);
+    assert_eq!(chat["choices"][0]["finish_reason"], "stop");
+    assert!(
+        chat["choices"][0]["message"]
+            .get("tool_calls")
+            .is_none_or(Value::is_null)
+    );
+
+    let start = |index: u32, name: &str| {
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": index,
+                "content_block": {"type": "tool_use", "id": format!("t{index}"), "name": name, "input": {}}}),
+        )
+    };
+    let piece = |index: u32, json: &str| {
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": json}}),
+        )
+    };
+    let stream = vec![
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_s", "type": "message", "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 3, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Here it is:"}}),
+        ),
+        start(1, "json_tool_call"),
+        piece(1, r#"{"a":"#),
+        piece(1, "1}"),
+        start(2, "json_tool_call"),
+        piece(2, r#"{"b":2}"#),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use"}, "usage": {"output_tokens": 4}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let chunks: Vec<_> = to_chat_chunks(events(&stream), false, 1, true).collect().await;
+    let mut text = String::new();
+    let mut finish = None;
+    for chunk in chunks {
+        let chunk: ChatCompletionChunk = serde_json::from_slice(&chunk.unwrap().data).unwrap();
+        let choice = serde_json::to_value(&chunk).unwrap()["choices"][0].clone();
+        text.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+        assert!(choice["delta"].get("tool_calls").is_none_or(Value::is_null), "{choice}");
+        if let Some(f) = choice["finish_reason"].as_str() {
+            finish = Some(f.to_owned());
+        }
+    }
+    assert_eq!(text, r#"{"a":1}"#);
+    assert_eq!(finish.as_deref(), Some("stop"));
+}

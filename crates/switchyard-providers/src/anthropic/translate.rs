@@ -10,7 +10,7 @@ use switchyard_api::{
 };
 
 use crate::chunks::{chat_response, tool_call, tool_use_id};
-use crate::json_mode::{JSON_TOOL, json_finish, json_tool};
+use crate::json_mode::{JSON_TOOL, json_finish, json_tool, offers_tools};
 use crate::{ProviderError, Result};
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -288,17 +288,27 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         }
         None => None,
     };
-    // A JSON `response_format` is asked for as one forced tool's input.
+    // A JSON `response_format` is asked for as a tool's input: forced when
+    // alone, offered next to the client's tools otherwise.
     let (tools, tool_choice) = match json_tool(req)? {
-        Some(json) => (
-            Some(vec![Tool {
+        Some(json) => {
+            let tool = Tool {
                 name: JSON_TOOL.to_owned(),
                 description: Some(json.description),
                 input_schema: Some(json.schema),
                 extra: Extra::new(),
-            }]),
-            Some(json!({"type": "tool", "name": JSON_TOOL})),
-        ),
+            };
+            match tools {
+                Some(mut list) if offers_tools(req) => {
+                    list.push(tool);
+                    (Some(list), tool_choice)
+                }
+                _ => (
+                    Some(vec![tool]),
+                    Some(json!({"type": "tool", "name": JSON_TOOL, "disable_parallel_tool_use": true})),
+                ),
+            }
+        }
         None => (tools, tool_choice),
     };
     let mut extra = Extra::new();
@@ -371,16 +381,22 @@ pub fn usage(u: &MessagesUsage) -> Usage {
 
 /// The OpenAI chat response for an Anthropic response. With `json` (the
 /// request asked for a JSON `response_format`), the JSON tool's input is the
-/// message's text and the answer finishes with `stop`.
+/// message's text (the model's own text only when it did not use the tool)
+/// and the answer finishes with `stop`.
 pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> ChatCompletionResponse {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut answered = false;
     for block in &resp.content {
         match block.kind.as_str() {
-            "text" if json => {}
+            "text" if answered => {}
             "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
+            // The first JSON answer is the answer (two would not be JSON).
             "tool_use" if json && block.name.as_deref() == Some(JSON_TOOL) => {
-                text.push_str(&block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string));
+                if !answered {
+                    answered = true;
+                    text = block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string);
+                }
             }
             "tool_use" => calls.push(tool_call(
                 block.id.clone().unwrap_or_default(),
@@ -390,7 +406,7 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> Cha
             _ => {}
         }
     }
-    let finish = finish_reason(resp.stop_reason.as_deref()).map(|f| json_finish(f, json));
+    let finish = finish_reason(resp.stop_reason.as_deref()).map(|f| json_finish(f, json && calls.is_empty()));
     chat_response(
         resp.id,
         resp.model,

@@ -14,7 +14,7 @@ use switchyard_api::anthropic::MessagesUsage;
 use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, Extra, MessageContent, Role, Usage};
 
 use crate::chunks::{chat_response, tool_call, tool_use_id};
-use crate::json_mode::{JSON_TOOL, json_finish, json_tool};
+use crate::json_mode::{JSON_TOOL, JsonTool, json_finish, json_tool};
 use crate::{ProviderError, Result};
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -165,25 +165,43 @@ fn offered_tools(req: &ChatCompletionRequest) -> Option<&Vec<Value>> {
         .filter(|t| !t.is_empty())
 }
 
+/// The JSON tool a `response_format` asks for, on models that Converse lets
+/// a request force a named tool on (Claude and Nova). Other models get the
+/// request without it, as Converse has no `response_format`.
+pub(crate) fn json_mode(req: &ChatCompletionRequest) -> Result<Option<JsonTool>> {
+    let model = req.model.as_str();
+    if model.contains("anthropic.claude") || model.starts_with("claude") || model.contains("amazon.nova") {
+        json_tool(req)
+    } else {
+        Ok(None)
+    }
+}
+
 fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
-    // A JSON `response_format` is asked for as one forced tool's input.
-    if let Some(json) = json_tool(req)? {
-        let spec = ToolSpecification::builder()
-            .name(JSON_TOOL)
-            .description(json.description)
-            .input_schema(ToolInputSchema::Json(to_document(&json.schema)))
-            .build();
+    // A JSON `response_format` is asked for as a tool's input: forced when
+    // alone, offered next to the client's tools otherwise.
+    let json = json_mode(req)?
+        .map(|json| {
+            let spec = ToolSpecification::builder()
+                .name(JSON_TOOL)
+                .description(json.description)
+                .input_schema(ToolInputSchema::Json(to_document(&json.schema)))
+                .build();
+            built(spec, "response_format").map(Tool::ToolSpec)
+        })
+        .transpose()?;
+    let Some(tools) = offered_tools(req) else {
+        let Some(json) = json else {
+            return Ok(None);
+        };
         let config = ToolConfiguration::builder()
-            .tools(Tool::ToolSpec(built(spec, "response_format")?))
+            .tools(json)
             .tool_choice(ToolChoice::Tool(built(
                 SpecificToolChoice::builder().name(JSON_TOOL).build(),
                 "response_format",
             )?))
             .build();
         return Ok(Some(built(config, "response_format")?));
-    }
-    let Some(tools) = offered_tools(req) else {
-        return Ok(None);
     };
     let mut specs = Vec::new();
     for (i, tool) in tools.iter().enumerate() {
@@ -206,6 +224,7 @@ fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>>
             .build();
         specs.push(Tool::ToolSpec(built(spec, &param)?));
     }
+    specs.extend(json);
     let choice = match req.extra.get("tool_choice") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s == "auto" => Some(ToolChoice::Auto(AutoToolChoice::builder().build())),
@@ -396,13 +415,18 @@ pub(crate) fn to_chat_response(
 ) -> ChatCompletionResponse {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut answered = false;
     if let Some(message) = output.output.as_ref().and_then(|o| o.as_message().ok()) {
         for block in &message.content {
             match block {
-                ContentBlock::Text(_) if json => {}
+                ContentBlock::Text(_) if answered => {}
                 ContentBlock::Text(t) => text.push_str(t),
+                // The first JSON answer is the answer (two would not be JSON).
                 ContentBlock::ToolUse(tool) if json && tool.name == JSON_TOOL => {
-                    text.push_str(&from_document(&tool.input).to_string());
+                    if !answered {
+                        answered = true;
+                        text = from_document(&tool.input).to_string();
+                    }
                 }
                 ContentBlock::ToolUse(tool) => calls.push(tool_call(
                     tool.tool_use_id.clone(),
@@ -413,7 +437,10 @@ pub(crate) fn to_chat_response(
             }
         }
     }
-    let finish = Some(json_finish(finish_reason(&output.stop_reason), json));
+    let finish = Some(json_finish(
+        finish_reason(&output.stop_reason),
+        json && calls.is_empty(),
+    ));
     chat_response(
         id,
         model,

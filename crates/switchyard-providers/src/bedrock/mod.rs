@@ -340,7 +340,7 @@ impl Provider for BedrockProvider {
                 with_converse_input!(self.client().await.converse(), self.target(&req.model), input).send(),
             )
             .await?;
-        let json = crate::json_mode::json_tool(req)?.is_some();
+        let json = convert::json_mode(req)?.is_some();
         let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now(), json);
         let usage = response.usage.clone();
         let body = serde_json::to_vec(&response)
@@ -372,7 +372,7 @@ impl Provider for BedrockProvider {
             req.wants_stream_usage(),
             self.settings.timeouts.first_byte,
             deadline,
-            crate::json_mode::json_tool(req)?.is_some(),
+            convert::json_mode(req)?.is_some(),
         ))
     }
 

@@ -26,31 +26,56 @@ struct Converter {
     /// The request asked for a JSON answer: the JSON tool's input is
     /// streamed as text.
     json: bool,
-    /// The JSON tool's block index.
+    /// The JSON tool's block index (the first one: two answers would not
+    /// make one JSON text).
     json_block: Option<i32>,
+    /// Later JSON tool blocks, left out.
+    extra_json_blocks: Vec<i32>,
+    /// Text of a JSON answer held back: left out if the JSON tool answers,
+    /// passed on if the model answers in text instead.
+    held: String,
 }
 
 impl Converter {
+    /// Passes held text on, unless the JSON tool answered.
+    fn release(&mut self, out: &mut VecDeque<Result<StreamChunk>>) {
+        if self.json_block.is_none() && !self.held.is_empty() {
+            let text = std::mem::take(&mut self.held);
+            out.push_back(self.out.text(text));
+        }
+    }
+
     fn on_event(&mut self, event: ConverseStreamOutput, out: &mut VecDeque<Result<StreamChunk>>) {
         match event {
             ConverseStreamOutput::MessageStart(_) => out.push_back(self.out.role()),
             ConverseStreamOutput::ContentBlockStart(start) => {
                 if let Some(ContentBlockStart::ToolUse(tool)) = start.start {
                     if self.json && tool.name == JSON_TOOL {
-                        self.json_block = Some(start.content_block_index);
+                        if self.json_block.is_none() {
+                            self.json_block = Some(start.content_block_index);
+                            self.held.clear();
+                        } else {
+                            self.extra_json_blocks.push(start.content_block_index);
+                        }
                         return;
                     }
+                    self.release(out);
                     let index = self.tools.len() as u32;
                     self.tools.insert(start.content_block_index, index);
                     out.push_back(self.out.tool_start(index, &tool.tool_use_id, &tool.name));
                 }
             }
             ConverseStreamOutput::ContentBlockDelta(delta) => match delta.delta {
-                Some(ContentBlockDelta::Text(_)) if self.json => {}
+                Some(ContentBlockDelta::Text(text)) if self.json => {
+                    if self.json_block.is_none() {
+                        self.held.push_str(&text);
+                    }
+                }
                 Some(ContentBlockDelta::Text(text)) => out.push_back(self.out.text(text)),
                 Some(ContentBlockDelta::ToolUse(tool)) if self.json_block == Some(delta.content_block_index) => {
                     out.push_back(self.out.text(tool.input));
                 }
+                Some(ContentBlockDelta::ToolUse(_)) if self.extra_json_blocks.contains(&delta.content_block_index) => {}
                 Some(ContentBlockDelta::ToolUse(tool)) => match self.tools.get(&delta.content_block_index) {
                     Some(&index) => out.push_back(self.out.tool_arguments(index, tool.input)),
                     None => out.push_back(Err(ProviderError::Stream(format!(
@@ -61,8 +86,9 @@ impl Converter {
                 _ => {}
             },
             ConverseStreamOutput::MessageStop(stop) => {
+                self.release(out);
                 self.stopped = true;
-                let finish = json_finish(finish_reason(&stop.stop_reason), self.json);
+                let finish = json_finish(finish_reason(&stop.stop_reason), self.json && self.tools.is_empty());
                 out.push_back(self.out.finish(Some(finish)));
             }
             ConverseStreamOutput::Metadata(metadata) => {
@@ -99,6 +125,8 @@ pub(crate) fn to_chat_chunks(
         finished: false,
         json,
         json_block: None,
+        extra_json_blocks: Vec::new(),
+        held: String::new(),
     };
     let state = (receiver, converter, VecDeque::<Result<StreamChunk>>::new(), false, true);
     let chunks = stream::unfold(
