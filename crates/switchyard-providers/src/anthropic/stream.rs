@@ -77,11 +77,10 @@ impl Converter {
                 out.push_back(self.out.tool_start(tool_index, &id, &name));
             }
             StreamEvent::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
-                "text_delta" if self.json => {
-                    if self.json_block.is_none() {
-                        self.held.push_str(delta.text.as_deref().unwrap_or_default());
-                    }
+                "text_delta" if self.json && self.json_block.is_none() => {
+                    self.held.push_str(delta.text.as_deref().unwrap_or_default());
                 }
+                "text_delta" if self.json => {}
                 "text_delta" => out.push_back(self.out.text(delta.text.unwrap_or_default())),
                 "input_json_delta" if self.json_block == Some(index) => {
                     out.push_back(self.out.text(delta.partial_json.unwrap_or_default()));

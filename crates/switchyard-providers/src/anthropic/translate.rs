@@ -392,12 +392,11 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> Cha
             "text" if answered => {}
             "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
             // The first JSON answer is the answer (two would not be JSON).
-            "tool_use" if json && block.name.as_deref() == Some(JSON_TOOL) => {
-                if !answered {
-                    answered = true;
-                    text = block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string);
-                }
+            "tool_use" if json && block.name.as_deref() == Some(JSON_TOOL) && !answered => {
+                answered = true;
+                text = block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string);
             }
+            "tool_use" if json && block.name.as_deref() == Some(JSON_TOOL) => {}
             "tool_use" => calls.push(tool_call(
                 block.id.clone().unwrap_or_default(),
                 block.name.clone().unwrap_or_default(),

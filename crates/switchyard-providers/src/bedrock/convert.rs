@@ -422,12 +422,11 @@ pub(crate) fn to_chat_response(
                 ContentBlock::Text(_) if answered => {}
                 ContentBlock::Text(t) => text.push_str(t),
                 // The first JSON answer is the answer (two would not be JSON).
-                ContentBlock::ToolUse(tool) if json && tool.name == JSON_TOOL => {
-                    if !answered {
-                        answered = true;
-                        text = from_document(&tool.input).to_string();
-                    }
+                ContentBlock::ToolUse(tool) if json && tool.name == JSON_TOOL && !answered => {
+                    answered = true;
+                    text = from_document(&tool.input).to_string();
                 }
+                ContentBlock::ToolUse(tool) if json && tool.name == JSON_TOOL => {}
                 ContentBlock::ToolUse(tool) => calls.push(tool_call(
                     tool.tool_use_id.clone(),
                     tool.name.clone(),

@@ -66,11 +66,10 @@ impl Converter {
                 }
             }
             ConverseStreamOutput::ContentBlockDelta(delta) => match delta.delta {
-                Some(ContentBlockDelta::Text(text)) if self.json => {
-                    if self.json_block.is_none() {
-                        self.held.push_str(&text);
-                    }
+                Some(ContentBlockDelta::Text(text)) if self.json && self.json_block.is_none() => {
+                    self.held.push_str(&text);
                 }
+                Some(ContentBlockDelta::Text(_)) if self.json => {}
                 Some(ContentBlockDelta::Text(text)) => out.push_back(self.out.text(text)),
                 Some(ContentBlockDelta::ToolUse(tool)) if self.json_block == Some(delta.content_block_index) => {
                     out.push_back(self.out.text(tool.input));
