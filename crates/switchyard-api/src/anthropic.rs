@@ -217,8 +217,8 @@ impl MessagesRequest {
 
     /// Removes the `thinking` blocks that carry no `signature` from the
     /// conversation (reasoning another model produced, which Claude refuses
-    /// to be sent back) and says how many there were. A message left with
-    /// no block keeps them.
+    /// to be sent back) and says how many there were. A message made of
+    /// nothing else keeps their text, as text blocks.
     pub fn drop_unsigned_thinking(&mut self) -> usize {
         let unsigned = |b: &ContentBlock| {
             b.kind == "thinking"
@@ -234,6 +234,17 @@ impl MessagesRequest {
                 if n > 0 && n < blocks.len() {
                     blocks.retain(|b| !unsigned(b));
                     dropped += n;
+                } else if n > 0 {
+                    let texts: Vec<ContentBlock> = blocks
+                        .iter()
+                        .filter_map(|b| b.extra.get("thinking").and_then(serde_json::Value::as_str))
+                        .filter(|t| !t.trim().is_empty())
+                        .map(ContentBlock::text)
+                        .collect();
+                    if !texts.is_empty() {
+                        *blocks = texts;
+                        dropped += n;
+                    }
                 }
             }
         }

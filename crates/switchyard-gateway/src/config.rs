@@ -697,6 +697,8 @@ pub struct ModelSpec {
     pub name: String,
     /// Routing strategy name.
     pub strategy: String,
+    /// Whether the group named its strategy (else it is `router_settings`').
+    pub strategy_named: bool,
     /// Groups tried when every attempt on this one failed.
     pub fallbacks: Vec<String>,
     /// Groups tried when the prompt exceeds the context window.
@@ -1125,12 +1127,14 @@ fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<Confi
     let optional = |value: Option<f64>, field: &str, issues: &mut Vec<ConfigIssue>| {
         value.map(|v| check_price(Some(v), &format!("{path}.{field}"), issues))
     };
+    let input = check_price(
+        entry.input_cost_per_token,
+        &format!("{path}.input_cost_per_token"),
+        issues,
+    );
+    let known = switchyard_policy::price::builtin(entry.base_model.as_deref().unwrap_or(&entry.model));
     switchyard_policy::Prices {
-        input: check_price(
-            entry.input_cost_per_token,
-            &format!("{path}.input_cost_per_token"),
-            issues,
-        ),
+        input,
         output: check_price(
             entry.output_cost_per_token,
             &format!("{path}.output_cost_per_token"),
@@ -1142,14 +1146,16 @@ fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<Confi
             "cache_creation_input_token_cost",
             issues,
         ),
+        // A well-known Claude model's hour-long writes cost twice its
+        // configured input price, as Anthropic bills them.
         cache_write_1h: optional(
             entry.cache_creation_input_token_cost_above_1hr,
             "cache_creation_input_token_cost_above_1hr",
             issues,
-        ),
+        )
+        .or_else(|| known.and_then(|p| p.cache_write_1h).map(|_| input * 2.0)),
         // Configured token prices leave a well-known model's per-search price.
-        web_search: switchyard_policy::price::builtin(entry.base_model.as_deref().unwrap_or(&entry.model))
-            .and_then(|p| p.web_search),
+        web_search: known.and_then(|p| p.web_search),
     }
 }
 
@@ -1327,6 +1333,7 @@ impl Config {
                 .collect();
             models.push(ModelSpec {
                 name: name.to_owned(),
+                strategy_named: entry.routing_strategy.is_some(),
                 strategy: entry
                     .routing_strategy
                     .clone()

@@ -336,7 +336,7 @@ impl AppState {
                 Err(e) => {
                     // A name the group took from `router_settings` is
                     // reported once, where it was written.
-                    let path = if model.strategy == router.routing_strategy {
+                    let path = if !model.strategy_named {
                         "router_settings.routing_strategy".to_owned()
                     } else {
                         format!("model_list[{i}].routing_strategy")

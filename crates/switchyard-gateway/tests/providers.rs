@@ -431,6 +431,9 @@ async fn run_contract(provider: &str) {
                     {"type": "text", "text": "4"}]},
                 {"role": "user", "content": "and 3 + 3?"},
                 {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "only reasoning here"}]},
+                {"role": "user", "content": "go on"},
+                {"role": "assistant", "content": [
                     {"type": "thinking", "thinking": "from Claude", "signature": "c2lnbmVk"},
                     {"type": "text", "text": "6"}]},
                 {"role": "user", "content": "thanks"}
@@ -440,13 +443,19 @@ async fn run_contract(provider: &str) {
             .unwrap();
         assert_eq!(response.status(), 200, "{provider}: {}", response.text().await.unwrap());
         let sent = mock.last_request().unwrap().body;
+        // A message of nothing but unsigned thinking keeps its text.
+        assert_eq!(
+            sent["messages"][3]["content"],
+            json!([{"type": "text", "text": "only reasoning here"}]),
+            "{provider}: {sent}"
+        );
         assert_eq!(
             sent["messages"][1]["content"],
             json!([{"type": "text", "text": "4"}]),
             "{provider}: {sent}"
         );
         assert_eq!(
-            sent["messages"][3]["content"][0]["signature"], "c2lnbmVk",
+            sent["messages"][5]["content"][0]["signature"], "c2lnbmVk",
             "{provider}: {sent}"
         );
 

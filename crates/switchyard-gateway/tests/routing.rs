@@ -120,4 +120,13 @@ fn an_unknown_strategy_is_a_config_error_naming_the_key() {
         "{stderr}"
     );
     assert!(!stderr.contains("model_list[1].routing_strategy"), "{stderr}");
+    // A group that names the same unknown strategy itself is named too.
+    let named = config.replace(
+        "model_name: b\n",
+        "model_name: b\n    routing_strategy: fastest-please\n",
+    );
+    let output = run_check_config(Path::new(BIN), &named);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("model_list[1].routing_strategy"), "{stderr}");
+    assert!(stderr.contains("router_settings.routing_strategy"), "{stderr}");
 }

@@ -97,6 +97,10 @@ impl Metrics {
                 "Tokens, by model group, deployment and direction (input, output)."
             );
             describe_counter!(
+                "switchyard_cache_skipped",
+                "Cache lookups and stores not sent to a Redis cache that kept failing."
+            );
+            describe_counter!(
                 "switchyard_cost_nanousd",
                 "Spend in billionths of a USD (exact, as charged), by model group and whether it was a cache hit."
             );

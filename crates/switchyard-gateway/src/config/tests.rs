@@ -304,3 +304,16 @@ fn cors_origins_are_origins() {
         .unwrap();
     with("[\"*\"]").validate(&env(&[])).unwrap();
 }
+
+#[test]
+fn configured_claude_prices_keep_the_hour_long_write_rule() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: anthropic\n        model: claude-sonnet-4-5-20250929\n        api_key: k\n        input_cost_per_token: 0.000004\n        output_cost_per_token: 0.00002\n      - provider: anthropic\n        model: claude-sonnet-4-5\n        api_key: k\n        input_cost_per_token: 0.000004\n        cache_creation_input_token_cost_above_1hr: 0.00001\n      - provider: openai\n        model: gpt-4o\n        api_key: k\n        input_cost_per_token: 0.000004\n",
+    )
+    .unwrap();
+    let models = config.validate(&env(&[])).unwrap();
+    let prices: Vec<Option<f64>> = models[0].deployments.iter().map(|d| d.prices.cache_write_1h).collect();
+    // Twice the configured input price on Claude, the configured price
+    // when there is one, none for other models.
+    assert_eq!(prices, [Some(0.000008), Some(0.00001), None]);
+}

@@ -314,11 +314,19 @@ fn empty_text_parts_legacy_functions_and_tool_ids_fit_anthropic() {
     let call = &out["messages"][1]["content"][0];
     assert_eq!(call["type"], "tool_use");
     // An id Anthropic would refuse becomes one it takes, the same in the call and its result.
-    assert_eq!(call["id"], "functions_get_weather_0");
-    assert_eq!(
-        out["messages"][2]["content"][0]["tool_use_id"],
-        "functions_get_weather_0"
+    let id = call["id"].as_str().unwrap();
+    assert!(id.starts_with("functions_get_weather_0_"), "{id}");
+    assert!(
+        id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'),
+        "{id}"
     );
+    assert_eq!(out["messages"][2]["content"][0]["tool_use_id"], id);
+    // Ids that differ only in the characters replaced stay apart; ids that fit stay as they are.
+    assert_ne!(
+        crate::chunks::tool_use_id("call.1"),
+        crate::chunks::tool_use_id("call:1")
+    );
+    assert_eq!(crate::chunks::tool_use_id("toolu_01-A"), "toolu_01-A");
 
     for legacy in [
         json!({"model": "m", "functions": [{"name": "f"}], "messages": [{"role": "user", "content": "x"}]}),
