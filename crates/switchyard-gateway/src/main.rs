@@ -153,6 +153,30 @@ async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
+/// Without a master key the gateway is open: a request with no key, or an
+/// unknown one, is served without limits. Virtual keys stored by an earlier
+/// run (in `data_dir` or Redis) would then limit nobody who leaves them out,
+/// so a gateway that holds some does not start without its master key (a
+/// missing secret after a restart, say). A Redis that cannot be read now is
+/// not waited for.
+async fn refuse_open_with_stored_keys(state: &switchyard_gateway::AppState) -> anyhow::Result<()> {
+    if state.policy.auth_required() {
+        return Ok(());
+    }
+    let listed = tokio::time::timeout(Duration::from_secs(5), state.policy.list_keys()).await;
+    if let Ok(Ok(keys)) = listed
+        && !keys.is_empty()
+    {
+        anyhow::bail!(
+            "policy.master_key: {} virtual key(s) are stored but no master key is set; without one every client \
+             route would be open and those keys' limits and budgets could be skipped by leaving the key out \
+             (set policy.master_key or SWITCHYARD_MASTER_KEY)",
+            keys.len()
+        );
+    }
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let overrides = Overrides {
         host: cli.host,
@@ -178,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let request_log = state.request_log.clone();
     state.start_learned().await?;
     state.start_policy().await?;
+    refuse_open_with_stored_keys(&state).await?;
     let listener = switchyard_gateway::bind(&state)
         .await
         .with_context(|| format!("cannot listen on {}:{}", state.server.host, state.server.port))?;

@@ -1118,3 +1118,47 @@ async fn leave_mid_request(gw: &GatewayProcess, key: &str) {
     drop(socket);
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
+
+/// A restart that lost its master key (a missing secret) does not come up
+/// open while virtual keys are stored: their limits and budgets could be
+/// skipped by leaving the key out.
+#[tokio::test]
+async fn stored_keys_keep_a_gateway_without_its_master_key_from_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(dir.path(), "", 0);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    generate(&gw, json!({"key_alias": "kept", "max_budget": 1.0})).await;
+    drop(gw);
+    let without_master = yaml.replace(&format!("  master_key: {MASTER}\n"), "");
+    assert_ne!(without_master, yaml);
+    let config_path = dir.path().join("config.yaml");
+    std::fs::write(&config_path, &without_master).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--port", "0"])
+        .env_remove("SWITCHYARD_MASTER_KEY")
+        .env_remove("LITELLM_MASTER_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the gateway started open although virtual keys are stored");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("policy.master_key") && stderr.contains("1 virtual key"),
+        "{stderr}"
+    );
+}
