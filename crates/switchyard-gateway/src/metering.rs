@@ -398,6 +398,50 @@ pub(crate) fn openai_usage(usage: &Usage) -> TokenUsage {
     }
 }
 
+/// Output tokens of a chat or completion answer that reported no usage:
+/// about one per four characters of what it generated (text, reasoning,
+/// tool-call arguments), at least one per choice, so that an upstream that
+/// leaves `usage` out does not make the output free.
+pub(crate) fn output_estimate(body: &[u8]) -> u64 {
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    let Some(choices) = answer.get("choices").and_then(Value::as_array) else {
+        return 0;
+    };
+    let text_len = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => s.chars().count(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .map(|t| t.chars().count())
+            .sum(),
+        _ => 0,
+    };
+    choices
+        .iter()
+        .map(|choice| {
+            let message = choice.get("message");
+            let field = |name: &str| message.and_then(|m| m.get(name));
+            let calls: usize = field("tool_calls")
+                .and_then(Value::as_array)
+                .map(|calls| {
+                    calls
+                        .iter()
+                        .map(|c| text_len(c.get("function").and_then(|f| f.get("arguments"))))
+                        .sum()
+                })
+                .unwrap_or(0);
+            let chars = text_len(field("content"))
+                + text_len(field("reasoning_content"))
+                + text_len(field("reasoning"))
+                + calls
+                + text_len(choice.get("text"));
+            (chars as u64).div_ceil(4).max(1)
+        })
+        .sum()
+}
+
 /// Tokens written to the prompt cache for an hour, from Anthropic's
 /// `cache_creation` breakdown.
 fn hour_writes(breakdown: Option<&Value>) -> u64 {
@@ -534,6 +578,19 @@ mod tests {
     use switchyard_api::{ChatCompletionRequest, CompletionRequest};
 
     use super::*;
+
+    #[test]
+    fn an_answer_without_usage_is_charged_about_its_length() {
+        let chat = json!({"choices": [
+            {"message": {"content": "twelve chars", "tool_calls": [{"function": {"arguments": "{\"q\":1}"}}]}},
+            {"message": {"content": null}}
+        ]});
+        // 12 + 7 characters: 5 tokens; the empty choice at least 1.
+        assert_eq!(output_estimate(chat.to_string().as_bytes()), 6);
+        let completion = json!({"choices": [{"text": "abcdefgh"}]});
+        assert_eq!(output_estimate(completion.to_string().as_bytes()), 2);
+        assert_eq!(output_estimate(b"{\"data\": []}"), 0);
+    }
 
     #[test]
     fn value_lengths_are_close_to_the_json() {

@@ -409,7 +409,16 @@ async fn openai_inner(
         Reply::Json(answer) => {
             // The upstream is done: the deployment is no longer busy with it.
             drop(in_flight);
-            let usage = answer.usage.as_ref().map(metering::openai_usage);
+            // Without the upstream's usage: the estimated prompt, and output
+            // by the answer's length.
+            let generates = matches!(call, Call::Chat(_) | Call::Completion(_));
+            let usage = answer.usage.as_ref().map(metering::openai_usage).or_else(|| {
+                generates.then(|| switchyard_policy::TokenUsage {
+                    prompt: meter.estimated_prompt(),
+                    completion: metering::output_estimate(&answer.body),
+                    ..switchyard_policy::TokenUsage::default()
+                })
+            });
             let record = meter
                 .settle(&state, decision.deployment.id, &decision.deployment.name, usage)
                 .await;

@@ -625,6 +625,30 @@ model_list:
     assert_eq!(hit.header("x-switchyard-cache"), "hit");
     assert!(cost(&hit) > 0.0, "a hit at ratio 1 of a charged stream is not free");
 
+    // A JSON answer without usage is charged its output too, by its length:
+    // "mock reply: tell me a short story" is 33 characters, 9 tokens at
+    // $2 per million, on top of the estimated prompt at $1 per million.
+    let json_answer = post(
+        &gw,
+        MASTER,
+        json!({"model": "quiet", "messages": [{"role": "user", "content": "tell me a short story"}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(json_answer.status, 200, "{}", json_answer.text);
+    assert!(
+        json_answer.json().get("usage").is_none_or(Value::is_null),
+        "{}",
+        json_answer.text
+    );
+    let nanos = (cost(&json_answer) * 1e9).round() as i64;
+    assert!(nanos >= 9 * 2000 + 1000, "{nanos}");
+    assert_eq!(
+        (nanos - 9 * 2000) % 1000,
+        0,
+        "the rest is the estimated prompt: {nanos}"
+    );
+
     let down = json!({"model": "down", "messages": [{"role": "user", "content": "hello"}]});
     for _ in 0..2 {
         let a = post(&gw, MASTER, down.clone(), &[]).await;

@@ -341,7 +341,7 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
             })
         })
         .collect();
-    let body = json!({
+    let mut body = json!({
         "id": id,
         "object": "chat.completion",
         "created": created,
@@ -351,6 +351,11 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
         "usage": chat_usage(prompt_tokens, completion_tokens, cached),
         "mock_extension": {"echo": true},
     });
+    if ctx.scenario.no_usage
+        && let Some(body) = body.as_object_mut()
+    {
+        body.remove("usage");
+    }
     json_response(StatusCode::OK, &body)
 }
 
@@ -493,6 +498,12 @@ pub(crate) fn completions(ctx: &RequestCtx<'_>) -> Response {
         "choices": choices,
         "usage": text_usage(prompt_tokens, completion_tokens),
     });
+    let mut body = body;
+    if ctx.scenario.no_usage
+        && let Some(body) = body.as_object_mut()
+    {
+        body.remove("usage");
+    }
     json_response(StatusCode::OK, &body)
 }
 

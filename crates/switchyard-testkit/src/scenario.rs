@@ -63,8 +63,9 @@ pub struct Scenario {
     /// OpenAI and Anthropic streaming: spread each event's JSON over several
     /// `data:` lines (pretty-printed), as the SSE format allows.
     pub multiline_sse: bool,
-    /// OpenAI streaming: send no usage chunk even when the request asks for
-    /// one (`stream_options.include_usage`), as some compatible servers do.
+    /// OpenAI: send no usage chunk even when the request asks for one
+    /// (`stream_options.include_usage`), and no `usage` in a JSON answer, as
+    /// some compatible servers do.
     pub no_usage: bool,
     /// Non-streaming: reply 200 with valid JSON that is not an answer (no
     /// `choices`), with usage.

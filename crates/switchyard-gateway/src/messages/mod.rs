@@ -320,7 +320,15 @@ async fn messages_inner(
         ),
         Reply::Json(answer) => {
             drop(in_flight);
-            let usage = answer.usage.as_ref().map(metering::openai_usage);
+            // Without the upstream's usage: the estimated prompt, and output
+            // by the answer's length.
+            let usage = answer.usage.as_ref().map(metering::openai_usage).or_else(|| {
+                Some(switchyard_policy::TokenUsage {
+                    prompt: meter.estimated_prompt(),
+                    completion: metering::output_estimate(&answer.body),
+                    ..switchyard_policy::TokenUsage::default()
+                })
+            });
             let translated = match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
                 Ok(parsed) => serde_json::to_vec(&translate::to_messages_response(parsed, &tool_names, thinking))
                     .map_err(|e| ApiError::Internal(e.to_string())),
