@@ -928,6 +928,11 @@ impl Policy {
             {
                 tracing::error!(error = %e, request_id = %record.request_id, "cannot write pending-spend.jsonl: this record is kept in memory only");
             }
+            // Replayed later, the token-rate correction would land on the
+            // minute Redis comes back, limiting the key for requests of a
+            // minute long past: only the holds and the spend are replayed.
+            let mut checks = checks;
+            checks.rates.clear();
             queue.push_back((checks, max_cost, record));
             queued.fetch_add(1, Ordering::Relaxed);
         }

@@ -553,3 +553,39 @@ async fn redis_key_writes_are_conditional() {
     assert_eq!(store.put_team(&again, false).await.unwrap(), KeyWrite::Done);
     assert_eq!(store.put_team(&changed, true).await.unwrap(), KeyWrite::Changed);
 }
+
+/// Spend queued during an outage is replayed without its token-rate
+/// correction: counted on the minute Redis came back, it would limit the key
+/// now for tokens used a while ago.
+#[tokio::test]
+async fn replayed_spend_does_not_limit_the_key_again() {
+    let mut redis = RedisServer::start();
+    let mut with_tpm = settings(&redis.url(), None);
+    with_tpm.keys[0].1.limits.tpm_limit = Some(1_000);
+    let policy = Policy::open(with_tpm).await.unwrap();
+    redis.stop();
+    // One answer used 1,500 tokens, far past its estimate of 10 and past
+    // the key's minute.
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let ticket = policy.admit(&principal, &demand()).await.unwrap();
+    let charge = Charge {
+        deployment: "m-1".into(),
+        usage: TokenUsage {
+            prompt: 10,
+            completion: 1_490,
+            ..TokenUsage::default()
+        },
+        cost: COST,
+        cache_hit: false,
+    };
+    policy.settle(ticket, charge).await.unwrap();
+    assert_eq!(pending(&policy), 1);
+    redis.restart();
+    until_reconnected(&policy).await;
+    policy.flush().await;
+    assert_eq!(pending(&policy), 0);
+    assert_eq!(key_spend(&policy).await, COST, "the spend itself is replayed");
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let admitted = policy.admit(&principal, &demand()).await;
+    assert!(admitted.is_ok(), "{:?}", admitted.err());
+}
