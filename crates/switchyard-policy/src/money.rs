@@ -7,11 +7,14 @@ pub type Nanos = i64;
 /// Nano-dollars per dollar.
 pub const NANOS_PER_USD: f64 = 1e9;
 
-/// Dollars to nano-dollars, rounded to the nearest unit (saturating).
+/// Dollars to nano-dollars, rounded to the nearest unit (saturating: an
+/// infinite amount is the largest one, so that a reservation is never
+/// smaller than what it bounds; NaN is zero).
 pub fn from_usd(usd: f64) -> Nanos {
-    if !usd.is_finite() {
+    if usd.is_nan() {
         return 0;
     }
+    // `as` saturates at the bounds, infinities included.
     (usd * NANOS_PER_USD).round() as Nanos
 }
 
@@ -40,5 +43,7 @@ mod tests {
         assert_eq!(format_usd(0), "0.000000000");
         assert!((to_usd(2_000_000_000) - 2.0).abs() < 1e-12);
         assert_eq!(from_usd(f64::NAN), 0);
+        assert_eq!(from_usd(f64::INFINITY), Nanos::MAX);
+        assert_eq!(from_usd(1e300), Nanos::MAX);
     }
 }

@@ -472,6 +472,10 @@ return 1",
         max_cost: Nanos,
     ) -> Result<Result<Vec<RateState>, Denied>, StoreDown> {
         let mut inv = self.admit.prepare_invoke();
+        // Lua numbers are doubles: past 2^53 nano-dollars ($9M) a cost is no
+        // longer exact, and near 2^63 its `%d` formatting is undefined. A
+        // reservation that large is refused by any budget below it anyway.
+        let max_cost = max_cost.clamp(0, 1 << 53);
         inv.arg(id).arg(max_cost).arg(self.settings.hold_ttl.as_millis() as u64);
         inv.arg(checks.parallel.len());
         for p in &checks.parallel {
