@@ -308,16 +308,20 @@ async fn messages_inner(
             .follow(events),
             name,
         ),
-        Reply::Chunks(chunks) => stream::from_chat_chunks(
-            streaming(
-                &mut trail,
-                tracker(&state, &decision, in_flight, started).metered(meter, name.clone()),
+        Reply::Chunks(chunks) => {
+            let estimated_input = meter.estimated_prompt();
+            stream::from_chat_chunks(
+                streaming(
+                    &mut trail,
+                    tracker(&state, &decision, in_flight, started).metered(meter, name.clone()),
+                )
+                .follow(chunks),
+                name,
+                tool_names,
+                thinking,
+                estimated_input,
             )
-            .follow(chunks),
-            name,
-            tool_names,
-            thinking,
-        ),
+        }
         Reply::Json(answer) => {
             drop(in_flight);
             // Without the upstream's usage: the estimated prompt, and output

@@ -116,6 +116,8 @@ struct Converter {
     thinking: bool,
     /// The stop sequence that ended the answer, when the server said which.
     stop_sequence: Option<String>,
+    /// The gateway's estimate of the prompt's tokens, for `message_start`.
+    estimated_input: u64,
 }
 
 impl Converter {
@@ -190,7 +192,14 @@ impl Converter {
             content: Vec::new(),
             stop_reason: None,
             stop_sequence: None,
-            usage: MessagesUsage::default(),
+            // OpenAI-format upstreams report usage at the end only: until
+            // `message_delta` brings it, the input is the gateway's estimate
+            // (clients that read only this event's input count see it).
+            usage: MessagesUsage {
+                input_tokens: self.estimated_input,
+                output_tokens: 1,
+                ..MessagesUsage::default()
+            },
             extra: Extra::new(),
         };
         out.push(event(&StreamEvent::MessageStart { message }));
@@ -333,8 +342,10 @@ pub fn from_chat_chunks(
     deployment: String,
     tool_names: Vec<(String, String)>,
     thinking: bool,
+    estimated_input: u64,
 ) -> Response {
     let converter = Converter {
+        estimated_input,
         thinking,
         stop_sequence: None,
         tool_names,
@@ -405,7 +416,17 @@ mod tests {
             stop_reason: None,
             usage: None,
             used_tools: false,
+            estimated_input: 42,
         }
+    }
+
+    #[test]
+    fn message_start_carries_the_estimated_input_until_the_real_usage() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.start("chatcmpl-1", "m", &mut out);
+        let start = events(&out);
+        assert_eq!(start[0].1["message"]["usage"]["input_tokens"], 42);
     }
 
     /// The events written, as (event name, data) pairs.
