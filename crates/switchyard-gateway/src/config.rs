@@ -466,7 +466,9 @@ pub struct DeploymentEntry {
 pub struct TimeoutsEntry {
     /// Connecting to the upstream.
     pub connect_ms: u64,
-    /// Until the response head, and a stream's first event.
+    /// A stream's start: until its response head and first event. A
+    /// non-streaming answer is bounded by `total_ms` only (its head comes when
+    /// it is fully written).
     pub first_byte_ms: u64,
     /// The whole request, a stream's body included.
     pub total_ms: u64,

@@ -31,10 +31,19 @@ fn config(mock: &MockUpstream) -> String {
     yaml += &openai("flaky", "mock-model::status=500", "");
     yaml += &openai("limited", "mock-model::status=429,retry_after=7", "");
     yaml += &openai("bad-request", "mock-model::status=400", "");
+    // A non-streaming answer is bounded by the total timeout (its head
+    // comes when it is written), a stream's start by the first-byte one.
     yaml += &openai(
         "slow",
         "mock-model::first_byte_ms=5000",
-        "        timeouts:\n          first_byte_ms: 300\n",
+        "        timeouts:\n          first_byte_ms: 300\n          total_ms: 600\n",
+    );
+    // A long non-streaming answer (a reasoning model's) is not cut at the
+    // first-byte timeout, which bounds a stream's start.
+    yaml += &openai(
+        "thoughtful",
+        "mock-model::first_byte_ms=900",
+        "        timeouts:\n          first_byte_ms: 300\n          total_ms: 10000\n",
     );
     yaml += &openai("broken-json", "mock-model::malformed_json", "");
     yaml += &openai("broken-sse", "mock-model::malformed_sse", "");
@@ -332,6 +341,13 @@ async fn upstream_faults_become_typed_errors() {
             "{body}"
         );
     }
+
+    let response = s.post("/v1/chat/completions", &chat("thoughtful", false)).await;
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let response = s.post("/v1/chat/completions", &chat("thoughtful", true)).await;
+    assert_eq!(response.status(), 504);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
 
     let response = s.post("/v1/chat/completions", &chat("limited", false)).await;
     assert_eq!(response.status(), 429);

@@ -48,7 +48,7 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         (
             "slow",
             "::first_byte_ms=5000".to_owned(),
-            "        timeouts:\n          first_byte_ms: 300\n".to_owned(),
+            "        timeouts:\n          first_byte_ms: 300\n          total_ms: 600\n".to_owned(),
         ),
         ("reset", "::reset_after=2".to_owned(), String::new()),
         ("malformed", "::malformed_sse".to_owned(), String::new()),

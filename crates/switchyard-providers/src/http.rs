@@ -15,7 +15,9 @@ use crate::{ChunkStream, ProviderError, ProviderResponse, Result, TimeoutPhase};
 pub struct Timeouts {
     /// Establishing a TCP (and TLS) connection.
     pub connect: Duration,
-    /// From sending the request to the response head, and to a stream's first event.
+    /// A stream's start: from sending the request to the response head and to
+    /// its first event. A non-streaming answer's head comes when the whole
+    /// answer is written, so it is bounded by `total` only.
     pub first_byte: Duration,
     /// The whole exchange, a stream's body included.
     pub total: Duration,
@@ -95,9 +97,10 @@ impl HttpUpstream {
         })
     }
 
-    /// Sends a JSON body and waits for the response head, within the first-byte timeout.
-    async fn send(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<reqwest::Response> {
-        self.send_with(url, body, None).await
+    /// Sends a JSON body and waits for the response head, within the
+    /// first-byte timeout for a stream (`streaming`), else the total one.
+    async fn send(&self, url: &reqwest::Url, body: Vec<u8>, streaming: bool) -> Result<reqwest::Response> {
+        self.send_with(url, body, None, streaming).await
     }
 
     /// [`Self::send`] with one more header for this request only.
@@ -106,6 +109,7 @@ impl HttpUpstream {
         url: &reqwest::Url,
         body: Vec<u8>,
         header: Option<(HeaderName, HeaderValue)>,
+        streaming: bool,
     ) -> Result<reqwest::Response> {
         let mut request = self
             .client
@@ -117,9 +121,13 @@ impl HttpUpstream {
             request = request.header(name, value);
         }
         let request = request.send();
-        let response = match tokio::time::timeout(self.timeouts.first_byte, request).await {
-            Ok(result) => result.map_err(ProviderError::from_reqwest)?,
-            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+        let response = if streaming {
+            match tokio::time::timeout(self.timeouts.first_byte, request).await {
+                Ok(result) => result.map_err(ProviderError::from_reqwest)?,
+                Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+            }
+        } else {
+            request.await.map_err(ProviderError::from_reqwest)?
         };
         crate::upstream_id::record(response.headers());
         if response.status().is_success() {
@@ -131,7 +139,7 @@ impl HttpUpstream {
 
     /// POSTs JSON and returns the whole JSON answer, validated and with its usage.
     pub(crate) async fn post_json(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<ProviderResponse> {
-        let response = self.send(url, body).await?;
+        let response = self.send(url, body, false).await?;
         let bytes = read_body(response, MAX_BODY_BYTES).await?;
         let probe: Probe = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::InvalidResponse(format!("body is not valid JSON ({e})")))?;
@@ -149,7 +157,7 @@ impl HttpUpstream {
 
     /// POSTs JSON asking for an OpenAI-style stream and returns its chunks.
     pub(crate) async fn post_stream(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<ChunkStream> {
-        let response = self.send(url, body).await?;
+        let response = self.send(url, body, true).await?;
         Ok(sse_chunks(response, self.timeouts.first_byte))
     }
 
@@ -160,7 +168,7 @@ impl HttpUpstream {
         body: Vec<u8>,
         header: Option<(HeaderName, HeaderValue)>,
     ) -> Result<EventStream> {
-        let response = self.send_with(url, body, header).await?;
+        let response = self.send_with(url, body, header, true).await?;
         Ok(sse_events(response, self.timeouts.first_byte))
     }
 
@@ -171,7 +179,7 @@ impl HttpUpstream {
         body: Vec<u8>,
         header: Option<(HeaderName, HeaderValue)>,
     ) -> Result<Bytes> {
-        let response = self.send_with(url, body, header).await?;
+        let response = self.send_with(url, body, header, false).await?;
         read_body(response, MAX_BODY_BYTES).await
     }
 }

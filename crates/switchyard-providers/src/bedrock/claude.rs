@@ -102,7 +102,7 @@ impl BedrockProvider {
             .accept("application/json")
             .body(Blob::new(invoke_body(req)?))
             .send();
-        let output = self.within_first_byte(send).await?;
+        let output = self.answered(send).await?;
         Ok(Bytes::from(output.body.into_inner()))
     }
 
@@ -135,7 +135,7 @@ impl BedrockProvider {
             .model_id(&parsed.model)
             .input(CountTokensInput::InvokeModel(input))
             .send();
-        let output = self.within_first_byte(send).await?;
+        let output = self.answered(send).await?;
         Ok(Bytes::from(json!({"input_tokens": output.input_tokens()}).to_string()))
     }
 

@@ -176,7 +176,20 @@ impl BedrockProvider {
         self.settings.timeouts.first_byte
     }
 
-    /// Awaits an SDK call's response within the first-byte timeout.
+    /// Awaits a non-streaming SDK call's answer, bounded by the total
+    /// timeout (the SDK's operation timeout): its response comes when the
+    /// whole answer is written.
+    pub(crate) async fn answered<T, E>(
+        &self,
+        send: impl std::future::Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        send.await.map_err(sdk_error)
+    }
+
+    /// Awaits a streaming SDK call's response within the first-byte timeout.
     pub(crate) async fn within_first_byte<T, E>(
         &self,
         send: impl std::future::Future<Output = std::result::Result<T, SdkError<E, HttpResponse>>>,
@@ -336,9 +349,7 @@ impl Provider for BedrockProvider {
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
-            .within_first_byte(
-                with_converse_input!(self.client().await.converse(), self.target(&req.model), input).send(),
-            )
+            .answered(with_converse_input!(self.client().await.converse(), self.target(&req.model), input).send())
             .await?;
         let json = convert::json_mode(req)?.is_some();
         let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now(), json);
