@@ -61,6 +61,9 @@ pub(crate) trait Observed {
     fn is_last(&self) -> bool {
         false
     }
+    /// Whether a complete stream of these items ends with one that
+    /// [`Observed::is_last`]: one that just stops before it was cut.
+    const ENDS_WITH_LAST: bool = false;
 }
 
 impl Observed for StreamChunk {
@@ -112,6 +115,8 @@ impl Observed for Event {
     fn is_last(&self) -> bool {
         self.event == "message_stop"
     }
+
+    const ENDS_WITH_LAST: bool = true;
 }
 
 /// Follows one stream for the routing statistics and the circuit breaker: it
@@ -331,6 +336,12 @@ impl StreamTracker {
                 Some(Err(e)) => {
                     tracker.finish(Some(&e));
                     Some((Err(e), None))
+                }
+                None if T::ENDS_WITH_LAST => {
+                    // Closed before its last event: cut, not complete.
+                    let e = ProviderError::Stream("the upstream closed the stream before message_stop".into());
+                    tracker.finish(Some(&e));
+                    None
                 }
                 None => {
                     tracker.finish(None);

@@ -53,6 +53,7 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         ("reset", "::reset_after=2".to_owned(), String::new()),
         ("malformed", "::malformed_sse".to_owned(), String::new()),
         ("pretty", "::multiline_sse".to_owned(), String::new()),
+        ("truncated", "::no_stop".to_owned(), String::new()),
         // 17 MiB in one event, past the 16 MiB a stream's event may hold.
         ("huge", "::huge_event_kib=17408".to_owned(), String::new()),
         (
@@ -414,6 +415,27 @@ async fn run_contract(provider: &str) {
             assert!(
                 std::time::Instant::now() < deadline,
                 "{provider}: streams {before} -> {after}, output tokens {output_before} -> {output} (reported {reported})"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+
+        // A passed-through stream that closes before `message_stop` ends with
+        // an error event for the client, and counts as a failed stream.
+        let response = c
+            .http
+            .post(format!("{}/v1/messages", c.base))
+            .json(&json!({"model": "truncated", "max_tokens": 64, "stream": true,
+                "messages": [{"role": "user", "content": "stream me please"}]}))
+            .send()
+            .await
+            .unwrap();
+        let body = response.text().await.unwrap();
+        assert!(body.contains("event: error"), "{provider}: {body}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while metric_sum(&c, "switchyard_stream_errors_total", &["model=\"truncated\""]).await < 1.0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{provider}: the cut stream was not counted as failed"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
