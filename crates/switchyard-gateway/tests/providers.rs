@@ -54,6 +54,7 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         ("malformed", "::malformed_sse".to_owned(), String::new()),
         ("pretty", "::multiline_sse".to_owned(), String::new()),
         ("truncated", "::no_stop".to_owned(), String::new()),
+        ("broken", "::malformed_json".to_owned(), String::new()),
         // 17 MiB in one event, past the 16 MiB a stream's event may hold.
         ("huge", "::huge_event_kib=17408".to_owned(), String::new()),
         (
@@ -439,6 +440,20 @@ async fn run_contract(provider: &str) {
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
+
+        // A native answer that is not JSON is a bad answer (502), not a 200
+        // passed on to the client.
+        let response = c
+            .http
+            .post(format!("{}/v1/messages", c.base))
+            .json(&json!({"model": "broken", "max_tokens": 64,
+                "messages": [{"role": "user", "content": "hello"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 502, "{provider}");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "api_error", "{provider}: {body}");
 
         // Reasoning another model gave comes back as `thinking` blocks
         // without a signature, which Claude refuses: they are left out;

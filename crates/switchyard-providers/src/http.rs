@@ -172,7 +172,9 @@ impl HttpUpstream {
         Ok(sse_events(response, self.timeouts.first_byte))
     }
 
-    /// POSTs JSON and returns the validated body bytes, whatever their schema.
+    /// POSTs JSON and returns the body bytes, whatever their schema, once
+    /// they are known to be a JSON object that is not an error (Anthropic
+    /// answers some errors with 200 and `"type": "error"`).
     pub(crate) async fn post_bytes(
         &self,
         url: &reqwest::Url,
@@ -180,7 +182,16 @@ impl HttpUpstream {
         header: Option<(HeaderName, HeaderValue)>,
     ) -> Result<Bytes> {
         let response = self.send_with(url, body, header, false).await?;
-        read_body(response, MAX_BODY_BYTES).await
+        let bytes = read_body(response, MAX_BODY_BYTES).await?;
+        let probe: Probe = serde_json::from_slice(&bytes)
+            .map_err(|e| ProviderError::InvalidResponse(format!("body is not a JSON object ({e})")))?;
+        if let Some(error) = probe.error {
+            return Err(ProviderError::InvalidResponse(format!(
+                "the upstream answered 200 with an error: {}",
+                error_message(&error)
+            )));
+        }
+        Ok(bytes)
     }
 }
 
@@ -191,6 +202,9 @@ pub(crate) const MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 /// The largest error body read from an upstream; only its message is kept.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// How long an error body may take to arrive once its status has.
+const ERROR_BODY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads `response`'s body, failing once it passes `limit` bytes.
 async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Bytes> {
@@ -286,7 +300,13 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
             details: None,
         };
     }
-    let body: Bytes = read_body(response, MAX_ERROR_BODY_BYTES).await.unwrap_or_default();
+    // An error body that stalls must not hold the attempt (and its retry)
+    // until the total timeout: past a few seconds the status speaks alone.
+    let body: Bytes = tokio::time::timeout(ERROR_BODY_WAIT, read_body(response, MAX_ERROR_BODY_BYTES))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
     match serde_json::from_slice::<ErrorEnvelope>(&body) {
         Ok(ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error)) => ProviderError::Status {
             status: status.as_u16(),

@@ -27,6 +27,9 @@ enum BodyError {
     Transport(reqwest::Error),
     /// One event grew past [`MAX_EVENT_BYTES`] without ending.
     EventTooLarge,
+    /// A line is not UTF-8 (the event-stream decoder would stall on it,
+    /// buffering everything after it).
+    NotUtf8,
 }
 
 impl std::fmt::Display for BodyError {
@@ -34,6 +37,7 @@ impl std::fmt::Display for BodyError {
         match self {
             BodyError::Transport(e) => write!(f, "{e}"),
             BodyError::EventTooLarge => write!(f, "an event larger than {} MiB", MAX_EVENT_BYTES >> 20),
+            BodyError::NotUtf8 => write!(f, "a line that is not UTF-8"),
         }
     }
 }
@@ -107,9 +111,19 @@ where
         ready: VecDeque::new(),
         failed: false,
     };
+    // Lines end at `\n` or `\r`, never inside a UTF-8 sequence: each one is
+    // checked whole.
+    fn checked<S>(line: Bytes, mut state: Lines<S>) -> Option<(Result<Bytes, BodyError>, Lines<S>)> {
+        if std::str::from_utf8(&line).is_ok() {
+            return Some((Ok(line), state));
+        }
+        state.failed = true;
+        state.ready.clear();
+        Some((Err(BodyError::NotUtf8), state))
+    }
     stream::unfold(state, |mut state| async move {
         if let Some(line) = state.ready.pop_front() {
-            return Some((Ok(line), state));
+            return checked(line, state);
         }
         if state.failed {
             return None;
@@ -126,7 +140,8 @@ where
                 None if state.partial.is_empty() => return None,
                 None => {
                     state.failed = true;
-                    return Some((Ok(state.partial.split().freeze()), state));
+                    let rest = state.partial.split().freeze();
+                    return checked(rest, state);
                 }
             };
             if state.meter.feed(&chunk) > MAX_EVENT_BYTES {
@@ -156,7 +171,7 @@ where
                 state.ready.push_back(lines.slice(start..));
             }
             if let Some(line) = state.ready.pop_front() {
-                return Some((Ok(line), state));
+                return checked(line, state);
             }
         }
     })
@@ -306,6 +321,25 @@ mod tests {
         assert!(matches!(&items[0], Ok(b) if b.as_ref() == b"data: 1\n"));
         assert!(matches!(&items[1], Ok(b) if b.as_ref() == b"\n"));
         assert!(matches!(items[2], Err(BodyError::EventTooLarge)));
+    }
+
+    #[tokio::test]
+    async fn a_line_that_is_not_utf8_fails_the_body_at_once() {
+        let body = stream::iter(vec![
+            Ok(Bytes::from_static(b"data: 1\n\ndata: \xff\xfe\n\n")),
+            Ok(Bytes::from_static(b"data: 2\n\n")),
+        ]);
+        let items: Vec<_> = whole_lines(body).collect().await;
+        assert_eq!(items.len(), 3, "nothing after the bad line is read");
+        assert!(matches!(&items[0], Ok(b) if b.as_ref() == b"data: 1\n"));
+        assert!(matches!(items[2], Err(BodyError::NotUtf8)));
+        // A code point split across chunks is fine: lines are checked whole.
+        let split = stream::iter(vec![
+            Ok(Bytes::from_static(b"data: \xc3")),
+            Ok(Bytes::from_static(b"\xa9\n\n")),
+        ]);
+        let items: Vec<_> = whole_lines(split).collect().await;
+        assert!(matches!(&items[0], Ok(b) if b.as_ref() == "data: é\n".as_bytes()));
     }
 
     #[test]

@@ -103,7 +103,14 @@ impl BedrockProvider {
             .body(Blob::new(invoke_body(req)?))
             .send();
         let output = self.answered(send).await?;
-        Ok(Bytes::from(output.body.into_inner()))
+        let bytes = Bytes::from(output.body.into_inner());
+        // Passed on unchanged, so read once to know it is a JSON answer.
+        if let Err(e) = serde_json::from_slice::<crate::http::Probe>(&bytes) {
+            return Err(ProviderError::InvalidResponse(format!(
+                "InvokeModel returned a body that is not a JSON answer ({e})"
+            )));
+        }
+        Ok(bytes)
     }
 
     /// Counts an Anthropic-format request's input tokens with Bedrock's
