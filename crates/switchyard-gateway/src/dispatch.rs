@@ -540,6 +540,13 @@ async fn try_group<'s>(
                 // E.g. every deployment is over its rpm: fallbacks may answer.
                 Err(e) => return GroupOutcome::Exhausted(last.take().unwrap_or_else(|| e.into()), Reason::Failed),
             };
+            // A strategy must choose among the candidates it was given.
+            if !pool.contains(&index) {
+                return GroupOutcome::Final(ApiError::Internal(format!(
+                    "the `{}` strategy chose deployment {index} of {name}, which was not a candidate",
+                    route.strategy.name()
+                )));
+            }
             match deployments.get(index) {
                 // Claims the half-open probe when the breaker is recovering.
                 Some(d) if panic || state.cooldowns.is_available(d.id, now) => break index,
@@ -556,10 +563,18 @@ async fn try_group<'s>(
                 Wait::Sleep(pause) => pause,
                 Wait::TooLong(after) => {
                     tracing::info!(deployment = %deployment.name, ?after, "Retry-After is longer than allowed; not waiting");
+                    // Nothing was sent: a half-open probe this claimed is
+                    // handed back, or the breaker would stay half-open.
+                    if !panic {
+                        state.cooldowns.release_probe(deployment.id, now);
+                    }
                     break;
                 }
             };
             if tokio::time::Instant::now() + pause >= deadline.at {
+                if !panic {
+                    state.cooldowns.release_probe(deployment.id, now);
+                }
                 break;
             }
             tokio::time::sleep(pause).await;

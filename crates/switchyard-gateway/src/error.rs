@@ -165,7 +165,9 @@ impl ApiError {
                          the gateway's operator must fix its configuration."
                     );
                 }
-                ProviderError::Status { status, message, .. } if (400..500).contains(status) => return message.clone(),
+                ProviderError::Status { status, message, .. } if (400..500).contains(status) && *status != 408 => {
+                    return message.clone();
+                }
                 ProviderError::InvalidRequest { message, .. } => return message.clone(),
                 _ => {}
             }
@@ -268,6 +270,14 @@ fn is_auth_status(status: u16) -> bool {
 fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Option<String>) {
     use StatusCode as S;
     match err {
+        // The upstream gave up waiting on the gateway's request: a timeout
+        // of the upstream, not the client's error.
+        ProviderError::Status { status: 408, .. } => (
+            S::GATEWAY_TIMEOUT,
+            "upstream_error",
+            None,
+            Some("upstream_timeout".into()),
+        ),
         ProviderError::Status { status, .. } if is_auth_status(*status) => (
             S::BAD_GATEWAY,
             "upstream_error",

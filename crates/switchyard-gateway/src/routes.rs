@@ -157,6 +157,7 @@ pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
     match err {
         ProviderError::Status { status: 429, .. } => ErrorClass::RateLimited,
         ProviderError::Status { status: 401 | 403, .. } => ErrorClass::Auth,
+        ProviderError::Status { status: 408, .. } => ErrorClass::Timeout,
         ProviderError::Status { status, .. } if *status >= 500 => ErrorClass::ServerError,
         ProviderError::Status { .. } | ProviderError::InvalidRequest { .. } | ProviderError::Unsupported { .. } => {
             ErrorClass::ClientError

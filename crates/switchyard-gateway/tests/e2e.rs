@@ -31,6 +31,7 @@ fn config(mock: &MockUpstream) -> String {
     yaml += &openai("flaky", "mock-model::status=500", "");
     yaml += &openai("limited", "mock-model::status=429,retry_after=7", "");
     yaml += &openai("bad-request", "mock-model::status=400", "");
+    yaml += &openai("upstream-408", "mock-model::status=408", "");
     // A non-streaming answer is bounded by the total timeout (its head
     // comes when it is written), a stream's start by the first-byte one.
     yaml += &openai(
@@ -325,6 +326,7 @@ async fn upstream_faults_become_typed_errors() {
         ("flaky", 502, "upstream_error"),
         ("unreachable", 502, "upstream_unreachable"),
         ("slow", 504, "upstream_timeout"),
+        ("upstream-408", 504, "upstream_timeout"),
         ("broken-json", 502, "upstream_invalid_response"),
     ];
     for (model, status, code) in cases {

@@ -188,7 +188,13 @@ impl ProviderError {
     /// Converts a transport error, dropping the URL from its text.
     pub(crate) fn from_reqwest(err: reqwest::Error) -> Self {
         if err.is_timeout() {
-            return ProviderError::Timeout(TimeoutPhase::Total);
+            // reqwest's connect timeout is a timeout too: the phase tells.
+            let phase = if err.is_connect() {
+                TimeoutPhase::Connect
+            } else {
+                TimeoutPhase::Total
+            };
+            return ProviderError::Timeout(phase);
         }
         let connect = err.is_connect();
         let text = error_chain(&err.without_url());
