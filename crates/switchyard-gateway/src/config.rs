@@ -932,6 +932,13 @@ fn resolve_credential(value: &str, path: &str, env: &dyn EnvSource, issues: &mut
     Some(secret)
 }
 
+/// A plain setting (an address, a version, a region) that may also be read
+/// from the environment as `os.environ/NAME`, as LiteLLM files do; empty is
+/// refused either way.
+fn resolve_setting(value: &str, path: &str, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Option<String> {
+    resolve_credential(value, path, env, issues).map(|v| v.expose().trim().to_owned())
+}
+
 pub(crate) fn issue(path: impl Into<String>, message: impl Into<String>) -> ConfigIssue {
     ConfigIssue {
         path: path.into(),
@@ -974,11 +981,21 @@ fn validate_deployment(
     if entry.model.trim().is_empty() {
         issues.push(issue(format!("{path}.model"), "must not be empty"));
     }
-    match (entry.provider, &entry.api_base) {
-        (ProviderKind::Azure, None) => issues.push(issue(format!("{path}.api_base"), "is required for azure")),
+    let setting = |value: &Option<String>, key: &str, issues: &mut Vec<ConfigIssue>| {
+        value
+            .as_deref()
+            .and_then(|v| resolve_setting(v, &format!("{path}.{key}"), env, issues))
+    };
+    let api_base = setting(&entry.api_base, "api_base", issues);
+    match (entry.provider, &api_base) {
+        (ProviderKind::Azure, None) if entry.api_base.is_none() => {
+            issues.push(issue(format!("{path}.api_base"), "is required for azure"));
+        }
         (_, Some(base)) => check_url(base, &format!("{path}.api_base"), issues),
         _ => {}
     }
+    let api_version = setting(&entry.api_version, "api_version", issues);
+    let anthropic_version = setting(&entry.anthropic_version, "anthropic_version", issues);
     match (entry.provider, &entry.api_version) {
         (ProviderKind::Azure, None) => issues.push(issue(format!("{path}.api_version"), "is required for azure")),
         (ProviderKind::Azure, Some(_)) | (_, None) => {}
@@ -1059,14 +1076,18 @@ fn validate_deployment(
         name: format!("{group}/{index}"),
         provider: entry.provider,
         model: entry.model.clone(),
-        api_base: entry.api_base.clone(),
+        api_base,
         api_key,
-        api_version: entry.api_version.clone(),
-        anthropic_version: entry.anthropic_version.clone(),
+        api_version,
+        anthropic_version,
         default_max_tokens: entry.default_max_tokens,
         aws_region,
         aws_credentials,
-        aws_model_id: entry.aws_model_id.clone(),
+        aws_model_id: entry
+            .aws_model_id
+            .as_deref()
+            .filter(|_| entry.provider == ProviderKind::Bedrock)
+            .and_then(|id| resolve_setting(id, &format!("{path}.aws_model_id"), env, issues)),
         weight,
         quality: entry.quality,
         input_cost_per_token: prices.input,
@@ -1184,15 +1205,14 @@ fn validate_aws(
         }
         return (None, None);
     }
-    if entry.aws_model_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
-        issues.push(issue(format!("{path}.aws_model_id"), "must not be empty"));
-    }
-    let region = entry
-        .aws_region
-        .clone()
-        .or_else(|| env.get("AWS_REGION"))
-        .or_else(|| env.get("AWS_DEFAULT_REGION"));
-    if region.is_none() {
+    let region = match &entry.aws_region {
+        Some(region) => resolve_setting(region, &format!("{path}.aws_region"), env, issues),
+        None => env
+            .get("AWS_REGION")
+            .or_else(|| env.get("AWS_DEFAULT_REGION"))
+            .filter(|r| !r.trim().is_empty()),
+    };
+    if region.is_none() && entry.aws_region.is_none() {
         issues.push(issue(
             format!("{path}.aws_region"),
             "is required for bedrock (or set AWS_REGION)",

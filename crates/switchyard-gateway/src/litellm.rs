@@ -142,6 +142,44 @@ struct Translator {
     issues: Vec<ConfigIssue>,
 }
 
+/// The provider of a model named without one, as LiteLLM finds it.
+fn unprefixed_provider(model: &str, has_base: bool) -> Option<&'static str> {
+    const OPENAI: &[&str] = &[
+        "gpt-",
+        "chatgpt-",
+        "o1",
+        "o3",
+        "o4",
+        "text-embedding-",
+        "text-moderation",
+        "omni-moderation",
+        "davinci",
+        "babbage",
+        "ft:gpt",
+    ];
+    const BEDROCK: &[&str] = &[
+        "anthropic.",
+        "amazon.",
+        "meta.",
+        "mistral.",
+        "cohere.",
+        "ai21.",
+        "us.",
+        "eu.",
+        "apac.",
+        "global.",
+    ];
+    if model.starts_with("claude") {
+        Some("anthropic")
+    } else if BEDROCK.iter().any(|p| model.starts_with(p)) {
+        Some("bedrock")
+    } else if has_base || OPENAI.iter().any(|p| model.starts_with(p)) {
+        Some("openai")
+    } else {
+        None
+    }
+}
+
 impl Translator {
     fn map(&mut self, from: impl Into<String>, to: impl Into<String>) {
         self.out.mapped.push((from.into(), to.into()));
@@ -156,10 +194,31 @@ impl Translator {
     }
 
     /// `litellm_params.model` (`provider/name`) → provider, upstream model, default base.
-    fn provider(&mut self, path: &str, model: &str) -> Option<(&'static str, String, Option<&'static str>)> {
+    /// A name without a provider is placed as LiteLLM places it: Claude
+    /// models on Anthropic, Bedrock model ids on Bedrock, OpenAI's models
+    /// (or any model with an `api_base`) on OpenAI's API; another is refused
+    /// rather than sent, with its key, to OpenAI.
+    fn provider(
+        &mut self,
+        path: &str,
+        model: &str,
+        has_base: bool,
+    ) -> Option<(&'static str, String, Option<&'static str>)> {
         let (prefix, name) = match model.split_once('/') {
             Some((p, n)) => (p, n),
-            None => ("openai", model),
+            None => match unprefixed_provider(model, has_base) {
+                Some(provider) => (provider, model),
+                None => {
+                    self.refuse(
+                        &format!("{path}.model"),
+                        &format!(
+                            "`{model}` names no provider and is not a model Switchyard knows the provider of: \
+                             write it as `provider/{model}` (openai/, anthropic/, bedrock/, azure/, …)"
+                        ),
+                    );
+                    return None;
+                }
+            },
         };
         let found = match prefix {
             "openai" | "text-completion-openai" | "custom_openai" | "openai_like" => ("openai", None),
@@ -203,7 +262,8 @@ impl Translator {
             self.refuse(&format!("{ppath}.model"), "`provider/model` is required");
             return None;
         };
-        let (provider, upstream, default_base) = self.provider(&ppath, model)?;
+        let has_base = params.contains_key("api_base") || params.contains_key("base_url");
+        let (provider, upstream, default_base) = self.provider(&ppath, model, has_base)?;
         let mut d = Map::new();
         d.insert("provider".into(), json!(provider));
         d.insert("model".into(), json!(upstream));
@@ -217,7 +277,8 @@ impl Translator {
                 "model" => continue,
                 "api_base" | "base_url" => {
                     let mut base = value.as_str().unwrap_or_default().trim_end_matches('/').to_owned();
-                    if default_base.is_some() && !base.ends_with("/v1") {
+                    // An address read from the environment is taken as it is.
+                    if default_base.is_some() && !base.ends_with("/v1") && !base.starts_with("os.environ/") {
                         base.push_str("/v1");
                     }
                     d.insert("api_base".into(), json!(base));

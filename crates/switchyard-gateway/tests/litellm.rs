@@ -489,3 +489,59 @@ fn check_config_reports_what_maps_to_what() {
     assert!(out.contains("is not a LiteLLM configuration"), "{out}");
     assert!(out.contains("configuration is valid: 1 models, 1 deployments"), "{out}");
 }
+
+/// A model named without a provider goes where LiteLLM sends it, and one
+/// Switchyard cannot place is refused rather than sent to OpenAI with
+/// another vendor's key.
+#[test]
+fn models_named_without_a_provider_go_where_litellm_sends_them() {
+    let provider_of = |params: Value| {
+        let doc = json!({"model_list": [{"model_name": "m", "litellm_params": params}]});
+        switchyard_gateway::litellm::translate(&doc)
+            .map(|t| t.config["model_list"][0]["deployments"][0]["provider"].clone())
+    };
+    for (model, provider) in [
+        ("claude-3-5-sonnet-20240620", "anthropic"),
+        ("anthropic.claude-3-5-sonnet-20240620-v1:0", "bedrock"),
+        ("us.anthropic.claude-3-7-sonnet-20250219-v1:0", "bedrock"),
+        ("gpt-4o", "openai"),
+        ("o3-mini", "openai"),
+    ] {
+        assert_eq!(provider_of(json!({"model": model})).unwrap(), provider, "{model}");
+    }
+    assert_eq!(
+        provider_of(json!({"model": "my-local-model", "api_base": "http://127.0.0.1:8000/v1"})).unwrap(),
+        "openai"
+    );
+    let refused = provider_of(json!({"model": "my-local-model"})).unwrap_err();
+    assert!(
+        refused
+            .iter()
+            .any(|i| i.path == "model_list[0].litellm_params.model" && i.message.contains("provider/")),
+        "{refused:?}"
+    );
+}
+
+/// LiteLLM reads `os.environ/` in any string parameter: addresses, versions
+/// and regions come from the environment too.
+#[test]
+fn addresses_and_versions_are_read_from_the_environment() {
+    let yaml = "model_list:\n  - model_name: a\n    litellm_params:\n      model: azure/gpt-4o\n      api_base: os.environ/TEST_AZURE_BASE\n      api_version: os.environ/TEST_AZURE_VERSION\n      api_key: k\n";
+    let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
+    let env: BTreeMap<String, String> = [
+        ("TEST_AZURE_BASE", "https://example.openai.azure.com"),
+        ("TEST_AZURE_VERSION", "2024-10-21"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let models = config.validate(&env).unwrap();
+    let d = &models[0].deployments[0];
+    assert_eq!(d.api_base.as_deref(), Some("https://example.openai.azure.com"));
+    assert_eq!(d.api_version.as_deref(), Some("2024-10-21"));
+    let err = config.validate(&BTreeMap::new()).unwrap_err().to_string();
+    assert!(
+        err.contains("TEST_AZURE_VERSION") && err.contains("TEST_AZURE_BASE"),
+        "{err}"
+    );
+}

@@ -178,7 +178,7 @@ fn provider_specific_keys_are_checked() {
         "model_list[0].deployments[0].aws_region: is required for bedrock",
         "model_list[0].deployments[0].aws_secret_access_key: aws_access_key_id and aws_secret_access_key go together",
         "model_list[0].deployments[1].aws_region: is only used by bedrock",
-        "model_list[0].deployments[0].aws_model_id: must not be empty",
+        "model_list[0].deployments[0].aws_model_id: is empty",
         "model_list[0].deployments[1].aws_model_id: is only used by bedrock",
         "model_list[0].deployments[1].default_max_tokens: is only used by anthropic and bedrock",
         "model_list[0].deployments[2].default_max_tokens: must be greater than 0",
@@ -316,4 +316,36 @@ fn configured_claude_prices_keep_the_hour_long_write_rule() {
     // Twice the configured input price on Claude, the configured price
     // when there is one, none for other models.
     assert_eq!(prices, [Some(0.000008), Some(0.00001), None]);
+}
+
+#[test]
+fn addresses_versions_and_regions_may_come_from_the_environment() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: azure\n        model: gpt-4o\n        api_base: os.environ/AZURE_API_BASE\n        api_version: os.environ/AZURE_API_VERSION\n        api_key: k\n      - provider: bedrock\n        model: anthropic.claude-3-5-sonnet-20240620-v1:0\n        aws_region: os.environ/AWS_REGION_NAME\n        aws_model_id: os.environ/PROFILE_ARN\n",
+    )
+    .unwrap();
+    let models = config
+        .validate(&env(&[
+            ("AZURE_API_BASE", "https://example.openai.azure.com"),
+            ("AZURE_API_VERSION", "2024-10-21"),
+            ("AWS_REGION_NAME", "eu-west-1"),
+            (
+                "PROFILE_ARN",
+                "arn:aws:bedrock:eu-west-1:1:application-inference-profile/x",
+            ),
+        ]))
+        .unwrap();
+    let (azure, bedrock) = (&models[0].deployments[0], &models[0].deployments[1]);
+    assert_eq!(azure.api_base.as_deref(), Some("https://example.openai.azure.com"));
+    assert_eq!(azure.api_version.as_deref(), Some("2024-10-21"));
+    assert_eq!(bedrock.aws_region.as_deref(), Some("eu-west-1"));
+    assert!(bedrock.aws_model_id.as_deref().is_some_and(|id| id.starts_with("arn:")));
+    // Unset or empty, each is named.
+    let err = config
+        .validate(&env(&[("AZURE_API_VERSION", " ")]))
+        .unwrap_err()
+        .to_string();
+    for key in ["api_base", "api_version", "aws_region", "aws_model_id"] {
+        assert!(err.contains(&format!(".{key}:")), "{key}: {err}");
+    }
 }
