@@ -588,7 +588,7 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
     });
     let doc: serde_json::Value = Figment::from(Yaml::string(&yaml))
         .extract()
-        .map_err(|err| ConfigError::Parse(err.to_string()))?;
+        .map_err(|err| ConfigError::Parse(without_values(err)))?;
     let mut notices = Vec::new();
     let litellm = crate::litellm::is_litellm(&doc);
     let mut figment = if litellm {
@@ -606,7 +606,7 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
     }
     let mut config = figment
         .extract::<Config>()
-        .map_err(|err| ConfigError::Parse(err.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")))?;
+        .map_err(|err| ConfigError::Parse(without_values(err)))?;
     config.notices = notices;
     config.policy.litellm_master_key_env = litellm;
     config.notices.extend(unpriced_notices(&config));
@@ -619,6 +619,41 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         );
     }
     Ok(config)
+}
+
+/// The parse errors' messages without the values they found: a secret in the
+/// wrong place (a Redis URL written where a section belongs, an all-digit
+/// master key read as a number) must not be printed, logged or answered.
+/// Only the kind of value is named.
+fn without_values(err: figment::Error) -> String {
+    use figment::error::{Actual, Kind};
+    err.into_iter()
+        .map(|mut e| {
+            let found = |a: &Actual| match a {
+                Actual::Bool(_) => Some("a boolean"),
+                Actual::Unsigned(_) | Actual::Signed(_) | Actual::Float(_) => Some("a number"),
+                Actual::Char(_) | Actual::Str(_) | Actual::Other(_) => Some("a string"),
+                Actual::Bytes(_) => Some("bytes"),
+                _ => None,
+            };
+            match &mut e.kind {
+                Kind::InvalidType(a, _)
+                | Kind::InvalidValue(a, _)
+                | Kind::Unsupported(a)
+                | Kind::UnsupportedKey(a, _) => {
+                    if let Some(kind) = found(a) {
+                        *a = Actual::Other(kind.into());
+                    }
+                }
+                Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => {
+                    e.kind = Kind::Message("a number out of range".into());
+                }
+                _ => {}
+            }
+            e.to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// A warning for each deployment that would be charged nothing without

@@ -112,23 +112,33 @@ impl Origin {
                 })
             }
             Origin::S3 { client, bucket, key } => {
-                let object = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| {
-                    ReloadError::Fetch(format!("s3://{bucket}/{key}: {}", crate::learned::aws_reason(&e)))
-                })?;
-                let etag =
-                    crate::learned::object_version(object.e_tag(), object.last_modified(), object.content_length());
-                let bytes = object
-                    .body
-                    .collect()
-                    .await
-                    .map_err(|e| ReloadError::Fetch(format!("s3://{bucket}/{key}: {e}")))?
-                    .into_bytes();
-                let text = String::from_utf8(bytes.to_vec())
-                    .map_err(|_| ReloadError::Fetch(format!("s3://{bucket}/{key} is not UTF-8")))?;
-                Ok(Fetched {
-                    text: Some(text),
-                    fingerprint: etag,
-                })
+                // Bounded: a read that stalls must not hold reloads (and
+                // start-up) for ever; the SDK bounds only connecting.
+                let read = async {
+                    let object = client.get_object().bucket(bucket).key(key).send().await.map_err(|e| {
+                        ReloadError::Fetch(format!("s3://{bucket}/{key}: {}", crate::learned::aws_reason(&e)))
+                    })?;
+                    let etag =
+                        crate::learned::object_version(object.e_tag(), object.last_modified(), object.content_length());
+                    let bytes = object
+                        .body
+                        .collect()
+                        .await
+                        .map_err(|e| ReloadError::Fetch(format!("s3://{bucket}/{key}: {e}")))?
+                        .into_bytes();
+                    let text = String::from_utf8(bytes.to_vec())
+                        .map_err(|_| ReloadError::Fetch(format!("s3://{bucket}/{key} is not UTF-8")))?;
+                    Ok(Fetched {
+                        text: Some(text),
+                        fingerprint: etag,
+                    })
+                };
+                tokio::time::timeout(S3_READ_TIMEOUT, read).await.map_err(|_| {
+                    ReloadError::Fetch(format!(
+                        "s3://{bucket}/{key}: no answer within {} s",
+                        S3_READ_TIMEOUT.as_secs()
+                    ))
+                })?
             }
         }
     }
@@ -136,14 +146,24 @@ impl Origin {
     /// The fingerprint only, when it is cheaper than the text (S3: `HeadObject`).
     async fn fingerprint(&self) -> Result<String, ReloadError> {
         match self {
-            Origin::S3 { client, bucket, key } => client
-                .head_object()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map(|h| crate::learned::object_version(h.e_tag(), h.last_modified(), h.content_length()))
-                .map_err(|e| ReloadError::Fetch(format!("s3://{bucket}/{key}: {}", crate::learned::aws_reason(&e)))),
+            Origin::S3 { client, bucket, key } => {
+                let head = client.head_object().bucket(bucket).key(key).send();
+                match tokio::time::timeout(S3_READ_TIMEOUT, head).await {
+                    Ok(Ok(h)) => Ok(crate::learned::object_version(
+                        h.e_tag(),
+                        h.last_modified(),
+                        h.content_length(),
+                    )),
+                    Ok(Err(e)) => Err(ReloadError::Fetch(format!(
+                        "s3://{bucket}/{key}: {}",
+                        crate::learned::aws_reason(&e)
+                    ))),
+                    Err(_) => Err(ReloadError::Fetch(format!(
+                        "s3://{bucket}/{key}: no answer within {} s",
+                        S3_READ_TIMEOUT.as_secs()
+                    ))),
+                }
+            }
             other => other.fetch().await.map(|f| f.fingerprint),
         }
     }
@@ -193,6 +213,9 @@ struct Refused {
 /// How long the watch waits before it tries again a configuration whose
 /// start failed.
 const RETRY_START_AFTER: Duration = Duration::from_secs(30);
+
+/// The longest a configuration read from S3 may take, answer included.
+const S3_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Refused {
     /// Whether the watch should leave `fingerprint` alone now.

@@ -349,3 +349,21 @@ fn addresses_versions_and_regions_may_come_from_the_environment() {
         assert!(err.contains(&format!(".{key}:")), "{key}: {err}");
     }
 }
+
+#[test]
+fn a_value_in_the_wrong_place_is_not_printed() {
+    // A Redis URL with its password written where a section belongs.
+    let err = parse(
+        "policy:\n  redis: \"redis://:hunter2-secret@redis:6379\"\nmodel_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("policy.redis") && err.contains("found a string"), "{err}");
+    // A master key of digits only, read as a number.
+    let err = parse("policy:\n  master_key: 84729103847561\nmodel_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("84729103847561"), "{err}");
+    assert!(err.contains("policy.master_key"), "{err}");
+}
