@@ -1080,6 +1080,14 @@ fn validate_deployment(
             format!("{weight} is not a positive number"),
         ));
     }
+    for (field, limit) in [("rpm", entry.rpm), ("tpm", entry.tpm)] {
+        if limit == Some(0) {
+            issues.push(issue(
+                format!("{path}.{field}"),
+                "must be greater than 0 (leave it out for no limit)",
+            ));
+        }
+    }
     let t = &entry.timeouts;
     for (field, value) in [
         ("connect_ms", t.connect_ms),
@@ -1098,7 +1106,8 @@ fn validate_deployment(
         .headers
         .iter()
         .filter_map(|(name, value)| {
-            let secret = resolve_secret(value, &format!("{path}.headers.{name}"), env, issues)?;
+            // An empty header (an unset variable's) would fail every request.
+            let secret = resolve_credential(value, &format!("{path}.headers.{name}"), env, issues)?;
             Some((name.clone(), secret.expose().to_owned()))
         })
         .collect();

@@ -86,10 +86,6 @@ const IGNORED_GENERAL_SETTINGS: &[(&str, &str)] = &[
         "Switchyard has no database (policy.data_dir or policy.redis)",
     ),
     (
-        "allow_requests_on_db_unavailable",
-        "Switchyard has no database; while Redis is down policy.redis.failure_mode decides",
-    ),
-    (
         "disable_error_logs",
         "failed requests are logged without their payloads (telemetry.log_payloads)",
     ),
@@ -123,13 +119,10 @@ const IGNORED_ROUTER_SETTINGS: &[(&str, &str)] = &[
     ),
 ];
 
-const IGNORED_PARAMS: &[(&str, &str)] = &[
-    (
-        "max_retries",
-        "retries are per model group (router_settings.num_retries)",
-    ),
-    ("organization", "send an OpenAI-Organization header with `headers`"),
-];
+const IGNORED_PARAMS: &[(&str, &str)] = &[(
+    "max_retries",
+    "retries are per model group (router_settings.num_retries)",
+)];
 
 fn secs_to_ms(v: &Value) -> Option<u64> {
     v.as_f64()
@@ -274,7 +267,7 @@ impl Translator {
         for (key, value) in &params {
             let here = format!("{ppath}.{key}");
             let target = match key.as_str() {
-                "model" => continue,
+                "model" | "organization" => continue,
                 "api_base" | "base_url" => {
                     let mut base = value.as_str().unwrap_or_default().trim_end_matches('/').to_owned();
                     // An address read from the environment is taken as it is.
@@ -346,6 +339,19 @@ impl Translator {
                 }
             };
             self.map(here, format!("model_list[{name}].deployments[].{target}"));
+        }
+        // LiteLLM bounds a stream by `timeout` too when it has no
+        // `stream_timeout`: its start waits as long as a whole answer may.
+        if let Some(total) = timeouts.get("total_ms").cloned() {
+            timeouts.entry("first_byte_ms").or_insert(total);
+        }
+        // LiteLLM's `organization` picks the OpenAI organization billed.
+        if let Some(org) = params.get("organization").and_then(Value::as_str) {
+            let headers = d.entry("headers").or_insert_with(|| json!({}));
+            if let Some(headers) = headers.as_object_mut() {
+                headers.insert("OpenAI-Organization".into(), json!(org));
+            }
+            self.map(format!("{ppath}.organization"), "headers.OpenAI-Organization");
         }
         if !timeouts.is_empty() {
             let defaults = crate::config::TimeoutsEntry::default();
@@ -453,7 +459,11 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             }
         }
     }
+    // LiteLLM's own defaults, which its files rely on when they say nothing:
+    // a deployment cools down for 5 s once its failures exceed 3.
     let mut router = Map::new();
+    router.insert("allowed_fails".into(), json!(4));
+    router.insert("cooldown_ms".into(), json!(5_000));
     let mut policy = Map::new();
     // Clients of a LiteLLM proxy read its response headers.
     let mut server = Map::from_iter([("litellm_headers".to_owned(), json!(true))]);
@@ -652,6 +662,20 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     policy.insert("master_key".into(), value.clone());
                     t.map(here, "policy.master_key");
                 }
+                // Serving while the store is down is Redis's `fail_open`.
+                "allow_requests_on_db_unavailable" => match value.as_bool() {
+                    Some(allow) => {
+                        let mode = if allow { "fail_open" } else { "fail_closed" };
+                        match policy.get_mut("redis").and_then(Value::as_object_mut) {
+                            Some(redis) => {
+                                redis.insert("failure_mode".into(), json!(mode));
+                                t.map(here, format!("policy.redis.failure_mode: {mode}"));
+                            }
+                            None => t.warn(&here, "there is no Redis for the policy: nothing can be unavailable"),
+                        }
+                    }
+                    None => t.refuse(&here, "must be true or false"),
+                },
                 "global_max_parallel_requests" => match value.as_u64() {
                     Some(n) => {
                         server.insert("max_concurrent_requests".into(), json!(n));

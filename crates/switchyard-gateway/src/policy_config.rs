@@ -224,6 +224,12 @@ impl PolicyConfig {
                 issues.push(issue(format!("{path}.team_id"), "is required"));
                 continue;
             };
+            if teams.iter().any(|t: &TeamRecord| t.team_id == team_id) {
+                issues.push(issue(
+                    format!("{path}.team_id"),
+                    format!("`{team_id}` is declared twice"),
+                ));
+            }
             let mut record = TeamRecord {
                 team_id: team_id.to_owned(),
                 team_alias: None,

@@ -190,6 +190,15 @@ pub struct Live {
     state: ArcSwap<AppState>,
     router: ArcSwap<Router>,
     config: parking_lot::Mutex<(Config, String)>,
+    /// The sections read at start-up that a reload does not apply
+    /// (`server`, `policy`, `telemetry`), to tell what waits for a restart.
+    booted: (
+        crate::config::ServerConfig,
+        crate::policy_config::PolicyConfig,
+        crate::telemetry_config::TelemetryConfig,
+    ),
+    /// Those of them the configuration now in use changed.
+    pending_restart: parking_lot::Mutex<Vec<&'static str>>,
     /// The last configuration refused: its fingerprint, when, and whether
     /// the failure may pass by itself (something it needs could not be
     /// read, e.g. an artifact store that did not answer). The watch does not retry
@@ -251,6 +260,8 @@ impl Live {
             env,
             state: ArcSwap::new(state),
             router: ArcSwap::from_pointee(router),
+            booted: (config.server.clone(), config.policy.clone(), config.telemetry.clone()),
+            pending_restart: parking_lot::Mutex::new(Vec::new()),
             config: parking_lot::Mutex::new((config, fingerprint)),
             refused: parking_lot::Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
@@ -320,17 +331,24 @@ impl Live {
         let same_embedder = self.config.lock().0.embedder == config.embedder;
         let reuse = old.embedder.clone().filter(|_| same_embedder);
         let mut next = crate::build_state_with(&config, self.env.as_ref(), reuse)?;
+        // Compared with what the process started with: a section changed
+        // by an earlier reload still waits for the restart.
+        let pending: Vec<&'static str> = [
+            ("server", self.booted.0 != config.server),
+            ("policy", self.booted.1 != config.policy),
+            ("telemetry", self.booted.2 != config.telemetry),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect();
+        for section in &pending {
+            tracing::warn!(
+                section,
+                "this section differs from the one in use; it takes effect at the next restart"
+            );
+        }
         {
             let (previous, _) = &*self.config.lock();
-            for (section, changed) in [
-                ("server", previous.server != config.server),
-                ("policy", previous.policy != config.policy),
-                ("telemetry", previous.telemetry != config.telemetry),
-            ] {
-                if changed {
-                    tracing::warn!(section, "this section changed; it takes effect at the next restart");
-                }
-            }
             // A semantic index holds the embedder's vectors: with another
             // embedder, the cache starts afresh.
             next.inherit(
@@ -357,7 +375,14 @@ impl Live {
         self.state.store(next);
         self.router.store(Arc::new(router));
         *self.config.lock() = (config, fetched.fingerprint);
+        *self.pending_restart.lock() = pending;
         Ok(())
+    }
+
+    /// The sections the configuration in use changed that take effect at
+    /// the next restart only.
+    pub fn pending_restart(&self) -> Vec<&'static str> {
+        self.pending_restart.lock().clone()
     }
 
     /// Turns readiness false: load balancers stop sending new requests.
@@ -465,6 +490,8 @@ async fn reload_route(live: &Live, headers: &axum::http::HeaderMap) -> Response 
             "status": "reloaded",
             "reloads": live.reloads.load(Ordering::Relaxed),
             "models": live.state().registry.model_names().count(),
+            // Changed, but applied at the next restart only.
+            "pending_restart": live.pending_restart(),
         }))
         .into_response(),
         Err(e) => ApiError::InvalidField {

@@ -61,6 +61,11 @@ pub struct AppState {
     pub record_end_users: bool,
     /// Prices of each deployment, indexed like `providers`.
     pub prices: Vec<Prices>,
+    /// What each deployment calls (provider, model, address, region, a hash
+    /// of its credentials), indexed like `providers`: a reload carries a
+    /// deployment's breaker and statistics to the one calling the same
+    /// upstream, wherever it now is in its group.
+    upstreams: Vec<[u8; 32]>,
     /// Per public model name, the highest prices any deployment it may reach
     /// charges (its own, its fallbacks', a learned router's candidates'),
     /// and the most output such a deployment asks for by itself.
@@ -205,6 +210,29 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
         .collect()
 }
 
+/// What a deployment calls, as a hash: its provider, model, address, API
+/// version, region, model id and credentials (hashed, never kept).
+fn upstream_identity(spec: &crate::config::DeploymentSpec) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [
+        provider_name(spec.provider),
+        spec.model.as_str(),
+        spec.api_base.as_deref().unwrap_or(""),
+        spec.api_version.as_deref().unwrap_or(""),
+        spec.aws_region.as_deref().unwrap_or(""),
+        spec.aws_model_id.as_deref().unwrap_or(""),
+        spec.api_key.as_ref().map_or("", |k| k.expose()),
+    ] {
+        h.update(part.as_bytes());
+        h.update([0]);
+    }
+    if let Some((id, _, _)) = &spec.aws_credentials {
+        h.update(id.expose().as_bytes());
+    }
+    h.finalize().into()
+}
+
 /// The higher of each of two price lists' prices.
 pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
     let opt = |x: Option<f64>, y: Option<f64>| match (x, y) {
@@ -255,6 +283,15 @@ impl AppState {
         } else {
             match Embedder::load(embedder) {
                 Ok(e) => Some(Arc::new(e)),
+                // A setting out of range is named as itself, not as the
+                // model's directory.
+                Err(switchyard_routing::embed::EmbedError::InvalidSetting(setting)) => {
+                    issues.push(ConfigIssue {
+                        path: format!("embedder.{setting}"),
+                        message: "is out of range (max_tokens: 8 to 512; batch_size: at least 1)".into(),
+                    });
+                    None
+                }
                 Err(e) => {
                     issues.push(ConfigIssue {
                         path: "embedder.model_dir".into(),
@@ -273,6 +310,7 @@ impl AppState {
         };
         let mut providers = Vec::new();
         let mut prices = Vec::new();
+        let mut upstreams = Vec::new();
         let mut strategies = StrategyRegistry::with_builtins();
         match LatencyBased::new(router.latency_tolerance) {
             Ok(s) => drop(strategies.replace(LatencyBased::NAME, Arc::new(s))),
@@ -300,6 +338,7 @@ impl AppState {
                     Ok(client) => {
                         providers.push(client);
                         prices.push(spec.prices);
+                        upstreams.push(upstream_identity(spec));
                     }
                     Err(e) => {
                         issues.push(ConfigIssue {
@@ -390,6 +429,7 @@ impl AppState {
             default_max_tokens: policy.default_max_tokens,
             record_end_users: policy.record_end_users,
             prices,
+            upstreams,
             ceilings,
             cache,
             metrics: switchyard_telemetry::Metrics::new(),
@@ -481,12 +521,15 @@ impl AppState {
             let (Ok(new_group), Ok(old_group)) = (self.registry.group(name), old.registry.group(name)) else {
                 continue;
             };
+            let upstream = |state: &AppState, id: DeploymentId| state.upstreams.get(id.0).copied();
+            let mut taken = Vec::new();
             for d in new_group.deployments() {
-                if let Some(before) = old_group
-                    .deployments()
-                    .iter()
-                    .find(|o| o.name == d.name && o.provider == d.provider && o.model == d.model)
-                {
+                if let Some(before) = old_group.deployments().iter().find(|o| {
+                    !taken.contains(&o.id.0)
+                        && upstream(old, o.id).is_some()
+                        && upstream(old, o.id) == upstream(self, d.id)
+                }) {
+                    taken.push(before.id.0);
                     self.stats.carry_over(d.id, &old.stats, before.id);
                     self.cooldowns.carry_over(d.id, &old.cooldowns, before.id);
                 }

@@ -195,6 +195,12 @@ impl TelemetryConfig {
                             "must start with redis:// or rediss://",
                         ));
                     }
+                    if redis.max_len == 0 {
+                        issues.push(issue("telemetry.request_log.redis.max_len", "must be greater than 0"));
+                    }
+                    if redis.stream.trim().is_empty() {
+                        issues.push(issue("telemetry.request_log.redis.stream", "must not be empty"));
+                    }
                     LogSink::Redis {
                         url,
                         stream: redis.stream.clone(),

@@ -661,3 +661,18 @@ model_list:
         );
     }
 }
+
+/// An embedder setting out of range is named as itself, not as the model's
+/// directory.
+#[test]
+fn an_embedder_setting_out_of_range_is_named() {
+    let yaml = format!(
+        "embedder:\n  model_dir: \"{}\"\n  batch_size: 0\ncache:\n  enabled: true\n  semantic:\n    gpt:\n      min_similarity: 0.9\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: mock, model: m}}\n",
+        model_dir().display()
+    );
+    let output = switchyard_testkit::run_check_config(BIN.as_ref(), &yaml);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("embedder.batch_size"), "{stderr}");
+    assert!(!stderr.contains("embedder.model_dir"), "{stderr}");
+}

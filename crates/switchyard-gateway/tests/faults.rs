@@ -862,6 +862,33 @@ async fn a_reload_keeps_the_breakers_and_statistics_of_deployments_it_keeps() {
         .unwrap();
     assert_eq!(steady["stats"]["successes"], 1, "{steady}");
     assert_eq!(steady["stats"]["rpm_used"], 1, "{steady}");
+
+    // A deployment added before it: the open breaker follows its upstream
+    // (now `flaky/1`), not its place in the group.
+    let reordered = format!(
+        "router_settings:\n  retry_backoff_ms: 10\n  max_backoff_ms: 50\n{router}\nmodel_list:\n{}",
+        models.replace(
+            "      - {provider: openai, api_base: \"{base}\", api_key: k, model: \"f::status=500\"}\n",
+            "      - {provider: openai, api_base: \"{base}\", api_key: k, model: \"f-new\"}\n      - {provider: openai, api_base: \"{base}\", api_key: k, model: \"f::status=500\"}\n",
+        )
+    )
+    .replace("{base}", &mock.base_url());
+    std::fs::write(gw.config_path(), reordered).unwrap();
+    gw.signal("HUP");
+    let mut moved = false;
+    for _ in 0..200 {
+        if admin(&gw).await.iter().any(|d| d["deployment"] == "flaky/1") {
+            moved = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(moved, "{:?}", gw.logs());
+    assert_eq!(breaker(&gw, "flaky/1").await["state"], "open");
+    assert_eq!(breaker(&gw, "flaky/0").await["state"], "closed");
+    let a = chat(&gw, "flaky", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(sent_to(&mock, "f::status=500"), 2);
 }
 
 /// An error the upstream sends inside a stream keeps its kind: OpenAI's

@@ -225,12 +225,18 @@ async fn reloads_under_load_fail_no_request_and_bad_configs_change_nothing() {
     assert_eq!(key.status(), 400, "{}", key.text().await.unwrap());
     assert_eq!(ask(&client, &base, "a").await, (200, "v3".into()));
 
-    // 4. Fixed, and reloaded through the API.
+    // 4. Fixed, and reloaded through the API; it says which changed
+    // sections wait for a restart (none, then `server`).
     std::fs::write(gw.config_path(), config("v5", "", "")).unwrap();
     let (status, body) = reload(MASTER).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "reloaded");
+    assert_eq!(body["pending_restart"], json!([]), "{body}");
     assert_eq!(ask(&client, &base, "a").await, (200, "v5".into()));
+    std::fs::write(gw.config_path(), config("v5", "", "  max_connections: 500\n")).unwrap();
+    let (status, body) = reload(MASTER).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["pending_restart"], json!(["server"]), "{body}");
     assert!(!models(&base).await.contains(&"b".to_owned()));
 
     stop.store(true, Ordering::Relaxed);

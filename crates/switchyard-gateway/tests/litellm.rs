@@ -137,6 +137,11 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
     assert!(state.cache.is_some(), "litellm_settings.cache");
     assert_eq!(state.cache.as_ref().unwrap().store().backend_name(), "redis");
 
+    // Serving while the database is down is serving through a Redis outage.
+    assert_eq!(
+        config.policy.redis.as_ref().map(|r| format!("{:?}", r.failure_mode)),
+        Some("FailOpen".to_owned())
+    );
     let notices = config.notices.join("\n");
     for key in [
         "litellm_settings.set_verbose",
@@ -146,7 +151,6 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
         "model_list[1].model_info.id",
         "model_list[2].litellm_params.max_retries",
         "general_settings.database_connection_pool_limit",
-        "general_settings.allow_requests_on_db_unavailable",
     ] {
         assert_eq!(
             notices.matches(&format!("`{key}`")).count(),
@@ -543,5 +547,45 @@ fn addresses_and_versions_are_read_from_the_environment() {
     assert!(
         err.contains("TEST_AZURE_VERSION") && err.contains("TEST_AZURE_BASE"),
         "{err}"
+    );
+}
+
+/// What a LiteLLM file leaves unsaid behaves as LiteLLM: its cooldown
+/// defaults, a stream bounded by `timeout`, the OpenAI organization billed,
+/// and serving through a Redis outage when it allowed requests without its
+/// database.
+#[test]
+fn litellm_defaults_and_settings_keep_their_meaning() {
+    let doc = json!({
+        "model_list": [{"model_name": "g", "litellm_params": {
+            "model": "openai/gpt-4o", "api_key": "k", "timeout": 300, "organization": "org-123"}}],
+        "router_settings": {"redis_host": "redis.internal"},
+        "general_settings": {"allow_requests_on_db_unavailable": true}
+    });
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    let router = &t.config["router_settings"];
+    assert_eq!(router["allowed_fails"], 4, "{router}");
+    assert_eq!(router["cooldown_ms"], 5000, "{router}");
+    let d = &t.config["model_list"][0]["deployments"][0];
+    assert_eq!(d["timeouts"]["total_ms"], 300_000, "{d}");
+    assert_eq!(d["timeouts"]["first_byte_ms"], 300_000, "{d}");
+    assert_eq!(d["headers"]["OpenAI-Organization"], "org-123", "{d}");
+    assert_eq!(
+        t.config["policy"]["redis"]["failure_mode"], "fail_open",
+        "{}",
+        t.config["policy"]
+    );
+    // Settings the file gives win over the defaults.
+    let doc = json!({
+        "model_list": [{"model_name": "g", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k",
+            "timeout": 300, "stream_timeout": 10}}],
+        "router_settings": {"allowed_fails": 1, "cooldown_time": 60}
+    });
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert_eq!(t.config["router_settings"]["allowed_fails"], 2);
+    assert_eq!(t.config["router_settings"]["cooldown_ms"], 60_000);
+    assert_eq!(
+        t.config["model_list"][0]["deployments"][0]["timeouts"]["first_byte_ms"],
+        10_000
     );
 }

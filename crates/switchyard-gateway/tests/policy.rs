@@ -783,6 +783,7 @@ policy:
   teams:
     - team_id: t
       rpm_limit: 0
+    - team_id: t
   keys:
     - key: sk-a-long-enough-key-0001
       models: [nope]
@@ -802,6 +803,7 @@ model_list:
         "policy.redis.url",
         "policy.redis.settled_ttl_hours",
         "policy.teams[0].rpm_limit",
+        "policy.teams[1].team_id: `t` is declared twice",
         "policy.keys[0].models[0]",
         "policy.keys[0].team_id",
         "policy.keys[0].budget_duration",

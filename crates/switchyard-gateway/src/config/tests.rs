@@ -367,3 +367,19 @@ fn a_value_in_the_wrong_place_is_not_printed() {
     assert!(!err.contains("84729103847561"), "{err}");
     assert!(err.contains("policy.master_key"), "{err}");
 }
+
+#[test]
+fn settings_that_would_fail_every_request_are_refused() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: m\n        api_key: k\n        rpm: 0\n        tpm: 0\n        headers: {Authorization: os.environ/EMPTY_TOKEN}\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[("EMPTY_TOKEN", "")])).unwrap_err().to_string();
+    for expected in [
+        "model_list[0].deployments[0].rpm: must be greater than 0",
+        "model_list[0].deployments[0].tpm: must be greater than 0",
+        "model_list[0].deployments[0].headers.Authorization: environment variable `EMPTY_TOKEN` is empty",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}
