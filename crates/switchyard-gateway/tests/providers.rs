@@ -109,6 +109,16 @@ impl Client {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The answer to an Anthropic-format request on `/v1/messages`.
+    async fn messages(&self, body: Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/messages", self.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
     /// The `data:` payloads of a streaming chat request.
     async fn stream(&self, mut body: Value) -> (u16, Vec<String>) {
         body["stream"] = json!(true);
@@ -136,6 +146,15 @@ fn sse_data(body: &str) -> Vec<String> {
         })
         .filter(|data| !data.is_empty())
         .collect()
+}
+
+/// Streams finished and output tokens counted for model group `model`.
+async fn streams_and_output(c: &Client, model: &str) -> (f64, f64) {
+    let label = format!("model=\"{model}\"");
+    (
+        metric_sum(c, "switchyard_stream_duration_seconds_count", &[&label]).await,
+        metric_sum(c, "switchyard_tokens_total", &[&label, "direction=\"output\""]).await,
+    )
 }
 
 /// The sum of the `/metrics` samples of metric `name` that carry every one
@@ -353,13 +372,9 @@ async fn run_contract(provider: &str) {
     if provider == "anthropic" {
         // Passed through on /v1/messages: each line keeps its `data:`.
         let response = c
-            .http
-            .post(format!("{}/v1/messages", c.base))
-            .json(&json!({"model": "pretty", "max_tokens": 64, "stream": true,
+            .messages(json!({"model": "pretty", "max_tokens": 64, "stream": true,
                 "messages": [{"role": "user", "content": "stream me please"}]}))
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 200);
         let body = response.text().await.unwrap();
         let mut text = String::new();
@@ -373,21 +388,11 @@ async fn run_contract(provider: &str) {
         // A Claude stream passed through on /v1/messages ends at
         // `message_stop`: it is recorded as a completed stream and charged
         // the output tokens the upstream reported, not one per event.
-        let before = metric_sum(&c, "switchyard_stream_duration_seconds_count", &["model=\"contract\""]).await;
-        let output_before = metric_sum(
-            &c,
-            "switchyard_tokens_total",
-            &["model=\"contract\"", "direction=\"output\""],
-        )
-        .await;
+        let (before, output_before) = streams_and_output(&c, "contract").await;
         let response = c
-            .http
-            .post(format!("{}/v1/messages", c.base))
-            .json(&json!({"model": "contract", "max_tokens": 64, "stream": true,
+            .messages(json!({"model": "contract", "max_tokens": 64, "stream": true,
                 "messages": [{"role": "user", "content": "stream me please"}]}))
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 200, "{provider}");
         let body = response.text().await.unwrap();
         assert!(body.contains("event: message_stop"), "{provider}: {body}");
@@ -403,13 +408,7 @@ async fn run_contract(provider: &str) {
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let after = metric_sum(&c, "switchyard_stream_duration_seconds_count", &["model=\"contract\""]).await;
-            let output = metric_sum(
-                &c,
-                "switchyard_tokens_total",
-                &["model=\"contract\"", "direction=\"output\""],
-            )
-            .await;
+            let (after, output) = streams_and_output(&c, "contract").await;
             if after == before + 1.0 && output == output_before + reported {
                 break;
             }
@@ -423,13 +422,9 @@ async fn run_contract(provider: &str) {
         // A passed-through stream that closes before `message_stop` ends with
         // an error event for the client, and counts as a failed stream.
         let response = c
-            .http
-            .post(format!("{}/v1/messages", c.base))
-            .json(&json!({"model": "truncated", "max_tokens": 64, "stream": true,
+            .messages(json!({"model": "truncated", "max_tokens": 64, "stream": true,
                 "messages": [{"role": "user", "content": "stream me please"}]}))
-            .send()
-            .await
-            .unwrap();
+            .await;
         let body = response.text().await.unwrap();
         assert!(body.contains("event: error"), "{provider}: {body}");
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -444,13 +439,9 @@ async fn run_contract(provider: &str) {
         // A native answer that is not JSON is a bad answer (502), not a 200
         // passed on to the client.
         let response = c
-            .http
-            .post(format!("{}/v1/messages", c.base))
-            .json(&json!({"model": "broken", "max_tokens": 64,
+            .messages(json!({"model": "broken", "max_tokens": 64,
                 "messages": [{"role": "user", "content": "hello"}]}))
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 502, "{provider}");
         let body: Value = response.json().await.unwrap();
         assert_eq!(body["error"]["type"], "api_error", "{provider}: {body}");
@@ -459,9 +450,7 @@ async fn run_contract(provider: &str) {
         // without a signature, which Claude refuses: they are left out;
         // Claude's own, signed, are kept.
         let response = c
-            .http
-            .post(format!("{}/v1/messages", c.base))
-            .json(&json!({"model": "contract", "max_tokens": 64, "messages": [
+            .messages(json!({"model": "contract", "max_tokens": 64, "messages": [
                 {"role": "user", "content": "what is 2 + 2?"},
                 {"role": "assistant", "content": [
                     {"type": "thinking", "thinking": "from another model"},
@@ -475,9 +464,7 @@ async fn run_contract(provider: &str) {
                     {"type": "text", "text": "6"}]},
                 {"role": "user", "content": "thanks"}
             ]}))
-            .send()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(response.status(), 200, "{provider}: {}", response.text().await.unwrap());
         let sent = mock.last_request().unwrap().body;
         // A message of nothing but unsigned thinking keeps its text.
