@@ -708,6 +708,10 @@ async fn try_group<'s>(
                     e,
                     ProviderError::Unsupported { .. } | ProviderError::InvalidRequest { .. }
                 );
+                // The upstream does not know what the deployment names (an
+                // Azure deployment or a model that does not exist): another
+                // deployment of the group, or a fallback, may serve.
+                let unknown_upstream = matches!(e, ProviderError::Status { status: 404, .. });
                 if unexpressible {
                     // Refused before anything was sent: says nothing of its health.
                     if !panic {
@@ -746,7 +750,7 @@ async fn try_group<'s>(
                 if let Some(reason) = reason {
                     return GroupOutcome::Exhausted(error, reason);
                 }
-                if unexpressible {
+                if unexpressible || unknown_upstream {
                     // Another provider of the group may take it: not a retry.
                     unable.push(index);
                     if unable.len() < route.all.len() {

@@ -165,7 +165,9 @@ impl ApiError {
                          the gateway's operator must fix its configuration."
                     );
                 }
-                ProviderError::Status { status, message, .. } if (400..500).contains(status) && *status != 408 => {
+                ProviderError::Status { status, message, .. }
+                    if (400..500).contains(status) && !matches!(status, 404 | 408) =>
+                {
                     return message.clone();
                 }
                 ProviderError::InvalidRequest { message, .. } => return message.clone(),
@@ -277,6 +279,14 @@ fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Opt
             "upstream_error",
             None,
             Some("upstream_timeout".into()),
+        ),
+        // The client named a model the gateway serves; the upstream not
+        // knowing the deployment's is the gateway's configuration.
+        ProviderError::Status { status: 404, .. } => (
+            S::BAD_GATEWAY,
+            "upstream_error",
+            None,
+            Some("upstream_not_found".into()),
         ),
         ProviderError::Status { status, .. } if is_auth_status(*status) => (
             S::BAD_GATEWAY,

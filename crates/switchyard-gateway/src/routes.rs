@@ -158,6 +158,9 @@ pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
         ProviderError::Status { status: 429, .. } => ErrorClass::RateLimited,
         ProviderError::Status { status: 401 | 403, .. } => ErrorClass::Auth,
         ProviderError::Status { status: 408, .. } => ErrorClass::Timeout,
+        // The upstream does not know the model or deployment configured: the
+        // deployment's fault, counted by its breaker.
+        ProviderError::Status { status: 404, .. } => ErrorClass::Other,
         ProviderError::Status { status, .. } if *status >= 500 => ErrorClass::ServerError,
         ProviderError::Status { .. } | ProviderError::InvalidRequest { .. } | ProviderError::Unsupported { .. } => {
             ErrorClass::ClientError

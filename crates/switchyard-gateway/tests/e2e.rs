@@ -32,6 +32,12 @@ fn config(mock: &MockUpstream) -> String {
     yaml += &openai("limited", "mock-model::status=429,retry_after=7", "");
     yaml += &openai("bad-request", "mock-model::status=400", "");
     yaml += &openai("upstream-408", "mock-model::status=408", "");
+    yaml += &openai("gone", "mock-model::status=404", "");
+    // A deployment whose upstream does not know its model: the group's
+    // other deployment answers.
+    yaml += &format!(
+        "  - model_name: half-gone\n    deployments:\n      - {{provider: openai, model: \"missing::status=404\", api_base: {base}, weight: 1000}}\n      - {{provider: openai, model: \"present\", api_base: {base}}}\n"
+    );
     // A non-streaming answer is bounded by the total timeout (its head
     // comes when it is written), a stream's start by the first-byte one.
     yaml += &openai(
@@ -327,6 +333,7 @@ async fn upstream_faults_become_typed_errors() {
         ("unreachable", 502, "upstream_unreachable"),
         ("slow", 504, "upstream_timeout"),
         ("upstream-408", 504, "upstream_timeout"),
+        ("gone", 502, "upstream_not_found"),
         ("broken-json", 502, "upstream_invalid_response"),
     ];
     for (model, status, code) in cases {
@@ -342,6 +349,11 @@ async fn upstream_faults_become_typed_errors() {
                 .contains(&format!("{model}/0")),
             "{body}"
         );
+    }
+
+    for _ in 0..3 {
+        let response = s.post("/v1/chat/completions", &chat("half-gone", false)).await;
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
     }
 
     let response = s.post("/v1/chat/completions", &chat("thoughtful", false)).await;
