@@ -103,6 +103,8 @@ where
         ready: VecDeque<Bytes>,
         /// The body ended or failed: nothing more is read.
         failed: bool,
+        /// The last byte read was a `\r`, which may yet be half of `\r\n`.
+        trailing_cr: bool,
     }
     let state = Lines {
         body,
@@ -110,6 +112,7 @@ where
         partial: BytesMut::new(),
         ready: VecDeque::new(),
         failed: false,
+        trailing_cr: false,
     };
     // Lines end at `\n` or `\r`, never inside a UTF-8 sequence: each one is
     // checked whole.
@@ -135,6 +138,13 @@ where
                     state.failed = true;
                     return Some((Err(BodyError::Transport(e)), state));
                 }
+                // A body that ends in a bare `\r`: the parser waits to know
+                // whether `\n` follows, so the last event would never end.
+                // The `\n` given makes it one line end, as it was meant.
+                None if state.partial.is_empty() && state.trailing_cr => {
+                    state.failed = true;
+                    return Some((Ok(Bytes::from_static(b"\n")), state));
+                }
                 // What is left is not a whole line; the parser ignores it,
                 // as it ignores an event that never ends.
                 None if state.partial.is_empty() => return None,
@@ -144,6 +154,9 @@ where
                     return checked(rest, state);
                 }
             };
+            if let Some(&last) = chunk.last() {
+                state.trailing_cr = last == b'\r';
+            }
             if state.meter.feed(&chunk) > MAX_EVENT_BYTES {
                 state.failed = true;
                 return Some((Err(BodyError::EventTooLarge), state));
@@ -304,8 +317,21 @@ mod tests {
             lines(&["data: 1\r", "\n\r\n", "data: tail"]).await,
             vec!["data: 1\r", "\n", "\r\n", "data: tail"]
         );
-        // Bare CR line ends stay together.
-        assert_eq!(lines(&["data: 1\r\rdata: 2\r"]).await, vec!["data: 1\r\rdata: 2\r"]);
+        // Bare CR line ends stay together; one that ends the body is
+        // completed, so that the parser ends the last event.
+        assert_eq!(
+            lines(&["data: 1\r\rdata: 2\r"]).await,
+            vec!["data: 1\r\rdata: 2\r", "\n"]
+        );
+        assert_eq!(lines(&["data: 1\r\n\r\n"]).await, vec!["data: 1\r\n", "\r\n"]);
+    }
+
+    #[tokio::test]
+    async fn the_last_event_of_a_body_with_bare_cr_line_ends_is_read() {
+        let body = stream::iter(vec![Ok(Bytes::from_static(b"data: 1\r\rdata: [DONE]\r\r"))]);
+        let events: Vec<_> = Box::pin(whole_lines(body)).eventsource().collect().await;
+        let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
+        assert_eq!(data, ["1", "[DONE]"]);
     }
 
     #[tokio::test]
