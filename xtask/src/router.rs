@@ -177,11 +177,24 @@ fn print_report(r: &Report) {
     );
 }
 
+/// Says how many scores the data leaves out (traces score only the model
+/// that answered): each is taken as its model's mean score.
+fn warn_missing_scores(data: &Dataset) {
+    let all = data.samples.len() * data.models.len();
+    if data.missing_scores > 0 {
+        println!(
+            "note: {} of {all} (query, model) scores are missing; each is taken as its model's mean score",
+            data.missing_scores
+        );
+    }
+}
+
 /// Trains a router and writes its artifact.
 pub fn train(args: &TrainArgs) -> Result<()> {
     let root = util::workspace_root()?;
     header(&format!("train {:?} router on {}", args.router, args.data.display()));
     let data = Dataset::load(&args.data)?;
+    warn_missing_scores(&data);
     if !(0.0..0.9).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 0.9)");
     }
@@ -318,6 +331,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         hash,
         ..Dataset::with_models(loaded.samples, router.manifest.models.clone())
     };
+    warn_missing_scores(&data);
     let x = embed_all(&root, &embedder, &data)?;
     let predicted = x.iter().map(|e| router.predict(e)).collect::<Result<Vec<_>, _>>()?;
     let report = evaluate(

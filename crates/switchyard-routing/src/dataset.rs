@@ -24,7 +24,10 @@ pub struct Sample {
     pub id: String,
     /// The prompt text.
     pub query: String,
-    /// Each model's quality on this query (higher is better, usually in [0, 1]).
+    /// Each model's quality on this query (higher is better, usually in
+    /// [0, 1]); a model left out, or given `null`, was not scored on it (the
+    /// gateway's own traces score only the model that answered).
+    #[serde(deserialize_with = "scores_given")]
     pub scores: BTreeMap<String, f64>,
     /// What answering cost with each model, if known.
     #[serde(default)]
@@ -35,6 +38,12 @@ pub struct Sample {
     /// The task or benchmark the query comes from.
     #[serde(default)]
     pub task: Option<String>,
+}
+
+/// A `scores` map without its `null` members (models not scored).
+fn scores_given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+    let all = BTreeMap::<String, Option<f64>>::deserialize(d)?;
+    Ok(all.into_iter().filter_map(|(m, s)| Some((m, s?))).collect())
 }
 
 /// Why a data file could not be read.
@@ -70,8 +79,12 @@ pub struct Dataset {
     pub samples: Vec<Sample>,
     /// Every model named in any sample, sorted.
     pub models: Vec<String>,
-    /// `scores[i][j]`: model `j` on query `i`; a model missing from a line scores 0.
+    /// `scores[i][j]`: model `j` on query `i`; where a line has no score for
+    /// the model, its mean score over the lines that have one (unknown is not
+    /// a failure), or 0 for a model scored nowhere.
     pub scores: Vec<Vec<f32>>,
+    /// How many (query, model) scores were missing and filled in so.
+    pub missing_scores: usize,
     /// `costs[i][j]`: cost of model `j` on query `i` (the model's mean cost
     /// where a line gives none; all zero when the file has no costs).
     pub costs: Vec<Vec<f64>>,
@@ -127,14 +140,38 @@ impl Dataset {
         Self::with_models(samples, models)
     }
 
-    /// Builds the matrices for a given model order (models a sample lacks score 0).
+    /// Builds the matrices for a given model order (a score a sample lacks
+    /// is the model's mean score).
     pub fn with_models(samples: Vec<Sample>, models: Vec<String>) -> Self {
+        let mut score_sum = vec![0.0; models.len()];
+        let mut scored = vec![0usize; models.len()];
+        for s in &samples {
+            for (j, m) in models.iter().enumerate() {
+                if let Some(v) = s.scores.get(m).filter(|v| v.is_finite()) {
+                    score_sum[j] += v;
+                    scored[j] += 1;
+                }
+            }
+        }
+        let mean_score: Vec<f64> = score_sum
+            .iter()
+            .zip(&scored)
+            .map(|(s, &c)| if c == 0 { 0.0 } else { s / c as f64 })
+            .collect();
+        let mut missing_scores = 0;
         let scores = samples
             .iter()
             .map(|s| {
                 models
                     .iter()
-                    .map(|m| s.scores.get(m).copied().unwrap_or(0.0) as f32)
+                    .enumerate()
+                    .map(|(j, m)| match s.scores.get(m).filter(|v| v.is_finite()) {
+                        Some(v) => *v as f32,
+                        None => {
+                            missing_scores += 1;
+                            mean_score[j] as f32
+                        }
+                    })
                     .collect()
             })
             .collect();
@@ -178,6 +215,7 @@ impl Dataset {
             models,
             scores,
             costs,
+            missing_scores,
             hash: String::new(),
         }
     }
@@ -221,13 +259,21 @@ mod tests {
                 r#"{"id":"a","query":"q1","scores":{"m2":1.0,"m1":0.0},"costs":{"m1":1.0,"m2":3.0},"cost_kind":"usd_total_per_query","task":"t"}"#,
                 "\n\n",
                 r#"{"id":"b","query":"q2","scores":{"m1":1.0,"m3":0.5},"costs":null}"#,
+                "\n",
+                r#"{"id":"c","query":"q3","scores":{"m1":null,"m2":0.0}}"#,
                 "\n"
             ),
         )
         .unwrap();
         let d = Dataset::load(&path).unwrap();
         assert_eq!(d.models, ["m1", "m2", "m3"]);
-        assert_eq!(d.scores, vec![vec![0.0, 1.0, 0.0], vec![1.0, 0.0, 0.5]]);
+        // A score a line lacks (or gives as null) is unknown, not a failure:
+        // the model's mean score over the lines that have one.
+        assert_eq!(
+            d.scores,
+            vec![vec![0.0, 1.0, 0.5], vec![1.0, 0.5, 0.5], vec![0.5, 0.0, 0.5]]
+        );
+        assert_eq!(d.missing_scores, 4);
         assert_eq!(d.costs[1], vec![1.0, 3.0, 0.0], "missing costs use the model's mean");
         assert_eq!(d.hash.len(), 64);
         std::fs::write(&path, "{\"query\": 1}\n").unwrap();
