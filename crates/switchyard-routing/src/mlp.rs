@@ -192,22 +192,21 @@ impl Mlp {
             let mut batches = 0usize;
             for batch in order.chunks(params.batch_size.max(1)) {
                 let (bx, by) = (rows(batch, x, dims)?, rows(batch, y, models)?);
-                let loss = candle_nn::loss::binary_cross_entropy_with_logit(&mlp.logits(&bx)?, &by)?;
+                let loss = bce_with_logits(&mlp.logits(&bx)?, &by)?;
                 opt.backward_step(&loss)?;
                 total += f64::from(loss.to_scalar::<f32>()?);
                 batches += 1;
             }
             report.epochs = epoch;
             report.last_train_loss = total / batches.max(1) as f64;
-            let val_loss = f64::from(
-                candle_nn::loss::binary_cross_entropy_with_logit(&mlp.logits(&vx)?, &vy)?.to_scalar::<f32>()?,
-            );
+            let val_loss = f64::from(bce_with_logits(&mlp.logits(&vx)?, &vy)?.to_scalar::<f32>()?);
             on_epoch(&Epoch {
                 epoch,
                 train_loss: report.last_train_loss,
                 val_loss,
             });
-            if best.as_ref().is_none_or(|(l, ..)| val_loss < *l) {
+            // A loss that is not a number is never the best.
+            if val_loss.is_finite() && best.as_ref().is_none_or(|(l, ..)| val_loss < *l) {
                 let snapshot = mlp.snapshot()?;
                 best = Some((val_loss, epoch, snapshot));
             } else if best.as_ref().is_some_and(|(_, e, _)| epoch - e >= params.patience) {
@@ -294,9 +293,48 @@ impl Mlp {
     }
 }
 
+/// Mean binary cross-entropy of `logits` against `targets` in [0, 1], in
+/// the form that stays finite for any logit: `max(z, 0) − z·y + ln(1 + e^−|z|)`
+/// (computing `sigmoid` first rounds it to exactly 1 past z ≈ 17 in f32, and
+/// its logarithm then makes the loss, and every weight after the step, NaN).
+fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor, candle_core::Error> {
+    let softplus = logits.abs()?.neg()?.exp()?.affine(1.0, 1.0)?.log()?;
+    ((logits.relu()? - (logits * targets)?)? + softplus)?.mean_all()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_loss_stays_finite_for_any_logit_and_matches_the_plain_form() {
+        let device = Device::Cpu;
+        let logits = Tensor::new(&[[40.0f32, -40.0, 0.5, -2.0]], &device).unwrap();
+        let targets = Tensor::new(&[[0.0f32, 1.0, 1.0, 0.3]], &device).unwrap();
+        let loss = bce_with_logits(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
+        assert!(loss.is_finite(), "{loss}");
+        // Where the plain form is finite, the two agree.
+        let (z, y) = ([0.5f32, -2.0], [1.0f32, 0.3]);
+        let plain: f32 = z
+            .iter()
+            .zip(y)
+            .map(|(z, y)| {
+                let p = 1.0 / (1.0 + (-z).exp());
+                -(y * p.ln() + (1.0 - y) * (1.0 - p).ln())
+            })
+            .sum::<f32>()
+            / 2.0;
+        let stable = bce_with_logits(
+            &Tensor::new(&[z], &device).unwrap(),
+            &Tensor::new(&[y], &device).unwrap(),
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!((plain - stable).abs() < 1e-5, "{plain} vs {stable}");
+        // 40 and -40, wrong by 40 each, cost about 40 each.
+        assert!(loss > 19.0 && loss < 21.0, "{loss}");
+    }
 
     #[test]
     fn learns_per_model_scores_and_survives_a_round_trip() {
