@@ -203,7 +203,10 @@ impl Source {
                 }
             }
             Source::S3 { client, bucket, prefix } => {
-                let get = |file: &'static str| async move {
+                // An object larger than an artifact may be is refused before
+                // it is read (a wrong key, or a runaway publish, must not run
+                // the gateway out of memory): `Ok(Err(why))`.
+                let get = |file: &'static str, limit: u64| async move {
                     tokio::time::timeout(S3_TIMEOUT, async move {
                         let object = client
                             .get_object()
@@ -213,20 +216,28 @@ impl Source {
                             .await
                             .map_err(|e| format!("{file}: {}", aws_reason(&e)))?;
                         let etag = object_version(object.e_tag(), object.last_modified(), object.content_length());
+                        let size = object.content_length().and_then(|n| u64::try_from(n).ok());
+                        if size.is_none_or(|n| n > limit) {
+                            return Ok(Err(format!(
+                                "{file} is {} bytes, more than the {limit} it may hold",
+                                size.map_or_else(|| "an unknown number of".to_owned(), |n| n.to_string())
+                            )));
+                        }
                         let bytes = object
                             .body
                             .collect()
                             .await
                             .map_err(|e| format!("{file}: {e}"))?
                             .into_bytes();
-                        Ok::<_, String>((bytes, etag))
+                        Ok::<_, String>(Ok((bytes, etag)))
                     })
                     .await
                     .map_err(|_| format!("{file}: the store did not answer in time"))?
                 };
-                let (manifest_bytes, etag) = get("manifest.json")
+                let (manifest_bytes, etag) = get("manifest.json", switchyard_routing::learned::MAX_MANIFEST_BYTES)
                     .await
-                    .map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
+                    .map_err(|e| unknown(ReadFailure::Unreachable(e)))?
+                    .map_err(|e| unknown(ReadFailure::Invalid(e)))?;
                 let read_at = Some(etag.clone());
                 let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
                     .map_err(|e| (ReadFailure::Invalid(format!("manifest.json: {e}")), read_at.clone()))?;
@@ -234,7 +245,10 @@ impl Source {
                     PredictorKind::Knn => "knn.safetensors",
                     PredictorKind::Mlp => "mlp.safetensors",
                 };
-                let (data, _) = get(data_file).await.map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
+                let (data, _) = get(data_file, switchyard_routing::learned::MAX_DATA_BYTES)
+                    .await
+                    .map_err(|e| unknown(ReadFailure::Unreachable(e)))?
+                    .map_err(|e| (ReadFailure::Invalid(e), read_at.clone()))?;
                 // A manifest replaced while the data was fetched may not
                 // describe that data: read both again at the next poll.
                 if self.version().await.map_err(|e| unknown(ReadFailure::Unreachable(e)))? != etag {

@@ -185,7 +185,10 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), ArtifactErr
 }
 
 /// The largest router data file read (2 GiB): a KNN index is held in memory.
-const MAX_DATA_BYTES: u64 = 2 << 30;
+pub const MAX_DATA_BYTES: u64 = 2 << 30;
+
+/// The largest manifest read (1 MiB; a real one is a few KiB).
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// Refuses manifest settings that would make loading or routing take
 /// unbounded memory (an `ef_search` in the billions allocates that much per
@@ -272,6 +275,13 @@ impl LearnedRouter {
     /// Reads and checks an artifact directory.
     pub fn load(dir: &Path) -> Result<Self, ArtifactError> {
         let path = dir.join("manifest.json");
+        let size = std::fs::metadata(&path).map_err(|e| io(&path, e))?.len();
+        if size > MAX_MANIFEST_BYTES {
+            return Err(ArtifactError::Invalid(format!(
+                "{} is {size} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may hold",
+                path.display()
+            )));
+        }
         let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| ArtifactError::Invalid(format!("{} is not a valid manifest: {e}", path.display())))?;
@@ -423,6 +433,11 @@ mod tests {
                     .to_string()
                     .contains("format version 99")
             );
+            // A manifest past its bound is refused before it is read.
+            let padded = text.replacen('{', &format!("{{\"padding\": \"{}\",", "x".repeat(1 << 20)), 1);
+            std::fs::write(dir.path().join("manifest.json"), padded).unwrap();
+            let err = LearnedRouter::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("a manifest may hold"), "{err}");
         }
     }
 
