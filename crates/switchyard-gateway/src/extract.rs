@@ -55,6 +55,8 @@ pub(crate) fn reject(err: BytesRejection, limit: usize) -> ApiError {
 
 /// Parses `bytes` as `T`, mapping serde errors to 400s naming the field.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // A UTF-8 byte-order mark, which some clients write, is not JSON's.
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
@@ -96,6 +98,12 @@ fn missing_field(detail: &str) -> Option<&str> {
 mod tests {
     use super::*;
     use switchyard_api::ChatCompletionRequest;
+
+    #[test]
+    fn a_byte_order_mark_is_not_an_error() {
+        let body = b"\xEF\xBB\xBF{\"model\": \"m\", \"messages\": []}";
+        assert!(parse::<ChatCompletionRequest>(body).is_ok());
+    }
 
     fn err(body: &str) -> (Option<String>, String) {
         match parse::<ChatCompletionRequest>(body.as_bytes()) {

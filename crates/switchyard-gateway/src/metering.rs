@@ -23,32 +23,27 @@ const COST_HEADER: HeaderName = HeaderName::from_static("x-switchyard-response-c
 /// The key a client sent: `x-litellm-api-key` (for clients whose
 /// `Authorization` carries something else, as LiteLLM allows), else
 /// `Authorization: Bearer`, `x-api-key` (Anthropic clients) or `api-key`
-/// (Azure clients).
+/// (Azure clients). The `Bearer` scheme is matched in any case; a header
+/// left empty (a template's unset variable) says nothing, and the next one
+/// is read.
 pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(key) = headers.get("x-litellm-api-key").and_then(|v| v.to_str().ok()) {
-        let key = key.trim();
-        let key = key
-            .strip_prefix("Bearer ")
-            .or_else(|| key.strip_prefix("bearer "))
-            .unwrap_or(key)
-            .trim();
-        // An empty one (a template's unset variable) says nothing.
-        if !key.is_empty() {
-            return Some(key);
-        }
-    }
-    if let Some(auth) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
-        let auth = auth.trim();
-        let token = auth
-            .strip_prefix("Bearer ")
-            .or_else(|| auth.strip_prefix("bearer "))
-            .unwrap_or(auth);
-        return Some(token.trim());
-    }
-    ["x-api-key", "api-key"]
+    ["x-litellm-api-key", "authorization", "x-api-key", "api-key"]
         .iter()
-        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
+        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).and_then(token_of))
+}
+
+/// A header's token: without a `Bearer` scheme, trimmed; `None` when empty.
+fn token_of(value: &str) -> Option<&str> {
+    let value = value.trim();
+    let token = match value.get(..6) {
+        Some(scheme)
+            if scheme.eq_ignore_ascii_case("bearer") && value[6..].chars().next().is_none_or(char::is_whitespace) =>
+        {
+            value[6..].trim()
+        }
+        _ => value,
+    };
+    (!token.is_empty()).then_some(token)
 }
 
 /// Renders an error for the route's clients: Anthropic-shaped on
@@ -590,6 +585,44 @@ mod tests {
         let completion = json!({"choices": [{"text": "abcdefgh"}]});
         assert_eq!(output_estimate(completion.to_string().as_bytes()), 2);
         assert_eq!(output_estimate(b"{\"data\": []}"), 0);
+    }
+
+    #[test]
+    fn the_key_is_read_from_the_first_header_that_holds_one() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (name, value) in pairs {
+                h.insert(*name, axum::http::HeaderValue::from_static(value));
+            }
+            h
+        };
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer sk-a")])),
+            Some("sk-a")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "BEARER  sk-a ")])),
+            Some("sk-a")
+        );
+        // An empty one says nothing: the next header is read.
+        assert_eq!(
+            presented_key(&headers(&[
+                ("x-litellm-api-key", "Bearer "),
+                ("authorization", "Bearer sk-b")
+            ])),
+            Some("sk-b")
+        );
+        assert_eq!(
+            presented_key(&headers(&[("authorization", "Bearer"), ("x-api-key", "sk-c")])),
+            Some("sk-c")
+        );
+        assert_eq!(presented_key(&headers(&[("api-key", "sk-d")])), Some("sk-d"));
+        assert_eq!(presented_key(&headers(&[("authorization", "  ")])), None);
+        // A key that merely starts with the word is a key.
+        assert_eq!(
+            presented_key(&headers(&[("x-api-key", "bearerish")])),
+            Some("bearerish")
+        );
     }
 
     #[test]
