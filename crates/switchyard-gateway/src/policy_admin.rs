@@ -199,21 +199,88 @@ fn string_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, Re
 }
 
 async fn delete_keys(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
-    let body = match object(body) {
+    let mut body = match object(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let keys = match string_list(&body, "keys") {
-        Ok(k) => k,
-        Err(r) => return r,
+    // LiteLLM's client sends both lists, one of them null.
+    body.retain(|_, v| !v.is_null());
+    let mut keys = match body.contains_key("keys") || !body.contains_key("key_aliases") {
+        true => match string_list(&body, "keys") {
+            Ok(k) => k,
+            Err(r) => return r,
+        },
+        false => Vec::new(),
     };
+    // Keys named by alias: each alias must name one.
+    if body.contains_key("key_aliases") {
+        let aliases = match string_list(&body, "key_aliases") {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let all = match state.policy.list_keys().await {
+            Ok(k) => k,
+            Err(e) => return fail(e),
+        };
+        for alias in aliases {
+            match all.iter().find(|k| k.key_alias.as_deref() == Some(alias.as_str())) {
+                Some(k) => keys.push(k.token.clone()),
+                None => {
+                    return ApiError::InvalidField {
+                        param: Some("key_aliases".into()),
+                        message: format!("No key has the alias '{alias}'."),
+                    }
+                    .into_response();
+                }
+            }
+        }
+    }
     match state.policy.delete_keys(&keys).await {
         Ok(deleted) => Json(json!({"deleted_keys": deleted})).into_response(),
         Err(e) => fail(e),
     }
 }
 
+/// The query parameters `/key/list` reads.
+const KEY_LIST_FILTERS: &[&str] = &[
+    "team_id",
+    "key_alias",
+    "user_id",
+    "key_hash",
+    "return_full_object",
+    "page",
+    "size",
+];
+
 async fn list_keys(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    // A filter not applied would answer with every key: refused instead.
+    if let Some(name) = q.keys().find(|k| !KEY_LIST_FILTERS.contains(&k.as_str())) {
+        return ApiError::InvalidField {
+            param: Some(name.clone()),
+            message: format!(
+                "Unknown parameter '{name}'; /key/list reads {}.",
+                KEY_LIST_FILTERS.join(", ")
+            ),
+        }
+        .into_response();
+    }
+    let number = |name: &str| -> Result<Option<usize>, Response> {
+        match q.get(name) {
+            None => Ok(None),
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(Some(n)),
+                _ => Err(ApiError::InvalidField {
+                    param: Some(name.to_owned()),
+                    message: format!("'{name}' must be a whole number from 1."),
+                }
+                .into_response()),
+            },
+        }
+    };
+    let (page, size) = match (number("page"), number("size")) {
+        (Ok(p), Ok(s)) => (p.unwrap_or(1), s),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
     let keys = match state.policy.list_keys().await {
         Ok(k) => k,
         Err(e) => return fail(e),
@@ -222,10 +289,17 @@ async fn list_keys(State(state): State<SharedState>, Query(q): Query<HashMap<Str
         .iter()
         .filter(|k| q.get("team_id").is_none_or(|t| k.team_id.as_ref() == Some(t)))
         .filter(|k| q.get("key_alias").is_none_or(|a| k.key_alias.as_ref() == Some(a)))
+        .filter(|k| q.get("user_id").is_none_or(|u| k.user_id.as_ref() == Some(u)))
+        .filter(|k| q.get("key_hash").is_none_or(|h| &k.token == h))
         .collect();
+    let total = keys.len();
+    // Without `size`, one page holds them all.
+    let size = size.unwrap_or(total.max(1));
     let full = q.get("return_full_object").is_some_and(|v| v == "true");
     let items: Vec<Value> = keys
         .iter()
+        .skip(page.saturating_sub(1).saturating_mul(size))
+        .take(size)
         .map(|k| {
             if full {
                 key_json(k)
@@ -236,9 +310,9 @@ async fn list_keys(State(state): State<SharedState>, Query(q): Query<HashMap<Str
         .collect();
     Json(json!({
         "keys": items,
-        "total_count": items.len(),
-        "current_page": 1,
-        "total_pages": 1,
+        "total_count": total,
+        "current_page": page,
+        "total_pages": total.div_ceil(size).max(1),
     }))
     .into_response()
 }

@@ -1164,3 +1164,61 @@ async fn stored_keys_keep_a_gateway_without_its_master_key_from_starting() {
         "{stderr}"
     );
 }
+
+/// LiteLLM's admin clients: `/key/generate` with the fields its typed
+/// clients send empty, `/key/list` filtered and paged (or refused when a
+/// filter is unknown), `/key/delete` by alias.
+#[tokio::test]
+async fn litellm_admin_clients_list_page_and_delete_by_alias() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 0));
+    let made = admin(
+        &gw,
+        "/key/generate",
+        json!({"key_alias": "first", "user_id": "alice", "api_key": MASTER, "tags": [], "soft_budget": null,
+            "aliases": {}, "duration": "1mo"}),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let refused = admin(&gw, "/key/generate", json!({"soft_budget": 5.0})).await;
+    assert_eq!((refused.status, refused.code()), (400, ""), "{}", refused.body);
+    assert_eq!(refused.body["error"]["param"], "soft_budget", "{}", refused.body);
+    for alias in ["second", "third"] {
+        generate(&gw, json!({"key_alias": alias, "user_id": "bob"})).await;
+    }
+    let list = |query: &'static str| {
+        let gw = &gw;
+        async move { admin_get(gw, &format!("/key/list{query}")).await }
+    };
+    let bob = list("?user_id=bob").await;
+    assert_eq!(bob.body["total_count"], 2, "{}", bob.body);
+    let paged = list("?size=2&page=2").await;
+    assert_eq!(
+        (
+            paged.body["keys"].as_array().unwrap().len(),
+            &paged.body["total_pages"],
+            &paged.body["current_page"]
+        ),
+        (1, &json!(2), &json!(2)),
+        "{}",
+        paged.body
+    );
+    let unknown = list("?organization_id=o1").await;
+    assert_eq!(
+        (unknown.status, unknown.body["error"]["param"].as_str()),
+        (400, Some("organization_id"))
+    );
+    let all = list("").await;
+    let some_hash = all.body["keys"][0].as_str().unwrap().to_owned();
+    let by_hash = admin_get(&gw, &format!("/key/list?key_hash={some_hash}")).await;
+    assert_eq!(by_hash.body["keys"], json!([some_hash]), "{}", by_hash.body);
+
+    let deleted = admin(&gw, "/key/delete", json!({"keys": null, "key_aliases": ["second"]})).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    assert_eq!(list("?user_id=bob").await.body["total_count"], 1);
+    let missing = admin(&gw, "/key/delete", json!({"keys": null, "key_aliases": ["nobody"]})).await;
+    assert_eq!(
+        (missing.status, missing.body["error"]["param"].as_str()),
+        (400, Some("key_aliases"))
+    );
+}

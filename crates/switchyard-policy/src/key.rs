@@ -339,6 +339,11 @@ pub fn apply_limit_field(limits: &mut Limits, name: &str, value: &Value) -> Resu
 /// `key` and `duration` are handled by the caller.
 pub fn apply_key_field(record: &mut KeyRecord, name: &str, value: &Value) -> Result<(), FieldError> {
     match name {
+        // LiteLLM's key client sends the admin's own key in the body.
+        "api_key" => {}
+        // LiteLLM fields Switchyard has no use for, sent empty by typed
+        // clients: nothing to do; with a value they are refused below.
+        name if LITELLM_EMPTY_OK.contains(&name) && is_empty_value(value) => {}
         "key_alias" => record.key_alias = optional_string(name, value)?,
         "team_id" => record.team_id = optional_string(name, value)?,
         "user_id" => record.user_id = optional_string(name, value)?,
@@ -349,6 +354,35 @@ pub fn apply_key_field(record: &mut KeyRecord, name: &str, value: &Value) -> Res
         }
     }
     Ok(())
+}
+
+/// LiteLLM key fields accepted when empty (null, `[]`, `{}`, `""`).
+const LITELLM_EMPTY_OK: &[&str] = &[
+    "soft_budget",
+    "tags",
+    "aliases",
+    "config",
+    "permissions",
+    "spend",
+    "budget_id",
+    "guardrails",
+    "allowed_cache_controls",
+    "model_max_budget",
+    "send_invite_email",
+    "organization_id",
+    "object_permission",
+    "enforced_params",
+    "allowed_routes",
+];
+
+fn is_empty_value(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
 }
 
 /// Sets one field of a team from a `/team/new` or `/team/update` body.

@@ -105,6 +105,8 @@ pub fn parse_duration_secs(text: &str) -> Option<i64> {
         "h" => 3600,
         "d" => SECONDS_PER_DAY,
         "w" => 7 * SECONDS_PER_DAY,
+        // LiteLLM's month, as a key's lifetime: 30 days.
+        "mo" => 30 * SECONDS_PER_DAY,
         _ => return None,
     };
     n.checked_mul(unit_secs).filter(|s| *s > 0)
@@ -139,6 +141,7 @@ mod tests {
         assert_eq!(parse_duration_secs("30d"), Some(30 * 86_400));
         assert_eq!(parse_duration_secs("15m"), Some(900));
         assert_eq!(parse_duration_secs("2s"), Some(2));
+        assert_eq!(parse_duration_secs("1mo"), Some(30 * 86_400));
         assert_eq!(parse_duration_secs("0s"), None);
         assert_eq!(parse_duration_secs("abc"), None);
         assert_eq!(parse_duration_secs("10"), None);
