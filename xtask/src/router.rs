@@ -214,6 +214,13 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let embedder = embedder(&root, &args.model_dir)?;
     let x = embed_all(&root, &embedder, &data)?;
     let (train_idx, val_idx) = data.split(args.val_fraction, args.seed);
+    if train_idx.is_empty() {
+        bail!(
+            "{} queries leave none to train on with --val-fraction {}: give more data or a smaller fraction",
+            data.samples.len(),
+            args.val_fraction
+        );
+    }
     let val_or_train = if val_idx.is_empty() { &train_idx } else { &val_idx };
     let mean_costs = {
         let sub = Dataset::with_models(pick(&data.samples, &train_idx), data.models.clone());
@@ -294,6 +301,10 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let mut router = router;
     router.manifest.metrics = serde_json::Value::Object(metrics);
     router.save(&args.out)?;
+    // What the gateway would refuse to load is not left as a router.
+    if let Err(e) = LearnedRouter::load(&args.out) {
+        bail!("the router written to {} does not load: {e}", args.out.display());
+    }
     println!("router written to {}", args.out.display());
     Ok(())
 }
@@ -332,6 +343,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         ..Dataset::with_models(loaded.samples, router.manifest.models.clone())
     };
     warn_missing_scores(&data);
+    if data.hash == router.manifest.data_hash {
+        println!(
+            "note: {} is the data this router was trained on: the figures below are not a test of it",
+            args.data.display()
+        );
+    }
     let x = embed_all(&root, &embedder, &data)?;
     let predicted = x.iter().map(|e| router.predict(e)).collect::<Result<Vec<_>, _>>()?;
     let report = evaluate(

@@ -87,11 +87,16 @@ fn with_rotated(path: &Path) -> Vec<PathBuf> {
 
 fn read_files(inputs: &[PathBuf]) -> Result<Vec<Value>> {
     let mut lines = Vec::new();
+    // A file named as well as found among another's rotations is read once.
+    let mut read = std::collections::HashSet::new();
     for input in inputs {
         if !input.exists() {
             bail!("{}: no such request log", input.display());
         }
         for path in with_rotated(input) {
+            if !read.insert(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone())) {
+                continue;
+            }
             let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             // Read as bytes: a torn line may end inside a UTF-8 character.
             for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
@@ -161,7 +166,14 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
         }
     }
     let mut by_prompt: BTreeMap<&str, BTreeMap<String, Observed>> = BTreeMap::new();
+    // A record read twice (a rotated file named as well as found) counts once.
+    let mut seen = std::collections::HashSet::new();
     for r in lines.iter().filter(|l| l["type"] == "request") {
+        if let Some(id) = r["request_id"].as_str()
+            && !seen.insert(id)
+        {
+            continue;
+        }
         summary.requests += 1;
         if args.model.as_deref().is_some_and(|m| r["model"] != m) {
             continue;

@@ -104,10 +104,14 @@ async fn a_rotated_request_log_exports_to_routing_data_a_router_trains_on() {
     drop(live);
 
     let data = dir.path().join("data.jsonl");
+    // The rotated file named as well as found is read once.
+    let rotated = dir.path().join("requests.jsonl.1");
     let (ok, out) = xtask(&[
         "export-traces",
         "--input",
         log_path.to_str().unwrap(),
+        "--input",
+        rotated.to_str().unwrap(),
         "--out",
         data.to_str().unwrap(),
         "--model",

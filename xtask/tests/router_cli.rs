@@ -140,6 +140,17 @@ fn train_and_eval_knn_and_mlp_routers() {
             plot_path.to_str().unwrap(),
         ]);
         assert!(ok, "eval {kind} failed:\n{log}");
+        // Evaluated on its own training data, it says the figures test nothing.
+        let (ok, log) = xtask(&[
+            "eval",
+            "--router",
+            out.to_str().unwrap(),
+            "--data",
+            train.to_str().unwrap(),
+            "--model-dir",
+            model,
+        ]);
+        assert!(ok && log.contains("the data this router was trained on"), "{log}");
         assert!(log.contains("AIQ: router"), "{log}");
         let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
         let aiq = report["aiq"].as_f64().unwrap();
