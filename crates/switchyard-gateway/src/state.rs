@@ -192,22 +192,30 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
             (m.name.as_str(), max)
         })
         .collect();
-    models
+    let mut ceilings: HashMap<String, Ceiling> = models
         .iter()
+        .filter(|m| m.router.is_none())
         .map(|m| {
             let reachable = m
                 .fallbacks
                 .iter()
                 .chain(&m.context_window_fallbacks)
                 .chain(&m.content_policy_fallbacks)
-                .map(String::as_str)
-                .chain(m.router.iter().flat_map(|r| r.candidates.values().map(String::as_str)));
+                .map(String::as_str);
             let ceiling = reachable
                 .filter_map(|name| own.get(name).copied())
                 .fold(own.get(m.name.as_str()).copied().unwrap_or_default(), Ceiling::max);
             (m.name.clone(), ceiling)
         })
-        .collect()
+        .collect();
+    // A learned router may choose any group: its artifact names them (a
+    // candidate it does not map keeps its name), and a reloaded artifact may
+    // name others. Its ceiling is the highest of all.
+    let highest = ceilings.values().copied().fold(Ceiling::default(), Ceiling::max);
+    for m in models.iter().filter(|m| m.router.is_some()) {
+        ceilings.insert(m.name.clone(), highest);
+    }
+    ceilings
 }
 
 /// What a deployment calls, as a hash: its provider, model, address, API

@@ -442,6 +442,53 @@ async fn a_key_limited_to_the_router_falls_back_down_the_ranking() {
     assert_eq!(header("x-switchyard-model"), "cheap");
 }
 
+/// A budget reservation for a router request covers its priciest candidate,
+/// including one the artifact names and `router.candidates` does not map.
+#[tokio::test]
+async fn a_router_request_reserves_the_price_of_its_priciest_candidate() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let master = "sk-master-key-for-learned-budgets";
+    let yaml = format!(
+        "policy:\n  master_key: {master}\n{}",
+        config(&dir.path().display().to_string(), "", STRONG_MOCK)
+            .replace("model: cheap-1,", "model: cheap-1, output_cost_per_token: 0.001,")
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let client = reqwest::Client::new();
+    let made: Value = client
+        .post(format!("{}/key/generate", gw.base_url()))
+        .bearer_auth(master)
+        .json(&json!({"max_budget": 0.5}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap();
+    let send = |max_tokens: u32| {
+        client
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(key)
+            .json(&json!({
+                "model": "switchyard/auto",
+                "max_tokens": max_tokens,
+                "messages": [{"role": "user", "content": POETRY_QUERY}],
+            }))
+            .send()
+    };
+    // 1,000 tokens at $0.001 from `cheap`: up to $1, over the $0.50 budget.
+    let refused = send(1000).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    // 100 tokens: up to $0.10, served.
+    let served = send(100).await.unwrap();
+    assert_eq!(served.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_candidate_at_its_rate_limit_is_not_chosen() {
     let trainer = Trainer::new();
