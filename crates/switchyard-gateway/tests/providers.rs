@@ -756,6 +756,7 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
     for (name, model) in [
         ("titan", "amazon.titan-embed-text-v2:0"),
         ("cohere", "cohere.embed-english-v3"),
+        ("cohere-v4", "cohere.embed-v4:0"),
         ("nova", "amazon.nova-lite-v1:0"),
     ] {
         yaml += &format!("  - model_name: {name}\n    deployments:\n");
@@ -779,7 +780,7 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
             (response.status().as_u16(), response.json::<Value>().await.unwrap())
         }
     };
-    for model in ["titan", "cohere"] {
+    for model in ["titan", "cohere", "cohere-v4"] {
         let (status, body) = post("/v1/embeddings", json!({"model": model, "input": ["alpha", "beta"]})).await;
         assert_eq!(status, 200, "{model}: {body}");
         for (i, text) in ["alpha", "beta"].iter().enumerate() {
@@ -798,6 +799,29 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
             switchyard_testkit::encode_base64_embedding(&switchyard_testkit::mock_embedding(&json!("alpha"), 16))
         );
     }
+    // Token ids are refused, not embedded as the text of their digits.
+    for input in [json!([9906, 1917]), json!([[9906], [1917]])] {
+        let (status, body) = post("/v1/embeddings", json!({"model": "cohere", "input": input})).await;
+        assert_eq!((status, &body["error"]["param"]), (400, &json!("input")), "{body}");
+    }
+    // Cohere's `input_type` reaches it (`search_document` when none is given);
+    // `dimensions` is v4's `output_dimension`, and v3 is not sent it.
+    let (status, body) = post(
+        "/v1/embeddings",
+        json!({"model": "cohere-v4", "input": "alpha", "input_type": "search_query", "dimensions": 8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"][0]["embedding"].as_array().unwrap().len(), 8, "{body}");
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.body["input_type"], "search_query", "{}", seen.body);
+    let (status, body) = post(
+        "/v1/embeddings",
+        json!({"model": "cohere", "input": "alpha", "dimensions": 8}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(mock.last_request().unwrap().body["input_type"], "search_document");
     let (status, body) = post("/v1/embeddings", json!({"model": "nova", "input": "x"})).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
@@ -895,6 +919,109 @@ async fn an_older_azure_api_version_streams_without_stream_options() {
         assert!(seen.query.as_deref().unwrap_or("").contains("api-version=2024-06-01"));
         assert!(seen.body.get("stream_options").is_none(), "{}", seen.body);
     }
+}
+
+/// What Converse refuses or reports as broken, handled: blank text is left
+/// out, a system prompt keeps its cache marks (with their lifetime), a model
+/// error (424) or an output the model could not form fails over, and
+/// parameters Converse cannot express are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_converse_edges() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("router_settings:\n  num_retries: 0\nmodel_list:\n");
+    for (name, model) in [
+        ("nova", "amazon.nova-lite-v1:0"),
+        ("failing", "amazon.nova-lite-v1:0::status=424"),
+        ("malformed", "amazon.nova-lite-v1:0::malformed_tool_use"),
+        ("malformed-alone", "amazon.nova-lite-v1:0::malformed_tool_use"),
+    ] {
+        let fallbacks = if matches!(name, "failing" | "malformed") {
+            "    fallbacks: [nova]\n"
+        } else {
+            ""
+        };
+        yaml += &format!("  - model_name: {name}\n{fallbacks}    deployments:\n");
+        yaml += &deployment("bedrock", &mock, model, "");
+    }
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[("TEST_AWS_ID", "AKIDTEST"), ("TEST_AWS_SECRET", "test-secret")],
+    );
+    let http = reqwest::Client::new();
+    let chat = |body: Value| {
+        let request = http
+            .post(format!("{}/v1/chat/completions", gateway.base_url()))
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let model = response
+                .headers()
+                .get("x-switchyard-model")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (
+                response.status().as_u16(),
+                model,
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+
+    let (status, _, body) = chat(json!({"model": "nova", "messages": [
+        {"role": "system", "content": [
+            {"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral", "ttl": "1h"}},
+            {"type": "text", "text": "  "}
+        ]},
+        {"role": "developer", "content": ""},
+        {"role": "user", "content": [{"type": "text", "text": ""}, {"type": "text", "text": "hello"}]}
+    ]}))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = mock.last_request().unwrap();
+    assert_eq!(
+        seen.body["system"],
+        json!([{"text": "You are terse."}, {"cachePoint": {"type": "default", "ttl": "1h"}}]),
+        "{}",
+        seen.body
+    );
+    assert_eq!(seen.body["messages"][0]["content"], json!([{"text": "hello"}]));
+    assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 7, "{body}");
+
+    for (model, retried) in [("failing", true), ("malformed", true), ("malformed-alone", false)] {
+        let (status, answered_by, body) = chat(user(model, "hello")).await;
+        if retried {
+            assert_eq!((status, answered_by.as_deref()), (200, Some("nova")), "{model}: {body}");
+        } else {
+            assert_eq!(status, 502, "{model}: {body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("malformed_tool_use"),
+                "{body}"
+            );
+        }
+    }
+    let mut streamed = user("malformed-alone", "hello");
+    streamed["stream"] = json!(true);
+    let text = http
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let (_, _, finish, _) = reassemble(&sse_data(&text));
+    assert_eq!(finish, None, "a broken answer does not finish: {text}");
+    assert!(text.contains("malformed_tool_use"), "{text}");
+
+    let mut legacy = user("nova", "hello");
+    legacy["functions"] = json!([{"name": "f", "parameters": {"type": "object"}}]);
+    let (status, _, body) = chat(legacy).await;
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("functions")), "{body}");
 }
 
 /// A Bedrock guardrail that intervenes answers 200 with its own message and

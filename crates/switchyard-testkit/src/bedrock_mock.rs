@@ -84,12 +84,35 @@ fn validate(body: &Value) -> Result<(&Map<String, Value>, &[Value]), String> {
         if !matches!(message.get("role").and_then(Value::as_str), Some("user" | "assistant")) {
             return Err(format!("messages.{i}.role: must be 'user' or 'assistant'"));
         }
-        if !message.get("content").is_some_and(Value::is_array) {
+        let Some(content) = message.get("content").and_then(Value::as_array) else {
             return Err(format!("messages.{i}.content: must be an array of content blocks"));
+        };
+        if content.iter().any(blank_text) {
+            return Err(format!(
+                "messages.{i}.content: the text field in the ContentBlock object is blank"
+            ));
+        }
+        if obj.get("toolConfig").is_none()
+            && content
+                .iter()
+                .any(|b| b.get("toolUse").is_some() || b.get("toolResult").is_some())
+        {
+            return Err(
+                "The toolConfig field must be defined when using toolUse and toolResult content blocks.".into(),
+            );
         }
     }
-    if obj.get("system").is_some_and(|s| !s.is_array()) {
-        return Err("system: must be an array of system content blocks".into());
+    if messages.first().and_then(|m| m.get("role")).and_then(Value::as_str) != Some("user") {
+        return Err("A conversation must start with a user message.".into());
+    }
+    match obj.get("system") {
+        Some(system) if !system.is_array() => {
+            return Err("system: must be an array of system content blocks".into());
+        }
+        Some(system) if system.as_array().is_some_and(|s| s.iter().any(blank_text)) => {
+            return Err("system: the text field in the SystemContentBlock object is blank".into());
+        }
+        _ => {}
     }
     let config = obj.get("inferenceConfig");
     if config
@@ -111,6 +134,15 @@ fn validate(body: &Value) -> Result<(&Map<String, Value>, &[Value]), String> {
         return Err("toolConfig.tools: must be a non-empty array".into());
     }
     Ok((obj, messages))
+}
+
+/// Whether a block is text with nothing but white space, which Converse
+/// refuses.
+fn blank_text(block: &Value) -> bool {
+    block
+        .get("text")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.trim().is_empty())
 }
 
 /// Concatenated `text` of an array of content blocks.
@@ -243,6 +275,10 @@ fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
         // A guardrail that intervenes answers 200 with its own message.
         reply.blocks = vec![ReplyBlock::Text("Sorry, the model cannot answer this question.".into())];
         reply.stop_reason = "guardrail_intervened";
+        reply.stop_sequence = None;
+    }
+    if ctx.scenario.malformed_tool_use {
+        reply.stop_reason = "malformed_tool_use";
         reply.stop_sequence = None;
     }
     let (read, write) = cache_tokens(contains_key(ctx.body, "cachePoint"));
@@ -443,7 +479,11 @@ mod tests {
                 {"image": {"format": "png", "source": {"bytes": "AA=="}}},
                 {"toolResult": {"toolUseId": "t", "content": [{"text": "sunny "}, {"json": {"t": 1}}]}},
             ]}],
+            "toolConfig": {"tools": [{"toolSpec": {"name": "t", "inputSchema": {"json": {}}}}]},
         });
+        let mut without_tools = body.clone();
+        without_tools.as_object_mut().unwrap().remove("toolConfig");
+        assert!(validate(&without_tools).unwrap_err().contains("toolConfig"));
         let (obj, messages) = validate(&body).unwrap();
         assert_eq!(prompt_tokens(obj, messages), 4);
         let request = reply_request(obj, messages, false);

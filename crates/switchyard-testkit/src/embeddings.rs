@@ -192,6 +192,19 @@ fn cohere(ctx: &RequestCtx<'_>) -> Result<Response, Box<Response>> {
             "texts: must be a non-empty array of strings",
         )));
     };
+    if !matches!(
+        ctx.body.get("input_type").and_then(Value::as_str),
+        Some("search_document" | "search_query" | "classification" | "clustering")
+    ) {
+        return Err(Box::new(validation_error(
+            "input_type: must be one of search_document, search_query, classification, clustering",
+        )));
+    }
+    if !ctx.model.contains("embed-v4") && ctx.body.get("output_dimension").is_some() {
+        return Err(Box::new(validation_error(
+            "extraneous key [output_dimension] is not permitted",
+        )));
+    }
     let dims = bedrock_dims(ctx, "output_dimension")?;
     if let Some(response) = non_stream_fault(ctx.scenario) {
         return Ok(response);
@@ -200,12 +213,22 @@ fn cohere(ctx: &RequestCtx<'_>) -> Result<Response, Box<Response>> {
         .iter()
         .map(|text| mock_embedding(&Value::String((*text).to_owned()), dims))
         .collect();
-    let body = json!({
-        "id": format!("embed-mock-{}", ctx.state.next_id()),
-        "embeddings": embeddings,
-        "texts": texts,
-        "response_type": "embeddings_floats",
-    });
+    // Embed v4 answers a list of vectors per embedding type.
+    let body = if ctx.model.contains("embed-v4") {
+        json!({
+            "id": format!("embed-mock-{}", ctx.state.next_id()),
+            "embeddings": {"float": embeddings},
+            "texts": texts,
+            "response_type": "embeddings_by_type",
+        })
+    } else {
+        json!({
+            "id": format!("embed-mock-{}", ctx.state.next_id()),
+            "embeddings": embeddings,
+            "texts": texts,
+            "response_type": "embeddings_floats",
+        })
+    };
     Ok(json_response(StatusCode::OK, &body))
 }
 

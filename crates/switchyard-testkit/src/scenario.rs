@@ -56,6 +56,9 @@ pub struct Scenario {
     /// Reject the request with the protocol's content-policy error (Bedrock:
     /// answer as an intervening guardrail does, `guardrail_intervened`).
     pub content_filter: bool,
+    /// Bedrock: the model stops with `malformed_tool_use` (a tool call it
+    /// could not form).
+    pub malformed_tool_use: bool,
     /// OpenAI and Anthropic streaming: after the first event, send one event
     /// whose `data:` line grows by this many KiB, in 64 KiB body chunks,
     /// before it ends.
@@ -122,6 +125,7 @@ impl Scenario {
                 "fail_first" => scenario.fail_first = Some(number(name, value)?),
                 "context_window" => scenario.context_window = Some(number(name, value)?),
                 "content_filter" => scenario.content_filter = flag(name, value)?,
+                "malformed_tool_use" => scenario.malformed_tool_use = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
                 "redirect" => scenario.redirect = flag(name, value)?,
                 "web_searches" => scenario.web_searches = Some(number(name, value)?),

@@ -23,7 +23,7 @@ fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
 /// OpenAI parameters that have no Anthropic equivalent and change the answer's
 /// shape: rejected rather than silently dropped.
 /// The legacy `functions` and `function_call` are among them.
-const REJECTED: &[&str] = &[
+pub(crate) const REJECTED: &[&str] = &[
     "logprobs",
     "top_logprobs",
     "audio",

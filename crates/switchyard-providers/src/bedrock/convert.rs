@@ -2,10 +2,10 @@
 
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
 use aws_sdk_bedrockruntime::types::{
-    AnyToolChoice, AutoToolChoice, CachePointBlock, CachePointType, ContentBlock, ConversationRole, ImageBlock,
-    ImageFormat, ImageSource, InferenceConfiguration, Message, SpecificToolChoice, StopReason, SystemContentBlock,
-    TokenUsage, Tool, ToolChoice, ToolConfiguration, ToolInputSchema, ToolResultBlock, ToolResultContentBlock,
-    ToolSpecification, ToolUseBlock,
+    AnyToolChoice, AutoToolChoice, CachePointBlock, CachePointType, CacheTtl, ContentBlock, ConversationRole,
+    ImageBlock, ImageFormat, ImageSource, InferenceConfiguration, Message, SpecificToolChoice, StopReason,
+    SystemContentBlock, TokenUsage, Tool, ToolChoice, ToolConfiguration, ToolInputSchema, ToolResultBlock,
+    ToolResultContentBlock, ToolSpecification, ToolUseBlock,
 };
 use aws_smithy_types::{Blob, Document, Number};
 use base64::Engine as _;
@@ -91,24 +91,66 @@ fn image(url: &str, param: &str) -> Result<ContentBlock> {
     Ok(ContentBlock::Image(built(block, param)?))
 }
 
-fn cache_point() -> Result<ContentBlock> {
-    Ok(ContentBlock::CachePoint(built(
-        CachePointBlock::builder().r#type(CachePointType::Default).build(),
-        "cache_control",
-    )?))
+/// The cache point a part's `cache_control` asks for, with its lifetime
+/// (`ttl: "1h"` or the default five minutes).
+fn cache_point_block(control: &Value) -> Result<CachePointBlock> {
+    let mut block = CachePointBlock::builder().r#type(CachePointType::Default);
+    if control.get("ttl").and_then(Value::as_str) == Some("1h") {
+        block = block.ttl(CacheTtl::OneHour);
+    }
+    built(block.build(), "cache_control")
+}
+
+/// Whether a text part says nothing: Converse refuses blank text blocks.
+fn blank(text: &str) -> bool {
+    text.trim().is_empty()
+}
+
+/// The system blocks of a system or developer message, part by part, with a
+/// cache point after each part marked `cache_control`.
+fn system_blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<SystemContentBlock>> {
+    let mut out = Vec::new();
+    match content {
+        None => {}
+        Some(MessageContent::Text(text)) if blank(text) => {}
+        Some(MessageContent::Text(text)) => out.push(SystemContentBlock::Text(text.clone())),
+        Some(MessageContent::Parts(parts)) => {
+            for (i, part) in parts.iter().enumerate() {
+                match (part.kind.as_str(), part.text.as_deref()) {
+                    ("text", Some(text)) if !blank(text) => out.push(SystemContentBlock::Text(text.to_owned())),
+                    ("text", _) => continue,
+                    (other, _) => {
+                        return Err(invalid(
+                            format!("system content parts of type `{other}` are not supported by Bedrock"),
+                            &format!("{param}[{i}]"),
+                        ));
+                    }
+                }
+                if let Some(control) = part.extra.get("cache_control") {
+                    out.push(SystemContentBlock::CachePoint(cache_point_block(control)?));
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBlock>> {
     let mut out = Vec::new();
     match content {
         None => {}
-        Some(MessageContent::Text(text)) if text.is_empty() => {}
+        Some(MessageContent::Text(text)) if blank(text) => {}
         Some(MessageContent::Text(text)) => out.push(ContentBlock::Text(text.clone())),
         Some(MessageContent::Parts(parts)) => {
             for (i, part) in parts.iter().enumerate() {
                 let param = format!("{param}[{i}]");
                 match part.kind.as_str() {
-                    "text" => out.push(ContentBlock::Text(part.text.clone().unwrap_or_default())),
+                    "text" => match part.text.as_deref() {
+                        Some(text) if !blank(text) => out.push(ContentBlock::Text(text.to_owned())),
+                        // A blank part (and its cache mark: a cache point
+                        // must follow content) is left out.
+                        _ => continue,
+                    },
                     "image_url" => {
                         let url = part
                             .extra
@@ -125,8 +167,8 @@ fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBl
                         ));
                     }
                 }
-                if part.extra.contains_key("cache_control") {
-                    out.push(cache_point()?);
+                if let Some(control) = part.extra.get("cache_control") {
+                    out.push(ContentBlock::CachePoint(cache_point_block(control)?));
                 }
             }
         }
@@ -266,6 +308,15 @@ fn top_p(req: &ChatCompletionRequest) -> Option<f64> {
 
 /// Builds the Converse input for an OpenAI chat request.
 pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) -> Result<ConverseInput> {
+    for key in crate::anthropic::translate::REJECTED {
+        if req
+            .extra
+            .get(*key)
+            .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
+        {
+            return Err(invalid(format!("`{key}` is not supported by Bedrock"), key));
+        }
+    }
     if req.extra.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(invalid("only one choice (`n` = 1) is supported by Bedrock", "n"));
     }
@@ -278,7 +329,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     for (i, message) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}].content");
         match message.role {
-            Role::System | Role::Developer => system.push(SystemContentBlock::Text(message.content_text())),
+            Role::System | Role::Developer => system.extend(system_blocks(&message.content, &param)?),
             Role::User => push(&mut turns, ConversationRole::User, blocks(&message.content, &param)?),
             Role::Assistant => {
                 let mut content = blocks(&message.content, &param)?;
@@ -389,6 +440,17 @@ pub(crate) fn finish_reason(reason: &StopReason) -> String {
         _ => "stop",
     }
     .to_owned()
+}
+
+/// A stop reason that says the model's output is broken (a tool call or
+/// output it could not form): an upstream fault, never a finished answer.
+pub(crate) fn malformed(reason: &StopReason) -> Option<ProviderError> {
+    matches!(reason, StopReason::MalformedToolUse | StopReason::MalformedModelOutput).then(|| {
+        ProviderError::InvalidResponse(format!(
+            "the model stopped with `{}`: its output could not be used",
+            reason.as_str()
+        ))
+    })
 }
 
 /// OpenAI usage for Converse usage, cached tokens counted as Anthropic's are.

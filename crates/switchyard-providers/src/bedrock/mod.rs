@@ -25,8 +25,8 @@ use aws_smithy_types::retry::RetryConfig;
 use aws_smithy_types::timeout::TimeoutConfig;
 use base64::Engine as _;
 use bytes::Bytes;
-use serde_json::{Value, json};
-use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage};
+use serde_json::{Map, Value, json};
+use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingInput, EmbeddingRequest, Usage};
 use tokio::sync::OnceCell;
 
 use crate::chunks::ChunkBuilder;
@@ -85,8 +85,16 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
     match &err {
         SdkError::ServiceError(ctx) => {
             let code = ctx.err().code().map(str::to_owned);
+            let status = match code.as_deref() {
+                // The model failed on a valid request (HTTP 424): the
+                // upstream's fault, retried or failed over.
+                Some("ModelErrorException") => 502,
+                // An account or region quota: another deployment may serve.
+                Some("ServiceQuotaExceededException") => 429,
+                _ => ctx.raw().status().as_u16(),
+            };
             ProviderError::Status {
-                status: ctx.raw().status().as_u16(),
+                status,
                 message: ctx
                     .err()
                     .message()
@@ -279,13 +287,11 @@ impl BedrockProvider {
             .map_err(|e| ProviderError::InvalidResponse(format!("InvokeModel returned invalid JSON ({e})")))
     }
 
-    /// Embeds `texts` with a Titan (one call per text) or Cohere (one call) model.
-    async fn embed(&self, model: &str, texts: &[String], dimensions: Option<u64>) -> Result<(Vec<Vec<f32>>, u64)> {
-        let floats = |v: &Value| -> Vec<f32> {
-            v.as_array()
-                .map(|a| a.iter().filter_map(Value::as_f64).map(|f| f as f32).collect())
-                .unwrap_or_default()
-        };
+    /// Embeds `texts` with a Titan (one call per text) or Cohere (one call)
+    /// model. `options` are the request's extra fields: Cohere's
+    /// `input_type` (default `search_document`) and `dimensions`.
+    async fn embed(&self, model: &str, texts: &[String], options: &Map<String, Value>) -> Result<(Vec<Vec<f32>>, u64)> {
+        let dimensions = options.get("dimensions").and_then(Value::as_u64);
         if model.contains("titan-embed") {
             let mut vectors = Vec::with_capacity(texts.len());
             let mut tokens: u64 = 0;
@@ -296,19 +302,40 @@ impl BedrockProvider {
                 }
                 let answer = self.invoke_json(model, &body).await?;
                 tokens = tokens.saturating_add(answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0));
-                vectors.push(floats(answer.get("embedding").unwrap_or(&Value::Null)));
+                vectors.push(vector(answer.get("embedding"))?);
             }
             Ok((vectors, tokens))
         } else if model.contains("cohere.embed") {
-            let answer = self
-                .invoke_json(model, &json!({"texts": texts, "input_type": "search_document"}))
-                .await?;
-            let vectors: Vec<Vec<f32>> = answer
-                .get("embeddings")
+            let input_type = options
+                .get("input_type")
+                .and_then(Value::as_str)
+                .unwrap_or("search_document");
+            let mut body = json!({"texts": texts, "input_type": input_type});
+            // Embed v4 names it `output_dimension`; v3 has one size (and
+            // refuses the field).
+            if let Some(d) = dimensions.filter(|_| model.contains("embed-v4")) {
+                body["output_dimension"] = json!(d);
+            }
+            let answer = self.invoke_json(model, &body).await?;
+            // v3 answers a list of vectors; v4 (and v3 asked for
+            // `embedding_types`) a list per type.
+            let all = answer.get("embeddings").map(|e| e.get("float").unwrap_or(e));
+            let vectors = all
                 .and_then(Value::as_array)
-                .map(|all| all.iter().map(floats).collect())
-                .unwrap_or_default();
-            let tokens = texts.iter().map(|t| t.split_whitespace().count() as u64).sum();
+                .ok_or_else(|| ProviderError::InvalidResponse("Cohere answered without `embeddings`".into()))?
+                .iter()
+                .map(Some)
+                .map(vector)
+                .collect::<Result<Vec<_>>>()?;
+            if vectors.len() != texts.len() {
+                return Err(ProviderError::InvalidResponse(format!(
+                    "Cohere answered {} embeddings for {} inputs",
+                    vectors.len(),
+                    texts.len()
+                )));
+            }
+            // Cohere on Bedrock reports no token count: about 4 bytes a token.
+            let tokens = texts.iter().map(|t| t.len().div_ceil(4) as u64).sum();
             Ok((vectors, tokens))
         } else {
             Err(ProviderError::Unsupported {
@@ -317,6 +344,19 @@ impl BedrockProvider {
             })
         }
     }
+}
+
+/// One embedding vector of an answer: a non-empty list of numbers.
+fn vector(value: Option<&Value>) -> Result<Vec<f32>> {
+    let numbers = value
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| ProviderError::InvalidResponse("the embedding model answered without a vector".into()))?;
+    numbers
+        .iter()
+        .map(|n| n.as_f64().map(|f| f as f32))
+        .collect::<Option<Vec<f32>>>()
+        .ok_or_else(|| ProviderError::InvalidResponse("an embedding holds something other than numbers".into()))
 }
 
 /// Records the `x-amzn-requestid` of every Bedrock answer, errors included
@@ -351,6 +391,9 @@ impl Provider for BedrockProvider {
         let output = self
             .answered(with_converse_input!(self.client().await.converse(), self.target(&req.model), input).send())
             .await?;
+        if let Some(broken) = convert::malformed(&output.stop_reason) {
+            return Err(broken);
+        }
         let json = convert::json_mode(req)?.is_some();
         let response = convert::to_chat_response(output, self.next_id(), req.model.clone(), now(), json);
         let usage = response.usage.clone();
@@ -402,9 +445,14 @@ impl Provider for BedrockProvider {
     }
 
     async fn embeddings(&self, req: &EmbeddingRequest) -> Result<ProviderResponse> {
+        if matches!(req.input, EmbeddingInput::Tokens(_) | EmbeddingInput::TokenBatches(_)) {
+            return Err(ProviderError::InvalidRequest {
+                message: "Bedrock embedding models take text, not token ids".into(),
+                param: Some("input".into()),
+            });
+        }
         let texts = req.input.texts();
-        let dimensions = req.extra.get("dimensions").and_then(Value::as_u64);
-        let (vectors, tokens) = self.embed(&req.model, &texts, dimensions).await?;
+        let (vectors, tokens) = self.embed(&req.model, &texts, &req.extra).await?;
         let base64 = req.encoding_format.as_deref() == Some("base64");
         let data: Vec<Value> = vectors
             .iter()

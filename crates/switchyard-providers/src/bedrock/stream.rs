@@ -85,6 +85,10 @@ impl Converter {
                 _ => {}
             },
             ConverseStreamOutput::MessageStop(stop) => {
+                if let Some(broken) = super::convert::malformed(&stop.stop_reason) {
+                    out.push_back(Err(ProviderError::Stream(broken.to_string())));
+                    return;
+                }
                 self.release(out);
                 self.stopped = true;
                 let finish = json_finish(finish_reason(&stop.stop_reason), self.json && self.tools.is_empty());
