@@ -81,6 +81,10 @@ fn key_json(key: &KeyRecord) -> Value {
 fn team_json(team: &TeamRecord) -> Value {
     let mut v = serde_json::to_value(team).unwrap_or_default();
     v["created"] = iso(Some(team.created_at));
+    // Where its spend is kept is the gateway's own business.
+    if let Some(fields) = v.as_object_mut() {
+        fields.remove("ledger_id");
+    }
     v
 }
 
@@ -471,17 +475,33 @@ async fn spend_keys(State(state): State<SharedState>) -> Response {
 }
 
 async fn spend_by(state: &SharedState, prefix: &str, field: &str) -> Response {
+    spend_by_named(state, prefix, field, |name| (name.to_owned(), None)).await
+}
+
+/// `spend_by` with each subject's name shown as `show` says, with an
+/// optional flag added to its row.
+async fn spend_by_named(
+    state: &SharedState,
+    prefix: &str,
+    field: &str,
+    show: impl Fn(&str) -> (String, Option<(&'static str, Value)>),
+) -> Response {
     match state.policy.spend_by_prefix(prefix).await {
         Ok(rows) => {
             let mut rows: Vec<Value> = rows
                 .iter()
                 .map(|(name, spend)| {
-                    json!({
+                    let (name, flag) = show(name);
+                    let mut row = json!({
                         field: name,
                         "total_spend": to_usd(spend.total),
                         "total_spend_nanos": spend.total,
                         "daily": spend.days.iter().map(|(d, v)| (date_of(*d).to_string(), usd(*v))).collect::<Map<_, _>>(),
-                    })
+                    });
+                    if let Some((flag, value)) = flag {
+                        row[flag] = value;
+                    }
+                    row
                 })
                 .collect();
             rows.sort_by(|a, b| a[field].as_str().cmp(&b[field].as_str()));
@@ -491,8 +511,29 @@ async fn spend_by(state: &SharedState, prefix: &str, field: &str) -> Response {
     }
 }
 
+/// Spend per team. A team's spend is kept under its ledger id; the spend of
+/// a deleted team whose id was used again is its own row, marked
+/// `"deleted": true`.
 async fn spend_teams(State(state): State<SharedState>) -> Response {
-    spend_by(&state, "team:", "team_id").await
+    let teams = match state.policy.list_teams().await {
+        Ok(teams) => teams,
+        Err(e) => return fail(e),
+    };
+    let ledgers: HashMap<String, String> = teams
+        .iter()
+        .map(|t| (t.ledger().to_owned(), t.team_id.clone()))
+        .collect();
+    spend_by_named(&state, "team:", "team_id", |ledger| match ledgers.get(ledger) {
+        Some(id) => (id.clone(), None),
+        None => {
+            let id = ledger
+                .rsplit_once('#')
+                .filter(|(_, suffix)| suffix.len() == 16 && suffix.bytes().all(|b| b.is_ascii_hexdigit()))
+                .map_or(ledger, |(id, _)| id);
+            (id.to_owned(), Some(("deleted", Value::Bool(true))))
+        }
+    })
+    .await
 }
 
 async fn spend_models(State(state): State<SharedState>) -> Response {

@@ -236,6 +236,7 @@ impl PolicyConfig {
                 created_at: now,
                 from_config: true,
                 revision: 0,
+                ledger_id: None,
                 limits: Default::default(),
             };
             for (name, value) in entry.iter().filter(|(n, _)| n.as_str() != "team_id") {

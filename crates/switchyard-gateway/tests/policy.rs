@@ -486,6 +486,42 @@ async fn teams_narrow_models_and_share_one_budget() {
     assert_eq!(refused.status, 409);
 }
 
+/// A team made again under a deleted team's id starts with nothing spent,
+/// before and after a restart; the old team's spend stays listed apart.
+#[tokio::test]
+async fn a_team_id_used_again_starts_with_no_spend() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(dir.path(), "", 0);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let team = json!({"team_id": "research", "max_budget": 0.00002});
+    assert_eq!(admin(&gw, "/team/new", team.clone()).await.status, 200);
+    let key = generate(&gw, json!({"team_id": "research"})).await;
+    // Each request reserves up to 15000 nano-dollars and costs 7000: the
+    // second is refused by the team's budget.
+    assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.status, 200);
+    assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.code(), "budget_exceeded");
+    assert_eq!(admin(&gw, "/key/delete", json!({"keys": [key]})).await.status, 200);
+    let deleted = admin(&gw, "/team/delete", json!({"team_ids": ["research"]})).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+
+    assert_eq!(admin(&gw, "/team/new", team).await.status, 200);
+    let info = admin_get(&gw, "/team/info?team_id=research").await;
+    assert_eq!(info.body["team_info"]["spend"], 0.0, "{}", info.body);
+    let key = generate(&gw, json!({"team_id": "research"})).await;
+    assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.status, 200);
+    drop(gw);
+
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let info = admin_get(&gw, "/team/info?team_id=research").await;
+    assert_eq!(info.body["team_info"]["spend"], 0.000007, "{}", info.body);
+    assert!(info.body["team_info"].get("ledger_id").is_none(), "{}", info.body);
+    let rows = admin_get(&gw, "/spend/teams").await;
+    let rows = rows.body.as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r["team_id"] == "research"), "{rows:?}");
+    assert_eq!(rows.iter().filter(|r| r["deleted"] == true).count(), 1, "{rows:?}");
+}
+
 #[tokio::test]
 async fn rate_limits_answer_429_with_openai_headers() {
     let dir = tempfile::tempdir().unwrap();

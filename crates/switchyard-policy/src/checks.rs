@@ -145,12 +145,12 @@ impl Checks {
         if let Some(team) = &view.team {
             let l = &team.limits;
             add_rates(
-                &format!("team:{}:model:{model}", team.team_id),
+                &format!("team:{}:model:{model}", team.ledger()),
                 &format!("team for model {model}"),
                 l.model_rpm_limit.get(model).copied(),
                 l.model_tpm_limit.get(model).copied(),
             );
-            add_rates(&format!("team:{}", team.team_id), "team", l.rpm_limit, l.tpm_limit);
+            add_rates(&format!("team:{}", team.ledger()), "team", l.rpm_limit, l.tpm_limit);
         }
         if let Some(limit) = key_limits.max_parallel_requests {
             checks.parallel.push(ParallelCheck {
@@ -170,14 +170,14 @@ impl Checks {
         if let Some(team) = &view.team {
             if let Some(limit) = team.limits.max_parallel_requests {
                 checks.parallel.push(ParallelCheck {
-                    id: format!("parallel:team:{}", team.team_id),
+                    id: format!("parallel:team:{}", team.ledger()),
                     scope: "team".into(),
                     limit,
                 });
             }
             if let Some(budget) = team.limits.max_budget {
                 checks.budgets.push(BudgetCheck {
-                    subject: subject_team(&team.team_id),
+                    subject: subject_team(team.ledger()),
                     scope: "team".into(),
                     limit: from_usd(budget),
                     period: team.limits.budget_duration,

@@ -14,6 +14,26 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 
+/// Takes `dir/name` as this process's lock on the directory (`flock`,
+/// held while the returned file is open). Fails when another process (or
+/// another store of this one) holds it: two writers of one journal drop each
+/// other's records when either rewrites it.
+pub(crate) fn lock_dir(dir: &Path, name: &str) -> Result<File, crate::error::PolicyError> {
+    let lock = private_file()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(name))?;
+    match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(lock),
+        Err(e) if e == rustix::io::Errno::WOULDBLOCK => Err(crate::error::PolicyError::Store(format!(
+            "{} is in use by another Switchyard process; give each replica a data_dir of its own",
+            dir.display()
+        ))),
+        Err(e) => Err(io::Error::from(e).into()),
+    }
+}
+
 /// When appended lines are forced to the disk.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]

@@ -186,9 +186,22 @@ pub struct TeamRecord {
     /// Bumped by every change, as a key's [`KeyRecord::revision`].
     #[serde(default)]
     pub revision: u64,
+    /// What its spend and limit counters are kept under: set at creation
+    /// through the API (the id and a random suffix), so that a team made
+    /// again under a deleted one's id starts with nothing spent. `None`
+    /// (teams from the configuration, or stored before): the team id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ledger_id: Option<String>,
     /// Limits.
     #[serde(flatten)]
     pub limits: Limits,
+}
+
+impl TeamRecord {
+    /// The id its spend and limit counters are kept under.
+    pub fn ledger(&self) -> &str {
+        self.ledger_id.as_deref().unwrap_or(&self.team_id)
+    }
 }
 
 /// An authenticated key with its team.
@@ -474,6 +487,7 @@ mod tests {
             created_at: 0,
             from_config: false,
             revision: 0,
+            ledger_id: None,
             limits: Limits {
                 models: vec!["a".into()],
                 ..Limits::default()

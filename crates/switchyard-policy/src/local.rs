@@ -122,6 +122,9 @@ pub struct LocalStore {
     keys_log: Option<Journal>,
     spend_log: Option<SpendLog>,
     clock: DefaultClock,
+    /// `policy.lock` in the data directory, held (`flock`) while the store
+    /// is open: one process per directory.
+    _lock: Option<std::fs::File>,
 }
 
 impl LocalStore {
@@ -134,6 +137,7 @@ impl LocalStore {
             keys_log: None,
             spend_log: None,
             clock: DefaultClock::default(),
+            _lock: None,
         }
     }
 
@@ -146,6 +150,7 @@ impl LocalStore {
     /// [`LocalStore::open`] with the spend log cut and kept as `limits` say.
     pub fn open_with(dir: &Path, fsync: FsyncPolicy, limits: SpendLogLimits) -> Result<Self, PolicyError> {
         std::fs::create_dir_all(dir)?;
+        let lock = crate::journal::lock_dir(dir, "policy.lock")?;
         let (keys_log, key_lines) = Journal::open(&dir.join("keys.jsonl"), fsync)?;
         let spend = SpendLog::open(dir, fsync, limits)?;
         let mut state = State {
@@ -183,6 +188,7 @@ impl LocalStore {
             keys_log: Some(keys_log),
             spend_log: Some(spend.log),
             clock: DefaultClock::default(),
+            _lock: Some(lock),
         })
     }
 
@@ -583,6 +589,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_data_directory_is_one_stores_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = LocalStore::open(dir.path(), FsyncPolicy::Never).unwrap();
+        let second = LocalStore::open(dir.path(), FsyncPolicy::Never)
+            .err()
+            .map(|e| e.to_string());
+        assert!(
+            second
+                .as_deref()
+                .is_some_and(|e| e.contains("in use by another Switchyard process")),
+            "{second:?}"
+        );
+        drop(first);
+        LocalStore::open(dir.path(), FsyncPolicy::Never).unwrap();
+    }
+
+    #[test]
     fn keys_are_inserted_only_when_absent_and_replaced_only_when_present() {
         let store = LocalStore::memory();
         let record = KeyRecord::new("sk-local-store-test-000001", 0, false);
@@ -639,6 +662,7 @@ mod tests {
             created_at: 0,
             from_config: false,
             revision: 0,
+            ledger_id: None,
             limits: Default::default(),
         };
         assert_eq!(store.put_team(team.clone(), false).unwrap(), KeyWrite::Done);

@@ -326,21 +326,7 @@ struct Spill {
 /// records when either rewrites it.
 fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Spill, PendingQueue), PolicyError> {
     std::fs::create_dir_all(dir)?;
-    let lock = crate::journal::private_file()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join("pending-spend.lock"))?;
-    match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => {}
-        Err(e) if e == rustix::io::Errno::WOULDBLOCK => {
-            return Err(PolicyError::Store(format!(
-                "{} is in use by another Switchyard process; give each replica a data_dir of its own",
-                dir.display()
-            )));
-        }
-        Err(e) => return Err(std::io::Error::from(e).into()),
-    }
+    let lock = crate::journal::lock_dir(dir, "pending-spend.lock")?;
     let (journal, lines) = Journal::open(&dir.join("pending-spend.jsonl"), fsync)?;
     let mut queued = VecDeque::new();
     let mut unreadable = Vec::new();
@@ -874,6 +860,11 @@ impl Policy {
             key: key.map(|k| k.key_id.clone()),
             key_alias: key.and_then(|k| k.key_alias.clone()),
             team_id: key.and_then(|k| k.team_id.clone()),
+            team_ledger: ticket
+                .view
+                .as_ref()
+                .and_then(|v| v.team.as_ref())
+                .and_then(|t| t.ledger_id.clone()),
             model: ticket.model.clone(),
             deployment: charge.deployment,
             usage: charge.usage,
@@ -1300,7 +1291,10 @@ impl Policy {
         if self.lookup_team(&team_id).await.map_err(down)?.is_some() {
             return Err(PolicyError::Conflict(format!("Team `{team_id}` already exists.")));
         }
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).map_err(|e| PolicyError::Store(e.to_string()))?;
         let mut record = TeamRecord {
+            ledger_id: Some(format!("{team_id}#{}", hex::encode(suffix))),
             team_id,
             team_alias: None,
             created_at: now_ms(),
@@ -1415,7 +1409,7 @@ impl Policy {
 
     /// A team's spend in its current budget period, and in total.
     pub async fn team_spend(&self, team: &TeamRecord) -> Result<(Nanos, Nanos), PolicyError> {
-        let spend = self.spend_of(&subject_team(&team.team_id)).await?;
+        let spend = self.spend_of(&subject_team(team.ledger())).await?;
         let today = day_of_ms(now_ms());
         Ok((spend.in_period(team.limits.budget_duration, today), spend.total))
     }

@@ -23,6 +23,10 @@ pub struct SpendRecord {
     /// The key's team.
     #[serde(default)]
     pub team_id: Option<String>,
+    /// The team's ledger id, when it is not the team id
+    /// ([`crate::TeamRecord::ledger`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team_ledger: Option<String>,
     /// The public model name the client asked for.
     pub model: String,
     /// The deployment that answered.
@@ -49,7 +53,7 @@ impl SpendRecord {
         if let Some(key) = &self.key {
             out.push(subject_key(key));
         }
-        if let Some(team) = &self.team_id {
+        if let Some(team) = self.team_ledger.as_ref().or(self.team_id.as_ref()) {
             out.push(subject_team(team));
         }
         out.push(subject_model(&self.model));
@@ -185,6 +189,7 @@ mod tests {
             key: Some("abc".into()),
             key_alias: None,
             team_id: None,
+            team_ledger: None,
             model: "m".into(),
             deployment: "m/0".into(),
             usage: TokenUsage::default(),

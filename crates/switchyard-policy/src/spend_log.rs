@@ -307,6 +307,7 @@ mod tests {
             key: Some(key.to_owned()),
             key_alias: None,
             team_id: None,
+            team_ledger: None,
             model: "m".into(),
             deployment: "m/0".into(),
             usage: TokenUsage::default(),

@@ -521,6 +521,7 @@ async fn redis_key_writes_are_conditional() {
         created_at: 0,
         from_config: false,
         revision: 0,
+        ledger_id: None,
         limits: Default::default(),
     };
     assert_eq!(store.put_team(&team, false).await.unwrap(), KeyWrite::Done);
