@@ -137,7 +137,7 @@ async fn key_info(
         (Some(reference), Some(view)) => {
             let names_itself = reference == &view.key.key_id
                 || reference == &view.key.token
-                || (reference.starts_with("sk-") && switchyard_policy::key::hash_key(reference) == view.key.token);
+                || switchyard_policy::key::hash_key(reference) == view.key.token;
             if !names_itself {
                 return ApiError::Forbidden("A virtual key may read only its own info.".into()).into_response();
             }
@@ -216,7 +216,9 @@ async fn delete_keys(State(state): State<SharedState>, JsonBody(body): JsonBody<
         },
         false => Vec::new(),
     };
-    // Keys named by alias: each alias must name one.
+    // Keys named by alias: each alias must name at least one, and names
+    // every key that has it (stores from before aliases were unique may
+    // hold several).
     if body.contains_key("key_aliases") {
         let aliases = match string_list(&body, "key_aliases") {
             Ok(a) => a,
@@ -227,16 +229,15 @@ async fn delete_keys(State(state): State<SharedState>, JsonBody(body): JsonBody<
             Err(e) => return fail(e),
         };
         for alias in aliases {
-            match all.iter().find(|k| k.key_alias.as_deref() == Some(alias.as_str())) {
-                Some(k) => keys.push(k.token.clone()),
-                None => {
-                    return ApiError::InvalidField {
-                        param: Some("key_aliases".into()),
-                        message: format!("No key has the alias '{alias}'."),
-                    }
-                    .into_response();
-                }
+            let named: Vec<String> = all
+                .iter()
+                .filter(|k| k.key_alias.as_deref() == Some(alias.as_str()))
+                .map(|k| k.token.clone())
+                .collect();
+            if named.is_empty() {
+                return fail(switchyard_policy::PolicyError::NotFound { what: "Key" });
             }
+            keys.extend(named);
         }
     }
     match state.policy.delete_keys(&keys).await {

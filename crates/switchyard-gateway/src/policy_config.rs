@@ -224,6 +224,12 @@ impl PolicyConfig {
                 issues.push(issue(format!("{path}.team_id"), "is required"));
                 continue;
             };
+            if team_id.contains(':') {
+                issues.push(issue(
+                    format!("{path}.team_id"),
+                    "may not contain `:` (it separates the parts of limit counter names)",
+                ));
+            }
             if teams.iter().any(|t: &TeamRecord| t.team_id == team_id) {
                 issues.push(issue(
                     format!("{path}.team_id"),
@@ -295,6 +301,13 @@ impl PolicyConfig {
             }
             if keys.iter().any(|(_, k): &(String, KeyRecord)| k.token == record.token) {
                 issues.push(issue(format!("{path}.key"), "is declared twice"));
+            }
+            // The master key is checked first: this key's limits would never apply.
+            if master_key.as_deref() == Some(plaintext.as_str()) {
+                issues.push(issue(
+                    format!("{path}.key"),
+                    "is the master key; give it a value of its own",
+                ));
             }
             keys.push((plaintext, record));
         }

@@ -484,6 +484,13 @@ async fn teams_narrow_models_and_share_one_budget() {
     assert_eq!(info.body["team_info"]["keys"].as_array().unwrap().len(), 2);
     let refused = admin(&gw, "/team/delete", json!({"team_ids": ["research"]})).await;
     assert_eq!(refused.status, 409);
+    // A refusal deletes none of the teams named, even those listed first.
+    assert_eq!(admin(&gw, "/team/new", json!({"team_id": "empty"})).await.status, 200);
+    let refused = admin(&gw, "/team/delete", json!({"team_ids": ["empty", "research"]})).await;
+    assert_eq!(refused.status, 409);
+    assert_eq!(admin_get(&gw, "/team/info?team_id=empty").await.status, 200);
+    let deleted = admin(&gw, "/team/delete", json!({"team_ids": ["empty", "empty"]})).await;
+    assert_eq!(deleted.body["deleted_teams"], json!(["empty"]), "{}", deleted.body);
 }
 
 /// A team made again under a deleted team's id starts with nothing spent,
@@ -820,6 +827,7 @@ policy:
     - team_id: t
       rpm_limit: 0
     - team_id: t
+    - team_id: "a:model:b"
   keys:
     - key: sk-a-long-enough-key-0001
       models: [nope]
@@ -843,10 +851,39 @@ model_list:
         "policy.keys[0].models[0]",
         "policy.keys[0].team_id",
         "policy.keys[0].budget_duration",
+        "policy.teams[2].team_id: may not contain `:`",
     ] {
         assert!(text.contains(field), "{field} not named in: {text}");
     }
     assert!(!text.contains("sk-a-long-enough-key-0001"), "a key reached the output");
+
+    // A key declared with the master key's value would never have its limits.
+    let yaml = "policy:\n  master_key: sk-the-master-key-0001\n  keys:\n    - key: sk-the-master-key-0001\n      rpm_limit: 1\nmodel_list:\n  - model_name: m\n    deployments:\n      - {provider: mock, model: m}\n";
+    let out = switchyard_testkit::run_check_config(Path::new(BIN), yaml);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("policy.keys[0].key: is the master key"), "{text}");
+    assert!(!text.contains("sk-the-master-key-0001"), "a key reached the output");
+}
+
+/// A key declared in the file without the `sk-` prefix is found by its
+/// value: `/key/info` for the master key and for the key itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_key_without_the_prefix_is_found_by_its_value() {
+    let key = "team-alpha-secret-0001";
+    let yaml = format!(
+        "policy:\n  master_key: {MASTER}\n  keys:\n    - key: {key}\n      key_alias: alpha\nmodel_list:\n  - model_name: m\n    deployments:\n      - {{provider: mock, model: m}}\n"
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let by_master = admin_get(&gw, &format!("/key/info?key={key}")).await;
+    assert_eq!(by_master.status, 200, "{}", by_master.body);
+    assert_eq!(by_master.body["info"]["key_alias"], "alpha", "{}", by_master.body);
+    let by_itself = send(
+        client()
+            .get(format!("{}/key/info?key={key}", gw.base_url()))
+            .bearer_auth(key),
+    )
+    .await;
+    assert_eq!(by_itself.status, 200, "{}", by_itself.body);
 }
 
 /// A request's end user and tags (OpenAI's `user`; `tags`, LiteLLM's
@@ -1253,8 +1290,18 @@ async fn litellm_admin_clients_list_page_and_delete_by_alias() {
     assert_eq!(deleted.status, 200, "{}", deleted.body);
     assert_eq!(list("?user_id=bob").await.body["total_count"], 1);
     let missing = admin(&gw, "/key/delete", json!({"keys": null, "key_aliases": ["nobody"]})).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    // An alias names one key: a second key may not take it, by generate or update.
+    let taken = admin(&gw, "/key/generate", json!({"key_alias": "first"})).await;
     assert_eq!(
-        (missing.status, missing.body["error"]["param"].as_str()),
-        (400, Some("key_aliases"))
+        (taken.status, taken.body["error"]["param"].as_str()),
+        (400, Some("key_alias")),
+        "{}",
+        taken.body
     );
+    let other = generate(&gw, json!({"key_alias": "fourth"})).await;
+    let renamed = admin(&gw, "/key/update", json!({"key": other, "key_alias": "first"})).await;
+    assert_eq!(renamed.body["error"]["param"], "key_alias", "{}", renamed.body);
+    let same = admin(&gw, "/key/update", json!({"key": other, "key_alias": "fourth"})).await;
+    assert_eq!(same.status, 200, "a key keeps its own alias: {}", same.body);
 }

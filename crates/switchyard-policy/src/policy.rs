@@ -1078,6 +1078,7 @@ impl Policy {
         }
         self.check_models(&record.limits.models)?;
         self.check_team_exists(record.team_id.as_deref()).await?;
+        self.check_alias_free(&record).await?;
         // Two generates of one custom key: one wins, the other is told.
         let inserted = match &self.0.store {
             Store::Local(local) => local.insert_key(record.clone())?,
@@ -1098,6 +1099,10 @@ impl Policy {
         };
         if let Some(record) = self.lookup_key(&token).await.map_err(down)? {
             return Ok(record);
+        }
+        // A key declared in the configuration need not start with `sk-`.
+        if let Some(record) = self.0.config_keys.get(&hash_key(reference)) {
+            return Ok(record.clone());
         }
         self.list_keys()
             .await?
@@ -1122,7 +1127,10 @@ impl Policy {
                 Store::Redis { redis, .. } => redis.replace_key(read, &record).await.map_err(down)?,
             };
             match written {
-                KeyWrite::Done => return Ok(record),
+                KeyWrite::Done => {
+                    self.forget_seen(|view| view.key.token == record.token);
+                    return Ok(record);
+                }
                 // Gone, or regenerated meanwhile: a key named by its id is
                 // found again under its new value; one named by a value that
                 // no longer works is not found.
@@ -1167,6 +1175,29 @@ impl Policy {
         }
         if body.contains_key("team_id") {
             self.check_team_exists(record.team_id.as_deref()).await?;
+        }
+        if body.contains_key("key_alias") {
+            self.check_alias_free(record).await?;
+        }
+        Ok(())
+    }
+
+    /// Refuses an alias another key has: aliases name one key each (a
+    /// delete by alias must not leave a key of the same name working).
+    async fn check_alias_free(&self, record: &KeyRecord) -> Result<(), PolicyError> {
+        let Some(alias) = record.key_alias.as_deref() else {
+            return Ok(());
+        };
+        let taken = self
+            .list_keys()
+            .await?
+            .iter()
+            .any(|k| k.key_id != record.key_id && k.key_alias.as_deref() == Some(alias));
+        if taken {
+            return Err(field(
+                "key_alias",
+                format!("A key with the alias '{alias}' already exists."),
+            ));
         }
         Ok(())
     }
@@ -1280,6 +1311,12 @@ impl Policy {
     /// `POST /team/new`.
     pub async fn new_team(&self, body: &Map<String, Value>) -> Result<TeamRecord, PolicyError> {
         let team_id = match body.get("team_id") {
+            Some(Value::String(id)) if id.contains(':') => {
+                return Err(field(
+                    "team_id",
+                    "'team_id' may not contain ':' (it separates the parts of limit counter names).",
+                ));
+            }
             Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),
             None | Some(Value::Null) => {
                 let mut bytes = [0u8; 8];
@@ -1345,6 +1382,7 @@ impl Policy {
             }
             record.revision = record.revision.saturating_add(1);
             if self.put_team(record.clone(), true).await? == KeyWrite::Done {
+                self.forget_seen(|view| view.key.team_id.as_deref() == Some(id));
                 return Ok(record);
             }
         }
@@ -1353,11 +1391,16 @@ impl Policy {
         ))
     }
 
-    /// `POST /team/delete`: refused while keys belong to the team.
+    /// `POST /team/delete`: refused while keys belong to the team. Every
+    /// team named is checked before any is deleted, so a refusal deletes
+    /// none.
     pub async fn delete_teams(&self, ids: &[String]) -> Result<Vec<String>, PolicyError> {
         let keys = self.list_keys().await?;
-        let mut deleted = Vec::new();
+        let mut checked: Vec<&String> = Vec::with_capacity(ids.len());
         for id in ids {
+            if checked.contains(&id) {
+                continue;
+            }
             let record = self.team(id).await?;
             if record.from_config {
                 return Err(PolicyError::FromConfig("team"));
@@ -1368,15 +1411,29 @@ impl Policy {
                     "Team `{id}` still has {members} keys; delete them or move them first."
                 )));
             }
+            checked.push(id);
+        }
+        let mut deleted = Vec::new();
+        for id in checked {
             let existed = match &self.0.store {
                 Store::Local(local) => local.delete_team(id)?,
                 Store::Redis { redis, .. } => redis.delete_team(id).await.map_err(down)?,
             };
+            self.forget_seen(|view| view.key.team_id.as_deref() == Some(id.as_str()));
             if existed {
                 deleted.push(id.clone());
             }
         }
         Ok(deleted)
+    }
+
+    /// Drops the keys seen before (kept to authenticate through a Redis
+    /// outage) that `stale` matches: a key or team this replica changed is
+    /// read from Redis again, never served from the copy before the change.
+    fn forget_seen(&self, stale: impl Fn(&KeyView) -> bool) {
+        if let Store::Redis { seen, .. } = &self.0.store {
+            seen.lock().retain(|_, view| !stale(view));
+        }
     }
 
     /// Every team.

@@ -436,6 +436,52 @@ async fn a_deleted_key_stays_out_during_an_outage() {
     );
 }
 
+/// A key or team changed through this replica is not served from the copy
+/// seen before the change during a Redis outage under `fail_open`: a key
+/// blocked, or whose team was blocked, stays blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_changed_here_is_not_served_from_its_old_copy_in_an_outage() {
+    let mut redis = RedisServer::start();
+    let mut open = settings(&redis.url(), None);
+    open.master_key = Some("sk-master-outage-000000000000".into());
+    let policy = Policy::open(open).await.unwrap();
+    let object = |v: serde_json::Value| v.as_object().unwrap().clone();
+    policy
+        .new_team(&object(serde_json::json!({"team_id": "ops"})))
+        .await
+        .unwrap();
+    let (blocked_key, _) = policy
+        .generate_key(&object(serde_json::json!({"key_alias": "to-block"})))
+        .await
+        .unwrap();
+    let (team_key, _) = policy
+        .generate_key(&object(serde_json::json!({"team_id": "ops"})))
+        .await
+        .unwrap();
+    for key in [&blocked_key, &team_key] {
+        assert!(matches!(
+            policy.authenticate(Some(key)).await,
+            Ok(switchyard_policy::Principal::Key(_))
+        ));
+    }
+    policy
+        .update_key(&object(serde_json::json!({"key": blocked_key, "blocked": true})))
+        .await
+        .unwrap();
+    policy
+        .update_team(&object(serde_json::json!({"team_id": "ops", "blocked": true})))
+        .await
+        .unwrap();
+    redis.stop();
+    for key in [&blocked_key, &team_key] {
+        let during = policy.authenticate(Some(key)).await;
+        assert!(
+            matches!(during, Err(Denied::Blocked { .. } | Denied::Unavailable)),
+            "{during:?}"
+        );
+    }
+}
+
 /// The Redis store's key writes are conditional, in one step each: a
 /// deleted (or regenerated) key is not brought back by a stale update, and
 /// a token already taken is not overwritten.
