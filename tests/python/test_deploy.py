@@ -115,6 +115,29 @@ def test_autoscaling_redis_and_secrets_render_valid_manifests() -> None:
     assert secrets and all("sk-chart-test" not in json.dumps(d.get("metadata", {})) for d in secrets)
 
 
+def test_server_settings_pass_and_pods_get_no_service_links(tmp_path: Path) -> None:
+    docs = render("--set", "config.server.idle_timeout_ms=620000", "--set", "config.server.max_connections=5000")
+    config_text = by_kind(docs, "ConfigMap")[0]["data"]["config.yaml"]
+    assert yaml.safe_load(config_text)["server"]["idle_timeout_ms"] == 620000
+    assert "valid" in check_config(config_text, tmp_path)
+    pod = by_kind(docs, "Deployment")[0]["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False, "SWITCHYARD_PORT=tcp://… would reach the gateway"
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_a_master_key_on_several_pods_needs_redis() -> None:
+    out = subprocess.run(
+        [helm(), "template", "gw", str(CHART), "--set", "masterKey.value=sk-chart-test", "--set", "replicaCount=2"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode != 0
+    assert "needs Redis" in out.stderr, out.stderr
+    assert render("--set", "masterKey.value=sk-chart-test", "--set", "replicaCount=1")
+
+
 def test_values_are_checked_against_the_schema() -> None:
     out = subprocess.run(
         [helm(), "template", "gw", str(CHART), "--set", "replicaCount=many"],
@@ -130,6 +153,9 @@ def test_values_are_checked_against_the_schema() -> None:
 def test_the_compose_configuration_is_accepted(tmp_path: Path) -> None:
     compose = yaml.safe_load((DOCKER / "docker-compose.yaml").read_text(encoding="utf-8"))
     assert {"switchyard", "redis", "jaeger", "prometheus", "grafana"} <= set(compose["services"])
+    # Its default master key and Grafana's admin/admin face this machine only.
+    published = [port for service in compose["services"].values() for port in service.get("ports", [])]
+    assert published and all(str(port).startswith("127.0.0.1:") for port in published), published
     # The compose file names Redis by its service name: check the rest of it.
     text = (DOCKER / "switchyard.compose.yaml").read_text(encoding="utf-8")
     config = yaml.safe_load(text)

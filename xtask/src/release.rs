@@ -410,9 +410,8 @@ pub fn package(root: &Path, binary: &Path, triple: &str, out: &Path) -> Result<P
     std::fs::copy(root.join("README.md"), staging.join("README.md")).context("cannot copy README.md")?;
     std::fs::copy(root.join("config/config.yaml"), staging.join("config/config.yaml"))
         .context("cannot copy config/config.yaml")?;
-    if root.join("LICENSE").exists() {
-        std::fs::copy(root.join("LICENSE"), staging.join("LICENSE")).context("cannot copy LICENSE")?;
-    }
+    // Apache-2.0 §4(a): every copy goes out with the licence.
+    std::fs::copy(root.join("LICENSE"), staging.join("LICENSE")).context("cannot copy LICENSE")?;
     let archive = out.join(format!("{name}.tar.gz"));
     let mut tar = Command::new("tar");
     // The archive is named relative to `out`, where tar runs.

@@ -20,6 +20,23 @@ pub enum Prompt {
 }
 
 impl Prompt {
+    /// The prompt's size for token estimates, without copying it: the
+    /// bytes of its texts, and 4 per token id (so that the usual estimate
+    /// of 4 bytes a token counts ids exactly).
+    pub fn size_in_bytes(&self) -> u64 {
+        match self {
+            Prompt::Text(t) => t.len() as u64,
+            Prompt::Texts(ts) => ts.iter().map(|t| t.len() as u64).sum(),
+            Prompt::Tokens(t) => 4 * t.len() as u64,
+            Prompt::TokenBatches(b) => b.iter().map(|t| 4 * t.len() as u64).sum(),
+        }
+    }
+
+    /// Whether the prompt is token ids rather than text.
+    pub fn is_tokens(&self) -> bool {
+        matches!(self, Prompt::Tokens(_) | Prompt::TokenBatches(_))
+    }
+
     /// Prompt texts, with token prompts rendered as space-separated ids.
     pub fn texts(&self) -> Vec<String> {
         fn ids(t: &[u32]) -> String {

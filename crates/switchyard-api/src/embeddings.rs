@@ -19,6 +19,18 @@ pub enum EmbeddingInput {
 }
 
 impl EmbeddingInput {
+    /// The input's size for token estimates, without copying it: the bytes
+    /// of its texts, and 4 per token id (so that the usual estimate of 4
+    /// bytes a token counts ids exactly).
+    pub fn size_in_bytes(&self) -> u64 {
+        match self {
+            EmbeddingInput::Text(t) => t.len() as u64,
+            EmbeddingInput::Texts(ts) => ts.iter().map(|t| t.len() as u64).sum(),
+            EmbeddingInput::Tokens(t) => 4 * t.len() as u64,
+            EmbeddingInput::TokenBatches(b) => b.iter().map(|t| 4 * t.len() as u64).sum(),
+        }
+    }
+
     /// Number of inputs to embed.
     pub fn len(&self) -> usize {
         match self {

@@ -8,17 +8,34 @@ use crate::Extra;
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Usage {
     /// Tokens in the prompt.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub prompt_tokens: u64,
     /// Tokens generated.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub completion_tokens: u64,
     /// Sum of prompt and completion tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub total_tokens: u64,
     /// Details such as `prompt_tokens_details`, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// A token count as servers send it: an integer, or `null` or a float
+/// (`5.0`) from some OpenAI-compatible servers, read as 0 and rounded. A
+/// count is never a reason to refuse an answer.
+fn count<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Number(n) => n
+            .as_u64()
+            .or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f > 0.0)
+                    .map(|f| f.round() as u64)
+            })
+            .unwrap_or(0),
+        _ => 0,
+    })
 }
 
 impl Usage {
@@ -39,5 +56,26 @@ impl Usage {
             .and_then(|d| d.get("cached_tokens"))
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_sent_as_null_or_floats_are_read_not_refused() {
+        let usage: Usage = serde_json::from_str(
+            r#"{"prompt_tokens": 5.0, "completion_tokens": null, "total_tokens": 5, "prompt_tokens_details": {"cached_tokens": 2}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens),
+            (5, 0, 5)
+        );
+        assert_eq!(usage.cached_prompt_tokens(), 2);
+        let odd: Usage = serde_json::from_str(r#"{"prompt_tokens": -3, "completion_tokens": "7"}"#).unwrap();
+        assert_eq!((odd.prompt_tokens, odd.completion_tokens, odd.total_tokens), (0, 0, 0));
     }
 }

@@ -173,3 +173,17 @@ fn anthropic_server_tool_results_of_any_shape_round_trip() {
         );
     }
 }
+
+#[test]
+fn token_prompts_are_sized_by_their_ids_not_their_digits() {
+    use switchyard_api::{EmbeddingInput, Prompt};
+    // 4 bytes an id: the gateway's 4-bytes-a-token estimate counts them exactly.
+    let tokens: Prompt = serde_json::from_value(json!([1, 2, 3])).unwrap();
+    assert_eq!(tokens.size_in_bytes(), 12);
+    assert!(tokens.is_tokens());
+    let batches: EmbeddingInput = serde_json::from_value(json!([[9906, 1917], [1]])).unwrap();
+    assert_eq!(batches.size_in_bytes(), 12);
+    let texts: Prompt = serde_json::from_value(json!(["héllo", "ab"])).unwrap();
+    assert_eq!(texts.size_in_bytes(), 8);
+    assert!(!texts.is_tokens());
+}

@@ -173,8 +173,15 @@ impl CacheConfig {
                 let url = resolve_url(&r.url, "cache.redis.url", env, issues)
                     .map(|s| s.expose().to_owned())
                     .unwrap_or_default();
-                if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
-                    issues.push(issue("cache.redis.url", "must start with redis:// or rediss://"));
+                if !(url.is_empty()
+                    || url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("unix://"))
+                {
+                    issues.push(issue(
+                        "cache.redis.url",
+                        "must start with redis://, rediss:// or unix://",
+                    ));
                 }
                 if r.timeout_ms == 0 {
                     issues.push(issue("cache.redis.timeout_ms", "must be greater than 0"));

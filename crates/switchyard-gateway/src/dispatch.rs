@@ -155,6 +155,9 @@ impl Call<'_> {
                     .filter_map(|m| m.content.as_ref().map(|c| c.text()))
                     .collect(),
             )),
+            // Token ids say nothing to the embedder: a learned router
+            // refuses them rather than route on the digits.
+            Call::Completion(req) if req.prompt.is_tokens() => None,
             Call::Completion(req) => Some(join(req.prompt.texts())),
             Call::Messages(req) => Some(join(
                 req.system
@@ -256,7 +259,9 @@ pub(crate) async fn dispatch<'s>(
             let query = call.query_text().ok_or_else(|| {
                 invalid(
                     "model",
-                    format!("`{requested}` is a learned router; it serves chat, completion and message requests."),
+                    format!(
+                        "`{requested}` is a learned router; it serves chat, completion (with a text prompt) and message requests."
+                    ),
                 )
             })?;
             let live = Live {
@@ -290,11 +295,12 @@ pub(crate) async fn dispatch<'s>(
     if let Some(list) = &options.fallbacks
         && let Some((i, name)) = list.iter().enumerate().find(|(_, n)| !state.routes.contains_key(*n))
     {
-        return Err(invalid(
-            &format!("fallbacks[{i}]"),
-            format!("The fallback model `{name}` does not exist."),
-        )
-        .into());
+        let message = if state.learned.contains_key(name) {
+            format!("`{name}` is a learned router; a fallback must be a model group.")
+        } else {
+            format!("The fallback model `{name}` does not exist.")
+        };
+        return Err(invalid(&format!("fallbacks[{i}]"), message).into());
     }
     let timeout = options.timeout.unwrap_or(settings.timeout).min(settings.max_timeout);
     let deadline = Deadline {

@@ -11,7 +11,7 @@
 //! the previous router keeps serving. Requests read the current router once,
 //! so a swap never affects a request already routed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -721,7 +721,7 @@ impl Live<'_> {
 
 /// Loads every router once (a failure fails start-up) and starts watching them.
 pub async fn start(routes: &[Arc<LearnedRoute>]) -> Result<(), LoadError> {
-    start_after(routes, &HashMap::new()).await
+    start_after(routes, &std::collections::BTreeMap::new()).await
 }
 
 /// [`start`] for a reloaded configuration: a route whose router did not
@@ -730,7 +730,7 @@ pub async fn start(routes: &[Arc<LearnedRoute>]) -> Result<(), LoadError> {
 /// the store now holds a version the running router rejected).
 pub(crate) async fn start_after(
     routes: &[Arc<LearnedRoute>],
-    old: &HashMap<String, Arc<LearnedRoute>>,
+    old: &std::collections::BTreeMap<String, Arc<LearnedRoute>>,
 ) -> Result<(), LoadError> {
     for route in routes {
         let adopted = old.get(&route.name).is_some_and(|before| route.adopt(before));

@@ -206,9 +206,9 @@ fn value_len(value: &Value) -> u64 {
 /// structured-output schemas as JSON, and [`MEDIA_TOKENS`] per image.
 pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
     match call {
-        Call::Embeddings(req) => req.input.texts().iter().map(|t| t.len() as u64).sum(),
+        Call::Embeddings(req) => req.input.size_in_bytes(),
         Call::CountTokens(..) => 0,
-        Call::Completion(req) => req.prompt.texts().iter().map(|t| t.len() as u64).sum(),
+        Call::Completion(req) => req.prompt.size_in_bytes(),
         Call::Chat(req) => {
             let mut n = 0u64;
             for m in &req.messages {
@@ -311,6 +311,14 @@ pub(crate) async fn admit(
     fallbacks: Option<&[String]>,
     labels: switchyard_policy::Labels,
 ) -> Result<Metered, ApiError> {
+    // Before the model is looked up: a key limited to some models gets the
+    // same answer for one that exists and one that does not, so it cannot
+    // list the others by trying names.
+    if principal.view().is_some_and(|v| !v.allows(model)) {
+        return Err(ApiError::Denied(switchyard_policy::Denied::ModelNotAllowed {
+            model: model.to_owned(),
+        }));
+    }
     let mut ceiling = state
         .ceilings
         .get(model)

@@ -734,6 +734,17 @@ async fn embeddings(
         Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
+    // Refused before admission, which would count it against the key's limits.
+    if state.learned.contains_key(&req.model) {
+        return ApiError::InvalidField {
+            param: Some("model".into()),
+            message: format!(
+                "`{}` is a learned router; it serves chat, completion and message requests.",
+                req.model
+            ),
+        }
+        .into_response();
+    }
     let model = std::mem::take(&mut req.model);
     serve_detached(
         state,

@@ -47,8 +47,8 @@ pub struct AppState {
     pub started: Instant,
     /// The sentence embedder, loaded when a group has a learned router.
     pub embedder: Option<Arc<Embedder>>,
-    /// Learned-router groups by public model name, once [`AppState::start_learned`] ran.
-    pub learned: HashMap<String, Arc<LearnedRoute>>,
+    /// Learned-router groups by public model name (in name order, as listed), once [`AppState::start_learned`] ran.
+    pub learned: std::collections::BTreeMap<String, Arc<LearnedRoute>>,
     /// Learned routers configured, waiting for [`AppState::start_learned`].
     pending_routers: Vec<(String, RouterSpec)>,
     /// Keys, limits, budgets and spend (in memory until [`AppState::start_policy`]).
@@ -452,7 +452,7 @@ impl AppState {
             dispatch,
             routes,
             embedder,
-            learned: HashMap::new(),
+            learned: std::collections::BTreeMap::new(),
             pending_routers,
             started: Instant::now(),
             providers,

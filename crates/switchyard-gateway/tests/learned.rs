@@ -487,6 +487,37 @@ async fn a_router_request_reserves_the_price_of_its_priciest_candidate() {
     // 100 tokens: up to $0.10, served.
     let served = send(100).await.unwrap();
     assert_eq!(served.status(), 200);
+
+    // A router is no fallback and embeds nothing; both say so.
+    let fallback: Value = client
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(key)
+        .json(&json!({"model": "cheap", "max_tokens": 1, "fallbacks": ["switchyard/auto"], "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fallback["error"]["param"], "fallbacks[0]", "{fallback}");
+    assert!(
+        fallback["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("learned router"),
+        "{fallback}"
+    );
+    let embedded: Value = client
+        .post(format!("{}/v1/embeddings", gw.base_url()))
+        .bearer_auth(key)
+        .json(&json!({"model": "switchyard/auto", "input": "hi"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(embedded["error"]["param"], "model", "{embedded}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

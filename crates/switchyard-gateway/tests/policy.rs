@@ -458,6 +458,14 @@ async fn teams_narrow_models_and_share_one_budget() {
 
     // The team's models apply to a key that names none.
     assert_eq!(chat_with(&gw, Some(&first), "mock-a").await.code(), "model_not_allowed");
+    // A name no group has gets the same answer: the key cannot tell which exist.
+    let unknown = chat_with(&gw, Some(&first), "no-such-model").await;
+    assert_eq!(
+        (unknown.status, unknown.code()),
+        (403, "model_not_allowed"),
+        "{}",
+        unknown.body
+    );
     // Budget $0.00003: each request reserves up to 15000 and costs 7000.
     let mut served = 0;
     for key in [&first, &second, &first, &second, &first] {

@@ -921,6 +921,49 @@ async fn an_older_azure_api_version_streams_without_stream_options() {
     }
 }
 
+/// Azure's v1 API (`api_version: v1`, `preview` or `latest`) is called at
+/// `/openai/v1/…` with the deployment as the body's `model`, not on the
+/// dated deployments path, which does not serve those versions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_v1_api_versions_use_the_v1_path() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("model_list:\n");
+    for version in ["v1", "preview"] {
+        yaml += &format!(
+            "  - model_name: azure-{version}\n    deployments:\n      - provider: azure\n        model: dep-{version}\n        api_base: {}\n        api_version: {version}\n        api_key: k\n",
+            mock.root_url()
+        );
+    }
+    let gateway = GatewayProcess::start(Path::new(BIN), &yaml);
+    let http = reqwest::Client::new();
+    for (version, query) in [("v1", None), ("preview", Some("api-version=preview"))] {
+        for (path, body) in [
+            ("chat/completions", user(&format!("azure-{version}"), "hello")),
+            (
+                "embeddings",
+                json!({"model": format!("azure-{version}"), "input": "hello"}),
+            ),
+        ] {
+            let response = http
+                .post(format!("{}/v1/{path}", gateway.base_url()))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(
+                response.status(),
+                200,
+                "{version} {path}: {}",
+                response.text().await.unwrap()
+            );
+            let seen = mock.last_request().unwrap();
+            assert_eq!(seen.path, format!("/openai/v1/{path}"), "{version}");
+            assert_eq!(seen.query.as_deref(), query, "{version}");
+            assert_eq!(seen.body["model"], format!("dep-{version}"), "{version}");
+        }
+    }
+}
+
 /// What Converse refuses or reports as broken, handled: blank text is left
 /// out, a system prompt keeps its cache marks (with their lifetime), a model
 /// error (424) or an output the model could not form fails over, and

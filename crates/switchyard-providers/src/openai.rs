@@ -193,7 +193,10 @@ impl AzureProvider {
         self.0.http.first_byte()
     }
 
-    /// A provider for `{api_base}/openai/deployments/{deployment}/…?api-version={api_version}`.
+    /// A provider for `{api_base}/openai/deployments/{deployment}/…?api-version={api_version}`,
+    /// or, for the v1 API (`api_version` `v1`, `preview` or `latest`),
+    /// `{api_base}/openai/v1/…` (with `?api-version=` for the last two),
+    /// where the body's `model` names the deployment.
     pub fn new(
         api_base: &str,
         deployment: &str,
@@ -206,7 +209,11 @@ impl AzureProvider {
             auth.push((HeaderName::from_static("api-key"), header_value(key, "")?));
         }
         let base = api_base.trim_end_matches('/');
-        let url = |op: &str| format!("{base}/openai/deployments/{deployment}/{op}?api-version={api_version}");
+        let url = |op: &str| match api_version {
+            "v1" => format!("{base}/openai/v1/{op}"),
+            "preview" | "latest" => format!("{base}/openai/v1/{op}?api-version={api_version}"),
+            _ => format!("{base}/openai/deployments/{deployment}/{op}?api-version={api_version}"),
+        };
         Ok(Self(Endpoints {
             http: HttpUpstream::new(settings, auth)?,
             chat_url: endpoint(url("chat/completions"))?,

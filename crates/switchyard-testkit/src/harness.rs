@@ -146,14 +146,21 @@ impl GatewayProcess {
         &self.config_path
     }
 
-    /// Sends a signal by name (`TERM`, `HUP`, …) with `kill(1)`.
+    /// Sends a signal by name: `TERM`, `HUP`, `INT` or `KILL`.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap_or_else(|e| panic!("cannot run kill: {e}"));
-        assert!(status.success(), "kill -{name} failed");
+        use rustix::process::{Pid, Signal, kill_process};
+        let signal = match name {
+            "TERM" => Signal::TERM,
+            "HUP" => Signal::HUP,
+            "INT" => Signal::INT,
+            "KILL" => Signal::KILL,
+            other => panic!("no signal named {other}"),
+        };
+        let pid = i32::try_from(self.child.id())
+            .ok()
+            .and_then(Pid::from_raw)
+            .unwrap_or_else(|| panic!("pid {} out of range", self.child.id()));
+        kill_process(pid, signal).unwrap_or_else(|e| panic!("kill -{name} failed: {e}"));
     }
 
     /// Waits up to `max_wait` for the process to exit; its exit code, or

@@ -294,6 +294,8 @@ struct Route {
     operation: Operation,
     /// Deployment name for Azure-style paths.
     deployment: Option<String>,
+    /// Azure's v1 API (`/openai/v1/…`): the deployment is the body's `model`.
+    azure_v1: bool,
     /// Percent-decoded model id for Bedrock paths.
     model_id: Option<String>,
 }
@@ -313,6 +315,7 @@ fn classify(path: &str) -> Option<Route> {
         return Some(Route {
             operation,
             deployment: None,
+            azure_v1: false,
             model_id: Some(model_id),
         });
     }
@@ -330,6 +333,21 @@ fn classify(path: &str) -> Option<Route> {
         return Some(Route {
             operation,
             deployment: Some(deployment.to_owned()),
+            azure_v1: false,
+            model_id: None,
+        });
+    }
+    if let Some(rest) = path.strip_prefix("/openai/v1") {
+        let operation = match rest {
+            "/chat/completions" => Operation::ChatCompletions,
+            "/completions" => Operation::Completions,
+            "/embeddings" => Operation::Embeddings,
+            _ => return None,
+        };
+        return Some(Route {
+            operation,
+            deployment: None,
+            azure_v1: true,
             model_id: None,
         });
     }
@@ -346,6 +364,7 @@ fn classify(path: &str) -> Option<Route> {
     Some(Route {
         operation,
         deployment: None,
+        azure_v1: false,
         model_id: None,
     })
 }
@@ -360,7 +379,43 @@ fn has_query_param(query: Option<&str>, name: &str) -> bool {
 }
 
 /// Checks Azure (`api-version`, `api-key`) or bearer-token requirements.
-fn check_auth(request: &RecordedRequest, azure: bool) -> Option<Response> {
+/// On Azure's v1 path the version is optional and undated (`preview`,
+/// `latest`); on the deployments path it is a date.
+fn check_auth(request: &RecordedRequest, azure: bool, azure_v1: bool) -> Option<Response> {
+    let version = request
+        .query
+        .as_deref()
+        .and_then(|q| q.split('&').find_map(|pair| pair.strip_prefix("api-version=")));
+    if azure_v1 {
+        if version.is_some_and(|v| !matches!(v, "preview" | "latest")) {
+            return Some(error_response(
+                StatusCode::BAD_REQUEST,
+                "The v1 API takes no dated api-version.",
+                "invalid_request_error",
+                None,
+                Some("unsupported_api_version"),
+            ));
+        }
+        if missing(request.header("api-key")) {
+            return Some(error_response(
+                StatusCode::UNAUTHORIZED,
+                "Access denied due to missing or invalid api-key header.",
+                "invalid_request_error",
+                None,
+                Some("invalid_api_key"),
+            ));
+        }
+        return None;
+    }
+    if azure && version.is_some_and(|v| !v.starts_with("20")) {
+        return Some(error_response(
+            StatusCode::NOT_FOUND,
+            "Resource not found",
+            "invalid_request_error",
+            None,
+            Some("404"),
+        ));
+    }
     if azure {
         if !has_query_param(request.query.as_deref(), "api-version") {
             return Some(error_response(
@@ -506,10 +561,10 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             None,
         );
     }
-    let azure = route.deployment.is_some();
+    let azure = route.deployment.is_some() || route.azure_v1;
     let protocol = route.operation.protocol();
     let auth_error = match protocol {
-        Protocol::OpenAi => check_auth(&recorded, azure),
+        Protocol::OpenAi => check_auth(&recorded, route.deployment.is_some(), route.azure_v1),
         Protocol::Anthropic => anthropic_mock::check_auth(&recorded),
         Protocol::Bedrock => bedrock_mock::check_auth(&recorded),
     };

@@ -435,7 +435,7 @@ async fn azure_route_requires_api_version_and_key() {
     // Scenario directives in the deployment name apply.
     let response = client()
         .post(format!(
-            "{}/openai/deployments/d::status=500/embeddings?api-version=1",
+            "{}/openai/deployments/d::status=500/embeddings?api-version=2024-06-01",
             mock.root_url()
         ))
         .header("api-key", "k")

@@ -383,3 +383,27 @@ fn settings_that_would_fail_every_request_are_refused() {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
 }
+
+#[test]
+fn the_cache_takes_the_redis_urls_the_policy_store_takes() {
+    let yaml = |url: &str| {
+        format!(
+            "cache:\n  enabled: true\n  backend: redis\n  redis:\n    url: {url}\nmodel_list:\n  - model_name: a\n    deployments:\n      - provider: mock\n        model: m\n"
+        )
+    };
+    let issues = |url: &str| {
+        let config = parse(&yaml(url)).unwrap();
+        let mut issues = Vec::new();
+        config.cache.validate(&env(&[]), &["a".to_owned()], &mut issues);
+        issues.iter().map(ToString::to_string).collect::<Vec<_>>()
+    };
+    for url in [
+        "redis://127.0.0.1:6379/0",
+        "rediss://cache.example:6380",
+        "unix:///run/redis/redis.sock",
+    ] {
+        assert_eq!(issues(url), Vec::<String>::new(), "{url}");
+    }
+    let refused = issues("http://127.0.0.1:6379");
+    assert!(refused.iter().any(|i| i.contains("cache.redis.url")), "{refused:?}");
+}
