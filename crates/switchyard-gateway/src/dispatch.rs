@@ -379,8 +379,8 @@ pub(crate) async fn dispatch<'s>(
         };
         let list = match reason {
             Reason::Failed => general,
-            Reason::ContextWindow => first.context_window_fallbacks.as_slice(),
-            Reason::ContentPolicy => first.content_policy_fallbacks.as_slice(),
+            Reason::ContextWindow => group.1.context_window_fallbacks.as_slice(),
+            Reason::ContentPolicy => group.1.content_policy_fallbacks.as_slice(),
         };
         // A fallback the caller's key may not call is skipped: a key limited
         // to some models never gets answers from others through a failure.
@@ -483,6 +483,10 @@ async fn try_group<'s>(
     // the request hands it on without a second pause.
     let mut paused_for = 0u32;
     while retry <= num_retries {
+        // Nobody waits for an answer: no new attempt is billed for it.
+        if crate::routes::client_gone() {
+            return GroupOutcome::Final(ApiError::ClientGone { attempts: *attempts });
+        }
         let now = state.now_ms();
         let able = || route.all.iter().copied().filter(|i| !unable.contains(i));
         let mut healthy: Vec<usize> = able()
@@ -526,7 +530,11 @@ async fn try_group<'s>(
         } else {
             fresh
         };
-        let index = loop {
+        // Chosen, then paused (the backoff, or the Retry-After it sent),
+        // then claimed: a deployment's breaker is read after the pause, and
+        // a half-open probe is not held through it. One whose pause would
+        // pass the deadline, or that cannot be claimed, leaves the pool.
+        let (index, probe) = loop {
             if pool.is_empty() {
                 let error = last.take().unwrap_or_else(|| {
                     tracing::warn!(group = name, "every deployment of the group is cooling down");
@@ -538,7 +546,7 @@ async fn try_group<'s>(
                 group,
                 candidates: &pool,
                 stats: &state.stats,
-                now_ms: now,
+                now_ms: state.now_ms(),
                 estimated_tokens: estimated,
             };
             let index = match route.strategy.choose(&ctx, rng) {
@@ -553,42 +561,51 @@ async fn try_group<'s>(
                     route.strategy.name()
                 )));
             }
-            match deployments.get(index) {
-                // Claims the half-open probe when the breaker is recovering.
-                Some(d) if panic || state.cooldowns.is_available(d.id, now) => break index,
-                _ => pool.retain(|&i| i != index),
+            let Some(chosen) = deployments.get(index) else {
+                return GroupOutcome::Final(ApiError::Internal(format!("no deployment {index} in {name}")));
+            };
+            if retry > paused_for {
+                let retry_after = tried.iter().find(|(t, _)| *t == index).and_then(|(_, after)| *after);
+                match state.dispatch.retry.wait(retry, retry_after, rng) {
+                    Wait::Sleep(pause) if tokio::time::Instant::now() + pause < deadline.at => {
+                        paused_for = retry;
+                        tokio::time::sleep(pause).await;
+                        if crate::routes::client_gone() {
+                            return GroupOutcome::Final(ApiError::ClientGone { attempts: *attempts });
+                        }
+                        if let Some(counter) = upstream_ns {
+                            crate::observe::RequestContext::add_upstream(counter, pause);
+                        }
+                        state.metrics.retry(name);
+                    }
+                    // Past the deadline: another deployment may answer sooner.
+                    Wait::Sleep(_) => {
+                        pool.retain(|&i| i != index);
+                        continue;
+                    }
+                    Wait::TooLong(after) => {
+                        tracing::info!(deployment = %chosen.name, ?after, "Retry-After is longer than allowed; not waiting");
+                        pool.retain(|&i| i != index);
+                        continue;
+                    }
+                }
+            }
+            // Claims the half-open probe when the breaker is recovering. A
+            // token count (another endpoint) never probes: its success says
+            // little of the deployment's health.
+            let claim = if panic || matches!(call, Call::CountTokens(..)) {
+                Some(switchyard_routing::Claim::Closed)
+            } else {
+                state.cooldowns.claim(chosen.id, state.now_ms())
+            };
+            match claim {
+                Some(claim) => break (index, claim == switchyard_routing::Claim::Probe),
+                None => pool.retain(|&i| i != index),
             }
         };
         let Some(deployment) = deployments.get(index) else {
             return GroupOutcome::Final(ApiError::Internal(format!("no deployment {index} in {name}")));
         };
-        if retry > paused_for {
-            paused_for = retry;
-            let retry_after = tried.iter().find(|(t, _)| *t == index).and_then(|(_, after)| *after);
-            let pause = match state.dispatch.retry.wait(retry, retry_after, rng) {
-                Wait::Sleep(pause) => pause,
-                Wait::TooLong(after) => {
-                    tracing::info!(deployment = %deployment.name, ?after, "Retry-After is longer than allowed; not waiting");
-                    // Nothing was sent: a half-open probe this claimed is
-                    // handed back, or the breaker would stay half-open.
-                    if !panic {
-                        state.cooldowns.release_probe(deployment.id, now);
-                    }
-                    break;
-                }
-            };
-            if tokio::time::Instant::now() + pause >= deadline.at {
-                if !panic {
-                    state.cooldowns.release_probe(deployment.id, now);
-                }
-                break;
-            }
-            tokio::time::sleep(pause).await;
-            if let Some(counter) = upstream_ns {
-                crate::observe::RequestContext::add_upstream(counter, pause);
-            }
-            state.metrics.retry(name);
-        }
         let Some(client) = state.provider(deployment.id) else {
             return GroupOutcome::Final(ApiError::Internal(format!("no client for {}", deployment.name)));
         };
@@ -653,7 +670,7 @@ async fn try_group<'s>(
                         tracing::warn!(deployment = %deployment.name, "deployment put in cooldown after the request's deadline");
                         state.metrics.cooldown(&deployment.name);
                     }
-                } else if !panic {
+                } else if probe {
                     state.cooldowns.release_probe(deployment.id, now);
                 }
                 return GroupOutcome::Final(ApiError::Deadline {
@@ -667,7 +684,12 @@ async fn try_group<'s>(
             Ok(reply) => {
                 state.metrics.attempt(&deployment.name, "ok");
                 let used = match &reply {
-                    Reply::Json(ProviderResponse { usage, .. }) => Some(usage.as_ref().map_or(0, |u| u.total_tokens)),
+                    // Without usage, as the answer is charged: the prompt's
+                    // estimate and its output by length.
+                    Reply::Json(ProviderResponse { usage, body, .. }) => Some(usage.as_ref().map_or_else(
+                        || estimated.saturating_add(crate::metering::output_estimate(body)),
+                        |u| u.total_tokens,
+                    )),
                     // A token count is not a generation: no latency sample.
                     Reply::Native(_) if matches!(call, Call::CountTokens(..)) => None,
                     Reply::Native(body) => Some(native_tokens(body)),
@@ -684,8 +706,11 @@ async fn try_group<'s>(
                     state.stats.record_success(deployment.id, outcome, now);
                 }
                 // A stream's first event arrived: the breaker closes now, its
-                // statistics are recorded when it ends.
-                state.cooldowns.record_success(deployment.id, now);
+                // statistics are recorded when it ends. A token count says
+                // nothing of generations.
+                if !matches!(call, Call::CountTokens(..)) {
+                    state.cooldowns.record_success(deployment.id, now);
+                }
                 return GroupOutcome::Served(Served {
                     reply,
                     decision: Decision {
@@ -720,7 +745,7 @@ async fn try_group<'s>(
                 let unknown_upstream = matches!(e, ProviderError::Status { status: 404, .. });
                 if unexpressible {
                     // Refused before anything was sent: says nothing of its health.
-                    if !panic {
+                    if probe {
                         state.cooldowns.release_probe(deployment.id, now);
                     }
                 } else {

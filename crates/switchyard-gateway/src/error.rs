@@ -60,6 +60,13 @@ pub enum ApiError {
         /// Attempts made.
         attempts: u32,
     },
+    /// The client left before an answer started, and no further attempt
+    /// was made for it.
+    #[error("The client closed the request before it was answered ({attempts} attempts made).")]
+    ClientGone {
+        /// Attempts made.
+        attempts: u32,
+    },
     /// A routing failure other than an unknown model.
     #[error("{0}")]
     Routing(RoutingError),
@@ -143,6 +150,13 @@ impl ApiError {
                 "timeout_error",
                 None,
                 Some("request_timeout".into()),
+            ),
+            // nginx's 499: never sent (nobody is there), logged as such.
+            ApiError::ClientGone { .. } => (
+                S::from_u16(499).unwrap_or(S::BAD_REQUEST),
+                invalid,
+                None,
+                Some("client_closed_request".into()),
             ),
             ApiError::Routing(_) | ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
             ApiError::Denied(denied) => denied_parts(denied),
@@ -395,9 +409,10 @@ impl IntoResponse for ApiError {
 }
 
 /// `Retry-After` in whole seconds, rounded up (a client that waits what it
-/// is told must not come back early), at least 1.
+/// is told must not come back early), at least 1 and at most a day (an
+/// upstream's endless wait is passed on as that).
 fn retry_after_header(after: std::time::Duration) -> Option<HeaderValue> {
-    HeaderValue::from_str(&after.as_secs_f64().ceil().max(1.0).to_string()).ok()
+    HeaderValue::from_str(&after.as_secs_f64().ceil().clamp(1.0, 86_400.0).to_string()).ok()
 }
 
 #[cfg(test)]
@@ -410,5 +425,9 @@ mod retry_after_tests {
             let value = retry_after_header(std::time::Duration::from_millis(ms));
             assert_eq!(value, Some(HeaderValue::from_static(header)), "{ms} ms");
         }
+        assert_eq!(
+            retry_after_header(std::time::Duration::MAX),
+            Some(HeaderValue::from_static("86400"))
+        );
     }
 }

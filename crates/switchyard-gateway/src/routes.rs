@@ -631,6 +631,19 @@ async fn serve_detached<R: Send + 'static>(
     .await
 }
 
+tokio::task_local! {
+    /// Set when the client of the request this task serves has left.
+    static CLIENT_GONE: Arc<std::sync::atomic::AtomicBool>;
+}
+
+/// Whether the client of the request this task serves has left (a request
+/// run by [`detached`]): retries and fallbacks stop there.
+pub(crate) fn client_gone() -> bool {
+    CLIENT_GONE
+        .try_with(|gone| gone.load(std::sync::atomic::Ordering::Acquire))
+        .unwrap_or(false)
+}
+
 /// Handles a request on a task of its own, so that a client that goes away
 /// before its answer does not cut the handling short: the upstream call
 /// (which the provider bills whether or not anyone waits) finishes, and is
@@ -650,12 +663,15 @@ where
     struct Abandoned<'a> {
         handle: Option<tokio::task::JoinHandle<Response>>,
         state: &'a SharedState,
+        gone: Arc<std::sync::atomic::AtomicBool>,
     }
     impl Drop for Abandoned<'_> {
         fn drop(&mut self) {
             let Some(handle) = self.handle.take().filter(|h| !h.is_finished()) else {
                 return;
             };
+            // The attempt under way finishes (it is billed); no new one starts.
+            self.gone.store(true, std::sync::atomic::Ordering::Release);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let guard = self.state.policy.write_guard();
                 runtime.spawn(async move {
@@ -667,14 +683,16 @@ where
     }
     // The request's concurrency slot lasts as long as its work.
     let slot = crate::metering::REQUEST_SLOT.try_with(Arc::clone).ok();
-    let work = async move {
+    let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let work = CLIENT_GONE.scope(Arc::clone(&gone), async move {
         let response = work.await;
         drop(slot);
         response
-    };
+    });
     let mut watch = Abandoned {
         handle: Some(tokio::spawn(work.in_current_span())),
         state,
+        gone,
     };
     let result = match watch.handle.as_mut() {
         Some(handle) => handle.await,

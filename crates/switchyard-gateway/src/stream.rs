@@ -131,6 +131,8 @@ pub struct StreamTracker {
     /// Tokens counted up front against the deployment's minute, taken back
     /// when the stream's own usage is counted.
     estimated_tokens: Option<(u64, u64)>,
+    /// The prompt's estimated tokens, for a stream that reports no usage.
+    prompt_estimate: u64,
     usage: Option<TokenUsage>,
     /// Items passed to the client, for the output estimate of a stream cut
     /// before the upstream reported its usage.
@@ -153,6 +155,7 @@ impl StreamTracker {
             started,
             first_item: None,
             estimated_tokens: None,
+            prompt_estimate: 0,
             usage: None,
             items: 0,
             meter: None,
@@ -173,12 +176,18 @@ impl StreamTracker {
     /// stream ends.
     pub(crate) fn counting(mut self, estimated: u64, at_ms: u64) -> Self {
         self.estimated_tokens = Some((estimated, at_ms));
+        self.prompt_estimate = estimated;
         self
     }
 
-    /// Tokens used so far, as the upstream reported them (0 before it did).
+    /// Tokens used so far, as the upstream reported them; without a report,
+    /// the prompt's estimate and a token per event, as the stream is charged
+    /// (an upstream that never reports must still use up its `tpm`).
     fn tokens_used(&self) -> u64 {
-        self.usage.map_or(0, |u| u.prompt.saturating_add(u.completion))
+        self.usage.map_or_else(
+            || self.prompt_estimate.saturating_add(self.items),
+            |u| u.prompt.saturating_add(u.completion),
+        )
     }
 
     /// Replaces the up-front estimate with the tokens used, once; `true`

@@ -168,6 +168,11 @@ async fn retry_after_is_honoured_and_a_long_one_is_returned() {
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "ra::status=429,retry_after=120", input_cost_per_token: 0.000001}
       - {provider: openai, api_base: "{base}", api_key: k, model: "rb::fail_first=1,status=500", input_cost_per_token: 0.00001}
+  - model_name: hurried
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "ha::status=429,retry_after=4", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "hb::status=500,fail_first=1", input_cost_per_token: 0.00001}
 "#,
     );
     let a = chat(&gw, "limited", json!({})).await;
@@ -195,6 +200,17 @@ async fn retry_after_is_honoured_and_a_long_one_is_returned() {
     assert_eq!(a.header("x-switchyard-deployment"), "mixed/1");
     assert_eq!(a.header("x-switchyard-attempts"), "3");
     assert_eq!(sent_to(&mock, "ra::status=429,retry_after=120"), 1);
+
+    // A Retry-After the request's deadline cannot wait for rules out its
+    // deployment for this request, not the whole group: the cheaper one
+    // (chosen first each time) asks for 4 s of a 2 s deadline, so the
+    // last retry goes to the other, which has recovered.
+    let a = chat(&gw, "hurried", json!({"timeout": 2})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-deployment"), "hurried/1");
+    let seen: Vec<String> = mock.requests().iter().map(|r| r.body["model"].to_string()).collect();
+    assert_eq!(a.header("x-switchyard-attempts"), "3", "{seen:?}");
+    assert_eq!(sent_to(&mock, "ha::status=429,retry_after=4"), 1);
 }
 
 const FALLBACKS: &str = r#"
@@ -223,6 +239,10 @@ const FALLBACKS: &str = r#"
   - model_name: strict-alone
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "strict-2::content_filter"}
+  - model_name: front
+    fallbacks: [small]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "front-1::status=503"}
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,6 +318,10 @@ async fn context_window_and_content_policy_fallbacks() {
     )
     .await;
     assert_eq!(a.status, 200, "large has no limit");
+    // A group reached as a fallback uses its own context-window fallbacks.
+    let a = chat(&gw, "front", long.clone()).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "large");
     let a = chat(&gw, "small-alone", long).await;
     assert_eq!(a.status, 400, "{}", a.body);
     assert_eq!(a.json()["error"]["code"], "context_length_exceeded");
@@ -1041,4 +1065,75 @@ async fn fallbacks_respect_the_keys_models() {
     assert_eq!(ask(both).await, (200, Some("backup".to_owned())));
     assert_eq!(ask(master.to_owned()).await, (200, Some("backup".to_owned())));
     assert_eq!(sent_to(&mock, "backup-1"), 2);
+}
+
+/// A client that leaves stops the retries made for it: the attempt under
+/// way finishes (it is billed upstream), and no new one starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stop_when_the_client_leaves() {
+    let mock = MockUpstream::start().await;
+    let model = "slow-fail::first_byte_ms=300,status=500";
+    let gw = gateway(
+        &mock,
+        "  num_retries: 6\n  max_num_retries: 6\n  allowed_fails: 100",
+        &format!(
+            "  - model_name: flaky\n    deployments:\n      - {{provider: openai, api_base: \"{{base}}\", api_key: k, model: \"{model}\"}}\n"
+        ),
+    );
+    let left = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .timeout(Duration::from_millis(450))
+        .json(&json!({"model": "flaky", "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client gave up first");
+    // Seven attempts of 300 ms each would take over 2 s.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    let sent = sent_to(&mock, model);
+    assert!((1..=2).contains(&sent), "{sent} attempts for a client that left");
+}
+
+/// An upstream that reports no usage still uses up its `tpm`: the answer
+/// counts as it is charged (the prompt's estimate and the output by length
+/// or by events), JSON and streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_without_usage_count_against_tpm() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: quiet
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "quiet-1::no_usage", tpm: 100000}
+"#,
+    );
+    let used = || async {
+        admin(&gw)
+            .await
+            .into_iter()
+            .find(|d| d["deployment"] == "quiet/0")
+            .unwrap()["stats"]["tpm_used"]
+            .as_u64()
+            .unwrap()
+    };
+    let a = chat(&gw, "quiet", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.json().get("usage").is_none_or(Value::is_null), "{}", a.body);
+    let after_json = used().await;
+    assert!(
+        after_json > 0,
+        "a JSON answer without usage counted {after_json} tokens"
+    );
+    let s = chat(&gw, "quiet", json!({"stream": true})).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    let mut after_stream = after_json;
+    for _ in 0..50 {
+        after_stream = used().await;
+        if after_stream > after_json {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(after_stream > after_json, "a stream without usage counted nothing");
 }

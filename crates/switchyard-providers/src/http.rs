@@ -262,14 +262,15 @@ pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
 
 /// How long the upstream asks to wait: `retry-after-ms` (OpenAI, Azure), else
 /// `Retry-After` in seconds or as an HTTP date. A value too large for a
-/// `Duration` (`1e20`) or unreadable is ignored, not a panic.
+/// `Duration` (`1e20`, `inf`) is the longest wait, which no retry waits for;
+/// an unreadable one is ignored.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let seconds = |v: &str, scale: f64| {
         v.parse::<f64>()
             .ok()
             .filter(|s| *s >= 0.0)
-            .and_then(|s| Duration::try_from_secs_f64(s / scale).ok())
+            .map(|s| Duration::try_from_secs_f64(s / scale).unwrap_or(Duration::MAX))
     };
     if let Some(d) = text("retry-after-ms").and_then(|v| seconds(v, 1000.0)) {
         return Some(d);
@@ -409,7 +410,12 @@ mod tests {
             read(&[("retry-after", "Wed, 21 Oct 2015 07:27:00 GMT")]),
             Some(Duration::ZERO)
         );
-        assert_eq!(read(&[("retry-after", "1e20")]), None);
+        assert_eq!(
+            read(&[("retry-after", "1e20")]),
+            Some(Duration::MAX),
+            "too long to wait for"
+        );
+        assert_eq!(read(&[("retry-after", "inf")]), Some(Duration::MAX));
         assert_eq!(read(&[("retry-after", "-3")]), None);
         assert_eq!(read(&[("retry-after", "soon")]), None);
         assert_eq!(read(&[]), None);

@@ -95,6 +95,16 @@ pub struct Cooldowns {
     breakers: Vec<Breaker>,
 }
 
+/// What [`Cooldowns::claim`] gave a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The breaker is closed: any number of requests may go.
+    Closed,
+    /// The caller is the half-open probe: it reports back, or hands the
+    /// probe back with [`Cooldowns::release_probe`].
+    Probe,
+}
+
 impl Cooldowns {
     /// Breakers for `n` deployments.
     pub fn new(n: usize, policy: CooldownPolicy) -> Self {
@@ -138,30 +148,38 @@ impl Cooldowns {
     /// ended, exactly one caller gets `true` and becomes the half-open probe; a
     /// probe that never reports back is replaced after another cooldown period.
     pub fn is_available(&self, id: DeploymentId, now_ms: u64) -> bool {
+        self.claim(id, now_ms).is_some()
+    }
+
+    /// [`Cooldowns::is_available`], saying whether the caller became the
+    /// half-open probe: only a probe's owner may hand it back
+    /// ([`Cooldowns::release_probe`]). `None`: the request may not go.
+    pub fn claim(&self, id: DeploymentId, now_ms: u64) -> Option<Claim> {
         let Some(b) = self.breakers.get(id.0) else {
-            return true;
+            return Some(Claim::Closed);
         };
         if b.key_invalid.load(Ordering::Acquire) {
-            return false;
+            return None;
         }
         match b.state.load(Ordering::Acquire) {
-            CLOSED => true,
+            CLOSED => Some(Claim::Closed),
             OPEN => {
-                now_ms >= b.since_or_until.load(Ordering::Acquire)
+                let claimed = now_ms >= b.since_or_until.load(Ordering::Acquire)
                     && b.state
                         .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
-                    && {
-                        b.since_or_until.store(now_ms, Ordering::Release);
-                        true
-                    }
+                        .is_ok();
+                claimed.then(|| {
+                    b.since_or_until.store(now_ms, Ordering::Release);
+                    Claim::Probe
+                })
             }
             _ => {
                 let started = b.since_or_until.load(Ordering::Acquire);
-                now_ms.saturating_sub(started) >= self.policy.cooldown_ms
+                let replaced = now_ms.saturating_sub(started) >= self.policy.cooldown_ms
                     && b.since_or_until
                         .compare_exchange(started, now_ms, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok()
+                        .is_ok();
+                replaced.then_some(Claim::Probe)
             }
         }
     }
@@ -368,6 +386,18 @@ mod tests {
         assert!(!c.record_failure(D, ErrorClass::ClientError, 5_002));
         assert_eq!(c.snapshot(5_003)[0].state, BreakerState::Closed);
         assert!(c.may_serve(D, 5_003));
+    }
+
+    #[test]
+    fn a_claim_says_whether_it_is_the_probe() {
+        let c = breakers();
+        assert_eq!(c.claim(D, 0), Some(Claim::Closed));
+        for t in 0..3 {
+            c.record_failure(D, ErrorClass::ServerError, t);
+        }
+        assert_eq!(c.claim(D, 10), None, "open");
+        assert_eq!(c.claim(D, 5_010), Some(Claim::Probe));
+        assert_eq!(c.claim(D, 5_011), None, "one probe at a time");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub mod strategy_registry;
 pub mod usage;
 pub mod vector;
 
-pub use cooldown::{BreakerState, CooldownPolicy, CooldownStatus, Cooldowns};
+pub use cooldown::{BreakerState, Claim, CooldownPolicy, CooldownStatus, Cooldowns};
 pub use cost::CostBased;
 pub use error::RoutingError;
 pub use latency::LatencyBased;
