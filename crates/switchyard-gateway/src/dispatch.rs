@@ -479,9 +479,11 @@ async fn try_group<'s>(
     let mut unable: Vec<usize> = Vec::new();
     let mut last: Option<ApiError> = None;
     let mut retry = 0u32;
-    // The retry whose backoff was slept: a deployment that could not take
-    // the request hands it on without a second pause.
+    // The retry whose pause is being slept, and how long it has slept: a
+    // deployment that could not take the request hands it on without a
+    // second pause, and the next one waits only the rest of its own.
     let mut paused_for = 0u32;
+    let mut slept = Duration::ZERO;
     while retry <= num_retries {
         // Nobody waits for an answer: no new attempt is billed for it.
         if crate::routes::client_gone() {
@@ -564,19 +566,29 @@ async fn try_group<'s>(
             let Some(chosen) = deployments.get(index) else {
                 return GroupOutcome::Final(ApiError::Internal(format!("no deployment {index} in {name}")));
             };
-            if retry > paused_for {
+            if retry > 0 {
+                if retry > paused_for {
+                    paused_for = retry;
+                    slept = Duration::ZERO;
+                    state.metrics.retry(name);
+                }
                 let retry_after = tried.iter().find(|(t, _)| *t == index).and_then(|(_, after)| *after);
                 match state.dispatch.retry.wait(retry, retry_after, rng) {
-                    Wait::Sleep(pause) if tokio::time::Instant::now() + pause < deadline.at => {
-                        paused_for = retry;
-                        tokio::time::sleep(pause).await;
+                    // What this retry has slept already counts: a deployment
+                    // chosen after another could not be claimed waits only
+                    // the rest of its own pause.
+                    Wait::Sleep(pause) if tokio::time::Instant::now() + pause.saturating_sub(slept) < deadline.at => {
+                        let rest = pause.saturating_sub(slept);
+                        if !rest.is_zero() {
+                            tokio::time::sleep(rest).await;
+                            slept += rest;
+                            if let Some(counter) = upstream_ns {
+                                crate::observe::RequestContext::add_upstream(counter, rest);
+                            }
+                        }
                         if crate::routes::client_gone() {
                             return GroupOutcome::Final(ApiError::ClientGone { attempts: *attempts });
                         }
-                        if let Some(counter) = upstream_ns {
-                            crate::observe::RequestContext::add_upstream(counter, pause);
-                        }
-                        state.metrics.retry(name);
                     }
                     // Past the deadline: another deployment may answer sooner.
                     Wait::Sleep(_) => {
@@ -666,7 +678,10 @@ async fn try_group<'s>(
                     state.stats.record_failure(deployment.id, class, now);
                     // A try made anyway leaves the breaker (and another
                     // request's probe) as it is.
-                    if !panic && state.cooldowns.record_failure(deployment.id, class, now) {
+                    if !panic
+                        && !matches!(call, Call::CountTokens(..))
+                        && state.cooldowns.record_failure(deployment.id, class, now)
+                    {
                         tracing::warn!(deployment = %deployment.name, "deployment put in cooldown after the request's deadline");
                         state.metrics.cooldown(&deployment.name);
                     }
@@ -752,7 +767,10 @@ async fn try_group<'s>(
                     state.stats.record_failure(deployment.id, class, now);
                     // A try made anyway leaves the breaker (and another
                     // request's probe) as it is; a rejected key is noted.
-                    let noted = !panic || class == switchyard_routing::ErrorClass::Auth;
+                    // A token count leaves the breaker alone: it never
+                    // probes, and its answers say little of generations.
+                    let noted = (!panic || class == switchyard_routing::ErrorClass::Auth)
+                        && !matches!(call, Call::CountTokens(..));
                     if noted && state.cooldowns.record_failure(deployment.id, class, now) {
                         tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
                         state.metrics.cooldown(&deployment.name);

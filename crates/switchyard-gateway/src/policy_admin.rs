@@ -637,6 +637,9 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
                 .iter()
                 .map(|r| {
                     let mut v = serde_json::to_value(r).unwrap_or_default();
+                    if let Some(fields) = v.as_object_mut() {
+                        fields.remove("team_ledger");
+                    }
                     v["spend"] = usd(r.cost_nanos);
                     v["startTime"] = iso(Some(r.ts));
                     v["cache_hit"] = Value::Bool(r.cache_hit);

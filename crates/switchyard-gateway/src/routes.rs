@@ -752,8 +752,10 @@ async fn embeddings(
         Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
-    // Refused before admission, which would count it against the key's limits.
-    if state.learned.contains_key(&req.model) {
+    // Refused before admission, which would count it against the key's
+    // limits; a key not allowed the name gets admission's 403, which tells
+    // nothing of what it names.
+    if state.learned.contains_key(&req.model) && principal.view().is_none_or(|v| v.allows(&req.model)) {
         return ApiError::InvalidField {
             param: Some("model".into()),
             message: format!(

@@ -178,6 +178,30 @@ fn default_output(spec: &DeploymentSpec) -> Option<u32> {
         .then(|| spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))
 }
 
+/// Every group a request to `start` may reach: its fallbacks, and those of
+/// each group reached (a fallback group's own context-window and
+/// content-policy fallbacks apply when it refuses).
+fn reachable<'a>(by_name: &HashMap<&'a str, &'a ModelSpec>, start: &'a str) -> Vec<&'a str> {
+    let mut seen: Vec<&'a str> = vec![start];
+    let mut next = 0;
+    while let Some(name) = seen.get(next).copied() {
+        next += 1;
+        if let Some(spec) = by_name.get(name) {
+            for other in spec
+                .fallbacks
+                .iter()
+                .chain(&spec.context_window_fallbacks)
+                .chain(&spec.content_policy_fallbacks)
+            {
+                if !seen.contains(&other.as_str()) {
+                    seen.push(other.as_str());
+                }
+            }
+        }
+    }
+    seen
+}
+
 /// The ceiling of each model name over every deployment it may reach.
 fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
     let own: HashMap<&str, Ceiling> = models
@@ -192,19 +216,15 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
             (m.name.as_str(), max)
         })
         .collect();
+    let by_name: HashMap<&str, &ModelSpec> = models.iter().map(|m| (m.name.as_str(), m)).collect();
     let mut ceilings: HashMap<String, Ceiling> = models
         .iter()
         .filter(|m| m.router.is_none())
         .map(|m| {
-            let reachable = m
-                .fallbacks
-                .iter()
-                .chain(&m.context_window_fallbacks)
-                .chain(&m.content_policy_fallbacks)
-                .map(String::as_str);
-            let ceiling = reachable
+            let ceiling = reachable(&by_name, m.name.as_str())
+                .into_iter()
                 .filter_map(|name| own.get(name).copied())
-                .fold(own.get(m.name.as_str()).copied().unwrap_or_default(), Ceiling::max);
+                .fold(Ceiling::default(), Ceiling::max);
             (m.name.clone(), ceiling)
         })
         .collect();
@@ -563,5 +583,32 @@ impl AppState {
     /// The client of a deployment chosen from this state's registry.
     pub fn provider(&self, id: DeploymentId) -> Option<&ProviderClient> {
         self.providers.get(id.0)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::config::{Overrides, Source, load};
+
+    fn models(yaml: &str) -> Vec<ModelSpec> {
+        let config = load(Source::Text(yaml), &Overrides::default()).unwrap();
+        config
+            .validate(&std::collections::BTreeMap::<String, String>::new())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_ceiling_covers_every_group_a_request_may_reach() {
+        // a falls back to b, which sends prompts too long for it to c.
+        let specs = models(
+            "model_list:\n  - model_name: a\n    fallbacks: [b]\n    deployments:\n      - {provider: mock, model: a, output_cost_per_token: 0.001}\n  - model_name: b\n    context_window_fallbacks: [c]\n    deployments:\n      - {provider: mock, model: b, output_cost_per_token: 0.002}\n  - model_name: c\n    deployments:\n      - {provider: mock, model: c, output_cost_per_token: 0.05}\n  - model_name: d\n    deployments:\n      - {provider: mock, model: d, output_cost_per_token: 0.9}\n",
+        );
+        let ceilings = price_ceilings(&specs);
+        assert_eq!(ceilings["a"].prices.output, 0.05);
+        assert_eq!(ceilings["b"].prices.output, 0.05);
+        assert_eq!(ceilings["c"].prices.output, 0.05);
+        assert_eq!(ceilings["d"].prices.output, 0.9);
     }
 }

@@ -1154,6 +1154,7 @@ impl Policy {
             return Err(PolicyError::FromConfig("key"));
         }
         let read = record.revision;
+        let alias = record.key_alias.clone();
         let now = now_ms();
         for (name, value) in body {
             match name.as_str() {
@@ -1163,6 +1164,10 @@ impl Policy {
             }
         }
         self.check_changed(body, &record).await?;
+        // An update that sends the key's own alias again changes nothing.
+        if record.key_alias != alias {
+            self.check_alias_free(&record).await?;
+        }
         Ok((record, read))
     }
 
@@ -1176,14 +1181,13 @@ impl Policy {
         if body.contains_key("team_id") {
             self.check_team_exists(record.team_id.as_deref()).await?;
         }
-        if body.contains_key("key_alias") {
-            self.check_alias_free(record).await?;
-        }
         Ok(())
     }
 
     /// Refuses an alias another key has: aliases name one key each (a
-    /// delete by alias must not leave a key of the same name working).
+    /// delete by alias must not leave a key of the same name working). It
+    /// is checked when a key is made or its alias changed; two such writes
+    /// at once can both pass.
     async fn check_alias_free(&self, record: &KeyRecord) -> Result<(), PolicyError> {
         let Some(alias) = record.key_alias.as_deref() else {
             return Ok(());
@@ -1216,16 +1220,25 @@ impl Policy {
             }
         }
         let mut deleted = Vec::new();
-        for record in records {
-            let existed = match &self.0.store {
-                Store::Local(local) => local.delete_key(&record.token)?,
-                Store::Redis { redis, seen, .. } => {
-                    seen.lock().remove(&record.token);
-                    redis.delete_key(&record.token).await.map_err(down)?
+        for mut record in records {
+            // A key regenerated between its lookup and its deletion is
+            // found again by its id and deleted under its new value.
+            for _ in 0..KEY_WRITE_TRIES {
+                let existed = match &self.0.store {
+                    Store::Local(local) => local.delete_key(&record.token)?,
+                    Store::Redis { redis, seen, .. } => {
+                        seen.lock().remove(&record.token);
+                        redis.delete_key(&record.token).await.map_err(down)?
+                    }
+                };
+                if existed {
+                    deleted.push(record.key_id);
+                    break;
                 }
-            };
-            if existed {
-                deleted.push(record.key_id);
+                match self.find_key(&record.key_id).await {
+                    Ok(moved) if moved.token != record.token => record = moved,
+                    _ => break,
+                }
             }
         }
         Ok(deleted)

@@ -140,16 +140,6 @@ mod tests {
     }
 
     #[test]
-    fn a_deployment_that_only_failed_does_not_win_on_an_unknown_latency() {
-        let group = group(3);
-        // Deployment 2 has no sample: it failed (a client error keeps its
-        // breaker closed), and would otherwise score as the fastest.
-        let stats = stats_with_latencies(3, &[50, 400]);
-        stats.record_failure(DeploymentId(2), crate::ErrorClass::ClientError, 0);
-        assert_eq!(counts(&LatencyBased::default(), &group, &stats, 100), vec![100, 0, 0]);
-    }
-
-    #[test]
     fn rejects_bad_tolerances() {
         for bad in [-0.1, f64::NAN, f64::INFINITY] {
             assert!(matches!(

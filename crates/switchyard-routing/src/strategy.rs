@@ -144,14 +144,11 @@ pub(crate) fn weighted_pick(ctx: &RouteContext<'_>, rng: &mut fastrand::Rng, exc
 /// Latency score of a deployment, lower is better: the latency average, or
 /// for a deployment with no sample yet 0 (best, so that it gets probed) while
 /// no request to it is in flight and infinity (worst) while its probe runs.
-/// One that has only failed (no success, so no sample) scores a second per
-/// failure: it is probed again, less and less, rather than win every
-/// decision with an unknown latency.
 pub(crate) fn latency_score(stats: &DeploymentStats) -> f64 {
     match stats.latency_ewma_us() {
         Some(us) => us,
-        None if stats.in_flight() > 0 => f64::INFINITY,
-        None => stats.failures() as f64 * 1_000_000.0,
+        None if stats.in_flight() == 0 => 0.0,
+        None => f64::INFINITY,
     }
 }
 
