@@ -378,6 +378,19 @@ fn has_query_param(query: Option<&str>, name: &str) -> bool {
     })
 }
 
+/// Azure's answer to a request without its `api-key` header.
+fn azure_key_error(request: &RecordedRequest) -> Option<Response> {
+    missing(request.header("api-key")).then(|| {
+        error_response(
+            StatusCode::UNAUTHORIZED,
+            "Access denied due to missing or invalid api-key header.",
+            "invalid_request_error",
+            None,
+            Some("invalid_api_key"),
+        )
+    })
+}
+
 /// Checks Azure (`api-version`, `api-key`) or bearer-token requirements.
 /// On Azure's v1 path the version is optional and undated (`preview`,
 /// `latest`); on the deployments path it is a date.
@@ -396,16 +409,7 @@ fn check_auth(request: &RecordedRequest, azure: bool, azure_v1: bool) -> Option<
                 Some("unsupported_api_version"),
             ));
         }
-        if missing(request.header("api-key")) {
-            return Some(error_response(
-                StatusCode::UNAUTHORIZED,
-                "Access denied due to missing or invalid api-key header.",
-                "invalid_request_error",
-                None,
-                Some("invalid_api_key"),
-            ));
-        }
-        return None;
+        return azure_key_error(request);
     }
     if azure && version.is_some_and(|v| !v.starts_with("20")) {
         return Some(error_response(
@@ -444,16 +448,7 @@ fn check_auth(request: &RecordedRequest, azure: bool, azure_v1: bool) -> Option<
                 None,
             ));
         }
-        if missing(request.header("api-key")) {
-            return Some(error_response(
-                StatusCode::UNAUTHORIZED,
-                "Access denied due to missing or invalid api-key header.",
-                "invalid_request_error",
-                None,
-                Some("invalid_api_key"),
-            ));
-        }
-        return None;
+        return azure_key_error(request);
     }
     let valid = match request.header("authorization") {
         None => true,
