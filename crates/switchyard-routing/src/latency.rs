@@ -52,26 +52,33 @@ impl RoutingStrategy for LatencyBased {
     }
 
     fn choose(&self, ctx: &RouteContext<'_>, rng: &mut fastrand::Rng) -> Result<usize, RoutingError> {
-        let mut best = None;
-        let mut best_score = f64::INFINITY;
-        for c in ctx.iter() {
-            let score = latency_score(c.stats);
-            if best.is_none() || score < best_score {
-                best = Some(c.index);
-                best_score = score;
-            }
-        }
-        let Some(best) = best else {
+        // A deployment with no sample that has failed `k` times since its
+        // last success (or ever) is probed with probability 1/(k+1): one that
+        // only fails (with client errors its breaker ignores) does not win
+        // every decision, and is still tried now and then.
+        let scores: Vec<(usize, f64, f64)> = ctx
+            .iter()
+            .map(|c| {
+                let unknown = c.stats.latency_ewma_us().is_none() && c.stats.in_flight() == 0;
+                let run = c.stats.failures_since_success();
+                let score = if unknown && run > 0 && rng.u64(0..=run) != 0 {
+                    f64::INFINITY
+                } else {
+                    latency_score(c.stats)
+                };
+                (c.index, score, c.deployment.weight)
+            })
+            .collect();
+        let Some(&(best, best_score, _)) = scores.iter().min_by(|a, b| a.1.total_cmp(&b.1)) else {
             return Err(ctx.no_deployment());
         };
         let limit = best_score * (1.0 + self.tolerance);
         let mut pick = Reservoir::default();
-        for c in ctx.iter() {
-            if latency_score(c.stats) <= limit {
-                pick.offer(c.index, c.deployment.weight, rng);
+        for &(index, score, weight) in &scores {
+            if score <= limit {
+                pick.offer(index, weight, rng);
             }
         }
-        // Averages may move between the two passes; the best of the first stands in.
         Ok(pick.chosen().unwrap_or(best))
     }
 }
@@ -137,6 +144,25 @@ mod tests {
         assert_eq!(counts(&LatencyBased::default(), &group, &stats, 100), vec![0, 0, 100]);
         let _probe = stats.start(DeploymentId(2));
         assert_eq!(counts(&LatencyBased::default(), &group, &stats, 100), vec![100, 0, 0]);
+    }
+
+    #[test]
+    fn a_deployment_that_only_fails_is_probed_less_and_less() {
+        let group = group(3);
+        // Deployment 2 has no sample: it failed nine times (client errors
+        // keep its breaker closed), and would otherwise win every decision.
+        let stats = stats_with_latencies(3, &[50, 400]);
+        for _ in 0..9 {
+            stats.record_failure(DeploymentId(2), crate::ErrorClass::ClientError, 0);
+        }
+        let probed = counts(&LatencyBased::default(), &group, &stats, 1_000)[2];
+        assert!(
+            (40..=250).contains(&probed),
+            "probed {probed} times in 1000, about 1 in 10 expected"
+        );
+        // A success resets the run: the deployment then has a sample.
+        stats.record_success(DeploymentId(2), Outcome::default(), 0);
+        assert_eq!(stats.deployment(DeploymentId(2)).failures_since_success(), 0);
     }
 
     #[test]

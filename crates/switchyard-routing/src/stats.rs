@@ -85,6 +85,8 @@ pub struct DeploymentStats {
     ttft_us: AtomicU64,
     successes: AtomicU64,
     failures: [AtomicU64; ErrorClass::ALL.len()],
+    /// Failures since the last success.
+    failing_run: AtomicU64,
     /// Minute number (high 32 bits) and requests in that minute (low 32 bits).
     requests: AtomicU64,
     /// Minute number (high 32 bits) and tokens in that minute (low 32 bits).
@@ -106,6 +108,7 @@ impl DeploymentStats {
             ttft_us: AtomicU64::new(UNKNOWN),
             successes: AtomicU64::new(0),
             failures: [const { AtomicU64::new(0) }; ErrorClass::ALL.len()],
+            failing_run: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             tokens: AtomicU64::new(0),
         }
@@ -129,6 +132,12 @@ impl DeploymentStats {
     /// Successful requests since start.
     pub fn successes(&self) -> u64 {
         self.successes.load(Relaxed)
+    }
+
+    /// Failed requests since the last success (since start without one),
+    /// all classes together.
+    pub fn failures_since_success(&self) -> u64 {
+        self.failing_run.load(Relaxed)
     }
 
     /// Failed requests since start, all classes together.
@@ -228,6 +237,7 @@ impl LiveStats {
             update_ewma(&stats.ttft_us, micros(ttft), self.alpha);
         }
         stats.successes.fetch_add(1, Relaxed);
+        stats.failing_run.store(0, Relaxed);
         add_to_window(&stats.requests, 1, now_ms);
         add_to_window(&stats.tokens, i64::try_from(outcome.tokens).unwrap_or(i64::MAX), now_ms);
     }
@@ -236,6 +246,7 @@ impl LiveStats {
     pub fn record_failure(&self, id: DeploymentId, class: ErrorClass, now_ms: u64) {
         let Some(stats) = self.get(id) else { return };
         stats.failures[class as usize].fetch_add(1, Relaxed);
+        stats.failing_run.fetch_add(1, Relaxed);
         add_to_window(&stats.requests, 1, now_ms);
     }
 
@@ -263,6 +274,7 @@ impl LiveStats {
         for (a, b) in to.failures.iter().zip(&from.failures) {
             copy(a, b);
         }
+        copy(&to.failing_run, &from.failing_run);
         copy(&to.requests, &from.requests);
         copy(&to.tokens, &from.tokens);
     }
