@@ -136,6 +136,15 @@ def test_a_master_key_on_several_pods_needs_redis() -> None:
     assert out.returncode != 0
     assert "needs Redis" in out.stderr, out.stderr
     assert render("--set", "masterKey.value=sk-chart-test", "--set", "replicaCount=1")
+    # A master key set in the gateway's own configuration counts too.
+    out = subprocess.run(
+        [helm(), "template", "gw", str(CHART), "--set", "config.policy.master_key=os.environ/KEY"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode != 0 and "needs Redis" in out.stderr, out.stderr
 
 
 def test_values_are_checked_against_the_schema() -> None:

@@ -93,6 +93,9 @@ pub struct EmbeddingData {
     pub index: u32,
     /// The vector.
     pub embedding: EmbeddingVector,
+    /// Unmodelled fields, kept verbatim.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 /// Response of `POST /v1/embeddings`.

@@ -85,7 +85,7 @@ fn completion_and_embedding_types_keep_unknown_fields() {
         json!({"model": "e", "input": [[1, 2], [3]], "dimensions": 8, "user": "u", "encoding_format": "base64"});
     assert_eq!(roundtrip::<EmbeddingRequest>(&embed), embed);
     let embed_response = json!({"object": "list", "model": "e",
-        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25]},
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.5, -0.25], "new_entry_field": {"a": 1}},
                  {"object": "embedding", "index": 1, "embedding": "AAAAPw=="}],
         "usage": {"prompt_tokens": 2, "total_tokens": 2}, "extra_top": 1});
     assert_eq!(roundtrip::<EmbeddingResponse>(&embed_response), embed_response);

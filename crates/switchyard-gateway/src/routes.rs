@@ -416,10 +416,24 @@ async fn openai_inner(
             // Without the upstream's usage: the estimated prompt, and output
             // by the answer's length.
             let generates = matches!(call, Call::Chat(_) | Call::Completion(_));
+            // `echo: true` completions repeat their prompt in each choice's
+            // text: it is not output.
+            let echoed = match call {
+                Call::Completion(req) if req.extra.get("echo") == Some(&serde_json::Value::Bool(true)) => {
+                    let choices = req
+                        .extra
+                        .get("n")
+                        .and_then(serde_json::Value::as_u64)
+                        .unwrap_or(1)
+                        .max(1);
+                    meter.estimated_prompt().saturating_mul(choices)
+                }
+                _ => 0,
+            };
             let usage = answer.usage.as_ref().map(metering::openai_usage).or_else(|| {
                 generates.then(|| switchyard_policy::TokenUsage {
                     prompt: meter.estimated_prompt(),
-                    completion: metering::output_estimate(&answer.body),
+                    completion: metering::output_estimate(&answer.body).saturating_sub(echoed).max(1),
                     ..switchyard_policy::TokenUsage::default()
                 })
             });

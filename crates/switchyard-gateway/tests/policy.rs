@@ -1097,6 +1097,31 @@ async fn a_stream_without_usage_is_charged_for_what_it_streamed() {
     assert_charged_output(&record, content_chunks);
 }
 
+/// An `echo: true` completion without usage is charged its answer as
+/// output, not the prompt it repeats.
+#[tokio::test]
+async fn an_echoed_prompt_is_not_charged_as_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let yaml = config_with_mock_group(dir.path(), "quiet", &mock, "mock-model::no_usage");
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let prompt = "word ".repeat(100);
+    let answer = send(
+        client()
+            .post(format!("{}/v1/completions", gw.base_url()))
+            .bearer_auth(MASTER)
+            .json(&json!({"model": "quiet", "prompt": prompt, "echo": true, "max_tokens": 5})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body["choices"][0]["text"].as_str().unwrap().starts_with(&prompt));
+    let record = spend_record(&gw, |r| r["model"] == "quiet").await;
+    // The answer's own text ("mock completion: " and the prompt again) is
+    // about 130 tokens at 4 bytes a token; the echoed 500 bytes are not output.
+    let output = record["usage"]["completion"].as_u64().unwrap();
+    assert!((100..=140).contains(&output), "{record}");
+}
+
 /// An upstream answer `/v1/messages` cannot translate is a 502 that is still
 /// charged, and says so, with the key's rate-limit headers like any answer.
 #[tokio::test]

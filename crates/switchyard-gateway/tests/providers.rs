@@ -964,6 +964,45 @@ async fn azure_v1_api_versions_use_the_v1_path() {
     }
 }
 
+/// A Bedrock deployment whose AWS credentials cannot be loaded (no static
+/// keys, an empty provider chain) fails at once as a configuration fault:
+/// nothing is sent and no retry is spent on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_without_credentials_is_a_configuration_fault_not_retried() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "router_settings:\n  num_retries: 2\nmodel_list:\n  - model_name: nova\n    deployments:\n      - provider: bedrock\n        model: amazon.nova-lite-v1:0\n        api_base: {}\n        aws_region: us-east-1\n",
+        mock.root_url()
+    );
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_CONFIG_FILE", "/nonexistent/aws/config"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/aws/credentials"),
+            ("AWS_ACCESS_KEY_ID", ""),
+            ("AWS_SECRET_ACCESS_KEY", ""),
+        ],
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .json(&user("nova", "hello"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let attempts = response
+        .headers()
+        .get("x-switchyard-attempts")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(attempts.as_deref(), Some("1"), "{body}");
+    assert!(mock.requests().is_empty(), "nothing is sent without credentials");
+}
+
 /// What Converse refuses or reports as broken, handled: blank text is left
 /// out, a system prompt keeps its cache marks (with their lifetime), a model
 /// error (424) or an output the model could not form fails over, and

@@ -349,6 +349,7 @@ impl Provider for MockProvider {
                     object: "embedding".into(),
                     index: i as u32,
                     embedding,
+                    extra: Extra::new(),
                 }
             })
             .collect();

@@ -475,7 +475,15 @@ pub(crate) fn completions(ctx: &RequestCtx<'_>) -> Response {
         );
     };
     let prompt_tokens = prompts.iter().map(|p| word_count(p)).sum::<usize>().max(1);
-    let texts: Vec<String> = prompts.iter().map(|p| format!("mock completion: {p}")).collect();
+    // `echo: true` puts the prompt before each answer, as OpenAI does.
+    let echo = obj.get("echo") == Some(&Value::Bool(true));
+    let texts: Vec<String> = prompts
+        .iter()
+        .map(|p| {
+            let answer = format!("mock completion: {p}");
+            if echo { format!("{p}{answer}") } else { answer }
+        })
+        .collect();
     let id = format!("cmpl-mock-{}", ctx.state.next_id());
     let created = unix_now();
     if is_streaming(ctx.body) {

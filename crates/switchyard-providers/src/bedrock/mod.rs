@@ -107,6 +107,12 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                 details: None,
             }
         }
+        // No credentials could be loaded (an empty provider chain, an expired
+        // SSO session): the deployment's configuration, which no retry mends.
+        SdkError::DispatchFailure(_) if credentials_failure(&err) => ProviderError::InvalidConfig(format!(
+            "AWS credentials could not be loaded ({})",
+            DisplayErrorContext(&err)
+        )),
         SdkError::TimeoutError(_) => ProviderError::Timeout(TimeoutPhase::Total),
         SdkError::DispatchFailure(failure) if failure.is_timeout() => ProviderError::Timeout(TimeoutPhase::Connect),
         SdkError::DispatchFailure(failure) if failure.is_io() => {
@@ -115,6 +121,20 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
         SdkError::ResponseError(_) => ProviderError::InvalidResponse(DisplayErrorContext(&err).to_string()),
         _ => ProviderError::Transport(DisplayErrorContext(&err).to_string()),
     }
+}
+
+/// Whether `err` came from loading credentials, anywhere in its chain.
+fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
+            .is_some()
+        {
+            return true;
+        }
+        current = e.source();
+    }
+    false
 }
 
 /// An exception Bedrock sent inside a stream (`throttlingException`,
