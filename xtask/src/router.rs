@@ -9,7 +9,7 @@ use candle_core::{Device, Tensor};
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use switchyard_routing::dataset::Dataset;
-use switchyard_routing::embed::{Embedder, EmbedderConfig};
+use switchyard_routing::embed::{Embedder, EmbedderConfig, Truncation};
 use switchyard_routing::eval::{Report, evaluate};
 use switchyard_routing::knn::{KnnIndex, KnnParams};
 use switchyard_routing::learned::{FORMAT_VERSION, LearnedRouter, Manifest, Predictor, PredictorKind};
@@ -56,6 +56,14 @@ pub struct TrainArgs {
     /// MLP: most epochs.
     #[arg(long, default_value_t = 200)]
     pub max_epochs: usize,
+    /// The embedder's longest input in tokens: the gateway's
+    /// `embedder.max_tokens`, which a router must be trained with.
+    #[arg(long, default_value_t = 256)]
+    pub max_tokens: usize,
+    /// Which end of a long prompt the embedder keeps (`head` or `tail`):
+    /// the gateway's `embedder.truncation`.
+    #[arg(long, default_value = "tail")]
+    pub truncation: String,
 }
 
 /// Options of `cargo xtask eval`.
@@ -88,7 +96,7 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
-fn embedder(root: &Path, model_dir: &Path) -> Result<Embedder> {
+fn embedder(root: &Path, model_dir: &Path, max_tokens: usize, truncation: Truncation) -> Result<Embedder> {
     let dir = if model_dir.is_absolute() {
         model_dir.to_owned()
     } else {
@@ -97,6 +105,8 @@ fn embedder(root: &Path, model_dir: &Path) -> Result<Embedder> {
     Embedder::load(&EmbedderConfig {
         model_dir: dir.clone(),
         cache_entries: 0,
+        max_tokens,
+        truncation,
         ..EmbedderConfig::default()
     })
     .with_context(|| {
@@ -211,7 +221,12 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             "the MLP is trained on scores in [0, 1] (binary cross-entropy); this data has {score}: rescale it (e.g. divide 1–10 ratings by 10)"
         );
     }
-    let embedder = embedder(&root, &args.model_dir)?;
+    let truncation = match args.truncation.as_str() {
+        "head" => Truncation::Head,
+        "tail" => Truncation::Tail,
+        other => bail!("--truncation must be head or tail, not {other}"),
+    };
+    let embedder = embedder(&root, &args.model_dir, args.max_tokens, truncation)?;
     let x = embed_all(&root, &embedder, &data)?;
     let (train_idx, val_idx) = data.split(args.val_fraction, args.seed);
     if train_idx.is_empty() {
@@ -314,8 +329,15 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     let root = util::workspace_root()?;
     header(&format!("eval {} on {}", args.router.display(), args.data.display()));
     let router = LearnedRouter::load(&args.router)?;
-    let embedder = embedder(&root, &args.model_dir)?;
-    if embedder.id() != router.manifest.embedder {
+    // The router's own input settings, from the embedder it names.
+    let (max_tokens, truncation) = Embedder::settings_of(&router.manifest.embedder).with_context(|| {
+        format!(
+            "the router names an embedder `{}` of no known form",
+            router.manifest.embedder
+        )
+    })?;
+    let embedder = embedder(&root, &args.model_dir, max_tokens, truncation)?;
+    if !embedder.fits(&router.manifest.embedder) {
         bail!(
             "the router was trained with embedder `{}`, not `{}`",
             router.manifest.embedder,

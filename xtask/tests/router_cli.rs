@@ -96,7 +96,9 @@ fn train_and_eval_knn_and_mlp_routers() {
     let model = model.to_str().unwrap();
 
     for (kind, extra) in [
-        ("knn", vec!["--k", "5"]),
+        // Trained for a gateway whose embedder keeps 64 tokens from the head;
+        // eval embeds with the router's own settings.
+        ("knn", vec!["--k", "5", "--max-tokens", "64", "--truncation", "head"]),
         ("mlp", vec!["--hidden", "32", "--max-epochs", "60"]),
     ] {
         let out = dir.path().join(kind);
@@ -116,6 +118,8 @@ fn train_and_eval_knn_and_mlp_routers() {
         assert!(ok, "train {kind} failed:\n{log}");
         let manifest: Value = serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
         assert_eq!(manifest["kind"], kind);
+        let settings = if kind == "knn" { "/64/head" } else { "/256/tail" };
+        assert!(manifest["embedder"].as_str().unwrap().ends_with(settings), "{manifest}");
         assert_eq!(manifest["models"], json!(["big", "coder", "poet"]));
         let hash = format!("{:x}", Sha256::digest(std::fs::read(&train).unwrap()));
         assert_eq!(manifest["data_hash"], hash);

@@ -437,7 +437,7 @@ impl LearnedRoute {
 
     fn validate(&self, router: Arc<LearnedRouter>, version: String) -> Result<Loaded, String> {
         let m = &router.manifest;
-        if m.embedder != self.embedder.id() {
+        if !self.embedder.fits(&m.embedder) {
             return Err(format!(
                 "it was trained with the embedder `{}` but the gateway runs `{}`",
                 m.embedder,
@@ -465,6 +465,13 @@ impl LearnedRoute {
             return Err(format!(
                 "its candidate models {} are not model groups of this configuration (map them under `router.candidates`)",
                 missing.join(", ")
+            ));
+        }
+        if let Some((i, group)) = groups.iter().enumerate().find(|(i, g)| groups[..*i].contains(g)) {
+            return Err(format!(
+                "its candidate models `{}` and `{}` both map to the group `{group}`",
+                m.models[groups.iter().position(|g| g == group).unwrap_or(0)],
+                m.models[i]
             ));
         }
         Ok(Loaded {

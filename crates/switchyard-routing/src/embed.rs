@@ -49,6 +49,17 @@ pub enum Truncation {
     Tail,
 }
 
+/// Whether two embedder ids name the same model files and input settings,
+/// whatever the folder the files were read from.
+pub fn ids_fit(a: &str, b: &str) -> bool {
+    fn essence(id: &str) -> Option<(&str, &str)> {
+        let (head, settings) = id.split_once('/')?;
+        let (_, fingerprint) = head.rsplit_once('-')?;
+        Some((fingerprint, settings))
+    }
+    a == b || essence(a).is_some_and(|e| Some(e) == essence(b))
+}
+
 /// How the embedder is loaded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -207,6 +218,26 @@ impl Embedder {
         &self.id
     }
 
+    /// Whether a router trained with embedder `id` fits this one: the same
+    /// model files and input settings, wherever the files lie (the folder's
+    /// name, at the start of an id, does not count).
+    pub fn fits(&self, id: &str) -> bool {
+        ids_fit(id, &self.id)
+    }
+
+    /// The input settings an embedder `id` was made with (`max_tokens` and
+    /// truncation), for making an embedder that fits it.
+    pub fn settings_of(id: &str) -> Option<(usize, Truncation)> {
+        let (_, settings) = id.split_once('/')?;
+        let (max_tokens, truncation) = settings.split_once('/')?;
+        let truncation = match truncation {
+            "head" => Truncation::Head,
+            "tail" => Truncation::Tail,
+            _ => return None,
+        };
+        Some((max_tokens.parse().ok()?, truncation))
+    }
+
     /// Tokens of `text` that are embedded (special tokens included, after truncation).
     pub fn token_count(&self, text: &str) -> Result<usize, EmbedError> {
         self.tokenizer
@@ -286,4 +317,24 @@ impl Embedder {
 /// Dot product of two embeddings (their cosine similarity when normalised).
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_fit_wherever_the_files_lie_but_not_across_settings() {
+        let id = "all-minilm-l6-v2-00112233445566ff/256/tail";
+        assert!(ids_fit(id, "minilm-00112233445566ff/256/tail"), "another folder");
+        assert!(
+            !ids_fit(id, "all-minilm-l6-v2-00112233445566fe/256/tail"),
+            "other files"
+        );
+        assert!(!ids_fit(id, "all-minilm-l6-v2-00112233445566ff/64/tail"));
+        assert!(!ids_fit(id, "all-minilm-l6-v2-00112233445566ff/256/head"));
+        assert_eq!(Embedder::settings_of(id), Some((256, Truncation::Tail)));
+        assert_eq!(Embedder::settings_of("m-1/64/head"), Some((64, Truncation::Head)));
+        assert_eq!(Embedder::settings_of("m-1/64/middle"), None);
+    }
 }
