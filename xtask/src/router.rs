@@ -197,6 +197,12 @@ fn warn_missing_scores(data: &Dataset) {
             data.missing_scores
         );
     }
+    if !data.uncosted.is_empty() {
+        println!(
+            "warning: no line gives a cost for {:?}; they count as free, which any λ > 0 favours",
+            data.uncosted
+        );
+    }
 }
 
 /// Trains a router and writes its artifact.

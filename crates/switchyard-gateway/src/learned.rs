@@ -396,6 +396,9 @@ pub struct LearnedRoute {
     embedder: Arc<Embedder>,
     /// A router is being built (it may outlive a poll that timed out).
     building: Arc<AtomicBool>,
+    /// Predictions running at once, one per core: more would only queue
+    /// on the blocking pool, which upstream DNS lookups share.
+    slots: tokio::sync::Semaphore,
 }
 
 impl LearnedRoute {
@@ -416,6 +419,7 @@ impl LearnedRoute {
             groups,
             embedder,
             building: Arc::new(AtomicBool::new(false)),
+            slots: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get)),
         })
     }
 
@@ -632,14 +636,24 @@ impl LearnedRoute {
             return Err(ApiError::Routing(RoutingError::NoDeployment(self.name.clone())));
         };
         let embedder = self.embedder.clone();
-        let embedding = tokio::task::spawn_blocking(move || embedder.embed_one(&query))
+        let router = Arc::clone(&loaded.router);
+        // Embedding and prediction (an HNSW search, a forward pass) run off
+        // the async workers, at most one per core at a time for this route.
+        let _slot = self
+            .slots
+            .acquire()
             .await
-            .map_err(|e| ApiError::Internal(format!("embedding task: {e}")))?
-            .map_err(|e| ApiError::Internal(format!("embedding the prompt: {e}")))?;
-        let scores = loaded
-            .router
-            .predict(&embedding)
-            .map_err(|e| ApiError::Internal(format!("router prediction: {e}")))?;
+            .map_err(|e| ApiError::Internal(format!("embedding slots: {e}")))?;
+        let scores = tokio::task::spawn_blocking(move || {
+            let embedding = embedder
+                .embed_one(&query)
+                .map_err(|e| ApiError::Internal(format!("embedding the prompt: {e}")))?;
+            router
+                .predict(&embedding)
+                .map_err(|e| ApiError::Internal(format!("router prediction: {e}")))
+        })
+        .await
+        .map_err(|e| ApiError::Internal(format!("embedding task: {e}")))??;
         // A key whose allow-list names some of the candidates is routed among those only.
         let key_names_candidates = live
             .allowed

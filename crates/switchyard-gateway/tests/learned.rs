@@ -833,6 +833,26 @@ fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     assert!(!checked.status.success());
     let stderr = String::from_utf8_lossy(&checked.stderr);
     assert!(stderr.contains("mystery"), "{stderr}");
+
+    // Two candidates mapped to one group would rank it twice.
+    trainer.version_a().save(dir.path()).unwrap();
+    std::fs::write(
+        &path,
+        config(
+            &dir.path().display().to_string(),
+            "        cheap: strong-model",
+            STRONG_MOCK,
+        ),
+    )
+    .unwrap();
+    let checked = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!checked.status.success());
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(stderr.contains("both map to the group `strong-model`"), "{stderr}");
 }
 
 fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {

@@ -6,8 +6,9 @@
 //!  "costs": {"gpt-4o": 0.0042, "llama-3-8b": 0.0001}, "cost_kind": "usd_total_per_query", "task": "qa"}
 //! ```
 //!
-//! `costs` may be `null`, or per-model prices rather than per-query totals
-//! (`cost_kind` says which); any number of models, with any names, is accepted.
+//! `costs` may be `null`; they are each query's total cost in USD
+//! (`cost_kind` `usd_total_per_query`, the only kind read; another is
+//! refused). Any number of models, with any names, is accepted.
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -85,6 +86,9 @@ pub struct Dataset {
     pub scores: Vec<Vec<f32>>,
     /// How many (query, model) scores were missing and filled in so.
     pub missing_scores: usize,
+    /// Models no line gives a cost for while others have costs: they count
+    /// as free, which routing at any λ > 0 favours.
+    pub uncosted: Vec<String>,
     /// `costs[i][j]`: cost of model `j` on query `i` (the model's mean cost
     /// where a line gives none; all zero when the file has no costs).
     pub costs: Vec<Vec<f64>>,
@@ -120,6 +124,21 @@ impl Dataset {
                     path: display,
                     line: i + 1,
                     reason: "`scores` is empty".into(),
+                });
+            }
+            // Costs are what answering the query cost; prices per token
+            // would rank models by the wrong measure.
+            if let Some(kind) = sample
+                .cost_kind
+                .as_deref()
+                .filter(|k| !matches!(*k, "usd_total_per_query" | "usd_per_query" | "usd"))
+            {
+                return Err(DatasetError::Invalid {
+                    path: display,
+                    line: i + 1,
+                    reason: format!(
+                        "`cost_kind` `{kind}` is not supported: give each query's total cost in USD (`usd_total_per_query`)"
+                    ),
                 });
             }
             samples.push(sample);
@@ -210,12 +229,23 @@ impl Dataset {
                     .collect()
             })
             .collect();
+        let uncosted = if count.iter().any(|&c| c > 0) {
+            models
+                .iter()
+                .zip(&count)
+                .filter(|(_, c)| **c == 0)
+                .map(|(m, _)| m.clone())
+                .collect()
+        } else {
+            Vec::new()
+        };
         Self {
             samples,
             models,
             scores,
             costs,
             missing_scores,
+            uncosted,
             hash: String::new(),
         }
     }
@@ -278,5 +308,24 @@ mod tests {
         assert_eq!(d.hash.len(), 64);
         std::fs::write(&path, "{\"query\": 1}\n").unwrap();
         assert!(Dataset::load(&path).unwrap_err().to_string().contains(":1:"));
+    }
+
+    #[test]
+    fn costs_are_per_query_totals_and_uncosted_models_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.jsonl");
+        std::fs::write(
+            &path,
+            r#"{"id":"a","query":"q","scores":{"m1":1.0,"m2":0.0},"costs":{"m1":0.5},"cost_kind":"usd_total_per_query","task":"t"}"#,
+        )
+        .unwrap();
+        assert_eq!(Dataset::load(&path).unwrap().uncosted, vec!["m2".to_owned()]);
+        std::fs::write(
+            &path,
+            r#"{"id":"a","query":"q","scores":{"m1":1.0},"costs":{"m1":0.5},"cost_kind":"usd_per_million_tokens","task":"t"}"#,
+        )
+        .unwrap();
+        let refused = Dataset::load(&path).unwrap_err().to_string();
+        assert!(refused.contains("usd_per_million_tokens"), "{refused}");
     }
 }

@@ -49,6 +49,11 @@ pub enum Truncation {
     Tail,
 }
 
+/// Bytes of a prompt read per token of `max_tokens` (WordPiece tokens of
+/// real text average about 4 bytes; long runs of white space, which make no
+/// token, are where more than this is cut).
+pub const CLIP_BYTES_PER_TOKEN: usize = 16;
+
 /// Whether two embedder ids name the same model files and input settings,
 /// whatever the folder the files were read from.
 pub fn ids_fit(a: &str, b: &str) -> bool {
@@ -98,6 +103,7 @@ pub struct Embedder {
     id: String,
     batch_size: usize,
     max_tokens: usize,
+    truncation: Truncation,
     cache: Option<moka::sync::Cache<u64, Arc<[f32]>>>,
     hasher: std::collections::hash_map::RandomState,
 }
@@ -202,6 +208,7 @@ impl Embedder {
             .to_lowercase(),
             batch_size: config.batch_size,
             max_tokens: config.max_tokens,
+            truncation: config.truncation,
             cache,
             hasher: std::collections::hash_map::RandomState::new(),
         })
@@ -253,14 +260,45 @@ impl Embedder {
         if text.len().saturating_add(2) <= self.max_tokens {
             return Ok(false);
         }
+        if text.len() > self.max_tokens.saturating_mul(CLIP_BYTES_PER_TOKEN) {
+            return Ok(true);
+        }
         self.tokenizer
             .encode(text, true)
             .map(|e| !e.get_overflowing().is_empty())
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))
     }
 
+    /// The part of `text` the tokenizer is given: at most
+    /// [`CLIP_BYTES_PER_TOKEN`] bytes per token of `max_tokens`, from the end
+    /// truncation keeps, so that a long prompt costs no more to embed than
+    /// one at the limit.
+    pub fn clip<'t>(&self, text: &'t str) -> &'t str {
+        let limit = self.max_tokens.saturating_mul(CLIP_BYTES_PER_TOKEN);
+        if text.len() <= limit {
+            return text;
+        }
+        match self.truncation {
+            Truncation::Head => {
+                let mut end = limit;
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                &text[..end]
+            }
+            Truncation::Tail => {
+                let mut start = text.len() - limit;
+                while !text.is_char_boundary(start) {
+                    start += 1;
+                }
+                &text[start..]
+            }
+        }
+    }
+
     /// Embeds one text, from the cache when it was seen recently.
     pub fn embed_one(&self, text: &str) -> Result<Arc<[f32]>, EmbedError> {
+        let text = self.clip(text);
         let key = self.hasher.hash_one(text);
         if let Some(hit) = self.cache.as_ref().and_then(|c| c.get(&key)) {
             return Ok(hit);

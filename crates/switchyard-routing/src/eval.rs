@@ -133,7 +133,9 @@ pub fn aiq(points: &[Point], lo: f64, hi: f64) -> f64 {
     // The curve is piecewise linear: integrate exactly between breakpoints.
     let mut xs: Vec<f64> = vec![lo, hi];
     xs.extend(hull.iter().map(|p| p.cost).filter(|&c| c > lo && c < hi));
-    if let Some(first) = hull.first().filter(|p| p.cost > lo && p.cost < hi) {
+    // The step from 0 up to the cheapest point, when it lies in the range
+    // (at its upper end too: the curve is 0 just below it).
+    if let Some(first) = hull.first().filter(|p| p.cost > lo && p.cost <= hi) {
         xs.push(first.cost - f64::EPSILON * first.cost.abs().max(1.0));
     }
     xs.sort_by(f64::total_cmp);
@@ -274,6 +276,11 @@ mod tests {
         // Nothing below the cheapest point.
         let a = aiq(&[p(0.5, 1.0)], 0.0, 1.0);
         assert!((a - 0.5).abs() < 1e-6, "{a}");
+        // At the top of the range too: the curve is 0 until the very end.
+        let a = aiq(&[p(1.0, 1.0)], 0.0, 1.0);
+        assert!(a < 1e-6, "{a}");
+        let almost = aiq(&[p(0.9999, 1.0)], 0.0, 1.0);
+        assert!((a - almost).abs() < 1e-3, "{a} vs {almost}");
         // A single cost: the best quality reached there.
         let a = aiq(&[p(0.0, 0.6), p(0.0, 0.9), p(0.0, 0.3)], 0.0, 0.0);
         assert!((a - 0.9).abs() < 1e-9, "{a}");

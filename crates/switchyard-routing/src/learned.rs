@@ -205,8 +205,11 @@ fn check_bounds(manifest: &Manifest) -> Result<(), ArtifactError> {
     ];
     if let Some(knn) = &manifest.knn {
         problems.push(over("knn.k", knn.k, 1_000));
-        problems.push(over("knn.ef_search", knn.ef_search, 100_000));
-        problems.push(over("knn.ef_construction", knn.ef_construction, 100_000));
+        // Bounds a build (run at each load) and a search (on each request)
+        // to seconds and milliseconds: the index is rebuilt while polling
+        // waits for it.
+        problems.push(over("knn.ef_search", knn.ef_search, 10_000));
+        problems.push(over("knn.ef_construction", knn.ef_construction, 2_000));
         problems.push(over("knn.max_connections", knn.max_connections, 256));
     }
     if let Some(mlp) = &manifest.mlp {

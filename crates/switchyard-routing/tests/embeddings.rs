@@ -121,3 +121,31 @@ fn the_id_tells_models_in_same_named_folders_apart() {
     std::fs::write(dir.join("model.safetensors"), weights).unwrap();
     assert_ne!(load().id(), original.id());
 }
+
+/// A prompt far past the token limit is cut to the kept end before the
+/// tokenizer sees it: the same embedding, at the cost of one at the limit,
+/// on a character boundary.
+#[test]
+fn a_huge_prompt_is_clipped_before_tokenizing() {
+    let question = "What is the capital of France?";
+    let long = format!("{}{question}", "filler é ".repeat(50_000));
+    let tail = embedder(Truncation::Tail, 64);
+    let clipped = tail.clip(&long);
+    assert!(clipped.len() <= 64 * switchyard_routing::embed::CLIP_BYTES_PER_TOKEN);
+    assert!(clipped.ends_with(question));
+    assert!(tail.truncates(&long).unwrap());
+    assert_eq!(tail.embed_one(&long).unwrap(), tail.embed_one(clipped).unwrap());
+    // The clip keeps more than the window: the embedding is that of the
+    // whole prompt's kept end.
+    let whole = tail.embed(&[long.as_str()]).unwrap().remove(0);
+    let clipped_embedding = tail.embed_one(&long).unwrap();
+    let gap: f32 = whole
+        .iter()
+        .zip(clipped_embedding.iter())
+        .map(|(a, b)| (a - b).abs())
+        .sum();
+    assert!(gap < 1e-3, "clipping changed the embedding by {gap}");
+    let head = embedder(Truncation::Head, 64);
+    assert!(head.clip(&long).starts_with("filler é"));
+    assert_eq!(head.clip(question), question, "a short prompt is whole");
+}
