@@ -676,3 +676,51 @@ fn an_embedder_setting_out_of_range_is_named() {
     assert!(stderr.contains("embedder.batch_size"), "{stderr}");
     assert!(!stderr.contains("embedder.model_dir"), "{stderr}");
 }
+
+/// A cached answer uses no upstream tokens: a hit takes only its up-front
+/// estimate from the key's token limit, not the original answer's count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_hits_do_not_use_up_the_token_limit() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(&mock, "  enabled: true");
+    let admin = reqwest::Client::new();
+    let made: Value = admin
+        .post(format!("{}/key/generate", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
+    let text = "Please write a long story about a lighthouse keeper, a storm, and a ship.";
+    let prompt = ask(text);
+    let first = post(&gw, &key, prompt.clone(), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let answer: Value = serde_json::from_str(&first.text).unwrap();
+    let total = answer["usage"]["total_tokens"].as_u64().unwrap();
+    // A hit takes its estimate (4 bytes a token of the prompt) up front.
+    // The limit (set now, so the first answer does not count) holds four
+    // such hits with room to spare, but not four charged the answer's count.
+    let estimate = (text.len() as u64).div_ceil(4);
+    assert!(
+        total > estimate + 4,
+        "the answer ({total}) must outweigh the estimate ({estimate})"
+    );
+    let limit = 4 * estimate + (total - estimate);
+    let updated = admin
+        .post(format!("{}/key/update", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"key": key, "tpm_limit": limit}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(updated.status(), 200);
+    for i in 0..4 {
+        let hit = post(&gw, &key, prompt.clone(), &[]).await;
+        assert_eq!(hit.status, 200, "hit {i} of a {limit}-token limit: {}", hit.text);
+        assert_eq!(hit.header("x-switchyard-cache"), "hit");
+    }
+}

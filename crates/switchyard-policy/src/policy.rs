@@ -873,6 +873,12 @@ impl Policy {
             end_user: ticket.labels.end_user.take(),
             tags: std::mem::take(&mut ticket.labels.tags),
         };
+        // A cached answer used no upstream tokens: its token limits keep the
+        // up-front estimate taken at admission, without the correction to
+        // the answer's full count.
+        if record.cache_hit {
+            ticket.checks.rates.clear();
+        }
         match (&self.0.store, ticket.holder) {
             (Store::Local(local), _) => local.settle(&ticket.checks, ticket.max_cost, &record)?,
             (Store::Redis { fallback, .. }, holder) => {
