@@ -263,6 +263,36 @@ fn litellm_headers(headers: &mut axum::http::HeaderMap) {
     }
 }
 
+/// Longest model name a request-log record keeps, in bytes.
+const MAX_LOGGED_MODEL: usize = 256;
+/// Longest prompt a request-log record keeps, in bytes: its end, which is
+/// what the embedder reads by default (`truncation: tail`).
+const MAX_LOGGED_PROMPT: usize = 64 * 1024;
+
+/// The first `max` bytes of `text`, cut on a character boundary.
+fn clip_start(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// The last `max` bytes of `text`, cut on a character boundary.
+fn clip_end(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut start = text.len() - max;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
 /// A request-log record being filled in as the request goes.
 #[derive(Debug)]
 pub(crate) struct Trail {
@@ -296,9 +326,15 @@ impl Trail {
                 endpoint: endpoint.into(),
                 key_alias: principal.view().and_then(|v| v.key.key_alias.clone()),
                 key_ref: principal.view().map(|v| switchyard_telemetry::key_ref(&v.key.key_id)),
-                model: model.to_owned(),
+                // Bounded: a client's model name is any string, and a
+                // prompt may be megabytes (the log and its queue hold each).
+                model: clip_start(model, MAX_LOGGED_MODEL).to_owned(),
                 stream,
-                prompt: if log.include_prompt() { call.query_text() } else { None },
+                prompt: if log.include_prompt() {
+                    call.query_text().map(|p| clip_end(&p, MAX_LOGGED_PROMPT).to_owned())
+                } else {
+                    None
+                },
                 ..RequestRecord::default()
             },
             started: ctx.started,
@@ -403,6 +439,17 @@ pub(crate) fn error_class(error: &ApiError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logged_names_and_prompts_are_bounded_on_character_boundaries() {
+        let model = "é".repeat(1_000);
+        let kept = clip_start(&model, MAX_LOGGED_MODEL);
+        assert!(kept.len() <= MAX_LOGGED_MODEL && kept.starts_with('é'));
+        let prompt = format!("{}the question?", "ü".repeat(100_000));
+        let kept = clip_end(&prompt, MAX_LOGGED_PROMPT);
+        assert!(kept.len() <= MAX_LOGGED_PROMPT && kept.ends_with("the question?"));
+        assert_eq!(clip_end("short", 10), "short");
+    }
 
     #[test]
     fn a_key_in_the_path_is_not_recorded() {
