@@ -436,10 +436,14 @@ struct Finish {
 /// nor a completion with no choice at all. `parts` are the JSON body, or a
 /// stream's chunks (whose usage chunk has no choice).
 pub(crate) fn keepable<'a>(parts: impl IntoIterator<Item = &'a [u8]>, stream: bool) -> bool {
-    parts
+    // A stream needs one chunk with a choice: one of usage alone (or of a
+    // prompt filter's verdict) answered nothing.
+    let mut answered = false;
+    let clean = parts
         .into_iter()
         .all(|part| match serde_json::from_slice::<Finishes>(part) {
             Ok(Finishes { choices: Some(choices) }) => {
+                answered |= !choices.is_empty();
                 (stream || !choices.is_empty())
                     && choices
                         .iter()
@@ -447,7 +451,8 @@ pub(crate) fn keepable<'a>(parts: impl IntoIterator<Item = &'a [u8]>, stream: bo
             }
             Ok(Finishes { choices: None }) => true,
             Err(_) => false,
-        })
+        });
+    clean && (answered || !stream)
 }
 
 /// Follows a stream and hands its chunks to `done` once it ended cleanly,
@@ -520,6 +525,9 @@ mod tests {
             r#"{"choices":[{"delta":{},"finish_reason":"content_filter"}]}"#.as_bytes(),
         ];
         assert!(!keepable(cut, true));
+        // A stream of usage alone answered nothing.
+        let empty = [r#"{"choices":[],"usage":{"prompt_tokens":1}}"#.as_bytes()];
+        assert!(!keepable(empty, true));
     }
 
     #[test]

@@ -309,8 +309,18 @@ impl FileWriter {
 
     fn rotate(&mut self) -> std::io::Result<()> {
         self.file.flush()?;
+        // The live file may have been moved or removed (by hand, or by an
+        // outside log rotator): there is then nothing to rotate, and a new
+        // file is opened rather than every later record failing.
+        let gone = |e: std::io::Error| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        };
         if self.keep == 0 {
-            std::fs::remove_file(&self.path)?;
+            std::fs::remove_file(&self.path).or_else(gone)?;
         } else {
             for n in (1..self.keep).rev() {
                 let from = self.rotated(n);
@@ -318,7 +328,7 @@ impl FileWriter {
                     std::fs::rename(&from, self.rotated(n + 1))?;
                 }
             }
-            std::fs::rename(&self.path, self.rotated(1))?;
+            std::fs::rename(&self.path, self.rotated(1)).or_else(gone)?;
         }
         let file = private_file().create(true).append(true).open(&self.path)?;
         self.file = std::io::BufWriter::new(file);
@@ -524,5 +534,35 @@ mod tests {
                 assert_eq!(mode, 0o600, "{}", file.display());
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_file_moved_away_is_started_again_at_the_next_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        let settings = RequestLogSettings {
+            sink: LogSink::File {
+                path: path.clone(),
+                max_bytes: 1000,
+                keep: 1,
+            },
+            include_prompt: false,
+            queue: 1000,
+        };
+        let log = RequestLog::open(&settings, Metrics::new()).await.unwrap();
+        let record = |i: usize| RequestRecord {
+            request_id: format!("req-{i}"),
+            ..RequestRecord::default()
+        };
+        log.record(record(0));
+        log.flush().await;
+        // An outside rotator takes the live file away.
+        std::fs::rename(&path, dir.path().join("elsewhere.jsonl")).unwrap();
+        for i in 1..40 {
+            log.record(record(i));
+        }
+        log.flush().await;
+        let live = std::fs::read_to_string(&path).unwrap();
+        assert!(live.contains("req-39"), "records go to a new live file: {live}");
     }
 }
