@@ -237,10 +237,12 @@ impl GatewayCache {
     /// `learned` says `model` is a learned router's group: which candidate
     /// answers depends on the caller's model allow-list, so callers share
     /// answers only with callers allowed the same models.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn lookup(
         &self,
         embedder: Option<&Arc<Embedder>>,
         model: &str,
+        generation: &str,
         principal: &Principal,
         call: &Call<'_>,
         controls: Controls,
@@ -252,9 +254,12 @@ impl GatewayCache {
         }
         let body = body_of(call)?;
         let scope = scope(self.per_key, learned, principal, controls.namespace.as_deref());
+        // Answers belong to the deployments that made them: a reload that
+        // points the model elsewhere starts it afresh.
+        let keyed_model = format!("{model}\0{generation}");
         let key = exact_key(KeyParts {
             endpoint,
-            model,
+            model: &keyed_model,
             body: &body,
             scope: scope.as_deref(),
         });
@@ -292,7 +297,7 @@ impl GatewayCache {
             }
             let params = exact_key(KeyParts {
                 endpoint,
-                model,
+                model: &keyed_model,
                 body: &params,
                 scope: scope.as_deref(),
             })

@@ -340,6 +340,7 @@ async fn openai_inner(
             .lookup(
                 state.embedder.as_ref(),
                 model,
+                state.cache_generations.get(model).map_or("", String::as_str),
                 principal,
                 &call,
                 controls,

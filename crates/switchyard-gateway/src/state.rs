@@ -70,6 +70,11 @@ pub struct AppState {
     /// charges (its own, its fallbacks', a learned router's candidates'),
     /// and the most output such a deployment asks for by itself.
     pub ceilings: HashMap<String, Ceiling>,
+    /// Per model name, what its answers depend on (each deployment's
+    /// provider, upstream model and address; for a learned router, every
+    /// group's): part of its cache keys, so that answers kept before a
+    /// reload that changed them are not served after it.
+    pub cache_generations: HashMap<String, String>,
     /// The response cache, when `cache.enabled`.
     pub cache: Option<Arc<crate::cache::GatewayCache>>,
     /// Prometheus metrics.
@@ -236,6 +241,51 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
         ceilings.insert(m.name.clone(), highest);
     }
     ceilings
+}
+
+/// [`AppState::cache_generations`]: a short hash per model name of what its
+/// answers come from (credentials and prices left out: a rotated key or a
+/// new price does not change answers).
+fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
+    use sha2::{Digest, Sha256};
+    let of_group = |m: &ModelSpec| {
+        let mut h = Sha256::new();
+        for d in &m.deployments {
+            for part in [
+                provider_name(d.provider),
+                d.model.as_str(),
+                d.api_base.as_deref().unwrap_or(""),
+                d.api_version.as_deref().unwrap_or(""),
+                d.aws_region.as_deref().unwrap_or(""),
+                d.aws_model_id.as_deref().unwrap_or(""),
+            ] {
+                h.update(part.as_bytes());
+                h.update([0]);
+            }
+            h.update([1]);
+        }
+        h.finalize()
+    };
+    let mut out: HashMap<String, String> = models
+        .iter()
+        .filter(|m| m.router.is_none())
+        .map(|m| (m.name.clone(), hex::encode(&of_group(m)[..8])))
+        .collect();
+    // A router's answers come from any group it may choose.
+    let mut groups: Vec<(&String, &String)> = out.iter().collect();
+    groups.sort();
+    let mut all = Sha256::new();
+    for (name, generation) in groups {
+        all.update(name.as_bytes());
+        all.update([0]);
+        all.update(generation.as_bytes());
+        all.update([0]);
+    }
+    let all = hex::encode(&all.finalize()[..8]);
+    for m in models.iter().filter(|m| m.router.is_some()) {
+        out.insert(m.name.clone(), all.clone());
+    }
+    out
 }
 
 /// What a deployment calls, as a hash: its provider, model, address, API
@@ -451,6 +501,7 @@ impl AppState {
         })?;
         let stats = LiveStats::new(providers.len());
         let ceilings = price_ceilings(models);
+        let cache_generations = cache_generations(models);
         Ok(Self {
             policy: Policy::memory(&policy.settings),
             pending_policy: Some(policy.settings),
@@ -459,6 +510,7 @@ impl AppState {
             prices,
             upstreams,
             ceilings,
+            cache_generations,
             cache,
             metrics: switchyard_telemetry::Metrics::new(),
             request_log: None,

@@ -724,3 +724,56 @@ async fn cache_hits_do_not_use_up_the_token_limit() {
         assert_eq!(hit.header("x-switchyard-cache"), "hit");
     }
 }
+
+/// Answers are kept for the deployments that made them: a reload that
+/// points the model at another upstream model starts it afresh, while one
+/// that changes only a price keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_changes_a_models_deployments_starts_its_answers_afresh() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(&mock, "  enabled: true");
+    let reload = || async {
+        let r = reqwest::Client::new()
+            .post(format!("{}/config/reload", gw.base_url()))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    };
+    let question = ask("which model are you?");
+    assert_eq!(
+        post(&gw, MASTER, question.clone(), &[])
+            .await
+            .header("x-switchyard-cache"),
+        "miss"
+    );
+    assert_eq!(
+        post(&gw, MASTER, question.clone(), &[])
+            .await
+            .header("x-switchyard-cache"),
+        "hit"
+    );
+
+    let config = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(gw.config_path(), config.replace("0.000002", "0.000003")).unwrap();
+    reload().await;
+    assert_eq!(
+        post(&gw, MASTER, question.clone(), &[])
+            .await
+            .header("x-switchyard-cache"),
+        "hit",
+        "a new price changes no answer"
+    );
+
+    let config = std::fs::read_to_string(gw.config_path()).unwrap();
+    std::fs::write(
+        gw.config_path(),
+        config.replace("model: gpt-upstream", "model: gpt-upstream-2"),
+    )
+    .unwrap();
+    reload().await;
+    let after = post(&gw, MASTER, question.clone(), &[]).await;
+    assert_eq!(after.header("x-switchyard-cache"), "miss", "{}", after.text);
+    assert!(after.text.contains("gpt-upstream-2"), "{}", after.text);
+}
