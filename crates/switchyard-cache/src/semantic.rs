@@ -51,6 +51,10 @@ impl std::fmt::Debug for SemanticIndex {
 /// with other parameters.
 const CANDIDATES: usize = 8;
 
+/// The widest search of one lookup, when the closest prompts were all asked
+/// with other parameters.
+const MAX_CANDIDATES: usize = 512;
+
 impl SemanticIndex {
     /// An empty index answering prompts at least `min_similarity` (cosine)
     /// close, holding up to `capacity` prompts.
@@ -75,19 +79,29 @@ impl SemanticIndex {
     /// enough, closest first (the closest one's answer may have expired).
     pub fn lookup(&self, embedding: &[f32], params: &str) -> Vec<SemanticHit> {
         let inner = self.inner.read();
-        inner
-            .index
-            .search(embedding, CANDIDATES)
-            .into_iter()
-            .filter(|(_, sim)| *sim >= self.min_similarity)
-            .filter_map(|(id, similarity)| {
-                let entry = inner.entries.get(id)?;
-                (entry.params == params).then(|| SemanticHit {
-                    key: entry.key.clone(),
-                    similarity,
+        // The nearest prompts may all have been asked with other parameters
+        // (other keys, namespaces, settings): the search widens while the
+        // neighbours it finds are still similar enough.
+        let mut k = CANDIDATES;
+        loop {
+            let found = inner.index.search(embedding, k);
+            let close = found.iter().take_while(|(_, sim)| *sim >= self.min_similarity).count();
+            let hits: Vec<SemanticHit> = found
+                .iter()
+                .filter(|(_, sim)| *sim >= self.min_similarity)
+                .filter_map(|&(id, similarity)| {
+                    let entry = inner.entries.get(id)?;
+                    (entry.params == params).then(|| SemanticHit {
+                        key: entry.key.clone(),
+                        similarity,
+                    })
                 })
-            })
-            .collect()
+                .collect();
+            if !hits.is_empty() || close < k || k >= MAX_CANDIDATES {
+                return hits;
+            }
+            k *= 4;
+        }
     }
 
     /// Remembers that the answer to `embedding`'s prompt is stored under
@@ -159,6 +173,19 @@ mod tests {
             .map(|h| h.key.0)
             .collect();
         assert_eq!(keys, ["near", "further"]);
+    }
+
+    #[test]
+    fn a_close_prompt_behind_many_asked_with_other_parameters_is_found() {
+        let index = SemanticIndex::new(0.9, 1_000);
+        for i in 0..40 {
+            let key = CacheKey(format!("other-{i}"));
+            index.insert(&unit(&[1.0, 0.01 * i as f32, 0.0]), "other key".into(), key);
+        }
+        index.insert(&unit(&[1.0, 0.45, 0.0]), "mine".into(), CacheKey("mine".into()));
+        let hits = index.lookup(&unit(&[1.0, 0.0, 0.0]), "mine");
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].key, CacheKey("mine".into()));
     }
 
     #[test]
