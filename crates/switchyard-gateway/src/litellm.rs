@@ -71,7 +71,10 @@ const IGNORED_LITELLM_SETTINGS: &[(&str, &str)] = &[
         "prompts are never logged unless telemetry.log_payloads is set",
     ),
     ("redact_user_api_key_info", "keys never reach logs or traces"),
-    ("drop_params", "request parameters are forwarded as sent"),
+    (
+        "drop_params",
+        "request parameters are forwarded as sent; one a provider cannot express (logprobs, n > 1 on Anthropic or Bedrock) is a 400 naming it, not dropped",
+    ),
     ("telemetry", "Switchyard sends no usage telemetry"),
 ];
 
@@ -255,6 +258,18 @@ impl Translator {
             self.refuse(&format!("{ppath}.model"), "`provider/model` is required");
             return None;
         };
+        if name.contains('*') || model.contains('*') {
+            let at = if name.contains('*') {
+                format!("{path}.model_name")
+            } else {
+                format!("{ppath}.model")
+            };
+            self.refuse(
+                &at,
+                "wildcard models (`openai/*`) are not supported: list each model the proxy serves",
+            );
+            return None;
+        }
         let has_base = params.contains_key("api_base") || params.contains_key("base_url");
         let (provider, upstream, default_base) = self.provider(&ppath, model, has_base)?;
         let mut d = Map::new();
@@ -339,6 +354,29 @@ impl Translator {
                 }
             };
             self.map(here, format!("model_list[{name}].deployments[].{target}"));
+        }
+        // LiteLLM reads a missing key (and Azure's address and version) from
+        // its provider's environment variable; sent without one, every
+        // request would fail upstream. A local server (an `api_base` on
+        // openai/) needs none.
+        let from_env: &[(&str, &str)] = match provider {
+            "openai" if !has_base => &[("api_key", "OPENAI_API_KEY")],
+            "anthropic" => &[("api_key", "ANTHROPIC_API_KEY")],
+            "azure" => &[
+                ("api_key", "AZURE_API_KEY"),
+                ("api_base", "AZURE_API_BASE"),
+                ("api_version", "AZURE_API_VERSION"),
+            ],
+            _ => &[],
+        };
+        for (field, var) in from_env {
+            if !d.contains_key(*field) {
+                d.insert((*field).into(), json!(format!("os.environ/{var}")));
+                self.map(
+                    format!("{ppath}.{field} (absent)"),
+                    format!("model_list[{name}].deployments[].{field}: os.environ/{var}"),
+                );
+            }
         }
         // LiteLLM bounds a stream by `timeout` too when it has no
         // `stream_timeout`: its start waits as long as a whole answer may.
@@ -459,9 +497,38 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             }
         }
     }
+    // LiteLLM's shuffle weighs deployments by `weight`, else by `rpm`, else
+    // by `tpm` (its load-balancing guide sets `rpm` for exactly that).
+    for (name, group) in &mut groups {
+        let Some(Value::Array(list)) = group.get_mut("deployments") else {
+            continue;
+        };
+        if list.len() < 2 || list.iter().any(|d| d.get("weight").is_some()) {
+            continue;
+        }
+        for by in ["rpm", "tpm"] {
+            if list
+                .iter()
+                .all(|d| d.get(by).and_then(Value::as_f64).is_some_and(|v| v > 0.0))
+            {
+                for d in list.iter_mut() {
+                    if let (Some(v), Some(map)) = (d.get(by).cloned(), d.as_object_mut()) {
+                        map.insert("weight".into(), v);
+                    }
+                }
+                t.map(
+                    format!("model_list[{name}].litellm_params.{by}"),
+                    format!("model_list[{name}].deployments[].weight (as LiteLLM's shuffle weighs)"),
+                );
+                break;
+            }
+        }
+    }
     // LiteLLM's own defaults, which its files rely on when they say nothing:
     // a deployment cools down for 5 s once its failures exceed 3.
     let mut router = Map::new();
+    // `router_settings.timeout` (else `litellm_settings.request_timeout`).
+    let mut attempt_ms: Option<u64> = None;
     router.insert("allowed_fails".into(), json!(4));
     router.insert("cooldown_ms".into(), json!(5_000));
     let mut policy = Map::new();
@@ -492,11 +559,15 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     router.insert("num_retries".into(), value.clone());
                     t.map(here, "router_settings.num_retries");
                 }
+                // LiteLLM's timeout bounds each call to an upstream, not the
+                // request with its retries and fallbacks.
                 "timeout" => match secs_to_ms(value) {
                     Some(ms) => {
-                        router.insert("timeout_ms".into(), json!(ms));
-                        router.insert("max_timeout_ms".into(), json!(ms.max(600_000)));
-                        t.map(here, "router_settings.timeout_ms");
+                        attempt_ms = Some(ms);
+                        t.map(
+                            here,
+                            "model_list[*].deployments[].timeouts (per attempt, where a deployment sets none)",
+                        );
                     }
                     None => t.refuse(&here, "must be a number of seconds"),
                 },
@@ -510,6 +581,12 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     None => t.refuse(&here, "must be a whole number"),
                 },
                 "cooldown_time" => match secs_to_ms(value) {
+                    // LiteLLM's way to turn cooldowns off: a breaker that
+                    // opens for a millisecond.
+                    Some(0) => {
+                        router.insert("cooldown_ms".into(), json!(1));
+                        t.map(here, "router_settings.cooldown_ms: 1 (no cooldown)");
+                    }
                     Some(ms) => {
                         router.insert("cooldown_ms".into(), json!(ms));
                         t.map(here, "router_settings.cooldown_ms");
@@ -605,9 +682,11 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                 }
                 "request_timeout" => match secs_to_ms(value) {
                     Some(ms) => {
-                        router.entry("timeout_ms").or_insert(json!(ms));
-                        router.entry("max_timeout_ms").or_insert(json!(ms.max(600_000)));
-                        t.map(here, "router_settings.timeout_ms");
+                        attempt_ms.get_or_insert(ms);
+                        t.map(
+                            here,
+                            "model_list[*].deployments[].timeouts (per attempt, where a deployment sets none)",
+                        );
                     }
                     None => t.refuse(&here, "must be a number of seconds"),
                 },
@@ -698,6 +777,18 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                 "server" | "embedder" | "policy" | "cache" | "telemetry" => {}
                 "environment_variables" => t.warn(key, "set these in the process environment"),
                 other => t.refuse(other, "is not a LiteLLM section Switchyard knows"),
+            }
+        }
+    }
+    if let Some(ms) = attempt_ms {
+        let defaults = crate::config::TimeoutsEntry::default();
+        for group in groups.values_mut() {
+            if let Some(Value::Array(list)) = group.get_mut("deployments") {
+                for d in list.iter_mut().filter_map(Value::as_object_mut) {
+                    d.entry("timeouts").or_insert_with(
+                        || json!({"connect_ms": defaults.connect_ms, "first_byte_ms": ms, "total_ms": ms}),
+                    );
+                }
             }
         }
     }

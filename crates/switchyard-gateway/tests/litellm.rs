@@ -129,7 +129,21 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
         vec!["gpt-4o".to_owned()]
     );
     assert_eq!(state.dispatch.retry.num_retries, 2);
-    assert_eq!(state.dispatch.timeout, Duration::from_secs(45));
+    // LiteLLM's `timeout` bounds each attempt: a deployment with none of
+    // its own gets it, the request's whole deadline keeps its default.
+    assert_eq!(state.dispatch.timeout, Duration::from_secs(600));
+    let specs = config.validate(&env()).unwrap();
+    let timeouts = |group: &str| {
+        let spec = specs.iter().find(|m| m.name == group).unwrap();
+        spec.deployments[0].http.timeouts.clone()
+    };
+    assert_eq!(timeouts("gpt-4o").total, Duration::from_secs(45));
+    assert_eq!(timeouts("gpt-4o").first_byte, Duration::from_secs(45));
+    assert_eq!(
+        timeouts("claude-sonnet").total,
+        Duration::from_secs(30),
+        "its own `timeout` wins"
+    );
     // LiteLLM cools down after more than 4 failures: on the fifth.
     assert_eq!(state.dispatch.cooldown.allowed_fails, 5);
     assert_eq!(state.dispatch.cooldown.cooldown_ms, 20_000);
@@ -587,5 +601,58 @@ fn litellm_defaults_and_settings_keep_their_meaning() {
     assert_eq!(
         t.config["model_list"][0]["deployments"][0]["timeouts"]["first_byte_ms"],
         10_000
+    );
+}
+
+/// What LiteLLM does with a file that leaves things out: credentials come
+/// from the provider's environment variable, `rpm` (else `tpm`) weighs the
+/// shuffle, `cooldown_time: 0` turns cooldowns off; wildcard models are
+/// refused rather than sent upstream as `*`.
+#[test]
+fn litellm_defaults_a_file_relies_on_are_kept() {
+    let doc = json!({
+        "model_list": [
+            {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "rpm": 600}},
+            {"model_name": "gpt", "litellm_params": {"model": "azure/gpt-4o-eu", "rpm": 300}},
+            {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-sonnet-4-5"}},
+            {"model_name": "local", "litellm_params": {"model": "openai/llama", "api_base": "http://127.0.0.1:8000/v1"}},
+        ],
+        "router_settings": {"cooldown_time": 0},
+    });
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    let group = |name: &str| {
+        t.config["model_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["model_name"] == name)
+            .unwrap()["deployments"]
+            .clone()
+    };
+    let gpt = group("gpt");
+    assert_eq!(gpt[0]["api_key"], "os.environ/OPENAI_API_KEY", "{gpt}");
+    assert_eq!(gpt[1]["api_key"], "os.environ/AZURE_API_KEY");
+    assert_eq!(gpt[1]["api_base"], "os.environ/AZURE_API_BASE");
+    assert_eq!(gpt[1]["api_version"], "os.environ/AZURE_API_VERSION");
+    assert_eq!(
+        (gpt[0]["weight"].as_f64(), gpt[1]["weight"].as_f64()),
+        (Some(600.0), Some(300.0))
+    );
+    assert_eq!(group("claude")[0]["api_key"], "os.environ/ANTHROPIC_API_KEY");
+    assert!(
+        group("local")[0].get("api_key").is_none(),
+        "a local server needs no key"
+    );
+    assert_eq!(t.config["router_settings"]["cooldown_ms"], 1);
+
+    let wildcard = json!({"model_list": [{"model_name": "openai/*", "litellm_params": {"model": "openai/*"}}]});
+    let err: String = switchyard_gateway::litellm::translate(&wildcard)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        err.contains("model_list[0].model_name") && err.contains("wildcard"),
+        "{err}"
     );
 }
