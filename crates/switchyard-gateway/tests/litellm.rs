@@ -135,7 +135,7 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
     let specs = config.validate(&env()).unwrap();
     let timeouts = |group: &str| {
         let spec = specs.iter().find(|m| m.name == group).unwrap();
-        spec.deployments[0].http.timeouts.clone()
+        spec.deployments[0].http.timeouts
     };
     assert_eq!(timeouts("gpt-4o").total, Duration::from_secs(45));
     assert_eq!(timeouts("gpt-4o").first_byte, Duration::from_secs(45));
