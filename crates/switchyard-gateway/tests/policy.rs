@@ -1122,6 +1122,28 @@ async fn an_echoed_prompt_is_not_charged_as_output() {
     assert!((100..=140).contains(&output), "{record}");
 }
 
+/// An Anthropic-format client of an upstream that reports no usage is told
+/// the estimates it is charged, not zeros (clients track their context by it).
+#[tokio::test]
+async fn a_messages_answer_without_upstream_usage_reports_the_estimates() {
+    let dir = tempfile::tempdir().unwrap();
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let yaml = config_with_mock_group(dir.path(), "quiet", &mock, "mock-model::no_usage");
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let answer = send(
+        client()
+            .post(format!("{}/v1/messages", gw.base_url()))
+            .header("x-api-key", MASTER)
+            .json(&json!({"model": "quiet", "max_tokens": 50,
+                "messages": [{"role": "user", "content": "one two three four five six seven eight"}]})),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let usage = &answer.body["usage"];
+    assert!(usage["input_tokens"].as_u64().unwrap() > 0, "{usage}");
+    assert!(usage["output_tokens"].as_u64().unwrap() > 0, "{usage}");
+}
+
 /// An upstream answer `/v1/messages` cannot translate is a 502 that is still
 /// charged, and says so, with the key's rate-limit headers like any answer.
 #[tokio::test]

@@ -334,8 +334,17 @@ async fn messages_inner(
                 })
             });
             let translated = match serde_json::from_slice::<ChatCompletionResponse>(&answer.body) {
-                Ok(parsed) => serde_json::to_vec(&translate::to_messages_response(parsed, &tool_names, thinking))
-                    .map_err(|e| ApiError::Internal(e.to_string())),
+                Ok(mut parsed) => {
+                    // No usage from the upstream: the client is told what it
+                    // is charged (clients track their context by it).
+                    if parsed.usage.is_none()
+                        && let Some(u) = usage
+                    {
+                        parsed.usage = Some(switchyard_api::Usage::new(u.prompt, u.completion));
+                    }
+                    serde_json::to_vec(&translate::to_messages_response(parsed, &tool_names, thinking))
+                        .map_err(|e| ApiError::Internal(e.to_string()))
+                }
                 Err(e) => Err(ApiError::upstream(
                     &name,
                     ProviderError::InvalidResponse(format!("not a chat completion ({e})")),

@@ -112,12 +112,17 @@ struct Converter {
     /// Calls streamed without an `index` (some servers leave it out): each
     /// one's id and the key it is followed under.
     unindexed: Vec<(String, u64)>,
+    /// Calls streamed with an `index`: the index, the call's id, and the key
+    /// it is followed under.
+    indexed: Vec<(u64, Option<String>, u64)>,
     /// Whether the client asked for thinking (reasoning is passed on only then).
     thinking: bool,
     /// The stop sequence that ended the answer, when the server said which.
     stop_sequence: Option<String>,
     /// The gateway's estimate of the prompt's tokens, for `message_start`.
     estimated_input: u64,
+    /// Content deltas sent, for the output estimate of a stream without usage.
+    deltas: u64,
 }
 
 impl Converter {
@@ -162,8 +167,26 @@ impl Converter {
     fn tool_key(&mut self, call: &Value) -> u64 {
         /// Keys of unindexed calls, apart from real indexes.
         const UNINDEXED: u64 = 1 << 32;
+        /// Keys of calls streamed under an index another call used before.
+        const REUSED: u64 = 1 << 33;
         if let Some(index) = call.get("index").and_then(Value::as_u64) {
-            return index;
+            // Some servers (Ollama) stream every parallel call at index 0:
+            // a new id under a known index is a new call, and pieces without
+            // an id belong to the newest call of that index.
+            let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+            let newest = self.indexed.iter().rev().find(|(i, _, _)| *i == index);
+            return match (newest, id) {
+                (Some((_, Some(known), _)), Some(id)) if known != id => {
+                    let key = REUSED + self.indexed.len() as u64;
+                    self.indexed.push((index, Some(id.to_owned()), key));
+                    key
+                }
+                (Some((_, _, key)), _) => *key,
+                (None, id) => {
+                    self.indexed.push((index, id.map(str::to_owned), index));
+                    index
+                }
+            };
         }
         match call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty()) {
             Some(id) => match self.unindexed.iter().find(|(known, _)| known == id) {
@@ -238,6 +261,9 @@ impl Converter {
                             ..ContentBlock::default()
                         };
                         block.extra.insert("thinking".into(), json!(""));
+                        // Claude's blocks carry one (SDKs read it): empty,
+                        // as no Claude model signed this reasoning.
+                        block.extra.insert("signature".into(), json!(""));
                         self.open(block, Some(THINKING), out)
                     }
                 };
@@ -246,6 +272,7 @@ impl Converter {
                     ..Default::default()
                 };
                 delta.extra.insert("thinking".into(), json!(thinking));
+                self.deltas += 1;
                 out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
             }
             let refusal = choice
@@ -268,6 +295,7 @@ impl Converter {
                     text: Some(text),
                     ..Default::default()
                 };
+                self.deltas += 1;
                 out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
             }
             let calls = choice
@@ -307,6 +335,7 @@ impl Converter {
                         partial_json: Some(args.to_owned()),
                         ..Default::default()
                     };
+                    self.deltas += 1;
                     out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
                 }
             }
@@ -330,7 +359,16 @@ impl Converter {
                 }),
                 stop_sequence: self.stop_sequence.clone().filter(|_| !self.used_tools),
             },
-            usage: messages_usage(self.usage.as_ref()),
+            // Without the upstream's usage: the estimates the stream is
+            // charged (the prompt, and a token per event), not zeros.
+            usage: match self.usage.as_ref() {
+                Some(usage) => messages_usage(Some(usage)),
+                None => switchyard_api::anthropic::MessagesUsage {
+                    input_tokens: self.estimated_input,
+                    output_tokens: self.deltas,
+                    ..Default::default()
+                },
+            },
         }));
         out.push(event(&StreamEvent::MessageStop));
     }
@@ -350,6 +388,8 @@ pub fn from_chat_chunks(
         stop_sequence: None,
         tool_names,
         unindexed: Vec::new(),
+        indexed: Vec::new(),
+        deltas: 0,
         started: false,
         open: None,
         tools: Vec::new(),
@@ -409,6 +449,8 @@ mod tests {
             stop_sequence: None,
             tool_names: Vec::new(),
             unindexed: Vec::new(),
+            indexed: Vec::new(),
+            deltas: 0,
             started: false,
             open: None,
             tools: Vec::new(),
@@ -530,7 +572,11 @@ mod tests {
             ]
         );
         assert_eq!(events[0].1["message"]["id"], "msg_c1", "an id in Anthropic's form");
-        assert_eq!(events[1].1["content_block"]["type"], "thinking");
+        assert_eq!(
+            events[1].1["content_block"],
+            json!({"type": "thinking", "thinking": "", "signature": ""}),
+            "a thinking block as Claude's: with a signature, empty"
+        );
         assert_eq!(
             events[2].1["delta"],
             json!({"type": "thinking_delta", "thinking": "Let me "})
@@ -553,6 +599,48 @@ mod tests {
         let plain = tests::events(&out);
         assert_eq!(plain[1].1["content_block"]["type"], "text", "{plain:?}");
         assert!(!plain.iter().any(|(_, d)| d["delta"]["type"] == "thinking_delta"));
+    }
+
+    #[test]
+    fn parallel_calls_streamed_under_one_index_stay_apart() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        let head = |choices: Value| json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "llama", "choices": choices});
+        for c in [
+            // Ollama: every parallel call at index 0, each whole.
+            head(json!([{"index": 0, "delta": {"role": "assistant", "tool_calls": [
+                {"index": 0, "id": "call_a", "type": "function", "function": {"name": "read", "arguments": "{\"p\":\"a\"}"}}]}}])),
+            head(json!([{"index": 0, "delta": {"tool_calls": [
+                {"index": 0, "id": "call_b", "type": "function", "function": {"name": "read", "arguments": "{\"p\":"}}]}}])),
+            head(json!([{"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "\"b\"}"}}]}}])),
+            head(json!([{"index": 0, "delta": {}, "finish_reason": "tool_calls"}])),
+        ] {
+            conv.on_chunk(chunk(c), &mut out);
+        }
+        conv.finish(&mut out);
+        let events = events(&out);
+        let starts: Vec<&Value> = events
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| &d["content_block"])
+            .collect();
+        assert_eq!(starts.len(), 2, "{events:?}");
+        assert_eq!(
+            (&starts[0]["id"], &starts[1]["id"]),
+            (&json!("call_a"), &json!("call_b"))
+        );
+        let mut arguments = [String::new(), String::new()];
+        for (name, data) in &events {
+            if name == "content_block_delta" {
+                let index = data["index"].as_u64().unwrap() as usize;
+                arguments[index].push_str(data["delta"]["partial_json"].as_str().unwrap());
+            }
+        }
+        assert_eq!(arguments, ["{\"p\":\"a\"}", "{\"p\":\"b\"}"]);
+        // The server sent no usage: the client gets the estimates, not zeros.
+        let (_, delta) = events.iter().find(|(n, _)| n == "message_delta").unwrap();
+        assert_eq!(delta["usage"]["output_tokens"], 3, "a token per delta: {delta}");
+        assert_eq!(delta["usage"]["input_tokens"], conv.estimated_input);
     }
 
     #[test]

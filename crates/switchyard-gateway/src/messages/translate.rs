@@ -450,6 +450,9 @@ pub fn to_messages_response(
                 ..ContentBlock::default()
             };
             block.extra.insert("thinking".into(), json!(thinking));
+            // Anthropic's thinking blocks always carry a signature (SDKs read
+            // it); an empty one marks reasoning no Claude model signed.
+            block.extra.insert("signature".into(), json!(""));
             content.push(block);
         }
         let text = choice.message.content_text();
@@ -624,7 +627,7 @@ mod openai_limit_tests {
         let answer = serde_json::to_value(to_messages_response(reasoned.clone(), &[], true)).unwrap();
         assert_eq!(
             answer["content"][0],
-            json!({"type": "thinking", "thinking": "2 + 2 is 4."})
+            json!({"type": "thinking", "thinking": "2 + 2 is 4.", "signature": ""})
         );
         assert_eq!(answer["content"][1]["text"], "Four.");
         let stopped: ChatCompletionResponse = serde_json::from_value(json!({
