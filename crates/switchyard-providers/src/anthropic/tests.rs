@@ -29,7 +29,10 @@ fn request_translation_covers_system_tools_images_and_results() {
                 {"id": "c2", "type": "function", "function": {"name": "g", "arguments": ""}}
             ]},
             {"role": "tool", "tool_call_id": "c1", "content": "one"},
-            {"role": "tool", "tool_call_id": "c2", "content": "two"},
+            {"role": "tool", "tool_call_id": "c2", "content": [
+                {"type": "text", "text": "two"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,BBBB"}}
+            ]},
             {"role": "user", "content": "thanks"}
         ],
         "stop": "END", "temperature": 1.7, "top_p": 0.9, "user": "u1",
@@ -83,6 +86,12 @@ fn request_translation_covers_system_tools_images_and_results() {
         json!({"type": "tool_result", "tool_use_id": "c1", "content": "one"})
     );
     assert_eq!(results[1]["tool_use_id"], "c2");
+    // A tool's parts keep their image (a computer-use screenshot).
+    assert_eq!(results[1]["content"][0], json!({"type": "text", "text": "two"}));
+    assert_eq!(
+        results[1]["content"][1]["source"],
+        json!({"type": "base64", "media_type": "image/png", "data": "BBBB"})
+    );
     assert_eq!(results[2]["text"], "thanks");
 }
 

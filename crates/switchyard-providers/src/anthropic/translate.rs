@@ -248,10 +248,18 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                         &format!("messages[{i}].tool_call_id"),
                     )
                 })?;
+                // Parts (text and images, e.g. a screenshot a computer-use
+                // tool returns) go as blocks, with their cache marks.
+                let content = match &message.content {
+                    Some(MessageContent::Parts(_)) => {
+                        Content::Blocks(content_blocks(&message.content, &format!("messages[{i}].content"))?)
+                    }
+                    _ => Content::Text(message.content_text()),
+                };
                 let block = ContentBlock {
                     kind: "tool_result".into(),
                     tool_use_id: Some(tool_use_id(id)),
-                    content: Some(Content::Text(message.content_text())),
+                    content: Some(content),
                     ..ContentBlock::default()
                 };
                 push(&mut messages, MessageRole::User, vec![block]);
