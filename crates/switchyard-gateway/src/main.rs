@@ -52,7 +52,7 @@ enum Command {
 
 /// Prints how a LiteLLM configuration maps onto Switchyard's; `false` when
 /// the file is in Switchyard's own format (nothing to report).
-fn litellm_report(path: &PathBuf) -> anyhow::Result<bool> {
+fn litellm_report(path: &PathBuf) -> anyhow::Result<Option<Vec<String>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: serde_json::Value =
         figment::Figment::from(<figment::providers::Yaml as figment::providers::Format>::string(&text))
@@ -65,9 +65,9 @@ fn litellm_report(path: &PathBuf) -> anyhow::Result<bool> {
             "{} is not a LiteLLM configuration (no litellm_params, litellm_settings or general_settings); checking it as Switchyard's own",
             path.display()
         )?;
-        return Ok(false);
+        return Ok(None);
     }
-    match switchyard_gateway::litellm::translate(&doc) {
+    let printed = match switchyard_gateway::litellm::translate(&doc) {
         Ok(t) => {
             writeln!(out, "LiteLLM keys and what they became:")?;
             for (from, to) in &t.mapped {
@@ -79,6 +79,7 @@ fn litellm_report(path: &PathBuf) -> anyhow::Result<bool> {
                     writeln!(out, "  warning: {w}")?;
                 }
             }
+            t.warnings
         }
         Err(issues) => {
             writeln!(out, "not supported (start-up would fail):")?;
@@ -87,15 +88,15 @@ fn litellm_report(path: &PathBuf) -> anyhow::Result<bool> {
             }
             anyhow::bail!("{} cannot be served as it is", path.display());
         }
-    }
-    Ok(true)
+    };
+    Ok(Some(printed))
 }
 
 fn check_config(
     runtime: &tokio::runtime::Runtime,
     path: Option<PathBuf>,
     s3: &config::S3Entry,
-    show_notices: bool,
+    printed: &[String],
 ) -> anyhow::Result<()> {
     // Read as the server would: a file, or an `s3://` object.
     let config = runtime.block_on(async {
@@ -110,7 +111,9 @@ fn check_config(
         .block_on(state.start_learned())
         .context("a learned router cannot be loaded")?;
     let mut out = std::io::stdout().lock();
-    for notice in config.notices.iter().filter(|_| show_notices) {
+    // Notices the LiteLLM report already printed are not repeated; the
+    // others (a deployment with no price) are the configuration's own.
+    for notice in config.notices.iter().filter(|n| !printed.contains(n)) {
         writeln!(out, "warning: {notice}")?;
     }
     writeln!(
@@ -277,12 +280,10 @@ fn main() -> anyhow::Result<()> {
             force_path_style: cli.s3_force_path_style,
         };
         if let Some(file) = litellm {
-            if litellm_report(&file)? {
-                return check_config(&runtime, Some(file), &s3, false);
-            }
-            return check_config(&runtime, Some(file), &s3, true);
+            let printed = litellm_report(&file)?.unwrap_or_default();
+            return check_config(&runtime, Some(file), &s3, &printed);
         }
-        return check_config(&runtime, path.or(cli.config), &s3, true);
+        return check_config(&runtime, path.or(cli.config), &s3, &[]);
     }
     runtime.block_on(run(cli))
 }

@@ -484,9 +484,16 @@ fn check_config_reports_what_maps_to_what() {
         "model_list[0].litellm_params.rpm -> model_list[gpt-4o].deployments[].rpm",
         "warning: `litellm_settings.drop_params` is not used",
         "configuration is valid: 3 models, 4 deployments",
+        // A deployment nothing prices is the configuration's own warning.
+        "`meta-llama/Llama-3.1-8B-Instruct`): no price is set",
     ] {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
+    assert_eq!(
+        out.matches("warning: `litellm_settings.drop_params`").count(),
+        1,
+        "a warning is printed once:\n{out}"
+    );
     std::fs::write(
         &path,
         "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      api_key: k\nrouter_settings:\n  model_group_alias: {}\n",
