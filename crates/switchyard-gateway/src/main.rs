@@ -181,6 +181,11 @@ async fn refuse_open_with_stored_keys(state: &switchyard_gateway::AppState) -> a
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    // Listened for from the start: a `SIGHUP` during a slow start (an
+    // artifact download) would otherwise stop the process; it reloads once
+    // the gateway is up.
+    #[cfg(unix)]
+    let hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let overrides = Overrides {
         host: cli.host,
         port: cli.port,
@@ -237,7 +242,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         state,
     );
     live.watch(poll);
-    live.reload_on_sighup();
+    #[cfg(unix)]
+    live.reload_on_sighup(hup);
     switchyard_gateway::serve(listener, live.clone(), shutdown_signal()).await?;
     // Bounded, so a slow Redis cannot keep the process past its grace
     // period: what is not written by then stays queued (and, with

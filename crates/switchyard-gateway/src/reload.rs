@@ -421,22 +421,22 @@ impl Live {
         });
     }
 
-    /// Reloads on every `SIGHUP`.
-    pub fn reload_on_sighup(self: &Arc<Self>) {
-        #[cfg(unix)]
-        {
-            let weak = Arc::downgrade(self);
-            tokio::spawn(async move {
-                let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                    tracing::error!("cannot listen for SIGHUP");
-                    return;
-                };
-                while hup.recv().await.is_some() {
-                    let Some(live) = weak.upgrade() else { return };
-                    let _ = live.reload("SIGHUP", true).await;
-                }
-            });
-        }
+    /// Reloads on every `SIGHUP` that `hup` (listened for since start-up,
+    /// so that one sent during a slow start neither stops the process nor
+    /// is lost) receives.
+    #[cfg(unix)]
+    pub fn reload_on_sighup(self: &Arc<Self>, hup: std::io::Result<tokio::signal::unix::Signal>) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Ok(mut hup) = hup else {
+                tracing::error!("cannot listen for SIGHUP");
+                return;
+            };
+            while hup.recv().await.is_some() {
+                let Some(live) = weak.upgrade() else { return };
+                let _ = live.reload("SIGHUP", true).await;
+            }
+        });
     }
 
     /// The HTTP service: the lifecycle routes, then the current router.

@@ -777,3 +777,39 @@ async fn a_reload_that_changes_a_models_deployments_starts_its_answers_afresh() 
     assert_eq!(after.header("x-switchyard-cache"), "miss", "{}", after.text);
     assert!(after.text.contains("gpt-upstream-2"), "{}", after.text);
 }
+
+/// A `SIGHUP` that arrives while the gateway is still starting (here,
+/// loading the embedding model) does not stop it: it comes up and serves.
+#[test]
+fn a_sighup_during_start_up_does_not_stop_the_gateway() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "embedder:\n  model_dir: \"{}\"\ncache:\n  enabled: true\n  semantic:\n    m:\n      min_similarity: 0.9\nmodel_list:\n  - model_name: m\n    deployments:\n      - {{provider: mock, model: m}}\n",
+            model_dir().display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["--port", "0"])
+        .env_remove("SWITCHYARD_MASTER_KEY")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    switchyard_testkit::signal_process(child.id(), "HUP");
+    let lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = lines
+        .map_while(Result::ok)
+        .any(|line| line.contains("listening on http://"));
+    let still_running = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready && still_running, "the gateway stopped on an early SIGHUP");
+}

@@ -148,19 +148,7 @@ impl GatewayProcess {
 
     /// Sends a signal by name: `TERM`, `HUP`, `INT` or `KILL`.
     pub fn signal(&self, name: &str) {
-        use rustix::process::{Pid, Signal, kill_process};
-        let signal = match name {
-            "TERM" => Signal::TERM,
-            "HUP" => Signal::HUP,
-            "INT" => Signal::INT,
-            "KILL" => Signal::KILL,
-            other => panic!("no signal named {other}"),
-        };
-        let pid = i32::try_from(self.child.id())
-            .ok()
-            .and_then(Pid::from_raw)
-            .unwrap_or_else(|| panic!("pid {} out of range", self.child.id()));
-        kill_process(pid, signal).unwrap_or_else(|e| panic!("kill -{name} failed: {e}"));
+        signal_process(self.child.id(), name);
     }
 
     /// Waits up to `max_wait` for the process to exit; its exit code, or
@@ -257,6 +245,23 @@ fn parse_ready_line(line: &str) -> Option<SocketAddr> {
         return Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), addr.port()));
     }
     Some(addr)
+}
+
+/// Sends process `pid` a signal by name: `TERM`, `HUP`, `INT` or `KILL`.
+pub fn signal_process(pid: u32, name: &str) {
+    use rustix::process::{Pid, Signal, kill_process};
+    let signal = match name {
+        "TERM" => Signal::TERM,
+        "HUP" => Signal::HUP,
+        "INT" => Signal::INT,
+        "KILL" => Signal::KILL,
+        other => panic!("no signal named {other}"),
+    };
+    let target = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .unwrap_or_else(|| panic!("pid {pid} out of range"));
+    kill_process(target, signal).unwrap_or_else(|e| panic!("kill -{name} failed: {e}"));
 }
 
 #[cfg(test)]

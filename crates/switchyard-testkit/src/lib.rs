@@ -57,7 +57,7 @@ mod server;
 mod sse;
 
 pub use embeddings::{DEFAULT_EMBEDDING_DIMS, encode_base64_embedding, mock_embedding};
-pub use harness::{GatewayProcess, run_check_config};
+pub use harness::{GatewayProcess, run_check_config, signal_process};
 pub use moto::{MOTO_ACCESS_KEY_ID, MOTO_SECRET_ACCESS_KEY, MotoServer};
 pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use redis::RedisServer;
