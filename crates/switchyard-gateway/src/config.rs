@@ -18,7 +18,7 @@ use switchyard_providers::{HttpSettings, MockSettings, Secret, Timeouts};
 pub const DEFAULT_CONFIG: &str = include_str!("../../../config/config.yaml");
 
 /// Top-level sections that `SWITCHYARD_<SECTION>__<KEY>` variables may set.
-const ENV_SECTIONS: &[&str] = &["server", "embedder", "policy", "cache", "telemetry"];
+const ENV_SECTIONS: &[&str] = &["server", "embedder", "policy", "cache", "telemetry", "router_settings"];
 
 /// The configuration file as written.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -607,6 +607,23 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
     let mut config = figment
         .extract::<Config>()
         .map_err(|err| ConfigError::Parse(without_values(err)))?;
+    // A variable shaped as a setting (`SECTION__KEY`) that no section takes
+    // would otherwise change nothing, silently.
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let Some(rest) = name.strip_prefix("SWITCHYARD_") else {
+            continue;
+        };
+        if let Some((section, _)) = rest.to_ascii_lowercase().split_once("__")
+            && !ENV_SECTIONS.contains(&section)
+        {
+            notices.push(format!(
+                "the environment variable {name} is not read: `{section}` cannot be set from the environment \
+                 (these can: {})",
+                ENV_SECTIONS.join(", ")
+            ));
+        }
+    }
     config.notices = notices;
     config.policy.litellm_master_key_env = litellm;
     config.notices.extend(unpriced_notices(&config));

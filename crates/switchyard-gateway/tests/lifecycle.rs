@@ -644,3 +644,45 @@ async fn requests_beyond_the_concurrency_limit_are_shed() {
     }
     assert!(freed, "the slot came back when the abandoned request finished");
 }
+
+/// `router_settings` can be set from the environment like the other
+/// sections; a variable shaped as a setting of a section nothing reads is
+/// reported, not silently ignored.
+#[test]
+fn settings_from_the_environment_are_read_or_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        "model_list:\n  - model_name: m\n    deployments:\n      - {provider: mock, model: m}\n",
+    )
+    .unwrap();
+    let check = |vars: &[(&str, &str)]| {
+        let out = std::process::Command::new(BIN)
+            .arg("check-config")
+            .arg(&path)
+            .env_remove("SWITCHYARD_MASTER_KEY")
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = check(&[("SWITCHYARD_ROUTER_SETTINGS__NUM_RETRIES", "99")]);
+    assert!(
+        !ok && out.contains("router_settings.num_retries"),
+        "the variable is read: {out}"
+    );
+    let (ok, out) = check(&[("SWITCHYARD_SEVER__PORT", "1")]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("SWITCHYARD_SEVER__PORT is not read"),
+        "a misspelt section is reported: {out}"
+    );
+}
