@@ -388,11 +388,21 @@ pub fn messages_usage(usage: Option<&Usage>) -> MessagesUsage {
         return MessagesUsage::default();
     };
     let cached = u.cached_prompt_tokens();
+    // Cache writes, where the upstream reports them (Bedrock and Anthropic
+    // answers translated to OpenAI's format, as the meter reads them): part
+    // of `prompt_tokens`, but not of Anthropic's `input_tokens`.
+    let written = u
+        .extra
+        .get("prompt_tokens_details")
+        .and_then(|d| d.get("cache_creation_tokens"))
+        .or_else(|| u.extra.get("cache_creation_input_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     MessagesUsage {
-        input_tokens: u.prompt_tokens.saturating_sub(cached),
+        input_tokens: u.prompt_tokens.saturating_sub(cached).saturating_sub(written),
         output_tokens: u.completion_tokens,
         cache_read_input_tokens: Some(cached),
-        cache_creation_input_tokens: Some(0),
+        cache_creation_input_tokens: Some(written),
         extra: Extra::new(),
     }
 }
@@ -564,6 +574,24 @@ mod tool_result_tests {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod openai_limit_tests {
     use super::*;
+
+    #[test]
+    fn cache_writes_an_upstream_reports_are_not_input() {
+        let usage: Usage = serde_json::from_value(json!({
+            "prompt_tokens": 100, "completion_tokens": 5, "total_tokens": 105,
+            "prompt_tokens_details": {"cached_tokens": 30, "cache_creation_tokens": 50}
+        }))
+        .unwrap();
+        let out = messages_usage(Some(&usage));
+        assert_eq!(
+            (
+                out.input_tokens,
+                out.cache_read_input_tokens,
+                out.cache_creation_input_tokens
+            ),
+            (20, Some(30), Some(50))
+        );
+    }
 
     #[test]
     fn long_tool_names_and_user_ids_fit_openai_and_names_come_back() {
