@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{ConfigIssue, EnvSource, issue, resolve_url};
 
+/// The longest an answer may be kept, in seconds (a year).
+const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
+
 /// `cache:` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -18,7 +21,7 @@ pub struct CacheConfig {
     pub backend: CacheBackend,
     /// How long an answer is kept, in seconds (a request's `cache.ttl` overrides it).
     pub ttl_seconds: u64,
-    /// The longest `cache.ttl` a request may ask for, in seconds.
+    /// The longest `cache.ttl` a request may ask for, in seconds (at most a year).
     pub max_ttl_seconds: u64,
     /// `memory`: bytes of answers held before the least used are dropped.
     pub max_bytes: u64,
@@ -148,6 +151,11 @@ impl CacheConfig {
         }
         if self.ttl_seconds == 0 {
             issues.push(issue("cache.ttl_seconds", "must be greater than 0"));
+        }
+        // A year bounds what a timestamp in milliseconds (Redis `PX`, entry
+        // expiry) holds without overflow, with room to spare.
+        if self.max_ttl_seconds > MAX_TTL_SECONDS {
+            issues.push(issue("cache.max_ttl_seconds", "must be at most 31536000 (a year)"));
         }
         if self.max_ttl_seconds < self.ttl_seconds {
             issues.push(issue("cache.max_ttl_seconds", "must be at least `cache.ttl_seconds`"));

@@ -407,3 +407,12 @@ fn the_cache_takes_the_redis_urls_the_policy_store_takes() {
     let refused = issues("http://127.0.0.1:6379");
     assert!(refused.iter().any(|i| i.contains("cache.redis.url")), "{refused:?}");
 }
+
+#[test]
+fn a_cache_lifetime_past_a_year_is_refused() {
+    let config = parse("cache:\n  enabled: true\n  max_ttl_seconds: 18446744073709551\nmodel_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n").unwrap();
+    let mut issues = Vec::new();
+    config.cache.validate(&env(&[]), &["a".to_owned()], &mut issues);
+    let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
+    assert!(text.iter().any(|i| i.contains("cache.max_ttl_seconds")), "{text:?}");
+}
