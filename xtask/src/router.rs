@@ -299,6 +299,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
             knn,
             mlp,
             metrics: serde_json::Value::Null,
+            data_file_sha256: None,
         },
         predictor,
     };

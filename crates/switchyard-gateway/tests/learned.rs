@@ -90,6 +90,7 @@ impl Trainer {
                 knn: Some(params),
                 mlp: None,
                 metrics: json!({"tag": tag}),
+                data_file_sha256: None,
             },
             predictor: Predictor::Knn(KnnIndex::build(self.embeddings.clone(), scores, params)),
         }

@@ -13,6 +13,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::knn::{KnnIndex, KnnParams};
 use crate::mlp::{Mlp, MlpParams};
@@ -56,6 +57,12 @@ pub struct Manifest {
     /// Validation metrics recorded at training time.
     #[serde(default)]
     pub metrics: serde_json::Value,
+    /// SHA-256 of the data file beside the manifest, set by
+    /// [`LearnedRouter::save`]: a load that finds other data (the next
+    /// version, half published) is refused rather than served under this
+    /// manifest. Older artifacts have none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_file_sha256: Option<String>,
 }
 
 /// Why an artifact could not be written or read.
@@ -187,6 +194,14 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), ArtifactErr
 /// The largest router data file read (2 GiB): a KNN index is held in memory.
 pub const MAX_DATA_BYTES: u64 = 2 << 30;
 
+/// The data file of a `kind` of router, beside its manifest.
+fn data_file(kind: PredictorKind) -> &'static str {
+    match kind {
+        PredictorKind::Knn => "knn.safetensors",
+        PredictorKind::Mlp => "mlp.safetensors",
+    }
+}
+
 /// The largest manifest read (1 MiB; a real one is a few KiB).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
@@ -269,7 +284,13 @@ impl LearnedRouter {
             }
             Predictor::Mlp(mlp) => write_atomic(&dir.join("mlp.safetensors"), |tmp| Ok(mlp.save(tmp)?))?,
         }
-        let manifest = serde_json::to_vec_pretty(&self.manifest).map_err(|e| ArtifactError::Invalid(e.to_string()))?;
+        let data = dir.join(data_file(self.manifest.kind));
+        let written = std::fs::read(&data).map_err(|e| io(&data, e))?;
+        let manifest = Manifest {
+            data_file_sha256: Some(format!("{:x}", Sha256::digest(&written))),
+            ..self.manifest.clone()
+        };
+        let manifest = serde_json::to_vec_pretty(&manifest).map_err(|e| ArtifactError::Invalid(e.to_string()))?;
         write_atomic(&dir.join("manifest.json"), |tmp| {
             std::fs::write(tmp, manifest).map_err(|e| io(tmp, e))
         })
@@ -309,16 +330,22 @@ impl LearnedRouter {
             return Err(ArtifactError::Invalid("knn.k must be at least 1".into()));
         }
         check_bounds(&manifest)?;
-        let data = dir.join(match manifest.kind {
-            PredictorKind::Knn => "knn.safetensors",
-            PredictorKind::Mlp => "mlp.safetensors",
-        });
+        let data = dir.join(data_file(manifest.kind));
         let size = std::fs::metadata(&data).map_err(|e| io(&data, e))?.len();
         if size > MAX_DATA_BYTES {
             return Err(ArtifactError::Invalid(format!(
                 "{} is {size} bytes, more than the {MAX_DATA_BYTES} a router may hold",
                 data.display()
             )));
+        }
+        if let Some(expected) = &manifest.data_file_sha256 {
+            let bytes = std::fs::read(&data).map_err(|e| io(&data, e))?;
+            if &format!("{:x}", Sha256::digest(&bytes)) != expected {
+                return Err(ArtifactError::Invalid(format!(
+                    "{} is not the data its manifest was written with (a version being published?)",
+                    data.display()
+                )));
+            }
         }
         let predictor = match manifest.kind {
             PredictorKind::Knn => {
@@ -385,6 +412,7 @@ mod tests {
                 ..MlpParams::default()
             }),
             metrics: serde_json::Value::Null,
+            data_file_sha256: None,
         }
     }
 
@@ -419,7 +447,28 @@ mod tests {
             let dir = tempfile::tempdir().unwrap();
             router.save(dir.path()).unwrap();
             let loaded = LearnedRouter::load(dir.path()).unwrap();
-            assert_eq!(loaded.manifest, router.manifest);
+            assert!(
+                loaded.manifest.data_file_sha256.is_some(),
+                "the manifest names its data"
+            );
+            assert_eq!(
+                Manifest {
+                    data_file_sha256: None,
+                    ..loaded.manifest.clone()
+                },
+                router.manifest
+            );
+            // Data that is not what the manifest was written with (the next
+            // version's, half published) is refused.
+            let data = dir.path().join(data_file(router.manifest.kind));
+            let mut bytes = std::fs::read(&data).unwrap();
+            let last = bytes.len() - 1;
+            bytes[last] ^= 1;
+            let original = std::fs::read(&data).unwrap();
+            std::fs::write(&data, &bytes).unwrap();
+            let err = LearnedRouter::load(dir.path()).unwrap_err().to_string();
+            assert!(err.contains("not the data its manifest was written with"), "{err}");
+            std::fs::write(&data, original).unwrap();
             for e in &x {
                 assert_eq!(loaded.predict(e).unwrap(), router.predict(e).unwrap());
             }
