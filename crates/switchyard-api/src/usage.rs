@@ -49,6 +49,19 @@ impl Usage {
         }
     }
 
+    /// Prompt tokens written to the upstream's prompt cache, when reported:
+    /// `prompt_tokens_details.cache_creation_tokens`, or, as Anthropic's and
+    /// Bedrock's answers translated to OpenAI's format carry them,
+    /// `cache_creation_input_tokens`.
+    pub fn cache_write_tokens(&self) -> u64 {
+        self.extra
+            .get("prompt_tokens_details")
+            .and_then(|d| d.get("cache_creation_tokens"))
+            .or_else(|| self.extra.get("cache_creation_input_tokens"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    }
+
     /// Prompt tokens served from the upstream's prompt cache, when reported.
     pub fn cached_prompt_tokens(&self) -> u64 {
         self.extra

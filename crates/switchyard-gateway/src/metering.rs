@@ -384,13 +384,7 @@ pub(crate) struct Metered {
 /// Bedrock's answers translated to OpenAI's format carry them, from
 /// `cache_creation_input_tokens` (and its `cache_creation` breakdown).
 pub(crate) fn openai_usage(usage: &Usage) -> TokenUsage {
-    let cache_write = usage
-        .extra
-        .get("prompt_tokens_details")
-        .and_then(|d| d.get("cache_creation_tokens"))
-        .or_else(|| usage.extra.get("cache_creation_input_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let cache_write = usage.cache_write_tokens();
     TokenUsage {
         prompt: usage.prompt_tokens,
         completion: usage.completion_tokens,

@@ -391,13 +391,7 @@ pub fn messages_usage(usage: Option<&Usage>) -> MessagesUsage {
     // Cache writes, where the upstream reports them (Bedrock and Anthropic
     // answers translated to OpenAI's format, as the meter reads them): part
     // of `prompt_tokens`, but not of Anthropic's `input_tokens`.
-    let written = u
-        .extra
-        .get("prompt_tokens_details")
-        .and_then(|d| d.get("cache_creation_tokens"))
-        .or_else(|| u.extra.get("cache_creation_input_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let written = u.cache_write_tokens();
     MessagesUsage {
         input_tokens: u.prompt_tokens.saturating_sub(cached).saturating_sub(written),
         output_tokens: u.completion_tokens,
