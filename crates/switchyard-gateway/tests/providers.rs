@@ -1100,6 +1100,25 @@ async fn bedrock_converse_edges() {
     assert_eq!(finish, None, "a broken answer does not finish: {text}");
     assert!(text.contains("malformed_tool_use"), "{text}");
 
+    // A tool's result made of parts keeps its image (a screenshot).
+    let (status, _, body) = chat(json!({"model": "nova",
+    "tools": [{"type": "function", "function": {"name": "shot", "parameters": {"type": "object"}}}],
+    "messages": [
+        {"role": "user", "content": "take a screenshot"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "shot", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [
+            {"type": "text", "text": "the screen"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+        ]}
+    ]}))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = mock.last_request().unwrap();
+    let result = &seen.body["messages"][2]["content"][0]["toolResult"]["content"];
+    assert_eq!(result[0], json!({"text": "the screen"}), "{}", seen.body);
+    assert_eq!(result[1]["image"]["format"], "png", "{}", seen.body);
+
     let mut legacy = user("nova", "hello");
     legacy["functions"] = json!([{"name": "f", "parameters": {"type": "object"}}]);
     let (status, _, body) = chat(legacy).await;

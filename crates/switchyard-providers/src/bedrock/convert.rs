@@ -11,7 +11,7 @@ use aws_smithy_types::{Blob, Document, Number};
 use base64::Engine as _;
 use serde_json::{Map, Value};
 use switchyard_api::anthropic::MessagesUsage;
-use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, Extra, MessageContent, Role, Usage};
+use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Extra, MessageContent, Role, Usage};
 
 use crate::chunks::{chat_response, tool_call, tool_use_id};
 use crate::json_mode::{JSON_TOOL, JsonTool, json_finish, json_tool};
@@ -63,6 +63,11 @@ pub(crate) fn from_document(doc: &Document) -> Value {
 }
 
 fn image(url: &str, param: &str) -> Result<ContentBlock> {
+    Ok(ContentBlock::Image(image_block(url, param)?))
+}
+
+/// An image part's data URL as a Converse image.
+fn image_block(url: &str, param: &str) -> Result<ImageBlock> {
     let Some((meta, data)) = url.strip_prefix("data:").and_then(|rest| rest.split_once(',')) else {
         return Err(invalid(
             "Bedrock takes images as base64 data URLs only, not links",
@@ -88,7 +93,44 @@ fn image(url: &str, param: &str) -> Result<ContentBlock> {
         .format(format)
         .source(ImageSource::Bytes(Blob::new(bytes)))
         .build();
-    Ok(ContentBlock::Image(built(block, param)?))
+    built(block, param)
+}
+
+/// A tool message's content as tool-result blocks: its text, and its images
+/// (a screenshot a computer-use tool returns) when it is made of parts.
+fn tool_result_content(message: &ChatMessage, param: &str) -> Result<Vec<ToolResultContentBlock>> {
+    let Some(MessageContent::Parts(parts)) = &message.content else {
+        return Ok(vec![ToolResultContentBlock::Text(message.content_text())]);
+    };
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        match (part.kind.as_str(), part.text.as_deref()) {
+            ("text", Some(text)) if !blank(text) => out.push(ToolResultContentBlock::Text(text.to_owned())),
+            ("text", _) => {}
+            ("image_url", _) => {
+                let url = part
+                    .extra
+                    .get("image_url")
+                    .and_then(|i| i.get("url").or(Some(i)))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                out.push(ToolResultContentBlock::Image(image_block(
+                    url,
+                    &format!("{param}[{i}]"),
+                )?));
+            }
+            (other, _) => {
+                return Err(invalid(
+                    format!("tool result parts of type `{other}` are not supported by Bedrock"),
+                    &format!("{param}[{i}]"),
+                ));
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push(ToolResultContentBlock::Text(message.content_text()));
+    }
+    Ok(out)
 }
 
 /// The cache point a part's `cache_control` asks for, with its lifetime
@@ -377,7 +419,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
                 }
                 let block = ToolResultBlock::builder()
                     .tool_use_id(tool_use_id(&id))
-                    .content(ToolResultContentBlock::Text(message.content_text()))
+                    .set_content(Some(tool_result_content(message, &param)?))
                     .build();
                 push(
                     &mut turns,
