@@ -66,6 +66,15 @@ fn image(url: &str, param: &str) -> Result<ContentBlock> {
     Ok(ContentBlock::Image(image_block(url, param)?))
 }
 
+/// The URL of an `image_url` part (`{"url": …}`, or the string itself).
+fn image_url(part: &switchyard_api::ContentPart) -> &str {
+    part.extra
+        .get("image_url")
+        .and_then(|i| i.get("url").or(Some(i)))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+}
+
 /// An image part's data URL as a Converse image.
 fn image_block(url: &str, param: &str) -> Result<ImageBlock> {
     let Some((meta, data)) = url.strip_prefix("data:").and_then(|rest| rest.split_once(',')) else {
@@ -108,14 +117,8 @@ fn tool_result_content(message: &ChatMessage, param: &str) -> Result<Vec<ToolRes
             ("text", Some(text)) if !blank(text) => out.push(ToolResultContentBlock::Text(text.to_owned())),
             ("text", _) => {}
             ("image_url", _) => {
-                let url = part
-                    .extra
-                    .get("image_url")
-                    .and_then(|i| i.get("url").or(Some(i)))
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
                 out.push(ToolResultContentBlock::Image(image_block(
-                    url,
+                    image_url(part),
                     &format!("{param}[{i}]"),
                 )?));
             }
@@ -194,13 +197,7 @@ fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBl
                         _ => continue,
                     },
                     "image_url" => {
-                        let url = part
-                            .extra
-                            .get("image_url")
-                            .and_then(|i| i.get("url").or(Some(i)))
-                            .and_then(Value::as_str)
-                            .unwrap_or_default();
-                        out.push(image(url, &param)?);
+                        out.push(image(image_url(part), &param)?);
                     }
                     other => {
                         return Err(invalid(
