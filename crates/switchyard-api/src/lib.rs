@@ -11,6 +11,7 @@ pub mod completions;
 pub mod embeddings;
 pub mod error;
 pub mod models;
+pub mod responses;
 pub mod usage;
 
 pub use chat::{

@@ -248,6 +248,14 @@ pub struct ServerConfig {
     /// with `Retry-After: 1`. Bounds the memory of bodies read and parsed
     /// at once.
     pub max_concurrent_requests: usize,
+    /// Memory for responses of `/v1/responses` kept so that a later request
+    /// can continue them (`previous_response_id`) or read them back, in
+    /// MiB; 0 keeps none. Kept in this process: behind a load balancer,
+    /// continuations need the same replica (or clients that send the whole
+    /// conversation, `store: false`).
+    pub responses_store_mib: u64,
+    /// How long a kept response can be continued, in seconds.
+    pub responses_ttl_seconds: u64,
 }
 
 impl Default for ServerConfig {
@@ -265,6 +273,8 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_concurrent_requests: 0,
             litellm_headers: false,
+            responses_store_mib: 32,
+            responses_ttl_seconds: 86_400,
         }
     }
 }
@@ -1351,6 +1361,18 @@ impl Config {
             issues.push(issue(
                 "server.max_concurrent_requests",
                 "must be at most 10000000 (0: no limit)",
+            ));
+        }
+        if self.server.responses_store_mib > 1_048_576 {
+            issues.push(issue(
+                "server.responses_store_mib",
+                "must be at most 1048576 (1 TiB; 0: keep none)",
+            ));
+        }
+        if !(1..=31_536_000).contains(&self.server.responses_ttl_seconds) {
+            issues.push(issue(
+                "server.responses_ttl_seconds",
+                "must be from 1 to 31536000 (a year)",
             ));
         }
         validate_cors(&self.server.cors_allowed_origins, &mut issues);

@@ -84,6 +84,14 @@ pub enum ApiError {
         /// The model named there.
         model: String,
     },
+    /// No stored response has this id (for this key).
+    #[error("Response with id '{id}' not found.")]
+    ResponseNotFound {
+        /// The id asked for.
+        id: String,
+        /// The field that named it (`previous_response_id`), if any.
+        param: Option<String>,
+    },
     /// An admin operation failed.
     #[error("{0}")]
     Policy(switchyard_policy::PolicyError),
@@ -130,6 +138,19 @@ impl ApiError {
                 "rate_limit_error",
                 None,
                 Some("gateway_overloaded".into()),
+            ),
+            ApiError::ResponseNotFound { param, .. } => (
+                S::NOT_FOUND,
+                invalid,
+                param.clone(),
+                Some(
+                    if param.is_some() {
+                        "previous_response_not_found"
+                    } else {
+                        "not_found"
+                    }
+                    .into(),
+                ),
             ),
             ApiError::UnknownRoute { .. } => (S::NOT_FOUND, invalid, None, Some("unknown_url".into())),
             ApiError::MethodNotAllowed(_) => (S::METHOD_NOT_ALLOWED, invalid, None, Some("method_not_allowed".into())),

@@ -19,6 +19,7 @@ mod observe;
 pub mod policy_admin;
 pub mod policy_config;
 pub mod reload;
+pub mod responses;
 pub mod routes;
 pub mod state;
 pub mod stream;

@@ -58,6 +58,11 @@ pub fn router(state: SharedState) -> Router {
         .route("/model/info", get(model_info))
         .route("/messages", post(crate::messages::messages))
         .route("/messages/count_tokens", post(crate::messages::count_tokens))
+        .route("/responses", post(crate::responses::create))
+        .route(
+            "/responses/{id}",
+            get(crate::responses::retrieve).delete(crate::responses::delete),
+        )
         .route("/feedback", post(feedback));
     let client = Router::new()
         .merge(api.clone())
@@ -596,7 +601,7 @@ async fn serve_hit(
 
 /// Takes the gateway's own fields (routing options, cache controls) out of a
 /// request body, before it goes upstream.
-fn gateway_fields(
+pub(crate) fn gateway_fields(
     extra: &mut switchyard_api::Extra,
     headers: &HeaderMap,
 ) -> Result<(RequestOptions, Controls), ApiError> {
@@ -630,7 +635,7 @@ async fn chat_completions(
 
 /// Serves `req` through [`openai`] on a task of its own ([`detached`]).
 #[allow(clippy::too_many_arguments)]
-async fn serve_detached<R: Send + 'static>(
+pub(crate) async fn serve_detached<R: Send + 'static>(
     state: SharedState,
     principal: Principal,
     ctx: RequestContext,

@@ -89,6 +89,9 @@ pub struct AppState {
     /// Slots of `server.max_concurrent_requests` (shared by every state a
     /// reload makes; `None`: no limit).
     pub request_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// Responses kept for `previous_response_id` (shared by every state a
+    /// reload makes).
+    pub responses: crate::responses::ResponseStore,
 }
 
 /// How one model group is routed.
@@ -518,6 +521,10 @@ impl AppState {
             cut: Arc::new(tokio::sync::watch::Sender::new(false)),
             request_slots: (server.max_concurrent_requests > 0)
                 .then(|| Arc::new(tokio::sync::Semaphore::new(server.max_concurrent_requests))),
+            responses: crate::responses::ResponseStore::new(
+                server.responses_store_mib.saturating_mul(1024 * 1024),
+                std::time::Duration::from_secs(server.responses_ttl_seconds),
+            ),
             registry,
             stats,
             cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
@@ -588,6 +595,7 @@ impl AppState {
         self.server = old.server.clone();
         self.cut = old.cut.clone();
         self.request_slots = old.request_slots.clone();
+        self.responses = old.responses.clone();
         if same_cache {
             self.cache = old.cache.clone();
         }

@@ -93,6 +93,59 @@ pub fn passthrough(events: switchyard_providers::sse::EventStream, deployment: S
 /// Marks the open block as a thinking block (tool calls use their index).
 const THINKING: u64 = u64::MAX;
 
+/// Which streamed tool call each piece of a chat stream belongs to.
+#[derive(Debug, Default)]
+pub(crate) struct ToolKeys {
+    /// Calls streamed without an `index` (some servers leave it out): each
+    /// one's id and the key it is followed under.
+    unindexed: Vec<(String, u64)>,
+    /// Calls streamed with an `index`: the index, the call's id, and the key
+    /// it is followed under.
+    indexed: Vec<(u64, Option<String>, u64)>,
+}
+
+impl ToolKeys {
+    /// The key a streamed tool call's pieces are gathered under: its
+    /// `index`; without one, its `id` (a new call), or else `current`, the
+    /// call being streamed (a continuation).
+    pub(crate) fn key(&mut self, call: &Value, current: Option<u64>) -> u64 {
+        /// Keys of unindexed calls, apart from real indexes.
+        const UNINDEXED: u64 = 1 << 32;
+        /// Keys of calls streamed under an index another call used before.
+        const REUSED: u64 = 1 << 33;
+        if let Some(index) = call.get("index").and_then(Value::as_u64) {
+            // Some servers (Ollama) stream every parallel call at index 0:
+            // a new id under a known index is a new call, and pieces without
+            // an id belong to the newest call of that index.
+            let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+            let newest = self.indexed.iter().rev().find(|(i, _, _)| *i == index);
+            return match (newest, id) {
+                (Some((_, Some(known), _)), Some(id)) if known != id => {
+                    let key = REUSED + self.indexed.len() as u64;
+                    self.indexed.push((index, Some(id.to_owned()), key));
+                    key
+                }
+                (Some((_, _, key)), _) => *key,
+                (None, id) => {
+                    self.indexed.push((index, id.map(str::to_owned), index));
+                    index
+                }
+            };
+        }
+        match call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty()) {
+            Some(id) => match self.unindexed.iter().find(|(known, _)| known == id) {
+                Some((_, key)) => *key,
+                None => {
+                    let key = UNINDEXED + self.unindexed.len() as u64;
+                    self.unindexed.push((id.to_owned(), key));
+                    key
+                }
+            },
+            None => current.unwrap_or(0),
+        }
+    }
+}
+
 /// Conversion state of OpenAI chunks into Anthropic events.
 struct Converter {
     started: bool,
@@ -109,12 +162,8 @@ struct Converter {
     used_tools: bool,
     /// Tool names shortened for the upstream, to restore.
     tool_names: Vec<(String, String)>,
-    /// Calls streamed without an `index` (some servers leave it out): each
-    /// one's id and the key it is followed under.
-    unindexed: Vec<(String, u64)>,
-    /// Calls streamed with an `index`: the index, the call's id, and the key
-    /// it is followed under.
-    indexed: Vec<(u64, Option<String>, u64)>,
+    /// Which call each streamed piece belongs to.
+    keys: ToolKeys,
     /// Whether the client asked for thinking (reasoning is passed on only then).
     thinking: bool,
     /// The stop sequence that ended the answer, when the server said which.
@@ -159,46 +208,6 @@ impl Converter {
             Some(tool) => self.tools.push((tool, index)),
         }
         index
-    }
-
-    /// The key a streamed tool call's pieces are gathered under: its
-    /// `index`; without one, its `id` (a new call), or else the call being
-    /// streamed (a continuation).
-    fn tool_key(&mut self, call: &Value) -> u64 {
-        /// Keys of unindexed calls, apart from real indexes.
-        const UNINDEXED: u64 = 1 << 32;
-        /// Keys of calls streamed under an index another call used before.
-        const REUSED: u64 = 1 << 33;
-        if let Some(index) = call.get("index").and_then(Value::as_u64) {
-            // Some servers (Ollama) stream every parallel call at index 0:
-            // a new id under a known index is a new call, and pieces without
-            // an id belong to the newest call of that index.
-            let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
-            let newest = self.indexed.iter().rev().find(|(i, _, _)| *i == index);
-            return match (newest, id) {
-                (Some((_, Some(known), _)), Some(id)) if known != id => {
-                    let key = REUSED + self.indexed.len() as u64;
-                    self.indexed.push((index, Some(id.to_owned()), key));
-                    key
-                }
-                (Some((_, _, key)), _) => *key,
-                (None, id) => {
-                    self.indexed.push((index, id.map(str::to_owned), index));
-                    index
-                }
-            };
-        }
-        match call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty()) {
-            Some(id) => match self.unindexed.iter().find(|(known, _)| known == id) {
-                Some((_, key)) => *key,
-                None => {
-                    let key = UNINDEXED + self.unindexed.len() as u64;
-                    self.unindexed.push((id.to_owned(), key));
-                    key
-                }
-            },
-            None => self.tools.last().map_or(0, |(key, _)| *key),
-        }
     }
 
     /// `message_start`, once.
@@ -306,7 +315,7 @@ impl Converter {
                 .cloned()
                 .unwrap_or_default();
             for call in calls {
-                let tool = self.tool_key(&call);
+                let tool = self.keys.key(&call, self.tools.last().map(|(key, _)| *key));
                 let known = self.tools.iter().find(|(t, _)| *t == tool).map(|(_, index)| *index);
                 let index = match known {
                     Some(index) => index,
@@ -387,8 +396,7 @@ pub fn from_chat_chunks(
         thinking,
         stop_sequence: None,
         tool_names,
-        unindexed: Vec::new(),
-        indexed: Vec::new(),
+        keys: ToolKeys::default(),
         deltas: 0,
         started: false,
         open: None,
@@ -448,8 +456,7 @@ mod tests {
             thinking: true,
             stop_sequence: None,
             tool_names: Vec::new(),
-            unindexed: Vec::new(),
-            indexed: Vec::new(),
+            keys: ToolKeys::default(),
             deltas: 0,
             started: false,
             open: None,

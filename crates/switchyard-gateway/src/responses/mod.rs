@@ -1,0 +1,289 @@
+//! `POST /v1/responses`, `GET /v1/responses/{id}` and
+//! `DELETE /v1/responses/{id}`: OpenAI's Responses API served from any
+//! deployment.
+//!
+//! A request is written as a chat completion request and goes through the
+//! chat route's own path (keys, limits, budgets, routing, retries,
+//! fallbacks, the response cache, spend); the chat answer, or stream, is
+//! written back as a response object, or as Responses events. Responses are
+//! kept in memory (`server.responses_store_mib`), so that a later request
+//! can continue one with `previous_response_id`.
+
+pub mod store;
+pub mod stream;
+pub mod translate;
+
+use std::convert::Infallible;
+
+use axum::extract::{Extension, Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use eventsource_stream::Eventsource as _;
+use futures_util::{StreamExt, stream as futures_stream};
+use serde_json::Value;
+use switchyard_api::responses::{OutputContent, OutputItem, ResponseObject, ResponsesRequest};
+use switchyard_api::{ChatCompletionResponse, ChatMessage, Extra, FunctionCall, MessageContent, Role, ToolCall};
+use switchyard_policy::Principal;
+
+pub use store::ResponseStore;
+use store::{Stored, owner};
+use translate::Echo;
+
+use crate::dispatch::Call;
+use crate::error::ApiError;
+use crate::extract::JsonBody;
+use crate::observe::RequestContext;
+use crate::routes::SharedState;
+
+/// The largest chat answer read back to be written as a response object.
+const MAX_ANSWER_BYTES: usize = 256 * 1024 * 1024;
+
+/// What to keep of a request once it is answered.
+struct Keep {
+    store: ResponseStore,
+    owner: String,
+    /// The conversation before the answer (without `instructions`).
+    conversation: Vec<ChatMessage>,
+}
+
+impl Keep {
+    fn put(self, response: &ResponseObject, object: Bytes) {
+        let mut conversation = self.conversation;
+        conversation.extend(assistant_message(response));
+        self.store.put(
+            response.id.clone(),
+            Stored {
+                owner: self.owner,
+                conversation,
+                object,
+            },
+        );
+    }
+}
+
+/// The answer of a response, as the assistant message a continuation sends.
+fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for item in &response.output {
+        match item {
+            OutputItem::Message { content, .. } => {
+                for part in content {
+                    match part {
+                        OutputContent::OutputText { text: t, .. } => text.push_str(t),
+                        OutputContent::Refusal { refusal } => text.push_str(refusal),
+                    }
+                }
+            }
+            OutputItem::FunctionCall {
+                call_id,
+                name,
+                arguments,
+                ..
+            } => calls.push(ToolCall {
+                id: call_id.clone(),
+                kind: "function".into(),
+                function: Some(FunctionCall {
+                    name: name.clone(),
+                    arguments: arguments.clone(),
+                }),
+                extra: Extra::new(),
+            }),
+            OutputItem::Reasoning { .. } => {}
+        }
+    }
+    if text.is_empty() && calls.is_empty() {
+        return None;
+    }
+    Some(ChatMessage {
+        role: Role::Assistant,
+        content: (!text.is_empty()).then_some(MessageContent::Text(text)),
+        name: None,
+        tool_calls: (!calls.is_empty()).then_some(calls),
+        tool_call_id: None,
+        extra: Extra::new(),
+    })
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `POST /v1/responses`.
+pub(crate) async fn create(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<ResponsesRequest>,
+) -> Response {
+    let store = state.responses.clone();
+    let owner = owner(&principal);
+    let history = match req.previous_response_id.as_deref() {
+        Some(id) => match store.get(id, &owner) {
+            Some(previous) => previous.conversation.clone(),
+            None => {
+                return ApiError::ResponseNotFound {
+                    id: id.to_owned(),
+                    param: Some("previous_response_id".into()),
+                }
+                .into_response();
+            }
+        },
+        None => Vec::new(),
+    };
+    let keeps = req.store.unwrap_or(true) && store.enabled();
+    let skip = usize::from(req.instructions.is_some());
+    let mut echo = Echo {
+        id: translate::response_id(),
+        created_at: now_secs(),
+        model: req.model.clone(),
+        fields: Extra::new(),
+    };
+    let mut chat = match translate::to_chat(req, history, &mut echo) {
+        Ok(chat) => chat,
+        Err(e) => return e.into_response(),
+    };
+    // What happens, not only what was asked: a gateway that keeps nothing
+    // says so.
+    echo.fields.insert("store".into(), Value::Bool(keeps));
+    let (options, controls) = match crate::routes::gateway_fields(&mut chat.extra, &headers) {
+        Ok(fields) => fields,
+        Err(e) => return e.into_response(),
+    };
+    // The Responses `metadata` is the client's own (echoed back, tags read
+    // from it above); OpenAI's chat API takes it only with `store`.
+    chat.extra.shift_remove("metadata");
+    let keep = keeps.then(|| Keep {
+        store,
+        owner,
+        conversation: chat
+            .messages
+            .get(skip..)
+            .map(<[ChatMessage]>::to_vec)
+            .unwrap_or_default(),
+    });
+    let streaming = chat.is_stream();
+    let model = std::mem::take(&mut chat.model);
+    let answer =
+        crate::routes::serve_detached(state, principal, ctx, model, chat, |r| Call::Chat(r), options, controls).await;
+    if !answer.status().is_success() {
+        return answer;
+    }
+    if streaming {
+        events(answer, echo, keep)
+    } else {
+        object(answer, &echo, keep).await
+    }
+}
+
+/// A chat answer written as a response object.
+async fn object(answer: Response, echo: &Echo, keep: Option<Keep>) -> Response {
+    let (mut parts, body) = answer.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
+        Ok(body) => body,
+        Err(e) => return ApiError::Internal(format!("the answer could not be read ({e})")).into_response(),
+    };
+    let chat = match serde_json::from_slice::<ChatCompletionResponse>(&body) {
+        Ok(chat) => chat,
+        Err(e) => return ApiError::Internal(format!("the answer is not a chat completion ({e})")).into_response(),
+    };
+    let response = translate::from_chat(chat, echo);
+    let bytes = match serde_json::to_vec(&response) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => return ApiError::Internal(e.to_string()).into_response(),
+    };
+    if let Some(keep) = keep {
+        keep.put(&response, bytes.clone());
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, axum::body::Body::from(bytes))
+}
+
+/// A chat stream written as Responses events.
+fn events(answer: Response, echo: Echo, keep: Option<Keep>) -> Response {
+    let (mut parts, body) = answer.into_parts();
+    let source = body.into_data_stream().eventsource();
+    let converter = stream::Converter::new(echo);
+    let out = futures_stream::unfold(
+        (source, converter, keep),
+        |(mut source, mut conv, mut keep)| async move {
+            if conv.is_done() {
+                return None;
+            }
+            let mut out = Vec::new();
+            while out.is_empty() && !conv.is_done() {
+                match source.next().await {
+                    Some(Ok(event)) if event.data.trim() == "[DONE]" || event.data.trim().is_empty() => {
+                        if event.data.trim() == "[DONE]" {
+                            finish(&mut conv, &mut keep, &mut out);
+                        }
+                    }
+                    Some(Ok(event)) => match serde_json::from_str::<Value>(&event.data) {
+                        Ok(value) if value.get("error").is_some() => {
+                            conv.fail(&value["error"], &mut out);
+                        }
+                        Ok(value) => match serde_json::from_value(value) {
+                            Ok(chunk) => conv.on_chunk(chunk, &mut out),
+                            Err(e) => conv.fail(&malformed(&e.to_string()), &mut out),
+                        },
+                        Err(e) => conv.fail(&malformed(&e.to_string()), &mut out),
+                    },
+                    Some(Err(e)) => conv.fail(&malformed(&e.to_string()), &mut out),
+                    // The chat stream always ends with `[DONE]` or an error
+                    // event; without either it was cut.
+                    None => conv.fail(&malformed("the stream ended early"), &mut out),
+                }
+            }
+            let bytes: Bytes = out.concat().into();
+            Some((bytes, (source, conv, keep)))
+        },
+    );
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, axum::body::Body::from_stream(out.map(Ok::<_, Infallible>)))
+}
+
+fn finish(conv: &mut stream::Converter, keep: &mut Option<Keep>, out: &mut Vec<Bytes>) {
+    let response = conv.finish(out);
+    if let Some(keep) = keep.take()
+        && let Ok(bytes) = serde_json::to_vec(&response)
+    {
+        keep.put(&response, Bytes::from(bytes));
+    }
+}
+
+fn malformed(why: &str) -> Value {
+    serde_json::json!({"message": format!("The answer's stream could not be read: {why}."), "code": "server_error"})
+}
+
+/// `GET /v1/responses/{id}`: a kept response, to the key that made it.
+pub(crate) async fn retrieve(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    match state.responses.get(&id, &owner(&principal)) {
+        Some(stored) => ([(header::CONTENT_TYPE, "application/json")], stored.object.clone()).into_response(),
+        None => ApiError::ResponseNotFound { id, param: None }.into_response(),
+    }
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub(crate) async fn delete(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    if state.responses.remove(&id, &owner(&principal)) {
+        axum::Json(serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
+    } else {
+        ApiError::ResponseNotFound { id, param: None }.into_response()
+    }
+}

@@ -1,0 +1,631 @@
+//! A chat completion stream written as Responses events
+//! (`response.created` … `response.completed`).
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+use switchyard_api::ChatCompletionChunk;
+use switchyard_api::responses::{OutputContent, OutputItem, ReasoningText, ResponseError, ResponseObject};
+
+use super::translate::{Echo, ending, reasoning_text, response_usage};
+use crate::messages::stream::{ToolKeys, frame};
+
+/// The item being written: a message's text or refusal, or reasoning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Open {
+    Text,
+    Refusal,
+    Reasoning,
+}
+
+/// Conversion state of chat chunks into Responses events.
+pub(crate) struct Converter {
+    echo: Echo,
+    sequence: u64,
+    started: bool,
+    /// The output so far; items still being written are completed at the end.
+    output: Vec<OutputItem>,
+    /// The open text, refusal or reasoning part, and its item's position.
+    open: Option<(Open, usize)>,
+    /// Tool calls being written: each one's key and its item's position.
+    calls: Vec<(u64, usize)>,
+    keys: ToolKeys,
+    finish_reason: Option<String>,
+    usage: Option<switchyard_api::Usage>,
+    model: Option<String>,
+    /// Set once the stream has ended (completed or failed).
+    done: bool,
+}
+
+impl Converter {
+    /// A converter for the response `echo` describes.
+    pub(crate) fn new(echo: Echo) -> Self {
+        Self {
+            echo,
+            sequence: 0,
+            started: false,
+            output: Vec::new(),
+            open: None,
+            calls: Vec::new(),
+            keys: ToolKeys::default(),
+            finish_reason: None,
+            usage: None,
+            model: None,
+            done: false,
+        }
+    }
+
+    /// Whether the stream has ended.
+    pub(crate) fn is_done(&self) -> bool {
+        self.done
+    }
+
+    fn emit(&mut self, kind: &str, mut body: Value, out: &mut Vec<Bytes>) {
+        body["type"] = json!(kind);
+        body["sequence_number"] = json!(self.sequence);
+        self.sequence += 1;
+        out.push(frame(kind, body.to_string().as_bytes()));
+    }
+
+    fn snapshot(&self, status: &str) -> ResponseObject {
+        let mut object = self.echo.object(status);
+        if let Some(model) = &self.model {
+            object.model.clone_from(model);
+        }
+        object
+    }
+
+    fn start(&mut self, out: &mut Vec<Bytes>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let response = to_value(&self.snapshot("in_progress"));
+        self.emit("response.created", json!({"response": response}), out);
+        self.emit("response.in_progress", json!({"response": response}), out);
+    }
+
+    /// Adds an output item and says so.
+    fn add_item(&mut self, item: OutputItem, out: &mut Vec<Bytes>) -> usize {
+        let index = self.output.len();
+        self.emit(
+            "response.output_item.added",
+            json!({"output_index": index, "item": to_value(&item)}),
+            out,
+        );
+        self.output.push(item);
+        index
+    }
+
+    /// Ends the open text, refusal or reasoning part, and its item, with
+    /// `status`.
+    fn close_open(&mut self, status: &str, out: &mut Vec<Bytes>) {
+        let Some((kind, index)) = self.open.take() else { return };
+        let id = self.output[index].id().to_owned();
+        match (kind, &self.output[index]) {
+            (Open::Reasoning, OutputItem::Reasoning { content, .. }) => {
+                let text = content.first().map(|c| c.text.clone()).unwrap_or_default();
+                self.emit(
+                    "response.reasoning_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),
+                    out,
+                );
+                self.emit(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "part": {"type": "reasoning_text", "text": text}}),
+                    out,
+                );
+            }
+            (Open::Text | Open::Refusal, OutputItem::Message { content, .. }) => {
+                let content_index = content.len().saturating_sub(1);
+                let part = content.last().map(to_value).unwrap_or_default();
+                match content.last() {
+                    Some(OutputContent::OutputText { text, .. }) => {
+                        let text = text.clone();
+                        self.emit(
+                            "response.output_text.done",
+                            json!({"item_id": id, "output_index": index, "content_index": content_index,
+                                   "text": text, "logprobs": []}),
+                            out,
+                        );
+                    }
+                    Some(OutputContent::Refusal { refusal }) => {
+                        let refusal = refusal.clone();
+                        self.emit(
+                            "response.refusal.done",
+                            json!({"item_id": id, "output_index": index, "content_index": content_index,
+                                   "refusal": refusal}),
+                            out,
+                        );
+                    }
+                    None => {}
+                }
+                self.emit(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": content_index, "part": part}),
+                    out,
+                );
+            }
+            _ => {}
+        }
+        self.finish_item(index, status, out);
+    }
+
+    /// Marks item `index` with `status` and says it is done.
+    fn finish_item(&mut self, index: usize, status: &str, out: &mut Vec<Bytes>) {
+        match &mut self.output[index] {
+            OutputItem::Message { status: s, .. }
+            | OutputItem::FunctionCall { status: s, .. }
+            | OutputItem::Reasoning { status: s, .. } => status.clone_into(s),
+        }
+        let item = to_value(&self.output[index]);
+        self.emit(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+            out,
+        );
+    }
+
+    /// Appends reasoning text, opening a reasoning item when none is open.
+    fn reasoning(&mut self, delta: &str, out: &mut Vec<Bytes>) {
+        let index = match self.open {
+            Some((Open::Reasoning, index)) => index,
+            _ => {
+                self.close_open("completed", out);
+                let item = OutputItem::Reasoning {
+                    id: self.echo.item_id("rs", self.output.len()),
+                    summary: Vec::new(),
+                    content: Vec::new(),
+                    status: "in_progress".into(),
+                };
+                let index = self.add_item(item, out);
+                if let OutputItem::Reasoning { content, .. } = &mut self.output[index] {
+                    content.push(ReasoningText {
+                        kind: "reasoning_text".into(),
+                        text: String::new(),
+                    });
+                }
+                let id = self.output[index].id().to_owned();
+                self.emit(
+                    "response.content_part.added",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "part": {"type": "reasoning_text", "text": ""}}),
+                    out,
+                );
+                self.open = Some((Open::Reasoning, index));
+                index
+            }
+        };
+        if let OutputItem::Reasoning { content, .. } = &mut self.output[index]
+            && let Some(part) = content.first_mut()
+        {
+            part.text.push_str(delta);
+        }
+        let id = self.output[index].id().to_owned();
+        self.emit(
+            "response.reasoning_text.delta",
+            json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}),
+            out,
+        );
+    }
+
+    /// Appends message text (or a refusal), opening a message item, or a
+    /// part of the open one, as needed.
+    fn message(&mut self, kind: Open, delta: &str, out: &mut Vec<Bytes>) {
+        let index = match self.open {
+            Some((open, index)) if open == kind => index,
+            // Text after a refusal, or a refusal after text: a new part of
+            // the same message.
+            Some((Open::Text | Open::Refusal, index)) => {
+                self.close_part(index, out);
+                self.add_part(index, kind, out);
+                index
+            }
+            _ => {
+                self.close_open("completed", out);
+                let item = OutputItem::Message {
+                    id: self.echo.item_id("msg", self.output.len()),
+                    role: "assistant".into(),
+                    status: "in_progress".into(),
+                    content: Vec::new(),
+                };
+                let index = self.add_item(item, out);
+                self.add_part(index, kind, out);
+                index
+            }
+        };
+        self.open = Some((kind, index));
+        let id = self.output[index].id().to_owned();
+        let content_index = match &mut self.output[index] {
+            OutputItem::Message { content, .. } => {
+                match content.last_mut() {
+                    Some(OutputContent::OutputText { text, .. }) => text.push_str(delta),
+                    Some(OutputContent::Refusal { refusal }) => refusal.push_str(delta),
+                    None => {}
+                }
+                content.len().saturating_sub(1)
+            }
+            _ => 0,
+        };
+        match kind {
+            Open::Refusal => self.emit(
+                "response.refusal.delta",
+                json!({"item_id": id, "output_index": index, "content_index": content_index, "delta": delta}),
+                out,
+            ),
+            _ => self.emit(
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": content_index,
+                       "delta": delta, "logprobs": []}),
+                out,
+            ),
+        }
+    }
+
+    fn add_part(&mut self, index: usize, kind: Open, out: &mut Vec<Bytes>) {
+        let part = match kind {
+            Open::Refusal => OutputContent::Refusal { refusal: String::new() },
+            _ => OutputContent::OutputText {
+                text: String::new(),
+                annotations: Vec::new(),
+            },
+        };
+        let value = to_value(&part);
+        let (id, content_index) = match &mut self.output[index] {
+            OutputItem::Message { id, content, .. } => {
+                content.push(part);
+                (id.clone(), content.len() - 1)
+            }
+            other => (other.id().to_owned(), 0),
+        };
+        self.emit(
+            "response.content_part.added",
+            json!({"item_id": id, "output_index": index, "content_index": content_index, "part": value}),
+            out,
+        );
+    }
+
+    /// Ends the last part of message `index` (not the message).
+    fn close_part(&mut self, index: usize, out: &mut Vec<Bytes>) {
+        let Some((kind, _)) = self.open.take() else { return };
+        // Close as `close_open` does, but keep the item open.
+        let OutputItem::Message { id, content, .. } = &self.output[index] else {
+            return;
+        };
+        let (id, content_index) = (id.clone(), content.len().saturating_sub(1));
+        let part = content.last().map(to_value).unwrap_or_default();
+        match (kind, content.last()) {
+            (Open::Text, Some(OutputContent::OutputText { text, .. })) => {
+                let text = text.clone();
+                self.emit(
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": content_index,
+                           "text": text, "logprobs": []}),
+                    out,
+                );
+            }
+            (Open::Refusal, Some(OutputContent::Refusal { refusal })) => {
+                let refusal = refusal.clone();
+                self.emit(
+                    "response.refusal.done",
+                    json!({"item_id": id, "output_index": index, "content_index": content_index, "refusal": refusal}),
+                    out,
+                );
+            }
+            _ => {}
+        }
+        self.emit(
+            "response.content_part.done",
+            json!({"item_id": id, "output_index": index, "content_index": content_index, "part": part}),
+            out,
+        );
+    }
+
+    /// A piece of a streamed tool call.
+    fn tool_call(&mut self, call: &Value, out: &mut Vec<Bytes>) {
+        let key = self.keys.key(call, self.calls.last().map(|(key, _)| *key));
+        let index = match self.calls.iter().find(|(k, _)| *k == key) {
+            Some((_, index)) => *index,
+            None => {
+                // A call ends the text before it; calls stay open together
+                // until the answer ends (servers interleave their pieces).
+                self.close_open("completed", out);
+                let item = OutputItem::FunctionCall {
+                    id: self.echo.item_id("fc", self.output.len()),
+                    call_id: call.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    name: call
+                        .pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                    arguments: String::new(),
+                    status: "in_progress".into(),
+                };
+                let index = self.add_item(item, out);
+                self.calls.push((key, index));
+                index
+            }
+        };
+        if let Some(delta) = call
+            .pointer("/function/arguments")
+            .and_then(Value::as_str)
+            .filter(|a| !a.is_empty())
+        {
+            if let OutputItem::FunctionCall { arguments, .. } = &mut self.output[index] {
+                arguments.push_str(delta);
+            }
+            let id = self.output[index].id().to_owned();
+            self.emit(
+                "response.function_call_arguments.delta",
+                json!({"item_id": id, "output_index": index, "delta": delta}),
+                out,
+            );
+        }
+    }
+
+    /// One chat chunk.
+    pub(crate) fn on_chunk(&mut self, chunk: ChatCompletionChunk, out: &mut Vec<Bytes>) {
+        // Azure opens with a chunk of prompt filter results only.
+        if chunk.id.is_empty() && chunk.choices.is_empty() && chunk.usage.is_none() {
+            return;
+        }
+        if !chunk.model.is_empty() {
+            self.model.get_or_insert(chunk.model);
+        }
+        self.start(out);
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
+        }
+        for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            if let Some(reasoning) = reasoning_text(&choice.delta.extra) {
+                let reasoning = reasoning.to_owned();
+                self.reasoning(&reasoning, out);
+            }
+            if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
+                self.message(Open::Text, text, out);
+            }
+            if let Some(refusal) = choice
+                .delta
+                .extra
+                .get("refusal")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                self.message(Open::Refusal, refusal, out);
+            }
+            if let Some(Value::Array(calls)) = choice.delta.extra.get("tool_calls") {
+                for call in calls {
+                    self.tool_call(call, out);
+                }
+            }
+            if let Some(reason) = choice.finish_reason {
+                self.finish_reason = Some(reason);
+            }
+        }
+    }
+
+    /// The end of the stream: items completed, then `response.completed`
+    /// (or `response.incomplete`). Returns the final response.
+    pub(crate) fn finish(&mut self, out: &mut Vec<Bytes>) -> ResponseObject {
+        self.start(out);
+        let (status, details) = ending(self.finish_reason.as_deref());
+        let item_status = if status == "completed" {
+            "completed"
+        } else {
+            "incomplete"
+        };
+        self.close_open(item_status, out);
+        for (_, index) in std::mem::take(&mut self.calls) {
+            let (id, name, arguments) = match &self.output[index] {
+                OutputItem::FunctionCall {
+                    id, name, arguments, ..
+                } => (id.clone(), name.clone(), arguments.clone()),
+                _ => continue,
+            };
+            self.emit(
+                "response.function_call_arguments.done",
+                json!({"item_id": id, "output_index": index, "name": name, "arguments": arguments}),
+                out,
+            );
+            self.finish_item(index, item_status, out);
+        }
+        let mut response = self.snapshot(status);
+        response.incomplete_details = details;
+        response.output = self.output.clone();
+        response.usage = self.usage.as_ref().map(response_usage);
+        let name = if status == "completed" {
+            "response.completed"
+        } else {
+            "response.incomplete"
+        };
+        self.emit(name, json!({"response": to_value(&response)}), out);
+        self.done = true;
+        response
+    }
+
+    /// A failure after the stream started: an `error` event, then
+    /// `response.failed`.
+    pub(crate) fn fail(&mut self, error: &Value, out: &mut Vec<Bytes>) {
+        self.start(out);
+        let message = error
+            .get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("the upstream stream failed")
+            .to_owned();
+        let code = error
+            .get("code")
+            .and_then(Value::as_str)
+            .or_else(|| error.get("type").and_then(Value::as_str))
+            .unwrap_or("server_error")
+            .to_owned();
+        self.emit(
+            "error",
+            json!({"code": code, "message": message, "param": error.get("param").cloned().unwrap_or(Value::Null)}),
+            out,
+        );
+        let mut response = self.snapshot("failed");
+        response.error = Some(ResponseError { code, message });
+        response.output = self.output.clone();
+        self.emit("response.failed", json!({"response": to_value(&response)}), out);
+        self.done = true;
+    }
+}
+
+fn to_value(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+    use switchyard_api::Extra;
+
+    fn converter() -> Converter {
+        Converter::new(Echo {
+            id: "resp_x".into(),
+            created_at: 1,
+            model: "group".into(),
+            fields: Extra::new(),
+        })
+    }
+
+    fn chunk(delta: Value, finish: Option<&str>) -> ChatCompletionChunk {
+        serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion.chunk", "created": 1, "model": "up",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]
+        }))
+        .unwrap()
+    }
+
+    /// The events written, as (type, body).
+    fn events(out: &[Bytes]) -> Vec<(String, Value)> {
+        out.iter()
+            .map(|b| {
+                let text = std::str::from_utf8(b).unwrap();
+                let (head, data) = text.split_once("\ndata: ").unwrap();
+                let body: Value = serde_json::from_str(data.trim()).unwrap();
+                assert_eq!(head.strip_prefix("event: ").unwrap(), body["type"]);
+                (body["type"].as_str().unwrap().to_owned(), body)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn reasoning_text_and_interleaved_calls_become_items_in_order() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.on_chunk(
+            chunk(json!({"role": "assistant", "reasoning_content": "hmm"}), None),
+            &mut out,
+        );
+        conv.on_chunk(chunk(json!({"content": "Hel"}), None), &mut out);
+        conv.on_chunk(chunk(json!({"content": "lo"}), None), &mut out);
+        conv.on_chunk(
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_a", "function": {"name": "f", "arguments": "{\"a\""}}]}),
+                None,
+            ),
+            &mut out,
+        );
+        conv.on_chunk(
+            chunk(
+                json!({"tool_calls": [{"index": 1, "id": "call_b", "function": {"name": "g", "arguments": "{}"}}]}),
+                None,
+            ),
+            &mut out,
+        );
+        conv.on_chunk(
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
+                Some("tool_calls"),
+            ),
+            &mut out,
+        );
+        let usage: ChatCompletionChunk = serde_json::from_value(json!({
+            "id": "c", "choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}
+        }))
+        .unwrap();
+        conv.on_chunk(usage, &mut out);
+        let done = conv.finish(&mut out);
+        let events = events(&out);
+        let kinds: Vec<&str> = events.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.reasoning_text.delta",
+                "response.reasoning_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        let sequence: Vec<u64> = events
+            .iter()
+            .map(|(_, b)| b["sequence_number"].as_u64().unwrap())
+            .collect();
+        assert_eq!(sequence, (0..events.len() as u64).collect::<Vec<_>>());
+        // The second delta of call 0 lands on its own item, not the newest.
+        assert_eq!(events[19].1["output_index"], 2);
+        let completed = &events.last().unwrap().1["response"];
+        assert_eq!(completed["status"], "completed");
+        assert_eq!(completed["model"], "up");
+        assert_eq!(completed["usage"]["total_tokens"], 10);
+        assert_eq!(completed["output"][1]["content"][0]["text"], "Hello");
+        assert_eq!(completed["output"][2]["arguments"], "{\"a\":1}");
+        assert_eq!(completed["output"][2]["call_id"], "call_a");
+        assert_eq!(completed["output"][3]["name"], "g");
+        assert_eq!(done.output.len(), 4);
+    }
+
+    #[test]
+    fn a_cut_answer_is_incomplete_and_a_failure_says_why() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.on_chunk(chunk(json!({"content": "par"}), Some("length")), &mut out);
+        conv.finish(&mut out);
+        let last = events(&out).pop().unwrap();
+        assert_eq!(last.0, "response.incomplete");
+        assert_eq!(last.1["response"]["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(last.1["response"]["output"][0]["status"], "incomplete");
+
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.on_chunk(chunk(json!({"content": "par"}), None), &mut out);
+        conv.fail(
+            &json!({"message": "gpt/0: upstream stream failed", "type": "upstream_error", "code": "upstream_stream"}),
+            &mut out,
+        );
+        assert!(conv.is_done());
+        let events = events(&out);
+        let (kind, error) = &events[events.len() - 2];
+        assert_eq!(kind, "error");
+        assert_eq!(error["code"], "upstream_stream");
+        let (kind, failed) = events.last().unwrap();
+        assert_eq!(kind, "response.failed");
+        assert_eq!(failed["response"]["status"], "failed");
+        assert_eq!(failed["response"]["error"]["message"], "gpt/0: upstream stream failed");
+    }
+}

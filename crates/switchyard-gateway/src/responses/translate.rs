@@ -1,0 +1,897 @@
+//! A Responses request written as a chat completion request, and a chat
+//! completion written back as a response object.
+
+use serde_json::{Map, Value, json};
+use switchyard_api::responses::{
+    IncompleteDetails, InputTokensDetails, OutputContent, OutputItem, OutputTokensDetails, ReasoningText,
+    ResponseInput, ResponseObject, ResponseUsage, ResponsesRequest,
+};
+use switchyard_api::{
+    ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ContentPart, Extra, FunctionCall, MessageContent, Role,
+    StreamOptions, ToolCall, Usage,
+};
+
+use crate::error::ApiError;
+
+/// What a response object repeats of its request (`tools`, `temperature`,
+/// `metadata`, …), and the ids it is written under.
+#[derive(Debug, Clone)]
+pub(crate) struct Echo {
+    /// The response's id, `resp_…`.
+    pub id: String,
+    /// Unix seconds at which the request arrived.
+    pub created_at: u64,
+    /// The requested model name.
+    pub model: String,
+    /// Request parameters, as the response object shows them.
+    pub fields: Extra,
+}
+
+impl Echo {
+    /// An item id of this response: `PREFIX_` and the response's own suffix,
+    /// with `n` for items of which there may be several.
+    pub fn item_id(&self, prefix: &str, n: usize) -> String {
+        let suffix = self.id.strip_prefix("resp_").unwrap_or(&self.id);
+        if n == 0 {
+            format!("{prefix}_{suffix}")
+        } else {
+            format!("{prefix}_{suffix}_{n}")
+        }
+    }
+
+    /// An empty response object of this request, with `status`.
+    pub fn object(&self, status: &str) -> ResponseObject {
+        ResponseObject {
+            id: self.id.clone(),
+            object: "response".into(),
+            created_at: self.created_at,
+            status: status.into(),
+            error: None,
+            incomplete_details: None,
+            model: self.model.clone(),
+            output: Vec::new(),
+            usage: None,
+            extra: self.fields.clone(),
+        }
+    }
+}
+
+fn invalid(param: impl Into<String>, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidField {
+        param: Some(param.into()),
+        message: message.into(),
+    }
+}
+
+/// A new response id: `resp_` and 32 hex digits.
+pub(crate) fn response_id() -> String {
+    format!("resp_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+}
+
+/// Parameters the gateway cannot serve: refused, not silently dropped.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "conversation",
+        "conversations are not kept by this gateway; send `previous_response_id` or the whole conversation in `input`",
+    ),
+    (
+        "prompt",
+        "stored prompt templates are not supported by this gateway; send `instructions` and `input`",
+    ),
+    ("max_tool_calls", "`max_tool_calls` is not supported by this gateway"),
+    (
+        "top_logprobs",
+        "`top_logprobs` is not supported by this gateway's Responses API; use `/v1/chat/completions`",
+    ),
+];
+
+/// Parameters passed to the chat request under the same name, and echoed.
+const SAME_NAME: &[&str] = &[
+    "temperature",
+    "top_p",
+    "parallel_tool_calls",
+    "user",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "metadata",
+];
+
+/// The chat request for `req`, after the messages of `history` (the
+/// conversation of `previous_response_id`, empty without one).
+pub(crate) fn to_chat(
+    req: ResponsesRequest,
+    history: Vec<ChatMessage>,
+    echo: &mut Echo,
+) -> Result<ChatCompletionRequest, ApiError> {
+    let ResponsesRequest {
+        model,
+        input,
+        instructions,
+        stream,
+        previous_response_id,
+        store,
+        mut extra,
+    } = req;
+    for (name, why) in UNSUPPORTED {
+        if extra.get(*name).is_some_and(|v| !v.is_null()) {
+            return Err(invalid(*name, *why));
+        }
+    }
+    if extra.get("background") == Some(&Value::Bool(true)) {
+        return Err(invalid(
+            "background",
+            "background responses are not supported by this gateway; leave `background` unset or false",
+        ));
+    }
+    let mut chat = Extra::new();
+    let fields = &mut echo.fields;
+    fields.insert(
+        "instructions".into(),
+        instructions.clone().map_or(Value::Null, Value::String),
+    );
+    fields.insert(
+        "previous_response_id".into(),
+        previous_response_id.map_or(Value::Null, Value::String),
+    );
+    fields.insert("store".into(), Value::Bool(store.unwrap_or(true)));
+    for name in SAME_NAME {
+        if let Some(value) = extra.shift_remove(*name) {
+            fields.insert((*name).into(), value.clone());
+            if !value.is_null() {
+                chat.insert((*name).into(), value);
+            }
+        }
+    }
+    if let Some(limit) = extra.shift_remove("max_output_tokens") {
+        match limit.as_u64() {
+            Some(n) if n > 0 => {
+                chat.insert("max_tokens".into(), json!(n));
+            }
+            _ if limit.is_null() => {}
+            _ => {
+                return Err(invalid(
+                    "max_output_tokens",
+                    "max_output_tokens: a positive integer is required",
+                ));
+            }
+        }
+        fields.insert("max_output_tokens".into(), limit);
+    }
+    if let Some(tools) = extra.shift_remove("tools") {
+        if !tools.is_null() {
+            chat.insert("tools".into(), Value::Array(chat_tools(&tools)?));
+        }
+        fields.insert("tools".into(), tools);
+    }
+    if let Some(choice) = extra.shift_remove("tool_choice") {
+        if !choice.is_null() {
+            chat.insert("tool_choice".into(), chat_tool_choice(&choice)?);
+        }
+        fields.insert("tool_choice".into(), choice);
+    }
+    if let Some(text) = extra.shift_remove("text") {
+        text_options(&text, &mut chat)?;
+        fields.insert("text".into(), text);
+    }
+    if let Some(reasoning) = extra.shift_remove("reasoning") {
+        match reasoning.get("effort") {
+            Some(Value::String(effort)) => {
+                chat.insert("reasoning_effort".into(), json!(effort));
+            }
+            None | Some(Value::Null) => {}
+            Some(_) => return Err(invalid("reasoning.effort", "reasoning.effort: a string is required")),
+        }
+        fields.insert("reasoning".into(), reasoning);
+    }
+    if let Some(truncation) = extra.shift_remove("truncation") {
+        if !matches!(truncation.as_str(), None | Some("auto" | "disabled")) {
+            return Err(invalid("truncation", "truncation: `auto` or `disabled` is required"));
+        }
+        fields.insert("truncation".into(), truncation);
+    }
+    // What the response should also carry (reasoning's encrypted content,
+    // logprobs), and the stream's obfuscation: nothing to ask a chat
+    // upstream for.
+    extra.shift_remove("include");
+    extra.shift_remove("stream_options");
+    extra.shift_remove("background");
+    defaults(fields);
+
+    let mut messages = Vec::new();
+    if let Some(instructions) = instructions {
+        messages.push(ChatMessage::text(Role::System, instructions));
+    }
+    let continued = !history.is_empty();
+    messages.extend(history);
+    match input {
+        Some(ResponseInput::Text(text)) => messages.push(ChatMessage::text(Role::User, text)),
+        Some(ResponseInput::Items(items)) => {
+            for (i, item) in items.iter().enumerate() {
+                input_item(i, item, &mut messages)?;
+            }
+        }
+        None => {}
+    }
+    if !messages.iter().any(|m| m.role != Role::System) {
+        return Err(invalid(
+            "input",
+            if continued {
+                "input: the conversation has no messages"
+            } else {
+                "input: at least one message is required"
+            },
+        ));
+    }
+    // The remaining fields (the gateway's own, such as `fallbacks`, and
+    // parameters this gateway does not know) go on as the chat route's do.
+    chat.extend(extra);
+    let stream_options = stream.unwrap_or(false).then(|| StreamOptions {
+        // The usage ends up in `response.completed`.
+        include_usage: Some(true),
+        extra: Extra::new(),
+    });
+    Ok(ChatCompletionRequest {
+        model,
+        messages,
+        stream,
+        stream_options,
+        extra: chat,
+    })
+}
+
+/// What a response object shows for parameters the request left out.
+fn defaults(fields: &mut Extra) {
+    for (name, value) in [
+        ("max_output_tokens", Value::Null),
+        ("metadata", json!({})),
+        ("parallel_tool_calls", Value::Bool(true)),
+        ("reasoning", json!({"effort": null, "summary": null})),
+        ("temperature", Value::Null),
+        ("text", json!({"format": {"type": "text"}})),
+        ("tool_choice", json!("auto")),
+        ("tools", json!([])),
+        ("top_p", Value::Null),
+        ("truncation", json!("disabled")),
+        ("user", Value::Null),
+    ] {
+        match fields.get(name) {
+            None | Some(Value::Null) => {
+                fields.insert(name.into(), value);
+            }
+            Some(_) => {}
+        }
+    }
+}
+
+/// Function tools in the chat format; other kinds (web search, file
+/// search, computer use, MCP) are refused, naming the tool.
+fn chat_tools(tools: &Value) -> Result<Vec<Value>, ApiError> {
+    let Some(tools) = tools.as_array() else {
+        return Err(invalid("tools", "tools: an array is required"));
+    };
+    tools
+        .iter()
+        .enumerate()
+        .map(|(i, tool)| {
+            let kind = tool.get("type").and_then(Value::as_str).unwrap_or_default();
+            if kind != "function" {
+                return Err(invalid(
+                    format!("tools[{i}].type"),
+                    format!("tools[{i}]: `{kind}` tools are not supported by this gateway; only `function` tools are"),
+                ));
+            }
+            let Some(name) = tool.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
+                return Err(invalid(
+                    format!("tools[{i}].name"),
+                    format!("tools[{i}].name: a name is required"),
+                ));
+            };
+            let mut function = Map::new();
+            function.insert("name".into(), json!(name));
+            for key in ["description", "parameters", "strict"] {
+                if let Some(value) = tool.get(key).filter(|v| !v.is_null()) {
+                    function.insert(key.into(), value.clone());
+                }
+            }
+            Ok(json!({"type": "function", "function": function}))
+        })
+        .collect()
+}
+
+fn chat_tool_choice(choice: &Value) -> Result<Value, ApiError> {
+    match choice {
+        Value::String(mode) if matches!(mode.as_str(), "none" | "auto" | "required") => Ok(choice.clone()),
+        Value::Object(object) if object.get("type").and_then(Value::as_str) == Some("function") => {
+            match object.get("name").and_then(Value::as_str) {
+                Some(name) => Ok(json!({"type": "function", "function": {"name": name}})),
+                None => Err(invalid(
+                    "tool_choice.name",
+                    "tool_choice.name: a function name is required",
+                )),
+            }
+        }
+        _ => Err(invalid(
+            "tool_choice",
+            "tool_choice: `none`, `auto`, `required` or a function (`{\"type\": \"function\", \"name\": …}`) is required",
+        )),
+    }
+}
+
+/// `text.format` as the chat `response_format`, `text.verbosity` as `verbosity`.
+fn text_options(text: &Value, chat: &mut Extra) -> Result<(), ApiError> {
+    if text.is_null() {
+        return Ok(());
+    }
+    if !text.is_object() {
+        return Err(invalid("text", "text: an object is required"));
+    }
+    if let Some(verbosity) = text.get("verbosity").filter(|v| !v.is_null()) {
+        chat.insert("verbosity".into(), verbosity.clone());
+    }
+    let Some(format) = text.get("format").filter(|f| !f.is_null()) else {
+        return Ok(());
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => {}
+        Some("json_object") => {
+            chat.insert("response_format".into(), json!({"type": "json_object"}));
+        }
+        Some("json_schema") => {
+            let (Some(name), Some(schema)) = (format.get("name").and_then(Value::as_str), format.get("schema")) else {
+                return Err(invalid(
+                    "text.format",
+                    "text.format: a `json_schema` format needs a `name` and a `schema`",
+                ));
+            };
+            let mut json_schema = Map::new();
+            json_schema.insert("name".into(), json!(name));
+            json_schema.insert("schema".into(), schema.clone());
+            for key in ["description", "strict"] {
+                if let Some(value) = format.get(key).filter(|v| !v.is_null()) {
+                    json_schema.insert(key.into(), value.clone());
+                }
+            }
+            chat.insert(
+                "response_format".into(),
+                json!({"type": "json_schema", "json_schema": json_schema}),
+            );
+        }
+        _ => {
+            return Err(invalid(
+                "text.format.type",
+                "text.format.type: `text`, `json_object` or `json_schema` is required",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn string_field<'a>(item: &'a Value, key: &str, param: &str) -> Result<&'a str, ApiError> {
+    item.get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid(format!("{param}.{key}"), format!("{param}.{key}: a string is required")))
+}
+
+/// Appends the chat messages of input item `i`.
+fn input_item(i: usize, item: &Value, messages: &mut Vec<ChatMessage>) -> Result<(), ApiError> {
+    let param = format!("input[{i}]");
+    if !item.is_object() {
+        return Err(invalid(param.clone(), format!("{param}: an object is required")));
+    }
+    let kind = match item.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        // Messages may leave their type out (`{"role": …, "content": …}`).
+        None if item.get("role").is_some() => "message",
+        _ => {
+            return Err(invalid(
+                format!("{param}.type"),
+                format!("{param}.type: a string is required"),
+            ));
+        }
+    };
+    match kind {
+        "message" => messages.push(input_message(item, &param)?),
+        "function_call" => {
+            let call = ToolCall {
+                id: string_field(item, "call_id", &param)?.to_owned(),
+                kind: "function".into(),
+                function: Some(FunctionCall {
+                    name: string_field(item, "name", &param)?.to_owned(),
+                    arguments: item.get("arguments").and_then(Value::as_str).unwrap_or("{}").to_owned(),
+                }),
+                extra: Extra::new(),
+            };
+            // Calls follow the assistant text they came with, in one message.
+            match messages.last_mut() {
+                Some(last) if last.role == Role::Assistant => last.tool_calls.get_or_insert_with(Vec::new).push(call),
+                _ => messages.push(ChatMessage {
+                    role: Role::Assistant,
+                    content: None,
+                    name: None,
+                    tool_calls: Some(vec![call]),
+                    tool_call_id: None,
+                    extra: Extra::new(),
+                }),
+            }
+        }
+        "function_call_output" => {
+            let call_id = string_field(item, "call_id", &param)?.to_owned();
+            let content = match item.get("output") {
+                Some(Value::String(text)) => MessageContent::Text(text.clone()),
+                Some(Value::Array(parts)) => MessageContent::Parts(input_parts(parts, &format!("{param}.output"))?),
+                _ => {
+                    return Err(invalid(
+                        format!("{param}.output"),
+                        format!("{param}.output: a string or a list of parts is required"),
+                    ));
+                }
+            };
+            messages.push(ChatMessage {
+                role: Role::Tool,
+                content: Some(content),
+                name: None,
+                tool_calls: None,
+                tool_call_id: Some(call_id),
+                extra: Extra::new(),
+            });
+        }
+        // Reasoning from an earlier turn: chat upstreams take none back.
+        "reasoning" => {}
+        "item_reference" => {
+            return Err(invalid(
+                format!("{param}.type"),
+                format!("{param}: item references are not supported by this gateway; send the item itself"),
+            ));
+        }
+        other => {
+            return Err(invalid(
+                format!("{param}.type"),
+                format!("{param}: `{other}` items are not supported by this gateway"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn input_message(item: &Value, param: &str) -> Result<ChatMessage, ApiError> {
+    let role = match item.get("role").and_then(Value::as_str) {
+        Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("system") => Role::System,
+        Some("developer") => Role::Developer,
+        _ => {
+            return Err(invalid(
+                format!("{param}.role"),
+                format!("{param}.role: `user`, `assistant`, `system` or `developer` is required"),
+            ));
+        }
+    };
+    let content = match item.get("content") {
+        Some(Value::String(text)) => MessageContent::Text(text.clone()),
+        Some(Value::Array(parts)) if role == Role::Assistant => {
+            // Earlier output: its text (and refusals), as one string.
+            let mut text = String::new();
+            for (j, part) in parts.iter().enumerate() {
+                let piece = match part.get("type").and_then(Value::as_str) {
+                    Some("output_text" | "input_text" | "text") => part.get("text").and_then(Value::as_str),
+                    Some("refusal") => part.get("refusal").and_then(Value::as_str),
+                    _ => None,
+                };
+                let Some(piece) = piece else {
+                    return Err(invalid(
+                        format!("{param}.content[{j}]"),
+                        format!("{param}.content[{j}]: an assistant message takes `output_text` and `refusal` parts"),
+                    ));
+                };
+                text.push_str(piece);
+            }
+            MessageContent::Text(text)
+        }
+        Some(Value::Array(parts)) => MessageContent::Parts(input_parts(parts, &format!("{param}.content"))?),
+        _ => {
+            return Err(invalid(
+                format!("{param}.content"),
+                format!("{param}.content: a string or a list of parts is required"),
+            ));
+        }
+    };
+    Ok(ChatMessage {
+        role,
+        content: Some(content),
+        name: None,
+        tool_calls: None,
+        tool_call_id: None,
+        extra: Extra::new(),
+    })
+}
+
+/// Input parts (`input_text`, `input_image`, `input_file`, `input_audio`)
+/// as chat content parts.
+fn input_parts(parts: &[Value], param: &str) -> Result<Vec<ContentPart>, ApiError> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, part)| {
+            let here = format!("{param}[{j}]");
+            let kind = part.get("type").and_then(Value::as_str).unwrap_or_default();
+            let mut extra = Extra::new();
+            let (kind, text) = match kind {
+                "input_text" | "output_text" | "text" => ("text", Some(string_field(part, "text", &here)?.to_owned())),
+                "input_image" => {
+                    let Some(url) = part.get("image_url").and_then(Value::as_str) else {
+                        return Err(invalid(
+                            format!("{here}.image_url"),
+                            format!("{here}.image_url: an image URL (or data URL) is required; uploaded file ids are not supported by this gateway"),
+                        ));
+                    };
+                    let mut image = Map::new();
+                    image.insert("url".into(), json!(url));
+                    if let Some(detail) = part.get("detail").filter(|d| !d.is_null()) {
+                        image.insert("detail".into(), detail.clone());
+                    }
+                    extra.insert("image_url".into(), Value::Object(image));
+                    ("image_url", None)
+                }
+                "input_file" => {
+                    if part.get("file_url").is_some_and(|u| !u.is_null()) {
+                        return Err(invalid(
+                            format!("{here}.file_url"),
+                            format!("{here}.file_url: file URLs are not supported by this gateway; send `file_data`"),
+                        ));
+                    }
+                    let mut file = Map::new();
+                    for key in ["file_data", "filename", "file_id"] {
+                        if let Some(value) = part.get(key).filter(|v| !v.is_null()) {
+                            file.insert(key.into(), value.clone());
+                        }
+                    }
+                    if !file.contains_key("file_data") && !file.contains_key("file_id") {
+                        return Err(invalid(
+                            format!("{here}.file_data"),
+                            format!("{here}: `file_data` (or `file_id`) is required"),
+                        ));
+                    }
+                    extra.insert("file".into(), Value::Object(file));
+                    ("file", None)
+                }
+                "input_audio" => {
+                    let Some(audio) = part.get("input_audio").filter(|a| a.is_object()) else {
+                        return Err(invalid(
+                            format!("{here}.input_audio"),
+                            format!("{here}.input_audio: an object with `data` and `format` is required"),
+                        ));
+                    };
+                    extra.insert("input_audio".into(), audio.clone());
+                    ("input_audio", None)
+                }
+                other => {
+                    return Err(invalid(
+                        format!("{here}.type"),
+                        format!("{here}: `{other}` parts are not supported; use `input_text`, `input_image`, `input_file` or `input_audio`"),
+                    ));
+                }
+            };
+            Ok(ContentPart {
+                kind: kind.into(),
+                text,
+                extra,
+            })
+        })
+        .collect()
+}
+
+/// A chat answer's usage as a response's.
+pub(crate) fn response_usage(usage: &Usage) -> ResponseUsage {
+    let reasoning = usage
+        .extra
+        .get("completion_tokens_details")
+        .and_then(|d| d.get("reasoning_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    ResponseUsage {
+        input_tokens: usage.prompt_tokens,
+        input_tokens_details: InputTokensDetails {
+            cached_tokens: usage.cached_prompt_tokens(),
+        },
+        output_tokens: usage.completion_tokens,
+        output_tokens_details: OutputTokensDetails {
+            reasoning_tokens: reasoning,
+        },
+        total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+    }
+}
+
+/// The reasoning text of a chat message or delta (`reasoning_content` from
+/// DeepSeek and vLLM, `reasoning` from newer vLLM and Ollama).
+pub(crate) fn reasoning_text(extra: &Extra) -> Option<&str> {
+    ["reasoning_content", "reasoning"]
+        .iter()
+        .find_map(|k| extra.get(*k).and_then(Value::as_str).filter(|t| !t.is_empty()))
+}
+
+/// The status and incomplete details of an answer that stopped for `reason`.
+pub(crate) fn ending(reason: Option<&str>) -> (&'static str, Option<IncompleteDetails>) {
+    let incomplete = |reason: &str| {
+        Some(IncompleteDetails {
+            reason: reason.to_owned(),
+        })
+    };
+    match reason {
+        Some("length") => ("incomplete", incomplete("max_output_tokens")),
+        Some("content_filter") => ("incomplete", incomplete("content_filter")),
+        _ => ("completed", None),
+    }
+}
+
+/// The response object of a chat completion.
+pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseObject {
+    let mut object = echo.object("completed");
+    object.model = chat.model;
+    object.usage = chat.usage.as_ref().map(response_usage);
+    let Some(choice) = chat.choices.into_iter().find(|c| c.index == 0) else {
+        return object;
+    };
+    let (status, details) = ending(choice.finish_reason.as_deref());
+    let item_status = if status == "completed" {
+        "completed"
+    } else {
+        "incomplete"
+    };
+    object.status = status.into();
+    object.incomplete_details = details;
+    let message = choice.message;
+    if let Some(reasoning) = reasoning_text(&message.extra) {
+        object.output.push(OutputItem::Reasoning {
+            id: echo.item_id("rs", 0),
+            summary: Vec::new(),
+            content: vec![ReasoningText {
+                kind: "reasoning_text".into(),
+                text: reasoning.to_owned(),
+            }],
+            status: item_status.into(),
+        });
+    }
+    let mut content = Vec::new();
+    let text = message.content_text();
+    if !text.is_empty() {
+        content.push(OutputContent::OutputText {
+            text,
+            annotations: Vec::new(),
+        });
+    }
+    if let Some(refusal) = message
+        .extra
+        .get("refusal")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+    {
+        content.push(OutputContent::Refusal {
+            refusal: refusal.to_owned(),
+        });
+    }
+    if !content.is_empty() {
+        object.output.push(OutputItem::Message {
+            id: echo.item_id("msg", 0),
+            role: "assistant".into(),
+            status: item_status.into(),
+            content,
+        });
+    }
+    for (n, call) in message.tool_calls.unwrap_or_default().into_iter().enumerate() {
+        let Some(function) = call.function else { continue };
+        object.output.push(OutputItem::FunctionCall {
+            id: echo.item_id("fc", n + 1),
+            call_id: call.id,
+            name: function.name,
+            arguments: function.arguments,
+            status: "completed".into(),
+        });
+    }
+    object
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+
+    use super::*;
+
+    fn echo() -> Echo {
+        Echo {
+            id: "resp_abc".into(),
+            created_at: 1,
+            model: "m".into(),
+            fields: Extra::new(),
+        }
+    }
+
+    fn translate(body: Value) -> Result<ChatCompletionRequest, ApiError> {
+        to_chat(serde_json::from_value(body).unwrap(), Vec::new(), &mut echo())
+    }
+
+    fn param(err: ApiError) -> Option<String> {
+        err.parts().2
+    }
+
+    #[test]
+    fn a_conversation_with_calls_and_outputs_becomes_chat_messages() {
+        let chat = translate(json!({
+            "model": "m",
+            "instructions": "be brief",
+            "input": [
+                {"role": "user", "content": "weather?"},
+                {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+                {"type": "reasoning", "id": "rs_1", "summary": []},
+                {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{\"q\":\"Paris\"}"},
+                {"type": "function_call", "call_id": "c2", "name": "get_weather", "arguments": "{\"q\":\"Rome\"}"},
+                {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+                {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "rain"}]},
+                {"role": "user", "content": [
+                    {"type": "input_text", "text": "and this?"},
+                    {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"}
+                ]}
+            ],
+            "max_output_tokens": 64,
+            "temperature": 0.2,
+        }))
+        .unwrap();
+        let body = serde_json::to_value(&chat).unwrap();
+        let roles: Vec<&str> = body["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["role"].as_str().unwrap())
+            .collect();
+        assert_eq!(roles, ["system", "user", "assistant", "tool", "tool", "user"]);
+        let assistant = &body["messages"][2];
+        assert_eq!(assistant["content"], "Checking.");
+        assert_eq!(assistant["tool_calls"][1]["id"], "c2");
+        assert_eq!(assistant["tool_calls"][1]["function"]["arguments"], "{\"q\":\"Rome\"}");
+        assert_eq!(body["messages"][3]["tool_call_id"], "c1");
+        assert_eq!(
+            body["messages"][4]["content"][0],
+            json!({"type": "text", "text": "rain"})
+        );
+        assert_eq!(
+            body["messages"][5]["content"][1],
+            json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA", "detail": "low"}})
+        );
+        assert_eq!(body["max_tokens"], 64);
+        assert_eq!(body["temperature"], 0.2);
+        assert!(body.get("max_output_tokens").is_none() && body.get("instructions").is_none());
+    }
+
+    #[test]
+    fn tools_choices_and_formats_are_written_the_chat_way() {
+        let chat = translate(json!({
+            "model": "m",
+            "input": "hi",
+            "tools": [{"type": "function", "name": "f", "description": "d", "parameters": {"type": "object"}, "strict": true}],
+            "tool_choice": {"type": "function", "name": "f"},
+            "text": {"format": {"type": "json_schema", "name": "out", "schema": {"type": "object"}, "strict": true}, "verbosity": "low"},
+            "reasoning": {"effort": "high", "summary": "auto"},
+            "include": ["reasoning.encrypted_content"],
+            "store": false,
+            "stream": true,
+        }))
+        .unwrap();
+        let body = serde_json::to_value(&chat).unwrap();
+        assert_eq!(
+            body["tools"][0],
+            json!({"type": "function", "function": {"name": "f", "description": "d", "parameters": {"type": "object"}, "strict": true}})
+        );
+        assert_eq!(
+            body["tool_choice"],
+            json!({"type": "function", "function": {"name": "f"}})
+        );
+        assert_eq!(body["response_format"]["json_schema"]["name"], "out");
+        assert_eq!(body["verbosity"], "low");
+        assert_eq!(body["reasoning_effort"], "high");
+        assert_eq!(body["stream_options"]["include_usage"], true);
+        for gone in ["include", "store", "text", "reasoning"] {
+            assert!(body.get(gone).is_none(), "{gone} is not a chat parameter: {body}");
+        }
+    }
+
+    #[test]
+    fn what_cannot_be_served_is_refused_naming_the_field() {
+        let cases = [
+            (
+                json!({"model": "m", "input": "x", "tools": [{"type": "web_search"}]}),
+                "tools[0].type",
+            ),
+            (
+                json!({"model": "m", "input": "x", "tool_choice": {"type": "file_search"}}),
+                "tool_choice",
+            ),
+            (json!({"model": "m", "input": "x", "background": true}), "background"),
+            (
+                json!({"model": "m", "input": "x", "conversation": "conv_1"}),
+                "conversation",
+            ),
+            (
+                json!({"model": "m", "input": "x", "max_output_tokens": 0}),
+                "max_output_tokens",
+            ),
+            (
+                json!({"model": "m", "input": "x", "text": {"format": {"type": "xml"}}}),
+                "text.format.type",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "item_reference", "id": "msg_1"}]}),
+                "input[0].type",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "web_search_call"}]}),
+                "input[0].type",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "robot", "content": "x"}]}),
+                "input[0].role",
+            ),
+            (
+                json!({"model": "m", "input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}),
+                "input[0].content[0].image_url",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "function_call", "name": "f"}]}),
+                "input[0].call_id",
+            ),
+            (
+                json!({"model": "m", "input": [{"type": "function_call_output", "call_id": "c", "output": 3}]}),
+                "input[0].output",
+            ),
+            (json!({"model": "m", "input": []}), "input"),
+            (json!({"model": "m", "instructions": "only this"}), "input"),
+        ];
+        for (body, field) in cases {
+            let err = translate(body.clone()).expect_err(&body.to_string());
+            assert_eq!(param(err).as_deref(), Some(field), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_chat_answer_becomes_a_response_with_its_items_and_usage() {
+        let chat: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "chatcmpl-1", "object": "chat.completion", "created": 5, "model": "up-model",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "Let me check.", "reasoning_content": "thinking",
+                "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]
+            }}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 4, "total_tokens": 14,
+                      "prompt_tokens_details": {"cached_tokens": 3},
+                      "completion_tokens_details": {"reasoning_tokens": 2}}
+        }))
+        .unwrap();
+        let object = from_chat(chat, &echo());
+        let value = serde_json::to_value(&object).unwrap();
+        assert_eq!(value["status"], "completed");
+        assert_eq!(value["model"], "up-model");
+        let kinds: Vec<&str> = value["output"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["reasoning", "message", "function_call"]);
+        assert_eq!(value["output"][1]["content"][0]["text"], "Let me check.");
+        assert_eq!(value["output"][2]["call_id"], "call_1");
+        assert_eq!(value["output"][2]["id"], "fc_abc_1");
+        assert_eq!(
+            value["usage"],
+            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3}, "output_tokens": 4,
+                   "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 14})
+        );
+
+        let cut: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 5, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "length", "message": {"role": "assistant", "content": "partial"}}]
+        }))
+        .unwrap();
+        let value = serde_json::to_value(from_chat(cut, &echo())).unwrap();
+        assert_eq!(value["status"], "incomplete");
+        assert_eq!(value["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(value["output"][0]["status"], "incomplete");
+    }
+}

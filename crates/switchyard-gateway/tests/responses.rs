@@ -1,0 +1,181 @@
+//! `/v1/responses` end to end: what the upstream receives, continuations
+//! with `previous_response_id`, kept responses per key, and streams that
+//! fail after they started.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MockUpstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-master-key-for-responses-01";
+const KEY_A: &str = "sk-responses-key-a-0000000001";
+const KEY_B: &str = "sk-responses-key-b-0000000002";
+
+fn config(mock: &MockUpstream, policy: &str) -> String {
+    let base = mock.base_url();
+    format!(
+        "{policy}router_settings:\n  retry_backoff_ms: 10\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, model: mock-model, api_base: {base}}}\n  - model_name: reset\n    deployments:\n      - {{provider: openai, model: \"mock-model::reset_after=2\", api_base: {base}}}\n"
+    )
+}
+
+async fn post(gw: &GatewayProcess, key: Option<&str>, body: &Value) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/v1/responses", gw.base_url()))
+        .json(body);
+    if let Some(key) = key {
+        request = request.bearer_auth(key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn call(gw: &GatewayProcess, method: reqwest::Method, key: &str, id: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .request(method, format!("{}/v1/responses/{id}", gw.base_url()))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// The upstream gets a chat request: instructions as a system message,
+/// items as messages, `max_output_tokens` as `max_tokens`, function tools
+/// in the chat shape. A continuation sends the kept conversation first,
+/// without the earlier instructions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_gets_the_conversation_a_continuation_builds() {
+    let mock = MockUpstream::start().await;
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&mock, ""));
+    let (status, first) = post(
+        &gw,
+        None,
+        &json!({
+            "model": "gpt",
+            "instructions": "first rules",
+            "input": [{"role": "user", "content": [{"type": "input_text", "text": "first question"}]}],
+            "max_output_tokens": 50,
+            "tools": [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}],
+            "metadata": {"session": "s-1"},
+        }),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(
+        sent.body["messages"],
+        json!([{"role": "system", "content": "first rules"},
+               {"role": "user", "content": [{"type": "text", "text": "first question"}]}])
+    );
+    assert_eq!(sent.body["max_tokens"], 50);
+    assert_eq!(sent.body["tools"][0]["function"]["name"], "lookup");
+    // The client's metadata is echoed, not sent to a chat API that refuses
+    // it without `store`.
+    assert!(sent.body.get("metadata").is_none(), "{}", sent.body);
+    assert_eq!(first["metadata"], json!({"session": "s-1"}));
+    let answer = first["output"][0]["content"][0]["text"].as_str().unwrap().to_owned();
+
+    let (status, second) = post(
+        &gw,
+        None,
+        &json!({"model": "gpt", "instructions": "second rules", "previous_response_id": first["id"], "input": "second question"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{second}");
+    assert_eq!(second["previous_response_id"], first["id"]);
+    let sent = mock.last_request().unwrap();
+    assert_eq!(
+        sent.body["messages"],
+        json!([{"role": "system", "content": "second rules"},
+               {"role": "user", "content": [{"type": "text", "text": "first question"}]},
+               {"role": "assistant", "content": answer},
+               {"role": "user", "content": "second question"}])
+    );
+}
+
+/// A kept response is read, continued and deleted only with the key that
+/// made it; another key gets a 404, as for an id that never existed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_responses_belong_to_the_key_that_made_them() {
+    let mock = MockUpstream::start().await;
+    let policy = format!("policy:\n  master_key: {MASTER}\n  keys:\n    - key: {KEY_A}\n    - key: {KEY_B}\n");
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&mock, &policy));
+    let (status, made) = post(&gw, Some(KEY_A), &json!({"model": "gpt", "input": "private"})).await;
+    assert_eq!(status, 200, "{made}");
+    let id = made["id"].as_str().unwrap();
+
+    let (status, read) = call(&gw, reqwest::Method::GET, KEY_A, id).await;
+    assert_eq!(status, 200, "{read}");
+    assert_eq!(read, made);
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let (status, body) = call(&gw, method.clone(), KEY_B, id).await;
+        assert_eq!(status, 404, "{method}: {body}");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    let (status, body) = post(
+        &gw,
+        Some(KEY_B),
+        &json!({"model": "gpt", "previous_response_id": id, "input": "more"}),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["param"], "previous_response_id");
+    let (status, body) = post(
+        &gw,
+        Some(KEY_A),
+        &json!({"model": "gpt", "previous_response_id": id, "input": "more"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let (status, body) = call(&gw, reqwest::Method::DELETE, KEY_A, id).await;
+    assert_eq!((status, &body["deleted"]), (200, &json!(true)), "{body}");
+    let (status, _) = call(&gw, reqwest::Method::GET, KEY_A, id).await;
+    assert_eq!(status, 404);
+}
+
+/// A stream that breaks after it started ends with an `error` event and
+/// `response.failed`, never `response.completed`; a failed stream is not
+/// kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_breaks_ends_with_response_failed() {
+    let mock = MockUpstream::start().await;
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&mock, ""));
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/responses", gw.base_url()))
+        .json(&json!({"model": "reset", "input": "tell me a long story", "stream": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds.first(), Some(&"response.created"), "{kinds:?}");
+    assert!(kinds.contains(&"response.output_text.delta"), "{kinds:?}");
+    assert_eq!(&kinds[kinds.len() - 2..], ["error", "response.failed"], "{kinds:?}");
+    let failed = &events.last().unwrap()["response"];
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"]["message"].as_str().unwrap().contains("reset/0"),
+        "{failed}"
+    );
+    let id = failed["id"].as_str().unwrap();
+    let (status, _) = post(
+        &gw,
+        None,
+        &json!({"model": "gpt", "previous_response_id": id, "input": "go on"}),
+    )
+    .await;
+    assert_eq!(status, 404);
+}
