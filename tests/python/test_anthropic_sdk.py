@@ -209,3 +209,96 @@ def test_models_list_and_retrieve_in_anthropic_shape(claude: anthropic.Anthropic
         claude.models.retrieve("no-such-model")
     with pytest.raises(anthropic.BadRequestError):
         claude.models.list(limit=0)
+
+
+OPENAI_WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]},
+    },
+}
+
+
+@pytest.mark.parametrize("model", ["claude-test", "bedrock-claude"])
+def test_reasoning_effort_gets_claude_thinking_and_its_blocks_go_back(client: openai.OpenAI, model: str) -> None:
+    ask = {"role": "user", "content": "weather in Paris?"}
+    # Claude refuses a temperature other than 1 while thinking, and a
+    # max_tokens at or under the budget: the gateway leaves the one out and
+    # makes room for the other.
+    first = client.chat.completions.create(
+        model=model, reasoning_effort="low", max_tokens=100, temperature=0.2, messages=[ask]  # type: ignore[list-item]
+    )
+    message = first.choices[0].message
+    extra = message.model_extra or {}
+    assert extra.get("reasoning_content") == "mock thinking about it", extra
+    blocks = extra["thinking_blocks"]
+    assert blocks[0]["type"] == "thinking" and blocks[0]["signature"], blocks
+    assert message.content == "mock reply: weather in Paris?"
+
+    # A turn that answers a tool call sends the signed blocks back, as
+    # Claude requires while thinking; without them it is refused.
+    call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"q": "Paris"}'}}
+    turn = {"role": "assistant", "content": None, "tool_calls": [call], "thinking_blocks": blocks}
+    result = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
+    second = client.chat.completions.create(
+        model=model, reasoning_effort="low", tools=[OPENAI_WEATHER_TOOL], messages=[ask, turn, result]  # type: ignore[list-item]
+    )
+    assert second.choices[0].message.content.startswith("mock reply")
+    bare = {k: v for k, v in turn.items() if k != "thinking_blocks"}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(
+            model=model, reasoning_effort="low", tools=[OPENAI_WEATHER_TOOL], messages=[ask, bare, result]  # type: ignore[list-item]
+        )
+    assert "thinking" in info.value.message
+
+    reasoning, streamed_blocks = "", []
+    for chunk in client.chat.completions.create(
+        model=model, reasoning_effort="medium", messages=[ask], stream=True  # type: ignore[list-item]
+    ):
+        for choice in chunk.choices:
+            delta_extra = choice.delta.model_extra or {}
+            reasoning += delta_extra.get("reasoning_content") or ""
+            streamed_blocks += delta_extra.get("thinking_blocks") or []
+    assert reasoning == "mock thinking about it"
+    assert streamed_blocks == blocks
+
+
+@pytest.mark.parametrize("model", ["claude-test", "bedrock-claude"])
+def test_responses_reasoning_effort_gives_a_reasoning_item(client: openai.OpenAI, model: str) -> None:
+    response = client.responses.create(model=model, reasoning={"effort": "low"}, input="think first")
+    assert [item.type for item in response.output] == ["reasoning", "message"]
+    assert response.output[0].content[0].text == "mock thinking about it"
+    assert response.output_text == "mock reply: think first"
+    with client.responses.stream(model=model, reasoning={"effort": "low"}, input="think first") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.reasoning_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == "mock thinking about it"
+    assert final.output[0].type == "reasoning"
+
+
+@pytest.mark.parametrize("model", ["claude-test", "bedrock-claude"])
+def test_responses_reasoning_items_carry_claudes_thinking_to_the_next_turn(client: openai.OpenAI, model: str) -> None:
+    first = client.responses.create(model=model, reasoning={"effort": "low"}, input="weather?")
+    reasoning = first.output[0]
+    assert reasoning.type == "reasoning" and reasoning.encrypted_content
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}}
+    call = {"type": "function_call", "call_id": "call_1", "name": "get_weather", "arguments": '{"q": "Paris"}'}
+    output = {"type": "function_call_output", "call_id": "call_1", "output": "sunny"}
+    ask = {"role": "user", "content": "weather?"}
+    # The reasoning item sent back as it came gives Claude its signed
+    # thinking before the call; without it, Claude refuses the turn.
+    second = client.responses.create(
+        model=model,
+        reasoning={"effort": "low"},
+        tools=[tool],
+        input=[ask, reasoning.model_dump(exclude_none=True), call, output],
+    )
+    assert second.status == "completed" and second.output_text.startswith("mock reply")
+    with pytest.raises(openai.BadRequestError):
+        client.responses.create(model=model, reasoning={"effort": "low"}, tools=[tool], input=[ask, call, output])
+    streamed = None
+    with client.responses.stream(model=model, reasoning={"effort": "low"}, input="weather?") as stream:
+        streamed = stream.get_final_response()
+    assert streamed.output[0].encrypted_content == reasoning.encrypted_content

@@ -162,6 +162,11 @@ pub enum OutputItem {
         summary: Vec<Value>,
         /// The reasoning text.
         content: Vec<ReasoningText>,
+        /// What the model needs to see its reasoning again on a later turn
+        /// (Claude's signed thinking blocks), opaque to clients, which send
+        /// the item back as it came.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        encrypted_content: Option<String>,
         /// `in_progress`, `completed` or `incomplete`.
         status: String,
     },

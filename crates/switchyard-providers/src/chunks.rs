@@ -65,6 +65,17 @@ impl ChunkBuilder {
         self.chunk(delta, None, None)
     }
 
+    /// A delta of fields other than content (`reasoning_content`,
+    /// `thinking_blocks`).
+    pub(crate) fn fields(&self, fields: Extra) -> Result<StreamChunk> {
+        let delta = ChunkDelta {
+            role: None,
+            content: None,
+            extra: fields,
+        };
+        self.chunk(delta, None, None)
+    }
+
     /// A content piece.
     pub(crate) fn text(&self, text: String) -> Result<StreamChunk> {
         let delta = ChunkDelta {

@@ -252,12 +252,59 @@ pub(crate) struct Answer {
     model: String,
     reply: Reply,
     usage: Usage,
+    /// Whether the answer starts with a (signed) thinking block.
+    thinking: bool,
+}
+
+/// What a Messages request says about thinking.
+fn asked_thinking<'a>(obj: &'a Map<String, Value>, messages: &'a [Value]) -> crate::thinking::Asked<'a> {
+    let kind = |b: &Value| b.get("type").and_then(Value::as_str).map(str::to_owned);
+    let blocks = |m: &'a Value| {
+        m.get("content")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    };
+    let answers_tools = messages
+        .last()
+        .is_some_and(|m| blocks(m).iter().any(|b| kind(b).as_deref() == Some("tool_result")));
+    let tool_turn = messages
+        .len()
+        .checked_sub(2)
+        .filter(|_| answers_tools)
+        .map(|i| blocks(&messages[i]))
+        .map(|turn| {
+            let first = turn.first().and_then(kind);
+            let signatures = turn
+                .iter()
+                .filter(|b| kind(b).as_deref() == Some("thinking"))
+                .map(|b| b.get("signature").and_then(Value::as_str).unwrap_or_default())
+                .collect();
+            (
+                matches!(first.as_deref(), Some("thinking" | "redacted_thinking")),
+                signatures,
+            )
+        });
+    crate::thinking::Asked {
+        thinking: obj.get("thinking"),
+        max_tokens: obj.get("max_tokens").and_then(Value::as_u64),
+        temperature: obj.get("temperature").and_then(Value::as_f64),
+        top_p: obj.get("top_p").and_then(Value::as_f64),
+        forced: matches!(
+            obj.get("tool_choice")
+                .and_then(|c| c.get("type"))
+                .and_then(Value::as_str),
+            Some("any" | "tool")
+        ),
+        tool_turn,
+    }
 }
 
 /// Validates the Messages fields of `obj` (all but `model`) and computes the
 /// answer, which echoes `model`. `Err` carries the validation message.
 pub(crate) fn answer(ctx: &RequestCtx<'_>, obj: &Map<String, Value>, model: &str) -> Result<Answer, String> {
     let parsed = validate_fields(obj, true)?;
+    let thinking = crate::thinking::check(&asked_thinking(obj, parsed.messages))?;
     let reply = build_reply(&reply_request(&parsed, ctx.scenario.parallel_tools), "toolu_mock_");
     let (read, write) = cache_tokens(is_cached(parsed.obj));
     let usage = Usage {
@@ -275,6 +322,7 @@ pub(crate) fn answer(ctx: &RequestCtx<'_>, obj: &Map<String, Value>, model: &str
         model: model.to_owned(),
         reply,
         usage,
+        thinking,
     })
 }
 
@@ -308,10 +356,15 @@ impl Answer {
             "type": "message",
             "role": "assistant",
             "model": self.model,
-            "content": self.reply.blocks.iter().map(content_json).collect::<Vec<_>>(),
+            "content": self
+                .thinking
+                .then(|| json!({"type": "thinking", "thinking": crate::thinking::TEXT, "signature": crate::thinking::SIGNATURE}))
+                .into_iter()
+                .chain(self.reply.blocks.iter().map(content_json))
+                .collect::<Vec<_>>(),
             "stop_reason": self.reply.stop_reason,
             "stop_sequence": self.reply.stop_sequence,
-            "usage": self.usage_json(self.reply.output_tokens()),
+            "usage": self.usage_json(self.reply.output_tokens() + usize::from(self.thinking) * word_count(crate::thinking::TEXT)),
         })
     }
 
@@ -337,7 +390,34 @@ impl Answer {
             event(EventRole::Frame, "ping", json!({"type": "ping"})),
         ];
         let mut output_tokens = 0;
+        let offset = usize::from(self.thinking);
+        if self.thinking {
+            output_tokens += word_count(crate::thinking::TEXT);
+            events.push(event(
+                EventRole::Frame,
+                "content_block_start",
+                json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+            ));
+            for piece in content_pieces(crate::thinking::TEXT, None) {
+                events.push(event(
+                    EventRole::Content,
+                    "content_block_delta",
+                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": piece}}),
+                ));
+            }
+            events.push(event(
+                EventRole::Content,
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": crate::thinking::SIGNATURE}}),
+            ));
+            events.push(event(
+                EventRole::Frame,
+                "content_block_stop",
+                json!({"type": "content_block_stop", "index": 0}),
+            ));
+        }
         for (index, block) in self.reply.blocks.iter().enumerate() {
+            let index = index + offset;
             let (start, deltas) = match block {
                 ReplyBlock::Text(text) => {
                     let pieces = content_pieces(text, chunks);

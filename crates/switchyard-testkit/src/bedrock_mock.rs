@@ -251,6 +251,47 @@ struct Planned {
     input: usize,
     read: u64,
     write: u64,
+    /// Whether the answer starts with a (signed) reasoning block.
+    thinking: bool,
+}
+
+/// What a Converse request says about Claude's thinking.
+fn asked_thinking<'a>(obj: &'a Map<String, Value>, messages: &'a [Value]) -> crate::thinking::Asked<'a> {
+    let blocks = |m: &'a Value| {
+        m.get("content")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    };
+    let answers_tools = messages
+        .last()
+        .is_some_and(|m| blocks(m).iter().any(|b| b.get("toolResult").is_some()));
+    let tool_turn = messages
+        .len()
+        .checked_sub(2)
+        .filter(|_| answers_tools)
+        .map(|i| blocks(&messages[i]))
+        .map(|turn| {
+            let signatures = turn
+                .iter()
+                .filter_map(|b| b.pointer("/reasoningContent/reasoningText"))
+                .map(|t| t.get("signature").and_then(Value::as_str).unwrap_or_default())
+                .collect();
+            (
+                turn.first().is_some_and(|b| b.get("reasoningContent").is_some()),
+                signatures,
+            )
+        });
+    let config = obj.get("inferenceConfig");
+    let choice = obj.get("toolConfig").and_then(|c| c.get("toolChoice"));
+    crate::thinking::Asked {
+        thinking: obj.get("additionalModelRequestFields").and_then(|f| f.get("thinking")),
+        max_tokens: config.and_then(|c| c.get("maxTokens")).and_then(Value::as_u64),
+        temperature: config.and_then(|c| c.get("temperature")).and_then(Value::as_f64),
+        top_p: config.and_then(|c| c.get("topP")).and_then(Value::as_f64),
+        forced: choice.is_some_and(|c| c.get("any").is_some() || c.get("tool").is_some()),
+        tool_turn,
+    }
 }
 
 impl Planned {
@@ -267,6 +308,8 @@ impl Planned {
 
 fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
     let (obj, messages) = validate(ctx.body).map_err(|message| Box::new(validation_error(&message)))?;
+    let thinking = crate::thinking::check(&asked_thinking(obj, messages))
+        .map_err(|message| Box::new(validation_error(&message)))?;
     let mut reply = build_reply(
         &reply_request(obj, messages, ctx.scenario.parallel_tools),
         "tooluse_mock_",
@@ -287,6 +330,7 @@ fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
         input: prompt_tokens(obj, messages),
         read,
         write,
+        thinking,
     })
 }
 
@@ -299,16 +343,17 @@ pub(crate) fn converse(ctx: &RequestCtx<'_>) -> Response {
     if let Some(response) = non_stream_fault(ctx.scenario) {
         return response;
     }
-    let content: Vec<Value> = planned
-        .reply
-        .blocks
-        .iter()
-        .map(|block| match block {
+    let reasoning = planned.thinking.then(|| {
+        json!({"reasoningContent": {"reasoningText": {"text": crate::thinking::TEXT, "signature": crate::thinking::SIGNATURE}}})
+    });
+    let content: Vec<Value> = reasoning
+        .into_iter()
+        .chain(planned.reply.blocks.iter().map(|block| match block {
             ReplyBlock::Text(text) => json!({"text": text}),
             ReplyBlock::ToolUse { id, name, input, .. } => {
                 json!({"toolUse": {"toolUseId": id, "name": name, "input": input}})
             }
-        })
+        }))
         .collect();
     let body = json!({
         "output": {"message": {"role": "assistant", "content": content}},
@@ -365,7 +410,29 @@ pub(crate) fn converse_stream(ctx: &RequestCtx<'_>) -> Response {
     let event = |role, name: &str, payload: Value| PlannedEvent::new(role, event_frame(name, &payload));
     let mut events = vec![event(EventRole::Frame, "messageStart", json!({"role": "assistant"}))];
     let mut output_tokens = 0;
+    let offset = usize::from(planned.thinking);
+    if planned.thinking {
+        output_tokens += word_count(crate::thinking::TEXT);
+        for piece in content_pieces(crate::thinking::TEXT, None) {
+            events.push(event(
+                EventRole::Content,
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": piece}}}),
+            ));
+        }
+        events.push(event(
+            EventRole::Content,
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": crate::thinking::SIGNATURE}}}),
+        ));
+        events.push(event(
+            EventRole::Frame,
+            "contentBlockStop",
+            json!({"contentBlockIndex": 0}),
+        ));
+    }
     for (index, block) in planned.reply.blocks.iter().enumerate() {
+        let index = index + offset;
         let deltas: Vec<Value> = match block {
             ReplyBlock::Text(text) => {
                 let pieces = content_pieces(text, ctx.scenario.chunks);

@@ -55,6 +55,7 @@ mod reply;
 mod scenario;
 mod server;
 mod sse;
+mod thinking;
 
 pub use embeddings::{DEFAULT_EMBEDDING_DIMS, encode_base64_embedding, mock_embedding};
 pub use harness::{GatewayProcess, run_check_config, signal_process};

@@ -66,6 +66,7 @@ impl Keep {
 fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thinking = Vec::new();
     for item in &response.output {
         match item {
             OutputItem::Message { content, .. } => {
@@ -90,11 +91,20 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
                 }),
                 extra: Extra::new(),
             }),
+            // Claude's signed thinking goes back with the turn it led to.
+            OutputItem::Reasoning {
+                encrypted_content: Some(sealed),
+                ..
+            } => thinking.extend(translate::unseal(sealed)),
             OutputItem::Reasoning { .. } => {}
         }
     }
     if text.is_empty() && calls.is_empty() {
         return None;
+    }
+    let mut extra = Extra::new();
+    if !thinking.is_empty() {
+        extra.insert("thinking_blocks".into(), Value::Array(thinking));
     }
     Some(ChatMessage {
         role: Role::Assistant,
@@ -102,7 +112,7 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
         name: None,
         tool_calls: (!calls.is_empty()).then_some(calls),
         tool_call_id: None,
-        extra: Extra::new(),
+        extra,
     })
 }
 

@@ -7,15 +7,17 @@ use serde_json::{Value, json};
 use switchyard_api::ChatCompletionChunk;
 use switchyard_api::responses::{OutputContent, OutputItem, ReasoningText, ResponseError, ResponseObject};
 
-use super::translate::{Echo, ending, reasoning_text, response_usage};
+use super::translate::{self, Echo, ending, reasoning_text, response_usage};
 use crate::messages::stream::{ToolKeys, frame};
 
-/// The item being written: a message's text or refusal, or reasoning.
+/// The item being written: a message's text or refusal, reasoning, or a
+/// reasoning item with sealed thinking only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
     Text,
     Refusal,
     Reasoning,
+    Sealed,
 }
 
 /// Conversion state of chat chunks into Responses events.
@@ -30,6 +32,9 @@ pub(crate) struct Converter {
     /// Tool calls being written: each one's key and its item's position.
     calls: Vec<(u64, usize)>,
     keys: ToolKeys,
+    /// Claude's thinking blocks streamed for the reasoning item at the
+    /// given position.
+    thinking: (Option<usize>, Vec<Value>),
     finish_reason: Option<String>,
     usage: Option<switchyard_api::Usage>,
     model: Option<String>,
@@ -48,6 +53,7 @@ impl Converter {
             open: None,
             calls: Vec::new(),
             keys: ToolKeys::default(),
+            thinking: (None, Vec::new()),
             finish_reason: None,
             usage: None,
             model: None,
@@ -177,6 +183,7 @@ impl Converter {
                     id: self.echo.item_id("rs", self.output.len()),
                     summary: Vec::new(),
                     content: Vec::new(),
+                    encrypted_content: None,
                     status: "in_progress".into(),
                 };
                 let index = self.add_item(item, out);
@@ -208,6 +215,37 @@ impl Converter {
             json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}),
             out,
         );
+    }
+
+    /// Claude's signed thinking, sealed into the reasoning item being
+    /// written; a block that came without one (a redacted block) gets an
+    /// item of its own, completed at once.
+    fn thinking_blocks(&mut self, blocks: &[Value], out: &mut Vec<Bytes>) {
+        let index = match self.open {
+            Some((Open::Reasoning | Open::Sealed, index)) => index,
+            _ => {
+                self.close_open("completed", out);
+                let item = OutputItem::Reasoning {
+                    id: self.echo.item_id("rs", self.output.len()),
+                    summary: Vec::new(),
+                    content: Vec::new(),
+                    encrypted_content: None,
+                    status: "in_progress".into(),
+                };
+                let index = self.add_item(item, out);
+                self.open = Some((Open::Sealed, index));
+                index
+            }
+        };
+        // The blocks of this item only: an earlier item keeps its own.
+        if self.thinking.0 != Some(index) {
+            self.thinking = (Some(index), Vec::new());
+        }
+        self.thinking.1.extend(blocks.iter().cloned());
+        let sealed = translate::seal(&self.thinking.1);
+        if let OutputItem::Reasoning { encrypted_content, .. } = &mut self.output[index] {
+            *encrypted_content = sealed;
+        }
     }
 
     /// Appends message text (or a refusal), opening a message item, or a
@@ -381,6 +419,9 @@ impl Converter {
             if let Some(reasoning) = reasoning_text(&choice.delta.extra) {
                 let reasoning = reasoning.to_owned();
                 self.reasoning(&reasoning, out);
+            }
+            if let Some(Value::Array(blocks)) = choice.delta.extra.get("thinking_blocks") {
+                self.thinking_blocks(blocks, out);
             }
             if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
                 self.message(Open::Text, text, out);

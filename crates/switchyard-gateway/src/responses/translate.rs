@@ -63,6 +63,33 @@ fn invalid(param: impl Into<String>, message: impl Into<String>) -> ApiError {
     }
 }
 
+/// Marks the `encrypted_content` of reasoning items this gateway wrote.
+const SEALED: &str = "swy1:";
+
+/// Claude's thinking blocks as a reasoning item's `encrypted_content`.
+pub(crate) fn seal(blocks: &[Value]) -> Option<String> {
+    use base64::Engine as _;
+    if blocks.is_empty() {
+        return None;
+    }
+    let json = serde_json::to_vec(blocks).ok()?;
+    Some(format!(
+        "{SEALED}{}",
+        base64::engine::general_purpose::STANDARD.encode(json)
+    ))
+}
+
+/// The thinking blocks of an `encrypted_content` this gateway wrote; none
+/// from anything else (another service's reasoning cannot be replayed).
+pub(crate) fn unseal(content: &str) -> Vec<Value> {
+    use base64::Engine as _;
+    content
+        .strip_prefix(SEALED)
+        .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
+        .and_then(|json| serde_json::from_slice::<Vec<Value>>(&json).ok())
+        .unwrap_or_default()
+}
+
 /// A new response id: `resp_` and 32 hex digits.
 pub(crate) fn response_id() -> String {
     format!("resp_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
@@ -207,8 +234,9 @@ pub(crate) fn to_chat(
     match input {
         Some(ResponseInput::Text(text)) => messages.push(ChatMessage::text(Role::User, text)),
         Some(ResponseInput::Items(items)) => {
+            let mut thinking = Vec::new();
             for (i, item) in items.iter().enumerate() {
-                input_item(i, item, &mut messages)?;
+                input_item(i, item, &mut messages, &mut thinking)?;
             }
         }
         None => {}
@@ -373,8 +401,29 @@ fn string_field<'a>(item: &'a Value, key: &str, param: &str) -> Result<&'a str, 
         .ok_or_else(|| invalid(format!("{param}.{key}"), format!("{param}.{key}: a string is required")))
 }
 
-/// Appends the chat messages of input item `i`.
-fn input_item(i: usize, item: &Value, messages: &mut Vec<ChatMessage>) -> Result<(), ApiError> {
+/// Hands the thinking of reasoning items read so far to `message`, the
+/// assistant turn they came with.
+fn attach_thinking(message: &mut ChatMessage, thinking: &mut Vec<Value>) {
+    if thinking.is_empty() {
+        return;
+    }
+    let blocks = message
+        .extra
+        .entry("thinking_blocks")
+        .or_insert_with(|| Value::Array(Vec::new()));
+    if let Value::Array(blocks) = blocks {
+        blocks.append(thinking);
+    }
+}
+
+/// Appends the chat messages of input item `i`; `thinking` holds the
+/// thinking blocks of reasoning items until the assistant turn they belong to.
+fn input_item(
+    i: usize,
+    item: &Value,
+    messages: &mut Vec<ChatMessage>,
+    thinking: &mut Vec<Value>,
+) -> Result<(), ApiError> {
     let param = format!("input[{i}]");
     if !item.is_object() {
         return Err(invalid(param.clone(), format!("{param}: an object is required")));
@@ -391,7 +440,13 @@ fn input_item(i: usize, item: &Value, messages: &mut Vec<ChatMessage>) -> Result
         }
     };
     match kind {
-        "message" => messages.push(input_message(item, &param)?),
+        "message" => {
+            let mut message = input_message(item, &param)?;
+            if message.role == Role::Assistant {
+                attach_thinking(&mut message, thinking);
+            }
+            messages.push(message);
+        }
         "function_call" => {
             let call = ToolCall {
                 id: string_field(item, "call_id", &param)?.to_owned(),
@@ -404,15 +459,22 @@ fn input_item(i: usize, item: &Value, messages: &mut Vec<ChatMessage>) -> Result
             };
             // Calls follow the assistant text they came with, in one message.
             match messages.last_mut() {
-                Some(last) if last.role == Role::Assistant => last.tool_calls.get_or_insert_with(Vec::new).push(call),
-                _ => messages.push(ChatMessage {
-                    role: Role::Assistant,
-                    content: None,
-                    name: None,
-                    tool_calls: Some(vec![call]),
-                    tool_call_id: None,
-                    extra: Extra::new(),
-                }),
+                Some(last) if last.role == Role::Assistant => {
+                    attach_thinking(last, thinking);
+                    last.tool_calls.get_or_insert_with(Vec::new).push(call);
+                }
+                _ => {
+                    let mut message = ChatMessage {
+                        role: Role::Assistant,
+                        content: None,
+                        name: None,
+                        tool_calls: Some(vec![call]),
+                        tool_call_id: None,
+                        extra: Extra::new(),
+                    };
+                    attach_thinking(&mut message, thinking);
+                    messages.push(message);
+                }
             }
         }
         "function_call_output" => {
@@ -436,8 +498,14 @@ fn input_item(i: usize, item: &Value, messages: &mut Vec<ChatMessage>) -> Result
                 extra: Extra::new(),
             });
         }
-        // Reasoning from an earlier turn: chat upstreams take none back.
-        "reasoning" => {}
+        // Reasoning from an earlier turn: chat upstreams take its text none
+        // back, but Claude needs its own signed thinking again, which the
+        // item carries sealed.
+        "reasoning" => {
+            if let Some(sealed) = item.get("encrypted_content").and_then(Value::as_str) {
+                thinking.extend(unseal(sealed));
+            }
+        }
         "item_reference" => {
             return Err(invalid(
                 format!("{param}.type"),
@@ -641,14 +709,23 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
     object.status = status.into();
     object.incomplete_details = details;
     let message = choice.message;
-    if let Some(reasoning) = reasoning_text(&message.extra) {
+    let sealed = match message.extra.get("thinking_blocks") {
+        Some(Value::Array(blocks)) => seal(blocks),
+        _ => None,
+    };
+    let reasoning = reasoning_text(&message.extra);
+    if reasoning.is_some() || sealed.is_some() {
         object.output.push(OutputItem::Reasoning {
             id: echo.item_id("rs", 0),
             summary: Vec::new(),
-            content: vec![ReasoningText {
-                kind: "reasoning_text".into(),
-                text: reasoning.to_owned(),
-            }],
+            content: reasoning
+                .map(|text| ReasoningText {
+                    kind: "reasoning_text".into(),
+                    text: text.to_owned(),
+                })
+                .into_iter()
+                .collect(),
+            encrypted_content: sealed,
             status: item_status.into(),
         });
     }

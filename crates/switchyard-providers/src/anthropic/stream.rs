@@ -9,6 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 
 use futures_util::{StreamExt, stream};
+use serde_json::{Value, json};
+use switchyard_api::Extra;
 use switchyard_api::anthropic::{MessagesUsage, StreamEvent};
 
 use super::translate::{finish_reason, usage};
@@ -36,6 +38,9 @@ struct Converter {
     /// Text of a JSON answer held back: left out if the JSON tool answers,
     /// passed on if the model answers in text instead.
     held: String,
+    /// Thinking blocks being streamed: block index → text and signature so
+    /// far, sent whole (signed) as `thinking_blocks` when the block ends.
+    thinking: HashMap<u32, (String, String)>,
 }
 
 impl Converter {
@@ -68,6 +73,32 @@ impl Converter {
                     self.extra_json_blocks.push(index);
                 }
             }
+            StreamEvent::ContentBlockStart { index, content_block } if content_block.kind == "thinking" => {
+                let text = content_block
+                    .extra
+                    .get("thinking")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                self.thinking.insert(index, (text.to_owned(), String::new()));
+            }
+            StreamEvent::ContentBlockStart { content_block, .. } if content_block.kind == "redacted_thinking" => {
+                let mut fields = Extra::new();
+                fields.insert(
+                    "thinking_blocks".into(),
+                    json!([serde_json::to_value(&content_block).unwrap_or_default()]),
+                );
+                out.push_back(self.out.fields(fields));
+            }
+            StreamEvent::ContentBlockStop { index } if self.thinking.contains_key(&index) => {
+                if let Some((text, signature)) = self.thinking.remove(&index) {
+                    let mut fields = Extra::new();
+                    fields.insert(
+                        "thinking_blocks".into(),
+                        json!([{"type": "thinking", "thinking": text, "signature": signature}]),
+                    );
+                    out.push_back(self.out.fields(fields));
+                }
+            }
             StreamEvent::ContentBlockStart { index, content_block } if content_block.kind == "tool_use" => {
                 self.release(out);
                 let tool_index = self.tools.len() as u32;
@@ -77,6 +108,22 @@ impl Converter {
                 out.push_back(self.out.tool_start(tool_index, &id, &name));
             }
             StreamEvent::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
+                "thinking_delta" => {
+                    let piece = delta.extra.get("thinking").and_then(Value::as_str).unwrap_or_default();
+                    if let Some((text, _)) = self.thinking.get_mut(&index) {
+                        text.push_str(piece);
+                    }
+                    if !piece.is_empty() {
+                        let mut fields = Extra::new();
+                        fields.insert("reasoning_content".into(), json!(piece));
+                        out.push_back(self.out.fields(fields));
+                    }
+                }
+                "signature_delta" => {
+                    if let Some((_, signature)) = self.thinking.get_mut(&index) {
+                        signature.push_str(delta.extra.get("signature").and_then(Value::as_str).unwrap_or_default());
+                    }
+                }
                 "text_delta" if self.json && self.json_block.is_none() => {
                     self.held.push_str(delta.text.as_deref().unwrap_or_default());
                 }
@@ -144,6 +191,7 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         json_block: None,
         extra_json_blocks: Vec::new(),
         held: String::new(),
+        thinking: HashMap::new(),
     };
     let state = (events, converter, VecDeque::<Result<StreamChunk>>::new(), false);
     let chunks = stream::unfold(state, |(mut events, mut conv, mut queue, mut failed)| async move {

@@ -423,3 +423,125 @@ async fn a_json_answer_is_the_first_json_tool_input_alone() {
     assert_eq!(text, r#"{"a":1}"#);
     assert_eq!(finish.as_deref(), Some("stop"));
 }
+
+#[test]
+fn reasoning_effort_asks_claude_to_think_with_room_for_the_answer() {
+    let req = chat(json!({
+        "model": "claude",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null,
+             "thinking_blocks": [{"type": "thinking", "thinking": "need the tool", "signature": "sig-1"},
+                                 {"type": "redacted_thinking", "data": "opaque"}],
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+        ],
+        "reasoning_effort": "medium", "max_tokens": 100, "temperature": 0.3, "top_p": 0.5,
+        "tools": [{"type": "function", "function": {"name": "f"}}]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 4096).unwrap()).unwrap();
+    assert_eq!(out["thinking"], json!({"type": "enabled", "budget_tokens": 2048}));
+    assert_eq!(out["max_tokens"], 2148, "the budget is added to a smaller max_tokens");
+    assert!(out.get("temperature").is_none() && out.get("top_p").is_none(), "{out}");
+    let assistant = &out["messages"][1]["content"];
+    assert_eq!(
+        assistant[0],
+        json!({"type": "thinking", "thinking": "need the tool", "signature": "sig-1"})
+    );
+    assert_eq!(assistant[1], json!({"type": "redacted_thinking", "data": "opaque"}));
+    assert_eq!(assistant[2]["type"], "tool_use");
+
+    // A forced tool call wins over a reasoning effort; without thinking, the
+    // earlier thinking blocks are not sent.
+    let mut forced = req.clone();
+    forced.extra.insert("tool_choice".into(), json!("required"));
+    let out = serde_json::to_value(to_messages_request(&forced, 4096).unwrap()).unwrap();
+    assert!(out.get("thinking").is_none(), "{out}");
+    assert_eq!(out["max_tokens"], 100);
+    assert_eq!(out["messages"][1]["content"][0]["type"], "tool_use");
+
+    let mut none = req.clone();
+    none.extra.insert("reasoning_effort".into(), json!("none"));
+    let out = serde_json::to_value(to_messages_request(&none, 4096).unwrap()).unwrap();
+    assert!(out.get("thinking").is_none() && out["temperature"] == 0.3, "{out}");
+}
+
+#[test]
+fn thinking_comes_back_as_reasoning_content_and_signed_blocks() {
+    let resp: MessagesResponse = serde_json::from_value(json!({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
+        "content": [
+            {"type": "thinking", "thinking": "Let me think.", "signature": "sig-9"},
+            {"type": "redacted_thinking", "data": "opaque"},
+            {"type": "text", "text": "Answer."}
+        ],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 3, "output_tokens": 5}
+    }))
+    .unwrap();
+    let out = serde_json::to_value(to_chat_response(resp, 1, false)).unwrap();
+    let message = &out["choices"][0]["message"];
+    assert_eq!(message["content"], "Answer.");
+    assert_eq!(message["reasoning_content"], "Let me think.");
+    assert_eq!(
+        message["thinking_blocks"],
+        json!([{"type": "thinking", "thinking": "Let me think.", "signature": "sig-9"},
+               {"type": "redacted_thinking", "data": "opaque"}])
+    );
+}
+
+#[tokio::test]
+async fn streamed_thinking_becomes_reasoning_deltas_and_a_signed_block() {
+    let items = vec![
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_2", "type": "message", "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 4, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "Hmm, "}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": "sunny."}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "sig-2"}}),
+        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "text_delta", "text": "Sunny"}}),
+        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let chunks: Vec<_> = to_chat_chunks(events(&items), false, 1, false).collect().await;
+    let deltas: Vec<Value> = chunks
+        .into_iter()
+        .map(|c| serde_json::from_slice::<Value>(&c.unwrap().data).unwrap())
+        .filter_map(|c| c["choices"].get(0).map(|choice| choice["delta"].clone()))
+        .collect();
+    let reasoning: String = deltas.iter().filter_map(|d| d["reasoning_content"].as_str()).collect();
+    assert_eq!(reasoning, "Hmm, sunny.");
+    let blocks: Vec<&Value> = deltas.iter().filter_map(|d| d.get("thinking_blocks")).collect();
+    assert_eq!(
+        blocks,
+        [&json!([{"type": "thinking", "thinking": "Hmm, sunny.", "signature": "sig-2"}])]
+    );
+    let text: String = deltas.iter().filter_map(|d| d["content"].as_str()).collect();
+    assert_eq!(text, "Sunny");
+}

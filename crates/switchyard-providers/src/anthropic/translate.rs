@@ -11,6 +11,7 @@ use switchyard_api::{
 
 use crate::chunks::{chat_response, tool_call, tool_use_id};
 use crate::json_mode::{JSON_TOOL, json_finish, json_tool, offers_tools};
+use crate::reasoning;
 use crate::{ProviderError, Result};
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -217,6 +218,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
     if req.extra.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(invalid("only one choice (`n` = 1) is supported by this provider", "n"));
     }
+    let thinking = reasoning::requested(req)?;
     let mut system = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     for (i, message) in req.messages.iter().enumerate() {
@@ -229,7 +231,17 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 content_blocks(&message.content, &param)?,
             ),
             Role::Assistant => {
-                let mut blocks = content_blocks(&message.content, &param)?;
+                // Claude's own thinking goes back first, as it came (a turn
+                // that answers a tool call needs it when thinking is on).
+                let mut blocks: Vec<ContentBlock> = if thinking.is_some() {
+                    reasoning::blocks_of(message)
+                        .into_iter()
+                        .filter_map(|b| serde_json::from_value(b.clone()).ok())
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                blocks.extend(content_blocks(&message.content, &param)?);
                 if let Some(calls) = &message.tool_calls {
                     blocks.extend(tool_use_blocks(calls, &format!("messages[{i}].tool_calls"))?);
                 }
@@ -323,6 +335,29 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
     if let Some(user) = req.extra.get("user").and_then(Value::as_str) {
         extra.insert("metadata".into(), json!({"user_id": user}));
     }
+    // Claude cannot think while a tool is forced: a `reasoning_effort`
+    // gives way to the forced call (a `thinking` object the client sent is
+    // passed on, for Claude to judge).
+    let forced = tool_choice
+        .as_ref()
+        .and_then(|c| c.get("type"))
+        .and_then(Value::as_str)
+        .is_some_and(|t| t == "any" || t == "tool");
+    let thinking = thinking.filter(|t| t.explicit || !forced);
+    if thinking.is_none() {
+        // Without thinking, earlier thinking goes unsent.
+        for message in &mut messages {
+            if let Content::Blocks(blocks) = &mut message.content {
+                blocks.retain(|b| b.kind != "thinking" && b.kind != "redacted_thinking");
+            }
+        }
+    }
+    let max_tokens = thinking
+        .as_ref()
+        .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens));
+    if let Some(thinking) = &thinking {
+        extra.insert("thinking".into(), thinking.config.clone());
+    }
     Ok(MessagesRequest {
         model: req.model.clone(),
         messages,
@@ -330,11 +365,14 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         system: (!system.is_empty()).then_some(Content::Blocks(system)),
         stop_sequences,
         stream: req.is_stream().then_some(true),
+        // With thinking, Claude takes neither `temperature` nor a narrow
+        // `top_p`: they are left out.
         temperature: req
             .extra
             .get("temperature")
             .and_then(Value::as_f64)
-            .map(|t| t.clamp(0.0, 1.0)),
+            .map(|t| t.clamp(0.0, 1.0))
+            .filter(|_| thinking.is_none()),
         // Claude models from the 4.1 generation refuse `temperature` and
         // `top_p` together, and Anthropic advises setting one: with both,
         // `temperature` is kept.
@@ -342,7 +380,8 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             .extra
             .get("top_p")
             .and_then(Value::as_f64)
-            .filter(|_| !req.extra.get("temperature").is_some_and(Value::is_number)),
+            .filter(|_| !req.extra.get("temperature").is_some_and(Value::is_number))
+            .filter(|_| thinking.is_none()),
         tools,
         tool_choice,
         extra,
@@ -395,8 +434,15 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> Cha
     let mut text = String::new();
     let mut calls = Vec::new();
     let mut answered = false;
+    let mut reasoning = String::new();
+    let mut thinking_blocks = Vec::new();
     for block in &resp.content {
         match block.kind.as_str() {
+            "thinking" => {
+                reasoning.push_str(block.extra.get("thinking").and_then(Value::as_str).unwrap_or_default());
+                thinking_blocks.push(serde_json::to_value(block).unwrap_or_default());
+            }
+            "redacted_thinking" => thinking_blocks.push(serde_json::to_value(block).unwrap_or_default()),
             "text" if answered => {}
             "text" => text.push_str(block.text.as_deref().unwrap_or_default()),
             // The first JSON answer is the answer (two would not be JSON).
@@ -414,7 +460,7 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> Cha
         }
     }
     let finish = finish_reason(resp.stop_reason.as_deref()).map(|f| json_finish(f, json && calls.is_empty()));
-    chat_response(
+    let mut response = chat_response(
         resp.id,
         resp.model,
         created,
@@ -422,7 +468,25 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> Cha
         calls,
         finish,
         Some(usage(&resp.usage)),
-    )
+    );
+    // Thinking as OpenAI-compatible servers return reasoning
+    // (`reasoning_content`), and the blocks themselves, signed, for the
+    // client to send back on its next turn.
+    if let Some(choice) = response.choices.first_mut() {
+        if !reasoning.is_empty() {
+            choice
+                .message
+                .extra
+                .insert("reasoning_content".into(), json!(reasoning));
+        }
+        if !thinking_blocks.is_empty() {
+            choice
+                .message
+                .extra
+                .insert("thinking_blocks".into(), Value::Array(thinking_blocks));
+        }
+    }
+    response
 }
 
 #[cfg(test)]

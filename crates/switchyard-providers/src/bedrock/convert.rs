@@ -3,9 +3,9 @@
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
 use aws_sdk_bedrockruntime::types::{
     AnyToolChoice, AutoToolChoice, CachePointBlock, CachePointType, CacheTtl, ContentBlock, ConversationRole,
-    ImageBlock, ImageFormat, ImageSource, InferenceConfiguration, Message, SpecificToolChoice, StopReason,
-    SystemContentBlock, TokenUsage, Tool, ToolChoice, ToolConfiguration, ToolInputSchema, ToolResultBlock,
-    ToolResultContentBlock, ToolSpecification, ToolUseBlock,
+    ImageBlock, ImageFormat, ImageSource, InferenceConfiguration, Message, ReasoningContentBlock, ReasoningTextBlock,
+    SpecificToolChoice, StopReason, SystemContentBlock, TokenUsage, Tool, ToolChoice, ToolConfiguration,
+    ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolSpecification, ToolUseBlock,
 };
 use aws_smithy_types::{Blob, Document, Number};
 use base64::Engine as _;
@@ -15,6 +15,7 @@ use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, ChatMessage,
 
 use crate::chunks::{chat_response, tool_call, tool_use_id};
 use crate::json_mode::{JSON_TOOL, JsonTool, json_finish, json_tool};
+use crate::reasoning;
 use crate::{ProviderError, Result};
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -231,6 +232,8 @@ pub(crate) struct ConverseInput {
     pub(crate) messages: Vec<Message>,
     pub(crate) inference: InferenceConfiguration,
     pub(crate) tools: Option<ToolConfiguration>,
+    /// Model-specific fields (Claude's `thinking`).
+    pub(crate) additional: Option<Document>,
 }
 
 /// The tools the model may call: none when the request offers none, or
@@ -338,9 +341,42 @@ fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>>
 /// `top_p`, unless the request also sets `temperature` for a Claude model:
 /// Claude models from the 4.1 generation refuse the two together, and
 /// Anthropic advises setting one; `temperature` is kept.
+/// Whether the request's model is Claude (a model id, or an inference
+/// profile named after one).
+fn is_claude(req: &ChatCompletionRequest) -> bool {
+    req.model.contains("anthropic.claude") || req.model.starts_with("claude")
+}
+
+/// Claude's thinking blocks an assistant message carries back, as Converse
+/// reasoning blocks (a redacted block's `data` is its base64 bytes).
+fn reasoning_blocks(message: &ChatMessage, param: &str) -> Result<Vec<ContentBlock>> {
+    reasoning::blocks_of(message)
+        .into_iter()
+        .map(|block| {
+            let reasoning = match block.get("type").and_then(Value::as_str) {
+                Some("redacted_thinking") => {
+                    let data = block.get("data").and_then(Value::as_str).unwrap_or_default();
+                    let bytes = base64::engine::general_purpose::STANDARD
+                        .decode(data)
+                        .map_err(|e| invalid(format!("a redacted thinking block's data is not base64: {e}"), param))?;
+                    ReasoningContentBlock::RedactedContent(Blob::new(bytes))
+                }
+                _ => ReasoningContentBlock::ReasoningText(built(
+                    ReasoningTextBlock::builder()
+                        .text(block.get("thinking").and_then(Value::as_str).unwrap_or_default())
+                        .set_signature(block.get("signature").and_then(Value::as_str).map(str::to_owned))
+                        .build(),
+                    param,
+                )?),
+            };
+            Ok(ContentBlock::ReasoningContent(reasoning))
+        })
+        .collect()
+}
+
 fn top_p(req: &ChatCompletionRequest) -> Option<f64> {
     let top_p = req.extra.get("top_p").and_then(Value::as_f64)?;
-    let claude = req.model.contains("anthropic.claude") || req.model.starts_with("claude");
+    let claude = is_claude(req);
     let temperature = req.extra.get("temperature").and_then(Value::as_f64).is_some();
     (!(claude && temperature)).then_some(top_p)
 }
@@ -363,6 +399,18 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     // the model call tools the client did not offer. Without tools, a
     // conversation's earlier calls and results are passed on as text.
     let offers_tools = offered_tools(req).is_some();
+    // Claude thinks when asked (`reasoning_effort`, or a `thinking` object),
+    // except while a tool is forced, which it refuses with thinking on.
+    let tools = tool_config(req)?;
+    let forced = tools
+        .as_ref()
+        .and_then(|t| t.tool_choice.as_ref())
+        .is_some_and(|c| matches!(c, ToolChoice::Any(_) | ToolChoice::Tool(_)));
+    let thinking = if is_claude(req) {
+        reasoning::requested(req)?.filter(|t| t.explicit || !forced)
+    } else {
+        None
+    };
     let mut system = Vec::new();
     let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
     for (i, message) in req.messages.iter().enumerate() {
@@ -371,7 +419,13 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
             Role::System | Role::Developer => system.extend(system_blocks(&message.content, &param)?),
             Role::User => push(&mut turns, ConversationRole::User, blocks(&message.content, &param)?),
             Role::Assistant => {
-                let mut content = blocks(&message.content, &param)?;
+                // Claude's own thinking goes back first, as it came.
+                let mut content = if thinking.is_some() {
+                    reasoning_blocks(message, &format!("messages[{i}].thinking_blocks"))?
+                } else {
+                    Vec::new()
+                };
+                content.extend(blocks(&message.content, &param)?);
                 for (j, call) in message.tool_calls.iter().flatten().enumerate() {
                     let Some(function) = &call.function else {
                         return Err(invalid(
@@ -445,6 +499,9 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
         .iter()
         .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
         .map_or(default_max_tokens, |v| v.min(i32::MAX as u64) as u32);
+    let max_tokens = thinking
+        .as_ref()
+        .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens));
     let stop = match req.extra.get("stop") {
         Some(Value::String(s)) => Some(vec![s.clone()]),
         Some(Value::Array(items)) => Some(items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
@@ -453,20 +510,29 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     let inference = InferenceConfiguration::builder()
         .max_tokens(max_tokens.min(i32::MAX as u32) as i32)
         // Converse takes 0–1; OpenAI clients may send up to 2.
+        // With thinking, Claude takes neither `temperature` nor a narrow
+        // `top_p`: they are left out.
         .set_temperature(
             req.extra
                 .get("temperature")
                 .and_then(Value::as_f64)
-                .map(|t| t.clamp(0.0, 1.0) as f32),
+                .map(|t| t.clamp(0.0, 1.0) as f32)
+                .filter(|_| thinking.is_none()),
         )
-        .set_top_p(top_p(req).map(|t| t as f32))
+        .set_top_p(top_p(req).map(|t| t as f32).filter(|_| thinking.is_none()))
         .set_stop_sequences(stop)
         .build();
+    let additional = thinking.map(|t| {
+        let mut fields = Map::new();
+        fields.insert("thinking".into(), t.config);
+        to_document(&Value::Object(fields))
+    });
     Ok(ConverseInput {
         system,
         messages,
         inference,
-        tools: tool_config(req)?,
+        tools,
+        additional,
     })
 }
 
@@ -517,9 +583,27 @@ pub(crate) fn to_chat_response(
     let mut text = String::new();
     let mut calls = Vec::new();
     let mut answered = false;
+    let mut reasoning = String::new();
+    let mut thinking_blocks = Vec::new();
     if let Some(message) = output.output.as_ref().and_then(|o| o.as_message().ok()) {
         for block in &message.content {
             match block {
+                ContentBlock::ReasoningContent(ReasoningContentBlock::ReasoningText(t)) => {
+                    reasoning.push_str(t.text());
+                    // Signed (Claude's) blocks go back to the client to send
+                    // again; others' reasoning is text only.
+                    if let Some(signature) = t.signature().filter(|s| !s.is_empty()) {
+                        thinking_blocks.push(serde_json::json!(
+                            {"type": "thinking", "thinking": t.text(), "signature": signature}
+                        ));
+                    }
+                }
+                ContentBlock::ReasoningContent(ReasoningContentBlock::RedactedContent(data)) => {
+                    thinking_blocks.push(serde_json::json!({
+                        "type": "redacted_thinking",
+                        "data": base64::engine::general_purpose::STANDARD.encode(data.as_ref()),
+                    }));
+                }
                 ContentBlock::Text(_) if answered => {}
                 ContentBlock::Text(t) => text.push_str(t),
                 // The first JSON answer is the answer (two would not be JSON).
@@ -541,7 +625,7 @@ pub(crate) fn to_chat_response(
         finish_reason(&output.stop_reason),
         json && calls.is_empty(),
     ));
-    chat_response(
+    let mut response = chat_response(
         id,
         model,
         created,
@@ -549,7 +633,22 @@ pub(crate) fn to_chat_response(
         calls,
         finish,
         output.usage.as_ref().map(usage),
-    )
+    );
+    if let Some(choice) = response.choices.first_mut() {
+        if !reasoning.is_empty() {
+            choice
+                .message
+                .extra
+                .insert("reasoning_content".into(), Value::String(reasoning));
+        }
+        if !thinking_blocks.is_empty() {
+            choice
+                .message
+                .extra
+                .insert("thinking_blocks".into(), Value::Array(thinking_blocks));
+        }
+    }
+    response
 }
 
 #[cfg(test)]

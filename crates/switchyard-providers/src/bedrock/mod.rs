@@ -189,6 +189,7 @@ macro_rules! with_converse_input {
             .set_messages(Some($input.messages))
             .inference_config($input.inference)
             .set_tool_config($input.tools)
+            .set_additional_model_request_fields($input.additional)
     };
 }
 

@@ -5,8 +5,13 @@ use std::time::Duration;
 
 use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
 use aws_sdk_bedrockruntime::types::error::ConverseStreamOutputError;
-use aws_sdk_bedrockruntime::types::{ContentBlockDelta, ContentBlockStart, ConverseStreamOutput};
+use aws_sdk_bedrockruntime::types::{
+    ContentBlockDelta, ContentBlockStart, ConverseStreamOutput, ReasoningContentBlockDelta,
+};
+use base64::Engine as _;
 use futures_util::stream;
+use serde_json::{Value, json};
+use switchyard_api::Extra;
 
 use super::convert::{finish_reason, usage};
 use crate::chunks::ChunkBuilder;
@@ -34,6 +39,10 @@ struct Converter {
     /// Text of a JSON answer held back: left out if the JSON tool answers,
     /// passed on if the model answers in text instead.
     held: String,
+    /// Reasoning blocks being streamed: block index → text and signature so
+    /// far; a signed one (Claude's) is sent whole as `thinking_blocks` when
+    /// the block ends.
+    reasoning: HashMap<i32, (String, String)>,
 }
 
 impl Converter {
@@ -75,6 +84,33 @@ impl Converter {
                     out.push_back(self.out.text(tool.input));
                 }
                 Some(ContentBlockDelta::ToolUse(_)) if self.extra_json_blocks.contains(&delta.content_block_index) => {}
+                Some(ContentBlockDelta::ReasoningContent(ReasoningContentBlockDelta::Text(text))) => {
+                    let entry = self.reasoning.entry(delta.content_block_index).or_default();
+                    entry.0.push_str(&text);
+                    if !text.is_empty() {
+                        let mut fields = Extra::new();
+                        fields.insert("reasoning_content".into(), Value::String(text));
+                        out.push_back(self.out.fields(fields));
+                    }
+                }
+                Some(ContentBlockDelta::ReasoningContent(ReasoningContentBlockDelta::Signature(signature))) => {
+                    self.reasoning
+                        .entry(delta.content_block_index)
+                        .or_default()
+                        .1
+                        .push_str(&signature);
+                }
+                Some(ContentBlockDelta::ReasoningContent(ReasoningContentBlockDelta::RedactedContent(data))) => {
+                    let mut fields = Extra::new();
+                    fields.insert(
+                        "thinking_blocks".into(),
+                        json!([{
+                            "type": "redacted_thinking",
+                            "data": base64::engine::general_purpose::STANDARD.encode(data.as_ref()),
+                        }]),
+                    );
+                    out.push_back(self.out.fields(fields));
+                }
                 Some(ContentBlockDelta::ToolUse(tool)) => match self.tools.get(&delta.content_block_index) {
                     Some(&index) => out.push_back(self.out.tool_arguments(index, tool.input)),
                     None => out.push_back(Err(ProviderError::Stream(format!(
@@ -84,6 +120,18 @@ impl Converter {
                 },
                 _ => {}
             },
+            ConverseStreamOutput::ContentBlockStop(stop) => {
+                if let Some((text, signature)) = self.reasoning.remove(&stop.content_block_index)
+                    && !signature.is_empty()
+                {
+                    let mut fields = Extra::new();
+                    fields.insert(
+                        "thinking_blocks".into(),
+                        json!([{"type": "thinking", "thinking": text, "signature": signature}]),
+                    );
+                    out.push_back(self.out.fields(fields));
+                }
+            }
             ConverseStreamOutput::MessageStop(stop) => {
                 if let Some(broken) = super::convert::malformed(&stop.stop_reason) {
                     out.push_back(Err(ProviderError::Stream(broken.to_string())));
@@ -130,6 +178,7 @@ pub(crate) fn to_chat_chunks(
         json_block: None,
         extra_json_blocks: Vec::new(),
         held: String::new(),
+        reasoning: HashMap::new(),
     };
     let state = (receiver, converter, VecDeque::<Result<StreamChunk>>::new(), false, true);
     let chunks = stream::unfold(
