@@ -117,9 +117,10 @@ def test_previous_response_id_continues_and_responses_can_be_read_and_deleted(cl
     client.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         client.responses.retrieve(first.id)
-    with pytest.raises(openai.NotFoundError) as info:
+    with pytest.raises(openai.BadRequestError) as info:
         client.responses.create(model="gpt-test", previous_response_id=first.id, input="again")
     assert info.value.body["param"] == "previous_response_id"
+    assert info.value.body["code"] == "previous_response_not_found"
 
 
 def test_a_response_not_stored_cannot_be_continued(client: openai.OpenAI) -> None:

@@ -117,6 +117,8 @@ pub struct ResponseUsage {
 pub struct InputTokensDetails {
     /// Input tokens read from the upstream's prompt cache.
     pub cached_tokens: u64,
+    /// Input tokens written to the upstream's prompt cache.
+    pub cache_write_tokens: u64,
 }
 
 /// Details of a response's output tokens.

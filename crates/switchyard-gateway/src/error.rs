@@ -139,8 +139,10 @@ impl ApiError {
                 None,
                 Some("gateway_overloaded".into()),
             ),
+            // As OpenAI answers: a 400 for a continuation of an unknown
+            // response, a 404 for reading or deleting one.
             ApiError::ResponseNotFound { param, .. } => (
-                S::NOT_FOUND,
+                if param.is_some() { S::BAD_REQUEST } else { S::NOT_FOUND },
                 invalid,
                 param.clone(),
                 Some(

@@ -16,7 +16,7 @@ const KEY_B: &str = "sk-responses-key-b-0000000002";
 fn config(mock: &MockUpstream, policy: &str) -> String {
     let base = mock.base_url();
     format!(
-        "{policy}router_settings:\n  retry_backoff_ms: 10\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, model: mock-model, api_base: {base}}}\n  - model_name: reset\n    deployments:\n      - {{provider: openai, model: \"mock-model::reset_after=2\", api_base: {base}}}\n"
+        "{policy}router_settings:\n  retry_backoff_ms: 10\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, model: mock-model, api_base: {base}}}\n  - model_name: reset\n    deployments:\n      - {{provider: openai, model: \"mock-model::reset_after=2\", api_base: {base}}}\n  - model_name: quiet\n    deployments:\n      - {{provider: openai, model: \"mock-model::no_usage\", api_base: {base}}}\n"
     )
 }
 
@@ -124,7 +124,7 @@ async fn kept_responses_belong_to_the_key_that_made_them() {
         &json!({"model": "gpt", "previous_response_id": id, "input": "more"}),
     )
     .await;
-    assert_eq!(status, 404, "{body}");
+    assert_eq!(status, 400, "{body}");
     assert_eq!(body["error"]["param"], "previous_response_id");
     let (status, body) = post(
         &gw,
@@ -177,5 +177,64 @@ async fn a_stream_that_breaks_ends_with_response_failed() {
         &json!({"model": "gpt", "previous_response_id": id, "input": "go on"}),
     )
     .await;
-    assert_eq!(status, 404);
+    assert_eq!(status, 400);
+}
+
+/// Clients send `"tools": [], "tool_choice": "auto"`: chat APIs refuse tool
+/// settings without tools, so none go upstream; a choice that needs a tool
+/// is a 400. An upstream without usage gets the client the estimates it is
+/// charged, in JSON answers and in streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_tools_stay_home_and_answers_without_usage_report_estimates() {
+    let mock = MockUpstream::start().await;
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&mock, ""));
+    let (status, body) = post(
+        &gw,
+        None,
+        &json!({"model": "gpt", "input": "hi", "tools": [], "tool_choice": "auto", "parallel_tool_calls": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = mock.last_request().unwrap().body;
+    for key in ["tools", "tool_choice", "parallel_tool_calls"] {
+        assert!(sent.get(key).is_none(), "{key} went upstream: {sent}");
+    }
+    assert_eq!(body["tools"], json!([]));
+    let (status, body) = post(
+        &gw,
+        None,
+        &json!({"model": "gpt", "input": "hi", "tools": [], "tool_choice": "required"}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["param"], "tool_choice");
+
+    let (status, body) = post(
+        &gw,
+        None,
+        &json!({"model": "quiet", "input": "one two three four five six seven eight"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["usage"]["input_tokens"].as_u64().unwrap() > 0, "{body}");
+    assert!(body["usage"]["output_tokens"].as_u64().unwrap() > 0, "{body}");
+    let text = reqwest::Client::new()
+        .post(format!("{}/v1/responses", gw.base_url()))
+        .json(&json!({"model": "quiet", "input": "one two three", "stream": true}))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let completed: Value = text
+        .split("\n\n")
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str::<Value>(data).unwrap())
+        .find(|e| e["type"] == "response.completed")
+        .unwrap();
+    assert!(
+        completed["response"]["usage"]["output_tokens"].as_u64().unwrap() > 0,
+        "{completed}"
+    );
 }

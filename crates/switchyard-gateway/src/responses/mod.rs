@@ -178,27 +178,39 @@ pub(crate) async fn create(
     });
     let streaming = chat.is_stream();
     let model = std::mem::take(&mut chat.model);
+    // What the answer reports without the upstream's usage: the prompt as
+    // admission estimates it.
+    let estimated_input = crate::metering::prompt_bytes(&Call::Chat(&mut chat)).div_ceil(4);
     let answer =
         crate::routes::serve_detached(state, principal, ctx, model, chat, |r| Call::Chat(r), options, controls).await;
     if !answer.status().is_success() {
         return answer;
     }
     if streaming {
-        events(answer, echo, keep)
+        events(answer, echo, keep, estimated_input)
     } else {
-        object(answer, &echo, keep).await
+        object(answer, &echo, keep, estimated_input).await
     }
 }
 
 /// A chat answer written as a response object.
-async fn object(answer: Response, echo: &Echo, keep: Option<Keep>) -> Response {
+async fn object(answer: Response, echo: &Echo, keep: Option<Keep>, estimated_input: u64) -> Response {
     let (mut parts, body) = answer.into_parts();
     let body = match axum::body::to_bytes(body, MAX_ANSWER_BYTES).await {
         Ok(body) => body,
         Err(e) => return ApiError::Internal(format!("the answer could not be read ({e})")).into_response(),
     };
     let chat = match serde_json::from_slice::<ChatCompletionResponse>(&body) {
-        Ok(chat) => chat,
+        // Without the upstream's usage: what the request is charged.
+        Ok(mut chat) => {
+            if chat.usage.is_none() {
+                chat.usage = Some(switchyard_api::Usage::new(
+                    estimated_input,
+                    crate::metering::output_estimate(&body),
+                ));
+            }
+            chat
+        }
         Err(e) => return ApiError::Internal(format!("the answer is not a chat completion ({e})")).into_response(),
     };
     let response = translate::from_chat(chat, echo);
@@ -218,10 +230,10 @@ async fn object(answer: Response, echo: &Echo, keep: Option<Keep>) -> Response {
 }
 
 /// A chat stream written as Responses events.
-fn events(answer: Response, echo: Echo, keep: Option<Keep>) -> Response {
+fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64) -> Response {
     let (mut parts, body) = answer.into_parts();
     let source = body.into_data_stream().eventsource();
-    let converter = stream::Converter::new(echo);
+    let converter = stream::Converter::new(echo, estimated_input);
     let out = futures_stream::unfold(
         (source, converter, keep),
         |(mut source, mut conv, mut keep)| async move {
@@ -237,7 +249,7 @@ fn events(answer: Response, echo: Echo, keep: Option<Keep>) -> Response {
                         }
                     }
                     Some(Ok(event)) => match serde_json::from_str::<Value>(&event.data) {
-                        Ok(value) if value.get("error").is_some() => {
+                        Ok(value) if value.get("error").is_some_and(|e| !e.is_null()) => {
                             conv.fail(&value["error"], &mut out);
                         }
                         Ok(value) => match serde_json::from_value(value) {

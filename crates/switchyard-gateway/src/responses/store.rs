@@ -43,6 +43,11 @@ impl ResponseStore {
     pub fn new(max_bytes: u64, ttl: Duration) -> Self {
         let entries = (max_bytes > 0).then(|| {
             moka::sync::Cache::builder()
+                // The least recently used go first: a new response is always
+                // kept (the default policy admits an entry only once it has
+                // been read more than the one it would evict, which a new
+                // response never has).
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .max_capacity(max_bytes)
                 .weigher(|id: &String, stored: &Arc<Stored>| {
                     let conversation: usize = stored
@@ -119,6 +124,11 @@ mod tests {
         entries.run_pending_tasks();
         assert!(entries.weighted_size() <= 10_000, "{}", entries.weighted_size());
         assert!(entries.entry_count() < 100);
+        // A full store still keeps each new response (the oldest go).
+        store.put("resp_new".into(), stored("key:a", "newest"));
+        entries.run_pending_tasks();
+        assert!(store.get("resp_new", "key:a").is_some());
+        assert!(store.get("resp_0", "key:a").is_none());
 
         let off = ResponseStore::new(0, Duration::from_secs(60));
         off.put("resp_1".into(), stored("key:a", "hi"));

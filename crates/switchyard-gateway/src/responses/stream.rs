@@ -40,12 +40,19 @@ pub(crate) struct Converter {
     model: Option<String>,
     /// Set once the stream has ended (completed or failed).
     done: bool,
+    /// The gateway's estimate of the prompt's tokens, for a stream without usage.
+    estimated_input: u64,
+    /// Content deltas received, for the output estimate of a stream without usage.
+    deltas: u64,
 }
 
 impl Converter {
-    /// A converter for the response `echo` describes.
-    pub(crate) fn new(echo: Echo) -> Self {
+    /// A converter for the response `echo` describes; `estimated_input`:
+    /// the prompt's tokens as the gateway estimates them.
+    pub(crate) fn new(echo: Echo, estimated_input: u64) -> Self {
         Self {
+            estimated_input,
+            deltas: 0,
             echo,
             sequence: 0,
             started: false,
@@ -416,6 +423,7 @@ impl Converter {
             self.usage = chunk.usage;
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
+            self.deltas += 1;
             if let Some(reasoning) = reasoning_text(&choice.delta.extra) {
                 let reasoning = reasoning.to_owned();
                 self.reasoning(&reasoning, out);
@@ -457,11 +465,19 @@ impl Converter {
             "incomplete"
         };
         self.close_open(item_status, out);
-        for (_, index) in std::mem::take(&mut self.calls) {
-            let (id, name, arguments) = match &self.output[index] {
+        for (n, (_, index)) in std::mem::take(&mut self.calls).into_iter().enumerate() {
+            let (id, name, arguments) = match &mut self.output[index] {
                 OutputItem::FunctionCall {
-                    id, name, arguments, ..
-                } => (id.clone(), name.clone(), arguments.clone()),
+                    id,
+                    name,
+                    arguments,
+                    call_id,
+                    ..
+                } => {
+                    *call_id = translate::call_id(std::mem::take(call_id), &self.echo, n + 1);
+                    *arguments = translate::arguments(std::mem::take(arguments));
+                    (id.clone(), name.clone(), arguments.clone())
+                }
                 _ => continue,
             };
             self.emit(
@@ -474,7 +490,12 @@ impl Converter {
         let mut response = self.snapshot(status);
         response.incomplete_details = details;
         response.output = self.output.clone();
-        response.usage = self.usage.as_ref().map(response_usage);
+        // Without the upstream's usage: the estimates the stream is charged
+        // (the prompt, and a token per delta), not nothing.
+        response.usage = Some(self.usage.as_ref().map_or_else(
+            || response_usage(&switchyard_api::Usage::new(self.estimated_input, self.deltas)),
+            response_usage,
+        ));
         let name = if status == "completed" {
             "response.completed"
         } else {
@@ -506,7 +527,17 @@ impl Converter {
             out,
         );
         let mut response = self.snapshot("failed");
-        response.error = Some(ResponseError { code, message });
+        // A response's error takes the codes OpenAI's API uses.
+        let kind = error.get("type").and_then(Value::as_str).unwrap_or_default();
+        let code = if kind == "rate_limit_error" || code.contains("rate_limit") {
+            "rate_limit_exceeded"
+        } else {
+            "server_error"
+        };
+        response.error = Some(ResponseError {
+            code: code.into(),
+            message,
+        });
         response.output = self.output.clone();
         self.emit("response.failed", json!({"response": to_value(&response)}), out);
         self.done = true;
@@ -525,12 +556,15 @@ mod tests {
     use switchyard_api::Extra;
 
     fn converter() -> Converter {
-        Converter::new(Echo {
-            id: "resp_x".into(),
-            created_at: 1,
-            model: "group".into(),
-            fields: Extra::new(),
-        })
+        Converter::new(
+            Echo {
+                id: "resp_x".into(),
+                created_at: 1,
+                model: "group".into(),
+                fields: Extra::new(),
+            },
+            5,
+        )
     }
 
     fn chunk(delta: Value, finish: Option<&str>) -> ChatCompletionChunk {
@@ -667,6 +701,8 @@ mod tests {
         let (kind, failed) = events.last().unwrap();
         assert_eq!(kind, "response.failed");
         assert_eq!(failed["response"]["status"], "failed");
+        // The response's error takes OpenAI's codes; the event keeps the detail.
+        assert_eq!(failed["response"]["error"]["code"], "server_error");
         assert_eq!(failed["response"]["error"]["message"], "gpt/0: upstream stream failed");
     }
 }

@@ -187,15 +187,32 @@ pub(crate) fn to_chat(
     }
     if let Some(tools) = extra.shift_remove("tools") {
         if !tools.is_null() {
-            chat.insert("tools".into(), Value::Array(chat_tools(&tools)?));
+            let converted = chat_tools(&tools)?;
+            if !converted.is_empty() {
+                chat.insert("tools".into(), Value::Array(converted));
+            }
         }
         fields.insert("tools".into(), tools);
     }
     if let Some(choice) = extra.shift_remove("tool_choice") {
         if !choice.is_null() {
-            chat.insert("tool_choice".into(), chat_tool_choice(&choice)?);
+            let converted = chat_tool_choice(&choice)?;
+            // Chat APIs refuse a tool choice without tools (clients send
+            // `"tools": [], "tool_choice": "auto"`); one that needs a tool
+            // cannot be met.
+            if chat.contains_key("tools") {
+                chat.insert("tool_choice".into(), converted);
+            } else if converted != json!("auto") && converted != json!("none") {
+                return Err(invalid(
+                    "tool_choice",
+                    "tool_choice: the request offers no function tools to call",
+                ));
+            }
         }
         fields.insert("tool_choice".into(), choice);
+    }
+    if !chat.contains_key("tools") {
+        chat.shift_remove("parallel_tool_calls");
     }
     if let Some(text) = extra.shift_remove("text") {
         text_options(&text, &mut chat)?;
@@ -283,9 +300,23 @@ fn defaults(fields: &mut Extra) {
         ("truncation", json!("disabled")),
         ("user", Value::Null),
     ] {
-        match fields.get(name) {
+        match fields.get_mut(name) {
             None | Some(Value::Null) => {
                 fields.insert(name.into(), value);
+            }
+            // An object given in part (`{"verbosity": "low"}`) shows the
+            // rest as an answer to a full one would.
+            Some(Value::Object(given)) => {
+                if let Value::Object(defaults) = value {
+                    for (key, default) in defaults {
+                        match given.get(&key) {
+                            None | Some(Value::Null) => {
+                                given.insert(key, default);
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
             }
             Some(_) => {}
         }
@@ -442,10 +473,23 @@ fn input_item(
     match kind {
         "message" => {
             let mut message = input_message(item, &param)?;
-            if message.role == Role::Assistant {
-                attach_thinking(&mut message, thinking);
+            match messages.last_mut() {
+                // Assistant text after the turn's calls (and before their
+                // outputs) belongs to the same chat message: a second
+                // assistant message between calls and results is refused.
+                Some(last) if message.role == Role::Assistant && last.role == Role::Assistant => {
+                    attach_thinking(last, thinking);
+                    let mut text = last.content_text();
+                    text.push_str(&message.content_text());
+                    last.content = Some(MessageContent::Text(text));
+                }
+                _ => {
+                    if message.role == Role::Assistant {
+                        attach_thinking(&mut message, thinking);
+                    }
+                    messages.push(message);
+                }
             }
-            messages.push(message);
         }
         "function_call" => {
             let call = ToolCall {
@@ -661,6 +705,7 @@ pub(crate) fn response_usage(usage: &Usage) -> ResponseUsage {
         input_tokens: usage.prompt_tokens,
         input_tokens_details: InputTokensDetails {
             cached_tokens: usage.cached_prompt_tokens(),
+            cache_write_tokens: usage.cache_write_tokens(),
         },
         output_tokens: usage.completion_tokens,
         output_tokens_details: OutputTokensDetails {
@@ -676,6 +721,21 @@ pub(crate) fn reasoning_text(extra: &Extra) -> Option<&str> {
     ["reasoning_content", "reasoning"]
         .iter()
         .find_map(|k| extra.get(*k).and_then(Value::as_str).filter(|t| !t.is_empty()))
+}
+
+/// A call's id, made up when the upstream gave none (a
+/// `function_call_output` must name it).
+pub(crate) fn call_id(id: String, echo: &Echo, n: usize) -> String {
+    if id.is_empty() { echo.item_id("call", n) } else { id }
+}
+
+/// A call's arguments: `{}` for none (clients parse them as JSON).
+pub(crate) fn arguments(arguments: String) -> String {
+    if arguments.trim().is_empty() {
+        "{}".into()
+    } else {
+        arguments
+    }
 }
 
 /// The status and incomplete details of an answer that stopped for `reason`.
@@ -698,6 +758,10 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
     object.model = chat.model;
     object.usage = chat.usage.as_ref().map(response_usage);
     let Some(choice) = chat.choices.into_iter().find(|c| c.index == 0) else {
+        // No answer at all (a filtered prompt): nothing came of it.
+        let (status, details) = ending(Some("content_filter"));
+        object.status = status.into();
+        object.incomplete_details = details;
         return object;
     };
     let (status, details) = ending(choice.finish_reason.as_deref());
@@ -759,10 +823,10 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
         let Some(function) = call.function else { continue };
         object.output.push(OutputItem::FunctionCall {
             id: echo.item_id("fc", n + 1),
-            call_id: call.id,
+            call_id: call_id(call.id, echo, n + 1),
             name: function.name,
-            arguments: function.arguments,
-            status: "completed".into(),
+            arguments: arguments(function.arguments),
+            status: item_status.into(),
         });
     }
     object
@@ -837,6 +901,46 @@ mod tests {
         assert_eq!(body["max_tokens"], 64);
         assert_eq!(body["temperature"], 0.2);
         assert!(body.get("max_output_tokens").is_none() && body.get("instructions").is_none());
+    }
+
+    #[test]
+    fn text_after_calls_joins_their_turn_and_partial_settings_show_their_defaults() {
+        let mut echo = echo();
+        let chat = to_chat(
+            serde_json::from_value(json!({
+                "model": "m",
+                "input": [
+                    {"role": "user", "content": "go"},
+                    {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
+                    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Calling."}]},
+                    {"type": "function_call_output", "call_id": "c1", "output": "done"}
+                ],
+                "text": {"verbosity": "low"},
+                "reasoning": {"effort": "low"}
+            }))
+            .unwrap(),
+            Vec::new(),
+            &mut echo,
+        )
+        .unwrap();
+        let roles: Vec<Role> = chat.messages.iter().map(|m| m.role).collect();
+        assert_eq!(roles, [Role::User, Role::Assistant, Role::Tool]);
+        assert_eq!(chat.messages[1].content_text(), "Calling.");
+        assert_eq!(chat.messages[1].tool_calls.as_ref().unwrap()[0].id, "c1");
+        assert_eq!(
+            echo.fields["text"],
+            json!({"verbosity": "low", "format": {"type": "text"}})
+        );
+        assert_eq!(echo.fields["reasoning"], json!({"effort": "low", "summary": null}));
+    }
+
+    #[test]
+    fn thinking_is_sealed_for_the_client_and_read_back_only_when_ours() {
+        let blocks = vec![json!({"type": "thinking", "thinking": "t", "signature": "s"})];
+        let sealed = seal(&blocks).unwrap();
+        assert_eq!(unseal(&sealed), blocks);
+        assert!(unseal("gAAAAB-someone-elses").is_empty());
+        assert!(seal(&[]).is_none());
     }
 
     #[test]
@@ -921,6 +1025,10 @@ mod tests {
             ),
             (json!({"model": "m", "input": []}), "input"),
             (json!({"model": "m", "instructions": "only this"}), "input"),
+            (
+                json!({"model": "m", "input": "x", "tools": [], "tool_choice": "required"}),
+                "tool_choice",
+            ),
         ];
         for (body, field) in cases {
             let err = translate(body.clone()).expect_err(&body.to_string());
@@ -957,9 +1065,19 @@ mod tests {
         assert_eq!(value["output"][2]["id"], "fc_abc_1");
         assert_eq!(
             value["usage"],
-            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3}, "output_tokens": 4,
+            json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 0}, "output_tokens": 4,
                    "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 14})
         );
+
+        let bare: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 5, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant", "content": null,
+                "tool_calls": [{"id": "", "type": "function", "function": {"name": "f", "arguments": ""}}]}}]
+        }))
+        .unwrap();
+        let value = serde_json::to_value(from_chat(bare, &echo())).unwrap();
+        assert_eq!(value["output"][0]["arguments"], "{}");
+        assert_eq!(value["output"][0]["call_id"], "call_abc_1");
 
         let cut: ChatCompletionResponse = serde_json::from_value(json!({
             "id": "c", "object": "chat.completion", "created": 5, "model": "m",
