@@ -250,9 +250,11 @@ pub struct ServerConfig {
     pub max_concurrent_requests: usize,
     /// Memory for responses of `/v1/responses` kept so that a later request
     /// can continue them (`previous_response_id`) or read them back, in
-    /// MiB; 0 keeps none. Kept in this process: behind a load balancer,
-    /// continuations need the same replica (or clients that send the whole
-    /// conversation, `store: false`).
+    /// MiB; also the largest one response kept; 0 keeps none. Kept in
+    /// Redis when `policy.redis` is set (every replica can continue them),
+    /// else in this process (behind a load balancer, continuations then
+    /// need the same replica, or clients that send the whole conversation
+    /// with `store: false`).
     pub responses_store_mib: u64,
     /// How long a kept response can be continued, in seconds.
     pub responses_ttl_seconds: u64,

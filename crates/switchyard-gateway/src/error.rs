@@ -92,6 +92,9 @@ pub enum ApiError {
         /// The field that named it (`previous_response_id`), if any.
         param: Option<String>,
     },
+    /// The store of kept responses could not be reached.
+    #[error("Kept responses cannot be read right now: {0}")]
+    ResponseStore(String),
     /// An admin operation failed.
     #[error("{0}")]
     Policy(switchyard_policy::PolicyError),
@@ -138,6 +141,12 @@ impl ApiError {
                 "rate_limit_error",
                 None,
                 Some("gateway_overloaded".into()),
+            ),
+            ApiError::ResponseStore(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                None,
+                Some("response_store_unavailable".into()),
             ),
             // As OpenAI answers: a 400 for a continuation of an unknown
             // response, a 404 for reading or deleting one.

@@ -109,6 +109,26 @@ pub struct GroupRoute {
     pub content_policy_fallbacks: Vec<String>,
 }
 
+/// Where `/v1/responses` keeps responses: in Redis when the policy uses
+/// Redis (every replica can continue them), else in this process.
+fn response_store(
+    server: &ServerConfig,
+    redis: Option<&switchyard_policy::RedisSettings>,
+) -> Result<crate::responses::ResponseStore, Vec<ConfigIssue>> {
+    let max_bytes = server.responses_store_mib.saturating_mul(1024 * 1024);
+    let ttl = std::time::Duration::from_secs(server.responses_ttl_seconds);
+    match redis {
+        None => Ok(crate::responses::ResponseStore::memory(max_bytes, ttl)),
+        Some(redis) => crate::responses::ResponseStore::redis(&redis.url, &redis.prefix, redis.timeout, max_bytes, ttl)
+            .map_err(|message| {
+                vec![ConfigIssue {
+                    path: "policy.redis.url".into(),
+                    message,
+                }]
+            }),
+    }
+}
+
 const OPENAI_API_BASE: &str = "https://api.openai.com/v1";
 const ANTHROPIC_API_BASE: &str = "https://api.anthropic.com";
 
@@ -505,6 +525,7 @@ impl AppState {
         let stats = LiveStats::new(providers.len());
         let ceilings = price_ceilings(models);
         let cache_generations = cache_generations(models);
+        let responses = response_store(&server, policy.settings.redis.as_ref())?;
         Ok(Self {
             policy: Policy::memory(&policy.settings),
             pending_policy: Some(policy.settings),
@@ -521,10 +542,7 @@ impl AppState {
             cut: Arc::new(tokio::sync::watch::Sender::new(false)),
             request_slots: (server.max_concurrent_requests > 0)
                 .then(|| Arc::new(tokio::sync::Semaphore::new(server.max_concurrent_requests))),
-            responses: crate::responses::ResponseStore::new(
-                server.responses_store_mib.saturating_mul(1024 * 1024),
-                std::time::Duration::from_secs(server.responses_ttl_seconds),
-            ),
+            responses,
             registry,
             stats,
             cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use serde_json::{Value, json};
-use switchyard_testkit::{GatewayProcess, MockUpstream};
+use switchyard_testkit::{GatewayProcess, MockUpstream, RedisServer};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const MASTER: &str = "sk-master-key-for-responses-01";
@@ -237,4 +237,54 @@ async fn empty_tools_stay_home_and_answers_without_usage_report_estimates() {
         completed["response"]["usage"]["output_tokens"].as_u64().unwrap() > 0,
         "{completed}"
     );
+}
+
+/// With the policy on Redis, responses are kept there: a response made on
+/// one replica is continued, read and deleted on another. While Redis is
+/// down, a continuation is a 503 and a new request is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_redis_continue_each_others_responses() {
+    let mut redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let policy = format!(
+        "policy:\n  master_key: {MASTER}\n  redis:\n    url: {}\n    timeout_ms: 300\n    failure_mode: fail_open\n  keys:\n    - key: {KEY_A}\n",
+        redis.url()
+    );
+    let a = GatewayProcess::start(Path::new(BIN), &config(&mock, &policy));
+    let b = GatewayProcess::start(Path::new(BIN), &config(&mock, &policy));
+    let (status, made) = post(&a, Some(KEY_A), &json!({"model": "gpt", "input": "asked on a"})).await;
+    assert_eq!(status, 200, "{made}");
+    let id = made["id"].as_str().unwrap();
+
+    let (status, body) = post(
+        &b,
+        Some(KEY_A),
+        &json!({"model": "gpt", "previous_response_id": id, "input": "asked on b"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = mock.last_request().unwrap().body;
+    assert_eq!(sent["messages"][0]["content"], "asked on a", "{sent}");
+    assert_eq!(sent["messages"][2]["content"], "asked on b", "{sent}");
+    let (status, read) = call(&b, reqwest::Method::GET, KEY_A, id).await;
+    assert_eq!((status, &read), (200, &made));
+    let (status, _) = call(&b, reqwest::Method::DELETE, KEY_A, id).await;
+    assert_eq!(status, 200);
+    let (status, _) = call(&a, reqwest::Method::GET, KEY_A, id).await;
+    assert_eq!(status, 404);
+
+    let (status, later) = post(&a, Some(KEY_A), &json!({"model": "gpt", "input": "before the outage"})).await;
+    assert_eq!(status, 200, "{later}");
+    redis.stop();
+    let (status, body) = post(
+        &b,
+        Some(KEY_A),
+        &json!({"model": "gpt", "previous_response_id": later["id"], "input": "during it"}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "response_store_unavailable");
+    // A new answer is given even though it cannot be kept.
+    let (status, body) = post(&a, Some(KEY_A), &json!({"model": "gpt", "input": "new during it"})).await;
+    assert_eq!(status, 200, "{body}");
 }

@@ -48,17 +48,19 @@ struct Keep {
 }
 
 impl Keep {
-    fn put(self, response: &ResponseObject, object: Bytes) {
+    async fn put(self, response: &ResponseObject, object: Bytes) {
         let mut conversation = self.conversation;
         conversation.extend(assistant_message(response));
-        self.store.put(
-            response.id.clone(),
-            Stored {
-                owner: self.owner,
-                conversation,
-                object,
-            },
-        );
+        let stored = Stored {
+            owner: self.owner,
+            conversation,
+            object,
+        };
+        // The answer is the client's either way; only a continuation of it
+        // will not be found.
+        if let Err(e) = self.store.put(response.id.clone(), stored).await {
+            tracing::warn!(response = %response.id, error = %e, "a response could not be kept");
+        }
     }
 }
 
@@ -133,9 +135,10 @@ pub(crate) async fn create(
     let store = state.responses.clone();
     let owner = owner(&principal);
     let history = match req.previous_response_id.as_deref() {
-        Some(id) => match store.get(id, &owner) {
-            Some(previous) => previous.conversation.clone(),
-            None => {
+        Some(id) => match store.get(id, &owner).await {
+            Err(e) => return ApiError::ResponseStore(e.0).into_response(),
+            Ok(Some(previous)) => previous.conversation.clone(),
+            Ok(None) => {
                 return ApiError::ResponseNotFound {
                     id: id.to_owned(),
                     param: Some("previous_response_id".into()),
@@ -219,7 +222,7 @@ async fn object(answer: Response, echo: &Echo, keep: Option<Keep>, estimated_inp
         Err(e) => return ApiError::Internal(e.to_string()).into_response(),
     };
     if let Some(keep) = keep {
-        keep.put(&response, bytes.clone());
+        keep.put(&response, bytes.clone()).await;
     }
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
@@ -245,7 +248,7 @@ fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64
                 match source.next().await {
                     Some(Ok(event)) if event.data.trim() == "[DONE]" || event.data.trim().is_empty() => {
                         if event.data.trim() == "[DONE]" {
-                            finish(&mut conv, &mut keep, &mut out);
+                            finish(&mut conv, &mut keep, &mut out).await;
                         }
                     }
                     Some(Ok(event)) => match serde_json::from_str::<Value>(&event.data) {
@@ -272,12 +275,12 @@ fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64
     Response::from_parts(parts, axum::body::Body::from_stream(out.map(Ok::<_, Infallible>)))
 }
 
-fn finish(conv: &mut stream::Converter, keep: &mut Option<Keep>, out: &mut Vec<Bytes>) {
+async fn finish(conv: &mut stream::Converter, keep: &mut Option<Keep>, out: &mut Vec<Bytes>) {
     let response = conv.finish(out);
     if let Some(keep) = keep.take()
         && let Ok(bytes) = serde_json::to_vec(&response)
     {
-        keep.put(&response, Bytes::from(bytes));
+        keep.put(&response, Bytes::from(bytes)).await;
     }
 }
 
@@ -291,9 +294,10 @@ pub(crate) async fn retrieve(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Response {
-    match state.responses.get(&id, &owner(&principal)) {
-        Some(stored) => ([(header::CONTENT_TYPE, "application/json")], stored.object.clone()).into_response(),
-        None => ApiError::ResponseNotFound { id, param: None }.into_response(),
+    match state.responses.get(&id, &owner(&principal)).await {
+        Ok(Some(stored)) => ([(header::CONTENT_TYPE, "application/json")], stored.object.clone()).into_response(),
+        Ok(None) => ApiError::ResponseNotFound { id, param: None }.into_response(),
+        Err(e) => ApiError::ResponseStore(e.0).into_response(),
     }
 }
 
@@ -303,9 +307,11 @@ pub(crate) async fn delete(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Response {
-    if state.responses.remove(&id, &owner(&principal)) {
-        axum::Json(serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
-    } else {
-        ApiError::ResponseNotFound { id, param: None }.into_response()
+    match state.responses.remove(&id, &owner(&principal)).await {
+        Ok(true) => {
+            axum::Json(serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
+        }
+        Ok(false) => ApiError::ResponseNotFound { id, param: None }.into_response(),
+        Err(e) => ApiError::ResponseStore(e.0).into_response(),
     }
 }

@@ -1,16 +1,18 @@
-//! Responses kept in memory for `previous_response_id` and
-//! `GET /v1/responses/{id}`: bounded in bytes, each for a time, and each
-//! readable only by the key that made it.
+//! Responses kept for `previous_response_id` and `GET /v1/responses/{id}`,
+//! each for a time and readable only by the key that made it: in this
+//! process (bounded in bytes), or in Redis when the policy uses Redis, so
+//! that every replica can continue a response and a restart loses none.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 use switchyard_api::ChatMessage;
 use switchyard_policy::Principal;
 
 /// One kept response.
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Stored {
     /// Who made it (see [`owner`]).
     pub owner: String,
@@ -18,14 +20,66 @@ pub(crate) struct Stored {
     /// request's `instructions` (which a continuation does not inherit).
     pub conversation: Vec<ChatMessage>,
     /// The response object as it was returned, JSON.
+    #[serde(with = "json_text")]
     pub object: Bytes,
 }
 
-/// The responses a gateway keeps; empty and keeping nothing when its
-/// capacity is 0.
-#[derive(Debug, Clone)]
+/// The response object kept as JSON text inside the stored record.
+mod json_text {
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(bytes: &Bytes, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&String::from_utf8_lossy(bytes))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Bytes, D::Error> {
+        Ok(Bytes::from(String::deserialize(deserializer)?))
+    }
+}
+
+/// The kept response store could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[error("the response store (Redis) did not answer: {0}")]
+pub struct StoreUnavailable(pub String);
+
+/// Where responses are kept.
+#[derive(Clone)]
+enum Backend {
+    /// Nothing is kept.
+    Off,
+    /// This process.
+    Memory(moka::sync::Cache<String, Arc<Stored>>),
+    /// Redis, shared by replicas.
+    Redis {
+        con: redis::aio::ConnectionManager,
+        prefix: String,
+        timeout: Duration,
+    },
+}
+
+/// The responses a gateway keeps.
+#[derive(Clone)]
 pub struct ResponseStore {
-    entries: Option<moka::sync::Cache<String, Arc<Stored>>>,
+    backend: Backend,
+    /// The largest response kept, in bytes (its conversation's JSON and the
+    /// object); larger ones are not kept.
+    max_bytes: u64,
+    ttl: Duration,
+}
+
+impl std::fmt::Debug for ResponseStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let backend = match self.backend {
+            Backend::Off => "off",
+            Backend::Memory(_) => "memory",
+            Backend::Redis { .. } => "redis",
+        };
+        f.debug_struct("ResponseStore")
+            .field("backend", &backend)
+            .field("max_bytes", &self.max_bytes)
+            .finish()
+    }
 }
 
 /// Who may read a response: a virtual key by its id, the master key, or an
@@ -38,57 +92,142 @@ pub(crate) fn owner(principal: &Principal) -> String {
     }
 }
 
+/// The bytes a kept response weighs.
+fn weight(stored: &Stored) -> u64 {
+    let conversation: usize = stored
+        .conversation
+        .iter()
+        .map(|m| serde_json::to_vec(m).map_or(0, |v| v.len()))
+        .sum();
+    (stored.object.len() + conversation + stored.owner.len()) as u64
+}
+
 impl ResponseStore {
-    /// A store of at most `max_bytes` (its entries' JSON), each kept for `ttl`.
-    pub fn new(max_bytes: u64, ttl: Duration) -> Self {
-        let entries = (max_bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                // The least recently used go first: a new response is always
-                // kept (the default policy admits an entry only once it has
-                // been read more than the one it would evict, which a new
-                // response never has).
-                .eviction_policy(moka::policy::EvictionPolicy::lru())
-                .max_capacity(max_bytes)
-                .weigher(|id: &String, stored: &Arc<Stored>| {
-                    let conversation: usize = stored
-                        .conversation
-                        .iter()
-                        .map(|m| serde_json::to_vec(m).map_or(0, |v| v.len()))
-                        .sum();
-                    u32::try_from(id.len() + stored.object.len() + conversation + stored.owner.len())
-                        .unwrap_or(u32::MAX)
-                })
-                .time_to_live(ttl)
-                .build()
-        });
-        Self { entries }
+    /// A store in this process of at most `max_bytes`, each response kept
+    /// for `ttl`; keeps nothing when `max_bytes` is 0.
+    pub fn memory(max_bytes: u64, ttl: Duration) -> Self {
+        let backend = if max_bytes == 0 {
+            Backend::Off
+        } else {
+            Backend::Memory(
+                moka::sync::Cache::builder()
+                    // The least recently used go first: a new response is
+                    // always kept (the default policy admits an entry only
+                    // once it has been read more than the one it would
+                    // evict, which a new response never has).
+                    .eviction_policy(moka::policy::EvictionPolicy::lru())
+                    .max_capacity(max_bytes)
+                    .weigher(|id: &String, stored: &Arc<Stored>| {
+                        u32::try_from(id.len() as u64 + weight(stored)).unwrap_or(u32::MAX)
+                    })
+                    .time_to_live(ttl)
+                    .build(),
+            )
+        };
+        Self {
+            backend,
+            max_bytes,
+            ttl,
+        }
+    }
+
+    /// A store in Redis at `url`, its keys under `prefix`, each response
+    /// kept for `ttl` and at most `max_bytes` (0: none kept). Connects on
+    /// first use.
+    pub fn redis(url: &str, prefix: &str, timeout: Duration, max_bytes: u64, ttl: Duration) -> Result<Self, String> {
+        if max_bytes == 0 {
+            return Ok(Self::memory(0, ttl));
+        }
+        let client = redis::Client::open(url).map_err(|e| format!("not a valid Redis URL: {e}"))?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1);
+        let con = redis::aio::ConnectionManager::new_lazy_with_config(client, config).map_err(|e| e.to_string())?;
+        Ok(Self {
+            backend: Backend::Redis {
+                con,
+                prefix: format!("{prefix}response:"),
+                timeout,
+            },
+            max_bytes,
+            ttl,
+        })
     }
 
     /// Whether responses are kept at all.
     pub fn enabled(&self) -> bool {
-        self.entries.is_some()
+        !matches!(self.backend, Backend::Off)
+    }
+
+    async fn query<T: redis::FromRedisValue>(
+        con: &redis::aio::ConnectionManager,
+        timeout: Duration,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreUnavailable> {
+        let mut con = con.clone();
+        match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut con)).await {
+            Ok(result) => result.map_err(|e| StoreUnavailable(e.to_string())),
+            Err(_) => Err(StoreUnavailable("no answer in time".into())),
+        }
     }
 
     /// The response `id`, if `owner` made it.
-    pub(crate) fn get(&self, id: &str, owner: &str) -> Option<Arc<Stored>> {
-        self.entries.as_ref()?.get(id).filter(|stored| stored.owner == owner)
+    pub(crate) async fn get(&self, id: &str, owner: &str) -> Result<Option<Arc<Stored>>, StoreUnavailable> {
+        let found = match &self.backend {
+            Backend::Off => None,
+            Backend::Memory(entries) => entries.get(id),
+            Backend::Redis { con, prefix, timeout } => {
+                let raw: Option<Vec<u8>> =
+                    Self::query(con, *timeout, redis::cmd("GET").arg(format!("{prefix}{id}"))).await?;
+                raw.and_then(|raw| serde_json::from_slice::<Stored>(&raw).ok())
+                    .map(Arc::new)
+            }
+        };
+        Ok(found.filter(|stored| stored.owner == owner))
     }
 
-    /// Keeps a response.
-    pub(crate) fn put(&self, id: String, stored: Stored) {
-        if let Some(entries) = &self.entries {
-            entries.insert(id, Arc::new(stored));
+    /// Keeps a response (unless it is larger than the store takes).
+    pub(crate) async fn put(&self, id: String, stored: Stored) -> Result<(), StoreUnavailable> {
+        if weight(&stored) > self.max_bytes {
+            tracing::debug!(response = %id, "a response larger than server.responses_store_mib is not kept");
+            return Ok(());
+        }
+        match &self.backend {
+            Backend::Off => Ok(()),
+            Backend::Memory(entries) => {
+                entries.insert(id, Arc::new(stored));
+                Ok(())
+            }
+            Backend::Redis { con, prefix, timeout } => {
+                let value = serde_json::to_vec(&stored).map_err(|e| StoreUnavailable(e.to_string()))?;
+                let cmd = redis::cmd("SET")
+                    .arg(format!("{prefix}{id}"))
+                    .arg(value)
+                    .arg("EX")
+                    .arg(self.ttl.as_secs().max(1))
+                    .clone();
+                Self::query::<()>(con, *timeout, &cmd).await
+            }
         }
     }
 
     /// Forgets the response `id`, if `owner` made it; whether it was there.
-    pub(crate) fn remove(&self, id: &str, owner: &str) -> bool {
-        let Some(entries) = &self.entries else { return false };
-        if self.get(id, owner).is_none() {
-            return false;
+    pub(crate) async fn remove(&self, id: &str, owner: &str) -> Result<bool, StoreUnavailable> {
+        if self.get(id, owner).await?.is_none() {
+            return Ok(false);
         }
-        entries.invalidate(id);
-        true
+        match &self.backend {
+            Backend::Off => Ok(false),
+            Backend::Memory(entries) => {
+                entries.invalidate(id);
+                Ok(true)
+            }
+            Backend::Redis { con, prefix, timeout } => {
+                let n: i64 = Self::query(con, *timeout, redis::cmd("DEL").arg(format!("{prefix}{id}"))).await?;
+                Ok(n > 0)
+            }
+        }
     }
 }
 
@@ -107,31 +246,51 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_response_is_read_only_by_its_owner_and_the_store_stays_bounded() {
-        let store = ResponseStore::new(10_000, Duration::from_secs(60));
-        store.put("resp_1".into(), stored("key:a", "hi"));
-        assert!(store.get("resp_1", "key:a").is_some());
-        assert!(store.get("resp_1", "key:b").is_none());
-        assert!(!store.remove("resp_1", "key:b"));
-        assert!(store.remove("resp_1", "key:a"));
-        assert!(store.get("resp_1", "key:a").is_none());
+    #[tokio::test]
+    async fn a_response_is_read_only_by_its_owner_and_the_store_stays_bounded() {
+        let store = ResponseStore::memory(10_000, Duration::from_secs(60));
+        store.put("resp_1".into(), stored("key:a", "hi")).await.unwrap();
+        assert!(store.get("resp_1", "key:a").await.unwrap().is_some());
+        assert!(store.get("resp_1", "key:b").await.unwrap().is_none());
+        assert!(!store.remove("resp_1", "key:b").await.unwrap());
+        assert!(store.remove("resp_1", "key:a").await.unwrap());
+        assert!(store.get("resp_1", "key:a").await.unwrap().is_none());
 
         for n in 0..100 {
-            store.put(format!("resp_{n}"), stored("key:a", &"x".repeat(1_000)));
+            store
+                .put(format!("resp_{n}"), stored("key:a", &"x".repeat(1_000)))
+                .await
+                .unwrap();
         }
-        let entries = store.entries.as_ref().unwrap();
+        let Backend::Memory(entries) = &store.backend else {
+            unreachable!()
+        };
         entries.run_pending_tasks();
         assert!(entries.weighted_size() <= 10_000, "{}", entries.weighted_size());
         assert!(entries.entry_count() < 100);
         // A full store still keeps each new response (the oldest go).
-        store.put("resp_new".into(), stored("key:a", "newest"));
+        store.put("resp_new".into(), stored("key:a", "newest")).await.unwrap();
         entries.run_pending_tasks();
-        assert!(store.get("resp_new", "key:a").is_some());
-        assert!(store.get("resp_0", "key:a").is_none());
+        assert!(store.get("resp_new", "key:a").await.unwrap().is_some());
+        assert!(store.get("resp_0", "key:a").await.unwrap().is_none());
+        // One larger than the whole store is not kept.
+        store
+            .put("resp_huge".into(), stored("key:a", &"x".repeat(20_000)))
+            .await
+            .unwrap();
+        assert!(store.get("resp_huge", "key:a").await.unwrap().is_none());
 
-        let off = ResponseStore::new(0, Duration::from_secs(60));
-        off.put("resp_1".into(), stored("key:a", "hi"));
-        assert!(!off.enabled() && off.get("resp_1", "key:a").is_none());
+        let off = ResponseStore::memory(0, Duration::from_secs(60));
+        off.put("resp_1".into(), stored("key:a", "hi")).await.unwrap();
+        assert!(!off.enabled() && off.get("resp_1", "key:a").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_stored_record_round_trips_as_json() {
+        let record = stored("key:a", "hi");
+        let json = serde_json::to_vec(&record).unwrap();
+        let back: Stored = serde_json::from_slice(&json).unwrap();
+        assert_eq!((back.owner.as_str(), &back.object[..]), ("key:a", &b"{}"[..]));
+        assert_eq!(back.conversation, record.conversation);
     }
 }
