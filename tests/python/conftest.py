@@ -180,6 +180,14 @@ model_list:
         aws_region: us-east-1
         aws_access_key_id: AKIDTEST
         aws_secret_access_key: test-secret
+  - model_name: bedrock-claude-4
+    deployments:
+      - provider: bedrock
+        model: anthropic.claude-sonnet-4-20250514-v1:0
+        api_base: {mock_url}
+        aws_region: us-east-1
+        aws_access_key_id: AKIDTEST
+        aws_secret_access_key: test-secret
   - model_name: bedrock-nova
     deployments:
       - provider: bedrock

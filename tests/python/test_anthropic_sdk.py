@@ -211,6 +211,10 @@ def test_models_list_and_retrieve_in_anthropic_shape(claude: anthropic.Anthropic
         claude.models.list(limit=0)
 
 
+# Claude models that think (an Anthropic deployment, Claude Sonnet 4 on
+# Bedrock); `bedrock-claude` is Claude 3.5 Sonnet, which cannot.
+THINKING_MODELS = ["claude-test", "bedrock-claude-4"]
+
 OPENAI_WEATHER_TOOL = {
     "type": "function",
     "function": {
@@ -221,7 +225,7 @@ OPENAI_WEATHER_TOOL = {
 }
 
 
-@pytest.mark.parametrize("model", ["claude-test", "bedrock-claude"])
+@pytest.mark.parametrize("model", THINKING_MODELS)
 def test_reasoning_effort_gets_claude_thinking_and_its_blocks_go_back(client: openai.OpenAI, model: str) -> None:
     ask = {"role": "user", "content": "weather in Paris?"}
     # Claude refuses a temperature other than 1 while thinking, and a
@@ -238,7 +242,8 @@ def test_reasoning_effort_gets_claude_thinking_and_its_blocks_go_back(client: op
     assert message.content == "mock reply: weather in Paris?"
 
     # A turn that answers a tool call sends the signed blocks back, as
-    # Claude requires while thinking; without them it is refused.
+    # Claude requires while thinking (the mock refuses the turn otherwise);
+    # without them, the turn is served without thinking.
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"q": "Paris"}'}}
     turn = {"role": "assistant", "content": None, "tool_calls": [call], "thinking_blocks": blocks}
     result = {"role": "tool", "tool_call_id": "call_1", "content": "sunny"}
@@ -246,12 +251,13 @@ def test_reasoning_effort_gets_claude_thinking_and_its_blocks_go_back(client: op
         model=model, reasoning_effort="low", tools=[OPENAI_WEATHER_TOOL], messages=[ask, turn, result]  # type: ignore[list-item]
     )
     assert second.choices[0].message.content.startswith("mock reply")
+    assert (second.choices[0].message.model_extra or {}).get("reasoning_content") == "mock thinking about it"
     bare = {k: v for k, v in turn.items() if k != "thinking_blocks"}
-    with pytest.raises(openai.BadRequestError) as info:
-        client.chat.completions.create(
-            model=model, reasoning_effort="low", tools=[OPENAI_WEATHER_TOOL], messages=[ask, bare, result]  # type: ignore[list-item]
-        )
-    assert "thinking" in info.value.message
+    unthought = client.chat.completions.create(
+        model=model, reasoning_effort="low", tools=[OPENAI_WEATHER_TOOL], messages=[ask, bare, result]  # type: ignore[list-item]
+    )
+    assert unthought.choices[0].message.content.startswith("mock reply")
+    assert not (unthought.choices[0].message.model_extra or {}).get("reasoning_content")
 
     reasoning, streamed_blocks = "", []
     for chunk in client.chat.completions.create(
@@ -262,10 +268,46 @@ def test_reasoning_effort_gets_claude_thinking_and_its_blocks_go_back(client: op
             reasoning += delta_extra.get("reasoning_content") or ""
             streamed_blocks += delta_extra.get("thinking_blocks") or []
     assert reasoning == "mock thinking about it"
+    # Each streamed block carries its position, which the SDK's stream
+    # accumulator needs; sent back, the gateway leaves it out.
+    assert [b.pop("index") for b in streamed_blocks] == list(range(len(blocks)))
     assert streamed_blocks == blocks
 
 
-@pytest.mark.parametrize("model", ["claude-test", "bedrock-claude"])
+@pytest.mark.parametrize("model", THINKING_MODELS)
+def test_a_forced_call_then_its_answer_with_an_effort_are_both_served(client: openai.OpenAI, model: str) -> None:
+    ask = {"role": "user", "content": "weather in Oslo?"}
+    # Claude cannot think while a tool is forced: the effort gives way.
+    first = client.chat.completions.create(
+        model=model, reasoning_effort="low", tools=[OPENAI_WEATHER_TOOL], tool_choice="required", messages=[ask]  # type: ignore[list-item]
+    )
+    message = first.choices[0].message
+    assert message.tool_calls and not (message.model_extra or {}).get("thinking_blocks")
+    call = message.tool_calls[0]
+    # Its answer carries no thinking to give back, so the next turn is
+    # served without thinking rather than refused.
+    second = client.chat.completions.create(
+        model=model,
+        reasoning_effort="low",
+        tools=[OPENAI_WEATHER_TOOL],
+        messages=[
+            ask,
+            {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+            {"role": "tool", "tool_call_id": call.id, "content": "snow"},
+        ],  # type: ignore[list-item]
+    )
+    assert second.choices[0].message.content.startswith("mock reply")
+
+
+def test_a_claude_model_that_cannot_think_ignores_the_effort(client: openai.OpenAI) -> None:
+    answer = client.chat.completions.create(
+        model="bedrock-claude", reasoning_effort="high", temperature=0.3, messages=[{"role": "user", "content": "hi"}]
+    )
+    assert answer.choices[0].message.content == "mock reply: hi"
+    assert not (answer.choices[0].message.model_extra or {}).get("reasoning_content")
+
+
+@pytest.mark.parametrize("model", THINKING_MODELS)
 def test_responses_reasoning_effort_gives_a_reasoning_item(client: openai.OpenAI, model: str) -> None:
     response = client.responses.create(model=model, reasoning={"effort": "low"}, input="think first")
     assert [item.type for item in response.output] == ["reasoning", "message"]
@@ -278,7 +320,7 @@ def test_responses_reasoning_effort_gives_a_reasoning_item(client: openai.OpenAI
     assert final.output[0].type == "reasoning"
 
 
-@pytest.mark.parametrize("model", ["claude-test", "bedrock-claude"])
+@pytest.mark.parametrize("model", THINKING_MODELS)
 def test_responses_reasoning_items_carry_claudes_thinking_to_the_next_turn(client: openai.OpenAI, model: str) -> None:
     first = client.responses.create(model=model, reasoning={"effort": "low"}, input="weather?")
     reasoning = first.output[0]
@@ -296,8 +338,10 @@ def test_responses_reasoning_items_carry_claudes_thinking_to_the_next_turn(clien
         input=[ask, reasoning.model_dump(exclude_none=True), call, output],
     )
     assert second.status == "completed" and second.output_text.startswith("mock reply")
-    with pytest.raises(openai.BadRequestError):
-        client.responses.create(model=model, reasoning={"effort": "low"}, tools=[tool], input=[ask, call, output])
+    assert second.output[0].type == "reasoning"
+    # Without it, the turn is served without thinking.
+    bare = client.responses.create(model=model, reasoning={"effort": "low"}, tools=[tool], input=[ask, call, output])
+    assert [item.type for item in bare.output] == ["message"]
     streamed = None
     with client.responses.stream(model=model, reasoning={"effort": "low"}, input="weather?") as stream:
         streamed = stream.get_final_response()

@@ -140,9 +140,13 @@ fn max_output(call: &Call<'_>, default: u32) -> u64 {
             .max(1)
     };
     match call {
-        Call::Chat(req) => from(&req.extra, &["max_completion_tokens", "max_tokens"])
-            .unwrap_or(u64::from(default))
-            .saturating_mul(answers(&req.extra, &["n"])),
+        // A request that asks for reasoning may be given room for Claude's
+        // thinking budget on top of its own limit.
+        Call::Chat(req) => switchyard_providers::reasoning::output_ceiling(
+            req,
+            from(&req.extra, &["max_completion_tokens", "max_tokens"]).unwrap_or(u64::from(default)),
+        )
+        .saturating_mul(answers(&req.extra, &["n"])),
         Call::Completion(req) => from(&req.extra, &["max_tokens"])
             .unwrap_or(u64::from(default))
             .saturating_mul(answers(&req.extra, &["n", "best_of"]))
@@ -651,6 +655,12 @@ mod tests {
         let mut plain: ChatCompletionRequest =
             serde_json::from_value(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
         assert_eq!(max_output(&Call::Chat(&mut plain), 4096), 4096);
+        // Claude's thinking budget goes on top of a limit it does not fit in.
+        let mut thinking: ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 100, "reasoning_effort": "high", "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        assert_eq!(max_output(&Call::Chat(&mut thinking), 4096), 4196);
     }
 
     #[test]

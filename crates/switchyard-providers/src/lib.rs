@@ -14,7 +14,7 @@ pub mod http;
 pub mod json_mode;
 pub mod mock;
 pub mod openai;
-mod reasoning;
+pub mod reasoning;
 pub mod secret;
 pub mod sse;
 pub mod upstream_id;

@@ -18,6 +18,15 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 /// sets only the former has it renamed for them. Other bodies are encoded
 /// as they are.
 fn encode_chat(req: &ChatCompletionRequest) -> Result<Vec<u8>> {
+    // Claude's thinking blocks, which clients echo in assistant messages,
+    // are for Claude: other servers may refuse the unknown field.
+    if req.messages.iter().any(|m| m.extra.contains_key("thinking_blocks")) {
+        let mut copy = req.clone();
+        for message in &mut copy.messages {
+            message.extra.shift_remove("thinking_blocks");
+        }
+        return encode_chat(&copy);
+    }
     if is_reasoning_model(&req.model)
         && req.extra.contains_key("max_tokens")
         && !req.extra.contains_key("max_completion_tokens")
@@ -230,6 +239,23 @@ openai_wire_provider!(AzureProvider, "azure");
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn claudes_thinking_blocks_do_not_reach_other_servers() {
+        let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "gpt-4o",
+            "messages": [
+                {"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "x", "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "s"}]}
+            ]
+        }))
+        .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req).unwrap()).unwrap();
+        assert_eq!(
+            body["messages"][1],
+            serde_json::json!({"role": "assistant", "content": "x"})
+        );
+    }
 
     #[test]
     fn azure_api_versions_before_2024_09_take_no_stream_options() {

@@ -4,7 +4,7 @@
 //! assistant message's `thinking_blocks`.
 
 use serde_json::{Value, json};
-use switchyard_api::{ChatCompletionRequest, ChatMessage};
+use switchyard_api::{ChatCompletionRequest, ChatMessage, Role};
 
 use crate::{ProviderError, Result};
 
@@ -19,6 +19,31 @@ const BUDGETS: &[(&str, u64)] = &[
 
 /// The smallest budget Claude takes.
 const MIN_BUDGET: u64 = 1024;
+
+/// The budget of a `thinking` object that enables thinking without one.
+const DEFAULT_BUDGET: u64 = 2048;
+
+/// Whether a Claude model can think: not the Claude 3 models before 3.7,
+/// Claude 2 or Instant (Bedrock ids and inference profiles included).
+pub(crate) fn can_think(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    let old = model.contains("claude-instant")
+        || model.contains("claude-2")
+        || (model.contains("claude-3-") && !model.contains("claude-3-7"));
+    !old
+}
+
+/// Whether the conversation ends with tool results whose assistant turn
+/// carries no thinking of Claude's to give back: Claude refuses to think
+/// on such a turn (the turn was made without thinking, or by another model,
+/// or the client dropped the blocks).
+fn tool_turn_without_thinking(req: &ChatCompletionRequest) -> bool {
+    let Some(last) = req.messages.iter().rposition(|m| m.role == Role::Assistant) else {
+        return false;
+    };
+    let answered = req.messages[last + 1..].iter().any(|m| m.role == Role::Tool);
+    answered && blocks_of(&req.messages[last]).is_empty()
+}
 
 /// The thinking a chat request asks of Claude.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,15 +66,26 @@ fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
 }
 
 /// The thinking `req` asks for: its `thinking` object, or a budget for its
-/// `reasoning_effort` (`none`: no thinking).
+/// `reasoning_effort` (`none`: no thinking). An effort is ignored for a
+/// model that cannot think, and on a turn that answers tool calls made
+/// without thinking (Claude would refuse it).
 pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>> {
     match req.extra.get("thinking") {
         None | Some(Value::Null) => {}
-        Some(config @ Value::Object(object)) => {
-            let budget = object.get("budget_tokens").and_then(Value::as_u64);
-            let enabled = object.get("type").and_then(Value::as_str) != Some("disabled");
-            return Ok(enabled.then(|| Thinking {
-                config: config.clone(),
+        Some(Value::Object(object)) => {
+            let kind = object.get("type").and_then(Value::as_str);
+            if kind == Some("disabled") {
+                return Ok(None);
+            }
+            let mut config = object.clone();
+            // `{"type": "enabled"}` alone (as some clients write it) gets a
+            // budget, which Claude requires.
+            if kind == Some("enabled") && !config.contains_key("budget_tokens") {
+                config.insert("budget_tokens".into(), json!(DEFAULT_BUDGET));
+            }
+            let budget = config.get("budget_tokens").and_then(Value::as_u64);
+            return Ok(Some(Thinking {
+                config: Value::Object(config),
                 budget,
                 explicit: true,
             }));
@@ -70,6 +106,9 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
             "reasoning_effort",
         ));
     };
+    if !can_think(&req.model) || tool_turn_without_thinking(req) {
+        return Ok(None);
+    }
     Ok(Some(Thinking {
         config: json!({"type": "enabled", "budget_tokens": budget}),
         budget: Some(*budget),
@@ -77,9 +116,23 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
     }))
 }
 
+/// The most output a chat request may be given by a Claude deployment
+/// that thinks: `max_tokens` with the budget added where it is not above it
+/// (see [`max_tokens_with`]). For reservations made before the deployment
+/// is chosen: a request that asks for reasoning is counted as if it went
+/// to Claude.
+pub fn output_ceiling(req: &ChatCompletionRequest, max_tokens: u64) -> u64 {
+    match requested(req) {
+        Ok(Some(Thinking {
+            budget: Some(budget), ..
+        })) if max_tokens <= budget => budget.max(MIN_BUDGET).saturating_add(max_tokens),
+        _ => max_tokens,
+    }
+}
+
 /// `max_tokens` with room for the thinking budget: Claude needs it above the
-/// budget, so a smaller one gets the budget added (the answer keeps the
-/// room the client asked for).
+/// budget (it counts thinking as output, as OpenAI's reasoning models count
+/// reasoning), so one at or under it gets the budget added.
 pub(crate) fn max_tokens_with(thinking: &Thinking, max_tokens: u32) -> u32 {
     match thinking.budget {
         Some(budget) if u64::from(max_tokens) <= budget => {
@@ -94,19 +147,22 @@ pub(crate) fn max_tokens_with(thinking: &Thinking, max_tokens: u32) -> u32 {
 /// `redacted_thinking` blocks), which Claude needs again on a turn that
 /// continues a tool call. Blocks without a signature (another model's
 /// reasoning) are left out: Claude refuses them.
-pub(crate) fn blocks_of(message: &ChatMessage) -> Vec<&Value> {
+/// Only the fields Claude takes are kept (a streamed block's `index`, which
+/// stream accumulators need, is not one).
+pub(crate) fn blocks_of(message: &ChatMessage) -> Vec<Value> {
     let Some(Value::Array(blocks)) = message.extra.get("thinking_blocks") else {
         return Vec::new();
     };
+    let text = |b: &Value, key: &str| b.get(key).and_then(Value::as_str).map(str::to_owned);
     blocks
         .iter()
-        .filter(|b| match b.get("type").and_then(Value::as_str) {
-            Some("thinking") => b
-                .get("signature")
-                .and_then(Value::as_str)
-                .is_some_and(|s| !s.is_empty()),
-            Some("redacted_thinking") => b.get("data").and_then(Value::as_str).is_some(),
-            _ => false,
+        .filter_map(|b| match b.get("type").and_then(Value::as_str) {
+            Some("thinking") => {
+                let signature = text(b, "signature").filter(|s| !s.is_empty())?;
+                Some(json!({"type": "thinking", "thinking": text(b, "thinking").unwrap_or_default(), "signature": signature}))
+            }
+            Some("redacted_thinking") => Some(json!({"type": "redacted_thinking", "data": text(b, "data")?})),
+            _ => None,
         })
         .collect()
 }
@@ -156,21 +212,61 @@ mod tests {
     }
 
     #[test]
+    fn old_models_and_unthought_tool_turns_get_no_thinking_from_an_effort() {
+        for (model, thinks) in [
+            ("claude-sonnet-4-5", true),
+            ("claude-3-7-sonnet-20250219", true),
+            ("us.anthropic.claude-opus-4-1-20250805-v1:0", true),
+            ("claude-3-5-sonnet-20241022", false),
+            ("anthropic.claude-3-haiku-20240307-v1:0", false),
+            ("anthropic.claude-instant-v1", false),
+        ] {
+            let mut req = request(json!({"reasoning_effort": "low"}));
+            req.model = model.into();
+            assert_eq!(requested(&req).unwrap().is_some(), thinks, "{model}");
+        }
+        let turn = |blocks: Value| {
+            request(json!({"reasoning_effort": "low", "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": null, "thinking_blocks": blocks,
+                 "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c", "content": "done"}
+            ]}))
+        };
+        assert!(requested(&turn(json!([]))).unwrap().is_none());
+        assert!(
+            requested(&turn(json!([{"type": "thinking", "thinking": "t", "signature": "s"}])))
+                .unwrap()
+                .is_some()
+        );
+        // The client's own `thinking` is passed on for Claude to judge; one
+        // without a budget gets the default.
+        let own = requested(&request(json!({"thinking": {"type": "enabled"}})))
+            .unwrap()
+            .unwrap();
+        assert_eq!(own.config, json!({"type": "enabled", "budget_tokens": 2048}));
+        assert_eq!(output_ceiling(&request(json!({"reasoning_effort": "high"})), 100), 4196);
+        assert_eq!(output_ceiling(&request(json!({})), 100), 100);
+    }
+
+    #[test]
     fn only_signed_or_redacted_blocks_go_back() {
         let message: ChatMessage = serde_json::from_value(json!({
             "role": "assistant", "content": "x",
             "thinking_blocks": [
                 {"type": "thinking", "thinking": "a", "signature": "sig"},
                 {"type": "thinking", "thinking": "b", "signature": ""},
-                {"type": "redacted_thinking", "data": "opaque"},
+                {"type": "redacted_thinking", "data": "opaque", "index": 2},
                 {"type": "other"}
             ]
         }))
         .unwrap();
-        let kept: Vec<&str> = blocks_of(&message)
-            .iter()
-            .map(|b| b["type"].as_str().unwrap())
-            .collect();
+        assert_eq!(
+            blocks_of(&message)[1],
+            json!({"type": "redacted_thinking", "data": "opaque"})
+        );
+        let blocks = blocks_of(&message);
+        let kept: Vec<&str> = blocks.iter().map(|b| b["type"].as_str().unwrap()).collect();
         assert_eq!(kept, ["thinking", "redacted_thinking"]);
     }
 }

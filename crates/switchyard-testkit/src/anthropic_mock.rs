@@ -257,7 +257,11 @@ pub(crate) struct Answer {
 }
 
 /// What a Messages request says about thinking.
-fn asked_thinking<'a>(obj: &'a Map<String, Value>, messages: &'a [Value]) -> crate::thinking::Asked<'a> {
+fn asked_thinking<'a>(
+    obj: &'a Map<String, Value>,
+    messages: &'a [Value],
+    model: &'a str,
+) -> crate::thinking::Asked<'a> {
     let kind = |b: &Value| b.get("type").and_then(Value::as_str).map(str::to_owned);
     let blocks = |m: &'a Value| {
         m.get("content")
@@ -286,6 +290,7 @@ fn asked_thinking<'a>(obj: &'a Map<String, Value>, messages: &'a [Value]) -> cra
             )
         });
     crate::thinking::Asked {
+        model,
         thinking: obj.get("thinking"),
         max_tokens: obj.get("max_tokens").and_then(Value::as_u64),
         temperature: obj.get("temperature").and_then(Value::as_f64),
@@ -304,7 +309,7 @@ fn asked_thinking<'a>(obj: &'a Map<String, Value>, messages: &'a [Value]) -> cra
 /// answer, which echoes `model`. `Err` carries the validation message.
 pub(crate) fn answer(ctx: &RequestCtx<'_>, obj: &Map<String, Value>, model: &str) -> Result<Answer, String> {
     let parsed = validate_fields(obj, true)?;
-    let thinking = crate::thinking::check(&asked_thinking(obj, parsed.messages))?;
+    let thinking = crate::thinking::check(&asked_thinking(obj, parsed.messages, model))?;
     let reply = build_reply(&reply_request(&parsed, ctx.scenario.parallel_tools), "toolu_mock_");
     let (read, write) = cache_tokens(is_cached(parsed.obj));
     let usage = Usage {

@@ -256,7 +256,11 @@ struct Planned {
 }
 
 /// What a Converse request says about Claude's thinking.
-fn asked_thinking<'a>(obj: &'a Map<String, Value>, messages: &'a [Value]) -> crate::thinking::Asked<'a> {
+fn asked_thinking<'a>(
+    obj: &'a Map<String, Value>,
+    messages: &'a [Value],
+    model: &'a str,
+) -> crate::thinking::Asked<'a> {
     let blocks = |m: &'a Value| {
         m.get("content")
             .and_then(Value::as_array)
@@ -285,6 +289,7 @@ fn asked_thinking<'a>(obj: &'a Map<String, Value>, messages: &'a [Value]) -> cra
     let config = obj.get("inferenceConfig");
     let choice = obj.get("toolConfig").and_then(|c| c.get("toolChoice"));
     crate::thinking::Asked {
+        model,
         thinking: obj.get("additionalModelRequestFields").and_then(|f| f.get("thinking")),
         max_tokens: config.and_then(|c| c.get("maxTokens")).and_then(Value::as_u64),
         temperature: config.and_then(|c| c.get("temperature")).and_then(Value::as_f64),
@@ -308,7 +313,7 @@ impl Planned {
 
 fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
     let (obj, messages) = validate(ctx.body).map_err(|message| Box::new(validation_error(&message)))?;
-    let thinking = crate::thinking::check(&asked_thinking(obj, messages))
+    let thinking = crate::thinking::check(&asked_thinking(obj, messages, &ctx.model))
         .map_err(|message| Box::new(validation_error(&message)))?;
     let mut reply = build_reply(
         &reply_request(obj, messages, ctx.scenario.parallel_tools),

@@ -13,6 +13,8 @@ pub(crate) const SIGNATURE: &str = "mock-thinking-signature";
 
 /// What a request says about thinking, in either API's terms.
 pub(crate) struct Asked<'a> {
+    /// The model asked (a Bedrock model id, or an Anthropic model name).
+    pub model: &'a str,
     /// The `thinking` object (`additionalModelRequestFields.thinking` on Bedrock).
     pub thinking: Option<&'a Value>,
     /// `max_tokens` (`inferenceConfig.maxTokens`).
@@ -38,6 +40,13 @@ pub(crate) fn check(asked: &Asked<'_>) -> Result<bool, String> {
         Some("enabled") => {}
         Some("disabled") => return Ok(false),
         _ => return Err("thinking.type: Input should be 'enabled' or 'disabled'".into()),
+    }
+    let model = asked.model.to_ascii_lowercase();
+    if model.contains("claude-2") || (model.contains("claude-3-") && !model.contains("claude-3-7")) {
+        return Err(format!(
+            "thinking: this model ({}) does not support extended thinking",
+            asked.model
+        ));
     }
     let budget = thinking.get("budget_tokens").and_then(Value::as_u64).unwrap_or(0);
     if budget < 1024 {
@@ -74,6 +83,7 @@ mod tests {
 
     fn asked(thinking: &Value) -> Asked<'_> {
         Asked {
+            model: "claude-sonnet-4",
             thinking: Some(thinking),
             max_tokens: Some(4000),
             temperature: None,
@@ -112,5 +122,8 @@ mod tests {
         let mut signed = asked(&on);
         signed.tool_turn = Some((true, vec![SIGNATURE]));
         assert_eq!(check(&signed), Ok(true));
+        let mut old = asked(&on);
+        old.model = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+        assert!(check(&old).unwrap_err().contains("does not support"));
     }
 }

@@ -225,8 +225,8 @@ impl Converter {
     }
 
     /// Claude's signed thinking, sealed into the reasoning item being
-    /// written; a block that came without one (a redacted block) gets an
-    /// item of its own, completed at once.
+    /// written; a block that came without one (a redacted block) opens a
+    /// reasoning item of its own, which later blocks join.
     fn thinking_blocks(&mut self, blocks: &[Value], out: &mut Vec<Bytes>) {
         let index = match self.open {
             Some((Open::Reasoning | Open::Sealed, index)) => index,

@@ -66,13 +66,23 @@ fn invalid(param: impl Into<String>, message: impl Into<String>) -> ApiError {
 /// Marks the `encrypted_content` of reasoning items this gateway wrote.
 const SEALED: &str = "swy1:";
 
-/// Claude's thinking blocks as a reasoning item's `encrypted_content`.
+/// Claude's thinking blocks as a reasoning item's `encrypted_content`,
+/// each written the same way however it came (a stream's blocks carry an
+/// `index`, and their fields in another order).
 pub(crate) fn seal(blocks: &[Value]) -> Option<String> {
     use base64::Engine as _;
+    let field = |b: &Value, key: &str| b.get(key).cloned().unwrap_or(Value::Null);
+    let blocks: Vec<Value> = blocks
+        .iter()
+        .map(|b| match b.get("type").and_then(Value::as_str) {
+            Some("redacted_thinking") => json!({"type": "redacted_thinking", "data": field(b, "data")}),
+            _ => json!({"type": "thinking", "thinking": field(b, "thinking"), "signature": field(b, "signature")}),
+        })
+        .collect();
     if blocks.is_empty() {
         return None;
     }
-    let json = serde_json::to_vec(blocks).ok()?;
+    let json = serde_json::to_vec(&blocks).ok()?;
     Some(format!(
         "{SEALED}{}",
         base64::engine::general_purpose::STANDARD.encode(json)
@@ -486,6 +496,9 @@ fn input_item(
                 _ => {
                     if message.role == Role::Assistant {
                         attach_thinking(&mut message, thinking);
+                    } else {
+                        // Reasoning that led to no assistant turn belongs to none.
+                        thinking.clear();
                     }
                     messages.push(message);
                 }

@@ -41,6 +41,10 @@ struct Converter {
     /// Thinking blocks being streamed: block index → text and signature so
     /// far, sent whole (signed) as `thinking_blocks` when the block ends.
     thinking: HashMap<u32, (String, String)>,
+    /// Thinking blocks sent so far: each goes with its position as
+    /// `index`, which stream accumulators (the OpenAI SDKs') need to keep
+    /// list entries apart.
+    blocks_sent: usize,
 }
 
 impl Converter {
@@ -82,11 +86,11 @@ impl Converter {
                 self.thinking.insert(index, (text.to_owned(), String::new()));
             }
             StreamEvent::ContentBlockStart { content_block, .. } if content_block.kind == "redacted_thinking" => {
+                let mut block = serde_json::to_value(&content_block).unwrap_or_default();
+                block["index"] = json!(self.blocks_sent);
+                self.blocks_sent += 1;
                 let mut fields = Extra::new();
-                fields.insert(
-                    "thinking_blocks".into(),
-                    json!([serde_json::to_value(&content_block).unwrap_or_default()]),
-                );
+                fields.insert("thinking_blocks".into(), json!([block]));
                 out.push_back(self.out.fields(fields));
             }
             StreamEvent::ContentBlockStop { index } if self.thinking.contains_key(&index) => {
@@ -94,8 +98,9 @@ impl Converter {
                     let mut fields = Extra::new();
                     fields.insert(
                         "thinking_blocks".into(),
-                        json!([{"type": "thinking", "thinking": text, "signature": signature}]),
+                        json!([{"index": self.blocks_sent, "type": "thinking", "thinking": text, "signature": signature}]),
                     );
+                    self.blocks_sent += 1;
                     out.push_back(self.out.fields(fields));
                 }
             }
@@ -192,6 +197,7 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         extra_json_blocks: Vec::new(),
         held: String::new(),
         thinking: HashMap::new(),
+        blocks_sent: 0,
     };
     let state = (events, converter, VecDeque::<Result<StreamChunk>>::new(), false);
     let chunks = stream::unfold(state, |(mut events, mut conv, mut queue, mut failed)| async move {

@@ -467,6 +467,27 @@ fn reasoning_effort_asks_claude_to_think_with_room_for_the_answer() {
 }
 
 #[test]
+fn a_json_answer_asked_with_thinking_offers_the_json_tool_instead_of_forcing_it() {
+    let req = chat(json!({
+        "model": "claude", "messages": [{"role": "user", "content": "json please"}],
+        "thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 3000,
+        "response_format": {"type": "json_object"}
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 4096).unwrap()).unwrap();
+    assert_eq!(out["thinking"]["budget_tokens"], 1024);
+    assert_eq!(out["tool_choice"], json!({"type": "auto"}));
+    assert_eq!(out["tools"][0]["name"], "json_tool_call");
+    // From an effort, the JSON tool stays forced and thinking gives way.
+    let effort = chat(json!({
+        "model": "claude", "messages": [{"role": "user", "content": "json please"}],
+        "reasoning_effort": "low", "response_format": {"type": "json_object"}
+    }));
+    let out = serde_json::to_value(to_messages_request(&effort, 4096).unwrap()).unwrap();
+    assert!(out.get("thinking").is_none(), "{out}");
+    assert_eq!(out["tool_choice"]["type"], "tool");
+}
+
+#[test]
 fn thinking_comes_back_as_reasoning_content_and_signed_blocks() {
     let resp: MessagesResponse = serde_json::from_value(json!({
         "id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
@@ -540,7 +561,7 @@ async fn streamed_thinking_becomes_reasoning_deltas_and_a_signed_block() {
     let blocks: Vec<&Value> = deltas.iter().filter_map(|d| d.get("thinking_blocks")).collect();
     assert_eq!(
         blocks,
-        [&json!([{"type": "thinking", "thinking": "Hmm, sunny.", "signature": "sig-2"}])]
+        [&json!([{"index": 0, "type": "thinking", "thinking": "Hmm, sunny.", "signature": "sig-2"}])]
     );
     let text: String = deltas.iter().filter_map(|d| d["content"].as_str()).collect();
     assert_eq!(text, "Sunny");

@@ -236,7 +236,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 let mut blocks: Vec<ContentBlock> = if thinking.is_some() {
                     reasoning::blocks_of(message)
                         .into_iter()
-                        .filter_map(|b| serde_json::from_value(b.clone()).ok())
+                        .filter_map(|b| serde_json::from_value(b).ok())
                         .collect()
                 } else {
                     Vec::new()
@@ -323,6 +323,9 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                     list.push(tool);
                     (Some(list), tool_choice)
                 }
+                // Claude cannot think while a tool is forced: a request that
+                // asks for both gets the JSON tool offered instead.
+                _ if thinking.as_ref().is_some_and(|t| t.explicit) => (Some(vec![tool]), Some(json!({"type": "auto"}))),
                 _ => (
                     Some(vec![tool]),
                     Some(json!({"type": "tool", "name": JSON_TOOL, "disable_parallel_tool_use": true})),

@@ -261,7 +261,7 @@ pub(crate) fn json_mode(req: &ChatCompletionRequest) -> Result<Option<JsonTool>>
     }
 }
 
-fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>> {
+fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolConfiguration>> {
     // A JSON `response_format` is asked for as a tool's input: forced when
     // alone, offered next to the client's tools otherwise.
     let json = json_mode(req)?
@@ -278,13 +278,17 @@ fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>>
         let Some(json) = json else {
             return Ok(None);
         };
-        let config = ToolConfiguration::builder()
-            .tools(json)
-            .tool_choice(ToolChoice::Tool(built(
+        // Claude cannot think while a tool is forced: a request that asks
+        // for both gets the JSON tool offered instead.
+        let choice = if thinks {
+            ToolChoice::Auto(AutoToolChoice::builder().build())
+        } else {
+            ToolChoice::Tool(built(
                 SpecificToolChoice::builder().name(JSON_TOOL).build(),
                 "response_format",
-            )?))
-            .build();
+            )?)
+        };
+        let config = ToolConfiguration::builder().tools(json).tool_choice(choice).build();
         return Ok(Some(built(config, "response_format")?));
     };
     let mut specs = Vec::new();
@@ -338,9 +342,6 @@ fn tool_config(req: &ChatCompletionRequest) -> Result<Option<ToolConfiguration>>
     Ok(Some(built(config, "tools")?))
 }
 
-/// `top_p`, unless the request also sets `temperature` for a Claude model:
-/// Claude models from the 4.1 generation refuse the two together, and
-/// Anthropic advises setting one; `temperature` is kept.
 /// Whether the request's model is Claude (a model id, or an inference
 /// profile named after one).
 fn is_claude(req: &ChatCompletionRequest) -> bool {
@@ -374,6 +375,9 @@ fn reasoning_blocks(message: &ChatMessage, param: &str) -> Result<Vec<ContentBlo
         .collect()
 }
 
+/// `top_p`, unless the request also sets `temperature` for a Claude model:
+/// Claude models from the 4.1 generation refuse the two together, and
+/// Anthropic advises setting one; `temperature` is kept.
 fn top_p(req: &ChatCompletionRequest) -> Option<f64> {
     let top_p = req.extra.get("top_p").and_then(Value::as_f64)?;
     let claude = is_claude(req);
@@ -401,16 +405,17 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     let offers_tools = offered_tools(req).is_some();
     // Claude thinks when asked (`reasoning_effort`, or a `thinking` object),
     // except while a tool is forced, which it refuses with thinking on.
-    let tools = tool_config(req)?;
+    let asked = if is_claude(req) {
+        reasoning::requested(req)?
+    } else {
+        None
+    };
+    let tools = tool_config(req, asked.as_ref().is_some_and(|t| t.explicit))?;
     let forced = tools
         .as_ref()
         .and_then(|t| t.tool_choice.as_ref())
         .is_some_and(|c| matches!(c, ToolChoice::Any(_) | ToolChoice::Tool(_)));
-    let thinking = if is_claude(req) {
-        reasoning::requested(req)?.filter(|t| t.explicit || !forced)
-    } else {
-        None
-    };
+    let thinking = asked.filter(|t| t.explicit || !forced);
     let mut system = Vec::new();
     let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
     for (i, message) in req.messages.iter().enumerate() {

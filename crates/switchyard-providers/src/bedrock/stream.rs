@@ -43,6 +43,9 @@ struct Converter {
     /// far; a signed one (Claude's) is sent whole as `thinking_blocks` when
     /// the block ends.
     reasoning: HashMap<i32, (String, String)>,
+    /// Thinking blocks sent so far: each goes with its position as
+    /// `index`, which stream accumulators (the OpenAI SDKs') need.
+    blocks_sent: usize,
 }
 
 impl Converter {
@@ -105,10 +108,12 @@ impl Converter {
                     fields.insert(
                         "thinking_blocks".into(),
                         json!([{
+                            "index": self.blocks_sent,
                             "type": "redacted_thinking",
                             "data": base64::engine::general_purpose::STANDARD.encode(data.as_ref()),
                         }]),
                     );
+                    self.blocks_sent += 1;
                     out.push_back(self.out.fields(fields));
                 }
                 Some(ContentBlockDelta::ToolUse(tool)) => match self.tools.get(&delta.content_block_index) {
@@ -127,8 +132,9 @@ impl Converter {
                     let mut fields = Extra::new();
                     fields.insert(
                         "thinking_blocks".into(),
-                        json!([{"type": "thinking", "thinking": text, "signature": signature}]),
+                        json!([{"index": self.blocks_sent, "type": "thinking", "thinking": text, "signature": signature}]),
                     );
+                    self.blocks_sent += 1;
                     out.push_back(self.out.fields(fields));
                 }
             }
@@ -179,6 +185,7 @@ pub(crate) fn to_chat_chunks(
         extra_json_blocks: Vec::new(),
         held: String::new(),
         reasoning: HashMap::new(),
+        blocks_sent: 0,
     };
     let state = (receiver, converter, VecDeque::<Result<StreamChunk>>::new(), false, true);
     let chunks = stream::unfold(
