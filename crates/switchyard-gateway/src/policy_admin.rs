@@ -46,6 +46,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/spend/keys", get(spend_keys))
         .route("/spend/teams", get(spend_teams))
         .route("/spend/models", get(spend_models))
+        .route("/spend/tags", get(spend_tags))
         .route("/spend/logs", get(spend_logs))
         .route("/admin/policy", get(policy_status))
 }
@@ -539,6 +540,15 @@ async fn spend_teams(State(state): State<SharedState>) -> Response {
 
 async fn spend_models(State(state): State<SharedState>) -> Response {
     spend_by(&state, "model:", "model").await
+}
+
+/// Spend per request tag (each request is counted under each of its
+/// tags), with LiteLLM's `individual_request_tag` beside `tag`.
+async fn spend_tags(State(state): State<SharedState>) -> Response {
+    spend_by_named(&state, "tag:", "tag", |name| {
+        (name.to_owned(), Some(("individual_request_tag", json!(name))))
+    })
+    .await
 }
 
 fn parse_day(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Response> {

@@ -929,6 +929,16 @@ async fn spend_records_carry_the_end_user_and_tags() {
     let plain = chat_with(&gw, Some(&key), "mock-a").await;
     assert_eq!(plain.status, 200);
     spend_record(&gw, |r| r["model"] == "mock-a" && r["key_alias"] == "tagger").await;
+    // Spend per tag: the tagged request under each of its tags, and only it.
+    let tags = admin_get(&gw, "/spend/tags").await;
+    assert_eq!(tags.status, 200, "{}", tags.body);
+    let rows = tags.body.as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["tag"].as_str().unwrap()).collect();
+    assert_eq!(names, ["eval", "from-header", "nightly"], "{}", tags.body);
+    for row in rows {
+        assert_eq!(row["total_spend_nanos"], record["cost_nanos"], "{row}");
+        assert_eq!(row["individual_request_tag"], row["tag"]);
+    }
     for (query, expected) in [("tag=eval", 1), ("end_user=end-user-9", 1), ("tag=none", 0)] {
         let found = admin_get(&gw, &format!("/spend/logs?{query}")).await;
         assert_eq!(found.status, 200, "{}", found.body);

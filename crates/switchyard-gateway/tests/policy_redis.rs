@@ -171,6 +171,27 @@ async fn two_gateways_share_one_rate_limit_and_one_budget() {
     // Both gateways read the same spend log.
     let logs = get(&bases[1], &format!("/spend/logs?api_key={key}")).await;
     assert_eq!(logs.as_array().unwrap().len() as i64, served);
+
+    // Spend per tag is kept in Redis too: two tagged requests, one on each
+    // gateway, read on either.
+    for base in &bases {
+        let tagged = json!({"model": "mock-a", "max_tokens": 5, "tags": ["nightly-eval"],
+            "messages": [{"role": "user", "content": "hello"}]});
+        let (status, body) = post(base, "/v1/chat/completions", CONFIG_KEY, tagged).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let tags = get(&bases[0], "/spend/tags").await;
+    let row = tags
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tag"] == "nightly-eval")
+        .unwrap_or_else(|| panic!("{tags}"));
+    assert_eq!(
+        row["total_spend_nanos"].as_i64().unwrap(),
+        2 * HELLO_COST_NANOS,
+        "{row}"
+    );
 }
 
 #[tokio::test]

@@ -47,9 +47,10 @@ pub struct SpendRecord {
 }
 
 impl SpendRecord {
-    /// The ledger subjects this record is charged to.
+    /// The ledger subjects this record is charged to: its key, team and
+    /// model, and each of its tags.
     pub fn subjects(&self) -> Vec<String> {
-        let mut out = Vec::with_capacity(3);
+        let mut out = Vec::with_capacity(3 + self.tags.len());
         if let Some(key) = &self.key {
             out.push(subject_key(key));
         }
@@ -57,6 +58,7 @@ impl SpendRecord {
             out.push(subject_team(team));
         }
         out.push(subject_model(&self.model));
+        out.extend(self.tags.iter().map(|t| subject_tag(t)));
         out
     }
 
@@ -79,6 +81,11 @@ pub fn subject_team(team: &str) -> String {
 /// Ledger subject of a model group.
 pub fn subject_model(model: &str) -> String {
     format!("model:{model}")
+}
+
+/// Ledger subject of a request tag.
+pub fn subject_tag(tag: &str) -> String {
+    format!("tag:{tag}")
 }
 
 /// Spend of one subject: in total and per day.
