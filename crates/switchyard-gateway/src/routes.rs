@@ -56,6 +56,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/models", get(models))
         .route("/models/{*model}", get(model))
         .route("/model/info", get(model_info))
+        .route("/model_group/info", get(model_group_info))
         .route("/messages", post(crate::messages::messages))
         .route("/messages/count_tokens", post(crate::messages::count_tokens))
         .route("/responses", post(crate::responses::create))
@@ -960,6 +961,45 @@ async fn model_info(State(state): State<SharedState>, Extension(principal): Exte
                 },
             }));
         }
+    }
+    Json(serde_json::json!({"data": data})).into_response()
+}
+
+/// `GET /model_group/info` (also under `/v1`): LiteLLM's listing of model
+/// groups, one row per model the caller may use: its providers, the highest
+/// prices its deployments charge, and its rate limits when every deployment
+/// declares one (their sum).
+async fn model_group_info(State(state): State<SharedState>, Extension(principal): Extension<Principal>) -> Response {
+    let mut data = Vec::new();
+    for name in visible_models(&state, principal.view()) {
+        let Ok(group) = state.registry.group(name) else {
+            data.push(serde_json::json!({"model_group": name, "providers": ["switchyard"], "mode": "chat"}));
+            continue;
+        };
+        let mut providers: Vec<&str> = group.deployments().iter().map(|d| d.provider.as_str()).collect();
+        providers.sort_unstable();
+        providers.dedup();
+        let prices: Vec<switchyard_policy::Prices> = group
+            .deployments()
+            .iter()
+            .map(|d| state.prices.get(d.id.0).copied().unwrap_or_default())
+            .collect();
+        let highest = |f: fn(&switchyard_policy::Prices) -> f64| prices.iter().map(f).fold(0.0_f64, f64::max);
+        let total = |f: fn(&switchyard_routing::DeploymentInfo) -> Option<u64>| {
+            group
+                .deployments()
+                .iter()
+                .map(f)
+                .try_fold(0_u64, |sum, limit| limit.map(|l| sum.saturating_add(l)))
+        };
+        data.push(serde_json::json!({
+            "model_group": name,
+            "providers": providers,
+            "input_cost_per_token": highest(|p| p.input),
+            "output_cost_per_token": highest(|p| p.output),
+            "rpm": total(|d| d.rpm),
+            "tpm": total(|d| d.tpm),
+        }));
     }
     Json(serde_json::json!({"data": data})).into_response()
 }

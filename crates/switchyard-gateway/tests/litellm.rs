@@ -446,6 +446,28 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
         !text.contains("sk-openai-test") && !text.contains("azure-test") && !text.contains("127.0.0.1"),
         "{text}"
     );
+    // LiteLLM's /model_group/info: one row per group, limits summed where
+    // every deployment has one.
+    let groups: Value = reqwest::Client::new()
+        .get(format!("{}/model_group/info", gw.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let gpt = groups["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["model_group"] == "gpt-4o")
+        .unwrap_or_else(|| panic!("{groups}"));
+    assert_eq!(gpt["providers"], json!(["azure", "openai"]), "{gpt}");
+    assert_eq!(gpt["rpm"], 900, "{gpt}");
+    assert!(gpt["tpm"].is_null(), "the Azure deployment declares no tpm: {gpt}");
+    assert!(gpt["input_cost_per_token"].as_f64().unwrap() >= 0.0000025, "{gpt}");
+    assert!(!groups.to_string().contains("127.0.0.1"), "{groups}");
     let logs = gw.logs().join("\n");
     assert!(
         logs.contains("litellm_settings.success_callback"),
