@@ -410,6 +410,12 @@ pub struct DeploymentEntry {
     /// `max_tokens` sent to Anthropic or Bedrock when the client sends none (default 4096).
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
+    /// Anthropic and Bedrock: drop the chat parameters they cannot express
+    /// (`logprobs`, `top_logprobs`, `n` > 1, `audio`, `modalities`,
+    /// `prediction`, legacy `functions`) instead of answering 400, as
+    /// LiteLLM's `drop_params` does.
+    #[serde(default)]
+    pub drop_params: bool,
     /// Bedrock: AWS region (default `AWS_REGION` / `AWS_DEFAULT_REGION`).
     #[serde(default)]
     pub aws_region: Option<String>,
@@ -729,6 +735,8 @@ pub struct DeploymentSpec {
     pub anthropic_version: Option<String>,
     /// Anthropic and Bedrock `max_tokens` default.
     pub default_max_tokens: Option<u32>,
+    /// Anthropic and Bedrock: drop parameters they cannot express.
+    pub drop_params: bool,
     /// Bedrock region.
     pub aws_region: Option<String>,
     /// Bedrock static credentials (access key id, secret, session token).
@@ -1076,6 +1084,12 @@ fn validate_deployment(
         ));
     }
     let (aws_region, aws_credentials) = validate_aws(entry, path, env, issues);
+    if !matches!(entry.provider, ProviderKind::Anthropic | ProviderKind::Bedrock) && entry.drop_params {
+        issues.push(issue(
+            format!("{path}.drop_params"),
+            "is only used by anthropic and bedrock (other providers get the parameters as sent)",
+        ));
+    }
     if entry.default_max_tokens == Some(0) {
         issues.push(issue(format!("{path}.default_max_tokens"), "must be greater than 0"));
     }
@@ -1154,6 +1168,7 @@ fn validate_deployment(
         api_version,
         anthropic_version,
         default_max_tokens: entry.default_max_tokens,
+        drop_params: entry.drop_params,
         aws_region,
         aws_credentials,
         aws_model_id: entry

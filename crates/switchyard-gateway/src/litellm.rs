@@ -71,10 +71,6 @@ const IGNORED_LITELLM_SETTINGS: &[(&str, &str)] = &[
         "prompts are never logged unless telemetry.log_payloads is set",
     ),
     ("redact_user_api_key_info", "keys never reach logs or traces"),
-    (
-        "drop_params",
-        "request parameters are forwarded as sent; one a provider cannot express (logprobs, n > 1 on Anthropic or Bedrock) is a 400 naming it, not dropped",
-    ),
     ("telemetry", "Switchyard sends no usage telemetry"),
 ];
 
@@ -340,6 +336,14 @@ impl Translator {
                 "extra_headers" | "headers" => {
                     d.insert("headers".into(), value.clone());
                     "headers"
+                }
+                "drop_params" if matches!(provider, "anthropic" | "bedrock") => {
+                    d.insert("drop_params".into(), json!(value.as_bool().unwrap_or(false)));
+                    "drop_params"
+                }
+                "drop_params" => {
+                    self.warn(&here, "parameters go to this provider as sent (it takes OpenAI's)");
+                    continue;
                 }
                 other => {
                     if let Some((_, why)) = IGNORED_PARAMS.iter().find(|(k, _)| *k == other) {
@@ -623,6 +627,24 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         for (key, value) in settings {
             let here = format!("litellm_settings.{key}");
             match key.as_str() {
+                // Parameters Anthropic and Bedrock cannot express are dropped
+                // there; other providers take OpenAI's parameters as sent.
+                "drop_params" => match value.as_bool() {
+                    Some(drop) => {
+                        for group in groups.values_mut() {
+                            let Some(Value::Array(list)) = group.get_mut("deployments") else {
+                                continue;
+                            };
+                            for d in list.iter_mut().filter_map(Value::as_object_mut) {
+                                if matches!(d.get("provider").and_then(Value::as_str), Some("anthropic" | "bedrock")) {
+                                    d.entry("drop_params").or_insert(json!(drop));
+                                }
+                            }
+                        }
+                        t.map(here, "model_list[*].deployments[].drop_params (anthropic and bedrock)");
+                    }
+                    None => t.refuse(&here, "must be true or false"),
+                },
                 "disable_end_user_cost_tracking" => match value.as_bool() {
                     Some(off) => {
                         policy.insert("record_end_users".into(), json!(!off));

@@ -155,6 +155,7 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
                     .clone()
                     .unwrap_or_else(|| DEFAULT_ANTHROPIC_VERSION.to_owned()),
                 default_max_tokens: spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                drop_params: spec.drop_params,
             },
             &spec.http,
         )?),
@@ -172,6 +173,7 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
             default_max_tokens: spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
             model_id: spec.aws_model_id.clone(),
             timeouts: spec.http.timeouts,
+            drop_params: spec.drop_params,
         })),
         ProviderKind::Mock => ProviderClient::Mock(MockProvider::new(spec.mock.clone())),
     })

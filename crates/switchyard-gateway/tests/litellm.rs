@@ -156,11 +156,19 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
         config.policy.redis.as_ref().map(|r| format!("{:?}", r.failure_mode)),
         Some("FailOpen".to_owned())
     );
+    // `drop_params` reaches the deployments that can drop parameters.
+    let claude = &specs.iter().find(|m| m.name == "claude-sonnet").unwrap().deployments[0];
+    assert!(
+        claude.drop_params,
+        "litellm_settings.drop_params on an Anthropic deployment"
+    );
+    let gpt = &specs.iter().find(|m| m.name == "gpt-4o").unwrap().deployments[0];
+    assert!(!gpt.drop_params);
     let notices = config.notices.join("\n");
+    assert!(!notices.contains("`litellm_settings.drop_params`"), "{notices}");
     for key in [
         "litellm_settings.set_verbose",
         "litellm_settings.success_callback",
-        "litellm_settings.drop_params",
         "router_settings.enable_pre_call_checks",
         "model_list[1].model_info.id",
         "model_list[2].litellm_params.max_retries",
@@ -504,7 +512,7 @@ fn check_config_reports_what_maps_to_what() {
         "router_settings.cooldown_time -> router_settings.cooldown_ms",
         "general_settings.master_key -> policy.master_key",
         "model_list[0].litellm_params.rpm -> model_list[gpt-4o].deployments[].rpm",
-        "warning: `litellm_settings.drop_params` is not used",
+        "litellm_settings.drop_params -> model_list[*].deployments[].drop_params (anthropic and bedrock)",
         "configuration is valid: 3 models, 4 deployments",
         // A deployment nothing prices is the configuration's own warning.
         "`meta-llama/Llama-3.1-8B-Instruct`): no price is set",
@@ -512,7 +520,7 @@ fn check_config_reports_what_maps_to_what() {
         assert!(out.contains(line), "missing `{line}` in:\n{out}");
     }
     assert_eq!(
-        out.matches("warning: `litellm_settings.drop_params`").count(),
+        out.matches("warning: `litellm_settings.set_verbose`").count(),
         1,
         "a warning is printed once:\n{out}"
     );

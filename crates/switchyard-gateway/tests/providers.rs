@@ -42,6 +42,8 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
     };
     let groups = [
         ("contract", String::new(), String::new()),
+        // Used by one check only, so no other request moves its metrics.
+        ("metered", String::new(), String::new()),
         ("parallel", "::parallel_tools".to_owned(), String::new()),
         ("limited", "::status=429,retry_after=3".to_owned(), String::new()),
         ("failing", "::status=500".to_owned(), String::new()),
@@ -388,9 +390,9 @@ async fn run_contract(provider: &str) {
         // A Claude stream passed through on /v1/messages ends at
         // `message_stop`: it is recorded as a completed stream and charged
         // the output tokens the upstream reported, not one per event.
-        let (before, output_before) = streams_and_output(&c, "contract").await;
+        let (before, output_before) = streams_and_output(&c, "metered").await;
         let response = c
-            .messages(json!({"model": "contract", "max_tokens": 64, "stream": true,
+            .messages(json!({"model": "metered", "max_tokens": 64, "stream": true,
                 "messages": [{"role": "user", "content": "stream me please"}]}))
             .await;
         assert_eq!(response.status(), 200, "{provider}");
@@ -408,7 +410,7 @@ async fn run_contract(provider: &str) {
         );
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         loop {
-            let (after, output) = streams_and_output(&c, "contract").await;
+            let (after, output) = streams_and_output(&c, "metered").await;
             if after == before + 1.0 && output == output_before + reported {
                 break;
             }
@@ -1425,4 +1427,56 @@ async fn prompt_cache_writes_are_charged_at_their_prices() {
             }
         }
     }
+}
+
+/// `drop_params` on an Anthropic or Bedrock deployment drops the chat
+/// parameters it cannot express (`logprobs`, `n` > 1…) instead of
+/// answering 400; without it they are refused, naming the parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_params_drops_what_anthropic_and_bedrock_cannot_express() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("router_settings:\n  num_retries: 0\nmodel_list:\n");
+    for (provider, model) in [("anthropic", "claude-mock"), ("bedrock", "amazon.nova-lite-v1:0")] {
+        for drop in [true, false] {
+            yaml += &format!("  - model_name: {provider}-{drop}\n    deployments:\n");
+            yaml += &deployment(provider, &mock, model, &format!("        drop_params: {drop}\n"));
+        }
+    }
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[("TEST_AWS_ID", "AKIDTEST"), ("TEST_AWS_SECRET", "test-secret")],
+    );
+    let http = reqwest::Client::new();
+    for provider in ["anthropic", "bedrock"] {
+        for (drop, stream) in [(true, false), (true, true), (false, false)] {
+            let response = http
+                .post(format!("{}/v1/chat/completions", gateway.base_url()))
+                .json(&json!({
+                    "model": format!("{provider}-{drop}"), "stream": stream, "logprobs": true, "top_logprobs": 2, "n": 2,
+                    "messages": [{"role": "user", "content": "hello"}]
+                }))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap();
+            if drop {
+                assert_eq!(status, 200, "{provider} stream {stream}: {text}");
+                let done = if stream { "data: [DONE]" } else { "mock reply: hello" };
+                assert!(text.contains(done), "{provider}: {text}");
+            } else {
+                assert_eq!(status, 400, "{provider}: {text}");
+                let body: Value = serde_json::from_str(&text).unwrap();
+                assert_eq!(body["error"]["param"], "logprobs", "{provider}: {body}");
+            }
+        }
+    }
+    let sent = mock.requests();
+    assert!(
+        sent.iter()
+            .all(|r| r.body.get("logprobs").is_none() && r.body.get("n").is_none()),
+        "nothing it cannot express reached the upstream"
+    );
 }

@@ -36,6 +36,9 @@ pub struct AnthropicSettings {
     pub version: String,
     /// `max_tokens` for requests that carry none.
     pub default_max_tokens: u32,
+    /// Drop the parameters Anthropic cannot express (`logprobs`, `n` > 1, …)
+    /// instead of refusing the request.
+    pub drop_params: bool,
 }
 
 /// Anthropic's Messages API.
@@ -45,6 +48,7 @@ pub struct AnthropicProvider {
     messages_url: reqwest::Url,
     count_tokens_url: reqwest::Url,
     default_max_tokens: u32,
+    drop_params: bool,
 }
 
 fn now() -> u64 {
@@ -88,6 +92,7 @@ impl AnthropicProvider {
             messages_url: parse(format!("{base}/v1/messages"))?,
             count_tokens_url: parse(format!("{base}/v1/messages/count_tokens"))?,
             default_max_tokens: settings.default_max_tokens,
+            drop_params: settings.drop_params,
         })
     }
 
@@ -132,6 +137,8 @@ impl Provider for AnthropicProvider {
     }
 
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
+        let dropped = self.drop_params.then(|| translate::without_rejected(req)).flatten();
+        let req = dropped.as_ref().unwrap_or(req);
         let mut request = translate::to_messages_request(req, self.default_max_tokens)?;
         request.stream = None;
         let bytes = self.messages(&request).await?;
@@ -149,6 +156,8 @@ impl Provider for AnthropicProvider {
     }
 
     async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
+        let dropped = self.drop_params.then(|| translate::without_rejected(req)).flatten();
+        let req = dropped.as_ref().unwrap_or(req);
         let mut request = translate::to_messages_request(req, self.default_max_tokens)?;
         request.stream = Some(true);
         let events = self.messages_stream(&request).await?;

@@ -34,6 +34,28 @@ pub(crate) const REJECTED: &[&str] = &[
     "function_call",
 ];
 
+/// `req` without the parameters Anthropic and Bedrock cannot express
+/// ([`REJECTED`], and `n` above 1), for a deployment set to drop them
+/// (`drop_params`) rather than refuse them; `None` when it has none.
+pub(crate) fn without_rejected(req: &ChatCompletionRequest) -> Option<ChatCompletionRequest> {
+    let rejected = |key: &str, value: &Value| {
+        (REJECTED.contains(&key) && !value.is_null() && value != &Value::Bool(false))
+            || (key == "n" && value.as_u64().is_some_and(|n| n > 1))
+    };
+    if !req.extra.iter().any(|(k, v)| rejected(k, v)) {
+        return None;
+    }
+    let mut copy = req.clone();
+    copy.extra.retain(|k, v| {
+        let drop = rejected(k, v);
+        if drop {
+            tracing::debug!(parameter = %k, "a parameter this provider cannot express is dropped (drop_params)");
+        }
+        !drop
+    });
+    Some(copy)
+}
+
 /// An image part's URL as an Anthropic image source.
 fn image_source(url: &str) -> Value {
     if let Some(rest) = url.strip_prefix("data:")

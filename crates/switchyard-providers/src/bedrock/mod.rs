@@ -61,6 +61,9 @@ pub struct BedrockSettings {
     pub model_id: Option<String>,
     /// Connect and total timeouts; first-byte bounds a stream's first event.
     pub timeouts: Timeouts,
+    /// Drop the parameters Converse cannot express (`logprobs`, `n` > 1, …)
+    /// instead of refusing the request.
+    pub drop_params: bool,
 }
 
 /// AWS Bedrock Runtime.
@@ -408,6 +411,12 @@ impl Provider for BedrockProvider {
     }
 
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
+        let dropped = self
+            .settings
+            .drop_params
+            .then(|| crate::anthropic::translate::without_rejected(req))
+            .flatten();
+        let req = dropped.as_ref().unwrap_or(req);
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
             .answered(with_converse_input!(self.client().await.converse(), self.target(&req.model), input).send())
@@ -430,6 +439,12 @@ impl Provider for BedrockProvider {
         // The SDK's operation timeout ends with the response head; the
         // stream's body is bounded by this deadline.
         let deadline = tokio::time::Instant::now() + self.settings.timeouts.total;
+        let dropped = self
+            .settings
+            .drop_params
+            .then(|| crate::anthropic::translate::without_rejected(req))
+            .flatten();
+        let req = dropped.as_ref().unwrap_or(req);
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
             .within_first_byte(
