@@ -248,13 +248,16 @@ pub struct ServerConfig {
     /// with `Retry-After: 1`. Bounds the memory of bodies read and parsed
     /// at once.
     pub max_concurrent_requests: usize,
-    /// Memory for responses of `/v1/responses` kept so that a later request
-    /// can continue them (`previous_response_id`) or read them back, in
-    /// MiB; also the largest one response kept; 0 keeps none. Kept in
-    /// Redis when `policy.redis` is set (every replica can continue them),
-    /// else in this process (behind a load balancer, continuations then
-    /// need the same replica, or clients that send the whole conversation
-    /// with `store: false`).
+    /// Where responses of `/v1/responses` are kept so that a later request
+    /// can continue them (`previous_response_id`) or read them back:
+    /// `memory` (this process: behind a load balancer, continuations need
+    /// the same replica, or clients that send the whole conversation with
+    /// `store: false`) or `redis` (the policy's Redis, `policy.redis`, which
+    /// every replica reads; each response expires after
+    /// `responses_ttl_seconds`, so size Redis for them).
+    pub responses_store: ResponsesStoreKind,
+    /// Memory for kept responses, in MiB (`memory`), and the largest one
+    /// response kept (either store); 0 keeps none.
     pub responses_store_mib: u64,
     /// How long a kept response can be continued, in seconds.
     pub responses_ttl_seconds: u64,
@@ -275,10 +278,22 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             max_concurrent_requests: 0,
             litellm_headers: false,
+            responses_store: ResponsesStoreKind::Memory,
             responses_store_mib: 32,
             responses_ttl_seconds: 86_400,
         }
     }
+}
+
+/// Where `/v1/responses` keeps responses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ResponsesStoreKind {
+    /// In this process.
+    #[default]
+    Memory,
+    /// In the policy's Redis, shared by replicas.
+    Redis,
 }
 
 /// One public model name (a model group).
@@ -1378,6 +1393,12 @@ impl Config {
             issues.push(issue(
                 "server.max_concurrent_requests",
                 "must be at most 10000000 (0: no limit)",
+            ));
+        }
+        if self.server.responses_store == ResponsesStoreKind::Redis && self.policy.redis.is_none() {
+            issues.push(issue(
+                "server.responses_store",
+                "`redis` keeps responses in the policy's Redis: set policy.redis",
             ));
         }
         if self.server.responses_store_mib > 1_048_576 {

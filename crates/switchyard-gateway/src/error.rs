@@ -93,7 +93,7 @@ pub enum ApiError {
         param: Option<String>,
     },
     /// The store of kept responses could not be reached.
-    #[error("Kept responses cannot be read right now: {0}")]
+    #[error("The store of kept responses is unavailable; retry shortly.")]
     ResponseStore(String),
     /// An admin operation failed.
     #[error("{0}")]

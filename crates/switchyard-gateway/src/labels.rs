@@ -57,7 +57,11 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
         Some(Value::String(user)) => kept(user, MAX_USER_LEN),
         _ => None,
     };
-    Ok(Labels { end_user, tags })
+    Ok(Labels {
+        end_user,
+        tags,
+        tag_spend: false,
+    })
 }
 
 /// The labels of a `/v1/messages` request: `metadata.user_id` and the tag
@@ -69,7 +73,11 @@ pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, Ap
         Some(Value::String(user)) => kept(user, MAX_USER_LEN),
         _ => None,
     };
-    Ok(Labels { end_user, tags })
+    Ok(Labels {
+        end_user,
+        tags,
+        tag_spend: false,
+    })
 }
 
 /// A tag or user id as recorded: trimmed, control characters left out, cut

@@ -338,7 +338,11 @@ impl Translator {
                     "headers"
                 }
                 "drop_params" if matches!(provider, "anthropic" | "bedrock") => {
-                    d.insert("drop_params".into(), json!(value.as_bool().unwrap_or(false)));
+                    let Some(drop) = value.as_bool() else {
+                        self.refuse(&here, "must be true or false");
+                        continue;
+                    };
+                    d.insert("drop_params".into(), json!(drop));
                     "drop_params"
                 }
                 "drop_params" => {
@@ -635,9 +639,16 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                             let Some(Value::Array(list)) = group.get_mut("deployments") else {
                                 continue;
                             };
+                            // As LiteLLM: a parameter is dropped when either
+                            // the global or the deployment's setting says so.
                             for d in list.iter_mut().filter_map(Value::as_object_mut) {
-                                if matches!(d.get("provider").and_then(Value::as_str), Some("anthropic" | "bedrock")) {
-                                    d.entry("drop_params").or_insert(json!(drop));
+                                if drop
+                                    && matches!(
+                                        d.get("provider").and_then(Value::as_str),
+                                        Some("anthropic" | "bedrock")
+                                    )
+                                {
+                                    d.insert("drop_params".into(), json!(true));
                                 }
                             }
                         }

@@ -296,6 +296,7 @@ pub(crate) fn take_labels(
     if !state.record_end_users {
         labels.end_user = None;
     }
+    labels.tag_spend = state.track_tag_spend;
     if let Some(t) = trail {
         t.labels(&labels);
     }

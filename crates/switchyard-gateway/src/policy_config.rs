@@ -43,6 +43,10 @@ pub struct PolicyConfig {
     /// Record the end user a request names (OpenAI's `user`, Anthropic's
     /// `metadata.user_id`) on its spend record and in the request log.
     pub record_end_users: bool,
+    /// Also count each request's spend under each of its tags
+    /// (`/spend/tags`). Off by default: tags are chosen by clients, and each
+    /// new one is kept for good (a Redis hash with no expiry).
+    pub track_tag_spend: bool,
     /// Keys declared here (each with `key: os.environ/NAME`, plus the fields of `/key/generate`).
     pub keys: Vec<BTreeMap<String, Value>>,
     /// Teams declared here (the fields of `/team/new`).
@@ -62,6 +66,7 @@ impl Default for PolicyConfig {
             default_max_tokens: 4096,
             redis: None,
             record_end_users: true,
+            track_tag_spend: false,
             keys: Vec::new(),
             teams: Vec::new(),
             litellm_master_key_env: false,
@@ -138,6 +143,8 @@ pub struct PolicySpec {
     pub default_max_tokens: u32,
     /// Whether spend records and the request log name the end user.
     pub record_end_users: bool,
+    /// Whether spend is also counted per tag.
+    pub track_tag_spend: bool,
 }
 
 impl PolicyConfig {
@@ -323,6 +330,7 @@ impl PolicyConfig {
             },
             default_max_tokens: self.default_max_tokens,
             record_end_users: self.record_end_users,
+            track_tag_spend: self.track_tag_spend,
         }
     }
 }

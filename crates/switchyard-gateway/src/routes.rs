@@ -966,12 +966,18 @@ async fn model_info(State(state): State<SharedState>, Extension(principal): Exte
 }
 
 /// `GET /model_group/info` (also under `/v1`): LiteLLM's listing of model
-/// groups, one row per model the caller may use: its providers, the highest
+/// groups, one row per model the caller may use (`?model_group=` for one): its providers, the highest
 /// prices its deployments charge, and its rate limits when every deployment
 /// declares one (their sum).
-async fn model_group_info(State(state): State<SharedState>, Extension(principal): Extension<Principal>) -> Response {
+async fn model_group_info(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
     let mut data = Vec::new();
-    for name in visible_models(&state, principal.view()) {
+    // `?model_group=` narrows the listing to one group, as LiteLLM's does.
+    let only = query.get("model_group");
+    for name in visible_models(&state, principal.view()).filter(|n| only.is_none_or(|o| o == n)) {
         let Ok(group) = state.registry.group(name) else {
             data.push(serde_json::json!({"model_group": name, "providers": ["switchyard"], "mode": "chat"}));
             continue;

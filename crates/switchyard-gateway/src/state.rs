@@ -59,6 +59,8 @@ pub struct AppState {
     pub default_max_tokens: u32,
     /// Whether requests' end users are recorded (`policy.record_end_users`).
     pub record_end_users: bool,
+    /// Whether spend is also counted per tag (`policy.track_tag_spend`).
+    pub track_tag_spend: bool,
     /// Prices of each deployment, indexed like `providers`.
     pub prices: Vec<Prices>,
     /// What each deployment calls (provider, model, address, region, a hash
@@ -109,15 +111,16 @@ pub struct GroupRoute {
     pub content_policy_fallbacks: Vec<String>,
 }
 
-/// Where `/v1/responses` keeps responses: in Redis when the policy uses
-/// Redis (every replica can continue them), else in this process.
+/// Where `/v1/responses` keeps responses: in the policy's Redis with
+/// `server.responses_store: redis` (every replica can continue them), else
+/// in this process.
 fn response_store(
     server: &ServerConfig,
     redis: Option<&switchyard_policy::RedisSettings>,
 ) -> Result<crate::responses::ResponseStore, Vec<ConfigIssue>> {
     let max_bytes = server.responses_store_mib.saturating_mul(1024 * 1024);
     let ttl = std::time::Duration::from_secs(server.responses_ttl_seconds);
-    match redis {
+    match redis.filter(|_| server.responses_store == crate::config::ResponsesStoreKind::Redis) {
         None => Ok(crate::responses::ResponseStore::memory(max_bytes, ttl)),
         Some(redis) => crate::responses::ResponseStore::redis(&redis.url, &redis.prefix, redis.timeout, max_bytes, ttl)
             .map_err(|message| {
@@ -533,6 +536,7 @@ impl AppState {
             pending_policy: Some(policy.settings),
             default_max_tokens: policy.default_max_tokens,
             record_end_users: policy.record_end_users,
+            track_tag_spend: policy.track_tag_spend,
             prices,
             upstreams,
             ceilings,
@@ -609,6 +613,7 @@ impl AppState {
         self.pending_policy = None;
         self.default_max_tokens = old.default_max_tokens;
         self.record_end_users = old.record_end_users;
+        self.track_tag_spend = old.track_tag_spend;
         self.metrics = old.metrics.clone();
         self.request_log = old.request_log.clone();
         self.telemetry = old.telemetry.clone();

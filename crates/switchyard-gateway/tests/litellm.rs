@@ -476,6 +476,17 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
     assert!(gpt["tpm"].is_null(), "the Azure deployment declares no tpm: {gpt}");
     assert!(gpt["input_cost_per_token"].as_f64().unwrap() >= 0.0000025, "{gpt}");
     assert!(!groups.to_string().contains("127.0.0.1"), "{groups}");
+    let one: Value = reqwest::Client::new()
+        .get(format!("{}/v1/model_group/info?model_group=llama", gw.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["data"].as_array().unwrap().len(), 1, "{one}");
+    assert_eq!(one["data"][0]["model_group"], "llama");
     let logs = gw.logs().join("\n");
     assert!(
         logs.contains("litellm_settings.success_callback"),

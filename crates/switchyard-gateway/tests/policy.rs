@@ -902,7 +902,9 @@ async fn a_configured_key_without_the_prefix_is_found_by_its_value() {
 async fn spend_records_carry_the_end_user_and_tags() {
     let mock = switchyard_testkit::MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let gw = GatewayProcess::start(BIN.as_ref(), &config_with_mock_group(dir.path(), "tagged", &mock, "m"));
+    let yaml = config_with_mock_group(dir.path(), "tagged", &mock, "m")
+        .replace("policy:\n", "policy:\n  track_tag_spend: true\n");
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
     let key = generate(&gw, json!({"key_alias": "tagger"})).await;
     let answer = send(
         client()
@@ -973,6 +975,10 @@ async fn spend_records_carry_the_end_user_and_tags() {
     let record = spend_record(&quiet, |r| r["model"] == "mock-a").await;
     assert!(record.get("end_user").is_none(), "{record}");
     assert_eq!(record["tags"], json!(["kept"]));
+    // Without `track_tag_spend`, tags are on the records but no spend is
+    // kept per tag.
+    let tags = admin_get(&quiet, "/spend/tags").await;
+    assert_eq!((tags.status, &tags.body), (200, &json!([])));
 }
 
 /// Web searches Claude ran for a request are charged at $0.01 each, on top

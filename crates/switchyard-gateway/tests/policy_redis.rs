@@ -19,6 +19,7 @@ fn config(redis: &str, mode: &str, delay_ms: u64) -> String {
         r#"
 policy:
   master_key: {MASTER}
+  track_tag_spend: true
   redis:
     url: {redis}
     failure_mode: {mode}

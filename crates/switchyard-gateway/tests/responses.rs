@@ -239,15 +239,16 @@ async fn empty_tools_stay_home_and_answers_without_usage_report_estimates() {
     );
 }
 
-/// With the policy on Redis, responses are kept there: a response made on
-/// one replica is continued, read and deleted on another. While Redis is
+/// With `server.responses_store: redis`, responses are kept in the policy's
+/// Redis: a response made on one replica is continued, read and deleted on
+/// another; without it they stay in memory, even with the policy on Redis. While Redis is
 /// down, a continuation is a 503 and a new request is still answered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_one_redis_continue_each_others_responses() {
     let mut redis = RedisServer::start();
     let mock = MockUpstream::start().await;
     let policy = format!(
-        "policy:\n  master_key: {MASTER}\n  redis:\n    url: {}\n    timeout_ms: 300\n    failure_mode: fail_open\n  keys:\n    - key: {KEY_A}\n",
+        "server:\n  responses_store: redis\npolicy:\n  master_key: {MASTER}\n  redis:\n    url: {}\n    timeout_ms: 300\n    failure_mode: fail_open\n  keys:\n    - key: {KEY_A}\n",
         redis.url()
     );
     let a = GatewayProcess::start(Path::new(BIN), &config(&mock, &policy));
@@ -273,6 +274,13 @@ async fn replicas_on_one_redis_continue_each_others_responses() {
     let (status, _) = call(&a, reqwest::Method::GET, KEY_A, id).await;
     assert_eq!(status, 404);
 
+    let memory_policy = policy.replace("server:\n  responses_store: redis\n", "");
+    let local = GatewayProcess::start(Path::new(BIN), &config(&mock, &memory_policy));
+    let (status, _) = call(&local, reqwest::Method::GET, KEY_A, made["id"].as_str().unwrap()).await;
+    assert_eq!(
+        status, 404,
+        "a gateway keeping responses in memory does not read Redis's"
+    );
     let (status, later) = post(&a, Some(KEY_A), &json!({"model": "gpt", "input": "before the outage"})).await;
     assert_eq!(status, 200, "{later}");
     redis.stop();

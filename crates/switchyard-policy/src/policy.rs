@@ -113,6 +113,9 @@ pub struct Labels {
     pub end_user: Option<String>,
     /// Tags, in the order given, without repeats.
     pub tags: Vec<String>,
+    /// Whether the request's spend is also counted under each of its tags
+    /// (`/spend/tags`).
+    pub tag_spend: bool,
 }
 
 /// What an answered request cost.
@@ -872,6 +875,7 @@ impl Policy {
             cache_hit: charge.cache_hit,
             end_user: ticket.labels.end_user.take(),
             tags: std::mem::take(&mut ticket.labels.tags),
+            tag_spend: ticket.labels.tag_spend,
         };
         // A cached answer used no upstream tokens: its token limits keep the
         // up-front estimate taken at admission, without the correction to

@@ -44,11 +44,15 @@ pub struct SpendRecord {
     /// The request's tags.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// Whether its cost is also counted under each tag (`policy.track_tag_spend`
+    /// when it was charged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tag_spend: bool,
 }
 
 impl SpendRecord {
     /// The ledger subjects this record is charged to: its key, team and
-    /// model, and each of its tags.
+    /// model, and each of its tags when tag spend is tracked.
     pub fn subjects(&self) -> Vec<String> {
         let mut out = Vec::with_capacity(3 + self.tags.len());
         if let Some(key) = &self.key {
@@ -58,7 +62,9 @@ impl SpendRecord {
             out.push(subject_team(team));
         }
         out.push(subject_model(&self.model));
-        out.extend(self.tags.iter().map(|t| subject_tag(t)));
+        if self.tag_spend {
+            out.extend(self.tags.iter().map(|t| subject_tag(t)));
+        }
         out
     }
 
@@ -204,6 +210,7 @@ mod tests {
             cache_hit: false,
             end_user: None,
             tags: Vec::new(),
+            tag_spend: false,
         }
     }
 

@@ -315,6 +315,7 @@ mod tests {
             cache_hit: false,
             end_user: None,
             tags: Vec::new(),
+            tag_spend: false,
         }
     }
 

@@ -56,6 +56,22 @@ fn invalid_values_are_reported_with_their_path() {
 }
 
 #[test]
+fn kept_responses_in_redis_need_the_policy_redis_and_drop_params_its_providers() {
+    let config = parse(
+        "server:\n  responses_store: redis\n  responses_ttl_seconds: 0\nmodel_list:\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: m\n        api_base: http://127.0.0.1:9/v1\n        drop_params: true\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[])).unwrap_err().to_string();
+    for expected in [
+        "server.responses_store: `redis` keeps responses in the policy's Redis: set policy.redis",
+        "server.responses_ttl_seconds: must be from 1",
+        "model_list[0].deployments[0].drop_params: is only used by anthropic and bedrock",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
+#[test]
 fn secrets_resolve_from_the_environment_and_never_print() {
     let config = parse(
         "model_list:\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: gpt\n        api_base: http://127.0.0.1:9/v1\n        api_key: os.environ/TEST_KEY\n",

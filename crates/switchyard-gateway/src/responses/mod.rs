@@ -136,7 +136,7 @@ pub(crate) async fn create(
     let owner = owner(&principal);
     let history = match req.previous_response_id.as_deref() {
         Some(id) => match store.get(id, &owner).await {
-            Err(e) => return ApiError::ResponseStore(e.0).into_response(),
+            Err(e) => return store_down(e),
             Ok(Some(previous)) => previous.conversation.clone(),
             Ok(None) => {
                 return ApiError::ResponseNotFound {
@@ -284,6 +284,12 @@ async fn finish(conv: &mut stream::Converter, keep: &mut Option<Keep>, out: &mut
     }
 }
 
+/// The 503 for a store that did not answer; the reason goes to the log.
+fn store_down(e: store::StoreUnavailable) -> Response {
+    tracing::warn!(error = %e, "the store of kept responses did not answer");
+    ApiError::ResponseStore(e.0).into_response()
+}
+
 fn malformed(why: &str) -> Value {
     serde_json::json!({"message": format!("The answer's stream could not be read: {why}."), "code": "server_error"})
 }
@@ -297,7 +303,7 @@ pub(crate) async fn retrieve(
     match state.responses.get(&id, &owner(&principal)).await {
         Ok(Some(stored)) => ([(header::CONTENT_TYPE, "application/json")], stored.object.clone()).into_response(),
         Ok(None) => ApiError::ResponseNotFound { id, param: None }.into_response(),
-        Err(e) => ApiError::ResponseStore(e.0).into_response(),
+        Err(e) => store_down(e),
     }
 }
 
@@ -312,6 +318,6 @@ pub(crate) async fn delete(
             axum::Json(serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
         }
         Ok(false) => ApiError::ResponseNotFound { id, param: None }.into_response(),
-        Err(e) => ApiError::ResponseStore(e.0).into_response(),
+        Err(e) => store_down(e),
     }
 }
