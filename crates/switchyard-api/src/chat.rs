@@ -110,9 +110,14 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with text content.
     pub fn text(role: Role, content: impl Into<String>) -> Self {
+        Self::with_content(role, MessageContent::Text(content.into()))
+    }
+
+    /// A message with `content` and nothing else.
+    pub fn with_content(role: Role, content: MessageContent) -> Self {
         Self {
             role,
-            content: Some(MessageContent::Text(content.into())),
+            content: Some(content),
             name: None,
             tool_calls: None,
             tool_call_id: None,

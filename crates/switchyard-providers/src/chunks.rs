@@ -76,6 +76,14 @@ impl ChunkBuilder {
         self.chunk(delta, None, None)
     }
 
+    /// A piece of reasoning (`reasoning_content`, as OpenAI-compatible
+    /// servers stream it).
+    pub(crate) fn reasoning(&self, text: String) -> Result<StreamChunk> {
+        let mut fields = Extra::new();
+        fields.insert("reasoning_content".into(), serde_json::Value::String(text));
+        self.fields(fields)
+    }
+
     /// A content piece.
     pub(crate) fn text(&self, text: String) -> Result<StreamChunk> {
         let delta = ChunkDelta {
@@ -129,6 +137,25 @@ pub(crate) fn tool_call(id: String, name: String, arguments: String) -> ToolCall
         kind: "function".into(),
         function: Some(FunctionCall { name, arguments }),
         extra: Extra::new(),
+    }
+}
+
+/// The thinking blocks (Claude's, signed) a stream sends, each whole in one
+/// delta as `thinking_blocks`, with its position as `index`, which stream
+/// accumulators (the OpenAI SDKs') need to keep list entries apart.
+#[derive(Debug, Default)]
+pub(crate) struct ThinkingBlocks {
+    sent: usize,
+}
+
+impl ThinkingBlocks {
+    /// The chunk carrying `block`.
+    pub(crate) fn chunk(&mut self, out: &ChunkBuilder, mut block: serde_json::Value) -> Result<StreamChunk> {
+        block["index"] = serde_json::json!(self.sent);
+        self.sent += 1;
+        let mut fields = Extra::new();
+        fields.insert("thinking_blocks".into(), serde_json::Value::Array(vec![block]));
+        out.fields(fields)
     }
 }
 

@@ -4,7 +4,7 @@
 //! assistant message's `thinking_blocks`.
 
 use serde_json::{Value, json};
-use switchyard_api::{ChatCompletionRequest, ChatMessage, Role};
+use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Role};
 
 use crate::{ProviderError, Result};
 
@@ -139,6 +139,27 @@ pub(crate) fn max_tokens_with(thinking: &Thinking, max_tokens: u32) -> u32 {
             u32::try_from(budget.max(MIN_BUDGET).saturating_add(u64::from(max_tokens))).unwrap_or(u32::MAX)
         }
         _ => max_tokens,
+    }
+}
+
+/// Puts Claude's thinking on a chat answer as OpenAI-compatible servers
+/// return reasoning (`reasoning_content`), with the blocks themselves,
+/// signed, as `thinking_blocks` for the client to send back on its next turn.
+pub(crate) fn attach(response: &mut ChatCompletionResponse, reasoning: String, blocks: Vec<Value>) {
+    let Some(choice) = response.choices.first_mut() else {
+        return;
+    };
+    if !reasoning.is_empty() {
+        choice
+            .message
+            .extra
+            .insert("reasoning_content".into(), Value::String(reasoning));
+    }
+    if !blocks.is_empty() {
+        choice
+            .message
+            .extra
+            .insert("thinking_blocks".into(), Value::Array(blocks));
     }
 }
 

@@ -262,33 +262,15 @@ fn asked_thinking<'a>(
     messages: &'a [Value],
     model: &'a str,
 ) -> crate::thinking::Asked<'a> {
-    let kind = |b: &Value| b.get("type").and_then(Value::as_str).map(str::to_owned);
-    let blocks = |m: &'a Value| {
-        m.get("content")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-    };
-    let answers_tools = messages
-        .last()
-        .is_some_and(|m| blocks(m).iter().any(|b| kind(b).as_deref() == Some("tool_result")));
-    let tool_turn = messages
-        .len()
-        .checked_sub(2)
-        .filter(|_| answers_tools)
-        .map(|i| blocks(&messages[i]))
-        .map(|turn| {
-            let first = turn.first().and_then(kind);
-            let signatures = turn
-                .iter()
-                .filter(|b| kind(b).as_deref() == Some("thinking"))
-                .map(|b| b.get("signature").and_then(Value::as_str).unwrap_or_default())
-                .collect();
-            (
-                matches!(first.as_deref(), Some("thinking" | "redacted_thinking")),
-                signatures,
-            )
-        });
+    fn kind(block: &Value) -> Option<&str> {
+        block.get("type").and_then(Value::as_str)
+    }
+    let tool_turn = crate::thinking::tool_turn(
+        messages,
+        |b| kind(b) == Some("tool_result"),
+        |b| matches!(kind(b), Some("thinking" | "redacted_thinking")),
+        |b| (kind(b) == Some("thinking")).then(|| b.get("signature").and_then(Value::as_str).unwrap_or_default()),
+    );
     crate::thinking::Asked {
         model,
         thinking: obj.get("thinking"),

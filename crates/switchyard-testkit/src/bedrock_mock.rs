@@ -261,31 +261,15 @@ fn asked_thinking<'a>(
     messages: &'a [Value],
     model: &'a str,
 ) -> crate::thinking::Asked<'a> {
-    let blocks = |m: &'a Value| {
-        m.get("content")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
-    };
-    let answers_tools = messages
-        .last()
-        .is_some_and(|m| blocks(m).iter().any(|b| b.get("toolResult").is_some()));
-    let tool_turn = messages
-        .len()
-        .checked_sub(2)
-        .filter(|_| answers_tools)
-        .map(|i| blocks(&messages[i]))
-        .map(|turn| {
-            let signatures = turn
-                .iter()
-                .filter_map(|b| b.pointer("/reasoningContent/reasoningText"))
+    let tool_turn = crate::thinking::tool_turn(
+        messages,
+        |b| b.get("toolResult").is_some(),
+        |b| b.get("reasoningContent").is_some(),
+        |b| {
+            b.pointer("/reasoningContent/reasoningText")
                 .map(|t| t.get("signature").and_then(Value::as_str).unwrap_or_default())
-                .collect();
-            (
-                turn.first().is_some_and(|b| b.get("reasoningContent").is_some()),
-                signatures,
-            )
-        });
+        },
+    );
     let config = obj.get("inferenceConfig");
     let choice = obj.get("toolConfig").and_then(|c| c.get("toolChoice"));
     crate::thinking::Asked {

@@ -31,6 +31,30 @@ pub(crate) struct Asked<'a> {
     pub tool_turn: Option<(bool, Vec<&'a str>)>,
 }
 
+/// The assistant turn a conversation's trailing tool results answer, in
+/// either API's terms (`result`: a block that is a tool result; `thinking`:
+/// a block that is thinking; `signature`: a thinking block's signature):
+/// whether it starts with thinking, and the signatures it sends back.
+pub(crate) fn tool_turn<'a>(
+    messages: &'a [Value],
+    result: impl Fn(&Value) -> bool,
+    thinking: impl Fn(&Value) -> bool,
+    signature: impl Fn(&'a Value) -> Option<&'a str>,
+) -> Option<(bool, Vec<&'a str>)> {
+    let blocks = |m: &'a Value| {
+        m.get("content")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    };
+    if !messages.last().is_some_and(|m| blocks(m).iter().any(&result)) {
+        return None;
+    }
+    let turn = blocks(messages.get(messages.len().checked_sub(2)?)?);
+    let signatures = turn.iter().filter_map(signature).collect();
+    Some((turn.first().is_some_and(thinking), signatures))
+}
+
 /// Whether to think, or why the request is refused.
 pub(crate) fn check(asked: &Asked<'_>) -> Result<bool, String> {
     let Some(thinking) = asked.thinking else {

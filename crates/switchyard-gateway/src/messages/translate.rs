@@ -153,14 +153,7 @@ fn message(role: Role, parts: Vec<ContentPart>) -> ChatMessage {
         [only] if only.kind == "text" => MessageContent::Text(only.text.clone().unwrap_or_default()),
         _ => MessageContent::Parts(parts),
     };
-    ChatMessage {
-        role,
-        content: Some(content),
-        name: None,
-        tool_calls: None,
-        tool_call_id: None,
-        extra: Extra::new(),
-    }
+    ChatMessage::with_content(role, content)
 }
 
 fn text_part(text: &str) -> ContentPart {

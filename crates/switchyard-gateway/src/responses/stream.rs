@@ -180,20 +180,25 @@ impl Converter {
         );
     }
 
+    /// Ends the open item and adds an empty reasoning item; its position.
+    fn open_reasoning(&mut self, out: &mut Vec<Bytes>) -> usize {
+        self.close_open("completed", out);
+        let item = OutputItem::Reasoning {
+            id: self.echo.item_id("rs", self.output.len()),
+            summary: Vec::new(),
+            content: Vec::new(),
+            encrypted_content: None,
+            status: "in_progress".into(),
+        };
+        self.add_item(item, out)
+    }
+
     /// Appends reasoning text, opening a reasoning item when none is open.
     fn reasoning(&mut self, delta: &str, out: &mut Vec<Bytes>) {
         let index = match self.open {
             Some((Open::Reasoning, index)) => index,
             _ => {
-                self.close_open("completed", out);
-                let item = OutputItem::Reasoning {
-                    id: self.echo.item_id("rs", self.output.len()),
-                    summary: Vec::new(),
-                    content: Vec::new(),
-                    encrypted_content: None,
-                    status: "in_progress".into(),
-                };
-                let index = self.add_item(item, out);
+                let index = self.open_reasoning(out);
                 if let OutputItem::Reasoning { content, .. } = &mut self.output[index] {
                     content.push(ReasoningText {
                         kind: "reasoning_text".into(),
@@ -231,15 +236,7 @@ impl Converter {
         let index = match self.open {
             Some((Open::Reasoning | Open::Sealed, index)) => index,
             _ => {
-                self.close_open("completed", out);
-                let item = OutputItem::Reasoning {
-                    id: self.echo.item_id("rs", self.output.len()),
-                    summary: Vec::new(),
-                    content: Vec::new(),
-                    encrypted_content: None,
-                    status: "in_progress".into(),
-                };
-                let index = self.add_item(item, out);
+                let index = self.open_reasoning(out);
                 self.open = Some((Open::Sealed, index));
                 index
             }

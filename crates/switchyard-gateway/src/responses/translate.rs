@@ -621,14 +621,7 @@ fn input_message(item: &Value, param: &str) -> Result<ChatMessage, ApiError> {
             ));
         }
     };
-    Ok(ChatMessage {
-        role,
-        content: Some(content),
-        name: None,
-        tool_calls: None,
-        tool_call_id: None,
-        extra: Extra::new(),
-    })
+    Ok(ChatMessage::with_content(role, content))
 }
 
 /// Input parts (`input_text`, `input_image`, `input_file`, `input_audio`)

@@ -137,8 +137,8 @@ impl Provider for AnthropicProvider {
     }
 
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
-        let dropped = self.drop_params.then(|| translate::without_rejected(req)).flatten();
-        let req = dropped.as_ref().unwrap_or(req);
+        let sent = translate::as_sent(req, self.drop_params);
+        let req = &*sent;
         let mut request = translate::to_messages_request(req, self.default_max_tokens)?;
         request.stream = None;
         let bytes = self.messages(&request).await?;
@@ -156,8 +156,8 @@ impl Provider for AnthropicProvider {
     }
 
     async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
-        let dropped = self.drop_params.then(|| translate::without_rejected(req)).flatten();
-        let req = dropped.as_ref().unwrap_or(req);
+        let sent = translate::as_sent(req, self.drop_params);
+        let req = &*sent;
         let mut request = translate::to_messages_request(req, self.default_max_tokens)?;
         request.stream = Some(true);
         let events = self.messages_stream(&request).await?;

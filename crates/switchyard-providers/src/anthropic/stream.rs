@@ -10,11 +10,10 @@ use std::collections::{HashMap, VecDeque};
 
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
-use switchyard_api::Extra;
 use switchyard_api::anthropic::{MessagesUsage, StreamEvent};
 
 use super::translate::{finish_reason, usage};
-use crate::chunks::ChunkBuilder;
+use crate::chunks::{ChunkBuilder, ThinkingBlocks};
 use crate::json_mode::{JSON_TOOL, json_finish};
 use crate::sse::EventStream;
 use crate::{ChunkStream, ProviderError, Result, StreamChunk};
@@ -41,10 +40,8 @@ struct Converter {
     /// Thinking blocks being streamed: block index → text and signature so
     /// far, sent whole (signed) as `thinking_blocks` when the block ends.
     thinking: HashMap<u32, (String, String)>,
-    /// Thinking blocks sent so far: each goes with its position as
-    /// `index`, which stream accumulators (the OpenAI SDKs') need to keep
-    /// list entries apart.
-    blocks_sent: usize,
+    /// Thinking blocks sent so far.
+    blocks: ThinkingBlocks,
 }
 
 impl Converter {
@@ -86,22 +83,13 @@ impl Converter {
                 self.thinking.insert(index, (text.to_owned(), String::new()));
             }
             StreamEvent::ContentBlockStart { content_block, .. } if content_block.kind == "redacted_thinking" => {
-                let mut block = serde_json::to_value(&content_block).unwrap_or_default();
-                block["index"] = json!(self.blocks_sent);
-                self.blocks_sent += 1;
-                let mut fields = Extra::new();
-                fields.insert("thinking_blocks".into(), json!([block]));
-                out.push_back(self.out.fields(fields));
+                let block = serde_json::to_value(&content_block).unwrap_or_default();
+                out.push_back(self.blocks.chunk(&self.out, block));
             }
             StreamEvent::ContentBlockStop { index } if self.thinking.contains_key(&index) => {
                 if let Some((text, signature)) = self.thinking.remove(&index) {
-                    let mut fields = Extra::new();
-                    fields.insert(
-                        "thinking_blocks".into(),
-                        json!([{"index": self.blocks_sent, "type": "thinking", "thinking": text, "signature": signature}]),
-                    );
-                    self.blocks_sent += 1;
-                    out.push_back(self.out.fields(fields));
+                    let block = json!({"type": "thinking", "thinking": text, "signature": signature});
+                    out.push_back(self.blocks.chunk(&self.out, block));
                 }
             }
             StreamEvent::ContentBlockStart { index, content_block } if content_block.kind == "tool_use" => {
@@ -119,9 +107,7 @@ impl Converter {
                         text.push_str(piece);
                     }
                     if !piece.is_empty() {
-                        let mut fields = Extra::new();
-                        fields.insert("reasoning_content".into(), json!(piece));
-                        out.push_back(self.out.fields(fields));
+                        out.push_back(self.out.reasoning(piece.to_owned()));
                     }
                 }
                 "signature_delta" => {
@@ -197,7 +183,7 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         extra_json_blocks: Vec::new(),
         held: String::new(),
         thinking: HashMap::new(),
-        blocks_sent: 0,
+        blocks: ThinkingBlocks::default(),
     };
     let state = (events, converter, VecDeque::<Result<StreamChunk>>::new(), false);
     let chunks = stream::unfold(state, |(mut events, mut conv, mut queue, mut failed)| async move {

@@ -34,6 +34,15 @@ pub(crate) const REJECTED: &[&str] = &[
     "function_call",
 ];
 
+/// The request as a deployment sends it: without what it cannot express
+/// when it drops parameters (`drop_params`), else as it came.
+pub(crate) fn as_sent(req: &ChatCompletionRequest, drop_params: bool) -> std::borrow::Cow<'_, ChatCompletionRequest> {
+    match drop_params.then(|| without_rejected(req)).flatten() {
+        Some(dropped) => std::borrow::Cow::Owned(dropped),
+        None => std::borrow::Cow::Borrowed(req),
+    }
+}
+
 /// `req` without the parameters Anthropic and Bedrock cannot express
 /// ([`REJECTED`], and `n` above 1), for a deployment set to drop them
 /// (`drop_params`) rather than refuse them; `None` when it has none.
@@ -494,23 +503,7 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> Cha
         finish,
         Some(usage(&resp.usage)),
     );
-    // Thinking as OpenAI-compatible servers return reasoning
-    // (`reasoning_content`), and the blocks themselves, signed, for the
-    // client to send back on its next turn.
-    if let Some(choice) = response.choices.first_mut() {
-        if !reasoning.is_empty() {
-            choice
-                .message
-                .extra
-                .insert("reasoning_content".into(), json!(reasoning));
-        }
-        if !thinking_blocks.is_empty() {
-            choice
-                .message
-                .extra
-                .insert("thinking_blocks".into(), Value::Array(thinking_blocks));
-        }
-    }
+    reasoning::attach(&mut response, reasoning, thinking_blocks);
     response
 }
 

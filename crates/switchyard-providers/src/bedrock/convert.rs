@@ -639,20 +639,7 @@ pub(crate) fn to_chat_response(
         finish,
         output.usage.as_ref().map(usage),
     );
-    if let Some(choice) = response.choices.first_mut() {
-        if !reasoning.is_empty() {
-            choice
-                .message
-                .extra
-                .insert("reasoning_content".into(), Value::String(reasoning));
-        }
-        if !thinking_blocks.is_empty() {
-            choice
-                .message
-                .extra
-                .insert("thinking_blocks".into(), Value::Array(thinking_blocks));
-        }
-    }
+    reasoning::attach(&mut response, reasoning, thinking_blocks);
     response
 }
 

@@ -411,12 +411,8 @@ impl Provider for BedrockProvider {
     }
 
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
-        let dropped = self
-            .settings
-            .drop_params
-            .then(|| crate::anthropic::translate::without_rejected(req))
-            .flatten();
-        let req = dropped.as_ref().unwrap_or(req);
+        let sent = crate::anthropic::translate::as_sent(req, self.settings.drop_params);
+        let req = &*sent;
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
             .answered(with_converse_input!(self.client().await.converse(), self.target(&req.model), input).send())
@@ -439,12 +435,8 @@ impl Provider for BedrockProvider {
         // The SDK's operation timeout ends with the response head; the
         // stream's body is bounded by this deadline.
         let deadline = tokio::time::Instant::now() + self.settings.timeouts.total;
-        let dropped = self
-            .settings
-            .drop_params
-            .then(|| crate::anthropic::translate::without_rejected(req))
-            .flatten();
-        let req = dropped.as_ref().unwrap_or(req);
+        let sent = crate::anthropic::translate::as_sent(req, self.settings.drop_params);
+        let req = &*sent;
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
             .within_first_byte(

@@ -10,11 +10,10 @@ use aws_sdk_bedrockruntime::types::{
 };
 use base64::Engine as _;
 use futures_util::stream;
-use serde_json::{Value, json};
-use switchyard_api::Extra;
+use serde_json::json;
 
 use super::convert::{finish_reason, usage};
-use crate::chunks::ChunkBuilder;
+use crate::chunks::{ChunkBuilder, ThinkingBlocks};
 use crate::json_mode::{JSON_TOOL, json_finish};
 use crate::{ChunkStream, ProviderError, Result, StreamChunk, TimeoutPhase};
 
@@ -43,9 +42,8 @@ struct Converter {
     /// far; a signed one (Claude's) is sent whole as `thinking_blocks` when
     /// the block ends.
     reasoning: HashMap<i32, (String, String)>,
-    /// Thinking blocks sent so far: each goes with its position as
-    /// `index`, which stream accumulators (the OpenAI SDKs') need.
-    blocks_sent: usize,
+    /// Thinking blocks sent so far.
+    blocks: ThinkingBlocks,
 }
 
 impl Converter {
@@ -91,9 +89,7 @@ impl Converter {
                     let entry = self.reasoning.entry(delta.content_block_index).or_default();
                     entry.0.push_str(&text);
                     if !text.is_empty() {
-                        let mut fields = Extra::new();
-                        fields.insert("reasoning_content".into(), Value::String(text));
-                        out.push_back(self.out.fields(fields));
+                        out.push_back(self.out.reasoning(text));
                     }
                 }
                 Some(ContentBlockDelta::ReasoningContent(ReasoningContentBlockDelta::Signature(signature))) => {
@@ -104,17 +100,11 @@ impl Converter {
                         .push_str(&signature);
                 }
                 Some(ContentBlockDelta::ReasoningContent(ReasoningContentBlockDelta::RedactedContent(data))) => {
-                    let mut fields = Extra::new();
-                    fields.insert(
-                        "thinking_blocks".into(),
-                        json!([{
-                            "index": self.blocks_sent,
-                            "type": "redacted_thinking",
-                            "data": base64::engine::general_purpose::STANDARD.encode(data.as_ref()),
-                        }]),
-                    );
-                    self.blocks_sent += 1;
-                    out.push_back(self.out.fields(fields));
+                    let block = json!({
+                        "type": "redacted_thinking",
+                        "data": base64::engine::general_purpose::STANDARD.encode(data.as_ref()),
+                    });
+                    out.push_back(self.blocks.chunk(&self.out, block));
                 }
                 Some(ContentBlockDelta::ToolUse(tool)) => match self.tools.get(&delta.content_block_index) {
                     Some(&index) => out.push_back(self.out.tool_arguments(index, tool.input)),
@@ -129,13 +119,8 @@ impl Converter {
                 if let Some((text, signature)) = self.reasoning.remove(&stop.content_block_index)
                     && !signature.is_empty()
                 {
-                    let mut fields = Extra::new();
-                    fields.insert(
-                        "thinking_blocks".into(),
-                        json!([{"index": self.blocks_sent, "type": "thinking", "thinking": text, "signature": signature}]),
-                    );
-                    self.blocks_sent += 1;
-                    out.push_back(self.out.fields(fields));
+                    let block = json!({"type": "thinking", "thinking": text, "signature": signature});
+                    out.push_back(self.blocks.chunk(&self.out, block));
                 }
             }
             ConverseStreamOutput::MessageStop(stop) => {
@@ -185,7 +170,7 @@ pub(crate) fn to_chat_chunks(
         extra_json_blocks: Vec::new(),
         held: String::new(),
         reasoning: HashMap::new(),
-        blocks_sent: 0,
+        blocks: ThinkingBlocks::default(),
     };
     let state = (receiver, converter, VecDeque::<Result<StreamChunk>>::new(), false, true);
     let chunks = stream::unfold(
