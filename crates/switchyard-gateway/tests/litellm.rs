@@ -432,15 +432,7 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
         assert_eq!(status, 200, "{model}: {body}");
     }
     // LiteLLM's /model/info lists the deployments, without their secrets.
-    let info: Value = reqwest::Client::new()
-        .get(format!("{}/v1/model/info", gw.base_url()))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&gw, "/v1/model/info").await;
     let rows = info["data"].as_array().unwrap();
     assert_eq!(rows.len(), 4, "{info}");
     let azure = rows
@@ -456,15 +448,7 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
     );
     // LiteLLM's /model_group/info: one row per group, limits summed where
     // every deployment has one.
-    let groups: Value = reqwest::Client::new()
-        .get(format!("{}/model_group/info", gw.base_url()))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let groups = get_json(&gw, "/model_group/info").await;
     let gpt = groups["data"]
         .as_array()
         .unwrap()
@@ -476,15 +460,7 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
     assert!(gpt["tpm"].is_null(), "the Azure deployment declares no tpm: {gpt}");
     assert!(gpt["input_cost_per_token"].as_f64().unwrap() >= 0.0000025, "{gpt}");
     assert!(!groups.to_string().contains("127.0.0.1"), "{groups}");
-    let one: Value = reqwest::Client::new()
-        .get(format!("{}/v1/model_group/info?model_group=llama", gw.base_url()))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one = get_json(&gw, "/v1/model_group/info?model_group=llama").await;
     assert_eq!(one["data"].as_array().unwrap().len(), 1, "{one}");
     assert_eq!(one["data"][0]["model_group"], "llama");
     let logs = gw.logs().join("\n");
@@ -493,6 +469,19 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
         "warnings are logged at start-up:\n{logs}"
     );
     assert!(!logs.contains("sk-openai-test") && !logs.contains(MASTER));
+}
+
+/// `GET path` with the master key, as JSON.
+async fn get_json(gw: &GatewayProcess, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", gw.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[test]
