@@ -127,7 +127,7 @@ pub(crate) async fn require_master_if_set(State(state): State<SharedState>, requ
 
 /// The most output tokens a request can produce: its `max_tokens` (or the
 /// default) for each answer it asks for (`n`, `best_of`, one per prompt).
-fn max_output(call: &Call<'_>, default: u32) -> u64 {
+fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
     let from = |extra: &serde_json::Map<String, Value>, names: &[&str]| {
         names.iter().find_map(|n| extra.get(*n).and_then(Value::as_u64))
     };
@@ -140,13 +140,18 @@ fn max_output(call: &Call<'_>, default: u32) -> u64 {
             .max(1)
     };
     match call {
-        // A request that asks for reasoning may be given room for Claude's
+        // A request that asks for reasoning, to a model an Anthropic or
+        // Bedrock deployment may answer, may be given room for Claude's
         // thinking budget on top of its own limit.
-        Call::Chat(req) => switchyard_providers::reasoning::output_ceiling(
-            req,
-            from(&req.extra, &["max_completion_tokens", "max_tokens"]).unwrap_or(u64::from(default)),
-        )
-        .saturating_mul(answers(&req.extra, &["n"])),
+        Call::Chat(req) => {
+            let limit = from(&req.extra, &["max_completion_tokens", "max_tokens"]).unwrap_or(u64::from(default));
+            let limit = if may_think {
+                switchyard_providers::reasoning::output_ceiling(req, limit)
+            } else {
+                limit
+            };
+            limit.saturating_mul(answers(&req.extra, &["n"]))
+        }
         Call::Completion(req) => from(&req.extra, &["max_tokens"])
             .unwrap_or(u64::from(default))
             .saturating_mul(answers(&req.extra, &["n", "best_of"]))
@@ -346,7 +351,11 @@ pub(crate) async fn admit(
         // it may reach asks for, whichever is more.
         max_cost: ceiling.prices.ceiling(
             bytes.max(1),
-            max_output(call, ceiling.default_output.unwrap_or(0).max(state.default_max_tokens)),
+            max_output(
+                call,
+                ceiling.default_output.unwrap_or(0).max(state.default_max_tokens),
+                ceiling.default_output.is_some(),
+            ),
         ),
         request_id: Some(request_id.to_owned()),
     };
@@ -647,21 +656,23 @@ mod tests {
             "model": "m", "n": 3, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
-        assert_eq!(max_output(&Call::Chat(&mut chat), 4096), 30);
+        assert_eq!(max_output(&Call::Chat(&mut chat), 4096, false), 30);
         let mut completion: CompletionRequest = serde_json::from_value(json!({
             "model": "m", "prompt": ["a", "b"], "best_of": 2, "n": 1, "max_tokens": 5
         }))
         .unwrap();
-        assert_eq!(max_output(&Call::Completion(&mut completion), 4096), 20);
+        assert_eq!(max_output(&Call::Completion(&mut completion), 4096, false), 20);
         let mut plain: ChatCompletionRequest =
             serde_json::from_value(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
-        assert_eq!(max_output(&Call::Chat(&mut plain), 4096), 4096);
+        assert_eq!(max_output(&Call::Chat(&mut plain), 4096, false), 4096);
         // Claude's thinking budget goes on top of a limit it does not fit in.
         let mut thinking: ChatCompletionRequest = serde_json::from_value(json!({
             "model": "m", "max_tokens": 100, "reasoning_effort": "high", "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
-        assert_eq!(max_output(&Call::Chat(&mut thinking), 4096), 4196);
+        assert_eq!(max_output(&Call::Chat(&mut thinking), 4096, true), 4196);
+        // A group no Anthropic or Bedrock deployment serves: the client's limit.
+        assert_eq!(max_output(&Call::Chat(&mut thinking), 4096, false), 100);
     }
 
     #[test]

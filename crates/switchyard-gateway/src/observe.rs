@@ -115,6 +115,8 @@ fn route_name(path: &str) -> &'static str {
         "/embeddings" => "embeddings",
         "/messages" => "messages",
         "/messages/count_tokens" => "count_tokens",
+        "/responses" => "responses",
+        p if p.starts_with("/responses/") => "responses",
         "/models" => "models",
         p if p.starts_with("/models/") => "models",
         "/feedback" => "feedback",

@@ -17,15 +17,17 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 /// refuse `max_tokens` and take `max_completion_tokens`, so a request that
 /// sets only the former has it renamed for them. Other bodies are encoded
 /// as they are.
-fn encode_chat(req: &ChatCompletionRequest) -> Result<Vec<u8>> {
+fn encode_chat(req: &ChatCompletionRequest, strict: bool) -> Result<Vec<u8>> {
     // Claude's thinking blocks, which clients echo in assistant messages,
-    // are for Claude: other servers may refuse the unknown field.
-    if req.messages.iter().any(|m| m.extra.contains_key("thinking_blocks")) {
+    // are for Claude: OpenAI's own API and Azure refuse the unknown field
+    // (OpenAI-compatible servers, a proxy in front of Claude among them,
+    // get them as sent).
+    if strict && req.messages.iter().any(|m| m.extra.contains_key("thinking_blocks")) {
         let mut copy = req.clone();
         for message in &mut copy.messages {
             message.extra.shift_remove("thinking_blocks");
         }
-        return encode_chat(&copy);
+        return encode_chat(&copy, strict);
     }
     if is_reasoning_model(&req.model)
         && req.extra.contains_key("max_tokens")
@@ -91,6 +93,9 @@ struct Endpoints {
     /// Whether the upstream takes `stream_options` (Azure API versions
     /// before 2024-09-01 refuse it with a 400).
     stream_options: bool,
+    /// Whether the upstream is OpenAI's own API or Azure, which refuse
+    /// fields they do not know in messages.
+    strict: bool,
 }
 
 /// Whether an Azure `api-version` accepts `stream_options`: dated versions
@@ -131,14 +136,20 @@ macro_rules! openai_wire_provider {
             }
 
             async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
-                self.0.http.post_json(&self.0.chat_url, encode_chat(req)?).await
+                self.0
+                    .http
+                    .post_json(&self.0.chat_url, encode_chat(req, self.0.strict)?)
+                    .await
             }
 
             async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
                 let body = if self.0.stream_options || req.stream_options.is_none() {
-                    encode_chat(req)?
+                    encode_chat(req, self.0.strict)?
                 } else {
-                    encode_chat(&without_stream_options(req, |r| r.stream_options = None))?
+                    encode_chat(
+                        &without_stream_options(req, |r| r.stream_options = None),
+                        self.0.strict,
+                    )?
                 };
                 self.0.http.post_stream(&self.0.chat_url, body).await
             }
@@ -186,6 +197,13 @@ impl OpenAiProvider {
             completions_url: endpoint(format!("{base}/completions"))?,
             embeddings_url: endpoint(format!("{base}/embeddings"))?,
             stream_options: true,
+            strict: reqwest::Url::parse(base)
+                .ok()
+                .and_then(|u| {
+                    u.host_str()
+                        .map(|h| h == "api.openai.com" || h.ends_with(".openai.azure.com"))
+                })
+                .unwrap_or(false),
         }))
     }
 }
@@ -229,6 +247,7 @@ impl AzureProvider {
             completions_url: endpoint(url("completions"))?,
             embeddings_url: endpoint(url("embeddings"))?,
             stream_options: azure_takes_stream_options(api_version),
+            strict: true,
         }))
     }
 }
@@ -250,7 +269,7 @@ mod tests {
             ]
         }))
         .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req).unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, true).unwrap()).unwrap();
         assert_eq!(
             body["messages"][1],
             serde_json::json!({"role": "assistant", "content": "x"})
@@ -286,7 +305,7 @@ mod tests {
             "model": "o3-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req).unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, true).unwrap()).unwrap();
         assert_eq!(body["max_completion_tokens"], 50);
         assert!(body.get("max_tokens").is_none());
         // Everything else is written as the request's own serialisation
@@ -297,13 +316,13 @@ mod tests {
             "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
         }))
         .unwrap();
-        let renamed: serde_json::Value = serde_json::from_slice(&encode_chat(&full).unwrap()).unwrap();
+        let renamed: serde_json::Value = serde_json::from_slice(&encode_chat(&full, true).unwrap()).unwrap();
         let limit = full.extra.remove("max_tokens").unwrap();
         full.extra.insert("max_completion_tokens".into(), limit);
         assert_eq!(renamed, serde_json::to_value(&full).unwrap());
         let mut other = req.clone();
         other.model = "gpt-4o".into();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&other).unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&other, true).unwrap()).unwrap();
         assert_eq!(body["max_tokens"], 50);
     }
 }

@@ -65,10 +65,20 @@ fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
     }
 }
 
+/// Whether Claude would take thinking for `req`: not for a model that
+/// cannot think, nor on a turn that answers tool calls made without it.
+fn possible(req: &ChatCompletionRequest) -> bool {
+    if can_think(&req.model) && !tool_turn_without_thinking(req) {
+        return true;
+    }
+    tracing::debug!(model = %req.model, "thinking asked where Claude would refuse it: the request goes without");
+    false
+}
+
 /// The thinking `req` asks for: its `thinking` object, or a budget for its
-/// `reasoning_effort` (`none`: no thinking). An effort is ignored for a
-/// model that cannot think, and on a turn that answers tool calls made
-/// without thinking (Claude would refuse it).
+/// `reasoning_effort` (`none`: no thinking). Either is ignored for a model
+/// that cannot think, and on a turn that answers tool calls made without
+/// thinking (Claude would refuse it).
 pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>> {
     match req.extra.get("thinking") {
         None | Some(Value::Null) => {}
@@ -84,11 +94,12 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
                 config.insert("budget_tokens".into(), json!(DEFAULT_BUDGET));
             }
             let budget = config.get("budget_tokens").and_then(Value::as_u64);
-            return Ok(Some(Thinking {
+            let thinking = Thinking {
                 config: Value::Object(config),
                 budget,
                 explicit: true,
-            }));
+            };
+            return Ok(possible(req).then_some(thinking));
         }
         Some(_) => return Err(invalid("`thinking` must be an object", "thinking")),
     }
@@ -106,7 +117,7 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
             "reasoning_effort",
         ));
     };
-    if !can_think(&req.model) || tool_turn_without_thinking(req) {
+    if !possible(req) {
         return Ok(None);
     }
     Ok(Some(Thinking {
@@ -260,12 +271,15 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
-        // The client's own `thinking` is passed on for Claude to judge; one
-        // without a budget gets the default.
+        // The client's own `thinking` gets the same care; one without a
+        // budget gets the default.
         let own = requested(&request(json!({"thinking": {"type": "enabled"}})))
             .unwrap()
             .unwrap();
         assert_eq!(own.config, json!({"type": "enabled", "budget_tokens": 2048}));
+        let mut old = request(json!({"thinking": {"type": "enabled", "budget_tokens": 1024}}));
+        old.model = "claude-3-5-haiku-20241022".into();
+        assert!(requested(&old).unwrap().is_none());
         assert_eq!(output_ceiling(&request(json!({"reasoning_effort": "high"})), 100), 4196);
         assert_eq!(output_ceiling(&request(json!({})), 100), 100);
     }

@@ -100,9 +100,16 @@ pub(crate) fn unseal(content: &str) -> Vec<Value> {
         .unwrap_or_default()
 }
 
-/// A new response id: `resp_` and 32 hex digits.
+/// A new response id: `resp_` and 32 hex digits from the system's secure
+/// random source (where keys are shared, the id is what keeps a response
+/// from being read by others).
 pub(crate) fn response_id() -> String {
-    format!("resp_{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..))
+    let mut bytes = [0_u8; 16];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No secure source: still unique, if guessable.
+        bytes = (u128::from(fastrand::u64(..)) << 64 | u128::from(fastrand::u64(..))).to_be_bytes();
+    }
+    format!("resp_{}", hex::encode(bytes))
 }
 
 /// Parameters the gateway cannot serve: refused, not silently dropped.

@@ -369,15 +369,15 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
     if let Some(user) = req.extra.get("user").and_then(Value::as_str) {
         extra.insert("metadata".into(), json!({"user_id": user}));
     }
-    // Claude cannot think while a tool is forced: a `reasoning_effort`
-    // gives way to the forced call (a `thinking` object the client sent is
-    // passed on, for Claude to judge).
+    // Claude cannot think while a tool is forced: thinking gives way to
+    // the forced call (the JSON tool is offered rather than forced when the
+    // client asked to think with a `thinking` object).
     let forced = tool_choice
         .as_ref()
         .and_then(|c| c.get("type"))
         .and_then(Value::as_str)
         .is_some_and(|t| t == "any" || t == "tool");
-    let thinking = thinking.filter(|t| t.explicit || !forced);
+    let thinking = thinking.filter(|_| !forced);
     if thinking.is_none() {
         // Without thinking, earlier thinking goes unsent.
         for message in &mut messages {

@@ -415,7 +415,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
         .as_ref()
         .and_then(|t| t.tool_choice.as_ref())
         .is_some_and(|c| matches!(c, ToolChoice::Any(_) | ToolChoice::Tool(_)));
-    let thinking = asked.filter(|t| t.explicit || !forced);
+    let thinking = asked.filter(|_| !forced);
     let mut system = Vec::new();
     let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
     for (i, message) in req.messages.iter().enumerate() {
