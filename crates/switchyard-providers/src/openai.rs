@@ -18,14 +18,23 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 /// sets only the former has it renamed for them. Other bodies are encoded
 /// as they are.
 fn encode_chat(req: &ChatCompletionRequest, strict: bool) -> Result<Vec<u8>> {
-    // Claude's thinking blocks, which clients echo in assistant messages,
-    // are for Claude: OpenAI's own API and Azure refuse the unknown field
-    // (OpenAI-compatible servers, a proxy in front of Claude among them,
-    // get them as sent).
-    if strict && req.messages.iter().any(|m| m.extra.contains_key("thinking_blocks")) {
+    // Reasoning that clients echo in assistant messages (Claude's
+    // `thinking_blocks`, other servers' `reasoning_content`) is refused by
+    // OpenAI's own API and Azure as unknown fields; OpenAI-compatible
+    // servers get it as sent (DeepSeek and Kimi need it back, a proxy in
+    // front of Claude needs the blocks).
+    const ECHOED: [&str; 2] = ["thinking_blocks", "reasoning_content"];
+    if strict
+        && req
+            .messages
+            .iter()
+            .any(|m| ECHOED.iter().any(|k| m.extra.contains_key(*k)))
+    {
         let mut copy = req.clone();
         for message in &mut copy.messages {
-            message.extra.shift_remove("thinking_blocks");
+            for key in ECHOED {
+                message.extra.shift_remove(key);
+            }
         }
         return encode_chat(&copy, strict);
     }
@@ -260,12 +269,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn claudes_thinking_blocks_do_not_reach_other_servers() {
+    fn echoed_reasoning_reaches_only_servers_that_take_it() {
         let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
             "model": "gpt-4o",
             "messages": [
                 {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "x", "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "s"}]}
+                {"role": "assistant", "content": "x", "reasoning_content": "t", "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "s"}]}
             ]
         }))
         .unwrap();
@@ -274,6 +283,11 @@ mod tests {
             body["messages"][1],
             serde_json::json!({"role": "assistant", "content": "x"})
         );
+        // An OpenAI-compatible server (DeepSeek, a proxy in front of
+        // Claude) gets them.
+        let relayed: serde_json::Value = serde_json::from_slice(&encode_chat(&req, false).unwrap()).unwrap();
+        assert_eq!(relayed["messages"][1]["thinking_blocks"][0]["signature"], "s");
+        assert_eq!(relayed["messages"][1]["reasoning_content"], "t");
     }
 
     #[test]

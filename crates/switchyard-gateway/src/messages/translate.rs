@@ -174,6 +174,7 @@ fn convert_message(
     let blocks = content.clone().into_blocks();
     let mut parts = Vec::new();
     let mut calls = Vec::new();
+    let mut reasoning = String::new();
     for (j, block) in blocks.iter().enumerate() {
         let param = format!("messages[{index}].content[{j}]");
         match block.kind.as_str() {
@@ -223,7 +224,11 @@ fn convert_message(
                     extra: Extra::new(),
                 });
             }
-            "thinking" | "redacted_thinking" => {}
+            // Earlier thinking goes back as OpenAI-compatible servers take
+            // reasoning (DeepSeek and Kimi need it on a turn that called
+            // tools); a redacted block has no text to give.
+            "thinking" => reasoning.push_str(block.extra.get("thinking").and_then(Value::as_str).unwrap_or_default()),
+            "redacted_thinking" => {}
             other => {
                 return Err(invalid(
                     format!("content blocks of type `{other}` are not supported here"),
@@ -240,13 +245,17 @@ fn convert_message(
                 return Ok(());
             }
             let text: String = parts.iter().filter_map(|p| p.text.as_deref()).collect();
+            let mut extra = Extra::new();
+            if !reasoning.is_empty() {
+                extra.insert("reasoning_content".into(), Value::String(reasoning));
+            }
             out.push(ChatMessage {
                 role: Role::Assistant,
                 content: (!text.is_empty()).then_some(MessageContent::Text(text)),
                 name: None,
                 tool_calls: (!calls.is_empty()).then_some(calls),
                 tool_call_id: None,
-                extra: Extra::new(),
+                extra,
             });
         }
     }
@@ -631,6 +640,23 @@ mod openai_limit_tests {
         assert_eq!(message_id("chatcmpl-abc123"), "msg_abc123");
         assert_eq!(message_id("msg_01XYZ"), "msg_01XYZ");
         assert_eq!(answer.content[0].name.as_deref(), Some(long.as_str()));
+
+        // Thinking in an earlier turn goes back as the turn's reasoning.
+        let turn: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10, "messages": [
+                {"role": "user", "content": "2 + 2?"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "Add them.", "signature": ""},
+                    {"type": "redacted_thinking", "data": "x"},
+                    {"type": "tool_use", "id": "t1", "name": "calc", "input": {}}
+                ]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "4"}]}
+            ]
+        }))
+        .unwrap();
+        let chat = to_chat_request(&turn).unwrap();
+        assert_eq!(chat.messages[1].extra["reasoning_content"], "Add them.");
+        assert!(chat.messages[0].extra.get("reasoning_content").is_none());
 
         // Reasoning from an OpenAI-compatible server comes first, as thinking.
         let reasoned: ChatCompletionResponse = serde_json::from_value(json!({
