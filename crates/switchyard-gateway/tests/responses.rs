@@ -296,3 +296,52 @@ async fn replicas_on_one_redis_continue_each_others_responses() {
     let (status, body) = post(&a, Some(KEY_A), &json!({"model": "gpt", "input": "new during it"})).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// The response cache serves `/v1/responses` through the chat request it is
+/// written as: a repeated request is a hit, written back as a new response
+/// with its own id, JSON and streamed alike, without another upstream call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_response_comes_from_the_cache_as_a_new_response() {
+    let mock = MockUpstream::start().await;
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&mock, "cache:\n  enabled: true\n"));
+    let ask = json!({"model": "gpt", "input": "cache this answer", "store": false});
+    let send = |body: Value| {
+        let request = reqwest::Client::new()
+            .post(format!("{}/v1/responses", gw.base_url()))
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let cache = response
+                .headers()
+                .get("x-switchyard-cache")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (cache, response.text().await.unwrap())
+        }
+    };
+    let (first_cache, first) = send(ask.clone()).await;
+    let (second_cache, second) = send(ask.clone()).await;
+    assert_eq!(
+        (first_cache.as_deref(), second_cache.as_deref()),
+        (Some("miss"), Some("hit"))
+    );
+    let (first, second): (Value, Value) = (
+        serde_json::from_str(&first).unwrap(),
+        serde_json::from_str(&second).unwrap(),
+    );
+    assert_ne!(first["id"], second["id"]);
+    assert_eq!(first["output"][0]["content"], second["output"][0]["content"]);
+    let upstream_calls = mock.requests().len();
+
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    send(streamed.clone()).await;
+    let (cache, text) = send(streamed).await;
+    assert_eq!(cache.as_deref(), Some("hit"));
+    assert!(text.contains("event: response.completed"), "{text}");
+    assert!(text.contains("cache this answer"), "{text}");
+    assert_eq!(
+        mock.requests().len(),
+        upstream_calls + 1,
+        "one upstream call for the two streams"
+    );
+}
