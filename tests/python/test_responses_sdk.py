@@ -108,6 +108,13 @@ def test_previous_response_id_continues_and_responses_can_be_read_and_deleted(cl
     )
     assert second.previous_response_id == first.id
     assert second.status == "completed" and second.output_text.startswith("mock reply")
+    # A response's input items are its own input, not the continued one's.
+    items = client.responses.input_items.list(second.id)
+    assert [item.type for item in items.data] == ["function_call_output"]
+    assert items.data[0].call_id == call.call_id
+    first_items = client.responses.input_items.list(first.id, order="asc")
+    assert [(item.type, item.role) for item in first_items.data] == [("message", "user")]
+    assert first_items.data[0].content[0].text == "weather in Rome?"
     third = client.responses.create(model="gpt-test", previous_response_id=second.id, input="and tomorrow?")
     assert third.output_text == "mock reply: and tomorrow?"
 

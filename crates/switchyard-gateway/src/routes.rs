@@ -64,6 +64,7 @@ pub fn router(state: SharedState) -> Router {
             "/responses/{id}",
             get(crate::responses::retrieve).delete(crate::responses::delete),
         )
+        .route("/responses/{id}/input_items", get(crate::responses::input_items))
         .route("/feedback", post(feedback));
     let client = Router::new()
         .merge(api.clone())

@@ -15,7 +15,7 @@ pub mod translate;
 
 use std::convert::Infallible;
 
-use axum::extract::{Extension, Path, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
@@ -45,16 +45,21 @@ struct Keep {
     owner: String,
     /// The conversation before the answer (without `instructions`).
     conversation: Vec<ChatMessage>,
+    /// Where this request's own input starts in it.
+    input_start: usize,
 }
 
 impl Keep {
     async fn put(self, response: &ResponseObject, object: Bytes) {
         let mut conversation = self.conversation;
+        let input_end = conversation.len();
         conversation.extend(assistant_message(response));
         let stored = Stored {
             owner: self.owner,
             conversation,
             object,
+            input_start: self.input_start,
+            input_end,
         };
         // The answer is the client's either way; only a continuation of it
         // will not be found.
@@ -149,6 +154,7 @@ pub(crate) async fn create(
         None => Vec::new(),
     };
     let keeps = req.store.unwrap_or(true) && store.enabled();
+    let input_start = history.len();
     let skip = usize::from(req.instructions.is_some());
     let mut echo = Echo {
         id: translate::response_id(),
@@ -178,6 +184,7 @@ pub(crate) async fn create(
             .get(skip..)
             .map(<[ChatMessage]>::to_vec)
             .unwrap_or_default(),
+        input_start,
     });
     let streaming = chat.is_stream();
     let model = std::mem::take(&mut chat.model);
@@ -305,6 +312,76 @@ pub(crate) async fn retrieve(
         Ok(None) => ApiError::ResponseNotFound { id, param: None }.into_response(),
         Err(e) => store_down(e),
     }
+}
+
+/// `GET /v1/responses/{id}/input_items`: the items of a kept response's own
+/// input (not those of the response it continued, nor its `instructions`),
+/// newest first unless `order=asc`, `limit` (1–100, default 20) at a time
+/// after the item `after`.
+pub(crate) async fn input_items(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let stored = match state.responses.get(&id, &owner(&principal)).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return ApiError::ResponseNotFound { id, param: None }.into_response(),
+        Err(e) => return store_down(e),
+    };
+    let limit = match query.get("limit").map(|l| l.parse::<usize>()) {
+        None => 20,
+        Some(Ok(n)) if (1..=100).contains(&n) => n,
+        Some(_) => {
+            return ApiError::InvalidField {
+                param: Some("limit".into()),
+                message: "limit: an integer from 1 to 100 is required".into(),
+            }
+            .into_response();
+        }
+    };
+    let ascending = match query.get("order").map(String::as_str) {
+        None | Some("desc") => false,
+        Some("asc") => true,
+        Some(_) => {
+            return ApiError::InvalidField {
+                param: Some("order".into()),
+                message: "order: `asc` or `desc` is required".into(),
+            }
+            .into_response();
+        }
+    };
+    let input = stored
+        .conversation
+        .get(stored.input_start..stored.input_end)
+        .unwrap_or_default();
+    let mut items = translate::input_items(input, &id);
+    if !ascending {
+        items.reverse();
+    }
+    let start = match query.get("after") {
+        None => 0,
+        Some(after) => match items.iter().position(|i| i["id"].as_str() == Some(after.as_str())) {
+            Some(at) => at + 1,
+            None => {
+                return ApiError::InvalidField {
+                    param: Some("after".into()),
+                    message: format!("after: no input item `{after}` in this response"),
+                }
+                .into_response();
+            }
+        },
+    };
+    let has_more = items.len() > start + limit;
+    let page: Vec<Value> = items.into_iter().skip(start).take(limit).collect();
+    axum::Json(serde_json::json!({
+        "object": "list",
+        "first_id": page.first().map(|i| i["id"].clone()),
+        "last_id": page.last().map(|i| i["id"].clone()),
+        "has_more": has_more,
+        "data": page,
+    }))
+    .into_response()
 }
 
 /// `DELETE /v1/responses/{id}`.

@@ -22,6 +22,13 @@ pub(crate) struct Stored {
     /// The response object as it was returned, JSON.
     #[serde(with = "json_text")]
     pub object: Bytes,
+    /// Where the request's own input starts in `conversation` (after the
+    /// messages of the response it continued).
+    #[serde(default)]
+    pub input_start: usize,
+    /// Where it ends (the answer follows).
+    #[serde(default)]
+    pub input_end: usize,
 }
 
 /// The response object kept as JSON text inside the stored record.
@@ -243,6 +250,8 @@ mod tests {
             owner: owner.into(),
             conversation: vec![ChatMessage::text(Role::User, text)],
             object: Bytes::from_static(b"{}"),
+            input_start: 0,
+            input_end: 1,
         }
     }
 

@@ -706,6 +706,88 @@ fn input_parts(parts: &[Value], param: &str) -> Result<Vec<ContentPart>, ApiErro
         .collect()
 }
 
+/// Chat messages written back as Responses input items, with ids made from
+/// the response's (`msg_…_in0`, `fc_…_in1`, …).
+pub(crate) fn input_items(messages: &[ChatMessage], response_id: &str) -> Vec<Value> {
+    let suffix = response_id.strip_prefix("resp_").unwrap_or(response_id);
+    let mut items = Vec::new();
+    let id = |prefix: &str, items: &[Value]| format!("{prefix}_{suffix}_in{}", items.len());
+    for message in messages {
+        match message.role {
+            Role::Tool => {
+                let output = match &message.content {
+                    Some(MessageContent::Parts(parts)) => Value::Array(parts.iter().map(input_part).collect()),
+                    _ => Value::String(message.content_text()),
+                };
+                let item = json!({
+                    "type": "function_call_output", "id": id("fco", &items),
+                    "call_id": message.tool_call_id.clone().unwrap_or_default(),
+                    "output": output, "status": "completed",
+                });
+                items.push(item);
+            }
+            Role::Assistant => {
+                let text = message.content_text();
+                if !text.is_empty() {
+                    let item = json!({
+                        "type": "message", "id": id("msg", &items), "role": "assistant", "status": "completed",
+                        "content": [{"type": "output_text", "text": text, "annotations": []}],
+                    });
+                    items.push(item);
+                }
+                for call in message.tool_calls.iter().flatten() {
+                    let Some(function) = &call.function else { continue };
+                    let item = json!({
+                        "type": "function_call", "id": id("fc", &items), "call_id": call.id,
+                        "name": function.name, "arguments": function.arguments, "status": "completed",
+                    });
+                    items.push(item);
+                }
+            }
+            role => {
+                let content = match &message.content {
+                    Some(MessageContent::Parts(parts)) => parts.iter().map(input_part).collect(),
+                    _ => vec![json!({"type": "input_text", "text": message.content_text()})],
+                };
+                let item = json!({
+                    "type": "message", "id": id("msg", &items), "role": role, "status": "completed",
+                    "content": content,
+                });
+                items.push(item);
+            }
+        }
+    }
+    items
+}
+
+/// A chat content part as a Responses input part.
+fn input_part(part: &ContentPart) -> Value {
+    match part.kind.as_str() {
+        "image_url" => {
+            let image = part.extra.get("image_url");
+            json!({
+                "type": "input_image",
+                "image_url": image.and_then(|i| i.get("url")).cloned().unwrap_or(Value::Null),
+                "detail": image.and_then(|i| i.get("detail")).cloned().unwrap_or(json!("auto")),
+            })
+        }
+        "file" => {
+            let mut out = part
+                .extra
+                .get("file")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            out.insert("type".into(), json!("input_file"));
+            Value::Object(out)
+        }
+        "input_audio" => {
+            json!({"type": "input_audio", "input_audio": part.extra.get("input_audio").cloned().unwrap_or(Value::Null)})
+        }
+        _ => json!({"type": "input_text", "text": part.text.clone().unwrap_or_default()}),
+    }
+}
+
 /// A chat answer's usage as a response's.
 pub(crate) fn response_usage(usage: &Usage) -> ResponseUsage {
     let reasoning = usage
