@@ -130,36 +130,7 @@ impl Converter {
                     out,
                 );
             }
-            (Open::Text | Open::Refusal, OutputItem::Message { content, .. }) => {
-                let content_index = content.len().saturating_sub(1);
-                let part = content.last().map(to_value).unwrap_or_default();
-                match content.last() {
-                    Some(OutputContent::OutputText { text, .. }) => {
-                        let text = text.clone();
-                        self.emit(
-                            "response.output_text.done",
-                            json!({"item_id": id, "output_index": index, "content_index": content_index,
-                                   "text": text, "logprobs": []}),
-                            out,
-                        );
-                    }
-                    Some(OutputContent::Refusal { refusal }) => {
-                        let refusal = refusal.clone();
-                        self.emit(
-                            "response.refusal.done",
-                            json!({"item_id": id, "output_index": index, "content_index": content_index,
-                                   "refusal": refusal}),
-                            out,
-                        );
-                    }
-                    None => {}
-                }
-                self.emit(
-                    "response.content_part.done",
-                    json!({"item_id": id, "output_index": index, "content_index": content_index, "part": part}),
-                    out,
-                );
-            }
+            (Open::Text | Open::Refusal, OutputItem::Message { .. }) => self.end_part(index, out),
             _ => {}
         }
         self.finish_item(index, status, out);
@@ -330,15 +301,20 @@ impl Converter {
 
     /// Ends the last part of message `index` (not the message).
     fn close_part(&mut self, index: usize, out: &mut Vec<Bytes>) {
-        let Some((kind, _)) = self.open.take() else { return };
-        // Close as `close_open` does, but keep the item open.
+        self.open = None;
+        self.end_part(index, out);
+    }
+
+    /// Says the last part of message `index` is done: its text (or
+    /// refusal) in full, then the part.
+    fn end_part(&mut self, index: usize, out: &mut Vec<Bytes>) {
         let OutputItem::Message { id, content, .. } = &self.output[index] else {
             return;
         };
         let (id, content_index) = (id.clone(), content.len().saturating_sub(1));
         let part = content.last().map(to_value).unwrap_or_default();
-        match (kind, content.last()) {
-            (Open::Text, Some(OutputContent::OutputText { text, .. })) => {
+        match content.last() {
+            Some(OutputContent::OutputText { text, .. }) => {
                 let text = text.clone();
                 self.emit(
                     "response.output_text.done",
@@ -347,7 +323,7 @@ impl Converter {
                     out,
                 );
             }
-            (Open::Refusal, Some(OutputContent::Refusal { refusal })) => {
+            Some(OutputContent::Refusal { refusal }) => {
                 let refusal = refusal.clone();
                 self.emit(
                     "response.refusal.done",
@@ -355,7 +331,7 @@ impl Converter {
                     out,
                 );
             }
-            _ => {}
+            None => {}
         }
         self.emit(
             "response.content_part.done",
@@ -547,7 +523,7 @@ fn to_value(value: &impl Serialize) -> Value {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
     use super::*;
     use switchyard_api::Extra;
@@ -670,6 +646,40 @@ mod tests {
         assert_eq!(completed["output"][2]["call_id"], "call_a");
         assert_eq!(completed["output"][3]["name"], "g");
         assert_eq!(done.output.len(), 4);
+    }
+
+    #[test]
+    fn a_refusal_then_text_are_two_parts_of_one_message() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.on_chunk(chunk(json!({"refusal": "I can't"}), None), &mut out);
+        conv.on_chunk(chunk(json!({"content": "but here is why."}), Some("stop")), &mut out);
+        let done = conv.finish(&mut out);
+        let kinds: Vec<String> = events(&out).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            kinds[2..],
+            [
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.refusal.delta",
+                "response.refusal.done",
+                "response.content_part.done",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        let OutputItem::Message { content, .. } = &done.output[0] else {
+            panic!("{done:?}")
+        };
+        assert_eq!(
+            serde_json::to_value(content).unwrap(),
+            json!([{"type": "refusal", "refusal": "I can't"},
+                   {"type": "output_text", "text": "but here is why.", "annotations": []}])
+        );
     }
 
     #[test]
