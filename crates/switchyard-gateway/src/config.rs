@@ -95,6 +95,41 @@ pub struct RouterSettings {
     /// a brief upstream error into `cooldown_ms` of 503s; `true` answers 503
     /// `no_deployment` at once.
     pub cooldown_fail_fast: bool,
+    /// Other names for model groups (and learned routers): a request naming
+    /// an alias is served, limited, charged and cached as the group it
+    /// names. `alias: group`, or `alias: {model: group, hidden: true}` to
+    /// keep it out of `/v1/models`.
+    pub model_group_alias: BTreeMap<String, AliasEntry>,
+}
+
+/// One `router_settings.model_group_alias` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(untagged)]
+pub enum AliasEntry {
+    /// The group the alias names.
+    Group(String),
+    /// The group, and whether the alias is left out of model lists.
+    Detailed {
+        /// The group the alias names.
+        model: String,
+        /// Left out of `/v1/models` (still served).
+        #[serde(default)]
+        hidden: bool,
+    },
+}
+
+impl AliasEntry {
+    /// The group the alias names.
+    pub fn group(&self) -> &str {
+        match self {
+            AliasEntry::Group(g) | AliasEntry::Detailed { model: g, .. } => g.trim(),
+        }
+    }
+
+    /// Whether model lists leave the alias out.
+    pub fn hidden(&self) -> bool {
+        matches!(self, AliasEntry::Detailed { hidden: true, .. })
+    }
 }
 
 impl Default for RouterSettings {
@@ -117,6 +152,7 @@ impl Default for RouterSettings {
             allowed_fails_window_ms: cooldown.window_ms,
             cooldown_ms: cooldown.cooldown_ms,
             cooldown_fail_fast: false,
+            model_group_alias: BTreeMap::new(),
         }
     }
 }
@@ -1522,6 +1558,43 @@ impl Config {
                         issues.push(issue(path, format!("`{group}` is not a model_name in model_list")));
                     } else if routers.contains(group.trim()) {
                         issues.push(issue(path, format!("`{group}` is a learned-router group")));
+                    }
+                }
+            }
+        }
+        for (alias, entry) in &self.router_settings.model_group_alias {
+            let path = format!("router_settings.model_group_alias.{alias}");
+            let group = entry.group();
+            if alias.trim().is_empty() || alias.trim() != alias {
+                issues.push(issue(path, "an alias must be a name without surrounding spaces"));
+            } else if seen.contains(alias.as_str()) {
+                issues.push(issue(path, format!("`{alias}` is a model_name in model_list already")));
+            } else if seen.contains(group) {
+                continue;
+            } else if self.router_settings.model_group_alias.contains_key(group) {
+                issues.push(issue(
+                    path,
+                    format!("`{group}` is an alias itself; name the model group it stands for"),
+                ));
+            } else {
+                issues.push(issue(path, format!("`{group}` is not a model_name in model_list")));
+            }
+        }
+        for (i, entry) in self.model_list.iter().enumerate() {
+            for (field, list) in [
+                ("fallbacks", &entry.fallbacks),
+                ("context_window_fallbacks", &entry.context_window_fallbacks),
+                ("content_policy_fallbacks", &entry.content_policy_fallbacks),
+            ] {
+                for (k, target) in list.iter().enumerate() {
+                    if let Some(alias) = self.router_settings.model_group_alias.get(target.trim()) {
+                        // Replaces "is not a model_name" with what to write.
+                        let path = format!("model_list[{i}].{field}[{k}]");
+                        issues.retain(|found| found.path != path);
+                        issues.push(issue(
+                            path,
+                            format!("`{target}` is an alias; name its group `{}`", alias.group()),
+                        ));
                     }
                 }
             }

@@ -604,6 +604,14 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                 "fallbacks" => t.fallbacks(&here, value, &mut groups, "fallbacks"),
                 "context_window_fallbacks" => t.fallbacks(&here, value, &mut groups, "context_window_fallbacks"),
                 "content_policy_fallbacks" => t.fallbacks(&here, value, &mut groups, "content_policy_fallbacks"),
+                // The same shape: `alias: group` or `alias: {model, hidden}`.
+                "model_group_alias" => match value.as_object() {
+                    Some(_) => {
+                        router.insert("model_group_alias".into(), value.clone());
+                        t.map(here, "router_settings.model_group_alias");
+                    }
+                    None => t.refuse(&here, "must be a map of alias to model_name"),
+                },
                 "redis_host" => drop(redis_parts.insert("host", value.clone())),
                 "redis_port" => drop(redis_parts.insert("port", value.clone())),
                 "redis_password" => drop(redis_parts.insert("password", value.clone())),

@@ -272,7 +272,11 @@ fn content_bytes(content: &switchyard_api::anthropic::Content) -> u64 {
 }
 
 /// Checks that the key may call every fallback model the request names.
-pub(crate) fn check_fallbacks(principal: &Principal, fallbacks: Option<&[String]>) -> Result<(), ApiError> {
+pub(crate) fn check_fallbacks(
+    state: &AppState,
+    principal: &Principal,
+    fallbacks: Option<&[String]>,
+) -> Result<(), ApiError> {
     let Some(view) = principal.view() else {
         return Ok(());
     };
@@ -280,7 +284,7 @@ pub(crate) fn check_fallbacks(principal: &Principal, fallbacks: Option<&[String]
         .unwrap_or_default()
         .iter()
         .enumerate()
-        .find(|(_, name)| !view.allows(name))
+        .find(|(_, name)| !state.allows(view, name))
     {
         Some((i, name)) => Err(ApiError::FallbackNotAllowed {
             param: format!("fallbacks[{i}]"),
@@ -308,15 +312,16 @@ pub(crate) fn take_labels(
     labels
 }
 
-/// Admits a request to `model`: the key's model allow-list, its limits and
-/// its budget, reserving the most the request can cost. The `fallbacks` the
-/// request names must be models the key may call too, and their prices
-/// count in the reservation.
+/// Admits a request to the model it names (`requested`, a group or an
+/// alias of one): the key's model allow-list, its limits and its budget,
+/// reserving the most the request can cost. The `fallbacks` the request
+/// names must be models the key may call too, and their prices count in the
+/// reservation.
 pub(crate) async fn admit(
     state: &AppState,
     principal: &Principal,
     request_id: &str,
-    model: &str,
+    requested: &str,
     call: &Call<'_>,
     fallbacks: Option<&[String]>,
     labels: switchyard_policy::Labels,
@@ -324,20 +329,21 @@ pub(crate) async fn admit(
     // Before the model is looked up: a key limited to some models gets the
     // same answer for one that exists and one that does not, so it cannot
     // list the others by trying names.
-    if principal.view().is_some_and(|v| !v.allows(model)) {
+    if principal.view().is_some_and(|v| !state.allows(v, requested)) {
         return Err(ApiError::Denied(switchyard_policy::Denied::ModelNotAllowed {
-            model: model.to_owned(),
+            model: requested.to_owned(),
         }));
     }
+    let model = state.group_name(requested);
     let mut ceiling = state
         .ceilings
         .get(model)
         .copied()
-        .ok_or_else(|| ApiError::ModelNotFound(model.to_owned()))?;
-    check_fallbacks(principal, fallbacks)?;
+        .ok_or_else(|| ApiError::ModelNotFound(requested.to_owned()))?;
+    check_fallbacks(state, principal, fallbacks)?;
     for name in fallbacks.unwrap_or_default() {
         // An unknown name is refused by the dispatch, with its field.
-        if let Some(other) = state.ceilings.get(name.as_str()) {
+        if let Some(other) = state.ceilings.get(state.group_name(name)) {
             ceiling = ceiling.max(*other);
         }
     }
@@ -345,6 +351,7 @@ pub(crate) async fn admit(
     let estimated = bytes.div_ceil(4).max(1);
     let demand = Demand {
         model: model.to_owned(),
+        alias: (model != requested).then(|| requested.to_owned()),
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
         // Without `max_tokens`, the most output the request may produce: the
         // policy's assumption, or what an Anthropic or Bedrock deployment

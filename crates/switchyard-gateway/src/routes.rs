@@ -273,6 +273,10 @@ async fn openai(
         Call::Completion(_) => "text_completion",
         _ => "embeddings",
     };
+    // An alias is served as its group; its own name only counts for the
+    // key's allow-list.
+    let requested = model;
+    let model = state.group_name(requested);
     let span_model = crate::observe::span_model(&state, model);
     let span = tracing::debug_span!(
         target: "switchyard",
@@ -286,9 +290,17 @@ async fn openai(
         "switchyard.deployment" = Empty,
         "switchyard.cache" = Empty,
     );
-    let mut response = openai_inner(state.clone(), principal, ctx, model, call, options, controls)
-        .instrument(span)
-        .await;
+    let mut response = openai_inner(
+        state.clone(),
+        principal,
+        ctx,
+        (requested, model),
+        call,
+        options,
+        controls,
+    )
+    .instrument(span)
+    .await;
     crate::observe::label_failure(&state, model, &mut response);
     response
 }
@@ -298,7 +310,7 @@ async fn openai_inner(
     state: SharedState,
     principal: &Principal,
     ctx: &RequestContext,
-    model: &str,
+    (requested, model): (&str, &str),
     mut call: Call<'_>,
     mut options: RequestOptions,
     controls: Controls,
@@ -314,7 +326,7 @@ async fn openai_inner(
         &state,
         principal,
         &ctx.id,
-        model,
+        requested,
         &call,
         options.fallbacks.as_deref(),
         labels,
@@ -329,6 +341,7 @@ async fn openai_inner(
             return e.into_response();
         }
     };
+    state.resolve_fallbacks(&mut options.fallbacks);
     options.prompt_tokens = Some(meter.estimated_prompt());
     let strip_usage = request_stream_usage(&mut call);
     let mut extra_headers = Response::new(axum::body::Body::empty());
@@ -777,7 +790,8 @@ async fn embeddings(
     // Refused before admission, which would count it against the key's
     // limits; a key not allowed the name gets admission's 403, which tells
     // nothing of what it names.
-    if state.learned.contains_key(&req.model) && principal.view().is_none_or(|v| v.allows(&req.model)) {
+    let group = state.group_name(&req.model);
+    if state.learned.contains_key(group) && principal.view().is_none_or(|v| state.allows(v, &req.model)) {
         return ApiError::InvalidField {
             param: Some("model".into()),
             message: format!(
@@ -807,7 +821,9 @@ async fn models(
     headers: HeaderMap,
     page: Result<Query<ModelPage>, QueryRejection>,
 ) -> Response {
-    let names: Vec<&str> = visible_models(&state, principal.view()).collect();
+    let names: Vec<&str> = visible_models(&state, principal.view())
+        .chain(visible_aliases(&state, principal.view(), false))
+        .collect();
     if !speaks_anthropic(&headers) {
         return Json(ModelList {
             object: "list".into(),
@@ -908,6 +924,7 @@ async fn model(
         })
         .and_then(|Path(name)| {
             visible_models(&state, principal.view())
+                .chain(visible_aliases(&state, principal.view(), true))
                 .find(|candidate| *candidate == name)
                 .ok_or(ApiError::ModelNotFound(name))
         });
@@ -926,6 +943,19 @@ fn visible_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyView>>) ->
         .model_names()
         .chain(state.learned.keys().map(String::as_str))
         .filter(move |name| view.is_none_or(|v| v.allows(name)))
+}
+
+/// Aliases of models the caller may use (or that its key lists by the
+/// alias), by name; `hidden` ones too when asked.
+fn visible_aliases<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyView>>, hidden: bool) -> Vec<&'a str> {
+    let mut names: Vec<&str> = state
+        .aliases
+        .iter()
+        .filter(|(name, alias)| (hidden || !alias.hidden) && view.is_none_or(|v| state.allows(v, name)))
+        .map(|(name, _)| name.as_str())
+        .collect();
+    names.sort_unstable();
+    names
 }
 
 /// `GET /model/info` (also under `/v1`): LiteLLM's listing of deployments,

@@ -37,6 +37,9 @@ pub struct AppState {
     pub loaded_at: u64,
     /// Each group's strategy and candidate list, by public model name.
     pub routes: HashMap<String, GroupRoute>,
+    /// Other names of model groups and learned routers
+    /// (`router_settings.model_group_alias`).
+    pub aliases: HashMap<String, ModelAlias>,
     /// Live per-deployment statistics the strategies read, indexed like `providers`.
     pub stats: LiveStats,
     /// Per-deployment circuit breakers, indexed like `providers`.
@@ -94,6 +97,15 @@ pub struct AppState {
     /// Responses kept for `previous_response_id` (shared by every state a
     /// reload makes).
     pub responses: crate::responses::ResponseStore,
+}
+
+/// An alias of a model group or learned router.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelAlias {
+    /// The name it stands for.
+    pub group: String,
+    /// Left out of model lists.
+    pub hidden: bool,
 }
 
 /// How one model group is routed.
@@ -554,6 +566,17 @@ impl AppState {
             cooldowns: Cooldowns::new(providers.len(), dispatch.cooldown),
             dispatch,
             routes,
+            aliases: router
+                .model_group_alias
+                .iter()
+                .map(|(alias, entry)| {
+                    let target = ModelAlias {
+                        group: entry.group().to_owned(),
+                        hidden: entry.hidden(),
+                    };
+                    (alias.clone(), target)
+                })
+                .collect(),
             embedder,
             learned: std::collections::BTreeMap::new(),
             pending_routers,
@@ -663,6 +686,30 @@ impl AppState {
     /// Monotonic milliseconds since start-up, the clock of routing statistics.
     pub fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
+    }
+
+    /// The model group (or learned router) a requested name stands for: the
+    /// group an alias names, else the name itself.
+    pub fn group_name<'a>(&'a self, requested: &'a str) -> &'a str {
+        self.aliases.get(requested).map_or(requested, |a| a.group.as_str())
+    }
+
+    /// Replaces the aliases among a request's `fallbacks` with their groups.
+    pub(crate) fn resolve_fallbacks(&self, fallbacks: &mut Option<Vec<String>>) {
+        if self.aliases.is_empty() {
+            return;
+        }
+        for name in fallbacks.iter_mut().flatten() {
+            if let Some(alias) = self.aliases.get(name.as_str()) {
+                name.clone_from(&alias.group);
+            }
+        }
+    }
+
+    /// Whether `view` may call `requested`: the key or team lists the name
+    /// itself or, for an alias, the group it stands for.
+    pub(crate) fn allows(&self, view: &switchyard_policy::KeyView, requested: &str) -> bool {
+        view.allows(requested) || view.allows(self.group_name(requested))
     }
 
     /// The client of a deployment chosen from this state's registry.

@@ -186,8 +186,8 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
 fn keys_that_would_change_behaviour_fail_by_name() {
     for (extra, key) in [
         (
-            "router_settings:\n  model_group_alias: {\"gpt-4\": \"gpt-4o\"}\n",
-            "router_settings.model_group_alias",
+            "router_settings:\n  provider_budget_config: {openai: {budget_limit: 100, time_period: 1d}}\n",
+            "router_settings.provider_budget_config",
         ),
         ("litellm_settings:\n  max_budget: 100\n", "litellm_settings.max_budget"),
         (
@@ -205,6 +205,29 @@ fn keys_that_would_change_behaviour_fail_by_name() {
     let err = config::load(Source::Text(yaml), &Overrides::default()).unwrap_err();
     assert!(
         err.to_string().contains("model_list[0].litellm_params.model") && err.to_string().contains("vertex_ai"),
+        "{err}"
+    );
+}
+
+#[test]
+fn model_group_aliases_come_over_with_their_hidden_flag() {
+    let yaml = "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/gpt-4o\n      api_key: k\nrouter_settings:\n  model_group_alias: {\"gpt-4\": \"a\", \"old\": {\"model\": \"a\", \"hidden\": true}}\n";
+    let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
+    let aliases = &config.router_settings.model_group_alias;
+    assert_eq!(aliases.len(), 2);
+    assert_eq!((aliases["gpt-4"].group(), aliases["gpt-4"].hidden()), ("a", false));
+    assert_eq!((aliases["old"].group(), aliases["old"].hidden()), ("a", true));
+    config.validate(&BTreeMap::<String, String>::new()).unwrap();
+
+    // An alias of a model the file does not list fails by its name.
+    let yaml = yaml.replace("\"gpt-4\": \"a\"", "\"gpt-4\": \"gpt-4o\"");
+    let config = config::load(Source::Text(&yaml), &Overrides::default()).unwrap();
+    let err = config
+        .validate(&BTreeMap::<String, String>::new())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("router_settings.model_group_alias.gpt-4") && err.contains("`gpt-4o` is not a model_name"),
         "{err}"
     );
 }
@@ -526,12 +549,12 @@ fn check_config_reports_what_maps_to_what() {
     );
     std::fs::write(
         &path,
-        "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      api_key: k\nrouter_settings:\n  model_group_alias: {}\n",
+        "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      api_key: k\nrouter_settings:\n  provider_budget_config: {}\n",
     )
     .unwrap();
     let (ok, out) = run(&path);
     assert!(!ok, "{out}");
-    assert!(out.contains("error: router_settings.model_group_alias"), "{out}");
+    assert!(out.contains("error: router_settings.provider_budget_config"), "{out}");
 
     // A file in Switchyard's own format is checked as such.
     std::fs::write(

@@ -1376,3 +1376,79 @@ async fn litellm_admin_clients_list_page_and_delete_by_alias() {
     let same = admin(&gw, "/key/update", json!({"key": other, "key_alias": "fourth"})).await;
     assert_eq!(same.status, 200, "a key keeps its own alias: {}", same.body);
 }
+
+/// An alias is served, allowed, limited and charged as the group it names;
+/// `/v1/models` lists it unless it is hidden.
+#[tokio::test]
+async fn an_alias_is_its_group_for_keys_limits_and_spend() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}router_settings:\n  model_group_alias:\n    old-a: mock-a\n    alias-b: mock-b\n    secret-a: {{model: mock-a, hidden: true}}\n",
+        config(dir.path(), "", 0)
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let answer = chat_with(&gw, Some(MASTER), "old-a").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-switchyard-model"), "mock-a");
+    assert_eq!(answer.header("x-switchyard-deployment"), "mock-a/0");
+    // Its spend is the group's.
+    let record = spend_record(&gw, |r| r["key_alias"].is_null()).await;
+    assert_eq!(record["model"], "mock-a", "{record}");
+
+    let listed = |answer: &Answer| -> Vec<String> {
+        answer.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = admin_get(&gw, "/v1/models").await;
+    assert_eq!(listed(&all), ["mock-a", "mock-b", "alias-b", "old-a"]);
+    assert_eq!(admin_get(&gw, "/v1/models/secret-a").await.status, 200);
+    assert_eq!(chat_with(&gw, Some(MASTER), "secret-a").await.status, 200);
+
+    // A key allowed the group may use its aliases, and not the others'.
+    let key_a = generate(&gw, json!({"models": ["mock-a"], "model_rpm_limit": {"mock-a": 3}})).await;
+    let mine = send(client().get(format!("{}/v1/models", gw.base_url())).bearer_auth(&key_a)).await;
+    assert_eq!(listed(&mine), ["mock-a", "old-a"]);
+    assert_eq!(chat_with(&gw, Some(&key_a), "old-a").await.status, 200);
+    let other = chat_with(&gw, Some(&key_a), "alias-b").await;
+    assert_eq!((other.status, other.code()), (403, "model_not_allowed"));
+    // Nor through a fallback named by another group's alias.
+    let fallback = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(&key_a)
+            .json(
+                &json!({"model": "mock-a", "fallbacks": ["alias-b"], "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+    )
+    .await;
+    assert_eq!(fallback.status, 403, "{}", fallback.body);
+    assert_eq!(fallback.body["error"]["param"], "fallbacks[0]");
+    // Anthropic's Messages API resolves aliases too.
+    let messages = send(
+        client()
+            .post(format!("{}/v1/messages", gw.base_url()))
+            .header("x-api-key", &key_a)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": "old-a", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(messages.status, 200, "{}", messages.body);
+    assert_eq!(messages.header("x-switchyard-model"), "mock-a");
+    // The group's per-model limit counts requests by either name (two so far).
+    assert_eq!(chat_with(&gw, Some(&key_a), "mock-a").await.status, 200);
+    let limited = chat_with(&gw, Some(&key_a), "secret-a").await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+
+    // A key that lists the alias may call it, and not the group by its own name.
+    let key_b = generate(&gw, json!({"models": ["alias-b"]})).await;
+    let answer = chat_with(&gw, Some(&key_b), "alias-b").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.header("x-switchyard-model"), "mock-b");
+    assert_eq!(chat_with(&gw, Some(&key_b), "mock-b").await.code(), "model_not_allowed");
+    let mine = send(client().get(format!("{}/v1/models", gw.base_url())).bearer_auth(&key_b)).await;
+    assert_eq!(listed(&mine), ["alias-b"]);
+}

@@ -11,8 +11,11 @@ use crate::spend::{subject_key, subject_team};
 /// What a request asks for, as far as limits go.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Demand {
-    /// The public model name.
+    /// The public model name (a model group).
     pub model: String,
+    /// The alias of `model` the request named, if any: a key that lists it
+    /// may call `model`. Limits and budgets count `model`.
+    pub alias: Option<String>,
     /// Prompt tokens, estimated before the call (charged to TPM up front).
     pub estimated_tokens: u32,
     /// The most the request can cost (reserved against budgets).

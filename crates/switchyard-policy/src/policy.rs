@@ -709,7 +709,7 @@ impl Policy {
         let view = principal.view().cloned();
         let checks = match &view {
             Some(v) => {
-                if !v.allows(&demand.model) {
+                if !v.allows(&demand.model) && !demand.alias.as_deref().is_some_and(|a| v.allows(a)) {
                     return Err(Denied::ModelNotAllowed {
                         model: demand.model.clone(),
                     });

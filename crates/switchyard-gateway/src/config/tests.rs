@@ -56,6 +56,26 @@ fn invalid_values_are_reported_with_their_path() {
 }
 
 #[test]
+fn an_alias_names_an_existing_group_and_is_not_one_itself() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    fallbacks: [old-a]\n    deployments:\n      - {provider: mock, model: a}\n  - model_name: b\n    deployments:\n      - {provider: mock, model: b}\nrouter_settings:\n  model_group_alias:\n    old-a: a\n    b: a\n    twice: old-a\n    nowhere: {model: c, hidden: true}\n    fine: {model: b}\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[])).unwrap_err().to_string();
+    for expected in [
+        "router_settings.model_group_alias.b: `b` is a model_name in model_list already",
+        "router_settings.model_group_alias.twice: `old-a` is an alias itself",
+        "router_settings.model_group_alias.nowhere: `c` is not a model_name in model_list",
+        "model_list[0].fallbacks[0]: `old-a` is an alias; name its group `a`",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    assert!(!err.contains("model_group_alias.old-a"), "{err}");
+    assert!(!err.contains("model_group_alias.fine"), "{err}");
+    assert!(!err.contains("`old-a` is not a model_name"), "{err}");
+}
+
+#[test]
 fn kept_responses_in_redis_need_the_policy_redis_and_drop_params_its_providers() {
     let config = parse(
         "server:\n  responses_store: redis\n  responses_ttl_seconds: 0\nmodel_list:\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: m\n        api_base: http://127.0.0.1:9/v1\n        drop_params: true\n",

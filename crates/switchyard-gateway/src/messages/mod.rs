@@ -161,7 +161,7 @@ pub(crate) async fn messages(
     AnthropicJson(mut req): AnthropicJson<MessagesRequest>,
 ) -> Response {
     req.betas = betas(&headers);
-    let model = req.model.clone();
+    let model = state.group_name(&req.model).to_owned();
     let span_model = crate::observe::span_model(&state, &model);
     let span = tracing::debug_span!(
         target: "switchyard",
@@ -204,7 +204,8 @@ async fn messages_inner(
         return failed(e.into());
     }
     options.allowed_models = principal.view().and_then(|v| v.allowed_models());
-    let model = std::mem::take(&mut req.model);
+    let requested = std::mem::take(&mut req.model);
+    let model = state.group_name(&requested);
     // Tools whose names OpenAI-format upstreams cannot take, to restore.
     let tool_names = match translate::shortened_tool_names(&req) {
         Ok(names) => names,
@@ -213,13 +214,13 @@ async fn messages_inner(
     let thinking = translate::wants_thinking(&req);
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());
-    let mut trail = Trail::start(&state, &ctx, &principal, &model, &call);
+    let mut trail = Trail::start(&state, &ctx, &principal, model, &call);
     let labels = metering::take_labels(&state, &mut options, trail.as_mut());
     let meter = match metering::admit(
         &state,
         &principal,
         &ctx.id,
-        &model,
+        &requested,
         &call,
         options.fallbacks.as_deref(),
         labels,
@@ -234,6 +235,7 @@ async fn messages_inner(
             return failed(e.into());
         }
     };
+    state.resolve_fallbacks(&mut options.fallbacks);
     options.prompt_tokens = Some(meter.estimated_prompt());
     let mut extra = Response::new(axum::body::Body::empty());
     meter.headers(&mut extra);
@@ -243,7 +245,7 @@ async fn messages_inner(
         decision,
         in_flight,
         started,
-    } = match dispatch(&state, &model, &mut call, &options).await {
+    } = match dispatch(&state, model, &mut call, &options).await {
         Ok(served) => served,
         Err(f) => {
             if let Some(mut t) = trail {
@@ -390,7 +392,7 @@ pub async fn count_tokens(
             .into(),
         );
     };
-    if principal.view().is_some_and(|v| !v.allows(&model)) {
+    if principal.view().is_some_and(|v| !state.allows(v, &model)) {
         return failed(ApiError::Denied(switchyard_policy::Denied::ModelNotAllowed { model }).into());
     }
     if let Some(Err(e)) = req
@@ -405,11 +407,13 @@ pub async fn count_tokens(
         None => RequestOptions::default(),
     };
     options.allowed_models = principal.view().and_then(|v| v.allowed_models());
-    if let Err(e) = metering::check_fallbacks(&principal, options.fallbacks.as_deref()) {
+    if let Err(e) = metering::check_fallbacks(&state, &principal, options.fallbacks.as_deref()) {
         return failed(e.into());
     }
+    state.resolve_fallbacks(&mut options.fallbacks);
     let betas = betas(&headers);
-    match dispatch(&state, &model, &mut Call::CountTokens(&mut req, &betas), &options).await {
+    let model = state.group_name(&model);
+    match dispatch(&state, model, &mut Call::CountTokens(&mut req, &betas), &options).await {
         Ok(Served {
             reply: Reply::Native(body),
             decision,
