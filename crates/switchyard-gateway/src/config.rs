@@ -358,6 +358,10 @@ pub struct ModelEntry {
     /// A learned router choosing among other model groups (instead of deployments).
     #[serde(default)]
     pub router: Option<RouterEntry>,
+    /// Access groups the model belongs to: a key or team whose `models`
+    /// lists an access group's name may call every model in it.
+    #[serde(default)]
+    pub access_groups: Vec<String>,
 }
 
 /// `router:` of a model group — a learned router that predicts each candidate
@@ -834,6 +838,8 @@ pub struct ModelSpec {
     pub deployments: Vec<DeploymentSpec>,
     /// The learned router of a router group.
     pub router: Option<RouterSpec>,
+    /// Access groups it belongs to.
+    pub access_groups: Vec<String>,
 }
 
 /// Where a learned router's artifact lives.
@@ -1408,6 +1414,21 @@ fn validate_cors(origins: &[String], issues: &mut Vec<ConfigIssue>) {
 }
 
 impl Config {
+    /// The names a key's or team's `models` may list: model groups, learned
+    /// routers, aliases and access groups.
+    pub fn key_model_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .model_list
+            .iter()
+            .flat_map(|m| std::iter::once(m.model_name.trim()).chain(m.access_groups.iter().map(String::as_str)))
+            .chain(self.router_settings.model_group_alias.keys().map(String::as_str))
+            .map(str::to_owned)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// Checks every value and resolves secrets, reporting all problems at once.
     pub fn validate(&self, env: &dyn EnvSource) -> Result<Vec<ModelSpec>, ConfigError> {
         let mut issues = Vec::new();
@@ -1523,6 +1544,7 @@ impl Config {
                 content_policy_fallbacks: trimmed(&entry.content_policy_fallbacks),
                 deployments,
                 router,
+                access_groups: entry.access_groups.clone(),
             });
         }
         let routers: std::collections::HashSet<&str> = self
@@ -1581,6 +1603,22 @@ impl Config {
             }
         }
         for (i, entry) in self.model_list.iter().enumerate() {
+            for (k, name) in entry.access_groups.iter().enumerate() {
+                let path = format!("model_list[{i}].access_groups[{k}]");
+                if name.trim().is_empty() || name.trim() != name {
+                    issues.push(issue(path, "an access group must be a name without surrounding spaces"));
+                } else if seen.contains(name.as_str()) {
+                    issues.push(issue(
+                        path,
+                        format!("`{name}` is a model_name; a key could not tell which it means"),
+                    ));
+                } else if self.router_settings.model_group_alias.contains_key(name.as_str()) {
+                    issues.push(issue(
+                        path,
+                        format!("`{name}` is an alias; a key could not tell which it means"),
+                    ));
+                }
+            }
             for (field, list) in [
                 ("fallbacks", &entry.fallbacks),
                 ("context_window_fallbacks", &entry.context_window_fallbacks),

@@ -50,12 +50,7 @@ pub(crate) fn build_state_with(
     let models = config.validate(env)?;
     let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
     let mut issues = Vec::new();
-    // Keys may name a group or an alias of one.
-    let known: Vec<String> = names
-        .iter()
-        .cloned()
-        .chain(config.router_settings.model_group_alias.keys().cloned())
-        .collect();
+    let known = config.key_model_names();
     let policy = config.policy.validate(env, &known, &mut issues);
     let cache = config.cache.validate(env, &names, &mut issues);
     let telemetry = config.telemetry.validate(env, &mut issues);

@@ -118,6 +118,10 @@ const IGNORED_ROUTER_SETTINGS: &[(&str, &str)] = &[
     ),
 ];
 
+/// Where a translated deployment carries its `model_info.access_groups`
+/// until they are moved to its group.
+const ACCESS_GROUPS: &str = "__access_groups";
+
 const IGNORED_PARAMS: &[(&str, &str)] = &[(
     "max_retries",
     "retries are per model group (router_settings.num_retries)",
@@ -423,6 +427,15 @@ impl Translator {
                             "the model has no built-in price here: set input_cost_per_token and output_cost_per_token",
                         );
                     }
+                } else if key == "access_groups" {
+                    match value.as_array().filter(|l| l.iter().all(Value::is_string)) {
+                        Some(_) => {
+                            // Moved to the group by `translate`.
+                            d.insert(ACCESS_GROUPS.into(), value.clone());
+                            self.map(here, format!("model_list[{name}].access_groups"));
+                        }
+                        None => self.refuse(&here, "must be a list of names"),
+                    }
                 } else {
                     self.warn(&here, "model metadata is not used");
                 }
@@ -492,7 +505,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         .flatten()
         .enumerate()
     {
-        if let Some((name, deployment)) = t.deployment(i, entry) {
+        if let Some((name, mut deployment)) = t.deployment(i, entry) {
             let group = groups.entry(name.clone()).or_insert_with(|| {
                 order.push(name.clone());
                 let mut m = Map::new();
@@ -500,6 +513,16 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                 m.insert("deployments".into(), json!([]));
                 m
             });
+            // A group belongs to the access groups of any of its deployments.
+            if let Some(Value::Array(access)) = deployment.as_object_mut().and_then(|d| d.remove(ACCESS_GROUPS))
+                && let Value::Array(all) = group.entry("access_groups").or_insert_with(|| json!([]))
+            {
+                for name in access {
+                    if !all.contains(&name) {
+                        all.push(name);
+                    }
+                }
+            }
             if let Some(Value::Array(list)) = group.get_mut("deployments") {
                 list.push(deployment);
             }

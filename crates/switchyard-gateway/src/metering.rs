@@ -351,7 +351,7 @@ pub(crate) async fn admit(
     let estimated = bytes.div_ceil(4).max(1);
     let demand = Demand {
         model: model.to_owned(),
-        alias: (model != requested).then(|| requested.to_owned()),
+        other_names: state.other_names(requested, model),
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
         // Without `max_tokens`, the most output the request may produce: the
         // policy's assumption, or what an Anthropic or Bedrock deployment

@@ -362,13 +362,7 @@ impl Live {
         })?;
         // Only once nothing can fail: the policy is shared with the state
         // that keeps serving if this reload is refused.
-        next.policy.set_known_models(
-            config
-                .model_list
-                .iter()
-                .map(|m| m.model_name.trim().to_owned())
-                .chain(config.router_settings.model_group_alias.keys().cloned()),
-        );
+        next.policy.set_known_models(config.key_model_names());
         for notice in &config.notices {
             tracing::warn!("configuration: {notice}");
         }

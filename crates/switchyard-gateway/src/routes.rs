@@ -315,7 +315,7 @@ async fn openai_inner(
     mut options: RequestOptions,
     controls: Controls,
 ) -> Response {
-    options.allowed_models = principal.view().and_then(|v| v.allowed_models());
+    options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     let mut trail = Trail::start(&state, ctx, principal, model, &call);
     if state.telemetry.log_payloads {
@@ -942,7 +942,7 @@ fn visible_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyView>>) ->
         .registry
         .model_names()
         .chain(state.learned.keys().map(String::as_str))
-        .filter(move |name| view.is_none_or(|v| v.allows(name)))
+        .filter(move |name| view.is_none_or(|v| state.allows(v, name)))
 }
 
 /// Aliases of models the caller may use (or that its key lists by the

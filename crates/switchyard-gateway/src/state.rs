@@ -40,6 +40,9 @@ pub struct AppState {
     /// Other names of model groups and learned routers
     /// (`router_settings.model_group_alias`).
     pub aliases: HashMap<String, ModelAlias>,
+    /// The access groups of each model group and learned router that
+    /// belongs to one (`model_list[].access_groups`).
+    pub access_groups: HashMap<String, Vec<String>>,
     /// Live per-deployment statistics the strategies read, indexed like `providers`.
     pub stats: LiveStats,
     /// Per-deployment circuit breakers, indexed like `providers`.
@@ -577,6 +580,11 @@ impl AppState {
                     (alias.clone(), target)
                 })
                 .collect(),
+            access_groups: models
+                .iter()
+                .filter(|m| !m.access_groups.is_empty())
+                .map(|m| (m.name.clone(), m.access_groups.clone()))
+                .collect(),
             embedder,
             learned: std::collections::BTreeMap::new(),
             pending_routers,
@@ -706,10 +714,51 @@ impl AppState {
         }
     }
 
-    /// Whether `view` may call `requested`: the key or team lists the name
-    /// itself or, for an alias, the group it stands for.
+    /// Whether `view` may call `requested`: the key and its team list the
+    /// name itself or, for an alias, the group it stands for, or an access
+    /// group of that group.
     pub(crate) fn allows(&self, view: &switchyard_policy::KeyView, requested: &str) -> bool {
-        view.allows(requested) || view.allows(self.group_name(requested))
+        let group = self.group_name(requested);
+        view.allows_any(
+            [requested, group]
+                .into_iter()
+                .chain(self.access_groups.get(group).into_iter().flatten().map(String::as_str)),
+        )
+    }
+
+    /// Other names under which a key may call `group` when requested as
+    /// `requested`: the alias the request used, and the group's access
+    /// groups.
+    pub(crate) fn other_names(&self, requested: &str, group: &str) -> Vec<String> {
+        let alias = (requested != group).then(|| requested.to_owned());
+        alias
+            .into_iter()
+            .chain(self.access_groups.get(group).into_iter().flatten().cloned())
+            .collect()
+    }
+
+    /// The models a key or team may call, as names of groups: its list with
+    /// each access group replaced by its members and each alias joined by
+    /// its group (these decide which fallbacks and learned-router
+    /// candidates it may reach). `None`: every model.
+    pub(crate) fn allowed_groups(&self, view: Option<&switchyard_policy::KeyView>) -> Option<Vec<String>> {
+        let mut names = view?.allowed_models()?;
+        if self.aliases.is_empty() && self.access_groups.is_empty() {
+            return Some(names);
+        }
+        let mut extra: Vec<String> = names
+            .iter()
+            .filter_map(|n| self.aliases.get(n.as_str()).map(|a| a.group.clone()))
+            .collect();
+        for (group, access) in &self.access_groups {
+            if access.iter().any(|a| names.contains(a)) {
+                extra.push(group.clone());
+            }
+        }
+        names.extend(extra);
+        names.sort_unstable();
+        names.dedup();
+        Some(names)
     }
 
     /// The client of a deployment chosen from this state's registry.

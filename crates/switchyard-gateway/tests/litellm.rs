@@ -233,6 +233,28 @@ fn model_group_aliases_come_over_with_their_hidden_flag() {
 }
 
 #[test]
+fn access_groups_of_a_groups_deployments_become_the_groups() {
+    let yaml = "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/gpt-4o\n      api_key: k\n    model_info:\n      access_groups: [beta]\n  - model_name: a\n    litellm_params:\n      model: openai/gpt-4o-2024-08-06\n      api_key: k\n    model_info:\n      access_groups: [beta, prod]\n  - model_name: b\n    litellm_params:\n      model: openai/gpt-4o-mini\n      api_key: k\n";
+    let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
+    let groups: Vec<(&str, &[String])> = config
+        .model_list
+        .iter()
+        .map(|m| (m.model_name.as_str(), m.access_groups.as_slice()))
+        .collect();
+    assert_eq!(
+        groups,
+        [("a", &["beta".to_owned(), "prod".to_owned()][..]), ("b", &[][..])]
+    );
+    let notices = config.notices.join("\n");
+    assert!(!notices.contains("access_groups"), "not a warning: {notices}");
+    let bad = yaml.replace("access_groups: [beta]\n", "access_groups: beta\n");
+    let err = config::load(Source::Text(&bad), &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("model_list[0].model_info.access_groups"), "{err}");
+}
+
+#[test]
 fn redis_settings_become_one_url_and_the_cache_follows_it() {
     let doc: Value = serde_json::from_value(json!({
         "model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "k"}}],

@@ -1452,3 +1452,76 @@ async fn an_alias_is_its_group_for_keys_limits_and_spend() {
     let mine = send(client().get(format!("{}/v1/models", gw.base_url())).bearer_auth(&key_b)).await;
     assert_eq!(listed(&mine), ["alias-b"]);
 }
+
+/// A key or team that lists an access group may call every model in it,
+/// and only those.
+#[tokio::test]
+async fn an_access_group_in_a_keys_models_allows_its_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(dir.path(), "", 0)
+        .replace(
+            "  - model_name: mock-a\n",
+            "  - model_name: mock-a\n    access_groups: [beta]\n",
+        )
+        .replace(
+            "  - model_name: mock-b\n",
+            "  - model_name: mock-b\n    access_groups: [beta, cheap]\n",
+        );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let listed = |answer: &Answer| -> Vec<String> {
+        answer.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let models = |key: String| {
+        let url = format!("{}/v1/models", gw.base_url());
+        async move { send(client().get(url).bearer_auth(key)).await }
+    };
+
+    let beta = generate(&gw, json!({"models": ["beta"]})).await;
+    for model in ["mock-a", "mock-b"] {
+        let answer = chat_with(&gw, Some(&beta), model).await;
+        assert_eq!(answer.status, 200, "{model}: {}", answer.body);
+    }
+    assert_eq!(listed(&models(beta.clone()).await), ["mock-a", "mock-b"]);
+
+    let cheap = generate(&gw, json!({"models": ["cheap"]})).await;
+    assert_eq!(chat_with(&gw, Some(&cheap), "mock-b").await.status, 200);
+    let refused = chat_with(&gw, Some(&cheap), "mock-a").await;
+    assert_eq!((refused.status, refused.code()), (403, "model_not_allowed"));
+    assert_eq!(listed(&models(cheap.clone()).await), ["mock-b"]);
+    // A fallback outside the access group is refused as the model itself is.
+    let fallback = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(&cheap)
+            .json(
+                &json!({"model": "mock-b", "fallbacks": ["mock-a"], "messages": [{"role": "user", "content": "hi"}]}),
+            ),
+    )
+    .await;
+    assert_eq!(
+        (fallback.status, fallback.body["error"]["param"].clone()),
+        (403, json!("fallbacks[0]"))
+    );
+
+    // A team's access group narrows its keys' models like a name would.
+    let team = admin(&gw, "/team/new", json!({"team_id": "budget-team", "models": ["cheap"]})).await;
+    assert_eq!(team.status, 200, "{}", team.body);
+    let member = generate(&gw, json!({"team_id": "budget-team", "models": ["beta"]})).await;
+    assert_eq!(chat_with(&gw, Some(&member), "mock-b").await.status, 200);
+    assert_eq!(
+        chat_with(&gw, Some(&member), "mock-a").await.code(),
+        "model_not_allowed"
+    );
+
+    // Names that are neither a model nor an access group are refused.
+    let unknown = admin(&gw, "/key/generate", json!({"models": ["gamma"]})).await;
+    assert_eq!(
+        (unknown.status, unknown.body["error"]["param"].clone()),
+        (400, json!("models[0]"))
+    );
+}

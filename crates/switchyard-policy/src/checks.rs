@@ -13,9 +13,10 @@ use crate::spend::{subject_key, subject_team};
 pub struct Demand {
     /// The public model name (a model group).
     pub model: String,
-    /// The alias of `model` the request named, if any: a key that lists it
-    /// may call `model`. Limits and budgets count `model`.
-    pub alias: Option<String>,
+    /// Other names of `model` a key may list to call it: the alias the
+    /// request named, the model's access groups. Limits and budgets count
+    /// `model`.
+    pub other_names: Vec<String>,
     /// Prompt tokens, estimated before the call (charged to TPM up front).
     pub estimated_tokens: u32,
     /// The most the request can cost (reserved against budgets).

@@ -219,6 +219,18 @@ impl KeyView {
         self.key.limits.allows(model) && self.team.as_ref().is_none_or(|t| t.limits.allows(model))
     }
 
+    /// Whether the key and its team may call a model known by any of
+    /// `names` (its group, an alias, an access group): each list that is not
+    /// empty must hold one of them.
+    pub fn allows_any<'a, I>(&self, names: I) -> bool
+    where
+        I: IntoIterator<Item = &'a str> + Clone,
+    {
+        let lists =
+            |models: &[String]| models.is_empty() || names.clone().into_iter().any(|n| models.iter().any(|m| m == n));
+        lists(&self.key.limits.models) && self.team.as_ref().is_none_or(|t| lists(&t.limits.models))
+    }
+
     /// The models the key may call: its own list, narrowed by its team's.
     /// `None` means every model.
     pub fn allowed_models(&self) -> Option<Vec<String>> {

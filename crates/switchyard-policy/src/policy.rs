@@ -709,7 +709,8 @@ impl Policy {
         let view = principal.view().cloned();
         let checks = match &view {
             Some(v) => {
-                if !v.allows(&demand.model) && !demand.alias.as_deref().is_some_and(|a| v.allows(a)) {
+                let names = std::iter::once(demand.model.as_str()).chain(demand.other_names.iter().map(String::as_str));
+                if !v.allows_any(names) {
                     return Err(Denied::ModelNotAllowed {
                         model: demand.model.clone(),
                     });

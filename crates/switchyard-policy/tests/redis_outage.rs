@@ -42,7 +42,7 @@ fn settings(url: &str, data_dir: Option<&std::path::Path>) -> PolicySettings {
 fn demand() -> Demand {
     Demand {
         model: "m".into(),
-        alias: None,
+        other_names: Vec::new(),
         estimated_tokens: 10,
         max_cost: 10 * COST,
         request_id: None,

@@ -35,7 +35,7 @@ fn settings(url: &str) -> PolicySettings {
 fn demand() -> Demand {
     Demand {
         model: "m".into(),
-        alias: None,
+        other_names: Vec::new(),
         estimated_tokens: 10,
         max_cost: 600_000_000,
         request_id: None,

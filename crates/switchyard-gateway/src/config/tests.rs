@@ -76,6 +76,27 @@ fn an_alias_names_an_existing_group_and_is_not_one_itself() {
 }
 
 #[test]
+fn an_access_group_is_not_named_like_a_model_or_an_alias() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    access_groups: [b, old-a, ' spaced', beta]\n    deployments:\n      - {provider: mock, model: a}\n  - model_name: b\n    access_groups: [beta]\n    deployments:\n      - {provider: mock, model: b}\nrouter_settings:\n  model_group_alias: {old-a: a}\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[])).unwrap_err().to_string();
+    for expected in [
+        "model_list[0].access_groups[0]: `b` is a model_name",
+        "model_list[0].access_groups[1]: `old-a` is an alias",
+        "model_list[0].access_groups[2]: an access group must be a name",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    assert!(
+        !err.contains("access_groups[3]") && !err.contains("model_list[1]"),
+        "{err}"
+    );
+    assert_eq!(config.key_model_names(), [" spaced", "a", "b", "beta", "old-a"]);
+}
+
+#[test]
 fn kept_responses_in_redis_need_the_policy_redis_and_drop_params_its_providers() {
     let config = parse(
         "server:\n  responses_store: redis\n  responses_ttl_seconds: 0\nmodel_list:\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: m\n        api_base: http://127.0.0.1:9/v1\n        drop_params: true\n",

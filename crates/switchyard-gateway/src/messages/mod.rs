@@ -203,7 +203,7 @@ async fn messages_inner(
     if let Err(e) = crate::cache::Controls::take(&mut req.extra, &axum::http::HeaderMap::new()) {
         return failed(e.into());
     }
-    options.allowed_models = principal.view().and_then(|v| v.allowed_models());
+    options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
     let requested = std::mem::take(&mut req.model);
     let model = state.group_name(&requested);
     // Tools whose names OpenAI-format upstreams cannot take, to restore.
@@ -406,7 +406,7 @@ pub async fn count_tokens(
         Some(Err(e)) => return failed(e.into()),
         None => RequestOptions::default(),
     };
-    options.allowed_models = principal.view().and_then(|v| v.allowed_models());
+    options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
     if let Err(e) = metering::check_fallbacks(&state, &principal, options.fallbacks.as_deref()) {
         return failed(e.into());
     }
