@@ -188,6 +188,28 @@ model_list:
         aws_region: us-east-1
         aws_access_key_id: AKIDTEST
         aws_secret_access_key: test-secret
+  - model_name: dall-e-3
+    deployments:
+      - provider: openai
+        model: dall-e-3
+        api_base: {mock_url}/v1
+        api_key: test-upstream-key
+  - model_name: gpt-image-1
+    deployments:
+      - provider: openai
+        model: gpt-image-1
+        api_base: {mock_url}/v1
+        api_key: test-upstream-key
+  - model_name: omni-moderation-latest
+    deployments:
+      - provider: openai
+        model: omni-moderation-latest
+        api_base: {mock_url}/v1
+        api_key: test-upstream-key
+  - model_name: mock-images
+    deployments:
+      - provider: mock
+        model: mock-image-model
   - model_name: bedrock-nova
     deployments:
       - provider: bedrock

@@ -10,6 +10,7 @@ pub mod chat;
 pub mod completions;
 pub mod embeddings;
 pub mod error;
+pub mod images;
 pub mod models;
 pub mod responses;
 pub mod usage;
@@ -23,6 +24,7 @@ pub use embeddings::{
     EmbeddingData, EmbeddingInput, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage, EmbeddingVector,
 };
 pub use error::{ErrorBody, ErrorDetail};
+pub use images::{ImageGenerationRequest, ModerationRequest};
 pub use models::{AnthropicModel, AnthropicModelList, ModelList, ModelObject};
 pub use usage::Usage;
 

@@ -157,7 +157,7 @@ fn endpoint(call: &Call<'_>) -> Option<&'static str> {
         Call::Chat(_) => Some("chat"),
         Call::Completion(_) => Some("completions"),
         Call::Embeddings(_) => Some("embeddings"),
-        Call::Messages(_) | Call::CountTokens(..) => None,
+        Call::Messages(_) | Call::CountTokens(..) | Call::Images(_) | Call::Moderations(_) => None,
     }
 }
 
@@ -166,7 +166,7 @@ fn body_of(call: &Call<'_>) -> Option<Value> {
         Call::Chat(req) => serde_json::to_value(&**req).ok(),
         Call::Completion(req) => serde_json::to_value(&**req).ok(),
         Call::Embeddings(req) => serde_json::to_value(&**req).ok(),
-        Call::Messages(_) | Call::CountTokens(..) => None,
+        Call::Messages(_) | Call::CountTokens(..) | Call::Images(_) | Call::Moderations(_) => None,
     }
 }
 
@@ -234,9 +234,10 @@ impl GatewayCache {
     }
 
     /// Looks `call` to `model` up; `None` when the cache does not apply.
-    /// `learned` says `model` is a learned router's group: which candidate
-    /// answers depends on the caller's model allow-list, so callers share
-    /// answers only with callers allowed the same models.
+    /// `learned` is, for a learned router's group, the models the caller
+    /// may reach (`None`: every model, or not a learned router): which
+    /// candidate answers depends on it, so callers share answers only with
+    /// callers allowed the same models.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn lookup(
         &self,
@@ -246,7 +247,7 @@ impl GatewayCache {
         principal: &Principal,
         call: &Call<'_>,
         controls: Controls,
-        learned: bool,
+        learned: Option<&[String]>,
     ) -> Option<Lookup> {
         let endpoint = endpoint(call)?;
         if controls.no_cache && controls.no_store {
@@ -357,7 +358,7 @@ impl GatewayCache {
 /// What besides the request keys an answer: the client's namespace, the caller's key with
 /// `per_key`, and for a learned router's group the caller's model
 /// allow-list (a key allowed only some candidates is routed among those).
-fn scope(per_key: bool, learned: bool, principal: &Principal, namespace: Option<&str>) -> Option<String> {
+fn scope(per_key: bool, learned: Option<&[String]>, principal: &Principal, namespace: Option<&str>) -> Option<String> {
     let mut scope = String::new();
     if let Some(ns) = namespace {
         scope.push_str("ns\0");
@@ -370,7 +371,8 @@ fn scope(per_key: bool, learned: bool, principal: &Principal, namespace: Option<
     if per_key {
         scope.push_str(&view.key.key_id);
     }
-    if learned && let Some(mut models) = view.allowed_models() {
+    if let Some(models) = learned {
+        let mut models = models.to_vec();
         models.sort_unstable();
         models.dedup();
         scope.push_str("\0models");

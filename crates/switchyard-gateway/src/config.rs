@@ -109,26 +109,31 @@ pub enum AliasEntry {
     /// The group the alias names.
     Group(String),
     /// The group, and whether the alias is left out of model lists.
-    Detailed {
-        /// The group the alias names.
-        model: String,
-        /// Left out of `/v1/models` (still served).
-        #[serde(default)]
-        hidden: bool,
-    },
+    Detailed(AliasDetail),
+}
+
+/// `alias: {model: group, hidden: true}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AliasDetail {
+    /// The group the alias names.
+    pub model: String,
+    /// Left out of `/v1/models` (still served).
+    #[serde(default)]
+    pub hidden: bool,
 }
 
 impl AliasEntry {
     /// The group the alias names.
     pub fn group(&self) -> &str {
         match self {
-            AliasEntry::Group(g) | AliasEntry::Detailed { model: g, .. } => g.trim(),
+            AliasEntry::Group(g) | AliasEntry::Detailed(AliasDetail { model: g, .. }) => g.trim(),
         }
     }
 
     /// Whether model lists leave the alias out.
     pub fn hidden(&self) -> bool {
-        matches!(self, AliasEntry::Detailed { hidden: true, .. })
+        matches!(self, AliasEntry::Detailed(AliasDetail { hidden: true, .. }))
     }
 }
 
@@ -516,6 +521,11 @@ pub struct DeploymentEntry {
     /// (Anthropic's `ttl: "1h"`; default: `cache_creation_input_token_cost`).
     #[serde(default)]
     pub cache_creation_input_token_cost_above_1hr: Option<f64>,
+    /// USD per image generated (`/v1/images/generations`), whatever its
+    /// size; default: OpenAI's list price of DALL·E models at the request's
+    /// size and quality (GPT image models are billed by their tokens).
+    #[serde(default)]
+    pub output_cost_per_image: Option<f64>,
     /// Requests per minute the upstream allows.
     #[serde(default)]
     pub rpm: Option<u64>,
@@ -1273,7 +1283,7 @@ fn prices_unset(entry: &DeploymentEntry) -> bool {
 /// A deployment's prices: each configured one, the rest from the built-in
 /// table when `base_model` (else the upstream model) is well known (only
 /// when no price is configured at all), else zero.
-fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssue>) -> switchyard_policy::Prices {
+fn token_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssue>) -> switchyard_policy::Prices {
     if let Some(base) = &entry.base_model {
         let known = switchyard_policy::price::builtin(base.trim());
         if known.is_none() {
@@ -1324,7 +1334,22 @@ fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<Confi
         .or_else(|| known.and_then(|p| p.cache_write_1h).map(|_| input * 2.0)),
         // Configured token prices leave a well-known model's per-search price.
         web_search: known.and_then(|p| p.web_search),
+        image: None,
     }
+}
+
+/// A deployment's token prices ([`token_prices`]) and its configured
+/// per-image price.
+fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssue>) -> switchyard_policy::Prices {
+    let mut prices = token_prices(entry, path, issues);
+    if entry.output_cost_per_image.is_some() {
+        prices.image = Some(check_price(
+            entry.output_cost_per_image,
+            &format!("{path}.output_cost_per_image"),
+            issues,
+        ));
+    }
+    prices
 }
 
 /// Bedrock's region and optional static credentials; other providers must not set them.
@@ -1576,7 +1601,12 @@ impl Config {
             if let Some(router) = &entry.router {
                 for (model, group) in &router.candidates {
                     let path = format!("model_list[{i}].router.candidates.{model}");
-                    if !seen.contains(group.trim()) {
+                    if let Some(alias) = self.router_settings.model_group_alias.get(group.trim()) {
+                        issues.push(issue(
+                            path,
+                            format!("`{group}` is an alias; name its group `{}`", alias.group()),
+                        ));
+                    } else if !seen.contains(group.trim()) {
                         issues.push(issue(path, format!("`{group}` is not a model_name in model_list")));
                     } else if routers.contains(group.trim()) {
                         issues.push(issue(path, format!("`{group}` is a learned-router group")));

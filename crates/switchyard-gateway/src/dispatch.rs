@@ -30,7 +30,9 @@ use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use serde_json::Value;
 use switchyard_api::anthropic::MessagesRequest;
-use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Extra};
+use switchyard_api::{
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Extra, ImageGenerationRequest, ModerationRequest,
+};
 use switchyard_providers::sse::EventStream;
 use switchyard_providers::{
     BedrockProvider, ChunkStream, Provider, ProviderClient, ProviderError, ProviderResponse, TimeoutPhase,
@@ -125,6 +127,10 @@ pub(crate) enum Call<'r> {
     Messages(&'r mut MessagesRequest),
     /// `POST /v1/messages/count_tokens`.
     CountTokens(&'r mut Value, &'r [String]),
+    /// `POST /v1/images/generations`.
+    Images(&'r mut ImageGenerationRequest),
+    /// `POST /v1/moderations`.
+    Moderations(&'r mut ModerationRequest),
 }
 
 impl Call<'_> {
@@ -135,6 +141,8 @@ impl Call<'_> {
             Call::Completion(_) => "text_completion",
             Call::Embeddings(_) => "embeddings",
             Call::CountTokens(..) => "count_tokens",
+            Call::Images(_) => "image_generation",
+            Call::Moderations(_) => "moderation",
         }
     }
 
@@ -166,7 +174,7 @@ impl Call<'_> {
                     .chain(req.messages.iter().map(|m| m.content.text()))
                     .collect(),
             )),
-            Call::Embeddings(_) | Call::CountTokens(..) => None,
+            Call::Embeddings(_) | Call::CountTokens(..) | Call::Images(_) | Call::Moderations(_) => None,
         }
     }
 }
@@ -880,6 +888,14 @@ async fn attempt(
         Call::Embeddings(req) => {
             req.model.clone_from(&deployment.model);
             client.embeddings(req).await.map(Reply::Json)
+        }
+        Call::Images(req) => {
+            req.model.clone_from(&deployment.model);
+            client.images(req).await.map(Reply::Json)
+        }
+        Call::Moderations(req) => {
+            req.model.clone_from(&deployment.model);
+            client.moderations(req).await.map(Reply::Json)
         }
         Call::Messages(req) => {
             req.model.clone_from(&deployment.model);

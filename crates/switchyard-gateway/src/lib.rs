@@ -13,6 +13,7 @@ pub mod extract;
 mod labels;
 pub mod learned;
 pub mod litellm;
+mod media;
 pub mod messages;
 mod metering;
 mod observe;

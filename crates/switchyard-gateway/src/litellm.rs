@@ -304,7 +304,8 @@ impl Translator {
                 | "aws_session_token"
                 | "cache_read_input_token_cost"
                 | "cache_creation_input_token_cost"
-                | "cache_creation_input_token_cost_above_1hr" => {
+                | "cache_creation_input_token_cost_above_1hr"
+                | "output_cost_per_image" => {
                     d.insert(key.clone(), value.clone());
                     key.as_str()
                 }

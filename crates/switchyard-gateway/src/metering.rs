@@ -157,9 +157,15 @@ fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
             .saturating_mul(answers(&req.extra, &["n", "best_of"]))
             .saturating_mul(prompt_count(&req.prompt)),
         Call::Messages(req) => req.max_tokens.map_or(u64::from(default), u64::from),
-        Call::Embeddings(_) | Call::CountTokens(..) => 0,
+        // A GPT image model's output tokens at its highest quality, per image.
+        Call::Images(req) => IMAGE_TOKENS.saturating_mul(req.count()),
+        Call::Embeddings(_) | Call::CountTokens(..) | Call::Moderations(_) => 0,
     }
 }
+
+/// The most output tokens a GPT image model bills for one image (a large
+/// image at `high` quality is 6,240).
+const IMAGE_TOKENS: u64 = 6_240;
 
 fn prompt_count(prompt: &switchyard_api::Prompt) -> u64 {
     match prompt {
@@ -217,6 +223,8 @@ pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
     match call {
         Call::Embeddings(req) => req.input.size_in_bytes(),
         Call::CountTokens(..) => 0,
+        Call::Images(req) => req.prompt.len() as u64,
+        Call::Moderations(req) => req.size_in_bytes() as u64,
         Call::Completion(req) => req.prompt.size_in_bytes(),
         Call::Chat(req) => {
             let mut n = 0u64;
@@ -356,14 +364,31 @@ pub(crate) async fn admit(
         // Without `max_tokens`, the most output the request may produce: the
         // policy's assumption, or what an Anthropic or Bedrock deployment
         // it may reach asks for, whichever is more.
-        max_cost: ceiling.prices.ceiling(
-            bytes.max(1),
-            max_output(
-                call,
-                ceiling.default_output.unwrap_or(0).max(state.default_max_tokens),
-                ceiling.default_output.is_some(),
-            ),
-        ),
+        max_cost: ceiling
+            .prices
+            .ceiling(
+                bytes.max(1),
+                max_output(
+                    call,
+                    ceiling.default_output.unwrap_or(0).max(state.default_max_tokens),
+                    ceiling.default_output.is_some(),
+                ),
+            )
+            .saturating_add(match call {
+                // Images priced per image, on any deployment it may reach.
+                Call::Images(req) => {
+                    let configured = state
+                        .routes
+                        .get(model)
+                        .map(|r| r.fallbacks.as_slice())
+                        .unwrap_or_default();
+                    let groups = std::iter::once(model)
+                        .chain(configured.iter().map(String::as_str))
+                        .chain(fallbacks.unwrap_or_default().iter().map(String::as_str));
+                    crate::media::image_ceiling(state, groups, req)
+                }
+                _ => 0,
+            }),
         request_id: Some(request_id.to_owned()),
     };
     let ticket = match state.policy.admit(principal, &demand).await {
@@ -502,11 +527,28 @@ impl Metered {
         name: &str,
         usage: Option<TokenUsage>,
     ) -> Option<SpendRecord> {
+        self.settle_with(state, deployment, name, usage, 0).await
+    }
+
+    /// [`Metered::settle`] with `extra` nano-dollars on top of the tokens'
+    /// cost (generated images).
+    pub(crate) async fn settle_with(
+        self,
+        state: &AppState,
+        deployment: DeploymentId,
+        name: &str,
+        usage: Option<TokenUsage>,
+        extra: switchyard_policy::Nanos,
+    ) -> Option<SpendRecord> {
         let usage = usage.unwrap_or(TokenUsage {
             prompt: self.estimated_prompt,
             ..TokenUsage::default()
         });
-        let cost = state.prices.get(deployment.0).map_or(0, |p| p.cost(&usage));
+        let cost = state
+            .prices
+            .get(deployment.0)
+            .map_or(0, |p| p.cost(&usage))
+            .saturating_add(extra);
         self.charge(
             state,
             Charge {

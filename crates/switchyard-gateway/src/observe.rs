@@ -113,6 +113,8 @@ fn route_name(path: &str) -> &'static str {
         "/chat/completions" => "chat",
         "/completions" => "completions",
         "/embeddings" => "embeddings",
+        "/images/generations" => "images",
+        "/moderations" => "moderations",
         "/messages" => "messages",
         "/messages/count_tokens" => "count_tokens",
         "/responses" => "responses",
@@ -320,6 +322,8 @@ impl Trail {
             Call::Embeddings(_) => ("embeddings", false),
             Call::Messages(r) => ("messages", r.is_stream()),
             Call::CountTokens(..) => ("count_tokens", false),
+            Call::Images(_) => ("images", false),
+            Call::Moderations(_) => ("moderations", false),
         };
         Some(Self {
             state: state.clone(),

@@ -53,6 +53,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/chat/completions", post(chat_completions))
         .route("/completions", post(completions))
         .route("/embeddings", post(embeddings))
+        .route("/images/generations", post(crate::media::images))
+        .route("/moderations", post(crate::media::moderations))
         .route("/models", get(models))
         .route("/models/{*model}", get(model))
         .route("/model/info", get(model_info))
@@ -268,11 +270,7 @@ async fn openai(
     options: RequestOptions,
     controls: Controls,
 ) -> Response {
-    let operation = match &call {
-        Call::Chat(_) => "chat",
-        Call::Completion(_) => "text_completion",
-        _ => "embeddings",
-    };
+    let operation = call.operation();
     // An alias is served as its group; its own name only counts for the
     // key's allow-list.
     let requested = model;
@@ -364,7 +362,10 @@ async fn openai_inner(
                 principal,
                 &call,
                 controls,
-                state.learned.contains_key(model),
+                options
+                    .allowed_models
+                    .as_deref()
+                    .filter(|_| state.learned.contains_key(model)),
             )
             .instrument(lookup_span.clone())
             .await;
@@ -439,7 +440,7 @@ async fn openai_inner(
             let generates = matches!(call, Call::Chat(_) | Call::Completion(_));
             // `echo: true` completions repeat their prompt in each choice's
             // text: it is not output.
-            let echoed = match call {
+            let echoed = match &call {
                 Call::Completion(req) if req.extra.get("echo") == Some(&serde_json::Value::Bool(true)) => {
                     let choices = req
                         .extra
@@ -451,15 +452,37 @@ async fn openai_inner(
                 }
                 _ => 0,
             };
-            let usage = answer.usage.as_ref().map(metering::openai_usage).or_else(|| {
+            let mut usage = answer.usage.as_ref().map(metering::openai_usage).or_else(|| {
                 generates.then(|| switchyard_policy::TokenUsage {
                     prompt: meter.estimated_prompt(),
                     completion: metering::output_estimate(&answer.body).saturating_sub(echoed).max(1),
                     ..switchyard_policy::TokenUsage::default()
                 })
             });
+            // Images are charged per image and, for GPT image models, by
+            // their tokens; moderations by their prompt at the
+            // deployment's (usually zero) prices.
+            let mut images = 0;
+            match &call {
+                Call::Images(req) => {
+                    let (tokens, made) = crate::media::image_usage(&answer.body, req);
+                    usage = Some(tokens);
+                    images = made;
+                }
+                Call::Moderations(_) => {
+                    usage = Some(switchyard_policy::TokenUsage {
+                        prompt: meter.estimated_prompt(),
+                        ..switchyard_policy::TokenUsage::default()
+                    });
+                }
+                _ => {}
+            }
+            let extra = match &call {
+                Call::Images(req) => crate::media::image_cost(&state, decision.deployment, req, images),
+                _ => 0,
+            };
             let record = meter
-                .settle(&state, decision.deployment.id, &decision.deployment.name, usage)
+                .settle_with(&state, decision.deployment.id, &decision.deployment.name, usage, extra)
                 .await;
             if let Some(u) = usage {
                 current.record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
@@ -648,6 +671,21 @@ async fn chat_completions(
     serve_detached(state, principal, ctx, model, req, |r| Call::Chat(r), options, controls).await
 }
 
+/// Refuses a learned router's name for a request it cannot route (one
+/// without a chat prompt). Refused before admission, which would count it
+/// against the key's limits; a key not allowed the name gets admission's
+/// 403, which tells nothing of what it names.
+pub(crate) fn not_a_learned_router(state: &AppState, principal: &Principal, model: &str) -> Result<(), ApiError> {
+    let group = state.group_name(model);
+    if state.learned.contains_key(group) && principal.view().is_none_or(|v| state.allows(v, model)) {
+        return Err(ApiError::InvalidField {
+            param: Some("model".into()),
+            message: format!("`{model}` is a learned router; it serves chat, completion and message requests."),
+        });
+    }
+    Ok(())
+}
+
 /// Serves `req` through [`openai`] on a task of its own ([`detached`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve_detached<R: Send + 'static>(
@@ -787,19 +825,8 @@ async fn embeddings(
         Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
-    // Refused before admission, which would count it against the key's
-    // limits; a key not allowed the name gets admission's 403, which tells
-    // nothing of what it names.
-    let group = state.group_name(&req.model);
-    if state.learned.contains_key(group) && principal.view().is_none_or(|v| state.allows(v, &req.model)) {
-        return ApiError::InvalidField {
-            param: Some("model".into()),
-            message: format!(
-                "`{}` is a learned router; it serves chat, completion and message requests.",
-                req.model
-            ),
-        }
-        .into_response();
+    if let Err(e) = not_a_learned_router(&state, &principal, &req.model) {
+        return e.into_response();
     }
     let model = std::mem::take(&mut req.model);
     serve_detached(

@@ -367,6 +367,7 @@ pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
         cache_write: opt(a.cache_write, b.cache_write),
         cache_write_1h: opt(a.cache_write_1h, b.cache_write_1h),
         web_search: opt(a.web_search, b.web_search),
+        image: opt(a.image, b.image),
     }
 }
 
@@ -742,20 +743,35 @@ impl AppState {
     /// its group (these decide which fallbacks and learned-router
     /// candidates it may reach). `None`: every model.
     pub(crate) fn allowed_groups(&self, view: Option<&switchyard_policy::KeyView>) -> Option<Vec<String>> {
-        let mut names = view?.allowed_models()?;
-        if self.aliases.is_empty() && self.access_groups.is_empty() {
-            return Some(names);
+        let view = view?;
+        // The key's and the team's lists are widened each on its own, then
+        // intersected: the two may name the same model differently.
+        let own = self.widened(&view.key.limits.models);
+        let team = view.team.as_ref().and_then(|t| self.widened(&t.limits.models));
+        match (own, team) {
+            (None, None) => None,
+            (Some(list), None) | (None, Some(list)) => Some(list),
+            (Some(own), Some(team)) => Some(own.into_iter().filter(|m| team.contains(m)).collect()),
         }
-        let mut extra: Vec<String> = names
-            .iter()
-            .filter_map(|n| self.aliases.get(n.as_str()).map(|a| a.group.clone()))
-            .collect();
+    }
+
+    /// `models` with the group of each alias and the members of each access
+    /// group added, sorted; `None` for an empty list (every model).
+    fn widened(&self, models: &[String]) -> Option<Vec<String>> {
+        if models.is_empty() {
+            return None;
+        }
+        let mut names = models.to_vec();
+        names.extend(
+            models
+                .iter()
+                .filter_map(|n| self.aliases.get(n.as_str()).map(|a| a.group.clone())),
+        );
         for (group, access) in &self.access_groups {
-            if access.iter().any(|a| names.contains(a)) {
-                extra.push(group.clone());
+            if access.iter().any(|a| models.contains(a)) {
+                names.push(group.clone());
             }
         }
-        names.extend(extra);
         names.sort_unstable();
         names.dedup();
         Some(names)

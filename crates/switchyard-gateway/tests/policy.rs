@@ -1458,15 +1458,14 @@ async fn an_alias_is_its_group_for_keys_limits_and_spend() {
 #[tokio::test]
 async fn an_access_group_in_a_keys_models_allows_its_members() {
     let dir = tempfile::tempdir().unwrap();
+    // `broken` answers nothing (nothing listens on port 9).
     let yaml = config(dir.path(), "", 0)
-        .replace(
-            "  - model_name: mock-a\n",
-            "  - model_name: mock-a\n    access_groups: [beta]\n",
-        )
+        .replace("  - model_name: mock-a\n", "  - model_name: mock-a\n    access_groups: [beta]\n")
         .replace(
             "  - model_name: mock-b\n",
-            "  - model_name: mock-b\n    access_groups: [beta, cheap]\n",
-        );
+            "  - model_name: broken\n    access_groups: [beta]\n    deployments:\n      - {provider: openai, model: x, api_base: \"http://127.0.0.1:9/v1\", api_key: k}\n  - model_name: mock-b\n    access_groups: [beta, cheap]\n",
+        )
+        + "router_settings:\n  model_group_alias: {b-alias: mock-b}\n";
     let gw = GatewayProcess::start(Path::new(BIN), &yaml);
     let listed = |answer: &Answer| -> Vec<String> {
         answer.body["data"]
@@ -1486,13 +1485,21 @@ async fn an_access_group_in_a_keys_models_allows_its_members() {
         let answer = chat_with(&gw, Some(&beta), model).await;
         assert_eq!(answer.status, 200, "{model}: {}", answer.body);
     }
-    assert_eq!(listed(&models(beta.clone()).await), ["mock-a", "mock-b"]);
+    assert_eq!(
+        listed(&models(beta.clone()).await),
+        ["mock-a", "broken", "mock-b", "b-alias"]
+    );
+    // A per-model limit set on the access group applies to each of its models.
+    let limited = generate(&gw, json!({"models": ["beta"], "model_rpm_limit": {"beta": 1}})).await;
+    assert_eq!(chat_with(&gw, Some(&limited), "mock-a").await.status, 200);
+    assert_eq!(chat_with(&gw, Some(&limited), "mock-a").await.status, 429);
+    assert_eq!(chat_with(&gw, Some(&limited), "mock-b").await.status, 200);
 
     let cheap = generate(&gw, json!({"models": ["cheap"]})).await;
     assert_eq!(chat_with(&gw, Some(&cheap), "mock-b").await.status, 200);
     let refused = chat_with(&gw, Some(&cheap), "mock-a").await;
     assert_eq!((refused.status, refused.code()), (403, "model_not_allowed"));
-    assert_eq!(listed(&models(cheap.clone()).await), ["mock-b"]);
+    assert_eq!(listed(&models(cheap.clone()).await), ["mock-b", "b-alias"]);
     // A fallback outside the access group is refused as the model itself is.
     let fallback = send(
         client()
@@ -1517,6 +1524,22 @@ async fn an_access_group_in_a_keys_models_allows_its_members() {
         chat_with(&gw, Some(&member), "mock-a").await.code(),
         "model_not_allowed"
     );
+
+    // A key and its team may name the same models differently: the key
+    // lists `broken` and `mock-b`, its team the access group holding them,
+    // and a fallback to `mock-b` (named by its alias) is taken.
+    let team = admin(&gw, "/team/new", json!({"team_id": "beta-team", "models": ["beta"]})).await;
+    assert_eq!(team.status, 200, "{}", team.body);
+    let member = generate(&gw, json!({"team_id": "beta-team", "models": ["broken", "mock-b"]})).await;
+    let rescued = send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(&member)
+            .json(&json!({"model": "broken", "fallbacks": ["b-alias"], "num_retries": 0, "messages": [{"role": "user", "content": "hi"}]})),
+    )
+    .await;
+    assert_eq!(rescued.status, 200, "{}", rescued.body);
+    assert_eq!(rescued.header("x-switchyard-model"), "mock-b");
 
     // Names that are neither a model nor an access group are refused.
     let unknown = admin(&gw, "/key/generate", json!({"models": ["gamma"]})).await;

@@ -114,6 +114,15 @@ impl Checks {
         let model = &demand.model;
         let tokens = demand.estimated_tokens.max(1);
         let key_limits = &view.key.limits;
+        // A per-model limit set on the model's group, else on the alias
+        // the request used or an access group it belongs to; counted per
+        // group either way.
+        let per_model = |limits: &std::collections::BTreeMap<String, u32>| {
+            limits
+                .get(model)
+                .or_else(|| demand.other_names.iter().find_map(|n| limits.get(n)))
+                .copied()
+        };
         let mut add_rates = |prefix: &str, scope: &str, rpm: Option<u32>, tpm: Option<u32>| {
             if let Some(limit) = rpm {
                 checks.rates.push(RateCheck {
@@ -137,8 +146,8 @@ impl Checks {
         add_rates(
             &format!("key:{token}:model:{model}"),
             &format!("key for model {model}"),
-            key_limits.model_rpm_limit.get(model).copied(),
-            key_limits.model_tpm_limit.get(model).copied(),
+            per_model(&key_limits.model_rpm_limit),
+            per_model(&key_limits.model_tpm_limit),
         );
         add_rates(
             &format!("key:{token}"),
@@ -151,8 +160,8 @@ impl Checks {
             add_rates(
                 &format!("team:{}:model:{model}", team.ledger()),
                 &format!("team for model {model}"),
-                l.model_rpm_limit.get(model).copied(),
-                l.model_tpm_limit.get(model).copied(),
+                per_model(&l.model_rpm_limit),
+                per_model(&l.model_tpm_limit),
             );
             add_rates(&format!("team:{}", team.ledger()), "team", l.rpm_limit, l.tpm_limit);
         }

@@ -26,6 +26,10 @@ pub struct Prices {
     /// `server_tool_use.web_search_requests`); `None`: free.
     #[serde(default)]
     pub web_search: Option<f64>,
+    /// Per image generated, whatever its size (`None`: the built-in price
+    /// of the model at the request's size and quality, else free).
+    #[serde(default)]
+    pub image: Option<f64>,
 }
 
 /// Token counts of one request, normalised across providers: `prompt`
@@ -76,7 +80,17 @@ impl Prices {
             },
             web_search: None,
             cache_write_1h: None,
+            image: None,
         }
+    }
+
+    /// USD per image of `model` at `size` and `quality`: the configured
+    /// per-image price, else OpenAI's list price for DALL·E models, else 0
+    /// (GPT image models are billed by their tokens).
+    pub fn per_image(&self, model: &str, size: Option<&str>, quality: Option<&str>) -> f64 {
+        self.image
+            .or_else(|| builtin_image_price(model, size, quality))
+            .unwrap_or(0.0)
     }
 
     /// Whether every price is zero (nothing is charged).
@@ -134,6 +148,9 @@ const BUILTIN: &[(&str, Prices)] = &[
     ("gpt-5", Prices::per_million(1.25, 10.0, Some(0.125), None)),
     ("gpt-5-mini", Prices::per_million(0.25, 2.0, Some(0.025), None)),
     ("gpt-5-nano", Prices::per_million(0.05, 0.4, Some(0.005), None)),
+    // Image models billed by tokens: text in, image out.
+    ("gpt-image-1", Prices::per_million(5.0, 40.0, Some(1.25), None)),
+    ("gpt-image-1-mini", Prices::per_million(2.0, 8.0, Some(0.2), None)),
     ("gpt-3.5-turbo", Prices::per_million(0.5, 1.5, None, None)),
     ("gpt-3.5-turbo-0301", Prices::per_million(1.5, 2.0, None, None)),
     ("gpt-3.5-turbo-0613", Prices::per_million(1.5, 2.0, None, None)),
@@ -214,6 +231,29 @@ pub fn builtin(model: &str) -> Option<Prices> {
         })
 }
 
+/// OpenAI's list price of one DALL·E image (USD) at a size (default
+/// `1024x1024`) and quality (default `standard`); `None` for other models.
+pub fn builtin_image_price(model: &str, size: Option<&str>, quality: Option<&str>) -> Option<f64> {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    let size = size.unwrap_or("1024x1024");
+    if name.strip_prefix("dall-e-3").is_some_and(is_version_suffix) {
+        let wide = matches!(size, "1792x1024" | "1024x1792");
+        return Some(match (quality == Some("hd"), wide) {
+            (false, false) => 0.04,
+            (false, true) | (true, false) => 0.08,
+            (true, true) => 0.12,
+        });
+    }
+    if name.strip_prefix("dall-e-2").is_some_and(is_version_suffix) {
+        return Some(match size {
+            "256x256" => 0.016,
+            "512x512" => 0.018,
+            _ => 0.02,
+        });
+    }
+    None
+}
+
 /// USD per web search on Claude models.
 const CLAUDE_WEB_SEARCH: f64 = 0.01;
 
@@ -238,6 +278,25 @@ fn is_version_suffix(rest: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn images_are_priced_by_model_size_and_quality() {
+        let none = Prices::default();
+        assert_eq!(none.per_image("dall-e-3", None, None), 0.04);
+        assert_eq!(none.per_image("dall-e-3", Some("1792x1024"), Some("standard")), 0.08);
+        assert_eq!(none.per_image("dall-e-3", Some("1024x1024"), Some("hd")), 0.08);
+        assert_eq!(none.per_image("azure/dall-e-3", Some("1024x1792"), Some("hd")), 0.12);
+        assert_eq!(none.per_image("dall-e-2", Some("256x256"), None), 0.016);
+        assert_eq!(none.per_image("dall-e-2", Some("512x512"), None), 0.018);
+        assert_eq!(none.per_image("dall-e-2", None, None), 0.02);
+        assert_eq!(none.per_image("gpt-image-1", None, Some("high")), 0.0);
+        assert_eq!(none.per_image("dall-e-30", None, None), 0.0);
+        let configured = Prices {
+            image: Some(0.5),
+            ..Prices::default()
+        };
+        assert_eq!(configured.per_image("dall-e-3", Some("1792x1024"), Some("hd")), 0.5);
+    }
 
     #[test]
     fn well_known_models_are_priced_by_name() {
@@ -266,6 +325,7 @@ mod tests {
             })
         );
         assert_eq!(builtin("claude-opus-4-20250514"), builtin("claude-opus-4"));
+        assert_eq!(builtin("gpt-image-1").map(|p| p.output), Some(40.0 / 1_000_000.0));
         assert_ne!(builtin("claude-opus-4-5"), builtin("claude-opus-4"));
         assert_eq!(
             builtin("us.anthropic.claude-haiku-4-5-20251001-v1:0"),

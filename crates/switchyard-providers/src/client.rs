@@ -1,10 +1,12 @@
 //! The closed set of configured providers.
 
-use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest};
+use switchyard_api::{
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ImageGenerationRequest, ModerationRequest,
+};
 
 use crate::{
     AnthropicProvider, AzureProvider, BedrockProvider, ChunkStream, MockProvider, OpenAiProvider, Provider,
-    ProviderResponse, Result,
+    ProviderError, ProviderResponse, Result,
 };
 
 /// A configured upstream: matched once per call, no dynamic dispatch.
@@ -44,6 +46,34 @@ impl ProviderClient {
             ProviderClient::Anthropic(p) => Some(p.first_byte_timeout()),
             ProviderClient::Bedrock(p) => Some(p.first_byte_timeout()),
             ProviderClient::Mock(_) => None,
+        }
+    }
+}
+
+impl ProviderClient {
+    /// An image generation (OpenAI, Azure and the mock; others cannot).
+    pub async fn images(&self, req: &ImageGenerationRequest) -> Result<ProviderResponse> {
+        match self {
+            ProviderClient::OpenAi(p) => p.images(req).await,
+            ProviderClient::Azure(p) => p.images(req).await,
+            ProviderClient::Mock(p) => p.images(req).await,
+            ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => Err(ProviderError::Unsupported {
+                provider: self.kind(),
+                operation: "images",
+            }),
+        }
+    }
+
+    /// A moderation (OpenAI and OpenAI-compatible servers, and the mock).
+    pub async fn moderations(&self, req: &ModerationRequest) -> Result<ProviderResponse> {
+        match self {
+            ProviderClient::OpenAi(p) => p.moderations(req).await,
+            ProviderClient::Azure(p) => p.moderations(req).await,
+            ProviderClient::Mock(p) => p.moderations(req).await,
+            ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => Err(ProviderError::Unsupported {
+                provider: self.kind(),
+                operation: "moderations",
+            }),
         }
     }
 }

@@ -11,10 +11,14 @@ use serde::Serialize;
 use switchyard_api::{
     ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ChunkChoice,
     ChunkDelta, CompletionChoice, CompletionRequest, CompletionResponse, EmbeddingData, EmbeddingRequest,
-    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Extra, Role, Usage,
+    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Extra, ImageGenerationRequest, ModerationRequest, Role, Usage,
 };
 
 use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, StreamChunk};
+
+/// A transparent one-pixel PNG, base64: the mock's every image.
+const ONE_PIXEL_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
 
 /// The widest embedding the mock makes (OpenAI's largest model has 3,072).
 const MAX_EMBEDDING_DIMS: u64 = 4096;
@@ -114,6 +118,101 @@ impl MockProvider {
 
     fn next_id(&self, prefix: &str) -> String {
         format!("{prefix}-mock-{}", self.counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// An image generation: `n` one-pixel PNGs, as URLs or base64
+    /// (`response_format: b64_json`, and always for `gpt-image` models, which
+    /// also report token usage as OpenAI's do).
+    pub async fn images(&self, req: &ImageGenerationRequest) -> Result<ProviderResponse> {
+        self.wait().await;
+        if req.prompt.trim().is_empty() {
+            return Err(ProviderError::InvalidRequest {
+                message: "'prompt' must not be empty.".into(),
+                param: Some("prompt".into()),
+            });
+        }
+        let n = req.n.unwrap_or(1);
+        if !(1..=10).contains(&n) {
+            return Err(ProviderError::InvalidRequest {
+                message: "'n' must be from 1 to 10.".into(),
+                param: Some("n".into()),
+            });
+        }
+        let token_priced = req.model.starts_with("gpt-image");
+        let base64 = token_priced || req.extra.get("response_format").and_then(|f| f.as_str()) == Some("b64_json");
+        let data: Vec<serde_json::Value> = (0..n)
+            .map(|_| {
+                let id = self.next_id("img");
+                if base64 {
+                    serde_json::json!({"b64_json": ONE_PIXEL_PNG, "revised_prompt": req.prompt})
+                } else {
+                    serde_json::json!({"url": format!("https://mock.invalid/{id}.png"), "revised_prompt": req.prompt})
+                }
+            })
+            .collect();
+        let mut answer = serde_json::json!({"created": now(), "data": data});
+        let mut usage = None;
+        if token_priced {
+            // OpenAI's output tokens of a square image at each quality.
+            let per_image = match req.quality.as_deref() {
+                Some("low") => 272,
+                Some("high") => 4160,
+                _ => 1056,
+            };
+            let input = words(&req.prompt).max(1);
+            let output = per_image * u64::from(n);
+            answer["usage"] = serde_json::json!({
+                "input_tokens": input,
+                "output_tokens": output,
+                "total_tokens": input + output,
+                "input_tokens_details": {"text_tokens": input, "image_tokens": 0},
+            });
+            usage = serde_json::from_value(answer["usage"].clone()).ok();
+        }
+        Ok(ProviderResponse {
+            body: to_bytes(&answer)?,
+            usage,
+        })
+    }
+
+    /// A moderation: one result per input text, flagged (as `violence`)
+    /// when the text holds the word `violent`.
+    pub async fn moderations(&self, req: &ModerationRequest) -> Result<ProviderResponse> {
+        self.wait().await;
+        let texts: Vec<&str> = match &req.input {
+            serde_json::Value::String(s) => vec![s.as_str()],
+            serde_json::Value::Array(items) if !items.is_empty() => items
+                .iter()
+                .map(|item| {
+                    item.as_str()
+                        .or_else(|| item.get("text").and_then(|t| t.as_str()))
+                        .unwrap_or("")
+                })
+                .collect(),
+            _ => {
+                return Err(ProviderError::InvalidRequest {
+                    message: "'input' must be a string or a non-empty array.".into(),
+                    param: Some("input".into()),
+                });
+            }
+        };
+        let results: Vec<serde_json::Value> = texts
+            .iter()
+            .map(|text| {
+                let flagged = text.to_lowercase().split(|c: char| !c.is_alphanumeric()).any(|w| w == "violent");
+                let score = if flagged { 0.98 } else { 0.001 };
+                serde_json::json!({
+                    "flagged": flagged,
+                    "categories": {"violence": flagged, "hate": false, "harassment": false, "self-harm": false, "sexual": false},
+                    "category_scores": {"violence": score, "hate": 0.001, "harassment": 0.001, "self-harm": 0.001, "sexual": 0.001},
+                })
+            })
+            .collect();
+        let answer = serde_json::json!({"id": self.next_id("modr"), "model": req.model, "results": results});
+        Ok(ProviderResponse {
+            body: to_bytes(&answer)?,
+            usage: None,
+        })
     }
 
     fn reply_to(&self, prompt: &str) -> String {

@@ -4,7 +4,9 @@
 //! serialised once and response bytes pass through unchanged.
 
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
-use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest};
+use switchyard_api::{
+    ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ImageGenerationRequest, ModerationRequest,
+};
 
 use crate::http::{HttpSettings, HttpUpstream};
 use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, Secret};
@@ -99,6 +101,9 @@ struct Endpoints {
     chat_url: reqwest::Url,
     completions_url: reqwest::Url,
     embeddings_url: reqwest::Url,
+    images_url: reqwest::Url,
+    /// `None` where the upstream has no moderation endpoint (Azure).
+    moderations_url: Option<reqwest::Url>,
     /// Whether the upstream takes `stream_options` (Azure API versions
     /// before 2024-09-01 refuse it with a 400).
     stream_options: bool,
@@ -139,6 +144,24 @@ fn endpoint(url: String) -> Result<reqwest::Url> {
 /// Implements [`Provider`] for a newtype over [`Endpoints`].
 macro_rules! openai_wire_provider {
     ($ty:ident, $kind:literal) => {
+        impl $ty {
+            /// `POST /images/generations`: the answer as the upstream gave it.
+            pub async fn images(&self, req: &ImageGenerationRequest) -> Result<ProviderResponse> {
+                self.0.http.post_json(&self.0.images_url, encode(req)?).await
+            }
+
+            /// `POST /moderations`: the answer as the upstream gave it.
+            pub async fn moderations(&self, req: &ModerationRequest) -> Result<ProviderResponse> {
+                match &self.0.moderations_url {
+                    Some(url) => self.0.http.post_json(url, encode(req)?).await,
+                    None => Err(ProviderError::Unsupported {
+                        provider: $kind,
+                        operation: "moderations",
+                    }),
+                }
+            }
+        }
+
         impl Provider for $ty {
             fn kind(&self) -> &'static str {
                 $kind
@@ -205,6 +228,8 @@ impl OpenAiProvider {
             chat_url: endpoint(format!("{base}/chat/completions"))?,
             completions_url: endpoint(format!("{base}/completions"))?,
             embeddings_url: endpoint(format!("{base}/embeddings"))?,
+            images_url: endpoint(format!("{base}/images/generations"))?,
+            moderations_url: Some(endpoint(format!("{base}/moderations"))?),
             stream_options: true,
             strict: reqwest::Url::parse(base)
                 .ok()
@@ -255,6 +280,8 @@ impl AzureProvider {
             chat_url: endpoint(url("chat/completions"))?,
             completions_url: endpoint(url("completions"))?,
             embeddings_url: endpoint(url("embeddings"))?,
+            images_url: endpoint(url("images/generations"))?,
+            moderations_url: None,
             stream_options: azure_takes_stream_options(api_version),
             strict: true,
         }))

@@ -47,6 +47,7 @@ mod bedrock_claude;
 mod bedrock_mock;
 mod embeddings;
 mod harness;
+mod images;
 mod moto;
 mod openai_mock;
 mod otlp;

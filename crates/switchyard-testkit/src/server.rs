@@ -198,6 +198,8 @@ enum Operation {
     Completions,
     Embeddings,
     Models,
+    Images,
+    Moderations,
     Messages,
     CountTokens,
     Converse,
@@ -218,9 +220,12 @@ enum Protocol {
 impl Operation {
     fn protocol(self) -> Protocol {
         match self {
-            Operation::ChatCompletions | Operation::Completions | Operation::Embeddings | Operation::Models => {
-                Protocol::OpenAi
-            }
+            Operation::ChatCompletions
+            | Operation::Completions
+            | Operation::Embeddings
+            | Operation::Models
+            | Operation::Images
+            | Operation::Moderations => Protocol::OpenAi,
             Operation::Messages | Operation::CountTokens => Protocol::Anthropic,
             Operation::Converse
             | Operation::ConverseStream
@@ -325,6 +330,7 @@ fn classify(path: &str) -> Option<Route> {
             "chat/completions" => Operation::ChatCompletions,
             "completions" => Operation::Completions,
             "embeddings" => Operation::Embeddings,
+            "images/generations" => Operation::Images,
             _ => return None,
         };
         if deployment.is_empty() {
@@ -342,6 +348,7 @@ fn classify(path: &str) -> Option<Route> {
             "/chat/completions" => Operation::ChatCompletions,
             "/completions" => Operation::Completions,
             "/embeddings" => Operation::Embeddings,
+            "/images/generations" => Operation::Images,
             _ => return None,
         };
         return Some(Route {
@@ -356,6 +363,8 @@ fn classify(path: &str) -> Option<Route> {
         "/chat/completions" => Operation::ChatCompletions,
         "/completions" => Operation::Completions,
         "/embeddings" => Operation::Embeddings,
+        "/images/generations" => Operation::Images,
+        "/moderations" => Operation::Moderations,
         "/models" => Operation::Models,
         "/messages" => Operation::Messages,
         "/messages/count_tokens" => Operation::CountTokens,
@@ -624,6 +633,8 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         Operation::ChatCompletions => chat_completions(&ctx),
         Operation::Completions => completions(&ctx),
         Operation::Embeddings => embeddings(&ctx),
+        Operation::Images => crate::images::images_generations(&ctx),
+        Operation::Moderations => crate::images::moderations(&ctx),
         Operation::Models => non_stream_fault(&scenario).unwrap_or_else(models),
         Operation::Messages => anthropic_mock::messages(&ctx),
         Operation::CountTokens => anthropic_mock::count_tokens(&ctx),
