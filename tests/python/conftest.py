@@ -206,6 +206,18 @@ model_list:
         model: omni-moderation-latest
         api_base: {mock_url}/v1
         api_key: test-upstream-key
+  - model_name: tts-1
+    deployments:
+      - provider: openai
+        model: tts-1
+        api_base: {mock_url}/v1
+        api_key: test-upstream-key
+  - model_name: whisper-1
+    deployments:
+      - provider: openai
+        model: whisper-1
+        api_base: {mock_url}/v1
+        api_key: test-upstream-key
   - model_name: mock-images
     deployments:
       - provider: mock

@@ -1,8 +1,9 @@
-"""The official OpenAI Python SDK's image and moderation calls through the gateway.
+"""The official OpenAI Python SDK's image, moderation and audio calls through the gateway.
 
-``dall-e-3``, ``gpt-image-1`` and ``omni-moderation-latest`` are served by the
-``mock-upstream`` binary through the ``openai`` provider; ``mock-images`` by
-the built-in mock provider (see conftest.py).
+``dall-e-3``, ``gpt-image-1``, ``omni-moderation-latest``, ``tts-1`` and
+``whisper-1`` are served by the ``mock-upstream`` binary through the
+``openai`` provider; ``mock-images`` by the built-in mock provider (see
+conftest.py).
 """
 
 from __future__ import annotations
@@ -59,3 +60,38 @@ def test_moderations_create_flags_what_the_upstream_flags(client: openai.OpenAI)
     assert [r.flagged for r in result.results] == [False, True]
     assert result.results[1].categories.violence is True
     assert result.results[1].category_scores.violence > 0.9
+
+
+def test_an_image_request_without_a_model_names_the_missing_default(client: openai.OpenAI) -> None:
+    # OpenAI's default image model, dall-e-2, is not configured here.
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.generate(prompt="a kite")
+    assert refused.value.param == "model"
+    assert "dall-e-2" in str(refused.value)
+
+
+def test_speech_streams_back_the_audio(client: openai.OpenAI) -> None:
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input="good morning", response_format="opus"
+    ) as response:
+        assert response.headers["content-type"] == "audio/opus"
+        # tts-1: $15 per million characters.
+        assert response.headers["x-switchyard-response-cost"] == "0.000180000"
+        audio = response.read()
+    assert audio.startswith(b"OggS")
+    assert len(audio) == 4 + 32 * len("good morning")
+
+
+def test_transcriptions_and_translations_take_an_upload(client: openai.OpenAI) -> None:
+    audio = ("meeting.mp3", b"\x07" * 32_000, "audio/mpeg")
+    transcript = client.audio.transcriptions.create(model="whisper-1", file=audio, language="en")
+    assert transcript.text == "transcript of meeting.mp3"
+    verbose = client.audio.transcriptions.create(
+        model="whisper-1", file=audio, response_format="verbose_json"
+    )
+    assert verbose.duration == 2.0
+    srt = client.audio.translations.create(model="whisper-1", file=audio, response_format="srt")
+    assert "transcript of meeting.mp3" in srt
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.audio.transcriptions.create(model="claude-test", file=audio)
+    assert "transcriptions" in str(refused.value)

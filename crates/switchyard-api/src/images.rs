@@ -46,18 +46,3 @@ pub struct ModerationRequest {
     #[serde(flatten)]
     pub extra: Extra,
 }
-
-impl ModerationRequest {
-    /// Bytes of the text to classify (images count by their URL's length).
-    pub fn size_in_bytes(&self) -> usize {
-        fn size(value: &serde_json::Value) -> usize {
-            match value {
-                serde_json::Value::String(s) => s.len(),
-                serde_json::Value::Array(items) => items.iter().map(size).sum(),
-                serde_json::Value::Object(map) => map.values().map(size).sum(),
-                _ => 0,
-            }
-        }
-        size(&self.input)
-    }
-}

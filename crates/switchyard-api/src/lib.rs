@@ -6,6 +6,7 @@
 //! and depends only on serde.
 
 pub mod anthropic;
+pub mod audio;
 pub mod chat;
 pub mod completions;
 pub mod embeddings;
@@ -15,6 +16,7 @@ pub mod models;
 pub mod responses;
 pub mod usage;
 
+pub use audio::SpeechRequest;
 pub use chat::{
     ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ChunkChoice,
     ChunkDelta, ContentPart, FunctionCall, MessageContent, Role, StreamOptions, ToolCall,

@@ -157,7 +157,7 @@ fn endpoint(call: &Call<'_>) -> Option<&'static str> {
         Call::Chat(_) => Some("chat"),
         Call::Completion(_) => Some("completions"),
         Call::Embeddings(_) => Some("embeddings"),
-        Call::Messages(_) | Call::CountTokens(..) | Call::Images(_) | Call::Moderations(_) => None,
+        _ => None,
     }
 }
 
@@ -166,7 +166,7 @@ fn body_of(call: &Call<'_>) -> Option<Value> {
         Call::Chat(req) => serde_json::to_value(&**req).ok(),
         Call::Completion(req) => serde_json::to_value(&**req).ok(),
         Call::Embeddings(req) => serde_json::to_value(&**req).ok(),
-        Call::Messages(_) | Call::CountTokens(..) | Call::Images(_) | Call::Moderations(_) => None,
+        _ => None,
     }
 }
 

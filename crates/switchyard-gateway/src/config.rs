@@ -526,6 +526,15 @@ pub struct DeploymentEntry {
     /// size and quality (GPT image models are billed by their tokens).
     #[serde(default)]
     pub output_cost_per_image: Option<f64>,
+    /// USD per character of text spoken (`/v1/audio/speech`); default: the
+    /// built-in price of `tts-1` and `tts-1-hd`.
+    #[serde(default)]
+    pub input_cost_per_character: Option<f64>,
+    /// USD per second of audio transcribed or translated; default: the
+    /// built-in price of `whisper-1` (GPT-4o transcription models are billed
+    /// by their tokens).
+    #[serde(default)]
+    pub input_cost_per_second: Option<f64>,
     /// Requests per minute the upstream allows.
     #[serde(default)]
     pub rpm: Option<u64>,
@@ -1275,6 +1284,9 @@ fn prices_unset(entry: &DeploymentEntry) -> bool {
         entry.cache_read_input_token_cost,
         entry.cache_creation_input_token_cost,
         entry.cache_creation_input_token_cost_above_1hr,
+        entry.output_cost_per_image,
+        entry.input_cost_per_character,
+        entry.input_cost_per_second,
     ]
     .iter()
     .all(Option::is_none)
@@ -1335,19 +1347,32 @@ fn token_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssu
         // Configured token prices leave a well-known model's per-search price.
         web_search: known.and_then(|p| p.web_search),
         image: None,
+        image_table: known.and_then(|p| p.image_table),
+        per_character: known.and_then(|p| p.per_character),
+        per_second: known.and_then(|p| p.per_second),
     }
 }
 
 /// A deployment's token prices ([`token_prices`]) and its configured
-/// per-image price.
+/// prices per image, character and second.
 fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssue>) -> switchyard_policy::Prices {
     let mut prices = token_prices(entry, path, issues);
-    if entry.output_cost_per_image.is_some() {
-        prices.image = Some(check_price(
-            entry.output_cost_per_image,
-            &format!("{path}.output_cost_per_image"),
-            issues,
-        ));
+    for (value, field, price) in [
+        (entry.output_cost_per_image, "output_cost_per_image", &mut prices.image),
+        (
+            entry.input_cost_per_character,
+            "input_cost_per_character",
+            &mut prices.per_character,
+        ),
+        (
+            entry.input_cost_per_second,
+            "input_cost_per_second",
+            &mut prices.per_second,
+        ),
+    ] {
+        if value.is_some() {
+            *price = Some(check_price(value, &format!("{path}.{field}"), issues));
+        }
     }
     prices
 }

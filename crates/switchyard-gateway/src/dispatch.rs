@@ -32,10 +32,12 @@ use serde_json::Value;
 use switchyard_api::anthropic::MessagesRequest;
 use switchyard_api::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Extra, ImageGenerationRequest, ModerationRequest,
+    SpeechRequest,
 };
 use switchyard_providers::sse::EventStream;
 use switchyard_providers::{
-    BedrockProvider, ChunkStream, Provider, ProviderClient, ProviderError, ProviderResponse, TimeoutPhase,
+    BedrockProvider, ChunkStream, MediaResponse, Provider, ProviderClient, ProviderError, ProviderResponse,
+    TimeoutPhase, TranscriptionRequest,
 };
 use switchyard_routing::{DeploymentInfo, Outcome, RouteContext, RoutingError, Wait};
 
@@ -131,6 +133,10 @@ pub(crate) enum Call<'r> {
     Images(&'r mut ImageGenerationRequest),
     /// `POST /v1/moderations`.
     Moderations(&'r mut ModerationRequest),
+    /// `POST /v1/audio/speech`.
+    Speech(&'r mut SpeechRequest),
+    /// `POST /v1/audio/transcriptions` and `/v1/audio/translations`.
+    Transcription(&'r mut TranscriptionRequest),
 }
 
 impl Call<'_> {
@@ -143,6 +149,8 @@ impl Call<'_> {
             Call::CountTokens(..) => "count_tokens",
             Call::Images(_) => "image_generation",
             Call::Moderations(_) => "moderation",
+            Call::Speech(_) => "text_to_speech",
+            Call::Transcription(_) => "speech_to_text",
         }
     }
 
@@ -174,7 +182,12 @@ impl Call<'_> {
                     .chain(req.messages.iter().map(|m| m.content.text()))
                     .collect(),
             )),
-            Call::Embeddings(_) | Call::CountTokens(..) | Call::Images(_) | Call::Moderations(_) => None,
+            Call::Embeddings(_)
+            | Call::CountTokens(..)
+            | Call::Images(_)
+            | Call::Moderations(_)
+            | Call::Speech(_)
+            | Call::Transcription(_) => None,
         }
     }
 }
@@ -189,6 +202,8 @@ pub(crate) enum Reply {
     Native(Bytes),
     /// Anthropic-format events, passed through; the first content event has arrived.
     Events(EventStream),
+    /// Audio, or a transcript in the format asked for, with its media type.
+    Media(MediaResponse),
 }
 
 /// Who answered, reported in the response headers.
@@ -716,6 +731,7 @@ async fn try_group<'s>(
                     // A token count is not a generation: no latency sample.
                     Reply::Native(_) if matches!(call, Call::CountTokens(..)) => None,
                     Reply::Native(body) => Some(native_tokens(body)),
+                    Reply::Media(_) => Some(estimated),
                     // A stream's outcome is recorded when it ends.
                     Reply::Chunks(_) | Reply::Events(_) => None,
                 };
@@ -896,6 +912,14 @@ async fn attempt(
         Call::Moderations(req) => {
             req.model.clone_from(&deployment.model);
             client.moderations(req).await.map(Reply::Json)
+        }
+        Call::Speech(req) => {
+            req.model.clone_from(&deployment.model);
+            client.speech(req).await.map(Reply::Media)
+        }
+        Call::Transcription(req) => {
+            req.model.clone_from(&deployment.model);
+            client.transcription(req).await.map(Reply::Media)
         }
         Call::Messages(req) => {
             req.model.clone_from(&deployment.model);

@@ -305,7 +305,9 @@ impl Translator {
                 | "cache_read_input_token_cost"
                 | "cache_creation_input_token_cost"
                 | "cache_creation_input_token_cost_above_1hr"
-                | "output_cost_per_image" => {
+                | "output_cost_per_image"
+                | "input_cost_per_character"
+                | "input_cost_per_second" => {
                     d.insert(key.clone(), value.clone());
                     key.as_str()
                 }

@@ -1,14 +1,17 @@
-//! `POST /v1/images/generations` and `POST /v1/moderations`: OpenAI's image
-//! and moderation endpoints, routed, limited and charged like embeddings,
-//! answered by OpenAI-format deployments (OpenAI, Azure for images,
+//! OpenAI's image, moderation and audio endpoints (`/v1/images/generations`,
+//! `/v1/moderations`, `/v1/audio/speech`, `/v1/audio/transcriptions`,
+//! `/v1/audio/translations`): routed, limited and charged like embeddings,
+//! answered by OpenAI-format deployments (OpenAI, Azure except moderations,
 //! OpenAI-compatible servers, the mock).
 
-use axum::extract::{Extension, State};
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::{Extension, Multipart, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use switchyard_api::{ImageGenerationRequest, ModerationRequest};
+use switchyard_api::{ImageGenerationRequest, ModerationRequest, SpeechRequest};
 use switchyard_policy::{Nanos, Principal, TokenUsage};
+use switchyard_providers::{AudioFile, TranscriptionRequest};
 use switchyard_routing::DeploymentInfo;
 
 use crate::dispatch::Call;
@@ -132,9 +135,197 @@ pub(crate) async fn moderations(
     .await
 }
 
+/// `POST /v1/audio/speech`: the audio comes back whole, with the
+/// upstream's media type.
+pub(crate) async fn speech(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    JsonBody(mut req): JsonBody<SpeechRequest>,
+) -> Response {
+    if req.input.is_empty() {
+        return invalid("input", "'input' must not be empty.").into_response();
+    }
+    if req.input.chars().count() > MAX_SPEECH_CHARACTERS {
+        return invalid(
+            "input",
+            format!("'input' may hold at most {MAX_SPEECH_CHARACTERS} characters, as OpenAI's does."),
+        )
+        .into_response();
+    }
+    if req.extra.get("stream_format").and_then(Value::as_str) == Some("sse") {
+        return invalid(
+            "stream_format",
+            "Speech streamed as server-sent events is not supported here; the audio comes back whole.",
+        )
+        .into_response();
+    }
+    let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
+        Ok(fields) => fields,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = not_a_learned_router(&state, &principal, &req.model) {
+        return e.into_response();
+    }
+    let model = std::mem::take(&mut req.model);
+    serve_detached(
+        state,
+        principal,
+        ctx,
+        model,
+        req,
+        |r| Call::Speech(r),
+        options,
+        controls,
+    )
+    .await
+}
+
+/// The longest text `/v1/audio/speech` takes (OpenAI's limit).
+const MAX_SPEECH_CHARACTERS: usize = 4_096;
+
+/// `POST /v1/audio/transcriptions`.
+pub(crate) async fn transcriptions(
+    state: State<SharedState>,
+    principal: Extension<Principal>,
+    ctx: Extension<RequestContext>,
+    form: Result<Multipart, MultipartRejection>,
+) -> Response {
+    speech_to_text(state, principal, ctx, form, false).await
+}
+
+/// `POST /v1/audio/translations`: speech in any language to English text.
+pub(crate) async fn translations(
+    state: State<SharedState>,
+    principal: Extension<Principal>,
+    ctx: Extension<RequestContext>,
+    form: Result<Multipart, MultipartRejection>,
+) -> Response {
+    speech_to_text(state, principal, ctx, form, true).await
+}
+
+async fn speech_to_text(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
+    form: Result<Multipart, MultipartRejection>,
+    translate: bool,
+) -> Response {
+    // The upload must arrive within the body-read timeout, as JSON bodies must.
+    let wait = std::time::Duration::from_millis(state.server.body_read_timeout_ms);
+    let read = read_form(form, translate, state.server.max_body_bytes);
+    let mut req = match tokio::time::timeout(wait, read).await {
+        Ok(Ok(req)) => req,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => return ApiError::BodyTimeout(state.server.body_read_timeout_ms).into_response(),
+    };
+    // Routing options and cache controls come as form fields here.
+    let mut extra = switchyard_api::Extra::new();
+    req.fields.retain(|(name, value)| {
+        let gateway = matches!(
+            name.as_str(),
+            "fallbacks" | "num_retries" | "timeout" | "metadata" | "tags" | "user"
+        );
+        if gateway {
+            let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.clone()));
+            extra.insert(name.clone(), value);
+        }
+        !gateway
+    });
+    let (options, controls) = match gateway_fields(&mut extra, &HeaderMap::new()) {
+        Ok(fields) => fields,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = not_a_learned_router(&state, &principal, &req.model) {
+        return e.into_response();
+    }
+    let model = std::mem::take(&mut req.model);
+    serve_detached(
+        state,
+        principal,
+        ctx,
+        model,
+        req,
+        |r| Call::Transcription(r),
+        options,
+        controls,
+    )
+    .await
+}
+
+/// Reads an audio upload: `file` and `model` are required; every other
+/// field is kept as text, in order.
+async fn read_form(
+    form: Result<Multipart, MultipartRejection>,
+    translate: bool,
+    limit: usize,
+) -> Result<TranscriptionRequest, ApiError> {
+    let form_error = |e: MultipartError| form_error(e, limit);
+    let mut form =
+        form.map_err(|e| invalid("file", format!("The body must be a multipart form: {}", e.body_text())))?;
+    let (mut model, mut file, mut fields) = (None, None, Vec::new());
+    loop {
+        let field = match form.next_field().await {
+            Ok(Some(field)) => field,
+            Ok(None) => break,
+            Err(e) => return Err(form_error(e)),
+        };
+        let name = field.name().unwrap_or_default().to_owned();
+        if name == "file" {
+            let filename = field.file_name().unwrap_or("audio").to_owned();
+            let content_type = field.content_type().map(str::to_owned);
+            let bytes = field.bytes().await.map_err(form_error)?;
+            file = Some(AudioFile {
+                filename,
+                content_type,
+                bytes,
+            });
+            continue;
+        }
+        let text = field.text().await.map_err(form_error)?;
+        if name == "model" {
+            model = Some(text);
+        } else if !name.is_empty() {
+            fields.push((name, text));
+        }
+    }
+    let file = file.ok_or_else(|| invalid("file", "'file' is required: the audio to transcribe."))?;
+    if file.bytes.is_empty() {
+        return Err(invalid("file", "'file' is empty."));
+    }
+    let model = model
+        .filter(|m| !m.is_empty())
+        .ok_or_else(|| invalid("model", "'model' is required."))?;
+    if fields.iter().any(|(name, value)| name == "stream" && value == "true") {
+        return Err(invalid(
+            "stream",
+            "Streamed transcripts are not supported here; leave out 'stream'.",
+        ));
+    }
+    Ok(TranscriptionRequest {
+        model,
+        translate,
+        file,
+        fields,
+    })
+}
+
+/// A multipart form that could not be read: too large (413, past
+/// `server.max_body_bytes`), or malformed (400).
+fn form_error(e: MultipartError, limit: usize) -> ApiError {
+    if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::BodyTooLarge(limit);
+    }
+    invalid(
+        "file",
+        format!("The multipart form could not be read: {}", e.body_text()),
+    )
+}
+
 /// An image answer's tokens (GPT image models report `input_tokens` and
 /// `output_tokens`; DALL·E reports none) and the number of images in it.
-pub(crate) fn image_usage(body: &[u8], req: &ImageGenerationRequest) -> (TokenUsage, u64) {
+fn image_usage(body: &[u8], req: &ImageGenerationRequest) -> (TokenUsage, u64) {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]
@@ -169,33 +360,138 @@ pub(crate) fn image_usage(body: &[u8], req: &ImageGenerationRequest) -> (TokenUs
 
 /// What `images` images from `deployment` cost at the request's size and
 /// quality, in nano-dollars.
-pub(crate) fn image_cost(
-    state: &AppState,
-    deployment: &DeploymentInfo,
-    req: &ImageGenerationRequest,
-    images: u64,
-) -> Nanos {
-    let per_image = state
-        .prices
-        .get(deployment.id.0)
-        .copied()
-        .unwrap_or_default()
-        .per_image(&deployment.model, req.size.as_deref(), req.quality.as_deref());
+fn image_cost(state: &AppState, deployment: &DeploymentInfo, req: &ImageGenerationRequest, images: u64) -> Nanos {
+    let per_image = prices(state, deployment).per_image(req.size.as_deref(), req.quality.as_deref());
     switchyard_policy::from_usd(per_image * images as f64)
 }
 
-/// The most the images a request asks for may cost on any deployment of
-/// `groups` (the requested one and its fallbacks), in nano-dollars.
-pub(crate) fn image_ceiling<'a>(
+fn prices(state: &AppState, deployment: &DeploymentInfo) -> switchyard_policy::Prices {
+    state.prices.get(deployment.id.0).copied().unwrap_or_default()
+}
+
+/// Seconds of audio in `bytes` at 128 kbit/s, what a transcript that
+/// reports neither its duration nor its tokens is charged for.
+fn estimated_seconds(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(16_000).max(1)
+}
+
+/// The most seconds `bytes` of audio may hold: at 8 kbit/s, below any
+/// speech codec upstreams take.
+fn longest_seconds(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(1_000).max(1)
+}
+
+/// Audio tokens per second of speech a GPT-4o transcription model may bill.
+const AUDIO_TOKENS_PER_SECOND: u64 = 50;
+
+/// Text tokens per second of speech a transcript may hold.
+const TEXT_TOKENS_PER_SECOND: u64 = 10;
+
+/// What an answer from `deployment` to a request of this module's
+/// endpoints is charged: its tokens, and nano-dollars on top (images,
+/// characters spoken, seconds transcribed). `None` for other requests.
+pub(crate) fn charge(
     state: &AppState,
-    groups: impl IntoIterator<Item = &'a str>,
-    req: &ImageGenerationRequest,
-) -> Nanos {
-    groups
+    deployment: &DeploymentInfo,
+    call: &Call<'_>,
+    body: &[u8],
+    estimated_prompt: u64,
+) -> Option<(TokenUsage, Nanos)> {
+    let prompt_only = TokenUsage {
+        prompt: estimated_prompt,
+        ..TokenUsage::default()
+    };
+    Some(match call {
+        Call::Images(req) => {
+            let (tokens, images) = image_usage(body, req);
+            (tokens, image_cost(state, deployment, req, images))
+        }
+        Call::Moderations(_) => (prompt_only, 0),
+        Call::Speech(req) => {
+            let chars = req.input.chars().count() as f64;
+            let per_character = prices(state, deployment).per_character.unwrap_or(0.0);
+            (prompt_only, switchyard_policy::from_usd(per_character * chars))
+        }
+        Call::Transcription(req) => {
+            let (tokens, seconds) = transcript_usage(body, req.file.bytes.len());
+            let per_second = prices(state, deployment).per_second.unwrap_or(0.0);
+            (tokens, switchyard_policy::from_usd(per_second * seconds as f64))
+        }
+        _ => return None,
+    })
+}
+
+/// A transcript's tokens (GPT-4o transcription models: `usage.type:
+/// tokens`) and seconds (whisper: `usage.type: duration`, or a verbose
+/// answer's `duration`); a transcript in text, SRT or WebVTT reports
+/// neither, and is charged the seconds its file holds at 128 kbit/s.
+fn transcript_usage(body: &[u8], file_bytes: usize) -> (TokenUsage, u64) {
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return (TokenUsage::default(), estimated_seconds(file_bytes));
+    };
+    let usage = answer.get("usage");
+    let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
+    match usage.and_then(|u| u.get("type")).and_then(Value::as_str) {
+        Some("tokens") => (
+            TokenUsage {
+                prompt: count("input_tokens"),
+                completion: count("output_tokens"),
+                ..TokenUsage::default()
+            },
+            0,
+        ),
+        Some("duration") => {
+            let seconds = usage
+                .and_then(|u| u.get("seconds"))
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0);
+            (TokenUsage::default(), seconds.max(0.0).ceil() as u64)
+        }
+        _ => match answer.get("duration").and_then(Value::as_f64) {
+            Some(seconds) => (TokenUsage::default(), seconds.max(0.0).ceil() as u64),
+            None => (TokenUsage::default(), estimated_seconds(file_bytes)),
+        },
+    }
+}
+
+/// The most a request of this module's endpoints may cost on any
+/// deployment `groups` (the requested one and a request's own fallbacks)
+/// may reach, through fallbacks of every kind, beyond its
+/// prompt's tokens, in nano-dollars: its images, its characters, or its
+/// audio's longest duration (with the tokens a GPT-4o model may bill for it).
+pub(crate) fn media_ceiling<'a>(state: &AppState, groups: impl IntoIterator<Item = &'a str>, call: &Call<'_>) -> Nanos {
+    let cost = |d: &DeploymentInfo| -> Nanos {
+        let p = prices(state, d);
+        match call {
+            Call::Images(req) => image_cost(state, d, req, req.count()),
+            Call::Speech(req) => {
+                switchyard_policy::from_usd(p.per_character.unwrap_or(0.0) * req.input.chars().count() as f64)
+            }
+            Call::Transcription(req) => {
+                let seconds = longest_seconds(req.file.bytes.len());
+                switchyard_policy::from_usd(p.per_second.unwrap_or(0.0) * seconds as f64).saturating_add(p.ceiling(
+                    seconds.saturating_mul(AUDIO_TOKENS_PER_SECOND),
+                    seconds.saturating_mul(TEXT_TOKENS_PER_SECOND),
+                ))
+            }
+            _ => 0,
+        }
+    };
+    let mut reached: Vec<&str> = Vec::new();
+    for name in groups {
+        let name = state.group_name(name);
+        match state.reach.get(name) {
+            Some(all) => reached.extend(all.iter().map(String::as_str)),
+            None => reached.push(name),
+        }
+    }
+    reached.sort_unstable();
+    reached.dedup();
+    reached
         .into_iter()
-        .filter_map(|name| state.registry.group(state.group_name(name)).ok())
+        .filter_map(|name| state.registry.group(name).ok())
         .flat_map(|group| group.deployments())
-        .map(|d| image_cost(state, d, req, req.count()))
+        .map(cost)
         .max()
         .unwrap_or(0)
 }

@@ -159,7 +159,11 @@ fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
         Call::Messages(req) => req.max_tokens.map_or(u64::from(default), u64::from),
         // A GPT image model's output tokens at its highest quality, per image.
         Call::Images(req) => IMAGE_TOKENS.saturating_mul(req.count()),
-        Call::Embeddings(_) | Call::CountTokens(..) | Call::Moderations(_) => 0,
+        Call::Embeddings(_)
+        | Call::CountTokens(..)
+        | Call::Moderations(_)
+        | Call::Speech(_)
+        | Call::Transcription(_) => 0,
     }
 }
 
@@ -216,6 +220,23 @@ fn value_len(value: &Value) -> u64 {
     }
 }
 
+/// A moderation's text, and [`MEDIA_TOKENS`] per image part (whatever
+/// the size of its URL or data).
+fn moderation_bytes(input: &Value) -> u64 {
+    let item = |item: &Value| match item {
+        Value::String(s) => s.len() as u64,
+        Value::Object(part) => part
+            .get("text")
+            .and_then(Value::as_str)
+            .map_or(MEDIA_TOKENS, |t| t.len() as u64),
+        _ => 0,
+    };
+    match input {
+        Value::Array(items) => items.iter().map(item).sum(),
+        other => item(other),
+    }
+}
+
 /// An upper bound on a request's prompt tokens: its bytes of text (a token
 /// is at least one byte), tool definitions and calls, tool results and
 /// structured-output schemas as JSON, and [`MEDIA_TOKENS`] per image.
@@ -224,7 +245,10 @@ pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
         Call::Embeddings(req) => req.input.size_in_bytes(),
         Call::CountTokens(..) => 0,
         Call::Images(req) => req.prompt.len() as u64,
-        Call::Moderations(req) => req.size_in_bytes() as u64,
+        Call::Moderations(req) => moderation_bytes(&req.input),
+        Call::Speech(req) => req.input.len() as u64,
+        // The audio is not text: only a prompt given with it counts.
+        Call::Transcription(req) => req.field("prompt").map_or(0, str::len) as u64,
         Call::Completion(req) => req.prompt.size_in_bytes(),
         Call::Chat(req) => {
             let mut n = 0u64;
@@ -375,17 +399,11 @@ pub(crate) async fn admit(
                 ),
             )
             .saturating_add(match call {
-                // Images priced per image, on any deployment it may reach.
-                Call::Images(req) => {
-                    let configured = state
-                        .routes
-                        .get(model)
-                        .map(|r| r.fallbacks.as_slice())
-                        .unwrap_or_default();
-                    let groups = std::iter::once(model)
-                        .chain(configured.iter().map(String::as_str))
-                        .chain(fallbacks.unwrap_or_default().iter().map(String::as_str));
-                    crate::media::image_ceiling(state, groups, req)
+                // Images, speech and transcriptions priced per image,
+                // character or second, on any deployment they may reach.
+                Call::Images(_) | Call::Speech(_) | Call::Transcription(_) => {
+                    let groups = std::iter::once(model).chain(fallbacks.unwrap_or_default().iter().map(String::as_str));
+                    crate::media::media_ceiling(state, groups, call)
                 }
                 _ => 0,
             }),

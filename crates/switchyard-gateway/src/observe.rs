@@ -115,6 +115,9 @@ fn route_name(path: &str) -> &'static str {
         "/embeddings" => "embeddings",
         "/images/generations" => "images",
         "/moderations" => "moderations",
+        "/audio/speech" => "speech",
+        "/audio/transcriptions" => "transcriptions",
+        "/audio/translations" => "translations",
         "/messages" => "messages",
         "/messages/count_tokens" => "count_tokens",
         "/responses" => "responses",
@@ -324,6 +327,9 @@ impl Trail {
             Call::CountTokens(..) => ("count_tokens", false),
             Call::Images(_) => ("images", false),
             Call::Moderations(_) => ("moderations", false),
+            Call::Speech(_) => ("speech", false),
+            Call::Transcription(req) if req.translate => ("translations", false),
+            Call::Transcription(_) => ("transcriptions", false),
         };
         Some(Self {
             state: state.clone(),

@@ -55,6 +55,9 @@ pub fn router(state: SharedState) -> Router {
         .route("/embeddings", post(embeddings))
         .route("/images/generations", post(crate::media::images))
         .route("/moderations", post(crate::media::moderations))
+        .route("/audio/speech", post(crate::media::speech))
+        .route("/audio/transcriptions", post(crate::media::transcriptions))
+        .route("/audio/translations", post(crate::media::translations))
         .route("/models", get(models))
         .route("/models/{*model}", get(model))
         .route("/model/info", get(model_info))
@@ -462,25 +465,17 @@ async fn openai_inner(
             // Images are charged per image and, for GPT image models, by
             // their tokens; moderations by their prompt at the
             // deployment's (usually zero) prices.
-            let mut images = 0;
-            match &call {
-                Call::Images(req) => {
-                    let (tokens, made) = crate::media::image_usage(&answer.body, req);
-                    usage = Some(tokens);
-                    images = made;
-                }
-                Call::Moderations(_) => {
-                    usage = Some(switchyard_policy::TokenUsage {
-                        prompt: meter.estimated_prompt(),
-                        ..switchyard_policy::TokenUsage::default()
-                    });
-                }
-                _ => {}
+            let mut extra = 0;
+            if let Some((tokens, cost)) = crate::media::charge(
+                &state,
+                decision.deployment,
+                &call,
+                &answer.body,
+                meter.estimated_prompt(),
+            ) {
+                usage = Some(tokens);
+                extra = cost;
             }
-            let extra = match &call {
-                Call::Images(req) => crate::media::image_cost(&state, decision.deployment, req, images),
-                _ => 0,
-            };
             let record = meter
                 .settle_with(&state, decision.deployment.id, &decision.deployment.name, usage, extra)
                 .await;
@@ -595,6 +590,30 @@ async fn openai_inner(
                 None => chunks,
             };
             sse_response(chunks, decision.deployment.name.clone(), strip_usage)
+        }
+        Reply::Media(answer) => {
+            drop(in_flight);
+            let charged = crate::media::charge(
+                &state,
+                decision.deployment,
+                &call,
+                &answer.body,
+                meter.estimated_prompt(),
+            );
+            let (usage, extra) = charged.map_or((None, 0), |(u, extra)| (Some(u), extra));
+            let record = meter
+                .settle_with(&state, decision.deployment.id, &decision.deployment.name, usage, extra)
+                .await;
+            if let Some(mut t) = trail.take() {
+                t.charged(usage, record.as_ref());
+                t.finish(200, None);
+            }
+            let mut response = answer.body.into_response();
+            if let Ok(kind) = HeaderValue::from_str(&answer.content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, kind);
+            }
+            metering::cost_header(&mut response, record.as_ref());
+            response
         }
         Reply::Native(_) | Reply::Events(_) => {
             ApiError::Internal("an Anthropic-format answer to an OpenAI-format request".into()).into_response()

@@ -78,6 +78,10 @@ pub struct AppState {
     /// charges (its own, its fallbacks', a learned router's candidates'),
     /// and the most output such a deployment asks for by itself.
     pub ceilings: HashMap<String, Ceiling>,
+    /// Per public model name, the model groups a request to it may reach:
+    /// itself and its fallbacks of every kind, theirs in turn (a learned
+    /// router: every group).
+    pub reach: HashMap<String, Vec<String>>,
     /// Per model name, what its answers depend on (each deployment's
     /// provider, upstream model and address; for a learned router, every
     /// group's): part of its cache keys, so that answers kept before a
@@ -250,6 +254,26 @@ fn reachable<'a>(by_name: &HashMap<&'a str, &'a ModelSpec>, start: &'a str) -> V
     seen
 }
 
+/// The groups each model name may reach ([`AppState::reach`]).
+fn reach_map(models: &[ModelSpec]) -> HashMap<String, Vec<String>> {
+    let by_name: HashMap<&str, &ModelSpec> = models.iter().map(|m| (m.name.as_str(), m)).collect();
+    let groups: Vec<String> = models
+        .iter()
+        .filter(|m| m.router.is_none())
+        .map(|m| m.name.clone())
+        .collect();
+    models
+        .iter()
+        .map(|m| {
+            let reached = match m.router {
+                Some(_) => groups.clone(),
+                None => reachable(&by_name, &m.name).into_iter().map(str::to_owned).collect(),
+            };
+            (m.name.clone(), reached)
+        })
+        .collect()
+}
+
 /// The ceiling of each model name over every deployment it may reach.
 fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
     let own: HashMap<&str, Ceiling> = models
@@ -368,6 +392,9 @@ pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
         cache_write_1h: opt(a.cache_write_1h, b.cache_write_1h),
         web_search: opt(a.web_search, b.web_search),
         image: opt(a.image, b.image),
+        image_table: a.image_table.or(b.image_table),
+        per_character: opt(a.per_character, b.per_character),
+        per_second: opt(a.per_second, b.per_second),
     }
 }
 
@@ -545,6 +572,7 @@ impl AppState {
         })?;
         let stats = LiveStats::new(providers.len());
         let ceilings = price_ceilings(models);
+        let reach = reach_map(models);
         let cache_generations = cache_generations(models);
         let responses = response_store(&server, policy.settings.redis.as_ref())?;
         Ok(Self {
@@ -556,6 +584,7 @@ impl AppState {
             prices,
             upstreams,
             ceilings,
+            reach,
             cache_generations,
             cache,
             metrics: switchyard_telemetry::Metrics::new(),

@@ -27,7 +27,7 @@ model_list:
       - {{provider: openai, model: dall-e-3, api_base: "{base}", api_key: k}}
   - model_name: azure-dalle
     deployments:
-      - {{provider: azure, model: dall-e-3, api_base: "{root}", api_version: 2024-10-21, api_key: k}}
+      - {{provider: azure, model: dalle3-eu, base_model: dall-e-3, api_base: "{root}", api_version: 2024-10-21, api_key: k}}
   - model_name: gpt-image-1
     deployments:
       - {{provider: openai, model: gpt-image-1, api_base: "{base}", api_key: k}}
@@ -37,13 +37,32 @@ model_list:
   - model_name: omni-moderation-latest
     deployments:
       - {{provider: openai, model: omni-moderation-latest, api_base: "{base}", api_key: k}}
+  - model_name: priced-moderation
+    deployments:
+      - {{provider: openai, model: omni-moderation-2024-09-26, api_base: "{base}", api_key: k, input_cost_per_token: 0.000001}}
+  - model_name: dall-e-2
+    content_policy_fallbacks: [dall-e-3]
+    deployments:
+      - {{provider: openai, model: dall-e-2, api_base: "{base}", api_key: k}}
+  - model_name: tts-1
+    deployments:
+      - {{provider: openai, model: tts-1, api_base: "{base}", api_key: k}}
+  - model_name: whisper-1
+    deployments:
+      - {{provider: openai, model: whisper-1, api_base: "{base}", api_key: k}}
+  - model_name: gpt-4o-transcribe
+    deployments:
+      - {{provider: openai, model: gpt-4o-transcribe, api_base: "{base}", api_key: k}}
+  - model_name: azure-whisper
+    deployments:
+      - {{provider: azure, model: whisper-eu, base_model: whisper-1, api_base: "{root}", api_version: 2024-10-21, api_key: k}}
   - model_name: claude
     deployments:
       - {{provider: anthropic, model: claude-sonnet-4, api_base: "{root}", api_key: k}}
   - model_name: failing-images
     fallbacks: [dall-e-3]
     deployments:
-      - {{provider: openai, model: "dall-e-3::status=500", api_base: "{base}", api_key: k}}
+      - {{provider: openai, model: "dall-e-2::status=500", api_base: "{base}", api_key: k}}
 "#
     )
 }
@@ -140,7 +159,7 @@ async fn images_are_routed_passed_through_and_charged_per_image() {
     assert!(azure.body["data"][0]["b64_json"].is_string());
     assert_eq!(azure.cost.as_deref(), Some("0.040000000"));
     let sent = mock.last_request().unwrap();
-    assert_eq!(sent.path, "/openai/deployments/dall-e-3/images/generations");
+    assert_eq!(sent.path, "/openai/deployments/dalle3-eu/images/generations");
     assert_eq!(sent.query.as_deref(), Some("api-version=2024-10-21"));
 
     // GPT image models are charged by their tokens ($5 in, $40 out per
@@ -168,7 +187,8 @@ async fn images_are_routed_passed_through_and_charged_per_image() {
     assert_eq!(flat.status, 200, "{}", flat.body);
     assert_eq!(flat.cost.as_deref(), Some("1.500000000"));
 
-    // A failing deployment falls back like any request.
+    // A failing deployment falls back like any request, charged at the
+    // price of the one that answered (DALL·E 3's, not DALL·E 2's $0.02).
     let rescued = post(
         &gateway,
         "/v1/images/generations",
@@ -177,6 +197,30 @@ async fn images_are_routed_passed_through_and_charged_per_image() {
     .await;
     assert_eq!(rescued.status, 200, "{}", rescued.body);
     assert_eq!(rescued.cost.as_deref(), Some("0.040000000"));
+
+    // A budget reserves the price of the dearest image the request may
+    // get: `dall-e-2` may fall back to `dall-e-3` on a content-policy
+    // refusal, where this size and quality cost $0.12, past the key's $0.10.
+    let key: Value = reqwest::Client::new()
+        .post(format!("{}/key/generate", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"max_budget": 0.10}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let budgeted = reqwest::Client::new()
+        .post(format!("{}/v1/images/generations", gateway.base_url()))
+        .bearer_auth(key["key"].as_str().unwrap())
+        .json(&json!({"model": "dall-e-2", "prompt": "a tall ship", "size": "1024x1792", "quality": "hd"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(budgeted.status(), 400);
+    let refusal: Value = budgeted.json().await.unwrap();
+    assert_eq!(refusal["error"]["code"], "budget_exceeded", "{refusal}");
 
     // The upstream's own refusal comes back as OpenAI's error, naming the field.
     let refused = post(
@@ -194,8 +238,6 @@ async fn images_are_routed_passed_through_and_charged_per_image() {
         (json!({"model": "dall-e-3", "prompt": " "}), "prompt"),
         (json!({"model": "dall-e-3", "prompt": "x", "n": 11}), "n"),
         (json!({"model": "dall-e-3", "prompt": "x", "stream": true}), "stream"),
-        // No model, and OpenAI's default (dall-e-2) is not served here.
-        (json!({"prompt": "x"}), "model"),
     ] {
         let answer = post(&gateway, "/v1/images/generations", body.clone()).await;
         assert_eq!(answer.status, 400, "{body}: {}", answer.body);
@@ -217,6 +259,11 @@ async fn images_are_routed_passed_through_and_charged_per_image() {
         claude.body
     );
     assert_eq!(mock.requests().len(), before, "none of these reached the upstream");
+    // No model: OpenAI's default, `dall-e-2`, which this gateway serves.
+    let default = post(&gateway, "/v1/images/generations", json!({"prompt": "a kite"})).await;
+    assert_eq!(default.status, 200, "{}", default.body);
+    assert_eq!(mock.last_request().unwrap().body["model"], "dall-e-2");
+    assert_eq!(default.cost.as_deref(), Some("0.020000000"));
     let metrics = reqwest::get(format!("{}/metrics", gateway.base_url()))
         .await
         .unwrap()
@@ -261,8 +308,23 @@ async fn moderations_are_routed_and_answered_as_the_upstream_gave_them() {
         .collect();
     assert_eq!(flagged, [&json!(false), &json!(true)]);
     assert_eq!(mock.last_request().unwrap().body["model"], "omni-moderation-latest");
-    // Moderation is free: charged nothing.
+    // Moderation is free at OpenAI: charged nothing…
     assert_eq!(charged(&gateway, &many.request_id).await["cost_nanos"], 0);
+    // …unless the deployment has input prices: the text's estimated tokens
+    // (a token per 4 bytes), an image part counted as one image whatever its size.
+    let priced = post(
+        &gateway,
+        "/v1/moderations",
+        json!({"model": "priced-moderation", "input": [
+            {"type": "text", "text": "0123456789abcdef"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{}", "A".repeat(200_000))}},
+        ]}),
+    )
+    .await;
+    assert_eq!(priced.status, 200, "{}", priced.body);
+    let record = charged(&gateway, &priced.request_id).await;
+    assert_eq!(record["usage"]["prompt"], (16 + 2_500) / 4, "{record}");
+    assert_eq!(record["cost_nanos"], (16 + 2_500) / 4 * 1_000);
 
     let empty = post(&gateway, "/v1/moderations", json!({"input": []})).await;
     assert_eq!(
@@ -272,4 +334,188 @@ async fn moderations_are_routed_and_answered_as_the_upstream_gave_them() {
     // Azure has no moderation endpoint; Anthropic neither.
     let claude = post(&gateway, "/v1/moderations", json!({"model": "claude", "input": "x"})).await;
     assert_eq!(claude.status, 400, "{}", claude.body);
+}
+
+/// A multipart upload of `bytes` bytes named `name`, with `fields`.
+fn upload(name: &str, bytes: usize, fields: &[(&str, &str)]) -> reqwest::multipart::Form {
+    let mut form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(vec![7u8; bytes])
+            .file_name(name.to_owned())
+            .mime_str("audio/mpeg")
+            .unwrap(),
+    );
+    for (field, value) in fields {
+        form = form.text((*field).to_owned(), (*value).to_owned());
+    }
+    form
+}
+
+async fn send_form(
+    gateway: &GatewayProcess,
+    path: &str,
+    form: reqwest::multipart::Form,
+) -> (u16, String, Option<String>, String) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
+    let (kind, cost) = (
+        header("content-type").unwrap_or_default(),
+        header("x-switchyard-response-cost"),
+    );
+    (response.status().as_u16(), kind, cost, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_comes_back_as_audio_charged_per_character() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+    let http = reqwest::Client::new();
+    let speak = |body: Value| {
+        http.post(format!("{}/v1/audio/speech", gateway.base_url()))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+    };
+    let response = speak(json!({"model": "tts-1", "voice": "alloy", "input": "hello world"}))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "audio/mpeg");
+    // tts-1: $15 per million characters.
+    assert_eq!(response.headers()["x-switchyard-response-cost"], "0.000165000");
+    let audio = response.bytes().await.unwrap();
+    assert!(
+        audio.starts_with(b"ID3") && audio.len() == 3 + 32 * 11,
+        "{} bytes",
+        audio.len()
+    );
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/audio/speech");
+    assert_eq!(
+        sent.body,
+        json!({"model": "tts-1", "input": "hello world", "voice": "alloy"})
+    );
+
+    let wav = speak(json!({"model": "tts-1", "voice": "nova", "input": "hi", "response_format": "wav"}))
+        .await
+        .unwrap();
+    assert_eq!(wav.headers()["content-type"], "audio/wav");
+    assert!(wav.bytes().await.unwrap().starts_with(b"RIFF"));
+
+    for (body, param) in [
+        (json!({"model": "tts-1", "voice": "alloy", "input": ""}), "input"),
+        (
+            json!({"model": "tts-1", "voice": "alloy", "input": "x".repeat(4097)}),
+            "input",
+        ),
+        (
+            json!({"model": "tts-1", "voice": "alloy", "input": "x", "stream_format": "sse"}),
+            "stream_format",
+        ),
+    ] {
+        let refused = speak(body.clone()).await.unwrap();
+        assert_eq!(refused.status(), 400, "{body}");
+        let error: Value = refused.json().await.unwrap();
+        assert_eq!(error["error"]["param"], param, "{body}");
+    }
+    let claude = speak(json!({"model": "claude", "voice": "alloy", "input": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(claude.status(), 400);
+    let error: Value = claude.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "unsupported", "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_are_transcribed_and_charged_by_duration_or_tokens() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+
+    // whisper-1 reports 3 seconds of audio: $0.006 a minute.
+    let (status, kind, cost, body) = send_form(
+        &gateway,
+        "/v1/audio/transcriptions",
+        upload("call.mp3", 48_000, &[("model", "whisper-1"), ("language", "en")]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(kind.starts_with("application/json"), "{kind}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["text"],
+        "transcript of call.mp3"
+    );
+    assert_eq!(cost.as_deref(), Some("0.000300000"));
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/audio/transcriptions");
+    assert_eq!(
+        sent.body,
+        json!({"model": "whisper-1", "language": "en", "file": {"filename": "call.mp3", "content_type": "audio/mpeg", "bytes": 48_000}})
+    );
+
+    // A text transcript reports no duration: charged the file's length at
+    // 128 kbit/s (here 3 seconds as well).
+    let (status, kind, cost, body) = send_form(
+        &gateway,
+        "/audio/translations",
+        upload(
+            "rede.mp3",
+            48_000,
+            &[("model", "whisper-1"), ("response_format", "text")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(kind.starts_with("text/plain"), "{kind}");
+    assert_eq!(body, "transcript of rede.mp3\n");
+    assert_eq!(cost.as_deref(), Some("0.000300000"));
+    assert_eq!(mock.last_request().unwrap().path, "/v1/audio/translations");
+
+    // A GPT-4o model is charged by its tokens: 30 audio tokens in at $6
+    // and 3 text tokens out at $10 per million.
+    let (status, _, cost, body) = send_form(
+        &gateway,
+        "/v1/audio/transcriptions",
+        upload("memo.wav", 48_000, &[("model", "gpt-4o-transcribe")]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cost.as_deref(), Some("0.000210000"));
+
+    // Azure: the deployment's path, priced as its base model.
+    let (status, _, cost, body) = send_form(
+        &gateway,
+        "/v1/audio/transcriptions",
+        upload("note.mp3", 48_000, &[("model", "azure-whisper")]),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cost.as_deref(), Some("0.000300000"));
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.path, "/openai/deployments/whisper-eu/audio/transcriptions");
+    assert_eq!(sent.body["model"], "whisper-eu");
+
+    // What the gateway refuses itself.
+    let no_file = reqwest::multipart::Form::new().text("model", "whisper-1");
+    let (status, _, _, body) = send_form(&gateway, "/v1/audio/transcriptions", no_file).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["param"], "file");
+    let (status, _, _, body) = send_form(&gateway, "/v1/audio/transcriptions", upload("a.mp3", 10, &[])).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["param"], "model");
+    let not_a_form = reqwest::Client::new()
+        .post(format!("{}/v1/audio/transcriptions", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "whisper-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(not_a_form.status(), 400);
+    let error: Value = not_a_form.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "file", "{error}");
 }

@@ -28,6 +28,6 @@ pub use journal::FsyncPolicy;
 pub use key::{KeyRecord, KeyView, TeamRecord};
 pub use money::{Nanos, format_usd, from_usd, to_usd};
 pub use policy::{Charge, FailureMode, KeySpend, Labels, Policy, PolicySettings, Principal, Ticket, WriteGuard};
-pub use price::{Prices, TokenUsage};
+pub use price::{ImageTable, Prices, TokenUsage};
 pub use redis_store::RedisSettings;
 pub use spend::{LogFilter, SpendRecord};

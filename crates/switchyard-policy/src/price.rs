@@ -26,10 +26,19 @@ pub struct Prices {
     /// `server_tool_use.web_search_requests`); `None`: free.
     #[serde(default)]
     pub web_search: Option<f64>,
-    /// Per image generated, whatever its size (`None`: the built-in price
-    /// of the model at the request's size and quality, else free).
+    /// Per image generated, whatever its size (`None`: `image_table`'s
+    /// price at the request's size and quality, else free).
     #[serde(default)]
     pub image: Option<f64>,
+    /// The list prices of a DALL·E model, by size and quality.
+    #[serde(default)]
+    pub image_table: Option<ImageTable>,
+    /// Per character of text spoken (`/v1/audio/speech`); `None`: free.
+    #[serde(default)]
+    pub per_character: Option<f64>,
+    /// Per second of audio transcribed or translated; `None`: free.
+    #[serde(default)]
+    pub per_second: Option<f64>,
 }
 
 /// Token counts of one request, normalised across providers: `prompt`
@@ -81,15 +90,18 @@ impl Prices {
             web_search: None,
             cache_write_1h: None,
             image: None,
+            image_table: None,
+            per_character: None,
+            per_second: None,
         }
     }
 
-    /// USD per image of `model` at `size` and `quality`: the configured
-    /// per-image price, else OpenAI's list price for DALL·E models, else 0
-    /// (GPT image models are billed by their tokens).
-    pub fn per_image(&self, model: &str, size: Option<&str>, quality: Option<&str>) -> f64 {
+    /// USD per image at `size` and `quality`: the configured per-image
+    /// price, else OpenAI's list price for DALL·E models, else 0 (GPT image
+    /// models are billed by their tokens).
+    pub fn per_image(&self, size: Option<&str>, quality: Option<&str>) -> f64 {
         self.image
-            .or_else(|| builtin_image_price(model, size, quality))
+            .or_else(|| self.image_table.map(|t| t.price(size, quality)))
             .unwrap_or(0.0)
     }
 
@@ -148,6 +160,17 @@ const BUILTIN: &[(&str, Prices)] = &[
     ("gpt-5", Prices::per_million(1.25, 10.0, Some(0.125), None)),
     ("gpt-5-mini", Prices::per_million(0.25, 2.0, Some(0.025), None)),
     ("gpt-5-nano", Prices::per_million(0.05, 0.4, Some(0.005), None)),
+    // Audio models: speech billed per character, whisper per second (see
+    // `builtin`), the GPT-4o ones by tokens (audio in, text out).
+    ("tts-1", Prices::per_million(0.0, 0.0, None, None)),
+    ("tts-1-hd", Prices::per_million(0.0, 0.0, None, None)),
+    ("whisper-1", Prices::per_million(0.0, 0.0, None, None)),
+    ("gpt-4o-mini-tts", Prices::per_million(0.6, 12.0, None, None)),
+    ("gpt-4o-transcribe", Prices::per_million(6.0, 10.0, None, None)),
+    ("gpt-4o-mini-transcribe", Prices::per_million(3.0, 5.0, None, None)),
+    // DALL·E: billed per image (see `builtin`).
+    ("dall-e-2", Prices::per_million(0.0, 0.0, None, None)),
+    ("dall-e-3", Prices::per_million(0.0, 0.0, None, None)),
     // Image models billed by tokens: text in, image out.
     ("gpt-image-1", Prices::per_million(5.0, 40.0, Some(1.25), None)),
     ("gpt-image-1-mini", Prices::per_million(2.0, 8.0, Some(0.2), None)),
@@ -226,32 +249,53 @@ pub fn builtin(model: &str) -> Option<Prices> {
                 web_search: claude.then_some(CLAUDE_WEB_SEARCH),
                 // …and an hour-long cache write at twice the input price.
                 cache_write_1h: claude.then_some(prices.input * 2.0),
+                per_character: match *known {
+                    "tts-1" => Some(15.0 / 1_000_000.0),
+                    "tts-1-hd" => Some(30.0 / 1_000_000.0),
+                    _ => None,
+                },
+                per_second: (*known == "whisper-1").then_some(0.006 / 60.0),
+                image_table: match *known {
+                    "dall-e-2" => Some(ImageTable::DallE2),
+                    "dall-e-3" => Some(ImageTable::DallE3),
+                    _ => None,
+                },
                 ..*prices
             }
         })
 }
 
-/// OpenAI's list price of one DALL·E image (USD) at a size (default
-/// `1024x1024`) and quality (default `standard`); `None` for other models.
-pub fn builtin_image_price(model: &str, size: Option<&str>, quality: Option<&str>) -> Option<f64> {
-    let name = model.rsplit('/').next().unwrap_or(model);
-    let size = size.unwrap_or("1024x1024");
-    if name.strip_prefix("dall-e-3").is_some_and(is_version_suffix) {
-        let wide = matches!(size, "1792x1024" | "1024x1792");
-        return Some(match (quality == Some("hd"), wide) {
-            (false, false) => 0.04,
-            (false, true) | (true, false) => 0.08,
-            (true, true) => 0.12,
-        });
+/// OpenAI's DALL·E models, priced per image by size and quality.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageTable {
+    /// `dall-e-2`.
+    DallE2,
+    /// `dall-e-3`.
+    DallE3,
+}
+
+impl ImageTable {
+    /// The list price of one image (USD) at a size (default `1024x1024`)
+    /// and quality (default `standard`).
+    pub fn price(self, size: Option<&str>, quality: Option<&str>) -> f64 {
+        let size = size.unwrap_or("1024x1024");
+        match self {
+            ImageTable::DallE3 => {
+                let wide = matches!(size, "1792x1024" | "1024x1792");
+                match (quality == Some("hd"), wide) {
+                    (false, false) => 0.04,
+                    (false, true) | (true, false) => 0.08,
+                    (true, true) => 0.12,
+                }
+            }
+            ImageTable::DallE2 => match size {
+                "256x256" => 0.016,
+                "512x512" => 0.018,
+                _ => 0.02,
+            },
+        }
     }
-    if name.strip_prefix("dall-e-2").is_some_and(is_version_suffix) {
-        return Some(match size {
-            "256x256" => 0.016,
-            "512x512" => 0.018,
-            _ => 0.02,
-        });
-    }
-    None
 }
 
 /// USD per web search on Claude models.
@@ -281,21 +325,21 @@ mod tests {
 
     #[test]
     fn images_are_priced_by_model_size_and_quality() {
-        let none = Prices::default();
-        assert_eq!(none.per_image("dall-e-3", None, None), 0.04);
-        assert_eq!(none.per_image("dall-e-3", Some("1792x1024"), Some("standard")), 0.08);
-        assert_eq!(none.per_image("dall-e-3", Some("1024x1024"), Some("hd")), 0.08);
-        assert_eq!(none.per_image("azure/dall-e-3", Some("1024x1792"), Some("hd")), 0.12);
-        assert_eq!(none.per_image("dall-e-2", Some("256x256"), None), 0.016);
-        assert_eq!(none.per_image("dall-e-2", Some("512x512"), None), 0.018);
-        assert_eq!(none.per_image("dall-e-2", None, None), 0.02);
-        assert_eq!(none.per_image("gpt-image-1", None, Some("high")), 0.0);
-        assert_eq!(none.per_image("dall-e-30", None, None), 0.0);
+        let image = |model: &str, size, quality| builtin(model).unwrap_or_default().per_image(size, quality);
+        assert_eq!(image("dall-e-3", None, None), 0.04);
+        assert_eq!(image("dall-e-3", Some("1792x1024"), Some("standard")), 0.08);
+        assert_eq!(image("dall-e-3", Some("1024x1024"), Some("hd")), 0.08);
+        assert_eq!(image("azure/dall-e-3", Some("1024x1792"), Some("hd")), 0.12);
+        assert_eq!(image("dall-e-2", Some("256x256"), None), 0.016);
+        assert_eq!(image("dall-e-2", Some("512x512"), None), 0.018);
+        assert_eq!(image("dall-e-2", None, None), 0.02);
+        assert_eq!(image("gpt-image-1", None, Some("high")), 0.0);
+        assert_eq!(image("dall-e-30", None, None), 0.0);
         let configured = Prices {
             image: Some(0.5),
-            ..Prices::default()
+            ..builtin("dall-e-3").unwrap_or_default()
         };
-        assert_eq!(configured.per_image("dall-e-3", Some("1792x1024"), Some("hd")), 0.5);
+        assert_eq!(configured.per_image(Some("1792x1024"), Some("hd")), 0.5);
     }
 
     #[test]
@@ -326,6 +370,13 @@ mod tests {
         );
         assert_eq!(builtin("claude-opus-4-20250514"), builtin("claude-opus-4"));
         assert_eq!(builtin("gpt-image-1").map(|p| p.output), Some(40.0 / 1_000_000.0));
+        assert_eq!(
+            builtin("tts-1-hd").and_then(|p| p.per_character),
+            Some(30.0 / 1_000_000.0)
+        );
+        assert_eq!(builtin("tts-1").and_then(|p| p.per_character), Some(15.0 / 1_000_000.0));
+        assert_eq!(builtin("whisper-1").and_then(|p| p.per_second), Some(0.0001));
+        assert_eq!(builtin("gpt-4o-transcribe").and_then(|p| p.per_second), None);
         assert_ne!(builtin("claude-opus-4-5"), builtin("claude-opus-4"));
         assert_eq!(
             builtin("us.anthropic.claude-haiku-4-5-20251001-v1:0"),

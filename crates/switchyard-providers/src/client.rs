@@ -2,11 +2,12 @@
 
 use switchyard_api::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ImageGenerationRequest, ModerationRequest,
+    SpeechRequest,
 };
 
 use crate::{
-    AnthropicProvider, AzureProvider, BedrockProvider, ChunkStream, MockProvider, OpenAiProvider, Provider,
-    ProviderError, ProviderResponse, Result,
+    AnthropicProvider, AzureProvider, BedrockProvider, ChunkStream, MediaResponse, MockProvider, OpenAiProvider,
+    Provider, ProviderError, ProviderResponse, Result, TranscriptionRequest,
 };
 
 /// A configured upstream: matched once per call, no dynamic dispatch.
@@ -60,6 +61,32 @@ impl ProviderClient {
             ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => Err(ProviderError::Unsupported {
                 provider: self.kind(),
                 operation: "images",
+            }),
+        }
+    }
+
+    /// Text to speech (OpenAI, Azure and the mock).
+    pub async fn speech(&self, req: &SpeechRequest) -> Result<MediaResponse> {
+        match self {
+            ProviderClient::OpenAi(p) => p.speech(req).await,
+            ProviderClient::Azure(p) => p.speech(req).await,
+            ProviderClient::Mock(p) => p.speech(req).await,
+            ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => Err(ProviderError::Unsupported {
+                provider: self.kind(),
+                operation: "speech",
+            }),
+        }
+    }
+
+    /// Speech to text (OpenAI, Azure and the mock).
+    pub async fn transcription(&self, req: &TranscriptionRequest) -> Result<MediaResponse> {
+        match self {
+            ProviderClient::OpenAi(p) => p.transcription(req).await,
+            ProviderClient::Azure(p) => p.transcription(req).await,
+            ProviderClient::Mock(p) => p.transcription(req).await,
+            ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => Err(ProviderError::Unsupported {
+                provider: self.kind(),
+                operation: "transcriptions",
             }),
         }
     }

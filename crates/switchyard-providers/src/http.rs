@@ -51,6 +51,14 @@ pub(crate) struct Probe {
     pub(crate) error: Option<serde_json::Value>,
 }
 
+/// What [`HttpUpstream::post_media`] sends.
+pub(crate) enum MediaBody {
+    /// A JSON body.
+    Json(Vec<u8>),
+    /// A multipart form (an audio upload).
+    Form(reqwest::multipart::Form),
+}
+
 /// A keep-alive connection pool to one upstream, with its timeouts and headers.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpUpstream {
@@ -115,12 +123,17 @@ impl HttpUpstream {
             .client
             .post(url.clone())
             .header(CONTENT_TYPE, "application/json")
-            .timeout(self.timeouts.total)
             .body(body);
         if let Some((name, value)) = header {
             request = request.header(name, value);
         }
-        let request = request.send();
+        self.send_request(request, streaming).await
+    }
+
+    /// Sends a request within the timeouts and turns a failure status into
+    /// its error.
+    async fn send_request(&self, request: reqwest::RequestBuilder, streaming: bool) -> Result<reqwest::Response> {
+        let request = request.timeout(self.timeouts.total).send();
         let response = if streaming {
             match tokio::time::timeout(self.timeouts.first_byte, request).await {
                 Ok(result) => result.map_err(ProviderError::from_reqwest)?,
@@ -153,6 +166,25 @@ impl HttpUpstream {
             body: bytes,
             usage: probe.usage,
         })
+    }
+
+    /// POSTs JSON (or a multipart form) and returns the answer whatever
+    /// its media type: audio, or a transcript as JSON or text.
+    pub(crate) async fn post_media(&self, url: &reqwest::Url, body: MediaBody) -> Result<crate::MediaResponse> {
+        let request = self.client.post(url.clone());
+        let request = match body {
+            MediaBody::Json(bytes) => request.header(CONTENT_TYPE, "application/json").body(bytes),
+            MediaBody::Form(form) => request.multipart(form),
+        };
+        let response = self.send_request(request, false).await?;
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        let body = read_body(response, MAX_BODY_BYTES).await?;
+        Ok(crate::MediaResponse { body, content_type })
     }
 
     /// POSTs JSON asking for an OpenAI-style stream and returns its chunks.

@@ -6,6 +6,7 @@
 //! and report usage parsed alongside so the gateway never re-parses a body.
 
 pub mod anthropic;
+pub mod audio;
 pub mod bedrock;
 mod chunks;
 pub mod client;
@@ -27,6 +28,7 @@ use futures_util::Stream;
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage};
 
 pub use anthropic::{AnthropicProvider, AnthropicSettings};
+pub use audio::{AudioFile, MediaResponse, TranscriptionRequest};
 pub use bedrock::{BedrockProvider, BedrockSettings, StaticCredentials};
 pub use client::ProviderClient;
 pub use error::{ProviderError, TimeoutPhase};

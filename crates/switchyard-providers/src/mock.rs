@@ -11,10 +11,13 @@ use serde::Serialize;
 use switchyard_api::{
     ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ChunkChoice,
     ChunkDelta, CompletionChoice, CompletionRequest, CompletionResponse, EmbeddingData, EmbeddingRequest,
-    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Extra, ImageGenerationRequest, ModerationRequest, Role, Usage,
+    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Extra, ImageGenerationRequest, ModerationRequest, Role,
+    SpeechRequest, Usage,
 };
 
-use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, StreamChunk};
+use crate::{
+    ChunkStream, MediaResponse, Provider, ProviderError, ProviderResponse, Result, StreamChunk, TranscriptionRequest,
+};
 
 /// A transparent one-pixel PNG, base64: the mock's every image.
 const ONE_PIXEL_PNG: &str =
@@ -212,6 +215,86 @@ impl MockProvider {
         Ok(ProviderResponse {
             body: to_bytes(&answer)?,
             usage: None,
+        })
+    }
+
+    /// Text to speech: a few bytes of silence per character, in the
+    /// format asked for (`mp3` by default), tagged with its media type.
+    pub async fn speech(&self, req: &SpeechRequest) -> Result<MediaResponse> {
+        self.wait().await;
+        if req.input.is_empty() {
+            return Err(ProviderError::InvalidRequest {
+                message: "'input' must not be empty.".into(),
+                param: Some("input".into()),
+            });
+        }
+        let format = req
+            .extra
+            .get("response_format")
+            .and_then(|f| f.as_str())
+            .unwrap_or("mp3");
+        let (magic, content_type): (&[u8], &str) = match format {
+            "mp3" => (b"ID3", "audio/mpeg"),
+            "wav" => (b"RIFF", "audio/wav"),
+            "opus" => (b"OggS", "audio/ogg"),
+            "aac" => (b"\xff\xf1", "audio/aac"),
+            "flac" => (b"fLaC", "audio/flac"),
+            "pcm" => (b"", "audio/pcm"),
+            other => {
+                return Err(ProviderError::InvalidRequest {
+                    message: format!("'response_format' `{other}` is not one of mp3, opus, aac, flac, wav, pcm."),
+                    param: Some("response_format".into()),
+                });
+            }
+        };
+        let mut body = magic.to_vec();
+        body.resize(magic.len() + 16 * req.input.chars().count(), 0);
+        Ok(MediaResponse {
+            body: Bytes::from(body),
+            content_type: content_type.to_owned(),
+        })
+    }
+
+    /// Speech to text: `mock transcript of <file> (<n> bytes)`, as long as
+    /// its size at 128 kbit/s, in the format asked for (`json` by default,
+    /// with usage in seconds, or in tokens for `gpt-4o` transcription models).
+    pub async fn transcription(&self, req: &TranscriptionRequest) -> Result<MediaResponse> {
+        self.wait().await;
+        let text = format!(
+            "mock transcript of {} ({} bytes)",
+            req.file.filename,
+            req.file.bytes.len()
+        );
+        let seconds = req.file.bytes.len().div_ceil(16_000).max(1) as u64;
+        let usage = if req.model.starts_with("gpt-4o") {
+            let audio = seconds * 10;
+            let output = words(&text);
+            serde_json::json!({"type": "tokens", "input_tokens": audio, "output_tokens": output, "total_tokens": audio + output,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": audio}})
+        } else {
+            serde_json::json!({"type": "duration", "seconds": seconds})
+        };
+        let task = if req.translate { "translate" } else { "transcribe" };
+        let (body, content_type) = match req.field("response_format").unwrap_or("json") {
+            "json" => (serde_json::json!({"text": text, "usage": usage}).to_string(), "application/json"),
+            "verbose_json" => (
+                serde_json::json!({"task": task, "language": "english", "duration": seconds, "text": text, "segments": [], "usage": usage})
+                    .to_string(),
+                "application/json",
+            ),
+            "text" => (format!("{text}\n"), "text/plain; charset=utf-8"),
+            "srt" => (format!("1\n00:00:00,000 --> 00:00:{seconds:02},000\n{text}\n"), "text/plain; charset=utf-8"),
+            "vtt" => (format!("WEBVTT\n\n00:00:00.000 --> 00:00:{seconds:02}.000\n{text}\n"), "text/plain; charset=utf-8"),
+            other => {
+                return Err(ProviderError::InvalidRequest {
+                    message: format!("'response_format' `{other}` is not one of json, text, srt, verbose_json, vtt."),
+                    param: Some("response_format".into()),
+                });
+            }
+        };
+        Ok(MediaResponse {
+            body: Bytes::from(body),
+            content_type: content_type.to_owned(),
         })
     }
 

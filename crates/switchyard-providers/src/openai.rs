@@ -6,10 +6,13 @@
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use switchyard_api::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ImageGenerationRequest, ModerationRequest,
+    SpeechRequest,
 };
 
-use crate::http::{HttpSettings, HttpUpstream};
-use crate::{ChunkStream, Provider, ProviderError, ProviderResponse, Result, Secret};
+use crate::http::{HttpSettings, HttpUpstream, MediaBody};
+use crate::{
+    ChunkStream, MediaResponse, Provider, ProviderError, ProviderResponse, Result, Secret, TranscriptionRequest,
+};
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| ProviderError::InvalidConfig(format!("request could not be encoded: {e}")))
@@ -104,6 +107,9 @@ struct Endpoints {
     images_url: reqwest::Url,
     /// `None` where the upstream has no moderation endpoint (Azure).
     moderations_url: Option<reqwest::Url>,
+    speech_url: reqwest::Url,
+    transcriptions_url: reqwest::Url,
+    translations_url: reqwest::Url,
     /// Whether the upstream takes `stream_options` (Azure API versions
     /// before 2024-09-01 refuse it with a 400).
     stream_options: bool,
@@ -148,6 +154,25 @@ macro_rules! openai_wire_provider {
             /// `POST /images/generations`: the answer as the upstream gave it.
             pub async fn images(&self, req: &ImageGenerationRequest) -> Result<ProviderResponse> {
                 self.0.http.post_json(&self.0.images_url, encode(req)?).await
+            }
+
+            /// `POST /audio/speech`: the audio as the upstream gave it.
+            pub async fn speech(&self, req: &SpeechRequest) -> Result<MediaResponse> {
+                self.0
+                    .http
+                    .post_media(&self.0.speech_url, MediaBody::Json(encode(req)?))
+                    .await
+            }
+
+            /// `POST /audio/transcriptions` (or `/audio/translations`): the
+            /// transcript in the format asked for.
+            pub async fn transcription(&self, req: &TranscriptionRequest) -> Result<MediaResponse> {
+                let url = if req.translate {
+                    &self.0.translations_url
+                } else {
+                    &self.0.transcriptions_url
+                };
+                self.0.http.post_media(url, MediaBody::Form(req.form()?)).await
             }
 
             /// `POST /moderations`: the answer as the upstream gave it.
@@ -230,6 +255,9 @@ impl OpenAiProvider {
             embeddings_url: endpoint(format!("{base}/embeddings"))?,
             images_url: endpoint(format!("{base}/images/generations"))?,
             moderations_url: Some(endpoint(format!("{base}/moderations"))?),
+            speech_url: endpoint(format!("{base}/audio/speech"))?,
+            transcriptions_url: endpoint(format!("{base}/audio/transcriptions"))?,
+            translations_url: endpoint(format!("{base}/audio/translations"))?,
             stream_options: true,
             strict: reqwest::Url::parse(base)
                 .ok()
@@ -282,6 +310,9 @@ impl AzureProvider {
             embeddings_url: endpoint(url("embeddings"))?,
             images_url: endpoint(url("images/generations"))?,
             moderations_url: None,
+            speech_url: endpoint(url("audio/speech"))?,
+            transcriptions_url: endpoint(url("audio/transcriptions"))?,
+            translations_url: endpoint(url("audio/translations"))?,
             stream_options: azure_takes_stream_options(api_version),
             strict: true,
         }))

@@ -43,6 +43,7 @@
 //! See [`Scenario`] for the full list.
 
 mod anthropic_mock;
+mod audio;
 mod bedrock_claude;
 mod bedrock_mock;
 mod embeddings;

@@ -200,6 +200,9 @@ enum Operation {
     Models,
     Images,
     Moderations,
+    Speech,
+    Transcriptions,
+    Translations,
     Messages,
     CountTokens,
     Converse,
@@ -225,7 +228,10 @@ impl Operation {
             | Operation::Embeddings
             | Operation::Models
             | Operation::Images
-            | Operation::Moderations => Protocol::OpenAi,
+            | Operation::Moderations
+            | Operation::Speech
+            | Operation::Transcriptions
+            | Operation::Translations => Protocol::OpenAi,
             Operation::Messages | Operation::CountTokens => Protocol::Anthropic,
             Operation::Converse
             | Operation::ConverseStream
@@ -331,6 +337,9 @@ fn classify(path: &str) -> Option<Route> {
             "completions" => Operation::Completions,
             "embeddings" => Operation::Embeddings,
             "images/generations" => Operation::Images,
+            "audio/speech" => Operation::Speech,
+            "audio/transcriptions" => Operation::Transcriptions,
+            "audio/translations" => Operation::Translations,
             _ => return None,
         };
         if deployment.is_empty() {
@@ -349,6 +358,9 @@ fn classify(path: &str) -> Option<Route> {
             "/completions" => Operation::Completions,
             "/embeddings" => Operation::Embeddings,
             "/images/generations" => Operation::Images,
+            "/audio/speech" => Operation::Speech,
+            "/audio/transcriptions" => Operation::Transcriptions,
+            "/audio/translations" => Operation::Translations,
             _ => return None,
         };
         return Some(Route {
@@ -365,6 +377,9 @@ fn classify(path: &str) -> Option<Route> {
         "/embeddings" => Operation::Embeddings,
         "/images/generations" => Operation::Images,
         "/moderations" => Operation::Moderations,
+        "/audio/speech" => Operation::Speech,
+        "/audio/transcriptions" => Operation::Transcriptions,
+        "/audio/translations" => Operation::Translations,
         "/models" => Operation::Models,
         "/messages" => Operation::Messages,
         "/messages/count_tokens" => Operation::CountTokens,
@@ -520,7 +535,16 @@ async fn handle_with_id(State(state): State<Arc<MockState>>, request: Request) -
 async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
-    let json: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    let multipart = parts
+        .headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let json: Value = if multipart {
+        crate::audio::form_as_json(&parts, bytes.clone()).await
+    } else {
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    };
     let recorded = RecordedRequest {
         method: parts.method.as_str().to_owned(),
         path: parts.uri.path().to_owned(),
@@ -635,6 +659,9 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         Operation::Embeddings => embeddings(&ctx),
         Operation::Images => crate::images::images_generations(&ctx),
         Operation::Moderations => crate::images::moderations(&ctx),
+        Operation::Speech => crate::audio::speech(&ctx),
+        Operation::Transcriptions => crate::audio::transcription(&ctx, false),
+        Operation::Translations => crate::audio::transcription(&ctx, true),
         Operation::Models => non_stream_fault(&scenario).unwrap_or_else(models),
         Operation::Messages => anthropic_mock::messages(&ctx),
         Operation::CountTokens => anthropic_mock::count_tokens(&ctx),
