@@ -773,6 +773,7 @@ fn unpriced_notices(config: &Config) -> Vec<String> {
     for (i, group) in config.model_list.iter().enumerate() {
         for (j, d) in group.deployments.iter().enumerate() {
             if d.provider == ProviderKind::Mock
+                || d.model.contains('*')
                 || d.base_model.is_some()
                 || !prices_unset(d)
                 || switchyard_policy::price::builtin(&d.model).is_some()
@@ -828,6 +829,9 @@ pub struct DeploymentSpec {
     /// Every price of the deployment: configured, else the built-in price of
     /// a well-known upstream model, else zero.
     pub prices: switchyard_policy::Prices,
+    /// A wildcard deployment (`model` holds `*`) with no price configured:
+    /// priced per request at the built-in price of the model asked for.
+    pub priced_per_request: bool,
     /// Upstream request limit per minute.
     pub rpm: Option<u64>,
     /// Upstream token limit per minute.
@@ -1257,6 +1261,7 @@ fn validate_deployment(
         input_cost_per_token: prices.input,
         output_cost_per_token: prices.output,
         prices,
+        priced_per_request: entry.model.contains('*') && entry.base_model.is_none() && prices_unset(entry),
         rpm: entry.rpm,
         tpm: entry.tpm,
         http: HttpSettings {
@@ -1575,6 +1580,38 @@ impl Config {
                     None
                 }
             };
+            let wildcard = name.contains('*');
+            if name.matches('*').count() > 1 {
+                issues.push(issue(format!("{path}.model_name"), "a wildcard name holds one `*`"));
+            }
+            if wildcard && entry.router.is_some() {
+                issues.push(issue(
+                    format!("{path}.model_name"),
+                    "a learned router's name cannot hold `*`",
+                ));
+            }
+            for (j, d) in entry.deployments.iter().enumerate() {
+                if !d.model.contains('*') {
+                    continue;
+                }
+                let at = format!("{path}.deployments[{j}].model");
+                if !wildcard {
+                    issues.push(issue(
+                        at,
+                        "`*` stands for part of the model asked for: the model_name must hold one too",
+                    ));
+                } else if d.model.matches('*').count() > 1 {
+                    issues.push(issue(at, "a wildcard model holds one `*`"));
+                } else if !matches!(
+                    d.provider,
+                    ProviderKind::Openai | ProviderKind::Anthropic | ProviderKind::Mock
+                ) {
+                    issues.push(issue(
+                        at,
+                        "only openai, anthropic and mock deployments serve a model chosen per request (an Azure or Bedrock deployment is one model)",
+                    ));
+                }
+            }
             let deployments = entry
                 .deployments
                 .iter()
@@ -1611,7 +1648,12 @@ impl Config {
             ] {
                 for (k, target) in list.iter().enumerate() {
                     let path = format!("model_list[{i}].{field}[{k}]");
-                    if target.trim() == entry.model_name.trim() {
+                    if target.contains('*') {
+                        issues.push(issue(
+                            path,
+                            format!("`{target}` is a wildcard group: a fallback names one model"),
+                        ));
+                    } else if target.trim() == entry.model_name.trim() {
                         issues.push(issue(path, format!("`{target}` cannot fall back to itself")));
                     } else if !seen.contains(target.trim()) {
                         issues.push(issue(path, format!("`{target}` is not a model_name in model_list")));
@@ -1626,7 +1668,12 @@ impl Config {
             if let Some(router) = &entry.router {
                 for (model, group) in &router.candidates {
                     let path = format!("model_list[{i}].router.candidates.{model}");
-                    if let Some(alias) = self.router_settings.model_group_alias.get(group.trim()) {
+                    if group.contains('*') {
+                        issues.push(issue(
+                            path,
+                            format!("`{group}` is a wildcard group: a candidate names one model"),
+                        ));
+                    } else if let Some(alias) = self.router_settings.model_group_alias.get(group.trim()) {
                         issues.push(issue(
                             path,
                             format!("`{group}` is an alias; name its group `{}`", alias.group()),
@@ -1646,6 +1693,11 @@ impl Config {
                 issues.push(issue(path, "an alias must be a name without surrounding spaces"));
             } else if seen.contains(alias.as_str()) {
                 issues.push(issue(path, format!("`{alias}` is a model_name in model_list already")));
+            } else if group.contains('*') {
+                issues.push(issue(
+                    path,
+                    format!("`{group}` is a wildcard group: an alias names one model"),
+                ));
             } else if seen.contains(group) {
                 continue;
             } else if self.router_settings.model_group_alias.contains_key(group) {

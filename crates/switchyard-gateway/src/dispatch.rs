@@ -65,6 +65,9 @@ pub(crate) struct RequestOptions {
     pub(crate) prompt_tokens: Option<u64>,
     /// The end user and tags its spend record carries.
     pub(crate) labels: switchyard_policy::Labels,
+    /// What a wildcard group's `*` matched in the model asked for: its
+    /// deployments' `*` is replaced by it.
+    pub(crate) wildcard: Option<String>,
 }
 
 fn invalid(param: &str, message: String) -> ApiError {
@@ -311,6 +314,14 @@ pub(crate) async fn dispatch<'s>(
         None => None,
     };
     let requested = prediction.as_ref().map_or(requested, |p| p.ranked[0].as_str());
+    // A wildcard group serves the models its name matches, not its name.
+    if options.wildcard.is_none() && state.wildcards.iter().any(|w| w.group == requested) {
+        return Err(invalid(
+            "model",
+            format!("`{requested}` stands for many models: name one it matches."),
+        )
+        .into());
+    }
     let (requested, first) = state
         .routes
         .get_key_value(requested)
@@ -382,8 +393,7 @@ pub(crate) async fn dispatch<'s>(
             },
             &mut rng,
             (&mut attempts, &mut upstream_request_id),
-            options.upstream_ns.as_deref(),
-            options.prompt_tokens,
+            options,
         )
         .await;
         let (error, reason) = match outcome {
@@ -481,9 +491,10 @@ async fn try_group<'s>(
     }: GroupLimits,
     rng: &mut fastrand::Rng,
     (attempts, last_upstream_id): (&mut u32, &mut Option<String>),
-    upstream_ns: Option<&AtomicU64>,
-    prompt_tokens: Option<u64>,
+    options: &RequestOptions,
 ) -> GroupOutcome<'s> {
+    let upstream_ns = options.upstream_ns.as_deref();
+    let prompt_tokens = options.prompt_tokens;
     let group = match state.registry.group(name) {
         Ok(group) => group,
         Err(e) => return GroupOutcome::Final(e.into()),
@@ -678,7 +689,11 @@ async fn try_group<'s>(
         // Boxed: the attempt's future is deep, and nested in the request's
         // it would pass the compiler's layout depth limit.
         let sending: std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send + '_>> = Box::pin(
-            tokio::time::timeout_at(deadline.at, attempt(call, deployment, client)).instrument(attempt_span.clone()),
+            tokio::time::timeout_at(
+                deadline.at,
+                attempt(call, deployment, client, options.wildcard.as_deref()),
+            )
+            .instrument(attempt_span.clone()),
         );
         let (sent, upstream_request_id) = switchyard_providers::upstream_id::capture(sending).await;
         if let Some(id) = &upstream_request_id {
@@ -879,10 +894,20 @@ async fn attempt(
     call: &mut Call<'_>,
     deployment: &DeploymentInfo,
     client: &ProviderClient,
+    wildcard: Option<&str>,
 ) -> Result<Reply, ProviderError> {
+    // A wildcard deployment's `*` stands for what the request's matched.
+    let upstream: std::borrow::Cow<'_, str> = match wildcard {
+        Some(part) if deployment.model.contains('*') => deployment.model.replacen('*', part, 1).into(),
+        _ => deployment.model.as_str().into(),
+    };
+    let set = |model: &mut String| {
+        model.clear();
+        model.push_str(&upstream);
+    };
     match call {
         Call::Chat(req) => {
-            req.model.clone_from(&deployment.model);
+            set(&mut req.model);
             if req.is_stream() {
                 within_first_byte(client, hold_chunks(client.chat_stream(req).await?))
                     .await
@@ -892,7 +917,7 @@ async fn attempt(
             }
         }
         Call::Completion(req) => {
-            req.model.clone_from(&deployment.model);
+            set(&mut req.model);
             if req.is_stream() {
                 within_first_byte(client, hold_chunks(client.completion_stream(req).await?))
                     .await
@@ -902,27 +927,27 @@ async fn attempt(
             }
         }
         Call::Embeddings(req) => {
-            req.model.clone_from(&deployment.model);
+            set(&mut req.model);
             client.embeddings(req).await.map(Reply::Json)
         }
         Call::Images(req) => {
-            req.model.clone_from(&deployment.model);
+            set(&mut req.model);
             client.images(req).await.map(Reply::Json)
         }
         Call::Moderations(req) => {
-            req.model.clone_from(&deployment.model);
+            set(&mut req.model);
             client.moderations(req).await.map(Reply::Json)
         }
         Call::Speech(req) => {
-            req.model.clone_from(&deployment.model);
+            set(&mut req.model);
             client.speech(req).await.map(Reply::Media)
         }
         Call::Transcription(req) => {
-            req.model.clone_from(&deployment.model);
+            set(&mut req.model);
             client.transcription(req).await.map(Reply::Media)
         }
         Call::Messages(req) => {
-            req.model.clone_from(&deployment.model);
+            set(&mut req.model);
             let stream = req.is_stream();
             let claude = matches!(client, ProviderClient::Anthropic(_))
                 || (matches!(client, ProviderClient::Bedrock(_)) && BedrockProvider::is_claude(&deployment.model));
@@ -959,7 +984,7 @@ async fn attempt(
             }
         }
         Call::CountTokens(body, betas) => {
-            body["model"] = Value::String(deployment.model.clone());
+            body["model"] = Value::String(upstream.into_owned());
             match client {
                 ProviderClient::Anthropic(p) => p.count_tokens(body, betas).await.map(Reply::Native),
                 // Bedrock's CountTokens takes foundation-model ids only (not

@@ -258,15 +258,12 @@ impl Translator {
             self.refuse(&format!("{ppath}.model"), "`provider/model` is required");
             return None;
         };
-        if name.contains('*') || model.contains('*') {
-            let at = if name.contains('*') {
-                format!("{path}.model_name")
-            } else {
-                format!("{ppath}.model")
-            };
+        // LiteLLM guesses the provider of each model a bare `*` serves;
+        // here a wildcard deployment names its provider (`openai/*`).
+        if model.trim() == "*" {
             self.refuse(
-                &at,
-                "wildcard models (`openai/*`) are not supported: list each model the proxy serves",
+                &format!("{ppath}.model"),
+                "a bare `*` leaves the provider to guess per request: name it (`openai/*`, `anthropic/*`)",
             );
             return None;
         }
@@ -306,10 +303,23 @@ impl Translator {
                 | "cache_creation_input_token_cost"
                 | "cache_creation_input_token_cost_above_1hr"
                 | "output_cost_per_image"
-                | "input_cost_per_character"
-                | "input_cost_per_second" => {
+                | "input_cost_per_character" => {
                     d.insert(key.clone(), value.clone());
                     key.as_str()
+                }
+                // LiteLLM also bills chat deployments by the second
+                // (SageMaker, hosted endpoints); here it prices audio
+                // transcribed, and only a transcription model takes it.
+                "input_cost_per_second" if upstream.contains("whisper") || upstream.contains("transcribe") => {
+                    d.insert(key.clone(), value.clone());
+                    key.as_str()
+                }
+                "input_cost_per_second" => {
+                    self.warn(
+                        &here,
+                        "per-second billing of a model's run time is not supported: set input_cost_per_token and output_cost_per_token",
+                    );
+                    continue;
                 }
                 "aws_region_name" => {
                     d.insert("aws_region".into(), value.clone());

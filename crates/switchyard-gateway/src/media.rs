@@ -165,6 +165,10 @@ pub(crate) async fn speech(
         Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
+    // The end user and metadata are the gateway's here: OpenAI's speech
+    // endpoint takes neither.
+    req.extra.shift_remove("user");
+    req.extra.shift_remove("metadata");
     if let Err(e) = not_a_learned_router(&state, &principal, &req.model) {
         return e.into_response();
     }
@@ -190,9 +194,10 @@ pub(crate) async fn transcriptions(
     state: State<SharedState>,
     principal: Extension<Principal>,
     ctx: Extension<RequestContext>,
+    headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    speech_to_text(state, principal, ctx, form, false).await
+    speech_to_text(state, principal, ctx, headers, form, false).await
 }
 
 /// `POST /v1/audio/translations`: speech in any language to English text.
@@ -200,15 +205,17 @@ pub(crate) async fn translations(
     state: State<SharedState>,
     principal: Extension<Principal>,
     ctx: Extension<RequestContext>,
+    headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
 ) -> Response {
-    speech_to_text(state, principal, ctx, form, true).await
+    speech_to_text(state, principal, ctx, headers, form, true).await
 }
 
 async fn speech_to_text(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
     translate: bool,
 ) -> Response {
@@ -220,20 +227,8 @@ async fn speech_to_text(
         Ok(Err(e)) => return e.into_response(),
         Err(_) => return ApiError::BodyTimeout(state.server.body_read_timeout_ms).into_response(),
     };
-    // Routing options and cache controls come as form fields here.
-    let mut extra = switchyard_api::Extra::new();
-    req.fields.retain(|(name, value)| {
-        let gateway = matches!(
-            name.as_str(),
-            "fallbacks" | "num_retries" | "timeout" | "metadata" | "tags" | "user"
-        );
-        if gateway {
-            let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.clone()));
-            extra.insert(name.clone(), value);
-        }
-        !gateway
-    });
-    let (options, controls) = match gateway_fields(&mut extra, &HeaderMap::new()) {
+    let mut extra = gateway_form_fields(&mut req.fields);
+    let (options, controls) = match gateway_fields(&mut extra, &headers) {
         Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
@@ -252,6 +247,86 @@ async fn speech_to_text(
         controls,
     )
     .await
+}
+
+/// Takes the gateway's own fields out of an upload's form, as a JSON body
+/// would carry them: `fallbacks` and `tags` (a JSON list, a comma-separated
+/// list, or `name[]` fields one item each), `metadata` (a JSON object, or
+/// `metadata[key]` fields), `num_retries`, `timeout` and `user`.
+fn gateway_form_fields(fields: &mut Vec<(String, String)>) -> switchyard_api::Extra {
+    let mut extra = switchyard_api::Extra::new();
+    let list = |value: &str| -> Vec<Value> {
+        match serde_json::from_str::<Value>(value) {
+            Ok(Value::Array(items)) => items,
+            _ => value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| Value::String(s.to_owned()))
+                .collect(),
+        }
+    };
+    fields.retain(|(name, value)| {
+        let key = name.strip_suffix("[]").unwrap_or(name);
+        match key {
+            "fallbacks" | "tags" => {
+                if let Value::Array(items) = extra.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
+                    items.extend(list(value));
+                }
+            }
+            "metadata" => match serde_json::from_str::<Value>(value) {
+                Ok(Value::Object(map)) => {
+                    if let Some(all) = metadata_of(&mut extra) {
+                        all.extend(map);
+                    }
+                }
+                _ => {
+                    extra.insert("metadata".into(), Value::String(value.clone()));
+                }
+            },
+            "num_retries" | "timeout" => {
+                let parsed = serde_json::from_str::<Value>(value).unwrap_or_else(|_| Value::String(value.clone()));
+                extra.insert(key.to_owned(), parsed);
+            }
+            "user" => {
+                extra.insert("user".into(), Value::String(value.clone()));
+            }
+            _ => match name.strip_prefix("metadata[").and_then(|k| k.strip_suffix(']')) {
+                Some(k) => {
+                    if let Some(all) = metadata_of(&mut extra) {
+                        all.insert(k.to_owned(), Value::String(value.clone()));
+                    }
+                }
+                None => return true,
+            },
+        }
+        false
+    });
+    extra
+}
+
+/// The `metadata` object of `extra`, made when missing (`None` when it is
+/// not an object).
+fn metadata_of(extra: &mut switchyard_api::Extra) -> Option<&mut serde_json::Map<String, Value>> {
+    extra
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(serde_json::Map::new()))
+        .as_object_mut()
+}
+
+/// A file name with the extension its media type implies, for an upload
+/// that came without one (upstreams read the format from the extension).
+fn audio_file_name(content_type: Option<&str>) -> String {
+    let extension = match content_type.unwrap_or_default() {
+        "audio/mpeg" | "audio/mp3" => "mp3",
+        "audio/wav" | "audio/x-wav" | "audio/wave" => "wav",
+        "audio/ogg" | "audio/opus" => "ogg",
+        "audio/webm" | "video/webm" => "webm",
+        "audio/flac" | "audio/x-flac" => "flac",
+        "audio/mp4" | "audio/m4a" | "audio/x-m4a" => "m4a",
+        _ => return "audio".into(),
+    };
+    format!("audio.{extension}")
 }
 
 /// Reads an audio upload: `file` and `model` are required; every other
@@ -273,8 +348,14 @@ async fn read_form(
         };
         let name = field.name().unwrap_or_default().to_owned();
         if name == "file" {
-            let filename = field.file_name().unwrap_or("audio").to_owned();
+            if file.is_some() {
+                return Err(invalid("file", "Send one 'file' per request."));
+            }
             let content_type = field.content_type().map(str::to_owned);
+            let filename = field
+                .file_name()
+                .filter(|n| !n.is_empty())
+                .map_or_else(|| audio_file_name(content_type.as_deref()), str::to_owned);
             let bytes = field.bytes().await.map_err(form_error)?;
             file = Some(AudioFile {
                 filename,
@@ -297,17 +378,30 @@ async fn read_form(
     let model = model
         .filter(|m| !m.is_empty())
         .ok_or_else(|| invalid("model", "'model' is required."))?;
-    if fields.iter().any(|(name, value)| name == "stream" && value == "true") {
+    if fields
+        .iter()
+        .any(|(name, value)| name == "stream" && !value.eq_ignore_ascii_case("false"))
+    {
         return Err(invalid(
             "stream",
             "Streamed transcripts are not supported here; leave out 'stream'.",
         ));
+    }
+    // A plain-text transcript reports no usage: the upstream is asked for
+    // JSON, whose `text` goes back as text.
+    let mut plain_text = false;
+    for (name, value) in &mut fields {
+        if name == "response_format" && value == "text" {
+            *value = "json".into();
+            plain_text = true;
+        }
     }
     Ok(TranscriptionRequest {
         model,
         translate,
         file,
         fields,
+        plain_text,
     })
 }
 
@@ -413,8 +507,12 @@ pub(crate) fn charge(
             (prompt_only, switchyard_policy::from_usd(per_character * chars))
         }
         Call::Transcription(req) => {
-            let (tokens, seconds) = transcript_usage(body, req.file.bytes.len());
+            let (tokens, mut seconds) = transcript_usage(body, req.file.bytes.len());
             let per_second = prices(state, deployment).per_second.unwrap_or(0.0);
+            // A per-second price on a model that reported tokens only.
+            if seconds == 0 && per_second > 0.0 {
+                seconds = estimated_seconds(req.file.bytes.len());
+            }
             (tokens, switchyard_policy::from_usd(per_second * seconds as f64))
         }
         _ => return None,
@@ -427,7 +525,9 @@ pub(crate) fn charge(
 /// neither, and is charged the seconds its file holds at 128 kbit/s.
 fn transcript_usage(body: &[u8], file_bytes: usize) -> (TokenUsage, u64) {
     let Ok(answer) = serde_json::from_slice::<Value>(body) else {
-        return (TokenUsage::default(), estimated_seconds(file_bytes));
+        // Subtitles: the end of the last cue.
+        let seconds = last_cue_end(&String::from_utf8_lossy(body)).unwrap_or_else(|| estimated_seconds(file_bytes));
+        return (TokenUsage::default(), seconds);
     };
     let usage = answer.get("usage");
     let count = |field: &str| usage.and_then(|u| u.get(field)).and_then(Value::as_u64).unwrap_or(0);
@@ -452,6 +552,39 @@ fn transcript_usage(body: &[u8], file_bytes: usize) -> (TokenUsage, u64) {
             None => (TokenUsage::default(), estimated_seconds(file_bytes)),
         },
     }
+}
+
+/// The end of the last cue of SRT or WebVTT subtitles, in whole seconds
+/// (rounded up).
+fn last_cue_end(subtitles: &str) -> Option<u64> {
+    subtitles
+        .lines()
+        .filter_map(|line| line.split_once("-->").map(|(_, end)| end.trim()))
+        .filter_map(|end| {
+            let time = end.split_whitespace().next()?.replace(',', ".");
+            let mut parts = time.rsplit(':');
+            let seconds: f64 = parts.next()?.parse().ok()?;
+            let minutes: f64 = parts.next().map_or(Some(0.0), |m| m.parse().ok())?;
+            let hours: f64 = parts.next().map_or(Some(0.0), |h| h.parse().ok())?;
+            Some((hours * 3600.0 + minutes * 60.0 + seconds).ceil() as u64)
+        })
+        .max()
+}
+
+/// The body and media type a client gets: a plain-text transcript asked
+/// for as JSON (see [`TranscriptionRequest::plain_text`]) is its `text`.
+pub(crate) fn delivered(call: &Call<'_>, answer: switchyard_providers::MediaResponse) -> (bytes::Bytes, String) {
+    if let Call::Transcription(req) = call
+        && req.plain_text
+        && let Ok(json) = serde_json::from_slice::<Value>(&answer.body)
+        && let Some(text) = json.get("text").and_then(Value::as_str)
+    {
+        return (
+            bytes::Bytes::from(format!("{text}\n")),
+            "text/plain; charset=utf-8".into(),
+        );
+    }
+    (answer.body, answer.content_type)
 }
 
 /// The most a request of this module's endpoints may cost on any
@@ -494,4 +627,62 @@ pub(crate) fn media_ceiling<'a>(state: &AppState, groups: impl IntoIterator<Item
         .map(cost)
         .max()
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subtitles_are_as_long_as_their_last_cue() {
+        let srt = "1\n00:00:00,000 --> 00:00:04,000\nhello\n\n2\n00:00:04,000 --> 00:01:02,500\nworld\n";
+        assert_eq!(last_cue_end(srt), Some(63));
+        let vtt = "WEBVTT\n\n00:00.000 --> 00:07.250 align:start\nhi\n\n01:00:00.000 --> 01:00:01.000\nlate\n";
+        assert_eq!(last_cue_end(vtt), Some(3601));
+        assert_eq!(last_cue_end("just text\n"), None);
+        // Neither usage nor cues: the file's length at 128 kbit/s.
+        assert_eq!(transcript_usage(b"just text\n", 160_000).1, 10);
+        assert_eq!(
+            transcript_usage(br#"{"text":"x","usage":{"type":"duration","seconds":2.2}}"#, 1).1,
+            3
+        );
+        assert_eq!(transcript_usage(br#"{"text":"x","duration":7.0}"#, 1).1, 7);
+        let (tokens, seconds) = transcript_usage(
+            br#"{"text":"x","usage":{"type":"tokens","input_tokens":40,"output_tokens":2}}"#,
+            1,
+        );
+        assert_eq!((tokens.prompt, tokens.completion, seconds), (40, 2, 0));
+    }
+
+    #[test]
+    fn an_uploads_gateway_fields_are_taken_as_a_json_body_would_carry_them() {
+        let mut fields: Vec<(String, String)> = [
+            ("language", "en"),
+            ("fallbacks[]", "a"),
+            ("fallbacks[]", "b"),
+            ("tags", "x, y"),
+            ("metadata[trace]", "t-1"),
+            ("user", "12345"),
+            ("num_retries", "2"),
+            ("timestamp_granularities[]", "word"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        let extra = gateway_form_fields(&mut fields);
+        assert_eq!(
+            fields,
+            [
+                ("language".to_owned(), "en".to_owned()),
+                ("timestamp_granularities[]".to_owned(), "word".to_owned())
+            ]
+        );
+        assert_eq!(
+            Value::Object(extra),
+            serde_json::json!({"fallbacks": ["a", "b"], "tags": ["x", "y"], "metadata": {"trace": "t-1"}, "user": "12345", "num_retries": 2})
+        );
+        assert_eq!(audio_file_name(Some("audio/mpeg")), "audio.mp3");
+        assert_eq!(audio_file_name(None), "audio");
+    }
 }

@@ -372,6 +372,13 @@ pub(crate) async fn admit(
         .get(model)
         .copied()
         .ok_or_else(|| ApiError::ModelNotFound(requested.to_owned()))?;
+    // A model a wildcard group serves is priced as itself.
+    let per_request_prices = state
+        .wildcard_part(requested)
+        .map(|part| switchyard_policy::price::builtin(part).unwrap_or_default());
+    if let Some(prices) = per_request_prices {
+        ceiling.prices = crate::state::max_prices(ceiling.prices, prices);
+    }
     check_fallbacks(state, principal, fallbacks)?;
     for name in fallbacks.unwrap_or_default() {
         // An unknown name is refused by the dispatch, with its field.
@@ -431,6 +438,7 @@ pub(crate) async fn admit(
     Ok(Metered {
         ticket,
         estimated_prompt: estimated,
+        per_request_prices,
     })
 }
 
@@ -441,6 +449,9 @@ pub(crate) struct Metered {
     pub(crate) ticket: Ticket,
     /// Estimated prompt tokens, charged when the upstream reports no usage.
     pub(crate) estimated_prompt: u64,
+    /// For a model a wildcard group serves: its built-in prices, which the
+    /// group's unpriced wildcard deployments charge.
+    pub(crate) per_request_prices: Option<switchyard_policy::Prices>,
 }
 
 /// OpenAI usage, normalised. Cache writes are read from
@@ -562,9 +573,8 @@ impl Metered {
             prompt: self.estimated_prompt,
             ..TokenUsage::default()
         });
-        let cost = state
-            .prices
-            .get(deployment.0)
+        let cost = self
+            .prices(state, deployment)
             .map_or(0, |p| p.cost(&usage))
             .saturating_add(extra);
         self.charge(
@@ -577,6 +587,15 @@ impl Metered {
             },
         )
         .await
+    }
+
+    /// What `deployment` charges for this request: its own prices, or for
+    /// an unpriced wildcard deployment the model asked for's.
+    pub(crate) fn prices(&self, state: &AppState, deployment: DeploymentId) -> Option<switchyard_policy::Prices> {
+        if state.priced_per_request.get(deployment.0).copied().unwrap_or(false) {
+            return Some(self.per_request_prices.unwrap_or_default());
+        }
+        state.prices.get(deployment.0).copied()
     }
 
     /// Charges a request answered from the response cache `cost` (the

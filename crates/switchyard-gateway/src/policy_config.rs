@@ -215,7 +215,7 @@ impl PolicyConfig {
         });
         let known = |list: &[String], path: &str, issues: &mut Vec<ConfigIssue>| {
             for (i, m) in list.iter().enumerate() {
-                if !models.contains(m) {
+                if !models.iter().any(|k| switchyard_policy::key::names_model(k, m)) {
                     issues.push(issue(
                         format!("{path}.models[{i}]"),
                         format!("`{m}` is not a model_name in model_list"),

@@ -318,6 +318,7 @@ async fn openai_inner(
 ) -> Response {
     options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
     options.upstream_ns = Some(ctx.upstream_ns.clone());
+    options.wildcard = state.wildcard_part(requested).map(str::to_owned);
     let mut trail = Trail::start(&state, ctx, principal, model, &call);
     if state.telemetry.log_payloads {
         tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
@@ -349,7 +350,9 @@ async fn openai_inner(
     meter.headers(&mut extra_headers);
     let extra_headers = extra_headers.into_parts().0.headers;
     let mut pending = None;
-    if let Some(cache) = &state.cache {
+    // A wildcard group's answers are not kept: the model asked for is not
+    // part of their key.
+    if let Some(cache) = state.cache.as_ref().filter(|_| options.wildcard.is_none()) {
         let lookup_span = tracing::debug_span!(
             target: "switchyard",
             "cache lookup",
@@ -608,8 +611,9 @@ async fn openai_inner(
                 t.charged(usage, record.as_ref());
                 t.finish(200, None);
             }
-            let mut response = answer.body.into_response();
-            if let Ok(kind) = HeaderValue::from_str(&answer.content_type) {
+            let (body, content_type) = crate::media::delivered(&call, answer);
+            let mut response = body.into_response();
+            if let Ok(kind) = HeaderValue::from_str(&content_type) {
                 response.headers_mut().insert(header::CONTENT_TYPE, kind);
             }
             metering::cost_header(&mut response, record.as_ref());
@@ -969,14 +973,21 @@ async fn model(
             message: format!("The model name in the path is not valid: {}", e.body_text()),
         })
         .and_then(|Path(name)| {
-            visible_models(&state, principal.view())
+            let listed = visible_models(&state, principal.view())
                 .chain(visible_aliases(&state, principal.view(), true))
-                .find(|candidate| *candidate == name)
-                .ok_or(ApiError::ModelNotFound(name))
+                .any(|candidate| candidate == name);
+            // A model a wildcard group serves is found by its own name.
+            let matched =
+                state.wildcard_part(&name).is_some() && principal.view().is_none_or(|v| state.allows(v, &name));
+            if listed || matched {
+                Ok(name)
+            } else {
+                Err(ApiError::ModelNotFound(name))
+            }
         });
     match (found, speaks_anthropic(&headers)) {
-        (Ok(name), false) => Json(model_object(&state, name)).into_response(),
-        (Ok(name), true) => Json(anthropic_model(&state, name)).into_response(),
+        (Ok(name), false) => Json(model_object(&state, &name)).into_response(),
+        (Ok(name), true) => Json(anthropic_model(&state, &name)).into_response(),
         (Err(e), false) => e.into_response(),
         (Err(e), true) => AnthropicError(e).into_response(),
     }

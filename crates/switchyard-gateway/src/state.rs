@@ -40,6 +40,13 @@ pub struct AppState {
     /// Other names of model groups and learned routers
     /// (`router_settings.model_group_alias`).
     pub aliases: HashMap<String, ModelAlias>,
+    /// Model groups whose name holds a `*` (`openai/*`), most specific
+    /// (longest fixed part) first.
+    pub wildcards: Vec<Wildcard>,
+    /// Per deployment, indexed like `providers`: priced per request at the
+    /// built-in price of the model asked for (a wildcard deployment with no
+    /// price configured).
+    pub priced_per_request: Vec<bool>,
     /// The access groups of each model group and learned router that
     /// belongs to one (`model_list[].access_groups`).
     pub access_groups: HashMap<String, Vec<String>>,
@@ -104,6 +111,34 @@ pub struct AppState {
     /// Responses kept for `previous_response_id` (shared by every state a
     /// reload makes).
     pub responses: crate::responses::ResponseStore,
+}
+
+/// A model group whose name holds a `*`: it serves every model name that
+/// matches, its deployments' `*` replaced by what the `*` matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wildcard {
+    /// The group's name (`openai/*`).
+    pub group: String,
+    prefix: String,
+    suffix: String,
+}
+
+impl Wildcard {
+    fn new(group: &str) -> Option<Self> {
+        let (prefix, suffix) = group.split_once('*')?;
+        Some(Self {
+            group: group.to_owned(),
+            prefix: prefix.to_owned(),
+            suffix: suffix.to_owned(),
+        })
+    }
+
+    /// What the `*` matches in `name`, when it matches (never empty).
+    pub fn matches<'a>(&self, name: &'a str) -> Option<&'a str> {
+        name.strip_prefix(self.prefix.as_str())?
+            .strip_suffix(self.suffix.as_str())
+            .filter(|part| !part.is_empty())
+    }
 }
 
 /// An alias of a model group or learned router.
@@ -476,6 +511,7 @@ impl AppState {
             }),
         }
         let mut routes = HashMap::new();
+        let mut priced_per_request = Vec::new();
         let mut groups = Vec::with_capacity(models.len());
         for (i, model) in models.iter().enumerate() {
             if model.router.is_some() {
@@ -487,6 +523,7 @@ impl AppState {
                     Ok(client) => {
                         providers.push(client);
                         prices.push(spec.prices);
+                        priced_per_request.push(spec.priced_per_request);
                         upstreams.push(upstream_identity(spec));
                     }
                     Err(e) => {
@@ -610,6 +647,13 @@ impl AppState {
                     (alias.clone(), target)
                 })
                 .collect(),
+            wildcards: {
+                let mut all: Vec<Wildcard> = models.iter().filter_map(|m| Wildcard::new(&m.name)).collect();
+                // Stable: among equally specific ones, the first listed wins.
+                all.sort_by_key(|w| std::cmp::Reverse(w.prefix.len() + w.suffix.len()));
+                all
+            },
+            priced_per_request,
             access_groups: models
                 .iter()
                 .filter(|m| !m.access_groups.is_empty())
@@ -727,9 +771,32 @@ impl AppState {
     }
 
     /// The model group (or learned router) a requested name stands for: the
-    /// group an alias names, else the name itself.
+    /// group an alias names, the name itself when a group has it, else the
+    /// most specific wildcard group it matches (else the name itself).
     pub fn group_name<'a>(&'a self, requested: &'a str) -> &'a str {
-        self.aliases.get(requested).map_or(requested, |a| a.group.as_str())
+        if let Some(alias) = self.aliases.get(requested) {
+            return alias.group.as_str();
+        }
+        if self.wildcards.is_empty() || self.routes.contains_key(requested) || self.learned.contains_key(requested) {
+            return requested;
+        }
+        self.wildcards
+            .iter()
+            .find(|w| w.matches(requested).is_some())
+            .map_or(requested, |w| w.group.as_str())
+    }
+
+    /// What a wildcard group's `*` matches in `requested`, when a wildcard
+    /// group serves it.
+    pub fn wildcard_part<'a>(&self, requested: &'a str) -> Option<&'a str> {
+        if self.wildcards.is_empty() {
+            return None;
+        }
+        let group = self.group_name(requested);
+        self.wildcards
+            .iter()
+            .find(|w| w.group == group && w.group != requested)
+            .and_then(|w| w.matches(requested))
     }
 
     /// Replaces the aliases among a request's `fallbacks` with their groups.

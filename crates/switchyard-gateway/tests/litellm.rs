@@ -688,8 +688,9 @@ fn litellm_defaults_and_settings_keep_their_meaning() {
 
 /// What LiteLLM does with a file that leaves things out: credentials come
 /// from the provider's environment variable, `rpm` (else `tpm`) weighs the
-/// shuffle, `cooldown_time: 0` turns cooldowns off; wildcard models are
-/// refused rather than sent upstream as `*`.
+/// shuffle, `cooldown_time: 0` turns cooldowns off; wildcard models come
+/// over with their provider, and a bare `*` (LiteLLM guesses the provider)
+/// is refused.
 #[test]
 fn litellm_defaults_a_file_relies_on_are_kept() {
     let doc = json!({
@@ -727,14 +728,29 @@ fn litellm_defaults_a_file_relies_on_are_kept() {
     );
     assert_eq!(t.config["router_settings"]["cooldown_ms"], 1);
 
-    let wildcard = json!({"model_list": [{"model_name": "openai/*", "litellm_params": {"model": "openai/*"}}]});
-    let err: String = switchyard_gateway::litellm::translate(&wildcard)
+    let wildcard = json!({"model_list": [
+        {"model_name": "openai/*", "litellm_params": {"model": "openai/*"}},
+        {"model_name": "claude-*", "litellm_params": {"model": "anthropic/claude-*"}},
+    ]});
+    let t = switchyard_gateway::litellm::translate(&wildcard).unwrap();
+    let groups = t.config["model_list"].as_array().unwrap();
+    assert_eq!(groups[0]["model_name"], "openai/*");
+    assert_eq!(
+        (
+            groups[0]["deployments"][0]["provider"].as_str(),
+            groups[0]["deployments"][0]["model"].as_str()
+        ),
+        (Some("openai"), Some("*"))
+    );
+    assert_eq!(groups[1]["deployments"][0]["model"], "claude-*");
+    let bare = json!({"model_list": [{"model_name": "*", "litellm_params": {"model": "*"}}]});
+    let err: String = switchyard_gateway::litellm::translate(&bare)
         .unwrap_err()
         .iter()
         .map(ToString::to_string)
         .collect();
     assert!(
-        err.contains("model_list[0].model_name") && err.contains("wildcard"),
+        err.contains("model_list[0].litellm_params.model") && err.contains("openai/*"),
         "{err}"
     );
 }

@@ -50,6 +50,9 @@ model_list:
   - model_name: whisper-1
     deployments:
       - {{provider: openai, model: whisper-1, api_base: "{base}", api_key: k}}
+  - model_name: broken-whisper
+    deployments:
+      - {{provider: openai, model: "whisper-1::status=500", api_base: "{base}", api_key: k}}
   - model_name: gpt-4o-transcribe
     deployments:
       - {{provider: openai, model: gpt-4o-transcribe, api_base: "{base}", api_key: k}}
@@ -458,8 +461,8 @@ async fn uploads_are_transcribed_and_charged_by_duration_or_tokens() {
         json!({"model": "whisper-1", "language": "en", "file": {"filename": "call.mp3", "content_type": "audio/mpeg", "bytes": 48_000}})
     );
 
-    // A text transcript reports no duration: charged the file's length at
-    // 128 kbit/s (here 3 seconds as well).
+    // A text transcript reports no duration: the upstream is asked for
+    // JSON, which does, and the client gets its text.
     let (status, kind, cost, body) = send_form(
         &gateway,
         "/audio/translations",
@@ -474,7 +477,65 @@ async fn uploads_are_transcribed_and_charged_by_duration_or_tokens() {
     assert!(kind.starts_with("text/plain"), "{kind}");
     assert_eq!(body, "transcript of rede.mp3\n");
     assert_eq!(cost.as_deref(), Some("0.000300000"));
-    assert_eq!(mock.last_request().unwrap().path, "/v1/audio/translations");
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/audio/translations");
+    assert_eq!(sent.body["response_format"], "json");
+
+    // Subtitles are charged to the end of their last cue (5 seconds here).
+    let (status, _, cost, body) = send_form(
+        &gateway,
+        "/v1/audio/transcriptions",
+        upload(
+            "talk.mp3",
+            80_000,
+            &[("model", "whisper-1"), ("response_format", "vtt")],
+        ),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("WEBVTT"), "{body}");
+    assert_eq!(cost.as_deref(), Some("0.000500000"));
+
+    // The gateway's own fields, as the SDKs send lists in a form: a
+    // fallback taken, tags recorded, neither sent upstream.
+    let form = upload(
+        "call.mp3",
+        16_000,
+        &[
+            ("model", "broken-whisper"),
+            ("fallbacks[]", "whisper-1"),
+            ("tags[]", "voice"),
+        ],
+    );
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/audio/transcriptions", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .header("x-litellm-tags", "support")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-model"], "whisper-1");
+    let request_id = response.headers()["x-switchyard-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.body["model"], "whisper-1");
+    assert!(
+        sent.body.get("fallbacks[]").is_none() && sent.body.get("tags[]").is_none(),
+        "{}",
+        sent.body
+    );
+    let record = charged(&gateway, &request_id).await;
+    let tags: Vec<&str> = record["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert!(tags.contains(&"voice") && tags.contains(&"support"), "{record}");
 
     // A GPT-4o model is charged by its tokens: 30 audio tokens in at $6
     // and 3 text tokens out at $10 per million.

@@ -433,6 +433,18 @@ pub fn expiry_from(value: &Value, now_ms: i64) -> Result<Option<i64>, FieldError
     })
 }
 
+/// Whether the configured model name `known` covers `name`: the same name,
+/// or a wildcard group's (`openai/*`) matching it, the `*` standing for at
+/// least one character.
+pub fn names_model(known: &str, name: &str) -> bool {
+    match known.split_once('*') {
+        None => known == name,
+        Some((prefix, suffix)) => {
+            name.len() > prefix.len() + suffix.len() && name.starts_with(prefix) && name.ends_with(suffix)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

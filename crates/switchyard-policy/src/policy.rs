@@ -1043,7 +1043,11 @@ impl Policy {
         if known.is_empty() {
             return Ok(());
         }
-        match models.iter().enumerate().find(|(_, m)| !known.contains(*m)) {
+        match models
+            .iter()
+            .enumerate()
+            .find(|(_, m)| !known.contains(*m) && !known.iter().any(|k| crate::key::names_model(k, m)))
+        {
             Some((i, m)) => Err(field(
                 &format!("models[{i}]"),
                 format!("No model named `{m}` is configured."),

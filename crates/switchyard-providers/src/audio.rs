@@ -27,6 +27,10 @@ pub struct TranscriptionRequest {
     /// Every other form field, in the client's order (`language`, `prompt`,
     /// `response_format`, `timestamp_granularities[]`, …).
     pub fields: Vec<(String, String)>,
+    /// The client asked for `response_format: text`, which reports no
+    /// usage: the upstream is asked for `json` instead (`fields` say so),
+    /// and the gateway hands back its `text`.
+    pub plain_text: bool,
 }
 
 impl TranscriptionRequest {

@@ -86,7 +86,11 @@ impl ProviderClient {
             ProviderClient::Mock(p) => p.transcription(req).await,
             ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => Err(ProviderError::Unsupported {
                 provider: self.kind(),
-                operation: "transcriptions",
+                operation: if req.translate {
+                    "translations"
+                } else {
+                    "transcriptions"
+                },
             }),
         }
     }

@@ -97,6 +97,30 @@ fn an_access_group_is_not_named_like_a_model_or_an_alias() {
 }
 
 #[test]
+fn a_wildcard_group_names_a_family_of_models_and_nothing_points_at_it() {
+    let config = parse(
+        "model_list:\n  - model_name: 'openai/*'\n    deployments:\n      - {provider: openai, model: '*', api_key: k}\n      - {provider: azure, model: 'x*', api_base: 'https://a.openai.azure.com', api_version: '2024-10-21', api_key: k}\n      - {provider: openai, model: 'a*b*', api_key: k}\n  - model_name: '*-*'\n    deployments:\n      - {provider: mock, model: m}\n  - model_name: plain\n    fallbacks: ['openai/*']\n    deployments:\n      - {provider: openai, model: 'gpt-*', api_key: k}\nrouter_settings:\n  model_group_alias: {any: 'openai/*'}\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[])).unwrap_err().to_string();
+    for expected in [
+        "model_list[0].deployments[1].model: only openai, anthropic and mock deployments",
+        "model_list[0].deployments[2].model: a wildcard model holds one `*`",
+        "model_list[1].model_name: a wildcard name holds one `*`",
+        "model_list[2].fallbacks[0]: `openai/*` is a wildcard group",
+        "model_list[2].deployments[0].model: `*` stands for part of the model asked for",
+        "router_settings.model_group_alias.any: `openai/*` is a wildcard group",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    assert!(!err.contains("model_list[0].deployments[0]"), "{err}");
+    assert!(switchyard_policy::key::names_model("openai/*", "openai/gpt-4o"));
+    assert!(!switchyard_policy::key::names_model("openai/*", "openai/"));
+    assert!(!switchyard_policy::key::names_model("openai/*", "azure/gpt-4o"));
+    assert!(switchyard_policy::key::names_model("gpt-4o", "gpt-4o"));
+}
+
+#[test]
 fn kept_responses_in_redis_need_the_policy_redis_and_drop_params_its_providers() {
     let config = parse(
         "server:\n  responses_store: redis\n  responses_ttl_seconds: 0\nmodel_list:\n  - model_name: a\n    deployments:\n      - provider: openai\n        model: m\n        api_base: http://127.0.0.1:9/v1\n        drop_params: true\n",

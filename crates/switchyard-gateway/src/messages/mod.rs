@@ -206,6 +206,7 @@ async fn messages_inner(
     options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
     let requested = std::mem::take(&mut req.model);
     let model = state.group_name(&requested);
+    options.wildcard = state.wildcard_part(&requested).map(str::to_owned);
     // Tools whose names OpenAI-format upstreams cannot take, to restore.
     let tool_names = match translate::shortened_tool_names(&req) {
         Ok(names) => names,
@@ -413,6 +414,7 @@ pub async fn count_tokens(
         return failed(e.into());
     }
     state.resolve_fallbacks(&mut options.fallbacks);
+    options.wildcard = state.wildcard_part(&model).map(str::to_owned);
     let betas = betas(&headers);
     let model = state.group_name(&model);
     match dispatch(&state, model, &mut Call::CountTokens(&mut req, &betas), &options).await {

@@ -1,0 +1,202 @@
+//! Wildcard groups (`openai/*`) through the real `switchyard` binary: the
+//! model asked for reaches the upstream, is priced as itself, and keys,
+//! model lists and exact groups treat it as its own name.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MockUpstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-master-key-for-wildcard-tests";
+
+fn config(mock: &MockUpstream) -> String {
+    let (base, root) = (mock.base_url(), mock.root_url());
+    format!(
+        r#"
+policy:
+  master_key: {MASTER}
+model_list:
+  - model_name: "openai/*"
+    deployments:
+      - {{provider: openai, model: "*", api_base: "{base}", api_key: k}}
+  - model_name: "claude-*"
+    deployments:
+      - {{provider: anthropic, model: "claude-*", api_base: "{root}", api_key: k}}
+  - model_name: "priced/*"
+    deployments:
+      - {{provider: openai, model: "*", api_base: "{base}", api_key: k, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}}
+  - model_name: openai/gpt-4o-mini
+    deployments:
+      - {{provider: mock, model: exact-mini}}
+"#
+    )
+}
+
+struct Answer {
+    status: u16,
+    model: String,
+    request_id: String,
+    body: Value,
+}
+
+async fn chat(gateway: &GatewayProcess, key: &str, model: &str, stream: bool) -> Answer {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .bearer_auth(key)
+        .json(&json!({"model": model, "stream": stream, "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap();
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .map_or(String::new(), |v| v.to_str().unwrap().to_owned())
+    };
+    let (model, request_id) = (header("x-switchyard-model"), header("x-switchyard-request-id"));
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    Answer {
+        status,
+        model,
+        request_id,
+        body: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
+}
+
+async fn spend(gateway: &GatewayProcess, request_id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs: Value = reqwest::Client::new()
+            .get(format!("{}/spend/logs", gateway.base_url()))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or_default();
+        if let Some(record) = logs
+            .as_array()
+            .and_then(|all| all.iter().find(|r| r["request_id"] == request_id))
+        {
+            return record.clone();
+        }
+        assert!(Instant::now() < deadline, "no spend record for {request_id}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_group_serves_and_prices_the_model_asked_for() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+
+    // The upstream gets the model the `*` matched, priced at GPT-4o's list
+    // price ($2.50 in, $10 out per million tokens).
+    let answer = chat(&gateway, MASTER, "openai/gpt-4o", false).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.model, "openai/*");
+    assert_eq!(mock.last_request().unwrap().body["model"], "gpt-4o");
+    let record = spend(&gateway, &answer.request_id).await;
+    let (prompt, completion) = (
+        answer.body["usage"]["prompt_tokens"].as_i64().unwrap(),
+        answer.body["usage"]["completion_tokens"].as_i64().unwrap(),
+    );
+    assert_eq!(record["cost_nanos"], prompt * 2_500 + completion * 10_000, "{record}");
+
+    // Another model through the same group, streamed: its own price.
+    let streamed = chat(&gateway, MASTER, "openai/gpt-4.1-mini", true).await;
+    assert_eq!(streamed.status, 200);
+    assert_eq!(mock.last_request().unwrap().body["model"], "gpt-4.1-mini");
+    let record = spend(&gateway, &streamed.request_id).await;
+    let usage = &record["usage"];
+    assert_eq!(
+        record["cost_nanos"],
+        usage["prompt"].as_i64().unwrap() * 400 + usage["completion"].as_i64().unwrap() * 1_600,
+        "{record}"
+    );
+
+    // A group named exactly wins over the wildcard.
+    let exact = chat(&gateway, MASTER, "openai/gpt-4o-mini", false).await;
+    assert_eq!((exact.status, exact.model.as_str()), (200, "openai/gpt-4o-mini"));
+
+    // A wildcard inside the name, to Anthropic's Messages API.
+    let claude = chat(&gateway, MASTER, "claude-sonnet-4-5", false).await;
+    assert_eq!(
+        (claude.status, claude.model.as_str()),
+        (200, "claude-*"),
+        "{}",
+        claude.body
+    );
+    let sent = mock.last_request().unwrap();
+    assert_eq!(
+        (sent.path.as_str(), sent.body["model"].as_str()),
+        ("/v1/messages", Some("claude-sonnet-4-5"))
+    );
+
+    // Configured prices hold whatever the model.
+    let priced = chat(&gateway, MASTER, "priced/anything-at-all", false).await;
+    assert_eq!(priced.status, 200);
+    assert_eq!(mock.last_request().unwrap().body["model"], "anything-at-all");
+    let record = spend(&gateway, &priced.request_id).await;
+    let usage = &record["usage"];
+    assert_eq!(
+        record["cost_nanos"],
+        usage["prompt"].as_i64().unwrap() * 1_000 + usage["completion"].as_i64().unwrap() * 2_000
+    );
+
+    // The group's own name stands for many models: refused, naming `model`.
+    let literal = chat(&gateway, MASTER, "openai/*", false).await;
+    assert_eq!(literal.status, 400, "{}", literal.body);
+    assert_eq!(literal.body["error"]["param"], "model");
+
+    // /v1/models lists the wildcard; a model it serves is found by name.
+    let models: Value = reqwest::Client::new()
+        .get(format!("{}/v1/models/openai/gpt-4o", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["id"], "openai/gpt-4o");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_name_a_wildcard_group_or_the_models_it_serves() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+    let generate = |models: Value| {
+        let url = format!("{}/key/generate", gateway.base_url());
+        async move {
+            let answer: Value = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(MASTER)
+                .json(&json!({"models": models}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["key"].as_str().unwrap().to_owned()
+        }
+    };
+    let all_openai = generate(json!(["openai/*"])).await;
+    assert_eq!(chat(&gateway, &all_openai, "openai/gpt-4o", false).await.status, 200);
+    assert_eq!(chat(&gateway, &all_openai, "openai/o3", false).await.status, 200);
+    let refused = chat(&gateway, &all_openai, "claude-sonnet-4-5", false).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (403, Some("model_not_allowed"))
+    );
+
+    let one = generate(json!(["openai/gpt-4o"])).await;
+    assert_eq!(chat(&gateway, &one, "openai/gpt-4o", false).await.status, 200);
+    assert_eq!(chat(&gateway, &one, "openai/gpt-4.1", false).await.status, 403);
+}
