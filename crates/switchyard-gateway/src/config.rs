@@ -100,6 +100,11 @@ pub struct RouterSettings {
     /// names. `alias: group`, or `alias: {model: group, hidden: true}` to
     /// keep it out of `/v1/models`.
     pub model_group_alias: BTreeMap<String, AliasEntry>,
+    /// Tag-based routing: a request's tags (`tags`, `metadata.tags`,
+    /// `x-litellm-tags`) choose among a group's deployments that carry one
+    /// of them; without a match (or without tags), those tagged `default`,
+    /// else (without tags) all of them.
+    pub enable_tag_filtering: bool,
 }
 
 /// One `router_settings.model_group_alias` entry.
@@ -158,6 +163,7 @@ impl Default for RouterSettings {
             cooldown_ms: cooldown.cooldown_ms,
             cooldown_fail_fast: false,
             model_group_alias: BTreeMap::new(),
+            enable_tag_filtering: false,
         }
     }
 }
@@ -547,6 +553,11 @@ pub struct DeploymentEntry {
     /// Extra headers for every upstream request; values may be `os.environ/NAME`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Tags for tag-based routing (`router_settings.enable_tag_filtering`):
+    /// a request's tags choose among the deployments that carry one of
+    /// them; `default` marks those that serve requests no tag matches.
+    #[serde(default)]
+    pub tags: Vec<String>,
     /// Behaviour of a `mock` deployment.
     #[serde(default)]
     pub mock: Option<MockEntry>,
@@ -832,6 +843,8 @@ pub struct DeploymentSpec {
     /// A wildcard deployment (`model` holds `*`) with no price configured:
     /// priced per request at the built-in price of the model asked for.
     pub priced_per_request: bool,
+    /// Tags for tag-based routing.
+    pub tags: Vec<String>,
     /// Upstream request limit per minute.
     pub rpm: Option<u64>,
     /// Upstream token limit per minute.
@@ -1262,6 +1275,12 @@ fn validate_deployment(
         output_cost_per_token: prices.output,
         prices,
         priced_per_request: entry.model.contains('*') && entry.base_model.is_none() && prices_unset(entry),
+        tags: entry
+            .tags
+            .iter()
+            .map(|t| t.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect(),
         rpm: entry.rpm,
         tpm: entry.tpm,
         http: HttpSettings {

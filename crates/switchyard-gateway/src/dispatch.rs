@@ -68,6 +68,9 @@ pub(crate) struct RequestOptions {
     /// What a wildcard group's `*` matched in the model asked for: its
     /// deployments' `*` is replaced by it.
     pub(crate) wildcard: Option<String>,
+    /// The request's tags, when they choose deployments
+    /// (`router_settings.enable_tag_filtering`).
+    pub(crate) route_tags: Vec<String>,
 }
 
 fn invalid(param: &str, message: String) -> ApiError {
@@ -327,10 +330,15 @@ pub(crate) async fn dispatch<'s>(
         .get_key_value(requested)
         .ok_or_else(|| ApiError::ModelNotFound(requested.to_owned()))?;
     if let Some(list) = &options.fallbacks
-        && let Some((i, name)) = list.iter().enumerate().find(|(_, n)| !state.routes.contains_key(*n))
+        && let Some((i, name)) = list
+            .iter()
+            .enumerate()
+            .find(|(_, n)| !state.routes.contains_key(*n) || n.contains('*'))
     {
         let message = if state.learned.contains_key(name) {
             format!("`{name}` is a learned router; a fallback must be a model group.")
+        } else if name.contains('*') {
+            format!("`{name}` is a wildcard group; a fallback names one model group.")
         } else {
             format!("The fallback model `{name}` does not exist.")
         };
@@ -518,13 +526,30 @@ async fn try_group<'s>(
     // second pause, and the next one waits only the rest of its own.
     let mut paused_for = 0u32;
     let mut slept = Duration::ZERO;
+    // Tag-based routing: the deployments the request's tags may use.
+    let tagged = state
+        .tag_filtering
+        .then(|| tagged_deployments(state, deployments, &route.all, &options.route_tags));
+    if let Some(tagged) = &tagged
+        && tagged.is_empty()
+    {
+        let error = ApiError::InvalidField {
+            param: Some("tags".into()),
+            message: format!(
+                "No deployment of `{name}` carries the tags {:?} or `default`.",
+                options.route_tags
+            ),
+        };
+        return GroupOutcome::Exhausted(error, Reason::Failed);
+    }
+    let eligible = |i: &usize| tagged.as_ref().is_none_or(|t| t.contains(i));
     while retry <= num_retries {
         // Nobody waits for an answer: no new attempt is billed for it.
         if crate::routes::client_gone() {
             return GroupOutcome::Final(ApiError::ClientGone { attempts: *attempts });
         }
         let now = state.now_ms();
-        let able = || route.all.iter().copied().filter(|i| !unable.contains(i));
+        let able = || route.all.iter().copied().filter(|i| !unable.contains(i) && eligible(i));
         let mut healthy: Vec<usize> = able()
             .filter(|&i| deployments.get(i).is_some_and(|d| state.cooldowns.may_serve(d.id, now)))
             .collect();
@@ -887,6 +912,32 @@ fn native_tokens(body: &Bytes) -> u64 {
             let u = crate::metering::anthropic_usage(&u);
             u.prompt.saturating_add(u.completion)
         })
+}
+
+/// The deployments (indexes in the group) a request with `tags` may use:
+/// those carrying one of its tags; without a match, or without tags, those
+/// tagged `default`; failing those, every one for a request without tags,
+/// none for one with tags.
+fn tagged_deployments(state: &AppState, deployments: &[DeploymentInfo], all: &[usize], tags: &[String]) -> Vec<usize> {
+    let carries = |i: usize, tag: &str| {
+        deployments
+            .get(i)
+            .and_then(|d| state.deployment_tags.get(d.id.0))
+            .is_some_and(|own| own.iter().any(|t| t == tag))
+    };
+    let matching: Vec<usize> = all
+        .iter()
+        .copied()
+        .filter(|&i| tags.iter().any(|t| carries(i, t)))
+        .collect();
+    if !matching.is_empty() {
+        return matching;
+    }
+    let defaults: Vec<usize> = all.iter().copied().filter(|&i| carries(i, "default")).collect();
+    if !defaults.is_empty() || !tags.is_empty() {
+        return defaults;
+    }
+    all.to_vec()
 }
 
 /// Sends `call` to one deployment; streams are held until their first event.

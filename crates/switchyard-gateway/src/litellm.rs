@@ -303,7 +303,8 @@ impl Translator {
                 | "cache_creation_input_token_cost"
                 | "cache_creation_input_token_cost_above_1hr"
                 | "output_cost_per_image"
-                | "input_cost_per_character" => {
+                | "input_cost_per_character"
+                | "tags" => {
                     d.insert(key.clone(), value.clone());
                     key.as_str()
                 }
@@ -640,6 +641,18 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                 "fallbacks" => t.fallbacks(&here, value, &mut groups, "fallbacks"),
                 "context_window_fallbacks" => t.fallbacks(&here, value, &mut groups, "context_window_fallbacks"),
                 "content_policy_fallbacks" => t.fallbacks(&here, value, &mut groups, "content_policy_fallbacks"),
+                "enable_tag_filtering" => match value.as_bool() {
+                    Some(on) => {
+                        router.insert("enable_tag_filtering".into(), json!(on));
+                        t.map(here, "router_settings.enable_tag_filtering");
+                    }
+                    None => t.refuse(&here, "must be true or false"),
+                },
+                // Switchyard matches any of a request's tags, LiteLLM's default.
+                "tag_filtering_match_any" => match value.as_bool() {
+                    Some(true) => t.warn(&here, "a request's tags match a deployment carrying any of them"),
+                    _ => t.refuse(&here, "only matching any of a request's tags is supported"),
+                },
                 // The same shape: `alias: group` or `alias: {model, hidden}`.
                 "model_group_alias" => match value.as_object() {
                     Some(_) => {

@@ -258,6 +258,7 @@ fn gateway_form_fields(fields: &mut Vec<(String, String)>) -> switchyard_api::Ex
     let list = |value: &str| -> Vec<Value> {
         match serde_json::from_str::<Value>(value) {
             Ok(Value::Array(items)) => items,
+            Ok(Value::String(one)) => vec![Value::String(one)],
             _ => value
                 .split(',')
                 .map(str::trim)
@@ -270,8 +271,13 @@ fn gateway_form_fields(fields: &mut Vec<(String, String)>) -> switchyard_api::Ex
         let key = name.strip_suffix("[]").unwrap_or(name);
         match key {
             "fallbacks" | "tags" => {
-                if let Value::Array(items) = extra.entry(key).or_insert_with(|| Value::Array(Vec::new())) {
-                    items.extend(list(value));
+                let items = list(value);
+                // An empty field says nothing (an empty list would turn the
+                // group's own fallbacks off).
+                if !items.is_empty()
+                    && let Value::Array(all) = extra.entry(key).or_insert_with(|| Value::Array(Vec::new()))
+                {
+                    all.extend(items);
                 }
             }
             "metadata" => match serde_json::from_str::<Value>(value) {
@@ -454,13 +460,9 @@ fn image_usage(body: &[u8], req: &ImageGenerationRequest) -> (TokenUsage, u64) {
 
 /// What `images` images from `deployment` cost at the request's size and
 /// quality, in nano-dollars.
-fn image_cost(state: &AppState, deployment: &DeploymentInfo, req: &ImageGenerationRequest, images: u64) -> Nanos {
-    let per_image = prices(state, deployment).per_image(req.size.as_deref(), req.quality.as_deref());
+fn image_cost(prices: &switchyard_policy::Prices, req: &ImageGenerationRequest, images: u64) -> Nanos {
+    let per_image = prices.per_image(req.size.as_deref(), req.quality.as_deref());
     switchyard_policy::from_usd(per_image * images as f64)
-}
-
-fn prices(state: &AppState, deployment: &DeploymentInfo) -> switchyard_policy::Prices {
-    state.prices.get(deployment.id.0).copied().unwrap_or_default()
 }
 
 /// Seconds of audio in `bytes` at 128 kbit/s, what a transcript that
@@ -481,12 +483,12 @@ const AUDIO_TOKENS_PER_SECOND: u64 = 50;
 /// Text tokens per second of speech a transcript may hold.
 const TEXT_TOKENS_PER_SECOND: u64 = 10;
 
-/// What an answer from `deployment` to a request of this module's
-/// endpoints is charged: its tokens, and nano-dollars on top (images,
-/// characters spoken, seconds transcribed). `None` for other requests.
+/// What an answer from a deployment charging `prices` to a request of this
+/// module's endpoints is charged: its tokens, and nano-dollars on top
+/// (images, characters spoken, seconds transcribed). `None` for other
+/// requests.
 pub(crate) fn charge(
-    state: &AppState,
-    deployment: &DeploymentInfo,
+    prices: &switchyard_policy::Prices,
     call: &Call<'_>,
     body: &[u8],
     estimated_prompt: u64,
@@ -498,17 +500,17 @@ pub(crate) fn charge(
     Some(match call {
         Call::Images(req) => {
             let (tokens, images) = image_usage(body, req);
-            (tokens, image_cost(state, deployment, req, images))
+            (tokens, image_cost(prices, req, images))
         }
         Call::Moderations(_) => (prompt_only, 0),
         Call::Speech(req) => {
             let chars = req.input.chars().count() as f64;
-            let per_character = prices(state, deployment).per_character.unwrap_or(0.0);
+            let per_character = prices.per_character.unwrap_or(0.0);
             (prompt_only, switchyard_policy::from_usd(per_character * chars))
         }
         Call::Transcription(req) => {
             let (tokens, mut seconds) = transcript_usage(body, req.file.bytes.len());
-            let per_second = prices(state, deployment).per_second.unwrap_or(0.0);
+            let per_second = prices.per_second.unwrap_or(0.0);
             // A per-second price on a model that reported tokens only.
             if seconds == 0 && per_second > 0.0 {
                 seconds = estimated_seconds(req.file.bytes.len());
@@ -592,11 +594,16 @@ pub(crate) fn delivered(call: &Call<'_>, answer: switchyard_providers::MediaResp
 /// may reach, through fallbacks of every kind, beyond its
 /// prompt's tokens, in nano-dollars: its images, its characters, or its
 /// audio's longest duration (with the tokens a GPT-4o model may bill for it).
-pub(crate) fn media_ceiling<'a>(state: &AppState, groups: impl IntoIterator<Item = &'a str>, call: &Call<'_>) -> Nanos {
+pub(crate) fn media_ceiling<'a>(
+    state: &AppState,
+    groups: impl IntoIterator<Item = &'a str>,
+    call: &Call<'_>,
+    requested: &str,
+) -> Nanos {
     let cost = |d: &DeploymentInfo| -> Nanos {
-        let p = prices(state, d);
+        let p = state.prices_for(d.id, requested);
         match call {
-            Call::Images(req) => image_cost(state, d, req, req.count()),
+            Call::Images(req) => image_cost(&p, req, req.count()),
             Call::Speech(req) => {
                 switchyard_policy::from_usd(p.per_character.unwrap_or(0.0) * req.input.chars().count() as f64)
             }

@@ -372,12 +372,15 @@ pub(crate) async fn admit(
         .get(model)
         .copied()
         .ok_or_else(|| ApiError::ModelNotFound(requested.to_owned()))?;
-    // A model a wildcard group serves is priced as itself.
-    let per_request_prices = state
-        .wildcard_part(requested)
-        .map(|part| switchyard_policy::price::builtin(part).unwrap_or_default());
-    if let Some(prices) = per_request_prices {
-        ceiling.prices = crate::state::max_prices(ceiling.prices, prices);
+    // A model a wildcard group serves is priced as the model each of its
+    // deployments sends.
+    let wildcard_request = state.wildcard_part(requested).map(|_| requested.to_owned());
+    if wildcard_request.is_some()
+        && let Ok(group) = state.registry.group(model)
+    {
+        for d in group.deployments() {
+            ceiling.prices = crate::state::max_prices(ceiling.prices, state.prices_for(d.id, requested));
+        }
     }
     check_fallbacks(state, principal, fallbacks)?;
     for name in fallbacks.unwrap_or_default() {
@@ -390,7 +393,8 @@ pub(crate) async fn admit(
     let estimated = bytes.div_ceil(4).max(1);
     let demand = Demand {
         model: model.to_owned(),
-        other_names: state.other_names(requested, model),
+        requested_as: (requested != model).then(|| requested.to_owned()),
+        access_groups: state.access_groups.get(model).cloned().unwrap_or_default(),
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
         // Without `max_tokens`, the most output the request may produce: the
         // policy's assumption, or what an Anthropic or Bedrock deployment
@@ -410,7 +414,7 @@ pub(crate) async fn admit(
                 // character or second, on any deployment they may reach.
                 Call::Images(_) | Call::Speech(_) | Call::Transcription(_) => {
                     let groups = std::iter::once(model).chain(fallbacks.unwrap_or_default().iter().map(String::as_str));
-                    crate::media::media_ceiling(state, groups, call)
+                    crate::media::media_ceiling(state, groups, call, requested)
                 }
                 _ => 0,
             }),
@@ -438,7 +442,7 @@ pub(crate) async fn admit(
     Ok(Metered {
         ticket,
         estimated_prompt: estimated,
-        per_request_prices,
+        wildcard_request,
     })
 }
 
@@ -449,9 +453,9 @@ pub(crate) struct Metered {
     pub(crate) ticket: Ticket,
     /// Estimated prompt tokens, charged when the upstream reports no usage.
     pub(crate) estimated_prompt: u64,
-    /// For a model a wildcard group serves: its built-in prices, which the
-    /// group's unpriced wildcard deployments charge.
-    pub(crate) per_request_prices: Option<switchyard_policy::Prices>,
+    /// The model asked for, when a wildcard group serves it: its unpriced
+    /// wildcard deployments charge the built-in price of the model they send.
+    pub(crate) wildcard_request: Option<String>,
 }
 
 /// OpenAI usage, normalised. Cache writes are read from
@@ -592,10 +596,10 @@ impl Metered {
     /// What `deployment` charges for this request: its own prices, or for
     /// an unpriced wildcard deployment the model asked for's.
     pub(crate) fn prices(&self, state: &AppState, deployment: DeploymentId) -> Option<switchyard_policy::Prices> {
-        if state.priced_per_request.get(deployment.0).copied().unwrap_or(false) {
-            return Some(self.per_request_prices.unwrap_or_default());
+        match &self.wildcard_request {
+            Some(requested) => Some(state.prices_for(deployment, requested)),
+            None => state.prices.get(deployment.0).copied(),
         }
-        state.prices.get(deployment.0).copied()
     }
 
     /// Charges a request answered from the response cache `cost` (the

@@ -319,6 +319,9 @@ async fn openai_inner(
     options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     options.wildcard = state.wildcard_part(requested).map(str::to_owned);
+    if state.tag_filtering {
+        options.route_tags.clone_from(&options.labels.tags);
+    }
     let mut trail = Trail::start(&state, ctx, principal, model, &call);
     if state.telemetry.log_payloads {
         tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
@@ -469,13 +472,8 @@ async fn openai_inner(
             // their tokens; moderations by their prompt at the
             // deployment's (usually zero) prices.
             let mut extra = 0;
-            if let Some((tokens, cost)) = crate::media::charge(
-                &state,
-                decision.deployment,
-                &call,
-                &answer.body,
-                meter.estimated_prompt(),
-            ) {
+            let prices = meter.prices(&state, decision.deployment.id).unwrap_or_default();
+            if let Some((tokens, cost)) = crate::media::charge(&prices, &call, &answer.body, meter.estimated_prompt()) {
                 usage = Some(tokens);
                 extra = cost;
             }
@@ -596,13 +594,8 @@ async fn openai_inner(
         }
         Reply::Media(answer) => {
             drop(in_flight);
-            let charged = crate::media::charge(
-                &state,
-                decision.deployment,
-                &call,
-                &answer.body,
-                meter.estimated_prompt(),
-            );
+            let prices = meter.prices(&state, decision.deployment.id).unwrap_or_default();
+            let charged = crate::media::charge(&prices, &call, &answer.body, meter.estimated_prompt());
             let (usage, extra) = charged.map_or((None, 0), |(u, extra)| (Some(u), extra));
             let record = meter
                 .settle_with(&state, decision.deployment.id, &decision.deployment.name, usage, extra)
@@ -873,6 +866,7 @@ async fn models(
 ) -> Response {
     let names: Vec<&str> = visible_models(&state, principal.view())
         .chain(visible_aliases(&state, principal.view(), false))
+        .chain(listed_wildcard_models(&state, principal.view()))
         .collect();
     if !speaks_anthropic(&headers) {
         return Json(ModelList {
@@ -1000,6 +994,25 @@ fn visible_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyView>>) ->
         .model_names()
         .chain(state.learned.keys().map(String::as_str))
         .filter(move |name| view.is_none_or(|v| state.allows(v, name)))
+}
+
+/// Models a wildcard group serves that the caller's key lists by name
+/// (a key limited to `openai/gpt-4o` sees it, not `openai/*`).
+fn listed_wildcard_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyView>>) -> Vec<&'a str> {
+    let Some(view) = view else {
+        return Vec::new();
+    };
+    let own = &view.key.limits.models;
+    let named = if own.is_empty() {
+        view.team.as_ref().map_or(&[][..], |t| t.limits.models.as_slice())
+    } else {
+        own.as_slice()
+    };
+    named
+        .iter()
+        .map(String::as_str)
+        .filter(|name| state.wildcard_part(name).is_some() && state.allows(view, name))
+        .collect()
 }
 
 /// Aliases of models the caller may use (or that its key lists by the

@@ -43,10 +43,15 @@ pub struct AppState {
     /// Model groups whose name holds a `*` (`openai/*`), most specific
     /// (longest fixed part) first.
     pub wildcards: Vec<Wildcard>,
-    /// Per deployment, indexed like `providers`: priced per request at the
-    /// built-in price of the model asked for (a wildcard deployment with no
-    /// price configured).
-    pub priced_per_request: Vec<bool>,
+    /// Per deployment, indexed like `providers`: for a wildcard deployment
+    /// with no price configured, its `model` (with its `*`), priced per
+    /// request at the built-in price of the model it sends upstream.
+    pub priced_per_request: Vec<Option<String>>,
+    /// Per deployment, indexed like `providers`: its routing tags.
+    pub deployment_tags: Vec<Vec<String>>,
+    /// Whether requests' tags choose deployments
+    /// (`router_settings.enable_tag_filtering`).
+    pub tag_filtering: bool,
     /// The access groups of each model group and learned router that
     /// belongs to one (`model_list[].access_groups`).
     pub access_groups: HashMap<String, Vec<String>>,
@@ -512,6 +517,7 @@ impl AppState {
         }
         let mut routes = HashMap::new();
         let mut priced_per_request = Vec::new();
+        let mut deployment_tags = Vec::new();
         let mut groups = Vec::with_capacity(models.len());
         for (i, model) in models.iter().enumerate() {
             if model.router.is_some() {
@@ -523,7 +529,8 @@ impl AppState {
                     Ok(client) => {
                         providers.push(client);
                         prices.push(spec.prices);
-                        priced_per_request.push(spec.priced_per_request);
+                        priced_per_request.push(spec.priced_per_request.then(|| spec.model.clone()));
+                        deployment_tags.push(spec.tags.clone());
                         upstreams.push(upstream_identity(spec));
                     }
                     Err(e) => {
@@ -654,6 +661,8 @@ impl AppState {
                 all
             },
             priced_per_request,
+            deployment_tags,
+            tag_filtering: router.enable_tag_filtering,
             access_groups: models
                 .iter()
                 .filter(|m| !m.access_groups.is_empty())
@@ -786,6 +795,21 @@ impl AppState {
             .map_or(requested, |w| w.group.as_str())
     }
 
+    /// The prices `deployment` charges for a request for `requested`: its
+    /// own, or for an unpriced wildcard deployment the built-in prices of
+    /// the model it sends upstream (else of the name asked for).
+    pub(crate) fn prices_for(&self, deployment: DeploymentId, requested: &str) -> Prices {
+        if let Some(Some(pattern)) = self.priced_per_request.get(deployment.0)
+            && let Some(part) = self.wildcard_part(requested)
+        {
+            let upstream = pattern.replacen('*', part, 1);
+            return switchyard_policy::price::builtin(&upstream)
+                .or_else(|| switchyard_policy::price::builtin(requested))
+                .unwrap_or_default();
+        }
+        self.prices.get(deployment.0).copied().unwrap_or_default()
+    }
+
     /// What a wildcard group's `*` matches in `requested`, when a wildcard
     /// group serves it.
     pub fn wildcard_part<'a>(&self, requested: &'a str) -> Option<&'a str> {
@@ -821,17 +845,6 @@ impl AppState {
                 .into_iter()
                 .chain(self.access_groups.get(group).into_iter().flatten().map(String::as_str)),
         )
-    }
-
-    /// Other names under which a key may call `group` when requested as
-    /// `requested`: the alias the request used, and the group's access
-    /// groups.
-    pub(crate) fn other_names(&self, requested: &str, group: &str) -> Vec<String> {
-        let alias = (requested != group).then(|| requested.to_owned());
-        alias
-            .into_iter()
-            .chain(self.access_groups.get(group).into_iter().flatten().cloned())
-            .collect()
     }
 
     /// The models a key or team may call, as names of groups: its list with

@@ -138,6 +138,9 @@ pub struct StreamTracker {
     /// before the upstream reported its usage.
     items: u64,
     meter: Option<(Metered, String)>,
+    /// What the answering deployment charges for this request (its own
+    /// prices, or a wildcard deployment's for the model asked for).
+    prices: Option<switchyard_policy::Prices>,
     labels: (String, String),
     trail: Option<Trail>,
     /// The request log's status for a stream dropped before its end: the
@@ -159,6 +162,7 @@ impl StreamTracker {
             usage: None,
             items: 0,
             meter: None,
+            prices: None,
             labels: (String::new(), String::new()),
             trail: None,
             cut_by_shutdown: false,
@@ -212,6 +216,7 @@ impl StreamTracker {
 
     /// Charges the stream's usage to `meter` when it ends (or is abandoned).
     pub(crate) fn metered(mut self, meter: Metered, deployment: String) -> Self {
+        self.prices = meter.prices(&self.state, self.id);
         self.meter = Some((meter, deployment));
         self
     }
@@ -224,7 +229,8 @@ impl StreamTracker {
 
     /// What the usage seen so far costs on this deployment.
     fn cost(&self) -> switchyard_policy::Nanos {
-        match (self.usage, self.state.prices.get(self.id.0)) {
+        let prices = self.prices.or_else(|| self.state.prices.get(self.id.0).copied());
+        match (self.usage, prices) {
             (Some(u), Some(p)) => p.cost(&u),
             _ => 0,
         }

@@ -255,6 +255,32 @@ fn access_groups_of_a_groups_deployments_become_the_groups() {
 }
 
 #[test]
+fn tag_routing_comes_over() {
+    let doc = json!({
+        "model_list": [
+            {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k", "tags": ["free"]}},
+            {"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k2", "tags": ["paid", "default"]}},
+        ],
+        "router_settings": {"enable_tag_filtering": true, "tag_filtering_match_any": true},
+    });
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert_eq!(t.config["router_settings"]["enable_tag_filtering"], true);
+    let deployments = &t.config["model_list"][0]["deployments"];
+    assert_eq!(deployments[0]["tags"], json!(["free"]));
+    assert_eq!(deployments[1]["tags"], json!(["paid", "default"]));
+    let all_tags = json!({
+        "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+        "router_settings": {"tag_filtering_match_any": false},
+    });
+    let err: String = switchyard_gateway::litellm::translate(&all_tags)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(err.contains("router_settings.tag_filtering_match_any"), "{err}");
+}
+
+#[test]
 fn redis_settings_become_one_url_and_the_cache_follows_it() {
     let doc: Value = serde_json::from_value(json!({
         "model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "k"}}],

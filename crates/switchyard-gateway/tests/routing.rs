@@ -130,3 +130,103 @@ fn an_unknown_strategy_is_a_config_error_naming_the_key() {
     assert!(stderr.contains("model_list[1].routing_strategy"), "{stderr}");
     assert!(stderr.contains("router_settings.routing_strategy"), "{stderr}");
 }
+
+const TAGGED: &str = r#"
+router_settings:
+  enable_tag_filtering: true
+model_list:
+  - model_name: tiered
+    deployments:
+      - {provider: mock, model: free-1, tags: [free]}
+      - {provider: mock, model: paid-1, tags: [paid, premium]}
+      - {provider: mock, model: default-1, tags: [default]}
+  - model_name: untagged
+    deployments:
+      - {provider: mock, model: u-1}
+      - {provider: mock, model: u-2, tags: [paid]}
+  - model_name: strict
+    fallbacks: [untagged]
+    deployments:
+      - {provider: mock, model: s-1, tags: [gold]}
+"#;
+
+/// The deployment that answered `body` (with `tags` header `header`), or
+/// the error's status and `param`.
+async fn tagged(
+    http: &reqwest::Client,
+    base: &str,
+    body: serde_json::Value,
+    header: Option<&str>,
+) -> Result<String, (u16, String)> {
+    let mut request = http.post(format!("{base}/v1/chat/completions")).json(&body);
+    if let Some(tags) = header {
+        request = request.header("x-litellm-tags", tags);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    if status == 200 {
+        return Ok(response.headers()["x-switchyard-deployment"]
+            .to_str()
+            .unwrap()
+            .to_owned());
+    }
+    let error: serde_json::Value = response.json().await.unwrap();
+    Err((status, error["error"]["param"].as_str().unwrap_or_default().to_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_tags_choose_among_a_groups_deployments() {
+    let gateway = GatewayProcess::start(Path::new(BIN), TAGGED);
+    let base = gateway.base_url();
+    let http = reqwest::Client::new();
+    let hi = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+    let with = |model: &str, tags: serde_json::Value| {
+        let mut body = hi(model);
+        body["tags"] = tags;
+        body
+    };
+    for _ in 0..8 {
+        assert_eq!(
+            tagged(&http, &base, with("tiered", json!(["paid"])), None).await,
+            Ok("tiered/1".into())
+        );
+        assert_eq!(
+            tagged(&http, &base, hi("tiered"), Some("premium")).await,
+            Ok("tiered/1".into())
+        );
+        let mut free = hi("tiered");
+        free["metadata"] = json!({"tags": ["free"]});
+        assert_eq!(tagged(&http, &base, free, None).await, Ok("tiered/0".into()));
+        // No tag, or none that matches: the `default` deployment.
+        assert_eq!(tagged(&http, &base, hi("tiered"), None).await, Ok("tiered/2".into()));
+        assert_eq!(
+            tagged(&http, &base, with("tiered", json!(["other"])), None).await,
+            Ok("tiered/2".into())
+        );
+        assert_eq!(
+            tagged(&http, &base, with("untagged", json!(["paid"])), None).await,
+            Ok("untagged/1".into())
+        );
+    }
+    // A group with no `default` deployment serves untagged requests from all.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        seen.insert(tagged(&http, &base, hi("untagged"), None).await.unwrap());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    // Tags nothing carries, with no `default` here or in the fallback: a
+    // 400 naming `tags`; a matching tag is served.
+    assert_eq!(
+        tagged(&http, &base, with("strict", json!(["silver"])), None).await,
+        Err((400, "tags".into()))
+    );
+    assert_eq!(
+        tagged(&http, &base, with("strict", json!(["gold"])), None).await,
+        Ok("strict/0".into())
+    );
+    // Its fallback is tag-routed as well: `paid` is served there.
+    assert_eq!(
+        tagged(&http, &base, with("strict", json!(["paid"])), None).await,
+        Ok("untagged/1".into())
+    );
+}

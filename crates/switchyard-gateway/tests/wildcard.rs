@@ -200,3 +200,63 @@ async fn keys_name_a_wildcard_group_or_the_models_it_serves() {
     assert_eq!(chat(&gateway, &one, "openai/gpt-4o", false).await.status, 200);
     assert_eq!(chat(&gateway, &one, "openai/gpt-4.1", false).await.status, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_inside_a_wildcard_name_is_priced_as_the_model_sent() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+    // `claude-*` serves `claude-sonnet-4-5` as `claude-sonnet-4-5`: $3 in,
+    // $15 out per million tokens, not the nothing `sonnet-4-5` would cost.
+    let answer = chat(&gateway, MASTER, "claude-sonnet-4-5", false).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let record = spend(&gateway, &answer.request_id).await;
+    let usage = &record["usage"];
+    assert!(usage["prompt"].as_i64().unwrap() > 0, "{record}");
+    assert_eq!(
+        record["cost_nanos"],
+        usage["prompt"].as_i64().unwrap() * 3_000 + usage["completion"].as_i64().unwrap() * 15_000,
+        "{record}"
+    );
+    // A request's own fallback cannot name a wildcard group.
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "claude-sonnet-4-5", "fallbacks": ["openai/*"], "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"]["param"], "fallbacks[0]", "{error}");
+    // A key naming one model sees it in /v1/models.
+    let key: Value = reqwest::Client::new()
+        .post(format!("{}/key/generate", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"models": ["openai/gpt-4o"], "model_rpm_limit": {"openai/gpt-4o": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap();
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{}/v1/models", gateway.base_url()))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ids: Vec<&str> = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["openai/gpt-4o"]);
+    // Its per-model limit counts that model's requests.
+    assert_eq!(chat(&gateway, key, "openai/gpt-4o", false).await.status, 200);
+    assert_eq!(chat(&gateway, key, "openai/gpt-4o", false).await.status, 429);
+}

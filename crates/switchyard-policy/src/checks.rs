@@ -13,10 +13,14 @@ use crate::spend::{subject_key, subject_team};
 pub struct Demand {
     /// The public model name (a model group).
     pub model: String,
-    /// Other names of `model` a key may list to call it: the alias the
-    /// request named, the model's access groups. Limits and budgets count
-    /// `model`.
-    pub other_names: Vec<String>,
+    /// The name the request used when it is not `model`'s own: an alias,
+    /// or a model a wildcard group serves. A key that lists it may call
+    /// `model`; a per-model limit set on it (and not on `model`) counts
+    /// requests by that name.
+    pub requested_as: Option<String>,
+    /// The access groups `model` belongs to: a key that lists one may call
+    /// it; a per-model limit set on one applies to each of its models.
+    pub access_groups: Vec<String>,
     /// Prompt tokens, estimated before the call (charged to TPM up front).
     pub estimated_tokens: u32,
     /// The most the request can cost (reserved against budgets).
@@ -114,14 +118,29 @@ impl Checks {
         let model = &demand.model;
         let tokens = demand.estimated_tokens.max(1);
         let key_limits = &view.key.limits;
-        // A per-model limit set on the model's group, else on the alias
-        // the request used or an access group it belongs to; counted per
-        // group either way.
-        let per_model = |limits: &std::collections::BTreeMap<String, u32>| {
-            limits
-                .get(model)
-                .or_else(|| demand.other_names.iter().find_map(|n| limits.get(n)))
-                .copied()
+        // A per-model limit: set on the model's group, else on the name the
+        // request used (counted per that name), else on an access group it
+        // belongs to (counted per group).
+        let per_model = |limits: &crate::key::Limits| -> (String, Option<u32>, Option<u32>) {
+            let set =
+                |name: &str| limits.model_rpm_limit.contains_key(name) || limits.model_tpm_limit.contains_key(name);
+            let (counted, found) = if set(model) {
+                (model.as_str(), model.as_str())
+            } else if let Some(name) = demand.requested_as.as_deref().filter(|n| set(n)) {
+                (name, name)
+            } else {
+                let group = demand
+                    .access_groups
+                    .iter()
+                    .find(|g| set(g))
+                    .map_or(model.as_str(), String::as_str);
+                (model.as_str(), group)
+            };
+            (
+                counted.to_owned(),
+                limits.model_rpm_limit.get(found).copied(),
+                limits.model_tpm_limit.get(found).copied(),
+            )
         };
         let mut add_rates = |prefix: &str, scope: &str, rpm: Option<u32>, tpm: Option<u32>| {
             if let Some(limit) = rpm {
@@ -143,11 +162,12 @@ impl Checks {
                 });
             }
         };
+        let (counted, rpm, tpm) = per_model(key_limits);
         add_rates(
-            &format!("key:{token}:model:{model}"),
-            &format!("key for model {model}"),
-            per_model(&key_limits.model_rpm_limit),
-            per_model(&key_limits.model_tpm_limit),
+            &format!("key:{token}:model:{counted}"),
+            &format!("key for model {counted}"),
+            rpm,
+            tpm,
         );
         add_rates(
             &format!("key:{token}"),
@@ -157,11 +177,12 @@ impl Checks {
         );
         if let Some(team) = &view.team {
             let l = &team.limits;
+            let (counted, rpm, tpm) = per_model(l);
             add_rates(
-                &format!("team:{}:model:{model}", team.ledger()),
-                &format!("team for model {model}"),
-                per_model(&l.model_rpm_limit),
-                per_model(&l.model_tpm_limit),
+                &format!("team:{}:model:{counted}", team.ledger()),
+                &format!("team for model {counted}"),
+                rpm,
+                tpm,
             );
             add_rates(&format!("team:{}", team.ledger()), "team", l.rpm_limit, l.tpm_limit);
         }

@@ -437,6 +437,9 @@ pub fn expiry_from(value: &Value, now_ms: i64) -> Result<Option<i64>, FieldError
 /// or a wildcard group's (`openai/*`) matching it, the `*` standing for at
 /// least one character.
 pub fn names_model(known: &str, name: &str) -> bool {
+    if name.contains('*') {
+        return known == name;
+    }
     match known.split_once('*') {
         None => known == name,
         Some((prefix, suffix)) => {

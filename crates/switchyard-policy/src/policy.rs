@@ -709,7 +709,9 @@ impl Policy {
         let view = principal.view().cloned();
         let checks = match &view {
             Some(v) => {
-                let names = std::iter::once(demand.model.as_str()).chain(demand.other_names.iter().map(String::as_str));
+                let names = std::iter::once(demand.model.as_str())
+                    .chain(demand.requested_as.as_deref())
+                    .chain(demand.access_groups.iter().map(String::as_str));
                 if !v.allows_any(names) {
                     return Err(Denied::ModelNotAllowed {
                         model: demand.model.clone(),

@@ -42,7 +42,8 @@ fn settings(url: &str, data_dir: Option<&std::path::Path>) -> PolicySettings {
 fn demand() -> Demand {
     Demand {
         model: "m".into(),
-        other_names: Vec::new(),
+        requested_as: None,
+        access_groups: Vec::new(),
         estimated_tokens: 10,
         max_cost: 10 * COST,
         request_id: None,

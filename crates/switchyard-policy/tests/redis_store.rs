@@ -35,7 +35,8 @@ fn settings(url: &str) -> PolicySettings {
 fn demand() -> Demand {
     Demand {
         model: "m".into(),
-        other_names: Vec::new(),
+        requested_as: None,
+        access_groups: Vec::new(),
         estimated_tokens: 10,
         max_cost: 600_000_000,
         request_id: None,

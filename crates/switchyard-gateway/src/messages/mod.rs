@@ -207,6 +207,9 @@ async fn messages_inner(
     let requested = std::mem::take(&mut req.model);
     let model = state.group_name(&requested);
     options.wildcard = state.wildcard_part(&requested).map(str::to_owned);
+    if state.tag_filtering {
+        options.route_tags.clone_from(&options.labels.tags);
+    }
     // Tools whose names OpenAI-format upstreams cannot take, to restore.
     let tool_names = match translate::shortened_tool_names(&req) {
         Ok(names) => names,
