@@ -13,6 +13,7 @@ pub mod embeddings;
 pub mod error;
 pub mod images;
 pub mod models;
+pub mod rerank;
 pub mod responses;
 pub mod usage;
 
@@ -28,6 +29,7 @@ pub use embeddings::{
 pub use error::{ErrorBody, ErrorDetail};
 pub use images::{ImageGenerationRequest, ModerationRequest};
 pub use models::{AnthropicModel, AnthropicModelList, ModelList, ModelObject};
+pub use rerank::RerankRequest;
 pub use usage::Usage;
 
 /// Map of fields a type does not model; kept verbatim for pass-through.

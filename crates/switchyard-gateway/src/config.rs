@@ -541,6 +541,10 @@ pub struct DeploymentEntry {
     /// by their tokens).
     #[serde(default)]
     pub input_cost_per_second: Option<f64>,
+    /// USD per rerank search (a query over up to 100 documents);
+    /// default: the built-in price of Cohere's rerank models.
+    #[serde(default)]
+    pub input_cost_per_query: Option<f64>,
     /// Requests per minute the upstream allows.
     #[serde(default)]
     pub rpm: Option<u64>,
@@ -1311,6 +1315,7 @@ fn prices_unset(entry: &DeploymentEntry) -> bool {
         entry.output_cost_per_image,
         entry.input_cost_per_character,
         entry.input_cost_per_second,
+        entry.input_cost_per_query,
     ]
     .iter()
     .all(Option::is_none)
@@ -1374,6 +1379,7 @@ fn token_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssu
         image_table: known.and_then(|p| p.image_table),
         per_character: known.and_then(|p| p.per_character),
         per_second: known.and_then(|p| p.per_second),
+        per_query: known.and_then(|p| p.per_query),
     }
 }
 
@@ -1392,6 +1398,11 @@ fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<Confi
             entry.input_cost_per_second,
             "input_cost_per_second",
             &mut prices.per_second,
+        ),
+        (
+            entry.input_cost_per_query,
+            "input_cost_per_query",
+            &mut prices.per_query,
         ),
     ] {
         if value.is_some() {
@@ -1610,6 +1621,14 @@ impl Config {
                 ));
             }
             for (j, d) in entry.deployments.iter().enumerate() {
+                for (k, tag) in d.tags.iter().enumerate() {
+                    if tag.trim().is_empty() || tag.len() > 64 {
+                        issues.push(issue(
+                            format!("{path}.deployments[{j}].tags[{k}]"),
+                            "a tag has 1 to 64 bytes (a request's longer tags are cut there)",
+                        ));
+                    }
+                }
                 if !d.model.contains('*') {
                     continue;
                 }

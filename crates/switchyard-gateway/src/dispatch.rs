@@ -32,7 +32,7 @@ use serde_json::Value;
 use switchyard_api::anthropic::MessagesRequest;
 use switchyard_api::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Extra, ImageGenerationRequest, ModerationRequest,
-    SpeechRequest,
+    RerankRequest, SpeechRequest,
 };
 use switchyard_providers::sse::EventStream;
 use switchyard_providers::{
@@ -143,6 +143,8 @@ pub(crate) enum Call<'r> {
     Speech(&'r mut SpeechRequest),
     /// `POST /v1/audio/transcriptions` and `/v1/audio/translations`.
     Transcription(&'r mut TranscriptionRequest),
+    /// `POST /v1/rerank`.
+    Rerank(&'r mut RerankRequest),
 }
 
 impl Call<'_> {
@@ -157,6 +159,7 @@ impl Call<'_> {
             Call::Moderations(_) => "moderation",
             Call::Speech(_) => "text_to_speech",
             Call::Transcription(_) => "speech_to_text",
+            Call::Rerank(_) => "rerank",
         }
     }
 
@@ -193,7 +196,8 @@ impl Call<'_> {
             | Call::Images(_)
             | Call::Moderations(_)
             | Call::Speech(_)
-            | Call::Transcription(_) => None,
+            | Call::Transcription(_)
+            | Call::Rerank(_) => None,
         }
     }
 }
@@ -388,6 +392,7 @@ pub(crate) async fn dispatch<'s>(
                                 .as_ref()
                                 .is_none_or(|allowed| allowed.contains(name)))
                         && state.routes.contains_key(name.as_str())
+                        && serves_tags(state, name, &options.route_tags)
                         && live.can_serve(name)
                 }));
         let outcome = try_group(
@@ -435,6 +440,9 @@ pub(crate) async fn dispatch<'s>(
                         .as_ref()
                         .is_none_or(|allowed| allowed.contains(name))
             })
+            // Nor one whose deployments the request's tags leave none of:
+            // its refusal would hide why the group before it failed.
+            .filter(|name| serves_tags(state, name, &options.route_tags))
             .find_map(|name| state.routes.get_key_value(name.as_str()));
         let fallbacks_used = visited.len() - 1;
         match next {
@@ -914,6 +922,18 @@ fn native_tokens(body: &Bytes) -> u64 {
         })
 }
 
+/// Whether tag-based routing leaves group `name` a deployment for `tags`
+/// (always, without tag filtering).
+fn serves_tags(state: &AppState, name: &str, tags: &[String]) -> bool {
+    if !state.tag_filtering {
+        return true;
+    }
+    match (state.registry.group(name), state.routes.get(name)) {
+        (Ok(group), Some(route)) => !tagged_deployments(state, group.deployments(), &route.all, tags).is_empty(),
+        _ => true,
+    }
+}
+
 /// The deployments (indexes in the group) a request with `tags` may use:
 /// those carrying one of its tags; without a match, or without tags, those
 /// tagged `default`; failing those, every one for a request without tags,
@@ -996,6 +1016,10 @@ async fn attempt(
         Call::Transcription(req) => {
             set(&mut req.model);
             client.transcription(req).await.map(Reply::Media)
+        }
+        Call::Rerank(req) => {
+            set(&mut req.model);
+            client.rerank(req).await.map(Reply::Json)
         }
         Call::Messages(req) => {
             set(&mut req.model);

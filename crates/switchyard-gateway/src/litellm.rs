@@ -304,6 +304,7 @@ impl Translator {
                 | "cache_creation_input_token_cost_above_1hr"
                 | "output_cost_per_image"
                 | "input_cost_per_character"
+                | "input_cost_per_query"
                 | "tags" => {
                     d.insert(key.clone(), value.clone());
                     key.as_str()

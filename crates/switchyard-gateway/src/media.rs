@@ -9,7 +9,7 @@ use axum::extract::{Extension, Multipart, State};
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
-use switchyard_api::{ImageGenerationRequest, ModerationRequest, SpeechRequest};
+use switchyard_api::{ImageGenerationRequest, ModerationRequest, RerankRequest, SpeechRequest};
 use switchyard_policy::{Nanos, Principal, TokenUsage};
 use switchyard_providers::{AudioFile, TranscriptionRequest};
 use switchyard_routing::DeploymentInfo;
@@ -133,6 +133,50 @@ pub(crate) async fn moderations(
         controls,
     )
     .await
+}
+
+/// `POST /v1/rerank` (also `/rerank` and Cohere's `/v2/rerank`).
+pub(crate) async fn rerank(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    JsonBody(mut req): JsonBody<RerankRequest>,
+) -> Response {
+    if req.query.is_empty() {
+        return invalid("query", "'query' must not be empty.").into_response();
+    }
+    if req.documents.is_empty() {
+        return invalid("documents", "'documents' must not be empty.").into_response();
+    }
+    if req.top_n == Some(0) {
+        return invalid("top_n", "'top_n' must be at least 1.").into_response();
+    }
+    let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
+        Ok(fields) => fields,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = not_a_learned_router(&state, &principal, &req.model) {
+        return e.into_response();
+    }
+    let model = std::mem::take(&mut req.model);
+    serve_detached(
+        state,
+        principal,
+        ctx,
+        model,
+        req,
+        |r| Call::Rerank(r),
+        options,
+        controls,
+    )
+    .await
+}
+
+/// Searches a rerank is billed for when the upstream does not say: one per
+/// 100 documents (Cohere's unit).
+fn searches(req: &RerankRequest) -> u64 {
+    (req.documents.len() as u64).div_ceil(100).max(1)
 }
 
 /// `POST /v1/audio/speech`: the audio comes back whole, with the
@@ -503,6 +547,25 @@ pub(crate) fn charge(
             (tokens, image_cost(prices, req, images))
         }
         Call::Moderations(_) => (prompt_only, 0),
+        Call::Rerank(req) => {
+            let answer: Value = serde_json::from_slice(body).unwrap_or_default();
+            let tokens = ["prompt_tokens", "total_tokens"]
+                .iter()
+                .find_map(|field| answer.pointer(&format!("/usage/{field}")).and_then(Value::as_u64))
+                .unwrap_or(estimated_prompt);
+            let searches = answer
+                .pointer("/meta/billed_units/search_units")
+                .and_then(Value::as_u64)
+                .unwrap_or_else(|| searches(req));
+            let usage = TokenUsage {
+                prompt: tokens,
+                ..TokenUsage::default()
+            };
+            (
+                usage,
+                switchyard_policy::from_usd(prices.per_query.unwrap_or(0.0) * searches as f64),
+            )
+        }
         Call::Speech(req) => {
             let chars = req.input.chars().count() as f64;
             let per_character = prices.per_character.unwrap_or(0.0);
@@ -604,6 +667,7 @@ pub(crate) fn media_ceiling<'a>(
         let p = state.prices_for(d.id, requested);
         match call {
             Call::Images(req) => image_cost(&p, req, req.count()),
+            Call::Rerank(req) => switchyard_policy::from_usd(p.per_query.unwrap_or(0.0) * searches(req) as f64),
             Call::Speech(req) => {
                 switchyard_policy::from_usd(p.per_character.unwrap_or(0.0) * req.input.chars().count() as f64)
             }

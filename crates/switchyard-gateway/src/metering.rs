@@ -163,7 +163,8 @@ fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
         | Call::CountTokens(..)
         | Call::Moderations(_)
         | Call::Speech(_)
-        | Call::Transcription(_) => 0,
+        | Call::Transcription(_)
+        | Call::Rerank(_) => 0,
     }
 }
 
@@ -247,6 +248,7 @@ pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
         Call::Images(req) => req.prompt.len() as u64,
         Call::Moderations(req) => moderation_bytes(&req.input),
         Call::Speech(req) => req.input.len() as u64,
+        Call::Rerank(req) => req.size_in_bytes() as u64,
         // The audio is not text: only a prompt given with it counts.
         Call::Transcription(req) => req.field("prompt").map_or(0, str::len) as u64,
         Call::Completion(req) => req.prompt.size_in_bytes(),
@@ -412,7 +414,7 @@ pub(crate) async fn admit(
             .saturating_add(match call {
                 // Images, speech and transcriptions priced per image,
                 // character or second, on any deployment they may reach.
-                Call::Images(_) | Call::Speech(_) | Call::Transcription(_) => {
+                Call::Images(_) | Call::Speech(_) | Call::Transcription(_) | Call::Rerank(_) => {
                     let groups = std::iter::once(model).chain(fallbacks.unwrap_or_default().iter().map(String::as_str));
                     crate::media::media_ceiling(state, groups, call, requested)
                 }

@@ -116,6 +116,7 @@ fn route_name(path: &str) -> &'static str {
         "/images/generations" => "images",
         "/moderations" => "moderations",
         "/audio/speech" => "speech",
+        "/rerank" | "/v2/rerank" => "rerank",
         "/audio/transcriptions" => "transcriptions",
         "/audio/translations" => "translations",
         "/messages" => "messages",
@@ -328,6 +329,7 @@ impl Trail {
             Call::Images(_) => ("images", false),
             Call::Moderations(_) => ("moderations", false),
             Call::Speech(_) => ("speech", false),
+            Call::Rerank(_) => ("rerank", false),
             Call::Transcription(req) if req.translate => ("translations", false),
             Call::Transcription(_) => ("transcriptions", false),
         };

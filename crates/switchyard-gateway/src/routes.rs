@@ -58,6 +58,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/audio/speech", post(crate::media::speech))
         .route("/audio/transcriptions", post(crate::media::transcriptions))
         .route("/audio/translations", post(crate::media::translations))
+        .route("/rerank", post(crate::media::rerank))
         .route("/models", get(models))
         .route("/models/{*model}", get(model))
         .route("/model/info", get(model_info))
@@ -74,6 +75,8 @@ pub fn router(state: SharedState) -> Router {
     let client = Router::new()
         .merge(api.clone())
         .nest("/v1", api)
+        // Cohere's clients call version 2.
+        .route("/v2/rerank", post(crate::media::rerank))
         .route_layer(middleware::from_fn_with_state(state.clone(), metering::authenticate))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
@@ -354,8 +357,13 @@ async fn openai_inner(
     let extra_headers = extra_headers.into_parts().0.headers;
     let mut pending = None;
     // A wildcard group's answers are not kept: the model asked for is not
-    // part of their key.
-    if let Some(cache) = state.cache.as_ref().filter(|_| options.wildcard.is_none()) {
+    // part of their key; nor a tag-routed request's, whose tags chose the
+    // deployments that may answer.
+    if let Some(cache) = state
+        .cache
+        .as_ref()
+        .filter(|_| options.wildcard.is_none() && options.route_tags.is_empty())
+    {
         let lookup_span = tracing::debug_span!(
             target: "switchyard",
             "cache lookup",

@@ -435,6 +435,7 @@ pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
         image_table: a.image_table.or(b.image_table),
         per_character: opt(a.per_character, b.per_character),
         per_second: opt(a.per_second, b.per_second),
+        per_query: opt(a.per_query, b.per_query),
     }
 }
 

@@ -59,6 +59,12 @@ model_list:
   - model_name: azure-whisper
     deployments:
       - {{provider: azure, model: whisper-eu, base_model: whisper-1, api_base: "{root}", api_version: 2024-10-21, api_key: k}}
+  - model_name: bge-reranker
+    deployments:
+      - {{provider: openai, model: BAAI/bge-reranker-v2-m3, api_base: "{base}", api_key: k, input_cost_per_token: 0.00000002, output_cost_per_token: 0}}
+  - model_name: rerank-v3.5
+    deployments:
+      - {{provider: openai, model: rerank-v3.5, api_base: "{root}/v2", api_key: k}}
   - model_name: claude
     deployments:
       - {{provider: anthropic, model: claude-sonnet-4, api_base: "{root}", api_key: k}}
@@ -579,4 +585,67 @@ async fn uploads_are_transcribed_and_charged_by_duration_or_tokens() {
     assert_eq!(not_a_form.status(), 400);
     let error: Value = not_a_form.json().await.unwrap();
     assert_eq!(error["error"]["param"], "file", "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rerank_orders_documents_and_is_charged_by_tokens_or_searches() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+
+    // A vLLM-style server: ordered results, charged its reported tokens.
+    let ranked = post(
+        &gateway,
+        "/v1/rerank",
+        json!({"model": "bge-reranker", "query": "capital of france", "top_n": 2,
+            "documents": ["Berlin is big", "Paris is the capital of France", {"text": "a capital idea"}]}),
+    )
+    .await;
+    assert_eq!(ranked.status, 200, "{}", ranked.body);
+    let order: Vec<i64> = ranked.body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["index"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, [1, 2]);
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/rerank");
+    assert_eq!(sent.body["model"], "BAAI/bge-reranker-v2-m3");
+    // 3 query words and 3 + 6 + 3 document words, at $0.02 per million.
+    assert_eq!(charged(&gateway, &ranked.request_id).await["cost_nanos"], 15 * 20);
+
+    // Cohere's /v2/rerank, by its clients' path: $2 per 1,000 searches,
+    // a search per 100 documents.
+    let documents: Vec<String> = (0..150).map(|i| format!("document {i}")).collect();
+    let cohere = post(
+        &gateway,
+        "/v2/rerank",
+        json!({"model": "rerank-v3.5", "query": "document 7", "documents": documents}),
+    )
+    .await;
+    assert_eq!(cohere.status, 200, "{}", cohere.body);
+    assert_eq!(cohere.body["results"].as_array().unwrap().len(), 150);
+    assert_eq!(mock.last_request().unwrap().path, "/v2/rerank");
+    assert_eq!(cohere.cost.as_deref(), Some("0.004000000"));
+
+    let empty = post(
+        &gateway,
+        "/rerank",
+        json!({"model": "bge-reranker", "query": "x", "documents": []}),
+    )
+    .await;
+    assert_eq!(
+        (empty.status, empty.body["error"]["param"].clone()),
+        (400, json!("documents"))
+    );
+    let claude = post(
+        &gateway,
+        "/v1/rerank",
+        json!({"model": "claude", "query": "x", "documents": ["y"]}),
+    )
+    .await;
+    assert_eq!(
+        (claude.status, claude.body["error"]["code"].clone()),
+        (400, json!("unsupported"))
+    );
 }

@@ -259,4 +259,20 @@ async fn a_model_inside_a_wildcard_name_is_priced_as_the_model_sent() {
     // Its per-model limit counts that model's requests.
     assert_eq!(chat(&gateway, key, "openai/gpt-4o", false).await.status, 200);
     assert_eq!(chat(&gateway, key, "openai/gpt-4o", false).await.status, 429);
+    // …and only that model's, whatever else the wildcard group serves.
+    let broad: Value = reqwest::Client::new()
+        .post(format!("{}/key/generate", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"models": ["openai/*"], "model_rpm_limit": {"openai/gpt-4o": 1}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let broad = broad["key"].as_str().unwrap();
+    assert_eq!(chat(&gateway, broad, "openai/gpt-4o", false).await.status, 200);
+    assert_eq!(chat(&gateway, broad, "openai/gpt-4.1", false).await.status, 200);
+    assert_eq!(chat(&gateway, broad, "openai/gpt-4.1", false).await.status, 200);
+    assert_eq!(chat(&gateway, broad, "openai/gpt-4o", false).await.status, 429);
 }

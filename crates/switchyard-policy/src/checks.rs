@@ -121,26 +121,22 @@ impl Checks {
         // A per-model limit: set on the model's group, else on the name the
         // request used (counted per that name), else on an access group it
         // belongs to (counted per group).
-        let per_model = |limits: &crate::key::Limits| -> (String, Option<u32>, Option<u32>) {
-            let set =
-                |name: &str| limits.model_rpm_limit.contains_key(name) || limits.model_tpm_limit.contains_key(name);
-            let (counted, found) = if set(model) {
-                (model.as_str(), model.as_str())
-            } else if let Some(name) = demand.requested_as.as_deref().filter(|n| set(n)) {
-                (name, name)
-            } else {
-                let group = demand
-                    .access_groups
-                    .iter()
-                    .find(|g| set(g))
-                    .map_or(model.as_str(), String::as_str);
-                (model.as_str(), group)
-            };
-            (
-                counted.to_owned(),
-                limits.model_rpm_limit.get(found).copied(),
-                limits.model_tpm_limit.get(found).copied(),
-            )
+        let per_model = |limits: &std::collections::BTreeMap<String, u32>| -> Option<(String, u32)> {
+            if let Some(limit) = limits.get(model) {
+                return Some((model.clone(), *limit));
+            }
+            if let Some((name, limit)) = demand
+                .requested_as
+                .as_deref()
+                .and_then(|n| limits.get(n).map(|l| (n, l)))
+            {
+                return Some((name.to_owned(), *limit));
+            }
+            demand
+                .access_groups
+                .iter()
+                .find_map(|g| limits.get(g))
+                .map(|limit| (model.clone(), *limit))
         };
         let mut add_rates = |prefix: &str, scope: &str, rpm: Option<u32>, tpm: Option<u32>| {
             if let Some(limit) = rpm {
@@ -162,13 +158,24 @@ impl Checks {
                 });
             }
         };
-        let (counted, rpm, tpm) = per_model(key_limits);
-        add_rates(
-            &format!("key:{token}:model:{counted}"),
-            &format!("key for model {counted}"),
-            rpm,
-            tpm,
-        );
+        for (kind, limits) in [
+            ("rpm", &key_limits.model_rpm_limit),
+            ("tpm", &key_limits.model_tpm_limit),
+        ] {
+            if let Some((counted, limit)) = per_model(limits) {
+                let (rpm, tpm) = if kind == "rpm" {
+                    (Some(limit), None)
+                } else {
+                    (None, Some(limit))
+                };
+                add_rates(
+                    &format!("key:{token}:model:{counted}"),
+                    &format!("key for model {counted}"),
+                    rpm,
+                    tpm,
+                );
+            }
+        }
         add_rates(
             &format!("key:{token}"),
             "key",
@@ -177,13 +184,21 @@ impl Checks {
         );
         if let Some(team) = &view.team {
             let l = &team.limits;
-            let (counted, rpm, tpm) = per_model(l);
-            add_rates(
-                &format!("team:{}:model:{counted}", team.ledger()),
-                &format!("team for model {counted}"),
-                rpm,
-                tpm,
-            );
+            for (kind, limits) in [("rpm", &l.model_rpm_limit), ("tpm", &l.model_tpm_limit)] {
+                if let Some((counted, limit)) = per_model(limits) {
+                    let (rpm, tpm) = if kind == "rpm" {
+                        (Some(limit), None)
+                    } else {
+                        (None, Some(limit))
+                    };
+                    add_rates(
+                        &format!("team:{}:model:{counted}", team.ledger()),
+                        &format!("team for model {counted}"),
+                        rpm,
+                        tpm,
+                    );
+                }
+            }
             add_rates(&format!("team:{}", team.ledger()), "team", l.rpm_limit, l.tpm_limit);
         }
         if let Some(limit) = key_limits.max_parallel_requests {

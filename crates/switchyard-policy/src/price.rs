@@ -39,6 +39,9 @@ pub struct Prices {
     /// Per second of audio transcribed or translated; `None`: free.
     #[serde(default)]
     pub per_second: Option<f64>,
+    /// Per rerank search (a query over up to 100 documents); `None`: free.
+    #[serde(default)]
+    pub per_query: Option<f64>,
 }
 
 /// Token counts of one request, normalised across providers: `prompt`
@@ -93,6 +96,7 @@ impl Prices {
             image_table: None,
             per_character: None,
             per_second: None,
+            per_query: None,
         }
     }
 
@@ -168,6 +172,10 @@ const BUILTIN: &[(&str, Prices)] = &[
     ("gpt-4o-mini-tts", Prices::per_million(0.6, 12.0, None, None)),
     ("gpt-4o-transcribe", Prices::per_million(6.0, 10.0, None, None)),
     ("gpt-4o-mini-transcribe", Prices::per_million(3.0, 5.0, None, None)),
+    // Cohere's rerank models: billed per search (see `builtin`).
+    ("rerank-v3.5", Prices::per_million(0.0, 0.0, None, None)),
+    ("rerank-english-v3.0", Prices::per_million(0.0, 0.0, None, None)),
+    ("rerank-multilingual-v3.0", Prices::per_million(0.0, 0.0, None, None)),
     // DALL·E: billed per image (see `builtin`).
     ("dall-e-2", Prices::per_million(0.0, 0.0, None, None)),
     ("dall-e-3", Prices::per_million(0.0, 0.0, None, None)),
@@ -255,6 +263,7 @@ pub fn builtin(model: &str) -> Option<Prices> {
                     _ => None,
                 },
                 per_second: (*known == "whisper-1").then_some(0.006 / 60.0),
+                per_query: known.starts_with("rerank-").then_some(2.0 / 1_000.0),
                 image_table: match *known {
                     "dall-e-2" => Some(ImageTable::DallE2),
                     "dall-e-3" => Some(ImageTable::DallE3),
@@ -377,6 +386,7 @@ mod tests {
         assert_eq!(builtin("tts-1").and_then(|p| p.per_character), Some(15.0 / 1_000_000.0));
         assert_eq!(builtin("whisper-1").and_then(|p| p.per_second), Some(0.0001));
         assert_eq!(builtin("gpt-4o-transcribe").and_then(|p| p.per_second), None);
+        assert_eq!(builtin("rerank-v3.5").and_then(|p| p.per_query), Some(0.002));
         assert_ne!(builtin("claude-opus-4-5"), builtin("claude-opus-4"));
         assert_eq!(
             builtin("us.anthropic.claude-haiku-4-5-20251001-v1:0"),

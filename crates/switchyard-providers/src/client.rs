@@ -2,7 +2,7 @@
 
 use switchyard_api::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ImageGenerationRequest, ModerationRequest,
-    SpeechRequest,
+    RerankRequest, SpeechRequest,
 };
 
 use crate::{
@@ -92,6 +92,21 @@ impl ProviderClient {
                     "transcriptions"
                 },
             }),
+        }
+    }
+
+    /// A rerank (OpenAI-compatible servers that have one: vLLM, Cohere's
+    /// `/v2`, Jina; and the mock).
+    pub async fn rerank(&self, req: &RerankRequest) -> Result<ProviderResponse> {
+        match self {
+            ProviderClient::OpenAi(p) => p.rerank(req).await,
+            ProviderClient::Mock(p) => p.rerank(req).await,
+            ProviderClient::Azure(_) | ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => {
+                Err(ProviderError::Unsupported {
+                    provider: self.kind(),
+                    operation: "rerank",
+                })
+            }
         }
     }
 

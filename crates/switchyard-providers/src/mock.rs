@@ -11,8 +11,8 @@ use serde::Serialize;
 use switchyard_api::{
     ChatChoice, ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ChunkChoice,
     ChunkDelta, CompletionChoice, CompletionRequest, CompletionResponse, EmbeddingData, EmbeddingRequest,
-    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Extra, ImageGenerationRequest, ModerationRequest, Role,
-    SpeechRequest, Usage,
+    EmbeddingResponse, EmbeddingUsage, EmbeddingVector, Extra, ImageGenerationRequest, ModerationRequest,
+    RerankRequest, Role, SpeechRequest, Usage,
 };
 
 use crate::{
@@ -175,6 +175,48 @@ impl MockProvider {
         Ok(ProviderResponse {
             body: to_bytes(&answer)?,
             usage,
+        })
+    }
+
+    /// A rerank: documents scored by the share of the query's words they
+    /// hold, best first, `top_n` of them, with token usage.
+    pub async fn rerank(&self, req: &RerankRequest) -> Result<ProviderResponse> {
+        self.wait().await;
+        if req.documents.is_empty() {
+            return Err(ProviderError::InvalidRequest {
+                message: "'documents' must not be empty.".into(),
+                param: Some("documents".into()),
+            });
+        }
+        let query: Vec<String> = req.query.split_whitespace().map(str::to_lowercase).collect();
+        let text = |doc: &serde_json::Value| {
+            doc.as_str()
+                .or_else(|| doc.get("text").and_then(|t| t.as_str()))
+                .unwrap_or_default()
+                .to_lowercase()
+        };
+        let mut scored: Vec<(usize, f64)> = req
+            .documents
+            .iter()
+            .enumerate()
+            .map(|(i, doc)| {
+                let words: Vec<String> = text(doc).split_whitespace().map(str::to_owned).collect();
+                let hits = query.iter().filter(|q| words.contains(q)).count();
+                (i, hits as f64 / query.len().max(1) as f64)
+            })
+            .collect();
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let top = req.top_n.map_or(scored.len(), |n| (n as usize).min(scored.len()));
+        let results: Vec<serde_json::Value> = scored[..top]
+            .iter()
+            .map(|(i, score)| serde_json::json!({"index": i, "relevance_score": score}))
+            .collect();
+        let tokens = words(&req.query) + req.documents.iter().map(|d| words(&text(d))).sum::<u64>();
+        let answer = serde_json::json!({"id": self.next_id("rerank"), "model": req.model, "results": results,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}});
+        Ok(ProviderResponse {
+            body: to_bytes(&answer)?,
+            usage: serde_json::from_value(answer["usage"].clone()).ok(),
         })
     }
 

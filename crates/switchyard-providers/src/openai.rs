@@ -6,7 +6,7 @@
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use switchyard_api::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ImageGenerationRequest, ModerationRequest,
-    SpeechRequest,
+    RerankRequest, SpeechRequest,
 };
 
 use crate::http::{HttpSettings, HttpUpstream, MediaBody};
@@ -110,6 +110,8 @@ struct Endpoints {
     speech_url: reqwest::Url,
     transcriptions_url: reqwest::Url,
     translations_url: reqwest::Url,
+    /// `None` where the upstream has no rerank endpoint (Azure OpenAI).
+    rerank_url: Option<reqwest::Url>,
     /// Whether the upstream takes `stream_options` (Azure API versions
     /// before 2024-09-01 refuse it with a 400).
     stream_options: bool,
@@ -173,6 +175,17 @@ macro_rules! openai_wire_provider {
                     &self.0.transcriptions_url
                 };
                 self.0.http.post_media(url, MediaBody::Form(req.form()?)).await
+            }
+
+            /// `POST /rerank`: the answer as the upstream gave it.
+            pub async fn rerank(&self, req: &RerankRequest) -> Result<ProviderResponse> {
+                match &self.0.rerank_url {
+                    Some(url) => self.0.http.post_json(url, encode(req)?).await,
+                    None => Err(ProviderError::Unsupported {
+                        provider: $kind,
+                        operation: "rerank",
+                    }),
+                }
             }
 
             /// `POST /moderations`: the answer as the upstream gave it.
@@ -258,6 +271,7 @@ impl OpenAiProvider {
             speech_url: endpoint(format!("{base}/audio/speech"))?,
             transcriptions_url: endpoint(format!("{base}/audio/transcriptions"))?,
             translations_url: endpoint(format!("{base}/audio/translations"))?,
+            rerank_url: Some(endpoint(format!("{base}/rerank"))?),
             stream_options: true,
             strict: reqwest::Url::parse(base)
                 .ok()
@@ -313,6 +327,7 @@ impl AzureProvider {
             speech_url: endpoint(url("audio/speech"))?,
             transcriptions_url: endpoint(url("audio/transcriptions"))?,
             translations_url: endpoint(url("audio/translations"))?,
+            rerank_url: None,
             stream_options: azure_takes_stream_options(api_version),
             strict: true,
         }))

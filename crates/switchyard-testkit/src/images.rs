@@ -125,3 +125,62 @@ pub(crate) fn moderations(ctx: &RequestCtx<'_>) -> Response {
         &json!({"id": format!("modr-{}", ctx.state.next_id()), "model": model, "results": results}),
     )
 }
+
+/// `POST /v1/rerank` (vLLM's and Jina's answer, with token usage) or
+/// Cohere's `/v2/rerank` (with `meta.billed_units.search_units`, one per
+/// 100 documents): documents scored by the share of the query's words
+/// they hold, best first.
+pub(crate) fn rerank(ctx: &RequestCtx<'_>, cohere: bool) -> Response {
+    let Some(query) = ctx.body.get("query").and_then(Value::as_str).filter(|q| !q.is_empty()) else {
+        return invalid_request("Missing required parameter: 'query'.", Some("query"));
+    };
+    let Some(documents) = ctx
+        .body
+        .get("documents")
+        .and_then(Value::as_array)
+        .filter(|d| !d.is_empty())
+    else {
+        return invalid_request("Missing required parameter: 'documents'.", Some("documents"));
+    };
+    if let Some(response) = non_stream_fault(ctx.scenario) {
+        return response;
+    }
+    let text = |doc: &Value| {
+        doc.as_str()
+            .or_else(|| doc.get("text").and_then(Value::as_str))
+            .unwrap_or_default()
+            .to_lowercase()
+    };
+    let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+    let mut scored: Vec<(usize, f64)> = documents
+        .iter()
+        .enumerate()
+        .map(|(i, doc)| {
+            let own = text(doc);
+            let hits = words
+                .iter()
+                .filter(|w| own.split_whitespace().any(|o| o == w.as_str()))
+                .count();
+            (i, hits as f64 / words.len().max(1) as f64)
+        })
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let top = ctx
+        .body
+        .get("top_n")
+        .and_then(Value::as_u64)
+        .map_or(scored.len(), |n| (n as usize).min(scored.len()));
+    let results: Vec<Value> = scored[..top]
+        .iter()
+        .map(|(i, score)| json!({"index": i, "relevance_score": score}))
+        .collect();
+    let tokens = word_count(query) + documents.iter().map(|d| word_count(&text(d))).sum::<usize>();
+    let body = if cohere {
+        json!({"id": format!("rr-{}", ctx.state.next_id()), "results": results,
+            "meta": {"billed_units": {"search_units": documents.len().div_ceil(100)}}})
+    } else {
+        json!({"id": format!("rerank-{}", ctx.state.next_id()), "model": ctx.model, "results": results,
+            "usage": {"total_tokens": tokens}})
+    };
+    json_response(StatusCode::OK, &body)
+}

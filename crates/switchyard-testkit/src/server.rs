@@ -203,6 +203,8 @@ enum Operation {
     Speech,
     Transcriptions,
     Translations,
+    Rerank,
+    CohereRerank,
     Messages,
     CountTokens,
     Converse,
@@ -231,7 +233,9 @@ impl Operation {
             | Operation::Moderations
             | Operation::Speech
             | Operation::Transcriptions
-            | Operation::Translations => Protocol::OpenAi,
+            | Operation::Translations
+            | Operation::Rerank
+            | Operation::CohereRerank => Protocol::OpenAi,
             Operation::Messages | Operation::CountTokens => Protocol::Anthropic,
             Operation::Converse
             | Operation::ConverseStream
@@ -370,6 +374,14 @@ fn classify(path: &str) -> Option<Route> {
             model_id: None,
         });
     }
+    if path == "/v2/rerank" {
+        return Some(Route {
+            operation: Operation::CohereRerank,
+            deployment: None,
+            azure_v1: false,
+            model_id: None,
+        });
+    }
     let rest = path.strip_prefix("/v1").unwrap_or(path);
     let operation = match rest {
         "/chat/completions" => Operation::ChatCompletions,
@@ -380,6 +392,7 @@ fn classify(path: &str) -> Option<Route> {
         "/audio/speech" => Operation::Speech,
         "/audio/transcriptions" => Operation::Transcriptions,
         "/audio/translations" => Operation::Translations,
+        "/rerank" => Operation::Rerank,
         "/models" => Operation::Models,
         "/messages" => Operation::Messages,
         "/messages/count_tokens" => Operation::CountTokens,
@@ -662,6 +675,8 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         Operation::Speech => crate::audio::speech(&ctx),
         Operation::Transcriptions => crate::audio::transcription(&ctx, false),
         Operation::Translations => crate::audio::transcription(&ctx, true),
+        Operation::Rerank => crate::images::rerank(&ctx, false),
+        Operation::CohereRerank => crate::images::rerank(&ctx, true),
         Operation::Models => non_stream_fault(&scenario).unwrap_or_else(models),
         Operation::Messages => anthropic_mock::messages(&ctx),
         Operation::CountTokens => anthropic_mock::count_tokens(&ctx),

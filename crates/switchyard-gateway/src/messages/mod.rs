@@ -418,6 +418,11 @@ pub async fn count_tokens(
     }
     state.resolve_fallbacks(&mut options.fallbacks);
     options.wildcard = state.wildcard_part(&model).map(str::to_owned);
+    if state.tag_filtering
+        && let Ok(labels) = crate::labels::anthropic(&serde_json::Map::new(), &headers)
+    {
+        options.route_tags = labels.tags;
+    }
     let betas = betas(&headers);
     let model = state.group_name(&model);
     match dispatch(&state, model, &mut Call::CountTokens(&mut req, &betas), &options).await {
