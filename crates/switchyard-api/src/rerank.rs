@@ -1,5 +1,5 @@
 //! `POST /v1/rerank`: documents ordered by relevance to a query (Cohere's
-//! and Jina's shape, which vLLM, Infinity and TEI-style servers also speak).
+//! and Jina's shape, which vLLM and Infinity also speak).
 
 use serde::{Deserialize, Serialize};
 

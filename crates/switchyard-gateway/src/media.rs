@@ -152,6 +152,13 @@ pub(crate) async fn rerank(
     if req.top_n == Some(0) {
         return invalid("top_n", "'top_n' must be at least 1.").into_response();
     }
+    // Cohere's v2 and vLLM take documents as strings: `{"text": …}` objects
+    // are sent as their text.
+    for doc in &mut req.documents {
+        if let Some(text) = doc.get("text").and_then(Value::as_str).map(str::to_owned) {
+            *doc = Value::String(text);
+        }
+    }
     let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
         Ok(fields) => fields,
         Err(e) => return e.into_response(),
@@ -177,6 +184,24 @@ pub(crate) async fn rerank(
 /// 100 documents (Cohere's unit).
 fn searches(req: &RerankRequest) -> u64 {
     (req.documents.len() as u64).div_ceil(100).max(1)
+}
+
+/// The most searches a rerank may be billed for: Cohere counts each 500
+/// tokens of a document (with the query) as a document of its own, and a
+/// token is at least a byte.
+fn most_searches(req: &RerankRequest) -> u64 {
+    let chunks: u64 = req
+        .documents
+        .iter()
+        .map(|doc| {
+            let text = doc
+                .as_str()
+                .or_else(|| doc.get("text").and_then(Value::as_str))
+                .map_or(0, str::len);
+            ((req.query.len() + text) as u64).div_ceil(500).max(1)
+        })
+        .sum();
+    chunks.div_ceil(100).max(1)
 }
 
 /// `POST /v1/audio/speech`: the audio comes back whole, with the
@@ -551,7 +576,8 @@ pub(crate) fn charge(
             let answer: Value = serde_json::from_slice(body).unwrap_or_default();
             let tokens = ["prompt_tokens", "total_tokens"]
                 .iter()
-                .find_map(|field| answer.pointer(&format!("/usage/{field}")).and_then(Value::as_u64))
+                .filter_map(|field| answer.pointer(&format!("/usage/{field}")).and_then(Value::as_u64))
+                .max()
                 .unwrap_or(estimated_prompt);
             let searches = answer
                 .pointer("/meta/billed_units/search_units")
@@ -667,7 +693,7 @@ pub(crate) fn media_ceiling<'a>(
         let p = state.prices_for(d.id, requested);
         match call {
             Call::Images(req) => image_cost(&p, req, req.count()),
-            Call::Rerank(req) => switchyard_policy::from_usd(p.per_query.unwrap_or(0.0) * searches(req) as f64),
+            Call::Rerank(req) => switchyard_policy::from_usd(p.per_query.unwrap_or(0.0) * most_searches(req) as f64),
             Call::Speech(req) => {
                 switchyard_policy::from_usd(p.per_character.unwrap_or(0.0) * req.input.chars().count() as f64)
             }

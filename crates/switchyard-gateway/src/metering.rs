@@ -168,6 +168,9 @@ fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
     }
 }
 
+/// A rerank pair's tokens beyond the query and the document (separators).
+const RERANK_PAIR_BYTES: u64 = 8;
+
 /// The most output tokens a GPT image model bills for one image (a large
 /// image at `high` quality is 6,240).
 const IMAGE_TOKENS: u64 = 6_240;
@@ -248,7 +251,11 @@ pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
         Call::Images(req) => req.prompt.len() as u64,
         Call::Moderations(req) => moderation_bytes(&req.input),
         Call::Speech(req) => req.input.len() as u64,
-        Call::Rerank(req) => req.size_in_bytes() as u64,
+        // Rerankers score each document with the query beside it.
+        Call::Rerank(req) => {
+            let pairs = (req.documents.len() as u64).saturating_mul(req.query.len() as u64 + RERANK_PAIR_BYTES);
+            (req.size_in_bytes() as u64).saturating_add(pairs)
+        }
         // The audio is not text: only a prompt given with it counts.
         Call::Transcription(req) => req.field("prompt").map_or(0, str::len) as u64,
         Call::Completion(req) => req.prompt.size_in_bytes(),

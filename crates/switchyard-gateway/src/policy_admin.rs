@@ -34,6 +34,8 @@ pub fn routes() -> Router<SharedState> {
     Router::new()
         .route("/key/generate", post(generate_key))
         .route("/key/update", post(update_key))
+        .route("/key/block", post(block_key))
+        .route("/key/unblock", post(unblock_key))
         .route("/key/delete", post(delete_keys))
         .route("/key/list", get(list_keys))
         .route("/key/regenerate", post(regenerate_key))
@@ -41,6 +43,8 @@ pub fn routes() -> Router<SharedState> {
         .route("/team/new", post(new_team))
         .route("/team/info", get(team_info))
         .route("/team/update", post(update_team))
+        .route("/team/block", post(block_team))
+        .route("/team/unblock", post(unblock_team))
         .route("/team/delete", post(delete_teams))
         .route("/team/list", get(list_teams))
         .route("/spend/keys", get(spend_keys))
@@ -177,6 +181,63 @@ async fn update_key(State(state): State<SharedState>, JsonBody(body): JsonBody<V
     match state.policy.update_key(&body).await {
         Ok(record) => Json(key_json(&record)).into_response(),
         Err(e) => fail(e),
+    }
+}
+
+/// `{id_field: …, "blocked": blocked}` from a block or unblock request's
+/// body, which names the key or team by `id_field` alone.
+fn blocking(body: Value, id_field: &str, blocked: bool) -> Result<Map<String, Value>, Response> {
+    let body = object(body)?;
+    let Some(id) = body.get(id_field).filter(|v| v.is_string()) else {
+        return Err(ApiError::InvalidField {
+            param: Some(id_field.into()),
+            message: format!("'{id_field}' is required."),
+        }
+        .into_response());
+    };
+    Ok(Map::from_iter([
+        (id_field.to_owned(), id.clone()),
+        ("blocked".to_owned(), Value::Bool(blocked)),
+    ]))
+}
+
+/// `POST /key/block` (LiteLLM's): refuse a key's requests without deleting it.
+async fn block_key(state: State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    set_key_blocked(state, body, true).await
+}
+
+/// `POST /key/unblock`.
+async fn unblock_key(state: State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    set_key_blocked(state, body, false).await
+}
+
+async fn set_key_blocked(State(state): State<SharedState>, body: Value, blocked: bool) -> Response {
+    match blocking(body, "key", blocked) {
+        Ok(update) => match state.policy.update_key(&update).await {
+            Ok(record) => Json(key_json(&record)).into_response(),
+            Err(e) => fail(e),
+        },
+        Err(r) => r,
+    }
+}
+
+/// `POST /team/block` (LiteLLM's): refuse the requests of every key of a team.
+async fn block_team(state: State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    set_team_blocked(state, body, true).await
+}
+
+/// `POST /team/unblock`.
+async fn unblock_team(state: State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
+    set_team_blocked(state, body, false).await
+}
+
+async fn set_team_blocked(State(state): State<SharedState>, body: Value, blocked: bool) -> Response {
+    match blocking(body, "team_id", blocked) {
+        Ok(update) => match state.policy.update_team(&update).await {
+            Ok(team) => Json(team_json(&team)).into_response(),
+            Err(e) => fail(e),
+        },
+        Err(r) => r,
     }
 }
 

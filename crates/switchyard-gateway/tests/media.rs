@@ -616,7 +616,9 @@ async fn rerank_orders_documents_and_is_charged_by_tokens_or_searches() {
 
     // Cohere's /v2/rerank, by its clients' path: $2 per 1,000 searches,
     // a search per 100 documents.
-    let documents: Vec<String> = (0..150).map(|i| format!("document {i}")).collect();
+    // 150 documents, one of them 600 words long: 151 chunks, 2 searches.
+    let mut documents: Vec<String> = (0..150).map(|i| format!("document {i}")).collect();
+    documents[3] = "word ".repeat(600);
     let cohere = post(
         &gateway,
         "/v2/rerank",

@@ -355,6 +355,17 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
     assert_eq!(blocked.status, 200, "{}", blocked.body);
     assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.code(), "key_blocked");
     admin(&gw, "/key/update", json!({"key": key, "blocked": false})).await;
+    // LiteLLM's /key/block and /key/unblock do the same.
+    let blocked = admin(&gw, "/key/block", json!({"key": key})).await;
+    assert_eq!(
+        (blocked.status, blocked.body["blocked"].clone()),
+        (200, json!(true)),
+        "{}",
+        blocked.body
+    );
+    assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.code(), "key_blocked");
+    assert_eq!(admin(&gw, "/key/unblock", json!({"key": key})).await.status, 200);
+    assert_eq!(admin(&gw, "/key/block", json!({})).await.body["error"]["param"], "key");
     assert_eq!(chat_with(&gw, Some(&key), "mock-a").await.status, 200);
     let bad = admin(&gw, "/key/update", json!({"key": key, "rpm_limit": -1})).await;
     assert_eq!(
@@ -458,6 +469,16 @@ async fn teams_narrow_models_and_share_one_budget() {
 
     // The team's models apply to a key that names none.
     assert_eq!(chat_with(&gw, Some(&first), "mock-a").await.code(), "model_not_allowed");
+    // A blocked team's keys are refused until it is unblocked.
+    assert_eq!(
+        admin(&gw, "/team/block", json!({"team_id": "research"})).await.status,
+        200
+    );
+    assert_eq!(chat_with(&gw, Some(&first), "mock-b").await.code(), "key_blocked");
+    assert_eq!(
+        admin(&gw, "/team/unblock", json!({"team_id": "research"})).await.status,
+        200
+    );
     // A name no group has gets the same answer: the key cannot tell which exist.
     let unknown = chat_with(&gw, Some(&first), "no-such-model").await;
     assert_eq!(

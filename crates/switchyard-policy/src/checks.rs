@@ -241,3 +241,38 @@ impl Checks {
         self.rates.iter().filter(|r| r.kind == RateKind::Tokens)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+    use crate::key::{KeyRecord, KeyView};
+
+    #[test]
+    fn per_model_limits_are_found_and_counted_by_kind() {
+        let mut key = KeyRecord::new("sk-test-per-model-limits", 0, false);
+        key.limits.model_rpm_limit.insert("old-name".into(), 1);
+        key.limits.model_tpm_limit.insert("beta".into(), 10);
+        let view = KeyView { key, team: None };
+        let demand = Demand {
+            model: "group".into(),
+            requested_as: Some("old-name".into()),
+            access_groups: vec!["beta".into()],
+            estimated_tokens: 3,
+            max_cost: 0,
+            request_id: None,
+        };
+        let checks = Checks::for_request(&view, &demand);
+        let ids: Vec<(&str, u32)> = checks.rates.iter().map(|r| (r.id.as_str(), r.limit)).collect();
+        let token = &view.key.key_id;
+        // The rpm limit set on the name used counts that name; the tpm
+        // limit set on the access group counts the group.
+        assert_eq!(
+            ids,
+            [
+                (format!("rpm:key:{token}:model:old-name").as_str(), 1),
+                (format!("tpm:key:{token}:model:group").as_str(), 10),
+            ]
+        );
+    }
+}

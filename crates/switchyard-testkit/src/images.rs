@@ -177,7 +177,12 @@ pub(crate) fn rerank(ctx: &RequestCtx<'_>, cohere: bool) -> Response {
     let tokens = word_count(query) + documents.iter().map(|d| word_count(&text(d))).sum::<usize>();
     let body = if cohere {
         json!({"id": format!("rr-{}", ctx.state.next_id()), "results": results,
-            "meta": {"billed_units": {"search_units": documents.len().div_ceil(100)}}})
+            // Each 500 words of a document (with the query) is a document of its own.
+            "meta": {"billed_units": {"search_units": documents
+                .iter()
+                .map(|d| (word_count(query) + word_count(&text(d))).div_ceil(500).max(1))
+                .sum::<usize>()
+                .div_ceil(100)}}})
     } else {
         json!({"id": format!("rerank-{}", ctx.state.next_id()), "model": ctx.model, "results": results,
             "usage": {"total_tokens": tokens}})
