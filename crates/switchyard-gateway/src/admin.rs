@@ -1,10 +1,117 @@
-//! Admin endpoints: what the router knows about each deployment.
+//! Admin endpoints: what the router knows about each deployment, and
+//! `GET /health`, which asks each one.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
+use switchyard_providers::Provider as _;
+use switchyard_routing::DeploymentInfo;
 
+use crate::config::HealthCheck;
+use crate::error::ApiError;
 use crate::routes::SharedState;
+
+/// How long `GET /health` waits for one deployment.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many deployments `GET /health` asks at once.
+const HEALTH_CONCURRENCY: usize = 8;
+
+/// `GET /health` (LiteLLM's, master key only: it spends upstream tokens):
+/// sends every deployment (or `?model=`'s) a one-token chat completion or
+/// a one-input embedding (its `health_check`), concurrently, each within
+/// 30 s, and lists the healthy and the unhealthy ones with the error.
+/// Deployments with `health_check: none` and wildcard ones are left out.
+/// The answers touch no breaker, statistic or spend.
+pub async fn health(State(state): State<SharedState>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let only = query.get("model").map(|m| state.group_name(m).to_owned());
+    if let Some(name) = &only
+        && state.registry.group(name).is_err()
+    {
+        return ApiError::ModelNotFound(name.clone()).into_response();
+    }
+    // Owned, for the futures below to hold across their awaits.
+    let mut targets: Vec<(String, DeploymentInfo)> = Vec::new();
+    for name in state.registry.model_names() {
+        if only.as_ref().is_some_and(|o| o != name) {
+            continue;
+        }
+        let Ok(group) = state.registry.group(name) else {
+            continue;
+        };
+        for d in group.deployments() {
+            if state.health_checks.get(d.id.0).is_some_and(|c| *c != HealthCheck::None) {
+                targets.push((name.to_owned(), d.clone()));
+            }
+        }
+    }
+    let results: Vec<(Value, bool)> = futures_util::stream::iter(targets)
+        .map(|(name, d)| {
+            let state = state.clone();
+            async move {
+                let started = Instant::now();
+                let outcome = ask(&state, &d).await;
+                let mut entry = json!({
+                    "model_name": name,
+                    "deployment": d.name,
+                    "provider": d.provider,
+                    "model": d.model,
+                    "latency_ms": started.elapsed().as_millis() as u64,
+                });
+                let healthy = outcome.is_ok();
+                if let Err(error) = outcome {
+                    entry["error"] = json!(error);
+                }
+                (entry, healthy)
+            }
+        })
+        .buffered(HEALTH_CONCURRENCY)
+        .collect()
+        .await;
+    let (healthy, unhealthy): (Vec<_>, Vec<_>) = results.into_iter().partition(|(_, ok)| *ok);
+    Json(json!({
+        "healthy_count": healthy.len(),
+        "unhealthy_count": unhealthy.len(),
+        "healthy_endpoints": healthy.into_iter().map(|(e, _)| e).collect::<Vec<_>>(),
+        "unhealthy_endpoints": unhealthy.into_iter().map(|(e, _)| e).collect::<Vec<_>>(),
+    }))
+    .into_response()
+}
+
+/// Sends `d` its health check; the error as its message.
+async fn ask(state: &SharedState, d: &DeploymentInfo) -> Result<(), String> {
+    let Some(client) = state.provider(d.id) else {
+        return Err("no client for this deployment".into());
+    };
+    let check = state.health_checks.get(d.id.0).copied().unwrap_or_default();
+    let call = async {
+        match check {
+            HealthCheck::Embedding => {
+                let req = serde_json::from_value(json!({"model": d.model, "input": "health check"}))
+                    .map_err(|e| e.to_string())?;
+                client.embeddings(&req).await.map(drop).map_err(|e| e.to_string())
+            }
+            _ => {
+                let req = serde_json::from_value(json!({
+                    "model": d.model,
+                    "max_tokens": 1,
+                    "messages": [{"role": "user", "content": "health check: reply with one word"}],
+                }))
+                .map_err(|e| e.to_string())?;
+                client.chat(&req).await.map(drop).map_err(|e| e.to_string())
+            }
+        }
+    };
+    match tokio::time::timeout(HEALTH_TIMEOUT, call).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {} s", HEALTH_TIMEOUT.as_secs())),
+    }
+}
 
 /// `GET /admin/deployments`: every deployment with its circuit-breaker state
 /// (`closed`, `open`, `half_open`, `key_invalid`), the milliseconds left in

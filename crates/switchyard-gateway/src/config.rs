@@ -107,6 +107,19 @@ pub struct RouterSettings {
     pub enable_tag_filtering: bool,
 }
 
+/// What `GET /health` sends a deployment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    /// A one-token chat completion.
+    #[default]
+    Chat,
+    /// A one-input embedding.
+    Embedding,
+    /// Not checked.
+    None,
+}
+
 /// One `router_settings.model_group_alias` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
@@ -557,6 +570,11 @@ pub struct DeploymentEntry {
     /// Extra headers for every upstream request; values may be `os.environ/NAME`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// What `GET /health` sends the deployment: `chat` (default, one
+    /// token), `embedding` (one short input), or `none` (left out: image,
+    /// audio and rerank models, whose calls cost more).
+    #[serde(default)]
+    pub health_check: HealthCheck,
     /// Tags for tag-based routing (`router_settings.enable_tag_filtering`):
     /// a request's tags choose among the deployments that carry one of
     /// them; `default` marks those that serve requests no tag matches.
@@ -849,6 +867,9 @@ pub struct DeploymentSpec {
     pub priced_per_request: bool,
     /// Tags for tag-based routing.
     pub tags: Vec<String>,
+    /// What `GET /health` sends it (`none` for a wildcard deployment, which
+    /// serves no one model).
+    pub health_check: HealthCheck,
     /// Upstream request limit per minute.
     pub rpm: Option<u64>,
     /// Upstream token limit per minute.
@@ -1285,6 +1306,11 @@ fn validate_deployment(
             .map(|t| t.trim().to_owned())
             .filter(|t| !t.is_empty())
             .collect(),
+        health_check: if entry.model.contains('*') {
+            HealthCheck::None
+        } else {
+            entry.health_check
+        },
         rpm: entry.rpm,
         tpm: entry.tpm,
         http: HttpSettings {

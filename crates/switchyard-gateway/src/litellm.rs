@@ -442,6 +442,15 @@ impl Translator {
                             "the model has no built-in price here: set input_cost_per_token and output_cost_per_token",
                         );
                     }
+                } else if key == "mode" {
+                    // What LiteLLM's health check sends the model.
+                    let check = match value.as_str().unwrap_or_default() {
+                        "chat" | "completion" | "responses" => "chat",
+                        "embedding" => "embedding",
+                        _ => "none",
+                    };
+                    d.insert("health_check".into(), json!(check));
+                    self.map(here, format!("model_list[{name}].deployments[].health_check: {check}"));
                 } else if key == "access_groups" {
                     match value.as_array().filter(|l| l.iter().all(Value::is_string)) {
                         Some(_) => {

@@ -83,6 +83,7 @@ pub fn router(state: SharedState) -> Router {
             metering::limit_concurrency,
         ));
     let admin = crate::policy_admin::routes()
+        .route("/health", get(crate::admin::health))
         .route_layer(middleware::from_fn_with_state(state.clone(), metering::require_master));
     // A virtual key may read its own info, as LiteLLM's tools expect.
     let key_info = crate::policy_admin::key_info_route()

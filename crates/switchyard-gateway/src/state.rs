@@ -49,6 +49,8 @@ pub struct AppState {
     pub priced_per_request: Vec<Option<String>>,
     /// Per deployment, indexed like `providers`: its routing tags.
     pub deployment_tags: Vec<Vec<String>>,
+    /// Per deployment, indexed like `providers`: what `GET /health` sends it.
+    pub health_checks: Vec<crate::config::HealthCheck>,
     /// Whether requests' tags choose deployments
     /// (`router_settings.enable_tag_filtering`).
     pub tag_filtering: bool,
@@ -519,6 +521,7 @@ impl AppState {
         let mut routes = HashMap::new();
         let mut priced_per_request = Vec::new();
         let mut deployment_tags = Vec::new();
+        let mut health_checks = Vec::new();
         let mut groups = Vec::with_capacity(models.len());
         for (i, model) in models.iter().enumerate() {
             if model.router.is_some() {
@@ -532,6 +535,7 @@ impl AppState {
                         prices.push(spec.prices);
                         priced_per_request.push(spec.priced_per_request.then(|| spec.model.clone()));
                         deployment_tags.push(spec.tags.clone());
+                        health_checks.push(spec.health_check);
                         upstreams.push(upstream_identity(spec));
                     }
                     Err(e) => {
@@ -663,6 +667,7 @@ impl AppState {
             },
             priced_per_request,
             deployment_tags,
+            health_checks,
             tag_filtering: router.enable_tag_filtering,
             access_groups: models
                 .iter()
