@@ -1788,6 +1788,16 @@ impl Config {
                         path,
                         format!("`{name}` is an alias; a key could not tell which it means"),
                     ));
+                } else if let Some(wild) = self
+                    .model_list
+                    .iter()
+                    .map(|m| m.model_name.trim())
+                    .find(|w| w.contains('*') && switchyard_policy::key::names_model(w, name))
+                {
+                    issues.push(issue(
+                        path,
+                        format!("`{name}` is a model the wildcard group `{wild}` serves; a key could not tell which it means"),
+                    ));
                 }
             }
             for (field, list) in [

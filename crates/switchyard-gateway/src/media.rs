@@ -50,13 +50,43 @@ fn model_or_default(state: &AppState, model: String, default: &str) -> Result<St
     ))
 }
 
+/// Serves a request of this module's JSON endpoints like any other: takes
+/// the gateway's own fields out of its body, applies OpenAI's default
+/// model when it names none (`default_model`), and refuses a learned
+/// router's name.
+async fn serve<R: Send + 'static>(
+    (state, principal, ctx): (SharedState, Principal, RequestContext),
+    headers: &HeaderMap,
+    mut req: R,
+    parts: fn(&mut R) -> (&mut switchyard_api::Extra, &mut String),
+    default_model: Option<&str>,
+    call: for<'a> fn(&'a mut R) -> Call<'a>,
+) -> Response {
+    let (extra, model) = parts(&mut req);
+    let (options, controls) = match gateway_fields(extra, headers) {
+        Ok(fields) => fields,
+        Err(e) => return e.into_response(),
+    };
+    let model = match default_model {
+        Some(default) => match model_or_default(&state, std::mem::take(model), default) {
+            Ok(model) => model,
+            Err(e) => return e.into_response(),
+        },
+        None => std::mem::take(model),
+    };
+    if let Err(e) = not_a_learned_router(&state, &principal, &model) {
+        return e.into_response();
+    }
+    serve_detached(state, principal, ctx, model, req, call, options, controls).await
+}
+
 /// `POST /v1/images/generations`.
 pub(crate) async fn images(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     Extension(ctx): Extension<RequestContext>,
     headers: HeaderMap,
-    JsonBody(mut req): JsonBody<ImageGenerationRequest>,
+    JsonBody(req): JsonBody<ImageGenerationRequest>,
 ) -> Response {
     if req.prompt.trim().is_empty() {
         return invalid("prompt", "'prompt' must not be empty.").into_response();
@@ -71,26 +101,13 @@ pub(crate) async fn images(
         )
         .into_response();
     }
-    let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
-        Ok(fields) => fields,
-        Err(e) => return e.into_response(),
-    };
-    let model = match model_or_default(&state, std::mem::take(&mut req.model), DEFAULT_IMAGE_MODEL) {
-        Ok(model) => model,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = not_a_learned_router(&state, &principal, &model) {
-        return e.into_response();
-    }
-    serve_detached(
-        state,
-        principal,
-        ctx,
-        model,
+    serve(
+        (state, principal, ctx),
+        &headers,
         req,
+        |r| (&mut r.extra, &mut r.model),
+        Some(DEFAULT_IMAGE_MODEL),
         |r| Call::Images(r),
-        options,
-        controls,
     )
     .await
 }
@@ -101,7 +118,7 @@ pub(crate) async fn moderations(
     Extension(principal): Extension<Principal>,
     Extension(ctx): Extension<RequestContext>,
     headers: HeaderMap,
-    JsonBody(mut req): JsonBody<ModerationRequest>,
+    JsonBody(req): JsonBody<ModerationRequest>,
 ) -> Response {
     let empty = match &req.input {
         Value::String(s) => s.is_empty(),
@@ -111,26 +128,13 @@ pub(crate) async fn moderations(
     if empty {
         return invalid("input", "'input' must be a non-empty string or array.").into_response();
     }
-    let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
-        Ok(fields) => fields,
-        Err(e) => return e.into_response(),
-    };
-    let model = match model_or_default(&state, std::mem::take(&mut req.model), DEFAULT_MODERATION_MODEL) {
-        Ok(model) => model,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = not_a_learned_router(&state, &principal, &model) {
-        return e.into_response();
-    }
-    serve_detached(
-        state,
-        principal,
-        ctx,
-        model,
+    serve(
+        (state, principal, ctx),
+        &headers,
         req,
+        |r| (&mut r.extra, &mut r.model),
+        Some(DEFAULT_MODERATION_MODEL),
         |r| Call::Moderations(r),
-        options,
-        controls,
     )
     .await
 }
@@ -159,23 +163,13 @@ pub(crate) async fn rerank(
             *doc = Value::String(text);
         }
     }
-    let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
-        Ok(fields) => fields,
-        Err(e) => return e.into_response(),
-    };
-    if let Err(e) = not_a_learned_router(&state, &principal, &req.model) {
-        return e.into_response();
-    }
-    let model = std::mem::take(&mut req.model);
-    serve_detached(
-        state,
-        principal,
-        ctx,
-        model,
+    serve(
+        (state, principal, ctx),
+        &headers,
         req,
+        |r| (&mut r.extra, &mut r.model),
+        None,
         |r| Call::Rerank(r),
-        options,
-        controls,
     )
     .await
 }
@@ -568,8 +562,18 @@ pub(crate) fn charge(
     };
     Some(match call {
         Call::Images(req) => {
-            let (tokens, images) = image_usage(body, req);
-            (tokens, image_cost(prices, req, images))
+            let (mut tokens, images) = image_usage(body, req);
+            let cost = image_cost(prices, req, images);
+            // A token-priced image model that reported no usage: the
+            // estimated prompt and the most output an image bills.
+            if tokens == TokenUsage::default() && cost == 0 {
+                tokens = TokenUsage {
+                    prompt: estimated_prompt,
+                    completion: crate::metering::IMAGE_TOKENS.saturating_mul(images),
+                    ..TokenUsage::default()
+                };
+            }
+            (tokens, cost)
         }
         Call::Moderations(_) => (prompt_only, 0),
         Call::Rerank(req) => {

@@ -173,7 +173,7 @@ const RERANK_PAIR_BYTES: u64 = 8;
 
 /// The most output tokens a GPT image model bills for one image (a large
 /// image at `high` quality is 6,240).
-const IMAGE_TOKENS: u64 = 6_240;
+pub(crate) const IMAGE_TOKENS: u64 = 6_240;
 
 fn prompt_count(prompt: &switchyard_api::Prompt) -> u64 {
     match prompt {
@@ -387,8 +387,23 @@ pub(crate) async fn admit(
     if wildcard_request.is_some()
         && let Ok(group) = state.registry.group(model)
     {
+        let mut unpriced = true;
         for d in group.deployments() {
-            ceiling.prices = crate::state::max_prices(ceiling.prices, state.prices_for(d.id, requested));
+            let prices = state.prices_for(d.id, requested);
+            unpriced &= prices == switchyard_policy::Prices::default();
+            ceiling.prices = crate::state::max_prices(ceiling.prices, prices);
+        }
+        // A budget cannot hold a model nothing prices.
+        let budgeted = principal.view().is_some_and(|v| {
+            v.key.limits.max_budget.is_some() || v.team.as_ref().is_some_and(|t| t.limits.max_budget.is_some())
+        });
+        if unpriced && budgeted {
+            return Err(ApiError::InvalidField {
+                param: Some("model".into()),
+                message: format!(
+                    "`{requested}` has no known price, and this key has a budget: set prices on the deployments of `{model}`."
+                ),
+            });
         }
     }
     check_fallbacks(state, principal, fallbacks)?;

@@ -72,7 +72,16 @@ pub(crate) fn span_model<'a>(state: &SharedState, model: &'a str) -> &'a str {
 /// (a virtual key in `/key/{key}/regenerate`, or anything a client puts
 /// there) is left out unless it names one of the key routes.
 pub(crate) fn span_path(path: &str) -> std::borrow::Cow<'_, str> {
-    const KEY_ROUTES: [&str; 6] = ["generate", "info", "update", "delete", "list", "regenerate"];
+    const KEY_ROUTES: [&str; 8] = [
+        "generate",
+        "info",
+        "update",
+        "delete",
+        "list",
+        "regenerate",
+        "block",
+        "unblock",
+    ];
     let segments: Vec<&str> = path.split('/').collect();
     let secret =
         |i: usize| i > 0 && segments[i - 1] == "key" && !segments[i].is_empty() && !KEY_ROUTES.contains(&segments[i]);

@@ -31,6 +31,9 @@ model_list:
   - model_name: gpt-image-1
     deployments:
       - {{provider: openai, model: gpt-image-1, api_base: "{base}", api_key: k}}
+  - model_name: quiet-image-proxy
+    deployments:
+      - {{provider: openai, model: my-image-proxy, base_model: gpt-image-1, api_base: "{base}", api_key: k}}
   - model_name: flat-priced
     deployments:
       - {{provider: openai, model: my-diffusion, api_base: "{base}", api_key: k, output_cost_per_image: 0.5}}
@@ -185,6 +188,20 @@ async fn images_are_routed_passed_through_and_charged_per_image() {
     assert_eq!(record["usage"]["prompt"], 3);
     assert_eq!(record["usage"]["completion"], 2112);
     assert_eq!(record["cost_nanos"], 3 * 5_000 + 2112 * 40_000);
+
+    // A token-priced image model whose upstream reports no usage: the
+    // estimated prompt and the most output an image bills (6,240 tokens at
+    // $40 per million), not nothing.
+    let quiet = post(
+        &gateway,
+        "/v1/images/generations",
+        json!({"model": "quiet-image-proxy", "prompt": "a lighthouse"}),
+    )
+    .await;
+    assert_eq!(quiet.status, 200, "{}", quiet.body);
+    let record = charged(&gateway, &quiet.request_id).await;
+    assert_eq!(record["usage"]["completion"], 6_240, "{record}");
+    assert!(record["cost_nanos"].as_i64().unwrap() >= 6_240 * 40_000, "{record}");
 
     // A configured per-image price holds whatever the size.
     let flat = post(

@@ -196,6 +196,30 @@ async fn keys_name_a_wildcard_group_or_the_models_it_serves() {
         (403, Some("model_not_allowed"))
     );
 
+    // A budget cannot hold a model nothing prices: refused, naming `model`.
+    let budgeted: Value = reqwest::Client::new()
+        .post(format!("{}/key/generate", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"models": ["openai/*"], "max_budget": 1.0}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let budgeted = budgeted["key"].as_str().unwrap();
+    let unpriced = chat(&gateway, budgeted, "openai/some-new-model", false).await;
+    assert_eq!(
+        (unpriced.status, unpriced.body["error"]["param"].as_str()),
+        (400, Some("model"))
+    );
+    assert_eq!(chat(&gateway, budgeted, "openai/gpt-4o", false).await.status, 200);
+    // Without a budget it is served (and free, as documented).
+    assert_eq!(
+        chat(&gateway, &all_openai, "openai/some-new-model", false).await.status,
+        200
+    );
+
     let one = generate(json!(["openai/gpt-4o"])).await;
     assert_eq!(chat(&gateway, &one, "openai/gpt-4o", false).await.status, 200);
     assert_eq!(chat(&gateway, &one, "openai/gpt-4.1", false).await.status, 403);

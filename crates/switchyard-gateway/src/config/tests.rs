@@ -114,6 +114,15 @@ fn a_wildcard_group_names_a_family_of_models_and_nothing_points_at_it() {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
     assert!(!err.contains("model_list[0].deployments[0]"), "{err}");
+    let config = parse(
+        "model_list:\n  - model_name: 'team/*'\n    deployments:\n      - {provider: openai, model: '*', api_key: k}\n  - model_name: plain\n    access_groups: [team/beta]\n    deployments:\n      - {provider: mock, model: m}\n",
+    )
+    .unwrap();
+    let err = config.validate(&env(&[])).unwrap_err().to_string();
+    assert!(
+        err.contains("model_list[1].access_groups[0]: `team/beta` is a model the wildcard group `team/*` serves"),
+        "{err}"
+    );
     assert!(switchyard_policy::key::names_model("openai/*", "openai/gpt-4o"));
     assert!(!switchyard_policy::key::names_model("openai/*", "openai/"));
     assert!(!switchyard_policy::key::names_model("openai/*", "azure/gpt-4o"));
