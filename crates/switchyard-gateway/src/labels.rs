@@ -61,6 +61,7 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
         end_user,
         tags,
         tag_spend: false,
+        end_user_spend: false,
     })
 }
 
@@ -77,6 +78,7 @@ pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, Ap
         end_user,
         tags,
         tag_spend: false,
+        end_user_spend: false,
     })
 }
 

@@ -723,6 +723,14 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     }
                     None => t.refuse(&here, "must be true or false"),
                 },
+                // LiteLLM's budget of every end user, in total.
+                "max_end_user_budget" => match value.as_f64() {
+                    Some(usd) => {
+                        policy.insert("end_user_budget".into(), json!({"max_budget": usd}));
+                        t.map(here, "policy.end_user_budget.max_budget");
+                    }
+                    None => t.refuse(&here, "must be a number of USD"),
+                },
                 "disable_end_user_cost_tracking" => match value.as_bool() {
                     Some(off) => {
                         policy.insert("record_end_users".into(), json!(!off));

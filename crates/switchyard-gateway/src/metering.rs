@@ -347,6 +347,7 @@ pub(crate) fn take_labels(
         labels.end_user = None;
     }
     labels.tag_spend = state.track_tag_spend;
+    labels.end_user_spend = state.end_user_budgets;
     if let Some(t) = trail {
         t.labels(&labels);
     }
@@ -419,6 +420,7 @@ pub(crate) async fn admit(
         model: model.to_owned(),
         requested_as: (requested != model).then(|| requested.to_owned()),
         access_groups: state.access_groups.get(model).cloned().unwrap_or_default(),
+        end_user: labels.end_user.clone().filter(|_| state.end_user_budgets),
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
         // Without `max_tokens`, the most output the request may produce: the
         // policy's assumption, or what an Anthropic or Bedrock deployment

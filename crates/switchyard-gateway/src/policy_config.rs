@@ -47,6 +47,9 @@ pub struct PolicyConfig {
     /// (`/spend/tags`). Off by default: tags are chosen by clients, and each
     /// new one is kept for good (a Redis hash with no expiry).
     pub track_tag_spend: bool,
+    /// A budget every end user (a request's `user`) has, whoever's key
+    /// pays (needs `record_end_users`, the default).
+    pub end_user_budget: Option<EndUserBudgetConfig>,
     /// Keys declared here (each with `key: os.environ/NAME`, plus the fields of `/key/generate`).
     pub keys: Vec<BTreeMap<String, Value>>,
     /// Teams declared here (the fields of `/team/new`).
@@ -67,11 +70,23 @@ impl Default for PolicyConfig {
             redis: None,
             record_end_users: true,
             track_tag_spend: false,
+            end_user_budget: None,
             keys: Vec::new(),
             teams: Vec::new(),
             litellm_master_key_env: false,
         }
     }
+}
+
+/// `policy.end_user_budget:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EndUserBudgetConfig {
+    /// USD an end user may spend per `budget_duration`, or in total.
+    pub max_budget: f64,
+    /// `daily`, `weekly`, `monthly` (also `1d`, `7d`, `30d`, `1mo`); unset: in total.
+    #[serde(default)]
+    pub budget_duration: Option<String>,
 }
 
 /// `policy.redis:`.
@@ -145,6 +160,8 @@ pub struct PolicySpec {
     pub record_end_users: bool,
     /// Whether spend is also counted per tag.
     pub track_tag_spend: bool,
+    /// Whether end users have a budget (their spend is then counted).
+    pub end_user_budgets: bool,
 }
 
 impl PolicyConfig {
@@ -318,7 +335,40 @@ impl PolicyConfig {
             }
             keys.push((plaintext, record));
         }
+        let end_user_budget = self.end_user_budget.as_ref().and_then(|b| {
+            if !(b.max_budget.is_finite() && b.max_budget >= 0.0) {
+                issues.push(issue(
+                    "policy.end_user_budget.max_budget",
+                    "must be a non-negative number of USD",
+                ));
+                return None;
+            }
+            let budget_duration = match b.budget_duration.as_deref() {
+                None => None,
+                Some(text) => match switchyard_policy::period::BudgetPeriod::parse(text) {
+                    Some(period) => Some(period),
+                    None => {
+                        issues.push(issue(
+                            "policy.end_user_budget.budget_duration",
+                            format!("`{text}` is not daily, weekly or monthly"),
+                        ));
+                        return None;
+                    }
+                },
+            };
+            if !self.record_end_users {
+                issues.push(issue(
+                    "policy.end_user_budget",
+                    "needs policy.record_end_users: end users are not read without it",
+                ));
+            }
+            Some(switchyard_policy::EndUserBudget {
+                max_budget: b.max_budget,
+                budget_duration,
+            })
+        });
         PolicySpec {
+            end_user_budgets: end_user_budget.is_some(),
             settings: PolicySettings {
                 master_key,
                 data_dir: self.data_dir.clone(),
@@ -327,6 +377,7 @@ impl PolicyConfig {
                 keys,
                 teams,
                 known_models: models.to_vec(),
+                end_user_budget,
             },
             default_max_tokens: self.default_max_tokens,
             record_end_users: self.record_end_users,

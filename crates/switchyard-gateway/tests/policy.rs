@@ -1569,3 +1569,52 @@ async fn an_access_group_in_a_keys_models_allows_its_members() {
         (400, json!("models[0]"))
     );
 }
+
+/// `policy.end_user_budget` holds every end user (a request's `user`) to a
+/// budget, whoever's key pays; other end users and requests naming none
+/// are not held by it.
+#[tokio::test]
+async fn each_end_user_has_a_budget_of_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(
+        dir.path(),
+        "  end_user_budget: {max_budget: 0.00003, budget_duration: monthly}\n",
+        0,
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let key = generate(&gw, json!({})).await;
+    let ask = |user: Option<&str>, key: String| {
+        let mut body = json!({"model": "mock-a", "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]});
+        if let Some(user) = user {
+            body["user"] = json!(user);
+        }
+        let url = format!("{}/v1/chat/completions", gw.base_url());
+        async move { send(client().post(url).bearer_auth(key).json(&body)).await }
+    };
+    // Each request reserves up to 15000 nano-dollars and costs 7000: the
+    // fourth would pass $0.00003.
+    for _ in 0..3 {
+        assert_eq!(ask(Some("alice"), key.clone()).await.status, 200);
+    }
+    let refused = ask(Some("alice"), MASTER.to_owned()).await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (400, "budget_exceeded"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body["error"]["message"].as_str().unwrap().contains("end user"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(ask(Some("bob"), key.clone()).await.status, 200);
+    assert_eq!(ask(None, key.clone()).await.status, 200);
+    let mistake = config(dir.path(), "  end_user_budget: {max_budget: -1}\n", 0);
+    let out = switchyard_testkit::run_check_config(Path::new(BIN), &mistake);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("policy.end_user_budget.max_budget"),
+        "{text}"
+    );
+}

@@ -328,3 +328,73 @@ async fn spend_queued_in_an_outage_survives_kill_9_with_a_data_dir() {
         "a drained queue empties the file"
     );
 }
+
+/// An end user's budget is one across replicas sharing Redis: each
+/// request reserves up to 15000 nano-dollars and costs 7000, so of 6
+/// concurrent requests for one end user against $0.00003, at most 3 pass,
+/// and the end user's spend never passes the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_share_an_end_users_budget() {
+    let redis = RedisServer::start();
+    let yaml = config(&redis.url(), "fail_closed", 50).replace(
+        "  track_tag_spend: true\n",
+        "  track_tag_spend: true\n  end_user_budget: {max_budget: 0.00003}\n",
+    );
+    let a = GatewayProcess::start(Path::new(BIN), &yaml);
+    let b = GatewayProcess::start(Path::new(BIN), &yaml);
+    let bases = [a.base_url(), b.base_url()];
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let base = bases[i % 2].clone();
+        tasks.push(tokio::spawn(async move {
+            post(
+                &base,
+                "/v1/chat/completions",
+                MASTER,
+                json!({"model": "mock-a", "max_tokens": 5, "user": "carol", "messages": [{"role": "user", "content": "hello"}]}),
+            )
+            .await
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let (status, body) = task.await.unwrap();
+        match status {
+            200 => ok += 1,
+            400 => assert_eq!(code(&body), "budget_exceeded", "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert!((1..=3).contains(&ok), "{ok} served");
+    // Another end user is not held by carol's spend.
+    let (status, body) = post(
+        &bases[1],
+        "/v1/chat/completions",
+        MASTER,
+        json!({"model": "mock-a", "max_tokens": 5, "user": "dave", "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // Once the concurrent ones are settled, carol is served, alternating
+    // replicas, until the next request could pass her budget: 3 in all
+    // (21000 spent; another could cost up to 15000 more).
+    let mut served = ok;
+    for i in 0..6 {
+        let (status, body) = post(
+            &bases[i % 2],
+            "/v1/chat/completions",
+            MASTER,
+            json!({"model": "mock-a", "max_tokens": 5, "user": "carol", "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await;
+        match status {
+            200 => served += 1,
+            400 => {
+                assert_eq!(code(&body), "budget_exceeded", "{body}");
+                break;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(served, 3);
+}

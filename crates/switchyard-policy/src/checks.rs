@@ -21,6 +21,8 @@ pub struct Demand {
     /// The access groups `model` belongs to: a key that lists one may call
     /// it; a per-model limit set on one applies to each of its models.
     pub access_groups: Vec<String>,
+    /// The end user the request is made for, held to the end-user budget.
+    pub end_user: Option<String>,
     /// Prompt tokens, estimated before the call (charged to TPM up front).
     pub estimated_tokens: u32,
     /// The most the request can cost (reserved against budgets).
@@ -258,6 +260,7 @@ mod tests {
             model: "group".into(),
             requested_as: Some("old-name".into()),
             access_groups: vec!["beta".into()],
+            end_user: None,
             estimated_tokens: 3,
             max_cost: 0,
             request_id: None,

@@ -27,7 +27,9 @@ pub use error::{Denied, PolicyError};
 pub use journal::FsyncPolicy;
 pub use key::{KeyRecord, KeyView, TeamRecord};
 pub use money::{Nanos, format_usd, from_usd, to_usd};
-pub use policy::{Charge, FailureMode, KeySpend, Labels, Policy, PolicySettings, Principal, Ticket, WriteGuard};
+pub use policy::{
+    Charge, EndUserBudget, FailureMode, KeySpend, Labels, Policy, PolicySettings, Principal, Ticket, WriteGuard,
+};
 pub use price::{ImageTable, Prices, TokenUsage};
 pub use redis_store::RedisSettings;
 pub use spend::{LogFilter, SpendRecord};

@@ -55,6 +55,18 @@ pub struct PolicySettings {
     pub teams: Vec<TeamRecord>,
     /// Model names keys may be given (checked on create and update); empty: any.
     pub known_models: Vec<String>,
+    /// The budget of every end user (a request's `user`), whoever's key
+    /// pays; `None`: end users have no budget.
+    pub end_user_budget: Option<EndUserBudget>,
+}
+
+/// The budget each end user has (LiteLLM's `max_end_user_budget`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EndUserBudget {
+    /// USD an end user may spend per period (or in total).
+    pub max_budget: f64,
+    /// The period, `None`: in total.
+    pub budget_duration: Option<crate::period::BudgetPeriod>,
 }
 
 /// Who is calling.
@@ -116,6 +128,9 @@ pub struct Labels {
     /// Whether the request's spend is also counted under each of its tags
     /// (`/spend/tags`).
     pub tag_spend: bool,
+    /// Whether the request's spend is also counted under its end user
+    /// (end-user budgets).
+    pub end_user_spend: bool,
 }
 
 /// What an answered request cost.
@@ -256,6 +271,7 @@ struct Inner {
     config_keys: HashMap<String, KeyRecord>,
     config_teams: HashMap<String, TeamRecord>,
     known_models: parking_lot::RwLock<HashSet<String>>,
+    end_user_budget: Option<EndUserBudget>,
     store: Store,
     counters: PolicyCounters,
     next_id: AtomicU64,
@@ -410,6 +426,7 @@ impl Policy {
                 .collect(),
             config_teams: settings.teams.iter().map(|t| (t.team_id.clone(), t.clone())).collect(),
             known_models: parking_lot::RwLock::new(settings.known_models.iter().cloned().collect()),
+            end_user_budget: settings.end_user_budget,
             store,
             counters: PolicyCounters::default(),
             writes: Writes::default(),
@@ -433,6 +450,7 @@ impl Policy {
                 .collect(),
             config_teams: settings.teams.iter().map(|t| (t.team_id.clone(), t.clone())).collect(),
             known_models: parking_lot::RwLock::new(settings.known_models.iter().cloned().collect()),
+            end_user_budget: settings.end_user_budget,
             store: Store::Local(LocalStore::memory()),
             counters: PolicyCounters::default(),
             writes: Writes::default(),
@@ -707,7 +725,7 @@ impl Policy {
             }
         }
         let view = principal.view().cloned();
-        let checks = match &view {
+        let mut checks = match &view {
             Some(v) => {
                 let names = std::iter::once(demand.model.as_str())
                     .chain(demand.requested_as.as_deref())
@@ -721,6 +739,15 @@ impl Policy {
             }
             None => Checks::default(),
         };
+        // Every end user's budget, whoever's key (if any) pays.
+        if let (Some(user), Some(budget)) = (&demand.end_user, &self.0.end_user_budget) {
+            checks.budgets.push(crate::checks::BudgetCheck {
+                subject: crate::spend::subject_end_user(user),
+                scope: "end user".into(),
+                limit: crate::money::from_usd(budget.max_budget),
+                period: budget.budget_duration,
+            });
+        }
         let id = demand.request_id.clone().unwrap_or_else(|| self.new_id());
         let max_cost = if checks.budgets.is_empty() { 0 } else { demand.max_cost };
         let ticket = |holder, states: Vec<RateState>| Ticket {
@@ -879,6 +906,7 @@ impl Policy {
             end_user: ticket.labels.end_user.take(),
             tags: std::mem::take(&mut ticket.labels.tags),
             tag_spend: ticket.labels.tag_spend,
+            end_user_spend: ticket.labels.end_user_spend,
         };
         // A cached answer used no upstream tokens: its token limits keep the
         // up-front estimate taken at admission, without the correction to

@@ -48,6 +48,10 @@ pub struct SpendRecord {
     /// when it was charged).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub tag_spend: bool,
+    /// Whether its cost is also counted under its end user (end-user
+    /// budgets were set when it was charged).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end_user_spend: bool,
 }
 
 impl SpendRecord {
@@ -64,6 +68,9 @@ impl SpendRecord {
         out.push(subject_model(&self.model));
         if self.tag_spend {
             out.extend(self.tags.iter().map(|t| subject_tag(t)));
+        }
+        if let Some(user) = self.end_user.as_ref().filter(|_| self.end_user_spend) {
+            out.push(subject_end_user(user));
         }
         out
     }
@@ -87,6 +94,11 @@ pub fn subject_team(team: &str) -> String {
 /// Ledger subject of a model group.
 pub fn subject_model(model: &str) -> String {
     format!("model:{model}")
+}
+
+/// Ledger subject of an end user.
+pub fn subject_end_user(user: &str) -> String {
+    format!("end_user:{user}")
 }
 
 /// Ledger subject of a request tag.
@@ -211,6 +223,7 @@ mod tests {
             end_user: None,
             tags: Vec::new(),
             tag_spend: false,
+            end_user_spend: false,
         }
     }
 

@@ -316,6 +316,7 @@ mod tests {
             end_user: None,
             tags: Vec::new(),
             tag_spend: false,
+            end_user_spend: false,
         }
     }
 

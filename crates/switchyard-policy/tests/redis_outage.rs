@@ -44,6 +44,7 @@ fn demand() -> Demand {
         model: "m".into(),
         requested_as: None,
         access_groups: Vec::new(),
+        end_user: None,
         estimated_tokens: 10,
         max_cost: 10 * COST,
         request_id: None,

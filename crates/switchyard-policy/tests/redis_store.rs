@@ -37,6 +37,7 @@ fn demand() -> Demand {
         model: "m".into(),
         requested_as: None,
         access_groups: Vec::new(),
+        end_user: None,
         estimated_tokens: 10,
         max_cost: 600_000_000,
         request_id: None,
