@@ -397,7 +397,7 @@ pub(crate) async fn admit(
         // A budget cannot hold a model nothing prices.
         let budgeted = principal.view().is_some_and(|v| {
             v.key.limits.max_budget.is_some() || v.team.as_ref().is_some_and(|t| t.limits.max_budget.is_some())
-        });
+        }) || (state.end_user_budgets && labels.end_user.is_some());
         if unpriced && budgeted {
             return Err(ApiError::InvalidField {
                 param: Some("model".into()),

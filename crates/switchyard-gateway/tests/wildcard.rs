@@ -18,6 +18,7 @@ fn config(mock: &MockUpstream) -> String {
         r#"
 policy:
   master_key: {MASTER}
+  end_user_budget: {{max_budget: 100}}
 model_list:
   - model_name: "openai/*"
     deployments:
@@ -214,11 +215,22 @@ async fn keys_name_a_wildcard_group_or_the_models_it_serves() {
         (400, Some("model"))
     );
     assert_eq!(chat(&gateway, budgeted, "openai/gpt-4o", false).await.status, 200);
-    // Without a budget it is served (and free, as documented).
+    // Without a budget it is served (and free, as documented)…
     assert_eq!(
         chat(&gateway, &all_openai, "openai/some-new-model", false).await.status,
         200
     );
+    // …but not for an end user, who has one.
+    let for_eve = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .bearer_auth(&all_openai)
+        .json(
+            &json!({"model": "openai/some-new-model", "user": "eve", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(for_eve.status(), 400);
 
     let one = generate(json!(["openai/gpt-4o"])).await;
     assert_eq!(chat(&gateway, &one, "openai/gpt-4o", false).await.status, 200);

@@ -69,9 +69,9 @@ pub struct RateCheck {
 /// A budget the request reserves its maximum cost against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetCheck {
-    /// Ledger subject (`key:<hash>`, `team:<id>`).
+    /// Ledger subject (`key:<hash>`, `team:<id>`, `end_user:<id>`).
     pub subject: String,
-    /// `key` or `team`, for messages.
+    /// `key`, `team` or `end user`, for messages.
     pub scope: String,
     /// Allowed spend per period.
     pub limit: Nanos,

@@ -563,6 +563,10 @@ fn release_locked(state: &mut State, checks: &Checks, max_cost: Nanos) {
     for b in &checks.budgets {
         if let Some(r) = state.reserved.get_mut(&b.subject) {
             *r = r.saturating_sub(max_cost).max(0);
+            // Nothing held: the entry goes (end users come and go).
+            if *r == 0 {
+                state.reserved.remove(&b.subject);
+            }
         }
     }
 }

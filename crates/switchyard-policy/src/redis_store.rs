@@ -152,7 +152,11 @@ end
 for _, s in ipairs(spends) do
   add(s, day)
   add(s, 'total')
-  redis.call('SADD', index, s)
+  -- End users are client-chosen and never listed: kept out of the index
+  -- the /spend listings read.
+  if not string.find(s, 'spend:end_user:', 1, true) then
+    redis.call('SADD', index, s)
+  end
 end
 redis.call('XADD', log, 'MAXLEN', '~', maxlen, '*', 'r', record)
 for _, r in ipairs(trates) do
