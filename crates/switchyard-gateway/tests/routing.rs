@@ -230,3 +230,50 @@ async fn a_requests_tags_choose_among_a_groups_deployments() {
         Ok("untagged/1".into())
     );
 }
+
+/// A fallback group the request's tags leave no deployment in is skipped:
+/// the failing group's own error comes back (not the fallback's refusal of
+/// the tags), and with nowhere else to go its cooling deployment is still
+/// tried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_the_tags_leave_empty_does_not_hide_the_failure() {
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let config = format!(
+        r#"
+router_settings:
+  enable_tag_filtering: true
+  num_retries: 0
+  allowed_fails: 1
+  cooldown_ms: 60000
+model_list:
+  - model_name: primary
+    fallbacks: [elsewhere]
+    deployments:
+      - {{provider: openai, model: "paid-model::status=500", api_base: "{base}", api_key: k, tags: [paid]}}
+      - {{provider: mock, model: default-1, tags: [default]}}
+  - model_name: elsewhere
+    deployments:
+      - {{provider: mock, model: e-1, tags: [free]}}
+"#,
+        base = mock.base_url()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    let base = gateway.base_url();
+    let http = reqwest::Client::new();
+    let body = json!({"model": "primary", "tags": ["paid"], "messages": [{"role": "user", "content": "hi"}]});
+    for attempt in 1..=2 {
+        let answer = tagged(&http, &base, body.clone(), None).await;
+        let Err((status, param)) = answer else {
+            panic!("served: {answer:?}");
+        };
+        assert!(status >= 500 && param != "tags", "attempt {attempt}: {status} {param}");
+        // The paid deployment was asked each time, cooling down or not.
+        assert_eq!(
+            mock.requests()
+                .iter()
+                .filter(|r| r.path == "/v1/chat/completions")
+                .count(),
+            attempt
+        );
+    }
+}
