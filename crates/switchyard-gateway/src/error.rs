@@ -254,6 +254,12 @@ fn denied_parts(denied: &Denied) -> (StatusCode, &'static str, Option<String>, O
         Denied::InvalidKey => (S::UNAUTHORIZED, auth, None, Some("invalid_api_key".into())),
         Denied::Expired => (S::UNAUTHORIZED, auth, None, Some("key_expired".into())),
         Denied::Blocked { .. } => (S::FORBIDDEN, "permission_error", None, Some("key_blocked".into())),
+        Denied::EndUserBlocked { .. } => (
+            S::FORBIDDEN,
+            "permission_error",
+            Some("user".into()),
+            Some("end_user_blocked".into()),
+        ),
         Denied::TeamMissing { .. } => (S::FORBIDDEN, "permission_error", None, Some("team_not_found".into())),
         Denied::ModelNotAllowed { .. } => (
             S::FORBIDDEN,

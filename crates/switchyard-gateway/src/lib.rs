@@ -8,6 +8,7 @@ pub mod cache;
 pub mod cache_config;
 pub mod config;
 mod dispatch;
+mod end_users;
 pub mod error;
 pub mod extract;
 mod labels;

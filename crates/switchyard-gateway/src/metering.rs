@@ -347,7 +347,6 @@ pub(crate) fn take_labels(
         labels.end_user = None;
     }
     labels.tag_spend = state.track_tag_spend;
-    labels.end_user_spend = state.end_user_budgets;
     if let Some(t) = trail {
         t.labels(&labels);
     }
@@ -385,26 +384,23 @@ pub(crate) async fn admit(
     // A model a wildcard group serves is priced as the model each of its
     // deployments sends.
     let wildcard_request = state.wildcard_part(requested).map(|_| requested.to_owned());
+    let mut unpriced = false;
     if wildcard_request.is_some()
         && let Ok(group) = state.registry.group(model)
     {
-        let mut unpriced = true;
+        unpriced = true;
         for d in group.deployments() {
             let prices = state.prices_for(d.id, requested);
             unpriced &= prices == switchyard_policy::Prices::default();
             ceiling.prices = crate::state::max_prices(ceiling.prices, prices);
         }
-        // A budget cannot hold a model nothing prices.
-        let budgeted = principal.view().is_some_and(|v| {
+        // A key's or team's budget is known before admission; an end
+        // user's is checked on the ticket below.
+        let key_budget = principal.view().is_some_and(|v| {
             v.key.limits.max_budget.is_some() || v.team.as_ref().is_some_and(|t| t.limits.max_budget.is_some())
-        }) || (state.end_user_budgets && labels.end_user.is_some());
-        if unpriced && budgeted {
-            return Err(ApiError::InvalidField {
-                param: Some("model".into()),
-                message: format!(
-                    "`{requested}` has no known price, and this key has a budget: set prices on the deployments of `{model}`."
-                ),
-            });
+        });
+        if unpriced && key_budget {
+            return Err(unpriced_under_budget(requested, model));
         }
     }
     check_fallbacks(state, principal, fallbacks)?;
@@ -420,7 +416,7 @@ pub(crate) async fn admit(
         model: model.to_owned(),
         requested_as: (requested != model).then(|| requested.to_owned()),
         access_groups: state.access_groups.get(model).cloned().unwrap_or_default(),
-        end_user: labels.end_user.clone().filter(|_| state.end_user_budgets),
+        end_user: labels.end_user.clone(),
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
         // Without `max_tokens`, the most output the request may produce: the
         // policy's assumption, or what an Anthropic or Bedrock deployment
@@ -447,6 +443,9 @@ pub(crate) async fn admit(
         request_id: Some(request_id.to_owned()),
     };
     let ticket = match state.policy.admit(principal, &demand).await {
+        // A budget (the key's, its team's or the end user's) cannot hold a
+        // model nothing prices; dropping the ticket frees what it took.
+        Ok(ticket) if unpriced && ticket.budgeted() => return Err(unpriced_under_budget(requested, model)),
         Ok(mut ticket) => {
             ticket.label(labels);
             ticket
@@ -470,6 +469,16 @@ pub(crate) async fn admit(
         estimated_prompt: estimated,
         wildcard_request,
     })
+}
+
+/// A model nothing prices, asked for by a request a budget holds.
+fn unpriced_under_budget(requested: &str, model: &str) -> ApiError {
+    ApiError::InvalidField {
+        param: Some("model".into()),
+        message: format!(
+            "`{requested}` has no known price, and a budget holds this request: set prices on the deployments of `{model}`."
+        ),
+    }
 }
 
 /// An admitted request waiting for its charge.

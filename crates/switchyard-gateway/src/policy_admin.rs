@@ -53,13 +53,14 @@ pub fn routes() -> Router<SharedState> {
         .route("/spend/tags", get(spend_tags))
         .route("/spend/logs", get(spend_logs))
         .route("/admin/policy", get(policy_status))
+        .merge(crate::end_users::routes())
 }
 
-fn fail(e: PolicyError) -> Response {
+pub(crate) fn fail(e: PolicyError) -> Response {
     ApiError::Policy(e).into_response()
 }
 
-fn object(body: Value) -> Result<Map<String, Value>, Response> {
+pub(crate) fn object(body: Value) -> Result<Map<String, Value>, Response> {
     match body {
         Value::Object(map) => Ok(map),
         _ => Err(ApiError::InvalidField {
@@ -70,7 +71,7 @@ fn object(body: Value) -> Result<Map<String, Value>, Response> {
     }
 }
 
-fn iso(ms: Option<i64>) -> Value {
+pub(crate) fn iso(ms: Option<i64>) -> Value {
     ms.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok())
         .map_or(Value::Null, |t| Value::String(t.to_string()))
 }
@@ -93,12 +94,12 @@ fn team_json(team: &TeamRecord) -> Value {
     v
 }
 
-fn usd(nanos: Nanos) -> Value {
+pub(crate) fn usd(nanos: Nanos) -> Value {
     json!(to_usd(nanos))
 }
 
 /// Start of the next budget period, for `budget_reset_at`.
-fn reset_at(period: Option<switchyard_policy::period::BudgetPeriod>) -> Value {
+pub(crate) fn reset_at(period: Option<switchyard_policy::period::BudgetPeriod>) -> Value {
     period.map_or(Value::Null, |p| {
         let day = p.next_start(day_of_ms(now_ms()));
         Value::String(format!("{}T00:00:00Z", date_of(day)))
@@ -241,7 +242,7 @@ async fn set_team_blocked(State(state): State<SharedState>, body: Value, blocked
     }
 }
 
-fn string_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, Response> {
+pub(crate) fn string_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, Response> {
     match body.get(field) {
         Some(Value::Array(items)) => items
             .iter()

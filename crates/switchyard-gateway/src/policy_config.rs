@@ -160,8 +160,6 @@ pub struct PolicySpec {
     pub record_end_users: bool,
     /// Whether spend is also counted per tag.
     pub track_tag_spend: bool,
-    /// Whether end users have a budget (their spend is then counted).
-    pub end_user_budgets: bool,
 }
 
 impl PolicyConfig {
@@ -368,7 +366,6 @@ impl PolicyConfig {
             })
         });
         PolicySpec {
-            end_user_budgets: end_user_budget.is_some(),
             settings: PolicySettings {
                 master_key,
                 data_dir: self.data_dir.clone(),

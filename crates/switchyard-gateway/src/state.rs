@@ -81,8 +81,6 @@ pub struct AppState {
     pub record_end_users: bool,
     /// Whether spend is also counted per tag (`policy.track_tag_spend`).
     pub track_tag_spend: bool,
-    /// Whether end users have a budget (`policy.end_user_budget`).
-    pub end_user_budgets: bool,
     /// Prices of each deployment, indexed like `providers`.
     pub prices: Vec<Prices>,
     /// What each deployment calls (provider, model, address, region, a hash
@@ -632,7 +630,6 @@ impl AppState {
             default_max_tokens: policy.default_max_tokens,
             record_end_users: policy.record_end_users,
             track_tag_spend: policy.track_tag_spend,
-            end_user_budgets: policy.end_user_budgets,
             prices,
             upstreams,
             ceilings,
@@ -737,7 +734,6 @@ impl AppState {
         self.default_max_tokens = old.default_max_tokens;
         self.record_end_users = old.record_end_users;
         self.track_tag_spend = old.track_tag_spend;
-        self.end_user_budgets = old.end_user_budgets;
         self.metrics = old.metrics.clone();
         self.request_log = old.request_log.clone();
         self.telemetry = old.telemetry.clone();

@@ -1618,3 +1618,198 @@ async fn each_end_user_has_a_budget_of_their_own() {
         "{text}"
     );
 }
+
+/// Sends "hello" to mock-a as end user `user`, with the master key.
+async fn chat_as(gw: &GatewayProcess, user: &str) -> Answer {
+    send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(MASTER)
+            .json(&json!({"model": "mock-a", "max_tokens": 5, "user": user, "messages": [{"role": "user", "content": "hello"}]})),
+    )
+    .await
+}
+
+/// End users with a record (LiteLLM's `/customer/*`): their own budget
+/// replaces `policy.end_user_budget`, their own per-minute limit holds them
+/// whichever key pays, a block refuses them, and all of it survives a
+/// restart; deleting the record puts them back under the default budget,
+/// with their spend kept.
+#[tokio::test]
+async fn end_users_have_their_own_budget_limits_and_block() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default holds 3 requests (each reserves up to 15000 nano-dollars
+    // and costs 7000).
+    let yaml = config(dir.path(), "  end_user_budget: {max_budget: 0.00003}\n", 0);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+
+    let made = admin(
+        &gw,
+        "/customer/new",
+        json!({"user_id": "vip", "alias": "Very Important", "max_budget": 0.0001, "budget_id": null}),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert_eq!(made.body["litellm_budget_table"]["max_budget"], 0.0001, "{}", made.body);
+    // LiteLLM's other prefix serves the same routes.
+    let capped = admin(&gw, "/end_user/new", json!({"user_id": "capped", "rpm_limit": 2})).await;
+    assert_eq!(capped.status, 200, "{}", capped.body);
+    let again = admin(&gw, "/customer/new", json!({"user_id": "vip"})).await;
+    assert_eq!((again.status, again.code()), (409, "conflict"), "{}", again.body);
+    for (body, param) in [
+        (json!({"user_id": "x", "models": ["mock-a"]}), "models"),
+        (json!({"user_id": "x", "max_budget": -1}), "max_budget"),
+        (json!({"user_id": "x", "default_model": "mock-a"}), "default_model"),
+        (json!({"alias": "nobody"}), "user_id"),
+    ] {
+        let refused = admin(&gw, "/customer/new", body).await;
+        assert_eq!(refused.status, 400, "{}", refused.body);
+        assert_eq!(refused.body["error"]["param"], param, "{}", refused.body);
+    }
+    // Another key may not manage end users.
+    let key = generate(&gw, json!({})).await;
+    let not_admin = send(
+        client()
+            .post(format!("{}/customer/block", gw.base_url()))
+            .bearer_auth(&key)
+            .json(&json!({"user_ids": ["vip"]})),
+    )
+    .await;
+    assert!(matches!(not_admin.status, 401 | 403), "{}", not_admin.body);
+
+    // vip's own budget, not the default, holds vip: a fourth request passes.
+    for _ in 0..4 {
+        let answer = chat_as(&gw, "vip").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    // The default still holds an end user without a record.
+    for _ in 0..3 {
+        assert_eq!(chat_as(&gw, "plain").await.status, 200);
+    }
+    let refused = chat_as(&gw, "plain").await;
+    assert_eq!(refused.code(), "budget_exceeded", "{}", refused.body);
+
+    // capped's own rpm limit, across keys.
+    assert_eq!(chat_as(&gw, "capped").await.status, 200);
+    assert_eq!(chat_with_user(&gw, &key, "capped").await.status, 200);
+    let limited = chat_with_user(&gw, &key, "capped").await;
+    assert_eq!(
+        (limited.status, limited.code()),
+        (429, "rate_limit_exceeded"),
+        "{}",
+        limited.body
+    );
+    assert!(
+        limited.body["error"]["message"].as_str().unwrap().contains("end user"),
+        "{}",
+        limited.body
+    );
+
+    // vip's spend: 4 requests of 7000 nano-dollars, in its own record.
+    let info = admin_get(&gw, "/customer/info?end_user_id=vip").await;
+    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(
+        info.body["spend"].as_f64().unwrap(),
+        4.0 * HELLO_COST_NANOS as f64 / 1e9,
+        "{}",
+        info.body
+    );
+    assert_eq!(info.body["alias"], "Very Important");
+    assert_eq!(info.body["budget_source"], "end_user");
+    // An end user without a record but with spend is shown under the default.
+    let plain = admin_get(&gw, "/end_user/info?end_user_id=plain").await;
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert_eq!(
+        (plain.body["budget_source"].as_str(), plain.body["blocked"].as_bool()),
+        (Some("default"), Some(false))
+    );
+    assert_eq!(admin_get(&gw, "/customer/info?end_user_id=nobody").await.status, 404);
+
+    // Blocking: vip (with a record) and stranger (without one: it gets one).
+    let blocked = admin(&gw, "/customer/block", json!({"user_ids": ["vip", "stranger"]})).await;
+    assert_eq!(blocked.status, 200, "{}", blocked.body);
+    assert_eq!(
+        blocked.body["blocked_users"].as_array().unwrap().len(),
+        2,
+        "{}",
+        blocked.body
+    );
+    for user in ["vip", "stranger"] {
+        let refused = chat_with_user(&gw, &key, user).await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (403, "end_user_blocked"),
+            "{}",
+            refused.body
+        );
+        assert_eq!(refused.body["error"]["param"], "user", "{}", refused.body);
+    }
+    let listed = admin_get(&gw, "/customer/list").await;
+    let ids: Vec<(&str, bool)> = listed
+        .body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["user_id"].as_str().unwrap(), u["blocked"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(
+        ids,
+        [("vip", true), ("capped", false), ("stranger", true)],
+        "{}",
+        listed.body
+    );
+
+    // Everything survives a restart on the same data directory.
+    drop(gw);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let refused = chat_as(&gw, "stranger").await;
+    assert_eq!(refused.code(), "end_user_blocked", "{}", refused.body);
+    let unblocked = admin(&gw, "/customer/unblock", json!({"user_ids": ["vip", "never-seen"]})).await;
+    assert_eq!(unblocked.status, 200, "{}", unblocked.body);
+    assert_eq!(
+        unblocked.body["unblocked_users"].as_array().unwrap().len(),
+        1,
+        "{}",
+        unblocked.body
+    );
+    assert_eq!(chat_as(&gw, "vip").await.status, 200);
+    let info = admin_get(&gw, "/customer/info?end_user_id=vip").await;
+    assert_eq!(
+        info.body["spend"].as_f64().unwrap(),
+        5.0 * HELLO_COST_NANOS as f64 / 1e9,
+        "{}",
+        info.body
+    );
+
+    // An update takes the limit away: a third request in the minute passes
+    // (capped has no budget of its own, so the default holds it: 14000 spent).
+    let updated = admin(&gw, "/customer/update", json!({"user_id": "capped", "rpm_limit": null})).await;
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let answer = chat_as(&gw, "capped").await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let missing = admin(&gw, "/customer/update", json!({"user_id": "nobody", "alias": "x"})).await;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    // Deleted, vip is held by the default budget again, its spend kept
+    // (35000 spent is already past $0.00003).
+    let refused = admin(&gw, "/customer/delete", json!({"user_ids": ["vip", "nobody"]})).await;
+    assert_eq!(
+        refused.status, 404,
+        "a delete naming an unknown end user deletes none: {}",
+        refused.body
+    );
+    let deleted = admin(&gw, "/customer/delete", json!({"user_ids": ["vip"]})).await;
+    assert_eq!(deleted.body["deleted_customers"], 1, "{}", deleted.body);
+    let refused = chat_as(&gw, "vip").await;
+    assert_eq!(refused.code(), "budget_exceeded", "{}", refused.body);
+}
+
+async fn chat_with_user(gw: &GatewayProcess, key: &str, user: &str) -> Answer {
+    send(
+        client()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .bearer_auth(key)
+            .json(&json!({"model": "mock-a", "max_tokens": 5, "user": user, "messages": [{"role": "user", "content": "hello"}]})),
+    )
+    .await
+}

@@ -398,3 +398,74 @@ async fn two_gateways_share_an_end_users_budget() {
     }
     assert_eq!(served, 3);
 }
+
+/// End users' records live in Redis: made on one replica, their budget,
+/// block and list hold on the other.
+#[tokio::test]
+async fn end_user_records_are_shared_by_replicas() {
+    let redis = RedisServer::start();
+    let yaml = config(&redis.url(), "fail_closed", 0);
+    let a = GatewayProcess::start(Path::new(BIN), &yaml);
+    let b = GatewayProcess::start(Path::new(BIN), &yaml);
+    let bases = [a.base_url(), b.base_url()];
+    let ask = |base: String, user: &'static str| async move {
+        post(
+            &base,
+            "/v1/chat/completions",
+            MASTER,
+            json!({"model": "mock-a", "max_tokens": 5, "user": user, "messages": [{"role": "user", "content": "hello"}]}),
+        )
+        .await
+    };
+    // $0.00003 holds 3 requests (each reserves up to 15000 nano-dollars and
+    // costs 7000), whichever replica serves them.
+    let (status, made) = post(
+        &bases[0],
+        "/customer/new",
+        MASTER,
+        json!({"user_id": "erin", "max_budget": 0.00003, "budget_duration": "monthly"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let mut served = 0;
+    for i in 0..6 {
+        let (status, body) = ask(bases[i % 2].clone(), "erin").await;
+        match status {
+            200 => served += 1,
+            400 => {
+                assert_eq!(code(&body), "budget_exceeded", "{body}");
+                break;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(served, 3);
+    let info = get(&bases[1], "/customer/info?end_user_id=erin").await;
+    assert_eq!(
+        info["spend"].as_f64().unwrap(),
+        3.0 * HELLO_COST_NANOS as f64 / 1e9,
+        "{info}"
+    );
+    // Without a record and with no default budget, an end user is not held.
+    for _ in 0..5 {
+        let (status, body) = ask(bases[0].clone(), "frank").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // Blocked through one replica, refused by the other at once.
+    let (status, body) = post(&bases[1], "/customer/block", MASTER, json!({"user_ids": ["frank"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ask(bases[0].clone(), "frank").await;
+    assert_eq!((status, code(&body)), (403, "end_user_blocked"), "{body}");
+    let listed = get(&bases[0], "/customer/list").await;
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["erin", "frank"], "{listed}");
+    let (status, body) = post(&bases[0], "/customer/unblock", MASTER, json!({"user_ids": ["frank"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = ask(bases[1].clone(), "frank").await;
+    assert_eq!(status, 200, "{body}");
+}

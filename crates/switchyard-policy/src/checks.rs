@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::key::KeyView;
 use crate::money::{Nanos, from_usd};
 use crate::period::BudgetPeriod;
-use crate::spend::{subject_key, subject_team};
+use crate::spend::{subject_end_user, subject_key, subject_team};
 
 /// What a request asks for, as far as limits go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -236,6 +236,55 @@ impl Checks {
             }
         }
         checks
+    }
+
+    /// Adds an end user's checks: its own record's per-minute limits,
+    /// in-flight cap and budget, or else `default_budget`
+    /// (`policy.end_user_budget`: USD and period).
+    pub fn add_end_user(
+        &mut self,
+        user: &str,
+        own: Option<&crate::key::Limits>,
+        default_budget: Option<(f64, Option<BudgetPeriod>)>,
+        estimated_tokens: u32,
+    ) {
+        let scope = "end user";
+        if let Some(limits) = own {
+            for (kind, limit, cost) in [
+                (RateKind::Requests, limits.rpm_limit, 1),
+                (RateKind::Tokens, limits.tpm_limit, estimated_tokens.max(1)),
+            ] {
+                if let Some(limit) = limit {
+                    let prefix = if kind == RateKind::Requests { "rpm" } else { "tpm" };
+                    self.rates.push(RateCheck {
+                        id: format!("{prefix}:{}", subject_end_user(user)),
+                        scope: scope.into(),
+                        kind,
+                        limit,
+                        cost,
+                    });
+                }
+            }
+            if let Some(limit) = limits.max_parallel_requests {
+                self.parallel.push(ParallelCheck {
+                    id: format!("parallel:{}", subject_end_user(user)),
+                    scope: scope.into(),
+                    limit,
+                });
+            }
+        }
+        let budget = match own.and_then(|l| l.max_budget) {
+            Some(usd) => Some((usd, own.and_then(|l| l.budget_duration))),
+            None => default_budget,
+        };
+        if let Some((usd, period)) = budget {
+            self.budgets.push(BudgetCheck {
+                subject: subject_end_user(user),
+                scope: scope.into(),
+                limit: from_usd(usd),
+                period,
+            });
+        }
     }
 
     /// The token limits charged up front, to correct with the real usage.

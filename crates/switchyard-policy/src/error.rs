@@ -24,6 +24,12 @@ pub enum Denied {
         /// `key` or `team`.
         scope: &'static str,
     },
+    /// The end user the request names is blocked (`/customer/block`).
+    #[error("The end user `{user}` is blocked.")]
+    EndUserBlocked {
+        /// The request's `user`.
+        user: String,
+    },
     /// The key belongs to a team that no longer exists (removed from the
     /// configuration, or deleted while the key was being made): its team's
     /// models, budget and limits cannot be applied, so it is refused.
@@ -95,10 +101,10 @@ pub enum PolicyError {
     /// A field of the request is wrong.
     #[error(transparent)]
     Field(#[from] FieldError),
-    /// The key or team does not exist.
+    /// The key, team or end user does not exist.
     #[error("{what} not found.")]
     NotFound {
-        /// `Key` or `Team`.
+        /// `Key`, `Team` or `End user`.
         what: &'static str,
     },
     /// The id is taken.

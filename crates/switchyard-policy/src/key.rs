@@ -204,6 +204,118 @@ impl TeamRecord {
     }
 }
 
+/// A stored end user (LiteLLM's "customer"): the `user` a request names,
+/// with its own budget, limits and block, whichever key pays.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndUserRecord {
+    /// The end user's id, as requests send it in `user`.
+    pub user_id: String,
+    /// A human name.
+    #[serde(default)]
+    pub alias: Option<String>,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Bumped by every change, as a team's [`TeamRecord::revision`].
+    #[serde(default)]
+    pub revision: u64,
+    /// Budget (replacing `policy.end_user_budget` for this end user),
+    /// per-minute limits, in-flight cap, metadata and block. Model lists
+    /// and per-model limits are not used.
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+/// The longest end-user id the admin API stores.
+pub const MAX_END_USER_ID_BYTES: usize = 256;
+
+/// Sets one field of an end user from a `/customer/new` or
+/// `/customer/update` body (`user_id` is handled by the caller).
+pub fn apply_end_user_field(record: &mut EndUserRecord, name: &str, value: &Value) -> Result<(), FieldError> {
+    match name {
+        "alias" => record.alias = optional_string(name, value)?,
+        // LiteLLM fields with no use here, sent empty by typed clients.
+        name if END_USER_EMPTY_OK.contains(&name) && is_empty_value(value) => {}
+        "models" | "model_rpm_limit" | "model_tpm_limit" => {
+            return Err(field_error(
+                name,
+                format!("'{name}' is not kept for end users: limit models on the keys that serve them."),
+            ));
+        }
+        _ => {
+            if !apply_limit_field(&mut record.limits, name, value)? {
+                return Err(field_error(name, format!("Unknown field '{name}'.")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// LiteLLM end-user fields accepted when empty (null, `[]`, `{}`, `""`).
+const END_USER_EMPTY_OK: &[&str] = &[
+    "budget_id",
+    "soft_budget",
+    "model_max_budget",
+    "allowed_model_region",
+    "default_model",
+    "spend",
+    "object_permission",
+];
+
+/// Records stored with a revision check: a change is written only over the
+/// revision it was made from, and never over another record made again
+/// under the same id.
+pub(crate) trait Revisioned {
+    /// The record's id in its store.
+    fn id(&self) -> &str;
+    /// Its revision.
+    fn revision(&self) -> u64;
+    /// Its creation time, which tells a record made again apart.
+    fn created_at(&self) -> i64;
+}
+
+impl Revisioned for TeamRecord {
+    fn id(&self) -> &str {
+        &self.team_id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
+}
+
+impl Revisioned for EndUserRecord {
+    fn id(&self) -> &str {
+        &self.user_id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
+}
+
+/// Whether `record` may be written over `current` (`None`: stored nothing):
+/// `Some(outcome)` when it may not.
+pub(crate) fn refuse_write<T: Revisioned>(current: Option<&T>, record: &T, replace: bool) -> Option<KeyWrite> {
+    match (current, replace) {
+        (Some(_), false) => Some(KeyWrite::Taken),
+        (None, true) => Some(KeyWrite::Missing),
+        // Another revision, or another record under the same id (deleted
+        // and made again): not the one the change was made from.
+        (Some(current), true)
+            if record.revision() == 0
+                || current.revision().saturating_add(1) != record.revision()
+                || current.created_at() != record.created_at() =>
+        {
+            Some(KeyWrite::Changed)
+        }
+        _ => None,
+    }
+}
+
 /// An authenticated key with its team.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyView {

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{Checks, RateState};
 use crate::error::{Denied, PolicyError};
 use crate::journal::{FsyncPolicy, Journal};
-use crate::key::{KeyRecord, KeyWrite, TeamRecord};
+use crate::key::{EndUserRecord, KeyRecord, KeyWrite, TeamRecord, refuse_write};
 use crate::money::Nanos;
 use crate::period::{Day, day_of_ms, now_ms};
 use crate::spend::{Ledger, LogFilter, SpendRecord, SubjectSpend};
@@ -38,12 +38,15 @@ enum KeyOp {
     DeleteKey { token: String },
     PutTeam { record: TeamRecord },
     DeleteTeam { team_id: String },
+    PutEndUser { record: EndUserRecord },
+    DeleteEndUser { user_id: String },
 }
 
 #[derive(Debug, Default)]
 struct State {
     keys: HashMap<String, KeyRecord>,
     teams: HashMap<String, TeamRecord>,
+    end_users: HashMap<String, EndUserRecord>,
     ledger: Ledger,
     reserved: HashMap<String, Nanos>,
     parallel: HashMap<String, u32>,
@@ -163,6 +166,8 @@ impl LocalStore {
                 Ok(KeyOp::DeleteKey { token }) => drop(state.keys.remove(&token)),
                 Ok(KeyOp::PutTeam { record }) => drop(state.teams.insert(record.team_id.clone(), record)),
                 Ok(KeyOp::DeleteTeam { team_id }) => drop(state.teams.remove(&team_id)),
+                Ok(KeyOp::PutEndUser { record }) => drop(state.end_users.insert(record.user_id.clone(), record)),
+                Ok(KeyOp::DeleteEndUser { user_id }) => drop(state.end_users.remove(&user_id)),
                 Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of keys.jsonl"),
             }
         }
@@ -173,11 +178,18 @@ impl LocalStore {
             .map(|t| KeyOp::PutTeam { record: t.clone() })
             .collect();
         snapshot.extend(state.keys.values().map(|k| KeyOp::PutKey { record: k.clone() }));
+        snapshot.extend(
+            state
+                .end_users
+                .values()
+                .map(|u| KeyOp::PutEndUser { record: u.clone() }),
+        );
         keys_log.rewrite(&snapshot)?;
         tracing::info!(
             dir = %dir.display(),
             keys = state.keys.len(),
             teams = state.teams.len(),
+            end_users = state.end_users.len(),
             spend_records = records,
             "policy store opened"
         );
@@ -294,19 +306,8 @@ impl LocalStore {
     /// (`record.revision - 1`).
     pub fn put_team(&self, record: TeamRecord, replace: bool) -> Result<KeyWrite, PolicyError> {
         let _writing = self.key_writes.lock();
-        match (self.state.lock().teams.get(&record.team_id), replace) {
-            (Some(_), false) => return Ok(KeyWrite::Taken),
-            (None, true) => return Ok(KeyWrite::Missing),
-            // Another revision, or another team under the same id (deleted
-            // and made again): not the one the change was made from.
-            (Some(current), true)
-                if record.revision == 0
-                    || current.revision.saturating_add(1) != record.revision
-                    || current.created_at != record.created_at =>
-            {
-                return Ok(KeyWrite::Changed);
-            }
-            _ => {}
+        if let Some(refused) = refuse_write(self.state.lock().teams.get(&record.team_id), &record, replace) {
+            return Ok(refused);
         }
         self.log_key_op(&KeyOp::PutTeam { record: record.clone() })?;
         self.state.lock().teams.insert(record.team_id.clone(), record);
@@ -321,6 +322,38 @@ impl LocalStore {
         }
         self.log_key_op(&KeyOp::DeleteTeam { team_id: id.to_owned() })?;
         Ok(self.state.lock().teams.remove(id).is_some())
+    }
+
+    /// An end user's record.
+    pub fn end_user(&self, id: &str) -> Option<EndUserRecord> {
+        self.state.lock().end_users.get(id).cloned()
+    }
+
+    /// Stores an end user's record if it is new (`replace: false`) or
+    /// still there at the revision the change was made from (`replace: true`).
+    pub fn put_end_user(&self, record: EndUserRecord, replace: bool) -> Result<KeyWrite, PolicyError> {
+        let _writing = self.key_writes.lock();
+        if let Some(refused) = refuse_write(self.state.lock().end_users.get(&record.user_id), &record, replace) {
+            return Ok(refused);
+        }
+        self.log_key_op(&KeyOp::PutEndUser { record: record.clone() })?;
+        self.state.lock().end_users.insert(record.user_id.clone(), record);
+        Ok(KeyWrite::Done)
+    }
+
+    /// Deletes an end user's record; whether it existed.
+    pub fn delete_end_user(&self, id: &str) -> Result<bool, PolicyError> {
+        let _writing = self.key_writes.lock();
+        if !self.state.lock().end_users.contains_key(id) {
+            return Ok(false);
+        }
+        self.log_key_op(&KeyOp::DeleteEndUser { user_id: id.to_owned() })?;
+        Ok(self.state.lock().end_users.remove(id).is_some())
+    }
+
+    /// Every end user's record.
+    pub fn end_users(&self) -> Vec<EndUserRecord> {
+        self.state.lock().end_users.values().cloned().collect()
     }
 
     /// Every key.

@@ -16,8 +16,9 @@ use crate::checks::{Checks, Demand, RateKind, RateState};
 use crate::error::{Denied, PolicyError};
 use crate::journal::{FsyncPolicy, Journal};
 use crate::key::{
-    KEY_PREFIX, KeyRecord, KeyView, KeyWrite, TeamRecord, apply_key_field, apply_team_field, display_name, expiry_from,
-    generate_key, hash_key, hashes_equal, new_key_id, usable_key,
+    EndUserRecord, KEY_PREFIX, KeyRecord, KeyView, KeyWrite, MAX_END_USER_ID_BYTES, TeamRecord, apply_end_user_field,
+    apply_key_field, apply_team_field, display_name, expiry_from, generate_key, hash_key, hashes_equal, new_key_id,
+    usable_key,
 };
 use crate::local::LocalStore;
 use crate::money::Nanos;
@@ -115,6 +116,9 @@ pub struct Ticket {
     keeper: Option<tokio::task::AbortHandle>,
     /// The end user and tags the request named, for its spend record.
     labels: Labels,
+    /// Whether the end user's spend is counted (it has a record, or end
+    /// users have a budget).
+    end_user_tracked: bool,
 }
 
 /// What a request says about itself for spend attribution: the end user it
@@ -155,6 +159,13 @@ impl Ticket {
     /// Sets the end user and tags its spend record will carry.
     pub fn label(&mut self, labels: Labels) {
         self.labels = labels;
+        self.labels.end_user_spend = self.end_user_tracked;
+    }
+
+    /// Whether any budget holds this request (a key's, a team's or an end
+    /// user's).
+    pub fn budgeted(&self) -> bool {
+        !self.checks.budgets.is_empty()
     }
 
     /// OpenAI-style `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
@@ -241,6 +252,8 @@ enum Store {
         fallback: LocalStore,
         /// Keys and teams seen, for fail-open authentication.
         seen: Mutex<HashMap<String, KeyView>>,
+        /// End users' records seen, for fail-open admission.
+        seen_end_users: Mutex<HashMap<String, EndUserRecord>>,
         /// Settlements Redis has not taken yet, oldest first. A record
         /// leaves the queue only once Redis has taken it.
         pending: Mutex<PendingQueue>,
@@ -400,6 +413,7 @@ impl Policy {
                     mode: redis.failure_mode,
                     fallback: LocalStore::memory(),
                     seen: Mutex::new(HashMap::new()),
+                    seen_end_users: Mutex::new(HashMap::new()),
                     queued: AtomicUsize::new(queued.len()),
                     max_queued: redis.max_queued_spend,
                     pending: Mutex::new(queued),
@@ -628,6 +642,46 @@ impl Policy {
         Ok(Some(KeyView { key, team }))
     }
 
+    async fn lookup_end_user(&self, id: &str) -> Result<Option<EndUserRecord>, StoreDown> {
+        match &self.0.store {
+            Store::Local(local) => Ok(local.end_user(id)),
+            Store::Redis { redis, .. } => redis.end_user(id).await,
+        }
+    }
+
+    /// The record of the end user a request names. With Redis down, a
+    /// fail-open policy uses the copy this replica saw last; a fail-closed
+    /// one refuses.
+    async fn end_user_for_request(&self, user: &str) -> Result<Option<EndUserRecord>, Denied> {
+        match self.lookup_end_user(user).await {
+            Ok(record) => {
+                if let Store::Redis { seen_end_users, .. } = &self.0.store {
+                    let mut seen = seen_end_users.lock();
+                    match &record {
+                        Some(r) => drop(seen.insert(user.to_owned(), r.clone())),
+                        None => drop(seen.remove(user)),
+                    }
+                }
+                Ok(record)
+            }
+            Err(StoreDown(reason)) => match &self.0.store {
+                Store::Redis {
+                    mode: FailureMode::FailOpen,
+                    seen_end_users,
+                    ..
+                } => {
+                    tracing::warn!(%reason, "Redis is down: reading the end user from the copy seen before");
+                    Ok(seen_end_users.lock().get(user).cloned())
+                }
+                _ => {
+                    self.0.counters.fail_closed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(%reason, "Redis is down: refusing the request (fail_closed)");
+                    Err(Denied::Unavailable)
+                }
+            },
+        }
+    }
+
     /// Who `token` is. `None` (no key sent) is anonymous unless keys are required.
     pub async fn authenticate(&self, token: Option<&str>) -> Result<Principal, Denied> {
         let Some(token) = token.map(str::trim).filter(|t| !t.is_empty()) else {
@@ -739,14 +793,22 @@ impl Policy {
             }
             None => Checks::default(),
         };
-        // Every end user's budget, whoever's key (if any) pays.
-        if let (Some(user), Some(budget)) = (&demand.end_user, &self.0.end_user_budget) {
-            checks.budgets.push(crate::checks::BudgetCheck {
-                subject: crate::spend::subject_end_user(user),
-                scope: "end user".into(),
-                limit: crate::money::from_usd(budget.max_budget),
-                period: budget.budget_duration,
-            });
+        // The end user's own limits and budget, or every end user's budget,
+        // whoever's key (if any) pays.
+        let mut end_user_tracked = false;
+        if let Some(user) = &demand.end_user {
+            let record = self.end_user_for_request(user).await?;
+            if record.as_ref().is_some_and(|r| r.limits.blocked) {
+                return Err(Denied::EndUserBlocked { user: user.clone() });
+            }
+            let default_budget = self.0.end_user_budget.map(|b| (b.max_budget, b.budget_duration));
+            checks.add_end_user(
+                user,
+                record.as_ref().map(|r| &r.limits),
+                default_budget,
+                demand.estimated_tokens,
+            );
+            end_user_tracked = record.is_some() || default_budget.is_some();
         }
         let id = demand.request_id.clone().unwrap_or_else(|| self.new_id());
         let max_cost = if checks.budgets.is_empty() { 0 } else { demand.max_cost };
@@ -762,6 +824,7 @@ impl Policy {
             done: false,
             keeper: None,
             labels: Labels::default(),
+            end_user_tracked,
         };
         if checks == Checks::default() {
             return Ok(ticket(Holder::Local, Vec::new()));
@@ -1505,6 +1568,192 @@ impl Policy {
         Ok(teams)
     }
 
+    // ----- end users -----
+
+    /// Every end user's budget (`policy.end_user_budget`), if set.
+    pub fn end_user_budget(&self) -> Option<EndUserBudget> {
+        self.0.end_user_budget
+    }
+
+    async fn put_end_user(&self, record: EndUserRecord, replace: bool) -> Result<KeyWrite, PolicyError> {
+        let id = record.user_id.clone();
+        let stored = match &self.0.store {
+            Store::Local(local) => local.put_end_user(record, replace)?,
+            Store::Redis { redis, .. } => redis.put_end_user(&record, replace).await.map_err(down)?,
+        };
+        match stored {
+            KeyWrite::Taken => Err(PolicyError::Conflict(format!("End user `{id}` already exists."))),
+            KeyWrite::Missing => Err(PolicyError::NotFound { what: "End user" }),
+            done_or_changed => Ok(done_or_changed),
+        }
+    }
+
+    /// `POST /customer/new`: an end user's record, with its budget, limits
+    /// or block.
+    pub async fn new_end_user(&self, body: &Map<String, Value>) -> Result<EndUserRecord, PolicyError> {
+        let user_id = end_user_id(body.get("user_id"))?;
+        let mut record = EndUserRecord {
+            user_id,
+            alias: None,
+            created_at: now_ms(),
+            revision: 0,
+            limits: Default::default(),
+        };
+        for (name, value) in body {
+            if name != "user_id" {
+                apply_end_user_field(&mut record, name, value)?;
+            }
+        }
+        self.put_end_user(record.clone(), false).await?;
+        Ok(record)
+    }
+
+    /// An end user's record, if it has one.
+    pub async fn end_user(&self, id: &str) -> Result<Option<EndUserRecord>, PolicyError> {
+        self.lookup_end_user(id).await.map_err(down)
+    }
+
+    /// `POST /customer/update`: changes the fields given.
+    pub async fn update_end_user(&self, body: &Map<String, Value>) -> Result<EndUserRecord, PolicyError> {
+        let id = end_user_id(body.get("user_id"))?;
+        self.change_end_user(&id, |record| {
+            for (name, value) in body {
+                if name != "user_id" {
+                    apply_end_user_field(record, name, value)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Changes an end user's record with `change`, over the revision read.
+    async fn change_end_user(
+        &self,
+        id: &str,
+        change: impl Fn(&mut EndUserRecord) -> Result<(), crate::key::FieldError>,
+    ) -> Result<EndUserRecord, PolicyError> {
+        for _ in 0..KEY_WRITE_TRIES {
+            let mut record = self
+                .end_user(id)
+                .await?
+                .ok_or(PolicyError::NotFound { what: "End user" })?;
+            change(&mut record)?;
+            record.revision = record.revision.saturating_add(1);
+            if self.put_end_user(record.clone(), true).await? == KeyWrite::Done {
+                self.forget_end_user(id);
+                return Ok(record);
+            }
+        }
+        Err(PolicyError::Conflict(
+            "The end user changed while this change was being made; try again.".into(),
+        ))
+    }
+
+    /// `POST /customer/block` and `/customer/unblock`: end users without a
+    /// record get one when blocked (as LiteLLM's do); unblocking one
+    /// without a record changes nothing. Every id is checked first.
+    pub async fn set_end_users_blocked(
+        &self,
+        ids: &[String],
+        blocked: bool,
+    ) -> Result<Vec<EndUserRecord>, PolicyError> {
+        for id in ids {
+            end_user_id(Some(&Value::String(id.clone())))?;
+        }
+        let mut out = Vec::new();
+        for id in ids {
+            let existing = self.end_user(id).await?;
+            let record = match existing {
+                Some(_) => {
+                    self.change_end_user(id, |r| {
+                        r.limits.blocked = blocked;
+                        Ok(())
+                    })
+                    .await?
+                }
+                None if !blocked => continue,
+                None => {
+                    let mut record = EndUserRecord {
+                        user_id: id.clone(),
+                        alias: None,
+                        created_at: now_ms(),
+                        revision: 0,
+                        limits: Default::default(),
+                    };
+                    record.limits.blocked = true;
+                    match self.put_end_user(record.clone(), false).await {
+                        Ok(_) => record,
+                        // Made meanwhile: block that one.
+                        Err(PolicyError::Conflict(_)) => {
+                            self.change_end_user(id, |r| {
+                                r.limits.blocked = true;
+                                Ok(())
+                            })
+                            .await?
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            self.forget_end_user(id);
+            out.push(record);
+        }
+        Ok(out)
+    }
+
+    /// `POST /customer/delete`: every id must have a record (checked before
+    /// any is deleted). Their spend is kept: a record made again, or the
+    /// default end-user budget, finds it.
+    pub async fn delete_end_users(&self, ids: &[String]) -> Result<Vec<String>, PolicyError> {
+        for id in ids {
+            if self.end_user(id).await?.is_none() {
+                return Err(PolicyError::NotFound { what: "End user" });
+            }
+        }
+        let mut deleted = Vec::new();
+        for id in ids {
+            let existed = match &self.0.store {
+                Store::Local(local) => local.delete_end_user(id)?,
+                Store::Redis { redis, .. } => redis.delete_end_user(id).await.map_err(down)?,
+            };
+            self.forget_end_user(id);
+            if existed {
+                deleted.push(id.clone());
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Every end user's record, oldest first.
+    pub async fn list_end_users(&self) -> Result<Vec<EndUserRecord>, PolicyError> {
+        let mut users = match &self.0.store {
+            Store::Local(local) => local.end_users(),
+            Store::Redis { redis, .. } => redis.end_users().await.map_err(down)?,
+        };
+        users.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.user_id.cmp(&b.user_id)));
+        Ok(users)
+    }
+
+    /// An end user's spend in its current budget period (its own, else
+    /// `policy.end_user_budget`'s; in total without one), and in total.
+    pub async fn end_user_spend(&self, id: &str, own: Option<&EndUserRecord>) -> Result<(Nanos, Nanos), PolicyError> {
+        let spend = self.spend_of(&crate::spend::subject_end_user(id)).await?;
+        let period = match own.and_then(|r| r.limits.max_budget) {
+            Some(_) => own.and_then(|r| r.limits.budget_duration),
+            None => self.0.end_user_budget.and_then(|b| b.budget_duration),
+        };
+        Ok((spend.in_period(period, day_of_ms(now_ms())), spend.total))
+    }
+
+    /// Drops this replica's copy of an end user changed through it, so a
+    /// Redis outage does not bring back the copy before the change.
+    fn forget_end_user(&self, id: &str) {
+        if let Store::Redis { seen_end_users, .. } = &self.0.store {
+            seen_end_users.lock().remove(id);
+        }
+    }
+
     // ----- spend -----
 
     /// One ledger subject's spend (`key:<id>`, `team:<id>`, `model:<name>`).
@@ -1574,6 +1823,20 @@ impl Policy {
 
 fn down(StoreDown(reason): StoreDown) -> PolicyError {
     PolicyError::Unavailable(reason)
+}
+
+/// An end user's id from a body field: a non-empty string of at most
+/// [`MAX_END_USER_ID_BYTES`] bytes.
+fn end_user_id(value: Option<&Value>) -> Result<String, PolicyError> {
+    match value {
+        Some(Value::String(id)) if !id.trim().is_empty() && id.len() <= MAX_END_USER_ID_BYTES => Ok(id.clone()),
+        Some(Value::String(id)) if !id.trim().is_empty() => Err(field(
+            "user_id",
+            format!("'user_id' may have at most {MAX_END_USER_ID_BYTES} bytes."),
+        )),
+        None | Some(Value::Null) => Err(field("user_id", "'user_id' is required.")),
+        Some(_) => Err(field("user_id", "'user_id' must be a non-empty string.")),
+    }
 }
 
 #[cfg(test)]

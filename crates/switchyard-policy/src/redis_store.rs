@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checks::{Checks, RateState};
 use crate::error::{Denied, PolicyError};
-use crate::key::{KeyRecord, KeyWrite, TeamRecord};
+use crate::key::{EndUserRecord, KeyRecord, KeyWrite, Revisioned, TeamRecord};
 use crate::local::rate_state;
 use crate::money::Nanos;
 use crate::period::{Day, day_of_ms, now_ms};
@@ -417,11 +417,41 @@ return 1",
     /// With `replace`, only over the revision the change was made from
     /// (`record.revision - 1`).
     pub async fn put_team(&self, record: &TeamRecord, replace: bool) -> Result<KeyWrite, StoreDown> {
+        self.put_revisioned("teams", record, replace).await
+    }
+
+    /// An end user's record.
+    pub async fn end_user(&self, id: &str) -> Result<Option<EndUserRecord>, StoreDown> {
+        self.hget_json("end_users", id).await
+    }
+
+    /// Stores an end user's record as [`RedisStore::put_team`] stores a team.
+    pub async fn put_end_user(&self, record: &EndUserRecord, replace: bool) -> Result<KeyWrite, StoreDown> {
+        self.put_revisioned("end_users", record, replace).await
+    }
+
+    /// Deletes an end user's record.
+    pub async fn delete_end_user(&self, id: &str) -> Result<bool, StoreDown> {
+        self.hdel("end_users", id).await
+    }
+
+    /// Every end user's record.
+    pub async fn end_users(&self) -> Result<Vec<EndUserRecord>, StoreDown> {
+        self.hvals_json("end_users").await
+    }
+
+    /// The revision-checked write of a team or end user in `hash`.
+    async fn put_revisioned<T: Serialize + Revisioned>(
+        &self,
+        hash: &str,
+        record: &T,
+        replace: bool,
+    ) -> Result<KeyWrite, StoreDown> {
         if !replace {
-            let inserted = self.hset_if_absent("teams", &record.team_id, record).await?;
+            let inserted = self.hset_if_absent(hash, record.id(), record).await?;
             return Ok(if inserted { KeyWrite::Done } else { KeyWrite::Taken });
         }
-        if record.revision == 0 {
+        if record.revision() == 0 {
             return Ok(KeyWrite::Changed);
         }
         let json = serde_json::to_string(record).map_err(|e| StoreDown(e.to_string()))?;
@@ -439,12 +469,12 @@ if rev ~= tonumber(ARGV[2]) or created ~= tonumber(ARGV[4]) then return -1 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 return 1",
         );
-        let mut invocation = script.key(self.name("teams"));
+        let mut invocation = script.key(self.name(hash));
         invocation
-            .arg(&record.team_id)
-            .arg(record.revision.saturating_sub(1))
+            .arg(record.id())
+            .arg(record.revision().saturating_sub(1))
             .arg(json)
-            .arg(record.created_at);
+            .arg(record.created_at());
         let n: i64 = self.run(invocation).await?;
         Ok(match n {
             1 => KeyWrite::Done,
