@@ -260,6 +260,7 @@ fn denied_parts(denied: &Denied) -> (StatusCode, &'static str, Option<String>, O
             Some("user".into()),
             Some("end_user_blocked".into()),
         ),
+        Denied::Unpriced { .. } => (S::BAD_REQUEST, "invalid_request_error", Some("model".into()), None),
         Denied::TeamMissing { .. } => (S::FORBIDDEN, "permission_error", None, Some("team_not_found".into())),
         Denied::ModelNotAllowed { .. } => (
             S::FORBIDDEN,

@@ -62,6 +62,7 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
         tags,
         tag_spend: false,
         end_user_spend: false,
+        hide_end_user: false,
     })
 }
 
@@ -79,6 +80,7 @@ pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, Ap
         tags,
         tag_spend: false,
         end_user_spend: false,
+        hide_end_user: false,
     })
 }
 

@@ -26,6 +26,7 @@ pub mod routes;
 pub mod state;
 pub mod stream;
 pub mod telemetry_config;
+mod users;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -343,12 +343,18 @@ pub(crate) fn take_labels(
     trail: Option<&mut crate::observe::Trail>,
 ) -> switchyard_policy::Labels {
     let mut labels = std::mem::take(&mut options.labels);
-    if !state.record_end_users {
-        labels.end_user = None;
-    }
     labels.tag_spend = state.track_tag_spend;
+    // The end user still reaches admission (its record's block, limits
+    // and budget hold); the policy leaves it out of the spend record.
+    labels.hide_end_user = !state.record_end_users;
     if let Some(t) = trail {
-        t.labels(&labels);
+        if labels.hide_end_user {
+            let mut shown = labels.clone();
+            shown.end_user = None;
+            t.labels(&shown);
+        } else {
+            t.labels(&labels);
+        }
     }
     labels
 }
@@ -394,14 +400,6 @@ pub(crate) async fn admit(
             unpriced &= prices == switchyard_policy::Prices::default();
             ceiling.prices = crate::state::max_prices(ceiling.prices, prices);
         }
-        // A key's or team's budget is known before admission; an end
-        // user's is checked on the ticket below.
-        let key_budget = principal.view().is_some_and(|v| {
-            v.key.limits.max_budget.is_some() || v.team.as_ref().is_some_and(|t| t.limits.max_budget.is_some())
-        });
-        if unpriced && key_budget {
-            return Err(unpriced_under_budget(requested, model));
-        }
     }
     check_fallbacks(state, principal, fallbacks)?;
     for name in fallbacks.unwrap_or_default() {
@@ -417,6 +415,7 @@ pub(crate) async fn admit(
         requested_as: (requested != model).then(|| requested.to_owned()),
         access_groups: state.access_groups.get(model).cloned().unwrap_or_default(),
         end_user: labels.end_user.clone(),
+        unpriced,
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
         // Without `max_tokens`, the most output the request may produce: the
         // policy's assumption, or what an Anthropic or Bedrock deployment
@@ -445,7 +444,6 @@ pub(crate) async fn admit(
     let ticket = match state.policy.admit(principal, &demand).await {
         // A budget (the key's, its team's or the end user's) cannot hold a
         // model nothing prices; dropping the ticket frees what it took.
-        Ok(ticket) if unpriced && ticket.budgeted() => return Err(unpriced_under_budget(requested, model)),
         Ok(mut ticket) => {
             ticket.label(labels);
             ticket
@@ -469,16 +467,6 @@ pub(crate) async fn admit(
         estimated_prompt: estimated,
         wildcard_request,
     })
-}
-
-/// A model nothing prices, asked for by a request a budget holds.
-fn unpriced_under_budget(requested: &str, model: &str) -> ApiError {
-    ApiError::InvalidField {
-        param: Some("model".into()),
-        message: format!(
-            "`{requested}` has no known price, and a budget holds this request: set prices on the deployments of `{model}`."
-        ),
-    }
 }
 
 /// An admitted request waiting for its charge.

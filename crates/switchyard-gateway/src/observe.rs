@@ -137,7 +137,10 @@ fn route_name(path: &str) -> &'static str {
         "/feedback" => "feedback",
         "/metrics" => "metrics",
         p if p.starts_with("/health") => "health",
-        p if p.starts_with("/key") || p.starts_with("/team") || p.starts_with("/spend") || p.starts_with("/admin") => {
+        p if ["/key", "/team", "/spend", "/admin", "/customer", "/end_user", "/user"]
+            .iter()
+            .any(|prefix| p.starts_with(prefix)) =>
+        {
             "admin"
         }
         _ => "other",

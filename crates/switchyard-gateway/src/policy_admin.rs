@@ -54,6 +54,7 @@ pub fn routes() -> Router<SharedState> {
         .route("/spend/logs", get(spend_logs))
         .route("/admin/policy", get(policy_status))
         .merge(crate::end_users::routes())
+        .merge(crate::users::routes())
 }
 
 pub(crate) fn fail(e: PolicyError) -> Response {
@@ -77,7 +78,7 @@ pub(crate) fn iso(ms: Option<i64>) -> Value {
 }
 
 /// A key as the API shows it (never its plaintext).
-fn key_json(key: &KeyRecord) -> Value {
+pub(crate) fn key_json(key: &KeyRecord) -> Value {
     let mut v = serde_json::to_value(key).unwrap_or_default();
     v["expires"] = iso(key.expires_at);
     v["created"] = iso(Some(key.created_at));
@@ -630,7 +631,7 @@ fn parse_day(q: &HashMap<String, String>, name: &str) -> Result<Option<i64>, Res
 }
 
 /// The query parameters `/spend/logs` reads.
-const SPEND_LOG_PARAMS: [&str; 11] = [
+const SPEND_LOG_PARAMS: [&str; 12] = [
     "start_date",
     "end_date",
     "limit",
@@ -641,6 +642,7 @@ const SPEND_LOG_PARAMS: [&str; 11] = [
     "model",
     "request_id",
     "end_user",
+    "user_id",
     "tag",
 ];
 
@@ -698,6 +700,7 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
         model: q.get("model").cloned(),
         request_id: q.get("request_id").cloned(),
         end_user: q.get("end_user").cloned(),
+        user_id: q.get("user_id").cloned(),
         tag: q.get("tag").cloned(),
         start_day,
         end_day,
@@ -711,6 +714,7 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
                     let mut v = serde_json::to_value(r).unwrap_or_default();
                     if let Some(fields) = v.as_object_mut() {
                         fields.remove("team_ledger");
+                        fields.remove("user_ledger");
                     }
                     v["spend"] = usd(r.cost_nanos);
                     v["startTime"] = iso(Some(r.ts));

@@ -1011,12 +1011,12 @@ fn listed_wildcard_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyVi
     let Some(view) = view else {
         return Vec::new();
     };
-    let own = &view.key.limits.models;
-    let named = if own.is_empty() {
-        view.team.as_ref().map_or(&[][..], |t| t.limits.models.as_slice())
-    } else {
-        own.as_slice()
-    };
+    // The first list that names models (each must allow what is listed).
+    let named = view
+        .model_lists()
+        .into_iter()
+        .find(|models| !models.is_empty())
+        .unwrap_or_default();
     named
         .iter()
         .map(String::as_str)

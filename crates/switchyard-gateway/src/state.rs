@@ -859,15 +859,17 @@ impl AppState {
     /// candidates it may reach). `None`: every model.
     pub(crate) fn allowed_groups(&self, view: Option<&switchyard_policy::KeyView>) -> Option<Vec<String>> {
         let view = view?;
-        // The key's and the team's lists are widened each on its own, then
-        // intersected: the two may name the same model differently.
-        let own = self.widened(&view.key.limits.models);
-        let team = view.team.as_ref().and_then(|t| self.widened(&t.limits.models));
-        match (own, team) {
-            (None, None) => None,
-            (Some(list), None) | (None, Some(list)) => Some(list),
-            (Some(own), Some(team)) => Some(own.into_iter().filter(|m| team.contains(m)).collect()),
-        }
+        // The key's, the team's and the user's lists are widened each on
+        // its own, then intersected: they may name one model differently.
+        let mut lists = view.model_lists().into_iter().filter_map(|models| self.widened(models));
+        let first = lists.next()?;
+        let rest: Vec<Vec<String>> = lists.collect();
+        Some(
+            first
+                .into_iter()
+                .filter(|m| rest.iter().all(|other| other.contains(m)))
+                .collect(),
+        )
     }
 
     /// `models` with the group of each alias and the members of each access

@@ -837,10 +837,10 @@ async fn streams_are_charged_from_usage_the_client_did_not_ask_for() {
     let one = one.body.as_array().unwrap();
     assert_eq!(one.len(), 1, "{one:?}");
     assert_eq!(one[0]["request_id"], id);
-    let unknown = admin_get(&gw, "/spend/logs?user_id=alice").await;
+    let unknown = admin_get(&gw, "/spend/logs?organization_id=alice").await;
     assert_eq!(
         (unknown.status, unknown.body["error"]["param"].as_str()),
-        (400, Some("user_id"))
+        (400, Some("organization_id"))
     );
 }
 
@@ -1652,7 +1652,12 @@ async fn end_users_have_their_own_budget_limits_and_block() {
     assert_eq!(made.status, 200, "{}", made.body);
     assert_eq!(made.body["litellm_budget_table"]["max_budget"], 0.0001, "{}", made.body);
     // LiteLLM's other prefix serves the same routes.
-    let capped = admin(&gw, "/end_user/new", json!({"user_id": "capped", "rpm_limit": 2})).await;
+    let capped = admin(
+        &gw,
+        "/end_user/new",
+        json!({"user_id": "capped", "rpm_limit": 2, "max_budget": 1}),
+    )
+    .await;
     assert_eq!(capped.status, 200, "{}", capped.body);
     let again = admin(&gw, "/customer/new", json!({"user_id": "vip"})).await;
     assert_eq!((again.status, again.code()), (409, "conflict"), "{}", again.body);
@@ -1661,6 +1666,7 @@ async fn end_users_have_their_own_budget_limits_and_block() {
         (json!({"user_id": "x", "max_budget": -1}), "max_budget"),
         (json!({"user_id": "x", "default_model": "mock-a"}), "default_model"),
         (json!({"alias": "nobody"}), "user_id"),
+        (json!({"user_id": " padded"}), "user_id"),
     ] {
         let refused = admin(&gw, "/customer/new", body).await;
         assert_eq!(refused.status, 400, "{}", refused.body);
@@ -1781,8 +1787,11 @@ async fn end_users_have_their_own_budget_limits_and_block() {
         info.body
     );
 
-    // An update takes the limit away: a third request in the minute passes
-    // (capped has no budget of its own, so the default holds it: 14000 spent).
+    // The limit holds after the restart too, and an update takes it away.
+    for _ in 0..2 {
+        assert_eq!(chat_as(&gw, "capped").await.status, 200);
+    }
+    assert_eq!(chat_as(&gw, "capped").await.code(), "rate_limit_exceeded");
     let updated = admin(&gw, "/customer/update", json!({"user_id": "capped", "rpm_limit": null})).await;
     assert_eq!(updated.status, 200, "{}", updated.body);
     let answer = chat_as(&gw, "capped").await;
@@ -1812,4 +1821,149 @@ async fn chat_with_user(gw: &GatewayProcess, key: &str, user: &str) -> Answer {
             .json(&json!({"model": "mock-a", "max_tokens": 5, "user": user, "messages": [{"role": "user", "content": "hello"}]})),
     )
     .await
+}
+
+/// With `policy.record_end_users: false` no end user is written to spend
+/// records, yet an end user's record (its block, limits and budget) still
+/// holds requests that name it.
+#[tokio::test]
+async fn end_user_records_hold_when_end_users_are_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "  record_end_users: false", 0));
+    let made = admin(
+        &gw,
+        "/customer/new",
+        json!({"user_id": "metered", "max_budget": 0.00003}),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    let blocked = admin(&gw, "/customer/block", json!({"user_ids": ["banned"]})).await;
+    assert_eq!(blocked.status, 200, "{}", blocked.body);
+    let refused = chat_as(&gw, "banned").await;
+    assert_eq!(refused.code(), "end_user_blocked", "{}", refused.body);
+    // Three requests fit metered's budget, the fourth does not.
+    for _ in 0..3 {
+        assert_eq!(chat_as(&gw, "metered").await.status, 200);
+    }
+    assert_eq!(chat_as(&gw, "metered").await.code(), "budget_exceeded");
+    // An end user without a record is left out of the spend records; one
+    // with a record is named (its spend is counted under it).
+    assert_eq!(chat_as(&gw, "anonymous-visitor").await.status, 200);
+    let record = spend_record(&gw, |r| r["request_id"].is_string()).await;
+    assert!(record.is_object());
+    let logs = admin_get(&gw, "/spend/logs").await;
+    let users: Vec<&Value> = logs.body.as_array().unwrap().iter().map(|r| &r["end_user"]).collect();
+    assert_eq!(users.len(), 4, "{}", logs.body);
+    assert_eq!(users.iter().filter(|u| **u == "metered").count(), 3, "{}", logs.body);
+    assert!(!logs.body.to_string().contains("anonymous-visitor"), "{}", logs.body);
+}
+
+/// Internal users (LiteLLM's `/user/*`): every key whose `user_id` names a
+/// user shares its budget and model list, a blocked user's keys are
+/// refused, and users survive a restart.
+#[tokio::test]
+async fn keys_of_one_user_share_its_budget_and_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = config(dir.path(), "", 0);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    // $0.00003 holds 3 requests (each reserves up to 15000 nano-dollars
+    // and costs 7000).
+    let made = admin(
+        &gw,
+        "/user/new",
+        json!({"user_id": "ana", "user_email": "ana@example.com", "user_role": "internal_user",
+               "max_budget": 0.00003, "models": ["mock-a"], "key_alias": "ana-laptop", "teams": [],
+               "send_invite_email": false}),
+    )
+    .await;
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert_eq!(made.body["key_alias"], "ana-laptop", "{}", made.body);
+    assert!(made.body.get("ledger_id").is_none(), "{}", made.body);
+    let first = made.body["key"].as_str().unwrap().to_owned();
+    let second = generate(&gw, json!({"user_id": "ana"})).await;
+    for (body, param) in [
+        (json!({"user_id": "x", "user_role": "proxy_admin"}), "user_role"),
+        (json!({"user_id": "a:b"}), "user_id"),
+        (json!({"user_id": "x", "models": ["no-such-model"]}), "models[0]"),
+        (
+            json!({"user_id": "x", "auto_create_key": false, "key_alias": "k"}),
+            "key_alias",
+        ),
+    ] {
+        let refused = admin(&gw, "/user/new", body).await;
+        assert_eq!(refused.status, 400, "{}", refused.body);
+        assert_eq!(refused.body["error"]["param"], param, "{}", refused.body);
+    }
+    let keyless = admin(&gw, "/user/new", json!({"user_id": "bo", "auto_create_key": false})).await;
+    assert_eq!(keyless.status, 200, "{}", keyless.body);
+    assert!(keyless.body.get("key").is_none(), "{}", keyless.body);
+
+    // The user's model list bounds both keys.
+    let denied = chat_with(&gw, Some(&second), "mock-b").await;
+    assert_eq!(
+        (denied.status, denied.code()),
+        (403, "model_not_allowed"),
+        "{}",
+        denied.body
+    );
+    // One budget for both keys: the fourth request is refused, naming the user.
+    for key in [&first, &second, &first] {
+        let answer = chat_with(&gw, Some(key), "mock-a").await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    let refused = chat_with(&gw, Some(&second), "mock-a").await;
+    assert_eq!(refused.code(), "budget_exceeded", "{}", refused.body);
+    assert!(
+        refused.body["error"]["message"].as_str().unwrap().contains("this user"),
+        "{}",
+        refused.body
+    );
+
+    let info = admin_get(&gw, "/user/info?user_id=ana").await;
+    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(
+        info.body["user_info"]["spend"].as_f64().unwrap(),
+        3.0 * HELLO_COST_NANOS as f64 / 1e9,
+        "{}",
+        info.body
+    );
+    assert_eq!(info.body["keys"].as_array().unwrap().len(), 2, "{}", info.body);
+    let logs = admin_get(&gw, "/spend/logs?user_id=ana").await;
+    assert_eq!(logs.body.as_array().unwrap().len(), 3, "{}", logs.body);
+    assert!(logs.body[0].get("user_ledger").is_none(), "{}", logs.body);
+
+    // Users survive a restart; a raised budget and a block reach every key.
+    drop(gw);
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let listed = admin_get(&gw, "/user/list").await;
+    let ids: Vec<&str> = listed.body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["ana", "bo"], "{}", listed.body);
+    let raised = admin(&gw, "/user/update", json!({"user_id": "ana", "max_budget": 1})).await;
+    assert_eq!(raised.status, 200, "{}", raised.body);
+    assert_eq!(chat_with(&gw, Some(&first), "mock-a").await.status, 200);
+    let blocked = admin(&gw, "/user/update", json!({"user_id": "ana", "blocked": true})).await;
+    assert_eq!(blocked.status, 200, "{}", blocked.body);
+    for key in [&first, &second] {
+        let refused = chat_with(&gw, Some(key), "mock-a").await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (403, "key_blocked"),
+            "{}",
+            refused.body
+        );
+    }
+
+    // A user is deleted only once no key names it.
+    let kept = admin(&gw, "/user/delete", json!({"user_ids": ["ana"]})).await;
+    assert_eq!((kept.status, kept.code()), (409, "conflict"), "{}", kept.body);
+    let gone = admin(&gw, "/key/delete", json!({"keys": [first, second]})).await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    let deleted = admin(&gw, "/user/delete", json!({"user_ids": ["ana", "bo"]})).await;
+    assert_eq!(deleted.body["deleted_users"], json!(["ana", "bo"]), "{}", deleted.body);
+    assert_eq!(admin_get(&gw, "/user/info?user_id=ana").await.status, 404);
 }

@@ -469,3 +469,46 @@ async fn end_user_records_are_shared_by_replicas() {
     let (status, body) = ask(bases[1].clone(), "frank").await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// A user made on one replica holds its keys on the other: one budget for
+/// every key of the user, whichever replica serves them.
+#[tokio::test]
+async fn a_users_budget_is_shared_by_replicas() {
+    let redis = RedisServer::start();
+    let yaml = config(&redis.url(), "fail_closed", 0);
+    let a = GatewayProcess::start(Path::new(BIN), &yaml);
+    let b = GatewayProcess::start(Path::new(BIN), &yaml);
+    let bases = [a.base_url(), b.base_url()];
+    let (status, made) = post(
+        &bases[0],
+        "/user/new",
+        MASTER,
+        json!({"user_id": "gia", "max_budget": 0.00003}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let first = made["key"].as_str().unwrap().to_owned();
+    let (status, other) = post(&bases[1], "/key/generate", MASTER, json!({"user_id": "gia"})).await;
+    assert_eq!(status, 200, "{other}");
+    let second = other["key"].as_str().unwrap().to_owned();
+    let mut served = 0;
+    for i in 0..6 {
+        let key = if i % 2 == 0 { &first } else { &second };
+        let (status, body) = chat(&bases[(i / 2) % 2], key).await;
+        match status {
+            200 => served += 1,
+            400 => {
+                assert_eq!(code(&body), "budget_exceeded", "{body}");
+                break;
+            }
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(served, 3);
+    let info = get(&bases[1], "/user/info?user_id=gia").await;
+    assert_eq!(
+        info["user_info"]["spend"].as_f64().unwrap(),
+        3.0 * HELLO_COST_NANOS as f64 / 1e9,
+        "{info}"
+    );
+}

@@ -197,11 +197,13 @@ async fn keys_name_a_wildcard_group_or_the_models_it_serves() {
         (403, Some("model_not_allowed"))
     );
 
-    // A budget cannot hold a model nothing prices: refused, naming `model`.
+    // A budget cannot hold a model nothing prices: refused, naming `model`,
+    // before any limit is counted (the key's one request a minute is left
+    // for the priced model).
     let budgeted: Value = reqwest::Client::new()
         .post(format!("{}/key/generate", gateway.base_url()))
         .bearer_auth(MASTER)
-        .json(&json!({"models": ["openai/*"], "max_budget": 1.0}))
+        .json(&json!({"models": ["openai/*"], "max_budget": 1.0, "rpm_limit": 1}))
         .send()
         .await
         .unwrap()

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::key::KeyView;
 use crate::money::{Nanos, from_usd};
 use crate::period::BudgetPeriod;
-use crate::spend::{subject_end_user, subject_key, subject_team};
+use crate::spend::{subject_end_user, subject_key, subject_team, subject_user};
 
 /// What a request asks for, as far as limits go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +27,9 @@ pub struct Demand {
     pub estimated_tokens: u32,
     /// The most the request can cost (reserved against budgets).
     pub max_cost: Nanos,
+    /// Whether nothing prices the model asked for (a wildcard group's
+    /// model without a price): refused when a budget holds the request.
+    pub unpriced: bool,
     /// The id the gateway gave the request (from [`crate::Policy::request_id`]);
     /// `None`: the ticket makes one.
     pub request_id: Option<String>,
@@ -184,8 +187,15 @@ impl Checks {
             key_limits.rpm_limit,
             key_limits.tpm_limit,
         );
-        if let Some(team) = &view.team {
-            let l = &team.limits;
+        // The team's and the user's limits, each counted under its ledger id.
+        let owners: Vec<(&str, &str, &crate::key::Limits)> = view
+            .team
+            .as_ref()
+            .map(|t| ("team", t.ledger(), &t.limits))
+            .into_iter()
+            .chain(view.user.as_ref().map(|u| ("user", u.ledger_id.as_str(), &u.limits)))
+            .collect();
+        for (kind_of, ledger, l) in &owners {
             for (kind, limits) in [("rpm", &l.model_rpm_limit), ("tpm", &l.model_tpm_limit)] {
                 if let Some((counted, limit)) = per_model(limits) {
                     let (rpm, tpm) = if kind == "rpm" {
@@ -194,14 +204,14 @@ impl Checks {
                         (None, Some(limit))
                     };
                     add_rates(
-                        &format!("team:{}:model:{counted}", team.ledger()),
-                        &format!("team for model {counted}"),
+                        &format!("{kind_of}:{ledger}:model:{counted}"),
+                        &format!("{kind_of} for model {counted}"),
                         rpm,
                         tpm,
                     );
                 }
             }
-            add_rates(&format!("team:{}", team.ledger()), "team", l.rpm_limit, l.tpm_limit);
+            add_rates(&format!("{kind_of}:{ledger}"), kind_of, l.rpm_limit, l.tpm_limit);
         }
         if let Some(limit) = key_limits.max_parallel_requests {
             checks.parallel.push(ParallelCheck {
@@ -218,20 +228,24 @@ impl Checks {
                 period: key_limits.budget_duration,
             });
         }
-        if let Some(team) = &view.team {
-            if let Some(limit) = team.limits.max_parallel_requests {
+        for (kind_of, ledger, l) in &owners {
+            if let Some(limit) = l.max_parallel_requests {
                 checks.parallel.push(ParallelCheck {
-                    id: format!("parallel:team:{}", team.ledger()),
-                    scope: "team".into(),
+                    id: format!("parallel:{kind_of}:{ledger}"),
+                    scope: (*kind_of).into(),
                     limit,
                 });
             }
-            if let Some(budget) = team.limits.max_budget {
+            if let Some(budget) = l.max_budget {
                 checks.budgets.push(BudgetCheck {
-                    subject: subject_team(team.ledger()),
-                    scope: "team".into(),
+                    subject: if *kind_of == "team" {
+                        subject_team(ledger)
+                    } else {
+                        subject_user(ledger)
+                    },
+                    scope: (*kind_of).into(),
                     limit: from_usd(budget),
-                    period: team.limits.budget_duration,
+                    period: l.budget_duration,
                 });
             }
         }
@@ -304,12 +318,17 @@ mod tests {
         let mut key = KeyRecord::new("sk-test-per-model-limits", 0, false);
         key.limits.model_rpm_limit.insert("old-name".into(), 1);
         key.limits.model_tpm_limit.insert("beta".into(), 10);
-        let view = KeyView { key, team: None };
+        let view = KeyView {
+            key,
+            team: None,
+            user: None,
+        };
         let demand = Demand {
             model: "group".into(),
             requested_as: Some("old-name".into()),
             access_groups: vec!["beta".into()],
             end_user: None,
+            unpriced: false,
             estimated_tokens: 3,
             max_cost: 0,
             request_id: None,

@@ -83,6 +83,16 @@ pub enum Denied {
         /// This request's maximum cost.
         requested: Nanos,
     },
+    /// A budget holds the request, and nothing prices its model.
+    #[error(
+        "`{model}` has no known price, and a budget holds this request: set prices on the deployments of `{group}`."
+    )]
+    Unpriced {
+        /// The model asked for.
+        model: String,
+        /// Its group.
+        group: String,
+    },
     /// The shared store is down and the policy fails closed.
     #[error("The rate-limit and budget store is unavailable; try again shortly.")]
     Unavailable,

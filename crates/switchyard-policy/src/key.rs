@@ -316,44 +316,145 @@ pub(crate) fn refuse_write<T: Revisioned>(current: Option<&T>, record: &T, repla
     }
 }
 
-/// An authenticated key with its team.
+/// An internal user (LiteLLM's `/user/*`): limits, a budget and a model
+/// list shared by every key whose `user_id` names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRecord {
+    /// The user's id, as keys name it in `user_id`.
+    pub user_id: String,
+    /// A human name.
+    #[serde(default)]
+    pub user_alias: Option<String>,
+    /// The user's e-mail address, returned as given.
+    #[serde(default)]
+    pub user_email: Option<String>,
+    /// Creation time, Unix milliseconds.
+    pub created_at: i64,
+    /// Bumped by every change, as a team's [`TeamRecord::revision`].
+    #[serde(default)]
+    pub revision: u64,
+    /// What its spend and limit counters are kept under: the id and a
+    /// random suffix, so that a user made again under a deleted one's id
+    /// starts with nothing spent.
+    pub ledger_id: String,
+    /// Limits.
+    #[serde(flatten)]
+    pub limits: Limits,
+}
+
+impl Revisioned for UserRecord {
+    fn id(&self) -> &str {
+        &self.user_id
+    }
+    fn revision(&self) -> u64 {
+        self.revision
+    }
+    fn created_at(&self) -> i64 {
+        self.created_at
+    }
+}
+
+/// Sets one field of a user from a `/user/new` or `/user/update` body
+/// (`user_id` and `auto_create_key` are handled by the caller).
+pub fn apply_user_field(record: &mut UserRecord, name: &str, value: &Value) -> Result<(), FieldError> {
+    match name {
+        "user_alias" => record.user_alias = optional_string(name, value)?,
+        "user_email" => record.user_email = optional_string(name, value)?,
+        // Every user may call models; the admin API is the master key's.
+        "user_role" => match value {
+            Value::Null => {}
+            Value::String(role) if role == "internal_user" => {}
+            _ => {
+                return Err(field_error(
+                    name,
+                    "Only 'internal_user' is served: users make requests with their keys, and the admin API needs the master key.",
+                ));
+            }
+        },
+        name if USER_EMPTY_OK.contains(&name) && (is_empty_value(value) || *value == Value::Bool(false)) => {}
+        _ => {
+            if !apply_limit_field(&mut record.limits, name, value)? {
+                return Err(field_error(name, format!("Unknown field '{name}'.")));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// LiteLLM user fields accepted when empty (null, `[]`, `{}`, `""`, or
+/// `false` for `send_invite_email`).
+const USER_EMPTY_OK: &[&str] = &[
+    "teams",
+    "send_invite_email",
+    "organization_id",
+    "sso_user_id",
+    "object_permission",
+    "spend",
+    "budget_id",
+    "soft_budget",
+    "model_max_budget",
+    "allowed_cache_controls",
+    "guardrails",
+    "aliases",
+    "config",
+    "permissions",
+    "prompts",
+];
+
+/// An authenticated key with its team and user.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyView {
     /// The key.
     pub key: KeyRecord,
     /// Its team, if it has one.
     pub team: Option<TeamRecord>,
+    /// The user its `user_id` names, if that user has a record.
+    pub user: Option<UserRecord>,
 }
 
 impl KeyView {
-    /// Whether the key, and its team, may call `model`.
-    pub fn allows(&self, model: &str) -> bool {
-        self.key.limits.allows(model) && self.team.as_ref().is_none_or(|t| t.limits.allows(model))
+    /// The model lists that bound the key: its own, its team's and its
+    /// user's, each empty list meaning every model.
+    pub fn model_lists(&self) -> [&[String]; 3] {
+        [
+            &self.key.limits.models,
+            self.team.as_ref().map_or(&[][..], |t| &t.limits.models),
+            self.user.as_ref().map_or(&[][..], |u| &u.limits.models),
+        ]
     }
 
-    /// Whether the key and its team may call a model known by any of
-    /// `names` (its group, an alias, an access group): each list that is not
-    /// empty must hold one of them.
+    /// Whether the key, its team and its user may call `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.model_lists()
+            .iter()
+            .all(|models| models.is_empty() || models.iter().any(|m| m == model))
+    }
+
+    /// Whether the key, its team and its user may call a model known by
+    /// any of `names` (its group, an alias, an access group): each list
+    /// that is not empty must hold one of them.
     pub fn allows_any<'a, I>(&self, names: I) -> bool
     where
         I: IntoIterator<Item = &'a str> + Clone,
     {
-        let lists =
-            |models: &[String]| models.is_empty() || names.clone().into_iter().any(|n| models.iter().any(|m| m == n));
-        lists(&self.key.limits.models) && self.team.as_ref().is_none_or(|t| lists(&t.limits.models))
+        self.model_lists()
+            .iter()
+            .all(|models| models.is_empty() || names.clone().into_iter().any(|n| models.iter().any(|m| m == n)))
     }
 
-    /// The models the key may call: its own list, narrowed by its team's.
+    /// The models the key may call: the names every non-empty list holds.
     /// `None` means every model.
     pub fn allowed_models(&self) -> Option<Vec<String>> {
-        let own = &self.key.limits.models;
-        let team = self.team.as_ref().map(|t| &t.limits.models).filter(|m| !m.is_empty());
-        match (own.is_empty(), team) {
-            (true, None) => None,
-            (true, Some(team)) => Some(team.clone()),
-            (false, None) => Some(own.clone()),
-            (false, Some(team)) => Some(own.iter().filter(|m| team.contains(m)).cloned().collect()),
-        }
+        let mut lists = self.model_lists().into_iter().filter(|m| !m.is_empty());
+        let first = lists.next()?;
+        let rest: Vec<&[String]> = lists.collect();
+        Some(
+            first
+                .iter()
+                .filter(|m| rest.iter().all(|other| other.contains(m)))
+                .cloned()
+                .collect(),
+        )
     }
 }
 
@@ -635,6 +736,7 @@ mod tests {
         let view = KeyView {
             key: key.clone(),
             team: Some(team.clone()),
+            user: None,
         };
         assert!(view.allows("a"));
         assert!(!view.allows("b"));
@@ -644,6 +746,7 @@ mod tests {
         let view = KeyView {
             key: narrow,
             team: Some(team),
+            user: None,
         };
         assert!(!view.allows("b"));
         assert_eq!(view.allowed_models(), Some(vec!["a".to_owned()]));

@@ -25,7 +25,7 @@ pub mod spend_log;
 pub use checks::{Demand, RateKind};
 pub use error::{Denied, PolicyError};
 pub use journal::FsyncPolicy;
-pub use key::{EndUserRecord, KeyRecord, KeyView, TeamRecord};
+pub use key::{EndUserRecord, KeyRecord, KeyView, TeamRecord, UserRecord};
 pub use money::{Nanos, format_usd, from_usd, to_usd};
 pub use policy::{
     Charge, EndUserBudget, FailureMode, KeySpend, Labels, Policy, PolicySettings, Principal, Ticket, WriteGuard,

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use crate::checks::{Checks, RateState};
 use crate::error::{Denied, PolicyError};
 use crate::journal::{FsyncPolicy, Journal};
-use crate::key::{EndUserRecord, KeyRecord, KeyWrite, TeamRecord, refuse_write};
+use crate::key::{EndUserRecord, KeyRecord, KeyWrite, TeamRecord, UserRecord, refuse_write};
 use crate::money::Nanos;
 use crate::period::{Day, day_of_ms, now_ms};
 use crate::spend::{Ledger, LogFilter, SpendRecord, SubjectSpend};
@@ -40,6 +40,8 @@ enum KeyOp {
     DeleteTeam { team_id: String },
     PutEndUser { record: EndUserRecord },
     DeleteEndUser { user_id: String },
+    PutUser { record: UserRecord },
+    DeleteUser { user_id: String },
 }
 
 #[derive(Debug, Default)]
@@ -47,6 +49,7 @@ struct State {
     keys: HashMap<String, KeyRecord>,
     teams: HashMap<String, TeamRecord>,
     end_users: HashMap<String, EndUserRecord>,
+    users: HashMap<String, UserRecord>,
     ledger: Ledger,
     reserved: HashMap<String, Nanos>,
     parallel: HashMap<String, u32>,
@@ -168,6 +171,8 @@ impl LocalStore {
                 Ok(KeyOp::DeleteTeam { team_id }) => drop(state.teams.remove(&team_id)),
                 Ok(KeyOp::PutEndUser { record }) => drop(state.end_users.insert(record.user_id.clone(), record)),
                 Ok(KeyOp::DeleteEndUser { user_id }) => drop(state.end_users.remove(&user_id)),
+                Ok(KeyOp::PutUser { record }) => drop(state.users.insert(record.user_id.clone(), record)),
+                Ok(KeyOp::DeleteUser { user_id }) => drop(state.users.remove(&user_id)),
                 Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of keys.jsonl"),
             }
         }
@@ -178,6 +183,7 @@ impl LocalStore {
             .map(|t| KeyOp::PutTeam { record: t.clone() })
             .collect();
         snapshot.extend(state.keys.values().map(|k| KeyOp::PutKey { record: k.clone() }));
+        snapshot.extend(state.users.values().map(|u| KeyOp::PutUser { record: u.clone() }));
         snapshot.extend(
             state
                 .end_users
@@ -190,6 +196,7 @@ impl LocalStore {
             keys = state.keys.len(),
             teams = state.teams.len(),
             end_users = state.end_users.len(),
+            users = state.users.len(),
             spend_records = records,
             "policy store opened"
         );
@@ -322,6 +329,37 @@ impl LocalStore {
         }
         self.log_key_op(&KeyOp::DeleteTeam { team_id: id.to_owned() })?;
         Ok(self.state.lock().teams.remove(id).is_some())
+    }
+
+    /// A user's record.
+    pub fn user(&self, id: &str) -> Option<UserRecord> {
+        self.state.lock().users.get(id).cloned()
+    }
+
+    /// Stores a user as [`LocalStore::put_team`] stores a team.
+    pub fn put_user(&self, record: UserRecord, replace: bool) -> Result<KeyWrite, PolicyError> {
+        let _writing = self.key_writes.lock();
+        if let Some(refused) = refuse_write(self.state.lock().users.get(&record.user_id), &record, replace) {
+            return Ok(refused);
+        }
+        self.log_key_op(&KeyOp::PutUser { record: record.clone() })?;
+        self.state.lock().users.insert(record.user_id.clone(), record);
+        Ok(KeyWrite::Done)
+    }
+
+    /// Deletes a user; whether it existed.
+    pub fn delete_user(&self, id: &str) -> Result<bool, PolicyError> {
+        let _writing = self.key_writes.lock();
+        if !self.state.lock().users.contains_key(id) {
+            return Ok(false);
+        }
+        self.log_key_op(&KeyOp::DeleteUser { user_id: id.to_owned() })?;
+        Ok(self.state.lock().users.remove(id).is_some())
+    }
+
+    /// Every user.
+    pub fn users(&self) -> Vec<UserRecord> {
+        self.state.lock().users.values().cloned().collect()
     }
 
     /// An end user's record.

@@ -16,9 +16,9 @@ use crate::checks::{Checks, Demand, RateKind, RateState};
 use crate::error::{Denied, PolicyError};
 use crate::journal::{FsyncPolicy, Journal};
 use crate::key::{
-    EndUserRecord, KEY_PREFIX, KeyRecord, KeyView, KeyWrite, MAX_END_USER_ID_BYTES, TeamRecord, apply_end_user_field,
-    apply_key_field, apply_team_field, display_name, expiry_from, generate_key, hash_key, hashes_equal, new_key_id,
-    usable_key,
+    EndUserRecord, KEY_PREFIX, KeyRecord, KeyView, KeyWrite, MAX_END_USER_ID_BYTES, TeamRecord, UserRecord,
+    apply_end_user_field, apply_key_field, apply_team_field, apply_user_field, display_name, expiry_from, generate_key,
+    hash_key, hashes_equal, new_key_id, usable_key,
 };
 use crate::local::LocalStore;
 use crate::money::Nanos;
@@ -119,6 +119,8 @@ pub struct Ticket {
     /// Whether the end user's spend is counted (it has a record, or end
     /// users have a budget).
     end_user_tracked: bool,
+    /// Whether the end user has a record.
+    end_user_recorded: bool,
 }
 
 /// What a request says about itself for spend attribution: the end user it
@@ -133,8 +135,13 @@ pub struct Labels {
     /// (`/spend/tags`).
     pub tag_spend: bool,
     /// Whether the request's spend is also counted under its end user
-    /// (end-user budgets).
+    /// (set by the policy: the end user has a record, or end users have a
+    /// budget).
     pub end_user_spend: bool,
+    /// Whether the end user is left out of the spend record
+    /// (`policy.record_end_users: false`), unless it has a record, which
+    /// names it already and whose spend is counted.
+    pub hide_end_user: bool,
 }
 
 /// What an answered request cost.
@@ -160,12 +167,10 @@ impl Ticket {
     pub fn label(&mut self, labels: Labels) {
         self.labels = labels;
         self.labels.end_user_spend = self.end_user_tracked;
-    }
-
-    /// Whether any budget holds this request (a key's, a team's or an end
-    /// user's).
-    pub fn budgeted(&self) -> bool {
-        !self.checks.budgets.is_empty()
+        if self.labels.hide_end_user && !self.end_user_recorded {
+            self.labels.end_user = None;
+            self.labels.end_user_spend = false;
+        }
     }
 
     /// OpenAI-style `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
@@ -631,6 +636,13 @@ impl Policy {
         }
     }
 
+    async fn lookup_user(&self, id: &str) -> Result<Option<UserRecord>, StoreDown> {
+        match &self.0.store {
+            Store::Local(local) => Ok(local.user(id)),
+            Store::Redis { redis, .. } => redis.user(id).await,
+        }
+    }
+
     async fn load_view(&self, token: &str) -> Result<Option<KeyView>, StoreDown> {
         let Some(key) = self.lookup_key(token).await? else {
             return Ok(None);
@@ -639,7 +651,12 @@ impl Policy {
             Some(id) => self.lookup_team(id).await?,
             None => None,
         };
-        Ok(Some(KeyView { key, team }))
+        // A `user_id` without a user record is a free-form label.
+        let user = match &key.user_id {
+            Some(id) => self.lookup_user(id).await?,
+            None => None,
+        };
+        Ok(Some(KeyView { key, team, user }))
     }
 
     async fn lookup_end_user(&self, id: &str) -> Result<Option<EndUserRecord>, StoreDown> {
@@ -670,6 +687,7 @@ impl Policy {
                     seen_end_users,
                     ..
                 } => {
+                    self.0.counters.fail_open.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%reason, "Redis is down: reading the end user from the copy seen before");
                     Ok(seen_end_users.lock().get(user).cloned())
                 }
@@ -755,6 +773,9 @@ impl Policy {
         if view.team.as_ref().is_some_and(|t| t.limits.blocked) {
             return Err(Denied::Blocked { scope: "team" });
         }
+        if view.user.as_ref().is_some_and(|u| u.limits.blocked) {
+            return Err(Denied::Blocked { scope: "user" });
+        }
         Ok(Principal::Key(Arc::new(view)))
     }
 
@@ -796,6 +817,7 @@ impl Policy {
         // The end user's own limits and budget, or every end user's budget,
         // whoever's key (if any) pays.
         let mut end_user_tracked = false;
+        let mut end_user_recorded = false;
         if let Some(user) = &demand.end_user {
             let record = self.end_user_for_request(user).await?;
             if record.as_ref().is_some_and(|r| r.limits.blocked) {
@@ -809,6 +831,15 @@ impl Policy {
                 demand.estimated_tokens,
             );
             end_user_tracked = record.is_some() || default_budget.is_some();
+            end_user_recorded = record.is_some();
+        }
+        // A model nothing prices cannot be held by a budget: refused before
+        // any counter is taken.
+        if demand.unpriced && !checks.budgets.is_empty() {
+            return Err(Denied::Unpriced {
+                model: demand.requested_as.clone().unwrap_or_else(|| demand.model.clone()),
+                group: demand.model.clone(),
+            });
         }
         let id = demand.request_id.clone().unwrap_or_else(|| self.new_id());
         let max_cost = if checks.budgets.is_empty() { 0 } else { demand.max_cost };
@@ -825,6 +856,7 @@ impl Policy {
             keeper: None,
             labels: Labels::default(),
             end_user_tracked,
+            end_user_recorded,
         };
         if checks == Checks::default() {
             return Ok(ticket(Holder::Local, Vec::new()));
@@ -961,6 +993,12 @@ impl Policy {
                 .as_ref()
                 .and_then(|v| v.team.as_ref())
                 .and_then(|t| t.ledger_id.clone()),
+            user_id: key.and_then(|k| k.user_id.clone()),
+            user_ledger: ticket
+                .view
+                .as_ref()
+                .and_then(|v| v.user.as_ref())
+                .map(|u| u.ledger_id.clone()),
             model: ticket.model.clone(),
             deployment: charge.deployment,
             usage: charge.usage,
@@ -1568,6 +1606,184 @@ impl Policy {
         Ok(teams)
     }
 
+    // ----- users -----
+
+    async fn put_user(&self, record: UserRecord, replace: bool) -> Result<KeyWrite, PolicyError> {
+        let id = record.user_id.clone();
+        let stored = match &self.0.store {
+            Store::Local(local) => local.put_user(record, replace)?,
+            Store::Redis { redis, .. } => redis.put_user(&record, replace).await.map_err(down)?,
+        };
+        match stored {
+            KeyWrite::Taken => Err(PolicyError::Conflict(format!("User `{id}` already exists."))),
+            KeyWrite::Missing => Err(PolicyError::NotFound { what: "User" }),
+            done_or_changed => Ok(done_or_changed),
+        }
+    }
+
+    /// `POST /user/new`: a user, and (unless `auto_create_key` is false) a
+    /// key of its own, given the body's `key_alias` and `duration`.
+    pub async fn new_user(
+        &self,
+        body: &Map<String, Value>,
+    ) -> Result<(UserRecord, Option<(String, KeyRecord)>), PolicyError> {
+        let user_id = match body.get("user_id") {
+            Some(Value::String(id)) if id.contains(':') => {
+                return Err(field(
+                    "user_id",
+                    "'user_id' may not contain ':' (it separates the parts of limit counter names).",
+                ));
+            }
+            Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),
+            None | Some(Value::Null) => {
+                let mut bytes = [0u8; 8];
+                getrandom::fill(&mut bytes).map_err(|e| PolicyError::Store(e.to_string()))?;
+                format!("user-{}", hex::encode(bytes))
+            }
+            Some(_) => return Err(field("user_id", "'user_id' must be a non-empty string.")),
+        };
+        let auto_key = match body.get("auto_create_key") {
+            None | Some(Value::Null) => true,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Err(field("auto_create_key", "'auto_create_key' must be true or false.")),
+        };
+        let mut suffix = [0u8; 8];
+        getrandom::fill(&mut suffix).map_err(|e| PolicyError::Store(e.to_string()))?;
+        let mut record = UserRecord {
+            ledger_id: format!("{user_id}#{}", hex::encode(suffix)),
+            user_id,
+            user_alias: None,
+            user_email: None,
+            created_at: now_ms(),
+            revision: 0,
+            limits: Default::default(),
+        };
+        let mut key_body = Map::new();
+        for (name, value) in body {
+            match name.as_str() {
+                "user_id" | "auto_create_key" => {}
+                "key_alias" | "duration" => drop(key_body.insert(name.clone(), value.clone())),
+                _ => apply_user_field(&mut record, name, value)?,
+            }
+        }
+        if body.contains_key("models") {
+            self.check_models(&record.limits.models)?;
+        }
+        if !auto_key && !key_body.is_empty() {
+            let name = key_body.keys().next().cloned().unwrap_or_default();
+            return Err(field(
+                &name,
+                format!("'{name}' is for the user's key, and 'auto_create_key' is false."),
+            ));
+        }
+        self.put_user(record.clone(), false).await?;
+        if !auto_key {
+            return Ok((record, None));
+        }
+        key_body.insert("user_id".into(), Value::String(record.user_id.clone()));
+        match self.generate_key(&key_body).await {
+            Ok(key) => Ok((record, Some(key))),
+            Err(e) => {
+                // The user and its key are made together, or neither is.
+                let removed = match &self.0.store {
+                    Store::Local(local) => local.delete_user(&record.user_id).map(drop),
+                    Store::Redis { redis, .. } => redis.delete_user(&record.user_id).await.map(drop).map_err(down),
+                };
+                if let Err(undo) = removed {
+                    tracing::warn!(user_id = %record.user_id, error = %undo, "a user whose key failed was not removed");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// A user by id.
+    pub async fn user(&self, id: &str) -> Result<UserRecord, PolicyError> {
+        self.lookup_user(id)
+            .await
+            .map_err(down)?
+            .ok_or(PolicyError::NotFound { what: "User" })
+    }
+
+    /// `POST /user/update`.
+    pub async fn update_user(&self, body: &Map<String, Value>) -> Result<UserRecord, PolicyError> {
+        let id = body
+            .get("user_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| field("user_id", "'user_id' is required."))?;
+        for _ in 0..KEY_WRITE_TRIES {
+            let mut record = self.user(id).await?;
+            for (name, value) in body {
+                if name != "user_id" {
+                    apply_user_field(&mut record, name, value)?;
+                }
+            }
+            if body.contains_key("models") {
+                self.check_models(&record.limits.models)?;
+            }
+            record.revision = record.revision.saturating_add(1);
+            if self.put_user(record.clone(), true).await? == KeyWrite::Done {
+                self.forget_seen(|view| view.key.user_id.as_deref() == Some(id));
+                return Ok(record);
+            }
+        }
+        Err(PolicyError::Conflict(
+            "The user changed while this change was being made; try again.".into(),
+        ))
+    }
+
+    /// `POST /user/delete`: refused while keys name the user. Every user
+    /// named is checked before any is deleted.
+    pub async fn delete_users(&self, ids: &[String]) -> Result<Vec<String>, PolicyError> {
+        let keys = self.list_keys().await?;
+        let mut checked: Vec<&String> = Vec::with_capacity(ids.len());
+        for id in ids {
+            if checked.contains(&id) {
+                continue;
+            }
+            self.user(id).await?;
+            let owned = keys.iter().filter(|k| k.user_id.as_deref() == Some(id)).count();
+            if owned > 0 {
+                return Err(PolicyError::Conflict(format!(
+                    "User `{id}` still has {owned} keys; delete them or move them first."
+                )));
+            }
+            checked.push(id);
+        }
+        let mut deleted = Vec::new();
+        for id in checked {
+            let existed = match &self.0.store {
+                Store::Local(local) => local.delete_user(id)?,
+                Store::Redis { redis, .. } => redis.delete_user(id).await.map_err(down)?,
+            };
+            self.forget_seen(|view| view.key.user_id.as_deref() == Some(id.as_str()));
+            if existed {
+                deleted.push(id.clone());
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Every user, oldest first.
+    pub async fn list_users(&self) -> Result<Vec<UserRecord>, PolicyError> {
+        let mut users = match &self.0.store {
+            Store::Local(local) => local.users(),
+            Store::Redis { redis, .. } => redis.users().await.map_err(down)?,
+        };
+        users.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.user_id.cmp(&b.user_id)));
+        Ok(users)
+    }
+
+    /// A user's spend in its current budget period (in total without
+    /// one), and in total.
+    pub async fn user_spend(&self, user: &UserRecord) -> Result<(Nanos, Nanos), PolicyError> {
+        let spend = self.spend_of(&crate::spend::subject_user(&user.ledger_id)).await?;
+        Ok((
+            spend.in_period(user.limits.budget_duration, day_of_ms(now_ms())),
+            spend.total,
+        ))
+    }
+
     // ----- end users -----
 
     /// Every end user's budget (`policy.end_user_budget`), if set.
@@ -1605,6 +1821,7 @@ impl Policy {
             }
         }
         self.put_end_user(record.clone(), false).await?;
+        self.saw_end_user(&record);
         Ok(record)
     }
 
@@ -1641,7 +1858,7 @@ impl Policy {
             change(&mut record)?;
             record.revision = record.revision.saturating_add(1);
             if self.put_end_user(record.clone(), true).await? == KeyWrite::Done {
-                self.forget_end_user(id);
+                self.saw_end_user(&record);
                 return Ok(record);
             }
         }
@@ -1683,7 +1900,10 @@ impl Policy {
                     };
                     record.limits.blocked = true;
                     match self.put_end_user(record.clone(), false).await {
-                        Ok(_) => record,
+                        Ok(_) => {
+                            self.saw_end_user(&record);
+                            record
+                        }
                         // Made meanwhile: block that one.
                         Err(PolicyError::Conflict(_)) => {
                             self.change_end_user(id, |r| {
@@ -1696,7 +1916,6 @@ impl Policy {
                     }
                 }
             };
-            self.forget_end_user(id);
             out.push(record);
         }
         Ok(out)
@@ -1746,8 +1965,15 @@ impl Policy {
         Ok((spend.in_period(period, day_of_ms(now_ms())), spend.total))
     }
 
-    /// Drops this replica's copy of an end user changed through it, so a
-    /// Redis outage does not bring back the copy before the change.
+    /// Keeps the record this replica just wrote as its copy, so that a
+    /// Redis outage right after a change (a block) does not lose it.
+    fn saw_end_user(&self, record: &EndUserRecord) {
+        if let Store::Redis { seen_end_users, .. } = &self.0.store {
+            seen_end_users.lock().insert(record.user_id.clone(), record.clone());
+        }
+    }
+
+    /// Drops this replica's copy of a deleted end user.
     fn forget_end_user(&self, id: &str) {
         if let Store::Redis { seen_end_users, .. } = &self.0.store {
             seen_end_users.lock().remove(id);
@@ -1829,6 +2055,12 @@ fn down(StoreDown(reason): StoreDown) -> PolicyError {
 /// [`MAX_END_USER_ID_BYTES`] bytes.
 fn end_user_id(value: Option<&Value>) -> Result<String, PolicyError> {
     match value {
+        // Requests' end users are trimmed and stripped of control
+        // characters: a record under another form would never match one.
+        Some(Value::String(id)) if id.trim() != id || id.chars().any(char::is_control) => Err(field(
+            "user_id",
+            "'user_id' may not start or end with spaces or hold control characters (requests' end users never do).",
+        )),
         Some(Value::String(id)) if !id.trim().is_empty() && id.len() <= MAX_END_USER_ID_BYTES => Ok(id.clone()),
         Some(Value::String(id)) if !id.trim().is_empty() => Err(field(
             "user_id",

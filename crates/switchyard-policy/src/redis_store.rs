@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checks::{Checks, RateState};
 use crate::error::{Denied, PolicyError};
-use crate::key::{EndUserRecord, KeyRecord, KeyWrite, Revisioned, TeamRecord};
+use crate::key::{EndUserRecord, KeyRecord, KeyWrite, Revisioned, TeamRecord, UserRecord};
 use crate::local::rate_state;
 use crate::money::Nanos;
 use crate::period::{Day, day_of_ms, now_ms};
@@ -418,6 +418,26 @@ return 1",
     /// (`record.revision - 1`).
     pub async fn put_team(&self, record: &TeamRecord, replace: bool) -> Result<KeyWrite, StoreDown> {
         self.put_revisioned("teams", record, replace).await
+    }
+
+    /// A user's record.
+    pub async fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreDown> {
+        self.hget_json("users", id).await
+    }
+
+    /// Stores a user as [`RedisStore::put_team`] stores a team.
+    pub async fn put_user(&self, record: &UserRecord, replace: bool) -> Result<KeyWrite, StoreDown> {
+        self.put_revisioned("users", record, replace).await
+    }
+
+    /// Deletes a user.
+    pub async fn delete_user(&self, id: &str) -> Result<bool, StoreDown> {
+        self.hdel("users", id).await
+    }
+
+    /// Every user.
+    pub async fn users(&self) -> Result<Vec<UserRecord>, StoreDown> {
+        self.hvals_json("users").await
     }
 
     /// An end user's record.

@@ -27,6 +27,13 @@ pub struct SpendRecord {
     /// ([`crate::TeamRecord::ledger`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_ledger: Option<String>,
+    /// The key's user (its `user_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// The user's ledger id, when the user has a record: the request's
+    /// spend is counted under the user too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_ledger: Option<String>,
     /// The public model name the client asked for.
     pub model: String,
     /// The deployment that answered.
@@ -65,6 +72,9 @@ impl SpendRecord {
         if let Some(team) = self.team_ledger.as_ref().or(self.team_id.as_ref()) {
             out.push(subject_team(team));
         }
+        if let Some(user) = &self.user_ledger {
+            out.push(subject_user(user));
+        }
         out.push(subject_model(&self.model));
         if self.tag_spend {
             out.extend(self.tags.iter().map(|t| subject_tag(t)));
@@ -89,6 +99,11 @@ pub fn subject_key(token: &str) -> String {
 /// Ledger subject of a team.
 pub fn subject_team(team: &str) -> String {
     format!("team:{team}")
+}
+
+/// Ledger subject of a user (by its ledger id).
+pub fn subject_user(ledger: &str) -> String {
+    format!("user:{ledger}")
 }
 
 /// Ledger subject of a model group.
@@ -178,6 +193,8 @@ pub struct LogFilter {
     pub request_id: Option<String>,
     /// Only requests made for this end user.
     pub end_user: Option<String>,
+    /// Only requests paid by keys of this user (`user_id`).
+    pub user_id: Option<String>,
     /// Only requests carrying this tag.
     pub tag: Option<String>,
     /// At most this many, newest first.
@@ -195,6 +212,7 @@ impl LogFilter {
             && self.start_day.is_none_or(|d| day >= d)
             && self.end_day.is_none_or(|d| day <= d)
             && self.cache_hit.is_none_or(|c| record.cache_hit == c)
+            && self.user_id.as_ref().is_none_or(|u| record.user_id.as_ref() == Some(u))
             && self
                 .end_user
                 .as_ref()
@@ -215,6 +233,8 @@ mod tests {
             key_alias: None,
             team_id: None,
             team_ledger: None,
+            user_id: None,
+            user_ledger: None,
             model: "m".into(),
             deployment: "m/0".into(),
             usage: TokenUsage::default(),

@@ -308,6 +308,8 @@ mod tests {
             key_alias: None,
             team_id: None,
             team_ledger: None,
+            user_id: None,
+            user_ledger: None,
             model: "m".into(),
             deployment: "m/0".into(),
             usage: TokenUsage::default(),

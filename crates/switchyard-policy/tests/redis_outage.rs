@@ -45,6 +45,7 @@ fn demand() -> Demand {
         requested_as: None,
         access_groups: Vec::new(),
         end_user: None,
+        unpriced: false,
         estimated_tokens: 10,
         max_cost: 10 * COST,
         request_id: None,

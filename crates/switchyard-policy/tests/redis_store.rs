@@ -38,6 +38,7 @@ fn demand() -> Demand {
         requested_as: None,
         access_groups: Vec::new(),
         end_user: None,
+        unpriced: false,
         estimated_tokens: 10,
         max_cost: 600_000_000,
         request_id: None,
