@@ -89,7 +89,8 @@ pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, Ap
 /// fails a request.
 fn kept(text: &str, max: usize) -> Option<String> {
     let mut out = String::new();
-    for c in text.trim().chars().filter(|c| !c.is_control()) {
+    let visible: String = text.chars().filter(|c| !c.is_control()).collect();
+    for c in visible.trim().chars() {
         if out.len() + c.len_utf8() > max {
             break;
         }

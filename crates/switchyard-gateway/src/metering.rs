@@ -335,8 +335,10 @@ pub(crate) fn check_fallbacks(
     }
 }
 
-/// The end user and tags a request's records carry (no end user with
-/// `policy.record_end_users` off), noted in its request-log record too.
+/// The end user and tags a request's records carry, noted in its
+/// request-log record too (without the end user when
+/// `policy.record_end_users` is off; the policy then names it on the spend
+/// record only when it has a record).
 pub(crate) fn take_labels(
     state: &AppState,
     options: &mut crate::dispatch::RequestOptions,
@@ -442,8 +444,6 @@ pub(crate) async fn admit(
         request_id: Some(request_id.to_owned()),
     };
     let ticket = match state.policy.admit(principal, &demand).await {
-        // A budget (the key's, its team's or the end user's) cannot hold a
-        // model nothing prices; dropping the ticket frees what it took.
         Ok(mut ticket) => {
             ticket.label(labels);
             ticket

@@ -41,7 +41,9 @@ pub struct PolicyConfig {
     /// Shared state across replicas.
     pub redis: Option<RedisConfig>,
     /// Record the end user a request names (OpenAI's `user`, Anthropic's
-    /// `metadata.user_id`) on its spend record and in the request log.
+    /// `metadata.user_id`) on its spend record and in the request log. Off,
+    /// the request log names no end user, and spend records only end users
+    /// with a record (`/customer/new`), whose records still hold.
     pub record_end_users: bool,
     /// Also count each request's spend under each of its tags
     /// (`/spend/tags`). Off by default: tags are chosen by clients, and each
@@ -357,7 +359,7 @@ impl PolicyConfig {
             if !self.record_end_users {
                 issues.push(issue(
                     "policy.end_user_budget",
-                    "needs policy.record_end_users: end users are not read without it",
+                    "needs policy.record_end_users: end users without a record are not counted without it",
                 ));
             }
             Some(switchyard_policy::EndUserBudget {

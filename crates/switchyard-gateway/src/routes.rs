@@ -1011,17 +1011,17 @@ fn listed_wildcard_models<'a>(state: &'a SharedState, view: Option<&'a Arc<KeyVi
     let Some(view) = view else {
         return Vec::new();
     };
-    // The first list that names models (each must allow what is listed).
-    let named = view
+    // Every model a list names that every list allows.
+    let mut named: Vec<&str> = view
         .model_lists()
         .into_iter()
-        .find(|models| !models.is_empty())
-        .unwrap_or_default();
-    named
-        .iter()
+        .flatten()
         .map(String::as_str)
         .filter(|name| state.wildcard_part(name).is_some() && state.allows(view, name))
-        .collect()
+        .collect();
+    named.sort_unstable();
+    named.dedup();
+    named
 }
 
 /// Aliases of models the caller may use (or that its key lists by the

@@ -35,6 +35,11 @@ pub(crate) fn routes() -> Router<SharedState> {
 /// A user as the API shows it, with its spend.
 async fn user_json(state: &SharedState, user: &UserRecord) -> Result<Value, PolicyError> {
     let (spend, total) = state.policy.user_spend(user).await?;
+    Ok(shown(user, spend, total))
+}
+
+/// A user as the API shows it, with the spend given.
+fn shown(user: &UserRecord, spend: switchyard_policy::Nanos, total: switchyard_policy::Nanos) -> Value {
     let mut v = serde_json::to_value(user).unwrap_or_default();
     if let Some(fields) = v.as_object_mut() {
         // Where its spend is kept is the gateway's own business.
@@ -45,7 +50,7 @@ async fn user_json(state: &SharedState, user: &UserRecord) -> Result<Value, Poli
     v["spend"] = usd(spend);
     v["total_spend"] = usd(total);
     v["budget_reset_at"] = reset_at(user.limits.budget_duration);
-    Ok(v)
+    v
 }
 
 /// `POST /user/new`: the user, and its first key (`key`, shown once)
@@ -60,10 +65,9 @@ async fn new_user(State(state): State<SharedState>, JsonBody(body): JsonBody<Val
         Err(e) => return fail(e),
     };
     tracing::info!(user_id = %user.user_id, "user created");
-    let mut v = match user_json(&state, &user).await {
-        Ok(v) => v,
-        Err(e) => return fail(e),
-    };
+    // A new user has spent nothing (its ledger is its own): no store read
+    // stands between the client and its key's plaintext.
+    let mut v = shown(&user, 0, 0);
     if let Some((plaintext, record)) = key {
         v["key"] = Value::String(plaintext);
         v["key_name"] = Value::String(record.key_name.clone());

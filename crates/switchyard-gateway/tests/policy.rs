@@ -1849,8 +1849,7 @@ async fn end_user_records_hold_when_end_users_are_not_recorded() {
     // An end user without a record is left out of the spend records; one
     // with a record is named (its spend is counted under it).
     assert_eq!(chat_as(&gw, "anonymous-visitor").await.status, 200);
-    let record = spend_record(&gw, |r| r["request_id"].is_string()).await;
-    assert!(record.is_object());
+    spend_record(&gw, |r| r["end_user"].is_null()).await;
     let logs = admin_get(&gw, "/spend/logs").await;
     let users: Vec<&Value> = logs.body.as_array().unwrap().iter().map(|r| &r["end_user"]).collect();
     assert_eq!(users.len(), 4, "{}", logs.body);
@@ -1894,9 +1893,34 @@ async fn keys_of_one_user_share_its_budget_and_models() {
         assert_eq!(refused.status, 400, "{}", refused.body);
         assert_eq!(refused.body["error"]["param"], param, "{}", refused.body);
     }
-    let keyless = admin(&gw, "/user/new", json!({"user_id": "bo", "auto_create_key": false})).await;
+    // A mistake in the key's fields leaves no user behind.
+    for (body, param) in [
+        (json!({"user_id": "cy", "duration": "soon"}), "duration"),
+        (json!({"user_id": "cy", "key_alias": "ana-laptop"}), "key_alias"),
+    ] {
+        let refused = admin(&gw, "/user/new", body).await;
+        assert_eq!(refused.status, 400, "{}", refused.body);
+        assert_eq!(refused.body["error"]["param"], param, "{}", refused.body);
+    }
+    assert_eq!(admin_get(&gw, "/user/info?user_id=cy").await.status, 404);
+    let keyless = admin(
+        &gw,
+        "/user/new",
+        json!({"user_id": "bo", "auto_create_key": false, "rpm_limit": 1}),
+    )
+    .await;
     assert_eq!(keyless.status, 200, "{}", keyless.body);
     assert!(keyless.body.get("key").is_none(), "{}", keyless.body);
+    // A key made later for bo is held by bo's limit.
+    let bos = generate(&gw, json!({"user_id": "bo"})).await;
+    assert_eq!(chat_with(&gw, Some(&bos), "mock-b").await.status, 200);
+    let limited = chat_with(&gw, Some(&bos), "mock-b").await;
+    assert_eq!(limited.code(), "rate_limit_exceeded", "{}", limited.body);
+    assert!(
+        limited.body["error"]["message"].as_str().unwrap().contains("user"),
+        "{}",
+        limited.body
+    );
 
     // The user's model list bounds both keys.
     let denied = chat_with(&gw, Some(&second), "mock-b").await;
@@ -1961,7 +1985,7 @@ async fn keys_of_one_user_share_its_budget_and_models() {
     // A user is deleted only once no key names it.
     let kept = admin(&gw, "/user/delete", json!({"user_ids": ["ana"]})).await;
     assert_eq!((kept.status, kept.code()), (409, "conflict"), "{}", kept.body);
-    let gone = admin(&gw, "/key/delete", json!({"keys": [first, second]})).await;
+    let gone = admin(&gw, "/key/delete", json!({"keys": [first, second, bos]})).await;
     assert_eq!(gone.status, 200, "{}", gone.body);
     let deleted = admin(&gw, "/user/delete", json!({"user_ids": ["ana", "bo"]})).await;
     assert_eq!(deleted.body["deleted_users"], json!(["ana", "bo"]), "{}", deleted.body);

@@ -197,13 +197,11 @@ async fn keys_name_a_wildcard_group_or_the_models_it_serves() {
         (403, Some("model_not_allowed"))
     );
 
-    // A budget cannot hold a model nothing prices: refused, naming `model`,
-    // before any limit is counted (the key's one request a minute is left
-    // for the priced model).
+    // A budget cannot hold a model nothing prices: refused, naming `model`.
     let budgeted: Value = reqwest::Client::new()
         .post(format!("{}/key/generate", gateway.base_url()))
         .bearer_auth(MASTER)
-        .json(&json!({"models": ["openai/*"], "max_budget": 1.0, "rpm_limit": 1}))
+        .json(&json!({"models": ["openai/*"], "max_budget": 1.0}))
         .send()
         .await
         .unwrap()
@@ -222,17 +220,28 @@ async fn keys_name_a_wildcard_group_or_the_models_it_serves() {
         chat(&gateway, &all_openai, "openai/some-new-model", false).await.status,
         200
     );
-    // …but not for an end user, who has one.
-    let for_eve = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gateway.base_url()))
-        .bearer_auth(&all_openai)
-        .json(
-            &json!({"model": "openai/some-new-model", "user": "eve", "messages": [{"role": "user", "content": "hi"}]}),
-        )
+    // …but not for an end user, who has one: refused before any limit is
+    // counted (the key's one request a minute is left for a priced model).
+    let one_a_minute: Value = reqwest::Client::new()
+        .post(format!("{}/key/generate", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"models": ["openai/*"], "rpm_limit": 1}))
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(for_eve.status(), 400);
+    let one_a_minute = one_a_minute["key"].as_str().unwrap();
+    let for_eve = |model: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", gateway.base_url()))
+            .bearer_auth(one_a_minute)
+            .json(&json!({"model": model, "user": "eve", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+    };
+    assert_eq!(for_eve("openai/some-new-model").await.unwrap().status(), 400);
+    assert_eq!(for_eve("openai/gpt-4o").await.unwrap().status(), 200);
 
     let one = generate(json!(["openai/gpt-4o"])).await;
     assert_eq!(chat(&gateway, &one, "openai/gpt-4o", false).await.status, 200);

@@ -1634,7 +1634,13 @@ impl Policy {
                     "'user_id' may not contain ':' (it separates the parts of limit counter names).",
                 ));
             }
-            Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),
+            Some(Value::String(id)) if id.trim() != id => {
+                return Err(field(
+                    "user_id",
+                    "'user_id' may not start or end with spaces (keys name users exactly).",
+                ));
+            }
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
             None | Some(Value::Null) => {
                 let mut bytes = [0u8; 8];
                 getrandom::fill(&mut bytes).map_err(|e| PolicyError::Store(e.to_string()))?;
@@ -1676,7 +1682,21 @@ impl Policy {
                 format!("'{name}' is for the user's key, and 'auto_create_key' is false."),
             ));
         }
+        // The key's fields are checked before the user is stored, so a
+        // mistake in them leaves nothing behind.
+        if let Some(duration) = key_body.get("duration") {
+            expiry_from(duration, now_ms())?;
+        }
+        if auto_key {
+            let mut probe = KeyRecord::new("sk-probe-for-a-new-users-key", now_ms(), false);
+            probe.key_id = String::new();
+            if let Some(alias) = key_body.get("key_alias") {
+                apply_key_field(&mut probe, "key_alias", alias)?;
+            }
+            self.check_alias_free(&probe).await?;
+        }
         self.put_user(record.clone(), false).await?;
+        self.saw_user(&record);
         if !auto_key {
             return Ok((record, None));
         }
@@ -1723,7 +1743,7 @@ impl Policy {
             }
             record.revision = record.revision.saturating_add(1);
             if self.put_user(record.clone(), true).await? == KeyWrite::Done {
-                self.forget_seen(|view| view.key.user_id.as_deref() == Some(id));
+                self.saw_user(&record);
                 return Ok(record);
             }
         }
@@ -1752,16 +1772,44 @@ impl Policy {
         }
         let mut deleted = Vec::new();
         for id in checked {
+            let record = self.user(id).await?;
             let existed = match &self.0.store {
                 Store::Local(local) => local.delete_user(id)?,
                 Store::Redis { redis, .. } => redis.delete_user(id).await.map_err(down)?,
             };
+            // A key made for the user while it was being deleted would
+            // lose the user's limits (a `user_id` without a user is a
+            // label): the user is put back.
+            let owned = self
+                .list_keys()
+                .await?
+                .iter()
+                .filter(|k| k.user_id.as_deref() == Some(id.as_str()))
+                .count();
+            if existed && owned > 0 {
+                self.put_user(record, false).await?;
+                return Err(PolicyError::Conflict(format!(
+                    "A key was made for user `{id}` while it was being deleted; it was kept."
+                )));
+            }
             self.forget_seen(|view| view.key.user_id.as_deref() == Some(id.as_str()));
             if existed {
                 deleted.push(id.clone());
             }
         }
         Ok(deleted)
+    }
+
+    /// Puts a user just written into this replica's copies of its keys, so
+    /// that a Redis outage right after the change serves them with it.
+    fn saw_user(&self, user: &UserRecord) {
+        if let Store::Redis { seen, .. } = &self.0.store {
+            for view in seen.lock().values_mut() {
+                if view.key.user_id.as_deref() == Some(user.user_id.as_str()) {
+                    view.user = Some(user.clone());
+                }
+            }
+        }
     }
 
     /// Every user, oldest first.
