@@ -45,6 +45,26 @@ def test_the_built_in_mock_draws_too(client: openai.OpenAI) -> None:
     assert all(base64.b64decode(i.b64_json or "").startswith(PNG_MAGIC) for i in images.data)
 
 
+def test_images_edit_uploads_several_images(client: openai.OpenAI) -> None:
+    # The SDK sends a list of images as ``image[]`` parts of a multipart form.
+    raw = client.images.with_raw_response.edit(
+        model="gpt-image-1",
+        image=[("a.png", PNG_MAGIC + b"a" * 64, "image/png"), ("b.png", PNG_MAGIC + b"b" * 64, "image/png")],
+        prompt="put them side by side",
+        n=2,
+    )
+    images = raw.parse()
+    assert len(images.data) == 2
+    assert all(base64.b64decode(i.b64_json or "").startswith(PNG_MAGIC) for i in images.data)
+    assert images.usage is not None
+    # The prompt's 5 words and 272 tokens for each of the two images in.
+    assert images.usage.input_tokens == 5 + 2 * 272
+    assert float(raw.headers["x-switchyard-response-cost"]) > 0
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.images.edit(model="gpt-image-1", image=("a.png", PNG_MAGIC, "image/png"), prompt=" ")
+    assert refused.value.param == "prompt"
+
+
 def test_image_errors_are_openai_errors(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.images.generate(model="dall-e-3", prompt="two boats", n=2)

@@ -137,6 +137,8 @@ pub(crate) enum Call<'r> {
     CountTokens(&'r mut Value, &'r [String]),
     /// `POST /v1/images/generations`.
     Images(&'r mut ImageGenerationRequest),
+    /// `/v1/images/edits`.
+    ImageEdit(&'r mut switchyard_providers::ImageEditRequest),
     /// `POST /v1/moderations`.
     Moderations(&'r mut ModerationRequest),
     /// `POST /v1/audio/speech`.
@@ -156,6 +158,7 @@ impl Call<'_> {
             Call::Embeddings(_) => "embeddings",
             Call::CountTokens(..) => "count_tokens",
             Call::Images(_) => "image_generation",
+            Call::ImageEdit(_) => "image_edit",
             Call::Moderations(_) => "moderation",
             Call::Speech(_) => "text_to_speech",
             Call::Transcription(_) => "speech_to_text",
@@ -194,6 +197,7 @@ impl Call<'_> {
             Call::Embeddings(_)
             | Call::CountTokens(..)
             | Call::Images(_)
+            | Call::ImageEdit(_)
             | Call::Moderations(_)
             | Call::Speech(_)
             | Call::Transcription(_)
@@ -1016,6 +1020,10 @@ async fn attempt(
         Call::Transcription(req) => {
             set(&mut req.model);
             client.transcription(req).await.map(Reply::Media)
+        }
+        Call::ImageEdit(req) => {
+            set(&mut req.model);
+            client.image_edit(req).await.map(Reply::Media)
         }
         Call::Rerank(req) => {
             set(&mut req.model);

@@ -1,5 +1,5 @@
 //! OpenAI's image, moderation and audio endpoints (`/v1/images/generations`,
-//! `/v1/moderations`, `/v1/audio/speech`, `/v1/audio/transcriptions`,
+//! `/v1/images/edits`, `/v1/moderations`, `/v1/audio/speech`, `/v1/audio/transcriptions`,
 //! `/v1/audio/translations`): routed, limited and charged like embeddings,
 //! answered by OpenAI-format deployments (OpenAI, Azure except moderations,
 //! OpenAI-compatible servers, the mock).
@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use switchyard_api::{ImageGenerationRequest, ModerationRequest, RerankRequest, SpeechRequest};
 use switchyard_policy::{Nanos, Principal, TokenUsage};
-use switchyard_providers::{AudioFile, TranscriptionRequest};
+use switchyard_providers::{TranscriptionRequest, UploadedFile};
 use switchyard_routing::DeploymentInfo;
 
 use crate::dispatch::Call;
@@ -312,6 +312,84 @@ async fn speech_to_text(
     .await
 }
 
+/// `POST /v1/images/edits`: one or more images (`image`, or `image[]`
+/// for GPT image models), an optional `mask` and a `prompt`, as a
+/// multipart upload.
+pub(crate) async fn image_edits(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
+    headers: HeaderMap,
+    form: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let wait = std::time::Duration::from_millis(state.server.body_read_timeout_ms);
+    let read = read_upload(form, &["image", "image[]", "mask"], state.server.max_body_bytes);
+    let (model, files, mut fields) = match tokio::time::timeout(wait, read).await {
+        Ok(Ok(upload)) => upload,
+        Ok(Err(e)) => return e.into_response(),
+        Err(_) => return ApiError::BodyTimeout(state.server.body_read_timeout_ms).into_response(),
+    };
+    let mut req = switchyard_providers::ImageEditRequest {
+        model: String::new(),
+        files,
+        fields: Vec::new(),
+    };
+    if let Err(e) = check_image_edit(&req, &fields) {
+        return e.into_response();
+    }
+    let mut extra = gateway_form_fields(&mut fields);
+    req.fields = fields;
+    let (options, controls) = match gateway_fields(&mut extra, &headers) {
+        Ok(fields) => fields,
+        Err(e) => return e.into_response(),
+    };
+    let model = match model_or_default(&state, model.unwrap_or_default(), DEFAULT_IMAGE_MODEL) {
+        Ok(model) => model,
+        Err(e) => return e.into_response(),
+    };
+    if let Err(e) = not_a_learned_router(&state, &principal, &model) {
+        return e.into_response();
+    }
+    serve_detached(
+        state,
+        principal,
+        ctx,
+        model,
+        req,
+        |r| Call::ImageEdit(r),
+        options,
+        controls,
+    )
+    .await
+}
+
+/// An image edit's own checks: an image, a prompt, `n` from 1 to 10, at
+/// most one mask, no stream.
+fn check_image_edit(req: &switchyard_providers::ImageEditRequest, fields: &[(String, String)]) -> Result<(), ApiError> {
+    let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    if req.images().next().is_none() {
+        return Err(invalid("image", "'image' is required: the image to edit."));
+    }
+    if req.files.iter().filter(|(name, _)| name == "mask").count() > 1 {
+        return Err(invalid("mask", "Send at most one 'mask'."));
+    }
+    if field("prompt").is_none_or(|p| p.trim().is_empty()) {
+        return Err(invalid("prompt", "'prompt' is required and must not be empty."));
+    }
+    if let Some(n) = field("n")
+        && n.trim().parse::<u64>().ok().is_none_or(|n| !(1..=10).contains(&n))
+    {
+        return Err(invalid("n", "'n' must be from 1 to 10."));
+    }
+    if field("stream").is_some_and(|s| !s.eq_ignore_ascii_case("false")) {
+        return Err(invalid(
+            "stream",
+            "Streamed image edits (partial images) are not supported here; leave out 'stream'.",
+        ));
+    }
+    Ok(())
+}
+
 /// Takes the gateway's own fields out of an upload's form, as a JSON body
 /// would carry them: `fallbacks` and `tags` (a JSON list, a comma-separated
 /// list, or `name[]` fields one item each), `metadata` (a JSON object, or
@@ -398,17 +476,21 @@ fn audio_file_name(content_type: Option<&str>) -> String {
     format!("audio.{extension}")
 }
 
-/// Reads an audio upload: `file` and `model` are required; every other
-/// field is kept as text, in order.
-async fn read_form(
+/// The parts of a multipart upload: its `model`, its files (the fields
+/// named in `file_fields`, each under its field's name, in order) and its
+/// other fields as text, in order.
+type Upload = (Option<String>, Vec<(String, UploadedFile)>, Vec<(String, String)>);
+
+/// Reads a multipart upload whose files are the fields `file_fields`.
+async fn read_upload(
     form: Result<Multipart, MultipartRejection>,
-    translate: bool,
+    file_fields: &[&str],
     limit: usize,
-) -> Result<TranscriptionRequest, ApiError> {
+) -> Result<Upload, ApiError> {
     let form_error = |e: MultipartError| form_error(e, limit);
-    let mut form =
-        form.map_err(|e| invalid("file", format!("The body must be a multipart form: {}", e.body_text())))?;
-    let (mut model, mut file, mut fields) = (None, None, Vec::new());
+    let first = file_fields.first().copied().unwrap_or("file");
+    let mut form = form.map_err(|e| invalid(first, format!("The body must be a multipart form: {}", e.body_text())))?;
+    let (mut model, mut files, mut fields) = (None, Vec::new(), Vec::new());
     loop {
         let field = match form.next_field().await {
             Ok(Some(field)) => field,
@@ -416,21 +498,24 @@ async fn read_form(
             Err(e) => return Err(form_error(e)),
         };
         let name = field.name().unwrap_or_default().to_owned();
-        if name == "file" {
-            if file.is_some() {
-                return Err(invalid("file", "Send one 'file' per request."));
-            }
+        if file_fields.contains(&name.as_str()) {
             let content_type = field.content_type().map(str::to_owned);
             let filename = field
                 .file_name()
                 .filter(|n| !n.is_empty())
-                .map_or_else(|| audio_file_name(content_type.as_deref()), str::to_owned);
+                .map_or_else(|| upload_file_name(&name, content_type.as_deref()), str::to_owned);
             let bytes = field.bytes().await.map_err(form_error)?;
-            file = Some(AudioFile {
-                filename,
-                content_type,
-                bytes,
-            });
+            if bytes.is_empty() {
+                return Err(invalid(&name, format!("'{name}' is empty.")));
+            }
+            files.push((
+                name,
+                UploadedFile {
+                    filename,
+                    content_type,
+                    bytes,
+                },
+            ));
             continue;
         }
         let text = field.text().await.map_err(form_error)?;
@@ -440,13 +525,39 @@ async fn read_form(
             fields.push((name, text));
         }
     }
-    let file = file.ok_or_else(|| invalid("file", "'file' is required: the audio to transcribe."))?;
-    if file.bytes.is_empty() {
-        return Err(invalid("file", "'file' is empty."));
+    Ok((model.filter(|m| !m.is_empty()), files, fields))
+}
+
+/// A file name for an upload that came without one (upstreams read the
+/// format from the extension).
+fn upload_file_name(field: &str, content_type: Option<&str>) -> String {
+    match field {
+        "file" => audio_file_name(content_type),
+        _ => {
+            let extension = match content_type.unwrap_or_default() {
+                "image/jpeg" => "jpg",
+                "image/webp" => "webp",
+                _ => "png",
+            };
+            format!("image.{extension}")
+        }
     }
-    let model = model
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| invalid("model", "'model' is required."))?;
+}
+
+/// Reads an audio upload: `file` and `model` are required; every other
+/// field is kept as text, in order.
+async fn read_form(
+    form: Result<Multipart, MultipartRejection>,
+    translate: bool,
+    limit: usize,
+) -> Result<TranscriptionRequest, ApiError> {
+    let (model, mut files, mut fields) = read_upload(form, &["file"], limit).await?;
+    if files.len() > 1 {
+        return Err(invalid("file", "Send one 'file' per request."));
+    }
+    let file = files.pop().map(|(_, file)| file);
+    let file = file.ok_or_else(|| invalid("file", "'file' is required: the audio to transcribe."))?;
+    let model = model.ok_or_else(|| invalid("model", "'model' is required."))?;
     if fields
         .iter()
         .any(|(name, value)| name == "stream" && !value.eq_ignore_ascii_case("false"))
@@ -488,7 +599,7 @@ fn form_error(e: MultipartError, limit: usize) -> ApiError {
 
 /// An image answer's tokens (GPT image models report `input_tokens` and
 /// `output_tokens`; DALL·E reports none) and the number of images in it.
-fn image_usage(body: &[u8], req: &ImageGenerationRequest) -> (TokenUsage, u64) {
+fn image_usage(body: &[u8], asked: u64) -> (TokenUsage, u64) {
     #[derive(serde::Deserialize)]
     struct Answer {
         #[serde(default)]
@@ -496,7 +607,7 @@ fn image_usage(body: &[u8], req: &ImageGenerationRequest) -> (TokenUsage, u64) {
         usage: Option<Value>,
     }
     let Ok(answer) = serde_json::from_slice::<Answer>(body) else {
-        return (TokenUsage::default(), req.count());
+        return (TokenUsage::default(), asked);
     };
     let count = |field: &str| {
         answer
@@ -521,10 +632,32 @@ fn image_usage(body: &[u8], req: &ImageGenerationRequest) -> (TokenUsage, u64) {
     (usage, answer.data.len() as u64)
 }
 
+/// An image answer's charge: its tokens and its images at the price of
+/// their size and quality. A token-priced image model that reported no
+/// usage is charged the estimated prompt and the most output an image bills.
+fn image_charge(
+    prices: &switchyard_policy::Prices,
+    body: &[u8],
+    asked: u64,
+    (size, quality): (Option<&str>, Option<&str>),
+    estimated_prompt: u64,
+) -> (TokenUsage, Nanos) {
+    let (mut tokens, images) = image_usage(body, asked);
+    let cost = image_cost(prices, size, quality, images);
+    if tokens == TokenUsage::default() && cost == 0 {
+        tokens = TokenUsage {
+            prompt: estimated_prompt,
+            completion: crate::metering::IMAGE_TOKENS.saturating_mul(images),
+            ..TokenUsage::default()
+        };
+    }
+    (tokens, cost)
+}
+
 /// What `images` images from `deployment` cost at the request's size and
 /// quality, in nano-dollars.
-fn image_cost(prices: &switchyard_policy::Prices, req: &ImageGenerationRequest, images: u64) -> Nanos {
-    let per_image = prices.per_image(req.size.as_deref(), req.quality.as_deref());
+fn image_cost(prices: &switchyard_policy::Prices, size: Option<&str>, quality: Option<&str>, images: u64) -> Nanos {
+    let per_image = prices.per_image(size, quality);
     switchyard_policy::from_usd(per_image * images as f64)
 }
 
@@ -561,20 +694,20 @@ pub(crate) fn charge(
         ..TokenUsage::default()
     };
     Some(match call {
-        Call::Images(req) => {
-            let (mut tokens, images) = image_usage(body, req);
-            let cost = image_cost(prices, req, images);
-            // A token-priced image model that reported no usage: the
-            // estimated prompt and the most output an image bills.
-            if tokens == TokenUsage::default() && cost == 0 {
-                tokens = TokenUsage {
-                    prompt: estimated_prompt,
-                    completion: crate::metering::IMAGE_TOKENS.saturating_mul(images),
-                    ..TokenUsage::default()
-                };
-            }
-            (tokens, cost)
-        }
+        Call::Images(req) => image_charge(
+            prices,
+            body,
+            req.count(),
+            (req.size.as_deref(), req.quality.as_deref()),
+            estimated_prompt,
+        ),
+        Call::ImageEdit(req) => image_charge(
+            prices,
+            body,
+            req.count(),
+            (req.field("size"), req.field("quality")),
+            estimated_prompt,
+        ),
         Call::Moderations(_) => (prompt_only, 0),
         Call::Rerank(req) => {
             let answer: Value = serde_json::from_slice(body).unwrap_or_default();
@@ -696,7 +829,8 @@ pub(crate) fn media_ceiling<'a>(
     let cost = |d: &DeploymentInfo| -> Nanos {
         let p = state.prices_for(d.id, requested);
         match call {
-            Call::Images(req) => image_cost(&p, req, req.count()),
+            Call::Images(req) => image_cost(&p, req.size.as_deref(), req.quality.as_deref(), req.count()),
+            Call::ImageEdit(req) => image_cost(&p, req.field("size"), req.field("quality"), req.count()),
             Call::Rerank(req) => switchyard_policy::from_usd(p.per_query.unwrap_or(0.0) * most_searches(req) as f64),
             Call::Speech(req) => {
                 switchyard_policy::from_usd(p.per_character.unwrap_or(0.0) * req.input.chars().count() as f64)

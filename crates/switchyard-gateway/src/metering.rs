@@ -159,6 +159,7 @@ fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
         Call::Messages(req) => req.max_tokens.map_or(u64::from(default), u64::from),
         // A GPT image model's output tokens at its highest quality, per image.
         Call::Images(req) => IMAGE_TOKENS.saturating_mul(req.count()),
+        Call::ImageEdit(req) => IMAGE_TOKENS.saturating_mul(req.count()),
         Call::Embeddings(_)
         | Call::CountTokens(..)
         | Call::Moderations(_)
@@ -249,6 +250,10 @@ pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
         Call::Embeddings(req) => req.input.size_in_bytes(),
         Call::CountTokens(..) => 0,
         Call::Images(req) => req.prompt.len() as u64,
+        // The prompt, and each image to edit at the most a GPT image model
+        // bills for an input image at high fidelity.
+        Call::ImageEdit(req) => (req.field("prompt").map_or(0, str::len) as u64)
+            .saturating_add(IMAGE_TOKENS.saturating_mul(req.images().count() as u64)),
         Call::Moderations(req) => moderation_bytes(&req.input),
         Call::Speech(req) => req.input.len() as u64,
         // Rerankers score each document with the query beside it.
@@ -435,7 +440,7 @@ pub(crate) async fn admit(
             .saturating_add(match call {
                 // Images, speech and transcriptions priced per image,
                 // character or second, on any deployment they may reach.
-                Call::Images(_) | Call::Speech(_) | Call::Transcription(_) | Call::Rerank(_) => {
+                Call::Images(_) | Call::ImageEdit(_) | Call::Speech(_) | Call::Transcription(_) | Call::Rerank(_) => {
                     let groups = std::iter::once(model).chain(fallbacks.unwrap_or_default().iter().map(String::as_str));
                     crate::media::media_ceiling(state, groups, call, requested)
                 }

@@ -54,6 +54,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/completions", post(completions))
         .route("/embeddings", post(embeddings))
         .route("/images/generations", post(crate::media::images))
+        .route("/images/edits", post(crate::media::image_edits))
         .route("/moderations", post(crate::media::moderations))
         .route("/audio/speech", post(crate::media::speech))
         .route("/audio/transcriptions", post(crate::media::transcriptions))

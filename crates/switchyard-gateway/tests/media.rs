@@ -668,3 +668,123 @@ async fn rerank_orders_documents_and_is_charged_by_tokens_or_searches() {
         (400, json!("unsupported"))
     );
 }
+
+/// An image part of a multipart form.
+fn image_part(name: &str) -> reqwest::multipart::Part {
+    reqwest::multipart::Part::bytes(vec![9u8; 100])
+        .file_name(name.to_owned())
+        .mime_str("image/png")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_edits_are_uploaded_routed_and_charged() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+
+    // DALL·E 2: one image and a mask, two 512x512 images at $0.018 each.
+    let form = reqwest::multipart::Form::new()
+        .part("image", image_part("cat.png"))
+        .part("mask", image_part("mask.png"))
+        .text("prompt", "make it blue")
+        .text("n", "2")
+        .text("size", "512x512")
+        .text("model", "dall-e-2");
+    let (status, kind, cost, body) = send_form(&gateway, "/v1/images/edits", form).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(kind.starts_with("application/json"), "{kind}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["data"].as_array().unwrap().len(), 2, "{answer}");
+    assert_eq!(cost.as_deref(), Some("0.036000000"));
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/images/edits");
+    let file = |name: &str| json!({"filename": name, "content_type": "image/png", "bytes": 100});
+    assert_eq!(
+        sent.body,
+        json!({"model": "dall-e-2", "prompt": "make it blue", "n": "2", "size": "512x512",
+               "image": file("cat.png"), "mask": file("mask.png")})
+    );
+
+    // A GPT image model edits several images (`image[]`), charged by the
+    // tokens it reports: 3 words and 272 per image in at $5 a million, 1,056
+    // out at $40. The gateway's own form fields do not go upstream.
+    let form = reqwest::multipart::Form::new()
+        .part("image[]", image_part("a.png"))
+        .part("image[]", image_part("b.png"))
+        .text("prompt", "make it blue")
+        .text("model", "gpt-image-1")
+        .text("tags[]", "catalogue");
+    let (status, _, cost, body) = send_form(&gateway, "/images/edits", form).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(cost.as_deref(), Some("0.044975000"));
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.body["image[]"], json!([file("a.png"), file("b.png")]));
+    assert!(sent.body.get("tags[]").is_none(), "{}", sent.body);
+
+    // No model: OpenAI's default, dall-e-2, at 1024x1024 ($0.02).
+    let form = reqwest::multipart::Form::new()
+        .part("image", image_part("cat.png"))
+        .text("prompt", "a hat");
+    let (status, _, cost, body) = send_form(&gateway, "/v1/images/edits", form).await;
+    assert_eq!((status, cost.as_deref()), (200, Some("0.020000000")), "{body}");
+
+    // Azure addresses the deployment.
+    let form = reqwest::multipart::Form::new()
+        .part("image", image_part("cat.png"))
+        .text("prompt", "a hat")
+        .text("model", "azure-dalle");
+    let (status, _, _, body) = send_form(&gateway, "/v1/images/edits", form).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        mock.last_request().unwrap().path,
+        "/openai/deployments/dalle3-eu/images/edits"
+    );
+
+    // Mistakes are the client's, each naming its field; nothing reaches the mock.
+    let before = mock.requests().len();
+    for (form, param) in [
+        (
+            reqwest::multipart::Form::new()
+                .text("prompt", "x")
+                .text("model", "dall-e-2"),
+            "image",
+        ),
+        (
+            reqwest::multipart::Form::new()
+                .part("image", image_part("cat.png"))
+                .text("model", "dall-e-2"),
+            "prompt",
+        ),
+        (
+            reqwest::multipart::Form::new()
+                .part("image", image_part("cat.png"))
+                .text("prompt", "x")
+                .text("n", "11"),
+            "n",
+        ),
+        (
+            reqwest::multipart::Form::new()
+                .part("image", image_part("cat.png"))
+                .text("prompt", "x")
+                .text("stream", "true"),
+            "stream",
+        ),
+    ] {
+        let (status, _, _, body) = send_form(&gateway, "/v1/images/edits", form).await;
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            (status, answer["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{body}"
+        );
+    }
+    assert_eq!(mock.requests().len(), before);
+    // A deployment that cannot edit images says so.
+    let form = reqwest::multipart::Form::new()
+        .part("image", image_part("cat.png"))
+        .text("prompt", "x")
+        .text("model", "claude");
+    let (status, _, _, body) = send_form(&gateway, "/v1/images/edits", form).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("image edits"), "{body}");
+}

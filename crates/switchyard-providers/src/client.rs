@@ -6,8 +6,8 @@ use switchyard_api::{
 };
 
 use crate::{
-    AnthropicProvider, AzureProvider, BedrockProvider, ChunkStream, MediaResponse, MockProvider, OpenAiProvider,
-    Provider, ProviderError, ProviderResponse, Result, TranscriptionRequest,
+    AnthropicProvider, AzureProvider, BedrockProvider, ChunkStream, ImageEditRequest, MediaResponse, MockProvider,
+    OpenAiProvider, Provider, ProviderError, ProviderResponse, Result, TranscriptionRequest,
 };
 
 /// A configured upstream: matched once per call, no dynamic dispatch.
@@ -61,6 +61,19 @@ impl ProviderClient {
             ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => Err(ProviderError::Unsupported {
                 provider: self.kind(),
                 operation: "images",
+            }),
+        }
+    }
+
+    /// Image edits (OpenAI, Azure and the mock).
+    pub async fn image_edit(&self, req: &ImageEditRequest) -> Result<MediaResponse> {
+        match self {
+            ProviderClient::OpenAi(p) => p.image_edit(req).await,
+            ProviderClient::Azure(p) => p.image_edit(req).await,
+            ProviderClient::Mock(p) => p.image_edit(req).await,
+            ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) => Err(ProviderError::Unsupported {
+                provider: self.kind(),
+                operation: "image edits",
             }),
         }
     }

@@ -16,7 +16,8 @@ use switchyard_api::{
 };
 
 use crate::{
-    ChunkStream, MediaResponse, Provider, ProviderError, ProviderResponse, Result, StreamChunk, TranscriptionRequest,
+    ChunkStream, ImageEditRequest, MediaResponse, Provider, ProviderError, ProviderResponse, Result, StreamChunk,
+    TranscriptionRequest,
 };
 
 /// A transparent one-pixel PNG, base64: the mock's every image.
@@ -175,6 +176,49 @@ impl MockProvider {
         Ok(ProviderResponse {
             body: to_bytes(&answer)?,
             usage,
+        })
+    }
+
+    /// An image edit: `n` one-pixel PNGs, as URLs or base64, like
+    /// [`MockProvider::images`]; `gpt-image` models report the prompt's
+    /// words and 272 tokens per image sent as input.
+    pub async fn image_edit(&self, req: &ImageEditRequest) -> Result<MediaResponse> {
+        self.wait().await;
+        let prompt = req.field("prompt").unwrap_or_default();
+        if prompt.trim().is_empty() {
+            return Err(ProviderError::InvalidRequest {
+                message: "'prompt' must not be empty.".into(),
+                param: Some("prompt".into()),
+            });
+        }
+        let n = req.count();
+        let token_priced = req.model.starts_with("gpt-image");
+        let base64 = token_priced || req.field("response_format") == Some("b64_json");
+        let data: Vec<serde_json::Value> = (0..n)
+            .map(|_| {
+                let id = self.next_id("img");
+                if base64 {
+                    serde_json::json!({"b64_json": ONE_PIXEL_PNG})
+                } else {
+                    serde_json::json!({"url": format!("https://mock.invalid/{id}.png")})
+                }
+            })
+            .collect();
+        let mut answer = serde_json::json!({"created": now(), "data": data});
+        if token_priced {
+            let text = words(prompt).max(1);
+            let images = 272 * req.images().count() as u64;
+            let output = 1056 * n;
+            answer["usage"] = serde_json::json!({
+                "input_tokens": text + images,
+                "output_tokens": output,
+                "total_tokens": text + images + output,
+                "input_tokens_details": {"text_tokens": text, "image_tokens": images},
+            });
+        }
+        Ok(MediaResponse {
+            body: to_bytes(&answer)?,
+            content_type: "application/json".into(),
         })
     }
 

@@ -11,7 +11,8 @@ use switchyard_api::{
 
 use crate::http::{HttpSettings, HttpUpstream, MediaBody};
 use crate::{
-    ChunkStream, MediaResponse, Provider, ProviderError, ProviderResponse, Result, Secret, TranscriptionRequest,
+    ChunkStream, ImageEditRequest, MediaResponse, Provider, ProviderError, ProviderResponse, Result, Secret,
+    TranscriptionRequest,
 };
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -105,6 +106,7 @@ struct Endpoints {
     completions_url: reqwest::Url,
     embeddings_url: reqwest::Url,
     images_url: reqwest::Url,
+    image_edits_url: reqwest::Url,
     /// `None` where the upstream has no moderation endpoint (Azure).
     moderations_url: Option<reqwest::Url>,
     speech_url: reqwest::Url,
@@ -156,6 +158,15 @@ macro_rules! openai_wire_provider {
             /// `POST /images/generations`: the answer as the upstream gave it.
             pub async fn images(&self, req: &ImageGenerationRequest) -> Result<ProviderResponse> {
                 self.0.http.post_json(&self.0.images_url, encode(req)?).await
+            }
+
+            /// `POST /images/edits` (a multipart upload): the answer as the
+            /// upstream gave it.
+            pub async fn image_edit(&self, req: &ImageEditRequest) -> Result<MediaResponse> {
+                self.0
+                    .http
+                    .post_media(&self.0.image_edits_url, MediaBody::Form(req.form()?))
+                    .await
             }
 
             /// `POST /audio/speech`: the audio as the upstream gave it.
@@ -267,6 +278,7 @@ impl OpenAiProvider {
             completions_url: endpoint(format!("{base}/completions"))?,
             embeddings_url: endpoint(format!("{base}/embeddings"))?,
             images_url: endpoint(format!("{base}/images/generations"))?,
+            image_edits_url: endpoint(format!("{base}/images/edits"))?,
             moderations_url: Some(endpoint(format!("{base}/moderations"))?),
             speech_url: endpoint(format!("{base}/audio/speech"))?,
             transcriptions_url: endpoint(format!("{base}/audio/transcriptions"))?,
@@ -323,6 +335,7 @@ impl AzureProvider {
             completions_url: endpoint(url("completions"))?,
             embeddings_url: endpoint(url("embeddings"))?,
             images_url: endpoint(url("images/generations"))?,
+            image_edits_url: endpoint(url("images/edits"))?,
             moderations_url: None,
             speech_url: endpoint(url("audio/speech"))?,
             transcriptions_url: endpoint(url("audio/transcriptions"))?,

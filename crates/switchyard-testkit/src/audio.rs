@@ -10,9 +10,11 @@ use serde_json::{Map, Value, json};
 
 use crate::openai_mock::{RequestCtx, invalid_request, json_response, non_stream_fault};
 
-/// A multipart form as JSON: each text field as a string, and `file` as
-/// `{"filename", "content_type", "bytes"}` (its length), so that tests can
-/// read what the mock received. `Null` when the form cannot be read.
+/// A multipart form as JSON: each text field as a string, and each file
+/// (`file`, or any part with a file name) as `{"filename", "content_type",
+/// "bytes"}` (its length), a field sent more than once as a list of them,
+/// so that tests can read what the mock received. `Null` when the form
+/// cannot be read.
 pub(crate) async fn form_as_json(parts: &axum::http::request::Parts, body: Bytes) -> Value {
     use axum::extract::FromRequest as _;
     let request = axum::http::Request::from_parts(parts.clone(), axum::body::Body::from(body));
@@ -22,16 +24,25 @@ pub(crate) async fn form_as_json(parts: &axum::http::request::Parts, body: Bytes
     let mut out = Map::new();
     while let Ok(Some(field)) = form.next_field().await {
         let name = field.name().unwrap_or_default().to_owned();
-        if name == "file" {
+        let value = if name == "file" || field.file_name().is_some() {
             let filename = field.file_name().map(str::to_owned);
             let content_type = field.content_type().map(str::to_owned);
             let len = field.bytes().await.map(|b| b.len()).unwrap_or(0);
-            out.insert(
-                name,
-                json!({"filename": filename, "content_type": content_type, "bytes": len}),
-            );
-        } else if let Ok(text) = field.text().await {
-            out.insert(name, Value::String(text));
+            json!({"filename": filename, "content_type": content_type, "bytes": len})
+        } else {
+            match field.text().await {
+                Ok(text) => Value::String(text),
+                Err(_) => continue,
+            }
+        };
+        match out.get_mut(&name) {
+            Some(Value::Array(items)) if name.ends_with("[]") => items.push(value),
+            Some(first) => {
+                let earlier = first.take();
+                *first = Value::Array(vec![earlier, value]);
+            }
+            None if name.ends_with("[]") => drop(out.insert(name, Value::Array(vec![value]))),
+            None => drop(out.insert(name, value)),
         }
     }
     Value::Object(out)

@@ -84,6 +84,65 @@ pub(crate) fn images_generations(ctx: &RequestCtx<'_>) -> Response {
     json_response(StatusCode::OK, &body)
 }
 
+/// `POST /v1/images/edits` (a multipart upload, read by
+/// [`crate::audio::form_as_json`]): `n` images, like a generation; GPT
+/// image models accept several images (`image[]`) and report the prompt's
+/// words plus 272 tokens per input image, and 1,056 per image made.
+pub(crate) fn image_edits(ctx: &RequestCtx<'_>) -> Response {
+    let Some(obj) = ctx.body.as_object() else {
+        return invalid_request("The body must be a multipart form.", None);
+    };
+    let files = |field: &str| match obj.get(field) {
+        Some(Value::Array(items)) => items.len(),
+        Some(Value::Object(_)) => 1,
+        _ => 0,
+    };
+    let images = files("image") + files("image[]");
+    if images == 0 {
+        return invalid_request("Missing required parameter: 'image'.", Some("image"));
+    }
+    let gpt_image = ctx.model.starts_with("gpt-image");
+    if !gpt_image && images > 1 {
+        return invalid_request("dall-e-2 edits exactly one image.", Some("image"));
+    }
+    let prompt = obj.get("prompt").and_then(Value::as_str).unwrap_or_default();
+    if prompt.trim().is_empty() {
+        return invalid_request("Missing required parameter: 'prompt'.", Some("prompt"));
+    }
+    let n = match obj.get("n").and_then(Value::as_str).map(str::parse::<u64>) {
+        None => 1,
+        Some(Ok(n)) if (1..=10).contains(&n) => n,
+        Some(_) => return invalid_request("'n' must be an integer from 1 to 10.", Some("n")),
+    };
+    if let Some(response) = non_stream_fault(ctx.scenario) {
+        return response;
+    }
+    let base64 = gpt_image || obj.get("response_format").and_then(Value::as_str) == Some("b64_json");
+    let data: Vec<Value> = (0..n)
+        .map(|i| {
+            let id = ctx.state.next_id();
+            if base64 {
+                json!({"b64_json": PIXEL})
+            } else {
+                json!({"url": format!("https://images.mock.invalid/edit-{id}-{i}.png")})
+            }
+        })
+        .collect();
+    let mut body = json!({"created": unix_now(), "data": data});
+    if gpt_image {
+        let text = word_count(prompt).max(1) as u64;
+        let input = text + 272 * images as u64;
+        let output = 1056 * n;
+        body["usage"] = json!({
+            "input_tokens": input,
+            "output_tokens": output,
+            "total_tokens": input + output,
+            "input_tokens_details": {"text_tokens": text, "image_tokens": input - text},
+        });
+    }
+    json_response(StatusCode::OK, &body)
+}
+
 /// `POST /v1/moderations`: one result per input, flagged for violence when
 /// the text holds the word `violent`.
 pub(crate) fn moderations(ctx: &RequestCtx<'_>) -> Response {

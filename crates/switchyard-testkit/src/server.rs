@@ -199,6 +199,7 @@ enum Operation {
     Embeddings,
     Models,
     Images,
+    ImageEdits,
     Moderations,
     Speech,
     Transcriptions,
@@ -230,6 +231,7 @@ impl Operation {
             | Operation::Embeddings
             | Operation::Models
             | Operation::Images
+            | Operation::ImageEdits
             | Operation::Moderations
             | Operation::Speech
             | Operation::Transcriptions
@@ -341,6 +343,7 @@ fn classify(path: &str) -> Option<Route> {
             "completions" => Operation::Completions,
             "embeddings" => Operation::Embeddings,
             "images/generations" => Operation::Images,
+            "images/edits" => Operation::ImageEdits,
             "audio/speech" => Operation::Speech,
             "audio/transcriptions" => Operation::Transcriptions,
             "audio/translations" => Operation::Translations,
@@ -362,6 +365,7 @@ fn classify(path: &str) -> Option<Route> {
             "/completions" => Operation::Completions,
             "/embeddings" => Operation::Embeddings,
             "/images/generations" => Operation::Images,
+            "/images/edits" => Operation::ImageEdits,
             "/audio/speech" => Operation::Speech,
             "/audio/transcriptions" => Operation::Transcriptions,
             "/audio/translations" => Operation::Translations,
@@ -388,6 +392,7 @@ fn classify(path: &str) -> Option<Route> {
         "/completions" => Operation::Completions,
         "/embeddings" => Operation::Embeddings,
         "/images/generations" => Operation::Images,
+        "/images/edits" => Operation::ImageEdits,
         "/moderations" => Operation::Moderations,
         "/audio/speech" => Operation::Speech,
         "/audio/transcriptions" => Operation::Transcriptions,
@@ -671,6 +676,7 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
         Operation::Completions => completions(&ctx),
         Operation::Embeddings => embeddings(&ctx),
         Operation::Images => crate::images::images_generations(&ctx),
+        Operation::ImageEdits => crate::images::image_edits(&ctx),
         Operation::Moderations => crate::images::moderations(&ctx),
         Operation::Speech => crate::audio::speech(&ctx),
         Operation::Transcriptions => crate::audio::transcription(&ctx, false),
