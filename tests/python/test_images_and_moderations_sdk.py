@@ -46,7 +46,7 @@ def test_the_built_in_mock_draws_too(client: openai.OpenAI) -> None:
 
 
 def test_images_edit_uploads_several_images(client: openai.OpenAI) -> None:
-    # The SDK sends a list of images as ``image[]`` parts of a multipart form.
+    # The SDK sends a list of images as parts of a multipart form.
     raw = client.images.with_raw_response.edit(
         model="gpt-image-1",
         image=[("a.png", PNG_MAGIC + b"a" * 64, "image/png"), ("b.png", PNG_MAGIC + b"b" * 64, "image/png")],
@@ -63,6 +63,14 @@ def test_images_edit_uploads_several_images(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as refused:
         client.images.edit(model="gpt-image-1", image=("a.png", PNG_MAGIC, "image/png"), prompt=" ")
     assert refused.value.param == "prompt"
+
+
+def test_the_built_in_mock_edits_too(client: openai.OpenAI) -> None:
+    images = client.images.edit(
+        model="mock-images", image=("a.png", PNG_MAGIC, "image/png"), prompt="add a hat", n=2, response_format="b64_json"
+    )
+    assert len(images.data) == 2
+    assert all(base64.b64decode(i.b64_json or "").startswith(PNG_MAGIC) for i in images.data)
 
 
 def test_image_errors_are_openai_errors(client: openai.OpenAI) -> None:

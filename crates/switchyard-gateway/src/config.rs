@@ -558,6 +558,11 @@ pub struct DeploymentEntry {
     /// default: the built-in price of Cohere's rerank models.
     #[serde(default)]
     pub input_cost_per_query: Option<f64>,
+    /// USD per image token in the prompt (the images a GPT image model
+    /// edits); default: the built-in price of `gpt-image-1` and
+    /// `gpt-image-1-mini`, else the input price.
+    #[serde(default)]
+    pub input_cost_per_image_token: Option<f64>,
     /// Requests per minute the upstream allows.
     #[serde(default)]
     pub rpm: Option<u64>,
@@ -1342,6 +1347,7 @@ fn prices_unset(entry: &DeploymentEntry) -> bool {
         entry.input_cost_per_character,
         entry.input_cost_per_second,
         entry.input_cost_per_query,
+        entry.input_cost_per_image_token,
     ]
     .iter()
     .all(Option::is_none)
@@ -1406,6 +1412,7 @@ fn token_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssu
         per_character: known.and_then(|p| p.per_character),
         per_second: known.and_then(|p| p.per_second),
         per_query: known.and_then(|p| p.per_query),
+        image_input: known.and_then(|p| p.image_input),
     }
 }
 
@@ -1429,6 +1436,11 @@ fn deployment_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<Confi
             entry.input_cost_per_query,
             "input_cost_per_query",
             &mut prices.per_query,
+        ),
+        (
+            entry.input_cost_per_image_token,
+            "input_cost_per_image_token",
+            &mut prices.image_input,
         ),
     ] {
         if value.is_some() {

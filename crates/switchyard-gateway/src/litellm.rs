@@ -305,6 +305,7 @@ impl Translator {
                 | "output_cost_per_image"
                 | "input_cost_per_character"
                 | "input_cost_per_query"
+                | "input_cost_per_image_token"
                 | "tags" => {
                     d.insert(key.clone(), value.clone());
                     key.as_str()

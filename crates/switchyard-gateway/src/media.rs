@@ -24,6 +24,13 @@ use crate::state::AppState;
 /// The model OpenAI generates images with when a request names none.
 const DEFAULT_IMAGE_MODEL: &str = "dall-e-2";
 
+/// The model OpenAI edits images with when a request names none and uses
+/// a parameter only GPT image models take.
+const DEFAULT_GPT_IMAGE_MODEL: &str = "gpt-image-1";
+
+/// Image edit parameters only GPT image models take.
+const GPT_IMAGE_FIELDS: [&str; 4] = ["input_fidelity", "background", "output_format", "output_compression"];
+
 /// The model OpenAI moderates with when a request names none.
 const DEFAULT_MODERATION_MODEL: &str = "omni-moderation-latest";
 
@@ -337,13 +344,25 @@ pub(crate) async fn image_edits(
     if let Err(e) = check_image_edit(&req, &fields) {
         return e.into_response();
     }
+    // OpenAI edits with dall-e-2 unless the request needs a GPT image
+    // model: several images, or one of their own parameters.
+    let gpt_only = req.images().count() > 1 || fields.iter().any(|(name, _)| GPT_IMAGE_FIELDS.contains(&name.as_str()));
+    let default = if gpt_only {
+        DEFAULT_GPT_IMAGE_MODEL
+    } else {
+        DEFAULT_IMAGE_MODEL
+    };
     let mut extra = gateway_form_fields(&mut fields);
+    // OpenAI reads `user` too (the gateway records it as the end user).
+    if let Some(Value::String(user)) = extra.get("user") {
+        fields.push(("user".into(), user.clone()));
+    }
     req.fields = fields;
     let (options, controls) = match gateway_fields(&mut extra, &headers) {
         Ok(fields) => fields,
         Err(e) => return e.into_response(),
     };
-    let model = match model_or_default(&state, model.unwrap_or_default(), DEFAULT_IMAGE_MODEL) {
+    let model = match model_or_default(&state, model.unwrap_or_default(), default) {
         Ok(model) => model,
         Err(e) => return e.into_response(),
     };
@@ -367,6 +386,13 @@ pub(crate) async fn image_edits(
 /// most one mask, no stream.
 fn check_image_edit(req: &switchyard_providers::ImageEditRequest, fields: &[(String, String)]) -> Result<(), ApiError> {
     let field = |name: &str| fields.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    // What is checked, reserved and charged is what goes upstream: one
+    // value of each.
+    for name in ["prompt", "n", "size", "quality", "stream", "response_format", "user"] {
+        if fields.iter().filter(|(n, _)| n == name).count() > 1 {
+            return Err(invalid(name, format!("Send one '{name}'.")));
+        }
+    }
     if req.images().next().is_none() {
         return Err(invalid("image", "'image' is required: the image to edit."));
     }
@@ -487,8 +513,8 @@ async fn read_upload(
     file_fields: &[&str],
     limit: usize,
 ) -> Result<Upload, ApiError> {
-    let form_error = |e: MultipartError| form_error(e, limit);
     let first = file_fields.first().copied().unwrap_or("file");
+    let form_error = |e: MultipartError| form_error(e, first, limit);
     let mut form = form.map_err(|e| invalid(first, format!("The body must be a multipart form: {}", e.body_text())))?;
     let (mut model, mut files, mut fields) = (None, Vec::new(), Vec::new());
     loop {
@@ -520,6 +546,9 @@ async fn read_upload(
         }
         let text = field.text().await.map_err(form_error)?;
         if name == "model" {
+            if model.is_some() {
+                return Err(invalid("model", "Send one 'model'."));
+            }
             model = Some(text);
         } else if !name.is_empty() {
             fields.push((name, text));
@@ -587,12 +616,12 @@ async fn read_form(
 
 /// A multipart form that could not be read: too large (413, past
 /// `server.max_body_bytes`), or malformed (400).
-fn form_error(e: MultipartError, limit: usize) -> ApiError {
+fn form_error(e: MultipartError, param: &str, limit: usize) -> ApiError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::BodyTooLarge(limit);
     }
     invalid(
-        "file",
+        param,
         format!("The multipart form could not be read: {}", e.body_text()),
     )
 }
@@ -643,7 +672,14 @@ fn image_charge(
     estimated_prompt: u64,
 ) -> (TokenUsage, Nanos) {
     let (mut tokens, images) = image_usage(body, asked);
-    let cost = image_cost(prices, size, quality, images);
+    let image_tokens = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|a| {
+            a.pointer("/usage/input_tokens_details/image_tokens")
+                .and_then(Value::as_u64)
+        })
+        .unwrap_or(0);
+    let cost = image_cost(prices, size, quality, images).saturating_add(prices.image_input_surcharge(image_tokens));
     if tokens == TokenUsage::default() && cost == 0 {
         tokens = TokenUsage {
             prompt: estimated_prompt,
@@ -830,7 +866,8 @@ pub(crate) fn media_ceiling<'a>(
         let p = state.prices_for(d.id, requested);
         match call {
             Call::Images(req) => image_cost(&p, req.size.as_deref(), req.quality.as_deref(), req.count()),
-            Call::ImageEdit(req) => image_cost(&p, req.field("size"), req.field("quality"), req.count()),
+            Call::ImageEdit(req) => image_cost(&p, req.field("size"), req.field("quality"), req.count())
+                .saturating_add(p.image_input_surcharge(crate::metering::edit_image_tokens(req))),
             Call::Rerank(req) => switchyard_policy::from_usd(p.per_query.unwrap_or(0.0) * most_searches(req) as f64),
             Call::Speech(req) => {
                 switchyard_policy::from_usd(p.per_character.unwrap_or(0.0) * req.input.chars().count() as f64)

@@ -176,6 +176,13 @@ const RERANK_PAIR_BYTES: u64 = 8;
 /// image at `high` quality is 6,240).
 pub(crate) const IMAGE_TOKENS: u64 = 6_240;
 
+/// The most prompt tokens an image edit's files may bill: each image and
+/// the mask at [`IMAGE_TOKENS`] (more than a GPT image model bills for an
+/// input image at high fidelity).
+pub(crate) fn edit_image_tokens(req: &switchyard_providers::ImageEditRequest) -> u64 {
+    IMAGE_TOKENS.saturating_mul(req.files.len() as u64)
+}
+
 fn prompt_count(prompt: &switchyard_api::Prompt) -> u64 {
     match prompt {
         switchyard_api::Prompt::Texts(t) => t.len().max(1) as u64,
@@ -250,10 +257,7 @@ pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
         Call::Embeddings(req) => req.input.size_in_bytes(),
         Call::CountTokens(..) => 0,
         Call::Images(req) => req.prompt.len() as u64,
-        // The prompt, and each image to edit at the most a GPT image model
-        // bills for an input image at high fidelity.
-        Call::ImageEdit(req) => (req.field("prompt").map_or(0, str::len) as u64)
-            .saturating_add(IMAGE_TOKENS.saturating_mul(req.images().count() as u64)),
+        Call::ImageEdit(req) => (req.field("prompt").map_or(0, str::len) as u64).saturating_add(edit_image_tokens(req)),
         Call::Moderations(req) => moderation_bytes(&req.input),
         Call::Speech(req) => req.input.len() as u64,
         // Rerankers score each document with the query beside it.

@@ -610,6 +610,13 @@ async fn openai_inner(
             let record = meter
                 .settle_with(&state, decision.deployment.id, &decision.deployment.name, usage, extra)
                 .await;
+            if let Some(u) = usage {
+                current.record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
+                current.record(
+                    "gen_ai.usage.output_tokens",
+                    i64::try_from(u.completion).unwrap_or(i64::MAX),
+                );
+            }
             if let Some(mut t) = trail.take() {
                 t.charged(usage, record.as_ref());
                 t.finish(200, None);

@@ -438,6 +438,7 @@ pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
         per_character: opt(a.per_character, b.per_character),
         per_second: opt(a.per_second, b.per_second),
         per_query: opt(a.per_query, b.per_query),
+        image_input: opt(a.image_input, b.image_input),
     }
 }
 

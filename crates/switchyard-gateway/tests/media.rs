@@ -689,6 +689,7 @@ async fn image_edits_are_uploaded_routed_and_charged() {
         .text("prompt", "make it blue")
         .text("n", "2")
         .text("size", "512x512")
+        .text("user", "u-1")
         .text("model", "dall-e-2");
     let (status, kind, cost, body) = send_form(&gateway, "/v1/images/edits", form).await;
     assert_eq!(status, 200, "{body}");
@@ -701,13 +702,14 @@ async fn image_edits_are_uploaded_routed_and_charged() {
     let file = |name: &str| json!({"filename": name, "content_type": "image/png", "bytes": 100});
     assert_eq!(
         sent.body,
-        json!({"model": "dall-e-2", "prompt": "make it blue", "n": "2", "size": "512x512",
+        json!({"model": "dall-e-2", "prompt": "make it blue", "n": "2", "size": "512x512", "user": "u-1",
                "image": file("cat.png"), "mask": file("mask.png")})
     );
 
     // A GPT image model edits several images (`image[]`), charged by the
-    // tokens it reports: 3 words and 272 per image in at $5 a million, 1,056
-    // out at $40. The gateway's own form fields do not go upstream.
+    // tokens it reports: 3 words and 272 per image in at $5 a million, the
+    // 544 image tokens $5 more (image input is $10), 1,056 out at $40. The
+    // gateway's own form fields do not go upstream.
     let form = reqwest::multipart::Form::new()
         .part("image[]", image_part("a.png"))
         .part("image[]", image_part("b.png"))
@@ -716,10 +718,19 @@ async fn image_edits_are_uploaded_routed_and_charged() {
         .text("tags[]", "catalogue");
     let (status, _, cost, body) = send_form(&gateway, "/images/edits", form).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(cost.as_deref(), Some("0.044975000"));
+    assert_eq!(cost.as_deref(), Some("0.047695000"));
     let sent = mock.last_request().unwrap();
     assert_eq!(sent.body["image[]"], json!([file("a.png"), file("b.png")]));
     assert!(sent.body.get("tags[]").is_none(), "{}", sent.body);
+
+    // No model and several images: OpenAI's GPT image default.
+    let form = reqwest::multipart::Form::new()
+        .part("image[]", image_part("a.png"))
+        .part("image[]", image_part("b.png"))
+        .text("prompt", "make it blue");
+    let (status, _, _, body) = send_form(&gateway, "/v1/images/edits", form).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(mock.last_request().unwrap().body["model"], "gpt-image-1");
 
     // No model: OpenAI's default, dall-e-2, at 1024x1024 ($0.02).
     let form = reqwest::multipart::Form::new()
@@ -768,6 +779,15 @@ async fn image_edits_are_uploaded_routed_and_charged() {
                 .text("prompt", "x")
                 .text("stream", "true"),
             "stream",
+        ),
+        // What is checked and reserved is what goes upstream.
+        (
+            reqwest::multipart::Form::new()
+                .part("image", image_part("cat.png"))
+                .text("prompt", "x")
+                .text("n", "1")
+                .text("n", "10"),
+            "n",
         ),
     ] {
         let (status, _, _, body) = send_form(&gateway, "/v1/images/edits", form).await;

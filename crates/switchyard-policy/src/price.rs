@@ -42,6 +42,10 @@ pub struct Prices {
     /// Per rerank search (a query over up to 100 documents); `None`: free.
     #[serde(default)]
     pub per_query: Option<f64>,
+    /// Per image token in the prompt (the images a GPT image model edits);
+    /// `None`: the input price.
+    #[serde(default)]
+    pub image_input: Option<f64>,
 }
 
 /// Token counts of one request, normalised across providers: `prompt`
@@ -97,6 +101,7 @@ impl Prices {
             per_character: None,
             per_second: None,
             per_query: None,
+            image_input: None,
         }
     }
 
@@ -107,6 +112,13 @@ impl Prices {
         self.image
             .or_else(|| self.image_table.map(|t| t.price(size, quality)))
             .unwrap_or(0.0)
+    }
+
+    /// What `image_tokens` prompt tokens that are images cost beyond the
+    /// input price they are charged at with the rest of the prompt.
+    pub fn image_input_surcharge(&self, image_tokens: u64) -> Nanos {
+        let above = self.image_input.map_or(0.0, |p| (p - self.input).max(0.0));
+        from_usd(above * image_tokens as f64)
     }
 
     /// Whether every price is zero (nothing is charged).
@@ -264,6 +276,12 @@ pub fn builtin(model: &str) -> Option<Prices> {
                 },
                 per_second: (*known == "whisper-1").then_some(0.006 / 60.0),
                 per_query: known.starts_with("rerank-").then_some(2.0 / 1_000.0),
+                // GPT image models bill the images they edit above text.
+                image_input: match *known {
+                    "gpt-image-1" => Some(10.0 / 1_000_000.0),
+                    "gpt-image-1-mini" => Some(2.5 / 1_000_000.0),
+                    _ => None,
+                },
                 image_table: match *known {
                     "dall-e-2" => Some(ImageTable::DallE2),
                     "dall-e-3" => Some(ImageTable::DallE3),

@@ -36,7 +36,7 @@ pub(crate) async fn form_as_json(parts: &axum::http::request::Parts, body: Bytes
             }
         };
         match out.get_mut(&name) {
-            Some(Value::Array(items)) if name.ends_with("[]") => items.push(value),
+            Some(Value::Array(items)) => items.push(value),
             Some(first) => {
                 let earlier = first.take();
                 *first = Value::Array(vec![earlier, value]);
