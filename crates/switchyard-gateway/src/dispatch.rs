@@ -759,6 +759,9 @@ async fn try_group<'s>(
                     {
                         tracing::warn!(deployment = %deployment.name, "deployment put in cooldown after the request's deadline");
                         state.metrics.cooldown(&deployment.name);
+                        if let Some(alerts) = &state.alerts {
+                            alerts.cooldown(&deployment.name, class.as_str());
+                        }
                     }
                 } else if probe {
                     state.cooldowns.release_probe(deployment.id, now);
@@ -850,6 +853,9 @@ async fn try_group<'s>(
                     if noted && state.cooldowns.record_failure(deployment.id, class, now) {
                         tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
                         state.metrics.cooldown(&deployment.name);
+                        if let Some(alerts) = &state.alerts {
+                            alerts.cooldown(&deployment.name, class.as_str());
+                        }
                     }
                 }
                 tracing::warn!(

@@ -4,6 +4,7 @@
 //! be driven in-process by tests.
 
 pub mod admin;
+pub mod alerts;
 pub mod cache;
 pub mod cache_config;
 pub mod config;

@@ -92,8 +92,10 @@ const IGNORED_GENERAL_SETTINGS: &[(&str, &str)] = &[
         "store_model_in_db",
         "models come from the configuration file (reloadable)",
     ),
-    ("alerting", "alert from the Prometheus metrics at /metrics"),
-    ("alerting_threshold", "alert from the Prometheus metrics at /metrics"),
+    (
+        "alerting_threshold",
+        "slow requests are not alerted on; alert from the latency metrics at /metrics",
+    ),
     ("proxy_batch_write_at", "spend is written as each request is charged"),
     ("disable_spend_logs", "spend records are always kept (/spend/logs)"),
     (
@@ -842,6 +844,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         cache.insert("redis".into(), Value::Object(r));
         t.map("router_settings.redis_*", "cache.redis.url");
     }
+    let mut alerts = Map::new();
     if let Some(settings) = doc.get("general_settings").and_then(Value::as_object) {
         for (key, value) in settings {
             let here = format!("general_settings.{key}");
@@ -863,6 +866,61 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                         }
                     }
                     None => t.refuse(&here, "must be true or false"),
+                },
+                "alerting" => match value.as_array() {
+                    Some(channels) => {
+                        for channel in channels {
+                            let name = channel.as_str().map_or_else(|| channel.to_string(), str::to_owned);
+                            let (env, format) = match channel.as_str() {
+                                Some("slack") => ("SLACK_WEBHOOK_URL", "slack"),
+                                Some("webhook") => ("WEBHOOK_URL", "json"),
+                                _ => {
+                                    t.warn(&format!("{here}: {name}"), "only slack and webhook alerts are sent");
+                                    continue;
+                                }
+                            };
+                            if alerts.contains_key("webhook_url") {
+                                t.warn(&format!("{here}: {name}"), "alerts go to one webhook, the first listed");
+                                continue;
+                            }
+                            alerts.insert("webhook_url".into(), json!(format!("os.environ/{env}")));
+                            alerts.insert("format".into(), json!(format));
+                            t.map(
+                                format!("{here}: [{name}]"),
+                                format!("telemetry.alerts (webhook_url: os.environ/{env}, format: {format})"),
+                            );
+                        }
+                    }
+                    None => t.refuse(&here, "must be a list of alert channels"),
+                },
+                "alert_types" => match value.as_array() {
+                    Some(types) => {
+                        let mut events: Vec<&str> = Vec::new();
+                        for kind in types {
+                            let name = kind.as_str().map_or_else(|| kind.to_string(), str::to_owned);
+                            let mapped: &[&str] = match kind.as_str() {
+                                Some("budget_alerts") => &["soft_budget_crossed", "budget_exhausted"],
+                                Some("cooldown_deployment" | "outage_alerts" | "region_outage_alerts") => {
+                                    &["deployment_cooldown"]
+                                }
+                                _ => {
+                                    t.warn(
+                                        &format!("{here}: {name}"),
+                                        "sent are budget_alerts, cooldown_deployment and outage_alerts (as cooldowns)",
+                                    );
+                                    &[]
+                                }
+                            };
+                            for event in mapped {
+                                if !events.contains(event) {
+                                    events.push(event);
+                                }
+                            }
+                        }
+                        alerts.insert("events".into(), json!(events));
+                        t.map(here, "telemetry.alerts.events");
+                    }
+                    None => t.refuse(&here, "must be a list of alert types"),
                 },
                 "global_max_parallel_requests" => match value.as_u64() {
                     Some(n) => {
@@ -908,6 +966,13 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     for section in ["embedder", "telemetry"] {
         if let Some(v) = doc.get(section) {
             config.insert(section.into(), v.clone());
+        }
+    }
+    // Alert types without a channel send nothing.
+    if alerts.contains_key("webhook_url") {
+        let telemetry = config.entry("telemetry").or_insert_with(|| json!({}));
+        if let Some(telemetry) = telemetry.as_object_mut() {
+            telemetry.entry("alerts").or_insert(Value::Object(alerts));
         }
     }
     let merge = |ours: Map<String, Value>, theirs: Option<&Value>| {

@@ -210,6 +210,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let request_log = state.request_log.clone();
     state.start_learned().await?;
     state.start_policy().await?;
+    state.start_alerts();
     refuse_open_with_stored_keys(&state).await?;
     let listener = switchyard_gateway::bind(&state)
         .await

@@ -105,6 +105,8 @@ pub struct AppState {
     pub cache: Option<Arc<crate::cache::GatewayCache>>,
     /// Prometheus metrics.
     pub metrics: switchyard_telemetry::Metrics,
+    /// Alerts to a webhook, once [`AppState::start_alerts`] started them.
+    pub alerts: Option<crate::alerts::Alerts>,
     /// The request log, once [`AppState::start_telemetry`] opened it.
     pub request_log: Option<switchyard_telemetry::RequestLog>,
     /// Logs, spans, metrics and request-log settings.
@@ -638,6 +640,7 @@ impl AppState {
             cache_generations,
             cache,
             metrics: switchyard_telemetry::Metrics::new(),
+            alerts: None,
             request_log: None,
             telemetry,
             cut: Arc::new(tokio::sync::watch::Sender::new(false)),
@@ -737,6 +740,7 @@ impl AppState {
         self.track_tag_spend = old.track_tag_spend;
         self.metrics = old.metrics.clone();
         self.request_log = old.request_log.clone();
+        self.alerts = old.alerts.clone();
         self.telemetry = old.telemetry.clone();
         self.server = old.server.clone();
         self.cut = old.cut.clone();
@@ -779,6 +783,14 @@ impl AppState {
             self.request_log = Some(switchyard_telemetry::RequestLog::open(settings, self.metrics.clone()).await?);
         }
         Ok(())
+    }
+
+    /// Starts alert delivery (`telemetry.alerts`), once the policy's store
+    /// is open: the policy's budget alerts and cooldowns go to the webhook.
+    pub fn start_alerts(&mut self) {
+        if let Some(settings) = &self.telemetry.alerts {
+            self.alerts = Some(crate::alerts::Alerts::start(settings, &self.policy));
+        }
     }
 
     /// Monotonic milliseconds since start-up, the clock of routing statistics.

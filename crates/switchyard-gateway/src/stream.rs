@@ -310,6 +310,9 @@ impl StreamTracker {
                         "deployment put in cooldown after a failed stream"
                     );
                     self.state.metrics.cooldown(&self.labels.1);
+                    if let Some(alerts) = &self.state.alerts {
+                        alerts.cooldown(&self.labels.1, class.as_str());
+                    }
                 }
             }
         }

@@ -25,6 +25,9 @@ pub struct TelemetryConfig {
     pub otlp: Option<OtlpConfig>,
     /// One record per finished request, for analysis and router training.
     pub request_log: Option<RequestLogConfig>,
+    /// Alerts to a webhook: soft budgets crossed, budgets spent,
+    /// deployments put in cooldown.
+    pub alerts: Option<AlertsConfig>,
 }
 
 impl Default for TelemetryConfig {
@@ -36,6 +39,7 @@ impl Default for TelemetryConfig {
             metrics: true,
             otlp: None,
             request_log: None,
+            alerts: None,
         }
     }
 }
@@ -123,6 +127,75 @@ fn default_max_len() -> u64 {
     1_000_000
 }
 
+/// `telemetry.alerts:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// Where alerts are POSTed: a URL, or `os.environ/NAME` (webhook URLs
+    /// such as Slack's carry their secret).
+    pub webhook_url: String,
+    /// `json` (one object per alert) or `slack` (`{"text": …}`, for Slack
+    /// and services that take its incoming-webhook format).
+    #[serde(default)]
+    pub format: AlertFormat,
+    /// Which alerts are sent (default: all).
+    #[serde(default = "all_alert_events")]
+    pub events: Vec<AlertEvent>,
+    /// Longest wait for one delivery, milliseconds (each alert is tried up
+    /// to 3 times).
+    #[serde(default = "default_alert_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+/// The body of an alert.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertFormat {
+    /// `{"event", …fields}`.
+    #[default]
+    Json,
+    /// `{"text": "…"}`.
+    Slack,
+}
+
+/// The kinds of alert.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertEvent {
+    /// A key's, team's or user's spend reached its `soft_budget` (once a
+    /// budget period).
+    SoftBudgetCrossed,
+    /// A request was refused because a budget is spent (once a budget period).
+    BudgetExhausted,
+    /// A deployment was put in cooldown (at most once a minute each).
+    DeploymentCooldown,
+}
+
+fn all_alert_events() -> Vec<AlertEvent> {
+    vec![
+        AlertEvent::SoftBudgetCrossed,
+        AlertEvent::BudgetExhausted,
+        AlertEvent::DeploymentCooldown,
+    ]
+}
+
+fn default_alert_timeout_ms() -> u64 {
+    5_000
+}
+
+/// The validated alert settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertSettings {
+    /// The webhook.
+    pub url: switchyard_providers::Secret,
+    /// The body's format.
+    pub format: AlertFormat,
+    /// Which alerts are sent.
+    pub events: Vec<AlertEvent>,
+    /// Longest wait for one delivery.
+    pub timeout: Duration,
+}
+
 /// The validated telemetry settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TelemetrySpec {
@@ -134,6 +207,8 @@ pub struct TelemetrySpec {
     pub log_payloads: bool,
     /// Serve `/metrics`.
     pub metrics: bool,
+    /// Alerts to a webhook.
+    pub alerts: Option<AlertSettings>,
 }
 
 impl TelemetryConfig {
@@ -224,6 +299,32 @@ impl TelemetryConfig {
                 queue: r.queue,
             }
         });
+        let alerts = self.alerts.as_ref().and_then(|a| {
+            if a.events.is_empty() {
+                issues.push(issue("telemetry.alerts.events", "must name at least one alert"));
+            }
+            if a.timeout_ms == 0 {
+                issues.push(issue("telemetry.alerts.timeout_ms", "must be greater than 0"));
+            }
+            let url = crate::config::resolve_secret(&a.webhook_url, "telemetry.alerts.webhook_url", env, issues)?;
+            match reqwest::Url::parse(url.expose()) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+                // The value is not shown: it may be a secret.
+                _ => {
+                    issues.push(issue(
+                        "telemetry.alerts.webhook_url",
+                        "must be an http:// or https:// URL",
+                    ));
+                    return None;
+                }
+            }
+            Some(AlertSettings {
+                url,
+                format: a.format,
+                events: a.events.clone(),
+                timeout: Duration::from_millis(a.timeout_ms.max(1)),
+            })
+        });
         TelemetrySpec {
             tracing: TracingSettings {
                 format: self.log_format,
@@ -233,6 +334,7 @@ impl TelemetryConfig {
             request_log,
             log_payloads: self.log_payloads,
             metrics: self.metrics,
+            alerts,
         }
     }
 }

@@ -281,6 +281,44 @@ fn tag_routing_comes_over() {
 }
 
 #[test]
+fn slack_and_webhook_alerting_come_over() {
+    let doc = json!({
+        "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+        "general_settings": {
+            "alerting": ["slack", "email"],
+            "alert_types": ["budget_alerts", "llm_too_slow", "cooldown_deployment"],
+            "alerting_threshold": 300,
+        },
+    });
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert_eq!(
+        t.config["telemetry"]["alerts"],
+        json!({"webhook_url": "os.environ/SLACK_WEBHOOK_URL", "format": "slack",
+               "events": ["soft_budget_crossed", "budget_exhausted", "deployment_cooldown"]})
+    );
+    let warned = t.warnings.join("\n");
+    for unused in ["alerting: email", "alert_types: llm_too_slow", "alerting_threshold"] {
+        assert!(warned.contains(unused), "{warned}");
+    }
+    // The generic webhook posts JSON to WEBHOOK_URL; alert types alone send nothing.
+    let webhook = json!({
+        "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+        "general_settings": {"alerting": ["webhook"]},
+    });
+    let t = switchyard_gateway::litellm::translate(&webhook).unwrap();
+    assert_eq!(
+        t.config["telemetry"]["alerts"],
+        json!({"webhook_url": "os.environ/WEBHOOK_URL", "format": "json"})
+    );
+    let quiet = json!({
+        "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+        "general_settings": {"alert_types": ["budget_alerts"]},
+    });
+    let t = switchyard_gateway::litellm::translate(&quiet).unwrap();
+    assert!(t.config.get("telemetry").is_none(), "{}", t.config);
+}
+
+#[test]
 fn redis_settings_become_one_url_and_the_cache_follows_it() {
     let doc: Value = serde_json::from_value(json!({
         "model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "k"}}],

@@ -512,3 +512,44 @@ async fn a_users_budget_is_shared_by_replicas() {
         "{info}"
     );
 }
+
+/// An alert is sent once however many replicas see its cause: each is
+/// claimed in Redis before it goes to the webhook.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_send_each_alert_once() {
+    let redis = RedisServer::start();
+    let hook = switchyard_testkit::WebhookReceiver::start().await.unwrap();
+    let yaml = config(&redis.url(), "fail_closed", 0).replace(
+        "model_list:",
+        &format!("telemetry:\n  alerts:\n    webhook_url: {}\nmodel_list:", hook.url()),
+    );
+    let a = GatewayProcess::start(Path::new(BIN), &yaml);
+    let b = GatewayProcess::start(Path::new(BIN), &yaml);
+    let bases = [a.base_url(), b.base_url()];
+    let (status, made) = post(
+        &bases[0],
+        "/key/generate",
+        MASTER,
+        json!({"max_budget": 0.00003, "soft_budget": 0.00001}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+    // 3 served (21000 spent, past the soft budget on the second), then
+    // refused on both replicas.
+    for i in 0..6 {
+        let (status, body) = chat(&bases[i % 2], &key).await;
+        assert!(status == 200 || code(&body) == "budget_exceeded", "{status}: {body}");
+    }
+    hook.wait_for(Duration::from_secs(10), |v| v["event"] == "budget_exhausted")
+        .await
+        .expect("a budget alert");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut events: Vec<String> = hook
+        .received()
+        .iter()
+        .map(|v| v["event"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    events.sort();
+    assert_eq!(events, ["budget_exhausted", "soft_budget_crossed"], "{events:?}");
+}

@@ -71,6 +71,10 @@ pub struct Limits {
     /// When the budget starts again; `None`: never.
     #[serde(default)]
     pub budget_duration: Option<BudgetPeriod>,
+    /// Spend, per budget period, past which an alert is sent (once per
+    /// period); requests are not refused for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub soft_budget: Option<f64>,
     /// Requests per minute.
     #[serde(default)]
     pub rpm_limit: Option<u32>,
@@ -241,6 +245,12 @@ pub fn apply_end_user_field(record: &mut EndUserRecord, name: &str, value: &Valu
                 format!("'{name}' is not kept for end users: limit models on the keys that serve them."),
             ));
         }
+        "soft_budget" => {
+            return Err(field_error(
+                name,
+                "'soft_budget' is not kept for end users: set one on the keys, teams or users that serve them.",
+            ));
+        }
         _ => {
             if !apply_limit_field(&mut record.limits, name, value)? {
                 return Err(field_error(name, format!("Unknown field '{name}'.")));
@@ -391,7 +401,6 @@ const USER_EMPTY_OK: &[&str] = &[
     "object_permission",
     "spend",
     "budget_id",
-    "soft_budget",
     "model_max_budget",
     "allowed_cache_controls",
     "guardrails",
@@ -539,6 +548,13 @@ pub fn apply_limit_field(limits: &mut Limits, name: &str, value: &Value) -> Resu
                     .ok_or_else(|| field_error(name, "'max_budget' must be a non-negative number of USD."))
             })?;
         }
+        "soft_budget" => {
+            limits.soft_budget = optional(value, |v| {
+                v.as_f64()
+                    .filter(|b| b.is_finite() && *b >= 0.0)
+                    .ok_or_else(|| field_error(name, "'soft_budget' must be a non-negative number of USD."))
+            })?;
+        }
         "budget_duration" => {
             limits.budget_duration = optional(value, |v| {
                 v.as_str().and_then(BudgetPeriod::parse).ok_or_else(|| {
@@ -596,7 +612,6 @@ pub fn apply_key_field(record: &mut KeyRecord, name: &str, value: &Value) -> Res
 
 /// LiteLLM key fields accepted when empty (null, `[]`, `{}`, `""`).
 const LITELLM_EMPTY_OK: &[&str] = &[
-    "soft_budget",
     "tags",
     "aliases",
     "config",

@@ -9,6 +9,7 @@
 //! shared by every replica. The crate does no HTTP; the gateway maps its
 //! errors to responses.
 
+pub mod alert;
 pub mod checks;
 pub mod error;
 pub mod journal;
@@ -22,6 +23,7 @@ pub mod redis_store;
 pub mod spend;
 pub mod spend_log;
 
+pub use alert::{AlertKind, PolicyAlert};
 pub use checks::{Demand, RateKind};
 pub use error::{Denied, PolicyError};
 pub use journal::FsyncPolicy;

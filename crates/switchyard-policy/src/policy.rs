@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::alert::{AlertKind, PolicyAlert};
 use crate::checks::{Checks, Demand, RateKind, RateState};
 use crate::error::{Denied, PolicyError};
 use crate::journal::{FsyncPolicy, Journal};
@@ -296,6 +297,11 @@ struct Inner {
     id_prefix: String,
     /// Settlements on their way to the store; [`Policy::flush`] waits for them.
     writes: Writes,
+    /// Where alerts go, once the gateway asked for them.
+    alerts: std::sync::OnceLock<tokio::sync::mpsc::Sender<PolicyAlert>>,
+    /// Alerts sent from this process, until when (Unix ms): each once a
+    /// period (with Redis, claimed there too).
+    alerted: Mutex<HashMap<String, i64>>,
 }
 
 /// A count of settlements in progress, and a signal when it reaches zero.
@@ -451,6 +457,8 @@ impl Policy {
             writes: Writes::default(),
             next_id: AtomicU64::new(0),
             id_prefix: hex::encode(prefix),
+            alerts: std::sync::OnceLock::new(),
+            alerted: Mutex::new(HashMap::new()),
         }));
         policy.start_background();
         Ok(policy)
@@ -475,6 +483,8 @@ impl Policy {
             writes: Writes::default(),
             next_id: AtomicU64::new(0),
             id_prefix: "0".into(),
+            alerts: std::sync::OnceLock::new(),
+            alerted: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -861,7 +871,7 @@ impl Policy {
         if checks == Checks::default() {
             return Ok(ticket(Holder::Local, Vec::new()));
         }
-        match &self.0.store {
+        let admitted = match &self.0.store {
             Store::Local(local) => local.admit(&checks, max_cost).map(|s| ticket(Holder::Local, s)),
             Store::Redis {
                 redis, mode, fallback, ..
@@ -892,6 +902,125 @@ impl Policy {
                     }
                 }
             },
+        };
+        if let Err(Denied::BudgetExceeded {
+            scope, spend, limit, ..
+        }) = &admitted
+            && self.0.alerts.get().is_some()
+        {
+            self.alert_exhausted(
+                &checks,
+                view.as_deref(),
+                demand.end_user.as_deref(),
+                scope,
+                *spend,
+                *limit,
+            );
+        }
+        admitted
+    }
+
+    /// Sends a [`AlertKind::BudgetExhausted`] alert for the budget of
+    /// `scope` that refused a request, once a period.
+    fn alert_exhausted(
+        &self,
+        checks: &Checks,
+        view: Option<&KeyView>,
+        end_user: Option<&str>,
+        scope: &str,
+        spend: Nanos,
+        limit: Nanos,
+    ) {
+        let Some(check) = checks.budgets.iter().find(|b| b.scope == scope) else {
+            return;
+        };
+        let (id, alias) = owner_names(scope, view, end_user);
+        let alert = PolicyAlert {
+            kind: AlertKind::BudgetExhausted,
+            scope: scope.to_owned(),
+            id,
+            alias,
+            spend,
+            soft_budget: None,
+            max_budget: Some(limit),
+            period: check.period,
+        };
+        let claim = alert_claim("exhausted", &check.subject, check.period);
+        let policy = self.clone();
+        tokio::spawn(async move { policy.send_once(&claim, check_ttl(alert.period), alert).await });
+    }
+
+    /// Alerts for each soft budget of `view` (its key's, team's, user's)
+    /// that its spend has reached, once a period.
+    async fn check_soft_budgets(&self, view: &KeyView) {
+        let today = day_of_ms(now_ms());
+        for (scope, subject, limits) in soft_budget_owners(view) {
+            let Some(soft) = limits.soft_budget.map(crate::money::from_usd) else {
+                continue;
+            };
+            let Ok(spend) = self.spend_of(&subject).await else {
+                continue;
+            };
+            let spend = spend.in_period(limits.budget_duration, today);
+            if spend < soft {
+                continue;
+            }
+            let (id, alias) = owner_names(scope, Some(view), None);
+            let alert = PolicyAlert {
+                kind: AlertKind::SoftBudgetCrossed,
+                scope: scope.to_owned(),
+                id,
+                alias,
+                spend,
+                soft_budget: Some(soft),
+                max_budget: limits.max_budget.map(crate::money::from_usd),
+                period: limits.budget_duration,
+            };
+            let claim = alert_claim("soft", &subject, limits.budget_duration);
+            self.send_once(&claim, check_ttl(alert.period), alert).await;
+        }
+    }
+
+    /// Sends `alert` if `claim` was not claimed within `ttl_ms` (by this
+    /// process, or by any replica through Redis).
+    async fn send_once(&self, claim: &str, ttl_ms: u64, alert: PolicyAlert) {
+        let Some(alerts) = self.0.alerts.get() else {
+            return;
+        };
+        let now = now_ms();
+        {
+            let mut alerted = self.0.alerted.lock();
+            if alerted.get(claim).is_some_and(|until| *until > now) {
+                return;
+            }
+            if alerted.len() >= 10_000 {
+                alerted.retain(|_, until| *until > now);
+            }
+            alerted.insert(
+                claim.to_owned(),
+                now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)),
+            );
+        }
+        if let Store::Redis { redis, .. } = &self.0.store {
+            match redis.claim(claim, ttl_ms).await {
+                Ok(true) => {}
+                Ok(false) => return,
+                // Better twice than never.
+                Err(StoreDown(reason)) => {
+                    tracing::warn!(%reason, "Redis is down: sending an alert without claiming it")
+                }
+            }
+        }
+        if alerts.try_send(alert).is_err() {
+            tracing::warn!("the alert queue is full: an alert was dropped");
+        }
+    }
+
+    /// Sends the policy's alerts (soft budgets crossed, budgets spent) to
+    /// `sink`; without it none are looked for. Set once.
+    pub fn send_alerts_to(&self, sink: tokio::sync::mpsc::Sender<PolicyAlert>) {
+        if self.0.alerts.set(sink).is_err() {
+            tracing::warn!("policy alerts already have a destination");
         }
     }
 
@@ -1036,6 +1165,14 @@ impl Policy {
                     tracing::error!(error = %e, request_id = %record.request_id, "the spend write stopped");
                 }
             }
+        }
+        // Soft budgets are looked at once the spend is written, off the
+        // request's path.
+        if let Some(view) = ticket.view.clone().filter(|v| has_soft_budget(v))
+            && self.0.alerts.get().is_some()
+        {
+            let policy = self.clone();
+            tokio::spawn(async move { policy.check_soft_budgets(&view).await });
         }
         Ok(record)
     }
@@ -2097,6 +2234,60 @@ impl Policy {
 
 fn down(StoreDown(reason): StoreDown) -> PolicyError {
     PolicyError::Unavailable(reason)
+}
+
+/// Whether a key, its team or its user has a soft budget.
+fn has_soft_budget(view: &KeyView) -> bool {
+    view.key.limits.soft_budget.is_some()
+        || view.team.as_ref().is_some_and(|t| t.limits.soft_budget.is_some())
+        || view.user.as_ref().is_some_and(|u| u.limits.soft_budget.is_some())
+}
+
+/// The key's, team's and user's scope, ledger subject and limits.
+fn soft_budget_owners(view: &KeyView) -> Vec<(&'static str, String, &crate::key::Limits)> {
+    let mut out = vec![("key", subject_key(&view.key.key_id), &view.key.limits)];
+    if let Some(team) = &view.team {
+        out.push(("team", subject_team(team.ledger()), &team.limits));
+    }
+    if let Some(user) = &view.user {
+        out.push(("user", crate::spend::subject_user(&user.ledger_id), &user.limits));
+    }
+    out
+}
+
+/// How an alert names the owner of a budget of `scope`: an id and an alias.
+fn owner_names(scope: &str, view: Option<&KeyView>, end_user: Option<&str>) -> (String, Option<String>) {
+    match (scope, view) {
+        ("key", Some(v)) => (v.key.key_name.clone(), v.key.key_alias.clone()),
+        ("team", Some(v)) => (
+            v.key.team_id.clone().unwrap_or_default(),
+            v.team.as_ref().and_then(|t| t.team_alias.clone()),
+        ),
+        ("user", Some(v)) => (
+            v.key.user_id.clone().unwrap_or_default(),
+            v.user.as_ref().and_then(|u| u.user_alias.clone()),
+        ),
+        _ => (end_user.unwrap_or_default().to_owned(), None),
+    }
+}
+
+/// The name an alert about `subject`'s budget is claimed under: one per
+/// kind, subject and period.
+fn alert_claim(kind: &str, subject: &str, period: Option<crate::period::BudgetPeriod>) -> String {
+    let start = period.map_or(0, |p| p.start(day_of_ms(now_ms())));
+    format!("{kind}:{subject}:{start}")
+}
+
+/// How long an alert's claim lasts: past the end of its period (a budget
+/// in total: a year, as good as once).
+fn check_ttl(period: Option<crate::period::BudgetPeriod>) -> u64 {
+    const DAY_MS: u64 = 86_400_000;
+    match period {
+        Some(crate::period::BudgetPeriod::Daily) => 2 * DAY_MS,
+        Some(crate::period::BudgetPeriod::Weekly) => 8 * DAY_MS,
+        Some(crate::period::BudgetPeriod::Monthly) => 32 * DAY_MS,
+        None => 366 * DAY_MS,
+    }
 }
 
 /// An end user's id from a body field: a non-empty string of at most

@@ -420,6 +420,23 @@ return 1",
         self.put_revisioned("teams", record, replace).await
     }
 
+    /// Claims `name` for `ttl_ms` (`SET NX PX`): `true` for the first
+    /// replica to claim it, so that an alert is sent once.
+    pub async fn claim(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreDown> {
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.name(&format!("alerted:{name}")))
+                    .arg(1)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .clone(),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
     /// A user's record.
     pub async fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreDown> {
         self.hget_json("users", id).await

@@ -58,6 +58,7 @@ mod scenario;
 mod server;
 mod sse;
 mod thinking;
+mod webhook;
 
 pub use embeddings::{DEFAULT_EMBEDDING_DIMS, encode_base64_embedding, mock_embedding};
 pub use harness::{GatewayProcess, run_check_config, signal_process};
@@ -68,3 +69,4 @@ pub use reply::{MOCK_CACHE_READ_TOKENS, MOCK_CACHE_WRITE_TOKENS};
 pub use scenario::{REDIRECT_TARGET, SCENARIO_HEADER, Scenario};
 pub use server::{MockUpstream, RecordedRequest};
 pub use sse::StreamStats;
+pub use webhook::WebhookReceiver;

@@ -1,0 +1,192 @@
+//! `telemetry.alerts`: soft budgets crossed, budgets spent and deployments
+//! put in cooldown, delivered to a webhook receiver over real HTTP by the
+//! `switchyard` binary; each once, retried when the webhook fails, never
+//! holding a key's value.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MockUpstream, WebhookReceiver};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-master-key-for-alert-tests";
+
+/// "hello" costs 7000 nano-dollars on mock-a; each request reserves up to 15000.
+fn config(hook: &str, format: &str, mock: &MockUpstream) -> String {
+    format!(
+        r#"
+policy:
+  master_key: {MASTER}
+telemetry:
+  alerts:
+    webhook_url: os.environ/ALERT_HOOK
+    format: {format}
+router_settings:
+  num_retries: 0
+  allowed_fails: 1
+  cooldown_ms: 600000
+model_list:
+  - model_name: mock-a
+    deployments:
+      - provider: mock
+        model: mock-a-1
+        input_cost_per_token: 0.000001
+        output_cost_per_token: 0.000002
+  - model_name: flaky
+    deployments:
+      - {{provider: openai, model: "gpt-x::status=500", api_base: "{base}", api_key: sk-upstream-secret-1}}
+"#,
+        base = mock.base_url()
+    )
+    .replace("ALERT_HOOK", &format!("ALERT_HOOK_{}", hook.len()))
+}
+
+fn start(hook: &WebhookReceiver, format: &str, mock: &MockUpstream) -> GatewayProcess {
+    let yaml = config(&hook.url(), format, mock);
+    let var = format!("ALERT_HOOK_{}", hook.url().len());
+    GatewayProcess::start_with(Path::new(BIN), &yaml, &[], &[(var.as_str(), hook.url().as_str())])
+}
+
+async fn post(gw: &GatewayProcess, path: &str, key: &str, body: Value) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}{path}", gw.base_url()))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn hello(gw: &GatewayProcess, key: &str, model: &str) -> (u16, Value) {
+    post(
+        gw,
+        "/v1/chat/completions",
+        key,
+        json!({"model": model, "max_tokens": 5, "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
+    let hook = WebhookReceiver::start().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let gw = start(&hook, "json", &mock);
+    let (status, made) = post(
+        &gw,
+        "/key/generate",
+        MASTER,
+        json!({"key_alias": "notebooks", "max_budget": 0.00003, "soft_budget": 0.00001, "budget_duration": "monthly"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    assert_eq!(made["soft_budget"], 0.00001, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+
+    // 7000 spent: under the soft budget, nothing is sent.
+    assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
+    // 14000: past it, one alert; 21000: no second one.
+    assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
+    let soft = hook
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "soft_budget_crossed")
+        .await
+        .expect("a soft-budget alert");
+    assert_eq!(
+        (
+            soft["scope"].as_str(),
+            soft["alias"].as_str(),
+            soft["budget_duration"].as_str()
+        ),
+        (Some("key"), Some("notebooks"), Some("monthly")),
+        "{soft}"
+    );
+    assert_eq!(soft["spend_usd"], 0.000014, "{soft}");
+    assert_eq!(soft["soft_budget_usd"], 0.00001, "{soft}");
+    assert!(soft["id"].as_str().unwrap().starts_with("sk-..."), "{soft}");
+    assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
+
+    // The budget refuses the fourth request, and says so once.
+    for _ in 0..2 {
+        let (status, body) = hello(&gw, &key, "mock-a").await;
+        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+    }
+    let spent = hook
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "budget_exhausted")
+        .await
+        .expect("a budget alert");
+    assert_eq!(spent["max_budget_usd"], 0.00003, "{spent}");
+
+    // A deployment put in cooldown, retried through the webhook's failures.
+    hook.fail_next(2);
+    let attempts_before = hook.attempts();
+    let (status, _) = hello(&gw, &key, "flaky").await;
+    assert!(status >= 500, "{status}");
+    let cooled = hook
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "deployment_cooldown")
+        .await
+        .expect("a cooldown alert, delivered on the third try");
+    assert_eq!(cooled["reason"], "server_error", "{cooled}");
+    assert_eq!(cooled["deployment"], "flaky/0", "{cooled}");
+    assert_eq!(hook.attempts() - attempts_before, 3);
+
+    // Nothing more arrives, and no alert holds a key's value.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = hook.received();
+    let count = |event: &str| all.iter().filter(|v| v["event"] == event).count();
+    assert_eq!(
+        (
+            count("soft_budget_crossed"),
+            count("budget_exhausted"),
+            count("deployment_cooldown")
+        ),
+        (1, 1, 1),
+        "{all:?}"
+    );
+    let text = serde_json::to_string(&all).unwrap();
+    for secret in [key.as_str(), MASTER, "sk-upstream-secret-1"] {
+        assert!(!text.contains(secret), "{text}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slack_alerts_are_one_sentence_and_teams_alert_too() {
+    let hook = WebhookReceiver::start().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let gw = start(&hook, "slack", &mock);
+    let (status, team) = post(
+        &gw,
+        "/team/new",
+        MASTER,
+        json!({"team_id": "research", "team_alias": "Research", "soft_budget": 0.000005}),
+    )
+    .await;
+    assert_eq!(status, 200, "{team}");
+    let (_, made) = post(&gw, "/key/generate", MASTER, json!({"team_id": "research"})).await;
+    let key = made["key"].as_str().unwrap().to_owned();
+    assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
+    let said = hook
+        .wait_for(Duration::from_secs(10), |v| v["text"].is_string())
+        .await
+        .expect("a Slack message");
+    assert_eq!(
+        said["text"],
+        "Switchyard: team `Research` (research) has spent $0.000007000, past its soft budget of $0.000005000."
+    );
+    // A soft budget that is not a number is refused, naming it.
+    let (status, body) = post(&gw, "/key/generate", MASTER, json!({"soft_budget": "lots"})).await;
+    assert_eq!((status, body["error"]["param"].as_str()), (400, Some("soft_budget")));
+}
+
+#[test]
+fn a_missing_webhook_variable_names_its_field() {
+    let yaml = "telemetry:\n  alerts:\n    webhook_url: os.environ/SWITCHYARD_TEST_UNSET_ALERT_HOOK\n    events: []\nmodel_list:\n  - model_name: m\n    deployments:\n      - {provider: mock, model: m}\n";
+    let out = switchyard_testkit::run_check_config(Path::new(BIN), yaml);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("telemetry.alerts.webhook_url"), "{text}");
+    assert!(text.contains("telemetry.alerts.events"), "{text}");
+}
