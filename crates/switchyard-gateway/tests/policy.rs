@@ -1345,9 +1345,9 @@ async fn litellm_admin_clients_list_page_and_delete_by_alias() {
     )
     .await;
     assert_eq!(made.status, 200, "{}", made.body);
-    let refused = admin(&gw, "/key/generate", json!({"soft_budget": 5.0})).await;
+    let refused = admin(&gw, "/key/generate", json!({"aliases": {"gpt": "gpt-4o"}})).await;
     assert_eq!((refused.status, refused.code()), (400, ""), "{}", refused.body);
-    assert_eq!(refused.body["error"]["param"], "soft_budget", "{}", refused.body);
+    assert_eq!(refused.body["error"]["param"], "aliases", "{}", refused.body);
     for alias in ["second", "third"] {
         generate(&gw, json!({"key_alias": alias, "user_id": "bob"})).await;
     }
