@@ -23,9 +23,11 @@ const HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 const HEALTH_CONCURRENCY: usize = 8;
 
 /// `GET /health` (LiteLLM's, master key only: it spends upstream tokens):
-/// sends every deployment (or `?model=`'s) a one-token chat completion or
-/// a one-input embedding (its `health_check`), concurrently, each within
-/// 30 s, and lists the healthy and the unhealthy ones with the error.
+/// sends every deployment (or `?model=`'s) its `health_check` (a one-token
+/// chat completion, a one-input embedding, one small image, a moderation,
+/// two characters of speech, a tenth of a second to transcribe, or one
+/// document to rerank), concurrently, each within 30 s, and lists the
+/// healthy and the unhealthy ones with the error.
 /// Deployments with `health_check: none` and wildcard ones are left out.
 /// The answers touch no breaker, statistic or spend.
 pub async fn health(State(state): State<SharedState>, Query(query): Query<HashMap<String, String>>) -> Response {
@@ -92,11 +94,46 @@ async fn ask(state: &SharedState, d: &DeploymentInfo) -> Result<(), String> {
     let call = async {
         match check {
             HealthCheck::Embedding => {
-                let req = serde_json::from_value(json!({"model": d.model, "input": "health check"}))
-                    .map_err(|e| e.to_string())?;
+                let req = parse(json!({"model": d.model, "input": "health check"}))?;
                 client.embeddings(&req).await.map(drop).map_err(|e| e.to_string())
             }
-            _ => {
+            HealthCheck::ImageGeneration => {
+                // The smallest, cheapest image the model makes.
+                let mut body = json!({"model": d.model, "prompt": "a white square", "n": 1});
+                if d.model.contains("dall-e-2") {
+                    body["size"] = json!("256x256");
+                } else if d.model.contains("gpt-image") {
+                    body["quality"] = json!("low");
+                }
+                client.images(&parse(body)?).await.map(drop).map_err(|e| e.to_string())
+            }
+            HealthCheck::Moderation => {
+                let req = parse(json!({"model": d.model, "input": "health check"}))?;
+                client.moderations(&req).await.map(drop).map_err(|e| e.to_string())
+            }
+            HealthCheck::AudioSpeech => {
+                let req = parse(json!({"model": d.model, "input": "hi", "voice": "alloy"}))?;
+                client.speech(&req).await.map(drop).map_err(|e| e.to_string())
+            }
+            HealthCheck::AudioTranscription => {
+                let req = switchyard_providers::TranscriptionRequest {
+                    model: d.model.clone(),
+                    translate: false,
+                    file: switchyard_providers::UploadedFile {
+                        filename: "health-check.wav".into(),
+                        content_type: Some("audio/wav".into()),
+                        bytes: silence_wav(),
+                    },
+                    fields: Vec::new(),
+                    plain_text: false,
+                };
+                client.transcription(&req).await.map(drop).map_err(|e| e.to_string())
+            }
+            HealthCheck::Rerank => {
+                let req = parse(json!({"model": d.model, "query": "health check", "documents": ["health check"]}))?;
+                client.rerank(&req).await.map(drop).map_err(|e| e.to_string())
+            }
+            HealthCheck::Chat | HealthCheck::None => {
                 let req = serde_json::from_value(json!({
                     "model": d.model,
                     "max_tokens": 1,
@@ -111,6 +148,32 @@ async fn ask(state: &SharedState, d: &DeploymentInfo) -> Result<(), String> {
         Ok(result) => result,
         Err(_) => Err(format!("no answer within {} s", HEALTH_TIMEOUT.as_secs())),
     }
+}
+
+/// A request body as the provider's type.
+fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, String> {
+    serde_json::from_value(body).map_err(|e| e.to_string())
+}
+
+/// A tenth of a second of silence as a WAV file (16 kHz, 16-bit mono).
+fn silence_wav() -> bytes::Bytes {
+    const SAMPLES: u32 = 1_600;
+    let data = SAMPLES * 2;
+    let mut wav = Vec::with_capacity(44 + data as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&32_000u32.to_le_bytes()); // bytes per second
+    wav.extend_from_slice(&2u16.to_le_bytes()); // bytes per frame
+    wav.extend_from_slice(&16u16.to_le_bytes()); // bits per sample
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data.to_le_bytes());
+    wav.resize(44 + data as usize, 0);
+    bytes::Bytes::from(wav)
 }
 
 /// `GET /admin/deployments`: every deployment with its circuit-breaker state

@@ -46,18 +46,22 @@ impl Alerts {
     pub fn start(settings: &AlertSettings, policy: &Policy) -> Alerts {
         let (tx, rx) = mpsc::channel(QUEUE);
         let wants = |e: AlertEvent| settings.events.contains(&e);
-        if wants(AlertEvent::SoftBudgetCrossed) || wants(AlertEvent::BudgetExhausted) {
+        let mut kinds = Vec::new();
+        if wants(AlertEvent::SoftBudgetCrossed) {
+            kinds.push(AlertKind::SoftBudgetCrossed);
+        }
+        if wants(AlertEvent::BudgetExhausted) {
+            kinds.push(AlertKind::BudgetExhausted);
+        }
+        if !kinds.is_empty() {
+            // The policy looks only for the kinds wanted, so it claims no
+            // alert that would not be sent.
             let (policy_tx, mut policy_rx) = mpsc::channel::<PolicyAlert>(QUEUE);
-            policy.send_alerts_to(policy_tx);
+            policy.send_alerts_to(policy_tx, kinds);
             let forward = tx.clone();
-            let events = settings.events.clone();
             tokio::spawn(async move {
                 while let Some(alert) = policy_rx.recv().await {
-                    let event = match alert.kind {
-                        AlertKind::SoftBudgetCrossed => AlertEvent::SoftBudgetCrossed,
-                        AlertKind::BudgetExhausted => AlertEvent::BudgetExhausted,
-                    };
-                    if events.contains(&event) && forward.try_send(Alert::Policy(alert)).is_err() {
+                    if forward.try_send(Alert::Policy(alert)).is_err() {
                         tracing::warn!("the alert queue is full: an alert was dropped");
                     }
                 }

@@ -109,13 +109,24 @@ pub struct RouterSettings {
 
 /// What `GET /health` sends a deployment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum HealthCheck {
     /// A one-token chat completion.
     #[default]
     Chat,
     /// A one-input embedding.
     Embedding,
+    /// One image, the smallest and cheapest the model makes (a DALL·E 2
+    /// image costs $0.016).
+    ImageGeneration,
+    /// A one-input moderation.
+    Moderation,
+    /// Two characters of speech.
+    AudioSpeech,
+    /// A tenth of a second of silence, transcribed.
+    AudioTranscription,
+    /// One document reranked.
+    Rerank,
     /// Not checked.
     None,
 }

@@ -449,7 +449,12 @@ impl Translator {
                     // What LiteLLM's health check sends the model.
                     let check = match value.as_str().unwrap_or_default() {
                         "chat" | "completion" | "responses" => "chat",
-                        "embedding" => "embedding",
+                        mode @ ("embedding"
+                        | "image_generation"
+                        | "moderation"
+                        | "audio_speech"
+                        | "audio_transcription"
+                        | "rerank") => mode,
                         _ => "none",
                     };
                     d.insert("health_check".into(), json!(check));
@@ -845,6 +850,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         t.map("router_settings.redis_*", "cache.redis.url");
     }
     let mut alerts = Map::new();
+    let mut no_alerts = false;
     if let Some(settings) = doc.get("general_settings").and_then(Value::as_object) {
         for (key, value) in settings {
             let here = format!("general_settings.{key}");
@@ -917,8 +923,13 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                                 }
                             }
                         }
-                        alerts.insert("events".into(), json!(events));
-                        t.map(here, "telemetry.alerts.events");
+                        if events.is_empty() {
+                            // Nothing the gateway sends: no alerts at all.
+                            no_alerts = true;
+                        } else {
+                            alerts.insert("events".into(), json!(events));
+                            t.map(here, "telemetry.alerts.events");
+                        }
                     }
                     None => t.refuse(&here, "must be a list of alert types"),
                 },
@@ -968,12 +979,16 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             config.insert(section.into(), v.clone());
         }
     }
-    // Alert types without a channel send nothing.
-    if alerts.contains_key("webhook_url") {
+    // Alert types without a channel send nothing; a file's own
+    // `telemetry.alerts` is used as written.
+    let own_alerts = doc.pointer("/telemetry/alerts").is_some();
+    if alerts.contains_key("webhook_url") && !no_alerts && !own_alerts {
         let telemetry = config.entry("telemetry").or_insert_with(|| json!({}));
         if let Some(telemetry) = telemetry.as_object_mut() {
-            telemetry.entry("alerts").or_insert(Value::Object(alerts));
+            telemetry.insert("alerts".into(), Value::Object(alerts));
         }
+    } else if alerts.contains_key("webhook_url") && own_alerts {
+        t.warn("general_settings.alerting", "the file's own telemetry.alerts is used");
     }
     let merge = |ours: Map<String, Value>, theirs: Option<&Value>| {
         let mut merged = ours;

@@ -80,12 +80,23 @@ async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
         &gw,
         "/key/generate",
         MASTER,
-        json!({"key_alias": "notebooks", "max_budget": 0.00003, "soft_budget": 0.00001, "budget_duration": "monthly"}),
+        json!({"key_alias": "notebooks", "max_budget": 0.0001, "soft_budget": 0.00001, "budget_duration": "monthly"}),
     )
     .await;
     assert_eq!(status, 200, "{made}");
     assert_eq!(made["soft_budget"], 0.00001, "{made}");
     let key = made["key"].as_str().unwrap().to_owned();
+
+    // One request too large for a budget hardly touched is refused without
+    // an alert: the budget is not spent.
+    let (status, body) = post(
+        &gw,
+        "/v1/chat/completions",
+        &key,
+        json!({"model": "mock-a", "max_tokens": 1_000_000, "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("budget_exceeded")));
 
     // 7000 spent: under the soft budget, nothing is sent.
     assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
@@ -107,18 +118,23 @@ async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
     assert_eq!(soft["spend_usd"], 0.000014, "{soft}");
     assert_eq!(soft["soft_budget_usd"], 0.00001, "{soft}");
     assert!(soft["id"].as_str().unwrap().starts_with("sk-..."), "{soft}");
-    assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
 
-    // The budget refuses the fourth request, and says so once.
-    for _ in 0..2 {
-        let (status, body) = hello(&gw, &key, "mock-a").await;
-        assert_eq!((status, body["error"]["code"].as_str()), (400, Some("budget_exceeded")));
+    // Served until the next request could pass the budget (91000 of 100000
+    // spent after 13), then refused, which is said once.
+    let mut served = 2;
+    while hello(&gw, &key, "mock-a").await.0 == 200 {
+        served += 1;
+        assert!(served < 20, "never refused");
     }
+    assert_eq!(served, 13);
+    let (status, body) = hello(&gw, &key, "mock-a").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("budget_exceeded")));
     let spent = hook
         .wait_for(Duration::from_secs(10), |v| v["event"] == "budget_exhausted")
         .await
         .expect("a budget alert");
-    assert_eq!(spent["max_budget_usd"], 0.00003, "{spent}");
+    assert_eq!(spent["max_budget_usd"], 0.0001, "{spent}");
+    assert_eq!(spent["spend_usd"], 0.000091, "{spent}");
 
     // A deployment put in cooldown, retried through the webhook's failures.
     hook.fail_next(2);

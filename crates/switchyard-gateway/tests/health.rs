@@ -101,3 +101,89 @@ model_list:
     let refused = get("/health", key["key"].as_str().unwrap()).await.unwrap();
     assert!(matches!(refused.status().as_u16(), 401 | 403), "{}", refused.status());
 }
+
+/// Deployments of the other endpoints are asked what they serve: the
+/// smallest image, a moderation, a little speech, a little silence to
+/// transcribe, one document to rerank; a deployment that cannot serve its
+/// check is unhealthy, with the reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_deployments_are_asked_what_they_serve() {
+    let mock = MockUpstream::start().await;
+    let (base, root) = (mock.base_url(), mock.root_url());
+    let config = format!(
+        r#"
+policy:
+  master_key: {MASTER}
+model_list:
+  - model_name: images
+    deployments:
+      - {{provider: openai, model: dall-e-2, api_base: "{base}", api_key: k, health_check: image_generation}}
+  - model_name: moderation
+    deployments:
+      - {{provider: openai, model: omni-moderation-latest, api_base: "{base}", api_key: k, health_check: moderation}}
+  - model_name: speech
+    deployments:
+      - {{provider: openai, model: tts-1, api_base: "{base}", api_key: k, health_check: audio_speech}}
+  - model_name: transcription
+    deployments:
+      - {{provider: openai, model: whisper-1, api_base: "{base}", api_key: k, health_check: audio_transcription}}
+  - model_name: rerank
+    deployments:
+      - {{provider: openai, model: BAAI/bge-reranker-v2-m3, api_base: "{base}", api_key: k, health_check: rerank}}
+  - model_name: claude-images
+    deployments:
+      - {{provider: anthropic, model: claude-sonnet-4, api_base: "{root}", api_key: k, health_check: image_generation}}
+"#
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    let report: Value = reqwest::Client::new()
+        .get(format!("{}/health", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names = |list: &str| -> Vec<String> {
+        let mut names: Vec<String> = report[list]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["deployment"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(
+        names("healthy_endpoints"),
+        ["images/0", "moderation/0", "rerank/0", "speech/0", "transcription/0"],
+        "{report}"
+    );
+    assert_eq!(names("unhealthy_endpoints"), ["claude-images/0"], "{report}");
+    assert!(
+        report["unhealthy_endpoints"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("images"),
+        "{report}"
+    );
+    let sent = mock.requests();
+    let at = |path: &str| {
+        sent.iter()
+            .find(|r| r.path == path)
+            .unwrap_or_else(|| panic!("nothing sent to {path}"))
+            .body
+            .clone()
+    };
+    let image = at("/v1/images/generations");
+    assert_eq!(
+        (image["size"].as_str(), image["n"].as_u64()),
+        (Some("256x256"), Some(1))
+    );
+    assert_eq!(at("/v1/moderations")["input"], "health check");
+    assert_eq!(at("/v1/audio/speech")["input"], "hi");
+    let upload = at("/v1/audio/transcriptions");
+    assert_eq!(upload["file"]["bytes"], 44 + 3_200, "{upload}");
+    assert_eq!(at("/v1/rerank")["documents"], serde_json::json!(["health check"]));
+}

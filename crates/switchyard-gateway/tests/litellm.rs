@@ -316,6 +316,34 @@ fn slack_and_webhook_alerting_come_over() {
     });
     let t = switchyard_gateway::litellm::translate(&quiet).unwrap();
     assert!(t.config.get("telemetry").is_none(), "{}", t.config);
+    // A channel whose alert types are none the gateway sends: no alerts,
+    // rather than an empty list refused by name.
+    let unsent = json!({
+        "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+        "general_settings": {"alerting": ["slack"], "alert_types": ["llm_too_slow"]},
+    });
+    let t = switchyard_gateway::litellm::translate(&unsent).unwrap();
+    assert!(t.config.get("telemetry").is_none(), "{}", t.config);
+    // `model_info.mode` of the other endpoints says what `GET /health` sends.
+    let modes = json!({
+        "model_list": [
+            {"model_name": "img", "litellm_params": {"model": "openai/dall-e-2", "api_key": "k"}, "model_info": {"mode": "image_generation"}},
+            {"model_name": "stt", "litellm_params": {"model": "openai/whisper-1", "api_key": "k"}, "model_info": {"mode": "audio_transcription"}},
+            {"model_name": "odd", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}, "model_info": {"mode": "batch"}},
+        ],
+    });
+    let t = switchyard_gateway::litellm::translate(&modes).unwrap();
+    let checks: Vec<&Value> = (0..3)
+        .map(|i| &t.config["model_list"][i]["deployments"][0]["health_check"])
+        .collect();
+    assert_eq!(
+        checks,
+        [
+            &json!("image_generation"),
+            &json!("audio_transcription"),
+            &json!("none")
+        ]
+    );
 }
 
 #[test]

@@ -530,14 +530,14 @@ async fn replicas_send_each_alert_once() {
         &bases[0],
         "/key/generate",
         MASTER,
-        json!({"max_budget": 0.00003, "soft_budget": 0.00001}),
+        json!({"max_budget": 0.0001, "soft_budget": 0.00001}),
     )
     .await;
     assert_eq!(status, 200, "{made}");
     let key = made["key"].as_str().unwrap().to_owned();
-    // 3 served (21000 spent, past the soft budget on the second), then
+    // 13 served (91000 spent, past the soft budget on the second), then
     // refused on both replicas.
-    for i in 0..6 {
+    for i in 0..16 {
         let (status, body) = chat(&bases[i % 2], &key).await;
         assert!(status == 200 || code(&body) == "budget_exceeded", "{status}: {body}");
     }

@@ -297,8 +297,8 @@ struct Inner {
     id_prefix: String,
     /// Settlements on their way to the store; [`Policy::flush`] waits for them.
     writes: Writes,
-    /// Where alerts go, once the gateway asked for them.
-    alerts: std::sync::OnceLock<tokio::sync::mpsc::Sender<PolicyAlert>>,
+    /// Where alerts go, and which kinds, once the gateway asked for them.
+    alerts: std::sync::OnceLock<(tokio::sync::mpsc::Sender<PolicyAlert>, Vec<AlertKind>)>,
     /// Alerts sent from this process, until when (Unix ms): each once a
     /// period (with Redis, claimed there too).
     alerted: Mutex<HashMap<String, i64>>,
@@ -903,10 +903,13 @@ impl Policy {
                 }
             },
         };
+        // A refusal says the budget is spent once at least 90% of it is:
+        // one request too large for a budget mostly left is no alert.
         if let Err(Denied::BudgetExceeded {
             scope, spend, limit, ..
         }) = &admitted
-            && self.0.alerts.get().is_some()
+            && self.wants_alert(AlertKind::BudgetExhausted)
+            && spend.saturating_mul(10) >= limit.saturating_mul(9)
         {
             self.alert_exhausted(
                 &checks,
@@ -945,7 +948,7 @@ impl Policy {
             max_budget: Some(limit),
             period: check.period,
         };
-        let claim = alert_claim("exhausted", &check.subject, check.period);
+        let claim = alert_claim("exhausted", &check.subject, check.period, day_of_ms(now_ms()), limit);
         let policy = self.clone();
         tokio::spawn(async move { policy.send_once(&claim, check_ttl(alert.period), alert).await });
     }
@@ -953,11 +956,19 @@ impl Policy {
     /// Alerts for each soft budget of `view` (its key's, team's, user's)
     /// that its spend has reached, once a period.
     async fn check_soft_budgets(&self, view: &KeyView) {
+        if !self.wants_alert(AlertKind::SoftBudgetCrossed) {
+            return;
+        }
         let today = day_of_ms(now_ms());
         for (scope, subject, limits) in soft_budget_owners(view) {
             let Some(soft) = limits.soft_budget.map(crate::money::from_usd) else {
                 continue;
             };
+            let claim = alert_claim("soft", &subject, limits.budget_duration, today, soft);
+            // Sent already from here: the spend need not be read again.
+            if self.0.alerted.lock().get(&claim).is_some_and(|until| *until > now_ms()) {
+                continue;
+            }
             let Ok(spend) = self.spend_of(&subject).await else {
                 continue;
             };
@@ -976,7 +987,6 @@ impl Policy {
                 max_budget: limits.max_budget.map(crate::money::from_usd),
                 period: limits.budget_duration,
             };
-            let claim = alert_claim("soft", &subject, limits.budget_duration);
             self.send_once(&claim, check_ttl(alert.period), alert).await;
         }
     }
@@ -984,7 +994,7 @@ impl Policy {
     /// Sends `alert` if `claim` was not claimed within `ttl_ms` (by this
     /// process, or by any replica through Redis).
     async fn send_once(&self, claim: &str, ttl_ms: u64, alert: PolicyAlert) {
-        let Some(alerts) = self.0.alerts.get() else {
+        let Some((alerts, _)) = self.0.alerts.get() else {
             return;
         };
         let now = now_ms();
@@ -993,17 +1003,23 @@ impl Policy {
             if alerted.get(claim).is_some_and(|until| *until > now) {
                 return;
             }
-            if alerted.len() >= 10_000 {
+            if alerted.len() >= MAX_ALERT_CLAIMS {
                 alerted.retain(|_, until| *until > now);
+                // Still full (a flood of owners): forgotten here; Redis,
+                // when shared, still knows what was sent.
+                if alerted.len() >= MAX_ALERT_CLAIMS {
+                    alerted.clear();
+                }
             }
             alerted.insert(
                 claim.to_owned(),
                 now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX)),
             );
         }
+        let mut claimed_in_redis = false;
         if let Store::Redis { redis, .. } = &self.0.store {
             match redis.claim(claim, ttl_ms).await {
-                Ok(true) => {}
+                Ok(true) => claimed_in_redis = true,
                 Ok(false) => return,
                 // Better twice than never.
                 Err(StoreDown(reason)) => {
@@ -1012,16 +1028,27 @@ impl Policy {
             }
         }
         if alerts.try_send(alert).is_err() {
+            // Not sent: the claim is let go, for a later request to try.
             tracing::warn!("the alert queue is full: an alert was dropped");
+            self.0.alerted.lock().remove(claim);
+            if claimed_in_redis && let Store::Redis { redis, .. } = &self.0.store {
+                let _ = redis.unclaim(claim).await;
+            }
         }
     }
 
-    /// Sends the policy's alerts (soft budgets crossed, budgets spent) to
-    /// `sink`; without it none are looked for. Set once.
-    pub fn send_alerts_to(&self, sink: tokio::sync::mpsc::Sender<PolicyAlert>) {
-        if self.0.alerts.set(sink).is_err() {
+    /// Sends the policy's alerts of the `kinds` given (soft budgets
+    /// crossed, budgets spent) to `sink`; without it none are looked for.
+    /// Set once.
+    pub fn send_alerts_to(&self, sink: tokio::sync::mpsc::Sender<PolicyAlert>, kinds: Vec<AlertKind>) {
+        if self.0.alerts.set((sink, kinds)).is_err() {
             tracing::warn!("policy alerts already have a destination");
         }
+    }
+
+    /// Whether alerts of `kind` are wanted.
+    fn wants_alert(&self, kind: AlertKind) -> bool {
+        self.0.alerts.get().is_some_and(|(_, kinds)| kinds.contains(&kind))
     }
 
     fn release(&self, ticket: &Ticket) {
@@ -1169,7 +1196,7 @@ impl Policy {
         // Soft budgets are looked at once the spend is written, off the
         // request's path.
         if let Some(view) = ticket.view.clone().filter(|v| has_soft_budget(v))
-            && self.0.alerts.get().is_some()
+            && self.wants_alert(AlertKind::SoftBudgetCrossed)
         {
             let policy = self.clone();
             tokio::spawn(async move { policy.check_soft_budgets(&view).await });
@@ -2273,10 +2300,20 @@ fn owner_names(scope: &str, view: Option<&KeyView>, end_user: Option<&str>) -> (
 
 /// The name an alert about `subject`'s budget is claimed under: one per
 /// kind, subject and period.
-fn alert_claim(kind: &str, subject: &str, period: Option<crate::period::BudgetPeriod>) -> String {
-    let start = period.map_or(0, |p| p.start(day_of_ms(now_ms())));
-    format!("{kind}:{subject}:{start}")
+/// A budget changed meanwhile (its `amount`) is another claim.
+fn alert_claim(
+    kind: &str,
+    subject: &str,
+    period: Option<crate::period::BudgetPeriod>,
+    today: crate::period::Day,
+    amount: Nanos,
+) -> String {
+    let start = period.map_or(0, |p| p.start(today));
+    format!("{kind}:{subject}:{start}:{amount}")
 }
+
+/// Alerts remembered in process before the oldest are forgotten.
+const MAX_ALERT_CLAIMS: usize = 10_000;
 
 /// How long an alert's claim lasts: past the end of its period (a budget
 /// in total: a year, as good as once).

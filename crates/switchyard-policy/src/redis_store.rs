@@ -437,6 +437,14 @@ return 1",
         Ok(set.is_some())
     }
 
+    /// Lets go of a claim made with [`RedisStore::claim`].
+    pub async fn unclaim(&self, name: &str) -> Result<(), StoreDown> {
+        let _: i64 = self
+            .query(redis::cmd("DEL").arg(self.name(&format!("alerted:{name}"))).clone())
+            .await?;
+        Ok(())
+    }
+
     /// A user's record.
     pub async fn user(&self, id: &str) -> Result<Option<UserRecord>, StoreDown> {
         self.hget_json("users", id).await
