@@ -46,6 +46,10 @@ pub struct Config {
     /// Logs, span export, metrics and the request log.
     #[serde(default)]
     pub telemetry: crate::telemetry_config::TelemetryConfig,
+    /// Paths forwarded as they are to an upstream (a provider's own API),
+    /// with the gateway's keys in front and the upstream's credentials added.
+    #[serde(default)]
+    pub pass_through: Vec<crate::passthrough::PassThroughEntry>,
     /// Warnings about keys that were read but not used (a LiteLLM file's
     /// unsupported settings), logged at start-up.
     #[serde(skip)]

@@ -19,6 +19,7 @@ mod media;
 pub mod messages;
 mod metering;
 mod observe;
+pub mod passthrough;
 pub mod policy_admin;
 pub mod policy_config;
 pub mod reload;
@@ -58,10 +59,11 @@ pub(crate) fn build_state_with(
     let policy = config.policy.validate(env, &known, &mut issues);
     let cache = config.cache.validate(env, &names, &mut issues);
     let telemetry = config.telemetry.validate(env, &mut issues);
+    let pass_through = passthrough::validate(&config.pass_through, env, &mut issues);
     if !issues.is_empty() {
         return Err(ConfigError::Invalid(issues));
     }
-    AppState::build(
+    let mut state = AppState::build(
         config.server.clone(),
         &config.router_settings,
         (&config.embedder, embedder),
@@ -70,7 +72,9 @@ pub(crate) fn build_state_with(
         cache.as_ref(),
         telemetry,
     )
-    .map_err(ConfigError::Invalid)
+    .map_err(ConfigError::Invalid)?;
+    state.pass_through = std::sync::Arc::new(pass_through);
+    Ok(state)
 }
 
 /// Binds the configured address.

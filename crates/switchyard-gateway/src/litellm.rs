@@ -851,6 +851,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     }
     let mut alerts = Map::new();
     let mut no_alerts = false;
+    let mut pass_through: Vec<Value> = Vec::new();
     if let Some(settings) = doc.get("general_settings").and_then(Value::as_object) {
         for (key, value) in settings {
             let here = format!("general_settings.{key}");
@@ -933,6 +934,40 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     }
                     None => t.refuse(&here, "must be a list of alert types"),
                 },
+                "pass_through_endpoints" => match value.as_array() {
+                    Some(list) => {
+                        for (i, entry) in list.iter().enumerate() {
+                            let at = format!("{here}[{i}]");
+                            let Some(entry) = entry.as_object() else {
+                                t.refuse(&at, "must be an object with path and target");
+                                continue;
+                            };
+                            let mut route = Map::new();
+                            for (field, v) in entry {
+                                match field.as_str() {
+                                    "path" | "target" | "headers" | "forward_headers" | "include_subpath" | "auth" => {
+                                        route.insert(field.clone(), v.clone());
+                                    }
+                                    other => t.refuse(
+                                        &format!("{at}.{other}"),
+                                        "is not supported, and ignoring it would change behaviour",
+                                    ),
+                                }
+                            }
+                            // LiteLLM's routes are open unless `auth` says otherwise.
+                            if !entry.get("auth").is_some_and(|a| a == &Value::Bool(true)) {
+                                route.insert("auth".into(), json!(false));
+                                t.warn(
+                                    &format!("{at}.auth"),
+                                    "it is false: anyone who reaches the gateway calls the target with its headers (set auth: true to need a key)",
+                                );
+                            }
+                            pass_through.push(Value::Object(route));
+                        }
+                        t.map(here, "pass_through");
+                    }
+                    None => t.refuse(&here, "must be a list of routes"),
+                },
                 "global_max_parallel_requests" => match value.as_u64() {
                     Some(n) => {
                         server.insert("max_concurrent_requests".into(), json!(n));
@@ -978,6 +1013,9 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         if let Some(v) = doc.get(section) {
             config.insert(section.into(), v.clone());
         }
+    }
+    if !pass_through.is_empty() {
+        config.insert("pass_through".into(), Value::Array(pass_through));
     }
     // Alert types without a channel send nothing; a file's own
     // `telemetry.alerts` is used as written.

@@ -103,11 +103,22 @@ pub fn router(state: SharedState) -> Router {
             "server.cors_allowed_origins is `*` and no key is required: any web page a user of this network opens can call the gateway"
         );
     }
+    let mut passed = Router::new();
+    for (index, route) in state.pass_through.iter().enumerate() {
+        let forward = move |State(state): State<SharedState>, request: axum::extract::Request| {
+            crate::passthrough::forward(state, index, request)
+        };
+        passed = passed.route(&route.path, axum::routing::any(forward));
+        if route.include_subpath {
+            passed = passed.route(&format!("{}/{{*rest}}", route.path), axum::routing::any(forward));
+        }
+    }
     let router = Router::new()
         .merge(client)
         .merge(admin)
         .merge(key_info)
         .merge(status)
+        .merge(passed)
         .route("/health/liveness", get(liveness))
         // LiteLLM's spelling, which its Helm chart and manifests probe.
         .route("/health/liveliness", get(liveness))

@@ -105,6 +105,11 @@ pub struct AppState {
     pub cache: Option<Arc<crate::cache::GatewayCache>>,
     /// Prometheus metrics.
     pub metrics: switchyard_telemetry::Metrics,
+    /// Pass-through routes (`pass_through:`), in the configuration's order.
+    pub pass_through: Arc<Vec<crate::passthrough::PassThrough>>,
+    /// The HTTP client of pass-through routes (its connections kept across
+    /// reloads).
+    pub pass_through_client: reqwest::Client,
     /// Alerts to a webhook, once [`AppState::start_alerts`] started them.
     pub alerts: Option<crate::alerts::Alerts>,
     /// The request log, once [`AppState::start_telemetry`] opened it.
@@ -641,6 +646,8 @@ impl AppState {
             cache,
             metrics: switchyard_telemetry::Metrics::new(),
             alerts: None,
+            pass_through: Arc::new(Vec::new()),
+            pass_through_client: reqwest::Client::new(),
             request_log: None,
             telemetry,
             cut: Arc::new(tokio::sync::watch::Sender::new(false)),
@@ -741,6 +748,7 @@ impl AppState {
         self.metrics = old.metrics.clone();
         self.request_log = old.request_log.clone();
         self.alerts = old.alerts.clone();
+        self.pass_through_client = old.pass_through_client.clone();
         self.telemetry = old.telemetry.clone();
         self.server = old.server.clone();
         self.cut = old.cut.clone();

@@ -347,6 +347,38 @@ fn slack_and_webhook_alerting_come_over() {
 }
 
 #[test]
+fn pass_through_endpoints_come_over_open_as_in_litellm() {
+    let doc = json!({
+        "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+        "general_settings": {"pass_through_endpoints": [
+            {"path": "/cohere", "target": "https://api.cohere.com/v1", "headers": {"Authorization": "bearer os.environ/COHERE_API_KEY"}, "include_subpath": true},
+            {"path": "/private", "target": "https://example.com", "auth": true},
+        ]},
+    });
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert_eq!(
+        t.config["pass_through"],
+        json!([
+            {"path": "/cohere", "target": "https://api.cohere.com/v1", "headers": {"Authorization": "bearer os.environ/COHERE_API_KEY"}, "include_subpath": true, "auth": false},
+            {"path": "/private", "target": "https://example.com", "auth": true},
+        ])
+    );
+    let warned = t.warnings.join("\n");
+    assert!(warned.contains("pass_through_endpoints[0].auth"), "{warned}");
+    assert!(!warned.contains("pass_through_endpoints[1]"), "{warned}");
+    let extra = json!({
+        "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+        "general_settings": {"pass_through_endpoints": [{"path": "/x", "target": "https://example.com", "guardrails": {"a": 1}}]},
+    });
+    let err: String = switchyard_gateway::litellm::translate(&extra)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(err.contains("pass_through_endpoints[0].guardrails"), "{err}");
+}
+
+#[test]
 fn redis_settings_become_one_url_and_the_cache_follows_it() {
     let doc: Value = serde_json::from_value(json!({
         "model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "k"}}],

@@ -1,0 +1,286 @@
+//! Pass-through routes (`pass_through:`, LiteLLM's
+//! `pass_through_endpoints`): a path forwarded as it is to an upstream's
+//! own API — method, query, body and (optionally) the client's headers —
+//! with the gateway's virtual keys in front and the upstream's credentials
+//! added. The answer comes back as the upstream sent it, streamed. Nothing
+//! is routed, cached or charged.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use futures_util::TryStreamExt as _;
+use serde::{Deserialize, Serialize};
+use switchyard_providers::Secret;
+
+use crate::config::{ConfigIssue, EnvSource, issue, resolve_secret};
+use crate::error::ApiError;
+use crate::routes::SharedState;
+
+/// One `pass_through:` entry as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PassThroughEntry {
+    /// The path served, e.g. `/anthropic` (not one of the gateway's own).
+    pub path: String,
+    /// Where requests go: this URL, plus the rest of the path with
+    /// `include_subpath`, plus the request's query.
+    pub target: String,
+    /// Headers added upstream, e.g. the provider's key; values may be
+    /// `os.environ/NAME`, or hold one (`Bearer os.environ/NAME`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Callers need a virtual key (or the master key); without it anyone
+    /// who reaches the gateway uses the upstream with its credentials.
+    #[serde(default = "yes")]
+    pub auth: bool,
+    /// Also send the client's own headers upstream (never its key, nor
+    /// hop-by-hop headers).
+    #[serde(default)]
+    pub forward_headers: bool,
+    /// Serve every path under `path` (`/anthropic/v1/messages` goes to
+    /// `{target}/v1/messages`), not `path` alone.
+    #[serde(default)]
+    pub include_subpath: bool,
+    /// Longest wait for the upstream's whole answer, milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_timeout_ms() -> u64 {
+    600_000
+}
+
+/// A validated pass-through route.
+#[derive(Debug, Clone)]
+pub struct PassThrough {
+    /// The path served.
+    pub path: String,
+    target: reqwest::Url,
+    headers: Vec<(HeaderName, Secret)>,
+    /// Whether a key is needed.
+    pub auth: bool,
+    forward_headers: bool,
+    /// Whether paths under `path` are served.
+    pub include_subpath: bool,
+    timeout: Duration,
+}
+
+/// Path prefixes the gateway serves itself.
+const RESERVED: &[&str] = &[
+    "/v1",
+    "/v2",
+    "/chat",
+    "/completions",
+    "/embeddings",
+    "/images",
+    "/moderations",
+    "/audio",
+    "/rerank",
+    "/models",
+    "/model",
+    "/model_group",
+    "/messages",
+    "/responses",
+    "/feedback",
+    "/key",
+    "/team",
+    "/user",
+    "/customer",
+    "/end_user",
+    "/spend",
+    "/admin",
+    "/health",
+    "/metrics",
+];
+
+/// Headers never forwarded from the client: its key, and what belongs to
+/// one connection.
+const NOT_FORWARDED: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "x-litellm-api-key",
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+];
+
+/// Checks every entry: paths the gateway does not serve itself, each once;
+/// http(s) targets; headers and their secrets.
+pub fn validate(entries: &[PassThroughEntry], env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Vec<PassThrough> {
+    let mut out: Vec<PassThrough> = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let here = format!("pass_through[{i}]");
+        let path = e.path.trim_end_matches('/');
+        let reserved = RESERVED
+            .iter()
+            .find(|r| path == **r || path.starts_with(&format!("{r}/")) || r.starts_with(&format!("{path}/")));
+        if !path.starts_with('/') || path.len() < 2 || path.contains(['{', '}', '*', '?', '#']) {
+            issues.push(issue(format!("{here}.path"), "must be a plain path such as /anthropic"));
+            continue;
+        }
+        if let Some(r) = reserved {
+            issues.push(issue(
+                format!("{here}.path"),
+                format!("`{path}` overlaps the gateway's own `{r}`"),
+            ));
+            continue;
+        }
+        if out.iter().any(|o| o.path == path) {
+            issues.push(issue(format!("{here}.path"), format!("`{path}` is listed twice")));
+            continue;
+        }
+        let target = match reqwest::Url::parse(&e.target) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.query().is_none() => url,
+            _ => {
+                issues.push(issue(
+                    format!("{here}.target"),
+                    "must be an http:// or https:// URL without a query",
+                ));
+                continue;
+            }
+        };
+        let mut headers = Vec::new();
+        for (name, value) in &e.headers {
+            let field = format!("{here}.headers.{name}");
+            let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
+                issues.push(issue(field.as_str(), "is not a header name"));
+                continue;
+            };
+            if let Some(secret) = resolve_header(value, &field, env, issues) {
+                if HeaderValue::from_str(secret.expose()).is_err() {
+                    issues.push(issue(field.as_str(), "holds characters a header may not"));
+                    continue;
+                }
+                headers.push((header, secret));
+            }
+        }
+        if e.timeout_ms == 0 {
+            issues.push(issue(format!("{here}.timeout_ms"), "must be greater than 0"));
+        }
+        out.push(PassThrough {
+            path: path.to_owned(),
+            target,
+            headers,
+            auth: e.auth,
+            forward_headers: e.forward_headers,
+            include_subpath: e.include_subpath,
+            timeout: Duration::from_millis(e.timeout_ms.max(1)),
+        });
+    }
+    out
+}
+
+/// A header value: `os.environ/NAME` as a whole, or with such a reference
+/// inside (`Bearer os.environ/NAME`, as LiteLLM writes them), replaced by
+/// the variable's value.
+fn resolve_header(value: &str, field: &str, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Option<Secret> {
+    const MARK: &str = "os.environ/";
+    let Some(at) = value.find(MARK).filter(|at| *at > 0) else {
+        return resolve_secret(value, field, env, issues);
+    };
+    let name_start = at + MARK.len();
+    let name_len = value[name_start..]
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(value.len() - name_start);
+    let name = &value[name_start..name_start + name_len];
+    let resolved = resolve_secret(&format!("{MARK}{name}"), field, env, issues)?;
+    Some(Secret::new(format!(
+        "{}{}{}",
+        &value[..at],
+        resolved.expose(),
+        &value[name_start + name_len..]
+    )))
+}
+
+/// Forwards `request` through the route at `index` of the state's list.
+pub(crate) async fn forward(state: SharedState, index: usize, request: Request) -> Response {
+    let Some(route) = state.pass_through.get(index) else {
+        return ApiError::Internal("an unknown pass-through route".into()).into_response();
+    };
+    if route.auth {
+        let token = crate::metering::presented_key(request.headers());
+        if let Err(denied) = state.policy.authenticate(token).await {
+            return ApiError::Denied(denied).into_response();
+        }
+    }
+    let (parts, body) = request.into_parts();
+    let rest = parts.uri.path().strip_prefix(route.path.as_str()).unwrap_or_default();
+    let mut url = route.target.clone();
+    if !rest.is_empty() {
+        let joined = format!("{}{rest}", url.path().trim_end_matches('/'));
+        url.set_path(&joined);
+    }
+    url.set_query(parts.uri.query());
+    let body = match axum::body::to_bytes(body, state.server.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::BodyTooLarge(state.server.max_body_bytes).into_response(),
+    };
+    let mut headers = HeaderMap::new();
+    if route.forward_headers {
+        for (name, value) in &parts.headers {
+            if !NOT_FORWARDED.contains(&name.as_str()) {
+                headers.append(name.clone(), value.clone());
+            }
+        }
+    } else if let Some(kind) = parts.headers.get(axum::http::header::CONTENT_TYPE) {
+        headers.insert(axum::http::header::CONTENT_TYPE, kind.clone());
+    }
+    for (name, secret) in &route.headers {
+        if let Ok(value) = HeaderValue::from_str(secret.expose()) {
+            headers.insert(name.clone(), value);
+        }
+    }
+    let sent = state
+        .pass_through_client
+        .request(parts.method.clone(), url)
+        .headers(headers)
+        .body(body)
+        .timeout(route.timeout)
+        .send()
+        .await;
+    let upstream = match sent {
+        Ok(r) => r,
+        // Without the URL: the route's target may hold what should not be shown.
+        Err(e) => {
+            let source = if e.is_timeout() {
+                switchyard_providers::ProviderError::Timeout(switchyard_providers::TimeoutPhase::Total)
+            } else {
+                tracing::warn!(path = %route.path, error = %e.without_url(), "pass-through upstream unreachable");
+                switchyard_providers::ProviderError::Connect("the upstream could not be reached".into())
+            };
+            return ApiError::Upstream {
+                deployment: format!("pass-through {}", route.path),
+                source: Box::new(source),
+            }
+            .into_response();
+        }
+    };
+    let mut response = Response::builder().status(upstream.status());
+    if let Some(out) = response.headers_mut() {
+        for (name, value) in upstream.headers() {
+            if !NOT_FORWARDED.contains(&name.as_str()) {
+                out.append(name.clone(), value.clone());
+            }
+        }
+    }
+    let stream = upstream.bytes_stream().map_err(std::io::Error::other);
+    response
+        .body(Body::from_stream(stream))
+        .unwrap_or_else(|_| ApiError::Internal("an unreadable pass-through answer".into()).into_response())
+}

@@ -1,0 +1,155 @@
+//! `pass_through:` routes through the real `switchyard` binary to the mock
+//! of OpenAI's wire protocol: the path, query, body and chosen headers go
+//! upstream with the route's credentials instead of the client's key; the
+//! answer, streams and errors included, comes back as the upstream sent it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use switchyard_testkit::{GatewayProcess, MockUpstream};
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+const MASTER: &str = "sk-master-key-for-pass-through";
+const UPSTREAM_KEY: &str = "sk-upstream-key-never-shown-1";
+
+fn config(mock: &MockUpstream) -> String {
+    let base = mock.base_url();
+    format!(
+        r#"
+policy:
+  master_key: {MASTER}
+model_list:
+  - model_name: m
+    deployments:
+      - {{provider: mock, model: m}}
+pass_through:
+  - path: /openai-native
+    target: "{base}"
+    include_subpath: true
+    forward_headers: true
+    headers: {{authorization: "Bearer os.environ/PASS_THROUGH_TEST_KEY", x-team: research}}
+  - path: /public-models
+    target: "{base}/models"
+    auth: false
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_routes_forward_with_their_own_credentials() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &config(&mock),
+        &[],
+        &[("PASS_THROUGH_TEST_KEY", UPSTREAM_KEY)],
+    );
+    let client = reqwest::Client::new();
+    let key: Value = client
+        .post(format!("{}/key/generate", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = key["key"].as_str().unwrap().to_owned();
+
+    // A chat request as the upstream takes it, with a header of the client's.
+    let answer = client
+        .post(format!("{}/openai-native/chat/completions?trace=1", gateway.base_url()))
+        .bearer_auth(&key)
+        .header("x-client-note", "kept")
+        .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let body: Value = answer.json().await.unwrap();
+    assert!(body["choices"][0]["message"]["content"].is_string(), "{body}");
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.path, "/v1/chat/completions");
+    assert_eq!(sent.query.as_deref(), Some("trace=1"));
+    assert_eq!(
+        sent.header("authorization"),
+        Some(format!("Bearer {UPSTREAM_KEY}").as_str())
+    );
+    assert_eq!(sent.header("x-team"), Some("research"));
+    assert_eq!(sent.header("x-client-note"), Some("kept"));
+    assert_eq!(sent.body["model"], "gpt-4o-mini");
+    assert!(
+        !format!("{:?}", sent.headers).contains(&key),
+        "the client's key went upstream"
+    );
+
+    // A stream comes back event by event, as sent.
+    let streamed = client
+        .post(format!("{}/openai-native/chat/completions", gateway.base_url()))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-4o-mini", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streamed.status(), 200);
+    assert!(
+        streamed.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        streamed.headers()
+    );
+    let text = streamed.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // The upstream's errors are its own.
+    let refused = client
+        .post(format!("{}/openai-native/chat/completions", gateway.base_url()))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-4o-mini::status=429", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+
+    // Without a key the route is closed; a route without auth is open.
+    let closed = client
+        .post(format!("{}/openai-native/chat/completions", gateway.base_url()))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status(), 401);
+    let open = client
+        .get(format!("{}/public-models", gateway.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(open.status(), 200);
+    assert_eq!(mock.last_request().unwrap().path, "/v1/models");
+    // `include_subpath` is off there: only the path itself is served.
+    let below = client
+        .get(format!("{}/public-models/gpt-4o", gateway.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(below.status(), 404);
+}
+
+#[test]
+fn pass_through_paths_may_not_shadow_the_gateways_own() {
+    let yaml = "model_list:\n  - model_name: m\n    deployments:\n      - {provider: mock, model: m}\npass_through:\n  - {path: /v1/rerank, target: \"https://api.example.com/v1/rerank\"}\n  - {path: /cohere, target: \"ftp://example.com\"}\n  - {path: /cohere2, target: \"https://example.com\", headers: {x-key: os.environ/SWITCHYARD_TEST_UNSET_PT_KEY}}\n";
+    let out = switchyard_testkit::run_check_config(Path::new(BIN), yaml);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    for field in [
+        "pass_through[0].path",
+        "pass_through[1].target",
+        "pass_through[2].headers.x-key",
+    ] {
+        assert!(text.contains(field), "{field}: {text}");
+    }
+}
