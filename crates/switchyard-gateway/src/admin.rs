@@ -25,7 +25,7 @@ const HEALTH_CONCURRENCY: usize = 8;
 /// `GET /health` (LiteLLM's, master key only: it spends upstream tokens):
 /// sends every deployment (or `?model=`'s) its `health_check` (a one-token
 /// chat completion, a one-input embedding, one small image, a moderation,
-/// two characters of speech, a tenth of a second to transcribe, or one
+/// two characters of speech, half a second to transcribe, or one
 /// document to rerank), concurrently, each within 30 s, and lists the
 /// healthy and the unhealthy ones with the error.
 /// Deployments with `health_check: none` and wildcard ones are left out.
@@ -103,6 +103,7 @@ async fn ask(state: &SharedState, d: &DeploymentInfo) -> Result<(), String> {
                 if d.model.contains("dall-e-2") {
                     body["size"] = json!("256x256");
                 } else if d.model.contains("gpt-image") {
+                    body["size"] = json!("1024x1024");
                     body["quality"] = json!("low");
                 }
                 client.images(&parse(body)?).await.map(drop).map_err(|e| e.to_string())
@@ -155,9 +156,10 @@ fn parse<T: serde::de::DeserializeOwned>(body: Value) -> Result<T, String> {
     serde_json::from_value(body).map_err(|e| e.to_string())
 }
 
-/// A tenth of a second of silence as a WAV file (16 kHz, 16-bit mono).
+/// Half a second of silence as a WAV file (16 kHz, 16-bit mono), above
+/// the shortest audio upstreams take.
 fn silence_wav() -> bytes::Bytes {
-    const SAMPLES: u32 = 1_600;
+    const SAMPLES: u32 = 8_000;
     let data = SAMPLES * 2;
     let mut wav = Vec::with_capacity(44 + data as usize);
     wav.extend_from_slice(b"RIFF");

@@ -127,7 +127,7 @@ pub enum HealthCheck {
     Moderation,
     /// Two characters of speech.
     AudioSpeech,
-    /// A tenth of a second of silence, transcribed.
+    /// Half a second of silence, transcribed.
     AudioTranscription,
     /// One document reranked.
     Rerank,
@@ -591,8 +591,10 @@ pub struct DeploymentEntry {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// What `GET /health` sends the deployment: `chat` (default, one
-    /// token), `embedding` (one short input), or `none` (left out: image,
-    /// audio and rerank models, whose calls cost more).
+    /// token), `embedding` (one short input), `image_generation` (one
+    /// image, the cheapest the model name says), `moderation`,
+    /// `audio_speech` (two characters), `audio_transcription` (half a
+    /// second of silence), `rerank` (one document), or `none` (left out).
     #[serde(default)]
     pub health_check: HealthCheck,
     /// Tags for tag-based routing (`router_settings.enable_tag_filtering`):
@@ -1560,6 +1562,8 @@ impl Config {
             .iter()
             .flat_map(|m| std::iter::once(m.model_name.trim()).chain(m.access_groups.iter().map(String::as_str)))
             .chain(self.router_settings.model_group_alias.keys().map(String::as_str))
+            // A key's list may name pass-through routes by path.
+            .chain(self.pass_through.iter().map(|p| p.path.trim_end_matches('/')))
             .map(str::to_owned)
             .collect();
         names.sort_unstable();

@@ -137,15 +137,21 @@ fn route_name(path: &str) -> &'static str {
         p if p.starts_with("/models/") => "models",
         "/feedback" => "feedback",
         "/metrics" => "metrics",
-        p if p.starts_with("/health") => "health",
+        p if under(p, "/health") => "health",
         p if ["/key", "/team", "/spend", "/admin", "/customer", "/end_user", "/user"]
             .iter()
-            .any(|prefix| p.starts_with(prefix)) =>
+            .any(|prefix| under(p, prefix)) =>
         {
             "admin"
         }
         _ => "other",
     }
+}
+
+/// Whether `path` is `prefix` or below it (by whole segments).
+fn under(path: &str, prefix: &str) -> bool {
+    path.strip_prefix(prefix)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The outermost middleware: gives the request its id and span, counts it,

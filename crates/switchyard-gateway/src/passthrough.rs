@@ -75,6 +75,7 @@ pub struct PassThrough {
 
 /// Path prefixes the gateway serves itself.
 const RESERVED: &[&str] = &[
+    "/config",
     "/v1",
     "/v2",
     "/chat",
@@ -101,13 +102,15 @@ const RESERVED: &[&str] = &[
     "/metrics",
 ];
 
-/// Headers never forwarded from the client: its key, and what belongs to
-/// one connection.
+/// Headers never forwarded from the client: its key, its cookies, and what
+/// belongs to one connection.
 const NOT_FORWARDED: &[&str] = &[
     "authorization",
     "x-api-key",
     "api-key",
     "x-litellm-api-key",
+    "cookie",
+    "expect",
     "host",
     "content-length",
     "connection",
@@ -120,6 +123,29 @@ const NOT_FORWARDED: &[&str] = &[
     "proxy-authorization",
 ];
 
+/// Headers of the upstream's answer that belong to its connection.
+const NOT_RETURNED: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// A client for pass-through routes: redirects are not followed (they
+/// would carry the route's credentials elsewhere), connections are pooled.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .build()
+        .unwrap_or_default()
+}
+
 /// Checks every entry: paths the gateway does not serve itself, each once;
 /// http(s) targets; headers and their secrets.
 pub fn validate(entries: &[PassThroughEntry], env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Vec<PassThrough> {
@@ -130,7 +156,14 @@ pub fn validate(entries: &[PassThroughEntry], env: &dyn EnvSource, issues: &mut 
         let reserved = RESERVED
             .iter()
             .find(|r| path == **r || path.starts_with(&format!("{r}/")) || r.starts_with(&format!("{path}/")));
-        if !path.starts_with('/') || path.len() < 2 || path.contains(['{', '}', '*', '?', '#']) {
+        let plain = path
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.' | '~'));
+        let odd_segment = path
+            .split('/')
+            .skip(1)
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..");
+        if !path.starts_with('/') || path.len() < 2 || !plain || odd_segment {
             issues.push(issue(format!("{here}.path"), "must be a plain path such as /anthropic"));
             continue;
         }
@@ -213,42 +246,83 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     let Some(route) = state.pass_through.get(index) else {
         return ApiError::Internal("an unknown pass-through route".into()).into_response();
     };
+    // An upstream that echoes a TRACE would show the route's credentials.
+    if matches!(request.method().as_str(), "TRACE" | "CONNECT") {
+        return ApiError::MethodNotAllowed(request.method().to_string()).into_response();
+    }
     if route.auth {
         let token = crate::metering::presented_key(request.headers());
-        if let Err(denied) = state.policy.authenticate(token).await {
-            return ApiError::Denied(denied).into_response();
+        match state.policy.authenticate(token).await {
+            Ok(principal) => {
+                // A key (or its team or user) limited to some models may use
+                // a route its list names by path.
+                if let Some(view) = principal.view()
+                    && view
+                        .model_lists()
+                        .iter()
+                        .any(|models| !models.is_empty() && !models.iter().any(|m| *m == route.path))
+                {
+                    return ApiError::Forbidden(format!(
+                        "This API key may not use `{}`: its models do not list it.",
+                        route.path
+                    ))
+                    .into_response();
+                }
+            }
+            Err(denied) => return ApiError::Denied(denied).into_response(),
         }
     }
-    let (parts, body) = request.into_parts();
-    let rest = parts.uri.path().strip_prefix(route.path.as_str()).unwrap_or_default();
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix(route.path.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    // The rest of the path stays under the target: no `.` or `..` segment,
+    // written plainly or percent-encoded, and no encoded slash.
+    let climbs = rest.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    });
+    let lower = rest.to_ascii_lowercase();
+    if climbs || lower.contains("%2f") || lower.contains("%5c") || rest.contains('\\') {
+        return ApiError::InvalidField {
+            param: None,
+            message: "The path may not leave the route: no `.` or `..` segments, and no encoded slashes.".into(),
+        }
+        .into_response();
+    }
     let mut url = route.target.clone();
     if !rest.is_empty() {
         let joined = format!("{}{rest}", url.path().trim_end_matches('/'));
         url.set_path(&joined);
     }
-    url.set_query(parts.uri.query());
-    let body = match axum::body::to_bytes(body, state.server.max_body_bytes).await {
+    url.set_query(request.uri().query());
+    let method = request.method().clone();
+    let client_headers = request.headers().clone();
+    let body = match crate::extract::read_body(request, &state).await {
         Ok(b) => b,
-        Err(_) => return ApiError::BodyTooLarge(state.server.max_body_bytes).into_response(),
+        Err(e) => return e.into_response(),
     };
     let mut headers = HeaderMap::new();
     if route.forward_headers {
-        for (name, value) in &parts.headers {
+        for (name, value) in &client_headers {
             if !NOT_FORWARDED.contains(&name.as_str()) {
                 headers.append(name.clone(), value.clone());
             }
         }
-    } else if let Some(kind) = parts.headers.get(axum::http::header::CONTENT_TYPE) {
+    } else if let Some(kind) = client_headers.get(axum::http::header::CONTENT_TYPE) {
         headers.insert(axum::http::header::CONTENT_TYPE, kind.clone());
     }
     for (name, secret) in &route.headers {
-        if let Ok(value) = HeaderValue::from_str(secret.expose()) {
+        if let Ok(mut value) = HeaderValue::from_str(secret.expose()) {
+            value.set_sensitive(true);
             headers.insert(name.clone(), value);
         }
     }
     let sent = state
         .pass_through_client
-        .request(parts.method.clone(), url)
+        .request(method, url)
         .headers(headers)
         .body(body)
         .timeout(route.timeout)
@@ -273,8 +347,17 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     };
     let mut response = Response::builder().status(upstream.status());
     if let Some(out) = response.headers_mut() {
+        // Headers the upstream's `Connection` names belong to its connection too.
+        let named: Vec<String> = upstream
+            .headers()
+            .get_all(axum::http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|n| n.trim().to_ascii_lowercase())
+            .collect();
         for (name, value) in upstream.headers() {
-            if !NOT_FORWARDED.contains(&name.as_str()) {
+            if !NOT_RETURNED.contains(&name.as_str()) && !named.iter().any(|n| n == name.as_str()) {
                 out.append(name.clone(), value.clone());
             }
         }

@@ -110,8 +110,22 @@ pub fn router(state: SharedState) -> Router {
         };
         passed = passed.route(&route.path, axum::routing::any(forward));
         if route.include_subpath {
-            passed = passed.route(&format!("{}/{{*rest}}", route.path), axum::routing::any(forward));
+            passed = passed
+                .route(&format!("{}/", route.path), axum::routing::any(forward))
+                .route(&format!("{}/{{*rest}}", route.path), axum::routing::any(forward));
         }
+        if !route.auth {
+            tracing::warn!(path = %route.path, "pass-through route without auth: anyone who reaches the gateway calls its target with its credentials");
+        } else if !state.policy.auth_required() {
+            tracing::warn!(path = %route.path, "pass-through route on a gateway that requires no key: it is open");
+        }
+    }
+    // (A layer on a router without routes would be refused.)
+    if !state.pass_through.is_empty() {
+        passed = passed.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            metering::limit_concurrency,
+        ));
     }
     let router = Router::new()
         .merge(client)

@@ -647,7 +647,7 @@ impl AppState {
             metrics: switchyard_telemetry::Metrics::new(),
             alerts: None,
             pass_through: Arc::new(Vec::new()),
-            pass_through_client: reqwest::Client::new(),
+            pass_through_client: crate::passthrough::client(),
             request_log: None,
             telemetry,
             cut: Arc::new(tokio::sync::watch::Sender::new(false)),

@@ -130,6 +130,76 @@ async fn pass_through_routes_forward_with_their_own_credentials() {
         .unwrap();
     assert_eq!(open.status(), 200);
     assert_eq!(mock.last_request().unwrap().path, "/v1/models");
+    // A redirect is handed back, not followed with the route's credentials.
+    let not_following = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirected = not_following
+        .post(format!("{}/openai-native/chat/completions", gateway.base_url()))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gpt-4o-mini::redirect", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirected.status(), 307);
+    assert!(
+        !mock
+            .requests()
+            .iter()
+            .any(|r| r.path == switchyard_testkit::REDIRECT_TARGET),
+        "the redirect was followed"
+    );
+    // The rest of the path stays under the target. Sent as written (HTTP
+    // clients resolve dot segments before sending).
+    for sneaky in [
+        "/openai-native/../models",
+        "/openai-native/%2e%2e/models",
+        "/openai-native/.%2E/models",
+        "/openai-native/a%2Fb",
+    ] {
+        let answer = raw_get(&gateway.base_url(), sneaky, &key).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{sneaky}: {answer}");
+    }
+    let traced = client
+        .request(
+            reqwest::Method::TRACE,
+            format!("{}/openai-native/models", gateway.base_url()),
+        )
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(traced.status(), 405);
+    // A key limited to some models uses only the routes its list names.
+    let limited = |models: Value| {
+        let client = client.clone();
+        let url = format!("{}/key/generate", gateway.base_url());
+        async move {
+            let made: Value = client
+                .post(url)
+                .bearer_auth(MASTER)
+                .json(&json!({"models": models}))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            made["key"].as_str().unwrap().to_owned()
+        }
+    };
+    for (models, status) in [(json!(["m"]), 403), (json!(["m", "/openai-native"]), 200)] {
+        let limited = limited(models).await;
+        let answer = client
+            .get(format!("{}/openai-native/models", gateway.base_url()))
+            .bearer_auth(&limited)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), status);
+    }
+
     // `include_subpath` is off there: only the path itself is served.
     let below = client
         .get(format!("{}/public-models/gpt-4o", gateway.base_url()))
@@ -152,4 +222,17 @@ fn pass_through_paths_may_not_shadow_the_gateways_own() {
     ] {
         assert!(text.contains(field), "{field}: {text}");
     }
+}
+
+/// A GET sent over TCP exactly as written, with `key`; the whole answer.
+async fn raw_get(base: &str, path: &str, key: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = base.trim_start_matches("http://").to_owned();
+    let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
 }

@@ -143,14 +143,39 @@ pub fn output_ceiling(req: &ChatCompletionRequest, max_tokens: u64) -> u64 {
 
 /// `max_tokens` with room for the thinking budget: Claude needs it above the
 /// budget (it counts thinking as output, as OpenAI's reasoning models count
-/// reasoning), so one at or under it gets the budget added.
-pub(crate) fn max_tokens_with(thinking: &Thinking, max_tokens: u32) -> u32 {
+/// reasoning), so one at or under it gets the budget added — no further
+/// than the most `model` writes, which Claude refuses to pass, while that
+/// still leaves room above the budget.
+pub(crate) fn max_tokens_with(thinking: &Thinking, max_tokens: u32, model: &str) -> u32 {
     match thinking.budget {
         Some(budget) if u64::from(max_tokens) <= budget => {
-            u32::try_from(budget.max(MIN_BUDGET).saturating_add(u64::from(max_tokens))).unwrap_or(u32::MAX)
+            let raised =
+                u32::try_from(budget.max(MIN_BUDGET).saturating_add(u64::from(max_tokens))).unwrap_or(u32::MAX);
+            match claude_output_cap(model) {
+                Some(cap) if raised > cap && u64::from(cap) > budget.max(MIN_BUDGET) => cap,
+                _ => raised,
+            }
         }
         _ => max_tokens,
     }
+}
+
+/// The most output tokens a Claude model that thinks writes (Anthropic's
+/// documented limits), by its name or Bedrock id; `None` for others.
+fn claude_output_cap(model: &str) -> Option<u32> {
+    const CAPS: &[(&str, u32)] = &[
+        ("claude-3-7-sonnet", 64_000),
+        ("claude-sonnet-4", 64_000),
+        ("claude-haiku-4-5", 64_000),
+        ("claude-opus-4", 32_000),
+        ("claude-opus-4-1", 32_000),
+        ("claude-opus-4-5", 64_000),
+    ];
+    let name = &model[model.find("claude-")?..];
+    CAPS.iter()
+        .filter(|(prefix, _)| name.starts_with(prefix))
+        .max_by_key(|(prefix, _)| prefix.len())
+        .map(|(_, cap)| *cap)
 }
 
 /// Puts Claude's thinking on a chat answer as OpenAI-compatible servers
@@ -212,14 +237,38 @@ mod tests {
     }
 
     #[test]
+    fn raised_max_tokens_stay_within_what_the_model_writes() {
+        let own = requested(&request(
+            json!({"thinking": {"type": "enabled", "budget_tokens": 20_000}}),
+        ))
+        .unwrap()
+        .unwrap();
+        // 40,000 is past Opus 4's 32,000: capped there, still above the budget.
+        assert_eq!(max_tokens_with(&own, 20_000, "claude-opus-4-20250514"), 32_000);
+        assert_eq!(
+            max_tokens_with(&own, 20_000, "us.anthropic.claude-opus-4-1-20250805-v1:0"),
+            32_000
+        );
+        assert_eq!(max_tokens_with(&own, 20_000, "claude-opus-4-5"), 40_000);
+        assert_eq!(max_tokens_with(&own, 20_000, "some-other-model"), 40_000);
+        // A budget the cap cannot hold is left for the upstream to refuse.
+        let huge = requested(&request(
+            json!({"thinking": {"type": "enabled", "budget_tokens": 40_000}}),
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(max_tokens_with(&huge, 1_000, "claude-opus-4"), 41_000);
+    }
+
+    #[test]
     fn efforts_become_budgets_and_thinking_objects_pass() {
         let high = requested(&request(json!({"reasoning_effort": "high"})))
             .unwrap()
             .unwrap();
         assert_eq!(high.config, json!({"type": "enabled", "budget_tokens": 4096}));
         assert!(!high.explicit);
-        assert_eq!(max_tokens_with(&high, 100), 4196);
-        assert_eq!(max_tokens_with(&high, 10_000), 10_000);
+        assert_eq!(max_tokens_with(&high, 100, "claude-sonnet-4"), 4196);
+        assert_eq!(max_tokens_with(&high, 10_000, "claude-sonnet-4"), 10_000);
         assert_eq!(requested(&request(json!({"reasoning_effort": "none"}))).unwrap(), None);
         let own = requested(&request(
             json!({"thinking": {"type": "enabled", "budget_tokens": 2000}, "reasoning_effort": "low"}),

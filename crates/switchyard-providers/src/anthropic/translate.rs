@@ -388,7 +388,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
     }
     let max_tokens = thinking
         .as_ref()
-        .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens));
+        .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens, &req.model));
     if let Some(thinking) = &thinking {
         extra.insert("thinking".into(), thinking.config.clone());
     }

@@ -506,7 +506,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
         .map_or(default_max_tokens, |v| v.min(i32::MAX as u64) as u32);
     let max_tokens = thinking
         .as_ref()
-        .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens));
+        .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens, &req.model));
     let stop = match req.extra.get("stop") {
         Some(Value::String(s)) => Some(vec![s.clone()]),
         Some(Value::Array(items)) => Some(items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
