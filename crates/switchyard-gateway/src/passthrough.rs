@@ -260,7 +260,7 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
                     && view
                         .model_lists()
                         .iter()
-                        .any(|models| !models.is_empty() && !models.iter().any(|m| *m == route.path))
+                        .any(|models| !models.is_empty() && !models.contains(&route.path))
                 {
                     return ApiError::Forbidden(format!(
                         "This API key may not use `{}`: its models do not list it.",
