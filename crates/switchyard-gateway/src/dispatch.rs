@@ -301,8 +301,24 @@ pub(crate) async fn dispatch<'s>(
                     ),
                 )
             })?;
+            // With tag-based routing, a tagged request's candidates are the
+            // groups the tags leave a deployment in.
+            let tagged: Option<Vec<String>> = (state.tag_filtering && !options.route_tags.is_empty()).then(|| {
+                state
+                    .registry
+                    .model_names()
+                    .filter(|n| {
+                        options
+                            .allowed_models
+                            .as_deref()
+                            .is_none_or(|a| a.iter().any(|m| m == n))
+                    })
+                    .filter(|n| serves_tags(state, n, &options.route_tags))
+                    .map(str::to_owned)
+                    .collect()
+            });
             let live = Live {
-                allowed: options.allowed_models.as_deref(),
+                allowed: tagged.as_deref().or(options.allowed_models.as_deref()),
                 registry: &state.registry,
                 stats: &state.stats,
                 cooldowns: &state.cooldowns,

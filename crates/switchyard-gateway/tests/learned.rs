@@ -443,6 +443,36 @@ async fn a_key_limited_to_the_router_falls_back_down_the_ranking() {
     assert_eq!(header("x-switchyard-model"), "cheap");
 }
 
+/// With tag-based routing, a tagged request is ranked among the groups its
+/// tags leave a deployment in: the strong model, tagged `premium` only, is
+/// not chosen for a `budget` request, however well it would answer.
+#[tokio::test]
+async fn a_tagged_request_is_ranked_among_the_groups_its_tags_allow() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let strong = r#"{provider: mock, model: strong-1, tags: [premium], mock: {reply: "strong answer"}}"#;
+    let yaml = config(&dir.path().display().to_string(), "", strong)
+        .replace("router_settings:\n", "router_settings:\n  enable_tag_filtering: true\n")
+        .replace("model: cheap-1,", "model: cheap-1, tags: [default],");
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let client = reqwest::Client::new();
+    let tagged = |tag: &'static str| {
+        client
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .header("x-switchyard-tags", tag)
+            .json(&json!({"model": "switchyard/auto", "messages": [{"role": "user", "content": MATH_QUERY}]}))
+            .send()
+    };
+    let budget = tagged("budget").await.unwrap();
+    assert_eq!(budget.status(), 200);
+    assert_eq!(budget.headers()["x-switchyard-router-choice"], "cheap");
+    // The premium tag leaves the strong model in, and it is chosen.
+    let premium = tagged("premium").await.unwrap();
+    assert_eq!(premium.status(), 200);
+    assert_eq!(premium.headers()["x-switchyard-router-choice"], "strong-model");
+}
+
 /// A budget reservation for a router request covers its priciest candidate,
 /// including one the artifact names and `router.candidates` does not map.
 #[tokio::test]
