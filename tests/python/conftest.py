@@ -230,6 +230,13 @@ model_list:
         aws_region: us-east-1
         aws_access_key_id: AKIDTEST
         aws_secret_access_key: test-secret
+pass_through:
+  - path: /anthropic-native
+    target: {mock_url}
+    include_subpath: true
+    forward_headers: true
+    headers:
+      x-api-key: upstream-key-for-tests
 """
 
 

@@ -346,3 +346,30 @@ def test_responses_reasoning_items_carry_claudes_thinking_to_the_next_turn(clien
     with client.responses.stream(model=model, reasoning={"effort": "low"}, input="weather?") as stream:
         streamed = stream.get_final_response()
     assert streamed.output[0].encrypted_content == reasoning.encrypted_content
+
+
+def test_pass_through_serves_the_native_api(gateway) -> None:
+    """The SDK against a pass-through route: the upstream's own API, as it is."""
+    sdk = anthropic.Anthropic(
+        base_url=f"{gateway.url}/anthropic-native",
+        api_key="client-key-not-sent-upstream",
+        max_retries=0,
+        timeout=30.0,
+        http_client=anthropic.DefaultHttpxClient(trust_env=False),
+    )
+    try:
+        raw = sdk.messages.with_raw_response.create(
+            model="claude-sonnet-4",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "hello there"}],
+        )
+        message = raw.parse()
+        assert message.content[0].text == "mock reply: hello there"
+        # Not routed by the gateway: none of its routing headers.
+        assert "x-switchyard-model" not in raw.headers
+        with sdk.messages.stream(
+            model="claude-sonnet-4", max_tokens=100, messages=[{"role": "user", "content": "hello there"}]
+        ) as stream:
+            assert "".join(stream.text_stream) == "mock reply: hello there"
+    finally:
+        sdk.close()
