@@ -216,8 +216,11 @@ pub(crate) enum Reply {
     Native(Bytes),
     /// Anthropic-format events, passed through; the first content event has arrived.
     Events(EventStream),
-    /// Audio, or a transcript in the format asked for, with its media type.
+    /// A transcript in the format asked for, or an image edit's answer,
+    /// with its media type.
     Media(MediaResponse),
+    /// Speech, passed on as it arrives.
+    Audio(switchyard_providers::AudioStream),
 }
 
 /// Who answered, reported in the response headers.
@@ -802,7 +805,7 @@ async fn try_group<'s>(
                     // A token count is not a generation: no latency sample.
                     Reply::Native(_) if matches!(call, Call::CountTokens(..)) => None,
                     Reply::Native(body) => Some(native_tokens(body)),
-                    Reply::Media(_) => Some(estimated),
+                    Reply::Media(_) | Reply::Audio(_) => Some(estimated),
                     // A stream's outcome is recorded when it ends.
                     Reply::Chunks(_) | Reply::Events(_) => None,
                 };
@@ -1037,7 +1040,7 @@ async fn attempt(
         }
         Call::Speech(req) => {
             set(&mut req.model);
-            client.speech(req).await.map(Reply::Media)
+            client.speech(req).await.map(Reply::Audio)
         }
         Call::Transcription(req) => {
             set(&mut req.model);

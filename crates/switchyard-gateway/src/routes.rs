@@ -654,6 +654,32 @@ async fn openai_inner(
             metering::cost_header(&mut response, record.as_ref());
             response
         }
+        Reply::Audio(audio) => {
+            // Charged by its text, known before a byte of audio: the audio
+            // goes on to the client as it arrives.
+            drop(in_flight);
+            let prices = meter.prices(&state, decision.deployment.id).unwrap_or_default();
+            let charged = crate::media::charge(&prices, &call, &[], meter.estimated_prompt());
+            let (usage, extra) = charged.map_or((None, 0), |(u, extra)| (Some(u), extra));
+            let record = meter
+                .settle_with(&state, decision.deployment.id, &decision.deployment.name, usage, extra)
+                .await;
+            if let Some(mut t) = trail.take() {
+                t.charged(usage, record.as_ref());
+                t.finish(200, None);
+            }
+            let deployment = decision.deployment.name.clone();
+            let body = futures_util::TryStreamExt::map_err(audio.body, move |e| {
+                tracing::warn!(deployment = %deployment, error = %e, "speech broke off while it was passed on");
+                std::io::Error::other(e.to_string())
+            });
+            let mut response = axum::body::Body::from_stream(body).into_response();
+            if let Ok(kind) = HeaderValue::from_str(&audio.content_type) {
+                response.headers_mut().insert(header::CONTENT_TYPE, kind);
+            }
+            metering::cost_header(&mut response, record.as_ref());
+            response
+        }
         Reply::Native(_) | Reply::Events(_) => {
             ApiError::Internal("an Anthropic-format answer to an OpenAI-format request".into()).into_response()
         }

@@ -50,6 +50,10 @@ model_list:
   - model_name: tts-1
     deployments:
       - {{provider: openai, model: tts-1, api_base: "{base}", api_key: k}}
+  - model_name: broken-tts
+    fallbacks: [tts-1]
+    deployments:
+      - {{provider: openai, model: "tts-1::status=500", api_base: "{base}", api_key: k}}
   - model_name: whisper-1
     deployments:
       - {{provider: openai, model: whisper-1, api_base: "{base}", api_key: k}}
@@ -450,6 +454,13 @@ async fn speech_comes_back_as_audio_charged_per_character() {
         let error: Value = refused.json().await.unwrap();
         assert_eq!(error["error"]["param"], param, "{body}");
     }
+    // An upstream failing before its audio starts is retried elsewhere.
+    let fell_back = speak(json!({"model": "broken-tts", "voice": "alloy", "input": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(fell_back.status(), 200);
+    assert_eq!(fell_back.headers()["x-switchyard-model"], "tts-1");
+    assert!(fell_back.bytes().await.unwrap().starts_with(b"ID3"));
     let claude = speak(json!({"model": "claude", "voice": "alloy", "input": "x"}))
         .await
         .unwrap();

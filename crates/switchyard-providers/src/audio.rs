@@ -119,3 +119,30 @@ pub struct MediaResponse {
     /// Its `Content-Type`.
     pub content_type: String,
 }
+
+/// Audio passed on as the upstream sends it, piece by piece
+/// (`/v1/audio/speech`: a client can play it before it has all arrived).
+pub struct AudioStream {
+    /// The audio's `Content-Type`.
+    pub content_type: String,
+    /// The audio's bytes, as they arrive.
+    pub body: std::pin::Pin<Box<dyn futures_util::Stream<Item = crate::Result<Bytes>> + Send>>,
+}
+
+impl std::fmt::Debug for AudioStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioStream")
+            .field("content_type", &self.content_type)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AudioStream {
+    /// A stream of one piece: audio made whole (the built-in mock).
+    pub fn whole(content_type: String, body: Bytes) -> Self {
+        AudioStream {
+            content_type,
+            body: Box::pin(futures_util::stream::once(async move { Ok(body) })),
+        }
+    }
+}

@@ -79,7 +79,7 @@ impl ProviderClient {
     }
 
     /// Text to speech (OpenAI, Azure and the mock).
-    pub async fn speech(&self, req: &SpeechRequest) -> Result<MediaResponse> {
+    pub async fn speech(&self, req: &SpeechRequest) -> Result<crate::AudioStream> {
         match self {
             ProviderClient::OpenAi(p) => p.speech(req).await,
             ProviderClient::Azure(p) => p.speech(req).await,

@@ -51,14 +51,6 @@ pub(crate) struct Probe {
     pub(crate) error: Option<serde_json::Value>,
 }
 
-/// What [`HttpUpstream::post_media`] sends.
-pub(crate) enum MediaBody {
-    /// A JSON body.
-    Json(Vec<u8>),
-    /// A multipart form (an audio upload).
-    Form(reqwest::multipart::Form),
-}
-
 /// A keep-alive connection pool to one upstream, with its timeouts and headers.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpUpstream {
@@ -168,14 +160,15 @@ impl HttpUpstream {
         })
     }
 
-    /// POSTs JSON (or a multipart form) and returns the answer whatever
-    /// its media type: audio, or a transcript as JSON or text.
-    pub(crate) async fn post_media(&self, url: &reqwest::Url, body: MediaBody) -> Result<crate::MediaResponse> {
-        let request = self.client.post(url.clone());
-        let request = match body {
-            MediaBody::Json(bytes) => request.header(CONTENT_TYPE, "application/json").body(bytes),
-            MediaBody::Form(form) => request.multipart(form),
-        };
+    /// POSTs a multipart form (an upload) and returns the whole answer
+    /// whatever its media type: a transcript as JSON or text, an image
+    /// edit's JSON.
+    pub(crate) async fn post_media(
+        &self,
+        url: &reqwest::Url,
+        form: reqwest::multipart::Form,
+    ) -> Result<crate::MediaResponse> {
+        let request = self.client.post(url.clone()).multipart(form);
         let response = self.send_request(request, false).await?;
         let content_type = response
             .headers()
@@ -185,6 +178,28 @@ impl HttpUpstream {
             .to_owned();
         let body = read_body(response, MAX_BODY_BYTES).await?;
         Ok(crate::MediaResponse { body, content_type })
+    }
+
+    /// POSTs JSON and returns the answer's body as it arrives (audio):
+    /// within the first-byte timeout for its head, the total one for all of it.
+    pub(crate) async fn post_media_stream(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<crate::AudioStream> {
+        let request = self
+            .client
+            .post(url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body);
+        let response = self.send_request(request, true).await?;
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/octet-stream")
+            .to_owned();
+        use futures_util::TryStreamExt as _;
+        Ok(crate::AudioStream {
+            content_type,
+            body: Box::pin(response.bytes_stream().map_err(ProviderError::from_reqwest)),
+        })
     }
 
     /// POSTs JSON asking for an OpenAI-style stream and returns its chunks.

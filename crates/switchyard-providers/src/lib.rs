@@ -28,7 +28,7 @@ use futures_util::Stream;
 use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Usage};
 
 pub use anthropic::{AnthropicProvider, AnthropicSettings};
-pub use audio::{ImageEditRequest, MediaResponse, TranscriptionRequest, UploadedFile};
+pub use audio::{AudioStream, ImageEditRequest, MediaResponse, TranscriptionRequest, UploadedFile};
 pub use bedrock::{BedrockProvider, BedrockSettings, StaticCredentials};
 pub use client::ProviderClient;
 pub use error::{ProviderError, TimeoutPhase};

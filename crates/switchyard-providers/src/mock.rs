@@ -306,7 +306,7 @@ impl MockProvider {
 
     /// Text to speech: a few bytes of silence per character, in the
     /// format asked for (`mp3` by default), tagged with its media type.
-    pub async fn speech(&self, req: &SpeechRequest) -> Result<MediaResponse> {
+    pub async fn speech(&self, req: &SpeechRequest) -> Result<crate::AudioStream> {
         self.wait().await;
         if req.input.is_empty() {
             return Err(ProviderError::InvalidRequest {
@@ -335,10 +335,7 @@ impl MockProvider {
         };
         let mut body = magic.to_vec();
         body.resize(magic.len() + 16 * req.input.chars().count(), 0);
-        Ok(MediaResponse {
-            body: Bytes::from(body),
-            content_type: content_type.to_owned(),
-        })
+        Ok(crate::AudioStream::whole(content_type.to_owned(), Bytes::from(body)))
     }
 
     /// Speech to text: `mock transcript of <file> (<n> bytes)`, as long as

@@ -9,10 +9,10 @@ use switchyard_api::{
     RerankRequest, SpeechRequest,
 };
 
-use crate::http::{HttpSettings, HttpUpstream, MediaBody};
+use crate::http::{HttpSettings, HttpUpstream};
 use crate::{
-    ChunkStream, ImageEditRequest, MediaResponse, Provider, ProviderError, ProviderResponse, Result, Secret,
-    TranscriptionRequest,
+    AudioStream, ChunkStream, ImageEditRequest, MediaResponse, Provider, ProviderError, ProviderResponse, Result,
+    Secret, TranscriptionRequest,
 };
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
@@ -163,17 +163,14 @@ macro_rules! openai_wire_provider {
             /// `POST /images/edits` (a multipart upload): the answer as the
             /// upstream gave it.
             pub async fn image_edit(&self, req: &ImageEditRequest) -> Result<MediaResponse> {
-                self.0
-                    .http
-                    .post_media(&self.0.image_edits_url, MediaBody::Form(req.form()?))
-                    .await
+                self.0.http.post_media(&self.0.image_edits_url, req.form()?).await
             }
 
-            /// `POST /audio/speech`: the audio as the upstream gave it.
-            pub async fn speech(&self, req: &SpeechRequest) -> Result<MediaResponse> {
+            /// `POST /audio/speech`: the audio as the upstream sends it.
+            pub async fn speech(&self, req: &SpeechRequest) -> Result<AudioStream> {
                 self.0
                     .http
-                    .post_media(&self.0.speech_url, MediaBody::Json(encode(req)?))
+                    .post_media_stream(&self.0.speech_url, encode(req)?)
                     .await
             }
 
@@ -185,7 +182,7 @@ macro_rules! openai_wire_provider {
                 } else {
                     &self.0.transcriptions_url
                 };
-                self.0.http.post_media(url, MediaBody::Form(req.form()?)).await
+                self.0.http.post_media(url, req.form()?).await
             }
 
             /// `POST /rerank`: the answer as the upstream gave it.

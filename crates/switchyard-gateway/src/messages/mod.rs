@@ -295,7 +295,9 @@ async fn messages_inner(
     };
     let mut response = match reply {
         // A messages request is never sent where audio comes back.
-        Reply::Media(_) => failed(ApiError::Internal("an audio answer to a messages request".into()).into()),
+        Reply::Media(_) | Reply::Audio(_) => {
+            failed(ApiError::Internal("an audio answer to a messages request".into()).into())
+        }
         Reply::Native(body) => {
             // The upstream is done: the deployment is no longer busy with it.
             drop(in_flight);
