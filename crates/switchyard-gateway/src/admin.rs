@@ -114,7 +114,12 @@ async fn ask(state: &SharedState, d: &DeploymentInfo) -> Result<(), String> {
             }
             HealthCheck::AudioSpeech => {
                 let req = parse(json!({"model": d.model, "input": "hi", "voice": "alloy"}))?;
-                client.speech(&req).await.map(drop).map_err(|e| e.to_string())
+                let mut audio = client.speech(&req).await.map_err(|e| e.to_string())?.body;
+                // Healthy once all of it has arrived.
+                while let Some(piece) = futures_util::StreamExt::next(&mut audio).await {
+                    piece.map_err(|e| e.to_string())?;
+                }
+                Ok(())
             }
             HealthCheck::AudioTranscription => {
                 let req = switchyard_providers::TranscriptionRequest {

@@ -307,21 +307,17 @@ pub(crate) async fn dispatch<'s>(
             // With tag-based routing, a tagged request's candidates are the
             // groups the tags leave a deployment in.
             let tagged: Option<Vec<String>> = (state.tag_filtering && !options.route_tags.is_empty()).then(|| {
-                state
-                    .registry
-                    .model_names()
-                    .filter(|n| {
-                        options
-                            .allowed_models
-                            .as_deref()
-                            .is_none_or(|a| a.iter().any(|m| m == n))
-                    })
+                route
+                    .current()
+                    .map(|loaded| loaded.groups.clone())
+                    .unwrap_or_default()
+                    .into_iter()
                     .filter(|n| serves_tags(state, n, &options.route_tags))
-                    .map(str::to_owned)
                     .collect()
             });
             let live = Live {
-                allowed: tagged.as_deref().or(options.allowed_models.as_deref()),
+                allowed: options.allowed_models.as_deref(),
+                tagged: tagged.as_deref(),
                 registry: &state.registry,
                 stats: &state.stats,
                 cooldowns: &state.cooldowns,
@@ -399,6 +395,7 @@ pub(crate) async fn dispatch<'s>(
         // rather than refused.
         let live = Live {
             allowed: None,
+            tagged: None,
             registry: &state.registry,
             stats: &state.stats,
             cooldowns: &state.cooldowns,

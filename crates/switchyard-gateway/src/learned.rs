@@ -658,7 +658,13 @@ impl LearnedRoute {
         let key_names_candidates = live
             .allowed
             .is_some_and(|list| loaded.groups.iter().any(|g| list.contains(g)));
-        let permitted = |g: &String| !key_names_candidates || live.allowed.is_some_and(|l| l.contains(g));
+        let key_permits = |g: &String| !key_names_candidates || live.allowed.is_some_and(|l| l.contains(g));
+        // A tagged request is ranked among the permitted candidates its
+        // tags leave a deployment in; when they leave none, each chosen
+        // group is filtered as any request's is.
+        let tag_permits = |g: &String| live.tagged.is_none_or(|l| l.contains(g));
+        let tags_apply = loaded.groups.iter().any(|g| key_permits(g) && tag_permits(g));
+        let permitted = |g: &String| key_permits(g) && (!tags_apply || tag_permits(g));
         let allowed: Vec<bool> = loaded
             .groups
             .iter()
@@ -713,6 +719,9 @@ impl LearnedRoute {
 pub(crate) struct Live<'a> {
     /// The models the caller's key may call (`None`: any).
     pub(crate) allowed: Option<&'a [String]>,
+    /// The groups a tagged request's tags leave a deployment in (`None`:
+    /// no tag filtering, or no tags).
+    pub(crate) tagged: Option<&'a [String]>,
     pub(crate) registry: &'a Registry,
     pub(crate) stats: &'a LiveStats,
     pub(crate) cooldowns: &'a Cooldowns,

@@ -205,7 +205,7 @@ fn most_searches(req: &RerankRequest) -> u64 {
     chunks.div_ceil(100).max(1)
 }
 
-/// `POST /v1/audio/speech`: the audio comes back whole, with the
+/// `POST /v1/audio/speech`: the audio is passed on as it arrives, with the
 /// upstream's media type.
 pub(crate) async fn speech(
     State(state): State<SharedState>,
@@ -227,7 +227,7 @@ pub(crate) async fn speech(
     if req.extra.get("stream_format").and_then(Value::as_str) == Some("sse") {
         return invalid(
             "stream_format",
-            "Speech streamed as server-sent events is not supported here; the audio comes back whole.",
+            "Speech streamed as server-sent events is not supported here; the audio itself is passed on as it arrives.",
         )
         .into_response();
     }

@@ -656,20 +656,25 @@ async fn openai_inner(
         }
         Reply::Audio(audio) => {
             // Charged by its text, known before a byte of audio: the audio
-            // goes on to the client as it arrives.
-            drop(in_flight);
+            // goes on to the client as it arrives, the deployment counted
+            // busy until it has.
             let prices = meter.prices(&state, decision.deployment.id).unwrap_or_default();
             let charged = crate::media::charge(&prices, &call, &[], meter.estimated_prompt());
             let (usage, extra) = charged.map_or((None, 0), |(u, extra)| (Some(u), extra));
             let record = meter
                 .settle_with(&state, decision.deployment.id, &decision.deployment.name, usage, extra)
                 .await;
+            if let Some(u) = usage {
+                current.record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
+            }
             if let Some(mut t) = trail.take() {
                 t.charged(usage, record.as_ref());
                 t.finish(200, None);
             }
             let deployment = decision.deployment.name.clone();
             let body = futures_util::TryStreamExt::map_err(audio.body, move |e| {
+                // Held until the audio has all gone (or the client left).
+                let _busy = &in_flight;
                 tracing::warn!(deployment = %deployment, error = %e, "speech broke off while it was passed on");
                 std::io::Error::other(e.to_string())
             });

@@ -473,6 +473,47 @@ async fn a_tagged_request_is_ranked_among_the_groups_its_tags_allow() {
     assert_eq!(premium.headers()["x-switchyard-router-choice"], "strong-model");
 }
 
+/// Tags never widen what a key may call: a key allowed the router and the
+/// cheap model is ranked among those, whatever tags it sends.
+#[tokio::test]
+async fn tags_do_not_widen_a_keys_candidates() {
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let master = "sk-master-key-for-learned-tags";
+    let strong = r#"{provider: mock, model: strong-1, tags: [premium], mock: {reply: "strong answer"}}"#;
+    let yaml = format!(
+        "policy:\n  master_key: {master}\n{}",
+        config(&dir.path().display().to_string(), "", strong)
+            .replace("router_settings:\n", "router_settings:\n  enable_tag_filtering: true\n")
+            .replace("model: cheap-1,", "model: cheap-1, tags: [default],")
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let client = reqwest::Client::new();
+    let made: Value = client
+        .post(format!("{}/key/generate", gw.base_url()))
+        .bearer_auth(master)
+        .json(&json!({"models": ["switchyard/auto", "cheap"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap();
+    let answer = client
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(key)
+        .header("x-switchyard-tags", "premium")
+        .json(&json!({"model": "switchyard/auto", "messages": [{"role": "user", "content": MATH_QUERY}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-switchyard-router-choice"], "cheap");
+    assert_eq!(answer.headers()["x-switchyard-model"], "cheap");
+}
+
 /// A budget reservation for a router request covers its priciest candidate,
 /// including one the artifact names and `router.candidates` does not map.
 #[tokio::test]

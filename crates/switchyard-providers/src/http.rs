@@ -195,10 +195,23 @@ impl HttpUpstream {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("application/octet-stream")
             .to_owned();
-        use futures_util::TryStreamExt as _;
+        use futures_util::{StreamExt as _, TryStreamExt as _};
+        let mut body = Box::pin(response.bytes_stream().map_err(ProviderError::from_reqwest));
+        // The attempt succeeds with its first piece of audio, within the
+        // first-byte timeout: an answer that stalls, breaks or ends before
+        // it is the attempt's failure, retried or fallen back.
+        let first = loop {
+            match tokio::time::timeout(self.timeouts.first_byte, body.next()).await {
+                Ok(Some(Ok(piece))) if piece.is_empty() => continue,
+                Ok(Some(Ok(piece))) => break piece,
+                Ok(Some(Err(e))) => return Err(e),
+                Ok(None) => return Err(ProviderError::InvalidResponse("the upstream sent no audio".into())),
+                Err(_) => return Err(ProviderError::Timeout(crate::TimeoutPhase::FirstByte)),
+            }
+        };
         Ok(crate::AudioStream {
             content_type,
-            body: Box::pin(response.bytes_stream().map_err(ProviderError::from_reqwest)),
+            body: Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(body)),
         })
     }
 

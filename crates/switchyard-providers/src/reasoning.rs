@@ -172,8 +172,19 @@ fn claude_output_cap(model: &str) -> Option<u32> {
         ("claude-opus-4-5", 64_000),
     ];
     let name = &model[model.find("claude-")?..];
+    // The name itself, or with a version after it (a date, `-v…`, `@…`,
+    // `-latest`): `claude-opus-4-6` is another model, with no cap here.
+    let versioned = |rest: &str| {
+        rest.is_empty()
+            || rest.starts_with('@')
+            || rest.starts_with("-v")
+            || rest.starts_with("-latest")
+            || rest
+                .strip_prefix('-')
+                .is_some_and(|r| r.len() >= 8 && r.bytes().take(8).all(|b| b.is_ascii_digit()))
+    };
     CAPS.iter()
-        .filter(|(prefix, _)| name.starts_with(prefix))
+        .filter(|(prefix, _)| name.strip_prefix(prefix).is_some_and(versioned))
         .max_by_key(|(prefix, _)| prefix.len())
         .map(|(_, cap)| *cap)
 }
@@ -251,6 +262,8 @@ mod tests {
         );
         assert_eq!(max_tokens_with(&own, 20_000, "claude-opus-4-5"), 40_000);
         assert_eq!(max_tokens_with(&own, 20_000, "some-other-model"), 40_000);
+        // A later model the table does not know is left alone.
+        assert_eq!(max_tokens_with(&own, 20_000, "claude-opus-4-6"), 40_000);
         // A budget the cap cannot hold is left for the upstream to refuse.
         let huge = requested(&request(
             json!({"thinking": {"type": "enabled", "budget_tokens": 40_000}}),
