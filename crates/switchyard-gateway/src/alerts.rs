@@ -1,8 +1,8 @@
 //! Alerts to an operator's webhook (`telemetry.alerts`): soft budgets
 //! crossed and budgets spent (found by the policy), deployments put in
-//! cooldown (found by the dispatch). Delivered off the request path by one
-//! task, each tried up to three times; a full queue drops alerts rather
-//! than hold requests.
+//! cooldown, requests that failed upstream and slow answers (found by the
+//! dispatch). Delivered off the request path by one task, each tried up to
+//! three times; a full queue drops alerts rather than hold requests.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,8 +18,13 @@ use crate::telemetry_config::{AlertEvent, AlertFormat, AlertSettings};
 /// Alerts waiting for delivery before new ones are dropped.
 const QUEUE: usize = 1_024;
 
-/// The shortest time between two cooldown alerts of one deployment.
-const COOLDOWN_ALERT_EVERY: Duration = Duration::from_secs(60);
+/// The shortest time between two alerts of one kind about one deployment
+/// (cooldowns, slow answers) or one model group (failed requests).
+const ALERT_EVERY: Duration = Duration::from_secs(60);
+
+/// Deployments and groups whose last alert time is kept; past this, those
+/// older than [`ALERT_EVERY`] are forgotten.
+const REMEMBERED: usize = 4_096;
 
 /// Deliveries of one alert, the first included.
 const TRIES: u32 = 3;
@@ -28,7 +33,47 @@ const TRIES: u32 = 3;
 #[derive(Debug, Clone, PartialEq)]
 enum Alert {
     Policy(PolicyAlert),
-    Cooldown { deployment: String, reason: &'static str },
+    Cooldown {
+        deployment: String,
+        reason: &'static str,
+    },
+    /// A request to `group` failed upstream; `deployment` answered last.
+    Failed {
+        group: String,
+        deployment: Option<String>,
+        class: String,
+        status: u16,
+    },
+    /// `deployment` of `group` took `took` to answer.
+    Slow {
+        group: String,
+        deployment: String,
+        took: Duration,
+        threshold: Duration,
+    },
+}
+
+/// When the last alert of one kind was sent about each name.
+#[derive(Debug, Default)]
+struct Throttle(Mutex<HashMap<String, Instant>>);
+
+impl Throttle {
+    /// Whether an alert about `name` may be sent now (and notes it sent).
+    fn admit(&self, name: &str) -> bool {
+        let now = Instant::now();
+        let mut last = self.0.lock();
+        if last.get(name).is_some_and(|at| now.duration_since(*at) < ALERT_EVERY) {
+            return false;
+        }
+        if last.len() >= REMEMBERED {
+            last.retain(|_, at| now.duration_since(*at) < ALERT_EVERY);
+            if last.len() >= REMEMBERED {
+                return false;
+            }
+        }
+        last.insert(name.to_owned(), now);
+        true
+    }
 }
 
 /// The handle the dispatch sends cooldown alerts through.
@@ -36,8 +81,15 @@ enum Alert {
 pub struct Alerts {
     tx: mpsc::Sender<Alert>,
     cooldowns: bool,
+    failures: bool,
+    /// Answers slower than this are alerted on, when wanted.
+    slow: Option<Duration>,
     /// When each deployment's last cooldown alert was sent.
-    last_cooldown: Arc<Mutex<HashMap<String, Instant>>>,
+    last_cooldown: Arc<Throttle>,
+    /// When each group's last failure alert was sent.
+    last_failure: Arc<Throttle>,
+    /// When each deployment's last slow-answer alert was sent.
+    last_slow: Arc<Throttle>,
 }
 
 impl Alerts {
@@ -71,34 +123,62 @@ impl Alerts {
         Alerts {
             tx,
             cooldowns: wants(AlertEvent::DeploymentCooldown),
-            last_cooldown: Arc::new(Mutex::new(HashMap::new())),
+            failures: wants(AlertEvent::RequestFailed),
+            slow: wants(AlertEvent::SlowRequest).then_some(settings.slow_request),
+            last_cooldown: Arc::default(),
+            last_failure: Arc::default(),
+            last_slow: Arc::default(),
         }
+    }
+
+    fn send(&self, alert: Alert) {
+        if self.tx.try_send(alert).is_err() {
+            tracing::warn!("the alert queue is full: an alert was dropped");
+        }
+    }
+
+    /// A request to `group` failed upstream (`class`, answered with
+    /// `status`) after its retries and fallbacks, `deployment` answering
+    /// last; sent at most once a minute per group.
+    pub fn failed(&self, group: &str, deployment: Option<&str>, class: &str, status: u16) {
+        if !self.failures || !self.last_failure.admit(group) {
+            return;
+        }
+        self.send(Alert::Failed {
+            group: group.to_owned(),
+            deployment: deployment.map(str::to_owned),
+            class: class.to_owned(),
+            status,
+        });
+    }
+
+    /// `deployment` of `group` answered in `took`: alerted on when that is
+    /// longer than `slow_request_ms`, at most once a minute per deployment.
+    pub fn answered(&self, group: &str, deployment: &str, took: Duration) {
+        let Some(threshold) = self.slow else {
+            return;
+        };
+        if took <= threshold || !self.last_slow.admit(deployment) {
+            return;
+        }
+        self.send(Alert::Slow {
+            group: group.to_owned(),
+            deployment: deployment.to_owned(),
+            took,
+            threshold,
+        });
     }
 
     /// A deployment was put in cooldown (`reason`: the failure's class);
     /// sent at most once a minute per deployment.
     pub fn cooldown(&self, deployment: &str, reason: &'static str) {
-        if !self.cooldowns {
+        if !self.cooldowns || !self.last_cooldown.admit(deployment) {
             return;
         }
-        let now = Instant::now();
-        {
-            let mut last = self.last_cooldown.lock();
-            if last
-                .get(deployment)
-                .is_some_and(|at| now.duration_since(*at) < COOLDOWN_ALERT_EVERY)
-            {
-                return;
-            }
-            last.insert(deployment.to_owned(), now);
-        }
-        let alert = Alert::Cooldown {
+        self.send(Alert::Cooldown {
             deployment: deployment.to_owned(),
             reason,
-        };
-        if self.tx.try_send(alert).is_err() {
-            tracing::warn!("the alert queue is full: an alert was dropped");
-        }
+        });
     }
 }
 
@@ -169,7 +249,38 @@ fn json_body(alert: &Alert) -> Value {
             "reason": reason,
             "at": now_iso(),
         }),
+        Alert::Failed {
+            group,
+            deployment,
+            class,
+            status,
+        } => json!({
+            "event": "request_failed",
+            "model": group,
+            "deployment": deployment,
+            "error": class,
+            "status": status,
+            "at": now_iso(),
+        }),
+        Alert::Slow {
+            group,
+            deployment,
+            took,
+            threshold,
+        } => json!({
+            "event": "slow_request",
+            "model": group,
+            "deployment": deployment,
+            "seconds": round_ms(*took),
+            "threshold_seconds": round_ms(*threshold),
+            "at": now_iso(),
+        }),
     }
+}
+
+/// Seconds, to the millisecond.
+fn round_ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
 /// An alert as one sentence (Slack's `text`).
@@ -202,6 +313,27 @@ fn sentence(alert: &Alert) -> String {
         Alert::Cooldown { deployment, reason } => {
             format!("Switchyard: deployment `{deployment}` was put in cooldown ({reason}).")
         }
+        Alert::Failed {
+            group,
+            deployment,
+            class,
+            status,
+        } => {
+            let last = deployment
+                .as_ref()
+                .map_or_else(String::new, |d| format!(", deployment `{d}` answering last"));
+            format!("Switchyard: a request to `{group}` failed upstream ({class}, HTTP {status}{last}).")
+        }
+        Alert::Slow {
+            group,
+            deployment,
+            took,
+            threshold,
+        } => format!(
+            "Switchyard: deployment `{deployment}` of `{group}` took {}s to answer (threshold {}s).",
+            round_ms(*took),
+            round_ms(*threshold)
+        ),
     }
 }
 
@@ -239,5 +371,40 @@ mod tests {
             reason: "server_error",
         };
         assert_eq!(json_body(&cooled)["deployment"], "gpt-4o-eu");
+        let failed = Alert::Failed {
+            group: "gpt-4o".into(),
+            deployment: Some("gpt-4o/0".into()),
+            class: "upstream_error".into(),
+            status: 502,
+        };
+        assert_eq!(json_body(&failed)["event"], "request_failed");
+        assert_eq!(
+            sentence(&failed),
+            "Switchyard: a request to `gpt-4o` failed upstream (upstream_error, HTTP 502, deployment `gpt-4o/0` answering last)."
+        );
+        let slow = Alert::Slow {
+            group: "gpt-4o".into(),
+            deployment: "gpt-4o/0".into(),
+            took: Duration::from_millis(1_234),
+            threshold: Duration::from_secs(1),
+        };
+        let body = json_body(&slow);
+        assert_eq!(
+            (body["seconds"].as_f64(), body["threshold_seconds"].as_f64()),
+            (Some(1.234), Some(1.0))
+        );
+    }
+
+    #[test]
+    fn one_alert_a_minute_per_name_and_the_memory_is_bounded() {
+        let throttle = Throttle::default();
+        assert!(throttle.admit("a"));
+        assert!(!throttle.admit("a"), "the same name within a minute");
+        assert!(throttle.admit("b"));
+        for i in 0..REMEMBERED * 2 {
+            throttle.admit(&format!("n{i}"));
+        }
+        assert!(throttle.0.lock().len() <= REMEMBERED);
+        assert!(!throttle.admit("a"), "still remembered while recent");
     }
 }

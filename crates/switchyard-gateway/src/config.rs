@@ -1088,6 +1088,20 @@ pub(crate) fn resolve_url(
     env: &dyn EnvSource,
     issues: &mut Vec<ConfigIssue>,
 ) -> Option<Secret> {
+    resolve_parts(value, path, env, issues, true)
+}
+
+/// Resolves `os.environ/NAME` as a whole, or each `{os.environ/NAME}`
+/// placeholder in `value`, percent-encoded with `encode` (URL parts), else
+/// as it is (a whole base URL such as `{os.environ/LANGFUSE_HOST}/api`, a
+/// header's value).
+pub(crate) fn resolve_parts(
+    value: &str,
+    path: &str,
+    env: &dyn EnvSource,
+    issues: &mut Vec<ConfigIssue>,
+    encode: bool,
+) -> Option<Secret> {
     if value.starts_with("os.environ/") || !value.contains("{os.environ/") {
         return resolve_secret(value, path, env, issues);
     }
@@ -1103,7 +1117,8 @@ pub(crate) fn resolve_url(
         };
         let name = &after[..end];
         match env.get(name) {
-            Some(v) => out.push_str(&percent_encode(&v)),
+            Some(v) if encode => out.push_str(&percent_encode(&v)),
+            Some(v) => out.push_str(&v),
             None => {
                 issues.push(issue(path, format!("environment variable `{name}` is not set")));
                 complete = false;

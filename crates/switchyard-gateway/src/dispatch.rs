@@ -166,6 +166,23 @@ impl Call<'_> {
         }
     }
 
+    /// The request's input as JSON, for `gen_ai.prompt` when spans capture
+    /// content: a chat's messages, a message request's system and
+    /// messages, a completion's prompt, an embedding's input.
+    pub(crate) fn captured_prompt(&self) -> Option<String> {
+        let value = match self {
+            Call::Chat(req) => serde_json::to_string(&req.messages),
+            Call::Messages(req) => serde_json::to_string(&serde_json::json!({
+                "system": req.system,
+                "messages": req.messages,
+            })),
+            Call::Completion(req) => serde_json::to_string(&req.prompt),
+            Call::Embeddings(req) => serde_json::to_string(&req.input),
+            _ => return None,
+        };
+        value.ok().map(crate::observe::clip_captured)
+    }
+
     /// The prompt a learned router reads: every message's text, in order.
     /// `None` for requests a learned router does not route.
     pub(crate) fn query_text(&self) -> Option<String> {
@@ -435,6 +452,7 @@ pub(crate) async fn dispatch<'s>(
                 return Ok(served);
             }
             GroupOutcome::Final(error) => {
+                alert_failure(state, group.0, call, &error);
                 return Err(Failed {
                     error,
                     attempts,
@@ -474,6 +492,7 @@ pub(crate) async fn dispatch<'s>(
                 group = (name.as_str(), route);
             }
             _ => {
+                alert_failure(state, group.0, call, &error);
                 return Err(Failed {
                     error,
                     attempts,
@@ -481,6 +500,27 @@ pub(crate) async fn dispatch<'s>(
                 });
             }
         }
+    }
+}
+
+/// Tells the operator (`request_failed`) about a request to `group` that
+/// failed upstream or timed out: not one the upstream refused as the
+/// client's error, nor a token count.
+fn alert_failure(state: &AppState, group: &str, call: &Call<'_>, error: &ApiError) {
+    let Some(alerts) = &state.alerts else {
+        return;
+    };
+    if matches!(call, Call::CountTokens(..)) {
+        return;
+    }
+    let deployment = match error {
+        ApiError::Upstream { deployment, .. } => Some(deployment.as_str()),
+        ApiError::Deadline { .. } | ApiError::Routing(RoutingError::NoDeployment(_)) => None,
+        _ => return,
+    };
+    let status = error.parts().0;
+    if status.is_server_error() || status == axum::http::StatusCode::TOO_MANY_REQUESTS {
+        alerts.failed(group, deployment, &crate::observe::error_class(error), status.as_u16());
     }
 }
 
@@ -814,6 +854,9 @@ async fn try_group<'s>(
                         tokens,
                     };
                     state.stats.record_success(deployment.id, outcome, now);
+                    if let Some(alerts) = &state.alerts {
+                        alerts.answered(name, &deployment.name, outcome.latency);
+                    }
                 }
                 // A stream's first event arrived: the breaker closes now, its
                 // statistics are recorded when it ends. A token count says

@@ -62,13 +62,11 @@ pub fn is_litellm(doc: &Value) -> bool {
 const IGNORED_LITELLM_SETTINGS: &[(&str, &str)] = &[
     ("set_verbose", "logging is set with telemetry.log_level"),
     ("json_logs", "logs are JSON lines by default (telemetry.log_format)"),
-    ("success_callback", "use telemetry.otlp, /metrics and the request log"),
-    ("failure_callback", "use telemetry.otlp, /metrics and the request log"),
-    ("callbacks", "use telemetry.otlp, /metrics and the request log"),
     ("service_callback", "use telemetry.otlp and /metrics"),
     (
         "turn_off_message_logging",
-        "prompts are never logged unless telemetry.log_payloads is set",
+        "prompts are never logged unless telemetry.log_payloads is set (with a langfuse callback, \
+         true leaves them out of the spans too)",
     ),
     ("redact_user_api_key_info", "keys never reach logs or traces"),
     ("telemetry", "Switchyard sends no usage telemetry"),
@@ -91,10 +89,6 @@ const IGNORED_GENERAL_SETTINGS: &[(&str, &str)] = &[
     (
         "store_model_in_db",
         "models come from the configuration file (reloadable)",
-    ),
-    (
-        "alerting_threshold",
-        "slow requests are not alerted on; alert from the latency metrics at /metrics",
     ),
     ("proxy_batch_write_at", "spend is written as each request is charged"),
     ("disable_spend_logs", "spend records are always kept (/spend/logs)"),
@@ -139,6 +133,58 @@ struct Translator {
     out: Translation,
     issues: Vec<ConfigIssue>,
 }
+
+/// Where a LiteLLM provider prefix is served.
+#[derive(Debug, Clone, Copy)]
+enum Served {
+    /// At the file's `api_base` (or the provider's own address).
+    AsGiven,
+    /// A local server: this address by default, and `/v1` is added to an
+    /// `api_base` given without it, as LiteLLM does for Ollama.
+    Local(&'static str),
+    /// A hosted OpenAI-compatible service: its address unless `api_base`
+    /// says otherwise (taken as it is), its key from `key` when the file
+    /// gives none.
+    Hosted {
+        /// The service's OpenAI-compatible base URL.
+        base: &'static str,
+        /// The environment variable LiteLLM reads the key from.
+        key: &'static str,
+    },
+}
+
+/// OpenAI-compatible services LiteLLM names by prefix: the prefix, the
+/// service's OpenAI-compatible address (LiteLLM's default) and the variable
+/// LiteLLM reads its key from when `api_key` is absent (the first it tries).
+const HOSTED_OPENAI_COMPATIBLE: &[(&str, &str, &str)] = &[
+    ("groq", "https://api.groq.com/openai/v1", "GROQ_API_KEY"),
+    ("mistral", "https://api.mistral.ai/v1", "MISTRAL_API_KEY"),
+    ("codestral", "https://codestral.mistral.ai/v1", "CODESTRAL_API_KEY"),
+    ("deepseek", "https://api.deepseek.com/beta", "DEEPSEEK_API_KEY"),
+    ("together_ai", "https://api.together.xyz/v1", "TOGETHER_API_KEY"),
+    (
+        "fireworks_ai",
+        "https://api.fireworks.ai/inference/v1",
+        "FIREWORKS_API_KEY",
+    ),
+    ("openrouter", "https://openrouter.ai/api/v1", "OPENROUTER_API_KEY"),
+    ("xai", "https://api.x.ai/v1", "XAI_API_KEY"),
+    ("perplexity", "https://api.perplexity.ai", "PERPLEXITYAI_API_KEY"),
+    ("cerebras", "https://api.cerebras.ai/v1", "CEREBRAS_API_KEY"),
+    ("deepinfra", "https://api.deepinfra.com/v1/openai", "DEEPINFRA_API_KEY"),
+    (
+        "nvidia_nim",
+        "https://integrate.api.nvidia.com/v1",
+        "NVIDIA_NIM_API_KEY",
+    ),
+    ("sambanova", "https://api.sambanova.ai/v1", "SAMBANOVA_API_KEY"),
+    ("nebius", "https://api.studio.nebius.ai/v1", "NEBIUS_API_KEY"),
+    (
+        "gemini",
+        "https://generativelanguage.googleapis.com/v1beta/openai",
+        "GEMINI_API_KEY",
+    ),
+];
 
 /// The provider of a model named without one, as LiteLLM finds it.
 fn unprefixed_provider(model: &str, has_base: bool) -> Option<&'static str> {
@@ -191,17 +237,12 @@ impl Translator {
         self.issues.push(issue(key, why));
     }
 
-    /// `litellm_params.model` (`provider/name`) → provider, upstream model, default base.
+    /// `litellm_params.model` (`provider/name`) → provider, upstream model, where it is served.
     /// A name without a provider is placed as LiteLLM places it: Claude
     /// models on Anthropic, Bedrock model ids on Bedrock, OpenAI's models
     /// (or any model with an `api_base`) on OpenAI's API; another is refused
     /// rather than sent, with its key, to OpenAI.
-    fn provider(
-        &mut self,
-        path: &str,
-        model: &str,
-        has_base: bool,
-    ) -> Option<(&'static str, String, Option<&'static str>)> {
+    fn provider(&mut self, path: &str, model: &str, has_base: bool) -> Option<(&'static str, String, Served)> {
         let (prefix, name) = match model.split_once('/') {
             Some((p, n)) => (p, n),
             None => match unprefixed_provider(model, has_base) {
@@ -219,22 +260,27 @@ impl Translator {
             },
         };
         let found = match prefix {
-            "openai" | "text-completion-openai" | "custom_openai" | "openai_like" => ("openai", None),
-            "hosted_vllm" | "vllm" | "lm_studio" | "llamafile" => ("openai", None),
-            "ollama" | "ollama_chat" => ("openai", Some("http://localhost:11434/v1")),
-            "azure" => ("azure", None),
-            "anthropic" => ("anthropic", None),
-            "bedrock" | "bedrock_converse" => ("bedrock", None),
-            other => {
-                self.refuse(
-                    &format!("{path}.model"),
-                    &format!(
-                        "provider `{other}` is not supported (supported: openai, azure, anthropic, bedrock, \
-                         hosted_vllm, ollama, and OpenAI-compatible servers through openai/ with api_base)"
-                    ),
-                );
-                return None;
-            }
+            "openai" | "text-completion-openai" | "custom_openai" | "openai_like" => ("openai", Served::AsGiven),
+            "hosted_vllm" | "vllm" | "lm_studio" | "llamafile" => ("openai", Served::AsGiven),
+            "ollama" | "ollama_chat" => ("openai", Served::Local("http://localhost:11434/v1")),
+            "azure" => ("azure", Served::AsGiven),
+            "anthropic" => ("anthropic", Served::AsGiven),
+            "bedrock" | "bedrock_converse" => ("bedrock", Served::AsGiven),
+            other => match HOSTED_OPENAI_COMPATIBLE.iter().find(|(p, _, _)| *p == other) {
+                Some(&(_, base, key)) => ("openai", Served::Hosted { base, key }),
+                None => {
+                    let hosted: Vec<&str> = HOSTED_OPENAI_COMPATIBLE.iter().map(|(p, _, _)| *p).collect();
+                    self.refuse(
+                        &format!("{path}.model"),
+                        &format!(
+                            "provider `{other}` is not supported (supported: openai, azure, anthropic, bedrock, \
+                             hosted_vllm, ollama, {}, and OpenAI-compatible servers through openai/ with api_base)",
+                            hosted.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            },
         };
         // `bedrock/converse/<id>` and `bedrock/invoke/<id>` name the API; Switchyard picks it.
         let name = name
@@ -270,11 +316,11 @@ impl Translator {
             return None;
         }
         let has_base = params.contains_key("api_base") || params.contains_key("base_url");
-        let (provider, upstream, default_base) = self.provider(&ppath, model, has_base)?;
+        let (provider, upstream, served) = self.provider(&ppath, model, has_base)?;
         let mut d = Map::new();
         d.insert("provider".into(), json!(provider));
         d.insert("model".into(), json!(upstream));
-        if let Some(base) = default_base {
+        if let Served::Local(base) | Served::Hosted { base, .. } = served {
             d.insert("api_base".into(), json!(base));
         }
         let mut timeouts = Map::new();
@@ -285,7 +331,8 @@ impl Translator {
                 "api_base" | "base_url" => {
                     let mut base = value.as_str().unwrap_or_default().trim_end_matches('/').to_owned();
                     // An address read from the environment is taken as it is.
-                    if default_base.is_some() && !base.ends_with("/v1") && !base.starts_with("os.environ/") {
+                    if matches!(served, Served::Local(_)) && !base.ends_with("/v1") && !base.starts_with("os.environ/")
+                    {
                         base.push_str("/v1");
                     }
                     d.insert("api_base".into(), json!(base));
@@ -389,10 +436,15 @@ impl Translator {
         // its provider's environment variable; sent without one, every
         // request would fail upstream. A local server (an `api_base` on
         // openai/) needs none.
-        let from_env: &[(&str, &str)] = match provider {
-            "openai" if !has_base => &[("api_key", "OPENAI_API_KEY")],
-            "anthropic" => &[("api_key", "ANTHROPIC_API_KEY")],
-            "azure" => &[
+        let hosted_key;
+        let from_env: &[(&str, &str)] = match (provider, served) {
+            (_, Served::Hosted { key, .. }) => {
+                hosted_key = [("api_key", key)];
+                &hosted_key
+            }
+            ("openai", _) if !has_base => &[("api_key", "OPENAI_API_KEY")],
+            ("anthropic", _) => &[("api_key", "ANTHROPIC_API_KEY")],
+            ("azure", _) => &[
                 ("api_key", "AZURE_API_KEY"),
                 ("api_base", "AZURE_API_BASE"),
                 ("api_version", "AZURE_API_VERSION"),
@@ -702,10 +754,59 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             "policy.redis.url (shared rate limits, budgets and spend)",
         );
     }
+    // Span export a callback asks for (`langfuse`, `otel`).
+    let mut otlp: Option<Map<String, Value>> = None;
     if let Some(settings) = doc.get("litellm_settings").and_then(Value::as_object) {
+        let quiet = settings.get("turn_off_message_logging") == Some(&Value::Bool(true));
         for (key, value) in settings {
             let here = format!("litellm_settings.{key}");
             match key.as_str() {
+                "success_callback" | "failure_callback" | "callbacks" => match value.as_array() {
+                    Some(list) => {
+                        for callback in list {
+                            let name = callback.as_str().map_or_else(|| callback.to_string(), str::to_owned);
+                            match name.as_str() {
+                                // Langfuse takes OpenTelemetry spans at
+                                // `/api/public/otel`, with its keys as basic auth.
+                                "langfuse" | "langfuse_otel" => {
+                                    let mut langfuse = Map::new();
+                                    langfuse.insert(
+                                        "endpoint".into(),
+                                        json!("{os.environ/LANGFUSE_HOST}/api/public/otel"),
+                                    );
+                                    langfuse.insert("protocol".into(), json!("http/protobuf"));
+                                    langfuse.insert(
+                                        "basic_auth".into(),
+                                        json!({"username": "os.environ/LANGFUSE_PUBLIC_KEY",
+                                               "password": "os.environ/LANGFUSE_SECRET_KEY"}),
+                                    );
+                                    langfuse.insert("capture_content".into(), json!(!quiet));
+                                    if otlp.as_ref().is_some_and(|o| o.contains_key("basic_auth")) {
+                                        continue;
+                                    }
+                                    otlp = Some(langfuse);
+                                    t.map(
+                                        format!("{here}: {name}"),
+                                        "telemetry.otlp (Langfuse's OpenTelemetry endpoint at LANGFUSE_HOST, \
+                                         LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY)",
+                                    );
+                                }
+                                // The standard OTEL_EXPORTER_OTLP_* variables say where.
+                                "otel" => {
+                                    if otlp.is_none() {
+                                        otlp = Some(Map::new());
+                                    }
+                                    t.map(format!("{here}: otel"), "telemetry.otlp (OTEL_EXPORTER_OTLP_* variables)");
+                                }
+                                _ => t.warn(
+                                    &format!("{here}: {name}"),
+                                    "not sent; use telemetry.otlp (langfuse and otel come over), /metrics and the request log",
+                                ),
+                            }
+                        }
+                    }
+                    None => t.warn(&here, "use telemetry.otlp, /metrics and the request log"),
+                },
                 // Parameters Anthropic and Bedrock cannot express are dropped
                 // there; other providers take OpenAI's parameters as sent.
                 "drop_params" => match value.as_bool() {
@@ -900,6 +1001,13 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                     }
                     None => t.refuse(&here, "must be a list of alert channels"),
                 },
+                "alerting_threshold" => match secs_to_ms(value).filter(|ms| *ms > 0) {
+                    Some(ms) => {
+                        alerts.insert("slow_request_ms".into(), json!(ms));
+                        t.map(here, "telemetry.alerts.slow_request_ms");
+                    }
+                    None => t.refuse(&here, "must be a number of seconds greater than 0"),
+                },
                 "alert_types" => match value.as_array() {
                     Some(types) => {
                         let mut events: Vec<&str> = Vec::new();
@@ -910,10 +1018,15 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                                 Some("cooldown_deployment" | "outage_alerts" | "region_outage_alerts") => {
                                     &["deployment_cooldown"]
                                 }
+                                Some("llm_exceptions") => &["request_failed"],
+                                // A hanging request is told of when it ends
+                                // (slow) or at its timeout (failed).
+                                Some("llm_too_slow" | "llm_requests_hanging") => &["slow_request"],
                                 _ => {
                                     t.warn(
                                         &format!("{here}: {name}"),
-                                        "sent are budget_alerts, cooldown_deployment and outage_alerts (as cooldowns)",
+                                        "sent are budget_alerts, cooldown_deployment, outage_alerts (as cooldowns), \
+                                         llm_exceptions, llm_too_slow and llm_requests_hanging",
                                     );
                                     &[]
                                 }
@@ -1016,6 +1129,19 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     }
     if !pass_through.is_empty() {
         config.insert("pass_through".into(), Value::Array(pass_through));
+    }
+    if let Some(otlp) = otlp {
+        if doc.pointer("/telemetry/otlp").is_some() {
+            t.warn(
+                "litellm_settings.success_callback",
+                "the file's own telemetry.otlp is used",
+            );
+        } else {
+            let telemetry = config.entry("telemetry").or_insert_with(|| json!({}));
+            if let Some(telemetry) = telemetry.as_object_mut() {
+                telemetry.insert("otlp".into(), Value::Object(otlp));
+            }
+        }
     }
     // Alert types without a channel send nothing; a file's own
     // `telemetry.alerts` is used as written.

@@ -667,6 +667,14 @@ impl Metered {
                     record.cost_nanos,
                     record.cache_hit,
                 );
+                if let Some(key) = &record.key {
+                    state.metrics.key_spend(
+                        &switchyard_telemetry::key_ref(key),
+                        record.key_alias.as_deref().unwrap_or_default(),
+                        record.team_id.as_deref().unwrap_or_default(),
+                        record.cost_nanos,
+                    );
+                }
                 Some(record)
             }
             Err(e) => {

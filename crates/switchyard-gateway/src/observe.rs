@@ -163,7 +163,10 @@ fn under(path: &str, prefix: &str) -> bool {
 pub(crate) async fn observe(State(state): State<SharedState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = state.policy.request_id();
-    let route = route_name(request.uri().path());
+    let route = match route_name(request.uri().path()) {
+        "other" if state.pass_through.iter().any(|r| r.serves(request.uri().path())) => "pass_through",
+        named => named,
+    };
     // A method outside HTTP's own set is `_OTHER`, as the semantic
     // conventions say: clients cannot make up span names.
     let method = match *request.method() {
@@ -318,6 +321,59 @@ fn clip_end(text: &str, max: usize) -> &str {
         start += 1;
     }
     &text[start..]
+}
+
+/// The most of a prompt or an answer a span carries (`capture_content`).
+pub(crate) const MAX_CAPTURED: usize = 64 * 1024;
+
+/// `text` cut to [`MAX_CAPTURED`] bytes on a character boundary, marked
+/// when cut.
+pub(crate) fn clip_captured(mut text: String) -> String {
+    if text.len() > MAX_CAPTURED {
+        let mut end = MAX_CAPTURED;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("…[truncated]");
+    }
+    text
+}
+
+/// The answer a JSON reply carries, for `gen_ai.completion`: a chat's
+/// first message, a completion's first text, a message's content, else the
+/// whole body.
+pub(crate) fn captured_answer(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let picked = parsed.as_ref().and_then(|v| {
+        v.pointer("/choices/0/message")
+            .or_else(|| v.pointer("/choices/0/text"))
+            .or_else(|| {
+                v.get("content")
+                    .filter(|_| v.get("type").and_then(|t| t.as_str()) == Some("message"))
+            })
+    });
+    let text = match picked {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::from_utf8_lossy(body).into_owned(),
+    };
+    clip_captured(text)
+}
+
+/// Records the prompt and the end user on the current (`gen_ai`) span,
+/// when spans capture content.
+pub(crate) fn capture_prompt(state: &SharedState, call: &crate::dispatch::Call<'_>, end_user: Option<&str>) {
+    if !state.telemetry.capture_content {
+        return;
+    }
+    let span = tracing::Span::current();
+    if let Some(prompt) = call.captured_prompt() {
+        span.record("gen_ai.prompt", prompt.as_str());
+    }
+    if let Some(user) = end_user {
+        span.record("user.id", user);
+    }
 }
 
 /// A request-log record being filled in as the request goes.

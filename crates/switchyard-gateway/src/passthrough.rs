@@ -3,7 +3,9 @@
 //! own API — method, query, body and (optionally) the client's headers —
 //! with the gateway's virtual keys in front and the upstream's credentials
 //! added. The answer comes back as the upstream sent it, streamed. Nothing
-//! is routed, cached or charged.
+//! is routed or cached; a key's limits hold (its requests per minute, its
+//! requests in flight until the answer ends, a spent budget refuses), and
+//! each request is recorded in the spend log at no cost.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -71,6 +73,51 @@ pub struct PassThrough {
     /// Whether paths under `path` are served.
     pub include_subpath: bool,
     timeout: Duration,
+}
+
+impl PassThrough {
+    /// Whether a request to `path` is this route's.
+    pub fn serves(&self, path: &str) -> bool {
+        match path.strip_prefix(self.path.as_str()) {
+            Some("") => true,
+            Some(rest) => self.include_subpath && rest.starts_with('/'),
+            None => false,
+        }
+    }
+}
+
+/// Holds a request's admission while its answer streams, and records it in
+/// the spend log (at no cost) when the answer ends or the client leaves.
+struct Admitted {
+    policy: switchyard_policy::Policy,
+    ticket: Option<switchyard_policy::Ticket>,
+    deployment: String,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let Some(ticket) = self.ticket.take() else {
+            return;
+        };
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let policy = self.policy.clone();
+        // Taken now: a shutdown's flush waits for the record.
+        let guard = policy.write_guard();
+        let charge = switchyard_policy::Charge {
+            deployment: std::mem::take(&mut self.deployment),
+            usage: switchyard_policy::TokenUsage::default(),
+            cost: 0,
+            cache_hit: false,
+        };
+        handle.spawn(async move {
+            if let Err(e) = policy.settle(ticket, charge).await {
+                tracing::warn!(error = %e, "a pass-through request could not be recorded");
+            }
+            drop(guard);
+        });
+    }
 }
 
 /// Path prefixes the gateway serves itself.
@@ -250,24 +297,47 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     if matches!(request.method().as_str(), "TRACE" | "CONNECT") {
         return ApiError::MethodNotAllowed(request.method().to_string()).into_response();
     }
+    let mut admitted = None;
     if route.auth {
         let token = crate::metering::presented_key(request.headers());
-        match state.policy.authenticate(token).await {
-            Ok(principal) => {
-                // A key (or its team or user) limited to some models may use
-                // a route its list names by path.
-                if let Some(view) = principal.view()
-                    && view
-                        .model_lists()
-                        .iter()
-                        .any(|models| !models.is_empty() && !models.contains(&route.path))
-                {
-                    return ApiError::Forbidden(format!(
-                        "This API key may not use `{}`: its models do not list it.",
-                        route.path
-                    ))
-                    .into_response();
-                }
+        let principal = match state.policy.authenticate(token).await {
+            Ok(principal) => principal,
+            Err(denied) => return ApiError::Denied(denied).into_response(),
+        };
+        // A key (or its team or user) limited to some models may use a
+        // route its list names by path.
+        if let Some(view) = principal.view()
+            && view
+                .model_lists()
+                .iter()
+                .any(|models| !models.is_empty() && !models.contains(&route.path))
+        {
+            return ApiError::Forbidden(format!(
+                "This API key may not use `{}`: its models do not list it.",
+                route.path
+            ))
+            .into_response();
+        }
+        // The key's limits hold, the route's path standing for the model:
+        // a request per minute, one in flight, nothing reserved (it has no
+        // price), and a spent budget refuses it.
+        let demand = switchyard_policy::Demand {
+            model: route.path.clone(),
+            requested_as: None,
+            access_groups: Vec::new(),
+            end_user: None,
+            estimated_tokens: 0,
+            max_cost: 0,
+            unpriced: false,
+            request_id: None,
+        };
+        match state.policy.admit(&principal, &demand).await {
+            Ok(ticket) => {
+                admitted = Some(Admitted {
+                    policy: state.policy.clone(),
+                    ticket: Some(ticket),
+                    deployment: format!("pass-through {}", route.path),
+                });
             }
             Err(denied) => return ApiError::Denied(denied).into_response(),
         }
@@ -362,7 +432,12 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
             }
         }
     }
-    let stream = upstream.bytes_stream().map_err(std::io::Error::other);
+    // The admission is held until the answer has been passed on (or the
+    // client leaves), then recorded.
+    let stream = upstream.bytes_stream().map_err(move |e| {
+        let _held = &admitted;
+        std::io::Error::other(e)
+    });
     response
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| ApiError::Internal("an unreadable pass-through answer".into()).into_response())

@@ -278,6 +278,7 @@ pub(crate) fn tracker(
     StreamTracker::new(state.clone(), decision.deployment.id, started, in_flight)
         .labelled(decision.group.to_owned(), decision.deployment.name.clone())
         .counting(decision.estimated_tokens, decision.estimated_at_ms)
+        .spanned(tracing::Span::current(), state.telemetry.capture_content)
 }
 
 /// Asks a streaming upstream for its final usage chunk (to charge the
@@ -318,6 +319,9 @@ async fn openai(
         "gen_ai.response.model" = Empty,
         "gen_ai.usage.input_tokens" = Empty,
         "gen_ai.usage.output_tokens" = Empty,
+        "gen_ai.prompt" = Empty,
+        "gen_ai.completion" = Empty,
+        "user.id" = Empty,
         "switchyard.deployment" = Empty,
         "switchyard.cache" = Empty,
     );
@@ -357,6 +361,11 @@ async fn openai_inner(
         tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
     }
     let labels = metering::take_labels(&state, &mut options, trail.as_mut());
+    crate::observe::capture_prompt(
+        &state,
+        &call,
+        labels.end_user.as_deref().filter(|_| !labels.hide_end_user),
+    );
     let meter = match metering::admit(
         &state,
         principal,
@@ -524,6 +533,12 @@ async fn openai_inner(
             }
             if state.telemetry.log_payloads {
                 tracing::info!(target: "switchyard::payload", request_id = %ctx.id, completion = %String::from_utf8_lossy(&answer.body), "response payload");
+            }
+            if state.telemetry.capture_content {
+                current.record(
+                    "gen_ai.completion",
+                    crate::observe::captured_answer(&answer.body).as_str(),
+                );
             }
             if let Some(t) = trail.take() {
                 let mut t = t;
@@ -1221,11 +1236,50 @@ async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri) -> 
             store.local_entries(),
         );
     }
+    let mut text = state.metrics.render();
+    deployment_states(&state, &mut text);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.render(),
+        text,
     )
         .into_response()
+}
+
+/// `switchyard_deployment_state`, read from the circuit breakers at each
+/// scrape (so a deployment a reload removed leaves no series behind):
+/// 0 serving, 1 probing after a cooldown, 2 cooling down, 3 its upstream
+/// rejected the gateway's key.
+fn deployment_states(state: &AppState, out: &mut String) {
+    use std::fmt::Write as _;
+    let breakers = state.cooldowns.snapshot(state.now_ms());
+    out.push_str(
+        "# HELP switchyard_deployment_state Each deployment's circuit breaker: 0 serving, 1 probing, 2 cooling down, 3 key rejected upstream.\n\
+         # TYPE switchyard_deployment_state gauge\n",
+    );
+    for name in state.registry.model_names() {
+        let Ok(group) = state.registry.group(name) else {
+            continue;
+        };
+        for d in group.deployments() {
+            let value = match breakers.get(d.id.0).map(|b| b.state) {
+                None | Some(switchyard_routing::BreakerState::Closed) => 0,
+                Some(switchyard_routing::BreakerState::HalfOpen) => 1,
+                Some(switchyard_routing::BreakerState::Open) => 2,
+                Some(switchyard_routing::BreakerState::KeyInvalid) => 3,
+            };
+            let _ = writeln!(
+                out,
+                "switchyard_deployment_state{{model=\"{}\",deployment=\"{}\"}} {value}",
+                label_value(name),
+                label_value(&d.name)
+            );
+        }
+    }
+}
+
+/// A Prometheus label value: backslashes, quotes and newlines escaped.
+fn label_value(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
 /// `POST /v1/feedback`: a quality score for an earlier request, appended to

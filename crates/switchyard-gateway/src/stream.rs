@@ -64,6 +64,11 @@ pub(crate) trait Observed {
     /// Whether a complete stream of these items ends with one that
     /// [`Observed::is_last`]: one that just stops before it was cut.
     const ENDS_WITH_LAST: bool = false;
+    /// The answer's text the item carries (read only when spans capture
+    /// content).
+    fn text(&self) -> Option<String> {
+        None
+    }
 }
 
 impl Observed for StreamChunk {
@@ -75,6 +80,14 @@ impl Observed for StreamChunk {
 
     fn in_band_error(&self) -> Option<ProviderError> {
         None
+    }
+
+    fn text(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(&self.data).ok()?;
+        let delta = v
+            .pointer("/choices/0/delta/content")
+            .or_else(|| v.pointer("/choices/0/text"))?;
+        delta.as_str().map(str::to_owned)
     }
 }
 
@@ -117,6 +130,14 @@ impl Observed for Event {
     }
 
     const ENDS_WITH_LAST: bool = true;
+
+    fn text(&self) -> Option<String> {
+        if self.event != "content_block_delta" {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&self.data).ok()?;
+        v.pointer("/delta/text").and_then(|t| t.as_str()).map(str::to_owned)
+    }
 }
 
 /// Follows one stream for the routing statistics and the circuit breaker: it
@@ -146,6 +167,11 @@ pub struct StreamTracker {
     /// The request log's status for a stream dropped before its end: the
     /// client left (499), unless the gateway cut it at shutdown.
     cut_by_shutdown: bool,
+    /// The request's `gen_ai` span: kept open until the stream ends, which
+    /// records its usage (and, when spans capture content, its text).
+    span: tracing::Span,
+    /// The answer's text so far, when spans capture content.
+    captured: Option<String>,
     _in_flight: InFlight,
 }
 
@@ -166,8 +192,18 @@ impl StreamTracker {
             labels: (String::new(), String::new()),
             trail: None,
             cut_by_shutdown: false,
+            span: tracing::Span::none(),
+            captured: None,
             _in_flight: in_flight,
         }
+    }
+
+    /// Keeps `span` open until the stream ends, and records the stream's
+    /// usage on it then (and its text, with `capture`).
+    pub(crate) fn spanned(mut self, span: tracing::Span, capture: bool) -> Self {
+        self.span = span;
+        self.captured = capture.then(String::new);
+        self
     }
 
     /// Names the model group and deployment in metrics.
@@ -225,6 +261,12 @@ impl StreamTracker {
         self.first_item.get_or_insert_with(|| self.started.elapsed());
         self.items += 1;
         item.merge_usage(&mut self.usage);
+        if let Some(captured) = self.captured.as_mut()
+            && captured.len() <= crate::observe::MAX_CAPTURED
+            && let Some(text) = item.text()
+        {
+            captured.push_str(&text);
+        }
     }
 
     /// What the usage seen so far costs on this deployment.
@@ -273,6 +315,18 @@ impl StreamTracker {
 
     fn finish(&mut self, error: Option<&ProviderError>) {
         self.charge(error.is_none());
+        if let Some(u) = self.usage {
+            self.span
+                .record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
+            self.span.record(
+                "gen_ai.usage.output_tokens",
+                i64::try_from(u.completion).unwrap_or(i64::MAX),
+            );
+        }
+        if let Some(text) = self.captured.take() {
+            self.span
+                .record("gen_ai.completion", crate::observe::clip_captured(text).as_str());
+        }
         let now = self.state.now_ms();
         self.state.metrics.stream(
             &self.labels.0,
@@ -297,9 +351,15 @@ impl StreamTracker {
                 };
                 self.state.stats.record_success(self.id, outcome, now);
                 self.state.cooldowns.record_success(self.id, now);
+                if let Some(alerts) = &self.state.alerts {
+                    alerts.answered(&self.labels.0, &self.labels.1, self.started.elapsed());
+                }
             }
             Some(e) => {
                 let class = error_class(e);
+                if let Some(alerts) = &self.state.alerts {
+                    alerts.failed(&self.labels.0, Some(&self.labels.1), class.as_str(), 502);
+                }
                 self.state
                     .metrics
                     .stream_error(&self.labels.0, &self.labels.1, class.as_str());

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_telemetry::{LogFormat, LogSink, OtlpProtocol, OtlpSettings, RequestLogSettings, TracingSettings};
 
-use crate::config::{ConfigIssue, EnvSource, issue, resolve_url};
+use crate::config::{ConfigIssue, EnvSource, issue, resolve_parts, resolve_url};
 
 /// `telemetry:` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -59,6 +59,26 @@ pub struct OtlpConfig {
     pub timeout_ms: u64,
     /// Delay between batch exports, milliseconds (unset: `OTEL_BSP_SCHEDULE_DELAY`, else 5000).
     pub batch_delay_ms: Option<u64>,
+    /// Headers sent with each export (a hosted backend's key): values are
+    /// literal, `os.environ/NAME`, or hold `{os.environ/NAME}` parts.
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// HTTP basic authentication of each export (Langfuse: the public key
+    /// and the secret key), each `os.environ/NAME` or literal.
+    pub basic_auth: Option<BasicAuth>,
+    /// The `gen_ai` span carries the request's prompt (`gen_ai.prompt`),
+    /// the answer (`gen_ai.completion`) and the end user (`user.id`), for
+    /// LLM observability backends (Langfuse…). Off by default.
+    pub capture_content: bool,
+}
+
+/// A user name and password.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuth {
+    /// The user name (Langfuse: the public key).
+    pub username: String,
+    /// The password (Langfuse: the secret key).
+    pub password: String,
 }
 
 impl Default for OtlpConfig {
@@ -69,6 +89,9 @@ impl Default for OtlpConfig {
             service_name: None,
             timeout_ms: 10_000,
             batch_delay_ms: None,
+            headers: std::collections::BTreeMap::new(),
+            basic_auth: None,
+            capture_content: false,
         }
     }
 }
@@ -145,6 +168,10 @@ pub struct AlertsConfig {
     /// to 3 times).
     #[serde(default = "default_alert_timeout_ms")]
     pub timeout_ms: u64,
+    /// A `slow_request` alert is sent for an answer that took longer than
+    /// this, milliseconds (default 300000, LiteLLM's `alerting_threshold`).
+    #[serde(default = "default_slow_request_ms")]
+    pub slow_request_ms: u64,
 }
 
 /// The body of an alert.
@@ -169,6 +196,12 @@ pub enum AlertEvent {
     BudgetExhausted,
     /// A deployment was put in cooldown (at most once a minute each).
     DeploymentCooldown,
+    /// A request failed upstream after its retries and fallbacks, or its
+    /// stream broke (at most once a minute per model group).
+    RequestFailed,
+    /// An answer took longer than `slow_request_ms` (at most once a minute
+    /// per deployment).
+    SlowRequest,
 }
 
 fn all_alert_events() -> Vec<AlertEvent> {
@@ -176,11 +209,17 @@ fn all_alert_events() -> Vec<AlertEvent> {
         AlertEvent::SoftBudgetCrossed,
         AlertEvent::BudgetExhausted,
         AlertEvent::DeploymentCooldown,
+        AlertEvent::RequestFailed,
+        AlertEvent::SlowRequest,
     ]
 }
 
 fn default_alert_timeout_ms() -> u64 {
     5_000
+}
+
+fn default_slow_request_ms() -> u64 {
+    300_000
 }
 
 /// The validated alert settings.
@@ -194,6 +233,8 @@ pub struct AlertSettings {
     pub events: Vec<AlertEvent>,
     /// Longest wait for one delivery.
     pub timeout: Duration,
+    /// An answer slower than this is a `slow_request`.
+    pub slow_request: Duration,
 }
 
 /// The validated telemetry settings.
@@ -209,6 +250,8 @@ pub struct TelemetrySpec {
     pub metrics: bool,
     /// Alerts to a webhook.
     pub alerts: Option<AlertSettings>,
+    /// Spans carry prompts, answers and end users (`telemetry.otlp.capture_content`).
+    pub capture_content: bool,
 }
 
 impl TelemetryConfig {
@@ -224,10 +267,62 @@ impl TelemetryConfig {
             (None, false) => None,
             (section, _) => {
                 let c = section.clone().unwrap_or_default();
-                if let Some(endpoint) = &c.endpoint {
-                    match reqwest::Url::parse(endpoint) {
-                        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
-                        _ => issues.push(issue("telemetry.otlp.endpoint", "must be an http:// or https:// URL")),
+                let endpoint = c.endpoint.as_deref().and_then(|e| {
+                    let resolved = resolve_parts(e, "telemetry.otlp.endpoint", env, issues, false)?;
+                    match reqwest::Url::parse(resolved.expose()) {
+                        Ok(url) if matches!(url.scheme(), "http" | "https") => Some(resolved.expose().to_owned()),
+                        _ => {
+                            issues.push(issue("telemetry.otlp.endpoint", "must be an http:// or https:// URL"));
+                            None
+                        }
+                    }
+                });
+                let mut headers = Vec::new();
+                for (name, value) in &c.headers {
+                    let path = format!("telemetry.otlp.headers.{name}");
+                    if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                        issues.push(issue(&path, "is not a valid header name"));
+                        continue;
+                    }
+                    if let Some(v) = resolve_parts(value, &path, env, issues, false) {
+                        // The value is not shown: it is likely a secret.
+                        if axum::http::HeaderValue::from_str(v.expose()).is_err() {
+                            issues.push(issue(&path, "is not a valid header value"));
+                        } else {
+                            headers.push((name.to_ascii_lowercase(), v));
+                        }
+                    }
+                }
+                if let Some(auth) = &c.basic_auth {
+                    if headers.iter().any(|(n, _)| n == "authorization") {
+                        issues.push(issue(
+                            "telemetry.otlp.basic_auth",
+                            "and headers.authorization cannot both be set",
+                        ));
+                    }
+                    let user = crate::config::resolve_secret(
+                        &auth.username,
+                        "telemetry.otlp.basic_auth.username",
+                        env,
+                        issues,
+                    );
+                    let pass = crate::config::resolve_secret(
+                        &auth.password,
+                        "telemetry.otlp.basic_auth.password",
+                        env,
+                        issues,
+                    );
+                    if let (Some(user), Some(pass)) = (user, pass) {
+                        use base64::Engine as _;
+                        let token = base64::engine::general_purpose::STANDARD.encode(format!(
+                            "{}:{}",
+                            user.expose(),
+                            pass.expose()
+                        ));
+                        headers.push((
+                            "authorization".into(),
+                            switchyard_providers::Secret::new(format!("Basic {token}")),
+                        ));
                     }
                 }
                 if c.timeout_ms == 0 {
@@ -244,7 +339,8 @@ impl TelemetryConfig {
                     _ => OtlpProtocol::HttpProtobuf,
                 });
                 Some(OtlpSettings {
-                    endpoint: c.endpoint,
+                    endpoint,
+                    headers: headers.into_iter().map(|(n, v)| (n, v.expose().to_owned())).collect(),
                     protocol,
                     service_name: c
                         .service_name
@@ -255,6 +351,8 @@ impl TelemetryConfig {
                 })
             }
         };
+        // Only where spans go somewhere.
+        let capture_content = otlp.is_some() && self.otlp.as_ref().is_some_and(|o| o.capture_content);
         let request_log = self.request_log.as_ref().map(|r| {
             if r.queue == 0 {
                 issues.push(issue("telemetry.request_log.queue", "must be greater than 0"));
@@ -306,6 +404,9 @@ impl TelemetryConfig {
             if a.timeout_ms == 0 {
                 issues.push(issue("telemetry.alerts.timeout_ms", "must be greater than 0"));
             }
+            if a.slow_request_ms == 0 {
+                issues.push(issue("telemetry.alerts.slow_request_ms", "must be greater than 0"));
+            }
             let url = crate::config::resolve_secret(&a.webhook_url, "telemetry.alerts.webhook_url", env, issues)?;
             match reqwest::Url::parse(url.expose()) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -323,6 +424,7 @@ impl TelemetryConfig {
                 format: a.format,
                 events: a.events.clone(),
                 timeout: Duration::from_millis(a.timeout_ms.max(1)),
+                slow_request: Duration::from_millis(a.slow_request_ms.max(1)),
             })
         });
         TelemetrySpec {
@@ -335,6 +437,75 @@ impl TelemetryConfig {
             log_payloads: self.log_payloads,
             metrics: self.metrics,
             alerts,
+            capture_content,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    fn otlp(section: serde_json::Value) -> TelemetryConfig {
+        serde_json::from_value(serde_json::json!({"otlp": section})).unwrap()
+    }
+
+    #[test]
+    fn export_headers_and_basic_auth_are_resolved_and_never_shown() {
+        let config = otlp(serde_json::json!({
+            "endpoint": "{os.environ/TRACE_HOST}/api/public/otel",
+            "headers": {"X-Team": "research", "x-api-key": "os.environ/TRACE_KEY"},
+            "basic_auth": {"username": "pk-1", "password": "os.environ/TRACE_SECRET"},
+            "capture_content": true,
+        }));
+        let mut issues = Vec::new();
+        let vars = env(&[
+            ("TRACE_HOST", "https://traces.example.com"),
+            ("TRACE_KEY", "key-0001"),
+            ("TRACE_SECRET", "secret-0002"),
+        ]);
+        let spec = config.validate(&vars, &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
+        assert!(spec.capture_content);
+        let settings = spec.tracing.otlp.unwrap();
+        assert_eq!(
+            settings.endpoint.as_deref(),
+            Some("https://traces.example.com/api/public/otel"),
+            "a host is put in as it is, not percent-encoded"
+        );
+        let headers: BTreeMap<String, String> = settings.headers.iter().cloned().collect();
+        assert_eq!(headers["x-team"], "research");
+        assert_eq!(headers["x-api-key"], "key-0001");
+        assert_eq!(headers["authorization"], "Basic cGstMTpzZWNyZXQtMDAwMg==");
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("key-0001") && !shown.contains("cGstMT"), "{shown}");
+    }
+
+    #[test]
+    fn bad_export_settings_name_their_field() {
+        let config = otlp(serde_json::json!({
+            "headers": {"bad header": "x", "authorization": "Bearer y"},
+            "basic_auth": {"username": "u", "password": "os.environ/UNSET_SECRET"},
+        }));
+        let mut issues = Vec::new();
+        config.validate(&env(&[]), &mut issues);
+        let said: Vec<String> = issues.iter().map(|i| format!("{}: {}", i.path, i.message)).collect();
+        for expected in [
+            "telemetry.otlp.headers.bad header",
+            "telemetry.otlp.basic_auth: and headers.authorization",
+            "telemetry.otlp.basic_auth.password",
+        ] {
+            assert!(said.iter().any(|s| s.starts_with(expected)), "{expected}: {said:?}");
+        }
+        // Content is captured only where spans go.
+        let quiet: TelemetryConfig = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert!(!quiet.validate(&env(&[]), &mut Vec::new()).capture_content);
     }
 }

@@ -1,5 +1,5 @@
-//! `telemetry.alerts`: soft budgets crossed, budgets spent and deployments
-//! put in cooldown, delivered to a webhook receiver over real HTTP by the
+//! `telemetry.alerts`: soft budgets crossed, budgets spent, deployments
+//! put in cooldown, failed requests and slow answers, delivered to a webhook receiver over real HTTP by the
 //! `switchyard` binary; each once, retried when the webhook fails, never
 //! holding a key's value.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
@@ -136,18 +136,36 @@ async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
     assert_eq!(spent["max_budget_usd"], 0.0001, "{spent}");
     assert_eq!(spent["spend_usd"], 0.000091, "{spent}");
 
-    // A deployment put in cooldown, retried through the webhook's failures.
+    // A deployment put in cooldown, retried through the webhook's failures,
+    // then the failed request itself.
     hook.fail_next(2);
     let attempts_before = hook.attempts();
     let (status, _) = hello(&gw, &key, "flaky").await;
     assert!(status >= 500, "{status}");
+    let failed = hook
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "request_failed")
+        .await
+        .expect("a failed-request alert, after the cooldown's");
+    assert_eq!(
+        (
+            failed["model"].as_str(),
+            failed["deployment"].as_str(),
+            failed["status"].as_u64()
+        ),
+        (Some("flaky"), Some("flaky/0"), Some(502)),
+        "{failed}"
+    );
     let cooled = hook
         .wait_for(Duration::from_secs(10), |v| v["event"] == "deployment_cooldown")
         .await
         .expect("a cooldown alert, delivered on the third try");
     assert_eq!(cooled["reason"], "server_error", "{cooled}");
     assert_eq!(cooled["deployment"], "flaky/0", "{cooled}");
-    assert_eq!(hook.attempts() - attempts_before, 3);
+    assert_eq!(
+        hook.attempts() - attempts_before,
+        4,
+        "three tries of the cooldown's, one of the failure's"
+    );
 
     // Nothing more arrives, and no alert holds a key's value.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -157,9 +175,10 @@ async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
         (
             count("soft_budget_crossed"),
             count("budget_exhausted"),
-            count("deployment_cooldown")
+            count("deployment_cooldown"),
+            count("request_failed")
         ),
-        (1, 1, 1),
+        (1, 1, 1, 1),
         "{all:?}"
     );
     let text = serde_json::to_string(&all).unwrap();
@@ -205,4 +224,101 @@ fn a_missing_webhook_variable_names_its_field() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("telemetry.alerts.webhook_url"), "{text}");
     assert!(text.contains("telemetry.alerts.events"), "{text}");
+}
+
+/// Requests that fail upstream and answers slower than `slow_request_ms`
+/// (whole and streamed, timed to the stream's end) are told of once a
+/// minute per group or deployment; the client's own errors and fast
+/// answers are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_requests_and_slow_answers_are_alerted_on() {
+    let hook = WebhookReceiver::start().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let base = mock.base_url();
+    let yaml = format!(
+        r#"
+policy:
+  master_key: {MASTER}
+telemetry:
+  alerts:
+    webhook_url: os.environ/ALERT_HOOK_SLOW
+    events: [request_failed, slow_request]
+    slow_request_ms: 300
+router_settings:
+  num_retries: 0
+model_list:
+  - model_name: fast
+    deployments: [{{provider: mock, model: mock-fast}}]
+  - model_name: slow
+    deployments: [{{provider: openai, model: "gpt-x::first_byte_ms=600", api_base: "{base}", api_key: k}}]
+  - model_name: slow-stream
+    deployments: [{{provider: openai, model: "gpt-y::chunks=6,chunk_delay_ms=100", api_base: "{base}", api_key: k}}]
+  - model_name: down
+    deployments: [{{provider: openai, model: "gpt-z::status=503", api_base: "{base}", api_key: k}}]
+  - model_name: refuses
+    deployments: [{{provider: openai, model: "gpt-w::status=400", api_base: "{base}", api_key: k}}]
+  - model_name: breaks
+    deployments: [{{provider: openai, model: "gpt-v::error_event", api_base: "{base}", api_key: k}}]
+"#
+    );
+    let gw = GatewayProcess::start_with(Path::new(BIN), &yaml, &[], &[("ALERT_HOOK_SLOW", hook.url().as_str())]);
+    let stream =
+        |model: &str| json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hello"}]});
+
+    assert_eq!(hello(&gw, MASTER, "fast").await.0, 200);
+    assert_eq!(hello(&gw, MASTER, "slow").await.0, 200);
+    let slow = hook
+        .wait_for(Duration::from_secs(10), |v| v["deployment"] == "slow/0")
+        .await
+        .expect("a slow-answer alert");
+    assert_eq!(slow["event"], "slow_request", "{slow}");
+    assert_eq!(slow["model"], "slow", "{slow}");
+    assert!(slow["seconds"].as_f64().unwrap() >= 0.6, "{slow}");
+    assert_eq!(slow["threshold_seconds"], 0.3, "{slow}");
+    // A stream whose head comes at once but whose end comes late is slow.
+    let (status, _) = post(&gw, "/v1/chat/completions", MASTER, stream("slow-stream")).await;
+    assert_eq!(status, 200);
+    hook.wait_for(Duration::from_secs(10), |v| v["deployment"] == "slow-stream/0")
+        .await
+        .expect("a slow-stream alert");
+
+    // An upstream failure: one alert, however many requests fail this minute.
+    for _ in 0..3 {
+        assert_eq!(hello(&gw, MASTER, "down").await.0, 502);
+    }
+    let down = hook
+        .wait_for(Duration::from_secs(10), |v| v["model"] == "down")
+        .await
+        .expect("a failed-request alert");
+    assert_eq!(
+        (down["event"].as_str(), down["error"].as_str(), down["status"].as_u64()),
+        (Some("request_failed"), Some("upstream_error"), Some(502)),
+        "{down}"
+    );
+    // The client's own error is not the upstream failing.
+    assert_eq!(hello(&gw, MASTER, "refuses").await.0, 400);
+    // A stream that breaks after it started.
+    let (status, _) = post(&gw, "/v1/chat/completions", MASTER, stream("breaks")).await;
+    assert_eq!(status, 200);
+    let broke = hook
+        .wait_for(Duration::from_secs(10), |v| v["model"] == "breaks")
+        .await
+        .expect("a broken-stream alert");
+    assert_eq!(broke["event"], "request_failed", "{broke}");
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let all = hook.received();
+    let about = |model: &str| all.iter().filter(|v| v["model"] == model).count();
+    assert_eq!(
+        [
+            about("fast"),
+            about("slow"),
+            about("slow-stream"),
+            about("down"),
+            about("refuses"),
+            about("breaks")
+        ],
+        [0, 1, 1, 1, 0, 1],
+        "{all:?}"
+    );
 }

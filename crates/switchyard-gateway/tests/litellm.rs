@@ -70,7 +70,7 @@ litellm_settings:
     type: redis
     ttl: 600
   set_verbose: false
-  success_callback: ["langfuse"]
+  success_callback: ["datadog"]
   drop_params: true
 
 general_settings:
@@ -168,7 +168,7 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
     assert!(!notices.contains("`litellm_settings.drop_params`"), "{notices}");
     for key in [
         "litellm_settings.set_verbose",
-        "litellm_settings.success_callback",
+        "litellm_settings.success_callback: datadog",
         "router_settings.enable_pre_call_checks",
         "model_list[1].model_info.id",
         "model_list[2].litellm_params.max_retries",
@@ -286,20 +286,21 @@ fn slack_and_webhook_alerting_come_over() {
         "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
         "general_settings": {
             "alerting": ["slack", "email"],
-            "alert_types": ["budget_alerts", "llm_too_slow", "cooldown_deployment"],
-            "alerting_threshold": 300,
+            "alert_types": ["budget_alerts", "llm_too_slow", "cooldown_deployment", "llm_exceptions", "daily_reports"],
+            "alerting_threshold": 120,
         },
     });
     let t = switchyard_gateway::litellm::translate(&doc).unwrap();
     assert_eq!(
         t.config["telemetry"]["alerts"],
-        json!({"webhook_url": "os.environ/SLACK_WEBHOOK_URL", "format": "slack",
-               "events": ["soft_budget_crossed", "budget_exhausted", "deployment_cooldown"]})
+        json!({"webhook_url": "os.environ/SLACK_WEBHOOK_URL", "format": "slack", "slow_request_ms": 120_000,
+               "events": ["soft_budget_crossed", "budget_exhausted", "slow_request", "deployment_cooldown", "request_failed"]})
     );
     let warned = t.warnings.join("\n");
-    for unused in ["alerting: email", "alert_types: llm_too_slow", "alerting_threshold"] {
+    for unused in ["alerting: email", "alert_types: daily_reports"] {
         assert!(warned.contains(unused), "{warned}");
     }
+    assert!(!warned.contains("alerting_threshold"), "{warned}");
     // The generic webhook posts JSON to WEBHOOK_URL; alert types alone send nothing.
     let webhook = json!({
         "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
@@ -320,7 +321,7 @@ fn slack_and_webhook_alerting_come_over() {
     // rather than an empty list refused by name.
     let unsent = json!({
         "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
-        "general_settings": {"alerting": ["slack"], "alert_types": ["llm_too_slow"]},
+        "general_settings": {"alerting": ["slack"], "alert_types": ["daily_reports"]},
     });
     let t = switchyard_gateway::litellm::translate(&unsent).unwrap();
     assert!(t.config.get("telemetry").is_none(), "{}", t.config);
@@ -877,4 +878,151 @@ fn litellm_defaults_a_file_relies_on_are_kept() {
         err.contains("model_list[0].litellm_params.model") && err.contains("openai/*"),
         "{err}"
     );
+}
+
+/// LiteLLM's OpenAI-compatible services (`groq/`, `mistral/`, `openrouter/`,
+/// `gemini/`, …) become OpenAI-protocol deployments at the service's
+/// address, with the key from the variable LiteLLM reads; an `api_base` in
+/// the file is taken as it is.
+#[test]
+fn hosted_openai_compatible_services_come_over() {
+    let deployment = |params: Value| {
+        let doc = json!({"model_list": [{"model_name": "m", "litellm_params": params}]});
+        switchyard_gateway::litellm::translate(&doc).map(|t| t.config["model_list"][0]["deployments"][0].clone())
+    };
+    for (model, upstream, base, key) in [
+        (
+            "groq/llama-3.1-8b-instant",
+            "llama-3.1-8b-instant",
+            "https://api.groq.com/openai/v1",
+            "GROQ_API_KEY",
+        ),
+        (
+            "mistral/mistral-large-latest",
+            "mistral-large-latest",
+            "https://api.mistral.ai/v1",
+            "MISTRAL_API_KEY",
+        ),
+        (
+            "openrouter/anthropic/claude-3.5-sonnet",
+            "anthropic/claude-3.5-sonnet",
+            "https://openrouter.ai/api/v1",
+            "OPENROUTER_API_KEY",
+        ),
+        (
+            "together_ai/meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "meta-llama/Llama-3.3-70B-Instruct-Turbo",
+            "https://api.together.xyz/v1",
+            "TOGETHER_API_KEY",
+        ),
+        (
+            "deepseek/deepseek-chat",
+            "deepseek-chat",
+            "https://api.deepseek.com/beta",
+            "DEEPSEEK_API_KEY",
+        ),
+        (
+            "gemini/gemini-2.0-flash",
+            "gemini-2.0-flash",
+            "https://generativelanguage.googleapis.com/v1beta/openai",
+            "GEMINI_API_KEY",
+        ),
+        ("xai/grok-3-mini", "grok-3-mini", "https://api.x.ai/v1", "XAI_API_KEY"),
+    ] {
+        let d = deployment(json!({"model": model})).unwrap();
+        assert_eq!(d["provider"], "openai", "{model}: {d}");
+        assert_eq!(d["model"], upstream, "{model}: {d}");
+        assert_eq!(d["api_base"], base, "{model}: {d}");
+        assert_eq!(d["api_key"], format!("os.environ/{key}"), "{model}: {d}");
+    }
+    // The file's own address and key win, and the address is not altered.
+    let d = deployment(json!({
+        "model": "groq/llama-3.1-8b-instant",
+        "api_base": "http://127.0.0.1:7000/openai/v1",
+        "api_key": "os.environ/MY_GROQ_KEY",
+    }))
+    .unwrap();
+    assert_eq!(d["api_base"], "http://127.0.0.1:7000/openai/v1", "{d}");
+    assert_eq!(d["api_key"], "os.environ/MY_GROQ_KEY", "{d}");
+    // Ollama's address still gains `/v1`, as LiteLLM's does.
+    let d = deployment(json!({"model": "ollama/llama3", "api_base": "http://127.0.0.1:11434"})).unwrap();
+    assert_eq!(d["api_base"], "http://127.0.0.1:11434/v1", "{d}");
+    let refused = deployment(json!({"model": "vertex_ai/gemini-2.0-flash"})).unwrap_err();
+    assert!(
+        refused
+            .iter()
+            .any(|i| i.message.contains("`vertex_ai` is not supported") && i.message.contains("groq")),
+        "{refused:?}"
+    );
+}
+
+/// A `groq/` deployment answers through the gateway, reading its key from
+/// `GROQ_API_KEY` as LiteLLM does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hosted_service_is_reached_with_its_own_key() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "model_list:\n  - model_name: fast\n    litellm_params:\n      model: groq/llama-3.1-8b-instant\n      api_base: {}/v1\ngeneral_settings:\n  master_key: os.environ/LITELLM_MASTER_KEY\n",
+        mock.root_url()
+    );
+    let gw = GatewayProcess::start_with(
+        BIN.as_ref(),
+        &yaml,
+        &[],
+        &[("GROQ_API_KEY", "gsk-test-0001"), ("LITELLM_MASTER_KEY", MASTER)],
+    );
+    let (status, _, body) = chat(&gw, Some(MASTER), "fast").await;
+    assert_eq!(status, 200, "{body}");
+    let seen = mock.last_request().unwrap();
+    assert_eq!(seen.path, "/v1/chat/completions");
+    assert_eq!(seen.body["model"], "llama-3.1-8b-instant");
+    assert_eq!(seen.header("authorization"), Some("Bearer gsk-test-0001"));
+    assert!(!gw.logs().join("\n").contains("gsk-test-0001"));
+}
+
+/// Logging callbacks: `langfuse` becomes span export to Langfuse with the
+/// prompts and answers (unless `turn_off_message_logging`), `otel` span
+/// export where the standard variables say; others are warned about.
+#[tokio::test]
+async fn langfuse_and_otel_callbacks_become_span_export() {
+    let doc = |settings: Value| {
+        json!({
+            "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+            "litellm_settings": settings,
+        })
+    };
+    let t = switchyard_gateway::litellm::translate(&doc(json!({
+        "success_callback": ["langfuse", "datadog"],
+        "failure_callback": ["langfuse"],
+        "turn_off_message_logging": true,
+    })))
+    .unwrap();
+    assert_eq!(
+        t.config["telemetry"]["otlp"],
+        json!({
+            "endpoint": "{os.environ/LANGFUSE_HOST}/api/public/otel",
+            "protocol": "http/protobuf",
+            "basic_auth": {"username": "os.environ/LANGFUSE_PUBLIC_KEY", "password": "os.environ/LANGFUSE_SECRET_KEY"},
+            "capture_content": false,
+        })
+    );
+    assert!(
+        t.warnings.iter().any(|w| w.contains("success_callback: datadog")),
+        "{:?}",
+        t.warnings
+    );
+    let t = switchyard_gateway::litellm::translate(&doc(json!({"callbacks": ["otel"]}))).unwrap();
+    assert_eq!(t.config["telemetry"]["otlp"], json!({}));
+    let t = switchyard_gateway::litellm::translate(&doc(json!({"success_callback": ["langfuse"]}))).unwrap();
+    assert_eq!(t.config["telemetry"]["otlp"]["capture_content"], true);
+    // Without Langfuse's variables, start-up names them.
+    let yaml = "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      api_key: k\nlitellm_settings:\n  success_callback: [langfuse]\n";
+    let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
+    let err = match build_state(&config, &BTreeMap::new()) {
+        Ok(_) => panic!("started without Langfuse's variables"),
+        Err(e) => e.to_string(),
+    };
+    for name in ["LANGFUSE_HOST", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"] {
+        assert!(err.contains(name), "{err}");
+    }
 }

@@ -245,9 +245,15 @@ async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusal
     assert_eq!(retried.status, 200, "{}", retried.text);
     let fell_back = post(&gw, "/v1/chat/completions", MASTER, chat("down", "fall back"), &[]).await;
     assert_eq!(fell_back.status, 200, "{}", fell_back.text);
-    let key = post(&gw, "/key/generate", MASTER, json!({"rpm_limit": 1}), &[])
-        .await
-        .json()["key"]
+    let key = post(
+        &gw,
+        "/key/generate",
+        MASTER,
+        json!({"rpm_limit": 1, "key_alias": "metered"}),
+        &[],
+    )
+    .await
+    .json()["key"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -344,6 +350,29 @@ async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusal
     assert!(sample(&text, r#"switchyard_cooldowns_total{deployment="down/0"}"#) >= 1.0);
     assert_eq!(sample(&text, "switchyard_in_flight_requests"), 0.0);
     assert!(sample(&text, "switchyard_overhead_seconds_count") >= 5.0);
+    // Spend by key (named by reference and alias, never by value) and team.
+    let by_key: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("switchyard_key_spend_nanousd_total{") && l.contains(r#"key_alias="metered""#))
+        .collect();
+    assert_eq!(by_key.len(), 1, "{text}");
+    assert!(by_key[0].contains(r#"team="""#), "{}", by_key[0]);
+    let spent: f64 = by_key[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(spent > 0.0, "{}", by_key[0]);
+    assert!(!text.contains(&key), "a key's value in the metrics");
+    // Each deployment's breaker, read at the scrape: `down` cooled down.
+    assert!(text.contains("# TYPE switchyard_deployment_state gauge"), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            r#"switchyard_deployment_state{model="down",deployment="down/0"}"#
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&text, r#"switchyard_deployment_state{model="gpt",deployment="gpt/0"}"#),
+        0.0
+    );
 }
 
 fn read_lines(path: &Path) -> Vec<Value> {
@@ -673,4 +702,112 @@ async fn a_request_whose_client_left_is_counted() {
             && l.contains(r#"status="499""#)),
         "{metrics}"
     );
+}
+
+/// The text a streamed chat answer carried, from its SSE body.
+fn streamed_text(sse: &str) -> String {
+    sse.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v.pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+/// LiteLLM's `success_callback: ["langfuse"]`: spans go to Langfuse's
+/// OpenTelemetry endpoint under `LANGFUSE_HOST` with its keys as basic
+/// auth, and the `gen_ai` span carries the prompt, the answer (a stream's
+/// whole text, the span lasting until its end, with its usage) and the end
+/// user, as Langfuse reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_langfuse_callback_sends_prompts_and_answers_to_langfuse() {
+    use base64::Engine as _;
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: gpt
+    litellm_params:
+      model: openai/gpt-upstream
+      api_base: "{base}"
+      api_key: "{UPSTREAM_KEY}"
+litellm_settings:
+  success_callback: ["langfuse"]
+"#,
+        base = mock.base_url()
+    );
+    let host = receiver.endpoint();
+    let gw = GatewayProcess::start_with(
+        BIN.as_ref(),
+        &yaml,
+        &[],
+        &[
+            ("LANGFUSE_HOST", host.as_str()),
+            ("LANGFUSE_PUBLIC_KEY", "pk-lf-test-0001"),
+            ("LANGFUSE_SECRET_KEY", "sk-lf-secret-0002"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let mut whole = chat("gpt", PROMPT);
+    whole["user"] = json!("alice");
+    let a = post(&gw, "/v1/chat/completions", "", whole, &[]).await;
+    assert_eq!(a.status, 200, "{}", a.text);
+    let answer = a.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let stream =
+        json!({"model": "gpt", "stream": true, "messages": [{"role": "user", "content": "stream to langfuse"}]});
+    let b = post(&gw, "/v1/chat/completions", "", stream, &[]).await;
+    assert_eq!(b.status, 200, "{}", b.text);
+    let streamed = streamed_text(&b.text);
+    assert!(!streamed.is_empty(), "{}", b.text);
+
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), |spans| {
+            spans.iter().filter(|s| s.name == "chat gpt").count() >= 2
+        })
+        .await;
+    let exports = receiver.exports();
+    assert!(!exports.is_empty());
+    let basic = base64::engine::general_purpose::STANDARD.encode("pk-lf-test-0001:sk-lf-secret-0002");
+    for (path, headers) in &exports {
+        assert_eq!(path, "/api/public/otel/v1/traces");
+        let auth = headers
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v.clone());
+        assert_eq!(auth, Some(format!("Basic {basic}")));
+    }
+    let genai: Vec<&ReceivedSpan> = spans.iter().filter(|s| s.name == "chat gpt").collect();
+    let first = genai
+        .iter()
+        .find(|s| s.attr("gen_ai.prompt").is_some_and(|p| p.contains(PROMPT)))
+        .unwrap_or_else(|| panic!("no span with the prompt: {genai:#?}"));
+    let prompt: Value = serde_json::from_str(first.attr("gen_ai.prompt").unwrap()).unwrap();
+    assert_eq!(prompt[0]["content"], PROMPT, "the messages, as sent");
+    let completion: Value = serde_json::from_str(first.attr("gen_ai.completion").unwrap()).unwrap();
+    assert_eq!(completion["content"], answer.as_str(), "the answer's message");
+    assert_eq!(first.attr("user.id"), Some("alice"));
+    let second = genai
+        .iter()
+        .find(|s| {
+            s.attr("gen_ai.prompt")
+                .is_some_and(|p| p.contains("stream to langfuse"))
+        })
+        .unwrap_or_else(|| panic!("no span of the stream: {genai:#?}"));
+    assert_eq!(second.attr("gen_ai.completion"), Some(streamed.as_str()));
+    let output: i64 = second.attr("gen_ai.usage.output_tokens").unwrap().parse().unwrap();
+    assert!(output > 0, "{second:?}");
+    // Neither key reaches a span.
+    for s in &spans {
+        for v in s.attributes.values() {
+            assert!(!v.contains(UPSTREAM_KEY) && !v.contains("sk-lf-secret-0002"), "{s:?}");
+        }
+    }
 }

@@ -236,3 +236,99 @@ async fn raw_get(base: &str, path: &str, key: &str) -> String {
     stream.read_to_string(&mut answer).await.unwrap();
     answer
 }
+
+/// A key's requests per minute and requests in flight count its
+/// pass-through requests too (a stream holds its slot until it ends); each
+/// is recorded in the spend log at no cost, and labelled `pass_through` in
+/// the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_requests_count_against_a_keys_limits() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &config(&mock),
+        &[],
+        &[("PASS_THROUGH_TEST_KEY", UPSTREAM_KEY)],
+    );
+    let client = reqwest::Client::new();
+    let made: Value = client
+        .post(format!("{}/key/generate", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"rpm_limit": 3, "max_parallel_requests": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
+    let url = format!("{}/openai-native/chat/completions", gateway.base_url());
+    let slow = json!({"model": "gpt-4o-mini::chunks=6,chunk_delay_ms=150", "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let quick = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+
+    // While a stream is being passed on, the key's one slot is taken.
+    let streaming = client.post(&url).bearer_auth(&key).json(&slow).send().await.unwrap();
+    assert_eq!(streaming.status(), 200);
+    let busy = client.post(&url).bearer_auth(&key).json(&quick).send().await.unwrap();
+    assert_eq!(busy.status(), 429);
+    let body: Value = busy.json().await.unwrap();
+    assert!(body["error"]["message"].is_string(), "{body}");
+    let text = streaming.text().await.unwrap();
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    // The stream's end gives the slot back (a moment later: it is released
+    // after the last byte is handed over).
+    let mut freed = false;
+    for _ in 0..50 {
+        let answer = client.post(&url).bearer_auth(&key).json(&quick).send().await.unwrap();
+        if answer.status() == 200 {
+            freed = true;
+            break;
+        }
+        assert_eq!(answer.status(), 429);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(freed, "the slot was never given back");
+    // Three requests admitted this minute (the refusals were not counted):
+    // the next is over the key's rpm_limit.
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let answer = client.post(&url).bearer_auth(&key).json(&quick).send().await.unwrap();
+        statuses.push(answer.status().as_u16());
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+
+    // Each admitted request is in the spend log, at no cost.
+    let mut logs = Value::Null;
+    for _ in 0..50 {
+        logs = client
+            .get(format!("{}/spend/logs?api_key={key}", gateway.base_url()))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if logs.as_array().is_some_and(|l| l.len() >= 3) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let logs = logs.as_array().unwrap();
+    assert_eq!(logs.len(), 3, "{logs:?}");
+    for record in logs {
+        assert_eq!(record["model"], "/openai-native", "{record}");
+        assert_eq!(record["spend"], 0.0, "{record}");
+    }
+    let metrics = client
+        .get(format!("{}/metrics", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains(r#"route="pass_through""#), "{metrics}");
+}

@@ -105,6 +105,10 @@ impl Metrics {
                 "Spend in billionths of a USD (exact, as charged), by model group and whether it was a cache hit."
             );
             describe_counter!(
+                "switchyard_key_spend_nanousd",
+                "Spend in billionths of a USD, by virtual key (its reference and alias) and team."
+            );
+            describe_counter!(
                 "switchyard_cache_lookups",
                 "Response cache lookups, by model group and result."
             );
@@ -230,6 +234,20 @@ impl Metrics {
             let cache = if cache_hit { "hit" } else { "miss" };
             counter!("switchyard_cost_nanousd", "model" => model.to_owned(), "cache" => cache)
                 .increment(u64::try_from(cost_nanos).unwrap_or(0));
+        });
+    }
+
+    /// What a virtual key (`key`: its reference, never its value) was
+    /// charged, in nano-dollars, with its alias and team (empty when none).
+    pub fn key_spend(&self, key: &str, alias: &str, team: &str, cost_nanos: i64) {
+        self.with(|| {
+            counter!(
+                "switchyard_key_spend_nanousd",
+                "key" => key.to_owned(),
+                "key_alias" => alias.to_owned(),
+                "team" => team.to_owned()
+            )
+            .increment(u64::try_from(cost_nanos).unwrap_or(0));
         });
     }
 

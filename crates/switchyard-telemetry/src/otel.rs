@@ -38,12 +38,15 @@ pub enum OtlpProtocol {
 }
 
 /// Where spans go.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct OtlpSettings {
     /// The collector: for gRPC `http://host:4317`; for HTTP the base
     /// `http://host:4318` (`/v1/traces` is added) or the full traces URL.
     /// `None`: the standard `OTEL_EXPORTER_OTLP_*` variables decide.
     pub endpoint: Option<String>,
+    /// Headers (gRPC metadata) sent with each export, names in lower case;
+    /// their values are never shown by `Debug`.
+    pub headers: Vec<(String, String)>,
     /// The transport.
     pub protocol: OtlpProtocol,
     /// `service.name` of the exported resource.
@@ -52,6 +55,22 @@ pub struct OtlpSettings {
     pub timeout: Duration,
     /// Delay between batch exports (`None`: `OTEL_BSP_SCHEDULE_DELAY`, else 5 s).
     pub batch_delay: Option<Duration>,
+}
+
+impl std::fmt::Debug for OtlpSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpSettings")
+            .field("endpoint", &self.endpoint)
+            .field(
+                "headers",
+                &self.headers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+            )
+            .field("protocol", &self.protocol)
+            .field("service_name", &self.service_name)
+            .field("timeout", &self.timeout)
+            .field("batch_delay", &self.batch_delay)
+            .finish()
+    }
 }
 
 /// Logs and traces.
@@ -114,6 +133,19 @@ fn exporter(settings: &OtlpSettings) -> Result<SpanExporter, TelemetryError> {
             if let Some(endpoint) = &settings.endpoint {
                 b = b.with_endpoint(endpoint.clone());
             }
+            if !settings.headers.is_empty() {
+                use opentelemetry_otlp::WithTonicConfig as _;
+                use opentelemetry_otlp::tonic_types::metadata::MetadataMap;
+                let mut headers = http::HeaderMap::new();
+                for (name, value) in &settings.headers {
+                    let key = http::HeaderName::from_bytes(name.as_bytes())
+                        .map_err(|_| TelemetryError::Exporter(format!("header `{name}` is not a valid name")))?;
+                    let value = http::HeaderValue::from_str(value)
+                        .map_err(|_| TelemetryError::Exporter(format!("header `{name}` has an invalid value")))?;
+                    headers.insert(key, value);
+                }
+                b = b.with_metadata(MetadataMap::from_headers(headers));
+            }
             b.build()
         }
         OtlpProtocol::HttpProtobuf => {
@@ -129,6 +161,10 @@ fn exporter(settings: &OtlpSettings) -> Result<SpanExporter, TelemetryError> {
                     format!("{endpoint}/v1/traces")
                 };
                 b = b.with_endpoint(full);
+            }
+            if !settings.headers.is_empty() {
+                use opentelemetry_otlp::WithHttpConfig as _;
+                b = b.with_headers(settings.headers.iter().cloned().collect());
             }
             b.build()
         }

@@ -1,6 +1,8 @@
 //! A small OTLP trace receiver, as an OpenTelemetry collector is: over
-//! HTTP it accepts `POST /v1/traces` with protobuf bodies, over gRPC the
-//! `TraceService/Export` call; it keeps the spans for tests to inspect.
+//! HTTP it accepts `POST …/v1/traces` with protobuf bodies (under any base
+//! path, as hosted backends such as Langfuse serve it), over gRPC the
+//! `TraceService/Export` call; it keeps the spans, and the headers each
+//! HTTP export came with, for tests to inspect.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -65,11 +67,15 @@ fn render(value: Option<&Value>) -> String {
 
 type Spans = Arc<Mutex<Vec<ReceivedSpan>>>;
 
+/// Each HTTP export's path and headers (names in lower case).
+type Exports = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
+
 /// The receiver; stops when dropped.
 #[derive(Debug)]
 pub struct OtlpReceiver {
     addr: SocketAddr,
     spans: Spans,
+    exports: Exports,
     task: JoinHandle<()>,
 }
 
@@ -79,7 +85,27 @@ impl Drop for OtlpReceiver {
     }
 }
 
-async fn traces(State(spans): State<Spans>, body: Bytes) -> (StatusCode, Vec<u8>) {
+async fn traces(
+    State((spans, exports)): State<(Spans, Exports)>,
+    uri: axum::http::Uri,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> (StatusCode, Vec<u8>) {
+    if !uri.path().ends_with("/v1/traces") {
+        return (StatusCode::NOT_FOUND, Vec::new());
+    }
+    exports.lock().unwrap_or_else(PoisonError::into_inner).push((
+        uri.path().to_owned(),
+        headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+    ));
     let Ok(request) = ExportTraceServiceRequest::decode(body) else {
         return (StatusCode::BAD_REQUEST, Vec::new());
     };
@@ -160,7 +186,12 @@ impl OtlpReceiver {
                 .serve_with_incoming(incoming)
                 .await;
         });
-        Ok(OtlpReceiver { addr, spans, task })
+        Ok(OtlpReceiver {
+            addr,
+            spans,
+            exports: Exports::default(),
+            task,
+        })
     }
 
     /// Starts an OTLP/HTTP receiver on a free port of 127.0.0.1.
@@ -168,13 +199,19 @@ impl OtlpReceiver {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let addr = listener.local_addr()?;
         let spans = Spans::default();
+        let exports = Exports::default();
         let app = Router::new()
-            .route("/v1/traces", post(traces))
-            .with_state(spans.clone());
+            .fallback(post(traces))
+            .with_state((spans.clone(), exports.clone()));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        Ok(OtlpReceiver { addr, spans, task })
+        Ok(OtlpReceiver {
+            addr,
+            spans,
+            exports,
+            task,
+        })
     }
 
     /// The base URL (`http://127.0.0.1:port`); spans go to `/v1/traces` under it.
@@ -185,6 +222,11 @@ impl OtlpReceiver {
     /// Every span received so far.
     pub fn spans(&self) -> Vec<ReceivedSpan> {
         self.spans.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Each HTTP export received: its path and its headers.
+    pub fn exports(&self) -> Vec<(String, Vec<(String, String)>)> {
+        self.exports.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Waits until `ready` holds for the spans received, up to `max_wait`.

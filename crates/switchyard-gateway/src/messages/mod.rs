@@ -172,6 +172,9 @@ pub(crate) async fn messages(
         "gen_ai.response.model" = Empty,
         "gen_ai.usage.input_tokens" = Empty,
         "gen_ai.usage.output_tokens" = Empty,
+        "gen_ai.prompt" = Empty,
+        "gen_ai.completion" = Empty,
+        "user.id" = Empty,
         "switchyard.deployment" = Empty,
     );
     let labels = match crate::labels::anthropic(&req.extra, &headers) {
@@ -220,6 +223,11 @@ async fn messages_inner(
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     let mut trail = Trail::start(&state, &ctx, &principal, model, &call);
     let labels = metering::take_labels(&state, &mut options, trail.as_mut());
+    crate::observe::capture_prompt(
+        &state,
+        &call,
+        labels.end_user.as_deref().filter(|_| !labels.hide_end_user),
+    );
     let meter = match metering::admit(
         &state,
         &principal,
@@ -306,6 +314,9 @@ async fn messages_inner(
                 .and_then(|v| v.get("usage").map(metering::anthropic_usage));
             let record = meter.settle(&state, id, &name, usage).await;
             settled(trail.take(), usage, record.as_ref(), None);
+            if state.telemetry.capture_content {
+                current.record("gen_ai.completion", crate::observe::captured_answer(&body).as_str());
+            }
             let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             metering::cost_header(&mut response, record.as_ref());
             response
@@ -365,6 +376,12 @@ async fn messages_inner(
             // the client gets.
             let record = meter.settle(&state, id, &name, usage).await;
             settled(trail.take(), usage, record.as_ref(), translated.as_ref().err());
+            if state.telemetry.capture_content {
+                current.record(
+                    "gen_ai.completion",
+                    crate::observe::captured_answer(&answer.body).as_str(),
+                );
+            }
             match translated {
                 Ok(body) => {
                     let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
