@@ -10,6 +10,7 @@ calls a tool with ``{"q": "mock"}`` when one is required.
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
@@ -151,7 +152,7 @@ def test_structured_output_format_reaches_the_upstream_and_parses(client: openai
     ("kwargs", "param"),
     [
         ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
-        ({"background": True}, "background"),
+        ({"background": True, "store": False}, "store"),
         ({"max_output_tokens": 0}, "max_output_tokens"),
     ],
 )
@@ -172,3 +173,19 @@ def test_an_upstream_failure_is_an_openai_error(client: openai.OpenAI) -> None:
     with pytest.raises(openai.APIStatusError) as info:
         client.responses.create(model="broken", input="x")
     assert info.value.status_code == 502
+
+
+def test_a_background_response_is_polled_to_completion(client: openai.OpenAI) -> None:
+    queued = client.responses.create(model="mock-gpt", input="answer later", background=True)
+    assert queued.status == "queued"
+    assert queued.background is True
+    response = queued
+    for _ in range(200):
+        response = client.responses.retrieve(queued.id)
+        if response.status not in ("queued", "in_progress"):
+            break
+        time.sleep(0.05)
+    assert response.status == "completed"
+    assert response.output_text
+    # Finished: a cancel returns it as it is.
+    assert client.responses.cancel(queued.id).status == "completed"

@@ -1115,9 +1115,16 @@ pub(crate) fn resolve_parts(
             issues.push(issue(path, "a `{os.environ/NAME}` placeholder is not closed with `}`"));
             return None;
         };
-        let name = &after[..end];
-        match env.get(name) {
+        // `{os.environ/NAME:-default}`: the default when NAME is unset.
+        let (name, default) = match after[..end].split_once(":-") {
+            Some((name, default)) => (name, Some(default)),
+            None => (&after[..end], None),
+        };
+        let next = &after[end + 1..];
+        match env.get(name).or_else(|| default.map(str::to_owned)) {
             Some(v) if encode => out.push_str(&percent_encode(&v)),
+            // A base address given with its trailing `/` before a path.
+            Some(v) if next.starts_with('/') => out.push_str(v.trim_end_matches('/')),
             Some(v) => out.push_str(&v),
             None => {
                 issues.push(issue(path, format!("environment variable `{name}` is not set")));

@@ -452,7 +452,7 @@ pub(crate) async fn dispatch<'s>(
                 return Ok(served);
             }
             GroupOutcome::Final(error) => {
-                alert_failure(state, group.0, call, &error);
+                alert_failure(state, group.0, call, options, &error);
                 return Err(Failed {
                     error,
                     attempts,
@@ -492,7 +492,7 @@ pub(crate) async fn dispatch<'s>(
                 group = (name.as_str(), route);
             }
             _ => {
-                alert_failure(state, group.0, call, &error);
+                alert_failure(state, group.0, call, options, &error);
                 return Err(Failed {
                     error,
                     attempts,
@@ -505,8 +505,9 @@ pub(crate) async fn dispatch<'s>(
 
 /// Tells the operator (`request_failed`) about a request to `group` that
 /// failed upstream or timed out: not one the upstream refused as the
-/// client's error, nor a token count.
-fn alert_failure(state: &AppState, group: &str, call: &Call<'_>, error: &ApiError) {
+/// client's error, one that ran out of the time it set itself, nor a token
+/// count.
+fn alert_failure(state: &AppState, group: &str, call: &Call<'_>, options: &RequestOptions, error: &ApiError) {
     let Some(alerts) = &state.alerts else {
         return;
     };
@@ -515,6 +516,7 @@ fn alert_failure(state: &AppState, group: &str, call: &Call<'_>, error: &ApiErro
     }
     let deployment = match error {
         ApiError::Upstream { deployment, .. } => Some(deployment.as_str()),
+        ApiError::Deadline { .. } if options.timeout.is_some() => return,
         ApiError::Deadline { .. } | ApiError::Routing(RoutingError::NoDeployment(_)) => None,
         _ => return,
     };

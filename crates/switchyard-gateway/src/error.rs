@@ -322,6 +322,13 @@ fn is_auth_status(status: u16) -> bool {
     matches!(status, 401 | 403)
 }
 
+/// The code (else the type) a client is told for an upstream failure, as
+/// the request log and alerts name it (`upstream_error`, `upstream_timeout`…).
+pub(crate) fn upstream_code(err: &ProviderError) -> String {
+    let (_, kind, _, code) = upstream_parts(err);
+    code.unwrap_or_else(|| kind.to_owned())
+}
+
 fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Option<String>) {
     use StatusCode as S;
     match err {

@@ -772,7 +772,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                                     let mut langfuse = Map::new();
                                     langfuse.insert(
                                         "endpoint".into(),
-                                        json!("{os.environ/LANGFUSE_HOST}/api/public/otel"),
+                                        json!("{os.environ/LANGFUSE_HOST:-https://cloud.langfuse.com}/api/public/otel"),
                                     );
                                     langfuse.insert("protocol".into(), json!("http/protobuf"));
                                     langfuse.insert(
@@ -787,8 +787,8 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                                     otlp = Some(langfuse);
                                     t.map(
                                         format!("{here}: {name}"),
-                                        "telemetry.otlp (Langfuse's OpenTelemetry endpoint at LANGFUSE_HOST, \
-                                         LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY)",
+                                        "telemetry.otlp (Langfuse's OpenTelemetry endpoint at LANGFUSE_HOST, else Langfuse Cloud, \
+                                         with LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY)",
                                     );
                                 }
                                 // The standard OTEL_EXPORTER_OTLP_* variables say where.

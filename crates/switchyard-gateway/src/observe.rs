@@ -362,17 +362,18 @@ pub(crate) fn captured_answer(body: &[u8]) -> String {
 }
 
 /// Records the prompt and the end user on the current (`gen_ai`) span,
-/// when spans capture content.
+/// when spans capture content: on the exported span only, never in the
+/// local log.
 pub(crate) fn capture_prompt(state: &SharedState, call: &crate::dispatch::Call<'_>, end_user: Option<&str>) {
     if !state.telemetry.capture_content {
         return;
     }
     let span = tracing::Span::current();
     if let Some(prompt) = call.captured_prompt() {
-        span.record("gen_ai.prompt", prompt.as_str());
+        switchyard_telemetry::set_exported_attribute(&span, "gen_ai.prompt", prompt);
     }
     if let Some(user) = end_user {
-        span.record("user.id", user);
+        switchyard_telemetry::set_exported_attribute(&span, "user.id", user.to_owned());
     }
 }
 

@@ -297,6 +297,26 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     if matches!(request.method().as_str(), "TRACE" | "CONNECT") {
         return ApiError::MethodNotAllowed(request.method().to_string()).into_response();
     }
+    let rest = request
+        .uri()
+        .path()
+        .strip_prefix(route.path.as_str())
+        .unwrap_or_default()
+        .to_owned();
+    // The rest of the path stays under the target: no `.` or `..` segment,
+    // written plainly or percent-encoded, and no encoded slash.
+    let climbs = rest.split('/').any(|seg| {
+        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
+        decoded == "." || decoded == ".."
+    });
+    let lower = rest.to_ascii_lowercase();
+    if climbs || lower.contains("%2f") || lower.contains("%5c") || rest.contains('\\') {
+        return ApiError::InvalidField {
+            param: None,
+            message: "The path may not leave the route: no `.` or `..` segments, and no encoded slashes.".into(),
+        }
+        .into_response();
+    }
     let mut admitted = None;
     if route.auth {
         let token = crate::metering::presented_key(request.headers());
@@ -329,7 +349,11 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
             estimated_tokens: 0,
             max_cost: 0,
             unpriced: false,
-            request_id: None,
+            // The spend record carries the id the client is given.
+            request_id: request
+                .extensions()
+                .get::<crate::observe::RequestContext>()
+                .map(|ctx| ctx.id.clone()),
         };
         match state.policy.admit(&principal, &demand).await {
             Ok(ticket) => {
@@ -342,26 +366,6 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
             Err(denied) => return ApiError::Denied(denied).into_response(),
         }
     }
-    let rest = request
-        .uri()
-        .path()
-        .strip_prefix(route.path.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    // The rest of the path stays under the target: no `.` or `..` segment,
-    // written plainly or percent-encoded, and no encoded slash.
-    let climbs = rest.split('/').any(|seg| {
-        let decoded = seg.replace("%2e", ".").replace("%2E", ".");
-        decoded == "." || decoded == ".."
-    });
-    let lower = rest.to_ascii_lowercase();
-    if climbs || lower.contains("%2f") || lower.contains("%5c") || rest.contains('\\') {
-        return ApiError::InvalidField {
-            param: None,
-            message: "The path may not leave the route: no `.` or `..` segments, and no encoded slashes.".into(),
-        }
-        .into_response();
-    }
     let mut url = route.target.clone();
     if !rest.is_empty() {
         let joined = format!("{}{rest}", url.path().trim_end_matches('/'));
@@ -372,7 +376,13 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     let client_headers = request.headers().clone();
     let body = match crate::extract::read_body(request, &state).await {
         Ok(b) => b,
-        Err(e) => return e.into_response(),
+        Err(e) => {
+            // Nothing was sent: the admission is let go, not recorded.
+            if let Some(mut held) = admitted {
+                drop(held.ticket.take());
+            }
+            return e.into_response();
+        }
     };
     let mut headers = HeaderMap::new();
     if route.forward_headers {

@@ -72,6 +72,7 @@ pub fn router(state: SharedState) -> Router {
             get(crate::responses::retrieve).delete(crate::responses::delete),
         )
         .route("/responses/{id}/input_items", get(crate::responses::input_items))
+        .route("/responses/{id}/cancel", post(crate::responses::cancel))
         .route("/feedback", post(feedback));
     let client = Router::new()
         .merge(api.clone())
@@ -319,9 +320,6 @@ async fn openai(
         "gen_ai.response.model" = Empty,
         "gen_ai.usage.input_tokens" = Empty,
         "gen_ai.usage.output_tokens" = Empty,
-        "gen_ai.prompt" = Empty,
-        "gen_ai.completion" = Empty,
-        "user.id" = Empty,
         "switchyard.deployment" = Empty,
         "switchyard.cache" = Empty,
     );
@@ -534,10 +532,12 @@ async fn openai_inner(
             if state.telemetry.log_payloads {
                 tracing::info!(target: "switchyard::payload", request_id = %ctx.id, completion = %String::from_utf8_lossy(&answer.body), "response payload");
             }
-            if state.telemetry.capture_content {
-                current.record(
+            // Text answers only: not embeddings' vectors nor images' data.
+            if state.telemetry.capture_content && matches!(call, Call::Chat(_) | Call::Completion(_)) {
+                switchyard_telemetry::set_exported_attribute(
+                    &current,
                     "gen_ai.completion",
-                    crate::observe::captured_answer(&answer.body).as_str(),
+                    crate::observe::captured_answer(&answer.body),
                 );
             }
             if let Some(t) = trail.take() {
@@ -1247,8 +1247,9 @@ async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri) -> 
 
 /// `switchyard_deployment_state`, read from the circuit breakers at each
 /// scrape (so a deployment a reload removed leaves no series behind):
-/// 0 serving, 1 probing after a cooldown, 2 cooling down, 3 its upstream
-/// rejected the gateway's key.
+/// 0 serving, 1 probing after a cooldown (or its cooldown over, waiting for
+/// a request to probe it), 2 cooling down, 3 its upstream rejected the
+/// gateway's key.
 fn deployment_states(state: &AppState, out: &mut String) {
     use std::fmt::Write as _;
     let breakers = state.cooldowns.snapshot(state.now_ms());
@@ -1261,11 +1262,15 @@ fn deployment_states(state: &AppState, out: &mut String) {
             continue;
         };
         for d in group.deployments() {
-            let value = match breakers.get(d.id.0).map(|b| b.state) {
-                None | Some(switchyard_routing::BreakerState::Closed) => 0,
-                Some(switchyard_routing::BreakerState::HalfOpen) => 1,
-                Some(switchyard_routing::BreakerState::Open) => 2,
-                Some(switchyard_routing::BreakerState::KeyInvalid) => 3,
+            let value = match breakers.get(d.id.0).map(|b| (b.state, b.remaining_ms)) {
+                None | Some((switchyard_routing::BreakerState::Closed, _)) => 0,
+                // A cooldown that has run out waits for the next request to
+                // probe the deployment: as good as probing.
+                Some((switchyard_routing::BreakerState::HalfOpen, _) | (switchyard_routing::BreakerState::Open, 0)) => {
+                    1
+                }
+                Some((switchyard_routing::BreakerState::Open, _)) => 2,
+                Some((switchyard_routing::BreakerState::KeyInvalid, _)) => 3,
             };
             let _ = writeln!(
                 out,

@@ -324,8 +324,11 @@ impl StreamTracker {
             );
         }
         if let Some(text) = self.captured.take() {
-            self.span
-                .record("gen_ai.completion", crate::observe::clip_captured(text).as_str());
+            switchyard_telemetry::set_exported_attribute(
+                &self.span,
+                "gen_ai.completion",
+                crate::observe::clip_captured(text),
+            );
         }
         let now = self.state.now_ms();
         self.state.metrics.stream(
@@ -357,8 +360,17 @@ impl StreamTracker {
             }
             Some(e) => {
                 let class = error_class(e);
-                if let Some(alerts) = &self.state.alerts {
-                    alerts.failed(&self.labels.0, Some(&self.labels.1), class.as_str(), 502);
+                // The client's own error (an in-band refusal) is not the
+                // upstream failing; the client got a 200 and a broken stream.
+                if let Some(alerts) = &self.state.alerts
+                    && class != switchyard_routing::ErrorClass::ClientError
+                {
+                    alerts.failed(
+                        &self.labels.0,
+                        Some(&self.labels.1),
+                        &crate::error::upstream_code(e),
+                        200,
+                    );
                 }
                 self.state
                     .metrics

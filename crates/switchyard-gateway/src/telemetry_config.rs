@@ -49,7 +49,8 @@ impl Default for TelemetryConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct OtlpConfig {
     /// Collector URL: `http://host:4318` for HTTP (`/v1/traces` is added),
-    /// `http://host:4317` for gRPC. Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`.
+    /// `http://host:4317` for gRPC, with `{os.environ/NAME}` (or
+    /// `{os.environ/NAME:-default}`) parts. Unset: `OTEL_EXPORTER_OTLP_ENDPOINT`.
     pub endpoint: Option<String>,
     /// `http/protobuf` or `grpc` (unset: `OTEL_EXPORTER_OTLP_PROTOCOL`, else `http/protobuf`).
     pub protocol: Option<OtlpProtocol>,
@@ -280,6 +281,10 @@ impl TelemetryConfig {
                 let mut headers = Vec::new();
                 for (name, value) in &c.headers {
                     let path = format!("telemetry.otlp.headers.{name}");
+                    if headers.iter().any(|(n, _): &(String, _)| n.eq_ignore_ascii_case(name)) {
+                        issues.push(issue(&path, "is given twice (header names are not case-sensitive)"));
+                        continue;
+                    }
                     if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
                         issues.push(issue(&path, "is not a valid header name"));
                         continue;
@@ -461,13 +466,13 @@ mod tests {
     fn export_headers_and_basic_auth_are_resolved_and_never_shown() {
         let config = otlp(serde_json::json!({
             "endpoint": "{os.environ/TRACE_HOST}/api/public/otel",
-            "headers": {"X-Team": "research", "x-api-key": "os.environ/TRACE_KEY"},
+            "headers": {"X-Team": "research", "x-api-key": "os.environ/TRACE_KEY", "x-default": "{os.environ/NOT_SET_HERE:-fallback}"},
             "basic_auth": {"username": "pk-1", "password": "os.environ/TRACE_SECRET"},
             "capture_content": true,
         }));
         let mut issues = Vec::new();
         let vars = env(&[
-            ("TRACE_HOST", "https://traces.example.com"),
+            ("TRACE_HOST", "https://traces.example.com/"),
             ("TRACE_KEY", "key-0001"),
             ("TRACE_SECRET", "secret-0002"),
         ]);
@@ -483,6 +488,7 @@ mod tests {
         let headers: BTreeMap<String, String> = settings.headers.iter().cloned().collect();
         assert_eq!(headers["x-team"], "research");
         assert_eq!(headers["x-api-key"], "key-0001");
+        assert_eq!(headers["x-default"], "fallback", "an unset variable's default");
         assert_eq!(headers["authorization"], "Basic cGstMTpzZWNyZXQtMDAwMg==");
         let shown = format!("{settings:?}");
         assert!(!shown.contains("key-0001") && !shown.contains("cGstMT"), "{shown}");
@@ -491,7 +497,7 @@ mod tests {
     #[test]
     fn bad_export_settings_name_their_field() {
         let config = otlp(serde_json::json!({
-            "headers": {"bad header": "x", "authorization": "Bearer y"},
+            "headers": {"bad header": "x", "authorization": "Bearer y", "X-Key": "a", "x-key": "b"},
             "basic_auth": {"username": "u", "password": "os.environ/UNSET_SECRET"},
         }));
         let mut issues = Vec::new();
@@ -501,6 +507,7 @@ mod tests {
             "telemetry.otlp.headers.bad header",
             "telemetry.otlp.basic_auth: and headers.authorization",
             "telemetry.otlp.basic_auth.password",
+            "telemetry.otlp.headers.x-key: is given twice",
         ] {
             assert!(said.iter().any(|s| s.starts_with(expected)), "{expected}: {said:?}");
         }

@@ -1000,7 +1000,7 @@ async fn langfuse_and_otel_callbacks_become_span_export() {
     assert_eq!(
         t.config["telemetry"]["otlp"],
         json!({
-            "endpoint": "{os.environ/LANGFUSE_HOST}/api/public/otel",
+            "endpoint": "{os.environ/LANGFUSE_HOST:-https://cloud.langfuse.com}/api/public/otel",
             "protocol": "http/protobuf",
             "basic_auth": {"username": "os.environ/LANGFUSE_PUBLIC_KEY", "password": "os.environ/LANGFUSE_SECRET_KEY"},
             "capture_content": false,
@@ -1015,14 +1015,15 @@ async fn langfuse_and_otel_callbacks_become_span_export() {
     assert_eq!(t.config["telemetry"]["otlp"], json!({}));
     let t = switchyard_gateway::litellm::translate(&doc(json!({"success_callback": ["langfuse"]}))).unwrap();
     assert_eq!(t.config["telemetry"]["otlp"]["capture_content"], true);
-    // Without Langfuse's variables, start-up names them.
+    // Without Langfuse's keys, start-up names them (its address defaults
+    // to Langfuse Cloud, as in LiteLLM).
     let yaml = "model_list:\n  - model_name: a\n    litellm_params:\n      model: openai/x\n      api_key: k\nlitellm_settings:\n  success_callback: [langfuse]\n";
     let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
     let err = match build_state(&config, &BTreeMap::new()) {
         Ok(_) => panic!("started without Langfuse's variables"),
         Err(e) => e.to_string(),
     };
-    for name in ["LANGFUSE_HOST", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"] {
+    for name in ["LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"] {
         assert!(err.contains(name), "{err}");
     }
 }

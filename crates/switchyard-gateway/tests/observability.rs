@@ -227,7 +227,7 @@ fn sample(text: &str, prefix: &str) -> f64 {
 async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusals() {
     let mock = MockUpstream::start().await;
     let yaml = format!(
-        "policy:\n  master_key: {MASTER}\nrouter_settings:\n  num_retries: 3\n  retry_backoff_ms: 1\ncache:\n  enabled: true\n{}",
+        "policy:\n  master_key: {MASTER}\nrouter_settings:\n  num_retries: 3\n  retry_backoff_ms: 1\n  cooldown_ms: 600000\ncache:\n  enabled: true\n{}",
         models(&mock)
     );
     let gw = GatewayProcess::start(BIN.as_ref(), &yaml);

@@ -345,3 +345,110 @@ async fn a_repeated_response_comes_from_the_cache_as_a_new_response() {
         "one upstream call for the two streams"
     );
 }
+
+/// `GET /v1/responses/{id}` with the master key, until its status is no
+/// longer `queued` or `in_progress` (or 20 s pass).
+async fn settled(gw: &GatewayProcess, id: &str) -> Value {
+    for _ in 0..200 {
+        let (status, body) = call(gw, reqwest::Method::GET, MASTER, id).await;
+        assert_eq!(status, 200, "{body}");
+        if !matches!(body["status"].as_str(), Some("queued" | "in_progress")) {
+            return body;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("response {id} never finished");
+}
+
+async fn cancel(gw: &GatewayProcess, key: &str, id: &str) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/responses/{id}/cancel", gw.base_url()))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+/// `background: true`: the response comes back `queued` at once, is
+/// answered on its own while the client polls, and ends `completed` (or
+/// `failed` with the error); a cancel stops one still running and keeps it
+/// `cancelled` (a finished one is returned as it is, a foreground one
+/// cannot be cancelled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_responses_are_polled_and_cancelled() {
+    let mock = MockUpstream::start().await;
+    let base = mock.base_url();
+    let yaml = format!(
+        "policy:\n  master_key: {MASTER}\nrouter_settings:\n  num_retries: 0\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, model: mock-model, api_base: {base}}}\n  - model_name: slow\n    deployments:\n      - {{provider: openai, model: \"mock-model::first_byte_ms=400\", api_base: {base}}}\n  - model_name: stuck\n    deployments:\n      - {{provider: openai, model: \"mock-model::first_byte_ms=3000\", api_base: {base}}}\n  - model_name: broken\n    deployments:\n      - {{provider: openai, model: \"mock-model::status=503\", api_base: {base}}}\n"
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let (status, queued) = post(
+        &gw,
+        Some(MASTER),
+        &json!({"model": "slow", "input": "answer in the background", "background": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{queued}");
+    assert_eq!(queued["status"], "queued", "{queued}");
+    assert_eq!(queued["background"], true, "{queued}");
+    let id = queued["id"].as_str().unwrap().to_owned();
+    let done = settled(&gw, &id).await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["background"], true, "{done}");
+    assert!(done["output"][0]["content"][0]["text"].is_string(), "{done}");
+    assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0, "{done}");
+    // A finished response is returned as it is.
+    let (status, again) = cancel(&gw, MASTER, &id).await;
+    assert_eq!((status, again["status"].as_str()), (200, Some("completed")), "{again}");
+
+    // One still running is stopped, and stays cancelled.
+    let (_, queued) = post(
+        &gw,
+        Some(MASTER),
+        &json!({"model": "stuck", "input": "never mind", "background": true}),
+    )
+    .await;
+    let id = queued["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, cancelled) = cancel(&gw, MASTER, &id).await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (200, Some("cancelled")),
+        "{cancelled}"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
+    let (_, later) = call(&gw, reqwest::Method::GET, MASTER, &id).await;
+    assert_eq!(later["status"], "cancelled", "{later}");
+
+    // A failure is kept with its error.
+    let (_, queued) = post(
+        &gw,
+        Some(MASTER),
+        &json!({"model": "broken", "input": "x", "background": true}),
+    )
+    .await;
+    let failed = settled(&gw, queued["id"].as_str().unwrap()).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(failed["error"]["message"].is_string(), "{failed}");
+    assert!(failed["error"]["code"].is_string(), "{failed}");
+
+    // A foreground response cannot be cancelled; an unknown one is a 404.
+    let (_, foreground) = post(&gw, Some(MASTER), &json!({"model": "gpt", "input": "now"})).await;
+    let (status, refused) = cancel(&gw, MASTER, foreground["id"].as_str().unwrap()).await;
+    assert_eq!(status, 400, "{refused}");
+    let (status, _) = cancel(&gw, MASTER, "resp_unknown").await;
+    assert_eq!(status, 404);
+    // Background answers are not streamed by the gateway, and are kept.
+    for (extra, param) in [(json!({"stream": true}), "stream"), (json!({"store": false}), "store")] {
+        let mut body = json!({"model": "gpt", "input": "x", "background": true});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let (status, refused) = post(&gw, Some(MASTER), &body).await;
+        assert_eq!(
+            (status, refused["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{refused}"
+        );
+    }
+}

@@ -15,6 +15,6 @@ mod request_log;
 pub use metrics_registry::{InFlightGuard, Metrics};
 pub use otel::{
     LogFormat, OtlpProtocol, OtlpSettings, TelemetryError, TelemetryGuard, TracingSettings, init_tracing,
-    parent_context,
+    parent_context, set_exported_attribute,
 };
 pub use request_log::{Feedback, LogSink, RequestLog, RequestLogSettings, RequestRecord, key_ref};

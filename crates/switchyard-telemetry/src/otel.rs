@@ -246,6 +246,14 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// Sets an attribute on `span`'s exported (OpenTelemetry) span only: unlike
+/// a `tracing` field, it never reaches the local log, whatever its level.
+/// For what only the trace backend may see (captured prompts and answers).
+pub fn set_exported_attribute(span: &tracing::Span, key: &'static str, value: String) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    span.set_attribute(key, value);
+}
+
 /// The trace context a client sent in `traceparent` (and `tracestate`);
 /// an empty context when it sent none or an invalid one.
 pub fn parent_context(headers: &http::HeaderMap) -> opentelemetry::Context {

@@ -172,9 +172,6 @@ pub(crate) async fn messages(
         "gen_ai.response.model" = Empty,
         "gen_ai.usage.input_tokens" = Empty,
         "gen_ai.usage.output_tokens" = Empty,
-        "gen_ai.prompt" = Empty,
-        "gen_ai.completion" = Empty,
-        "user.id" = Empty,
         "switchyard.deployment" = Empty,
     );
     let labels = match crate::labels::anthropic(&req.extra, &headers) {
@@ -315,7 +312,11 @@ async fn messages_inner(
             let record = meter.settle(&state, id, &name, usage).await;
             settled(trail.take(), usage, record.as_ref(), None);
             if state.telemetry.capture_content {
-                current.record("gen_ai.completion", crate::observe::captured_answer(&body).as_str());
+                switchyard_telemetry::set_exported_attribute(
+                    &current,
+                    "gen_ai.completion",
+                    crate::observe::captured_answer(&body),
+                );
             }
             let mut response = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
             metering::cost_header(&mut response, record.as_ref());
@@ -377,9 +378,10 @@ async fn messages_inner(
             let record = meter.settle(&state, id, &name, usage).await;
             settled(trail.take(), usage, record.as_ref(), translated.as_ref().err());
             if state.telemetry.capture_content {
-                current.record(
+                switchyard_telemetry::set_exported_attribute(
+                    &current,
                     "gen_ai.completion",
-                    crate::observe::captured_answer(&answer.body).as_str(),
+                    crate::observe::captured_answer(&answer.body),
                 );
             }
             match translated {

@@ -1,6 +1,7 @@
-//! `POST /v1/responses`, `GET /v1/responses/{id}` and
-//! `DELETE /v1/responses/{id}`: OpenAI's Responses API served from any
-//! deployment.
+//! `POST /v1/responses`, `GET /v1/responses/{id}`,
+//! `DELETE /v1/responses/{id}` and `POST /v1/responses/{id}/cancel`:
+//! OpenAI's Responses API served from any deployment, in the foreground or
+//! in the background.
 //!
 //! A request is written as a chat completion request and goes through the
 //! chat route's own path (keys, limits, budgets, routing, retries,
@@ -169,6 +170,14 @@ pub(crate) async fn create(
     // What happens, not only what was asked: a gateway that keeps nothing
     // says so.
     echo.fields.insert("store".into(), Value::Bool(keeps));
+    let background = echo.fields.get("background") == Some(&Value::Bool(true));
+    if background && !keeps {
+        return ApiError::InvalidField {
+            param: Some("background".into()),
+            message: "This gateway keeps no responses (server.responses_store_mib is 0), so it cannot answer one in the background.".into(),
+        }
+        .into_response();
+    }
     let (options, controls) = match crate::routes::gateway_fields(&mut chat.extra, &headers) {
         Ok(fields) => fields,
         Err(e) => return e.into_response(),
@@ -191,6 +200,21 @@ pub(crate) async fn create(
     // What the answer reports without the upstream's usage: the prompt as
     // admission estimates it.
     let estimated_input = crate::metering::prompt_bytes(&Call::Chat(&mut chat)).div_ceil(4);
+    if background && let Some(keep) = keep {
+        let job = Job {
+            state,
+            principal,
+            ctx,
+            model,
+            chat,
+            options,
+            controls,
+            echo,
+            keep,
+            estimated_input,
+        };
+        return job.start().await;
+    }
     let answer =
         crate::routes::serve_detached(state, principal, ctx, model, chat, |r| Call::Chat(r), options, controls).await;
     if !answer.status().is_success() {
@@ -201,6 +225,229 @@ pub(crate) async fn create(
     } else {
         object(answer, &echo, keep, estimated_input).await
     }
+}
+
+/// A background response (`background: true`): answered on a task of its
+/// own while the client polls `GET /v1/responses/{id}`, and cancelled by
+/// `POST /v1/responses/{id}/cancel`.
+struct Job {
+    state: SharedState,
+    principal: Principal,
+    ctx: RequestContext,
+    model: String,
+    chat: switchyard_api::ChatCompletionRequest,
+    options: crate::dispatch::RequestOptions,
+    controls: crate::cache::Controls,
+    echo: Echo,
+    keep: Keep,
+    estimated_input: u64,
+}
+
+/// A response's `status`, from its kept object.
+fn status_of(stored: &Stored) -> Option<String> {
+    serde_json::from_slice::<Value>(&stored.object)
+        .ok()?
+        .get("status")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// Whether a response with this status is still being answered.
+fn unfinished(status: Option<&str>) -> bool {
+    matches!(status, Some("queued" | "in_progress"))
+}
+
+impl Job {
+    /// Keeps the response as `queued`, starts answering it, and returns the
+    /// queued object.
+    async fn start(self) -> Response {
+        let queued = self.echo.object("queued");
+        let bytes = match serde_json::to_vec(&queued) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => return ApiError::Internal(e.to_string()).into_response(),
+        };
+        if let Err(e) = self.placeholder(&queued, bytes.clone()).await {
+            return store_down(e);
+        }
+        let store = self.keep.store.clone();
+        let id = queued.id.clone();
+        // The task waits until it is on the books, so that it is never
+        // forgotten there when it ends at once.
+        let (go, ready) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            if ready.await.is_err() {
+                return;
+            }
+            let store = self.keep.store.clone();
+            let id = self.echo.id.clone();
+            self.run().await;
+            store.finished(&id);
+        });
+        store.running(id, task);
+        let _ = go.send(());
+        ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
+    }
+
+    /// Keeps `object` (a queued or in-progress response) under its id with
+    /// the request's input, so that `GET` and cancel find it.
+    async fn placeholder(&self, object: &ResponseObject, bytes: Bytes) -> Result<(), store::StoreUnavailable> {
+        let stored = Stored {
+            owner: self.keep.owner.clone(),
+            conversation: self.keep.conversation.clone(),
+            object: bytes,
+            input_start: self.keep.input_start,
+            input_end: self.keep.conversation.len(),
+        };
+        self.keep.store.put(object.id.clone(), stored).await
+    }
+
+    /// Answers the request, then keeps the response as it ended (completed,
+    /// incomplete or failed), unless it was cancelled meanwhile.
+    async fn run(self) {
+        // Cancelled on another replica before it started: nothing to do.
+        if let Ok(Some(now)) = self.keep.store.get(&self.echo.id, &self.keep.owner).await
+            && !unfinished(status_of(&now).as_deref())
+        {
+            return;
+        }
+        let in_progress = self.echo.object("in_progress");
+        if let Ok(bytes) = serde_json::to_vec(&in_progress)
+            && let Err(e) = self.placeholder(&in_progress, Bytes::from(bytes)).await
+        {
+            tracing::warn!(response = %self.echo.id, error = %e, "a background response could not be marked in progress");
+        }
+        let Job {
+            state,
+            principal,
+            ctx,
+            model,
+            chat,
+            options,
+            controls,
+            echo,
+            keep,
+            estimated_input,
+        } = self;
+        let answer =
+            crate::routes::serve_detached(state, principal, ctx, model, chat, |r| Call::Chat(r), options, controls)
+                .await;
+        // A cancel made on another replica is found in the store.
+        if let Ok(Some(now)) = keep.store.get(&echo.id, &keep.owner).await
+            && !unfinished(status_of(&now).as_deref())
+        {
+            return;
+        }
+        if answer.status().is_success() {
+            let written = object(answer, &echo, Some(keep), estimated_input).await;
+            if written.status().is_success() {
+                return;
+            }
+            tracing::warn!(response = %echo.id, status = written.status().as_u16(), "a background answer could not be written as a response");
+            return;
+        }
+        // Failed: kept with the error the client would have had.
+        let status = answer.status();
+        let body = axum::body::to_bytes(answer.into_body(), 1024 * 1024)
+            .await
+            .unwrap_or_default();
+        let error: Value = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error").cloned())
+            .unwrap_or(Value::Null);
+        let mut failed = echo.object("failed");
+        failed.error = Some(switchyard_api::responses::ResponseError {
+            code: error.get("code").and_then(Value::as_str).map_or_else(
+                || {
+                    if status.is_server_error() {
+                        "server_error"
+                    } else {
+                        "invalid_request"
+                    }
+                    .to_owned()
+                },
+                str::to_owned,
+            ),
+            message: error.get("message").and_then(Value::as_str).map_or_else(
+                || format!("The request failed with HTTP {}.", status.as_u16()),
+                str::to_owned,
+            ),
+        });
+        if let Ok(bytes) = serde_json::to_vec(&failed) {
+            let stored = Stored {
+                owner: keep.owner.clone(),
+                input_end: keep.conversation.len(),
+                conversation: keep.conversation,
+                object: Bytes::from(bytes),
+                input_start: keep.input_start,
+            };
+            if let Err(e) = keep.store.put(echo.id.clone(), stored).await {
+                tracing::warn!(response = %echo.id, error = %e, "a failed background response could not be kept");
+            }
+        }
+    }
+}
+
+/// `POST /v1/responses/{id}/cancel`: stops a background response still
+/// being answered and keeps it as `cancelled`; a response already finished
+/// is returned as it is.
+pub(crate) async fn cancel(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let owner = owner(&principal);
+    let store = &state.responses;
+    let found = match store.get(&id, &owner).await {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return ApiError::ResponseNotFound { id, param: None }.into_response(),
+        Err(e) => return store_down(e),
+    };
+    let background = serde_json::from_slice::<Value>(&found.object)
+        .ok()
+        .and_then(|v| v.get("background").and_then(Value::as_bool))
+        .unwrap_or(false);
+    if !background {
+        return ApiError::InvalidField {
+            param: None,
+            message: "Only a background response can be cancelled.".into(),
+        }
+        .into_response();
+    }
+    if !unfinished(status_of(&found).as_deref()) {
+        // Finished (or cancelled) already: nothing to stop.
+        return ([(header::CONTENT_TYPE, "application/json")], found.object.clone()).into_response();
+    }
+    // Stopped here when this replica runs it (the attempt under way ends
+    // and is charged; no other starts); another replica's finds the mark.
+    if let Some(task) = store.finished(&id) {
+        task.abort();
+        let _ = task.await;
+    }
+    // It may have finished meanwhile.
+    let found = match store.get(&id, &owner).await {
+        Ok(Some(now)) if !unfinished(status_of(&now).as_deref()) => {
+            return ([(header::CONTENT_TYPE, "application/json")], now.object.clone()).into_response();
+        }
+        Ok(Some(now)) => now,
+        Ok(None) => return ApiError::ResponseNotFound { id, param: None }.into_response(),
+        Err(e) => return store_down(e),
+    };
+    let mut object: Value = serde_json::from_slice(&found.object).unwrap_or(Value::Null);
+    if let Some(fields) = object.as_object_mut() {
+        fields.insert("status".into(), Value::String("cancelled".into()));
+    }
+    let bytes = Bytes::from(object.to_string());
+    let stored = Stored {
+        owner: found.owner.clone(),
+        conversation: found.conversation.clone(),
+        object: bytes.clone(),
+        input_start: found.input_start,
+        input_end: found.input_end,
+    };
+    if let Err(e) = store.put(id, stored).await {
+        return store_down(e);
+    }
+    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
 /// A chat answer written as a response object.

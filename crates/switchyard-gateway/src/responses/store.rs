@@ -73,6 +73,9 @@ pub struct ResponseStore {
     /// object); larger ones are not kept.
     max_bytes: u64,
     ttl: Duration,
+    /// Background responses this process is answering, by id, so that a
+    /// cancel can stop them.
+    running: Arc<parking_lot::Mutex<std::collections::HashMap<String, tokio::task::JoinHandle<()>>>>,
 }
 
 impl std::fmt::Debug for ResponseStore {
@@ -135,6 +138,7 @@ impl ResponseStore {
             backend,
             max_bytes,
             ttl,
+            running: Arc::default(),
         }
     }
 
@@ -159,7 +163,20 @@ impl ResponseStore {
             },
             max_bytes,
             ttl,
+            running: Arc::default(),
         })
+    }
+
+    /// Notes the task answering background response `id` (it calls
+    /// [`ResponseStore::finished`] when done).
+    pub(crate) fn running(&self, id: String, task: tokio::task::JoinHandle<()>) {
+        self.running.lock().insert(id, task);
+    }
+
+    /// Forgets the task of background response `id`, handing it back (to be
+    /// stopped) if this process runs it.
+    pub(crate) fn finished(&self, id: &str) -> Option<tokio::task::JoinHandle<()>> {
+        self.running.lock().remove(id)
     }
 
     /// Whether responses are kept at all.

@@ -162,12 +162,20 @@ pub(crate) fn to_chat(
             return Err(invalid(*name, *why));
         }
     }
-    if extra.get("background") == Some(&Value::Bool(true)) {
+    let background = extra.get("background") == Some(&Value::Bool(true));
+    if background && stream == Some(true) {
         return Err(invalid(
-            "background",
-            "background responses are not supported by this gateway; leave `background` unset or false",
+            "stream",
+            "a background response is not streamed by this gateway: leave `stream` unset and poll GET /v1/responses/{id}",
         ));
     }
+    if background && store == Some(false) {
+        return Err(invalid(
+            "store",
+            "a background response is kept until it is read: `store` must not be false",
+        ));
+    }
+    echo.fields.insert("background".into(), Value::Bool(background));
     let mut chat = Extra::new();
     let fields = &mut echo.fields;
     fields.insert(
@@ -1081,7 +1089,14 @@ mod tests {
                 json!({"model": "m", "input": "x", "tool_choice": {"type": "file_search"}}),
                 "tool_choice",
             ),
-            (json!({"model": "m", "input": "x", "background": true}), "background"),
+            (
+                json!({"model": "m", "input": "x", "background": true, "stream": true}),
+                "stream",
+            ),
+            (
+                json!({"model": "m", "input": "x", "background": true, "store": false}),
+                "store",
+            ),
             (
                 json!({"model": "m", "input": "x", "conversation": "conv_1"}),
                 "conversation",
