@@ -1121,7 +1121,13 @@ pub(crate) fn resolve_parts(
             None => (&after[..end], None),
         };
         let next = &after[end + 1..];
-        match env.get(name).or_else(|| default.map(str::to_owned)) {
+        // As a shell's `:-`: the default also stands in for an empty value.
+        let value = match (env.get(name), default) {
+            (Some(v), Some(d)) if v.is_empty() => Some(d.to_owned()),
+            (None, Some(d)) => Some(d.to_owned()),
+            (found, _) => found,
+        };
+        match value {
             Some(v) if encode => out.push_str(&percent_encode(&v)),
             // A base address given with its trailing `/` before a path.
             Some(v) if next.starts_with('/') => out.push_str(v.trim_end_matches('/')),

@@ -516,7 +516,8 @@ fn alert_failure(state: &AppState, group: &str, call: &Call<'_>, options: &Reque
     }
     let deployment = match error {
         ApiError::Upstream { deployment, .. } => Some(deployment.as_str()),
-        ApiError::Deadline { .. } if options.timeout.is_some() => return,
+        // The request's own shorter deadline, not the gateway's.
+        ApiError::Deadline { .. } if options.timeout.is_some_and(|t| t < state.dispatch.max_timeout) => return,
         ApiError::Deadline { .. } | ApiError::Routing(RoutingError::NoDeployment(_)) => None,
         _ => return,
     };

@@ -403,24 +403,63 @@ async fn background_responses_are_polled_and_cancelled() {
     let (status, again) = cancel(&gw, MASTER, &id).await;
     assert_eq!((status, again["status"].as_str()), (200, Some("completed")), "{again}");
 
-    // One still running is stopped, and stays cancelled.
+    // One still running is the key's that made it: others cannot see or
+    // cancel it; it cannot be continued yet; its key's cancel stops it, and
+    // it stays cancelled.
+    let made: Value = reqwest::Client::new()
+        .post(format!("{}/key/generate", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = made["key"].as_str().unwrap().to_owned();
     let (_, queued) = post(
         &gw,
-        Some(MASTER),
+        Some(&key),
         &json!({"model": "stuck", "input": "never mind", "background": true}),
     )
     .await;
     let id = queued["id"].as_str().unwrap().to_owned();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let (status, cancelled) = cancel(&gw, MASTER, &id).await;
+    assert_eq!(cancel(&gw, MASTER, &id).await.0, 404, "another caller's response");
+    let (status, _) = call(&gw, reqwest::Method::GET, MASTER, &id).await;
+    assert_eq!(status, 404);
+    let (status, early) = post(
+        &gw,
+        Some(&key),
+        &json!({"model": "gpt", "input": "next", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(
+        (status, early["error"]["param"].as_str()),
+        (400, Some("previous_response_id")),
+        "{early}"
+    );
+    let (status, cancelled) = cancel(&gw, &key, &id).await;
     assert_eq!(
         (status, cancelled["status"].as_str()),
         (200, Some("cancelled")),
         "{cancelled}"
     );
+    // One deleted while it runs does not come back when its answer does.
+    let (_, queued) = post(
+        &gw,
+        Some(&key),
+        &json!({"model": "stuck", "input": "forget it", "background": true}),
+    )
+    .await;
+    let deleted = queued["id"].as_str().unwrap().to_owned();
+    let (status, _) = call(&gw, reqwest::Method::DELETE, &key, &deleted).await;
+    assert_eq!(status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(3_500)).await;
-    let (_, later) = call(&gw, reqwest::Method::GET, MASTER, &id).await;
+    let (_, later) = call(&gw, reqwest::Method::GET, &key, &id).await;
     assert_eq!(later["status"], "cancelled", "{later}");
+    let (status, _) = call(&gw, reqwest::Method::GET, &key, &deleted).await;
+    assert_eq!(status, 404);
 
     // A failure is kept with its error.
     let (_, queued) = post(

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use eventsource_stream::Eventsource as _;
 use futures_util::{StreamExt, stream as futures_stream};
 use serde_json::Value;
-use switchyard_api::responses::{OutputContent, OutputItem, ResponseObject, ResponsesRequest};
+use switchyard_api::responses::{OutputContent, OutputItem, ResponseError, ResponseObject, ResponsesRequest};
 use switchyard_api::{ChatCompletionResponse, ChatMessage, Extra, FunctionCall, MessageContent, Role, ToolCall};
 use switchyard_policy::Principal;
 
@@ -141,17 +141,26 @@ pub(crate) async fn create(
     let store = state.responses.clone();
     let owner = owner(&principal);
     let history = match req.previous_response_id.as_deref() {
-        Some(id) => match store.get(id, &owner).await {
-            Err(e) => return store_down(e),
-            Ok(Some(previous)) => previous.conversation.clone(),
-            Ok(None) => {
-                return ApiError::ResponseNotFound {
-                    id: id.to_owned(),
+        Some(id) => {
+            match store.get(id, &owner).await {
+                Err(e) => return store_down(e),
+                Ok(Some(previous)) if unfinished(status_of(&previous).as_deref()) => {
+                    return ApiError::InvalidField {
                     param: Some("previous_response_id".into()),
+                    message: format!("Response '{id}' is still being answered in the background; continue it once it has finished."),
                 }
                 .into_response();
+                }
+                Ok(Some(previous)) => previous.conversation.clone(),
+                Ok(None) => {
+                    return ApiError::ResponseNotFound {
+                        id: id.to_owned(),
+                        param: Some("previous_response_id".into()),
+                    }
+                    .into_response();
+                }
             }
-        },
+        }
         None => Vec::new(),
     };
     let keeps = req.store.unwrap_or(true) && store.enabled();
@@ -257,6 +266,18 @@ fn unfinished(status: Option<&str>) -> bool {
     matches!(status, Some("queued" | "in_progress"))
 }
 
+/// Forgets a background task when it ends, however it ends.
+struct Untrack {
+    store: ResponseStore,
+    id: String,
+}
+
+impl Drop for Untrack {
+    fn drop(&mut self) {
+        self.store.finished(&self.id);
+    }
+}
+
 impl Job {
     /// Keeps the response as `queued`, starts answering it, and returns the
     /// queued object.
@@ -269,8 +290,27 @@ impl Job {
         if let Err(e) = self.placeholder(&queued, bytes.clone()).await {
             return store_down(e);
         }
+        // Kept, or too large for the store: then it could never be read.
+        match self.keep.store.get(&queued.id, &self.keep.owner).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                return ApiError::InvalidField {
+                    param: Some("input".into()),
+                    message: "This request is larger than the store of responses keeps \
+                              (server.responses_store_mib), so it cannot be answered in the background."
+                        .into(),
+                }
+                .into_response();
+            }
+            Err(e) => return store_down(e),
+        }
         let store = self.keep.store.clone();
         let id = queued.id.clone();
+        // The request's `server.max_concurrent_requests` slot stays taken
+        // while the job runs, and a shutdown waits (within its bound) for
+        // the job's spend to be written.
+        let slot = crate::metering::REQUEST_SLOT.try_with(std::sync::Arc::clone).ok();
+        let guard = self.state.policy.write_guard();
         // The task waits until it is on the books, so that it is never
         // forgotten there when it ends at once.
         let (go, ready) = tokio::sync::oneshot::channel::<()>();
@@ -278,10 +318,15 @@ impl Job {
             if ready.await.is_err() {
                 return;
             }
-            let store = self.keep.store.clone();
-            let id = self.echo.id.clone();
-            self.run().await;
-            store.finished(&id);
+            let _untrack = Untrack {
+                store: self.keep.store.clone(),
+                id: self.echo.id.clone(),
+            };
+            match slot {
+                Some(slot) => crate::metering::REQUEST_SLOT.scope(slot, self.run()).await,
+                None => self.run().await,
+            }
+            drop(guard);
         });
         store.running(id, task);
         let _ = go.send(());
@@ -302,12 +347,10 @@ impl Job {
     }
 
     /// Answers the request, then keeps the response as it ended (completed,
-    /// incomplete or failed), unless it was cancelled meanwhile.
+    /// incomplete or failed), unless it was cancelled or deleted meanwhile.
     async fn run(self) {
-        // Cancelled on another replica before it started: nothing to do.
-        if let Ok(Some(now)) = self.keep.store.get(&self.echo.id, &self.keep.owner).await
-            && !unfinished(status_of(&now).as_deref())
-        {
+        // Cancelled on another replica, or deleted, before it started.
+        if !still_running(&self.keep, &self.echo.id).await {
             return;
         }
         let in_progress = self.echo.object("in_progress");
@@ -331,59 +374,81 @@ impl Job {
         let answer =
             crate::routes::serve_detached(state, principal, ctx, model, chat, |r| Call::Chat(r), options, controls)
                 .await;
-        // A cancel made on another replica is found in the store.
-        if let Ok(Some(now)) = keep.store.get(&echo.id, &keep.owner).await
-            && !unfinished(status_of(&now).as_deref())
-        {
+        if !still_running(&keep, &echo.id).await {
             return;
         }
-        if answer.status().is_success() {
+        let (store, owner) = (keep.store.clone(), keep.owner.clone());
+        let (conversation, input_start) = (keep.conversation.clone(), keep.input_start);
+        let failure = if answer.status().is_success() {
             let written = object(answer, &echo, Some(keep), estimated_input).await;
             if written.status().is_success() {
-                return;
+                // Kept, unless too large for the store.
+                match store.get(&echo.id, &owner).await {
+                    Ok(Some(now)) if !unfinished(status_of(&now).as_deref()) => return,
+                    _ => ResponseError {
+                        code: "server_error".into(),
+                        message: "The answer was larger than the store of responses keeps.".into(),
+                    },
+                }
+            } else {
+                error_of(written).await
             }
-            tracing::warn!(response = %echo.id, status = written.status().as_u16(), "a background answer could not be written as a response");
-            return;
-        }
-        // Failed: kept with the error the client would have had.
-        let status = answer.status();
-        let body = axum::body::to_bytes(answer.into_body(), 1024 * 1024)
-            .await
-            .unwrap_or_default();
-        let error: Value = serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|v| v.get("error").cloned())
-            .unwrap_or(Value::Null);
+        } else {
+            error_of(answer).await
+        };
         let mut failed = echo.object("failed");
-        failed.error = Some(switchyard_api::responses::ResponseError {
-            code: error.get("code").and_then(Value::as_str).map_or_else(
-                || {
-                    if status.is_server_error() {
-                        "server_error"
-                    } else {
-                        "invalid_request"
-                    }
-                    .to_owned()
-                },
-                str::to_owned,
-            ),
-            message: error.get("message").and_then(Value::as_str).map_or_else(
-                || format!("The request failed with HTTP {}.", status.as_u16()),
-                str::to_owned,
-            ),
-        });
+        failed.error = Some(failure);
         if let Ok(bytes) = serde_json::to_vec(&failed) {
             let stored = Stored {
-                owner: keep.owner.clone(),
-                input_end: keep.conversation.len(),
-                conversation: keep.conversation,
+                owner,
+                input_end: conversation.len(),
+                conversation,
                 object: Bytes::from(bytes),
-                input_start: keep.input_start,
+                input_start,
             };
-            if let Err(e) = keep.store.put(echo.id.clone(), stored).await {
+            if let Err(e) = store.put(echo.id.clone(), stored).await {
                 tracing::warn!(response = %echo.id, error = %e, "a failed background response could not be kept");
             }
         }
+    }
+}
+
+/// Whether background response `id` is still wanted: kept, and neither
+/// cancelled nor finished. A store that does not answer is taken as yes.
+async fn still_running(keep: &Keep, id: &str) -> bool {
+    match keep.store.get(id, &keep.owner).await {
+        Ok(Some(now)) => unfinished(status_of(&now).as_deref()),
+        Ok(None) => false,
+        Err(_) => true,
+    }
+}
+
+/// The error an unsuccessful answer carries, for a `failed` response.
+async fn error_of(answer: Response) -> ResponseError {
+    let status = answer.status();
+    let body = axum::body::to_bytes(answer.into_body(), 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let error = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("error").cloned())
+        .unwrap_or(Value::Null);
+    ResponseError {
+        code: error.get("code").and_then(Value::as_str).map_or_else(
+            || {
+                if status.is_server_error() {
+                    "server_error"
+                } else {
+                    "invalid_request"
+                }
+                .to_owned()
+            },
+            str::to_owned,
+        ),
+        message: error.get("message").and_then(Value::as_str).map_or_else(
+            || format!("The request failed with HTTP {}.", status.as_u16()),
+            str::to_owned,
+        ),
     }
 }
 
@@ -396,7 +461,7 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Response {
     let owner = owner(&principal);
-    let store = &state.responses;
+    let store = state.responses.clone();
     let found = match store.get(&id, &owner).await {
         Ok(Some(stored)) => stored,
         Ok(None) => return ApiError::ResponseNotFound { id, param: None }.into_response(),
@@ -417,37 +482,37 @@ pub(crate) async fn cancel(
         // Finished (or cancelled) already: nothing to stop.
         return ([(header::CONTENT_TYPE, "application/json")], found.object.clone()).into_response();
     }
-    // Stopped here when this replica runs it (the attempt under way ends
-    // and is charged; no other starts); another replica's finds the mark.
-    if let Some(task) = store.finished(&id) {
-        task.abort();
-        let _ = task.await;
-    }
-    // It may have finished meanwhile.
-    let found = match store.get(&id, &owner).await {
-        Ok(Some(now)) if !unfinished(status_of(&now).as_deref()) => {
-            return ([(header::CONTENT_TYPE, "application/json")], now.object.clone()).into_response();
-        }
-        Ok(Some(now)) => now,
-        Ok(None) => return ApiError::ResponseNotFound { id, param: None }.into_response(),
-        Err(e) => return store_down(e),
-    };
     let mut object: Value = serde_json::from_slice(&found.object).unwrap_or(Value::Null);
     if let Some(fields) = object.as_object_mut() {
         fields.insert("status".into(), Value::String("cancelled".into()));
     }
     let bytes = Bytes::from(object.to_string());
-    let stored = Stored {
+    let cancelled = move || Stored {
         owner: found.owner.clone(),
         conversation: found.conversation.clone(),
         object: bytes.clone(),
         input_start: found.input_start,
         input_end: found.input_end,
     };
-    if let Err(e) = store.put(id, stored).await {
-        return store_down(e);
+    // Marked first, so that the job (here or on another replica) finds it
+    // and drops its answer; then stopped here when this replica runs it
+    // (the attempt under way ends and is charged; no other starts), and
+    // marked again over anything it wrote meanwhile. On a task of its own:
+    // a client that leaves does not cut it short.
+    let work = tokio::spawn(async move {
+        store.put(id.clone(), cancelled()).await?;
+        if let Some(task) = store.finished(&id) {
+            task.abort();
+            let _ = task.await;
+            store.put(id, cancelled()).await?;
+        }
+        Ok::<Bytes, store::StoreUnavailable>(cancelled().object)
+    });
+    match work.await {
+        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
+        Ok(Err(e)) => store_down(e),
+        Err(e) => ApiError::Internal(format!("the cancel did not complete ({e})")).into_response(),
     }
-    ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
 }
 
 /// A chat answer written as a response object.
@@ -639,6 +704,10 @@ pub(crate) async fn delete(
 ) -> Response {
     match state.responses.remove(&id, &owner(&principal)).await {
         Ok(true) => {
+            // A background response still being answered is stopped.
+            if let Some(task) = state.responses.finished(&id) {
+                task.abort();
+            }
             axum::Json(serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
         }
         Ok(false) => ApiError::ResponseNotFound { id, param: None }.into_response(),
