@@ -307,10 +307,8 @@ impl Job {
         let store = self.keep.store.clone();
         let id = queued.id.clone();
         // The request's `server.max_concurrent_requests` slot stays taken
-        // while the job runs, and a shutdown waits (within its bound) for
-        // the job's spend to be written.
+        // while the job runs (its charge takes a write guard of its own).
         let slot = crate::metering::REQUEST_SLOT.try_with(std::sync::Arc::clone).ok();
-        let guard = self.state.policy.write_guard();
         // The task waits until it is on the books, so that it is never
         // forgotten there when it ends at once.
         let (go, ready) = tokio::sync::oneshot::channel::<()>();
@@ -326,7 +324,6 @@ impl Job {
                 Some(slot) => crate::metering::REQUEST_SLOT.scope(slot, self.run()).await,
                 None => self.run().await,
             }
-            drop(guard);
         });
         store.running(id, task);
         let _ = go.send(());
@@ -383,12 +380,14 @@ impl Job {
             let written = object(answer, &echo, Some(keep), estimated_input).await;
             if written.status().is_success() {
                 // Kept, unless too large for the store.
+                // Deleted meanwhile, or a store that does not answer:
+                // nothing more to write.
                 match store.get(&echo.id, &owner).await {
-                    Ok(Some(now)) if !unfinished(status_of(&now).as_deref()) => return,
-                    _ => ResponseError {
+                    Ok(Some(now)) if unfinished(status_of(&now).as_deref()) => ResponseError {
                         code: "server_error".into(),
                         message: "The answer was larger than the store of responses keeps.".into(),
                     },
+                    _ => return,
                 }
             } else {
                 error_of(written).await
@@ -505,8 +504,14 @@ pub(crate) async fn cancel(
             task.abort();
             let _ = task.await;
             store.put(id, cancelled()).await?;
+            return Ok(cancelled().object);
         }
-        Ok::<Bytes, store::StoreUnavailable>(cancelled().object)
+        // Not running here: what the store holds now (the job, here or on
+        // another replica, may have written its answer just before).
+        Ok::<Bytes, store::StoreUnavailable>(match store.get(&id, &owner).await? {
+            Some(now) => now.object.clone(),
+            None => cancelled().object,
+        })
     });
     match work.await {
         Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/json")], bytes).into_response(),
@@ -702,12 +707,21 @@ pub(crate) async fn delete(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> Response {
-    match state.responses.remove(&id, &owner(&principal)).await {
-        Ok(true) => {
-            // A background response still being answered is stopped.
+    let owner = owner(&principal);
+    // A background response still being answered is stopped first, so that
+    // it writes nothing after it is gone.
+    match state.responses.get(&id, &owner).await {
+        Ok(Some(_)) => {
             if let Some(task) = state.responses.finished(&id) {
                 task.abort();
+                let _ = task.await;
             }
+        }
+        Ok(None) => return ApiError::ResponseNotFound { id, param: None }.into_response(),
+        Err(e) => return store_down(e),
+    }
+    match state.responses.remove(&id, &owner).await {
+        Ok(true) => {
             axum::Json(serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
         }
         Ok(false) => ApiError::ResponseNotFound { id, param: None }.into_response(),
