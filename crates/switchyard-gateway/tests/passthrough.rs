@@ -36,27 +36,37 @@ pass_through:
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pass_through_routes_forward_with_their_own_credentials() {
-    let mock = MockUpstream::start().await;
-    let gateway = GatewayProcess::start_with(
+/// The gateway on [`config`], with the route's upstream key in its environment.
+fn start(mock: &MockUpstream) -> GatewayProcess {
+    GatewayProcess::start_with(
         Path::new(BIN),
-        &config(&mock),
+        &config(mock),
         &[],
         &[("PASS_THROUGH_TEST_KEY", UPSTREAM_KEY)],
-    );
-    let client = reqwest::Client::new();
-    let key: Value = client
+    )
+}
+
+/// A virtual key made by the master key with `body`'s fields.
+async fn new_key(gateway: &GatewayProcess, body: Value) -> String {
+    let made: Value = reqwest::Client::new()
         .post(format!("{}/key/generate", gateway.base_url()))
         .bearer_auth(MASTER)
-        .json(&json!({}))
+        .json(&body)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let key = key["key"].as_str().unwrap().to_owned();
+    made["key"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_routes_forward_with_their_own_credentials() {
+    let mock = MockUpstream::start().await;
+    let gateway = start(&mock);
+    let client = reqwest::Client::new();
+    let key = new_key(&gateway, json!({})).await;
 
     // A chat request as the upstream takes it, with a header of the client's.
     let answer = client
@@ -172,25 +182,8 @@ async fn pass_through_routes_forward_with_their_own_credentials() {
         .unwrap();
     assert_eq!(traced.status(), 405);
     // A key limited to some models uses only the routes its list names.
-    let limited = |models: Value| {
-        let client = client.clone();
-        let url = format!("{}/key/generate", gateway.base_url());
-        async move {
-            let made: Value = client
-                .post(url)
-                .bearer_auth(MASTER)
-                .json(&json!({"models": models}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            made["key"].as_str().unwrap().to_owned()
-        }
-    };
     for (models, status) in [(json!(["m"]), 403), (json!(["m", "/openai-native"]), 200)] {
-        let limited = limited(models).await;
+        let limited = new_key(&gateway, json!({"models": models})).await;
         let answer = client
             .get(format!("{}/openai-native/models", gateway.base_url()))
             .bearer_auth(&limited)
@@ -244,24 +237,9 @@ async fn raw_get(base: &str, path: &str, key: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pass_through_requests_count_against_a_keys_limits() {
     let mock = MockUpstream::start().await;
-    let gateway = GatewayProcess::start_with(
-        Path::new(BIN),
-        &config(&mock),
-        &[],
-        &[("PASS_THROUGH_TEST_KEY", UPSTREAM_KEY)],
-    );
+    let gateway = start(&mock);
     let client = reqwest::Client::new();
-    let made: Value = client
-        .post(format!("{}/key/generate", gateway.base_url()))
-        .bearer_auth(MASTER)
-        .json(&json!({"rpm_limit": 3, "max_parallel_requests": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = made["key"].as_str().unwrap().to_owned();
+    let key = new_key(&gateway, json!({"rpm_limit": 3, "max_parallel_requests": 1})).await;
     let url = format!("{}/openai-native/chat/completions", gateway.base_url());
     let slow = json!({"model": "gpt-4o-mini::chunks=6,chunk_delay_ms=150", "stream": true,
                       "messages": [{"role": "user", "content": "hi"}]});
