@@ -1,8 +1,10 @@
 //! A learned router's decision for one request: embedding the prompt with
-//! all-MiniLM-L6-v2 (256 tokens, uncached and cached), predicting every
-//! candidate's score with the HNSW KNN or the MLP router, and choosing.
+//! all-MiniLM-L6-v2 (256 tokens, uncached and cached) or with its static
+//! distillation, predicting every candidate's score with the HNSW KNN or the
+//! MLP router, and choosing.
 //!
-//! Needs the model (`cargo xtask models fetch`). `cargo xtask bench routing`
+//! Needs the models (`cargo xtask models fetch` and `cargo xtask models
+//! distill`). `cargo xtask bench routing`
 //! runs it on one core (`RAYON_NUM_THREADS=1`) and prints the medians.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, reason = "benchmark harness")]
 
@@ -20,14 +22,14 @@ const MODELS: usize = 11;
 /// Training queries in the KNN index (routerbench_subset11 has about 2,200).
 const TRAIN: usize = 2_500;
 
-fn embedder(cache_entries: u64) -> Embedder {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2");
+fn embedder(model: &str, cache_entries: u64) -> Embedder {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models").join(model);
     Embedder::load(&EmbedderConfig {
         model_dir: dir,
         cache_entries,
         ..EmbedderConfig::default()
     })
-    .expect("the embedding model is missing: run `cargo xtask models fetch`")
+    .expect("an embedding model is missing: run `cargo xtask models fetch` and `cargo xtask models distill`")
 }
 
 /// A prompt longer than 256 tokens (the embedder keeps its last 256).
@@ -57,8 +59,10 @@ fn training_data(dims: usize) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
 }
 
 fn decision(c: &mut Criterion) {
-    let cold = embedder(0);
-    let cached = embedder(1_000);
+    let cold = embedder("all-MiniLM-L6-v2", 0);
+    let cached = embedder("all-MiniLM-L6-v2", 1_000);
+    let fast = embedder("all-MiniLM-L6-v2-static", 0);
+    assert!(fast.is_static());
     let prompt = long_prompt();
     let tokens = cold.token_count(&prompt).unwrap();
     assert_eq!(tokens, 256, "the prompt must fill the 256-token window");
@@ -99,6 +103,22 @@ fn decision(c: &mut Criterion) {
     group.bench_function("embed (cached) + knn decide", |b| {
         b.iter(|| {
             let e = cached.embed_one(black_box(&prompt)).unwrap();
+            decide(&knn.predict(&e), &costs, &allowed, objective)
+        })
+    });
+    assert_eq!(fast.token_count(&prompt).unwrap(), 256);
+    group.bench_function("static embed 256 tokens (uncached)", |b| {
+        b.iter(|| fast.embed_one(black_box(&prompt)).unwrap())
+    });
+    group.bench_function("static embed (uncached) + mlp decide", |b| {
+        b.iter(|| {
+            let e = fast.embed_one(black_box(&prompt)).unwrap();
+            decide(&mlp.predict(&e).unwrap(), &costs, &allowed, objective)
+        })
+    });
+    group.bench_function("static embed (uncached) + knn decide", |b| {
+        b.iter(|| {
+            let e = fast.embed_one(black_box(&prompt)).unwrap();
             decide(&knn.predict(&e), &costs, &allowed, objective)
         })
     });

@@ -67,6 +67,10 @@ pub struct GatewayBenchArgs {
     /// queue of a saturated machine.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
+    /// Use the release `switchyard` and `mock-upstream` binaries in this
+    /// directory instead of building them (to measure on another machine).
+    #[arg(long)]
+    pub prebuilt: Option<PathBuf>,
 }
 
 /// Runs the selected benchmark.
@@ -85,6 +89,7 @@ const ROUTING_BUDGET_MS: f64 = 2.0;
 fn routing_bench() -> Result<()> {
     let root = util::workspace_root()?;
     crate::models::fetch(&crate::models::FetchArgs { dir: None, cache: None })?;
+    crate::models::distill_if_missing()?;
     header("criterion: benches/routing_decision.rs (RAYON_NUM_THREADS=1)");
     let mut command = clean_command(util::cargo_program());
     command
@@ -110,9 +115,9 @@ fn routing_bench() -> Result<()> {
     }
     rows.sort_by(|a, b| a.0.cmp(&b.0));
     header("learned routing decision, one core");
-    println!("{:<32} {:>12} {:>14}", "step", "median ms", "vs 2 ms budget");
+    println!("{:<40} {:>12} {:>14}", "step", "median ms", "vs 2 ms budget");
     for (name, ms) in &rows {
-        println!("{name:<32} {ms:>12.4} {:>13.2}x", ms / ROUTING_BUDGET_MS);
+        println!("{name:<40} {ms:>12.4} {:>13.2}x", ms / ROUTING_BUDGET_MS);
     }
     Ok(())
 }
@@ -236,17 +241,24 @@ fn gateway_bench(args: &GatewayBenchArgs) -> Result<()> {
         !args.concurrency.is_empty() && args.concurrency.iter().all(|c| *c > 0),
         "--concurrency needs one or more positive numbers"
     );
-    let root = util::workspace_root()?;
-    let target = util::target_dir(&root)?;
-
-    header("cargo build --release --bin switchyard --bin mock-upstream");
-    let mut build = clean_command(util::cargo_program());
-    build
-        .args(["build", "--release", "--bin", "switchyard", "--bin", "mock-upstream"])
-        .current_dir(&root);
-    run_checked(&mut build, "release build")?;
-    let gateway_bin = target.join("release").join("switchyard");
-    let mock_bin = target.join("release").join("mock-upstream");
+    let bin_dir = match &args.prebuilt {
+        Some(dir) => dir.clone(),
+        None => {
+            let root = util::workspace_root()?;
+            header("cargo build --release --bin switchyard --bin mock-upstream");
+            let mut build = clean_command(util::cargo_program());
+            build
+                .args(["build", "--release", "--bin", "switchyard", "--bin", "mock-upstream"])
+                .current_dir(&root);
+            run_checked(&mut build, "release build")?;
+            util::target_dir(&root)?.join("release")
+        }
+    };
+    let gateway_bin = bin_dir.join("switchyard");
+    let mock_bin = bin_dir.join("mock-upstream");
+    for bin in [&gateway_bin, &mock_bin] {
+        ensure!(bin.is_file(), "{} is missing", bin.display());
+    }
 
     header("locating the oha load generator");
     let oha = Oha::locate_or_install()?;
@@ -446,6 +458,11 @@ fn render_report(
     mock_rss: f64,
 ) -> Result<String> {
     let mut out = String::new();
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
+    writeln!(
+        out,
+        "Measured on {cores} CPU cores, shared by the load generator, the mock upstream and the gateway.\n"
+    )?;
     if let Some(rate) = rate {
         writeln!(
             out,

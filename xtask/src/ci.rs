@@ -1,7 +1,8 @@
 //! `cargo xtask ci`: the full CI pipeline, failing fast on the first error.
 //!
 //! Steps, in order: `cargo fmt --check`, `cargo clippy -D warnings`,
-//! `cargo build --workspace --bins`, `cargo xtask models fetch`, the Python
+//! `cargo build --workspace --bins`, `cargo xtask models fetch` and
+//! `distill` (from the model cache after the first run), the Python
 //! test environment (`tests/python/requirements.txt`: client SDKs, pytest and
 //! `moto_server`, which the S3 tests start), `cargo test --workspace`, and the
 //! Python OpenAI-SDK client tests in `tests/python` run against the freshly
@@ -35,7 +36,7 @@ enum Step {
     Clippy,
     /// `cargo build --workspace --bins`.
     Build,
-    /// `cargo xtask models fetch`: the embedding model the tests use.
+    /// `cargo xtask models fetch` and `distill`: the embedding models the tests use.
     Models,
     /// The Python virtual environment with the test tools.
     PythonEnv,
@@ -52,7 +53,7 @@ impl Step {
             Self::Fmt => "cargo fmt --all -- --check",
             Self::Clippy => "cargo clippy --workspace --all-targets -- -D warnings",
             Self::Build => "cargo build --workspace --bins",
-            Self::Models => "fetch the embedding model (cargo xtask models fetch)",
+            Self::Models => "fetch the embedding model and distil its static form (cargo xtask models fetch, distill)",
             Self::PythonEnv => "python test environment (tests/python/requirements.txt)",
             Self::Test => "cargo test --workspace",
             Self::Python => "python client tests (pytest -q tests/python)",
@@ -95,7 +96,10 @@ fn run_step(step: Step, root: &Path, target: &Path) -> Result<()> {
             "clippy",
         ),
         Step::Build => cargo(root, &["build", "--workspace", "--bins"], "build"),
-        Step::Models => crate::models::fetch(&crate::models::FetchArgs { dir: None, cache: None }),
+        Step::Models => {
+            crate::models::fetch(&crate::models::FetchArgs { dir: None, cache: None })?;
+            crate::models::distill_if_missing()
+        }
         Step::PythonEnv => ensure_venv(root, target).map(drop),
         Step::Test => {
             let moto = target.join("py-venv").join("bin").join("moto_server");

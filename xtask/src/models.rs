@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use sha2::{Digest, Sha256};
+use switchyard_routing::embed::{self, DistillParams, Embedder, EmbedderConfig};
 
 use crate::util::{self, clean_command, header, run_checked};
 
@@ -27,6 +28,26 @@ pub struct ModelsArgs {
 pub enum ModelsAction {
     /// Download all-MiniLM-L6-v2 into `models/all-MiniLM-L6-v2` (skipped when present and intact).
     Fetch(FetchArgs),
+    /// Make a static embedder from a BERT one: one vector per token, for
+    /// routing decisions in microseconds.
+    Distill(DistillArgs),
+}
+
+/// Options of `cargo xtask models distill`.
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    /// The BERT model to distil.
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2")]
+    pub from: PathBuf,
+    /// Where to write the static model.
+    #[arg(long, default_value = "models/all-MiniLM-L6-v2-static")]
+    pub out: PathBuf,
+    /// Keep the mean token vector in (by default it is subtracted).
+    #[arg(long)]
+    pub no_center: bool,
+    /// Smooth-inverse-frequency coefficient (0 turns the weighting off).
+    #[arg(long, default_value_t = 1e-4)]
+    pub sif: f32,
 }
 
 /// Options of `cargo xtask models fetch`.
@@ -63,7 +84,103 @@ const FILES: &[(&str, &str)] = &[
 pub fn run(args: &ModelsArgs) -> Result<()> {
     match &args.action {
         ModelsAction::Fetch(fetch_args) => fetch(fetch_args),
+        ModelsAction::Distill(distill_args) => distill(distill_args),
     }
+}
+
+/// Distils the default static embedder unless `models/` already has one.
+pub fn distill_if_missing() -> Result<()> {
+    let args = DistillArgs {
+        from: PathBuf::from("models/all-MiniLM-L6-v2"),
+        out: PathBuf::from("models/all-MiniLM-L6-v2-static"),
+        no_center: false,
+        sif: 1e-4,
+    };
+    if util::workspace_root()?
+        .join(&args.out)
+        .join(embed::STATIC_FILE)
+        .exists()
+    {
+        return Ok(());
+    }
+    distill(&args)
+}
+
+/// Distils the static embedder.
+pub fn distill(args: &DistillArgs) -> Result<()> {
+    let root = util::workspace_root()?;
+    let within = |p: &Path| if p.is_absolute() { p.to_owned() } else { root.join(p) };
+    let (from, out) = (within(&args.from), within(&args.out));
+    header(&format!("static embedder {} → {}", from.display(), out.display()));
+    if !(args.sif >= 0.0 && args.sif.is_finite()) {
+        bail!("--sif must be a number ≥ 0");
+    }
+    let bert = Embedder::load(&EmbedderConfig {
+        model_dir: from.clone(),
+        cache_entries: 0,
+        ..EmbedderConfig::default()
+    })
+    .with_context(|| format!("loading {} (run `cargo xtask models fetch`)", from.display()))?;
+    if bert.is_static() {
+        bail!("{} is already a static model", from.display());
+    }
+    // The result depends only on the model files and the settings: keep it
+    // in the model cache, so that a fresh checkout copies it instead.
+    let essence: String = bert
+        .id()
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .rsplit('-')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let cache = util::target_dir(&root)?.join("model-cache").join(format!(
+        "static-{essence}-{}-{}",
+        if args.no_center { "raw" } else { "centred" },
+        args.sif
+    ));
+    if out != cache
+        && Embedder::load(&EmbedderConfig {
+            model_dir: cache.clone(),
+            ..EmbedderConfig::default()
+        })
+        .is_ok_and(|e| e.is_static())
+    {
+        fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+        for name in [embed::STATIC_FILE, "tokenizer.json"] {
+            fs::copy(cache.join(name), out.join(name)).with_context(|| format!("copying {name}"))?;
+        }
+        println!("static model copied from {}", cache.display());
+        return Ok(());
+    }
+    let (vocabulary, skip) = bert.vocabulary();
+    let ids: Vec<u32> = (0..u32::try_from(vocabulary)?).collect();
+    let bar = crate::router::progress(ids.len(), "tokens");
+    let vectors = bert.token_vectors(&ids, |done| bar.set_position(done as u64))?;
+    bar.finish();
+    let params = DistillParams {
+        center: !args.no_center,
+        sif: (args.sif > 0.0).then_some(args.sif),
+    };
+    let table = embed::distill(&vectors, &skip, params);
+    embed::write_static(&table, &from.join("tokenizer.json"), &out)?;
+    if out != cache {
+        embed::write_static(&table, &from.join("tokenizer.json"), &cache)?;
+    }
+    let check = Embedder::load(&EmbedderConfig {
+        model_dir: out.clone(),
+        ..EmbedderConfig::default()
+    })
+    .context("the static model just written does not load")?;
+    println!(
+        "{} tokens ({} special or unused left at zero), {} dims, id {}",
+        vocabulary,
+        skip.len(),
+        check.dims(),
+        check.id()
+    );
+    Ok(())
 }
 
 fn sha256(path: &Path) -> Option<String> {

@@ -87,7 +87,7 @@ pub struct EvalArgs {
 }
 
 /// A progress bar on stderr (hidden when stderr is not a terminal).
-fn progress(len: usize, what: &str) -> ProgressBar {
+pub fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     if let Ok(style) = ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} {elapsed_precise} {prefix}") {
         bar.set_style(style.progress_chars("=> "));

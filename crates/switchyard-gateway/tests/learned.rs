@@ -54,10 +54,25 @@ struct Trainer {
     embeddings: Vec<Vec<f32>>,
 }
 
+/// The static model `cargo xtask models distill` makes.
+fn static_model_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2-static");
+    assert!(
+        dir.join("static.safetensors").exists(),
+        "the static embedding model is missing from {}: run `cargo xtask models distill`",
+        dir.display()
+    );
+    dir.canonicalize().unwrap()
+}
+
 impl Trainer {
     fn new() -> Self {
+        Self::with_model(model_dir())
+    }
+
+    fn with_model(model_dir: PathBuf) -> Self {
         let embedder = Embedder::load(&EmbedderConfig {
-            model_dir: model_dir(),
+            model_dir,
             ..EmbedderConfig::default()
         })
         .unwrap();
@@ -925,6 +940,49 @@ fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     assert!(!checked.status.success());
     let stderr = String::from_utf8_lossy(&checked.stderr);
     assert!(stderr.contains("both map to the group `strong-model`"), "{stderr}");
+}
+
+/// With the static embedder distilled from all-MiniLM-L6-v2 the gateway
+/// routes as with the BERT one, and refuses routers trained on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_embedder_routes_and_refuses_routers_of_the_bert_one() {
+    let trainer = Trainer::with_model(static_model_dir());
+    assert!(trainer.embedder.is_static());
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let on_static = |artifact: &Path| {
+        config(&artifact.display().to_string(), "", STRONG_MOCK).replace(
+            &format!("model_dir: \"{}\"", model_dir().display()),
+            &format!("model_dir: \"{}\"", static_model_dir().display()),
+        )
+    };
+    let yaml = on_static(dir.path());
+    assert!(yaml.contains("-static"), "{yaml}");
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let base = gw.base_url();
+    let client = reqwest::Client::new();
+    let math = ask(&client, &base, MATH_QUERY).await;
+    assert_eq!(math.status, 200, "{}", math.body);
+    assert_eq!(math.header("x-switchyard-model"), "strong-model");
+    let poem = ask(&client, &base, POETRY_QUERY).await;
+    assert_eq!(poem.status, 200, "{}", poem.body);
+    assert_eq!(poem.header("x-switchyard-model"), "cheap");
+    drop(gw);
+
+    // A router trained on BERT embeddings does not fit the static embedder.
+    let bert_dir = tempfile::tempdir().unwrap();
+    Trainer::new().version_a().save(bert_dir.path()).unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let path = config_dir.path().join("config.yaml");
+    std::fs::write(&path, on_static(bert_dir.path())).unwrap();
+    let checked = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!checked.status.success());
+    let stderr = String::from_utf8_lossy(&checked.stderr);
+    assert!(stderr.contains("trained with the embedder"), "{stderr}");
 }
 
 fn s3_client(endpoint: &str) -> aws_sdk_s3::Client {

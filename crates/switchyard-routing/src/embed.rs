@@ -5,6 +5,11 @@
 //! Long prompts are cut to `max_tokens`. By default the *end* of the prompt is
 //! kept ([`Truncation::Tail`]): few-shot prompts put the question last, and
 //! the question is what decides which model should answer.
+//!
+//! A model directory holding `static.safetensors` instead of
+//! `model.safetensors` is a *static* embedder distilled from a BERT one
+//! ([`distill`]): one vector per token, summed and L2-normalised. It needs
+//! no forward pass, so a prompt embeds in microseconds.
 
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
@@ -36,7 +41,18 @@ pub enum EmbedError {
     /// A setting is out of range.
     #[error("invalid embedder setting `{0}`")]
     InvalidSetting(&'static str),
+    /// A static model's table does not fit its tokenizer.
+    #[error("static model: {0}")]
+    Static(String),
+    /// Distillation needs a BERT embedder.
+    #[error("only a BERT embedder can be distilled")]
+    NotBert,
 }
+
+/// File name of a static model's token table.
+pub const STATIC_FILE: &str = "static.safetensors";
+/// Name of the token table inside [`STATIC_FILE`].
+const STATIC_TENSOR: &str = "embeddings";
 
 /// Which part of a prompt longer than `max_tokens` is embedded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -69,7 +85,9 @@ pub fn ids_fit(a: &str, b: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct EmbedderConfig {
-    /// Directory with `config.json`, `tokenizer.json` and `model.safetensors`.
+    /// Directory with `config.json`, `tokenizer.json` and `model.safetensors`
+    /// (a BERT model), or `tokenizer.json` and `static.safetensors` (a static
+    /// model made by `cargo xtask models distill`).
     pub model_dir: PathBuf,
     /// Longest input in tokens, special tokens included (the model allows 512).
     pub max_tokens: usize,
@@ -96,7 +114,7 @@ impl Default for EmbedderConfig {
 /// A loaded sentence embedder. Cheap to share behind an `Arc`; `embed` may be
 /// called from many threads.
 pub struct Embedder {
-    model: BertModel,
+    encoder: Encoder,
     tokenizer: Tokenizer,
     device: Device,
     dims: usize,
@@ -106,6 +124,14 @@ pub struct Embedder {
     truncation: Truncation,
     cache: Option<moka::sync::Cache<u64, Arc<[f32]>>>,
     hasher: std::collections::hash_map::RandomState,
+}
+
+/// What turns token ids into a vector.
+enum Encoder {
+    /// A transformer forward pass, then a mean over the attention mask.
+    Bert(Box<BertModel>),
+    /// A sum of per-token rows (`vocabulary × dims`, row-major).
+    Static(Vec<f32>),
 }
 
 impl std::fmt::Debug for Embedder {
@@ -162,11 +188,6 @@ impl Embedder {
             return Err(EmbedError::InvalidSetting("batch_size"));
         }
         let dir = &config.model_dir;
-        let bert: BertConfig =
-            serde_json::from_slice(&read(&dir.join("config.json"))?).map_err(|e| EmbedError::Read {
-                path: dir.join("config.json"),
-                reason: e.to_string(),
-            })?;
         let mut tokenizer = Tokenizer::from_bytes(read(&dir.join("tokenizer.json"))?)
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         tokenizer.with_padding(Some(PaddingParams {
@@ -184,23 +205,50 @@ impl Embedder {
             }))
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
         let device = Device::Cpu;
-        let weights = read(&dir.join("model.safetensors"))?;
-        let fingerprint = fingerprint(&[
-            &read(&dir.join("config.json"))?,
-            &read(&dir.join("tokenizer.json"))?,
-            &weights,
-        ]);
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
-        let model = BertModel::load(vb, &bert)?;
+        let (encoder, dims, fingerprint) = if dir.join(STATIC_FILE).exists() {
+            let bytes = read(&dir.join(STATIC_FILE))?;
+            let fingerprint = fingerprint(&[&read(&dir.join("tokenizer.json"))?, &bytes]);
+            let tensors = candle_core::safetensors::load_buffer(&bytes, &device)?;
+            let table = tensors
+                .get(STATIC_TENSOR)
+                .ok_or_else(|| EmbedError::Static(format!("no `{STATIC_TENSOR}` tensor in {STATIC_FILE}")))?;
+            let (rows, dims) = table.dims2()?;
+            let vocabulary = tokenizer.get_vocab_size(true);
+            if rows < vocabulary || dims == 0 {
+                return Err(EmbedError::Static(format!(
+                    "{rows}×{dims} table for a tokenizer of {vocabulary} tokens"
+                )));
+            }
+            let table = table.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            (Encoder::Static(table), dims, fingerprint)
+        } else {
+            let bert: BertConfig =
+                serde_json::from_slice(&read(&dir.join("config.json"))?).map_err(|e| EmbedError::Read {
+                    path: dir.join("config.json"),
+                    reason: e.to_string(),
+                })?;
+            let weights = read(&dir.join("model.safetensors"))?;
+            let fingerprint = fingerprint(&[
+                &read(&dir.join("config.json"))?,
+                &read(&dir.join("tokenizer.json"))?,
+                &weights,
+            ]);
+            let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
+            (
+                Encoder::Bert(Box::new(BertModel::load(vb, &bert)?)),
+                bert.hidden_size,
+                fingerprint,
+            )
+        };
         let name = dir
             .file_name()
             .map_or_else(|| "embedder".into(), |n| n.to_string_lossy().into_owned());
         let cache = (config.cache_entries > 0).then(|| moka::sync::Cache::new(config.cache_entries));
         Ok(Self {
-            model,
+            encoder,
             tokenizer,
             device,
-            dims: bert.hidden_size,
+            dims,
             id: format!(
                 "{name}-{fingerprint:016x}/{}/{:?}",
                 config.max_tokens, config.truncation
@@ -212,6 +260,11 @@ impl Embedder {
             cache,
             hasher: std::collections::hash_map::RandomState::new(),
         })
+    }
+
+    /// Whether this is a static (distilled) embedder rather than a BERT one.
+    pub fn is_static(&self) -> bool {
+        matches!(self.encoder, Encoder::Static(_))
     }
 
     /// Length of every embedding.
@@ -323,6 +376,10 @@ impl Embedder {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
+        let model = match &self.encoder {
+            Encoder::Bert(model) => model,
+            Encoder::Static(table) => return texts.iter().map(|text| self.embed_static(table, text)).collect(),
+        };
         let encodings = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
@@ -340,7 +397,7 @@ impl Embedder {
         let ids = Tensor::from_vec(ids, shape, &self.device)?;
         let mask = Tensor::from_vec(mask, shape, &self.device)?;
         let types = Tensor::from_vec(types, shape, &self.device)?;
-        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        let hidden = model.forward(&ids, &types, Some(&mask))?;
         // Mean over the real tokens, then L2 normalisation.
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
@@ -350,6 +407,145 @@ impl Embedder {
         let normalised = mean.broadcast_div(&norm)?;
         Ok(normalised.to_vec2::<f32>()?)
     }
+
+    /// A static embedding: the sum of the tokens' rows (special tokens' rows
+    /// are zero), L2-normalised.
+    fn embed_static(&self, table: &[f32], text: &str) -> Result<Vec<f32>, EmbedError> {
+        // `encode_fast` skips the character offsets, which nothing here reads.
+        let encoding = self
+            .tokenizer
+            .encode_fast(text, true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let mut sum = vec![0f32; self.dims];
+        for &id in encoding.get_ids() {
+            let start = id as usize * self.dims;
+            if let Some(row) = table.get(start..start + self.dims) {
+                sum.iter_mut().zip(row).for_each(|(s, r)| *s += r);
+            }
+        }
+        let norm = dot(&sum, &sum).sqrt().max(1e-12);
+        sum.iter_mut().for_each(|v| *v /= norm);
+        Ok(sum)
+    }
+
+    /// Each token's own embedding by the BERT model, `[CLS] token [SEP]`
+    /// mean-pooled and not normalised, for the token ids `ids`, `batch_size`
+    /// at a time; `progress` is told how many are done.
+    pub fn token_vectors(&self, ids: &[u32], mut progress: impl FnMut(usize)) -> Result<Vec<Vec<f32>>, EmbedError> {
+        let Encoder::Bert(model) = &self.encoder else {
+            return Err(EmbedError::NotBert);
+        };
+        let special = |name: &str| {
+            self.tokenizer
+                .token_to_id(name)
+                .ok_or_else(|| EmbedError::Tokenizer(format!("the tokenizer has no `{name}` token")))
+        };
+        let (cls, sep) = (special("[CLS]")?, special("[SEP]")?);
+        let mut out = Vec::with_capacity(ids.len());
+        for batch in ids.chunks(self.batch_size.max(256)) {
+            let tokens: Vec<u32> = batch.iter().flat_map(|&id| [cls, id, sep]).collect();
+            let shape = (batch.len(), 3);
+            let tokens = Tensor::from_vec(tokens, shape, &self.device)?;
+            let types = Tensor::zeros(shape, DType::U32, &self.device)?;
+            let mask = Tensor::ones(shape, DType::U32, &self.device)?;
+            let hidden = model.forward(&tokens, &types, Some(&mask))?;
+            out.extend(hidden.mean(1)?.to_vec2::<f32>()?);
+            progress(out.len());
+        }
+        Ok(out)
+    }
+
+    /// The tokenizer's vocabulary size and the ids of its special and unused
+    /// tokens (`[PAD]`, `[CLS]`, `[unused0]`…), which a static model gives no
+    /// vector.
+    pub fn vocabulary(&self) -> (usize, Vec<u32>) {
+        let mut special: Vec<u32> = self
+            .tokenizer
+            .get_vocab(true)
+            .into_iter()
+            .filter(|(token, _)| token.starts_with('[') && token.ends_with(']'))
+            .map(|(_, id)| id)
+            .collect();
+        special.sort_unstable();
+        (self.tokenizer.get_vocab_size(true), special)
+    }
+}
+
+/// How [`distill`] turns token vectors into a static model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DistillParams {
+    /// Subtract the mean token vector, so that what every token shares does
+    /// not dominate a sum.
+    pub center: bool,
+    /// Down-weight frequent tokens by smooth inverse frequency, with the
+    /// token's id as its frequency rank (WordPiece vocabularies are ordered
+    /// by frequency): `a / (a + p(rank))`, `p ∝ 1 / rank`. `None` leaves
+    /// every token at weight 1.
+    pub sif: Option<f32>,
+}
+
+impl Default for DistillParams {
+    fn default() -> Self {
+        Self {
+            center: true,
+            sif: Some(1e-4),
+        }
+    }
+}
+
+/// Makes a static model's table from each token's own BERT embedding
+/// ([`Embedder::token_vectors`]): `vectors` holds one row per token of the
+/// vocabulary (`vocabulary` rows), `skip` the ids that get a zero row.
+pub fn distill(vectors: &[Vec<f32>], skip: &[u32], params: DistillParams) -> Vec<Vec<f32>> {
+    let dims = vectors.first().map_or(0, Vec::len);
+    let kept = |id: usize| skip.binary_search(&(id as u32)).is_err();
+    let mut mean = vec![0f64; dims];
+    let mut n = 0usize;
+    if params.center {
+        for (id, row) in vectors.iter().enumerate() {
+            if kept(id) {
+                mean.iter_mut().zip(row).for_each(|(m, &v)| *m += f64::from(v));
+                n += 1;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n.max(1) as f64);
+    }
+    // Ranks start at 2, as in smooth inverse frequency over a Zipf law.
+    let harmonic: f64 = (0..vectors.len()).map(|rank| 1.0 / (rank as f64 + 2.0)).sum();
+    vectors
+        .iter()
+        .enumerate()
+        .map(|(id, row)| {
+            if !kept(id) {
+                return vec![0.0; dims];
+            }
+            let weight = params.sif.map_or(1.0, |a| {
+                let p = 1.0 / (id as f64 + 2.0) / harmonic;
+                f64::from(a) / (f64::from(a) + p)
+            });
+            row.iter()
+                .zip(&mean)
+                .map(|(&v, m)| ((f64::from(v) - m) * weight) as f32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Writes a static model: the table as [`STATIC_FILE`] and the BERT model's
+/// `tokenizer.json`, into `out`.
+pub fn write_static(table: &[Vec<f32>], tokenizer_json: &Path, out: &Path) -> Result<(), EmbedError> {
+    let dims = table.first().map_or(0, Vec::len);
+    let flat: Vec<f32> = table.iter().flatten().copied().collect();
+    let tensor = Tensor::from_vec(flat, (table.len(), dims), &Device::Cpu)?;
+    let io = |path: &Path, e: std::io::Error| EmbedError::Read {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    };
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    let target = out.join(STATIC_FILE);
+    candle_core::safetensors::save(&std::collections::HashMap::from([(STATIC_TENSOR, tensor)]), &target)?;
+    std::fs::copy(tokenizer_json, out.join("tokenizer.json")).map_err(|e| io(tokenizer_json, e))?;
+    Ok(())
 }
 
 /// Dot product of two embeddings (their cosine similarity when normalised).
@@ -374,5 +570,28 @@ mod tests {
         assert_eq!(Embedder::settings_of(id), Some((256, Truncation::Tail)));
         assert_eq!(Embedder::settings_of("m-1/64/head"), Some((64, Truncation::Head)));
         assert_eq!(Embedder::settings_of("m-1/64/middle"), None);
+    }
+
+    #[test]
+    fn distilling_centres_weights_and_zeroes_special_tokens() {
+        let vectors = vec![vec![9.0, 9.0], vec![1.0, 2.0], vec![3.0, 4.0], vec![5.0, 0.0]];
+        let plain = distill(
+            &vectors,
+            &[0],
+            DistillParams {
+                center: true,
+                sif: None,
+            },
+        );
+        // The mean of the kept rows (3, 2) is taken off; the skipped row is zero.
+        assert_eq!(
+            plain,
+            vec![vec![0.0, 0.0], vec![-2.0, 0.0], vec![0.0, 2.0], vec![2.0, -2.0]]
+        );
+        let weighted = distill(&vectors, &[0], DistillParams::default());
+        // Later ids (rarer tokens) keep more of their vector.
+        let scale = |id: usize| weighted[id][0] / plain[id][0];
+        assert!(scale(1) > 0.0 && scale(1) < scale(3) && scale(3) < 1.0);
+        assert_eq!(weighted[0], vec![0.0, 0.0]);
     }
 }
