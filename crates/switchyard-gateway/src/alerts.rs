@@ -2,7 +2,9 @@
 //! crossed and budgets spent (found by the policy), deployments put in
 //! cooldown, requests that failed upstream and slow answers (found by the
 //! dispatch). Delivered off the request path by one task, each tried up to
-//! three times; a full queue drops alerts rather than hold requests.
+//! three times; a full queue drops alerts rather than hold requests. With
+//! Redis, replicas claim each alert there first, so that one cause seen by
+//! every replica is told of once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -119,7 +121,7 @@ impl Alerts {
                 }
             });
         }
-        tokio::spawn(deliver(settings.clone(), rx));
+        tokio::spawn(deliver(settings.clone(), policy.clone(), rx));
         Alerts {
             tx,
             cooldowns: wants(AlertEvent::DeploymentCooldown),
@@ -182,8 +184,21 @@ impl Alerts {
     }
 }
 
+impl Alert {
+    /// What the replicas claim in Redis before sending this alert, for
+    /// [`ALERT_EVERY`]; `None` for the policy's, which it claims itself.
+    fn claim(&self) -> Option<String> {
+        match self {
+            Alert::Policy(_) => None,
+            Alert::Cooldown { deployment, .. } => Some(format!("deployment_cooldown:{deployment}")),
+            Alert::Failed { group, .. } => Some(format!("request_failed:{group}")),
+            Alert::Slow { deployment, .. } => Some(format!("slow_request:{deployment}")),
+        }
+    }
+}
+
 /// Posts each alert to the webhook, in order.
-async fn deliver(settings: AlertSettings, mut rx: mpsc::Receiver<Alert>) {
+async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver<Alert>) {
     let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -192,6 +207,11 @@ async fn deliver(settings: AlertSettings, mut rx: mpsc::Receiver<Alert>) {
         }
     };
     while let Some(alert) = rx.recv().await {
+        if let Some(claim) = alert.claim()
+            && !policy.claim_alert(&claim, ALERT_EVERY).await
+        {
+            continue;
+        }
         let body = match settings.format {
             AlertFormat::Json => json_body(&alert),
             AlertFormat::Slack => json!({"text": sentence(&alert)}),

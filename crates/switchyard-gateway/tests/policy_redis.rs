@@ -519,9 +519,21 @@ async fn a_users_budget_is_shared_by_replicas() {
 async fn replicas_send_each_alert_once() {
     let redis = RedisServer::start();
     let hook = switchyard_testkit::WebhookReceiver::start().await.unwrap();
+    let upstream = switchyard_testkit::MockUpstream::start().await;
+    let failing = |name: &str| {
+        format!(
+            "  - model_name: {name}\n    deployments:\n      - {{provider: openai, model: \"gpt-x::status=500\", api_base: \"{}\", api_key: sk-upstream-1}}\n",
+            upstream.base_url()
+        )
+    };
     let yaml = config(&redis.url(), "fail_closed", 0).replace(
         "model_list:",
-        &format!("telemetry:\n  alerts:\n    webhook_url: {}\nmodel_list:", hook.url()),
+        &format!(
+            "telemetry:\n  alerts:\n    webhook_url: {}\nrouter_settings:\n  num_retries: 0\n  allowed_fails: 1\n  cooldown_ms: 600000\nmodel_list:\n{}{}",
+            hook.url(),
+            failing("flaky"),
+            failing("flaky-2")
+        ),
     );
     let a = GatewayProcess::start(Path::new(BIN), &yaml);
     let b = GatewayProcess::start(Path::new(BIN), &yaml);
@@ -544,12 +556,45 @@ async fn replicas_send_each_alert_once() {
     hook.wait_for(Duration::from_secs(10), |v| v["event"] == "budget_exhausted")
         .await
         .expect("a budget alert");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let mut events: Vec<String> = hook
-        .received()
+
+    // A group failing on both replicas, and its deployment cooling down on
+    // both: told of once.
+    let ask = |base: String, model: &'static str| async move {
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
+        let (status, answer) = post(&base, "/v1/chat/completions", CONFIG_KEY, body).await;
+        assert!(status >= 500, "{status}: {answer}");
+    };
+    ask(bases[0].clone(), "flaky").await;
+    hook.wait_for(Duration::from_secs(10), |v| v["event"] == "deployment_cooldown")
+        .await
+        .expect("a cooldown alert");
+    ask(bases[1].clone(), "flaky").await;
+    // The second replica's alerts go out in order: once another group's
+    // failure from it has arrived, any of its alerts about `flaky` would have.
+    ask(bases[1].clone(), "flaky-2").await;
+    hook.wait_for(Duration::from_secs(10), |v| v["model"] == "flaky-2")
+        .await
+        .expect("the other group's failure");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let received = hook.received();
+    let mut events: Vec<String> = received
         .iter()
-        .map(|v| v["event"].as_str().unwrap_or_default().to_owned())
+        .map(|v| {
+            let about = v["model"].as_str().or(v["deployment"].as_str()).unwrap_or_default();
+            format!("{} {about}", v["event"].as_str().unwrap_or_default())
+        })
         .collect();
     events.sort();
-    assert_eq!(events, ["budget_exhausted", "soft_budget_crossed"], "{events:?}");
+    assert_eq!(
+        events,
+        [
+            "budget_exhausted ",
+            "deployment_cooldown flaky-2/0",
+            "deployment_cooldown flaky/0",
+            "request_failed flaky",
+            "request_failed flaky-2",
+            "soft_budget_crossed "
+        ],
+        "{received:?}"
+    );
 }

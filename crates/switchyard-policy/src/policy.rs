@@ -1037,6 +1037,23 @@ impl Policy {
         }
     }
 
+    /// Claims the alert `name` for `ttl` among the replicas sharing Redis:
+    /// `true` for the first to claim it (and always without Redis, or when
+    /// Redis does not answer: better twice than never).
+    pub async fn claim_alert(&self, name: &str, ttl: std::time::Duration) -> bool {
+        let Store::Redis { redis, .. } = &self.0.store else {
+            return true;
+        };
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        match redis.claim(name, ttl_ms).await {
+            Ok(first) => first,
+            Err(StoreDown(reason)) => {
+                tracing::warn!(%reason, "Redis is down: sending an alert without claiming it");
+                true
+            }
+        }
+    }
+
     /// Sends the policy's alerts of the `kinds` given (soft budgets
     /// crossed, budgets spent) to `sink`; without it none are looked for.
     /// Set once.
