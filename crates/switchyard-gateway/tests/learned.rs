@@ -39,14 +39,21 @@ const POETRY: &[&str] = &[
 const MATH_QUERY: &str = "Solve the equation 5x - 3 = 12 for x.";
 const POETRY_QUERY: &str = "Write a poem about the moon over a quiet lake.";
 
-fn model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2");
+/// `models/<name>`, which must hold `file` (`command` makes it).
+fn models_folder(name: &str, file: &str, command: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../models")
+        .join(name);
     assert!(
-        dir.join("model.safetensors").exists(),
-        "the embedding model is missing from {}: run `cargo xtask models fetch`",
+        dir.join(file).exists(),
+        "{name} is missing from {}: run `{command}`",
         dir.display()
     );
     dir.canonicalize().unwrap()
+}
+
+fn model_dir() -> PathBuf {
+    models_folder("all-MiniLM-L6-v2", "model.safetensors", "cargo xtask models fetch")
 }
 
 struct Trainer {
@@ -56,13 +63,11 @@ struct Trainer {
 
 /// The static model `cargo xtask models distill` makes.
 fn static_model_dir() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../models/all-MiniLM-L6-v2-static");
-    assert!(
-        dir.join("static.safetensors").exists(),
-        "the static embedding model is missing from {}: run `cargo xtask models distill`",
-        dir.display()
-    );
-    dir.canonicalize().unwrap()
+    models_folder(
+        "all-MiniLM-L6-v2-static",
+        "static.safetensors",
+        "cargo xtask models distill",
+    )
 }
 
 impl Trainer {
