@@ -96,11 +96,13 @@ pub fn distill_if_missing() -> Result<()> {
         no_center: false,
         sif: 1e-4,
     };
-    if util::workspace_root()?
-        .join(&args.out)
-        .join(embed::STATIC_FILE)
-        .exists()
-    {
+    // A folder left broken by an interrupted run is made again.
+    let existing = Embedder::load(&EmbedderConfig {
+        model_dir: util::workspace_root()?.join(&args.out),
+        cache_entries: 0,
+        ..EmbedderConfig::default()
+    });
+    if existing.is_ok_and(|e| e.is_static()) {
         return Ok(());
     }
     distill(&args)
@@ -114,6 +116,9 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
     header(&format!("static embedder {} → {}", from.display(), out.display()));
     if !(args.sif >= 0.0 && args.sif.is_finite()) {
         bail!("--sif must be a number ≥ 0");
+    }
+    if out == from {
+        bail!("--out must differ from --from: the static model would overwrite the BERT model's files");
     }
     let bert = Embedder::load(&EmbedderConfig {
         model_dir: from.clone(),

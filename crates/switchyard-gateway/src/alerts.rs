@@ -207,8 +207,9 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
         }
     };
     while let Some(alert) = rx.recv().await {
-        if let Some(claim) = alert.claim()
-            && !policy.claim_alert(&claim, ALERT_EVERY).await
+        let claim = alert.claim();
+        if let Some(claim) = &claim
+            && !policy.claim_alert(claim, ALERT_EVERY).await
         {
             continue;
         }
@@ -217,10 +218,14 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
             AlertFormat::Slack => json!({"text": sentence(&alert)}),
         };
         let mut wait = Duration::from_millis(250);
+        let mut delivered = false;
         for attempt in 1..=TRIES {
             let outcome = client.post(settings.url.expose()).json(&body).send().await;
             let retry = match outcome {
-                Ok(r) if r.status().is_success() => break,
+                Ok(r) if r.status().is_success() => {
+                    delivered = true;
+                    break;
+                }
                 // The webhook refused the alert: trying again will not help.
                 Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
                     tracing::warn!(status = r.status().as_u16(), "the alert webhook refused an alert");
@@ -241,6 +246,11 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
             }
             tokio::time::sleep(wait).await;
             wait *= 4;
+        }
+        // Not delivered from here: another replica that sees the same
+        // cause may still tell of it.
+        if !delivered && let Some(claim) = &claim {
+            policy.release_alert(claim).await;
         }
     }
 }

@@ -513,6 +513,67 @@ async fn a_users_budget_is_shared_by_replicas() {
     );
 }
 
+/// The shared configuration with alerts to `hook` (`events`, when given)
+/// and one group per name in `failing`, whose upstream always fails.
+fn alerting(
+    redis: &RedisServer,
+    hook: &switchyard_testkit::WebhookReceiver,
+    upstream: &switchyard_testkit::MockUpstream,
+    events: &str,
+    failing: &[&str],
+) -> String {
+    let groups: String = failing
+        .iter()
+        .map(|name| {
+            format!(
+                "  - model_name: {name}\n    deployments:\n      - {{provider: openai, model: \"gpt-x::status=500\", api_base: \"{}\", api_key: sk-upstream-1}}\n",
+                upstream.base_url()
+            )
+        })
+        .collect();
+    config(&redis.url(), "fail_closed", 0).replace(
+        "model_list:",
+        &format!(
+            "telemetry:\n  alerts:\n    webhook_url: {}\n{events}router_settings:\n  num_retries: 0\n  allowed_fails: 1\n  cooldown_ms: 600000\nmodel_list:\n{groups}",
+            hook.url()
+        ),
+    )
+}
+
+/// A request to `model` with the configuration's key, which must fail upstream.
+async fn fails(base: &str, model: &str) {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
+    let (status, answer) = post(base, "/v1/chat/completions", CONFIG_KEY, body).await;
+    assert!(status >= 500, "{status}: {answer}");
+}
+
+/// An alert one replica could not deliver gives its claim back, so that
+/// another replica seeing the same cause tells of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_alert_gives_its_claim_back() {
+    let redis = RedisServer::start();
+    let hook = switchyard_testkit::WebhookReceiver::start().await.unwrap();
+    let upstream = switchyard_testkit::MockUpstream::start().await;
+    let yaml = alerting(&redis, &hook, &upstream, "    events: [request_failed]\n", &["flaky"]);
+    let a = GatewayProcess::start(Path::new(BIN), &yaml);
+    let b = GatewayProcess::start(Path::new(BIN), &yaml);
+    hook.fail_next(3);
+    fails(&a.base_url(), "flaky").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while hook.attempts() < 3 {
+        assert!(Instant::now() < deadline, "three delivery attempts");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(hook.received().is_empty(), "{:?}", hook.received());
+    fails(&b.base_url(), "flaky").await;
+    let told = hook
+        .wait_for(Duration::from_secs(10), |v| v["event"] == "request_failed")
+        .await
+        .expect("the other replica's alert");
+    assert_eq!(told["model"], "flaky", "{told}");
+}
+
 /// An alert is sent once however many replicas see its cause: each is
 /// claimed in Redis before it goes to the webhook.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -520,21 +581,7 @@ async fn replicas_send_each_alert_once() {
     let redis = RedisServer::start();
     let hook = switchyard_testkit::WebhookReceiver::start().await.unwrap();
     let upstream = switchyard_testkit::MockUpstream::start().await;
-    let failing = |name: &str| {
-        format!(
-            "  - model_name: {name}\n    deployments:\n      - {{provider: openai, model: \"gpt-x::status=500\", api_base: \"{}\", api_key: sk-upstream-1}}\n",
-            upstream.base_url()
-        )
-    };
-    let yaml = config(&redis.url(), "fail_closed", 0).replace(
-        "model_list:",
-        &format!(
-            "telemetry:\n  alerts:\n    webhook_url: {}\nrouter_settings:\n  num_retries: 0\n  allowed_fails: 1\n  cooldown_ms: 600000\nmodel_list:\n{}{}",
-            hook.url(),
-            failing("flaky"),
-            failing("flaky-2")
-        ),
-    );
+    let yaml = alerting(&redis, &hook, &upstream, "", &["flaky", "flaky-2"]);
     let a = GatewayProcess::start(Path::new(BIN), &yaml);
     let b = GatewayProcess::start(Path::new(BIN), &yaml);
     let bases = [a.base_url(), b.base_url()];
@@ -559,19 +606,14 @@ async fn replicas_send_each_alert_once() {
 
     // A group failing on both replicas, and its deployment cooling down on
     // both: told of once.
-    let ask = |base: String, model: &'static str| async move {
-        let body = json!({"model": model, "messages": [{"role": "user", "content": "hello"}]});
-        let (status, answer) = post(&base, "/v1/chat/completions", CONFIG_KEY, body).await;
-        assert!(status >= 500, "{status}: {answer}");
-    };
-    ask(bases[0].clone(), "flaky").await;
+    fails(&bases[0], "flaky").await;
     hook.wait_for(Duration::from_secs(10), |v| v["event"] == "deployment_cooldown")
         .await
         .expect("a cooldown alert");
-    ask(bases[1].clone(), "flaky").await;
+    fails(&bases[1], "flaky").await;
     // The second replica's alerts go out in order: once another group's
     // failure from it has arrived, any of its alerts about `flaky` would have.
-    ask(bases[1].clone(), "flaky-2").await;
+    fails(&bases[1], "flaky-2").await;
     hook.wait_for(Duration::from_secs(10), |v| v["model"] == "flaky-2")
         .await
         .expect("the other group's failure");

@@ -1054,6 +1054,16 @@ impl Policy {
         }
     }
 
+    /// Lets go of a claim made with [`Policy::claim_alert`] for an alert
+    /// that could not be delivered.
+    pub async fn release_alert(&self, name: &str) {
+        if let Store::Redis { redis, .. } = &self.0.store
+            && let Err(StoreDown(reason)) = redis.unclaim(name).await
+        {
+            tracing::warn!(%reason, "Redis is down: an undelivered alert's claim stays until it expires");
+        }
+    }
+
     /// Sends the policy's alerts of the `kinds` given (soft budgets
     /// crossed, budgets spent) to `sink`; without it none are looked for.
     /// Set once.
