@@ -896,6 +896,18 @@ async fn an_unpolled_router_is_read_at_each_reload_and_a_bad_read_keeps_it() {
     assert_eq!(state["current"]["data_hash"], "version-b", "{state}");
 }
 
+/// Runs `switchyard check-config PATH`, asserts that it fails and returns
+/// what it printed on stderr.
+fn check_config_fails(path: &Path) -> String {
+    let checked = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(!checked.status.success());
+    String::from_utf8_lossy(&checked.stderr).into_owned()
+}
+
 #[test]
 fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     let trainer = Trainer::new();
@@ -917,13 +929,7 @@ fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("mystery") && stderr.contains("rejected"), "{stderr}");
     // `check-config` finds it too, before a rollout.
-    let checked = std::process::Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!checked.status.success());
-    let stderr = String::from_utf8_lossy(&checked.stderr);
+    let stderr = check_config_fails(&path);
     assert!(stderr.contains("mystery"), "{stderr}");
 
     // Two candidates mapped to one group would rank it twice.
@@ -937,13 +943,7 @@ fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
         ),
     )
     .unwrap();
-    let checked = std::process::Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!checked.status.success());
-    let stderr = String::from_utf8_lossy(&checked.stderr);
+    let stderr = check_config_fails(&path);
     assert!(stderr.contains("both map to the group `strong-model`"), "{stderr}");
 }
 
@@ -980,13 +980,7 @@ async fn a_static_embedder_routes_and_refuses_routers_of_the_bert_one() {
     let config_dir = tempfile::tempdir().unwrap();
     let path = config_dir.path().join("config.yaml");
     std::fs::write(&path, on_static(bert_dir.path())).unwrap();
-    let checked = std::process::Command::new(BIN)
-        .arg("check-config")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!checked.status.success());
-    let stderr = String::from_utf8_lossy(&checked.stderr);
+    let stderr = check_config_fails(&path);
     assert!(stderr.contains("trained with the embedder"), "{stderr}");
 }
 
