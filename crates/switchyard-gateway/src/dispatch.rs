@@ -260,6 +260,9 @@ pub(crate) struct Decision<'s> {
     pub(crate) estimated_at_ms: u64,
     /// The id the upstream gave its answer, when it sent one.
     pub(crate) upstream_request_id: Option<String>,
+    /// Sent to a deployment that was cooling down (every one was): how its
+    /// stream ends leaves the breaker, and another request's probe, alone.
+    pub(crate) anyway: bool,
 }
 
 /// The request was answered.
@@ -863,8 +866,9 @@ async fn try_group<'s>(
                 }
                 // A stream's first event arrived: the breaker closes now, its
                 // statistics are recorded when it ends. A token count says
-                // nothing of generations.
-                if !matches!(call, Call::CountTokens(..)) {
+                // nothing of generations; a try made anyway leaves the
+                // breaker (and another request's probe) as it is.
+                if !panic && !matches!(call, Call::CountTokens(..)) {
                     state.cooldowns.record_success(deployment.id, now);
                 }
                 return GroupOutcome::Served(Served {
@@ -878,6 +882,7 @@ async fn try_group<'s>(
                         estimated_tokens: if used.is_some() { 0 } else { estimated },
                         estimated_at_ms: added_ms,
                         upstream_request_id,
+                        anyway: panic,
                     },
                     in_flight,
                     started,
@@ -886,7 +891,25 @@ async fn try_group<'s>(
             Err(e) => {
                 drop(in_flight);
                 state.stats.take_back_tokens(deployment.id, estimated, added_ms, now);
-                let class = error_class(&e);
+                // The upstream does not know what the deployment names (an
+                // Azure deployment or a model that does not exist), redirects
+                // elsewhere, or the deployment cannot be called as configured
+                // (credentials that do not load): the deployment's fault, and
+                // another deployment of the group, or a fallback, may serve.
+                let unknown_upstream = matches!(e, ProviderError::Status { status: 404, .. });
+                let misconfigured = unknown_upstream
+                    || matches!(
+                        e,
+                        ProviderError::Status { status: 300..=399, .. } | ProviderError::InvalidConfig(_)
+                    );
+                // Behind a wildcard the model is the client's choice: its
+                // absence is the client's error, not the deployment's fault.
+                let unknown_model = unknown_upstream.then_some(options.wildcard.as_deref()).flatten();
+                let class = if unknown_model.is_some() {
+                    switchyard_routing::ErrorClass::ClientError
+                } else {
+                    error_class(&e)
+                };
                 let class_name = class.as_str();
                 attempt_span.record("error.type", class_name);
                 attempt_span.record("otel.status_code", "error");
@@ -895,10 +918,6 @@ async fn try_group<'s>(
                     e,
                     ProviderError::Unsupported { .. } | ProviderError::InvalidRequest { .. }
                 );
-                // The upstream does not know what the deployment names (an
-                // Azure deployment or a model that does not exist): another
-                // deployment of the group, or a fallback, may serve.
-                let unknown_upstream = matches!(e, ProviderError::Status { status: 404, .. });
                 if unexpressible {
                     // Refused before anything was sent: says nothing of its health.
                     if probe {
@@ -939,11 +958,14 @@ async fn try_group<'s>(
                     ProviderError::Status { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let error = ApiError::upstream(&deployment.name, e);
+                let error = match unknown_model {
+                    Some(part) => ApiError::ModelNotFound(name.replacen('*', part, 1)),
+                    None => ApiError::upstream(&deployment.name, e),
+                };
                 if let Some(reason) = reason {
                     return GroupOutcome::Exhausted(error, reason);
                 }
-                if unexpressible || unknown_upstream {
+                if unexpressible || misconfigured {
                     // Another provider of the group may take it: not a retry.
                     unable.push(index);
                     if unable.len() < route.all.len() {

@@ -217,6 +217,14 @@ impl ApiError {
                     return message.clone();
                 }
                 ProviderError::InvalidRequest { message, .. } => return message.clone(),
+                // The details (a credential chain's, an endpoint's) are the
+                // operator's: they are in the gateway's log.
+                ProviderError::InvalidConfig(_) => {
+                    return format!(
+                        "Deployment {deployment} cannot be called as it is configured; \
+                         the gateway's operator must fix its configuration."
+                    );
+                }
                 _ => {}
             }
         }
@@ -397,7 +405,12 @@ fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Opt
             param.clone(),
             Some("unsupported_parameter".into()),
         ),
-        ProviderError::InvalidConfig(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
+        ProviderError::InvalidConfig(_) => (
+            S::BAD_GATEWAY,
+            "upstream_error",
+            None,
+            Some("deployment_misconfigured".into()),
+        ),
     }
 }
 

@@ -201,9 +201,12 @@ pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
         ProviderError::Status { status: 429, .. } => ErrorClass::RateLimited,
         ProviderError::Status { status: 401 | 403, .. } => ErrorClass::Auth,
         ProviderError::Status { status: 408, .. } => ErrorClass::Timeout,
-        // The upstream does not know the model or deployment configured: the
-        // deployment's fault, counted by its breaker.
-        ProviderError::Status { status: 404, .. } => ErrorClass::Other,
+        // The upstream does not know the model or deployment configured, or
+        // redirects elsewhere: the deployment's fault, counted by its breaker.
+        ProviderError::Status {
+            status: 300..=399 | 404,
+            ..
+        } => ErrorClass::Other,
         ProviderError::Status { status, .. } if *status >= 500 => ErrorClass::ServerError,
         ProviderError::Status { .. } | ProviderError::InvalidRequest { .. } | ProviderError::Unsupported { .. } => {
             ErrorClass::ClientError
@@ -277,6 +280,7 @@ pub(crate) fn tracker(
     started: Instant,
 ) -> StreamTracker {
     StreamTracker::new(state.clone(), decision.deployment.id, started, in_flight)
+        .anyway(decision.anyway)
         .labelled(decision.group.to_owned(), decision.deployment.name.clone())
         .counting(decision.estimated_tokens, decision.estimated_at_ms)
         .spanned(tracing::Span::current(), state.telemetry.capture_content)

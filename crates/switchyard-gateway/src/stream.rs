@@ -172,6 +172,8 @@ pub struct StreamTracker {
     span: tracing::Span,
     /// The answer's text so far, when spans capture content.
     captured: Option<String>,
+    /// Sent to a cooling deployment anyway: the breaker is left alone.
+    anyway: bool,
     _in_flight: InFlight,
 }
 
@@ -194,8 +196,16 @@ impl StreamTracker {
             cut_by_shutdown: false,
             span: tracing::Span::none(),
             captured: None,
+            anyway: false,
             _in_flight: in_flight,
         }
+    }
+
+    /// Marks a stream sent to a cooling deployment because every one was:
+    /// how it ends leaves the breaker, and another request's probe, alone.
+    pub(crate) fn anyway(mut self, anyway: bool) -> Self {
+        self.anyway = anyway;
+        self
     }
 
     /// Keeps `span` open until the stream ends, and records the stream's
@@ -353,7 +363,9 @@ impl StreamTracker {
                     tokens: self.tokens_used(),
                 };
                 self.state.stats.record_success(self.id, outcome, now);
-                self.state.cooldowns.record_success(self.id, now);
+                if !self.anyway {
+                    self.state.cooldowns.record_success(self.id, now);
+                }
                 if let Some(alerts) = &self.state.alerts {
                     alerts.answered(&self.labels.0, &self.labels.1, self.started.elapsed());
                 }
@@ -376,7 +388,7 @@ impl StreamTracker {
                     .metrics
                     .stream_error(&self.labels.0, &self.labels.1, class.as_str());
                 self.state.stats.record_failure(self.id, class, now);
-                if self.state.cooldowns.record_failure(self.id, class, now) {
+                if !self.anyway && self.state.cooldowns.record_failure(self.id, class, now) {
                     tracing::warn!(
                         deployment = %self.labels.1,
                         "deployment put in cooldown after a failed stream"

@@ -365,9 +365,16 @@ async fn a_request_with_nowhere_else_to_go_is_tried_on_cooling_deployments() {
     assert_eq!(breaker(&gw, "lone/0").await["state"], "open");
     let recovered = chat(&gw, "lone", json!({})).await;
     assert_eq!(recovered.status, 200, "{}", recovered.body);
+    // A try made anyway leaves the breaker as it is (its probe is due
+    // when the cooldown ends), streamed or not.
+    assert_eq!(breaker(&gw, "lone/0").await["state"], "open");
+    let streamed = chat(&gw, "lone", json!({"stream": true})).await;
+    assert_eq!(streamed.status, 200, "{}", streamed.body);
+    assert_eq!(streamed.streamed().1.last().map(String::as_str), Some("[DONE]"));
+    assert_eq!(breaker(&gw, "lone/0").await["state"], "open");
     assert_eq!(
         sent_to(&mock, "lone::fail_first=3,status=500"),
-        4,
+        5,
         "every request reached the only deployment, cooling down or not"
     );
     // A request's own fallbacks are somewhere else to go: the cooling
@@ -375,7 +382,7 @@ async fn a_request_with_nowhere_else_to_go_is_tried_on_cooling_deployments() {
     let elsewhere = chat(&gw, "lone", json!({"fallbacks": ["spare"]})).await;
     assert_eq!(elsewhere.status, 200, "{}", elsewhere.body);
     assert_eq!(elsewhere.header("x-switchyard-model"), "spare");
-    assert_eq!(sent_to(&mock, "lone::fail_first=3,status=500"), 4);
+    assert_eq!(sent_to(&mock, "lone::fail_first=3,status=500"), 5);
 
     for _ in 0..2 {
         assert_eq!(chat(&gw, "backed", json!({})).await.status, 200);
@@ -487,6 +494,11 @@ async fn an_upstream_redirect_is_not_followed() {
   - model_name: anthropic
     deployments:
       - {provider: anthropic, api_base: "{root}", api_key: sk-ant-secret, model: "claude-3-5-haiku::redirect"}
+  - model_name: mixed
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "moved::redirect", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "stays", input_cost_per_token: 0.00001}
 "#,
     );
     for model in ["openai", "azure", "anthropic"] {
@@ -507,8 +519,20 @@ async fn an_upstream_redirect_is_not_followed() {
     }
     // The prompt and the deployments' credentials never reached the
     // address the upstream named.
+    // A deployment that redirects is misconfigured: another deployment of
+    // the group answers, and its breaker counts the redirects (3 allowed).
+    for _ in 0..3 {
+        let a = chat(&gw, "mixed", json!({})).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-switchyard-deployment"), "mixed/1");
+        assert_eq!(a.header("x-switchyard-attempts"), "2");
+    }
+    assert_eq!(breaker(&gw, "mixed/0").await["state"], "open");
+    let a = chat(&gw, "mixed", json!({})).await;
+    assert_eq!((a.status, a.header("x-switchyard-attempts")), (200, "1"));
+    assert_eq!(sent_to(&mock, "moved::redirect"), 3);
     let requests = mock.requests();
-    assert_eq!(requests.len(), 6, "{requests:?}");
+    assert_eq!(requests.len(), 6 + 3 + 4, "{requests:?}");
     assert!(
         requests.iter().all(|r| r.path != switchyard_testkit::REDIRECT_TARGET),
         "{requests:?}"

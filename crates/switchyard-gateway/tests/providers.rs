@@ -967,14 +967,20 @@ async fn azure_v1_api_versions_use_the_v1_path() {
 }
 
 /// A Bedrock deployment whose AWS credentials cannot be loaded (no static
-/// keys, an empty provider chain) fails at once as a configuration fault:
-/// nothing is sent and no retry is spent on it.
+/// keys, an empty provider chain) is a configuration fault: nothing is sent,
+/// no retry is spent on it, another deployment of the group answers, and
+/// alone it fails with a 502 that keeps the credential chain's details in
+/// the gateway's log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bedrock_without_credentials_is_a_configuration_fault_not_retried() {
     let mock = MockUpstream::start().await;
-    let yaml = format!(
-        "router_settings:\n  num_retries: 2\nmodel_list:\n  - model_name: nova\n    deployments:\n      - provider: bedrock\n        model: amazon.nova-lite-v1:0\n        api_base: {}\n        aws_region: us-east-1\n",
+    let bedrock = format!(
+        "      - provider: bedrock\n        model: amazon.nova-lite-v1:0\n        api_base: {}\n        aws_region: us-east-1\n        input_cost_per_token: 0.0000001\n",
         mock.root_url()
+    );
+    let yaml = format!(
+        "router_settings:\n  num_retries: 2\nmodel_list:\n  - model_name: nova\n    deployments:\n{bedrock}  - model_name: either\n    routing_strategy: cost-based\n    deployments:\n{bedrock}      - {{provider: openai, model: gpt-4o-mini, api_base: \"{}\", api_key: k, input_cost_per_token: 0.00001}}\n",
+        mock.base_url()
     );
     let gateway = GatewayProcess::start_with(
         Path::new(BIN),
@@ -988,21 +994,46 @@ async fn bedrock_without_credentials_is_a_configuration_fault_not_retried() {
             ("AWS_SECRET_ACCESS_KEY", ""),
         ],
     );
-    let response = reqwest::Client::new()
-        .post(format!("{}/v1/chat/completions", gateway.base_url()))
-        .json(&user("nova", "hello"))
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    let attempts = response
-        .headers()
-        .get("x-switchyard-attempts")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body: Value = response.json().await.unwrap();
-    assert_eq!(status, 500, "{body}");
-    assert_eq!(attempts.as_deref(), Some("1"), "{body}");
+    let ask = |model: &'static str| {
+        let url = format!("{}/v1/chat/completions", gateway.base_url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&user(model, "hello"))
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let header = |name: &str| {
+                response
+                    .headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .unwrap_or_default()
+            };
+            let (attempts, deployment) = (header("x-switchyard-attempts"), header("x-switchyard-deployment"));
+            let body: Value = response.json().await.unwrap();
+            (status, attempts, deployment, body)
+        }
+    };
+    let (status, attempts, _, body) = ask("nova").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(attempts, "1", "{body}");
+    assert_eq!(body["error"]["code"], "deployment_misconfigured", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("nova/0") && !message.contains("AWS") && !message.contains("credentials"),
+        "{message}"
+    );
     assert!(mock.requests().is_empty(), "nothing is sent without credentials");
+
+    // Beside a deployment that can be called, the group still answers:
+    // cost-based tries the cheaper Bedrock one first.
+    let (status, attempts, deployment, body) = ask("either").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(deployment, "either/1", "{body}");
+    assert_eq!(attempts, "2", "{body}");
+    assert_eq!(mock.requests().len(), 1);
 }
 
 /// What Converse refuses or reports as broken, handled: blank text is left

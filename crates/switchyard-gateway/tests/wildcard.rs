@@ -323,3 +323,50 @@ async fn a_model_inside_a_wildcard_name_is_priced_as_the_model_sent() {
     assert_eq!(chat(&gateway, broad, "openai/gpt-4.1", false).await.status, 200);
     assert_eq!(chat(&gateway, broad, "openai/gpt-4o", false).await.status, 429);
 }
+
+/// A model the upstream does not have, asked for through a wildcard group,
+/// is the client's mistake: 404 `model_not_found`, streamed or not, and the
+/// deployment every other model shares is not put in cooldown for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_the_upstream_lacks_is_a_404_that_leaves_the_deployment_alone() {
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        "{}router_settings:\n  allowed_fails: 2\n  cooldown_ms: 600000\n  cooldown_fail_fast: true\n",
+        config(&mock)
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    for stream in [false, true, false, true] {
+        let missing = chat(&gateway, MASTER, "openai/no-such-model::status=404", stream).await;
+        assert_eq!(missing.status, 404, "{}", missing.body);
+        let error = &missing.body["error"];
+        assert_eq!(error["code"], "model_not_found", "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("`openai/no-such-model::status=404`"),
+            "{error}"
+        );
+    }
+    assert_eq!(mock.requests().len(), 4);
+    let state: Value = reqwest::Client::new()
+        .get(format!("{}/admin/deployments", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let wildcard = state["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["deployment"] == "openai/*/0")
+        .cloned()
+        .unwrap_or_else(|| panic!("{state}"));
+    assert_eq!(wildcard["cooldown"]["state"], "closed", "{wildcard}");
+    // With `cooldown_fail_fast`, a cooling deployment would refuse with 503.
+    let served = chat(&gateway, MASTER, "openai/gpt-4o", false).await;
+    assert_eq!(served.status, 200, "{}", served.body);
+}
