@@ -355,7 +355,19 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
                 .get::<crate::observe::RequestContext>()
                 .map(|ctx| ctx.id.clone()),
         };
-        match state.policy.admit(&principal, &demand).await {
+        // On a task of its own: a client that leaves while the store is
+        // still admitting it must not leave the holds taken there without
+        // a ticket to give them back (the ticket of an admission nobody
+        // waits for any more is dropped, which releases them).
+        let policy = state.policy.clone();
+        let admitting = tokio::spawn(async move { policy.admit(&principal, &demand).await });
+        let admission = match admitting.await {
+            Ok(admission) => admission,
+            Err(e) => {
+                return ApiError::Internal(format!("the admission task stopped: {e}")).into_response();
+            }
+        };
+        match admission {
             Ok(ticket) => {
                 admitted = Some(Admitted {
                     policy: state.policy.clone(),

@@ -640,3 +640,57 @@ async fn replicas_send_each_alert_once() {
         "{received:?}"
     );
 }
+
+/// A client that leaves a pass-through route while Redis is still running
+/// its admission keeps no in-flight slot: the admission finishes on its own
+/// task and what it took is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_client_leaving_during_admission_keeps_no_slot() {
+    let redis = RedisServer::start();
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let yaml = format!(
+        "{}pass_through:\n  - path: /native\n    target: \"{}\"\n    include_subpath: true\n",
+        config(&redis.url(), "fail_closed", 0),
+        mock.base_url()
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let base = gw.base_url();
+    let (status, made) = post(&base, "/key/generate", MASTER, json!({"max_parallel_requests": 1})).await;
+    assert_eq!(status, 200, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+    let body = json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]});
+    let (status, answer) = post(&base, "/native/chat/completions", &key, body.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+
+    // Redis holds every write for 250 ms (under the policy's 300 ms
+    // timeout); the client gives up after 100 ms, mid-admission.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(250)
+        .arg("WRITE")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let left = reqwest::Client::new()
+        .post(format!("{base}/native/chat/completions"))
+        .bearer_auth(&key)
+        .json(&body)
+        .timeout(Duration::from_millis(100))
+        .send()
+        .await;
+    assert!(left.is_err_and(|e| e.is_timeout()));
+
+    // Once Redis writes again, the key's one slot is free.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, answer) = post(&base, "/native/chat/completions", &key, body.clone()).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(code(&answer), "too_many_parallel_requests", "{answer}");
+        assert!(Instant::now() < deadline, "the slot stayed taken: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -438,6 +438,15 @@ impl LocalStore {
         Ok(out)
     }
 
+    /// The limiter counting `id` now, with its limit; one at `limit` when
+    /// there is none.
+    fn limiter_in_force(&self, id: &str, limit: u32) -> (u32, Arc<Limiter>) {
+        if let Some((l, limiter)) = self.limiters.lock().get(id) {
+            return (*l, limiter.clone());
+        }
+        (limit, self.limiter(id, limit))
+    }
+
     fn limiter(&self, id: &str, limit: u32) -> Arc<Limiter> {
         let mut limiters = self.limiters.lock();
         if let Some((l, limiter)) = limiters.get(id)
@@ -561,17 +570,26 @@ impl LocalStore {
                 state.recent.push_back(record.clone());
             }
         }
+        self.charge_tokens(checks, record);
+        logged.map_err(PolicyError::from)
+    }
+
+    /// Charges token limits the tokens `record` used beyond the estimate
+    /// taken at admission: what the minute still holds, the rest as a debt
+    /// later admissions wait out. A limit changed since the admission is
+    /// charged as it is now, not rebuilt at the old value.
+    pub fn charge_tokens(&self, checks: &Checks, record: &SpendRecord) {
         let used = u32::try_from(record.usage.total()).unwrap_or(u32::MAX);
         for r in checks.token_rates() {
             if let Some(extra) = used.checked_sub(r.cost) {
-                let limiter = self.limiter(&r.id, r.limit);
+                let (limit, limiter) = self.limiter_in_force(&r.id, r.limit);
                 let mut state = self.state.lock();
                 let before = match state.debt.get_mut(&r.id) {
-                    Some(debt) => debt.settle_time(&limiter, r.limit),
+                    Some(debt) => debt.settle_time(&limiter, limit),
                     None => 0,
                 };
                 let taken = if before > 0 { 0 } else { take_what_fits(&limiter, extra) };
-                let owed = before.saturating_add(u64::from(extra - taken)).min(max_debt(r.limit));
+                let owed = before.saturating_add(u64::from(extra - taken)).min(max_debt(limit));
                 match state.debt.get_mut(&r.id) {
                     _ if owed == 0 => {
                         state.debt.remove(&r.id);
@@ -590,7 +608,6 @@ impl LocalStore {
                 }
             }
         }
-        logged.map_err(PolicyError::from)
     }
 
     /// Adds records written elsewhere (a Redis outage's local spend) to this ledger only.
@@ -662,6 +679,56 @@ pub fn today() -> Day {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    /// A token limit lowered while a request runs: the request's settlement
+    /// charges the limit in force, rather than rebuilding a full one at the
+    /// value it was admitted under.
+    #[test]
+    fn a_request_settles_against_the_token_limit_in_force() {
+        let store = LocalStore::memory();
+        let checks = |limit| Checks {
+            rates: vec![crate::checks::RateCheck {
+                id: "key:k:tokens".into(),
+                scope: "key".into(),
+                kind: crate::RateKind::Tokens,
+                limit,
+                cost: 10,
+            }],
+            ..Checks::default()
+        };
+        let (before, after) = (checks(100_000), checks(1_000));
+        store.admit(&before, 0).unwrap();
+        store.admit(&after, 0).unwrap();
+        let record = SpendRecord {
+            request_id: "req-1".into(),
+            ts: 0,
+            key: Some("k".into()),
+            key_alias: None,
+            team_id: None,
+            team_ledger: None,
+            user_id: None,
+            user_ledger: None,
+            model: "m".into(),
+            deployment: "m/0".into(),
+            usage: crate::TokenUsage {
+                prompt: 10,
+                completion: 4_990,
+                ..crate::TokenUsage::default()
+            },
+            cost_nanos: 0,
+            cache_hit: false,
+            end_user: None,
+            tags: Vec::new(),
+            tag_spend: false,
+            end_user_spend: false,
+        };
+        store.settle(&before, 0, &record).unwrap();
+        let refused = store.admit(&after, 0);
+        assert!(
+            matches!(refused, Err(Denied::RateLimited { limit: 1_000, .. })),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn a_data_directory_is_one_stores_at_a_time() {

@@ -258,6 +258,10 @@ enum Store {
         fallback: LocalStore,
         /// Keys and teams seen, for fail-open authentication.
         seen: Mutex<HashMap<String, KeyView>>,
+        /// Changes to `seen` made by this replica's writes (under its
+        /// lock): a lookup that read Redis before one does not put what it
+        /// read into `seen`.
+        seen_writes: AtomicU64,
         /// End users' records seen, for fail-open admission.
         seen_end_users: Mutex<HashMap<String, EndUserRecord>>,
         /// Settlements Redis has not taken yet, oldest first. A record
@@ -424,6 +428,7 @@ impl Policy {
                     mode: redis.failure_mode,
                     fallback: LocalStore::memory(),
                     seen: Mutex::new(HashMap::new()),
+                    seen_writes: AtomicU64::new(0),
                     seen_end_users: Mutex::new(HashMap::new()),
                     queued: AtomicUsize::new(queued.len()),
                     max_queued: redis.max_queued_spend,
@@ -723,14 +728,22 @@ impl Policy {
             return Ok(Principal::Master);
         }
         let hash = hash_key(token);
+        let writes_before = match &self.0.store {
+            Store::Redis { seen_writes, .. } => seen_writes.load(Ordering::Acquire),
+            Store::Local(_) => 0,
+        };
         let view = match self.load_view(&hash).await {
             Ok(view) => {
-                if let Store::Redis { seen, .. } = &self.0.store {
+                if let Store::Redis { seen, seen_writes, .. } = &self.0.store {
                     // A key Redis no longer has (deleted, or regenerated on
-                    // another replica) must not come back in an outage.
+                    // another replica) must not come back in an outage, nor
+                    // one this replica changed while it was being read.
+                    let mut seen = seen.lock();
                     match &view {
-                        Some(v) => seen.lock().insert(hash.clone(), v.clone()),
-                        None => seen.lock().remove(&hash),
+                        Some(v) if seen_writes.load(Ordering::Acquire) == writes_before => {
+                            seen.insert(hash.clone(), v.clone())
+                        }
+                        _ => seen.remove(&hash),
                     };
                 }
                 view
@@ -1204,6 +1217,9 @@ impl Policy {
                 if holder == Holder::FallbackLocal {
                     fallback.release(&ticket.checks, ticket.max_cost);
                     fallback.add_to_ledger(&record);
+                    // The in-process limits admitted it: they count the
+                    // tokens it used beyond its estimate too.
+                    fallback.charge_tokens(&ticket.checks, &record);
                 }
                 // On a task of its own: the write (or, when Redis is down,
                 // the queueing) finishes even when the request that settles
@@ -1211,8 +1227,9 @@ impl Policy {
                 let policy = self.clone();
                 let (checks, max_cost, queued) = (ticket.checks.clone(), ticket.max_cost, record.clone());
                 let guard = self.write_guard();
+                let counted_here = holder == Holder::FallbackLocal;
                 let write = tokio::spawn(async move {
-                    policy.settle_in_redis(checks, max_cost, queued).await;
+                    policy.settle_in_redis(checks, max_cost, queued, counted_here).await;
                     drop(guard);
                 });
                 if let Err(e) = write.await {
@@ -1232,13 +1249,17 @@ impl Policy {
     }
 
     /// Writes a settlement to Redis, or queues it (and spills it to disk)
-    /// when Redis does not take it.
-    async fn settle_in_redis(&self, checks: Checks, max_cost: Nanos, record: SpendRecord) {
+    /// when Redis does not take it. A queued record of a request Redis
+    /// admitted (`counted_here` false) is added to the in-process ledger
+    /// and limits, so that those checked during the outage see its spend
+    /// and the tokens it used beyond its estimate.
+    async fn settle_in_redis(&self, checks: Checks, max_cost: Nanos, record: SpendRecord, counted_here: bool) {
         let Store::Redis {
             redis,
             pending,
             queued,
             spill,
+            fallback,
             ..
         } = &self.0.store
         else {
@@ -1246,6 +1267,10 @@ impl Policy {
         };
         if let Err(StoreDown(reason)) = redis.settle(&checks, max_cost, &record).await {
             tracing::warn!(%reason, request_id = %record.request_id, "Redis is down: spend queued until it is back");
+            if !counted_here {
+                fallback.add_to_ledger(&record);
+                fallback.charge_tokens(&checks, &record);
+            }
             let mut queue = pending.lock();
             if let Some(spill) = spill
                 && let Err(e) = spill.journal.append(&record)
@@ -1565,7 +1590,11 @@ impl Policy {
                     Store::Local(local) => local.delete_key(&record.token)?,
                     Store::Redis { redis, seen, .. } => {
                         seen.lock().remove(&record.token);
-                        redis.delete_key(&record.token).await.map_err(down)?
+                        let existed = redis.delete_key(&record.token).await.map_err(down)?;
+                        // Again once deleted: a lookup that read the key
+                        // before the delete may have put it back meanwhile.
+                        self.forget_seen(|view| view.key.token == record.token);
+                        existed
                     }
                 };
                 if existed {
@@ -1617,7 +1646,9 @@ impl Policy {
                 Store::Local(local) => local.rename_key(&old, read, record.clone())?,
                 Store::Redis { redis, seen, .. } => {
                     seen.lock().remove(&old);
-                    redis.rename_key(&old, read, &record).await.map_err(down)?
+                    let moved = redis.rename_key(&old, read, &record).await.map_err(down)?;
+                    self.forget_seen(|view| view.key.token == old);
+                    moved
                 }
             };
             match moved {
@@ -1781,8 +1812,10 @@ impl Policy {
     /// outage) that `stale` matches: a key or team this replica changed is
     /// read from Redis again, never served from the copy before the change.
     fn forget_seen(&self, stale: impl Fn(&KeyView) -> bool) {
-        if let Store::Redis { seen, .. } = &self.0.store {
-            seen.lock().retain(|_, view| !stale(view));
+        if let Store::Redis { seen, seen_writes, .. } = &self.0.store {
+            let mut seen = seen.lock();
+            seen_writes.fetch_add(1, Ordering::AcqRel);
+            seen.retain(|_, view| !stale(view));
         }
     }
 
@@ -1994,8 +2027,10 @@ impl Policy {
     /// Puts a user just written into this replica's copies of its keys, so
     /// that a Redis outage right after the change serves them with it.
     fn saw_user(&self, user: &UserRecord) {
-        if let Store::Redis { seen, .. } = &self.0.store {
-            for view in seen.lock().values_mut() {
+        if let Store::Redis { seen, seen_writes, .. } = &self.0.store {
+            let mut seen = seen.lock();
+            seen_writes.fetch_add(1, Ordering::AcqRel);
+            for view in seen.values_mut() {
                 if view.key.user_id.as_deref() == Some(user.user_id.as_str()) {
                     view.user = Some(user.clone());
                 }

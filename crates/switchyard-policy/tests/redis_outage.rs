@@ -631,6 +631,14 @@ async fn replayed_spend_does_not_limit_the_key_again() {
     };
     policy.settle(ticket, charge).await.unwrap();
     assert_eq!(pending(&policy), 1);
+    // During the outage the in-process limits counted every token it used.
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let refused = policy.admit(&principal, &demand()).await;
+    assert!(
+        matches!(refused, Err(Denied::RateLimited { .. })),
+        "{:?}",
+        refused.err()
+    );
     redis.restart();
     until_reconnected(&policy).await;
     policy.flush().await;
@@ -639,4 +647,36 @@ async fn replayed_spend_does_not_limit_the_key_again() {
     let principal = policy.authenticate(Some(KEY)).await.unwrap();
     let admitted = policy.admit(&principal, &demand()).await;
     assert!(admitted.is_ok(), "{:?}", admitted.err());
+}
+
+/// A request Redis admitted, which settles while Redis is down, counts
+/// against the budgets checked in-process during the outage.
+#[tokio::test]
+async fn spend_settled_during_an_outage_counts_against_its_budgets() {
+    let mut redis = RedisServer::start();
+    let mut budgeted = settings(&redis.url(), None);
+    // Room for one reservation (10 × COST) and a little more.
+    budgeted.keys[0].1.limits.max_budget = Some(20_000e-9);
+    let policy = Policy::open(budgeted).await.unwrap();
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let ticket = policy.admit(&principal, &demand()).await.unwrap();
+    redis.stop();
+    let charge = Charge {
+        deployment: "m-1".into(),
+        usage: TokenUsage {
+            prompt: 10,
+            completion: 10,
+            ..TokenUsage::default()
+        },
+        cost: 10 * COST,
+        cache_hit: false,
+    };
+    policy.settle(ticket, charge).await.unwrap();
+    assert_eq!(pending(&policy), 1);
+    let refused = policy.admit(&principal, &demand()).await;
+    assert!(
+        matches!(refused, Err(Denied::BudgetExceeded { spend, .. }) if spend == 10 * COST),
+        "{:?}",
+        refused.err()
+    );
 }
