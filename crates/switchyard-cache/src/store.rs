@@ -368,8 +368,10 @@ impl ResponseCache {
                 let mut con = con.clone();
                 let name = format!("{}{}", settings.prefix, key.as_str());
                 let ttl_ms = answer.ttl_secs.max(1).saturating_mul(1000);
-                let result = match serde_json::to_vec(&answer) {
-                    Ok(bytes) => tokio::time::timeout(
+                // Whether Redis answered: a refusal (`maxmemory` reached
+                // under `noeviction`) is an answer, and lookups go on.
+                let (result, answered) = match serde_json::to_vec(&answer) {
+                    Ok(bytes) => match tokio::time::timeout(
                         settings.timeout,
                         redis::cmd("SET")
                             .arg(&name)
@@ -379,11 +381,20 @@ impl ResponseCache {
                             .query_async::<()>(&mut con),
                     )
                     .await
-                    .map_err(|_| CacheError::Redis("timed out".into()))
-                    .and_then(|r| r.map_err(|e| CacheError::Redis(e.to_string()))),
-                    Err(e) => Err(CacheError::Corrupt(e.to_string())),
+                    {
+                        Err(_) => (Err(CacheError::Redis("timed out".into())), false),
+                        Ok(Ok(())) => (Ok(()), true),
+                        Ok(Err(e)) => {
+                            let unreachable = e.is_io_error()
+                                || e.is_connection_dropped()
+                                || e.is_connection_refusal()
+                                || e.is_timeout();
+                            (Err(CacheError::Redis(e.to_string())), !unreachable)
+                        }
+                    },
+                    Err(e) => (Err(CacheError::Corrupt(e.to_string())), true),
                 };
-                self.breaker.record(!matches!(result, Err(CacheError::Redis(_))));
+                self.breaker.record(answered);
                 result
             }
         };

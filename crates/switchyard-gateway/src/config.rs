@@ -812,6 +812,11 @@ fn without_values(err: figment::Error) -> String {
                 Kind::ISizeOutOfRange(_) | Kind::USizeOutOfRange(_) => {
                     e.kind = Kind::Message("a number out of range".into());
                 }
+                // The value found is not shown, only what is expected.
+                Kind::UnknownVariant(_, expected) => {
+                    let expected = expected.iter().map(|v| format!("`{v}`")).collect::<Vec<_>>();
+                    e.kind = Kind::Message(format!("the value is none of {}", expected.join(", ")));
+                }
                 _ => {}
             }
             e.to_string()
@@ -1189,8 +1194,10 @@ pub(crate) fn issue(path: impl Into<String>, message: impl Into<String>) -> Conf
 fn check_url(value: &str, path: &str, issues: &mut Vec<ConfigIssue>) {
     match reqwest::Url::parse(value) {
         Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {}
-        Ok(_) => issues.push(issue(path, format!("`{value}` is not an http(s) URL"))),
-        Err(e) => issues.push(issue(path, format!("`{value}` is not a valid URL ({e})"))),
+        // The value is not shown: read from the environment, it may be a
+        // secret set in the wrong variable.
+        Ok(_) => issues.push(issue(path, "is not an http(s) URL (the value is not shown)")),
+        Err(e) => issues.push(issue(path, format!("is not a valid URL ({e}; the value is not shown)"))),
     }
 }
 

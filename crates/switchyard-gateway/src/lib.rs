@@ -52,9 +52,22 @@ pub(crate) fn build_state_with(
     env: &dyn config::EnvSource,
     embedder: Option<std::sync::Arc<switchyard_routing::embed::Embedder>>,
 ) -> Result<AppState, ConfigError> {
-    let models = config.validate(env)?;
-    let names: Vec<String> = models.iter().map(|m| m.name.clone()).collect();
+    // Every section is checked before any problem is reported, so that one
+    // run lists them all.
     let mut issues = Vec::new();
+    let models = match config.validate(env) {
+        Ok(models) => models,
+        Err(ConfigError::Invalid(found)) => {
+            issues.extend(found);
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let names: Vec<String> = config
+        .model_list
+        .iter()
+        .map(|m| m.model_name.trim().to_owned())
+        .collect();
     let known = config.key_model_names();
     let policy = config.policy.validate(env, &known, &mut issues);
     let cache = config.cache.validate(env, &names, &mut issues);

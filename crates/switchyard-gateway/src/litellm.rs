@@ -1181,11 +1181,14 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         }
         config.insert("router_settings".into(), Value::Object(router));
     }
-    if !policy.is_empty() {
-        config.insert("policy".into(), Value::Object(policy));
-    }
-    if !cache.is_empty() {
-        config.insert("cache".into(), Value::Object(cache));
+    // A `policy:` or `cache:` of the file's own that is not a map is left
+    // for validation to refuse by name, as `server:` is.
+    for (name, merged) in [("policy", policy), ("cache", cache)] {
+        match doc.get(name) {
+            Some(other) if !other.is_object() => drop(config.insert(name.into(), other.clone())),
+            _ if !merged.is_empty() => drop(config.insert(name.into(), Value::Object(merged))),
+            _ => {}
+        }
     }
     config.insert(
         "model_list".into(),

@@ -164,6 +164,19 @@ pub struct PolicySpec {
     pub track_tag_spend: bool,
 }
 
+/// What makes a configured key (its surrounding whitespace trimmed)
+/// unusable, if anything: too short, or with characters no `Authorization`
+/// header carries.
+fn key_problem(key: &str) -> Option<&'static str> {
+    if key.len() < 8 {
+        Some("must be at least 8 characters")
+    } else if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some("must not contain whitespace or control characters: no request could present it")
+    } else {
+        None
+    }
+}
+
 impl PolicyConfig {
     /// Checks every value, resolving secrets; `models` are the configured model names.
     pub fn validate(&self, env: &dyn EnvSource, models: &[String], issues: &mut Vec<ConfigIssue>) -> PolicySpec {
@@ -191,8 +204,12 @@ impl PolicyConfig {
                 }
             }
         };
-        if master_key.as_ref().is_some_and(|k| k.len() < 8) {
-            issues.push(issue(source, "must be at least 8 characters"));
+        // A key is presented trimmed: whitespace around one (a secret
+        // file's last newline) is not part of it, and inside one no header
+        // could carry it.
+        let master_key = master_key.map(|k| k.trim().to_owned());
+        if let Some(problem) = master_key.as_deref().and_then(key_problem) {
+            issues.push(issue(source, problem));
         }
         if self.default_max_tokens == 0 {
             issues.push(issue("policy.default_max_tokens", "must be greater than 0"));
@@ -287,9 +304,9 @@ impl PolicyConfig {
             let Some(plaintext) = resolve_secret(raw, &format!("{path}.key"), env, issues) else {
                 continue;
             };
-            let plaintext = plaintext.expose().to_owned();
-            if plaintext.len() < 8 {
-                issues.push(issue(format!("{path}.key"), "must be at least 8 characters"));
+            let plaintext = plaintext.expose().trim().to_owned();
+            if let Some(problem) = key_problem(&plaintext) {
+                issues.push(issue(format!("{path}.key"), problem));
             }
             let mut record = KeyRecord::new(&plaintext, now, true);
             for (name, value) in entry.iter().filter(|(n, _)| n.as_str() != "key") {

@@ -736,7 +736,11 @@ async fn serve_hit(
     metering::cost_header(&mut response, record.as_ref());
     cache::mark(&mut response, true, similarity);
     let headers = response.headers_mut();
-    for (name, value) in [(MODEL_HEADER, model), (DEPLOYMENT_HEADER, answer.deployment.as_str())] {
+    // The group that produced the answer (`group/index` names its
+    // deployment), as a live answer names it: a learned router's choice, an
+    // alias's group.
+    let group = answer.deployment.rsplit_once('/').map_or(model, |(group, _)| group);
+    for (name, value) in [(MODEL_HEADER, group), (DEPLOYMENT_HEADER, answer.deployment.as_str())] {
         if let Ok(v) = HeaderValue::from_str(value) {
             headers.insert(name, v);
         }

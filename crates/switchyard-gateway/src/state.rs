@@ -361,12 +361,15 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
 
 /// [`AppState::cache_generations`]: a short hash per model name of what its
 /// answers come from (credentials and prices left out: a rotated key or a
-/// new price does not change answers).
+/// new price does not change answers; the settings that shape the request
+/// sent, such as `default_max_tokens`, do).
 fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
     use sha2::{Digest, Sha256};
     let of_group = |m: &ModelSpec| {
         let mut h = Sha256::new();
         for d in &m.deployments {
+            let max_tokens = d.default_max_tokens.map(|t| t.to_string()).unwrap_or_default();
+            let mock = format!("{:?}/{}", d.mock.reply, d.mock.embedding_dims);
             for part in [
                 provider_name(d.provider),
                 d.model.as_str(),
@@ -374,6 +377,10 @@ fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
                 d.api_version.as_deref().unwrap_or(""),
                 d.aws_region.as_deref().unwrap_or(""),
                 d.aws_model_id.as_deref().unwrap_or(""),
+                d.anthropic_version.as_deref().unwrap_or(""),
+                max_tokens.as_str(),
+                if d.drop_params { "drop_params" } else { "" },
+                mock.as_str(),
             ] {
                 h.update(part.as_bytes());
                 h.update([0]);
@@ -397,9 +404,19 @@ fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
         all.update(generation.as_bytes());
         all.update([0]);
     }
-    let all = hex::encode(&all.finalize()[..8]);
-    for m in models.iter().filter(|m| m.router.is_some()) {
-        out.insert(m.name.clone(), all.clone());
+    // And from how it chooses: its objective and which group each of its
+    // candidates maps to.
+    for m in models {
+        let Some(router) = &m.router else { continue };
+        let mut own = all.clone();
+        own.update(format!("{:?}", router.objective).as_bytes());
+        for (candidate, group) in &router.candidates {
+            own.update([0]);
+            own.update(candidate.as_bytes());
+            own.update([0]);
+            own.update(group.as_bytes());
+        }
+        out.insert(m.name.clone(), hex::encode(&own.finalize()[..8]));
     }
     out
 }
@@ -945,5 +962,29 @@ mod tests {
         assert_eq!(ceilings["b"].prices.output, 0.05);
         assert_eq!(ceilings["c"].prices.output, 0.05);
         assert_eq!(ceilings["d"].prices.output, 0.9);
+    }
+
+    /// Cached answers are keyed by what shapes them: a reload that changes
+    /// a group's `default_max_tokens`, or which group a router's candidate
+    /// maps to, starts new entries; a new key or price keeps them.
+    #[test]
+    fn cache_generations_change_with_what_shapes_an_answer() {
+        let yaml = |deployment: &str, candidate: &str| {
+            format!(
+                "model_list:\n  - model_name: a\n    deployments:\n      - {{provider: anthropic, model: claude-3-5-haiku, api_key: k, {deployment}}}\n  - model_name: b\n    deployments:\n      - {{provider: mock, model: m}}\n  - model_name: auto\n    router:\n      artifact: /nowhere\n      candidates: {{cheap: {candidate}}}\n"
+            )
+        };
+        let base = cache_generations(&models(&yaml("default_max_tokens: 256", "a")));
+        let same = cache_generations(&models(&yaml(
+            "default_max_tokens: 256, input_cost_per_token: 0.5",
+            "a",
+        )));
+        assert_eq!(base, same);
+        let longer = cache_generations(&models(&yaml("default_max_tokens: 4096", "a")));
+        assert_ne!(base["a"], longer["a"]);
+        assert_eq!(base["b"], longer["b"]);
+        let remapped = cache_generations(&models(&yaml("default_max_tokens: 256", "b")));
+        assert_eq!(base["a"], remapped["a"]);
+        assert_ne!(base["auto"], remapped["auto"]);
     }
 }

@@ -813,3 +813,50 @@ fn a_sighup_during_start_up_does_not_stop_the_gateway() {
     let _ = child.wait();
     assert!(ready && still_running, "the gateway stopped on an early SIGHUP");
 }
+
+/// Redis refusing writes (`maxmemory` reached under `noeviction`) is up: the
+/// refused stores do not stop lookups of what it already holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_stores_still_serves_what_it_holds() {
+    let redis = RedisServer::start();
+    let mock = MockUpstream::start().await;
+    let cache = format!(
+        "  enabled: true\n  backend: redis\n  redis:\n    url: {}\n    timeout_ms: 300",
+        redis.url()
+    );
+    let gw = gateway(&mock, &cache);
+    let first = post(&gw, MASTER, ask("kept answer"), &[]).await;
+    assert_eq!(first.header("x-switchyard-cache"), "miss");
+    let mut again = post(&gw, MASTER, ask("kept answer"), &[]).await;
+    for _ in 0..40 {
+        if again.header("x-switchyard-cache") == "hit" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        again = post(&gw, MASTER, ask("kept answer"), &[]).await;
+    }
+    assert_eq!(again.header("x-switchyard-cache"), "hit", "{}", again.text);
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut con)
+            .await
+            .unwrap();
+    }
+    // Six at once: their refused stores come one after another.
+    let refused =
+        futures_util::future::join_all((0..6).map(|i| post(&gw, MASTER, ask(&format!("not kept {i}")), &[]))).await;
+    for answer in refused {
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.header("x-switchyard-cache"), "miss");
+    }
+    // Stores are written after the answer goes out: wait for the last one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let held = post(&gw, MASTER, ask("kept answer"), &[]).await;
+    assert_eq!(held.header("x-switchyard-cache"), "hit", "{}", held.text);
+}

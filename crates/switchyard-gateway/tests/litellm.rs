@@ -405,6 +405,14 @@ fn redis_settings_become_one_url_and_the_cache_follows_it() {
     );
     assert_eq!(t.config["cache"]["redis"]["url"], "redis://:pw@cache.internal:6380/2");
     assert_eq!(t.config["cache"]["redis"]["prefix"], "team-a:");
+    // A section of the file's own that is not a map is kept for validation
+    // to refuse by name, not dropped.
+    for section in ["policy", "cache", "server"] {
+        let mut odd = private.clone();
+        odd[section] = json!(true);
+        let t3 = switchyard_gateway::litellm::translate(&odd).unwrap();
+        assert_eq!(t3.config[section], json!(true), "{section}: {}", t3.config);
+    }
 }
 
 /// LiteLLM's production guide sets every Redis part from the environment;

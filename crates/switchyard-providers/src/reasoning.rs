@@ -166,6 +166,7 @@ fn claude_output_cap(model: &str) -> Option<u32> {
     const CAPS: &[(&str, u32)] = &[
         ("claude-3-7-sonnet", 64_000),
         ("claude-sonnet-4", 64_000),
+        ("claude-sonnet-4-5", 64_000),
         ("claude-haiku-4-5", 64_000),
         ("claude-opus-4", 32_000),
         ("claude-opus-4-1", 32_000),
@@ -261,6 +262,17 @@ mod tests {
             32_000
         );
         assert_eq!(max_tokens_with(&own, 20_000, "claude-opus-4-5"), 40_000);
+        // Sonnet 4.5 writes up to 64,000, by its name or its Bedrock id.
+        let big = requested(&request(
+            json!({"thinking": {"type": "enabled", "budget_tokens": 40_000}}),
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(max_tokens_with(&big, 30_000, "claude-sonnet-4-5-20250929"), 64_000);
+        assert_eq!(
+            max_tokens_with(&big, 30_000, "anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            64_000
+        );
         assert_eq!(max_tokens_with(&own, 20_000, "some-other-model"), 40_000);
         // A later model the table does not know is left alone.
         assert_eq!(max_tokens_with(&own, 20_000, "claude-opus-4-6"), 40_000);

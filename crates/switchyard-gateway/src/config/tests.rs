@@ -456,6 +456,48 @@ fn a_value_in_the_wrong_place_is_not_printed() {
         .to_string();
     assert!(!err.contains("84729103847561"), "{err}");
     assert!(err.contains("policy.master_key"), "{err}");
+    // A Redis URL written where one of a few names belongs.
+    let err = parse("cache:\n  backend: \"redis://:hunter2-secret@redis:6379\"\nmodel_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("cache.backend") && err.contains("`redis`"), "{err}");
+    // A secret read from the environment where a URL belongs.
+    let config = parse("model_list:\n  - model_name: a\n    deployments:\n      - {provider: openai, model: m, api_key: k, api_base: os.environ/SWAPPED_BASE}\n").unwrap();
+    let err = config
+        .validate(&env(&[("SWAPPED_BASE", "sk-secret-in-the-wrong-variable")]))
+        .unwrap_err()
+        .to_string();
+    assert!(!err.contains("sk-secret"), "{err}");
+    assert!(err.contains("model_list[0].deployments[0].api_base"), "{err}");
+}
+
+#[test]
+fn every_section_is_checked_before_problems_are_reported() {
+    let config = parse(
+        "policy:\n  master_key: short\nmodel_list:\n  - model_name: a\n    deployments:\n      - {provider: azure, model: d, api_key: k, api_base: \"https://x.openai.azure.com\"}\n",
+    )
+    .unwrap();
+    let err = crate::build_state(&config, &env(&[]))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    for expected in ["model_list[0].deployments[0].api_version", "policy.master_key"] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+}
+
+#[test]
+fn a_master_key_is_trimmed_and_refused_with_whitespace_inside() {
+    let config =
+        parse("model_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n").unwrap();
+    // A secret file's last newline is not part of the key.
+    assert!(crate::build_state(&config, &env(&[("SWITCHYARD_MASTER_KEY", "sk-master-from-a-file\n")])).is_ok());
+    let err = crate::build_state(&config, &env(&[("SWITCHYARD_MASTER_KEY", "sk master key")]))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("policy.master_key") && err.contains("whitespace"), "{err}");
 }
 
 #[test]

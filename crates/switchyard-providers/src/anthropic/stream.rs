@@ -6,7 +6,7 @@
 //! final usage chunk (when asked for) carries cached-token counts. A stream that
 //! ends without `message_stop` ends with an error, never a silent truncation.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use futures_util::{StreamExt, stream};
 use serde_json::{Value, json};
@@ -25,6 +25,9 @@ struct Converter {
     usage: MessagesUsage,
     /// Anthropic block index → OpenAI tool-call index.
     tools: HashMap<u32, u32>,
+    /// Tool blocks some argument text was sent for: one that ends without
+    /// any (a tool without parameters) gets `{}`, as OpenAI sends.
+    argued: HashSet<u32>,
     finished: bool,
     /// The request asked for a JSON answer: the JSON tool's input is streamed
     /// as text.
@@ -131,13 +134,21 @@ impl Converter {
                         ))));
                         return;
                     };
-                    out.push_back(
-                        self.out
-                            .tool_arguments(tool_index, delta.partial_json.unwrap_or_default()),
-                    );
+                    let piece = delta.partial_json.unwrap_or_default();
+                    if !piece.is_empty() {
+                        self.argued.insert(index);
+                        out.push_back(self.out.tool_arguments(tool_index, piece));
+                    }
                 }
                 _ => {}
             },
+            StreamEvent::ContentBlockStop { index } if self.tools.contains_key(&index) => {
+                if !self.argued.contains(&index)
+                    && let Some(&tool_index) = self.tools.get(&index)
+                {
+                    out.push_back(self.out.tool_arguments(tool_index, "{}".into()));
+                }
+            }
             StreamEvent::MessageDelta { delta, usage: u } => {
                 self.release(out);
                 self.usage.output_tokens = u.output_tokens;
@@ -177,6 +188,7 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         include_usage,
         usage: MessagesUsage::default(),
         tools: HashMap::new(),
+        argued: HashSet::new(),
         finished: false,
         json,
         json_block: None,

@@ -566,3 +566,88 @@ async fn streamed_thinking_becomes_reasoning_deltas_and_a_signed_block() {
     let text: String = deltas.iter().filter_map(|d| d["content"].as_str()).collect();
     assert_eq!(text, "Sunny");
 }
+
+#[test]
+fn blank_text_and_stop_sequences_are_left_out_and_jpg_is_jpeg() {
+    let req = chat(json!({
+        "model": "m",
+        "stop": ["\n", " ", "END"],
+        "messages": [
+            {"role": "system", "content": "  "},
+            {"role": "user", "content": [
+                {"type": "text", "text": "\n\n"},
+                {"type": "image_url", "image_url": {"url": "data:image/jpg;base64,AAAA"}},
+                {"type": "text", "text": "what is it?"}
+            ]},
+            {"role": "assistant", "content": "\n\n", "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "done"}
+        ]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 100).unwrap()).unwrap();
+    assert_eq!(out["stop_sequences"], json!(["END"]));
+    assert!(out.get("system").is_none_or(Value::is_null), "{out}");
+    let user = out["messages"][0]["content"].as_array().unwrap();
+    assert_eq!(user.len(), 2, "{user:?}");
+    assert_eq!(user[0]["source"]["media_type"], "image/jpeg");
+    let assistant = out["messages"][1]["content"].as_array().unwrap();
+    assert_eq!(assistant.len(), 1, "{assistant:?}");
+    assert_eq!(assistant[0]["type"], "tool_use");
+
+    // Only blank stop sequences: none is sent.
+    let only_blank = chat(json!({"model": "m", "stop": "\n", "messages": [{"role": "user", "content": "hi"}]}));
+    let out = serde_json::to_value(to_messages_request(&only_blank, 100).unwrap()).unwrap();
+    assert!(out.get("stop_sequences").is_none_or(Value::is_null), "{out}");
+
+    // A data URL that is not base64 is refused here, naming the part.
+    let svg = chat(json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/svg+xml,<svg/>"}}]}]}));
+    match to_messages_request(&svg, 100) {
+        Err(ProviderError::InvalidRequest { param, .. }) => {
+            assert_eq!(param.as_deref(), Some("messages[0].content[0]"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A tool without parameters, streamed: Anthropic sends no argument text,
+/// and the client still gets `{}`, as OpenAI sends.
+#[tokio::test]
+async fn a_streamed_call_of_a_tool_without_parameters_has_empty_object_arguments() {
+    let items = vec![
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 4, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_1", "name": "now", "input": {}}}),
+        ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": ""}}),
+        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let chunks: Vec<_> = to_chat_chunks(events(&items), false, 1, false).collect().await;
+    let mut arguments = String::new();
+    for chunk in &chunks {
+        let parsed: ChatCompletionChunk = serde_json::from_slice(&chunk.as_ref().unwrap().data).unwrap();
+        for call in parsed
+            .choices
+            .first()
+            .and_then(|c| c.delta.extra.get("tool_calls"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            arguments.push_str(call["function"]["arguments"].as_str().unwrap_or_default());
+        }
+    }
+    assert_eq!(arguments, "{}");
+}

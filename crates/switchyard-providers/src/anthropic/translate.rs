@@ -65,15 +65,27 @@ pub(crate) fn without_rejected(req: &ChatCompletionRequest) -> Option<ChatComple
     Some(copy)
 }
 
-/// An image part's URL as an Anthropic image source.
-fn image_source(url: &str) -> Value {
-    if let Some(rest) = url.strip_prefix("data:")
-        && let Some((meta, data)) = rest.split_once(',')
-    {
-        let media_type = meta.trim_end_matches(";base64");
-        return json!({"type": "base64", "media_type": media_type, "data": data});
+/// An image part's URL as an Anthropic image source. A data URL must be
+/// base64 (`image/jpg`, as browsers write it, is sent as `image/jpeg`).
+fn image_source(url: &str, param: &str) -> Result<Value> {
+    if let Some(rest) = url.strip_prefix("data:") {
+        let Some((media_type, data)) = rest
+            .split_once(',')
+            .and_then(|(meta, data)| Some((meta.strip_suffix(";base64")?, data)))
+        else {
+            return Err(invalid(
+                "an image data URL must be base64: `data:<type>;base64,<data>`",
+                param,
+            ));
+        };
+        let media_type = if media_type.eq_ignore_ascii_case("image/jpg") {
+            "image/jpeg"
+        } else {
+            media_type
+        };
+        return Ok(json!({"type": "base64", "media_type": media_type, "data": data}));
     }
-    json!({"type": "url", "url": url})
+    Ok(json!({"type": "url", "url": url}))
 }
 
 /// An OpenAI content part as an Anthropic block.
@@ -95,7 +107,7 @@ fn part_to_block(part: &ContentPart, param: &str) -> Result<ContentBlock> {
                 .ok_or_else(|| invalid("an image_url part needs `image_url.url`", param))?;
             Ok(ContentBlock {
                 kind: "image".into(),
-                source: Some(image_source(url)),
+                source: Some(image_source(url, param)?),
                 ..ContentBlock::default()
             })
         }
@@ -106,17 +118,18 @@ fn part_to_block(part: &ContentPart, param: &str) -> Result<ContentBlock> {
     }
 }
 
-/// A message's content as blocks; empty text is left out (Anthropic
-/// refuses empty text blocks).
+/// A message's content as blocks; blank text is left out (Anthropic
+/// refuses text blocks without non-whitespace text).
 fn content_blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBlock>> {
+    let blank = |text: &str| text.trim().is_empty();
     match content {
         None => Ok(Vec::new()),
-        Some(MessageContent::Text(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(MessageContent::Text(text)) if blank(text) => Ok(Vec::new()),
         Some(MessageContent::Text(text)) => Ok(vec![ContentBlock::text(text.clone())]),
         Some(MessageContent::Parts(parts)) => parts
             .iter()
             .enumerate()
-            .filter(|(_, p)| !(p.kind == "text" && p.text.as_deref().is_none_or(str::is_empty)))
+            .filter(|(_, p)| !(p.kind == "text" && p.text.as_deref().is_none_or(blank)))
             .map(|(i, p)| part_to_block(p, &format!("{param}[{i}]")))
             .collect(),
     }
@@ -319,12 +332,22 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         .iter()
         .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
         .map_or(default_max_tokens, |v| v.min(u64::from(u32::MAX)) as u32);
-    let stop_sequences = match req.extra.get("stop") {
+    // Anthropic refuses a stop sequence without non-whitespace (`"\n"`,
+    // common from OpenAI clients): such sequences are left out.
+    let stop_sequences: Option<Vec<String>> = match req.extra.get("stop") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(vec![s.clone()]),
         Some(Value::Array(items)) => Some(items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
         Some(_) => return Err(invalid("`stop` must be a string or an array of strings", "stop")),
-    };
+    }
+    .map(|all| {
+        let kept: Vec<String> = all.into_iter().filter(|s| !s.trim().is_empty()).collect();
+        if kept.is_empty() {
+            tracing::debug!("blank stop sequences are left out: Anthropic refuses them");
+        }
+        kept
+    })
+    .filter(|kept| !kept.is_empty());
     let tools = req
         .extra
         .get("tools")

@@ -106,11 +106,27 @@ fn image_block(url: &str, param: &str) -> Result<ImageBlock> {
     built(block, param)
 }
 
+/// The user turn put before a conversation that opens with the assistant.
+const OPENING_USER_TURN: &str = ".";
+
+/// What a tool result without text says: Converse refuses empty text.
+const EMPTY_TOOL_RESULT: &str = "(no output)";
+
+/// A tool result's text, or [`EMPTY_TOOL_RESULT`] for a blank one.
+fn tool_result_text(message: &ChatMessage) -> ToolResultContentBlock {
+    let text = message.content_text();
+    ToolResultContentBlock::Text(if blank(&text) {
+        EMPTY_TOOL_RESULT.to_owned()
+    } else {
+        text
+    })
+}
+
 /// A tool message's content as tool-result blocks: its text, and its images
 /// (a screenshot a computer-use tool returns) when it is made of parts.
 fn tool_result_content(message: &ChatMessage, param: &str) -> Result<Vec<ToolResultContentBlock>> {
     let Some(MessageContent::Parts(parts)) = &message.content else {
-        return Ok(vec![ToolResultContentBlock::Text(message.content_text())]);
+        return Ok(vec![tool_result_text(message)]);
     };
     let mut out = Vec::new();
     for (i, part) in parts.iter().enumerate() {
@@ -132,7 +148,7 @@ fn tool_result_content(message: &ChatMessage, param: &str) -> Result<Vec<ToolRes
         }
     }
     if out.is_empty() {
-        out.push(ToolResultContentBlock::Text(message.content_text()));
+        out.push(tool_result_text(message));
     }
     Ok(out)
 }
@@ -307,7 +323,14 @@ fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolC
             .unwrap_or_else(|| serde_json::json!({"type": "object"}));
         let spec = ToolSpecification::builder()
             .name(name)
-            .set_description(function.get("description").and_then(Value::as_str).map(str::to_owned))
+            // Converse refuses an empty description.
+            .set_description(
+                function
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .filter(|d| !blank(d))
+                    .map(str::to_owned),
+            )
             .input_schema(ToolInputSchema::Json(to_document(&schema)))
             .build();
         specs.push(Tool::ToolSpec(built(spec, &param)?));
@@ -491,6 +514,20 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
             "messages",
         ));
     }
+    // Converse requires the conversation to start with a user turn; a chat
+    // that opens with the assistant's greeting gets a minimal one first.
+    if turns
+        .first()
+        .is_some_and(|(role, _)| *role == ConversationRole::Assistant)
+    {
+        turns.insert(
+            0,
+            (
+                ConversationRole::User,
+                vec![ContentBlock::Text(OPENING_USER_TURN.to_owned())],
+            ),
+        );
+    }
     let messages = turns
         .into_iter()
         .map(|(role, content)| {
@@ -507,11 +544,14 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     let max_tokens = thinking
         .as_ref()
         .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens, &req.model));
+    // Blank stop sequences (`"\n"`) are refused by Claude: left out.
     let stop = match req.extra.get("stop") {
         Some(Value::String(s)) => Some(vec![s.clone()]),
         Some(Value::Array(items)) => Some(items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()),
         _ => None,
-    };
+    }
+    .map(|all: Vec<String>| all.into_iter().filter(|s| !blank(s)).collect::<Vec<_>>())
+    .filter(|kept| !kept.is_empty());
     let inference = InferenceConfiguration::builder()
         .max_tokens(max_tokens.min(i32::MAX as u32) as i32)
         // Converse takes 0–1; OpenAI clients may send up to 2.
@@ -653,6 +693,48 @@ mod tests {
     fn converse(body: Value) -> ConverseInput {
         let req: ChatCompletionRequest = serde_json::from_value(body).unwrap();
         to_converse(&req, 1024).unwrap()
+    }
+
+    /// What Converse refuses is not sent: blank stop sequences, an empty
+    /// tool description, an empty tool result, and a conversation that
+    /// opens with the assistant.
+    #[test]
+    fn blank_fields_converse_refuses_are_mended() {
+        let input = converse(json!({"model": "m", "stop": ["\n", "END"],
+        "tools": [{"type": "function", "function": {"name": "now", "description": "",
+            "parameters": {"type": "object", "properties": {}}}}],
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "assistant", "content": "Hi, how can I help?"},
+            {"role": "user", "content": "what time is it?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "now", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": ""}
+        ]}));
+        assert_eq!(input.inference.stop_sequences(), ["END".to_owned()]);
+        let Some(Tool::ToolSpec(spec)) = input.tools.as_ref().and_then(|t| t.tools().first()) else {
+            panic!("{:?}", input.tools);
+        };
+        assert_eq!(spec.description(), None);
+        let roles: Vec<_> = input.messages.iter().map(|m| m.role().clone()).collect();
+        assert_eq!(
+            roles,
+            [
+                ConversationRole::User,
+                ConversationRole::Assistant,
+                ConversationRole::User,
+                ConversationRole::Assistant,
+                ConversationRole::User
+            ]
+        );
+        assert!(matches!(&input.messages[0].content()[0], ContentBlock::Text(t) if t == OPENING_USER_TURN));
+        let ContentBlock::ToolResult(result) = &input.messages[4].content()[0] else {
+            panic!("{:?}", input.messages[4]);
+        };
+        assert!(
+            matches!(&result.content()[0], ToolResultContentBlock::Text(t) if t == EMPTY_TOOL_RESULT),
+            "{result:?}"
+        );
     }
 
     #[test]

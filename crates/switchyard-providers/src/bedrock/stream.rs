@@ -1,6 +1,6 @@
 //! Bedrock ConverseStream events → OpenAI chat chunks.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
 use aws_sdk_bedrockruntime::primitives::event_stream::EventReceiver;
@@ -25,6 +25,9 @@ struct Converter {
     include_usage: bool,
     /// Bedrock content block index → OpenAI tool-call index.
     tools: HashMap<i32, u32>,
+    /// Tool blocks some input text was sent for: one that ends without any
+    /// (a tool without parameters) gets `{}`, as OpenAI sends.
+    argued: HashSet<i32>,
     stopped: bool,
     finished: bool,
     /// The request asked for a JSON answer: the JSON tool's input is
@@ -107,7 +110,11 @@ impl Converter {
                     out.push_back(self.blocks.chunk(&self.out, block));
                 }
                 Some(ContentBlockDelta::ToolUse(tool)) => match self.tools.get(&delta.content_block_index) {
-                    Some(&index) => out.push_back(self.out.tool_arguments(index, tool.input)),
+                    Some(_) if tool.input.is_empty() => {}
+                    Some(&index) => {
+                        self.argued.insert(delta.content_block_index);
+                        out.push_back(self.out.tool_arguments(index, tool.input));
+                    }
                     None => out.push_back(Err(ProviderError::Stream(format!(
                         "tool input for block {}, which is not a tool use",
                         delta.content_block_index
@@ -116,6 +123,11 @@ impl Converter {
                 _ => {}
             },
             ConverseStreamOutput::ContentBlockStop(stop) => {
+                if let Some(&index) = self.tools.get(&stop.content_block_index)
+                    && !self.argued.contains(&stop.content_block_index)
+                {
+                    out.push_back(self.out.tool_arguments(index, "{}".into()));
+                }
                 if let Some((text, signature)) = self.reasoning.remove(&stop.content_block_index)
                     && !signature.is_empty()
                 {
@@ -163,6 +175,7 @@ pub(crate) fn to_chat_chunks(
         out,
         include_usage,
         tools: HashMap::new(),
+        argued: HashSet::new(),
         stopped: false,
         finished: false,
         json,
