@@ -286,6 +286,8 @@ pub(crate) struct Failed {
     pub(crate) attempts: u32,
     /// The id the last upstream to answer gave its answer.
     pub(crate) upstream_request_id: Option<String>,
+    /// The model group tried last, when any was.
+    pub(crate) group: Option<String>,
 }
 
 impl From<ApiError> for Failed {
@@ -294,6 +296,7 @@ impl From<ApiError> for Failed {
             error,
             attempts: 0,
             upstream_request_id: None,
+            group: None,
         }
     }
 }
@@ -460,6 +463,7 @@ pub(crate) async fn dispatch<'s>(
                     error,
                     attempts,
                     upstream_request_id,
+                    group: Some(group.0.to_owned()),
                 });
             }
             GroupOutcome::Exhausted(error, reason) => (error, reason),
@@ -500,6 +504,7 @@ pub(crate) async fn dispatch<'s>(
                     error,
                     attempts,
                     upstream_request_id,
+                    group: Some(group.0.to_owned()),
                 });
             }
         }

@@ -433,11 +433,6 @@ impl Trail {
         })
     }
 
-    /// Notes the id the last upstream to answer gave a failed request.
-    pub(crate) fn upstream_request_id(&mut self, id: Option<&str>) {
-        self.record.upstream_request_id = id.map(str::to_owned);
-    }
-
     /// Notes the end user and tags the request named.
     pub(crate) fn labels(&mut self, labels: &switchyard_policy::Labels) {
         self.record.end_user.clone_from(&labels.end_user);
@@ -455,6 +450,21 @@ impl Trail {
         if let Some(p) = &decision.prediction {
             r.router = Some(p.router.clone());
             r.predicted = Some(p.scores.iter().cloned().collect());
+        }
+    }
+
+    /// Notes how a request that got no answer went: its attempts, the group
+    /// tried last (as `served_model`: the group that failed it) and, when
+    /// an upstream failed it, that deployment.
+    pub(crate) fn failed(&mut self, failed: &crate::dispatch::Failed) {
+        let r = &mut self.record;
+        r.attempts = failed.attempts;
+        r.upstream_request_id.clone_from(&failed.upstream_request_id);
+        if failed.attempts > 0 {
+            r.served_model.clone_from(&failed.group);
+        }
+        if let ApiError::Upstream { deployment, .. } = &failed.error {
+            r.deployment = Some(deployment.clone());
         }
     }
 

@@ -448,8 +448,14 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
             .flat_map(|v| v.split(','))
             .map(|n| n.trim().to_ascii_lowercase())
             .collect();
+        // The gateway's own `x-switchyard-*` headers are its to set: an
+        // upstream's (another Switchyard) would stand in for them in the
+        // client's answer, the request log and the metrics' labels.
         for (name, value) in upstream.headers() {
-            if !NOT_RETURNED.contains(&name.as_str()) && !named.iter().any(|n| n == name.as_str()) {
+            if !NOT_RETURNED.contains(&name.as_str())
+                && !named.iter().any(|n| n == name.as_str())
+                && !name.as_str().starts_with("x-switchyard-")
+            {
                 out.append(name.clone(), value.clone());
             }
         }

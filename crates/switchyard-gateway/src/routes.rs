@@ -463,15 +463,17 @@ async fn openai_inner(
         started,
     } = match dispatch(&state, model, &mut call, &options).await {
         Ok(served) => served,
-        Err(Failed {
-            error,
-            attempts,
-            upstream_request_id,
-        }) => {
+        Err(failed) => {
             if let Some(mut t) = trail {
-                t.upstream_request_id(upstream_request_id.as_deref());
-                t.finish(error.parts().0.as_u16(), Some(&error));
+                t.failed(&failed);
+                t.finish(failed.error.parts().0.as_u16(), Some(&failed.error));
             }
+            let Failed {
+                error,
+                attempts,
+                upstream_request_id,
+                ..
+            } = failed;
             let mut response = failure_response(error.into_response(), attempts, upstream_request_id.as_deref());
             response.headers_mut().extend(extra_headers);
             return response;

@@ -421,14 +421,16 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     let anthropic = json!({"model": "gpt", "max_tokens": 50, "messages": [{"role": "user", "content": PROMPT}]});
     let message = post(&gw, "/v1/messages", &key, anthropic, &[]).await;
     assert_eq!(message.status, 200, "{}", message.text);
+    let failing = post(&gw, "/v1/chat/completions", &key, chat("broken", PROMPT), &[]).await;
+    assert_eq!(failing.status, 502, "{}", failing.text);
     for a in [&json_answer, &streamed, &missing] {
         assert!(a.header("x-request-id").starts_with("req-"), "every answer has an id");
         let overhead: f64 = a.header("x-switchyard-overhead-ms").parse().unwrap();
         assert!(overhead >= 0.0);
     }
 
-    let records = wait_for_lines(&log_path, 4).await;
-    assert_eq!(records.len(), 4, "{records:#?}");
+    let records = wait_for_lines(&log_path, 5).await;
+    assert_eq!(records.len(), 5, "{records:#?}");
     let by_id = |id: &str| {
         records
             .iter()
@@ -466,6 +468,20 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     let m = by_id(missing.header("x-request-id"));
     assert_eq!(m["status"], 404);
     assert_eq!(m["error_class"], "model_not_found");
+    // A request every attempt failed: how many, and where.
+    let f = by_id(failing.header("x-request-id"));
+    assert_eq!(f["status"], 502);
+    assert_eq!(
+        f["attempts"].to_string(),
+        failing.header("x-switchyard-attempts"),
+        "{f}"
+    );
+    assert!(f["attempts"].as_u64().unwrap() > 1, "{f}");
+    assert_eq!(
+        (&f["served_model"], &f["deployment"]),
+        (&json!("broken"), &json!("broken/0")),
+        "{f}"
+    );
     let anthropic = by_id(message.header("x-request-id"));
     assert_eq!(anthropic["endpoint"], "messages");
     assert_eq!(anthropic["deployment"], "gpt/0");
@@ -510,7 +526,7 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     )
     .await;
     assert_eq!(unauthenticated.status, 401);
-    let lines = wait_for_lines(&log_path, 6).await;
+    let lines = wait_for_lines(&log_path, 7).await;
     let feedback: Vec<&Value> = lines.iter().filter(|l| l["type"] == "feedback").collect();
     assert_eq!(feedback.len(), 2);
     assert_eq!(feedback[0]["request_id"], id);

@@ -310,3 +310,43 @@ async fn pass_through_requests_count_against_a_keys_limits() {
         .unwrap();
     assert!(metrics.contains(r#"route="pass_through""#), "{metrics}");
 }
+
+/// A pass-through route in front of another Switchyard: the answer keeps
+/// the upstream's own headers, but not its `x-switchyard-*` ones, which
+/// would name its groups, deployments and request id as this gateway's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_gateways_own_headers_are_not_passed_on() {
+    let inner = GatewayProcess::start(
+        Path::new(BIN),
+        "model_list:\n  - model_name: inner-model\n    deployments:\n      - {provider: mock, model: m}\n",
+    );
+    let outer = GatewayProcess::start(
+        Path::new(BIN),
+        &format!(
+            "pass_through:\n  - path: /inner\n    target: \"{}/v1\"\n    include_subpath: true\n    auth: false\nmodel_list:\n  - model_name: m\n    deployments:\n      - {{provider: mock, model: m}}\n",
+            inner.base_url()
+        ),
+    );
+    let body = json!({"model": "inner-model", "messages": [{"role": "user", "content": "hi"}]});
+    let direct = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", inner.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(direct.headers()["x-switchyard-model"], "inner-model");
+    let through = reqwest::Client::new()
+        .post(format!("{}/inner/chat/completions", outer.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(through.status(), 200);
+    let headers = through.headers().clone();
+    for name in ["x-switchyard-model", "x-switchyard-deployment", "x-switchyard-attempts"] {
+        assert!(headers.get(name).is_none(), "{name}: {headers:?}");
+    }
+    assert_eq!(headers["content-type"], "application/json");
+    let answer: Value = through.json().await.unwrap();
+    assert_eq!(answer["choices"][0]["message"]["content"], "mock reply: hi");
+}

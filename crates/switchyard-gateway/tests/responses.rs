@@ -138,6 +138,24 @@ async fn kept_responses_belong_to_the_key_that_made_them() {
     assert_eq!((status, &body["deleted"]), (200, &json!(true)), "{body}");
     let (status, _) = call(&gw, reqwest::Method::GET, KEY_A, id).await;
     assert_eq!(status, 404);
+
+    // An id that is not text is an OpenAI-style error naming it.
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let (status, body) = call(&gw, method.clone(), KEY_A, "%FF").await;
+        assert_eq!(status, 400, "{method}: {body}");
+        assert_eq!(body["error"]["param"], "response_id", "{body}");
+    }
+    // Chat fields are refused by name, not sent on beside `input`.
+    for (field, value) in [
+        ("messages", json!([{"role": "user", "content": "other"}])),
+        ("n", json!(4)),
+    ] {
+        let mut body = json!({"model": "gpt", "input": "hi"});
+        body[field] = value;
+        let (status, answer) = post(&gw, Some(KEY_A), &body).await;
+        assert_eq!(status, 400, "{field}: {answer}");
+        assert_eq!(answer["error"]["param"], field, "{answer}");
+    }
 }
 
 /// A stream that breaks after it started ends with an `error` event and

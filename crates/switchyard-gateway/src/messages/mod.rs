@@ -129,6 +129,7 @@ fn failed(
         error,
         attempts,
         upstream_request_id,
+        ..
     }: Failed,
 ) -> Response {
     failure_response(
@@ -258,7 +259,7 @@ async fn messages_inner(
         Ok(served) => served,
         Err(f) => {
             if let Some(mut t) = trail {
-                t.upstream_request_id(f.upstream_request_id.as_deref());
+                t.failed(&f);
                 t.finish(f.error.parts().0.as_u16(), Some(&f.error));
             }
             let mut response = failed(f);

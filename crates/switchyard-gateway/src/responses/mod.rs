@@ -457,7 +457,7 @@ async fn error_of(answer: Response) -> ResponseError {
 pub(crate) async fn cancel(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ResponseId(id): ResponseId,
 ) -> Response {
     let owner = owner(&principal);
     let store = state.responses.clone();
@@ -618,11 +618,30 @@ fn malformed(why: &str) -> Value {
     serde_json::json!({"message": format!("The answer's stream could not be read: {why}."), "code": "server_error"})
 }
 
+/// A response id from the path: one that is not valid (bytes that are not
+/// UTF-8) gets an OpenAI-style 400 naming it.
+pub(crate) struct ResponseId(String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for ResponseId {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Response> {
+        match <Path<String> as axum::extract::FromRequestParts<S>>::from_request_parts(parts, state).await {
+            Ok(Path(id)) => Ok(ResponseId(id)),
+            Err(e) => Err(ApiError::InvalidField {
+                param: Some("response_id".into()),
+                message: format!("The response id in the path is not valid: {}", e.body_text()),
+            }
+            .into_response()),
+        }
+    }
+}
+
 /// `GET /v1/responses/{id}`: a kept response, to the key that made it.
 pub(crate) async fn retrieve(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ResponseId(id): ResponseId,
 ) -> Response {
     match state.responses.get(&id, &owner(&principal)).await {
         Ok(Some(stored)) => ([(header::CONTENT_TYPE, "application/json")], stored.object.clone()).into_response(),
@@ -638,7 +657,7 @@ pub(crate) async fn retrieve(
 pub(crate) async fn input_items(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ResponseId(id): ResponseId,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
     let stored = match state.responses.get(&id, &owner(&principal)).await {
@@ -705,7 +724,7 @@ pub(crate) async fn input_items(
 pub(crate) async fn delete(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ResponseId(id): ResponseId,
 ) -> Response {
     let owner = owner(&principal);
     // A background response still being answered is stopped first, so that

@@ -123,6 +123,17 @@ const UNSUPPORTED: &[(&str, &str)] = &[
         "stored prompt templates are not supported by this gateway; send `instructions` and `input`",
     ),
     ("max_tool_calls", "`max_tool_calls` is not supported by this gateway"),
+    // Chat fields that have no place here: sent on, `messages` would reach
+    // the upstream beside the translated `input`, and `n` would be charged
+    // for answers the client never gets.
+    (
+        "messages",
+        "`messages` belongs to /v1/chat/completions; the Responses API takes `input`",
+    ),
+    (
+        "n",
+        "the Responses API gives one answer per request: `n` is not supported",
+    ),
     (
         "top_logprobs",
         "`top_logprobs` is not supported by this gateway's Responses API; use `/v1/chat/completions`",
