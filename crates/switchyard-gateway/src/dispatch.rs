@@ -771,16 +771,17 @@ async fn try_group<'s>(
             "switchyard.attempt" = i64::from(*attempts),
         ));
         state.metrics.routed(route.strategy.name(), name, &deployment.name);
+        let upstream = upstream_model(deployment, options.wildcard.as_deref());
         let attempt_span = tracing::debug_span!(
             target: "switchyard",
             "upstream",
-            otel.name = format!("{} {}", call.operation(), deployment.model),
+            otel.name = format!("{} {upstream}", call.operation()),
             otel.kind = "client",
             otel.status_code = Empty,
             "gen_ai.operation.name" = call.operation(),
             "gen_ai.system" = deployment.provider.as_str(),
             "gen_ai.provider.name" = genai_system(&deployment.provider),
-            "gen_ai.request.model" = deployment.model.as_str(),
+            "gen_ai.request.model" = upstream.as_ref(),
             "switchyard.deployment" = deployment.name.as_str(),
             "switchyard.attempt" = i64::from(*attempts),
             "switchyard.upstream.request_id" = Empty,
@@ -1060,17 +1061,22 @@ fn tagged_deployments(state: &AppState, deployments: &[DeploymentInfo], all: &[u
 }
 
 /// Sends `call` to one deployment; streams are held until their first event.
+/// The model `deployment` asks its upstream for: a wildcard deployment's
+/// `*` stands for what the request's name matched.
+pub(crate) fn upstream_model<'a>(deployment: &'a DeploymentInfo, wildcard: Option<&str>) -> std::borrow::Cow<'a, str> {
+    match wildcard {
+        Some(part) if deployment.model.contains('*') => deployment.model.replacen('*', part, 1).into(),
+        _ => deployment.model.as_str().into(),
+    }
+}
+
 async fn attempt(
     call: &mut Call<'_>,
     deployment: &DeploymentInfo,
     client: &ProviderClient,
     wildcard: Option<&str>,
 ) -> Result<Reply, ProviderError> {
-    // A wildcard deployment's `*` stands for what the request's matched.
-    let upstream: std::borrow::Cow<'_, str> = match wildcard {
-        Some(part) if deployment.model.contains('*') => deployment.model.replacen('*', part, 1).into(),
-        _ => deployment.model.as_str().into(),
-    };
+    let upstream = upstream_model(deployment, wildcard);
     let set = |model: &mut String| {
         model.clear();
         model.push_str(&upstream);

@@ -314,7 +314,12 @@ async fn openai(
     // key's allow-list.
     let requested = model;
     let model = state.group_name(requested);
-    let span_model = crate::observe::span_model(&state, model);
+    // Behind a wildcard group, the model asked for (which it matched).
+    let span_model = if state.wildcard_part(requested).is_some() {
+        requested
+    } else {
+        crate::observe::span_model(&state, model)
+    };
     let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
@@ -358,7 +363,9 @@ async fn openai_inner(
     if state.tag_filtering {
         options.route_tags.clone_from(&options.labels.tags);
     }
-    let mut trail = Trail::start(&state, ctx, principal, model, &call);
+    // A wildcard group's name is a pattern: the log keeps the model asked for.
+    let logged = if options.wildcard.is_some() { requested } else { model };
+    let mut trail = Trail::start(&state, ctx, principal, logged, &call);
     if state.telemetry.log_payloads {
         tracing::info!(target: "switchyard::payload", request_id = %ctx.id, prompt = call.query_text().unwrap_or_default(), "request payload");
     }
@@ -481,7 +488,10 @@ async fn openai_inner(
     };
     let current = tracing::Span::current();
     current.record("switchyard.deployment", decision.deployment.name.as_str());
-    current.record("gen_ai.response.model", decision.deployment.model.as_str());
+    current.record(
+        "gen_ai.response.model",
+        crate::dispatch::upstream_model(decision.deployment, options.wildcard.as_deref()).as_ref(),
+    );
     if let Some(t) = trail.as_mut() {
         t.routed(&decision);
     }
@@ -1348,6 +1358,29 @@ async fn feedback(
         None | Some(serde_json::Value::Null) => None,
         Some(serde_json::Value::String(c)) if c.len() <= 4096 => Some(c.clone()),
         Some(_) => return invalid("comment", "'comment' must be a string of at most 4096 bytes."),
+    };
+    // Each record counts against the key's request limits (rpm, requests
+    // in flight), so that feedback cannot flood the request log; it costs
+    // nothing and is not a spend record.
+    let demand = switchyard_policy::Demand {
+        model: "/v1/feedback".into(),
+        requested_as: None,
+        access_groups: Vec::new(),
+        end_user: None,
+        estimated_tokens: 0,
+        max_cost: 0,
+        unpriced: false,
+        request_id: None,
+    };
+    let policy = state.policy.clone();
+    let admitting = {
+        let principal = principal.clone();
+        tokio::spawn(async move { policy.admit(&principal, &demand).await })
+    };
+    let _held = match admitting.await {
+        Ok(Ok(ticket)) => ticket,
+        Ok(Err(denied)) => return ApiError::Denied(denied).into_response(),
+        Err(e) => return ApiError::Internal(format!("the admission task stopped: {e}")).into_response(),
     };
     let key_ref = principal.view().map(|v| switchyard_telemetry::key_ref(&v.key.key_id));
     log.feedback(request_id, score, comment, key_ref);

@@ -537,6 +537,27 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
         "who gave it, to tell it from another key's"
     );
     assert_eq!(feedback[1]["score"], 0.0);
+    // Feedback counts against the key's request rate: it cannot flood the log.
+    let limited = post(&gw, "/key/generate", MASTER, json!({"rpm_limit": 2}), &[])
+        .await
+        .json()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let statuses: Vec<u16> = futures_util::future::join_all((0..3).map(|_| {
+        post(
+            &gw,
+            "/v1/feedback",
+            &limited,
+            json!({"request_id": id, "score": 1}),
+            &[],
+        )
+    }))
+    .await
+    .iter()
+    .map(|a| a.status)
+    .collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
 
     // Nothing secret in the logs (at debug level) or the request log.
     let logs = gw.logs().join("\n");

@@ -370,3 +370,31 @@ async fn a_model_the_upstream_lacks_is_a_404_that_leaves_the_deployment_alone() 
     let served = chat(&gateway, MASTER, "openai/gpt-4o", false).await;
     assert_eq!(served.status, 200, "{}", served.body);
 }
+
+/// The request log keeps the model a wildcard group was asked for, not the
+/// group's pattern.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_names_the_model_asked_of_a_wildcard_group() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let config = format!(
+        "{}telemetry:\n  request_log:\n    path: {}\n",
+        config(&mock),
+        log.display()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    let answer = chat(&gateway, MASTER, "openai/gpt-4o", false).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let record = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(&answer.request_id)) {
+            break serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no record for {}", answer.request_id);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(record["model"], "openai/gpt-4o", "{record}");
+    assert_eq!(record["served_model"], "openai/*", "{record}");
+}

@@ -163,7 +163,12 @@ pub(crate) async fn messages(
 ) -> Response {
     req.betas = betas(&headers);
     let model = state.group_name(&req.model).to_owned();
-    let span_model = crate::observe::span_model(&state, &model);
+    // Behind a wildcard group, the model asked for (which it matched).
+    let span_model = if state.wildcard_part(&req.model).is_some() {
+        req.model.as_str()
+    } else {
+        crate::observe::span_model(&state, &model)
+    };
     let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
@@ -219,7 +224,13 @@ async fn messages_inner(
     let thinking = translate::wants_thinking(&req);
     let mut call = Call::Messages(&mut req);
     options.upstream_ns = Some(ctx.upstream_ns.clone());
-    let mut trail = Trail::start(&state, &ctx, &principal, model, &call);
+    // A wildcard group's name is a pattern: the log keeps the model asked for.
+    let logged = if options.wildcard.is_some() {
+        requested.as_str()
+    } else {
+        model
+    };
+    let mut trail = Trail::start(&state, &ctx, &principal, logged, &call);
     let labels = metering::take_labels(&state, &mut options, trail.as_mut());
     crate::observe::capture_prompt(
         &state,
@@ -271,7 +282,10 @@ async fn messages_inner(
     let id = decision.deployment.id;
     let current = tracing::Span::current();
     current.record("switchyard.deployment", name.as_str());
-    current.record("gen_ai.response.model", decision.deployment.model.as_str());
+    current.record(
+        "gen_ai.response.model",
+        crate::dispatch::upstream_model(decision.deployment, options.wildcard.as_deref()).as_ref(),
+    );
     if let Some(t) = trail.as_mut() {
         t.routed(&decision);
     }
