@@ -101,7 +101,11 @@ pub(crate) async fn images(
     if req.n.is_some_and(|n| !(1..=10).contains(&n)) {
         return invalid("n", "'n' must be from 1 to 10.").into_response();
     }
-    if req.extra.get("stream").is_some_and(|s| s != &Value::Bool(false)) {
+    if req
+        .extra
+        .get("stream")
+        .is_some_and(|s| !matches!(s, Value::Bool(false) | Value::Null))
+    {
         return invalid(
             "stream",
             "Streamed image generation (partial images) is not supported here; leave out 'stream'.",

@@ -290,7 +290,13 @@ async fn images_are_routed_passed_through_and_charged_per_image() {
     );
     assert_eq!(mock.requests().len(), before, "none of these reached the upstream");
     // No model: OpenAI's default, `dall-e-2`, which this gateway serves.
-    let default = post(&gateway, "/v1/images/generations", json!({"prompt": "a kite"})).await;
+    // `"stream": null` is no stream asked for.
+    let default = post(
+        &gateway,
+        "/v1/images/generations",
+        json!({"prompt": "a kite", "stream": null}),
+    )
+    .await;
     assert_eq!(default.status, 200, "{}", default.body);
     assert_eq!(mock.last_request().unwrap().body["model"], "dall-e-2");
     assert_eq!(default.cost.as_deref(), Some("0.020000000"));

@@ -27,10 +27,11 @@ pub fn date_of(day: Day) -> Date {
         .unwrap_or_default()
 }
 
-/// The day of a calendar date.
+/// The day of a calendar date: days since 1970-01-01, counted on the
+/// calendar (every date jiff holds has one, 9999-12-31 included).
 pub fn day_of_date(date: Date) -> Day {
-    date.to_zoned_datetime(TimeZone::UTC)
-        .map(|z| z.timestamp().as_second().div_euclid(SECONDS_PER_DAY))
+    date.since(jiff::civil::date(1970, 1, 1))
+        .map(|span| i64::from(span.get_days()))
         .unwrap_or_default()
 }
 
@@ -134,6 +135,11 @@ mod tests {
         assert_eq!(BudgetPeriod::Weekly.start(day("2026-11-30")), day("2026-11-30"));
         assert_eq!(day_of_ms(0), 0);
         assert_eq!(day_of_ms(-1), -1);
+        // The calendar's edges are days like any other, not 1970.
+        assert_eq!(day("2026-11-30"), 20_787);
+        assert_eq!(day("9999-12-31"), 2_932_896);
+        assert_eq!(day("1969-12-31"), -1);
+        assert_eq!(day("0001-01-01"), -719_162);
     }
 
     #[test]

@@ -21,6 +21,10 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// The response cache's counts last added (stores, errors, skipped): a
+    /// cache made anew by a reload counts from zero again, and its counts
+    /// are added on, so the counters keep rising.
+    cache_seen: Arc<std::sync::Mutex<[u64; 3]>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -65,6 +69,7 @@ impl Metrics {
         let metrics = Self {
             recorder: Arc::new(recorder),
             handle,
+            cache_seen: Arc::default(),
         };
         metrics.with(|| {
             use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -317,10 +322,21 @@ impl Metrics {
     /// The response cache's own counts: answers stored, store failures, and
     /// entries held in process (`None` for Redis).
     pub fn cache_store(&self, stores: u64, errors: u64, skipped: u64, entries: Option<u64>) {
+        let deltas = {
+            let mut seen = self
+                .cache_seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = [stores, errors, skipped];
+            // Lower than before: a new cache, whose counts are all new.
+            let deltas: [u64; 3] = std::array::from_fn(|i| now[i].checked_sub(seen[i]).unwrap_or(now[i]));
+            *seen = now;
+            deltas
+        };
         self.with(|| {
-            counter!("switchyard_cache_stores").absolute(stores);
-            counter!("switchyard_cache_errors").absolute(errors);
-            counter!("switchyard_cache_skipped").absolute(skipped);
+            counter!("switchyard_cache_stores").increment(deltas[0]);
+            counter!("switchyard_cache_errors").increment(deltas[1]);
+            counter!("switchyard_cache_skipped").increment(deltas[2]);
             if let Some(n) = entries {
                 gauge!("switchyard_cache_entries").set(n as f64);
             }
@@ -374,5 +390,24 @@ mod tests {
         );
         assert!(text.contains("switchyard_in_flight_requests 0"), "{text}");
         assert!(text.contains("# HELP switchyard_requests_total"), "{text}");
+    }
+
+    /// The cache's counts keep rising across a reload that makes a new
+    /// cache, whose own counts start again from zero.
+    #[test]
+    fn cache_counts_keep_rising_when_the_cache_is_made_anew() {
+        let m = Metrics::new();
+        m.cache_store(10, 5_000, 7, None);
+        m.cache_store(12, 5_000, 7, None);
+        // A reload: the new cache has stored 3 answers and failed twice.
+        m.cache_store(3, 2, 0, None);
+        let text = m.render();
+        for expected in [
+            "switchyard_cache_stores_total 15",
+            "switchyard_cache_errors_total 5002",
+            "switchyard_cache_skipped_total 7",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
     }
 }
