@@ -204,7 +204,8 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
                     continue;
                 }
             },
-            (s, Some(model)) if s >= 500 => match args.failure_score {
+            // A stream the gateway cut at shutdown says nothing of the model.
+            (s, Some(model)) if s >= 500 && r["error_class"] != "shutting_down" => match args.failure_score {
                 Some(score) => (model, score),
                 None => continue,
             },
@@ -323,6 +324,8 @@ mod tests {
             request("e", None, "small", 200, 0.001),
             request("f", Some("unrated"), "small", 200, 0.001),
             request("g", Some("failed"), "small", 502, 0.0),
+            json!({"type": "request", "request_id": "h", "model": "router", "served_model": "big",
+                   "status": 503, "error_class": "shutting_down", "prompt": "cut at shutdown"}),
             json!({"type": "feedback", "request_id": "a", "score": 0.5}),
             json!({"type": "feedback", "request_id": "a", "score": 1.0}),
             json!({"type": "feedback", "request_id": "b", "score": 1.0}),

@@ -170,11 +170,19 @@ fn body_of(call: &Call<'_>) -> Option<Value> {
     }
 }
 
-/// Empties the prompt text inside `messages` or `prompt`, keeping the rest:
-/// plain strings, and the `text` of content parts.
+/// Blanks the prompt text inside `messages` or `prompt`, keeping the rest:
+/// plain strings, and the `text` of content parts. Whether a text was empty
+/// is kept: an instruction and a question that changed places (a system
+/// message's text moved into an empty user message) are not one prompt.
 fn blank_text(value: &mut Value, depth: usize) {
     match value {
-        Value::String(text) => text.clear(),
+        Value::String(text) => {
+            let blank = text.trim().is_empty();
+            text.clear();
+            if !blank {
+                text.push('*');
+            }
+        }
         Value::Array(items) => items.iter_mut().for_each(|v| blank_text(v, depth + 1)),
         // A message's `content`, or a content part's `text`.
         Value::Object(map) if depth < 4 => {
@@ -505,6 +513,27 @@ const CHUNK_OVERHEAD: usize = 8;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The semantic cache's parameters keep a prompt's shape, not its text:
+    /// which messages (and parts) hold any.
+    #[test]
+    fn blanked_prompts_keep_which_messages_hold_text() {
+        let blanked = |messages: Value| {
+            let mut messages = messages;
+            blank_text(&mut messages, 0);
+            messages
+        };
+        let a = blanked(serde_json::json!([{"role": "system", "content": ""}, {"role": "user", "content": "Q"}]));
+        let b = blanked(serde_json::json!([{"role": "system", "content": "Q"}, {"role": "user", "content": ""}]));
+        assert_ne!(a, b);
+        let c = blanked(serde_json::json!([{"role": "system", "content": "  "}, {"role": "user", "content": "other"}]));
+        assert_eq!(a, c);
+        let parts = blanked(serde_json::json!([{"role": "user", "content": [{"type": "text", "text": "hi"}]}]));
+        assert_eq!(
+            parts,
+            serde_json::json!([{"role": "user", "content": [{"type": "text", "text": "*"}]}])
+        );
+    }
 
     #[test]
     fn filtered_and_empty_answers_are_not_kept() {

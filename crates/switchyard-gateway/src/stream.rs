@@ -174,8 +174,16 @@ pub struct StreamTracker {
     captured: Option<String>,
     /// Sent to a cooling deployment anyway: the breaker is left alone.
     anyway: bool,
+    /// Where the consumer of the stream (a translation to another API)
+    /// says why it stopped reading: an upstream fault, not a client that
+    /// left.
+    fault: Option<StreamFault>,
     _in_flight: InFlight,
 }
+
+/// Why a stream's consumer stopped reading it early (an event it could not
+/// read), set at most once; the stream's outcome is then that failure.
+pub type StreamFault = std::sync::Arc<std::sync::OnceLock<String>>;
 
 impl StreamTracker {
     /// Starts following a stream on deployment `id`, sent at `started`.
@@ -197,8 +205,16 @@ impl StreamTracker {
             span: tracing::Span::none(),
             captured: None,
             anyway: false,
+            fault: None,
             _in_flight: in_flight,
         }
+    }
+
+    /// A handle through which the stream's consumer reports an event it
+    /// could not read; the stream then ends as that failure (502), not as
+    /// a client that left.
+    pub(crate) fn fault(&mut self) -> StreamFault {
+        self.fault.get_or_insert_with(StreamFault::default).clone()
     }
 
     /// Marks a stream sent to a cooling deployment because every one was:
@@ -457,6 +473,10 @@ impl StreamTracker {
 impl Drop for StreamTracker {
     /// A stream the client abandoned is still charged for what it used.
     fn drop(&mut self) {
+        if let Some(why) = self.fault.as_ref().and_then(|f| f.get()).cloned() {
+            self.finish(Some(&ProviderError::Stream(why)));
+            return;
+        }
         self.settle_tokens(false);
         self.charge(false);
         if let Some(mut trail) = self.trail.take() {

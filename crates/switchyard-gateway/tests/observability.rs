@@ -848,3 +848,28 @@ litellm_settings:
         }
     }
 }
+
+/// A stream translated to Anthropic's events that meets an event it cannot
+/// read ends with an error event, and is logged as the upstream's failure
+/// (502), not as a client that left (499).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_translated_stream_the_upstream_broke_is_logged_as_its_failure() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("requests.jsonl");
+    let yaml = format!(
+        "telemetry:\n  request_log:\n    path: {}\nmodel_list:\n  - model_name: odd\n    deployments:\n      - {{provider: openai, api_base: \"{}\", api_key: k, model: \"odd::foreign_chunk\"}}\n",
+        log_path.display(),
+        mock.base_url()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let body = json!({"model": "odd", "max_tokens": 50, "stream": true,
+        "messages": [{"role": "user", "content": "hello"}]});
+    let answer = post(&gw, "/v1/messages", "unused", body, &[]).await;
+    assert_eq!(answer.status, 200, "{}", answer.text);
+    assert!(answer.text.contains("event: error"), "{}", answer.text);
+    let records = wait_for_lines(&log_path, 1).await;
+    let record = &records[0];
+    assert_eq!(record["status"], 502, "{record}");
+    assert_ne!(record["error_class"], "client_closed", "{record}");
+}

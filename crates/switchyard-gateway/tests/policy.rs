@@ -1731,6 +1731,10 @@ async fn end_users_have_their_own_budget_limits_and_block() {
     );
     assert_eq!(admin_get(&gw, "/customer/info?end_user_id=nobody").await.status, 404);
 
+    // An id no request could carry is refused, named as the body holds it.
+    let bad = admin(&gw, "/customer/block", json!({"user_ids": ["vip", " padded"]})).await;
+    assert_eq!(bad.status, 400, "{}", bad.body);
+    assert_eq!(bad.body["error"]["param"], "user_ids[1]", "{}", bad.body);
     // Blocking: vip (with a record) and stranger (without one: it gets one).
     let blocked = admin(&gw, "/customer/block", json!({"user_ids": ["vip", "stranger"]})).await;
     assert_eq!(blocked.status, 200, "{}", blocked.body);

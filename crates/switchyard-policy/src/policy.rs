@@ -2149,8 +2149,12 @@ impl Policy {
         ids: &[String],
         blocked: bool,
     ) -> Result<Vec<EndUserRecord>, PolicyError> {
-        for id in ids {
-            end_user_id(Some(&Value::String(id.clone())))?;
+        for (i, id) in ids.iter().enumerate() {
+            // Named as the body names it: `user_ids[i]`.
+            if let Err(PolicyError::Field(mut e)) = end_user_id(Some(&Value::String(id.clone()))) {
+                e.param = format!("user_ids[{i}]");
+                return Err(PolicyError::Field(e));
+            }
         }
         let mut out = Vec::new();
         for id in ids {

@@ -279,6 +279,9 @@ fn plan_stream(prefix: Vec<Value>, content: Vec<Value>, suffix: Vec<Value>, scen
     if scenario.malformed_sse && !items.is_empty() {
         items.insert(1, SseItem::malformed());
     }
+    if scenario.foreign_chunk && items.len() > 2 {
+        items.insert(2, json(&serde_json::json!({"object": "status", "status": "busy"})));
+    }
     crate::sse::with_first_event_pause(crate::sse::with_huge_event(items, scenario), scenario)
 }
 

@@ -31,6 +31,10 @@ pub struct Scenario {
     /// Streaming: send an event whose data is not JSON after the first event
     /// (for Bedrock, an event-stream frame whose payload is not JSON).
     pub malformed_sse: bool,
+    /// OpenAI streaming: after the first content event, send one that is
+    /// JSON but no chat chunk (`{"object": "status"}`, as some compatible
+    /// servers send).
+    pub foreign_chunk: bool,
     /// Never respond.
     pub hang: bool,
     /// Override the embedding dimensions.
@@ -117,6 +121,7 @@ impl Scenario {
                 "embedding_dims" => scenario.embedding_dims = Some(number(name, value)?),
                 "malformed_json" => scenario.malformed_json = flag(name, value)?,
                 "malformed_sse" => scenario.malformed_sse = flag(name, value)?,
+                "foreign_chunk" => scenario.foreign_chunk = flag(name, value)?,
                 "hang" => scenario.hang = flag(name, value)?,
                 "parallel_tools" => scenario.parallel_tools = flag(name, value)?,
                 "error_event" => scenario.error_event = flag(name, value)?,

@@ -347,13 +347,14 @@ async fn messages_inner(
         ),
         Reply::Chunks(chunks) => {
             let estimated_input = meter.estimated_prompt();
+            let mut tracked = streaming(
+                &mut trail,
+                tracker(&state, &decision, in_flight, started).metered(meter, name.clone()),
+            );
+            let fault = tracked.fault();
             stream::from_chat_chunks(
-                streaming(
-                    &mut trail,
-                    tracker(&state, &decision, in_flight, started).metered(meter, name.clone()),
-                )
-                .follow(chunks),
-                name,
+                tracked.follow(chunks),
+                (name, fault),
                 tool_names,
                 thinking,
                 estimated_input,

@@ -384,9 +384,12 @@ impl Converter {
 }
 
 /// OpenAI chunks converted to Anthropic events, as an SSE response.
+///
+/// `fault` is told of a chunk that cannot be read, so that the stream ends
+/// as that upstream failure rather than as a client that left.
 pub fn from_chat_chunks(
     chunks: ChunkStream,
-    deployment: String,
+    (deployment, fault): (String, crate::stream::StreamFault),
     tool_names: Vec<(String, String)>,
     thinking: bool,
     estimated_input: u64,
@@ -407,8 +410,8 @@ pub fn from_chat_chunks(
         used_tools: false,
     };
     let out = stream::unfold(
-        (chunks, converter, deployment, false),
-        |(mut chunks, mut conv, deployment, done)| async move {
+        (chunks, converter, (deployment, fault), false),
+        |(mut chunks, mut conv, (deployment, fault), done)| async move {
             if done {
                 return None;
             }
@@ -418,10 +421,9 @@ pub fn from_chat_chunks(
                     Some(Ok(chunk)) => match serde_json::from_slice::<ChatCompletionChunk>(&chunk.data) {
                         Ok(parsed) => conv.on_chunk(parsed, &mut out),
                         Err(e) => {
-                            out.push(error_event(
-                                &deployment,
-                                ProviderError::Stream(format!("malformed chunk ({e})")),
-                            ));
+                            let why = format!("malformed chunk ({e})");
+                            let _ = fault.set(why.clone());
+                            out.push(error_event(&deployment, ProviderError::Stream(why)));
                             break true;
                         }
                     },
@@ -439,7 +441,7 @@ pub fn from_chat_chunks(
                 }
             };
             let bytes: Bytes = out.concat().into();
-            Some((bytes, (chunks, conv, deployment, done)))
+            Some((bytes, (chunks, conv, (deployment, fault), done)))
         },
     );
     sse(out)
