@@ -26,6 +26,38 @@ const COST_HEADER: HeaderName = HeaderName::from_static("x-switchyard-response-c
 /// (Azure clients). The `Bearer` scheme is matched in any case; a header
 /// left empty (a template's unset variable) says nothing, and the next one
 /// is read.
+/// Admits a request that has no price (a pass-through route, feedback)
+/// against `principal`'s limits, `model` standing for what it calls: a
+/// request per minute, one in flight, nothing reserved, and a spent budget
+/// refuses it. On a task of its own: a client that leaves while the store
+/// is still admitting it must not leave the holds taken there without a
+/// ticket to give them back (the ticket of an admission nobody waits for
+/// any more is dropped, which releases them).
+pub(crate) async fn admit_unpriced(
+    state: &AppState,
+    principal: &Principal,
+    model: String,
+    request_id: Option<String>,
+) -> Result<Ticket, Response> {
+    let demand = Demand {
+        model,
+        requested_as: None,
+        access_groups: Vec::new(),
+        end_user: None,
+        estimated_tokens: 0,
+        max_cost: 0,
+        unpriced: false,
+        request_id,
+    };
+    let policy = state.policy.clone();
+    let principal = principal.clone();
+    match tokio::spawn(async move { policy.admit(&principal, &demand).await }).await {
+        Ok(Ok(ticket)) => Ok(ticket),
+        Ok(Err(denied)) => Err(ApiError::Denied(denied).into_response()),
+        Err(e) => Err(ApiError::Internal(format!("the admission task stopped: {e}")).into_response()),
+    }
+}
+
 pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     ["x-litellm-api-key", "authorization", "x-api-key", "api-key"]
         .iter()

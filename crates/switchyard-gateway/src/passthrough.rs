@@ -338,36 +338,13 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
             ))
             .into_response();
         }
-        // The key's limits hold, the route's path standing for the model:
-        // a request per minute, one in flight, nothing reserved (it has no
-        // price), and a spent budget refuses it.
-        let demand = switchyard_policy::Demand {
-            model: route.path.clone(),
-            requested_as: None,
-            access_groups: Vec::new(),
-            end_user: None,
-            estimated_tokens: 0,
-            max_cost: 0,
-            unpriced: false,
-            // The spend record carries the id the client is given.
-            request_id: request
-                .extensions()
-                .get::<crate::observe::RequestContext>()
-                .map(|ctx| ctx.id.clone()),
-        };
-        // On a task of its own: a client that leaves while the store is
-        // still admitting it must not leave the holds taken there without
-        // a ticket to give them back (the ticket of an admission nobody
-        // waits for any more is dropped, which releases them).
-        let policy = state.policy.clone();
-        let admitting = tokio::spawn(async move { policy.admit(&principal, &demand).await });
-        let admission = match admitting.await {
-            Ok(admission) => admission,
-            Err(e) => {
-                return ApiError::Internal(format!("the admission task stopped: {e}")).into_response();
-            }
-        };
-        match admission {
+        // The key's limits hold, the route's path standing for the model;
+        // the spend record carries the id the client is given.
+        let request_id = request
+            .extensions()
+            .get::<crate::observe::RequestContext>()
+            .map(|ctx| ctx.id.clone());
+        match crate::metering::admit_unpriced(&state, &principal, route.path.clone(), request_id).await {
             Ok(ticket) => {
                 admitted = Some(Admitted {
                     policy: state.policy.clone(),
@@ -375,7 +352,7 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
                     deployment: format!("pass-through {}", route.path),
                 });
             }
-            Err(denied) => return ApiError::Denied(denied).into_response(),
+            Err(refused) => return refused,
         }
     }
     let mut url = route.target.clone();

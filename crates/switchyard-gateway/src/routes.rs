@@ -1361,26 +1361,10 @@ async fn feedback(
     };
     // Each record counts against the key's request limits (rpm, requests
     // in flight), so that feedback cannot flood the request log; it costs
-    // nothing and is not a spend record.
-    let demand = switchyard_policy::Demand {
-        model: "/v1/feedback".into(),
-        requested_as: None,
-        access_groups: Vec::new(),
-        end_user: None,
-        estimated_tokens: 0,
-        max_cost: 0,
-        unpriced: false,
-        request_id: None,
-    };
-    let policy = state.policy.clone();
-    let admitting = {
-        let principal = principal.clone();
-        tokio::spawn(async move { policy.admit(&principal, &demand).await })
-    };
-    let _held = match admitting.await {
-        Ok(Ok(ticket)) => ticket,
-        Ok(Err(denied)) => return ApiError::Denied(denied).into_response(),
-        Err(e) => return ApiError::Internal(format!("the admission task stopped: {e}")).into_response(),
+    // nothing and is not a spend record (the ticket is dropped, not settled).
+    let _held = match crate::metering::admit_unpriced(&state, &principal, "/v1/feedback".into(), None).await {
+        Ok(ticket) => ticket,
+        Err(refused) => return refused,
     };
     let key_ref = principal.view().map(|v| switchyard_telemetry::key_ref(&v.key.key_id));
     log.feedback(request_id, score, comment, key_ref);

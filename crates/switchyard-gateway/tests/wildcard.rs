@@ -68,18 +68,23 @@ async fn chat(gateway: &GatewayProcess, key: &str, model: &str, stream: bool) ->
     }
 }
 
+/// An admin route's JSON answer (`Null` when it is not JSON).
+async fn admin_json(gateway: &GatewayProcess, path: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}{path}", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or_default()
+}
+
 async fn spend(gateway: &GatewayProcess, request_id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let logs: Value = reqwest::Client::new()
-            .get(format!("{}/spend/logs", gateway.base_url()))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap_or_default();
+        let logs = admin_json(gateway, "/spend/logs").await;
         if let Some(record) = logs
             .as_array()
             .and_then(|all| all.iter().find(|r| r["request_id"] == request_id))
@@ -349,15 +354,7 @@ async fn a_model_the_upstream_lacks_is_a_404_that_leaves_the_deployment_alone() 
         );
     }
     assert_eq!(mock.requests().len(), 4);
-    let state: Value = reqwest::Client::new()
-        .get(format!("{}/admin/deployments", gateway.base_url()))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let state = admin_json(&gateway, "/admin/deployments").await;
     let wildcard = state["deployments"]
         .as_array()
         .unwrap()

@@ -699,28 +699,11 @@ mod tests {
         let (before, after) = (checks(100_000), checks(1_000));
         store.admit(&before, 0).unwrap();
         store.admit(&after, 0).unwrap();
-        let record = SpendRecord {
-            request_id: "req-1".into(),
-            ts: 0,
-            key: Some("k".into()),
-            key_alias: None,
-            team_id: None,
-            team_ledger: None,
-            user_id: None,
-            user_ledger: None,
-            model: "m".into(),
-            deployment: "m/0".into(),
-            usage: crate::TokenUsage {
-                prompt: 10,
-                completion: 4_990,
-                ..crate::TokenUsage::default()
-            },
-            cost_nanos: 0,
-            cache_hit: false,
-            end_user: None,
-            tags: Vec::new(),
-            tag_spend: false,
-            end_user_spend: false,
+        let mut record = crate::spend::test_record("req-1", 0, "k", 0);
+        record.usage = crate::TokenUsage {
+            prompt: 10,
+            completion: 4_990,
+            ..crate::TokenUsage::default()
         };
         store.settle(&before, 0, &record).unwrap();
         let refused = store.admit(&after, 0);

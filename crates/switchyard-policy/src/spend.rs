@@ -221,30 +221,37 @@ impl LogFilter {
     }
 }
 
+/// A spend record of model `m` (deployment `m/0`) for tests: key `key`,
+/// at `ts`, costing `cost_nanos`, no usage.
+#[cfg(test)]
+pub(crate) fn test_record(request_id: &str, ts: i64, key: &str, cost_nanos: Nanos) -> SpendRecord {
+    SpendRecord {
+        request_id: request_id.to_owned(),
+        ts,
+        key: Some(key.to_owned()),
+        key_alias: None,
+        team_id: None,
+        team_ledger: None,
+        user_id: None,
+        user_ledger: None,
+        model: "m".into(),
+        deployment: "m/0".into(),
+        usage: TokenUsage::default(),
+        cost_nanos,
+        cache_hit: false,
+        end_user: None,
+        tags: Vec::new(),
+        tag_spend: false,
+        end_user_spend: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn record(day_ms: i64, cost_nanos: Nanos) -> SpendRecord {
-        SpendRecord {
-            request_id: format!("req-{day_ms}"),
-            ts: day_ms,
-            key: Some("abc".into()),
-            key_alias: None,
-            team_id: None,
-            team_ledger: None,
-            user_id: None,
-            user_ledger: None,
-            model: "m".into(),
-            deployment: "m/0".into(),
-            usage: TokenUsage::default(),
-            cost_nanos,
-            cache_hit: false,
-            end_user: None,
-            tags: Vec::new(),
-            tag_spend: false,
-            end_user_spend: false,
-        }
+        test_record(&format!("req-{day_ms}"), day_ms, "abc", cost_nanos)
     }
 
     #[test]

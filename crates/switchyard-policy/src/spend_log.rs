@@ -298,28 +298,9 @@ fn summarise(dir: &Path, keep: usize) -> io::Result<Summary> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::price::TokenUsage;
 
     fn record(i: i64, key: &str) -> SpendRecord {
-        SpendRecord {
-            request_id: format!("req-{i}"),
-            ts: 1_700_000_000_000 + i * 1000,
-            key: Some(key.to_owned()),
-            key_alias: None,
-            team_id: None,
-            team_ledger: None,
-            user_id: None,
-            user_ledger: None,
-            model: "m".into(),
-            deployment: "m/0".into(),
-            usage: TokenUsage::default(),
-            cost_nanos: 1_000 + i,
-            cache_hit: false,
-            end_user: None,
-            tags: Vec::new(),
-            tag_spend: false,
-            end_user_spend: false,
-        }
+        crate::spend::test_record(&format!("req-{i}"), 1_700_000_000_000 + i * 1000, key, 1_000 + i)
     }
 
     fn total(ledger: &Ledger, key: &str) -> i64 {
