@@ -906,7 +906,10 @@ async fn try_group<'s>(
                 let misconfigured = unknown_upstream
                     || matches!(
                         e,
-                        ProviderError::Status { status: 300..=399, .. } | ProviderError::InvalidConfig(_)
+                        ProviderError::Status {
+                            status: 300..=399 | 402,
+                            ..
+                        } | ProviderError::InvalidConfig(_)
                     );
                 // Behind a wildcard the model is the client's choice: its
                 // absence is the client's error, not the deployment's fault.

@@ -211,6 +211,13 @@ impl ApiError {
                          the gateway's operator must fix its configuration."
                     );
                 }
+                // The gateway's own account, not the client's request.
+                ProviderError::Status { status: 402, .. } => {
+                    return format!(
+                        "The upstream of deployment {deployment} asks for payment on the gateway's account \
+                         (HTTP 402); the gateway's operator must see to its billing."
+                    );
+                }
                 ProviderError::Status { status, message, .. }
                     if (400..500).contains(status) && !matches!(status, 404 | 408) =>
                 {
@@ -361,6 +368,12 @@ fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Opt
             "upstream_error",
             None,
             Some("upstream_auth_error".into()),
+        ),
+        ProviderError::Status { status: 402, .. } => (
+            S::BAD_GATEWAY,
+            "upstream_error",
+            None,
+            Some("upstream_payment_required".into()),
         ),
         ProviderError::Status {
             status,

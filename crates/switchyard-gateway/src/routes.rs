@@ -201,10 +201,11 @@ pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
         ProviderError::Status { status: 429, .. } => ErrorClass::RateLimited,
         ProviderError::Status { status: 401 | 403, .. } => ErrorClass::Auth,
         ProviderError::Status { status: 408, .. } => ErrorClass::Timeout,
-        // The upstream does not know the model or deployment configured, or
-        // redirects elsewhere: the deployment's fault, counted by its breaker.
+        // The upstream does not know the model or deployment configured,
+        // redirects elsewhere, or wants the gateway's account paid (402):
+        // the deployment's fault, counted by its breaker.
         ProviderError::Status {
-            status: 300..=399 | 404,
+            status: 300..=399 | 402 | 404,
             ..
         } => ErrorClass::Other,
         ProviderError::Status { status, .. } if *status >= 500 => ErrorClass::ServerError,

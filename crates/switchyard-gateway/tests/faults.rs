@@ -478,6 +478,36 @@ async fn a_rejected_key_takes_the_deployment_out_until_reload() {
     assert_eq!(sent_to(&mock, "revoked::status=401"), 1);
 }
 
+/// An upstream's 402 is about the gateway's account: another deployment
+/// answers, and alone the client gets a 502 that says whose bill it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_asking_for_payment_is_the_deployments_fault() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: unpaid
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "broke::status=402"}
+  - model_name: either
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "broke::status=402", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "paid", input_cost_per_token: 0.00001}
+"#,
+    );
+    let alone = chat(&gw, "unpaid", json!({})).await;
+    assert_eq!(alone.status, 502, "{}", alone.body);
+    let error = &alone.json()["error"];
+    assert_eq!(error["code"], "upstream_payment_required", "{error}");
+    assert!(error["message"].as_str().unwrap().contains("billing"), "{error}");
+    let either = chat(&gw, "either", json!({})).await;
+    assert_eq!(either.status, 200, "{}", either.body);
+    assert_eq!(either.header("x-switchyard-deployment"), "either/1");
+    assert_eq!(either.header("x-switchyard-attempts"), "2");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_redirect_is_not_followed() {
     let mock = MockUpstream::start().await;
