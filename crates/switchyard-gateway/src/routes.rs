@@ -611,6 +611,9 @@ async fn openai_inner(
                 t.first_byte();
                 tracker = tracker.with_trail(t);
             }
+            // A translation that reads this stream (the Responses API) says
+            // through it why it stopped reading early.
+            let fault = tracker.fault();
             let chunks = tracker.follow(chunks);
             let chunks = match keep.cloned() {
                 Some(pending) => {
@@ -657,7 +660,9 @@ async fn openai_inner(
                 }
                 None => chunks,
             };
-            sse_response(chunks, decision.deployment.name.clone(), strip_usage)
+            let mut response = sse_response(chunks, decision.deployment.name.clone(), strip_usage);
+            response.extensions_mut().insert(fault);
+            response
         }
         Reply::Media(answer) => {
             drop(in_flight);

@@ -868,8 +868,14 @@ async fn a_translated_stream_the_upstream_broke_is_logged_as_its_failure() {
     let answer = post(&gw, "/v1/messages", "unused", body, &[]).await;
     assert_eq!(answer.status, 200, "{}", answer.text);
     assert!(answer.text.contains("event: error"), "{}", answer.text);
-    let records = wait_for_lines(&log_path, 1).await;
-    let record = &records[0];
-    assert_eq!(record["status"], 502, "{record}");
-    assert_ne!(record["error_class"], "client_closed", "{record}");
+    // The same through the Responses API, which reads the chat stream.
+    let body = json!({"model": "odd", "stream": true, "input": "hello"});
+    let response = post(&gw, "/v1/responses", "unused", body, &[]).await;
+    assert_eq!(response.status, 200, "{}", response.text);
+    assert!(response.text.contains("response.failed"), "{}", response.text);
+    let records = wait_for_lines(&log_path, 2).await;
+    for record in &records {
+        assert_eq!(record["status"], 502, "{record}");
+        assert_ne!(record["error_class"], "client_closed", "{record}");
+    }
 }

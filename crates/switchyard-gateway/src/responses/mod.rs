@@ -559,11 +559,20 @@ async fn object(answer: Response, echo: &Echo, keep: Option<Keep>, estimated_inp
 /// A chat stream written as Responses events.
 fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64) -> Response {
     let (mut parts, body) = answer.into_parts();
+    // Told of an event this translation cannot read, so that the chat
+    // stream ends as the upstream's failure, not as a client that left.
+    let fault = parts.extensions.get::<crate::stream::StreamFault>().cloned();
     let source = body.into_data_stream().eventsource();
     let converter = stream::Converter::new(echo, estimated_input);
     let out = futures_stream::unfold(
-        (source, converter, keep),
-        |(mut source, mut conv, mut keep)| async move {
+        (source, converter, keep, fault),
+        |(mut source, mut conv, mut keep, fault)| async move {
+            let broken = |why: &str| {
+                if let Some(fault) = &fault {
+                    let _ = fault.set(why.to_owned());
+                }
+                malformed(why)
+            };
             if conv.is_done() {
                 return None;
             }
@@ -581,9 +590,9 @@ fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64
                         }
                         Ok(value) => match serde_json::from_value(value) {
                             Ok(chunk) => conv.on_chunk(chunk, &mut out),
-                            Err(e) => conv.fail(&malformed(&e.to_string()), &mut out),
+                            Err(e) => conv.fail(&broken(&e.to_string()), &mut out),
                         },
-                        Err(e) => conv.fail(&malformed(&e.to_string()), &mut out),
+                        Err(e) => conv.fail(&broken(&e.to_string()), &mut out),
                     },
                     Some(Err(e)) => conv.fail(&malformed(&e.to_string()), &mut out),
                     // The chat stream always ends with `[DONE]` or an error
@@ -592,7 +601,7 @@ fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64
                 }
             }
             let bytes: Bytes = out.concat().into();
-            Some((bytes, (source, conv, keep)))
+            Some((bytes, (source, conv, keep, fault)))
         },
     );
     parts.headers.remove(header::CONTENT_LENGTH);
