@@ -204,11 +204,15 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
                     continue;
                 }
             },
-            // A stream the gateway cut at shutdown says nothing of the model.
-            (s, Some(model)) if s >= 500 && r["error_class"] != "shutting_down" => match args.failure_score {
-                Some(score) => (model, score),
-                None => continue,
-            },
+            // The gateway's own faults (a stream cut at shutdown, the
+            // operator's credentials, billing or configuration) say nothing
+            // of the model.
+            (s, Some(model)) if s >= 500 && !NOT_THE_MODELS.contains(&r["error_class"].as_str().unwrap_or("")) => {
+                match args.failure_score {
+                    Some(score) => (model, score),
+                    None => continue,
+                }
+            }
             _ => continue,
         };
         summary.used += 1;
@@ -291,6 +295,15 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     Ok(())
 }
 
+/// Failure classes of the gateway's own making, not a model's answer.
+const NOT_THE_MODELS: &[&str] = &[
+    "shutting_down",
+    "upstream_auth_error",
+    "upstream_payment_required",
+    "deployment_misconfigured",
+    "upstream_not_found",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +339,8 @@ mod tests {
             request("g", Some("failed"), "small", 502, 0.0),
             json!({"type": "request", "request_id": "h", "model": "router", "served_model": "big",
                    "status": 503, "error_class": "shutting_down", "prompt": "cut at shutdown"}),
+            json!({"type": "request", "request_id": "i", "model": "router", "served_model": "big",
+                   "status": 502, "error_class": "upstream_auth_error", "prompt": "the operator's key"}),
             json!({"type": "feedback", "request_id": "a", "score": 0.5}),
             json!({"type": "feedback", "request_id": "a", "score": 1.0}),
             json!({"type": "feedback", "request_id": "b", "score": 1.0}),

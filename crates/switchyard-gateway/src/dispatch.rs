@@ -775,13 +775,17 @@ async fn try_group<'s>(
         let attempt_span = tracing::debug_span!(
             target: "switchyard",
             "upstream",
-            otel.name = format!("{} {upstream}", call.operation()),
+            otel.name = format!(
+                "{} {}",
+                call.operation(),
+                crate::observe::clip_start(&upstream, crate::observe::MAX_LOGGED_MODEL)
+            ),
             otel.kind = "client",
             otel.status_code = Empty,
             "gen_ai.operation.name" = call.operation(),
             "gen_ai.system" = deployment.provider.as_str(),
             "gen_ai.provider.name" = genai_system(&deployment.provider),
-            "gen_ai.request.model" = upstream.as_ref(),
+            "gen_ai.request.model" = crate::observe::clip_start(&upstream, crate::observe::MAX_LOGGED_MODEL),
             "switchyard.deployment" = deployment.name.as_str(),
             "switchyard.attempt" = i64::from(*attempts),
             "switchyard.upstream.request_id" = Empty,
@@ -913,7 +917,10 @@ async fn try_group<'s>(
                     );
                 // Behind a wildcard the model is the client's choice: its
                 // absence is the client's error, not the deployment's fault.
-                let unknown_model = unknown_upstream.then_some(options.wildcard.as_deref()).flatten();
+                let unknown_model = unknown_upstream
+                    .then_some(options.wildcard.as_deref())
+                    .flatten()
+                    .filter(|_| deployment.model.contains('*'));
                 let class = if unknown_model.is_some() {
                     switchyard_routing::ErrorClass::ClientError
                 } else {

@@ -20,23 +20,18 @@ use crate::state::AppState;
 const REQUEST_ID_HEADER: HeaderName = HeaderName::from_static("x-switchyard-request-id");
 const COST_HEADER: HeaderName = HeaderName::from_static("x-switchyard-response-cost");
 
-/// The key a client sent: `x-litellm-api-key` (for clients whose
-/// `Authorization` carries something else, as LiteLLM allows), else
-/// `Authorization: Bearer`, `x-api-key` (Anthropic clients) or `api-key`
-/// (Azure clients). The `Bearer` scheme is matched in any case; a header
-/// left empty (a template's unset variable) says nothing, and the next one
-/// is read.
 /// Admits a request that has no price (a pass-through route, feedback)
 /// against `principal`'s limits, `model` standing for what it calls: a
 /// request per minute, one in flight, nothing reserved, and a spent budget
-/// refuses it. On a task of its own: a client that leaves while the store
-/// is still admitting it must not leave the holds taken there without a
-/// ticket to give them back (the ticket of an admission nobody waits for
-/// any more is dropped, which releases them).
+/// refuses it. `any_model`: it calls no model (feedback), and the key's
+/// model lists do not apply. On a task of its own: a client that leaves
+/// while the store is still admitting it must not leave the holds taken
+/// there without a ticket to give them back (the ticket of an admission
+/// nobody waits for any more is dropped, which releases them).
 pub(crate) async fn admit_unpriced(
     state: &AppState,
     principal: &Principal,
-    model: String,
+    (model, any_model): (String, bool),
     request_id: Option<String>,
 ) -> Result<Ticket, Response> {
     let demand = Demand {
@@ -47,6 +42,7 @@ pub(crate) async fn admit_unpriced(
         estimated_tokens: 0,
         max_cost: 0,
         unpriced: false,
+        any_model,
         request_id,
     };
     let policy = state.policy.clone();
@@ -58,6 +54,12 @@ pub(crate) async fn admit_unpriced(
     }
 }
 
+/// The key a client sent: `x-litellm-api-key` (for clients whose
+/// `Authorization` carries something else, as LiteLLM allows), else
+/// `Authorization: Bearer`, `x-api-key` (Anthropic clients) or `api-key`
+/// (Azure clients). The `Bearer` scheme is matched in any case; a header
+/// left empty (a template's unset variable) says nothing, and the next one
+/// is read.
 pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     ["x-litellm-api-key", "authorization", "x-api-key", "api-key"]
         .iter()
@@ -459,6 +461,7 @@ pub(crate) async fn admit(
         access_groups: state.access_groups.get(model).cloned().unwrap_or_default(),
         end_user: labels.end_user.clone(),
         unpriced,
+        any_model: false,
         estimated_tokens: u32::try_from(estimated).unwrap_or(u32::MAX),
         // Without `max_tokens`, the most output the request may produce: the
         // policy's assumption, or what an Anthropic or Bedrock deployment

@@ -60,8 +60,12 @@ pub(crate) fn label_failure(state: &SharedState, model: &str, response: &mut Res
 /// A requested model as spans name it: a configured model group's name, or
 /// `unknown`, so that what a client makes up stays out of span names and
 /// attributes (a refused request's model may be any string of any length).
-pub(crate) fn span_model<'a>(state: &SharedState, model: &'a str) -> &'a str {
-    if state.routes.contains_key(model) || state.learned.contains_key(model) {
+/// Behind a wildcard group, the model asked for (which the group matched),
+/// its first 256 bytes.
+pub(crate) fn span_model<'a>(state: &SharedState, requested: &'a str, model: &'a str) -> &'a str {
+    if state.wildcard_part(requested).is_some() {
+        clip_start(requested, MAX_LOGGED_MODEL)
+    } else if state.routes.contains_key(model) || state.learned.contains_key(model) {
         model
     } else {
         "unknown"
@@ -293,14 +297,14 @@ fn litellm_headers(headers: &mut axum::http::HeaderMap) {
     }
 }
 
-/// Longest model name a request-log record keeps, in bytes.
-const MAX_LOGGED_MODEL: usize = 256;
+/// Longest model name a request-log record (or a span) keeps, in bytes.
+pub(crate) const MAX_LOGGED_MODEL: usize = 256;
 /// Longest prompt a request-log record keeps, in bytes: its end, which is
 /// what the embedder reads by default (`truncation: tail`).
 const MAX_LOGGED_PROMPT: usize = 64 * 1024;
 
 /// The first `max` bytes of `text`, cut on a character boundary.
-fn clip_start(text: &str, max: usize) -> &str {
+pub(crate) fn clip_start(text: &str, max: usize) -> &str {
     if text.len() <= max {
         return text;
     }

@@ -344,7 +344,7 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
             .extensions()
             .get::<crate::observe::RequestContext>()
             .map(|ctx| ctx.id.clone());
-        match crate::metering::admit_unpriced(&state, &principal, route.path.clone(), request_id).await {
+        match crate::metering::admit_unpriced(&state, &principal, (route.path.clone(), false), request_id).await {
             Ok(ticket) => {
                 admitted = Some(Admitted {
                     policy: state.policy.clone(),

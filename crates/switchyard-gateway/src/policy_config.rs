@@ -165,13 +165,13 @@ pub struct PolicySpec {
 }
 
 /// What makes a configured key (its surrounding whitespace trimmed)
-/// unusable, if anything: too short, or with characters no `Authorization`
-/// header carries.
+/// unusable, if anything: too short, or with control characters (a line
+/// break, a tab), which no header carries.
 fn key_problem(key: &str) -> Option<&'static str> {
     if key.len() < 8 {
         Some("must be at least 8 characters")
-    } else if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        Some("must not contain whitespace or control characters: no request could present it")
+    } else if key.chars().any(char::is_control) {
+        Some("must not contain control characters (a line break, a tab): no request could present it")
     } else {
         None
     }

@@ -316,11 +316,7 @@ async fn openai(
     let requested = model;
     let model = state.group_name(requested);
     // Behind a wildcard group, the model asked for (which it matched).
-    let span_model = if state.wildcard_part(requested).is_some() {
-        requested
-    } else {
-        crate::observe::span_model(&state, model)
-    };
+    let span_model = crate::observe::span_model(&state, requested, model);
     let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
@@ -491,7 +487,10 @@ async fn openai_inner(
     current.record("switchyard.deployment", decision.deployment.name.as_str());
     current.record(
         "gen_ai.response.model",
-        crate::dispatch::upstream_model(decision.deployment, options.wildcard.as_deref()).as_ref(),
+        crate::observe::clip_start(
+            &crate::dispatch::upstream_model(decision.deployment, options.wildcard.as_deref()),
+            crate::observe::MAX_LOGGED_MODEL,
+        ),
     );
     if let Some(t) = trail.as_mut() {
         t.routed(&decision);
@@ -1368,7 +1367,7 @@ async fn feedback(
     // Each record counts against the key's request limits (rpm, requests
     // in flight), so that feedback cannot flood the request log; it costs
     // nothing and is not a spend record (the ticket is dropped, not settled).
-    let _held = match crate::metering::admit_unpriced(&state, &principal, "/v1/feedback".into(), None).await {
+    let _held = match crate::metering::admit_unpriced(&state, &principal, ("/v1/feedback".into(), true), None).await {
         Ok(ticket) => ticket,
         Err(refused) => return refused,
     };

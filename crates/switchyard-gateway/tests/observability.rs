@@ -538,9 +538,16 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     );
     assert_eq!(feedback[1]["score"], 0.0);
     // Feedback counts against the key's request rate: it cannot flood the log.
-    let limited = post(&gw, "/key/generate", MASTER, json!({"rpm_limit": 2}), &[])
-        .await
-        .json()["key"]
+    // A key limited to some models may still rate their answers.
+    let limited = post(
+        &gw,
+        "/key/generate",
+        MASTER,
+        json!({"rpm_limit": 2, "models": ["gpt"]}),
+        &[],
+    )
+    .await
+    .json()["key"]
         .as_str()
         .unwrap()
         .to_owned();

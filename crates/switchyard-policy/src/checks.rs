@@ -30,6 +30,9 @@ pub struct Demand {
     /// Whether nothing prices the model asked for (a wildcard group's
     /// model without a price): refused when a budget holds the request.
     pub unpriced: bool,
+    /// The request calls no model (feedback on an earlier answer): the
+    /// key's model lists do not apply, only its request limits and budget.
+    pub any_model: bool,
     /// The id the gateway gave the request (from [`crate::Policy::request_id`]);
     /// `None`: the ticket makes one.
     pub request_id: Option<String>,
@@ -329,6 +332,7 @@ mod tests {
             access_groups: vec!["beta".into()],
             end_user: None,
             unpriced: false,
+            any_model: false,
             estimated_tokens: 3,
             max_cost: 0,
             request_id: None,

@@ -828,7 +828,7 @@ impl Policy {
                 let names = std::iter::once(demand.model.as_str())
                     .chain(demand.requested_as.as_deref())
                     .chain(demand.access_groups.iter().map(String::as_str));
-                if !v.allows_any(names) {
+                if !demand.any_model && !v.allows_any(names) {
                     return Err(Denied::ModelNotAllowed {
                         model: demand.model.clone(),
                     });

@@ -46,6 +46,7 @@ fn demand() -> Demand {
         access_groups: Vec::new(),
         end_user: None,
         unpriced: false,
+        any_model: false,
         estimated_tokens: 10,
         max_cost: 10 * COST,
         request_id: None,

@@ -39,6 +39,7 @@ fn demand() -> Demand {
         access_groups: Vec::new(),
         end_user: None,
         unpriced: false,
+        any_model: false,
         estimated_tokens: 10,
         max_cost: 600_000_000,
         request_id: None,

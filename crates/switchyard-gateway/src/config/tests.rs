@@ -488,16 +488,21 @@ fn every_section_is_checked_before_problems_are_reported() {
 }
 
 #[test]
-fn a_master_key_is_trimmed_and_refused_with_whitespace_inside() {
+fn a_master_key_is_trimmed_and_refused_with_control_characters_inside() {
     let config =
         parse("model_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n").unwrap();
     // A secret file's last newline is not part of the key.
     assert!(crate::build_state(&config, &env(&[("SWITCHYARD_MASTER_KEY", "sk-master-from-a-file\n")])).is_ok());
-    let err = crate::build_state(&config, &env(&[("SWITCHYARD_MASTER_KEY", "sk master key")]))
+    // A space inside is presented as it is; a line break cannot be.
+    assert!(crate::build_state(&config, &env(&[("SWITCHYARD_MASTER_KEY", "sk master pass phrase")])).is_ok());
+    let err = crate::build_state(&config, &env(&[("SWITCHYARD_MASTER_KEY", "sk-master\nsecond-line")]))
         .map(|_| ())
         .unwrap_err()
         .to_string();
-    assert!(err.contains("policy.master_key") && err.contains("whitespace"), "{err}");
+    assert!(
+        err.contains("policy.master_key") && err.contains("control characters"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -164,11 +164,7 @@ pub(crate) async fn messages(
     req.betas = betas(&headers);
     let model = state.group_name(&req.model).to_owned();
     // Behind a wildcard group, the model asked for (which it matched).
-    let span_model = if state.wildcard_part(&req.model).is_some() {
-        req.model.as_str()
-    } else {
-        crate::observe::span_model(&state, &model)
-    };
+    let span_model = crate::observe::span_model(&state, &req.model, &model);
     let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
@@ -284,7 +280,10 @@ async fn messages_inner(
     current.record("switchyard.deployment", name.as_str());
     current.record(
         "gen_ai.response.model",
-        crate::dispatch::upstream_model(decision.deployment, options.wildcard.as_deref()).as_ref(),
+        crate::observe::clip_start(
+            &crate::dispatch::upstream_model(decision.deployment, options.wildcard.as_deref()),
+            crate::observe::MAX_LOGGED_MODEL,
+        ),
     );
     if let Some(t) = trail.as_mut() {
         t.routed(&decision);
