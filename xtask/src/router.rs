@@ -322,8 +322,9 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     metrics.insert(format!("{split}_queries"), val_or_train.len().into());
     let mut router = router;
     router.manifest.metrics = serde_json::Value::Object(metrics);
+    // `save` refuses, before writing anything, what the gateway would refuse.
     router.save(&args.out)?;
-    // What the gateway would refuse to load is not left as a router.
+    // The files as written read back (a full disk, a file changed meanwhile).
     if let Err(e) = LearnedRouter::load(&args.out) {
         bail!("the router written to {} does not load: {e}", args.out.display());
     }

@@ -83,7 +83,10 @@ fn load_failure(e: switchyard_routing::learned::ArtifactError) -> ReadFailure {
     match e {
         // A file that cannot be read (or a manifest torn by a writer) may
         // be whole at the next read.
-        switchyard_routing::learned::ArtifactError::Io { .. } => ReadFailure::Unreachable(e.to_string()),
+        // Data that is not the manifest's (a version whose files are still
+        // landing one by one) is read again after a while too.
+        switchyard_routing::learned::ArtifactError::Io { .. }
+        | switchyard_routing::learned::ArtifactError::Unpublished(_) => ReadFailure::Unreachable(e.to_string()),
         other => ReadFailure::Invalid(other.to_string()),
     }
 }
@@ -791,5 +794,20 @@ mod tests {
         assert!(!v1.is_empty());
         assert_ne!(v1, object_version(Some(""), Some(&later), Some(10)));
         assert_ne!(v1, object_version(None, Some(&at), Some(11)));
+    }
+
+    #[test]
+    fn data_that_is_not_the_manifests_yet_is_read_again() {
+        use switchyard_routing::learned::ArtifactError;
+        // A version whose files land one by one (`aws s3 sync`, `rsync`)
+        // is tried again after a while, not held until its manifest changes.
+        assert!(matches!(
+            load_failure(ArtifactError::Unpublished("half there".into())),
+            ReadFailure::Unreachable(_)
+        ));
+        assert!(matches!(
+            load_failure(ArtifactError::Invalid("broken".into())),
+            ReadFailure::Invalid(_)
+        ));
     }
 }

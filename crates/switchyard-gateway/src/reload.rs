@@ -454,7 +454,7 @@ async fn front(State(live): State<Arc<Live>>, request: Request) -> Response {
         }
         let headers = request.headers().clone();
         drop(request);
-        return reload_route(&live, &headers).await;
+        return reload_route(live, &headers).await;
     }
     if path == "/health/readiness" && live.draining.load(Ordering::SeqCst) {
         return (
@@ -471,7 +471,7 @@ async fn front(State(live): State<Arc<Live>>, request: Request) -> Response {
     }
 }
 
-async fn reload_route(live: &Live, headers: &axum::http::HeaderMap) -> Response {
+async fn reload_route(live: Arc<Live>, headers: &axum::http::HeaderMap) -> Response {
     let state = live.state();
     if !state.policy.has_master_key() {
         return ApiError::Forbidden(
@@ -484,7 +484,22 @@ async fn reload_route(live: &Live, headers: &axum::http::HeaderMap) -> Response 
         Some(_) => return ApiError::Forbidden("Reloading needs the master key.".into()).into_response(),
         None => return ApiError::Denied(switchyard_policy::Denied::MissingKey).into_response(),
     }
-    match live.reload("api", true).await {
+    // On its own task: a client that leaves does not stop a reload halfway
+    // (with a router's build still running and the reload lock released, a
+    // retried call would start another).
+    let reload = {
+        let live = live.clone();
+        tokio::spawn(async move { live.reload("api", true).await })
+    };
+    let result = match reload.await {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "the configuration reload task failed");
+            return ApiError::Internal("The configuration reload failed; the previous one keeps serving.".into())
+                .into_response();
+        }
+    };
+    match result {
         Ok(_) => axum::Json(json!({
             "status": "reloaded",
             "reloads": live.reloads.load(Ordering::Relaxed),

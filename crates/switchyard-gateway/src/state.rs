@@ -509,6 +509,13 @@ impl AppState {
                     });
                     None
                 }
+                Err(switchyard_routing::embed::EmbedError::TooManyTokens { max_tokens, positions }) => {
+                    issues.push(ConfigIssue {
+                        path: "embedder.max_tokens".into(),
+                        message: format!("is {max_tokens}, and the model takes at most {positions} tokens"),
+                    });
+                    None
+                }
                 Err(e) => {
                     issues.push(ConfigIssue {
                         path: "embedder.model_dir".into(),

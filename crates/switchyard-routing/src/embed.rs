@@ -41,6 +41,14 @@ pub enum EmbedError {
     /// A setting is out of range.
     #[error("invalid embedder setting `{0}`")]
     InvalidSetting(&'static str),
+    /// `max_tokens` is more than the model has positions for.
+    #[error("invalid embedder setting `max_tokens`: {max_tokens}, and the model takes at most {positions} tokens")]
+    TooManyTokens {
+        /// The setting.
+        max_tokens: usize,
+        /// The model's `max_position_embeddings`.
+        positions: usize,
+    },
     /// A static model's table does not fit its tokenizer.
     #[error("static model: {0}")]
     Static(String),
@@ -227,6 +235,13 @@ impl Embedder {
                     path: dir.join("config.json"),
                     reason: e.to_string(),
                 })?;
+            // Positions past the model's are an error at each long prompt.
+            if config.max_tokens > bert.max_position_embeddings {
+                return Err(EmbedError::TooManyTokens {
+                    max_tokens: config.max_tokens,
+                    positions: bert.max_position_embeddings,
+                });
+            }
             let weights = read(&dir.join("model.safetensors"))?;
             let fingerprint = fingerprint(&[
                 &read(&dir.join("config.json"))?,

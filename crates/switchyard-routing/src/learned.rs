@@ -79,6 +79,11 @@ pub enum ArtifactError {
     /// The manifest or data is inconsistent.
     #[error("invalid router artifact: {0}")]
     Invalid(String),
+    /// The data file is not the one its manifest was written with: most
+    /// likely a new version is being published (its files land one by one),
+    /// so a later read may find it whole.
+    #[error("router artifact being published: {0}")]
+    Unpublished(String),
     /// A tensor operation failed.
     #[error("router tensors: {0}")]
     Tensor(#[from] candle_core::Error),
@@ -149,7 +154,12 @@ pub fn decide(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Object
         Objective::Threshold { min_score } => (0..n)
             .filter(ok)
             .filter(|&j| f64::from(scores[j]) >= min_score)
-            .min_by(|&a, &b| costs[a].total_cmp(&costs[b]))
+            // Equally cheap: the better predicted score.
+            .min_by(|&a, &b| {
+                costs[a]
+                    .total_cmp(&costs[b])
+                    .then_with(|| scores[b].total_cmp(&scores[a]))
+            })
             .or_else(|| best_by(&|j| f64::from(scores[j]))),
     }
 }
@@ -264,7 +274,24 @@ impl LearnedRouter {
 
     /// Writes the artifact into `dir` (created if missing). The manifest is
     /// written last, so a watcher never sees a manifest without its data.
+    ///
+    /// What [`LearnedRouter::load`] would refuse is refused here, before
+    /// anything is written, so a directory that serves is never replaced by
+    /// one that cannot.
     pub fn save(&self, dir: &Path) -> Result<(), ArtifactError> {
+        check_manifest(&self.manifest)?;
+        match &self.predictor {
+            Predictor::Knn(index) => {
+                let (embeddings, scores) = index.data();
+                check_knn_data(&self.manifest, embeddings, scores)?;
+            }
+            Predictor::Mlp(mlp) => check_mlp(mlp)?,
+        }
+        self.write(dir)
+    }
+
+    /// Writes the files, data first, unchecked.
+    fn write(&self, dir: &Path) -> Result<(), ArtifactError> {
         std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         match &self.predictor {
             Predictor::Knn(index) => {
@@ -309,27 +336,8 @@ impl LearnedRouter {
         let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
         let manifest: Manifest = serde_json::from_slice(&bytes)
             .map_err(|e| ArtifactError::Invalid(format!("{} is not a valid manifest: {e}", path.display())))?;
-        if manifest.format_version != FORMAT_VERSION {
-            return Err(ArtifactError::Invalid(format!(
-                "format version {} (this build reads {FORMAT_VERSION})",
-                manifest.format_version
-            )));
-        }
+        check_manifest(&manifest)?;
         let m = manifest.models.len();
-        if m == 0 || manifest.mean_costs.len() != m {
-            return Err(ArtifactError::Invalid(
-                "models and mean_costs must be non-empty and equally long".into(),
-            ));
-        }
-        if manifest.mean_costs.iter().any(|c| !c.is_finite() || *c < 0.0) {
-            return Err(ArtifactError::Invalid(
-                "mean_costs must be finite and not negative".into(),
-            ));
-        }
-        if manifest.knn.as_ref().is_some_and(|k| k.k == 0) {
-            return Err(ArtifactError::Invalid("knn.k must be at least 1".into()));
-        }
-        check_bounds(&manifest)?;
         let data = dir.join(data_file(manifest.kind));
         let size = std::fs::metadata(&data).map_err(|e| io(&data, e))?.len();
         if size > MAX_DATA_BYTES {
@@ -338,54 +346,96 @@ impl LearnedRouter {
                 data.display()
             )));
         }
-        if let Some(expected) = &manifest.data_file_sha256 {
-            let bytes = std::fs::read(&data).map_err(|e| io(&data, e))?;
-            if &format!("{:x}", Sha256::digest(&bytes)) != expected {
-                return Err(ArtifactError::Invalid(format!(
-                    "{} is not the data its manifest was written with (a version being published?)",
-                    data.display()
-                )));
-            }
+        // The bytes checked against the manifest are the bytes parsed: a
+        // file replaced between two reads cannot slip in.
+        let bytes = std::fs::read(&data).map_err(|e| io(&data, e))?;
+        if let Some(expected) = &manifest.data_file_sha256
+            && &format!("{:x}", Sha256::digest(&bytes)) != expected
+        {
+            return Err(ArtifactError::Unpublished(format!(
+                "{} is not the data its manifest was written with",
+                data.display()
+            )));
         }
         let predictor = match manifest.kind {
             PredictorKind::Knn => {
-                let path = dir.join("knn.safetensors");
-                let tensors = candle_core::safetensors::load(&path, &Device::Cpu)?;
-                let get = |name: &str| {
-                    tensors
-                        .get(name)
-                        .ok_or_else(|| ArtifactError::Invalid(format!("knn.safetensors lacks `{name}`")))
+                let (embeddings, scores) = {
+                    let tensors = candle_core::safetensors::load_buffer(&bytes, &Device::Cpu)?;
+                    drop(bytes);
+                    let get = |name: &str| {
+                        tensors
+                            .get(name)
+                            .ok_or_else(|| ArtifactError::Invalid(format!("knn.safetensors lacks `{name}`")))
+                    };
+                    (get("embeddings")?.to_vec2::<f32>()?, get("scores")?.to_vec2::<f32>()?)
                 };
-                let embeddings = get("embeddings")?.to_vec2::<f32>()?;
-                let scores = get("scores")?.to_vec2::<f32>()?;
-                if embeddings.is_empty()
-                    || embeddings.len() != scores.len()
-                    || embeddings.first().is_some_and(|e| e.len() != manifest.dims)
-                    || scores.first().is_some_and(|s| s.len() != m)
-                {
-                    return Err(ArtifactError::Invalid(
-                        "knn.safetensors does not match the manifest (or holds no query)".into(),
-                    ));
-                }
-                if embeddings.iter().chain(&scores).flatten().any(|v| !v.is_finite()) {
-                    return Err(ArtifactError::Invalid(
-                        "knn.safetensors holds a value that is not a finite number".into(),
-                    ));
-                }
+                check_knn_data(&manifest, &embeddings, &scores)?;
                 Predictor::Knn(KnnIndex::build(embeddings, scores, manifest.knn.unwrap_or_default()))
             }
             PredictorKind::Mlp => {
                 let hidden = manifest.mlp.unwrap_or_default().hidden;
-                let mlp = Mlp::load(&dir.join("mlp.safetensors"), manifest.dims, hidden, m)?;
-                if !mlp.is_finite()? {
-                    return Err(ArtifactError::Invalid(
-                        "mlp.safetensors holds a weight that is not a finite number".into(),
-                    ));
-                }
+                let mlp = Mlp::from_buffer(&bytes, manifest.dims, hidden, m)?;
+                check_mlp(&mlp)?;
                 Predictor::Mlp(mlp)
             }
         };
         Ok(Self { manifest, predictor })
+    }
+}
+
+/// What a manifest must hold, whatever its data.
+fn check_manifest(manifest: &Manifest) -> Result<(), ArtifactError> {
+    if manifest.format_version != FORMAT_VERSION {
+        return Err(ArtifactError::Invalid(format!(
+            "format version {} (this build reads {FORMAT_VERSION})",
+            manifest.format_version
+        )));
+    }
+    let m = manifest.models.len();
+    if m == 0 || manifest.mean_costs.len() != m {
+        return Err(ArtifactError::Invalid(
+            "models and mean_costs must be non-empty and equally long".into(),
+        ));
+    }
+    if manifest.mean_costs.iter().any(|c| !c.is_finite() || *c < 0.0) {
+        return Err(ArtifactError::Invalid(
+            "mean_costs must be finite and not negative".into(),
+        ));
+    }
+    if manifest.knn.as_ref().is_some_and(|k| k.k == 0) {
+        return Err(ArtifactError::Invalid("knn.k must be at least 1".into()));
+    }
+    check_bounds(manifest)
+}
+
+/// A KNN router's stored queries: as many score rows as embeddings, of the
+/// manifest's widths, all finite.
+fn check_knn_data(manifest: &Manifest, embeddings: &[Vec<f32>], scores: &[Vec<f32>]) -> Result<(), ArtifactError> {
+    if embeddings.is_empty()
+        || embeddings.len() != scores.len()
+        || embeddings.iter().any(|e| e.len() != manifest.dims)
+        || scores.iter().any(|s| s.len() != manifest.models.len())
+    {
+        return Err(ArtifactError::Invalid(
+            "knn.safetensors does not match the manifest (or holds no query)".into(),
+        ));
+    }
+    if embeddings.iter().chain(scores).flatten().any(|v| !v.is_finite()) {
+        return Err(ArtifactError::Invalid(
+            "knn.safetensors holds a value that is not a finite number".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// An MLP's weights must all be finite (a diverged training run is not a router).
+fn check_mlp(mlp: &Mlp) -> Result<(), ArtifactError> {
+    if mlp.is_finite()? {
+        Ok(())
+    } else {
+        Err(ArtifactError::Invalid(
+            "mlp.safetensors holds a weight that is not a finite number".into(),
+        ))
     }
 }
 
@@ -466,8 +516,11 @@ mod tests {
             bytes[last] ^= 1;
             let original = std::fs::read(&data).unwrap();
             std::fs::write(&data, &bytes).unwrap();
-            let err = LearnedRouter::load(dir.path()).unwrap_err().to_string();
-            assert!(err.contains("not the data its manifest was written with"), "{err}");
+            let err = LearnedRouter::load(dir.path()).unwrap_err();
+            assert!(
+                matches!(&err, ArtifactError::Unpublished(m) if m.contains("not the data its manifest was written with")),
+                "{err}"
+            );
             std::fs::write(&data, original).unwrap();
             for e in &x {
                 assert_eq!(loaded.predict(e).unwrap(), router.predict(e).unwrap());
@@ -510,8 +563,18 @@ mod tests {
                 manifest,
             };
             let dir = tempfile::tempdir().unwrap();
-            router.save(dir.path()).unwrap();
-            LearnedRouter::load(dir.path()).map(|_| ()).map_err(|e| e.to_string())
+            let saved = router.save(dir.path()).map_err(|e| e.to_string());
+            if saved.is_err() {
+                assert!(
+                    std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+                    "nothing is written when save refuses"
+                );
+            }
+            // What `save` refuses, `load` refuses in files written otherwise.
+            router.write(dir.path()).unwrap();
+            let loaded = LearnedRouter::load(dir.path()).map(|_| ()).map_err(|e| e.to_string());
+            assert_eq!(saved, loaded);
+            loaded
         };
         let good = vec![vec![1.0, 0.0]; 4];
         assert_eq!(knn(good.clone(), &|_| {}), Ok(()));
@@ -555,6 +618,20 @@ mod tests {
             knn(good.clone(), &|m| m.models[1] = "a".into())
                 .unwrap_err()
                 .contains("listed twice")
+        );
+        assert!(
+            knn(good.clone(), &|m| {
+                if let Some(k) = m.knn.as_mut() {
+                    k.k = 2_000;
+                }
+            })
+            .unwrap_err()
+            .contains("knn.k is 2000")
+        );
+        assert!(
+            knn(vec![vec![1.0]; 4], &|_| {})
+                .unwrap_err()
+                .contains("does not match the manifest")
         );
         // A manifest that does not parse is invalid, not unreadable.
         let dir = tempfile::tempdir().unwrap();
@@ -645,6 +722,16 @@ mod tests {
             ),
             Some(1),
             "ties go to the cheaper model"
+        );
+        assert_eq!(
+            decide(
+                &[0.81, 0.95],
+                &[0.0, 0.0],
+                &[true, true],
+                Objective::Threshold { min_score: 0.8 }
+            ),
+            Some(1),
+            "equally cheap models above the threshold: the better one"
         );
     }
 }

@@ -265,13 +265,26 @@ impl Mlp {
 
     /// Reads weights written by [`Mlp::save`].
     pub fn load(path: &Path, dims: usize, hidden: usize, models: usize) -> Result<Self, candle_core::Error> {
-        let mut varmap = VarMap::new();
-        let mlp = {
-            // Create the variables with the right shapes, then overwrite them from the file.
-            let built = Self::build(varmap.clone(), dims, hidden, models, 0)?;
-            varmap.load(path)?;
-            built
-        };
+        Self::from_buffer(&std::fs::read(path)?, dims, hidden, models)
+    }
+
+    /// Reads weights written by [`Mlp::save`] from the file's bytes.
+    pub fn from_buffer(bytes: &[u8], dims: usize, hidden: usize, models: usize) -> Result<Self, candle_core::Error> {
+        // Create the variables with the right shapes, then overwrite them from the file.
+        let varmap = VarMap::new();
+        let mlp = Self::build(varmap.clone(), dims, hidden, models, 0)?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)?;
+        let vars = varmap
+            .data()
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("poisoned".into()))?;
+        for (name, var) in vars.iter() {
+            let tensor = tensors
+                .get(name)
+                .ok_or_else(|| candle_core::Error::Msg(format!("the weights lack `{name}`")))?;
+            var.set(tensor)?;
+        }
+        drop(vars);
         Ok(mlp)
     }
 

@@ -120,6 +120,19 @@ fn the_id_tells_models_in_same_named_folders_apart() {
     weights[middle] ^= 0x01;
     std::fs::write(dir.join("model.safetensors"), weights).unwrap();
     assert_ne!(load().id(), original.id());
+    // A model with fewer positions than `max_tokens` is refused at load,
+    // not at each prompt longer than its positions.
+    let config = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    config["max_position_embeddings"] = 128.into();
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let err = Embedder::load(&EmbedderConfig {
+        model_dir: dir.clone(),
+        max_tokens: 256,
+        ..EmbedderConfig::default()
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("at most 128 tokens"), "{err}");
 }
 
 /// A prompt far past the token limit is cut to the kept end before the
