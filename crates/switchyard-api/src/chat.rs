@@ -65,17 +65,23 @@ pub struct ContentPart {
 pub struct FunctionCall {
     /// Function name.
     pub name: String,
-    /// Arguments as a JSON-encoded string.
+    /// Arguments as a JSON-encoded string. Some OpenAI-compatible servers
+    /// (TGI, some llama.cpp builds) send a JSON object instead: it is read
+    /// as its encoding; absent or `null`, as an empty string.
+    #[serde(default, deserialize_with = "arguments")]
     pub arguments: String,
 }
 
 /// A tool call in an assistant message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ToolCall {
-    /// Call id, echoed by the tool result message.
+    /// Call id, echoed by the tool result message. Some OpenAI-compatible
+    /// servers leave it out or send `null`: it is then empty.
+    #[serde(default, deserialize_with = "string_or_null")]
     pub id: String,
-    /// `function`, or `custom` (a custom tool's free-form input, kept in `extra`).
-    #[serde(rename = "type")]
+    /// `function`, or `custom` (a custom tool's free-form input, kept in
+    /// `extra`); `function` when the server leaves it out.
+    #[serde(rename = "type", default = "function_kind", deserialize_with = "kind_or_null")]
     pub kind: String,
     /// The call, for a `function` tool call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -83,6 +89,26 @@ pub struct ToolCall {
     /// Unmodelled fields, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+fn function_kind() -> String {
+    "function".into()
+}
+
+fn string_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+fn kind_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_else(function_kind))
+}
+
+fn arguments<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    })
 }
 
 /// One chat message, in a request or in a response choice.

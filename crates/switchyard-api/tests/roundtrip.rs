@@ -187,3 +187,40 @@ fn token_prompts_are_sized_by_their_ids_not_their_digits() {
     assert_eq!(texts.size_in_bytes(), 8);
     assert!(!texts.is_tokens());
 }
+
+/// Tool calls as some OpenAI-compatible servers send them (no id, a `null`
+/// type, arguments as an object) are read, not refused.
+#[test]
+fn loosely_shaped_tool_calls_are_read() {
+    let response: ChatCompletionResponse = serde_json::from_value(json!({
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+            "role": "assistant", "content": null,
+            "tool_calls": [
+                {"type": "function", "function": {"name": "f", "arguments": {"a": 1}}},
+                {"id": null, "type": null, "function": {"name": "g", "arguments": null}},
+                {"id": "call_1", "type": "function", "function": {"name": "h", "arguments": "{\"b\":2}"}}
+            ]
+        }}]
+    }))
+    .unwrap();
+    let calls = response.choices[0].message.tool_calls.clone().unwrap();
+    let function = |i: usize| calls[i].function.clone().unwrap();
+    assert_eq!((calls[0].id.as_str(), calls[0].kind.as_str()), ("", "function"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&function(0).arguments).unwrap(),
+        json!({"a": 1})
+    );
+    assert_eq!(
+        (
+            calls[1].id.as_str(),
+            calls[1].kind.as_str(),
+            function(1).arguments.as_str()
+        ),
+        ("", "function", "")
+    );
+    assert_eq!(
+        (calls[2].id.as_str(), function(2).arguments.as_str()),
+        ("call_1", "{\"b\":2}")
+    );
+}

@@ -156,6 +156,8 @@ struct Converter {
     /// servers that interleave the calls' argument chunks are followed too.
     tools: Vec<(u64, u32)>,
     next_index: u32,
+    /// The upstream's id of the answer (from its first chunk).
+    upstream_id: String,
     stop_reason: Option<String>,
     usage: Option<Usage>,
     /// Whether a tool call was streamed.
@@ -216,6 +218,7 @@ impl Converter {
             return;
         }
         self.started = true;
+        id.clone_into(&mut self.upstream_id);
         let message = MessagesResponse {
             id: super::translate::message_id(id),
             kind: "message".into(),
@@ -320,9 +323,19 @@ impl Converter {
                 let index = match known {
                     Some(index) => index,
                     None => {
+                        // A call streamed without an id gets one: the
+                        // client's `tool_result` must name it.
+                        let id = call
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .filter(|id| !id.is_empty())
+                            .map_or_else(
+                                || super::translate::tool_use_id(&self.upstream_id, self.next_index as usize),
+                                str::to_owned,
+                            );
                         let block = ContentBlock {
                             kind: "tool_use".into(),
-                            id: call.get("id").and_then(Value::as_str).map(str::to_owned),
+                            id: Some(id),
                             name: call
                                 .pointer("/function/name")
                                 .and_then(Value::as_str)
@@ -334,14 +347,16 @@ impl Converter {
                         self.open(block, Some(tool), out)
                     }
                 };
-                if let Some(args) = call
-                    .pointer("/function/arguments")
-                    .and_then(Value::as_str)
-                    .filter(|a| !a.is_empty())
-                {
+                // Arguments sent as an object (some servers do) are its encoding.
+                let args = match call.pointer("/function/arguments") {
+                    Some(Value::String(a)) => Some(a.clone()),
+                    Some(v @ Value::Object(_)) => Some(v.to_string()),
+                    _ => None,
+                };
+                if let Some(args) = args.filter(|a| !a.is_empty()) {
                     let delta = switchyard_api::anthropic::BlockDelta {
                         kind: "input_json_delta".into(),
-                        partial_json: Some(args.to_owned()),
+                        partial_json: Some(args),
                         ..Default::default()
                     };
                     self.deltas += 1;
@@ -405,6 +420,7 @@ pub fn from_chat_chunks(
         open: None,
         tools: Vec::new(),
         next_index: 0,
+        upstream_id: String::new(),
         stop_reason: None,
         usage: None,
         used_tools: false,
@@ -464,6 +480,7 @@ mod tests {
             open: None,
             tools: Vec::new(),
             next_index: 0,
+            upstream_id: String::new(),
             stop_reason: None,
             usage: None,
             used_tools: false,
@@ -500,6 +517,32 @@ mod tests {
     fn head(delta: Value) -> Value {
         json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
             "choices": [{"index": 0, "delta": delta}]})
+    }
+
+    #[test]
+    fn calls_streamed_without_an_id_get_one_and_object_arguments_are_kept() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "function": {"name": "one", "arguments": {"x": 1}}}]}),
+            json!({"tool_calls": [{"index": 1, "id": null, "type": "function", "function": {"name": "two", "arguments": "{}"}}]}),
+        ] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let seen = events(&out);
+        let ids: Vec<&str> = seen
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d["content_block"]["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, ["toolu_c1_0", "toolu_c1_1"], "{seen:?}");
+        let first: Vec<&str> = seen
+            .iter()
+            .filter(|(n, d)| n == "content_block_delta" && d["index"] == 0)
+            .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap())
+            .collect();
+        assert_eq!(first, ["{\"x\":1}"]);
     }
 
     #[test]

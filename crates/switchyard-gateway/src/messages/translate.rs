@@ -72,6 +72,13 @@ pub fn message_id(upstream: &str) -> String {
     format!("msg_{}", upstream.strip_prefix("chatcmpl-").unwrap_or(upstream))
 }
 
+/// An id for the `position`th block of the answer `upstream_id`, for a tool
+/// call the upstream sent without one.
+pub fn tool_use_id(upstream_id: &str, position: usize) -> String {
+    let message = message_id(upstream_id);
+    format!("toolu_{}_{position}", message.strip_prefix("msg_").unwrap_or(&message))
+}
+
 /// A tool name from the upstream, restored to the client's own.
 pub fn original_tool_name(names: &[(String, String)], name: String) -> String {
     names
@@ -482,9 +489,16 @@ pub fn to_messages_response(
         for call in choice.message.tool_calls.unwrap_or_default() {
             let Some(function) = call.function else { continue };
             let input = serde_json::from_str(&function.arguments).unwrap_or_else(|_| json!({}));
+            // A call the upstream sent without an id gets one: the client's
+            // `tool_result` must name it.
+            let id = if call.id.is_empty() {
+                tool_use_id(&resp.id, content.len())
+            } else {
+                call.id
+            };
             content.push(ContentBlock {
                 kind: "tool_use".into(),
-                id: Some(call.id),
+                id: Some(id),
                 name: Some(original_tool_name(names, function.name)),
                 input: Some(input),
                 ..ContentBlock::default()
@@ -773,5 +787,28 @@ mod tool_definition_tests {
         assert!(chat.extra.get("tools").is_none());
         assert!(chat.extra.get("tool_choice").is_none(), "{:?}", chat.extra);
         assert!(chat.extra.get("parallel_tool_calls").is_none(), "{:?}", chat.extra);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod loose_tool_call_tests {
+    use super::*;
+
+    #[test]
+    fn calls_without_an_id_get_one_and_object_arguments_are_the_input() {
+        let resp: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "chatcmpl-9", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {
+                "role": "assistant", "content": "let me look",
+                "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]
+            }}]
+        }))
+        .unwrap();
+        let out = to_messages_response(resp, &[], false);
+        let call = out.content.iter().find(|b| b.kind == "tool_use").unwrap();
+        assert_eq!(call.id.as_deref(), Some("toolu_9_1"));
+        assert_eq!(call.input, Some(json!({"a": 1})));
+        assert_eq!(out.stop_reason.as_deref(), Some("tool_use"));
     }
 }
