@@ -114,9 +114,13 @@ impl Alerts {
             policy.send_alerts_to(policy_tx, kinds);
             let forward = tx.clone();
             tokio::spawn(async move {
+                // Waits while the delivery queue is full: the policy's own
+                // queue then fills, and an alert it cannot queue is let go
+                // unclaimed, to be found again by a later request. (Dropped
+                // here, a claimed alert would be lost for its period.)
                 while let Some(alert) = policy_rx.recv().await {
-                    if forward.try_send(Alert::Policy(alert)).is_err() {
-                        tracing::warn!("the alert queue is full: an alert was dropped");
+                    if forward.send(Alert::Policy(alert)).await.is_err() {
+                        return;
                     }
                 }
             });
@@ -313,13 +317,31 @@ fn round_ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
+/// `text` escaped for Slack (`&`, `<`, `>`), backticks made quotes.
+fn slack_text(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '`' => out.push('\''),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// An alert as one sentence (Slack's `text`).
 fn sentence(alert: &Alert) -> String {
     match alert {
         Alert::Policy(a) => {
-            let who = match &a.alias {
-                Some(alias) => format!("{} `{alias}` ({})", a.scope, a.id),
-                None => format!("{} `{}`", a.scope, a.id),
+            // Ids and aliases may be chosen by clients (an end user's id):
+            // they cannot close the code span or write Slack markup.
+            let (id, alias) = (slack_text(&a.id), a.alias.as_deref().map(slack_text));
+            let who = match alias {
+                Some(alias) => format!("{} `{alias}` ({id})", a.scope),
+                None => format!("{} `{id}`", a.scope),
             };
             let period = match a.period {
                 Some(p) => format!(" ({} budget)", p.as_str()),
@@ -395,6 +417,22 @@ mod tests {
         assert_eq!(
             sentence(&alert),
             "Switchyard: key `notebooks` (sk-...abcd) has spent $0.000014000, past its soft budget of $0.000010000 of a $0.000030000 budget (monthly budget)."
+        );
+        // An end user's id is the client's: no markup reaches Slack.
+        let forged = Alert::Policy(PolicyAlert {
+            kind: AlertKind::BudgetExhausted,
+            scope: "end user".into(),
+            id: "x` <!channel> <https://evil|Reset budget> & `y".into(),
+            alias: None,
+            spend: 14_000,
+            soft_budget: None,
+            max_budget: None,
+            period: None,
+        });
+        let text = sentence(&forged);
+        assert_eq!(
+            text,
+            "Switchyard: end user `x' &lt;!channel&gt; &lt;https://evil|Reset budget&gt; &amp; 'y` has spent $0.000014000; its requests are refused."
         );
         let cooled = Alert::Cooldown {
             deployment: "gpt-4o-eu".into(),
