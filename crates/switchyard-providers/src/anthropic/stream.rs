@@ -63,7 +63,13 @@ impl Converter {
                 self.out.id = message.id;
                 self.out.model = message.model;
                 self.usage = message.usage;
-                out.push_back(self.out.role());
+                // The prompt's exact counts (cache reads and writes apart)
+                // ride on the first chunk, outside its JSON: a stream cut
+                // before its end is charged by them, not by an estimate.
+                out.push_back(self.out.role().map(|mut chunk| {
+                    chunk.usage = Some(usage(&self.usage));
+                    chunk
+                }));
             }
             StreamEvent::ContentBlockStart { index, content_block }
                 if self.json
@@ -163,7 +169,10 @@ impl Converter {
                 }
                 let finish = finish_reason(delta.stop_reason.as_deref())
                     .map(|f| json_finish(f, self.json && self.tools.is_empty()));
-                out.push_back(self.out.finish(finish));
+                out.push_back(self.out.finish(finish).map(|mut chunk| {
+                    chunk.usage = Some(usage(&self.usage));
+                    chunk
+                }));
             }
             StreamEvent::MessageStop => {
                 self.finished = true;

@@ -256,6 +256,21 @@ async fn a_stream_without_message_stop_is_an_error() {
         .collect()
         .await;
     assert!(matches!(chunks.last(), Some(Err(ProviderError::Stream(m))) if m.contains("message_stop")));
+    // The counts seen so far travel on the chunks (outside their JSON), so
+    // a stream cut before its end is charged by them: the prompt's from
+    // `message_start`, the output's from `message_delta`.
+    let carried: Vec<(u64, u64, u64)> = chunks
+        .iter()
+        .filter_map(|c| c.as_ref().ok()?.usage.as_ref())
+        .map(|u| (u.prompt_tokens, u.cached_prompt_tokens(), u.completion_tokens))
+        .collect();
+    assert_eq!(carried.first(), Some(&(7, 2, 1)), "{carried:?}");
+    assert_eq!(carried.last(), Some(&(7, 2, 9)), "{carried:?}");
+    let first: Value = serde_json::from_slice(&chunks[0].as_ref().unwrap().data).unwrap();
+    assert!(
+        first.get("usage").is_none_or(Value::is_null),
+        "not in the chunk's JSON: {first}"
+    );
     let error = vec![
         tool_stream(true)[0].clone(),
         (
