@@ -608,6 +608,46 @@ async fn a_stream_that_fails_before_its_first_event_falls_back_cleanly() {
     assert_eq!(sent_to(&mock, "stall::first_event_ms=5000"), 1);
 }
 
+/// A server answering a request for a stream with JSON: its error reaches
+/// the client as the error it is (not retried as a broken stream); a whole
+/// answer from a server that does not stream is the deployment's fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_json_answer_to_a_stream_request_is_read_as_json() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 0",
+        r#"
+  - model_name: refuses
+    fallbacks: [backup]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "refuse::json_error"}
+  - model_name: ignores
+    fallbacks: [backup]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "ignore::no_stream"}
+  - model_name: backup
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "backup-1"}
+"#,
+    );
+    let a = chat(&gw, "refuses", json!({"stream": true})).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["error"]["message"], "this model cannot stream", "{}", a.body);
+    assert_eq!(
+        sent_to(&mock, "backup-1"),
+        0,
+        "a client error is not a reason to fall back"
+    );
+
+    let a = chat(&gw, "ignores", json!({"stream": true})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "backup");
+    let (text, events) = a.streamed();
+    assert_eq!(text, "mock reply: hello there");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_that_fails_after_its_first_event_ends_with_an_error_event() {
     let mock = MockUpstream::start().await;

@@ -218,6 +218,9 @@ impl HttpUpstream {
     /// POSTs JSON asking for an OpenAI-style stream and returns its chunks.
     pub(crate) async fn post_stream(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<ChunkStream> {
         let response = self.send(url, body, true).await?;
+        if is_json(&response) {
+            return Err(not_a_stream(response).await);
+        }
         Ok(sse_chunks(response, self.timeouts.first_byte))
     }
 
@@ -229,6 +232,9 @@ impl HttpUpstream {
         header: Option<(HeaderName, HeaderValue)>,
     ) -> Result<EventStream> {
         let response = self.send_with(url, body, header, true).await?;
+        if is_json(&response) {
+            return Err(not_a_stream(response).await);
+        }
         Ok(sse_events(response, self.timeouts.first_byte))
     }
 
@@ -285,6 +291,59 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Byte
     Ok(body.freeze())
 }
 
+/// Whether a successful answer is JSON (`application/json`), not an event stream.
+fn is_json(response: &reqwest::Response) -> bool {
+    response
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"))
+}
+
+/// The error for a JSON answer, with status 200, to a request for a stream:
+/// an error object some servers send that way (with its message, typed as
+/// the status it stands for), or a whole answer from a server that does not
+/// stream.
+async fn not_a_stream(response: reqwest::Response) -> ProviderError {
+    let body: Bytes = tokio::time::timeout(ERROR_BODY_WAIT, read_body(response, MAX_ERROR_BODY_BYTES))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    let value: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+    match value.as_ref().and_then(|v| v.get("error")).filter(|e| e.is_object()) {
+        Some(error) => {
+            let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
+            let (kind, code) = (text("type"), text("code"));
+            ProviderError::Status {
+                status: status_of(kind.as_deref(), code.as_deref()),
+                message: error_message(error),
+                kind: kind.map(Into::into),
+                code,
+                param: text("param"),
+                retry_after: None,
+                details: None,
+            }
+        }
+        None => ProviderError::InvalidResponse(
+            "the upstream answered a request for a stream with JSON, not an event stream (does it stream?)".into(),
+        ),
+    }
+}
+
+/// The status an error object's `type` or `code` stands for: a rate limit
+/// is a 429, an invalid request a 400, anything else a server error (500).
+fn status_of(kind: Option<&str>, code: Option<&str>) -> u16 {
+    let said = |word: &str| kind.iter().chain(code.iter()).any(|t| t.contains(word));
+    if said("rate_limit") {
+        429
+    } else if said("invalid_request") {
+        400
+    } else {
+        500
+    }
+}
+
 /// The message of an OpenAI-style error object, or its JSON.
 pub(crate) fn error_message(error: &serde_json::Value) -> String {
     error
@@ -300,16 +359,8 @@ pub(crate) fn error_message(error: &serde_json::Value) -> String {
 pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
     let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
     let (kind, code) = (text("type"), text("code"));
-    let said = |word: &str| kind.iter().chain(code.iter()).any(|t| t.contains(word));
-    let status = if said("rate_limit") {
-        429
-    } else if said("invalid_request") {
-        400
-    } else {
-        500
-    };
     let typed = ProviderError::Status {
-        status,
+        status: status_of(kind.as_deref(), code.as_deref()),
         message: format!("{} (in the stream)", error_message(error)),
         kind: kind.map(Into::into),
         code,

@@ -311,7 +311,12 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
     let cached = cached_tokens(obj);
     let id = format!("chatcmpl-mock-{}", ctx.state.next_id());
     let created = unix_now();
-    if is_streaming(ctx.body) {
+    if is_streaming(ctx.body) && ctx.scenario.json_error {
+        let error = json!({"error": {"message": "this model cannot stream", "type": "invalid_request_error",
+            "param": "stream", "code": null}});
+        return json_response(StatusCode::OK, &error);
+    }
+    if is_streaming(ctx.body) && !ctx.scenario.no_stream {
         return chat_stream(ctx, &id, created, &reply, &tools, (prompt_tokens, cached));
     }
     if let Some(response) = non_stream_fault(ctx.scenario) {

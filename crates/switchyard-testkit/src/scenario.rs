@@ -80,6 +80,12 @@ pub struct Scenario {
     /// Answer `307 Temporary Redirect` to [`REDIRECT_TARGET`] on the same
     /// server (a compromised or misconfigured upstream).
     pub redirect: bool,
+    /// OpenAI: answer a request for a stream with the whole JSON answer, as
+    /// a server that does not stream does.
+    pub no_stream: bool,
+    /// OpenAI: answer a request for a stream `200` with a JSON error object
+    /// (`invalid_request_error`), as some servers do.
+    pub json_error: bool,
     /// Anthropic: report this many web searches run for the answer
     /// (`usage.server_tool_use.web_search_requests`).
     pub web_searches: Option<u64>,
@@ -132,6 +138,8 @@ impl Scenario {
                 "content_filter" => scenario.content_filter = flag(name, value)?,
                 "malformed_tool_use" => scenario.malformed_tool_use = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
+                "no_stream" => scenario.no_stream = flag(name, value)?,
+                "json_error" => scenario.json_error = flag(name, value)?,
                 "redirect" => scenario.redirect = flag(name, value)?,
                 "web_searches" => scenario.web_searches = Some(number(name, value)?),
                 "no_usage" => scenario.no_usage = flag(name, value)?,
