@@ -1095,7 +1095,7 @@ async fn attempt(
         Call::Chat(req) => {
             set(&mut req.model);
             if req.is_stream() {
-                within_first_byte(client, hold_chunks(client.chat_stream(req).await?))
+                within_first_byte(client, async { hold_chunks(client.chat_stream(req).await?).await })
                     .await
                     .map(Reply::Chunks)
             } else {
@@ -1105,9 +1105,11 @@ async fn attempt(
         Call::Completion(req) => {
             set(&mut req.model);
             if req.is_stream() {
-                within_first_byte(client, hold_chunks(client.completion_stream(req).await?))
-                    .await
-                    .map(Reply::Chunks)
+                within_first_byte(client, async {
+                    hold_chunks(client.completion_stream(req).await?).await
+                })
+                .await
+                .map(Reply::Chunks)
             } else {
                 client.completion(req).await.map(Reply::Json)
             }
@@ -1152,12 +1154,12 @@ async fn attempt(
             }
             match client {
                 ProviderClient::Anthropic(p) if stream => {
-                    within_first_byte(client, hold_events(p.messages_stream(req).await?)).await
+                    within_first_byte(client, async { hold_events(p.messages_stream(req).await?).await }).await
                 }
                 ProviderClient::Anthropic(p) => p.messages(req).await.map(Reply::Native),
                 ProviderClient::Bedrock(p) if BedrockProvider::is_claude(&deployment.model) => {
                     if stream {
-                        within_first_byte(client, hold_events(p.messages_stream(req).await?)).await
+                        within_first_byte(client, async { hold_events(p.messages_stream(req).await?).await }).await
                     } else {
                         p.messages(req).await.map(Reply::Native)
                     }
@@ -1168,7 +1170,7 @@ async fn attempt(
                         param: e.parts().2,
                     })?;
                     if stream {
-                        within_first_byte(client, hold_chunks(client.chat_stream(&chat).await?))
+                        within_first_byte(client, async { hold_chunks(client.chat_stream(&chat).await?).await })
                             .await
                             .map(Reply::Chunks)
                     } else {
@@ -1304,10 +1306,11 @@ async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
     Ok(Reply::Events(Box::pin(stream::iter(held).chain(events))))
 }
 
-/// Bounds the wait for a stream's first output (after its first event: a
-/// role-only chunk, `message_start`, pings) by the deployment's first-byte
-/// timeout, so an upstream that accepts a request and then stalls is
-/// retried instead of holding the request until its total timeout.
+/// Bounds the wait for a stream's first output (its response head, then
+/// past its first events: a role-only chunk, `message_start`, pings) by the
+/// deployment's first-byte timeout, one window from sending the request, so
+/// an upstream that accepts a request and then stalls is retried instead of
+/// holding the request until its total timeout.
 async fn within_first_byte<T>(
     client: &ProviderClient,
     hold: impl std::future::Future<Output = Result<T, ProviderError>>,

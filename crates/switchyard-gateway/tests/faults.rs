@@ -588,12 +588,21 @@ async fn a_stream_that_fails_before_its_first_event_falls_back_cleanly() {
     fallbacks: [backup]
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "drop::reset_after=0"}
+  - model_name: late
+    fallbacks: [backup]
+    deployments:
+      # Its head, then its first event, each in time; together, not.
+      - provider: openai
+        api_base: "{base}"
+        api_key: k
+        model: "late::first_byte_ms=450,first_event_ms=450"
+        timeouts: {first_byte_ms: 700}
   - model_name: backup
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "backup-1"}
 "#,
     );
-    for model in ["stalls", "drops"] {
+    for model in ["stalls", "drops", "late"] {
         let a = chat(&gw, model, json!({"stream": true})).await;
         assert_eq!(a.status, 200, "{}", a.body);
         assert_eq!(a.header("x-switchyard-model"), "backup");
