@@ -375,8 +375,10 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     };
     let mut headers = HeaderMap::new();
     if route.forward_headers {
+        // Headers the client's `Connection` names are hop-by-hop too.
+        let named = connection_named(&client_headers);
         for (name, value) in &client_headers {
-            if !NOT_FORWARDED.contains(&name.as_str()) {
+            if !NOT_FORWARDED.contains(&name.as_str()) && !named.iter().any(|n| n == name.as_str()) {
                 headers.append(name.clone(), value.clone());
             }
         }
@@ -417,14 +419,7 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     let mut response = Response::builder().status(upstream.status());
     if let Some(out) = response.headers_mut() {
         // Headers the upstream's `Connection` names belong to its connection too.
-        let named: Vec<String> = upstream
-            .headers()
-            .get_all(axum::http::header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|n| n.trim().to_ascii_lowercase())
-            .collect();
+        let named = connection_named(upstream.headers());
         // The gateway's own `x-switchyard-*` headers are its to set: an
         // upstream's (another Switchyard) would stand in for them in the
         // client's answer, the request log and the metrics' labels.
@@ -446,4 +441,15 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     response
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| ApiError::Internal("an unreadable pass-through answer".into()).into_response())
+}
+
+/// The header names a `Connection` header lists (RFC 9110 §7.6.1), lowercase.
+fn connection_named(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all(axum::http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .collect()
 }

@@ -73,6 +73,9 @@ async fn pass_through_routes_forward_with_their_own_credentials() {
         .post(format!("{}/openai-native/chat/completions?trace=1", gateway.base_url()))
         .bearer_auth(&key)
         .header("x-client-note", "kept")
+        // Hop-by-hop: named by the client's `Connection`, not forwarded.
+        .header("connection", "keep-alive, x-hop")
+        .header("x-hop", "1")
         .json(&json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}))
         .send()
         .await
@@ -89,6 +92,7 @@ async fn pass_through_routes_forward_with_their_own_credentials() {
     );
     assert_eq!(sent.header("x-team"), Some("research"));
     assert_eq!(sent.header("x-client-note"), Some("kept"));
+    assert_eq!(sent.header("x-hop"), None, "{:?}", sent.headers);
     assert_eq!(sent.body["model"], "gpt-4o-mini");
     assert!(
         !format!("{:?}", sent.headers).contains(&key),
