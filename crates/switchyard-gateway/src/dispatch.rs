@@ -1220,12 +1220,14 @@ async fn attempt(
 /// before output is the attempt's failure.
 async fn hold_chunks(mut chunks: ChunkStream) -> Result<ChunkStream, ProviderError> {
     let mut held = Vec::new();
+    let mut bytes = 0usize;
     loop {
         match chunks.next().await {
             Some(Ok(chunk)) => {
                 let output = is_output(&chunk.data);
+                bytes = bytes.saturating_add(chunk.data.len());
                 held.push(Ok(chunk));
-                if output || held.len() >= MAX_HELD_EVENTS {
+                if output || held.len() >= MAX_HELD_EVENTS || bytes >= MAX_HELD_BYTES {
                     break;
                 }
             }
@@ -1282,6 +1284,7 @@ fn is_preamble(event: &str) -> bool {
 /// first content block); an `error` event before it fails the attempt.
 async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
     let mut held = Vec::new();
+    let mut bytes = 0usize;
     loop {
         match events.next().await {
             Some(Ok(event)) if event.event == "error" => {
@@ -1289,8 +1292,9 @@ async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
             }
             Some(Ok(event)) => {
                 let preamble = is_preamble(&event.event);
+                bytes = bytes.saturating_add(event.data.len());
                 held.push(Ok(event));
-                if !preamble || held.len() >= MAX_HELD_EVENTS {
+                if !preamble || held.len() >= MAX_HELD_EVENTS || bytes >= MAX_HELD_BYTES {
                     break;
                 }
             }
@@ -1325,6 +1329,10 @@ async fn within_first_byte<T>(
 
 /// Bound on events held back before content (an upstream sending endless pings).
 const MAX_HELD_EVENTS: usize = 64;
+
+/// Bound on the bytes of the events held back before content (each may hold
+/// up to 16 MiB): past it, the stream is passed on as it is.
+const MAX_HELD_BYTES: usize = 4 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -1395,6 +1403,26 @@ mod tests {
         ));
         let content = stream::iter(vec![event("message_start"), event("content_block_start")]);
         assert!(hold_events(Box::pin(content)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn large_chunks_before_output_are_not_held_past_the_byte_bound() {
+        // Two 3 MiB chunks without output, then nothing for ever: the hold
+        // stops at the bound instead of waiting (and buffering) on.
+        let big = format!(r#"{{"choices":[],"x":"{}"}}"#, "a".repeat(3 << 20));
+        let chunks = stream::iter(vec![
+            Ok(switchyard_providers::StreamChunk {
+                data: Bytes::from(big.clone()),
+                usage: None,
+            }),
+            Ok(switchyard_providers::StreamChunk {
+                data: Bytes::from(big),
+                usage: None,
+            }),
+        ])
+        .chain(stream::pending());
+        let held = tokio::time::timeout(Duration::from_secs(30), hold_chunks(Box::pin(chunks))).await;
+        assert!(matches!(held, Ok(Ok(_))), "held on past the bound");
     }
 
     #[test]
