@@ -260,12 +260,10 @@ impl Source {
                 let guard = Building::start(building);
                 let router = tokio::task::spawn_blocking(move || {
                     let _guard = guard;
-                    let local = |e: std::io::Error| ReadFailure::Unreachable(format!("a temporary copy: {e}"));
-                    let dir = tempfile::tempdir().map_err(local)?;
-                    std::fs::write(dir.path().join(data_file), &data).map_err(local)?;
-                    std::fs::write(dir.path().join("manifest.json"), &manifest_bytes).map_err(local)?;
-                    // Read whole from S3: what does not load is the artifact's fault.
-                    LearnedRouter::load(dir.path()).map_err(|e| ReadFailure::Invalid(e.to_string()))
+                    // Read whole from S3: what does not load is the
+                    // artifact's fault, but for data that is not yet the
+                    // manifest's (a version being uploaded file by file).
+                    LearnedRouter::from_bytes(&manifest_bytes, Vec::from(data)).map_err(load_failure)
                 })
                 .await
                 .map_err(|e| ReadFailure::Invalid(e.to_string()))

@@ -334,10 +334,7 @@ impl LearnedRouter {
             )));
         }
         let bytes = std::fs::read(&path).map_err(|e| io(&path, e))?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| ArtifactError::Invalid(format!("{} is not a valid manifest: {e}", path.display())))?;
-        check_manifest(&manifest)?;
-        let m = manifest.models.len();
+        let manifest = parse_manifest(&bytes, &path.display().to_string())?;
         let data = dir.join(data_file(manifest.kind));
         let size = std::fs::metadata(&data).map_err(|e| io(&data, e))?.len();
         if size > MAX_DATA_BYTES {
@@ -346,15 +343,43 @@ impl LearnedRouter {
                 data.display()
             )));
         }
+        let bytes = std::fs::read(&data).map_err(|e| io(&data, e))?;
+        Self::from_parts(manifest, bytes, &data.display().to_string())
+    }
+
+    /// An artifact from the bytes of its manifest and of its data file (as
+    /// read from an object store), checked as [`LearnedRouter::load`] checks
+    /// a directory.
+    pub fn from_bytes(manifest: &[u8], data: Vec<u8>) -> Result<Self, ArtifactError> {
+        if manifest.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(ArtifactError::Invalid(format!(
+                "manifest.json is {} bytes, more than the {MAX_MANIFEST_BYTES} a manifest may hold",
+                manifest.len()
+            )));
+        }
+        let manifest = parse_manifest(manifest, "manifest.json")?;
+        if data.len() as u64 > MAX_DATA_BYTES {
+            return Err(ArtifactError::Invalid(format!(
+                "{} is {} bytes, more than the {MAX_DATA_BYTES} a router may hold",
+                data_file(manifest.kind),
+                data.len()
+            )));
+        }
+        let name = data_file(manifest.kind);
+        Self::from_parts(manifest, data, name)
+    }
+
+    /// The router of a checked manifest and its data file's bytes (`name`
+    /// names the file in errors).
+    fn from_parts(manifest: Manifest, bytes: Vec<u8>, name: &str) -> Result<Self, ArtifactError> {
+        let m = manifest.models.len();
         // The bytes checked against the manifest are the bytes parsed: a
         // file replaced between two reads cannot slip in.
-        let bytes = std::fs::read(&data).map_err(|e| io(&data, e))?;
         if let Some(expected) = &manifest.data_file_sha256
             && &format!("{:x}", Sha256::digest(&bytes)) != expected
         {
             return Err(ArtifactError::Unpublished(format!(
-                "{} is not the data its manifest was written with",
-                data.display()
+                "{name} is not the data its manifest was written with"
             )));
         }
         let predictor = match manifest.kind {
@@ -381,6 +406,14 @@ impl LearnedRouter {
         };
         Ok(Self { manifest, predictor })
     }
+}
+
+/// A manifest's bytes, parsed and checked (`name` names the file in errors).
+fn parse_manifest(bytes: &[u8], name: &str) -> Result<Manifest, ArtifactError> {
+    let manifest: Manifest = serde_json::from_slice(bytes)
+        .map_err(|e| ArtifactError::Invalid(format!("{name} is not a valid manifest: {e}")))?;
+    check_manifest(&manifest)?;
+    Ok(manifest)
 }
 
 /// What a manifest must hold, whatever its data.
@@ -521,9 +554,18 @@ mod tests {
                 matches!(&err, ArtifactError::Unpublished(m) if m.contains("not the data its manifest was written with")),
                 "{err}"
             );
+            // From the bytes (as fetched from S3): the same router, and the
+            // same refusal of data that is not the manifest's.
+            let manifest_bytes = std::fs::read(dir.path().join("manifest.json")).unwrap();
+            assert!(matches!(
+                LearnedRouter::from_bytes(&manifest_bytes, bytes),
+                Err(ArtifactError::Unpublished(_))
+            ));
+            let fetched = LearnedRouter::from_bytes(&manifest_bytes, original.clone()).unwrap();
             std::fs::write(&data, original).unwrap();
             for e in &x {
                 assert_eq!(loaded.predict(e).unwrap(), router.predict(e).unwrap());
+                assert_eq!(fetched.predict(e).unwrap(), router.predict(e).unwrap());
             }
             assert!(loaded.predict(&[1.0, 0.0]).is_err(), "wrong width");
             let text = std::fs::read_to_string(dir.path().join("manifest.json")).unwrap();
