@@ -116,19 +116,29 @@ impl Journal {
     /// flushed, then renamed over it), and appends from there on.
     pub fn rewrite<T: Serialize>(&self, records: &[T]) -> io::Result<()> {
         let tmp = self.path.with_extension("jsonl.tmp");
+        // Left by a rewrite that stopped half-way.
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // The handle written is the one appended to after the rename: no
+        // reopening that could fail and leave appends going to the old,
+        // unlinked file.
+        let handle = private_file().read(true).append(true).create_new(true).open(&tmp)?;
         {
-            let mut out = io::BufWriter::new(private_file().write(true).create(true).truncate(true).open(&tmp)?);
+            let mut out = io::BufWriter::new(&handle);
             for record in records {
                 serde_json::to_writer(&mut out, record).map_err(io::Error::other)?;
                 out.write_all(b"\n")?;
             }
             out.flush()?;
-            out.get_ref().sync_all()?;
         }
+        handle.sync_all()?;
         let mut file = self.file.lock();
         std::fs::rename(&tmp, &self.path)?;
         sync_dir(&self.path);
-        *file = OpenOptions::new().append(true).read(true).open(&self.path)?;
+        *file = handle;
         Ok(())
     }
 

@@ -163,6 +163,7 @@ impl LocalStore {
             ledger: spend.ledger,
             ..State::default()
         };
+        let mut unreadable = Vec::new();
         for (i, line) in key_lines.iter().enumerate() {
             match serde_json::from_str::<KeyOp>(line) {
                 Ok(KeyOp::PutKey { record }) => drop(state.keys.insert(record.token.clone(), record)),
@@ -173,8 +174,39 @@ impl LocalStore {
                 Ok(KeyOp::DeleteEndUser { user_id }) => drop(state.end_users.remove(&user_id)),
                 Ok(KeyOp::PutUser { record }) => drop(state.users.insert(record.user_id.clone(), record)),
                 Ok(KeyOp::DeleteUser { user_id }) => drop(state.users.remove(&user_id)),
-                Err(e) => tracing::warn!(line = i + 1, error = %e, "skipping an unreadable line of keys.jsonl"),
+                Err(e) => {
+                    // A deletion that is skipped would bring back what it
+                    // deleted (a revoked key): the store does not open on it.
+                    let op = serde_json::from_str::<serde_json::Value>(line)
+                        .ok()
+                        .and_then(|v| v.get("op").and_then(serde_json::Value::as_str).map(str::to_owned));
+                    match op {
+                        Some(op) if !op.starts_with("delete") => {
+                            tracing::warn!(line = i + 1, error = %e, "an unreadable line of keys.jsonl is moved to keys.rejected.jsonl");
+                            unreadable.push(line.as_str());
+                        }
+                        _ => {
+                            return Err(PolicyError::Store(format!(
+                                "{}: line {} cannot be read ({e}) and may delete a key, team or user; the store is \
+                                 not opened, so that nothing deleted comes back: repair or remove the line",
+                                dir.join("keys.jsonl").display(),
+                                i + 1
+                            )));
+                        }
+                    }
+                }
             }
+        }
+        // Kept aside before the log is compacted without them.
+        if !unreadable.is_empty() {
+            let mut rejected = crate::journal::private_file()
+                .create(true)
+                .append(true)
+                .open(dir.join("keys.rejected.jsonl"))?;
+            for line in unreadable {
+                std::io::Write::write_all(&mut rejected, format!("{line}\n").as_bytes())?;
+            }
+            rejected.sync_all()?;
         }
         let records = spend.records;
         let mut snapshot: Vec<KeyOp> = state
@@ -614,6 +646,16 @@ impl LocalStore {
     pub fn add_to_ledger(&self, record: &SpendRecord) {
         self.state.lock().ledger.add(record);
     }
+
+    /// Lets go of an admitted request's hold and counts its spend in one
+    /// step, so that no admission in between sees the hold gone and the
+    /// spend not yet counted (the fallback's settlement of a request it
+    /// admitted; the spend itself is written elsewhere).
+    pub fn release_into_ledger(&self, checks: &Checks, max_cost: Nanos, record: &SpendRecord) {
+        let mut state = self.state.lock();
+        release_locked(&mut state, checks, max_cost);
+        state.ledger.add(record);
+    }
 }
 
 /// The most tokens a token limit of `limit` per minute can be owed: an
@@ -728,6 +770,42 @@ mod tests {
         );
         drop(first);
         LocalStore::open(dir.path(), FsyncPolicy::Never).unwrap();
+    }
+
+    #[test]
+    fn unreadable_key_lines_are_kept_aside_and_an_unreadable_deletion_stops_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = KeyRecord::new("sk-local-store-test-000002", 0, false);
+        {
+            let store = LocalStore::open(dir.path(), FsyncPolicy::Never).unwrap();
+            assert!(store.insert_key(record.clone()).unwrap());
+        }
+        let path = dir.path().join("keys.jsonl");
+        let whole = std::fs::read_to_string(&path).unwrap();
+        // A record this version cannot read (a field renamed, a newer op):
+        // moved aside, the rest opens.
+        let odd = r#"{"op":"put_widget","record":{"id":"w"}}"#;
+        std::fs::write(&path, format!("{whole}{odd}\n")).unwrap();
+        let store = LocalStore::open(dir.path(), FsyncPolicy::Never).unwrap();
+        assert!(store.key(&record.token).is_some());
+        drop(store);
+        let rejected = std::fs::read_to_string(dir.path().join("keys.rejected.jsonl")).unwrap();
+        assert_eq!(rejected, format!("{odd}\n"));
+        // A deletion that cannot be read would bring the key back: the
+        // store refuses to open, and the file is left as it is.
+        let whole = std::fs::read_to_string(&path).unwrap();
+        let torn = format!(r#"{{"op":"delete_key","token":"{}"}}x"#, record.token);
+        std::fs::write(&path, format!("{whole}{torn}\n")).unwrap();
+        let err = LocalStore::open(dir.path(), FsyncPolicy::Never)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.as_deref().is_some_and(|e| e.contains("line 2")), "{err:?}");
+        assert!(std::fs::read_to_string(&path).unwrap().contains(&torn));
+        std::fs::write(&path, format!("{whole}not json\n")).unwrap();
+        assert!(
+            LocalStore::open(dir.path(), FsyncPolicy::Never).is_err(),
+            "not even JSON: it may have been a deletion"
+        );
     }
 
     #[test]

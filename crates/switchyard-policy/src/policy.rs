@@ -1215,8 +1215,7 @@ impl Policy {
             (Store::Local(local), _) => local.settle(&ticket.checks, ticket.max_cost, &record)?,
             (Store::Redis { fallback, .. }, holder) => {
                 if holder == Holder::FallbackLocal {
-                    fallback.release(&ticket.checks, ticket.max_cost);
-                    fallback.add_to_ledger(&record);
+                    fallback.release_into_ledger(&ticket.checks, ticket.max_cost, &record);
                     // The in-process limits admitted it: they count the
                     // tokens it used beyond its estimate too.
                     fallback.charge_tokens(&ticket.checks, &record);
