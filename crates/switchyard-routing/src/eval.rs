@@ -182,12 +182,14 @@ pub fn evaluate(
             }
         })
         .collect();
+    // The oracle knows each query's true scores and its own costs.
     let oracle_sweep: Vec<Point> = lambdas()
         .into_iter()
         .map(|lambda| {
             let choice: Vec<usize> = scores
                 .iter()
-                .map(|s| decide(s, mean_costs, &allowed, Objective::Tradeoff { lambda }).unwrap_or(0))
+                .zip(costs)
+                .map(|(s, c)| decide(s, c, &allowed, Objective::Tradeoff { lambda }).unwrap_or(0))
                 .collect();
             point(&choice, scores, costs)
         })
@@ -195,9 +197,14 @@ pub fn evaluate(
     let single: Vec<(String, Point)> = (0..m)
         .map(|j| (models[j].clone(), point(&vec![j; scores.len()], scores, costs)))
         .collect();
+    // Ties: the cheaper model is the best, the better one the cheapest.
     let best_single = single
         .iter()
-        .max_by(|a, b| a.1.quality.total_cmp(&b.1.quality))
+        .max_by(|a, b| {
+            a.1.quality
+                .total_cmp(&b.1.quality)
+                .then_with(|| b.1.cost.total_cmp(&a.1.cost))
+        })
         .cloned()
         .unwrap_or_else(|| {
             (
@@ -210,7 +217,11 @@ pub fn evaluate(
         });
     let cheapest = single
         .iter()
-        .min_by(|a, b| a.1.cost.total_cmp(&b.1.cost))
+        .min_by(|a, b| {
+            a.1.cost
+                .total_cmp(&b.1.cost)
+                .then_with(|| b.1.quality.total_cmp(&a.1.quality))
+        })
         .cloned()
         .unwrap_or_else(|| {
             (
@@ -317,5 +328,24 @@ mod tests {
         let r = evaluate(&models, &dumb, &scores, &costs, &mean_costs);
         assert!((r.sweep[0].point.quality - 1.0).abs() < 1e-9);
         assert!(r.aiq <= perfect.aiq);
+    }
+
+    #[test]
+    fn ties_go_to_the_cheaper_model_by_the_querys_own_cost() {
+        let models = vec!["a".to_owned(), "b".to_owned()];
+        // Equally good; `a` costs more on this query, though its mean
+        // (from training) says otherwise.
+        let r = evaluate(
+            &models,
+            &[vec![1.0, 1.0]],
+            &[vec![1.0, 1.0]],
+            &[vec![0.01, 0.002]],
+            &[0.001, 0.002],
+        );
+        assert!((r.oracle.cost - 0.002).abs() < 1e-12, "{:?}", r.oracle);
+        assert_eq!(
+            r.best_single.0, "b",
+            "equal quality: the cheaper is the best single model"
+        );
     }
 }
