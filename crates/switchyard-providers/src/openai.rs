@@ -351,6 +351,33 @@ openai_wire_provider!(AzureProvider, "azure");
 mod tests {
     use super::*;
 
+    /// A stream read to its `[DONE]` whose body ends a little later (the
+    /// last HTTP/1.1 chunk in a later write) leaves its connection in the
+    /// pool: the next request goes over the same one.
+    #[tokio::test]
+    async fn a_finished_stream_leaves_its_connection_for_the_next_request() {
+        use futures_util::StreamExt;
+        let mock = switchyard_testkit::MockUpstream::start().await;
+        let provider = OpenAiProvider::new(&mock.base_url(), None, &HttpSettings::default()).unwrap();
+        let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "m::late_end_ms=50", "stream": true,
+            "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        for _ in 0..2 {
+            let mut chunks = crate::Provider::chat_stream(&provider, &req).await.unwrap();
+            while let Some(chunk) = chunks.next().await {
+                chunk.unwrap();
+            }
+            // Time for the body's end to arrive (not a measurement).
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+        let peers: Vec<_> = mock.requests().iter().map(|r| r.peer).collect();
+        assert_eq!(peers.len(), 2);
+        assert!(peers[0].is_some());
+        assert_eq!(peers[0], peers[1], "the second stream opened a new connection");
+    }
+
     #[test]
     fn echoed_reasoning_reaches_only_servers_that_take_it() {
         let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({

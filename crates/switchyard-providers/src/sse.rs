@@ -219,6 +219,29 @@ pub(crate) fn sse_events(response: reqwest::Response, first_byte: Duration) -> E
     Box::pin(events)
 }
 
+/// How long what follows a stream's end is read for (see [`drain`]).
+const DRAIN_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads what follows a stream's last event (over HTTP/1.1 the body's last
+/// chunk may come in a later write), briefly and on a task of its own, so
+/// that the connection goes back to the pool: a body dropped before its end
+/// closes the connection. Nothing read is used.
+pub(crate) fn drain(mut rest: EventStream) {
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(DRAIN_WAIT, async {
+                // Bounded: an upstream that goes on sending is let go.
+                for _ in 0..16 {
+                    if rest.next().await.is_none() {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
+}
+
 /// Turns an OpenAI-style stream into chunks. Each event's JSON is validated and
 /// its usage read; the bytes themselves pass through untouched. The stream ends
 /// after `[DONE]`; a stream that closes before it, a malformed event or an error
@@ -239,6 +262,7 @@ pub(crate) fn sse_chunks(response: reqwest::Response, first_byte: Duration) -> C
                     Some(Ok(event)) => {
                         let data = event.data;
                         if data == "[DONE]" {
+                            drain(events);
                             return None;
                         }
                         if data.trim().is_empty() {

@@ -80,6 +80,9 @@ pub struct Scenario {
     /// Answer `307 Temporary Redirect` to [`REDIRECT_TARGET`] on the same
     /// server (a compromised or misconfigured upstream).
     pub redirect: bool,
+    /// Streaming: end the body this many milliseconds after the last event
+    /// (HTTP/1.1's last chunk comes in a later write, as some servers send it).
+    pub late_end_ms: Option<u64>,
     /// OpenAI: answer a request for a stream with the whole JSON answer, as
     /// a server that does not stream does.
     pub no_stream: bool,
@@ -139,6 +142,7 @@ impl Scenario {
                 "malformed_tool_use" => scenario.malformed_tool_use = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
                 "no_stream" => scenario.no_stream = flag(name, value)?,
+                "late_end_ms" => scenario.late_end_ms = Some(number(name, value)?),
                 "json_error" => scenario.json_error = flag(name, value)?,
                 "redirect" => scenario.redirect = flag(name, value)?,
                 "web_searches" => scenario.web_searches = Some(number(name, value)?),

@@ -38,6 +38,8 @@ pub struct RecordedRequest {
     pub body: Value,
     /// When the request arrived.
     pub received_at: Instant,
+    /// The client's address (its port tells connections apart).
+    pub peer: Option<SocketAddr>,
 }
 
 impl RecordedRequest {
@@ -118,7 +120,7 @@ impl MockUpstream {
         let app = Router::new().fallback(handle_with_id).with_state(Arc::clone(&state));
         let task = tokio::spawn(async move {
             // Serving only ends when the task is aborted.
-            let _ = axum::serve(listener, app).await;
+            let _ = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await;
         });
         Ok(MockUpstream { addr, state, task })
     }
@@ -579,6 +581,10 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             .collect(),
         body: json.clone(),
         received_at: Instant::now(),
+        peer: parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0),
     };
     state.record(recorded.clone());
 

@@ -185,10 +185,14 @@ pub(crate) fn with_huge_event(mut items: Vec<SseItem>, scenario: &Scenario) -> V
     items
 }
 
-/// Puts the `first_event_ms` pause in front of a planned stream.
+/// Puts the `first_event_ms` pause in front of a planned stream, and the
+/// `late_end_ms` pause after its last event.
 pub(crate) fn with_first_event_pause(mut items: Vec<SseItem>, scenario: &Scenario) -> Vec<SseItem> {
     if let Some(ms) = scenario.first_event_ms {
         items.insert(0, SseItem::Pause(Duration::from_millis(ms)));
+    }
+    if let Some(ms) = scenario.late_end_ms {
+        items.push(SseItem::Pause(Duration::from_millis(ms)));
     }
     items
 }
@@ -255,6 +259,9 @@ pub(crate) fn stream_response(
             SseItem::Pause(pause) => {
                 tokio::time::sleep(pause).await;
                 state.first = true;
+                if state.items.is_empty() {
+                    state.guard.finished = true;
+                }
                 Some((Ok(Bytes::new()), state))
             }
             SseItem::Raw(bytes) => {

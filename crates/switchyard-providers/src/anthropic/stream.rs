@@ -214,6 +214,9 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
                 return Some((item, (events, conv, queue, failed)));
             }
             if failed || conv.finished {
+                if conv.finished {
+                    crate::sse::drain(events);
+                }
                 return None;
             }
             match events.next().await {
