@@ -11,7 +11,7 @@
 //! 403) marks the deployment's key invalid until the configuration is reloaded.
 //! All state is atomics; the caller passes a monotonic clock in milliseconds.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::{DeploymentId, ErrorClass};
 
@@ -65,11 +65,25 @@ const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
+/// Bits of a phase word that hold its time.
+const TIME_BITS: u32 = 62;
+const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
+
+/// A breaker's state and its time in one word, so that both change together:
+/// open, when the cooldown ends; half-open, when the probe started.
+fn pack(state: u8, at_ms: u64) -> u64 {
+    (u64::from(state) << TIME_BITS) | (at_ms & TIME_MASK)
+}
+
+/// A phase word's state and time.
+fn unpack(phase: u64) -> (u8, u64) {
+    ((phase >> TIME_BITS) as u8, phase & TIME_MASK)
+}
+
 #[derive(Debug, Default)]
 struct Breaker {
-    state: AtomicU8,
-    /// Open: when the cooldown ends. Half-open: when the probe started.
-    since_or_until: AtomicU64,
+    /// The state and its time ([`pack`]).
+    phase: AtomicU64,
     window_start: AtomicU64,
     failures: AtomicU32,
     key_invalid: AtomicBool,
@@ -130,10 +144,10 @@ impl Cooldowns {
         if b.key_invalid.load(Ordering::Acquire) {
             return false;
         }
-        match b.state.load(Ordering::Acquire) {
-            CLOSED => true,
-            OPEN => now_ms >= b.since_or_until.load(Ordering::Acquire),
-            _ => now_ms.saturating_sub(b.since_or_until.load(Ordering::Acquire)) >= self.policy.cooldown_ms,
+        match unpack(b.phase.load(Ordering::Acquire)) {
+            (CLOSED, _) => true,
+            (OPEN, until) => now_ms >= until,
+            (_, since) => now_ms.saturating_sub(since) >= self.policy.cooldown_ms,
         }
     }
 
@@ -161,34 +175,28 @@ impl Cooldowns {
         if b.key_invalid.load(Ordering::Acquire) {
             return None;
         }
-        match b.state.load(Ordering::Acquire) {
-            CLOSED => Some(Claim::Closed),
-            OPEN => {
-                let claimed = now_ms >= b.since_or_until.load(Ordering::Acquire)
-                    && b.state
-                        .compare_exchange(OPEN, HALF_OPEN, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok();
-                claimed.then(|| {
-                    b.since_or_until.store(now_ms, Ordering::Release);
-                    Claim::Probe
-                })
-            }
-            _ => {
-                let started = b.since_or_until.load(Ordering::Acquire);
-                let replaced = now_ms.saturating_sub(started) >= self.policy.cooldown_ms
-                    && b.since_or_until
-                        .compare_exchange(started, now_ms, Ordering::AcqRel, Ordering::Acquire)
-                        .is_ok();
-                replaced.then_some(Claim::Probe)
-            }
-        }
+        // State and time change in one step: of the callers that find the
+        // cooldown over (or a probe lost), one becomes the probe.
+        let phase = b.phase.load(Ordering::Acquire);
+        let due = match unpack(phase) {
+            (CLOSED, _) => return Some(Claim::Closed),
+            (OPEN, until) => now_ms >= until,
+            (_, since) => now_ms.saturating_sub(since) >= self.policy.cooldown_ms,
+        };
+        let claimed = due
+            && b.phase
+                .compare_exchange(phase, pack(HALF_OPEN, now_ms), Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        claimed.then_some(Claim::Probe)
     }
 
     /// A request to `id` succeeded: a half-open breaker closes.
     pub fn record_success(&self, id: DeploymentId, _now_ms: u64) {
         if let Some(b) = self.breakers.get(id.0)
-            && b.state
-                .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+            && b.phase
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |phase| {
+                    (unpack(phase).0 == HALF_OPEN).then_some(pack(CLOSED, 0))
+                })
                 .is_ok()
         {
             b.failures.store(0, Ordering::Release);
@@ -202,25 +210,21 @@ impl Cooldowns {
         let (Some(to), Some(from)) = (self.breakers.get(to.0), from.breakers.get(from_id.0)) else {
             return;
         };
-        to.since_or_until
-            .store(from.since_or_until.load(Ordering::Acquire), Ordering::Release);
         to.window_start
             .store(from.window_start.load(Ordering::Acquire), Ordering::Release);
         to.failures
             .store(from.failures.load(Ordering::Acquire), Ordering::Release);
-        to.state.store(from.state.load(Ordering::Acquire), Ordering::Release);
+        to.phase.store(from.phase.load(Ordering::Acquire), Ordering::Release);
     }
 
     /// A half-open probe to `id` ended without telling whether the deployment
     /// works (the request's own deadline passed first): the breaker stays open,
     /// and the next request may probe at once.
     pub fn release_probe(&self, id: DeploymentId, now_ms: u64) {
-        if let Some(b) = self.breakers.get(id.0)
-            && b.state
-                .compare_exchange(HALF_OPEN, OPEN, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        {
-            b.since_or_until.store(now_ms, Ordering::Release);
+        if let Some(b) = self.breakers.get(id.0) {
+            let _ = b.phase.fetch_update(Ordering::AcqRel, Ordering::Acquire, |phase| {
+                (unpack(phase).0 == HALF_OPEN).then_some(pack(OPEN, now_ms))
+            });
         }
     }
 
@@ -247,13 +251,14 @@ impl Cooldowns {
             }
         }
         let open = |b: &Breaker| {
-            b.since_or_until
-                .store(now_ms.saturating_add(self.policy.cooldown_ms), Ordering::Release);
-            b.state.store(OPEN, Ordering::Release);
+            b.phase.store(
+                pack(OPEN, now_ms.saturating_add(self.policy.cooldown_ms)),
+                Ordering::Release,
+            );
             b.failures.store(0, Ordering::Release);
             b.window_start.store(now_ms, Ordering::Release);
         };
-        if b.state.load(Ordering::Acquire) == HALF_OPEN {
+        if unpack(b.phase.load(Ordering::Acquire)).0 == HALF_OPEN {
             open(b);
             return true;
         }
@@ -268,7 +273,7 @@ impl Cooldowns {
         } else {
             b.failures.fetch_add(1, Ordering::AcqRel) + 1
         };
-        if failures >= self.policy.allowed_fails && b.state.load(Ordering::Acquire) == CLOSED {
+        if failures >= self.policy.allowed_fails && unpack(b.phase.load(Ordering::Acquire)).0 == CLOSED {
             open(b);
             return true;
         }
@@ -281,7 +286,7 @@ impl Cooldowns {
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                let raw = b.state.load(Ordering::Acquire);
+                let (raw, at) = unpack(b.phase.load(Ordering::Acquire));
                 let state = if b.key_invalid.load(Ordering::Acquire) {
                     BreakerState::KeyInvalid
                 } else {
@@ -291,11 +296,7 @@ impl Cooldowns {
                         _ => BreakerState::HalfOpen,
                     }
                 };
-                let remaining_ms = if raw == OPEN {
-                    b.since_or_until.load(Ordering::Acquire).saturating_sub(now_ms)
-                } else {
-                    0
-                };
+                let remaining_ms = if raw == OPEN { at.saturating_sub(now_ms) } else { 0 };
                 CooldownStatus {
                     id: DeploymentId(i),
                     state,
@@ -322,6 +323,31 @@ mod tests {
                 cooldown_ms: 5_000,
             },
         )
+    }
+
+    /// Callers racing for an open breaker whose cooldown ended long ago
+    /// (as long as a lost probe's period): exactly one becomes the probe.
+    #[test]
+    fn racing_callers_get_one_probe() {
+        for _ in 0..200 {
+            let c = std::sync::Arc::new(breakers());
+            c.record_failure(D, ErrorClass::ServerError, 0);
+            c.record_failure(D, ErrorClass::ServerError, 0);
+            let start = std::sync::Arc::new(std::sync::Barrier::new(4));
+            let probes: usize = (0..4)
+                .map(|_| {
+                    let (c, start) = (c.clone(), start.clone());
+                    std::thread::spawn(move || {
+                        start.wait();
+                        usize::from(c.claim(D, 20_000) == Some(Claim::Probe))
+                    })
+                })
+                .collect::<Vec<_>>()
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .sum();
+            assert_eq!(probes, 1);
+        }
     }
 
     #[test]
