@@ -351,6 +351,9 @@ pub struct RouterStatus {
     /// When the rejected version could not be read.
     #[serde(skip)]
     read_failed_at: Option<std::time::Instant>,
+    /// How many times in a row the rejected version could not be read.
+    #[serde(skip)]
+    read_failures: u32,
     /// The rejected version was read whole and did not fit the
     /// configuration (rather than being broken itself).
     #[serde(skip)]
@@ -359,6 +362,20 @@ pub struct RouterStatus {
 
 /// How long a version that could not be read waits before it is read again.
 const RETRY_READ_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The longest wait before a version that keeps failing to read is read again.
+const MAX_RETRY_READ_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// The wait before a version that could not be read `failures` times in a
+/// row is read again: [`RETRY_READ_AFTER`], doubled at each failure after
+/// the first, up to [`MAX_RETRY_READ_AFTER`] (a publish that never completes
+/// is not downloaded whole every 30 seconds for ever).
+fn retry_read_after(failures: u32) -> std::time::Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    RETRY_READ_AFTER
+        .saturating_mul(1 << doublings)
+        .min(MAX_RETRY_READ_AFTER)
+}
 
 /// The predicted scores and the choice of one request, reported in headers and logs.
 #[derive(Debug, Clone)]
@@ -516,6 +533,11 @@ impl LearnedRoute {
                 };
                 self.update_status(|s| {
                     s.rejected += 1;
+                    s.read_failures = match (unreachable, s.rejected_version == version) {
+                        (false, _) => 0,
+                        (true, true) => s.read_failures.saturating_add(1),
+                        (true, false) => 1,
+                    };
                     s.rejected_version = version;
                     s.read_failed_at = unreachable.then(std::time::Instant::now);
                     s.rejected_by_config = false;
@@ -539,6 +561,7 @@ impl LearnedRoute {
                     s.rejected += 1;
                     s.rejected_version = Some(version);
                     s.read_failed_at = None;
+                    s.read_failures = 0;
                     s.rejected_by_config = true;
                     s.last_error = Some(reason.clone());
                 });
@@ -600,7 +623,9 @@ impl LearnedRoute {
         let current = self.current().map(|l| l.version.clone());
         let status = self.status();
         let held = status.rejected_version.as_ref() == Some(&version)
-            && status.read_failed_at.is_none_or(|at| at.elapsed() < RETRY_READ_AFTER);
+            && status
+                .read_failed_at
+                .is_none_or(|at| at.elapsed() < retry_read_after(status.read_failures));
         if current.as_ref() == Some(&version) || held {
             return;
         }
@@ -792,6 +817,15 @@ mod tests {
         assert!(!v1.is_empty());
         assert_ne!(v1, object_version(Some(""), Some(&later), Some(10)));
         assert_ne!(v1, object_version(None, Some(&at), Some(11)));
+    }
+
+    #[test]
+    fn a_version_that_keeps_failing_to_read_waits_longer_each_time() {
+        use std::time::Duration;
+        assert_eq!(retry_read_after(1), Duration::from_secs(30));
+        assert_eq!(retry_read_after(2), Duration::from_secs(60));
+        assert_eq!(retry_read_after(4), Duration::from_secs(240));
+        assert_eq!(retry_read_after(40), Duration::from_secs(3600));
     }
 
     #[test]

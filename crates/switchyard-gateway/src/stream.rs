@@ -477,6 +477,12 @@ impl Drop for StreamTracker {
             self.finish(Some(&ProviderError::Stream(why)));
             return;
         }
+        // Usage seen before the end (Anthropic's prompt counts, sent first)
+        // counts at least one output token per item streamed, as `charge`
+        // counts it, for the deployment's token statistics too.
+        if let Some(usage) = self.usage.as_mut() {
+            usage.completion = usage.completion.max(self.items);
+        }
         self.settle_tokens(false);
         self.charge(false);
         if let Some(mut trail) = self.trail.take() {

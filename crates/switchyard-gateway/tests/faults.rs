@@ -635,6 +635,10 @@ async fn a_json_answer_to_a_stream_request_is_read_as_json() {
     fallbacks: [backup]
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "ignore::no_stream"}
+  - model_name: mislabels
+    fallbacks: [backup]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "label::json_labelled"}
   - model_name: backup
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "backup-1"}
@@ -652,6 +656,14 @@ async fn a_json_answer_to_a_stream_request_is_read_as_json() {
     let a = chat(&gw, "ignores", json!({"stream": true})).await;
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.header("x-switchyard-model"), "backup");
+    let (text, events) = a.streamed();
+    assert_eq!(text, "mock reply: hello there");
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+
+    // An event stream labelled JSON is still a stream.
+    let a = chat(&gw, "mislabels", json!({"stream": true})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-model"), "mislabels");
     let (text, events) = a.streamed();
     assert_eq!(text, "mock reply: hello there");
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));

@@ -7,7 +7,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde::Deserialize;
 use switchyard_api::Usage;
 
-use crate::sse::{EventStream, sse_chunks, sse_events};
+use crate::sse::EventStream;
 use crate::{ChunkStream, ProviderError, ProviderResponse, Result, TimeoutPhase};
 
 /// Per-deployment timeouts.
@@ -218,10 +218,11 @@ impl HttpUpstream {
     /// POSTs JSON asking for an OpenAI-style stream and returns its chunks.
     pub(crate) async fn post_stream(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<ChunkStream> {
         let response = self.send(url, body, true).await?;
-        if is_json(&response) {
-            return Err(not_a_stream(response).await);
-        }
-        Ok(sse_chunks(response, self.timeouts.first_byte))
+        let body = self.stream_body(response).await?;
+        Ok(crate::sse::sse_chunks_of(crate::sse::sse_events_of(
+            body,
+            self.timeouts.first_byte,
+        )))
     }
 
     /// POSTs JSON asking for a stream and returns its raw SSE events.
@@ -232,10 +233,36 @@ impl HttpUpstream {
         header: Option<(HeaderName, HeaderValue)>,
     ) -> Result<EventStream> {
         let response = self.send_with(url, body, header, true).await?;
-        if is_json(&response) {
-            return Err(not_a_stream(response).await);
+        let body = self.stream_body(response).await?;
+        Ok(crate::sse::sse_events_of(body, self.timeouts.first_byte))
+    }
+
+    /// The body of a successful answer to a request for a stream. One
+    /// labelled JSON whose first bytes open a JSON object is read as JSON (an
+    /// error some servers send that way, or a whole answer from one that does
+    /// not stream); one labelled JSON that is an event stream after all
+    /// (some servers label their streams so) is read as a stream.
+    async fn stream_body(&self, mut response: reqwest::Response) -> Result<crate::sse::ByteStream> {
+        if !is_json(&response) {
+            return Ok(Box::pin(response.bytes_stream()));
         }
-        Ok(sse_events(response, self.timeouts.first_byte))
+        let first = match tokio::time::timeout(self.timeouts.first_byte, response.chunk()).await {
+            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+            Ok(Err(e)) => return Err(ProviderError::from_reqwest(e)),
+            Ok(Ok(first)) => first.unwrap_or_default(),
+        };
+        if first.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+            let rest: Bytes = tokio::time::timeout(ERROR_BODY_WAIT, read_body(response, MAX_ERROR_BODY_BYTES))
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default();
+            let mut whole = first.to_vec();
+            whole.extend_from_slice(&rest);
+            return Err(not_a_stream(&whole));
+        }
+        let first = futures_util::stream::once(async move { Ok(first) });
+        Ok(Box::pin(futures_util::StreamExt::chain(first, response.bytes_stream())))
     }
 
     /// POSTs JSON and returns the body bytes, whatever their schema, once
@@ -291,32 +318,42 @@ async fn read_body(mut response: reqwest::Response, limit: usize) -> Result<Byte
     Ok(body.freeze())
 }
 
-/// Whether a successful answer is JSON (`application/json`), not an event stream.
+/// Whether a successful answer is labelled JSON (`application/json`, with
+/// any parameters), not an event stream.
 fn is_json(response: &reqwest::Response) -> bool {
     response
         .headers()
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("application/json"))
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The error for a JSON answer, with status 200, to a request for a stream:
-/// an error object some servers send that way (with its message, typed as
-/// the status it stands for), or a whole answer from a server that does not
+/// an error some servers send that way (with its message, typed as the
+/// status it stands for), or a whole answer from a server that does not
 /// stream.
-async fn not_a_stream(response: reqwest::Response) -> ProviderError {
-    let body: Bytes = tokio::time::timeout(ERROR_BODY_WAIT, read_body(response, MAX_ERROR_BODY_BYTES))
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let value: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-    match value.as_ref().and_then(|v| v.get("error")).filter(|e| e.is_object()) {
+fn not_a_stream(body: &[u8]) -> ProviderError {
+    let value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error = value.as_ref().and_then(|v| v.get("error"));
+    if let Some(message) = error.and_then(serde_json::Value::as_str) {
+        // `{"error": "…"}` (Ollama's shape): the message, as a server error.
+        return ProviderError::Status {
+            status: 500,
+            message: message.to_owned(),
+            kind: None,
+            code: None,
+            param: None,
+            retry_after: None,
+            details: None,
+        };
+    }
+    match error.filter(|e| e.is_object()) {
         Some(error) => {
             let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
             let (kind, code) = (text("type"), text("code"));
             ProviderError::Status {
-                status: status_of(kind.as_deref(), code.as_deref()),
+                status: answer_status(kind.as_deref(), code.as_deref()),
                 message: error_message(error),
                 kind: kind.map(Into::into),
                 code,
@@ -341,6 +378,23 @@ fn status_of(kind: Option<&str>, code: Option<&str>) -> u16 {
         400
     } else {
         500
+    }
+}
+
+/// [`status_of`] for an error answered instead of a stream, before any
+/// output: Anthropic's kinds too (`authentication_error`, `overloaded_error`…).
+fn answer_status(kind: Option<&str>, code: Option<&str>) -> u16 {
+    let said = |word: &str| kind.iter().chain(code.iter()).any(|t| t.contains(word));
+    if said("authentication") {
+        401
+    } else if said("permission") {
+        403
+    } else if said("not_found") {
+        404
+    } else if said("overloaded") {
+        529
+    } else {
+        status_of(kind, code)
     }
 }
 

@@ -190,9 +190,13 @@ where
     })
 }
 
-/// The events of a streaming response. The first must arrive within `first_byte`.
-pub(crate) fn sse_events(response: reqwest::Response, first_byte: Duration) -> EventStream {
-    let events = Box::pin(whole_lines(response.bytes_stream())).eventsource();
+/// A response body as it arrives.
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+/// The events of a streaming response's body. The first must arrive within
+/// `first_byte`.
+pub(crate) fn sse_events_of(body: ByteStream, first_byte: Duration) -> EventStream {
+    let events = Box::pin(whole_lines(body)).eventsource();
     let events = stream::unfold((events, true), move |(mut events, first)| async move {
         let next = if first {
             match tokio::time::timeout(first_byte, events.next()).await {
@@ -246,45 +250,42 @@ pub(crate) fn drain(mut rest: EventStream) {
 /// its usage read; the bytes themselves pass through untouched. The stream ends
 /// after `[DONE]`; a stream that closes before it, a malformed event or an error
 /// event ends with an error instead.
-pub(crate) fn sse_chunks(response: reqwest::Response, first_byte: Duration) -> ChunkStream {
-    let chunks = stream::unfold(
-        (sse_events(response, first_byte), false),
-        |(mut events, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                let item = match events.next().await {
-                    None => Err(ProviderError::Stream(
-                        "the upstream closed the stream before [DONE]".into(),
-                    )),
-                    Some(Err(e)) => Err(e),
-                    Some(Ok(event)) => {
-                        let data = event.data;
-                        if data == "[DONE]" {
-                            drain(events);
-                            return None;
-                        }
-                        if data.trim().is_empty() {
-                            continue;
-                        }
-                        match serde_json::from_str::<Probe>(&data) {
-                            Err(e) => Err(ProviderError::Stream(format!(
-                                "malformed event from the upstream ({e})"
-                            ))),
-                            Ok(Probe { error: Some(error), .. }) => Err(stream_error(&error)),
-                            Ok(Probe { usage, .. }) => Ok(StreamChunk {
-                                data: Bytes::from(data),
-                                usage,
-                            }),
-                        }
+pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
+    let chunks = stream::unfold((events, false), |(mut events, done)| async move {
+        if done {
+            return None;
+        }
+        loop {
+            let item = match events.next().await {
+                None => Err(ProviderError::Stream(
+                    "the upstream closed the stream before [DONE]".into(),
+                )),
+                Some(Err(e)) => Err(e),
+                Some(Ok(event)) => {
+                    let data = event.data;
+                    if data == "[DONE]" {
+                        drain(events);
+                        return None;
                     }
-                };
-                let done = item.is_err();
-                return Some((item, (events, done)));
-            }
-        },
-    );
+                    if data.trim().is_empty() {
+                        continue;
+                    }
+                    match serde_json::from_str::<Probe>(&data) {
+                        Err(e) => Err(ProviderError::Stream(format!(
+                            "malformed event from the upstream ({e})"
+                        ))),
+                        Ok(Probe { error: Some(error), .. }) => Err(stream_error(&error)),
+                        Ok(Probe { usage, .. }) => Ok(StreamChunk {
+                            data: Bytes::from(data),
+                            usage,
+                        }),
+                    }
+                }
+            };
+            let done = item.is_err();
+            return Some((item, (events, done)));
+        }
+    });
     Box::pin(chunks)
 }
 

@@ -458,6 +458,14 @@ fn chat_stream(
         }));
     }
     let items = plan_stream(vec![prefix], content, suffix, ctx.scenario);
+    if ctx.scenario.json_labelled {
+        return crate::sse::stream_response(
+            &ctx.state.streams,
+            items,
+            stream_delay(ctx.scenario),
+            "application/json",
+        );
+    }
     sse_response(&ctx.state.streams, items, stream_delay(ctx.scenario))
 }
 

@@ -86,6 +86,9 @@ pub struct Scenario {
     /// OpenAI: answer a request for a stream with the whole JSON answer, as
     /// a server that does not stream does.
     pub no_stream: bool,
+    /// OpenAI streaming: label the event stream `application/json`, as some
+    /// servers do.
+    pub json_labelled: bool,
     /// OpenAI: answer a request for a stream `200` with a JSON error object
     /// (`invalid_request_error`), as some servers do.
     pub json_error: bool,
@@ -144,6 +147,7 @@ impl Scenario {
                 "no_stream" => scenario.no_stream = flag(name, value)?,
                 "late_end_ms" => scenario.late_end_ms = Some(number(name, value)?),
                 "json_error" => scenario.json_error = flag(name, value)?,
+                "json_labelled" => scenario.json_labelled = flag(name, value)?,
                 "redirect" => scenario.redirect = flag(name, value)?,
                 "web_searches" => scenario.web_searches = Some(number(name, value)?),
                 "no_usage" => scenario.no_usage = flag(name, value)?,

@@ -73,8 +73,13 @@ pub fn message_id(upstream: &str) -> String {
 }
 
 /// An id for the `position`th block of the answer `upstream_id`, for a tool
-/// call the upstream sent without one.
+/// call the upstream sent without one (random when the answer has no id).
 pub fn tool_use_id(upstream_id: &str, position: usize) -> String {
+    if upstream_id.trim().is_empty() {
+        // Nothing to tell this answer's calls from another's: ids unique
+        // across turns (Anthropic refuses a conversation that repeats one).
+        return format!("toolu_{:016x}_{position}", fastrand::u64(..));
+    }
     let message = message_id(upstream_id);
     format!("toolu_{}_{position}", message.strip_prefix("msg_").unwrap_or(&message))
 }

@@ -349,9 +349,17 @@ impl Converter {
                 // A call ends the text before it; calls stay open together
                 // until the answer ends (servers interleave their pieces).
                 self.close_open("completed", out);
+                let id = self.echo.item_id("fc", self.output.len());
+                // A call streamed without an id gets one: the client's
+                // `function_call_output` must name it.
+                let call_id = call
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .filter(|id| !id.is_empty())
+                    .map_or_else(|| format!("call_{id}"), str::to_owned);
                 let item = OutputItem::FunctionCall {
-                    id: self.echo.item_id("fc", self.output.len()),
-                    call_id: call.get("id").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                    id,
+                    call_id,
                     name: call
                         .pointer("/function/name")
                         .and_then(Value::as_str)
@@ -365,13 +373,15 @@ impl Converter {
                 index
             }
         };
-        if let Some(delta) = call
-            .pointer("/function/arguments")
-            .and_then(Value::as_str)
-            .filter(|a| !a.is_empty())
-        {
+        // Arguments sent as an object (some servers do) are its encoding.
+        let delta = match call.pointer("/function/arguments") {
+            Some(Value::String(a)) => Some(a.clone()),
+            Some(v @ Value::Object(_)) => Some(v.to_string()),
+            _ => None,
+        };
+        if let Some(delta) = delta.filter(|a| !a.is_empty()) {
             if let OutputItem::FunctionCall { arguments, .. } = &mut self.output[index] {
-                arguments.push_str(delta);
+                arguments.push_str(&delta);
             }
             let id = self.output[index].id().to_owned();
             self.emit(
@@ -559,6 +569,28 @@ mod tests {
                 (body["type"].as_str().unwrap().to_owned(), body)
             })
             .collect()
+    }
+
+    #[test]
+    fn calls_without_an_id_get_one_and_object_arguments_are_kept() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.on_chunk(
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": {"a": 1}}}]}),
+                None,
+            ),
+            &mut out,
+        );
+        conv.on_chunk(chunk(json!({}), Some("tool_calls")), &mut out);
+        let done = serde_json::to_value(conv.finish(&mut out)).unwrap();
+        let call = &done["output"][0];
+        assert_eq!(call["type"], "function_call", "{done}");
+        assert!(
+            call["call_id"].as_str().is_some_and(|id| id.starts_with("call_")),
+            "{call}"
+        );
+        assert_eq!(call["arguments"], "{\"a\":1}");
     }
 
     #[test]
