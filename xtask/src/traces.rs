@@ -221,7 +221,10 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
         *summary.per_model.entry(model.clone()).or_default() += 1;
         let entry = by_prompt.entry(prompt).or_default().entry(model).or_default();
         entry.0.push(score);
-        entry.1.push(r["cost_usd"].as_f64().unwrap_or(0.0));
+        // A cost the log does not give is not known (not free).
+        if let Some(cost) = r["cost_usd"].as_f64() {
+            entry.1.push(cost);
+        }
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let samples: Vec<Sample> = by_prompt
@@ -232,7 +235,13 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
                 id: format!("trace-{}", hex_prefix(&digest)),
                 query: prompt.to_owned(),
                 scores: models.iter().map(|(m, (s, _))| (m.clone(), mean(s))).collect(),
-                costs: Some(models.iter().map(|(m, (_, c))| (m.clone(), mean(c))).collect()),
+                costs: Some(
+                    models
+                        .iter()
+                        .filter(|(_, (_, c))| !c.is_empty())
+                        .map(|(m, (_, c))| (m.clone(), mean(c)))
+                        .collect(),
+                ),
                 cost_kind: Some("usd_total_per_query".into()),
                 task: Some(args.task.clone()),
             }
@@ -282,11 +291,14 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     options.write(true).create(true).truncate(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut out = std::io::BufWriter::new(
-        options
-            .open(&args.out)
-            .with_context(|| format!("cannot write {}", args.out.display()))?,
-    );
+    let file = options
+        .open(&args.out)
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    // A file that was there keeps its mode otherwise.
+    #[cfg(unix)]
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .with_context(|| format!("cannot restrict {}", args.out.display()))?;
+    let mut out = std::io::BufWriter::new(file);
     for sample in &samples {
         serde_json::to_writer(&mut out, sample)?;
         out.write_all(b"\n")?;

@@ -177,18 +177,35 @@ impl LocalStore {
                 Err(e) => {
                     // A deletion that is skipped would bring back what it
                     // deleted (a revoked key): the store does not open on it.
-                    let op = serde_json::from_str::<serde_json::Value>(line)
-                        .ok()
+                    let raw = serde_json::from_str::<serde_json::Value>(line).ok();
+                    let op = raw
+                        .as_ref()
                         .and_then(|v| v.get("op").and_then(serde_json::Value::as_str).map(str::to_owned));
+                    // A change to a record kept from an earlier line (a key
+                    // blocked, a budget lowered) that is skipped would leave
+                    // the earlier one in force: that stops the store too.
+                    let id = |field: &str| {
+                        raw.as_ref()
+                            .and_then(|v| v.pointer(&format!("/record/{field}")))
+                            .and_then(serde_json::Value::as_str)
+                    };
+                    let changes_a_record = match op.as_deref() {
+                        Some("put_key") => id("token").is_some_and(|t| state.keys.contains_key(t)),
+                        Some("put_team") => id("team_id").is_some_and(|t| state.teams.contains_key(t)),
+                        Some("put_user") => id("user_id").is_some_and(|u| state.users.contains_key(u)),
+                        Some("put_end_user") => id("user_id").is_some_and(|u| state.end_users.contains_key(u)),
+                        _ => false,
+                    };
                     match op {
-                        Some(op) if !op.starts_with("delete") => {
+                        Some(op) if !op.starts_with("delete") && !changes_a_record => {
                             tracing::warn!(line = i + 1, error = %e, "an unreadable line of keys.jsonl is moved to keys.rejected.jsonl");
                             unreadable.push(line.as_str());
                         }
                         _ => {
                             return Err(PolicyError::Store(format!(
-                                "{}: line {} cannot be read ({e}) and may delete a key, team or user; the store is \
-                                 not opened, so that nothing deleted comes back: repair or remove the line",
+                                "{}: line {} cannot be read ({e}) and may delete or change a key, team or user; the \
+                                 store is not opened, so that nothing deleted or changed comes back: repair or \
+                                 remove the line",
                                 dir.join("keys.jsonl").display(),
                                 i + 1
                             )));
@@ -801,6 +818,16 @@ mod tests {
             .map(|e| e.to_string());
         assert!(err.as_deref().is_some_and(|e| e.contains("line 2")), "{err:?}");
         assert!(std::fs::read_to_string(&path).unwrap().contains(&torn));
+        // So would a change to the key that cannot be read (a block).
+        let blocked = format!(
+            r#"{{"op":"put_key","record":{{"token":"{}","limits":7}}}}"#,
+            record.token
+        );
+        std::fs::write(&path, format!("{whole}{blocked}\n")).unwrap();
+        assert!(
+            LocalStore::open(dir.path(), FsyncPolicy::Never).is_err(),
+            "a change to a known key"
+        );
         std::fs::write(&path, format!("{whole}not json\n")).unwrap();
         assert!(
             LocalStore::open(dir.path(), FsyncPolicy::Never).is_err(),

@@ -182,14 +182,23 @@ pub fn evaluate(
             }
         })
         .collect();
-    // The oracle knows each query's true scores and its own costs.
+    // The oracle knows each query's true scores and its own costs; λ weighs
+    // costs on the router's scale (the dearest mean cost), the same for
+    // every query.
+    let scale = mean_costs.iter().copied().fold(0.0f64, f64::max);
+    let oracle_pick = |s: &[f32], c: &[f64], lambda: f64| {
+        let value = |j: usize| f64::from(s[j]) - if scale > 0.0 { lambda * c[j] / scale } else { 0.0 };
+        (0..m.min(s.len()).min(c.len()))
+            .max_by(|&a, &b| value(a).total_cmp(&value(b)).then_with(|| c[b].total_cmp(&c[a])))
+            .unwrap_or(0)
+    };
     let oracle_sweep: Vec<Point> = lambdas()
         .into_iter()
         .map(|lambda| {
             let choice: Vec<usize> = scores
                 .iter()
                 .zip(costs)
-                .map(|(s, c)| decide(s, c, &allowed, Objective::Tradeoff { lambda }).unwrap_or(0))
+                .map(|(s, c)| oracle_pick(s, c, lambda))
                 .collect();
             point(&choice, scores, costs)
         })

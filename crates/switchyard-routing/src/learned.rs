@@ -280,12 +280,38 @@ impl LearnedRouter {
     /// one that cannot.
     pub fn save(&self, dir: &Path) -> Result<(), ArtifactError> {
         check_manifest(&self.manifest)?;
-        match &self.predictor {
-            Predictor::Knn(index) => {
+        let m = &self.manifest;
+        let bytes = match &self.predictor {
+            Predictor::Knn(index) if m.kind == PredictorKind::Knn => {
                 let (embeddings, scores) = index.data();
-                check_knn_data(&self.manifest, embeddings, scores)?;
+                check_knn_data(m, embeddings, scores)?;
+                4 * (embeddings.len() as u64) * (m.dims + m.models.len()) as u64
             }
-            Predictor::Mlp(mlp) => check_mlp(mlp)?,
+            Predictor::Mlp(mlp) if m.kind == PredictorKind::Mlp => {
+                check_mlp(mlp)?;
+                let hidden = m.mlp.unwrap_or_default().hidden;
+                if (mlp.dims(), mlp.hidden(), mlp.models()) != (m.dims, hidden, m.models.len()) {
+                    return Err(ArtifactError::Invalid(format!(
+                        "the network is {}×{}×{}; the manifest says {}×{hidden}×{}",
+                        mlp.dims(),
+                        mlp.hidden(),
+                        mlp.models(),
+                        m.dims,
+                        m.models.len()
+                    )));
+                }
+                mlp.weight_bytes()
+            }
+            _ => {
+                return Err(ArtifactError::Invalid(
+                    "the manifest's kind is not its predictor's".into(),
+                ));
+            }
+        };
+        if bytes > MAX_DATA_BYTES {
+            return Err(ArtifactError::Invalid(format!(
+                "the data would be about {bytes} bytes, more than the {MAX_DATA_BYTES} a router may hold"
+            )));
         }
         self.write(dir)
     }
@@ -675,6 +701,14 @@ mod tests {
                 .unwrap_err()
                 .contains("does not match the manifest")
         );
+        // A manifest that names another kind of predictor is not written.
+        let mismatched = LearnedRouter {
+            predictor: Predictor::Knn(KnnIndex::build(x.clone(), good.clone(), KnnParams::default())),
+            manifest: manifest(PredictorKind::Mlp),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let err = mismatched.save(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("kind"), "{err}");
         // A manifest that does not parse is invalid, not unreadable.
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("manifest.json"), b"{\"format_version\": 1,").unwrap();

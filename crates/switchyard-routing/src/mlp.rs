@@ -76,6 +76,7 @@ pub struct Mlp {
     l2: Linear,
     varmap: VarMap,
     dims: usize,
+    hidden: usize,
     models: usize,
 }
 
@@ -132,6 +133,7 @@ impl Mlp {
             l2,
             varmap,
             dims,
+            hidden,
             models,
         })
     }
@@ -291,6 +293,22 @@ impl Mlp {
     /// Input width.
     pub fn dims(&self) -> usize {
         self.dims
+    }
+
+    /// Width of the hidden layer.
+    pub fn hidden(&self) -> usize {
+        self.hidden
+    }
+
+    /// Output width: one score per candidate model.
+    pub fn models(&self) -> usize {
+        self.models
+    }
+
+    /// Bytes of its weights as `f32`.
+    pub fn weight_bytes(&self) -> u64 {
+        let (d, h, m) = (self.dims as u64, self.hidden as u64, self.models as u64);
+        4u64.saturating_mul(d.saturating_mul(h) + h + m.saturating_mul(h) + m)
     }
 
     /// Whether every weight is a finite number (a NaN would make every
