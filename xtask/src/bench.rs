@@ -96,11 +96,20 @@ fn routing_bench() -> Result<()> {
         .args(["bench", "-p", "switchyard-benches", "--bench", "routing_decision"])
         .current_dir(&root)
         .env("RAYON_NUM_THREADS", "1");
+    // Criterion keeps the results of benchmarks since renamed or removed:
+    // only those this run wrote are reported.
+    let started = std::time::SystemTime::now();
     run_checked(&mut command, "cargo bench")?;
     let dir = util::target_dir(&root)?.join("criterion").join("learned routing");
     let mut rows = Vec::new();
     for entry in fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
         let path = entry?.path();
+        let fresh = fs::metadata(path.join("new").join("estimates.json"))
+            .and_then(|m| m.modified())
+            .is_ok_and(|at| at >= started);
+        if !fresh {
+            continue;
+        }
         let (Ok(meta), Ok(estimates)) = (
             fs::read(path.join("new").join("benchmark.json")),
             fs::read(path.join("new").join("estimates.json")),

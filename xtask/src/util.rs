@@ -54,6 +54,16 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
             command.env_remove(&key);
         }
     }
+    // A relative target directory is the caller's (see [`target_dir`]): a
+    // child run from another directory (the workspace root) gets it whole.
+    if let Some(dir) = env::var_os("CARGO_TARGET_DIR")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .filter(|dir| dir.is_relative())
+        && let Ok(here) = env::current_dir()
+    {
+        command.env("CARGO_TARGET_DIR", here.join(dir));
+    }
     command
 }
 

@@ -196,6 +196,17 @@ impl Journal {
     }
 }
 
+/// Appends `lines` to `path` (made readable by its owner only if new) and
+/// flushes them to the disk: lines a store could not read, set aside rather
+/// than lost.
+pub(crate) fn set_aside(path: &Path, lines: &[&str]) -> io::Result<()> {
+    let mut file = private_file().create(true).append(true).open(path)?;
+    for line in lines {
+        file.write_all(format!("{line}\n").as_bytes())?;
+    }
+    file.sync_all()
+}
+
 /// Options that create a file readable and writable by its owner only
 /// (mode 0600 on Unix): the files under `data_dir` hold key hashes, spend
 /// and who spent it. An existing file keeps its mode.

@@ -216,14 +216,7 @@ impl LocalStore {
         }
         // Kept aside before the log is compacted without them.
         if !unreadable.is_empty() {
-            let mut rejected = crate::journal::private_file()
-                .create(true)
-                .append(true)
-                .open(dir.join("keys.rejected.jsonl"))?;
-            for line in unreadable {
-                std::io::Write::write_all(&mut rejected, format!("{line}\n").as_bytes())?;
-            }
-            rejected.sync_all()?;
+            crate::journal::set_aside(&dir.join("keys.rejected.jsonl"), &unreadable)?;
         }
         let records = spend.records;
         let mut snapshot: Vec<KeyOp> = state

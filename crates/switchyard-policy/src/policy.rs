@@ -387,14 +387,7 @@ fn open_spill(dir: &Path, fsync: FsyncPolicy) -> Result<(Spill, PendingQueue), P
         }
     }
     if !unreadable.is_empty() {
-        let mut rejected = crate::journal::private_file()
-            .create(true)
-            .append(true)
-            .open(dir.join("pending-spend.rejected.jsonl"))?;
-        for line in unreadable {
-            std::io::Write::write_all(&mut rejected, format!("{line}\n").as_bytes())?;
-        }
-        rejected.sync_all()?;
+        crate::journal::set_aside(&dir.join("pending-spend.rejected.jsonl"), &unreadable)?;
         let records: Vec<&SpendRecord> = queued.iter().map(|(_, _, r)| r).collect();
         journal.rewrite(&records)?;
     }

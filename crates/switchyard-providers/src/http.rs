@@ -181,8 +181,10 @@ impl HttpUpstream {
     }
 
     /// POSTs JSON and returns the answer's body as it arrives (audio):
-    /// within the first-byte timeout for its head, the total one for all of it.
+    /// within the first-byte timeout (one window from sending the request to
+    /// its first piece of audio), the total one for all of it.
     pub(crate) async fn post_media_stream(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<crate::AudioStream> {
+        let deadline = tokio::time::Instant::now() + self.timeouts.first_byte;
         let request = self
             .client
             .post(url.clone())
@@ -201,7 +203,7 @@ impl HttpUpstream {
         // first-byte timeout: an answer that stalls, breaks or ends before
         // it is the attempt's failure, retried or fallen back.
         let first = loop {
-            match tokio::time::timeout(self.timeouts.first_byte, body.next()).await {
+            match tokio::time::timeout_at(deadline, body.next()).await {
                 Ok(Some(Ok(piece))) if piece.is_empty() => continue,
                 Ok(Some(Ok(piece))) => break piece,
                 Ok(Some(Err(e))) => return Err(e),
