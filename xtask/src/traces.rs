@@ -296,8 +296,10 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     // A file that was there keeps its mode otherwise.
     #[cfg(unix)]
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .with_context(|| format!("cannot restrict {}", args.out.display()))?;
+    if file.metadata().is_ok_and(|m| m.is_file()) {
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .with_context(|| format!("cannot restrict {}", args.out.display()))?;
+    }
     let mut out = std::io::BufWriter::new(file);
     for sample in &samples {
         serde_json::to_writer(&mut out, sample)?;

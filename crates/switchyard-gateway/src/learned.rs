@@ -553,6 +553,7 @@ impl LearnedRoute {
                 self.update_status(|s| {
                     s.loads += 1;
                     s.rejected_version = None;
+                    s.read_failures = 0;
                 });
                 Ok(())
             }

@@ -189,11 +189,13 @@ impl LocalStore {
                             .and_then(|v| v.pointer(&format!("/record/{field}")))
                             .and_then(serde_json::Value::as_str)
                     };
+                    // A user's or end user's record missing is not refused
+                    // (its budget, limits or block would just not apply):
+                    // any of theirs stops the store too.
                     let changes_a_record = match op.as_deref() {
                         Some("put_key") => id("token").is_some_and(|t| state.keys.contains_key(t)),
                         Some("put_team") => id("team_id").is_some_and(|t| state.teams.contains_key(t)),
-                        Some("put_user") => id("user_id").is_some_and(|u| state.users.contains_key(u)),
-                        Some("put_end_user") => id("user_id").is_some_and(|u| state.end_users.contains_key(u)),
+                        Some("put_user" | "put_end_user") => id("user_id").is_some(),
                         _ => false,
                     };
                     match op {
@@ -820,6 +822,13 @@ mod tests {
         assert!(
             LocalStore::open(dir.path(), FsyncPolicy::Never).is_err(),
             "a change to a known key"
+        );
+        // So would an end user's record (a block), known or not.
+        let end_user = r#"{"op":"put_end_user","record":{"user_id":"u-1","blocked":"yes"}}"#;
+        std::fs::write(&path, format!("{whole}{end_user}\n")).unwrap();
+        assert!(
+            LocalStore::open(dir.path(), FsyncPolicy::Never).is_err(),
+            "an end user's block"
         );
         std::fs::write(&path, format!("{whole}not json\n")).unwrap();
         assert!(

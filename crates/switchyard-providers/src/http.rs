@@ -248,11 +248,18 @@ impl HttpUpstream {
         if !is_json(&response) {
             return Ok(Box::pin(response.bytes_stream()));
         }
-        let first = match tokio::time::timeout(self.timeouts.first_byte, response.chunk()).await {
-            Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
-            Ok(Err(e)) => return Err(ProviderError::from_reqwest(e)),
-            Ok(Ok(first)) => first.unwrap_or_default(),
-        };
+        // Up to the first byte that is not white space (or the end).
+        let deadline = tokio::time::Instant::now() + self.timeouts.first_byte;
+        let mut first = bytes::BytesMut::new();
+        while first.iter().all(u8::is_ascii_whitespace) {
+            match tokio::time::timeout_at(deadline, response.chunk()).await {
+                Err(_) => return Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
+                Ok(Err(e)) => return Err(ProviderError::from_reqwest(e)),
+                Ok(Ok(Some(piece))) => first.extend_from_slice(&piece),
+                Ok(Ok(None)) => break,
+            }
+        }
+        let first = first.freeze();
         if first.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
             let rest: Bytes = tokio::time::timeout(ERROR_BODY_WAIT, read_body(response, MAX_ERROR_BODY_BYTES))
                 .await

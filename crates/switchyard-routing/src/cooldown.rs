@@ -72,7 +72,9 @@ const TIME_MASK: u64 = (1 << TIME_BITS) - 1;
 /// A breaker's state and its time in one word, so that both change together:
 /// open, when the cooldown ends; half-open, when the probe started.
 fn pack(state: u8, at_ms: u64) -> u64 {
-    (u64::from(state) << TIME_BITS) | (at_ms & TIME_MASK)
+    // A time past the word's range (a cooldown of "for ever") stays the
+    // latest time, never wraps to an early one.
+    (u64::from(state) << TIME_BITS) | at_ms.min(TIME_MASK)
 }
 
 /// A phase word's state and time.
@@ -348,6 +350,23 @@ mod tests {
                 .sum();
             assert_eq!(probes, 1);
         }
+    }
+
+    /// A cooldown of "for ever" keeps the deployment out; its end does not
+    /// wrap around to a time already past.
+    #[test]
+    fn a_huge_cooldown_does_not_wrap() {
+        let c = Cooldowns::new(
+            1,
+            CooldownPolicy {
+                allowed_fails: 1,
+                window_ms: 1_000,
+                cooldown_ms: u64::MAX >> 1,
+            },
+        );
+        c.record_failure(D, ErrorClass::ServerError, 10);
+        assert!(!c.may_serve(D, 1_000_000));
+        assert_eq!(c.claim(D, 1_000_000), None);
     }
 
     #[test]
