@@ -3,13 +3,16 @@
 //! is set (`keys.jsonl`, `spend.jsonl`). Rate limits use `governor` (GCRA).
 
 use std::collections::{HashMap, VecDeque};
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::StateInformationMiddleware;
+use governor::nanos::Nanos as Tat;
+use governor::state::{NotKeyed, StateStore};
 use governor::{Quota, RateLimiter};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -23,8 +26,56 @@ use crate::period::{Day, day_of_ms, now_ms};
 use crate::spend::{Ledger, LogFilter, SpendRecord, SubjectSpend};
 use crate::spend_log::{SpendLog, SpendLogLimits};
 
-type Limiter =
-    RateLimiter<governor::state::NotKeyed, governor::state::InMemoryState, DefaultClock, StateInformationMiddleware>;
+type Limiter = RateLimiter<NotKeyed, SharedTat, DefaultClock, StateInformationMiddleware>;
+
+/// A GCRA limiter's state (its theoretical arrival time), shared between the
+/// limiter and the store, so that an admission refused by a later limit can
+/// give back what it took from the earlier ones: a request is admitted by
+/// every per-minute limit or charged by none.
+#[derive(Debug, Default, Clone)]
+struct SharedTat(Arc<AtomicU64>);
+
+impl SharedTat {
+    fn get(&self) -> u64 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Puts back `before` if the state is still `after` (what this
+    /// admission left).
+    fn restore(&self, after: u64, before: u64) {
+        let _ = self
+            .0
+            .compare_exchange(after, before, Ordering::AcqRel, Ordering::Relaxed);
+    }
+}
+
+impl StateStore for SharedTat {
+    type Key = NotKeyed;
+
+    fn measure_and_replace<T, F, E>(&self, _key: &NotKeyed, f: F) -> Result<T, E>
+    where
+        F: Fn(Option<Tat>) -> Result<(T, Tat), E>,
+    {
+        let mut prev = self.0.load(Ordering::Acquire);
+        loop {
+            let (result, next) = f(NonZeroU64::new(prev).map(|n| Tat::from(n.get())))?;
+            match self
+                .0
+                .compare_exchange_weak(prev, next.as_u64(), Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(result),
+                Err(seen) => prev = seen,
+            }
+        }
+    }
+}
+
+/// One per-minute limit: the limiter and its shared state.
+#[derive(Debug)]
+struct Minute {
+    limiter: Limiter,
+    tat: SharedTat,
+}
 
 /// Spend records kept for `/spend/logs` when there is no data directory (the
 /// ledger of totals keeps everything; only the itemised log is bounded).
@@ -124,7 +175,7 @@ pub struct LocalStore {
     /// step among writers, while request-path lookups take `state` only
     /// briefly (never across a journal write).
     key_writes: Mutex<()>,
-    limiters: Mutex<HashMap<String, (u32, Arc<Limiter>)>>,
+    limiters: Mutex<HashMap<String, (u32, Arc<Minute>)>>,
     keys_log: Option<Journal>,
     spend_log: Option<SpendLog>,
     clock: DefaultClock,
@@ -484,14 +535,14 @@ impl LocalStore {
 
     /// The limiter counting `id` now, with its limit; one at `limit` when
     /// there is none.
-    fn limiter_in_force(&self, id: &str, limit: u32) -> (u32, Arc<Limiter>) {
+    fn limiter_in_force(&self, id: &str, limit: u32) -> (u32, Arc<Minute>) {
         if let Some((l, limiter)) = self.limiters.lock().get(id) {
             return (*l, limiter.clone());
         }
         (limit, self.limiter(id, limit))
     }
 
-    fn limiter(&self, id: &str, limit: u32) -> Arc<Limiter> {
+    fn limiter(&self, id: &str, limit: u32) -> Arc<Minute> {
         let mut limiters = self.limiters.lock();
         if let Some((l, limiter)) = limiters.get(id)
             && *l == limit
@@ -499,10 +550,11 @@ impl LocalStore {
             return limiter.clone();
         }
         let burst = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
-        let limiter =
-            Arc::new(RateLimiter::direct(Quota::per_minute(burst)).with_middleware::<StateInformationMiddleware>());
-        limiters.insert(id.to_owned(), (limit, limiter.clone()));
-        limiter
+        let tat = SharedTat::default();
+        let limiter = Limiter::new(Quota::per_minute(burst), tat.clone(), DefaultClock::default());
+        let minute = Arc::new(Minute { limiter, tat });
+        limiters.insert(id.to_owned(), (limit, minute.clone()));
+        minute
     }
 
     /// Checks and takes every limit of a request, all under one lock: parallel
@@ -534,13 +586,35 @@ impl LocalStore {
                 });
             }
         }
+        let states = self.take_rates(&mut state, checks)?;
+        for p in &checks.parallel {
+            *state.parallel.entry(p.id.clone()).or_default() += 1;
+        }
+        for b in &checks.budgets {
+            let reserved = state.reserved.entry(b.subject.clone()).or_default();
+            *reserved = reserved.saturating_add(max_cost);
+        }
+        Ok(states)
+    }
+
+    /// Takes every per-minute limit of `checks`, or none: when one refuses,
+    /// what the earlier ones took is given back (the store's lock is held, so
+    /// no other admission saw it taken).
+    fn take_rates(&self, state: &mut State, checks: &Checks) -> Result<Vec<RateState>, Denied> {
         let mut states = Vec::with_capacity(checks.rates.len());
+        let mut taken: Vec<(Arc<Minute>, u64, u64)> = Vec::with_capacity(checks.rates.len());
+        let give_back = |taken: &[(Arc<Minute>, u64, u64)]| {
+            for (minute, before, after) in taken.iter().rev() {
+                minute.tat.restore(*after, *before);
+            }
+        };
         for r in &checks.rates {
-            let limiter = self.limiter(&r.id, r.limit);
+            let minute = self.limiter(&r.id, r.limit);
             if let Some(debt) = state.debt.get_mut(&r.id) {
-                let owed = debt.settle_time(&limiter, r.limit);
+                let owed = debt.settle_time(&minute.limiter, r.limit);
                 if owed > 0 {
                     let cells = owed.saturating_add(u64::from(r.cost));
+                    give_back(&taken);
                     return Err(Denied::RateLimited {
                         scope: r.scope.clone(),
                         kind: r.kind,
@@ -553,12 +627,15 @@ impl LocalStore {
                 state.debt.remove(&r.id);
             }
             let n = NonZeroU32::new(r.cost).unwrap_or(NonZeroU32::MIN);
-            match limiter.check_n(n) {
+            let before = minute.tat.get();
+            match minute.limiter.check_n(n) {
                 Ok(Ok(snapshot)) => {
+                    taken.push((minute.clone(), before, minute.tat.get()));
                     let remaining = snapshot.remaining_burst_capacity();
                     states.push(rate_state(r.limit, remaining));
                 }
                 Ok(Err(not_until)) => {
+                    give_back(&taken);
                     return Err(Denied::RateLimited {
                         scope: r.scope.clone(),
                         kind: r.kind,
@@ -567,6 +644,7 @@ impl LocalStore {
                     });
                 }
                 Err(_) => {
+                    give_back(&taken);
                     return Err(Denied::RateLimited {
                         scope: r.scope.clone(),
                         kind: r.kind,
@@ -575,13 +653,6 @@ impl LocalStore {
                     });
                 }
             }
-        }
-        for p in &checks.parallel {
-            *state.parallel.entry(p.id.clone()).or_default() += 1;
-        }
-        for b in &checks.budgets {
-            let reserved = state.reserved.entry(b.subject.clone()).or_default();
-            *reserved = reserved.saturating_add(max_cost);
         }
         Ok(states)
     }
@@ -629,10 +700,14 @@ impl LocalStore {
                 let (limit, limiter) = self.limiter_in_force(&r.id, r.limit);
                 let mut state = self.state.lock();
                 let before = match state.debt.get_mut(&r.id) {
-                    Some(debt) => debt.settle_time(&limiter, limit),
+                    Some(debt) => debt.settle_time(&limiter.limiter, limit),
                     None => 0,
                 };
-                let taken = if before > 0 { 0 } else { take_what_fits(&limiter, extra) };
+                let taken = if before > 0 {
+                    0
+                } else {
+                    take_what_fits(&limiter.limiter, extra)
+                };
                 let owed = before.saturating_add(u64::from(extra - taken)).min(max_debt(limit));
                 match state.debt.get_mut(&r.id) {
                     _ if owed == 0 => {
@@ -930,6 +1005,65 @@ mod tests {
         assert!(store.team("t1").is_none());
     }
 
+    /// A request refused by its end user's limit takes nothing from its
+    /// key's: the key's other end users still get the key's whole minute.
+    #[test]
+    fn a_request_refused_by_one_limit_takes_nothing_from_the_others() {
+        let store = LocalStore::memory();
+        let rate = |id: &str, limit| crate::checks::RateCheck {
+            id: id.into(),
+            scope: id.into(),
+            kind: crate::RateKind::Requests,
+            limit,
+            cost: 1,
+        };
+        let checks = |user: &str| Checks {
+            rates: vec![
+                rate("key:k:requests", 3),
+                rate("team:t:requests", 3),
+                rate(&format!("end_user:{user}:requests"), 1),
+            ],
+            ..Checks::default()
+        };
+        store.admit(&checks("u1"), 0).unwrap();
+        for _ in 0..3 {
+            let refused = store.admit(&checks("u1"), 0);
+            assert!(
+                matches!(&refused, Err(Denied::RateLimited { scope, .. }) if scope == "end_user:u1:requests"),
+                "{refused:?}"
+            );
+        }
+        store.admit(&checks("u2"), 0).unwrap();
+        store.admit(&checks("u3"), 0).unwrap();
+        let refused = store.admit(&checks("u4"), 0);
+        assert!(
+            matches!(&refused, Err(Denied::RateLimited { scope, .. }) if scope == "key:k:requests"),
+            "{refused:?}"
+        );
+        // The same limit twice in one request is given back whole too.
+        let spent = Checks {
+            rates: vec![rate("end_user:v:requests", 1)],
+            ..Checks::default()
+        };
+        store.admit(&spent, 0).unwrap();
+        let twice = Checks {
+            rates: vec![
+                rate("key:j:requests", 2),
+                rate("key:j:requests", 2),
+                rate("end_user:v:requests", 1),
+            ],
+            ..Checks::default()
+        };
+        assert!(store.admit(&twice, 0).is_err());
+        let once = Checks {
+            rates: vec![rate("key:j:requests", 2)],
+            ..Checks::default()
+        };
+        store.admit(&once, 0).unwrap();
+        store.admit(&once, 0).unwrap();
+        assert!(store.admit(&once, 0).is_err());
+    }
+
     #[test]
     fn a_debt_is_paid_by_time_before_the_bucket_refills() {
         // 7,000 owed on 1,000 a minute: 3 minutes in, 4,000 remain and the
@@ -955,7 +1089,7 @@ mod tests {
             since: start,
         };
         for i in 1..=10 {
-            debt.settle_at(&limiter, 60_000, start + Duration::from_micros(500 * i));
+            debt.settle_at(&limiter.limiter, 60_000, start + Duration::from_micros(500 * i));
         }
         assert_eq!(debt.owed, 995);
     }
@@ -963,18 +1097,18 @@ mod tests {
     #[test]
     fn a_token_top_up_takes_what_fits_not_nothing() {
         let store = LocalStore::memory();
-        let limiter = store.limiter("tpm:test", 100);
+        let limiter = &store.limiter("tpm:test", 100).limiter;
         assert!(matches!(limiter.check_n(NonZeroU32::new(60).unwrap()), Ok(Ok(_))));
         // 70 more do not fit; the 40 that do are taken.
-        take_what_fits(&limiter, 70);
+        take_what_fits(limiter, 70);
         assert!(
             matches!(limiter.check_n(NonZeroU32::MIN), Ok(Err(_))),
             "cells were left"
         );
 
         // When everything fits, exactly `n` is taken.
-        let limiter = store.limiter("tpm:other", 100);
-        take_what_fits(&limiter, 30);
+        let limiter = &store.limiter("tpm:other", 100).limiter;
+        take_what_fits(limiter, 30);
         assert!(matches!(limiter.check_n(NonZeroU32::new(70).unwrap()), Ok(Ok(_))));
         assert!(matches!(limiter.check_n(NonZeroU32::MIN), Ok(Err(_))));
     }
