@@ -501,7 +501,9 @@ pub struct DeploymentEntry {
     /// Anthropic `anthropic-version` header (default `2023-06-01`).
     #[serde(default)]
     pub anthropic_version: Option<String>,
-    /// `max_tokens` sent to Anthropic or Bedrock when the client sends none (default 4096).
+    /// `max_tokens` sent to Anthropic or Bedrock when the client sends none
+    /// (default 4096 for Anthropic and Bedrock's Claude; other Bedrock
+    /// models get none, and write up to their own default).
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
     /// Anthropic and Bedrock: drop the chat parameters they cannot express

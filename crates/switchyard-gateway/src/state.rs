@@ -241,7 +241,7 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
                     secret_access_key: secret,
                     session_token: token,
                 }),
-            default_max_tokens: spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            default_max_tokens: spec.default_max_tokens,
             model_id: spec.aws_model_id.clone(),
             timeouts: spec.http.timeouts,
             drop_params: spec.drop_params,

@@ -1040,6 +1040,103 @@ async fn bedrock_without_credentials_is_a_configuration_fault_not_retried() {
 /// out, a system prompt keeps its cache marks (with their lifetime), a model
 /// error (424) or an output the model could not form fails over, and
 /// parameters Converse cannot express are refused.
+/// What Bedrock refuses of an OpenAI conversation is reshaped before it
+/// goes: no `maxTokens` nobody chose (past a Llama's limit), a user message
+/// after tool results in a turn of its own, Cohere's inputs in batches of
+/// 96; a model id Bedrock cannot call as configured is the deployment's
+/// fault, and another deployment answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_requests_are_shaped_as_bedrock_takes_them() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("model_list:\n");
+    yaml += "  - model_name: llama\n    deployments:\n";
+    yaml += &deployment("bedrock", &mock, "meta.llama3-70b-instruct-v1:0::max_output=2048", "");
+    yaml += "  - model_name: cohere\n    deployments:\n";
+    yaml += &deployment("bedrock", &mock, "cohere.embed-english-v3", "");
+    yaml += "  - model_name: profiled\n    routing_strategy: cost-based\n    deployments:\n";
+    yaml += &deployment(
+        "bedrock",
+        &mock,
+        "anthropic.claude-3-5-sonnet-20241022-v2:0::profile_only",
+        "        input_cost_per_token: 0.000001\n",
+    );
+    yaml += &deployment(
+        "bedrock",
+        &mock,
+        "anthropic.claude-3-5-sonnet-20240620-v1:0",
+        "        input_cost_per_token: 0.00001\n",
+    );
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[("TEST_AWS_ID", "AKIDTEST"), ("TEST_AWS_SECRET", "test-secret")],
+    );
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        let request = http.post(format!("{}{path}", gateway.base_url())).json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let attempts = response
+                .headers()
+                .get("x-switchyard-attempts")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (
+                response.status().as_u16(),
+                attempts,
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, _, body) = post(
+        "/v1/chat/completions",
+        json!({"model": "llama", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        mock.last_request().unwrap().body["inferenceConfig"]
+            .get("maxTokens")
+            .is_none()
+    );
+
+    let tool = json!([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]);
+    let (status, _, body) = post(
+        "/v1/chat/completions",
+        json!({"model": "llama", "tools": tool, "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            {"role": "user", "content": "and tomorrow?"}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let before = mock.requests().len();
+    let inputs: Vec<String> = (0..100).map(|i| format!("text {i}")).collect();
+    let (status, _, body) = post("/v1/embeddings", json!({"model": "cohere", "input": inputs})).await;
+    assert_eq!(status, 200, "{body}");
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 100);
+    for (i, item) in data.iter().enumerate() {
+        assert_eq!(item["index"], i);
+        let got: Vec<f32> = serde_json::from_value(item["embedding"].clone()).unwrap();
+        assert_eq!(got, switchyard_testkit::mock_embedding(&json!(format!("text {i}")), 16));
+    }
+    let calls = &mock.requests()[before..];
+    assert_eq!(calls.len(), 2, "96 texts, then 4");
+    assert_eq!(calls[0].body["texts"].as_array().unwrap().len(), 96);
+
+    let (status, attempts, body) = post(
+        "/v1/chat/completions",
+        json!({"model": "profiled", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!((status, attempts.as_deref()), (200, Some("2")), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bedrock_converse_edges() {
     let mock = MockUpstream::start().await;

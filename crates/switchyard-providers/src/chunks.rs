@@ -193,21 +193,29 @@ pub(crate) fn chat_response(
     }
 }
 
-/// A tool call id as Anthropic and Bedrock take it (letters, digits, `_` and `-`):
-/// other characters become `_`, the same way in a call and in its result.
-/// Servers such as vLLM name calls `functions.get_weather:0`.
+/// A tool call id as Anthropic and Bedrock take it (letters, digits, `_` and `-`,
+/// at most 64 of them): other characters become `_`, the same way in a call
+/// and in its result. Servers such as vLLM name calls `functions.get_weather:0`.
 /// An id that changes also gets a hash of the original, so that two ids
-/// differing only in such characters (`call.1`, `call:1`) stay apart.
+/// differing only in such characters (`call.1`, `call:1`), or only after
+/// their first 55 characters, stay apart.
 pub(crate) fn tool_use_id(id: &str) -> String {
+    const MAX_LEN: usize = 64;
     let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
-    if !id.is_empty() && id.chars().all(fits) {
+    if !id.is_empty() && id.len() <= MAX_LEN && id.chars().all(fits) {
         return id.to_owned();
     }
     // FNV-1a: stable across processes and versions.
     let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     });
-    let mut out: String = id.chars().map(|c| if fits(c) { c } else { '_' }).collect();
-    out.push_str(&format!("_{:08x}", hash >> 32));
+    let suffix = format!("_{:08x}", hash >> 32);
+    // Every character is ASCII now: the cut falls between characters.
+    let mut out: String = id
+        .chars()
+        .map(|c| if fits(c) { c } else { '_' })
+        .take(MAX_LEN - suffix.len())
+        .collect();
+    out.push_str(&suffix);
     out
 }

@@ -92,6 +92,16 @@ fn validate(body: &Value) -> Result<(&Map<String, Value>, &[Value]), String> {
                 "messages.{i}.content: the text field in the ContentBlock object is blank"
             ));
         }
+        // Tool results, with their cache points, make a turn of their own.
+        if content.iter().any(|b| b.get("toolResult").is_some())
+            && content
+                .iter()
+                .any(|b| b.get("toolResult").is_none() && b.get("cachePoint").is_none())
+        {
+            return Err(format!(
+                "messages.{i}.content: Conversation blocks and tool result blocks cannot be provided in the same turn."
+            ));
+        }
         if obj.get("toolConfig").is_none()
             && content
                 .iter()
@@ -296,7 +306,24 @@ impl Planned {
 }
 
 fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
+    if ctx.scenario.profile_only {
+        return Err(Box::new(validation_error(&format!(
+            "Invocation of model ID {} with on-demand throughput isn\u{2019}t supported. Retry your request with the ID or ARN of an inference profile that contains this model.",
+            ctx.model
+        ))));
+    }
     let (obj, messages) = validate(ctx.body).map_err(|message| Box::new(validation_error(&message)))?;
+    if let Some(limit) = ctx.scenario.max_output
+        && obj
+            .get("inferenceConfig")
+            .and_then(|c| c.get("maxTokens"))
+            .and_then(Value::as_u64)
+            .is_some_and(|m| m > limit)
+    {
+        return Err(Box::new(validation_error(&format!(
+            "The maximum tokens you requested exceeds the model limit of {limit}"
+        ))));
+    }
     let thinking = crate::thinking::check(&asked_thinking(obj, messages, &ctx.model))
         .map_err(|message| Box::new(validation_error(&message)))?;
     let mut reply = build_reply(
@@ -530,16 +557,33 @@ mod tests {
     fn tool_results_and_prompt_tokens() {
         let body = json!({
             "system": [{"text": "be brief"}, {"cachePoint": {"type": "default"}}],
-            "messages": [{"role": "user", "content": [
-                {"text": "hi"},
-                {"image": {"format": "png", "source": {"bytes": "AA=="}}},
-                {"toolResult": {"toolUseId": "t", "content": [{"text": "sunny "}, {"json": {"t": 1}}]}},
-            ]}],
+            "messages": [
+                {"role": "user", "content": [
+                    {"text": "hi"},
+                    {"image": {"format": "png", "source": {"bytes": "AA=="}}},
+                ]},
+                {"role": "assistant", "content": [{"toolUse": {"toolUseId": "t", "name": "t", "input": {}}}]},
+                {"role": "user", "content": [
+                    {"toolResult": {"toolUseId": "t", "content": [{"text": "sunny "}, {"json": {"t": 1}}]}},
+                    {"cachePoint": {"type": "default"}},
+                ]},
+            ],
             "toolConfig": {"tools": [{"toolSpec": {"name": "t", "inputSchema": {"json": {}}}}]},
         });
         let mut without_tools = body.clone();
         without_tools.as_object_mut().unwrap().remove("toolConfig");
         assert!(validate(&without_tools).unwrap_err().contains("toolConfig"));
+        // Tool results and text in one turn are refused, as Converse does.
+        let mut mixed = body.clone();
+        mixed["messages"][2]["content"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"text": "and?"}));
+        assert!(
+            validate(&mixed)
+                .unwrap_err()
+                .contains("cannot be provided in the same turn")
+        );
         let (obj, messages) = validate(&body).unwrap();
         assert_eq!(prompt_tokens(obj, messages), 4);
         let request = reply_request(obj, messages, false);

@@ -180,6 +180,12 @@ fn titan(ctx: &RequestCtx<'_>) -> Result<Response, Box<Response>> {
     Ok(json_response(StatusCode::OK, &body))
 }
 
+/// The most texts Cohere Embed takes on Bedrock in one call.
+const COHERE_MAX_TEXTS: usize = 96;
+
+/// The longest text Cohere Embed takes on Bedrock without truncation.
+const COHERE_MAX_CHARS: usize = 2048;
+
 fn cohere(ctx: &RequestCtx<'_>) -> Result<Response, Box<Response>> {
     let texts: Option<Vec<&str>> = ctx
         .body
@@ -192,6 +198,18 @@ fn cohere(ctx: &RequestCtx<'_>) -> Result<Response, Box<Response>> {
             "texts: must be a non-empty array of strings",
         )));
     };
+    if texts.len() > COHERE_MAX_TEXTS {
+        return Err(Box::new(validation_error(&format!(
+            "texts: expected maxLength: {COHERE_MAX_TEXTS}, actual: {}",
+            texts.len()
+        ))));
+    }
+    let truncate = ctx.body.get("truncate").and_then(Value::as_str).unwrap_or("NONE");
+    if truncate == "NONE" && texts.iter().any(|t| t.chars().count() > COHERE_MAX_CHARS) {
+        return Err(Box::new(validation_error(&format!(
+            "texts: a text is longer than {COHERE_MAX_CHARS} characters and `truncate` is NONE"
+        ))));
+    }
     if !matches!(
         ctx.body.get("input_type").and_then(Value::as_str),
         Some("search_document" | "search_query" | "classification" | "clustering")

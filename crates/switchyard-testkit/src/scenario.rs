@@ -95,6 +95,12 @@ pub struct Scenario {
     /// Anthropic: report this many web searches run for the answer
     /// (`usage.server_tool_use.web_search_requests`).
     pub web_searches: Option<u64>,
+    /// Bedrock: the model writes at most this many tokens, and refuses a
+    /// `maxTokens` above it (`ValidationException`), as Llama and Titan do.
+    pub max_output: Option<u64>,
+    /// Bedrock: the model is served only through an inference profile, and
+    /// a call to its own id is refused (`ValidationException`).
+    pub profile_only: bool,
 }
 
 /// Where a `redirect` scenario sends the client; a request arriving there is
@@ -150,6 +156,8 @@ impl Scenario {
                 "json_labelled" => scenario.json_labelled = flag(name, value)?,
                 "redirect" => scenario.redirect = flag(name, value)?,
                 "web_searches" => scenario.web_searches = Some(number(name, value)?),
+                "max_output" => scenario.max_output = Some(number(name, value)?),
+                "profile_only" => scenario.profile_only = flag(name, value)?,
                 "no_usage" => scenario.no_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),

@@ -351,6 +351,12 @@ fn empty_text_parts_legacy_functions_and_tool_ids_fit_anthropic() {
         crate::chunks::tool_use_id("call:1")
     );
     assert_eq!(crate::chunks::tool_use_id("toolu_01-A"), "toolu_01-A");
+    // Ids past 64 characters are cut to 64, keeping apart ids that differ only at their end.
+    let long = |end: &str| crate::chunks::tool_use_id(&format!("{}{end}", "x".repeat(80)));
+    assert_eq!(long("a").len(), 64);
+    assert_ne!(long("a"), long("b"));
+    assert_eq!(long("a"), long("a"));
+    assert_eq!(crate::chunks::tool_use_id(&"y".repeat(64)), "y".repeat(64));
 
     for legacy in [
         json!({"model": "m", "functions": [{"name": "f"}], "messages": [{"role": "user", "content": "x"}]}),

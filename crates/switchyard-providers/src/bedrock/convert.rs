@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 use switchyard_api::anthropic::MessagesUsage;
 use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Extra, MessageContent, Role, Usage};
 
+use crate::anthropic::DEFAULT_MAX_TOKENS;
 use crate::chunks::{chat_response, tool_call, tool_use_id};
 use crate::json_mode::{JSON_TOOL, JsonTool, json_finish, json_tool};
 use crate::reasoning;
@@ -109,6 +110,12 @@ fn image_block(url: &str, param: &str) -> Result<ImageBlock> {
 /// The user turn put before a conversation that opens with the assistant.
 const OPENING_USER_TURN: &str = ".";
 
+/// The assistant turn put between tool results and a user message that
+/// follows them: Converse refuses tool results and other content in one
+/// turn ("Conversation blocks and tool result blocks cannot be provided in
+/// the same turn").
+const AFTER_TOOL_RESULTS: &str = ".";
+
 /// What a tool result without text says: Converse refuses empty text.
 const EMPTY_TOOL_RESULT: &str = "(no output)";
 
@@ -151,6 +158,15 @@ fn tool_result_content(message: &ChatMessage, param: &str) -> Result<Vec<ToolRes
         out.push(tool_result_text(message));
     }
     Ok(out)
+}
+
+/// The `cache_control` of a tool message: on the message, or on one of its
+/// parts.
+fn tool_cache_control(message: &ChatMessage) -> Option<&Value> {
+    message.extra.get("cache_control").or_else(|| match &message.content {
+        Some(MessageContent::Parts(parts)) => parts.iter().rev().find_map(|p| p.extra.get("cache_control")),
+        _ => None,
+    })
 }
 
 /// The cache point a part's `cache_control` asks for, with its lifetime
@@ -232,14 +248,33 @@ fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBl
     Ok(out)
 }
 
+/// Adds `content` to the conversation, in the last turn when that is
+/// `role`'s. A user turn holds tool results or other content, never both:
+/// a user message after tool results (or a result after one) goes in a turn
+/// of its own, after a minimal assistant turn.
 fn push(messages: &mut Vec<(ConversationRole, Vec<ContentBlock>)>, role: ConversationRole, content: Vec<ContentBlock>) {
     if content.is_empty() {
         return;
     }
     match messages.last_mut() {
-        Some((last, existing)) if *last == role => existing.extend(content),
+        Some((last, existing)) if *last == role => {
+            if role == ConversationRole::User && has_tool_results(existing) != has_tool_results(&content) {
+                messages.push((
+                    ConversationRole::Assistant,
+                    vec![ContentBlock::Text(AFTER_TOOL_RESULTS.to_owned())],
+                ));
+                messages.push((role, content));
+            } else {
+                existing.extend(content);
+            }
+        }
         _ => messages.push((role, content)),
     }
+}
+
+/// Whether a turn's content is tool results (cache points go with them).
+fn has_tool_results(content: &[ContentBlock]) -> bool {
+    content.iter().any(|b| matches!(b, ContentBlock::ToolResult(_)))
 }
 
 /// The pieces of a Converse call built from an OpenAI chat request.
@@ -408,8 +443,11 @@ fn top_p(req: &ChatCompletionRequest) -> Option<f64> {
     (!(claude && temperature)).then_some(top_p)
 }
 
-/// Builds the Converse input for an OpenAI chat request.
-pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) -> Result<ConverseInput> {
+/// Builds the Converse input for an OpenAI chat request. `default_max_tokens`
+/// (the deployment's) is sent when the client sets none; without it Claude
+/// gets [`DEFAULT_MAX_TOKENS`] and other models their own default, since a
+/// fixed number may be past their output limit, which Bedrock refuses.
+pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Option<u32>) -> Result<ConverseInput> {
     for key in crate::anthropic::translate::REJECTED {
         if req
             .extra
@@ -500,11 +538,13 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
                     .tool_use_id(tool_use_id(&id))
                     .set_content(Some(tool_result_content(message, &param)?))
                     .build();
-                push(
-                    &mut turns,
-                    ConversationRole::User,
-                    vec![ContentBlock::ToolResult(built(block, &param)?)],
-                );
+                let mut content = vec![ContentBlock::ToolResult(built(block, &param)?)];
+                // A cache breakpoint on the result (an agent marks its
+                // latest message) is a cache point after it.
+                if let Some(control) = tool_cache_control(message) {
+                    content.push(ContentBlock::CachePoint(cache_point_block(control)?));
+                }
+                push(&mut turns, ConversationRole::User, content);
             }
         }
     }
@@ -540,10 +580,17 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     let max_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
-        .map_or(default_max_tokens, |v| v.min(i32::MAX as u64) as u32);
-    let max_tokens = thinking
-        .as_ref()
-        .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens, &req.model));
+        .map(|v| v.min(i32::MAX as u64) as u32)
+        .or(default_max_tokens)
+        .or_else(|| is_claude(req).then_some(DEFAULT_MAX_TOKENS));
+    let max_tokens = match &thinking {
+        Some(t) => Some(reasoning::max_tokens_with(
+            t,
+            max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+            &req.model,
+        )),
+        None => max_tokens,
+    };
     // Blank stop sequences (`"\n"`) are refused by Claude: left out.
     let stop = match req.extra.get("stop") {
         Some(Value::String(s)) => Some(vec![s.clone()]),
@@ -553,7 +600,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: u32) 
     .map(|all: Vec<String>| all.into_iter().filter(|s| !blank(s)).collect::<Vec<_>>())
     .filter(|kept| !kept.is_empty());
     let inference = InferenceConfiguration::builder()
-        .max_tokens(max_tokens.min(i32::MAX as u32) as i32)
+        .set_max_tokens(max_tokens.map(|m| m.min(i32::MAX as u32) as i32))
         // Converse takes 0–1; OpenAI clients may send up to 2.
         // With thinking, Claude takes neither `temperature` nor a narrow
         // `top_p`: they are left out.
@@ -692,7 +739,7 @@ mod tests {
 
     fn converse(body: Value) -> ConverseInput {
         let req: ChatCompletionRequest = serde_json::from_value(body).unwrap();
-        to_converse(&req, 1024).unwrap()
+        to_converse(&req, Some(1024)).unwrap()
     }
 
     /// What Converse refuses is not sent: blank stop sequences, an empty
@@ -812,5 +859,93 @@ mod tests {
             {"role": "tool", "tool_call_id": "c1", "content": "ok"}
         ]}));
         assert!(empty.tools.is_none());
+    }
+
+    fn weather_tool() -> Value {
+        json!([{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}])
+    }
+
+    /// A user message after tool results is a turn of its own, after a
+    /// minimal assistant turn: Converse refuses tool results and text in
+    /// one turn. Results of one call batch stay together.
+    #[test]
+    fn a_user_message_after_tool_results_gets_its_own_turn() {
+        let input = converse(
+            json!({"model": "meta.llama3-3-70b-instruct-v1:0", "tools": weather_tool(),
+            "messages": [
+                {"role": "user", "content": "weather in Paris and Rome?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+                {"role": "tool", "tool_call_id": "c2", "content": "rain"},
+                {"role": "user", "content": "now summarise"}
+            ]}),
+        );
+        let roles: Vec<_> = input.messages.iter().map(|m| m.role().clone()).collect();
+        assert_eq!(
+            roles,
+            [
+                ConversationRole::User,
+                ConversationRole::Assistant,
+                ConversationRole::User,
+                ConversationRole::Assistant,
+                ConversationRole::User
+            ]
+        );
+        let results = input.messages[2].content();
+        assert_eq!(results.len(), 2);
+        assert!(
+            results.iter().all(|b| matches!(b, ContentBlock::ToolResult(_))),
+            "{results:?}"
+        );
+        assert!(matches!(input.messages[3].content(), [ContentBlock::Text(t)] if t == AFTER_TOOL_RESULTS));
+        assert!(matches!(input.messages[4].content(), [ContentBlock::Text(t)] if t == "now summarise"));
+    }
+
+    /// A cache breakpoint on a tool message is a cache point after its
+    /// result, in the results' turn.
+    #[test]
+    fn a_tool_results_cache_control_is_a_cache_point_after_it() {
+        let input = converse(
+            json!({"model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "tools": weather_tool(),
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1",
+                    "content": [{"type": "text", "text": "sunny", "cache_control": {"type": "ephemeral"}}]}
+            ]}),
+        );
+        assert!(
+            matches!(
+                input.messages[2].content(),
+                [ContentBlock::ToolResult(_), ContentBlock::CachePoint(_)]
+            ),
+            "{:?}",
+            input.messages[2]
+        );
+    }
+
+    /// Without `max_tokens` from the client or the deployment, only Claude
+    /// gets a default: another model's own limit may be lower, and Bedrock
+    /// refuses a `maxTokens` past it.
+    #[test]
+    fn max_tokens_is_sent_only_when_someone_chose_it() {
+        let with = |model: &str, default: Option<u32>, asked: Option<u64>| {
+            let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+            if let Some(asked) = asked {
+                body["max_tokens"] = json!(asked);
+            }
+            let req: ChatCompletionRequest = serde_json::from_value(body).unwrap();
+            to_converse(&req, default).unwrap().inference.max_tokens()
+        };
+        assert_eq!(with("meta.llama3-70b-instruct-v1:0", None, None), None);
+        assert_eq!(with("meta.llama3-70b-instruct-v1:0", Some(1_000), None), Some(1_000));
+        assert_eq!(with("meta.llama3-70b-instruct-v1:0", Some(1_000), Some(50)), Some(50));
+        assert_eq!(
+            with("anthropic.claude-3-haiku-20240307-v1:0", None, None),
+            Some(DEFAULT_MAX_TOKENS as i32)
+        );
     }
 }

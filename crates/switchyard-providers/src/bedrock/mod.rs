@@ -53,8 +53,9 @@ pub struct BedrockSettings {
     pub endpoint_url: Option<String>,
     /// Explicit credentials; `None` uses the default credential chain.
     pub credentials: Option<StaticCredentials>,
-    /// `maxTokens` when the client sends none.
-    pub default_max_tokens: u32,
+    /// `maxTokens` when the client sends none; without it Claude gets
+    /// 4,096 and other models their own default.
+    pub default_max_tokens: Option<u32>,
     /// The id to invoke instead of the request's model: an application
     /// inference profile or provisioned throughput ARN. The request's model
     /// still names the foundation model, which decides the request format.
@@ -94,6 +95,10 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                 Some("ModelErrorException") => 502,
                 // An account or region quota: another deployment may serve.
                 Some("ServiceQuotaExceededException") => 429,
+                // The deployment names a model this account or region
+                // cannot call as configured: its fault, as a 404 from an
+                // upstream is, so another deployment is tried.
+                Some("ValidationException") if names_unusable_model(ctx.err().message()) => 404,
                 _ => ctx.raw().status().as_u16(),
             };
             ProviderError::Status {
@@ -124,6 +129,22 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
         SdkError::ResponseError(_) => ProviderError::InvalidResponse(DisplayErrorContext(&err).to_string()),
         _ => ProviderError::Transport(DisplayErrorContext(&err).to_string()),
     }
+}
+
+/// Whether a `ValidationException`'s message says the model id cannot be
+/// called as it is: unknown, or served only through an inference profile.
+fn names_unusable_model(message: Option<&str>) -> bool {
+    let Some(message) = message else {
+        return false;
+    };
+    let message = message.to_ascii_lowercase();
+    [
+        "model identifier is invalid",
+        "on-demand throughput isn",
+        "inference profile",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 /// Whether `err` came from loading credentials, anywhere in its chain.
@@ -311,52 +332,34 @@ impl BedrockProvider {
             .map_err(|e| ProviderError::InvalidResponse(format!("InvokeModel returned invalid JSON ({e})")))
     }
 
-    /// Embeds `texts` with a Titan (one call per text) or Cohere (one call)
-    /// model. `options` are the request's extra fields: Cohere's
-    /// `input_type` (default `search_document`) and `dimensions`.
+    /// Embeds `texts` with a Titan (one call per text, [`TITAN_CALLS`] at a
+    /// time) or Cohere (one call per [`COHERE_BATCH`] texts) model. `options`
+    /// are the request's extra fields: Cohere's `input_type` (default
+    /// `search_document`) and `truncate`, and `dimensions`. Vectors come
+    /// back in the order of `texts`.
     async fn embed(&self, model: &str, texts: &[String], options: &Map<String, Value>) -> Result<(Vec<Vec<f32>>, u64)> {
+        use futures_util::{StreamExt as _, TryStreamExt as _};
         let dimensions = options.get("dimensions").and_then(Value::as_u64);
         if model.contains("titan-embed") {
-            let mut vectors = Vec::with_capacity(texts.len());
-            let mut tokens: u64 = 0;
-            for text in texts {
-                let mut body = json!({"inputText": text});
-                if let Some(d) = dimensions {
-                    body["dimensions"] = json!(d);
-                }
-                let answer = self.invoke_json(model, &body).await?;
-                tokens = tokens.saturating_add(answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0));
-                vectors.push(vector(answer.get("embedding"))?);
-            }
-            Ok((vectors, tokens))
+            let answers: Vec<(Vec<f32>, u64)> = futures_util::stream::iter(0..texts.len())
+                .map(|i| async move {
+                    let mut body = json!({"inputText": texts[i]});
+                    if let Some(d) = dimensions {
+                        body["dimensions"] = json!(d);
+                    }
+                    let answer = self.invoke_json(model, &body).await?;
+                    let tokens = answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0);
+                    Ok::<_, ProviderError>((vector(answer.get("embedding"))?, tokens))
+                })
+                .buffered(TITAN_CALLS)
+                .try_collect()
+                .await?;
+            let tokens = answers.iter().fold(0_u64, |sum, (_, t)| sum.saturating_add(*t));
+            Ok((answers.into_iter().map(|(v, _)| v).collect(), tokens))
         } else if model.contains("cohere.embed") {
-            let input_type = options
-                .get("input_type")
-                .and_then(Value::as_str)
-                .unwrap_or("search_document");
-            let mut body = json!({"texts": texts, "input_type": input_type});
-            // Embed v4 names it `output_dimension`; v3 has one size (and
-            // refuses the field).
-            if let Some(d) = dimensions.filter(|_| model.contains("embed-v4")) {
-                body["output_dimension"] = json!(d);
-            }
-            let answer = self.invoke_json(model, &body).await?;
-            // v3 answers a list of vectors; v4 (and v3 asked for
-            // `embedding_types`) a list per type.
-            let all = answer.get("embeddings").map(|e| e.get("float").unwrap_or(e));
-            let vectors = all
-                .and_then(Value::as_array)
-                .ok_or_else(|| ProviderError::InvalidResponse("Cohere answered without `embeddings`".into()))?
-                .iter()
-                .map(Some)
-                .map(vector)
-                .collect::<Result<Vec<_>>>()?;
-            if vectors.len() != texts.len() {
-                return Err(ProviderError::InvalidResponse(format!(
-                    "Cohere answered {} embeddings for {} inputs",
-                    vectors.len(),
-                    texts.len()
-                )));
+            let mut vectors = Vec::with_capacity(texts.len());
+            for batch in texts.chunks(COHERE_BATCH) {
+                vectors.extend(self.cohere_embed(model, batch, options, dimensions).await?);
             }
             // Cohere on Bedrock reports no token count: about 4 bytes a token.
             let tokens = texts.iter().map(|t| t.len().div_ceil(4) as u64).sum();
@@ -368,7 +371,57 @@ impl BedrockProvider {
             })
         }
     }
+
+    /// One Cohere InvokeModel call for at most [`COHERE_BATCH`] texts.
+    async fn cohere_embed(
+        &self,
+        model: &str,
+        texts: &[String],
+        options: &Map<String, Value>,
+        dimensions: Option<u64>,
+    ) -> Result<Vec<Vec<f32>>> {
+        let input_type = options
+            .get("input_type")
+            .and_then(Value::as_str)
+            .unwrap_or("search_document");
+        let mut body = json!({"texts": texts, "input_type": input_type});
+        // `NONE` (Bedrock's default: a text past 2,048 characters is
+        // refused), `START` or `END`.
+        if let Some(truncate) = options.get("truncate").and_then(Value::as_str) {
+            body["truncate"] = json!(truncate);
+        }
+        // Embed v4 names it `output_dimension`; v3 has one size (and
+        // refuses the field).
+        if let Some(d) = dimensions.filter(|_| model.contains("embed-v4")) {
+            body["output_dimension"] = json!(d);
+        }
+        let answer = self.invoke_json(model, &body).await?;
+        // v3 answers a list of vectors; v4 (and v3 asked for
+        // `embedding_types`) a list per type.
+        let all = answer.get("embeddings").map(|e| e.get("float").unwrap_or(e));
+        let vectors = all
+            .and_then(Value::as_array)
+            .ok_or_else(|| ProviderError::InvalidResponse("Cohere answered without `embeddings`".into()))?
+            .iter()
+            .map(Some)
+            .map(vector)
+            .collect::<Result<Vec<_>>>()?;
+        if vectors.len() != texts.len() {
+            return Err(ProviderError::InvalidResponse(format!(
+                "Cohere answered {} embeddings for {} inputs",
+                vectors.len(),
+                texts.len()
+            )));
+        }
+        Ok(vectors)
+    }
 }
+
+/// The most texts one Cohere embedding call takes on Bedrock.
+const COHERE_BATCH: usize = 96;
+
+/// Titan embedding calls (one text each) made at a time for one request.
+const TITAN_CALLS: usize = 8;
 
 /// One embedding vector of an answer: a non-empty list of numbers.
 fn vector(value: Option<&Value>) -> Result<Vec<f32>> {

@@ -38,6 +38,10 @@ struct Converter {
     json_block: Option<i32>,
     /// Later JSON tool blocks, left out.
     extra_json_blocks: Vec<i32>,
+    /// Some input of the JSON tool was sent as text: one that ends without
+    /// any (an empty object, for which Bedrock sends no delta) gives `{}`,
+    /// as the answer outside a stream does.
+    json_argued: bool,
     /// Text of a JSON answer held back: left out if the JSON tool answers,
     /// passed on if the model answers in text instead.
     held: String,
@@ -84,9 +88,13 @@ impl Converter {
                 }
                 Some(ContentBlockDelta::Text(_)) if self.json => {}
                 Some(ContentBlockDelta::Text(text)) => out.push_back(self.out.text(text)),
-                Some(ContentBlockDelta::ToolUse(tool)) if self.json_block == Some(delta.content_block_index) => {
+                Some(ContentBlockDelta::ToolUse(tool))
+                    if self.json_block == Some(delta.content_block_index) && !tool.input.is_empty() =>
+                {
+                    self.json_argued = true;
                     out.push_back(self.out.text(tool.input));
                 }
+                Some(ContentBlockDelta::ToolUse(_)) if self.json_block == Some(delta.content_block_index) => {}
                 Some(ContentBlockDelta::ToolUse(_)) if self.extra_json_blocks.contains(&delta.content_block_index) => {}
                 Some(ContentBlockDelta::ReasoningContent(ReasoningContentBlockDelta::Text(text))) => {
                     let entry = self.reasoning.entry(delta.content_block_index).or_default();
@@ -123,6 +131,10 @@ impl Converter {
                 _ => {}
             },
             ConverseStreamOutput::ContentBlockStop(stop) => {
+                if self.json_block == Some(stop.content_block_index) && !self.json_argued {
+                    self.json_argued = true;
+                    out.push_back(self.out.text("{}".into()));
+                }
                 if let Some(&index) = self.tools.get(&stop.content_block_index)
                     && !self.argued.contains(&stop.content_block_index)
                 {
@@ -181,6 +193,7 @@ pub(crate) fn to_chat_chunks(
         json,
         json_block: None,
         extra_json_blocks: Vec::new(),
+        json_argued: false,
         held: String::new(),
         reasoning: HashMap::new(),
         blocks: ThinkingBlocks::default(),
@@ -239,4 +252,102 @@ fn exception_name(e: &ConverseStreamOutputError) -> Option<&'static str> {
         ConverseStreamOutputError::ServiceUnavailableException(_) => "ServiceUnavailableException",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use aws_sdk_bedrockruntime::types::{
+        ContentBlockDeltaEvent, ContentBlockStartEvent, ContentBlockStopEvent, MessageStartEvent, MessageStopEvent,
+        StopReason, ToolUseBlockDelta, ToolUseBlockStart,
+    };
+
+    use super::*;
+
+    fn converter(json: bool) -> Converter {
+        Converter {
+            out: ChunkBuilder::default(),
+            include_usage: false,
+            tools: HashMap::new(),
+            argued: HashSet::new(),
+            stopped: false,
+            finished: false,
+            json,
+            json_block: None,
+            extra_json_blocks: Vec::new(),
+            json_argued: false,
+            held: String::new(),
+            reasoning: HashMap::new(),
+            blocks: ThinkingBlocks::default(),
+        }
+    }
+
+    /// The text the chunks of `events` carry, run through a JSON-mode converter.
+    fn json_text(events: Vec<ConverseStreamOutput>) -> String {
+        let mut conv = converter(true);
+        let mut out = VecDeque::new();
+        for event in events {
+            conv.on_event(event, &mut out);
+        }
+        out.into_iter()
+            .map(|c| {
+                let chunk: serde_json::Value = serde_json::from_slice(&c.unwrap().data).unwrap();
+                chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    fn json_tool_events(input: Option<&str>) -> Vec<ConverseStreamOutput> {
+        let start = ToolUseBlockStart::builder()
+            .tool_use_id("t1")
+            .name(JSON_TOOL)
+            .build()
+            .unwrap();
+        let mut events = vec![
+            ConverseStreamOutput::MessageStart(
+                MessageStartEvent::builder()
+                    .role(aws_sdk_bedrockruntime::types::ConversationRole::Assistant)
+                    .build()
+                    .unwrap(),
+            ),
+            ConverseStreamOutput::ContentBlockStart(
+                ContentBlockStartEvent::builder()
+                    .content_block_index(0)
+                    .start(ContentBlockStart::ToolUse(start))
+                    .build()
+                    .unwrap(),
+            ),
+        ];
+        if let Some(input) = input {
+            let delta = ToolUseBlockDelta::builder().input(input).build().unwrap();
+            events.push(ConverseStreamOutput::ContentBlockDelta(
+                ContentBlockDeltaEvent::builder()
+                    .content_block_index(0)
+                    .delta(ContentBlockDelta::ToolUse(delta))
+                    .build()
+                    .unwrap(),
+            ));
+        }
+        events.push(ConverseStreamOutput::ContentBlockStop(
+            ContentBlockStopEvent::builder().content_block_index(0).build().unwrap(),
+        ));
+        events.push(ConverseStreamOutput::MessageStop(
+            MessageStopEvent::builder()
+                .stop_reason(StopReason::ToolUse)
+                .build()
+                .unwrap(),
+        ));
+        events
+    }
+
+    /// A JSON answer whose object is empty (no input delta at all) is `{}`,
+    /// as outside a stream, not an empty text no JSON parser takes.
+    #[test]
+    fn an_empty_json_answer_streams_as_an_empty_object() {
+        assert_eq!(json_text(json_tool_events(None)), "{}");
+        assert_eq!(json_text(json_tool_events(Some(r#"{"a":1}"#))), r#"{"a":1}"#);
+    }
 }
