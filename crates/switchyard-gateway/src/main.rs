@@ -277,6 +277,10 @@ const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // TLS to Redis (`rediss://`) builds its rustls configuration from the
+    // process's default provider, which must be chosen when more than one
+    // is compiled in. Fails only when one is already installed.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     if let Some(Command::CheckConfig { path, litellm }) = cli.command {
         // Inside the runtime: clients (Redis) are made, not connected.

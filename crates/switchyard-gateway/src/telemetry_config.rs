@@ -132,7 +132,8 @@ impl Default for RequestLogConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestLogRedis {
-    /// `redis://host:port/db`, `os.environ/NAME`, or a URL with
+    /// `redis://host:port/db` (`rediss://` for TLS, verified against the
+    /// system's roots or `SSL_CERT_FILE`), `os.environ/NAME`, or a URL with
     /// `{os.environ/NAME}` parts (`redis://:{os.environ/REDIS_PASSWORD}@host:6379`).
     pub url: String,
     /// Stream key.

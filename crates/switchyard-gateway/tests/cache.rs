@@ -860,3 +860,64 @@ async fn redis_refusing_stores_still_serves_what_it_holds() {
     let held = post(&gw, MASTER, ask("kept answer"), &[]).await;
     assert_eq!(held.header("x-switchyard-cache"), "hit", "{}", held.text);
 }
+
+/// Redis over TLS (`rediss://`, as managed Redis services require): the
+/// cache and the policy store both use it, trusting the server through the
+/// system's roots (`SSL_CERT_FILE` here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_over_tls_serves_the_cache_and_the_policy_store() {
+    let redis = RedisServer::start_tls();
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        r#"
+policy:
+  master_key: {MASTER}
+  redis:
+    url: {url}
+    failure_mode: fail_closed
+    timeout_ms: 2000
+cache:
+  enabled: true
+  backend: redis
+  redis:
+    url: {url}
+    timeout_ms: 2000
+model_list:
+  - model_name: gpt
+    deployments:
+      - provider: openai
+        api_base: "{base}"
+        api_key: sk-upstream
+        model: gpt-upstream
+        input_cost_per_token: 0.000001
+"#,
+        url = redis.url(),
+        base = mock.base_url()
+    );
+    let ca = redis.ca_file().unwrap();
+    let gw = GatewayProcess::start_with(BIN.as_ref(), &yaml, &[], &[("SSL_CERT_FILE", ca.to_str().unwrap())]);
+    let first = post(&gw, MASTER, ask("over tls"), &[]).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    assert_eq!(first.header("x-switchyard-cache"), "miss");
+    let mut again = post(&gw, MASTER, ask("over tls"), &[]).await;
+    for _ in 0..40 {
+        if again.header("x-switchyard-cache") == "hit" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        again = post(&gw, MASTER, ask("over tls"), &[]).await;
+    }
+    assert_eq!(again.header("x-switchyard-cache"), "hit", "{}", again.text);
+    assert_eq!(mock.requests().len(), 1);
+
+    // The entry and the spend are in that Redis, read over TLS here too.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let roots = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(std::fs::read(&ca).unwrap()),
+    };
+    let client = redis::Client::build_with_tls(redis.url(), roots).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut con).await.unwrap();
+    assert!(keys.len() >= 2, "{keys:?}");
+}

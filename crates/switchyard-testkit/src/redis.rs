@@ -1,7 +1,9 @@
 //! A real `redis-server` (the Debian package) on a spare 127.0.0.1 port,
-//! without persistence, that tests can stop and start again on the same port.
+//! without persistence, that tests can stop and start again on the same port;
+//! optionally speaking TLS only, with a certificate of its own test CA.
 
 use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 pub struct RedisServer {
     child: Option<Child>,
     port: u16,
+    /// The TLS server's certificates: its CA's, and its own with its key.
+    tls: Option<tempfile::TempDir>,
 }
 
 impl RedisServer {
@@ -24,14 +28,48 @@ impl RedisServer {
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free port: {e}"));
-        let mut server = RedisServer { child: None, port };
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls: None,
+        };
         server.restart();
         server
     }
 
-    /// `redis://127.0.0.1:PORT`.
+    /// Like [`RedisServer::start`], speaking TLS only, with a certificate
+    /// for `localhost` and 127.0.0.1 signed by a CA made for it (with the
+    /// `openssl` command). A client trusts it through [`RedisServer::ca_file`]
+    /// (for rustls' native roots: `SSL_CERT_FILE`).
+    #[allow(clippy::panic, reason = "test support: a missing tool must fail the test loudly")]
+    pub fn start_tls() -> RedisServer {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
+        make_certificates(dir.path());
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or_else(|e| panic!("no free port: {e}"));
+        let mut server = RedisServer {
+            child: None,
+            port,
+            tls: Some(dir),
+        };
+        server.restart();
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT`, or `rediss://localhost:PORT` for a TLS server.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        if self.tls.is_some() {
+            format!("rediss://localhost:{}", self.port)
+        } else {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    /// The PEM file of the CA that signed a TLS server's certificate.
+    pub fn ca_file(&self) -> Option<PathBuf> {
+        self.tls.as_ref().map(|dir| dir.path().join("ca.crt"))
     }
 
     /// Kills the server (as a crash would) and waits until the port is closed.
@@ -51,17 +89,30 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.stop();
         let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let port = self.port.to_string();
+        let mut command = Command::new(&bin);
+        command.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(dir) => {
+                let file = |name: &str| dir.path().join(name).display().to_string();
+                command.args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-cert-file",
+                    &file("server.crt"),
+                    "--tls-key-file",
+                    &file("server.key"),
+                    "--tls-ca-cert-file",
+                    &file("ca.crt"),
+                    "--tls-auth-clients",
+                    "no",
+                ])
+            }
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -79,6 +130,69 @@ impl RedisServer {
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+}
+
+/// Writes `ca.crt`, and `server.crt`/`server.key` for `localhost` and
+/// 127.0.0.1 signed by it, into `dir` (P-256 keys, valid for two days).
+#[allow(clippy::panic, reason = "test support: a missing tool must fail the test loudly")]
+fn make_certificates(dir: &Path) {
+    let ext = dir.join("server.ext");
+    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+        .unwrap_or_else(|e| panic!("cannot write {}: {e}", ext.display()));
+    let key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let steps: [Vec<&str>; 3] = [
+        [
+            &["req", "-x509"][..],
+            &key[..],
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.crt",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=switchyard test CA",
+            ][..],
+        ]
+        .concat(),
+        [
+            &["req"][..],
+            &key[..],
+            &["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"][..],
+        ]
+        .concat(),
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ],
+    ];
+    for args in steps {
+        let output = Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl ({e}): install the openssl package (`.ci/run` does)"));
+        assert!(
+            output.status.success(),
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 }
 
