@@ -137,6 +137,24 @@ pub(crate) struct Pending {
     ttl: Duration,
     semantic: Option<(String, Arc<[f32]>, String)>,
     store: bool,
+    /// The request is for embeddings (answered with `data`, not `choices`).
+    embeddings: bool,
+}
+
+impl Pending {
+    /// Whether the answer is to be stored at all (not `no-store`).
+    pub(crate) fn stores(&self) -> bool {
+        self.store
+    }
+
+    /// The shape a JSON answer to this request has, for [`keepable`].
+    pub(crate) fn json_shape(&self) -> Shape {
+        if self.embeddings {
+            Shape::Embeddings
+        } else {
+            Shape::Completion
+        }
+    }
 }
 
 /// The cache's verdict on a request.
@@ -149,6 +167,12 @@ pub(crate) enum Lookup {
     },
     /// Nothing usable stored.
     Miss(Pending),
+}
+
+/// Whether the cache keeps answers to `call` at all (chat, completions and
+/// embeddings); other calls are not looked up, nor counted as bypassing it.
+pub(crate) fn applies(call: &Call<'_>) -> bool {
+    endpoint(call).is_some()
 }
 
 /// The endpoint name keys are made under; `None` for requests not cached.
@@ -278,6 +302,7 @@ impl GatewayCache {
             ttl: controls.ttl.unwrap_or(self.ttl).min(self.max_ttl),
             semantic: None,
             store: !controls.no_store,
+            embeddings: endpoint == "embeddings",
         };
         let fresh = |answer: &CachedAnswer| {
             controls
@@ -438,6 +463,19 @@ pub(crate) fn replay(answer: &CachedAnswer, strip_usage: bool) -> Response {
 struct Finishes {
     #[serde(default)]
     choices: Option<Vec<Finish>>,
+    #[serde(default)]
+    data: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+/// What an answer judged by [`keepable`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Shape {
+    /// A chat or text completion's JSON: `choices`.
+    Completion,
+    /// An embeddings answer's JSON: `data`.
+    Embeddings,
+    /// A stream's chunks.
+    Stream,
 }
 
 #[derive(serde::Deserialize)]
@@ -448,23 +486,30 @@ struct Finish {
 
 /// Whether an answer may be kept for later callers: not one the content
 /// filter stopped (Azure answers 200 with `finish_reason: content_filter`),
-/// nor a completion with no choice at all. `parts` are the JSON body, or a
-/// stream's chunks (whose usage chunk has no choice).
-pub(crate) fn keepable<'a>(parts: impl IntoIterator<Item = &'a [u8]>, stream: bool) -> bool {
+/// nor one that answered nothing — a completion without a choice, embeddings
+/// without a vector, or a 200 that is an error in another shape (vLLM's
+/// `{"object": "error", …}`). `parts` are the JSON body, or a stream's chunks
+/// (whose usage chunk has no choice).
+pub(crate) fn keepable<'a>(parts: impl IntoIterator<Item = &'a [u8]>, shape: Shape) -> bool {
+    let stream = shape == Shape::Stream;
     // A stream needs one chunk with a choice: one of usage alone (or of a
     // prompt filter's verdict) answered nothing.
     let mut answered = false;
     let clean = parts
         .into_iter()
         .all(|part| match serde_json::from_slice::<Finishes>(part) {
-            Ok(Finishes { choices: Some(choices) }) => {
+            Ok(Finishes { data, .. }) if shape == Shape::Embeddings => data.is_some_and(|d| !d.is_empty()),
+            Ok(Finishes {
+                choices: Some(choices), ..
+            }) => {
                 answered |= !choices.is_empty();
                 (stream || !choices.is_empty())
                     && choices
                         .iter()
                         .all(|c| c.finish_reason.as_deref() != Some("content_filter"))
             }
-            Ok(Finishes { choices: None }) => true,
+            // A stream's usage chunk; a completion without `choices` is not one.
+            Ok(Finishes { choices: None, .. }) => stream,
             Err(_) => false,
         });
     clean && (answered || !stream)
@@ -540,30 +585,36 @@ mod tests {
         let body = |s: &'static str| std::iter::once(s.as_bytes());
         assert!(keepable(
             body(r#"{"choices":[{"finish_reason":"stop","content_filter_results":{}}]}"#),
-            false
+            Shape::Completion
         ));
         assert!(keepable(
             body(r#"{"object":"list","data":[{"embedding":[0.1]}]}"#),
-            false
+            Shape::Embeddings
         ));
+        // A 200 that answered nothing: an error in another shape, an empty body.
+        for nothing in [r#"{"object":"error","message":"x","code":400}"#, "{}"] {
+            assert!(!keepable(body(nothing), Shape::Completion), "{nothing}");
+            assert!(!keepable(body(nothing), Shape::Embeddings), "{nothing}");
+        }
+        assert!(!keepable(body(r#"{"object":"list","data":[]}"#), Shape::Embeddings));
         assert!(!keepable(
             body(r#"{"choices":[{"finish_reason":"content_filter"}]}"#),
-            false
+            Shape::Completion
         ));
-        assert!(!keepable(body(r#"{"choices":[]}"#), false));
+        assert!(!keepable(body(r#"{"choices":[]}"#), Shape::Completion));
         let chunks = [
             r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
             r#"{"choices":[],"usage":{"prompt_tokens":1}}"#.as_bytes(),
         ];
-        assert!(keepable(chunks, true));
+        assert!(keepable(chunks, Shape::Stream));
         let cut = [
             r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
             r#"{"choices":[{"delta":{},"finish_reason":"content_filter"}]}"#.as_bytes(),
         ];
-        assert!(!keepable(cut, true));
+        assert!(!keepable(cut, Shape::Stream));
         // A stream of usage alone answered nothing.
         let empty = [r#"{"choices":[],"usage":{"prompt_tokens":1}}"#.as_bytes()];
-        assert!(!keepable(empty, true));
+        assert!(!keepable(empty, Shape::Stream));
     }
 
     #[test]

@@ -11,6 +11,10 @@ use crate::config::{ConfigIssue, EnvSource, issue, resolve_url};
 /// The longest an answer may be kept, in seconds (a year).
 const MAX_TTL_SECONDS: u64 = 365 * 24 * 3600;
 
+/// The most prompts a semantic index may hold: its graph is allocated for
+/// all of them when it starts.
+const MAX_SEMANTIC_ENTRIES: usize = 10_000_000;
+
 /// `cache:` as written.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, default)]
@@ -96,7 +100,8 @@ fn default_timeout_ms() -> u64 {
 pub struct SemanticConfig {
     /// Cosine similarity of two prompts' embeddings needed for a hit (0–1).
     pub min_similarity: f32,
-    /// Prompts indexed before the index starts again.
+    /// Prompts indexed before the index starts again (16 to 10,000,000;
+    /// each holds its embedding, about 1.6 KiB with MiniLM).
     #[serde(default = "default_max_entries")]
     pub max_entries: usize,
 }
@@ -213,6 +218,13 @@ impl CacheConfig {
             }
             if s.max_entries < 16 {
                 issues.push(issue(format!("{path}.max_entries"), "must be at least 16"));
+            }
+            // The index is allocated for its whole size up front.
+            if s.max_entries > MAX_SEMANTIC_ENTRIES {
+                issues.push(issue(
+                    format!("{path}.max_entries"),
+                    format!("must be at most {MAX_SEMANTIC_ENTRIES}"),
+                ));
             }
             semantic.insert(name.clone(), (s.min_similarity, s.max_entries.max(16)));
         }

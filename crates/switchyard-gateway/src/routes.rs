@@ -404,7 +404,7 @@ async fn openai_inner(
     if let Some(cache) = state
         .cache
         .as_ref()
-        .filter(|_| options.wildcard.is_none() && options.route_tags.is_empty())
+        .filter(|_| options.wildcard.is_none() && options.route_tags.is_empty() && crate::cache::applies(&call))
     {
         let lookup_span = tracing::debug_span!(
             target: "switchyard",
@@ -497,7 +497,8 @@ async fn openai_inner(
     }
     // An answer from a fallback group is not kept as the requested group's.
     let primary = decision.prediction.as_ref().map_or(model, |p| p.ranked[0].as_str());
-    let keep = pending.as_ref().filter(|_| decision.group == primary);
+    // A `no-store` answer is not recorded for the cache at all.
+    let keep = pending.as_ref().filter(|p| p.stores() && decision.group == primary);
     let mut response = match reply {
         Reply::Json(answer) => {
             // The upstream is done: the deployment is no longer busy with it.
@@ -561,13 +562,19 @@ async fn openai_inner(
                 t.charged(usage, record.as_ref());
                 t.finish(200, None);
             }
-            let keep = keep.filter(|_| crate::cache::keepable([&answer.body[..]], false));
+            let keep = keep.filter(|p| crate::cache::keepable([&answer.body[..]], p.json_shape()));
             if let (Some(_), Some(pending)) = (&state.cache, keep) {
                 let stored = CachedAnswer {
                     body: CachedBody::Json(String::from_utf8_lossy(&answer.body).into_owned()),
                     deployment: decision.deployment.name.clone(),
-                    prompt_tokens: usage.map_or(0, |u| u.prompt),
-                    completion_tokens: usage.map_or(0, |u| u.completion),
+                    // The tokens charged (an estimate for embeddings
+                    // without the upstream's usage), as the hits' log shows.
+                    prompt_tokens: record
+                        .as_ref()
+                        .map_or_else(|| usage.map_or(0, |u| u.prompt), |r| r.usage.prompt),
+                    completion_tokens: record
+                        .as_ref()
+                        .map_or_else(|| usage.map_or(0, |u| u.completion), |r| r.usage.completion),
                     // The answer's price even when its charge could not be
                     // recorded, so later hits are not free.
                     cost_nanos: record.as_ref().map_or_else(
@@ -621,7 +628,7 @@ async fn openai_inner(
                     let name = decision.deployment.name.clone();
                     let limit = state.cache.as_ref().map_or(0, |c| c.max_entry_bytes);
                     crate::cache::record_stream(chunks, limit, move |seen| {
-                        if !crate::cache::keepable(seen.iter().map(String::as_bytes), true) {
+                        if !crate::cache::keepable(seen.iter().map(String::as_bytes), crate::cache::Shape::Stream) {
                             return;
                         }
                         tokio::spawn(async move {

@@ -362,7 +362,17 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
 /// [`AppState::cache_generations`]: a short hash per model name of what its
 /// answers come from (credentials and prices left out: a rotated key or a
 /// new price does not change answers; the settings that shape the request
-/// sent, such as `default_max_tokens`, do).
+/// sent, such as `default_max_tokens` or an `anthropic-beta` header, do).
+/// Of the extra headers, those that look like credentials count by name
+/// only.
+/// Whether an upstream header's value is a credential (kept out of hashes).
+fn credential_header(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["auth", "key", "token", "secret", "password", "cookie", "signature"]
+        .iter()
+        .any(|part| name.contains(part))
+}
+
 fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
     use sha2::{Digest, Sha256};
     let of_group = |m: &ModelSpec| {
@@ -370,6 +380,15 @@ fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
         for d in &m.deployments {
             let max_tokens = d.default_max_tokens.map(|t| t.to_string()).unwrap_or_default();
             let mock = format!("{:?}/{}", d.mock.reply, d.mock.embedding_dims);
+            let headers: String = d
+                .http
+                .headers
+                .iter()
+                .map(|(name, value)| {
+                    let value = if credential_header(name) { "" } else { value.as_str() };
+                    format!("{}={value}\n", name.to_ascii_lowercase())
+                })
+                .collect();
             for part in [
                 provider_name(d.provider),
                 d.model.as_str(),
@@ -381,6 +400,7 @@ fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
                 max_tokens.as_str(),
                 if d.drop_params { "drop_params" } else { "" },
                 mock.as_str(),
+                headers.as_str(),
             ] {
                 h.update(part.as_bytes());
                 h.update([0]);
@@ -993,5 +1013,16 @@ mod tests {
         let remapped = cache_generations(&models(&yaml("default_max_tokens: 256", "b")));
         assert_eq!(base["a"], remapped["a"]);
         assert_ne!(base["auto"], remapped["auto"]);
+        // A beta header shapes answers; a credential header's value does not.
+        let header = |headers: &str| {
+            cache_generations(&models(&yaml(
+                &format!("default_max_tokens: 256, headers: {{{headers}}}"),
+                "a",
+            )))["a"]
+                .clone()
+        };
+        assert_ne!(header("anthropic-beta: a"), header("anthropic-beta: b"));
+        assert_ne!(header("anthropic-beta: a"), base["a"]);
+        assert_eq!(header("x-proxy-key: one"), header("x-proxy-key: two"));
     }
 }

@@ -921,3 +921,98 @@ model_list:
     let keys: Vec<String> = redis::cmd("KEYS").arg("*").query_async(&mut con).await.unwrap();
     assert!(keys.len() >= 2, "{keys:?}");
 }
+
+/// A 200 that answered nothing (no `choices`) is served but never kept;
+/// calls the cache does not apply to (images) are not counted as bypassing
+/// it; an embeddings hit is logged with the tokens its miss was charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_real_answers_are_kept_and_counted() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        r#"
+policy:
+  master_key: {MASTER}
+cache:
+  enabled: true
+model_list:
+  - model_name: odd
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: k, model: "m::wrong_shape"}}
+  - model_name: embed
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: k, model: "e::no_usage", input_cost_per_token: 0.000001}}
+  - model_name: dall-e-3
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: k, model: dall-e-3}}
+"#,
+        base = mock.base_url()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let http = reqwest::Client::new();
+    let send = |path: &str, body: Value| {
+        let request = http
+            .post(format!("{}{path}", gw.base_url()))
+            .bearer_auth(MASTER)
+            .json(&body);
+        async move {
+            let response = request.send().await.unwrap();
+            let cache = response
+                .headers()
+                .get("x-switchyard-cache")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (response.status().as_u16(), cache)
+        }
+    };
+    let chat = json!({"model": "odd", "messages": [{"role": "user", "content": "hi"}]});
+    for _ in 0..2 {
+        let (status, cache) = send("/v1/chat/completions", chat.clone()).await;
+        assert_eq!((status, cache.as_deref()), (200, Some("miss")));
+    }
+    // Stores are written after the answer goes out: a kept answer would be
+    // there by now.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, cache) = send("/v1/chat/completions", chat.clone()).await;
+    assert_eq!(cache.as_deref(), Some("miss"));
+    assert_eq!(mock.requests().len(), 3);
+
+    let (status, _) = send(
+        "/v1/images/generations",
+        json!({"model": "dall-e-3", "prompt": "a lighthouse"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let metrics = reqwest::get(format!("{}/metrics", gw.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"switchyard_cache_lookups_total{model="odd",result="miss"} 3"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains(r#"result="bypass""#), "{metrics}");
+
+    let input = json!({"model": "embed", "input": "some words to embed"});
+    let (_, first) = send("/v1/embeddings", input.clone()).await;
+    assert_eq!(first.as_deref(), Some("miss"));
+    let mut again = send("/v1/embeddings", input.clone()).await.1;
+    for _ in 0..40 {
+        if again.as_deref() == Some("hit") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        again = send("/v1/embeddings", input.clone()).await.1;
+    }
+    assert_eq!(again.as_deref(), Some("hit"));
+    let logs = |hit: bool| {
+        let request = http
+            .get(format!("{}/spend/logs?cache_hit={hit}&model=embed", gw.base_url()))
+            .bearer_auth(MASTER);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let (paid, hits) = (logs(false).await, logs(true).await);
+    let prompt = paid[0]["usage"]["prompt"].as_u64().unwrap();
+    assert!(prompt > 0, "{paid}");
+    assert_eq!(hits[0]["usage"]["prompt"], prompt, "{hits}");
+}

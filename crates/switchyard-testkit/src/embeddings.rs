@@ -127,12 +127,17 @@ pub(crate) fn embeddings(ctx: &RequestCtx<'_>) -> Response {
             json!({"object": "embedding", "index": index, "embedding": embedding})
         })
         .collect();
-    let body = json!({
+    let mut body = json!({
         "object": "list",
         "data": data,
         "model": ctx.model,
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     });
+    if ctx.scenario.no_usage
+        && let Some(obj) = body.as_object_mut()
+    {
+        obj.remove("usage");
+    }
     json_response(StatusCode::OK, &body)
 }
 

@@ -553,3 +553,24 @@ fn a_cache_lifetime_past_a_year_is_refused() {
     let text: Vec<String> = issues.iter().map(ToString::to_string).collect();
     assert!(text.iter().any(|i| i.contains("cache.max_ttl_seconds")), "{text:?}");
 }
+
+#[test]
+fn a_semantic_index_has_a_bounded_size() {
+    let with = |entries: &str| {
+        let config = parse(&format!(
+            "cache:\n  enabled: true\n  semantic:\n    a:\n      min_similarity: 0.9\n      max_entries: {entries}\nmodel_list:\n  - model_name: a\n    deployments:\n      - provider: mock\n        model: m\n"
+        ))
+        .unwrap();
+        let mut issues = Vec::new();
+        config.cache.validate(&env(&[]), &["a".to_owned()], &mut issues);
+        match issues.is_empty() {
+            true => Ok(()),
+            false => Err(issues.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")),
+        }
+    };
+    for refused in ["8", "10000000000"] {
+        let err = with(refused).unwrap_err();
+        assert!(err.contains("cache.semantic.a.max_entries: must be at"), "{err}");
+    }
+    with("10000000").unwrap();
+}
