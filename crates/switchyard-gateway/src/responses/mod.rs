@@ -75,6 +75,7 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
     let mut text = String::new();
     let mut calls = Vec::new();
     let mut thinking = Vec::new();
+    let mut reasoning = String::new();
     for item in &response.output {
         match item {
             OutputItem::Message { content, .. } => {
@@ -104,7 +105,11 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
                 encrypted_content: Some(sealed),
                 ..
             } => thinking.extend(translate::unseal(sealed)),
-            OutputItem::Reasoning { .. } => {}
+            // Other upstreams' reasoning goes back as `reasoning_content`
+            // with the calls it led to (DeepSeek and Kimi need it).
+            OutputItem::Reasoning { content, .. } => {
+                reasoning.extend(content.iter().map(|c| c.text.as_str()));
+            }
         }
     }
     if text.is_empty() && calls.is_empty() {
@@ -113,6 +118,9 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
     let mut extra = Extra::new();
     if !thinking.is_empty() {
         extra.insert("thinking_blocks".into(), Value::Array(thinking));
+    }
+    if !reasoning.is_empty() && !calls.is_empty() {
+        extra.insert("reasoning_content".into(), Value::String(reasoning));
     }
     Some(ChatMessage {
         role: Role::Assistant,
@@ -754,5 +762,35 @@ pub(crate) async fn delete(
         }
         Ok(false) => ApiError::ResponseNotFound { id, param: None }.into_response(),
         Err(e) => store_down(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, reason = "tests")]
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A continuation (`previous_response_id`) sends the answer's reasoning
+    /// text back as `reasoning_content` when the answer called tools.
+    #[test]
+    fn a_continuation_carries_reasoning_text_with_its_calls() {
+        let response = |output: Value| -> ResponseObject {
+            serde_json::from_value(json!({"id": "resp_1", "object": "response", "created_at": 1,
+                "status": "completed", "model": "m", "output": output}))
+            .unwrap()
+        };
+        let reasoning = json!({"type": "reasoning", "id": "rs_1", "summary": [], "status": "completed",
+            "content": [{"type": "reasoning_text", "text": "think"}]});
+        let call = json!({"type": "function_call", "id": "fc_1", "call_id": "c1", "name": "f",
+            "arguments": "{}", "status": "completed"});
+        let text = json!({"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
+            "content": [{"type": "output_text", "text": "done", "annotations": []}]});
+        let called = assistant_message(&response(json!([reasoning, call]))).unwrap();
+        assert_eq!(called.extra["reasoning_content"], "think");
+        let answered = assistant_message(&response(json!([reasoning, text]))).unwrap();
+        assert!(!answered.extra.contains_key("reasoning_content"));
     }
 }

@@ -31,6 +31,32 @@ pub(crate) struct Stored {
     pub input_end: usize,
 }
 
+impl Stored {
+    /// Whether the response is still being answered (`queued` or
+    /// `in_progress`: a background response).
+    pub(crate) fn unfinished(&self) -> bool {
+        #[derive(Deserialize)]
+        struct Status<'a> {
+            #[serde(borrow)]
+            status: Option<std::borrow::Cow<'a, str>>,
+        }
+        serde_json::from_slice::<Status<'_>>(&self.object)
+            .ok()
+            .and_then(|s| s.status)
+            .is_some_and(|s| matches!(s.as_ref(), "queued" | "in_progress"))
+    }
+}
+
+/// Background responses being answered, kept in memory apart from the
+/// others: an unfinished response is never evicted by newer ones, or its
+/// answer (already paid for) would have nowhere to go.
+#[derive(Default)]
+struct Unfinished {
+    entries: std::collections::HashMap<String, Arc<Stored>>,
+    /// Their weight in bytes, at most the store's size.
+    bytes: u64,
+}
+
 /// The response object kept as JSON text inside the stored record.
 mod json_text {
     use bytes::Bytes;
@@ -55,8 +81,12 @@ pub struct StoreUnavailable(pub String);
 enum Backend {
     /// Nothing is kept.
     Off,
-    /// This process.
-    Memory(moka::sync::Cache<String, Arc<Stored>>),
+    /// This process: finished responses (least recently used go first when
+    /// full), and unfinished ones apart.
+    Memory(
+        moka::sync::Cache<String, Arc<Stored>>,
+        Arc<parking_lot::Mutex<Unfinished>>,
+    ),
     /// Redis, shared by replicas.
     Redis {
         con: redis::aio::ConnectionManager,
@@ -82,7 +112,7 @@ impl std::fmt::Debug for ResponseStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let backend = match self.backend {
             Backend::Off => "off",
-            Backend::Memory(_) => "memory",
+            Backend::Memory(..) => "memory",
             Backend::Redis { .. } => "redis",
         };
         f.debug_struct("ResponseStore")
@@ -132,6 +162,7 @@ impl ResponseStore {
                     })
                     .time_to_live(ttl)
                     .build(),
+                Arc::default(),
             )
         };
         Self {
@@ -200,7 +231,10 @@ impl ResponseStore {
     pub(crate) async fn get(&self, id: &str, owner: &str) -> Result<Option<Arc<Stored>>, StoreUnavailable> {
         let found = match &self.backend {
             Backend::Off => None,
-            Backend::Memory(entries) => entries.get(id),
+            Backend::Memory(entries, unfinished) => {
+                let running = unfinished.lock().entries.get(id).cloned();
+                running.or_else(|| entries.get(id))
+            }
             Backend::Redis { con, prefix, timeout } => {
                 let raw: Option<Vec<u8>> =
                     Self::query(con, *timeout, redis::cmd("GET").arg(format!("{prefix}{id}"))).await?;
@@ -219,8 +253,24 @@ impl ResponseStore {
         }
         match &self.backend {
             Backend::Off => Ok(()),
-            Backend::Memory(entries) => {
-                entries.insert(id, Arc::new(stored));
+            Backend::Memory(entries, unfinished) => {
+                let size = weight(&stored);
+                let stored = Arc::new(stored);
+                let mut running = unfinished.lock();
+                if let Some(old) = running.entries.remove(&id) {
+                    running.bytes = running.bytes.saturating_sub(weight(&old));
+                }
+                // Past the store's size in unfinished responses, one more
+                // goes with the others (and may be evicted).
+                if stored.unfinished() && running.bytes.saturating_add(size) <= self.max_bytes {
+                    running.bytes += size;
+                    running.entries.insert(id.clone(), stored);
+                    drop(running);
+                    entries.invalidate(&id);
+                } else {
+                    drop(running);
+                    entries.insert(id, stored);
+                }
                 Ok(())
             }
             Backend::Redis { con, prefix, timeout } => {
@@ -243,7 +293,12 @@ impl ResponseStore {
         }
         match &self.backend {
             Backend::Off => Ok(false),
-            Backend::Memory(entries) => {
+            Backend::Memory(entries, unfinished) => {
+                let mut running = unfinished.lock();
+                if let Some(old) = running.entries.remove(id) {
+                    running.bytes = running.bytes.saturating_sub(weight(&old));
+                }
+                drop(running);
                 entries.invalidate(id);
                 Ok(true)
             }
@@ -288,7 +343,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let Backend::Memory(entries) = &store.backend else {
+        let Backend::Memory(entries, _) = &store.backend else {
             unreachable!()
         };
         entries.run_pending_tasks();
@@ -318,5 +373,36 @@ mod tests {
         let back: Stored = serde_json::from_slice(&json).unwrap();
         assert_eq!((back.owner.as_str(), &back.object[..]), ("key:a", &b"{}"[..]));
         assert_eq!(back.conversation, record.conversation);
+    }
+
+    /// A background response being answered stays while newer responses
+    /// fill the store, and goes with the others once it is finished.
+    #[tokio::test]
+    async fn an_unfinished_response_is_not_evicted() {
+        let store = ResponseStore::memory(10_000, Duration::from_secs(60));
+        let with_status = |status: &str| Stored {
+            object: Bytes::from(format!(r#"{{"id":"resp_bg","status":"{status}"}}"#)),
+            ..stored("key:a", "long job")
+        };
+        store.put("resp_bg".into(), with_status("queued")).await.unwrap();
+        store.put("resp_bg".into(), with_status("in_progress")).await.unwrap();
+        let Backend::Memory(entries, _) = &store.backend else {
+            unreachable!()
+        };
+        for n in 0..100 {
+            store
+                .put(format!("resp_{n}"), stored("key:a", &"x".repeat(1_000)))
+                .await
+                .unwrap();
+            entries.run_pending_tasks();
+        }
+        let running = store.get("resp_bg", "key:a").await.unwrap().unwrap();
+        assert!(running.unfinished());
+        assert!(store.get("resp_bg", "key:b").await.unwrap().is_none());
+        store.put("resp_bg".into(), with_status("completed")).await.unwrap();
+        let done = store.get("resp_bg", "key:a").await.unwrap().unwrap();
+        assert!(!done.unfinished());
+        assert!(store.remove("resp_bg", "key:a").await.unwrap());
+        assert!(store.get("resp_bg", "key:a").await.unwrap().is_none());
     }
 }

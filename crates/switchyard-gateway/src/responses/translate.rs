@@ -291,6 +291,13 @@ pub(crate) fn to_chat(
             for (i, item) in items.iter().enumerate() {
                 input_item(i, item, &mut messages, &mut thinking)?;
             }
+            // Reasoning text goes back only with tool calls: DeepSeek's
+            // reasoner refuses it on other turns.
+            for message in &mut messages {
+                if message.tool_calls.is_none() {
+                    message.extra.remove("reasoning_content");
+                }
+            }
         }
         None => {}
     }
@@ -468,9 +475,36 @@ fn string_field<'a>(item: &'a Value, key: &str, param: &str) -> Result<&'a str, 
         .ok_or_else(|| invalid(format!("{param}.{key}"), format!("{param}.{key}: a string is required")))
 }
 
+/// What a reasoning item's text is held as until its assistant turn: the
+/// upstream's own `reasoning_content` (DeepSeek, Kimi), which a tool-calling
+/// turn must carry back.
+const REASONING_TEXT: &str = "reasoning_text";
+
 /// Hands the thinking of reasoning items read so far to `message`, the
-/// assistant turn they came with.
+/// assistant turn they came with: Claude's blocks as `thinking_blocks`,
+/// other reasoning text as `reasoning_content`.
 fn attach_thinking(message: &mut ChatMessage, thinking: &mut Vec<Value>) {
+    if thinking.is_empty() {
+        return;
+    }
+    let (texts, signed): (Vec<Value>, Vec<Value>) = std::mem::take(thinking)
+        .into_iter()
+        .partition(|b| b.get("type").and_then(Value::as_str) == Some(REASONING_TEXT));
+    *thinking = signed;
+    let text: String = texts
+        .iter()
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect();
+    if !text.is_empty() {
+        let mut all = message
+            .extra
+            .get("reasoning_content")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        all.push_str(&text);
+        message.extra.insert("reasoning_content".into(), Value::String(all));
+    }
     if thinking.is_empty() {
         return;
     }
@@ -584,9 +618,23 @@ fn input_item(
         // Reasoning from an earlier turn: chat upstreams take its text none
         // back, but Claude needs its own signed thinking again, which the
         // item carries sealed.
+        // Other upstreams' reasoning text goes back as `reasoning_content`
+        // on a turn that called tools (DeepSeek and Kimi refuse such a turn
+        // without it).
         "reasoning" => {
             if let Some(sealed) = item.get("encrypted_content").and_then(Value::as_str) {
                 thinking.extend(unseal(sealed));
+            } else {
+                let text: String = item
+                    .get("content")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|part| part.get("text").and_then(Value::as_str))
+                    .collect();
+                if !text.is_empty() {
+                    thinking.push(serde_json::json!({"type": REASONING_TEXT, "text": text}));
+                }
             }
         }
         "item_reference" => {
@@ -609,8 +657,10 @@ fn input_message(item: &Value, param: &str) -> Result<ChatMessage, ApiError> {
     let role = match item.get("role").and_then(Value::as_str) {
         Some("user") => Role::User,
         Some("assistant") => Role::Assistant,
-        Some("system") => Role::System,
-        Some("developer") => Role::Developer,
+        // `developer` is the Responses API's name for it; chat servers
+        // other than OpenAI's (DeepSeek, vLLM's older templates) know only
+        // `system`, which OpenAI's reasoning models read as `developer`.
+        Some("system" | "developer") => Role::System,
         _ => {
             return Err(invalid(
                 format!("{param}.role"),
@@ -967,6 +1017,42 @@ mod tests {
 
     fn param(err: ApiError) -> Option<String> {
         err.parts().2
+    }
+
+    /// Reasoning text of another upstream (DeepSeek's `reasoning_content`)
+    /// goes back with the tool calls it led to, and only with them.
+    #[test]
+    fn reasoning_text_goes_back_with_its_tool_calls() {
+        let chat = translate(json!({"model": "m", "input": [
+            {"role": "user", "content": "weather?"},
+            {"type": "reasoning", "id": "rs_1", "summary": [],
+                "content": [{"type": "reasoning_text", "text": "I should call the tool."}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": "{}"},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"},
+            {"type": "reasoning", "id": "rs_2", "summary": [],
+                "content": [{"type": "reasoning_text", "text": "Now answer."}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Sunny."}]},
+            {"role": "user", "content": "thanks"}
+        ]}))
+        .unwrap();
+        let body = serde_json::to_value(&chat).unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        assert_eq!(messages[1]["reasoning_content"], "I should call the tool.", "{body}");
+        assert!(messages[1].get("thinking_blocks").is_none(), "{body}");
+        assert!(messages[3].get("reasoning_content").is_none(), "{body}");
+    }
+
+    /// `developer` messages go as `system`, which every chat server takes.
+    #[test]
+    fn a_developer_message_is_a_system_message() {
+        let chat = translate(json!({"model": "m", "input": [
+            {"role": "developer", "content": "answer in French"},
+            {"role": "user", "content": "hi"}
+        ]}))
+        .unwrap();
+        let body = serde_json::to_value(&chat).unwrap();
+        assert_eq!(body["messages"][0]["role"], "system", "{body}");
+        assert_eq!(body["messages"][0]["content"], "answer in French");
     }
 
     #[test]
