@@ -99,6 +99,18 @@ fn string_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<S
     Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// Unix seconds: an integer, or a number with a fraction (its whole
+/// seconds); `null` as 0.
+fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    Ok(match Option::<serde_json::Number>::deserialize(deserializer)? {
+        None => 0,
+        Some(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| f.is_finite() && *f >= 0.0).map(|f| f as u64))
+            .unwrap_or(0),
+    })
+}
+
 fn kind_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_else(function_kind))
 }
@@ -208,7 +220,8 @@ impl ChatCompletionRequest {
 /// One choice of a non-streaming chat response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatChoice {
-    /// Position of the choice.
+    /// Position of the choice (0 when a server leaves it out).
+    #[serde(default)]
     pub index: u32,
     /// The generated message.
     pub message: ChatMessage,
@@ -220,16 +233,22 @@ pub struct ChatChoice {
     pub extra: Extra,
 }
 
-/// A non-streaming chat response.
+/// A non-streaming chat response. Some OpenAI-compatible servers leave
+/// out `id`, `object`, `created` or `model`, or send `created` with a
+/// fraction: they are read as empty (or the whole seconds).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionResponse {
     /// Response id.
+    #[serde(default, deserialize_with = "string_or_null")]
     pub id: String,
     /// Always `chat.completion`.
+    #[serde(default, deserialize_with = "string_or_null")]
     pub object: String,
     /// Unix time of creation.
+    #[serde(default, deserialize_with = "seconds")]
     pub created: u64,
     /// Model that answered.
+    #[serde(default, deserialize_with = "string_or_null")]
     pub model: String,
     /// The choices.
     pub choices: Vec<ChatChoice>,
@@ -258,7 +277,8 @@ pub struct ChunkDelta {
 /// One choice of a stream chunk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkChoice {
-    /// Position of the choice.
+    /// Position of the choice (0 when a server leaves it out).
+    #[serde(default)]
     pub index: u32,
     /// What this chunk adds (missing from Azure's content-filter-only chunks).
     #[serde(default)]
@@ -282,10 +302,10 @@ pub struct ChatCompletionChunk {
     #[serde(default)]
     pub object: String,
     /// Unix time of creation.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "seconds")]
     pub created: u64,
     /// Model that answered.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_null")]
     pub model: String,
     /// The choices (empty in the final usage chunk).
     pub choices: Vec<ChunkChoice>,

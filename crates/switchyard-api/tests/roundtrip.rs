@@ -224,3 +224,28 @@ fn loosely_shaped_tool_calls_are_read() {
         ("call_1", "{\"b\":2}")
     );
 }
+
+/// Answers of loose OpenAI-compatible servers are read: no `object`, `id`
+/// or `index`, `created` with a fraction; the usage chunk of a stream
+/// without them either.
+#[test]
+fn loosely_shaped_answers_are_read() {
+    let answer: ChatCompletionResponse = serde_json::from_value(json!({
+        "created": 1_700_000_000.75,
+        "model": "local",
+        "choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]
+    }))
+    .unwrap();
+    assert_eq!(
+        (answer.created, answer.id.as_str(), answer.choices[0].index),
+        (1_700_000_000, "", 0)
+    );
+    let chunk: ChatCompletionChunk = serde_json::from_value(json!({
+        "created": null,
+        "choices": [{"delta": {"content": "h"}}]
+    }))
+    .unwrap();
+    assert_eq!((chunk.created, chunk.choices[0].index), (0, 0));
+    // Without `choices`, an answer is still not one.
+    assert!(serde_json::from_value::<ChatCompletionResponse>(json!({"id": "x", "usage": {}})).is_err());
+}
