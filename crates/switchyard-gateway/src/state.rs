@@ -273,7 +273,10 @@ impl Ceiling {
 }
 
 /// What a deployment asks of the upstream for a request without `max_tokens`:
-/// Anthropic and Bedrock require a value and are sent the deployment's.
+/// Anthropic and Bedrock's Claude are sent the deployment's (4,096 by
+/// default). Other Bedrock models are sent none and write up to their own
+/// default, which the gateway cannot know: they are counted the same, as
+/// an estimate (with `policy.default_max_tokens` as the floor).
 fn default_output(spec: &DeploymentSpec) -> Option<u32> {
     matches!(spec.provider, ProviderKind::Anthropic | ProviderKind::Bedrock)
         .then(|| spec.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS))
@@ -359,12 +362,6 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
     ceilings
 }
 
-/// [`AppState::cache_generations`]: a short hash per model name of what its
-/// answers come from (credentials and prices left out: a rotated key or a
-/// new price does not change answers; the settings that shape the request
-/// sent, such as `default_max_tokens` or an `anthropic-beta` header, do).
-/// Of the extra headers, those that look like credentials count by name
-/// only.
 /// Whether an upstream header's value is a credential (kept out of hashes).
 fn credential_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
@@ -373,6 +370,12 @@ fn credential_header(name: &str) -> bool {
         .any(|part| name.contains(part))
 }
 
+/// [`AppState::cache_generations`]: a short hash per model name of what its
+/// answers come from (credentials and prices left out: a rotated key or a
+/// new price does not change answers; the settings that shape the request
+/// sent, such as `default_max_tokens` or an `anthropic-beta` header, do).
+/// Of the extra headers, those that look like credentials count by name
+/// only.
 fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
     use sha2::{Digest, Sha256};
     let of_group = |m: &ModelSpec| {

@@ -133,7 +133,7 @@ impl Default for RequestLogConfig {
 #[serde(deny_unknown_fields)]
 pub struct RequestLogRedis {
     /// `redis://host:port/db` (`rediss://` for TLS, verified against the
-    /// system's roots or `SSL_CERT_FILE`), `os.environ/NAME`, or a URL with
+    /// system's roots; see docs/caching.md for a private CA), `os.environ/NAME`, or a URL with
     /// `{os.environ/NAME}` parts (`redis://:{os.environ/REDIS_PASSWORD}@host:6379`).
     pub url: String,
     /// Stream key.

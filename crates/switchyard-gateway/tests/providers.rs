@@ -1036,10 +1036,6 @@ async fn bedrock_without_credentials_is_a_configuration_fault_not_retried() {
     assert_eq!(mock.requests().len(), 1);
 }
 
-/// What Converse refuses or reports as broken, handled: blank text is left
-/// out, a system prompt keeps its cache marks (with their lifetime), a model
-/// error (424) or an output the model could not form fails over, and
-/// parameters Converse cannot express are refused.
 /// What Bedrock refuses of an OpenAI conversation is reshaped before it
 /// goes: no `maxTokens` nobody chose (past a Llama's limit), a user message
 /// after tool results in a turn of its own, Cohere's inputs in batches of
@@ -1137,6 +1133,10 @@ async fn bedrock_requests_are_shaped_as_bedrock_takes_them() {
     assert_eq!((status, attempts.as_deref()), (200, Some("2")), "{body}");
 }
 
+/// What Converse refuses or reports as broken, handled: blank text is left
+/// out, a system prompt keeps its cache marks (with their lifetime), a model
+/// error (424) or an output the model could not form fails over, and
+/// parameters Converse cannot express are refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bedrock_converse_edges() {
     let mock = MockUpstream::start().await;

@@ -64,8 +64,12 @@ pub fn shortened_tool_names(req: &MessagesRequest) -> Result<Vec<(String, String
 
 /// The id of a translated answer, in Anthropic's form (`msg_…`): the
 /// upstream's id without its `chatcmpl-` prefix, so the answer and its
-/// stream events carry the same id and it can be traced upstream.
+/// stream events carry the same id and it can be traced upstream. An
+/// answer without an id (some OpenAI-compatible servers) gets a random one.
 pub fn message_id(upstream: &str) -> String {
+    if upstream.trim().is_empty() {
+        return format!("msg_{:016x}", fastrand::u64(..));
+    }
     if upstream.starts_with("msg_") {
         return upstream.to_owned();
     }
@@ -658,6 +662,9 @@ mod openai_limit_tests {
         assert_eq!(answer.id, "msg_c", "an id in Anthropic's form");
         assert_eq!(message_id("chatcmpl-abc123"), "msg_abc123");
         assert_eq!(message_id("msg_01XYZ"), "msg_01XYZ");
+        // Answers without an id do not share one.
+        assert_ne!(message_id(""), message_id(""));
+        assert!(message_id("").len() > "msg_".len());
         assert_eq!(answer.content[0].name.as_deref(), Some(long.as_str()));
 
         // Thinking in an earlier turn goes back as the turn's reasoning.

@@ -75,7 +75,6 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
     let mut text = String::new();
     let mut calls = Vec::new();
     let mut thinking = Vec::new();
-    let mut reasoning = String::new();
     for item in &response.output {
         match item {
             OutputItem::Message { content, .. } => {
@@ -105,11 +104,9 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
                 encrypted_content: Some(sealed),
                 ..
             } => thinking.extend(translate::unseal(sealed)),
-            // Other upstreams' reasoning goes back as `reasoning_content`
-            // with the calls it led to (DeepSeek and Kimi need it).
-            OutputItem::Reasoning { content, .. } => {
-                reasoning.extend(content.iter().map(|c| c.text.as_str()));
-            }
+            // Other upstreams' reasoning text is not sent back: servers
+            // such as Groq and Cerebras refuse `reasoning_content`.
+            OutputItem::Reasoning { .. } => {}
         }
     }
     if text.is_empty() && calls.is_empty() {
@@ -118,9 +115,6 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
     let mut extra = Extra::new();
     if !thinking.is_empty() {
         extra.insert("thinking_blocks".into(), Value::Array(thinking));
-    }
-    if !reasoning.is_empty() && !calls.is_empty() {
-        extra.insert("reasoning_content".into(), Value::String(reasoning));
     }
     Some(ChatMessage {
         role: Role::Assistant,
@@ -773,10 +767,10 @@ mod tests {
 
     use super::*;
 
-    /// A continuation (`previous_response_id`) sends the answer's reasoning
-    /// text back as `reasoning_content` when the answer called tools.
+    /// A continuation (`previous_response_id`) does not send the answer's
+    /// reasoning text back: many chat servers refuse `reasoning_content`.
     #[test]
-    fn a_continuation_carries_reasoning_text_with_its_calls() {
+    fn a_continuation_leaves_reasoning_text_out() {
         let response = |output: Value| -> ResponseObject {
             serde_json::from_value(json!({"id": "resp_1", "object": "response", "created_at": 1,
                 "status": "completed", "model": "m", "output": output}))
@@ -789,7 +783,8 @@ mod tests {
         let text = json!({"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
             "content": [{"type": "output_text", "text": "done", "annotations": []}]});
         let called = assistant_message(&response(json!([reasoning, call]))).unwrap();
-        assert_eq!(called.extra["reasoning_content"], "think");
+        assert!(called.extra.is_empty(), "{:?}", called.extra);
+        assert_eq!(called.tool_calls.unwrap()[0].id, "c1");
         let answered = assistant_message(&response(json!([reasoning, text]))).unwrap();
         assert!(!answered.extra.contains_key("reasoning_content"));
     }

@@ -49,12 +49,37 @@ impl Stored {
 
 /// Background responses being answered, kept in memory apart from the
 /// others: an unfinished response is never evicted by newer ones, or its
-/// answer (already paid for) would have nowhere to go.
+/// answer (already paid for) would have nowhere to go. Each still goes
+/// after the store's TTL, as the others do (a job that ended without
+/// writing its answer does not hold its bytes for ever).
 #[derive(Default)]
 struct Unfinished {
-    entries: std::collections::HashMap<String, Arc<Stored>>,
+    /// By id: until when it is kept, and the response.
+    entries: std::collections::HashMap<String, (std::time::Instant, Arc<Stored>)>,
     /// Their weight in bytes, at most the store's size.
     bytes: u64,
+}
+
+impl Unfinished {
+    /// Forgets `id`.
+    fn take(&mut self, id: &str) {
+        if let Some((_, old)) = self.entries.remove(id) {
+            self.bytes = self.bytes.saturating_sub(weight(&old));
+        }
+    }
+
+    /// Forgets the entries kept past their time.
+    fn expire(&mut self, now: std::time::Instant) {
+        let expired: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, (until, _))| *until <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in expired {
+            self.take(&id);
+        }
+    }
 }
 
 /// The response object kept as JSON text inside the stored record.
@@ -231,9 +256,15 @@ impl ResponseStore {
     pub(crate) async fn get(&self, id: &str, owner: &str) -> Result<Option<Arc<Stored>>, StoreUnavailable> {
         let found = match &self.backend {
             Backend::Off => None,
+            // Both looked at under the lock puts take: a response moving
+            // from one to the other is always in one of them.
             Backend::Memory(entries, unfinished) => {
-                let running = unfinished.lock().entries.get(id).cloned();
-                running.or_else(|| entries.get(id))
+                let running = unfinished.lock();
+                match running.entries.get(id) {
+                    Some((until, stored)) if *until > std::time::Instant::now() => Some(stored.clone()),
+                    Some(_) => None,
+                    None => entries.get(id),
+                }
             }
             Backend::Redis { con, prefix, timeout } => {
                 let raw: Option<Vec<u8>> =
@@ -256,20 +287,25 @@ impl ResponseStore {
             Backend::Memory(entries, unfinished) => {
                 let size = weight(&stored);
                 let stored = Arc::new(stored);
+                let now = std::time::Instant::now();
+                // One put at a time, the whole move under the lock.
                 let mut running = unfinished.lock();
-                if let Some(old) = running.entries.remove(&id) {
-                    running.bytes = running.bytes.saturating_sub(weight(&old));
-                }
+                running.expire(now);
                 // Past the store's size in unfinished responses, one more
                 // goes with the others (and may be evicted).
-                if stored.unfinished() && running.bytes.saturating_add(size) <= self.max_bytes {
+                let room = running
+                    .entries
+                    .get(&id)
+                    .map_or(running.bytes, |(_, old)| running.bytes.saturating_sub(weight(old)));
+                if stored.unfinished() && room.saturating_add(size) <= self.max_bytes {
+                    running.take(&id);
                     running.bytes += size;
-                    running.entries.insert(id.clone(), stored);
-                    drop(running);
+                    running.entries.insert(id.clone(), (now + self.ttl, stored));
                     entries.invalidate(&id);
                 } else {
-                    drop(running);
-                    entries.insert(id, stored);
+                    // Kept with the others before it leaves the unfinished.
+                    entries.insert(id.clone(), stored);
+                    running.take(&id);
                 }
                 Ok(())
             }
@@ -295,10 +331,7 @@ impl ResponseStore {
             Backend::Off => Ok(false),
             Backend::Memory(entries, unfinished) => {
                 let mut running = unfinished.lock();
-                if let Some(old) = running.entries.remove(id) {
-                    running.bytes = running.bytes.saturating_sub(weight(&old));
-                }
-                drop(running);
+                running.take(id);
                 entries.invalidate(id);
                 Ok(true)
             }
@@ -404,5 +437,17 @@ mod tests {
         assert!(!done.unfinished());
         assert!(store.remove("resp_bg", "key:a").await.unwrap());
         assert!(store.get("resp_bg", "key:a").await.unwrap().is_none());
+
+        // One whose job never wrote its end goes after the TTL all the same.
+        let short = ResponseStore::memory(10_000, Duration::from_secs(1));
+        short.put("resp_lost".into(), with_status("in_progress")).await.unwrap();
+        assert!(short.get("resp_lost", "key:a").await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        assert!(short.get("resp_lost", "key:a").await.unwrap().is_none());
+        short.put("resp_other".into(), with_status("queued")).await.unwrap();
+        let Backend::Memory(_, unfinished) = &short.backend else {
+            unreachable!()
+        };
+        assert_eq!(unfinished.lock().entries.len(), 1, "the expired one was let go");
     }
 }

@@ -291,13 +291,6 @@ pub(crate) fn to_chat(
             for (i, item) in items.iter().enumerate() {
                 input_item(i, item, &mut messages, &mut thinking)?;
             }
-            // Reasoning text goes back only with tool calls: DeepSeek's
-            // reasoner refuses it on other turns.
-            for message in &mut messages {
-                if message.tool_calls.is_none() {
-                    message.extra.remove("reasoning_content");
-                }
-            }
         }
         None => {}
     }
@@ -475,36 +468,9 @@ fn string_field<'a>(item: &'a Value, key: &str, param: &str) -> Result<&'a str, 
         .ok_or_else(|| invalid(format!("{param}.{key}"), format!("{param}.{key}: a string is required")))
 }
 
-/// What a reasoning item's text is held as until its assistant turn: the
-/// upstream's own `reasoning_content` (DeepSeek, Kimi), which a tool-calling
-/// turn must carry back.
-const REASONING_TEXT: &str = "reasoning_text";
-
 /// Hands the thinking of reasoning items read so far to `message`, the
-/// assistant turn they came with: Claude's blocks as `thinking_blocks`,
-/// other reasoning text as `reasoning_content`.
+/// assistant turn they came with.
 fn attach_thinking(message: &mut ChatMessage, thinking: &mut Vec<Value>) {
-    if thinking.is_empty() {
-        return;
-    }
-    let (texts, signed): (Vec<Value>, Vec<Value>) = std::mem::take(thinking)
-        .into_iter()
-        .partition(|b| b.get("type").and_then(Value::as_str) == Some(REASONING_TEXT));
-    *thinking = signed;
-    let text: String = texts
-        .iter()
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .collect();
-    if !text.is_empty() {
-        let mut all = message
-            .extra
-            .get("reasoning_content")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
-        all.push_str(&text);
-        message.extra.insert("reasoning_content".into(), Value::String(all));
-    }
     if thinking.is_empty() {
         return;
     }
@@ -618,23 +584,9 @@ fn input_item(
         // Reasoning from an earlier turn: chat upstreams take its text none
         // back, but Claude needs its own signed thinking again, which the
         // item carries sealed.
-        // Other upstreams' reasoning text goes back as `reasoning_content`
-        // on a turn that called tools (DeepSeek and Kimi refuse such a turn
-        // without it).
         "reasoning" => {
             if let Some(sealed) = item.get("encrypted_content").and_then(Value::as_str) {
                 thinking.extend(unseal(sealed));
-            } else {
-                let text: String = item
-                    .get("content")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(|part| part.get("text").and_then(Value::as_str))
-                    .collect();
-                if !text.is_empty() {
-                    thinking.push(serde_json::json!({"type": REASONING_TEXT, "text": text}));
-                }
             }
         }
         "item_reference" => {
@@ -919,7 +871,10 @@ pub(crate) fn ending(reason: Option<&str>) -> (&'static str, Option<IncompleteDe
 /// The response object of a chat completion.
 pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseObject {
     let mut object = echo.object("completed");
-    object.model = chat.model;
+    // A server that names no model leaves the one asked for.
+    if !chat.model.is_empty() {
+        object.model = chat.model;
+    }
     object.usage = chat.usage.as_ref().map(response_usage);
     let Some(choice) = chat.choices.into_iter().find(|c| c.index == 0) else {
         // No answer at all (a filtered prompt): nothing came of it.
@@ -1019,10 +974,10 @@ mod tests {
         err.parts().2
     }
 
-    /// Reasoning text of another upstream (DeepSeek's `reasoning_content`)
-    /// goes back with the tool calls it led to, and only with them.
+    /// Reasoning text of an upstream other than Claude is not sent back
+    /// (Groq and Cerebras refuse `reasoning_content`).
     #[test]
-    fn reasoning_text_goes_back_with_its_tool_calls() {
+    fn reasoning_text_is_not_sent_back() {
         let chat = translate(json!({"model": "m", "input": [
             {"role": "user", "content": "weather?"},
             {"type": "reasoning", "id": "rs_1", "summary": [],
@@ -1037,9 +992,13 @@ mod tests {
         .unwrap();
         let body = serde_json::to_value(&chat).unwrap();
         let messages = body["messages"].as_array().unwrap();
-        assert_eq!(messages[1]["reasoning_content"], "I should call the tool.", "{body}");
-        assert!(messages[1].get("thinking_blocks").is_none(), "{body}");
-        assert!(messages[3].get("reasoning_content").is_none(), "{body}");
+        assert_eq!(messages[1]["tool_calls"][0]["id"], "c1", "{body}");
+        assert!(
+            messages
+                .iter()
+                .all(|m| m.get("reasoning_content").is_none() && m.get("thinking_blocks").is_none()),
+            "{body}"
+        );
     }
 
     /// `developer` messages go as `system`, which every chat server takes.
@@ -1295,5 +1254,14 @@ mod tests {
         assert_eq!(value["status"], "incomplete");
         assert_eq!(value["incomplete_details"]["reason"], "max_output_tokens");
         assert_eq!(value["output"][0]["status"], "incomplete");
+
+        // A server that names no model: the response keeps the one asked for.
+        let anonymous: ChatCompletionResponse = serde_json::from_value(json!({
+            "choices": [{"finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}]
+        }))
+        .unwrap();
+        let value = serde_json::to_value(from_chat(anonymous, &echo())).unwrap();
+        assert_eq!(value["model"], "m");
+        assert_eq!(value["output"][0]["content"][0]["text"], "hi");
     }
 }

@@ -141,7 +141,7 @@ fn names_unusable_model(message: Option<&str>) -> bool {
     [
         "model identifier is invalid",
         "on-demand throughput isn",
-        "inference profile",
+        "id or arn of an inference profile",
     ]
     .iter()
     .any(|m| message.contains(m))
@@ -558,5 +558,30 @@ impl Provider for BedrockProvider {
             body: Bytes::from(body.to_string()),
             usage: Some(Usage::new(tokens, 0)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only messages that say the configured model id cannot be called are
+    /// the deployment's fault; other validation errors stay the client's.
+    #[test]
+    fn an_unusable_model_id_is_told_from_a_bad_request() {
+        for deployment in [
+            "The provided model identifier is invalid.",
+            "Invocation of model ID anthropic.claude-3-5-sonnet-20241022-v2:0 with on-demand throughput isn\u{2019}t supported. Retry your request with the ID or ARN of an inference profile that contains this model.",
+        ] {
+            assert!(names_unusable_model(Some(deployment)), "{deployment}");
+        }
+        for client in [
+            "The maximum tokens you requested exceeds the model limit of 2048",
+            "messages.1.content: Conversation blocks and tool result blocks cannot be provided in the same turn.",
+            "Malformed input request: this inference profile does not accept `top_k`",
+        ] {
+            assert!(!names_unusable_model(Some(client)), "{client}");
+        }
+        assert!(!names_unusable_model(None));
     }
 }
