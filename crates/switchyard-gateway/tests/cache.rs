@@ -77,6 +77,20 @@ async fn post(gw: &GatewayProcess, key: &str, body: Value, headers: &[(&str, &st
     Answer { status, headers, text }
 }
 
+/// Asks `body` with the master key until the answer is a cache hit (stores
+/// are written after an answer goes out), at most 40 times; the last answer.
+async fn until_hit(gw: &GatewayProcess, body: Value) -> Answer {
+    let mut answer = post(gw, MASTER, body.clone(), &[]).await;
+    for _ in 0..40 {
+        if answer.header("x-switchyard-cache") == "hit" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        answer = post(gw, MASTER, body.clone(), &[]).await;
+    }
+    answer
+}
+
 fn ask(prompt: &str) -> Value {
     json!({"model": "gpt", "messages": [{"role": "user", "content": prompt}]})
 }
@@ -378,14 +392,7 @@ async fn a_redis_cache_is_shared_by_replicas_and_an_outage_is_only_a_miss() {
     let first = post(&a, MASTER, ask("shared answer"), &[]).await;
     assert_eq!(first.header("x-switchyard-cache"), "miss");
     // Stored in Redis once the answer went out: the other replica finds it.
-    let mut second = post(&b, MASTER, ask("shared answer"), &[]).await;
-    for _ in 0..40 {
-        if second.header("x-switchyard-cache") == "hit" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        second = post(&b, MASTER, ask("shared answer"), &[]).await;
-    }
+    let second = until_hit(&b, ask("shared answer")).await;
     assert_eq!(second.header("x-switchyard-cache"), "hit", "{}", second.text);
     assert_eq!(second.json(), first.json());
     assert_eq!(upstream_calls(&mock), 1);
@@ -827,14 +834,7 @@ async fn redis_refusing_stores_still_serves_what_it_holds() {
     let gw = gateway(&mock, &cache);
     let first = post(&gw, MASTER, ask("kept answer"), &[]).await;
     assert_eq!(first.header("x-switchyard-cache"), "miss");
-    let mut again = post(&gw, MASTER, ask("kept answer"), &[]).await;
-    for _ in 0..40 {
-        if again.header("x-switchyard-cache") == "hit" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        again = post(&gw, MASTER, ask("kept answer"), &[]).await;
-    }
+    let again = until_hit(&gw, ask("kept answer")).await;
     assert_eq!(again.header("x-switchyard-cache"), "hit", "{}", again.text);
 
     let client = redis::Client::open(redis.url()).unwrap();
@@ -899,14 +899,7 @@ model_list:
     let first = post(&gw, MASTER, ask("over tls"), &[]).await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("x-switchyard-cache"), "miss");
-    let mut again = post(&gw, MASTER, ask("over tls"), &[]).await;
-    for _ in 0..40 {
-        if again.header("x-switchyard-cache") == "hit" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        again = post(&gw, MASTER, ask("over tls"), &[]).await;
-    }
+    let again = until_hit(&gw, ask("over tls")).await;
     assert_eq!(again.header("x-switchyard-cache"), "hit", "{}", again.text);
     assert_eq!(mock.requests().len(), 1);
 

@@ -22,17 +22,19 @@ impl RedisServer {
     /// port and waits until it accepts connections.
     ///
     /// Panics with instructions when the executable is missing.
-    #[allow(clippy::panic, reason = "test support: a missing tool must fail the test loudly")]
     pub fn start() -> RedisServer {
+        RedisServer::start_on(None)
+    }
+
+    /// Starts the server on a free port, speaking TLS with the certificates
+    /// in `tls` when given.
+    #[allow(clippy::panic, reason = "test support: a missing tool must fail the test loudly")]
+    fn start_on(tls: Option<tempfile::TempDir>) -> RedisServer {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map(|a| a.port())
             .unwrap_or_else(|e| panic!("no free port: {e}"));
-        let mut server = RedisServer {
-            child: None,
-            port,
-            tls: None,
-        };
+        let mut server = RedisServer { child: None, port, tls };
         server.restart();
         server
     }
@@ -45,17 +47,7 @@ impl RedisServer {
     pub fn start_tls() -> RedisServer {
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("no temporary directory: {e}"));
         make_certificates(dir.path());
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .unwrap_or_else(|e| panic!("no free port: {e}"));
-        let mut server = RedisServer {
-            child: None,
-            port,
-            tls: Some(dir),
-        };
-        server.restart();
-        server
+        RedisServer::start_on(Some(dir))
     }
 
     /// `redis://127.0.0.1:PORT`, or `rediss://localhost:PORT` for a TLS server.

@@ -54,6 +54,25 @@ struct Converter {
 }
 
 impl Converter {
+    /// A converter at the start of a stream.
+    fn new(out: ChunkBuilder, include_usage: bool, json: bool) -> Self {
+        Converter {
+            out,
+            include_usage,
+            tools: HashMap::new(),
+            argued: HashSet::new(),
+            stopped: false,
+            finished: false,
+            json,
+            json_block: None,
+            extra_json_blocks: Vec::new(),
+            json_argued: false,
+            held: String::new(),
+            reasoning: HashMap::new(),
+            blocks: ThinkingBlocks::default(),
+        }
+    }
+
     /// Passes held text on, unless the JSON tool answered.
     fn release(&mut self, out: &mut VecDeque<Result<StreamChunk>>) {
         if self.json_block.is_none() && !self.held.is_empty() {
@@ -183,21 +202,7 @@ pub(crate) fn to_chat_chunks(
     deadline: tokio::time::Instant,
     json: bool,
 ) -> ChunkStream {
-    let converter = Converter {
-        out,
-        include_usage,
-        tools: HashMap::new(),
-        argued: HashSet::new(),
-        stopped: false,
-        finished: false,
-        json,
-        json_block: None,
-        extra_json_blocks: Vec::new(),
-        json_argued: false,
-        held: String::new(),
-        reasoning: HashMap::new(),
-        blocks: ThinkingBlocks::default(),
-    };
+    let converter = Converter::new(out, include_usage, json);
     let state = (receiver, converter, VecDeque::<Result<StreamChunk>>::new(), false, true);
     let chunks = stream::unfold(
         state,
@@ -264,27 +269,9 @@ mod tests {
 
     use super::*;
 
-    fn converter(json: bool) -> Converter {
-        Converter {
-            out: ChunkBuilder::default(),
-            include_usage: false,
-            tools: HashMap::new(),
-            argued: HashSet::new(),
-            stopped: false,
-            finished: false,
-            json,
-            json_block: None,
-            extra_json_blocks: Vec::new(),
-            json_argued: false,
-            held: String::new(),
-            reasoning: HashMap::new(),
-            blocks: ThinkingBlocks::default(),
-        }
-    }
-
     /// The text the chunks of `events` carry, run through a JSON-mode converter.
     fn json_text(events: Vec<ConverseStreamOutput>) -> String {
-        let mut conv = converter(true);
+        let mut conv = Converter::new(ChunkBuilder::default(), false, true);
         let mut out = VecDeque::new();
         for event in events {
             conv.on_event(event, &mut out);
