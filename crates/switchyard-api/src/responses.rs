@@ -155,6 +155,10 @@ pub enum OutputItem {
         arguments: String,
         /// `in_progress`, `completed` or `incomplete`.
         status: String,
+        /// Provider data the call came with, which must go back with it
+        /// (Gemini's `google.thought_signature`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        extra_content: Option<Value>,
     },
     /// The model's reasoning, as its upstream streamed it.
     Reasoning {
@@ -226,6 +230,7 @@ mod tests {
             name: "f".into(),
             arguments: "{}".into(),
             status: "completed".into(),
+            extra_content: None,
         };
         let value = serde_json::to_value(&item).unwrap();
         assert_eq!(value["type"], "function_call");

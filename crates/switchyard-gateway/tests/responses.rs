@@ -16,7 +16,7 @@ const KEY_B: &str = "sk-responses-key-b-0000000002";
 fn config(mock: &MockUpstream, policy: &str) -> String {
     let base = mock.base_url();
     format!(
-        "{policy}router_settings:\n  retry_backoff_ms: 10\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, model: mock-model, api_base: {base}}}\n  - model_name: reset\n    deployments:\n      - {{provider: openai, model: \"mock-model::reset_after=2\", api_base: {base}}}\n  - model_name: quiet\n    deployments:\n      - {{provider: openai, model: \"mock-model::no_usage\", api_base: {base}}}\n"
+        "{policy}router_settings:\n  retry_backoff_ms: 10\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, model: mock-model, api_base: {base}}}\n  - model_name: reset\n    deployments:\n      - {{provider: openai, model: \"mock-model::reset_after=2\", api_base: {base}}}\n  - model_name: quiet\n    deployments:\n      - {{provider: openai, model: \"mock-model::no_usage\", api_base: {base}}}\n  - model_name: gemini\n    deployments:\n      - {{provider: openai, model: \"mock-model::signed_calls\", api_base: {base}}}\n"
     )
 }
 
@@ -156,6 +156,92 @@ async fn kept_responses_belong_to_the_key_that_made_them() {
         assert_eq!(status, 400, "{field}: {answer}");
         assert_eq!(answer["error"]["param"], field, "{answer}");
     }
+}
+
+/// The events of a streamed response.
+async fn stream_events(gw: &GatewayProcess, body: &Value) -> Vec<Value> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/responses", gw.base_url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let text = response.text().await.unwrap();
+    text.split("\n\n")
+        .filter_map(|frame| frame.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|data| serde_json::from_str(data).unwrap())
+        .collect()
+}
+
+/// Gemini signs its tool calls (`extra_content.google.thought_signature`)
+/// and refuses a call sent back without its signature: the signature is on
+/// the `function_call` item, JSON or streamed, and goes back with the call
+/// when the conversation continues from the kept response or from the
+/// items the client sends again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_thought_signatures_go_back_with_their_calls() {
+    let mock = MockUpstream::start().await;
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&mock, ""));
+    let tools = json!([{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]);
+    let signature = json!({"google": {"thought_signature": "sig-call_mock_0"}});
+    let (status, first) = post(
+        &gw,
+        None,
+        &json!({"model": "gemini", "input": "look it up", "tools": tools, "tool_choice": "required"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let call = first["output"][0].clone();
+    assert_eq!(call["type"], "function_call", "{first}");
+    assert_eq!(call["extra_content"], signature, "{first}");
+    let output = json!({"type": "function_call_output", "call_id": call["call_id"], "output": "found"});
+
+    // From the kept response.
+    let (status, body) = post(
+        &gw,
+        None,
+        &json!({"model": "gemini", "previous_response_id": first["id"], "input": [output], "tools": tools}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.body["messages"][1]["tool_calls"][0]["extra_content"], signature);
+
+    // From the items the client sends again.
+    let input = json!([{"role": "user", "content": "look it up"}, call, output]);
+    let (status, body) = post(&gw, None, &json!({"model": "gemini", "input": input, "tools": tools})).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Streamed: on the item when it is added and in the final response,
+    // which a continuation sends back.
+    let events = stream_events(
+        &gw,
+        &json!({"model": "gemini", "input": "look it up", "tools": tools, "tool_choice": "required", "stream": true}),
+    )
+    .await;
+    let added = events
+        .iter()
+        .find(|e| e["type"] == "response.output_item.added")
+        .unwrap();
+    assert_eq!(added["item"]["extra_content"], signature, "{added}");
+    let completed = events.last().unwrap();
+    assert_eq!(completed["type"], "response.completed", "{completed}");
+    assert_eq!(completed["response"]["output"][0]["extra_content"], signature);
+    let (status, body) = post(
+        &gw,
+        None,
+        &json!({"model": "gemini", "previous_response_id": completed["response"]["id"], "input": [output], "tools": tools}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // A call sent back without its signature is what Gemini refuses.
+    let mut unsigned = call.clone();
+    unsigned.as_object_mut().unwrap().remove("extra_content");
+    let input = json!([{"role": "user", "content": "look it up"}, unsigned, output]);
+    let (status, body) = post(&gw, None, &json!({"model": "gemini", "input": input, "tools": tools})).await;
+    assert_eq!(status, 400, "{body}");
 }
 
 /// A stream that breaks after it started ends with an `error` event and

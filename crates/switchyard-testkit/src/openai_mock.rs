@@ -306,6 +306,14 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
         .map(|m| word_count(&content_text(m.get("content"))))
         .sum::<usize>()
         .max(1);
+    if ctx.scenario.signed_calls
+        && let Some(position) = unsigned_call(messages)
+    {
+        return invalid_request(
+            &format!("Function call is missing a thought_signature in functionCall parts, position {position}."),
+            None,
+        );
+    }
     let reply = chat_reply(messages);
     let tools = forced_tools(obj, ctx.scenario.parallel_tools);
     let cached = cached_tokens(obj);
@@ -330,7 +338,11 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
             word_count(&reply),
         ),
         calls => {
-            let tool_calls: Vec<Value> = tools.iter().enumerate().map(|(i, name)| tool_call(i, name)).collect();
+            let tool_calls: Vec<Value> = tools
+                .iter()
+                .enumerate()
+                .map(|(i, name)| signed(tool_call(i, name), ctx.scenario))
+                .collect();
             (
                 json!({"role": "assistant", "content": null, "tool_calls": tool_calls}),
                 "tool_calls",
@@ -375,6 +387,36 @@ fn tool_call(index: usize, name: &str) -> Value {
         "id": format!("call_mock_{index}"),
         "type": "function",
         "function": {"name": name, "arguments": TOOL_ARGUMENTS},
+    })
+}
+
+/// The thought signature a `signed_calls` mock gives the call with `id`.
+fn signature(id: &str) -> String {
+    format!("sig-{id}")
+}
+
+/// `call` with its thought signature under `signed_calls`.
+fn signed(mut call: Value, scenario: &Scenario) -> Value {
+    if scenario.signed_calls
+        && let Some(id) = call.get("id").and_then(Value::as_str)
+    {
+        call["extra_content"] = json!({"google": {"thought_signature": signature(id)}});
+    }
+    call
+}
+
+/// The index of the first message sending back one of this mock's calls
+/// without the signature it came with.
+fn unsigned_call(messages: &[Value]) -> Option<usize> {
+    messages.iter().position(|message| {
+        let calls = message.get("tool_calls").and_then(Value::as_array);
+        calls.into_iter().flatten().any(|call| {
+            let id = call.get("id").and_then(Value::as_str).unwrap_or_default();
+            let sent = call
+                .pointer("/extra_content/google/thought_signature")
+                .and_then(Value::as_str);
+            id.starts_with("call_mock_") && sent != Some(signature(id).as_str())
+        })
     })
 }
 
@@ -426,12 +468,13 @@ fn chat_stream(
                 .iter()
                 .enumerate()
                 .map(|(index, name)| {
-                    json!({
+                    let call = json!({
                         "index": index,
                         "id": format!("call_mock_{index}"),
                         "type": "function",
                         "function": {"name": name, "arguments": ""},
-                    })
+                    });
+                    signed(call, ctx.scenario)
                 })
                 .collect();
             let opening = json!({"role": "assistant", "content": null, "tool_calls": openings});

@@ -101,6 +101,11 @@ pub struct Scenario {
     /// Bedrock: the model is served only through an inference profile, and
     /// a call to its own id is refused (`ValidationException`).
     pub profile_only: bool,
+    /// OpenAI: tool calls carry a thought signature
+    /// (`extra_content.google.thought_signature`), and a request whose
+    /// assistant turn sends one of these calls back without it is refused,
+    /// as Gemini 3's OpenAI-compatible endpoint does.
+    pub signed_calls: bool,
 }
 
 /// Where a `redirect` scenario sends the client; a request arriving there is
@@ -158,6 +163,7 @@ impl Scenario {
                 "web_searches" => scenario.web_searches = Some(number(name, value)?),
                 "max_output" => scenario.max_output = Some(number(name, value)?),
                 "profile_only" => scenario.profile_only = flag(name, value)?,
+                "signed_calls" => scenario.signed_calls = flag(name, value)?,
                 "no_usage" => scenario.no_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),

@@ -89,6 +89,7 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
                 call_id,
                 name,
                 arguments,
+                extra_content,
                 ..
             } => calls.push(ToolCall {
                 id: call_id.clone(),
@@ -97,7 +98,7 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
                     name: name.clone(),
                     arguments: arguments.clone(),
                 }),
-                extra: Extra::new(),
+                extra: translate::call_extra(extra_content.clone()),
             }),
             // Claude's signed thinking goes back with the turn it led to.
             OutputItem::Reasoning {

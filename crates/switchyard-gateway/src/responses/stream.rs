@@ -367,12 +367,19 @@ impl Converter {
                         .to_owned(),
                     arguments: String::new(),
                     status: "in_progress".into(),
+                    extra_content: call.get("extra_content").filter(|v| v.is_object()).cloned(),
                 };
                 let index = self.add_item(item, out);
                 self.calls.push((key, index));
                 index
             }
         };
+        // A signature that comes after the call's first piece joins it.
+        if let Some(content) = call.get("extra_content").filter(|v| v.is_object())
+            && let OutputItem::FunctionCall { extra_content, .. } = &mut self.output[index]
+        {
+            *extra_content = Some(content.clone());
+        }
         // Arguments sent as an object (some servers do) are its encoding.
         let delta = match call.pointer("/function/arguments") {
             Some(Value::String(a)) => Some(a.clone()),

@@ -538,7 +538,7 @@ fn input_item(
                     name: string_field(item, "name", &param)?.to_owned(),
                     arguments: item.get("arguments").and_then(Value::as_str).unwrap_or("{}").to_owned(),
                 }),
-                extra: Extra::new(),
+                extra: call_extra(item.get("extra_content").filter(|v| v.is_object()).cloned()),
             };
             // Calls follow the assistant text they came with, in one message.
             match messages.last_mut() {
@@ -758,10 +758,13 @@ pub(crate) fn input_items(messages: &[ChatMessage], response_id: &str) -> Vec<Va
                 }
                 for call in message.tool_calls.iter().flatten() {
                     let Some(function) = &call.function else { continue };
-                    let item = json!({
+                    let mut item = json!({
                         "type": "function_call", "id": id("fc", &items), "call_id": call.id,
                         "name": function.name, "arguments": function.arguments, "status": "completed",
                     });
+                    if let Some(extra) = call.extra.get("extra_content") {
+                        item["extra_content"] = extra.clone();
+                    }
                     items.push(item);
                 }
             }
@@ -837,6 +840,16 @@ pub(crate) fn reasoning_text(extra: &Extra) -> Option<&str> {
     ["reasoning_content", "reasoning"]
         .iter()
         .find_map(|k| extra.get(*k).and_then(Value::as_str).filter(|t| !t.is_empty()))
+}
+
+/// The chat fields of a call that carried `extra_content` (Gemini's
+/// thought signature, which must go back with the call).
+pub(crate) fn call_extra(extra_content: Option<Value>) -> Extra {
+    let mut extra = Extra::new();
+    if let Some(content) = extra_content {
+        extra.insert("extra_content".into(), content);
+    }
+    extra
 }
 
 /// A call's id, made up when the upstream gave none (a
@@ -938,7 +951,7 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
             content,
         });
     }
-    for (n, call) in message.tool_calls.unwrap_or_default().into_iter().enumerate() {
+    for (n, mut call) in message.tool_calls.unwrap_or_default().into_iter().enumerate() {
         let Some(function) = call.function else { continue };
         object.output.push(OutputItem::FunctionCall {
             id: echo.item_id("fc", n + 1),
@@ -946,6 +959,7 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
             name: function.name,
             arguments: arguments(function.arguments),
             status: item_status.into(),
+            extra_content: call.extra.remove("extra_content"),
         });
     }
     object
