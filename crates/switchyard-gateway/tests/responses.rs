@@ -178,9 +178,10 @@ async fn stream_events(gw: &GatewayProcess, body: &Value) -> Vec<Value> {
 /// and refuses a call sent back without its signature: the signature is on
 /// the `function_call` item, JSON or streamed, and goes back with the call
 /// when the conversation continues from the kept response or from the
-/// items the client sends again.
+/// items the client sends again. An image a tool returned goes in a user
+/// message after the outputs (chat APIs refuse it in a tool message).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gemini_thought_signatures_go_back_with_their_calls() {
+async fn calls_and_their_outputs_go_back_as_the_upstream_takes_them() {
     let mock = MockUpstream::start().await;
     let gw = GatewayProcess::start(Path::new(BIN), &config(&mock, ""));
     let tools = json!([{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]);
@@ -235,6 +236,21 @@ async fn gemini_thought_signatures_go_back_with_their_calls() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+
+    // A screenshot a tool returned reaches a chat upstream, which takes
+    // only text in tool messages, in a user message after the outputs.
+    let screenshot = json!({"type": "function_call_output", "call_id": call["call_id"], "output": [
+        {"type": "input_image", "image_url": "data:image/png;base64,iVBORw0KGgo="}]});
+    let input = json!([{"role": "user", "content": "look it up"}, call, screenshot]);
+    let (status, body) = post(&gw, None, &json!({"model": "gemini", "input": input, "tools": tools})).await;
+    assert_eq!(status, 200, "{body}");
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.body["messages"][3]["role"], "user", "{}", sent.body);
+    assert_eq!(
+        sent.body["messages"][3]["content"][0]["type"], "image_url",
+        "{}",
+        sent.body
+    );
 
     // A call sent back without its signature is what Gemini refuses.
     let mut unsigned = call.clone();

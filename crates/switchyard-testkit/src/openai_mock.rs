@@ -306,6 +306,22 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
         .map(|m| word_count(&content_text(m.get("content"))))
         .sum::<usize>()
         .max(1);
+    // OpenAI takes only text in tool messages.
+    if let Some(i) = messages.iter().position(|m| {
+        m.get("role").and_then(Value::as_str) == Some("tool")
+            && m.get("content").and_then(Value::as_array).is_some_and(|parts| {
+                parts
+                    .iter()
+                    .any(|p| p.get("type").and_then(Value::as_str) != Some("text"))
+            })
+    }) {
+        return invalid_request(
+            &format!(
+                "Invalid 'messages[{i}]'. Image URLs are only allowed for messages with role 'user', but this message with role 'tool' contains an image URL."
+            ),
+            Some(&format!("messages[{i}]")),
+        );
+    }
     if ctx.scenario.signed_calls
         && let Some(position) = unsigned_call(messages)
     {
