@@ -16,7 +16,7 @@ const KEY_B: &str = "sk-responses-key-b-0000000002";
 fn config(mock: &MockUpstream, policy: &str) -> String {
     let base = mock.base_url();
     format!(
-        "{policy}router_settings:\n  retry_backoff_ms: 10\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, model: mock-model, api_base: {base}}}\n  - model_name: reset\n    deployments:\n      - {{provider: openai, model: \"mock-model::reset_after=2\", api_base: {base}}}\n  - model_name: quiet\n    deployments:\n      - {{provider: openai, model: \"mock-model::no_usage\", api_base: {base}}}\n  - model_name: gemini\n    deployments:\n      - {{provider: openai, model: \"mock-model::signed_calls\", api_base: {base}}}\n"
+        "{policy}router_settings:\n  retry_backoff_ms: 10\nmodel_list:\n  - model_name: gpt\n    deployments:\n      - {{provider: openai, model: mock-model, api_base: {base}}}\n  - model_name: reset\n    deployments:\n      - {{provider: openai, model: \"mock-model::reset_after=2\", api_base: {base}}}\n  - model_name: quiet\n    deployments:\n      - {{provider: openai, model: \"mock-model::no_usage\", api_base: {base}}}\n  - model_name: gemini\n    deployments:\n      - {{provider: openai, model: \"mock-model::signed_calls\", api_base: {base}}}\n  - model_name: deepseek\n    deployments:\n      - {{provider: openai, model: \"mock-model::reasons\", api_base: {base}}}\n  - model_name: groq\n    deployments:\n      - {{provider: openai, model: \"mock-model::refuses_reasoning\", api_base: {base}}}\n"
     )
 }
 
@@ -258,6 +258,72 @@ async fn calls_and_their_outputs_go_back_as_the_upstream_takes_them() {
     let input = json!([{"role": "user", "content": "look it up"}, unsigned, output]);
     let (status, body) = post(&gw, None, &json!({"model": "gemini", "input": input, "tools": tools})).await;
     assert_eq!(status, 400, "{body}");
+}
+
+/// DeepSeek's thinking mode refuses a turn that called tools sent back
+/// without its reasoning: the reasoning of a kept response (JSON or
+/// streamed) goes back with the turn it led to. Groq refuses reasoning in
+/// messages: the deployment gets the request again without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reasoning_goes_back_to_servers_that_want_it() {
+    let mock = MockUpstream::start().await;
+    let gw = GatewayProcess::start(Path::new(BIN), &config(&mock, ""));
+    let tools = json!([{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]);
+    let (status, first) = post(
+        &gw,
+        None,
+        &json!({"model": "deepseek", "input": "look it up", "tools": tools, "tool_choice": "required"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["output"][0]["type"], "reasoning", "{first}");
+    assert_eq!(
+        first["output"][0]["content"][0]["text"], "mock reasoning first",
+        "{first}"
+    );
+    let call = first["output"][1].clone();
+    assert_eq!(call["type"], "function_call", "{first}");
+    let output = json!({"type": "function_call_output", "call_id": call["call_id"], "output": "found"});
+    let (status, body) = post(
+        &gw,
+        None,
+        &json!({"model": "deepseek", "previous_response_id": first["id"], "input": [output], "tools": tools}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sent = mock.last_request().unwrap();
+    assert_eq!(sent.body["messages"][1]["reasoning_content"], "mock reasoning first");
+
+    let events = stream_events(
+        &gw,
+        &json!({"model": "deepseek", "input": "look it up", "tools": tools, "tool_choice": "required", "stream": true}),
+    )
+    .await;
+    let completed = &events.last().unwrap()["response"];
+    assert_eq!(completed["status"], "completed", "{completed}");
+    let (status, body) = post(
+        &gw,
+        None,
+        &json!({"model": "deepseek", "previous_response_id": completed["id"], "input": [output], "tools": tools}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    // The items a client sends again carry it too; Groq refuses it once.
+    let reasoning = first["output"][0].clone();
+    let input = json!([{"role": "user", "content": "look it up"}, reasoning, call, output]);
+    let (status, body) = post(&gw, None, &json!({"model": "deepseek", "input": input, "tools": tools})).await;
+    assert_eq!(status, 200, "{body}");
+    let before = mock.requests().len();
+    for _ in 0..2 {
+        let (status, body) = post(&gw, None, &json!({"model": "groq", "input": input, "tools": tools})).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let echoed: Vec<bool> = mock.requests()[before..]
+        .iter()
+        .map(|r| r.body["messages"][1].get("reasoning_content").is_some())
+        .collect();
+    assert_eq!(echoed, [true, false, false]);
 }
 
 /// A stream that breaks after it started ends with an `error` event and

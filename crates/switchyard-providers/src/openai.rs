@@ -3,6 +3,9 @@
 //! These upstreams already speak the gateway's wire format, so request bodies are
 //! serialised once and response bytes pass through unchanged.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use switchyard_api::{
     ChatCompletionRequest, CompletionRequest, EmbeddingRequest, ImageGenerationRequest, ModerationRequest,
@@ -26,16 +29,10 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 fn encode_chat(req: &ChatCompletionRequest, strict: bool) -> Result<Vec<u8>> {
     // Reasoning that clients echo in assistant messages (Claude's
     // `thinking_blocks`, other servers' `reasoning_content`) is refused by
-    // OpenAI's own API and Azure as unknown fields; OpenAI-compatible
-    // servers get it as sent (DeepSeek and Kimi need it back, a proxy in
-    // front of Claude needs the blocks).
-    const ECHOED: [&str; 2] = ["thinking_blocks", "reasoning_content"];
-    if strict
-        && req
-            .messages
-            .iter()
-            .any(|m| ECHOED.iter().any(|k| m.extra.contains_key(*k)))
-    {
+    // OpenAI's own API, Azure, Groq and Cerebras as unknown fields; other
+    // OpenAI-compatible servers get it as sent (DeepSeek and Kimi need it
+    // back, a proxy in front of Claude needs the blocks).
+    if strict && echoes(req) {
         let mut copy = req.clone();
         for message in &mut copy.messages {
             for key in ECHOED {
@@ -51,6 +48,56 @@ fn encode_chat(req: &ChatCompletionRequest, strict: bool) -> Result<Vec<u8>> {
         return encode(&RenamedMaxTokens(req));
     }
     encode(req)
+}
+
+/// Reasoning fields clients echo in assistant messages.
+const ECHOED: [&str; 2] = ["thinking_blocks", "reasoning_content"];
+
+/// Whether an assistant message of `req` echoes reasoning.
+fn echoes(req: &ChatCompletionRequest) -> bool {
+    req.messages
+        .iter()
+        .any(|m| ECHOED.iter().any(|k| m.extra.contains_key(*k)))
+}
+
+/// Whether `error` is an upstream refusing the echoed reasoning as a field
+/// it does not take (Groq: "property 'reasoning_content' is unsupported"),
+/// not one asking for it (DeepSeek: "The `reasoning_content` in the
+/// thinking mode must be passed back").
+fn refuses_echo(error: &ProviderError) -> bool {
+    const REFUSALS: [&str; 8] = [
+        "unsupported",
+        "not supported",
+        "unrecognized",
+        "unexpected",
+        "unknown",
+        "not allowed",
+        "not permitted",
+        "extra",
+    ];
+    match error {
+        ProviderError::Status {
+            status: 400 | 422,
+            message,
+            param,
+            ..
+        } => {
+            let message = message.to_ascii_lowercase();
+            let named = ECHOED
+                .iter()
+                .any(|k| message.contains(k) || param.as_deref().is_some_and(|p| p.contains(k)));
+            named && REFUSALS.iter().any(|r| message.contains(r))
+        }
+        _ => false,
+    }
+}
+
+/// Hosts known to refuse echoed reasoning in messages.
+fn strict_host(host: &str) -> bool {
+    host == "api.openai.com"
+        || host.ends_with(".openai.azure.com")
+        || host == "api.groq.com"
+        || host == "api.cerebras.ai"
 }
 
 /// A chat request written with `max_tokens` named `max_completion_tokens`,
@@ -117,9 +164,38 @@ struct Endpoints {
     /// Whether the upstream takes `stream_options` (Azure API versions
     /// before 2024-09-01 refuse it with a 400).
     stream_options: bool,
-    /// Whether the upstream is OpenAI's own API or Azure, which refuse
-    /// fields they do not know in messages.
-    strict: bool,
+    /// Whether echoed reasoning is left out of messages: from the start for
+    /// the hosts known to refuse it, and from the first refusal for any
+    /// other (shared by the clones of one deployment's provider).
+    strict: Arc<AtomicBool>,
+}
+
+impl Endpoints {
+    /// Whether echoed reasoning is left out.
+    fn strict(&self) -> bool {
+        self.strict.load(Ordering::Relaxed)
+    }
+
+    /// Sends a chat request with `send`; an upstream that refuses the
+    /// reasoning it echoes gets it again without, and from then on never.
+    async fn chat_call<T, F, Fut>(&self, req: &ChatCompletionRequest, send: F) -> Result<T>
+    where
+        F: Fn(Vec<u8>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let strict = self.strict();
+        match send(encode_chat(req, strict)?).await {
+            Err(e) if !strict && echoes(req) && refuses_echo(&e) => {
+                tracing::info!(
+                    url = %self.chat_url,
+                    "the upstream refuses reasoning echoed in messages: it is left out from now on"
+                );
+                self.strict.store(true, Ordering::Relaxed);
+                send(encode_chat(req, true)?).await
+            }
+            other => other,
+        }
+    }
 }
 
 /// Whether an Azure `api-version` accepts `stream_options`: dated versions
@@ -214,22 +290,21 @@ macro_rules! openai_wire_provider {
             }
 
             async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
+                let http = &self.0.http;
                 self.0
-                    .http
-                    .post_json(&self.0.chat_url, encode_chat(req, self.0.strict)?)
+                    .chat_call(req, |body| http.post_json(&self.0.chat_url, body))
                     .await
             }
 
             async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
-                let body = if self.0.stream_options || req.stream_options.is_none() {
-                    encode_chat(req, self.0.strict)?
+                let http = &self.0.http;
+                let send = |body| http.post_stream(&self.0.chat_url, body);
+                if self.0.stream_options || req.stream_options.is_none() {
+                    self.0.chat_call(req, send).await
                 } else {
-                    encode_chat(
-                        &without_stream_options(req, |r| r.stream_options = None),
-                        self.0.strict,
-                    )?
-                };
-                self.0.http.post_stream(&self.0.chat_url, body).await
+                    let req = without_stream_options(req, |r| r.stream_options = None);
+                    self.0.chat_call(&req, send).await
+                }
             }
 
             async fn completion(&self, req: &CompletionRequest) -> Result<ProviderResponse> {
@@ -282,13 +357,12 @@ impl OpenAiProvider {
             translations_url: endpoint(format!("{base}/audio/translations"))?,
             rerank_url: Some(endpoint(format!("{base}/rerank"))?),
             stream_options: true,
-            strict: reqwest::Url::parse(base)
-                .ok()
-                .and_then(|u| {
-                    u.host_str()
-                        .map(|h| h == "api.openai.com" || h.ends_with(".openai.azure.com"))
-                })
-                .unwrap_or(false),
+            strict: Arc::new(AtomicBool::new(
+                reqwest::Url::parse(base)
+                    .ok()
+                    .and_then(|u| u.host_str().map(strict_host))
+                    .unwrap_or(false),
+            )),
         }))
     }
 }
@@ -339,7 +413,7 @@ impl AzureProvider {
             translations_url: endpoint(url("audio/translations"))?,
             rerank_url: None,
             stream_options: azure_takes_stream_options(api_version),
-            strict: true,
+            strict: Arc::new(AtomicBool::new(true)),
         }))
     }
 }
@@ -398,6 +472,88 @@ mod tests {
         let relayed: serde_json::Value = serde_json::from_slice(&encode_chat(&req, false).unwrap()).unwrap();
         assert_eq!(relayed["messages"][1]["thinking_blocks"][0]["signature"], "s");
         assert_eq!(relayed["messages"][1]["reasoning_content"], "t");
+    }
+
+    /// An upstream that refuses echoed reasoning (Groq, Cerebras, or one
+    /// not known to) gets the request again without it, and from then on
+    /// never: JSON and streamed. Another client error is not sent twice.
+    #[tokio::test]
+    async fn an_upstream_that_refuses_echoed_reasoning_gets_none_from_then_on() {
+        use futures_util::StreamExt;
+        let mock = switchyard_testkit::MockUpstream::start().await;
+        let request = |model: &str, stream: bool| -> ChatCompletionRequest {
+            serde_json::from_value(serde_json::json!({
+                "model": model, "stream": stream,
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "x", "reasoning_content": "t"},
+                    {"role": "user", "content": "again"}
+                ]
+            }))
+            .unwrap()
+        };
+        let echoed = |n: usize| {
+            let requests = mock.requests();
+            assert_eq!(requests.len(), n);
+            requests
+                .iter()
+                .map(|r| r.body["messages"][1].get("reasoning_content").is_some())
+                .collect::<Vec<_>>()
+        };
+        let provider = OpenAiProvider::new(&mock.base_url(), None, &HttpSettings::default()).unwrap();
+        let req = request("m::refuses_reasoning", false);
+        let answer = crate::Provider::chat(&provider, &req).await.unwrap();
+        assert!(answer.usage.is_some());
+        assert_eq!(echoed(2), [true, false]);
+        crate::Provider::chat(&provider.clone(), &req).await.unwrap();
+        assert_eq!(echoed(3), [true, false, false]);
+
+        let provider = OpenAiProvider::new(&mock.base_url(), None, &HttpSettings::default()).unwrap();
+        let mut chunks = crate::Provider::chat_stream(&provider, &request("m::refuses_reasoning", true))
+            .await
+            .unwrap();
+        while let Some(chunk) = chunks.next().await {
+            chunk.unwrap();
+        }
+        assert_eq!(echoed(5)[3..], [true, false]);
+
+        // A server that takes it keeps getting it; another 400 is final.
+        let provider = OpenAiProvider::new(&mock.base_url(), None, &HttpSettings::default()).unwrap();
+        crate::Provider::chat(&provider, &request("m", false)).await.unwrap();
+        let refused = crate::Provider::chat(&provider, &request("m::status=400", false)).await;
+        assert!(
+            matches!(refused, Err(ProviderError::Status { status: 400, .. })),
+            "{refused:?}"
+        );
+        assert_eq!(echoed(7)[5..], [true, true]);
+    }
+
+    #[test]
+    fn only_a_refusal_of_the_field_counts_as_one() {
+        let status = |message: &str| ProviderError::Status {
+            status: 400,
+            message: message.into(),
+            kind: None,
+            code: None,
+            param: None,
+            retry_after: None,
+            details: None,
+        };
+        for refusal in [
+            "'messages.1' : for 'role:assistant' the following must be satisfied[('messages.1' : property 'reasoning_content' is unsupported)]",
+            "messages.2.assistant.reasoning_content: property 'messages.2.assistant.reasoning_content' is unsupported",
+            "Additional properties are not allowed ('thinking_blocks' was unexpected)",
+            "Extra inputs are not permitted: messages.1.reasoning_content",
+        ] {
+            assert!(refuses_echo(&status(refusal)), "{refusal}");
+        }
+        for other in [
+            "The `reasoning_content` in the thinking mode must be passed back to the API.",
+            "Missing `reasoning_content` field in the assistant message at message index 2.",
+            "property 'store' is unsupported",
+        ] {
+            assert!(!refuses_echo(&status(other)), "{other}");
+        }
     }
 
     #[test]

@@ -322,6 +322,35 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
             Some(&format!("messages[{i}]")),
         );
     }
+    if ctx.scenario.refuses_reasoning
+        && let Some((i, field)) = messages.iter().enumerate().find_map(|(i, m)| {
+            ["reasoning_content", "thinking_blocks"]
+                .into_iter()
+                .find(|k| m.get(*k).is_some())
+                .map(|k| (i, k))
+        })
+    {
+        return invalid_request(
+            &format!(
+                "'messages.{i}' : for 'role:assistant' the following must be satisfied[('messages.{i}' : property '{field}' is unsupported)]"
+            ),
+            None,
+        );
+    }
+    if ctx.scenario.reasons
+        && messages.iter().any(|m| {
+            m.get("tool_calls")
+                .is_some_and(|c| c.as_array().is_some_and(|c| !c.is_empty()))
+                && m.get("reasoning_content")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+        })
+    {
+        return invalid_request(
+            "The `reasoning_content` in the thinking mode must be passed back to the API.",
+            None,
+        );
+    }
     if ctx.scenario.signed_calls
         && let Some(position) = unsigned_call(messages)
     {
@@ -366,6 +395,10 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
             )
         }
     };
+    let mut message = message;
+    if ctx.scenario.reasons {
+        message["reasoning_content"] = json!(REASONING);
+    }
     let choices: Vec<Value> = (0..n)
         .map(|index| {
             json!({
@@ -394,6 +427,9 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
     }
     json_response(StatusCode::OK, &body)
 }
+
+/// The reasoning a `reasons` mock answers with first.
+const REASONING: &str = "mock reasoning first";
 
 /// Arguments of every mock tool call.
 const TOOL_ARGUMENTS: &str = "{\"q\":\"mock\"}";
@@ -516,7 +552,14 @@ fn chat_stream(
             "mock_extension": {"echo": true},
         }));
     }
-    let items = plan_stream(vec![prefix], content, suffix, ctx.scenario);
+    let mut prefix = vec![prefix];
+    if ctx.scenario.reasons {
+        prefix.insert(
+            0,
+            chunk(json!({"role": "assistant", "reasoning_content": REASONING}), None),
+        );
+    }
+    let items = plan_stream(prefix, content, suffix, ctx.scenario);
     if ctx.scenario.json_labelled {
         return crate::sse::stream_response(
             &ctx.state.streams,

@@ -106,6 +106,13 @@ pub struct Scenario {
     /// assistant turn sends one of these calls back without it is refused,
     /// as Gemini 3's OpenAI-compatible endpoint does.
     pub signed_calls: bool,
+    /// OpenAI: refuse a message that echoes reasoning (`reasoning_content`,
+    /// `thinking_blocks`), as Groq and Cerebras do.
+    pub refuses_reasoning: bool,
+    /// OpenAI: answer with reasoning (`reasoning_content`) first, and refuse
+    /// an assistant turn that called tools sent back without its reasoning,
+    /// as DeepSeek's thinking mode does.
+    pub reasons: bool,
 }
 
 /// Where a `redirect` scenario sends the client; a request arriving there is
@@ -164,6 +171,8 @@ impl Scenario {
                 "max_output" => scenario.max_output = Some(number(name, value)?),
                 "profile_only" => scenario.profile_only = flag(name, value)?,
                 "signed_calls" => scenario.signed_calls = flag(name, value)?,
+                "refuses_reasoning" => scenario.refuses_reasoning = flag(name, value)?,
+                "reasons" => scenario.reasons = flag(name, value)?,
                 "no_usage" => scenario.no_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),

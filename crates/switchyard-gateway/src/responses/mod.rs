@@ -75,6 +75,7 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
     let mut text = String::new();
     let mut calls = Vec::new();
     let mut thinking = Vec::new();
+    let mut reasoning = String::new();
     for item in &response.output {
         match item {
             OutputItem::Message { content, .. } => {
@@ -100,20 +101,31 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
                 }),
                 extra: translate::call_extra(extra_content.clone()),
             }),
-            // Claude's signed thinking goes back with the turn it led to.
+            // The reasoning goes back with the turn it led to: Claude's
+            // signed thinking, and other models' text (DeepSeek and Kimi
+            // want it on a turn that called tools; the OpenAI provider
+            // leaves it out for servers that refuse it).
             OutputItem::Reasoning {
-                encrypted_content: Some(sealed),
+                encrypted_content,
+                content,
                 ..
-            } => thinking.extend(translate::unseal(sealed)),
-            // Other upstreams' reasoning text is not sent back: servers
-            // such as Groq and Cerebras refuse `reasoning_content`.
-            OutputItem::Reasoning { .. } => {}
+            } => {
+                if let Some(sealed) = encrypted_content {
+                    thinking.extend(translate::unseal(sealed));
+                }
+                for part in content {
+                    reasoning.push_str(&part.text);
+                }
+            }
         }
     }
     if text.is_empty() && calls.is_empty() {
         return None;
     }
     let mut extra = Extra::new();
+    if !reasoning.is_empty() {
+        extra.insert("reasoning_content".into(), Value::String(reasoning));
+    }
     if !thinking.is_empty() {
         extra.insert("thinking_blocks".into(), Value::Array(thinking));
     }
@@ -768,10 +780,10 @@ mod tests {
 
     use super::*;
 
-    /// A continuation (`previous_response_id`) does not send the answer's
-    /// reasoning text back: many chat servers refuse `reasoning_content`.
+    /// A continuation (`previous_response_id`) sends the answer's
+    /// reasoning text back with the turn it led to.
     #[test]
-    fn a_continuation_leaves_reasoning_text_out() {
+    fn a_continuation_sends_reasoning_text_back() {
         let response = |output: Value| -> ResponseObject {
             serde_json::from_value(json!({"id": "resp_1", "object": "response", "created_at": 1,
                 "status": "completed", "model": "m", "output": output}))
@@ -784,9 +796,11 @@ mod tests {
         let text = json!({"type": "message", "id": "msg_1", "role": "assistant", "status": "completed",
             "content": [{"type": "output_text", "text": "done", "annotations": []}]});
         let called = assistant_message(&response(json!([reasoning, call]))).unwrap();
-        assert!(called.extra.is_empty(), "{:?}", called.extra);
+        assert_eq!(called.extra["reasoning_content"], "think", "{:?}", called.extra);
         assert_eq!(called.tool_calls.unwrap()[0].id, "c1");
         let answered = assistant_message(&response(json!([reasoning, text]))).unwrap();
-        assert!(!answered.extra.contains_key("reasoning_content"));
+        assert_eq!(answered.extra["reasoning_content"], "think");
+        let plain = assistant_message(&response(json!([text]))).unwrap();
+        assert!(plain.extra.is_empty(), "{:?}", plain.extra);
     }
 }

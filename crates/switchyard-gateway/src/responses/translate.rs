@@ -287,7 +287,7 @@ pub(crate) fn to_chat(
     match input {
         Some(ResponseInput::Text(text)) => messages.push(ChatMessage::text(Role::User, text)),
         Some(ResponseInput::Items(items)) => {
-            let mut thinking = Vec::new();
+            let mut thinking = Thinking::default();
             for (i, item) in items.iter().enumerate() {
                 input_item(i, item, &mut messages, &mut thinking)?;
             }
@@ -512,9 +512,37 @@ fn string_field<'a>(item: &'a Value, key: &str, param: &str) -> Result<&'a str, 
         .ok_or_else(|| invalid(format!("{param}.{key}"), format!("{param}.{key}: a string is required")))
 }
 
+/// What reasoning items read so far hold for the assistant turn they led
+/// to: Claude's signed thinking blocks, and other models' reasoning text.
+#[derive(Default)]
+struct Thinking {
+    blocks: Vec<Value>,
+    text: String,
+}
+
+impl Thinking {
+    fn clear(&mut self) {
+        self.blocks.clear();
+        self.text.clear();
+    }
+}
+
 /// Hands the thinking of reasoning items read so far to `message`, the
-/// assistant turn they came with.
-fn attach_thinking(message: &mut ChatMessage, thinking: &mut Vec<Value>) {
+/// assistant turn they came with: the text as its `reasoning_content`
+/// (DeepSeek and Kimi want it back on a turn that called tools; servers
+/// that refuse it get none, see the OpenAI provider), the blocks as its
+/// `thinking_blocks`.
+fn attach_thinking(message: &mut ChatMessage, pending: &mut Thinking) {
+    if !pending.text.is_empty() {
+        let text = std::mem::take(&mut pending.text);
+        match message.extra.get_mut("reasoning_content") {
+            Some(Value::String(earlier)) => earlier.push_str(&text),
+            _ => {
+                message.extra.insert("reasoning_content".into(), Value::String(text));
+            }
+        }
+    }
+    let thinking = &mut pending.blocks;
     if thinking.is_empty() {
         return;
     }
@@ -528,12 +556,12 @@ fn attach_thinking(message: &mut ChatMessage, thinking: &mut Vec<Value>) {
 }
 
 /// Appends the chat messages of input item `i`; `thinking` holds the
-/// thinking blocks of reasoning items until the assistant turn they belong to.
+/// thinking of reasoning items until the assistant turn they belong to.
 fn input_item(
     i: usize,
     item: &Value,
     messages: &mut Vec<ChatMessage>,
-    thinking: &mut Vec<Value>,
+    thinking: &mut Thinking,
 ) -> Result<(), ApiError> {
     let param = format!("input[{i}]");
     if !item.is_object() {
@@ -625,12 +653,20 @@ fn input_item(
                 extra: Extra::new(),
             });
         }
-        // Reasoning from an earlier turn: chat upstreams take its text none
-        // back, but Claude needs its own signed thinking again, which the
-        // item carries sealed.
+        // Reasoning from an earlier turn: its text goes back with the turn
+        // it led to, and Claude's own signed thinking, which the item
+        // carries sealed.
         "reasoning" => {
             if let Some(sealed) = item.get("encrypted_content").and_then(Value::as_str) {
-                thinking.extend(unseal(sealed));
+                thinking.blocks.extend(unseal(sealed));
+            }
+            let parts = item.get("content").and_then(Value::as_array);
+            for part in parts.into_iter().flatten() {
+                if part.get("type").and_then(Value::as_str) == Some("reasoning_text")
+                    && let Some(text) = part.get("text").and_then(Value::as_str)
+                {
+                    thinking.text.push_str(text);
+                }
             }
         }
         "item_reference" => {
@@ -1035,7 +1071,7 @@ mod tests {
     /// Reasoning text of an upstream other than Claude is not sent back
     /// (Groq and Cerebras refuse `reasoning_content`).
     #[test]
-    fn reasoning_text_is_not_sent_back() {
+    fn reasoning_text_goes_back_with_the_turn_it_led_to() {
         let chat = translate(json!({"model": "m", "input": [
             {"role": "user", "content": "weather?"},
             {"type": "reasoning", "id": "rs_1", "summary": [],
@@ -1051,12 +1087,11 @@ mod tests {
         let body = serde_json::to_value(&chat).unwrap();
         let messages = body["messages"].as_array().unwrap();
         assert_eq!(messages[1]["tool_calls"][0]["id"], "c1", "{body}");
-        assert!(
-            messages
-                .iter()
-                .all(|m| m.get("reasoning_content").is_none() && m.get("thinking_blocks").is_none()),
-            "{body}"
-        );
+        assert_eq!(messages[1]["reasoning_content"], "I should call the tool.", "{body}");
+        assert_eq!(messages[3]["content"], "Sunny.", "{body}");
+        assert_eq!(messages[3]["reasoning_content"], "Now answer.", "{body}");
+        assert!(messages[4].get("reasoning_content").is_none(), "{body}");
+        assert!(messages.iter().all(|m| m.get("thinking_blocks").is_none()), "{body}");
     }
 
     /// `developer` messages go as `system`, which every chat server takes.
