@@ -37,7 +37,7 @@ pub struct GatewayCache {
     pub hit_cost_ratio: f64,
     /// The largest answer stored, in bytes.
     pub max_entry_bytes: usize,
-    semantic: HashMap<String, SemanticIndex>,
+    semantic: HashMap<String, Arc<SemanticIndex>>,
 }
 
 /// What a client asked of the cache for one request: the body's `cache`
@@ -245,7 +245,7 @@ impl GatewayCache {
             semantic: spec
                 .semantic
                 .iter()
-                .map(|(name, (sim, cap))| (name.clone(), SemanticIndex::new(*sim, *cap)))
+                .map(|(name, (sim, cap))| (name.clone(), Arc::new(SemanticIndex::new(*sim, *cap))))
                 .collect(),
         })
     }
@@ -337,23 +337,27 @@ impl GatewayCache {
             })
             .0;
             let embedder = embedder.clone();
+            let (index, searched, no_cache) = (index.clone(), params.clone(), controls.no_cache);
             // A prompt longer than the embedder's window is embedded in part:
             // prompts that differ only in the part cut would match, so such a
-            // prompt is looked up exactly only.
+            // prompt is looked up exactly only. The index's search waits for
+            // its lock off the runtime's threads, as the embedding runs.
             let embedding = tokio::task::spawn_blocking(move || match embedder.truncates(&text) {
-                Ok(false) => embedder.embed_one(&text).map(Some),
+                Ok(false) => embedder.embed_one(&text).map(|embedding| {
+                    let hits = if no_cache {
+                        Vec::new()
+                    } else {
+                        index.lookup(&embedding, &searched)
+                    };
+                    Some((embedding, hits))
+                }),
                 Ok(true) => Ok(None),
                 Err(e) => Err(e),
             })
             .await;
             match embedding {
                 Ok(Ok(None)) => tracing::debug!("prompt longer than the embedder's window: no semantic lookup"),
-                Ok(Ok(Some(embedding))) => {
-                    let hits = if controls.no_cache {
-                        Vec::new()
-                    } else {
-                        index.lookup(&embedding, &params)
-                    };
+                Ok(Ok(Some((embedding, hits)))) => {
                     for hit in hits {
                         if let Some(answer) = self.store.peek(&hit.key).await.filter(|a| fresh(a)) {
                             return Some(Lookup::Hit {
@@ -383,7 +387,13 @@ impl GatewayCache {
             && let Some((group, embedding, params)) = &pending.semantic
             && let Some(index) = self.semantic.get(group)
         {
-            index.insert(embedding, params.clone(), pending.key.clone());
+            // Inserting takes the index's write lock and may rebuild it:
+            // off the runtime's threads.
+            let (index, embedding, params, key) =
+                (index.clone(), embedding.clone(), params.clone(), pending.key.clone());
+            if let Err(e) = tokio::task::spawn_blocking(move || index.insert(&embedding, params, key)).await {
+                tracing::warn!(error = %e, "the semantic index insert stopped");
+            }
         }
     }
 }
