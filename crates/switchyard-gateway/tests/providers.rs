@@ -1608,3 +1608,59 @@ async fn drop_params_drops_what_anthropic_and_bedrock_cannot_express() {
         "nothing it cannot express reached the upstream"
     );
 }
+
+/// Gemini signs its tool calls and refuses a call sent back unsigned;
+/// Anthropic clients keep a `tool_use` block's id, not fields they do not
+/// know: on `/v1/messages` the signature rides in the id (JSON and
+/// streamed), and goes back upstream as the call's `extra_content`, the
+/// tool result naming the call's own id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gemini_signatures_ride_in_tool_use_ids_on_v1_messages() {
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        "model_list:\n  - model_name: gemini\n    deployments:\n{}",
+        deployment("openai", &mock, "mock-model::signed_calls", "")
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    let messages = |body: Value| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/messages", gateway.base_url()))
+            .header("anthropic-version", "2023-06-01")
+            .json(&body)
+            .send()
+    };
+    let tools = json!([{"name": "lookup", "input_schema": {"type": "object"}}]);
+    let ask = json!({"model": "gemini", "max_tokens": 100, "tools": tools, "tool_choice": {"type": "any"},
+        "messages": [{"role": "user", "content": "look it up"}]});
+    let response = messages(ask.clone()).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first: Value = response.json().await.unwrap();
+    let block = first["content"][0].clone();
+    assert_eq!(block["type"], "tool_use", "{first}");
+    assert_eq!(block["id"], "call_mock_0__thought__sig-call_mock_0", "{first}");
+
+    let mut streamed = ask.clone();
+    streamed["stream"] = json!(true);
+    let text = messages(streamed).await.unwrap().text().await.unwrap();
+    let start = sse_data(&text)
+        .into_iter()
+        .map(|data| serde_json::from_str::<Value>(&data).unwrap())
+        .find(|e| e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use")
+        .unwrap();
+    assert_eq!(start["content_block"]["id"], block["id"], "{text}");
+
+    let result = json!({"type": "tool_result", "tool_use_id": block["id"], "content": "found"});
+    let conversation = json!({"model": "gemini", "max_tokens": 100, "tools": tools, "messages": [
+        {"role": "user", "content": "look it up"},
+        {"role": "assistant", "content": [block]},
+        {"role": "user", "content": [result]},
+    ]});
+    let response = messages(conversation).await.unwrap();
+    let status = response.status();
+    assert_eq!(status, 200, "{}", response.text().await.unwrap());
+    let sent = mock.last_request().unwrap();
+    let call = &sent.body["messages"][1]["tool_calls"][0];
+    assert_eq!(call["id"], "call_mock_0", "{}", sent.body);
+    assert_eq!(call["extra_content"]["google"]["thought_signature"], "sig-call_mock_0");
+    assert_eq!(sent.body["messages"][2]["tool_call_id"], "call_mock_0", "{}", sent.body);
+}

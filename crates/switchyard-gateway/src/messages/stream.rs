@@ -331,7 +331,10 @@ impl Converter {
                             .filter(|id| !id.is_empty())
                             .map_or_else(
                                 || super::translate::tool_use_id(&self.upstream_id, self.next_index as usize),
-                                str::to_owned,
+                                |id| {
+                                    let signature = super::translate::thought_signature(call.get("extra_content"));
+                                    super::translate::signed_tool_use_id(id.to_owned(), signature)
+                                },
                             );
                         let block = ContentBlock {
                             kind: "tool_use".into(),

@@ -88,6 +88,33 @@ pub fn tool_use_id(upstream_id: &str, position: usize) -> String {
     format!("toolu_{}_{position}", message.strip_prefix("msg_").unwrap_or(&message))
 }
 
+/// What joins a tool call's id and Gemini's thought signature in a
+/// `tool_use` block's id: Anthropic clients keep a block's id, not fields
+/// they do not know, and Gemini refuses a call sent back unsigned.
+const SIGNATURE_MARK: &str = "__thought__";
+
+/// The thought signature of a chat tool call's `extra_content`.
+pub fn thought_signature(extra_content: Option<&Value>) -> Option<&str> {
+    extra_content?.pointer("/google/thought_signature")?.as_str()
+}
+
+/// The `tool_use` id of a call `id`, with its thought `signature` if it
+/// has one.
+pub fn signed_tool_use_id(id: String, signature: Option<&str>) -> String {
+    match signature {
+        Some(signature) if !signature.is_empty() => format!("{id}{SIGNATURE_MARK}{signature}"),
+        _ => id,
+    }
+}
+
+/// A `tool_use` id split into the call's own id and its thought signature.
+fn unsigned_tool_use_id(id: &str) -> (&str, Option<&str>) {
+    match id.split_once(SIGNATURE_MARK) {
+        Some((id, signature)) if !signature.is_empty() => (id, Some(signature)),
+        _ => (id, None),
+    }
+}
+
 /// A tool name from the upstream, restored to the client's own.
 pub fn original_tool_name(names: &[(String, String)], name: String) -> String {
     names
@@ -197,15 +224,25 @@ fn convert_message(
             "text" => parts.push(text_part(block.text.as_deref().unwrap_or_default())),
             "image" => parts.push(image_part(block.source.as_ref().unwrap_or(&Value::Null), &param)?),
             "document" => parts.push(document_part(block, &param)?),
-            "tool_use" => calls.push(ToolCall {
-                id: block.id.clone().unwrap_or_default(),
-                kind: "function".into(),
-                function: Some(FunctionCall {
-                    name: openai_tool_name(block.name.as_deref().unwrap_or_default()).into_owned(),
-                    arguments: block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
-                }),
-                extra: Extra::new(),
-            }),
+            "tool_use" => {
+                let (id, signature) = unsigned_tool_use_id(block.id.as_deref().unwrap_or_default());
+                let mut extra = Extra::new();
+                if let Some(signature) = signature {
+                    extra.insert(
+                        "extra_content".into(),
+                        json!({"google": {"thought_signature": signature}}),
+                    );
+                }
+                calls.push(ToolCall {
+                    id: id.to_owned(),
+                    kind: "function".into(),
+                    function: Some(FunctionCall {
+                        name: openai_tool_name(block.name.as_deref().unwrap_or_default()).into_owned(),
+                        arguments: block.input.as_ref().map_or_else(|| "{}".to_owned(), Value::to_string),
+                    }),
+                    extra,
+                });
+            }
             "tool_result" => {
                 // OpenAI tool messages hold text only: images a tool returned
                 // go to the user message that follows the tool messages.
@@ -236,7 +273,10 @@ fn convert_message(
                     content: Some(MessageContent::Text(text)),
                     name: None,
                     tool_calls: None,
-                    tool_call_id: block.tool_use_id.clone(),
+                    tool_call_id: block
+                        .tool_use_id
+                        .as_deref()
+                        .map(|id| unsigned_tool_use_id(id).0.to_owned()),
                     extra: Extra::new(),
                 });
             }
@@ -503,7 +543,7 @@ pub fn to_messages_response(
             let id = if call.id.is_empty() {
                 tool_use_id(&resp.id, content.len())
             } else {
-                call.id
+                signed_tool_use_id(call.id, thought_signature(call.extra.get("extra_content")))
             };
             content.push(ContentBlock {
                 kind: "tool_use".into(),
