@@ -215,6 +215,59 @@ impl MessagesRequest {
         self.stream.unwrap_or(false)
     }
 
+    /// Rewrites the ids of `tool_use` blocks and of the `tool_result`
+    /// blocks that answer them with `map` (the same way in both, so they
+    /// still pair).
+    pub fn map_tool_ids(&mut self, map: impl Fn(&str) -> String) {
+        for message in &mut self.messages {
+            if let Content::Blocks(blocks) = &mut message.content {
+                for block in blocks {
+                    let id = match block.kind.as_str() {
+                        "tool_use" => block.id.as_mut(),
+                        "tool_result" => block.tool_use_id.as_mut(),
+                        _ => None,
+                    };
+                    if let Some(id) = id {
+                        let mapped = map(id);
+                        if mapped != *id {
+                            *id = mapped;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leaves `thinking` out when the last assistant turn called tools
+    /// without thinking first (another model made it, or the client dropped
+    /// the blocks): with thinking on, Claude refuses such a turn ("a final
+    /// `assistant` message must start with a thinking block"). Says whether
+    /// it did.
+    pub fn drop_thinking_on_a_turn_without_it(&mut self) -> bool {
+        if self
+            .extra
+            .get("thinking")
+            .is_none_or(|t| t.get("type").and_then(serde_json::Value::as_str) == Some("disabled"))
+        {
+            return false;
+        }
+        let Some(last) = self.messages.iter().rev().find(|m| m.role == MessageRole::Assistant) else {
+            return false;
+        };
+        let Content::Blocks(blocks) = &last.content else {
+            return false;
+        };
+        let called = blocks.iter().any(|b| b.kind == "tool_use");
+        let thought = blocks
+            .first()
+            .is_some_and(|b| b.kind == "thinking" || b.kind == "redacted_thinking");
+        if called && !thought {
+            self.extra.shift_remove("thinking");
+            return true;
+        }
+        false
+    }
+
     /// Removes the `thinking` blocks that carry no `signature` from the
     /// conversation (reasoning another model produced, which Claude refuses
     /// to be sent back) and says how many there were. A message made of
@@ -252,14 +305,20 @@ impl MessagesRequest {
     }
 }
 
+/// A token count that may be `null` (none reported): 0.
+fn count_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
+    Ok(Option::<u64>::deserialize(deserializer)?.unwrap_or(0))
+}
+
 /// Token usage of a Messages response.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct MessagesUsage {
-    /// Input tokens not read from or written to the prompt cache.
-    #[serde(default)]
+    /// Input tokens not read from or written to the prompt cache (`null`,
+    /// which a `message_delta` may carry, reads as 0).
+    #[serde(default, deserialize_with = "count_or_null")]
     pub input_tokens: u64,
     /// Output tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count_or_null")]
     pub output_tokens: u64,
     /// Input tokens read from the prompt cache.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -398,5 +457,55 @@ impl StreamEvent {
             StreamEvent::Ping => "ping",
             StreamEvent::Error { .. } => "error",
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, reason = "tests")]
+mod tests {
+    use super::*;
+
+    /// Anthropic-compatible servers send `null` counts in `message_delta`.
+    #[test]
+    fn null_token_counts_read_as_none_reported() {
+        let usage: MessagesUsage = serde_json::from_value(serde_json::json!({
+            "input_tokens": null, "output_tokens": 12,
+            "cache_read_input_tokens": null, "cache_creation_input_tokens": null
+        }))
+        .unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (0, 12));
+        assert_eq!(usage.cache_read_input_tokens, None);
+    }
+
+    /// A tool loop's ids are rewritten in calls and results alike; thinking
+    /// is left out only where the last turn called tools without it.
+    #[test]
+    fn tool_ids_stay_paired_and_thinking_goes_only_where_refused() {
+        let request = |first: serde_json::Value| -> MessagesRequest {
+            serde_json::from_value(serde_json::json!({
+                "model": "m", "max_tokens": 2048, "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "messages": [
+                    {"role": "user", "content": "go"},
+                    {"role": "assistant", "content": [first, {"type": "tool_use", "id": "a.b", "name": "f", "input": {}}]},
+                    {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "a.b", "content": "ok"}]}
+                ]
+            }))
+            .unwrap()
+        };
+        let mut unthought = request(serde_json::json!({"type": "text", "text": "calling"}));
+        unthought.map_tool_ids(|id| id.replace('.', "_"));
+        let Content::Blocks(call) = &unthought.messages[1].content else {
+            panic!()
+        };
+        let Content::Blocks(result) = &unthought.messages[2].content else {
+            panic!()
+        };
+        assert_eq!(call[1].id.as_deref(), Some("a_b"));
+        assert_eq!(result[0].tool_use_id.as_deref(), Some("a_b"));
+        assert!(unthought.drop_thinking_on_a_turn_without_it());
+        assert!(!unthought.extra.contains_key("thinking"));
+        let mut thought = request(serde_json::json!({"type": "thinking", "thinking": "t", "signature": "s"}));
+        assert!(!thought.drop_thinking_on_a_turn_without_it());
+        assert!(thought.extra.contains_key("thinking"));
     }
 }

@@ -1149,8 +1149,14 @@ async fn attempt(
                 || (matches!(client, ProviderClient::Bedrock(_)) && BedrockProvider::is_claude(&deployment.model));
             if claude {
                 // Reasoning another model gave (passed on as `thinking`
-                // blocks) has no signature, which Claude refuses.
+                // blocks) has no signature, which Claude refuses; nor does
+                // it think on a turn whose calls came without thinking, nor
+                // take call ids such as vLLM's `functions.get_weather:0`.
                 req.drop_unsigned_thinking();
+                if req.drop_thinking_on_a_turn_without_it() {
+                    tracing::debug!("the last turn called tools without thinking: Claude is asked without thinking");
+                }
+                req.map_tool_ids(switchyard_providers::tool_use_id);
             }
             match client {
                 ProviderClient::Anthropic(p) if stream => {

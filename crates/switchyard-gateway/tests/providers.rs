@@ -485,6 +485,32 @@ async fn run_contract(provider: &str) {
             "{provider}: {sent}"
         );
 
+        // A tool loop another model began (vLLM's call ids, no signed
+        // thinking): Claude gets ids it takes, paired as they were, and no
+        // thinking on a turn whose calls came without it.
+        let response = c
+            .messages(json!({"model": "contract", "max_tokens": 4096,
+                "thinking": {"type": "enabled", "budget_tokens": 1024},
+                "tools": [{"name": "lookup", "input_schema": {"type": "object"}}],
+                "messages": [
+                {"role": "user", "content": "look it up"},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "I will look", "signature": ""},
+                    {"type": "tool_use", "id": "functions.lookup:0", "name": "lookup", "input": {}}]},
+                {"role": "user", "content": [
+                    {"type": "tool_result", "tool_use_id": "functions.lookup:0", "content": "found"}]}
+            ]}))
+            .await;
+        assert_eq!(response.status(), 200, "{provider}: {}", response.text().await.unwrap());
+        let sent = mock.last_request().unwrap().body;
+        assert!(sent.get("thinking").is_none(), "{provider}: {sent}");
+        let id = &sent["messages"][1]["content"][0]["id"];
+        assert_ne!(id, "functions.lookup:0", "{provider}: {sent}");
+        assert_eq!(
+            &sent["messages"][2]["content"][0]["tool_use_id"], id,
+            "{provider}: {sent}"
+        );
+
         // Beta features the client names reach Anthropic as its header and
         // Bedrock as the body's `anthropic_beta`, there only those Bedrock
         // takes (Claude Code also names some it refuses).

@@ -199,7 +199,7 @@ pub(crate) fn chat_response(
 /// An id that changes also gets a hash of the original, so that two ids
 /// differing only in such characters (`call.1`, `call:1`), or only after
 /// their first 55 characters, stay apart.
-pub(crate) fn tool_use_id(id: &str) -> String {
+pub fn tool_use_id(id: &str) -> String {
     const MAX_LEN: usize = 64;
     let fits = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     if !id.is_empty() && id.len() <= MAX_LEN && id.chars().all(fits) {

@@ -30,6 +30,7 @@ use switchyard_api::{ChatCompletionRequest, CompletionRequest, EmbeddingRequest,
 pub use anthropic::{AnthropicProvider, AnthropicSettings};
 pub use audio::{AudioStream, ImageEditRequest, MediaResponse, TranscriptionRequest, UploadedFile};
 pub use bedrock::{BedrockProvider, BedrockSettings, StaticCredentials};
+pub use chunks::tool_use_id;
 pub use client::ProviderClient;
 pub use error::{ProviderError, TimeoutPhase};
 pub use http::{HttpSettings, Timeouts};

@@ -95,6 +95,20 @@ fn validate_fields(obj: &Map<String, Value>, require_max_tokens: bool) -> Result
                 "messages.{i}.content: Input should be a string or an array of blocks"
             ));
         }
+        let blocks = message.get("content").and_then(Value::as_array);
+        for (j, block) in blocks.into_iter().flatten().enumerate() {
+            let (kind, field) = match block.get("type").and_then(Value::as_str) {
+                Some("tool_use") => ("tool_use", "id"),
+                Some("tool_result") => ("tool_result", "tool_use_id"),
+                _ => continue,
+            };
+            let id = block.get(field).and_then(Value::as_str).unwrap_or_default();
+            if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(format!(
+                    "messages.{i}.content.{j}.{kind}.{field}: String should match pattern '^[a-zA-Z0-9_-]+$'"
+                ));
+            }
+        }
     }
     match obj.get("system") {
         None | Some(Value::String(_)) => {}

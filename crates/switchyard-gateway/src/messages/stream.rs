@@ -401,6 +401,10 @@ impl Converter {
     }
 }
 
+/// How long a translated stream goes without an event while its upstream
+/// sends chunks that give the client nothing, before a `ping`.
+const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// OpenAI chunks converted to Anthropic events, as an SSE response.
 ///
 /// `fault` is told of a chunk that cannot be read, so that the stream ends
@@ -412,6 +416,26 @@ pub fn from_chat_chunks(
     thinking: bool,
     estimated_input: u64,
 ) -> Response {
+    sse(converted(
+        chunks,
+        (deployment, fault),
+        tool_names,
+        thinking,
+        estimated_input,
+        PING_EVERY,
+    ))
+}
+
+/// The events of [`from_chat_chunks`], with a `ping` after `ping_every`
+/// without one.
+fn converted(
+    chunks: ChunkStream,
+    (deployment, fault): (String, crate::stream::StreamFault),
+    tool_names: Vec<(String, String)>,
+    thinking: bool,
+    estimated_input: u64,
+    ping_every: std::time::Duration,
+) -> impl Stream<Item = Bytes> + Send + 'static {
     let converter = Converter {
         estimated_input,
         thinking,
@@ -428,13 +452,14 @@ pub fn from_chat_chunks(
         usage: None,
         used_tools: false,
     };
-    let out = stream::unfold(
+    stream::unfold(
         (chunks, converter, (deployment, fault), false),
-        |(mut chunks, mut conv, (deployment, fault), done)| async move {
+        move |(mut chunks, mut conv, (deployment, fault), done)| async move {
             if done {
                 return None;
             }
             let mut out = Vec::new();
+            let quiet_since = tokio::time::Instant::now();
             let done = loop {
                 match chunks.next().await {
                     Some(Ok(chunk)) => match serde_json::from_slice::<ChatCompletionChunk>(&chunk.data) {
@@ -458,12 +483,18 @@ pub fn from_chat_chunks(
                 if !out.is_empty() {
                     break false;
                 }
+                // Chunks that give the client nothing (reasoning it did not
+                // ask for) still show the stream is alive, as Anthropic's
+                // pings do, before a proxy's idle timeout cuts it.
+                if quiet_since.elapsed() >= ping_every {
+                    out.push(event(&StreamEvent::Ping));
+                    break false;
+                }
             };
             let bytes: Bytes = out.concat().into();
             Some((bytes, (chunks, conv, (deployment, fault), done)))
         },
-    );
-    sse(out)
+    )
 }
 
 #[cfg(test)]
@@ -514,6 +545,56 @@ mod tests {
 
     fn chunk(value: Value) -> ChatCompletionChunk {
         serde_json::from_value(value).unwrap()
+    }
+
+    /// The names of the events a stream of `deltas` becomes, for a client
+    /// that did not ask for thinking, pinging after `ping_every`.
+    async fn event_names(deltas: &[Value], ping_every: std::time::Duration) -> Vec<String> {
+        let chunks: Vec<switchyard_providers::Result<switchyard_providers::StreamChunk>> = deltas
+            .iter()
+            .map(|d| {
+                Ok(switchyard_providers::StreamChunk {
+                    data: head(d.clone()).to_string().into(),
+                    usage: None,
+                })
+            })
+            .collect();
+        let stream: ChunkStream = Box::pin(futures_util::stream::iter(chunks));
+        let out: Vec<Bytes> = converted(
+            stream,
+            ("d".into(), Default::default()),
+            Vec::new(),
+            false,
+            0,
+            ping_every,
+        )
+        .collect()
+        .await;
+        out.iter()
+            .flat_map(|b| {
+                std::str::from_utf8(b)
+                    .unwrap()
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("event: "))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Reasoning the client did not ask for gives it nothing: the stream
+    /// pings instead of going quiet, no more often than it must.
+    #[tokio::test]
+    async fn a_stream_of_unasked_reasoning_pings() {
+        let mut deltas = vec![json!({"role": "assistant", "content": ""})];
+        deltas.extend((0..3).map(|_| json!({"reasoning_content": "hmm"})));
+        deltas.push(json!({"content": "Hi"}));
+        let names = event_names(&deltas, std::time::Duration::ZERO).await;
+        assert_eq!(names[0], "message_start", "{names:?}");
+        let first_text = names.iter().position(|n| n == "content_block_start").unwrap();
+        assert_eq!(names[1..first_text], ["ping", "ping", "ping"], "{names:?}");
+        let names = event_names(&deltas, std::time::Duration::from_secs(3600)).await;
+        assert!(!names.iter().any(|n| n == "ping"), "{names:?}");
     }
 
     /// A chunk of choice 0 carrying `delta`.
