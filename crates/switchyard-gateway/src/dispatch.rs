@@ -591,7 +591,7 @@ async fn try_group<'s>(
     // request runs, so concurrent requests see them (`usage-based`).
     let estimated = match call {
         Call::CountTokens(..) => 0,
-        _ => prompt_tokens.unwrap_or_else(|| crate::metering::prompt_bytes(call).div_ceil(4)),
+        _ => prompt_tokens.unwrap_or_else(|| crate::metering::expected_prompt_tokens(call)),
     };
     let signed = i64::try_from(estimated).unwrap_or(i64::MAX);
     // Deployments tried by this request, with the Retry-After each sent.

@@ -283,11 +283,60 @@ fn moderation_bytes(input: &Value) -> u64 {
     }
 }
 
-/// An upper bound on a request's prompt tokens: its bytes of text (a token
-/// is at least one byte), tool definitions and calls, tool results and
-/// structured-output schemas as JSON, and [`MEDIA_TOKENS`] per image.
-pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
-    match call {
+/// What a message adds to the prompt besides its content (the role and
+/// the framing around it, which upstreams bill as a few tokens), as bytes.
+const MESSAGE_BYTES: u64 = 16;
+
+/// What offering tools adds to the prompt besides their definitions (the
+/// tool-use instructions Anthropic puts in the system prompt, a few hundred
+/// tokens), as bytes.
+const TOOL_USE_BYTES: u64 = 400;
+
+/// A request's prompt as sized before it is sent.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub(crate) struct PromptSize {
+    /// An upper bound on its tokens: its bytes of text (a token is at
+    /// least one byte), tool definitions and calls, tool results and
+    /// structured-output schemas as JSON, reasoning sent back, a few tokens
+    /// per message and for offering tools, and [`MEDIA_TOKENS`] per image.
+    pub bound: u64,
+    /// The part of `bound` that is inline audio, files and documents
+    /// (base64, whose bytes are many times their tokens).
+    pub media: u64,
+    /// How many such parts there are.
+    pub media_parts: u64,
+}
+
+impl PromptSize {
+    fn add(&mut self, n: u64) {
+        self.bound = self.bound.saturating_add(n);
+    }
+
+    fn add_media(&mut self, n: u64) {
+        self.add(n);
+        self.media = self.media.saturating_add(n);
+        self.media_parts = self.media_parts.saturating_add(1);
+    }
+
+    /// The prompt tokens to expect (for rate limits and usage estimates):
+    /// about four bytes a token, and [`MEDIA_TOKENS`] per inline audio,
+    /// file or document, however long its base64.
+    pub fn expected_tokens(self) -> u64 {
+        (self.bound - self.media)
+            .div_ceil(4)
+            .saturating_add(self.media_parts.saturating_mul(MEDIA_TOKENS))
+    }
+}
+
+/// The prompt tokens to expect of a request: see [`PromptSize::expected_tokens`].
+pub(crate) fn expected_prompt_tokens(call: &Call<'_>) -> u64 {
+    prompt_size(call).expected_tokens()
+}
+
+/// [`PromptSize`] of a request.
+pub(crate) fn prompt_size(call: &Call<'_>) -> PromptSize {
+    let mut size = PromptSize::default();
+    let bound = match call {
         Call::Embeddings(req) => req.input.size_in_bytes(),
         Call::CountTokens(..) => 0,
         Call::Images(req) => req.prompt.len() as u64,
@@ -303,55 +352,90 @@ pub(crate) fn prompt_bytes(call: &Call<'_>) -> u64 {
         Call::Transcription(req) => req.field("prompt").map_or(0, str::len) as u64,
         Call::Completion(req) => req.prompt.size_in_bytes(),
         Call::Chat(req) => {
-            let mut n = 0u64;
             for m in &req.messages {
-                n = n.saturating_add(match &m.content {
-                    Some(switchyard_api::MessageContent::Text(t)) => t.len() as u64,
-                    Some(switchyard_api::MessageContent::Parts(parts)) => parts
-                        .iter()
-                        .map(|p| match &p.text {
-                            Some(t) => t.len() as u64,
-                            None if p.kind == "image_url" => MEDIA_TOKENS,
-                            None => p.extra.values().map(value_len).sum(),
-                        })
-                        .sum(),
-                    None => 0,
-                });
+                size.add(MESSAGE_BYTES);
+                match &m.content {
+                    Some(switchyard_api::MessageContent::Text(t)) => size.add(t.len() as u64),
+                    Some(switchyard_api::MessageContent::Parts(parts)) => {
+                        for p in parts {
+                            match &p.text {
+                                Some(t) => size.add(t.len() as u64),
+                                None if p.kind == "image_url" => size.add(MEDIA_TOKENS),
+                                None => size.add_media(p.extra.values().map(value_len).sum()),
+                            }
+                        }
+                    }
+                    None => {}
+                }
                 if let Some(calls) = &m.tool_calls {
-                    n = n.saturating_add(json_len(calls));
+                    size.add(json_len(calls));
+                }
+                for text in [&m.name, &m.tool_call_id].into_iter().flatten() {
+                    size.add(text.len() as u64);
+                }
+                // Reasoning sent back (`reasoning_content`, Claude's
+                // `thinking_blocks`) and any other field of the message.
+                size.add(m.extra.values().map(value_len).sum());
+            }
+            for name in ["tools", "functions", "response_format"] {
+                if let Some(v) = req.extra.get(name) {
+                    size.add(value_len(v));
                 }
             }
-            ["tools", "functions", "response_format"]
-                .iter()
-                .filter_map(|name| req.extra.get(*name))
-                .fold(n, |n, v| n.saturating_add(value_len(v)))
+            if ["tools", "functions"].iter().any(|name| {
+                req.extra
+                    .get(*name)
+                    .is_some_and(|v| v.as_array().is_some_and(|a| !a.is_empty()))
+            }) {
+                size.add(TOOL_USE_BYTES);
+            }
+            0
         }
         Call::Messages(req) => {
-            let system = req.system.as_ref().map_or(0, content_bytes);
-            let tools = req.tools.as_ref().map_or(0, json_len);
-            req.messages.iter().fold(system.saturating_add(tools), |n, m| {
-                n.saturating_add(content_bytes(&m.content))
-            })
+            if let Some(system) = &req.system {
+                content_size(system, &mut size);
+            }
+            if let Some(tools) = req.tools.as_ref().filter(|t| !t.is_empty()) {
+                size.add(json_len(tools).saturating_add(TOOL_USE_BYTES));
+            }
+            for m in &req.messages {
+                size.add(MESSAGE_BYTES);
+                content_size(&m.content, &mut size);
+            }
+            0
         }
-    }
+    };
+    size.add(bound);
+    size
 }
 
-/// [`prompt_bytes`] of Anthropic content, tool results' content included.
-fn content_bytes(content: &switchyard_api::anthropic::Content) -> u64 {
+/// Adds Anthropic content to `size`, tool results' content included.
+fn content_size(content: &switchyard_api::anthropic::Content, size: &mut PromptSize) {
     use switchyard_api::anthropic::Content;
     match content {
-        Content::Text(t) => t.len() as u64,
-        Content::Other(o) => json_len(o),
-        Content::Blocks(blocks) => blocks.iter().fold(0u64, |n, b| {
-            let own = match (&b.text, b.kind.as_str()) {
-                (Some(t), _) => t.len() as u64,
-                (None, "image") => MEDIA_TOKENS,
-                (None, _) => b.source.as_ref().map_or(0, value_len),
-            };
-            let input = b.input.as_ref().map_or(0, value_len);
-            let nested = b.content.as_ref().map_or(0, content_bytes);
-            n.saturating_add(own).saturating_add(input).saturating_add(nested)
-        }),
+        Content::Text(t) => size.add(t.len() as u64),
+        Content::Other(o) => size.add(json_len(o)),
+        Content::Blocks(blocks) => {
+            for b in blocks {
+                match (&b.text, b.kind.as_str()) {
+                    (Some(t), _) => size.add(t.len() as u64),
+                    (None, "image") => size.add(MEDIA_TOKENS),
+                    (None, "document")
+                        if b.source.as_ref().and_then(|s| s.get("type")).and_then(Value::as_str) == Some("base64") =>
+                    {
+                        size.add_media(b.source.as_ref().map_or(0, value_len));
+                    }
+                    (None, _) => size.add(b.source.as_ref().map_or(0, value_len)),
+                }
+                size.add(b.input.as_ref().map_or(0, value_len));
+                // Thinking sent back (its text, a redacted block's data) and
+                // the block's other fields.
+                size.add(b.extra.values().map(value_len).sum());
+                if let Some(nested) = &b.content {
+                    content_size(nested, size);
+                }
+            }
+        }
     }
 }
 
@@ -453,8 +537,9 @@ pub(crate) async fn admit(
             ceiling = ceiling.max(*other);
         }
     }
-    let bytes = prompt_bytes(call);
-    let estimated = bytes.div_ceil(4).max(1);
+    let size = prompt_size(call);
+    let bytes = size.bound;
+    let estimated = size.expected_tokens().max(1);
     let demand = Demand {
         model: model.to_owned(),
         requested_as: (requested != model).then(|| requested.to_owned()),
@@ -857,8 +942,15 @@ mod tests {
             ]
         }))
         .unwrap();
-        let expected = 5 + MEDIA_TOKENS + json_len(&chat.messages[1].tool_calls) + 6 + value_len(&tools);
-        assert_eq!(prompt_bytes(&Call::Chat(&mut chat)), expected);
+        let expected = 5
+            + MEDIA_TOKENS
+            + json_len(&chat.messages[1].tool_calls)
+            + 6
+            + "c1".len() as u64
+            + value_len(&tools)
+            + 3 * MESSAGE_BYTES
+            + TOOL_USE_BYTES;
+        assert_eq!(prompt_size(&Call::Chat(&mut chat)).bound, expected);
 
         let mut messages: MessagesRequest = serde_json::from_value(json!({
             "model": "m", "max_tokens": 5, "system": "sys",
@@ -870,7 +962,48 @@ mod tests {
             ]
         }))
         .unwrap();
-        let expected = 3 + MEDIA_TOKENS + value_len(&json!({"x": 1})) + "a long tool result".len() as u64;
-        assert_eq!(prompt_bytes(&Call::Messages(&mut messages)), expected);
+        let expected =
+            3 + MEDIA_TOKENS + value_len(&json!({"x": 1})) + "a long tool result".len() as u64 + 3 * MESSAGE_BYTES;
+        assert_eq!(prompt_size(&Call::Messages(&mut messages)).bound, expected);
+    }
+
+    /// Reasoning sent back counts toward the bound; inline audio, files and
+    /// documents count by their bytes there, and as [`MEDIA_TOKENS`] each
+    /// in the tokens expected (their base64 is many times their tokens).
+    #[test]
+    fn reasoning_counts_and_inline_media_is_expected_at_its_tokens() {
+        let audio = "A".repeat(400_000);
+        let mut chat: ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]},
+                {"role": "assistant", "content": "ok", "reasoning_content": "a long line of thought"}
+            ]
+        }))
+        .unwrap();
+        let size = prompt_size(&Call::Chat(&mut chat));
+        assert!(size.bound > 400_000 + "a long line of thought".len() as u64, "{size:?}");
+        assert_eq!(size.media_parts, 1);
+        let text = size.bound - size.media;
+        assert_eq!(size.expected_tokens(), text.div_ceil(4) + MEDIA_TOKENS);
+
+        let pdf = "J".repeat(100_000);
+        let mut messages: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 5,
+            "messages": [
+                {"role": "user", "content": [{"type": "document",
+                    "source": {"type": "base64", "media_type": "application/pdf", "data": pdf}}]},
+                {"role": "assistant", "content": [
+                    {"type": "thinking", "thinking": "t".repeat(3000), "signature": "s"},
+                    {"type": "text", "text": "ok"}]},
+                {"role": "user", "content": "go on"}
+            ]
+        }))
+        .unwrap();
+        let size = prompt_size(&Call::Messages(&mut messages));
+        assert!(size.bound > 103_000, "{size:?}");
+        assert_eq!(size.media_parts, 1);
+        assert!(size.bound - size.media > 3000, "{size:?}");
+        assert!(size.expected_tokens() < 5_000, "{size:?}");
     }
 }

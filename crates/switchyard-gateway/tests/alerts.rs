@@ -13,7 +13,8 @@ use switchyard_testkit::{GatewayProcess, MockUpstream, WebhookReceiver};
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 const MASTER: &str = "sk-master-key-for-alert-tests";
 
-/// "hello" costs 7000 nano-dollars on mock-a; each request reserves up to 15000.
+/// "hello" costs 7000 nano-dollars on mock-a; each request reserves up to
+/// 31000 (its 5 bytes and a message's 16 as input tokens, 5 output tokens).
 fn config(hook: &str, format: &str, mock: &MockUpstream) -> String {
     format!(
         r#"
@@ -80,7 +81,7 @@ async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
         &gw,
         "/key/generate",
         MASTER,
-        json!({"key_alias": "notebooks", "max_budget": 0.0001, "soft_budget": 0.00001, "budget_duration": "monthly"}),
+        json!({"key_alias": "notebooks", "max_budget": 0.0003, "soft_budget": 0.00001, "budget_duration": "monthly"}),
     )
     .await;
     assert_eq!(status, 200, "{made}");
@@ -119,22 +120,22 @@ async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
     assert_eq!(soft["soft_budget_usd"], 0.00001, "{soft}");
     assert!(soft["id"].as_str().unwrap().starts_with("sk-..."), "{soft}");
 
-    // Served until the next request could pass the budget (91000 of 100000
-    // spent after 13), then refused, which is said once.
+    // Served until the next request could pass the budget (273000 of
+    // 300000 spent after 39), then refused, which is said once.
     let mut served = 2;
     while hello(&gw, &key, "mock-a").await.0 == 200 {
         served += 1;
-        assert!(served < 20, "never refused");
+        assert!(served < 60, "never refused");
     }
-    assert_eq!(served, 13);
+    assert_eq!(served, 39);
     let (status, body) = hello(&gw, &key, "mock-a").await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("budget_exceeded")));
     let spent = hook
         .wait_for(Duration::from_secs(10), |v| v["event"] == "budget_exhausted")
         .await
         .expect("a budget alert");
-    assert_eq!(spent["max_budget_usd"], 0.0001, "{spent}");
-    assert_eq!(spent["spend_usd"], 0.000091, "{spent}");
+    assert_eq!(spent["max_budget_usd"], 0.0003, "{spent}");
+    assert_eq!(spent["spend_usd"], 0.000273, "{spent}");
 
     // A deployment put in cooldown, retried through the webhook's failures,
     // then the failed request itself.

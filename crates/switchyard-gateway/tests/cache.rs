@@ -708,10 +708,11 @@ async fn cache_hits_do_not_use_up_the_token_limit() {
     assert_eq!(first.status, 200, "{}", first.text);
     let answer: Value = serde_json::from_str(&first.text).unwrap();
     let total = answer["usage"]["total_tokens"].as_u64().unwrap();
-    // A hit takes its estimate (4 bytes a token of the prompt) up front.
-    // The limit (set now, so the first answer does not count) holds four
-    // such hits with room to spare, but not four charged the answer's count.
-    let estimate = (text.len() as u64).div_ceil(4);
+    // A hit takes its estimate (4 bytes a token of the prompt and of its
+    // message's 16-byte allowance) up front. The limit (set now, so the
+    // first answer does not count) holds four such hits with room to spare,
+    // but not four charged the answer's count.
+    let estimate = (text.len() as u64 + 16).div_ceil(4);
     assert!(
         total > estimate + 4,
         "the answer ({total}) must outweigh the estimate ({estimate})"

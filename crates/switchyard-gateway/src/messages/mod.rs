@@ -495,7 +495,7 @@ fn estimate_tokens(req: serde_json::Value) -> Response {
             );
         }
     };
-    let tokens = metering::prompt_bytes(&Call::Messages(&mut parsed)).div_ceil(4);
+    let tokens = metering::expected_prompt_tokens(&Call::Messages(&mut parsed));
     let mut response = axum::Json(json!({"input_tokens": tokens})).into_response();
     response.headers_mut().insert(
         axum::http::HeaderName::from_static("x-switchyard-token-count"),

@@ -223,7 +223,7 @@ pub(crate) async fn create(
     let model = std::mem::take(&mut chat.model);
     // What the answer reports without the upstream's usage: the prompt as
     // admission estimates it.
-    let estimated_input = crate::metering::prompt_bytes(&Call::Chat(&mut chat)).div_ceil(4);
+    let estimated_input = crate::metering::expected_prompt_tokens(&Call::Chat(&mut chat));
     if background && let Some(keep) = keep {
         let job = Job {
             state,
