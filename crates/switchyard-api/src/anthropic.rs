@@ -123,6 +123,26 @@ pub struct ContentBlock {
 }
 
 impl ContentBlock {
+    /// Whether this is a `thinking` block without a `signature` (reasoning
+    /// another model gave).
+    pub fn is_unsigned_thinking(&self) -> bool {
+        self.kind == "thinking"
+            && self
+                .extra
+                .get("signature")
+                .and_then(serde_json::Value::as_str)
+                .is_none_or(str::is_empty)
+    }
+
+    /// The call id a `tool_use` block carries, or a `tool_result` answers.
+    pub fn tool_id(&self) -> Option<&str> {
+        match self.kind.as_str() {
+            "tool_use" => self.id.as_deref(),
+            "tool_result" => self.tool_use_id.as_deref(),
+            _ => None,
+        }
+    }
+
     /// A text block.
     pub fn text(text: impl Into<String>) -> Self {
         Self {
@@ -215,6 +235,36 @@ impl MessagesRequest {
         self.stream.unwrap_or(false)
     }
 
+    /// The request as Claude takes it, when it must change; `None` when it
+    /// may go as it is (the request itself is left alone: another
+    /// deployment may be tried with it). Thinking blocks without a
+    /// signature are left out ([`Self::drop_unsigned_thinking`]); so is
+    /// `thinking` when the turn being continued called tools without
+    /// thinking first ([`Self::turn_without_thinking`]); tool ids are
+    /// rewritten with `tool_id`, the same in calls and results.
+    pub fn for_claude(&self, tool_id: impl Fn(&str) -> String) -> Option<MessagesRequest> {
+        let ids_change = self.blocks().any(|b| b.tool_id().is_some_and(|id| tool_id(id) != id));
+        let unsigned = self.blocks().any(ContentBlock::is_unsigned_thinking);
+        if !ids_change && !unsigned && !self.turn_without_thinking() {
+            return None;
+        }
+        let mut fixed = self.clone();
+        fixed.drop_unsigned_thinking();
+        if fixed.turn_without_thinking() {
+            fixed.extra.shift_remove("thinking");
+        }
+        fixed.map_tool_ids(tool_id);
+        Some(fixed)
+    }
+
+    /// Every content block of the conversation's messages.
+    fn blocks(&self) -> impl Iterator<Item = &ContentBlock> {
+        self.messages.iter().flat_map(|m| match &m.content {
+            Content::Blocks(blocks) => blocks.as_slice(),
+            _ => &[],
+        })
+    }
+
     /// Rewrites the ids of `tool_use` blocks and of the `tool_result`
     /// blocks that answer them with `map` (the same way in both, so they
     /// still pair).
@@ -238,34 +288,41 @@ impl MessagesRequest {
         }
     }
 
-    /// Leaves `thinking` out when the last assistant turn called tools
-    /// without thinking first (another model made it, or the client dropped
-    /// the blocks): with thinking on, Claude refuses such a turn ("a final
-    /// `assistant` message must start with a thinking block"). Says whether
-    /// it did.
-    pub fn drop_thinking_on_a_turn_without_it(&mut self) -> bool {
-        if self
+    /// Whether thinking is enabled and the conversation ends in a tool loop
+    /// whose turn did not start with thinking (another model made it, or
+    /// the client dropped the blocks): Claude refuses to think there ("a
+    /// final `assistant` message must start with a thinking block"). The
+    /// turn is the assistant messages since the last user message that is
+    /// not tool results; in a loop Claude thinks at its start only.
+    pub fn turn_without_thinking(&self) -> bool {
+        let enabled = self
             .extra
             .get("thinking")
-            .is_none_or(|t| t.get("type").and_then(serde_json::Value::as_str) == Some("disabled"))
-        {
+            .and_then(|t| t.get("type"))
+            .and_then(serde_json::Value::as_str)
+            == Some("enabled");
+        let results = |m: &Message| {
+            m.role == MessageRole::User
+                && matches!(&m.content, Content::Blocks(b) if b.iter().any(|b| b.kind == "tool_result"))
+        };
+        if !enabled || !self.messages.last().is_some_and(results) {
             return false;
         }
-        let Some(last) = self.messages.iter().rev().find(|m| m.role == MessageRole::Assistant) else {
-            return false;
-        };
-        let Content::Blocks(blocks) = &last.content else {
-            return false;
-        };
-        let called = blocks.iter().any(|b| b.kind == "tool_use");
-        let thought = blocks
-            .first()
-            .is_some_and(|b| b.kind == "thinking" || b.kind == "redacted_thinking");
-        if called && !thought {
-            self.extra.shift_remove("thinking");
-            return true;
+        let mut first = None;
+        for message in self.messages.iter().rev() {
+            match message.role {
+                MessageRole::Assistant => first = Some(message),
+                MessageRole::User if results(message) => {}
+                MessageRole::User => break,
+            }
         }
-        false
+        match first.map(|m| &m.content) {
+            Some(Content::Blocks(blocks)) => !blocks
+                .first()
+                .is_some_and(|b| b.kind == "thinking" || b.kind == "redacted_thinking"),
+            Some(_) => true,
+            None => false,
+        }
     }
 
     /// Removes the `thinking` blocks that carry no `signature` from the
@@ -273,13 +330,7 @@ impl MessagesRequest {
     /// to be sent back) and says how many there were. A message made of
     /// nothing else keeps their text, as text blocks.
     pub fn drop_unsigned_thinking(&mut self) -> usize {
-        let unsigned = |b: &ContentBlock| {
-            b.kind == "thinking"
-                && b.extra
-                    .get("signature")
-                    .and_then(serde_json::Value::as_str)
-                    .is_none_or(str::is_empty)
-        };
+        let unsigned = ContentBlock::is_unsigned_thinking;
         let mut dropped = 0;
         for message in &mut self.messages {
             if let Content::Blocks(blocks) = &mut message.content {
@@ -492,20 +543,38 @@ mod tests {
             }))
             .unwrap()
         };
-        let mut unthought = request(serde_json::json!({"type": "text", "text": "calling"}));
-        unthought.map_tool_ids(|id| id.replace('.', "_"));
-        let Content::Blocks(call) = &unthought.messages[1].content else {
+        let unthought = request(serde_json::json!({"type": "text", "text": "calling"}));
+        let fixed = unthought.for_claude(|id| id.replace('.', "_")).unwrap();
+        let Content::Blocks(call) = &fixed.messages[1].content else {
             panic!()
         };
-        let Content::Blocks(result) = &unthought.messages[2].content else {
+        let Content::Blocks(result) = &fixed.messages[2].content else {
             panic!()
         };
         assert_eq!(call[1].id.as_deref(), Some("a_b"));
         assert_eq!(result[0].tool_use_id.as_deref(), Some("a_b"));
-        assert!(unthought.drop_thinking_on_a_turn_without_it());
-        assert!(!unthought.extra.contains_key("thinking"));
-        let mut thought = request(serde_json::json!({"type": "thinking", "thinking": "t", "signature": "s"}));
-        assert!(!thought.drop_thinking_on_a_turn_without_it());
-        assert!(thought.extra.contains_key("thinking"));
+        assert!(!fixed.extra.contains_key("thinking"));
+        // The request itself is left as it was, for another deployment.
+        assert!(unthought.extra.contains_key("thinking"));
+        assert!(unthought.turn_without_thinking());
+
+        let thought = request(serde_json::json!({"type": "thinking", "thinking": "t", "signature": "s"}));
+        assert!(!thought.turn_without_thinking());
+        assert!(thought.for_claude(str::to_owned).is_none());
+        // Claude thinks at the start of a tool loop only: a later step
+        // without thinking continues a turn that had it.
+        let mut looped = thought.clone();
+        looped.messages.push(
+            serde_json::from_value(serde_json::json!({"role": "assistant", "content": [
+            {"type": "tool_use", "id": "c2", "name": "f", "input": {}}]}))
+            .unwrap(),
+        );
+        looped.messages.push(
+            serde_json::from_value(serde_json::json!({"role": "user", "content": [
+            {"type": "tool_result", "tool_use_id": "c2", "content": "ok"}]}))
+            .unwrap(),
+        );
+        assert!(!looped.turn_without_thinking());
+        assert!(looped.for_claude(str::to_owned).is_none());
     }
 }

@@ -1147,17 +1147,17 @@ async fn attempt(
             let stream = req.is_stream();
             let claude = matches!(client, ProviderClient::Anthropic(_))
                 || (matches!(client, ProviderClient::Bedrock(_)) && BedrockProvider::is_claude(&deployment.model));
-            if claude {
-                // Reasoning another model gave (passed on as `thinking`
-                // blocks) has no signature, which Claude refuses; nor does
-                // it think on a turn whose calls came without thinking, nor
-                // take call ids such as vLLM's `functions.get_weather:0`.
-                req.drop_unsigned_thinking();
-                if req.drop_thinking_on_a_turn_without_it() {
-                    tracing::debug!("the last turn called tools without thinking: Claude is asked without thinking");
-                }
-                req.map_tool_ids(switchyard_providers::tool_use_id);
-            }
+            // Reasoning another model gave (passed on as `thinking` blocks)
+            // has no signature, which Claude refuses; nor does it think on a
+            // turn whose calls came without thinking, nor take call ids such
+            // as vLLM's `functions.get_weather:0`. Changed in a copy: a
+            // fallback to another model gets the request as it came.
+            let mut fixed = if claude {
+                req.for_claude(switchyard_providers::tool_use_id)
+            } else {
+                None
+            };
+            let req = fixed.as_mut().unwrap_or(req);
             match client {
                 ProviderClient::Anthropic(p) if stream => {
                     within_first_byte(client, async { hold_events(p.messages_stream(req).await?).await }).await

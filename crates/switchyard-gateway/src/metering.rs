@@ -322,7 +322,8 @@ impl PromptSize {
     /// about four bytes a token, and [`MEDIA_TOKENS`] per inline audio,
     /// file or document, however long its base64.
     pub fn expected_tokens(self) -> u64 {
-        (self.bound - self.media)
+        self.bound
+            .saturating_sub(self.media)
             .div_ceil(4)
             .saturating_add(self.media_parts.saturating_mul(MEDIA_TOKENS))
     }

@@ -3,8 +3,8 @@
 //! These upstreams already speak the gateway's wire format, so request bodies are
 //! serialised once and response bytes pass through unchanged.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use switchyard_api::{
@@ -24,23 +24,23 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 
 /// The chat request as sent: reasoning models (o1, o3, o4, gpt-5 families)
 /// refuse `max_tokens` and take `max_completion_tokens`, so a request that
-/// sets only the former has it renamed for them. Other bodies are encoded
-/// as they are.
-fn encode_chat(req: &ChatCompletionRequest, strict: bool) -> Result<Vec<u8>> {
-    // Reasoning that clients echo in assistant messages (Claude's
-    // `thinking_blocks`, other servers' `reasoning_content`) is refused by
-    // OpenAI's own API, Azure, Groq and Cerebras as unknown fields; other
-    // OpenAI-compatible servers get it as sent (DeepSeek and Kimi need it
-    // back, a proxy in front of Claude needs the blocks).
-    if strict && echoes(req) {
+/// sets only the former has it renamed for them; the echoed fields in
+/// `strip` (see [`Echoed`]) are left out; images, files and audio of tool
+/// messages move to a user message after them ([`move_tool_media`]).
+/// Other bodies are encoded as they are.
+fn encode_chat(req: &ChatCompletionRequest, strip: Echoed) -> Result<Vec<u8>> {
+    let media = req.messages.iter().any(has_tool_media);
+    if media || !Echoed::present(req).and(strip).is_empty() {
         let mut copy = req.clone();
-        for message in &mut copy.messages {
-            for key in ECHOED {
-                message.extra.shift_remove(key);
-            }
-        }
-        return encode_chat(&copy, strict);
+        strip.remove_from(&mut copy);
+        move_tool_media(&mut copy.messages);
+        return encode_plain(&copy);
     }
+    encode_plain(req)
+}
+
+/// [`encode_chat`]'s renaming of `max_tokens`.
+fn encode_plain(req: &ChatCompletionRequest) -> Result<Vec<u8>> {
     if is_reasoning_model(&req.model)
         && req.extra.contains_key("max_tokens")
         && !req.extra.contains_key("max_completion_tokens")
@@ -50,46 +50,199 @@ fn encode_chat(req: &ChatCompletionRequest, strict: bool) -> Result<Vec<u8>> {
     encode(req)
 }
 
-/// Reasoning fields clients echo in assistant messages.
-const ECHOED: [&str; 2] = ["thinking_blocks", "reasoning_content"];
+/// Fields clients echo back that were not OpenAI's: Claude's
+/// `thinking_blocks` and other servers' `reasoning_content` on assistant
+/// messages, Gemini's `extra_content` (its thought signature) on their
+/// tool calls. DeepSeek and Kimi need the reasoning back, Gemini the
+/// signature, a proxy in front of Claude the blocks; OpenAI's own API,
+/// Azure, Groq and Cerebras refuse them as unknown fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Echoed(u8);
 
-/// Whether an assistant message of `req` echoes reasoning.
-fn echoes(req: &ChatCompletionRequest) -> bool {
-    req.messages
-        .iter()
-        .any(|m| ECHOED.iter().any(|k| m.extra.contains_key(*k)))
-}
-
-/// Whether `error` is an upstream refusing the echoed reasoning as a field
-/// it does not take (Groq: "property 'reasoning_content' is unsupported"),
-/// not one asking for it (DeepSeek: "The `reasoning_content` in the
-/// thinking mode must be passed back").
-fn refuses_echo(error: &ProviderError) -> bool {
-    const REFUSALS: [&str; 8] = [
-        "unsupported",
-        "not supported",
-        "unrecognized",
-        "unexpected",
-        "unknown",
-        "not allowed",
-        "not permitted",
-        "extra",
+impl Echoed {
+    const THINKING_BLOCKS: Echoed = Echoed(1);
+    const REASONING_CONTENT: Echoed = Echoed(2);
+    const EXTRA_CONTENT: Echoed = Echoed(4);
+    const ALL: Echoed = Echoed(7);
+    const NAMES: [(Echoed, &'static str); 3] = [
+        (Echoed::THINKING_BLOCKS, "thinking_blocks"),
+        (Echoed::REASONING_CONTENT, "reasoning_content"),
+        (Echoed::EXTRA_CONTENT, "extra_content"),
     ];
-    match error {
-        ProviderError::Status {
+
+    fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    fn and(self, other: Echoed) -> Echoed {
+        Echoed(self.0 & other.0)
+    }
+
+    fn or(self, other: Echoed) -> Echoed {
+        Echoed(self.0 | other.0)
+    }
+
+    fn contains(self, other: Echoed) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// The fields `req` carries.
+    fn present(req: &ChatCompletionRequest) -> Echoed {
+        let mut found = Echoed::default();
+        for m in &req.messages {
+            for (field, name) in &Echoed::NAMES[..2] {
+                if m.extra.contains_key(*name) {
+                    found = found.or(*field);
+                }
+            }
+            if m.tool_calls
+                .iter()
+                .flatten()
+                .any(|c| c.extra.contains_key("extra_content"))
+            {
+                found = found.or(Echoed::EXTRA_CONTENT);
+            }
+        }
+        found
+    }
+
+    /// Removes these fields from `req`.
+    fn remove_from(self, req: &mut ChatCompletionRequest) {
+        for m in &mut req.messages {
+            for (field, name) in &Echoed::NAMES[..2] {
+                if self.contains(*field) {
+                    m.extra.shift_remove(*name);
+                }
+            }
+            if self.contains(Echoed::EXTRA_CONTENT) {
+                for call in m.tool_calls.iter_mut().flatten() {
+                    call.extra.shift_remove("extra_content");
+                }
+            }
+        }
+    }
+
+    /// The fields of `sent` that `error` refuses as fields the upstream
+    /// does not take (Groq: "property 'reasoning_content' is unsupported"),
+    /// not ones it asks for (DeepSeek: "The `reasoning_content` in the
+    /// thinking mode must be passed back").
+    fn refused(error: &ProviderError, sent: Echoed) -> Echoed {
+        const REFUSALS: [&str; 8] = [
+            "unsupported",
+            "not supported",
+            "unrecognized",
+            "unexpected",
+            "unknown",
+            "not allowed",
+            "not permitted",
+            "extra",
+        ];
+        let ProviderError::Status {
             status: 400 | 422,
             message,
             param,
             ..
-        } => {
-            let message = message.to_ascii_lowercase();
-            let named = ECHOED
-                .iter()
-                .any(|k| message.contains(k) || param.as_deref().is_some_and(|p| p.contains(k)));
-            named && REFUSALS.iter().any(|r| message.contains(r))
+        } = error
+        else {
+            return Echoed::default();
+        };
+        let message = message.to_ascii_lowercase();
+        if !REFUSALS.iter().any(|r| message.contains(r)) {
+            return Echoed::default();
         }
-        _ => false,
+        let mut named = Echoed::default();
+        for (field, name) in Echoed::NAMES {
+            if message.contains(name) || param.as_deref().is_some_and(|p| p.contains(name)) {
+                named = named.or(field);
+            }
+        }
+        named.and(sent)
     }
+}
+
+/// What a deployment leaves out of the chat requests it sends: everything
+/// [`Echoed`] for a host known to refuse it, else what the upstream has
+/// refused for each model (a deployment may serve many: wildcards,
+/// aggregators).
+#[derive(Debug, Clone, Default)]
+struct EchoPolicy {
+    strict: bool,
+    learned: Arc<RwLock<HashMap<String, Echoed>>>,
+}
+
+impl EchoPolicy {
+    fn strict() -> Self {
+        Self {
+            strict: true,
+            learned: Arc::default(),
+        }
+    }
+
+    /// What to leave out of a request for `model`.
+    fn for_model(&self, model: &str) -> Echoed {
+        if self.strict {
+            return Echoed::ALL;
+        }
+        self.learned
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(model)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Remembers that the upstream refuses `fields` for `model`.
+    fn learn(&self, model: &str, fields: Echoed) {
+        let mut learned = self.learned.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let known = learned.entry(model.to_owned()).or_default();
+        *known = known.or(fields);
+    }
+}
+
+/// Whether a tool message holds parts other than text.
+fn has_tool_media(message: &switchyard_api::ChatMessage) -> bool {
+    message.role == switchyard_api::Role::Tool
+        && matches!(&message.content, Some(switchyard_api::MessageContent::Parts(parts)) if parts.iter().any(|p| p.kind != "text"))
+}
+
+/// What a tool message that held only images, files or audio says instead.
+const MEDIA_NOTE: &str = "(the output follows in the next message)";
+
+/// Chat APIs take only text in a `tool` message (OpenAI refuses an image
+/// there, which a Responses `function_call_output` or a computer-use tool
+/// may carry): the other parts of a run of tool messages go in one `user`
+/// message after the run, and a message that had no text says so.
+fn move_tool_media(messages: &mut Vec<switchyard_api::ChatMessage>) {
+    use switchyard_api::{ChatMessage, MessageContent, Role};
+    if !messages.iter().any(has_tool_media) {
+        return;
+    }
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    let mut media = Vec::new();
+    let flush = |media: &mut Vec<switchyard_api::ContentPart>, out: &mut Vec<ChatMessage>| {
+        if !media.is_empty() {
+            out.push(ChatMessage::with_content(
+                Role::User,
+                MessageContent::Parts(std::mem::take(media)),
+            ));
+        }
+    };
+    for mut message in std::mem::take(messages) {
+        if message.role != Role::Tool {
+            flush(&mut media, &mut out);
+        } else if let Some(MessageContent::Parts(parts)) = &mut message.content {
+            let (text, other): (Vec<_>, Vec<_>) = std::mem::take(parts).into_iter().partition(|p| p.kind == "text");
+            media.extend(other);
+            message.content = Some(if text.is_empty() {
+                MessageContent::Text(MEDIA_NOTE.into())
+            } else {
+                MessageContent::Parts(text)
+            });
+        }
+        out.push(message);
+    }
+    flush(&mut media, &mut out);
+    *messages = out;
 }
 
 /// Hosts known to refuse echoed reasoning in messages.
@@ -164,36 +317,48 @@ struct Endpoints {
     /// Whether the upstream takes `stream_options` (Azure API versions
     /// before 2024-09-01 refuse it with a 400).
     stream_options: bool,
-    /// Whether echoed reasoning is left out of messages: from the start for
-    /// the hosts known to refuse it, and from the first refusal for any
-    /// other (shared by the clones of one deployment's provider).
-    strict: Arc<AtomicBool>,
+    /// The echoed fields left out of chat requests: from the start for the
+    /// hosts known to refuse them, and from its first refusal of one for
+    /// each model of any other (shared by the clones of one deployment's
+    /// provider).
+    echoes: EchoPolicy,
 }
 
 impl Endpoints {
-    /// Whether echoed reasoning is left out.
-    fn strict(&self) -> bool {
-        self.strict.load(Ordering::Relaxed)
-    }
-
-    /// Sends a chat request with `send`; an upstream that refuses the
-    /// reasoning it echoes gets it again without, and from then on never.
+    /// Sends a chat request with `send`; an upstream that refuses a field
+    /// echoed back gets the request again without it, and, for that model,
+    /// never again.
     async fn chat_call<T, F, Fut>(&self, req: &ChatCompletionRequest, send: F) -> Result<T>
     where
         F: Fn(Vec<u8>) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let strict = self.strict();
-        match send(encode_chat(req, strict)?).await {
-            Err(e) if !strict && echoes(req) && refuses_echo(&e) => {
-                tracing::info!(
-                    url = %self.chat_url,
-                    "the upstream refuses reasoning echoed in messages: it is left out from now on"
-                );
-                self.strict.store(true, Ordering::Relaxed);
-                send(encode_chat(req, true)?).await
+        let present = Echoed::present(req);
+        let mut strip = self.echoes.for_model(&req.model);
+        loop {
+            let sent = present.and(Echoed(!strip.0));
+            match send(encode_chat(req, strip)?).await {
+                Err(e) if !sent.is_empty() => {
+                    let refused = Echoed::refused(&e, sent);
+                    if refused.is_empty() {
+                        return Err(e);
+                    }
+                    let fields: Vec<&str> = Echoed::NAMES
+                        .iter()
+                        .filter(|(f, _)| refused.contains(*f))
+                        .map(|(_, n)| *n)
+                        .collect();
+                    tracing::info!(
+                        url = %self.chat_url,
+                        model = %req.model,
+                        ?fields,
+                        "the upstream refuses fields echoed back: they are left out from now on"
+                    );
+                    self.echoes.learn(&req.model, refused);
+                    strip = strip.or(refused);
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 }
@@ -357,12 +522,15 @@ impl OpenAiProvider {
             translations_url: endpoint(format!("{base}/audio/translations"))?,
             rerank_url: Some(endpoint(format!("{base}/rerank"))?),
             stream_options: true,
-            strict: Arc::new(AtomicBool::new(
-                reqwest::Url::parse(base)
-                    .ok()
-                    .and_then(|u| u.host_str().map(strict_host))
-                    .unwrap_or(false),
-            )),
+            echoes: if reqwest::Url::parse(base)
+                .ok()
+                .and_then(|u| u.host_str().map(strict_host))
+                .unwrap_or(false)
+            {
+                EchoPolicy::strict()
+            } else {
+                EchoPolicy::default()
+            },
         }))
     }
 }
@@ -413,7 +581,7 @@ impl AzureProvider {
             translations_url: endpoint(url("audio/translations"))?,
             rerank_url: None,
             stream_options: azure_takes_stream_options(api_version),
-            strict: Arc::new(AtomicBool::new(true)),
+            echoes: EchoPolicy::strict(),
         }))
     }
 }
@@ -454,24 +622,66 @@ mod tests {
 
     #[test]
     fn echoed_reasoning_reaches_only_servers_that_take_it() {
+        let call = serde_json::json!({"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"},
+            "extra_content": {"google": {"thought_signature": "sig"}}});
         let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
             "model": "gpt-4o",
             "messages": [
                 {"role": "user", "content": "hi"},
-                {"role": "assistant", "content": "x", "reasoning_content": "t", "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "s"}]}
+                {"role": "assistant", "content": "x", "reasoning_content": "t", "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "s"}],
+                 "tool_calls": [call]}
             ]
         }))
         .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, true).unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, Echoed::ALL).unwrap()).unwrap();
+        let mut plain = call.clone();
+        plain.as_object_mut().unwrap().remove("extra_content");
         assert_eq!(
             body["messages"][1],
-            serde_json::json!({"role": "assistant", "content": "x"})
+            serde_json::json!({"role": "assistant", "content": "x", "tool_calls": [plain]})
         );
-        // An OpenAI-compatible server (DeepSeek, a proxy in front of
-        // Claude) gets them.
-        let relayed: serde_json::Value = serde_json::from_slice(&encode_chat(&req, false).unwrap()).unwrap();
+        // An OpenAI-compatible server (DeepSeek, Gemini, a proxy in front
+        // of Claude) gets them; one that refused one field keeps the others.
+        let relayed: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&req, Echoed::default()).unwrap()).unwrap();
         assert_eq!(relayed["messages"][1]["thinking_blocks"][0]["signature"], "s");
         assert_eq!(relayed["messages"][1]["reasoning_content"], "t");
+        assert_eq!(relayed["messages"][1]["tool_calls"][0], call);
+        let some: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&req, Echoed::THINKING_BLOCKS).unwrap()).unwrap();
+        assert!(some["messages"][1].get("thinking_blocks").is_none());
+        assert_eq!(some["messages"][1]["reasoning_content"], "t");
+    }
+
+    /// Chat APIs take only text in tool messages: images follow the run of
+    /// tool messages in a user message.
+    #[test]
+    fn images_in_tool_messages_follow_them_in_a_user_message() {
+        let image = serde_json::json!({"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}});
+        let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "look"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "shot", "arguments": "{}"}},
+                    {"id": "c2", "type": "function", "function": {"name": "read", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": [image]},
+                {"role": "tool", "tool_call_id": "c2", "content": [{"type": "text", "text": "page"}, image]},
+                {"role": "user", "content": "and now?"}
+            ]
+        }))
+        .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, Echoed::default()).unwrap()).unwrap();
+        let messages = body["messages"].as_array().unwrap();
+        let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
+        assert_eq!(roles, ["user", "assistant", "tool", "tool", "user", "user"]);
+        assert_eq!(messages[2]["content"], MEDIA_NOTE);
+        assert_eq!(
+            messages[3]["content"],
+            serde_json::json!([{"type": "text", "text": "page"}])
+        );
+        assert_eq!(messages[4]["content"], serde_json::json!([image, image]));
+        assert_eq!(messages[5]["content"], "and now?");
     }
 
     /// An upstream that refuses echoed reasoning (Groq, Cerebras, or one
@@ -545,14 +755,14 @@ mod tests {
             "Additional properties are not allowed ('thinking_blocks' was unexpected)",
             "Extra inputs are not permitted: messages.1.reasoning_content",
         ] {
-            assert!(refuses_echo(&status(refusal)), "{refusal}");
+            assert!(!Echoed::refused(&status(refusal), Echoed::ALL).is_empty(), "{refusal}");
         }
         for other in [
             "The `reasoning_content` in the thinking mode must be passed back to the API.",
             "Missing `reasoning_content` field in the assistant message at message index 2.",
             "property 'store' is unsupported",
         ] {
-            assert!(!refuses_echo(&status(other)), "{other}");
+            assert!(Echoed::refused(&status(other), Echoed::ALL).is_empty(), "{other}");
         }
     }
 
@@ -585,7 +795,7 @@ mod tests {
             "model": "o3-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, true).unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, Echoed::ALL).unwrap()).unwrap();
         assert_eq!(body["max_completion_tokens"], 50);
         assert!(body.get("max_tokens").is_none());
         // Everything else is written as the request's own serialisation
@@ -596,13 +806,13 @@ mod tests {
             "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
         }))
         .unwrap();
-        let renamed: serde_json::Value = serde_json::from_slice(&encode_chat(&full, true).unwrap()).unwrap();
+        let renamed: serde_json::Value = serde_json::from_slice(&encode_chat(&full, Echoed::ALL).unwrap()).unwrap();
         let limit = full.extra.remove("max_tokens").unwrap();
         full.extra.insert("max_completion_tokens".into(), limit);
         assert_eq!(renamed, serde_json::to_value(&full).unwrap());
         let mut other = req.clone();
         other.model = "gpt-4o".into();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&other, true).unwrap()).unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&other, Echoed::ALL).unwrap()).unwrap();
         assert_eq!(body["max_tokens"], 50);
     }
 }

@@ -37,12 +37,22 @@ pub(crate) fn can_think(model: &str) -> bool {
 /// carries no thinking of Claude's to give back: Claude refuses to think
 /// on such a turn (the turn was made without thinking, or by another model,
 /// or the client dropped the blocks).
+///
+/// The turn is the assistant messages since the last user message: in a
+/// tool loop Claude thinks at its start only, so only the first needs the
+/// blocks.
 fn tool_turn_without_thinking(req: &ChatCompletionRequest) -> bool {
-    let Some(last) = req.messages.iter().rposition(|m| m.role == Role::Assistant) else {
+    if !req.messages.last().is_some_and(|m| m.role == Role::Tool) {
         return false;
-    };
-    let answered = req.messages[last + 1..].iter().any(|m| m.role == Role::Tool);
-    answered && blocks_of(&req.messages[last]).is_empty()
+    }
+    let first = req
+        .messages
+        .iter()
+        .rev()
+        .take_while(|m| matches!(m.role, Role::Assistant | Role::Tool))
+        .filter(|m| m.role == Role::Assistant)
+        .last();
+    first.is_some_and(|m| blocks_of(m).is_empty())
 }
 
 /// The thinking a chat request asks of Claude.
@@ -345,6 +355,16 @@ mod tests {
                 .unwrap()
                 .is_some()
         );
+        // A later step of a loop that thought at its start carries no
+        // blocks of its own: the turn had thinking.
+        let mut looped = turn(json!([{"type": "thinking", "thinking": "t", "signature": "s"}]));
+        looped.messages.extend([
+            serde_json::from_value(json!({"role": "assistant", "content": null,
+                "tool_calls": [{"id": "d", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}))
+            .unwrap(),
+            serde_json::from_value(json!({"role": "tool", "tool_call_id": "d", "content": "done"})).unwrap(),
+        ]);
+        assert!(requested(&looped).unwrap().is_some());
         // The client's own `thinking` gets the same care; one without a
         // budget gets the default.
         let own = requested(&request(json!({"thinking": {"type": "enabled"}})))

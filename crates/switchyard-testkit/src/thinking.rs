@@ -47,10 +47,21 @@ pub(crate) fn tool_turn<'a>(
             .map(Vec::as_slice)
             .unwrap_or_default()
     };
-    if !messages.last().is_some_and(|m| blocks(m).iter().any(&result)) {
+    let results = |m: &'a Value| blocks(m).iter().any(&result);
+    if !messages.last().is_some_and(results) {
         return None;
     }
-    let turn = blocks(messages.get(messages.len().checked_sub(2)?)?);
+    // The turn: the assistant messages since the last user message that is
+    // not tool results. Claude thinks at its start only.
+    let mut turn: Option<&'a Value> = None;
+    for message in messages.iter().rev() {
+        match message.get("role").and_then(Value::as_str) {
+            Some("assistant") => turn = Some(message),
+            _ if results(message) => {}
+            _ => break,
+        }
+    }
+    let turn = blocks(turn?);
     let signatures = turn.iter().filter_map(signature).collect();
     Some((turn.first().is_some_and(thinking), signatures))
 }

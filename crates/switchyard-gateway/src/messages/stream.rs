@@ -331,11 +331,10 @@ impl Converter {
                             .filter(|id| !id.is_empty())
                             .map_or_else(
                                 || super::translate::tool_use_id(&self.upstream_id, self.next_index as usize),
-                                |id| {
-                                    let signature = super::translate::thought_signature(call.get("extra_content"));
-                                    super::translate::signed_tool_use_id(id.to_owned(), signature)
-                                },
+                                str::to_owned,
                             );
+                        let signature = super::translate::thought_signature(call.get("extra_content"));
+                        let id = super::translate::signed_tool_use_id(id, signature);
                         let block = ContentBlock {
                             kind: "tool_use".into(),
                             id: Some(id),

@@ -543,8 +543,9 @@ pub fn to_messages_response(
             let id = if call.id.is_empty() {
                 tool_use_id(&resp.id, content.len())
             } else {
-                signed_tool_use_id(call.id, thought_signature(call.extra.get("extra_content")))
+                call.id
             };
+            let id = signed_tool_use_id(id, thought_signature(call.extra.get("extra_content")));
             content.push(ContentBlock {
                 kind: "tool_use".into(),
                 id: Some(id),

@@ -294,7 +294,6 @@ pub(crate) fn to_chat(
         }
         None => {}
     }
-    move_tool_media(&mut messages);
     if !messages.iter().any(|m| m.role != Role::System) {
         return Err(invalid(
             "input",
@@ -320,49 +319,6 @@ pub(crate) fn to_chat(
         stream_options,
         extra: chat,
     })
-}
-
-/// What a tool output that was only images, files or audio says instead.
-const MEDIA_NOTE: &str = "(the output follows in the next message)";
-
-/// Chat APIs take only text in a `tool` message (OpenAI refuses an image
-/// there, which a Responses `function_call_output` may carry): the other
-/// parts of a run of tool outputs go in one `user` message after the run,
-/// and an output that had no text says so.
-fn move_tool_media(messages: &mut Vec<ChatMessage>) {
-    let has_media = |m: &ChatMessage| {
-        m.role == Role::Tool
-            && matches!(&m.content, Some(MessageContent::Parts(parts)) if parts.iter().any(|p| p.kind != "text"))
-    };
-    if !messages.iter().any(has_media) {
-        return;
-    }
-    let mut out = Vec::with_capacity(messages.len() + 1);
-    let mut media = Vec::new();
-    let flush = |media: &mut Vec<ContentPart>, out: &mut Vec<ChatMessage>| {
-        if !media.is_empty() {
-            out.push(ChatMessage::with_content(
-                Role::User,
-                MessageContent::Parts(std::mem::take(media)),
-            ));
-        }
-    };
-    for mut message in std::mem::take(messages) {
-        if message.role != Role::Tool {
-            flush(&mut media, &mut out);
-        } else if let Some(MessageContent::Parts(parts)) = &mut message.content {
-            let (text, other): (Vec<_>, Vec<_>) = std::mem::take(parts).into_iter().partition(|p| p.kind == "text");
-            media.extend(other);
-            message.content = Some(if text.is_empty() {
-                MessageContent::Text(MEDIA_NOTE.into())
-            } else {
-                MessageContent::Parts(text)
-            });
-        }
-        out.push(message);
-    }
-    flush(&mut media, &mut out);
-    *messages = out;
 }
 
 /// What a response object shows for parameters the request left out.
@@ -1153,35 +1109,6 @@ mod tests {
         assert_eq!(body["max_tokens"], 64);
         assert_eq!(body["temperature"], 0.2);
         assert!(body.get("max_output_tokens").is_none() && body.get("instructions").is_none());
-    }
-
-    #[test]
-    fn images_in_tool_outputs_follow_the_outputs_in_a_user_message() {
-        let image = json!({"type": "input_image", "image_url": "data:image/png;base64,AAAA"});
-        let body = serde_json::to_value(
-            translate(json!({
-                "model": "m",
-                "input": [
-                    {"role": "user", "content": "look"},
-                    {"type": "function_call", "call_id": "c1", "name": "shot", "arguments": "{}"},
-                    {"type": "function_call", "call_id": "c2", "name": "read", "arguments": "{}"},
-                    {"type": "function_call_output", "call_id": "c1", "output": [image]},
-                    {"type": "function_call_output", "call_id": "c2", "output": [{"type": "input_text", "text": "page"}, image]},
-                    {"role": "user", "content": "and now?"},
-                ],
-            }))
-            .unwrap(),
-        )
-        .unwrap();
-        let messages = body["messages"].as_array().unwrap();
-        let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
-        assert_eq!(roles, ["user", "assistant", "tool", "tool", "user", "user"]);
-        assert_eq!(messages[2]["content"], MEDIA_NOTE);
-        assert_eq!(messages[3]["content"], json!([{"type": "text", "text": "page"}]));
-        let parts = messages[4]["content"].as_array().unwrap();
-        assert_eq!(parts.len(), 2);
-        assert!(parts.iter().all(|p| p["type"] == "image_url"), "{parts:?}");
-        assert_eq!(messages[5]["content"], "and now?");
     }
 
     #[test]
