@@ -1024,8 +1024,9 @@ mod tests {
         err.parts().2
     }
 
-    /// Reasoning text of an upstream other than Claude is not sent back
-    /// (Groq and Cerebras refuse `reasoning_content`).
+    /// Reasoning text goes back as the `reasoning_content` of the assistant
+    /// turn it led to (DeepSeek and Kimi want it on a turn that called
+    /// tools; the OpenAI provider leaves it out for servers that refuse it).
     #[test]
     fn reasoning_text_goes_back_with_the_turn_it_led_to() {
         let chat = translate(json!({"model": "m", "input": [
