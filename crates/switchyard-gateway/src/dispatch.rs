@@ -1187,6 +1187,16 @@ async fn attempt(
         }
         Call::CountTokens(body, betas) => {
             body["model"] = Value::String(upstream.into_owned());
+            // Claude counts only what it would take: the same changes as
+            // for `/v1/messages`, in a copy.
+            let claude = matches!(client, ProviderClient::Anthropic(_))
+                || (matches!(client, ProviderClient::Bedrock(_)) && BedrockProvider::is_claude(&deployment.model));
+            let mut fixed = claude
+                .then(|| serde_json::from_value::<MessagesRequest>(body.clone()).ok())
+                .flatten()
+                .and_then(|req| req.for_claude(switchyard_providers::tool_use_id))
+                .and_then(|req| serde_json::to_value(req).ok());
+            let body = fixed.as_mut().unwrap_or(body);
             match client {
                 ProviderClient::Anthropic(p) => p.count_tokens(body, betas).await.map(Reply::Native),
                 // Bedrock's CountTokens takes foundation-model ids only (not

@@ -864,6 +864,25 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
     let seen = mock.last_request().unwrap();
     assert_eq!(seen.path, "/v1/messages/count_tokens");
     assert_eq!(seen.body["model"], "claude-mock");
+    // Another model's tool ids are counted as Claude takes them.
+    let (status, body) = post(
+        "/v1/messages/count_tokens",
+        json!({"model": "claude", "messages": [
+            {"role": "user", "content": "look it up"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "functions.lookup:0", "name": "lookup", "input": {}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "functions.lookup:0", "content": "found"}]}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = mock.last_request().unwrap();
+    let id = &seen.body["messages"][1]["content"][0]["id"];
+    assert_ne!(id, "functions.lookup:0", "{}", seen.body);
+    assert_eq!(
+        &seen.body["messages"][2]["content"][0]["tool_use_id"], id,
+        "{}",
+        seen.body
+    );
     // Beta features reach the count too.
     let counted = http
         .post(format!("{}/v1/messages/count_tokens", gateway.base_url()))
