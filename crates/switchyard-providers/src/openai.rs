@@ -736,6 +736,14 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(echoed(7)[5..], [true, true]);
+
+        // What one model of a deployment refused, another still gets.
+        let provider = OpenAiProvider::new(&mock.base_url(), None, &HttpSettings::default()).unwrap();
+        crate::Provider::chat(&provider, &request("m::refuses_reasoning", false))
+            .await
+            .unwrap();
+        crate::Provider::chat(&provider, &request("m", false)).await.unwrap();
+        assert_eq!(echoed(10)[7..], [true, false, true]);
     }
 
     #[test]
