@@ -295,26 +295,38 @@ impl MessagesRequest {
     /// turn is the assistant messages since the last user message that is
     /// not tool results; in a loop Claude thinks at its start only.
     pub fn turn_without_thinking(&self) -> bool {
-        let enabled = self
+        let on = self
             .extra
             .get("thinking")
-            .and_then(|t| t.get("type"))
-            .and_then(serde_json::Value::as_str)
-            == Some("enabled");
-        let results = |m: &Message| {
-            m.role == MessageRole::User
-                && matches!(&m.content, Content::Blocks(b) if b.iter().any(|b| b.kind == "tool_result"))
-        };
-        if !enabled || !self.messages.last().is_some_and(results) {
+            .is_some_and(|t| t.get("type").and_then(serde_json::Value::as_str) != Some("disabled"));
+        if !on {
             return false;
         }
+        let results =
+            |m: &Message| matches!(&m.content, Content::Blocks(b) if b.iter().any(|b| b.kind == "tool_result"));
+        // Walking back: assistant messages, and runs of user messages (one
+        // user turn to Claude) that hold tool results, until a run without.
+        let messages = &self.messages;
+        let mut k = messages.len();
         let mut first = None;
-        for message in self.messages.iter().rev() {
-            match message.role {
-                MessageRole::Assistant => first = Some(message),
-                MessageRole::User if results(message) => {}
-                MessageRole::User => break,
+        let mut continuing = false;
+        while k > 0 {
+            if messages[k - 1].role == MessageRole::Assistant {
+                first = Some(&messages[k - 1]);
+                k -= 1;
+                continue;
             }
+            let end = k;
+            while k > 0 && messages[k - 1].role == MessageRole::User {
+                k -= 1;
+            }
+            if !messages[k..end].iter().any(results) {
+                break;
+            }
+            continuing |= end == messages.len();
+        }
+        if !continuing {
+            return false;
         }
         match first.map(|m| &m.content) {
             Some(Content::Blocks(blocks)) => !blocks
@@ -576,5 +588,12 @@ mod tests {
         );
         assert!(!looped.turn_without_thinking());
         assert!(looped.for_claude(str::to_owned).is_none());
+        // Results and more text in two user messages are one user turn to
+        // Claude: still the unthought loop.
+        let mut split = unthought.clone();
+        split
+            .messages
+            .push(serde_json::from_value(serde_json::json!({"role": "user", "content": "and also"})).unwrap());
+        assert!(split.turn_without_thinking());
     }
 }

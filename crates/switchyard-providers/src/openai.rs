@@ -127,7 +127,7 @@ impl Echoed {
     /// not ones it asks for (DeepSeek: "The `reasoning_content` in the
     /// thinking mode must be passed back").
     fn refused(error: &ProviderError, sent: Echoed) -> Echoed {
-        const REFUSALS: [&str; 8] = [
+        const REFUSALS: [&str; 10] = [
             "unsupported",
             "not supported",
             "unrecognized",
@@ -135,7 +135,9 @@ impl Echoed {
             "unknown",
             "not allowed",
             "not permitted",
-            "extra",
+            "extra inputs",
+            "extra fields",
+            "extra_forbidden",
         ];
         let ProviderError::Status {
             status: 400 | 422,
@@ -147,7 +149,11 @@ impl Echoed {
             return Echoed::default();
         };
         let message = message.to_ascii_lowercase();
-        if !REFUSALS.iter().any(|r| message.contains(r)) {
+        // The words, not the field names (`extra_content` holds "extra").
+        let words = Echoed::NAMES
+            .iter()
+            .fold(message.clone(), |m, (_, name)| m.replace(name, " "));
+        if !REFUSALS.iter().any(|r| words.contains(r)) {
             return Echoed::default();
         }
         let mut named = Echoed::default();
@@ -769,6 +775,7 @@ mod tests {
             "The `reasoning_content` in the thinking mode must be passed back to the API.",
             "Missing `reasoning_content` field in the assistant message at message index 2.",
             "property 'store' is unsupported",
+            "Invalid `extra_content` thought signature on tool call 0",
         ] {
             assert!(Echoed::refused(&status(other), Echoed::ALL).is_empty(), "{other}");
         }

@@ -42,16 +42,31 @@ pub(crate) fn can_think(model: &str) -> bool {
 /// tool loop Claude thinks at its start only, so only the first needs the
 /// blocks.
 fn tool_turn_without_thinking(req: &ChatCompletionRequest) -> bool {
-    if !req.messages.last().is_some_and(|m| m.role == Role::Tool) {
-        return false;
-    }
-    let first = req
+    // The conversation as Claude sees it: system messages go to `system`,
+    // and user text right after tool results joins their user message.
+    let seen: Vec<&ChatMessage> = req
         .messages
         .iter()
-        .rev()
-        .take_while(|m| matches!(m.role, Role::Assistant | Role::Tool))
-        .filter(|m| m.role == Role::Assistant)
-        .last();
+        .filter(|m| !matches!(m.role, Role::System | Role::Developer))
+        .collect();
+    let mut k = seen.len();
+    while k > 0 && seen[k - 1].role == Role::User {
+        k -= 1;
+    }
+    if k == 0 || seen[k - 1].role != Role::Tool {
+        return false;
+    }
+    let mut first = None;
+    while k > 0 {
+        let m = seen[k - 1];
+        match m.role {
+            Role::Assistant => first = Some(m),
+            Role::Tool => {}
+            Role::User if k >= 2 && matches!(seen[k - 2].role, Role::Tool | Role::User) => {}
+            _ => break,
+        }
+        k -= 1;
+    }
     first.is_some_and(|m| blocks_of(m).is_empty())
 }
 
@@ -365,6 +380,14 @@ mod tests {
             serde_json::from_value(json!({"role": "tool", "tool_call_id": "d", "content": "done"})).unwrap(),
         ]);
         assert!(requested(&looped).unwrap().is_some());
+        // User text after the results joins their user message for Claude,
+        // and system messages go to `system`: still the unthought turn.
+        let mut after = turn(json!([]));
+        after.messages.extend([
+            serde_json::from_value(json!({"role": "system", "content": "reminder"})).unwrap(),
+            serde_json::from_value(json!({"role": "user", "content": "go on"})).unwrap(),
+        ]);
+        assert!(requested(&after).unwrap().is_none());
         // The client's own `thinking` gets the same care; one without a
         // budget gets the default.
         let own = requested(&request(json!({"thinking": {"type": "enabled"}})))

@@ -48,18 +48,29 @@ pub(crate) fn tool_turn<'a>(
             .unwrap_or_default()
     };
     let results = |m: &'a Value| blocks(m).iter().any(&result);
-    if !messages.last().is_some_and(results) {
-        return None;
-    }
-    // The turn: the assistant messages since the last user message that is
-    // not tool results. Claude thinks at its start only.
+    let assistant = |m: &Value| m.get("role").and_then(Value::as_str) == Some("assistant");
+    // The turn: the assistant messages since the last user turn (a run of
+    // user messages) without tool results. Claude thinks at its start only.
+    let mut k = messages.len();
     let mut turn: Option<&'a Value> = None;
-    for message in messages.iter().rev() {
-        match message.get("role").and_then(Value::as_str) {
-            Some("assistant") => turn = Some(message),
-            _ if results(message) => {}
-            _ => break,
+    let mut continuing = false;
+    while k > 0 {
+        if assistant(&messages[k - 1]) {
+            turn = Some(&messages[k - 1]);
+            k -= 1;
+            continue;
         }
+        let end = k;
+        while k > 0 && !assistant(&messages[k - 1]) {
+            k -= 1;
+        }
+        if !messages[k..end].iter().any(results) {
+            break;
+        }
+        continuing |= end == messages.len();
+    }
+    if !continuing {
+        return None;
     }
     let turn = blocks(turn?);
     let signatures = turn.iter().filter_map(signature).collect();
