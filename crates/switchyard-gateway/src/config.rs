@@ -615,9 +615,10 @@ pub struct DeploymentEntry {
 pub struct TimeoutsEntry {
     /// Connecting to the upstream.
     pub connect_ms: u64,
-    /// A stream's start: until its response head and first event. A
-    /// non-streaming answer is bounded by `total_ms` only (its head comes when
-    /// it is fully written).
+    /// A stream's start: from sending the request until its first output
+    /// (past a role-only chunk, `message_start` or pings); a reasoning model
+    /// needs room for its thinking. A non-streaming answer is bounded by
+    /// `total_ms` only (its head comes when it is fully written).
     pub first_byte_ms: u64,
     /// The whole request, a stream's body included.
     pub total_ms: u64,
@@ -834,12 +835,7 @@ fn unpriced_notices(config: &Config) -> Vec<String> {
     let mut notices = Vec::new();
     for (i, group) in config.model_list.iter().enumerate() {
         for (j, d) in group.deployments.iter().enumerate() {
-            if d.provider == ProviderKind::Mock
-                || d.model.contains('*')
-                || d.base_model.is_some()
-                || !prices_unset(d)
-                || switchyard_policy::price::builtin(&d.model).is_some()
-            {
+            if !price_unknown(d) {
                 continue;
             }
             notices.push(format!(
@@ -851,6 +847,17 @@ fn unpriced_notices(config: &Config) -> Vec<String> {
         }
     }
     notices
+}
+
+/// No price set, no `base_model`, and an upstream model the built-in table
+/// does not know (a mock is free by design; a wildcard is priced per
+/// request).
+fn price_unknown(d: &DeploymentEntry) -> bool {
+    d.provider != ProviderKind::Mock
+        && !d.model.contains('*')
+        && d.base_model.is_none()
+        && prices_unset(d)
+        && switchyard_policy::price::builtin(&d.model).is_none()
 }
 
 /// A validated deployment, ready to build a provider from.
@@ -894,6 +901,9 @@ pub struct DeploymentSpec {
     /// A wildcard deployment (`model` holds `*`) with no price configured:
     /// priced per request at the built-in price of the model asked for.
     pub priced_per_request: bool,
+    /// No price is known (none set, none built in): billed as free, but
+    /// `cost-based` routing ranks it as the most expensive.
+    pub price_unknown: bool,
     /// Tags for tag-based routing.
     pub tags: Vec<String>,
     /// What `GET /health` sends it (`none` for a wildcard deployment, which
@@ -1359,6 +1369,7 @@ fn validate_deployment(
         output_cost_per_token: prices.output,
         prices,
         priced_per_request: entry.model.contains('*') && entry.base_model.is_none() && prices_unset(entry),
+        price_unknown: price_unknown(entry),
         tags: entry
             .tags
             .iter()

@@ -645,28 +645,28 @@ async fn try_group<'s>(
                 healthy = able().filter(|i| !tried.iter().any(|(t, _)| t == i)).collect();
             }
         }
-        let fresh: Vec<usize> = healthy
+        let is_tried = |i: &usize| tried.iter().any(|(t, _)| t == i);
+        let fresh: Vec<usize> = healthy.iter().copied().filter(|i| !is_tried(i)).collect();
+        // Tried deployments to go back to: not one that asked for a longer
+        // pause than the policy waits, while another may answer. They are
+        // the pool when every healthy one has been tried, and the pool
+        // again when none of the untried ones can take the request (the
+        // strategy refuses them all, e.g. each is over its rpm).
+        let max = state.dispatch.retry.max_retry_after;
+        let mut again: Vec<usize> = healthy
             .iter()
             .copied()
-            .filter(|i| !tried.iter().any(|(t, _)| t == i))
+            .filter(|i| is_tried(i) && !tried.iter().any(|(t, after)| t == i && after.is_some_and(|a| a > max)))
             .collect();
         let mut pool = if fresh.is_empty() {
-            // Going back to tried deployments: not to one that asked for a
-            // longer pause than the policy waits, while another may answer.
-            let max = state.dispatch.retry.max_retry_after;
-            let waitable: Vec<usize> = healthy
-                .iter()
-                .copied()
-                .filter(|i| !tried.iter().any(|(t, after)| t == i && after.is_some_and(|a| a > max)))
-                .collect();
-            if waitable.is_empty() && !healthy.is_empty() {
+            if again.is_empty() && !healthy.is_empty() {
                 tracing::info!(
                     group = name,
                     "every deployment asked for a longer pause than allowed; not waiting"
                 );
                 break;
             }
-            waitable
+            std::mem::take(&mut again)
         } else {
             fresh
         };
@@ -675,6 +675,9 @@ async fn try_group<'s>(
         // a half-open probe is not held through it. One whose pause would
         // pass the deadline, or that cannot be claimed, leaves the pool.
         let (index, probe) = loop {
+            if pool.is_empty() && !again.is_empty() {
+                pool = std::mem::take(&mut again);
+            }
             if pool.is_empty() {
                 let error = last.take().unwrap_or_else(|| {
                     tracing::warn!(group = name, "every deployment of the group is cooling down");
@@ -691,6 +694,11 @@ async fn try_group<'s>(
             };
             let index = match route.strategy.choose(&ctx, rng) {
                 Ok(index) => index,
+                // None of the untried can take it: back to the tried ones.
+                Err(_) if !again.is_empty() => {
+                    pool = std::mem::take(&mut again);
+                    continue;
+                }
                 // E.g. every deployment is over its rpm: fallbacks may answer.
                 Err(e) => return GroupOutcome::Exhausted(last.take().unwrap_or_else(|| e.into()), Reason::Failed),
             };
@@ -921,7 +929,12 @@ async fn try_group<'s>(
                     .then_some(options.wildcard.as_deref())
                     .flatten()
                     .filter(|_| deployment.model.contains('*'));
-                let class = if unknown_model.is_some() {
+                // And a 403 there is the model's access ("Project … does
+                // not have access to model …"), not the shared key's.
+                let forbidden_model = matches!(e, ProviderError::Status { status: 403, .. })
+                    && options.wildcard.is_some()
+                    && deployment.model.contains('*');
+                let class = if unknown_model.is_some() || forbidden_model {
                     switchyard_routing::ErrorClass::ClientError
                 } else {
                     error_class(&e)
@@ -974,9 +987,10 @@ async fn try_group<'s>(
                     ProviderError::Status { retry_after, .. } => *retry_after,
                     _ => None,
                 };
-                let error = match unknown_model {
-                    Some(part) => ApiError::ModelNotFound(name.replacen('*', part, 1)),
-                    None => ApiError::upstream(&deployment.name, e),
+                let error = match (unknown_model, options.wildcard.as_deref()) {
+                    (Some(part), _) => ApiError::ModelNotFound(name.replacen('*', part, 1)),
+                    (None, Some(part)) if forbidden_model => ApiError::ModelForbidden(name.replacen('*', part, 1)),
+                    _ => ApiError::upstream(&deployment.name, e),
                 };
                 if let Some(reason) = reason {
                     return GroupOutcome::Exhausted(error, reason);

@@ -24,6 +24,10 @@ pub enum ApiError {
     /// No model group has this name.
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    /// Behind a wildcard group, the upstream refuses the model asked for
+    /// to the gateway's credentials (403): the model's access, not the key's.
+    #[error("The upstream refuses the model `{0}` to the gateway's credentials.")]
+    ModelForbidden(String),
     /// The body exceeds `server.max_body_bytes`.
     #[error("The request body is larger than the limit of {0} bytes.")]
     BodyTooLarge(usize),
@@ -98,6 +102,10 @@ pub enum ApiError {
     /// An admin operation failed.
     #[error("{0}")]
     Policy(switchyard_policy::PolicyError),
+    /// Something the gateway needs did not answer now (a configuration in
+    /// S3, an artifact store): the same call may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug: the gateway caught a panic or reached an impossible state.
     #[error("The gateway failed to handle the request: {0}")]
     Internal(String),
@@ -133,6 +141,12 @@ impl ApiError {
                 invalid,
                 Some("model".into()),
                 Some("model_not_found".into()),
+            ),
+            ApiError::ModelForbidden(_) => (
+                S::FORBIDDEN,
+                "permission_error",
+                Some("model".into()),
+                Some("model_not_allowed".into()),
             ),
             ApiError::BodyTooLarge(_) => (S::PAYLOAD_TOO_LARGE, invalid, None, Some("request_too_large".into())),
             ApiError::BodyTimeout(_) => (S::REQUEST_TIMEOUT, invalid, None, Some("request_timeout".into())),
@@ -193,6 +207,12 @@ impl ApiError {
             ApiError::Routing(_) | ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
             ApiError::Denied(denied) => denied_parts(denied),
             ApiError::Forbidden(_) => (S::FORBIDDEN, "permission_error", None, Some("forbidden".into())),
+            ApiError::Unavailable(_) => (
+                S::SERVICE_UNAVAILABLE,
+                "service_unavailable",
+                None,
+                Some("unavailable".into()),
+            ),
             ApiError::Policy(err) => policy_parts(err),
             ApiError::Upstream { source, .. } => upstream_parts(source),
         }

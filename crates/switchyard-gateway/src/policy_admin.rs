@@ -476,12 +476,14 @@ async fn team_info(State(state): State<SharedState>, Query(q): Query<HashMap<Str
     info["spend"] = usd(spend);
     info["total_spend"] = usd(total);
     info["budget_reset_at"] = reset_at(team.limits.budget_duration);
-    info["keys"] = keys
+    let team_keys: Vec<&KeyRecord> = keys
         .iter()
         .filter(|k| k.team_id.as_deref() == Some(team.team_id.as_str()))
-        .map(|k| Value::String(k.token.clone()))
         .collect();
-    Json(json!({"team_id": team.team_id, "team_info": info})).into_response()
+    info["keys"] = team_keys.iter().map(|k| Value::String(k.token.clone())).collect();
+    // LiteLLM's `TeamInfoResponseObject`: the keys as objects, beside `team_info`.
+    let key_objects: Vec<Value> = team_keys.into_iter().map(key_json).collect();
+    Json(json!({"team_id": team.team_id, "team_info": info, "keys": key_objects})).into_response()
 }
 
 async fn update_team(State(state): State<SharedState>, JsonBody(body): JsonBody<Value>) -> Response {
@@ -677,6 +679,11 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
     let key = match q.get("api_key").or_else(|| q.get("key")) {
         Some(reference) => match state.policy.find_key(reference).await {
             Ok(record) => Some(record.key_id),
+            // A deleted key's records stay, under its `key_id`: auditing a
+            // revoked key is when they are wanted.
+            Err(PolicyError::NotFound { .. }) if !reference.starts_with(switchyard_policy::key::KEY_PREFIX) => {
+                Some(reference.clone())
+            }
             Err(e) => return fail(e),
         },
         None => None,

@@ -508,11 +508,17 @@ async fn reload_route(live: Arc<Live>, headers: &axum::http::HeaderMap) -> Respo
             "pending_restart": live.pending_restart(),
         }))
         .into_response(),
-        Err(e) => ApiError::InvalidField {
-            param: None,
-            message: format!("The configuration was not applied; the previous one keeps serving. {e}"),
+        Err(e) => {
+            let message = format!("The configuration was not applied; the previous one keeps serving. {e}");
+            match e {
+                // The new configuration itself is wrong: the caller's to fix.
+                ReloadError::Config(_) => ApiError::InvalidField { param: None, message },
+                // It could not be read now: worth trying again.
+                ReloadError::Fetch(_) | ReloadError::Unavailable(_) => ApiError::Unavailable(message),
+                ReloadError::Start(_) => ApiError::Internal(message),
+            }
+            .into_response()
         }
-        .into_response(),
     }
 }
 

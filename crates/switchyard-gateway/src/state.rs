@@ -608,8 +608,18 @@ impl AppState {
                     provider: provider_name(spec.provider).to_owned(),
                     weight: spec.weight,
                     quality: spec.quality,
-                    input_cost_per_token: spec.input_cost_per_token,
-                    output_cost_per_token: spec.output_cost_per_token,
+                    // Unknown prices are not zero to `cost-based`: it
+                    // would send everything to a deployment nobody priced.
+                    input_cost_per_token: if spec.price_unknown {
+                        f64::NAN
+                    } else {
+                        spec.input_cost_per_token
+                    },
+                    output_cost_per_token: if spec.price_unknown {
+                        f64::NAN
+                    } else {
+                        spec.output_cost_per_token
+                    },
                     rpm: spec.rpm,
                     tpm: spec.tpm,
                 });

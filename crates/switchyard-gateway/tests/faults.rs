@@ -213,6 +213,31 @@ async fn retry_after_is_honoured_and_a_long_one_is_returned() {
     assert_eq!(sent_to(&mock, "ha::status=429,retry_after=4"), 1);
 }
 
+/// A retry whose untried deployments cannot take the request (the strategy
+/// refuses them: no headroom under their tpm) goes back to the one tried,
+/// which is still healthy, instead of giving up with retries left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_the_untried_deployments_cannot_take_goes_back_to_a_tried_one() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 2\n  allowed_fails: 100",
+        r#"
+  - model_name: roomy
+    routing_strategy: usage-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "ua::fail_first=1,status=500"}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "ub", tpm: 1}
+"#,
+    );
+    let a = chat(&gw, "roomy", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.header("x-switchyard-deployment"), "roomy/0");
+    assert_eq!(a.header("x-switchyard-attempts"), "2");
+    assert_eq!(sent_to(&mock, "ua::fail_first=1,status=500"), 2);
+    assert_eq!(sent_to(&mock, "ub"), 0);
+}
+
 const FALLBACKS: &str = r#"
   - model_name: down
     fallbacks: [backup]

@@ -209,8 +209,11 @@ async fn reloads_under_load_fail_no_request_and_bad_configs_change_nothing() {
         )
     );
     std::fs::write(gw.config_path(), unstartable).unwrap();
+    // The artifact could not be read: a 503 worth retrying, not the
+    // caller's 400.
     let (status, body) = reload(MASTER).await;
-    assert_ne!(status, 200, "{body}");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["type"], "service_unavailable", "{body}");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("nonexistent"),
         "{body}"

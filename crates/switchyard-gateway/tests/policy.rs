@@ -511,6 +511,10 @@ async fn teams_narrow_models_and_share_one_budget() {
     let info = admin_get(&gw, "/team/info?team_id=research").await;
     assert_eq!(info.body["team_info"]["spend"], json!(0.000021));
     assert_eq!(info.body["team_info"]["keys"].as_array().unwrap().len(), 2);
+    // LiteLLM's shape: the team's keys as objects beside `team_info`.
+    let objects = info.body["keys"].as_array().unwrap();
+    assert_eq!(objects.len(), 2, "{}", info.body);
+    assert!(objects.iter().all(|k| k["team_id"] == "research"), "{}", info.body);
     let refused = admin(&gw, "/team/delete", json!({"team_ids": ["research"]})).await;
     assert_eq!(refused.status, 409);
     // A refusal deletes none of the teams named, even those listed first.
@@ -842,6 +846,14 @@ async fn streams_are_charged_from_usage_the_client_did_not_ask_for() {
         (unknown.status, unknown.body["error"]["param"].as_str()),
         (400, Some("organization_id"))
     );
+    // A deleted key's records are still found by its `key_id`.
+    let info = admin_get(&gw, &format!("/key/info?key={key}")).await;
+    let key_id = info.body["info"]["key_id"].as_str().unwrap().to_owned();
+    let deleted = admin(&gw, "/key/delete", json!({"keys": [key]})).await;
+    assert_eq!(deleted.status, 200, "{}", deleted.body);
+    let kept = admin_get(&gw, &format!("/spend/logs?api_key={key_id}")).await;
+    assert_eq!(kept.status, 200, "{}", kept.body);
+    assert_eq!(kept.body.as_array().unwrap().len(), 2, "{}", kept.body);
 }
 
 #[test]
@@ -1330,8 +1342,8 @@ async fn stored_keys_keep_a_gateway_without_its_master_key_from_starting() {
     );
 }
 
-/// LiteLLM's admin clients: `/key/generate` with the fields its typed
-/// clients send empty, `/key/list` filtered and paged (or refused when a
+/// LiteLLM's admin clients: `/key/generate` and `/team/new` with the
+/// fields its typed clients send empty, `/key/list` filtered and paged (or refused when a
 /// filter is unknown), `/key/delete` by alias.
 #[tokio::test]
 async fn litellm_admin_clients_list_page_and_delete_by_alias() {
@@ -1348,6 +1360,27 @@ async fn litellm_admin_clients_list_page_and_delete_by_alias() {
     let refused = admin(&gw, "/key/generate", json!({"aliases": {"gpt": "gpt-4o"}})).await;
     assert_eq!((refused.status, refused.code()), (400, ""), "{}", refused.body);
     assert_eq!(refused.body["error"]["param"], "aliases", "{}", refused.body);
+    // Teams too: LiteLLM's defaults sent empty are accepted, a value refused.
+    let team = admin(
+        &gw,
+        "/team/new",
+        json!({"team_id": "t1", "members_with_roles": [], "organization_id": null, "metadata": {},
+            "tags": null, "api_key": MASTER}),
+    )
+    .await;
+    assert_eq!(team.status, 200, "{}", team.body);
+    let refused = admin(
+        &gw,
+        "/team/update",
+        json!({"team_id": "t1", "members_with_roles": [{"role": "admin"}]}),
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.body);
+    assert_eq!(refused.body["error"]["param"], "members_with_roles", "{}", refused.body);
+    // A padded id is refused, not trimmed into one the client never uses.
+    let padded = admin(&gw, "/team/new", json!({"team_id": "ops "})).await;
+    assert_eq!(padded.status, 400, "{}", padded.body);
+    assert_eq!(padded.body["error"]["param"], "team_id", "{}", padded.body);
     for alias in ["second", "third"] {
         generate(&gw, json!({"key_alias": alias, "user_id": "bob"})).await;
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::json;
-use switchyard_testkit::{GatewayProcess, run_check_config};
+use switchyard_testkit::{GatewayProcess, MockUpstream, run_check_config};
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -82,6 +82,42 @@ async fn configured_strategies_choose_from_live_stats() {
     let (first, _) = first.await.unwrap();
     assert_eq!(strategy, "least-busy");
     assert_ne!(first, second);
+}
+
+/// A deployment nobody priced (an Azure deployment name, say) is not free
+/// to `cost-based`: the priced one is chosen while it can serve, the
+/// unpriced one only when it is all there is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_based_ranks_an_unpriced_deployment_last() {
+    let mock = MockUpstream::start().await;
+    let config = r#"
+model_list:
+  - model_name: mixed
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: prod-east-4o}
+      - {provider: openai, api_base: "{base}", api_key: k, model: priced, input_cost_per_token: 0.00001}
+  - model_name: unpriced
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: unpriced-a}
+      - {provider: openai, api_base: "{base}", api_key: k, model: unpriced-b}
+"#
+    .replace("{base}", &mock.base_url());
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    let base = gateway.base_url();
+    let http = reqwest::Client::new();
+    for _ in 0..8 {
+        assert_eq!(
+            ask(&http, &base, "mixed").await,
+            ("mixed/1".into(), "cost-based".into())
+        );
+    }
+    let mut chosen = std::collections::BTreeSet::new();
+    for _ in 0..24 {
+        chosen.insert(ask(&http, &base, "unpriced").await.0);
+    }
+    assert_eq!(chosen.len(), 2, "unpriced deployments share the traffic: {chosen:?}");
 }
 
 #[test]

@@ -331,7 +331,8 @@ async fn a_model_inside_a_wildcard_name_is_priced_as_the_model_sent() {
 
 /// A model the upstream does not have, asked for through a wildcard group,
 /// is the client's mistake: 404 `model_not_found`, streamed or not, and the
-/// deployment every other model shares is not put in cooldown for it.
+/// deployment every other model shares is not put in cooldown for it; nor
+/// for a model the upstream refuses the key (403).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_the_upstream_lacks_is_a_404_that_leaves_the_deployment_alone() {
     let mock = MockUpstream::start().await;
@@ -353,7 +354,16 @@ async fn a_model_the_upstream_lacks_is_a_404_that_leaves_the_deployment_alone() 
             "{error}"
         );
     }
-    assert_eq!(mock.requests().len(), 4);
+    // A model the key may not use (OpenAI: "Project … does not have access
+    // to model …", a 403) is the client's error too: passed through, and the
+    // shared key is not marked invalid for every other model.
+    for stream in [false, true] {
+        let gated = chat(&gateway, MASTER, "openai/gated-model::status=403", stream).await;
+        assert_eq!(gated.status, 403, "{}", gated.body);
+        assert_eq!(gated.body["error"]["code"], "model_not_allowed", "{}", gated.body);
+        assert_eq!(gated.body["error"]["type"], "permission_error", "{}", gated.body);
+    }
+    assert_eq!(mock.requests().len(), 6);
     let state = admin_json(&gateway, "/admin/deployments").await;
     let wildcard = state["deployments"]
         .as_array()

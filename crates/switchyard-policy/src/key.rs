@@ -641,6 +641,11 @@ fn is_empty_value(value: &Value) -> bool {
 /// Sets one field of a team from a `/team/new` or `/team/update` body.
 pub fn apply_team_field(record: &mut TeamRecord, name: &str, value: &Value) -> Result<(), FieldError> {
     match name {
+        // LiteLLM's team client sends the admin's own key in the body.
+        "api_key" => {}
+        // LiteLLM team fields Switchyard has no use for, sent empty by typed
+        // clients: nothing to do; with a value they are refused below.
+        name if TEAM_EMPTY_OK.contains(&name) && is_empty_value(value) => {}
         "team_alias" => record.team_alias = optional_string(name, value)?,
         _ => {
             if !apply_limit_field(&mut record.limits, name, value)? {
@@ -650,6 +655,24 @@ pub fn apply_team_field(record: &mut TeamRecord, name: &str, value: &Value) -> R
     }
     Ok(())
 }
+
+/// LiteLLM team fields accepted when empty (null, `[]`, `{}`, `""`).
+const TEAM_EMPTY_OK: &[&str] = &[
+    "members_with_roles",
+    "members",
+    "admins",
+    "organization_id",
+    "tags",
+    "model_aliases",
+    "guardrails",
+    "prompts",
+    "object_permission",
+    "team_member_permissions",
+    "team_member_budget",
+    "team_member_rpm_limit",
+    "team_member_tpm_limit",
+    "team_member_key_duration",
+];
 
 /// Expiry from a `duration` field (`"30d"`, `"1h"`, or null for none), from `now_ms`.
 pub fn expiry_from(value: &Value, now_ms: i64) -> Result<Option<i64>, FieldError> {

@@ -1690,7 +1690,13 @@ impl Policy {
                     "'team_id' may not contain ':' (it separates the parts of limit counter names).",
                 ));
             }
-            Some(Value::String(id)) if !id.trim().is_empty() => id.trim().to_owned(),
+            Some(Value::String(id)) if id.trim() != id => {
+                return Err(field(
+                    "team_id",
+                    "'team_id' may not start or end with spaces (keys name teams exactly).",
+                ));
+            }
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
             None | Some(Value::Null) => {
                 let mut bytes = [0u8; 8];
                 getrandom::fill(&mut bytes).map_err(|e| PolicyError::Store(e.to_string()))?;

@@ -59,10 +59,15 @@ impl RoutingStrategy for LatencyBased {
         let scores: Vec<(usize, f64, f64)> = ctx
             .iter()
             .map(|c| {
-                let unknown = c.stats.latency_ewma_us().is_none() && c.stats.in_flight() == 0;
+                let idle = c.stats.in_flight() == 0;
+                let unknown = c.stats.latency_ewma_us().is_none() && idle;
                 let run = c.stats.failures_since_success();
                 let score = if unknown && run > 0 && rng.u64(0..=run) != 0 {
                     f64::INFINITY
+                } else if idle && c.stats.latency_stale(ctx.now_ms) {
+                    // No sample for a while (e.g. kept out of the band by
+                    // one slow answer): probed again, as if new.
+                    0.0
                 } else {
                     latency_score(c.stats)
                 };
@@ -101,6 +106,46 @@ mod tests {
             stats.record_success(DeploymentId(i), outcome, 0);
         }
         stats
+    }
+
+    #[test]
+    fn a_stale_average_is_probed_again_and_restarts() {
+        use crate::stats::STALE_SAMPLE_MS;
+        let group = group(2);
+        let stats = LiveStats::new(2);
+        let success = |id: usize, ms: u64, now_ms: u64| {
+            let outcome = Outcome {
+                latency: Duration::from_millis(ms),
+                ..Outcome::default()
+            };
+            stats.record_success(DeploymentId(id), outcome, now_ms);
+        };
+        // One slow answer puts deployment 0 far out of the band.
+        success(0, 2_000, 1_000);
+        success(0, 60_000, 2_000);
+        success(1, 2_000, 2_000);
+        let choose = |now_ms: u64| {
+            let candidates = [0, 1];
+            let ctx = RouteContext {
+                group: &group,
+                candidates: &candidates,
+                stats: &stats,
+                now_ms,
+                estimated_tokens: 0,
+            };
+            LatencyBased::default()
+                .choose(&ctx, &mut fastrand::Rng::with_seed(7))
+                .unwrap()
+        };
+        assert_eq!(choose(3_000), 1);
+        // Deployment 1 keeps serving; 0 gets no sample and goes stale.
+        let later = 2_000 + STALE_SAMPLE_MS;
+        success(1, 2_000, later);
+        assert_eq!(choose(later), 0, "a stale average is probed again");
+        // Its next answer replaces the stale average: both in the band.
+        success(0, 2_000, later + 10);
+        assert_eq!(stats.get(DeploymentId(0)).unwrap().latency_ewma_us(), Some(2_000_000.0));
+        assert!(!stats.get(DeploymentId(0)).unwrap().latency_stale(later + 10));
     }
 
     #[test]

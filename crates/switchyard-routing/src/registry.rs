@@ -21,9 +21,10 @@ pub struct DeploymentInfo {
     pub provider: String,
     /// Relative share of traffic for weighted strategies (> 0).
     pub weight: f64,
-    /// Price per prompt token in USD.
+    /// Price per prompt token in USD; NaN when unknown (`cost-based` ranks
+    /// it the most expensive).
     pub input_cost_per_token: f64,
-    /// Price per completion token in USD.
+    /// Price per completion token in USD; NaN when unknown.
     pub output_cost_per_token: f64,
     /// Requests per minute the deployment allows, if known.
     pub rpm: Option<u64>,

@@ -75,6 +75,11 @@ pub struct Outcome {
     pub tokens: u64,
 }
 
+/// How long a latency average lasts without a new sample before it is
+/// stale: `latency-based` then tries the deployment again (one request at a
+/// time), and the average restarts from that request's latency.
+pub const STALE_SAMPLE_MS: u64 = 5 * 60_000;
+
 /// Live statistics of one deployment. Padded to its own cache lines so that
 /// deployments updated from different cores do not contend.
 #[derive(Debug)]
@@ -83,6 +88,9 @@ pub struct DeploymentStats {
     in_flight: AtomicU64,
     latency_us: AtomicU64,
     ttft_us: AtomicU64,
+    /// When the averages last took a sample (clock milliseconds, at least
+    /// 1; 0: never).
+    sampled_at_ms: AtomicU64,
     successes: AtomicU64,
     failures: [AtomicU64; ErrorClass::ALL.len()],
     /// Failures since the last success.
@@ -106,6 +114,7 @@ impl DeploymentStats {
             in_flight: AtomicU64::new(0),
             latency_us: AtomicU64::new(UNKNOWN),
             ttft_us: AtomicU64::new(UNKNOWN),
+            sampled_at_ms: AtomicU64::new(0),
             successes: AtomicU64::new(0),
             failures: [const { AtomicU64::new(0) }; ErrorClass::ALL.len()],
             failing_run: AtomicU64::new(0),
@@ -122,6 +131,14 @@ impl DeploymentStats {
     /// Average latency in microseconds; `None` before the first success.
     pub fn latency_ewma_us(&self) -> Option<f64> {
         read_ewma(&self.latency_us)
+    }
+
+    /// Whether the latency average has had no sample for
+    /// [`STALE_SAMPLE_MS`] at `now_ms`: it may no longer say how fast the
+    /// deployment is (it got no traffic because it looked slow).
+    pub fn latency_stale(&self, now_ms: u64) -> bool {
+        let at = self.sampled_at_ms.load(Relaxed);
+        at != 0 && now_ms.saturating_sub(at) >= STALE_SAMPLE_MS
     }
 
     /// Average time to first token in microseconds; `None` before the first stream.
@@ -232,9 +249,14 @@ impl LiveStats {
     /// request and `outcome.tokens` in the current minute.
     pub fn record_success(&self, id: DeploymentId, outcome: Outcome, now_ms: u64) {
         let Some(stats) = self.get(id) else { return };
-        update_ewma(&stats.latency_us, micros(outcome.latency), self.alpha);
+        // A stale average starts again from this sample: one inflated by a
+        // single slow answer long ago must not keep the deployment out.
+        let stale = stats.latency_stale(now_ms);
+        stats.sampled_at_ms.store(now_ms.max(1), Relaxed);
+        let alpha = if stale { 1.0 } else { self.alpha };
+        update_ewma(&stats.latency_us, micros(outcome.latency), alpha);
         if let Some(ttft) = outcome.ttft {
-            update_ewma(&stats.ttft_us, micros(ttft), self.alpha);
+            update_ewma(&stats.ttft_us, micros(ttft), alpha);
         }
         stats.successes.fetch_add(1, Relaxed);
         stats.failing_run.store(0, Relaxed);
@@ -270,6 +292,7 @@ impl LiveStats {
         let copy = |a: &AtomicU64, b: &AtomicU64| a.store(b.load(Relaxed), Relaxed);
         copy(&to.latency_us, &from.latency_us);
         copy(&to.ttft_us, &from.ttft_us);
+        copy(&to.sampled_at_ms, &from.sampled_at_ms);
         copy(&to.successes, &from.successes);
         for (a, b) in to.failures.iter().zip(&from.failures) {
             copy(a, b);
