@@ -915,7 +915,7 @@ async fn try_group<'s>(
                 // (credentials that do not load): the deployment's fault, and
                 // another deployment of the group, or a fallback, may serve.
                 let unknown_upstream = matches!(e, ProviderError::Status { status: 404, .. });
-                let misconfigured = unknown_upstream
+                let mut misconfigured = unknown_upstream
                     || matches!(
                         e,
                         ProviderError::Status {
@@ -929,11 +929,26 @@ async fn try_group<'s>(
                     .then_some(options.wildcard.as_deref())
                     .flatten()
                     .filter(|_| deployment.model.contains('*'));
-                // And a 403 there is the model's access ("Project … does
-                // not have access to model …"), not the shared key's.
-                let forbidden_model = matches!(e, ProviderError::Status { status: 403, .. })
-                    && options.wildcard.is_some()
+                // And a 403 that names the model is the model's access
+                // ("Project … does not have access to model …"), not the
+                // shared key's (a 403 for the whole key, e.g. a region the
+                // upstream refuses, still marks the key).
+                let forbidden_model = match &e {
+                    ProviderError::Status {
+                        status: 403,
+                        message,
+                        code,
+                        ..
+                    } => {
+                        message.to_ascii_lowercase().contains("model")
+                            || code.as_deref().is_some_and(|c| c.contains("model"))
+                    }
+                    _ => false,
+                } && options.wildcard.is_some()
                     && deployment.model.contains('*');
+                // Another deployment of the group (another project) may
+                // have the model: tried as for a 404.
+                misconfigured |= forbidden_model;
                 let class = if unknown_model.is_some() || forbidden_model {
                     switchyard_routing::ErrorClass::ClientError
                 } else {

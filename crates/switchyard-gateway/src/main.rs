@@ -275,7 +275,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// be written.
 const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    // The error and its causes on one line: a configuration mistake is not
+    // a crash, so no backtrace even where `RUST_BACKTRACE` is set.
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // TLS to Redis (`rediss://`) builds its rustls configuration from the
     // process's default provider, which must be chosen when more than one

@@ -681,9 +681,7 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
             Ok(record) => Some(record.key_id),
             // A deleted key's records stay, under its `key_id`: auditing a
             // revoked key is when they are wanted.
-            Err(PolicyError::NotFound { .. }) if !reference.starts_with(switchyard_policy::key::KEY_PREFIX) => {
-                Some(reference.clone())
-            }
+            Err(PolicyError::NotFound { .. }) if reference.starts_with("key-") => Some(reference.clone()),
             Err(e) => return fail(e),
         },
         None => None,

@@ -511,11 +511,11 @@ async fn reload_route(live: Arc<Live>, headers: &axum::http::HeaderMap) -> Respo
         Err(e) => {
             let message = format!("The configuration was not applied; the previous one keeps serving. {e}");
             match e {
-                // The new configuration itself is wrong: the caller's to fix.
-                ReloadError::Config(_) => ApiError::InvalidField { param: None, message },
-                // It could not be read now: worth trying again.
+                // The new configuration, or an artifact it names, is wrong:
+                // the caller's to fix.
+                ReloadError::Config(_) | ReloadError::Start(_) => ApiError::InvalidField { param: None, message },
+                // It could not be read (a file, S3): perhaps only now.
                 ReloadError::Fetch(_) | ReloadError::Unavailable(_) => ApiError::Unavailable(message),
-                ReloadError::Start(_) => ApiError::Internal(message),
             }
             .into_response()
         }

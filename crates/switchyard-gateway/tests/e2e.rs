@@ -564,6 +564,23 @@ fn check_config_accepts_good_files_and_names_the_bad_key() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("api_bsae"), "{stderr}");
+
+    // A configuration mistake is reported on one line, without a
+    // backtrace, even where `RUST_BACKTRACE` asks for them.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, bad).unwrap();
+    let output = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("Error: ") && stderr.contains("api_bsae"), "{stderr}");
+    assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -355,8 +355,8 @@ async fn a_model_the_upstream_lacks_is_a_404_that_leaves_the_deployment_alone() 
         );
     }
     // A model the key may not use (OpenAI: "Project … does not have access
-    // to model …", a 403) is the client's error too: passed through, and the
-    // shared key is not marked invalid for every other model.
+    // to model …", a 403) is the client's error too: a 403 naming the model,
+    // and the shared key is not marked invalid for every other model.
     for stream in [false, true] {
         let gated = chat(&gateway, MASTER, "openai/gated-model::status=403", stream).await;
         assert_eq!(gated.status, 403, "{}", gated.body);

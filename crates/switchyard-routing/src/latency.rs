@@ -56,15 +56,21 @@ impl RoutingStrategy for LatencyBased {
         // last success (or ever) is probed with probability 1/(k+1): one that
         // only fails (with client errors its breaker ignores) does not win
         // every decision, and is still tried now and then.
+        // A stale average is probed again only beside a fresh one: when
+        // every average is stale (little traffic), they still rank.
+        let fresh = ctx
+            .iter()
+            .any(|c| c.stats.latency_ewma_us().is_some() && !c.stats.latency_stale(ctx.now_ms));
         let scores: Vec<(usize, f64, f64)> = ctx
             .iter()
             .map(|c| {
                 let idle = c.stats.in_flight() == 0;
-                let unknown = c.stats.latency_ewma_us().is_none() && idle;
+                let stale = fresh && idle && c.stats.latency_stale(ctx.now_ms);
+                let unknown = (c.stats.latency_ewma_us().is_none() && idle) || stale;
                 let run = c.stats.failures_since_success();
                 let score = if unknown && run > 0 && rng.u64(0..=run) != 0 {
                     f64::INFINITY
-                } else if idle && c.stats.latency_stale(ctx.now_ms) {
+                } else if stale {
                     // No sample for a while (e.g. kept out of the band by
                     // one slow answer): probed again, as if new.
                     0.0
@@ -142,6 +148,9 @@ mod tests {
         let later = 2_000 + STALE_SAMPLE_MS;
         success(1, 2_000, later);
         assert_eq!(choose(later), 0, "a stale average is probed again");
+        // With no fresh average beside it (little traffic), a stale one
+        // still ranks by its value.
+        assert_eq!(choose(later + 2 * STALE_SAMPLE_MS), 1);
         // Its next answer replaces the stale average: both in the band.
         success(0, 2_000, later + 10);
         assert_eq!(stats.get(DeploymentId(0)).unwrap().latency_ewma_us(), Some(2_000_000.0));

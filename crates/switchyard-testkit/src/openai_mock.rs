@@ -86,7 +86,12 @@ pub(crate) fn injected_error(code: u16, retry_after: Option<u64>) -> Response {
     } else {
         "invalid_request_error"
     };
-    let message = format!("mock upstream error {code}");
+    // A 403 as OpenAI words one for a model the project may not use.
+    let message = if code == 403 {
+        "Project `proj_mock` does not have access to this model.".to_owned()
+    } else {
+        format!("mock upstream error {code}")
+    };
     let mut response = error_response(status, &message, kind, None, None);
     if let Some(seconds) = retry_after {
         response
