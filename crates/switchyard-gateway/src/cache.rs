@@ -317,7 +317,11 @@ impl GatewayCache {
                 similarity: None,
             });
         }
-        let text = call.query_text().filter(|t| !t.trim().is_empty());
+        // A batch of prompts is answered one choice per prompt, in order: a
+        // similar batch (reordered, one prompt changed) would get answers
+        // to other prompts. Batches are looked up exactly only.
+        let batch = matches!(call, Call::Completion(req) if req.prompt.texts().len() > 1);
+        let text = call.query_text().filter(|t| !batch && !t.trim().is_empty());
         if let (Some(index), Some(embedder), Some(text)) = (semantic_index, embedder, text) {
             // Similar prompts must agree on everything but their text: roles,
             // images, tool calls, how the prompt is split.

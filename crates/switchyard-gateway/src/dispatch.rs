@@ -783,10 +783,16 @@ async fn try_group<'s>(
         let attempt_span = tracing::debug_span!(
             target: "switchyard",
             "upstream",
+            // Behind a wildcard the upstream model is the client's choice:
+            // the span is named after the group (its attributes say more).
             otel.name = format!(
                 "{} {}",
                 call.operation(),
-                crate::observe::clip_start(&upstream, crate::observe::MAX_LOGGED_MODEL)
+                if options.wildcard.is_some() {
+                    name
+                } else {
+                    crate::observe::clip_start(&upstream, crate::observe::MAX_LOGGED_MODEL)
+                }
             ),
             otel.kind = "client",
             otel.status_code = Empty,

@@ -72,6 +72,18 @@ pub(crate) fn span_model<'a>(state: &SharedState, requested: &'a str, model: &'a
     }
 }
 
+/// A requested model as span *names* hold it: as [`span_model`], except
+/// that behind a wildcard group it is the group's name (`openai/*`), so
+/// that clients cannot make up span names (tools turn them into metric
+/// labels); the model asked for stays in the span's attributes.
+pub(crate) fn span_name_model<'a>(state: &SharedState, requested: &'a str, model: &'a str) -> &'a str {
+    if state.wildcard_part(requested).is_some() {
+        model
+    } else {
+        span_model(state, requested, model)
+    }
+}
+
 /// The request path as spans and logs record it: the segment after `key/`
 /// (a virtual key in `/key/{key}/regenerate`, or anything a client puts
 /// there) is left out unless it names one of the key routes.

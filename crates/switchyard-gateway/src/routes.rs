@@ -320,7 +320,7 @@ async fn openai(
     let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
-        otel.name = format!("{operation} {span_model}"),
+        otel.name = format!("{operation} {}", crate::observe::span_name_model(&state, requested, model)),
         "gen_ai.operation.name" = operation,
         "gen_ai.request.model" = span_model,
         "gen_ai.response.model" = Empty,

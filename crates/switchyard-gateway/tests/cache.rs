@@ -588,6 +588,36 @@ model_list:
     assert_eq!(again.header("x-switchyard-cache"), "hit");
     assert!(again.header("x-switchyard-cache-similarity").is_empty());
     assert_eq!(upstream_calls(&mock), 13);
+
+    // A batch of prompts is answered one choice per prompt, in order: the
+    // batch reordered is no semantic hit (its answers would go to the other
+    // prompts); the same batch again is an exact hit.
+    let batch = |prompts: [&'static str; 2]| {
+        let url = format!("{}/v1/completions", gw.base_url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"model": "gpt", "prompt": prompts}))
+                .send()
+                .await
+                .unwrap();
+            let cache = response.headers()["x-switchyard-cache"].to_str().unwrap().to_owned();
+            (response.status().as_u16(), cache)
+        }
+    };
+    let (france, spain) = (
+        "What is the capital city of France?",
+        "What is the capital city of Spain?",
+    );
+    assert_eq!(batch([france, spain]).await, (200, "miss".to_owned()));
+    assert_eq!(batch([spain, france]).await, (200, "miss".to_owned()));
+    assert_eq!(batch([spain, france]).await, (200, "hit".to_owned()));
+    let completions = mock
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/completions"))
+        .count();
+    assert_eq!(completions - upstream_calls(&mock), 2);
 }
 
 /// A streamed answer the upstream sent without usage is kept at what the

@@ -95,9 +95,13 @@ telemetry:
     endpoint: "{endpoint}"
     service_name: switchyard-under-test
     batch_delay_ms: 100
-{models}"#,
+{models}  - model_name: "wild/*"
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: "{UPSTREAM_KEY}", model: "*"}}
+"#,
         endpoint = receiver.endpoint(),
-        models = models(&mock)
+        models = models(&mock),
+        base = mock.base_url()
     );
     let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -117,6 +121,10 @@ telemetry:
     // A made-up model and a key in an admin path stay out of the spans.
     let c = post(&gw, "/v1/chat/completions", "", chat("made-up-model-xyz", "hi"), &[]).await;
     assert_eq!(c.status, 404, "{}", c.text);
+    // A model a wildcard group serves is the client's choice: spans are
+    // named after the group, the model asked for is an attribute.
+    let w = post(&gw, "/v1/chat/completions", "", chat("wild/client-chosen-7", "hi"), &[]).await;
+    assert_eq!(w.status, 200, "{}", w.text);
     let d = post(&gw, "/key/sk-path-secret-0042/regenerate", "", json!({}), &[]).await;
     assert!(d.status >= 400, "{}", d.text);
     for path in [
@@ -137,6 +145,7 @@ telemetry:
                 >= 3
                 && spans.iter().filter(|s| s.name == "POST chat").count() >= 3
                 && spans.iter().any(|s| s.name == "chat unknown")
+                && spans.iter().filter(|s| s.name == "chat wild/*").count() >= 2
                 && spans
                     .iter()
                     .any(|s| s.attr("url.path") == Some("/key/{key}/regenerate"))
@@ -149,6 +158,11 @@ telemetry:
             "{s:?}"
         );
     }
+    assert!(!spans.iter().any(|s| s.name.contains("client-chosen-7")), "{spans:#?}");
+    let wild = one(&spans, "wildcard gen_ai span", |s| {
+        s.name == "chat wild/*" && s.kind == 1
+    });
+    assert_eq!(wild.attr("gen_ai.request.model"), Some("wild/client-chosen-7"));
     let ours: Vec<ReceivedSpan> = spans.iter().filter(|s| s.trace_id == trace_id).cloned().collect();
     let server = one(&ours, "server span", |s| s.name == "POST chat");
     assert_eq!(

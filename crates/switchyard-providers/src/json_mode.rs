@@ -101,6 +101,22 @@ pub(crate) fn json_finish(finish: String, json: bool) -> String {
     }
 }
 
+/// A tool's `parameters` as a tool schema for Anthropic and Bedrock, which
+/// want a `type` at its root: none (or null) is an object without properties, and
+/// an object schema without `type` (`{}`, common from MCP tools) gets
+/// `"type": "object"`.
+pub(crate) fn tool_input_schema(parameters: Option<&Value>) -> Value {
+    match parameters {
+        None | Some(Value::Null) => json!({"type": "object"}),
+        Some(Value::Object(schema)) if !schema.contains_key("type") => {
+            let mut schema = schema.clone();
+            schema.insert("type".into(), json!("object"));
+            Value::Object(schema)
+        }
+        Some(other) => other.clone(),
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {

@@ -102,6 +102,10 @@ impl Metrics {
                 "Tokens, by model group, deployment and direction (input, output)."
             );
             describe_counter!(
+                "switchyard_config_reloads",
+                "Configuration reloads, by result (applied, rejected)."
+            );
+            describe_counter!(
                 "switchyard_cache_skipped",
                 "Cache lookups and stores not sent to a Redis cache that kept failing."
             );
@@ -390,6 +394,8 @@ mod tests {
         );
         assert!(text.contains("switchyard_in_flight_requests 0"), "{text}");
         assert!(text.contains("# HELP switchyard_requests_total"), "{text}");
+        m.config_reload(true);
+        assert!(m.render().contains("# HELP switchyard_config_reloads_total"));
     }
 
     /// The cache's counts keep rising across a reload that makes a new

@@ -168,7 +168,7 @@ pub(crate) async fn messages(
     let span = tracing::debug_span!(
         target: "switchyard",
         "gen_ai",
-        otel.name = format!("chat {span_model}"),
+        otel.name = format!("chat {}", crate::observe::span_name_model(&state, &req.model, &model)),
         "gen_ai.operation.name" = "chat",
         "gen_ai.request.model" = span_model,
         "gen_ai.response.model" = Empty,

@@ -672,3 +672,64 @@ async fn a_streamed_call_of_a_tool_without_parameters_has_empty_object_arguments
     }
     assert_eq!(arguments, "{}");
 }
+
+/// What Anthropic would refuse, or lose, is made to fit: a tool schema
+/// without a root `type`, a prefill ending in white space, a cache mark on
+/// a tool message, PDFs as files, and tool definitions a conversation
+/// holding tool calls needs beside a forced JSON tool.
+#[test]
+fn schemas_prefills_tool_cache_marks_pdfs_and_tool_definitions_fit_anthropic() {
+    let pdf = "data:application/pdf;base64,JVBERi0=";
+    let req = chat(json!({
+        "model": "m",
+        "tools": [
+            {"type": "function", "function": {"name": "now", "parameters": {}}},
+            {"type": "function", "function": {"name": "later", "parameters": null}},
+            {"type": "function", "function": {"name": "typed", "parameters": {"type": "object", "properties": {}}}}
+        ],
+        "tool_choice": "none",
+        "response_format": {"type": "json_object"},
+        "messages": [
+            {"role": "user", "content": [
+                {"type": "file", "file": {"filename": "a.pdf", "file_data": pdf}},
+                {"type": "image_url", "image_url": {"url": pdf}, "cache_control": {"type": "ephemeral"}},
+                {"type": "text", "text": "summarise"}
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "now", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "noon", "cache_control": {"type": "ephemeral"}},
+            {"role": "assistant", "content": "Here it is:\n "}
+        ]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 100).unwrap()).unwrap();
+    let tools = out["tools"].as_array().unwrap();
+    let names: Vec<&str> = tools.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["now", "later", "typed", "json_tool_call"], "{out}");
+    for tool in &tools[..3] {
+        assert_eq!(tool["input_schema"]["type"], "object", "{tool}");
+    }
+    assert_eq!(out["tool_choice"]["name"], "json_tool_call");
+    let user = out["messages"][0]["content"].as_array().unwrap();
+    for document in &user[..2] {
+        assert_eq!(document["type"], "document", "{document}");
+        assert_eq!(document["source"]["media_type"], "application/pdf");
+        assert_eq!(document["source"]["data"], "JVBERi0=");
+    }
+    assert_eq!(user[1]["cache_control"]["type"], "ephemeral");
+    let result = &out["messages"][2]["content"][0];
+    assert_eq!(result["type"], "tool_result", "{out}");
+    assert_eq!(result["cache_control"]["type"], "ephemeral", "{result}");
+    let prefill = &out["messages"][3];
+    assert_eq!(prefill["role"], "assistant");
+    assert_eq!(prefill["content"][0]["text"], "Here it is:", "{prefill}");
+
+    // A file by id cannot be sent: a 400 naming the part.
+    let by_id = chat(json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"file_id": "file-abc"}}]}]}));
+    match to_messages_request(&by_id, 100) {
+        Err(ProviderError::InvalidRequest { param, .. }) => {
+            assert_eq!(param.as_deref(), Some("messages[0].content[0]"));
+        }
+        other => panic!("{other:?}"),
+    }
+}

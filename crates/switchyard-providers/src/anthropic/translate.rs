@@ -10,7 +10,7 @@ use switchyard_api::{
 };
 
 use crate::chunks::{chat_response, tool_call, tool_use_id};
-use crate::json_mode::{JSON_TOOL, json_finish, json_tool, offers_tools};
+use crate::json_mode::{JSON_TOOL, json_finish, json_tool, offers_tools, tool_input_schema};
 use crate::reasoning;
 use crate::{ProviderError, Result};
 
@@ -88,6 +88,30 @@ fn image_source(url: &str, param: &str) -> Result<Value> {
     Ok(json!({"type": "url", "url": url}))
 }
 
+/// A PDF (or plain text) as a base64 data URL, as an Anthropic `document`
+/// block.
+fn document_block(url: &str, param: &str) -> Result<ContentBlock> {
+    let parsed = url
+        .strip_prefix("data:")
+        .and_then(|rest| rest.split_once(','))
+        .and_then(|(meta, data)| Some((meta.strip_suffix(";base64")?, data)));
+    match parsed {
+        Some((media_type, data))
+            if media_type.eq_ignore_ascii_case("application/pdf") || media_type.eq_ignore_ascii_case("text/plain") =>
+        {
+            Ok(ContentBlock {
+                kind: "document".into(),
+                source: Some(json!({"type": "base64", "media_type": media_type.to_ascii_lowercase(), "data": data})),
+                ..ContentBlock::default()
+            })
+        }
+        _ => Err(invalid(
+            "a file must be a base64 data URL of a PDF or plain text (`data:application/pdf;base64,…`); file ids are not supported by this provider",
+            param,
+        )),
+    }
+}
+
 /// An OpenAI content part as an Anthropic block.
 fn part_to_block(part: &ContentPart, param: &str) -> Result<ContentBlock> {
     match part.kind.as_str() {
@@ -105,17 +129,49 @@ fn part_to_block(part: &ContentPart, param: &str) -> Result<ContentBlock> {
                 .and_then(|i| i.get("url").or(Some(i)))
                 .and_then(Value::as_str)
                 .ok_or_else(|| invalid("an image_url part needs `image_url.url`", param))?;
-            Ok(ContentBlock {
-                kind: "image".into(),
-                source: Some(image_source(url, param)?),
-                ..ContentBlock::default()
-            })
+            // A PDF sent as an image URL is a document to Claude.
+            let block = if url
+                .get(..20)
+                .is_some_and(|p| p.eq_ignore_ascii_case("data:application/pdf"))
+            {
+                document_block(url, param)?
+            } else {
+                ContentBlock {
+                    kind: "image".into(),
+                    source: Some(image_source(url, param)?),
+                    ..ContentBlock::default()
+                }
+            };
+            Ok(with_cache_mark(block, part))
+        }
+        // OpenAI's file part: `file_data` holds the file as a data URL.
+        "file" => {
+            let data = part
+                .extra
+                .get("file")
+                .and_then(|f| f.get("file_data"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    invalid(
+                        "a file part needs `file.file_data` (a base64 data URL); file ids are not supported by this provider",
+                        param,
+                    )
+                })?;
+            Ok(with_cache_mark(document_block(data, param)?, part))
         }
         other => Err(invalid(
             format!("content parts of type `{other}` are not supported by this provider"),
             param,
         )),
     }
+}
+
+/// `block` with the part's `cache_control`, if it has one.
+fn with_cache_mark(mut block: ContentBlock, part: &ContentPart) -> ContentBlock {
+    if let Some(cache) = part.extra.get("cache_control") {
+        block.extra.insert("cache_control".into(), cache.clone());
+    }
+    block
 }
 
 /// A message's content as blocks; blank text is left out (Anthropic
@@ -154,6 +210,33 @@ fn push(messages: &mut Vec<Message>, role: MessageRole, blocks: Vec<ContentBlock
         role,
         content: Content::Blocks(blocks),
     });
+}
+
+/// Anthropic refuses a final assistant message (a prefill) whose text
+/// ends in whitespace: the trailing whitespace is left out.
+fn trim_final_assistant(messages: &mut Vec<Message>) {
+    let Some(last) = messages.last_mut().filter(|m| m.role == MessageRole::Assistant) else {
+        return;
+    };
+    let Content::Blocks(blocks) = &mut last.content else {
+        return;
+    };
+    if let Some(block) = blocks.last_mut().filter(|b| b.kind == "text")
+        && let Some(text) = block.text.as_mut()
+    {
+        let kept = text.trim_end().len();
+        text.truncate(kept);
+    }
+    // Blank text never gets here (it is left out), but stay safe.
+    if blocks
+        .last()
+        .is_some_and(|b| b.kind == "text" && b.text.as_deref().is_none_or(str::is_empty))
+    {
+        blocks.pop();
+    }
+    if blocks.is_empty() {
+        messages.pop();
+    }
 }
 
 fn tool_use_blocks(calls: &[ToolCall], param: &str) -> Result<Vec<ContentBlock>> {
@@ -206,12 +289,7 @@ fn convert_tools(tools: &Value) -> Result<Vec<Tool>> {
             Ok(Tool {
                 name: name.to_owned(),
                 description: function.get("description").and_then(Value::as_str).map(str::to_owned),
-                input_schema: Some(
-                    function
-                        .get("parameters")
-                        .cloned()
-                        .unwrap_or_else(|| json!({"type": "object"})),
-                ),
+                input_schema: Some(tool_input_schema(function.get("parameters"))),
                 extra: Extra::new(),
             })
         })
@@ -312,16 +390,22 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                     }
                     _ => Content::Text(message.content_text()),
                 };
-                let block = ContentBlock {
+                let mut block = ContentBlock {
                     kind: "tool_result".into(),
                     tool_use_id: Some(tool_use_id(id)),
                     content: Some(content),
                     ..ContentBlock::default()
                 };
+                // A cache mark on the message itself (an agent marking its
+                // last tool result as the cache breakpoint) goes on the result.
+                if let Some(cache) = message.extra.get("cache_control").filter(|c| !c.is_null()) {
+                    block.extra.insert("cache_control".into(), cache.clone());
+                }
                 push(&mut messages, MessageRole::User, vec![block]);
             }
         }
     }
+    trim_final_assistant(&mut messages);
     if messages.is_empty() {
         return Err(invalid(
             "at least one user or assistant message is required",
@@ -380,8 +464,11 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 // Claude cannot think while a tool is forced: a request that
                 // asks for both gets the JSON tool offered instead.
                 _ if thinking.as_ref().is_some_and(|t| t.explicit) => (Some(vec![tool]), Some(json!({"type": "auto"}))),
+                // The client's tools stay defined beside the forced JSON
+                // tool (a conversation holding `tool_use` blocks needs
+                // them); forced, the JSON tool is the only one called.
                 _ => (
-                    Some(vec![tool]),
+                    Some(tools.unwrap_or_default().into_iter().chain([tool]).collect()),
                     Some(json!({"type": "tool", "name": JSON_TOOL, "disable_parallel_tool_use": true})),
                 ),
             }

@@ -352,10 +352,7 @@ fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolC
             .get("name")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid("a tool needs a name", &param))?;
-        let schema = function
-            .get("parameters")
-            .cloned()
-            .unwrap_or_else(|| serde_json::json!({"type": "object"}));
+        let schema = crate::json_mode::tool_input_schema(function.get("parameters"));
         let spec = ToolSpecification::builder()
             .name(name)
             // Converse refuses an empty description.
