@@ -47,12 +47,12 @@ pub struct TrainArgs {
     /// Share of the data held out for validation (MLP early stopping, metrics).
     #[arg(long, default_value_t = 0.1)]
     pub val_fraction: f64,
-    /// KNN: neighbours per query.
-    #[arg(long, default_value_t = 20)]
-    pub k: usize,
-    /// MLP: hidden width.
-    #[arg(long, default_value_t = 256)]
-    pub hidden: usize,
+    /// KNN: neighbours per query (1 to 1000, as a router may hold).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub k: u16,
+    /// MLP: hidden width (1 to 65536, as a router may hold).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub hidden: u32,
     /// MLP: most epochs.
     #[arg(long, default_value_t = 200)]
     pub max_epochs: usize,
@@ -144,13 +144,23 @@ fn embed_all(root: &Path, embedder: &Embedder, data: &Dataset) -> Result<Vec<Vec
         bar.set_position(out.len() as u64);
     }
     bar.finish();
-    if let Some(parent) = cache.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+    // The cache only saves time: failing to keep it is a warning.
     let width = out.first().map_or(0, Vec::len);
     let flat: Vec<f32> = out.iter().flatten().copied().collect();
-    let tensor = Tensor::from_vec(flat, (out.len(), width), &Device::Cpu)?;
-    candle_core::safetensors::save(&HashMap::from([("embeddings".to_owned(), tensor)]), &cache)?;
+    let kept = cache
+        .parent()
+        .map_or(Ok(()), std::fs::create_dir_all)
+        .map_err(anyhow::Error::from)
+        .and_then(|()| Ok(Tensor::from_vec(flat, (out.len(), width), &Device::Cpu)?))
+        .and_then(|tensor| {
+            Ok(candle_core::safetensors::save(
+                &HashMap::from([("embeddings".to_owned(), tensor)]),
+                &cache,
+            )?)
+        });
+    if let Err(e) = kept {
+        eprintln!("warning: the embeddings are not cached in {}: {e:#}", cache.display());
+    }
     Ok(out)
 }
 
@@ -240,11 +250,8 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     if !(0.0..0.9).contains(&args.val_fraction) {
         bail!("--val-fraction must be in [0, 0.9)");
     }
-    if args.k == 0 {
-        bail!("--k must be at least 1");
-    }
-    if args.hidden == 0 || args.max_epochs == 0 {
-        bail!("--hidden and --max-epochs must be at least 1");
+    if args.max_epochs == 0 {
+        bail!("--max-epochs must be at least 1");
     }
     if matches!(args.router, Kind::Mlp)
         && let Some(score) = data.scores.iter().flatten().find(|s| !(0.0..=1.0).contains(*s))
@@ -274,7 +281,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
     let (predictor, knn, mlp) = match args.router {
         Kind::Knn => {
             let params = KnnParams {
-                k: args.k,
+                k: usize::from(args.k),
                 ..KnnParams::default()
             };
             let index = KnnIndex::build(pick(&x, &train_idx), pick(&scores, &train_idx), params);
@@ -285,7 +292,7 @@ pub fn train(args: &TrainArgs) -> Result<()> {
         }
         Kind::Mlp => {
             let params = MlpParams {
-                hidden: args.hidden,
+                hidden: args.hidden as usize,
                 max_epochs: args.max_epochs,
                 seed: args.seed,
                 ..MlpParams::default()
@@ -413,7 +420,8 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     );
     print_report(&report);
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+        std::fs::write(path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
         println!("report written to {}", path.display());
     }
     if let Some(path) = &args.plot {

@@ -218,16 +218,25 @@ fn bad_arguments_fail_with_a_clear_message() {
     let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok);
     assert!(log.contains("--val-fraction"), "{log}");
+    // Sizes a router may not hold are refused before any work, naming the flag.
+    for (flag, value, range) in [
+        ("--k", "0", "1..=1000"),
+        ("--k", "5000", "1..=1000"),
+        ("--hidden", "0", "1..=65536"),
+        ("--hidden", "70000", "1..=65536"),
+    ] {
+        let mut args = base(&train);
+        args.extend([flag.into(), value.into()]);
+        let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(!ok);
+        assert!(log.contains(flag) && log.contains(range), "{log}");
+        assert!(!log.contains("embedding"), "refused before embedding: {log}");
+    }
     let mut args = base(&train);
-    args.extend(["--k".into(), "0".into()]);
+    args.extend(["--max-epochs".into(), "0".into()]);
     let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(!ok);
-    assert!(log.contains("--k must be at least 1"), "{log}");
-    let mut args = base(&train);
-    args.extend(["--hidden".into(), "0".into()]);
-    let (ok, log) = xtask(&args.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(!ok);
-    assert!(log.contains("--hidden and --max-epochs must be at least 1"), "{log}");
+    assert!(log.contains("--max-epochs must be at least 1"), "{log}");
     // The MLP learns scores in [0, 1]; a 1–10 rating must be rescaled.
     let rated = dir.path().join("rated.jsonl");
     let text = std::fs::read_to_string(&train)

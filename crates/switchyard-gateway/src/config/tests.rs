@@ -252,6 +252,23 @@ fn shipped_examples_are_valid() {
         config
             .validate(&env)
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        // Its opening comment names every variable it reads, and every
+        // deployment has a price: it starts, and without warnings.
+        let text = std::fs::read_to_string(&path).unwrap();
+        let header: Vec<&str> = text.lines().take_while(|l| l.starts_with('#')).collect();
+        let read = text.lines().filter(|l| !l.trim_start().starts_with('#'));
+        for rest in read.flat_map(|l| l.split("os.environ/").skip(1)) {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            assert!(
+                header.iter().any(|l| l.contains(&name)),
+                "{}: its opening comment does not say to set {name}",
+                path.display()
+            );
+        }
+        assert_eq!(unpriced_notices(&config), Vec::<String>::new(), "{}", path.display());
         checked += 1;
     }
     assert!(checked >= 5, "expected the default and four examples, found {checked}");
