@@ -188,7 +188,13 @@ fn print_report(r: &Report) {
         "AIQ: router {:.4}, zero router {:.4}, oracle {:.4}",
         r.aiq, r.zero_router_aiq, r.oracle_aiq
     );
-    let pct = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |c| format!("{:.1}%", c * 100.0));
+    // Shares of the best single model's cost mean nothing when it costs $0.
+    let free = r.best_single.1.cost <= 0.0;
+    let pct = |v: Option<f64>| match v {
+        Some(c) => format!("{:.1}%", c * 100.0),
+        None if free => "n/a (it costs $0)".to_owned(),
+        None => "never".to_owned(),
+    };
     println!(
         "cost to reach {} quality: 95% → {} of its cost, 100% → {}",
         r.best_single.0,

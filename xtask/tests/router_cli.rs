@@ -156,6 +156,30 @@ fn train_and_eval_knn_and_mlp_routers() {
         ]);
         assert!(ok && log.contains("the data this router was trained on"), "{log}");
         assert!(log.contains("AIQ: router"), "{log}");
+        // Data without costs: shares of a $0 model's cost are not applicable.
+        if kind == "knn" {
+            let free = dir.path().join("free.jsonl");
+            let lines: Vec<String> = std::fs::read_to_string(&test)
+                .unwrap()
+                .lines()
+                .map(|l| {
+                    let mut v: Value = serde_json::from_str(l).unwrap();
+                    v["costs"] = Value::Null;
+                    v.to_string()
+                })
+                .collect();
+            std::fs::write(&free, lines.join("\n") + "\n").unwrap();
+            let (ok, log) = xtask(&[
+                "eval",
+                "--router",
+                out.to_str().unwrap(),
+                "--data",
+                free.to_str().unwrap(),
+                "--model-dir",
+                model,
+            ]);
+            assert!(ok && log.contains("95% → n/a (it costs $0)"), "{log}");
+        }
         let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
         let aiq = report["aiq"].as_f64().unwrap();
         let zero = report["zero_router_aiq"].as_f64().unwrap();

@@ -519,18 +519,23 @@ fn without_null_usage(data: &Bytes) -> Bytes {
         }
         i
     };
-    let Some(start) = data.windows(KEY.len()).position(|w| w == KEY) else {
+    // The first `"usage"` that is a member set to null: the text `usage`
+    // as a string value (a delta's content) is followed by no colon.
+    let member = data
+        .windows(KEY.len())
+        .enumerate()
+        .filter(|(_, w)| *w == KEY)
+        .find_map(|(start, _)| {
+            let colon = skip_ws(start + KEY.len());
+            if data.get(colon) != Some(&b':') {
+                return None;
+            }
+            let value = skip_ws(colon + 1);
+            data[value..].starts_with(b"null").then_some((start, value + 4))
+        });
+    let Some((start, end)) = member else {
         return data.clone();
     };
-    let colon = skip_ws(start + KEY.len());
-    if data.get(colon) != Some(&b':') {
-        return data.clone();
-    }
-    let value = skip_ws(colon + 1);
-    if !data[value..].starts_with(b"null") {
-        return data.clone();
-    }
-    let end = value + 4;
     // Take the comma before the member, or else the one after it.
     let before = data[..start].iter().rposition(|b| !b.is_ascii_whitespace());
     let (from, to) = match before {
@@ -601,6 +606,11 @@ mod tests {
         );
         assert_eq!(cut(r#"{"usage" : null , "id": "c"}"#), r#"{"id": "c"}"#);
         assert_eq!(cut(r#"{"usage":null}"#), "{}");
+        // The word as a delta's text comes first; the member is still cut.
+        assert_eq!(
+            cut(r#"{"choices":[{"delta":{"content":"usage"}}],"usage":null}"#),
+            r#"{"choices":[{"delta":{"content":"usage"}}]}"#
+        );
         for kept in [
             r#"{"id":"c","usage":{"total_tokens":3}}"#,
             r#"{"choices":[{"delta":{"content":"say \"usage\":null"}}]}"#,
