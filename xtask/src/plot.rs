@@ -34,9 +34,9 @@ fn load_font() -> Result<()> {
 }
 
 /// Draws the router's λ sweep, every single model, the random and oracle
-/// points on a log-cost axis, and writes a PNG to `path`.
-pub fn plot(report: &Report, title: &str, path: &Path) -> Result<()> {
-    load_font()?;
+/// points on a log-cost axis, and writes a PNG to `path`. `Ok(false)`, with
+/// nothing written, when no point has a cost (data without costs).
+pub fn plot(report: &Report, title: &str, path: &Path) -> Result<bool> {
     let positive = |c: f64| c.is_finite() && c > 0.0;
     let costs: Vec<f64> = report
         .sweep
@@ -57,8 +57,9 @@ pub fn plot(report: &Report, title: &str, path: &Path) -> Result<()> {
         costs.iter().copied().reduce(f64::min),
         costs.iter().copied().reduce(f64::max),
     ) else {
-        bail!("nothing to plot: no positive costs");
+        return Ok(false);
     };
+    load_font()?;
     // The data's own range: scores need not lie in [0, 1] (ratings 1–10).
     let q_lo = qualities.iter().copied().fold(f64::INFINITY, f64::min);
     let q_hi = qualities.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -137,5 +138,6 @@ pub fn plot(report: &Report, title: &str, path: &Path) -> Result<()> {
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))?;
+    Ok(true)
 }

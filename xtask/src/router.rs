@@ -439,8 +439,14 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
             .data
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        crate::plot::plot(&report, &format!("router {name} on {data_name}"), path)?;
-        println!("plot written to {}", path.display());
+        if crate::plot::plot(&report, &format!("router {name} on {data_name}"), path)? {
+            println!("plot written to {}", path.display());
+        } else {
+            eprintln!(
+                "warning: no plot written to {}: no model has a cost in this data, so there is no cost axis",
+                path.display()
+            );
+        }
     }
     Ok(())
 }

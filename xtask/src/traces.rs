@@ -221,8 +221,13 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
         *summary.per_model.entry(model.clone()).or_default() += 1;
         let entry = by_prompt.entry(prompt).or_default().entry(model).or_default();
         entry.0.push(score);
-        // A cost the log does not give is not known (not free).
-        if let Some(cost) = r["cost_usd"].as_f64() {
+        // What answering costs is read from answers: a failure is logged
+        // with what it was charged (often nothing), which would make a model
+        // that fails look cheap. A cost the log does not give is not known
+        // (not free).
+        if status == 200
+            && let Some(cost) = r["cost_usd"].as_f64()
+        {
             entry.1.push(cost);
         }
     }
@@ -411,10 +416,17 @@ mod tests {
         lenient.failure_score = Some(0.0);
         let (samples, _) = join(&lines, &lenient);
         assert_eq!(samples.len(), 4);
-        assert_eq!(
-            samples.iter().find(|s| s.query == "failed").unwrap().scores["small"],
-            0.0
-        );
+        let failed = samples.iter().find(|s| s.query == "failed").unwrap();
+        assert_eq!(failed.scores["small"], 0.0);
+        // A failure's charge is not what answering costs.
+        assert!(failed.costs.as_ref().unwrap().is_empty(), "{failed:?}");
+        let flaky = vec![
+            request("l", Some("flaky"), "small", 200, 0.002),
+            request("m", Some("flaky"), "small", 502, 0.0),
+        ];
+        let (samples, _) = join(&flaky, &lenient);
+        let costs = samples[0].costs.as_ref().unwrap();
+        assert_eq!(costs["small"], 0.002, "{costs:?}");
         let mut other = args();
         other.model = Some("another-router".into());
         assert!(join(&lines, &other).0.is_empty());

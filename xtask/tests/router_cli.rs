@@ -169,6 +169,7 @@ fn train_and_eval_knn_and_mlp_routers() {
                 })
                 .collect();
             std::fs::write(&free, lines.join("\n") + "\n").unwrap();
+            let free_plot = dir.path().join("free.png");
             let (ok, log) = xtask(&[
                 "eval",
                 "--router",
@@ -177,8 +178,13 @@ fn train_and_eval_knn_and_mlp_routers() {
                 free.to_str().unwrap(),
                 "--model-dir",
                 model,
+                "--plot",
+                free_plot.to_str().unwrap(),
             ]);
             assert!(ok && log.contains("95% → n/a (it costs $0)"), "{log}");
+            // No cost axis, no plot: said, and the evaluation still succeeds.
+            assert!(log.contains("no plot written"), "{log}");
+            assert!(!free_plot.exists());
         }
         let report: Value = serde_json::from_slice(&std::fs::read(&report_path).unwrap()).unwrap();
         let aiq = report["aiq"].as_f64().unwrap();

@@ -99,6 +99,15 @@ fn string_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<S
     Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
+/// A value, with `null` read as its default.
+fn null_as_default<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(deserializer)?.unwrap_or_default())
+}
+
 /// Unix seconds: an integer, or a number with a fraction (its whole
 /// seconds); `null` as 0.
 fn seconds<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u64, D::Error> {
@@ -277,11 +286,12 @@ pub struct ChunkDelta {
 /// One choice of a stream chunk.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkChoice {
-    /// Position of the choice (0 when a server leaves it out).
-    #[serde(default)]
+    /// Position of the choice (0 when a server leaves it out or sends `null`).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub index: u32,
-    /// What this chunk adds (missing from Azure's content-filter-only chunks).
-    #[serde(default)]
+    /// What this chunk adds (missing from Azure's content-filter-only
+    /// chunks; `null` from some servers).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub delta: ChunkDelta,
     /// Set on the choice's last chunk.
     #[serde(default)]
@@ -295,11 +305,12 @@ pub struct ChunkChoice {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatCompletionChunk {
     /// Response id, the same in every chunk (empty in Azure's first,
-    /// prompt-filter chunk, as are `object`, `created` and `model`).
-    #[serde(default)]
+    /// prompt-filter chunk, as are `object`, `created` and `model`; `null`
+    /// from some servers).
+    #[serde(default, deserialize_with = "string_or_null")]
     pub id: String,
     /// Always `chat.completion.chunk`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_null")]
     pub object: String,
     /// Unix time of creation.
     #[serde(default, deserialize_with = "seconds")]
@@ -307,7 +318,9 @@ pub struct ChatCompletionChunk {
     /// Model that answered.
     #[serde(default, deserialize_with = "string_or_null")]
     pub model: String,
-    /// The choices (empty in the final usage chunk).
+    /// The choices (empty in the final usage chunk, where some servers
+    /// leave them out or send `null`).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub choices: Vec<ChunkChoice>,
     /// Usage, in the final chunk when `include_usage` was requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -246,6 +246,24 @@ fn loosely_shaped_answers_are_read() {
     }))
     .unwrap();
     assert_eq!((chunk.created, chunk.choices[0].index), (0, 0));
+    // Nulls where a server has nothing to say: an id, a delta, the choices
+    // of a usage chunk (or none at all).
+    let chunk: ChatCompletionChunk = serde_json::from_value(json!({
+        "id": null, "object": null,
+        "choices": [{"index": null, "delta": null, "finish_reason": "stop"}]
+    }))
+    .unwrap();
+    assert_eq!(
+        (chunk.id.as_str(), chunk.choices[0].delta.content.as_deref()),
+        ("", None)
+    );
+    for usage_chunk in [
+        json!({"id": "c", "choices": null, "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
+        json!({"id": "c", "usage": {"prompt_tokens": 1, "completion_tokens": 2}}),
+    ] {
+        let chunk: ChatCompletionChunk = serde_json::from_value(usage_chunk).unwrap();
+        assert!(chunk.choices.is_empty() && chunk.usage.is_some());
+    }
     // Without `choices`, an answer is still not one.
     assert!(serde_json::from_value::<ChatCompletionResponse>(json!({"id": "x", "usage": {}})).is_err());
 }

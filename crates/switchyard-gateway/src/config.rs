@@ -725,10 +725,15 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         Source::Embedded => DEFAULT_CONFIG.to_owned(),
         Source::Text(text) => text.to_owned(),
     };
-    let env = Env::prefixed("SWITCHYARD_").filter_map(|key| {
+    // Kubernetes gives every pod beside a Service named `switchyard`
+    // `SWITCHYARD_PORT=tcp://10.0.0.1:4000` (a service link; Docker's
+    // `--link` too): that is not a port for this process to listen on.
+    let service_link = std::env::var("SWITCHYARD_PORT").is_ok_and(|v| v.contains("://"));
+    let env = Env::prefixed("SWITCHYARD_").filter_map(move |key| {
         let key = key.as_str().to_ascii_lowercase();
         match key.as_str() {
             "host" => Some("server.host".into()),
+            "port" if service_link => None,
             "port" => Some("server.port".into()),
             other => {
                 let (section, _) = other.split_once("__")?;
@@ -773,6 +778,14 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
                 ENV_SECTIONS.join(", ")
             ));
         }
+    }
+    if service_link {
+        notices.push(
+            "SWITCHYARD_PORT holds an address (a Kubernetes service link for a Service named `switchyard`, \
+             or a Docker link), not a port: it is not read; set `server.port` or `--port`, or \
+             `enableServiceLinks: false` on the pod"
+                .into(),
+        );
     }
     config.notices = notices;
     config.policy.litellm_master_key_env = litellm;

@@ -993,7 +993,7 @@ async fn try_group<'s>(
                     deployment = %deployment.name,
                     attempt = *attempts,
                     upstream_request_id = upstream_request_id.as_deref(),
-                    error = %e,
+                    error = %crate::error::Clipped(&e),
                     "attempt failed"
                 );
                 let reason = if e.is_context_window_exceeded() {

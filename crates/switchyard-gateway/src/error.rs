@@ -523,3 +523,40 @@ mod retry_after_tests {
         );
     }
 }
+
+/// An error as the log shows it: its first [`Clipped::MAX_CHARS`]
+/// characters. An upstream's message may quote the request it refused (a
+/// validation error's `input`), which the log keeps only with
+/// `log_payloads`.
+pub(crate) struct Clipped<'a, T: std::fmt::Display>(pub(crate) &'a T);
+
+impl<T: std::fmt::Display> Clipped<'_, T> {
+    /// The most characters shown.
+    pub(crate) const MAX_CHARS: usize = 300;
+}
+
+impl<T: std::fmt::Display> std::fmt::Display for Clipped<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = self.0.to_string();
+        match text.char_indices().nth(Self::MAX_CHARS) {
+            Some((cut, _)) => write!(f, "{}… ({} bytes in all)", &text[..cut], text.len()),
+            None => f.write_str(&text),
+        }
+    }
+}
+
+#[cfg(test)]
+mod clipped_tests {
+    use super::Clipped;
+
+    #[test]
+    fn long_errors_are_cut_on_a_character_boundary() {
+        let short = "upstream error 400: bad";
+        assert_eq!(Clipped(&short).to_string(), short);
+        let long = "é".repeat(400);
+        let shown = Clipped(&long).to_string();
+        assert!(shown.starts_with(&"é".repeat(300)), "{shown}");
+        assert!(shown.ends_with("… (800 bytes in all)"), "{shown}");
+        assert!(!shown.contains(&"é".repeat(301)));
+    }
+}

@@ -91,8 +91,9 @@ fn load_failure(e: switchyard_routing::learned::ArtifactError) -> ReadFailure {
     }
 }
 
-/// How long one read from S3 (a manifest check, or one file) may take. The
-/// build of a router that was read is not bounded: it runs to the end.
+/// How long one read from S3 (a manifest check, or one file's answer) may
+/// take; a file's body is given this plus a second per MiB. The build of a
+/// router that was read is not bounded: it runs to the end.
 const S3_TIMEOUT: Duration = Duration::from_secs(120);
 
 fn unix_now() -> u64 {
@@ -210,32 +211,34 @@ impl Source {
                 // it is read (a wrong key, or a runaway publish, must not run
                 // the gateway out of memory): `Ok(Err(why))`.
                 let get = |file: &'static str, limit: u64| async move {
-                    tokio::time::timeout(S3_TIMEOUT, async move {
-                        let object = client
-                            .get_object()
-                            .bucket(bucket)
-                            .key(Self::key(prefix, file))
-                            .send()
-                            .await
-                            .map_err(|e| format!("{file}: {}", aws_reason(&e)))?;
-                        let etag = object_version(object.e_tag(), object.last_modified(), object.content_length());
-                        let size = object.content_length().and_then(|n| u64::try_from(n).ok());
-                        if size.is_none_or(|n| n > limit) {
+                    let late = || format!("{file}: the store did not answer in time");
+                    let object = tokio::time::timeout(
+                        S3_TIMEOUT,
+                        client.get_object().bucket(bucket).key(Self::key(prefix, file)).send(),
+                    )
+                    .await
+                    .map_err(|_| late())?
+                    .map_err(|e| format!("{file}: {}", aws_reason(&e)))?;
+                    let etag = object_version(object.e_tag(), object.last_modified(), object.content_length());
+                    let size = object.content_length().and_then(|n| u64::try_from(n).ok());
+                    let size = match size {
+                        Some(n) if n <= limit => n,
+                        _ => {
                             return Ok(Err(format!(
                                 "{file} is {} bytes, more than the {limit} it may hold",
                                 size.map_or_else(|| "an unknown number of".to_owned(), |n| n.to_string())
                             )));
                         }
-                        let bytes = object
-                            .body
-                            .collect()
-                            .await
-                            .map_err(|e| format!("{file}: {e}"))?
-                            .into_bytes();
-                        Ok::<_, String>(Ok((bytes, etag)))
-                    })
-                    .await
-                    .map_err(|_| format!("{file}: the store did not answer in time"))?
+                    };
+                    // A large data file takes its time: the wait grows by a
+                    // second for each MiB, so that a slow link still loads it.
+                    let wait = S3_TIMEOUT + Duration::from_secs(size >> 20);
+                    let bytes = tokio::time::timeout(wait, object.body.collect())
+                        .await
+                        .map_err(|_| late())?
+                        .map_err(|e| format!("{file}: {e}"))?
+                        .into_bytes();
+                    Ok::<_, String>(Ok((bytes, etag)))
                 };
                 let (manifest_bytes, etag) = get("manifest.json", switchyard_routing::learned::MAX_MANIFEST_BYTES)
                     .await
@@ -416,7 +419,7 @@ pub struct LearnedRoute {
     building: Arc<AtomicBool>,
     /// Predictions running at once, one per core: more would only queue
     /// on the blocking pool, which upstream DNS lookups share.
-    slots: tokio::sync::Semaphore,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl LearnedRoute {
@@ -437,7 +440,9 @@ impl LearnedRoute {
             groups,
             embedder,
             building: Arc::new(AtomicBool::new(false)),
-            slots: tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(2, std::num::NonZero::get)),
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+            )),
         })
     }
 
@@ -666,12 +671,14 @@ impl LearnedRoute {
         let router = Arc::clone(&loaded.router);
         // Embedding and prediction (an HNSW search, a forward pass) run off
         // the async workers, at most one per core at a time for this route.
-        let _slot = self
-            .slots
-            .acquire()
+        // The slot goes with the job: a request that is given up on (its
+        // client left) leaves its job running, and it still counts.
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
             .await
             .map_err(|e| ApiError::Internal(format!("embedding slots: {e}")))?;
         let scores = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let embedding = embedder
                 .embed_one(&query)
                 .map_err(|e| ApiError::Internal(format!("embedding the prompt: {e}")))?;
@@ -781,6 +788,36 @@ pub async fn start(routes: &[Arc<LearnedRoute>]) -> Result<(), LoadError> {
     start_after(routes, &std::collections::BTreeMap::new()).await
 }
 
+/// Reads of a router's artifact at a start before the start fails.
+const START_READS: u32 = 4;
+
+/// The pause between those reads.
+const START_READ_PAUSE: Duration = Duration::from_secs(2);
+
+/// Loads a route's artifact for a start. A version caught while it is being
+/// published (its data file not yet the one its manifest names, or the
+/// manifest replaced during the read), or a store that did not answer, is
+/// read again a few times before the start fails; a rejected one fails it
+/// at once.
+async fn first_load(route: &LearnedRoute) -> Result<(), LoadError> {
+    let mut reads = 1;
+    loop {
+        match route.reload().await {
+            Err(e @ LoadError::Read { .. }) if reads < START_READS => {
+                tracing::warn!(
+                    router = %route.name,
+                    error = %e,
+                    "router artifact not read; reading it again in {} s",
+                    START_READ_PAUSE.as_secs()
+                );
+                tokio::time::sleep(START_READ_PAUSE).await;
+                reads += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// [`start`] for a reloaded configuration: a route whose router did not
 /// change takes over what the route it replaces (same name in `old`) has
 /// loaded, rather than reading the artifact again (which fails the reload if
@@ -792,7 +829,7 @@ pub(crate) async fn start_after(
     for route in routes {
         let adopted = old.get(&route.name).is_some_and(|before| route.adopt(before));
         if !adopted {
-            route.reload().await?;
+            first_load(route).await?;
         } else if route.spec.poll_interval.is_none() {
             // Not polled: a reload is how a new version is read. One that
             // cannot be read or loaded leaves the adopted router serving.

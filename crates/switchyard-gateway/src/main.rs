@@ -246,34 +246,50 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     #[cfg(unix)]
     live.reload_on_sighup(hup);
     switchyard_gateway::serve(listener, live.clone(), shutdown_signal()).await?;
-    // Bounded, so a slow Redis cannot keep the process past its grace
-    // period: what is not written by then stays queued (and, with
-    // `policy.data_dir`, on disk for the next start).
+    // One deadline for what is left to write, inside the 10 s the
+    // deployment files give after the drain: spend and the request log are
+    // written side by side, then spans get what is left of it. What is not
+    // written by then stays queued (and, with `policy.data_dir`, on disk
+    // for the next start).
+    let deadline = tokio::time::Instant::now() + FINAL_FLUSH_TIMEOUT;
     let policy = live.state().policy.clone();
-    let mut complete = true;
-    if tokio::time::timeout(FINAL_FLUSH_TIMEOUT, policy.flush()).await.is_err() {
+    let log_written = async {
+        match &request_log {
+            Some(log) => tokio::time::timeout_at(deadline, log.flush()).await.is_ok(),
+            None => true,
+        }
+    };
+    let (spend_written, log_written) = tokio::join!(tokio::time::timeout_at(deadline, policy.flush()), log_written);
+    if spend_written.is_err() {
         let queued = policy.redis_status().map_or(0, |(_, queued)| queued);
         tracing::warn!(queued, "stopping before all queued spend reached Redis");
-        complete = false;
     }
-    if let Some(log) = request_log
-        && tokio::time::timeout(FINAL_FLUSH_TIMEOUT, log.flush()).await.is_err()
-    {
+    if !log_written {
         tracing::warn!("stopping before the request log was fully written");
-        complete = false;
     }
-    if complete {
+    if spend_written.is_ok() && log_written {
         tracing::info!("stopped: spend and the request log are written");
     } else {
         tracing::warn!("stopped with writes left undone (see above)");
     }
-    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+    let left = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(SPANS_AT_LEAST);
+    if tokio::time::timeout(left, tokio::task::spawn_blocking(move || telemetry.shutdown()))
+        .await
+        .is_err()
+    {
+        tracing::warn!("stopping before every span was exported");
+    }
     Ok(())
 }
 
-/// The longest the shutdown waits for each of spend and the request log to
-/// be written.
-const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest the shutdown waits, after the drain, for spend, the request
+/// log and spans to be written.
+const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// The least time spans are given to be exported at the end.
+const SPANS_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> std::process::ExitCode {
     // The error and its causes on one line: a configuration mistake is not
@@ -308,5 +324,8 @@ fn start() -> anyhow::Result<()> {
         }
         return check_config(&runtime, path.or(cli.config), &s3, &[]);
     }
-    runtime.block_on(run(cli))
+    let result = runtime.block_on(run(cli));
+    // A span export still blocked past its time is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }

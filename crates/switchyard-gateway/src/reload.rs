@@ -203,7 +203,7 @@ pub struct Live {
     /// the failure may pass by itself (something it needs could not be
     /// read, e.g. an artifact store that did not answer). The watch does not retry
     /// an invalid one; one that failed to start it retries after
-    /// [`RETRY_START_AFTER`].
+    /// [`RETRY_START_AFTER`], twice as long at each failure in a row.
     refused: parking_lot::Mutex<Option<Refused>>,
     reloading: tokio::sync::Mutex<()>,
     draining: AtomicBool,
@@ -217,11 +217,18 @@ struct Refused {
     fingerprint: String,
     at: std::time::Instant,
     may_pass: bool,
+    /// Failures of this version in a row.
+    failures: u32,
 }
 
 /// How long the watch waits before it tries again a configuration whose
-/// start failed.
+/// start failed (its learned routers could not be loaded); doubled at each
+/// failure of the same version, up to [`RETRY_START_AT_MOST`], since each try
+/// may download and build its artifacts again.
 const RETRY_START_AFTER: Duration = Duration::from_secs(30);
+
+/// The longest wait before a configuration whose start failed is tried again.
+const RETRY_START_AT_MOST: Duration = Duration::from_secs(3600);
 
 /// The longest a configuration read from S3 may take, answer included.
 const S3_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -229,7 +236,15 @@ const S3_READ_TIMEOUT: Duration = Duration::from_secs(30);
 impl Refused {
     /// Whether the watch should leave `fingerprint` alone now.
     fn holds(&self, fingerprint: &str) -> bool {
-        self.fingerprint == fingerprint && (!self.may_pass || self.at.elapsed() < RETRY_START_AFTER)
+        self.fingerprint == fingerprint && (!self.may_pass || self.at.elapsed() < self.wait())
+    }
+
+    /// How long after `at` the version may be tried again.
+    fn wait(&self) -> Duration {
+        let doublings = self.failures.saturating_sub(1).min(16);
+        RETRY_START_AFTER
+            .saturating_mul(1 << doublings)
+            .min(RETRY_START_AT_MOST)
     }
 }
 
@@ -302,12 +317,18 @@ impl Live {
                 // source holds by now; one that could not be read is not
                 // marked, so the watch tries again.
                 if let Some(fingerprint) = tried {
-                    *self.refused.lock() = Some(Refused {
+                    let mut refused = self.refused.lock();
+                    let failures = match refused.as_ref() {
+                        Some(before) if before.fingerprint == fingerprint => before.failures.saturating_add(1),
+                        _ => 1,
+                    };
+                    *refused = Some(Refused {
                         fingerprint,
                         at: std::time::Instant::now(),
                         // An artifact may be replaced to fit, or its store
                         // come back: only an invalid file waits for a change.
                         may_pass: matches!(e, ReloadError::Unavailable(_) | ReloadError::Start(_)),
+                        failures,
                     });
                 }
                 self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -533,6 +554,7 @@ mod tests {
             fingerprint: "v2".into(),
             at: now,
             may_pass: false,
+            failures: 1,
         };
         assert!(invalid.holds("v2"));
         assert!(!invalid.holds("v3"), "another version is tried");
@@ -540,19 +562,41 @@ mod tests {
             fingerprint: "v2".into(),
             at: now,
             may_pass: true,
+            failures: 1,
         };
         assert!(start_failed.holds("v2"));
         if let Some(long_ago) = now.checked_sub(RETRY_START_AFTER + Duration::from_secs(1)) {
             let old = Refused {
                 at: long_ago,
-                ..start_failed
+                ..start_failed.clone()
             };
             assert!(!old.holds("v2"), "retried once the wait is over");
+            let again = Refused {
+                failures: 2,
+                ..old.clone()
+            };
+            assert!(again.holds("v2"), "twice as long after a second failure");
             let old_invalid = Refused {
                 at: long_ago,
                 ..invalid
             };
             assert!(old_invalid.holds("v2"), "an invalid version is never retried as it is");
         }
+        let waits: Vec<u64> = (1..=9)
+            .map(|failures| {
+                Refused {
+                    failures,
+                    ..start_failed.clone()
+                }
+                .wait()
+                .as_secs()
+            })
+            .collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        let many = Refused {
+            failures: u32::MAX,
+            ..start_failed
+        };
+        assert_eq!(many.wait(), RETRY_START_AT_MOST);
     }
 }

@@ -46,7 +46,7 @@ pub(crate) fn put_data(out: &mut BytesMut, data: &[u8]) {
 /// The SSE error event sent when a stream fails after it started.
 fn error_event(deployment: &str, err: switchyard_providers::ProviderError) -> Bytes {
     let error = ApiError::upstream(deployment, err);
-    tracing::warn!(error = %error, "stream failed after it started");
+    tracing::warn!(error = %crate::error::Clipped(&error), "stream failed after it started");
     frame(&serde_json::to_vec(&error.body()).unwrap_or_default())
 }
 

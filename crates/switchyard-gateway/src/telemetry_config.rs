@@ -105,13 +105,15 @@ pub struct RequestLogConfig {
     pub path: PathBuf,
     /// Size that rotates the file, bytes.
     pub max_bytes: u64,
-    /// Rotated files kept.
+    /// Rotated files kept (at most 1,000).
     pub keep: usize,
     /// Write to a Redis stream instead of a file.
     pub redis: Option<RequestLogRedis>,
     /// Records carry the prompt text.
     pub include_prompt: bool,
-    /// Records queued in memory before new ones are dropped (and counted).
+    /// Records queued in memory before new ones are dropped (and counted):
+    /// 16 to 10,000,000. Each may hold up to 64 KiB of prompt with
+    /// `include_prompt`, so size it to the memory it may take.
     pub queue: usize,
 }
 
@@ -360,8 +362,11 @@ impl TelemetryConfig {
         // Only where spans go somewhere.
         let capture_content = otlp.is_some() && self.otlp.as_ref().is_some_and(|o| o.capture_content);
         let request_log = self.request_log.as_ref().map(|r| {
-            if r.queue == 0 {
-                issues.push(issue("telemetry.request_log.queue", "must be greater than 0"));
+            if !(16..=10_000_000).contains(&r.queue) {
+                issues.push(issue("telemetry.request_log.queue", "must be from 16 to 10000000"));
+            }
+            if r.keep > 1_000 {
+                issues.push(issue("telemetry.request_log.keep", "must be at most 1000"));
             }
             let sink = match &r.redis {
                 Some(redis) => {
@@ -493,6 +498,28 @@ mod tests {
         assert_eq!(headers["authorization"], "Basic cGstMTpzZWNyZXQtMDAwMg==");
         let shown = format!("{settings:?}");
         assert!(!shown.contains("key-0001") && !shown.contains("cGstMT"), "{shown}");
+    }
+
+    #[test]
+    fn request_log_sizes_are_bounded() {
+        let said = |queue: u64, keep: u64| {
+            let config: TelemetryConfig =
+                serde_json::from_value(serde_json::json!({"request_log": {"queue": queue, "keep": keep}})).unwrap();
+            let mut issues = Vec::new();
+            config.validate(&env(&[]), &mut issues);
+            issues
+                .iter()
+                .map(|i| format!("{}: {}", i.path, i.message))
+                .collect::<Vec<_>>()
+        };
+        assert!(said(16, 1000).is_empty(), "{:?}", said(16, 1000));
+        for (queue, keep, expected) in [
+            (8, 5, "telemetry.request_log.queue: must be from 16 to 10000000"),
+            (1 << 62, 5, "telemetry.request_log.queue: must be from 16 to 10000000"),
+            (1024, 1_000_000_000, "telemetry.request_log.keep: must be at most 1000"),
+        ] {
+            assert_eq!(said(queue, keep), [expected]);
+        }
     }
 
     #[test]

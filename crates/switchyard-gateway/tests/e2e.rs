@@ -581,6 +581,24 @@ fn check_config_accepts_good_files_and_names_the_bad_key() {
     assert!(stderr.starts_with("Error: ") && stderr.contains("api_bsae"), "{stderr}");
     assert!(!stderr.to_lowercase().contains("backtrace"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+
+    // Kubernetes' service link for a Service named `switchyard` is not a
+    // port: it is left alone, and said so.
+    let good = "model_list:\n  - model_name: a\n    deployments:\n      - provider: mock\n        model: m\n";
+    std::fs::write(&path, good).unwrap();
+    let output = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .env("SWITCHYARD_PORT", "tcp://10.96.0.12:4000")
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{said}");
+    assert!(said.contains("service link"), "{said}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -947,6 +947,73 @@ fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     assert!(stderr.contains("both map to the group `strong-model`"), "{stderr}");
 }
 
+/// A replica that starts while a new version is being published (its data
+/// file already replaced, its manifest not yet) reads it again rather than
+/// failing at once; one whose artifact stays unreadable fails after a few reads.
+#[test]
+fn start_up_reads_again_an_artifact_caught_half_published() {
+    use std::io::BufRead as _;
+    let trainer = Trainer::new();
+    let dir = tempfile::tempdir().unwrap();
+    trainer.version_a().save(dir.path()).unwrap();
+    let data = dir.path().join("knn.safetensors");
+    let whole = std::fs::read(&data).unwrap();
+    let mut landing = whole.clone();
+    landing.extend_from_slice(b"a newer version's bytes");
+    std::fs::write(&data, &landing).unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let path = config_dir.path().join("config.yaml");
+    std::fs::write(&path, config(&dir.path().display().to_string(), "", STRONG_MOCK)).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["--port", "0"])
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    let mut restored = false;
+    let ready = loop {
+        let Some(Ok(line)) = lines.next() else {
+            break false;
+        };
+        if line.contains("listening on http://") {
+            break true;
+        }
+        if !restored && line.contains("router artifact not read; reading it again") {
+            // The manifest naming this data lands: the next read loads it.
+            std::fs::write(&data, &whole).unwrap();
+            restored = true;
+        }
+        seen.push(line);
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(restored, "no second read: {seen:#?}");
+    assert!(ready, "did not start: {seen:#?}");
+
+    // Never published whole: start-up fails, after reading it again.
+    std::fs::write(&data, &landing).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .args(["--port", "0"])
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(stdout.matches("reading it again").count(), 3, "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not the data its manifest was written with"),
+        "{stderr}"
+    );
+}
+
 /// With the static embedder distilled from all-MiniLM-L6-v2 the gateway
 /// routes as with the BERT one, and refuses routers trained on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -973,6 +973,58 @@ async fn an_older_azure_api_version_streams_without_stream_options() {
     }
 }
 
+/// An upstream that refuses `stream_options` (Mistral's API: 422
+/// `extra_forbidden`, its message an object) gets the stream again without
+/// it, and never again; completions too. The client's stream is whole, with
+/// usage only when it asked for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_refusing_stream_options_is_streamed_without_them() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "model_list:\n  - model_name: mistral\n    deployments:\n      - provider: openai\n        model: \"mistral-small::refuses_stream_options\"\n        api_base: {}\n",
+        mock.base_url()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &yaml);
+    let client = reqwest::Client::new();
+    let mut sent = 0;
+    for (path, include_usage) in [
+        ("chat/completions", false),
+        ("chat/completions", true),
+        ("completions", false),
+    ] {
+        let mut body = if path == "completions" {
+            json!({"model": "mistral", "stream": true, "prompt": "hello there"})
+        } else {
+            json!({"model": "mistral", "stream": true, "messages": [{"role": "user", "content": "hello there"}]})
+        };
+        if include_usage {
+            body["stream_options"] = json!({"include_usage": true});
+        }
+        let response = client
+            .post(format!("{}/v1/{path}", gateway.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let text = response.text().await.unwrap();
+        let events = sse_data(&text);
+        assert_eq!(events.last().map(String::as_str), Some("[DONE]"), "{text}");
+        let usage_seen = events
+            .iter()
+            .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+            .any(|e| e["usage"].is_object());
+        assert_eq!(usage_seen, include_usage, "usage only for a client that asked: {text}");
+        let requests = mock.requests();
+        let new = &requests[sent..];
+        sent = requests.len();
+        // The first stream learns it (two requests); the others go without.
+        let expected = if sent == new.len() { 2 } else { 1 };
+        assert_eq!(new.len(), expected, "{path}: {new:?}");
+        assert!(new.last().unwrap().body.get("stream_options").is_none());
+    }
+}
+
 /// Azure's v1 API (`api_version: v1`, `preview` or `latest`) is called at
 /// `/openai/v1/…` with the deployment as the body's `model`, not on the
 /// dated deployments path, which does not serve those versions.

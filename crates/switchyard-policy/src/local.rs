@@ -75,6 +75,33 @@ impl StateStore for SharedTat {
 struct Minute {
     limiter: Limiter,
     tat: SharedTat,
+    /// Taken just before the limiter was made, whose state counts time
+    /// from then.
+    created: std::time::Instant,
+}
+
+impl Minute {
+    /// A limiter at `limit`, holding what `before` (the same counter at
+    /// another limit) had taken: the part of the minute it had used, as
+    /// the Redis store's limiter keeps it. A new limit does not start with
+    /// a full allowance.
+    fn new(limit: u32, before: Option<&Minute>) -> Self {
+        let burst = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
+        let tat = SharedTat::default();
+        let created = std::time::Instant::now();
+        let limiter = Limiter::new(Quota::per_minute(burst), tat.clone(), DefaultClock::default());
+        if let Some(owed) = before.map(Minute::owed).filter(|&n| n > 0) {
+            tat.0.store(owed, Ordering::Release);
+        }
+        Self { limiter, tat, created }
+    }
+
+    /// How far ahead of now its theoretical arrival time is, in
+    /// nanoseconds: 0 when it has nothing taken.
+    fn owed(&self) -> u64 {
+        let elapsed = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.tat.get().saturating_sub(elapsed)
+    }
 }
 
 /// Spend records kept for `/spend/logs` when there is no data directory (the
@@ -549,10 +576,7 @@ impl LocalStore {
         {
             return limiter.clone();
         }
-        let burst = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
-        let tat = SharedTat::default();
-        let limiter = Limiter::new(Quota::per_minute(burst), tat.clone(), DefaultClock::default());
-        let minute = Arc::new(Minute { limiter, tat });
+        let minute = Arc::new(Minute::new(limit, limiters.get(id).map(|(_, before)| &**before)));
         limiters.insert(id.to_owned(), (limit, minute.clone()));
         minute
     }
@@ -840,6 +864,47 @@ mod tests {
             matches!(refused, Err(Denied::RateLimited { limit: 1_000, .. })),
             "{refused:?}"
         );
+    }
+
+    /// A request limit changed for a counter that is spent: the new limit
+    /// starts from the part of the minute already used, not a full one.
+    #[test]
+    fn a_changed_request_limit_keeps_what_was_taken() {
+        let store = LocalStore::memory();
+        let checks = |limit| Checks {
+            rates: vec![crate::checks::RateCheck {
+                id: "key:k:requests".into(),
+                scope: "key".into(),
+                kind: crate::RateKind::Requests,
+                limit,
+                cost: 1,
+            }],
+            ..Checks::default()
+        };
+        for _ in 0..4 {
+            store.admit(&checks(4), 0).unwrap();
+        }
+        assert!(store.admit(&checks(4), 0).is_err());
+        // Lowered, raised a little, back: the minute is still used up.
+        for limit in [2, 3, 4] {
+            let refused = store.admit(&checks(limit), 0);
+            assert!(
+                matches!(refused, Err(Denied::RateLimited { .. })),
+                "{limit}: {refused:?}"
+            );
+        }
+        // Half of the minute used at 4 a minute: at 2 a minute, one is left.
+        let other = |limit| Checks {
+            rates: vec![crate::checks::RateCheck {
+                id: "key:other:requests".into(),
+                ..checks(limit).rates.remove(0)
+            }],
+            ..Checks::default()
+        };
+        store.admit(&other(4), 0).unwrap();
+        store.admit(&other(4), 0).unwrap();
+        store.admit(&other(2), 0).unwrap();
+        assert!(store.admit(&other(2), 0).is_err());
     }
 
     #[test]

@@ -362,7 +362,7 @@ fn not_a_stream(body: &[u8]) -> ProviderError {
             let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
             let (kind, code) = (text("type"), text("code"));
             ProviderError::Status {
-                status: answer_status(kind.as_deref(), code.as_deref()),
+                status: stated_status(error).unwrap_or_else(|| answer_status(kind.as_deref(), code.as_deref())),
                 message: error_message(error),
                 kind: kind.map(Into::into),
                 code,
@@ -377,14 +377,37 @@ fn not_a_stream(body: &[u8]) -> ProviderError {
     }
 }
 
+/// The status an error object states as its `code`, when that is a number
+/// in HTTP's error range: vLLM, SGLang and LM Studio send `"code": 400`
+/// (beside a `type` such as `BadRequestError`).
+fn stated_status(error: &serde_json::Value) -> Option<u16> {
+    let code = error.get("code")?;
+    let n = code
+        .as_u64()
+        .or_else(|| code.as_str().and_then(|c| c.trim().parse().ok()))?;
+    u16::try_from(n).ok().filter(|n| (400..600).contains(n))
+}
+
+/// Whether an error's `type` or `code` holds `word` (lower case, without
+/// underscores), read in any case and with or without underscores: OpenAI's
+/// `rate_limit_exceeded` and vLLM's `RateLimitError` alike.
+fn said(kind: Option<&str>, code: Option<&str>, word: &str) -> bool {
+    kind.iter()
+        .chain(code.iter())
+        .any(|t| t.to_ascii_lowercase().replace('_', "").contains(word))
+}
+
 /// The status an error object's `type` or `code` stands for: a rate limit
-/// is a 429, an invalid request a 400, anything else a server error (500).
+/// is a 429, an invalid request (or a prompt too long) a 400, anything else
+/// a server error (500).
 fn status_of(kind: Option<&str>, code: Option<&str>) -> u16 {
-    let said = |word: &str| kind.iter().chain(code.iter()).any(|t| t.contains(word));
-    if said("rate_limit") {
+    let said = |word: &str| said(kind, code, word);
+    if said("ratelimit") {
         429
-    } else if said("invalid_request") {
+    } else if said("invalidrequest") || said("badrequest") || said("contextlength") {
         400
+    } else if said("unprocessable") {
+        422
     } else {
         500
     }
@@ -393,12 +416,12 @@ fn status_of(kind: Option<&str>, code: Option<&str>) -> u16 {
 /// [`status_of`] for an error answered instead of a stream, before any
 /// output: Anthropic's kinds too (`authentication_error`, `overloaded_error`…).
 fn answer_status(kind: Option<&str>, code: Option<&str>) -> u16 {
-    let said = |word: &str| kind.iter().chain(code.iter()).any(|t| t.contains(word));
+    let said = |word: &str| said(kind, code, word);
     if said("authentication") {
         401
     } else if said("permission") {
         403
-    } else if said("not_found") {
+    } else if said("notfound") {
         404
     } else if said("overloaded") {
         529
@@ -417,13 +440,14 @@ pub(crate) fn error_message(error: &serde_json::Value) -> String {
 }
 
 /// An OpenAI-style error object sent inside a stream (`data: {"error": …}`),
-/// typed as the status it stands for: a rate limit is a 429, an invalid
-/// request a 400, anything else a server error (500).
+/// typed as the status it states (a numeric `code`) or stands for: a rate
+/// limit is a 429, an invalid request a 400, anything else a server error
+/// (500).
 pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
     let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
     let (kind, code) = (text("type"), text("code"));
     let typed = ProviderError::Status {
-        status: status_of(kind.as_deref(), code.as_deref()),
+        status: stated_status(error).unwrap_or_else(|| status_of(kind.as_deref(), code.as_deref())),
         message: format!("{} (in the stream)", error_message(error)),
         kind: kind.map(Into::into),
         code,
@@ -529,6 +553,8 @@ enum ErrorEnvelope {
 
 #[derive(Debug, Deserialize)]
 struct LenientError {
+    /// Mistral's validation errors hold an object here: its JSON text.
+    #[serde(deserialize_with = "text_of_any")]
     message: String,
     #[serde(rename = "type", default, deserialize_with = "string_or_none")]
     kind: Option<String>,
@@ -539,6 +565,43 @@ struct LenientError {
     /// Every other member (`innererror`, `status`…).
     #[serde(flatten)]
     extra: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A string; a validation error's list of problems (`{"detail": [{"loc",
+/// "msg", "input"}]}`, as Mistral and other FastAPI servers send) as
+/// `body.stream_options: Extra inputs are not permitted`, without the
+/// `input` it quotes (which may be the prompt); any other JSON value's text
+/// (`null` as nothing).
+fn text_of_any<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    if let Some(problems) = value.get("detail").and_then(serde_json::Value::as_array) {
+        let said: Vec<String> = problems
+            .iter()
+            .filter_map(|p| {
+                let msg = p.get("msg")?.as_str()?;
+                let at: Vec<String> = p
+                    .get("loc")
+                    .and_then(serde_json::Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .map(|l| l.as_str().map_or_else(|| l.to_string(), str::to_owned))
+                    .collect();
+                Some(if at.is_empty() {
+                    msg.to_owned()
+                } else {
+                    format!("{}: {msg}", at.join("."))
+                })
+            })
+            .collect();
+        if !said.is_empty() {
+            return Ok(said.join("; "));
+        }
+    }
+    Ok(match value {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    })
 }
 
 /// A string, or `None` for any other JSON value.
@@ -614,6 +677,68 @@ mod tests {
         assert_eq!(vllm.message, "too long");
         assert_eq!(vllm.kind.as_deref(), Some("BadRequestError"));
         assert_eq!(vllm.code, Some(serde_json::json!(400)));
+        // Mistral's validation errors: the message is an object, whose
+        // problems are read without the input they quote.
+        let mistral = read(
+            r#"{"object":"error","message":{"detail":[{"type":"extra_forbidden","loc":["body","stream_options"],"msg":"Extra inputs are not permitted","input":{"include_usage":true}},{"type":"string_type","loc":["body","messages",0,"content"],"msg":"Input should be a valid string","input":"a secret prompt"}]},"type":"invalid_request_error","param":null,"code":null}"#,
+        );
+        assert_eq!(
+            mistral.message,
+            "body.stream_options: Extra inputs are not permitted; body.messages.0.content: Input should be a valid string"
+        );
+        let other = read(r#"{"message":{"reason":"busy"}}"#);
+        assert_eq!(other.message, r#"{"reason":"busy"}"#);
+    }
+
+    #[test]
+    fn errors_in_a_stream_are_typed_by_their_code_or_type_in_any_spelling() {
+        use serde_json::json;
+        let status = |error: serde_json::Value| match super::stream_error(&error) {
+            crate::ProviderError::Status { status, .. } => status,
+            other => panic!("{other:?}"),
+        };
+        // vLLM: a numeric code and a class name for the type.
+        let too_long = json!({"object": "error", "type": "BadRequestError", "code": 400, "param": null,
+            "message": "This model's maximum context length is 4096 tokens. However, you requested 5000 tokens."});
+        assert_eq!(status(too_long.clone()), 400);
+        assert!(super::stream_error(&too_long).is_context_window_exceeded());
+        assert_eq!(status(json!({"type": "RateLimitError", "message": "slow down"})), 429);
+        assert_eq!(status(json!({"code": "429", "message": "slow down"})), 429);
+        assert_eq!(status(json!({"type": "rate_limit_exceeded", "message": "x"})), 429);
+        assert_eq!(status(json!({"type": "server_error", "message": "x"})), 500);
+        assert_eq!(
+            status(json!({"type": "InternalServerError", "code": 500, "message": "x"})),
+            500
+        );
+        assert_eq!(status(json!({"code": "context_length_exceeded", "message": "x"})), 400);
+        // A code outside HTTP's error range says nothing of the status.
+        assert_eq!(status(json!({"code": 7, "message": "x"})), 500);
+        // A client error other than these, after a 200, is a broken stream.
+        assert!(matches!(
+            super::stream_error(&json!({"type": "BadRequestError", "code": 400, "message": "bad"})),
+            crate::ProviderError::Stream(_)
+        ));
+        // Answered in place of a stream, the same reading, and more kinds.
+        let answered = |body: serde_json::Value| match super::not_a_stream(body.to_string().as_bytes()) {
+            crate::ProviderError::Status { status, .. } => status,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            answered(json!({"error": {"type": "NotFoundError", "code": 404, "message": "no such model"}})),
+            404
+        );
+        assert_eq!(
+            answered(json!({"error": {"type": "NotFoundError", "message": "no such model"}})),
+            404
+        );
+        assert_eq!(
+            answered(json!({"error": {"type": "AuthenticationError", "message": "x"}})),
+            401
+        );
+        assert_eq!(
+            answered(json!({"error": {"type": "not_found_error", "message": "x"}})),
+            404
+        );
     }
 
     use super::*;

@@ -4,6 +4,7 @@
 //! serialised once and response bytes pass through unchanged.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
@@ -58,6 +59,38 @@ fn encode_plain(req: &ChatCompletionRequest) -> Result<Vec<u8>> {
 /// Azure, Groq and Cerebras refuse them as unknown fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Echoed(u8);
+
+/// Words of an upstream's error refusing a field it does not take.
+const REFUSALS: [&str; 10] = [
+    "unsupported",
+    "not supported",
+    "unrecognized",
+    "unexpected",
+    "unknown",
+    "not allowed",
+    "not permitted",
+    "extra inputs",
+    "extra fields",
+    "extra_forbidden",
+];
+
+/// Whether `error` refuses `stream_options` as a field the upstream does
+/// not take (Mistral: 422 `extra_forbidden` at `body.stream_options`).
+fn stream_options_refused(error: &ProviderError) -> bool {
+    let ProviderError::Status {
+        status: 400 | 422,
+        message,
+        param,
+        ..
+    } = error
+    else {
+        return false;
+    };
+    let message = message.to_ascii_lowercase();
+    let named = message.contains("stream_options") || param.as_deref().is_some_and(|p| p.contains("stream_options"));
+    let words = message.replace("stream_options", " ");
+    named && REFUSALS.iter().any(|r| words.contains(r))
+}
 
 impl Echoed {
     const THINKING_BLOCKS: Echoed = Echoed(1);
@@ -127,18 +160,6 @@ impl Echoed {
     /// not ones it asks for (DeepSeek: "The `reasoning_content` in the
     /// thinking mode must be passed back").
     fn refused(error: &ProviderError, sent: Echoed) -> Echoed {
-        const REFUSALS: [&str; 10] = [
-            "unsupported",
-            "not supported",
-            "unrecognized",
-            "unexpected",
-            "unknown",
-            "not allowed",
-            "not permitted",
-            "extra inputs",
-            "extra fields",
-            "extra_forbidden",
-        ];
         let ProviderError::Status {
             status: 400 | 422,
             message,
@@ -251,6 +272,12 @@ fn move_tool_media(messages: &mut Vec<switchyard_api::ChatMessage>) {
     *messages = out;
 }
 
+/// Hosts known to refuse `stream_options` (Mistral's API and Codestral's
+/// send usage in every stream's last chunk unasked).
+fn refuses_stream_options(host: &str) -> bool {
+    host == "mistral.ai" || host.ends_with(".mistral.ai")
+}
+
 /// Hosts known to refuse echoed reasoning in messages.
 fn strict_host(host: &str) -> bool {
     host == "api.openai.com"
@@ -320,9 +347,11 @@ struct Endpoints {
     translations_url: reqwest::Url,
     /// `None` where the upstream has no rerank endpoint (Azure OpenAI).
     rerank_url: Option<reqwest::Url>,
-    /// Whether the upstream takes `stream_options` (Azure API versions
-    /// before 2024-09-01 refuse it with a 400).
-    stream_options: bool,
+    /// Set when the upstream refuses `stream_options`: from the start for
+    /// Azure API versions before 2024-09-01 (a 400) and Mistral's API (a
+    /// 422), and from its first refusal for any other (shared by the clones
+    /// of one deployment's provider).
+    no_stream_options: Arc<AtomicBool>,
     /// The echoed fields left out of chat requests: from the start for the
     /// hosts known to refuse them, and from its first refusal of one for
     /// each model of any other (shared by the clones of one deployment's
@@ -331,6 +360,28 @@ struct Endpoints {
 }
 
 impl Endpoints {
+    /// Whether `stream_options` may be sent.
+    fn takes_stream_options(&self) -> bool {
+        !self.no_stream_options.load(Ordering::Relaxed)
+    }
+
+    /// Whether `error` refuses `stream_options`; if so it is left out from
+    /// now on, and the request is sent again without it.
+    fn learn_stream_options(&self, error: &ProviderError) -> bool {
+        if !stream_options_refused(error) {
+            return false;
+        }
+        if !self.no_stream_options.swap(true, Ordering::Relaxed) {
+            tracing::info!(
+                // Host and path only: an `api_base` may carry a user and password.
+                host = self.chat_url.host_str().unwrap_or_default(),
+                path = self.chat_url.path(),
+                "the upstream refuses `stream_options`: it is left out from now on"
+            );
+        }
+        true
+    }
+
     /// Sends a chat request with `send`; an upstream that refuses a field
     /// echoed back gets the request again without it, and, for that model,
     /// never again.
@@ -355,7 +406,10 @@ impl Endpoints {
                         .map(|(_, n)| *n)
                         .collect();
                     tracing::info!(
-                        url = %self.chat_url,
+                        // Host and path only: an `api_base` may carry a
+                        // user and password.
+                        host = self.chat_url.host_str().unwrap_or_default(),
+                        path = self.chat_url.path(),
                         model = %req.model,
                         ?fields,
                         "the upstream refuses fields echoed back: they are left out from now on"
@@ -470,12 +524,17 @@ macro_rules! openai_wire_provider {
             async fn chat_stream(&self, req: &ChatCompletionRequest) -> Result<ChunkStream> {
                 let http = &self.0.http;
                 let send = |body| http.post_stream(&self.0.chat_url, body);
-                if self.0.stream_options || req.stream_options.is_none() {
-                    self.0.chat_call(req, send).await
-                } else {
-                    let req = without_stream_options(req, |r| r.stream_options = None);
-                    self.0.chat_call(&req, send).await
+                if req.stream_options.is_none() {
+                    return self.0.chat_call(req, send).await;
                 }
+                if self.0.takes_stream_options() {
+                    match self.0.chat_call(req, send).await {
+                        Err(e) if self.0.learn_stream_options(&e) => {}
+                        other => return other,
+                    }
+                }
+                let req = without_stream_options(req, |r| r.stream_options = None);
+                self.0.chat_call(&req, send).await
             }
 
             async fn completion(&self, req: &CompletionRequest) -> Result<ProviderResponse> {
@@ -483,12 +542,18 @@ macro_rules! openai_wire_provider {
             }
 
             async fn completion_stream(&self, req: &CompletionRequest) -> Result<ChunkStream> {
-                let body = if self.0.stream_options || req.stream_options.is_none() {
-                    encode(req)?
-                } else {
-                    encode(&without_stream_options(req, |r| r.stream_options = None))?
-                };
-                self.0.http.post_stream(&self.0.completions_url, body).await
+                let url = &self.0.completions_url;
+                if req.stream_options.is_none() {
+                    return self.0.http.post_stream(url, encode(req)?).await;
+                }
+                if self.0.takes_stream_options() {
+                    match self.0.http.post_stream(url, encode(req)?).await {
+                        Err(e) if self.0.learn_stream_options(&e) => {}
+                        other => return other,
+                    }
+                }
+                let req = without_stream_options(req, |r| r.stream_options = None);
+                self.0.http.post_stream(url, encode(&req)?).await
             }
 
             async fn embeddings(&self, req: &EmbeddingRequest) -> Result<ProviderResponse> {
@@ -527,7 +592,12 @@ impl OpenAiProvider {
             transcriptions_url: endpoint(format!("{base}/audio/transcriptions"))?,
             translations_url: endpoint(format!("{base}/audio/translations"))?,
             rerank_url: Some(endpoint(format!("{base}/rerank"))?),
-            stream_options: true,
+            no_stream_options: Arc::new(AtomicBool::new(
+                reqwest::Url::parse(base)
+                    .ok()
+                    .and_then(|u| u.host_str().map(refuses_stream_options))
+                    .unwrap_or(false),
+            )),
             echoes: if reqwest::Url::parse(base)
                 .ok()
                 .and_then(|u| u.host_str().map(strict_host))
@@ -586,7 +656,7 @@ impl AzureProvider {
             transcriptions_url: endpoint(url("audio/transcriptions"))?,
             translations_url: endpoint(url("audio/translations"))?,
             rerank_url: None,
-            stream_options: azure_takes_stream_options(api_version),
+            no_stream_options: Arc::new(AtomicBool::new(!azure_takes_stream_options(api_version))),
             echoes: EchoPolicy::strict(),
         }))
     }

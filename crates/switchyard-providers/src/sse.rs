@@ -138,20 +138,24 @@ where
                     state.failed = true;
                     return Some((Err(BodyError::Transport(e)), state));
                 }
-                // A body that ends in a bare `\r`: the parser waits to know
-                // whether `\n` follows, so the last event would never end.
-                // The `\n` given makes it one line end, as it was meant.
-                None if state.partial.is_empty() && state.trailing_cr => {
-                    state.failed = true;
-                    return Some((Ok(Bytes::from_static(b"\n")), state));
-                }
-                // What is left is not a whole line; the parser ignores it,
-                // as it ignores an event that never ends.
-                None if state.partial.is_empty() => return None,
+                // The body's end ends its last line and its last event,
+                // whether or not the blank line closing it came (a server
+                // that closes right after `data: [DONE]`): a `\n` ends a
+                // partial line (or makes a final bare `\r`, which the
+                // parser holds in case `\n` follows, one line end), and a
+                // blank line hands on the event pending, if any. An event
+                // cut short is then read as what it is: JSON that does not
+                // parse.
                 None => {
                     state.failed = true;
-                    let rest = state.partial.split().freeze();
-                    return checked(rest, state);
+                    if !state.partial.is_empty() || state.trailing_cr {
+                        let mut rest = state.partial.split();
+                        rest.extend_from_slice(b"\n");
+                        state.ready.push_back(rest.freeze());
+                    }
+                    state.ready.push_back(Bytes::from_static(b"\n"));
+                    let line = state.ready.pop_front()?;
+                    return checked(line, state);
                 }
             };
             if let Some(&last) = chunk.last() {
@@ -333,30 +337,41 @@ mod tests {
 
     #[tokio::test]
     async fn partial_lines_wait_for_their_end() {
-        assert_eq!(lines(&["data: 1\n\n"]).await, vec!["data: 1\n", "\n"]);
+        // The body's end is a blank line, ending any event still open.
+        assert_eq!(lines(&["data: 1\n\n"]).await, vec!["data: 1\n", "\n", "\n"]);
         assert_eq!(
             lines(&["da", "ta: 1", "2\n\ndata: ", "3\n", "\n"]).await,
-            vec!["data: 12\n", "\n", "data: 3\n", "\n"]
+            vec!["data: 12\n", "\n", "data: 3\n", "\n", "\n"]
         );
+        // A line the body's end cuts is ended.
         assert_eq!(
             lines(&["data: 1\r", "\n\r\n", "data: tail"]).await,
-            vec!["data: 1\r", "\n", "\r\n", "data: tail"]
+            vec!["data: 1\r", "\n", "\r\n", "data: tail\n", "\n"]
         );
         // Bare CR line ends stay together; one that ends the body is
         // completed, so that the parser ends the last event.
         assert_eq!(
             lines(&["data: 1\r\rdata: 2\r"]).await,
-            vec!["data: 1\r\rdata: 2\r", "\n"]
+            vec!["data: 1\r\rdata: 2\r", "\n", "\n"]
         );
-        assert_eq!(lines(&["data: 1\r\n\r\n"]).await, vec!["data: 1\r\n", "\r\n"]);
+        assert_eq!(lines(&["data: 1\r\n\r\n"]).await, vec!["data: 1\r\n", "\r\n", "\n"]);
     }
 
     #[tokio::test]
-    async fn the_last_event_of_a_body_with_bare_cr_line_ends_is_read() {
-        let body = stream::iter(vec![Ok(Bytes::from_static(b"data: 1\r\rdata: [DONE]\r\r"))]);
-        let events: Vec<_> = Box::pin(whole_lines(body)).eventsource().collect().await;
-        let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
-        assert_eq!(data, ["1", "[DONE]"]);
+    async fn the_last_event_of_a_body_is_read_however_the_body_ends() {
+        for body in [
+            &b"data: 1\r\rdata: [DONE]\r\r"[..],
+            // Closed without the blank line after the last event.
+            b"data: 1\n\ndata: [DONE]\n",
+            b"data: 1\n\ndata: [DONE]",
+            b"data: 1\r\n\r\ndata: [DONE]\r\n",
+            b"data: 1\n\ndata: [DONE]\r",
+        ] {
+            let stream = stream::iter(vec![Ok(Bytes::from_static(body))]);
+            let events: Vec<_> = Box::pin(whole_lines(stream)).eventsource().collect().await;
+            let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
+            assert_eq!(data, ["1", "[DONE]"], "{}", String::from_utf8_lossy(body));
+        }
     }
 
     #[tokio::test]

@@ -133,11 +133,25 @@ impl Dataset {
                     reason: "`scores` is empty".into(),
                 });
             }
-            if let Some((model, cost)) = sample.costs.iter().flatten().find(|(_, c)| !c.is_finite() || **c < 0.0) {
+            // Scores are held as `f32`: one past its range would only be
+            // found when the trained router is saved.
+            if let Some((model, score)) = sample.scores.iter().find(|(_, v)| !(**v as f32).is_finite()) {
                 return Err(DatasetError::Invalid {
                     path: display,
                     line: i + 1,
-                    reason: format!("the cost of `{model}` is {cost}: costs are finite and not negative"),
+                    reason: format!("the score of `{model}` is {score}: scores are numbers within ±3.4e38"),
+                });
+            }
+            if let Some((model, cost)) = sample
+                .costs
+                .iter()
+                .flatten()
+                .find(|(_, c)| !(**c as f32).is_finite() || **c < 0.0)
+            {
+                return Err(DatasetError::Invalid {
+                    path: display,
+                    line: i + 1,
+                    reason: format!("the cost of `{model}` is {cost}: costs are not negative, and within 3.4e38"),
                 });
             }
             // Costs are what answering the query cost; prices per token
@@ -338,6 +352,17 @@ mod tests {
         std::fs::write(&path, r#"{"query":"q","scores":{"m1":1.0},"costs":{"m1":-0.5}}"#).unwrap();
         let err = Dataset::load(&path).unwrap_err().to_string();
         assert!(err.contains("not negative"), "{err}");
+        // Scores and costs are kept as `f32`: one past its range is refused
+        // at its line, not when the trained router is saved.
+        std::fs::write(
+            &path,
+            "{\"query\":\"q\",\"scores\":{\"m1\":1.0}}\n{\"query\":\"q\",\"scores\":{\"m1\":1e39}}\n",
+        )
+        .unwrap();
+        let err = Dataset::load(&path).unwrap_err().to_string();
+        assert!(err.contains(":2:") && err.contains("m1"), "{err}");
+        std::fs::write(&path, r#"{"query":"q","scores":{"m1":1.0},"costs":{"m1":1e300}}"#).unwrap();
+        assert!(Dataset::load(&path).is_err());
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - [`RequestLog`]: one record per finished request, and feedback on it, in a
 //!   rotating JSONL file or a Redis stream: what router training reads.
 
+mod log_fields;
 mod metrics_registry;
 mod otel;
 mod request_log;

@@ -182,6 +182,7 @@ pub fn init_tracing(settings: &TracingSettings) -> Result<TelemetryGuard, Teleme
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(true)
+            .fmt_fields(crate::log_fields::AppendJsonFields)
             .with_writer(std::io::stdout)
             .with_filter(filter())
             .boxed(),

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -158,8 +158,28 @@ pub struct RequestLogSettings {
 
 #[derive(Debug)]
 enum Msg {
-    Line(String),
+    Line(Queued),
     Flush(oneshot::Sender<()>),
+}
+
+/// The most bytes of records queued at once: with prompts in them (up to
+/// 64 KiB each), a queue of records alone could grow to gigabytes while
+/// the sink is down.
+const MAX_QUEUED_BYTES: usize = 256 << 20;
+
+/// A record's line while it is queued: its bytes count against
+/// [`MAX_QUEUED_BYTES`] until it is written or dropped.
+#[derive(Debug)]
+struct Queued {
+    text: String,
+    len: usize,
+    queued: Arc<AtomicUsize>,
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.queued.fetch_sub(self.len, Ordering::Relaxed);
+    }
 }
 
 /// The request log's handle: cheap to clone, never blocks a request.
@@ -168,6 +188,8 @@ pub struct RequestLog {
     tx: mpsc::Sender<Msg>,
     include_prompt: bool,
     dropped: Dropped,
+    /// Bytes of the records queued now.
+    queued: Arc<AtomicUsize>,
 }
 
 /// Counts records that were lost (queue full, write failed), in the metrics
@@ -224,6 +246,7 @@ impl RequestLog {
             tx,
             include_prompt: settings.include_prompt,
             dropped,
+            queued: Arc::default(),
         })
     }
 
@@ -233,6 +256,18 @@ impl RequestLog {
     }
 
     fn send(&self, line: String) {
+        let len = line.len();
+        if self.queued.fetch_add(len, Ordering::Relaxed).saturating_add(len) > MAX_QUEUED_BYTES {
+            self.queued.fetch_sub(len, Ordering::Relaxed);
+            self.dropped.one("the writer is behind");
+            return;
+        }
+        let line = Queued {
+            text: line,
+            len,
+            queued: Arc::clone(&self.queued),
+        };
+        // A record refused here is dropped, and its bytes given back.
         if self.tx.try_send(Msg::Line(line)).is_err() {
             self.dropped.one("the writer is behind");
         }
@@ -282,6 +317,13 @@ struct FileWriter {
     keep: usize,
     file: std::io::BufWriter<std::fs::File>,
     size: u64,
+    /// A write failed part-way (a full disk): the line it left is ended
+    /// before the next one, which would otherwise be glued to it.
+    torn: bool,
+    /// Failures not logged yet, and when one last was: a full disk fails
+    /// every record, and one error line a minute says so.
+    unlogged: u64,
+    logged_at: Option<std::time::Instant>,
 }
 
 impl FileWriter {
@@ -298,7 +340,20 @@ impl FileWriter {
             max_bytes,
             keep,
             size,
+            torn: false,
+            unlogged: 0,
+            logged_at: None,
         })
+    }
+
+    /// Logs a failure, at most once a minute, with how many there were.
+    fn failed(&mut self, what: &str, e: &std::io::Error) {
+        self.unlogged += 1;
+        if self.logged_at.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            tracing::error!(error = %e, path = %self.path.display(), failures = self.unlogged, "{what}");
+            self.unlogged = 0;
+            self.logged_at = Some(std::time::Instant::now());
+        }
     }
 
     fn rotated(&self, n: usize) -> PathBuf {
@@ -333,16 +388,27 @@ impl FileWriter {
         let file = private_file().create(true).append(true).open(&self.path)?;
         self.file = std::io::BufWriter::new(file);
         self.size = 0;
+        self.torn = false;
         Ok(())
     }
 
-    fn write(&mut self, line: &str) -> std::io::Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 + 1 > self.max_bytes {
+    /// Writes `line` and its line end in one call, so that no line end
+    /// can fail apart from its line.
+    fn write(&mut self, mut line: String) -> std::io::Result<()> {
+        line.push('\n');
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
             self.rotate()?;
         }
-        self.file.write_all(line.as_bytes())?;
-        self.file.write_all(b"\n")?;
-        self.size += line.len() as u64 + 1;
+        if self.torn {
+            self.file.write_all(b"\n")?;
+            self.size += 1;
+            self.torn = false;
+        }
+        if let Err(e) = self.file.write_all(line.as_bytes()) {
+            self.torn = true;
+            return Err(e);
+        }
+        self.size += line.len() as u64;
         Ok(())
     }
 
@@ -353,9 +419,9 @@ impl FileWriter {
             let mut next = Some(msg);
             while let Some(msg) = next.take() {
                 match msg {
-                    Msg::Line(line) => {
-                        if let Err(e) = self.write(&line) {
-                            tracing::error!(error = %e, path = %self.path.display(), "cannot write the request log");
+                    Msg::Line(mut line) => {
+                        if let Err(e) = self.write(std::mem::take(&mut line.text)) {
+                            self.failed("cannot write the request log", &e);
                             dropped.one("the file cannot be written");
                         }
                     }
@@ -364,7 +430,7 @@ impl FileWriter {
                 next = rx.try_recv().ok();
             }
             if let Err(e) = self.file.flush() {
-                tracing::error!(error = %e, "cannot flush the request log");
+                self.failed("cannot flush the request log", &e);
             }
             for done in waiting {
                 let _ = done.send(());
@@ -410,7 +476,7 @@ async fn redis_writer(
                     .arg(max_len)
                     .arg("*")
                     .arg("record")
-                    .arg(line)
+                    .arg(&line.text)
                     .ignore();
             }
             let mut tries = 0;

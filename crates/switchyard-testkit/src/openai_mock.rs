@@ -254,6 +254,26 @@ fn validated_object<'a>(ctx: &RequestCtx<'a>) -> Result<&'a Map<String, Value>, 
             Some("model"),
         )));
     }
+    if ctx.scenario.refuses_stream_options
+        && let Some(options) = obj.get("stream_options")
+    {
+        // Mistral's answer to a field it does not know.
+        return Err(Box::new(json_response(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &json!({
+                "object": "error",
+                "message": {"detail": [{
+                    "type": "extra_forbidden",
+                    "loc": ["body", "stream_options"],
+                    "msg": "Extra inputs are not permitted",
+                    "input": options,
+                }]},
+                "type": "invalid_request_error",
+                "param": null,
+                "code": null,
+            }),
+        )));
+    }
     Ok(obj)
 }
 
@@ -487,7 +507,7 @@ fn chat_stream(
     tokens: (usize, u64),
 ) -> Response {
     let (prompt_tokens, cached) = tokens;
-    let usage_enabled = include_usage(ctx.body) && !ctx.scenario.no_usage;
+    let usage_enabled = (include_usage(ctx.body) || ctx.scenario.refuses_stream_options) && !ctx.scenario.no_usage;
     let chunk = |delta: Value, finish: Option<&str>| {
         let mut value = json!({
             "id": id,
@@ -639,7 +659,7 @@ pub(crate) fn completions(ctx: &RequestCtx<'_>) -> Response {
 }
 
 fn completions_stream(ctx: &RequestCtx<'_>, id: &str, created: u64, text: &str, prompt_tokens: usize) -> Response {
-    let usage_enabled = include_usage(ctx.body) && !ctx.scenario.no_usage;
+    let usage_enabled = (include_usage(ctx.body) || ctx.scenario.refuses_stream_options) && !ctx.scenario.no_usage;
     let chunk = |piece: &str, finish: Option<&str>| {
         let mut value = json!({
             "id": id,

@@ -109,6 +109,10 @@ pub struct Scenario {
     /// OpenAI: refuse a message that echoes reasoning (`reasoning_content`,
     /// `thinking_blocks`), as Groq and Cerebras do.
     pub refuses_reasoning: bool,
+    /// OpenAI: refuse any request carrying `stream_options` with the 422
+    /// `extra_forbidden` error Mistral's API sends (its `message` an object),
+    /// and end every stream with usage, as Mistral does unasked.
+    pub refuses_stream_options: bool,
     /// OpenAI: answer with reasoning (`reasoning_content`) first, and refuse
     /// an assistant turn that called tools sent back without its reasoning,
     /// as DeepSeek's thinking mode does.
@@ -173,6 +177,7 @@ impl Scenario {
                 "signed_calls" => scenario.signed_calls = flag(name, value)?,
                 "refuses_reasoning" => scenario.refuses_reasoning = flag(name, value)?,
                 "reasons" => scenario.reasons = flag(name, value)?,
+                "refuses_stream_options" => scenario.refuses_stream_options = flag(name, value)?,
                 "no_usage" => scenario.no_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),

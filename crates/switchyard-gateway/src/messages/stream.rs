@@ -34,7 +34,7 @@ fn event(e: &StreamEvent) -> Bytes {
 /// The `error` event for a stream that failed after it started.
 pub fn error_event(deployment: &str, err: ProviderError) -> Bytes {
     let error = ApiError::upstream(deployment, err);
-    tracing::warn!(error = %error, "stream failed after it started");
+    tracing::warn!(error = %crate::error::Clipped(&error), "stream failed after it started");
     let kind = super::anthropic_type_of(&error);
     let body = json!({"type": "error", "error": {"type": kind, "message": error.message()}});
     frame("error", body.to_string().as_bytes())
