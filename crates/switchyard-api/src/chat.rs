@@ -319,8 +319,8 @@ pub struct ChatCompletionChunk {
     #[serde(default, deserialize_with = "string_or_null")]
     pub model: String,
     /// The choices (empty in the final usage chunk, where some servers
-    /// leave them out or send `null`).
-    #[serde(default, deserialize_with = "null_as_default")]
+    /// send `null`). Required: an object without it is not a chunk.
+    #[serde(deserialize_with = "null_as_default")]
     pub choices: Vec<ChunkChoice>,
     /// Usage, in the final chunk when `include_usage` was requested.
     #[serde(default, skip_serializing_if = "Option::is_none")]

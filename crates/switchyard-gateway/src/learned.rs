@@ -794,16 +794,22 @@ const START_READS: u32 = 4;
 /// The pause between those reads.
 const START_READ_PAUSE: Duration = Duration::from_secs(2);
 
+/// How long after the first read another may start.
+const START_READS_WITHIN: Duration = Duration::from_secs(20);
+
 /// Loads a route's artifact for a start. A version caught while it is being
 /// published (its data file not yet the one its manifest names, or the
 /// manifest replaced during the read), or a store that did not answer, is
 /// read again a few times before the start fails; a rejected one fails it
 /// at once.
 async fn first_load(route: &LearnedRoute) -> Result<(), LoadError> {
+    let started = std::time::Instant::now();
     let mut reads = 1;
     loop {
         match route.reload().await {
-            Err(e @ LoadError::Read { .. }) if reads < START_READS => {
+            // Not after a read that took long (a store that timed out):
+            // a start is not held for minutes.
+            Err(e @ LoadError::Read { .. }) if reads < START_READS && started.elapsed() < START_READS_WITHIN => {
                 tracing::warn!(
                     router = %route.name,
                     error = %e,

@@ -247,19 +247,19 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     live.reload_on_sighup(hup);
     switchyard_gateway::serve(listener, live.clone(), shutdown_signal()).await?;
     // One deadline for what is left to write, inside the 10 s the
-    // deployment files give after the drain: spend and the request log are
-    // written side by side, then spans get what is left of it. What is not
-    // written by then stays queued (and, with `policy.data_dir`, on disk
-    // for the next start).
+    // deployment files give after the drain: spend first (requests a
+    // client left write their records as they end, before the policy's
+    // flush returns), then the request log, then spans, each given at
+    // least a second. What is not written by then stays queued (and, with
+    // `policy.data_dir`, on disk for the next start).
     let deadline = tokio::time::Instant::now() + FINAL_FLUSH_TIMEOUT;
+    let at_least_a_second = || deadline.max(tokio::time::Instant::now() + SPANS_AT_LEAST);
     let policy = live.state().policy.clone();
-    let log_written = async {
-        match &request_log {
-            Some(log) => tokio::time::timeout_at(deadline, log.flush()).await.is_ok(),
-            None => true,
-        }
+    let spend_written = tokio::time::timeout_at(deadline, policy.flush()).await;
+    let log_written = match &request_log {
+        Some(log) => tokio::time::timeout_at(at_least_a_second(), log.flush()).await.is_ok(),
+        None => true,
     };
-    let (spend_written, log_written) = tokio::join!(tokio::time::timeout_at(deadline, policy.flush()), log_written);
     if spend_written.is_err() {
         let queued = policy.redis_status().map_or(0, |(_, queued)| queued);
         tracing::warn!(queued, "stopping before all queued spend reached Redis");
@@ -272,12 +272,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         tracing::warn!("stopped with writes left undone (see above)");
     }
-    let left = deadline
-        .saturating_duration_since(tokio::time::Instant::now())
-        .max(SPANS_AT_LEAST);
-    if tokio::time::timeout(left, tokio::task::spawn_blocking(move || telemetry.shutdown()))
-        .await
-        .is_err()
+    if tokio::time::timeout_at(
+        at_least_a_second(),
+        tokio::task::spawn_blocking(move || telemetry.shutdown()),
+    )
+    .await
+    .is_err()
     {
         tracing::warn!("stopping before every span was exported");
     }
@@ -288,7 +288,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 /// log and spans to be written.
 const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 
-/// The least time spans are given to be exported at the end.
+/// The least time the request log and spans are each given at the end.
 const SPANS_AT_LEAST: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn main() -> std::process::ExitCode {

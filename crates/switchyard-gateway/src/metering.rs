@@ -141,7 +141,12 @@ pub(crate) async fn require_master(State(state): State<SharedState>, request: Re
     }
     match presented_key(request.headers()) {
         Some(token) if state.policy.is_master(token) => next.run(request).await,
-        Some(_) => ApiError::Forbidden("The admin API needs the master key.".into()).into_response(),
+        // A key the gateway does not know is a wrong credential (401); a
+        // virtual key it knows has no admin rights (403).
+        Some(token) => match state.policy.authenticate(Some(token)).await {
+            Ok(_) => ApiError::Forbidden("The admin API needs the master key.".into()).into_response(),
+            Err(denied) => ApiError::Denied(denied).into_response(),
+        },
         None => ApiError::Denied(switchyard_policy::Denied::MissingKey).into_response(),
     }
 }

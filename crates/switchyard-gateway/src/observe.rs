@@ -541,9 +541,14 @@ impl Trail {
 }
 
 impl Drop for Trail {
-    /// A record never finished is a request the client abandoned.
+    /// A record never finished is a request the client abandoned, or one a
+    /// shutdown ended.
     fn drop(&mut self) {
-        self.emit(499, Some("client_closed".into()));
+        if *self.state.cut.borrow() {
+            self.emit(503, Some("shutting_down".into()));
+        } else {
+            self.emit(499, Some("client_closed".into()));
+        }
     }
 }
 

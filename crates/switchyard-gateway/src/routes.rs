@@ -893,8 +893,23 @@ where
     // The request's concurrency slot lasts as long as its work.
     let slot = crate::metering::REQUEST_SLOT.try_with(Arc::clone).ok();
     let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // A drain that ran out of time ends the work still waiting (an answer
+    // not yet back): its holds are released and its record written while
+    // the process can still do it, and the client is told why.
+    let mut cut = state.cut.subscribe();
+    let shutdown = async move {
+        if cut.wait_for(|cut| *cut).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let work = CLIENT_GONE.scope(Arc::clone(&gone), async move {
-        let response = work.await;
+        let response = tokio::select! {
+            response = work => response,
+            () = shutdown => ApiError::Unavailable(
+                "the gateway is shutting down and could not finish this request; send it again".into(),
+            )
+            .into_response(),
+        };
         drop(slot);
         response
     });

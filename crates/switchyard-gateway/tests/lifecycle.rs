@@ -427,6 +427,43 @@ async fn a_stream_cut_at_the_drain_timeout_is_still_charged_and_logged() {
     assert_eq!(record["error_class"], "shutting_down");
 }
 
+/// A request still waiting for its answer when the drain runs out of time
+/// is ended: the client gets a 503 saying why, and its record is written as
+/// the gateway's doing, before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_still_waiting_at_the_drain_timeout_is_ended_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = "  - model_name: stuck\n    deployments:\n      - {provider: mock, model: stuck-1, mock: {reply: \"late\", delay_ms: 20000}}\n";
+    let yaml = format!(
+        "{}\ntelemetry:\n  request_log:\n    path: {}\n",
+        config("v1", stuck, "  drain_delay_ms: 0\n  shutdown_timeout_ms: 300"),
+        dir.path().join("requests.jsonl").display()
+    );
+    let mut gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let client = reqwest::Client::new();
+    let pending = client
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "stuck", "messages": [{"role": "user", "content": "hi"}]}))
+        .send();
+    let pending = tokio::spawn(pending);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.signal("TERM");
+    let response = pending.await.unwrap().expect("an answer, not a closed connection");
+    assert_eq!(response.status(), 503);
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("shutting down"),
+        "{body}"
+    );
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{:?}", gw.logs());
+    let log = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap_or_default();
+    let record: Value = serde_json::from_str(log.lines().find(|l| l.contains(&id)).expect("a record")).unwrap();
+    assert_eq!(record["status"], 503, "{record}");
+    assert_eq!(record["error_class"], "shutting_down");
+}
+
 /// A reload that leaves the `embedder` section alone keeps the embedder
 /// already loaded (and its cache of embeddings); one that changes it loads
 /// the model again.

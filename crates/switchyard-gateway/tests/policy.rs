@@ -308,6 +308,19 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
     // The admin API takes only the master key.
     let as_key = send(client().get(format!("{}/key/list", gw.base_url())).bearer_auth(&key)).await;
     assert_eq!(as_key.status, 403);
+    // A key nobody issued is a wrong credential, not a key without rights.
+    let unknown = send(
+        client()
+            .get(format!("{}/key/list", gw.base_url()))
+            .bearer_auth("sk-nobody-issued-this-key-0000"),
+    )
+    .await;
+    assert_eq!(
+        (unknown.status, unknown.body["error"]["type"].as_str()),
+        (401, Some("authentication_error")),
+        "{}",
+        unknown.body
+    );
     // ...except that a key may read its own info, and only its own.
     let info_as = |who: &str, query: &str| {
         send(

@@ -75,9 +75,10 @@ impl StateStore for SharedTat {
 struct Minute {
     limiter: Limiter,
     tat: SharedTat,
-    /// Taken just before the limiter was made, whose state counts time
-    /// from then.
-    created: std::time::Instant,
+    /// The limiter's clock, and its reading just before the limiter was
+    /// made, whose state counts time from then.
+    clock: DefaultClock,
+    created: <DefaultClock as Clock>::Instant,
 }
 
 impl Minute {
@@ -88,18 +89,25 @@ impl Minute {
     fn new(limit: u32, before: Option<&Minute>) -> Self {
         let burst = NonZeroU32::new(limit).unwrap_or(NonZeroU32::MIN);
         let tat = SharedTat::default();
-        let created = std::time::Instant::now();
-        let limiter = Limiter::new(Quota::per_minute(burst), tat.clone(), DefaultClock::default());
+        let clock = DefaultClock::default();
+        let created = clock.now();
+        let limiter = Limiter::new(Quota::per_minute(burst), tat.clone(), clock.clone());
         if let Some(owed) = before.map(Minute::owed).filter(|&n| n > 0) {
             tat.0.store(owed, Ordering::Release);
         }
-        Self { limiter, tat, created }
+        Self {
+            limiter,
+            tat,
+            clock,
+            created,
+        }
     }
 
     /// How far ahead of now its theoretical arrival time is, in
     /// nanoseconds: 0 when it has nothing taken.
     fn owed(&self) -> u64 {
-        let elapsed = u64::try_from(self.created.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        use governor::clock::Reference as _;
+        let elapsed = self.clock.now().duration_since(self.created).as_u64();
         self.tat.get().saturating_sub(elapsed)
     }
 }

@@ -1313,8 +1313,16 @@ impl Policy {
         }
     }
 
+    /// Writes the spend queued while Redis was down, then retries the
+    /// releases it did not take: spend first, since requests wait on it (a
+    /// full spend queue refuses them) and a shutdown has little time for
+    /// it, while a release left over only frees holds that expire anyway.
     async fn replay_pending(&self) {
+        self.replay_spend().await;
         self.replay_releases().await;
+    }
+
+    async fn replay_spend(&self) {
         let Store::Redis {
             redis,
             pending,

@@ -312,12 +312,15 @@ impl RedisStore {
         let raw: Option<String> = self
             .query(redis::cmd("HGET").arg(self.name(hash)).arg(field).clone())
             .await?;
-        Ok(raw.and_then(|r| serde_json::from_str(&r).ok()))
+        raw.map(|r| serde_json::from_str(&r).map_err(|e| unreadable(hash, &e)))
+            .transpose()
     }
 
     async fn hvals_json<T: for<'de> Deserialize<'de>>(&self, hash: &str) -> Result<Vec<T>, StoreDown> {
         let raw: Vec<String> = self.query(redis::cmd("HVALS").arg(self.name(hash)).clone()).await?;
-        Ok(raw.iter().filter_map(|r| serde_json::from_str(r).ok()).collect())
+        raw.iter()
+            .map(|r| serde_json::from_str(r).map_err(|e| unreadable(hash, &e)))
+            .collect()
     }
 
     async fn hdel(&self, hash: &str, field: &str) -> Result<bool, StoreDown> {
@@ -820,4 +823,18 @@ return 1",
         }
         Ok(out)
     }
+}
+
+/// A record that is there but does not parse (written by a newer version,
+/// or by hand) is not taken for an absent one: a user's block, a key's
+/// limits or an end user's budget would silently stop applying. The store
+/// is treated as unavailable for it (a fail-open policy uses the copy it
+/// saw before). The parser's position, never the value, is said.
+fn unreadable(hash: &str, e: &serde_json::Error) -> StoreDown {
+    StoreDown(format!(
+        "a record in the `{hash}` hash cannot be read by this version ({:?} error at line {}, column {})",
+        e.classify(),
+        e.line(),
+        e.column()
+    ))
 }

@@ -172,3 +172,32 @@ async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
         .collect();
     assert_eq!(listed, ["m"]);
 }
+
+/// A record Redis holds that this version cannot read (a newer version's,
+/// or one edited by hand) is not taken for an absent one: a key naming that
+/// user is refused as with the store down (fail-closed here), rather than
+/// served without the user's block and limits, and the admin API says it
+/// cannot read it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_record_is_not_taken_for_a_missing_one() {
+    let redis = RedisServer::start();
+    let mut settings = settings(&redis.url());
+    settings.keys[0].1.user_id = Some("u1".into());
+    let policy = Policy::open(settings).await.unwrap();
+    // No record for u1 yet: a free-form label, and the key is served.
+    policy.authenticate(Some(KEY)).await.unwrap();
+
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("holds:users")
+        .arg("u1")
+        .arg(r#"{"user_id": "u1", "blocked": "maybe"#)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let refused = policy.authenticate(Some(KEY)).await;
+    assert!(matches!(refused, Err(Denied::Unavailable)), "{refused:?}");
+    let read = policy.user("u1").await.map(|_| ()).unwrap_err().to_string();
+    assert!(read.contains("`users`") && !read.contains("maybe"), "{read}");
+}

@@ -75,7 +75,10 @@ const REFUSALS: [&str; 10] = [
 ];
 
 /// Whether `error` refuses `stream_options` as a field the upstream does
-/// not take (Mistral: 422 `extra_forbidden` at `body.stream_options`).
+/// not take (Mistral: 422 `extra_forbidden` at `body.stream_options`). The
+/// field itself, in the same problem as the refusal: not a member of it
+/// (`stream_options.foo`, which a client sent), for which the deployment
+/// would stop asking every stream for its usage.
 fn stream_options_refused(error: &ProviderError) -> bool {
     let ProviderError::Status {
         status: 400 | 422,
@@ -86,10 +89,24 @@ fn stream_options_refused(error: &ProviderError) -> bool {
     else {
         return false;
     };
-    let message = message.to_ascii_lowercase();
-    let named = message.contains("stream_options") || param.as_deref().is_some_and(|p| p.contains("stream_options"));
-    let words = message.replace("stream_options", " ");
-    named && REFUSALS.iter().any(|r| words.contains(r))
+    let refuses = |text: &str| {
+        let words = text.to_ascii_lowercase().replace("stream_options", " ");
+        REFUSALS.iter().any(|r| words.contains(r))
+    };
+    if param.as_deref().is_some_and(|p| p.trim() == "stream_options") && refuses(message) {
+        return true;
+    }
+    message
+        .split("; ")
+        .any(|problem| names_stream_options(problem) && refuses(problem))
+}
+
+/// Whether `text` names `stream_options` itself, not a member of it.
+fn names_stream_options(text: &str) -> bool {
+    text.match_indices("stream_options").any(|(i, name)| {
+        let after = text[i + name.len()..].chars().next();
+        !after.is_some_and(|c| c == '.' || c == '_' || c == '[' || c.is_ascii_alphanumeric())
+    })
 }
 
 impl Echoed {
@@ -667,6 +684,43 @@ openai_wire_provider!(AzureProvider, "azure");
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
+
+    #[test]
+    fn only_a_refusal_of_stream_options_itself_is_learned() {
+        let status = |message: &str, param: Option<&str>| ProviderError::Status {
+            status: 422,
+            message: message.into(),
+            kind: None,
+            code: None,
+            param: param.map(Into::into),
+            retry_after: None,
+            details: None,
+        };
+        for refused in [
+            status("body.stream_options: Extra inputs are not permitted", None),
+            status("Unrecognized request argument supplied: stream_options", None),
+            status(
+                "'stream_options' is not supported with this model.",
+                Some("stream_options"),
+            ),
+        ] {
+            assert!(super::stream_options_refused(&refused), "{refused:?}");
+        }
+        for kept in [
+            // A member the client sent.
+            status("Unknown parameter: 'stream_options.foo'.", Some("stream_options.foo")),
+            status("body.stream_options.foo: Extra inputs are not permitted", None),
+            // The field named in one problem, a refusal in another.
+            status(
+                "body.stream_options: Input should be a valid dictionary; body.foo: Extra inputs are not permitted",
+                None,
+            ),
+            status("stream_options.include_usage must be a boolean", None),
+        ] {
+            assert!(!super::stream_options_refused(&kept), "{kept:?}");
+        }
+    }
+
     use super::*;
 
     /// A stream read to its `[DONE]` whose body ends a little later (the

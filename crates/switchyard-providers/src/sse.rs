@@ -138,20 +138,22 @@ where
                     state.failed = true;
                     return Some((Err(BodyError::Transport(e)), state));
                 }
-                // The body's end ends its last line and its last event,
-                // whether or not the blank line closing it came (a server
-                // that closes right after `data: [DONE]`): a `\n` ends a
-                // partial line (or makes a final bare `\r`, which the
-                // parser holds in case `\n` follows, one line end), and a
-                // blank line hands on the event pending, if any. An event
-                // cut short is then read as what it is: JSON that does not
-                // parse.
+                // A line the body's end cut short: the parser ignores it,
+                // as it ignores an event that never ends.
+                None if !state.partial.is_empty() => {
+                    state.failed = true;
+                    let rest = state.partial.split().freeze();
+                    return checked(rest, state);
+                }
+                // The last line came whole: the body's end also ends its
+                // event, whether or not the blank line closing it came (a
+                // server that closes right after `data: [DONE]\n`). A final
+                // bare `\r`, which the parser holds in case `\n` follows,
+                // is made one line end first.
                 None => {
                     state.failed = true;
-                    if !state.partial.is_empty() || state.trailing_cr {
-                        let mut rest = state.partial.split();
-                        rest.extend_from_slice(b"\n");
-                        state.ready.push_back(rest.freeze());
+                    if state.trailing_cr {
+                        state.ready.push_back(Bytes::from_static(b"\n"));
                     }
                     state.ready.push_back(Bytes::from_static(b"\n"));
                     let line = state.ready.pop_front()?;
@@ -343,10 +345,10 @@ mod tests {
             lines(&["da", "ta: 1", "2\n\ndata: ", "3\n", "\n"]).await,
             vec!["data: 12\n", "\n", "data: 3\n", "\n", "\n"]
         );
-        // A line the body's end cuts is ended.
+        // A line the body's end cuts is left as it is (the parser drops it).
         assert_eq!(
             lines(&["data: 1\r", "\n\r\n", "data: tail"]).await,
-            vec!["data: 1\r", "\n", "\r\n", "data: tail\n", "\n"]
+            vec!["data: 1\r", "\n", "\r\n", "data: tail"]
         );
         // Bare CR line ends stay together; one that ends the body is
         // completed, so that the parser ends the last event.
@@ -363,7 +365,6 @@ mod tests {
             &b"data: 1\r\rdata: [DONE]\r\r"[..],
             // Closed without the blank line after the last event.
             b"data: 1\n\ndata: [DONE]\n",
-            b"data: 1\n\ndata: [DONE]",
             b"data: 1\r\n\r\ndata: [DONE]\r\n",
             b"data: 1\n\ndata: [DONE]\r",
         ] {
@@ -371,6 +372,17 @@ mod tests {
             let events: Vec<_> = Box::pin(whole_lines(stream)).eventsource().collect().await;
             let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
             assert_eq!(data, ["1", "[DONE]"], "{}", String::from_utf8_lossy(body));
+        }
+        // An event whose last line the body's end cut is not read: a
+        // truncated `message_stop` is no end.
+        for body in [
+            &b"data: 1\n\ndata: [DONE]"[..],
+            b"data: 1\n\nevent: message_stop\ndata: {\"type\":\"message_st",
+        ] {
+            let stream = stream::iter(vec![Ok(Bytes::from_static(body))]);
+            let events: Vec<_> = Box::pin(whole_lines(stream)).eventsource().collect().await;
+            let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
+            assert_eq!(data, ["1"], "{}", String::from_utf8_lossy(body));
         }
     }
 
