@@ -316,6 +316,22 @@ pub(crate) async fn dispatch<'s>(
     call: &mut Call<'_>,
     options: &RequestOptions,
 ) -> Result<Served<'s>, Failed> {
+    let served = dispatch_all(state, requested, call, options).await;
+    if served.is_ok() {
+        // What follows (charging, caching, the answer) is quick and
+        // finishes even in a shutdown.
+        crate::routes::mark_answered();
+    }
+    served
+}
+
+/// [`dispatch`]'s work.
+async fn dispatch_all<'s>(
+    state: &'s AppState,
+    requested: &str,
+    call: &mut Call<'_>,
+    options: &RequestOptions,
+) -> Result<Served<'s>, Failed> {
     let settings = &state.dispatch;
     let prediction = match state.learned.get(requested) {
         Some(route) => {

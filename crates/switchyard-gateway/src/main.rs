@@ -166,15 +166,15 @@ async fn refuse_open_with_stored_keys(state: &switchyard_gateway::AppState) -> a
     if state.policy.auth_required() {
         return Ok(());
     }
-    let listed = tokio::time::timeout(Duration::from_secs(5), state.policy.list_keys()).await;
-    if let Ok(Ok(keys)) = listed
-        && !keys.is_empty()
+    // Counted, not read: a record this version cannot read is a key too.
+    let counted = tokio::time::timeout(Duration::from_secs(5), state.policy.key_count()).await;
+    if let Ok(Ok(keys)) = counted
+        && keys > 0
     {
         anyhow::bail!(
-            "policy.master_key: {} virtual key(s) are stored but no master key is set; without one every client \
+            "policy.master_key: {keys} virtual key(s) are stored but no master key is set; without one every client \
              route would be open and those keys' limits and budgets could be skipped by leaving the key out \
-             (set policy.master_key or SWITCHYARD_MASTER_KEY)",
-            keys.len()
+             (set policy.master_key or SWITCHYARD_MASTER_KEY)"
         );
     }
     Ok(())
@@ -253,11 +253,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     // least a second. What is not written by then stays queued (and, with
     // `policy.data_dir`, on disk for the next start).
     let deadline = tokio::time::Instant::now() + FINAL_FLUSH_TIMEOUT;
-    let at_least_a_second = || deadline.max(tokio::time::Instant::now() + SPANS_AT_LEAST);
+    // Each step ends by its own deadline, and leaves the steps after it a
+    // second each: the three together stay within `FINAL_FLUSH_TIMEOUT`.
+    let until = |after: u32| (deadline - SPANS_AT_LEAST * after).max(tokio::time::Instant::now() + SPANS_AT_LEAST);
     let policy = live.state().policy.clone();
-    let spend_written = tokio::time::timeout_at(deadline, policy.flush()).await;
+    let spend_written = tokio::time::timeout_at(deadline - SPANS_AT_LEAST * 2, policy.flush()).await;
     let log_written = match &request_log {
-        Some(log) => tokio::time::timeout_at(at_least_a_second(), log.flush()).await.is_ok(),
+        Some(log) => tokio::time::timeout_at(until(1), log.flush()).await.is_ok(),
         None => true,
     };
     if spend_written.is_err() {
@@ -272,12 +274,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         tracing::warn!("stopped with writes left undone (see above)");
     }
-    if tokio::time::timeout_at(
-        at_least_a_second(),
-        tokio::task::spawn_blocking(move || telemetry.shutdown()),
-    )
-    .await
-    .is_err()
+    if tokio::time::timeout_at(until(0), tokio::task::spawn_blocking(move || telemetry.shutdown()))
+        .await
+        .is_err()
     {
         tracing::warn!("stopping before every span was exported");
     }

@@ -843,6 +843,14 @@ pub(crate) async fn serve_detached<R: Send + 'static>(
 tokio::task_local! {
     /// Set when the client of the request this task serves has left.
     static CLIENT_GONE: Arc<std::sync::atomic::AtomicBool>;
+    /// Set once the request this task serves has its upstream's answer.
+    static ANSWERED: Arc<std::sync::atomic::AtomicBool>;
+}
+
+/// Notes that the request this task serves has its upstream's answer (a
+/// request run by [`detached`]): a shutdown lets it finish.
+pub(crate) fn mark_answered() {
+    let _ = ANSWERED.try_with(|answered| answered.store(true, std::sync::atomic::Ordering::Release));
 }
 
 /// Whether the client of the request this task serves has left (a request
@@ -863,7 +871,22 @@ pub(crate) fn client_gone() -> bool {
 /// the policy is held until it ends, so that a shutdown's flush waits
 /// (within its bound) for it. Taken only then: a guard on every request
 /// would cost its shared counters on the hot path.
+///
+/// A drain that runs out of time ends work whose client is still there
+/// and whose upstream has not answered yet: the client gets a 503, the
+/// request's holds are released and its record written while the process
+/// can still do it. Work with an answer in hand, or whose client left,
+/// finishes as above.
 pub(crate) async fn detached<F>(state: &SharedState, work: F) -> Response
+where
+    F: std::future::Future<Output = Response> + Send + 'static,
+{
+    detached_with(state, work, IntoResponse::into_response).await
+}
+
+/// [`detached`], with `render` writing the shutdown's error in the
+/// route's own format.
+pub(crate) async fn detached_with<F>(state: &SharedState, work: F, render: fn(ApiError) -> Response) -> Response
 where
     F: std::future::Future<Output = Response> + Send + 'static,
 {
@@ -893,26 +916,30 @@ where
     // The request's concurrency slot lasts as long as its work.
     let slot = crate::metering::REQUEST_SLOT.try_with(Arc::clone).ok();
     let gone = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    // A drain that ran out of time ends the work still waiting (an answer
-    // not yet back): its holds are released and its record written while
-    // the process can still do it, and the client is told why.
+    let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut cut = state.cut.subscribe();
+    let (left, has_answer) = (Arc::clone(&gone), Arc::clone(&answered));
     let shutdown = async move {
-        if cut.wait_for(|cut| *cut).await.is_err() {
+        if cut.wait_for(|cut| *cut).await.is_err()
+            || left.load(std::sync::atomic::Ordering::Acquire)
+            || has_answer.load(std::sync::atomic::Ordering::Acquire)
+        {
             std::future::pending::<()>().await;
         }
     };
-    let work = CLIENT_GONE.scope(Arc::clone(&gone), async move {
-        let response = tokio::select! {
-            response = work => response,
-            () = shutdown => ApiError::Unavailable(
-                "the gateway is shutting down and could not finish this request; send it again".into(),
-            )
-            .into_response(),
-        };
-        drop(slot);
-        response
-    });
+    let work = CLIENT_GONE.scope(
+        Arc::clone(&gone),
+        ANSWERED.scope(answered, async move {
+            let response = tokio::select! {
+                response = work => response,
+                () = shutdown => render(ApiError::Unavailable(
+                    "the gateway is shutting down and could not finish this request; send it again".into(),
+                )),
+            };
+            drop(slot);
+            response
+        }),
+    );
     let mut watch = Abandoned {
         handle: Some(tokio::spawn(work.in_current_span())),
         state,

@@ -1661,6 +1661,16 @@ impl Policy {
         Err(busy_key())
     }
 
+    /// How many keys are configured and stored, counting stored records
+    /// this version cannot read.
+    pub async fn key_count(&self) -> Result<usize, PolicyError> {
+        let stored = match &self.0.store {
+            Store::Local(local) => local.keys().len(),
+            Store::Redis { redis, .. } => usize::try_from(redis.key_count().await.map_err(down)?).unwrap_or(usize::MAX),
+        };
+        Ok(self.0.config_keys.len().saturating_add(stored))
+    }
+
     /// Every key (configured and stored).
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, PolicyError> {
         let mut keys: Vec<KeyRecord> = self.0.config_keys.values().cloned().collect();

@@ -318,9 +318,27 @@ impl RedisStore {
 
     async fn hvals_json<T: for<'de> Deserialize<'de>>(&self, hash: &str) -> Result<Vec<T>, StoreDown> {
         let raw: Vec<String> = self.query(redis::cmd("HVALS").arg(self.name(hash)).clone()).await?;
-        raw.iter()
-            .map(|r| serde_json::from_str(r).map_err(|e| unreadable(hash, &e)))
-            .collect()
+        // A listing leaves out what it cannot read, and says so: one bad
+        // record must not stop every key or team from being listed (and
+        // a compromised key from being found and blocked).
+        let mut records = Vec::with_capacity(raw.len());
+        for r in &raw {
+            match serde_json::from_str(r) {
+                Ok(record) => records.push(record),
+                Err(e) => tracing::warn!(reason = %unreadable(hash, &e).0, "a record is left out of a listing"),
+            }
+        }
+        Ok(records)
+    }
+
+    /// How many records `hash` holds, readable or not.
+    async fn hlen(&self, hash: &str) -> Result<u64, StoreDown> {
+        self.query(redis::cmd("HLEN").arg(self.name(hash)).clone()).await
+    }
+
+    /// How many keys are stored, readable or not.
+    pub async fn key_count(&self) -> Result<u64, StoreDown> {
+        self.hlen("keys").await
     }
 
     async fn hdel(&self, hash: &str, field: &str) -> Result<bool, StoreDown> {
@@ -826,10 +844,11 @@ return 1",
 }
 
 /// A record that is there but does not parse (written by a newer version,
-/// or by hand) is not taken for an absent one: a user's block, a key's
-/// limits or an end user's budget would silently stop applying. The store
-/// is treated as unavailable for it (a fail-open policy uses the copy it
-/// saw before). The parser's position, never the value, is said.
+/// or by hand) is not taken for an absent one when it is looked up: a
+/// user's block, a key's limits or an end user's budget would silently stop
+/// applying. The store is treated as unavailable for it (a fail-open policy
+/// uses the copy it saw before). The parser's position, never the value,
+/// is said.
 fn unreadable(hash: &str, e: &serde_json::Error) -> StoreDown {
     StoreDown(format!(
         "a record in the `{hash}` hash cannot be read by this version ({:?} error at line {}, column {})",

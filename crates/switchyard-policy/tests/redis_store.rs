@@ -200,4 +200,16 @@ async fn an_unreadable_record_is_not_taken_for_a_missing_one() {
     assert!(matches!(refused, Err(Denied::Unavailable)), "{refused:?}");
     let read = policy.user("u1").await.map(|_| ()).unwrap_err().to_string();
     assert!(read.contains("`users`") && !read.contains("maybe"), "{read}");
+    // A listing leaves an unreadable record out rather than failing whole;
+    // the key count still counts it.
+    let _: () = redis::cmd("HSET")
+        .arg("holds:keys")
+        .arg("not-a-key-hash")
+        .arg("{")
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let listed = policy.list_keys().await.unwrap();
+    assert_eq!(listed.len(), 1, "the configured key only");
+    assert_eq!(policy.key_count().await.unwrap(), 2);
 }

@@ -181,7 +181,7 @@ pub(crate) async fn messages(
         Err(e) => return AnthropicError(e).into_response(),
     };
     let work = messages_inner(state.clone(), principal, ctx, req, labels).instrument(span);
-    let mut response = crate::routes::detached(&state, work).await;
+    let mut response = crate::routes::detached_with(&state, work, |e| AnthropicError(e).into_response()).await;
     crate::observe::label_failure(&state, &model, &mut response);
     response
 }
