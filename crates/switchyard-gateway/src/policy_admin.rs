@@ -288,7 +288,8 @@ async fn delete_keys(State(state): State<SharedState>, JsonBody(body): JsonBody<
             Ok(a) => a,
             Err(r) => return r,
         };
-        let all = match state.policy.list_keys().await {
+        // Every key, or none deleted: an alias may name one that cannot be read.
+        let all = match state.policy.all_keys().await {
             Ok(k) => k,
             Err(e) => return fail(e),
         };

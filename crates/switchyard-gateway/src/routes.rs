@@ -442,6 +442,8 @@ async fn openai_inner(
                 if let Some(sim) = similarity {
                     lookup_span.record("switchyard.cache.similarity", f64::from(sim));
                 }
+                // An answer in hand: a shutdown lets it be charged and sent.
+                mark_answered();
                 let (mut response, record) = serve_hit(&state, meter, model, &answer, similarity, strip_usage).await;
                 if let Some(mut t) = trail {
                     t.cache(true, Some(&answer.deployment));
@@ -931,6 +933,9 @@ where
         Arc::clone(&gone),
         ANSWERED.scope(answered, async move {
             let response = tokio::select! {
+                // The work first: an answer and the cut in the same wake-up
+                // is an answer.
+                biased;
                 response = work => response,
                 () = shutdown => render(ApiError::Unavailable(
                     "the gateway is shutting down and could not finish this request; send it again".into(),

@@ -1466,11 +1466,13 @@ impl Policy {
         if let Some(record) = self.0.config_keys.get(&hash_key(reference)) {
             return Ok(record.clone());
         }
-        self.list_keys()
-            .await?
-            .into_iter()
-            .find(|k| k.key_id == token)
-            .ok_or(PolicyError::NotFound { what: "Key" })
+        let (keys, unreadable) = self.keys_and_unreadable().await?;
+        match keys.into_iter().find(|k| k.key_id == token) {
+            Some(key) => Ok(key),
+            // It may be the one that cannot be read.
+            None if unreadable > 0 => Err(unreadable_keys(unreadable)),
+            None => Err(PolicyError::NotFound { what: "Key" }),
+        }
     }
 
     /// `POST /key/update`: changes the fields in `body` of the key named by `body.key`.
@@ -1555,7 +1557,7 @@ impl Policy {
             return Ok(());
         };
         let taken = self
-            .list_keys()
+            .all_keys()
             .await?
             .iter()
             .any(|k| k.key_id != record.key_id && k.key_alias.as_deref() == Some(alias));
@@ -1671,15 +1673,38 @@ impl Policy {
         Ok(self.0.config_keys.len().saturating_add(stored))
     }
 
-    /// Every key (configured and stored).
+    /// Every key (configured and stored) this version can read: a stored
+    /// record it cannot read is left out, with a warning in the log.
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, PolicyError> {
-        let mut keys: Vec<KeyRecord> = self.0.config_keys.values().cloned().collect();
-        match &self.0.store {
-            Store::Local(local) => keys.extend(local.keys()),
-            Store::Redis { redis, .. } => keys.extend(redis.keys().await.map_err(down)?),
+        Ok(self.keys_and_unreadable().await?.0)
+    }
+
+    /// Every key, for a check that must see them all (an alias taken, a
+    /// team or user still holding keys): refused while a stored record
+    /// cannot be read.
+    pub async fn all_keys(&self) -> Result<Vec<KeyRecord>, PolicyError> {
+        match self.keys_and_unreadable().await? {
+            (keys, 0) => Ok(keys),
+            (_, n) => Err(unreadable_keys(n)),
         }
+    }
+
+    /// The keys that can be read, and how many stored ones cannot.
+    async fn keys_and_unreadable(&self) -> Result<(Vec<KeyRecord>, usize), PolicyError> {
+        let mut keys: Vec<KeyRecord> = self.0.config_keys.values().cloned().collect();
+        let unreadable = match &self.0.store {
+            Store::Local(local) => {
+                keys.extend(local.keys());
+                0
+            }
+            Store::Redis { redis, .. } => {
+                let (stored, unreadable) = redis.keys().await.map_err(down)?;
+                keys.extend(stored);
+                unreadable
+            }
+        };
         keys.sort_by_key(|k| k.created_at);
-        Ok(keys)
+        Ok((keys, unreadable))
     }
 
     // ----- admin: teams -----
@@ -1792,7 +1817,7 @@ impl Policy {
     /// team named is checked before any is deleted, so a refusal deletes
     /// none.
     pub async fn delete_teams(&self, ids: &[String]) -> Result<Vec<String>, PolicyError> {
-        let keys = self.list_keys().await?;
+        let keys = self.all_keys().await?;
         let mut checked: Vec<&String> = Vec::with_capacity(ids.len());
         for id in ids {
             if checked.contains(&id) {
@@ -1995,7 +2020,7 @@ impl Policy {
     /// `POST /user/delete`: refused while keys name the user. Every user
     /// named is checked before any is deleted.
     pub async fn delete_users(&self, ids: &[String]) -> Result<Vec<String>, PolicyError> {
-        let keys = self.list_keys().await?;
+        let keys = self.all_keys().await?;
         let mut checked: Vec<&String> = Vec::with_capacity(ids.len());
         for id in ids {
             if checked.contains(&id) {
@@ -2021,7 +2046,7 @@ impl Policy {
             // lose the user's limits (a `user_id` without a user is a
             // label): the user is put back.
             let owned = self
-                .list_keys()
+                .all_keys()
                 .await?
                 .iter()
                 .filter(|k| k.user_id.as_deref() == Some(id.as_str()))
@@ -2343,6 +2368,14 @@ impl Policy {
 
 fn down(StoreDown(reason): StoreDown) -> PolicyError {
     PolicyError::Unavailable(reason)
+}
+
+/// The refusal of a check that must see every key while `n` stored key
+/// records cannot be read.
+fn unreadable_keys(n: usize) -> PolicyError {
+    PolicyError::Unavailable(format!(
+        "{n} stored key record(s) cannot be read by this version (see the log), so this cannot be checked"
+    ))
 }
 
 /// Whether a key, its team or its user has a soft budget.

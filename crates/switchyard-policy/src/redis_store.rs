@@ -317,18 +317,28 @@ impl RedisStore {
     }
 
     async fn hvals_json<T: for<'de> Deserialize<'de>>(&self, hash: &str) -> Result<Vec<T>, StoreDown> {
+        Ok(self.hvals_counted(hash).await?.0)
+    }
+
+    /// Every record of `hash` this version can read, and how many it
+    /// cannot. A listing leaves out what it cannot read, and says so: one
+    /// bad record must not stop every key or team from being listed (and a
+    /// compromised key from being found and blocked); checks that must see
+    /// every record refuse when the count is not 0.
+    async fn hvals_counted<T: for<'de> Deserialize<'de>>(&self, hash: &str) -> Result<(Vec<T>, usize), StoreDown> {
         let raw: Vec<String> = self.query(redis::cmd("HVALS").arg(self.name(hash)).clone()).await?;
-        // A listing leaves out what it cannot read, and says so: one bad
-        // record must not stop every key or team from being listed (and
-        // a compromised key from being found and blocked).
         let mut records = Vec::with_capacity(raw.len());
+        let mut unreadable_count = 0;
         for r in &raw {
             match serde_json::from_str(r) {
                 Ok(record) => records.push(record),
-                Err(e) => tracing::warn!(reason = %unreadable(hash, &e).0, "a record is left out of a listing"),
+                Err(e) => {
+                    unreadable_count += 1;
+                    tracing::warn!(reason = %unreadable(hash, &e).0, "a record is left out of a listing");
+                }
             }
         }
-        Ok(records)
+        Ok((records, unreadable_count))
     }
 
     /// How many records `hash` holds, readable or not.
@@ -554,9 +564,9 @@ return 1",
         self.hdel("teams", id).await
     }
 
-    /// Every key.
-    pub async fn keys(&self) -> Result<Vec<KeyRecord>, StoreDown> {
-        self.hvals_json("keys").await
+    /// Every key this version can read, and how many it cannot.
+    pub async fn keys(&self) -> Result<(Vec<KeyRecord>, usize), StoreDown> {
+        self.hvals_counted("keys").await
     }
 
     /// Every team.

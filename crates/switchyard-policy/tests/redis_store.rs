@@ -212,4 +212,8 @@ async fn an_unreadable_record_is_not_taken_for_a_missing_one() {
     let listed = policy.list_keys().await.unwrap();
     assert_eq!(listed.len(), 1, "the configured key only");
     assert_eq!(policy.key_count().await.unwrap(), 2);
+    // A check that must see every key (an alias free, a team with no keys
+    // left) refuses while one cannot be read.
+    let all = policy.all_keys().await.map(|k| k.len()).unwrap_err().to_string();
+    assert!(all.contains("cannot be read"), "{all}");
 }
