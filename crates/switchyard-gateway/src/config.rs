@@ -418,7 +418,9 @@ pub struct RouterEntry {
     /// λ of the trade-off: 0 buys the best predicted quality, larger saves money.
     #[serde(default = "default_lambda")]
     pub lambda: f64,
-    /// The score the `threshold` objective requires, in [0, 1].
+    /// The score the `threshold` objective requires, on the router's scale:
+    /// in [0, 1] for an MLP router (it predicts probabilities), the training
+    /// data's scale for a KNN router (a mean of its neighbours' scores).
     #[serde(default)]
     pub min_score: Option<f64>,
     /// The router's model names mapped to this config's model groups; a name
@@ -1034,14 +1036,10 @@ fn validate_router(entry: &RouterEntry, path: &str, issues: &mut Vec<ConfigIssue
             switchyard_routing::learned::Objective::Tradeoff { lambda: entry.lambda }
         }
         ObjectiveKind::Threshold => match entry.min_score {
-            Some(min) if (0.0..=1.0).contains(&min) => {
-                switchyard_routing::learned::Objective::Threshold { min_score: min }
-            }
+            // Its range is the router's: checked when the artifact is loaded.
+            Some(min) if min.is_finite() => switchyard_routing::learned::Objective::Threshold { min_score: min },
             Some(min) => {
-                issues.push(issue(
-                    format!("{path}.min_score"),
-                    format!("{min} is not between 0 and 1"),
-                ));
+                issues.push(issue(format!("{path}.min_score"), format!("{min} is not a number")));
                 switchyard_routing::learned::Objective::Threshold { min_score: 0.0 }
             }
             None => {

@@ -464,6 +464,14 @@ impl LearnedRoute {
 
     fn validate(&self, router: Arc<LearnedRouter>, version: String) -> Result<Loaded, String> {
         let m = &router.manifest;
+        if let switchyard_routing::learned::Objective::Threshold { min_score } = self.spec.objective
+            && m.kind == PredictorKind::Mlp
+            && !(0.0..=1.0).contains(&min_score)
+        {
+            return Err(format!(
+                "it is an MLP router, whose predicted scores lie between 0 and 1, and `router.min_score` is {min_score}"
+            ));
+        }
         if !self.embedder.fits(&m.embedder) {
             return Err(format!(
                 "it was trained with the embedder `{}` but the gateway runs `{}`",

@@ -947,6 +947,65 @@ fn start_up_fails_on_an_artifact_that_does_not_fit_the_configuration() {
     assert!(stderr.contains("both map to the group `strong-model`"), "{stderr}");
 }
 
+/// `min_score` is on the router's scale: a KNN router trained on ratings
+/// from 1 to 10 takes `min_score: 7`; an MLP router, whose predictions are
+/// probabilities, refuses it when its artifact is loaded.
+#[test]
+fn a_threshold_is_checked_against_the_routers_scale() {
+    let trainer = Trainer::new();
+    let knn_dir = tempfile::tempdir().unwrap();
+    trainer
+        .router("ratings", &["strong", "cheap"], &[10.0, 1.0], &[9.0, 2.0], &[8.0, 8.0])
+        .save(knn_dir.path())
+        .unwrap();
+    let mlp_dir = tempfile::tempdir().unwrap();
+    let rows: Vec<Vec<f32>> = MATH
+        .iter()
+        .map(|_| vec![1.0, 0.0])
+        .chain(POETRY.iter().map(|_| vec![1.0, 1.0]))
+        .collect();
+    let all: Vec<usize> = (0..rows.len()).collect();
+    let params = switchyard_routing::mlp::MlpParams {
+        hidden: 8,
+        max_epochs: 2,
+        ..switchyard_routing::mlp::MlpParams::default()
+    };
+    let (mlp, _) = switchyard_routing::mlp::Mlp::train(&trainer.embeddings, &rows, &all, &[], &params).unwrap();
+    let mut manifest = trainer.version_a().manifest;
+    manifest.kind = PredictorKind::Mlp;
+    manifest.knn = None;
+    manifest.mlp = Some(params);
+    LearnedRouter {
+        manifest,
+        predictor: Predictor::Mlp(mlp),
+    }
+    .save(mlp_dir.path())
+    .unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let path = config_dir.path().join("config.yaml");
+    let threshold = |dir: &Path| {
+        config(&dir.display().to_string(), "", STRONG_MOCK).replace(
+            "      lambda: 0.3\n",
+            "      objective: threshold\n      min_score: 7\n",
+        )
+    };
+    let yaml = threshold(knn_dir.path());
+    assert!(yaml.contains("min_score: 7"), "{yaml}");
+    std::fs::write(&path, yaml).unwrap();
+    let checked = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stderr));
+    std::fs::write(&path, threshold(mlp_dir.path())).unwrap();
+    let stderr = check_config_fails(&path);
+    assert!(
+        stderr.contains("MLP router") && stderr.contains("min_score"),
+        "{stderr}"
+    );
+}
+
 /// A replica that starts while a new version is being published (its data
 /// file already replaced, its manifest not yet) reads it again rather than
 /// failing at once; one whose artifact stays unreadable fails after a few reads.
