@@ -80,25 +80,33 @@ const REFUSALS: [&str; 10] = [
 /// (`stream_options.foo`, which a client sent), for which the deployment
 /// would stop asking every stream for its usage.
 fn stream_options_refused(error: &ProviderError) -> bool {
-    let ProviderError::Status {
-        status: 400 | 422,
-        message,
-        param,
-        ..
-    } = error
-    else {
+    let Some((message, param)) = field_refusal(error) else {
         return false;
     };
     let refuses = |text: &str| {
         let words = text.to_ascii_lowercase().replace("stream_options", " ");
         REFUSALS.iter().any(|r| words.contains(r))
     };
-    if param.as_deref().is_some_and(|p| p.trim() == "stream_options") && refuses(message) {
+    if param.is_some_and(|p| p.trim() == "stream_options") && refuses(message) {
         return true;
     }
     message
         .split("; ")
         .any(|problem| names_stream_options(problem) && refuses(problem))
+}
+
+/// The message and `param` of an error that may refuse a request field
+/// (a 400 or 422); `None` for any other.
+fn field_refusal(error: &ProviderError) -> Option<(&str, Option<&str>)> {
+    match error {
+        ProviderError::Status {
+            status: 400 | 422,
+            message,
+            param,
+            ..
+        } => Some((message, param.as_deref())),
+        _ => None,
+    }
 }
 
 /// Whether `text` names `stream_options` itself, not a member of it.
@@ -177,13 +185,7 @@ impl Echoed {
     /// not ones it asks for (DeepSeek: "The `reasoning_content` in the
     /// thinking mode must be passed back").
     fn refused(error: &ProviderError, sent: Echoed) -> Echoed {
-        let ProviderError::Status {
-            status: 400 | 422,
-            message,
-            param,
-            ..
-        } = error
-        else {
+        let Some((message, param)) = field_refusal(error) else {
             return Echoed::default();
         };
         let message = message.to_ascii_lowercase();
@@ -196,7 +198,7 @@ impl Echoed {
         }
         let mut named = Echoed::default();
         for (field, name) in Echoed::NAMES {
-            if message.contains(name) || param.as_deref().is_some_and(|p| p.contains(name)) {
+            if message.contains(name) || param.is_some_and(|p| p.contains(name)) {
                 named = named.or(field);
             }
         }
