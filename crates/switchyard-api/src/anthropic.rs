@@ -175,7 +175,8 @@ pub struct Message {
 /// A tool the model may call.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Tool {
-    /// Tool name.
+    /// Tool name (empty for tools that have none, such as an `mcp_toolset`).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub name: String,
     /// What it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -70,12 +70,59 @@ impl Usage {
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0)
     }
+
+    /// Reasoning tokens (`completion_tokens_details.reasoning_tokens`), when reported.
+    pub fn reasoning_tokens(&self) -> u64 {
+        self.extra
+            .get("completion_tokens_details")
+            .and_then(|d| d.get("reasoning_tokens"))
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0)
+    }
+
+    /// Tokens generated, reasoning included. OpenAI counts reasoning inside
+    /// `completion_tokens`; some servers (xAI's, Gemini's OpenAI-compatible
+    /// API) count it outside, in `total_tokens` only: their total then
+    /// exceeds prompt and completion by at least the reasoning, which is
+    /// added here.
+    pub fn generated_tokens(&self) -> u64 {
+        let reasoning = self.reasoning_tokens();
+        let outside = self
+            .total_tokens
+            .saturating_sub(self.prompt_tokens.saturating_add(self.completion_tokens));
+        if reasoning > 0 && outside >= reasoning {
+            self.completion_tokens.saturating_add(reasoning)
+        } else {
+            self.completion_tokens
+        }
+    }
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reasoning_counted_outside_completion_tokens_is_generated() {
+        let usage = |json: &str| serde_json::from_str::<Usage>(json).unwrap();
+        // xAI: reasoning in the total only.
+        let xai = usage(
+            r#"{"prompt_tokens":32,"completion_tokens":9,"total_tokens":135,"completion_tokens_details":{"reasoning_tokens":94}}"#,
+        );
+        assert_eq!(xai.generated_tokens(), 103);
+        // OpenAI: reasoning inside completion_tokens.
+        let openai = usage(
+            r#"{"prompt_tokens":32,"completion_tokens":103,"total_tokens":135,"completion_tokens_details":{"reasoning_tokens":94}}"#,
+        );
+        assert_eq!(openai.generated_tokens(), 103);
+        // A total that is off for another reason is not taken for reasoning.
+        let other = usage(r#"{"prompt_tokens":32,"completion_tokens":9,"total_tokens":60}"#);
+        assert_eq!(other.generated_tokens(), 9);
+        let no_total =
+            usage(r#"{"prompt_tokens":32,"completion_tokens":9,"completion_tokens_details":{"reasoning_tokens":5}}"#);
+        assert_eq!(no_total.generated_tokens(), 9);
+    }
 
     #[test]
     fn counts_sent_as_null_or_floats_are_read_not_refused() {

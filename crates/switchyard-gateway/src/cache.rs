@@ -77,7 +77,7 @@ impl Controls {
     /// Takes the `cache` field out of a request body and reads `Cache-Control`.
     pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Self, ApiError> {
         let mut controls = Controls::default();
-        if let Some(value) = extra.shift_remove("cache") {
+        if let Some(value) = extra.shift_remove("cache").filter(|v| !v.is_null()) {
             let Value::Object(map) = value else {
                 return Err(bad("cache", "'cache' must be an object, e.g. {\"no-cache\": true}."));
             };
@@ -89,6 +89,14 @@ impl Controls {
                     }
                     "no-store" | "no_store" => {
                         controls.no_store = v.as_bool().ok_or_else(|| bad(&param, "must be true or false."))?;
+                    }
+                    // LiteLLM's opt-in for a cache kept off by default:
+                    // this one is on, so only `false` changes anything.
+                    "use-cache" | "use_cache" => {
+                        if !v.as_bool().ok_or_else(|| bad(&param, "must be true or false."))? {
+                            controls.no_cache = true;
+                            controls.no_store = true;
+                        }
                     }
                     "ttl" => controls.ttl = Some(seconds(v, &param)?),
                     "s-maxage" | "s_maxage" => controls.max_age = Some(seconds(v, &param)?),
@@ -103,7 +111,7 @@ impl Controls {
                         return Err(bad(
                             &param,
                             &format!(
-                                "Unknown cache control `{name}`; known: no-cache, no-store, ttl, s-maxage, namespace."
+                                "Unknown cache control `{name}`; known: no-cache, no-store, ttl, s-maxage, namespace, use-cache."
                             ),
                         ));
                     }
@@ -220,6 +228,23 @@ fn blank_text(value: &mut Value, depth: usize) {
     }
 }
 
+/// The text a semantic lookup compares: a chat's last message when the
+/// user wrote it (the messages before it must match exactly), or a text
+/// completion's prompt. `None` when a chat ends otherwise (a tool's result,
+/// an assistant's prefill): such a request is looked up exactly only.
+fn semantic_text(call: &Call<'_>) -> Option<String> {
+    match call {
+        Call::Chat(req) => req
+            .messages
+            .last()
+            .filter(|m| m.role == switchyard_api::chat::Role::User)
+            .and_then(|m| m.content.as_ref())
+            .map(|c| c.text()),
+        Call::Completion(_) => call.query_text(),
+        _ => None,
+    }
+}
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -321,16 +346,21 @@ impl GatewayCache {
         // similar batch (reordered, one prompt changed) would get answers
         // to other prompts. Batches are looked up exactly only.
         let batch = matches!(call, Call::Completion(req) if req.prompt.texts().len() > 1);
-        let text = call.query_text().filter(|t| !batch && !t.trim().is_empty());
+        let text = semantic_text(call).filter(|t| !batch && !t.trim().is_empty());
         if let (Some(index), Some(embedder), Some(text)) = (semantic_index, embedder, text) {
-            // Similar prompts must agree on everything but their text: roles,
-            // images, tool calls, how the prompt is split.
+            // Similar prompts must agree on everything but the question's
+            // text: earlier messages word for word (a system prompt or a
+            // tool's result changes the answer, and would weigh little in
+            // one embedding of the whole), roles, images, tool calls.
             let mut params = body.clone();
             if let Value::Object(map) = &mut params {
-                for field in ["messages", "prompt"] {
-                    if let Some(value) = map.get_mut(field) {
-                        blank_text(value, 0);
-                    }
+                if let Some(Value::Array(messages)) = map.get_mut("messages")
+                    && let Some(last) = messages.last_mut()
+                {
+                    blank_text(last, 1);
+                }
+                if let Some(prompt) = map.get_mut("prompt") {
+                    blank_text(prompt, 0);
                 }
             }
             let params = exact_key(KeyParts {
@@ -495,38 +525,58 @@ pub(crate) enum Shape {
 #[derive(serde::Deserialize)]
 struct Finish {
     #[serde(default)]
+    index: Option<u64>,
+    #[serde(default)]
     finish_reason: Option<String>,
 }
 
-/// Whether an answer may be kept for later callers: not one the content
-/// filter stopped (Azure answers 200 with `finish_reason: content_filter`),
-/// nor one that answered nothing — a completion without a choice, embeddings
-/// without a vector, or a 200 that is an error in another shape (vLLM's
-/// `{"object": "error", …}`). `parts` are the JSON body, or a stream's chunks
-/// (whose usage chunk has no choice).
+/// Finish reasons of answers that did not end as the model meant:
+/// the content filter's (Azure answers 200 with it), and a generation that
+/// failed or was stopped part-way (OpenRouter's `error`, vLLM's `abort`).
+const UNKEPT_FINISHES: [&str; 3] = ["content_filter", "error", "abort"];
+
+/// Whether a choice's finish reason says it ended as the model meant.
+fn finished(reason: Option<&str>) -> bool {
+    reason.is_some_and(|r| !UNKEPT_FINISHES.contains(&r))
+}
+
+/// Whether an answer may be kept for later callers: every choice ended as
+/// the model meant (a finish reason, not one of [`UNKEPT_FINISHES`]; a
+/// stream's choices each got one), and it answered something — not a
+/// completion without a choice, embeddings without a vector, or a 200 that
+/// is an error in another shape (vLLM's `{"object": "error", …}`). `parts`
+/// are the JSON body, or a stream's chunks (whose usage chunk has no choice).
 pub(crate) fn keepable<'a>(parts: impl IntoIterator<Item = &'a [u8]>, shape: Shape) -> bool {
     let stream = shape == Shape::Stream;
-    // A stream needs one chunk with a choice: one of usage alone (or of a
-    // prompt filter's verdict) answered nothing.
-    let mut answered = false;
+    // A stream's choices by index: whether each has finished.
+    let mut streamed = std::collections::BTreeMap::<u64, bool>::new();
     let clean = parts
         .into_iter()
         .all(|part| match serde_json::from_slice::<Finishes>(part) {
             Ok(Finishes { data, .. }) if shape == Shape::Embeddings => data.is_some_and(|d| !d.is_empty()),
             Ok(Finishes {
                 choices: Some(choices), ..
-            }) => {
-                answered |= !choices.is_empty();
-                (stream || !choices.is_empty())
-                    && choices
-                        .iter()
-                        .all(|c| c.finish_reason.as_deref() != Some("content_filter"))
-            }
+            }) if stream => choices.iter().all(|c| {
+                let done = streamed.entry(c.index.unwrap_or(0)).or_insert(false);
+                match c.finish_reason.as_deref() {
+                    None => true,
+                    reason => {
+                        *done = finished(reason);
+                        *done
+                    }
+                }
+            }),
+            Ok(Finishes {
+                choices: Some(choices), ..
+            }) => !choices.is_empty() && choices.iter().all(|c| finished(c.finish_reason.as_deref())),
             // A stream's usage chunk; a completion without `choices` is not one.
             Ok(Finishes { choices: None, .. }) => stream,
             Err(_) => false,
         });
-    clean && (answered || !stream)
+    // A stream needs a choice (one of usage alone, or of a prompt filter's
+    // verdict, answered nothing), and each of its choices must have ended:
+    // one that did not was cut short, though the stream closed cleanly.
+    clean && (!stream || (!streamed.is_empty() && streamed.values().all(|done| *done)))
 }
 
 /// Follows a stream and hands its chunks to `done` once it ended cleanly,
@@ -616,11 +666,41 @@ mod tests {
             Shape::Completion
         ));
         assert!(!keepable(body(r#"{"choices":[]}"#), Shape::Completion));
+        // A generation that failed or was stopped part-way.
+        for reason in ["error", "abort"] {
+            let failed = format!(
+                r#"{{"choices":[{{"index":0,"finish_reason":"stop"}},{{"index":1,"finish_reason":"{reason}"}}]}}"#
+            );
+            assert!(
+                !keepable(std::iter::once(failed.as_bytes()), Shape::Completion),
+                "{reason}"
+            );
+        }
+        assert!(!keepable(
+            body(r#"{"choices":[{"finish_reason":null}]}"#),
+            Shape::Completion
+        ));
         let chunks = [
-            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
+            r#"{"choices":[{"index":1,"delta":{"content":"b"},"finish_reason":null}]}"#.as_bytes(),
+            r#"{"choices":[{"index":1,"delta":{},"finish_reason":"length"}]}"#.as_bytes(),
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#.as_bytes(),
             r#"{"choices":[],"usage":{"prompt_tokens":1}}"#.as_bytes(),
         ];
         assert!(keepable(chunks, Shape::Stream));
+        // A stream that closed cleanly with a choice that never finished was
+        // cut short.
+        assert!(!keepable(chunks[..3].iter().copied(), Shape::Stream));
+        let unfinished = [
+            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
+            r#"{"choices":[],"usage":{"prompt_tokens":1}}"#.as_bytes(),
+        ];
+        assert!(!keepable(unfinished, Shape::Stream));
+        let failed = [
+            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
+            r#"{"choices":[{"delta":{},"finish_reason":"error"}]}"#.as_bytes(),
+        ];
+        assert!(!keepable(failed, Shape::Stream));
         let cut = [
             r#"{"choices":[{"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
             r#"{"choices":[{"delta":{},"finish_reason":"content_filter"}]}"#.as_bytes(),
@@ -642,11 +722,23 @@ mod tests {
         assert_eq!(c.ttl, Some(Duration::from_secs(600)));
         assert_eq!(c.max_age, Some(Duration::from_secs(30)));
         assert!(!extra.contains_key("cache"));
+        // LiteLLM's opt-in: `true` changes nothing, `false` bypasses; `null` is none.
+        for (body, bypass) in [
+            (r#"{"cache":{"use-cache":true}}"#, false),
+            (r#"{"cache":{"use_cache":false}}"#, true),
+            (r#"{"cache":null}"#, false),
+        ] {
+            let mut extra: Extra = serde_json::from_str(body).unwrap();
+            let c = Controls::take(&mut extra, &HeaderMap::new()).unwrap();
+            assert_eq!((c.no_cache, c.no_store), (bypass, bypass), "{body}");
+            assert!(extra.is_empty(), "{body}");
+        }
         for (body, param) in [
             (r#"{"cache":true}"#, "cache"),
             (r#"{"cache":{"ttl":"x"}}"#, "cache.ttl"),
             (r#"{"cache":{"no-cache":1}}"#, "cache.no-cache"),
             (r#"{"cache":{"bogus":1}}"#, "cache.bogus"),
+            (r#"{"cache":{"use-cache":"yes"}}"#, "cache.use-cache"),
         ] {
             let mut extra: Extra = serde_json::from_str(body).unwrap();
             let err = Controls::take(&mut extra, &HeaderMap::new()).unwrap_err();

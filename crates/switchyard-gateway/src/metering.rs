@@ -624,7 +624,8 @@ pub(crate) fn openai_usage(usage: &Usage) -> TokenUsage {
     let cache_write = usage.cache_write_tokens();
     TokenUsage {
         prompt: usage.prompt_tokens,
-        completion: usage.completion_tokens,
+        // Reasoning a server counted outside `completion_tokens` is output too.
+        completion: usage.generated_tokens(),
         cache_read: usage.cached_prompt_tokens(),
         cache_write,
         cache_write_1h: hour_writes(usage.extra.get("cache_creation")),
@@ -674,6 +675,31 @@ pub(crate) fn output_estimate(body: &[u8]) -> u64 {
             (chars as u64).div_ceil(4).max(1)
         })
         .sum()
+}
+
+/// Output tokens of an Anthropic Messages answer that reported no usage:
+/// about one per four characters of its text, thinking and tool inputs,
+/// at least one. 0 for a body that is not such an answer.
+pub(crate) fn anthropic_output_estimate(body: &[u8]) -> u64 {
+    let Ok(answer) = serde_json::from_slice::<Value>(body) else {
+        return 0;
+    };
+    let Some(blocks) = answer.get("content").and_then(Value::as_array) else {
+        return 0;
+    };
+    let chars: usize = blocks
+        .iter()
+        .map(|block| {
+            let text = |name: &str| block.get(name).and_then(Value::as_str).map_or(0, |t| t.chars().count());
+            text("text")
+                + text("thinking")
+                + block
+                    .get("input")
+                    .filter(|i| !i.is_null())
+                    .map_or(0, |input| input.to_string().chars().count())
+        })
+        .sum();
+    (chars as u64).div_ceil(4).max(1)
 }
 
 /// Tokens written to the prompt cache for an hour, from Anthropic's
@@ -857,6 +883,16 @@ mod tests {
         let completion = json!({"choices": [{"text": "abcdefgh"}]});
         assert_eq!(output_estimate(completion.to_string().as_bytes()), 2);
         assert_eq!(output_estimate(b"{\"data\": []}"), 0);
+        // An Anthropic answer: text, thinking and tool input.
+        let message = json!({"type": "message", "content": [
+            {"type": "thinking", "thinking": "abcd"},
+            {"type": "text", "text": "twelve chars"},
+            {"type": "tool_use", "id": "t", "name": "f", "input": {"q": 1}}
+        ]});
+        // 4 + 12 + 7 characters: 6 tokens.
+        assert_eq!(anthropic_output_estimate(message.to_string().as_bytes()), 6);
+        assert_eq!(anthropic_output_estimate(br#"{"content": []}"#), 1);
+        assert_eq!(anthropic_output_estimate(b"{}"), 0);
     }
 
     #[test]

@@ -107,15 +107,21 @@ impl Observed for Event {
         };
         let seen = anthropic_usage(found);
         let merged = usage.get_or_insert_with(TokenUsage::default);
-        if seen.prompt > 0 {
-            merged.prompt = seen.prompt;
-            merged.cache_read = seen.cache_read;
-            merged.cache_write = seen.cache_write;
-            // `message_delta` repeats the counts without the writes'
-            // breakdown by time to live: `message_start`'s stands.
-            if found.get("cache_creation").is_some_and(serde_json::Value::is_object) {
-                merged.cache_write_1h = seen.cache_write_1h;
-            }
+        // The counts are running totals, each kept at its highest: a
+        // `message_delta` that leaves the cache counts out (as some
+        // Anthropic-compatible servers' do) keeps `message_start`'s.
+        let input = |u: &TokenUsage| u.prompt.saturating_sub(u.cache_read).saturating_sub(u.cache_write);
+        let seen_input = input(&seen);
+        let merged_input = input(merged).max(seen_input);
+        merged.cache_read = merged.cache_read.max(seen.cache_read);
+        merged.cache_write = merged.cache_write.max(seen.cache_write);
+        merged.prompt = merged_input
+            .saturating_add(merged.cache_read)
+            .saturating_add(merged.cache_write);
+        // `message_delta` repeats the counts without the writes' breakdown
+        // by time to live: `message_start`'s stands.
+        if found.get("cache_creation").is_some_and(serde_json::Value::is_object) {
+            merged.cache_write_1h = seen.cache_write_1h;
         }
         merged.completion = merged.completion.max(seen.completion);
         merged.web_searches = merged.web_searches.max(seen.web_searches);
@@ -592,6 +598,49 @@ pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `message_delta` without the cache counts keeps `message_start`'s:
+    /// the cache writes are still charged.
+    #[test]
+    fn anthropic_stream_usage_keeps_the_highest_counts() {
+        let event = |name: &str, data: &str| Event {
+            event: name.to_owned(),
+            data: data.to_owned(),
+            ..Event::default()
+        };
+        let mut usage = None;
+        event(
+            "message_start",
+            r#"{"type":"message_start","message":{"usage":{"input_tokens":200,"cache_creation_input_tokens":100000,"cache_read_input_tokens":50,"output_tokens":1}}}"#,
+        )
+        .merge_usage(&mut usage);
+        event(
+            "message_delta",
+            r#"{"type":"message_delta","usage":{"input_tokens":200,"output_tokens":300}}"#,
+        )
+        .merge_usage(&mut usage);
+        let usage = usage.unwrap();
+        assert_eq!(
+            (usage.prompt, usage.cache_write, usage.cache_read, usage.completion),
+            (100_250, 100_000, 50, 300)
+        );
+        // Anthropic's own repeats every count in `message_delta`.
+        let mut usage = None;
+        for (name, data) in [
+            (
+                "message_start",
+                r#"{"message":{"usage":{"input_tokens":10,"cache_read_input_tokens":5,"output_tokens":1}}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"usage":{"input_tokens":10,"cache_read_input_tokens":5,"cache_creation_input_tokens":0,"output_tokens":7}}"#,
+            ),
+        ] {
+            event(name, data).merge_usage(&mut usage);
+        }
+        let usage = usage.unwrap();
+        assert_eq!((usage.prompt, usage.cache_read, usage.completion), (15, 5, 7));
+    }
 
     #[test]
     fn a_null_usage_member_is_cut_and_nothing_else() {

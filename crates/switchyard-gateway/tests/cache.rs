@@ -574,6 +574,58 @@ model_list:
     assert_eq!(post(&gw, "", joined, &[]).await.header("x-switchyard-cache"), "miss");
     assert_eq!(upstream_calls(&mock), 11);
 
+    // Only the question is compared by meaning: another instruction, or
+    // another turn before the same question, is another prompt however
+    // close the whole reads.
+    let chat = |messages: &[(&str, &str)]| {
+        let messages: Vec<_> = messages
+            .iter()
+            .map(|(role, content)| json!({"role": role, "content": content}))
+            .collect();
+        json!({"model": "gpt", "messages": messages})
+    };
+    for (messages, expected) in [
+        (
+            chat(&[
+                ("system", "Reply in French."),
+                ("user", "What is the capital city of Spain?"),
+            ]),
+            "miss",
+        ),
+        (
+            chat(&[
+                ("system", "Reply in German."),
+                ("user", "What is the capital city of Spain?"),
+            ]),
+            "miss",
+        ),
+        (
+            chat(&[("system", "Reply in French."), ("user", "What's the capital of Spain?")]),
+            "hit",
+        ),
+        (
+            chat(&[
+                ("user", "Translate 'good morning' into French."),
+                ("assistant", "Bonjour."),
+                ("user", "And into Spanish?"),
+            ]),
+            "miss",
+        ),
+        (
+            chat(&[
+                ("user", "Translate 'good night' into French."),
+                ("assistant", "Bonne nuit."),
+                ("user", "And into Spanish?"),
+            ]),
+            "miss",
+        ),
+    ] {
+        let answer = post(&gw, "", messages.clone(), &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.text);
+        assert_eq!(answer.header("x-switchyard-cache"), expected, "{messages}");
+    }
+    assert_eq!(upstream_calls(&mock), 15);
+
     // Prompts longer than the embedder's window (256 tokens) that differ
     // only in the part it cuts are not taken for each other; the same long
     // prompt again is an exact hit.
@@ -587,7 +639,7 @@ model_list:
     let again = post(&gw, "", long("Who wrote Hamlet?"), &[]).await;
     assert_eq!(again.header("x-switchyard-cache"), "hit");
     assert!(again.header("x-switchyard-cache-similarity").is_empty());
-    assert_eq!(upstream_calls(&mock), 13);
+    assert_eq!(upstream_calls(&mock), 17);
 
     // A batch of prompts is answered one choice per prompt, in order: the
     // batch reordered is no semantic hit (its answers would go to the other

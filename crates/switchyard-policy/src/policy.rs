@@ -329,6 +329,31 @@ impl Drop for WriteGuard {
     }
 }
 
+/// Releases an admission's holds in Redis when dropped before
+/// [`ReleaseUnlessFinished::finish`]: the admission's future was dropped
+/// while its script could already have run.
+struct ReleaseUnlessFinished<'a> {
+    policy: &'a Policy,
+    checks: &'a Checks,
+    id: &'a str,
+    finished: bool,
+}
+
+impl ReleaseUnlessFinished<'_> {
+    /// The script answered (or failed): its result decides what follows.
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for ReleaseUnlessFinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.policy.release_in_redis(self.checks, self.id);
+        }
+    }
+}
+
 /// Keys, limits, budgets and spend. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Policy(Arc<Inner>);
@@ -881,7 +906,7 @@ impl Policy {
             Store::Local(local) => local.admit(&checks, max_cost).map(|s| ticket(Holder::Local, s)),
             Store::Redis {
                 redis, mode, fallback, ..
-            } => match redis.admit(&checks, &id, max_cost).await {
+            } => match self.admit_in_redis(redis, &checks, &id, max_cost).await {
                 Ok(result) => result.map(|s| {
                     let mut ticket = ticket(Holder::Redis, s);
                     ticket.keeper = self.keep_holds(&checks, &id);
@@ -927,6 +952,27 @@ impl Policy {
             );
         }
         admitted
+    }
+
+    /// The admission script's reply. An admission given up on while its
+    /// script is in Redis (the client left, the shutdown's drain ran out)
+    /// frees whatever the script took: no ticket will.
+    async fn admit_in_redis(
+        &self,
+        redis: &RedisStore,
+        checks: &Checks,
+        id: &str,
+        max_cost: Nanos,
+    ) -> Result<Result<Vec<RateState>, Denied>, StoreDown> {
+        let cut = ReleaseUnlessFinished {
+            policy: self,
+            checks,
+            id,
+            finished: false,
+        };
+        let reply = redis.admit(checks, id, max_cost).await;
+        cut.finish();
+        reply
     }
 
     /// Sends a [`AlertKind::BudgetExhausted`] alert for the budget of

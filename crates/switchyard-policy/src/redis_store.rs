@@ -149,12 +149,15 @@ local function add(hash, field)
     redis.pcall('HSET', hash, field, '9223372036854775807')
   end
 end
+-- The index is `<prefix>spend-subjects`; end users' hashes start with
+-- `<prefix>spend:end_user:` (matched there only: a tag may contain it).
+local end_users = string.sub(index, 1, #index - #'spend-subjects') .. 'spend:end_user:'
 for _, s in ipairs(spends) do
   add(s, day)
   add(s, 'total')
   -- End users are client-chosen and never listed: kept out of the index
   -- the /spend listings read.
-  if not string.find(s, 'spend:end_user:', 1, true) then
+  if string.sub(s, 1, #end_users) ~= end_users then
     redis.call('SADD', index, s)
   end
 end

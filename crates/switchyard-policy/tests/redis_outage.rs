@@ -313,6 +313,31 @@ async fn a_lost_admission_reply_does_not_keep_its_slot() {
     );
 }
 
+// An admission given up on while its script waits in Redis (a client that
+// left, a shutdown's drain that ran out) must not keep what the script takes
+// once it runs: with one slot, the key would be locked out until `hold_ttl`.
+#[tokio::test]
+async fn an_admission_given_up_on_does_not_keep_its_slot() {
+    let redis = RedisServer::start();
+    let policy = one_slot_fail_closed(&redis.url(), Duration::from_secs(3)).await;
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let demand = demand();
+    drop(policy.admit(&principal, &demand).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    pause_writes(&redis.url(), 1_000).await;
+    let given_up = tokio::time::timeout(Duration::from_millis(300), policy.admit(&principal, &demand)).await;
+    assert!(given_up.is_err(), "the admission finished while Redis was paused");
+    // Redis ran the script once the pause ended, and the release sent after it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let admitted = policy.admit(&principal, &demand).await;
+    assert!(
+        admitted.is_ok(),
+        "the admission given up on kept the key's only slot: {:?}",
+        admitted.err()
+    );
+}
+
 // A release Redis refuses (here: scripts are not allowed for a moment, so
 // it never runs) is retried with the queued spend, instead of holding the
 // key's only slot until `hold_ttl` (60 s in these settings).

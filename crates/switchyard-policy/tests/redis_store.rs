@@ -102,7 +102,9 @@ async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
     settings.keys[0].1.limits.max_parallel_requests = None;
     let policy = Policy::open(settings).await.unwrap();
     let principal = policy.authenticate(Some(KEY)).await.unwrap();
-    for model in ["m", "n"] {
+    // A name holding `spend:end_user:` is still listed: only end users'
+    // own hashes stay out of the index.
+    for model in ["m", "n", "spend:end_user:x"] {
         let demand = Demand {
             model: model.into(),
             max_cost: 1_000,
@@ -125,13 +127,17 @@ async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
         .await
         .unwrap();
     assert!(members.contains(&"holds:spend:model:m".to_owned()), "{members:?}");
+    assert!(
+        members.contains(&"holds:spend:model:spend:end_user:x".to_owned()),
+        "{members:?}"
+    );
     // Settled ids are kept for `settled_ttl` (an hour here, 48 hours by default).
     let settled: Vec<String> = redis::cmd("KEYS")
         .arg("holds:settled:*")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(settled.len(), 2, "{settled:?}");
+    assert_eq!(settled.len(), 3, "{settled:?}");
     let ttl: i64 = redis::cmd("TTL").arg(&settled[0]).query_async(&mut conn).await.unwrap();
     assert!((3500..=3600).contains(&ttl), "{ttl}");
 
@@ -149,7 +155,7 @@ async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
         .map(|(name, _)| name)
         .collect();
     models.sort();
-    assert_eq!(models, ["m", "n"]);
+    assert_eq!(models, ["m", "n", "spend:end_user:x"]);
     let complete: bool = redis::cmd("EXISTS")
         .arg("holds:spend-subjects-complete")
         .query_async(&mut conn)
@@ -163,14 +169,15 @@ async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let listed: Vec<String> = policy
+    let mut listed: Vec<String> = policy
         .spend_by_prefix("model:")
         .await
         .unwrap()
         .into_iter()
         .map(|(name, _)| name)
         .collect();
-    assert_eq!(listed, ["m"]);
+    listed.sort();
+    assert_eq!(listed, ["m", "spend:end_user:x"]);
 }
 
 /// A record Redis holds that this version cannot read (a newer version's,

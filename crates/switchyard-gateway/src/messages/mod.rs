@@ -320,9 +320,18 @@ async fn messages_inner(
         Reply::Native(body) => {
             // The upstream is done: the deployment is no longer busy with it.
             drop(in_flight);
+            // Without the upstream's usage: the estimated prompt, and output
+            // by the answer's length.
             let usage = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
-                .and_then(|v| v.get("usage").map(metering::anthropic_usage));
+                .and_then(|v| v.get("usage").filter(|u| u.is_object()).map(metering::anthropic_usage))
+                .or_else(|| {
+                    Some(switchyard_policy::TokenUsage {
+                        prompt: meter.estimated_prompt(),
+                        completion: metering::anthropic_output_estimate(&body),
+                        ..switchyard_policy::TokenUsage::default()
+                    })
+                });
             let record = meter.settle(&state, id, &name, usage).await;
             settled(trail.take(), usage, record.as_ref(), None);
             if state.telemetry.capture_content {

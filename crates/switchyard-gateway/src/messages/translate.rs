@@ -41,7 +41,20 @@ pub fn openai_tool_name(name: &str) -> std::borrow::Cow<'_, str> {
 /// name whose shortened form is another tool's name), since their calls
 /// could not be told apart.
 pub fn shortened_tool_names(req: &MessagesRequest) -> Result<Vec<(String, String)>, ApiError> {
-    let tools = req.tools.as_deref().unwrap_or_default();
+    // Anthropic's own tools (an MCP toolset has no name) never go to an
+    // OpenAI-format model under a name.
+    let tools: Vec<_> = req
+        .tools
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .filter(|t| {
+            t.extra
+                .get("type")
+                .and_then(Value::as_str)
+                .is_none_or(|k| k == "custom")
+        })
+        .collect();
     let mut upstream: Vec<std::borrow::Cow<'_, str>> = tools.iter().map(|t| openai_tool_name(&t.name)).collect();
     let shortened = tools
         .iter()
@@ -256,6 +269,17 @@ fn convert_message(
                             parts.push(image_part(inner.source.as_ref().unwrap_or(&Value::Null), &param)?);
                             texts.push("(image in the next message)".to_owned());
                         }
+                        // A text document stays in the result; a PDF goes
+                        // with the images.
+                        "document" => {
+                            let part = document_part(inner, &param)?;
+                            if part.kind == "text" {
+                                texts.push(part.text.unwrap_or_default());
+                            } else {
+                                parts.push(part);
+                                texts.push("(document in the next message)".to_owned());
+                            }
+                        }
                         other => {
                             return Err(invalid(
                                 format!("tool results with `{other}` content are not supported here"),
@@ -331,8 +355,39 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
     if let Some(max) = req.max_tokens {
         extra.insert("max_tokens".into(), json!(max));
     }
-    if let Some(stop) = &req.stop_sequences {
+    // OpenAI refuses an empty `stop` list.
+    if let Some(stop) = req.stop_sequences.as_ref().filter(|s| !s.is_empty()) {
         extra.insert("stop".into(), json!(stop));
+    }
+    // Structured output (`output_config.format`, or the beta's
+    // `output_format`): the same JSON Schema as OpenAI's `response_format`.
+    // Anthropic's is always enforced, so OpenAI's strict mode is asked for.
+    let format = req
+        .extra
+        .get("output_config")
+        .and_then(|c| c.get("format"))
+        .or_else(|| req.extra.get("output_format"))
+        .filter(|f| !f.is_null());
+    if let Some(format) = format {
+        let param = if req.extra.contains_key("output_format") && !req.extra.contains_key("output_config") {
+            "output_format"
+        } else {
+            "output_config.format"
+        };
+        match (format.get("type").and_then(Value::as_str), format.get("schema")) {
+            (Some("json_schema"), Some(schema)) if schema.is_object() => {
+                extra.insert(
+                    "response_format".into(),
+                    json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}}),
+                );
+            }
+            _ => {
+                return Err(invalid(
+                    "the output format must be {\"type\": \"json_schema\", \"schema\": {…}}",
+                    param,
+                ));
+            }
+        }
     }
     if let Some(t) = req.temperature {
         extra.insert("temperature".into(), json!(t));
@@ -357,11 +412,23 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
                         &format!("tools[{i}].type"),
                     ));
                 }
-                Ok(json!({"type": "function", "function": {
-                    "name": openai_tool_name(&t.name),
-                    "description": t.description,
-                    "parameters": t.input_schema.clone().unwrap_or_else(|| json!({"type": "object"})),
-                }}))
+                if t.name.is_empty() {
+                    return Err(invalid("a tool needs a name", &format!("tools[{i}].name")));
+                }
+                let mut function = serde_json::Map::new();
+                function.insert("name".into(), json!(openai_tool_name(&t.name)));
+                if let Some(description) = &t.description {
+                    function.insert("description".into(), json!(description));
+                }
+                function.insert(
+                    "parameters".into(),
+                    t.input_schema.clone().unwrap_or_else(|| json!({"type": "object"})),
+                );
+                // A strict tool's input must follow its schema, on either side.
+                if let Some(strict) = t.extra.get("strict").and_then(Value::as_bool) {
+                    function.insert("strict".into(), json!(strict));
+                }
+                Ok(json!({"type": "function", "function": function}))
             })
             .collect::<Result<Vec<Value>, ApiError>>()?;
         extra.insert("tools".into(), Value::Array(converted));
@@ -627,6 +694,83 @@ mod tool_result_tests {
         .unwrap();
         let err = to_chat_request(&bad).unwrap_err();
         assert_eq!(err.parts().2.as_deref(), Some("messages[0].content[0].content[0]"));
+
+        // Documents a tool returned: text stays in the result, a PDF goes
+        // to the user message after it.
+        let documents: MessagesRequest = serde_json::from_value(json!({
+            "model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": [
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "page one"}},
+                {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0="}}
+            ]}]}]
+        }))
+        .unwrap();
+        let chat = to_chat_request(&documents).unwrap();
+        assert_eq!(
+            chat.messages[0].content_text(),
+            "page one\n(document in the next message)"
+        );
+        let Some(MessageContent::Parts(parts)) = &chat.messages[1].content else {
+            panic!("{:?}", chat.messages[1]);
+        };
+        assert_eq!(parts[0].kind, "file");
+    }
+
+    /// Structured output, strict tools, tools without a name (an MCP
+    /// toolset) and an empty stop list, as OpenAI-format models take them.
+    #[test]
+    fn structured_output_and_tool_fields_reach_openai_format_models() {
+        let schema = json!({"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"], "additionalProperties": false});
+        for field in [
+            json!({"output_config": {"format": {"type": "json_schema", "schema": schema}}}),
+            json!({"output_format": {"type": "json_schema", "schema": schema}}),
+        ] {
+            let mut body = json!({"model": "m", "max_tokens": 10, "stop_sequences": [],
+                "messages": [{"role": "user", "content": "hi"}],
+                "tools": [{"name": "lookup", "input_schema": {"type": "object"}, "strict": true}]});
+            body.as_object_mut().unwrap().extend(field.as_object().unwrap().clone());
+            let req: MessagesRequest = serde_json::from_value(body).unwrap();
+            let chat = serde_json::to_value(to_chat_request(&req).unwrap()).unwrap();
+            assert_eq!(
+                chat["response_format"],
+                json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}}),
+                "{field}"
+            );
+            assert_eq!(chat["tools"][0]["function"]["strict"], json!(true));
+            assert!(chat["tools"][0]["function"].get("description").is_none(), "{chat}");
+            assert!(chat.get("stop").is_none(), "{chat}");
+        }
+        let bad: MessagesRequest = serde_json::from_value(json!({"model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}], "output_format": {"type": "json_object"}}))
+        .unwrap();
+        assert_eq!(
+            to_chat_request(&bad).unwrap_err().parts().2.as_deref(),
+            Some("output_format")
+        );
+
+        // MCP toolsets have no name: read, kept as sent for Claude, refused
+        // by type for other models.
+        let mcp: MessagesRequest = serde_json::from_value(json!({"model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}],
+            "mcp_servers": [{"type": "url", "url": "https://example.com/sse", "name": "a"}],
+            "tools": [{"type": "mcp_toolset", "mcp_server_name": "a"}, {"type": "mcp_toolset", "mcp_server_name": "b"}]}))
+        .unwrap();
+        assert_eq!(
+            serde_json::to_value(&mcp).unwrap()["tools"][0],
+            json!({"type": "mcp_toolset", "mcp_server_name": "a"})
+        );
+        assert!(shortened_tool_names(&mcp).unwrap().is_empty());
+        assert_eq!(
+            to_chat_request(&mcp).unwrap_err().parts().2.as_deref(),
+            Some("tools[0].type")
+        );
+        let nameless: MessagesRequest = serde_json::from_value(json!({"model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}], "tools": [{"input_schema": {"type": "object"}}]}))
+        .unwrap();
+        assert_eq!(
+            to_chat_request(&nameless).unwrap_err().parts().2.as_deref(),
+            Some("tools[0].name")
+        );
     }
 }
 
