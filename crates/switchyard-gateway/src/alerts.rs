@@ -251,10 +251,14 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
             tokio::time::sleep(wait).await;
             wait *= 4;
         }
-        // Not delivered from here: another replica that sees the same
-        // cause may still tell of it.
-        if !delivered && let Some(claim) = &claim {
-            policy.release_alert(claim).await;
+        // Not delivered from here: a later request (here or on another
+        // replica) that sees the same cause may still tell of it.
+        if !delivered {
+            match (&claim, &alert) {
+                (Some(claim), _) => policy.release_alert(claim).await,
+                (None, Alert::Policy(a)) => policy.release_policy_alert(&a.claim).await,
+                (None, _) => {}
+            }
         }
     }
 }
@@ -409,6 +413,7 @@ mod tests {
             soft_budget: Some(10_000),
             max_budget: Some(30_000),
             period: Some(switchyard_policy::period::BudgetPeriod::Monthly),
+            claim: String::new(),
         });
         let body = json_body(&alert);
         assert_eq!(body["event"], "soft_budget_crossed");
@@ -428,6 +433,7 @@ mod tests {
             soft_budget: None,
             max_budget: None,
             period: None,
+            claim: String::new(),
         });
         let text = sentence(&forged);
         assert_eq!(

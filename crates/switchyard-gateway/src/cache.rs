@@ -330,9 +330,9 @@ impl GatewayCache {
             embeddings: endpoint == "embeddings",
         };
         let fresh = |answer: &CachedAnswer| {
-            controls
-                .max_age
-                .is_none_or(|age| now_ms() - answer.created_ms <= i64::try_from(age.as_millis()).unwrap_or(i64::MAX))
+            controls.max_age.is_none_or(|age| {
+                now_ms().saturating_sub(answer.created_ms) <= i64::try_from(age.as_millis()).unwrap_or(i64::MAX)
+            })
         };
         if !controls.no_cache
             && let Some(answer) = self.store.get(&pending.key).await.filter(|a| fresh(a))

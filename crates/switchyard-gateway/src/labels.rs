@@ -37,7 +37,9 @@ fn invalid(param: &str, message: String) -> ApiError {
 }
 
 /// The labels of an OpenAI-format request, taking its tags out of `extra`
-/// and leaving `metadata` as OpenAI accepts it.
+/// and leaving `metadata` only as OpenAI accepts it: string members, on a
+/// request with `"store": true` (OpenAI refuses `metadata` without it, and
+/// LiteLLM clients send theirs for the gateway).
 pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, ApiError> {
     let mut tags = Vec::new();
     if let Some(value) = extra.shift_remove("tags") {
@@ -51,6 +53,9 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
         if metadata.is_empty() {
             extra.shift_remove("metadata");
         }
+    }
+    if extra.get("store") != Some(&Value::Bool(true)) {
+        extra.shift_remove("metadata");
     }
     add_headers(&mut tags, headers)?;
     let end_user = match extra.get("user") {
@@ -109,6 +114,10 @@ fn push(tags: &mut Vec<String>, tag: &str) {
 }
 
 fn add_list(tags: &mut Vec<String>, value: Value, param: &str) -> Result<(), ApiError> {
+    // A typed client's unset field.
+    if value.is_null() {
+        return Ok(());
+    }
     let Value::Array(items) = value else {
         return Err(invalid(param, format!("'{param}' must be a list of strings.")));
     };
@@ -125,9 +134,9 @@ fn add_list(tags: &mut Vec<String>, value: Value, param: &str) -> Result<(), Api
 fn add_headers(tags: &mut Vec<String>, headers: &HeaderMap) -> Result<(), ApiError> {
     for name in TAG_HEADERS {
         for value in headers.get_all(name) {
-            let text = value
-                .to_str()
-                .map_err(|_| invalid(name, format!("The {name} header must be text.")))?;
+            // UTF-8 tags (`équipe`) are read as such; bytes that are not
+            // text never fail a request.
+            let text = String::from_utf8_lossy(value.as_bytes());
             for tag in text.split(',') {
                 push(tags, tag);
             }
@@ -140,6 +149,7 @@ fn add_headers(tags: &mut Vec<String>, headers: &HeaderMap) -> Result<(), ApiErr
 mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
     use super::*;
+    use axum::http::HeaderValue;
     use serde_json::json;
 
     fn extra(body: Value) -> Extra {
@@ -161,9 +171,13 @@ mod tests {
         let labels = take(&mut body, &headers).unwrap();
         assert_eq!(labels.end_user.as_deref(), Some("user-42"));
         assert_eq!(labels.tags, ["a", "b", "c", "d"]);
+        assert_eq!(Value::Object(body), json!({"user": "user-42"}));
+        // Kept, its string members, for a completion OpenAI stores.
+        let mut stored = extra(json!({"store": true, "metadata": {"trace": "t-1", "n": 1}}));
+        take(&mut stored, &HeaderMap::new()).unwrap();
         assert_eq!(
-            Value::Object(body),
-            json!({"user": "user-42", "metadata": {"trace": "t-1"}})
+            Value::Object(stored),
+            json!({"store": true, "metadata": {"trace": "t-1"}})
         );
 
         let mut only_tags = extra(json!({"metadata": {"tags": ["x"]}}));
@@ -181,6 +195,14 @@ mod tests {
             let err = take(&mut extra(body.clone()), &HeaderMap::new()).unwrap_err();
             assert_eq!(err.parts().2.as_deref(), Some(param), "{body}");
         }
+        // A null list is none; a UTF-8 header is read as text.
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "x-litellm-tags",
+            HeaderValue::from_bytes("équipe, b".as_bytes()).unwrap(),
+        );
+        let labels = take(&mut extra(json!({"tags": null, "metadata": {"tags": null}})), &headers).unwrap();
+        assert_eq!(labels.tags, ["équipe", "b"]);
         // Sizes never fail a request: labels are cut to fit.
         let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
         let long = "é".repeat(MAX_TAG_LEN);

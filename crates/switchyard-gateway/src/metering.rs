@@ -56,14 +56,20 @@ pub(crate) async fn admit_unpriced(
 
 /// The key a client sent: `x-litellm-api-key` (for clients whose
 /// `Authorization` carries something else, as LiteLLM allows), else
-/// `Authorization: Bearer`, `x-api-key` (Anthropic clients) or `api-key`
-/// (Azure clients). The `Bearer` scheme is matched in any case; a header
+/// `Authorization: Bearer`, `x-api-key` (Anthropic clients), `api-key`
+/// (Azure clients) or `x-goog-api-key` (Google's SDKs). The `Bearer` scheme is matched in any case; a header
 /// left empty (a template's unset variable) says nothing, and the next one
 /// is read.
 pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    ["x-litellm-api-key", "authorization", "x-api-key", "api-key"]
-        .iter()
-        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).and_then(token_of))
+    [
+        "x-litellm-api-key",
+        "authorization",
+        "x-api-key",
+        "api-key",
+        "x-goog-api-key",
+    ]
+    .iter()
+    .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).and_then(token_of))
 }
 
 /// A header's token: without a `Bearer` scheme, trimmed; `None` when empty.
@@ -925,6 +931,7 @@ mod tests {
             Some("sk-c")
         );
         assert_eq!(presented_key(&headers(&[("api-key", "sk-d")])), Some("sk-d"));
+        assert_eq!(presented_key(&headers(&[("x-goog-api-key", "sk-g")])), Some("sk-g"));
         assert_eq!(presented_key(&headers(&[("authorization", "  ")])), None);
         // A key that merely starts with the word is a key.
         assert_eq!(

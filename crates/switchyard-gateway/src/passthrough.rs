@@ -156,6 +156,7 @@ const NOT_FORWARDED: &[&str] = &[
     "x-api-key",
     "api-key",
     "x-litellm-api-key",
+    "x-goog-api-key",
     "cookie",
     "expect",
     "host",
@@ -430,6 +431,13 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
             {
                 out.append(name.clone(), value.clone());
             }
+        }
+        // The gateway's own `x-request-id` replaces the upstream's: that
+        // one, which its support asks for, comes back as on other routes.
+        if let Some(id) = switchyard_providers::upstream_id::from_headers(upstream.headers())
+            .and_then(|id| HeaderValue::from_str(&id).ok())
+        {
+            out.insert(crate::routes::UPSTREAM_ID_HEADER, id);
         }
     }
     // The admission is held until the answer has been passed on (or the

@@ -190,7 +190,8 @@ const DEPLOYMENT_HEADER: HeaderName = HeaderName::from_static("x-switchyard-depl
 const MODEL_HEADER: HeaderName = HeaderName::from_static("x-switchyard-model");
 const STRATEGY_HEADER: HeaderName = HeaderName::from_static("x-switchyard-strategy");
 const ATTEMPTS_HEADER: HeaderName = HeaderName::from_static("x-switchyard-attempts");
-const UPSTREAM_ID_HEADER: HeaderName = HeaderName::from_static("x-switchyard-upstream-request-id");
+/// The id the upstream gave its answer.
+pub(crate) const UPSTREAM_ID_HEADER: HeaderName = HeaderName::from_static("x-switchyard-upstream-request-id");
 const ROUTER_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router");
 const ROUTER_CHOICE_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router-choice");
 const ROUTER_SCORES_HEADER: HeaderName = HeaderName::from_static("x-switchyard-router-scores");
@@ -751,7 +752,8 @@ async fn serve_hit(
     strip_usage: bool,
 ) -> (Response, Option<switchyard_policy::SpendRecord>) {
     let ratio = state.cache.as_ref().map_or(0.0, |c| c.hit_cost_ratio);
-    let cost = (answer.cost_nanos as f64 * ratio).round() as i64;
+    // A stored cost is never a credit.
+    let cost = (answer.cost_nanos.max(0) as f64 * ratio).round() as i64;
     let usage = switchyard_policy::TokenUsage {
         prompt: answer.prompt_tokens,
         completion: answer.completion_tokens,

@@ -188,6 +188,48 @@ async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
     }
 }
 
+/// A budget alert the webhook never took (three failed tries) is not lost
+/// for the budget's period: the next request that finds the soft budget
+/// passed sends it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_budget_alert_is_sent_again() {
+    let hook = WebhookReceiver::start().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let gw = start(&hook, "json", &mock);
+    let (status, made) = post(
+        &gw,
+        "/key/generate",
+        MASTER,
+        json!({"key_alias": "retried", "soft_budget": 0.00001, "budget_duration": "monthly"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let key = made["key"].as_str().unwrap().to_owned();
+    hook.fail_next(3);
+    // 7000, then 14000: past the soft budget; its alert fails three times.
+    assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
+    assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
+    for _ in 0..100 {
+        if hook.attempts() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hook.attempts(), 3, "the first alert's three tries");
+    let mut sent = None;
+    for _ in 0..20 {
+        assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
+        sent = hook
+            .wait_for(Duration::from_millis(500), |v| v["event"] == "soft_budget_crossed")
+            .await;
+        if sent.is_some() {
+            break;
+        }
+    }
+    let sent = sent.expect("the soft-budget alert, sent again");
+    assert_eq!(sent["alias"], "retried", "{sent}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slack_alerts_are_one_sentence_and_teams_alert_too() {
     let hook = WebhookReceiver::start().await.unwrap();

@@ -351,6 +351,11 @@ async fn an_upstream_gateways_own_headers_are_not_passed_on() {
         assert!(headers.get(name).is_none(), "{name}: {headers:?}");
     }
     assert_eq!(headers["content-type"], "application/json");
+    // The inner gateway's request id (its `x-request-id`, which the outer
+    // one's replaces) comes back as the upstream's.
+    let upstream_id = headers["x-switchyard-upstream-request-id"].to_str().unwrap();
+    assert!(!upstream_id.is_empty());
+    assert_ne!(headers["x-request-id"], upstream_id, "{headers:?}");
     let answer: Value = through.json().await.unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "mock reply: hi");
 }

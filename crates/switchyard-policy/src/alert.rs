@@ -25,6 +25,9 @@ pub struct PolicyAlert {
     pub max_budget: Option<Nanos>,
     /// The budget's period; `None`: in total.
     pub period: Option<BudgetPeriod>,
+    /// What the policy claimed to send it once: given back with
+    /// [`crate::Policy::release_policy_alert`] when it could not be delivered.
+    pub claim: String,
 }
 
 /// The kinds of [`PolicyAlert`].

@@ -66,11 +66,10 @@ pub enum Denied {
         /// The limit.
         limit: u32,
     },
-    /// The budget would be exceeded by this request's maximum cost.
-    #[error(
-        "Budget exceeded for this {scope}: spend ${} of max budget ${} (${} reserved by requests in flight; this request may cost up to ${}).",
-        format_usd(*spend), format_usd(*limit), format_usd(*reserved), format_usd(*requested)
-    )]
+    /// The budget would be exceeded by this request's maximum cost. An end
+    /// user's figures are left out of the message: any key may name any end
+    /// user, so they would tell one tenant another's spend.
+    #[error("{}", budget_message(scope, *spend, *limit, *reserved, *requested))]
     BudgetExceeded {
         /// `key` or `team`.
         scope: String,
@@ -96,6 +95,22 @@ pub enum Denied {
     /// The shared store is down and the policy fails closed.
     #[error("The rate-limit and budget store is unavailable; try again shortly.")]
     Unavailable,
+}
+
+fn budget_message(scope: &str, spend: Nanos, limit: Nanos, reserved: Nanos, requested: Nanos) -> String {
+    if scope == "end user" {
+        return format!(
+            "Budget exceeded for this end user: this request may cost up to ${}.",
+            format_usd(requested)
+        );
+    }
+    format!(
+        "Budget exceeded for this {scope}: spend ${} of max budget ${} (${} reserved by requests in flight; this request may cost up to ${}).",
+        format_usd(spend),
+        format_usd(limit),
+        format_usd(reserved),
+        format_usd(requested)
+    )
 }
 
 fn retry_message(after: Option<Duration>) -> String {

@@ -999,6 +999,7 @@ impl Policy {
             soft_budget: None,
             max_budget: Some(limit),
             period: check.period,
+            claim: String::new(),
         };
         let claim = alert_claim("exhausted", &check.subject, check.period, day_of_ms(now_ms()), limit);
         let policy = self.clone();
@@ -1038,6 +1039,7 @@ impl Policy {
                 soft_budget: Some(soft),
                 max_budget: limits.max_budget.map(crate::money::from_usd),
                 period: limits.budget_duration,
+                claim: String::new(),
             };
             self.send_once(&claim, check_ttl(alert.period), alert).await;
         }
@@ -1045,7 +1047,8 @@ impl Policy {
 
     /// Sends `alert` if `claim` was not claimed within `ttl_ms` (by this
     /// process, or by any replica through Redis).
-    async fn send_once(&self, claim: &str, ttl_ms: u64, alert: PolicyAlert) {
+    async fn send_once(&self, claim: &str, ttl_ms: u64, mut alert: PolicyAlert) {
+        claim.clone_into(&mut alert.claim);
         let Some((alerts, _)) = self.0.alerts.get() else {
             return;
         };
@@ -1114,6 +1117,14 @@ impl Policy {
         {
             tracing::warn!(%reason, "Redis is down: an undelivered alert's claim stays until it expires");
         }
+    }
+
+    /// Gives back the claim of a policy alert that could not be delivered
+    /// (its [`PolicyAlert::claim`]), here and in Redis, so that a later
+    /// request that finds the same cause sends it again.
+    pub async fn release_policy_alert(&self, claim: &str) {
+        self.0.alerted.lock().remove(claim);
+        self.release_alert(claim).await;
     }
 
     /// Sends the policy's alerts of the `kinds` given (soft budgets
@@ -1529,7 +1540,7 @@ impl Policy {
             .ok_or_else(|| field("key", "'key' (the key or its hash) is required."))?;
         for _ in 0..KEY_WRITE_TRIES {
             let (mut record, read) = self.changed_key(reference, body, &["key"]).await?;
-            record.revision = read + 1;
+            record.revision = read.saturating_add(1);
             // Deleted or regenerated since it was read: not brought back;
             // changed since: made again from the new value.
             let written = match &self.0.store {
@@ -1686,7 +1697,7 @@ impl Policy {
             let (mut record, read) = self.changed_key(reference, body, &["key", "new_key"]).await?;
             let old = std::mem::replace(&mut record.token, token.clone());
             record.key_name = display_name(&plaintext);
-            record.revision = read + 1;
+            record.revision = read.saturating_add(1);
             // One step in the store: of two regenerates (or a regenerate and
             // a delete) only one gets the old value, no failure leaves
             // neither, and a change made since the read is not lost.

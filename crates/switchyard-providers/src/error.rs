@@ -92,6 +92,21 @@ pub enum ProviderError {
 /// stream, so it neither blames the request nor marks the deployment's key
 /// invalid.
 pub(crate) fn in_stream(typed: ProviderError, message: &str) -> ProviderError {
+    // A refusal of the gateway's own credentials or account: its words may
+    // name the account or part of the key, so they go to the log only.
+    if let ProviderError::Status { status, .. } = &typed
+        && matches!(status, 401..=403)
+    {
+        tracing::warn!(
+            status,
+            message = %clipped(message),
+            "an upstream's stream reported that it refused the gateway's credentials or account"
+        );
+        return ProviderError::Stream(format!(
+            "the upstream's stream reported HTTP {status}: it refused the gateway's credentials or account \
+             (its message is in the gateway's log)"
+        ));
+    }
     let keeps = match &typed {
         ProviderError::Status { status, .. } => {
             matches!(status, 408 | 429 | 500..=599)
@@ -105,6 +120,14 @@ pub(crate) fn in_stream(typed: ProviderError, message: &str) -> ProviderError {
     } else {
         ProviderError::Stream(format!("error event from the upstream: {message}"))
     }
+}
+
+/// At most 300 characters of an upstream's message, for the log.
+pub(crate) fn clipped(message: &str) -> &str {
+    message
+        .char_indices()
+        .nth(300)
+        .map_or(message, |(end, _)| &message[..end])
 }
 
 impl ProviderError {

@@ -149,10 +149,7 @@ impl HttpUpstream {
         let probe: Probe = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::InvalidResponse(format!("body is not valid JSON ({e})")))?;
         if let Some(error) = probe.error {
-            return Err(ProviderError::InvalidResponse(format!(
-                "the upstream answered 200 with an error: {}",
-                error_message(&error)
-            )));
+            return Err(answered_error(&error));
         }
         Ok(ProviderResponse {
             body: bytes,
@@ -288,10 +285,7 @@ impl HttpUpstream {
         let probe: Probe = serde_json::from_slice(&bytes)
             .map_err(|e| ProviderError::InvalidResponse(format!("body is not a JSON object ({e})")))?;
         if let Some(error) = probe.error {
-            return Err(ProviderError::InvalidResponse(format!(
-                "the upstream answered 200 with an error: {}",
-                error_message(&error)
-            )));
+            return Err(answered_error(&error));
         }
         Ok(bytes)
     }
@@ -404,6 +398,8 @@ fn status_of(kind: Option<&str>, code: Option<&str>) -> u16 {
     let said = |word: &str| said(kind, code, word);
     if said("ratelimit") {
         429
+    } else if said("authentication") || said("invalidapikey") {
+        401
     } else if said("invalidrequest") || said("badrequest") || said("contextlength") {
         400
     } else if said("unprocessable") {
@@ -437,6 +433,30 @@ pub(crate) fn error_message(error: &serde_json::Value) -> String {
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| error.to_string())
+}
+
+/// An error object answered with a 200 instead of an answer. One that
+/// refuses the gateway's credentials or account (a stated 401–403, an
+/// authentication type) keeps its words for the log: they may name the
+/// account or part of the key.
+fn answered_error(error: &serde_json::Value) -> ProviderError {
+    let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str);
+    let status = stated_status(error).unwrap_or_else(|| status_of(text("type"), text("code")));
+    if matches!(status, 401..=403) {
+        tracing::warn!(
+            status,
+            message = %crate::error::clipped(&error_message(error)),
+            "an upstream answered 200 with an error refusing the gateway's credentials or account"
+        );
+        return ProviderError::InvalidResponse(format!(
+            "the upstream answered 200 with an error refusing the gateway's credentials or account \
+             (HTTP {status}; its message is in the gateway's log)"
+        ));
+    }
+    ProviderError::InvalidResponse(format!(
+        "the upstream answered 200 with an error: {}",
+        error_message(error)
+    ))
 }
 
 /// An OpenAI-style error object sent inside a stream (`data: {"error": …}`),
@@ -718,6 +738,23 @@ mod tests {
             super::stream_error(&json!({"type": "BadRequestError", "code": 400, "message": "bad"})),
             crate::ProviderError::Stream(_)
         ));
+        // A refusal of the gateway's credentials keeps its words (which may
+        // name the account or part of the key) out of the error.
+        for refusal in [
+            json!({"code": 401, "message": "Incorrect API key provided: sk-proj-wxyz"}),
+            json!({"type": "authentication_error", "message": "Incorrect API key provided: sk-proj-wxyz"}),
+            json!({"code": "invalid_api_key", "message": "Incorrect API key provided: sk-proj-wxyz"}),
+        ] {
+            let in_stream = super::stream_error(&refusal);
+            assert!(matches!(in_stream, crate::ProviderError::Stream(_)), "{in_stream:?}");
+            let answered = super::answered_error(&refusal);
+            for error in [in_stream, answered] {
+                let text = error.to_string();
+                assert!(!text.contains("sk-proj") && text.contains("credentials"), "{text}");
+            }
+        }
+        let other = super::answered_error(&json!({"message": "model overloaded"})).to_string();
+        assert!(other.contains("model overloaded"), "{other}");
         // Answered in place of a stream, the same reading, and more kinds.
         let answered = |body: serde_json::Value| match super::not_a_stream(body.to_string().as_bytes()) {
             crate::ProviderError::Status { status, .. } => status,

@@ -24,16 +24,23 @@ pub async fn capture<F: Future>(call: F) -> (F::Output, Option<String>) {
     (output, slot.get().cloned())
 }
 
+/// The id among an answer's headers, read through `header`: only a plain
+/// token, as it goes into a response header and logs.
+fn id_from<'h>(header: impl Fn(&str) -> Option<&'h str>) -> Option<&'h str> {
+    let id = HEADERS.iter().find_map(|name| header(name)).map(str::trim)?;
+    (!id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_graphic())).then_some(id)
+}
+
+/// The upstream's id for the answer whose headers are `headers`, if it gave one.
+pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<String> {
+    id_from(|name| headers.get(name).and_then(|v| v.to_str().ok())).map(str::to_owned)
+}
+
 /// Records the id among an answer's headers, read through `header`.
 pub(crate) fn record_from<'h>(header: impl Fn(&str) -> Option<&'h str>) {
-    let Some(id) = HEADERS.iter().find_map(|name| header(name)).map(str::trim) else {
-        return;
-    };
-    // Only a plain token is kept: it goes into a response header and logs.
-    if id.is_empty() || id.len() > MAX_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return;
+    if let Some(id) = id_from(header) {
+        let _ = SLOT.try_with(|slot| slot.set(id.to_owned()));
     }
-    let _ = SLOT.try_with(|slot| slot.set(id.to_owned()));
 }
 
 /// [`record_from`] for an HTTP answer's headers.
