@@ -756,6 +756,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     }
     // Span export a callback asks for (`langfuse`, `otel`).
     let mut otlp: Option<Map<String, Value>> = None;
+    let mut metrics_auth: Option<bool> = None;
     if let Some(settings) = doc.get("litellm_settings").and_then(Value::as_object) {
         let quiet = settings.get("turn_off_message_logging") == Some(&Value::Bool(true));
         for (key, value) in settings {
@@ -839,6 +840,13 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                         t.map(here, "policy.end_user_budget.max_budget");
                     }
                     None => t.refuse(&here, "must be a number of USD"),
+                },
+                "require_auth_for_metrics_endpoint" => match value.as_bool() {
+                    Some(auth) => {
+                        metrics_auth = Some(auth);
+                        t.map(here, "telemetry.metrics_require_auth");
+                    }
+                    None => t.refuse(&here, "must be true or false"),
                 },
                 "disable_end_user_cost_tracking" => match value.as_bool() {
                     Some(off) => {
@@ -1141,6 +1149,14 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             if let Some(telemetry) = telemetry.as_object_mut() {
                 telemetry.insert("otlp".into(), Value::Object(otlp));
             }
+        }
+    }
+    if let Some(auth) = metrics_auth
+        && doc.pointer("/telemetry/metrics_require_auth").is_none()
+    {
+        let telemetry = config.entry("telemetry").or_insert_with(|| json!({}));
+        if let Some(telemetry) = telemetry.as_object_mut() {
+            telemetry.insert("metrics_require_auth".into(), json!(auth));
         }
     }
     // Alert types without a channel send nothing; a file's own

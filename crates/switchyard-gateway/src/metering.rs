@@ -139,21 +139,29 @@ pub(crate) async fn limit_concurrency(State(state): State<SharedState>, request:
 
 /// Middleware on admin routes: only the master key passes.
 pub(crate) async fn require_master(State(state): State<SharedState>, request: Request, next: Next) -> Response {
+    match master_only(&state, request.headers()).await {
+        Ok(()) => next.run(request).await,
+        Err(refused) => refused,
+    }
+}
+
+/// Whether `headers` present the master key; the refusal to send when not.
+pub(crate) async fn master_only(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if !state.policy.has_master_key() {
-        return ApiError::Forbidden(
+        return Err(ApiError::Forbidden(
             "The admin API needs a master key: set policy.master_key or SWITCHYARD_MASTER_KEY.".into(),
         )
-        .into_response();
+        .into_response());
     }
-    match presented_key(request.headers()) {
-        Some(token) if state.policy.is_master(token) => next.run(request).await,
+    match presented_key(headers) {
+        Some(token) if state.policy.is_master(token) => Ok(()),
         // A key the gateway does not know is a wrong credential (401); a
         // virtual key it knows has no admin rights (403).
-        Some(token) => match state.policy.authenticate(Some(token)).await {
+        Some(token) => Err(match state.policy.authenticate(Some(token)).await {
             Ok(_) => ApiError::Forbidden("The admin API needs the master key.".into()).into_response(),
             Err(denied) => ApiError::Denied(denied).into_response(),
-        },
-        None => ApiError::Denied(switchyard_policy::Denied::MissingKey).into_response(),
+        }),
+        None => Err(ApiError::Denied(switchyard_policy::Denied::MissingKey).into_response()),
     }
 }
 

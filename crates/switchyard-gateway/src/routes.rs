@@ -1303,9 +1303,14 @@ fn model_object(state: &SharedState, name: &str) -> ModelObject {
 }
 
 /// `GET /metrics`: Prometheus text exposition.
-async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri) -> Response {
+async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     if !state.telemetry.metrics {
         return unknown_route(method, uri).await.into_response();
+    }
+    if state.telemetry.metrics_require_auth
+        && let Err(refused) = crate::metering::master_only(&state, &headers).await
+    {
+        return refused;
     }
     if let Some(cache) = &state.cache {
         let store = cache.store();

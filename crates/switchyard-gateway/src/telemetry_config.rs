@@ -20,6 +20,10 @@ pub struct TelemetryConfig {
     pub log_payloads: bool,
     /// Serve Prometheus metrics at `/metrics`.
     pub metrics: bool,
+    /// Serve `/metrics` to the master key only (LiteLLM's
+    /// `require_auth_for_metrics_endpoint`): its series name keys, teams and
+    /// what they spend. Off, anyone who reaches the port may read it.
+    pub metrics_require_auth: bool,
     /// Export spans over OTLP. Without this section, spans are exported when
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set.
     pub otlp: Option<OtlpConfig>,
@@ -37,6 +41,7 @@ impl Default for TelemetryConfig {
             log_level: "info".into(),
             log_payloads: false,
             metrics: true,
+            metrics_require_auth: false,
             otlp: None,
             request_log: None,
             alerts: None,
@@ -252,6 +257,8 @@ pub struct TelemetrySpec {
     pub log_payloads: bool,
     /// Serve `/metrics`.
     pub metrics: bool,
+    /// `/metrics` needs the master key.
+    pub metrics_require_auth: bool,
     /// Alerts to a webhook.
     pub alerts: Option<AlertSettings>,
     /// Spans carry prompts, answers and end users (`telemetry.otlp.capture_content`).
@@ -447,6 +454,7 @@ impl TelemetryConfig {
             request_log,
             log_payloads: self.log_payloads,
             metrics: self.metrics,
+            metrics_require_auth: self.metrics_require_auth,
             alerts,
             capture_content,
         }

@@ -391,12 +391,13 @@ fn redis_settings_become_one_url_and_the_cache_follows_it() {
     assert_eq!(t.config["policy"]["redis"]["url"], "redis://:pw@cache.internal:6380/2");
     let private = json!({
         "model_list": [{"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "k"}}],
-        "litellm_settings": {"disable_end_user_cost_tracking": true},
+        "litellm_settings": {"disable_end_user_cost_tracking": true, "require_auth_for_metrics_endpoint": true},
         "general_settings": {"global_max_parallel_requests": 64},
         "server": {"port": 4001},
     });
     let t2 = switchyard_gateway::litellm::translate(&private).unwrap();
     assert_eq!(t2.config["policy"]["record_end_users"], false, "{}", t2.config);
+    assert_eq!(t2.config["telemetry"]["metrics_require_auth"], true, "{}", t2.config);
     assert_eq!(
         t2.config["server"],
         json!({"litellm_headers": true, "max_concurrent_requests": 64, "port": 4001}),

@@ -762,6 +762,37 @@ async fn a_request_whose_client_left_is_counted() {
     );
 }
 
+/// `telemetry.metrics_require_auth`: `/metrics` (which names keys and their
+/// spend) answers the master key only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_can_require_the_master_key() {
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        "policy:\n  master_key: {MASTER}\n  keys:\n    - {{key: sk-virtual-observability-3, key_alias: reader}}\ntelemetry:\n  metrics_require_auth: true\n{}",
+        models(&mock)
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let scrape = |key: Option<&'static str>| {
+        let request = reqwest::Client::new().get(format!("{}/metrics", gw.base_url()));
+        let request = match key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        };
+        async move {
+            let response = request.send().await.unwrap();
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, body) = scrape(None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"error\""), "{body}");
+    assert_eq!(scrape(Some("sk-virtual-observability-3")).await.0, 403);
+    assert_eq!(scrape(Some("sk-not-a-key-of-this-gateway")).await.0, 401);
+    let (status, body) = scrape(Some(MASTER)).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("switchyard_"), "{body}");
+}
+
 /// The text a streamed chat answer carried, from its SSE body.
 fn streamed_text(sse: &str) -> String {
     sse.lines()
