@@ -342,6 +342,44 @@ fn convert_message(
     Ok(())
 }
 
+/// Whether OpenAI's strict mode takes `schema`: every object lists all its
+/// properties as `required` and sets `additionalProperties: false`, in
+/// nested schemas too (OpenAI refuses a strict schema that does not).
+fn fits_strict(schema: &Value, depth: usize) -> bool {
+    let Value::Object(map) = schema else {
+        return true;
+    };
+    if depth > 64 {
+        return false;
+    }
+    let properties = map.get("properties").and_then(Value::as_object);
+    let is_object = map.get("type").and_then(Value::as_str) == Some("object") || properties.is_some();
+    if is_object {
+        let required: Vec<&str> = map
+            .get("required")
+            .and_then(Value::as_array)
+            .map(|r| r.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let closed = map.get("additionalProperties") == Some(&Value::Bool(false));
+        if !closed || properties.is_some_and(|p| p.keys().any(|k| !required.contains(&k.as_str()))) {
+            return false;
+        }
+    }
+    let nested = |name: &str| map.get(name);
+    properties.is_none_or(|p| p.values().all(|v| fits_strict(v, depth + 1)))
+        && nested("items").is_none_or(|v| fits_strict(v, depth + 1))
+        && ["anyOf", "allOf", "oneOf"].iter().all(|k| {
+            nested(k)
+                .and_then(Value::as_array)
+                .is_none_or(|a| a.iter().all(|v| fits_strict(v, depth + 1)))
+        })
+        && ["$defs", "definitions"].iter().all(|k| {
+            nested(k)
+                .and_then(Value::as_object)
+                .is_none_or(|d| d.values().all(|v| fits_strict(v, depth + 1)))
+        })
+}
+
 /// Builds the OpenAI chat request for an Anthropic-format request.
 pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, ApiError> {
     let mut messages = Vec::new();
@@ -361,7 +399,8 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
     }
     // Structured output (`output_config.format`, or the beta's
     // `output_format`): the same JSON Schema as OpenAI's `response_format`.
-    // Anthropic's is always enforced, so OpenAI's strict mode is asked for.
+    // Anthropic's is always enforced, so OpenAI's strict mode is asked for
+    // where the schema meets its rules (OpenAI refuses others in it).
     let format = req
         .extra
         .get("output_config")
@@ -378,7 +417,7 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
             (Some("json_schema"), Some(schema)) if schema.is_object() => {
                 extra.insert(
                     "response_format".into(),
-                    json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}}),
+                    json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": fits_strict(schema, 0)}}),
                 );
             }
             _ => {
@@ -424,9 +463,11 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
                     "parameters".into(),
                     t.input_schema.clone().unwrap_or_else(|| json!({"type": "object"})),
                 );
-                // A strict tool's input must follow its schema, on either side.
+                // A strict tool's input must follow its schema, on either
+                // side, where the schema meets OpenAI's strict rules.
                 if let Some(strict) = t.extra.get("strict").and_then(Value::as_bool) {
-                    function.insert("strict".into(), json!(strict));
+                    let schema = function.get("parameters").unwrap_or(&Value::Null);
+                    function.insert("strict".into(), json!(strict && fits_strict(schema, 0)));
                 }
                 Ok(json!({"type": "function", "function": function}))
             })
@@ -519,7 +560,8 @@ pub fn messages_usage(usage: Option<&Usage>) -> MessagesUsage {
     let written = u.cache_write_tokens();
     MessagesUsage {
         input_tokens: u.prompt_tokens.saturating_sub(cached).saturating_sub(written),
-        output_tokens: u.completion_tokens,
+        // Reasoning counted outside `completion_tokens` is output too.
+        output_tokens: u.generated_tokens(),
         cache_read_input_tokens: Some(cached),
         cache_creation_input_tokens: Some(written),
         extra: Extra::new(),
@@ -727,7 +769,8 @@ mod tool_result_tests {
         ] {
             let mut body = json!({"model": "m", "max_tokens": 10, "stop_sequences": [],
                 "messages": [{"role": "user", "content": "hi"}],
-                "tools": [{"name": "lookup", "input_schema": {"type": "object"}, "strict": true}]});
+                "tools": [{"name": "lookup", "input_schema": schema, "strict": true},
+                    {"name": "loose", "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}, "strict": true}]});
             body.as_object_mut().unwrap().extend(field.as_object().unwrap().clone());
             let req: MessagesRequest = serde_json::from_value(body).unwrap();
             let chat = serde_json::to_value(to_chat_request(&req).unwrap()).unwrap();
@@ -737,9 +780,19 @@ mod tool_result_tests {
                 "{field}"
             );
             assert_eq!(chat["tools"][0]["function"]["strict"], json!(true));
+            // A schema OpenAI's strict mode would refuse (an optional
+            // property, no `additionalProperties: false`) goes without it.
+            assert_eq!(chat["tools"][1]["function"]["strict"], json!(false));
             assert!(chat["tools"][0]["function"].get("description").is_none(), "{chat}");
             assert!(chat.get("stop").is_none(), "{chat}");
         }
+        let optional =
+            json!({"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": false});
+        let loose: MessagesRequest = serde_json::from_value(json!({"model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}], "output_format": {"type": "json_schema", "schema": optional}}))
+        .unwrap();
+        let chat = serde_json::to_value(to_chat_request(&loose).unwrap()).unwrap();
+        assert_eq!(chat["response_format"]["json_schema"]["strict"], json!(false), "{chat}");
         let bad: MessagesRequest = serde_json::from_value(json!({"model": "m", "max_tokens": 10,
             "messages": [{"role": "user", "content": "hi"}], "output_format": {"type": "json_object"}}))
         .unwrap();

@@ -850,23 +850,21 @@ fn input_part(part: &ContentPart) -> Value {
 
 /// A chat answer's usage as a response's.
 pub(crate) fn response_usage(usage: &Usage) -> ResponseUsage {
-    let reasoning = usage
-        .extra
-        .get("completion_tokens_details")
-        .and_then(|d| d.get("reasoning_tokens"))
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
+    let reasoning = usage.reasoning_tokens();
+    // Reasoning a server counted outside `completion_tokens` (xAI, Gemini)
+    // is output, as charged: OpenAI's output tokens include it.
+    let output = usage.generated_tokens();
     ResponseUsage {
         input_tokens: usage.prompt_tokens,
         input_tokens_details: InputTokensDetails {
             cached_tokens: usage.cached_prompt_tokens(),
             cache_write_tokens: usage.cache_write_tokens(),
         },
-        output_tokens: usage.completion_tokens,
+        output_tokens: output,
         output_tokens_details: OutputTokensDetails {
             reasoning_tokens: reasoning,
         },
-        total_tokens: usage.prompt_tokens.saturating_add(usage.completion_tokens),
+        total_tokens: usage.prompt_tokens.saturating_add(output),
     }
 }
 
@@ -1283,6 +1281,16 @@ mod tests {
             value["usage"],
             json!({"input_tokens": 10, "input_tokens_details": {"cached_tokens": 3, "cache_write_tokens": 0}, "output_tokens": 4,
                    "output_tokens_details": {"reasoning_tokens": 2}, "total_tokens": 14})
+        );
+        // xAI's count, reasoning outside `completion_tokens`: output holds it.
+        let xai: Usage =
+            serde_json::from_value(json!({"prompt_tokens": 32, "completion_tokens": 9, "total_tokens": 135,
+            "completion_tokens_details": {"reasoning_tokens": 94}}))
+            .unwrap();
+        let usage = serde_json::to_value(response_usage(&xai)).unwrap();
+        assert_eq!(
+            (&usage["output_tokens"], &usage["total_tokens"]),
+            (&json!(103), &json!(135))
         );
 
         let bare: ChatCompletionResponse = serde_json::from_value(json!({

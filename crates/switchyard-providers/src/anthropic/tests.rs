@@ -50,6 +50,16 @@ fn request_translation_covers_system_tools_images_and_results() {
         "with temperature set, top_p is left out: {out}"
     );
     assert_eq!(out["metadata"], json!({"user_id": "u1"}));
+    // An email address (Anthropic refuses one) goes as its SHA-256.
+    let mut by_email = req.clone();
+    by_email.extra.insert("user".into(), json!("alice@example.com"));
+    let out = serde_json::to_value(to_messages_request(&by_email, 4096).unwrap()).unwrap();
+    let id = out["metadata"]["user_id"].as_str().unwrap();
+    assert_eq!(id.len(), 64, "{out}");
+    assert!(
+        !id.contains("alice") && id.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{out}"
+    );
     assert_eq!(
         out["tool_choice"],
         json!({"type": "any", "disable_parallel_tool_use": true})
@@ -722,6 +732,22 @@ fn schemas_prefills_tool_cache_marks_pdfs_and_tool_definitions_fit_anthropic() {
     let prefill = &out["messages"][3];
     assert_eq!(prefill["role"], "assistant");
     assert_eq!(prefill["content"][0]["text"], "Here it is:", "{prefill}");
+    // A chat that opens with the assistant's greeting gets a user turn first.
+    let greeted: ChatCompletionRequest = serde_json::from_value(json!({"model": "m", "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "assistant", "content": "Hi, how can I help?"},
+        {"role": "user", "content": "what time is it?"}
+    ]}))
+    .unwrap();
+    let out = serde_json::to_value(to_messages_request(&greeted, 64).unwrap()).unwrap();
+    let roles: Vec<&str> = out["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user"], "{out}");
+    assert_eq!(out["messages"][0]["content"][0]["text"], ".", "{out}");
 
     // A file by id cannot be sent: a 400 naming the part.
     let by_id = chat(json!({"model": "m", "messages": [{"role": "user", "content": [

@@ -212,6 +212,9 @@ fn push(messages: &mut Vec<Message>, role: MessageRole, blocks: Vec<ContentBlock
     });
 }
 
+/// The user turn put before a conversation that opens with the assistant.
+const OPENING_USER_TURN: &str = ".";
+
 /// Anthropic refuses a final assistant message (a prefill) whose text
 /// ends in whitespace: the trailing whitespace is left out.
 fn trim_final_assistant(messages: &mut Vec<Message>) {
@@ -412,6 +415,17 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             "messages",
         ));
     }
+    // Anthropic requires the conversation to start with a user turn; a chat
+    // that opens with the assistant's greeting gets a minimal one first.
+    if messages.first().is_some_and(|m| m.role == MessageRole::Assistant) {
+        messages.insert(
+            0,
+            Message {
+                role: MessageRole::User,
+                content: Content::Blocks(vec![ContentBlock::text(OPENING_USER_TURN)]),
+            },
+        );
+    }
     let max_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
@@ -476,8 +490,8 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         None => (tools, tool_choice),
     };
     let mut extra = Extra::new();
-    if let Some(user) = req.extra.get("user").and_then(Value::as_str) {
-        extra.insert("metadata".into(), json!({"user_id": user}));
+    if let Some(user) = req.extra.get("user").and_then(Value::as_str).filter(|u| !u.is_empty()) {
+        extra.insert("metadata".into(), json!({"user_id": opaque_user_id(user)}));
     }
     // Claude cannot think while a tool is forced: thinking gives way to
     // the forced call (the JSON tool is offered rather than forced when the
@@ -615,6 +629,23 @@ pub fn to_chat_response(resp: MessagesResponse, created: u64, json: bool) -> Cha
     );
     reasoning::attach(&mut response, reasoning, thinking_blocks);
     response
+}
+
+/// OpenAI's `user` as Anthropic's `metadata.user_id`, which must be an
+/// opaque id (Anthropic refuses one that holds an email address): kept
+/// when it is up to 64 letters, digits, `-` or `_` (a UUID, a hash, an
+/// account id), else its SHA-256 in hex, one id per user still.
+fn opaque_user_id(user: &str) -> String {
+    if user.len() <= 64
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        user.to_owned()
+    } else {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(user.as_bytes()))
+    }
 }
 
 #[cfg(test)]

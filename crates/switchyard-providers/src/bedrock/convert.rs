@@ -551,6 +551,26 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
             "messages",
         ));
     }
+    // Claude refuses a final assistant turn (a prefill) whose text ends in
+    // white space: it is left out.
+    if let Some((ConversationRole::Assistant, content)) = turns.last_mut() {
+        if let Some(ContentBlock::Text(text)) = content.last_mut() {
+            let kept = text.trim_end().len();
+            text.truncate(kept);
+        }
+        if matches!(content.last(), Some(ContentBlock::Text(text)) if text.is_empty()) {
+            content.pop();
+        }
+        if content.is_empty() {
+            turns.pop();
+        }
+    }
+    if turns.is_empty() {
+        return Err(invalid(
+            "at least one user or assistant message is required",
+            "messages",
+        ));
+    }
     // Converse requires the conversation to start with a user turn; a chat
     // that opens with the assistant's greeting gets a minimal one first.
     if turns
@@ -778,6 +798,16 @@ mod tests {
         assert!(
             matches!(&result.content()[0], ToolResultContentBlock::Text(t) if t == EMPTY_TOOL_RESULT),
             "{result:?}"
+        );
+        // A prefill's trailing white space, which Claude refuses, is left out.
+        let prefill = converse(json!({"model": "m", "messages": [
+            {"role": "user", "content": "Give me JSON."},
+            {"role": "assistant", "content": "Here it is: \n"}
+        ]}));
+        assert!(
+            matches!(prefill.messages[1].content(), [ContentBlock::Text(t)] if t == "Here it is:"),
+            "{:?}",
+            prefill.messages
         );
     }
 
