@@ -541,6 +541,8 @@ pub struct DeploymentEntry {
     /// The well-known model whose built-in prices apply when no price is
     /// set here: for an Azure deployment or a fine-tune named otherwise
     /// (e.g. `gpt-4o-2024-08-06`). It must be one the built-in table knows.
+    /// A reasoning model here (`o4-mini`, `gpt-5`) also has its requests'
+    /// `max_tokens` sent as `max_completion_tokens`.
     #[serde(default)]
     pub base_model: Option<String>,
     /// USD per prompt token.
@@ -884,6 +886,8 @@ pub struct DeploymentSpec {
     pub provider: ProviderKind,
     /// Upstream model (Azure: deployment name).
     pub model: String,
+    /// The model a deployment named otherwise serves (`base_model`).
+    pub base_model: Option<String>,
     /// Base URL, for HTTP providers.
     pub api_base: Option<String>,
     /// Resolved credential.
@@ -1361,6 +1365,7 @@ fn validate_deployment(
         name: format!("{group}/{index}"),
         provider: entry.provider,
         model: entry.model.clone(),
+        base_model: entry.base_model.clone(),
         api_base,
         api_key,
         api_version,

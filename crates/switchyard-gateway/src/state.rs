@@ -205,18 +205,24 @@ const ANTHROPIC_API_BASE: &str = "https://api.anthropic.com";
 
 fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError> {
     Ok(match spec.provider {
-        ProviderKind::Openai => ProviderClient::OpenAi(OpenAiProvider::new(
-            spec.api_base.as_deref().unwrap_or(OPENAI_API_BASE),
-            spec.api_key.as_ref(),
-            &spec.http,
-        )?),
-        ProviderKind::Azure => ProviderClient::Azure(AzureProvider::new(
-            spec.api_base.as_deref().unwrap_or_default(),
-            &spec.model,
-            spec.api_version.as_deref().unwrap_or_default(),
-            spec.api_key.as_ref(),
-            &spec.http,
-        )?),
+        ProviderKind::Openai => ProviderClient::OpenAi(
+            OpenAiProvider::new(
+                spec.api_base.as_deref().unwrap_or(OPENAI_API_BASE),
+                spec.api_key.as_ref(),
+                &spec.http,
+            )?
+            .with_base_model(spec.base_model.as_deref()),
+        ),
+        ProviderKind::Azure => ProviderClient::Azure(
+            AzureProvider::new(
+                spec.api_base.as_deref().unwrap_or_default(),
+                &spec.model,
+                spec.api_version.as_deref().unwrap_or_default(),
+                spec.api_key.as_ref(),
+                &spec.http,
+            )?
+            .with_base_model(spec.base_model.as_deref()),
+        ),
         ProviderKind::Anthropic => ProviderClient::Anthropic(AnthropicProvider::new(
             &AnthropicSettings {
                 api_base: spec.api_base.clone().unwrap_or_else(|| ANTHROPIC_API_BASE.to_owned()),

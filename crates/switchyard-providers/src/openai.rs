@@ -29,20 +29,98 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 /// `strip` (see [`Echoed`]) are left out; images, files and audio of tool
 /// messages move to a user message after them ([`move_tool_media`]).
 /// Other bodies are encoded as they are.
-fn encode_chat(req: &ChatCompletionRequest, strip: Echoed) -> Result<Vec<u8>> {
+fn encode_chat(req: &ChatCompletionRequest, strip: Echoed, wire: ChatWire) -> Result<Vec<u8>> {
+    let ids = wire.ids;
     let media = req.messages.iter().any(has_tool_media);
-    if media || !Echoed::present(req).and(strip).is_empty() {
+    let refit = !ids.takes_all(req);
+    if media || refit || !Echoed::present(req).and(strip).is_empty() {
         let mut copy = req.clone();
         strip.remove_from(&mut copy);
         move_tool_media(&mut copy.messages);
-        return encode_plain(&copy);
+        if refit {
+            ids.fit_all(&mut copy);
+        }
+        return encode_plain(&copy, wire.reasoning);
     }
-    encode_plain(req)
+    encode_plain(req, wire.reasoning)
+}
+
+/// What a deployment's chat requests must fit, beyond the request itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct ChatWire {
+    /// The tool-call ids the upstream takes.
+    ids: ToolIds,
+    /// The deployment serves a reasoning model whatever its name says (an
+    /// Azure deployment named otherwise, with `base_model` saying which).
+    reasoning: bool,
+}
+
+/// The tool-call ids an upstream takes. Ids from another model (Claude's
+/// `toolu_…`, vLLM's 46-character ones, a Gemini signature) in a
+/// conversation's history go as a hash of themselves where they do not fit,
+/// the same in the call and its result, which is all that must match.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum ToolIds {
+    /// Up to 40 characters (OpenAI's and Azure's limit).
+    #[default]
+    UpTo40,
+    /// Exactly nine letters and digits (Mistral's API).
+    NineAlphanumeric,
+}
+
+impl ToolIds {
+    /// What the upstream at `host` takes.
+    fn for_host(host: &str) -> Self {
+        if host == "mistral.ai" || host.ends_with(".mistral.ai") {
+            ToolIds::NineAlphanumeric
+        } else {
+            ToolIds::UpTo40
+        }
+    }
+
+    fn takes(self, id: &str) -> bool {
+        match self {
+            ToolIds::UpTo40 => id.len() <= 40,
+            ToolIds::NineAlphanumeric => id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+        }
+    }
+
+    /// Whether every id in the request's messages fits.
+    fn takes_all(self, req: &ChatCompletionRequest) -> bool {
+        req.messages.iter().all(|m| {
+            m.tool_call_id.as_deref().is_none_or(|id| self.takes(id))
+                && m.tool_calls.iter().flatten().all(|c| self.takes(&c.id))
+        })
+    }
+
+    /// `id`, or a hash of it that fits.
+    fn fit(self, id: &str) -> String {
+        if self.takes(id) {
+            return id.to_owned();
+        }
+        use sha2::Digest as _;
+        let hash = hex::encode(sha2::Sha256::digest(id.as_bytes()));
+        match self {
+            ToolIds::UpTo40 => format!("call_{}", &hash[..32]),
+            ToolIds::NineAlphanumeric => hash[..9].to_owned(),
+        }
+    }
+
+    fn fit_all(self, req: &mut ChatCompletionRequest) {
+        for message in &mut req.messages {
+            if let Some(id) = message.tool_call_id.as_mut() {
+                *id = self.fit(id);
+            }
+            for call in message.tool_calls.iter_mut().flatten() {
+                call.id = self.fit(&call.id);
+            }
+        }
+    }
 }
 
 /// [`encode_chat`]'s renaming of `max_tokens`.
-fn encode_plain(req: &ChatCompletionRequest) -> Result<Vec<u8>> {
-    if is_reasoning_model(&req.model)
+fn encode_plain(req: &ChatCompletionRequest, reasoning: bool) -> Result<Vec<u8>> {
+    if (reasoning || is_reasoning_model(&req.model))
         && req.extra.contains_key("max_tokens")
         && !req.extra.contains_key("max_completion_tokens")
     {
@@ -376,6 +454,8 @@ struct Endpoints {
     /// each model of any other (shared by the clones of one deployment's
     /// provider).
     echoes: EchoPolicy,
+    /// What its chat requests must fit.
+    wire: ChatWire,
 }
 
 impl Endpoints {
@@ -413,7 +493,7 @@ impl Endpoints {
         let mut strip = self.echoes.for_model(&req.model);
         loop {
             let sent = present.and(Echoed(!strip.0));
-            match send(encode_chat(req, strip)?).await {
+            match send(encode_chat(req, strip, self.wire)?).await {
                 Err(e) if !sent.is_empty() => {
                     let refused = Echoed::refused(&e, sent);
                     if refused.is_empty() {
@@ -475,6 +555,16 @@ fn endpoint(url: String) -> Result<reqwest::Url> {
 macro_rules! openai_wire_provider {
     ($ty:ident, $kind:literal) => {
         impl $ty {
+            /// The same provider for a deployment whose model is
+            /// `base_model` whatever its name (an Azure deployment named
+            /// otherwise): a reasoning model's requests get
+            /// `max_completion_tokens` for `max_tokens`.
+            #[must_use]
+            pub fn with_base_model(mut self, base_model: Option<&str>) -> Self {
+                self.0.wire.reasoning = base_model.is_some_and(is_reasoning_model);
+                self
+            }
+
             /// `POST /images/generations`: the answer as the upstream gave it.
             pub async fn images(&self, req: &ImageGenerationRequest) -> Result<ProviderResponse> {
                 self.0.http.post_json(&self.0.images_url, encode(req)?).await
@@ -626,6 +716,13 @@ impl OpenAiProvider {
             } else {
                 EchoPolicy::default()
             },
+            wire: ChatWire {
+                ids: reqwest::Url::parse(base)
+                    .ok()
+                    .and_then(|u| u.host_str().map(ToolIds::for_host))
+                    .unwrap_or_default(),
+                reasoning: false,
+            },
         }))
     }
 }
@@ -677,6 +774,7 @@ impl AzureProvider {
             rerank_url: None,
             no_stream_options: Arc::new(AtomicBool::new(!azure_takes_stream_options(api_version))),
             echoes: EchoPolicy::strict(),
+            wire: ChatWire::default(),
         }))
     }
 }
@@ -725,6 +823,50 @@ mod tests {
 
     use super::*;
 
+    /// Ids from another model's history go as hashes that fit the upstream,
+    /// the same in the call and its result; ids that fit are kept.
+    #[test]
+    fn tool_call_ids_are_fitted_to_the_upstream() {
+        let long = format!("chatcmpl-tool-{}", "a".repeat(32));
+        let req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({"model": "m", "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": long, "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "call_short", "type": "function", "function": {"name": "g", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": long, "content": "one"},
+            {"role": "tool", "tool_call_id": "call_short", "content": "two"}
+        ]}))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let sent = |ids: ToolIds| -> serde_json::Value {
+            serde_json::from_slice(
+                &encode_chat(&req, Echoed::default(), ChatWire { ids, reasoning: false })
+                    .unwrap_or_else(|e| panic!("{e}")),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let openai = sent(ToolIds::UpTo40);
+        let fitted = openai["messages"][1]["tool_calls"][0]["id"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(fitted.len() <= 40 && fitted.starts_with("call_"), "{openai}");
+        assert_eq!(openai["messages"][2]["tool_call_id"], fitted);
+        assert_eq!(openai["messages"][1]["tool_calls"][1]["id"], "call_short");
+        assert_eq!(openai["messages"][3]["tool_call_id"], "call_short");
+        let mistral = sent(ToolIds::NineAlphanumeric);
+        for (call, result) in [(0, 2), (1, 3)] {
+            let id = mistral["messages"][1]["tool_calls"][call]["id"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(
+                id.len() == 9 && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "{mistral}"
+            );
+            assert_eq!(mistral["messages"][result]["tool_call_id"], id);
+        }
+        assert_eq!(ToolIds::for_host("api.mistral.ai"), ToolIds::NineAlphanumeric);
+        assert_eq!(ToolIds::for_host("api.openai.com"), ToolIds::UpTo40);
+    }
+
     /// A stream read to its `[DONE]` whose body ends a little later (the
     /// last HTTP/1.1 chunk in a later write) leaves its connection in the
     /// pool: the next request goes over the same one.
@@ -765,7 +907,8 @@ mod tests {
             ]
         }))
         .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, Echoed::ALL).unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&req, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
         let mut plain = call.clone();
         plain.as_object_mut().unwrap().remove("extra_content");
         assert_eq!(
@@ -775,12 +918,12 @@ mod tests {
         // An OpenAI-compatible server (DeepSeek, Gemini, a proxy in front
         // of Claude) gets them; one that refused one field keeps the others.
         let relayed: serde_json::Value =
-            serde_json::from_slice(&encode_chat(&req, Echoed::default()).unwrap()).unwrap();
+            serde_json::from_slice(&encode_chat(&req, Echoed::default(), ChatWire::default()).unwrap()).unwrap();
         assert_eq!(relayed["messages"][1]["thinking_blocks"][0]["signature"], "s");
         assert_eq!(relayed["messages"][1]["reasoning_content"], "t");
         assert_eq!(relayed["messages"][1]["tool_calls"][0], call);
         let some: serde_json::Value =
-            serde_json::from_slice(&encode_chat(&req, Echoed::THINKING_BLOCKS).unwrap()).unwrap();
+            serde_json::from_slice(&encode_chat(&req, Echoed::THINKING_BLOCKS, ChatWire::default()).unwrap()).unwrap();
         assert!(some["messages"][1].get("thinking_blocks").is_none());
         assert_eq!(some["messages"][1]["reasoning_content"], "t");
     }
@@ -803,7 +946,8 @@ mod tests {
             ]
         }))
         .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, Echoed::default()).unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&req, Echoed::default(), ChatWire::default()).unwrap()).unwrap();
         let messages = body["messages"].as_array().unwrap();
         let roles: Vec<&str> = messages.iter().map(|m| m["role"].as_str().unwrap()).collect();
         assert_eq!(roles, ["user", "assistant", "tool", "tool", "user", "user"]);
@@ -936,7 +1080,8 @@ mod tests {
             "model": "o3-mini", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&req, Echoed::ALL).unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&req, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
         assert_eq!(body["max_completion_tokens"], 50);
         assert!(body.get("max_tokens").is_none());
         // Everything else is written as the request's own serialisation
@@ -947,13 +1092,30 @@ mod tests {
             "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}]
         }))
         .unwrap();
-        let renamed: serde_json::Value = serde_json::from_slice(&encode_chat(&full, Echoed::ALL).unwrap()).unwrap();
+        let renamed: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&full, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
         let limit = full.extra.remove("max_tokens").unwrap();
         full.extra.insert("max_completion_tokens".into(), limit);
         assert_eq!(renamed, serde_json::to_value(&full).unwrap());
         let mut other = req.clone();
         other.model = "gpt-4o".into();
-        let body: serde_json::Value = serde_json::from_slice(&encode_chat(&other, Echoed::ALL).unwrap()).unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&other, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
         assert_eq!(body["max_tokens"], 50);
+        // An Azure deployment named otherwise, whose base model is one.
+        other.model = "reasoning-prod".into();
+        let azure = AzureProvider::new(
+            "https://r.openai.azure.com",
+            "reasoning-prod",
+            "2025-04-01-preview",
+            None,
+            &HttpSettings::default(),
+        )
+        .unwrap()
+        .with_base_model(Some("o4-mini"));
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&other, Echoed::ALL, azure.0.wire).unwrap()).unwrap();
+        assert_eq!(body["max_completion_tokens"], 50, "{body}");
+        assert!(body.get("max_tokens").is_none(), "{body}");
     }
 }
