@@ -74,13 +74,52 @@ fn tool_turn_without_thinking(req: &ChatCompletionRequest) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Thinking {
     /// Claude's `thinking` object (`{"type": "enabled", "budget_tokens": N}`,
-    /// or whatever the client sent as `thinking`).
+    /// `{"type": "adaptive", …}` for the models that take only that, or
+    /// whatever the client sent as `thinking`).
     pub config: Value,
     /// The budget, when thinking is enabled with one.
     pub budget: Option<u64>,
     /// Whether the client named it (`thinking`) rather than the gateway
     /// deriving it from `reasoning_effort`.
     pub explicit: bool,
+    /// For adaptive thinking, the effort asked for (`output_config.effort`).
+    pub effort: Option<&'static str>,
+}
+
+/// Whether a Claude model thinks only adaptively and takes no sampling
+/// parameters: Opus 4.7 and the models after it refuse `thinking.type:
+/// enabled` ("use thinking.type.adaptive and output_config.effort") and a
+/// `temperature`, `top_p` or `top_k` (Bedrock ids and inference profiles
+/// included).
+pub(crate) fn adaptive_only(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    let Some(at) = model.find("claude-") else {
+        return false;
+    };
+    let mut parts = model[at + "claude-".len()..].split(['-', '.', ':', '@']);
+    if !matches!(parts.next(), Some("opus" | "sonnet" | "haiku")) {
+        return false;
+    }
+    let Some(major) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+        return false;
+    };
+    // A minor version is one or two digits (`4-7`); a date (`4-20250514`) is none.
+    let minor = parts
+        .next()
+        .filter(|p| (1..=2).contains(&p.len()))
+        .and_then(|p| p.parse::<u32>().ok())
+        .unwrap_or(0);
+    major > 4 || (major == 4 && minor >= 7)
+}
+
+/// The adaptive-thinking effort for a `reasoning_effort` (`xhigh` asks for
+/// the most every such model takes).
+fn adaptive_effort(effort: &str) -> &'static str {
+    match effort {
+        "minimal" | "low" => "low",
+        "medium" => "medium",
+        _ => "high",
+    }
 }
 
 fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
@@ -113,9 +152,14 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
                 return Ok(None);
             }
             let mut config = object.clone();
-            // `{"type": "enabled"}` alone (as some clients write it) gets a
-            // budget, which Claude requires.
-            if kind == Some("enabled") && !config.contains_key("budget_tokens") {
+            if kind == Some("enabled") && adaptive_only(&req.model) {
+                // The models that think only adaptively refuse `enabled`:
+                // the same request, as they take it.
+                config.insert("type".into(), json!("adaptive"));
+                config.remove("budget_tokens");
+            } else if kind == Some("enabled") && !config.contains_key("budget_tokens") {
+                // `{"type": "enabled"}` alone (as some clients write it) gets
+                // a budget, which Claude requires.
                 config.insert("budget_tokens".into(), json!(DEFAULT_BUDGET));
             }
             let budget = config.get("budget_tokens").and_then(Value::as_u64);
@@ -123,6 +167,7 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
                 config: Value::Object(config),
                 budget,
                 explicit: true,
+                effort: None,
             };
             return Ok(possible(req).then_some(thinking));
         }
@@ -145,10 +190,20 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
     if !possible(req) {
         return Ok(None);
     }
+    if adaptive_only(&req.model) {
+        // Summarised thinking comes back (their default shows none).
+        return Ok(Some(Thinking {
+            config: json!({"type": "adaptive", "display": "summarized"}),
+            budget: None,
+            explicit: false,
+            effort: Some(adaptive_effort(effort)),
+        }));
+    }
     Ok(Some(Thinking {
         config: json!({"type": "enabled", "budget_tokens": budget}),
         budget: Some(*budget),
         explicit: false,
+        effort: None,
     }))
 }
 
@@ -308,6 +363,42 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_eq!(max_tokens_with(&huge, 1_000, "claude-opus-4"), 41_000);
+    }
+
+    /// Opus 4.7 and later think only adaptively, with an effort.
+    #[test]
+    fn later_claude_models_think_adaptively() {
+        for model in [
+            "claude-opus-4-7",
+            "claude-opus-4-8-20260601",
+            "us.anthropic.claude-opus-4-7-v1:0",
+            "claude-sonnet-5",
+            "claude-opus-4.7",
+        ] {
+            assert!(adaptive_only(model), "{model}");
+        }
+        for model in [
+            "claude-opus-4-6",
+            "claude-sonnet-4-5-20250929",
+            "claude-sonnet-4-20250514",
+            "claude-3-7-sonnet-20250219",
+            "anthropic.claude-opus-4-1-20250805-v1:0",
+            "gpt-5",
+        ] {
+            assert!(!adaptive_only(model), "{model}");
+        }
+        let opus = |extra: Value| {
+            let mut req = request(extra);
+            req.model = "claude-opus-4-7".into();
+            requested(&req).unwrap().unwrap()
+        };
+        let effort = opus(json!({"reasoning_effort": "xhigh"}));
+        assert_eq!(effort.config, json!({"type": "adaptive", "display": "summarized"}));
+        assert_eq!((effort.effort, effort.budget), (Some("high"), None));
+        assert_eq!(opus(json!({"reasoning_effort": "minimal"})).effort, Some("low"));
+        let own = opus(json!({"thinking": {"type": "enabled", "budget_tokens": 4000}}));
+        assert_eq!(own.config, json!({"type": "adaptive"}));
+        assert!(own.explicit && own.budget.is_none());
     }
 
     #[test]

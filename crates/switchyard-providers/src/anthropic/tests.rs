@@ -50,6 +50,17 @@ fn request_translation_covers_system_tools_images_and_results() {
         "with temperature set, top_p is left out: {out}"
     );
     assert_eq!(out["metadata"], json!({"user_id": "u1"}));
+    // Opus 4.7 and later take no sampling parameters, and think adaptively.
+    let mut later = req.clone();
+    later.model = "claude-opus-4-7".into();
+    let out = serde_json::to_value(to_messages_request(&later, 4096).unwrap()).unwrap();
+    assert!(out.get("temperature").is_none() && out.get("top_p").is_none(), "{out}");
+    let thinker: ChatCompletionRequest = serde_json::from_value(json!({"model": "claude-opus-4-7",
+        "reasoning_effort": "medium", "temperature": 0.2, "messages": [{"role": "user", "content": "hi"}]}))
+    .unwrap();
+    let out = serde_json::to_value(to_messages_request(&thinker, 4096).unwrap()).unwrap();
+    assert_eq!(out["thinking"]["type"], "adaptive", "{out}");
+    assert_eq!(out["output_config"], json!({"effort": "medium"}), "{out}");
     // An email address (Anthropic refuses one) goes as its SHA-256.
     let mut by_email = req.clone();
     by_email.extra.insert("user".into(), json!("alice@example.com"));

@@ -515,7 +515,12 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens, &req.model));
     if let Some(thinking) = &thinking {
         extra.insert("thinking".into(), thinking.config.clone());
+        if let Some(effort) = thinking.effort {
+            extra.insert("output_config".into(), json!({"effort": effort}));
+        }
     }
+    // Opus 4.7 and later take no sampling parameters.
+    let samples = thinking.is_none() && !reasoning::adaptive_only(&req.model);
     Ok(MessagesRequest {
         model: req.model.clone(),
         messages,
@@ -530,7 +535,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             .get("temperature")
             .and_then(Value::as_f64)
             .map(|t| t.clamp(0.0, 1.0))
-            .filter(|_| thinking.is_none()),
+            .filter(|_| samples),
         // Claude models from the 4.1 generation refuse `temperature` and
         // `top_p` together, and Anthropic advises setting one: with both,
         // `temperature` is kept.
@@ -539,7 +544,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             .get("top_p")
             .and_then(Value::as_f64)
             .filter(|_| !req.extra.get("temperature").is_some_and(Value::is_number))
-            .filter(|_| thinking.is_none()),
+            .filter(|_| samples),
         tools,
         tool_choice,
         extra,

@@ -9,7 +9,7 @@ use aws_sdk_bedrockruntime::types::{
 };
 use aws_smithy_types::{Blob, Document, Number};
 use base64::Engine as _;
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use switchyard_api::anthropic::MessagesUsage;
 use switchyard_api::{ChatCompletionRequest, ChatCompletionResponse, ChatMessage, Extra, MessageContent, Role, Usage};
 
@@ -616,6 +616,8 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
     }
     .map(|all: Vec<String>| all.into_iter().filter(|s| !blank(s)).collect::<Vec<_>>())
     .filter(|kept| !kept.is_empty());
+    // Opus 4.7 and later take no sampling parameters.
+    let samples = thinking.is_none() && !reasoning::adaptive_only(&req.model);
     let inference = InferenceConfiguration::builder()
         .set_max_tokens(max_tokens.map(|m| m.min(i32::MAX as u32) as i32))
         // Converse takes 0–1; OpenAI clients may send up to 2.
@@ -626,14 +628,17 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
                 .get("temperature")
                 .and_then(Value::as_f64)
                 .map(|t| t.clamp(0.0, 1.0) as f32)
-                .filter(|_| thinking.is_none()),
+                .filter(|_| samples),
         )
-        .set_top_p(top_p(req).map(|t| t as f32).filter(|_| thinking.is_none()))
+        .set_top_p(top_p(req).map(|t| t as f32).filter(|_| samples))
         .set_stop_sequences(stop)
         .build();
     let additional = thinking.map(|t| {
         let mut fields = Map::new();
         fields.insert("thinking".into(), t.config);
+        if let Some(effort) = t.effort {
+            fields.insert("output_config".into(), json!({"effort": effort}));
+        }
         to_document(&Value::Object(fields))
     });
     Ok(ConverseInput {
