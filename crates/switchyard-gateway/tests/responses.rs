@@ -309,6 +309,24 @@ async fn reasoning_goes_back_to_servers_that_want_it() {
     .await;
     assert_eq!(status, 200, "{body}");
 
+    // A client that sends reasoning items back without their `content`
+    // (Codex keeps only `encrypted_content`) still gives the text back,
+    // from a JSON answer or a stream.
+    for reasoning in [first["output"][0].clone(), completed["output"][0].clone()] {
+        assert!(reasoning["encrypted_content"].is_string(), "{reasoning}");
+        let mut bare = reasoning.clone();
+        bare.as_object_mut().unwrap().remove("content");
+        let input = json!([{"role": "user", "content": "look it up"}, bare, call, output]);
+        let (status, body) = post(&gw, None, &json!({"model": "deepseek", "input": input, "tools": tools})).await;
+        assert_eq!(status, 200, "{body}");
+        let sent = mock.last_request().unwrap();
+        assert_eq!(
+            sent.body["messages"][1]["reasoning_content"], "mock reasoning first",
+            "{}",
+            sent.body
+        );
+    }
+
     // The items a client sends again carry it too; Groq refuses it once.
     let reasoning = first["output"][0].clone();
     let input = json!([{"role": "user", "content": "look it up"}, reasoning, call, output]);

@@ -113,8 +113,14 @@ fn assistant_message(response: &ResponseObject) -> Option<ChatMessage> {
                 if let Some(sealed) = encrypted_content {
                     thinking.extend(translate::unseal(sealed));
                 }
+                let before = reasoning.len();
                 for part in content {
                     reasoning.push_str(&part.text);
+                }
+                if reasoning.len() == before
+                    && let Some(sealed) = encrypted_content
+                {
+                    reasoning.push_str(&translate::unseal_text(sealed));
                 }
             }
         }

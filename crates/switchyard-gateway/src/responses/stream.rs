@@ -115,9 +115,21 @@ impl Converter {
     fn close_open(&mut self, status: &str, out: &mut Vec<Bytes>) {
         let Some((kind, index)) = self.open.take() else { return };
         let id = self.output[index].id().to_owned();
-        match (kind, &self.output[index]) {
-            (Open::Reasoning, OutputItem::Reasoning { content, .. }) => {
+        match (kind, &mut self.output[index]) {
+            (
+                Open::Reasoning,
+                OutputItem::Reasoning {
+                    content,
+                    encrypted_content,
+                    ..
+                },
+            ) => {
                 let text = content.first().map(|c| c.text.clone()).unwrap_or_default();
+                // Sealed too, for clients that send items back without
+                // their `content` (Claude's blocks are sealed as they come).
+                if encrypted_content.is_none() {
+                    *encrypted_content = translate::seal_text(&text);
+                }
                 self.emit(
                     "response.reasoning_text.done",
                     json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),

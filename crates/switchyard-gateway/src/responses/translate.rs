@@ -76,6 +76,7 @@ pub(crate) fn seal(blocks: &[Value]) -> Option<String> {
         .iter()
         .map(|b| match b.get("type").and_then(Value::as_str) {
             Some("redacted_thinking") => json!({"type": "redacted_thinking", "data": field(b, "data")}),
+            Some("reasoning_text") => json!({"type": "reasoning_text", "text": field(b, "text")}),
             _ => json!({"type": "thinking", "thinking": field(b, "thinking"), "signature": field(b, "signature")}),
         })
         .collect();
@@ -89,15 +90,44 @@ pub(crate) fn seal(blocks: &[Value]) -> Option<String> {
     ))
 }
 
-/// The thinking blocks of an `encrypted_content` this gateway wrote; none
+/// Another model's reasoning text as a reasoning item's `encrypted_content`:
+/// a client that sends items back without their `content` (Codex keeps
+/// only `encrypted_content`) still gives it back, for servers that want it
+/// with the turn it led to (DeepSeek, Kimi).
+pub(crate) fn seal_text(text: &str) -> Option<String> {
+    if text.is_empty() {
+        return None;
+    }
+    seal(&[json!({"type": "reasoning_text", "text": text})])
+}
+
+/// Everything an `encrypted_content` this gateway wrote holds; nothing
 /// from anything else (another service's reasoning cannot be replayed).
-pub(crate) fn unseal(content: &str) -> Vec<Value> {
+fn unsealed(content: &str) -> Vec<Value> {
     use base64::Engine as _;
     content
         .strip_prefix(SEALED)
         .and_then(|b64| base64::engine::general_purpose::STANDARD.decode(b64).ok())
         .and_then(|json| serde_json::from_slice::<Vec<Value>>(&json).ok())
         .unwrap_or_default()
+}
+
+/// The thinking blocks of an `encrypted_content` this gateway wrote.
+pub(crate) fn unseal(content: &str) -> Vec<Value> {
+    unsealed(content)
+        .into_iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) != Some("reasoning_text"))
+        .collect()
+}
+
+/// The reasoning text an `encrypted_content` this gateway wrote holds
+/// ([`seal_text`]); empty when none.
+pub(crate) fn unseal_text(content: &str) -> String {
+    unsealed(content)
+        .iter()
+        .filter(|b| b.get("type").and_then(Value::as_str) == Some("reasoning_text"))
+        .filter_map(|b| b.get("text").and_then(Value::as_str))
+        .collect()
 }
 
 /// A new response id: `resp_` and 32 hex digits from the system's secure
@@ -613,17 +643,24 @@ fn input_item(
         // it led to, and Claude's own signed thinking, which the item
         // carries sealed.
         "reasoning" => {
-            if let Some(sealed) = item.get("encrypted_content").and_then(Value::as_str) {
+            let sealed = item.get("encrypted_content").and_then(Value::as_str);
+            if let Some(sealed) = sealed {
                 thinking.blocks.extend(unseal(sealed));
             }
+            let mut text = String::new();
             let parts = item.get("content").and_then(Value::as_array);
             for part in parts.into_iter().flatten() {
                 if part.get("type").and_then(Value::as_str) == Some("reasoning_text")
-                    && let Some(text) = part.get("text").and_then(Value::as_str)
+                    && let Some(part_text) = part.get("text").and_then(Value::as_str)
                 {
-                    thinking.text.push_str(text);
+                    text.push_str(part_text);
                 }
             }
+            // A client that left the text out sent it sealed.
+            if text.is_empty() {
+                text = sealed.map(unseal_text).unwrap_or_default();
+            }
+            thinking.text.push_str(&text);
         }
         "item_reference" => {
             return Err(invalid(
@@ -939,11 +976,11 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
     object.status = status.into();
     object.incomplete_details = details;
     let message = choice.message;
+    let reasoning = reasoning_text(&message.extra);
     let sealed = match message.extra.get("thinking_blocks") {
         Some(Value::Array(blocks)) => seal(blocks),
-        _ => None,
+        _ => reasoning.and_then(seal_text),
     };
-    let reasoning = reasoning_text(&message.extra);
     if reasoning.is_some() || sealed.is_some() {
         object.output.push(OutputItem::Reasoning {
             id: echo.item_id("rs", 0),
@@ -1148,6 +1185,12 @@ mod tests {
         assert_eq!(unseal(&sealed), blocks);
         assert!(unseal("gAAAAB-someone-elses").is_empty());
         assert!(seal(&[]).is_none());
+        // Other models' reasoning text, sealed apart from Claude's blocks.
+        let text = seal_text("step one").unwrap();
+        assert!(unseal(&text).is_empty());
+        assert_eq!(unseal_text(&text), "step one");
+        assert_eq!(unseal_text(&sealed), "");
+        assert!(seal_text("").is_none());
     }
 
     #[test]
