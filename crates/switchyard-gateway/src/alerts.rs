@@ -111,7 +111,7 @@ impl Alerts {
             // The policy looks only for the kinds wanted, so it claims no
             // alert that would not be sent.
             let (policy_tx, mut policy_rx) = mpsc::channel::<PolicyAlert>(QUEUE);
-            policy.send_alerts_to(policy_tx, kinds);
+            policy.send_alerts_to(policy_tx, kinds, settings.retry);
             let forward = tx.clone();
             tokio::spawn(async move {
                 // Waits while the delivery queue is full: the policy's own
@@ -223,6 +223,7 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
         };
         let mut wait = Duration::from_millis(250);
         let mut delivered = false;
+        let mut refused = false;
         for attempt in 1..=TRIES {
             let outcome = client.post(settings.url.expose()).json(&body).send().await;
             let retry = match outcome {
@@ -233,6 +234,7 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
                 // The webhook refused the alert: trying again will not help.
                 Ok(r) if r.status().is_client_error() && r.status().as_u16() != 429 => {
                     tracing::warn!(status = r.status().as_u16(), "the alert webhook refused an alert");
+                    refused = true;
                     false
                 }
                 Ok(r) => {
@@ -252,8 +254,9 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
             wait *= 4;
         }
         // Not delivered from here: a later request (here or on another
-        // replica) that sees the same cause may still tell of it.
-        if !delivered {
+        // replica) that sees the same cause may still tell of it; one the
+        // webhook refused would be refused again.
+        if !delivered && !refused {
             match (&claim, &alert) {
                 (Some(claim), _) => policy.release_alert(claim).await,
                 (None, Alert::Policy(a)) => policy.release_policy_alert(&a.claim).await,

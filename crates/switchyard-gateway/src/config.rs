@@ -508,6 +508,13 @@ pub struct DeploymentEntry {
     /// models get none, and write up to their own default).
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
+    /// `openai` and `azure`: the most tokens the model writes. A chat
+    /// request asking for more (`max_tokens` or `max_completion_tokens`) is
+    /// sent asking for this many, where the upstream would refuse it
+    /// (Claude Code asks any model for 32,000 on `/v1/messages`; gpt-4o
+    /// writes at most 16,384).
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
     /// Anthropic and Bedrock: drop the chat parameters they cannot express
     /// (`logprobs`, `top_logprobs`, `n` > 1, `audio`, `modalities`,
     /// `prediction`, legacy `functions`) instead of answering 400, as
@@ -898,6 +905,8 @@ pub struct DeploymentSpec {
     pub anthropic_version: Option<String>,
     /// Anthropic and Bedrock `max_tokens` default.
     pub default_max_tokens: Option<u32>,
+    /// `openai` and `azure`: the most output a request may ask for.
+    pub max_output_tokens: Option<u32>,
     /// Anthropic and Bedrock: drop parameters they cannot express.
     pub drop_params: bool,
     /// Bedrock region.
@@ -1295,6 +1304,15 @@ fn validate_deployment(
     if entry.default_max_tokens == Some(0) {
         issues.push(issue(format!("{path}.default_max_tokens"), "must be greater than 0"));
     }
+    if entry.max_output_tokens.is_some() && !matches!(entry.provider, ProviderKind::Openai | ProviderKind::Azure) {
+        issues.push(issue(
+            format!("{path}.max_output_tokens"),
+            "is only used by openai and azure",
+        ));
+    }
+    if entry.max_output_tokens == Some(0) {
+        issues.push(issue(format!("{path}.max_output_tokens"), "must be greater than 0"));
+    }
     if entry.mock.is_some() && entry.provider != ProviderKind::Mock {
         issues.push(issue(format!("{path}.mock"), "is only used by the mock provider"));
     }
@@ -1371,6 +1389,7 @@ fn validate_deployment(
         api_version,
         anthropic_version,
         default_max_tokens: entry.default_max_tokens,
+        max_output_tokens: entry.max_output_tokens,
         drop_params: entry.drop_params,
         aws_region,
         aws_credentials,

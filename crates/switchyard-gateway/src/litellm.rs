@@ -497,6 +497,17 @@ impl Translator {
                             "the model has no built-in price here: set input_cost_per_token and output_cost_per_token",
                         );
                     }
+                } else if matches!(key.as_str(), "max_output_tokens" | "max_tokens") {
+                    // The most the model writes: requests asking for more
+                    // are lowered to it (OpenAI-format deployments).
+                    match value.as_u64().filter(|n| *n > 0).and_then(|n| u32::try_from(n).ok()) {
+                        Some(n) if matches!(d.get("provider").and_then(Value::as_str), Some("openai" | "azure")) => {
+                            d.entry("max_output_tokens").or_insert(json!(n));
+                            self.map(here, format!("model_list[{name}].deployments[].max_output_tokens"));
+                        }
+                        Some(_) => self.warn(&here, "used by openai and azure deployments only"),
+                        None => self.warn(&here, "not a positive number of tokens"),
+                    }
                 } else if key == "mode" {
                     // What LiteLLM's health check sends the model.
                     let check = match value.as_str().unwrap_or_default() {

@@ -222,6 +222,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         deployments = state.registry.deployment_count(),
         "listening on http://{addr}"
     );
+    if state.telemetry.metrics && state.telemetry.metrics_require_auth && !state.policy.has_master_key() {
+        tracing::warn!(
+            "telemetry.metrics_require_auth is set but no master key is: /metrics answers 403 to everyone \
+             (set policy.master_key or SWITCHYARD_MASTER_KEY)"
+        );
+    }
     if !state.policy.auth_required() {
         let reach = if addr.ip().is_loopback() {
             "this host"

@@ -211,7 +211,8 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
                 spec.api_key.as_ref(),
                 &spec.http,
             )?
-            .with_base_model(spec.base_model.as_deref()),
+            .with_base_model(spec.base_model.as_deref())
+            .with_max_output(spec.max_output_tokens),
         ),
         ProviderKind::Azure => ProviderClient::Azure(
             AzureProvider::new(
@@ -221,7 +222,8 @@ fn build_provider(spec: &DeploymentSpec) -> Result<ProviderClient, ProviderError
                 spec.api_key.as_ref(),
                 &spec.http,
             )?
-            .with_base_model(spec.base_model.as_deref()),
+            .with_base_model(spec.base_model.as_deref())
+            .with_max_output(spec.max_output_tokens),
         ),
         ProviderKind::Anthropic => ProviderClient::Anthropic(AnthropicProvider::new(
             &AnthropicSettings {

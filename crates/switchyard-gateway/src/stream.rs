@@ -107,17 +107,24 @@ impl Observed for Event {
         };
         let seen = anthropic_usage(found);
         let merged = usage.get_or_insert_with(TokenUsage::default);
-        // The counts are running totals, each kept at its highest: a
-        // `message_delta` that leaves the cache counts out (as some
-        // Anthropic-compatible servers' do) keeps `message_start`'s.
-        let input = |u: &TokenUsage| u.prompt.saturating_sub(u.cache_read).saturating_sub(u.cache_write);
-        let seen_input = input(&seen);
-        let merged_input = input(merged).max(seen_input);
-        merged.cache_read = merged.cache_read.max(seen.cache_read);
-        merged.cache_write = merged.cache_write.max(seen.cache_write);
-        merged.prompt = merged_input
-            .saturating_add(merged.cache_read)
-            .saturating_add(merged.cache_write);
+        let splits_cache = ["cache_read_input_tokens", "cache_creation_input_tokens"]
+            .iter()
+            .any(|k| found.get(*k).is_some_and(serde_json::Value::is_u64));
+        if splits_cache && seen.prompt > 0 {
+            // The event's own breakdown of the prompt stands.
+            merged.prompt = seen.prompt;
+            merged.cache_read = seen.cache_read;
+            merged.cache_write = seen.cache_write;
+        } else {
+            // Without the cache counts (as some Anthropic-compatible
+            // servers' `message_delta` is), the counts seen so far are kept,
+            // each at its highest.
+            let input = |u: &TokenUsage| u.prompt.saturating_sub(u.cache_read).saturating_sub(u.cache_write);
+            let merged_input = input(merged).max(input(&seen));
+            merged.prompt = merged_input
+                .saturating_add(merged.cache_read)
+                .saturating_add(merged.cache_write);
+        }
         // `message_delta` repeats the counts without the writes' breakdown
         // by time to live: `message_start`'s stands.
         if found.get("cache_creation").is_some_and(serde_json::Value::is_object) {
@@ -640,6 +647,22 @@ mod tests {
         }
         let usage = usage.unwrap();
         assert_eq!((usage.prompt, usage.cache_read, usage.completion), (15, 5, 7));
+        // A start without the split and a delta with it: the delta's split.
+        let mut usage = None;
+        for (name, data) in [
+            (
+                "message_start",
+                r#"{"message":{"usage":{"input_tokens":100,"output_tokens":1}}}"#,
+            ),
+            (
+                "message_delta",
+                r#"{"usage":{"input_tokens":40,"cache_read_input_tokens":60,"output_tokens":7}}"#,
+            ),
+        ] {
+            event(name, data).merge_usage(&mut usage);
+        }
+        let usage = usage.unwrap();
+        assert_eq!((usage.prompt, usage.cache_read, usage.completion), (100, 60, 7));
     }
 
     #[test]

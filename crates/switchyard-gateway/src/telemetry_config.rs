@@ -181,6 +181,11 @@ pub struct AlertsConfig {
     /// this, milliseconds (default 300000, LiteLLM's `alerting_threshold`).
     #[serde(default = "default_slow_request_ms")]
     pub slow_request_ms: u64,
+    /// A budget alert the webhook failed to take (three tries) may be sent
+    /// again this long after, milliseconds, by the next request that finds
+    /// the same cause (default 60000).
+    #[serde(default = "default_alert_retry_ms")]
+    pub retry_ms: u64,
 }
 
 /// The body of an alert.
@@ -231,6 +236,10 @@ fn default_slow_request_ms() -> u64 {
     300_000
 }
 
+fn default_alert_retry_ms() -> u64 {
+    60_000
+}
+
 /// The validated alert settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertSettings {
@@ -244,6 +253,8 @@ pub struct AlertSettings {
     pub timeout: Duration,
     /// An answer slower than this is a `slow_request`.
     pub slow_request: Duration,
+    /// When an undelivered budget alert may be sent again.
+    pub retry: Duration,
 }
 
 /// The validated telemetry settings.
@@ -425,6 +436,9 @@ impl TelemetryConfig {
             if a.slow_request_ms == 0 {
                 issues.push(issue("telemetry.alerts.slow_request_ms", "must be greater than 0"));
             }
+            if a.retry_ms == 0 {
+                issues.push(issue("telemetry.alerts.retry_ms", "must be greater than 0"));
+            }
             let url = crate::config::resolve_secret(&a.webhook_url, "telemetry.alerts.webhook_url", env, issues)?;
             match reqwest::Url::parse(url.expose()) {
                 Ok(u) if matches!(u.scheme(), "http" | "https") => {}
@@ -443,6 +457,7 @@ impl TelemetryConfig {
                 events: a.events.clone(),
                 timeout: Duration::from_millis(a.timeout_ms.max(1)),
                 slow_request: Duration::from_millis(a.slow_request_ms.max(1)),
+                retry: Duration::from_millis(a.retry_ms.max(1)),
             })
         });
         TelemetrySpec {

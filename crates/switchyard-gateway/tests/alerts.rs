@@ -189,13 +189,18 @@ async fn soft_budgets_spent_budgets_and_cooldowns_reach_the_webhook_once() {
 }
 
 /// A budget alert the webhook never took (three failed tries) is not lost
-/// for the budget's period: the next request that finds the soft budget
-/// passed sends it again.
+/// for the budget's period: a request that finds the soft budget passed
+/// after `retry_ms` sends it again (none before: a webhook that is down
+/// gets no alert per request).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_undelivered_budget_alert_is_sent_again() {
     let hook = WebhookReceiver::start().await.unwrap();
     let mock = MockUpstream::start().await;
-    let gw = start(&hook, "json", &mock);
+    let yaml =
+        config(&hook.url(), "json", &mock).replace("    format: json\n", "    format: json\n    retry_ms: 1500\n");
+    assert!(yaml.contains("retry_ms"), "{yaml}");
+    let var = format!("ALERT_HOOK_{}", hook.url().len());
+    let gw = GatewayProcess::start_with(Path::new(BIN), &yaml, &[], &[(var.as_str(), hook.url().as_str())]);
     let (status, made) = post(
         &gw,
         "/key/generate",
@@ -216,6 +221,10 @@ async fn an_undelivered_budget_alert_is_sent_again() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(hook.attempts(), 3, "the first alert's three tries");
+    // Right after the failure, another request sends nothing.
+    assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(hook.attempts(), 3, "sent again at once");
     let mut sent = None;
     for _ in 0..20 {
         assert_eq!(hello(&gw, &key, "mock-a").await.0, 200);

@@ -40,6 +40,7 @@ model_list:
       rpm: 300
     model_info:
       id: azure-eu
+      max_output_tokens: 16384
   - model_name: claude-sonnet
     litellm_params:
       model: anthropic/claude-3-5-sonnet-20240620
@@ -164,6 +165,9 @@ async fn a_litellm_config_becomes_the_same_routing_and_limits() {
     );
     let gpt = &specs.iter().find(|m| m.name == "gpt-4o").unwrap().deployments[0];
     assert!(!gpt.drop_params);
+    // The most the Azure deployment writes: larger asks are lowered to it.
+    let azure = &specs.iter().find(|m| m.name == "gpt-4o").unwrap().deployments[1];
+    assert_eq!(azure.max_output_tokens, Some(16384));
     let notices = config.notices.join("\n");
     assert!(!notices.contains("`litellm_settings.drop_params`"), "{notices}");
     for key in [

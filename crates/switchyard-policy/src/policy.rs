@@ -302,7 +302,7 @@ struct Inner {
     /// Settlements on their way to the store; [`Policy::flush`] waits for them.
     writes: Writes,
     /// Where alerts go, and which kinds, once the gateway asked for them.
-    alerts: std::sync::OnceLock<(tokio::sync::mpsc::Sender<PolicyAlert>, Vec<AlertKind>)>,
+    alerts: std::sync::OnceLock<(tokio::sync::mpsc::Sender<PolicyAlert>, Vec<AlertKind>, Duration)>,
     /// Alerts sent from this process, until when (Unix ms): each once a
     /// period (with Redis, claimed there too).
     alerted: Mutex<HashMap<String, i64>>,
@@ -1049,7 +1049,7 @@ impl Policy {
     /// process, or by any replica through Redis).
     async fn send_once(&self, claim: &str, ttl_ms: u64, mut alert: PolicyAlert) {
         claim.clone_into(&mut alert.claim);
-        let Some((alerts, _)) = self.0.alerts.get() else {
+        let Some((alerts, _, _)) = self.0.alerts.get() else {
             return;
         };
         let now = now_ms();
@@ -1075,7 +1075,15 @@ impl Policy {
         if let Store::Redis { redis, .. } = &self.0.store {
             match redis.claim(claim, ttl_ms).await {
                 Ok(true) => claimed_in_redis = true,
-                Ok(false) => return,
+                // Another replica sends it: looked at again in a while, in
+                // case its delivery fails and it gives the claim back.
+                Ok(false) => {
+                    self.0
+                        .alerted
+                        .lock()
+                        .insert(claim.to_owned(), now.saturating_add(self.retry_ms()));
+                    return;
+                }
                 // Better twice than never.
                 Err(StoreDown(reason)) => {
                     tracing::warn!(%reason, "Redis is down: sending an alert without claiming it")
@@ -1119,26 +1127,47 @@ impl Policy {
         }
     }
 
-    /// Gives back the claim of a policy alert that could not be delivered
-    /// (its [`PolicyAlert::claim`]), here and in Redis, so that a later
-    /// request that finds the same cause sends it again.
+    /// Gives back, after the retry delay of [`Policy::send_alerts_to`], the claim of a
+    /// policy alert that could not be delivered (its [`PolicyAlert::claim`]),
+    /// here and in Redis, so that a later request that finds the same cause
+    /// sends it again then (not at every request while the webhook is down).
     pub async fn release_policy_alert(&self, claim: &str) {
-        self.0.alerted.lock().remove(claim);
-        self.release_alert(claim).await;
+        let retry = self.retry_ms();
+        self.0
+            .alerted
+            .lock()
+            .insert(claim.to_owned(), now_ms().saturating_add(retry));
+        if let Store::Redis { redis, .. } = &self.0.store
+            && let Err(StoreDown(reason)) = redis.shorten_claim(claim, u64::try_from(retry).unwrap_or(1)).await
+        {
+            tracing::warn!(%reason, "Redis is down: an undelivered alert's claim stays until it expires");
+        }
+    }
+
+    /// How long after an undelivered alert it may be sent again, in
+    /// milliseconds (see [`Policy::send_alerts_to`]).
+    fn retry_ms(&self) -> i64 {
+        let retry = self
+            .0
+            .alerts
+            .get()
+            .map_or(Duration::from_secs(60), |(_, _, retry)| *retry);
+        i64::try_from(retry.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// Sends the policy's alerts of the `kinds` given (soft budgets
     /// crossed, budgets spent) to `sink`; without it none are looked for.
-    /// Set once.
-    pub fn send_alerts_to(&self, sink: tokio::sync::mpsc::Sender<PolicyAlert>, kinds: Vec<AlertKind>) {
-        if self.0.alerts.set((sink, kinds)).is_err() {
+    /// An alert given back as undelivered ([`Policy::release_policy_alert`])
+    /// may be sent again `retry` later. Set once.
+    pub fn send_alerts_to(&self, sink: tokio::sync::mpsc::Sender<PolicyAlert>, kinds: Vec<AlertKind>, retry: Duration) {
+        if self.0.alerts.set((sink, kinds, retry)).is_err() {
             tracing::warn!("policy alerts already have a destination");
         }
     }
 
     /// Whether alerts of `kind` are wanted.
     fn wants_alert(&self, kind: AlertKind) -> bool {
-        self.0.alerts.get().is_some_and(|(_, kinds)| kinds.contains(&kind))
+        self.0.alerts.get().is_some_and(|(_, kinds, _)| kinds.contains(&kind))
     }
 
     fn release(&self, ticket: &Ticket) {

@@ -471,6 +471,19 @@ return 1",
         Ok(set.is_some())
     }
 
+    /// Makes a claim made with [`RedisStore::claim`] end in `ttl_ms`.
+    pub async fn shorten_claim(&self, name: &str, ttl_ms: u64) -> Result<(), StoreDown> {
+        let _: i64 = self
+            .query(
+                redis::cmd("PEXPIRE")
+                    .arg(self.name(&format!("alerted:{name}")))
+                    .arg(ttl_ms.max(1))
+                    .clone(),
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Lets go of a claim made with [`RedisStore::claim`].
     pub async fn unclaim(&self, name: &str) -> Result<(), StoreDown> {
         let _: i64 = self

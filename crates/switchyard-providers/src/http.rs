@@ -448,10 +448,20 @@ fn answered_error(error: &serde_json::Value) -> ProviderError {
             message = %crate::error::clipped(&error_message(error)),
             "an upstream answered 200 with an error refusing the gateway's credentials or account"
         );
-        return ProviderError::InvalidResponse(format!(
-            "the upstream answered 200 with an error refusing the gateway's credentials or account \
-             (HTTP {status}; its message is in the gateway's log)"
-        ));
+        // The refusal it is, as if it came as that status (the key is
+        // marked invalid), without its words.
+        return ProviderError::Status {
+            status,
+            message: format!(
+                "the upstream answered 200 with an error refusing the gateway's credentials or account \
+                 (HTTP {status}; its message is in the gateway's log)"
+            ),
+            kind: text("type").map(Into::into),
+            code: text("code").map(str::to_owned),
+            param: None,
+            retry_after: None,
+            details: None,
+        };
     }
     ProviderError::InvalidResponse(format!(
         "the upstream answered 200 with an error: {}",

@@ -33,13 +33,15 @@ fn encode_chat(req: &ChatCompletionRequest, strip: Echoed, wire: ChatWire) -> Re
     let ids = wire.ids;
     let media = req.messages.iter().any(has_tool_media);
     let refit = !ids.takes_all(req);
-    if media || refit || !Echoed::present(req).and(strip).is_empty() {
+    let capped = wire.asks_too_much(req);
+    if media || refit || capped || !Echoed::present(req).and(strip).is_empty() {
         let mut copy = req.clone();
         strip.remove_from(&mut copy);
         move_tool_media(&mut copy.messages);
         if refit {
             ids.fit_all(&mut copy);
         }
+        wire.cap_output(&mut copy);
         return encode_plain(&copy, wire.reasoning);
     }
     encode_plain(req, wire.reasoning)
@@ -53,6 +55,34 @@ struct ChatWire {
     /// The deployment serves a reasoning model whatever its name says (an
     /// Azure deployment named otherwise, with `base_model` saying which).
     reasoning: bool,
+    /// The most output a request may ask for (`max_output_tokens`).
+    max_output: Option<u32>,
+}
+
+impl ChatWire {
+    /// Whether `req` asks for more output than the deployment's model writes.
+    fn asks_too_much(self, req: &ChatCompletionRequest) -> bool {
+        self.max_output.is_some_and(|cap| {
+            ["max_tokens", "max_completion_tokens"].iter().any(|k| {
+                req.extra
+                    .get(*k)
+                    .and_then(serde_json::Value::as_u64)
+                    .is_some_and(|n| n > u64::from(cap))
+            })
+        })
+    }
+
+    /// Lowers what `req` asks for to the deployment's most.
+    fn cap_output(self, req: &mut ChatCompletionRequest) {
+        let Some(cap) = self.max_output else { return };
+        for key in ["max_tokens", "max_completion_tokens"] {
+            if let Some(n) = req.extra.get_mut(key)
+                && n.as_u64().is_some_and(|n| n > u64::from(cap))
+            {
+                *n = serde_json::Value::from(cap);
+            }
+        }
+    }
 }
 
 /// The tool-call ids an upstream takes. Ids from another model (Claude's
@@ -565,6 +595,15 @@ macro_rules! openai_wire_provider {
                 self
             }
 
+            /// The same provider for a model that writes at most
+            /// `max_output` tokens: a chat request asking for more is sent
+            /// asking for that many.
+            #[must_use]
+            pub fn with_max_output(mut self, max_output: Option<u32>) -> Self {
+                self.0.wire.max_output = max_output;
+                self
+            }
+
             /// `POST /images/generations`: the answer as the upstream gave it.
             pub async fn images(&self, req: &ImageGenerationRequest) -> Result<ProviderResponse> {
                 self.0.http.post_json(&self.0.images_url, encode(req)?).await
@@ -722,6 +761,7 @@ impl OpenAiProvider {
                     .and_then(|u| u.host_str().map(ToolIds::for_host))
                     .unwrap_or_default(),
                 reasoning: false,
+                max_output: None,
             },
         }))
     }
@@ -839,8 +879,15 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let sent = |ids: ToolIds| -> serde_json::Value {
             serde_json::from_slice(
-                &encode_chat(&req, Echoed::default(), ChatWire { ids, reasoning: false })
-                    .unwrap_or_else(|e| panic!("{e}")),
+                &encode_chat(
+                    &req,
+                    Echoed::default(),
+                    ChatWire {
+                        ids,
+                        ..ChatWire::default()
+                    },
+                )
+                .unwrap_or_else(|e| panic!("{e}")),
             )
             .unwrap_or_else(|e| panic!("{e}"))
         };
@@ -1117,5 +1164,15 @@ mod tests {
             serde_json::from_slice(&encode_chat(&other, Echoed::ALL, azure.0.wire).unwrap()).unwrap();
         assert_eq!(body["max_completion_tokens"], 50, "{body}");
         assert!(body.get("max_tokens").is_none(), "{body}");
+        // A deployment whose model writes at most 16 tokens.
+        let capped = azure.with_max_output(Some(16));
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&other, Echoed::ALL, capped.0.wire).unwrap()).unwrap();
+        assert_eq!(body["max_completion_tokens"], 16, "{body}");
+        let mut small = other.clone();
+        small.extra.insert("max_tokens".into(), serde_json::json!(8));
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&small, Echoed::ALL, capped.0.wire).unwrap()).unwrap();
+        assert_eq!(body["max_completion_tokens"], 8, "{body}");
     }
 }

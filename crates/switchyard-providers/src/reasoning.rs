@@ -97,12 +97,22 @@ pub(crate) fn adaptive_only(model: &str) -> bool {
         return false;
     };
     let mut parts = model[at + "claude-".len()..].split(['-', '.', ':', '@']);
-    if !matches!(parts.next(), Some("opus" | "sonnet" | "haiku")) {
-        return false;
-    }
-    let Some(major) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+    // New-style names put the family first (`claude-opus-4-7`); older ones
+    // the version (`claude-3-7-sonnet`, `claude-2`).
+    let Some(family) = parts
+        .next()
+        .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphabetic()))
+    else {
         return false;
     };
+    let Some(major) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
+        // A family named without a version (`claude-mythos-preview`) is
+        // one of the later ones.
+        return !matches!(family, "opus" | "sonnet" | "haiku" | "instant");
+    };
+    if family == "instant" {
+        return false;
+    }
     // A minor version is one or two digits (`4-7`); a date (`4-20250514`) is none.
     let minor = parts
         .next()
@@ -112,12 +122,12 @@ pub(crate) fn adaptive_only(model: &str) -> bool {
     major > 4 || (major == 4 && minor >= 7)
 }
 
-/// The adaptive-thinking effort for a `reasoning_effort` (`xhigh` asks for
-/// the most every such model takes).
+/// The adaptive-thinking effort for a `reasoning_effort`.
 fn adaptive_effort(effort: &str) -> &'static str {
     match effort {
         "minimal" | "low" => "low",
         "medium" => "medium",
+        "xhigh" => "xhigh",
         _ => "high",
     }
 }
@@ -152,17 +162,20 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
                 return Ok(None);
             }
             let mut config = object.clone();
+            let mut budget = config.get("budget_tokens").and_then(Value::as_u64);
             if kind == Some("enabled") && adaptive_only(&req.model) {
                 // The models that think only adaptively refuse `enabled`:
-                // the same request, as they take it.
+                // the same request, as they take it (its budget still
+                // makes room in `max_tokens`).
                 config.insert("type".into(), json!("adaptive"));
                 config.remove("budget_tokens");
-            } else if kind == Some("enabled") && !config.contains_key("budget_tokens") {
+                budget = Some(budget.unwrap_or(DEFAULT_BUDGET));
+            } else if kind == Some("enabled") && budget.is_none() {
                 // `{"type": "enabled"}` alone (as some clients write it) gets
                 // a budget, which Claude requires.
                 config.insert("budget_tokens".into(), json!(DEFAULT_BUDGET));
+                budget = Some(DEFAULT_BUDGET);
             }
-            let budget = config.get("budget_tokens").and_then(Value::as_u64);
             let thinking = Thinking {
                 config: Value::Object(config),
                 budget,
@@ -191,10 +204,11 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
         return Ok(None);
     }
     if adaptive_only(&req.model) {
-        // Summarised thinking comes back (their default shows none).
+        // Summarised thinking comes back (their default shows none); the
+        // effort's budget is not sent, but makes room in `max_tokens`.
         return Ok(Some(Thinking {
             config: json!({"type": "adaptive", "display": "summarized"}),
-            budget: None,
+            budget: Some(*budget),
             explicit: false,
             effort: Some(adaptive_effort(effort)),
         }));
@@ -374,6 +388,10 @@ mod tests {
             "us.anthropic.claude-opus-4-7-v1:0",
             "claude-sonnet-5",
             "claude-opus-4.7",
+            "claude-fable-5",
+            "global.anthropic.claude-fable-5",
+            "claude-mythos-preview",
+            "claude-opus-4-7@20260101",
         ] {
             assert!(adaptive_only(model), "{model}");
         }
@@ -383,6 +401,9 @@ mod tests {
             "claude-sonnet-4-20250514",
             "claude-3-7-sonnet-20250219",
             "anthropic.claude-opus-4-1-20250805-v1:0",
+            "claude-instant-1",
+            "claude-2",
+            "claude-haiku-4-5",
             "gpt-5",
         ] {
             assert!(!adaptive_only(model), "{model}");
@@ -394,11 +415,13 @@ mod tests {
         };
         let effort = opus(json!({"reasoning_effort": "xhigh"}));
         assert_eq!(effort.config, json!({"type": "adaptive", "display": "summarized"}));
-        assert_eq!((effort.effort, effort.budget), (Some("high"), None));
+        assert_eq!(effort.effort, Some("xhigh"));
+        // The budget is not sent, but makes room for the thinking.
+        assert_eq!(max_tokens_with(&effort, 4096, "claude-opus-4-7"), 8192 + 4096);
         assert_eq!(opus(json!({"reasoning_effort": "minimal"})).effort, Some("low"));
         let own = opus(json!({"thinking": {"type": "enabled", "budget_tokens": 4000}}));
         assert_eq!(own.config, json!({"type": "adaptive"}));
-        assert!(own.explicit && own.budget.is_none());
+        assert_eq!((own.explicit, own.budget), (true, Some(4000)));
     }
 
     #[test]

@@ -277,7 +277,7 @@ fn shipped_examples_are_valid() {
 #[test]
 fn provider_specific_keys_are_checked() {
     let config = parse(
-        "model_list:\n  - model_name: a\n    deployments:\n      - provider: bedrock\n        model: m\n        aws_access_key_id: os.environ/ID\n        aws_model_id: \" \"\n      - provider: openai\n        model: m\n        aws_region: us-east-1\n        aws_model_id: arn\n        default_max_tokens: 5\n      - provider: anthropic\n        model: m\n        default_max_tokens: 0\n",
+        "model_list:\n  - model_name: a\n    deployments:\n      - provider: bedrock\n        model: m\n        aws_access_key_id: os.environ/ID\n        aws_model_id: \" \"\n      - provider: openai\n        model: m\n        aws_region: us-east-1\n        aws_model_id: arn\n        default_max_tokens: 5\n      - provider: anthropic\n        model: m\n        default_max_tokens: 0\n        max_output_tokens: 100\n      - provider: openai\n        model: m\n        max_output_tokens: 0\n",
     )
     .unwrap();
     let err = config.validate(&env(&[("ID", "x")])).unwrap_err().to_string();
@@ -289,6 +289,8 @@ fn provider_specific_keys_are_checked() {
         "model_list[0].deployments[1].aws_model_id: is only used by bedrock",
         "model_list[0].deployments[1].default_max_tokens: is only used by anthropic and bedrock",
         "model_list[0].deployments[2].default_max_tokens: must be greater than 0",
+        "model_list[0].deployments[2].max_output_tokens: is only used by openai and azure",
+        "model_list[0].deployments[3].max_output_tokens: must be greater than 0",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }

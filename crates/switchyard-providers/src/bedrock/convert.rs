@@ -552,8 +552,10 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
         ));
     }
     // Claude refuses a final assistant turn (a prefill) whose text ends in
-    // white space: it is left out.
-    if let Some((ConversationRole::Assistant, content)) = turns.last_mut() {
+    // white space: it is left out (other models keep theirs).
+    if is_claude(req)
+        && let Some((ConversationRole::Assistant, content)) = turns.last_mut()
+    {
         if let Some(ContentBlock::Text(text)) = content.last_mut() {
             let kept = text.trim_end().len();
             text.truncate(kept);
@@ -805,7 +807,7 @@ mod tests {
             "{result:?}"
         );
         // A prefill's trailing white space, which Claude refuses, is left out.
-        let prefill = converse(json!({"model": "m", "messages": [
+        let prefill = converse(json!({"model": "anthropic.claude-sonnet-4-5", "messages": [
             {"role": "user", "content": "Give me JSON."},
             {"role": "assistant", "content": "Here it is: \n"}
         ]}));
