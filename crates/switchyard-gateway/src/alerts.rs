@@ -28,6 +28,8 @@ const ALERT_EVERY: Duration = Duration::from_secs(60);
 /// older than [`ALERT_EVERY`] are forgotten.
 const REMEMBERED: usize = 4_096;
 
+/// How long after the webhook refused a budget alert it may be sent again.
+const REFUSED_RETRY: Duration = Duration::from_secs(3600);
 /// Deliveries of one alert, the first included.
 const TRIES: u32 = 3;
 
@@ -254,13 +256,18 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
             wait *= 4;
         }
         // Not delivered from here: a later request (here or on another
-        // replica) that sees the same cause may still tell of it; one the
-        // webhook refused would be refused again.
-        if !delivered && !refused {
+        // replica) that sees the same cause may still tell of it. One the
+        // webhook refused would be refused again until its configuration
+        // is fixed: a budget alert goes again after an hour, the others
+        // (claimed for a minute) when their claim ends.
+        if !delivered {
             match (&claim, &alert) {
-                (Some(claim), _) => policy.release_alert(claim).await,
-                (None, Alert::Policy(a)) => policy.release_policy_alert(&a.claim).await,
-                (None, _) => {}
+                (Some(claim), _) if !refused => policy.release_alert(claim).await,
+                (None, Alert::Policy(a)) => {
+                    let after = refused.then_some(REFUSED_RETRY);
+                    policy.release_policy_alert(&a.claim, after).await;
+                }
+                _ => {}
             }
         }
     }

@@ -537,7 +537,7 @@ const UNKEPT_FINISHES: [&str; 3] = ["content_filter", "error", "abort"];
 
 /// Whether a choice's finish reason says it ended as the model meant.
 fn finished(reason: Option<&str>) -> bool {
-    reason.is_some_and(|r| !UNKEPT_FINISHES.contains(&r))
+    reason.is_some_and(|r| !r.is_empty() && !UNKEPT_FINISHES.contains(&r))
 }
 
 /// Whether an answer may be kept for later callers: every choice ended as
@@ -558,7 +558,8 @@ pub(crate) fn keepable<'a>(parts: impl IntoIterator<Item = &'a [u8]>, shape: Sha
                 choices: Some(choices), ..
             }) if stream => choices.iter().all(|c| {
                 let done = streamed.entry(c.index.unwrap_or(0)).or_insert(false);
-                match c.finish_reason.as_deref() {
+                // Some relays send `""` on the chunks before the last.
+                match c.finish_reason.as_deref().filter(|r| !r.is_empty()) {
                     None => true,
                     reason => {
                         *done = finished(reason);
@@ -680,6 +681,16 @@ mod tests {
             body(r#"{"choices":[{"finish_reason":null}]}"#),
             Shape::Completion
         ));
+        assert!(!keepable(
+            body(r#"{"choices":[{"finish_reason":""}]}"#),
+            Shape::Completion
+        ));
+        let relayed = [
+            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":""}]}"#.as_bytes(),
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#.as_bytes(),
+        ];
+        assert!(keepable(relayed, Shape::Stream));
+        assert!(!keepable(relayed[..1].iter().copied(), Shape::Stream));
         let chunks = [
             r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}"#.as_bytes(),
             r#"{"choices":[{"index":1,"delta":{"content":"b"},"finish_reason":null}]}"#.as_bytes(),

@@ -502,7 +502,13 @@ impl Translator {
                     // are lowered to it (OpenAI-format deployments).
                     match value.as_u64().filter(|n| *n > 0).and_then(|n| u32::try_from(n).ok()) {
                         Some(n) if matches!(d.get("provider").and_then(Value::as_str), Some("openai" | "azure")) => {
-                            d.entry("max_output_tokens").or_insert(json!(n));
+                            // `max_output_tokens` says it; LiteLLM's legacy
+                            // `max_tokens` only stands in for it.
+                            if key == "max_output_tokens" {
+                                d.insert("max_output_tokens".into(), json!(n));
+                            } else {
+                                d.entry("max_output_tokens").or_insert(json!(n));
+                            }
                             self.map(here, format!("model_list[{name}].deployments[].max_output_tokens"));
                         }
                         Some(_) => self.warn(&here, "used by openai and azure deployments only"),

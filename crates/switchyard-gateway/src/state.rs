@@ -390,6 +390,7 @@ fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
         let mut h = Sha256::new();
         for d in &m.deployments {
             let max_tokens = d.default_max_tokens.map(|t| t.to_string()).unwrap_or_default();
+            let max_output = d.max_output_tokens.map(|t| t.to_string()).unwrap_or_default();
             let mock = format!("{:?}/{}", d.mock.reply, d.mock.embedding_dims);
             let headers: String = d
                 .http
@@ -409,6 +410,8 @@ fn cache_generations(models: &[ModelSpec]) -> HashMap<String, String> {
                 d.aws_model_id.as_deref().unwrap_or(""),
                 d.anthropic_version.as_deref().unwrap_or(""),
                 max_tokens.as_str(),
+                max_output.as_str(),
+                d.base_model.as_deref().unwrap_or(""),
                 if d.drop_params { "drop_params" } else { "" },
                 mock.as_str(),
                 headers.as_str(),

@@ -107,14 +107,18 @@ impl Observed for Event {
         };
         let seen = anthropic_usage(found);
         let merged = usage.get_or_insert_with(TokenUsage::default);
-        let splits_cache = ["cache_read_input_tokens", "cache_creation_input_tokens"]
-            .iter()
-            .any(|k| found.get(*k).is_some_and(serde_json::Value::is_u64));
-        if splits_cache && seen.prompt > 0 {
-            // The event's own breakdown of the prompt stands.
-            merged.prompt = seen.prompt;
-            merged.cache_read = seen.cache_read;
-            merged.cache_write = seen.cache_write;
+        let count = |k: &str| found.get(k).and_then(serde_json::Value::as_u64);
+        let (read, write) = (count("cache_read_input_tokens"), count("cache_creation_input_tokens"));
+        if read.is_some() || write.is_some() {
+            // The event's own breakdown of the prompt stands, for the
+            // counts it gives.
+            let input = |u: &TokenUsage| u.prompt.saturating_sub(u.cache_read).saturating_sub(u.cache_write);
+            let merged_input = count("input_tokens").unwrap_or_else(|| input(merged));
+            merged.cache_read = read.unwrap_or(merged.cache_read);
+            merged.cache_write = write.unwrap_or(merged.cache_write);
+            merged.prompt = merged_input
+                .saturating_add(merged.cache_read)
+                .saturating_add(merged.cache_write);
         } else {
             // Without the cache counts (as some Anthropic-compatible
             // servers' `message_delta` is), the counts seen so far are kept,

@@ -40,6 +40,7 @@ model_list:
       rpm: 300
     model_info:
       id: azure-eu
+      max_tokens: 128000
       max_output_tokens: 16384
   - model_name: claude-sonnet
     litellm_params:

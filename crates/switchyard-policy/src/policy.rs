@@ -1131,8 +1131,13 @@ impl Policy {
     /// policy alert that could not be delivered (its [`PolicyAlert::claim`]),
     /// here and in Redis, so that a later request that finds the same cause
     /// sends it again then (not at every request while the webhook is down).
-    pub async fn release_policy_alert(&self, claim: &str) {
-        let retry = self.retry_ms();
+    /// `after` replaces that delay (a webhook that refused the alert, whose
+    /// configuration must be fixed first, is given longer).
+    pub async fn release_policy_alert(&self, claim: &str, after: Option<Duration>) {
+        let retry = after.map_or_else(
+            || self.retry_ms(),
+            |after| i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        );
         self.0
             .alerted
             .lock()

@@ -441,21 +441,15 @@ pub(crate) fn error_message(error: &serde_json::Value) -> String {
 /// account or part of the key.
 fn answered_error(error: &serde_json::Value) -> ProviderError {
     let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str);
-    let status = stated_status(error).unwrap_or_else(|| status_of(text("type"), text("code")));
+    let status = stated_status(error).unwrap_or_else(|| answer_status(text("type"), text("code")));
     if matches!(status, 401..=403) {
-        tracing::warn!(
-            status,
-            message = %crate::error::clipped(&error_message(error)),
-            "an upstream answered 200 with an error refusing the gateway's credentials or account"
-        );
-        // The refusal it is, as if it came as that status (the key is
-        // marked invalid), without its words.
+        // The refusal it is, as if it came as that status: the key is
+        // marked invalid (or, for a model another key may reach, the
+        // model's access), and the client reads the gateway's words, as
+        // for any refusal of its credentials.
         return ProviderError::Status {
             status,
-            message: format!(
-                "the upstream answered 200 with an error refusing the gateway's credentials or account \
-                 (HTTP {status}; its message is in the gateway's log)"
-            ),
+            message: error_message(error),
             kind: text("type").map(Into::into),
             code: text("code").map(str::to_owned),
             param: None,
@@ -757,11 +751,15 @@ mod tests {
         ] {
             let in_stream = super::stream_error(&refusal);
             assert!(matches!(in_stream, crate::ProviderError::Stream(_)), "{in_stream:?}");
+            let text = in_stream.to_string();
+            assert!(!text.contains("sk-proj") && text.contains("credentials"), "{text}");
+            // Answered with a 200: the refusal's status, which the gateway
+            // treats as a refusal of its key (and words it never shows).
             let answered = super::answered_error(&refusal);
-            for error in [in_stream, answered] {
-                let text = error.to_string();
-                assert!(!text.contains("sk-proj") && text.contains("credentials"), "{text}");
-            }
+            assert!(
+                matches!(answered, crate::ProviderError::Status { status: 401, .. }),
+                "{answered:?}"
+            );
         }
         let other = super::answered_error(&json!({"message": "model overloaded"})).to_string();
         assert!(other.contains("model overloaded"), "{other}");

@@ -106,9 +106,9 @@ pub(crate) fn adaptive_only(model: &str) -> bool {
         return false;
     };
     let Some(major) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
-        // A family named without a version (`claude-mythos-preview`) is
-        // one of the later ones.
-        return !matches!(family, "opus" | "sonnet" | "haiku" | "instant");
+        // The later families named without a version; any other name
+        // without one (`claude-prod`, an operator's alias) is not known.
+        return matches!(family, "mythos" | "fable");
     };
     if family == "instant" {
         return false;
@@ -127,7 +127,7 @@ fn adaptive_effort(effort: &str) -> &'static str {
     match effort {
         "minimal" | "low" => "low",
         "medium" => "medium",
-        "xhigh" => "xhigh",
+        // `xhigh` too: not every such model takes Anthropic's `xhigh`.
         _ => "high",
     }
 }
@@ -404,6 +404,10 @@ mod tests {
             "claude-instant-1",
             "claude-2",
             "claude-haiku-4-5",
+            "claude-prod",
+            "claude-mock",
+            "my-claude-proxy",
+            "claude-3-5-sonnet-v2@20241022",
             "gpt-5",
         ] {
             assert!(!adaptive_only(model), "{model}");
@@ -415,7 +419,7 @@ mod tests {
         };
         let effort = opus(json!({"reasoning_effort": "xhigh"}));
         assert_eq!(effort.config, json!({"type": "adaptive", "display": "summarized"}));
-        assert_eq!(effort.effort, Some("xhigh"));
+        assert_eq!(effort.effort, Some("high"));
         // The budget is not sent, but makes room for the thinking.
         assert_eq!(max_tokens_with(&effort, 4096, "claude-opus-4-7"), 8192 + 4096);
         assert_eq!(opus(json!({"reasoning_effort": "minimal"})).effort, Some("low"));

@@ -372,7 +372,8 @@ impl Converter {
                     out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
                 }
             }
-            if let Some(reason) = choice.finish_reason
+            // Some relays send `""` on the chunks before the last.
+            if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty())
                 && self.stop_reason.as_deref() != Some("refusal")
             {
                 self.stop_sequence = super::translate::matched_stop(Some(&reason), &choice.extra);

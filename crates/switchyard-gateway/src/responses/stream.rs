@@ -450,7 +450,8 @@ impl Converter {
                     self.tool_call(call, out);
                 }
             }
-            if let Some(reason) = choice.finish_reason {
+            // Some relays send `""` on the chunks before the last.
+            if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
                 self.finish_reason = Some(reason);
             }
         }
