@@ -174,13 +174,50 @@ struct Converter {
     estimated_input: u64,
     /// Content deltas sent, for the output estimate of a stream without usage.
     deltas: u64,
+    /// The arguments streamed so far of each open call, by its key.
+    arguments: Vec<(u64, String)>,
+    /// Text a server sent while a call's arguments were still coming: sent
+    /// once they are whole (a text block closes the calls before it, which
+    /// would cut the call in two).
+    held: String,
 }
 
 impl Converter {
+    /// Whether an open call's arguments are still coming (not yet one whole
+    /// JSON value).
+    fn mid_call(&self) -> bool {
+        self.arguments
+            .iter()
+            .any(|(_, args)| serde_json::from_str::<serde::de::IgnoredAny>(args).is_err())
+    }
+
+    /// Sends `text` in the open text block, or a new one.
+    fn text(&mut self, text: String, out: &mut Vec<Bytes>) {
+        let index = match self.open {
+            Some((index, None)) => index,
+            _ => self.open(ContentBlock::text(""), None, out),
+        };
+        let delta = switchyard_api::anthropic::BlockDelta {
+            kind: "text_delta".into(),
+            text: Some(text),
+            ..Default::default()
+        };
+        self.deltas += 1;
+        out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
+    }
+
+    /// Sends the text held back during a call, if any.
+    fn release_held(&mut self, out: &mut Vec<Bytes>) {
+        if !self.held.is_empty() {
+            let held = std::mem::take(&mut self.held);
+            self.text(held, out);
+        }
+    }
     /// Closes every open block, in the order they were opened.
     fn close(&mut self, out: &mut Vec<Bytes>) {
         let mut open: Vec<u32> = self.open.take().map(|(index, _)| index).into_iter().collect();
         open.extend(self.tools.drain(..).map(|(_, index)| index));
+        self.arguments.clear();
         open.sort_unstable();
         for index in open {
             out.push(event(&StreamEvent::ContentBlockStop { index }));
@@ -305,17 +342,12 @@ impl Converter {
                 .content
                 .filter(|t| !t.is_empty() && (self.tools.is_empty() || !t.trim().is_empty()));
             if let Some(text) = content.or(refusal) {
-                let index = match self.open {
-                    Some((index, None)) => index,
-                    _ => self.open(ContentBlock::text(""), None, out),
-                };
-                let delta = switchyard_api::anthropic::BlockDelta {
-                    kind: "text_delta".into(),
-                    text: Some(text),
-                    ..Default::default()
-                };
-                self.deltas += 1;
-                out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
+                if self.mid_call() {
+                    self.held.push_str(&text);
+                } else {
+                    self.release_held(out);
+                    self.text(text, out);
+                }
             }
             let calls = choice
                 .delta
@@ -363,6 +395,10 @@ impl Converter {
                     _ => None,
                 };
                 if let Some(args) = args.filter(|a| !a.is_empty()) {
+                    match self.arguments.iter_mut().find(|(key, _)| *key == tool) {
+                        Some((_, so_far)) => so_far.push_str(&args),
+                        None => self.arguments.push((tool, args.clone())),
+                    }
                     let delta = switchyard_api::anthropic::BlockDelta {
                         kind: "input_json_delta".into(),
                         partial_json: Some(args),
@@ -384,6 +420,9 @@ impl Converter {
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
         self.start("", "", out);
+        // Text held back for a call that never finished its arguments
+        // still reaches the client, after it.
+        self.release_held(out);
         self.close(out);
         out.push(event(&StreamEvent::MessageDelta {
             delta: switchyard_api::anthropic::MessageDelta {
@@ -458,6 +497,8 @@ fn converted(
         stop_reason: None,
         usage: None,
         used_tools: false,
+        arguments: Vec::new(),
+        held: String::new(),
     };
     stream::unfold(
         (chunks, converter, (deployment, fault), false),
@@ -526,6 +567,8 @@ mod tests {
             usage: None,
             used_tools: false,
             estimated_input: 42,
+            arguments: Vec::new(),
+            held: String::new(),
         }
     }
 
@@ -671,6 +714,52 @@ mod tests {
             .map(|(_, d)| d["index"].as_u64().unwrap())
             .collect();
         assert_eq!(stops, [0], "{seen:?}");
+    }
+
+    /// Text a server sends while a call's arguments are still coming is
+    /// held back until they are whole: the call keeps one block, its name
+    /// and all its arguments, and the text follows it, each block stopping
+    /// after it started.
+    #[test]
+    fn text_amid_a_calls_arguments_follows_the_call() {
+        for tail in [Some("\"x\"}"), None] {
+            let mut conv = converter();
+            let mut out = Vec::new();
+            let mut deltas = vec![
+                json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "read", "arguments": "{\"p\":"}}]}),
+                json!({"content": "Let me check."}),
+            ];
+            if let Some(tail) = tail {
+                deltas.push(json!({"tool_calls": [{"index": 0, "function": {"arguments": tail}}]}));
+            }
+            for delta in deltas {
+                conv.on_chunk(chunk(head(delta)), &mut out);
+            }
+            conv.finish(&mut out);
+            let seen = events(&out);
+            let order: Vec<(String, u64)> = seen
+                .iter()
+                .filter(|(n, _)| n.starts_with("content_block_"))
+                .map(|(n, d)| (n.clone(), d["index"].as_u64().unwrap()))
+                .collect();
+            let names: Vec<(&str, u64)> = order.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+            let mut expected = vec![("content_block_start", 0), ("content_block_delta", 0)];
+            if tail.is_some() {
+                expected.push(("content_block_delta", 0));
+            }
+            expected.extend([
+                ("content_block_stop", 0),
+                ("content_block_start", 1),
+                ("content_block_delta", 1),
+                ("content_block_stop", 1),
+            ]);
+            assert_eq!(names, expected, "{seen:?}");
+            let text = seen
+                .iter()
+                .find(|(n, d)| n == "content_block_delta" && d["index"] == 1)
+                .map(|(_, d)| d["delta"]["text"].clone());
+            assert_eq!(text, Some(json!("Let me check.")));
+        }
     }
 
     #[test]
