@@ -1248,8 +1248,9 @@ async fn bedrock_converse_edges() {
         ("failing", "amazon.nova-lite-v1:0::status=424"),
         ("malformed", "amazon.nova-lite-v1:0::malformed_tool_use"),
         ("malformed-alone", "amazon.nova-lite-v1:0::malformed_tool_use"),
+        ("denied", "amazon.nova-lite-v1:0::status=403"),
     ] {
-        let fallbacks = if matches!(name, "failing" | "malformed") {
+        let fallbacks = if matches!(name, "failing" | "malformed" | "denied") {
             "    fallbacks: [nova]\n"
         } else {
             ""
@@ -1301,6 +1302,25 @@ async fn bedrock_converse_edges() {
     );
     assert_eq!(seen.body["messages"][0]["content"], json!([{"text": "hello"}]));
     assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 7, "{body}");
+
+    // Bedrock's AccessDeniedException is about the model or the action
+    // (model access not granted), not the keys: the fallback answers, and
+    // the deployment is not taken for one whose key is invalid (state 3).
+    let (status, answered_by, body) = chat(user("denied", "hello")).await;
+    assert_eq!((status, answered_by.as_deref()), (200, Some("nova")), "{body}");
+    let metrics = http
+        .get(format!("{}/metrics", gateway.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let state = metrics
+        .lines()
+        .find(|l| l.starts_with("switchyard_deployment_state{") && l.contains(r#"deployment="denied/0""#))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(!state.ends_with(" 3"), "{state}");
 
     for (model, retried) in [("failing", true), ("malformed", true), ("malformed-alone", false)] {
         let (status, answered_by, body) = chat(user(model, "hello")).await;

@@ -175,6 +175,8 @@ impl ProviderError {
             "input is too long",
             "too many input tokens",
             "maximum number of tokens",
+            // Claude on Bedrock: "input length and `max_tokens` exceed context limit".
+            "exceed context limit",
         ]
         .iter()
         .any(|needle| message.contains(needle))

@@ -399,6 +399,27 @@ fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolC
 
 /// Whether the request's model is Claude (a model id, or an inference
 /// profile named after one).
+/// Whether a Bedrock model may take cache points: Claude (but the Claude 3
+/// models before 3.5, Claude 2 and Instant) and Amazon Nova; Llama, Mistral,
+/// DeepSeek and the others refuse them (Bedrock ids and inference profiles
+/// included).
+fn prompt_caching(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    if model.contains("nova") {
+        return true;
+    }
+    model.contains("claude")
+        && ![
+            "claude-instant",
+            "claude-v2",
+            "claude-3-haiku",
+            "claude-3-sonnet",
+            "claude-3-opus",
+        ]
+        .iter()
+        .any(|old| model.contains(old))
+}
+
 fn is_claude(req: &ChatCompletionRequest) -> bool {
     req.model.contains("anthropic.claude") || req.model.starts_with("claude")
 }
@@ -550,6 +571,14 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
             "at least one user or assistant message is required",
             "messages",
         ));
+    }
+    // Cache marks are hints: a model without prompt caching refuses cache
+    // points (a 403), so they are left out for it.
+    if !prompt_caching(&req.model) {
+        system.retain(|b| !matches!(b, SystemContentBlock::CachePoint(_)));
+        for (_, content) in &mut turns {
+            content.retain(|b| !matches!(b, ContentBlock::CachePoint(_)));
+        }
     }
     // Claude refuses a final assistant turn (a prefill) whose text ends in
     // white space: it is left out (other models keep theirs).
@@ -959,6 +988,44 @@ mod tests {
             "{:?}",
             input.messages[2]
         );
+    }
+
+    /// A model without prompt caching refuses cache points: the marks,
+    /// hints only, are left out for it.
+    #[test]
+    fn cache_points_go_only_to_models_that_cache() {
+        let marked = |model: &str| {
+            converse(json!({"model": model, "messages": [
+                {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": {"type": "ephemeral"}}]},
+                {"role": "user", "content": [{"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}
+            ]}))
+        };
+        let points = |input: &ConverseInput| {
+            input
+                .system
+                .iter()
+                .filter(|b| matches!(b, SystemContentBlock::CachePoint(_)))
+                .count()
+                + input.messages[0]
+                    .content()
+                    .iter()
+                    .filter(|b| matches!(b, ContentBlock::CachePoint(_)))
+                    .count()
+        };
+        for model in [
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "amazon.nova-pro-v1:0",
+            "anthropic.claude-3-7-sonnet-20250219-v1:0",
+        ] {
+            assert_eq!(points(&marked(model)), 2, "{model}");
+        }
+        for model in [
+            "meta.llama3-3-70b-instruct-v1:0",
+            "anthropic.claude-3-haiku-20240307-v1:0",
+            "mistral.mistral-large-2407-v1:0",
+        ] {
+            assert_eq!(points(&marked(model)), 0, "{model}");
+        }
     }
 
     /// Without `max_tokens` from the client or the deployment, only Claude

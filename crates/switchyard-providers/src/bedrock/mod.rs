@@ -99,6 +99,14 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                 // cannot call as configured: its fault, as a 404 from an
                 // upstream is, so another deployment is tried.
                 Some("ValidationException") if names_unusable_model(ctx.err().message()) => 404,
+                // Access to the model or the action (model access not
+                // granted, a role without the streaming action, a region
+                // denied behind an inference profile), rarely the
+                // credentials themselves: like a model this deployment
+                // cannot call, another deployment is tried and the breaker
+                // counts it, instead of the key being taken for invalid
+                // until a reload.
+                Some("AccessDeniedException") => 404,
                 _ => ctx.raw().status().as_u16(),
             };
             ProviderError::Status {
