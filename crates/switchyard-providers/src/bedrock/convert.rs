@@ -703,15 +703,34 @@ pub(crate) fn malformed(reason: &StopReason) -> Option<ProviderError> {
     })
 }
 
-/// OpenAI usage for Converse usage, cached tokens counted as Anthropic's are.
+/// OpenAI usage for Converse usage, cached tokens counted as Anthropic's
+/// are; the cache writes' split by lifetime (`cacheDetails`) as Anthropic's
+/// `cache_creation`, so hour-long writes are charged as such.
 pub(crate) fn usage(u: &TokenUsage) -> Usage {
     let non_negative = |v: i32| u64::try_from(v).unwrap_or(0);
+    let mut extra = Extra::new();
+    if !u.cache_details().is_empty() {
+        let written = |ttl: CacheTtl| {
+            u.cache_details()
+                .iter()
+                .filter(|d| *d.ttl() == ttl)
+                .map(|d| non_negative(d.input_tokens()))
+                .fold(0_u64, u64::saturating_add)
+        };
+        extra.insert(
+            "cache_creation".into(),
+            json!({
+                "ephemeral_1h_input_tokens": written(CacheTtl::OneHour),
+                "ephemeral_5m_input_tokens": written(CacheTtl::FiveMinutes),
+            }),
+        );
+    }
     crate::anthropic::translate::usage(&MessagesUsage {
         input_tokens: non_negative(u.input_tokens),
         output_tokens: non_negative(u.output_tokens),
         cache_read_input_tokens: u.cache_read_input_tokens.map(non_negative),
         cache_creation_input_tokens: u.cache_write_input_tokens.map(non_negative),
-        extra: Extra::new(),
+        extra,
     })
 }
 
@@ -988,6 +1007,28 @@ mod tests {
             "{:?}",
             input.messages[2]
         );
+    }
+
+    /// Hour-long cache writes keep their lifetime, for their price.
+    #[test]
+    fn cache_writes_keep_their_lifetime() {
+        use aws_sdk_bedrockruntime::types::CacheDetail;
+        let detail = |ttl: CacheTtl, n: i32| CacheDetail::builder().ttl(ttl).input_tokens(n).build().unwrap();
+        let converse_usage = TokenUsage::builder()
+            .input_tokens(10)
+            .output_tokens(5)
+            .total_tokens(315)
+            .cache_write_input_tokens(300)
+            .cache_details(detail(CacheTtl::OneHour, 200))
+            .cache_details(detail(CacheTtl::FiveMinutes, 100))
+            .build()
+            .unwrap();
+        let openai = usage(&converse_usage);
+        assert_eq!(
+            openai.extra["cache_creation"],
+            json!({"ephemeral_1h_input_tokens": 200, "ephemeral_5m_input_tokens": 100})
+        );
+        assert_eq!(openai.cache_write_tokens(), 300);
     }
 
     /// A model without prompt caching refuses cache points: the marks,
