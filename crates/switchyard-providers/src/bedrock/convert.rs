@@ -399,6 +399,15 @@ fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolC
 
 /// Whether the request's model is Claude (a model id, or an inference
 /// profile named after one).
+/// Whether a Bedrock model takes a system prompt (Mistral 7B Instruct,
+/// Mixtral 8x7B and Titan Text refuse one).
+fn takes_system(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    !["mistral-7b-instruct", "mixtral-8x7b-instruct", "titan-text"]
+        .iter()
+        .any(|m| model.contains(m))
+}
+
 /// Whether a Bedrock model may take cache points: Claude (but the Claude 3
 /// models before 3.5, Claude 2 and Instant) and Amazon Nova; Llama, Mistral,
 /// DeepSeek and the others refuse them (Bedrock ids and inference profiles
@@ -571,6 +580,24 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
             "at least one user or assistant message is required",
             "messages",
         ));
+    }
+    // Models that take no system prompt (Mistral 7B and Mixtral, Titan
+    // Text) get it at the start of the first user turn instead.
+    if !takes_system(&req.model) && !system.is_empty() {
+        let text: Vec<String> = system
+            .drain(..)
+            .filter_map(|b| match b {
+                SystemContentBlock::Text(text) => Some(text),
+                _ => None,
+            })
+            .collect();
+        if !text.is_empty() {
+            let opening = ContentBlock::Text(text.join("\n\n"));
+            match turns.iter_mut().find(|(role, _)| *role == ConversationRole::User) {
+                Some((_, content)) => content.insert(0, opening),
+                None => turns.insert(0, (ConversationRole::User, vec![opening])),
+            }
+        }
     }
     // Cache marks are hints: a model without prompt caching refuses cache
     // points (a 403), so they are left out for it.
@@ -1007,6 +1034,26 @@ mod tests {
             "{:?}",
             input.messages[2]
         );
+    }
+
+    /// A model that refuses a system prompt gets it in its first user turn.
+    #[test]
+    fn system_prompts_go_in_the_user_turn_where_refused() {
+        let body = |model: &str| {
+            json!({"model": model, "messages": [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "hi"}
+            ]})
+        };
+        let mixtral = converse(body("mistral.mixtral-8x7b-instruct-v0:1"));
+        assert!(mixtral.system.is_empty());
+        assert!(
+            matches!(mixtral.messages[0].content(), [ContentBlock::Text(s), ContentBlock::Text(q)] if s == "Be brief." && q == "hi"),
+            "{:?}",
+            mixtral.messages
+        );
+        let nova = converse(body("amazon.nova-lite-v1:0"));
+        assert_eq!(nova.system.len(), 1);
     }
 
     /// Hour-long cache writes keep their lifetime, for their price.
