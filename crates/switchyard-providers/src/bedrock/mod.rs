@@ -123,12 +123,10 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                 details: None,
             }
         }
-        // No credentials could be loaded (an empty provider chain, an expired
-        // SSO session): the deployment's configuration, which no retry mends.
-        SdkError::DispatchFailure(_) if credentials_failure(&err) => ProviderError::InvalidConfig(format!(
-            "AWS credentials could not be loaded ({})",
-            DisplayErrorContext(&err)
-        )),
+        // Credentials that could not be had: see `credentials_fault`.
+        SdkError::DispatchFailure(_) if credentials_failure(&err).is_some() => {
+            credentials_fault(credentials_failure(&err), &DisplayErrorContext(&err).to_string())
+        }
         SdkError::TimeoutError(_) => ProviderError::Timeout(TimeoutPhase::Total),
         SdkError::DispatchFailure(failure) if failure.is_timeout() => ProviderError::Timeout(TimeoutPhase::Connect),
         SdkError::DispatchFailure(failure) if failure.is_io() => {
@@ -155,18 +153,38 @@ fn names_unusable_model(message: Option<&str>) -> bool {
     .any(|m| message.contains(m))
 }
 
-/// Whether `err` came from loading credentials, anywhere in its chain.
-fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> bool {
+/// The credentials failure `err` came from, anywhere in its chain.
+fn credentials_failure<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a aws_credential_types::provider::error::CredentialsError> {
     let mut current = Some(err);
     while let Some(e) = current {
-        if e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>()
-            .is_some()
-        {
-            return true;
+        if let Some(found) = e.downcast_ref::<aws_credential_types::provider::error::CredentialsError>() {
+            return Some(found);
         }
         current = e.source();
     }
-    false
+    None
+}
+
+/// What credentials that could not be had are: none found (an empty
+/// provider chain, an expired SSO session) or a configuration the chain
+/// cannot use is the deployment's configuration, which no retry mends; a
+/// provider that timed out or failed (the instance metadata service, STS
+/// answering 503) is passing, retried or failed over like a connection
+/// failure.
+fn credentials_fault(
+    failure: Option<&aws_credential_types::provider::error::CredentialsError>,
+    detail: &str,
+) -> ProviderError {
+    use aws_credential_types::provider::error::CredentialsError as E;
+    match failure {
+        Some(E::ProviderTimedOut(_)) => ProviderError::Timeout(TimeoutPhase::Connect),
+        Some(E::ProviderError(_) | E::Unhandled(_)) => {
+            ProviderError::Connect(format!("AWS credentials could not be fetched ({detail})"))
+        }
+        _ => ProviderError::InvalidConfig(format!("AWS credentials could not be loaded ({detail})")),
+    }
 }
 
 /// An exception Bedrock sent inside a stream (`throttlingException`,
@@ -572,6 +590,26 @@ impl Provider for BedrockProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Credentials none could find are the configuration; a provider that
+    /// timed out or failed is passing, and retried.
+    #[test]
+    fn passing_credential_failures_are_retried() {
+        use aws_credential_types::provider::error::CredentialsError;
+        let fault = |e: CredentialsError| credentials_fault(Some(&e), "detail");
+        assert!(matches!(
+            fault(CredentialsError::not_loaded("no provider in the chain")),
+            ProviderError::InvalidConfig(_)
+        ));
+        assert!(matches!(
+            fault(CredentialsError::invalid_configuration("bad profile")),
+            ProviderError::InvalidConfig(_)
+        ));
+        let timed_out = fault(CredentialsError::provider_timed_out(std::time::Duration::from_secs(1)));
+        assert!(matches!(timed_out, ProviderError::Timeout(_)) && timed_out.is_retryable());
+        let failed = fault(CredentialsError::provider_error("STS answered 503"));
+        assert!(matches!(failed, ProviderError::Connect(_)) && failed.is_retryable());
+    }
 
     /// Only messages that say the configured model id cannot be called are
     /// the deployment's fault; other validation errors stay the client's.
