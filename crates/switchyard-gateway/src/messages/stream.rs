@@ -176,10 +176,17 @@ struct Converter {
     deltas: u64,
     /// The arguments streamed so far of each open call, by its key.
     arguments: Vec<(u64, String)>,
-    /// Text a server sent while a call's arguments were still coming: sent
-    /// once they are whole (a text block closes the calls before it, which
-    /// would cut the call in two).
-    held: String,
+    /// Text and reasoning a server sent while a call's arguments were still
+    /// coming, in order: sent once they are whole (a text or thinking block
+    /// closes the calls before it, which would cut the call in two).
+    held: Vec<Held>,
+}
+
+/// A piece held back while a call's arguments were still coming.
+#[derive(Debug)]
+enum Held {
+    Text(String),
+    Thinking(String),
 }
 
 impl Converter {
@@ -206,12 +213,49 @@ impl Converter {
         out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
     }
 
-    /// Sends the text held back during a call, if any.
-    fn release_held(&mut self, out: &mut Vec<Bytes>) {
-        if !self.held.is_empty() {
-            let held = std::mem::take(&mut self.held);
-            self.text(held, out);
+    /// Holds `piece` back, joining the last held piece of its kind.
+    fn hold(&mut self, piece: Held) {
+        match (self.held.last_mut(), &piece) {
+            (Some(Held::Text(held)), Held::Text(more)) | (Some(Held::Thinking(held)), Held::Thinking(more)) => {
+                held.push_str(more);
+            }
+            _ => self.held.push(piece),
         }
+    }
+
+    /// Sends what was held back during a call, in the order it came.
+    fn release_held(&mut self, out: &mut Vec<Bytes>) {
+        for piece in std::mem::take(&mut self.held) {
+            match piece {
+                Held::Text(text) => self.text(text, out),
+                Held::Thinking(thinking) => self.reasoning(thinking, out),
+            }
+        }
+    }
+
+    /// Sends reasoning in the open thinking block, or a new one.
+    fn reasoning(&mut self, thinking: String, out: &mut Vec<Bytes>) {
+        let index = match self.open {
+            Some((index, Some(THINKING))) => index,
+            _ => {
+                let mut block = ContentBlock {
+                    kind: "thinking".into(),
+                    ..ContentBlock::default()
+                };
+                block.extra.insert("thinking".into(), json!(""));
+                // Claude's blocks carry one (SDKs read it): empty,
+                // as no Claude model signed this reasoning.
+                block.extra.insert("signature".into(), json!(""));
+                self.open(block, Some(THINKING), out)
+            }
+        };
+        let mut delta = switchyard_api::anthropic::BlockDelta {
+            kind: "thinking_delta".into(),
+            ..Default::default()
+        };
+        delta.extra.insert("thinking".into(), json!(thinking));
+        self.deltas += 1;
+        out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
     }
     /// Closes every open block, in the order they were opened.
     fn close(&mut self, out: &mut Vec<Bytes>) {
@@ -301,28 +345,13 @@ impl Converter {
                         .filter(|t| !t.is_empty())
                 })
                 .filter(|_| self.thinking);
-            if let Some(thinking) = reasoning {
-                let index = match self.open {
-                    Some((index, Some(THINKING))) => index,
-                    _ => {
-                        let mut block = ContentBlock {
-                            kind: "thinking".into(),
-                            ..ContentBlock::default()
-                        };
-                        block.extra.insert("thinking".into(), json!(""));
-                        // Claude's blocks carry one (SDKs read it): empty,
-                        // as no Claude model signed this reasoning.
-                        block.extra.insert("signature".into(), json!(""));
-                        self.open(block, Some(THINKING), out)
-                    }
-                };
-                let mut delta = switchyard_api::anthropic::BlockDelta {
-                    kind: "thinking_delta".into(),
-                    ..Default::default()
-                };
-                delta.extra.insert("thinking".into(), json!(thinking));
-                self.deltas += 1;
-                out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
+            if let Some(thinking) = reasoning.map(str::to_owned) {
+                if self.mid_call() {
+                    self.hold(Held::Thinking(thinking));
+                } else {
+                    self.release_held(out);
+                    self.reasoning(thinking, out);
+                }
             }
             let refusal = choice
                 .delta
@@ -343,7 +372,7 @@ impl Converter {
                 .filter(|t| !t.is_empty() && (self.tools.is_empty() || !t.trim().is_empty()));
             if let Some(text) = content.or(refusal) {
                 if self.mid_call() {
-                    self.held.push_str(&text);
+                    self.hold(Held::Text(text));
                 } else {
                     self.release_held(out);
                     self.text(text, out);
@@ -420,8 +449,8 @@ impl Converter {
 
     fn finish(&mut self, out: &mut Vec<Bytes>) {
         self.start("", "", out);
-        // Text held back for a call that never finished its arguments
-        // still reaches the client, after it.
+        // Text or reasoning held back for a call that never finished its
+        // arguments still reaches the client, after it.
         self.release_held(out);
         self.close(out);
         out.push(event(&StreamEvent::MessageDelta {
@@ -498,7 +527,7 @@ fn converted(
         usage: None,
         used_tools: false,
         arguments: Vec::new(),
-        held: String::new(),
+        held: Vec::new(),
     };
     stream::unfold(
         (chunks, converter, (deployment, fault), false),
@@ -568,7 +597,7 @@ mod tests {
             used_tools: false,
             estimated_input: 42,
             arguments: Vec::new(),
-            held: String::new(),
+            held: Vec::new(),
         }
     }
 
@@ -760,6 +789,52 @@ mod tests {
                 .map(|(_, d)| d["delta"]["text"].clone());
             assert_eq!(text, Some(json!("Let me check.")));
         }
+    }
+
+    /// Reasoning amid a call's arguments is held back like text: the call
+    /// keeps one block with all its arguments, and the reasoning and text
+    /// follow it in the order they came.
+    #[test]
+    fn reasoning_amid_a_calls_arguments_follows_the_call() {
+        let mut conv = converter();
+        conv.thinking = true;
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "read", "arguments": "{\"p\":"}}]}),
+            json!({"reasoning_content": "Which file? "}),
+            json!({"content": "Reading."}),
+            json!({"reasoning_content": "The log."}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "\"x\"}"}}]}),
+        ] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let seen = events(&out);
+        let starts: Vec<String> = seen
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d["content_block"]["type"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(starts, ["tool_use", "thinking", "text", "thinking"], "{seen:?}");
+        let args: String = seen
+            .iter()
+            .filter(|(n, d)| n == "content_block_delta" && d["index"] == 0)
+            .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(args, "{\"p\":\"x\"}");
+        let thinking: Vec<&Value> = seen
+            .iter()
+            .filter(|(n, d)| n == "content_block_delta" && d["delta"]["type"] == "thinking_delta")
+            .map(|(_, d)| &d["delta"]["thinking"])
+            .collect();
+        assert_eq!(thinking, [&json!("Which file? "), &json!("The log.")]);
+        // Every block stops once, after it started, the call first.
+        let stops: Vec<u64> = seen
+            .iter()
+            .filter(|(n, _)| n == "content_block_stop")
+            .map(|(_, d)| d["index"].as_u64().unwrap())
+            .collect();
+        assert_eq!(stops, [0, 1, 2, 3], "{seen:?}");
     }
 
     #[test]
