@@ -318,6 +318,16 @@ def test_responses_reasoning_effort_gives_a_reasoning_item(client: openai.OpenAI
         final = stream.get_final_response()
     assert "".join(deltas) == "mock thinking about it"
     assert final.output[0].type == "reasoning"
+    # Asked for a summary (as Codex does), the reasoning is also the summary.
+    summarised = client.responses.create(model=model, reasoning={"effort": "low", "summary": "auto"}, input="think first")
+    assert [part.text for part in summarised.output[0].summary] == ["mock thinking about it"]
+    with client.responses.stream(
+        model=model, reasoning={"effort": "low", "summary": "auto"}, input="think first"
+    ) as stream:
+        summary = [e.delta for e in stream if e.type == "response.reasoning_summary_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(summary) == "mock thinking about it"
+    assert [part.text for part in final.output[0].summary] == ["mock thinking about it"]
 
 
 @pytest.mark.parametrize("model", THINKING_MODELS)

@@ -130,6 +130,22 @@ impl Converter {
                 if encrypted_content.is_none() {
                     *encrypted_content = translate::seal_text(&text);
                 }
+                if self.echo.wants_summary() {
+                    let part = json!({"type": "summary_text", "text": text});
+                    if let OutputItem::Reasoning { summary, .. } = &mut self.output[index] {
+                        *summary = vec![part.clone()];
+                    }
+                    self.emit(
+                        "response.reasoning_summary_text.done",
+                        json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text}),
+                        out,
+                    );
+                    self.emit(
+                        "response.reasoning_summary_part.done",
+                        json!({"item_id": id, "output_index": index, "summary_index": 0, "part": part}),
+                        out,
+                    );
+                }
                 self.emit(
                     "response.reasoning_text.done",
                     json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),
@@ -189,6 +205,14 @@ impl Converter {
                     });
                 }
                 let id = self.output[index].id().to_owned();
+                if self.echo.wants_summary() {
+                    self.emit(
+                        "response.reasoning_summary_part.added",
+                        json!({"item_id": id, "output_index": index, "summary_index": 0,
+                               "part": {"type": "summary_text", "text": ""}}),
+                        out,
+                    );
+                }
                 self.emit(
                     "response.content_part.added",
                     json!({"item_id": id, "output_index": index, "content_index": 0,
@@ -205,6 +229,13 @@ impl Converter {
             part.text.push_str(delta);
         }
         let id = self.output[index].id().to_owned();
+        if self.echo.wants_summary() {
+            self.emit(
+                "response.reasoning_summary_text.delta",
+                json!({"item_id": id, "output_index": index, "summary_index": 0, "delta": delta}),
+                out,
+            );
+        }
         self.emit(
             "response.reasoning_text.delta",
             json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}),
@@ -698,6 +729,56 @@ mod tests {
         assert_eq!(completed["output"][2]["call_id"], "call_a");
         assert_eq!(completed["output"][3]["name"], "g");
         assert_eq!(done.output.len(), 4);
+    }
+
+    /// With `reasoning.summary` asked, other models' reasoning text is also
+    /// streamed as the item's summary, which Codex shows.
+    #[test]
+    fn reasoning_is_also_the_summary_when_one_is_asked_for() {
+        let mut conv = converter();
+        conv.echo
+            .fields
+            .insert("reasoning".into(), json!({"effort": null, "summary": "detailed"}));
+        let mut out = Vec::new();
+        conv.on_chunk(chunk(json!({"reasoning_content": "step "}), None), &mut out);
+        conv.on_chunk(chunk(json!({"reasoning_content": "two"}), None), &mut out);
+        conv.on_chunk(chunk(json!({"content": "ok"}), Some("stop")), &mut out);
+        let done = conv.finish(&mut out);
+        let seen = events(&out);
+        let summary: Vec<&str> = seen
+            .iter()
+            .filter(|(k, _)| k.starts_with("response.reasoning_summary"))
+            .map(|(k, _)| k.as_str())
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+            ]
+        );
+        let text_done = seen
+            .iter()
+            .find(|(k, _)| k == "response.reasoning_summary_text.done")
+            .unwrap();
+        assert_eq!(
+            (&text_done.1["text"], &text_done.1["summary_index"]),
+            (&json!("step two"), &json!(0))
+        );
+        let item = serde_json::to_value(&done.output[0]).unwrap();
+        assert_eq!(item["summary"], json!([{"type": "summary_text", "text": "step two"}]));
+        assert_eq!(item["content"][0]["text"], "step two");
+
+        // Not asked: no summary events, an empty summary.
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.on_chunk(chunk(json!({"reasoning_content": "step"}), Some("stop")), &mut out);
+        let done = conv.finish(&mut out);
+        assert!(!events(&out).iter().any(|(k, _)| k.contains("summary")));
+        assert_eq!(serde_json::to_value(&done.output[0]).unwrap()["summary"], json!([]));
     }
 
     #[test]

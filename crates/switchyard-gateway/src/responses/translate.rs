@@ -39,6 +39,18 @@ impl Echo {
         }
     }
 
+    /// Whether the request asked for reasoning summaries
+    /// (`reasoning.summary`: `auto`, `concise` or `detailed`). Other models'
+    /// reasoning text is then also given as the summary, which is what
+    /// clients such as Codex show.
+    pub fn wants_summary(&self) -> bool {
+        self.fields
+            .get("reasoning")
+            .and_then(|r| r.get("summary"))
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty() && s != "none")
+    }
+
     /// An empty response object of this request, with `status`.
     pub fn object(&self, status: &str) -> ResponseObject {
         ResponseObject {
@@ -984,7 +996,11 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
     if reasoning.is_some() || sealed.is_some() {
         object.output.push(OutputItem::Reasoning {
             id: echo.item_id("rs", 0),
-            summary: Vec::new(),
+            summary: reasoning
+                .filter(|_| echo.wants_summary())
+                .map(|text| json!({"type": "summary_text", "text": text}))
+                .into_iter()
+                .collect(),
             content: reasoning
                 .map(|text| ReasoningText {
                     kind: "reasoning_text".into(),
@@ -1306,8 +1322,19 @@ mod tests {
                       "completion_tokens_details": {"reasoning_tokens": 2}}
         }))
         .unwrap();
+        let mut summarised = echo();
+        summarised
+            .fields
+            .insert("reasoning".into(), json!({"effort": "low", "summary": "auto"}));
+        let with_summary = serde_json::to_value(from_chat(chat.clone(), &summarised)).unwrap();
+        assert_eq!(
+            with_summary["output"][0]["summary"],
+            json!([{"type": "summary_text", "text": "thinking"}])
+        );
         let object = from_chat(chat, &echo());
         let value = serde_json::to_value(&object).unwrap();
+        // Without `reasoning.summary` there is none.
+        assert_eq!(value["output"][0]["summary"], json!([]));
         assert_eq!(value["status"], "completed");
         assert_eq!(value["model"], "up-model");
         let kinds: Vec<&str> = value["output"]
