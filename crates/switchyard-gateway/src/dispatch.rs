@@ -857,7 +857,9 @@ async fn try_group<'s>(
                     // request's probe) as it is.
                     if !panic
                         && !matches!(call, Call::CountTokens(..))
-                        && state.cooldowns.record_failure(deployment.id, class, now)
+                        && state
+                            .cooldowns
+                            .record_failure(deployment.id, class, claim_of(probe), now)
                     {
                         tracing::warn!(deployment = %deployment.name, "deployment put in cooldown after the request's deadline");
                         state.metrics.cooldown(&deployment.name);
@@ -883,7 +885,9 @@ async fn try_group<'s>(
                     // estimate and its output by length.
                     Reply::Json(ProviderResponse { usage, body, .. }) => Some(usage.as_ref().map_or_else(
                         || estimated.saturating_add(crate::metering::output_estimate(body)),
-                        |u| u.total_tokens,
+                        // Not `total_tokens` alone: servers that leave it out
+                        // would count nothing against the deployment's tpm.
+                        |u| u.total_tokens.max(u.prompt_tokens.saturating_add(u.generated_tokens())),
                     )),
                     // A token count is not a generation: no latency sample.
                     Reply::Native(_) if matches!(call, Call::CountTokens(..)) => None,
@@ -909,7 +913,7 @@ async fn try_group<'s>(
                 // nothing of generations; a try made anyway leaves the
                 // breaker (and another request's probe) as it is.
                 if !panic && !matches!(call, Call::CountTokens(..)) {
-                    state.cooldowns.record_success(deployment.id, now);
+                    state.cooldowns.record_success(deployment.id, claim_of(probe), now);
                 }
                 return GroupOutcome::Served(Served {
                     reply,
@@ -997,7 +1001,11 @@ async fn try_group<'s>(
                     // probes, and its answers say little of generations.
                     let noted = (!panic || class == switchyard_routing::ErrorClass::Auth)
                         && !matches!(call, Call::CountTokens(..));
-                    if noted && state.cooldowns.record_failure(deployment.id, class, now) {
+                    if noted
+                        && state
+                            .cooldowns
+                            .record_failure(deployment.id, class, claim_of(probe), now)
+                    {
                         tracing::warn!(deployment = %deployment.name, ?class, "deployment put in cooldown");
                         state.metrics.cooldown(&deployment.name);
                         if let Some(alerts) = &state.alerts {
@@ -1400,6 +1408,15 @@ const MAX_HELD_EVENTS: usize = 64;
 /// Bound on the bytes of the events held back before content (each may hold
 /// up to 16 MiB): past it, the stream is passed on as it is.
 const MAX_HELD_BYTES: usize = 4 << 20;
+
+/// The breaker claim a request holds: the half-open probe or not.
+fn claim_of(probe: bool) -> switchyard_routing::Claim {
+    if probe {
+        switchyard_routing::Claim::Probe
+    } else {
+        switchyard_routing::Claim::Closed
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -397,7 +397,11 @@ impl StreamTracker {
                 };
                 self.state.stats.record_success(self.id, outcome, now);
                 if !self.anyway {
-                    self.state.cooldowns.record_success(self.id, now);
+                    // The probe's verdict was its first event (dispatch):
+                    // the end of a stream is no probe's.
+                    self.state
+                        .cooldowns
+                        .record_success(self.id, switchyard_routing::Claim::Closed, now);
                 }
                 if let Some(alerts) = &self.state.alerts {
                     alerts.answered(&self.labels.0, &self.labels.1, self.started.elapsed());
@@ -421,7 +425,12 @@ impl StreamTracker {
                     .metrics
                     .stream_error(&self.labels.0, &self.labels.1, class.as_str());
                 self.state.stats.record_failure(self.id, class, now);
-                if !self.anyway && self.state.cooldowns.record_failure(self.id, class, now) {
+                if !self.anyway
+                    && self
+                        .state
+                        .cooldowns
+                        .record_failure(self.id, class, switchyard_routing::Claim::Closed, now)
+                {
                     tracing::warn!(
                         deployment = %self.labels.1,
                         "deployment put in cooldown after a failed stream"

@@ -192,9 +192,12 @@ impl Cooldowns {
         claimed.then_some(Claim::Probe)
     }
 
-    /// A request to `id` succeeded: a half-open breaker closes.
-    pub fn record_success(&self, id: DeploymentId, _now_ms: u64) {
-        if let Some(b) = self.breakers.get(id.0)
+    /// A request to `id` succeeded. When it was the half-open probe
+    /// (`claim`), the breaker closes; another request's success (one sent
+    /// before the breaker opened) leaves the probe to decide.
+    pub fn record_success(&self, id: DeploymentId, claim: Claim, _now_ms: u64) {
+        if claim == Claim::Probe
+            && let Some(b) = self.breakers.get(id.0)
             && b.phase
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |phase| {
                     (unpack(phase).0 == HALF_OPEN).then_some(pack(CLOSED, 0))
@@ -232,8 +235,10 @@ impl Cooldowns {
 
     /// A request to `id` failed with `class`. Returns `true` when this failure
     /// opened the breaker. A client error is the request's fault: it counts no
-    /// failure, and as a probe's answer it shows the upstream is up.
-    pub fn record_failure(&self, id: DeploymentId, class: ErrorClass, now_ms: u64) -> bool {
+    /// failure, and as a probe's answer it shows the upstream is up. Only the
+    /// half-open probe (`claim`) reopens a half-open breaker: a request sent
+    /// before the breaker opened, failing late, counts its failure only.
+    pub fn record_failure(&self, id: DeploymentId, class: ErrorClass, claim: Claim, now_ms: u64) -> bool {
         let Some(b) = self.breakers.get(id.0) else {
             return false;
         };
@@ -248,7 +253,7 @@ impl Cooldowns {
             | ErrorClass::Connect
             | ErrorClass::Other => {}
             ErrorClass::ClientError => {
-                self.record_success(id, now_ms);
+                self.record_success(id, claim, now_ms);
                 return false;
             }
         }
@@ -260,7 +265,7 @@ impl Cooldowns {
             b.failures.store(0, Ordering::Release);
             b.window_start.store(now_ms, Ordering::Release);
         };
-        if unpack(b.phase.load(Ordering::Acquire)).0 == HALF_OPEN {
+        if claim == Claim::Probe && unpack(b.phase.load(Ordering::Acquire)).0 == HALF_OPEN {
             open(b);
             return true;
         }
@@ -333,8 +338,8 @@ mod tests {
     fn racing_callers_get_one_probe() {
         for _ in 0..200 {
             let c = std::sync::Arc::new(breakers());
-            c.record_failure(D, ErrorClass::ServerError, 0);
-            c.record_failure(D, ErrorClass::ServerError, 0);
+            c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 0);
+            c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 0);
             let start = std::sync::Arc::new(std::sync::Barrier::new(4));
             let probes: usize = (0..4)
                 .map(|_| {
@@ -364,7 +369,7 @@ mod tests {
                 cooldown_ms: u64::MAX >> 1,
             },
         );
-        c.record_failure(D, ErrorClass::ServerError, 10);
+        c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 10);
         assert!(!c.may_serve(D, 1_000_000));
         assert_eq!(c.claim(D, 1_000_000), None);
     }
@@ -372,9 +377,9 @@ mod tests {
     #[test]
     fn opens_after_allowed_fails_then_probes_once_and_closes() {
         let c = breakers();
-        assert!(!c.record_failure(D, ErrorClass::ServerError, 0));
+        assert!(!c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 0));
         assert!(c.is_available(D, 10));
-        assert!(c.record_failure(D, ErrorClass::Timeout, 20));
+        assert!(c.record_failure(D, ErrorClass::Timeout, Claim::Closed, 20));
         assert!(!c.is_available(D, 30));
         assert!(!c.may_serve(D, 30));
         assert!(c.may_serve(D, 5_020), "may_serve does not claim the probe");
@@ -383,7 +388,7 @@ mod tests {
         assert!(c.is_available(D, 5_020), "the cooldown ended: one probe");
         assert!(!c.is_available(D, 5_021), "only one probe at a time");
         assert_eq!(c.snapshot(5_021)[0].state, BreakerState::HalfOpen);
-        c.record_success(D, 5_100);
+        c.record_success(D, Claim::Probe, 5_100);
         assert!(c.is_available(D, 5_101));
         assert_eq!(c.snapshot(5_101)[0].state, BreakerState::Closed);
     }
@@ -391,10 +396,10 @@ mod tests {
     #[test]
     fn a_failed_probe_reopens_and_a_lost_probe_is_replaced() {
         let c = breakers();
-        c.record_failure(D, ErrorClass::Connect, 0);
-        c.record_failure(D, ErrorClass::Connect, 1);
+        c.record_failure(D, ErrorClass::Connect, Claim::Closed, 0);
+        c.record_failure(D, ErrorClass::Connect, Claim::Closed, 1);
         assert!(c.is_available(D, 5_001));
-        assert!(c.record_failure(D, ErrorClass::RateLimited, 5_002));
+        assert!(c.record_failure(D, ErrorClass::RateLimited, Claim::Probe, 5_002));
         assert!(!c.is_available(D, 9_000));
         assert!(c.is_available(D, 10_002));
         assert!(!c.is_available(D, 12_000));
@@ -404,19 +409,19 @@ mod tests {
     #[test]
     fn failures_outside_the_window_and_client_errors_do_not_count() {
         let c = breakers();
-        c.record_failure(D, ErrorClass::ServerError, 0);
-        c.record_failure(D, ErrorClass::ServerError, 2_000);
+        c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 0);
+        c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 2_000);
         assert!(c.is_available(D, 2_001));
-        c.record_failure(D, ErrorClass::ClientError, 2_002);
+        c.record_failure(D, ErrorClass::ClientError, Claim::Closed, 2_002);
         assert!(c.is_available(D, 2_003));
     }
 
     #[test]
     fn broken_answers_count_as_failures() {
         let c = breakers();
-        assert!(!c.record_failure(D, ErrorClass::Other, 0));
+        assert!(!c.record_failure(D, ErrorClass::Other, Claim::Closed, 0));
         assert!(
-            c.record_failure(D, ErrorClass::Other, 1),
+            c.record_failure(D, ErrorClass::Other, Claim::Closed, 1),
             "two broken answers open the breaker"
         );
         assert!(!c.may_serve(D, 2));
@@ -425,12 +430,39 @@ mod tests {
     #[test]
     fn a_probe_answered_with_a_client_error_closes_the_breaker() {
         let c = breakers();
-        c.record_failure(D, ErrorClass::Timeout, 0);
-        c.record_failure(D, ErrorClass::Timeout, 1);
+        c.record_failure(D, ErrorClass::Timeout, Claim::Closed, 0);
+        c.record_failure(D, ErrorClass::Timeout, Claim::Closed, 1);
         assert!(c.is_available(D, 5_001), "the probe");
-        assert!(!c.record_failure(D, ErrorClass::ClientError, 5_002));
+        assert!(!c.record_failure(D, ErrorClass::ClientError, Claim::Probe, 5_002));
         assert_eq!(c.snapshot(5_003)[0].state, BreakerState::Closed);
         assert!(c.may_serve(D, 5_003));
+    }
+
+    /// While a probe is in flight, the answers of requests sent before the
+    /// breaker opened neither close nor reopen it: the probe decides.
+    #[test]
+    fn only_the_probe_moves_a_half_open_breaker() {
+        let c = breakers();
+        c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 0);
+        c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 1);
+        assert_eq!(c.claim(D, 5_001), Some(Claim::Probe));
+        assert!(
+            !c.record_failure(D, ErrorClass::Timeout, Claim::Closed, 5_010),
+            "a late failure"
+        );
+        c.record_success(D, Claim::Closed, 5_020);
+        assert!(!c.record_failure(D, ErrorClass::ClientError, Claim::Closed, 5_030));
+        assert_eq!(c.snapshot(5_040)[0].state, BreakerState::HalfOpen);
+        c.record_success(D, Claim::Probe, 5_050);
+        assert_eq!(c.snapshot(5_050)[0].state, BreakerState::Closed);
+        // And a probe that fails reopens it, whatever others report.
+        for t in 6_000..6_002 {
+            c.record_failure(D, ErrorClass::ServerError, Claim::Closed, t);
+        }
+        assert_eq!(c.claim(D, 11_002), Some(Claim::Probe));
+        c.record_success(D, Claim::Closed, 11_003);
+        assert!(c.record_failure(D, ErrorClass::ServerError, Claim::Probe, 11_004));
+        assert_eq!(c.snapshot(11_005)[0].state, BreakerState::Open);
     }
 
     #[test]
@@ -438,7 +470,7 @@ mod tests {
         let c = breakers();
         assert_eq!(c.claim(D, 0), Some(Claim::Closed));
         for t in 0..3 {
-            c.record_failure(D, ErrorClass::ServerError, t);
+            c.record_failure(D, ErrorClass::ServerError, Claim::Closed, t);
         }
         assert_eq!(c.claim(D, 10), None, "open");
         assert_eq!(c.claim(D, 5_010), Some(Claim::Probe));
@@ -448,8 +480,8 @@ mod tests {
     #[test]
     fn a_released_probe_can_be_claimed_again_at_once() {
         let c = breakers();
-        c.record_failure(D, ErrorClass::ServerError, 0);
-        c.record_failure(D, ErrorClass::ServerError, 1);
+        c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 0);
+        c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 1);
         assert!(c.is_available(D, 5_001));
         assert!(!c.may_serve(D, 5_500), "the probe is in flight");
         c.release_probe(D, 5_500);
@@ -468,7 +500,7 @@ mod tests {
     #[test]
     fn auth_failures_mark_the_key_invalid() {
         let c = breakers();
-        assert!(c.record_failure(D, ErrorClass::Auth, 0));
+        assert!(c.record_failure(D, ErrorClass::Auth, Claim::Closed, 0));
         assert!(!c.is_available(D, 1_000_000));
         assert_eq!(c.snapshot(0)[0].state, BreakerState::KeyInvalid);
     }
