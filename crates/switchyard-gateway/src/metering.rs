@@ -362,7 +362,13 @@ pub(crate) fn prompt_size(call: &Call<'_>) -> PromptSize {
         Call::Images(req) => req.prompt.len() as u64,
         Call::ImageEdit(req) => (req.field("prompt").map_or(0, str::len) as u64).saturating_add(edit_image_tokens(req)),
         Call::Moderations(req) => moderation_bytes(&req.input),
-        Call::Speech(req) => req.input.len() as u64,
+        // gpt-4o-mini-tts bills its `instructions` as input text too.
+        Call::Speech(req) => (req.input.len() as u64).saturating_add(
+            req.extra
+                .get("instructions")
+                .and_then(Value::as_str)
+                .map_or(0, |i| i.len() as u64),
+        ),
         // Rerankers score each document with the query beside it.
         Call::Rerank(req) => {
             let pairs = (req.documents.len() as u64).saturating_mul(req.query.len() as u64 + RERANK_PAIR_BYTES);

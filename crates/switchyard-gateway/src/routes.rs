@@ -523,7 +523,20 @@ async fn openai_inner(
                 }
                 _ => 0,
             };
-            let mut usage = answer.usage.as_ref().map(metering::openai_usage).or_else(|| {
+            let mut usage = match (&call, answer.usage.as_ref()) {
+                // Embeddings take input tokens only, which some servers
+                // (Voyage AI) report as `total_tokens` alone; a usage that
+                // counts none is charged the estimate, not nothing.
+                (Call::Embeddings(_), Some(u)) => Some(switchyard_policy::TokenUsage {
+                    prompt: match u.prompt_tokens.max(u.total_tokens) {
+                        0 => meter.estimated_prompt(),
+                        tokens => tokens,
+                    },
+                    ..switchyard_policy::TokenUsage::default()
+                }),
+                (_, usage) => usage.map(metering::openai_usage),
+            }
+            .or_else(|| {
                 generates.then(|| switchyard_policy::TokenUsage {
                     prompt: meter.estimated_prompt(),
                     completion: metering::output_estimate(&answer.body).saturating_sub(echoed).max(1),

@@ -1252,17 +1252,36 @@ async fn answers_without_usage_count_against_tpm() {
   - model_name: quiet
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "quiet-1::no_usage", tpm: 100000}
+  - model_name: partial
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "partial-1::partial_usage", tpm: 100000}
 "#,
     );
-    let used = || async {
-        admin(&gw)
-            .await
-            .into_iter()
-            .find(|d| d["deployment"] == "quiet/0")
-            .unwrap()["stats"]["tpm_used"]
-            .as_u64()
-            .unwrap()
+    let used_by = |deployment: &'static str| {
+        let gw = &gw;
+        async move {
+            admin(gw)
+                .await
+                .into_iter()
+                .find(|d| d["deployment"] == deployment)
+                .unwrap()["stats"]["tpm_used"]
+                .as_u64()
+                .unwrap()
+        }
     };
+    // Usage without `total_tokens` counts its prompt and completion.
+    let mut partial = 0;
+    for _ in 0..2 {
+        let a = chat(&gw, "partial", json!({})).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert!(a.json()["usage"].get("total_tokens").is_none(), "{}", a.body);
+        partial = used_by("partial/0").await;
+        if partial > 0 {
+            break;
+        }
+    }
+    assert!(partial > 0, "an answer whose usage had no total counted nothing");
+    let used = || used_by("quiet/0");
     // Counted per minute: an answer just before the minute turns may read
     // as 0 after it, so one more request settles it.
     let mut after_json = 0;

@@ -75,6 +75,12 @@ model_list:
   - model_name: claude
     deployments:
       - {{provider: anthropic, model: claude-sonnet-4, api_base: "{root}", api_key: k}}
+  - model_name: voyage-like
+    deployments:
+      - {{provider: openai, model: "my-embedder::partial_usage", api_base: "{base}", api_key: k, input_cost_per_token: 0.000001}}
+  - model_name: styled-tts
+    deployments:
+      - {{provider: openai, model: my-tts, api_base: "{base}", api_key: k, input_cost_per_token: 0.000001, output_cost_per_token: 0}}
   - model_name: failing-images
     fallbacks: [dall-e-3]
     deployments:
@@ -405,6 +411,59 @@ async fn send_form(
         header("x-switchyard-response-cost"),
     );
     (response.status().as_u16(), kind, cost, response.text().await.unwrap())
+}
+
+/// Embeddings whose usage gives `total_tokens` only (Voyage AI's count) are
+/// charged those tokens, not nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_counted_in_total_tokens_only_are_charged() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+    let answer = post(
+        &gateway,
+        "/v1/embeddings",
+        json!({"model": "voyage-like", "input": ["one two three four five six seven eight"]}),
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert!(answer.body["usage"].get("prompt_tokens").is_none(), "{}", answer.body);
+    let tokens = answer.body["usage"]["total_tokens"].as_u64().unwrap();
+    assert!(tokens > 0, "{}", answer.body);
+    let record = charged(&gateway, &answer.request_id).await;
+    assert_eq!(record["usage"]["prompt"], tokens, "{record}");
+    let cost: f64 = answer.cost.unwrap().parse().unwrap();
+    assert!((cost - tokens as f64 * 0.000001).abs() < 1e-9, "{cost}");
+}
+
+/// A speech model's `instructions` are billed input (gpt-4o-mini-tts):
+/// they count in the prompt the request is charged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speech_instructions_are_charged_as_input() {
+    let mock = MockUpstream::start().await;
+    let gateway = GatewayProcess::start(Path::new(BIN), &config(&mock));
+    let http = reqwest::Client::new();
+    let mut costs = Vec::new();
+    for body in [
+        json!({"model": "styled-tts", "voice": "alloy", "input": "hi"}),
+        json!({"model": "styled-tts", "voice": "alloy", "input": "hi", "instructions": "x".repeat(400)}),
+    ] {
+        let response = http
+            .post(format!("{}/v1/audio/speech", gateway.base_url()))
+            .bearer_auth(MASTER)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let cost: f64 = response.headers()["x-switchyard-response-cost"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        costs.push(cost);
+    }
+    // 400 bytes of instructions: about 100 tokens more, at $1 per million.
+    assert!((costs[1] - costs[0] - 0.0001).abs() < 2e-6, "{costs:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,11 @@ pub(crate) fn embeddings(ctx: &RequestCtx<'_>) -> Response {
     {
         obj.remove("usage");
     }
+    if ctx.scenario.partial_usage
+        && let Some(usage) = body.get_mut("usage").and_then(Value::as_object_mut)
+    {
+        usage.remove("prompt_tokens");
+    }
     json_response(StatusCode::OK, &body)
 }
 

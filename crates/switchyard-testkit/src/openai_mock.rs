@@ -450,6 +450,11 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
     {
         body.remove("usage");
     }
+    if ctx.scenario.partial_usage
+        && let Some(usage) = body.get_mut("usage").and_then(Value::as_object_mut)
+    {
+        usage.remove("total_tokens");
+    }
     json_response(StatusCode::OK, &body)
 }
 

@@ -74,6 +74,10 @@ pub struct Scenario {
     /// (`stream_options.include_usage`), and no `usage` in a JSON answer, as
     /// some compatible servers do.
     pub no_usage: bool,
+    /// OpenAI JSON answers: a chat answer's `usage` without `total_tokens`,
+    /// and an embeddings answer's with `total_tokens` only (as Voyage AI
+    /// counts), as some compatible servers report.
+    pub partial_usage: bool,
     /// Non-streaming: reply 200 with valid JSON that is not an answer (no
     /// `choices`), with usage.
     pub wrong_shape: bool,
@@ -179,6 +183,7 @@ impl Scenario {
                 "reasons" => scenario.reasons = flag(name, value)?,
                 "refuses_stream_options" => scenario.refuses_stream_options = flag(name, value)?,
                 "no_usage" => scenario.no_usage = flag(name, value)?,
+                "partial_usage" => scenario.partial_usage = flag(name, value)?,
                 "multiline_sse" => scenario.multiline_sse = flag(name, value)?,
                 "huge_event_kib" => scenario.huge_event_kib = Some(number(name, value)?),
                 _ => return Err(format!("unknown mock scenario directive `{directive}`")),
