@@ -166,6 +166,16 @@ impl Call<'_> {
         }
     }
 
+    /// Whether an upstream may well lack this operation's route, so that
+    /// its 404 says so rather than that the deployment is misconfigured:
+    /// every operation but chat (and Anthropic's messages) and embeddings.
+    pub(crate) fn may_lack_route(&self) -> bool {
+        !matches!(
+            self,
+            Call::Chat(_) | Call::Messages(_) | Call::CountTokens(..) | Call::Embeddings(_)
+        )
+    }
+
     /// The request's input as JSON, for `gen_ai.prompt` when spans capture
     /// content: a chat's messages, a message request's system and
     /// messages, a completion's prompt, an embedding's input.
@@ -935,6 +945,28 @@ async fn try_group<'s>(
             Err(e) => {
                 drop(in_flight);
                 state.stats.take_back_tokens(deployment.id, estimated, added_ms, now);
+                // A server without this operation's route answers 404 (OpenAI
+                // has no `/rerank`, Ollama no `/audio` or `/moderations`;
+                // OpenAI's chat models are not served on `/completions`): the
+                // kind of request, not the deployment's health, which its
+                // chat traffic would lose to a breaker opened by such calls.
+                let e = match e {
+                    ProviderError::Status { status: 404, .. }
+                        if call.may_lack_route() && options.wildcard.is_none() =>
+                    {
+                        tracing::warn!(
+                            deployment = %deployment.name,
+                            operation = call.operation(),
+                            error = %crate::error::Clipped(&e),
+                            "the upstream does not serve this operation (404); not counted against the deployment"
+                        );
+                        ProviderError::Unsupported {
+                            provider: client.kind(),
+                            operation: call.operation(),
+                        }
+                    }
+                    e => e,
+                };
                 // The upstream does not know what the deployment names (an
                 // Azure deployment or a model that does not exist), redirects
                 // elsewhere, or the deployment cannot be called as configured

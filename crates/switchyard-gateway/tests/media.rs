@@ -75,6 +75,9 @@ model_list:
   - model_name: claude
     deployments:
       - {{provider: anthropic, model: claude-sonnet-4, api_base: "{root}", api_key: k}}
+  - model_name: chat-only
+    deployments:
+      - {{provider: openai, model: "chat-only::status=404", api_base: "{base}", api_key: k}}
   - model_name: voyage-like
     deployments:
       - {{provider: openai, model: "my-embedder::partial_usage", api_base: "{base}", api_key: k, input_cost_per_token: 0.000001}}
@@ -733,6 +736,40 @@ async fn rerank_orders_documents_and_is_charged_by_tokens_or_searches() {
         (empty.status, empty.body["error"]["param"].clone()),
         (400, json!("documents"))
     );
+    // A server without the route (OpenAI has no /rerank) answers 404:
+    // the request cannot be served there, and the deployment, which serves
+    // chat, is not put in cooldown however often it is asked.
+    for _ in 0..4 {
+        let missing = post(
+            &gateway,
+            "/v1/rerank",
+            json!({"model": "chat-only", "query": "x", "documents": ["y"]}),
+        )
+        .await;
+        assert_eq!(
+            (missing.status, missing.body["error"]["code"].clone()),
+            (400, json!("unsupported")),
+            "{}",
+            missing.body
+        );
+    }
+    let deployments: Value = reqwest::Client::new()
+        .get(format!("{}/admin/deployments", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let chat_only = deployments["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["deployment"] == "chat-only/0")
+        .unwrap();
+    assert_eq!(chat_only["cooldown"]["state"], "closed", "{chat_only}");
+    assert_eq!(chat_only["cooldown"]["recent_failures"], 0, "{chat_only}");
     let claude = post(
         &gateway,
         "/v1/rerank",
