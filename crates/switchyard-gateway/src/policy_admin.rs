@@ -322,31 +322,44 @@ const KEY_LIST_FILTERS: &[&str] = &[
     "size",
 ];
 
-async fn list_keys(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
-    // A filter not applied would answer with every key: refused instead.
-    if let Some(name) = q.keys().find(|k| !KEY_LIST_FILTERS.contains(&k.as_str())) {
-        return ApiError::InvalidField {
-            param: Some(name.clone()),
-            message: format!(
-                "Unknown parameter '{name}'; /key/list reads {}.",
-                KEY_LIST_FILTERS.join(", ")
-            ),
-        }
-        .into_response();
-    }
-    let number = |name: &str| -> Result<Option<usize>, Response> {
-        match q.get(name) {
-            None => Ok(None),
-            Some(v) => match v.parse::<usize>() {
-                Ok(n) if n >= 1 => Ok(Some(n)),
-                _ => Err(ApiError::InvalidField {
-                    param: Some(name.to_owned()),
-                    message: format!("'{name}' must be a whole number from 1."),
-                }
-                .into_response()),
-            },
-        }
+/// A 400 for the first query parameter of `q` that `route` does not read:
+/// a filter not applied would answer with every record.
+pub(crate) fn unread_parameter(q: &HashMap<String, String>, route: &str, reads: &[&str]) -> Option<Response> {
+    let name = q.keys().find(|k| !reads.contains(&k.as_str()))?;
+    let message = if reads.is_empty() {
+        format!("Unknown parameter '{name}'; {route} takes none.")
+    } else {
+        format!("Unknown parameter '{name}'; {route} reads {}.", reads.join(", "))
     };
+    Some(
+        ApiError::InvalidField {
+            param: Some(name.clone()),
+            message,
+        }
+        .into_response(),
+    )
+}
+
+/// Query parameter `name` of `q` as a whole number from 1, if given.
+pub(crate) fn page_number(q: &HashMap<String, String>, name: &str) -> Result<Option<usize>, Response> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(ApiError::InvalidField {
+                param: Some(name.to_owned()),
+                message: format!("'{name}' must be a whole number from 1."),
+            }
+            .into_response()),
+        },
+    }
+}
+
+async fn list_keys(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(refused) = unread_parameter(&q, "/key/list", KEY_LIST_FILTERS) {
+        return refused;
+    }
+    let number = |name: &str| page_number(&q, name);
     let (page, size) = match (number("page"), number("size")) {
         (Ok(p), Ok(s)) => (p.unwrap_or(1), s),
         (Err(r), _) | (_, Err(r)) => return r,
@@ -513,7 +526,12 @@ async fn delete_teams(State(state): State<SharedState>, JsonBody(body): JsonBody
     }
 }
 
-async fn list_teams(State(state): State<SharedState>) -> Response {
+async fn list_teams(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    // LiteLLM's filters (`user_id`, `organization_id`) are not applied here:
+    // refused rather than answered with every team.
+    if let Some(refused) = unread_parameter(&q, "/team/list", &[]) {
+        return refused;
+    }
     match state.policy.list_teams().await {
         Ok(teams) => Json(Value::Array(teams.iter().map(team_json).collect())).into_response(),
         Err(e) => fail(e),

@@ -19,7 +19,7 @@ use switchyard_policy::{PolicyError, UserRecord};
 
 use crate::error::ApiError;
 use crate::extract::JsonBody;
-use crate::policy_admin::{fail, iso, key_json, object, reset_at, string_list, usd};
+use crate::policy_admin::{fail, iso, key_json, object, page_number, reset_at, string_list, unread_parameter, usd};
 use crate::routes::SharedState;
 
 /// The user routes.
@@ -137,19 +137,36 @@ async fn delete_users(State(state): State<SharedState>, JsonBody(body): JsonBody
     }
 }
 
-/// `GET /user/list`: every user, with its spend, on one page.
-async fn list_users(State(state): State<SharedState>) -> Response {
+/// `GET /user/list`: every user, with its spend, on one page unless
+/// `page` and `page_size` say otherwise.
+async fn list_users(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    // LiteLLM's other filters (`user_ids`, `role`, `team`…) are not applied
+    // here: refused rather than answered with every user.
+    if let Some(refused) = unread_parameter(&q, "/user/list", &["page", "page_size"]) {
+        return refused;
+    }
+    let (page, size) = match (page_number(&q, "page"), page_number(&q, "page_size")) {
+        (Ok(p), Ok(s)) => (p.unwrap_or(1), s),
+        (Err(r), _) | (_, Err(r)) => return r,
+    };
     let users = match state.policy.list_users().await {
         Ok(u) => u,
         Err(e) => return fail(e),
     };
-    let mut out = Vec::with_capacity(users.len());
-    for user in &users {
+    let total = users.len();
+    let size = size.unwrap_or(total.max(1));
+    let mut out = Vec::new();
+    for user in users
+        .iter()
+        .skip(page.saturating_sub(1).saturating_mul(size))
+        .take(size)
+    {
         match user_json(&state, user).await {
             Ok(v) => out.push(v),
             Err(e) => return fail(e),
         }
     }
-    let total = out.len();
-    Json(json!({"users": out, "total": total, "page": 1, "page_size": total, "total_pages": 1})).into_response()
+    Json(json!({"users": out, "total": total, "page": page, "page_size": size,
+                "total_pages": total.div_ceil(size).max(1)}))
+    .into_response()
 }

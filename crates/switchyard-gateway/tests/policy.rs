@@ -395,6 +395,53 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
     let expired = chat_with(&gw, Some(&short), "mock-a").await;
     assert_eq!((expired.status, expired.code()), (401, "key_expired"));
 
+    // As in LiteLLM, an update's null `duration` and `budget_duration` (typed
+    // clients send their defaults) change nothing; "-1" removes either.
+    let dated = generate(
+        &gw,
+        json!({"duration": "30d", "budget_duration": "1d", "max_budget": 10}),
+    )
+    .await;
+    let info = |key: String| {
+        let gw = &gw;
+        async move { admin_get(gw, &format!("/key/info?key={key}")).await.body["info"].clone() }
+    };
+    let before = info(dated.clone()).await;
+    assert!(before["expires"].is_string(), "{before}");
+    assert!(!before["budget_duration"].is_null(), "{before}");
+    let kept = admin(
+        &gw,
+        "/key/update",
+        json!({"key": dated, "duration": null, "budget_duration": null}),
+    )
+    .await;
+    assert_eq!(kept.status, 200, "{}", kept.body);
+    let after = info(dated.clone()).await;
+    assert_eq!(
+        (&after["expires"], &after["budget_duration"]),
+        (&before["expires"], &before["budget_duration"]),
+        "{after}"
+    );
+    let cleared = admin(
+        &gw,
+        "/key/update",
+        json!({"key": dated, "duration": "-1", "budget_duration": "-1"}),
+    )
+    .await;
+    assert_eq!(cleared.status, 200, "{}", cleared.body);
+    let after = info(dated.clone()).await;
+    assert_eq!(
+        (&after["expires"], &after["budget_duration"]),
+        (&Value::Null, &Value::Null),
+        "{after}"
+    );
+    // A custom key a client could not send in a header is refused.
+    let accented = admin(&gw, "/key/generate", json!({"key": "sk-clé-de-production-01"})).await;
+    assert_eq!(
+        (accented.status, accented.body["error"]["param"].as_str()),
+        (400, Some("key"))
+    );
+
     // Regenerate: the old key stops at once, the new one works, spend stays.
     let regenerated = admin(&gw, "/key/regenerate", json!({"key": key})).await;
     assert_eq!(regenerated.status, 200, "{}", regenerated.body);
@@ -2022,6 +2069,28 @@ async fn keys_of_one_user_share_its_budget_and_models() {
         .map(|u| u["user_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["ana", "bo"], "{}", listed.body);
+    // Pages, and filters this gateway does not apply refused rather than
+    // answered with everyone.
+    let second_page = admin_get(&gw, "/user/list?page=2&page_size=1").await;
+    assert_eq!(
+        (
+            &second_page.body["users"][0]["user_id"],
+            &second_page.body["total"],
+            &second_page.body["total_pages"]
+        ),
+        (&json!("bo"), &json!(2), &json!(2)),
+        "{}",
+        second_page.body
+    );
+    for path in [
+        "/user/list?role=internal_user",
+        "/team/list?organization_id=acme",
+        "/user/list?page=0",
+    ] {
+        let refused = admin_get(&gw, path).await;
+        assert_eq!(refused.status, 400, "{path}: {}", refused.body);
+    }
+    assert_eq!(admin_get(&gw, "/team/list").await.status, 200);
     let raised = admin(&gw, "/user/update", json!({"user_id": "ana", "max_budget": 1})).await;
     assert_eq!(raised.status, 200, "{}", raised.body);
     assert_eq!(chat_with(&gw, Some(&first), "mock-a").await.status, 200);

@@ -31,11 +31,11 @@ pub fn generate_key() -> Result<String, getrandom::Error> {
 }
 
 /// Whether `plaintext` can be a custom key: `sk-`, at least 20 characters,
-/// nothing a client could not send back unchanged (spaces, control characters).
+/// each a visible ASCII character (an HTTP header carries nothing else
+/// unchanged: a key with spaces, control or non-ASCII characters could
+/// never be presented).
 pub(crate) fn usable_key(plaintext: &str) -> bool {
-    plaintext.starts_with(KEY_PREFIX)
-        && plaintext.len() >= 20
-        && !plaintext.chars().any(|c| c.is_whitespace() || c.is_control())
+    plaintext.starts_with(KEY_PREFIX) && plaintext.len() >= 20 && plaintext.bytes().all(|b| b.is_ascii_graphic())
 }
 
 /// A fresh random id for a key made through the API (`key-` and 32 hex
@@ -555,16 +555,20 @@ pub fn apply_limit_field(limits: &mut Limits, name: &str, value: &Value) -> Resu
                     .ok_or_else(|| field_error(name, "'soft_budget' must be a non-negative number of USD."))
             })?;
         }
-        "budget_duration" => {
-            limits.budget_duration = optional(value, |v| {
-                v.as_str().and_then(BudgetPeriod::parse).ok_or_else(|| {
+        // As in LiteLLM, `null` leaves the period as it is (a typed client
+        // sends its default with every update); "-1" clears it.
+        "budget_duration" => match value {
+            Value::Null => {}
+            Value::String(s) if s == "-1" => limits.budget_duration = None,
+            _ => {
+                limits.budget_duration = Some(value.as_str().and_then(BudgetPeriod::parse).ok_or_else(|| {
                     field_error(
                         name,
-                        "'budget_duration' must be one of daily (1d, 24h), weekly (7d), monthly (1mo, 30d).",
+                        "'budget_duration' must be one of daily (1d, 24h), weekly (7d), monthly (1mo, 30d), or \"-1\" for none.",
                     )
-                })
-            })?;
-        }
+                })?);
+            }
+        },
         "rpm_limit" => limits.rpm_limit = optional(value, |v| positive_u32(name, v))?,
         "tpm_limit" => limits.tpm_limit = optional(value, |v| positive_u32(name, v))?,
         "max_parallel_requests" => limits.max_parallel_requests = optional(value, |v| positive_u32(name, v))?,
@@ -674,14 +678,23 @@ const TEAM_EMPTY_OK: &[&str] = &[
     "team_member_key_duration",
 ];
 
-/// Expiry from a `duration` field (`"30d"`, `"1h"`, or null for none), from `now_ms`.
+/// Expiry from a `duration` field (`"30d"`, `"1h"`, or `"-1"` or null for
+/// none), from `now_ms`. On an update, a null `duration` leaves the expiry
+/// as it is (as in LiteLLM): callers skip it.
 pub fn expiry_from(value: &Value, now_ms: i64) -> Result<Option<i64>, FieldError> {
-    optional(value, |v| {
-        v.as_str()
+    optional(value, |v| match v.as_str() {
+        Some("-1") => Ok(None),
+        other => other
             .and_then(parse_duration_secs)
-            .map(|secs| now_ms.saturating_add(secs.saturating_mul(1000)))
-            .ok_or_else(|| field_error("duration", "'duration' must look like 30s, 15m, 12h or 30d."))
+            .map(|secs| Some(now_ms.saturating_add(secs.saturating_mul(1000))))
+            .ok_or_else(|| {
+                field_error(
+                    "duration",
+                    "'duration' must look like 30s, 15m, 12h or 30d, or be \"-1\" for no expiry.",
+                )
+            }),
     })
+    .map(Option::flatten)
 }
 
 /// Whether the configured model name `known` covers `name`: the same name,
@@ -742,6 +755,28 @@ mod tests {
         assert!(!apply_limit_field(&mut limits, "nope", &json!(1)).unwrap());
         apply_limit_field(&mut limits, "rpm_limit", &Value::Null).unwrap();
         assert_eq!(limits.rpm_limit, None);
+        // A null period is left as it is (LiteLLM's updates); "-1" clears it.
+        apply_limit_field(&mut limits, "budget_duration", &Value::Null).unwrap();
+        assert_eq!(limits.budget_duration, Some(BudgetPeriod::Monthly));
+        apply_limit_field(&mut limits, "budget_duration", &json!("-1")).unwrap();
+        assert_eq!(limits.budget_duration, None);
+    }
+
+    #[test]
+    fn durations_and_custom_keys() {
+        assert_eq!(expiry_from(&json!("1h"), 1_000).unwrap(), Some(3_601_000));
+        assert_eq!(expiry_from(&json!("-1"), 1_000).unwrap(), None);
+        assert_eq!(expiry_from(&Value::Null, 1_000).unwrap(), None);
+        assert_eq!(expiry_from(&json!("soon"), 1_000).unwrap_err().param, "duration");
+        assert!(usable_key("sk-production-key-0001"));
+        for refused in [
+            "sk-clé-de-production-01",
+            "sk-with space-in-it-000",
+            "sk-short",
+            "pk-production-key-0001",
+        ] {
+            assert!(!usable_key(refused), "{refused}");
+        }
     }
 
     #[test]

@@ -1512,7 +1512,7 @@ impl Policy {
             Some(_) => {
                 return Err(field(
                     "key",
-                    "A custom 'key' must start with `sk-`, be at least 20 characters, and hold no spaces or control characters.",
+                    "A custom 'key' must start with `sk-`, be at least 20 characters, all of them visible ASCII (no spaces, control or non-ASCII characters).",
                 ));
             }
         };
@@ -1614,6 +1614,9 @@ impl Policy {
         for (name, value) in body {
             match name.as_str() {
                 name if skip.contains(&name) => {}
+                // A null `duration` leaves the expiry as it is (LiteLLM's
+                // typed clients send it with every update); "-1" removes it.
+                "duration" if value.is_null() => {}
                 "duration" => record.expires_at = expiry_from(value, now)?,
                 _ => apply_key_field(&mut record, name, value)?,
             }
@@ -1717,7 +1720,7 @@ impl Policy {
             Some(_) => {
                 return Err(field(
                     "new_key",
-                    "'new_key' must start with `sk-`, be at least 20 characters, and hold no spaces or control characters.",
+                    "'new_key' must start with `sk-`, be at least 20 characters, all of them visible ASCII (no spaces, control or non-ASCII characters).",
                 ));
             }
         };
