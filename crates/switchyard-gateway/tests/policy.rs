@@ -1418,6 +1418,42 @@ async fn litellm_admin_clients_list_page_and_delete_by_alias() {
     )
     .await;
     assert_eq!(made.status, 200, "{}", made.body);
+    // The defaults LiteLLM's `GenerateKeyRequest` sends (`spend: 0`,
+    // `key_type`, `false` flags, newer fields as null) change nothing.
+    let typed = admin(
+        &gw,
+        "/key/generate",
+        json!({"spend": 0, "key_type": "default", "auto_rotate": false, "send_invite_email": false,
+               "rotation_interval": null, "agent_id": null, "policies": null, "prompts": null,
+               "router_settings": null, "access_group_ids": null, "allowed_passthrough_routes": null,
+               "rpm_limit_type": null, "tpm_limit_type": null, "project_id": null}),
+    )
+    .await;
+    assert_eq!(typed.status, 200, "{}", typed.body);
+    let gone = admin(&gw, "/key/delete", json!({"keys": [typed.body["key"]]})).await;
+    assert_eq!(gone.status, 200, "{}", gone.body);
+    for (field, value) in [
+        ("spend", json!(3)),
+        ("key_type", json!("read_only")),
+        ("auto_rotate", json!(true)),
+    ] {
+        let refused = admin(&gw, "/key/generate", json!({field: value})).await;
+        assert_eq!(
+            (refused.status, refused.body["error"]["param"].as_str()),
+            (400, Some(field)),
+            "{}",
+            refused.body
+        );
+    }
+    // A user without a key: null key fields ask for none.
+    let keyless = admin(
+        &gw,
+        "/user/new",
+        json!({"user_id": "nokey", "auto_create_key": false, "key_alias": null, "duration": null,
+               "team_id": null, "organizations": null, "password": null}),
+    )
+    .await;
+    assert_eq!(keyless.status, 200, "{}", keyless.body);
     let refused = admin(&gw, "/key/generate", json!({"aliases": {"gpt": "gpt-4o"}})).await;
     assert_eq!((refused.status, refused.code()), (400, ""), "{}", refused.body);
     assert_eq!(refused.body["error"]["param"], "aliases", "{}", refused.body);
@@ -1426,7 +1462,8 @@ async fn litellm_admin_clients_list_page_and_delete_by_alias() {
         &gw,
         "/team/new",
         json!({"team_id": "t1", "members_with_roles": [], "organization_id": null, "metadata": {},
-            "tags": null, "api_key": MASTER}),
+            "tags": null, "api_key": MASTER, "router_settings": null, "access_group_ids": null,
+            "policies": null, "allowed_passthrough_routes": null, "secret_manager_settings": null}),
     )
     .await;
     assert_eq!(team.status, 200, "{}", team.body);

@@ -238,7 +238,7 @@ pub fn apply_end_user_field(record: &mut EndUserRecord, name: &str, value: &Valu
     match name {
         "alias" => record.alias = optional_string(name, value)?,
         // LiteLLM fields with no use here, sent empty by typed clients.
-        name if END_USER_EMPTY_OK.contains(&name) && is_empty_value(value) => {}
+        name if END_USER_EMPTY_OK.contains(&name) && is_default_value(value) => {}
         "models" | "model_rpm_limit" | "model_tpm_limit" => {
             return Err(field_error(
                 name,
@@ -381,7 +381,7 @@ pub fn apply_user_field(record: &mut UserRecord, name: &str, value: &Value) -> R
                 ));
             }
         },
-        name if USER_EMPTY_OK.contains(&name) && (is_empty_value(value) || *value == Value::Bool(false)) => {}
+        name if USER_EMPTY_OK.contains(&name) && is_default_value(value) => {}
         _ => {
             if !apply_limit_field(&mut record.limits, name, value)? {
                 return Err(field_error(name, format!("Unknown field '{name}'.")));
@@ -391,10 +391,14 @@ pub fn apply_user_field(record: &mut UserRecord, name: &str, value: &Value) -> R
     Ok(())
 }
 
-/// LiteLLM user fields accepted when empty (null, `[]`, `{}`, `""`, or
-/// `false` for `send_invite_email`).
+/// LiteLLM user fields accepted when empty or at LiteLLM's default
+/// ([`is_default_value`]).
 const USER_EMPTY_OK: &[&str] = &[
     "teams",
+    "team_id",
+    "organizations",
+    "password",
+    "metadata_fields",
     "send_invite_email",
     "organization_id",
     "sso_user_id",
@@ -601,7 +605,9 @@ pub fn apply_key_field(record: &mut KeyRecord, name: &str, value: &Value) -> Res
         "api_key" => {}
         // LiteLLM fields Switchyard has no use for, sent empty by typed
         // clients: nothing to do; with a value they are refused below.
-        name if LITELLM_EMPTY_OK.contains(&name) && is_empty_value(value) => {}
+        name if LITELLM_EMPTY_OK.contains(&name) && is_default_value(value) => {}
+        // LiteLLM's typed key clients send its default type.
+        "key_type" if value.is_null() || value == "default" || value == "llm_api" => {}
         "key_alias" => record.key_alias = optional_string(name, value)?,
         "team_id" => record.team_id = optional_string(name, value)?,
         "user_id" => record.user_id = optional_string(name, value)?,
@@ -614,8 +620,21 @@ pub fn apply_key_field(record: &mut KeyRecord, name: &str, value: &Value) -> Res
     Ok(())
 }
 
-/// LiteLLM key fields accepted when empty (null, `[]`, `{}`, `""`).
+/// LiteLLM key fields accepted when empty or at LiteLLM's default
+/// ([`is_default_value`]), as its typed clients send them.
 const LITELLM_EMPTY_OK: &[&str] = &[
+    "auto_rotate",
+    "rotation_interval",
+    "agent_id",
+    "policies",
+    "prompts",
+    "router_settings",
+    "access_group_ids",
+    "allowed_passthrough_routes",
+    "allowed_vector_store_indexes",
+    "rpm_limit_type",
+    "tpm_limit_type",
+    "project_id",
     "tags",
     "aliases",
     "config",
@@ -632,13 +651,17 @@ const LITELLM_EMPTY_OK: &[&str] = &[
     "allowed_routes",
 ];
 
-fn is_empty_value(value: &Value) -> bool {
+/// Whether a field Switchyard does not implement is sent as nothing: null,
+/// `[]`, `{}`, `""`, `false` or `0` (the defaults LiteLLM's typed clients
+/// send, e.g. `spend: 0`, `send_invite_email: false`).
+fn is_default_value(value: &Value) -> bool {
     match value {
         Value::Null => true,
         Value::Array(a) => a.is_empty(),
         Value::Object(o) => o.is_empty(),
         Value::String(s) => s.is_empty(),
-        _ => false,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
     }
 }
 
@@ -649,7 +672,7 @@ pub fn apply_team_field(record: &mut TeamRecord, name: &str, value: &Value) -> R
         "api_key" => {}
         // LiteLLM team fields Switchyard has no use for, sent empty by typed
         // clients: nothing to do; with a value they are refused below.
-        name if TEAM_EMPTY_OK.contains(&name) && is_empty_value(value) => {}
+        name if TEAM_EMPTY_OK.contains(&name) && is_default_value(value) => {}
         "team_alias" => record.team_alias = optional_string(name, value)?,
         _ => {
             if !apply_limit_field(&mut record.limits, name, value)? {
@@ -660,8 +683,15 @@ pub fn apply_team_field(record: &mut TeamRecord, name: &str, value: &Value) -> R
     Ok(())
 }
 
-/// LiteLLM team fields accepted when empty (null, `[]`, `{}`, `""`).
+/// LiteLLM team fields accepted when empty or at LiteLLM's default
+/// ([`is_default_value`]).
 const TEAM_EMPTY_OK: &[&str] = &[
+    "router_settings",
+    "access_group_ids",
+    "policies",
+    "allowed_passthrough_routes",
+    "secret_manager_settings",
+    "allowed_vector_store_indexes",
     "members_with_roles",
     "members",
     "admins",

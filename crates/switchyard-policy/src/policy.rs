@@ -2027,6 +2027,8 @@ impl Policy {
         for (name, value) in body {
             match name.as_str() {
                 "user_id" | "auto_create_key" => {}
+                // Sent null (a typed client's default), they ask nothing.
+                "key_alias" | "duration" if value.is_null() => {}
                 "key_alias" | "duration" => drop(key_body.insert(name.clone(), value.clone())),
                 _ => apply_user_field(&mut record, name, value)?,
             }
