@@ -859,7 +859,8 @@ async fn try_group<'s>(
                 attempt_span.record("otel.status_code", "error");
                 state.metrics.attempt(&deployment.name, "deadline");
                 let now = state.now_ms();
-                state.stats.take_back_tokens(deployment.id, estimated, added_ms, now);
+                // The upstream was sent the prompt, and bills it: its
+                // estimate stays counted in the deployment's minute.
                 if started.elapsed() >= deadline.configured / 2 {
                     let class = switchyard_routing::ErrorClass::Timeout;
                     state.stats.record_failure(deployment.id, class, now);
@@ -877,8 +878,13 @@ async fn try_group<'s>(
                             alerts.cooldown(&deployment.name, class.as_str());
                         }
                     }
-                } else if probe {
-                    state.cooldowns.release_probe(deployment.id, now);
+                } else {
+                    // Too short a deadline to judge the deployment by: the
+                    // request counts against its rpm, without an outcome.
+                    state.stats.record_request(deployment.id, now);
+                    if probe {
+                        state.cooldowns.release_probe(deployment.id, now);
+                    }
                 }
                 return GroupOutcome::Final(ApiError::Deadline {
                     after: started.elapsed(),

@@ -510,6 +510,9 @@ impl Drop for StreamTracker {
             usage.completion = usage.completion.max(self.items);
         }
         self.settle_tokens(false);
+        // The upstream took the request: it counts against the
+        // deployment's rpm, without an outcome.
+        self.state.stats.record_request(self.id, self.state.now_ms());
         self.charge(false);
         if let Some(mut trail) = self.trail.take() {
             trail.charged_raw(self.usage, self.cost());

@@ -1310,3 +1310,64 @@ async fn answers_without_usage_count_against_tpm() {
     }
     assert!(after_stream > after_json, "a stream without usage counted nothing");
 }
+
+/// Requests the upstream took but nobody waited for still count against the
+/// deployment's `rpm`: a stream the client abandoned, and an attempt the
+/// client's own short `timeout` cut before the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_and_cut_requests_count_against_rpm() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: slow-stream
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "s::chunks=40,chunk_delay_ms=50", rpm: 1000}
+  - model_name: slow-answer
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "a::first_byte_ms=3000", rpm: 1000}
+"#,
+    );
+    let rpm = |deployment: &'static str| {
+        let gw = &gw;
+        async move {
+            admin(gw)
+                .await
+                .into_iter()
+                .find(|d| d["deployment"] == deployment)
+                .unwrap()["stats"]["rpm_used"]
+                .as_u64()
+                .unwrap()
+        }
+    };
+    // Counted per minute: a request just before the minute turns may read
+    // as 0 after it, so the check is made again with another request.
+    let mut counted = (0, 0);
+    for _ in 0..2 {
+        let mut response = reqwest::Client::new()
+            .post(format!("{}/v1/chat/completions", gw.base_url()))
+            .json(&json!({"model": "slow-stream", "stream": true,
+                          "messages": [{"role": "user", "content": "hello there"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.chunk().await.unwrap().is_some());
+        drop(response);
+        let cut = chat(&gw, "slow-answer", json!({"timeout": 0.2})).await;
+        assert_eq!(cut.status, 504, "{}", cut.body);
+        for _ in 0..100 {
+            counted = (rpm("slow-stream/0").await, rpm("slow-answer/0").await);
+            if counted.0 > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if counted.0 > 0 && counted.1 > 0 {
+            break;
+        }
+    }
+    assert!(counted.0 > 0, "an abandoned stream was not counted");
+    assert!(counted.1 > 0, "a request cut by the client's timeout was not counted");
+}

@@ -264,6 +264,15 @@ impl LiveStats {
         add_to_window(&stats.tokens, i64::try_from(outcome.tokens).unwrap_or(i64::MAX), now_ms);
     }
 
+    /// Counts a request to `id` in the current minute without an outcome
+    /// (no latency sample, no failure): one the upstream took but whose
+    /// answer nobody waited for, such as a stream the client abandoned.
+    pub fn record_request(&self, id: DeploymentId, now_ms: u64) {
+        if let Some(stats) = self.get(id) {
+            add_to_window(&stats.requests, 1, now_ms);
+        }
+    }
+
     /// Records a failed request and counts it in the current minute.
     pub fn record_failure(&self, id: DeploymentId, class: ErrorClass, now_ms: u64) {
         let Some(stats) = self.get(id) else { return };
