@@ -1931,10 +1931,26 @@ impl Policy {
         }
         let mut deleted = Vec::new();
         for id in checked {
+            let record = self.team(id).await?;
             let existed = match &self.0.store {
                 Store::Local(local) => local.delete_team(id)?,
                 Store::Redis { redis, .. } => redis.delete_team(id).await.map_err(down)?,
             };
+            // A key made or moved into the team while it was being deleted
+            // would be refused as `team_not_found` from then on: the team is
+            // put back, as a user is.
+            let members = self
+                .all_keys()
+                .await?
+                .iter()
+                .filter(|k| k.team_id.as_deref() == Some(id.as_str()))
+                .count();
+            if existed && members > 0 {
+                self.put_team(record, false).await?;
+                return Err(PolicyError::Conflict(format!(
+                    "A key joined team `{id}` while it was being deleted; the team was kept."
+                )));
+            }
             self.forget_seen(|view| view.key.team_id.as_deref() == Some(id.as_str()));
             if existed {
                 deleted.push(id.clone());
