@@ -195,6 +195,9 @@ pub struct StreamTracker {
     /// says why it stopped reading: an upstream fault, not a client that
     /// left.
     fault: Option<StreamFault>,
+    /// Set once the stream's outcome is recorded ([`StreamTracker::finish`]):
+    /// dropping it afterwards records nothing more.
+    finished: bool,
     _in_flight: InFlight,
 }
 
@@ -223,6 +226,7 @@ impl StreamTracker {
             captured: None,
             anyway: false,
             fault: None,
+            finished: false,
             _in_flight: in_flight,
         }
     }
@@ -357,6 +361,9 @@ impl StreamTracker {
     }
 
     fn finish(&mut self, error: Option<&ProviderError>) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
         self.charge(error.is_none());
         if let Some(u) = self.usage {
             self.span
@@ -499,6 +506,9 @@ impl StreamTracker {
 impl Drop for StreamTracker {
     /// A stream the client abandoned is still charged for what it used.
     fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
         if let Some(why) = self.fault.as_ref().and_then(|f| f.get()).cloned() {
             self.finish(Some(&ProviderError::Stream(why)));
             return;

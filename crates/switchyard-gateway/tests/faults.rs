@@ -1327,6 +1327,9 @@ async fn abandoned_and_cut_requests_count_against_rpm() {
   - model_name: slow-answer
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "a::first_byte_ms=3000", rpm: 1000}
+  - model_name: quick-stream
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "q::chunks=3", rpm: 1000}
 "#,
     );
     let rpm = |deployment: &'static str| {
@@ -1370,4 +1373,20 @@ async fn abandoned_and_cut_requests_count_against_rpm() {
     }
     assert!(counted.0 > 0, "an abandoned stream was not counted");
     assert!(counted.1 > 0, "a request cut by the client's timeout was not counted");
+    // A stream read to its end counts once, not again when it is dropped.
+    let whole = chat(&gw, "quick-stream", json!({"stream": true})).await;
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    assert!(whole.body.contains("[DONE]"), "{}", whole.body);
+    let mut quick = 0;
+    for _ in 0..100 {
+        quick = rpm("quick-stream/0").await;
+        if quick > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let a second count, if any, land.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let after = rpm("quick-stream/0").await;
+    assert!(quick <= 1 && after <= 1, "one stream counted {quick}, then {after}");
 }
