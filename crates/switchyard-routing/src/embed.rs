@@ -559,7 +559,23 @@ pub fn write_static(table: &[Vec<f32>], tokenizer_json: &Path, out: &Path) -> Re
     std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
     let target = out.join(STATIC_FILE);
     candle_core::safetensors::save(&std::collections::HashMap::from([(STATIC_TENSOR, tensor)]), &target)?;
+    readable_by_all(&target).map_err(|e| io(&target, e))?;
     std::fs::copy(tokenizer_json, out.join("tokenizer.json")).map_err(|e| io(tokenizer_json, e))?;
+    Ok(())
+}
+
+/// Makes a file written through a private temporary file (safetensors
+/// writes one, mode 0600) readable by every user, as model files are: a
+/// gateway running as another user (a container's, systemd's
+/// `DynamicUser`) must read it.
+pub(crate) fn readable_by_all(path: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))?;
+    }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 

@@ -198,6 +198,7 @@ fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<(), ArtifactErr
     tmp.push(".tmp");
     let tmp = std::path::PathBuf::from(tmp);
     write(&tmp)?;
+    crate::embed::readable_by_all(&tmp).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
 
@@ -640,6 +641,13 @@ mod tests {
             }
             // What `save` refuses, `load` refuses in files written otherwise.
             router.write(dir.path()).unwrap();
+            // Readable by a gateway running as another user.
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(dir.path().join("knn.safetensors")).unwrap().permissions().mode();
+                assert_eq!(mode & 0o777, 0o644);
+            }
             let loaded = LearnedRouter::load(dir.path()).map(|_| ()).map_err(|e| e.to_string());
             assert_eq!(saved, loaded);
             loaded

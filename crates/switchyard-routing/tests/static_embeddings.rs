@@ -81,6 +81,17 @@ fn a_static_model_sums_the_berts_own_token_embeddings() {
     let table = distill(&vectors, &skip, params);
     let dir = tempfile::tempdir().unwrap();
     write_static(&table, &models().join("all-MiniLM-L6-v2/tokenizer.json"), dir.path()).unwrap();
+    // Readable by a gateway running as another user (safetensors writes
+    // through a private temporary file).
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("static.safetensors"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644);
+    }
     let fast = load(dir.path());
     assert!(fast.is_static() && !bert.is_static());
     assert_eq!(fast.dims(), 384);
