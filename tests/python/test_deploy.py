@@ -107,6 +107,8 @@ def test_autoscaling_redis_and_secrets_render_valid_manifests() -> None:
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     assert "SWITCHYARD_POLICY__REDIS__URL" in env and "SWITCHYARD_MASTER_KEY" in env, sorted(env)
+    # Responses continued on any pod: kept in the same Redis.
+    assert env["SWITCHYARD_SERVER__RESPONSES_STORE"]["value"] == "redis", sorted(env)
     # With Redis the data directory keeps only spend queued during an outage,
     # on the pod's own volume.
     assert env["SWITCHYARD_POLICY__DATA_DIR"]["value"] == "/var/lib/switchyard/data", sorted(env)

@@ -152,6 +152,11 @@ The container's environment: secrets, Redis, the local store, extraEnv.
     secretKeyRef:
       name: {{ include "switchyard.redisSecretName" . }}
       key: {{ include "switchyard.redisSecretKey" . }}
+{{- if not (dig "server" "responses_store" "" $config) }}
+{{- /* /v1/responses kept in Redis: a previous_response_id made on one pod is found on every pod. */}}
+- name: SWITCHYARD_SERVER__RESPONSES_STORE
+  value: redis
+{{- end }}
 {{- if .Values.redis.cache }}
 - name: SWITCHYARD_CACHE__BACKEND
   value: redis
