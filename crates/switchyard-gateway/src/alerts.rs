@@ -78,6 +78,36 @@ impl Throttle {
         last.insert(name.to_owned(), now);
         true
     }
+
+    /// Forgets the alert about `name` admitted last: it was not sent (its
+    /// queue was full, or the webhook failed), and the next one may go.
+    fn forget(&self, name: &str) {
+        self.0.lock().remove(name);
+    }
+}
+
+/// The throttles of the alerts a request can raise, one per kind.
+#[derive(Debug, Default)]
+struct Throttles {
+    /// When each deployment's last cooldown alert was sent.
+    cooldown: Throttle,
+    /// When each group's last failure alert was sent.
+    failure: Throttle,
+    /// When each deployment's last slow-answer alert was sent.
+    slow: Throttle,
+}
+
+impl Throttles {
+    /// Forgets `alert`, which was not delivered, so that the next like it
+    /// goes at once rather than a minute later.
+    fn forget(&self, alert: &Alert) {
+        match alert {
+            Alert::Policy(_) => {}
+            Alert::Cooldown { deployment, .. } => self.cooldown.forget(deployment),
+            Alert::Failed { group, .. } => self.failure.forget(group),
+            Alert::Slow { deployment, .. } => self.slow.forget(deployment),
+        }
+    }
 }
 
 /// The handle the dispatch sends cooldown alerts through.
@@ -88,12 +118,8 @@ pub struct Alerts {
     failures: bool,
     /// Answers slower than this are alerted on, when wanted.
     slow: Option<Duration>,
-    /// When each deployment's last cooldown alert was sent.
-    last_cooldown: Arc<Throttle>,
-    /// When each group's last failure alert was sent.
-    last_failure: Arc<Throttle>,
-    /// When each deployment's last slow-answer alert was sent.
-    last_slow: Arc<Throttle>,
+    /// When the last alert of each kind was sent about each name.
+    throttles: Arc<Throttles>,
 }
 
 impl Alerts {
@@ -127,21 +153,22 @@ impl Alerts {
                 }
             });
         }
-        tokio::spawn(deliver(settings.clone(), policy.clone(), rx));
+        let throttles = Arc::<Throttles>::default();
+        tokio::spawn(deliver(settings.clone(), policy.clone(), rx, throttles.clone()));
         Alerts {
             tx,
             cooldowns: wants(AlertEvent::DeploymentCooldown),
             failures: wants(AlertEvent::RequestFailed),
             slow: wants(AlertEvent::SlowRequest).then_some(settings.slow_request),
-            last_cooldown: Arc::default(),
-            last_failure: Arc::default(),
-            last_slow: Arc::default(),
+            throttles,
         }
     }
 
     fn send(&self, alert: Alert) {
-        if self.tx.try_send(alert).is_err() {
+        if let Err(e) = self.tx.try_send(alert) {
             tracing::warn!("the alert queue is full: an alert was dropped");
+            let (mpsc::error::TrySendError::Full(alert) | mpsc::error::TrySendError::Closed(alert)) = e;
+            self.throttles.forget(&alert);
         }
     }
 
@@ -149,7 +176,7 @@ impl Alerts {
     /// `status`) after its retries and fallbacks, `deployment` answering
     /// last; sent at most once a minute per group.
     pub fn failed(&self, group: &str, deployment: Option<&str>, class: &str, status: u16) {
-        if !self.failures || !self.last_failure.admit(group) {
+        if !self.failures || !self.throttles.failure.admit(group) {
             return;
         }
         self.send(Alert::Failed {
@@ -166,7 +193,7 @@ impl Alerts {
         let Some(threshold) = self.slow else {
             return;
         };
-        if took <= threshold || !self.last_slow.admit(deployment) {
+        if took <= threshold || !self.throttles.slow.admit(deployment) {
             return;
         }
         self.send(Alert::Slow {
@@ -180,7 +207,7 @@ impl Alerts {
     /// A deployment was put in cooldown (`reason`: the failure's class);
     /// sent at most once a minute per deployment.
     pub fn cooldown(&self, deployment: &str, reason: &'static str) {
-        if !self.cooldowns || !self.last_cooldown.admit(deployment) {
+        if !self.cooldowns || !self.throttles.cooldown.admit(deployment) {
             return;
         }
         self.send(Alert::Cooldown {
@@ -204,7 +231,7 @@ impl Alert {
 }
 
 /// Posts each alert to the webhook, in order.
-async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver<Alert>) {
+async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver<Alert>, throttles: Arc<Throttles>) {
     let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -262,7 +289,10 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
         // (claimed for a minute) when their claim ends.
         if !delivered {
             match (&claim, &alert) {
-                (Some(claim), _) if !refused => policy.release_alert(claim).await,
+                (Some(claim), _) if !refused => {
+                    policy.release_alert(claim).await;
+                    throttles.forget(&alert);
+                }
                 (None, Alert::Policy(a)) => {
                     let after = refused.then_some(REFUSED_RETRY);
                     policy.release_policy_alert(&a.claim, after).await;
@@ -490,5 +520,8 @@ mod tests {
         }
         assert!(throttle.0.lock().len() <= REMEMBERED);
         assert!(!throttle.admit("a"), "still remembered while recent");
+        // One that was not sent is forgotten: the next goes at once.
+        throttle.forget("a");
+        assert!(throttle.admit("a"));
     }
 }

@@ -374,3 +374,50 @@ model_list:
         "{all:?}"
     );
 }
+
+/// A failure alert the webhook did not take (three failed tries) does not
+/// hold back the next one for a minute: the next failure is told at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undelivered_failure_alert_goes_with_the_next_failure() {
+    let hook = WebhookReceiver::start().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let base = mock.base_url();
+    let yaml = format!(
+        r#"
+policy:
+  master_key: {MASTER}
+telemetry:
+  alerts:
+    webhook_url: os.environ/ALERT_HOOK_RETRIED
+    events: [request_failed]
+router_settings:
+  num_retries: 0
+  allowed_fails: 100
+model_list:
+  - model_name: down
+    deployments: [{{provider: openai, model: "gpt-z::status=503", api_base: "{base}", api_key: k}}]
+"#
+    );
+    let gw = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[("ALERT_HOOK_RETRIED", hook.url().as_str())],
+    );
+    hook.fail_next(3);
+    assert!(hello(&gw, MASTER, "down").await.0 >= 500);
+    for _ in 0..100 {
+        if hook.attempts() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(hook.attempts(), 3, "the first alert's three tries");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(hello(&gw, MASTER, "down").await.0 >= 500);
+    let sent = hook
+        .wait_for(Duration::from_secs(5), |v| v["event"] == "request_failed")
+        .await
+        .expect("the next failure's alert, sent at once");
+    assert_eq!(sent["model"], "down", "{sent}");
+}

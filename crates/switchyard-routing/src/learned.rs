@@ -645,7 +645,10 @@ mod tests {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(dir.path().join("knn.safetensors")).unwrap().permissions().mode();
+                let mode = std::fs::metadata(dir.path().join("knn.safetensors"))
+                    .unwrap()
+                    .permissions()
+                    .mode();
                 assert_eq!(mode & 0o777, 0o644);
             }
             let loaded = LearnedRouter::load(dir.path()).map(|_| ()).map_err(|e| e.to_string());
