@@ -49,9 +49,24 @@ pub(crate) async fn admit_unpriced(
     let principal = principal.clone();
     match tokio::spawn(async move { policy.admit(&principal, &demand).await }).await {
         Ok(Ok(ticket)) => Ok(ticket),
-        Ok(Err(denied)) => Err(ApiError::Denied(denied).into_response()),
+        Ok(Err(denied)) => {
+            count_refusal(state, &denied);
+            Err(ApiError::Denied(denied).into_response())
+        }
         Err(e) => Err(ApiError::Internal(format!("the admission task stopped: {e}")).into_response()),
     }
+}
+
+/// Counts a refused admission in `switchyard_rate_limited_total`, by reason.
+fn count_refusal(state: &AppState, denied: &switchyard_policy::Denied) {
+    let reason = match denied {
+        switchyard_policy::Denied::RateLimited { .. } => "rate_limit",
+        switchyard_policy::Denied::TooManyParallel { .. } => "parallel_limit",
+        switchyard_policy::Denied::BudgetExceeded { .. } => "budget",
+        switchyard_policy::Denied::Unavailable => "store_unavailable",
+        _ => return,
+    };
+    state.metrics.refused(reason);
 }
 
 /// The key a client sent: `x-litellm-api-key` (for clients whose
@@ -604,16 +619,7 @@ pub(crate) async fn admit(
             ticket
         }
         Err(denied) => {
-            let reason = match &denied {
-                switchyard_policy::Denied::RateLimited { .. } => Some("rate_limit"),
-                switchyard_policy::Denied::TooManyParallel { .. } => Some("parallel_limit"),
-                switchyard_policy::Denied::BudgetExceeded { .. } => Some("budget"),
-                switchyard_policy::Denied::Unavailable => Some("store_unavailable"),
-                _ => None,
-            };
-            if let Some(reason) = reason {
-                state.metrics.refused(reason);
-            }
+            count_refusal(state, &denied);
             return Err(ApiError::Denied(denied));
         }
     };

@@ -579,6 +579,14 @@ async fn the_request_log_and_feedback_hold_what_training_needs_and_no_secret_rea
     .map(|a| a.status)
     .collect();
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
+    // That refusal is counted with the others.
+    assert_eq!(
+        sample(
+            &metrics(&gw).await,
+            r#"switchyard_rate_limited_total{reason="rate_limit"}"#
+        ),
+        1.0
+    );
 
     // Nothing secret in the logs (at debug level) or the request log.
     let logs = gw.logs().join("\n");
