@@ -305,7 +305,13 @@ impl StreamTracker {
     }
 
     fn on_item(&mut self, item: &impl Observed) {
-        self.first_item.get_or_insert_with(|| self.started.elapsed());
+        if self.first_item.is_none() {
+            let first = self.started.elapsed();
+            self.first_item = Some(first);
+            self.state
+                .metrics
+                .first_token(&self.labels.0, &self.labels.1, first.as_secs_f64());
+        }
         self.items += 1;
         item.merge_usage(&mut self.usage);
         if let Some(captured) = self.captured.as_mut()
@@ -381,12 +387,9 @@ impl StreamTracker {
             );
         }
         let now = self.state.now_ms();
-        self.state.metrics.stream(
-            &self.labels.0,
-            &self.labels.1,
-            self.started.elapsed().as_secs_f64(),
-            self.first_item.map(|d| d.as_secs_f64()),
-        );
+        self.state
+            .metrics
+            .stream(&self.labels.0, &self.labels.1, self.started.elapsed().as_secs_f64());
         if let Some(mut trail) = self.trail.take() {
             trail.charged_raw(self.usage, self.cost());
             match error {

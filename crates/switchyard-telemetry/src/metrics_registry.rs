@@ -212,15 +212,20 @@ impl Metrics {
         self.with(|| histogram!("switchyard_overhead_seconds").record(seconds));
     }
 
-    /// A stream ended after `seconds`; its first event came after `ttft`.
-    pub fn stream(&self, model: &str, deployment: &str, seconds: f64, ttft: Option<f64>) {
+    /// A stream ended after `seconds`.
+    pub fn stream(&self, model: &str, deployment: &str, seconds: f64) {
         self.with(|| {
             histogram!("switchyard_stream_duration_seconds", "model" => model.to_owned(), "deployment" => deployment.to_owned())
                 .record(seconds);
-            if let Some(ttft) = ttft {
-                histogram!("switchyard_time_to_first_token_seconds", "model" => model.to_owned(), "deployment" => deployment.to_owned())
-                    .record(ttft);
-            }
+        });
+    }
+
+    /// A stream's time to its first event, recorded when that event comes
+    /// (a stream the client abandons later counts too).
+    pub fn first_token(&self, model: &str, deployment: &str, seconds: f64) {
+        self.with(|| {
+            histogram!("switchyard_time_to_first_token_seconds", "model" => model.to_owned(), "deployment" => deployment.to_owned())
+                .record(seconds);
         });
     }
 
