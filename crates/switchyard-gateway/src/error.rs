@@ -202,7 +202,7 @@ impl ApiError {
                 S::from_u16(499).unwrap_or(S::BAD_REQUEST),
                 invalid,
                 None,
-                Some("client_closed_request".into()),
+                Some("client_closed".into()),
             ),
             ApiError::Routing(_) | ApiError::Internal(_) => (S::INTERNAL_SERVER_ERROR, "internal_error", None, None),
             ApiError::Denied(denied) => denied_parts(denied),

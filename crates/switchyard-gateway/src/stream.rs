@@ -394,7 +394,8 @@ impl StreamTracker {
             trail.charged_raw(self.usage, self.cost());
             match error {
                 None => trail.finish_with(200, None),
-                Some(e) => trail.finish_with(502, Some(error_class(e).as_str().to_owned())),
+                // The error's code, as other records give it (`upstream_error`…).
+                Some(e) => trail.finish_with(502, Some(crate::error::upstream_code(e))),
             }
         }
         self.settle_tokens(error.is_none());
