@@ -542,9 +542,12 @@ impl Trail {
 
 impl Drop for Trail {
     /// A record never finished is a request the client abandoned, or one a
-    /// shutdown ended.
+    /// shutdown ended; dropped while its task panics, the 500 the client
+    /// is answered.
     fn drop(&mut self) {
-        if *self.state.cut.borrow() {
+        if std::thread::panicking() {
+            self.emit(500, Some("internal_error".into()));
+        } else if *self.state.cut.borrow() {
             self.emit(503, Some("shutting_down".into()));
         } else {
             self.emit(499, Some("client_closed".into()));

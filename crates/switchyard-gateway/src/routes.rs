@@ -745,7 +745,12 @@ async fn openai_inner(
             response
         }
         Reply::Native(_) | Reply::Events(_) => {
-            ApiError::Internal("an Anthropic-format answer to an OpenAI-format request".into()).into_response()
+            let error = ApiError::Internal("an Anthropic-format answer to an OpenAI-format request".into());
+            // Logged as the 500 it is, not as a client that left.
+            if let Some(t) = trail.take() {
+                t.finish(500, Some(&error));
+            }
+            error.into_response()
         }
     };
     if pending.is_some() {

@@ -315,7 +315,10 @@ async fn messages_inner(
     let mut response = match reply {
         // A messages request is never sent where audio comes back.
         Reply::Media(_) | Reply::Audio(_) => {
-            failed(ApiError::Internal("an audio answer to a messages request".into()).into())
+            let error = ApiError::Internal("an audio answer to a messages request".into());
+            // Logged as the 500 it is, not as a client that left.
+            settled(trail.take(), None, None, Some(&error));
+            failed(error.into())
         }
         Reply::Native(body) => {
             // The upstream is done: the deployment is no longer busy with it.
