@@ -117,6 +117,9 @@ struct ClientLeft<'a> {
     state: Option<&'a SharedState>,
     route: &'static str,
     started: Instant,
+    /// The request's server span: it says 499 too (work the request left
+    /// running keeps it open until that work ends).
+    span: tracing::Span,
 }
 
 impl Drop for ClientLeft<'_> {
@@ -127,6 +130,8 @@ impl Drop for ClientLeft<'_> {
             state
                 .metrics
                 .request(self.route, "", "", 499, self.started.elapsed().as_secs_f64());
+            self.span.record("http.response.status_code", 499_i64);
+            self.span.record("error.type", "client_closed");
         }
     }
 }
@@ -206,6 +211,7 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
         "http.request.method" = %method,
         "url.path" = %span_path(request.uri().path()),
         "http.response.status_code" = Empty,
+        "error.type" = Empty,
         "switchyard.request_id" = %id,
     );
     let parent = switchyard_telemetry::parent_context(request.headers());
@@ -226,6 +232,7 @@ pub(crate) async fn observe(State(state): State<SharedState>, mut request: Reque
         state: Some(&state),
         route,
         started,
+        span: span.clone(),
     };
     let mut response = next.run(request).instrument(span.clone()).await;
     left.state = None;
