@@ -107,8 +107,15 @@ def test_autoscaling_redis_and_secrets_render_valid_manifests() -> None:
     assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0].get("env", [])}
     assert "SWITCHYARD_POLICY__REDIS__URL" in env and "SWITCHYARD_MASTER_KEY" in env, sorted(env)
-    # Responses continued on any pod: kept in the same Redis.
+    # Responses continued on any pod: kept in the same Redis (unless turned off).
     assert env["SWITCHYARD_SERVER__RESPONSES_STORE"]["value"] == "redis", sorted(env)
+    off = render(
+        "--set", "redis.enabled=true",
+        "--set", "redis.url=redis://redis:6379/0",
+        "--set", "redis.responses=false",
+    )
+    env_off = {e["name"] for e in by_kind(off, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    assert "SWITCHYARD_SERVER__RESPONSES_STORE" not in env_off, sorted(env_off)
     # With Redis the data directory keeps only spend queued during an outage,
     # on the pod's own volume.
     assert env["SWITCHYARD_POLICY__DATA_DIR"]["value"] == "/var/lib/switchyard/data", sorted(env)

@@ -343,6 +343,8 @@ pub fn run(args: &ExportArgs) -> Result<()> {
 /// Failure classes of the gateway's own making, not a model's answer.
 const NOT_THE_MODELS: &[&str] = &[
     "shutting_down",
+    "internal_error",
+    "no_deployment",
     "upstream_auth_error",
     "upstream_payment_required",
     "deployment_misconfigured",

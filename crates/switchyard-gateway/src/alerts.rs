@@ -62,27 +62,32 @@ enum Alert {
 struct Throttle(Mutex<HashMap<String, Instant>>);
 
 impl Throttle {
-    /// Whether an alert about `name` may be sent now (and notes it sent).
-    fn admit(&self, name: &str) -> bool {
+    /// Whether an alert about `name` may be sent now: when it was admitted
+    /// (and noted sent), or `None`.
+    fn admit(&self, name: &str) -> Option<Instant> {
         let now = Instant::now();
         let mut last = self.0.lock();
         if last.get(name).is_some_and(|at| now.duration_since(*at) < ALERT_EVERY) {
-            return false;
+            return None;
         }
         if last.len() >= REMEMBERED {
             last.retain(|_, at| now.duration_since(*at) < ALERT_EVERY);
             if last.len() >= REMEMBERED {
-                return false;
+                return None;
             }
         }
         last.insert(name.to_owned(), now);
-        true
+        Some(now)
     }
 
-    /// Forgets the alert about `name` admitted last: it was not sent (its
-    /// queue was full, or the webhook failed), and the next one may go.
-    fn forget(&self, name: &str) {
-        self.0.lock().remove(name);
+    /// Forgets the alert about `name` admitted `at`: it was not sent (its
+    /// queue was full, or the webhook failed), and the next one may go. A
+    /// later alert admitted since stays noted.
+    fn forget(&self, name: &str, at: Instant) {
+        let mut last = self.0.lock();
+        if last.get(name) == Some(&at) {
+            last.remove(name);
+        }
     }
 }
 
@@ -98,14 +103,15 @@ struct Throttles {
 }
 
 impl Throttles {
-    /// Forgets `alert`, which was not delivered, so that the next like it
-    /// goes at once rather than a minute later.
-    fn forget(&self, alert: &Alert) {
+    /// Forgets `alert`, admitted `at` and not delivered, so that the next
+    /// like it goes at once rather than a minute later.
+    fn forget(&self, alert: &Alert, at: Option<Instant>) {
+        let Some(at) = at else { return };
         match alert {
             Alert::Policy(_) => {}
-            Alert::Cooldown { deployment, .. } => self.cooldown.forget(deployment),
-            Alert::Failed { group, .. } => self.failure.forget(group),
-            Alert::Slow { deployment, .. } => self.slow.forget(deployment),
+            Alert::Cooldown { deployment, .. } => self.cooldown.forget(deployment, at),
+            Alert::Failed { group, .. } => self.failure.forget(group, at),
+            Alert::Slow { deployment, .. } => self.slow.forget(deployment, at),
         }
     }
 }
@@ -113,7 +119,8 @@ impl Throttles {
 /// The handle the dispatch sends cooldown alerts through.
 #[derive(Debug, Clone)]
 pub struct Alerts {
-    tx: mpsc::Sender<Alert>,
+    /// Alerts to deliver, each with when its throttle admitted it.
+    tx: mpsc::Sender<(Alert, Option<Instant>)>,
     cooldowns: bool,
     failures: bool,
     /// Answers slower than this are alerted on, when wanted.
@@ -147,7 +154,7 @@ impl Alerts {
                 // unclaimed, to be found again by a later request. (Dropped
                 // here, a claimed alert would be lost for its period.)
                 while let Some(alert) = policy_rx.recv().await {
-                    if forward.send(Alert::Policy(alert)).await.is_err() {
+                    if forward.send((Alert::Policy(alert), None)).await.is_err() {
                         return;
                     }
                 }
@@ -164,11 +171,11 @@ impl Alerts {
         }
     }
 
-    fn send(&self, alert: Alert) {
-        if let Err(e) = self.tx.try_send(alert) {
+    fn send(&self, alert: Alert, admitted: Instant) {
+        if let Err(e) = self.tx.try_send((alert, Some(admitted))) {
             tracing::warn!("the alert queue is full: an alert was dropped");
-            let (mpsc::error::TrySendError::Full(alert) | mpsc::error::TrySendError::Closed(alert)) = e;
-            self.throttles.forget(&alert);
+            let (mpsc::error::TrySendError::Full((alert, at)) | mpsc::error::TrySendError::Closed((alert, at))) = e;
+            self.throttles.forget(&alert, at);
         }
     }
 
@@ -176,15 +183,21 @@ impl Alerts {
     /// `status`) after its retries and fallbacks, `deployment` answering
     /// last; sent at most once a minute per group.
     pub fn failed(&self, group: &str, deployment: Option<&str>, class: &str, status: u16) {
-        if !self.failures || !self.throttles.failure.admit(group) {
+        if !self.failures {
             return;
         }
-        self.send(Alert::Failed {
-            group: group.to_owned(),
-            deployment: deployment.map(str::to_owned),
-            class: class.to_owned(),
-            status,
-        });
+        let Some(admitted) = self.throttles.failure.admit(group) else {
+            return;
+        };
+        self.send(
+            Alert::Failed {
+                group: group.to_owned(),
+                deployment: deployment.map(str::to_owned),
+                class: class.to_owned(),
+                status,
+            },
+            admitted,
+        );
     }
 
     /// `deployment` of `group` answered in `took`: alerted on when that is
@@ -193,27 +206,39 @@ impl Alerts {
         let Some(threshold) = self.slow else {
             return;
         };
-        if took <= threshold || !self.throttles.slow.admit(deployment) {
+        if took <= threshold {
             return;
         }
-        self.send(Alert::Slow {
-            group: group.to_owned(),
-            deployment: deployment.to_owned(),
-            took,
-            threshold,
-        });
+        let Some(admitted) = self.throttles.slow.admit(deployment) else {
+            return;
+        };
+        self.send(
+            Alert::Slow {
+                group: group.to_owned(),
+                deployment: deployment.to_owned(),
+                took,
+                threshold,
+            },
+            admitted,
+        );
     }
 
     /// A deployment was put in cooldown (`reason`: the failure's class);
     /// sent at most once a minute per deployment.
     pub fn cooldown(&self, deployment: &str, reason: &'static str) {
-        if !self.cooldowns || !self.throttles.cooldown.admit(deployment) {
+        if !self.cooldowns {
             return;
         }
-        self.send(Alert::Cooldown {
-            deployment: deployment.to_owned(),
-            reason,
-        });
+        let Some(admitted) = self.throttles.cooldown.admit(deployment) else {
+            return;
+        };
+        self.send(
+            Alert::Cooldown {
+                deployment: deployment.to_owned(),
+                reason,
+            },
+            admitted,
+        );
     }
 }
 
@@ -231,7 +256,12 @@ impl Alert {
 }
 
 /// Posts each alert to the webhook, in order.
-async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver<Alert>, throttles: Arc<Throttles>) {
+async fn deliver(
+    settings: AlertSettings,
+    policy: Policy,
+    mut rx: mpsc::Receiver<(Alert, Option<Instant>)>,
+    throttles: Arc<Throttles>,
+) {
     let client = match reqwest::Client::builder().timeout(settings.timeout).build() {
         Ok(c) => c,
         Err(e) => {
@@ -239,7 +269,7 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
             return;
         }
     };
-    while let Some(alert) = rx.recv().await {
+    while let Some((alert, admitted)) = rx.recv().await {
         let claim = alert.claim();
         if let Some(claim) = &claim
             && !policy.claim_alert(claim, ALERT_EVERY).await
@@ -291,7 +321,7 @@ async fn deliver(settings: AlertSettings, policy: Policy, mut rx: mpsc::Receiver
             match (&claim, &alert) {
                 (Some(claim), _) if !refused => {
                     policy.release_alert(claim).await;
-                    throttles.forget(&alert);
+                    throttles.forget(&alert, admitted);
                 }
                 (None, Alert::Policy(a)) => {
                     let after = refused.then_some(REFUSED_RETRY);
@@ -512,16 +542,21 @@ mod tests {
     #[test]
     fn one_alert_a_minute_per_name_and_the_memory_is_bounded() {
         let throttle = Throttle::default();
-        assert!(throttle.admit("a"));
-        assert!(!throttle.admit("a"), "the same name within a minute");
-        assert!(throttle.admit("b"));
+        let first = throttle.admit("a").unwrap();
+        assert!(throttle.admit("a").is_none(), "the same name within a minute");
+        assert!(throttle.admit("b").is_some());
         for i in 0..REMEMBERED * 2 {
             throttle.admit(&format!("n{i}"));
         }
         assert!(throttle.0.lock().len() <= REMEMBERED);
-        assert!(!throttle.admit("a"), "still remembered while recent");
-        // One that was not sent is forgotten: the next goes at once.
-        throttle.forget("a");
-        assert!(throttle.admit("a"));
+        assert!(throttle.admit("a").is_none(), "still remembered while recent");
+        // One that was not sent is forgotten: the next goes at once; a
+        // failure of an older one leaves a newer one noted.
+        throttle.forget("a", first);
+        let second = throttle.admit("a").unwrap();
+        throttle.forget("a", first);
+        assert!(throttle.admit("a").is_none(), "the newer one stays noted");
+        throttle.forget("a", second);
+        assert!(throttle.admit("a").is_some());
     }
 }

@@ -533,8 +533,9 @@ pub struct DeploymentEntry {
     /// Bedrock: session token for temporary credentials, `os.environ/NAME`.
     #[serde(default)]
     pub aws_session_token: Option<String>,
-    /// Bedrock: the id to invoke when it is not `model` — an application
-    /// inference profile or provisioned throughput ARN. `model` then names the
+    /// Bedrock: the id to invoke when it is not `model` — a cross-region
+    /// inference profile (`us.anthropic.…`), an application inference
+    /// profile or a provisioned throughput ARN. `model` then names the
     /// foundation model behind it (e.g. `anthropic.claude-sonnet-4-5-…`), which
     /// decides the request format and is what `count_tokens` counts with.
     #[serde(default)]

@@ -957,9 +957,17 @@ async fn try_group<'s>(
                 // kind of request, not the deployment's health, which its
                 // chat traffic would lose to a breaker opened by such calls.
                 let e = match e {
-                    ProviderError::Status { status: 404, .. }
-                        if call.may_lack_route() && options.wildcard.is_none() =>
+                    ProviderError::Status {
+                        status: 404,
+                        ref message,
+                        ref code,
+                        ..
+                    } if call.may_lack_route()
+                        && options.wildcard.is_none()
+                        && !names_missing_model(message, code.as_deref()) =>
                     {
+                        // The upstream took the request: it counts against the rpm.
+                        state.stats.record_request(deployment.id, now);
                         tracing::warn!(
                             deployment = %deployment.name,
                             operation = call.operation(),
@@ -1447,6 +1455,15 @@ const MAX_HELD_EVENTS: usize = 64;
 /// up to 16 MiB): past it, the stream is passed on as it is.
 const MAX_HELD_BYTES: usize = 4 << 20;
 
+/// Whether an upstream's 404 says the model or deployment it was sent does
+/// not exist (OpenAI's `model_not_found`, Azure's `DeploymentNotFound`, "…
+/// does not exist"): the deployment's configuration, not a route the
+/// server lacks.
+fn names_missing_model(message: &str, code: Option<&str>) -> bool {
+    let code = code.unwrap_or_default().to_ascii_lowercase().replace('_', "");
+    code.contains("notfound") || message.to_ascii_lowercase().contains("does not exist")
+}
+
 /// The breaker claim a request holds: the half-open probe or not.
 fn claim_of(probe: bool) -> switchyard_routing::Claim {
     if probe {
@@ -1545,6 +1562,23 @@ mod tests {
         .chain(stream::pending());
         let held = tokio::time::timeout(Duration::from_secs(30), hold_chunks(Box::pin(chunks))).await;
         assert!(matches!(held, Ok(Ok(_))), "held on past the bound");
+    }
+
+    #[test]
+    fn a_404_naming_a_missing_model_is_not_a_missing_route() {
+        assert!(names_missing_model(
+            "The model `gpt-3.5-turbo-instrut` does not exist or you do not have access to it.",
+            Some("model_not_found")
+        ));
+        assert!(names_missing_model(
+            "The API deployment for this resource does not exist.",
+            Some("DeploymentNotFound")
+        ));
+        assert!(!names_missing_model("Invalid URL (POST /v1/rerank)", None));
+        assert!(!names_missing_model(
+            "This is a chat model and not supported in the v1/completions endpoint.",
+            None
+        ));
     }
 
     #[test]

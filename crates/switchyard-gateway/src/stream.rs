@@ -530,7 +530,9 @@ impl Drop for StreamTracker {
         self.charge(false);
         if let Some(mut trail) = self.trail.take() {
             trail.charged_raw(self.usage, self.cost());
-            let (status, why) = if self.cut_by_shutdown {
+            let (status, why) = if std::thread::panicking() {
+                (500, "internal_error")
+            } else if self.cut_by_shutdown {
                 (503, "shutting_down")
             } else {
                 (499, "client_closed")

@@ -435,6 +435,19 @@ async fn keys_are_required_hashed_scoped_and_survive_a_restart() {
         (&Value::Null, &Value::Null),
         "{after}"
     );
+    // LiteLLM's reset of spend is not done here: refused, not ignored; and a
+    // limit of 0 is refused rather than taken as nothing.
+    for (body, param) in [
+        (json!({"key": dated, "spend": 0}), "spend"),
+        (json!({"key": dated, "rpm_limit": 0}), "rpm_limit"),
+    ] {
+        let refused = admin(&gw, "/key/update", body.clone()).await;
+        assert_eq!(
+            (refused.status, refused.body["error"]["param"].as_str()),
+            (400, Some(param)),
+            "{body}"
+        );
+    }
     // A custom key a client could not send in a header is refused.
     let accented = admin(&gw, "/key/generate", json!({"key": "sk-clé-de-production-01"})).await;
     assert_eq!(

@@ -606,6 +606,9 @@ pub fn apply_key_field(record: &mut KeyRecord, name: &str, value: &Value) -> Res
         // LiteLLM fields Switchyard has no use for, sent empty by typed
         // clients: nothing to do; with a value they are refused below.
         name if LITELLM_EMPTY_OK.contains(&name) && is_default_value(value) => {}
+        // A new key's spend, as LiteLLM's `GenerateKeyRequest` sends it (an
+        // update's `spend: 0`, LiteLLM's reset, is refused by the caller).
+        "spend" if value.as_f64() == Some(0.0) => {}
         // LiteLLM's typed key clients send its default type.
         "key_type" if value.is_null() || value == "default" || value == "llm_api" => {}
         "key_alias" => record.key_alias = optional_string(name, value)?,
@@ -652,8 +655,9 @@ const LITELLM_EMPTY_OK: &[&str] = &[
 ];
 
 /// Whether a field Switchyard does not implement is sent as nothing: null,
-/// `[]`, `{}`, `""`, `false` or `0` (the defaults LiteLLM's typed clients
-/// send, e.g. `spend: 0`, `send_invite_email: false`).
+/// `[]`, `{}`, `""` or `false` (the defaults LiteLLM's typed clients send,
+/// e.g. `send_invite_email: false`). A number is never nothing: a limit of
+/// 0 means something, and is refused rather than ignored.
 fn is_default_value(value: &Value) -> bool {
     match value {
         Value::Null => true,
@@ -661,7 +665,7 @@ fn is_default_value(value: &Value) -> bool {
         Value::Object(o) => o.is_empty(),
         Value::String(s) => s.is_empty(),
         Value::Bool(b) => !b,
-        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::Number(_) => false,
     }
 }
 

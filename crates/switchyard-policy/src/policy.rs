@@ -1618,6 +1618,14 @@ impl Policy {
                 // typed clients send it with every update); "-1" removes it.
                 "duration" if value.is_null() => {}
                 "duration" => record.expires_at = expiry_from(value, now)?,
+                // LiteLLM resets a key's spend this way; spend here is a
+                // ledger, never rewritten.
+                "spend" if !value.is_null() => {
+                    return Err(field(
+                        "spend",
+                        "A key's spend is not set or reset by an update; make a new key (or raise its budget) instead.",
+                    ));
+                }
                 _ => apply_key_field(&mut record, name, value)?,
             }
         }
@@ -1909,7 +1917,8 @@ impl Policy {
 
     /// `POST /team/delete`: refused while keys belong to the team. Every
     /// team named is checked before any is deleted, so a refusal deletes
-    /// none.
+    /// none; only a key joining a team while it is deleted (a race) can stop
+    /// the deletes part way, and the refusal then names those done.
     pub async fn delete_teams(&self, ids: &[String]) -> Result<Vec<String>, PolicyError> {
         let keys = self.all_keys().await?;
         let mut checked: Vec<&String> = Vec::with_capacity(ids.len());
@@ -1929,9 +1938,12 @@ impl Policy {
             }
             checked.push(id);
         }
-        let mut deleted = Vec::new();
+        let mut deleted: Vec<String> = Vec::new();
         for id in checked {
-            let record = self.team(id).await?;
+            // Deleted meanwhile by another request: nothing left to delete.
+            let Some(record) = self.lookup_team(id).await.map_err(down)? else {
+                continue;
+            };
             let existed = match &self.0.store {
                 Store::Local(local) => local.delete_team(id)?,
                 Store::Redis { redis, .. } => redis.delete_team(id).await.map_err(down)?,
@@ -1947,8 +1959,13 @@ impl Policy {
                 .count();
             if existed && members > 0 {
                 self.put_team(record, false).await?;
+                let before = if deleted.is_empty() {
+                    String::new()
+                } else {
+                    format!(" Deleted before it: {}.", deleted.join(", "))
+                };
                 return Err(PolicyError::Conflict(format!(
-                    "A key joined team `{id}` while it was being deleted; the team was kept."
+                    "A key joined team `{id}` while it was being deleted; the team was kept.{before}"
                 )));
             }
             self.forget_seen(|view| view.key.team_id.as_deref() == Some(id.as_str()));

@@ -152,7 +152,7 @@ The container's environment: secrets, Redis, the local store, extraEnv.
     secretKeyRef:
       name: {{ include "switchyard.redisSecretName" . }}
       key: {{ include "switchyard.redisSecretKey" . }}
-{{- if not (dig "server" "responses_store" "" $config) }}
+{{- if and .Values.redis.responses (not .Values.existingConfigMap) (not (dig "server" "responses_store" "" $config)) }}
 {{- /* /v1/responses kept in Redis: a previous_response_id made on one pod is found on every pod. */}}
 - name: SWITCHYARD_SERVER__RESPONSES_STORE
   value: redis
