@@ -700,7 +700,7 @@ async fn try_group<'s>(
         // then claimed: a deployment's breaker is read after the pause, and
         // a half-open probe is not held through it. One whose pause would
         // pass the deadline, or that cannot be claimed, leaves the pool.
-        let (index, probe) = loop {
+        let (index, probe, in_flight) = loop {
             if pool.is_empty() && !again.is_empty() {
                 pool = std::mem::take(&mut again);
             }
@@ -738,6 +738,11 @@ async fn try_group<'s>(
             let Some(chosen) = deployments.get(index) else {
                 return GroupOutcome::Final(ApiError::Internal(format!("no deployment {index} in {name}")));
             };
+            // In flight from the choice on, pause included: requests
+            // retrying at once see it (`least-busy`, `usage-based`'s rpm)
+            // and do not all pick the same deployment. Given back if it
+            // leaves the pool.
+            let held = state.stats.start(chosen.id);
             if retry > 0 {
                 if retry > paused_for {
                     paused_for = retry;
@@ -783,7 +788,7 @@ async fn try_group<'s>(
                 state.cooldowns.claim(chosen.id, state.now_ms())
             };
             match claim {
-                Some(claim) => break (index, claim == switchyard_routing::Claim::Probe),
+                Some(claim) => break (index, claim == switchyard_routing::Claim::Probe, held),
                 None => pool.retain(|&i| i != index),
             }
         };
@@ -831,7 +836,6 @@ async fn try_group<'s>(
             "switchyard.upstream.request_id" = Empty,
             "error.type" = Empty,
         );
-        let in_flight = state.stats.start(deployment.id);
         let added_ms = state.now_ms();
         state.stats.add_tokens(deployment.id, signed, added_ms);
         let started = Instant::now();

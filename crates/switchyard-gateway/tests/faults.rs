@@ -1390,3 +1390,56 @@ async fn abandoned_and_cut_requests_count_against_rpm() {
     let after = rpm("quick-stream/0").await;
     assert!(quick <= 1 && after <= 1, "one stream counted {quick}, then {after}");
 }
+
+/// A request waiting out its retry's pause counts as in flight on the
+/// deployment it chose, so other requests retrying at once see it there
+/// (`least-busy`, `usage-based`) instead of all choosing the same one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_counts_in_flight_through_its_pause() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 1\n",
+        r#"
+  - model_name: once
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "o::fail_first=1,status=429,retry_after=1"}
+"#,
+    );
+    let waiting = tokio::spawn({
+        let url = format!("{}/v1/chat/completions", gw.base_url());
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"model": "once", "messages": [{"role": "user", "content": "hello there"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    });
+    let in_flight = || async {
+        admin(&gw)
+            .await
+            .into_iter()
+            .find(|d| d["deployment"] == "once/0")
+            .unwrap()["stats"]["in_flight"]
+            .as_u64()
+            .unwrap()
+    };
+    // The first attempt is refused at once; the retry then waits out the
+    // second its Retry-After asks.
+    let mut seen = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if sent_to(&mock, "o::fail_first=1,status=429,retry_after=1") >= 1 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            seen = in_flight().await;
+            break;
+        }
+    }
+    assert_eq!(seen, 1, "the retry paused without counting in flight");
+    assert_eq!(waiting.await.unwrap(), 200);
+    assert_eq!(in_flight().await, 0);
+}
