@@ -368,15 +368,13 @@ impl Live {
                 "this section differs from the one in use; it takes effect at the next restart"
             );
         }
-        {
+        let same_cache = {
             let (previous, _) = &*self.config.lock();
             // A semantic index holds the embedder's vectors: with another
             // embedder, the cache starts afresh.
-            next.inherit(
-                &old,
-                previous.cache == config.cache && previous.embedder == config.embedder,
-            );
-        }
+            previous.cache == config.cache && previous.embedder == config.embedder
+        };
+        next.inherit(&old, same_cache);
         next.start_learned_after(Some(&old)).await.map_err(|e| match e {
             crate::learned::LoadError::Read { .. } => ReloadError::Unavailable(e.to_string()),
             crate::learned::LoadError::Rejected { .. } => ReloadError::Start(e.to_string()),
@@ -392,6 +390,16 @@ impl Live {
         next.carry_live(&self.state.load_full());
         let next = Arc::new(next);
         let router = crate::routes::router(next.clone());
+        if !same_cache {
+            // The old cache's counts since the last scrape are not lost with
+            // it; the new one's count from zero.
+            let counts = old.cache.as_ref().map_or([0; 3], |cache| {
+                let counters = cache.store().counters();
+                [&counters.stores, &counters.errors, &counters.skipped]
+                    .map(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+            });
+            old.metrics.cache_replaced(counts[0], counts[1], counts[2]);
+        }
         self.state.store(next);
         self.router.store(Arc::new(router));
         *self.config.lock() = (config, fetched.fingerprint);

@@ -352,6 +352,16 @@ impl Metrics {
         });
     }
 
+    /// The response cache was replaced (a reload changed its settings): its
+    /// final counts are taken in, and the next cache's count from zero.
+    pub fn cache_replaced(&self, stores: u64, errors: u64, skipped: u64) {
+        self.cache_store(stores, errors, skipped, Some(0));
+        *self
+            .cache_seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = [0; 3];
+    }
+
     /// A configuration reload applied (`true`) or refused.
     pub fn config_reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
@@ -417,6 +427,25 @@ mod tests {
             "switchyard_cache_stores_total 15",
             "switchyard_cache_errors_total 5002",
             "switchyard_cache_skipped_total 7",
+        ] {
+            assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+        }
+    }
+
+    /// A replaced cache's counts since the last scrape are taken in when it
+    /// is replaced, and the new cache's counts are all new, even once they
+    /// pass the old ones.
+    #[test]
+    fn a_replaced_cache_loses_no_counts() {
+        let m = Metrics::new();
+        m.cache_store(10, 0, 0, Some(4));
+        m.cache_replaced(14, 1, 0);
+        m.cache_store(20, 0, 0, None);
+        let text = m.render();
+        for expected in [
+            "switchyard_cache_stores_total 34",
+            "switchyard_cache_errors_total 1",
+            "switchyard_cache_entries 0",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }
