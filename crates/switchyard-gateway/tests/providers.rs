@@ -867,7 +867,7 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
     // Another model's tool ids are counted as Claude takes them.
     let (status, body) = post(
         "/v1/messages/count_tokens",
-        json!({"model": "claude", "messages": [
+        json!({"model": "claude", "tools": [{"name": "lookup", "input_schema": {"type": "object"}}], "messages": [
             {"role": "user", "content": "look it up"},
             {"role": "assistant", "content": [{"type": "tool_use", "id": "functions.lookup:0", "name": "lookup", "input": {}}]},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "functions.lookup:0", "content": "found"}]}

@@ -108,6 +108,17 @@ fn validate_fields(obj: &Map<String, Value>, require_max_tokens: bool) -> Result
                     "messages.{i}.content.{j}.{kind}.{field}: String should match pattern '^[a-zA-Z0-9_-]+$'"
                 ));
             }
+            // As Anthropic: tool blocks need tool definitions, and a cache
+            // mark goes on a tool result, not inside its content.
+            if obj.get("tools").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+                return Err("Requests which include `tool_use` or `tool_result` blocks must define tools.".into());
+            }
+            let inner = block.get("content").and_then(Value::as_array);
+            if inner.into_iter().flatten().any(|b| b.get("cache_control").is_some()) {
+                return Err(format!(
+                    "messages.{i}.content.{j}.tool_result.content: cache_control may not be specified within `tool_result.content`. Instead, place it directly on `tool_result`."
+                ));
+            }
         }
     }
     match obj.get("system") {

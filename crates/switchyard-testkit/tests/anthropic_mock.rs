@@ -331,6 +331,7 @@ async fn tool_results_limits_and_stop_sequences() {
     let request = json!({
         "model": "claude",
         "max_tokens": 50,
+        "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
         "messages": [
             {"role": "user", "content": "weather?"},
             {"role": "assistant", "content": [

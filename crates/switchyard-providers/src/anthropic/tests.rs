@@ -614,6 +614,7 @@ fn blank_text_and_stop_sequences_are_left_out_and_jpg_is_jpeg() {
     let req = chat(json!({
         "model": "m",
         "stop": ["\n", " ", "END"],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
         "messages": [
             {"role": "system", "content": "  "},
             {"role": "user", "content": [
@@ -743,6 +744,46 @@ fn schemas_prefills_tool_cache_marks_pdfs_and_tool_definitions_fit_anthropic() {
     let prefill = &out["messages"][3];
     assert_eq!(prefill["role"], "assistant");
     assert_eq!(prefill["content"][0]["text"], "Here it is:", "{prefill}");
+    // A part's cache mark in a tool result moves up to the result: Anthropic
+    // refuses one inside its content.
+    let marked: ChatCompletionRequest = serde_json::from_value(json!({"model": "m",
+    "tools": [{"type": "function", "function": {"name": "shot", "parameters": {}}}],
+    "messages": [
+        {"role": "user", "content": "look"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "shot", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": [
+            {"type": "text", "text": "the screen", "cache_control": {"type": "ephemeral"}}]}
+    ]}))
+    .unwrap();
+    let out = serde_json::to_value(to_messages_request(&marked, 64).unwrap()).unwrap();
+    let result = &out["messages"][2]["content"][0];
+    assert_eq!(result["cache_control"]["type"], "ephemeral", "{result}");
+    assert!(result["content"][0].get("cache_control").is_none(), "{result}");
+    // Tool history in a request that offers no tools (a summary turn) goes
+    // as text: Anthropic refuses tool blocks without tool definitions.
+    let untooled: ChatCompletionRequest = serde_json::from_value(json!({"model": "m", "messages": [
+        {"role": "user", "content": "weather?"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "rain"},
+        {"role": "user", "content": "summarise the conversation"}
+    ]}))
+    .unwrap();
+    let out = serde_json::to_value(to_messages_request(&untooled, 64).unwrap()).unwrap();
+    let kinds: Vec<&str> = out["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|m| m["content"].as_array().unwrap().iter())
+        .map(|b| b["type"].as_str().unwrap())
+        .collect();
+    assert!(kinds.iter().all(|k| *k == "text"), "{out}");
+    let text = out.to_string();
+    assert!(
+        text.contains("called the tool `weather`") && text.contains("rain"),
+        "{out}"
+    );
     // A chat that opens with the assistant's greeting gets a user turn first.
     let greeted: ChatCompletionRequest = serde_json::from_value(json!({"model": "m", "messages": [
         {"role": "system", "content": "be brief"},

@@ -344,6 +344,20 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         return Err(invalid("only one choice (`n` = 1) is supported by this provider", "n"));
     }
     let thinking = reasoning::requested(req)?;
+    // Anthropic refuses `tool_use` and `tool_result` blocks in a request that
+    // defines no tools (a summary or compaction turn of an agent's history):
+    // without tools, earlier calls and results go as text.
+    let defines_tools = req
+        .extra
+        .get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+        || req
+            .extra
+            .get("response_format")
+            .and_then(|f| f.get("type"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| t != "text");
     let mut system = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
     for (i, message) in req.messages.iter().enumerate() {
@@ -368,7 +382,16 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 };
                 blocks.extend(content_blocks(&message.content, &param)?);
                 if let Some(calls) = &message.tool_calls {
-                    blocks.extend(tool_use_blocks(calls, &format!("messages[{i}].tool_calls"))?);
+                    // Checked either way: calls Claude could not take are
+                    // refused, not passed off as text.
+                    let uses = tool_use_blocks(calls, &format!("messages[{i}].tool_calls"))?;
+                    if defines_tools {
+                        blocks.extend(uses);
+                    } else {
+                        blocks.extend(calls.iter().filter_map(|call| call.function.as_ref()).map(|f| {
+                            ContentBlock::text(format!("[called the tool `{}` with {}]", f.name, f.arguments))
+                        }));
+                    }
                 }
                 push(&mut messages, MessageRole::Assistant, blocks);
             }
@@ -385,11 +408,25 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                         &format!("messages[{i}].tool_call_id"),
                     )
                 })?;
+                if !defines_tools {
+                    let text = format!("[result of the tool call {id}: {}]", message.content_text());
+                    push(&mut messages, MessageRole::User, vec![ContentBlock::text(text)]);
+                    continue;
+                }
                 // Parts (text and images, e.g. a screenshot a computer-use
-                // tool returns) go as blocks, with their cache marks.
+                // tool returns) go as blocks. Anthropic refuses a cache mark
+                // inside a tool result's content: a part's mark moves up to
+                // the result (the last one, the breakpoint furthest on).
+                let mut part_mark = None;
                 let content = match &message.content {
                     Some(MessageContent::Parts(_)) => {
-                        Content::Blocks(content_blocks(&message.content, &format!("messages[{i}].content"))?)
+                        let mut blocks = content_blocks(&message.content, &format!("messages[{i}].content"))?;
+                        for inner in &mut blocks {
+                            if let Some(mark) = inner.extra.remove("cache_control").filter(|c| !c.is_null()) {
+                                part_mark = Some(mark);
+                            }
+                        }
+                        Content::Blocks(blocks)
                     }
                     _ => Content::Text(message.content_text()),
                 };
@@ -401,8 +438,14 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 };
                 // A cache mark on the message itself (an agent marking its
                 // last tool result as the cache breakpoint) goes on the result.
-                if let Some(cache) = message.extra.get("cache_control").filter(|c| !c.is_null()) {
-                    block.extra.insert("cache_control".into(), cache.clone());
+                if let Some(cache) = message
+                    .extra
+                    .get("cache_control")
+                    .filter(|c| !c.is_null())
+                    .cloned()
+                    .or(part_mark)
+                {
+                    block.extra.insert("cache_control".into(), cache);
                 }
                 push(&mut messages, MessageRole::User, vec![block]);
             }
