@@ -148,15 +148,36 @@ impl ToolIds {
     }
 }
 
-/// [`encode_chat`]'s renaming of `max_tokens`.
+/// [`encode_chat`]'s renaming of `max_tokens`, and its leaving out of the
+/// sampling settings reasoning models refuse.
 fn encode_plain(req: &ChatCompletionRequest, reasoning: bool) -> Result<Vec<u8>> {
-    if (reasoning || is_reasoning_model(&req.model))
-        && req.extra.contains_key("max_tokens")
-        && !req.extra.contains_key("max_completion_tokens")
-    {
-        return encode(&RenamedMaxTokens(req));
+    if !(reasoning || is_reasoning_model(&req.model)) {
+        return encode(req);
+    }
+    let rename = req.extra.contains_key("max_tokens") && !req.extra.contains_key("max_completion_tokens");
+    let refused = refuses_sampling(req);
+    if rename || req.extra.iter().any(|(name, value)| refused(name, value)) {
+        return encode(&RenamedMaxTokens(req, rename));
     }
     encode(req)
+}
+
+/// Which sampling settings a reasoning model refuses (OpenAI's o-series
+/// and GPT-5 answer 400 `unsupported_value` to a `temperature` or `top_p`
+/// other than 1, and to penalties): clients that send their defaults
+/// (`temperature: 0.7`) to every model of a group still get an answer. A
+/// request that turns reasoning off (`reasoning_effort: "none"`, GPT-5.1 and
+/// later) keeps them.
+fn refuses_sampling(req: &ChatCompletionRequest) -> impl Fn(&str, &serde_json::Value) -> bool {
+    let thinking = req.extra.get("reasoning_effort").and_then(serde_json::Value::as_str) != Some("none");
+    move |name, value| {
+        thinking
+            && match name {
+                "temperature" | "top_p" => value.as_f64().is_some_and(|v| v != 1.0),
+                "presence_penalty" | "frequency_penalty" => value.as_f64().is_some_and(|v| v != 0.0),
+                _ => false,
+            }
+    }
 }
 
 /// Fields clients echo back that were not OpenAI's: Claude's
@@ -413,10 +434,11 @@ fn strict_host(host: &str) -> bool {
         || host == "api.cerebras.ai"
 }
 
-/// A chat request written with `max_tokens` named `max_completion_tokens`,
-/// without copying it. Writes the fields as `ChatCompletionRequest`'s own
-/// `Serialize` does (a test compares the two).
-struct RenamedMaxTokens<'a>(&'a ChatCompletionRequest);
+/// A chat request for a reasoning model, without copying it: `max_tokens`
+/// named `max_completion_tokens` (when `.1`), the sampling settings it
+/// refuses ([`refuses_sampling`]) left out. Writes the fields as
+/// `ChatCompletionRequest`'s own `Serialize` does (a test compares the two).
+struct RenamedMaxTokens<'a>(&'a ChatCompletionRequest, bool);
 
 impl serde::Serialize for RenamedMaxTokens<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
@@ -431,8 +453,12 @@ impl serde::Serialize for RenamedMaxTokens<'_> {
         if let Some(options) = &req.stream_options {
             map.serialize_entry("stream_options", options)?;
         }
+        let refused = refuses_sampling(req);
         for (name, value) in &req.extra {
-            let name = if name == "max_tokens" {
+            if refused(name, value) {
+                continue;
+            }
+            let name = if self.1 && name == "max_tokens" {
                 "max_completion_tokens"
             } else {
                 name
@@ -1143,7 +1169,37 @@ mod tests {
             serde_json::from_slice(&encode_chat(&full, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
         let limit = full.extra.remove("max_tokens").unwrap();
         full.extra.insert("max_completion_tokens".into(), limit);
+        // but for the temperature, which reasoning models refuse.
+        full.extra.remove("temperature");
         assert_eq!(renamed, serde_json::to_value(&full).unwrap());
+        // Sampling settings they refuse are left out even without a
+        // `max_tokens` to rename; the defaults, and a request that turns
+        // reasoning off, keep them.
+        for (extra, kept) in [
+            (
+                serde_json::json!({"temperature": 0.7, "top_p": 0.9, "presence_penalty": 0.5}),
+                vec![],
+            ),
+            (
+                serde_json::json!({"temperature": 1, "presence_penalty": 0}),
+                vec!["temperature", "presence_penalty"],
+            ),
+            (
+                serde_json::json!({"temperature": 0.2, "reasoning_effort": "none"}),
+                vec!["temperature"],
+            ),
+        ] {
+            let mut req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+                "model": "gpt-5.1", "messages": [{"role": "user", "content": "hi"}]
+            }))
+            .unwrap();
+            req.extra.extend(extra.as_object().unwrap().clone());
+            let body: serde_json::Value =
+                serde_json::from_slice(&encode_chat(&req, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
+            for name in ["temperature", "top_p", "presence_penalty"] {
+                assert_eq!(body.get(name).is_some(), kept.contains(&name), "{name} in {body}");
+            }
+        }
         let mut other = req.clone();
         other.model = "gpt-4o".into();
         let body: serde_json::Value =
