@@ -955,6 +955,7 @@ async fn try_group<'s>(
             Err(e) => {
                 drop(in_flight);
                 state.stats.take_back_tokens(deployment.id, estimated, added_ms, now);
+                let e = billing_refusal(e);
                 // A server without this operation's route answers 404 (OpenAI
                 // has no `/rerank`, Ollama no `/audio` or `/moderations`;
                 // OpenAI's chat models are not served on `/completions`): the
@@ -1459,6 +1460,41 @@ const MAX_HELD_EVENTS: usize = 64;
 /// up to 16 MiB): past it, the stream is passed on as it is.
 const MAX_HELD_BYTES: usize = 4 << 20;
 
+/// An upstream's refusal for want of credit on the gateway's account, read
+/// as the 402 it means (the deployment's fault: others are tried, its words
+/// are not shown to the client): Anthropic answers 400 "Your credit balance
+/// is too low…" (`billing_error` on some hosts), OpenAI 429
+/// `insufficient_quota`, which waiting does not clear.
+fn billing_refusal(e: ProviderError) -> ProviderError {
+    match e {
+        ProviderError::Status {
+            status: 400 | 403 | 429,
+            message,
+            kind,
+            code,
+            param,
+            retry_after: _,
+            details,
+        } if code
+            .as_deref()
+            .is_some_and(|c| c == "insufficient_quota" || c == "billing_error")
+            || kind.as_deref() == Some("billing_error")
+            || message.to_ascii_lowercase().contains("credit balance is too low") =>
+        {
+            ProviderError::Status {
+                status: 402,
+                message,
+                kind,
+                code,
+                param,
+                retry_after: None,
+                details,
+            }
+        }
+        e => e,
+    }
+}
+
 /// Whether an upstream's 404 says the model or deployment it was sent does
 /// not exist (OpenAI's `model_not_found`, Azure's `DeploymentNotFound`, "…
 /// does not exist"): the deployment's configuration, not a route the
@@ -1566,6 +1602,41 @@ mod tests {
         .chain(stream::pending());
         let held = tokio::time::timeout(Duration::from_secs(30), hold_chunks(Box::pin(chunks))).await;
         assert!(matches!(held, Ok(Ok(_))), "held on past the bound");
+    }
+
+    #[test]
+    fn refusals_for_want_of_credit_are_402s() {
+        let status = |status: u16, message: &str, code: Option<&str>| ProviderError::Status {
+            status,
+            message: message.into(),
+            kind: None,
+            code: code.map(str::to_owned),
+            param: None,
+            retry_after: Some(Duration::from_secs(1)),
+            details: None,
+        };
+        for e in [
+            status(400, "Your credit balance is too low to access the Anthropic API.", None),
+            status(429, "You exceeded your current quota.", Some("insufficient_quota")),
+        ] {
+            assert!(
+                matches!(
+                    billing_refusal(e),
+                    ProviderError::Status {
+                        status: 402,
+                        retry_after: None,
+                        ..
+                    }
+                ),
+                "a billing refusal"
+            );
+        }
+        for e in [
+            status(429, "Rate limit reached", Some("rate_limit_exceeded")),
+            status(400, "max_tokens too large", None),
+        ] {
+            assert!(!matches!(billing_refusal(e), ProviderError::Status { status: 402, .. }));
+        }
     }
 
     #[test]
