@@ -254,10 +254,23 @@ pub(crate) fn max_tokens_with(thinking: &Thinking, max_tokens: u32, model: &str)
     }
 }
 
-/// The most output tokens a Claude model that thinks writes (Anthropic's
-/// documented limits), by its name or Bedrock id; `None` for others.
+/// `max_tokens` no higher than the most `model` writes, for the Claude
+/// models whose limit is known: Anthropic and Bedrock refuse a larger one
+/// with a 400 (a request sized for another model of its group, 32,000 to
+/// Claude 3.5 Haiku, would fail where it can be served).
+pub(crate) fn within_claude_output(max_tokens: u32, model: &str) -> u32 {
+    claude_output_cap(model).map_or(max_tokens, |cap| max_tokens.min(cap))
+}
+
+/// The most output tokens a Claude model writes (Anthropic's documented
+/// limits), by its name or Bedrock id; `None` for others.
 fn claude_output_cap(model: &str) -> Option<u32> {
     const CAPS: &[(&str, u32)] = &[
+        ("claude-3-haiku", 4_096),
+        ("claude-3-sonnet", 4_096),
+        ("claude-3-opus", 4_096),
+        ("claude-3-5-haiku", 8_192),
+        ("claude-3-5-sonnet", 8_192),
         ("claude-3-7-sonnet", 64_000),
         ("claude-sonnet-4", 64_000),
         ("claude-sonnet-4-5", 64_000),

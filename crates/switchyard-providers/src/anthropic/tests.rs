@@ -609,6 +609,23 @@ async fn streamed_thinking_becomes_reasoning_deltas_and_a_signed_block() {
     assert_eq!(text, "Sunny");
 }
 
+/// A `max_tokens` above what the model writes is lowered to it (Anthropic
+/// refuses it); models whose limit is not known keep what was asked.
+#[test]
+fn max_tokens_stay_within_the_models_output() {
+    for (model, asked, sent) in [
+        ("claude-3-5-haiku-20241022", 32_000, 8_192),
+        ("claude-3-5-haiku-20241022", 1_000, 1_000),
+        ("claude-opus-4-1", 40_000, 32_000),
+        ("claude-opus-4-6", 100_000, 100_000),
+        ("claude-prod", 100_000, 100_000),
+    ] {
+        let req = chat(json!({"model": model, "max_tokens": asked, "messages": [{"role": "user", "content": "hi"}]}));
+        let out = serde_json::to_value(to_messages_request(&req, 100).unwrap()).unwrap();
+        assert_eq!(out["max_tokens"], sent, "{model}");
+    }
+}
+
 #[test]
 fn blank_text_and_stop_sequences_are_left_out_and_jpg_is_jpeg() {
     let req = chat(json!({

@@ -473,6 +473,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         .iter()
         .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
         .map_or(default_max_tokens, |v| v.min(u64::from(u32::MAX)) as u32);
+    let max_tokens = reasoning::within_claude_output(max_tokens, &req.model);
     // Anthropic refuses a stop sequence without non-whitespace (`"\n"`,
     // common from OpenAI clients): such sequences are left out.
     let stop_sequences: Option<Vec<String>> = match req.extra.get("stop") {

@@ -657,7 +657,8 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
         .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
         .map(|v| v.min(i32::MAX as u64) as u32)
         .or(default_max_tokens)
-        .or_else(|| is_claude(req).then_some(DEFAULT_MAX_TOKENS));
+        .or_else(|| is_claude(req).then_some(DEFAULT_MAX_TOKENS))
+        .map(|m| reasoning::within_claude_output(m, &req.model));
     let max_tokens = match &thinking {
         Some(t) => Some(reasoning::max_tokens_with(
             t,
