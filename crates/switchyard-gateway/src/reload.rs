@@ -205,6 +205,9 @@ pub struct Live {
     /// an invalid one; one that failed to start it retries after
     /// [`RETRY_START_AFTER`], twice as long at each failure in a row.
     refused: parking_lot::Mutex<Option<Refused>>,
+    /// A changed version the watch read once: applied when the next poll
+    /// reads it again.
+    settling: parking_lot::Mutex<Option<String>>,
     reloading: tokio::sync::Mutex<()>,
     draining: AtomicBool,
     reloads: AtomicU64,
@@ -279,6 +282,7 @@ impl Live {
             pending_restart: parking_lot::Mutex::new(Vec::new()),
             config: parking_lot::Mutex::new((config, fingerprint)),
             refused: parking_lot::Mutex::new(None),
+            settling: parking_lot::Mutex::new(None),
             reloading: tokio::sync::Mutex::new(()),
             draining: AtomicBool::new(false),
             reloads: AtomicU64::new(0),
@@ -295,6 +299,7 @@ impl Live {
     /// `Ok(false)` when there was nothing new.
     pub async fn reload(&self, trigger: &str, force: bool) -> Result<bool, ReloadError> {
         let _one_at_a_time = self.reloading.lock().await;
+        let mut expected = None;
         if !force {
             let fingerprint = self.origin.fingerprint().await?;
             if fingerprint == self.config.lock().1
@@ -302,11 +307,22 @@ impl Live {
             {
                 return Ok(false);
             }
+            // A change is applied once two polls in a row read the same
+            // version: a file being rewritten in place (a bind mount edited
+            // where it lies) may be read half written, and still parse.
+            let mut settling = self.settling.lock();
+            if settling.as_deref() != Some(fingerprint.as_str()) {
+                *settling = Some(fingerprint);
+                return Ok(false);
+            }
+            *settling = None;
+            expected = Some(fingerprint);
         }
         let mut tried = None;
-        let result = self.apply(&mut tried).await;
+        let result = self.apply(&mut tried, expected.as_deref()).await;
         match &result {
-            Ok(()) => {
+            Ok(false) => return Ok(false),
+            Ok(true) => {
                 *self.refused.lock() = None;
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 self.state().metrics.config_reload(true);
@@ -336,13 +352,19 @@ impl Live {
                 tracing::error!(trigger, error = %e, "configuration rejected; the previous one keeps serving");
             }
         }
-        result.map(|()| true)
+        result
     }
 
     /// Reads, validates, starts and swaps in the configuration; `tried`
-    /// gets the fingerprint of the version read.
-    async fn apply(&self, tried: &mut Option<String>) -> Result<(), ReloadError> {
+    /// gets the fingerprint of the version read. `Ok(false)`: the version
+    /// read is not the `expected` one the watch saw settle (the file is
+    /// changing still), and is left for the next poll.
+    async fn apply(&self, tried: &mut Option<String>, expected: Option<&str>) -> Result<bool, ReloadError> {
         let fetched = self.origin.fetch().await?;
+        if expected.is_some_and(|e| e != fetched.fingerprint) {
+            *self.settling.lock() = Some(fetched.fingerprint);
+            return Ok(false);
+        }
         *tried = Some(fetched.fingerprint.clone());
         let config = parse(&fetched, &self.overrides)?;
         let old = self.state.load_full();
@@ -404,7 +426,7 @@ impl Live {
         self.router.store(Arc::new(router));
         *self.config.lock() = (config, fetched.fingerprint);
         *self.pending_restart.lock() = pending;
-        Ok(())
+        Ok(true)
     }
 
     /// The sections the configuration in use changed that take effect at

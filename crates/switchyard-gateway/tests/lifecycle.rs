@@ -498,12 +498,17 @@ async fn a_reload_keeps_the_loaded_embedder_unless_its_settings_change() {
         .expect("the semantic cache needs an embedder");
 
     write(100, MODEL_B);
+    // A change is applied when a second poll reads the same version (a file
+    // rewritten in place may be read half written).
+    assert!(!live.reload("test", false).await.unwrap(), "read once: not yet");
+    assert_eq!(models_of(&live), ["a"]);
     assert!(live.reload("test", false).await.unwrap());
     let kept = live.state().embedder.clone().unwrap();
     assert!(Arc::ptr_eq(&first, &kept), "the same embedder serves on");
     assert_eq!(models_of(&live), ["a", "b"]);
 
     write(200, MODEL_B);
+    assert!(!live.reload("test", false).await.unwrap());
     assert!(live.reload("test", false).await.unwrap());
     let reloaded = live.state().embedder.clone().unwrap();
     assert!(!Arc::ptr_eq(&first, &reloaded), "new settings load the model again");
