@@ -301,7 +301,13 @@ impl Live {
         let _one_at_a_time = self.reloading.lock().await;
         let mut expected = None;
         if !force {
-            let fingerprint = self.origin.fingerprint().await?;
+            let fingerprint = match self.origin.fingerprint().await {
+                Ok(fingerprint) => fingerprint,
+                Err(e) => {
+                    self.state().metrics.config_unreachable();
+                    return Err(e);
+                }
+            };
             if fingerprint == self.config.lock().1
                 || self.refused.lock().as_ref().is_some_and(|r| r.holds(&fingerprint))
             {

@@ -362,6 +362,13 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = [0; 3];
     }
 
+    /// The configuration watch could not read its file or object (a missing
+    /// file, S3 refusing the gateway's credentials): changes stop reaching
+    /// this replica until it can.
+    pub fn config_unreachable(&self) {
+        self.with(|| counter!("switchyard_config_reloads", "result" => "unreachable").increment(1));
+    }
+
     /// A configuration reload applied (`true`) or refused.
     pub fn config_reload(&self, applied: bool) {
         let result = if applied { "applied" } else { "rejected" };
@@ -410,7 +417,13 @@ mod tests {
         assert!(text.contains("switchyard_in_flight_requests 0"), "{text}");
         assert!(text.contains("# HELP switchyard_requests_total"), "{text}");
         m.config_reload(true);
-        assert!(m.render().contains("# HELP switchyard_config_reloads_total"));
+        m.config_unreachable();
+        let text = m.render();
+        assert!(text.contains("# HELP switchyard_config_reloads_total"));
+        assert!(
+            text.contains(r#"switchyard_config_reloads_total{result="unreachable"} 1"#),
+            "{text}"
+        );
     }
 
     /// The cache's counts keep rising across a reload that makes a new
