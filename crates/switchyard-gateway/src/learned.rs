@@ -845,9 +845,17 @@ pub(crate) async fn start_after(
         if !adopted {
             first_load(route).await?;
         } else if route.spec.poll_interval.is_none() {
-            // Not polled: a reload is how a new version is read. One that
-            // cannot be read or loaded leaves the adopted router serving.
-            if let Err(e) = route.reload().await {
+            // Not polled: a reload is how a new version is read (the same
+            // one is not downloaded and built again). One that cannot be
+            // read or loaded leaves the adopted router serving.
+            let held = route.current().map(|l| l.version.clone());
+            let unchanged = match route.source.version().await {
+                Ok(version) => held.as_ref() == Some(&version),
+                Err(_) => false,
+            };
+            if unchanged {
+                tracing::debug!(router = %route.name, "router artifact unchanged; kept");
+            } else if let Err(e) = route.reload().await {
                 tracing::warn!(router = %route.name, error = %e, "new router artifact not loaded; the current router keeps serving");
             }
         }
