@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use serde::Serialize;
 use switchyard_routing::embed::Embedder;
 use switchyard_routing::learned::{LearnedRouter, Manifest, PredictorKind, rank};
@@ -415,8 +415,12 @@ pub struct LearnedRoute {
     /// Model groups with deployments, which candidates must map to.
     groups: HashSet<String>,
     embedder: Arc<Embedder>,
-    /// A router is being built (it may outlive a poll that timed out).
-    building: Arc<AtomicBool>,
+    /// A router is being built (it may outlive a poll that timed out);
+    /// shared with the route a reload replaces ([`LearnedRoute::adopt`]),
+    /// so that the two never build the same artifact at once.
+    building: ArcSwap<AtomicBool>,
+    /// Replaced by a reload: its poller stops.
+    retired: AtomicBool,
     /// Predictions running at once, one per core: more would only queue
     /// on the blocking pool, which upstream DNS lookups share.
     slots: Arc<tokio::sync::Semaphore>,
@@ -439,7 +443,8 @@ impl LearnedRoute {
             status: Mutex::new(RouterStatus::default()),
             groups,
             embedder,
-            building: Arc::new(AtomicBool::new(false)),
+            building: ArcSwap::from_pointee(AtomicBool::new(false)),
+            retired: AtomicBool::new(false),
             slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             )),
@@ -520,7 +525,7 @@ impl LearnedRoute {
     /// Loads the artifact's current version, validates it and swaps it in.
     pub async fn reload(&self) -> Result<(), LoadError> {
         let location = self.spec.location.to_string();
-        let (router, version) = match self.source.load(&self.building).await {
+        let (router, version) = match self.source.load(&self.building.load_full()).await {
             Ok(loaded) => loaded,
             Err((failure @ ReadFailure::Changed, _)) => {
                 return Err(LoadError::Read {
@@ -602,6 +607,8 @@ impl LearnedRoute {
         };
         match self.validate(current.router.clone(), current.version.clone()) {
             Ok(mut loaded) => {
+                // A build the old route has under way counts for this one.
+                self.building.store(old.building.load_full());
                 loaded.loaded_at = current.loaded_at;
                 self.current.store(Some(Arc::new(loaded)));
                 let mut status = old.status();
@@ -620,7 +627,7 @@ impl LearnedRoute {
 
     /// Checks the manifest and reloads when it changed.
     async fn poll(&self) {
-        if self.building.load(Ordering::Acquire) {
+        if self.building.load().load(Ordering::Acquire) {
             // A build started elsewhere (a configuration reload of a route
             // sharing this artifact) is still running: one at a time.
             return;
@@ -663,6 +670,11 @@ impl LearnedRoute {
                 let Some(route) = weak.upgrade() else {
                     break;
                 };
+                // Replaced by a reload (requests still in flight keep it
+                // alive): the route that replaced it polls.
+                if route.retired.load(Ordering::Acquire) {
+                    break;
+                }
                 route.poll().await;
             }
         });
@@ -860,6 +872,9 @@ pub(crate) async fn start_after(
             }
         }
         route.watch();
+    }
+    for before in old.values() {
+        before.retired.store(true, Ordering::Release);
     }
     Ok(())
 }
