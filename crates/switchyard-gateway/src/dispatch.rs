@@ -1501,7 +1501,11 @@ fn billing_refusal(e: ProviderError) -> ProviderError {
 /// server lacks.
 fn names_missing_model(message: &str, code: Option<&str>) -> bool {
     let code = code.unwrap_or_default().to_ascii_lowercase().replace('_', "");
-    code.contains("notfound") || message.to_ascii_lowercase().contains("does not exist")
+    let message = message.to_ascii_lowercase();
+    code.contains("notfound")
+        || message.contains("does not exist")
+        // Ollama: `model "x" not found, try pulling it first`.
+        || (message.contains("model") && message.contains("not found"))
 }
 
 /// The breaker claim a request holds: the half-open probe or not.
@@ -1648,6 +1652,10 @@ mod tests {
         assert!(names_missing_model(
             "The API deployment for this resource does not exist.",
             Some("DeploymentNotFound")
+        ));
+        assert!(names_missing_model(
+            "model \"llava\" not found, try pulling it first",
+            None
         ));
         assert!(!names_missing_model("Invalid URL (POST /v1/rerank)", None));
         assert!(!names_missing_model(

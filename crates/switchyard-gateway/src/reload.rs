@@ -330,6 +330,7 @@ impl Live {
             Ok(false) => return Ok(false),
             Ok(true) => {
                 *self.refused.lock() = None;
+                *self.settling.lock() = None;
                 self.reloads.fetch_add(1, Ordering::Relaxed);
                 self.state().metrics.config_reload(true);
                 tracing::info!(trigger, "configuration reloaded");

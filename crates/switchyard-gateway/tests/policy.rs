@@ -1463,7 +1463,7 @@ async fn litellm_admin_clients_list_page_and_delete_by_alias() {
         &gw,
         "/user/new",
         json!({"user_id": "nokey", "auto_create_key": false, "key_alias": null, "duration": null,
-               "team_id": null, "organizations": null, "password": null}),
+               "team_id": null, "organizations": null, "password": null, "spend": 0}),
     )
     .await;
     assert_eq!(keyless.status, 200, "{}", keyless.body);

@@ -382,6 +382,8 @@ pub fn apply_user_field(record: &mut UserRecord, name: &str, value: &Value) -> R
             }
         },
         name if USER_EMPTY_OK.contains(&name) && is_default_value(value) => {}
+        // A new user's spend, as LiteLLM's typed clients send it.
+        "spend" if value.as_f64() == Some(0.0) => {}
         _ => {
             if !apply_limit_field(&mut record.limits, name, value)? {
                 return Err(field_error(name, format!("Unknown field '{name}'.")));

@@ -166,10 +166,15 @@ fn encode_plain(req: &ChatCompletionRequest, reasoning: bool) -> Result<Vec<u8>>
 /// and GPT-5 answer 400 `unsupported_value` to a `temperature` or `top_p`
 /// other than 1, and to penalties): clients that send their defaults
 /// (`temperature: 0.7`) to every model of a group still get an answer. A
-/// request that turns reasoning off (`reasoning_effort: "none"`, GPT-5.1 and
-/// later) keeps them.
+/// request that turns reasoning off (`reasoning_effort: "none"`) keeps them,
+/// and so does one to GPT-5.1 or later that asks for no effort, since those
+/// reason only when asked and then take them.
 fn refuses_sampling(req: &ChatCompletionRequest) -> impl Fn(&str, &serde_json::Value) -> bool {
-    let thinking = req.extra.get("reasoning_effort").and_then(serde_json::Value::as_str) != Some("none");
+    let thinking = match req.extra.get("reasoning_effort").and_then(serde_json::Value::as_str) {
+        Some("none") => false,
+        Some(_) => true,
+        None => !reasons_only_when_asked(&req.model),
+    };
     move |name, value| {
         thinking
             && match name {
@@ -467,6 +472,16 @@ impl serde::Serialize for RenamedMaxTokens<'_> {
         }
         map.end()
     }
+}
+
+/// Whether `model` is GPT-5.1 or a later GPT-5 (`gpt-5.1`, `gpt-5.2-mini`…),
+/// whose reasoning effort defaults to none.
+fn reasons_only_when_asked(model: &str) -> bool {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    name.strip_prefix("gpt-5.")
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|minor| minor.parse::<u32>().ok())
+        .is_some_and(|minor| minor >= 1)
 }
 
 /// Whether `model` (an upstream model or Azure deployment name, possibly
@@ -1190,7 +1205,7 @@ mod tests {
             ),
         ] {
             let mut req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
-                "model": "gpt-5.1", "messages": [{"role": "user", "content": "hi"}]
+                "model": "gpt-5", "messages": [{"role": "user", "content": "hi"}]
             }))
             .unwrap();
             req.extra.extend(extra.as_object().unwrap().clone());
@@ -1199,6 +1214,20 @@ mod tests {
             for name in ["temperature", "top_p", "presence_penalty"] {
                 assert_eq!(body.get(name).is_some(), kept.contains(&name), "{name} in {body}");
             }
+        }
+        // GPT-5.1 and later reason only when asked: without an effort they
+        // keep their temperature; with one, it goes.
+        for (effort, kept) in [(None, true), (Some("high"), false)] {
+            let mut req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+                "model": "gpt-5.2-mini", "temperature": 0.2, "messages": [{"role": "user", "content": "hi"}]
+            }))
+            .unwrap();
+            if let Some(effort) = effort {
+                req.extra.insert("reasoning_effort".into(), serde_json::json!(effort));
+            }
+            let body: serde_json::Value =
+                serde_json::from_slice(&encode_chat(&req, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
+            assert_eq!(body.get("temperature").is_some(), kept, "{effort:?}: {body}");
         }
         let mut other = req.clone();
         other.model = "gpt-4o".into();

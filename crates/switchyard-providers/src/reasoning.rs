@@ -270,7 +270,6 @@ fn claude_output_cap(model: &str) -> Option<u32> {
         ("claude-3-sonnet", 4_096),
         ("claude-3-opus", 4_096),
         ("claude-3-5-haiku", 8_192),
-        ("claude-3-5-sonnet", 8_192),
         ("claude-3-7-sonnet", 64_000),
         ("claude-sonnet-4", 64_000),
         ("claude-sonnet-4-5", 64_000),
