@@ -13,7 +13,7 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -182,7 +182,10 @@ impl Source {
     /// changed while it was read is `Changed`, never blamed for a failure.
     /// `building` is set while the router is built on a blocking thread,
     /// which goes on even if this future is dropped.
-    async fn load(&self, building: &Arc<AtomicBool>) -> Result<(LearnedRouter, String), (ReadFailure, Option<String>)> {
+    async fn load(
+        &self,
+        building: &Arc<AtomicUsize>,
+    ) -> Result<(LearnedRouter, String), (ReadFailure, Option<String>)> {
         let unknown = |failure: ReadFailure| (failure, None);
         match self {
             Source::Local(dir) => {
@@ -295,19 +298,20 @@ pub(crate) fn object_version(
     }
 }
 
-/// Marks a route as building a router until the blocking build ends.
-struct Building(Arc<AtomicBool>);
+/// Counts a build of a router on a route until the blocking build ends (a
+/// count: two builds that overlap end apart).
+struct Building(Arc<AtomicUsize>);
 
 impl Building {
-    fn start(flag: &Arc<AtomicBool>) -> Self {
-        flag.store(true, Ordering::Release);
-        Building(flag.clone())
+    fn start(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        Building(count.clone())
     }
 }
 
 impl Drop for Building {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -418,7 +422,7 @@ pub struct LearnedRoute {
     /// A router is being built (it may outlive a poll that timed out);
     /// shared with the route a reload replaces ([`LearnedRoute::adopt`]),
     /// so that the two never build the same artifact at once.
-    building: ArcSwap<AtomicBool>,
+    building: ArcSwap<AtomicUsize>,
     /// Replaced by a reload: its poller stops.
     retired: AtomicBool,
     /// Predictions running at once, one per core: more would only queue
@@ -443,7 +447,7 @@ impl LearnedRoute {
             status: Mutex::new(RouterStatus::default()),
             groups,
             embedder,
-            building: ArcSwap::from_pointee(AtomicBool::new(false)),
+            building: ArcSwap::from_pointee(AtomicUsize::new(0)),
             retired: AtomicBool::new(false),
             slots: Arc::new(tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
@@ -627,7 +631,7 @@ impl LearnedRoute {
 
     /// Checks the manifest and reloads when it changed.
     async fn poll(&self) {
-        if self.building.load().load(Ordering::Acquire) {
+        if self.building.load().load(Ordering::Acquire) > 0 {
             // A build started elsewhere (a configuration reload of a route
             // sharing this artifact) is still running: one at a time.
             return;
