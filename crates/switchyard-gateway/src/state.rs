@@ -776,6 +776,10 @@ impl AppState {
     /// that did not change take over what `old`'s have loaded.
     pub(crate) async fn start_learned_after(&mut self, old: Option<&AppState>) -> Result<(), LoadError> {
         let Some(embedder) = self.embedder.clone() else {
+            // No learned routers any more: those replaced stop polling.
+            if let Some(old) = old {
+                crate::learned::start_after(&[], &old.learned).await?;
+            }
             return Ok(());
         };
         let groups: std::collections::HashSet<String> = self.routes.keys().cloned().collect();
