@@ -619,7 +619,6 @@ async fn try_group<'s>(
         Call::CountTokens(..) => 0,
         _ => prompt_tokens.unwrap_or_else(|| crate::metering::expected_prompt_tokens(call)),
     };
-    let signed = i64::try_from(estimated).unwrap_or(i64::MAX);
     // Deployments tried by this request, with the Retry-After each sent.
     let mut tried: Vec<(usize, Option<Duration>)> = Vec::new();
     // Deployments whose provider cannot express this request.
@@ -700,7 +699,7 @@ async fn try_group<'s>(
         // then claimed: a deployment's breaker is read after the pause, and
         // a half-open probe is not held through it. One whose pause would
         // pass the deadline, or that cannot be claimed, leaves the pool.
-        let (index, probe, in_flight) = loop {
+        let (index, probe, in_flight, tokens) = loop {
             if pool.is_empty() && !again.is_empty() {
                 pool = std::mem::take(&mut again);
             }
@@ -738,11 +737,12 @@ async fn try_group<'s>(
             let Some(chosen) = deployments.get(index) else {
                 return GroupOutcome::Final(ApiError::Internal(format!("no deployment {index} in {name}")));
             };
-            // In flight from the choice on, pause included: requests
-            // retrying at once see it (`least-busy`, `usage-based`'s rpm)
-            // and do not all pick the same deployment. Given back if it
-            // leaves the pool.
+            // In flight from the choice on, pause included, with its
+            // prompt's tokens: requests retrying at once see it
+            // (`least-busy`, `usage-based`'s rpm and tpm) and do not all
+            // pick the same deployment. Given back if it leaves the pool.
             let held = state.stats.start(chosen.id);
+            let tokens = ReservedTokens::add(state, chosen.id, estimated);
             if retry > 0 {
                 if retry > paused_for {
                     paused_for = retry;
@@ -788,7 +788,7 @@ async fn try_group<'s>(
                 state.cooldowns.claim(chosen.id, state.now_ms())
             };
             match claim {
-                Some(claim) => break (index, claim == switchyard_routing::Claim::Probe, held),
+                Some(claim) => break (index, claim == switchyard_routing::Claim::Probe, held, tokens),
                 None => pool.retain(|&i| i != index),
             }
         };
@@ -836,8 +836,8 @@ async fn try_group<'s>(
             "switchyard.upstream.request_id" = Empty,
             "error.type" = Empty,
         );
-        let added_ms = state.now_ms();
-        state.stats.add_tokens(deployment.id, signed, added_ms);
+        // From here each outcome settles the tokens itself.
+        let added_ms = tokens.keep();
         let started = Instant::now();
         // Boxed: the attempt's future is deep, and nested in the request's
         // it would pass the compiler's layout depth limit.
@@ -1506,6 +1506,49 @@ fn names_missing_model(message: &str, code: Option<&str>) -> bool {
         || message.contains("does not exist")
         // Ollama: `model "x" not found, try pulling it first`.
         || (message.contains("model") && message.contains("not found"))
+}
+
+/// A request's prompt tokens counted against a deployment's minute from its
+/// choice on: taken back when dropped, unless kept for the attempt.
+struct ReservedTokens<'s> {
+    state: &'s AppState,
+    id: switchyard_routing::DeploymentId,
+    tokens: u64,
+    added_ms: u64,
+    kept: bool,
+}
+
+impl<'s> ReservedTokens<'s> {
+    fn add(state: &'s AppState, id: switchyard_routing::DeploymentId, tokens: u64) -> Self {
+        let added_ms = state.now_ms();
+        state
+            .stats
+            .add_tokens(id, i64::try_from(tokens).unwrap_or(i64::MAX), added_ms);
+        Self {
+            state,
+            id,
+            tokens,
+            added_ms,
+            kept: false,
+        }
+    }
+
+    /// Keeps them for the attempt, which settles them; when they were added.
+    fn keep(mut self) -> u64 {
+        self.kept = true;
+        self.added_ms
+    }
+}
+
+impl Drop for ReservedTokens<'_> {
+    fn drop(&mut self) {
+        if !self.kept {
+            let now = self.state.now_ms();
+            self.state
+                .stats
+                .take_back_tokens(self.id, self.tokens, self.added_ms, now);
+        }
+    }
 }
 
 /// The breaker claim a request holds: the half-open probe or not.

@@ -1392,8 +1392,9 @@ async fn abandoned_and_cut_requests_count_against_rpm() {
 }
 
 /// A request waiting out its retry's pause counts as in flight on the
-/// deployment it chose, so other requests retrying at once see it there
-/// (`least-busy`, `usage-based`) instead of all choosing the same one.
+/// deployment it chose, with its prompt's tokens, so other requests
+/// retrying at once see it there (`least-busy`, `usage-based`) instead of
+/// all choosing the same one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_counts_in_flight_through_its_pause() {
     let mock = MockUpstream::start().await;
@@ -1419,15 +1420,19 @@ async fn a_retry_counts_in_flight_through_its_pause() {
                 .as_u16()
         }
     });
-    let in_flight = || async {
-        admin(&gw)
-            .await
-            .into_iter()
-            .find(|d| d["deployment"] == "once/0")
-            .unwrap()["stats"]["in_flight"]
-            .as_u64()
-            .unwrap()
+    let stat = |name: &'static str| {
+        let gw = &gw;
+        async move {
+            admin(gw)
+                .await
+                .into_iter()
+                .find(|d| d["deployment"] == "once/0")
+                .unwrap()["stats"][name]
+                .as_u64()
+                .unwrap()
+        }
     };
+    let in_flight = || stat("in_flight");
     // The first attempt is refused at once; the retry then waits out the
     // second its Retry-After asks.
     let mut seen = 0;
@@ -1436,6 +1441,9 @@ async fn a_retry_counts_in_flight_through_its_pause() {
         if sent_to(&mock, "o::fail_first=1,status=429,retry_after=1") >= 1 {
             tokio::time::sleep(Duration::from_millis(200)).await;
             seen = in_flight().await;
+            // Its prompt's tokens count in the minute too (the failed
+            // attempt's were taken back).
+            assert!(stat("tpm_used").await > 0, "the paused retry's tokens");
             break;
         }
     }
