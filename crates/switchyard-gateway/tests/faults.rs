@@ -90,6 +90,17 @@ async fn admin(gateway: &GatewayProcess) -> Vec<Value> {
     body["deployments"].as_array().unwrap().clone()
 }
 
+/// One of `deployment`'s live statistics (`rpm_used`, `tpm_used`, `in_flight`…).
+async fn stat(gateway: &GatewayProcess, deployment: &str, name: &str) -> u64 {
+    admin(gateway)
+        .await
+        .into_iter()
+        .find(|d| d["deployment"] == deployment)
+        .unwrap_or_else(|| panic!("no deployment {deployment}"))["stats"][name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} for {deployment}"))
+}
+
 async fn breaker(gateway: &GatewayProcess, deployment: &str) -> Value {
     admin(gateway)
         .await
@@ -1257,18 +1268,7 @@ async fn answers_without_usage_count_against_tpm() {
       - {provider: openai, api_base: "{base}", api_key: k, model: "partial-1::partial_usage", tpm: 100000}
 "#,
     );
-    let used_by = |deployment: &'static str| {
-        let gw = &gw;
-        async move {
-            admin(gw)
-                .await
-                .into_iter()
-                .find(|d| d["deployment"] == deployment)
-                .unwrap()["stats"]["tpm_used"]
-                .as_u64()
-                .unwrap()
-        }
-    };
+    let used_by = |deployment: &'static str| stat(&gw, deployment, "tpm_used");
     // Usage without `total_tokens` counts its prompt and completion.
     let mut partial = 0;
     for _ in 0..2 {
@@ -1332,18 +1332,7 @@ async fn abandoned_and_cut_requests_count_against_rpm() {
       - {provider: openai, api_base: "{base}", api_key: k, model: "q::chunks=3", rpm: 1000}
 "#,
     );
-    let rpm = |deployment: &'static str| {
-        let gw = &gw;
-        async move {
-            admin(gw)
-                .await
-                .into_iter()
-                .find(|d| d["deployment"] == deployment)
-                .unwrap()["stats"]["rpm_used"]
-                .as_u64()
-                .unwrap()
-        }
-    };
+    let rpm = |deployment: &'static str| stat(&gw, deployment, "rpm_used");
     // Counted per minute: a request just before the minute turns may read
     // as 0 after it, so the check is made again with another request.
     let mut counted = (0, 0);
@@ -1420,19 +1409,7 @@ async fn a_retry_counts_in_flight_through_its_pause() {
                 .as_u16()
         }
     });
-    let stat = |name: &'static str| {
-        let gw = &gw;
-        async move {
-            admin(gw)
-                .await
-                .into_iter()
-                .find(|d| d["deployment"] == "once/0")
-                .unwrap()["stats"][name]
-                .as_u64()
-                .unwrap()
-        }
-    };
-    let in_flight = || stat("in_flight");
+    let in_flight = || stat(&gw, "once/0", "in_flight");
     // The first attempt is refused at once; the retry then waits out the
     // second its Retry-After asks.
     let mut seen = 0;
@@ -1443,7 +1420,7 @@ async fn a_retry_counts_in_flight_through_its_pause() {
             seen = in_flight().await;
             // Its prompt's tokens count in the minute too (the failed
             // attempt's were taken back).
-            assert!(stat("tpm_used").await > 0, "the paused retry's tokens");
+            assert!(stat(&gw, "once/0", "tpm_used").await > 0, "the paused retry's tokens");
             break;
         }
     }
