@@ -414,9 +414,6 @@ impl Live {
         for notice in &config.notices {
             tracing::warn!("configuration: {notice}");
         }
-        // Starting the learned routers may take a while (a download, an
-        // index build): the statistics and breakers are copied again now.
-        next.carry_live(&self.state.load_full());
         let next = Arc::new(next);
         let router = crate::routes::router(next.clone());
         if !same_cache {

@@ -831,9 +831,9 @@ impl AppState {
         }
     }
 
-    /// Copies the live statistics and cooldowns of the deployments `old`
-    /// also has. A reload does it again right before the swap, so what the
-    /// old state saw while the new one was starting is not lost.
+    /// Shares the live statistics and breakers of the deployments `old`
+    /// also has: requests still running on `old` after the swap (a
+    /// half-open probe among them) report to what this state reads.
     pub(crate) fn carry_live(&mut self, old: &AppState) {
         for name in self.registry.model_names() {
             let (Ok(new_group), Ok(old_group)) = (self.registry.group(name), old.registry.group(name)) else {
@@ -848,8 +848,8 @@ impl AppState {
                         && upstream(old, o.id) == upstream(self, d.id)
                 }) {
                     taken.push(before.id.0);
-                    self.stats.carry_over(d.id, &old.stats, before.id);
-                    self.cooldowns.carry_over(d.id, &old.cooldowns, before.id);
+                    self.stats.share(d.id, &old.stats, before.id);
+                    self.cooldowns.share(d.id, &old.cooldowns, before.id);
                 }
             }
         }

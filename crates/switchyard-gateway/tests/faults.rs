@@ -1072,6 +1072,64 @@ async fn a_reload_keeps_the_breakers_and_statistics_of_deployments_it_keeps() {
     assert_eq!(sent_to(&mock, "f::status=500"), 2);
 }
 
+/// A request running across a reload reports to the statistics the new
+/// configuration reads: it stays counted in flight, and its answer counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_running_across_a_reload_counts_in_the_new_configuration() {
+    let mock = MockUpstream::start().await;
+    let models = r#"
+  - model_name: slow
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "s::first_byte_ms=1500"}
+"#;
+    let gw = gateway(&mock, "  num_retries: 0", models);
+    let url = format!("{}/v1/chat/completions", gw.base_url());
+    let running = tokio::spawn(async move {
+        reqwest::Client::new()
+            .post(url)
+            .json(&json!({"model": "slow", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    });
+    for _ in 0..200 {
+        if stat(&gw, "slow/0", "in_flight").await == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(stat(&gw, "slow/0", "in_flight").await, 1);
+    let grown = format!(
+        "router_settings:\n  retry_backoff_ms: 10\n  max_backoff_ms: 50\n  num_retries: 0\nmodel_list:\n{models}  - model_name: extra\n    deployments:\n      - {{provider: openai, api_base: \"{{base}}\", api_key: k, model: \"extra-1\"}}\n"
+    )
+    .replace("{base}", &mock.base_url());
+    std::fs::write(gw.config_path(), grown).unwrap();
+    gw.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..200 {
+        if admin(&gw).await.iter().any(|d| d["deployment"] == "extra/0") {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(reloaded, "{:?}", gw.logs());
+    assert_eq!(
+        stat(&gw, "slow/0", "in_flight").await,
+        1,
+        "still running after the reload"
+    );
+    assert_eq!(running.await.unwrap(), 200);
+    assert_eq!(stat(&gw, "slow/0", "in_flight").await, 0);
+    assert_eq!(
+        stat(&gw, "slow/0", "successes").await,
+        1,
+        "its answer counts where the new configuration reads"
+    );
+}
+
 /// An error the upstream sends inside a stream keeps its kind: OpenAI's
 /// `server_error` chunk, Anthropic's `overloaded_error` and Bedrock's
 /// `internalServerException` are server errors (as their HTTP statuses would

@@ -11,6 +11,7 @@
 //! 403) marks the deployment's key invalid until the configuration is reloaded.
 //! All state is atomics; the caller passes a monotonic clock in milliseconds.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crate::{DeploymentId, ErrorClass};
@@ -88,7 +89,6 @@ struct Breaker {
     phase: AtomicU64,
     window_start: AtomicU64,
     failures: AtomicU32,
-    key_invalid: AtomicBool,
 }
 
 /// A deployment's breaker as reported by the admin API.
@@ -105,10 +105,16 @@ pub struct CooldownStatus {
 }
 
 /// One breaker per deployment, indexed by [`DeploymentId`].
+///
+/// A breaker can be shared with the state a configuration reload replaces
+/// ([`Cooldowns::share`]), so that requests sent before the reload still
+/// open or close it; whether a key was rejected is not shared.
 #[derive(Debug)]
 pub struct Cooldowns {
     policy: CooldownPolicy,
-    breakers: Vec<Breaker>,
+    breakers: Vec<Arc<Breaker>>,
+    /// Whether the upstream rejected each deployment's key.
+    keys_invalid: Vec<AtomicBool>,
 }
 
 /// What [`Cooldowns::claim`] gave a request.
@@ -126,7 +132,8 @@ impl Cooldowns {
     pub fn new(n: usize, policy: CooldownPolicy) -> Self {
         Self {
             policy,
-            breakers: (0..n).map(|_| Breaker::default()).collect(),
+            breakers: (0..n).map(|_| Arc::new(Breaker::default())).collect(),
+            keys_invalid: (0..n).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 
@@ -143,7 +150,7 @@ impl Cooldowns {
         let Some(b) = self.breakers.get(id.0) else {
             return true;
         };
-        if b.key_invalid.load(Ordering::Acquire) {
+        if self.key_invalid(id) {
             return false;
         }
         match unpack(b.phase.load(Ordering::Acquire)) {
@@ -155,9 +162,7 @@ impl Cooldowns {
 
     /// Whether the upstream rejected `id`'s key (until a reload).
     pub fn key_invalid(&self, id: DeploymentId) -> bool {
-        self.breakers
-            .get(id.0)
-            .is_some_and(|b| b.key_invalid.load(Ordering::Acquire))
+        self.keys_invalid.get(id.0).is_some_and(|k| k.load(Ordering::Acquire))
     }
 
     /// Whether a request may go to `id` now. When an open breaker's cooldown has
@@ -174,7 +179,7 @@ impl Cooldowns {
         let Some(b) = self.breakers.get(id.0) else {
             return Some(Claim::Closed);
         };
-        if b.key_invalid.load(Ordering::Acquire) {
+        if self.key_invalid(id) {
             return None;
         }
         // State and time change in one step: of the callers that find the
@@ -208,18 +213,15 @@ impl Cooldowns {
         }
     }
 
-    /// Carries the breaker of `from_id` in `from` over to `to`, e.g. for a
-    /// deployment that outlives a configuration reload (same clock). A key
-    /// marked invalid is not carried: a reload is how it is cleared.
-    pub fn carry_over(&self, to: DeploymentId, from: &Cooldowns, from_id: DeploymentId) {
-        let (Some(to), Some(from)) = (self.breakers.get(to.0), from.breakers.get(from_id.0)) else {
-            return;
-        };
-        to.window_start
-            .store(from.window_start.load(Ordering::Acquire), Ordering::Release);
-        to.failures
-            .store(from.failures.load(Ordering::Acquire), Ordering::Release);
-        to.phase.store(from.phase.load(Ordering::Acquire), Ordering::Release);
+    /// Makes `to` share the breaker of `from_id` in `from`, e.g. for a
+    /// deployment that outlives a configuration reload (same clock): its
+    /// state, failures and probe go on, and requests still running on
+    /// `from` report to it. A key marked invalid is not shared: a reload is
+    /// how it is cleared.
+    pub fn share(&mut self, to: DeploymentId, from: &Cooldowns, from_id: DeploymentId) {
+        if let (Some(to), Some(from)) = (self.breakers.get_mut(to.0), from.breakers.get(from_id.0)) {
+            *to = Arc::clone(from);
+        }
     }
 
     /// A half-open probe to `id` ended without telling whether the deployment
@@ -244,7 +246,9 @@ impl Cooldowns {
         };
         match class {
             ErrorClass::Auth => {
-                b.key_invalid.store(true, Ordering::Release);
+                if let Some(key) = self.keys_invalid.get(id.0) {
+                    key.store(true, Ordering::Release);
+                }
                 return true;
             }
             ErrorClass::RateLimited
@@ -294,7 +298,7 @@ impl Cooldowns {
             .enumerate()
             .map(|(i, b)| {
                 let (raw, at) = unpack(b.phase.load(Ordering::Acquire));
-                let state = if b.key_invalid.load(Ordering::Acquire) {
+                let state = if self.key_invalid(DeploymentId(i)) {
                     BreakerState::KeyInvalid
                 } else {
                     match raw {
@@ -355,6 +359,29 @@ mod tests {
                 .sum();
             assert_eq!(probes, 1);
         }
+    }
+
+    /// A breaker shared across a reload: the probe claimed before it
+    /// closes the breaker the new configuration reads; a key rejected
+    /// before it is not carried.
+    #[test]
+    fn a_shared_breaker_hears_the_probe_sent_before_the_reload() {
+        let old = breakers();
+        old.record_failure(D, ErrorClass::ServerError, Claim::Closed, 0);
+        old.record_failure(D, ErrorClass::ServerError, Claim::Closed, 0);
+        assert_eq!(old.claim(D, 6_000), Some(Claim::Probe));
+        old.record_failure(DeploymentId(1), ErrorClass::Auth, Claim::Closed, 6_000);
+        let mut new = breakers();
+        new.share(D, &old, D);
+        new.share(DeploymentId(1), &old, DeploymentId(1));
+        assert_eq!(new.snapshot(6_000)[0].state, BreakerState::HalfOpen);
+        assert_eq!(new.claim(D, 6_001), None, "one probe at a time across the reload");
+        old.record_success(D, Claim::Probe, 6_500);
+        assert_eq!(new.claim(D, 6_600), Some(Claim::Closed));
+        assert!(old.key_invalid(DeploymentId(1)));
+        assert!(!new.key_invalid(DeploymentId(1)), "a reload clears a rejected key");
+        new.record_failure(DeploymentId(1), ErrorClass::Auth, Claim::Closed, 7_000);
+        assert!(new.key_invalid(DeploymentId(1)));
     }
 
     /// A cooldown of "for ever" keeps the deployment out; its end does not

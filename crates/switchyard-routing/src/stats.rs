@@ -182,9 +182,13 @@ impl DeploymentStats {
 ///
 /// Ids at or beyond [`len`](Self::len) are not tracked: recording for them
 /// does nothing and reading them gives an idle deployment with no samples.
+///
+/// Each deployment's record is shared ([`LiveStats::share`]): a deployment
+/// that outlives a configuration reload keeps one record, which requests
+/// sent before the reload and after it update together.
 #[derive(Debug)]
 pub struct LiveStats {
-    slots: Arc<[DeploymentStats]>,
+    slots: Box<[Arc<DeploymentStats>]>,
     alpha: f64,
 }
 
@@ -192,7 +196,7 @@ impl LiveStats {
     /// Statistics for `n` deployments (ids `0..n`), averaging with [`DEFAULT_EWMA_ALPHA`].
     pub fn new(n: usize) -> Self {
         Self {
-            slots: (0..n).map(|_| DeploymentStats::new()).collect(),
+            slots: (0..n).map(|_| Arc::new(DeploymentStats::new())).collect(),
             alpha: DEFAULT_EWMA_ALPHA,
         }
     }
@@ -226,7 +230,7 @@ impl LiveStats {
 
     /// The statistics of `id`, if it is tracked.
     pub fn get(&self, id: DeploymentId) -> Option<&DeploymentStats> {
-        self.slots.get(id.0)
+        self.slots.get(id.0).map(|slot| &**slot)
     }
 
     /// The statistics of `id`; an idle record with no samples if it is not tracked.
@@ -236,13 +240,11 @@ impl LiveStats {
 
     /// Counts a request to `id` as in flight until the returned guard is dropped.
     pub fn start(&self, id: DeploymentId) -> InFlight {
-        if let Some(stats) = self.get(id) {
+        let slot = self.slots.get(id.0).map(Arc::clone);
+        if let Some(stats) = &slot {
             stats.in_flight.fetch_add(1, Relaxed);
         }
-        InFlight {
-            slots: Arc::clone(&self.slots),
-            id,
-        }
+        InFlight { slot, id }
     }
 
     /// Records a successful request: updates the averages and counts the
@@ -290,25 +292,15 @@ impl LiveStats {
         }
     }
 
-    /// Carries the history of `from_id` in `from` (averages, counts, this
-    /// minute's requests and tokens) over to `to`, e.g. for a deployment that
-    /// outlives a configuration reload. Both must use the same clock. Requests
-    /// in flight stay counted where they started, and are not carried.
-    pub fn carry_over(&self, to: DeploymentId, from: &LiveStats, from_id: DeploymentId) {
-        let (Some(to), Some(from)) = (self.get(to), from.get(from_id)) else {
-            return;
-        };
-        let copy = |a: &AtomicU64, b: &AtomicU64| a.store(b.load(Relaxed), Relaxed);
-        copy(&to.latency_us, &from.latency_us);
-        copy(&to.ttft_us, &from.ttft_us);
-        copy(&to.sampled_at_ms, &from.sampled_at_ms);
-        copy(&to.successes, &from.successes);
-        for (a, b) in to.failures.iter().zip(&from.failures) {
-            copy(a, b);
+    /// Makes `to` share the record of `from_id` in `from`, e.g. for a
+    /// deployment that outlives a configuration reload: its averages,
+    /// counts, this minute's requests and tokens and its requests in flight
+    /// go on, and requests still running on `from` report to the record
+    /// `to` reads. Both must use the same clock.
+    pub fn share(&mut self, to: DeploymentId, from: &LiveStats, from_id: DeploymentId) {
+        if let (Some(to), Some(from)) = (self.slots.get_mut(to.0), from.slots.get(from_id.0)) {
+            *to = Arc::clone(from);
         }
-        copy(&to.failing_run, &from.failing_run);
-        copy(&to.requests, &from.requests);
-        copy(&to.tokens, &from.tokens);
     }
 
     /// Adds `tokens` to the current minute's usage of `id`: an up-front estimate
@@ -323,7 +315,7 @@ impl LiveStats {
 
 /// A request counted as in flight; dropping it finishes the count.
 pub struct InFlight {
-    slots: Arc<[DeploymentStats]>,
+    slot: Option<Arc<DeploymentStats>>,
     id: DeploymentId,
 }
 
@@ -342,7 +334,7 @@ impl std::fmt::Debug for InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        if let Some(stats) = self.slots.get(self.id.0) {
+        if let Some(stats) = &self.slot {
             stats.in_flight.fetch_sub(1, Relaxed);
         }
     }
@@ -377,6 +369,26 @@ mod tests {
         stats.add_tokens(ID, 500, 61_000);
         stats.take_back_tokens(ID, 100, 59_000, 61_500);
         assert_eq!(stats.deployment(ID).tpm_used(61_500), 500);
+    }
+
+    /// A record shared across a reload counts the requests still running
+    /// on the replaced statistics, and their outcomes.
+    #[test]
+    fn a_shared_record_counts_requests_sent_before_the_reload() {
+        let old = LiveStats::new(2);
+        let running = old.start(ID);
+        old.record_success(ID, ok(100, None, 40), 1_000);
+        let mut new = LiveStats::new(3);
+        new.share(DeploymentId(2), &old, ID);
+        let kept = new.deployment(DeploymentId(2));
+        assert_eq!(kept.in_flight(), 1);
+        assert_eq!(kept.successes(), 1);
+        drop(old);
+        drop(running);
+        assert_eq!(kept.in_flight(), 0, "the request ended after the reload");
+        new.record_success(DeploymentId(2), ok(100, None, 60), 2_000);
+        assert_eq!(kept.tpm_used(2_000), 100);
+        assert_eq!(new.deployment(ID).successes(), 0, "ids not shared start afresh");
     }
 
     #[test]
