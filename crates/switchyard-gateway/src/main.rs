@@ -116,6 +116,25 @@ fn check_config(
     for notice in config.notices.iter().filter(|n| !printed.contains(n)) {
         writeln!(out, "warning: {notice}")?;
     }
+    // Where the server writes: a warning, not an error, since the check
+    // may run as another user or on another host than the server.
+    let mut written = Vec::new();
+    if let Some(dir) = &config.policy.data_dir {
+        written.push(("policy.data_dir", dir.clone(), None));
+    }
+    if let Some(log) = config.telemetry.request_log.as_ref().filter(|l| l.redis.is_none()) {
+        let dir = log.path.parent().filter(|p| !p.as_os_str().is_empty());
+        let dir = dir.map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf);
+        written.push(("telemetry.request_log.path", dir, Some(log.path.clone())));
+    }
+    for (field, dir, file) in written {
+        if let Err(why) = writable(&dir, file.as_deref()) {
+            writeln!(
+                out,
+                "warning: {field}: {why}, where the server writes (checked as this user, on this host)"
+            )?;
+        }
+    }
     writeln!(
         out,
         "configuration is valid: {} models, {} deployments",
@@ -130,6 +149,40 @@ fn check_config(
             .map(|d| format!("{} ({} {})", d.name, d.provider, d.model))
             .collect();
         writeln!(out, "  {name}: {}", names.join(", "))?;
+    }
+    Ok(())
+}
+
+/// Whether this process could write in `dir` (made if missing, as the
+/// server would) and append to `file` if it exists; the reason if not.
+/// Leaves nothing behind.
+fn writable(dir: &std::path::Path, file: Option<&std::path::Path>) -> Result<(), String> {
+    // The closest part of the path that exists: the server creates the rest.
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => {
+                existing = std::path::Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        return Err(format!("{} is not a directory", existing.display()));
+    }
+    let probe = existing.join(format!(".switchyard-check-{}", std::process::id()));
+    match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => return Err(format!("{} cannot be written: {e}", existing.display())),
+    }
+    if let Some(file) = file.filter(|f| f.exists()) {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(file)
+            .map_err(|e| format!("{} cannot be appended to: {e}", file.display()))?;
     }
     Ok(())
 }

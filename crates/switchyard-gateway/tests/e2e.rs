@@ -599,6 +599,30 @@ fn check_config_accepts_good_files_and_names_the_bad_key() {
     );
     assert!(output.status.success(), "{said}");
     assert!(said.contains("service link"), "{said}");
+
+    // Where the server would write is checked, and warned about: a data
+    // directory under a file cannot be made; the request log's can.
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, "").unwrap();
+    let writes = format!(
+        "{good}policy:\n  data_dir: {}\ntelemetry:\n  request_log:\n    path: {}\n",
+        blocker.join("state").display(),
+        dir.path().join("logs/requests.jsonl").display()
+    );
+    std::fs::write(&path, writes).unwrap();
+    let output = std::process::Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{said}");
+    assert!(
+        said.contains("warning: policy.data_dir:") && said.contains("is not a directory"),
+        "{said}"
+    );
+    assert!(!said.contains("telemetry.request_log"), "{said}");
+    assert!(!dir.path().join("logs").exists(), "the check creates nothing");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
