@@ -712,7 +712,7 @@ impl AppState {
             reach,
             cache_generations,
             cache,
-            metrics: switchyard_telemetry::Metrics::new(),
+            metrics: switchyard_telemetry::Metrics::expiring(telemetry.metrics_idle_timeout),
             alerts: None,
             pass_through: Arc::new(Vec::new()),
             pass_through_client: crate::passthrough::client(),

@@ -24,6 +24,12 @@ pub struct TelemetryConfig {
     /// `require_auth_for_metrics_endpoint`): its series name keys, teams and
     /// what they spend. Off, anyone who reaches the port may read it.
     pub metrics_require_auth: bool,
+    /// Drop a counter or histogram series that nothing updated for this
+    /// many seconds (0: never): the series of keys that stopped sending,
+    /// of deployments a reload removed. One updated again starts from zero
+    /// (Prometheus' `rate` and `increase` read it as a counter reset).
+    /// 0, or at least 300.
+    pub metrics_idle_timeout_s: u64,
     /// Export spans over OTLP. Without this section, spans are exported when
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set.
     pub otlp: Option<OtlpConfig>,
@@ -42,6 +48,7 @@ impl Default for TelemetryConfig {
             log_payloads: false,
             metrics: true,
             metrics_require_auth: false,
+            metrics_idle_timeout_s: 0,
             otlp: None,
             request_log: None,
             alerts: None,
@@ -270,6 +277,8 @@ pub struct TelemetrySpec {
     pub metrics: bool,
     /// `/metrics` needs the master key.
     pub metrics_require_auth: bool,
+    /// How long a series may go without an update before it is dropped.
+    pub metrics_idle_timeout: Option<Duration>,
     /// Alerts to a webhook.
     pub alerts: Option<AlertSettings>,
     /// Spans carry prompts, answers and end users (`telemetry.otlp.capture_content`).
@@ -281,6 +290,15 @@ impl TelemetryConfig {
     pub fn validate(&self, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> TelemetrySpec {
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             issues.push(issue("telemetry.log_level", e.to_string()));
+        }
+        if (1..300).contains(&self.metrics_idle_timeout_s) {
+            issues.push(issue(
+                "telemetry.metrics_idle_timeout_s",
+                format!(
+                    "{} s would drop series between two scrapes; use 0 (never) or at least 300",
+                    self.metrics_idle_timeout_s
+                ),
+            ));
         }
         let from_env = ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
             .iter()
@@ -470,6 +488,8 @@ impl TelemetryConfig {
             log_payloads: self.log_payloads,
             metrics: self.metrics,
             metrics_require_auth: self.metrics_require_auth,
+            metrics_idle_timeout: (self.metrics_idle_timeout_s > 0)
+                .then(|| Duration::from_secs(self.metrics_idle_timeout_s)),
             alerts,
             capture_content,
         }
@@ -521,6 +541,23 @@ mod tests {
         assert_eq!(headers["authorization"], "Basic cGstMTpzZWNyZXQtMDAwMg==");
         let shown = format!("{settings:?}");
         assert!(!shown.contains("key-0001") && !shown.contains("cGstMT"), "{shown}");
+    }
+
+    #[test]
+    fn a_metrics_idle_timeout_is_never_or_longer_than_scrapes() {
+        let check = |seconds: u64| {
+            let config: TelemetryConfig =
+                serde_json::from_value(serde_json::json!({"metrics_idle_timeout_s": seconds})).unwrap();
+            let mut issues = Vec::new();
+            let spec = config.validate(&env(&[]), &mut issues);
+            (
+                spec.metrics_idle_timeout,
+                issues.iter().map(|i| i.path.clone()).collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(check(0), (None, vec![]));
+        assert_eq!(check(3_600), (Some(Duration::from_secs(3_600)), vec![]));
+        assert_eq!(check(30).1, vec!["telemetry.metrics_idle_timeout_s".to_owned()]);
     }
 
     #[test]

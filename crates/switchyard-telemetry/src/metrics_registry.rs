@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use metrics::{counter, gauge, histogram, with_local_recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_util::MetricKindMask;
 
 /// Request latency buckets, seconds: from a cache hit to a long generation.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -63,7 +64,15 @@ fn bucketed() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildErr
 impl Metrics {
     /// A fresh registry with every metric described.
     pub fn new() -> Self {
-        let builder = bucketed().unwrap_or_else(|_| PrometheusBuilder::new().with_recommended_naming(true));
+        Self::expiring(None)
+    }
+
+    /// [`Metrics::new`] whose counter and histogram series are dropped
+    /// once nothing has updated them for `idle` (gauges are kept).
+    pub fn expiring(idle: Option<std::time::Duration>) -> Self {
+        let builder = bucketed()
+            .unwrap_or_else(|_| PrometheusBuilder::new().with_recommended_naming(true))
+            .idle_timeout(MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM, idle);
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let metrics = Self {
@@ -423,6 +432,30 @@ mod tests {
         assert!(
             text.contains(r#"switchyard_config_reloads_total{result="unreachable"} 1"#),
             "{text}"
+        );
+    }
+
+    /// With an idle timeout, a key's series that nothing updated for that
+    /// long is dropped; series updated since, and gauges, stay.
+    #[test]
+    fn idle_series_are_dropped_when_asked() {
+        let idle = std::time::Duration::from_secs(2);
+        let m = Metrics::expiring(Some(idle));
+        let kept = Metrics::new();
+        for metrics in [&m, &kept] {
+            metrics.key_spend("key-gone", "", "", 1_000);
+            let _guard = metrics.in_flight();
+        }
+        assert!(m.render().contains(r#"key="key-gone""#));
+        std::thread::sleep(idle + std::time::Duration::from_millis(500));
+        m.key_spend("key-active", "", "", 1_000);
+        let text = m.render();
+        assert!(!text.contains(r#"key="key-gone""#), "{text}");
+        assert!(text.contains(r#"key="key-active""#), "{text}");
+        assert!(text.contains("switchyard_in_flight_requests 0"), "{text}");
+        assert!(
+            kept.render().contains(r#"key="key-gone""#),
+            "without a timeout nothing is dropped"
         );
     }
 
