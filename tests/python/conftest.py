@@ -156,6 +156,12 @@ model_list:
         model: mock-model
         api_base: {mock_url}/v1
         api_key: test-upstream-key
+  - model_name: gpt-parallel
+    deployments:
+      - provider: openai
+        model: "mock-model::parallel_tools"
+        api_base: {mock_url}/v1
+        api_key: test-upstream-key
   - model_name: mock-gpt
     deployments:
       - provider: mock

@@ -97,6 +97,33 @@ def test_streamed_function_call(client: openai.OpenAI) -> None:
     assert json.loads(calls[0].arguments)["q"] == "mock"
 
 
+def test_parallel_calls_stream_one_item_at_a_time(client: openai.OpenAI) -> None:
+    """The upstream opens both calls in one chunk, then streams each one's
+    arguments: the events still close each item before the next opens."""
+    other = dict(WEATHER_TOOL, name="get_time")
+    open_items: list[int] = []
+    order: list[tuple[str, int]] = []
+    with client.responses.stream(
+        model="gpt-parallel", input="weather and time?", tools=[WEATHER_TOOL, other], tool_choice="required"
+    ) as stream:
+        for event in stream:
+            if event.type == "response.output_item.added":
+                assert not open_items, f"item {event.output_index} opened while {open_items} is open"
+                open_items.append(event.output_index)
+            elif event.type == "response.output_item.done":
+                assert open_items == [event.output_index]
+                open_items.clear()
+            elif event.type.startswith("response.function_call_arguments"):
+                assert open_items == [event.output_index]
+                order.append((event.type, event.output_index))
+        final = stream.get_final_response()
+    calls = [item for item in final.output if item.type == "function_call"]
+    assert [call.name for call in calls] == ["get_weather", "get_time"]
+    assert [json.loads(call.arguments)["q"] for call in calls] == ["mock", "mock"]
+    assert len({call.call_id for call in calls}) == 2
+    assert ("response.function_call_arguments.done", 1) in order
+
+
 def test_previous_response_id_continues_and_responses_can_be_read_and_deleted(client: openai.OpenAI) -> None:
     first = client.responses.create(
         model="gpt-test", input="weather in Rome?", tools=[WEATHER_TOOL], tool_choice="required"

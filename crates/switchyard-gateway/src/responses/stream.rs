@@ -20,6 +20,16 @@ enum Open {
     Sealed,
 }
 
+/// A tool call held until the call before it is closed.
+struct PendingCall {
+    key: u64,
+    /// The call's id, if a piece gave one.
+    call_id: Option<String>,
+    name: String,
+    arguments: String,
+    extra_content: Option<Value>,
+}
+
 /// Conversion state of chat chunks into Responses events.
 pub(crate) struct Converter {
     echo: Echo,
@@ -29,8 +39,20 @@ pub(crate) struct Converter {
     output: Vec<OutputItem>,
     /// The open text, refusal or reasoning part, and its item's position.
     open: Option<(Open, usize)>,
-    /// Tool calls being written: each one's key and its item's position.
-    calls: Vec<(u64, usize)>,
+    /// The tool call being written: its key and its item's position.
+    /// Calls are written one after the other, each closed before the next
+    /// item opens, as OpenAI streams them.
+    live: Option<(u64, usize)>,
+    /// Calls whose pieces came while another was still being written
+    /// (servers that interleave parallel calls): held whole, and written
+    /// once that one is closed.
+    pending: Vec<PendingCall>,
+    /// Keys of the calls already closed.
+    closed: Vec<u64>,
+    /// The key of the call the last piece belonged to.
+    last_key: Option<u64>,
+    /// Calls so far: the fallback call id's number.
+    call_count: usize,
     keys: ToolKeys,
     /// Claude's thinking blocks streamed for the reasoning item at the
     /// given position.
@@ -58,7 +80,11 @@ impl Converter {
             started: false,
             output: Vec::new(),
             open: None,
-            calls: Vec::new(),
+            live: None,
+            pending: Vec::new(),
+            closed: Vec::new(),
+            last_key: None,
+            call_count: 0,
             keys: ToolKeys::default(),
             thinking: (None, Vec::new()),
             finish_reason: None,
@@ -181,7 +207,7 @@ impl Converter {
 
     /// Ends the open item and adds an empty reasoning item; its position.
     fn open_reasoning(&mut self, out: &mut Vec<Bytes>) -> usize {
-        self.close_open("completed", out);
+        self.close_all("completed", out);
         let item = OutputItem::Reasoning {
             id: self.echo.item_id("rs", self.output.len()),
             summary: Vec::new(),
@@ -279,7 +305,7 @@ impl Converter {
                 index
             }
             _ => {
-                self.close_open("completed", out);
+                self.close_all("completed", out);
                 let item = OutputItem::Message {
                     id: self.echo.item_id("msg", self.output.len()),
                     role: "assistant".into(),
@@ -383,62 +409,155 @@ impl Converter {
         );
     }
 
+    /// Ends the open item and every tool call, in order, with `status`.
+    fn close_all(&mut self, status: &str, out: &mut Vec<Bytes>) {
+        self.close_open(status, out);
+        self.close_call(status, out);
+        for call in std::mem::take(&mut self.pending) {
+            self.write_call(call, out);
+            self.close_call(status, out);
+        }
+    }
+
+    /// Adds a call's item (with the arguments it has so far, as one delta)
+    /// and makes it the live call.
+    fn write_call(&mut self, call: PendingCall, out: &mut Vec<Bytes>) {
+        self.call_count += 1;
+        let id = self.echo.item_id("fc", self.output.len());
+        // A call streamed without an id gets one: the client's
+        // `function_call_output` must name it.
+        let call_id = call
+            .call_id
+            .unwrap_or_else(|| translate::call_id(String::new(), &self.echo, self.call_count));
+        let item = OutputItem::FunctionCall {
+            id,
+            call_id,
+            name: call.name,
+            arguments: String::new(),
+            status: "in_progress".into(),
+            extra_content: call.extra_content,
+        };
+        let index = self.add_item(item, out);
+        self.live = Some((call.key, index));
+        self.call_arguments(index, call.arguments, out);
+    }
+
+    /// Appends `delta` to the call at `index`, and says so.
+    fn call_arguments(&mut self, index: usize, delta: String, out: &mut Vec<Bytes>) {
+        if delta.is_empty() {
+            return;
+        }
+        if let OutputItem::FunctionCall { arguments, .. } = &mut self.output[index] {
+            arguments.push_str(&delta);
+        }
+        let id = self.output[index].id().to_owned();
+        self.emit(
+            "response.function_call_arguments.delta",
+            json!({"item_id": id, "output_index": index, "delta": delta}),
+            out,
+        );
+    }
+
+    /// Ends the live call with `status`: its arguments' `.done` (`{}` for
+    /// none, streamed as a delta too), then the item.
+    fn close_call(&mut self, status: &str, out: &mut Vec<Bytes>) {
+        let Some((key, index)) = self.live.take() else { return };
+        self.closed.push(key);
+        let empty =
+            matches!(&self.output[index], OutputItem::FunctionCall { arguments, .. } if arguments.trim().is_empty());
+        if empty {
+            if let OutputItem::FunctionCall { arguments, .. } = &mut self.output[index] {
+                arguments.clear();
+            }
+            self.call_arguments(index, translate::arguments(String::new()), out);
+        }
+        let (id, name, arguments) = match &self.output[index] {
+            OutputItem::FunctionCall {
+                id, name, arguments, ..
+            } => (id.clone(), name.clone(), arguments.clone()),
+            _ => return,
+        };
+        self.emit(
+            "response.function_call_arguments.done",
+            json!({"item_id": id, "output_index": index, "name": name, "arguments": arguments}),
+            out,
+        );
+        self.finish_item(index, status, out);
+    }
+
     /// A piece of a streamed tool call.
     fn tool_call(&mut self, call: &Value, out: &mut Vec<Bytes>) {
-        let key = self.keys.key(call, self.calls.last().map(|(key, _)| *key));
-        let index = match self.calls.iter().find(|(k, _)| *k == key) {
-            Some((_, index)) => *index,
-            None => {
-                // A call ends the text before it; calls stay open together
-                // until the answer ends (servers interleave their pieces).
-                self.close_open("completed", out);
-                let id = self.echo.item_id("fc", self.output.len());
-                // A call streamed without an id gets one: the client's
-                // `function_call_output` must name it.
-                let call_id = call
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .filter(|id| !id.is_empty())
-                    .map_or_else(|| format!("call_{id}"), str::to_owned);
-                let item = OutputItem::FunctionCall {
-                    id,
-                    call_id,
-                    name: call
-                        .pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_owned(),
-                    arguments: String::new(),
-                    status: "in_progress".into(),
-                    extra_content: call.get("extra_content").filter(|v| v.is_object()).cloned(),
-                };
-                let index = self.add_item(item, out);
-                self.calls.push((key, index));
-                index
-            }
-        };
-        // A signature that comes after the call's first piece joins it.
-        if let Some(content) = call.get("extra_content").filter(|v| v.is_object())
-            && let OutputItem::FunctionCall { extra_content, .. } = &mut self.output[index]
-        {
-            *extra_content = Some(content.clone());
-        }
+        let key = self.keys.key(call, self.last_key);
+        self.last_key = Some(key);
+        let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let extra = call.get("extra_content").filter(|v| v.is_object());
         // Arguments sent as an object (some servers do) are its encoding.
         let delta = match call.pointer("/function/arguments") {
-            Some(Value::String(a)) => Some(a.clone()),
-            Some(v @ Value::Object(_)) => Some(v.to_string()),
-            _ => None,
+            Some(Value::String(a)) => a.clone(),
+            Some(v @ Value::Object(_)) => v.to_string(),
+            _ => String::new(),
         };
-        if let Some(delta) = delta.filter(|a| !a.is_empty()) {
-            if let OutputItem::FunctionCall { arguments, .. } = &mut self.output[index] {
-                arguments.push_str(&delta);
+        if let Some((_, index)) = self.live.filter(|(k, _)| *k == key) {
+            // A name or signature that comes after the call's first piece
+            // joins it.
+            if let OutputItem::FunctionCall {
+                name: known,
+                extra_content,
+                ..
+            } = &mut self.output[index]
+            {
+                if let Some(name) = name.filter(|_| known.is_empty()) {
+                    name.clone_into(known);
+                }
+                if let Some(extra) = extra {
+                    *extra_content = Some(extra.clone());
+                }
             }
-            let id = self.output[index].id().to_owned();
-            self.emit(
-                "response.function_call_arguments.delta",
-                json!({"item_id": id, "output_index": index, "delta": delta}),
-                out,
-            );
+            self.call_arguments(index, delta, out);
+            return;
+        }
+        if let Some(held) = self.pending.iter_mut().find(|c| c.key == key) {
+            if held.call_id.is_none() {
+                held.call_id = id.map(str::to_owned);
+            }
+            if held.name.is_empty() {
+                held.name = name.unwrap_or_default().to_owned();
+            }
+            if let Some(extra) = extra {
+                held.extra_content = Some(extra.clone());
+            }
+            held.arguments.push_str(&delta);
+            return;
+        }
+        if self.closed.contains(&key) {
+            if !delta.trim().is_empty() {
+                tracing::warn!("a streamed tool call's piece came after the call was closed; left out");
+            }
+            return;
+        }
+        // A call ends the text before it.
+        self.close_open("completed", out);
+        let call = PendingCall {
+            key,
+            call_id: id.map(str::to_owned),
+            name: name.unwrap_or_default().to_owned(),
+            arguments: delta,
+            extra_content: extra.cloned(),
+        };
+        let live_is_whole = self.live.is_some_and(|(_, index)| {
+            matches!(&self.output[index], OutputItem::FunctionCall { arguments, .. }
+                if serde_json::from_str::<serde::de::IgnoredAny>(arguments).is_ok())
+        });
+        if self.live.is_none() || (self.pending.is_empty() && live_is_whole) {
+            self.close_call("completed", out);
+            self.write_call(call, out);
+        } else {
+            // The live call may not be whole yet: this one waits.
+            self.pending.push(call);
         }
     }
 
@@ -498,29 +617,7 @@ impl Converter {
         } else {
             "incomplete"
         };
-        self.close_open(item_status, out);
-        for (n, (_, index)) in std::mem::take(&mut self.calls).into_iter().enumerate() {
-            let (id, name, arguments) = match &mut self.output[index] {
-                OutputItem::FunctionCall {
-                    id,
-                    name,
-                    arguments,
-                    call_id,
-                    ..
-                } => {
-                    *call_id = translate::call_id(std::mem::take(call_id), &self.echo, n + 1);
-                    *arguments = translate::arguments(std::mem::take(arguments));
-                    (id.clone(), name.clone(), arguments.clone())
-                }
-                _ => continue,
-            };
-            self.emit(
-                "response.function_call_arguments.done",
-                json!({"item_id": id, "output_index": index, "name": name, "arguments": arguments}),
-                out,
-            );
-            self.finish_item(index, item_status, out);
-        }
+        self.close_all(item_status, out);
         let mut response = self.snapshot(status);
         response.incomplete_details = details;
         response.output = self.output.clone();
@@ -701,13 +798,15 @@ mod tests {
                 "response.output_text.done",
                 "response.content_part.done",
                 "response.output_item.done",
-                "response.output_item.added",
-                "response.function_call_arguments.delta",
+                // Call 0 streams; call 1 comes before call 0 is whole, and
+                // is held until call 0 is closed.
                 "response.output_item.added",
                 "response.function_call_arguments.delta",
                 "response.function_call_arguments.delta",
                 "response.function_call_arguments.done",
                 "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
                 "response.function_call_arguments.done",
                 "response.output_item.done",
                 "response.completed",
@@ -719,7 +818,10 @@ mod tests {
             .collect();
         assert_eq!(sequence, (0..events.len() as u64).collect::<Vec<_>>());
         // The second delta of call 0 lands on its own item, not the newest.
-        assert_eq!(events[19].1["output_index"], 2);
+        assert_eq!(events[17].1["output_index"], 2);
+        assert_eq!(events[17].1["delta"], ":1}");
+        assert_eq!(events[21].1["output_index"], 3);
+        assert_eq!(events[21].1["delta"], "{}");
         let completed = &events.last().unwrap().1["response"];
         assert_eq!(completed["status"], "completed");
         assert_eq!(completed["model"], "up");
@@ -729,6 +831,66 @@ mod tests {
         assert_eq!(completed["output"][2]["call_id"], "call_a");
         assert_eq!(completed["output"][3]["name"], "g");
         assert_eq!(done.output.len(), 4);
+    }
+
+    /// Calls streamed one after the other are each closed before the next
+    /// opens; a call without arguments streams `{}`; a name that comes
+    /// after the call's first piece joins it.
+    #[test]
+    fn each_call_is_closed_before_the_next_item() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "id": "call_a", "function": {"arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{\"a\":"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+            json!({"tool_calls": [{"index": 1, "id": "call_b", "function": {"name": "g", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 2, "id": "call_c", "function": {"name": "h", "arguments": "{\"b\":2}"}}]}),
+        ] {
+            conv.on_chunk(chunk(delta, None), &mut out);
+        }
+        conv.on_chunk(chunk(json!({}), Some("tool_calls")), &mut out);
+        let done = conv.finish(&mut out);
+        let events = events(&out);
+        // Every item's events come between its `added` and its `done`.
+        let mut open: Option<u64> = None;
+        let mut deltas: std::collections::BTreeMap<u64, String> = Default::default();
+        for (kind, body) in &events {
+            let index = body["output_index"].as_u64();
+            match kind.as_str() {
+                "response.output_item.added" => {
+                    assert_eq!(open, None, "{kind} while {open:?} is open");
+                    open = index;
+                }
+                "response.output_item.done" => {
+                    assert_eq!(open, index);
+                    open = None;
+                }
+                "response.function_call_arguments.delta" => {
+                    assert_eq!(open, index);
+                    deltas
+                        .entry(index.unwrap())
+                        .or_default()
+                        .push_str(body["delta"].as_str().unwrap());
+                }
+                "response.function_call_arguments.done" => {
+                    assert_eq!(open, index);
+                    assert_eq!(
+                        body["arguments"].as_str(),
+                        deltas.get(&index.unwrap()).map(String::as_str)
+                    );
+                }
+                _ => {}
+            }
+        }
+        let output = serde_json::to_value(&done.output).unwrap();
+        assert_eq!(output[0]["name"], "f");
+        assert_eq!(output[0]["arguments"], "{\"a\":1}");
+        assert_eq!(output[1]["name"], "g");
+        assert_eq!(output[1]["arguments"], "{}");
+        assert_eq!(output[2]["call_id"], "call_c");
+        assert_eq!(output[2]["arguments"], "{\"b\":2}");
+        assert_eq!(done.output.len(), 3);
     }
 
     /// With `reasoning.summary` asked, other models' reasoning text is also
