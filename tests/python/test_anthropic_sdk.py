@@ -101,6 +101,39 @@ def test_streaming_tool_use(claude: anthropic.Anthropic, model: str) -> None:
     assert final.stop_reason == "tool_use"
 
 
+def test_parallel_tool_use_streams_one_block_at_a_time(claude: anthropic.Anthropic) -> None:
+    """An OpenAI-format upstream opens both calls in one chunk, then streams
+    each one's arguments: each block still stops before the next starts, and
+    the SDK's finished blocks are the right ones."""
+    other = dict(WEATHER_TOOL, name="get_time")
+    open_blocks: list[int] = []
+    finished: list[str] = []
+    with claude.messages.stream(
+        model="gpt-parallel",
+        max_tokens=100,
+        tools=[WEATHER_TOOL, other],
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "weather and time?"}],
+    ) as stream:
+        for event in stream:
+            if event.type == "content_block_start":
+                assert not open_blocks, f"block {event.index} started while {open_blocks} is open"
+                open_blocks.append(event.index)
+            elif event.type == "content_block_delta":
+                assert open_blocks == [event.index]
+            elif event.type == "content_block_stop":
+                assert open_blocks == [event.index]
+                open_blocks.clear()
+                # The SDK names the block it just finished.
+                finished.append(event.content_block.name)  # type: ignore[union-attr]
+        final = stream.get_final_message()
+    uses = [b for b in final.content if b.type == "tool_use"]
+    assert [u.name for u in uses] == ["get_weather", "get_time"]
+    assert finished == ["get_weather", "get_time"]
+    assert [u.input.get("q") for u in uses] == ["mock", "mock"]
+    assert final.stop_reason == "tool_use"
+
+
 def anthropic_error(err: anthropic.APIStatusError) -> dict:
     """The Anthropic-shaped error body, checked for its envelope."""
     body = err.body

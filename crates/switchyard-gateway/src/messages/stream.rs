@@ -151,10 +151,18 @@ struct Converter {
     started: bool,
     /// The open text (`None`) or thinking (`Some(u64::MAX)`) block's index.
     open: Option<(u32, Option<u64>)>,
-    /// Open tool-use blocks: each tool call's OpenAI index and its block's
-    /// index. They stay open until the message ends (or text follows), so
-    /// servers that interleave the calls' argument chunks are followed too.
-    tools: Vec<(u64, u32)>,
+    /// The open tool-use block: its call's key and the block's index.
+    /// Blocks are written one after the other, each stopped before the
+    /// next starts, as Claude streams them.
+    tool: Option<(u64, u32)>,
+    /// Calls whose pieces came while another was still being written
+    /// (servers that interleave parallel calls): held whole, and written
+    /// once that one is stopped.
+    pending: Vec<PendingTool>,
+    /// Keys of the calls whose blocks were stopped.
+    closed: Vec<u64>,
+    /// The key of the call the last piece belonged to.
+    last_key: Option<u64>,
     next_index: u32,
     /// The upstream's id of the answer (from its first chunk).
     upstream_id: String,
@@ -174,12 +182,24 @@ struct Converter {
     estimated_input: u64,
     /// Content deltas sent, for the output estimate of a stream without usage.
     deltas: u64,
-    /// The arguments streamed so far of each open call, by its key.
-    arguments: Vec<(u64, String)>,
+    /// The arguments streamed so far of the open call.
+    arguments: String,
     /// Text and reasoning a server sent while a call's arguments were still
     /// coming, in order: sent once they are whole (a text or thinking block
     /// closes the calls before it, which would cut the call in two).
     held: Vec<Held>,
+}
+
+/// A tool call held until the block before it is stopped.
+#[derive(Debug)]
+struct PendingTool {
+    key: u64,
+    /// The call's id and name, once a piece gave them.
+    id: Option<String>,
+    name: Option<String>,
+    /// A Gemini thought signature, from `extra_content`.
+    extra_content: Option<Value>,
+    arguments: String,
 }
 
 /// A piece held back while a call's arguments were still coming.
@@ -193,9 +213,8 @@ impl Converter {
     /// Whether an open call's arguments are still coming (not yet one whole
     /// JSON value).
     fn mid_call(&self) -> bool {
-        self.arguments
-            .iter()
-            .any(|(_, args)| serde_json::from_str::<serde::de::IgnoredAny>(args).is_err())
+        !self.pending.is_empty()
+            || (self.tool.is_some() && serde_json::from_str::<serde::de::IgnoredAny>(&self.arguments).is_err())
     }
 
     /// Sends `text` in the open text block, or a new one.
@@ -257,14 +276,113 @@ impl Converter {
         self.deltas += 1;
         out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
     }
-    /// Closes every open block, in the order they were opened.
+    /// Stops the open block, then writes the calls held, each whole.
     fn close(&mut self, out: &mut Vec<Bytes>) {
-        let mut open: Vec<u32> = self.open.take().map(|(index, _)| index).into_iter().collect();
-        open.extend(self.tools.drain(..).map(|(_, index)| index));
-        self.arguments.clear();
-        open.sort_unstable();
-        for index in open {
+        if let Some((index, _)) = self.open.take() {
             out.push(event(&StreamEvent::ContentBlockStop { index }));
+        }
+        self.stop_tool(out);
+        for call in std::mem::take(&mut self.pending) {
+            let block = self.tool_block(call.id, call.name.as_deref(), call.extra_content.as_ref());
+            let index = self.open(block, Some(call.key), out);
+            self.tool_arguments(index, call.arguments, out);
+            self.stop_tool(out);
+        }
+    }
+
+    /// Stops the open tool-use block.
+    fn stop_tool(&mut self, out: &mut Vec<Bytes>) {
+        if let Some((key, index)) = self.tool.take() {
+            self.closed.push(key);
+            self.arguments.clear();
+            out.push(event(&StreamEvent::ContentBlockStop { index }));
+        }
+    }
+
+    /// A tool-use block for a call; one streamed without an id gets one:
+    /// the client's `tool_result` must name it.
+    fn tool_block(&self, id: Option<String>, name: Option<&str>, extra_content: Option<&Value>) -> ContentBlock {
+        let id = id.unwrap_or_else(|| super::translate::tool_use_id(&self.upstream_id, self.next_index as usize));
+        let signature = super::translate::thought_signature(extra_content);
+        ContentBlock {
+            kind: "tool_use".into(),
+            id: Some(super::translate::signed_tool_use_id(id, signature)),
+            name: name.map(|n| super::translate::original_tool_name(&self.tool_names, n.to_owned())),
+            input: Some(json!({})),
+            ..ContentBlock::default()
+        }
+    }
+
+    /// Streams `args` into the open tool-use block `index`.
+    fn tool_arguments(&mut self, index: u32, args: String, out: &mut Vec<Bytes>) {
+        if args.is_empty() {
+            return;
+        }
+        self.arguments.push_str(&args);
+        let delta = switchyard_api::anthropic::BlockDelta {
+            kind: "input_json_delta".into(),
+            partial_json: Some(args),
+            ..Default::default()
+        };
+        self.deltas += 1;
+        out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
+    }
+
+    /// A piece of a streamed tool call.
+    fn tool_call(&mut self, call: &Value, out: &mut Vec<Bytes>) {
+        let key = self.keys.key(call, self.last_key);
+        self.last_key = Some(key);
+        let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let extra = call.get("extra_content").filter(|v| v.is_object());
+        // Arguments sent as an object (some servers do) are its encoding.
+        let args = match call.pointer("/function/arguments") {
+            Some(Value::String(a)) => a.clone(),
+            Some(v @ Value::Object(_)) => v.to_string(),
+            _ => String::new(),
+        };
+        if let Some((_, index)) = self.tool.filter(|(k, _)| *k == key) {
+            self.tool_arguments(index, args, out);
+            return;
+        }
+        if let Some(held) = self.pending.iter_mut().find(|c| c.key == key) {
+            if held.id.is_none() {
+                held.id = id.map(str::to_owned);
+            }
+            if held.name.is_none() {
+                held.name = name.map(str::to_owned);
+            }
+            if let Some(extra) = extra {
+                held.extra_content = Some(extra.clone());
+            }
+            held.arguments.push_str(&args);
+            return;
+        }
+        if self.closed.contains(&key) {
+            if !args.trim().is_empty() {
+                tracing::warn!("a streamed tool call's piece came after its block was stopped; left out");
+            }
+            return;
+        }
+        self.used_tools = true;
+        let whole = serde_json::from_str::<serde::de::IgnoredAny>(&self.arguments).is_ok();
+        if self.tool.is_none() || (self.pending.is_empty() && whole) {
+            self.stop_tool(out);
+            let block = self.tool_block(id.map(str::to_owned), name, extra);
+            let index = self.open(block, Some(key), out);
+            self.tool_arguments(index, args, out);
+        } else {
+            // The open call may not be whole yet: this one waits.
+            self.pending.push(PendingTool {
+                key,
+                id: id.map(str::to_owned),
+                name: name.map(str::to_owned),
+                extra_content: extra.cloned(),
+                arguments: args,
+            });
         }
     }
 
@@ -272,7 +390,8 @@ impl Converter {
         match tool {
             // A text or thinking block follows everything before it.
             None | Some(THINKING) => self.close(out),
-            // A tool call closes the text before it, not the other calls.
+            // A tool call stops the text before it (the call before it is
+            // stopped by the caller).
             Some(_) => {
                 if let Some((index, _)) = self.open.take() {
                     out.push(event(&StreamEvent::ContentBlockStop { index }));
@@ -288,7 +407,7 @@ impl Converter {
         match tool {
             None => self.open = Some((index, None)),
             Some(THINKING) => self.open = Some((index, Some(THINKING))),
-            Some(tool) => self.tools.push((tool, index)),
+            Some(tool) => self.tool = Some((tool, index)),
         }
         index
     }
@@ -369,7 +488,7 @@ impl Converter {
             let content = choice
                 .delta
                 .content
-                .filter(|t| !t.is_empty() && (self.tools.is_empty() || !t.trim().is_empty()));
+                .filter(|t| !t.is_empty() && (self.tool.is_none() || !t.trim().is_empty()));
             if let Some(text) = content.or(refusal) {
                 if self.mid_call() {
                     self.hold(Held::Text(text));
@@ -385,57 +504,8 @@ impl Converter {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
-            for call in calls {
-                let tool = self.keys.key(&call, self.tools.last().map(|(key, _)| *key));
-                let known = self.tools.iter().find(|(t, _)| *t == tool).map(|(_, index)| *index);
-                let index = match known {
-                    Some(index) => index,
-                    None => {
-                        // A call streamed without an id gets one: the
-                        // client's `tool_result` must name it.
-                        let id = call
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .filter(|id| !id.is_empty())
-                            .map_or_else(
-                                || super::translate::tool_use_id(&self.upstream_id, self.next_index as usize),
-                                str::to_owned,
-                            );
-                        let signature = super::translate::thought_signature(call.get("extra_content"));
-                        let id = super::translate::signed_tool_use_id(id, signature);
-                        let block = ContentBlock {
-                            kind: "tool_use".into(),
-                            id: Some(id),
-                            name: call
-                                .pointer("/function/name")
-                                .and_then(Value::as_str)
-                                .map(|n| super::translate::original_tool_name(&self.tool_names, n.to_owned())),
-                            input: Some(json!({})),
-                            ..ContentBlock::default()
-                        };
-                        self.used_tools = true;
-                        self.open(block, Some(tool), out)
-                    }
-                };
-                // Arguments sent as an object (some servers do) are its encoding.
-                let args = match call.pointer("/function/arguments") {
-                    Some(Value::String(a)) => Some(a.clone()),
-                    Some(v @ Value::Object(_)) => Some(v.to_string()),
-                    _ => None,
-                };
-                if let Some(args) = args.filter(|a| !a.is_empty()) {
-                    match self.arguments.iter_mut().find(|(key, _)| *key == tool) {
-                        Some((_, so_far)) => so_far.push_str(&args),
-                        None => self.arguments.push((tool, args.clone())),
-                    }
-                    let delta = switchyard_api::anthropic::BlockDelta {
-                        kind: "input_json_delta".into(),
-                        partial_json: Some(args),
-                        ..Default::default()
-                    };
-                    self.deltas += 1;
-                    out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
-                }
+            for call in &calls {
+                self.tool_call(call, out);
             }
             // Some relays send `""` on the chunks before the last.
             if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty())
@@ -520,13 +590,16 @@ fn converted(
         deltas: 0,
         started: false,
         open: None,
-        tools: Vec::new(),
+        tool: None,
+        pending: Vec::new(),
+        closed: Vec::new(),
+        last_key: None,
         next_index: 0,
         upstream_id: String::new(),
         stop_reason: None,
         usage: None,
         used_tools: false,
-        arguments: Vec::new(),
+        arguments: String::new(),
         held: Vec::new(),
     };
     stream::unfold(
@@ -589,14 +662,17 @@ mod tests {
             deltas: 0,
             started: false,
             open: None,
-            tools: Vec::new(),
+            tool: None,
+            pending: Vec::new(),
+            closed: Vec::new(),
+            last_key: None,
             next_index: 0,
             upstream_id: String::new(),
             stop_reason: None,
             usage: None,
             used_tools: false,
             estimated_input: 42,
-            arguments: Vec::new(),
+            arguments: String::new(),
             held: Vec::new(),
         }
     }
@@ -1015,13 +1091,15 @@ mod tests {
         assert_eq!(
             names,
             [
+                // Call a streams; call b, opened before a's arguments were
+                // whole, is held and written whole after a's block stops.
                 "message_start",
                 "content_block_start",
-                "content_block_start",
-                "content_block_delta",
                 "content_block_delta",
                 "content_block_delta",
                 "content_block_stop",
+                "content_block_start",
+                "content_block_delta",
                 "content_block_stop",
                 "message_delta",
                 "message_stop"
@@ -1041,7 +1119,8 @@ mod tests {
         }
         assert_eq!(arguments, ["{\"x\":1}", "{\"y\":2}"]);
         assert_eq!(events[1].1["content_block"]["name"], "a");
-        assert_eq!(events[2].1["content_block"]["name"], "b");
+        assert_eq!(events[5].1["content_block"]["name"], "b");
+        assert_eq!(events[5].1["content_block"]["id"], "call_b");
         assert_eq!(events[8].1["delta"]["stop_reason"], "tool_use");
     }
 }

@@ -53,6 +53,10 @@ pub(crate) struct Converter {
     last_key: Option<u64>,
     /// Calls so far: the fallback call id's number.
     call_count: usize,
+    /// Text, refusal or reasoning that came while a call's arguments were
+    /// not whole (servers stream some amid a call's argument chunks):
+    /// written once they are, so the call stays one item.
+    held: Vec<(Open, String)>,
     keys: ToolKeys,
     /// Claude's thinking blocks streamed for the reasoning item at the
     /// given position.
@@ -85,6 +89,7 @@ impl Converter {
             closed: Vec::new(),
             last_key: None,
             call_count: 0,
+            held: Vec::new(),
             keys: ToolKeys::default(),
             thinking: (None, Vec::new()),
             finish_reason: None,
@@ -561,6 +566,45 @@ impl Converter {
         }
     }
 
+    /// Whether a call is being written whose arguments are not whole yet,
+    /// or calls wait to be written.
+    fn call_unfinished(&self) -> bool {
+        !self.pending.is_empty()
+            || self.live.is_some_and(|(_, index)| {
+                !matches!(&self.output[index], OutputItem::FunctionCall { arguments, .. }
+                    if serde_json::from_str::<serde::de::IgnoredAny>(arguments).is_ok())
+            })
+    }
+
+    /// Text, a refusal or reasoning (`kind`): written, or held while a
+    /// call is unfinished.
+    fn text_like(&mut self, kind: Open, delta: &str, out: &mut Vec<Bytes>) {
+        if self.call_unfinished() {
+            self.held.push((kind, delta.to_owned()));
+            return;
+        }
+        self.write_held(out);
+        self.write_text_like(kind, delta, out);
+    }
+
+    fn write_text_like(&mut self, kind: Open, delta: &str, out: &mut Vec<Bytes>) {
+        match kind {
+            Open::Reasoning | Open::Sealed => self.reasoning(delta, out),
+            Open::Text | Open::Refusal => self.message(kind, delta, out),
+        }
+    }
+
+    /// Writes what was held; white space alone is left out.
+    fn write_held(&mut self, out: &mut Vec<Bytes>) {
+        let held = std::mem::take(&mut self.held);
+        if held.iter().all(|(_, text)| text.trim().is_empty()) {
+            return;
+        }
+        for (kind, text) in held {
+            self.write_text_like(kind, &text, out);
+        }
+    }
+
     /// One chat chunk.
     pub(crate) fn on_chunk(&mut self, chunk: ChatCompletionChunk, out: &mut Vec<Bytes>) {
         // Azure opens with a chunk of prompt filter results only.
@@ -578,13 +622,13 @@ impl Converter {
             self.deltas += 1;
             if let Some(reasoning) = reasoning_text(&choice.delta.extra) {
                 let reasoning = reasoning.to_owned();
-                self.reasoning(&reasoning, out);
+                self.text_like(Open::Reasoning, &reasoning, out);
             }
             if let Some(Value::Array(blocks)) = choice.delta.extra.get("thinking_blocks") {
                 self.thinking_blocks(blocks, out);
             }
             if let Some(text) = choice.delta.content.as_deref().filter(|t| !t.is_empty()) {
-                self.message(Open::Text, text, out);
+                self.text_like(Open::Text, text, out);
             }
             if let Some(refusal) = choice
                 .delta
@@ -593,7 +637,7 @@ impl Converter {
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
             {
-                self.message(Open::Refusal, refusal, out);
+                self.text_like(Open::Refusal, refusal, out);
             }
             if let Some(Value::Array(calls)) = choice.delta.extra.get("tool_calls") {
                 for call in calls {
@@ -618,6 +662,8 @@ impl Converter {
             "incomplete"
         };
         self.close_all(item_status, out);
+        self.write_held(out);
+        self.close_open(item_status, out);
         let mut response = self.snapshot(status);
         response.incomplete_details = details;
         response.output = self.output.clone();
@@ -891,6 +937,28 @@ mod tests {
         assert_eq!(output[2]["call_id"], "call_c");
         assert_eq!(output[2]["arguments"], "{\"b\":2}");
         assert_eq!(done.output.len(), 3);
+    }
+
+    /// Text a server streams amid a call's argument chunks waits until the
+    /// arguments are whole: the call stays one item, the text follows it.
+    #[test]
+    fn text_amid_a_calls_arguments_waits_for_them() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "id": "call_a", "function": {"name": "f", "arguments": "{\"a\""}}]}),
+            json!({"content": "\n"}),
+            json!({"content": "Let me check."}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}),
+            json!({"content": " Done."}),
+        ] {
+            conv.on_chunk(chunk(delta, None), &mut out);
+        }
+        conv.on_chunk(chunk(json!({}), Some("tool_calls")), &mut out);
+        let done = serde_json::to_value(conv.finish(&mut out).output).unwrap();
+        assert_eq!(done.as_array().unwrap().len(), 2, "{done}");
+        assert_eq!(done[0]["arguments"], "{\"a\":1}");
+        assert_eq!(done[1]["content"][0]["text"], "\nLet me check. Done.");
     }
 
     /// With `reasoning.summary` asked, other models' reasoning text is also
