@@ -81,6 +81,7 @@ impl Controls {
             let Value::Object(map) = value else {
                 return Err(bad("cache", "'cache' must be an object, e.g. {\"no-cache\": true}."));
             };
+            let mut bypass = false;
             for (name, v) in &map {
                 let param = format!("cache.{name}");
                 match name.as_str() {
@@ -91,12 +92,10 @@ impl Controls {
                         controls.no_store = v.as_bool().ok_or_else(|| bad(&param, "must be true or false."))?;
                     }
                     // LiteLLM's opt-in for a cache kept off by default:
-                    // this one is on, so only `false` changes anything.
+                    // this one is on, so only `false` changes anything
+                    // (whatever other fields say, after the loop).
                     "use-cache" | "use_cache" => {
-                        if !v.as_bool().ok_or_else(|| bad(&param, "must be true or false."))? {
-                            controls.no_cache = true;
-                            controls.no_store = true;
-                        }
+                        bypass |= !v.as_bool().ok_or_else(|| bad(&param, "must be true or false."))?;
                     }
                     "ttl" => controls.ttl = Some(seconds(v, &param)?),
                     "s-maxage" | "s_maxage" => controls.max_age = Some(seconds(v, &param)?),
@@ -116,6 +115,10 @@ impl Controls {
                         ));
                     }
                 }
+            }
+            if bypass {
+                controls.no_cache = true;
+                controls.no_store = true;
             }
         }
         for value in headers.get_all(header::CACHE_CONTROL) {
@@ -346,6 +349,11 @@ impl GatewayCache {
         // similar batch (reordered, one prompt changed) would get answers
         // to other prompts. Batches are looked up exactly only.
         let batch = matches!(call, Call::Completion(req) if req.prompt.texts().len() > 1);
+        // An echoed prompt is part of the answer: only the same prompt may
+        // share it.
+        let echo =
+            matches!(call, Call::Completion(req) if req.extra.get("echo").is_some_and(|e| e.as_bool() == Some(true)));
+        let batch = batch || echo;
         let text = semantic_text(call).filter(|t| !batch && !t.trim().is_empty());
         if let (Some(index), Some(embedder), Some(text)) = (semantic_index, embedder, text) {
             // Similar prompts must agree on everything but the question's
@@ -372,12 +380,13 @@ impl GatewayCache {
             .0;
             let embedder = embedder.clone();
             let (index, searched, no_cache) = (index.clone(), params.clone(), controls.no_cache);
-            // A prompt longer than the embedder's window is embedded in part:
-            // prompts that differ only in the part cut would match, so such a
-            // prompt is looked up exactly only. The index's search waits for
+            // A prompt longer than the embedder's window is embedded in part,
+            // and one with characters its vocabulary lacks (emoji) embeds
+            // them all as one unknown token: prompts that differ only there
+            // would match, so such a prompt is looked up exactly only. The index's search waits for
             // its lock off the runtime's threads, as the embedding runs.
-            let embedding = tokio::task::spawn_blocking(move || match embedder.truncates(&text) {
-                Ok(false) => embedder.embed_one(&text).map(|embedding| {
+            let embedding = tokio::task::spawn_blocking(move || match embedder.sees_whole(&text) {
+                Ok(true) => embedder.embed_one(&text).map(|embedding| {
                     let hits = if no_cache {
                         Vec::new()
                     } else {
@@ -385,12 +394,14 @@ impl GatewayCache {
                     };
                     Some((embedding, hits))
                 }),
-                Ok(true) => Ok(None),
+                Ok(false) => Ok(None),
                 Err(e) => Err(e),
             })
             .await;
             match embedding {
-                Ok(Ok(None)) => tracing::debug!("prompt longer than the embedder's window: no semantic lookup"),
+                Ok(Ok(None)) => tracing::debug!(
+                    "prompt longer than the embedder's window, or with unknown tokens: no semantic lookup"
+                ),
                 Ok(Ok(Some((embedding, hits)))) => {
                     for hit in hits {
                         if let Some(answer) = self.store.peek(&hit.key).await.filter(|a| fresh(a)) {
@@ -737,6 +748,10 @@ mod tests {
         for (body, bypass) in [
             (r#"{"cache":{"use-cache":true}}"#, false),
             (r#"{"cache":{"use_cache":false}}"#, true),
+            (
+                r#"{"cache":{"use-cache":false,"no-store":false,"no-cache":false}}"#,
+                true,
+            ),
             (r#"{"cache":null}"#, false),
         ] {
             let mut extra: Extra = serde_json::from_str(body).unwrap();

@@ -641,6 +641,14 @@ model_list:
     assert!(again.header("x-switchyard-cache-similarity").is_empty());
     assert_eq!(upstream_calls(&mock), 17);
 
+    // Emoji are one unknown token to the embedder: questions that differ
+    // only there are not taken for each other.
+    let pizza = post(&gw, "", ask("What does the 🍕 emoji mean?"), &[]).await;
+    assert_eq!(pizza.header("x-switchyard-cache"), "miss", "{}", pizza.text);
+    let smile = post(&gw, "", ask("What does the 😀 emoji mean?"), &[]).await;
+    assert_eq!(smile.header("x-switchyard-cache"), "miss", "{}", smile.text);
+    assert_eq!(upstream_calls(&mock), 19);
+
     // A batch of prompts is answered one choice per prompt, in order: the
     // batch reordered is no semantic hit (its answers would go to the other
     // prompts); the same batch again is an exact hit.
@@ -664,12 +672,34 @@ model_list:
     assert_eq!(batch([france, spain]).await, (200, "miss".to_owned()));
     assert_eq!(batch([spain, france]).await, (200, "miss".to_owned()));
     assert_eq!(batch([spain, france]).await, (200, "hit".to_owned()));
+    // An echoed prompt is part of the answer: a similar one is no hit.
+    let complete = |prompt: &'static str, echo: bool| {
+        let url = format!("{}/v1/completions", gw.base_url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"model": "gpt", "prompt": prompt, "echo": echo}))
+                .send()
+                .await
+                .unwrap();
+            response.headers()["x-switchyard-cache"].to_str().unwrap().to_owned()
+        }
+    };
+    let (capital, reworded) = (
+        "What is the capital city of Italy?",
+        "What's the capital city of Italy?",
+    );
+    assert_eq!(complete(capital, false).await, "miss");
+    assert_eq!(complete(reworded, false).await, "hit", "similar without echo");
+    assert_eq!(complete(capital, true).await, "miss");
+    assert_eq!(complete(reworded, true).await, "miss");
+    assert_eq!(complete(capital, true).await, "hit", "the same echoed prompt");
     let completions = mock
         .requests()
         .iter()
         .filter(|r| r.path.ends_with("/completions"))
         .count();
-    assert_eq!(completions - upstream_calls(&mock), 2);
+    assert_eq!(completions - upstream_calls(&mock), 5);
 }
 
 /// A streamed answer the upstream sent without usage is kept at what the

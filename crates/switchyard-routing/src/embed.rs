@@ -337,6 +337,23 @@ impl Embedder {
             .map_err(|e| EmbedError::Tokenizer(e.to_string()))
     }
 
+    /// Whether the embedding of `text` stands for all of it: nothing is
+    /// cut ([`Embedder::truncates`]), and no part of it is a token the
+    /// vocabulary does not know (emoji and most symbols are `[UNK]`
+    /// alike, so texts that differ only there embed alike).
+    pub fn sees_whole(&self, text: &str) -> Result<bool, EmbedError> {
+        if self.truncates(text)? {
+            return Ok(false);
+        }
+        let Some(unknown) = self.tokenizer.token_to_id("[UNK]") else {
+            return Ok(true);
+        };
+        self.tokenizer
+            .encode(self.clip(text), true)
+            .map(|e| !e.get_ids().contains(&unknown))
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))
+    }
+
     /// The part of `text` the tokenizer is given: at most
     /// [`CLIP_BYTES_PER_TOKEN`] bytes per token of `max_tokens`, from the end
     /// truncation keeps, so that a long prompt costs no more to embed than
