@@ -107,19 +107,35 @@ impl SemanticIndex {
     /// Remembers that the answer to `embedding`'s prompt is stored under
     /// `key`; a key already indexed is left as it is.
     pub fn insert(&self, embedding: &[f32], params: String, key: CacheKey) {
-        let mut inner = self.inner.write();
-        if inner.keys.contains(&key) {
-            return;
+        // A full index is replaced by an empty one made, and the old one
+        // freed, outside the lock: lookups do not wait for either.
+        let fresh = {
+            let inner = self.inner.read();
+            if inner.keys.contains(&key) {
+                return;
+            }
+            (inner.entries.len() >= self.capacity).then(|| VectorIndex::new(self.capacity))
+        };
+        let mut replaced = None;
+        {
+            let mut inner = self.inner.write();
+            if inner.keys.contains(&key) {
+                return;
+            }
+            if inner.entries.len() >= self.capacity {
+                let index = fresh.unwrap_or_else(|| VectorIndex::new(self.capacity));
+                replaced = Some((
+                    std::mem::replace(&mut inner.index, index),
+                    std::mem::take(&mut inner.entries),
+                    std::mem::take(&mut inner.keys),
+                ));
+            }
+            let id = inner.entries.len();
+            inner.keys.insert(key.clone());
+            inner.entries.push(Entry { params, key });
+            inner.index.insert(id, embedding);
         }
-        if inner.entries.len() >= self.capacity {
-            inner.index = VectorIndex::new(self.capacity);
-            inner.entries.clear();
-            inner.keys.clear();
-        }
-        let id = inner.entries.len();
-        inner.keys.insert(key.clone());
-        inner.entries.push(Entry { params, key });
-        inner.index.insert(id, embedding);
+        drop(replaced);
     }
 
     /// Prompts indexed.
