@@ -786,6 +786,10 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
         ("cohere", "cohere.embed-english-v3"),
         ("cohere-v4", "cohere.embed-v4:0"),
         ("nova", "amazon.nova-lite-v1:0"),
+        (
+            "titan-throttled",
+            "amazon.titan-embed-text-v2:0::fail_first=1,status=429",
+        ),
     ] {
         yaml += &format!("  - model_name: {name}\n    deployments:\n");
         yaml += &deployment("bedrock", &mock, model, "");
@@ -827,6 +831,17 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
             switchyard_testkit::encode_base64_embedding(&switchyard_testkit::mock_embedding(&json!("alpha"), 16))
         );
     }
+    // One Titan call of a batch throttled is tried again: the batch is
+    // answered whole, each text embedded once more at most.
+    let (status, body) = post(
+        "/v1/embeddings",
+        json!({"model": "titan-throttled", "input": ["alpha", "beta", "gamma"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["data"].as_array().map(Vec::len), Some(3), "{body}");
+    let titan_calls = mock.requests().iter().filter(|r| r.path.contains("fail_first")).count();
+    assert_eq!(titan_calls, 4, "three texts, one throttled and tried again");
     // Token ids are refused, not embedded as the text of their digits.
     for input in [json!([9906, 1917]), json!([[9906], [1917]])] {
         let (status, body) = post("/v1/embeddings", json!({"model": "cohere", "input": input})).await;

@@ -359,7 +359,9 @@ impl BedrockProvider {
     }
 
     /// Embeds `texts` with a Titan (one call per text, [`TITAN_CALLS`] at a
-    /// time) or Cohere (one call per [`COHERE_BATCH`] texts) model. `options`
+    /// time; in a batch, a call throttled or failed by the server is tried
+    /// again, [`titan_call`]) or Cohere (one call per [`COHERE_BATCH`] texts)
+    /// model. `options`
     /// are the request's extra fields: Cohere's `input_type` (default
     /// `search_document`) and `truncate`, and `dimensions`. Vectors come
     /// back in the order of `texts`.
@@ -373,7 +375,7 @@ impl BedrockProvider {
                     if let Some(d) = dimensions {
                         body["dimensions"] = json!(d);
                     }
-                    let answer = self.invoke_json(model, &body).await?;
+                    let answer = self.titan_call(model, &body, texts.len() > 1).await?;
                     let tokens = answer.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0);
                     Ok::<_, ProviderError>((vector(answer.get("embedding"))?, tokens))
                 })
@@ -395,6 +397,30 @@ impl BedrockProvider {
                 provider: "bedrock",
                 operation: "embeddings with this model (Titan and Cohere embedding models are supported)",
             })
+        }
+    }
+
+    /// One Titan embedding call. In a batch (`batch`), one call of many
+    /// throttled (429) or failed by the server (5xx) is tried again, up to
+    /// [`TITAN_RETRIES`] times after a short pause (its `Retry-After` up to
+    /// a second): failing the whole request would have the gateway send
+    /// every text again, each call billed. A lone text fails at once, for
+    /// the gateway to retry or route elsewhere.
+    async fn titan_call(&self, model: &str, body: &Value, batch: bool) -> Result<Value> {
+        let mut attempt = 0;
+        loop {
+            match self.invoke_json(model, body).await {
+                Err(ProviderError::Status {
+                    status, retry_after, ..
+                }) if batch && attempt < TITAN_RETRIES && (status == 429 || status >= 500) => {
+                    let pause = retry_after
+                        .filter(|wait| *wait <= std::time::Duration::from_secs(1))
+                        .unwrap_or(std::time::Duration::from_millis(100 << attempt));
+                    tokio::time::sleep(pause).await;
+                    attempt += 1;
+                }
+                answer => return answer,
+            }
         }
     }
 
@@ -448,6 +474,9 @@ const COHERE_BATCH: usize = 96;
 
 /// Titan embedding calls (one text each) made at a time for one request.
 const TITAN_CALLS: usize = 8;
+
+/// Further tries of one Titan call of a batch that was throttled.
+const TITAN_RETRIES: u32 = 2;
 
 /// One embedding vector of an answer: a non-empty list of numbers.
 fn vector(value: Option<&Value>) -> Result<Vec<f32>> {
