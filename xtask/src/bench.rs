@@ -159,8 +159,11 @@ impl Scenario {
         let messages = json!([{"role": "user", "content": "Say hello to the benchmark"}]);
         let value = match self.kind {
             ScenarioKind::Chat => json!({"model": model, "messages": messages}),
+            // Usage asked for on both sides: the gateway asks the upstream
+            // for it anyway (it charges by it), so the mock does the same
+            // work for either.
             ScenarioKind::ChatStream => {
-                json!({"model": model, "messages": messages, "stream": true})
+                json!({"model": model, "messages": messages, "stream": true, "stream_options": {"include_usage": true}})
             }
             ScenarioKind::Embeddings => {
                 json!({"model": model, "input": "benchmark embedding input"})

@@ -214,8 +214,14 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
         println!("all-MiniLM-L6-v2 is present and intact");
         return Ok(());
     }
-    let cache = match &args.cache {
-        Some(cache) => cache.clone(),
+    // `ci` and `bench` fetch without parsing flags: the variable is read
+    // here too.
+    let cache = match args.cache.clone().or_else(|| {
+        std::env::var_os("SWITCHYARD_MODEL_CACHE")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    }) {
+        Some(cache) => cache,
         None => util::target_dir(&root)?.join("model-cache"),
     };
     fs::create_dir_all(&cache).with_context(|| format!("cannot create {}", cache.display()))?;

@@ -117,11 +117,24 @@ fn read_files(inputs: &[PathBuf]) -> Result<Vec<Value>> {
     Ok(lines)
 }
 
+/// `url` with its user and password hidden, for messages.
+fn shown_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.split_once('/').map_or(rest, |(authority, _)| authority).rfind('@') {
+            Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
 fn read_redis(url: &str, stream: &str) -> Result<Vec<Value>> {
-    let client = redis::Client::open(url).with_context(|| format!("bad Redis URL {url}"))?;
+    let shown = shown_url(url);
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("bad Redis URL {shown}: {e}"))?;
     let mut con = client
         .get_connection()
-        .with_context(|| format!("cannot connect to {url}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot connect to {shown}: {e}"))?;
+    let mut unreadable = 0_usize;
     let mut lines = Vec::new();
     let mut start = "-".to_owned();
     loop {
@@ -138,16 +151,20 @@ fn read_redis(url: &str, stream: &str) -> Result<Vec<Value>> {
         let done = batch.len() < 1000;
         for (_, fields) in batch {
             for (name, value) in fields {
-                if name == "record"
-                    && let Ok(v) = serde_json::from_str(&value)
-                {
-                    lines.push(v);
+                if name == "record" {
+                    match serde_json::from_str(&value) {
+                        Ok(v) => lines.push(v),
+                        Err(_) => unreadable += 1,
+                    }
                 }
             }
         }
         if done {
             break;
         }
+    }
+    if unreadable > 0 {
+        eprintln!("{stream}: skipped {unreadable} entries whose record is not JSON");
     }
     Ok(lines)
 }
@@ -287,6 +304,15 @@ pub fn run(args: &ExportArgs) -> Result<()> {
         (Some(_), false) => bail!("read either --input files or --redis, not both"),
         (None, true) => bail!("nothing to read: give --input FILE (the request log) or --redis URL"),
     };
+    if lines.is_empty() {
+        match &args.redis {
+            Some(_) => bail!(
+                "the Redis stream `{}` holds no records: is it the stream `telemetry.request_log.redis` writes?",
+                args.stream
+            ),
+            None => bail!("the request log files hold no records"),
+        }
+    }
     let (samples, summary) = join(&lines, args);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -372,6 +398,13 @@ mod tests {
     fn request(id: &str, prompt: Option<&str>, model: &str, status: u16, cost: f64) -> Value {
         json!({"type": "request", "request_id": id, "model": "router", "served_model": model,
                "status": status, "cost_usd": cost, "prompt": prompt})
+    }
+
+    #[test]
+    fn redis_urls_are_shown_without_their_password() {
+        assert_eq!(shown_url("redis://:s3cret@cache:6379/0"), "redis://***@cache:6379/0");
+        assert_eq!(shown_url("rediss://user:pa@ss@host"), "rediss://***@host");
+        assert_eq!(shown_url("redis://host:6379"), "redis://host:6379");
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
 /// the spawned service bypasses any HTTP proxy configured in the environment.
 pub fn service_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = clean_command(program);
+    // The services' `listening on` line, which says they are ready, is
+    // logged at `info`: a `RUST_LOG` of the caller's must not hide it (nor
+    // change what the services do per request from one shell to the next).
+    command.env("RUST_LOG", "info");
     for key in ["NO_PROXY", "no_proxy"] {
         let value = match env::var(key) {
             Ok(existing) if !existing.trim().is_empty() => {
