@@ -190,6 +190,9 @@ struct Converter {
     held: Vec<Held>,
 }
 
+/// Keys given to calls that start under a stopped call's key.
+const RESTARTED_KEYS: u64 = 1 << 40;
+
 /// A tool call held until the block before it is stopped.
 #[derive(Debug)]
 struct PendingTool {
@@ -330,13 +333,18 @@ impl Converter {
 
     /// A piece of a streamed tool call.
     fn tool_call(&mut self, call: &Value, out: &mut Vec<Bytes>) {
-        let key = self.keys.key(call, self.last_key);
-        self.last_key = Some(key);
         let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
         let name = call
             .pointer("/function/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty());
+        let mut key = self.keys.key(call, self.last_key);
+        // A named piece under a stopped call's key (calls streamed without
+        // an index or id, text between them) starts another call.
+        if name.is_some() && self.closed.contains(&key) {
+            key = RESTARTED_KEYS + self.closed.len() as u64;
+        }
+        self.last_key = Some(key);
         let extra = call.get("extra_content").filter(|v| v.is_object());
         // Arguments sent as an object (some servers do) are its encoding.
         let args = match call.pointer("/function/arguments") {
@@ -346,6 +354,7 @@ impl Converter {
         };
         if let Some((_, index)) = self.tool.filter(|(k, _)| *k == key) {
             self.tool_arguments(index, args, out);
+            self.advance(out);
             return;
         }
         if let Some(held) = self.pending.iter_mut().find(|c| c.key == key) {
@@ -359,6 +368,7 @@ impl Converter {
                 held.extra_content = Some(extra.clone());
             }
             held.arguments.push_str(&args);
+            self.advance(out);
             return;
         }
         if self.closed.contains(&key) {
@@ -368,12 +378,15 @@ impl Converter {
             return;
         }
         self.used_tools = true;
-        let whole = serde_json::from_str::<serde::de::IgnoredAny>(&self.arguments).is_ok();
-        if self.tool.is_none() || (self.pending.is_empty() && whole) {
+        if self.tool.is_none() || (self.pending.is_empty() && self.tool_is_whole()) {
             self.stop_tool(out);
+            // Text that came amid the call's arguments follows it, before
+            // the next call.
+            self.release_held(out);
             let block = self.tool_block(id.map(str::to_owned), name, extra);
             let index = self.open(block, Some(key), out);
             self.tool_arguments(index, args, out);
+            self.advance(out);
         } else {
             // The open call may not be whole yet: this one waits.
             self.pending.push(PendingTool {
@@ -383,6 +396,23 @@ impl Converter {
                 extra_content: extra.cloned(),
                 arguments: args,
             });
+        }
+    }
+
+    /// Whether the open call's arguments are one whole JSON value.
+    fn tool_is_whole(&self) -> bool {
+        self.tool.is_some() && serde_json::from_str::<serde::de::IgnoredAny>(&self.arguments).is_ok()
+    }
+
+    /// Once the open call's arguments are whole, the calls held after it
+    /// are written in turn (each streams on from there).
+    fn advance(&mut self, out: &mut Vec<Bytes>) {
+        while !self.pending.is_empty() && self.tool_is_whole() {
+            self.stop_tool(out);
+            let next = self.pending.remove(0);
+            let block = self.tool_block(next.id, next.name.as_deref(), next.extra_content.as_ref());
+            let index = self.open(block, Some(next.key), out);
+            self.tool_arguments(index, next.arguments, out);
         }
     }
 
@@ -825,6 +855,37 @@ mod tests {
     /// held back until they are whole: the call keeps one block, its name
     /// and all its arguments, and the text follows it, each block stopping
     /// after it started.
+    #[test]
+    fn text_amid_a_call_comes_before_the_next_call_and_unindexed_calls_after_text_are_new() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "read", "arguments": "{\"p\":"}}]}),
+            json!({"content": "Reading."}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+            json!({"tool_calls": [{"index": 1, "id": "b", "function": {"name": "write", "arguments": "{}"}}]}),
+            json!({"content": "Now more."}),
+            // Calls without index or id, text between them.
+            json!({"tool_calls": [{"id": "c", "function": {"name": "list", "arguments": "{}"}}]}),
+            json!({"content": "And again."}),
+            json!({"tool_calls": [{"function": {"name": "list", "arguments": "{\"all\":true}"}}]}),
+        ] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let blocks: Vec<String> = events(&out)
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| {
+                let block = &d["content_block"];
+                block["name"]
+                    .as_str()
+                    .map_or_else(|| block["type"].as_str().unwrap().to_owned(), str::to_owned)
+            })
+            .collect();
+        assert_eq!(blocks, ["read", "text", "write", "text", "list", "text", "list"]);
+    }
+
     #[test]
     fn text_amid_a_calls_arguments_follows_the_call() {
         for tail in [Some("\"x\"}"), None] {

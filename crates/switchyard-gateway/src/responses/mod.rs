@@ -577,6 +577,10 @@ async fn object(answer: Response, echo: &Echo, keep: Option<Keep>, estimated_inp
     Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
+/// How long a Responses stream goes without writing before an SSE
+/// comment (which clients skip) keeps it alive.
+const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A chat stream written as Responses events.
 fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64) -> Response {
     let (mut parts, body) = answer.into_parts();
@@ -599,7 +603,14 @@ fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64
             }
             let mut out = Vec::new();
             while out.is_empty() && !conv.is_done() {
-                match source.next().await {
+                // Output held back (a call's arguments still coming, calls
+                // waiting behind it) or a slow upstream: a comment keeps
+                // the connection alive through proxies' idle timeouts.
+                let Ok(next) = tokio::time::timeout(KEEPALIVE_EVERY, source.next()).await else {
+                    out.push(Bytes::from_static(b": keepalive\n\n"));
+                    break;
+                };
+                match next {
                     Some(Ok(event)) if event.data.trim() == "[DONE]" || event.data.trim().is_empty() => {
                         if event.data.trim() == "[DONE]" {
                             finish(&mut conv, &mut keep, &mut out).await;

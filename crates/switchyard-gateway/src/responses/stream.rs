@@ -20,6 +20,9 @@ enum Open {
     Sealed,
 }
 
+/// Keys given to calls that start under a closed call's key.
+const RESTARTED_KEYS: u64 = 1 << 40;
+
 /// A tool call held until the call before it is closed.
 struct PendingCall {
     key: u64,
@@ -492,13 +495,18 @@ impl Converter {
 
     /// A piece of a streamed tool call.
     fn tool_call(&mut self, call: &Value, out: &mut Vec<Bytes>) {
-        let key = self.keys.key(call, self.last_key);
-        self.last_key = Some(key);
         let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
         let name = call
             .pointer("/function/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty());
+        let mut key = self.keys.key(call, self.last_key);
+        // A named piece under a closed call's key (calls streamed without an
+        // index or id, text between them) starts another call.
+        if name.is_some() && self.closed.contains(&key) {
+            key = RESTARTED_KEYS + self.closed.len() as u64;
+        }
+        self.last_key = Some(key);
         let extra = call.get("extra_content").filter(|v| v.is_object());
         // Arguments sent as an object (some servers do) are its encoding.
         let delta = match call.pointer("/function/arguments") {
@@ -523,6 +531,7 @@ impl Converter {
                 }
             }
             self.call_arguments(index, delta, out);
+            self.advance(out);
             return;
         }
         if let Some(held) = self.pending.iter_mut().find(|c| c.key == key) {
@@ -536,6 +545,7 @@ impl Converter {
                 held.extra_content = Some(extra.clone());
             }
             held.arguments.push_str(&delta);
+            self.advance(out);
             return;
         }
         if self.closed.contains(&key) {
@@ -553,13 +563,16 @@ impl Converter {
             arguments: delta,
             extra_content: extra.cloned(),
         };
-        let live_is_whole = self.live.is_some_and(|(_, index)| {
-            matches!(&self.output[index], OutputItem::FunctionCall { arguments, .. }
-                if serde_json::from_str::<serde::de::IgnoredAny>(arguments).is_ok())
-        });
-        if self.live.is_none() || (self.pending.is_empty() && live_is_whole) {
+        if self.live.is_none() || (self.pending.is_empty() && self.live_is_whole()) {
             self.close_call("completed", out);
+            // Text that came amid the call's arguments follows it, before
+            // the next call.
+            if !self.held.is_empty() {
+                self.write_held(out);
+                self.close_open("completed", out);
+            }
             self.write_call(call, out);
+            self.advance(out);
         } else {
             // The live call may not be whole yet: this one waits.
             self.pending.push(call);
@@ -569,11 +582,25 @@ impl Converter {
     /// Whether a call is being written whose arguments are not whole yet,
     /// or calls wait to be written.
     fn call_unfinished(&self) -> bool {
-        !self.pending.is_empty()
-            || self.live.is_some_and(|(_, index)| {
-                !matches!(&self.output[index], OutputItem::FunctionCall { arguments, .. }
-                    if serde_json::from_str::<serde::de::IgnoredAny>(arguments).is_ok())
-            })
+        !self.pending.is_empty() || (self.live.is_some() && !self.live_is_whole())
+    }
+
+    /// Once the live call's arguments are whole, the calls held after it
+    /// are written in turn (each streams on from there).
+    fn advance(&mut self, out: &mut Vec<Bytes>) {
+        while !self.pending.is_empty() && self.live_is_whole() {
+            self.close_call("completed", out);
+            let next = self.pending.remove(0);
+            self.write_call(next, out);
+        }
+    }
+
+    /// Whether the live call's arguments are one whole JSON value.
+    fn live_is_whole(&self) -> bool {
+        self.live.is_some_and(|(_, index)| {
+            matches!(&self.output[index], OutputItem::FunctionCall { arguments, .. }
+                if serde_json::from_str::<serde::de::IgnoredAny>(arguments).is_ok())
+        })
     }
 
     /// Text, a refusal or reasoning (`kind`): written, or held while a
@@ -959,6 +986,51 @@ mod tests {
         assert_eq!(done.as_array().unwrap().len(), 2, "{done}");
         assert_eq!(done[0]["arguments"], "{\"a\":1}");
         assert_eq!(done[1]["content"][0]["text"], "\nLet me check. Done.");
+    }
+
+    /// Text amid a call's arguments comes before the next call; a call
+    /// streamed without index or id after text is a new call, and calls
+    /// held behind an unfinished one stream on once it is whole.
+    #[test]
+    fn items_keep_the_order_they_came_in() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "read", "arguments": ""}},
+                                  {"index": 1, "id": "b", "function": {"name": "write", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"p\":"}}]}),
+            json!({"content": "Reading."}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+            json!({"tool_calls": [{"index": 1, "function": {"arguments": "{\"q\":2}"}}]}),
+            json!({"tool_calls": [{"id": "c", "function": {"name": "list", "arguments": "{}"}}]}),
+            json!({"content": "And again."}),
+            json!({"tool_calls": [{"function": {"name": "list", "arguments": "{\"all\":true}"}}]}),
+        ] {
+            conv.on_chunk(chunk(delta, None), &mut out);
+        }
+        let streamed_before_the_end = events(&out)
+            .iter()
+            .filter(|(k, b)| k == "response.function_call_arguments.delta" && b["output_index"] == 1)
+            .count();
+        assert_eq!(
+            streamed_before_the_end, 1,
+            "the held call streams once the first is whole"
+        );
+        conv.on_chunk(chunk(json!({}), Some("tool_calls")), &mut out);
+        let done = serde_json::to_value(conv.finish(&mut out).output).unwrap();
+        let items: Vec<String> = done
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                i["name"]
+                    .as_str()
+                    .map_or_else(|| i["type"].as_str().unwrap().to_owned(), str::to_owned)
+            })
+            .collect();
+        assert_eq!(items, ["read", "write", "message", "list", "message", "list"]);
+        assert_eq!(done[1]["arguments"], "{\"q\":2}");
+        assert_eq!(done[5]["arguments"], "{\"all\":true}");
     }
 
     /// With `reasoning.summary` asked, other models' reasoning text is also
