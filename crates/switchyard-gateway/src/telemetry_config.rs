@@ -24,11 +24,10 @@ pub struct TelemetryConfig {
     /// `require_auth_for_metrics_endpoint`): its series name keys, teams and
     /// what they spend. Off, anyone who reaches the port may read it.
     pub metrics_require_auth: bool,
-    /// Drop a counter or histogram series that nothing updated for this
-    /// many seconds (0: never): the series of keys that stopped sending,
-    /// of deployments a reload removed. One updated again starts from zero
-    /// (Prometheus' `rate` and `increase` read it as a counter reset).
-    /// 0, or at least 300.
+    /// Drop a key's spend series (`switchyard_key_spend_nanousd_total`)
+    /// that nothing updated for this many seconds (0: never), so keys that
+    /// stopped sending do not hold series for ever. One updated again
+    /// starts from zero. 0, or at least 300.
     pub metrics_idle_timeout_s: u64,
     /// Export spans over OTLP. Without this section, spans are exported when
     /// `OTEL_EXPORTER_OTLP_ENDPOINT` (or `…_TRACES_ENDPOINT`) is set.

@@ -22,6 +22,12 @@ const OVERHEAD_BUCKETS: &[f64] = &[
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// The per-key spend series, in a registry of their own: the one
+    /// family whose series grow with the number of keys, and the only one
+    /// an idle timeout drops (a rarely updated counter of the others must
+    /// stay, or `increase` would never see it rise).
+    keys: Arc<PrometheusRecorder>,
+    keys_handle: PrometheusHandle,
     /// The response cache's counts last added (stores, errors, skipped): a
     /// cache made anew by a reload counts from zero again, and its counts
     /// are added on, so the counters keep rising.
@@ -67,17 +73,28 @@ impl Metrics {
         Self::expiring(None)
     }
 
-    /// [`Metrics::new`] whose counter and histogram series are dropped
-    /// once nothing has updated them for `idle` (gauges are kept).
+    /// [`Metrics::new`] whose per-key spend series are dropped once
+    /// nothing has updated them for `idle`.
     pub fn expiring(idle: Option<std::time::Duration>) -> Self {
-        let builder = bucketed()
-            .unwrap_or_else(|_| PrometheusBuilder::new().with_recommended_naming(true))
-            .idle_timeout(MetricKindMask::COUNTER | MetricKindMask::HISTOGRAM, idle);
+        let keys = PrometheusBuilder::new()
+            .with_recommended_naming(true)
+            .idle_timeout(MetricKindMask::COUNTER, idle)
+            .build_recorder();
+        let keys_handle = keys.handle();
+        with_local_recorder(&keys, || {
+            metrics::describe_counter!(
+                "switchyard_key_spend_nanousd",
+                "Spend in billionths of a USD, by virtual key (its reference and alias) and team."
+            );
+        });
+        let builder = bucketed().unwrap_or_else(|_| PrometheusBuilder::new().with_recommended_naming(true));
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let metrics = Self {
             recorder: Arc::new(recorder),
             handle,
+            keys: Arc::new(keys),
+            keys_handle,
             cache_seen: Arc::default(),
         };
         metrics.with(|| {
@@ -121,10 +138,6 @@ impl Metrics {
             describe_counter!(
                 "switchyard_cost_nanousd",
                 "Spend in billionths of a USD (exact, as charged), by model group and whether it was a cache hit."
-            );
-            describe_counter!(
-                "switchyard_key_spend_nanousd",
-                "Spend in billionths of a USD, by virtual key (its reference and alias) and team."
             );
             describe_counter!(
                 "switchyard_cache_lookups",
@@ -178,20 +191,23 @@ impl Metrics {
     /// the current Tokio runtime. Without it, samples wait for the next
     /// scrape: memory grows with traffic when nothing scrapes `/metrics`.
     pub fn start_upkeep(&self, every: std::time::Duration) {
-        let handle = self.handle.clone();
+        let (handle, keys) = (self.handle.clone(), self.keys_handle.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 handle.run_upkeep();
+                keys.run_upkeep();
             }
         });
     }
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        text.push_str(&self.keys_handle.render());
+        text
     }
 
     /// Counts a request in flight until the guard is dropped.
@@ -263,7 +279,7 @@ impl Metrics {
     /// What a virtual key (`key`: its reference, never its value) was
     /// charged, in nano-dollars, with its alias and team (empty when none).
     pub fn key_spend(&self, key: &str, alias: &str, team: &str, cost_nanos: i64) {
-        self.with(|| {
+        with_local_recorder(&*self.keys, || {
             counter!(
                 "switchyard_key_spend_nanousd",
                 "key" => key.to_owned(),
@@ -435,8 +451,9 @@ mod tests {
         );
     }
 
-    /// With an idle timeout, a key's series that nothing updated for that
-    /// long is dropped; series updated since, and gauges, stay.
+    /// With an idle timeout, a key's spend series that nothing updated for
+    /// that long is dropped; series updated since, and the other families
+    /// (a rare error's count among them), stay.
     #[test]
     fn idle_series_are_dropped_when_asked() {
         let idle = std::time::Duration::from_secs(2);
@@ -444,6 +461,7 @@ mod tests {
         let kept = Metrics::new();
         for metrics in [&m, &kept] {
             metrics.key_spend("key-gone", "", "", 1_000);
+            metrics.request("chat", "gpt", "gpt/0", 503, 0.1);
             let _guard = metrics.in_flight();
         }
         assert!(m.render().contains(r#"key="key-gone""#));
@@ -453,6 +471,8 @@ mod tests {
         assert!(!text.contains(r#"key="key-gone""#), "{text}");
         assert!(text.contains(r#"key="key-active""#), "{text}");
         assert!(text.contains("switchyard_in_flight_requests 0"), "{text}");
+        assert!(text.contains(r#"status="503"} 1"#), "{text}");
+        assert!(text.contains("# HELP switchyard_key_spend_nanousd_total"), "{text}");
         assert!(
             kept.render().contains(r#"key="key-gone""#),
             "without a timeout nothing is dropped"
