@@ -47,7 +47,8 @@ pub struct KeyParts<'a> {
 /// `stream`.
 pub fn exact_key(parts: KeyParts<'_>) -> CacheKey {
     let mut hasher = Sha256::new();
-    hasher.update(b"switchyard-cache-v1\0");
+    // v2: schema property order counts, and more fields are ignored.
+    hasher.update(b"switchyard-cache-v2\0");
     hasher.update(parts.endpoint.as_bytes());
     hasher.update(b"\0");
     hasher.update(parts.model.as_bytes());
@@ -73,7 +74,9 @@ pub fn exact_key(parts: KeyParts<'_>) -> CacheKey {
                 ("stream_options", Some(options)) => (k, options),
                 _ => (k, v),
             })
-            .filter(|(k, v)| k.as_str() != "stream_options" || v.as_object().is_none_or(|o| !o.is_empty()))
+            // `stream_options` of nothing but `include_usage`, or not an
+            // object at all (`null`), changes nothing.
+            .filter(|(k, v)| k.as_str() != "stream_options" || v.as_object().is_some_and(|o| !o.is_empty()))
             .collect();
         fields.sort_by(|a, b| a.0.cmp(b.0));
         for (k, v) in fields {

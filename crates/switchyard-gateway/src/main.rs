@@ -171,11 +171,17 @@ fn writable(dir: &std::path::Path, file: Option<&std::path::Path>) -> Result<(),
     if !existing.is_dir() {
         return Err(format!("{} is not a directory", existing.display()));
     }
-    let probe = existing.join(format!(".switchyard-check-{}", std::process::id()));
+    // A name of its own (a container's process id is the same at every
+    // run); one left by a check that was killed still says it is writable.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let probe = existing.join(format!(".switchyard-check-{}-{nanos}", std::process::id()));
     match std::fs::OpenOptions::new().write(true).create_new(true).open(&probe) {
         Ok(_) => {
             let _ = std::fs::remove_file(&probe);
         }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(format!("{} cannot be written: {e}", existing.display())),
     }
     if let Some(file) = file.filter(|f| f.exists()) {
