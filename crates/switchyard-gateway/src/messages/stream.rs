@@ -163,6 +163,9 @@ struct Converter {
     closed: Vec<u64>,
     /// The key of the call the last piece belonged to.
     last_key: Option<u64>,
+    /// Keys of stopped calls under which another call started, and that
+    /// call's key.
+    restarted: Vec<(u64, u64)>,
     next_index: u32,
     /// The upstream's id of the answer (from its first chunk).
     upstream_id: String,
@@ -338,11 +341,26 @@ impl Converter {
             .pointer("/function/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty());
-        let mut key = self.keys.key(call, self.last_key);
-        // A named piece under a stopped call's key (calls streamed without
-        // an index or id, text between them) starts another call.
-        if name.is_some() && self.closed.contains(&key) {
-            key = RESTARTED_KEYS + self.closed.len() as u64;
+        let first = self.keys.key(call, self.last_key);
+        // Pieces under the key of a call that was restarted go to the newest
+        // call started under it.
+        let mut key = self
+            .restarted
+            .iter()
+            .rev()
+            .find(|(from, _)| *from == first)
+            .map_or(first, |(_, to)| *to);
+        // A named piece with arguments and no id under a stopped call's key
+        // starts another call (servers that stream calls without ids under
+        // one index, or without an index, with text between them).
+        let starts = name.is_some()
+            && id.is_none()
+            && call
+                .pointer("/function/arguments")
+                .is_some_and(|a| a.as_str().is_none_or(|a| !a.trim().is_empty()));
+        if starts && self.closed.contains(&key) {
+            key = RESTARTED_KEYS + self.restarted.len() as u64;
+            self.restarted.push((first, key));
         }
         self.last_key = Some(key);
         let extra = call.get("extra_content").filter(|v| v.is_object());
@@ -624,6 +642,7 @@ fn converted(
         pending: Vec::new(),
         closed: Vec::new(),
         last_key: None,
+        restarted: Vec::new(),
         next_index: 0,
         upstream_id: String::new(),
         stop_reason: None,
@@ -696,6 +715,7 @@ mod tests {
             pending: Vec::new(),
             closed: Vec::new(),
             last_key: None,
+            restarted: Vec::new(),
             next_index: 0,
             upstream_id: String::new(),
             stop_reason: None,
@@ -884,6 +904,34 @@ mod tests {
             })
             .collect();
         assert_eq!(blocks, ["read", "text", "write", "text", "list", "text", "list"]);
+    }
+
+    #[test]
+    fn calls_reusing_a_stopped_calls_index_are_new_blocks() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "function": {"name": "a", "arguments": "{}"}}]}),
+            json!({"content": "x"}),
+            json!({"tool_calls": [{"index": 0, "function": {"name": "b", "arguments": "{\"p\":"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+        ] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let seen = events(&out);
+        let names: Vec<&str> = seen
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d["content_block"]["name"].as_str().unwrap_or("text"))
+            .collect();
+        assert_eq!(names, ["a", "text", "b"]);
+        let b: String = seen
+            .iter()
+            .filter(|(n, d)| n == "content_block_delta" && d["index"] == 2)
+            .map(|(_, d)| d["delta"]["partial_json"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(b, "{\"p\":1}");
     }
 
     #[test]

@@ -602,11 +602,13 @@ fn events(answer: Response, echo: Echo, keep: Option<Keep>, estimated_input: u64
                 return None;
             }
             let mut out = Vec::new();
+            // Output held back (a call's arguments still coming, calls
+            // waiting behind it) or a slow upstream: a comment keeps the
+            // connection alive through proxies' idle timeouts. The time
+            // counts from the last write, not from the last upstream event.
+            let deadline = tokio::time::Instant::now() + KEEPALIVE_EVERY;
             while out.is_empty() && !conv.is_done() {
-                // Output held back (a call's arguments still coming, calls
-                // waiting behind it) or a slow upstream: a comment keeps
-                // the connection alive through proxies' idle timeouts.
-                let Ok(next) = tokio::time::timeout(KEEPALIVE_EVERY, source.next()).await else {
+                let Ok(next) = tokio::time::timeout_at(deadline, source.next()).await else {
                     out.push(Bytes::from_static(b": keepalive\n\n"));
                     break;
                 };

@@ -54,6 +54,9 @@ pub(crate) struct Converter {
     closed: Vec<u64>,
     /// The key of the call the last piece belonged to.
     last_key: Option<u64>,
+    /// Keys of closed calls under which another call started, and that
+    /// call's key.
+    restarted: Vec<(u64, u64)>,
     /// Calls so far: the fallback call id's number.
     call_count: usize,
     /// Text, refusal or reasoning that came while a call's arguments were
@@ -91,6 +94,7 @@ impl Converter {
             pending: Vec::new(),
             closed: Vec::new(),
             last_key: None,
+            restarted: Vec::new(),
             call_count: 0,
             held: Vec::new(),
             keys: ToolKeys::default(),
@@ -500,11 +504,26 @@ impl Converter {
             .pointer("/function/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty());
-        let mut key = self.keys.key(call, self.last_key);
-        // A named piece under a closed call's key (calls streamed without an
-        // index or id, text between them) starts another call.
-        if name.is_some() && self.closed.contains(&key) {
-            key = RESTARTED_KEYS + self.closed.len() as u64;
+        let first = self.keys.key(call, self.last_key);
+        // Pieces under the key of a call that was restarted go to the newest
+        // call started under it.
+        let mut key = self
+            .restarted
+            .iter()
+            .rev()
+            .find(|(from, _)| *from == first)
+            .map_or(first, |(_, to)| *to);
+        // A named piece with arguments and no id under a closed call's key
+        // starts another call (servers that stream calls without ids under
+        // one index, or without an index, with text between them).
+        let starts = name.is_some()
+            && id.is_none()
+            && call
+                .pointer("/function/arguments")
+                .is_some_and(|a| a.as_str().is_none_or(|a| !a.trim().is_empty()));
+        if starts && self.closed.contains(&key) {
+            key = RESTARTED_KEYS + self.restarted.len() as u64;
+            self.restarted.push((first, key));
         }
         self.last_key = Some(key);
         let extra = call.get("extra_content").filter(|v| v.is_object());
@@ -1031,6 +1050,44 @@ mod tests {
         assert_eq!(items, ["read", "write", "message", "list", "message", "list"]);
         assert_eq!(done[1]["arguments"], "{\"q\":2}");
         assert_eq!(done[5]["arguments"], "{\"all\":true}");
+    }
+
+    /// A server that streams every call at index 0 without ids, text
+    /// between them: the second call is its own item, all its pieces
+    /// included; a name repeated on a closed call's last piece adds none.
+    #[test]
+    fn calls_reusing_a_closed_calls_index_are_new_calls() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "function": {"name": "a", "arguments": "{}"}}]}),
+            json!({"content": "x"}),
+            json!({"tool_calls": [{"index": 0, "function": {"name": "b", "arguments": "{\"p\":"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+            json!({"tool_calls": [{"index": 1, "id": "c", "function": {"name": "c", "arguments": "{}"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"name": "b", "arguments": ""}}]}),
+        ] {
+            conv.on_chunk(chunk(delta, None), &mut out);
+        }
+        conv.on_chunk(chunk(json!({}), Some("tool_calls")), &mut out);
+        let done = serde_json::to_value(conv.finish(&mut out).output).unwrap();
+        let items: Vec<(String, String)> = done
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["name"].as_str().unwrap_or("message").to_owned(),
+                    i["arguments"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        let expected = [("a", "{}"), ("message", ""), ("b", "{\"p\":1}"), ("c", "{}")];
+        assert_eq!(
+            items,
+            expected.map(|(n, a)| (n.to_owned(), a.to_owned())).to_vec(),
+            "{done}"
+        );
     }
 
     /// With `reasoning.summary` asked, other models' reasoning text is also
