@@ -217,29 +217,6 @@ struct Ttfb {
     p99_ms: f64,
 }
 
-/// A temporary directory removed on drop.
-#[derive(Debug)]
-struct TempDir(PathBuf);
-
-impl TempDir {
-    /// Creates a fresh, process-unique directory under the system temp dir.
-    fn new(prefix: &str) -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-        if path.exists() {
-            fs::remove_dir_all(&path).with_context(|| format!("cannot clear {}", path.display()))?;
-        }
-        fs::create_dir_all(&path).with_context(|| format!("cannot create {}", path.display()))?;
-        Ok(Self(path))
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        // Best effort: a leftover directory in /tmp is harmless.
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Gateway configuration routing `bench-model` to the mock upstream.
 fn gateway_config(mock_url: &str) -> String {
     format!(
@@ -279,8 +256,12 @@ fn gateway_bench(args: &GatewayBenchArgs) -> Result<()> {
     header("starting mock-upstream and switchyard");
     let mut mock = start_mock(&mock_bin)?;
     println!("mock-upstream at {}", mock.url());
-    let config_dir = TempDir::new("switchyard-bench")?;
-    let config_path = config_dir.0.join("gateway.yaml");
+    // A fresh directory of its own (not a predictable name to clear).
+    let config_dir = tempfile::Builder::new()
+        .prefix("switchyard-bench-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let config_path = config_dir.path().join("gateway.yaml");
     fs::write(&config_path, gateway_config(mock.url()))
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let mut gateway = start_gateway(&gateway_bin, &config_path)?;

@@ -58,11 +58,11 @@ pub struct TrainArgs {
     pub max_epochs: usize,
     /// The embedder's longest input in tokens: the gateway's
     /// `embedder.max_tokens`, which a router must be trained with.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(8..=512))]
     pub max_tokens: usize,
     /// Which end of a long prompt the embedder keeps (`head` or `tail`):
     /// the gateway's `embedder.truncation`.
-    #[arg(long, default_value = "tail")]
+    #[arg(long, default_value = "tail", value_parser = ["head", "tail"])]
     pub truncation: String,
 }
 
