@@ -178,7 +178,19 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
     // Each score with the key that gave it (none: the master key, or a
     // gateway without keys).
     let mut scores: HashMap<&str, Vec<(Option<&str>, f64)>> = HashMap::new();
+    // A rating read twice (a rotated file named as well as found) counts
+    // once: the same request, key, score and time.
+    let mut rated = std::collections::HashSet::new();
     for line in lines.iter().filter(|l| l["type"] == "feedback") {
+        let seen = (
+            line["request_id"].as_str(),
+            line["key_ref"].as_str(),
+            line["score"].as_f64().map(f64::to_bits),
+            line["ts"].as_u64(),
+        );
+        if !rated.insert(seen) {
+            continue;
+        }
         summary.feedback += 1;
         if let (Some(id), Some(score)) = (line["request_id"].as_str(), line["score"].as_f64()) {
             scores.entry(id).or_default().push((line["key_ref"].as_str(), score));
@@ -405,6 +417,20 @@ mod tests {
         assert_eq!(shown_url("redis://:s3cret@cache:6379/0"), "redis://***@cache:6379/0");
         assert_eq!(shown_url("rediss://user:pa@ss@host"), "rediss://***@host");
         assert_eq!(shown_url("redis://host:6379"), "redis://host:6379");
+    }
+
+    #[test]
+    fn a_rating_read_twice_counts_once() {
+        let rating = json!({"type": "feedback", "request_id": "a", "score": 1.0, "ts": 5});
+        let lines = vec![
+            request("a", Some("write a poem"), "small", 200, 0.001),
+            json!({"type": "feedback", "request_id": "a", "score": 0.0, "ts": 4}),
+            rating.clone(),
+            rating,
+        ];
+        let (samples, summary) = join(&lines, &args());
+        assert_eq!(summary.feedback, 2);
+        assert_eq!(samples[0].scores["small"], 0.5);
     }
 
     #[test]
