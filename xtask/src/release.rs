@@ -49,6 +49,10 @@ pub struct DistArgs {
     /// Package this already-built binary instead of building a release one.
     #[arg(long)]
     pub binary: Option<PathBuf>,
+    /// The target triple `--binary` was built for, which names the archive
+    /// (default: this host's).
+    #[arg(long, requires = "binary")]
+    pub target: Option<String>,
 }
 
 /// The container engine to build with: `--engine`, else the first of
@@ -466,7 +470,11 @@ pub fn dist(args: &DistArgs) -> Result<()> {
             target.join("release/switchyard")
         }
     };
-    let archive = package(&root, &binary, &host_triple()?, &out)?;
+    let triple = match &args.target {
+        Some(triple) => triple.clone(),
+        None => host_triple()?,
+    };
+    let archive = package(&root, &binary, &triple, &out)?;
     println!("wrote {}", archive.display());
     println!("checksums in {}", out.join("SHA256SUMS").display());
     Ok(())
