@@ -186,7 +186,7 @@ pub fn parse(fetched: &Fetched, overrides: &Overrides) -> Result<Config, ConfigE
 pub struct Live {
     origin: Origin,
     overrides: Overrides,
-    env: Box<dyn EnvSource + Send + Sync>,
+    env: Arc<dyn EnvSource + Send + Sync>,
     state: ArcSwap<AppState>,
     router: ArcSwap<Router>,
     config: parking_lot::Mutex<(Config, String)>,
@@ -275,7 +275,7 @@ impl Live {
         Arc::new(Self {
             origin,
             overrides,
-            env,
+            env: env.into(),
             state: ArcSwap::new(state),
             router: ArcSwap::from_pointee(router),
             booted: (config.server.clone(), config.policy.clone(), config.telemetry.clone()),
@@ -380,7 +380,12 @@ impl Live {
         // drop its cache of embeddings).
         let same_embedder = self.config.lock().0.embedder == config.embedder;
         let reuse = old.embedder.clone().filter(|_| same_embedder);
-        let mut next = crate::build_state_with(&config, self.env.as_ref(), reuse)?;
+        // Off the runtime's workers: a changed embedder is read and loaded
+        // here (a model file of tens of MB).
+        let (env, settings) = (self.env.clone(), config.clone());
+        let mut next = tokio::task::spawn_blocking(move || crate::build_state_with(&settings, env.as_ref(), reuse))
+            .await
+            .map_err(|e| ReloadError::Start(format!("building the configuration failed: {e}")))??;
         // Compared with what the process started with: a section changed
         // by an earlier reload still waits for the restart.
         let pending: Vec<&'static str> = [
