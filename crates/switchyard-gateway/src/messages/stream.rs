@@ -102,9 +102,70 @@ pub(crate) struct ToolKeys {
     /// Calls streamed with an `index`: the index, the call's id, and the key
     /// it is followed under.
     indexed: Vec<(u64, Option<String>, u64)>,
+    /// The key of the call the last piece belonged to.
+    last: Option<u64>,
+    /// Keys of finished calls under which another call started, and that
+    /// call's key.
+    restarted: Vec<(u64, u64)>,
+    /// Keys of the finished calls, and their names.
+    closed: Vec<(u64, String)>,
+}
+
+/// Keys given to calls that start under a finished call's key.
+const RESTARTED_KEYS: u64 = 1 << 40;
+
+/// Whether a streamed call piece brings arguments (not `""`, `null` or none).
+fn has_arguments(call: &Value) -> bool {
+    match call.pointer("/function/arguments") {
+        Some(Value::String(a)) => !a.trim().is_empty(),
+        Some(Value::Object(_)) => true,
+        _ => false,
+    }
 }
 
 impl ToolKeys {
+    /// The key of a streamed call piece, as [`ToolKeys::key`] with the call
+    /// of the last piece as the current one; pieces under a finished call's
+    /// key go to the newest call started under it. A named piece without an
+    /// id under a finished call's key starts another call (servers that
+    /// stream calls without ids under one index, or without an index, with
+    /// text between them) when it names another function (`name_of` gives
+    /// the name a finished call is known by) or brings arguments: a server
+    /// repeating the name on a call's every piece adds no call.
+    pub(crate) fn piece(&mut self, call: &Value, name_of: impl Fn(&str) -> String) -> u64 {
+        let first = self.key(call, self.last);
+        let mut key = self
+            .restarted
+            .iter()
+            .rev()
+            .find(|(from, _)| *from == first)
+            .map_or(first, |(_, to)| *to);
+        let id = call.get("id").and_then(Value::as_str).filter(|id| !id.is_empty());
+        let name = call
+            .pointer("/function/name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty());
+        let closed = self.closed.iter().find(|(k, _)| *k == key).map(|(_, n)| n.as_str());
+        let starts = id.is_none()
+            && name.is_some_and(|name| closed.is_some_and(|closed| closed != name_of(name) || has_arguments(call)));
+        if starts {
+            key = RESTARTED_KEYS + self.restarted.len() as u64;
+            self.restarted.push((first, key));
+        }
+        self.last = Some(key);
+        key
+    }
+
+    /// Marks the call under `key`, named `name`, finished.
+    pub(crate) fn close(&mut self, key: u64, name: String) {
+        self.closed.push((key, name));
+    }
+
+    /// Whether the call under `key` is finished.
+    pub(crate) fn is_closed(&self, key: u64) -> bool {
+        self.closed.iter().any(|(k, _)| *k == key)
+    }
+
     /// The key a streamed tool call's pieces are gathered under: its
     /// `index`; without one, its `id` (a new call), or else `current`, the
     /// call being streamed (a continuation).
@@ -159,15 +220,6 @@ struct Converter {
     /// (servers that interleave parallel calls): held whole, and written
     /// once that one is stopped.
     pending: Vec<PendingTool>,
-    /// Keys of the calls whose blocks were stopped.
-    closed: Vec<(u64, String)>,
-    /// The key of the call the last piece belonged to.
-    last_key: Option<u64>,
-    /// The open tool-use block's function name.
-    tool_name: String,
-    /// Keys of stopped calls under which another call started, and that
-    /// call's key.
-    restarted: Vec<(u64, u64)>,
     next_index: u32,
     /// The upstream's id of the answer (from its first chunk).
     upstream_id: String,
@@ -189,14 +241,13 @@ struct Converter {
     deltas: u64,
     /// The arguments streamed so far of the open call.
     arguments: String,
+    /// The open tool-use block's function name.
+    tool_name: String,
     /// Text and reasoning a server sent while a call's arguments were still
     /// coming, in order: sent once they are whole (a text or thinking block
     /// closes the calls before it, which would cut the call in two).
     held: Vec<Held>,
 }
-
-/// Keys given to calls that start under a stopped call's key.
-const RESTARTED_KEYS: u64 = 1 << 40;
 
 /// A tool call held until the block before it is stopped.
 #[derive(Debug)]
@@ -301,7 +352,7 @@ impl Converter {
     /// Stops the open tool-use block.
     fn stop_tool(&mut self, out: &mut Vec<Bytes>) {
         if let Some((key, index)) = self.tool.take() {
-            self.closed.push((key, std::mem::take(&mut self.tool_name)));
+            self.keys.close(key, std::mem::take(&mut self.tool_name));
             self.arguments.clear();
             out.push(event(&StreamEvent::ContentBlockStop { index }));
         }
@@ -343,33 +394,10 @@ impl Converter {
             .pointer("/function/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty());
-        let first = self.keys.key(call, self.last_key);
-        // Pieces under the key of a call that was restarted go to the newest
-        // call started under it.
-        let mut key = self
-            .restarted
-            .iter()
-            .rev()
-            .find(|(from, _)| *from == first)
-            .map_or(first, |(_, to)| *to);
-        // A named piece without an id under a stopped call's key starts
-        // another call (servers that stream calls without ids under one
-        // index, or without an index, with text between them) when it
-        // names another function or brings arguments: a server repeating
-        // the name on a call's every piece adds no call.
-        let closed_name = self.closed.iter().find(|(k, _)| *k == key).map(|(_, n)| n.as_str());
-        let starts = id.is_none()
-            && name.is_some_and(|name| {
-                closed_name.is_some_and(|closed| {
-                    closed != super::translate::original_tool_name(&self.tool_names, name.to_owned())
-                        || crate::responses::stream::has_arguments(call)
-                })
-            });
-        if starts {
-            key = RESTARTED_KEYS + self.restarted.len() as u64;
-            self.restarted.push((first, key));
-        }
-        self.last_key = Some(key);
+        let tool_names = &self.tool_names;
+        let key = self
+            .keys
+            .piece(call, |n| super::translate::original_tool_name(tool_names, n.to_owned()));
         let extra = call.get("extra_content").filter(|v| v.is_object());
         // Arguments sent as an object (some servers do) are its encoding.
         let args = match call.pointer("/function/arguments") {
@@ -396,7 +424,7 @@ impl Converter {
             self.advance(out);
             return;
         }
-        if self.closed.iter().any(|(k, _)| *k == key) {
+        if self.keys.is_closed(key) {
             if !args.trim().is_empty() {
                 tracing::warn!("a streamed tool call's piece came after its block was stopped; left out");
             }
@@ -651,9 +679,6 @@ fn converted(
         open: None,
         tool: None,
         pending: Vec::new(),
-        closed: Vec::new(),
-        last_key: None,
-        restarted: Vec::new(),
         tool_name: String::new(),
         next_index: 0,
         upstream_id: String::new(),
@@ -725,9 +750,6 @@ mod tests {
             open: None,
             tool: None,
             pending: Vec::new(),
-            closed: Vec::new(),
-            last_key: None,
-            restarted: Vec::new(),
             tool_name: String::new(),
             next_index: 0,
             upstream_id: String::new(),

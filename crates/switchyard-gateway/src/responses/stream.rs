@@ -20,18 +20,6 @@ enum Open {
     Sealed,
 }
 
-/// Whether a streamed call piece brings arguments (not `""`, `null` or none).
-pub(crate) fn has_arguments(call: &Value) -> bool {
-    match call.pointer("/function/arguments") {
-        Some(Value::String(a)) => !a.trim().is_empty(),
-        Some(Value::Object(_)) => true,
-        _ => false,
-    }
-}
-
-/// Keys given to calls that start under a closed call's key.
-const RESTARTED_KEYS: u64 = 1 << 40;
-
 /// A tool call held until the call before it is closed.
 struct PendingCall {
     key: u64,
@@ -59,13 +47,6 @@ pub(crate) struct Converter {
     /// (servers that interleave parallel calls): held whole, and written
     /// once that one is closed.
     pending: Vec<PendingCall>,
-    /// Keys of the calls already closed, and their names.
-    closed: Vec<(u64, String)>,
-    /// The key of the call the last piece belonged to.
-    last_key: Option<u64>,
-    /// Keys of closed calls under which another call started, and that
-    /// call's key.
-    restarted: Vec<(u64, u64)>,
     /// Calls so far: the fallback call id's number.
     call_count: usize,
     /// Text, refusal or reasoning that came while a call's arguments were
@@ -101,9 +82,6 @@ impl Converter {
             open: None,
             live: None,
             pending: Vec::new(),
-            closed: Vec::new(),
-            last_key: None,
-            restarted: Vec::new(),
             call_count: 0,
             held: Vec::new(),
             keys: ToolKeys::default(),
@@ -487,7 +465,7 @@ impl Converter {
             OutputItem::FunctionCall { name, .. } => name.clone(),
             _ => String::new(),
         };
-        self.closed.push((key, name));
+        self.keys.close(key, name);
         let empty =
             matches!(&self.output[index], OutputItem::FunctionCall { arguments, .. } if arguments.trim().is_empty());
         if empty {
@@ -517,28 +495,7 @@ impl Converter {
             .pointer("/function/name")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty());
-        let first = self.keys.key(call, self.last_key);
-        // Pieces under the key of a call that was restarted go to the newest
-        // call started under it.
-        let mut key = self
-            .restarted
-            .iter()
-            .rev()
-            .find(|(from, _)| *from == first)
-            .map_or(first, |(_, to)| *to);
-        // A named piece without an id under a closed call's key starts
-        // another call (servers that stream calls without ids under one
-        // index, or without an index, with text between them) when it
-        // names another function or brings arguments: a server repeating
-        // the name on a call's every piece adds no call.
-        let closed_name = self.closed.iter().find(|(k, _)| *k == key).map(|(_, n)| n.as_str());
-        let starts = id.is_none()
-            && name.is_some_and(|name| closed_name.is_some_and(|closed| closed != name || has_arguments(call)));
-        if starts {
-            key = RESTARTED_KEYS + self.restarted.len() as u64;
-            self.restarted.push((first, key));
-        }
-        self.last_key = Some(key);
+        let key = self.keys.piece(call, str::to_owned);
         let extra = call.get("extra_content").filter(|v| v.is_object());
         // Arguments sent as an object (some servers do) are its encoding.
         let delta = match call.pointer("/function/arguments") {
@@ -580,7 +537,7 @@ impl Converter {
             self.advance(out);
             return;
         }
-        if self.closed.iter().any(|(k, _)| *k == key) {
+        if self.keys.is_closed(key) {
             if !delta.trim().is_empty() {
                 tracing::warn!("a streamed tool call's piece came after the call was closed; left out");
             }
