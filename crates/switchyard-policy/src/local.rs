@@ -402,7 +402,9 @@ impl LocalStore {
     /// Moves the key stored under `old`, if still at revision `read`, to
     /// `record` (a new token), in one step among key writes. The new value
     /// is journalled before the old is removed, so a crash between the two
-    /// leaves both working rather than neither.
+    /// leaves both working rather than neither. When the old one's removal
+    /// cannot be journalled, the new one is taken back (the rename fails
+    /// whole): a rotation that reports failure leaves one key, the old.
     pub fn rename_key(&self, old: &str, read: u64, record: KeyRecord) -> Result<KeyWrite, PolicyError> {
         let _writing = self.key_writes.lock();
         {
@@ -418,9 +420,18 @@ impl LocalStore {
                 return Ok(KeyWrite::Taken);
             }
         }
+        let token = record.token.clone();
         self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
-        self.state.lock().keys.insert(record.token.clone(), record);
-        self.log_key_op(&KeyOp::DeleteKey { token: old.to_owned() })?;
+        self.state.lock().keys.insert(token.clone(), record);
+        if let Err(e) = self.log_key_op(&KeyOp::DeleteKey { token: old.to_owned() }) {
+            self.state.lock().keys.remove(&token);
+            // Best effort: were this lost too, the journal keeps a key
+            // whose value was never given to anyone.
+            if let Err(again) = self.log_key_op(&KeyOp::DeleteKey { token }) {
+                tracing::warn!(error = %again, "a regenerated key that was taken back could not be journalled as deleted");
+            }
+            return Err(e);
+        }
         self.state.lock().keys.remove(old);
         Ok(KeyWrite::Done)
     }

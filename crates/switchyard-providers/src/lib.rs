@@ -13,6 +13,7 @@ pub mod client;
 pub mod error;
 pub mod http;
 pub mod json_mode;
+mod media;
 pub mod mock;
 pub mod openai;
 pub mod reasoning;

@@ -699,10 +699,14 @@ impl Converter {
         response
     }
 
-    /// A failure after the stream started: an `error` event, then
-    /// `response.failed`.
+    /// A failure after the stream started: what was received ends as
+    /// incomplete items (calls and text held back included), then an
+    /// `error` event and `response.failed`.
     pub(crate) fn fail(&mut self, error: &Value, out: &mut Vec<Bytes>) {
         self.start(out);
+        self.close_all("incomplete", out);
+        self.write_held(out);
+        self.close_open("incomplete", out);
         let message = error
             .get("message")
             .and_then(Value::as_str)
@@ -1210,5 +1214,44 @@ mod tests {
         // The response's error takes OpenAI's codes; the event keeps the detail.
         assert_eq!(failed["response"]["error"]["code"], "server_error");
         assert_eq!(failed["response"]["error"]["message"], "gpt/0: upstream stream failed");
+        assert_eq!(failed["response"]["output"][0]["status"], "incomplete");
+        assert_eq!(failed["response"]["output"][0]["content"][0]["text"], "par");
+    }
+
+    /// A stream that fails while a call's arguments are unfinished keeps
+    /// the calls and the text held behind it: each is written, incomplete,
+    /// before `response.failed`, whose output has them all.
+    #[test]
+    fn a_failure_keeps_what_was_held_back() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        conv.on_chunk(
+            chunk(
+                json!({"tool_calls": [
+                    {"index": 0, "id": "call_a", "function": {"name": "f", "arguments": "{\"a\""}},
+                    {"index": 1, "id": "call_b", "function": {"name": "g", "arguments": ""}}]}),
+                None,
+            ),
+            &mut out,
+        );
+        conv.on_chunk(chunk(json!({"content": "Checking."}), None), &mut out);
+        conv.fail(&json!({"message": "cut", "type": "upstream_error"}), &mut out);
+        let events = events(&out);
+        let done: Vec<&Value> = events
+            .iter()
+            .filter(|(kind, _)| kind == "response.output_item.done")
+            .map(|(_, body)| &body["item"])
+            .collect();
+        assert_eq!(done.len(), 3, "{events:?}");
+        assert_eq!(done[0]["call_id"], "call_a");
+        assert_eq!(done[1]["call_id"], "call_b");
+        assert_eq!(done[2]["content"][0]["text"], "Checking.");
+        assert!(done.iter().all(|item| item["status"] == "incomplete"), "{done:?}");
+        let (kind, failed) = events.last().unwrap();
+        assert_eq!(kind, "response.failed");
+        let output = failed["response"]["output"].as_array().unwrap();
+        assert_eq!(output.len(), 3, "{failed}");
+        assert_eq!(output[0]["arguments"], "{\"a\"");
+        assert_eq!(output[2]["content"][0]["text"], "Checking.");
     }
 }

@@ -828,3 +828,75 @@ fn schemas_prefills_tool_cache_marks_pdfs_and_tool_definitions_fit_anthropic() {
         other => panic!("{other:?}"),
     }
 }
+
+/// OpenAI's defaults of parameters Anthropic cannot express ask for
+/// nothing and pass; values that ask for audio or log probabilities do not.
+#[test]
+fn default_values_of_unsupported_parameters_pass() {
+    let base = json!({"model": "c", "messages": [{"role": "user", "content": "x"}],
+        "modalities": ["text"], "top_logprobs": 0, "logprobs": false});
+    assert!(to_messages_request(&chat(base.clone()), 10).is_ok());
+    for (key, value) in [("modalities", json!(["text", "audio"])), ("top_logprobs", json!(2))] {
+        let mut asked = base.clone();
+        asked[key] = value;
+        let err = to_messages_request(&chat(asked.clone()), 10).unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::InvalidRequest { param: Some(p), .. } if p == key),
+            "{err}"
+        );
+        let dropped = super::translate::without_rejected(&chat(asked)).unwrap();
+        assert!(!dropped.extra.contains_key(key));
+    }
+}
+
+/// A tool that printed nothing: its result goes without content, as
+/// Anthropic refuses empty text.
+#[test]
+fn an_empty_tool_result_goes_without_content() {
+    for content in [
+        json!(""),
+        json!(" \n"),
+        json!(null),
+        json!([{"type": "text", "text": ""}]),
+    ] {
+        let req = chat(json!({"model": "c",
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+        "messages": [
+            {"role": "user", "content": "run it"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": content}
+        ]}));
+        let out = serde_json::to_value(to_messages_request(&req, 10).unwrap()).unwrap();
+        let result = &out["messages"][2]["content"][0];
+        assert_eq!(result["type"], "tool_result", "{out}");
+        assert!(result.get("content").is_none(), "{result}");
+    }
+}
+
+/// A plain text file goes as a text document (Anthropic takes base64 for
+/// PDFs only); a conversation of instructions alone is the user's turn;
+/// an image's media type is the one its bytes show.
+#[test]
+fn text_files_instructions_alone_and_image_types_fit_anthropic() {
+    let req = chat(json!({"model": "c", "messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"file_data": "data:text/plain;base64,SGVsbG8sIHdvcmxk"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x"}},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,/9j/4AAQSkZJRgABAQ=="}}
+    ]}]}));
+    let out = serde_json::to_value(to_messages_request(&req, 10).unwrap()).unwrap();
+    let blocks = &out["messages"][0]["content"];
+    assert_eq!(
+        blocks[0]["source"],
+        json!({"type": "text", "media_type": "text/plain", "data": "Hello, world"})
+    );
+    assert_eq!(blocks[1]["source"]["type"], "base64");
+    assert_eq!(blocks[1]["source"]["media_type"], "application/pdf");
+    assert_eq!(blocks[2]["source"]["media_type"], "image/jpeg", "{out}");
+
+    let alone = chat(json!({"model": "c", "messages": [{"role": "system", "content": "Write a haiku."}]}));
+    let out = serde_json::to_value(to_messages_request(&alone, 10).unwrap()).unwrap();
+    assert!(out.get("system").is_none_or(Value::is_null), "{out}");
+    assert_eq!(out["messages"][0]["role"], "user");
+    assert_eq!(out["messages"][0]["content"][0]["text"], "Write a haiku.");
+}

@@ -1,6 +1,7 @@
 //! OpenAI chat requests → Anthropic Messages requests, and Anthropic responses →
 //! OpenAI chat responses.
 
+use base64::Engine as _;
 use serde_json::{Value, json};
 use switchyard_api::anthropic::{
     Content, ContentBlock, Message, MessageRole, MessagesRequest, MessagesResponse, MessagesUsage, Tool,
@@ -34,6 +35,22 @@ pub(crate) const REJECTED: &[&str] = &[
     "function_call",
 ];
 
+/// Whether `value` of parameter `key` asks for what Anthropic and Bedrock
+/// cannot give: `null`, `false`, `modalities: ["text"]` (OpenAI's default,
+/// which some clients send) and `top_logprobs: 0` ask for nothing.
+pub(crate) fn asks_for_rejected(key: &str, value: &Value) -> bool {
+    if !REJECTED.contains(&key) || value.is_null() || value == &Value::Bool(false) {
+        return false;
+    }
+    match key {
+        "modalities" => !value
+            .as_array()
+            .is_some_and(|m| m.iter().all(|v| v.as_str() == Some("text"))),
+        "top_logprobs" => value.as_u64() != Some(0),
+        _ => true,
+    }
+}
+
 /// The request as a deployment sends it: without what it cannot express
 /// when it drops parameters (`drop_params`), else as it came.
 pub(crate) fn as_sent(req: &ChatCompletionRequest, drop_params: bool) -> std::borrow::Cow<'_, ChatCompletionRequest> {
@@ -48,8 +65,7 @@ pub(crate) fn as_sent(req: &ChatCompletionRequest, drop_params: bool) -> std::bo
 /// (`drop_params`) rather than refuse them; `None` when it has none.
 pub(crate) fn without_rejected(req: &ChatCompletionRequest) -> Option<ChatCompletionRequest> {
     let rejected = |key: &str, value: &Value| {
-        (REJECTED.contains(&key) && !value.is_null() && value != &Value::Bool(false))
-            || (key == "n" && value.as_u64().is_some_and(|n| n > 1))
+        asks_for_rejected(key, value) || (key == "n" && value.as_u64().is_some_and(|n| n > 1))
     };
     if !req.extra.iter().any(|(k, v)| rejected(k, v)) {
         return None;
@@ -66,7 +82,8 @@ pub(crate) fn without_rejected(req: &ChatCompletionRequest) -> Option<ChatComple
 }
 
 /// An image part's URL as an Anthropic image source. A data URL must be
-/// base64 (`image/jpg`, as browsers write it, is sent as `image/jpeg`).
+/// base64; its media type is the one its bytes show (Anthropic checks
+/// them, OpenAI ignores the declared type), else the declared one.
 fn image_source(url: &str, param: &str) -> Result<Value> {
     if let Some(rest) = url.strip_prefix("data:") {
         let Some((media_type, data)) = rest
@@ -78,11 +95,7 @@ fn image_source(url: &str, param: &str) -> Result<Value> {
                 param,
             ));
         };
-        let media_type = if media_type.eq_ignore_ascii_case("image/jpg") {
-            "image/jpeg"
-        } else {
-            media_type
-        };
+        let media_type = crate::media::image_type(media_type, data);
         return Ok(json!({"type": "base64", "media_type": media_type, "data": data}));
     }
     Ok(json!({"type": "url", "url": url}))
@@ -96,12 +109,21 @@ fn document_block(url: &str, param: &str) -> Result<ContentBlock> {
         .and_then(|rest| rest.split_once(','))
         .and_then(|(meta, data)| Some((meta.strip_suffix(";base64")?, data)));
     match parsed {
-        Some((media_type, data))
-            if media_type.eq_ignore_ascii_case("application/pdf") || media_type.eq_ignore_ascii_case("text/plain") =>
-        {
+        Some((media_type, data)) if media_type.eq_ignore_ascii_case("application/pdf") => Ok(ContentBlock {
+            kind: "document".into(),
+            source: Some(json!({"type": "base64", "media_type": "application/pdf", "data": data})),
+            ..ContentBlock::default()
+        }),
+        // Anthropic takes base64 for PDFs only: text goes as a text source.
+        Some((media_type, data)) if crate::media::essence(media_type).eq_ignore_ascii_case("text/plain") => {
+            let text = base64::engine::general_purpose::STANDARD
+                .decode(data.trim())
+                .ok()
+                .and_then(|bytes| String::from_utf8(bytes).ok())
+                .ok_or_else(|| invalid("a plain text file must be UTF-8 text in base64", param))?;
             Ok(ContentBlock {
                 kind: "document".into(),
-                source: Some(json!({"type": "base64", "media_type": media_type.to_ascii_lowercase(), "data": data})),
+                source: Some(json!({"type": "text", "media_type": "text/plain", "data": text})),
                 ..ContentBlock::default()
             })
         }
@@ -115,13 +137,10 @@ fn document_block(url: &str, param: &str) -> Result<ContentBlock> {
 /// An OpenAI content part as an Anthropic block.
 fn part_to_block(part: &ContentPart, param: &str) -> Result<ContentBlock> {
     match part.kind.as_str() {
-        "text" => {
-            let mut block = ContentBlock::text(part.text.clone().unwrap_or_default());
-            if let Some(cache) = part.extra.get("cache_control") {
-                block.extra.insert("cache_control".into(), cache.clone());
-            }
-            Ok(block)
-        }
+        "text" => Ok(with_cache_mark(
+            ContentBlock::text(part.text.clone().unwrap_or_default()),
+            part,
+        )),
         "image_url" => {
             let url = part
                 .extra
@@ -168,7 +187,7 @@ fn part_to_block(part: &ContentPart, param: &str) -> Result<ContentBlock> {
 
 /// `block` with the part's `cache_control`, if it has one.
 fn with_cache_mark(mut block: ContentBlock, part: &ContentPart) -> ContentBlock {
-    if let Some(cache) = part.extra.get("cache_control") {
+    if let Some(cache) = part.extra.get("cache_control").filter(|c| !c.is_null()) {
         block.extra.insert("cache_control".into(), cache.clone());
     }
     block
@@ -332,11 +351,7 @@ fn convert_tool_choice(choice: &Value, parallel: Option<bool>) -> Result<Value> 
 /// clamped to Anthropic's maximum of 1.
 pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32) -> Result<MessagesRequest> {
     for key in REJECTED {
-        if req
-            .extra
-            .get(*key)
-            .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
-        {
+        if req.extra.get(*key).is_some_and(|v| asks_for_rejected(key, v)) {
             return Err(invalid(format!("`{key}` is not supported by this provider"), key));
         }
     }
@@ -430,10 +445,17 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                     }
                     _ => Content::Text(message.content_text()),
                 };
+                // A tool that printed nothing: Anthropic refuses empty
+                // text, and a result's content is optional.
+                let empty = match &content {
+                    Content::Text(text) => text.trim().is_empty(),
+                    Content::Blocks(blocks) => blocks.is_empty(),
+                    Content::Other(_) => false,
+                };
                 let mut block = ContentBlock {
                     kind: "tool_result".into(),
                     tool_use_id: Some(tool_use_id(id)),
-                    content: Some(content),
+                    content: (!empty).then_some(content),
                     ..ContentBlock::default()
                 };
                 // A cache mark on the message itself (an agent marking its
@@ -452,6 +474,11 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         }
     }
     trim_final_assistant(&mut messages);
+    // Instructions alone (OpenAI answers a conversation of only a system
+    // message): Anthropic needs a turn, so they are the user's.
+    if messages.is_empty() && !system.is_empty() {
+        push(&mut messages, MessageRole::User, std::mem::take(&mut system));
+    }
     if messages.is_empty() {
         return Err(invalid(
             "at least one user or assistant message is required",

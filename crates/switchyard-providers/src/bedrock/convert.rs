@@ -85,9 +85,10 @@ fn image_block(url: &str, param: &str) -> Result<ImageBlock> {
             param,
         ));
     };
-    let format = match meta.trim_end_matches(";base64") {
+    let media_type = crate::media::image_type(meta.trim_end_matches(";base64"), data);
+    let format = match media_type.as_str() {
         "image/png" => ImageFormat::Png,
-        "image/jpeg" | "image/jpg" => ImageFormat::Jpeg,
+        "image/jpeg" => ImageFormat::Jpeg,
         "image/gif" => ImageFormat::Gif,
         "image/webp" => ImageFormat::Webp,
         other => {
@@ -162,9 +163,10 @@ fn tool_result_content(message: &ChatMessage, param: &str) -> Result<Vec<ToolRes
 
 /// The `cache_control` of a tool message: on the message, or on one of its
 /// parts.
-fn tool_cache_control(message: &ChatMessage) -> Option<&Value> {
-    message.extra.get("cache_control").or_else(|| match &message.content {
-        Some(MessageContent::Parts(parts)) => parts.iter().rev().find_map(|p| p.extra.get("cache_control")),
+fn tool_cache_control<'a>(message: &'a ChatMessage) -> Option<&'a Value> {
+    let mark = |extra: &'a Extra| extra.get("cache_control").filter(|c| !c.is_null());
+    mark(&message.extra).or_else(|| match &message.content {
+        Some(MessageContent::Parts(parts)) => parts.iter().rev().find_map(|p| mark(&p.extra)),
         _ => None,
     })
 }
@@ -204,7 +206,7 @@ fn system_blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<Sy
                         ));
                     }
                 }
-                if let Some(control) = part.extra.get("cache_control") {
+                if let Some(control) = part.extra.get("cache_control").filter(|c| !c.is_null()) {
                     out.push(SystemContentBlock::CachePoint(cache_point_block(control)?));
                 }
             }
@@ -239,7 +241,7 @@ fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBl
                         ));
                     }
                 }
-                if let Some(control) = part.extra.get("cache_control") {
+                if let Some(control) = part.extra.get("cache_control").filter(|c| !c.is_null()) {
                     out.push(ContentBlock::CachePoint(cache_point_block(control)?));
                 }
             }
@@ -310,6 +312,59 @@ pub(crate) fn json_mode(req: &ChatCompletionRequest) -> Result<Option<JsonTool>>
     } else {
         Ok(None)
     }
+}
+
+/// Whether Converse refuses a forced tool choice (`any`, or a named tool)
+/// on `model`: it takes one on Claude, Nova and Mistral Large only, and
+/// Llama, Cohere, AI21, DeepSeek, Qwen, gpt-oss, Writer and Titan refuse it
+/// ("This model doesn't support the toolConfig.toolChoice.any field").
+/// Other ids (an inference profile's ARN) are left to Bedrock.
+pub(crate) fn refuses_forced_tools(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    [
+        "meta.llama",
+        "cohere.",
+        "ai21.",
+        "deepseek.",
+        "qwen.",
+        "openai.gpt-oss",
+        "writer.",
+        "amazon.titan",
+    ]
+    .iter()
+    .any(|family| model.contains(family))
+}
+
+/// Whether the request forces a tool (`tool_choice` `required`, or naming
+/// a function).
+fn forces_a_tool(req: &ChatCompletionRequest) -> bool {
+    match req.extra.get("tool_choice") {
+        Some(Value::String(s)) => s == "required",
+        Some(Value::Object(_)) => true,
+        _ => false,
+    }
+}
+
+/// For a deployment that drops what its model cannot do (`drop_params`): a
+/// forced tool choice the model refuses becomes `auto`, with only the named
+/// function offered when it named one; `None` when nothing changes.
+pub(crate) fn without_forced_choice(req: &ChatCompletionRequest) -> Option<ChatCompletionRequest> {
+    if !refuses_forced_tools(&req.model) || !forces_a_tool(req) || offered_tools(req).is_none() {
+        return None;
+    }
+    let mut copy = req.clone();
+    let named = copy
+        .extra
+        .get("tool_choice")
+        .and_then(|c| c.pointer("/function/name"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let (Some(name), Some(Value::Array(tools))) = (named, copy.extra.get_mut("tools")) {
+        tools.retain(|t| t.pointer("/function/name").and_then(Value::as_str) == Some(name.as_str()));
+    }
+    copy.extra.insert("tool_choice".into(), Value::String("auto".into()));
+    tracing::debug!("a forced tool choice the model refuses is sent as auto (drop_params)");
+    Some(copy)
 }
 
 fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolConfiguration>> {
@@ -390,6 +445,15 @@ fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolC
             ));
         }
     };
+    if matches!(choice, Some(ToolChoice::Any(_) | ToolChoice::Tool(_))) && refuses_forced_tools(&req.model) {
+        return Err(invalid(
+            format!(
+                "`tool_choice` that forces a tool is not supported for `{}` by Bedrock (Claude, Nova and Mistral Large take it): send `auto`, or set `drop_params` on the deployment to send it as `auto`",
+                req.model
+            ),
+            "tool_choice",
+        ));
+    }
     let config = ToolConfiguration::builder()
         .set_tools(Some(specs))
         .set_tool_choice(choice)
@@ -479,7 +543,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
         if req
             .extra
             .get(*key)
-            .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
+            .is_some_and(|v| crate::anthropic::translate::asks_for_rejected(key, v))
         {
             return Err(invalid(format!("`{key}` is not supported by Bedrock"), key));
         }
@@ -575,15 +639,11 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
             }
         }
     }
-    if turns.is_empty() {
-        return Err(invalid(
-            "at least one user or assistant message is required",
-            "messages",
-        ));
-    }
     // Models that take no system prompt (Mistral 7B and Mixtral, Titan
-    // Text) get it at the start of the first user turn instead.
-    if !takes_system(&req.model) && !system.is_empty() {
+    // Text) get it at the start of the first user turn instead; so do
+    // instructions alone (OpenAI answers a conversation of only a system
+    // message, Converse needs a turn).
+    if (!takes_system(&req.model) || turns.is_empty()) && !system.is_empty() {
         let text: Vec<String> = system
             .drain(..)
             .filter_map(|b| match b {
@@ -1035,6 +1095,115 @@ mod tests {
             "{:?}",
             input.messages[2]
         );
+    }
+
+    /// Instructions alone (a conversation of one system message, which
+    /// OpenAI answers) are the user's turn: Converse needs one.
+    #[test]
+    fn instructions_alone_are_the_users_turn() {
+        let input = converse(json!({"model": "anthropic.claude-sonnet-4-5", "messages": [
+            {"role": "system", "content": "Write a haiku about rain."}]}));
+        assert!(input.system.is_empty(), "{:?}", input.system);
+        assert_eq!(input.messages.len(), 1);
+        assert_eq!(input.messages[0].role(), &ConversationRole::User);
+        assert!(
+            matches!(input.messages[0].content(), [ContentBlock::Text(t)] if t == "Write a haiku about rain."),
+            "{:?}",
+            input.messages
+        );
+    }
+
+    /// A forced tool choice goes to the models that take one; others
+    /// refuse it, so it is refused naming `tool_choice`, or, with
+    /// `drop_params`, sent as `auto` (with only the named tool offered).
+    #[test]
+    fn a_forced_tool_choice_goes_only_to_models_that_take_it() {
+        let two_tools = json!([
+            {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}},
+            {"type": "function", "function": {"name": "time", "parameters": {"type": "object"}}}]);
+        let body = |model: &str, choice: Value| {
+            json!({"model": model, "tools": two_tools, "tool_choice": choice,
+                "messages": [{"role": "user", "content": "weather?"}]})
+        };
+        let claude = converse(body("anthropic.claude-sonnet-4-5", json!("required")));
+        assert!(matches!(
+            claude.tools.as_ref().and_then(|t| t.tool_choice()),
+            Some(ToolChoice::Any(_))
+        ));
+        for choice in [
+            json!("required"),
+            json!({"type": "function", "function": {"name": "time"}}),
+        ] {
+            let req: ChatCompletionRequest =
+                serde_json::from_value(body("meta.llama3-3-70b-instruct-v1:0", choice)).unwrap();
+            let Err(err) = to_converse(&req, None) else {
+                panic!("a forced choice to Llama was sent");
+            };
+            assert!(
+                matches!(&err, ProviderError::InvalidRequest { param: Some(p), .. } if p == "tool_choice"),
+                "{err}"
+            );
+            let unforced = without_forced_choice(&req).unwrap();
+            let input = to_converse(&unforced, None).unwrap();
+            let tools = input.tools.unwrap();
+            assert!(matches!(tools.tool_choice(), Some(ToolChoice::Auto(_))));
+            let names: Vec<_> = tools
+                .tools()
+                .iter()
+                .filter_map(|t| t.as_tool_spec().ok().map(|s| s.name().to_owned()))
+                .collect();
+            let named = req.extra["tool_choice"].is_object();
+            assert_eq!(names, if named { vec!["time"] } else { vec!["weather", "time"] });
+        }
+        // `auto`, and models Bedrock alone knows (an ARN), are left as sent.
+        let req: ChatCompletionRequest =
+            serde_json::from_value(body("meta.llama3-3-70b-instruct-v1:0", json!("auto"))).unwrap();
+        assert!(to_converse(&req, None).is_ok() && without_forced_choice(&req).is_none());
+        let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc";
+        let req: ChatCompletionRequest = serde_json::from_value(body(arn, json!("required"))).unwrap();
+        assert!(to_converse(&req, None).is_ok() && without_forced_choice(&req).is_none());
+    }
+
+    /// `cache_control: null` (a client writing every optional field) asks
+    /// for no cache point; OpenAI's default `modalities` is not refused.
+    #[test]
+    fn null_cache_marks_and_default_modalities_ask_for_nothing() {
+        let input = converse(json!({"model": "anthropic.claude-sonnet-4-5", "modalities": ["text"],
+            "top_logprobs": 0, "tools": weather_tool(), "messages": [
+            {"role": "system", "content": [{"type": "text", "text": "rules", "cache_control": null}]},
+            {"role": "user", "content": [{"type": "text", "text": "weather?", "cache_control": null}]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "cache_control": null,
+                "content": [{"type": "text", "text": "sunny", "cache_control": null}]}
+        ]}));
+        assert_eq!(input.system.len(), 1, "{:?}", input.system);
+        for message in &input.messages {
+            assert!(
+                !message
+                    .content()
+                    .iter()
+                    .any(|b| matches!(b, ContentBlock::CachePoint(_))),
+                "{message:?}"
+            );
+        }
+        let req: ChatCompletionRequest = serde_json::from_value(json!({"model": "m",
+            "modalities": ["text", "audio"], "messages": [{"role": "user", "content": "hi"}]}))
+        .unwrap();
+        assert!(to_converse(&req, None).is_err());
+    }
+
+    /// An image's format is the one its bytes show, whatever its data URL
+    /// declares (OpenAI goes by the bytes).
+    #[test]
+    fn an_images_format_is_the_one_its_bytes_show() {
+        let jpeg = base64::engine::general_purpose::STANDARD.encode(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01");
+        let input = converse(json!({"model": "m", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{jpeg}")}}]}]}));
+        let ContentBlock::Image(image) = &input.messages[0].content()[0] else {
+            panic!("{:?}", input.messages[0]);
+        };
+        assert_eq!(image.format(), &ImageFormat::Jpeg);
     }
 
     /// A model that refuses a system prompt gets it in its first user turn.

@@ -244,6 +244,20 @@ macro_rules! with_converse_input {
 }
 
 impl BedrockProvider {
+    /// The request as this deployment sends it: with `drop_params`, without
+    /// the parameters Converse cannot express and with a forced tool choice
+    /// the model refuses sent as `auto`.
+    fn as_sent<'a>(&self, req: &'a ChatCompletionRequest) -> std::borrow::Cow<'a, ChatCompletionRequest> {
+        let sent = crate::anthropic::translate::as_sent(req, self.settings.drop_params);
+        if !self.settings.drop_params {
+            return sent;
+        }
+        match convert::without_forced_choice(&sent) {
+            Some(unforced) => std::borrow::Cow::Owned(unforced),
+            None => sent,
+        }
+    }
+
     /// The id a call for `model` invokes: the configured inference profile or
     /// provisioned ARN, else the model itself.
     pub(crate) fn target<'a>(&'a self, model: &'a str) -> &'a str {
@@ -519,7 +533,7 @@ impl Provider for BedrockProvider {
     }
 
     async fn chat(&self, req: &ChatCompletionRequest) -> Result<ProviderResponse> {
-        let sent = crate::anthropic::translate::as_sent(req, self.settings.drop_params);
+        let sent = self.as_sent(req);
         let req = &*sent;
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self
@@ -543,7 +557,7 @@ impl Provider for BedrockProvider {
         // The SDK's operation timeout ends with the response head; the
         // stream's body is bounded by this deadline.
         let deadline = tokio::time::Instant::now() + self.settings.timeouts.total;
-        let sent = crate::anthropic::translate::as_sent(req, self.settings.drop_params);
+        let sent = self.as_sent(req);
         let req = &*sent;
         let input = convert::to_converse(req, self.settings.default_max_tokens)?;
         let output = self

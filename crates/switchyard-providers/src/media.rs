@@ -1,0 +1,77 @@
+//! Media types of the files and images clients send inline.
+
+use base64::Engine as _;
+
+/// The type of an image from its first bytes: PNG, JPEG, GIF or WebP.
+fn sniffed(bytes: &[u8]) -> Option<&'static str> {
+    if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+        Some("image/png")
+    } else if bytes.starts_with(b"\xff\xd8\xff") {
+        Some("image/jpeg")
+    } else if bytes.starts_with(b"GIF87a") || bytes.starts_with(b"GIF89a") {
+        Some("image/gif")
+    } else if bytes.starts_with(b"RIFF") && bytes.get(8..12) == Some(b"WEBP".as_slice()) {
+        Some("image/webp")
+    } else {
+        None
+    }
+}
+
+/// A media type without its parameters (`image/png;name=a.png` is
+/// `image/png`), trimmed.
+pub(crate) fn essence(media_type: &str) -> &str {
+    media_type.split(';').next().unwrap_or_default().trim()
+}
+
+/// The media type of an image sent as base64 `data` declared as
+/// `declared`: the one its bytes show when they are PNG, JPEG, GIF or WebP
+/// (OpenAI goes by the bytes, Anthropic refuses a declared type they
+/// contradict), else the declared one, lowercased and without parameters
+/// (`image/jpg`, as browsers write it, is `image/jpeg`).
+pub(crate) fn image_type(declared: &str, data: &str) -> String {
+    // 16 base64 characters are the first 12 bytes, enough for every magic.
+    let head = data.trim_start().get(..16).unwrap_or_default();
+    if let Some(known) = base64::engine::general_purpose::STANDARD
+        .decode(head)
+        .ok()
+        .and_then(|bytes| sniffed(&bytes))
+    {
+        return known.to_owned();
+    }
+    let declared = essence(declared).to_ascii_lowercase();
+    if declared == "image/jpg" {
+        "image/jpeg".to_owned()
+    } else {
+        declared
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::STANDARD.encode(bytes)
+    }
+
+    #[test]
+    fn an_images_bytes_name_its_type() {
+        let jpeg = b64(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00");
+        assert_eq!(image_type("image/png", &jpeg), "image/jpeg");
+        let png = b64(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR");
+        assert_eq!(image_type("image/jpeg", &png), "image/png");
+        let gif = b64(b"GIF89a\x01\x00\x01\x00\x80\x00\x00");
+        assert_eq!(image_type("image/webp", &gif), "image/gif");
+        let webp = b64(b"RIFF\x24\x00\x00\x00WEBPVP8 ");
+        assert_eq!(image_type("image/png", &webp), "image/webp");
+    }
+
+    #[test]
+    fn unknown_bytes_keep_the_declared_type_cleaned() {
+        let other = b64(b"not an image at all");
+        assert_eq!(image_type("image/JPG", &other), "image/jpeg");
+        assert_eq!(image_type("image/PNG;name=a.png", &other), "image/png");
+        assert_eq!(image_type("image/heic", "%%%"), "image/heic");
+        assert_eq!(image_type("image/png", ""), "image/png");
+    }
+}
