@@ -1746,6 +1746,110 @@ async fn drop_params_drops_what_anthropic_and_bedrock_cannot_express() {
     );
 }
 
+/// Llama on Bedrock: a `json_schema` response format goes as Converse's
+/// structured output, and the answer (JSON and streamed) is the schema's
+/// JSON; a forced tool choice, which Llama refuses, is a 400 naming
+/// `tool_choice`, or is sent as `auto` with `drop_params`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bedrock_llama_gets_structured_output_and_no_forced_tool_choice() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("router_settings:\n  num_retries: 0\nmodel_list:\n");
+    for drop in [true, false] {
+        yaml += &format!("  - model_name: llama-{drop}\n    deployments:\n");
+        yaml += &deployment(
+            "bedrock",
+            &mock,
+            "meta.llama3-3-70b-instruct-v1:0",
+            &format!("        drop_params: {drop}\n"),
+        );
+    }
+    let gateway = GatewayProcess::start_with(
+        Path::new(BIN),
+        &yaml,
+        &[],
+        &[("TEST_AWS_ID", "AKIDTEST"), ("TEST_AWS_SECRET", "test-secret")],
+    );
+    let http = reqwest::Client::new();
+    let chat = |body: Value| {
+        http.post(format!("{}/v1/chat/completions", gateway.base_url()))
+            .json(&body)
+            .send()
+    };
+    let schema = json!({"type": "object", "additionalProperties": false, "required": ["city", "rank", "size"],
+        "properties": {"city": {"type": "string"}, "rank": {"type": "integer"}, "size": {"enum": ["big", "small"]}}});
+    let expected = json!({"city": "mock", "rank": 0, "size": "big"});
+    for stream in [false, true] {
+        let mut body = user("llama-false", "Name a city.");
+        body["stream"] = json!(stream);
+        body["response_format"] = json!({"type": "json_schema",
+            "json_schema": {"name": "city", "strict": true, "schema": schema}});
+        let response = chat(body).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        let content = if stream {
+            sse_data(&text)
+                .iter()
+                .filter(|d| *d != "[DONE]")
+                .filter_map(|d| {
+                    serde_json::from_str::<Value>(d).unwrap()["choices"][0]["delta"]["content"]
+                        .as_str()
+                        .map(str::to_owned)
+                })
+                .collect::<String>()
+        } else {
+            let answer: Value = serde_json::from_str(&text).unwrap();
+            answer["choices"][0]["message"]["content"].as_str().unwrap().to_owned()
+        };
+        let parsed: Value = serde_json::from_str(&content).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(parsed, expected, "stream {stream}");
+        let sent = mock.requests().pop().unwrap();
+        let format = &sent.body["outputConfig"]["textFormat"];
+        assert_eq!(format["type"], "json_schema", "{}", sent.body);
+        assert_eq!(format["structure"]["jsonSchema"]["name"], "city");
+        let sent_schema: Value =
+            serde_json::from_str(format["structure"]["jsonSchema"]["schema"].as_str().unwrap()).unwrap();
+        assert_eq!(sent_schema, schema);
+    }
+
+    let tools: Value = serde_json::from_str(TOOLS).unwrap();
+    for choice in [
+        json!("required"),
+        json!({"type": "function", "function": {"name": "get_time"}}),
+    ] {
+        let mut body = user("llama-false", "What time is it?");
+        body["tools"] = tools.clone();
+        body["tool_choice"] = choice.clone();
+        let before = mock.requests().len();
+        let response = chat(body.clone()).await.unwrap();
+        assert_eq!(response.status(), 400);
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["param"], "tool_choice", "{error}");
+        assert_eq!(mock.requests().len(), before, "refused before the upstream");
+
+        body["model"] = json!("llama-true");
+        let response = chat(body).await.unwrap();
+        assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+        let sent = mock.requests().pop().unwrap();
+        let config = &sent.body["toolConfig"];
+        assert!(
+            config["toolChoice"].get("any").is_none() && config["toolChoice"].get("tool").is_none(),
+            "{config}"
+        );
+        let names: Vec<&str> = config["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["toolSpec"]["name"].as_str())
+            .collect();
+        let expected: &[&str] = if choice.is_object() {
+            &["get_time"]
+        } else {
+            &["get_weather", "get_time"]
+        };
+        assert_eq!(names, expected);
+    }
+}
+
 /// Gemini signs its tool calls and refuses a call sent back unsigned;
 /// Anthropic clients keep a `tool_use` block's id, not fields they do not
 /// know: on `/v1/messages` the signature rides in the id (JSON and

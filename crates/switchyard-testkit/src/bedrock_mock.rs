@@ -305,6 +305,46 @@ impl Planned {
     }
 }
 
+/// The schema of Converse's structured output (`outputConfig.textFormat`),
+/// checked as Bedrock checks it.
+fn structured_output(obj: &Map<String, Value>) -> Result<Option<Value>, String> {
+    let Some(format) = obj.get("outputConfig").and_then(|c| c.get("textFormat")) else {
+        return Ok(None);
+    };
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Err("outputConfig.textFormat.type: must be json_schema".into());
+    }
+    let schema = format
+        .pointer("/structure/jsonSchema/schema")
+        .and_then(Value::as_str)
+        .ok_or("outputConfig.textFormat.structure.jsonSchema.schema: must be a string")?;
+    let schema: Value = serde_json::from_str(schema)
+        .map_err(|e| format!("outputConfig.textFormat.structure.jsonSchema.schema: not valid JSON: {e}"))?;
+    Ok(Some(schema))
+}
+
+/// A value that follows `schema`: every property of an object, the first
+/// of an `enum`, and a placeholder of each type.
+fn instance(schema: &Value) -> Value {
+    if let Some(first) = schema.get("enum").and_then(Value::as_array).and_then(|e| e.first()) {
+        return first.clone();
+    }
+    match schema.get("type").and_then(Value::as_str) {
+        Some("object") => Value::Object(
+            schema
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|properties| properties.iter().map(|(k, v)| (k.clone(), instance(v))).collect())
+                .unwrap_or_default(),
+        ),
+        Some("array") => json!([]),
+        Some("string") => json!("mock"),
+        Some("integer" | "number") => json!(0),
+        Some("boolean") => json!(false),
+        _ => Value::Null,
+    }
+}
+
 fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
     if ctx.scenario.profile_only {
         return Err(Box::new(validation_error(&format!(
@@ -326,10 +366,29 @@ fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
     }
     let thinking = crate::thinking::check(&asked_thinking(obj, messages, &ctx.model))
         .map_err(|message| Box::new(validation_error(&message)))?;
+    // Llama takes no forced tool choice, as on Bedrock.
+    if ctx.model.contains("meta.llama")
+        && let Some(choice) = obj
+            .get("toolConfig")
+            .and_then(|c| c.get("toolChoice"))
+            .and_then(Value::as_object)
+        && let Some(kind) = choice.keys().find(|k| *k != "auto")
+    {
+        return Err(Box::new(validation_error(&format!(
+            "This model doesn't support the toolConfig.toolChoice.{kind} field. Remove toolConfig.toolChoice.{kind} and try again."
+        ))));
+    }
+    let structured = structured_output(obj).map_err(|message| Box::new(validation_error(&message)))?;
     let mut reply = build_reply(
         &reply_request(obj, messages, ctx.scenario.parallel_tools),
         "tooluse_mock_",
     );
+    // Structured output: an answer that follows the schema, as text.
+    if let Some(schema) = structured {
+        reply.blocks = vec![ReplyBlock::Text(instance(&schema).to_string())];
+        reply.stop_reason = "end_turn";
+        reply.stop_sequence = None;
+    }
     if ctx.scenario.content_filter {
         // A guardrail that intervenes answers 200 with its own message.
         reply.blocks = vec![ReplyBlock::Text("Sorry, the model cannot answer this question.".into())];

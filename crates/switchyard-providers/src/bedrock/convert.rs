@@ -3,7 +3,8 @@
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
 use aws_sdk_bedrockruntime::types::{
     AnyToolChoice, AutoToolChoice, CachePointBlock, CachePointType, CacheTtl, ContentBlock, ConversationRole,
-    ImageBlock, ImageFormat, ImageSource, InferenceConfiguration, Message, ReasoningContentBlock, ReasoningTextBlock,
+    ImageBlock, ImageFormat, ImageSource, InferenceConfiguration, JsonSchemaDefinition, Message, OutputConfig,
+    OutputFormat, OutputFormatStructure, OutputFormatType, ReasoningContentBlock, ReasoningTextBlock,
     SpecificToolChoice, StopReason, SystemContentBlock, TokenUsage, Tool, ToolChoice, ToolConfiguration,
     ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolSpecification, ToolUseBlock,
 };
@@ -287,6 +288,9 @@ pub(crate) struct ConverseInput {
     pub(crate) tools: Option<ToolConfiguration>,
     /// Model-specific fields (Claude's `thinking`).
     pub(crate) additional: Option<Document>,
+    /// The JSON Schema the answer follows (Converse's structured output),
+    /// for models that are not given the JSON tool.
+    pub(crate) output: Option<OutputConfig>,
 }
 
 /// The tools the model may call: none when the request offers none, or
@@ -302,9 +306,51 @@ fn offered_tools(req: &ChatCompletionRequest) -> Option<&Vec<Value>> {
         .filter(|t| !t.is_empty())
 }
 
+/// The structured output a `json_schema` `response_format` asks of a model
+/// that is not given the JSON tool ([`json_mode`]): Converse's
+/// `outputConfig`, which Bedrock enforces where the model supports it and
+/// refuses (a 400) where not. `json_object` has no Converse equivalent: it
+/// is left to the prompt, which OpenAI requires to ask for JSON.
+pub(crate) fn structured_output(req: &ChatCompletionRequest) -> Result<Option<OutputConfig>> {
+    let model = req.model.as_str();
+    if model.contains("anthropic.claude") || model.starts_with("claude") || model.contains("amazon.nova") {
+        return Ok(None);
+    }
+    let Some(format) = req.extra.get("response_format").filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    if format.get("type").and_then(Value::as_str) != Some("json_schema") {
+        return Ok(None);
+    }
+    let spec = format.get("json_schema");
+    let schema = spec
+        .and_then(|s| s.get("schema"))
+        .filter(|s| s.is_object())
+        .ok_or_else(|| {
+            invalid(
+                "a `json_schema` response format needs a schema object",
+                "response_format.json_schema.schema",
+            )
+        })?;
+    let mut definition = JsonSchemaDefinition::builder().schema(schema.to_string());
+    if let Some(name) = spec.and_then(|s| s.get("name")).and_then(Value::as_str) {
+        definition = definition.name(name);
+    }
+    if let Some(description) = spec.and_then(|s| s.get("description")).and_then(Value::as_str) {
+        definition = definition.description(description);
+    }
+    let definition = built(definition.build(), "response_format.json_schema")?;
+    let format = OutputFormat::builder()
+        .r#type(OutputFormatType::JsonSchema)
+        .structure(OutputFormatStructure::JsonSchema(definition))
+        .build();
+    let format = built(format, "response_format")?;
+    Ok(Some(OutputConfig::builder().text_format(format).build()))
+}
+
 /// The JSON tool a `response_format` asks for, on models that Converse lets
-/// a request force a named tool on (Claude and Nova). Other models get the
-/// request without it, as Converse has no `response_format`.
+/// a request force a named tool on (Claude and Nova). Other models get a
+/// `json_schema` as Converse's structured output ([`structured_output`]).
 pub(crate) fn json_mode(req: &ChatCompletionRequest) -> Result<Option<JsonTool>> {
     let model = req.model.as_str();
     if model.contains("anthropic.claude") || model.starts_with("claude") || model.contains("amazon.nova") {
@@ -766,6 +812,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
         inference,
         tools,
         additional,
+        output: structured_output(req)?,
     })
 }
 

@@ -240,6 +240,7 @@ macro_rules! with_converse_input {
             .inference_config($input.inference)
             .set_tool_config($input.tools)
             .set_additional_model_request_fields($input.additional)
+            .set_output_config($input.output)
     };
 }
 
