@@ -437,6 +437,8 @@ async fn dispatch_all<'s>(
     let mut attempts = 0u32;
     let mut upstream_request_id = None;
     let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
+    // The error of the group fallen back from.
+    let mut earlier: Option<ApiError> = None;
     loop {
         visited.push(group.0);
         // With no fallback group left that could serve now (as a learned
@@ -492,7 +494,14 @@ async fn dispatch_all<'s>(
                     group: Some(group.0.to_owned()),
                 });
             }
-            GroupOutcome::Exhausted(error, reason) => (error, reason),
+            GroupOutcome::Exhausted(error, reason) => match (error, earlier.take()) {
+                // A fallback group that could not route (every deployment
+                // over its limits or cooling down: no attempt made) leaves
+                // the request the error the group before it met (an
+                // upstream 429 and its Retry-After, not a 503).
+                (ApiError::Routing(RoutingError::NoDeployment(_)), Some(before)) => (before, Reason::Failed),
+                (error, _) => (error, reason),
+            },
         };
         let list = match reason {
             Reason::Failed => general,
@@ -523,6 +532,7 @@ async fn dispatch_all<'s>(
                 tracing::info!(from = group.0, to = %name, ?reason, "falling back to another model group");
                 state.metrics.fallback(group.0, name);
                 group = (name.as_str(), route);
+                earlier = Some(error);
             }
             _ => {
                 alert_failure(state, group.0, call, options, &error);
@@ -1091,17 +1101,26 @@ async fn try_group<'s>(
                 if let Some(reason) = reason {
                     return GroupOutcome::Exhausted(error, reason);
                 }
-                if unexpressible || misconfigured {
-                    // Another provider of the group may take it: not a retry.
+                // A rejected key (marked, so later requests skip it) is the
+                // deployment's, as is what it cannot express or reach as
+                // configured: another deployment of the group may take the
+                // request, without counting as a retry.
+                if unexpressible || misconfigured || class == switchyard_routing::ErrorClass::Auth {
                     unable.push(index);
                     if unable.len() < route.all.len() {
                         last = Some(error);
                         continue;
                     }
+                    // A model the client named behind a wildcard that no
+                    // deployment has, or may use, is the client's answer:
+                    // another model must not answer for it.
+                    if matches!(error, ApiError::ModelNotFound(_) | ApiError::ModelForbidden(_)) {
+                        return GroupOutcome::Final(error);
+                    }
                     // No deployment of the group can: a fallback group may.
                     return GroupOutcome::Exhausted(error, Reason::Failed);
                 }
-                if !retryable && class != switchyard_routing::ErrorClass::Auth {
+                if !retryable {
                     return GroupOutcome::Final(error);
                 }
                 match tried.iter_mut().find(|(t, _)| *t == index) {

@@ -403,7 +403,13 @@ fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Opt
             ..
         } if (400..500).contains(status) => (
             S::from_u16(*status).unwrap_or(S::BAD_REQUEST),
-            kind.as_deref().unwrap_or("invalid_request_error"),
+            // An upstream that names no type (Azure's 429, a proxy's text):
+            // a rate limit is one, anything else the request's fault.
+            kind.as_deref().unwrap_or(if *status == 429 {
+                "rate_limit_error"
+            } else {
+                "invalid_request_error"
+            }),
             param.clone(),
             code.clone(),
         ),
@@ -510,6 +516,30 @@ fn retry_after_header(after: std::time::Duration) -> Option<HeaderValue> {
 #[cfg(test)]
 mod retry_after_tests {
     use super::*;
+
+    /// An upstream client error without a type keeps its status; a 429 is
+    /// a `rate_limit_error` (Azure's 429 names no type), others the
+    /// request's fault.
+    #[test]
+    fn an_untyped_upstream_429_is_a_rate_limit_error() {
+        let status = |status: u16| ProviderError::Status {
+            status,
+            message: "slow down".into(),
+            kind: None,
+            code: Some(status.to_string()),
+            param: None,
+            retry_after: None,
+            details: None,
+        };
+        let (limited, unprocessable) = (status(429), status(422));
+        let (code, kind, _, _) = upstream_parts(&limited);
+        assert_eq!((code, kind), (StatusCode::TOO_MANY_REQUESTS, "rate_limit_error"));
+        let (code, kind, _, _) = upstream_parts(&unprocessable);
+        assert_eq!(
+            (code, kind),
+            (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error")
+        );
+    }
 
     #[test]
     fn retry_after_rounds_up_to_whole_seconds() {

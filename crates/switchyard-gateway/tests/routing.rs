@@ -313,3 +313,75 @@ model_list:
         );
     }
 }
+
+/// A deployment whose key the upstream rejects (401) hands the request to
+/// the group's next deployment without using up a retry: with
+/// `num_retries: 0` the healthy one still answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_key_hands_the_request_on_without_a_retry() {
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        r#"
+router_settings:
+  num_retries: 0
+model_list:
+  - model_name: keys
+    routing_strategy: cost-based
+    deployments:
+      - {{provider: openai, model: "revoked::status=401", api_base: "{base}", api_key: k, input_cost_per_token: 0.000001}}
+      - {{provider: openai, model: good, api_base: "{base}", api_key: k, input_cost_per_token: 0.00001}}
+"#,
+        base = mock.base_url()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    let http = reqwest::Client::new();
+    let (deployment, _) = ask(&http, &gateway.base_url(), "keys").await;
+    assert_eq!(deployment, "keys/1");
+    let models: Vec<String> = mock
+        .requests()
+        .iter()
+        .map(|r| r.body["model"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        models,
+        ["revoked::status=401", "good"],
+        "the cheaper, revoked one first"
+    );
+}
+
+/// A fallback group that cannot route (its one deployment is over its
+/// `rpm`: no attempt is made) leaves the request the error the group
+/// before it met: the upstream's 429 with its Retry-After, not a 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_that_cannot_route_keeps_the_earlier_error() {
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        r#"
+router_settings:
+  num_retries: 0
+model_list:
+  - model_name: limited
+    fallbacks: [full]
+    deployments:
+      - {{provider: openai, model: "busy::status=429,retry_after=2", api_base: "{base}", api_key: k}}
+  - model_name: full
+    routing_strategy: usage-based
+    deployments:
+      - {{provider: mock, model: one-a-minute, rpm: 1}}
+"#,
+        base = mock.base_url()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    let http = reqwest::Client::new();
+    ask(&http, &gateway.base_url(), "full").await;
+    let response = http
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .json(&json!({"model": "limited", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert_eq!(response.headers()["retry-after"], "2");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{body}");
+}

@@ -405,3 +405,33 @@ async fn the_request_log_names_the_model_asked_of_a_wildcard_group() {
     assert_eq!(record["model"], "openai/gpt-4o", "{record}");
     assert_eq!(record["served_model"], "openai/*", "{record}");
 }
+
+/// A model the client named behind a wildcard that the upstream lacks is
+/// the client's answer even when the group has fallbacks: another model
+/// must not answer (and be billed) for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_wildcard_model_does_not_fall_back() {
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        r#"
+model_list:
+  - model_name: "openai/*"
+    fallbacks: [backup]
+    deployments:
+      - {{provider: openai, model: "*", api_base: "{base}", api_key: k}}
+  - model_name: backup
+    deployments:
+      - {{provider: mock, model: backup-1}}
+"#,
+        base = mock.base_url()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    for (model, status, code) in [
+        ("openai/gpt-4o-minii::status=404", 404, "model_not_found"),
+        ("openai/gated-model::status=403", 403, "model_not_allowed"),
+    ] {
+        let answer = chat(&gateway, "", model, false).await;
+        assert_eq!(answer.status, status, "{}", answer.body);
+        assert_eq!(answer.body["error"]["code"], code, "{}", answer.body);
+    }
+}
