@@ -169,11 +169,9 @@ impl Call<'_> {
     /// Whether an upstream may well lack this operation's route, so that
     /// its 404 says so rather than that the deployment is misconfigured:
     /// every operation but chat (and Anthropic's messages) and embeddings.
+    /// Anthropic-compatible servers often lack `/v1/messages/count_tokens`.
     pub(crate) fn may_lack_route(&self) -> bool {
-        !matches!(
-            self,
-            Call::Chat(_) | Call::Messages(_) | Call::CountTokens(..) | Call::Embeddings(_)
-        )
+        !matches!(self, Call::Chat(_) | Call::Messages(_) | Call::Embeddings(_))
     }
 
     /// The request's input as JSON, for `gen_ai.prompt` when spans capture

@@ -972,7 +972,7 @@ where
     };
     let result = match watch.handle.as_mut() {
         Some(handle) => handle.await,
-        None => return ApiError::Internal("the request could not be completed".into()).into_response(),
+        None => return render(ApiError::Internal("the request could not be completed".into())),
     };
     watch.handle = None;
     match result {
@@ -980,7 +980,7 @@ where
         Err(e) => {
             // A panic's message stays in the log.
             tracing::error!(error = %e, "a request's task failed");
-            ApiError::Internal("the request could not be completed".into()).into_response()
+            render(ApiError::Internal("the request could not be completed".into()))
         }
     }
 }

@@ -1850,6 +1850,36 @@ async fn bedrock_llama_gets_structured_output_and_no_forced_tool_choice() {
     }
 }
 
+/// An Anthropic-compatible server without `/v1/messages/count_tokens`
+/// (it answers 404): the count is the gateway's estimate, marked as one,
+/// not a 502 a client would meet on every turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_tokens_on_a_server_without_the_route_is_estimated() {
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        "model_list:\n  - model_name: compatible\n    deployments:\n      - provider: anthropic\n        model: kimi\n        api_base: {}/no-count-route\n        api_key: k\n",
+        mock.root_url()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    let response = reqwest::Client::new()
+        .post(format!("{}/v1/messages/count_tokens", gateway.base_url()))
+        .header("anthropic-version", "2023-06-01")
+        .json(&json!({"model": "compatible", "messages": [{"role": "user", "content": "count these words please"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.headers());
+    assert_eq!(response.headers()["x-switchyard-token-count"], "estimate");
+    let body: Value = response.json().await.unwrap();
+    assert!(body["input_tokens"].as_u64().is_some_and(|n| n > 0), "{body}");
+    assert!(
+        mock.requests()
+            .iter()
+            .any(|r| r.path.ends_with("/v1/messages/count_tokens")),
+        "the upstream was asked first"
+    );
+}
+
 /// Gemini signs its tool calls and refuses a call sent back unsigned;
 /// Anthropic clients keep a `tool_use` block's id, not fields they do not
 /// know: on `/v1/messages` the signature rides in the id (JSON and
