@@ -341,6 +341,10 @@ async fn dispatch_all<'s>(
     options: &RequestOptions,
 ) -> Result<Served<'s>, Failed> {
     let settings = &state.dispatch;
+    // The request's time counts from here: a learned router's decision
+    // (waiting for an embedding slot included) is part of it.
+    let timeout = options.timeout.unwrap_or(settings.timeout).min(settings.max_timeout);
+    let begun = tokio::time::Instant::now();
     let prediction = match state.learned.get(requested) {
         Some(route) => {
             let query = call.query_text().ok_or_else(|| {
@@ -379,7 +383,16 @@ async fn dispatch_all<'s>(
                 "switchyard.router.choice" = Empty,
                 "switchyard.router.scores" = Empty,
             );
-            let prediction = route.predict(&live, query).instrument(span.clone()).await?;
+            let predicted =
+                tokio::time::timeout_at(begun + timeout, route.predict(&live, query).instrument(span.clone())).await;
+            let Ok(prediction) = predicted else {
+                return Err(ApiError::Deadline {
+                    after: begun.elapsed(),
+                    attempts: 0,
+                }
+                .into());
+            };
+            let prediction = prediction?;
             span.record("switchyard.router.choice", prediction.ranked[0].as_str());
             span.record("switchyard.router.scores", prediction.scores_header().as_str());
             Some(Arc::new(prediction))
@@ -414,9 +427,8 @@ async fn dispatch_all<'s>(
         };
         return Err(invalid(&format!("fallbacks[{i}]"), message).into());
     }
-    let timeout = options.timeout.unwrap_or(settings.timeout).min(settings.max_timeout);
     let deadline = Deadline {
-        at: tokio::time::Instant::now() + timeout,
+        at: begun + timeout,
         configured: settings.timeout,
     };
     let num_retries = options

@@ -701,6 +701,11 @@ impl LearnedRoute {
             .acquire_owned()
             .await
             .map_err(|e| ApiError::Internal(format!("embedding slots: {e}")))?;
+        // A client that left while the request waited for its slot gets
+        // no embedding made for it.
+        if crate::routes::client_gone() {
+            return Err(ApiError::ClientGone { attempts: 0 });
+        }
         let scores = tokio::task::spawn_blocking(move || {
             let _slot = slot;
             let embedding = embedder
