@@ -1310,10 +1310,15 @@ async fn attempt(
                     }
                 }
                 _ => {
-                    let chat = translate::to_chat_request(req).map_err(|e| ProviderError::InvalidRequest {
+                    let mut chat = translate::to_chat_request(req).map_err(|e| ProviderError::InvalidRequest {
                         message: e.message(),
                         param: e.parts().2,
                     })?;
+                    // Thinking's effort, for models that take one (others
+                    // refuse `reasoning_effort`).
+                    if !client.takes_reasoning_effort(&chat.model) {
+                        chat.extra.shift_remove("reasoning_effort");
+                    }
                     if stream {
                         within_first_byte(client, async { hold_chunks(client.chat_stream(&chat).await?).await })
                             .await

@@ -1880,6 +1880,52 @@ async fn count_tokens_on_a_server_without_the_route_is_estimated() {
     );
 }
 
+/// Claude Code's thinking, on `/v1/messages` to an OpenAI deployment:
+/// a reasoning model (GPT-5.1, which reasons only when asked) gets the
+/// matching `reasoning_effort`; a model that refuses the field gets none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_thinking_reaches_openai_reasoning_models_as_an_effort() {
+    let mock = MockUpstream::start().await;
+    let mut yaml = String::from("model_list:\n");
+    for (group, model) in [("thinker", "gpt-5.1"), ("plain", "gpt-4o")] {
+        yaml += &format!("  - model_name: {group}\n    deployments:\n");
+        yaml += &deployment("openai", &mock, model, "");
+    }
+    let gateway = GatewayProcess::start(Path::new(BIN), &yaml);
+    let http = reqwest::Client::new();
+    for (group, thinking, expected) in [
+        (
+            "thinker",
+            json!({"type": "enabled", "budget_tokens": 16000}),
+            Some("high"),
+        ),
+        (
+            "thinker",
+            json!({"type": "enabled", "budget_tokens": 1024}),
+            Some("low"),
+        ),
+        ("thinker", json!({"type": "disabled"}), None),
+        ("plain", json!({"type": "enabled", "budget_tokens": 16000}), None),
+    ] {
+        let response = http
+            .post(format!("{}/v1/messages", gateway.base_url()))
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": group, "max_tokens": 20000, "thinking": thinking,
+                "messages": [{"role": "user", "content": "think"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{group}: {}", response.text().await.unwrap());
+        let sent = mock.requests().pop().unwrap();
+        assert_eq!(
+            sent.body.get("reasoning_effort").and_then(Value::as_str),
+            expected,
+            "{group} {thinking}: {}",
+            sent.body
+        );
+    }
+}
+
 /// Gemini signs its tool calls and refuses a call sent back unsigned;
 /// Anthropic clients keep a `tool_use` block's id, not fields they do not
 /// know: on `/v1/messages` the signature rides in the id (JSON and

@@ -38,6 +38,18 @@ macro_rules! dispatch {
 }
 
 impl ProviderClient {
+    /// Whether the deployment takes OpenAI's `reasoning_effort` for
+    /// `model`: an OpenAI or Azure deployment of a reasoning family (o1,
+    /// o3, o4, GPT-5; by name or `base_model`). Anthropic and Bedrock read
+    /// it as Claude's thinking, through their own translation.
+    pub fn takes_reasoning_effort(&self, model: &str) -> bool {
+        match self {
+            ProviderClient::OpenAi(p) => p.reasons(model),
+            ProviderClient::Azure(p) => p.reasons(model),
+            ProviderClient::Anthropic(_) | ProviderClient::Bedrock(_) | ProviderClient::Mock(_) => false,
+        }
+    }
+
     /// The deployment's first-byte timeout; `None` for the built-in mock,
     /// which has no timeouts.
     pub fn first_byte_timeout(&self) -> Option<std::time::Duration> {

@@ -636,6 +636,13 @@ macro_rules! openai_wire_provider {
                 self
             }
 
+            /// Whether the deployment's model (`model` as sent, or the
+            /// `base_model` it was configured with) is of a reasoning
+            /// family, which takes `reasoning_effort`.
+            pub fn reasons(&self, model: &str) -> bool {
+                self.0.wire.reasoning || is_reasoning_model(model)
+            }
+
             /// The same provider for a model that writes at most
             /// `max_output` tokens: a chat request asking for more is sent
             /// asking for that many.

@@ -122,6 +122,42 @@ pub(crate) fn adaptive_only(model: &str) -> bool {
     major > 4 || (major == 4 && minor >= 7)
 }
 
+/// The `reasoning_effort` that Anthropic's `thinking` and
+/// `output_config.effort` ask of a model that takes OpenAI's: the effort
+/// named (`max` is `high`), else the one whose budget an enabled
+/// thinking's `budget_tokens` reaches (under 2,048 `low`, under 4,096
+/// `medium`, else `high`); `None` when thinking is off or left to the
+/// model (adaptive without an effort).
+pub fn effort_for_thinking(thinking: Option<&Value>, effort: Option<&str>) -> Option<&'static str> {
+    let kind = thinking.and_then(|t| t.get("type")).and_then(Value::as_str);
+    if kind == Some("disabled") {
+        return None;
+    }
+    if let Some(effort) = effort {
+        return Some(match effort {
+            "minimal" => "minimal",
+            "low" => "low",
+            "medium" => "medium",
+            _ => "high",
+        });
+    }
+    if kind != Some("enabled") {
+        return None;
+    }
+    let budget = thinking
+        .and_then(|t| t.get("budget_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(DEFAULT_BUDGET);
+    let at = |name: &str| BUDGETS.iter().find(|(n, _)| *n == name).map_or(0, |(_, b)| *b);
+    Some(if budget < at("medium") {
+        "low"
+    } else if budget < at("high") {
+        "medium"
+    } else {
+        "high"
+    })
+}
+
 /// The adaptive-thinking effort for a `reasoning_effort`.
 fn adaptive_effort(effort: &str) -> &'static str {
     match effort {
@@ -347,6 +383,25 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
+
+    #[test]
+    fn anthropic_thinking_is_an_openai_effort() {
+        let enabled = |budget: u64| json!({"type": "enabled", "budget_tokens": budget});
+        assert_eq!(effort_for_thinking(Some(&enabled(1024)), None), Some("low"));
+        assert_eq!(effort_for_thinking(Some(&enabled(3000)), None), Some("medium"));
+        assert_eq!(effort_for_thinking(Some(&enabled(32_000)), None), Some("high"));
+        assert_eq!(
+            effort_for_thinking(Some(&json!({"type": "enabled"})), None),
+            Some("medium")
+        );
+        let adaptive = json!({"type": "adaptive"});
+        assert_eq!(effort_for_thinking(Some(&adaptive), None), None);
+        assert_eq!(effort_for_thinking(Some(&adaptive), Some("max")), Some("high"));
+        assert_eq!(effort_for_thinking(None, Some("low")), Some("low"));
+        let disabled = json!({"type": "disabled"});
+        assert_eq!(effort_for_thinking(Some(&disabled), Some("high")), None);
+        assert_eq!(effort_for_thinking(None, None), None);
+    }
 
     fn request(extra: Value) -> ChatCompletionRequest {
         let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});

@@ -428,6 +428,17 @@ pub fn to_chat_request(req: &MessagesRequest) -> Result<ChatCompletionRequest, A
             }
         }
     }
+    // Thinking asked of a model that reasons OpenAI's way: its effort. Left
+    // out by the dispatch for a deployment whose model does not take it.
+    if let Some(effort) = switchyard_providers::reasoning::effort_for_thinking(
+        req.extra.get("thinking").filter(|t| !t.is_null()),
+        req.extra
+            .get("output_config")
+            .and_then(|c| c.get("effort"))
+            .and_then(Value::as_str),
+    ) {
+        extra.insert("reasoning_effort".into(), json!(effort));
+    }
     if let Some(t) = req.temperature {
         extra.insert("temperature".into(), json!(t));
     }
