@@ -494,16 +494,67 @@ fn metadata_of(extra: &mut switchyard_api::Extra) -> Option<&mut serde_json::Map
 /// A file name with the extension its media type implies, for an upload
 /// that came without one (upstreams read the format from the extension).
 fn audio_file_name(content_type: Option<&str>) -> String {
-    let extension = match content_type.unwrap_or_default() {
+    match audio_extension(content_type) {
+        Some(extension) => format!("audio.{extension}"),
+        None => "audio".into(),
+    }
+}
+
+/// A media type without its parameters (a browser's recording is
+/// `audio/webm;codecs=opus`), lowercased.
+fn essence(content_type: Option<&str>) -> String {
+    content_type
+        .unwrap_or_default()
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase()
+}
+
+/// The extension of an audio media type.
+fn audio_extension(content_type: Option<&str>) -> Option<&'static str> {
+    Some(match essence(content_type).as_str() {
         "audio/mpeg" | "audio/mp3" => "mp3",
         "audio/wav" | "audio/x-wav" | "audio/wave" => "wav",
         "audio/ogg" | "audio/opus" => "ogg",
         "audio/webm" | "video/webm" => "webm",
         "audio/flac" | "audio/x-flac" => "flac",
         "audio/mp4" | "audio/m4a" | "audio/x-m4a" => "m4a",
-        _ => return "audio".into(),
+        _ => return None,
+    })
+}
+
+/// An uploaded file's name as sent upstream: the client's, with the
+/// extension of its media type added when it has none (a browser's
+/// `FormData` names a blob `blob`, and upstreams read the format from the
+/// extension); a file's name by its media type when it came without one.
+fn sent_file_name(field: &str, given: Option<&str>, content_type: Option<&str>) -> String {
+    let Some(given) = given.filter(|n| !n.is_empty()) else {
+        return upload_file_name(field, content_type);
     };
-    format!("audio.{extension}")
+    let has_extension = given
+        .rsplit(['/', '\\'])
+        .next()
+        .is_some_and(|base| base.rfind('.').is_some_and(|dot| dot > 0 && dot + 1 < base.len()));
+    let extension = match field {
+        "file" => audio_extension(content_type),
+        _ => image_extension(content_type),
+    };
+    match extension {
+        Some(extension) if !has_extension => format!("{given}.{extension}"),
+        _ => given.to_owned(),
+    }
+}
+
+/// The extension of an image media type.
+fn image_extension(content_type: Option<&str>) -> Option<&'static str> {
+    Some(match essence(content_type).as_str() {
+        "image/jpeg" | "image/jpg" => "jpg",
+        "image/webp" => "webp",
+        "image/png" => "png",
+        _ => return None,
+    })
 }
 
 /// The parts of a multipart upload: its `model`, its files (the fields
@@ -530,10 +581,7 @@ async fn read_upload(
         let name = field.name().unwrap_or_default().to_owned();
         if file_fields.contains(&name.as_str()) {
             let content_type = field.content_type().map(str::to_owned);
-            let filename = field
-                .file_name()
-                .filter(|n| !n.is_empty())
-                .map_or_else(|| upload_file_name(&name, content_type.as_deref()), str::to_owned);
+            let filename = sent_file_name(&name, field.file_name(), content_type.as_deref());
             let bytes = field.bytes().await.map_err(form_error)?;
             if bytes.is_empty() {
                 return Err(invalid(&name, format!("'{name}' is empty.")));
@@ -566,14 +614,7 @@ async fn read_upload(
 fn upload_file_name(field: &str, content_type: Option<&str>) -> String {
     match field {
         "file" => audio_file_name(content_type),
-        _ => {
-            let extension = match content_type.unwrap_or_default() {
-                "image/jpeg" => "jpg",
-                "image/webp" => "webp",
-                _ => "png",
-            };
-            format!("image.{extension}")
-        }
+        _ => format!("image.{}", image_extension(content_type).unwrap_or("png")),
     }
 }
 
@@ -960,5 +1001,29 @@ mod tests {
         );
         assert_eq!(audio_file_name(Some("audio/mpeg")), "audio.mp3");
         assert_eq!(audio_file_name(None), "audio");
+    }
+
+    /// Upstreams read an upload's format from its name: a browser's
+    /// recording (`audio/webm;codecs=opus`, named `blob` or nothing) gets
+    /// the extension of its media type; a name with one keeps it.
+    #[test]
+    fn uploads_are_named_with_the_extension_of_their_type() {
+        let webm = Some("audio/webm;codecs=opus");
+        assert_eq!(sent_file_name("file", None, webm), "audio.webm");
+        assert_eq!(sent_file_name("file", Some(""), webm), "audio.webm");
+        assert_eq!(sent_file_name("file", Some("blob"), webm), "blob.webm");
+        assert_eq!(sent_file_name("file", Some("talk.mp3"), webm), "talk.mp3");
+        assert_eq!(
+            sent_file_name("file", Some("dir.v2/blob"), Some("Audio/MPEG")),
+            "dir.v2/blob.mp3"
+        );
+        assert_eq!(sent_file_name("file", Some(".hidden"), webm), ".hidden.webm");
+        assert_eq!(
+            sent_file_name("file", Some("blob"), Some("application/octet-stream")),
+            "blob"
+        );
+        assert_eq!(sent_file_name("image", Some("blob"), Some("image/jpeg")), "blob.jpg");
+        assert_eq!(sent_file_name("image[]", None, Some("image/webp; q=1")), "image.webp");
+        assert_eq!(sent_file_name("mask", None, None), "image.png");
     }
 }
