@@ -134,6 +134,51 @@ struct Translator {
     issues: Vec<ConfigIssue>,
 }
 
+/// LiteLLM's callbacks that only log (they see requests and answers but
+/// never change or stop one): warned about when listed in `callbacks`, as
+/// the gateway's own telemetry carries what they would receive.
+const LOGGING_CALLBACKS: &[&str] = &[
+    "agentops",
+    "argilla",
+    "arize",
+    "arize_phoenix",
+    "athina",
+    "azure_storage",
+    "braintrust",
+    "datadog",
+    "datadog_llm_observability",
+    "deepeval",
+    "dynamodb",
+    "galileo",
+    "gcs_bucket",
+    "gcs_pubsub",
+    "generic",
+    "generic_api",
+    "greenscale",
+    "helicone",
+    "humanloop",
+    "lago",
+    "langsmith",
+    "langtrace",
+    "literalai",
+    "logfire",
+    "lunary",
+    "mlflow",
+    "openmeter",
+    "opik",
+    "posthog",
+    "prometheus",
+    "s3",
+    "s3_v2",
+    "sentry",
+    "slack",
+    "sqs",
+    "supabase",
+    "traceloop",
+    "wandb",
+    "weave",
+];
+
 /// Where a LiteLLM provider prefix is served.
 #[derive(Debug, Clone, Copy)]
 enum Served {
@@ -142,6 +187,10 @@ enum Served {
     /// A local server: this address by default, and `/v1` is added to an
     /// `api_base` given without it, as LiteLLM does for Ollama.
     Local(&'static str),
+    /// A server of the user's own (vLLM, LM Studio): at `api_base`, else at
+    /// the address in this environment variable, as LiteLLM reads it; never
+    /// OpenAI's (with an OpenAI key).
+    Server(&'static str),
     /// A hosted OpenAI-compatible service: its address unless `api_base`
     /// says otherwise (taken as it is), its key from `key` when the file
     /// gives none.
@@ -260,8 +309,19 @@ impl Translator {
             },
         };
         let found = match prefix {
-            "openai" | "text-completion-openai" | "custom_openai" | "openai_like" => ("openai", Served::AsGiven),
-            "hosted_vllm" | "vllm" | "lm_studio" | "llamafile" => ("openai", Served::AsGiven),
+            "openai" | "text-completion-openai" => ("openai", Served::AsGiven),
+            // Servers of one's own: never OpenAI's address, with its key.
+            "custom_openai" | "openai_like" if !has_base => {
+                self.refuse(
+                    &format!("{path}.api_base"),
+                    &format!("`{prefix}/` names a server of your own: its `api_base` is required"),
+                );
+                return None;
+            }
+            "custom_openai" | "openai_like" => ("openai", Served::Server("")),
+            "hosted_vllm" | "vllm" => ("openai", Served::Server("HOSTED_VLLM_API_BASE")),
+            "lm_studio" => ("openai", Served::Server("LM_STUDIO_API_BASE")),
+            "llamafile" => ("openai", Served::Local("http://127.0.0.1:8080/v1")),
             "ollama" | "ollama_chat" => ("openai", Served::Local("http://localhost:11434/v1")),
             "azure" => ("azure", Served::AsGiven),
             "anthropic" => ("anthropic", Served::AsGiven),
@@ -323,6 +383,15 @@ impl Translator {
         if let Served::Local(base) | Served::Hosted { base, .. } = served {
             d.insert("api_base".into(), json!(base));
         }
+        if let Served::Server(var) = served
+            && !has_base
+        {
+            d.insert("api_base".into(), json!(format!("os.environ/{var}")));
+            self.map(
+                format!("{ppath}.api_base (absent)"),
+                format!("model_list[{name}].deployments[].api_base: os.environ/{var}"),
+            );
+        }
         let mut timeouts = Map::new();
         for (key, value) in &params {
             let here = format!("{ppath}.{key}");
@@ -330,6 +399,13 @@ impl Translator {
                 "model" | "organization" => continue,
                 "api_base" | "base_url" => {
                     let mut base = value.as_str().unwrap_or_default().trim_end_matches('/').to_owned();
+                    // LiteLLM adds Anthropic's path only when missing, so
+                    // files often hold the whole endpoint.
+                    if provider == "anthropic"
+                        && let Some(root) = base.strip_suffix("/v1/messages")
+                    {
+                        base = root.to_owned();
+                    }
                     // An address read from the environment is taken as it is.
                     if matches!(served, Served::Local(_)) && !base.ends_with("/v1") && !base.starts_with("os.environ/")
                     {
@@ -442,7 +518,7 @@ impl Translator {
                 hosted_key = [("api_key", key)];
                 &hosted_key
             }
-            ("openai", _) if !has_base => &[("api_key", "OPENAI_API_KEY")],
+            ("openai", Served::AsGiven) if !has_base => &[("api_key", "OPENAI_API_KEY")],
             ("anthropic", _) => &[("api_key", "ANTHROPIC_API_KEY")],
             ("azure", _) => &[
                 ("api_key", "AZURE_API_KEY"),
@@ -816,13 +892,28 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                                     }
                                     t.map(format!("{here}: otel"), "telemetry.otlp (OTEL_EXPORTER_OTLP_* variables)");
                                 }
-                                _ => t.warn(
+                                // Logging sinks: what they would have received
+                                // is in the gateway's own telemetry.
+                                _ if key != "callbacks" || LOGGING_CALLBACKS.contains(&name.as_str()) => t.warn(
                                     &format!("{here}: {name}"),
                                     "not sent; use telemetry.otlp (langfuse and otel come over), /metrics and the request log",
+                                ),
+                                // A guardrail or hook (`presidio`,
+                                // `detect_prompt_injection`, a custom handler)
+                                // checks or changes requests: dropping it
+                                // would let through what it stops.
+                                _ => t.refuse(
+                                    &format!("{here}: {name}"),
+                                    "is not supported, and ignoring a callback that may check or change requests would change what is allowed",
                                 ),
                             }
                         }
                     }
+                    // LiteLLM's string form names a custom handler.
+                    None if key == "callbacks" => t.refuse(
+                        &here,
+                        "a custom callback handler is not supported, and ignoring one that may check or change requests would change what is allowed",
+                    ),
                     None => t.warn(&here, "use telemetry.otlp, /metrics and the request log"),
                 },
                 // Parameters Anthropic and Bedrock cannot express are dropped

@@ -700,7 +700,14 @@ async fn spend_logs(State(state): State<SharedState>, Query(q): Query<HashMap<St
             Ok(record) => Some(record.key_id),
             // A deleted key's records stay, under its `key_id`: auditing a
             // revoked key is when they are wanted.
+            // (`key-…` for a key made by the API, the key's SHA-256 in hex
+            // for one that was in the configuration.)
             Err(PolicyError::NotFound { .. }) if reference.starts_with("key-") => Some(reference.clone()),
+            Err(PolicyError::NotFound { .. })
+                if reference.len() == 64 && reference.bytes().all(|b| b.is_ascii_hexdigit()) =>
+            {
+                Some(reference.to_ascii_lowercase())
+            }
             Err(e) => return fail(e),
         },
         None => None,

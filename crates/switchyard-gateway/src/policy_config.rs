@@ -166,13 +166,19 @@ pub struct PolicySpec {
 }
 
 /// What makes a configured key (its surrounding whitespace trimmed)
-/// unusable, if anything: too short, or with control characters (a line
-/// break, a tab), which no header carries.
+/// unusable, if anything: too short, with control characters (a line
+/// break, a tab), or with characters beyond printable ASCII, which no
+/// header a client sends can carry (the gateway reads a header's key as
+/// ASCII).
 fn key_problem(key: &str) -> Option<&'static str> {
     if key.len() < 8 {
         Some("must be at least 8 characters")
     } else if key.chars().any(char::is_control) {
         Some("must not contain control characters (a line break, a tab): no request could present it")
+    } else if !key.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        Some(
+            "must be printable ASCII (letters, digits, punctuation): a header cannot carry other characters, so no request could present it",
+        )
     } else {
         None
     }
@@ -400,5 +406,18 @@ impl PolicyConfig {
             record_end_users: self.record_end_users,
             track_tag_spend: self.track_tag_spend,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_problem;
+
+    #[test]
+    fn a_configured_key_must_be_one_a_header_can_carry() {
+        assert_eq!(key_problem("sk-fine-key-01"), None);
+        assert!(key_problem("short").is_some());
+        assert!(key_problem("sk-line\nbreak").is_some());
+        assert!(key_problem("clé-maître-2025").is_some_and(|p| p.contains("ASCII")));
     }
 }

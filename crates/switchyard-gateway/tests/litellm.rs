@@ -1041,3 +1041,76 @@ async fn langfuse_and_otel_callbacks_become_span_export() {
         assert!(err.contains(name), "{err}");
     }
 }
+
+/// Servers of one's own never fall back to OpenAI's address with an
+/// OpenAI key: `hosted_vllm/` and `lm_studio/` without `api_base` read the
+/// variable LiteLLM reads, `llamafile/` its default address, `openai_like/`
+/// and `custom_openai/` need one; an Anthropic `api_base` holding the whole
+/// endpoint loses `/v1/messages`.
+#[test]
+fn servers_of_ones_own_are_never_sent_to_openai() {
+    let deployment = |params: Value| {
+        let doc = json!({"model_list": [{"model_name": "m", "litellm_params": params}]});
+        switchyard_gateway::litellm::translate(&doc).map(|t| t.config["model_list"][0]["deployments"][0].clone())
+    };
+    for (model, base) in [
+        (
+            "hosted_vllm/meta-llama/Llama-3.1-8B-Instruct",
+            "os.environ/HOSTED_VLLM_API_BASE",
+        ),
+        ("vllm/qwen", "os.environ/HOSTED_VLLM_API_BASE"),
+        ("lm_studio/qwen2.5", "os.environ/LM_STUDIO_API_BASE"),
+        ("llamafile/mistral", "http://127.0.0.1:8080/v1"),
+        ("ollama/llama3", "http://localhost:11434/v1"),
+    ] {
+        let d = deployment(json!({"model": model})).unwrap();
+        assert_eq!(d["provider"], "openai", "{model}: {d}");
+        assert_eq!(d["api_base"], base, "{model}: {d}");
+        assert!(d.get("api_key").is_none(), "{model}: no OpenAI key: {d}");
+    }
+    for model in ["openai_like/m", "custom_openai/m"] {
+        let refused = deployment(json!({"model": model})).unwrap_err();
+        assert!(
+            refused
+                .iter()
+                .any(|i| i.message.contains("api_base") && i.message.contains("required")),
+            "{refused:?}"
+        );
+        let d = deployment(json!({"model": model, "api_base": "http://10.0.0.5:9000/v1"})).unwrap();
+        assert_eq!(d["api_base"], "http://10.0.0.5:9000/v1");
+    }
+    let d = deployment(json!({"model": "anthropic/claude-sonnet-4-5", "api_key": "k",
+        "api_base": "https://llm-proxy.corp/v1/messages"}))
+    .unwrap();
+    assert_eq!(d["api_base"], "https://llm-proxy.corp", "{d}");
+}
+
+/// A callback that may check or change requests (a guardrail such as
+/// `presidio`, a custom handler) is refused: dropping it would let through
+/// what it stops. Logging sinks are warned about.
+#[test]
+fn guardrail_callbacks_are_refused_and_logging_ones_warned_about() {
+    let doc = |settings: Value| {
+        json!({
+            "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+            "litellm_settings": settings,
+        })
+    };
+    for settings in [
+        json!({"callbacks": ["presidio"]}),
+        json!({"callbacks": ["datadog", "detect_prompt_injection"]}),
+        json!({"callbacks": "custom_callbacks.proxy_handler_instance"}),
+    ] {
+        let refused = switchyard_gateway::litellm::translate(&doc(settings.clone())).unwrap_err();
+        assert!(
+            refused.iter().any(|i| i.message.contains("change what is allowed")),
+            "{settings}: {refused:?}"
+        );
+    }
+    let t = switchyard_gateway::litellm::translate(&doc(json!({"callbacks": ["datadog", "prometheus"]}))).unwrap();
+    assert!(
+        t.warnings.iter().any(|w| w.contains("callbacks: datadog")),
+        "{:?}",
+        t.warnings
+    );
+}
