@@ -358,7 +358,15 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     }
     let mut url = route.target.clone();
     if !rest.is_empty() {
-        let joined = format!("{}{rest}", url.path().trim_end_matches('/'));
+        // Empty segments are left out: some servers read `//host/…` as
+        // another host, or route it elsewhere than `/host/…`.
+        let mut rest_path = String::with_capacity(rest.len());
+        for c in rest.chars() {
+            if !(c == '/' && rest_path.ends_with('/')) {
+                rest_path.push(c);
+            }
+        }
+        let joined = format!("{}{rest_path}", url.path().trim_end_matches('/'));
         url.set_path(&joined);
     }
     url.set_query(request.uri().query());

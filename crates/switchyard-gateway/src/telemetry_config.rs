@@ -381,6 +381,24 @@ impl TelemetryConfig {
                     Some("grpc") => OtlpProtocol::Grpc,
                     _ => OtlpProtocol::HttpProtobuf,
                 });
+                // The gRPC exporter is built without TLS: refused here, with
+                // the field named, rather than failing at start-up.
+                let effective = endpoint.clone().or_else(|| {
+                    env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+                        .or_else(|| env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+                });
+                if protocol == OtlpProtocol::Grpc
+                    && effective.is_some_and(|e| e.trim().to_ascii_lowercase().starts_with("https://"))
+                {
+                    issues.push(issue(
+                        if c.protocol.is_some() {
+                            "telemetry.otlp.protocol"
+                        } else {
+                            "telemetry.otlp.protocol (OTEL_EXPORTER_OTLP_PROTOCOL)"
+                        },
+                        "grpc is sent without TLS, so it cannot reach an https:// endpoint: use http/protobuf, which takes https, or a collector's plain gRPC port",
+                    ));
+                }
                 Some(OtlpSettings {
                     endpoint,
                     headers: headers.into_iter().map(|(n, v)| (n, v.expose().to_owned())).collect(),
@@ -508,6 +526,36 @@ mod tests {
 
     fn otlp(section: serde_json::Value) -> TelemetryConfig {
         serde_json::from_value(serde_json::json!({"otlp": section})).unwrap()
+    }
+
+    /// The gRPC exporter has no TLS: grpc to an https:// endpoint (given,
+    /// or from the standard variables) is refused naming the protocol.
+    #[test]
+    fn grpc_to_an_https_endpoint_is_refused_at_load() {
+        for (section, vars) in [
+            (
+                serde_json::json!({"endpoint": "https://api.honeycomb.io:443", "protocol": "grpc"}),
+                env(&[]),
+            ),
+            (
+                serde_json::json!({}),
+                env(&[
+                    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+                    ("OTEL_EXPORTER_OTLP_ENDPOINT", "https://api.honeycomb.io:443"),
+                ]),
+            ),
+        ] {
+            let mut issues = Vec::new();
+            otlp(section.clone()).validate(&vars, &mut issues);
+            assert!(
+                issues.iter().any(|i| i.to_string().contains("telemetry.otlp.protocol")),
+                "{section}: {issues:?}"
+            );
+        }
+        let mut issues = Vec::new();
+        otlp(serde_json::json!({"endpoint": "http://collector:4317", "protocol": "grpc"}))
+            .validate(&env(&[]), &mut issues);
+        assert!(issues.is_empty(), "{issues:?}");
     }
 
     #[test]

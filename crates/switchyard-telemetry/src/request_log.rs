@@ -333,14 +333,14 @@ impl FileWriter {
             std::fs::create_dir_all(dir).map_err(fail)?;
         }
         let file = private_file().create(true).append(true).open(&path).map_err(fail)?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let (size, torn) = tail_of(&path);
         Ok(Self {
             file: std::io::BufWriter::new(file),
             path,
             max_bytes,
             keep,
             size,
-            torn: false,
+            torn,
             unlogged: 0,
             logged_at: None,
         })
@@ -376,7 +376,10 @@ impl FileWriter {
         };
         if self.keep == 0 {
             std::fs::remove_file(&self.path).or_else(gone)?;
-        } else {
+        } else if self.path.exists() {
+            // (A live file already gone, e.g. moved to `.1` by a rotation
+            // whose reopen failed, makes no room to shift for: shifting
+            // again on every record would delete the older files.)
             for n in (1..self.keep).rev() {
                 let from = self.rotated(n);
                 if from.exists() {
@@ -387,8 +390,8 @@ impl FileWriter {
         }
         let file = private_file().create(true).append(true).open(&self.path)?;
         self.file = std::io::BufWriter::new(file);
-        self.size = 0;
-        self.torn = false;
+        // Another writer may have made the file meanwhile.
+        (self.size, self.torn) = tail_of(&self.path);
         Ok(())
     }
 
@@ -506,6 +509,22 @@ async fn redis_writer(
 
 /// Options that create a file readable and writable by its owner only
 /// (mode 0600 on Unix): the request log may hold prompts.
+/// A log file's size, and whether its last line was left unfinished (a
+/// write cut by a full disk or a killed process before a restart): the
+/// next record then starts on a line of its own.
+fn tail_of(path: &std::path::Path) -> (u64, bool) {
+    use std::io::{Read as _, Seek as _, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return (0, false);
+    };
+    let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut last = [b'\n'];
+    if size > 0 && file.seek(SeekFrom::End(-1)).is_ok() && file.read_exact(&mut last).is_err() {
+        last = [b'\n'];
+    }
+    (size, last[0] != b'\n')
+}
+
 fn private_file() -> std::fs::OpenOptions {
     let mut options = std::fs::OpenOptions::new();
     #[cfg(unix)]
@@ -600,6 +619,47 @@ mod tests {
                 assert_eq!(mode, 0o600, "{}", file.display());
             }
         }
+    }
+
+    /// A rotation whose reopen failed leaves the live file at `.1`: the
+    /// next rotation opens a new one without shifting the rotated files
+    /// again (each shift would delete the oldest).
+    #[test]
+    fn a_rotation_after_a_failed_reopen_keeps_the_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        let mut writer = FileWriter::open(path.clone(), 1000, 2).unwrap();
+        std::fs::write(writer.rotated(1), "newer\n").unwrap();
+        std::fs::write(writer.rotated(2), "older\n").unwrap();
+        std::fs::remove_file(&path).unwrap();
+        for _ in 0..3 {
+            writer.rotate().unwrap();
+            std::fs::remove_file(&path).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(writer.rotated(1)).unwrap(), "newer\n");
+        assert_eq!(std::fs::read_to_string(writer.rotated(2)).unwrap(), "older\n");
+    }
+
+    /// A line a write left unfinished before a restart is ended before
+    /// the first new record, which would otherwise be glued to it.
+    #[test]
+    fn an_unfinished_line_from_before_a_restart_is_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("requests.jsonl");
+        std::fs::write(&path, "{\"whole\":1}\n{\"cut\":").unwrap();
+        let mut writer = FileWriter::open(path.clone(), 10_000, 2).unwrap();
+        writer.write("{\"next\":2}".into()).unwrap();
+        writer.file.flush().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, "{\"whole\":1}\n{\"cut\":\n{\"next\":2}\n");
+        let mut whole = FileWriter::open(path.clone(), 10_000, 2).unwrap();
+        whole.write("{\"last\":3}".into()).unwrap();
+        whole.file.flush().unwrap();
+        assert!(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .ends_with("{\"next\":2}\n{\"last\":3}\n")
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
