@@ -872,7 +872,12 @@ async fn try_group<'s>(
         if let Some(id) = &upstream_request_id {
             attempt_span.record("switchyard.upstream.request_id", id.as_str());
         }
-        last_upstream_id.clone_from(&upstream_request_id);
+        // The id of the last upstream answer: an attempt that got none (a
+        // connection refused, a timeout) leaves an earlier answer's id, for
+        // the client to quote to the provider.
+        if upstream_request_id.is_some() || matches!(sent, Ok(Ok(_))) {
+            last_upstream_id.clone_from(&upstream_request_id);
+        }
         if let Some(counter) = upstream_ns {
             crate::observe::RequestContext::add_upstream(counter, started.elapsed());
         }

@@ -1486,3 +1486,36 @@ async fn a_retry_counts_in_flight_through_its_pause() {
     assert_eq!(waiting.await.unwrap(), 200);
     assert_eq!(in_flight().await, 0);
 }
+
+/// The upstream request id a failure carries is the last upstream
+/// answer's: a retry that got no answer (the connection refused) leaves
+/// the id of the 500 before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_keeps_the_last_upstream_answers_id() {
+    let mock = MockUpstream::start().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/v1", closed.local_addr().unwrap());
+    drop(closed);
+    let gw = gateway(
+        &mock,
+        "  num_retries: 1",
+        &r#"
+  - model_name: failing
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "m::status=500", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "DEAD", api_key: k, model: "m", input_cost_per_token: 0.00001}
+"#
+        .replace("DEAD", &dead),
+    );
+    let answer = chat(&gw, "failing", json!({})).await;
+    assert_eq!(answer.status, 502, "{}", answer.body);
+    assert_eq!(answer.header("x-switchyard-attempts"), "2");
+    assert!(
+        answer
+            .header("x-switchyard-upstream-request-id")
+            .starts_with("req_mock"),
+        "{:?}",
+        answer.headers
+    );
+}
