@@ -448,7 +448,7 @@ async fn dispatch_all<'s>(
     let mut upstream_request_id = None;
     let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
     // The error of the group fallen back from.
-    let mut earlier: Option<ApiError> = None;
+    let mut earlier: Option<(ApiError, &'s str)> = None;
     loop {
         visited.push(group.0);
         // With no fallback group left that could serve now (as a learned
@@ -490,6 +490,8 @@ async fn dispatch_all<'s>(
             options,
         )
         .await;
+        // The group whose failure the request ends with.
+        let mut blamed = group.0;
         let (error, reason) = match outcome {
             GroupOutcome::Served(mut served) => {
                 served.decision.prediction = prediction;
@@ -509,7 +511,10 @@ async fn dispatch_all<'s>(
                 // over its limits or cooling down: no attempt made) leaves
                 // the request the error the group before it met (an
                 // upstream 429 and its Retry-After, not a 503).
-                (ApiError::Routing(RoutingError::NoDeployment(_)), Some(before)) => (before, Reason::Failed),
+                (ApiError::Routing(RoutingError::NoDeployment(_)), Some((before, from))) => {
+                    blamed = from;
+                    (before, Reason::Failed)
+                }
                 (error, _) => (error, reason),
             },
         };
@@ -542,15 +547,15 @@ async fn dispatch_all<'s>(
                 tracing::info!(from = group.0, to = %name, ?reason, "falling back to another model group");
                 state.metrics.fallback(group.0, name);
                 group = (name.as_str(), route);
-                earlier = Some(error);
+                earlier = Some((error, blamed));
             }
             _ => {
-                alert_failure(state, group.0, call, options, &error);
+                alert_failure(state, blamed, call, options, &error);
                 return Err(Failed {
                     error,
                     attempts,
                     upstream_request_id,
-                    group: Some(group.0.to_owned()),
+                    group: Some(blamed.to_owned()),
                 });
             }
         }
@@ -875,7 +880,15 @@ async fn try_group<'s>(
         // The id of the last upstream answer: an attempt that got none (a
         // connection refused, a timeout) leaves an earlier answer's id, for
         // the client to quote to the provider.
-        if upstream_request_id.is_some() || matches!(sent, Ok(Ok(_))) {
+        let answered = match &sent {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => matches!(
+                e,
+                ProviderError::Status { .. } | ProviderError::InvalidResponse(_) | ProviderError::Stream(_)
+            ),
+            Err(_) => false,
+        };
+        if upstream_request_id.is_some() || answered {
             last_upstream_id.clone_from(&upstream_request_id);
         }
         if let Some(counter) = upstream_ns {
@@ -1017,6 +1030,10 @@ async fn try_group<'s>(
                 // (credentials that do not load): the deployment's fault, and
                 // another deployment of the group, or a fallback, may serve.
                 let unknown_upstream = matches!(e, ProviderError::Status { status: 404, .. });
+                // A 404 that says the model is missing (not a route the
+                // server lacks, such as `/completions` for a chat model).
+                let says_model_missing = matches!(&e, ProviderError::Status { status: 404, message, code, .. }
+                    if names_missing_model(message, code.as_deref()));
                 let mut misconfigured = unknown_upstream
                     || matches!(
                         e,
@@ -1129,7 +1146,9 @@ async fn try_group<'s>(
                     // A model the client named behind a wildcard that no
                     // deployment has, or may use, is the client's answer:
                     // another model must not answer for it.
-                    if matches!(error, ApiError::ModelNotFound(_) | ApiError::ModelForbidden(_)) {
+                    if matches!(error, ApiError::ModelForbidden(_))
+                        || (matches!(error, ApiError::ModelNotFound(_)) && says_model_missing)
+                    {
                         return GroupOutcome::Final(error);
                     }
                     // No deployment of the group can: a fallback group may.

@@ -166,12 +166,16 @@ const LOGGING_CALLBACKS: &[&str] = &[
     "mlflow",
     "openmeter",
     "opik",
+    "pagerduty",
     "posthog",
     "prometheus",
+    "resend_email",
     "s3",
     "s3_v2",
     "sentry",
     "slack",
+    "smtp_email",
+    "sendgrid_email",
     "sqs",
     "supabase",
     "traceloop",
@@ -909,6 +913,8 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                             }
                         }
                     }
+                    // An empty key (its entries commented out) names none.
+                    None if value.is_null() => {}
                     // LiteLLM's string form names a custom handler.
                     None if key == "callbacks" => t.refuse(
                         &here,

@@ -1107,7 +1107,10 @@ fn guardrail_callbacks_are_refused_and_logging_ones_warned_about() {
             "{settings}: {refused:?}"
         );
     }
-    let t = switchyard_gateway::litellm::translate(&doc(json!({"callbacks": ["datadog", "prometheus"]}))).unwrap();
+    // An empty key (its entries commented out) names nothing to refuse.
+    assert!(switchyard_gateway::litellm::translate(&doc(json!({"callbacks": null}))).is_ok());
+    let t = switchyard_gateway::litellm::translate(&doc(json!({"callbacks": ["datadog", "prometheus", "pagerduty"]})))
+        .unwrap();
     assert!(
         t.warnings.iter().any(|w| w.contains("callbacks: datadog")),
         "{:?}",

@@ -1746,14 +1746,17 @@ async fn drop_params_drops_what_anthropic_and_bedrock_cannot_express() {
     );
 }
 
-/// Llama on Bedrock: a `json_schema` response format goes as Converse's
-/// structured output, and the answer (JSON and streamed) is the schema's
-/// JSON; a forced tool choice, which Llama refuses, is a 400 naming
+/// Bedrock beyond Claude: a `json_schema` response format goes to Qwen as
+/// Converse's structured output, and the answer (JSON and streamed) is the
+/// schema's JSON; Llama, which refuses structured output, gets the request
+/// without it. A forced tool choice, which Llama refuses, is a 400 naming
 /// `tool_choice`, or is sent as `auto` with `drop_params`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bedrock_llama_gets_structured_output_and_no_forced_tool_choice() {
     let mock = MockUpstream::start().await;
     let mut yaml = String::from("router_settings:\n  num_retries: 0\nmodel_list:\n");
+    yaml += "  - model_name: qwen\n    deployments:\n";
+    yaml += &deployment("bedrock", &mock, "qwen.qwen3-32b-v1:0", "");
     for drop in [true, false] {
         yaml += &format!("  - model_name: llama-{drop}\n    deployments:\n");
         yaml += &deployment(
@@ -1779,7 +1782,7 @@ async fn bedrock_llama_gets_structured_output_and_no_forced_tool_choice() {
         "properties": {"city": {"type": "string"}, "rank": {"type": "integer"}, "size": {"enum": ["big", "small"]}}});
     let expected = json!({"city": "mock", "rank": 0, "size": "big"});
     for stream in [false, true] {
-        let mut body = user("llama-false", "Name a city.");
+        let mut body = user("qwen", "Name a city.");
         body["stream"] = json!(stream);
         body["response_format"] = json!({"type": "json_schema",
             "json_schema": {"name": "city", "strict": true, "schema": schema}});
@@ -1810,6 +1813,12 @@ async fn bedrock_llama_gets_structured_output_and_no_forced_tool_choice() {
             serde_json::from_str(format["structure"]["jsonSchema"]["schema"].as_str().unwrap()).unwrap();
         assert_eq!(sent_schema, schema);
     }
+    let mut body = user("llama-false", "Name a city.");
+    body["response_format"] = json!({"type": "json_schema", "json_schema": {"name": "city", "schema": schema}});
+    let response = chat(body).await.unwrap();
+    assert_eq!(response.status(), 200, "{}", response.text().await.unwrap());
+    let sent = mock.requests().pop().unwrap();
+    assert!(sent.body.get("outputConfig").is_none(), "{}", sent.body);
 
     let tools: Value = serde_json::from_str(TOOLS).unwrap();
     for choice in [
@@ -1887,7 +1896,11 @@ async fn count_tokens_on_a_server_without_the_route_is_estimated() {
 async fn anthropic_thinking_reaches_openai_reasoning_models_as_an_effort() {
     let mock = MockUpstream::start().await;
     let mut yaml = String::from("model_list:\n");
-    for (group, model) in [("thinker", "gpt-5.1"), ("plain", "gpt-4o")] {
+    for (group, model) in [
+        ("thinker", "gpt-5.1"),
+        ("plain", "gpt-4o"),
+        ("chatty", "gpt-5-chat-latest"),
+    ] {
         yaml += &format!("  - model_name: {group}\n    deployments:\n");
         yaml += &deployment("openai", &mock, model, "");
     }
@@ -1906,6 +1919,8 @@ async fn anthropic_thinking_reaches_openai_reasoning_models_as_an_effort() {
         ),
         ("thinker", json!({"type": "disabled"}), None),
         ("plain", json!({"type": "enabled", "budget_tokens": 16000}), None),
+        // GPT-5's chat model is of the family but refuses the field.
+        ("chatty", json!({"type": "enabled", "budget_tokens": 16000}), None),
     ] {
         let response = http
             .post(format!("{}/v1/messages", gateway.base_url()))

@@ -427,11 +427,15 @@ model_list:
     );
     let gateway = GatewayProcess::start(Path::new(BIN), &config);
     for (model, status, code) in [
-        ("openai/gpt-4o-minii::status=404", 404, "model_not_found"),
+        ("openai/gpt-4o-minii::unknown_model", 404, "model_not_found"),
         ("openai/gated-model::status=403", 403, "model_not_allowed"),
     ] {
         let answer = chat(&gateway, "", model, false).await;
         assert_eq!(answer.status, status, "{}", answer.body);
         assert_eq!(answer.body["error"]["code"], code, "{}", answer.body);
     }
+    // A 404 that does not say the model is missing (a route the server
+    // lacks) still falls back.
+    let routed = chat(&gateway, "", "openai/gpt-4o::status=404", false).await;
+    assert_eq!(routed.status, 200, "{}", routed.body);
 }

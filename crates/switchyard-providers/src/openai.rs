@@ -484,6 +484,15 @@ fn reasons_only_when_asked(model: &str) -> bool {
         .is_some_and(|minor| minor >= 1)
 }
 
+/// Whether a reasoning model takes `reasoning_effort`: not GPT-5's chat
+/// model (`gpt-5-chat-latest`), nor o1-mini and o1-preview, which refuse it.
+fn takes_effort(model: &str) -> bool {
+    let name = model.rsplit('/').next().unwrap_or(model);
+    !["gpt-5-chat", "o1-mini", "o1-preview"]
+        .iter()
+        .any(|refuses| name.starts_with(refuses))
+}
+
 /// Whether `model` (an upstream model or Azure deployment name, possibly
 /// behind a `provider/` prefix) is of a family that refuses `max_tokens`.
 fn is_reasoning_model(model: &str) -> bool {
@@ -640,7 +649,7 @@ macro_rules! openai_wire_provider {
             /// `base_model` it was configured with) is of a reasoning
             /// family, which takes `reasoning_effort`.
             pub fn reasons(&self, model: &str) -> bool {
-                self.0.wire.reasoning || is_reasoning_model(model)
+                (self.0.wire.reasoning || is_reasoning_model(model)) && takes_effort(model)
             }
 
             /// The same provider for a model that writes at most

@@ -507,8 +507,6 @@ async fn redis_writer(
     }
 }
 
-/// Options that create a file readable and writable by its owner only
-/// (mode 0600 on Unix): the request log may hold prompts.
 /// A log file's size, and whether its last line was left unfinished (a
 /// write cut by a full disk or a killed process before a restart): the
 /// next record then starts on a line of its own.
@@ -525,6 +523,8 @@ fn tail_of(path: &std::path::Path) -> (u64, bool) {
     (size, last[0] != b'\n')
 }
 
+/// Options that create a file readable and writable by its owner only
+/// (mode 0600 on Unix): the request log may hold prompts.
 fn private_file() -> std::fs::OpenOptions {
     let mut options = std::fs::OpenOptions::new();
     #[cfg(unix)]

@@ -379,6 +379,12 @@ fn plan(ctx: &RequestCtx<'_>) -> Result<Planned, Box<Response>> {
         ))));
     }
     let structured = structured_output(obj).map_err(|message| Box::new(validation_error(&message)))?;
+    // Llama takes no structured output, as on Bedrock.
+    if structured.is_some() && ctx.model.contains("meta.llama") {
+        return Err(Box::new(validation_error(
+            "This model doesn't support the outputConfig field. Remove outputConfig and try again.",
+        )));
+    }
     let mut reply = build_reply(
         &reply_request(obj, messages, ctx.scenario.parallel_tools),
         "tooluse_mock_",

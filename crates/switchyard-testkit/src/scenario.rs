@@ -84,6 +84,9 @@ pub struct Scenario {
     /// Answer `307 Temporary Redirect` to [`REDIRECT_TARGET`] on the same
     /// server (a compromised or misconfigured upstream).
     pub redirect: bool,
+    /// Answer 404 as OpenAI does for a model it does not have
+    /// (`model_not_found`, "… does not exist or you do not have access to it").
+    pub unknown_model: bool,
     /// Streaming: end the body this many milliseconds after the last event
     /// (HTTP/1.1's last chunk comes in a later write, as some servers send it).
     pub late_end_ms: Option<u64>,
@@ -175,6 +178,7 @@ impl Scenario {
                 "json_error" => scenario.json_error = flag(name, value)?,
                 "json_labelled" => scenario.json_labelled = flag(name, value)?,
                 "redirect" => scenario.redirect = flag(name, value)?,
+                "unknown_model" => scenario.unknown_model = flag(name, value)?,
                 "web_searches" => scenario.web_searches = Some(number(name, value)?),
                 "max_output" => scenario.max_output = Some(number(name, value)?),
                 "profile_only" => scenario.profile_only = flag(name, value)?,

@@ -662,6 +662,15 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
     if let Some(code) = scenario.status {
         return protocol.injected_error(code, scenario.retry_after);
     }
+    if scenario.unknown_model {
+        return crate::openai_mock::error_response(
+            StatusCode::NOT_FOUND,
+            "The model does not exist or you do not have access to it.",
+            "invalid_request_error",
+            None,
+            Some("model_not_found"),
+        );
+    }
     if scenario.redirect {
         return (
             StatusCode::TEMPORARY_REDIRECT,

@@ -306,14 +306,27 @@ fn offered_tools(req: &ChatCompletionRequest) -> Option<&Vec<Value>> {
         .filter(|t| !t.is_empty())
 }
 
+/// The model families Converse gives structured output (`outputConfig`)
+/// to, besides Claude (given the JSON tool): Bedrock refuses the field for
+/// the others (Llama, Titan, Cohere, AI21, older Mistral models).
+const STRUCTURED_OUTPUT: &[&str] = &[
+    "qwen.",
+    "deepseek.",
+    "google.gemma",
+    "nvidia.nemotron",
+    "minimax.",
+    "moonshot",
+];
+
 /// The structured output a `json_schema` `response_format` asks of a model
-/// that is not given the JSON tool ([`json_mode`]): Converse's
-/// `outputConfig`, which Bedrock enforces where the model supports it and
-/// refuses (a 400) where not. `json_object` has no Converse equivalent: it
-/// is left to the prompt, which OpenAI requires to ask for JSON.
+/// of a family Converse gives it to ([`STRUCTURED_OUTPUT`]): its
+/// `outputConfig`. Other models that are not given the JSON tool
+/// ([`json_mode`]) get the request without it, as before Converse had
+/// structured output; so does `json_object`, which has no Converse
+/// equivalent (OpenAI requires the prompt to ask for JSON).
 pub(crate) fn structured_output(req: &ChatCompletionRequest) -> Result<Option<OutputConfig>> {
-    let model = req.model.as_str();
-    if model.contains("anthropic.claude") || model.starts_with("claude") || model.contains("amazon.nova") {
+    let model = req.model.to_ascii_lowercase();
+    if !STRUCTURED_OUTPUT.iter().any(|family| model.contains(family)) {
         return Ok(None);
     }
     let Some(format) = req.extra.get("response_format").filter(|f| !f.is_null()) else {
@@ -349,7 +362,7 @@ pub(crate) fn structured_output(req: &ChatCompletionRequest) -> Result<Option<Ou
 }
 
 /// The JSON tool a `response_format` asks for, on models that Converse lets
-/// a request force a named tool on (Claude and Nova). Other models get a
+/// a request force a named tool on (Claude and Nova). Some others get a
 /// `json_schema` as Converse's structured output ([`structured_output`]).
 pub(crate) fn json_mode(req: &ChatCompletionRequest) -> Result<Option<JsonTool>> {
     let model = req.model.as_str();
