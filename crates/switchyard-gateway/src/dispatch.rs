@@ -294,7 +294,8 @@ pub(crate) struct Failed {
     pub(crate) attempts: u32,
     /// The id the last upstream to answer gave its answer.
     pub(crate) upstream_request_id: Option<String>,
-    /// The model group tried last, when any was.
+    /// The model group whose failure the request ended with (the last one
+    /// tried, unless a fallback after it could not route), when any was.
     pub(crate) group: Option<String>,
 }
 
@@ -1006,7 +1007,7 @@ async fn try_group<'s>(
                         ref code,
                         ..
                     } if call.may_lack_route()
-                        && options.wildcard.is_none()
+                        && !(options.wildcard.is_some() && deployment.model.contains('*'))
                         && !names_missing_model(message, code.as_deref()) =>
                     {
                         // The upstream took the request: it counts against the rpm.
@@ -1562,6 +1563,8 @@ fn names_missing_model(message: &str, code: Option<&str>) -> bool {
     let message = message.to_ascii_lowercase();
     code.contains("notfound")
         || message.contains("does not exist")
+        // Anthropic: `{"type": "not_found_error", "message": "model: x"}`.
+        || message.starts_with("model:")
         // Ollama: `model "x" not found, try pulling it first`.
         || (message.contains("model") && message.contains("not found"))
 }
@@ -1758,6 +1761,9 @@ mod tests {
             "model \"llava\" not found, try pulling it first",
             None
         ));
+        // Anthropic's: `{"type": "not_found_error", "message": "model: x"}`.
+        assert!(names_missing_model("model: claude-sonnet-typo", None));
+        assert!(!names_missing_model("Not Found", None));
         assert!(!names_missing_model("Invalid URL (POST /v1/rerank)", None));
         assert!(!names_missing_model(
             "This is a chat model and not supported in the v1/completions endpoint.",

@@ -477,7 +477,7 @@ impl Trail {
     }
 
     /// Notes how a request that got no answer went: its attempts, the group
-    /// tried last (as `served_model`: the group that failed it) and, when
+    /// whose failure it ended with (as `served_model`) and, when
     /// an upstream failed it, that deployment.
     pub(crate) fn failed(&mut self, failed: &crate::dispatch::Failed) {
         let r = &mut self.record;

@@ -1752,7 +1752,7 @@ async fn drop_params_drops_what_anthropic_and_bedrock_cannot_express() {
 /// without it. A forced tool choice, which Llama refuses, is a 400 naming
 /// `tool_choice`, or is sent as `auto` with `drop_params`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bedrock_llama_gets_structured_output_and_no_forced_tool_choice() {
+async fn bedrock_structured_output_and_forced_tool_choices_fit_the_model() {
     let mock = MockUpstream::start().await;
     let mut yaml = String::from("router_settings:\n  num_retries: 0\nmodel_list:\n");
     yaml += "  - model_name: qwen\n    deployments:\n";

@@ -57,6 +57,9 @@ struct ChatWire {
     reasoning: bool,
     /// The most output a request may ask for (`max_output_tokens`).
     max_output: Option<u32>,
+    /// The deployment's `base_model` refuses `reasoning_effort` (GPT-5's
+    /// chat model, o1-mini, o1-preview) whatever its name says.
+    refuses_effort: bool,
 }
 
 impl ChatWire {
@@ -642,6 +645,7 @@ macro_rules! openai_wire_provider {
             #[must_use]
             pub fn with_base_model(mut self, base_model: Option<&str>) -> Self {
                 self.0.wire.reasoning = base_model.is_some_and(is_reasoning_model);
+                self.0.wire.refuses_effort = base_model.is_some_and(|b| !takes_effort(b));
                 self
             }
 
@@ -649,7 +653,9 @@ macro_rules! openai_wire_provider {
             /// `base_model` it was configured with) is of a reasoning
             /// family, which takes `reasoning_effort`.
             pub fn reasons(&self, model: &str) -> bool {
-                (self.0.wire.reasoning || is_reasoning_model(model)) && takes_effort(model)
+                (self.0.wire.reasoning || is_reasoning_model(model))
+                    && takes_effort(model)
+                    && !self.0.wire.refuses_effort
             }
 
             /// The same provider for a model that writes at most
@@ -819,6 +825,7 @@ impl OpenAiProvider {
                     .unwrap_or_default(),
                 reasoning: false,
                 max_output: None,
+                refuses_effort: false,
             },
         }))
     }
@@ -1275,5 +1282,28 @@ mod tests {
         let body: serde_json::Value =
             serde_json::from_slice(&encode_chat(&small, Echoed::ALL, capped.0.wire).unwrap()).unwrap();
         assert_eq!(body["max_completion_tokens"], 8, "{body}");
+    }
+
+    /// `reasoning_effort` goes to reasoning models that take it, by name
+    /// or `base_model`: not GPT-5's chat model, o1-mini or o1-preview.
+    #[test]
+    fn reasoning_effort_goes_to_models_that_take_it() {
+        let azure = |base: Option<&str>| {
+            AzureProvider::new(
+                "https://r.openai.azure.com",
+                "prod",
+                "2025-04-01-preview",
+                None,
+                &HttpSettings::default(),
+            )
+            .unwrap()
+            .with_base_model(base)
+        };
+        assert!(azure(Some("gpt-5.1")).reasons("prod"));
+        assert!(azure(None).reasons("o3-mini"));
+        assert!(!azure(None).reasons("gpt-4o"));
+        assert!(!azure(Some("gpt-5-chat")).reasons("prod"));
+        assert!(!azure(None).reasons("gpt-5-chat-latest"));
+        assert!(!azure(None).reasons("o1-mini"));
     }
 }

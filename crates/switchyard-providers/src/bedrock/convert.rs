@@ -307,8 +307,10 @@ fn offered_tools(req: &ChatCompletionRequest) -> Option<&Vec<Value>> {
 }
 
 /// The model families Converse gives structured output (`outputConfig`)
-/// to, besides Claude (given the JSON tool): Bedrock refuses the field for
-/// the others (Llama, Titan, Cohere, AI21, older Mistral models).
+/// to, besides Claude (given the JSON tool). Bedrock refuses the field for
+/// Llama, Titan, Cohere and AI21; other ids (Mistral's, whose models
+/// differ, and an inference profile's ARN) get the request without it, as
+/// before Converse had structured output.
 const STRUCTURED_OUTPUT: &[&str] = &[
     "qwen.",
     "deepseek.",
@@ -316,6 +318,7 @@ const STRUCTURED_OUTPUT: &[&str] = &[
     "nvidia.nemotron",
     "minimax.",
     "moonshot",
+    "openai.gpt-oss",
 ];
 
 /// The structured output a `json_schema` `response_format` asks of a model
