@@ -1242,7 +1242,11 @@ impl Policy {
         let checks = checks.clone();
         let id = id.to_owned();
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            // Counted as a write: a shutdown's flush waits for it, so a
+            // replica that stops does not leave holds for `hold_ttl`.
+            let guard = self.write_guard();
             handle.spawn(async move {
+                let _guard = guard;
                 if let Store::Redis { redis, .. } = &policy.0.store
                     && let Err(StoreDown(reason)) = redis.release(&checks, &id).await
                 {

@@ -76,6 +76,9 @@ async fn a_request_running_past_hold_ttl_keeps_its_slot_and_reservation() {
         }
     }
     assert!(freed, "the slot is freed once the request ends");
+    // The last admission's ticket was dropped: its release is on its way;
+    // `flush` waits for it.
+    policy.flush().await;
 
     // The budget reservation is kept the same way: 60% of the budget is
     // still reserved three `hold_ttl`s on, so another 60% is refused.
