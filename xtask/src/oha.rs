@@ -140,9 +140,12 @@ impl Oha {
 
 /// Looks for `oha` on `$PATH`, then in `~/.cargo/bin`.
 fn find_oha() -> Option<PathBuf> {
+    // `cargo install oha` puts it in `$CARGO_HOME/bin`, `~/.cargo/bin` by default.
     util::find_on_path("oha").or_else(|| {
-        let home = std::env::var_os("HOME")?;
-        let candidate = Path::new(&home).join(".cargo").join("bin").join("oha");
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))?;
+        let candidate = cargo_home.join("bin").join("oha");
         util::is_executable(&candidate).then_some(candidate)
     })
 }

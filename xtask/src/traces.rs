@@ -87,6 +87,22 @@ fn with_rotated(path: &Path) -> Vec<PathBuf> {
     rotated
 }
 
+/// What tells two open files apart: the device and inode where there are
+/// any, else the canonical path.
+fn file_identity(path: &Path, file: &std::fs::File) -> String {
+    #[cfg(unix)]
+    if let Ok(meta) = file.metadata() {
+        use std::os::unix::fs::MetadataExt;
+        return format!("{}:{}", meta.dev(), meta.ino());
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_owned())
+        .display()
+        .to_string()
+}
+
 fn read_files(inputs: &[PathBuf]) -> Result<Vec<Value>> {
     let mut lines = Vec::new();
     // A file named as well as found among another's rotations is read once.
@@ -95,11 +111,24 @@ fn read_files(inputs: &[PathBuf]) -> Result<Vec<Value>> {
         if !input.exists() {
             bail!("{}: no such request log", input.display());
         }
+        // Every file is opened before any is read: a rotation while the
+        // export runs renames them, and an open file is read whole whatever
+        // its name becomes.
+        let mut files = Vec::new();
         for path in with_rotated(input) {
-            if !read.insert(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone())) {
+            match std::fs::File::open(&path) {
+                Ok(file) => files.push((path, file)),
+                // Rotated away (the oldest is deleted) since it was listed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    eprintln!("{}: gone since it was listed (rotated away)", path.display())
+                }
+                Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+            }
+        }
+        for (path, file) in files {
+            if !read.insert(file_identity(&path, &file)) {
                 continue;
             }
-            let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
             // Read as bytes: a torn line may end inside a UTF-8 character.
             for (i, line) in std::io::BufReader::new(file).split(b'\n').enumerate() {
                 let line = line.with_context(|| format!("cannot read {}", path.display()))?;
@@ -300,6 +329,52 @@ fn hex_prefix(digest: &[u8]) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
+/// Writes `samples` to `out` as JSON Lines, through a file beside it that
+/// replaces it once whole: a failed export leaves an earlier one as it was.
+/// A special file (`/dev/stdout`) is written directly.
+fn write_samples(out: &Path, samples: &[Sample]) -> Result<()> {
+    let special = std::fs::metadata(out).is_ok_and(|m| !m.is_file());
+    let target = if special {
+        out.to_owned()
+    } else {
+        let mut name = out.as_os_str().to_owned();
+        name.push(format!(".{}.tmp", std::process::id()));
+        PathBuf::from(name)
+    };
+    // Prompts of every tenant: readable by the owner only, as the request log is.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = (|| -> Result<()> {
+        let file = options
+            .open(&target)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+        // A file that was there keeps its mode otherwise.
+        #[cfg(unix)]
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .with_context(|| format!("cannot restrict {}", target.display()))?;
+        }
+        let mut writer = std::io::BufWriter::new(file);
+        for sample in samples {
+            serde_json::to_writer(&mut writer, sample)?;
+            writer.write_all(b"\n")?;
+        }
+        writer.flush()?;
+        if !special {
+            writer.get_ref().sync_all()?;
+            std::fs::rename(&target, out)
+                .with_context(|| format!("cannot move {} to {}", target.display(), out.display()))?;
+        }
+        Ok(())
+    })();
+    if written.is_err() && !special {
+        let _ = std::fs::remove_file(&target);
+    }
+    written
+}
+
 /// Runs the export.
 pub fn run(args: &ExportArgs) -> Result<()> {
     if let Some(s) = args
@@ -329,26 +404,7 @@ pub fn run(args: &ExportArgs) -> Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    // Prompts of every tenant: readable by the owner only, as the request log is.
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let file = options
-        .open(&args.out)
-        .with_context(|| format!("cannot write {}", args.out.display()))?;
-    // A file that was there keeps its mode otherwise.
-    #[cfg(unix)]
-    if file.metadata().is_ok_and(|m| m.is_file()) {
-        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
-            .with_context(|| format!("cannot restrict {}", args.out.display()))?;
-    }
-    let mut out = std::io::BufWriter::new(file);
-    for sample in &samples {
-        serde_json::to_writer(&mut out, sample)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
+    write_samples(&args.out, &samples)?;
     println!(
         "read {} requests and {} feedback records; {} without a prompt, {} unrated",
         summary.requests, summary.feedback, summary.without_prompt, summary.unrated
@@ -410,6 +466,44 @@ mod tests {
     fn request(id: &str, prompt: Option<&str>, model: &str, status: u16, cost: f64) -> Value {
         json!({"type": "request", "request_id": id, "model": "router", "served_model": model,
                "status": status, "cost_usd": cost, "prompt": prompt})
+    }
+
+    #[test]
+    fn a_log_and_its_rotations_are_read_once_each_and_the_output_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("requests.jsonl");
+        std::fs::write(dir.path().join("requests.jsonl.1"), "{\"n\":1}\n").unwrap();
+        std::fs::write(&log, "{\"n\":2}\n").unwrap();
+        // Named twice, and its rotation named as well: each file once.
+        let inputs = [log.clone(), dir.path().join("requests.jsonl.1"), log.clone()];
+        let lines = read_files(&inputs).unwrap();
+        assert_eq!(lines, vec![json!({"n": 1}), json!({"n": 2})]);
+
+        let out = dir.path().join("routing.jsonl");
+        std::fs::write(&out, "an earlier export\n").unwrap();
+        let sample = Sample {
+            id: "a".into(),
+            query: "q".into(),
+            scores: BTreeMap::from([("m".to_owned(), 1.0)]),
+            costs: None,
+            cost_kind: None,
+            task: Some("traces".into()),
+        };
+        write_samples(&out, std::slice::from_ref(&sample)).unwrap();
+        let written = std::fs::read_to_string(&out).unwrap();
+        assert!(written.starts_with("{\"id\":\"a\""), "{written}");
+        // Nothing is left beside it.
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&out).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
     }
 
     #[test]
