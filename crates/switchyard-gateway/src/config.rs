@@ -634,6 +634,10 @@ pub struct TimeoutsEntry {
     pub first_byte_ms: u64,
     /// The whole request, a stream's body included.
     pub total_ms: u64,
+    /// A stream's silence once its first output has come: the longest wait
+    /// for its next event before it is ended as timed out (the client gets
+    /// an error event).
+    pub idle_ms: u64,
 }
 
 impl Default for TimeoutsEntry {
@@ -643,6 +647,7 @@ impl Default for TimeoutsEntry {
             connect_ms: t.connect.as_millis() as u64,
             first_byte_ms: t.first_byte.as_millis() as u64,
             total_ms: t.total.as_millis() as u64,
+            idle_ms: t.idle.as_millis() as u64,
         }
     }
 }
@@ -1238,6 +1243,28 @@ fn check_url(value: &str, path: &str, issues: &mut Vec<ConfigIssue>) {
     }
 }
 
+/// What is wrong with an Azure `api_base` that holds the path the gateway
+/// adds itself (`/openai/v1` from the OpenAI SDK's `base_url`, a full target
+/// URI from the portal) or a query: the calls would go to
+/// `…/openai/v1/openai/v1/…` and meet a 404. A path of a proxy in front
+/// (API Management) is kept.
+fn azure_base_problem(base: &str) -> Option<&'static str> {
+    let url = reqwest::Url::parse(base).ok()?;
+    if url.query().is_some() {
+        return Some(
+            "must not hold a query: give the resource's address (https://<resource>.openai.azure.com) and the \
+             version as api_version",
+        );
+    }
+    let openai = url
+        .path_segments()?
+        .any(|segment| segment.eq_ignore_ascii_case("openai"));
+    openai.then_some(
+        "must be the resource's address (https://<resource>.openai.azure.com), without `/openai/…`: the gateway \
+         adds the path api_version calls for",
+    )
+}
+
 fn check_price(value: Option<f64>, path: &str, issues: &mut Vec<ConfigIssue>) -> f64 {
     match value {
         None => 0.0,
@@ -1274,6 +1301,12 @@ fn validate_deployment(
     match (entry.provider, &api_base) {
         (ProviderKind::Azure, None) if entry.api_base.is_none() => {
             issues.push(issue(format!("{path}.api_base"), "is required for azure"));
+        }
+        (ProviderKind::Azure, Some(base)) => {
+            check_url(base, &format!("{path}.api_base"), issues);
+            if let Some(problem) = azure_base_problem(base) {
+                issues.push(issue(format!("{path}.api_base"), problem));
+            }
         }
         (_, Some(base)) => check_url(base, &format!("{path}.api_base"), issues),
         _ => {}
@@ -1357,6 +1390,7 @@ fn validate_deployment(
         ("connect_ms", t.connect_ms),
         ("first_byte_ms", t.first_byte_ms),
         ("total_ms", t.total_ms),
+        ("idle_ms", t.idle_ms),
     ] {
         if value == 0 {
             issues.push(issue(format!("{path}.timeouts.{field}"), "must be greater than 0"));
@@ -1424,6 +1458,7 @@ fn validate_deployment(
                 connect: Duration::from_millis(t.connect_ms),
                 first_byte: Duration::from_millis(t.first_byte_ms),
                 total: Duration::from_millis(t.total_ms),
+                idle: Duration::from_millis(t.idle_ms),
             },
             headers,
         },

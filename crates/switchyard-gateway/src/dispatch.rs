@@ -19,6 +19,7 @@
 //! A stream counts as answered when its first event arrives: until then
 //! nothing has been sent to the client, so a failure can still move on.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use tracing::Instrument as _;
 use tracing::field::Empty;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, stream};
+use futures_util::{Stream, StreamExt, stream};
 use serde_json::Value;
 use switchyard_api::anthropic::MessagesRequest;
 use switchyard_api::{
@@ -1078,10 +1079,13 @@ async fn try_group<'s>(
                 attempt_span.record("error.type", class_name);
                 attempt_span.record("otel.status_code", "error");
                 state.metrics.attempt(&deployment.name, class_name);
+                // What this deployment cannot do (a model without tools,
+                // Ollama's "does not support tools") another may: like what
+                // cannot be expressed, it says nothing of its health.
                 let unexpressible = matches!(
                     e,
                     ProviderError::Unsupported { .. } | ProviderError::InvalidRequest { .. }
-                );
+                ) || matches!(&e, ProviderError::Status { status: 400, message, .. } if lacks_capability(message));
                 if unexpressible {
                     // Refused before anything was sent: says nothing of its health.
                     if probe {
@@ -1259,9 +1263,11 @@ async fn attempt(
         Call::Chat(req) => {
             set(&mut req.model);
             if req.is_stream() {
-                within_first_byte(client, async { hold_chunks(client.chat_stream(req).await?).await })
-                    .await
-                    .map(Reply::Chunks)
+                within_first_byte(client, async {
+                    hold_chunks(client.chat_stream(req).await?, client.idle_timeout()).await
+                })
+                .await
+                .map(Reply::Chunks)
             } else {
                 client.chat(req).await.map(Reply::Json)
             }
@@ -1270,7 +1276,7 @@ async fn attempt(
             set(&mut req.model);
             if req.is_stream() {
                 within_first_byte(client, async {
-                    hold_chunks(client.completion_stream(req).await?).await
+                    hold_chunks(client.completion_stream(req).await?, client.idle_timeout()).await
                 })
                 .await
                 .map(Reply::Chunks)
@@ -1324,12 +1330,18 @@ async fn attempt(
             let req = fixed.as_mut().unwrap_or(req);
             match client {
                 ProviderClient::Anthropic(p) if stream => {
-                    within_first_byte(client, async { hold_events(p.messages_stream(req).await?).await }).await
+                    within_first_byte(client, async {
+                        hold_events(p.messages_stream(req).await?, client.idle_timeout()).await
+                    })
+                    .await
                 }
                 ProviderClient::Anthropic(p) => p.messages(req).await.map(Reply::Native),
                 ProviderClient::Bedrock(p) if BedrockProvider::is_claude(&deployment.model) => {
                     if stream {
-                        within_first_byte(client, async { hold_events(p.messages_stream(req).await?).await }).await
+                        within_first_byte(client, async {
+                            hold_events(p.messages_stream(req).await?, client.idle_timeout()).await
+                        })
+                        .await
                     } else {
                         p.messages(req).await.map(Reply::Native)
                     }
@@ -1345,9 +1357,11 @@ async fn attempt(
                         chat.extra.shift_remove("reasoning_effort");
                     }
                     if stream {
-                        within_first_byte(client, async { hold_chunks(client.chat_stream(&chat).await?).await })
-                            .await
-                            .map(Reply::Chunks)
+                        within_first_byte(client, async {
+                            hold_chunks(client.chat_stream(&chat).await?, client.idle_timeout()).await
+                        })
+                        .await
+                        .map(Reply::Chunks)
                     } else {
                         client.chat(&chat).await.map(Reply::Json)
                     }
@@ -1402,14 +1416,15 @@ async fn attempt(
 /// first-byte timeout which the provider applies to the first event. Servers
 /// such as vLLM send a role-only chunk as soon as they accept the request, so
 /// the first chunk alone does not prove the model is generating. A failure
-/// before output is the attempt's failure.
-async fn hold_chunks(mut chunks: ChunkStream) -> Result<ChunkStream, ProviderError> {
+/// before output is the attempt's failure. What follows is bounded by
+/// `idle` between chunks.
+async fn hold_chunks(mut chunks: ChunkStream, idle: Option<Duration>) -> Result<ChunkStream, ProviderError> {
     let mut held = Vec::new();
     let mut bytes = 0usize;
     loop {
         match chunks.next().await {
             Some(Ok(chunk)) => {
-                let output = is_output(&chunk.data);
+                let output = switchyard_providers::sse::is_output(&chunk.data);
                 bytes = bytes.saturating_add(chunk.data.len());
                 held.push(Ok(chunk));
                 if output || held.len() >= MAX_HELD_EVENTS || bytes >= MAX_HELD_BYTES {
@@ -1426,37 +1441,28 @@ async fn hold_chunks(mut chunks: ChunkStream) -> Result<ChunkStream, ProviderErr
             }
         }
     }
-    Ok(Box::pin(stream::iter(held).chain(chunks)))
+    Ok(Box::pin(stream::iter(held).chain(bounded_silence(chunks, idle))))
 }
 
-/// Whether an OpenAI-format chunk carries output. Only the first chunks of a
-/// stream are inspected.
-fn is_output(data: &[u8]) -> bool {
-    let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
-        return true;
+/// `rest` of a stream that has begun, ended with an idle timeout when no
+/// item comes within `idle` (an upstream that stalls mid-answer would
+/// otherwise hold the request, its reservation and the client until its
+/// total timeout). Dropping `rest` closes the upstream connection.
+fn bounded_silence<T: Send + 'static>(
+    rest: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>>,
+    idle: Option<Duration>,
+) -> Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>> {
+    let Some(idle) = idle else {
+        return rest;
     };
-    let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
-        return true;
-    };
-    let text = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
-    // No choices: the final usage chunk is output; Azure's first chunk
-    // (prompt filter results only) is not.
-    if choices.is_empty() {
-        return chunk.get("usage").is_some_and(|u| !u.is_null());
-    }
-    choices.iter().any(|choice| {
-        let delta = choice.get("delta");
-        let field = |name: &str| delta.and_then(|d| d.get(name));
-        text(field("content"))
-            || text(field("refusal"))
-            || text(field("reasoning_content"))
-            || text(field("reasoning"))
-            || text(choice.get("text"))
-            || ["tool_calls", "function_call", "audio"]
-                .iter()
-                .any(|name| field(name).is_some_and(|v| !v.is_null()))
-            || choice.get("finish_reason").is_some_and(|f| !f.is_null())
-    })
+    Box::pin(stream::unfold(Some(rest), move |rest| async move {
+        let mut rest = rest?;
+        match tokio::time::timeout(idle, rest.next()).await {
+            Ok(Some(item)) => Some((item, Some(rest))),
+            Ok(None) => None,
+            Err(_) => Some((Err(ProviderError::Timeout(TimeoutPhase::Idle)), None)),
+        }
+    }))
 }
 
 /// Anthropic events before any content: sent by the upstream as soon as it
@@ -1467,7 +1473,8 @@ fn is_preamble(event: &str) -> bool {
 
 /// Holds Anthropic events until the first one past `message_start` (the
 /// first content block); an `error` event before it fails the attempt.
-async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
+/// What follows is bounded by `idle` between events.
+async fn hold_events(mut events: EventStream, idle: Option<Duration>) -> Result<Reply, ProviderError> {
     let mut held = Vec::new();
     let mut bytes = 0usize;
     loop {
@@ -1492,7 +1499,9 @@ async fn hold_events(mut events: EventStream) -> Result<Reply, ProviderError> {
             }
         }
     }
-    Ok(Reply::Events(Box::pin(stream::iter(held).chain(events))))
+    Ok(Reply::Events(Box::pin(
+        stream::iter(held).chain(bounded_silence(events, idle)),
+    )))
 }
 
 /// Bounds the wait for a stream's first output (its response head, then
@@ -1552,6 +1561,18 @@ fn billing_refusal(e: ProviderError) -> ProviderError {
         }
         e => e,
     }
+}
+
+/// Whether an upstream's 400 says the model lacks what the request uses,
+/// not that the request is wrong: Ollama's "llama2 does not support tools"
+/// (thinking, images alike), vLLM's "\"auto\" tool choice requires
+/// --enable-auto-tool-choice" (a server started without tool calling).
+fn lacks_capability(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    ["tools", "thinking", "images", "vision", "image input"]
+        .iter()
+        .any(|what| message.contains(&format!("does not support {what}")))
+        || message.contains("requires --enable-auto-tool-choice")
 }
 
 /// Whether an upstream's 404 says the model or deployment it was sent does
@@ -1652,8 +1673,8 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#,
             r#"{"choices":[],"usage":{"total_tokens":3}}"#,
         ];
-        assert!(no.iter().all(|c| !is_output(c.as_bytes())));
-        assert!(yes.iter().all(|c| is_output(c.as_bytes())));
+        assert!(no.iter().all(|c| !switchyard_providers::sse::is_output(c.as_bytes())));
+        assert!(yes.iter().all(|c| switchyard_providers::sse::is_output(c.as_bytes())));
     }
 
     #[tokio::test]
@@ -1666,14 +1687,14 @@ mod tests {
         };
         let role_only = stream::iter(vec![chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#)]);
         assert!(matches!(
-            hold_chunks(Box::pin(role_only)).await,
+            hold_chunks(Box::pin(role_only), None).await,
             Err(ProviderError::Stream(_))
         ));
         let answered = stream::iter(vec![
             chunk(r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#),
             chunk(r#"{"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#),
         ]);
-        assert!(hold_chunks(Box::pin(answered)).await.is_ok());
+        assert!(hold_chunks(Box::pin(answered), None).await.is_ok());
 
         let event = |name: &str| {
             Ok(switchyard_providers::sse::Event {
@@ -1685,11 +1706,11 @@ mod tests {
         };
         let started_only = stream::iter(vec![event("message_start"), event("ping")]);
         assert!(matches!(
-            hold_events(Box::pin(started_only)).await,
+            hold_events(Box::pin(started_only), None).await,
             Err(ProviderError::Stream(_))
         ));
         let content = stream::iter(vec![event("message_start"), event("content_block_start")]);
-        assert!(hold_events(Box::pin(content)).await.is_ok());
+        assert!(hold_events(Box::pin(content), None).await.is_ok());
     }
 
     #[tokio::test]
@@ -1708,7 +1729,7 @@ mod tests {
             }),
         ])
         .chain(stream::pending());
-        let held = tokio::time::timeout(Duration::from_secs(30), hold_chunks(Box::pin(chunks))).await;
+        let held = tokio::time::timeout(Duration::from_secs(30), hold_chunks(Box::pin(chunks), None)).await;
         assert!(matches!(held, Ok(Ok(_))), "held on past the bound");
     }
 

@@ -472,10 +472,13 @@ impl Translator {
                         continue;
                     }
                 },
+                // LiteLLM's is a wait for each read of a stream: its start
+                // and each gap after.
                 "stream_timeout" => match secs_to_ms(value) {
                     Some(ms) => {
                         timeouts.insert("first_byte_ms".into(), json!(ms));
-                        "timeouts.first_byte_ms"
+                        timeouts.insert("idle_ms".into(), json!(ms));
+                        "timeouts.first_byte_ms and timeouts.idle_ms"
                     }
                     None => {
                         self.refuse(&here, "must be a number of seconds");
@@ -541,9 +544,11 @@ impl Translator {
             }
         }
         // LiteLLM bounds a stream by `timeout` too when it has no
-        // `stream_timeout`: its start waits as long as a whole answer may.
+        // `stream_timeout`: its start, and each gap after, waits as long as
+        // a whole answer may.
         if let Some(total) = timeouts.get("total_ms").cloned() {
-            timeouts.entry("first_byte_ms").or_insert(total);
+            timeouts.entry("first_byte_ms").or_insert(total.clone());
+            timeouts.entry("idle_ms").or_insert(total);
         }
         // LiteLLM's `organization` picks the OpenAI organization billed.
         if let Some(org) = params.get("organization").and_then(Value::as_str) {
@@ -558,6 +563,7 @@ impl Translator {
             timeouts.entry("connect_ms").or_insert(json!(defaults.connect_ms));
             timeouts.entry("first_byte_ms").or_insert(json!(defaults.first_byte_ms));
             timeouts.entry("total_ms").or_insert(json!(defaults.total_ms));
+            timeouts.entry("idle_ms").or_insert(json!(defaults.idle_ms));
             d.insert("timeouts".into(), Value::Object(timeouts));
         }
         if let Some(info) = entry.get("model_info").and_then(Value::as_object) {
@@ -1234,7 +1240,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             if let Some(Value::Array(list)) = group.get_mut("deployments") {
                 for d in list.iter_mut().filter_map(Value::as_object_mut) {
                     d.entry("timeouts").or_insert_with(
-                        || json!({"connect_ms": defaults.connect_ms, "first_byte_ms": ms, "total_ms": ms}),
+                        || json!({"connect_ms": defaults.connect_ms, "first_byte_ms": ms, "total_ms": ms, "idle_ms": defaults.idle_ms}),
                     );
                 }
             }

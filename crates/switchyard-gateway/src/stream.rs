@@ -542,13 +542,16 @@ impl Drop for StreamTracker {
     }
 }
 
-/// Whether a chunk is the usage-only chunk `include_usage` adds (no choices).
+/// Whether a chunk is the usage-only chunk `include_usage` adds: no choices,
+/// as `[]`, `null` (some servers) or no member at all.
 fn is_usage_only(chunk: &StreamChunk) -> bool {
     chunk.usage.is_some()
         && serde_json::from_slice::<serde_json::Value>(&chunk.data)
             .ok()
-            .and_then(|v| v.get("choices").and_then(|c| c.as_array().map(Vec::is_empty)))
-            .unwrap_or(false)
+            .is_some_and(|v| match v.get("choices") {
+                None | Some(serde_json::Value::Null) => true,
+                Some(choices) => choices.as_array().is_some_and(Vec::is_empty),
+            })
 }
 
 /// A chunk without its `"usage": null` member, which an upstream asked for
@@ -600,6 +603,12 @@ fn without_null_usage(data: &Bytes) -> Bytes {
     out.freeze()
 }
 
+/// How long a stream may go without a write before a comment is sent.
+const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+
+/// An SSE comment, which clients ignore.
+const KEEPALIVE: &[u8] = b": keepalive\n\n";
+
 /// Turns upstream chunks into an SSE response. Dropping the response body (the
 /// client went away) drops the upstream stream, which closes its connection.
 /// With `strip_usage`, the usage the gateway asked for on the client's
@@ -612,7 +621,12 @@ pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) 
             return None;
         }
         let next = loop {
-            match chunks.next().await {
+            // A comment after a silence (a model thinking before its next
+            // words), so proxies' idle timeouts do not cut the stream.
+            let Ok(next) = tokio::time::timeout(KEEPALIVE_EVERY, chunks.next()).await else {
+                return Some((Bytes::from_static(KEEPALIVE), (chunks, deployment, false)));
+            };
+            match next {
                 Some(Ok(chunk)) if strip_usage && is_usage_only(&chunk) => continue,
                 other => break other,
             }
@@ -637,6 +651,32 @@ pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_usage_chunk_has_no_choices_in_any_shape() {
+        let usage = Some(switchyard_api::Usage {
+            prompt_tokens: 3,
+            completion_tokens: 2,
+            total_tokens: 5,
+            ..Default::default()
+        });
+        let chunk = |data: &str, usage: Option<switchyard_api::Usage>| StreamChunk {
+            data: Bytes::from(data.to_owned()),
+            usage,
+        };
+        for data in [
+            r#"{"choices":[],"usage":{"prompt_tokens":3}}"#,
+            r#"{"choices":null,"usage":{"prompt_tokens":3}}"#,
+            r#"{"usage":{"prompt_tokens":3}}"#,
+        ] {
+            assert!(is_usage_only(&chunk(data, usage.clone())), "{data}");
+        }
+        assert!(!is_usage_only(&chunk(
+            r#"{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":3}}"#,
+            usage.clone()
+        )));
+        assert!(!is_usage_only(&chunk(r#"{"choices":[]}"#, None)));
+    }
 
     /// A `message_delta` without the cache counts keeps `message_start`'s:
     /// the cache writes are still charged.

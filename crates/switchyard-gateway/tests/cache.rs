@@ -79,16 +79,23 @@ async fn post(gw: &GatewayProcess, key: &str, body: Value, headers: &[(&str, &st
 
 /// Asks `body` with the master key until the answer is a cache hit (stores
 /// are written after an answer goes out), at most 40 times; the last answer.
-async fn until_hit(gw: &GatewayProcess, body: Value) -> Answer {
+/// Asks until the answer is a hit (a Redis entry is written once the answer
+/// has gone out), for up to 20 s; the asks store nothing, so a miss does not
+/// replace the entry. Returns the last answer and how many asks missed (each
+/// an upstream call).
+async fn until_hit(gw: &GatewayProcess, body: Value) -> (Answer, usize) {
+    let body = with(body, json!({"cache": {"no-store": true}}));
+    let mut misses = 0;
     let mut answer = post(gw, MASTER, body.clone(), &[]).await;
-    for _ in 0..40 {
+    for _ in 0..400 {
         if answer.header("x-switchyard-cache") == "hit" {
             break;
         }
+        misses += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
         answer = post(gw, MASTER, body.clone(), &[]).await;
     }
-    answer
+    (answer, misses)
 }
 
 fn ask(prompt: &str) -> Value {
@@ -201,7 +208,7 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
     assert_eq!(upstream_calls(&mock), 7);
 
     // A per-request ttl: gone once it passed.
-    let short = with(ask("short lived"), json!({"cache": {"ttl": 1}}));
+    let short = with(ask("short lived"), json!({"cache": {"ttl": 3}}));
     assert_eq!(
         post(&gw, MASTER, short.clone(), &[]).await.header("x-switchyard-cache"),
         "miss"
@@ -210,7 +217,7 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
         post(&gw, MASTER, short.clone(), &[]).await.header("x-switchyard-cache"),
         "hit"
     );
-    tokio::time::sleep(Duration::from_millis(2200)).await;
+    tokio::time::sleep(Duration::from_millis(4200)).await;
     assert_eq!(post(&gw, MASTER, short, &[]).await.header("x-switchyard-cache"), "miss");
 
     // A namespace (LiteLLM's `cache.namespace`) keeps its answers apart.
@@ -327,14 +334,16 @@ async fn a_stream_is_replayed_with_the_same_chunks_and_keys_can_be_kept_apart() 
         "the client did not ask for usage: {}",
         first.text
     );
-    // The entry is written once the stream has ended.
-    let mut second = post(&gw, MASTER, stream.clone(), &[]).await;
-    for _ in 0..50 {
+    // The entry is written once the stream has ended; asks that miss store
+    // nothing, so they do not replace it.
+    let peek = with(stream.clone(), json!({"cache": {"no-store": true}}));
+    let mut second = post(&gw, MASTER, peek.clone(), &[]).await;
+    for _ in 0..400 {
         if second.header("x-switchyard-cache") == "hit" {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-        second = post(&gw, MASTER, stream.clone(), &[]).await;
+        second = post(&gw, MASTER, peek.clone(), &[]).await;
     }
     assert_eq!(second.header("x-switchyard-cache"), "hit");
     assert_eq!(second.header("content-type"), "text/event-stream");
@@ -392,10 +401,10 @@ async fn a_redis_cache_is_shared_by_replicas_and_an_outage_is_only_a_miss() {
     let first = post(&a, MASTER, ask("shared answer"), &[]).await;
     assert_eq!(first.header("x-switchyard-cache"), "miss");
     // Stored in Redis once the answer went out: the other replica finds it.
-    let second = until_hit(&b, ask("shared answer")).await;
+    let (second, misses) = until_hit(&b, ask("shared answer")).await;
     assert_eq!(second.header("x-switchyard-cache"), "hit", "{}", second.text);
     assert_eq!(second.json(), first.json());
-    assert_eq!(upstream_calls(&mock), 1);
+    assert_eq!(upstream_calls(&mock), 1 + misses);
 
     redis.stop();
     for gw in [&a, &b] {
@@ -403,7 +412,7 @@ async fn a_redis_cache_is_shared_by_replicas_and_an_outage_is_only_a_miss() {
         assert_eq!(down.status, 200, "Redis down is a miss, not an error: {}", down.text);
         assert_eq!(down.header("x-switchyard-cache"), "miss");
     }
-    assert_eq!(upstream_calls(&mock), 3);
+    assert_eq!(upstream_calls(&mock), 3 + misses);
     // After three failures in a row Redis is left alone for a while: later
     // lookups and stores are skipped instead of each waiting on it. Each of
     // the six requests' lookup and store is counted once, as a failure or
@@ -922,7 +931,20 @@ fn a_sighup_during_start_up_does_not_stop_the_gateway() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
+    // Once the gateway catches `SIGHUP` (its handler is set first thing,
+    // before the model is loaded); before that the signal would end any
+    // process.
+    let status = format!("/proc/{}/status", child.id());
+    for _ in 0..1000 {
+        let caught = std::fs::read_to_string(&status).ok().and_then(|text| {
+            let mask = text.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            u64::from_str_radix(mask.trim(), 16).ok()
+        });
+        if caught.is_some_and(|mask| mask & 1 == 1) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     switchyard_testkit::signal_process(child.id(), "HUP");
     let lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let ready = lines
@@ -947,7 +969,7 @@ async fn redis_refusing_stores_still_serves_what_it_holds() {
     let gw = gateway(&mock, &cache);
     let first = post(&gw, MASTER, ask("kept answer"), &[]).await;
     assert_eq!(first.header("x-switchyard-cache"), "miss");
-    let again = until_hit(&gw, ask("kept answer")).await;
+    let (again, _) = until_hit(&gw, ask("kept answer")).await;
     assert_eq!(again.header("x-switchyard-cache"), "hit", "{}", again.text);
 
     let client = redis::Client::open(redis.url()).unwrap();
@@ -1012,9 +1034,9 @@ model_list:
     let first = post(&gw, MASTER, ask("over tls"), &[]).await;
     assert_eq!(first.status, 200, "{}", first.text);
     assert_eq!(first.header("x-switchyard-cache"), "miss");
-    let again = until_hit(&gw, ask("over tls")).await;
+    let (again, misses) = until_hit(&gw, ask("over tls")).await;
     assert_eq!(again.header("x-switchyard-cache"), "hit", "{}", again.text);
-    assert_eq!(mock.requests().len(), 1);
+    assert_eq!(mock.requests().len(), 1 + misses);
 
     // The entry and the spend are in that Redis, read over TLS here too.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -439,7 +439,7 @@ async fn cooldown_is_entered_then_left_through_a_probe() {
     let mock = MockUpstream::start().await;
     let gw = gateway(
         &mock,
-        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_fail_fast: true\n  cooldown_ms: 800",
+        "  num_retries: 0\n  allowed_fails: 2\n  cooldown_fail_fast: true\n  cooldown_ms: 4000",
         r#"
   - model_name: flaky
     deployments:
@@ -461,7 +461,7 @@ async fn cooldown_is_entered_then_left_through_a_probe() {
 
     // Wait for the cooldown to end (polling the admin endpoint), then one probe closes the breaker.
     let mut state = Value::Null;
-    for _ in 0..100 {
+    for _ in 0..400 {
         state = breaker(&gw, "flaky/0").await;
         if state["remaining_ms"] == 0 {
             break;
@@ -738,6 +738,102 @@ async fn a_stream_that_fails_after_its_first_event_ends_with_an_error_event() {
             && l.ends_with(" 1")),
         "{metrics}"
     );
+}
+
+/// A stream that stalls after its first output is ended once `idle_ms`
+/// passes without an event: the client gets an error event naming the
+/// timeout instead of waiting for the total timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_stalls_after_its_first_output_times_out() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 0",
+        r#"
+  - model_name: stalls
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "st::chunks=3,chunk_delay_ms=20000", timeouts: {idle_ms: 500}}
+"#,
+    );
+    let a = chat(&gw, "stalls", json!({"stream": true})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    let (_, events) = a.streamed();
+    let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "upstream_timeout", "{}", a.body);
+    assert!(!events.iter().any(|e| e == "[DONE]"), "{}", a.body);
+    let metrics = metrics(&gw).await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_stream_errors_total{")
+            && l.contains(r#"deployment="stalls/0""#)
+            && l.contains(r#"error="timeout""#)),
+        "{metrics}"
+    );
+}
+
+/// A request a server refuses in its stream's first event (vLLM answers
+/// 200 to every stream and reports what it refuses after) gets the
+/// refusal as an HTTP error, as if the server had answered it so: not
+/// retried, not sent to a fallback, not held against the deployment.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_in_a_streams_first_event_is_the_answer() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 2\n  allowed_fails: 1\n  cooldown_ms: 600000",
+        r#"
+  - model_name: strict
+    fallbacks: [other]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "sm::refused_in_stream"}
+  - model_name: other
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "other-1"}
+"#,
+    );
+    for _ in 0..2 {
+        let a = chat(&gw, "strict", json!({"stream": true})).await;
+        assert_eq!(a.status, 400, "{}", a.body);
+        assert_eq!(a.header("x-switchyard-attempts"), "1");
+        assert!(a.body.contains("best_of must be 1"), "{}", a.body);
+    }
+    assert_eq!(sent_to(&mock, "sm::refused_in_stream"), 2, "not retried");
+    assert_eq!(sent_to(&mock, "other-1"), 0, "no fallback answers for it");
+    assert_eq!(breaker(&gw, "strict/0").await["state"], "closed");
+}
+
+/// A deployment whose model lacks what the request uses (Ollama's "does
+/// not support tools") hands it to one that has it, without counting
+/// against its health; with none that can, the client gets the 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_without_a_capability_hands_the_request_on() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 0\n  allowed_fails: 1\n  cooldown_ms: 600000",
+        r#"
+  - model_name: local
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "small::no_tools", input_cost_per_token: 0.0000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "tooled", input_cost_per_token: 0.000001}
+  - model_name: only-small
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "lone::no_tools"}
+"#,
+    );
+    let tools = json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
+    for _ in 0..2 {
+        let a = chat(&gw, "local", tools.clone()).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-switchyard-deployment"), "local/1");
+    }
+    assert_eq!(breaker(&gw, "local/0").await["state"], "closed");
+    // Without tools the cheap model answers.
+    let plain = chat(&gw, "local", json!({})).await;
+    assert_eq!(plain.header("x-switchyard-deployment"), "local/0");
+    let none = chat(&gw, "only-small", tools).await;
+    assert_eq!(none.status, 400, "{}", none.body);
+    assert!(none.body.contains("does not support tools"), "{}", none.body);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1057,7 +1153,7 @@ async fn a_reload_keeps_the_breakers_and_statistics_of_deployments_it_keeps() {
     std::fs::write(gw.config_path(), reordered).unwrap();
     gw.signal("HUP");
     let mut moved = false;
-    for _ in 0..200 {
+    for _ in 0..800 {
         if admin(&gw).await.iter().any(|d| d["deployment"] == "flaky/1") {
             moved = true;
             break;
@@ -1080,7 +1176,7 @@ async fn a_request_running_across_a_reload_counts_in_the_new_configuration() {
     let models = r#"
   - model_name: slow
     deployments:
-      - {provider: openai, api_base: "{base}", api_key: k, model: "s::first_byte_ms=1500"}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "s::first_byte_ms=6000"}
 "#;
     let gw = gateway(&mock, "  num_retries: 0", models);
     let url = format!("{}/v1/chat/completions", gw.base_url());
@@ -1108,7 +1204,7 @@ async fn a_request_running_across_a_reload_counts_in_the_new_configuration() {
     std::fs::write(gw.config_path(), grown).unwrap();
     gw.signal("HUP");
     let mut reloaded = false;
-    for _ in 0..200 {
+    for _ in 0..1000 {
         if admin(&gw).await.iter().any(|d| d["deployment"] == "extra/0") {
             reloaded = true;
             break;
@@ -1451,7 +1547,7 @@ async fn a_retry_counts_in_flight_through_its_pause() {
         r#"
   - model_name: once
     deployments:
-      - {provider: openai, api_base: "{base}", api_key: k, model: "o::fail_first=1,status=429,retry_after=1"}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "o::fail_first=1,status=429,retry_after=4"}
 "#,
     );
     let waiting = tokio::spawn({
@@ -1469,11 +1565,11 @@ async fn a_retry_counts_in_flight_through_its_pause() {
     });
     let in_flight = || stat(&gw, "once/0", "in_flight");
     // The first attempt is refused at once; the retry then waits out the
-    // second its Retry-After asks.
+    // four seconds its Retry-After asks.
     let mut seen = 0;
-    for _ in 0..50 {
+    for _ in 0..500 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        if sent_to(&mock, "o::fail_first=1,status=429,retry_after=1") >= 1 {
+        if sent_to(&mock, "o::fail_first=1,status=429,retry_after=4") >= 1 {
             tokio::time::sleep(Duration::from_millis(200)).await;
             seen = in_flight().await;
             // Its prompt's tokens count in the minute too (the failed

@@ -99,6 +99,32 @@ async fn models(base: &str) -> Vec<String> {
         .collect()
 }
 
+/// Waits (up to 10 s) until a request is in flight to one of the deployments.
+async fn wait_in_flight(base: &str) {
+    let client = reqwest::Client::new();
+    for _ in 0..400 {
+        let listed: Value = client
+            .get(format!("{base}/admin/deployments"))
+            .bearer_auth(MASTER)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let running = listed["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["stats"]["in_flight"] == 1);
+        if running {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no request in flight");
+}
+
 async fn wait_until(what: &str, check: impl AsyncFn() -> bool) {
     for _ in 0..200 {
         if check().await {
@@ -266,7 +292,7 @@ async fn sigterm_drains_streams_reports_not_ready_first_and_exits_zero() {
     let dir = tempfile::tempdir().unwrap();
     let yaml = format!(
         "{}\ntelemetry:\n  request_log:\n    path: {}\n",
-        config("v1", "", "  drain_delay_ms: 600\n  shutdown_timeout_ms: 10000").replace(
+        config("v1", "", "  drain_delay_ms: 2000\n  shutdown_timeout_ms: 10000").replace(
             &format!("policy:\n  master_key: {MASTER}\n"),
             &format!(
                 "policy:\n  master_key: {MASTER}\n  data_dir: {}\n",
@@ -288,7 +314,7 @@ async fn sigterm_drains_streams_reports_not_ready_first_and_exits_zero() {
     };
     assert_eq!(ready(client.clone(), base.clone()).await, 200);
     let long = tokio::spawn(stream(client.clone(), base.clone()));
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_in_flight(&base).await;
 
     gw.signal("TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -447,7 +473,7 @@ async fn a_request_still_waiting_at_the_drain_timeout_is_ended_and_logged() {
         .json(&json!({"model": "stuck", "messages": [{"role": "user", "content": "hi"}]}))
         .send();
     let pending = tokio::spawn(pending);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_in_flight(&gw.base_url()).await;
     gw.signal("TERM");
     let response = pending.await.unwrap().expect("an answer, not a closed connection");
     assert_eq!(response.status(), 503);
@@ -672,7 +698,7 @@ async fn requests_beyond_the_concurrency_limit_are_shed() {
 
     // A request whose client leaves keeps its slot while its work goes on.
     let impatient = reqwest::Client::builder()
-        .timeout(Duration::from_millis(500))
+        .timeout(Duration::from_millis(1500))
         .build()
         .unwrap();
     let (status, error) = ask(&impatient, &base, "sleepy").await;

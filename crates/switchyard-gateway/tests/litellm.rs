@@ -606,7 +606,15 @@ async fn the_gateway_serves_a_litellm_config_as_it_is() {
             .unwrap()
             .starts_with("gpt-4o/")
     );
-    let (_, again, _) = chat(&gw, Some(MASTER), "gpt-4o").await;
+    // The Redis entry is written once the answer has gone out.
+    let mut again = chat(&gw, Some(MASTER), "gpt-4o").await.1;
+    for _ in 0..400 {
+        if again["x-switchyard-cache"] == "hit" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        again = chat(&gw, Some(MASTER), "gpt-4o").await.1;
+    }
     assert_eq!(
         again["x-switchyard-cache"], "hit",
         "litellm_settings.cache on the router's Redis"
@@ -804,6 +812,8 @@ fn litellm_defaults_and_settings_keep_their_meaning() {
     let d = &t.config["model_list"][0]["deployments"][0];
     assert_eq!(d["timeouts"]["total_ms"], 300_000, "{d}");
     assert_eq!(d["timeouts"]["first_byte_ms"], 300_000, "{d}");
+    // LiteLLM's timeout bounds each read of a stream too.
+    assert_eq!(d["timeouts"]["idle_ms"], 300_000, "{d}");
     assert_eq!(d["headers"]["OpenAI-Organization"], "org-123", "{d}");
     assert_eq!(
         t.config["policy"]["redis"]["failure_mode"], "fail_open",
@@ -819,10 +829,9 @@ fn litellm_defaults_and_settings_keep_their_meaning() {
     let t = switchyard_gateway::litellm::translate(&doc).unwrap();
     assert_eq!(t.config["router_settings"]["allowed_fails"], 2);
     assert_eq!(t.config["router_settings"]["cooldown_ms"], 60_000);
-    assert_eq!(
-        t.config["model_list"][0]["deployments"][0]["timeouts"]["first_byte_ms"],
-        10_000
-    );
+    let timeouts = &t.config["model_list"][0]["deployments"][0]["timeouts"];
+    assert_eq!(timeouts["first_byte_ms"], 10_000, "{timeouts}");
+    assert_eq!(timeouts["idle_ms"], 10_000, "{timeouts}");
 }
 
 /// What LiteLLM does with a file that leaves things out: credentials come

@@ -737,20 +737,20 @@ async fn the_request_log_can_be_a_redis_stream() {
 async fn a_request_whose_client_left_is_counted() {
     let mock = MockUpstream::start().await;
     let yaml = format!(
-        "{}  - model_name: slow\n    deployments:\n      - {{provider: openai, api_base: \"{}\", api_key: k, model: \"slow::first_byte_ms=1000\"}}\n",
+        "{}  - model_name: slow\n    deployments:\n      - {{provider: openai, api_base: \"{}\", api_key: k, model: \"slow::first_byte_ms=4000\"}}\n",
         models(&mock),
         mock.base_url()
     );
     let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
     let gone = reqwest::Client::new()
         .post(format!("{}/v1/chat/completions", gw.base_url()))
-        .timeout(Duration::from_millis(200))
+        .timeout(Duration::from_millis(1500))
         .json(&json!({"model": "slow", "messages": [{"role": "user", "content": "slow"}]}))
         .send()
         .await;
     assert!(gone.is_err(), "the client gave up first");
     let mut metrics = String::new();
-    for _ in 0..100 {
+    for _ in 0..400 {
         metrics = reqwest::get(format!("{}/metrics", gw.base_url()))
             .await
             .unwrap()

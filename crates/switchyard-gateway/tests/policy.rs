@@ -713,10 +713,11 @@ async fn rate_limits_answer_429_with_openai_headers() {
     assert!((100..=200).contains(&retry_after), "{retry_after}");
     // Parallel cap.
     let slow_dir = tempfile::tempdir().unwrap();
-    let slow = GatewayProcess::start(Path::new(BIN), &config(slow_dir.path(), "", 300));
+    let slow = GatewayProcess::start(Path::new(BIN), &config(slow_dir.path(), "", 3000));
     let single = generate(&slow, json!({"max_parallel_requests": 1})).await;
     let (a, b) = tokio::join!(chat_with(&slow, Some(&single), "mock-a"), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once the first is running (admitted, its deployment in flight).
+        wait_in_flight(&slow).await;
         chat_with(&slow, Some(&single), "mock-a").await
     });
     assert_eq!(a.status, 200);
@@ -1295,7 +1296,7 @@ async fn an_untranslatable_answer_is_charged_and_keeps_the_limit_headers() {
 #[tokio::test]
 async fn a_request_its_client_left_is_still_charged() {
     let dir = tempfile::tempdir().unwrap();
-    let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 1_500));
+    let gw = GatewayProcess::start(Path::new(BIN), &config(dir.path(), "", 3_000));
     let key = generate(&gw, json!({"key_alias": "impatient"})).await;
     leave_mid_request(&gw, &key).await;
 
@@ -1337,11 +1338,11 @@ async fn the_reservation_covers_a_deployments_own_default_max_tokens() {
 #[tokio::test]
 async fn a_shutdown_waits_for_a_request_its_client_left() {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = format!("server:\n  drain_delay_ms: 0\n{}", config(dir.path(), "", 1_500));
+    let yaml = format!("server:\n  drain_delay_ms: 0\n{}", config(dir.path(), "", 3_000));
     let mut gw = GatewayProcess::start(Path::new(BIN), &yaml);
     let key = generate(&gw, json!({"key_alias": "left-before-shutdown"})).await;
     leave_mid_request(&gw, &key).await;
-    // The upstream needs another 1.2 s; no connection is open any more.
+    // The upstream is still answering; no connection is open any more.
     gw.signal("TERM");
     assert_eq!(gw.wait_exit(Duration::from_secs(15)), Some(0), "{:?}", gw.logs());
     let log = std::fs::read_to_string(dir.path().join("spend.jsonl")).unwrap();
@@ -1354,8 +1355,9 @@ async fn a_shutdown_waits_for_a_request_its_client_left() {
 }
 
 /// Sends a chat request to `mock-a` with `key` over a connection of its own
-/// and closes that connection 300 ms later, before the answer (the server
-/// sees the client go, as an HTTP client's timeout may not show it).
+/// and closes that connection once the request is on its way upstream,
+/// before the answer (the server sees the client go, as an HTTP client's
+/// timeout may not show it).
 async fn leave_mid_request(gw: &GatewayProcess, key: &str) {
     use std::io::Write as _;
     let body = json!({"model": "mock-a", "messages": [{"role": "user", "content": "hello"}]}).to_string();
@@ -1367,9 +1369,26 @@ async fn leave_mid_request(gw: &GatewayProcess, key: &str) {
         body.len()
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_in_flight(gw).await;
     drop(socket);
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Waits (up to 10 s) until a request is in flight to one of `gw`'s deployments.
+async fn wait_in_flight(gw: &GatewayProcess) {
+    for _ in 0..400 {
+        let listed = admin_get(gw, "/admin/deployments").await.body;
+        let running = listed["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["stats"]["in_flight"] == 1);
+        if running {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no request in flight");
 }
 
 /// A restart that lost its master key (a missing secret) does not come up

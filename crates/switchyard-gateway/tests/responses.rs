@@ -501,6 +501,16 @@ async fn replicas_on_one_redis_continue_each_others_responses() {
     assert_eq!(status, 200, "{body}");
 }
 
+/// Sends `request`; its `x-switchyard-cache` header and its body.
+async fn send_request(request: reqwest::RequestBuilder) -> (Option<String>, String) {
+    let response = request.send().await.unwrap();
+    let cache = response
+        .headers()
+        .get("x-switchyard-cache")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (cache, response.text().await.unwrap())
+}
+
 /// The response cache serves `/v1/responses` through the chat request it is
 /// written as: a repeated request is a hit, written back as a new response
 /// with its own id, JSON and streamed alike, without another upstream call.
@@ -513,14 +523,15 @@ async fn a_repeated_response_comes_from_the_cache_as_a_new_response() {
         let request = reqwest::Client::new()
             .post(format!("{}/v1/responses", gw.base_url()))
             .json(&body);
-        async move {
-            let response = request.send().await.unwrap();
-            let cache = response
-                .headers()
-                .get("x-switchyard-cache")
-                .map(|v| v.to_str().unwrap().to_owned());
-            (cache, response.text().await.unwrap())
-        }
+        send_request(request)
+    };
+    // Asks that store nothing, so a miss does not replace the entry.
+    let peek = |body: Value| {
+        let request = reqwest::Client::new()
+            .post(format!("{}/v1/responses", gw.base_url()))
+            .header("cache-control", "no-store")
+            .json(&body);
+        send_request(request)
     };
     let (first_cache, first) = send(ask.clone()).await;
     let (second_cache, second) = send(ask.clone()).await;
@@ -539,13 +550,23 @@ async fn a_repeated_response_comes_from_the_cache_as_a_new_response() {
     let mut streamed = ask.clone();
     streamed["stream"] = json!(true);
     send(streamed.clone()).await;
-    let (cache, text) = send(streamed).await;
+    // A stream's entry is written once it has ended, after the last byte.
+    let (mut cache, mut text) = peek(streamed.clone()).await;
+    let mut misses = 0;
+    for _ in 0..400 {
+        if cache.as_deref() == Some("hit") {
+            break;
+        }
+        misses += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        (cache, text) = peek(streamed.clone()).await;
+    }
     assert_eq!(cache.as_deref(), Some("hit"));
     assert!(text.contains("event: response.completed"), "{text}");
     assert!(text.contains("cache this answer"), "{text}");
     assert_eq!(
         mock.requests().len(),
-        upstream_calls + 1,
+        upstream_calls + 1 + misses,
         "one upstream call for the two streams"
     );
 }

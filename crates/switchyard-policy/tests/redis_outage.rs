@@ -298,14 +298,22 @@ async fn a_lost_admission_reply_does_not_keep_its_slot() {
     let principal = policy.authenticate(Some(KEY)).await.unwrap();
     let demand = demand();
     drop(policy.admit(&principal, &demand).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The release of the dropped admission reaches Redis.
+    policy.flush().await;
 
     pause_writes(&redis.url(), 1_000).await;
     let refused = policy.admit(&principal, &demand).await;
     assert!(matches!(refused, Err(Denied::Unavailable)), "{:?}", refused.err());
-    // Redis ran the script once the pause ended, and the release sent after it.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let admitted = policy.admit(&principal, &demand).await;
+    // Redis runs the script once the pause ends, and the release sent
+    // after it (well before `hold_ttl`).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let admitted = loop {
+        let admitted = policy.admit(&principal, &demand).await;
+        if admitted.is_ok() || std::time::Instant::now() > deadline {
+            break admitted;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         admitted.is_ok(),
         "the lost admission kept the key's only slot: {:?}",
@@ -323,14 +331,22 @@ async fn an_admission_given_up_on_does_not_keep_its_slot() {
     let principal = policy.authenticate(Some(KEY)).await.unwrap();
     let demand = demand();
     drop(policy.admit(&principal, &demand).await.unwrap());
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The release of the dropped admission reaches Redis.
+    policy.flush().await;
 
     pause_writes(&redis.url(), 1_000).await;
     let given_up = tokio::time::timeout(Duration::from_millis(300), policy.admit(&principal, &demand)).await;
     assert!(given_up.is_err(), "the admission finished while Redis was paused");
-    // Redis ran the script once the pause ended, and the release sent after it.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    let admitted = policy.admit(&principal, &demand).await;
+    // Redis runs the script once the pause ends, and the release sent
+    // after it (well before `hold_ttl`).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let admitted = loop {
+        let admitted = policy.admit(&principal, &demand).await;
+        if admitted.is_ok() || std::time::Instant::now() > deadline {
+            break admitted;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert!(
         admitted.is_ok(),
         "the admission given up on kept the key's only slot: {:?}",

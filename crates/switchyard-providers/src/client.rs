@@ -61,6 +61,18 @@ impl ProviderClient {
             ProviderClient::Mock(_) => None,
         }
     }
+
+    /// How long a stream may stay silent once it has begun (its first
+    /// output passed); `None` for the built-in mock.
+    pub fn idle_timeout(&self) -> Option<std::time::Duration> {
+        match self {
+            ProviderClient::OpenAi(p) => Some(p.idle_timeout()),
+            ProviderClient::Azure(p) => Some(p.idle_timeout()),
+            ProviderClient::Anthropic(p) => Some(p.idle_timeout()),
+            ProviderClient::Bedrock(p) => Some(p.idle_timeout()),
+            ProviderClient::Mock(_) => None,
+        }
+    }
 }
 
 impl ProviderClient {

@@ -13,6 +13,8 @@ pub enum TimeoutPhase {
     FirstByte,
     /// The whole request, body included.
     Total,
+    /// A stream's silence after its first output.
+    Idle,
 }
 
 impl std::fmt::Display for TimeoutPhase {
@@ -21,6 +23,7 @@ impl std::fmt::Display for TimeoutPhase {
             TimeoutPhase::Connect => "connect",
             TimeoutPhase::FirstByte => "first byte",
             TimeoutPhase::Total => "total",
+            TimeoutPhase::Idle => "idle",
         })
     }
 }
@@ -177,6 +180,15 @@ impl ProviderError {
             "maximum number of tokens",
             // Claude on Bedrock: "input length and `max_tokens` exceed context limit".
             "exceed context limit",
+            // vLLM's engine: "The decoder prompt (length 9000) is longer than
+            // the maximum model length of 8192".
+            "maximum model length",
+            // llama.cpp and LM Studio: "request (9412 tokens) exceeds the
+            // available context size (8192 tokens)" (`exceed_context_size_error`).
+            "context size",
+            "exceed_context_size",
+            // TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096".
+            "tokens + `max_new_tokens` must be",
         ]
         .iter()
         .any(|needle| message.contains(needle))
@@ -292,6 +304,19 @@ mod tests {
         );
         assert!(status(400, "prompt is too long: 210000 tokens > 200000 maximum", None).is_context_window_exceeded());
         assert!(status(400, "Input is too long for requested model.", None).is_context_window_exceeded());
+        // vLLM's engine, llama.cpp / LM Studio, TGI.
+        for message in [
+            "The decoder prompt (length 9000) is longer than the maximum model length of 8192.",
+            "request (9412 tokens) exceeds the available context size (8192 tokens), try increasing it",
+            "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 200 `max_new_tokens`",
+        ] {
+            let code = if message.starts_with("Input validation") {
+                422
+            } else {
+                400
+            };
+            assert!(status(code, message, None).is_context_window_exceeded(), "{message}");
+        }
         assert!(!status(400, "messages: field required", None).is_context_window_exceeded());
         assert!(!status(500, "prompt is too long", None).is_context_window_exceeded());
         assert!(!ProviderError::Stream("context length".into()).is_context_window_exceeded());

@@ -21,6 +21,9 @@ pub struct Timeouts {
     pub first_byte: Duration,
     /// The whole exchange, a stream's body included.
     pub total: Duration,
+    /// A stream's silence once it has begun: the longest wait for its next
+    /// event after its first output.
+    pub idle: Duration,
 }
 
 impl Default for Timeouts {
@@ -29,6 +32,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(5),
             first_byte: Duration::from_secs(60),
             total: Duration::from_secs(600),
+            idle: Duration::from_secs(60),
         }
     }
 }
@@ -49,6 +53,9 @@ pub(crate) struct Probe {
     pub(crate) usage: Option<Usage>,
     #[serde(default)]
     pub(crate) error: Option<serde_json::Value>,
+    /// `"error"` in vLLM's flat error body (`{"object": "error", "message": …}`).
+    #[serde(default)]
+    pub(crate) object: Option<String>,
 }
 
 /// A keep-alive connection pool to one upstream, with its timeouts and headers.
@@ -62,6 +69,11 @@ impl HttpUpstream {
     /// How long the first byte may take.
     pub(crate) fn first_byte(&self) -> std::time::Duration {
         self.timeouts.first_byte
+    }
+
+    /// How long a stream that has begun may stay silent.
+    pub(crate) fn idle(&self) -> std::time::Duration {
+        self.timeouts.idle
     }
 
     /// Builds the pool. `auth` holds credential headers, marked sensitive.
@@ -466,11 +478,30 @@ fn answered_error(error: &serde_json::Value) -> ProviderError {
 /// An OpenAI-style error object sent inside a stream (`data: {"error": …}`),
 /// typed as the status it states (a numeric `code`) or stands for: a rate
 /// limit is a 429, an invalid request a 400, anything else a server error
-/// (500).
+/// (500). After output, as [`crate::error::in_stream`] treats it.
 pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
+    crate::error::in_stream(typed_stream_error(error), &error_message(error))
+}
+
+/// An error object sent as a stream's first event, before any output: vLLM
+/// answers 200 to every streamed request and reports what it refuses after
+/// (a bad schema, an unknown adapter, a prompt over the model's length) as
+/// the first event. That is the upstream's answer to the request, typed as
+/// an HTTP error would be; only a refusal of the gateway's credentials is
+/// still a broken stream (its words go to the log).
+pub(crate) fn first_event_error(error: &serde_json::Value) -> ProviderError {
+    let typed = typed_stream_error(error);
+    match &typed {
+        ProviderError::Status { status: 401..=403, .. } => crate::error::in_stream(typed, &error_message(error)),
+        _ => typed,
+    }
+}
+
+/// An error object of a stream, typed by its status.
+fn typed_stream_error(error: &serde_json::Value) -> ProviderError {
     let text = |name: &str| error.get(name).and_then(serde_json::Value::as_str).map(str::to_owned);
     let (kind, code) = (text("type"), text("code"));
-    let typed = ProviderError::Status {
+    ProviderError::Status {
         status: stated_status(error).unwrap_or_else(|| status_of(kind.as_deref(), code.as_deref())),
         message: format!("{} (in the stream)", error_message(error)),
         kind: kind.map(Into::into),
@@ -478,8 +509,7 @@ pub(crate) fn stream_error(error: &serde_json::Value) -> ProviderError {
         param: text("param"),
         retry_after: None,
         details: None,
-    };
-    crate::error::in_stream(typed, &error_message(error))
+    }
 }
 
 /// How long the upstream asks to wait: `retry-after-ms` (OpenAI, Azure), else
@@ -530,8 +560,8 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    match serde_json::from_slice::<ErrorEnvelope>(&body) {
-        Ok(ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error)) => ProviderError::Status {
+    match serde_json::from_slice::<ErrorEnvelope>(&body).map(ErrorEnvelope::into_error) {
+        Ok(error) => ProviderError::Status {
             status: status.as_u16(),
             message: error.message,
             kind: error.kind.map(Into::into),
@@ -566,13 +596,36 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
 }
 
 /// An upstream's error body, read leniently: OpenAI's envelope with any of
-/// `type`, `code` and `param` left out (Azure's errors have no `type`), or
-/// the flat `{"object": "error", "message", "type", "code"}` of vLLM.
+/// `type`, `code` and `param` left out (Azure's errors have no `type`), the
+/// flat `{"object": "error", "message", "type", "code"}` of vLLM, or a
+/// plain `{"error": "…"}`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum ErrorEnvelope {
-    Wrapped { error: LenientError },
+    Wrapped {
+        error: LenientError,
+    },
     Flat(LenientError),
+    /// `{"error": "…"}`: Ollama's native API, TGI, older llama.cpp.
+    Plain {
+        error: String,
+    },
+}
+
+impl ErrorEnvelope {
+    /// The error, whatever its envelope.
+    fn into_error(self) -> LenientError {
+        match self {
+            ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error) => error,
+            ErrorEnvelope::Plain { error } => LenientError {
+                message: error,
+                kind: None,
+                code: None,
+                param: None,
+                extra: serde_json::Map::new(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -685,9 +738,7 @@ mod tests {
     #[test]
     fn error_bodies_are_read_without_a_type_or_an_envelope() {
         use super::{ErrorEnvelope, LenientError};
-        let read = |body: &str| match serde_json::from_str::<ErrorEnvelope>(body).unwrap() {
-            ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error) => error,
-        };
+        let read = |body: &str| serde_json::from_str::<ErrorEnvelope>(body).unwrap().into_error();
         // Azure's content filter: no `type`, a string code.
         let azure: LenientError = read(
             r#"{"error":{"message":"The response was filtered","param":"prompt","code":"content_filter","status":400,"innererror":{"code":"ResponsibleAIPolicyViolation"}}}"#,
@@ -712,6 +763,9 @@ mod tests {
         );
         let other = read(r#"{"message":{"reason":"busy"}}"#);
         assert_eq!(other.message, r#"{"reason":"busy"}"#);
+        // Ollama's native API and TGI: the message as the error itself.
+        let plain = read(r#"{"error":"model \"llama9\" not found, try pulling it first"}"#);
+        assert_eq!(plain.message, r#"model "llama9" not found, try pulling it first"#);
     }
 
     #[test]

@@ -784,6 +784,11 @@ impl OpenAiProvider {
         self.0.http.first_byte()
     }
 
+    /// How long a stream that has begun may stay silent.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        self.0.http.idle()
+    }
+
     /// A provider for `api_base`, authenticating with `Authorization: Bearer` when a key is given.
     pub fn new(api_base: &str, api_key: Option<&Secret>, settings: &HttpSettings) -> Result<Self> {
         let mut auth = Vec::new();
@@ -841,6 +846,11 @@ impl AzureProvider {
     /// How long the first byte of an answer may take.
     pub fn first_byte_timeout(&self) -> std::time::Duration {
         self.0.http.first_byte()
+    }
+
+    /// How long a stream that has begun may stay silent.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        self.0.http.idle()
     }
 
     /// A provider for `{api_base}/openai/deployments/{deployment}/…?api-version={api_version}`,

@@ -11,6 +11,7 @@ use futures_util::{Stream, StreamExt, stream};
 
 use crate::http::{Probe, stream_error};
 use crate::{ChunkStream, ProviderError, StreamChunk, TimeoutPhase};
+use serde_json::Value;
 
 /// Upstream SSE events ([`Event`]: `event` name and `data`); transport failures and a silent start become errors.
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<Event, ProviderError>> + Send>>;
@@ -214,6 +215,10 @@ pub(crate) fn sse_events_of(body: ByteStream, first_byte: Duration) -> EventStre
         };
         let item = match next? {
             Ok(event) => Ok(event),
+            // The deployment's total timeout, passed mid-stream.
+            Err(EventStreamError::Transport(BodyError::Transport(e))) if e.is_timeout() => {
+                Err(ProviderError::Timeout(TimeoutPhase::Total))
+            }
             Err(EventStreamError::Transport(BodyError::Transport(e))) => Err(ProviderError::Stream(format!(
                 "the upstream connection failed mid-stream: {}",
                 ProviderError::from_reqwest(e)
@@ -252,12 +257,45 @@ pub(crate) fn drain(mut rest: EventStream) {
     }
 }
 
+/// Whether an OpenAI-format chunk carries output (text, a tool call, a
+/// refusal, a finish reason, or usage), not only a role or Azure's prompt
+/// filter results. Only the first chunks of a stream need inspecting.
+pub fn is_output(data: &[u8]) -> bool {
+    let Ok(chunk) = serde_json::from_slice::<Value>(data) else {
+        return true;
+    };
+    let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+        return true;
+    };
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).is_some_and(|s| !s.is_empty());
+    // No choices: the final usage chunk is output; Azure's first chunk
+    // (prompt filter results only) is not.
+    if choices.is_empty() {
+        return chunk.get("usage").is_some_and(|u| !u.is_null());
+    }
+    choices.iter().any(|choice| {
+        let delta = choice.get("delta");
+        let field = |name: &str| delta.and_then(|d| d.get(name));
+        text(field("content"))
+            || text(field("refusal"))
+            || text(field("reasoning_content"))
+            || text(field("reasoning"))
+            || text(choice.get("text"))
+            || ["tool_calls", "function_call", "audio"]
+                .iter()
+                .any(|name| field(name).is_some_and(|v| !v.is_null()))
+            || choice.get("finish_reason").is_some_and(|f| !f.is_null())
+    })
+}
+
 /// Turns an OpenAI-style stream into chunks. Each event's JSON is validated and
 /// its usage read; the bytes themselves pass through untouched. The stream ends
 /// after `[DONE]`; a stream that closes before it, a malformed event or an error
-/// event ends with an error instead.
+/// event ends with an error instead. An error event before any output (a
+/// role-only chunk aside) is the upstream's answer to the request (see
+/// [`crate::http::first_event_error`]).
 pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
-    let chunks = stream::unfold((events, false), |(mut events, done)| async move {
+    let chunks = stream::unfold((events, false, false), |(mut events, done, begun)| async move {
         if done {
             return None;
         }
@@ -276,20 +314,33 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
                     if data.trim().is_empty() {
                         continue;
                     }
-                    match serde_json::from_str::<Probe>(&data) {
+                    let probe = serde_json::from_str::<Probe>(&data).map(|mut probe| {
+                        // vLLM's flat error object, as a stream event.
+                        if probe.error.is_none() && probe.object.as_deref() == Some("error") {
+                            probe.error = serde_json::from_str(&data).ok();
+                        }
+                        probe
+                    });
+                    match probe {
                         Err(e) => Err(ProviderError::Stream(format!(
                             "malformed event from the upstream ({e})"
                         ))),
+                        Ok(Probe { error: Some(error), .. }) if !begun => Err(crate::http::first_event_error(&error)),
                         Ok(Probe { error: Some(error), .. }) => Err(stream_error(&error)),
                         Ok(Probe { usage, .. }) => Ok(StreamChunk {
                             data: Bytes::from(data),
-                            usage,
+                            // Ollama puts a zero `usage` in every chunk when
+                            // asked for usage, and the counts in the last: a
+                            // prompt has tokens, so all zeros is no count.
+                            usage: usage
+                                .filter(|u| u.prompt_tokens > 0 || u.completion_tokens > 0 || u.total_tokens > 0),
                         }),
                     }
                 }
             };
             let done = item.is_err();
-            return Some((item, (events, done)));
+            let begun = begun || item.as_ref().is_ok_and(|chunk| is_output(&chunk.data));
+            return Some((item, (events, done, begun)));
         }
     });
     Box::pin(chunks)
@@ -384,6 +435,60 @@ mod tests {
             let data: Vec<String> = events.into_iter().map(|e| e.unwrap().data).collect();
             assert_eq!(data, ["1"], "{}", String::from_utf8_lossy(body));
         }
+    }
+
+    /// The chunks (or the error) `sse_chunks_of` makes of `body`.
+    async fn chunks(body: &'static str) -> Vec<Result<StreamChunk, ProviderError>> {
+        let bytes: ByteStream = Box::pin(stream::iter(vec![Ok(Bytes::from_static(body.as_bytes()))]));
+        sse_chunks_of(sse_events_of(bytes, Duration::from_secs(5)))
+            .collect()
+            .await
+    }
+
+    #[tokio::test]
+    async fn an_error_before_any_chunk_is_the_answer_and_after_one_a_broken_stream() {
+        // vLLM refusing a request it already answered 200 to.
+        let refused = chunks(
+            "data: {\"object\":\"error\",\"message\":\"The decoder prompt (length 9000) is longer than the maximum model length of 8192.\",\"type\":\"BadRequestError\",\"param\":null,\"code\":400}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        match &refused[..] {
+            [Err(e @ ProviderError::Status { status: 400, .. })] => assert!(e.is_context_window_exceeded(), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        let invalid =
+            chunks("data: {\"error\":{\"message\":\"bad schema\",\"type\":\"BadRequestError\",\"code\":400}}\n\n")
+                .await;
+        assert!(
+            matches!(&invalid[..], [Err(ProviderError::Status { status: 400, .. })]),
+            "{invalid:?}"
+        );
+        // A refusal of the gateway's key is still no verdict on the request.
+        let key = chunks("data: {\"error\":{\"message\":\"key sk-1 revoked\",\"code\":401}}\n\n").await;
+        assert!(matches!(&key[..], [Err(ProviderError::Stream(_))]), "{key:?}");
+        // After output, the same event breaks the stream.
+        let broken = chunks(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"error\":{\"message\":\"bad\",\"code\":400}}\n\n",
+        )
+        .await;
+        assert!(
+            matches!(&broken[..], [Ok(_), Err(ProviderError::Stream(_))]),
+            "{broken:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_zero_usage_in_every_chunk_is_no_count() {
+        // Ollama with `include_usage`: zeros in each chunk, counts in the last.
+        let got = chunks(
+            "data: {\"choices\":[{\"index\":0,\"text\":\"hi\"}],\"usage\":{\"prompt_tokens\":0,\"completion_tokens\":0,\"total_tokens\":0}}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        let usages: Vec<_> = got
+            .iter()
+            .map(|c| c.as_ref().unwrap().usage.as_ref().map(|u| u.prompt_tokens))
+            .collect();
+        assert_eq!(usages, [None, Some(12)]);
     }
 
     #[tokio::test]

@@ -254,6 +254,14 @@ fn validated_object<'a>(ctx: &RequestCtx<'a>) -> Result<&'a Map<String, Value>, 
             Some("model"),
         )));
     }
+    if ctx.scenario.no_tools && obj.get("tools").is_some_and(|t| !t.is_null()) {
+        // Ollama's answer for a model without tool calling.
+        let model = obj.get("model").and_then(Value::as_str).unwrap_or("model");
+        return Err(Box::new(json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": {"message": format!("{model} does not support tools"), "type": "api_error", "param": null, "code": null}}),
+        )));
+    }
     if ctx.scenario.refuses_stream_options
         && let Some(options) = obj.get("stream_options")
     {
@@ -281,6 +289,14 @@ fn validated_object<'a>(ctx: &RequestCtx<'a>) -> Result<&'a Map<String, Value>, 
 /// `[DONE]`, with `reset_after`, `error_event` and `malformed_sse` applied.
 fn plan_stream(prefix: Vec<Value>, content: Vec<Value>, suffix: Vec<Value>, scenario: &Scenario) -> Vec<SseItem> {
     let json = |value: &Value| SseItem::json_lines(value, scenario.multiline_sse);
+    if scenario.refused_in_stream {
+        return vec![
+            json(&serde_json::json!({"object": "error",
+                "message": "best_of must be 1 when using greedy sampling. Got 2.",
+                "type": "BadRequestError", "param": null, "code": 400})),
+            SseItem::done(),
+        ];
+    }
     let mut items: Vec<SseItem> = prefix.iter().map(json).collect();
     match scenario.reset_after {
         _ if scenario.error_event => {

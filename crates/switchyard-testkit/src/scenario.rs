@@ -45,6 +45,14 @@ pub struct Scenario {
     /// event, a Bedrock exception, or OpenAI's `{"error": …}` chunk), then
     /// end the stream.
     pub error_event: bool,
+    /// OpenAI-format streaming: answer 200, then refuse the request in the
+    /// stream's first event (vLLM's flat error object, a sampling setting
+    /// it refuses), then `[DONE]`, as vLLM reports what it refuses once it
+    /// has begun a stream.
+    pub refused_in_stream: bool,
+    /// OpenAI format: refuse a request with `tools` as Ollama does for a
+    /// model without tool calling (400 "… does not support tools").
+    pub no_tools: bool,
     /// Anthropic and Bedrock streaming: end the stream cleanly without its
     /// final stop event(s) (`message_stop`; `messageStop` and `metadata`).
     pub no_stop: bool,
@@ -166,6 +174,8 @@ impl Scenario {
                 "hang" => scenario.hang = flag(name, value)?,
                 "parallel_tools" => scenario.parallel_tools = flag(name, value)?,
                 "error_event" => scenario.error_event = flag(name, value)?,
+                "refused_in_stream" => scenario.refused_in_stream = flag(name, value)?,
+                "no_tools" => scenario.no_tools = flag(name, value)?,
                 "no_stop" => scenario.no_stop = flag(name, value)?,
                 "first_event_ms" => scenario.first_event_ms = Some(number(name, value)?),
                 "fail_first" => scenario.fail_first = Some(number(name, value)?),

@@ -56,6 +56,32 @@ fn invalid_values_are_reported_with_their_path() {
 }
 
 #[test]
+fn an_azure_address_holding_the_path_the_gateway_adds_is_refused() {
+    let yaml = |base: &str| {
+        format!(
+            "model_list:\n  - model_name: a\n    deployments:\n      - {{provider: azure, model: d, api_base: '{base}', api_version: v1, api_key: k, timeouts: {{idle_ms: 0}}}}\n"
+        )
+    };
+    for base in [
+        "https://r.openai.azure.com/openai/v1",
+        "https://r.openai.azure.com/openai/deployments/d/chat/completions",
+        "https://r.openai.azure.com/?api-version=2024-10-21",
+    ] {
+        let err = parse(&yaml(base)).unwrap().validate(&env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains("model_list[0].deployments[0].api_base: must"),
+            "{base}: {err}"
+        );
+        assert!(err.contains("timeouts.idle_ms"), "{err}");
+    }
+    // The resource, or a proxy's path in front of it.
+    for base in ["https://r.openai.azure.com", "https://apim.example.com/llm/"] {
+        let config = parse(&yaml(base).replace("idle_ms: 0", "idle_ms: 1000")).unwrap();
+        assert!(config.validate(&env(&[])).is_ok(), "{base}");
+    }
+}
+
+#[test]
 fn an_alias_names_an_existing_group_and_is_not_one_itself() {
     let config = parse(
         "model_list:\n  - model_name: a\n    fallbacks: [old-a]\n    deployments:\n      - {provider: mock, model: a}\n  - model_name: b\n    deployments:\n      - {provider: mock, model: b}\nrouter_settings:\n  model_group_alias:\n    old-a: a\n    b: a\n    twice: old-a\n    nowhere: {model: c, hidden: true}\n    fine: {model: b}\n",

@@ -68,6 +68,11 @@ impl AnthropicProvider {
         self.http.first_byte()
     }
 
+    /// How long a stream that has begun may stay silent.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        self.http.idle()
+    }
+
     /// A provider for one Anthropic deployment.
     pub fn new(settings: &AnthropicSettings, http: &HttpSettings) -> Result<Self> {
         let mut auth = vec![(

@@ -270,6 +270,11 @@ impl BedrockProvider {
         self.settings.timeouts.first_byte
     }
 
+    /// How long a stream that has begun may stay silent.
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        self.settings.timeouts.idle
+    }
+
     /// Awaits a non-streaming SDK call's answer, bounded by the total
     /// timeout (the SDK's operation timeout): its response comes when the
     /// whole answer is written.
