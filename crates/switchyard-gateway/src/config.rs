@@ -310,6 +310,12 @@ pub struct ServerConfig {
     /// How long a client may take to send a request's body, in
     /// milliseconds, once its headers arrived; a slower one gets 408.
     pub body_read_timeout_ms: u64,
+    /// How long a stream's next event may wait for its client to read, in
+    /// milliseconds, once the connection's buffers are full: a client that
+    /// stopped reading (a stuck consumer) is then taken as gone, the
+    /// upstream stream closed and what it used charged, as for a client
+    /// that disconnects.
+    pub stream_write_timeout_ms: u64,
     /// Client connections served at once; beyond it, new ones wait in the
     /// listen backlog until one closes.
     pub max_connections: usize,
@@ -350,6 +356,7 @@ impl Default for ServerConfig {
             cors_allowed_origins: Vec::new(),
             idle_timeout_ms: 75_000,
             body_read_timeout_ms: 60_000,
+            stream_write_timeout_ms: 120_000,
             max_connections: 10_000,
             max_concurrent_requests: 0,
             litellm_headers: false,
@@ -636,8 +643,8 @@ pub struct TimeoutsEntry {
     pub total_ms: u64,
     /// A stream's silence once its first output has come: the longest wait
     /// for its next event before it is ended as timed out (the client gets
-    /// an error event).
-    pub idle_ms: u64,
+    /// an error event). Default: `first_byte_ms`, and at least 60000.
+    pub idle_ms: Option<u64>,
 }
 
 impl Default for TimeoutsEntry {
@@ -647,7 +654,7 @@ impl Default for TimeoutsEntry {
             connect_ms: t.connect.as_millis() as u64,
             first_byte_ms: t.first_byte.as_millis() as u64,
             total_ms: t.total.as_millis() as u64,
-            idle_ms: t.idle.as_millis() as u64,
+            idle_ms: None,
         }
     }
 }
@@ -1243,13 +1250,24 @@ fn check_url(value: &str, path: &str, issues: &mut Vec<ConfigIssue>) {
     }
 }
 
-/// What is wrong with an Azure `api_base` that holds the path the gateway
-/// adds itself (`/openai/v1` from the OpenAI SDK's `base_url`, a full target
-/// URI from the portal) or a query: the calls would go to
-/// `…/openai/v1/openai/v1/…` and meet a 404. A path of a proxy in front
-/// (API Management) is kept.
+/// What is wrong with an Azure `api_base`, on one of Azure's own hosts,
+/// that holds the path the gateway adds itself (`/openai/v1` from the
+/// OpenAI SDK's `base_url`, a full target URI from the portal) or a query:
+/// the calls would go to `…/openai/v1/openai/v1/…` and meet a 404. Another
+/// host (a proxy in front, API Management) is left as it is.
 fn azure_base_problem(base: &str) -> Option<&'static str> {
     let url = reqwest::Url::parse(base).ok()?;
+    let host = url.host_str()?.to_ascii_lowercase();
+    let azure = [
+        ".openai.azure.com",
+        ".cognitiveservices.azure.com",
+        ".services.ai.azure.com",
+    ]
+    .iter()
+    .any(|suffix| host.ends_with(suffix));
+    if !azure {
+        return None;
+    }
     if url.query().is_some() {
         return Some(
             "must not hold a query: give the resource's address (https://<resource>.openai.azure.com) and the \
@@ -1390,7 +1408,7 @@ fn validate_deployment(
         ("connect_ms", t.connect_ms),
         ("first_byte_ms", t.first_byte_ms),
         ("total_ms", t.total_ms),
-        ("idle_ms", t.idle_ms),
+        ("idle_ms", t.idle_ms.unwrap_or(1)),
     ] {
         if value == 0 {
             issues.push(issue(format!("{path}.timeouts.{field}"), "must be greater than 0"));
@@ -1458,7 +1476,10 @@ fn validate_deployment(
                 connect: Duration::from_millis(t.connect_ms),
                 first_byte: Duration::from_millis(t.first_byte_ms),
                 total: Duration::from_millis(t.total_ms),
-                idle: Duration::from_millis(t.idle_ms),
+                idle: Duration::from_millis(
+                    t.idle_ms
+                        .unwrap_or(t.first_byte_ms.max(Timeouts::default().idle.as_millis() as u64)),
+                ),
             },
             headers,
         },
@@ -1699,6 +1720,7 @@ impl Config {
         for (value, field) in [
             (self.server.idle_timeout_ms, "server.idle_timeout_ms"),
             (self.server.body_read_timeout_ms, "server.body_read_timeout_ms"),
+            (self.server.stream_write_timeout_ms, "server.stream_write_timeout_ms"),
         ] {
             if value == 0 {
                 issues.push(issue(field, "must be greater than 0"));

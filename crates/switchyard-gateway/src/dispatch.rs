@@ -1085,7 +1085,7 @@ async fn try_group<'s>(
                 let unexpressible = matches!(
                     e,
                     ProviderError::Unsupported { .. } | ProviderError::InvalidRequest { .. }
-                ) || matches!(&e, ProviderError::Status { status: 400, message, .. } if lacks_capability(message));
+                ) || matches!(&e, ProviderError::Status { status: 400, message, .. } if lacks_capability(message, call));
                 if unexpressible {
                     // Refused before anything was sent: says nothing of its health.
                     if probe {
@@ -1566,13 +1566,30 @@ fn billing_refusal(e: ProviderError) -> ProviderError {
 /// Whether an upstream's 400 says the model lacks what the request uses,
 /// not that the request is wrong: Ollama's "llama2 does not support tools"
 /// (thinking, images alike), vLLM's "\"auto\" tool choice requires
-/// --enable-auto-tool-choice" (a server started without tool calling).
-fn lacks_capability(message: &str) -> bool {
+/// --enable-auto-tool-choice" (a server started without tool calling). The
+/// request must use what the message names (read on this failure only).
+fn lacks_capability(message: &str, call: &Call<'_>) -> bool {
+    let body = match call {
+        Call::Chat(req) => serde_json::to_value(&**req),
+        Call::Messages(req) => serde_json::to_value(&**req),
+        _ => return false,
+    };
+    let Ok(body) = body else {
+        return false;
+    };
     let message = message.to_ascii_lowercase();
-    ["tools", "thinking", "images", "vision", "image input"]
-        .iter()
-        .any(|what| message.contains(&format!("does not support {what}")))
-        || message.contains("requires --enable-auto-tool-choice")
+    let says = |what: &str| message.contains(&format!("does not support {what}"));
+    let has = |name: &str| {
+        body.get(name)
+            .is_some_and(|v| !v.is_null() && v != &Value::Array(Vec::new()))
+    };
+    let tools = has("tools") && (says("tools") || message.contains("requires --enable-auto-tool-choice"));
+    let thinking = (has("reasoning_effort") || has("thinking") || has("reasoning")) && says("thinking");
+    let images = (says("images") || says("vision") || says("image input")) && {
+        let text = body.get("messages").map(Value::to_string).unwrap_or_default();
+        text.contains("\"image_url\"") || text.contains("\"type\":\"image\"")
+    };
+    tools || thinking || images
 }
 
 /// Whether an upstream's 404 says the model or deployment it was sent does

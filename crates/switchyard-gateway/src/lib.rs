@@ -213,6 +213,14 @@ async fn accept_loop(
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        // A client whose host vanished (no FIN, no RST) is found out by the
+        // kernel's probes, so a stream to it does not run on unseen.
+        let keepalive = socket2::TcpKeepalive::new()
+            .with_time(Duration::from_secs(60))
+            .with_interval(Duration::from_secs(10));
+        if let Err(e) = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %e, "cannot set TCP keepalive");
+        }
         let started = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let http2 = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (counted, seen_http2) = (started.clone(), http2.clone());

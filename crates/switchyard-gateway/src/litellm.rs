@@ -563,7 +563,6 @@ impl Translator {
             timeouts.entry("connect_ms").or_insert(json!(defaults.connect_ms));
             timeouts.entry("first_byte_ms").or_insert(json!(defaults.first_byte_ms));
             timeouts.entry("total_ms").or_insert(json!(defaults.total_ms));
-            timeouts.entry("idle_ms").or_insert(json!(defaults.idle_ms));
             d.insert("timeouts".into(), Value::Object(timeouts));
         }
         if let Some(info) = entry.get("model_info").and_then(Value::as_object) {
@@ -1240,7 +1239,7 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             if let Some(Value::Array(list)) = group.get_mut("deployments") {
                 for d in list.iter_mut().filter_map(Value::as_object_mut) {
                     d.entry("timeouts").or_insert_with(
-                        || json!({"connect_ms": defaults.connect_ms, "first_byte_ms": ms, "total_ms": ms, "idle_ms": defaults.idle_ms}),
+                        || json!({"connect_ms": defaults.connect_ms, "first_byte_ms": ms, "total_ms": ms, "idle_ms": ms}),
                     );
                 }
             }

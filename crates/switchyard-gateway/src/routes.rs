@@ -329,6 +329,8 @@ async fn openai(
         "gen_ai.usage.output_tokens" = Empty,
         "switchyard.deployment" = Empty,
         "switchyard.cache" = Empty,
+        "error.type" = Empty,
+        otel.status_code = Empty,
     );
     let mut response = openai_inner(
         state.clone(),

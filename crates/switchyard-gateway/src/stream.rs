@@ -10,6 +10,7 @@ use axum::response::Response;
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{Stream, StreamExt, stream};
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use switchyard_providers::sse::Event;
@@ -366,11 +367,10 @@ impl StreamTracker {
         }
     }
 
-    fn finish(&mut self, error: Option<&ProviderError>) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
-        }
-        self.charge(error.is_none());
+    /// Records on the request's span what the stream used and what it
+    /// answered (when content is captured), and why it ended early;
+    /// `failed` marks the span's status as an error.
+    fn record_span(&mut self, why: Option<&str>, failed: bool) {
         if let Some(u) = self.usage {
             self.span
                 .record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
@@ -386,6 +386,20 @@ impl StreamTracker {
                 crate::observe::clip_captured(text),
             );
         }
+        if let Some(why) = why {
+            self.span.record("error.type", why);
+        }
+        if failed {
+            self.span.record("otel.status_code", "error");
+        }
+    }
+
+    fn finish(&mut self, error: Option<&ProviderError>) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        self.charge(error.is_none());
+        self.record_span(error.map(|e| error_class(e).as_str()), error.is_some());
         let now = self.state.now_ms();
         self.state
             .metrics
@@ -456,54 +470,174 @@ impl StreamTracker {
     }
 
     /// Wraps `items` so that the outcome is recorded when the stream ends.
+    /// The upstream is read on a task of its own, ahead of the client (see
+    /// [`read_ahead`]); the outcome is recorded as the client's side reads
+    /// the items, so a translation that stops reading at an item it cannot
+    /// read ([`StreamTracker::fault`]) still decides it.
     pub(crate) fn follow<T: Observed + Send + 'static>(
         self,
         items: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>>,
     ) -> Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>> {
+        let stall = Duration::from_millis(self.state.server.stream_write_timeout_ms);
+        let deployment = self.labels.1.clone();
         let cut = self.state.cut.subscribe();
-        Box::pin(stream::unfold(Some((items, self, cut)), |state| async move {
-            let (mut items, mut tracker, mut cut) = state?;
-            let next = tokio::select! {
-                biased;
-                _ = cut.wait_for(|cut| *cut) => {
-                    // Shutting down past the drain timeout: the stream ends
-                    // here; dropping the tracker charges what was used.
-                    tracker.cut_by_shutdown = true;
-                    drop(tracker);
-                    let e = ProviderError::Stream("the gateway is shutting down".into());
-                    return Some((Err(e), None));
-                }
-                next = items.next() => next,
+        let slot = Arc::new(Mutex::new(Slot {
+            tracker: Some(self),
+            ended: None,
+            upstream_done: false,
+        }));
+        let ahead = read_ahead(items, slot.clone(), stall, cut, deployment);
+        Box::pin(stream::unfold(Some((ahead, slot)), |state| async move {
+            let (mut ahead, slot) = state?;
+            let next = ahead.next().await;
+            let mut held = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let upstream_done = held.upstream_done;
+            let ended = held.ended;
+            let Some(tracker) = held.tracker.as_mut() else {
+                // The reader let the stream go (the client stopped reading,
+                // or the shutdown cut it), and recorded how it ended.
+                let why = ended.unwrap_or("the stream ended early");
+                return Some((Err(ProviderError::Stream(why.into())), None));
             };
             match next {
                 Some(Ok(item)) => {
                     tracker.on_item(&item);
                     if let Some(e) = item.in_band_error() {
                         tracker.finish(Some(&e));
+                        held.tracker = None;
                         return Some((Ok(item), None));
                     }
                     if item.is_last() {
                         tracker.finish(None);
+                        held.tracker = None;
                         return Some((Ok(item), None));
                     }
-                    Some((Ok(item), Some((items, tracker, cut))))
+                    drop(held);
+                    Some((Ok(item), Some((ahead, slot))))
                 }
                 Some(Err(e)) => {
                     tracker.finish(Some(&e));
+                    held.tracker = None;
+                    Some((Err(e), None))
+                }
+                // The reader stopped without reading the upstream to its end
+                // (it panicked): not a complete answer.
+                None if !upstream_done => {
+                    let e = ProviderError::Stream("the upstream stream's reader stopped".into());
+                    tracker.finish(Some(&e));
+                    held.tracker = None;
                     Some((Err(e), None))
                 }
                 None if T::ENDS_WITH_LAST => {
                     // Closed before its last event: cut, not complete.
                     let e = ProviderError::Stream("the upstream closed the stream before message_stop".into());
                     tracker.finish(Some(&e));
+                    held.tracker = None;
                     None
                 }
                 None => {
                     tracker.finish(None);
+                    held.tracker = None;
                     None
                 }
             }
         }))
+    }
+}
+
+/// A followed stream's tracker, shared by the client's side (which records
+/// the outcome as it reads) and the reader (which lets the stream go when
+/// the client stops reading or the shutdown cuts it).
+struct Slot {
+    /// The tracker, until the outcome is recorded or the reader let the
+    /// stream go (dropping it records the client's leaving, or the cut).
+    tracker: Option<StreamTracker>,
+    /// Why the reader let the stream go, for the client if it reads on.
+    ended: Option<&'static str>,
+    /// The reader read the upstream to its end.
+    upstream_done: bool,
+}
+
+/// How many items a stream is read ahead of its client.
+const READ_AHEAD: usize = 16;
+
+/// Reads `items` on a task of its own, ahead of the client by up to
+/// [`READ_AHEAD`] items, so that a client slow to take them does not stop
+/// the shutdown's cut from being seen. A client that takes nothing for
+/// `stall` once that is full (it stopped reading, or vanished without
+/// closing), or a cut by the shutdown, ends the stream here: the tracker is
+/// dropped (which charges what was used and logs the client's leaving, or
+/// the cut) and the upstream closed; a client that reads on gets an error.
+/// A client that left (its body dropped) stops the reader at once.
+fn read_ahead<T: Send + 'static>(
+    mut items: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>>,
+    slot: Arc<Mutex<Slot>>,
+    stall: Duration,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+    deployment: String,
+) -> Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let finished = slot.clone();
+    let let_go = move |why: &'static str, by_shutdown: bool| {
+        let mut held = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.ended = Some(why);
+        let tracker = held.tracker.take();
+        drop(held);
+        if let Some(mut tracker) = tracker {
+            tracker.cut_by_shutdown = by_shutdown;
+            drop(tracker);
+        }
+    };
+    let reader = async move {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = cut.wait_for(|cut| *cut) => {
+                    let_go("the gateway is shutting down", true);
+                    break;
+                }
+                () = tx.closed() => break,
+                next = items.next() => next,
+            };
+            let Some(item) = next else {
+                finished
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .upstream_done = true;
+                break;
+            };
+            tokio::select! {
+                biased;
+                _ = cut.wait_for(|cut| *cut) => {
+                    let_go("the gateway is shutting down", true);
+                    break;
+                }
+                sent = tokio::time::timeout(stall, tx.send(item)) => match sent {
+                    Ok(Ok(())) => {}
+                    // The client left.
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        tracing::warn!(
+                            %deployment,
+                            stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
+                            "the client stopped reading its stream; ended as the client's leaving"
+                        );
+                        let_go("the client did not read the stream in time", false);
+                        break;
+                    }
+                },
+            }
+        }
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            runtime.spawn(reader);
+            Box::pin(stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|item| (item, rx))
+            }))
+        }
+        // No runtime to read on (never so in the gateway): nothing to read.
+        Err(_) => Box::pin(stream::empty()),
     }
 }
 
@@ -528,15 +662,17 @@ impl Drop for StreamTracker {
         // deployment's rpm, without an outcome.
         self.state.stats.record_request(self.id, self.state.now_ms());
         self.charge(false);
+        let (status, why) = if std::thread::panicking() {
+            (500, "internal_error")
+        } else if self.cut_by_shutdown {
+            (503, "shutting_down")
+        } else {
+            (499, "client_closed")
+        };
+        // A client's leaving is not the gateway's failure.
+        self.record_span(Some(why), status != 499);
         if let Some(mut trail) = self.trail.take() {
             trail.charged_raw(self.usage, self.cost());
-            let (status, why) = if std::thread::panicking() {
-                (500, "internal_error")
-            } else if self.cut_by_shutdown {
-                (503, "shutting_down")
-            } else {
-                (499, "client_closed")
-            };
             trail.finish_with(status, Some(why.into()));
         }
     }
@@ -544,14 +680,24 @@ impl Drop for StreamTracker {
 
 /// Whether a chunk is the usage-only chunk `include_usage` adds: no choices,
 /// as `[]`, `null` (some servers) or no member at all.
+/// The usage is read from the chunk itself (a zero usage is no count, but
+/// its chunk is still the usage chunk).
 fn is_usage_only(chunk: &StreamChunk) -> bool {
-    chunk.usage.is_some()
-        && serde_json::from_slice::<serde_json::Value>(&chunk.data)
-            .ok()
-            .is_some_and(|v| match v.get("choices") {
-                None | Some(serde_json::Value::Null) => true,
-                Some(choices) => choices.as_array().is_some_and(Vec::is_empty),
-            })
+    // Only a chunk with a usage is parsed (this runs on every chunk): one
+    // that counts, or one naming `"prompt_tokens"` unescaped, as a member.
+    const COUNT: &[u8] = b"\"prompt_tokens\"";
+    if chunk.usage.is_none() && !chunk.data.windows(COUNT.len()).any(|w| w == COUNT) {
+        return false;
+    }
+    serde_json::from_slice::<serde_json::Value>(&chunk.data)
+        .ok()
+        .is_some_and(|v| {
+            v.get("usage").is_some_and(|u| !u.is_null())
+                && match v.get("choices") {
+                    None | Some(serde_json::Value::Null) => true,
+                    Some(choices) => choices.as_array().is_some_and(Vec::is_empty),
+                }
+        })
 }
 
 /// A chunk without its `"usage": null` member, which an upstream asked for
@@ -676,6 +822,11 @@ mod tests {
             usage.clone()
         )));
         assert!(!is_usage_only(&chunk(r#"{"choices":[]}"#, None)));
+        // A zero usage (no count) still makes its chunk the usage chunk.
+        assert!(is_usage_only(&chunk(
+            r#"{"choices":[],"usage":{"prompt_tokens":0,"completion_tokens":0}}"#,
+            None
+        )));
     }
 
     /// A `message_delta` without the cache counts keeps `message_start`'s:

@@ -932,10 +932,10 @@ fn a_sighup_during_start_up_does_not_stop_the_gateway() {
         .spawn()
         .unwrap();
     // Once the gateway catches `SIGHUP` (its handler is set first thing,
-    // before the model is loaded); before that the signal would end any
-    // process.
+    // before the model is loaded; waited for up to 2 s, well before the
+    // model's load ends); before that the signal would end any process.
     let status = format!("/proc/{}/status", child.id());
-    for _ in 0..1000 {
+    for _ in 0..200 {
         let caught = std::fs::read_to_string(&status).ok().and_then(|text| {
             let mask = text.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
             u64::from_str_radix(mask.trim(), 16).ok()

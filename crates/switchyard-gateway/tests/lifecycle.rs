@@ -99,25 +99,28 @@ async fn models(base: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a request is in flight to one of the deployments.
+async fn any_in_flight(base: &str) -> bool {
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{base}/admin/deployments"))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listed["deployments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|d| d["stats"]["in_flight"] != 0)
+}
+
 /// Waits (up to 10 s) until a request is in flight to one of the deployments.
 async fn wait_in_flight(base: &str) {
-    let client = reqwest::Client::new();
     for _ in 0..400 {
-        let listed: Value = client
-            .get(format!("{base}/admin/deployments"))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let running = listed["deployments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|d| d["stats"]["in_flight"] == 1);
-        if running {
+        if any_in_flight(base).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -614,6 +617,44 @@ async fn slow_clients_are_cut_off() {
     // A prompt client is served as before.
     let (status, text) = ask(&reqwest::Client::new(), &gw.base_url(), "a").await;
     assert_eq!((status, text.as_str()), (200, "hi"));
+}
+
+/// A client that stops reading its stream (its connection's buffers full)
+/// is taken as gone after `stream_write_timeout_ms`: the request ends, its
+/// upstream is let go and its slot freed, while the connection is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_stream_is_let_go() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let echo = "  - model_name: echo\n    deployments:\n      - {provider: mock, model: echo-1}\n";
+    let gw = GatewayProcess::start(BIN.as_ref(), &config("hi", echo, "  stream_write_timeout_ms: 500"));
+    let base = gw.base_url();
+    let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    // A small receive window, so that the gateway's writes back up soon.
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut stream = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    // The mock answers with the prompt, a word per chunk: 200,000 chunks.
+    let prompt = "ab ".repeat(200_000);
+    let body = json!({"model": "echo", "stream": true, "messages": [{"role": "user", "content": prompt}]}).to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {MASTER}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 16];
+    stream.read_exact(&mut head).await.unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    // Nothing more is read; the connection stays open.
+    wait_until("the stalled stream to be let go", async || !any_in_flight(&base).await).await;
+    assert!(
+        gw.logs().iter().any(|l| l.contains("stopped reading")),
+        "{:?}",
+        gw.logs()
+    );
+    drop(stream);
 }
 
 /// With `max_connections` open, a new connection waits until one closes.

@@ -833,6 +833,16 @@ model_list:
       model: openai/gpt-upstream
       api_base: "{base}"
       api_key: "{UPSTREAM_KEY}"
+  - model_name: breaks
+    litellm_params:
+      model: "openai/b::reset_after=2"
+      api_base: "{base}"
+      api_key: "{UPSTREAM_KEY}"
+  - model_name: slow
+    litellm_params:
+      model: "openai/s::chunks=6,chunk_delay_ms=700"
+      api_base: "{base}"
+      api_key: "{UPSTREAM_KEY}"
 litellm_settings:
   success_callback: ["langfuse"]
 "#,
@@ -864,12 +874,38 @@ litellm_settings:
     assert_eq!(b.status, 200, "{}", b.text);
     let streamed = streamed_text(&b.text);
     assert!(!streamed.is_empty(), "{}", b.text);
+    // A stream the upstream breaks, and one its client leaves.
+    let broken = json!({"model": "breaks", "stream": true, "messages": [{"role": "user", "content": "break"}]});
+    assert_eq!(post(&gw, "/v1/chat/completions", "", broken, &[]).await.status, 200);
+    let left = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .timeout(Duration::from_millis(2500))
+        .json(&json!({"model": "slow", "stream": true, "messages": [{"role": "user", "content": "leave"}]}))
+        .send()
+        .await;
+    if let Ok(response) = left {
+        assert!(response.text().await.is_err(), "the client gave up mid-stream");
+    }
 
     let spans = receiver
         .wait_for(Duration::from_secs(20), |spans| {
             spans.iter().filter(|s| s.name == "chat gpt").count() >= 2
+                && spans.iter().any(|s| s.name == "chat breaks")
+                && spans.iter().any(|s| s.name == "chat slow")
         })
         .await;
+    let broke = spans.iter().find(|s| s.name == "chat breaks").unwrap();
+    assert_eq!(broke.status, 2, "{broke:?}");
+    assert_eq!(broke.attr("error.type"), Some("other"), "{broke:?}");
+    assert!(broke.attr("gen_ai.usage.output_tokens").is_some(), "{broke:?}");
+    let gone = spans.iter().find(|s| s.name == "chat slow").unwrap();
+    assert_eq!(gone.attr("error.type"), Some("client_closed"), "{gone:?}");
+    assert_ne!(
+        gone.status, 2,
+        "a client leaving is not the gateway's failure: {gone:?}"
+    );
+    let output: i64 = gone.attr("gen_ai.usage.output_tokens").unwrap().parse().unwrap();
+    assert!(output > 0, "{gone:?}");
     let exports = receiver.exports();
     assert!(!exports.is_empty());
     let basic = base64::engine::general_purpose::STANDARD.encode("pk-lf-test-0001:sk-lf-secret-0002");

@@ -55,7 +55,7 @@ pub(crate) struct Probe {
     pub(crate) error: Option<serde_json::Value>,
     /// `"error"` in vLLM's flat error body (`{"object": "error", "message": …}`).
     #[serde(default)]
-    pub(crate) object: Option<String>,
+    pub(crate) object: Option<serde_json::Value>,
 }
 
 /// A keep-alive connection pool to one upstream, with its timeouts and headers.

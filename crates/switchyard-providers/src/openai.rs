@@ -193,7 +193,12 @@ fn refuses_sampling(req: &ChatCompletionRequest) -> impl Fn(&str, &serde_json::V
 /// messages, Gemini's `extra_content` (its thought signature) on their
 /// tool calls. DeepSeek and Kimi need the reasoning back, Gemini the
 /// signature, a proxy in front of Claude the blocks; OpenAI's own API,
-/// Azure, Groq and Cerebras refuse them as unknown fields.
+/// Azure, Groq and Cerebras refuse them as unknown fields. Also OpenAI's
+/// request-level hints (`prompt_cache_key`, `prompt_cache_retention`,
+/// `safety_identifier`, sent by Codex and the Agents SDK), which other
+/// models on Azure and other servers refuse ("Unrecognized request
+/// argument supplied: prompt_cache_key"): left out once refused, as the
+/// echoed fields are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Echoed(u8);
 
@@ -258,11 +263,15 @@ impl Echoed {
     const THINKING_BLOCKS: Echoed = Echoed(1);
     const REASONING_CONTENT: Echoed = Echoed(2);
     const EXTRA_CONTENT: Echoed = Echoed(4);
+    /// The fields echoed back in messages (not the hints).
     const ALL: Echoed = Echoed(7);
-    const NAMES: [(Echoed, &'static str); 3] = [
+    const NAMES: [(Echoed, &'static str); 6] = [
         (Echoed::THINKING_BLOCKS, "thinking_blocks"),
         (Echoed::REASONING_CONTENT, "reasoning_content"),
         (Echoed::EXTRA_CONTENT, "extra_content"),
+        (Echoed(8), "prompt_cache_key"),
+        (Echoed(16), "prompt_cache_retention"),
+        (Echoed(32), "safety_identifier"),
     ];
 
     fn is_empty(self) -> bool {
@@ -298,6 +307,11 @@ impl Echoed {
                 found = found.or(Echoed::EXTRA_CONTENT);
             }
         }
+        for (field, name) in &Echoed::NAMES[3..] {
+            if req.extra.contains_key(*name) {
+                found = found.or(*field);
+            }
+        }
         found
     }
 
@@ -313,6 +327,11 @@ impl Echoed {
                 for call in m.tool_calls.iter_mut().flatten() {
                     call.extra.shift_remove("extra_content");
                 }
+            }
+        }
+        for (field, name) in &Echoed::NAMES[3..] {
+            if self.contains(*field) {
+                req.extra.shift_remove(*name);
             }
         }
     }
@@ -361,17 +380,17 @@ impl EchoPolicy {
         }
     }
 
-    /// What to leave out of a request for `model`.
+    /// What to leave out of a request for `model`: what it refused, and
+    /// on a strict host every echoed field (hints only once refused).
     fn for_model(&self, model: &str) -> Echoed {
-        if self.strict {
-            return Echoed::ALL;
-        }
-        self.learned
+        let learned = self
+            .learned
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(model)
             .copied()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        if self.strict { Echoed::ALL.or(learned) } else { learned }
     }
 
     /// Remembers that the upstream refuses `fields` for `model`.
@@ -594,7 +613,7 @@ impl Endpoints {
                         path = self.chat_url.path(),
                         model = %req.model,
                         ?fields,
-                        "the upstream refuses fields echoed back: they are left out from now on"
+                        "the upstream refuses fields it does not take: they are left out from now on"
                     );
                     self.echoes.learn(&req.model, refused);
                     strip = strip.or(refused);
@@ -1141,6 +1160,37 @@ mod tests {
             .unwrap();
         crate::Provider::chat(&provider, &request("m", false)).await.unwrap();
         assert_eq!(echoed(10)[7..], [true, false, true]);
+    }
+
+    #[test]
+    fn a_refused_hint_is_left_out_from_then_on_even_on_a_strict_host() {
+        let refusal = ProviderError::Status {
+            status: 400,
+            message: "Unrecognized request argument supplied: prompt_cache_key".into(),
+            kind: None,
+            code: Some("unrecognized_request_argument".into()),
+            param: None,
+            retry_after: None,
+            details: None,
+        };
+        let mut req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "DeepSeek-V3", "messages": [{"role": "user", "content": "hi"}],
+            "prompt_cache_key": "k", "safety_identifier": "u"
+        }))
+        .unwrap();
+        let sent = Echoed::present(&req);
+        let refused = Echoed::refused(&refusal, sent);
+        assert_eq!(refused, Echoed(8), "{sent:?}");
+        // Azure is strict: the echoes always, the hint once refused.
+        let policy = EchoPolicy::strict();
+        assert_eq!(policy.for_model("DeepSeek-V3"), Echoed::ALL);
+        policy.learn("DeepSeek-V3", refused);
+        let strip = policy.for_model("DeepSeek-V3");
+        assert!(strip.contains(Echoed::ALL) && strip.contains(refused));
+        assert_eq!(policy.for_model("gpt-4o"), Echoed::ALL, "another model still gets it");
+        strip.remove_from(&mut req);
+        assert!(!req.extra.contains_key("prompt_cache_key"));
+        assert!(req.extra.contains_key("safety_identifier"));
     }
 
     #[test]

@@ -316,7 +316,7 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
                     }
                     let probe = serde_json::from_str::<Probe>(&data).map(|mut probe| {
                         // vLLM's flat error object, as a stream event.
-                        if probe.error.is_none() && probe.object.as_deref() == Some("error") {
+                        if probe.error.is_none() && probe.object.as_ref().and_then(Value::as_str) == Some("error") {
                             probe.error = serde_json::from_str(&data).ok();
                         }
                         probe

@@ -74,8 +74,12 @@ fn an_azure_address_holding_the_path_the_gateway_adds_is_refused() {
         );
         assert!(err.contains("timeouts.idle_ms"), "{err}");
     }
-    // The resource, or a proxy's path in front of it.
-    for base in ["https://r.openai.azure.com", "https://apim.example.com/llm/"] {
+    // The resource, or a proxy in front of it, whatever its path.
+    for base in [
+        "https://r.openai.azure.com",
+        "https://apim.example.com/llm/",
+        "https://llm.corp.example/openai/eastus/",
+    ] {
         let config = parse(&yaml(base).replace("idle_ms: 0", "idle_ms: 1000")).unwrap();
         assert!(config.validate(&env(&[])).is_ok(), "{base}");
     }

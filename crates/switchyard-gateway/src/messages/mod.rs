@@ -175,6 +175,8 @@ pub(crate) async fn messages(
         "gen_ai.usage.input_tokens" = Empty,
         "gen_ai.usage.output_tokens" = Empty,
         "switchyard.deployment" = Empty,
+        "error.type" = Empty,
+        otel.status_code = Empty,
     );
     let labels = match crate::labels::anthropic(&req.extra, &headers) {
         Ok(labels) => labels,
