@@ -1262,6 +1262,11 @@ fn azure_base_problem(base: &str) -> Option<&'static str> {
         ".openai.azure.com",
         ".cognitiveservices.azure.com",
         ".services.ai.azure.com",
+        // Azure Government and Azure China.
+        ".openai.azure.us",
+        ".cognitiveservices.azure.us",
+        ".openai.azure.cn",
+        ".cognitiveservices.azure.cn",
     ]
     .iter()
     .any(|suffix| host.ends_with(suffix));

@@ -199,6 +199,9 @@ pub struct StreamTracker {
     /// Set once the stream's outcome is recorded ([`StreamTracker::finish`]):
     /// dropping it afterwards records nothing more.
     finished: bool,
+    /// The gateway failed following the stream (its reader stopped): a
+    /// drop records an internal error, as a panic does.
+    internal: bool,
     _in_flight: InFlight,
 }
 
@@ -228,6 +231,7 @@ impl StreamTracker {
             anyway: false,
             fault: None,
             finished: false,
+            internal: false,
             _in_flight: in_flight,
         }
     }
@@ -484,61 +488,63 @@ impl StreamTracker {
         let slot = Arc::new(Mutex::new(Slot {
             tracker: Some(self),
             ended: None,
-            upstream_done: false,
         }));
         let ahead = read_ahead(items, slot.clone(), stall, cut, deployment);
-        Box::pin(stream::unfold(Some((ahead, slot)), |state| async move {
-            let (mut ahead, slot) = state?;
+        Box::pin(stream::unfold(Some((ahead, Held(slot))), |state| async move {
+            let (mut ahead, held) = state?;
             let next = ahead.next().await;
-            let mut held = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            let upstream_done = held.upstream_done;
-            let ended = held.ended;
-            let Some(tracker) = held.tracker.as_mut() else {
+            let mut slot = held.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let ended = slot.ended;
+            let Some(tracker) = slot.tracker.as_mut() else {
                 // The reader let the stream go (the client stopped reading,
                 // or the shutdown cut it), and recorded how it ended.
                 let why = ended.unwrap_or("the stream ended early");
                 return Some((Err(ProviderError::Stream(why.into())), None));
             };
             match next {
-                Some(Ok(item)) => {
+                Some(Some(Ok(item))) => {
                     tracker.on_item(&item);
                     if let Some(e) = item.in_band_error() {
                         tracker.finish(Some(&e));
-                        held.tracker = None;
+                        slot.tracker = None;
                         return Some((Ok(item), None));
                     }
                     if item.is_last() {
                         tracker.finish(None);
-                        held.tracker = None;
+                        slot.tracker = None;
                         return Some((Ok(item), None));
                     }
-                    drop(held);
-                    Some((Ok(item), Some((ahead, slot))))
+                    drop(slot);
+                    Some((Ok(item), Some((ahead, held))))
                 }
-                Some(Err(e)) => {
+                Some(Some(Err(e))) => {
                     tracker.finish(Some(&e));
-                    held.tracker = None;
+                    slot.tracker = None;
                     Some((Err(e), None))
                 }
-                // The reader stopped without reading the upstream to its end
-                // (it panicked): not a complete answer.
-                None if !upstream_done => {
-                    let e = ProviderError::Stream("the upstream stream's reader stopped".into());
-                    tracker.finish(Some(&e));
-                    held.tracker = None;
-                    Some((Err(e), None))
-                }
-                None if T::ENDS_WITH_LAST => {
+                Some(None) if T::ENDS_WITH_LAST => {
                     // Closed before its last event: cut, not complete.
                     let e = ProviderError::Stream("the upstream closed the stream before message_stop".into());
                     tracker.finish(Some(&e));
-                    held.tracker = None;
+                    slot.tracker = None;
                     None
                 }
-                None => {
+                Some(None) => {
                     tracker.finish(None);
-                    held.tracker = None;
+                    slot.tracker = None;
                     None
+                }
+                // The reader stopped without the upstream's end (it
+                // panicked): the gateway's failure, not the deployment's.
+                None => {
+                    tracker.internal = true;
+                    let tracker = slot.tracker.take();
+                    drop(slot);
+                    drop(tracker);
+                    Some((
+                        Err(ProviderError::Stream("the gateway failed reading the stream".into())),
+                        None,
+                    ))
                 }
             }
         }))
@@ -554,30 +560,55 @@ struct Slot {
     tracker: Option<StreamTracker>,
     /// Why the reader let the stream go, for the client if it reads on.
     ended: Option<&'static str>,
-    /// The reader read the upstream to its end.
-    upstream_done: bool,
 }
+
+/// The client's side's hold on the [`Slot`]: dropped (the client left, a
+/// translation stopped reading, a panic unwinds), it drops the tracker
+/// there and then, which records that ending on this thread.
+struct Held(Arc<Mutex<Slot>>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        let tracker = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tracker
+            .take();
+        drop(tracker);
+    }
+}
+
+/// A stream's items as read ahead: each item, then `None` for the
+/// upstream's end (a reader that stops without it stopped early).
+type ReadAhead<T> = Pin<Box<dyn Stream<Item = Option<Result<T, ProviderError>>> + Send>>;
 
 /// How many items a stream is read ahead of its client.
 const READ_AHEAD: usize = 16;
 
 /// Reads `items` on a task of its own, ahead of the client by up to
-/// [`READ_AHEAD`] items, so that a client slow to take them does not stop
-/// the shutdown's cut from being seen. A client that takes nothing for
-/// `stall` once that is full (it stopped reading, or vanished without
-/// closing), or a cut by the shutdown, ends the stream here: the tracker is
-/// dropped (which charges what was used and logs the client's leaving, or
-/// the cut) and the upstream closed; a client that reads on gets an error.
-/// A client that left (its body dropped) stops the reader at once.
-fn read_ahead<T: Send + 'static>(
-    mut items: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>>,
+/// [`READ_AHEAD`] items, then the end (`None`), so that a client slow to
+/// take them does not stop the shutdown's cut from being seen. Usage is
+/// noted as it is read. A client that takes nothing for `stall` while some
+/// is queued (it stopped reading, or vanished without closing), or a cut by
+/// the shutdown, ends the stream here, also after the upstream's end: the
+/// tracker is dropped (which charges what was used and logs the client's
+/// leaving, or the cut) and the upstream closed; a client that reads on
+/// gets an error. A client that left (its body dropped) stops the reader
+/// at once.
+fn read_ahead<T: Observed + Send + 'static>(
+    items: Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>>,
     slot: Arc<Mutex<Slot>>,
     stall: Duration,
     mut cut: tokio::sync::watch::Receiver<bool>,
     deployment: String,
-) -> Pin<Box<dyn Stream<Item = Result<T, ProviderError>> + Send>> {
+) -> ReadAhead<T> {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        // No runtime to read on (never so in the gateway): read inline.
+        return Box::pin(items.map(Some).chain(stream::once(async { None })));
+    };
     let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
-    let finished = slot.clone();
+    let noted = slot.clone();
     let let_go = move |why: &'static str, by_shutdown: bool| {
         let mut held = slot.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         held.ended = Some(why);
@@ -588,57 +619,76 @@ fn read_ahead<T: Send + 'static>(
             drop(tracker);
         }
     };
+    let stalled = move || {
+        tracing::warn!(
+            %deployment,
+            stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
+            "the client stopped reading its stream; ended as the client's leaving"
+        );
+    };
     let reader = async move {
+        let shutting_down = "the gateway is shutting down";
+        let mut upstream = Some(items);
         loop {
-            let next = tokio::select! {
-                biased;
-                _ = cut.wait_for(|cut| *cut) => {
-                    let_go("the gateway is shutting down", true);
-                    break;
+            // The upstream's next item, or its end once it has ended; then
+            // the end is sent and the reader waits for the client to take
+            // what is queued.
+            let next = match upstream.as_mut() {
+                Some(items) => tokio::select! {
+                    biased;
+                    _ = cut.wait_for(|cut| *cut) => return let_go(shutting_down, true),
+                    () = tx.closed() => return,
+                    next = items.next() => next,
+                },
+                None => {
+                    // All taken, the end included: the client's side ends it.
+                    if tx.capacity() == tx.max_capacity() {
+                        return;
+                    }
+                    let before = tx.capacity();
+                    tokio::select! {
+                        biased;
+                        _ = cut.wait_for(|cut| *cut) => return let_go(shutting_down, true),
+                        () = tx.closed() => return,
+                        () = tokio::time::sleep(stall) => {}
+                    }
+                    if tx.capacity() == before {
+                        stalled();
+                        return let_go("the client did not read the stream in time", false);
+                    }
+                    continue;
                 }
-                () = tx.closed() => break,
-                next = items.next() => next,
             };
-            let Some(item) = next else {
-                finished
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .upstream_done = true;
-                break;
-            };
+            if let Some(Ok(item)) = &next {
+                // Noted now: a stream let go before its client reads the
+                // usage is still charged by it.
+                let mut held = noted.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if let Some(tracker) = held.tracker.as_mut() {
+                    item.merge_usage(&mut tracker.usage);
+                }
+            }
+            if next.is_none() {
+                upstream = None;
+            }
             tokio::select! {
                 biased;
-                _ = cut.wait_for(|cut| *cut) => {
-                    let_go("the gateway is shutting down", true);
-                    break;
-                }
-                sent = tokio::time::timeout(stall, tx.send(item)) => match sent {
+                _ = cut.wait_for(|cut| *cut) => return let_go(shutting_down, true),
+                sent = tokio::time::timeout(stall, tx.send(next)) => match sent {
                     Ok(Ok(())) => {}
                     // The client left.
-                    Ok(Err(_)) => break,
+                    Ok(Err(_)) => return,
                     Err(_) => {
-                        tracing::warn!(
-                            %deployment,
-                            stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
-                            "the client stopped reading its stream; ended as the client's leaving"
-                        );
-                        let_go("the client did not read the stream in time", false);
-                        break;
+                        stalled();
+                        return let_go("the client did not read the stream in time", false);
                     }
                 },
             }
         }
     };
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => {
-            runtime.spawn(reader);
-            Box::pin(stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|item| (item, rx))
-            }))
-        }
-        // No runtime to read on (never so in the gateway): nothing to read.
-        Err(_) => Box::pin(stream::empty()),
-    }
+    runtime.spawn(tracing::Instrument::in_current_span(reader));
+    Box::pin(stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    }))
 }
 
 impl Drop for StreamTracker {
@@ -662,7 +712,7 @@ impl Drop for StreamTracker {
         // deployment's rpm, without an outcome.
         self.state.stats.record_request(self.id, self.state.now_ms());
         self.charge(false);
-        let (status, why) = if std::thread::panicking() {
+        let (status, why) = if std::thread::panicking() || self.internal {
             (500, "internal_error")
         } else if self.cut_by_shutdown {
             (503, "shutting_down")
