@@ -99,35 +99,6 @@ async fn models(base: &str) -> Vec<String> {
         .collect()
 }
 
-/// Whether a request is in flight to one of the deployments.
-async fn any_in_flight(base: &str) -> bool {
-    let listed: Value = reqwest::Client::new()
-        .get(format!("{base}/admin/deployments"))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    listed["deployments"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|d| d["stats"]["in_flight"] != 0)
-}
-
-/// Waits (up to 10 s) until a request is in flight to one of the deployments.
-async fn wait_in_flight(base: &str) {
-    for _ in 0..400 {
-        if any_in_flight(base).await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no request in flight");
-}
-
 async fn wait_until(what: &str, check: impl AsyncFn() -> bool) {
     for _ in 0..200 {
         if check().await {
@@ -317,7 +288,7 @@ async fn sigterm_drains_streams_reports_not_ready_first_and_exits_zero() {
     };
     assert_eq!(ready(client.clone(), base.clone()).await, 200);
     let long = tokio::spawn(stream(client.clone(), base.clone()));
-    wait_in_flight(&base).await;
+    gw.wait_in_flight(Some(MASTER)).await;
 
     gw.signal("TERM");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -476,7 +447,7 @@ async fn a_request_still_waiting_at_the_drain_timeout_is_ended_and_logged() {
         .json(&json!({"model": "stuck", "messages": [{"role": "user", "content": "hi"}]}))
         .send();
     let pending = tokio::spawn(pending);
-    wait_in_flight(&gw.base_url()).await;
+    gw.wait_in_flight(Some(MASTER)).await;
     gw.signal("TERM");
     let response = pending.await.unwrap().expect("an answer, not a closed connection");
     assert_eq!(response.status(), 503);
@@ -648,7 +619,10 @@ async fn a_client_that_stops_reading_its_stream_is_let_go() {
     stream.read_exact(&mut head).await.unwrap();
     assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
     // Nothing more is read; the connection stays open.
-    wait_until("the stalled stream to be let go", async || !any_in_flight(&base).await).await;
+    wait_until("the stalled stream to be let go", async || {
+        !gw.any_in_flight(Some(MASTER)).await
+    })
+    .await;
     assert!(
         gw.logs().iter().any(|l| l.contains("stopped reading")),
         "{:?}",

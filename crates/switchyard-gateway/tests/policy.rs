@@ -717,7 +717,7 @@ async fn rate_limits_answer_429_with_openai_headers() {
     let single = generate(&slow, json!({"max_parallel_requests": 1})).await;
     let (a, b) = tokio::join!(chat_with(&slow, Some(&single), "mock-a"), async {
         // Once the first is running (admitted, its deployment in flight).
-        wait_in_flight(&slow).await;
+        slow.wait_in_flight(Some(MASTER)).await;
         chat_with(&slow, Some(&single), "mock-a").await
     });
     assert_eq!(a.status, 200);
@@ -1369,26 +1369,9 @@ async fn leave_mid_request(gw: &GatewayProcess, key: &str) {
         body.len()
     )
     .unwrap();
-    wait_in_flight(gw).await;
+    gw.wait_in_flight(Some(MASTER)).await;
     drop(socket);
     tokio::time::sleep(Duration::from_millis(100)).await;
-}
-
-/// Waits (up to 10 s) until a request is in flight to one of `gw`'s deployments.
-async fn wait_in_flight(gw: &GatewayProcess) {
-    for _ in 0..400 {
-        let listed = admin_get(gw, "/admin/deployments").await.body;
-        let running = listed["deployments"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|d| d["stats"]["in_flight"] == 1);
-        if running {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("no request in flight");
 }
 
 /// A restart that lost its master key (a missing secret) does not come up

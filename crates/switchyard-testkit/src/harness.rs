@@ -116,6 +116,39 @@ impl GatewayProcess {
         format!("http://{}", self.addr)
     }
 
+    /// Whether a request is in flight to one of the deployments, as
+    /// `GET /admin/deployments` (with `key` as bearer, if any) shows it.
+    pub async fn any_in_flight(&self, key: Option<&str>) -> bool {
+        let mut request = reqwest::Client::new().get(format!("{}/admin/deployments", self.base_url()));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        let listed: serde_json::Value = request
+            .send()
+            .await
+            .expect("GET /admin/deployments")
+            .json()
+            .await
+            .expect("the deployments as JSON");
+        listed["deployments"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|d| d["stats"]["in_flight"] != 0)
+    }
+
+    /// Waits (up to 10 s) until a request is in flight to one of the
+    /// deployments; panics if none comes.
+    pub async fn wait_in_flight(&self, key: Option<&str>) {
+        for _ in 0..400 {
+            if self.any_in_flight(key).await {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no request in flight");
+    }
+
     /// All stdout and stderr lines printed so far.
     pub fn logs(&self) -> Vec<String> {
         self.logs.lock().unwrap_or_else(PoisonError::into_inner).clone()
