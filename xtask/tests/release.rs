@@ -112,11 +112,23 @@ fn dist_takes_an_output_directory_relative_to_where_it_runs() {
 }
 
 /// Writes an executable shell script `name` into `dir`.
+///
+/// A child shell writes it: a file this process held open for writing could
+/// be inherited by a process another test thread forks at that moment, and
+/// executing the script would then fail with `ETXTBSY`.
 fn script(dir: &std::path::Path, name: &str, body: &str) {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Write as _;
     let path = dir.join(name);
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut writer = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(&path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = writer.stdin.take().unwrap();
+    stdin.write_all(format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
+    drop(stdin);
+    assert!(writer.wait().unwrap().success());
 }
 
 #[test]

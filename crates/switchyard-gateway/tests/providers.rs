@@ -1386,6 +1386,75 @@ async fn bedrock_converse_edges() {
     assert_eq!(result[0], json!({"text": "the screen"}), "{}", seen.body);
     assert_eq!(result[1]["image"]["format"], "png", "{}", seen.body);
 
+    // Files go as documents, each with a neutral name of its own: PDFs (a
+    // `file` part, or a PDF in an `image_url` part) and text; a turn of
+    // documents alone gets the text Converse requires beside them.
+    let pdf = "JVBERi0xLjQK";
+    let (status, _, body) = chat(json!({"model": "nova", "messages": [
+        {"role": "user", "content": [
+            {"type": "text", "text": "compare these"},
+            {"type": "file", "file": {"filename": "report.pdf", "file_data": format!("data:application/pdf;base64,{pdf}")}},
+            {"type": "image_url", "image_url": {"url": format!("data:application/pdf;base64,{pdf}")}}
+        ]},
+        {"role": "assistant", "content": "done"},
+        {"role": "user", "content": [
+            {"type": "file", "file": {"filename": "report.pdf", "file_data": "data:text/plain;base64,aGVsbG8="}}
+        ]}
+    ]}))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = mock.last_request().unwrap();
+    let first = &seen.body["messages"][0]["content"];
+    assert_eq!(
+        first[1],
+        json!({"document": {"format": "pdf", "name": "document 0-1", "source": {"bytes": pdf}}}),
+        "{}",
+        seen.body
+    );
+    assert_eq!(first[2]["document"]["name"], "document 0-2", "{}", seen.body);
+    assert_eq!(
+        seen.body["messages"][2]["content"],
+        json!([
+            {"document": {"format": "txt", "name": "document 2-0", "source": {"bytes": "aGVsbG8="}}},
+            {"text": "."}
+        ]),
+        "{}",
+        seen.body
+    );
+    // A tool's result may hold a file too.
+    let (status, _, body) = chat(json!({"model": "nova",
+    "tools": [{"type": "function", "function": {"name": "fetch", "parameters": {"type": "object"}}}],
+    "messages": [
+        {"role": "user", "content": "fetch the report"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "fetch", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": [
+            {"type": "text", "text": "the report"},
+            {"type": "file", "file": {"file_data": format!("data:application/pdf;base64,{pdf}")}}
+        ]}
+    ]}))
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = mock.last_request().unwrap();
+    let result = &seen.body["messages"][2]["content"][0]["toolResult"]["content"];
+    assert_eq!(result[1]["document"]["format"], "pdf", "{}", seen.body);
+    // A file id, a link or a type Bedrock does not read: 400 naming the part.
+    for file in [
+        json!({"type": "file", "file": {"file_id": "file-abc"}}),
+        json!({"type": "file", "file": {"file_data": "data:image/svg+xml;base64,PHN2Zz4="}}),
+        json!({"type": "file", "file": {"file_data": "https://example.com/a.pdf"}}),
+    ] {
+        let (status, _, body) = chat(json!({"model": "nova", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "read"}, file]}
+        ]}))
+        .await;
+        assert_eq!(
+            (status, &body["error"]["param"]),
+            (400, &json!("messages[0].content[1]")),
+            "{body}"
+        );
+    }
+
     let mut legacy = user("nova", "hello");
     legacy["functions"] = json!([{"name": "f", "parameters": {"type": "object"}}]);
     let (status, _, body) = chat(legacy).await;

@@ -288,6 +288,29 @@ pub fn is_output(data: &[u8]) -> bool {
     })
 }
 
+/// The finish reason of a chunk whose answer the upstream itself cut short:
+/// `"abort"` from vLLM and SGLang (the engine dropped the request: it was
+/// preempted or failed), `"error"` from OpenRouter (whose chunk also carries
+/// an error object, read first when it does). Passed on, it would read as a
+/// finished answer.
+fn aborted(data: &str) -> Option<&'static str> {
+    let bytes = data.as_bytes();
+    let finder = |needle: &[u8]| memchr::memmem::find(bytes, needle).is_some();
+    if !finder(b"\"abort\"") && !finder(b"\"error\"") {
+        return None;
+    }
+    let chunk: Value = serde_json::from_str(data).ok()?;
+    chunk
+        .get("choices")?
+        .as_array()?
+        .iter()
+        .find_map(|choice| match choice.get("finish_reason")?.as_str()? {
+            "abort" => Some("abort"),
+            "error" => Some("error"),
+            _ => None,
+        })
+}
+
 /// Turns an OpenAI-style stream into chunks. Each event's JSON is validated and
 /// its usage read; the bytes themselves pass through untouched. The stream ends
 /// after `[DONE]`; a stream that closes before it, a malformed event or an error
@@ -327,6 +350,9 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
                         ))),
                         Ok(Probe { error: Some(error), .. }) if !begun => Err(crate::http::first_event_error(&error)),
                         Ok(Probe { error: Some(error), .. }) => Err(stream_error(&error)),
+                        Ok(_) if let Some(reason) = aborted(&data) => Err(ProviderError::Stream(format!(
+                            "the upstream cut the answer short (finish_reason \"{reason}\")"
+                        ))),
                         Ok(Probe { usage, .. }) => Ok(StreamChunk {
                             data: Bytes::from(data),
                             // Ollama puts a zero `usage` in every chunk when
@@ -475,6 +501,30 @@ mod tests {
             matches!(&broken[..], [Ok(_), Err(ProviderError::Stream(_))]),
             "{broken:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn an_answer_the_upstream_aborted_is_no_finished_answer() {
+        // vLLM's engine dropping a request mid-answer.
+        let cut = chunks(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"\"},\"finish_reason\": \"abort\"}]}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        match &cut[..] {
+            [Ok(_), Err(ProviderError::Stream(message))] => assert!(message.contains("\"abort\""), "{message}"),
+            other => panic!("{other:?}"),
+        }
+        // Before any output: the attempt's failure, for the next one to answer.
+        let first =
+            chunks("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}]}\n\ndata: [DONE]\n\n")
+                .await;
+        assert!(matches!(&first[..], [Err(ProviderError::Stream(_))]), "{first:?}");
+        // The words in an answer are no finish reason.
+        let said = chunks(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"error\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        assert!(matches!(&said[..], [Ok(_)]), "{said:?}");
     }
 
     #[tokio::test]

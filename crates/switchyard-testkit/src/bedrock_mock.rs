@@ -8,6 +8,7 @@ use aws_smithy_types::event_stream::{Header, HeaderValue as FrameValue, Message}
 use aws_smithy_types::str_bytes::StrBytes;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
+use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
@@ -80,6 +81,7 @@ fn validate(body: &Value) -> Result<(&Map<String, Value>, &[Value]), String> {
         Some(messages) if !messages.is_empty() => messages,
         _ => return Err("messages: must be a non-empty array".into()),
     };
+    let mut document_names = std::collections::HashSet::new();
     for (i, message) in messages.iter().enumerate() {
         if !matches!(message.get("role").and_then(Value::as_str), Some("user" | "assistant")) {
             return Err(format!("messages.{i}.role: must be 'user' or 'assistant'"));
@@ -91,6 +93,16 @@ fn validate(body: &Value) -> Result<(&Map<String, Value>, &[Value]), String> {
             return Err(format!(
                 "messages.{i}.content: the text field in the ContentBlock object is blank"
             ));
+        }
+        let results = content
+            .iter()
+            .filter_map(|b| b.pointer("/toolResult/content").and_then(Value::as_array))
+            .flatten();
+        for document in content.iter().chain(results).filter_map(|b| b.get("document")) {
+            check_document(document, i, &mut document_names)?;
+        }
+        if content.iter().any(|b| b.get("document").is_some()) && !content.iter().any(|b| b.get("text").is_some()) {
+            return Err("A text block must be included when using documents.".into());
         }
         // Tool results, with their cache points, make a turn of their own.
         if content.iter().any(|b| b.get("toolResult").is_some())
@@ -144,6 +156,47 @@ fn validate(body: &Value) -> Result<(&Map<String, Value>, &[Value]), String> {
         return Err("toolConfig.tools: must be a non-empty array".into());
     }
     Ok((obj, messages))
+}
+
+/// Checks a `document` block as Converse does: a known format, base64
+/// bytes, a name of letters, digits, single spaces, hyphens, parentheses
+/// and brackets (1–200 characters) not used before in the request, and at
+/// most five documents.
+fn check_document(
+    document: &Value,
+    message: usize,
+    names: &mut std::collections::HashSet<String>,
+) -> Result<(), String> {
+    const FORMATS: [&str; 9] = ["pdf", "csv", "doc", "docx", "xls", "xlsx", "html", "txt", "md"];
+    let format = document.get("format").and_then(Value::as_str).unwrap_or_default();
+    if !FORMATS.contains(&format) {
+        return Err(format!("messages.{message}: document format `{format}` is not valid"));
+    }
+    let bytes = document
+        .pointer("/source/bytes")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if bytes.is_empty() || base64::engine::general_purpose::STANDARD.decode(bytes).is_err() {
+        return Err(format!(
+            "messages.{message}: document source.bytes must be base64 bytes"
+        ));
+    }
+    let name = document.get("name").and_then(Value::as_str).unwrap_or_default();
+    let allowed = name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, ' ' | '-' | '(' | ')' | '[' | ']'));
+    if name.is_empty() || name.len() > 200 || !allowed || name.contains("  ") {
+        return Err(format!(
+            "messages.{message}: document name `{name}` has characters that are not allowed"
+        ));
+    }
+    if !names.insert(name.to_owned()) {
+        return Err("Messages can't contain duplicate document names.".into());
+    }
+    if names.len() > 5 {
+        return Err("You can't include more than 5 documents in a request.".into());
+    }
+    Ok(())
 }
 
 /// Whether a block is text with nothing but white space, which Converse

@@ -8,8 +8,8 @@ use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
 use aws_sdk_bedrockruntime::primitives::Blob;
 use aws_sdk_bedrockruntime::types::{
     AnyToolChoice, CachePointBlock, CachePointType, ContentBlock, ContentBlockDelta, ContentBlockStart,
-    ConversationRole, ConverseStreamOutput, InferenceConfiguration, Message, StopReason, SystemContentBlock, Tool,
-    ToolChoice, ToolConfiguration, ToolInputSchema, ToolSpecification,
+    ConversationRole, ConverseStreamOutput, DocumentBlock, DocumentFormat, DocumentSource, InferenceConfiguration,
+    Message, StopReason, SystemContentBlock, Tool, ToolChoice, ToolConfiguration, ToolInputSchema, ToolSpecification,
 };
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use aws_smithy_types::{Document, Number};
@@ -287,6 +287,52 @@ async fn errors_become_typed_exceptions() {
         unsigned.json::<Value>().await.unwrap(),
         json!({"message": "Missing Authentication Token"})
     );
+}
+
+/// A PDF document block named `name`.
+fn pdf(name: &str) -> ContentBlock {
+    ContentBlock::Document(
+        DocumentBlock::builder()
+            .format(DocumentFormat::Pdf)
+            .name(name)
+            .source(DocumentSource::Bytes(Blob::new(b"%PDF-1.4\n".to_vec())))
+            .build()
+            .unwrap(),
+    )
+}
+
+/// Converse's rules for documents: text beside them, names of their own
+/// made of the characters it allows.
+#[tokio::test]
+async fn documents_follow_converse_rules() {
+    let mock = MockUpstream::start().await;
+    let client = client(&mock);
+    let send = |blocks: Vec<ContentBlock>| {
+        let message = Message::builder()
+            .role(ConversationRole::User)
+            .set_content(Some(blocks))
+            .build()
+            .unwrap();
+        client.converse().model_id("m").messages(message).send()
+    };
+    let text = || ContentBlock::Text("read".into());
+    send(vec![pdf("document 0-1"), pdf("document 0-2"), text()])
+        .await
+        .unwrap();
+    for (blocks, refusal) in [
+        (vec![pdf("document 0-1")], "A text block must be included"),
+        (vec![pdf("a"), pdf("a"), text()], "duplicate document names"),
+        (vec![pdf("report.pdf"), text()], "not allowed"),
+        (vec![pdf("two  spaces"), text()], "not allowed"),
+        (
+            (0..6).map(|i| pdf(&format!("d{i}"))).chain([text()]).collect(),
+            "more than 5 documents",
+        ),
+    ] {
+        let error = send(blocks).await.unwrap_err().into_service_error();
+        assert!(error.is_validation_exception(), "{error:?}");
+        assert!(format!("{error:?}").contains(refusal), "{refusal}: {error:?}");
+    }
 }
 
 /// Receives events until the stream ends or fails; returns the events and the failure.

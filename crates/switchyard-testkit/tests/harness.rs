@@ -9,14 +9,24 @@ use std::time::Duration;
 use switchyard_testkit::{GatewayProcess, run_check_config};
 
 /// Writes an executable shell script standing in for a gateway binary.
+///
+/// A child shell writes it: a file this process held open for writing could
+/// be inherited by a process another test thread forks at that moment, and
+/// executing the script would then fail with `ETXTBSY`.
 #[cfg(unix)]
 fn fake_gateway(dir: &Path, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::io::Write as _;
     let path = dir.join("fake-gateway");
-    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-    let mut permissions = std::fs::metadata(&path).unwrap().permissions();
-    permissions.set_mode(0o755);
-    std::fs::set_permissions(&path, permissions).unwrap();
+    let mut writer = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = writer.stdin.take().unwrap();
+    stdin.write_all(format!("#!/bin/sh\n{body}\n").as_bytes()).unwrap();
+    drop(stdin);
+    assert!(writer.wait().unwrap().success());
     path
 }
 

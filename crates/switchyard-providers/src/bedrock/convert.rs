@@ -3,10 +3,11 @@
 use aws_sdk_bedrockruntime::operation::converse::ConverseOutput;
 use aws_sdk_bedrockruntime::types::{
     AnyToolChoice, AutoToolChoice, CachePointBlock, CachePointType, CacheTtl, ContentBlock, ConversationRole,
-    ImageBlock, ImageFormat, ImageSource, InferenceConfiguration, JsonSchemaDefinition, Message, OutputConfig,
-    OutputFormat, OutputFormatStructure, OutputFormatType, ReasoningContentBlock, ReasoningTextBlock,
-    SpecificToolChoice, StopReason, SystemContentBlock, TokenUsage, Tool, ToolChoice, ToolConfiguration,
-    ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolSpecification, ToolUseBlock,
+    DocumentBlock, DocumentFormat, DocumentSource, ImageBlock, ImageFormat, ImageSource, InferenceConfiguration,
+    JsonSchemaDefinition, Message, OutputConfig, OutputFormat, OutputFormatStructure, OutputFormatType,
+    ReasoningContentBlock, ReasoningTextBlock, SpecificToolChoice, StopReason, SystemContentBlock, TokenUsage, Tool,
+    ToolChoice, ToolConfiguration, ToolInputSchema, ToolResultBlock, ToolResultContentBlock, ToolSpecification,
+    ToolUseBlock,
 };
 use aws_smithy_types::{Blob, Document, Number};
 use base64::Engine as _;
@@ -109,6 +110,97 @@ fn image_block(url: &str, param: &str) -> Result<ImageBlock> {
     built(block, param)
 }
 
+/// Whether an `image_url` part's URL is a PDF's data URL (a document, as
+/// for Claude).
+fn is_pdf_url(url: &str) -> bool {
+    url.get(..20)
+        .is_some_and(|p| p.eq_ignore_ascii_case("data:application/pdf"))
+}
+
+/// The data URL of a `file` part (`file.file_data`).
+fn file_data<'a>(part: &'a switchyard_api::ContentPart, param: &str) -> Result<&'a str> {
+    part.extra
+        .get("file")
+        .and_then(|f| f.get("file_data"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            invalid(
+                "a file part needs `file.file_data` (a base64 data URL); file ids are not supported by Bedrock",
+                param,
+            )
+        })
+}
+
+/// The Converse format of a document's media type.
+fn document_format(media_type: &str) -> Option<DocumentFormat> {
+    Some(match media_type.to_ascii_lowercase().as_str() {
+        "application/pdf" => DocumentFormat::Pdf,
+        "text/plain" => DocumentFormat::Txt,
+        "text/markdown" | "text/x-markdown" => DocumentFormat::Md,
+        "text/html" => DocumentFormat::Html,
+        "text/csv" => DocumentFormat::Csv,
+        "application/msword" => DocumentFormat::Doc,
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document" => DocumentFormat::Docx,
+        "application/vnd.ms-excel" => DocumentFormat::Xls,
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet" => DocumentFormat::Xlsx,
+        _ => return None,
+    })
+}
+
+/// A neutral name for the document at `param`, unique in the request (its
+/// message's and part's positions: `document 3-1`). Converse refuses two
+/// documents of one name and names with other characters than letters,
+/// digits, single spaces, hyphens, parentheses and brackets, and AWS
+/// advises against names a model could read as instructions, so a client's
+/// file name is not used.
+fn document_name(param: &str) -> String {
+    let positions: Vec<&str> = param
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|run| !run.is_empty())
+        .collect();
+    format!("document {}", positions.join("-"))
+}
+
+/// A file sent as a base64 data URL (a `file` part's `file_data`, or a PDF
+/// in an `image_url` part) as a Converse document: PDF, plain text,
+/// Markdown, HTML, CSV, Word or Excel.
+fn document_block(url: &str, param: &str) -> Result<DocumentBlock> {
+    let parsed = url.strip_prefix("data:").and_then(|rest| rest.split_once(','));
+    let Some((meta, data)) = parsed.filter(|(meta, _)| {
+        meta.rsplit(';')
+            .next()
+            .is_some_and(|last| last.trim().eq_ignore_ascii_case("base64"))
+    }) else {
+        return Err(invalid(
+            "Bedrock takes files as base64 data URLs only (`data:application/pdf;base64,…`), not links or file ids",
+            param,
+        ));
+    };
+    let media_type = crate::media::essence(meta);
+    let Some(format) = document_format(media_type) else {
+        return Err(invalid(
+            format!(
+                "file type `{media_type}` is not supported by Bedrock (PDF, plain text, Markdown, HTML, CSV, Word and Excel are)"
+            ),
+            param,
+        ));
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .map_err(|e| invalid(format!("the file is not valid base64: {e}"), param))?;
+    let block = DocumentBlock::builder()
+        .format(format)
+        .name(document_name(param))
+        .source(DocumentSource::Bytes(Blob::new(bytes)))
+        .build();
+    built(block, param)
+}
+
+/// What a user turn that holds documents and no text says: Converse
+/// refuses documents without text beside them ("A text block must be
+/// included when using documents").
+const DOCUMENTS_ONLY: &str = ".";
+
 /// The user turn put before a conversation that opens with the assistant.
 const OPENING_USER_TURN: &str = ".";
 
@@ -142,10 +234,24 @@ fn tool_result_content(message: &ChatMessage, param: &str) -> Result<Vec<ToolRes
         match (part.kind.as_str(), part.text.as_deref()) {
             ("text", Some(text)) if !blank(text) => out.push(ToolResultContentBlock::Text(text.to_owned())),
             ("text", _) => {}
+            ("image_url", _) if is_pdf_url(image_url(part)) => {
+                let param = format!("{param}[{i}]");
+                out.push(ToolResultContentBlock::Document(document_block(
+                    image_url(part),
+                    &param,
+                )?));
+            }
             ("image_url", _) => {
                 out.push(ToolResultContentBlock::Image(image_block(
                     image_url(part),
                     &format!("{param}[{i}]"),
+                )?));
+            }
+            ("file", _) => {
+                let param = format!("{param}[{i}]");
+                out.push(ToolResultContentBlock::Document(document_block(
+                    file_data(part, &param)?,
+                    &param,
                 )?));
             }
             (other, _) => {
@@ -232,8 +338,17 @@ fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBl
                         // must follow content) is left out.
                         _ => continue,
                     },
+                    "image_url" if is_pdf_url(image_url(part)) => {
+                        out.push(ContentBlock::Document(document_block(image_url(part), &param)?));
+                    }
                     "image_url" => {
                         out.push(image(image_url(part), &param)?);
+                    }
+                    "file" => {
+                        out.push(ContentBlock::Document(document_block(
+                            file_data(part, &param)?,
+                            &param,
+                        )?));
                     }
                     other => {
                         return Err(invalid(
@@ -764,6 +879,14 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
                 vec![ContentBlock::Text(OPENING_USER_TURN.to_owned())],
             ),
         );
+    }
+    for (role, content) in &mut turns {
+        if *role == ConversationRole::User
+            && content.iter().any(|b| matches!(b, ContentBlock::Document(_)))
+            && !content.iter().any(|b| matches!(b, ContentBlock::Text(_)))
+        {
+            content.push(ContentBlock::Text(DOCUMENTS_ONLY.to_owned()));
+        }
     }
     let messages = turns
         .into_iter()
