@@ -811,15 +811,33 @@ const KEEPALIVE: &[u8] = b": keepalive\n\n";
 /// behalf is not forwarded: neither the usage-only chunk nor the other
 /// chunks' `"usage": null`.
 pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) -> Response {
+    let events = sse_events(chunks, deployment, strip_usage, KEEPALIVE_EVERY);
+    let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
+    *response.status_mut() = StatusCode::OK;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+/// The frames of [`sse_response`]'s body, with a comment after `keepalive`
+/// without one.
+fn sse_events(
+    chunks: ChunkStream,
+    deployment: String,
+    strip_usage: bool,
+    keepalive: Duration,
+) -> impl Stream<Item = Bytes> + Send {
     let state = (chunks, deployment, false);
-    let events = stream::unfold(state, move |(mut chunks, deployment, finished)| async move {
+    stream::unfold(state, move |(mut chunks, deployment, finished)| async move {
         if finished {
             return None;
         }
         let next = loop {
             // A comment after a silence (a model thinking before its next
             // words), so proxies' idle timeouts do not cut the stream.
-            let Ok(next) = tokio::time::timeout(KEEPALIVE_EVERY, chunks.next()).await else {
+            let Ok(next) = tokio::time::timeout(keepalive, chunks.next()).await else {
                 return Some((Bytes::from_static(KEEPALIVE), (chunks, deployment, false)));
             };
             match next {
@@ -834,19 +852,40 @@ pub fn sse_response(chunks: ChunkStream, deployment: String, strip_usage: bool) 
             None => (Bytes::from_static(DONE), true),
         };
         Some((bytes, (chunks, deployment, finished)))
-    });
-    let mut response = Response::new(Body::from_stream(events.map(Ok::<_, Infallible>)));
-    *response.status_mut() = StatusCode::OK;
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    response
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_silent_stream_gets_comments_until_its_next_chunk() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Nothing comes until the test has seen two comments.
+        let chunks: ChunkStream = Box::pin(
+            stream::once(async move {
+                let _ = rx.await;
+                Ok(StreamChunk {
+                    data: Bytes::from_static(br#"{"choices":[{"index":0,"delta":{"content":"hi"}}]}"#),
+                    usage: None,
+                })
+            })
+            .chain(stream::empty()),
+        );
+        let mut events = Box::pin(sse_events(chunks, "d".into(), false, Duration::from_millis(20)));
+        assert_eq!(events.next().await.as_deref(), Some(KEEPALIVE));
+        assert_eq!(events.next().await.as_deref(), Some(KEEPALIVE));
+        tx.send(()).unwrap();
+        let mut rest = Vec::new();
+        while let Some(frame) = events.next().await {
+            rest.push(String::from_utf8(frame.to_vec()).unwrap());
+        }
+        let rest: Vec<_> = rest.iter().filter(|f| f.as_bytes() != KEEPALIVE).collect();
+        assert_eq!(rest.len(), 2, "{rest:?}");
+        assert!(rest[0].starts_with("data: {") && rest[0].contains("hi"), "{rest:?}");
+        assert_eq!(rest[1].as_bytes(), DONE);
+    }
 
     #[test]
     fn a_usage_chunk_has_no_choices_in_any_shape() {

@@ -46,9 +46,44 @@ pub(crate) fn image_type(declared: &str, data: &str) -> String {
     }
 }
 
+/// Decodes base64 as clients write it: the standard or the URL-safe
+/// alphabet, padded or not, wrapped over lines or not.
+pub(crate) fn decode_base64(data: &str) -> Result<Vec<u8>, base64::DecodeError> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const LENIENT: GeneralPurposeConfig =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    const STANDARD: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::STANDARD, LENIENT);
+    const URL_SAFE: GeneralPurpose = GeneralPurpose::new(&base64::alphabet::URL_SAFE, LENIENT);
+    let compact: std::borrow::Cow<'_, str> = if data.bytes().any(|b| b.is_ascii_whitespace()) {
+        data.chars()
+            .filter(|c| !c.is_ascii_whitespace())
+            .collect::<String>()
+            .into()
+    } else {
+        data.into()
+    };
+    STANDARD
+        .decode(compact.as_bytes())
+        .or_else(|e| URL_SAFE.decode(compact.as_bytes()).map_err(|_| e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_read_as_clients_write_it() {
+        let bytes = b"%PDF-1.4\n\xfb\xff";
+        for written in [
+            "JVBERi0xLjQK+/8=",
+            "JVBERi0xLjQK+/8",
+            "JVBERi0xLjQK-_8=",
+            "JVBERi0x\r\nLjQK+/8=\n",
+        ] {
+            assert_eq!(decode_base64(written).unwrap(), bytes, "{written:?}");
+        }
+        assert!(decode_base64("not base64!").is_err());
+    }
 
     fn b64(bytes: &[u8]) -> String {
         base64::engine::general_purpose::STANDARD.encode(bytes)

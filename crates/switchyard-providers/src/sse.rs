@@ -318,12 +318,31 @@ fn aborted(data: &str) -> Option<&'static str> {
 /// role-only chunk aside) is the upstream's answer to the request (see
 /// [`crate::http::first_event_error`]).
 pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
-    let chunks = stream::unfold((events, false, false), |(mut events, done, begun)| async move {
-        if done {
+    /// Where the stream is.
+    struct State {
+        events: EventStream,
+        done: bool,
+        /// Output came: an error is no longer the upstream's answer.
+        begun: bool,
+        /// The error to end with once the chunk before it is handed on.
+        pending: Option<ProviderError>,
+    }
+    let state = State {
+        events,
+        done: false,
+        begun: false,
+        pending: None,
+    };
+    let chunks = stream::unfold(state, |mut state| async move {
+        if let Some(error) = state.pending.take() {
+            state.done = true;
+            return Some((Err(error), state));
+        }
+        if state.done {
             return None;
         }
         loop {
-            let item = match events.next().await {
+            let item = match state.events.next().await {
                 None => Err(ProviderError::Stream(
                     "the upstream closed the stream before [DONE]".into(),
                 )),
@@ -331,7 +350,7 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
                 Some(Ok(event)) => {
                     let data = event.data;
                     if data == "[DONE]" {
-                        drain(events);
+                        drain(state.events);
                         return None;
                     }
                     if data.trim().is_empty() {
@@ -348,28 +367,94 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
                         Err(e) => Err(ProviderError::Stream(format!(
                             "malformed event from the upstream ({e})"
                         ))),
-                        Ok(Probe { error: Some(error), .. }) if !begun => Err(crate::http::first_event_error(&error)),
+                        Ok(Probe { error: Some(error), .. }) if !state.begun => {
+                            Err(crate::http::first_event_error(&error))
+                        }
                         Ok(Probe { error: Some(error), .. }) => Err(stream_error(&error)),
-                        Ok(_) if let Some(reason) = aborted(&data) => Err(ProviderError::Stream(format!(
-                            "the upstream cut the answer short (finish_reason \"{reason}\")"
-                        ))),
-                        Ok(Probe { usage, .. }) => Ok(StreamChunk {
-                            data: Bytes::from(data),
+                        Ok(Probe { usage, .. }) => {
                             // Ollama puts a zero `usage` in every chunk when
                             // asked for usage, and the counts in the last: a
                             // prompt has tokens, so all zeros is no count.
-                            usage: usage
-                                .filter(|u| u.prompt_tokens > 0 || u.completion_tokens > 0 || u.total_tokens > 0),
-                        }),
+                            let usage = usage.filter(counts);
+                            match aborted(&data) {
+                                None => Ok(StreamChunk {
+                                    data: Bytes::from(data),
+                                    usage,
+                                }),
+                                Some(reason) => {
+                                    let cut = ProviderError::Stream(format!(
+                                        "the upstream cut the answer short (finish_reason \"{reason}\")"
+                                    ));
+                                    // What the cut answer used, so that it is
+                                    // charged as counted: in the chunk, or in
+                                    // the usage chunk that follows it. Before
+                                    // any output the attempt just fails.
+                                    let used = match usage {
+                                        Some(usage) if state.begun => usage_only(&data, usage),
+                                        None if state.begun => usage_after(&mut state.events).await,
+                                        _ => None,
+                                    };
+                                    match used {
+                                        Some(chunk) => {
+                                            state.pending = Some(cut);
+                                            Ok(chunk)
+                                        }
+                                        None => Err(cut),
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             };
-            let done = item.is_err();
-            let begun = begun || item.as_ref().is_ok_and(|chunk| is_output(&chunk.data));
-            return Some((item, (events, done, begun)));
+            state.done = item.is_err();
+            state.begun = state.begun || item.as_ref().is_ok_and(|chunk| is_output(&chunk.data));
+            return Some((item, state));
         }
     });
     Box::pin(chunks)
+}
+
+/// Whether a usage counts anything (see [`sse_chunks_of`]).
+fn counts(usage: &switchyard_api::Usage) -> bool {
+    usage.prompt_tokens > 0 || usage.completion_tokens > 0 || usage.total_tokens > 0
+}
+
+/// A chunk of `data`'s usage alone (its choices emptied), as the usage
+/// chunk of a stream.
+fn usage_only(data: &str, usage: switchyard_api::Usage) -> Option<StreamChunk> {
+    let mut chunk: serde_json::Map<String, Value> = serde_json::from_str(data).ok()?;
+    chunk.insert("choices".into(), Value::Array(Vec::new()));
+    let bytes = serde_json::to_vec(&chunk).ok()?;
+    Some(StreamChunk {
+        data: Bytes::from(bytes),
+        usage: Some(usage),
+    })
+}
+
+/// The usage chunk that follows a cut answer's last chunk (vLLM sends it
+/// when asked to include usage), read briefly.
+async fn usage_after(events: &mut EventStream) -> Option<StreamChunk> {
+    let look = async {
+        for _ in 0..4 {
+            let event = events.next().await?.ok()?;
+            if event.data == "[DONE]" {
+                return None;
+            }
+            if let Some(usage) = serde_json::from_str::<Probe>(&event.data)
+                .ok()
+                .and_then(|probe| probe.usage)
+                .filter(counts)
+            {
+                return Some(StreamChunk {
+                    data: Bytes::from(event.data),
+                    usage: Some(usage),
+                });
+            }
+        }
+        None
+    };
+    tokio::time::timeout(DRAIN_WAIT, look).await.ok().flatten()
 }
 
 #[cfg(test)]
@@ -519,6 +604,33 @@ mod tests {
             chunks("data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"error\"}]}\n\ndata: [DONE]\n\n")
                 .await;
         assert!(matches!(&first[..], [Err(ProviderError::Stream(_))]), "{first:?}");
+        // What the cut answer used is still read: from the usage chunk
+        // that follows, or from the cut chunk itself.
+        let counted = chunks(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"abort\"}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":12,\"completion_tokens\":3,\"total_tokens\":15}}\n\ndata: [DONE]\n\n",
+        )
+        .await;
+        match &counted[..] {
+            [Ok(_), Ok(usage), Err(ProviderError::Stream(_))] => {
+                assert_eq!(usage.usage.as_ref().map(|u| u.prompt_tokens), Some(12));
+            }
+            other => panic!("{other:?}"),
+        }
+        let inline = chunks(
+            "data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"abort\"}],\"usage\":{\"prompt_tokens\":7,\"completion_tokens\":1,\"total_tokens\":8}}\n\n",
+        )
+        .await;
+        match &inline[..] {
+            [Ok(_), Ok(usage), Err(ProviderError::Stream(_))] => {
+                assert_eq!(usage.usage.as_ref().map(|u| u.prompt_tokens), Some(7));
+                let data: Value = serde_json::from_slice(&usage.data).unwrap();
+                assert_eq!(
+                    (&data["id"], &data["choices"]),
+                    (&serde_json::json!("c1"), &serde_json::json!([]))
+                );
+            }
+            other => panic!("{other:?}"),
+        }
         // The words in an answer are no finish reason.
         let said = chunks(
             "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"error\"},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n",

@@ -101,6 +101,15 @@ fn validate(body: &Value) -> Result<(&Map<String, Value>, &[Value]), String> {
         for document in content.iter().chain(results).filter_map(|b| b.get("document")) {
             check_document(document, i, &mut document_names)?;
         }
+        if message.get("role").and_then(Value::as_str) == Some("assistant")
+            && content
+                .iter()
+                .any(|b| b.get("document").is_some() || b.get("image").is_some())
+        {
+            return Err(format!(
+                "messages.{i}: You can only include images and documents if the role is user."
+            ));
+        }
         if content.iter().any(|b| b.get("document").is_some()) && !content.iter().any(|b| b.get("text").is_some()) {
             return Err("A text block must be included when using documents.".into());
         }

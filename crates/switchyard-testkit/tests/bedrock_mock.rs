@@ -319,6 +319,22 @@ async fn documents_follow_converse_rules() {
     send(vec![pdf("document 0-1"), pdf("document 0-2"), text()])
         .await
         .unwrap();
+    let assistant = Message::builder()
+        .role(ConversationRole::Assistant)
+        .set_content(Some(vec![pdf("a"), text()]))
+        .build()
+        .unwrap();
+    let error = client
+        .converse()
+        .model_id("m")
+        .messages(user("hi"))
+        .messages(assistant)
+        .messages(user("and?"))
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(format!("{error:?}").contains("if the role is user"), "{error:?}");
     for (blocks, refusal) in [
         (vec![pdf("document 0-1")], "A text block must be included"),
         (vec![pdf("a"), pdf("a"), text()], "duplicate document names"),

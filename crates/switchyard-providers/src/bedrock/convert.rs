@@ -100,9 +100,8 @@ fn image_block(url: &str, param: &str) -> Result<ImageBlock> {
             ));
         }
     };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data)
-        .map_err(|e| invalid(format!("the image is not valid base64: {e}"), param))?;
+    let bytes =
+        crate::media::decode_base64(data).map_err(|e| invalid(format!("the image is not valid base64: {e}"), param))?;
     let block = ImageBlock::builder()
         .format(format)
         .source(ImageSource::Bytes(Blob::new(bytes)))
@@ -185,9 +184,8 @@ fn document_block(url: &str, param: &str) -> Result<DocumentBlock> {
             param,
         ));
     };
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(data.trim())
-        .map_err(|e| invalid(format!("the file is not valid base64: {e}"), param))?;
+    let bytes =
+        crate::media::decode_base64(data).map_err(|e| invalid(format!("the file is not valid base64: {e}"), param))?;
     let block = DocumentBlock::builder()
         .format(format)
         .name(document_name(param))
@@ -322,7 +320,36 @@ fn system_blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<Sy
     Ok(out)
 }
 
-fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBlock>> {
+/// The images and files among a message's parts, as blocks.
+fn media_blocks(message: &ChatMessage, param: &str) -> Result<Vec<ContentBlock>> {
+    let Some(MessageContent::Parts(parts)) = &message.content else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let param = format!("{param}[{i}]");
+        if matches!(part.kind.as_str(), "image_url" | "file") {
+            out.push(media_block(part, &param)?);
+        }
+    }
+    Ok(out)
+}
+
+/// An `image_url` or `file` part as an image or a document.
+fn media_block(part: &switchyard_api::ContentPart, param: &str) -> Result<ContentBlock> {
+    if part.kind == "file" {
+        return Ok(ContentBlock::Document(document_block(file_data(part, param)?, param)?));
+    }
+    let url = image_url(part);
+    if is_pdf_url(url) {
+        return Ok(ContentBlock::Document(document_block(url, param)?));
+    }
+    image(url, param)
+}
+
+/// A user or assistant message's content as blocks. Images and files are
+/// taken in user messages only, as Converse takes them.
+fn blocks(content: &Option<MessageContent>, param: &str, user: bool) -> Result<Vec<ContentBlock>> {
     let mut out = Vec::new();
     match content {
         None => {}
@@ -338,18 +365,13 @@ fn blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBl
                         // must follow content) is left out.
                         _ => continue,
                     },
-                    "image_url" if is_pdf_url(image_url(part)) => {
-                        out.push(ContentBlock::Document(document_block(image_url(part), &param)?));
-                    }
-                    "image_url" => {
-                        out.push(image(image_url(part), &param)?);
-                    }
-                    "file" => {
-                        out.push(ContentBlock::Document(document_block(
-                            file_data(part, &param)?,
+                    "image_url" | "file" if !user => {
+                        return Err(invalid(
+                            "Bedrock takes images and files in user messages and tool results only",
                             &param,
-                        )?));
+                        ));
                     }
+                    "image_url" | "file" => out.push(media_block(part, &param)?),
                     other => {
                         return Err(invalid(
                             format!("content parts of type `{other}` are not supported by Bedrock"),
@@ -751,7 +773,11 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
         let param = format!("messages[{i}].content");
         match message.role {
             Role::System | Role::Developer => system.extend(system_blocks(&message.content, &param)?),
-            Role::User => push(&mut turns, ConversationRole::User, blocks(&message.content, &param)?),
+            Role::User => push(
+                &mut turns,
+                ConversationRole::User,
+                blocks(&message.content, &param, true)?,
+            ),
             Role::Assistant => {
                 // Claude's own thinking goes back first, as it came.
                 let mut content = if thinking.is_some() {
@@ -759,7 +785,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
                 } else {
                     Vec::new()
                 };
-                content.extend(blocks(&message.content, &param)?);
+                content.extend(blocks(&message.content, &param, false)?);
                 for (j, call) in message.tool_calls.iter().flatten().enumerate() {
                     let Some(function) = &call.function else {
                         return Err(invalid(
@@ -799,7 +825,10 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
                     .unwrap_or_default();
                 if !offers_tools {
                     let text = format!("[result of the tool call {id}: {}]", message.content_text());
-                    push(&mut turns, ConversationRole::User, vec![ContentBlock::Text(text)]);
+                    let mut content = vec![ContentBlock::Text(text)];
+                    // Its images and files follow it in the user's turn.
+                    content.extend(media_blocks(message, &param)?);
+                    push(&mut turns, ConversationRole::User, content);
                     continue;
                 }
                 let block = ToolResultBlock::builder()
@@ -830,9 +859,23 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
             .collect();
         if !text.is_empty() {
             let opening = ContentBlock::Text(text.join("\n\n"));
-            match turns.iter_mut().find(|(role, _)| *role == ConversationRole::User) {
-                Some((_, content)) => content.insert(0, opening),
-                None => turns.insert(0, (ConversationRole::User, vec![opening])),
+            // At the start of the conversation, in a turn of its own when
+            // the first is the assistant's or holds tool results (which
+            // Converse takes alone in their turn).
+            match turns.first_mut() {
+                Some((ConversationRole::User, content)) if !has_tool_results(content) => content.insert(0, opening),
+                _ => {
+                    turns.insert(0, (ConversationRole::User, vec![opening]));
+                    if turns.get(1).is_some_and(|(role, _)| *role == ConversationRole::User) {
+                        turns.insert(
+                            1,
+                            (
+                                ConversationRole::Assistant,
+                                vec![ContentBlock::Text(AFTER_TOOL_RESULTS.to_owned())],
+                            ),
+                        );
+                    }
+                }
             }
         }
     }
@@ -1215,6 +1258,93 @@ mod tests {
             {"role": "tool", "tool_call_id": "c1", "content": "ok"}
         ]}));
         assert!(empty.tools.is_none());
+    }
+
+    /// Roles and text of each turn, documents and images as `[document NAME]`
+    /// and `[image]`.
+    fn turns(input: &ConverseInput) -> Vec<(String, Vec<String>)> {
+        input
+            .messages
+            .iter()
+            .map(|m| {
+                let blocks = m
+                    .content()
+                    .iter()
+                    .map(|b| match b {
+                        ContentBlock::Text(text) => text.clone(),
+                        ContentBlock::Document(d) => format!("[document {}]", d.name()),
+                        ContentBlock::Image(_) => "[image]".into(),
+                        ContentBlock::ToolResult(_) => "[result]".into(),
+                        ContentBlock::ToolUse(_) => "[call]".into(),
+                        other => format!("{other:?}"),
+                    })
+                    .collect();
+                (m.role().as_str().to_owned(), blocks)
+            })
+            .collect()
+    }
+
+    /// Without tools, a tool result's images and files follow its text in
+    /// the user's turn rather than being lost.
+    #[test]
+    fn without_tools_a_results_files_follow_it() {
+        let input = converse(json!({"model": "m", "messages": [
+            {"role": "user", "content": "fetch it"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "fetch", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": [
+                {"type": "text", "text": "the report"},
+                {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQK"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+            ]}
+        ]}));
+        assert_eq!(
+            turns(&input)[2],
+            (
+                "user".to_owned(),
+                vec![
+                    "[result of the tool call c1: the report]".to_owned(),
+                    "[document document 2-1]".to_owned(),
+                    "[image]".to_owned()
+                ]
+            )
+        );
+    }
+
+    /// Converse takes images and documents from the user only.
+    #[test]
+    fn an_assistants_file_is_refused_naming_it() {
+        let req: ChatCompletionRequest = serde_json::from_value(json!({"model": "m", "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [
+                {"type": "text", "text": "here"},
+                {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQK"}}
+            ]}
+        ]}))
+        .unwrap();
+        match to_converse(&req, None) {
+            Err(ProviderError::InvalidRequest { param, .. }) => {
+                assert_eq!(param.as_deref(), Some("messages[1].content[1]"));
+            }
+            Err(other) => panic!("{other:?}"),
+            Ok(_) => panic!("an assistant's file was sent"),
+        }
+    }
+
+    /// For a model without system prompts, the instructions open the
+    /// conversation in a turn of their own when the first turn is the
+    /// assistant's.
+    #[test]
+    fn moved_instructions_open_the_conversation() {
+        let input = converse(json!({"model": "mistral.mistral-7b-instruct-v0:2", "messages": [
+            {"role": "system", "content": "Be terse."},
+            {"role": "assistant", "content": "Hello! How can I help?"},
+            {"role": "user", "content": "hi"}
+        ]}));
+        let got = turns(&input);
+        assert_eq!(got[0], ("user".to_owned(), vec!["Be terse.".to_owned()]), "{got:?}");
+        assert_eq!(got[1].0, "assistant", "{got:?}");
+        assert_eq!(got[2], ("user".to_owned(), vec!["hi".to_owned()]), "{got:?}");
     }
 
     fn weather_tool() -> Value {
