@@ -306,6 +306,9 @@ struct Inner {
     /// Alerts sent from this process, until when (Unix ms): each once a
     /// period (with Redis, claimed there too).
     alerted: Mutex<HashMap<String, i64>>,
+    /// Held by a key write that sets an alias, from its check to its
+    /// store, so that two at once in this process cannot both take one.
+    alias_writes: tokio::sync::Mutex<()>,
 }
 
 /// A count of settlements in progress, and a signal when it reaches zero.
@@ -482,6 +485,7 @@ impl Policy {
             id_prefix: hex::encode(prefix),
             alerts: std::sync::OnceLock::new(),
             alerted: Mutex::new(HashMap::new()),
+            alias_writes: tokio::sync::Mutex::new(()),
         }));
         policy.start_background();
         Ok(policy)
@@ -508,6 +512,7 @@ impl Policy {
             id_prefix: "0".into(),
             alerts: std::sync::OnceLock::new(),
             alerted: Mutex::new(HashMap::new()),
+            alias_writes: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -1509,6 +1514,7 @@ impl Policy {
 
     /// `POST /key/generate`: a new key from `body`; returns its plaintext (shown once).
     pub async fn generate_key(&self, body: &Map<String, Value>) -> Result<(String, KeyRecord), PolicyError> {
+        let _alias = self.alias_guard(body).await;
         let now = now_ms();
         let plaintext = match body.get("key") {
             None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,
@@ -1576,6 +1582,7 @@ impl Policy {
             .get("key")
             .and_then(Value::as_str)
             .ok_or_else(|| field("key", "'key' (the key or its hash) is required."))?;
+        let _alias = self.alias_guard(body).await;
         for _ in 0..KEY_WRITE_TRIES {
             let (mut record, read) = self.changed_key(reference, body, &["key"]).await?;
             record.revision = read.saturating_add(1);
@@ -1654,10 +1661,20 @@ impl Policy {
         Ok(())
     }
 
+    /// The alias lock (see `Inner::alias_writes`) for a write whose `body`
+    /// sets an alias.
+    async fn alias_guard(&self, body: &Map<String, Value>) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match body.get("key_alias") {
+            Some(alias) if !alias.is_null() => Some(self.0.alias_writes.lock().await),
+            _ => None,
+        }
+    }
+
     /// Refuses an alias another key has: aliases name one key each (a
     /// delete by alias must not leave a key of the same name working). It
-    /// is checked when a key is made or its alias changed; two such writes
-    /// at once can both pass.
+    /// is checked when a key is made or its alias changed, under the alias
+    /// lock: two such writes at once through one gateway cannot both pass;
+    /// through two replicas sharing Redis, they still can.
     async fn check_alias_free(&self, record: &KeyRecord) -> Result<(), PolicyError> {
         let Some(alias) = record.key_alias.as_deref() else {
             return Ok(());
@@ -1726,6 +1743,7 @@ impl Policy {
         reference: &str,
         body: &Map<String, Value>,
     ) -> Result<(String, KeyRecord), PolicyError> {
+        let _alias = self.alias_guard(body).await;
         let plaintext = match body.get("new_key") {
             Some(Value::String(k)) if usable_key(k) => k.clone(),
             None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,

@@ -227,3 +227,34 @@ async fn an_unreadable_record_is_not_taken_for_a_missing_one() {
     let all = policy.all_keys().await.map(|k| k.len()).unwrap_err().to_string();
     assert!(all.contains("cannot be read"), "{all}");
 }
+
+/// Keys made at once with one alias: one gets it, the others are told.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_alias_names_one_key_however_many_ask_at_once() {
+    let redis = RedisServer::start();
+    let policy = Policy::open(settings(&redis.url())).await.unwrap();
+    let body = serde_json::json!({"key_alias": "shared"}).as_object().unwrap().clone();
+    let tries: Vec<_> = (0..12)
+        .map(|_| {
+            let policy = policy.clone();
+            let body = body.clone();
+            tokio::spawn(async move { policy.generate_key(&body).await })
+        })
+        .collect();
+    let mut made = 0;
+    for attempt in tries {
+        match attempt.await.unwrap() {
+            Ok(_) => made += 1,
+            Err(e) => assert!(e.to_string().contains("already exists"), "{e}"),
+        }
+    }
+    assert_eq!(made, 1);
+    let holders = policy
+        .list_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|k| k.key_alias.as_deref() == Some("shared"))
+        .count();
+    assert_eq!(holders, 1);
+}
