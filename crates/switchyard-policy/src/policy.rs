@@ -212,6 +212,38 @@ impl Drop for Ticket {
 const KEY_WRITE_TRIES: usize = 5;
 
 /// A key that kept changing while a change to it was being made.
+/// The Redis lock a key write setting an alias holds, on every replica.
+const ALIAS_LOCK: &str = "key-alias";
+
+/// How long the Redis alias lock lasts if its holder never lets it go (a
+/// replica that stopped mid-write).
+const ALIAS_LOCK_TTL: Duration = Duration::from_secs(10);
+
+/// How long a key write waits for another replica's alias lock.
+const ALIAS_LOCK_WAIT: Duration = Duration::from_secs(5);
+
+/// The alias locks a key write holds (see [`Policy::alias_guard`]); the
+/// Redis one is let go on a task of its own when dropped.
+struct AliasGuard<'a> {
+    _local: tokio::sync::MutexGuard<'a, ()>,
+    shared: Option<(RedisStore, String)>,
+}
+
+impl Drop for AliasGuard<'_> {
+    fn drop(&mut self) {
+        let Some((redis, holder)) = self.shared.take() else {
+            return;
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = redis.unlock(ALIAS_LOCK, &holder).await {
+                    tracing::warn!(error = %e.0, "could not let go of the key alias lock in Redis; it expires by itself");
+                }
+            });
+        }
+    }
+}
+
 fn busy_key() -> PolicyError {
     PolicyError::Conflict("The key changed while this change was being made; try again.".into())
 }
@@ -1514,7 +1546,7 @@ impl Policy {
 
     /// `POST /key/generate`: a new key from `body`; returns its plaintext (shown once).
     pub async fn generate_key(&self, body: &Map<String, Value>) -> Result<(String, KeyRecord), PolicyError> {
-        let _alias = self.alias_guard(body).await;
+        let _alias = self.alias_guard(body).await?;
         let now = now_ms();
         let plaintext = match body.get("key") {
             None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,
@@ -1582,7 +1614,7 @@ impl Policy {
             .get("key")
             .and_then(Value::as_str)
             .ok_or_else(|| field("key", "'key' (the key or its hash) is required."))?;
-        let _alias = self.alias_guard(body).await;
+        let _alias = self.alias_guard(body).await?;
         for _ in 0..KEY_WRITE_TRIES {
             let (mut record, read) = self.changed_key(reference, body, &["key"]).await?;
             record.revision = read.saturating_add(1);
@@ -1661,13 +1693,35 @@ impl Policy {
         Ok(())
     }
 
-    /// The alias lock (see `Inner::alias_writes`) for a write whose `body`
-    /// sets an alias.
-    async fn alias_guard(&self, body: &Map<String, Value>) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match body.get("key_alias") {
-            Some(alias) if !alias.is_null() => Some(self.0.alias_writes.lock().await),
-            _ => None,
+    /// The alias lock for a write whose `body` sets an alias: this
+    /// process's (see `Inner::alias_writes`) and, with Redis, the one every
+    /// replica takes there. Waits up to [`ALIAS_LOCK_WAIT`] for Redis's.
+    async fn alias_guard(&self, body: &Map<String, Value>) -> Result<Option<AliasGuard<'_>>, PolicyError> {
+        if body.get("key_alias").is_none_or(Value::is_null) {
+            return Ok(None);
         }
+        let local = self.0.alias_writes.lock().await;
+        let Store::Redis { redis, .. } = &self.0.store else {
+            return Ok(Some(AliasGuard {
+                _local: local,
+                shared: None,
+            }));
+        };
+        let holder = new_key_id().map_err(|e| PolicyError::Store(e.to_string()))?;
+        let ttl = u64::try_from(ALIAS_LOCK_TTL.as_millis()).unwrap_or(u64::MAX);
+        let since = std::time::Instant::now();
+        while !redis.lock(ALIAS_LOCK, &holder, ttl).await.map_err(down)? {
+            if since.elapsed() > ALIAS_LOCK_WAIT {
+                return Err(PolicyError::Conflict(
+                    "Another key's alias is being set; try again.".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(Some(AliasGuard {
+            _local: local,
+            shared: Some((redis.clone(), holder)),
+        }))
     }
 
     /// Refuses an alias another key has: aliases name one key each (a
@@ -1743,7 +1797,7 @@ impl Policy {
         reference: &str,
         body: &Map<String, Value>,
     ) -> Result<(String, KeyRecord), PolicyError> {
-        let _alias = self.alias_guard(body).await;
+        let _alias = self.alias_guard(body).await?;
         let plaintext = match body.get("new_key") {
             Some(Value::String(k)) if usable_key(k) => k.clone(),
             None | Some(Value::Null) => generate_key().map_err(|e| PolicyError::Store(e.to_string()))?,

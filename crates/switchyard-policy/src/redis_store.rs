@@ -454,6 +454,37 @@ return 1",
         self.put_revisioned("teams", record, replace).await
     }
 
+    /// Takes the lock `name` for `holder`, for `ttl_ms` at most (`SET NX
+    /// PX`): `false` while another holds it.
+    pub async fn lock(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreDown> {
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.name(&format!("lock:{name}")))
+                    .arg(holder)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .clone(),
+            )
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Lets go of a lock taken with [`RedisStore::lock`], if `holder` still
+    /// has it (it may have expired and been taken by another).
+    pub async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreDown> {
+        let script = redis::Script::new(
+            r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
+        );
+        let mut invocation = script.key(self.name(&format!("lock:{name}")));
+        invocation.arg(holder);
+        let _: i64 = self.run(invocation).await?;
+        Ok(())
+    }
+
     /// Claims `name` for `ttl_ms` (`SET NX PX`): `true` for the first
     /// replica to claim it, so that an alert is sent once.
     pub async fn claim(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreDown> {

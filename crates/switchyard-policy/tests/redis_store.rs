@@ -228,15 +228,17 @@ async fn an_unreadable_record_is_not_taken_for_a_missing_one() {
     assert!(all.contains("cannot be read"), "{all}");
 }
 
-/// Keys made at once with one alias: one gets it, the others are told.
+/// Keys made at once with one alias, through two replicas: one gets it,
+/// the others are told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_alias_names_one_key_however_many_ask_at_once() {
     let redis = RedisServer::start();
     let policy = Policy::open(settings(&redis.url())).await.unwrap();
+    let replica = Policy::open(settings(&redis.url())).await.unwrap();
     let body = serde_json::json!({"key_alias": "shared"}).as_object().unwrap().clone();
     let tries: Vec<_> = (0..12)
-        .map(|_| {
-            let policy = policy.clone();
+        .map(|i| {
+            let policy = if i % 2 == 0 { policy.clone() } else { replica.clone() };
             let body = body.clone();
             tokio::spawn(async move { policy.generate_key(&body).await })
         })
