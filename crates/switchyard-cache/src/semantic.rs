@@ -109,13 +109,14 @@ impl SemanticIndex {
     pub fn insert(&self, embedding: &[f32], params: String, key: CacheKey) {
         // A full index is replaced by an empty one made, and the old one
         // freed, outside the lock: lookups do not wait for either.
-        let fresh = {
+        let full = {
             let inner = self.inner.read();
             if inner.keys.contains(&key) {
                 return;
             }
-            (inner.entries.len() >= self.capacity).then(|| VectorIndex::new(self.capacity))
+            inner.entries.len() >= self.capacity
         };
+        let fresh = full.then(|| VectorIndex::new(self.capacity));
         let mut replaced = None;
         {
             let mut inner = self.inner.write();

@@ -420,6 +420,12 @@ impl GatewayCache {
         Some(Lookup::Miss(pending))
     }
 
+    /// Whether an answer of `bytes` may be stored (`max_entry_bytes`),
+    /// checked before the answer is read for [`keepable`].
+    pub(crate) fn fits(&self, bytes: usize) -> bool {
+        bytes <= self.max_entry_bytes
+    }
+
     /// Stores a fresh answer (unless the client said `no-store`).
     pub(crate) async fn store_answer(&self, pending: &Pending, mut answer: CachedAnswer) {
         if !pending.store || answer.body.size() > self.max_entry_bytes {

@@ -359,18 +359,11 @@ async fn dispatch_all<'s>(
             })?;
             // With tag-based routing, a tagged request's candidates are the
             // groups the tags leave a deployment in.
-            let tagged: Option<Vec<String>> = (state.tag_filtering && !options.route_tags.is_empty()).then(|| {
-                route
-                    .current()
-                    .map(|loaded| loaded.groups.clone())
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter(|n| serves_tags(state, n, &options.route_tags))
-                    .collect()
-            });
+            let serves = |name: &str| serves_tags(state, name, &options.route_tags);
+            let tagged = (state.tag_filtering && !options.route_tags.is_empty()).then_some(&serves);
             let live = Live {
                 allowed: options.allowed_models.as_deref(),
-                tagged: tagged.as_deref(),
+                tagged: tagged.map(|f| f as &(dyn Fn(&str) -> bool + Sync)),
                 registry: &state.registry,
                 stats: &state.stats,
                 cooldowns: &state.cooldowns,

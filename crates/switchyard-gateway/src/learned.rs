@@ -725,7 +725,7 @@ impl LearnedRoute {
         // A tagged request is ranked among the permitted candidates its
         // tags leave a deployment in; when they leave none, each chosen
         // group is filtered as any request's is.
-        let tag_permits = |g: &String| live.tagged.is_none_or(|l| l.contains(g));
+        let tag_permits = |g: &String| live.tagged.is_none_or(|serves| serves(g));
         let tags_apply = loaded.groups.iter().any(|g| key_permits(g) && tag_permits(g));
         let permitted = |g: &String| key_permits(g) && (!tags_apply || tag_permits(g));
         let allowed: Vec<bool> = loaded
@@ -782,9 +782,10 @@ impl LearnedRoute {
 pub(crate) struct Live<'a> {
     /// The models the caller's key may call (`None`: any).
     pub(crate) allowed: Option<&'a [String]>,
-    /// The groups a tagged request's tags leave a deployment in (`None`:
-    /// no tag filtering, or no tags).
-    pub(crate) tagged: Option<&'a [String]>,
+    /// Whether a tagged request's tags leave a deployment in a group
+    /// (`None`: no tag filtering, or no tags); asked of the groups of the
+    /// router version that predicts.
+    pub(crate) tagged: Option<&'a (dyn Fn(&str) -> bool + Sync)>,
     pub(crate) registry: &'a Registry,
     pub(crate) stats: &'a LiveStats,
     pub(crate) cooldowns: &'a Cooldowns,

@@ -580,7 +580,10 @@ async fn openai_inner(
                 t.charged(usage, record.as_ref());
                 t.finish(200, None);
             }
-            let keep = keep.filter(|p| crate::cache::keepable([&answer.body[..]], p.json_shape()));
+            // Too big to keep: not read for nothing.
+            let keep = keep
+                .filter(|_| state.cache.as_ref().is_some_and(|c| c.fits(answer.body.len())))
+                .filter(|p| crate::cache::keepable([&answer.body[..]], p.json_shape()));
             if let (Some(_), Some(pending)) = (&state.cache, keep) {
                 let stored = CachedAnswer {
                     body: CachedBody::Json(String::from_utf8_lossy(&answer.body).into_owned()),

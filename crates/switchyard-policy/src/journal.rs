@@ -97,17 +97,29 @@ impl Journal {
             return Err(e);
         }
         match self.policy {
-            FsyncPolicy::Always => file.sync_data()?,
+            FsyncPolicy::Always => {
+                if let Err(e) = file.sync_data() {
+                    // Reported as not written, so not left to take effect
+                    // at the next start.
+                    let _ = file.set_len(before);
+                    return Err(e);
+                }
+            }
             FsyncPolicy::EverySecond => self.dirty.store(true, Ordering::Release),
             FsyncPolicy::Never => {}
         }
         Ok(())
     }
 
-    /// Flushes to the disk if anything was appended since the last flush.
+    /// Flushes to the disk if anything was appended since the last flush;
+    /// a flush that fails is tried again the next time.
     pub fn sync_if_dirty(&self) -> io::Result<()> {
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            self.file.lock().sync_data()?;
+        // On a handle of its own: appends do not wait for the disk.
+        if self.dirty.swap(false, Ordering::AcqRel)
+            && let Err(e) = self.file.lock().try_clone().and_then(|file| file.sync_data())
+        {
+            self.dirty.store(true, Ordering::Release);
+            return Err(e);
         }
         Ok(())
     }

@@ -727,8 +727,10 @@ impl LocalStore {
                 }
                 state.recent.push_back(record.clone());
             }
+            // In the same step: an admission in between would see the slot
+            // free and the minute without the tokens used past the estimate.
+            self.charge_tokens_locked(&mut state, checks, record);
         }
-        self.charge_tokens(checks, record);
         logged.map_err(PolicyError::from)
     }
 
@@ -737,11 +739,18 @@ impl LocalStore {
     /// later admissions wait out. A limit changed since the admission is
     /// charged as it is now, not rebuilt at the old value.
     pub fn charge_tokens(&self, checks: &Checks, record: &SpendRecord) {
+        let mut state = self.state.lock();
+        self.charge_tokens_locked(&mut state, checks, record);
+    }
+
+    /// [`LocalStore::charge_tokens`] under the state's lock, which it holds
+    /// while it finds each limiter (as an admission does), so that one
+    /// replaced meanwhile is not charged.
+    fn charge_tokens_locked(&self, state: &mut State, checks: &Checks, record: &SpendRecord) {
         let used = u32::try_from(record.usage.total()).unwrap_or(u32::MAX);
         for r in checks.token_rates() {
             if let Some(extra) = used.checked_sub(r.cost) {
                 let (limit, limiter) = self.limiter_in_force(&r.id, r.limit);
-                let mut state = self.state.lock();
                 let before = match state.debt.get_mut(&r.id) {
                     Some(debt) => debt.settle_time(&limiter.limiter, limit),
                     None => 0,
@@ -777,14 +786,16 @@ impl LocalStore {
         self.state.lock().ledger.add(record);
     }
 
-    /// Lets go of an admitted request's hold and counts its spend in one
-    /// step, so that no admission in between sees the hold gone and the
-    /// spend not yet counted (the fallback's settlement of a request it
-    /// admitted; the spend itself is written elsewhere).
+    /// Lets go of an admitted request's hold, counts its spend and charges
+    /// its tokens past the estimate in one step, so that no admission in
+    /// between sees the hold gone and the spend or tokens not yet counted
+    /// (the fallback's settlement of a request it admitted; the spend itself
+    /// is written elsewhere).
     pub fn release_into_ledger(&self, checks: &Checks, max_cost: Nanos, record: &SpendRecord) {
         let mut state = self.state.lock();
         release_locked(&mut state, checks, max_cost);
         state.ledger.add(record);
+        self.charge_tokens_locked(&mut state, checks, record);
     }
 }
 
@@ -818,6 +829,10 @@ fn release_locked(state: &mut State, checks: &Checks, max_cost: Nanos) {
     for p in &checks.parallel {
         if let Some(n) = state.parallel.get_mut(&p.id) {
             *n = n.saturating_sub(1);
+            // Nothing in flight: the entry goes (keys come and go).
+            if *n == 0 {
+                state.parallel.remove(&p.id);
+            }
         }
     }
     for b in &checks.budgets {

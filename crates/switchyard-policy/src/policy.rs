@@ -1340,10 +1340,9 @@ impl Policy {
             (Store::Local(local), _) => local.settle(&ticket.checks, ticket.max_cost, &record)?,
             (Store::Redis { fallback, .. }, holder) => {
                 if holder == Holder::FallbackLocal {
-                    fallback.release_into_ledger(&ticket.checks, ticket.max_cost, &record);
                     // The in-process limits admitted it: they count the
                     // tokens it used beyond its estimate too.
-                    fallback.charge_tokens(&ticket.checks, &record);
+                    fallback.release_into_ledger(&ticket.checks, ticket.max_cost, &record);
                 }
                 // On a task of its own: the write (or, when Redis is down,
                 // the queueing) finishes even when the request that settles

@@ -137,6 +137,7 @@ pub enum Objective {
 pub fn decide(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Objective) -> Option<usize> {
     let ok = |j: &usize| allowed.get(*j).copied().unwrap_or(false);
     let n = scores.len().min(costs.len());
+    let score = |j: usize| finite(scores[j]);
     // Costs are scaled by the dearest of all candidates, allowed or not, so
     // that λ means the same whichever are available now (and in `eval`).
     let max_cost = costs[..n].iter().copied().fold(0.0f64, f64::max);
@@ -150,23 +151,31 @@ pub fn decide(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Object
         })
     };
     match objective {
-        Objective::Tradeoff { lambda } => best_by(&|j| f64::from(scores[j]) - lambda * norm(j)),
+        Objective::Tradeoff { lambda } => best_by(&|j| score(j) - lambda * norm(j)),
         Objective::Threshold { min_score } => (0..n)
             .filter(ok)
-            .filter(|&j| f64::from(scores[j]) >= min_score)
+            .filter(|&j| score(j) >= min_score)
             // Equally cheap: the better predicted score.
             .min_by(|&a, &b| {
                 costs[a]
                     .total_cmp(&costs[b])
-                    .then_with(|| scores[b].total_cmp(&scores[a]))
+                    .then_with(|| score(b).total_cmp(&score(a)))
             })
-            .or_else(|| best_by(&|j| f64::from(scores[j]))),
+            .or_else(|| best_by(&score)),
     }
 }
 
+/// A predicted score as a number to compare: one that is not finite (an
+/// artifact whose arithmetic overflowed) is the worst, never the best.
+fn finite(score: f32) -> f64 {
+    let score = f64::from(score);
+    if score.is_finite() { score } else { f64::NEG_INFINITY }
+}
+
 /// Every allowed candidate, best first: [`decide`]'s choice, then the others
-/// by `score − λ · cost / max cost` (for [`Objective::Threshold`], by score),
-/// so a caller can fall back down the list.
+/// by `score − λ · cost / max cost` (for [`Objective::Threshold`], the
+/// others reaching `min_score` cheapest first, then the rest by score), so a
+/// caller can fall back down the list.
 pub fn rank(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Objective) -> Vec<usize> {
     let Some(first) = decide(scores, costs, allowed, objective) else {
         return Vec::new();
@@ -174,19 +183,25 @@ pub fn rank(scores: &[f32], costs: &[f64], allowed: &[bool], objective: Objectiv
     let n = scores.len().min(costs.len());
     let ok = |j: usize| allowed.get(j).copied().unwrap_or(false);
     let max_cost = costs[..n].iter().copied().fold(0.0f64, f64::max);
-    let lambda = match objective {
-        Objective::Tradeoff { lambda } => lambda,
-        Objective::Threshold { .. } => 0.0,
+    let (lambda, min_score) = match objective {
+        Objective::Tradeoff { lambda } => (lambda, None),
+        Objective::Threshold { min_score } => (0.0, Some(min_score)),
     };
     let value = |j: usize| {
         let norm = if max_cost > 0.0 { costs[j] / max_cost } else { 0.0 };
-        f64::from(scores[j]) - lambda * norm
+        finite(scores[j]) - lambda * norm
     };
+    let passes = |j: usize| min_score.is_some_and(|min| finite(scores[j]) >= min);
     let mut rest: Vec<usize> = (0..n).filter(|&j| ok(j) && j != first).collect();
-    rest.sort_by(|&a, &b| {
-        value(b)
+    rest.sort_by(|&a, &b| match (passes(a), passes(b)) {
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (true, true) => costs[a]
+            .total_cmp(&costs[b])
+            .then_with(|| value(b).total_cmp(&value(a))),
+        (false, false) => value(b)
             .total_cmp(&value(a))
-            .then_with(|| costs[a].total_cmp(&costs[b]))
+            .then_with(|| costs[a].total_cmp(&costs[b])),
     });
     std::iter::once(first).chain(rest).collect()
 }
@@ -747,6 +762,34 @@ mod tests {
             vec![2, 1, 0]
         );
         assert!(rank(&scores, &costs, &[false; 4], Objective::Tradeoff { lambda: 0.0 }).is_empty());
+    }
+
+    /// With a threshold, the fallbacks that still reach it come cheapest
+    /// first, before those that do not.
+    #[test]
+    fn threshold_fallbacks_that_reach_it_come_cheapest_first() {
+        let scores = [0.9f32, 0.85, 0.82, 0.5];
+        let costs = [10.0, 2.0, 1.0, 0.1];
+        assert_eq!(
+            rank(&scores, &costs, &[true; 4], Objective::Threshold { min_score: 0.8 }),
+            vec![2, 1, 0, 3]
+        );
+    }
+
+    /// A score that is not a number never wins.
+    #[test]
+    fn a_score_that_is_not_a_number_is_the_worst() {
+        let scores = [f32::NAN, 0.5, f32::INFINITY];
+        let costs = [1.0, 1.0, 1.0];
+        let all = [true; 3];
+        for objective in [
+            Objective::Tradeoff { lambda: 0.0 },
+            Objective::Threshold { min_score: 0.4 },
+            Objective::Threshold { min_score: 0.9 },
+        ] {
+            assert_eq!(decide(&scores, &costs, &all, objective), Some(1), "{objective:?}");
+            assert_eq!(rank(&scores, &costs, &all, objective)[0], 1, "{objective:?}");
+        }
     }
 
     #[test]
