@@ -148,12 +148,17 @@ fn read_files(inputs: &[PathBuf]) -> Result<Vec<Value>> {
 
 /// `url` with its user and password hidden, for messages.
 fn shown_url(url: &str) -> String {
+    // Everything up to the last `@` may be credentials, a password holding
+    // an unencoded `/` included.
     match url.split_once("://") {
-        Some((scheme, rest)) => match rest.split_once('/').map_or(rest, |(authority, _)| authority).rfind('@') {
+        Some((scheme, rest)) => match rest.rfind('@') {
             Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
             None => url.to_owned(),
         },
-        None => url.to_owned(),
+        None => match url.rfind('@') {
+            Some(at) => format!("***@{}", &url[at + 1..]),
+            None => url.to_owned(),
+        },
     }
 }
 
@@ -511,6 +516,7 @@ mod tests {
         assert_eq!(shown_url("redis://:s3cret@cache:6379/0"), "redis://***@cache:6379/0");
         assert_eq!(shown_url("rediss://user:pa@ss@host"), "rediss://***@host");
         assert_eq!(shown_url("redis://host:6379"), "redis://host:6379");
+        assert_eq!(shown_url("redis://:pa/ss@host:6379/0"), "redis://***@host:6379/0");
     }
 
     #[test]

@@ -74,6 +74,28 @@ pub(crate) struct RequestOptions {
     pub(crate) route_tags: Vec<String>,
 }
 
+/// The refusal of the first of a request's `fallbacks` (aliases resolved
+/// or not) that names no model group: a name not configured, a learned
+/// router or a wildcard group. Checked before a cached answer is looked
+/// up, so a request is refused whether or not its answer is cached.
+pub(crate) fn unknown_fallback(state: &AppState, fallbacks: &[String]) -> Option<ApiError> {
+    let mut resolved = Some(fallbacks.to_vec());
+    state.resolve_fallbacks(&mut resolved);
+    let (i, name) = resolved
+        .iter()
+        .flatten()
+        .enumerate()
+        .find(|(_, n)| !state.routes.contains_key(*n) || n.contains('*'))?;
+    let message = if state.learned.contains_key(name) {
+        format!("`{name}` is a learned router; a fallback must be a model group.")
+    } else if name.contains('*') {
+        format!("`{name}` is a wildcard group; a fallback names one model group.")
+    } else {
+        format!("The fallback model `{name}` does not exist.")
+    };
+    Some(invalid(&format!("fallbacks[{i}]"), message))
+}
+
 fn invalid(param: &str, message: String) -> ApiError {
     ApiError::InvalidField {
         param: Some(param.to_owned()),
@@ -407,20 +429,12 @@ async fn dispatch_all<'s>(
         .routes
         .get_key_value(requested)
         .ok_or_else(|| ApiError::ModelNotFound(requested.to_owned()))?;
-    if let Some(list) = &options.fallbacks
-        && let Some((i, name)) = list
-            .iter()
-            .enumerate()
-            .find(|(_, n)| !state.routes.contains_key(*n) || n.contains('*'))
+    if let Some(e) = options
+        .fallbacks
+        .as_deref()
+        .and_then(|list| unknown_fallback(state, list))
     {
-        let message = if state.learned.contains_key(name) {
-            format!("`{name}` is a learned router; a fallback must be a model group.")
-        } else if name.contains('*') {
-            format!("`{name}` is a wildcard group; a fallback names one model group.")
-        } else {
-            format!("The fallback model `{name}` does not exist.")
-        };
-        return Err(invalid(&format!("fallbacks[{i}]"), message).into());
+        return Err(e.into());
     }
     let deadline = Deadline {
         at: begun + timeout,

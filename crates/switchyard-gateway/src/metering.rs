@@ -480,25 +480,29 @@ fn content_size(content: &switchyard_api::anthropic::Content, size: &mut PromptS
     }
 }
 
-/// Checks that the key may call every fallback model the request names.
+/// Checks that the key may call every fallback model the request names,
+/// and that each names a model group.
 pub(crate) fn check_fallbacks(
     state: &AppState,
     principal: &Principal,
     fallbacks: Option<&[String]>,
 ) -> Result<(), ApiError> {
-    let Some(view) = principal.view() else {
-        return Ok(());
-    };
-    match fallbacks
-        .unwrap_or_default()
-        .iter()
-        .enumerate()
-        .find(|(_, name)| !state.allows(view, name))
+    // Whether the key may call each comes first: a key is not told which
+    // names it may not call exist.
+    if let Some(view) = principal.view()
+        && let Some((i, name)) = fallbacks
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+            .find(|(_, name)| !state.allows(view, name))
     {
-        Some((i, name)) => Err(ApiError::FallbackNotAllowed {
+        return Err(ApiError::FallbackNotAllowed {
             param: format!("fallbacks[{i}]"),
             model: name.clone(),
-        }),
+        });
+    }
+    match fallbacks.and_then(|list| crate::dispatch::unknown_fallback(state, list)) {
+        Some(e) => Err(e),
         None => Ok(()),
     }
 }
@@ -573,7 +577,6 @@ pub(crate) async fn admit(
     }
     check_fallbacks(state, principal, fallbacks)?;
     for name in fallbacks.unwrap_or_default() {
-        // An unknown name is refused by the dispatch, with its field.
         if let Some(other) = state.ceilings.get(state.group_name(name)) {
             ceiling = ceiling.max(*other);
         }

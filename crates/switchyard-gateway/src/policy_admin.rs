@@ -538,7 +538,10 @@ async fn list_teams(State(state): State<SharedState>, Query(q): Query<HashMap<St
     }
 }
 
-async fn spend_keys(State(state): State<SharedState>) -> Response {
+async fn spend_keys(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(refused) = unread_parameter(&q, "/spend/keys", &[]) {
+        return refused;
+    }
     match state.policy.spend_keys().await {
         Ok(keys) => Json(Value::Array(
             keys.iter()
@@ -600,7 +603,10 @@ async fn spend_by_named(
 /// Spend per team. A team's spend is kept under its ledger id; the spend of
 /// a deleted team whose id was used again is its own row, marked
 /// `"deleted": true`.
-async fn spend_teams(State(state): State<SharedState>) -> Response {
+async fn spend_teams(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(refused) = unread_parameter(&q, "/spend/teams", &[]) {
+        return refused;
+    }
     let teams = match state.policy.list_teams().await {
         Ok(teams) => teams,
         Err(e) => return fail(e),
@@ -622,13 +628,19 @@ async fn spend_teams(State(state): State<SharedState>) -> Response {
     .await
 }
 
-async fn spend_models(State(state): State<SharedState>) -> Response {
+async fn spend_models(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(refused) = unread_parameter(&q, "/spend/models", &[]) {
+        return refused;
+    }
     spend_by(&state, "model:", "model").await
 }
 
 /// Spend per request tag (each request is counted under each of its
 /// tags), with LiteLLM's `individual_request_tag` beside `tag`.
-async fn spend_tags(State(state): State<SharedState>) -> Response {
+async fn spend_tags(State(state): State<SharedState>, Query(q): Query<HashMap<String, String>>) -> Response {
+    if let Some(refused) = unread_parameter(&q, "/spend/tags", &[]) {
+        return refused;
+    }
     spend_by_named(&state, "tag:", "tag", |name| {
         (name.to_owned(), Some(("individual_request_tag", json!(name))))
     })

@@ -27,7 +27,6 @@ use tower::ServiceExt as _;
 
 use crate::config::{self, Config, ConfigError, EnvSource, Overrides, Source};
 use crate::error::ApiError;
-use crate::metering::presented_key;
 use crate::state::AppState;
 
 /// Where the configuration comes from.
@@ -539,10 +538,10 @@ async fn reload_route(live: Arc<Live>, headers: &axum::http::HeaderMap) -> Respo
         )
         .into_response();
     }
-    match presented_key(headers) {
-        Some(token) if state.policy.is_master(token) => {}
-        Some(_) => return ApiError::Forbidden("Reloading needs the master key.".into()).into_response(),
-        None => return ApiError::Denied(switchyard_policy::Denied::MissingKey).into_response(),
+    // A key the gateway does not know is a wrong credential (401), a
+    // virtual key has no admin rights (403), as on the admin API.
+    if let Err(refused) = crate::metering::master_only(&state, headers).await {
+        return refused;
     }
     // On its own task: a client that leaves does not stop a reload halfway
     // (with a router's build still running and the reload lock released, a

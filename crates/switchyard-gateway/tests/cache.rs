@@ -143,6 +143,20 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
     assert_eq!(cost(&second), 0.0, "hits are free by default");
     assert!(cost(&first) > 0.0);
     assert_eq!(upstream_calls(&mock), 1, "the hit never reached the upstream");
+    // A request the gateway refuses is refused whether or not its answer
+    // is cached: a fallback that names no model group.
+    let refused = post(
+        &gw,
+        MASTER,
+        with(
+            ask("hello cache"),
+            json!({"temperature": 0.3, "fallbacks": ["no-such-model"]}),
+        ),
+        &[],
+    )
+    .await;
+    assert_eq!(refused.status, 400, "{}", refused.text);
+    assert_eq!(refused.json()["error"]["param"], "fallbacks[0]", "{}", refused.text);
 
     // A sampling parameter changes the key.
     let other = post(&gw, MASTER, with(ask("hello cache"), json!({"temperature": 0.9})), &[]).await;

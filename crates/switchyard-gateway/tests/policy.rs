@@ -1049,6 +1049,12 @@ async fn spend_records_carry_the_end_user_and_tags() {
         assert_eq!(row["total_spend_nanos"], record["cost_nanos"], "{row}");
         assert_eq!(row["individual_request_tag"], row["tag"]);
     }
+    // A filter the listing does not apply is refused, not ignored.
+    for path in ["/spend/tags", "/spend/models", "/spend/keys", "/spend/teams"] {
+        let dated = admin_get(&gw, &format!("{path}?start_date=2026-01-01")).await;
+        assert_eq!(dated.status, 400, "{path}: {}", dated.body);
+        assert_eq!(dated.body["error"]["param"], "start_date", "{path}: {}", dated.body);
+    }
     for (query, expected) in [("tag=eval", 1), ("end_user=end-user-9", 1), ("tag=none", 0)] {
         let found = admin_get(&gw, &format!("/spend/logs?{query}")).await;
         assert_eq!(found.status, 200, "{}", found.body);

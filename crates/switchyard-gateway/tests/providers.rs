@@ -1264,6 +1264,7 @@ async fn bedrock_converse_edges() {
         ("malformed", "amazon.nova-lite-v1:0::malformed_tool_use"),
         ("malformed-alone", "amazon.nova-lite-v1:0::malformed_tool_use"),
         ("denied", "amazon.nova-lite-v1:0::status=403"),
+        ("denied-alone", "amazon.nova-lite-v1:0::status=403"),
     ] {
         let fallbacks = if matches!(name, "failing" | "malformed" | "denied") {
             "    fallbacks: [nova]\n"
@@ -1336,6 +1337,16 @@ async fn bedrock_converse_edges() {
         .find(|l| l.starts_with("switchyard_deployment_state{") && l.contains(r#"deployment="denied/0""#))
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(!state.ends_with(" 3"), "{state}");
+    // Its words name the gateway's AWS account and role: the client is not
+    // shown them.
+    let (status, _, body) = chat(user("denied-alone", "hello")).await;
+    assert!(status >= 400, "{body}");
+    let shown = body.to_string();
+    assert!(
+        !shown.contains("123456789012") && !shown.contains("gateway-role"),
+        "{shown}"
+    );
+    assert!(shown.contains("AccessDeniedException"), "{shown}");
 
     for (model, retried) in [("failing", true), ("malformed", true), ("malformed-alone", false)] {
         let (status, answered_by, body) = chat(user(model, "hello")).await;

@@ -1534,6 +1534,33 @@ impl Policy {
         }
     }
 
+    /// Checks the models the fields of `body` name in `limits`: `models`,
+    /// and the models of `model_rpm_limit` and `model_tpm_limit` (a limit
+    /// for a name no model has would never apply), each error naming its
+    /// field.
+    fn check_limit_models(&self, body: &Map<String, Value>, limits: &crate::key::Limits) -> Result<(), PolicyError> {
+        if body.contains_key("models") {
+            self.check_models(&limits.models)?;
+        }
+        for (name, per_model) in [
+            ("model_rpm_limit", &limits.model_rpm_limit),
+            ("model_tpm_limit", &limits.model_tpm_limit),
+        ] {
+            if !body.contains_key(name) {
+                continue;
+            }
+            for model in per_model.keys() {
+                if let Err(PolicyError::Field(_)) = self.check_models(std::slice::from_ref(model)) {
+                    return Err(field(
+                        &format!("{name}.{model}"),
+                        format!("No model named `{model}` is configured."),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn check_team_exists(&self, team: Option<&str>) -> Result<(), PolicyError> {
         if let Some(id) = team
             && self.lookup_team(id).await.map_err(down)?.is_none()
@@ -1570,7 +1597,7 @@ impl Policy {
                 _ => apply_key_field(&mut record, name, value)?,
             }
         }
-        self.check_models(&record.limits.models)?;
+        self.check_limit_models(body, &record.limits)?;
         self.check_team_exists(record.team_id.as_deref()).await?;
         self.check_alias_free(&record).await?;
         // Two generates of one custom key: one wins, the other is told.
@@ -1683,9 +1710,7 @@ impl Policy {
     /// leaves alone are not checked again, so a key whose model a reload
     /// removed can still be blocked or rotated.
     async fn check_changed(&self, body: &Map<String, Value>, record: &KeyRecord) -> Result<(), PolicyError> {
-        if body.contains_key("models") {
-            self.check_models(&record.limits.models)?;
-        }
+        self.check_limit_models(body, &record.limits)?;
         if body.contains_key("team_id") {
             self.check_team_exists(record.team_id.as_deref()).await?;
         }
@@ -1726,8 +1751,8 @@ impl Policy {
     /// Refuses an alias another key has: aliases name one key each (a
     /// delete by alias must not leave a key of the same name working). It
     /// is checked when a key is made or its alias changed, under the alias
-    /// lock: two such writes at once through one gateway cannot both pass;
-    /// through two replicas sharing Redis, they still can.
+    /// lock (see [`Policy::alias_guard`]): two such writes at once cannot
+    /// both pass, through one gateway or several sharing Redis.
     async fn check_alias_free(&self, record: &KeyRecord) -> Result<(), PolicyError> {
         let Some(alias) = record.key_alias.as_deref() else {
             return Ok(());
@@ -1943,9 +1968,7 @@ impl Policy {
                 apply_team_field(&mut record, name, value)?;
             }
         }
-        if body.contains_key("models") {
-            self.check_models(&record.limits.models)?;
-        }
+        self.check_limit_models(body, &record.limits)?;
         self.put_team(record.clone(), false).await?;
         Ok(record)
     }
@@ -1976,9 +1999,7 @@ impl Policy {
                     apply_team_field(&mut record, name, value)?;
                 }
             }
-            if body.contains_key("models") {
-                self.check_models(&record.limits.models)?;
-            }
+            self.check_limit_models(body, &record.limits)?;
             record.revision = record.revision.saturating_add(1);
             if self.put_team(record.clone(), true).await? == KeyWrite::Done {
                 self.forget_seen(|view| view.key.team_id.as_deref() == Some(id));
@@ -2141,9 +2162,7 @@ impl Policy {
                 _ => apply_user_field(&mut record, name, value)?,
             }
         }
-        if body.contains_key("models") {
-            self.check_models(&record.limits.models)?;
-        }
+        self.check_limit_models(body, &record.limits)?;
         if !auto_key && !key_body.is_empty() {
             let name = key_body.keys().next().cloned().unwrap_or_default();
             return Err(field(
@@ -2207,9 +2226,7 @@ impl Policy {
                     apply_user_field(&mut record, name, value)?;
                 }
             }
-            if body.contains_key("models") {
-                self.check_models(&record.limits.models)?;
-            }
+            self.check_limit_models(body, &record.limits)?;
             record.revision = record.revision.saturating_add(1);
             if self.put_user(record.clone(), true).await? == KeyWrite::Done {
                 self.saw_user(&record);
@@ -2719,6 +2736,42 @@ mod tests {
             matches!(&err, PolicyError::Field(f) if f.param == "models[0]"),
             "{err:?}"
         );
+    }
+
+    /// A per-model limit for a name no model has would never apply: it is
+    /// refused, naming the entry, for keys, teams and users alike.
+    #[tokio::test]
+    async fn per_model_limits_name_configured_models() {
+        let settings = PolicySettings {
+            master_key: Some("sk-master-0000000000000000".into()),
+            known_models: vec!["gpt-4o".into()],
+            ..PolicySettings::default()
+        };
+        let policy = Policy::memory(&settings);
+        let named = |e: PolicyError| match e {
+            PolicyError::Field(f) => f.param,
+            other => format!("{other:?}"),
+        };
+        let typo = serde_json::json!({"gpt4o": 10});
+        let err = policy
+            .generate_key(&body(serde_json::json!({"model_rpm_limit": typo})))
+            .await
+            .unwrap_err();
+        assert_eq!(named(err), "model_rpm_limit.gpt4o");
+        let (plaintext, _) = policy
+            .generate_key(&body(serde_json::json!({"model_tpm_limit": {"gpt-4o": 1000}})))
+            .await
+            .unwrap();
+        let err = policy
+            .update_key(&body(serde_json::json!({"key": plaintext, "model_tpm_limit": typo})))
+            .await
+            .unwrap_err();
+        assert_eq!(named(err), "model_tpm_limit.gpt4o");
+        let err = policy
+            .new_team(&body(serde_json::json!({"team_id": "t", "model_rpm_limit": typo})))
+            .await
+            .unwrap_err();
+        assert_eq!(named(err), "model_rpm_limit.gpt4o");
     }
 
     #[tokio::test]

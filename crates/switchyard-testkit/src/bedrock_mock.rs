@@ -50,7 +50,15 @@ pub(crate) fn injected_error(code: u16, retry_after: Option<u64>) -> Response {
         500..=599 => "InternalServerException",
         _ => "ValidationException",
     };
-    let mut response = error_response(status, error_type, &format!("mock upstream error {code}"));
+    // Bedrock's refusal names the caller's account, role and session.
+    let message = if code == 403 {
+        "User: arn:aws:sts::123456789012:assumed-role/gateway-role/i-0abc is not authorized to perform: \
+         bedrock:InvokeModel on resource: arn:aws:bedrock:us-east-1::foundation-model/m"
+            .to_owned()
+    } else {
+        format!("mock upstream error {code}")
+    };
+    let mut response = error_response(status, error_type, &message);
     if let Some(seconds) = retry_after {
         response
             .headers_mut()

@@ -109,13 +109,20 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                 Some("AccessDeniedException") => 404,
                 _ => ctx.raw().status().as_u16(),
             };
+            let said = ctx.err().message().unwrap_or("the service returned an error");
+            // Its words name the gateway's account, role and session: they
+            // go to the log, not to the client.
+            let message = if code.as_deref() == Some("AccessDeniedException") {
+                tracing::warn!(message = %crate::error::clipped(said), "Bedrock denied the gateway access (AccessDeniedException)");
+                "Bedrock denied the gateway's AWS identity access to this model or action (AccessDeniedException); \
+                 its message is in the gateway's log"
+                    .to_owned()
+            } else {
+                said.to_owned()
+            };
             ProviderError::Status {
                 status,
-                message: ctx
-                    .err()
-                    .message()
-                    .unwrap_or("the service returned an error")
-                    .to_owned(),
+                message,
                 kind: code.as_deref().map(Into::into),
                 code,
                 param: None,
@@ -180,8 +187,11 @@ fn credentials_fault(
     use aws_credential_types::provider::error::CredentialsError as E;
     match failure {
         Some(E::ProviderTimedOut(_)) => ProviderError::Timeout(TimeoutPhase::Connect),
+        // The chain's words (an STS refusal) name the account and role:
+        // they go to the log, not to the client.
         Some(E::ProviderError(_) | E::Unhandled(_)) => {
-            ProviderError::Connect(format!("AWS credentials could not be fetched ({detail})"))
+            tracing::warn!(detail = %crate::error::clipped(detail), "AWS credentials could not be fetched");
+            ProviderError::Connect("AWS credentials could not be fetched (the reason is in the gateway's log)".into())
         }
         _ => ProviderError::InvalidConfig(format!("AWS credentials could not be loaded ({detail})")),
     }
