@@ -126,6 +126,46 @@ pub(crate) fn in_stream(typed: ProviderError, message: &str) -> ProviderError {
 }
 
 /// At most 300 characters of an upstream's message, for the log.
+/// An upstream's message with what looks like an API key in it (OpenAI's
+/// "Incorrect API key provided: sk-proj-…****abcd", a key echoed in a
+/// proxy's error) replaced by `sk-***`: messages are logged and exported
+/// with traces, and may reach clients.
+pub(crate) fn without_keys(message: &str) -> std::borrow::Cow<'_, str> {
+    let looks_like_key = |at: usize| {
+        let rest = &message.as_bytes()[at..];
+        (rest.starts_with(b"sk-") || rest.starts_with(b"sk_"))
+            && (at == 0 || !matches!(message.as_bytes()[at - 1], b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' | b'-' | b'_'))
+    };
+    if !(0..message.len()).any(|at| message.is_char_boundary(at) && looks_like_key(at)) {
+        return std::borrow::Cow::Borrowed(message);
+    }
+    let key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*' | b'.');
+    let bytes = message.as_bytes();
+    let mut out = String::with_capacity(message.len());
+    let mut at = 0;
+    let mut copied = 0;
+    while at < bytes.len() {
+        if message.is_char_boundary(at) && looks_like_key(at) {
+            let mut end = at + 3;
+            while end < bytes.len() && key_char(bytes[end]) {
+                end += 1;
+            }
+            // A sentence's full stop after the key stays.
+            while end > at + 3 && bytes[end - 1] == b'.' {
+                end -= 1;
+            }
+            out.push_str(&message[copied..at]);
+            out.push_str("sk-***");
+            copied = end;
+            at = end;
+        } else {
+            at += 1;
+        }
+    }
+    out.push_str(&message[copied..]);
+    std::borrow::Cow::Owned(out)
+}
+
 pub(crate) fn clipped(message: &str) -> &str {
     message
         .char_indices()
@@ -261,6 +301,27 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn keys_in_upstream_messages_are_hidden() {
+        assert_eq!(
+            without_keys(
+                "Incorrect API key provided: sk-proj-abcd****************************wxyz. You can find your API key at https://platform.openai.com/account/api-keys."
+            ),
+            "Incorrect API key provided: sk-***. You can find your API key at https://platform.openai.com/account/api-keys."
+        );
+        assert_eq!(
+            without_keys("key sk_live_1234 and sk-ant-api03-x_y revoked"),
+            "key sk-*** and sk-*** revoked"
+        );
+        // Words that merely hold the letters stay.
+        assert_eq!(
+            without_keys("task-sk-1 is a desk-sk-thing"),
+            "task-sk-1 is a desk-sk-thing"
+        );
+        assert!(matches!(without_keys("no key here"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(without_keys("é sk-1"), "é sk-***");
+    }
 
     fn status(status: u16, message: &str, code: Option<&str>) -> ProviderError {
         ProviderError::Status {

@@ -355,7 +355,7 @@ fn not_a_stream(body: &[u8]) -> ProviderError {
         // `{"error": "…"}` (Ollama's shape): the message, as a server error.
         return ProviderError::Status {
             status: 500,
-            message: message.to_owned(),
+            message: crate::error::without_keys(message).into_owned(),
             kind: None,
             code: None,
             param: None,
@@ -440,11 +440,12 @@ fn answer_status(kind: Option<&str>, code: Option<&str>) -> u16 {
 
 /// The message of an OpenAI-style error object, or its JSON.
 pub(crate) fn error_message(error: &serde_json::Value) -> String {
-    error
+    let message = error
         .get("message")
         .and_then(serde_json::Value::as_str)
         .map(str::to_owned)
-        .unwrap_or_else(|| error.to_string())
+        .unwrap_or_else(|| error.to_string());
+    crate::error::without_keys(&message).into_owned()
 }
 
 /// An error object answered with a 200 instead of an answer. One that
@@ -563,7 +564,7 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
     match serde_json::from_slice::<ErrorEnvelope>(&body).map(ErrorEnvelope::into_error) {
         Ok(error) => ProviderError::Status {
             status: status.as_u16(),
-            message: error.message,
+            message: crate::error::without_keys(&error.message).into_owned(),
             kind: error.kind.map(Into::into),
             code: error.code.and_then(|c| match c {
                 serde_json::Value::String(s) => Some(s),
@@ -580,7 +581,8 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
             let message = if text.is_empty() {
                 status.canonical_reason().unwrap_or("no message").to_owned()
             } else {
-                text.chars().take(500).collect()
+                let text: String = text.chars().take(500).collect();
+                crate::error::without_keys(&text).into_owned()
             };
             ProviderError::Status {
                 status: status.as_u16(),
