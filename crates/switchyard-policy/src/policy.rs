@@ -296,6 +296,10 @@ enum Store {
         seen_writes: AtomicU64,
         /// End users' records seen, for fail-open admission.
         seen_end_users: Mutex<HashMap<String, EndUserRecord>>,
+        /// Changes to `seen_end_users` made by this replica's writes (under
+        /// its lock): a lookup that read Redis before one does not replace
+        /// the written copy with what it read.
+        end_user_writes: AtomicU64,
         /// Settlements Redis has not taken yet, oldest first. A record
         /// leaves the queue only once Redis has taken it.
         pending: Mutex<PendingQueue>,
@@ -483,6 +487,7 @@ impl Policy {
                     seen: Mutex::new(HashMap::new()),
                     seen_writes: AtomicU64::new(0),
                     seen_end_users: Mutex::new(HashMap::new()),
+                    end_user_writes: AtomicU64::new(0),
                     queued: AtomicUsize::new(queued.len()),
                     max_queued: redis.max_queued_spend,
                     pending: Mutex::new(queued),
@@ -740,13 +745,26 @@ impl Policy {
     /// fail-open policy uses the copy this replica saw last; a fail-closed
     /// one refuses.
     async fn end_user_for_request(&self, user: &str) -> Result<Option<EndUserRecord>, Denied> {
+        let writes_before = match &self.0.store {
+            Store::Redis { end_user_writes, .. } => end_user_writes.load(Ordering::Acquire),
+            Store::Local(_) => 0,
+        };
         match self.lookup_end_user(user).await {
             Ok(record) => {
-                if let Store::Redis { seen_end_users, .. } = &self.0.store {
+                if let Store::Redis {
+                    seen_end_users,
+                    end_user_writes,
+                    ..
+                } = &self.0.store
+                {
                     let mut seen = seen_end_users.lock();
-                    match &record {
-                        Some(r) => drop(seen.insert(user.to_owned(), r.clone())),
-                        None => drop(seen.remove(user)),
+                    // A block or deletion this replica made while Redis was
+                    // read keeps its copy.
+                    if end_user_writes.load(Ordering::Acquire) == writes_before {
+                        match &record {
+                            Some(r) => drop(seen.insert(user.to_owned(), r.clone())),
+                            None => drop(seen.remove(user)),
+                        }
                     }
                 }
                 Ok(record)
@@ -2508,15 +2526,29 @@ impl Policy {
     /// Keeps the record this replica just wrote as its copy, so that a
     /// Redis outage right after a change (a block) does not lose it.
     fn saw_end_user(&self, record: &EndUserRecord) {
-        if let Store::Redis { seen_end_users, .. } = &self.0.store {
-            seen_end_users.lock().insert(record.user_id.clone(), record.clone());
+        if let Store::Redis {
+            seen_end_users,
+            end_user_writes,
+            ..
+        } = &self.0.store
+        {
+            let mut seen = seen_end_users.lock();
+            end_user_writes.fetch_add(1, Ordering::AcqRel);
+            seen.insert(record.user_id.clone(), record.clone());
         }
     }
 
     /// Drops this replica's copy of a deleted end user.
     fn forget_end_user(&self, id: &str) {
-        if let Store::Redis { seen_end_users, .. } = &self.0.store {
-            seen_end_users.lock().remove(id);
+        if let Store::Redis {
+            seen_end_users,
+            end_user_writes,
+            ..
+        } = &self.0.store
+        {
+            let mut seen = seen_end_users.lock();
+            end_user_writes.fetch_add(1, Ordering::AcqRel);
+            seen.remove(id);
         }
     }
 
