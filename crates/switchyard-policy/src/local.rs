@@ -445,7 +445,27 @@ impl LocalStore {
         self.log_key_op(&KeyOp::DeleteKey {
             token: token.to_owned(),
         })?;
-        Ok(self.state.lock().keys.remove(token).is_some())
+        let removed = self.state.lock().keys.remove(token);
+        // Its per-minute counters go with it (keys come and go).
+        if let Some(record) = &removed {
+            self.forget_counters(&format!("key:{}", record.key_id));
+        }
+        Ok(removed.is_some())
+    }
+
+    /// Drops the per-minute counters and token debts of `subject`
+    /// (`key:<key_id>`): its own (`rpm:key:<id>`) and its per-model ones
+    /// (`rpm:key:<id>:model:<m>`).
+    fn forget_counters(&self, subject: &str) {
+        let of_subject = |id: &str| {
+            id.split_once(':').is_some_and(|(_, rest)| {
+                rest.strip_prefix(subject)
+                    .is_some_and(|tail| tail.is_empty() || tail.starts_with(':'))
+            })
+        };
+        let mut state = self.state.lock();
+        self.limiters.lock().retain(|id, _| !of_subject(id));
+        state.debt.retain(|id, _| !of_subject(id));
     }
 
     /// Stores a team if it is new (`replace: false`) or still there
@@ -898,6 +918,35 @@ mod tests {
             matches!(refused, Err(Denied::RateLimited { limit: 1_000, .. })),
             "{refused:?}"
         );
+    }
+
+    /// A deleted key's per-minute counters go with it; another key's stay.
+    #[test]
+    fn a_deleted_keys_counters_go_with_it() {
+        let store = LocalStore::memory();
+        let rate = |id: &str| crate::checks::RateCheck {
+            id: id.into(),
+            scope: "key".into(),
+            kind: crate::RateKind::Requests,
+            limit: 10,
+            cost: 1,
+        };
+        let mut gone = KeyRecord::new("sk-gone-key-0123456789abcdef", 0, false);
+        gone.key_id = "key-a".into();
+        assert!(store.insert_key(gone.clone()).unwrap());
+        let checks = Checks {
+            rates: vec![
+                rate("rpm:key:key-a"),
+                rate("rpm:key:key-a:model:m"),
+                rate("rpm:key:key-ab"),
+            ],
+            ..Checks::default()
+        };
+        store.admit(&checks, 0).unwrap();
+        assert_eq!(store.limiters.lock().len(), 3);
+        assert!(store.delete_key(&gone.token).unwrap());
+        let left: Vec<String> = store.limiters.lock().keys().cloned().collect();
+        assert_eq!(left, ["rpm:key:key-ab"]);
     }
 
     /// A request limit changed for a counter that is spent: the new limit
