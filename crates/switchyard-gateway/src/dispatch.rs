@@ -103,12 +103,30 @@ fn invalid(param: &str, message: String) -> ApiError {
     }
 }
 
+/// Refuses an output limit or answer count that is not a whole number
+/// (`"100000"`, `8.0`, `-1`): lenient servers take those, so the gateway
+/// would reserve the default for a request that asks for far more.
+fn check_counts(extra: &Extra) -> Result<(), ApiError> {
+    for name in ["max_tokens", "max_completion_tokens", "n", "best_of"] {
+        if let Some(value) = extra.get(name)
+            && !value.is_null()
+            && value.as_u64().is_none()
+        {
+            return Err(invalid(name, format!("'{name}' must be a whole number of at least 0.")));
+        }
+    }
+    Ok(())
+}
+
 impl RequestOptions {
     /// Takes `fallbacks`, `num_retries` and `timeout` (seconds) out of a
-    /// request's unmodelled fields.
+    /// request's unmodelled fields, after checking its output limits and
+    /// answer counts ([`check_counts`]).
     pub(crate) fn take(extra: &mut Extra) -> Result<Self, ApiError> {
         let mut options = RequestOptions::default();
-        if let Some(value) = extra.shift_remove("fallbacks") {
+        check_counts(extra)?;
+        // `null` is absent, as typed clients send an unset field.
+        if let Some(value) = extra.shift_remove("fallbacks").filter(|v| !v.is_null()) {
             let Value::Array(items) = value else {
                 return Err(invalid(
                     "fallbacks",
@@ -128,14 +146,14 @@ impl RequestOptions {
                 .collect::<Result<Vec<_>, _>>()?;
             options.fallbacks = Some(names);
         }
-        if let Some(value) = extra.shift_remove("num_retries") {
+        if let Some(value) = extra.shift_remove("num_retries").filter(|v| !v.is_null()) {
             let n = value
                 .as_u64()
                 .and_then(|n| u32::try_from(n).ok())
                 .ok_or_else(|| invalid("num_retries", "'num_retries' must be a non-negative integer.".into()))?;
             options.num_retries = Some(n);
         }
-        if let Some(value) = extra.shift_remove("timeout") {
+        if let Some(value) = extra.shift_remove("timeout").filter(|v| !v.is_null()) {
             let seconds = value
                 .as_f64()
                 .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)

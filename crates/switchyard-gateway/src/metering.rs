@@ -196,8 +196,14 @@ pub(crate) async fn require_master_if_set(State(state): State<SharedState>, requ
 /// The most output tokens a request can produce: its `max_tokens` (or the
 /// default) for each answer it asks for (`n`, `best_of`, one per prompt).
 fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
+    // The larger of the limits it sets (a server may read either one:
+    // vLLM takes `max_completion_tokens`, or `max_tokens` when that is 0).
     let from = |extra: &serde_json::Map<String, Value>, names: &[&str]| {
-        names.iter().find_map(|n| extra.get(*n).and_then(Value::as_u64))
+        names
+            .iter()
+            .filter_map(|n| extra.get(*n).and_then(Value::as_u64))
+            .filter(|n| *n > 0)
+            .max()
     };
     let answers = |extra: &serde_json::Map<String, Value>, names: &[&str]| {
         names

@@ -997,6 +997,17 @@ async fn completions(
     headers: HeaderMap,
     JsonBody(mut req): JsonBody<CompletionRequest>,
 ) -> Response {
+    // Refused before admission, which would count it against the key.
+    if req.prompt.is_tokens() && not_a_learned_router(&state, &principal, &req.model).is_err() {
+        return ApiError::InvalidField {
+            param: Some("model".into()),
+            message: format!(
+                "`{}` is a learned router; it serves chat, completion (with a text prompt) and message requests.",
+                req.model
+            ),
+        }
+        .into_response();
+    }
     let (options, controls) = match gateway_fields(&mut req.extra, &headers) {
         Ok(fields) => fields,
         Err(e) => return e.into_response(),

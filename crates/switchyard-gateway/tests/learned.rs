@@ -323,6 +323,16 @@ async fn routes_each_prompt_to_the_best_trade_off_and_reports_the_scores() {
     .await;
     assert_eq!(embed.status, 400, "{}", embed.body);
     assert_eq!(embed.json()["error"]["param"], "model");
+    // Nor has a completion whose prompt is token ids.
+    let tokens = post(
+        &client,
+        &base,
+        "/v1/completions",
+        json!({"model": "switchyard/auto", "prompt": [1, 2, 3]}),
+    )
+    .await;
+    assert_eq!(tokens.status, 400, "{}", tokens.body);
+    assert_eq!(tokens.json()["error"]["param"], "model");
 
     // The router group is listed with the others, and its state is visible.
     let models: Value = reqwest::get(format!("{base}/v1/models"))
