@@ -183,6 +183,9 @@ fn refuses_sampling(req: &ChatCompletionRequest) -> impl Fn(&str, &serde_json::V
             && match name {
                 "temperature" | "top_p" => value.as_f64().is_some_and(|v| v != 1.0),
                 "presence_penalty" | "frequency_penalty" => value.as_f64().is_some_and(|v| v != 0.0),
+                // "Unsupported parameter: 'stop' is not supported with this
+                // model" (`/v1/messages` sends Claude's `stop_sequences`).
+                "stop" => !value.is_null(),
                 _ => false,
             }
     }
@@ -1275,7 +1278,7 @@ mod tests {
         // reasoning off, keep them.
         for (extra, kept) in [
             (
-                serde_json::json!({"temperature": 0.7, "top_p": 0.9, "presence_penalty": 0.5}),
+                serde_json::json!({"temperature": 0.7, "top_p": 0.9, "presence_penalty": 0.5, "stop": ["END"]}),
                 vec![],
             ),
             (
@@ -1283,8 +1286,8 @@ mod tests {
                 vec!["temperature", "presence_penalty"],
             ),
             (
-                serde_json::json!({"temperature": 0.2, "reasoning_effort": "none"}),
-                vec!["temperature"],
+                serde_json::json!({"temperature": 0.2, "reasoning_effort": "none", "stop": "END"}),
+                vec!["temperature", "stop"],
             ),
         ] {
             let mut req: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
@@ -1294,7 +1297,7 @@ mod tests {
             req.extra.extend(extra.as_object().unwrap().clone());
             let body: serde_json::Value =
                 serde_json::from_slice(&encode_chat(&req, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
-            for name in ["temperature", "top_p", "presence_penalty"] {
+            for name in ["temperature", "top_p", "presence_penalty", "stop"] {
                 assert_eq!(body.get(name).is_some(), kept.contains(&name), "{name} in {body}");
             }
         }

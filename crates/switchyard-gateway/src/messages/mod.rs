@@ -85,6 +85,7 @@ pub(crate) fn anthropic_error_type(status: axum::http::StatusCode) -> &'static s
         404 => "not_found_error",
         413 => "request_too_large",
         429 => "rate_limit_error",
+        504 => "timeout_error",
         529 => "overloaded_error",
         500.. => "api_error",
         _ => "invalid_request_error",
@@ -516,4 +517,22 @@ fn estimate_tokens(req: serde_json::Value) -> Response {
         axum::http::HeaderValue::from_static("estimate"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_get_anthropics_error_types() {
+        use axum::http::StatusCode as S;
+        for (status, kind) in [
+            (S::GATEWAY_TIMEOUT, "timeout_error"),
+            (S::BAD_GATEWAY, "api_error"),
+            (S::TOO_MANY_REQUESTS, "rate_limit_error"),
+            (S::BAD_REQUEST, "invalid_request_error"),
+        ] {
+            assert_eq!(anthropic_error_type(status), kind, "{status}");
+        }
+    }
 }
