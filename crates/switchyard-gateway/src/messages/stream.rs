@@ -697,7 +697,21 @@ fn converted(
             let mut out = Vec::new();
             let quiet_since = tokio::time::Instant::now();
             let done = loop {
-                match chunks.next().await {
+                // Once the message has started, a silent upstream (a model
+                // thinking) gets pings too, so a proxy's idle timeout does
+                // not cut the stream.
+                let next = if conv.started {
+                    match tokio::time::timeout_at(quiet_since + ping_every, chunks.next()).await {
+                        Ok(next) => next,
+                        Err(_) => {
+                            out.push(event(&StreamEvent::Ping));
+                            break false;
+                        }
+                    }
+                } else {
+                    chunks.next().await
+                };
+                match next {
                     Some(Ok(chunk)) => match serde_json::from_slice::<ChatCompletionChunk>(&chunk.data) {
                         Ok(parsed) => conv.on_chunk(parsed, &mut out),
                         Err(e) => {
@@ -835,6 +849,48 @@ mod tests {
         assert_eq!(names[1..first_text], ["ping", "ping", "ping"], "{names:?}");
         let names = event_names(&deltas, std::time::Duration::from_secs(3600)).await;
         assert!(!names.iter().any(|n| n == "ping"), "{names:?}");
+    }
+
+    /// An upstream silent after the message started: pings until its next
+    /// chunk.
+    #[tokio::test]
+    async fn a_silent_upstream_gets_pings() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let chunk = |delta: Value| {
+            Ok(switchyard_providers::StreamChunk {
+                data: head(delta).to_string().into(),
+                usage: None,
+            })
+        };
+        let first = chunk(json!({"role": "assistant", "content": "Hi"}));
+        let later = chunk(json!({"content": " there"}));
+        let stream: ChunkStream = Box::pin(futures_util::stream::iter([first]).chain(futures_util::stream::once(
+            async move {
+                let _ = rx.await;
+                later
+            },
+        )));
+        let mut events = Box::pin(converted(
+            stream,
+            ("d".into(), Default::default()),
+            Vec::new(),
+            false,
+            0,
+            std::time::Duration::from_millis(20),
+        ));
+        let opening = String::from_utf8(events.next().await.unwrap().to_vec()).unwrap();
+        assert!(opening.contains("event: message_start"), "{opening}");
+        for _ in 0..2 {
+            let ping = String::from_utf8(events.next().await.unwrap().to_vec()).unwrap();
+            assert_eq!(ping.lines().next(), Some("event: ping"), "{ping}");
+        }
+        tx.send(()).unwrap();
+        let rest: Vec<String> = events.map(|b| String::from_utf8(b.to_vec()).unwrap()).collect().await;
+        let rest = rest.concat();
+        assert!(
+            rest.contains(" there") && rest.contains("event: message_stop"),
+            "{rest}"
+        );
     }
 
     /// A chunk of choice 0 carrying `delta`.
