@@ -104,13 +104,15 @@ fn invalid(param: &str, message: String) -> ApiError {
 }
 
 /// Refuses an output limit or answer count that is not a whole number
-/// (`"100000"`, `8.0`, `-1`): lenient servers take those, so the gateway
+/// (`"100000"`, `8.5`, `-2`): lenient servers take those, so the gateway
 /// would reserve the default for a request that asks for far more.
+/// `max_tokens: -1`, LM Studio's "no limit", is taken as no limit set.
 fn check_counts(extra: &Extra) -> Result<(), ApiError> {
     for name in ["max_tokens", "max_completion_tokens", "n", "best_of"] {
         if let Some(value) = extra.get(name)
             && !value.is_null()
             && value.as_u64().is_none()
+            && !(name == "max_tokens" && value.as_i64() == Some(-1))
         {
             return Err(invalid(name, format!("'{name}' must be a whole number of at least 0.")));
         }

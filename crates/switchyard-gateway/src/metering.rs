@@ -197,13 +197,10 @@ pub(crate) async fn require_master_if_set(State(state): State<SharedState>, requ
 /// default) for each answer it asks for (`n`, `best_of`, one per prompt).
 fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
     // The larger of the limits it sets (a server may read either one:
-    // vLLM takes `max_completion_tokens`, or `max_tokens` when that is 0).
+    // vLLM takes `max_completion_tokens`, or `max_tokens` when that is 0);
+    // 0 when that is all it sets (a prompt scored, nothing written).
     let from = |extra: &serde_json::Map<String, Value>, names: &[&str]| {
-        names
-            .iter()
-            .filter_map(|n| extra.get(*n).and_then(Value::as_u64))
-            .filter(|n| *n > 0)
-            .max()
+        names.iter().filter_map(|n| extra.get(*n).and_then(Value::as_u64)).max()
     };
     let answers = |extra: &serde_json::Map<String, Value>, names: &[&str]| {
         names

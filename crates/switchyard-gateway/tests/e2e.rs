@@ -296,6 +296,7 @@ async fn client_errors_are_openai_shaped_and_name_the_field() {
     for (field, value) in [
         ("max_tokens", json!("100000")),
         ("max_completion_tokens", json!(-1)),
+        ("max_tokens", json!(-2)),
         ("n", json!(8.5)),
     ] {
         let mut body = chat("gpt-test", false);

@@ -114,10 +114,13 @@ impl Journal {
     /// Flushes to the disk if anything was appended since the last flush;
     /// a flush that fails is tried again the next time.
     pub fn sync_if_dirty(&self) -> io::Result<()> {
-        // On a handle of its own: appends do not wait for the disk.
-        if self.dirty.swap(false, Ordering::AcqRel)
-            && let Err(e) = self.file.lock().try_clone().and_then(|file| file.sync_data())
-        {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Ok(());
+        }
+        // On a handle of its own, the lock let go first: appends do not
+        // wait for the disk.
+        let handle = self.file.lock().try_clone();
+        if let Err(e) = handle.and_then(|file| file.sync_data()) {
             self.dirty.store(true, Ordering::Release);
             return Err(e);
         }

@@ -211,7 +211,6 @@ impl Drop for Ticket {
 /// How often a key change is made again when another change got in first.
 const KEY_WRITE_TRIES: usize = 5;
 
-/// A key that kept changing while a change to it was being made.
 /// The Redis lock a key write setting an alias holds, on every replica.
 const ALIAS_LOCK: &str = "key-alias";
 
@@ -244,6 +243,7 @@ impl Drop for AliasGuard<'_> {
     }
 }
 
+/// A key that kept changing while a change to it was being made.
 fn busy_key() -> PolicyError {
     PolicyError::Conflict("The key changed while this change was being made; try again.".into())
 }

@@ -125,7 +125,6 @@ pub(crate) fn in_stream(typed: ProviderError, message: &str) -> ProviderError {
     }
 }
 
-/// At most 300 characters of an upstream's message, for the log.
 /// An upstream's message with what looks like an API key in it (OpenAI's
 /// "Incorrect API key provided: sk-proj-…****abcd", a key echoed in a
 /// proxy's error) replaced by `sk-***`: messages are logged and exported
@@ -139,7 +138,7 @@ pub(crate) fn without_keys(message: &str) -> std::borrow::Cow<'_, str> {
     if !(0..message.len()).any(|at| message.is_char_boundary(at) && looks_like_key(at)) {
         return std::borrow::Cow::Borrowed(message);
     }
-    let key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*' | b'.');
+    let key_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'*');
     let bytes = message.as_bytes();
     let mut out = String::with_capacity(message.len());
     let mut at = 0;
@@ -149,10 +148,6 @@ pub(crate) fn without_keys(message: &str) -> std::borrow::Cow<'_, str> {
             let mut end = at + 3;
             while end < bytes.len() && key_char(bytes[end]) {
                 end += 1;
-            }
-            // A sentence's full stop after the key stays.
-            while end > at + 3 && bytes[end - 1] == b'.' {
-                end -= 1;
             }
             out.push_str(&message[copied..at]);
             out.push_str("sk-***");
@@ -166,6 +161,7 @@ pub(crate) fn without_keys(message: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// At most 300 characters of an upstream's message, for the log.
 pub(crate) fn clipped(message: &str) -> &str {
     message
         .char_indices()
@@ -320,6 +316,10 @@ mod tests {
             "task-sk-1 is a desk-sk-thing"
         );
         assert!(matches!(without_keys("no key here"), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            without_keys("host sk-prod.internal is down"),
+            "host sk-***.internal is down"
+        );
         assert_eq!(without_keys("é sk-1"), "é sk-***");
     }
 

@@ -178,6 +178,9 @@ fn refuses_sampling(req: &ChatCompletionRequest) -> impl Fn(&str, &serde_json::V
         Some(_) => true,
         None => !reasons_only_when_asked(&req.model),
     };
+    // GPT-5's chat model, named as a reasoning one, does not reason.
+    let name = req.model.rsplit('/').next().unwrap_or(&req.model);
+    let takes_stop = name.starts_with("gpt-5-chat");
     move |name, value| {
         thinking
             && match name {
@@ -185,7 +188,7 @@ fn refuses_sampling(req: &ChatCompletionRequest) -> impl Fn(&str, &serde_json::V
                 "presence_penalty" | "frequency_penalty" => value.as_f64().is_some_and(|v| v != 0.0),
                 // "Unsupported parameter: 'stop' is not supported with this
                 // model" (`/v1/messages` sends Claude's `stop_sequences`).
-                "stop" => !value.is_null(),
+                "stop" => !value.is_null() && !takes_stop,
                 _ => false,
             }
     }
@@ -1301,6 +1304,14 @@ mod tests {
                 assert_eq!(body.get(name).is_some(), kept.contains(&name), "{name} in {body}");
             }
         }
+        // GPT-5's chat model does not reason: it keeps its stop sequences.
+        let chat: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "gpt-5-chat-latest", "stop": ["END"], "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        let body: serde_json::Value =
+            serde_json::from_slice(&encode_chat(&chat, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
+        assert_eq!(body["stop"], serde_json::json!(["END"]), "{body}");
         // GPT-5.1 and later reason only when asked: without an effort they
         // keep their temperature; with one, it goes.
         for (effort, kept) in [(None, true), (Some("high"), false)] {
