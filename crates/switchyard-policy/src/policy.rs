@@ -2526,20 +2526,18 @@ impl Policy {
     /// Keeps the record this replica just wrote as its copy, so that a
     /// Redis outage right after a change (a block) does not lose it.
     fn saw_end_user(&self, record: &EndUserRecord) {
-        if let Store::Redis {
-            seen_end_users,
-            end_user_writes,
-            ..
-        } = &self.0.store
-        {
-            let mut seen = seen_end_users.lock();
-            end_user_writes.fetch_add(1, Ordering::AcqRel);
-            seen.insert(record.user_id.clone(), record.clone());
-        }
+        self.write_end_user_copy(|seen| drop(seen.insert(record.user_id.clone(), record.clone())));
     }
 
     /// Drops this replica's copy of a deleted end user.
     fn forget_end_user(&self, id: &str) {
+        self.write_end_user_copy(|seen| drop(seen.remove(id)));
+    }
+
+    /// Changes this replica's copies of end users as one of its writes
+    /// did, counted (under their lock) so that a lookup under way does not
+    /// undo it.
+    fn write_end_user_copy(&self, change: impl FnOnce(&mut HashMap<String, EndUserRecord>)) {
         if let Store::Redis {
             seen_end_users,
             end_user_writes,
@@ -2548,7 +2546,7 @@ impl Policy {
         {
             let mut seen = seen_end_users.lock();
             end_user_writes.fetch_add(1, Ordering::AcqRel);
-            seen.remove(id);
+            change(&mut seen);
         }
     }
 

@@ -457,11 +457,17 @@ return 1",
     /// Takes the lock `name` for `holder`, for `ttl_ms` at most (`SET NX
     /// PX`): `false` while another holds it.
     pub async fn lock(&self, name: &str, holder: &str, ttl_ms: u64) -> Result<bool, StoreDown> {
+        self.set_new(&format!("lock:{name}"), holder, ttl_ms).await
+    }
+
+    /// Sets `suffix` to `value` for `ttl_ms` if it is not set (`SET NX
+    /// PX`): `true` when it was set.
+    async fn set_new(&self, suffix: &str, value: &str, ttl_ms: u64) -> Result<bool, StoreDown> {
         let set: Option<String> = self
             .query(
                 redis::cmd("SET")
-                    .arg(self.name(&format!("lock:{name}")))
-                    .arg(holder)
+                    .arg(self.name(suffix))
+                    .arg(value)
                     .arg("NX")
                     .arg("PX")
                     .arg(ttl_ms.max(1))
@@ -488,18 +494,7 @@ return 0",
     /// Claims `name` for `ttl_ms` (`SET NX PX`): `true` for the first
     /// replica to claim it, so that an alert is sent once.
     pub async fn claim(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreDown> {
-        let set: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(self.name(&format!("alerted:{name}")))
-                    .arg(1)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl_ms.max(1))
-                    .clone(),
-            )
-            .await?;
-        Ok(set.is_some())
+        self.set_new(&format!("alerted:{name}"), "1", ttl_ms).await
     }
 
     /// Makes a claim made with [`RedisStore::claim`] end in `ttl_ms`.
