@@ -365,6 +365,10 @@ pub struct RouterStatus {
     /// configuration (rather than being broken itself).
     #[serde(skip)]
     rejected_by_config: bool,
+    /// Why the last check of the manifest failed, while it keeps failing
+    /// the same way (warned of once).
+    #[serde(skip)]
+    check_error: Option<String>,
 }
 
 /// How long a version that could not be read waits before it is read again.
@@ -637,11 +641,22 @@ impl LearnedRoute {
             return;
         }
         let version = self.source.version().await;
-        self.update_status(|s| s.last_checked = Some(unix_now()));
+        let mut first = false;
+        self.update_status(|s| {
+            s.last_checked = Some(unix_now());
+            let error = version.as_ref().err().map(ToString::to_string);
+            first = error.is_some() && s.check_error != error;
+            s.check_error = error;
+        });
         let version = match version {
             Ok(v) => v,
-            Err(reason) => {
+            // Once per failure, not at every poll while it lasts.
+            Err(reason) if first => {
                 tracing::warn!(router = %self.name, %reason, "cannot check the router artifact; the current router keeps serving");
+                return;
+            }
+            Err(reason) => {
+                tracing::debug!(router = %self.name, %reason, "cannot check the router artifact still");
                 return;
             }
         };

@@ -57,6 +57,18 @@ pub(crate) fn label_failure(state: &SharedState, model: &str, response: &mut Res
     }
 }
 
+/// Marks a generation span failed when its answer is an error: `error.type`
+/// is the status code (as OpenTelemetry's HTTP conventions write it) and
+/// the span's status is error. A stream that breaks after its 200 is
+/// marked where it breaks.
+pub(crate) fn record_failure(span: &tracing::Span, response: &Response) {
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        span.record("error.type", status.as_str());
+        span.record("otel.status_code", "error");
+    }
+}
+
 /// A requested model as spans name it: a configured model group's name, or
 /// `unknown`, so that what a client makes up stays out of span names and
 /// attributes (a refused request's model may be any string of any length).

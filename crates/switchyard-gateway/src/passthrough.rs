@@ -372,6 +372,11 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     url.set_query(request.uri().query());
     let method = request.method().clone();
     let client_headers = request.headers().clone();
+    // The upstream's time is not the gateway's overhead.
+    let upstream_ns = request
+        .extensions()
+        .get::<crate::observe::RequestContext>()
+        .map(|ctx| ctx.upstream_ns.clone());
     let body = match crate::extract::read_body(request, &state).await {
         Ok(b) => b,
         Err(e) => {
@@ -400,6 +405,7 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
             headers.insert(name.clone(), value);
         }
     }
+    let asked = std::time::Instant::now();
     let sent = state
         .pass_through_client
         .request(method, url)
@@ -408,6 +414,9 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
         .timeout(route.timeout)
         .send()
         .await;
+    if let Some(counter) = &upstream_ns {
+        crate::observe::RequestContext::add_upstream(counter, asked.elapsed());
+    }
     let upstream = match sent {
         Ok(r) => r,
         // Without the URL: the route's target may hold what should not be shown.

@@ -235,6 +235,20 @@ const RETRY_START_AT_MOST: Duration = Duration::from_secs(3600);
 /// The longest a configuration read from S3 may take, answer included.
 const S3_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Whether a version that failed with `e` may be tried again as it is,
+/// later: an artifact may be replaced to fit, its store come back, or the
+/// embedding model it names be put in place (a model directory filled after
+/// the configuration that needs it); only an invalid file waits for a change.
+fn may_pass_later(e: &ReloadError) -> bool {
+    match e {
+        ReloadError::Unavailable(_) | ReloadError::Start(_) => true,
+        ReloadError::Config(ConfigError::Invalid(issues)) => {
+            !issues.is_empty() && issues.iter().all(|i| i.path == crate::state::EMBEDDER_UNREADABLE)
+        }
+        ReloadError::Config(_) | ReloadError::Fetch(_) => false,
+    }
+}
+
 impl Refused {
     /// Whether the watch should leave `fingerprint` alone now.
     fn holds(&self, fingerprint: &str) -> bool {
@@ -347,15 +361,21 @@ impl Live {
                     *refused = Some(Refused {
                         fingerprint,
                         at: std::time::Instant::now(),
-                        // An artifact may be replaced to fit, or its store
-                        // come back: only an invalid file waits for a change.
-                        may_pass: matches!(e, ReloadError::Unavailable(_) | ReloadError::Start(_)),
+                        may_pass: may_pass_later(e),
                         failures,
                     });
                 }
-                self.rejected.fetch_add(1, Ordering::Relaxed);
-                self.state().metrics.config_reload(false);
-                tracing::error!(trigger, error = %e, "configuration rejected; the previous one keeps serving");
+                if matches!(e, ReloadError::Fetch(_)) {
+                    // Read failed (the file went away between the poll and
+                    // the read, S3 failed after it answered the poll): the
+                    // source is unreachable, not the configuration wrong.
+                    self.state().metrics.config_unreachable();
+                    tracing::warn!(trigger, error = %e, "configuration could not be read; the previous one keeps serving");
+                } else {
+                    self.rejected.fetch_add(1, Ordering::Relaxed);
+                    self.state().metrics.config_reload(false);
+                    tracing::error!(trigger, error = %e, "configuration rejected; the previous one keeps serving");
+                }
             }
         }
         result
@@ -636,5 +656,24 @@ mod tests {
             ..start_failed
         };
         assert_eq!(many.wait(), RETRY_START_AT_MOST);
+    }
+
+    /// An embedding model not in place yet is waited for; a wrong value is
+    /// not tried again until the file changes.
+    #[test]
+    fn a_missing_embedding_model_is_tried_again_later() {
+        let issue = |path: &str| crate::config::ConfigIssue {
+            path: path.into(),
+            message: "x".into(),
+        };
+        let missing = ReloadError::Config(ConfigError::Invalid(vec![issue(crate::state::EMBEDDER_UNREADABLE)]));
+        assert!(may_pass_later(&missing));
+        let also_wrong = ReloadError::Config(ConfigError::Invalid(vec![
+            issue(crate::state::EMBEDDER_UNREADABLE),
+            issue("model_list[0].model_name"),
+        ]));
+        assert!(!may_pass_later(&also_wrong));
+        assert!(!may_pass_later(&ReloadError::Config(ConfigError::Parse("x".into()))));
+        assert!(may_pass_later(&ReloadError::Unavailable("x".into())));
     }
 }

@@ -341,8 +341,9 @@ async fn openai(
         options,
         controls,
     )
-    .instrument(span)
+    .instrument(span.clone())
     .await;
+    crate::observe::record_failure(&span, &response);
     crate::observe::label_failure(&state, model, &mut response);
     response
 }

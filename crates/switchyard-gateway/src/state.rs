@@ -23,6 +23,11 @@ use crate::learned::{LearnedRoute, LoadError};
 use crate::policy_config::PolicySpec;
 use switchyard_policy::{Policy, PolicyError, PolicySettings, Prices};
 
+/// The issue path of an embedding model that could not be loaded (its
+/// directory missing or unreadable): a configuration naming it may start
+/// once the files are in place.
+pub(crate) const EMBEDDER_UNREADABLE: &str = "embedder.model_dir";
+
 /// Everything a request needs: the routing registry and one client per deployment,
 /// indexed by [`DeploymentId`].
 #[derive(Debug)]
@@ -552,7 +557,7 @@ impl AppState {
                 }
                 Err(e) => {
                     issues.push(ConfigIssue {
-                        path: "embedder.model_dir".into(),
+                        path: EMBEDDER_UNREADABLE.into(),
                         message: format!("{e} (run `cargo xtask models fetch`, or point it at the model's directory)"),
                     });
                     None

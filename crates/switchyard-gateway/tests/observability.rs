@@ -184,6 +184,14 @@ telemetry:
     let output: i64 = genai.attr("gen_ai.usage.output_tokens").unwrap().parse().unwrap();
     assert!(input > 0 && output > 0, "{genai:?}");
     assert_eq!(genai.attr("switchyard.cache"), Some("miss"));
+    assert_eq!((genai.attr("error.type"), genai.status), (None, 0), "{genai:?}");
+    // A refused generation is a failed one, its status code the error's type.
+    let refused = one(&spans, "refused gen_ai span", |s| s.name == "chat unknown");
+    assert_eq!(
+        (refused.attr("error.type"), refused.status),
+        (Some("404"), 2),
+        "{refused:?}"
+    );
 
     let lookup = one(&ours, "cache span", |s| s.name == "switchyard.cache.lookup");
     assert_eq!(lookup.parent_span_id, genai.span_id);

@@ -236,7 +236,8 @@ impl Cooldowns {
     }
 
     /// A request to `id` failed with `class`. Returns `true` when this failure
-    /// opened the breaker. A client error is the request's fault: it counts no
+    /// opened the breaker, or marked a key that was taken as valid rejected
+    /// (a rejection of a key already marked changes nothing). A client error is the request's fault: it counts no
     /// failure, and as a probe's answer it shows the upstream is up. Only the
     /// half-open probe (`claim`) reopens a half-open breaker: a request sent
     /// before the breaker opened, failing late, counts its failure only.
@@ -246,10 +247,10 @@ impl Cooldowns {
         };
         match class {
             ErrorClass::Auth => {
-                if let Some(key) = self.keys_invalid.get(id.0) {
-                    key.store(true, Ordering::Release);
-                }
-                return true;
+                return self
+                    .keys_invalid
+                    .get(id.0)
+                    .is_some_and(|key| !key.swap(true, Ordering::AcqRel));
             }
             ErrorClass::RateLimited
             | ErrorClass::ServerError
@@ -530,5 +531,9 @@ mod tests {
         assert!(c.record_failure(D, ErrorClass::Auth, Claim::Closed, 0));
         assert!(!c.is_available(D, 1_000_000));
         assert_eq!(c.snapshot(0)[0].state, BreakerState::KeyInvalid);
+        // A key already marked is not put in cooldown again (the metric and
+        // the warning count changes, not each last-resort try).
+        assert!(!c.record_failure(D, ErrorClass::Auth, Claim::Closed, 10));
+        assert_eq!(c.snapshot(10)[0].state, BreakerState::KeyInvalid);
     }
 }

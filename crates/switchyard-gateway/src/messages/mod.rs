@@ -183,8 +183,9 @@ pub(crate) async fn messages(
         Ok(labels) => labels,
         Err(e) => return AnthropicError(e).into_response(),
     };
-    let work = messages_inner(state.clone(), principal, ctx, req, labels).instrument(span);
+    let work = messages_inner(state.clone(), principal, ctx, req, labels).instrument(span.clone());
     let mut response = crate::routes::detached_with(&state, work, |e| AnthropicError(e).into_response()).await;
+    crate::observe::record_failure(&span, &response);
     crate::observe::label_failure(&state, &model, &mut response);
     response
 }
@@ -434,9 +435,10 @@ async fn messages_inner(
 }
 
 /// `POST /v1/messages/count_tokens`: answered by Anthropic deployments.
-pub async fn count_tokens(
+pub(crate) async fn count_tokens(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
+    Extension(ctx): Extension<RequestContext>,
     headers: axum::http::HeaderMap,
     AnthropicJson(mut req): AnthropicJson<serde_json::Value>,
 ) -> Response {
@@ -464,6 +466,7 @@ pub async fn count_tokens(
         None => RequestOptions::default(),
     };
     options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
+    options.upstream_ns = Some(ctx.upstream_ns.clone());
     if let Err(e) = metering::check_fallbacks(&state, &principal, options.fallbacks.as_deref()) {
         return failed(e.into());
     }
