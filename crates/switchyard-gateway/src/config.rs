@@ -1250,6 +1250,34 @@ fn check_url(value: &str, path: &str, issues: &mut Vec<ConfigIssue>) {
     }
 }
 
+/// What is wrong with an `api_base` that endpoint paths go under: a query
+/// (`…/v1?key=K`), which would end up inside the path the gateway adds
+/// (`…/v1?key=K/chat/completions`), or an endpoint's own path (a full
+/// `…/chat/completions` URL), which the gateway would add again.
+fn endpoint_base_problem(base: &str) -> Option<&'static str> {
+    let url = reqwest::Url::parse(base).ok()?;
+    if url.query().is_some() {
+        return Some(
+            "holds a query (`?…`): the endpoint paths are added after api_base, so it would end up in the path; \
+             send credentials with `api_key` or `headers`",
+        );
+    }
+    let path = url.path().trim_end_matches('/');
+    [
+        "/chat/completions",
+        "/completions",
+        "/embeddings",
+        "/messages",
+        "/responses",
+    ]
+    .iter()
+    .any(|endpoint| path.ends_with(endpoint))
+    .then_some(
+        "names an endpoint: give the base address the gateway adds endpoint paths to \
+             (`https://host/v1`, not `https://host/v1/chat/completions`)",
+    )
+}
+
 /// What is wrong with an Azure `api_base`, on one of Azure's own hosts,
 /// that holds the path the gateway adds itself (`/openai/v1` from the
 /// OpenAI SDK's `base_url`, a full target URI from the portal) or a query:
@@ -1327,11 +1355,16 @@ fn validate_deployment(
         }
         (ProviderKind::Azure, Some(base)) => {
             check_url(base, &format!("{path}.api_base"), issues);
-            if let Some(problem) = azure_base_problem(base) {
+            if let Some(problem) = azure_base_problem(base).or_else(|| endpoint_base_problem(base)) {
                 issues.push(issue(format!("{path}.api_base"), problem));
             }
         }
-        (_, Some(base)) => check_url(base, &format!("{path}.api_base"), issues),
+        (_, Some(base)) => {
+            check_url(base, &format!("{path}.api_base"), issues);
+            if let Some(problem) = endpoint_base_problem(base) {
+                issues.push(issue(format!("{path}.api_base"), problem));
+            }
+        }
         _ => {}
     }
     let api_version = setting(&entry.api_version, "api_version", issues);

@@ -225,7 +225,7 @@ impl ApiError {
     pub fn message(&self) -> String {
         if let ApiError::Upstream { source, deployment } = self {
             match source.as_ref() {
-                ProviderError::Status { status, .. } if is_auth_status(*status) => {
+                ProviderError::Status { status, .. } if source.rejects_credentials() => {
                     return format!(
                         "The upstream of deployment {deployment} rejected the gateway's credentials (HTTP {status}); \
                          the gateway's operator must fix its configuration."
@@ -352,11 +352,6 @@ fn policy_parts(err: &PolicyError) -> (StatusCode, &'static str, Option<String>,
     }
 }
 
-/// An upstream status that rejects the gateway's own credentials.
-fn is_auth_status(status: u16) -> bool {
-    matches!(status, 401 | 403)
-}
-
 /// The code (else the type) a client is told for an upstream failure, as
 /// the request log and alerts name it (`upstream_error`, `upstream_timeout`…).
 pub(crate) fn upstream_code(err: &ProviderError) -> String {
@@ -383,7 +378,7 @@ fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Opt
             None,
             Some("upstream_not_found".into()),
         ),
-        ProviderError::Status { status, .. } if is_auth_status(*status) => (
+        ProviderError::Status { .. } if err.rejects_credentials() => (
             S::BAD_GATEWAY,
             "upstream_error",
             None,

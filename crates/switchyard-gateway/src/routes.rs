@@ -200,7 +200,7 @@ const ROUTER_SCORES_HEADER: HeaderName = HeaderName::from_static("x-switchyard-r
 pub(crate) fn error_class(err: &ProviderError) -> ErrorClass {
     match err {
         ProviderError::Status { status: 429, .. } => ErrorClass::RateLimited,
-        ProviderError::Status { status: 401 | 403, .. } => ErrorClass::Auth,
+        ProviderError::Status { status: 401 | 403, .. } if err.rejects_credentials() => ErrorClass::Auth,
         ProviderError::Status { status: 408, .. } => ErrorClass::Timeout,
         // The upstream does not know the model or deployment configured,
         // redirects elsewhere, or wants the gateway's account paid (402):

@@ -514,6 +514,42 @@ async fn a_rejected_key_takes_the_deployment_out_until_reload() {
     assert_eq!(sent_to(&mock, "revoked::status=401"), 1);
 }
 
+/// A 403 that refuses the prompt under a content policy (OpenRouter's
+/// moderation) is the client's answer, with the upstream's words, and a
+/// content-policy fallback's cue; the deployment's key stays in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moderation_refusal_is_not_a_rejected_key() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "",
+        r#"
+  - model_name: moderated
+    content_policy_fallbacks: [clean]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "strict::moderated"}
+  - model_name: clean
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "lenient"}
+  - model_name: alone
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "strict::moderated"}
+"#,
+    );
+    let refused = chat(&gw, "alone", json!({})).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    let message = refused.json()["error"]["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("was flagged"), "{message}");
+    assert_eq!(breaker(&gw, "alone/0").await["state"], "closed");
+    for _ in 0..2 {
+        let a = chat(&gw, "moderated", json!({})).await;
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(a.header("x-switchyard-model"), "clean");
+    }
+    assert_eq!(breaker(&gw, "moderated/0").await["state"], "closed");
+    assert_eq!(sent_to(&mock, "strict::moderated"), 3, "each request tried it");
+}
+
 /// An upstream's 402 is about the gateway's account: another deployment
 /// answers, and alone the client gets a 502 that says whose bill it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -225,14 +225,19 @@ impl ProviderError {
             "exceed_context_size",
             // TGI: "`inputs` tokens + `max_new_tokens` must be <= 4096".
             "tokens + `max_new_tokens` must be",
+            // xAI: "This model's maximum prompt length is 131072 but the
+            // request contains 140000 tokens".
+            "maximum prompt length",
         ]
         .iter()
         .any(|needle| message.contains(needle))
     }
 
     /// Whether the upstream refused the request under its content policy
-    /// (OpenAI `content_policy_violation`, Azure `content_filter`, Bedrock
-    /// guardrail interventions).
+    /// (OpenAI `content_policy_violation` and a reasoning model's
+    /// `invalid_prompt` "flagged as potentially violating our usage
+    /// policy", Azure `content_filter`, Bedrock guardrail interventions,
+    /// OpenRouter's 403 "Your input was flagged" by moderation).
     pub fn is_content_policy_violation(&self) -> bool {
         let ProviderError::Status {
             status, message, code, ..
@@ -242,20 +247,36 @@ impl ProviderError {
         };
         if matches!(
             code.as_deref(),
-            Some("content_policy_violation" | "content_filter" | "ResponsibleAIPolicyViolation")
+            Some("content_policy_violation" | "content_filter" | "ResponsibleAIPolicyViolation" | "invalid_prompt")
         ) {
             return true;
         }
         let message = message.to_ascii_lowercase();
-        *status == 400
+        matches!(status, 400 | 403)
             && [
                 "content management policy",
                 "content policy",
+                "usage policy",
+                "usage policies",
                 "safety system",
                 "guardrail",
+                "was flagged",
+                "requires moderation",
             ]
             .iter()
             .any(|needle| message.contains(needle))
+    }
+
+    /// Whether the upstream rejected the gateway's own credentials: a 401,
+    /// or a 403 that is not a refusal of the prompt under a content policy
+    /// (OpenRouter's moderation answers 403, as may a firewall in front of
+    /// an upstream): the key is marked rejected on it.
+    pub fn rejects_credentials(&self) -> bool {
+        match self {
+            ProviderError::Status { status: 401, .. } => true,
+            ProviderError::Status { status: 403, .. } => !self.is_content_policy_violation(),
+            _ => false,
+        }
     }
 
     /// Converts a transport error, dropping the URL from its text.
@@ -370,6 +391,8 @@ mod tests {
             "The decoder prompt (length 9000) is longer than the maximum model length of 8192.",
             "request (9412 tokens) exceeds the available context size (8192 tokens), try increasing it",
             "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 200 `max_new_tokens`",
+            // xAI.
+            "This model's maximum prompt length is 131072 but the request contains 140000 tokens.",
         ] {
             let code = if message.starts_with("Input validation") {
                 422
@@ -396,5 +419,21 @@ mod tests {
             .is_content_policy_violation()
         );
         assert!(!status(400, "bad request", None).is_content_policy_violation());
+        // OpenAI's reasoning models, OpenRouter's moderation (a 403).
+        let flagged = status(
+            400,
+            "Invalid prompt: your prompt was flagged as potentially violating our usage policy.",
+            Some("invalid_prompt"),
+        );
+        assert!(flagged.is_content_policy_violation());
+        let moderated = status(
+            403,
+            "openai/gpt-4o requires moderation on OpenRouter. Your input was flagged for \"violence\"",
+            None,
+        );
+        assert!(moderated.is_content_policy_violation() && !moderated.rejects_credentials());
+        assert!(status(403, "Your API key does not have permission", None).rejects_credentials());
+        assert!(status(401, "Incorrect API key provided", None).rejects_credentials());
+        assert!(!status(400, "Incorrect API key provided", None).rejects_credentials());
     }
 }

@@ -42,9 +42,9 @@ fn encode_chat(req: &ChatCompletionRequest, strip: Echoed, wire: ChatWire) -> Re
             ids.fit_all(&mut copy);
         }
         wire.cap_output(&mut copy);
-        return encode_plain(&copy, wire.reasoning);
+        return encode_plain(&copy, wire);
     }
-    encode_plain(req, wire.reasoning)
+    encode_plain(req, wire)
 }
 
 /// What a deployment's chat requests must fit, beyond the request itself.
@@ -60,6 +60,12 @@ struct ChatWire {
     /// The deployment's `base_model` refuses `reasoning_effort` (GPT-5's
     /// chat model, o1-mini, o1-preview) whatever its name says.
     refuses_effort: bool,
+    /// The deployment's `base_model` is GPT-5's chat model, which does not
+    /// reason and takes sampling settings and `stop`.
+    plain_chat: bool,
+    /// The deployment's `base_model` reasons only when asked (GPT-5.1 and
+    /// later).
+    reasons_when_asked: bool,
 }
 
 impl ChatWire {
@@ -153,14 +159,16 @@ impl ToolIds {
 
 /// [`encode_chat`]'s renaming of `max_tokens`, and its leaving out of the
 /// sampling settings reasoning models refuse.
-fn encode_plain(req: &ChatCompletionRequest, reasoning: bool) -> Result<Vec<u8>> {
-    if !(reasoning || is_reasoning_model(&req.model)) {
+fn encode_plain(req: &ChatCompletionRequest, wire: ChatWire) -> Result<Vec<u8>> {
+    if !(wire.reasoning || is_reasoning_model(&req.model)) {
         return encode(req);
     }
-    let rename = req.extra.contains_key("max_tokens") && !req.extra.contains_key("max_completion_tokens");
-    let refused = refuses_sampling(req);
-    if rename || req.extra.iter().any(|(name, value)| refused(name, value)) {
-        return encode(&RenamedMaxTokens(req, rename));
+    // `max_tokens` is renamed, or left out beside `max_completion_tokens`
+    // (both: "Unsupported parameter: 'max_tokens'").
+    let renames = req.extra.contains_key("max_tokens");
+    let refused = refuses_sampling(req, wire);
+    if renames || req.extra.iter().any(|(name, value)| refused(name, value)) {
+        return encode(&RenamedMaxTokens(req, wire));
     }
     encode(req)
 }
@@ -172,15 +180,20 @@ fn encode_plain(req: &ChatCompletionRequest, reasoning: bool) -> Result<Vec<u8>>
 /// request that turns reasoning off (`reasoning_effort: "none"`) keeps them,
 /// and so does one to GPT-5.1 or later that asks for no effort, since those
 /// reason only when asked and then take them.
-fn refuses_sampling(req: &ChatCompletionRequest) -> impl Fn(&str, &serde_json::Value) -> bool {
-    let thinking = match req.extra.get("reasoning_effort").and_then(serde_json::Value::as_str) {
-        Some("none") => false,
-        Some(_) => true,
-        None => !reasons_only_when_asked(&req.model),
-    };
-    // GPT-5's chat model, named as a reasoning one, does not reason.
+fn refuses_sampling(req: &ChatCompletionRequest, wire: ChatWire) -> impl Fn(&str, &serde_json::Value) -> bool {
+    // GPT-5's chat model, named as a reasoning one, does not reason: it
+    // takes sampling settings and `stop`. A deployment's `base_model`
+    // tells for a name that says nothing (an Azure deployment's).
     let name = req.model.rsplit('/').next().unwrap_or(&req.model);
-    let takes_stop = name.starts_with("gpt-5-chat");
+    let plain_chat = wire.plain_chat || name.starts_with("gpt-5-chat");
+    let when_asked = wire.reasons_when_asked || reasons_only_when_asked(&req.model);
+    let thinking = !plain_chat
+        && match req.extra.get("reasoning_effort").and_then(serde_json::Value::as_str) {
+            Some("none") => false,
+            Some(_) => true,
+            None => !when_asked,
+        };
+    let takes_stop = plain_chat;
     move |name, value| {
         thinking
             && match name {
@@ -468,10 +481,11 @@ fn strict_host(host: &str) -> bool {
 }
 
 /// A chat request for a reasoning model, without copying it: `max_tokens`
-/// named `max_completion_tokens` (when `.1`), the sampling settings it
+/// named `max_completion_tokens` (left out when that is set too), the
+/// sampling settings it
 /// refuses ([`refuses_sampling`]) left out. Writes the fields as
 /// `ChatCompletionRequest`'s own `Serialize` does (a test compares the two).
-struct RenamedMaxTokens<'a>(&'a ChatCompletionRequest, bool);
+struct RenamedMaxTokens<'a>(&'a ChatCompletionRequest, ChatWire);
 
 impl serde::Serialize for RenamedMaxTokens<'_> {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
@@ -486,12 +500,13 @@ impl serde::Serialize for RenamedMaxTokens<'_> {
         if let Some(options) = &req.stream_options {
             map.serialize_entry("stream_options", options)?;
         }
-        let refused = refuses_sampling(req);
+        let refused = refuses_sampling(req, self.1);
+        let both = req.extra.contains_key("max_completion_tokens");
         for (name, value) in &req.extra {
-            if refused(name, value) {
+            if refused(name, value) || (both && name == "max_tokens") {
                 continue;
             }
-            let name = if self.1 && name == "max_tokens" {
+            let name = if name == "max_tokens" {
                 "max_completion_tokens"
             } else {
                 name
@@ -671,6 +686,9 @@ macro_rules! openai_wire_provider {
             pub fn with_base_model(mut self, base_model: Option<&str>) -> Self {
                 self.0.wire.reasoning = base_model.is_some_and(is_reasoning_model);
                 self.0.wire.refuses_effort = base_model.is_some_and(|b| !takes_effort(b));
+                self.0.wire.plain_chat =
+                    base_model.is_some_and(|b| b.rsplit('/').next().is_some_and(|n| n.starts_with("gpt-5-chat")));
+                self.0.wire.reasons_when_asked = base_model.is_some_and(reasons_only_when_asked);
                 self
             }
 
@@ -853,9 +871,7 @@ impl OpenAiProvider {
                     .ok()
                     .and_then(|u| u.host_str().map(ToolIds::for_host))
                     .unwrap_or_default(),
-                reasoning: false,
-                max_output: None,
-                refuses_effort: false,
+                ..ChatWire::default()
             },
         }))
     }
@@ -1304,14 +1320,55 @@ mod tests {
                 assert_eq!(body.get(name).is_some(), kept.contains(&name), "{name} in {body}");
             }
         }
-        // GPT-5's chat model does not reason: it keeps its stop sequences.
+        // GPT-5's chat model does not reason: it keeps its stop sequences
+        // and sampling settings, named so or by a deployment's `base_model`.
         let chat: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
-            "model": "gpt-5-chat-latest", "stop": ["END"], "messages": [{"role": "user", "content": "hi"}]
+            "model": "gpt-5-chat-latest", "stop": ["END"], "temperature": 0.2, "top_p": 0.5,
+            "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
+        let plain = ChatWire {
+            plain_chat: true,
+            reasoning: true,
+            ..ChatWire::default()
+        };
+        let reasoning = ChatWire {
+            reasoning: true,
+            ..ChatWire::default()
+        };
+        let when_asked = ChatWire {
+            reasoning: true,
+            reasons_when_asked: true,
+            ..ChatWire::default()
+        };
+        for (model, wire, kept) in [
+            ("gpt-5-chat-latest", ChatWire::default(), true),
+            ("chat-prod", plain, true),
+            ("chat-prod", reasoning, false),
+            ("chat-prod", when_asked, true),
+        ] {
+            let mut chat = chat.clone();
+            chat.model = model.into();
+            let body: serde_json::Value =
+                serde_json::from_slice(&encode_chat(&chat, Echoed::ALL, wire).unwrap()).unwrap();
+            for name in ["temperature", "top_p"] {
+                assert_eq!(body.get(name).is_some(), kept, "{model} {wire:?}: {body}");
+            }
+            assert_eq!(body.get("stop").is_some(), kept, "{model} {wire:?}: {body}");
+        }
+        // Both output limits: `max_tokens` goes, which reasoning models refuse.
+        let mut both = chat.clone();
+        both.model = "o3".into();
+        both.extra.insert("max_tokens".into(), serde_json::json!(100));
+        both.extra
+            .insert("max_completion_tokens".into(), serde_json::json!(300));
         let body: serde_json::Value =
-            serde_json::from_slice(&encode_chat(&chat, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
-        assert_eq!(body["stop"], serde_json::json!(["END"]), "{body}");
+            serde_json::from_slice(&encode_chat(&both, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
+        assert_eq!(
+            (body.get("max_tokens"), &body["max_completion_tokens"]),
+            (None, &serde_json::json!(300)),
+            "{body}"
+        );
         // GPT-5.1 and later reason only when asked: without an effort they
         // keep their temperature; with one, it goes.
         for (effort, kept) in [(None, true), (Some("high"), false)] {

@@ -361,6 +361,11 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
                         if probe.error.is_none() && probe.object.as_ref().and_then(Value::as_str) == Some("error") {
                             probe.error = serde_json::from_str(&data).ok();
                         }
+                        // TGI's `{"error": "…", "error_type": "validation"}`:
+                        // the message, typed as the status its kind stands for.
+                        if let Some(Value::String(message)) = &probe.error {
+                            probe.error = Some(plain_error(message, &data));
+                        }
                         probe
                     });
                     match probe {
@@ -416,6 +421,22 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
 }
 
 /// Whether a usage counts anything (see [`sse_chunks_of`]).
+/// An error sent as a plain string (`{"error": "…"}`, TGI's with its
+/// `error_type`), as an error object typed by the status its kind stands
+/// for: `validation` a 422 (a prompt over the model's length among them),
+/// `overloaded` a 429, anything else a server error.
+fn plain_error(message: &str, data: &str) -> Value {
+    let kind = serde_json::from_str::<Value>(data)
+        .ok()
+        .and_then(|v| v.get("error_type").and_then(Value::as_str).map(str::to_owned));
+    let status = match kind.as_deref() {
+        Some("validation") => 422,
+        Some("overloaded") => 429,
+        _ => 500,
+    };
+    serde_json::json!({"message": message, "code": status})
+}
+
 fn counts(usage: &switchyard_api::Usage) -> bool {
     usage.prompt_tokens > 0 || usage.completion_tokens > 0 || usage.total_tokens > 0
 }
@@ -565,6 +586,26 @@ mod tests {
         .await;
         match &refused[..] {
             [Err(e @ ProviderError::Status { status: 400, .. })] => assert!(e.is_context_window_exceeded(), "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+        // TGI's plain-string error, typed by its `error_type`.
+        let too_long = chunks(
+            "data: {\"error\":\"Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 200 `max_new_tokens`\",\"error_type\":\"validation\"}\n\n",
+        )
+        .await;
+        match &too_long[..] {
+            [
+                Err(
+                    e @ ProviderError::Status {
+                        status: 422, message, ..
+                    },
+                ),
+            ] => {
+                assert!(
+                    e.is_context_window_exceeded() && message.starts_with("Input validation"),
+                    "{e:?}"
+                );
+            }
             other => panic!("{other:?}"),
         }
         let invalid =

@@ -71,6 +71,24 @@ pub(crate) fn azure_content_filter_error() -> Response {
     json_response(StatusCode::BAD_REQUEST, &body)
 }
 
+/// OpenRouter's refusal of a prompt its moderation flagged: a 403 whose
+/// `code` is the status and whose `metadata` names the reasons.
+pub(crate) fn moderation_refusal() -> Response {
+    let body = json!({
+        "error": {
+            "code": 403,
+            "message": "openai/gpt-4o requires moderation on OpenRouter. Your input was flagged for \"harassment\". No credits were charged.",
+            "metadata": {
+                "reasons": ["harassment"],
+                "flagged_input": "…",
+                "provider_name": "OpenAI",
+                "model_slug": "openai/gpt-4o"
+            }
+        }
+    });
+    json_response(StatusCode::FORBIDDEN, &body)
+}
+
 /// A 400 `invalid_request_error` naming the offending parameter.
 pub(crate) fn invalid_request(message: &str, param: Option<&str>) -> Response {
     error_response(StatusCode::BAD_REQUEST, message, "invalid_request_error", param, None)

@@ -644,6 +644,9 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             return protocol.context_window_error(limit, used);
         }
     }
+    if scenario.moderated && protocol == Protocol::OpenAi {
+        return crate::openai_mock::moderation_refusal();
+    }
     if scenario.content_filter && azure {
         return crate::openai_mock::azure_content_filter_error();
     }

@@ -85,6 +85,48 @@ fn an_azure_address_holding_the_path_the_gateway_adds_is_refused() {
     }
 }
 
+/// Endpoint paths go after `api_base`: a query there, or an endpoint's
+/// own path, would send every call to an address that does not exist.
+#[test]
+fn an_address_with_a_query_or_an_endpoint_path_is_refused() {
+    let yaml = |provider: &str, base: &str| {
+        format!(
+            "model_list:\n  - model_name: a\n    deployments:\n      - {{provider: {provider}, model: d, api_base: '{base}', api_version: v1, api_key: k}}\n"
+        )
+    };
+    for (provider, base, says) in [
+        ("openai", "https://gw.example/v1?key=K", "holds a query"),
+        ("openai", "https://gw.example/v1/chat/completions", "names an endpoint"),
+        ("openai", "http://127.0.0.1:8000/v1/completions/", "names an endpoint"),
+        (
+            "azure",
+            "https://apim.example.com/llm?subscription-key=K",
+            "holds a query",
+        ),
+    ] {
+        let yaml = yaml(provider, base);
+        let yaml = if provider == "openai" {
+            yaml.replace(", api_version: v1", "")
+        } else {
+            yaml
+        };
+        let err = parse(&yaml).unwrap().validate(&env(&[])).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("model_list[0].deployments[0].api_base: {says}")),
+            "{base}: {err}"
+        );
+        assert!(!err.contains("K"), "the value is not shown: {err}");
+    }
+    for base in [
+        "https://gw.example/v1",
+        "http://127.0.0.1:8000/v1/",
+        "https://api.example/openai/v1",
+    ] {
+        let yaml = yaml("openai", base).replace(", api_version: v1", "");
+        assert!(parse(&yaml).unwrap().validate(&env(&[])).is_ok(), "{base}");
+    }
+}
+
 #[test]
 fn an_alias_names_an_existing_group_and_is_not_one_itself() {
     let config = parse(
