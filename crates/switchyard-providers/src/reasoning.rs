@@ -92,34 +92,195 @@ pub(crate) struct Thinking {
 /// `temperature`, `top_p` or `top_k` (Bedrock ids and inference profiles
 /// included).
 pub(crate) fn adaptive_only(model: &str) -> bool {
+    match claude_name(model) {
+        Some(ClaudeName { version: Some(v), .. }) => v >= (4, 7),
+        Some(ClaudeName { family, version: None }) => later_family(&family),
+        None => false,
+    }
+}
+
+/// A Claude model's family and version as a new-style name gives them
+/// (`claude-opus-4-7` is `opus`, 4.7; Bedrock ids and inference profiles
+/// included); `None` for older names (`claude-3-7-sonnet`, `claude-2`),
+/// Claude Instant and other models.
+struct ClaudeName {
+    family: String,
+    /// Major and minor; `None` for a name without one (`claude-mythos-preview`,
+    /// `claude-prod`).
+    version: Option<(u32, u32)>,
+}
+
+fn claude_name(model: &str) -> Option<ClaudeName> {
     let model = model.to_ascii_lowercase();
-    let Some(at) = model.find("claude-") else {
-        return false;
-    };
+    let at = model.find("claude-")?;
     let mut parts = model[at + "claude-".len()..].split(['-', '.', ':', '@']);
     // New-style names put the family first (`claude-opus-4-7`); older ones
     // the version (`claude-3-7-sonnet`, `claude-2`).
-    let Some(family) = parts
+    let family = parts
         .next()
-        .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphabetic()))
-    else {
-        return false;
-    };
-    let Some(major) = parts.next().and_then(|p| p.parse::<u32>().ok()) else {
-        // The later families named without a version; any other name
-        // without one (`claude-prod`, an operator's alias) is not known.
-        return matches!(family, "mythos" | "fable");
-    };
-    if family == "instant" {
-        return false;
+        .filter(|f| !f.is_empty() && f.bytes().all(|b| b.is_ascii_alphabetic()) && *f != "instant")?
+        .to_owned();
+    let version = parts.next().and_then(|p| p.parse::<u32>().ok()).map(|major| {
+        // A minor version is one or two digits (`4-7`); a date (`4-20250514`) is none.
+        let minor = parts
+            .next()
+            .filter(|p| (1..=2).contains(&p.len()))
+            .and_then(|p| p.parse::<u32>().ok())
+            .unwrap_or(0);
+        (major, minor)
+    });
+    Some(ClaudeName { family, version })
+}
+
+/// The later families, known without a version (`claude-mythos-preview`);
+/// any other name without one (`claude-prod`, an operator's alias) is not.
+fn later_family(family: &str) -> bool {
+    matches!(family, "mythos" | "fable")
+}
+
+/// Whether a Claude model thinks unless told not to: Claude 5 and later
+/// (Opus 5, Sonnet 5, Haiku 5.5, Fable, Mythos) think adaptively by default,
+/// where earlier models think only when asked.
+pub(crate) fn thinks_by_default(model: &str) -> bool {
+    match claude_name(model) {
+        Some(ClaudeName { family, version }) => later_family(&family) || version.is_some_and(|v| v.0 >= 5),
+        None => false,
     }
-    // A minor version is one or two digits (`4-7`); a date (`4-20250514`) is none.
-    let minor = parts
-        .next()
-        .filter(|p| (1..=2).contains(&p.len()))
-        .and_then(|p| p.parse::<u32>().ok())
-        .unwrap_or(0);
-    major > 4 || (major == 4 && minor >= 7)
+}
+
+/// Whether a Claude model always thinks: Opus and Sonnet from 5.5, Fable
+/// and Mythos refuse `thinking: {"type": "disabled"}` and a forced tool
+/// (`tool_choice` `any` or a named tool: "not supported for this model").
+/// Opus 5, Sonnet 5 and Haiku 5.5 may still be told not to think.
+pub(crate) fn always_thinks(model: &str) -> bool {
+    match claude_name(model) {
+        Some(ClaudeName { family, version }) => {
+            later_family(&family)
+                || version.is_some_and(|v| v.0 >= 6 || (v >= (5, 5) && matches!(family.as_str(), "opus" | "sonnet")))
+        }
+        None => false,
+    }
+}
+
+/// Whether the request turns thinking off (`thinking: {"type": "disabled"}`,
+/// `reasoning_effort: "none"`).
+fn turned_off(req: &ChatCompletionRequest) -> bool {
+    req.extra
+        .get("thinking")
+        .and_then(|t| t.get("type"))
+        .and_then(Value::as_str)
+        == Some("disabled")
+        || req.extra.get("reasoning_effort").and_then(Value::as_str) == Some("none")
+}
+
+/// The thinking of a model that thinks by default, asked nothing: nothing is
+/// sent, and the budget of the `high` effort (their default, or above it)
+/// makes room for it in `max_tokens`.
+fn default_thinking() -> Thinking {
+    Thinking {
+        config: json!({"type": "adaptive"}),
+        budget: BUDGETS.iter().find(|(name, _)| *name == "high").map(|(_, b)| *b),
+        explicit: false,
+        effort: None,
+    }
+}
+
+/// What a Claude request says of thinking, once its tool choice is known.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Decided {
+    /// The thinking Claude does: its earlier blocks go back, `max_tokens`
+    /// makes room for it, and sampling settings are left out.
+    pub thinking: Option<Thinking>,
+    /// The `thinking` object sent; `None` leaves it to the model's default.
+    pub field: Option<Value>,
+    /// `output_config.effort`, when one is sent.
+    pub effort: Option<&'static str>,
+}
+
+/// Decides thinking for `req` from what it asked (`asked`, from
+/// [`requested`]) and whether a tool is forced (`forced`), which a model
+/// cannot do while it thinks. Models before Claude 5 think only as asked,
+/// and not while a tool is forced. Claude 5 models think unless told not to:
+/// those that may be told (Opus 5, Sonnet 5, Haiku 5.5) are sent
+/// `thinking: {"type": "disabled"}` when the request turns it off or forces
+/// a tool; those that always think (see [`always_thinks`]; a forced tool is
+/// refused before this) think as little as they can (`effort: low`) when
+/// the request turns it off.
+pub(crate) fn decide(req: &ChatCompletionRequest, asked: Option<Thinking>, forced: bool) -> Decided {
+    let sent = |thinking: Option<Thinking>| Decided {
+        field: thinking.as_ref().map(|t| t.config.clone()),
+        effort: thinking.as_ref().and_then(|t| t.effort),
+        thinking,
+    };
+    if !thinks_by_default(&req.model) {
+        return sent(asked.filter(|_| !forced));
+    }
+    if always_thinks(&req.model) {
+        if turned_off(req) {
+            return Decided {
+                thinking: Some(default_thinking()),
+                field: None,
+                effort: Some("low"),
+            };
+        }
+    } else if turned_off(req) || forced {
+        return Decided {
+            thinking: None,
+            field: Some(json!({"type": "disabled"})),
+            effort: None,
+        };
+    }
+    match asked {
+        Some(asked) => sent(Some(asked)),
+        None => Decided {
+            thinking: Some(default_thinking()),
+            field: None,
+            effort: None,
+        },
+    }
+}
+
+/// Refuses a forced tool (`tool_choice` `required`, or naming a function)
+/// for a Claude model that always thinks: it would answer 400 ("type tool
+/// and any are not supported for this model"); another deployment may take
+/// the request, and a deployment set to `drop_params` sends it as `auto`
+/// (see [`without_forced_choice`]).
+pub(crate) fn check_tool_choice(req: &ChatCompletionRequest) -> Result<()> {
+    if always_thinks(&req.model) && forces_a_tool(req) {
+        return Err(invalid(
+            format!(
+                "`tool_choice` that forces a tool is not supported by `{}`, which always thinks: send `auto` \
+                 (ask for the tool in the prompt), or set `drop_params` on the deployment to send it as `auto`",
+                req.model
+            ),
+            "tool_choice",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether the request forces a tool (`tool_choice` `required`, or naming
+/// a function).
+pub(crate) fn forces_a_tool(req: &ChatCompletionRequest) -> bool {
+    match req.extra.get("tool_choice") {
+        Some(Value::String(s)) => s == "required",
+        Some(Value::Object(_)) => true,
+        _ => false,
+    }
+}
+
+/// For a deployment that drops what its model cannot do (`drop_params`): a
+/// forced tool choice to a Claude model that always thinks becomes `auto`
+/// (the tools stay as they are: Claude's thinking is bound to the
+/// conversation they are part of); `None` when nothing changes.
+pub(crate) fn without_forced_choice(req: &ChatCompletionRequest) -> Option<ChatCompletionRequest> {
+    if !always_thinks(&req.model) || !forces_a_tool(req) {
+        return None;
+    }
+    let mut copy = req.clone();
+    copy.extra.insert("tool_choice".into(), Value::String("auto".into()));
+    tracing::debug!("a forced tool choice to a model that always thinks is sent as auto (drop_params)");
+    Some(copy)
 }
 
 /// The `reasoning_effort` that Anthropic's `thinking` and
@@ -178,7 +339,9 @@ fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
 /// Whether Claude would take thinking for `req`: not for a model that
 /// cannot think, nor on a turn that answers tool calls made without it.
 fn possible(req: &ChatCompletionRequest) -> bool {
-    if can_think(&req.model) && !tool_turn_without_thinking(req) {
+    // A model that thinks by default takes a turn without blocks (it thinks
+    // then anyway).
+    if can_think(&req.model) && (thinks_by_default(&req.model) || !tool_turn_without_thinking(req)) {
         return true;
     }
     tracing::debug!(model = %req.model, "thinking asked where Claude would refuse it: the request goes without");
@@ -202,9 +365,11 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
             if kind == Some("enabled") && adaptive_only(&req.model) {
                 // The models that think only adaptively refuse `enabled`:
                 // the same request, as they take it (its budget still
-                // makes room in `max_tokens`).
+                // makes room in `max_tokens`), its thinking shown as
+                // `enabled` shows it (their default shows none).
                 config.insert("type".into(), json!("adaptive"));
                 config.remove("budget_tokens");
+                config.entry("display").or_insert_with(|| json!("summarized"));
                 budget = Some(budget.unwrap_or(DEFAULT_BUDGET));
             } else if kind == Some("enabled") && budget.is_none() {
                 // `{"type": "enabled"}` alone (as some clients write it) gets
@@ -263,10 +428,15 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
 /// is chosen: a request that asks for reasoning is counted as if it went
 /// to Claude.
 pub fn output_ceiling(req: &ChatCompletionRequest, max_tokens: u64) -> u64 {
-    match requested(req) {
-        Ok(Some(Thinking {
+    let thinking = match requested(req) {
+        Ok(Some(thinking)) => Some(thinking),
+        Ok(None) if thinks_by_default(&req.model) && !turned_off(req) => Some(default_thinking()),
+        _ => None,
+    };
+    match thinking {
+        Some(Thinking {
             budget: Some(budget), ..
-        })) if max_tokens <= budget => budget.max(MIN_BUDGET).saturating_add(max_tokens),
+        }) if max_tokens <= budget => budget.max(MIN_BUDGET).saturating_add(max_tokens),
         _ => max_tokens,
     }
 }
@@ -491,8 +661,36 @@ mod tests {
         assert_eq!(max_tokens_with(&effort, 4096, "claude-opus-4-7"), 8192 + 4096);
         assert_eq!(opus(json!({"reasoning_effort": "minimal"})).effort, Some("low"));
         let own = opus(json!({"thinking": {"type": "enabled", "budget_tokens": 4000}}));
-        assert_eq!(own.config, json!({"type": "adaptive"}));
+        assert_eq!(own.config, json!({"type": "adaptive", "display": "summarized"}));
         assert_eq!((own.explicit, own.budget), (true, Some(4000)));
+    }
+
+    /// Which Claude models think by default, and which always do.
+    #[test]
+    fn claude_5_models_think_by_default_and_some_always() {
+        for (model, by_default, always) in [
+            ("claude-opus-4-7", false, false),
+            ("claude-sonnet-4-5-20250929", false, false),
+            ("claude-3-7-sonnet-20250219", false, false),
+            ("claude-opus-5", true, false),
+            ("us.anthropic.claude-opus-5-v1:0", true, false),
+            ("claude-sonnet-5", true, false),
+            ("claude-haiku-5-5", true, false),
+            ("claude-opus-5-5", true, true),
+            ("global.anthropic.claude-opus-5-5-v1:0", true, true),
+            ("claude-sonnet-5-5", true, true),
+            ("claude-fable-5-1", true, true),
+            ("claude-mythos-preview", true, true),
+            ("claude-opus-6", true, true),
+            ("claude-prod", false, false),
+            ("gpt-5", false, false),
+        ] {
+            assert_eq!(
+                (thinks_by_default(model), always_thinks(model)),
+                (by_default, always),
+                "{model}"
+            );
+        }
     }
 
     #[test]

@@ -900,3 +900,107 @@ fn text_files_instructions_alone_and_image_types_fit_anthropic() {
     assert_eq!(out["messages"][0]["role"], "user");
     assert_eq!(out["messages"][0]["content"][0]["text"], "Write a haiku.");
 }
+
+/// Claude 5 models think unless told not to: their blocks go back on a tool
+/// turn, `max_tokens` makes room for the thinking, and a request that turns
+/// it off or forces a tool says so (Opus 5) or thinks as little as it can
+/// (Opus 5.5, which always thinks and refuses a forced tool).
+#[test]
+fn claude_5_models_think_by_default() {
+    let tool_loop = |model: &str, extra: Value| {
+        let mut body = json!({
+            "model": model,
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": null,
+                 "thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "sig-1"}],
+                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+            ],
+            "temperature": 0.3,
+            "tools": [{"type": "function", "function": {"name": "f"}}]
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        chat(body)
+    };
+    for model in [
+        "claude-opus-5",
+        "claude-opus-5-5",
+        "claude-fable-5-1",
+        "claude-sonnet-5-5",
+    ] {
+        let out = serde_json::to_value(to_messages_request(&tool_loop(model, json!({})), 4096).unwrap()).unwrap();
+        assert!(out.get("thinking").is_none(), "left to the model: {out}");
+        assert_eq!(
+            out["messages"][1]["content"][0],
+            json!({"type": "thinking", "thinking": "", "signature": "sig-1"}),
+            "{model}: the blocks go back"
+        );
+        assert_eq!(out["max_tokens"], 8192, "{model}: room for the thinking");
+        assert!(out.get("temperature").is_none(), "{out}");
+    }
+    // Before Claude 5, thinking is only what is asked for.
+    let out =
+        serde_json::to_value(to_messages_request(&tool_loop("claude-opus-4-7", json!({})), 4096).unwrap()).unwrap();
+    assert_eq!(out["messages"][1]["content"][0]["type"], "tool_use", "{out}");
+    assert_eq!(out["max_tokens"], 4096);
+
+    // Opus 5 may be told not to think: when asked, and for a forced tool.
+    for extra in [
+        json!({"reasoning_effort": "none"}),
+        json!({"thinking": {"type": "disabled"}}),
+        json!({"tool_choice": "required"}),
+        json!({"tool_choice": {"type": "function", "function": {"name": "f"}}}),
+    ] {
+        let out = serde_json::to_value(to_messages_request(&tool_loop("claude-opus-5", extra.clone()), 4096).unwrap())
+            .unwrap();
+        assert_eq!(out["thinking"], json!({"type": "disabled"}), "{extra}: {out}");
+        assert_eq!(
+            out["messages"][1]["content"][0]["type"], "tool_use",
+            "{extra}: no blocks without thinking"
+        );
+        assert_eq!(out["max_tokens"], 4096);
+    }
+    // A JSON answer forces the JSON tool on Opus 5, thinking off.
+    let json_schema = json!({"response_format": {"type": "json_schema",
+        "json_schema": {"name": "a", "schema": {"type": "object", "properties": {"x": {"type": "string"}}}}}});
+    let plain = |model: &str, extra: &Value| {
+        let mut body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        chat(body)
+    };
+    let out = serde_json::to_value(to_messages_request(&plain("claude-opus-5", &json_schema), 4096).unwrap()).unwrap();
+    assert_eq!(out["tool_choice"]["type"], "tool", "{out}");
+    assert_eq!(out["thinking"], json!({"type": "disabled"}), "{out}");
+
+    // Opus 5.5 always thinks: the JSON tool is offered, not forced; turned
+    // off, it thinks as little as it can; a forced tool is refused, or sent
+    // as `auto` by a deployment that drops what it cannot send.
+    let out =
+        serde_json::to_value(to_messages_request(&plain("claude-opus-5-5", &json_schema), 4096).unwrap()).unwrap();
+    assert_eq!(out["tool_choice"], json!({"type": "auto"}), "{out}");
+    assert!(out.get("thinking").is_none(), "{out}");
+    let off = to_messages_request(&tool_loop("claude-opus-5-5", json!({"reasoning_effort": "none"})), 4096).unwrap();
+    let off = serde_json::to_value(off).unwrap();
+    assert!(off.get("thinking").is_none(), "{off}");
+    assert_eq!(off["output_config"], json!({"effort": "low"}), "{off}");
+    assert_eq!(off["messages"][1]["content"][0]["type"], "thinking", "{off}");
+    let forced = tool_loop("claude-opus-5-5", json!({"tool_choice": "required"}));
+    match to_messages_request(&forced, 4096) {
+        Err(ProviderError::InvalidRequest { param, .. }) => assert_eq!(param.as_deref(), Some("tool_choice")),
+        other => panic!("{other:?}"),
+    }
+    let sent = super::translate::as_sent(&forced, true);
+    let out = serde_json::to_value(to_messages_request(&sent, 4096).unwrap()).unwrap();
+    assert_eq!(out["tool_choice"], json!({"type": "auto"}), "{out}");
+    assert_eq!(out["tools"].as_array().map(Vec::len), Some(1), "{out}");
+    // An effort asked of it is sent as its effort, its thinking summarised.
+    let asked = to_messages_request(&tool_loop("claude-opus-5-5", json!({"reasoning_effort": "high"})), 4096).unwrap();
+    let asked = serde_json::to_value(asked).unwrap();
+    assert_eq!(
+        asked["thinking"],
+        json!({"type": "adaptive", "display": "summarized"}),
+        "{asked}"
+    );
+    assert_eq!(asked["output_config"], json!({"effort": "high"}), "{asked}");
+}

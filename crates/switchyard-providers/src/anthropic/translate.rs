@@ -54,8 +54,13 @@ pub(crate) fn asks_for_rejected(key: &str, value: &Value) -> bool {
 /// The request as a deployment sends it: without what it cannot express
 /// when it drops parameters (`drop_params`), else as it came.
 pub(crate) fn as_sent(req: &ChatCompletionRequest, drop_params: bool) -> std::borrow::Cow<'_, ChatCompletionRequest> {
-    match drop_params.then(|| without_rejected(req)).flatten() {
-        Some(dropped) => std::borrow::Cow::Owned(dropped),
+    if !drop_params {
+        return std::borrow::Cow::Borrowed(req);
+    }
+    let dropped = without_rejected(req);
+    // A forced tool to a Claude model that always thinks goes as `auto`.
+    match reasoning::without_forced_choice(dropped.as_ref().unwrap_or(req)).or(dropped) {
+        Some(changed) => std::borrow::Cow::Owned(changed),
         None => std::borrow::Cow::Borrowed(req),
     }
 }
@@ -358,7 +363,11 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
     if req.extra.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
         return Err(invalid("only one choice (`n` = 1) is supported by this provider", "n"));
     }
+    reasoning::check_tool_choice(req)?;
     let thinking = reasoning::requested(req)?;
+    // Models that think by default hand their blocks back (they go unsent
+    // below when thinking is off after all).
+    let keep_blocks = thinking.is_some() || reasoning::thinks_by_default(&req.model);
     // Anthropic refuses `tool_use` and `tool_result` blocks in a request that
     // defines no tools (a summary or compaction turn of an agent's history):
     // without tools, earlier calls and results go as text.
@@ -387,7 +396,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             Role::Assistant => {
                 // Claude's own thinking goes back first, as it came (a turn
                 // that answers a tool call needs it when thinking is on).
-                let mut blocks: Vec<ContentBlock> = if thinking.is_some() {
+                let mut blocks: Vec<ContentBlock> = if keep_blocks {
                     reasoning::blocks_of(message)
                         .into_iter()
                         .filter_map(|b| serde_json::from_value(b).ok())
@@ -547,8 +556,11 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                     (Some(list), tool_choice)
                 }
                 // Claude cannot think while a tool is forced: a request that
-                // asks for both gets the JSON tool offered instead.
-                _ if thinking.as_ref().is_some_and(|t| t.explicit) => (Some(vec![tool]), Some(json!({"type": "auto"}))),
+                // asks for both, or to a model that always thinks, gets the
+                // JSON tool offered instead.
+                _ if thinking.as_ref().is_some_and(|t| t.explicit) || reasoning::always_thinks(&req.model) => {
+                    (Some(vec![tool]), Some(json!({"type": "auto"})))
+                }
                 // The client's tools stay defined beside the forced JSON
                 // tool (a conversation holding `tool_use` blocks needs
                 // them); forced, the JSON tool is the only one called.
@@ -572,7 +584,8 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         .and_then(|c| c.get("type"))
         .and_then(Value::as_str)
         .is_some_and(|t| t == "any" || t == "tool");
-    let thinking = thinking.filter(|_| !forced);
+    let decided = reasoning::decide(req, thinking, forced);
+    let thinking = decided.thinking;
     if thinking.is_none() {
         // Without thinking, earlier thinking goes unsent.
         for message in &mut messages {
@@ -584,11 +597,11 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
     let max_tokens = thinking
         .as_ref()
         .map_or(max_tokens, |t| reasoning::max_tokens_with(t, max_tokens, &req.model));
-    if let Some(thinking) = &thinking {
-        extra.insert("thinking".into(), thinking.config.clone());
-        if let Some(effort) = thinking.effort {
-            extra.insert("output_config".into(), json!({"effort": effort}));
-        }
+    if let Some(field) = decided.field {
+        extra.insert("thinking".into(), field);
+    }
+    if let Some(effort) = decided.effort {
+        extra.insert("output_config".into(), json!({"effort": effort}));
     }
     // Opus 4.7 and later take no sampling parameters.
     let samples = thinking.is_none() && !reasoning::adaptive_only(&req.model);

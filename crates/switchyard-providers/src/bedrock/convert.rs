@@ -534,21 +534,11 @@ pub(crate) fn refuses_forced_tools(model: &str) -> bool {
     .any(|family| model.contains(family))
 }
 
-/// Whether the request forces a tool (`tool_choice` `required`, or naming
-/// a function).
-fn forces_a_tool(req: &ChatCompletionRequest) -> bool {
-    match req.extra.get("tool_choice") {
-        Some(Value::String(s)) => s == "required",
-        Some(Value::Object(_)) => true,
-        _ => false,
-    }
-}
-
 /// For a deployment that drops what its model cannot do (`drop_params`): a
 /// forced tool choice the model refuses becomes `auto`, with only the named
 /// function offered when it named one; `None` when nothing changes.
 pub(crate) fn without_forced_choice(req: &ChatCompletionRequest) -> Option<ChatCompletionRequest> {
-    if !refuses_forced_tools(&req.model) || !forces_a_tool(req) || offered_tools(req).is_none() {
+    if !refuses_forced_tools(&req.model) || !reasoning::forces_a_tool(req) || offered_tools(req).is_none() {
         return None;
     }
     let mut copy = req.clone();
@@ -757,16 +747,30 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
     // Claude thinks when asked (`reasoning_effort`, or a `thinking` object),
     // except while a tool is forced, which it refuses with thinking on.
     let asked = if is_claude(req) {
+        reasoning::check_tool_choice(req)?;
         reasoning::requested(req)?
     } else {
         None
     };
-    let tools = tool_config(req, asked.as_ref().is_some_and(|t| t.explicit))?;
+    // A model that always thinks is offered the JSON tool, not forced to it.
+    let tools = tool_config(
+        req,
+        asked.as_ref().is_some_and(|t| t.explicit) || (is_claude(req) && reasoning::always_thinks(&req.model)),
+    )?;
     let forced = tools
         .as_ref()
         .and_then(|t| t.tool_choice.as_ref())
         .is_some_and(|c| matches!(c, ToolChoice::Any(_) | ToolChoice::Tool(_)));
-    let thinking = asked.filter(|_| !forced);
+    let decided = if is_claude(req) {
+        reasoning::decide(req, asked, forced)
+    } else {
+        reasoning::Decided {
+            thinking: None,
+            field: None,
+            effort: None,
+        }
+    };
+    let thinking = decided.thinking.clone();
     let mut system = Vec::new();
     let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
     for (i, message) in req.messages.iter().enumerate() {
@@ -980,10 +984,12 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
         .set_top_p(top_p(req).map(|t| t as f32).filter(|_| samples))
         .set_stop_sequences(stop)
         .build();
-    let additional = thinking.map(|t| {
+    let additional = (decided.field.is_some() || decided.effort.is_some()).then(|| {
         let mut fields = Map::new();
-        fields.insert("thinking".into(), t.config);
-        if let Some(effort) = t.effort {
+        if let Some(field) = decided.field {
+            fields.insert("thinking".into(), field);
+        }
+        if let Some(effort) = decided.effort {
             fields.insert("output_config".into(), json!({"effort": effort}));
         }
         to_document(&Value::Object(fields))
@@ -1478,6 +1484,20 @@ mod tests {
         let arn = "arn:aws:bedrock:us-east-1:123456789012:application-inference-profile/abc";
         let req: ChatCompletionRequest = serde_json::from_value(body(arn, json!("required"))).unwrap();
         assert!(to_converse(&req, None).is_ok() && without_forced_choice(&req).is_none());
+        // Claude that always thinks refuses a forced tool; Opus 5 takes one,
+        // told not to think.
+        let always: ChatCompletionRequest =
+            serde_json::from_value(body("global.anthropic.claude-opus-5-5-v1:0", json!("required"))).unwrap();
+        assert!(
+            matches!(to_converse(&always, None), Err(ProviderError::InvalidRequest { param: Some(p), .. }) if p == "tool_choice")
+        );
+        let sent = crate::anthropic::translate::as_sent(&always, true);
+        let input = to_converse(&sent, None).unwrap();
+        assert!(matches!(input.tools.unwrap().tool_choice(), Some(ToolChoice::Auto(_))));
+        assert!(input.additional.is_none(), "left to the model");
+        let opus5 = converse(body("us.anthropic.claude-opus-5-v1:0", json!("required")));
+        let fields = serde_json::to_string(&format!("{:?}", opus5.additional)).unwrap();
+        assert!(fields.contains("disabled"), "{fields}");
     }
 
     /// `cache_control: null` (a client writing every optional field) asks
