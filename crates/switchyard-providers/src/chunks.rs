@@ -219,3 +219,19 @@ pub fn tool_use_id(id: &str) -> String {
     out.push_str(&suffix);
     out
 }
+
+/// Where the system and developer messages that close a conversation after
+/// the assistant's last message begin (`messages.len()` when there are
+/// none): the instructions for its next answer, which Claude must get as a
+/// user turn, since a conversation that ends with the assistant asks it to
+/// continue that message.
+pub(crate) fn instructions_after_assistant(messages: &[switchyard_api::ChatMessage]) -> usize {
+    use switchyard_api::Role;
+    match messages
+        .iter()
+        .rposition(|m| !matches!(m.role, Role::System | Role::Developer))
+    {
+        Some(last) if messages[last].role == Role::Assistant => last + 1,
+        _ => messages.len(),
+    }
+}

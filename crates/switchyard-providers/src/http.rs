@@ -429,6 +429,8 @@ fn answer_status(kind: Option<&str>, code: Option<&str>) -> u16 {
         401
     } else if said("permission") {
         403
+    } else if said("billing") {
+        402
     } else if said("notfound") {
         404
     } else if said("overloaded") {

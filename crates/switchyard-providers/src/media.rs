@@ -67,9 +67,45 @@ pub(crate) fn decode_base64(data: &str) -> Result<Vec<u8>, base64::DecodeError> 
         .or_else(|e| URL_SAFE.decode(compact.as_bytes()).map_err(|_| e))
 }
 
+/// Base64 as Anthropic takes it (the standard alphabet, padded, on one
+/// line): `data` itself when it is so already, else decoded as
+/// [`decode_base64`] reads it and encoded again.
+pub(crate) fn standard_base64(data: &str) -> Result<std::borrow::Cow<'_, str>, base64::DecodeError> {
+    use base64::Engine as _;
+    let standard = data.len().is_multiple_of(4)
+        && data
+            .trim_end_matches('=')
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+        && data.len() - data.trim_end_matches('=').len() <= 2;
+    if standard {
+        return Ok(data.into());
+    }
+    let bytes = decode_base64(data)?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(bytes).into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn base64_is_sent_standard() {
+        assert!(matches!(
+            standard_base64("aGk="),
+            Ok(std::borrow::Cow::Borrowed("aGk="))
+        ));
+        for written in ["aGk", "aG\nk=", "-_8", "aGk=\n"] {
+            let sent = standard_base64(written).unwrap();
+            assert_eq!(
+                decode_base64(&sent).unwrap(),
+                decode_base64(written).unwrap(),
+                "{written}"
+            );
+            assert!(!sent.contains(['\n', '-', '_']) && sent.len().is_multiple_of(4), "{sent}");
+        }
+        assert!(standard_base64("not base64!").is_err());
+    }
 
     #[test]
     fn base64_is_read_as_clients_write_it() {

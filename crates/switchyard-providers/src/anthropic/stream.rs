@@ -253,10 +253,12 @@ fn status_of(kind: &str) -> u16 {
         "invalid_request_error" => 400,
         "authentication_error" => 401,
         "permission_error" => 403,
+        "billing_error" => 402,
         "not_found_error" => 404,
         "request_too_large" => 413,
         "rate_limit_error" => 429,
         "overloaded_error" => 529,
+        "timeout_error" => 504,
         _ => 500,
     }
 }

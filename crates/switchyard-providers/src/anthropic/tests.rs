@@ -308,7 +308,7 @@ async fn a_stream_without_message_stop_is_an_error() {
         chunks.last()
     );
     assert!(chunks.last().unwrap().as_ref().unwrap_err().is_retryable());
-    for (kind, status) in [("rate_limit_error", 429), ("api_error", 500)] {
+    for (kind, status) in [("rate_limit_error", 429), ("api_error", 500), ("timeout_error", 504)] {
         let data = json!({"type": "error", "error": {"type": kind, "message": "m"}}).to_string();
         assert!(
             matches!(super::stream::error_event(&data), ProviderError::Status { status: s, .. } if s == status),
@@ -317,7 +317,12 @@ async fn a_stream_without_message_stop_is_an_error() {
     }
     // A client or auth error after a 200 is a broken stream, not a verdict
     // on the request or the key.
-    for kind in ["invalid_request_error", "authentication_error", "permission_error"] {
+    for kind in [
+        "invalid_request_error",
+        "authentication_error",
+        "permission_error",
+        "billing_error",
+    ] {
         let data = json!({"type": "error", "error": {"type": kind, "message": "m"}}).to_string();
         assert!(
             matches!(super::stream::error_event(&data), ProviderError::Stream(_)),
@@ -1003,4 +1008,51 @@ fn claude_5_models_think_by_default() {
         "{asked}"
     );
     assert_eq!(asked["output_config"], json!({"effort": "high"}), "{asked}");
+}
+
+/// Base64 as clients write it (wrapped, URL-safe, unpadded) goes as
+/// Anthropic takes it; a PDF's data URL may carry parameters.
+#[test]
+fn media_base64_is_sent_standard() {
+    let req = chat(json!({
+        "model": "claude",
+        "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBO\nRw0K"}},
+            {"type": "image_url", "image_url": {"url": "data:application/pdf;name=a.pdf;base64,JVBERi0-_w"}},
+            {"type": "file", "file": {"file_data": "data:text/plain;base64,aGk"}}
+        ]}]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 4096).unwrap()).unwrap();
+    let content = &out["messages"][0]["content"];
+    assert_eq!(content[0]["source"]["data"], "iVBORw0K", "{content}");
+    assert_eq!(content[1]["type"], "document", "{content}");
+    assert_eq!(content[1]["source"]["data"], "JVBERi0+/w==", "{content}");
+    assert_eq!(content[2]["source"]["data"], "hi", "{content}");
+    let broken = chat(json!({"model": "claude", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,not base64!"}}]}]}));
+    assert!(matches!(
+        to_messages_request(&broken, 4096),
+        Err(ProviderError::InvalidRequest { .. })
+    ));
+}
+
+/// A system message after the assistant's last message asks for its next
+/// one: it goes as a user turn, so Claude answers it rather than continue
+/// the assistant's message; one earlier stays a system prompt.
+#[test]
+fn instructions_after_the_assistant_are_a_user_turn() {
+    let req = chat(json!({
+        "model": "claude",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "system", "content": "Now summarise the chat"}
+        ]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 4096).unwrap()).unwrap();
+    assert_eq!(out["system"], json!([{"type": "text", "text": "be brief"}]), "{out}");
+    let last = out["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["role"], "user", "{out}");
+    assert_eq!(last["content"][0]["text"], "Now summarise the chat", "{out}");
 }

@@ -1,7 +1,6 @@
 //! OpenAI chat requests → Anthropic Messages requests, and Anthropic responses →
 //! OpenAI chat responses.
 
-use base64::Engine as _;
 use serde_json::{Value, json};
 use switchyard_api::anthropic::{
     Content, ContentBlock, Message, MessageRole, MessagesRequest, MessagesResponse, MessagesUsage, Tool,
@@ -100,7 +99,10 @@ fn image_source(url: &str, param: &str) -> Result<Value> {
                 param,
             ));
         };
-        let media_type = crate::media::image_type(media_type, data);
+        // Anthropic takes the standard alphabet, padded, on one line.
+        let data = crate::media::standard_base64(data)
+            .map_err(|e| invalid(format!("an image data URL's data is not base64: {e}"), param))?;
+        let media_type = crate::media::image_type(media_type, &data);
         return Ok(json!({"type": "base64", "media_type": media_type, "data": data}));
     }
     Ok(json!({"type": "url", "url": url}))
@@ -114,15 +116,18 @@ fn document_block(url: &str, param: &str) -> Result<ContentBlock> {
         .and_then(|rest| rest.split_once(','))
         .and_then(|(meta, data)| Some((meta.strip_suffix(";base64")?, data)));
     match parsed {
-        Some((media_type, data)) if media_type.eq_ignore_ascii_case("application/pdf") => Ok(ContentBlock {
-            kind: "document".into(),
-            source: Some(json!({"type": "base64", "media_type": "application/pdf", "data": data})),
-            ..ContentBlock::default()
-        }),
+        Some((media_type, data)) if crate::media::essence(media_type).eq_ignore_ascii_case("application/pdf") => {
+            let data = crate::media::standard_base64(data)
+                .map_err(|e| invalid(format!("a PDF data URL's data is not base64: {e}"), param))?;
+            Ok(ContentBlock {
+                kind: "document".into(),
+                source: Some(json!({"type": "base64", "media_type": "application/pdf", "data": data})),
+                ..ContentBlock::default()
+            })
+        }
         // Anthropic takes base64 for PDFs only: text goes as a text source.
         Some((media_type, data)) if crate::media::essence(media_type).eq_ignore_ascii_case("text/plain") => {
-            let text = base64::engine::general_purpose::STANDARD
-                .decode(data.trim())
+            let text = crate::media::decode_base64(data.trim())
                 .ok()
                 .and_then(|bytes| String::from_utf8(bytes).ok())
                 .ok_or_else(|| invalid("a plain text file must be UTF-8 text in base64", param))?;
@@ -384,9 +389,17 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             .is_some_and(|t| t != "text");
     let mut system = Vec::new();
     let mut messages: Vec<Message> = Vec::new();
+    let instructions_after = crate::chunks::instructions_after_assistant(&req.messages);
     for (i, message) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}].content");
         match message.role {
+            // Instructions after the assistant's last word ask for its next
+            // one: a user turn, not a prefill for Claude to continue.
+            Role::System | Role::Developer if i >= instructions_after => push(
+                &mut messages,
+                MessageRole::User,
+                content_blocks(&message.content, &param)?,
+            ),
             Role::System | Role::Developer => system.extend(content_blocks(&message.content, &param)?),
             Role::User => push(
                 &mut messages,

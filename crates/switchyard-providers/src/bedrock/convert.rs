@@ -773,9 +773,17 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
     let thinking = decided.thinking.clone();
     let mut system = Vec::new();
     let mut turns: Vec<(ConversationRole, Vec<ContentBlock>)> = Vec::new();
+    let instructions_after = crate::chunks::instructions_after_assistant(&req.messages);
     for (i, message) in req.messages.iter().enumerate() {
         let param = format!("messages[{i}].content");
         match message.role {
+            // Instructions after the assistant's last word ask for its next
+            // one: a user turn, not a prefill for the model to continue.
+            Role::System | Role::Developer if i >= instructions_after => push(
+                &mut turns,
+                ConversationRole::User,
+                blocks(&message.content, &param, true)?,
+            ),
             Role::System | Role::Developer => system.extend(system_blocks(&message.content, &param)?),
             Role::User => push(
                 &mut turns,
