@@ -550,6 +550,39 @@ async fn a_moderation_refusal_is_not_a_rejected_key() {
     assert_eq!(sent_to(&mock, "strict::moderated"), 3, "each request tried it");
 }
 
+/// An answer the upstream cut short (vLLM's `finish_reason: "abort"`) is a
+/// failed attempt: another deployment answers, and alone the client gets a
+/// 502, not the partial answer as a finished one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_the_engine_aborted_is_a_failed_attempt() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  num_retries: 1",
+        r#"
+  - model_name: both
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "cut::engine_abort", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "whole", input_cost_per_token: 0.00001}
+  - model_name: cut
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "cut::engine_abort"}
+"#,
+    );
+    let a = chat(&gw, "both", json!({})).await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["model"], "whole", "{}", a.body);
+    assert_eq!(a.header("x-switchyard-attempts"), "2");
+    let alone = chat(&gw, "cut", json!({})).await;
+    assert_eq!(alone.status, 502, "{}", alone.body);
+    assert!(
+        alone.json()["error"]["message"].as_str().unwrap().contains("abort"),
+        "{}",
+        alone.body
+    );
+}
+
 /// An upstream's 402 is about the gateway's account: another deployment
 /// answers, and alone the client gets a 502 that says whose bill it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

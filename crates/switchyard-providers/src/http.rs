@@ -163,6 +163,14 @@ impl HttpUpstream {
         if let Some(error) = probe.error {
             return Err(answered_error(&error));
         }
+        // An answer the upstream itself cut short (vLLM's `abort`,
+        // OpenRouter's `error`) is no answer: the attempt failed, as a
+        // stream cut so does.
+        if let Some(reason) = std::str::from_utf8(&bytes).ok().and_then(crate::sse::aborted) {
+            return Err(ProviderError::InvalidResponse(format!(
+                "the upstream cut its answer short (finish_reason \"{reason}\")"
+            )));
+        }
         Ok(ProviderResponse {
             body: bytes,
             usage: probe.usage,

@@ -102,7 +102,10 @@ mod tests {
                 decode_base64(written).unwrap(),
                 "{written}"
             );
-            assert!(!sent.contains(['\n', '-', '_']) && sent.len().is_multiple_of(4), "{sent}");
+            assert!(
+                !sent.contains(['\n', '-', '_']) && sent.len().is_multiple_of(4),
+                "{sent}"
+            );
         }
         assert!(standard_base64("not base64!").is_err());
     }

@@ -293,7 +293,7 @@ pub fn is_output(data: &[u8]) -> bool {
 /// preempted or failed), `"error"` from OpenRouter (whose chunk also carries
 /// an error object, read first when it does). Passed on, it would read as a
 /// finished answer.
-fn aborted(data: &str) -> Option<&'static str> {
+pub(crate) fn aborted(data: &str) -> Option<&'static str> {
     let bytes = data.as_bytes();
     let finder = |needle: &[u8]| memchr::memmem::find(bytes, needle).is_some();
     if !finder(b"\"abort\"") && !finder(b"\"error\"") {

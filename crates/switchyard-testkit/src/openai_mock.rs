@@ -458,6 +458,7 @@ pub(crate) fn chat_completions(ctx: &RequestCtx<'_>) -> Response {
     if ctx.scenario.reasons {
         message["reasoning_content"] = json!(REASONING);
     }
+    let finish = if ctx.scenario.engine_abort { "abort" } else { finish };
     let choices: Vec<Value> = (0..n)
         .map(|index| {
             json!({

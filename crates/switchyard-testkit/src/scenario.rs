@@ -68,6 +68,9 @@ pub struct Scenario {
     /// Reject the request with the protocol's content-policy error (Bedrock:
     /// answer as an intervening guardrail does, `guardrail_intervened`).
     pub content_filter: bool,
+    /// OpenAI format, not streaming: end the answer with vLLM's
+    /// `finish_reason: "abort"` (the engine dropped the request).
+    pub engine_abort: bool,
     /// OpenAI format: refuse the prompt as OpenRouter's moderation does, with
     /// a 403 "Your input was flagged" (not a rejection of the key).
     pub moderated: bool,
@@ -185,6 +188,7 @@ impl Scenario {
                 "context_window" => scenario.context_window = Some(number(name, value)?),
                 "content_filter" => scenario.content_filter = flag(name, value)?,
                 "moderated" => scenario.moderated = flag(name, value)?,
+                "engine_abort" => scenario.engine_abort = flag(name, value)?,
                 "malformed_tool_use" => scenario.malformed_tool_use = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
                 "no_stream" => scenario.no_stream = flag(name, value)?,

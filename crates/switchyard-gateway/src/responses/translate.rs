@@ -586,7 +586,12 @@ fn input_item(
                 Some(last) if message.role == Role::Assistant && last.role == Role::Assistant => {
                     attach_thinking(last, thinking);
                     let mut text = last.content_text();
-                    text.push_str(&message.content_text());
+                    let more = message.content_text();
+                    // Two messages' texts, not one run-on sentence.
+                    if !text.is_empty() && !more.is_empty() {
+                        text.push('\n');
+                    }
+                    text.push_str(&more);
                     last.content = Some(MessageContent::Text(text));
                 }
                 _ => {
@@ -606,7 +611,19 @@ fn input_item(
                 kind: "function".into(),
                 function: Some(FunctionCall {
                     name: string_field(item, "name", &param)?.to_owned(),
-                    arguments: item.get("arguments").and_then(Value::as_str).unwrap_or("{}").to_owned(),
+                    arguments: match item.get("arguments") {
+                        Some(Value::String(arguments)) => arguments.clone(),
+                        None | Some(Value::Null) => "{}".to_owned(),
+                        // Arguments sent as the object they encode (as some
+                        // clients write them): the same call, encoded.
+                        Some(object @ Value::Object(_)) => object.to_string(),
+                        Some(_) => {
+                            return Err(invalid(
+                                format!("{param}.arguments"),
+                                format!("{param}.arguments: a JSON string is required"),
+                            ));
+                        }
+                    },
                 }),
                 extra: call_extra(item.get("extra_content").filter(|v| v.is_object()).cloned()),
             };
@@ -958,7 +975,8 @@ pub(crate) fn ending(reason: Option<&str>) -> (&'static str, Option<IncompleteDe
         })
     };
     match reason {
-        Some("length") => ("incomplete", incomplete("max_output_tokens")),
+        // Mistral's `model_length`: the context window ran out first.
+        Some("length" | "model_length") => ("incomplete", incomplete("max_output_tokens")),
         Some("content_filter") => ("incomplete", incomplete("content_filter")),
         _ => ("completed", None),
     }
@@ -1100,6 +1118,34 @@ mod tests {
         assert_eq!(messages[3]["reasoning_content"], "Now answer.", "{body}");
         assert!(messages[4].get("reasoning_content").is_none(), "{body}");
         assert!(messages.iter().all(|m| m.get("thinking_blocks").is_none()), "{body}");
+    }
+
+    /// A call's arguments sent as an object are encoded as the string chat
+    /// takes; two assistant messages in a row keep apart.
+    #[test]
+    fn object_arguments_are_encoded_and_assistant_texts_kept_apart() {
+        let chat = translate(json!({"model": "m", "input": [
+            {"role": "user", "content": "weather?"},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Checking."}]},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Done."}]},
+            {"type": "function_call", "call_id": "c1", "name": "get_weather", "arguments": {"city": "Paris"}},
+            {"type": "function_call_output", "call_id": "c1", "output": "sunny"}
+        ]}))
+        .unwrap();
+        let body = serde_json::to_value(&chat).unwrap();
+        assert_eq!(body["messages"][1]["content"], "Checking.\nDone.", "{body}");
+        let arguments = body["messages"][1]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(arguments).unwrap(),
+            json!({"city": "Paris"})
+        );
+        let err = translate(json!({"model": "m", "input": [
+            {"type": "function_call", "call_id": "c1", "name": "f", "arguments": 3}
+        ]}))
+        .unwrap_err();
+        assert_eq!(param(err).as_deref(), Some("input[0].arguments"));
     }
 
     /// `developer` messages go as `system`, which every chat server takes.
