@@ -1112,7 +1112,8 @@ async fn try_group<'s>(
                 let unexpressible = matches!(
                     e,
                     ProviderError::Unsupported { .. } | ProviderError::InvalidRequest { .. }
-                ) || matches!(&e, ProviderError::Status { status: 400, message, .. } if lacks_capability(message, call));
+                ) || matches!(&e, ProviderError::Status { status: 400, message, .. } if lacks_capability(message, call))
+                    || e.too_large_for_deployment();
                 if unexpressible {
                     // Refused before anything was sent: says nothing of its health.
                     if probe {
@@ -1605,12 +1606,17 @@ fn lacks_capability(message: &str, call: &Call<'_>) -> bool {
         return false;
     };
     let message = message.to_ascii_lowercase();
-    let says = |what: &str| message.contains(&format!("does not support {what}"));
+    // "does not support tools" (Ollama), "doesn't support tool use in
+    // streaming mode" (Bedrock's Llama, Mistral, Cohere…).
+    let says = |what: &str| {
+        message.contains(&format!("does not support {what}")) || message.contains(&format!("doesn't support {what}"))
+    };
     let has = |name: &str| {
         body.get(name)
             .is_some_and(|v| !v.is_null() && v != &Value::Array(Vec::new()))
     };
-    let tools = has("tools") && (says("tools") || message.contains("requires --enable-auto-tool-choice"));
+    let tools =
+        has("tools") && (says("tools") || says("tool use") || message.contains("requires --enable-auto-tool-choice"));
     let thinking = (has("reasoning_effort") || has("thinking") || has("reasoning")) && says("thinking");
     let images = (says("images") || says("vision") || says("image input")) && {
         let text = body.get("messages").map(Value::to_string).unwrap_or_default();
@@ -1698,6 +1704,29 @@ mod tests {
     }
 
     use super::*;
+
+    /// A refusal of a capability the request uses sends it to another
+    /// deployment, in Ollama's words and Bedrock's.
+    #[test]
+    fn refusals_of_a_capability_are_recognised() {
+        let mut req: switchyard_api::ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f"}}]
+        }))
+        .unwrap();
+        for message in [
+            "registry.ollama.ai/library/gemma:2b does not support tools",
+            "This model doesn't support tool use in streaming mode.",
+        ] {
+            assert!(lacks_capability(message, &Call::Chat(&mut req)), "{message}");
+        }
+        assert!(!lacks_capability("Malformed input request", &Call::Chat(&mut req)));
+        req.extra.remove("tools");
+        assert!(!lacks_capability(
+            "This model doesn't support tool use in streaming mode.",
+            &Call::Chat(&mut req)
+        ));
+    }
 
     #[test]
     fn output_chunks_are_recognised() {

@@ -125,8 +125,10 @@ impl Origin {
                         .await
                         .map_err(|e| ReloadError::Fetch(format!("s3://{bucket}/{key}: {e}")))?
                         .into_bytes();
-                    let text = String::from_utf8(bytes.to_vec())
-                        .map_err(|_| ReloadError::Fetch(format!("s3://{bucket}/{key} is not UTF-8")))?;
+                    // Read, but not a configuration: rejected, not unreachable.
+                    let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+                        ReloadError::Config(ConfigError::Parse(format!("s3://{bucket}/{key} is not UTF-8")))
+                    })?;
                     Ok(Fetched {
                         text: Some(text),
                         fingerprint: etag,

@@ -36,7 +36,8 @@ fn deployment(provider: &str, mock: &MockUpstream, model: &str, extra: &str) -> 
 /// A gateway with the model groups the contract cases use, all on `provider`.
 fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
     let base_model = if provider == "bedrock" {
-        "anthropic.claude-3-5-sonnet-20240620-v1:0"
+        // A Claude that takes cache points on Bedrock (3.5 Sonnet does not).
+        "anthropic.claude-3-7-sonnet-20250219-v1:0"
     } else {
         "mock-model"
     };
@@ -1265,8 +1266,9 @@ async fn bedrock_converse_edges() {
         ("malformed-alone", "amazon.nova-lite-v1:0::malformed_tool_use"),
         ("denied", "amazon.nova-lite-v1:0::status=403"),
         ("denied-alone", "amazon.nova-lite-v1:0::status=403"),
+        ("expired", "amazon.nova-lite-v1:0::expired_token"),
     ] {
-        let fallbacks = if matches!(name, "failing" | "malformed" | "denied") {
+        let fallbacks = if matches!(name, "failing" | "malformed" | "denied" | "expired") {
             "    fallbacks: [nova]\n"
         } else {
             ""
@@ -1335,6 +1337,23 @@ async fn bedrock_converse_edges() {
     let state = metrics
         .lines()
         .find(|l| l.starts_with("switchyard_deployment_state{") && l.contains(r#"deployment="denied/0""#))
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(!state.ends_with(" 3"), "{state}");
+    // Temporary credentials that ran out are renewed by the credential
+    // chain: the attempt fails over, and the key is not taken for invalid.
+    let (status, answered_by, body) = chat(user("expired", "hello")).await;
+    assert_eq!((status, answered_by.as_deref()), (200, Some("nova")), "{body}");
+    let metrics = http
+        .get(format!("{}/metrics", gateway.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let state = metrics
+        .lines()
+        .find(|l| l.starts_with("switchyard_deployment_state{") && l.contains(r#"deployment="expired/0""#))
         .unwrap_or_else(|| panic!("{metrics}"));
     assert!(!state.ends_with(" 3"), "{state}");
     // Its words name the gateway's AWS account and role: the client is not

@@ -252,8 +252,9 @@ impl ProviderError {
             return true;
         }
         let message = message.to_ascii_lowercase();
-        matches!(status, 400 | 403)
-            && [
+        let says = |needles: &[&str]| needles.iter().any(|needle| message.contains(needle));
+        match status {
+            400 => says(&[
                 "content management policy",
                 "content policy",
                 "usage policy",
@@ -261,10 +262,32 @@ impl ProviderError {
                 "safety system",
                 "guardrail",
                 "was flagged",
-                "requires moderation",
-            ]
-            .iter()
-            .any(|needle| message.contains(needle))
+            ]),
+            // A 403 is the gateway's credentials or account unless it says
+            // the prompt was flagged, and not that an identity may not act
+            // (a proxy passing on "not authorized to perform:
+            // bedrock:ApplyGuardrail").
+            403 => {
+                says(&["requires moderation", "was flagged", "flagged for"])
+                    && !says(&[
+                        "not authorized",
+                        "unauthorized",
+                        "access denied",
+                        "permission",
+                        "api key",
+                    ])
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the upstream refused the request as larger than this
+    /// deployment takes, not as invalid: Groq's 413 `rate_limit_exceeded`
+    /// ("Request too large … on tokens per minute"), a request over the
+    /// account's per-minute limit by itself. Waiting does not help; another
+    /// deployment may take it.
+    pub fn too_large_for_deployment(&self) -> bool {
+        matches!(self, ProviderError::Status { status: 413, code: Some(code), .. } if code == "rate_limit_exceeded")
     }
 
     /// Whether the upstream rejected the gateway's own credentials: a 401,
@@ -433,6 +456,15 @@ mod tests {
         );
         assert!(moderated.is_content_policy_violation() && !moderated.rejects_credentials());
         assert!(status(403, "Your API key does not have permission", None).rejects_credentials());
+        // A refusal of an identity, whatever policy or guardrail it names.
+        for denied in [
+            "User: arn:aws:iam::123456789012:role/gw is not authorized to perform: bedrock:ApplyGuardrail on resource: guardrail/x",
+            "This request violates the organization's usage policy for API keys",
+            "Access denied: your content policy settings forbid this project",
+        ] {
+            let e = status(403, denied, None);
+            assert!(!e.is_content_policy_violation() && e.rejects_credentials(), "{denied}");
+        }
         assert!(status(401, "Incorrect API key provided", None).rejects_credentials());
         assert!(!status(400, "Incorrect API key provided", None).rejects_credentials());
     }

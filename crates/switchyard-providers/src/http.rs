@@ -573,16 +573,7 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         .unwrap_or_default();
     match serde_json::from_slice::<ErrorEnvelope>(&body).map(ErrorEnvelope::into_error) {
         Ok(error) => ProviderError::Status {
-            // Groq's 413 "Request too large … on tokens per minute" is a
-            // rate limit (`rate_limit_exceeded`): another deployment, or
-            // the same one later, may take the request.
-            status: if status.as_u16() == 413
-                && matches!(&error.code, Some(serde_json::Value::String(c)) if c == "rate_limit_exceeded")
-            {
-                429
-            } else {
-                status.as_u16()
-            },
+            status: status.as_u16(),
             message: crate::error::without_keys(&error.message).into_owned(),
             kind: error.kind.map(Into::into),
             code: error.code.and_then(|c| match c {
@@ -756,10 +747,10 @@ mod tests {
         assert_eq!(read(&[]), None);
     }
 
-    /// Groq's 413 for a request over its tokens-per-minute limit is a rate
-    /// limit; any other 413 stays what it is.
+    /// Groq's 413 for a request over its tokens-per-minute limit is one this
+    /// deployment cannot take (another may); any other 413 is not.
     #[tokio::test]
-    async fn a_request_too_large_for_a_rate_limit_is_a_429() {
+    async fn a_request_too_large_for_a_rate_limit_is_too_large_for_the_deployment() {
         let answer = |body: &'static str| {
             reqwest::Response::from(
                 http::Response::builder()
@@ -773,18 +764,12 @@ mod tests {
             r#"{"error":{"message":"Request too large for model `llama-3.3-70b-versatile` on tokens per minute (TPM): Limit 6000, Requested 9000","type":"tokens","code":"rate_limit_exceeded"}}"#,
         ))
         .await;
-        assert!(
-            matches!(groq, crate::ProviderError::Status { status: 429, .. }) && groq.is_retryable(),
-            "{groq:?}"
-        );
+        assert!(groq.too_large_for_deployment() && !groq.is_retryable(), "{groq:?}");
         let other = super::status_error(answer(
             r#"{"error":{"message":"Payload too large","type":"invalid_request_error"}}"#,
         ))
         .await;
-        assert!(
-            matches!(other, crate::ProviderError::Status { status: 413, .. }),
-            "{other:?}"
-        );
+        assert!(!other.too_large_for_deployment(), "{other:?}");
     }
 
     #[test]

@@ -430,7 +430,10 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
 pub fn output_ceiling(req: &ChatCompletionRequest, max_tokens: u64) -> u64 {
     let thinking = match requested(req) {
         Ok(Some(thinking)) => Some(thinking),
-        Ok(None) if thinks_by_default(&req.model) && !turned_off(req) => Some(default_thinking()),
+        // Models that always think do so even turned off (at the least effort).
+        Ok(None) if thinks_by_default(&req.model) && (always_thinks(&req.model) || !turned_off(req)) => {
+            Some(default_thinking())
+        }
         _ => None,
     };
     match thinking {
@@ -691,6 +694,17 @@ mod tests {
                 "{model}"
             );
         }
+        // What a request reserves counts the thinking the model will do:
+        // by default, and turned off on a model that always thinks.
+        let ceiling = |model: &str, extra: Value| {
+            let mut req = request(extra);
+            req.model = model.into();
+            output_ceiling(&req, 100)
+        };
+        assert_eq!(ceiling("claude-opus-5", json!({})), 4196);
+        assert_eq!(ceiling("claude-opus-5", json!({"reasoning_effort": "none"})), 100);
+        assert_eq!(ceiling("claude-opus-5-5", json!({"reasoning_effort": "none"})), 4196);
+        assert_eq!(ceiling("claude-opus-4-6", json!({})), 100);
     }
 
     #[test]

@@ -420,7 +420,6 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
     Box::pin(chunks)
 }
 
-/// Whether a usage counts anything (see [`sse_chunks_of`]).
 /// An error sent as a plain string (`{"error": "…"}`, TGI's with its
 /// `error_type`), as an error object typed by the status its kind stands
 /// for: `validation` a 422 (a prompt over the model's length among them),
@@ -437,6 +436,7 @@ fn plain_error(message: &str, data: &str) -> Value {
     serde_json::json!({"message": message, "code": status})
 }
 
+/// Whether a usage counts anything (see [`sse_chunks_of`]).
 fn counts(usage: &switchyard_api::Usage) -> bool {
     usage.prompt_tokens > 0 || usage.completion_tokens > 0 || usage.total_tokens > 0
 }

@@ -67,6 +67,15 @@ pub(crate) fn injected_error(code: u16, retry_after: Option<u64>) -> Response {
     response
 }
 
+/// AWS's refusal of a temporary credential that ran out.
+pub(crate) fn expired_token() -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "ExpiredTokenException",
+        "The security token included in the request is expired",
+    )
+}
+
 /// Requires a SigV4 `authorization` header, as the AWS SDK sends.
 pub(crate) fn check_auth(request: &RecordedRequest) -> Option<Response> {
     let signed = request

@@ -68,6 +68,9 @@ pub struct Scenario {
     /// Reject the request with the protocol's content-policy error (Bedrock:
     /// answer as an intervening guardrail does, `guardrail_intervened`).
     pub content_filter: bool,
+    /// Bedrock: refuse the request as AWS does a temporary credential that
+    /// ran out (403 `ExpiredTokenException`).
+    pub expired_token: bool,
     /// OpenAI format, not streaming: end the answer with vLLM's
     /// `finish_reason: "abort"` (the engine dropped the request).
     pub engine_abort: bool,
@@ -189,6 +192,7 @@ impl Scenario {
                 "content_filter" => scenario.content_filter = flag(name, value)?,
                 "moderated" => scenario.moderated = flag(name, value)?,
                 "engine_abort" => scenario.engine_abort = flag(name, value)?,
+                "expired_token" => scenario.expired_token = flag(name, value)?,
                 "malformed_tool_use" => scenario.malformed_tool_use = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
                 "no_stream" => scenario.no_stream = flag(name, value)?,

@@ -644,6 +644,9 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
             return protocol.context_window_error(limit, used);
         }
     }
+    if scenario.expired_token && protocol == Protocol::Bedrock {
+        return bedrock_mock::expired_token();
+    }
     if scenario.moderated && protocol == Protocol::OpenAi {
         return crate::openai_mock::moderation_refusal();
     }

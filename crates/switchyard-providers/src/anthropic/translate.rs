@@ -571,9 +571,12 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 // Claude cannot think while a tool is forced: a request that
                 // asks for both, or to a model that always thinks, gets the
                 // JSON tool offered instead.
-                _ if thinking.as_ref().is_some_and(|t| t.explicit) || reasoning::always_thinks(&req.model) => {
-                    (Some(vec![tool]), Some(json!({"type": "auto"})))
-                }
+                // The client's tools stay defined (a conversation holding
+                // `tool_use` blocks needs them).
+                _ if thinking.as_ref().is_some_and(|t| t.explicit) || reasoning::always_thinks(&req.model) => (
+                    Some(tools.unwrap_or_default().into_iter().chain([tool]).collect()),
+                    Some(json!({"type": "auto"})),
+                ),
                 // The client's tools stay defined beside the forced JSON
                 // tool (a conversation holding `tool_use` blocks needs
                 // them); forced, the JSON tool is the only one called.

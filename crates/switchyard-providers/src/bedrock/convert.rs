@@ -534,6 +534,25 @@ pub(crate) fn refuses_forced_tools(model: &str) -> bool {
     .any(|family| model.contains(family))
 }
 
+/// Whether Converse refuses `stopSequences` on `model` ("This model doesn't
+/// support the stopSequences field"): gpt-oss and Qwen.
+pub(crate) fn refuses_stop(model: &str) -> bool {
+    let model = model.to_ascii_lowercase();
+    ["openai.gpt-oss", "qwen."].iter().any(|family| model.contains(family))
+}
+
+/// For a deployment that drops what its model cannot do (`drop_params`):
+/// `stop` left out for a model that refuses it; `None` when nothing changes.
+pub(crate) fn without_refused_stop(req: &ChatCompletionRequest) -> Option<ChatCompletionRequest> {
+    if !refuses_stop(&req.model) || req.extra.get("stop").is_none_or(Value::is_null) {
+        return None;
+    }
+    let mut copy = req.clone();
+    copy.extra.remove("stop");
+    tracing::debug!("stop sequences the model refuses are dropped (drop_params)");
+    Some(copy)
+}
+
 /// For a deployment that drops what its model cannot do (`drop_params`): a
 /// forced tool choice the model refuses becomes `auto`, with only the named
 /// function offered when it named one; `None` when nothing changes.
@@ -662,7 +681,7 @@ fn takes_system(model: &str) -> bool {
 }
 
 /// Whether a Bedrock model may take cache points: Claude (but the Claude 3
-/// models before 3.5, Claude 2 and Instant) and Amazon Nova; Llama, Mistral,
+/// models before 3.5, Claude 3.5 Sonnet, Claude 2 and Instant) and Amazon Nova; Llama, Mistral,
 /// DeepSeek and the others refuse them (Bedrock ids and inference profiles
 /// included).
 fn prompt_caching(model: &str) -> bool {
@@ -677,6 +696,9 @@ fn prompt_caching(model: &str) -> bool {
             "claude-3-haiku",
             "claude-3-sonnet",
             "claude-3-opus",
+            // Claude 3.5 Sonnet never had prompt caching on Bedrock (v2 only
+            // in a closed preview): "your request did not allow prompt caching".
+            "claude-3-5-sonnet",
         ]
         .iter()
         .any(|old| model.contains(old))
@@ -975,6 +997,15 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
     }
     .map(|all: Vec<String>| all.into_iter().filter(|s| !blank(s)).collect::<Vec<_>>())
     .filter(|kept| !kept.is_empty());
+    if stop.is_some() && refuses_stop(&req.model) {
+        return Err(invalid(
+            format!(
+                "`stop` is not supported for `{}` by Bedrock: leave it out, or set `drop_params` on the deployment to drop it",
+                req.model
+            ),
+            "stop",
+        ));
+    }
     // Opus 4.7 and later take no sampling parameters.
     let samples = thinking.is_none() && !reasoning::adaptive_only(&req.model);
     let inference = InferenceConfiguration::builder()
@@ -1021,6 +1052,20 @@ pub(crate) fn finish_reason(reason: &StopReason) -> String {
         _ => "stop",
     }
     .to_owned()
+}
+
+/// OpenAI's `finish_reason` for an answer that ended with `reason` and
+/// called (`called`) or did not call the client's tools: `tool_calls`
+/// exactly when it called one, whatever the stop reason says (gpt-oss on
+/// Converse stops with `end_turn` beside its tool calls; a text answer
+/// may come with `tool_use`).
+pub(crate) fn finish_for(reason: &StopReason, called: bool) -> String {
+    let finish = finish_reason(reason);
+    match finish.as_str() {
+        "stop" if called => "tool_calls".to_owned(),
+        "tool_calls" if !called => "stop".to_owned(),
+        _ => finish,
+    }
 }
 
 /// A stop reason that says the model's output is broken (a tool call or
@@ -1117,7 +1162,7 @@ pub(crate) fn to_chat_response(
         }
     }
     let finish = Some(json_finish(
-        finish_reason(&output.stop_reason),
+        finish_for(&output.stop_reason, !calls.is_empty()),
         json && calls.is_empty(),
     ));
     let mut response = chat_response(
@@ -1143,6 +1188,38 @@ mod tests {
     fn converse(body: Value) -> ConverseInput {
         let req: ChatCompletionRequest = serde_json::from_value(body).unwrap();
         to_converse(&req, Some(1024)).unwrap()
+    }
+
+    /// `tool_calls` is the finish of an answer that called a tool, and only
+    /// of one, whatever Converse's stop reason says.
+    #[test]
+    fn the_finish_follows_the_calls_made() {
+        assert_eq!(finish_for(&StopReason::EndTurn, true), "tool_calls");
+        assert_eq!(finish_for(&StopReason::ToolUse, false), "stop");
+        assert_eq!(finish_for(&StopReason::ToolUse, true), "tool_calls");
+        assert_eq!(finish_for(&StopReason::MaxTokens, true), "length");
+        assert_eq!(finish_for(&StopReason::EndTurn, false), "stop");
+    }
+
+    /// gpt-oss and Qwen refuse stop sequences on Converse: a 400 naming
+    /// `stop`, or, with `drop_params`, the request without them.
+    #[test]
+    fn stop_sequences_go_only_to_models_that_take_them() {
+        let body = |model: &str| json!({"model": model, "stop": ["\nObservation:"], "messages": [{"role": "user", "content": "hi"}]});
+        let req: ChatCompletionRequest = serde_json::from_value(body("openai.gpt-oss-120b-1:0")).unwrap();
+        assert!(
+            matches!(to_converse(&req, None), Err(ProviderError::InvalidRequest { param: Some(p), .. }) if p == "stop")
+        );
+        let dropped = without_refused_stop(&req).unwrap();
+        assert!(
+            to_converse(&dropped, None)
+                .unwrap()
+                .inference
+                .stop_sequences()
+                .is_empty()
+        );
+        let llama = converse(body("meta.llama3-3-70b-instruct-v1:0"));
+        assert_eq!(llama.inference.stop_sequences(), ["\nObservation:"]);
     }
 
     /// What Converse refuses is not sent: blank stop sequences, an empty

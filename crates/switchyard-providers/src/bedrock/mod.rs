@@ -95,6 +95,19 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                 Some("ModelErrorException") => 502,
                 // An account or region quota: another deployment may serve.
                 Some("ServiceQuotaExceededException") => 429,
+                // Temporary credentials (a role's, an instance's) that ran
+                // out, or a signature a skewed clock made stale: the
+                // credential chain renews them, so the key is not marked
+                // rejected until a reload; the attempt is retried.
+                Some("ExpiredTokenException") => 503,
+                Some("InvalidSignatureException")
+                    if ctx
+                        .err()
+                        .message()
+                        .is_some_and(|m| m.to_ascii_lowercase().contains("expired")) =>
+                {
+                    503
+                }
                 // The deployment names a model this account or region
                 // cannot call as configured: its fault, as a 404 from an
                 // upstream is, so another deployment is tried.
@@ -256,15 +269,19 @@ macro_rules! with_converse_input {
 
 impl BedrockProvider {
     /// The request as this deployment sends it: with `drop_params`, without
-    /// the parameters Converse cannot express and with a forced tool choice
-    /// the model refuses sent as `auto`.
+    /// the parameters Converse cannot express, with a forced tool choice
+    /// the model refuses sent as `auto`, and without stop sequences it refuses.
     fn as_sent<'a>(&self, req: &'a ChatCompletionRequest) -> std::borrow::Cow<'a, ChatCompletionRequest> {
         let sent = crate::anthropic::translate::as_sent(req, self.settings.drop_params);
         if !self.settings.drop_params {
             return sent;
         }
-        match convert::without_forced_choice(&sent) {
+        let sent = match convert::without_forced_choice(&sent) {
             Some(unforced) => std::borrow::Cow::Owned(unforced),
+            None => sent,
+        };
+        match convert::without_refused_stop(&sent) {
+            Some(unstopped) => std::borrow::Cow::Owned(unstopped),
             None => sent,
         }
     }

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use futures_util::stream;
 use serde_json::json;
 
-use super::convert::{finish_reason, usage};
+use super::convert::usage;
 use crate::chunks::{ChunkBuilder, ThinkingBlocks};
 use crate::json_mode::{JSON_TOOL, json_finish};
 use crate::{ChunkStream, ProviderError, Result, StreamChunk, TimeoutPhase};
@@ -173,7 +173,10 @@ impl Converter {
                 }
                 self.release(out);
                 self.stopped = true;
-                let finish = json_finish(finish_reason(&stop.stop_reason), self.json && self.tools.is_empty());
+                let finish = json_finish(
+                    super::convert::finish_for(&stop.stop_reason, !self.tools.is_empty()),
+                    self.json && self.tools.is_empty(),
+                );
                 out.push_back(self.out.finish(Some(finish)));
             }
             ConverseStreamOutput::Metadata(metadata) => {
