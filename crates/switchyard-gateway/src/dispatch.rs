@@ -677,6 +677,18 @@ async fn try_group<'s>(
     let mut tried: Vec<(usize, Option<Duration>)> = Vec::new();
     // Deployments whose provider cannot express this request.
     let mut unable: Vec<usize> = Vec::new();
+    // A deployment of a wildcard group said the model the client named does
+    // not exist, or may not be used: when no other deployment of the group
+    // can be asked (cooling down, its key rejected, left out by tags), that
+    // is the client's answer, and another model must not answer for it.
+    let mut model_missing = false;
+    let exhausted = |error: ApiError, model_missing: bool| {
+        if model_missing && matches!(error, ApiError::ModelNotFound(_) | ApiError::ModelForbidden(_)) {
+            GroupOutcome::Final(error)
+        } else {
+            GroupOutcome::Exhausted(error, Reason::Failed)
+        }
+    };
     let mut last: Option<ApiError> = None;
     let mut retry = 0u32;
     // The retry whose pause is being slept, and how long it has slept: a
@@ -762,7 +774,7 @@ async fn try_group<'s>(
                     tracing::warn!(group = name, "every deployment of the group is cooling down");
                     ApiError::Routing(RoutingError::NoDeployment(name.to_owned()))
                 });
-                return GroupOutcome::Exhausted(error, Reason::Failed);
+                return exhausted(error, model_missing);
             }
             let ctx = RouteContext {
                 group,
@@ -779,7 +791,7 @@ async fn try_group<'s>(
                     continue;
                 }
                 // E.g. every deployment is over its rpm: fallbacks may answer.
-                Err(e) => return GroupOutcome::Exhausted(last.take().unwrap_or_else(|| e.into()), Reason::Failed),
+                Err(e) => return exhausted(last.take().unwrap_or_else(|| e.into()), model_missing),
             };
             // A strategy must choose among the candidates it was given.
             if !pool.contains(&index) {
@@ -1172,16 +1184,17 @@ async fn try_group<'s>(
                 // request, without counting as a retry.
                 if unexpressible || misconfigured || class == switchyard_routing::ErrorClass::Auth {
                     unable.push(index);
+                    // A model the client named behind a wildcard that no
+                    // deployment has, or may use, is the client's answer:
+                    // another model must not answer for it.
+                    let names_missing = matches!(error, ApiError::ModelForbidden(_))
+                        || (matches!(error, ApiError::ModelNotFound(_)) && says_model_missing);
+                    model_missing |= names_missing;
                     if unable.len() < route.all.len() {
                         last = Some(error);
                         continue;
                     }
-                    // A model the client named behind a wildcard that no
-                    // deployment has, or may use, is the client's answer:
-                    // another model must not answer for it.
-                    if matches!(error, ApiError::ModelForbidden(_))
-                        || (matches!(error, ApiError::ModelNotFound(_)) && says_model_missing)
-                    {
+                    if names_missing {
                         return GroupOutcome::Final(error);
                     }
                     // No deployment of the group can: a fallback group may.
@@ -1200,7 +1213,7 @@ async fn try_group<'s>(
         retry += 1;
     }
     let error = last.unwrap_or_else(|| ApiError::Routing(RoutingError::NoDeployment(name.to_owned())));
-    GroupOutcome::Exhausted(error, Reason::Failed)
+    exhausted(error, model_missing)
 }
 
 /// The GenAI semantic conventions' name of a provider kind (`azure` is

@@ -439,3 +439,52 @@ model_list:
     let routed = chat(&gateway, "", "openai/gpt-4o::status=404", false).await;
     assert_eq!(routed.status, 200, "{}", routed.body);
 }
+
+/// The same when the group's other deployments cannot be asked (here, the
+/// request's tags leave them out): the deployment asked said the model is
+/// missing, and no fallback answers for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_wildcard_model_does_not_fall_back_when_other_deployments_are_out() {
+    let mock = MockUpstream::start().await;
+    let config = format!(
+        r#"
+router_settings:
+  enable_tag_filtering: true
+model_list:
+  - model_name: "openai/*"
+    fallbacks: [backup]
+    deployments:
+      - {{provider: openai, model: "*", api_base: "{base}", api_key: k, tags: [a]}}
+      - {{provider: openai, model: "*", api_base: "{base}", api_key: k2, tags: [b]}}
+  - model_name: backup
+    deployments:
+      - {{provider: mock, model: backup-1, tags: [a]}}
+"#,
+        base = mock.base_url()
+    );
+    let gateway = GatewayProcess::start(Path::new(BIN), &config);
+    // The fallback serves these tags.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .header("x-litellm-tags", "a")
+        .json(&json!({"model": "backup", "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status().as_u16(), 200);
+    let answer = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.base_url()))
+        .header("x-litellm-tags", "a")
+        .json(&json!({"model": "openai/gpt-4o-minii::unknown_model",
+            "messages": [{"role": "user", "content": "hello there"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = answer.status().as_u16();
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (404, &json!("model_not_found")),
+        "{body}"
+    );
+}
