@@ -239,6 +239,29 @@ const HOSTED_OPENAI_COMPATIBLE: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The prices a deployment takes, from `litellm_params` or `model_info`
+/// (`input_cost_per_second` aside: it prices transcription only).
+const PRICE_KEYS: &[&str] = &[
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "cache_creation_input_token_cost_above_1hr",
+    "output_cost_per_image",
+    "input_cost_per_character",
+    "input_cost_per_query",
+    "input_cost_per_image_token",
+];
+
+/// Whether a LiteLLM model entry transcribes audio: by its upstream model's
+/// name (`whisper-1`, `gpt-4o-transcribe`), or by its `model_info.mode`
+/// (an Azure deployment named as its owner chose).
+fn transcribes(upstream: &str, entry: &Value) -> bool {
+    upstream.contains("whisper")
+        || upstream.contains("transcribe")
+        || entry.pointer("/model_info/mode").and_then(Value::as_str) == Some("audio_transcription")
+}
+
 /// The provider of a model named without one, as LiteLLM finds it.
 fn unprefixed_provider(model: &str, has_base: bool) -> Option<&'static str> {
     const OPENAI: &[&str] = &[
@@ -253,6 +276,9 @@ fn unprefixed_provider(model: &str, has_base: bool) -> Option<&'static str> {
         "davinci",
         "babbage",
         "ft:gpt",
+        "whisper-",
+        "tts-",
+        "dall-e-",
     ];
     const BEDROCK: &[&str] = &[
         "anthropic.",
@@ -442,7 +468,7 @@ impl Translator {
                 // LiteLLM also bills chat deployments by the second
                 // (SageMaker, hosted endpoints); here it prices audio
                 // transcribed, and only a transcription model takes it.
-                "input_cost_per_second" if upstream.contains("whisper") || upstream.contains("transcribe") => {
+                "input_cost_per_second" if transcribes(&upstream, entry) => {
                     d.insert(key.clone(), value.clone());
                     key.as_str()
                 }
@@ -559,16 +585,19 @@ impl Translator {
             self.map(format!("{ppath}.organization"), "headers.OpenAI-Organization");
         }
         if !timeouts.is_empty() {
+            // `total_ms` is left out when the deployment set no `timeout`:
+            // the router's timeout fills it (below), else the default.
             let defaults = crate::config::TimeoutsEntry::default();
             timeouts.entry("connect_ms").or_insert(json!(defaults.connect_ms));
             timeouts.entry("first_byte_ms").or_insert(json!(defaults.first_byte_ms));
-            timeouts.entry("total_ms").or_insert(json!(defaults.total_ms));
             d.insert("timeouts".into(), Value::Object(timeouts));
         }
         if let Some(info) = entry.get("model_info").and_then(Value::as_object) {
             for (key, value) in info {
                 let here = format!("{path}.model_info.{key}");
-                if matches!(key.as_str(), "input_cost_per_token" | "output_cost_per_token") {
+                if PRICE_KEYS.contains(&key.as_str()) {
+                    // LiteLLM registers `model_info` as the model's cost data;
+                    // the deployment's own prices win.
                     d.entry(key.clone()).or_insert_with(|| value.clone());
                     self.map(here, format!("model_list[{name}].deployments[].{key}"));
                 } else if key == "base_model" {
@@ -1238,9 +1267,15 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         for group in groups.values_mut() {
             if let Some(Value::Array(list)) = group.get_mut("deployments") {
                 for d in list.iter_mut().filter_map(Value::as_object_mut) {
-                    d.entry("timeouts").or_insert_with(
+                    let timeouts = d.entry("timeouts").or_insert_with(
                         || json!({"connect_ms": defaults.connect_ms, "first_byte_ms": ms, "total_ms": ms, "idle_ms": ms}),
                     );
+                    // A deployment with a `stream_timeout` but no `timeout`
+                    // of its own: the router's bounds its requests, as in
+                    // LiteLLM.
+                    if let Some(timeouts) = timeouts.as_object_mut() {
+                        timeouts.entry("total_ms").or_insert(json!(ms));
+                    }
                 }
             }
         }

@@ -112,12 +112,23 @@ pub(crate) async fn images(
         )
         .into_response();
     }
+    // OpenAI generates with dall-e-2 unless the request uses a parameter
+    // of the GPT image models.
+    let gpt_only = GPT_IMAGE_FIELDS
+        .iter()
+        .chain(&["moderation"])
+        .any(|name| req.extra.get(*name).is_some_and(|v| !v.is_null()));
+    let default = if gpt_only {
+        DEFAULT_GPT_IMAGE_MODEL
+    } else {
+        DEFAULT_IMAGE_MODEL
+    };
     serve(
         (state, principal, ctx),
         &headers,
         req,
         |r| (&mut r.extra, &mut r.model),
-        Some(DEFAULT_IMAGE_MODEL),
+        Some(default),
         |r| Call::Images(r),
     )
     .await

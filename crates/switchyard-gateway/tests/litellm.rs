@@ -832,6 +832,20 @@ fn litellm_defaults_and_settings_keep_their_meaning() {
     let timeouts = &t.config["model_list"][0]["deployments"][0]["timeouts"];
     assert_eq!(timeouts["first_byte_ms"], 10_000, "{timeouts}");
     assert_eq!(timeouts["idle_ms"], 10_000, "{timeouts}");
+    // A `stream_timeout` alone bounds streams; the router's timeout still
+    // bounds the whole request.
+    let doc = json!({
+        "model_list": [{"model_name": "g", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k",
+            "stream_timeout": 10}}],
+        "router_settings": {"timeout": 30}
+    });
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    let timeouts = &t.config["model_list"][0]["deployments"][0]["timeouts"];
+    assert_eq!(
+        (&timeouts["total_ms"], &timeouts["first_byte_ms"]),
+        (&json!(30_000), &json!(10_000)),
+        "{timeouts}"
+    );
 }
 
 /// What LiteLLM does with a file that leaves things out: credentials come
@@ -1125,4 +1139,45 @@ fn guardrail_callbacks_are_refused_and_logging_ones_warned_about() {
         "{:?}",
         t.warnings
     );
+}
+
+/// Prices in `model_info` (LiteLLM's cost data) are kept, the deployment's
+/// own winning; a transcription deployment named otherwise keeps its
+/// per-second price by its `mode`; bare audio and image model names are
+/// OpenAI's.
+#[test]
+fn model_info_prices_and_bare_media_models_come_over() {
+    let doc = json!({
+        "model_list": [
+            {"model_name": "img", "litellm_params": {"model": "dall-e-3", "api_key": "k"},
+             "model_info": {"output_cost_per_image": 0.04}},
+            {"model_name": "stt", "litellm_params": {"model": "azure/stt-prod", "api_key": "k",
+                "api_base": "https://x.openai.azure.com", "api_version": "2024-10-21", "input_cost_per_second": 0.0001},
+             "model_info": {"mode": "audio_transcription"}},
+            {"model_name": "whisper", "litellm_params": {"model": "whisper-1", "api_key": "k"}},
+            {"model_name": "chat", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k", "input_cost_per_token": 0.000002},
+             "model_info": {"input_cost_per_token": 0.000009, "cache_read_input_token_cost": 0.000001}}
+        ]
+    });
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    let deployment = |name: &str| {
+        t.config["model_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["model_name"] == name)
+            .unwrap()["deployments"][0]
+            .clone()
+    };
+    let img = deployment("img");
+    assert_eq!(
+        (&img["provider"], &img["output_cost_per_image"]),
+        (&json!("openai"), &json!(0.04)),
+        "{img}"
+    );
+    assert_eq!(deployment("stt")["input_cost_per_second"], 0.0001);
+    assert_eq!(deployment("whisper")["provider"], "openai");
+    let chat = deployment("chat");
+    assert_eq!(chat["input_cost_per_token"], 0.000002, "{chat}");
+    assert_eq!(chat["cache_read_input_token_cost"], 0.000001, "{chat}");
 }

@@ -96,6 +96,8 @@ struct Answer {
     status: u16,
     cost: Option<String>,
     request_id: String,
+    /// The model group that answered (`x-switchyard-model`).
+    model: String,
     body: Value,
 }
 
@@ -108,14 +110,16 @@ async fn post(gateway: &GatewayProcess, path: &str, body: Value) -> Answer {
         .await
         .unwrap();
     let header = |name: &str| response.headers().get(name).map(|v| v.to_str().unwrap().to_owned());
-    let (cost, request_id) = (
+    let (cost, request_id, model) = (
         header("x-switchyard-response-cost"),
         header("x-switchyard-request-id").unwrap_or_default(),
+        header("x-switchyard-model").unwrap_or_default(),
     );
     Answer {
         status: response.status().as_u16(),
         cost,
         request_id,
+        model,
         body: response.json().await.unwrap_or_default(),
     }
 }
@@ -201,6 +205,23 @@ async fn images_are_routed_passed_through_and_charged_per_image() {
     assert_eq!(record["usage"]["prompt"], 3);
     assert_eq!(record["usage"]["completion"], 2112);
     assert_eq!(record["cost_nanos"], 3 * 5_000 + 2112 * 40_000);
+    // Without `model`, a GPT image parameter asks for OpenAI's GPT image
+    // model, as OpenAI reads it; otherwise its default is dall-e-2.
+    let transparent = post(
+        &gateway,
+        "/v1/images/generations",
+        json!({"prompt": "a logo", "background": "transparent"}),
+    )
+    .await;
+    assert_eq!(transparent.status, 200, "{}", transparent.body);
+    assert_eq!(transparent.model, "gpt-image-1");
+    let plain = post(&gateway, "/v1/images/generations", json!({"prompt": "a logo"})).await;
+    assert_eq!(
+        (plain.status, plain.model.as_str()),
+        (200, "dall-e-2"),
+        "{}",
+        plain.body
+    );
 
     // A token-priced image model whose upstream reports no usage: the
     // estimated prompt and the most output an image bills (6,240 tokens at
