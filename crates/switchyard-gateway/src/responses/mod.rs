@@ -48,6 +48,9 @@ struct Keep {
     conversation: Vec<ChatMessage>,
     /// Where this request's own input starts in it.
     input_start: usize,
+    /// A background response: its answer is kept only while the response
+    /// is still unfinished (not cancelled, nor deleted).
+    background: bool,
 }
 
 impl Keep {
@@ -64,7 +67,15 @@ impl Keep {
         };
         // The answer is the client's either way; only a continuation of it
         // will not be found.
-        if let Err(e) = self.store.put(response.id.clone(), stored).await {
+        let kept = if self.background {
+            self.store
+                .replace_unfinished(response.id.clone(), stored)
+                .await
+                .map(|_| ())
+        } else {
+            self.store.put(response.id.clone(), stored).await
+        };
+        if let Err(e) = kept {
             tracing::warn!(response = %response.id, error = %e, "a response could not be kept");
         }
     }
@@ -224,6 +235,7 @@ pub(crate) async fn create(
             .map(<[ChatMessage]>::to_vec)
             .unwrap_or_default(),
         input_start,
+        background,
     });
     let streaming = chat.is_stream();
     let model = std::mem::take(&mut chat.model);
@@ -308,7 +320,7 @@ impl Job {
             Ok(bytes) => Bytes::from(bytes),
             Err(e) => return ApiError::Internal(e.to_string()).into_response(),
         };
-        if let Err(e) = self.placeholder(&queued, bytes.clone()).await {
+        if let Err(e) = self.placeholder(&queued, bytes.clone(), true).await {
             return store_down(e);
         }
         // Kept, or too large for the store: then it could never be read.
@@ -353,7 +365,14 @@ impl Job {
 
     /// Keeps `object` (a queued or in-progress response) under its id with
     /// the request's input, so that `GET` and cancel find it.
-    async fn placeholder(&self, object: &ResponseObject, bytes: Bytes) -> Result<(), store::StoreUnavailable> {
+    /// `first`: the response is new; later, only an unfinished one is
+    /// replaced (not a cancel, nor a deletion).
+    async fn placeholder(
+        &self,
+        object: &ResponseObject,
+        bytes: Bytes,
+        first: bool,
+    ) -> Result<bool, store::StoreUnavailable> {
         let stored = Stored {
             owner: self.keep.owner.clone(),
             conversation: self.keep.conversation.clone(),
@@ -361,7 +380,10 @@ impl Job {
             input_start: self.keep.input_start,
             input_end: self.keep.conversation.len(),
         };
-        self.keep.store.put(object.id.clone(), stored).await
+        if first {
+            return self.keep.store.put(object.id.clone(), stored).await.map(|()| true);
+        }
+        self.keep.store.replace_unfinished(object.id.clone(), stored).await
     }
 
     /// Answers the request, then keeps the response as it ended (completed,
@@ -373,7 +395,7 @@ impl Job {
         }
         let in_progress = self.echo.object("in_progress");
         if let Ok(bytes) = serde_json::to_vec(&in_progress)
-            && let Err(e) = self.placeholder(&in_progress, Bytes::from(bytes)).await
+            && let Err(e) = self.placeholder(&in_progress, Bytes::from(bytes), false).await
         {
             tracing::warn!(response = %self.echo.id, error = %e, "a background response could not be marked in progress");
         }
@@ -426,7 +448,7 @@ impl Job {
                 object: Bytes::from(bytes),
                 input_start,
             };
-            if let Err(e) = store.put(echo.id.clone(), stored).await {
+            if let Err(e) = store.replace_unfinished(echo.id.clone(), stored).await {
                 tracing::warn!(response = %echo.id, error = %e, "a failed background response could not be kept");
             }
         }
@@ -514,21 +536,22 @@ pub(crate) async fn cancel(
         input_start: found.input_start,
         input_end: found.input_end,
     };
-    // Marked first, so that the job (here or on another replica) finds it
-    // and drops its answer; then stopped here when this replica runs it
-    // (the attempt under way ends and is charged; no other starts), and
-    // marked again over anything it wrote meanwhile. On a task of its own:
-    // a client that leaves does not cut it short.
+    // Marked, only while it is unfinished (the job, here or on another
+    // replica, may have finished since it was read: its answer is kept and
+    // returned), so that the job finds it and drops its answer, which can
+    // then no longer replace it; then stopped here when this replica runs
+    // it (the attempt under way ends and is charged; no other starts). On a
+    // task of its own: a client that leaves does not cut it short.
     let work = tokio::spawn(async move {
-        store.put(id.clone(), cancelled()).await?;
-        if let Some(task) = store.finished(&id) {
-            task.abort();
-            let _ = task.await;
-            store.put(id, cancelled()).await?;
+        if store.replace_unfinished(id.clone(), cancelled()).await? {
+            if let Some(task) = store.finished(&id) {
+                task.abort();
+                let _ = task.await;
+            }
             return Ok(cancelled().object);
         }
-        // Not running here: what the store holds now (the job, here or on
-        // another replica, may have written its answer just before).
+        // It finished (the job, here or on another replica, wrote its
+        // answer since it was read) or was deleted: what the store holds.
         Ok::<Bytes, store::StoreUnavailable>(match store.get(&id, &owner).await? {
             Some(now) => now.object.clone(),
             None => cancelled().object,

@@ -96,6 +96,22 @@ mod json_text {
     }
 }
 
+/// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` seconds only while the
+/// response it holds is unfinished (its object's `status` is `queued` or
+/// `in_progress`); 1 when it did.
+const REPLACE_UNFINISHED: &str = r#"
+local kept = redis.call('GET', KEYS[1])
+if not kept then return 0 end
+local ok, stored = pcall(cjson.decode, kept)
+if not ok or type(stored) ~= 'table' or type(stored['object']) ~= 'string' then return 0 end
+local ok2, object = pcall(cjson.decode, stored['object'])
+if not ok2 or type(object) ~= 'table' then return 0 end
+local status = object['status']
+if status ~= 'queued' and status ~= 'in_progress' then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#;
+
 /// The kept response store could not be read or written.
 #[derive(Debug, thiserror::Error)]
 #[error("the response store (Redis) did not answer: {0}")]
@@ -278,12 +294,25 @@ impl ResponseStore {
 
     /// Keeps a response (unless it is larger than the store takes).
     pub(crate) async fn put(&self, id: String, stored: Stored) -> Result<(), StoreUnavailable> {
+        self.write(id, stored, false).await.map(|_| ())
+    }
+
+    /// Replaces response `id` with `stored` only while the one kept is
+    /// unfinished (queued or in progress), in one step: a background
+    /// response's answer and its cancel (on any replica) cannot overwrite
+    /// each other, and one deleted is not written again. Whether it was
+    /// written.
+    pub(crate) async fn replace_unfinished(&self, id: String, stored: Stored) -> Result<bool, StoreUnavailable> {
+        self.write(id, stored, true).await
+    }
+
+    async fn write(&self, id: String, stored: Stored, only_unfinished: bool) -> Result<bool, StoreUnavailable> {
         if weight(&stored) > self.max_bytes {
             tracing::debug!(response = %id, "a response larger than server.responses_store_mib is not kept");
-            return Ok(());
+            return Ok(false);
         }
         match &self.backend {
-            Backend::Off => Ok(()),
+            Backend::Off => Ok(false),
             Backend::Memory(entries, unfinished) => {
                 let size = weight(&stored);
                 let stored = Arc::new(stored);
@@ -291,6 +320,16 @@ impl ResponseStore {
                 // One put at a time, the whole move under the lock.
                 let mut running = unfinished.lock();
                 running.expire(now);
+                if only_unfinished {
+                    let current = running
+                        .entries
+                        .get(&id)
+                        .map(|(_, kept)| kept.clone())
+                        .or_else(|| entries.get(&id));
+                    if !current.is_some_and(|kept| kept.unfinished()) {
+                        return Ok(false);
+                    }
+                }
                 // Past the store's size in unfinished responses, one more
                 // goes with the others (and may be evicted).
                 let room = running
@@ -307,17 +346,28 @@ impl ResponseStore {
                     entries.insert(id.clone(), stored);
                     running.take(&id);
                 }
-                Ok(())
+                Ok(true)
             }
             Backend::Redis { con, prefix, timeout } => {
                 let value = serde_json::to_vec(&stored).map_err(|e| StoreUnavailable(e.to_string()))?;
+                let ttl = self.ttl.as_secs().max(1);
+                if only_unfinished {
+                    let cmd = redis::cmd("EVAL")
+                        .arg(REPLACE_UNFINISHED)
+                        .arg(1)
+                        .arg(format!("{prefix}{id}"))
+                        .arg(value)
+                        .arg(ttl)
+                        .clone();
+                    return Self::query::<i64>(con, *timeout, &cmd).await.map(|n| n == 1);
+                }
                 let cmd = redis::cmd("SET")
                     .arg(format!("{prefix}{id}"))
                     .arg(value)
                     .arg("EX")
-                    .arg(self.ttl.as_secs().max(1))
+                    .arg(ttl)
                     .clone();
-                Self::query::<()>(con, *timeout, &cmd).await
+                Self::query::<()>(con, *timeout, &cmd).await.map(|()| true)
             }
         }
     }
@@ -348,6 +398,7 @@ mod tests {
     #![allow(clippy::unwrap_used, reason = "tests")]
 
     use super::*;
+    use serde_json::Value;
     use switchyard_api::Role;
 
     fn stored(owner: &str, text: &str) -> Stored {
@@ -357,6 +408,90 @@ mod tests {
             object: Bytes::from_static(b"{}"),
             input_start: 0,
             input_end: 1,
+        }
+    }
+
+    fn with_status(status: &str) -> Stored {
+        Stored {
+            object: Bytes::from(format!(r#"{{"id":"resp_bg","status":"{status}"}}"#)),
+            ..stored("key:a", "hi")
+        }
+    }
+
+    /// A background response's answer and its cancel cannot overwrite each
+    /// other: each replaces only an unfinished response, in one step, in
+    /// memory and in Redis alike; one deleted is not written again.
+    #[tokio::test]
+    async fn only_an_unfinished_response_is_replaced() {
+        let redis = switchyard_testkit::RedisServer::start();
+        let stores = [
+            ResponseStore::memory(10_000, Duration::from_secs(60)),
+            ResponseStore::redis(
+                &redis.url(),
+                "t:",
+                Duration::from_secs(2),
+                10_000,
+                Duration::from_secs(60),
+            )
+            .unwrap(),
+        ];
+        for store in stores {
+            let status = |store: &ResponseStore| {
+                let store = store.clone();
+                async move {
+                    let kept = store.get("resp_bg", "key:a").await.unwrap().unwrap();
+                    serde_json::from_slice::<Value>(&kept.object).unwrap()["status"].clone()
+                }
+            };
+            assert!(
+                !store
+                    .replace_unfinished("resp_bg".into(), with_status("in_progress"))
+                    .await
+                    .unwrap(),
+                "none kept"
+            );
+            store.put("resp_bg".into(), with_status("queued")).await.unwrap();
+            assert!(
+                store
+                    .replace_unfinished("resp_bg".into(), with_status("in_progress"))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                store
+                    .replace_unfinished("resp_bg".into(), with_status("completed"))
+                    .await
+                    .unwrap()
+            );
+            // The cancel that read it in progress comes too late.
+            assert!(
+                !store
+                    .replace_unfinished("resp_bg".into(), with_status("cancelled"))
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(status(&store).await, "completed");
+            store.put("resp_2".into(), with_status("in_progress")).await.unwrap();
+            assert!(
+                store
+                    .replace_unfinished("resp_2".into(), with_status("cancelled"))
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !store
+                    .replace_unfinished("resp_2".into(), with_status("completed"))
+                    .await
+                    .unwrap()
+            );
+            assert!(store.remove("resp_2", "key:a").await.unwrap());
+            assert!(
+                !store
+                    .replace_unfinished("resp_2".into(), with_status("in_progress"))
+                    .await
+                    .unwrap()
+            );
+            assert!(store.get("resp_2", "key:a").await.unwrap().is_none());
         }
     }
 

@@ -1056,3 +1056,27 @@ fn instructions_after_the_assistant_are_a_user_turn() {
     assert_eq!(last["role"], "user", "{out}");
     assert_eq!(last["content"][0]["text"], "Now summarise the chat", "{out}");
 }
+
+/// A blank user turn stays a turn: not a prefill of the assistant's last
+/// message, nor an empty conversation.
+#[test]
+fn a_blank_user_turn_is_kept_as_a_turn() {
+    let req = chat(json!({
+        "model": "claude",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "Hello!"},
+            {"role": "user", "content": "  "}
+        ]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 4096).unwrap()).unwrap();
+    let last = out["messages"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        (&last["role"], &last["content"][0]["text"]),
+        (&json!("user"), &json!(".")),
+        "{out}"
+    );
+    let alone = chat(json!({"model": "claude", "messages": [{"role": "user", "content": ""}]}));
+    let out = serde_json::to_value(to_messages_request(&alone, 4096).unwrap()).unwrap();
+    assert_eq!(out["messages"][0]["content"][0]["text"], ".", "{out}");
+}

@@ -401,11 +401,17 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 content_blocks(&message.content, &param)?,
             ),
             Role::System | Role::Developer => system.extend(content_blocks(&message.content, &param)?),
-            Role::User => push(
-                &mut messages,
-                MessageRole::User,
-                content_blocks(&message.content, &param)?,
-            ),
+            Role::User => {
+                let mut blocks = content_blocks(&message.content, &param)?;
+                // A blank user turn (Anthropic refuses blank text) is still a
+                // turn: left out after the assistant, it would make the
+                // assistant's message a prefill to continue, or merge it with
+                // the next one.
+                if blocks.is_empty() && messages.last().is_none_or(|m| m.role == MessageRole::Assistant) {
+                    blocks.push(ContentBlock::text(OPENING_USER_TURN));
+                }
+                push(&mut messages, MessageRole::User, blocks);
+            }
             Role::Assistant => {
                 // Claude's own thinking goes back first, as it came (a turn
                 // that answers a tool call needs it when thinking is on).
