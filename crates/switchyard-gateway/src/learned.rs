@@ -316,13 +316,19 @@ impl Drop for Building {
 }
 
 fn local_version(manifest: &Path) -> Result<String, String> {
+    use sha2::Digest as _;
     let meta = std::fs::metadata(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
     let mtime = meta
         .modified()
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
-    Ok(format!("{mtime}-{}", meta.len()))
+    // And its content (a few hundred bytes): a manifest rewritten in place
+    // within the same second at the same length, on a mount whose times
+    // have a second's granularity, is a new version too.
+    let text = std::fs::read(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
+    let digest = hex::encode(sha2::Sha256::digest(&text));
+    Ok(format!("{mtime}-{}-{}", meta.len(), &digest[..16]))
 }
 
 /// A validated router with its candidates resolved to model groups.
@@ -907,6 +913,26 @@ pub(crate) async fn start_after(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A manifest rewritten at the same length and modification time (a
+    /// mount whose times have a second's granularity) is a new version.
+    #[test]
+    fn a_local_manifest_is_versioned_by_its_content_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("manifest.json");
+        std::fs::write(&path, br#"{"v":1}"#).unwrap();
+        let first = local_version(&path).unwrap();
+        let at = std::fs::metadata(&path).unwrap().modified().unwrap();
+        std::fs::write(&path, br#"{"v":2}"#).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+        assert_ne!(local_version(&path).unwrap(), first);
+        assert_eq!(local_version(&path).unwrap(), local_version(&path).unwrap());
+    }
 
     #[test]
     fn an_object_without_an_etag_is_versioned_by_time_and_size() {
