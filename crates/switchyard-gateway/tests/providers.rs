@@ -1322,40 +1322,27 @@ async fn bedrock_converse_edges() {
     assert_eq!(body["usage"]["prompt_tokens_details"]["cached_tokens"], 7, "{body}");
 
     // Bedrock's AccessDeniedException is about the model or the action
-    // (model access not granted), not the keys: the fallback answers, and
+    // (model access not granted), not the keys; temporary credentials that
+    // ran out are renewed by the credential chain: the fallback answers, and
     // the deployment is not taken for one whose key is invalid (state 3).
-    let (status, answered_by, body) = chat(user("denied", "hello")).await;
-    assert_eq!((status, answered_by.as_deref()), (200, Some("nova")), "{body}");
-    let metrics = http
-        .get(format!("{}/metrics", gateway.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let state = metrics
-        .lines()
-        .find(|l| l.starts_with("switchyard_deployment_state{") && l.contains(r#"deployment="denied/0""#))
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(!state.ends_with(" 3"), "{state}");
-    // Temporary credentials that ran out are renewed by the credential
-    // chain: the attempt fails over, and the key is not taken for invalid.
-    let (status, answered_by, body) = chat(user("expired", "hello")).await;
-    assert_eq!((status, answered_by.as_deref()), (200, Some("nova")), "{body}");
-    let metrics = http
-        .get(format!("{}/metrics", gateway.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let state = metrics
-        .lines()
-        .find(|l| l.starts_with("switchyard_deployment_state{") && l.contains(r#"deployment="expired/0""#))
-        .unwrap_or_else(|| panic!("{metrics}"));
-    assert!(!state.ends_with(" 3"), "{state}");
+    for group in ["denied", "expired"] {
+        let (status, answered_by, body) = chat(user(group, "hello")).await;
+        assert_eq!((status, answered_by.as_deref()), (200, Some("nova")), "{group}: {body}");
+        let metrics = http
+            .get(format!("{}/metrics", gateway.base_url()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let deployment = format!(r#"deployment="{group}/0""#);
+        let state = metrics
+            .lines()
+            .find(|l| l.starts_with("switchyard_deployment_state{") && l.contains(&deployment))
+            .unwrap_or_else(|| panic!("{metrics}"));
+        assert!(!state.ends_with(" 3"), "{state}");
+    }
     // Its words name the gateway's AWS account and role: the client is not
     // shown them.
     let (status, _, body) = chat(user("denied-alone", "hello")).await;
