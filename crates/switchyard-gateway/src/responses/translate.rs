@@ -982,6 +982,32 @@ pub(crate) fn ending(reason: Option<&str>) -> (&'static str, Option<IncompleteDe
     }
 }
 
+/// A chat message's `annotations` (the citations of OpenAI's search models
+/// and OpenRouter's web plugin: `{"type": "url_citation", "url_citation":
+/// {…}}`) as the Responses API writes them on its text (`{"type":
+/// "url_citation", "url", "title", "start_index", "end_index"}`); others
+/// as they came.
+fn annotations(chat: Option<&Value>) -> Vec<Value> {
+    let Some(Value::Array(list)) = chat else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|annotation| {
+            match (
+                annotation.get("type").and_then(Value::as_str),
+                annotation.get("url_citation"),
+            ) {
+                (Some("url_citation"), Some(Value::Object(citation))) => {
+                    let mut flat = citation.clone();
+                    flat.insert("type".into(), json!("url_citation"));
+                    Value::Object(flat)
+                }
+                _ => annotation.clone(),
+            }
+        })
+        .collect()
+}
+
 /// The response object of a chat completion.
 pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseObject {
     let mut object = echo.object("completed");
@@ -1035,7 +1061,7 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
     if !text.is_empty() {
         content.push(OutputContent::OutputText {
             text,
-            annotations: Vec::new(),
+            annotations: annotations(message.extra.get("annotations")),
         });
     }
     if let Some(refusal) = message
@@ -1146,6 +1172,26 @@ mod tests {
         ]}))
         .unwrap_err();
         assert_eq!(param(err).as_deref(), Some("input[0].arguments"));
+    }
+
+    /// A chat answer's citations are its output text's annotations.
+    #[test]
+    fn citations_become_annotations() {
+        let chat: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
+                "content": "See the docs.",
+                "annotations": [{"type": "url_citation", "url_citation":
+                    {"start_index": 4, "end_index": 12, "url": "https://example.com", "title": "Docs"}}]}}]
+        }))
+        .unwrap();
+        let object = serde_json::to_value(from_chat(chat, &echo())).unwrap();
+        let annotation = &object["output"][0]["content"][0]["annotations"][0];
+        assert_eq!(
+            annotation,
+            &json!({"type": "url_citation", "start_index": 4, "end_index": 12, "url": "https://example.com", "title": "Docs"}),
+            "{object}"
+        );
     }
 
     /// `developer` messages go as `system`, which every chat server takes.
