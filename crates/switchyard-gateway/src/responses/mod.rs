@@ -71,7 +71,11 @@ impl Keep {
             self.store
                 .replace_unfinished(response.id.clone(), stored)
                 .await
-                .map(|_| ())
+                .map(|written| {
+                    if !written {
+                        tracing::debug!(response = %response.id, "a background answer is not kept: the response was cancelled, deleted or is too large");
+                    }
+                })
         } else {
             self.store.put(response.id.clone(), stored).await
         };
@@ -394,10 +398,17 @@ impl Job {
             return;
         }
         let in_progress = self.echo.object("in_progress");
-        if let Ok(bytes) = serde_json::to_vec(&in_progress)
-            && let Err(e) = self.placeholder(&in_progress, Bytes::from(bytes), false).await
-        {
-            tracing::warn!(response = %self.echo.id, error = %e, "a background response could not be marked in progress");
+        if let Ok(bytes) = serde_json::to_vec(&in_progress) {
+            match self.placeholder(&in_progress, Bytes::from(bytes), false).await {
+                Ok(true) => {}
+                // Cancelled or deleted since (on another replica): no
+                // upstream call is made for it.
+                Ok(false) if !still_running(&self.keep, &self.echo.id).await => return,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(response = %self.echo.id, error = %e, "a background response could not be marked in progress");
+                }
+            }
         }
         let Job {
             state,
@@ -543,18 +554,29 @@ pub(crate) async fn cancel(
     // it (the attempt under way ends and is charged; no other starts). On a
     // task of its own: a client that leaves does not cut it short.
     let work = tokio::spawn(async move {
-        if store.replace_unfinished(id.clone(), cancelled()).await? {
-            if let Some(task) = store.finished(&id) {
-                task.abort();
-                let _ = task.await;
+        let stop = |store: &ResponseStore, id: &str| {
+            let task = store.finished(id);
+            async move {
+                if let Some(task) = task {
+                    task.abort();
+                    let _ = task.await;
+                }
             }
+        };
+        if store.replace_unfinished(id.clone(), cancelled()).await? {
+            stop(&store, &id).await;
             return Ok(cancelled().object);
         }
-        // It finished (the job, here or on another replica, wrote its
-        // answer since it was read) or was deleted: what the store holds.
+        // Finished since it was read (the job, here or on another replica,
+        // wrote its answer): that is returned. Gone (deleted, expired) or
+        // still unfinished (the cancelled record could not be written):
+        // stopped here all the same when this replica runs it.
         Ok::<Bytes, store::StoreUnavailable>(match store.get(&id, &owner).await? {
-            Some(now) => now.object.clone(),
-            None => cancelled().object,
+            Some(now) if !unfinished(status_of(&now).as_deref()) => now.object.clone(),
+            _ => {
+                stop(&store, &id).await;
+                cancelled().object
+            }
         })
     });
     match work.await {

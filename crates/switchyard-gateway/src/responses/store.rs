@@ -14,14 +14,16 @@ use switchyard_policy::Principal;
 /// One kept response.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Stored {
+    /// The response object as it was returned, JSON. Written first, so that
+    /// its `status` (after its id, `object` and `created_at`) is near the
+    /// record's start, where Redis reads it without decoding the record.
+    #[serde(with = "json_text")]
+    pub object: Bytes,
     /// Who made it (see [`owner`]).
     pub owner: String,
     /// The conversation up to and including the answer, without the
     /// request's `instructions` (which a continuation does not inherit).
     pub conversation: Vec<ChatMessage>,
-    /// The response object as it was returned, JSON.
-    #[serde(with = "json_text")]
-    pub object: Bytes,
     /// Where the request's own input starts in `conversation` (after the
     /// messages of the response it continued).
     #[serde(default)]
@@ -98,15 +100,23 @@ mod json_text {
 
 /// Sets `KEYS[1]` to `ARGV[1]` for `ARGV[2]` seconds only while the
 /// response it holds is unfinished (its object's `status` is `queued` or
-/// `in_progress`); 1 when it did.
+/// `in_progress`); 1 when it did. A record written object first has its
+/// status read from its first bytes (the response's id, `object` and
+/// `created_at` come before it, none of them the client's), so a large
+/// conversation is not decoded while Redis waits; an older record is.
 const REPLACE_UNFINISHED: &str = r#"
 local kept = redis.call('GET', KEYS[1])
 if not kept then return 0 end
-local ok, stored = pcall(cjson.decode, kept)
-if not ok or type(stored) ~= 'table' or type(stored['object']) ~= 'string' then return 0 end
-local ok2, object = pcall(cjson.decode, stored['object'])
-if not ok2 or type(object) ~= 'table' then return 0 end
-local status = object['status']
+local status
+if string.sub(kept, 1, 11) == '{"object":"' then
+  status = string.match(string.sub(kept, 1, 512), '\\"status\\":\\"([%w_]+)\\"')
+else
+  local ok, stored = pcall(cjson.decode, kept)
+  if not ok or type(stored) ~= 'table' or type(stored['object']) ~= 'string' then return 0 end
+  local ok2, object = pcall(cjson.decode, stored['object'])
+  if not ok2 or type(object) ~= 'table' then return 0 end
+  status = object['status']
+end
 if status ~= 'queued' and status ~= 'in_progress' then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1

@@ -985,24 +985,24 @@ pub(crate) fn ending(reason: Option<&str>) -> (&'static str, Option<IncompleteDe
 /// A chat message's `annotations` (the citations of OpenAI's search models
 /// and OpenRouter's web plugin: `{"type": "url_citation", "url_citation":
 /// {…}}`) as the Responses API writes them on its text (`{"type":
-/// "url_citation", "url", "title", "start_index", "end_index"}`); others
-/// as they came.
+/// "url_citation", "url", "title", "start_index", "end_index"}`); one of
+/// another type the Responses API defines goes as it came, and others
+/// (which typed clients would refuse) are left out.
 fn annotations(chat: Option<&Value>) -> Vec<Value> {
+    const TYPES: [&str; 4] = ["url_citation", "file_citation", "container_file_citation", "file_path"];
     let Some(Value::Array(list)) = chat else {
         return Vec::new();
     };
     list.iter()
-        .map(|annotation| {
-            match (
-                annotation.get("type").and_then(Value::as_str),
-                annotation.get("url_citation"),
-            ) {
-                (Some("url_citation"), Some(Value::Object(citation))) => {
-                    let mut flat = citation.clone();
-                    flat.insert("type".into(), json!("url_citation"));
-                    Value::Object(flat)
+        .filter_map(|annotation| {
+            let kind = annotation.get("type").and_then(Value::as_str)?;
+            match annotation.get(kind) {
+                Some(Value::Object(nested)) if kind == "url_citation" => {
+                    let mut flat = nested.clone();
+                    flat.insert("type".into(), json!(kind));
+                    Some(Value::Object(flat))
                 }
-                _ => annotation.clone(),
+                _ => TYPES.contains(&kind).then(|| annotation.clone()),
             }
         })
         .collect()
@@ -1182,11 +1182,14 @@ mod tests {
             "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant",
                 "content": "See the docs.",
                 "annotations": [{"type": "url_citation", "url_citation":
-                    {"start_index": 4, "end_index": 12, "url": "https://example.com", "title": "Docs"}}]}}]
+                    {"start_index": 4, "end_index": 12, "url": "https://example.com", "title": "Docs"}},
+                    {"type": "file", "file": {"hash": "x"}}, "odd"]}}]
         }))
         .unwrap();
         let object = serde_json::to_value(from_chat(chat, &echo())).unwrap();
-        let annotation = &object["output"][0]["content"][0]["annotations"][0];
+        let annotations = &object["output"][0]["content"][0]["annotations"];
+        assert_eq!(annotations.as_array().map(Vec::len), Some(1), "{object}");
+        let annotation = &annotations[0];
         assert_eq!(
             annotation,
             &json!({"type": "url_citation", "start_index": 4, "end_index": 12, "url": "https://example.com", "title": "Docs"}),

@@ -1079,4 +1079,21 @@ fn a_blank_user_turn_is_kept_as_a_turn() {
     let alone = chat(json!({"model": "claude", "messages": [{"role": "user", "content": ""}]}));
     let out = serde_json::to_value(to_messages_request(&alone, 4096).unwrap()).unwrap();
     assert_eq!(out["messages"][0]["content"][0]["text"], ".", "{out}");
+    // Instructions with a blank turn: the instructions are the turn.
+    let instructed = chat(json!({"model": "claude", "messages": [
+        {"role": "system", "content": "Write a haiku."}, {"role": "user", "content": ""}]}));
+    let out = serde_json::to_value(to_messages_request(&instructed, 4096).unwrap()).unwrap();
+    assert_eq!(out["messages"][0]["content"][0]["text"], "Write a haiku.", "{out}");
+    // Before tool results, nothing is added: they open their user message.
+    let tools = chat(json!({"model": "claude",
+    "tools": [{"type": "function", "function": {"name": "f"}}],
+    "messages": [
+        {"role": "user", "content": "go"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "user", "content": ""},
+        {"role": "tool", "tool_call_id": "c1", "content": "done"}
+    ]}));
+    let out = serde_json::to_value(to_messages_request(&tools, 4096).unwrap()).unwrap();
+    assert_eq!(out["messages"][2]["content"][0]["type"], "tool_result", "{out}");
 }

@@ -403,11 +403,18 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             Role::System | Role::Developer => system.extend(content_blocks(&message.content, &param)?),
             Role::User => {
                 let mut blocks = content_blocks(&message.content, &param)?;
-                // A blank user turn (Anthropic refuses blank text) is still a
-                // turn: left out after the assistant, it would make the
+                // A blank user turn (Anthropic refuses blank text) after the
+                // assistant is still a turn: left out, it would make the
                 // assistant's message a prefill to continue, or merge it with
-                // the next one.
-                if blocks.is_empty() && messages.last().is_none_or(|m| m.role == MessageRole::Assistant) {
+                // the next one. Not before tool results, which must open
+                // their user message.
+                let next = req.messages[i + 1..]
+                    .iter()
+                    .find(|m| !matches!(m.role, Role::System | Role::Developer));
+                if blocks.is_empty()
+                    && messages.last().is_some_and(|m| m.role == MessageRole::Assistant)
+                    && next.is_none_or(|m| m.role != Role::Tool)
+                {
                     blocks.push(ContentBlock::text(OPENING_USER_TURN));
                 }
                 push(&mut messages, MessageRole::User, blocks);
@@ -506,6 +513,14 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
     // message): Anthropic needs a turn, so they are the user's.
     if messages.is_empty() && !system.is_empty() {
         push(&mut messages, MessageRole::User, std::mem::take(&mut system));
+    }
+    // Nothing but blank user turns: still a turn to answer.
+    if messages.is_empty() && req.messages.iter().any(|m| m.role == Role::User) {
+        push(
+            &mut messages,
+            MessageRole::User,
+            vec![ContentBlock::text(OPENING_USER_TURN)],
+        );
     }
     if messages.is_empty() {
         return Err(invalid(
