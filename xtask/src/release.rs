@@ -11,7 +11,9 @@ use clap::Args;
 use sha2::{Digest, Sha256};
 
 use crate::http;
-use crate::util::{cargo_program, display_command, find_on_path, run_checked, target_dir, workspace_root};
+use crate::util::{
+    cargo_program, clean_command, display_command, find_on_path, run_checked, target_dir, workspace_root,
+};
 
 /// The workspace version, the image tag and archive version.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -456,7 +458,9 @@ pub fn dist(args: &DistArgs) -> Result<()> {
     let binary = match &args.binary {
         Some(binary) => binary.clone(),
         None => {
-            let mut build = Command::new(cargo_program());
+            // The caller's relative target directory, made absolute: the
+            // binary packaged below is the one built here.
+            let mut build = clean_command(cargo_program());
             build.current_dir(&root).args([
                 "build",
                 "--release",

@@ -232,17 +232,46 @@ fn warn_missing_scores(data: &Dataset) {
 
 /// Each query's scores for training, and the models' mean costs over the
 /// training queries. A score a query leaves out is its model's mean over
-/// the training queries (over the validation queries for those): no
-/// validation score reaches a training label.
+/// the training queries, validation queries included: no validation score
+/// reaches a training label, and a model scored on no validation query is
+/// not taken there for a model that scores 0 (which would stop training
+/// early on a loss it cannot lower).
 fn split_scores(data: &Dataset, train_idx: &[usize], val_idx: &[usize]) -> (Vec<Vec<f32>>, Vec<f64>) {
     let train_data = Dataset::with_models(pick(&data.samples, train_idx), data.models.clone());
-    let val_data = Dataset::with_models(pick(&data.samples, val_idx), data.models.clone());
     let mut full = data.scores.clone();
     for (row, &i) in train_data.scores.iter().zip(train_idx) {
         full[i].clone_from(row);
     }
-    for (row, &i) in val_data.scores.into_iter().zip(val_idx) {
-        full[i] = row;
+    let train_means: Vec<f32> = (0..data.models.len())
+        .map(|j| {
+            let given: Vec<f64> = train_idx
+                .iter()
+                .filter_map(|&i| data.samples.get(i)?.scores.get(&data.models[j]).copied())
+                .filter(|v| v.is_finite())
+                .collect();
+            if given.is_empty() {
+                0.0
+            } else {
+                (given.iter().sum::<f64>() / given.len() as f64) as f32
+            }
+        })
+        .collect();
+    for &i in val_idx {
+        let Some(sample) = data.samples.get(i) else {
+            continue;
+        };
+        full[i] = data
+            .models
+            .iter()
+            .zip(&train_means)
+            .map(|(m, mean)| {
+                sample
+                    .scores
+                    .get(m)
+                    .filter(|v| v.is_finite())
+                    .map_or(*mean, |v| *v as f32)
+            })
+            .collect();
     }
     (full, train_data.mean_costs())
 }
@@ -479,5 +508,14 @@ mod tests {
         assert_eq!(scores[0][1], 0.0, "scored on no training query");
         assert_eq!(scores[1][1], 0.0);
         assert_eq!(scores[2][1], 1.0);
+        // `b` is scored only on training queries: a validation query that
+        // leaves it out gets its training mean, not 0.
+        let data = Dataset::with_models(
+            vec![sample("q0", Some(0.8)), sample("q1", Some(0.6)), sample("q2", None)],
+            vec!["a".into(), "b".into()],
+        );
+        let (scores, _) = split_scores(&data, &[0, 1], &[2]);
+        assert!((scores[2][1] - 0.7).abs() < 1e-6, "{:?}", scores[2]);
+        assert_eq!(scores[2][0], 0.5);
     }
 }

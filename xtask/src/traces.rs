@@ -149,15 +149,20 @@ fn read_files(inputs: &[PathBuf]) -> Result<Vec<Value>> {
 /// `url` with its user and password hidden, for messages.
 fn shown_url(url: &str) -> String {
     // Everything up to the last `@` may be credentials, a password holding
-    // an unencoded `/` included.
+    // an unencoded `/` included; a query may hold them too (a Unix socket's
+    // `?pass=`), so it is hidden whole.
+    let without_query = |rest: &str| match rest.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => rest.to_owned(),
+    };
     match url.split_once("://") {
         Some((scheme, rest)) => match rest.rfind('@') {
-            Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-            None => url.to_owned(),
+            Some(at) => format!("{scheme}://***@{}", without_query(&rest[at + 1..])),
+            None => format!("{scheme}://{}", without_query(rest)),
         },
         None => match url.rfind('@') {
-            Some(at) => format!("***@{}", &url[at + 1..]),
-            None => url.to_owned(),
+            Some(at) => format!("***@{}", without_query(&url[at + 1..])),
+            None => without_query(url),
         },
     }
 }
@@ -402,7 +407,14 @@ pub fn run(args: &ExportArgs) -> Result<()> {
                 "the Redis stream `{}` holds no records: is it the stream `telemetry.request_log.redis` writes?",
                 args.stream
             ),
-            None => bail!("the request log files hold no records"),
+            None => bail!(
+                "the request log files hold no records: {}",
+                args.inputs
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         }
     }
     let (samples, summary) = join(&lines, args);
@@ -517,6 +529,16 @@ mod tests {
         assert_eq!(shown_url("rediss://user:pa@ss@host"), "rediss://***@host");
         assert_eq!(shown_url("redis://host:6379"), "redis://host:6379");
         assert_eq!(shown_url("redis://:pa/ss@host:6379/0"), "redis://***@host:6379/0");
+        // A Unix socket's password is a query parameter.
+        assert_eq!(
+            shown_url("redis+unix:///run/redis.sock?db=0&pass=s3cret"),
+            "redis+unix:///run/redis.sock?***"
+        );
+        assert_eq!(shown_url("unix:///s?pass=x"), "unix:///s?***");
+        assert_eq!(
+            shown_url("redis://:pa?ss@host/0?protocol=resp3"),
+            "redis://***@host/0?***"
+        );
     }
 
     #[test]

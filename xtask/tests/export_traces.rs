@@ -188,3 +188,26 @@ async fn a_redis_request_log_exports_too() {
     ]);
     assert!(!ok && out.contains("no such request log"), "{out}");
 }
+
+/// An input with no records fails, naming the file, rather than writing an
+/// empty training set.
+#[test]
+fn an_empty_request_log_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("requests.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let out = dir.path().join("traces.jsonl");
+    let (ok, text) = xtask(&[
+        "export-traces",
+        "--input",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("hold no records") && text.contains("requests.jsonl"),
+        "{text}"
+    );
+    assert!(!out.exists(), "{text}");
+}

@@ -95,7 +95,8 @@ fn function_kind() -> String {
     "function".into()
 }
 
-fn string_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+/// A string, with `null` read as empty.
+pub(crate) fn string_or_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
     Ok(Option::<String>::deserialize(deserializer)?.unwrap_or_default())
 }
 
@@ -175,6 +176,28 @@ impl ChatMessage {
     /// The message's text content, or an empty string.
     pub fn content_text(&self) -> String {
         self.content.as_ref().map(MessageContent::text).unwrap_or_default()
+    }
+
+    /// Moves the text of an answer's `thinking` parts (Mistral's reasoning
+    /// models answer with `thinking` and `text` parts) to
+    /// `reasoning_content`, where other servers put it, unless that is set.
+    pub fn lift_thinking_parts(&mut self) {
+        let Some(MessageContent::Parts(parts)) = &mut self.content else {
+            return;
+        };
+        let mut thinking = String::new();
+        parts.retain(|part| {
+            if part.kind == "thinking" {
+                push_thinking(&mut thinking, part.extra.get("thinking"));
+                false
+            } else {
+                true
+            }
+        });
+        if !thinking.is_empty() && !self.extra.contains_key("reasoning_content") {
+            self.extra
+                .insert("reasoning_content".into(), serde_json::Value::String(thinking));
+        }
     }
 }
 
@@ -270,7 +293,13 @@ pub struct ChatCompletionResponse {
 }
 
 /// The incremental message of a stream chunk.
+///
+/// Read leniently: a role that is empty or unknown (MiniMax and some GLM
+/// hosts send `"role": ""`) is no role, and content sent as a list of parts
+/// (Mistral's reasoning models: `thinking` and `text` parts) is read as its
+/// text, the text of its `thinking` parts going to `reasoning_content`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(from = "WireDelta")]
 pub struct ChunkDelta {
     /// Role, in the first chunk only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,6 +310,85 @@ pub struct ChunkDelta {
     /// Unmodelled fields (`tool_calls`, `refusal`, …), kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// A stream delta as servers send it, before [`ChunkDelta`] reads it.
+#[derive(Deserialize)]
+struct WireDelta {
+    #[serde(default, deserialize_with = "known_role")]
+    role: Option<Role>,
+    #[serde(default)]
+    content: Option<DeltaContent>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+/// A delta's content: text, or a list of typed parts.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum DeltaContent {
+    Text(String),
+    Parts(Vec<serde_json::Value>),
+}
+
+impl From<WireDelta> for ChunkDelta {
+    fn from(wire: WireDelta) -> Self {
+        let mut extra = wire.extra;
+        let content = match wire.content {
+            None => None,
+            Some(DeltaContent::Text(text)) => Some(text),
+            Some(DeltaContent::Parts(parts)) => {
+                let mut text = String::new();
+                let mut thinking = String::new();
+                for part in &parts {
+                    match part.get("type").and_then(|t| t.as_str()) {
+                        Some("text") => text.push_str(part.get("text").and_then(|t| t.as_str()).unwrap_or_default()),
+                        Some("thinking") => push_thinking(&mut thinking, part.get("thinking")),
+                        _ => {}
+                    }
+                }
+                if !thinking.is_empty() {
+                    let reasoning = extra
+                        .entry("reasoning_content".to_string())
+                        .or_insert_with(|| serde_json::Value::String(String::new()));
+                    match reasoning {
+                        serde_json::Value::String(before) => before.push_str(&thinking),
+                        other => *other = serde_json::Value::String(thinking),
+                    }
+                }
+                (!text.is_empty()).then_some(text)
+            }
+        };
+        ChunkDelta {
+            role: wire.role,
+            content,
+            extra,
+        }
+    }
+}
+
+/// Appends a `thinking` part's text: a string, or a list of `text` parts.
+fn push_thinking(out: &mut String, thinking: Option<&serde_json::Value>) {
+    match thinking {
+        Some(serde_json::Value::String(text)) => out.push_str(text),
+        Some(serde_json::Value::Array(parts)) => {
+            for part in parts {
+                if let Some(text) = part.get("text").and_then(|t| t.as_str()) {
+                    out.push_str(text);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A role, with `null`, an empty string or a role this type does not know
+/// read as none.
+fn known_role<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Role>, D::Error> {
+    Ok(match Option::<serde_json::Value>::deserialize(deserializer)? {
+        Some(value) => Role::deserialize(value).ok(),
+        None => None,
+    })
 }
 
 /// One choice of a stream chunk.
@@ -303,6 +411,7 @@ pub struct ChunkChoice {
 
 /// One `data:` event of a streaming chat response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "WireChunk")]
 pub struct ChatCompletionChunk {
     /// Response id, the same in every chunk (empty in Azure's first,
     /// prompt-filter chunk, as are `object`, `created` and `model`; `null`
@@ -319,7 +428,8 @@ pub struct ChatCompletionChunk {
     #[serde(default, deserialize_with = "string_or_null")]
     pub model: String,
     /// The choices (empty in the final usage chunk, where some servers
-    /// send `null`). Required: an object without it is not a chunk.
+    /// send `null` and others leave it out). Required in any other chunk:
+    /// an object with neither choices nor usage is not a chunk.
     #[serde(deserialize_with = "null_as_default")]
     pub choices: Vec<ChunkChoice>,
     /// Usage, in the final chunk when `include_usage` was requested.
@@ -328,4 +438,54 @@ pub struct ChatCompletionChunk {
     /// Unmodelled fields, kept verbatim.
     #[serde(flatten)]
     pub extra: Extra,
+}
+
+/// A stream chunk as servers send it, before [`ChatCompletionChunk`] checks it.
+#[derive(Deserialize)]
+struct WireChunk {
+    #[serde(default, deserialize_with = "string_or_null")]
+    id: String,
+    #[serde(default, deserialize_with = "string_or_null")]
+    object: String,
+    #[serde(default, deserialize_with = "seconds")]
+    created: u64,
+    #[serde(default, deserialize_with = "string_or_null")]
+    model: String,
+    /// Absent (not `null`) only in a usage chunk.
+    #[serde(default, deserialize_with = "present")]
+    choices: Option<Vec<ChunkChoice>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(flatten)]
+    extra: Extra,
+}
+
+/// A field that is present: `null` as its default, absence left to `#[serde(default)]`.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Some(Option::<T>::deserialize(deserializer)?.unwrap_or_default()))
+}
+
+impl TryFrom<WireChunk> for ChatCompletionChunk {
+    type Error = &'static str;
+
+    fn try_from(wire: WireChunk) -> Result<Self, Self::Error> {
+        let choices = match (wire.choices, &wire.usage) {
+            (Some(choices), _) => choices,
+            (None, Some(_)) => Vec::new(),
+            (None, None) => return Err("missing field `choices`"),
+        };
+        Ok(ChatCompletionChunk {
+            id: wire.id,
+            object: wire.object,
+            created: wire.created,
+            model: wire.model,
+            choices,
+            usage: wire.usage,
+            extra: wire.extra,
+        })
+    }
 }

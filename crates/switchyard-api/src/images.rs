@@ -8,8 +8,8 @@ use crate::Extra;
 /// Body of `POST /v1/images/generations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ImageGenerationRequest {
-    /// Public model name (empty when the client left it out).
-    #[serde(default)]
+    /// Public model name (empty when the client left it out or sent `null`).
+    #[serde(default, deserialize_with = "crate::chat::string_or_null")]
     pub model: String,
     /// What to draw.
     pub prompt: String,
@@ -37,8 +37,8 @@ impl ImageGenerationRequest {
 /// Body of `POST /v1/moderations`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModerationRequest {
-    /// Public model name (empty when the client left it out).
-    #[serde(default)]
+    /// Public model name (empty when the client left it out or sent `null`).
+    #[serde(default, deserialize_with = "crate::chat::string_or_null")]
     pub model: String,
     /// A string, an array of strings, or an array of text and image parts.
     pub input: serde_json::Value,

@@ -260,9 +260,67 @@ fn loosely_shaped_answers_are_read() {
     let usage_chunk = json!({"id": "c", "choices": null, "usage": {"prompt_tokens": 1, "completion_tokens": 2}});
     let chunk: ChatCompletionChunk = serde_json::from_value(usage_chunk).unwrap();
     assert!(chunk.choices.is_empty() && chunk.usage.is_some());
+    // A usage chunk may leave `choices` out (Fireworks).
+    let chunk: ChatCompletionChunk = serde_json::from_value(json!({
+        "id": "c", "object": "chat.completion.chunk",
+        "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}
+    }))
+    .unwrap();
+    assert!(chunk.choices.is_empty() && chunk.usage.map(|u| u.completion_tokens) == Some(5));
     // An object without `choices` is not a chunk (a status object some
     // proxies interleave), and a translated stream reports it.
     assert!(serde_json::from_value::<ChatCompletionChunk>(json!({"object": "status", "status": "busy"})).is_err());
+    assert!(serde_json::from_value::<ChatCompletionChunk>(json!({"object": "status", "usage": null})).is_err());
     // Without `choices`, an answer is still not one.
     assert!(serde_json::from_value::<ChatCompletionResponse>(json!({"id": "x", "usage": {}})).is_err());
+}
+
+#[test]
+fn stream_deltas_are_read_leniently() {
+    // MiniMax and some GLM hosts send an empty role; an unknown one is no role either.
+    for role in [json!(""), json!("narrator"), Value::Null] {
+        let chunk: ChatCompletionChunk = serde_json::from_value(json!({
+            "id": "c", "choices": [{"index": 0, "delta": {"role": role, "content": "hi"}}]
+        }))
+        .unwrap();
+        assert_eq!(chunk.choices[0].delta.role, None);
+        assert_eq!(chunk.choices[0].delta.content.as_deref(), Some("hi"));
+    }
+    let chunk: ChatCompletionChunk = serde_json::from_value(json!({
+        "id": "c", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]
+    }))
+    .unwrap();
+    assert_eq!(chunk.choices[0].delta.role, Some(Role::Assistant));
+    // Mistral's reasoning models stream content as parts: thinking, then text.
+    let chunk: ChatCompletionChunk = serde_json::from_value(json!({
+        "id": "c", "choices": [{"index": 0, "delta": {"content": [
+            {"type": "thinking", "thinking": [{"type": "text", "text": "Let me "}, {"type": "text", "text": "see."}]}
+        ]}}]
+    }))
+    .unwrap();
+    let delta = &chunk.choices[0].delta;
+    assert_eq!(delta.content, None);
+    assert_eq!(delta.extra["reasoning_content"], "Let me see.");
+    let chunk: ChatCompletionChunk = serde_json::from_value(json!({
+        "id": "c", "choices": [{"index": 0, "delta": {"content": [
+            {"type": "text", "text": "The answer"}, {"type": "text", "text": " is 4."}
+        ]}}]
+    }))
+    .unwrap();
+    assert_eq!(chunk.choices[0].delta.content.as_deref(), Some("The answer is 4."));
+    assert!(!chunk.choices[0].delta.extra.contains_key("reasoning_content"));
+    // Written back, a delta is OpenAI's: string content, reasoning beside it.
+    let written = serde_json::to_value(&chunk.choices[0].delta).unwrap();
+    assert_eq!(written, json!({"content": "The answer is 4."}));
+}
+
+#[test]
+fn a_null_model_of_images_and_moderations_is_left_out() {
+    // LangChain's moderation chain sends `model: null`.
+    let request: switchyard_api::ModerationRequest =
+        serde_json::from_value(json!({"input": "text", "model": null})).unwrap();
+    assert_eq!(request.model, "");
+    let request: switchyard_api::ImageGenerationRequest =
+        serde_json::from_value(json!({"prompt": "a cat", "model": null})).unwrap();
+    assert_eq!(request.model, "");
 }

@@ -317,7 +317,11 @@ async fn deliver(
         // webhook refused would be refused again until its configuration
         // is fixed: a budget alert goes again after an hour, the others
         // (claimed for a minute) when their claim ends.
-        if !delivered {
+        if delivered {
+            if let Alert::Policy(a) = &alert {
+                policy.confirm_policy_alert(&a.claim).await;
+            }
+        } else {
             match (&claim, &alert) {
                 (Some(claim), _) if !refused => {
                     policy.release_alert(claim).await;

@@ -637,9 +637,32 @@ pub(crate) fn record_stream(
 /// What a stored chunk counts for beyond its bytes (as the store weighs it).
 const CHUNK_OVERHEAD: usize = 8;
 
+/// The usage a recorded stream reported: its last that counts anything (an
+/// all-zero usage, which some servers put in every chunk, is no count, as
+/// when the stream was charged).
+pub(crate) fn stream_usage(seen: &[String]) -> Option<switchyard_api::Usage> {
+    seen.iter().rev().find_map(|c| {
+        let v: Value = serde_json::from_str(c).ok()?;
+        let usage = serde_json::from_value::<switchyard_api::Usage>(v.get("usage")?.clone()).ok()?;
+        (usage.prompt_tokens > 0 || usage.completion_tokens > 0 || usage.total_tokens > 0).then_some(usage)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream whose chunks carry zeros only reported no usage: it is
+    /// stored at what it was charged, not as free.
+    #[test]
+    fn a_recorded_streams_zero_usage_is_no_count() {
+        let chunk = |usage: Value| serde_json::json!({"choices": [], "usage": usage}).to_string();
+        let zeros = serde_json::json!({"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0});
+        assert_eq!(stream_usage(&[chunk(zeros.clone()), chunk(zeros.clone())]), None);
+        let real = serde_json::json!({"prompt_tokens": 9, "completion_tokens": 4, "total_tokens": 13});
+        let found = stream_usage(&[chunk(real), chunk(zeros)]).map(|u| u.completion_tokens);
+        assert_eq!(found, Some(4));
+    }
 
     /// The semantic cache's parameters keep a prompt's shape, not its text:
     /// which messages (and parts) hold any.

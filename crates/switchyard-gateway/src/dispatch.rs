@@ -57,9 +57,13 @@ pub(crate) struct RequestOptions {
     pub(crate) num_retries: Option<u32>,
     /// Deadline of the request, capped at `router_settings.max_timeout_ms`.
     pub(crate) timeout: Option<Duration>,
-    /// The models the caller's key may call (`None`: any); a learned router
-    /// chooses among these when the list names some of its candidates.
+    /// The models the caller's key may call (`None`: any): every list
+    /// (the key's, its team's, its user's) allows them.
     pub(crate) allowed_models: Option<Vec<String>>,
+    /// Each of those lists (`None`: none limits the models): a learned
+    /// router chooses among the candidates every list allows, a list
+    /// that names only the router allowing them all.
+    pub(crate) allowed_lists: Option<Vec<Vec<String>>>,
     /// Where time spent waiting on upstreams is added up (for the overhead header).
     pub(crate) upstream_ns: Option<Arc<AtomicU64>>,
     /// The prompt's estimated tokens, when admission already worked them out.
@@ -404,7 +408,7 @@ async fn dispatch_all<'s>(
             let serves = |name: &str| serves_tags(state, name, &options.route_tags);
             let tagged = (state.tag_filtering && !options.route_tags.is_empty()).then_some(&serves);
             let live = Live {
-                allowed: options.allowed_models.as_deref(),
+                allowed: options.allowed_lists.as_deref(),
                 tagged: tagged.map(|f| f as &(dyn Fn(&str) -> bool + Sync)),
                 registry: &state.registry,
                 stats: &state.stats,
@@ -673,8 +677,9 @@ async fn try_group<'s>(
         Call::CountTokens(..) => 0,
         _ => prompt_tokens.unwrap_or_else(|| crate::metering::expected_prompt_tokens(call)),
     };
-    // Deployments tried by this request, with the Retry-After each sent.
-    let mut tried: Vec<(usize, Option<Duration>)> = Vec::new();
+    // Deployments tried by this request, with when the Retry-After each
+    // sent ends (a pause counts from when it was asked for).
+    let mut tried: Vec<(usize, Option<tokio::time::Instant>)> = Vec::new();
     // Deployments whose provider cannot express this request.
     let mut unable: Vec<usize> = Vec::new();
     // A deployment of a wildcard group said the model the client named does
@@ -728,7 +733,7 @@ async fn try_group<'s>(
         // `cooldown_ms` of 503s, so they are tried anyway, with the usual
         // retries; one whose key the upstream rejected only when it is all
         // there is, and once. Their breakers are left as they are.
-        let panic = healthy.is_empty() && last_resort;
+        let mut panic = healthy.is_empty() && last_resort;
         if panic {
             let key_invalid = |i: &usize| deployments.get(*i).is_some_and(|d| state.cooldowns.key_invalid(d.id));
             healthy = able().filter(|i| !key_invalid(i)).collect();
@@ -747,7 +752,12 @@ async fn try_group<'s>(
         let mut again: Vec<usize> = healthy
             .iter()
             .copied()
-            .filter(|i| is_tried(i) && !tried.iter().any(|(t, after)| t == i && after.is_some_and(|a| a > max)))
+            .filter(|i| {
+                is_tried(i)
+                    && !tried.iter().any(|(t, until)| {
+                        t == i && until.is_some_and(|u| u.saturating_duration_since(tokio::time::Instant::now()) > max)
+                    })
+            })
             .collect();
         let mut pool = if fresh.is_empty() {
             if again.is_empty() && !healthy.is_empty() {
@@ -815,13 +825,23 @@ async fn try_group<'s>(
                     slept = Duration::ZERO;
                     state.metrics.retry(name);
                 }
-                let retry_after = tried.iter().find(|(t, _)| *t == index).and_then(|(_, after)| *after);
-                match state.dispatch.retry.wait(retry, retry_after, rng) {
-                    // What this retry has slept already counts: a deployment
-                    // chosen after another could not be claimed waits only
-                    // the rest of its own pause.
-                    Wait::Sleep(pause) if tokio::time::Instant::now() + pause.saturating_sub(slept) < deadline.at => {
-                        let rest = pause.saturating_sub(slept);
+                // What is left of the pause this deployment asked for.
+                let retry_after = tried
+                    .iter()
+                    .find(|(t, _)| *t == index)
+                    .and_then(|(_, until)| *until)
+                    .map(|until| until.saturating_duration_since(tokio::time::Instant::now()));
+                let wait = state.dispatch.retry.wait(retry, retry_after, rng);
+                // What this retry has slept already counts: a deployment
+                // chosen after another could not be claimed waits only the
+                // rest of its own backoff (a Retry-After's rest is counted
+                // from now already).
+                let rest = match wait {
+                    Wait::Sleep(pause) => pause.saturating_sub(slept).max(retry_after.unwrap_or_default()),
+                    Wait::TooLong(_) => Duration::ZERO,
+                };
+                match wait {
+                    Wait::Sleep(_) if tokio::time::Instant::now() + rest < deadline.at => {
                         if !rest.is_zero() {
                             tokio::time::sleep(rest).await;
                             slept += rest;
@@ -855,6 +875,14 @@ async fn try_group<'s>(
             };
             match claim {
                 Some(claim) => break (index, claim == switchyard_routing::Claim::Probe, held, tokens),
+                // Another request took the half-open probe of the last
+                // deployment this one could ask, between the choice (or
+                // the pause) and the claim: as when every deployment is
+                // cooling down, it is tried anyway, its breaker left as it is.
+                None if last_resort && again.is_empty() && pool.iter().all(|&i| i == index) => {
+                    panic = true;
+                    break (index, false, held, tokens);
+                }
                 None => pool.retain(|&i| i != index),
             }
         };
@@ -944,13 +972,17 @@ async fn try_group<'s>(
                 let now = state.now_ms();
                 // The upstream was sent the prompt, and bills it: its
                 // estimate stays counted in the deployment's minute.
+                // A token count counts nothing in the live statistics.
+                let counts = !matches!(call, Call::CountTokens(..));
                 if started.elapsed() >= deadline.configured / 2 {
                     let class = switchyard_routing::ErrorClass::Timeout;
-                    state.stats.record_failure(deployment.id, class, now);
+                    if counts {
+                        state.stats.record_failure(deployment.id, class, now);
+                    }
                     // A try made anyway leaves the breaker (and another
                     // request's probe) as it is.
                     if !panic
-                        && !matches!(call, Call::CountTokens(..))
+                        && counts
                         && state
                             .cooldowns
                             .record_failure(deployment.id, class, claim_of(probe), now)
@@ -964,7 +996,9 @@ async fn try_group<'s>(
                 } else {
                     // Too short a deadline to judge the deployment by: the
                     // request counts against its rpm, without an outcome.
-                    state.stats.record_request(deployment.id, now);
+                    if counts {
+                        state.stats.record_request(deployment.id, now);
+                    }
                     if probe {
                         state.cooldowns.release_probe(deployment.id, now);
                     }
@@ -990,7 +1024,7 @@ async fn try_group<'s>(
                     )),
                     // A token count is not a generation: no latency sample.
                     Reply::Native(_) if matches!(call, Call::CountTokens(..)) => None,
-                    Reply::Native(body) => Some(native_tokens(body)),
+                    Reply::Native(body) => Some(native_tokens(body, estimated)),
                     Reply::Media(_) | Reply::Audio(_) => Some(estimated),
                     // A stream's outcome is recorded when it ends.
                     Reply::Chunks(_) | Reply::Events(_) => None,
@@ -1132,7 +1166,10 @@ async fn try_group<'s>(
                         state.cooldowns.release_probe(deployment.id, now);
                     }
                 } else {
-                    state.stats.record_failure(deployment.id, class, now);
+                    // A token count counts nothing in the live statistics.
+                    if !matches!(call, Call::CountTokens(..)) {
+                        state.stats.record_failure(deployment.id, class, now);
+                    }
                     // A try made anyway leaves the breaker (and another
                     // request's probe) as it is; a rejected key is noted.
                     // A token count leaves the breaker alone: it never
@@ -1203,9 +1240,10 @@ async fn try_group<'s>(
                 if !retryable {
                     return GroupOutcome::Final(error);
                 }
+                let until = retry_after.map(|after| tokio::time::Instant::now() + after);
                 match tried.iter_mut().find(|(t, _)| *t == index) {
-                    Some(entry) => entry.1 = retry_after,
-                    None => tried.push((index, retry_after)),
+                    Some(entry) => entry.1 = until,
+                    None => tried.push((index, until)),
                 }
                 last = Some(error);
             }
@@ -1226,8 +1264,10 @@ fn genai_system(provider: &str) -> &str {
     }
 }
 
-/// Prompt plus output tokens of an Anthropic-format answer, from its `usage`.
-fn native_tokens(body: &Bytes) -> u64 {
+/// Prompt plus output tokens of an Anthropic-format answer, from its
+/// `usage`; without one, as the answer is charged: the prompt's estimate
+/// and its output by length.
+fn native_tokens(body: &Bytes, estimated: u64) -> u64 {
     #[derive(serde::Deserialize)]
     struct Answer {
         usage: Option<Value>,
@@ -1235,10 +1275,14 @@ fn native_tokens(body: &Bytes) -> u64 {
     serde_json::from_slice::<Answer>(body)
         .ok()
         .and_then(|a| a.usage)
-        .map_or(0, |u| {
-            let u = crate::metering::anthropic_usage(&u);
-            u.prompt.saturating_add(u.completion)
-        })
+        .filter(Value::is_object)
+        .map_or_else(
+            || estimated.saturating_add(crate::metering::anthropic_output_estimate(body)),
+            |u| {
+                let u = crate::metering::anthropic_usage(&u);
+                u.prompt.saturating_add(u.completion)
+            },
+        )
 }
 
 /// Whether tag-based routing leaves group `name` a deployment for `tags`
@@ -1717,6 +1761,18 @@ mod tests {
     }
 
     use super::*;
+
+    /// An Anthropic-format answer without usage counts what it is charged
+    /// against the deployment's minute, not nothing.
+    #[test]
+    fn a_native_answer_without_usage_counts_its_estimate() {
+        let with = Bytes::from_static(br#"{"content":[],"usage":{"input_tokens":7,"output_tokens":3}}"#);
+        assert_eq!(native_tokens(&with, 100), 10);
+        let without = Bytes::from_static(br#"{"content":[{"type":"text","text":"12345678"}]}"#);
+        assert_eq!(native_tokens(&without, 100), 102);
+        let null = Bytes::from_static(br#"{"content":[{"type":"text","text":"1234"}],"usage":null}"#);
+        assert_eq!(native_tokens(&null, 100), 101);
+    }
 
     /// A refusal of a capability the request uses sends it to another
     /// deployment, in Ollama's words and Bedrock's.

@@ -89,9 +89,10 @@ pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, Ap
     })
 }
 
-/// A tag or user id as recorded: trimmed, control characters left out, cut
-/// to `max` bytes at a character boundary; blank is none. A label never
-/// fails a request.
+/// A tag or user id as recorded: control characters left out, cut to `max`
+/// bytes at a character boundary, trimmed (after the cut too, so that the
+/// admin API, which refuses ids with surrounding spaces, can name it); blank
+/// is none. A label never fails a request.
 fn kept(text: &str, max: usize) -> Option<String> {
     let mut out = String::new();
     let visible: String = text.chars().filter(|c| !c.is_control()).collect();
@@ -101,7 +102,8 @@ fn kept(text: &str, max: usize) -> Option<String> {
         }
         out.push(c);
     }
-    (!out.is_empty()).then_some(out)
+    let out = out.trim_end();
+    (!out.is_empty()).then(|| out.to_owned())
 }
 
 fn push(tags: &mut Vec<String>, tag: &str) {
@@ -157,6 +159,14 @@ mod tests {
             Value::Object(map) => map,
             _ => unreachable!(),
         }
+    }
+
+    /// An id cut where a space falls ends without it.
+    #[test]
+    fn a_cut_label_is_trimmed() {
+        let long = format!("{} {}", "a".repeat(255), "b".repeat(44));
+        assert_eq!(kept(&long, 256), Some("a".repeat(255)));
+        assert_eq!(kept("  x  ", 256).as_deref(), Some("x"));
     }
 
     #[test]

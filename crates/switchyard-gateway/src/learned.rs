@@ -738,11 +738,20 @@ impl LearnedRoute {
         })
         .await
         .map_err(|e| ApiError::Internal(format!("embedding task: {e}")))??;
-        // A key whose allow-list names some of the candidates is routed among those only.
-        let key_names_candidates = live
-            .allowed
-            .is_some_and(|list| loaded.groups.iter().any(|g| list.contains(g)));
-        let key_permits = |g: &String| !key_names_candidates || live.allowed.is_some_and(|l| l.contains(g));
+        // Each of the caller's lists (its key's, team's, user's) that names
+        // some of the candidates allows those only; one that names the
+        // router alone allows them all. A candidate must be allowed by all.
+        let list_permits =
+            |list: &Vec<String>, g: &String| !loaded.groups.iter().any(|c| list.contains(c)) || list.contains(g);
+        let key_permits = |g: &String| {
+            live.allowed
+                .is_none_or(|lists| lists.iter().all(|l| list_permits(l, g)))
+        };
+        if !loaded.groups.iter().any(key_permits) {
+            return Err(ApiError::Denied(switchyard_policy::Denied::ModelNotAllowed {
+                model: self.name.clone(),
+            }));
+        }
         // A tagged request is ranked among the permitted candidates its
         // tags leave a deployment in; when they leave none, each chosen
         // group is filtered as any request's is.
@@ -779,13 +788,14 @@ impl LearnedRoute {
         let prediction = Prediction {
             router: self.name.clone(),
             ranked: order.iter().map(|&j| loaded.groups[j].clone()).collect(),
-            // A key limited to some candidates sees only their scores.
+            // A key limited to some candidates, or a request whose tags
+            // leave it some, sees only their scores.
             scores: loaded
                 .groups
                 .iter()
                 .cloned()
                 .zip(scores)
-                .filter(|(g, _)| !key_names_candidates || live.allowed.is_some_and(|l| l.contains(g)))
+                .filter(|(g, _)| permitted(g))
                 .collect(),
         };
         tracing::info!(
@@ -801,8 +811,8 @@ impl LearnedRoute {
 
 /// The live state a prediction filters candidates with.
 pub(crate) struct Live<'a> {
-    /// The models the caller's key may call (`None`: any).
-    pub(crate) allowed: Option<&'a [String]>,
+    /// Each of the caller's lists of the models it may call (`None`: any).
+    pub(crate) allowed: Option<&'a [Vec<String>]>,
     /// Whether a tagged request's tags leave a deployment in a group
     /// (`None`: no tag filtering, or no tags); asked of the groups of the
     /// router version that predicts.

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 use switchyard_api::Usage;
 use switchyard_policy::{Charge, Demand, Principal, SpendRecord, Ticket, TokenUsage, format_usd};
+use switchyard_providers::reasoning::Thinkers;
 use switchyard_routing::DeploymentId;
 
 use crate::dispatch::Call;
@@ -195,7 +196,7 @@ pub(crate) async fn require_master_if_set(State(state): State<SharedState>, requ
 
 /// The most output tokens a request can produce: its `max_tokens` (or the
 /// default) for each answer it asks for (`n`, `best_of`, one per prompt).
-fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
+fn max_output(call: &Call<'_>, default: u32, may_think: bool, thinkers: Thinkers) -> u64 {
     // The larger of the limits it sets (a server may read either one:
     // vLLM takes `max_completion_tokens`, or `max_tokens` when that is 0);
     // 0 when that is all it sets (a prompt scored, nothing written).
@@ -216,8 +217,11 @@ fn max_output(call: &Call<'_>, default: u32, may_think: bool) -> u64 {
         // thinking budget on top of its own limit.
         Call::Chat(req) => {
             let limit = from(&req.extra, &["max_completion_tokens", "max_tokens"]).unwrap_or(u64::from(default));
+            // The group's Claude models think unasked whatever name the
+            // request used (a group, an alias), as does the model it names.
             let limit = if may_think {
-                switchyard_providers::reasoning::output_ceiling(req, limit)
+                let thinkers = thinkers.or(Thinkers::of(&req.model));
+                switchyard_providers::reasoning::output_ceiling_for(req, limit, thinkers)
             } else {
                 limit
             };
@@ -606,6 +610,7 @@ pub(crate) async fn admit(
                     call,
                     ceiling.default_output.unwrap_or(0).max(state.default_max_tokens),
                     ceiling.default_output.is_some(),
+                    ceiling.thinkers,
                 ),
             )
             .saturating_add(match call {
@@ -981,23 +986,48 @@ mod tests {
             "model": "m", "n": 3, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
-        assert_eq!(max_output(&Call::Chat(&mut chat), 4096, false), 30);
+        assert_eq!(max_output(&Call::Chat(&mut chat), 4096, false, Thinkers::default()), 30);
         let mut completion: CompletionRequest = serde_json::from_value(json!({
             "model": "m", "prompt": ["a", "b"], "best_of": 2, "n": 1, "max_tokens": 5
         }))
         .unwrap();
-        assert_eq!(max_output(&Call::Completion(&mut completion), 4096, false), 20);
+        assert_eq!(
+            max_output(&Call::Completion(&mut completion), 4096, false, Thinkers::default()),
+            20
+        );
         let mut plain: ChatCompletionRequest =
             serde_json::from_value(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})).unwrap();
-        assert_eq!(max_output(&Call::Chat(&mut plain), 4096, false), 4096);
+        assert_eq!(
+            max_output(&Call::Chat(&mut plain), 4096, false, Thinkers::default()),
+            4096
+        );
         // Claude's thinking budget goes on top of a limit it does not fit in.
         let mut thinking: ChatCompletionRequest = serde_json::from_value(json!({
             "model": "m", "max_tokens": 100, "reasoning_effort": "high", "messages": [{"role": "user", "content": "hi"}]
         }))
         .unwrap();
-        assert_eq!(max_output(&Call::Chat(&mut thinking), 4096, true), 4196);
+        assert_eq!(
+            max_output(&Call::Chat(&mut thinking), 4096, true, Thinkers::default()),
+            4196
+        );
         // A group no Anthropic or Bedrock deployment serves: the client's limit.
-        assert_eq!(max_output(&Call::Chat(&mut thinking), 4096, false), 100);
+        assert_eq!(
+            max_output(&Call::Chat(&mut thinking), 4096, false, Thinkers::default()),
+            100
+        );
+        // A group (named `m` here) whose Claude model thinks unasked: its
+        // thinking room is reserved though the request names no Claude model.
+        let mut unasked: ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "opus", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        assert_eq!(
+            max_output(&Call::Chat(&mut unasked), 4096, true, Thinkers::default()),
+            100
+        );
+        let opus = Thinkers::of("claude-opus-5");
+        assert!(opus.by_default);
+        assert_eq!(max_output(&Call::Chat(&mut unasked), 4096, true, opus), 4196);
     }
 
     #[test]

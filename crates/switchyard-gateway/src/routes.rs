@@ -359,6 +359,7 @@ async fn openai_inner(
     controls: Controls,
 ) -> Response {
     options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
+    options.allowed_lists = state.allowed_lists(principal.view().map(|v| &**v));
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     options.wildcard = state.wildcard_part(requested).map(str::to_owned);
     if state.tag_filtering {
@@ -417,6 +418,13 @@ async fn openai_inner(
             "switchyard.cache.result" = Empty,
             "switchyard.cache.similarity" = Empty,
         );
+        // For a learned router, which candidates may answer follows from
+        // each of the caller's lists: answers are shared among callers
+        // with the same lists.
+        let learned_scope: Option<Vec<String>> = options
+            .allowed_lists
+            .as_ref()
+            .map(|lists| lists.iter().map(|list| list.join("\u{1}")).collect());
         let found = cache
             .lookup(
                 state.embedder.as_ref(),
@@ -425,10 +433,7 @@ async fn openai_inner(
                 principal,
                 &call,
                 controls,
-                options
-                    .allowed_models
-                    .as_deref()
-                    .filter(|_| state.learned.contains_key(model)),
+                learned_scope.as_deref().filter(|_| state.learned.contains_key(model)),
             )
             .instrument(lookup_span.clone())
             .await;
@@ -600,11 +605,7 @@ async fn openai_inner(
                     // The answer's price even when its charge could not be
                     // recorded, so later hits are not free.
                     cost_nanos: record.as_ref().map_or_else(
-                        || {
-                            usage
-                                .zip(state.prices.get(decision.deployment.id.0))
-                                .map_or(0, |(u, p)| p.cost(&u))
-                        },
+                        || usage.map_or(0, |u| prices.cost(&u).saturating_add(extra)),
                         |r| r.cost_nanos,
                     ),
                     created_ms: 0,
@@ -633,6 +634,9 @@ async fn openai_inner(
         }
         Reply::Chunks(chunks) => {
             let estimated_prompt = meter.estimated_prompt();
+            // As the stream is charged (a wildcard group's deployment at
+            // the model asked for), for the answer kept in the cache.
+            let prices = meter.prices(&state, decision.deployment.id);
             let mut tracker =
                 tracker(&state, &decision, in_flight, started).metered(meter, decision.deployment.name.clone());
             if let Some(mut t) = trail.take() {
@@ -646,7 +650,6 @@ async fn openai_inner(
             let chunks = match keep.cloned() {
                 Some(pending) => {
                     let state = state.clone();
-                    let id = decision.deployment.id;
                     let name = decision.deployment.name.clone();
                     let limit = state.cache.as_ref().map_or(0, |c| c.max_entry_bytes);
                     crate::cache::record_stream(chunks, limit, move |seen| {
@@ -654,10 +657,7 @@ async fn openai_inner(
                             return;
                         }
                         tokio::spawn(async move {
-                            let usage = seen.iter().rev().find_map(|c| {
-                                let v: serde_json::Value = serde_json::from_str(c).ok()?;
-                                serde_json::from_value::<switchyard_api::Usage>(v.get("usage")?.clone()).ok()
-                            });
+                            let usage = crate::cache::stream_usage(&seen);
                             // Without the upstream's usage, what the stream was
                             // charged: so later hits are not free.
                             let usage = usage.as_ref().map(metering::openai_usage).or_else(|| {
@@ -667,7 +667,7 @@ async fn openai_inner(
                                     ..switchyard_policy::TokenUsage::default()
                                 })
                             });
-                            let cost = match (usage, state.prices.get(id.0)) {
+                            let cost = match (usage, prices) {
                                 (Some(u), Some(p)) => p.cost(&u),
                                 _ => 0,
                             };

@@ -273,6 +273,9 @@ pub struct Ceiling {
     /// The highest `max_tokens` an Anthropic or Bedrock deployment sends
     /// for a request without one (`None`: no such deployment).
     pub default_output: Option<u32>,
+    /// Whether a Claude model it may reach thinks unasked (and is given
+    /// room for it on top of the request's `max_tokens`).
+    pub thinkers: switchyard_providers::reasoning::Thinkers,
 }
 
 impl Ceiling {
@@ -281,6 +284,7 @@ impl Ceiling {
         Ceiling {
             prices: max_prices(self.prices, other.prices),
             default_output: self.default_output.max(other.default_output),
+            thinkers: self.thinkers.or(other.thinkers),
         }
     }
 }
@@ -348,6 +352,12 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
                 acc.max(Ceiling {
                     prices: d.prices,
                     default_output: default_output(d),
+                    thinkers: match d.provider {
+                        ProviderKind::Anthropic | ProviderKind::Bedrock => {
+                            switchyard_providers::reasoning::Thinkers::of(&d.model)
+                        }
+                        _ => switchyard_providers::reasoning::Thinkers::default(),
+                    },
                 })
             });
             (m.name.as_str(), max)
@@ -956,10 +966,9 @@ impl AppState {
     /// its group (these decide which fallbacks and learned-router
     /// candidates it may reach). `None`: every model.
     pub(crate) fn allowed_groups(&self, view: Option<&switchyard_policy::KeyView>) -> Option<Vec<String>> {
-        let view = view?;
         // The key's, the team's and the user's lists are widened each on
         // its own, then intersected: they may name one model differently.
-        let mut lists = view.model_lists().into_iter().filter_map(|models| self.widened(models));
+        let mut lists = self.allowed_lists(view)?.into_iter();
         let first = lists.next()?;
         let rest: Vec<Vec<String>> = lists.collect();
         Some(
@@ -972,6 +981,20 @@ impl AppState {
 
     /// `models` with the group of each alias and the members of each access
     /// group added, sorted; `None` for an empty list (every model).
+    /// Each of the key's, its team's and its user's lists that limits the
+    /// models, widened as [`AppState::allowed_groups`] widens them (`None`:
+    /// none limits them). A learned router reads them one by one: a list
+    /// that names only the router allows every candidate, one that names
+    /// some candidates allows only those.
+    pub(crate) fn allowed_lists(&self, view: Option<&switchyard_policy::KeyView>) -> Option<Vec<Vec<String>>> {
+        let lists: Vec<Vec<String>> = view?
+            .model_lists()
+            .into_iter()
+            .filter_map(|models| self.widened(models))
+            .collect();
+        (!lists.is_empty()).then_some(lists)
+    }
+
     fn widened(&self, models: &[String]) -> Option<Vec<String>> {
         if models.is_empty() {
             return None;

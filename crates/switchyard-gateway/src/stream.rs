@@ -44,9 +44,28 @@ pub(crate) fn put_data(out: &mut BytesMut, data: &[u8]) {
     }
 }
 
+/// Why the gateway itself ended a stream the shutdown cut.
+const SHUTTING_DOWN: &str = "the gateway is shutting down";
+/// Why the gateway itself ended a stream whose reader failed.
+const READ_FAILED: &str = "the gateway failed reading the stream";
+
+/// The error a stream that failed after it started ends with: the
+/// upstream's failure, or the gateway's own when it ended the stream (the
+/// shutdown's cut, 503, as a request still waiting then gets; its reader's
+/// failure, 500), so that a client can tell a drain from a bad upstream.
+pub(crate) fn stream_failure(deployment: &str, err: ProviderError) -> ApiError {
+    match &err {
+        ProviderError::Stream(why) if why == SHUTTING_DOWN => ApiError::Unavailable(
+            "the gateway is shutting down and could not finish this stream; send the request again".into(),
+        ),
+        ProviderError::Stream(why) if why == READ_FAILED => ApiError::Internal(why.clone()),
+        _ => ApiError::upstream(deployment, err),
+    }
+}
+
 /// The SSE error event sent when a stream fails after it started.
 fn error_event(deployment: &str, err: switchyard_providers::ProviderError) -> Bytes {
-    let error = ApiError::upstream(deployment, err);
+    let error = stream_failure(deployment, err);
     tracing::warn!(error = %crate::error::Clipped(&error), "stream failed after it started");
     frame(&serde_json::to_vec(&error.body()).unwrap_or_default())
 }
@@ -541,10 +560,7 @@ impl StreamTracker {
                     let tracker = slot.tracker.take();
                     drop(slot);
                     drop(tracker);
-                    Some((
-                        Err(ProviderError::Stream("the gateway failed reading the stream".into())),
-                        None,
-                    ))
+                    Some((Err(ProviderError::Stream(READ_FAILED.into())), None))
                 }
             }
         }))
@@ -627,7 +643,7 @@ fn read_ahead<T: Observed + Send + 'static>(
         );
     };
     let reader = async move {
-        let shutting_down = "the gateway is shutting down";
+        let shutting_down = SHUTTING_DOWN;
         let mut upstream = Some(items);
         loop {
             // The upstream's next item, or its end once it has ended; then

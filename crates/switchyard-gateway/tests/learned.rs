@@ -723,6 +723,44 @@ async fn a_key_limited_to_some_candidates_is_routed_among_those() {
     // A key without the router gets 403.
     let direct = generate(json!(["cheap"])).await;
     assert_eq!(ask_as(direct).await.0, 403);
+
+    // A team's list is read on its own: a team allowed the router alone
+    // leaves its key's narrowing to the cheap model in force…
+    let admin = |path: &str, body: Value| {
+        let client = client.clone();
+        let url = format!("{}{path}", gw.base_url());
+        async move {
+            let response = client.post(url).bearer_auth(master).json(&body).send().await.unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    let (status, body) = admin("/team/new", json!({"team_id": "open", "models": ["switchyard/auto"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, made) = admin(
+        "/key/generate",
+        json!({"team_id": "open", "models": ["switchyard/auto", "cheap"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let in_team = made["key"].as_str().unwrap().to_owned();
+    assert_eq!(ask_as(in_team).await, (200, Some("cheap".to_owned())));
+    // …and a key and team that allow no candidate in common get 403.
+    let (status, body) = admin(
+        "/team/new",
+        json!({"team_id": "strong", "models": ["switchyard/auto", "strong-model"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, made) = admin(
+        "/key/generate",
+        json!({"team_id": "strong", "models": ["switchyard/auto", "cheap"]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{made}");
+    let crossed = made["key"].as_str().unwrap().to_owned();
+    assert_eq!(ask_as(crossed).await, (403, None));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,6 +419,8 @@ async fn a_stream_cut_at_the_drain_timeout_is_still_charged_and_logged() {
     assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{:?}", gw.logs());
     let text = body.await.unwrap();
     assert!(!text.contains("[DONE]"), "the stream was cut: {text}");
+    // The client is told the gateway ended it, not that its upstream failed.
+    assert!(text.contains("\"type\":\"service_unavailable\""), "{text}");
 
     let spend = std::fs::read_to_string(dir.path().join("spend.jsonl")).unwrap_or_default();
     assert!(spend.contains(&id), "the cut stream was charged: {spend:?}");

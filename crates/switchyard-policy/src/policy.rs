@@ -990,11 +990,14 @@ impl Policy {
             },
         };
         // A refusal says the budget is spent once at least 90% of it is:
-        // one request too large for a budget mostly left is no alert.
+        // one request too large for a budget mostly left is no alert. A
+        // budget of 0 is a block, not spend to warn of (as a default end
+        // user budget of 0, which every new end user id would alert of).
         if let Err(Denied::BudgetExceeded {
             scope, spend, limit, ..
         }) = &admitted
             && self.wants_alert(AlertKind::BudgetExhausted)
+            && *limit > 0
             && spend.saturating_mul(10) >= limit.saturating_mul(9)
         {
             self.alert_exhausted(
@@ -1115,8 +1118,12 @@ impl Policy {
             }
             if alerted.len() >= MAX_ALERT_CLAIMS {
                 alerted.retain(|_, until| *until > now);
-                // Still full (a flood of owners): forgotten here; Redis,
-                // when shared, still knows what was sent.
+                // Still full (a flood of owners): end users' claims, which
+                // clients' ids make, are forgotten first, then the rest;
+                // Redis, when shared, still knows what was sent.
+                if alerted.len() >= MAX_ALERT_CLAIMS {
+                    alerted.retain(|claim, _| !is_end_user_claim(claim));
+                }
                 if alerted.len() >= MAX_ALERT_CLAIMS {
                     alerted.clear();
                 }
@@ -1128,7 +1135,10 @@ impl Policy {
         }
         let mut claimed_in_redis = false;
         if let Store::Redis { redis, .. } = &self.0.store {
-            match redis.claim(claim, ttl_ms).await {
+            // Claimed for a while first: a replica stopped before it
+            // delivers the alert leaves it to another, and the claim gets
+            // its full length once delivered (`confirm_policy_alert`).
+            match redis.claim(claim, ttl_ms.min(ALERT_LEASE_MS)).await {
                 Ok(true) => claimed_in_redis = true,
                 // Another replica sends it: looked at again in a while, in
                 // case its delivery fails and it gives the claim back.
@@ -1198,9 +1208,28 @@ impl Policy {
             .lock()
             .insert(claim.to_owned(), now_ms().saturating_add(retry));
         if let Store::Redis { redis, .. } = &self.0.store
-            && let Err(StoreDown(reason)) = redis.shorten_claim(claim, u64::try_from(retry).unwrap_or(1)).await
+            && let Err(StoreDown(reason)) = redis.set_claim_ttl(claim, u64::try_from(retry).unwrap_or(1)).await
         {
             tracing::warn!(%reason, "Redis is down: an undelivered alert's claim stays until it expires");
+        }
+    }
+
+    /// Gives an alert the webhook took its claim's full length (until its
+    /// budget period ends), among the replicas sharing Redis: until then it
+    /// is claimed for ten minutes only.
+    pub async fn confirm_policy_alert(&self, claim: &str) {
+        let Store::Redis { redis, .. } = &self.0.store else {
+            return;
+        };
+        let until = self.0.alerted.lock().get(claim).copied();
+        let Some(left) = until
+            .map(|until| until.saturating_sub(now_ms()))
+            .filter(|left| *left > 0)
+        else {
+            return;
+        };
+        if let Err(StoreDown(reason)) = redis.set_claim_ttl(claim, u64::try_from(left).unwrap_or(1)).await {
+            tracing::warn!(%reason, "Redis is down: a delivered alert's claim ends early and it may be sent again");
         }
     }
 
@@ -1366,9 +1395,15 @@ impl Policy {
                 // the queueing) finishes even when the request that settles
                 // is dropped mid-way, e.g. by a client that disconnects.
                 let policy = self.clone();
-                let (checks, max_cost, queued) = (ticket.checks.clone(), ticket.max_cost, record.clone());
+                let (mut checks, max_cost, queued) = (ticket.checks.clone(), ticket.max_cost, record.clone());
                 let guard = self.write_guard();
                 let counted_here = holder == Holder::FallbackLocal;
+                // Admitted on the in-process limits, which counted its
+                // tokens: Redis, back by now, is not charged them again
+                // (its minute is not the one they were used in).
+                if counted_here {
+                    checks.rates.clear();
+                }
                 let write = tokio::spawn(async move {
                     policy.settle_in_redis(checks, max_cost, queued, counted_here).await;
                     drop(guard);
@@ -2014,6 +2049,7 @@ impl Policy {
             }
             for (name, value) in body {
                 if name != "team_id" {
+                    refuse_spend_reset(name, value, "team")?;
                     apply_team_field(&mut record, name, value)?;
                 }
             }
@@ -2241,6 +2277,7 @@ impl Policy {
             let mut record = self.user(id).await?;
             for (name, value) in body {
                 if name != "user_id" {
+                    refuse_spend_reset(name, value, "user")?;
                     apply_user_field(&mut record, name, value)?;
                 }
             }
@@ -2667,6 +2704,13 @@ fn owner_names(scope: &str, view: Option<&KeyView>, end_user: Option<&str>) -> (
 /// The name an alert about `subject`'s budget is claimed under: one per
 /// kind, subject and period.
 /// A budget changed meanwhile (its `amount`) is another claim.
+/// Whether an alert claim ([`alert_claim`]) is an end user's.
+fn is_end_user_claim(claim: &str) -> bool {
+    claim
+        .split_once(':')
+        .is_some_and(|(_, subject)| subject.starts_with("end_user:"))
+}
+
 fn alert_claim(
     kind: &str,
     subject: &str,
@@ -2680,6 +2724,10 @@ fn alert_claim(
 
 /// Alerts remembered in process before the oldest are forgotten.
 const MAX_ALERT_CLAIMS: usize = 10_000;
+
+/// How long a budget alert is claimed in Redis before it is delivered
+/// (then for its period): long enough for the queue and three tries.
+const ALERT_LEASE_MS: u64 = 10 * 60 * 1000;
 
 /// How long an alert's claim lasts: past the end of its period (a budget
 /// in total: a year, as good as once).
@@ -2713,9 +2761,96 @@ fn end_user_id(value: Option<&Value>) -> Result<String, PolicyError> {
     }
 }
 
+/// An update's `spend` (LiteLLM's way to reset it, `0` included) is
+/// refused: spend is a ledger, never rewritten. `null` is absent.
+fn refuse_spend_reset(name: &str, value: &Value, what: &str) -> Result<(), PolicyError> {
+    if name == "spend" && !value.is_null() {
+        return Err(field(
+            "spend",
+            format!("A {what}'s spend is not set or reset by an update; raise its budget instead."),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A default end-user budget of 0 refuses every end user; that is no
+    /// spend to alert of, or each new id a client makes up would be one.
+    #[tokio::test]
+    async fn a_zero_budget_is_a_block_not_an_alert() {
+        let settings = PolicySettings {
+            end_user_budget: Some(EndUserBudget {
+                max_budget: 0.0,
+                budget_duration: None,
+            }),
+            ..PolicySettings::default()
+        };
+        let policy = Policy::memory(&settings);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        policy.send_alerts_to(tx, vec![AlertKind::BudgetExhausted], Duration::from_secs(60));
+        let principal = policy.authenticate(None).await.unwrap();
+        for i in 0..3 {
+            let demand = Demand {
+                model: "m".into(),
+                requested_as: None,
+                access_groups: Vec::new(),
+                end_user: Some(format!("user-{i}")),
+                unpriced: false,
+                any_model: false,
+                estimated_tokens: 10,
+                max_cost: 1_000,
+                request_id: None,
+            };
+            let refused = policy.admit(&principal, &demand).await;
+            assert!(
+                matches!(refused, Err(Denied::BudgetExceeded { .. })),
+                "{:?}",
+                refused.err()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(rx.try_recv().is_err(), "a zero budget was alerted of");
+        // End users' claims are the ones forgotten first when claims pile up.
+        assert!(is_end_user_claim("exhausted:end_user:u-1:0:0"));
+        assert!(!is_end_user_claim("exhausted:key:abc:0:5"));
+        assert!(!is_end_user_claim("soft:team:end_user:0:5"));
+    }
+
+    /// `spend: 0` is LiteLLM's reset: a 200 that reset nothing would leave
+    /// the team or user refused while the admin thinks it was freed.
+    #[tokio::test]
+    async fn an_update_does_not_pretend_to_reset_spend() {
+        let policy = Policy::memory(&PolicySettings::default());
+        policy
+            .new_team(&body(serde_json::json!({"team_id": "t"})))
+            .await
+            .unwrap();
+        policy
+            .new_user(&body(serde_json::json!({"user_id": "ana", "spend": 0})))
+            .await
+            .unwrap();
+        for spend in [serde_json::json!(0), serde_json::json!(0.0), serde_json::json!(5)] {
+            let err = policy
+                .update_team(&body(serde_json::json!({"team_id": "t", "spend": spend})))
+                .await
+                .unwrap_err();
+            assert!(matches!(&err, PolicyError::Field(f) if f.param == "spend"), "{err:?}");
+            let err = policy
+                .update_user(&body(serde_json::json!({"user_id": "ana", "spend": spend})))
+                .await
+                .unwrap_err();
+            assert!(matches!(&err, PolicyError::Field(f) if f.param == "spend"), "{err:?}");
+        }
+        policy
+            .update_user(&body(
+                serde_json::json!({"user_id": "ana", "spend": null, "max_budget": 5}),
+            ))
+            .await
+            .unwrap();
+    }
 
     #[tokio::test]
     async fn a_flush_waits_for_settlements_under_way() {

@@ -114,6 +114,10 @@ for _, r in ipairs(rates) do redis.call('SET', r[1], string.format('%.3f', r[2])
 for _, b in ipairs(budgets) do
   redis.call('ZADD', b[1], now + ttl, rid)
   redis.call('HSET', b[2], rid, string.format('%d', cost))
+  -- Gone with its last hold: a subject never admitted again (an end user
+  -- of a replica that died) leaves nothing behind.
+  redis.call('PEXPIRE', b[1], ttl)
+  redis.call('PEXPIRE', b[2], ttl)
 end
 return out
 "#;
@@ -190,21 +194,25 @@ return 1
 "#;
 
 /// Pushes back the expiry of a running request's in-flight slots and budget
-/// reservations (members it still holds only: `XX`); returns how many it
-/// still holds.
+/// reservations (members it still holds only: `XX`), and of the keys that
+/// hold them (the first `ARGV[3]` keys are sets; the rest, the reservations'
+/// amounts); returns how many it still holds.
 const RENEW: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local rid, ttl = ARGV[1], tonumber(ARGV[2])
+local sets = tonumber(ARGV[3])
 local held = 0
-for j = 1, #KEYS do
+for j = 1, sets do
   if redis.call('ZSCORE', KEYS[j], rid) then
     redis.call('ZADD', KEYS[j], 'XX', now + ttl, rid)
     held = held + 1
   end
 end
-for j = 1, tonumber(ARGV[3]) do
-  if redis.call('EXISTS', KEYS[j]) == 1 then redis.call('PEXPIRE', KEYS[j], ttl) end
+if held > 0 then
+  for j = 1, #KEYS do
+    if redis.call('EXISTS', KEYS[j]) == 1 then redis.call('PEXPIRE', KEYS[j], ttl) end
+  end
 end
 return held
 "#;
@@ -497,8 +505,9 @@ return 0",
         self.set_new(&format!("alerted:{name}"), "1", ttl_ms).await
     }
 
-    /// Makes a claim made with [`RedisStore::claim`] end in `ttl_ms`.
-    pub async fn shorten_claim(&self, name: &str, ttl_ms: u64) -> Result<(), StoreDown> {
+    /// Makes a claim made with [`RedisStore::claim`] end in `ttl_ms`
+    /// (sooner or later than it would).
+    pub async fn set_claim_ttl(&self, name: &str, ttl_ms: u64) -> Result<(), StoreDown> {
         let _: i64 = self
             .query(
                 redis::cmd("PEXPIRE")
@@ -746,12 +755,15 @@ return 1",
         let mut inv = self.renew.prepare_invoke();
         inv.arg(id)
             .arg(self.settings.hold_ttl.as_millis() as u64)
-            .arg(checks.parallel.len());
+            .arg(checks.parallel.len() + checks.budgets.len());
         for p in &checks.parallel {
             inv.key(self.name(&format!("par:{}", p.id)));
         }
         for b in &checks.budgets {
             inv.key(self.name(&format!("resv:{}", b.subject)));
+        }
+        for b in &checks.budgets {
+            inv.key(self.name(&format!("resva:{}", b.subject)));
         }
         self.run::<u64>(inv).await
     }
@@ -804,7 +816,10 @@ return 1",
             self.query(redis::cmd("SMEMBERS").arg(self.name(SUBJECTS)).clone())
                 .await?
         } else {
-            let names = self.scan_spend_hashes().await?;
+            // End users' hashes stay out, as the settlement keeps them.
+            let end_users = self.name("spend:end_user:");
+            let mut names = self.scan_spend_hashes().await?;
+            names.retain(|n| !n.starts_with(&end_users));
             for batch in names.chunks(500) {
                 let _: i64 = self
                     .query(redis::cmd("SADD").arg(self.name(SUBJECTS)).arg(batch).clone())

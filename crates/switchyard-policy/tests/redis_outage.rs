@@ -691,6 +691,40 @@ async fn replayed_spend_does_not_limit_the_key_again() {
     assert!(admitted.is_ok(), "{:?}", admitted.err());
 }
 
+/// A request admitted on the in-process limits during an outage, which
+/// settles once Redis is back, does not charge Redis for the tokens those
+/// limits already counted.
+#[tokio::test]
+async fn a_request_admitted_during_an_outage_settles_its_tokens_once() {
+    let mut redis = RedisServer::start();
+    let mut with_tpm = settings(&redis.url(), None);
+    with_tpm.keys[0].1.limits.tpm_limit = Some(1_000);
+    let policy = Policy::open(with_tpm).await.unwrap();
+    redis.stop();
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let ticket = policy.admit(&principal, &demand()).await.unwrap();
+    redis.restart();
+    until_reconnected(&policy).await;
+    // It ends with Redis back, having used 1,500 tokens.
+    let charge = Charge {
+        deployment: "m-1".into(),
+        usage: TokenUsage {
+            prompt: 10,
+            completion: 1_490,
+            ..TokenUsage::default()
+        },
+        cost: COST,
+        cache_hit: false,
+    };
+    policy.settle(ticket, charge).await.unwrap();
+    policy.flush().await;
+    assert_eq!(pending(&policy), 0);
+    assert_eq!(key_spend(&policy).await, COST, "the spend is written to Redis");
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    let admitted = policy.admit(&principal, &demand()).await;
+    assert!(admitted.is_ok(), "{:?}", admitted.err());
+}
+
 /// A request Redis admitted, which settles while Redis is down, counts
 /// against the budgets checked in-process during the outage.
 #[tokio::test]

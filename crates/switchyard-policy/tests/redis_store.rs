@@ -93,6 +93,18 @@ async fn a_request_running_past_hold_ttl_keeps_its_slot_and_reservation() {
         matches!(over, Err(Denied::BudgetExceeded { .. })),
         "the running request lost its reservation: {over:?}"
     );
+    // The keys holding reservations expire with their last hold (renewed
+    // while it runs): a subject never admitted again leaves nothing.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for pattern in ["holds:resv:*", "holds:resva:*"] {
+        let names: Vec<String> = redis::cmd("KEYS").arg(pattern).query_async(&mut conn).await.unwrap();
+        assert!(!names.is_empty(), "{pattern}");
+        for name in names {
+            let ttl: i64 = redis::cmd("PTTL").arg(&name).query_async(&mut conn).await.unwrap();
+            assert!(ttl > 0 && ttl <= HOLD_TTL.as_millis() as i64, "{name}: {ttl}");
+        }
+    }
 }
 
 /// Spend listings read the index of spend hashes the settlement keeps; a
@@ -144,9 +156,17 @@ async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
     let ttl: i64 = redis::cmd("TTL").arg(&settled[0]).query_async(&mut conn).await.unwrap();
     assert!((3500..=3600).contains(&ttl), "{ttl}");
 
-    // As if written before the index: only the hashes are there.
+    // As if written before the index: only the hashes are there, an end
+    // user's among them.
     let _: () = redis::cmd("DEL")
         .arg("holds:spend-subjects")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg("holds:spend:end_user:ana")
+        .arg("total")
+        .arg(5)
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -165,6 +185,13 @@ async fn spend_listings_come_from_the_index_and_older_data_is_indexed_once() {
         .await
         .unwrap();
     assert!(complete);
+    // End users' hashes are not indexed, as the settlement keeps them out.
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("holds:spend-subjects")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!members.iter().any(|m| m.contains("spend:end_user:ana")), "{members:?}");
     // From then on the index answers: a hash it does not name is not listed.
     let _: () = redis::cmd("SREM")
         .arg("holds:spend-subjects")
@@ -259,4 +286,50 @@ async fn one_alias_names_one_key_however_many_ask_at_once() {
         .filter(|k| k.key_alias.as_deref() == Some("shared"))
         .count();
     assert_eq!(holders, 1);
+}
+
+/// A budget alert is claimed in Redis for a while only until it is
+/// delivered, so that a replica stopped first leaves it to another; once
+/// delivered, for the rest of its period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_alert_is_claimed_for_its_period_once_delivered() {
+    use switchyard_policy::AlertKind;
+    let redis = RedisServer::start();
+    let mut settings = settings(&redis.url());
+    settings.keys[0].1.limits.max_parallel_requests = None;
+    let policy = Policy::open(settings).await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    policy.send_alerts_to(tx, vec![AlertKind::BudgetExhausted], Duration::from_secs(60));
+    let principal = policy.authenticate(Some(KEY)).await.unwrap();
+    // 95% of the $1 budget spent: the next request's 60% is refused.
+    let ticket = policy.admit(&principal, &demand()).await.unwrap();
+    let charge = switchyard_policy::Charge {
+        deployment: "m/0".into(),
+        usage: switchyard_policy::TokenUsage::default(),
+        cost: 950_000_000,
+        cache_hit: false,
+    };
+    policy.settle(ticket, charge).await.unwrap();
+    let refused = policy.admit(&principal, &demand()).await;
+    assert!(matches!(refused, Err(Denied::BudgetExceeded { .. })), "{refused:?}");
+    let alert = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let name = format!("holds:alerted:{}", alert.claim);
+    let ttl = |conn: &mut redis::aio::MultiplexedConnection| {
+        let mut conn = conn.clone();
+        let name = name.clone();
+        async move {
+            let ttl: i64 = redis::cmd("PTTL").arg(&name).query_async(&mut conn).await.unwrap();
+            ttl
+        }
+    };
+    let leased = ttl(&mut conn).await;
+    assert!(leased > 0 && leased <= 10 * 60 * 1000, "{leased}");
+    policy.confirm_policy_alert(&alert.claim).await;
+    let confirmed = ttl(&mut conn).await;
+    assert!(confirmed > 24 * 3600 * 1000, "{confirmed}");
 }

@@ -428,12 +428,45 @@ pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>>
 /// is chosen: a request that asks for reasoning is counted as if it went
 /// to Claude.
 pub fn output_ceiling(req: &ChatCompletionRequest, max_tokens: u64) -> u64 {
+    output_ceiling_for(req, max_tokens, Thinkers::of(&req.model))
+}
+
+/// Which of the Claude models a request may reach think without being
+/// asked to (see [`output_ceiling_for`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Thinkers {
+    /// One thinks unless the request turns thinking off (Claude 5 and later).
+    pub by_default: bool,
+    /// One thinks even when the request turns thinking off.
+    pub always: bool,
+}
+
+impl Thinkers {
+    /// What upstream model `model` does.
+    pub fn of(model: &str) -> Thinkers {
+        Thinkers {
+            by_default: thinks_by_default(model),
+            always: always_thinks(model),
+        }
+    }
+
+    /// Either's models.
+    pub fn or(self, other: Thinkers) -> Thinkers {
+        Thinkers {
+            by_default: self.by_default || other.by_default,
+            always: self.always || other.always,
+        }
+    }
+}
+
+/// [`output_ceiling`] for a request that may reach the Claude models
+/// `thinkers` describes, whatever name it asked for (a group, an alias):
+/// the reservation is made before the upstream model is known.
+pub fn output_ceiling_for(req: &ChatCompletionRequest, max_tokens: u64, thinkers: Thinkers) -> u64 {
     let thinking = match requested(req) {
         Ok(Some(thinking)) => Some(thinking),
         // Models that always think do so even turned off (at the least effort).
-        Ok(None) if thinks_by_default(&req.model) && (always_thinks(&req.model) || !turned_off(req)) => {
-            Some(default_thinking())
-        }
+        Ok(None) if thinkers.by_default && (thinkers.always || !turned_off(req)) => Some(default_thinking()),
         _ => None,
     };
     match thinking {

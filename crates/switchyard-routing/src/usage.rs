@@ -9,7 +9,8 @@ use crate::{RouteContext, RoutingError, RoutingStrategy};
 ///
 /// Headroom is the smaller of `(rpm − requests) / rpm`, where requests are
 /// those finished this minute plus those in flight, and `(tpm − tokens −
-/// estimated_tokens) / tpm`; a missing limit counts as 1 (all free).
+/// estimated_tokens) / tpm` (a request that fills the minute exactly still
+/// fits); a missing limit counts as 1 (all free).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UsageBased;
 
@@ -27,11 +28,23 @@ fn left(limit: Option<u64>, used: u64) -> f64 {
     }
 }
 
+/// Fraction of the token `limit` left after `used` and the request's own
+/// `estimated` tokens: 1 without a limit, 0 when the request does not fit,
+/// and above 0 when it fills the minute exactly.
+fn tokens_left(limit: Option<u64>, used: u64, estimated: u64) -> f64 {
+    let after = used.saturating_add(estimated);
+    match limit {
+        None => 1.0,
+        Some(limit) if used >= limit || after > limit => 0.0,
+        Some(limit) => ((limit - after) as f64 / limit as f64).max(f64::MIN_POSITIVE),
+    }
+}
+
 /// The headroom of one candidate for a request of `estimated_tokens`.
 fn headroom(c: &Candidate<'_>, now_ms: u64, estimated_tokens: u64) -> f64 {
     let requests = c.stats.rpm_used(now_ms).saturating_add(c.stats.in_flight());
-    let tokens = c.stats.tpm_used(now_ms).saturating_add(estimated_tokens);
-    left(c.deployment.rpm, requests).min(left(c.deployment.tpm, tokens))
+    let tokens = tokens_left(c.deployment.tpm, c.stats.tpm_used(now_ms), estimated_tokens);
+    left(c.deployment.rpm, requests).min(tokens)
 }
 
 impl RoutingStrategy for UsageBased {
@@ -84,6 +97,13 @@ mod tests {
             };
             stats.record_success(DeploymentId(id), outcome, now_ms);
         }
+    }
+
+    /// Live statistics of one deployment that used `tokens` at time 0.
+    fn stats_with(tokens: u64) -> LiveStats {
+        let stats = LiveStats::new(1);
+        requests(&stats, 0, 1, tokens, 0);
+        stats
     }
 
     /// One decision among all of `group`'s deployments, with a random generator seeded with `seed`.
@@ -164,5 +184,10 @@ mod tests {
         let fresh = LiveStats::new(1);
         assert_eq!(choose(&tokens_only, &fresh, 0, 999, 1), Ok(0));
         assert_eq!(choose(&tokens_only, &fresh, 0, 1_001, 1), none);
+        // One that fills the minute exactly fits, as the rpm-th request does.
+        assert_eq!(choose(&tokens_only, &fresh, 0, 1_000, 1), Ok(0));
+        // A minute already full takes nothing more, not even a request
+        // estimated at no tokens.
+        assert_eq!(choose(&tokens_only, &stats_with(1_000), 0, 0, 1), none);
     }
 }

@@ -14,7 +14,6 @@ use switchyard_api::{ChatCompletionChunk, Extra, Usage};
 use switchyard_providers::{ChunkStream, ProviderError};
 
 use super::translate::{final_stop_reason, messages_usage, stop_reason};
-use crate::error::ApiError;
 
 /// Frames one event as `event: NAME\ndata: JSON\n\n`.
 pub fn frame(name: &str, data: &[u8]) -> Bytes {
@@ -33,7 +32,7 @@ fn event(e: &StreamEvent) -> Bytes {
 
 /// The `error` event for a stream that failed after it started.
 pub fn error_event(deployment: &str, err: ProviderError) -> Bytes {
-    let error = ApiError::upstream(deployment, err);
+    let error = crate::stream::stream_failure(deployment, err);
     tracing::warn!(error = %crate::error::Clipped(&error), "stream failed after it started");
     let kind = super::anthropic_type_of(&error);
     let body = json!({"type": "error", "error": {"type": kind, "message": error.message()}});
@@ -237,8 +236,9 @@ struct Converter {
     stop_sequence: Option<String>,
     /// The gateway's estimate of the prompt's tokens, for `message_start`.
     estimated_input: u64,
-    /// Content deltas sent, for the output estimate of a stream without usage.
-    deltas: u64,
+    /// Chunks read, for the output estimate of a stream without usage (as
+    /// it is charged: a token per chunk).
+    chunks: u64,
     /// The arguments streamed so far of the open call.
     arguments: String,
     /// The open tool-use block's function name.
@@ -287,7 +287,6 @@ impl Converter {
             text: Some(text),
             ..Default::default()
         };
-        self.deltas += 1;
         out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
     }
 
@@ -332,7 +331,6 @@ impl Converter {
             ..Default::default()
         };
         delta.extra.insert("thinking".into(), json!(thinking));
-        self.deltas += 1;
         out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
     }
     /// Stops the open block, then writes the calls held, each whole.
@@ -383,7 +381,6 @@ impl Converter {
             partial_json: Some(args),
             ..Default::default()
         };
-        self.deltas += 1;
         out.push(event(&StreamEvent::ContentBlockDelta { index, delta }));
     }
 
@@ -528,6 +525,9 @@ impl Converter {
     }
 
     fn on_chunk(&mut self, chunk: ChatCompletionChunk, out: &mut Vec<Bytes>) {
+        // Each chunk read is a token of the output estimate, as the stream
+        // is charged without the upstream's usage.
+        self.chunks += 1;
         // Azure opens with a chunk of prompt filter results only (no id, no
         // choices): the message starts with the first real chunk.
         if !self.started && chunk.id.is_empty() && chunk.choices.is_empty() && chunk.usage.is_none() {
@@ -624,7 +624,7 @@ impl Converter {
                 Some(usage) => messages_usage(Some(usage)),
                 None => switchyard_api::anthropic::MessagesUsage {
                     input_tokens: self.estimated_input,
-                    output_tokens: self.deltas,
+                    output_tokens: self.chunks,
                     ..Default::default()
                 },
             },
@@ -674,7 +674,7 @@ fn converted(
         stop_sequence: None,
         tool_names,
         keys: ToolKeys::default(),
-        deltas: 0,
+        chunks: 0,
         started: false,
         open: None,
         tool: None,
@@ -759,7 +759,7 @@ mod tests {
             stop_sequence: None,
             tool_names: Vec::new(),
             keys: ToolKeys::default(),
-            deltas: 0,
+            chunks: 0,
             started: false,
             open: None,
             tool: None,
@@ -891,6 +891,64 @@ mod tests {
             rest.contains(" there") && rest.contains("event: message_stop"),
             "{rest}"
         );
+    }
+
+    /// A usage chunk without `choices` (Fireworks) ends the message with
+    /// its counts; Mistral's thinking parts and an empty role are read.
+    #[tokio::test]
+    async fn a_choiceless_usage_chunk_and_part_lists_are_read() {
+        let data = [
+            head(
+                json!({"role": "", "content": [{"type": "thinking", "thinking": [{"type": "text", "text": "Hmm."}]}]}),
+            ),
+            head(json!({"content": [{"type": "text", "text": "Hi"}]})),
+            json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+            json!({"id": "c1", "object": "chat.completion.chunk",
+                "usage": {"prompt_tokens": 9, "completion_tokens": 5, "total_tokens": 14}}),
+        ];
+        let chunks: Vec<switchyard_providers::Result<switchyard_providers::StreamChunk>> = data
+            .iter()
+            .map(|d| {
+                Ok(switchyard_providers::StreamChunk {
+                    data: d.to_string().into(),
+                    usage: None,
+                })
+            })
+            .collect();
+        let fault = crate::stream::StreamFault::default();
+        let out: Vec<Bytes> = converted(
+            Box::pin(futures_util::stream::iter(chunks)),
+            ("d".into(), fault.clone()),
+            Vec::new(),
+            true,
+            0,
+            std::time::Duration::from_secs(3600),
+        )
+        .collect()
+        .await;
+        let seen: Vec<(String, Value)> = out
+            .iter()
+            .flat_map(|b| {
+                std::str::from_utf8(b)
+                    .unwrap()
+                    .split("\n\n")
+                    .filter(|e| !e.trim().is_empty())
+                    .map(|e| events(&[Bytes::from(format!("{e}\n\n"))]).remove(0))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        assert_eq!(fault.get(), None, "{seen:?}");
+        let (last_name, _) = seen.last().unwrap();
+        assert_eq!(last_name, "message_stop", "{seen:?}");
+        let delta = &seen.iter().find(|(n, _)| n == "message_delta").unwrap().1;
+        assert_eq!(delta["usage"]["output_tokens"], 5, "{seen:?}");
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d["content_block"]["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["thinking", "text"], "{seen:?}");
     }
 
     /// A chunk of choice 0 carrying `delta`.
@@ -1260,9 +1318,10 @@ mod tests {
             }
         }
         assert_eq!(arguments, ["{\"p\":\"a\"}", "{\"p\":\"b\"}"]);
-        // The server sent no usage: the client gets the estimates, not zeros.
+        // The server sent no usage: the client gets the estimates it is
+        // charged, not zeros: a token per chunk read (the finish chunk too).
         let (_, delta) = events.iter().find(|(n, _)| n == "message_delta").unwrap();
-        assert_eq!(delta["usage"]["output_tokens"], 3, "a token per delta: {delta}");
+        assert_eq!(delta["usage"]["output_tokens"], 4, "a token per chunk: {delta}");
         assert_eq!(delta["usage"]["input_tokens"], conv.estimated_input);
     }
 

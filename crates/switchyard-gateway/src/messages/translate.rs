@@ -611,7 +611,8 @@ pub fn to_messages_response(
     let mut content = Vec::new();
     let mut finish = None;
     let mut stop_sequence = None;
-    if let Some(choice) = resp.choices.into_iter().next() {
+    if let Some(mut choice) = resp.choices.into_iter().next() {
+        choice.message.lift_thinking_parts();
         finish = choice.finish_reason;
         // Reasoning from OpenAI-compatible servers becomes a thinking block,
         // for a client that asked for thinking.
@@ -946,6 +947,19 @@ mod openai_limit_tests {
             json!({"type": "thinking", "thinking": "2 + 2 is 4.", "signature": ""})
         );
         assert_eq!(answer["content"][1]["text"], "Four.");
+        // Mistral's reasoning models answer in parts: thinking, then text.
+        let parts: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "magistral",
+            "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": [
+                {"type": "thinking", "thinking": [{"type": "text", "text": "2 + 2 is 4."}]},
+                {"type": "text", "text": "Four."}
+            ]}}]
+        }))
+        .unwrap();
+        let answer = serde_json::to_value(to_messages_response(parts, &[], true)).unwrap();
+        assert_eq!(answer["content"][0]["thinking"], "2 + 2 is 4.", "{answer}");
+        assert_eq!(answer["content"][1]["text"], "Four.", "{answer}");
+        assert_eq!(answer["content"].as_array().map(Vec::len), Some(2), "{answer}");
         let stopped: ChatCompletionResponse = serde_json::from_value(json!({
             "id": "c", "object": "chat.completion", "created": 1, "model": "m",
             "choices": [{"index": 0, "finish_reason": "stop", "stop_reason": "END",

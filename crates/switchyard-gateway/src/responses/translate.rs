@@ -1031,7 +1031,8 @@ pub(crate) fn from_chat(chat: ChatCompletionResponse, echo: &Echo) -> ResponseOb
     };
     object.status = status.into();
     object.incomplete_details = details;
-    let message = choice.message;
+    let mut message = choice.message;
+    message.lift_thinking_parts();
     let reasoning = reasoning_text(&message.extra);
     let sealed = match message.extra.get("thinking_blocks") {
         Some(Value::Array(blocks)) => seal(blocks),
