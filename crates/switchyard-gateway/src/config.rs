@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use figment::Figment;
-use figment::providers::{Env, Format, Yaml};
+use figment::providers::{Env, Format, YamlExtended};
 use serde::{Deserialize, Serialize};
 use switchyard_providers::{HttpSettings, MockSettings, Secret, Timeouts};
 
@@ -501,7 +501,9 @@ pub struct DeploymentEntry {
     /// Base URL (`…/v1` for OpenAI-compatible servers, the resource URL for Azure).
     #[serde(default)]
     pub api_base: Option<String>,
-    /// Credential: `os.environ/NAME` (preferred) or a literal.
+    /// Credential: `os.environ/NAME` (preferred) or a literal. Required for
+    /// Azure, and for OpenAI and Anthropic without `api_base`, unless
+    /// `headers` carry one.
     #[serde(default)]
     pub api_key: Option<String>,
     /// Azure `api-version`.
@@ -608,7 +610,8 @@ pub struct DeploymentEntry {
     /// Timeouts (milliseconds).
     #[serde(default)]
     pub timeouts: TimeoutsEntry,
-    /// Extra headers for every upstream request; values may be `os.environ/NAME`.
+    /// Extra headers for every upstream request; a whole value may be
+    /// `os.environ/NAME`.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// What `GET /health` sends the deployment: `chat` (default, one
@@ -765,7 +768,7 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
             }
         }
     });
-    let doc: serde_json::Value = Figment::from(Yaml::string(&yaml))
+    let doc: serde_json::Value = Figment::from(YamlExtended::string(&yaml))
         .extract()
         .map_err(|err| ConfigError::Parse(without_values(err)))?;
     let mut notices = Vec::new();
@@ -775,7 +778,7 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         notices = translation.warnings;
         Figment::from(figment::providers::Serialized::defaults(translation.config)).merge(env)
     } else {
-        Figment::new().merge(Yaml::string(&yaml)).merge(env)
+        Figment::new().merge(YamlExtended::string(&yaml)).merge(env)
     };
     if let Some(host) = &overrides.host {
         figment = figment.merge(("server.host", host));
@@ -1460,11 +1463,44 @@ fn validate_deployment(
         .headers
         .iter()
         .filter_map(|(name, value)| {
+            // Only a whole value is read from the environment: one that
+            // names a variable inside it would go upstream as written.
+            if value.find("os.environ/").is_some_and(|at| at > 0) {
+                issues.push(issue(
+                    format!("{path}.headers.{name}"),
+                    "only a whole value is read from the environment (`os.environ/NAME`): put the whole header value in the variable",
+                ));
+                return None;
+            }
             // An empty header (an unset variable's) would fail every request.
             let secret = resolve_credential(value, &format!("{path}.headers.{name}"), env, issues)?;
             Some((name.clone(), secret.expose().to_owned()))
         })
         .collect();
+    // OpenAI's and Anthropic's own APIs, and Azure, answer nothing without
+    // a credential: a deployment with none would fail every request.
+    let needs_key = match entry.provider {
+        ProviderKind::Openai | ProviderKind::Anthropic => entry.api_base.is_none(),
+        ProviderKind::Azure => true,
+        _ => false,
+    };
+    let carries_auth = entry
+        .headers
+        .keys()
+        .any(|h| ["authorization", "x-api-key", "api-key"].contains(&h.to_ascii_lowercase().as_str()));
+    if needs_key && entry.api_key.is_none() && !carries_auth {
+        issues.push(issue(
+            format!("{path}.api_key"),
+            format!(
+                "is required for {} without api_base (or an Authorization, x-api-key or api-key header)",
+                match entry.provider {
+                    ProviderKind::Azure => "azure",
+                    ProviderKind::Anthropic => "anthropic",
+                    _ => "openai",
+                }
+            ),
+        ));
+    }
     let prices = deployment_prices(entry, path, issues);
     let mock = entry.mock.clone().unwrap_or_default();
     if mock.embedding_dims == 0 || mock.embedding_dims > 4096 {
@@ -1681,10 +1717,12 @@ fn validate_aws(
             "is required for bedrock (or set AWS_REGION)",
         ));
     }
+    // Trimmed: a secret file's last newline would fail every signature.
     let secret = |key: &str, value: &Option<String>, issues: &mut Vec<ConfigIssue>| {
         value
             .as_deref()
             .and_then(|v| resolve_credential(v, &format!("{path}.{key}"), env, issues))
+            .map(|s| Secret::new(s.expose().trim()))
     };
     let id = secret("aws_access_key_id", &entry.aws_access_key_id, issues);
     let key = secret("aws_secret_access_key", &entry.aws_secret_access_key, issues);

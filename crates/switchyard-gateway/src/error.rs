@@ -450,11 +450,20 @@ fn upstream_parts(err: &ProviderError) -> (StatusCode, &str, Option<String>, Opt
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, ..) = self.parts();
+        let (status, kind, param, code) = self.parts();
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         } else {
-            tracing::debug!(status = status.as_u16(), error = %self, "request rejected");
+            // Not the message: a refusal of the client's input may quote it
+            // (a parse error names the value it could not read), and
+            // prompts are never logged.
+            tracing::debug!(
+                status = status.as_u16(),
+                kind,
+                param = param.as_deref().unwrap_or_default(),
+                code = code.as_deref().unwrap_or_default(),
+                "request rejected"
+            );
         }
         let retry_after = match &self {
             ApiError::Upstream { source, .. } => match source.as_ref() {

@@ -34,7 +34,7 @@ pub(crate) async fn admit_unpriced(
     principal: &Principal,
     (model, any_model): (String, bool),
     request_id: Option<String>,
-) -> Result<Ticket, Response> {
+) -> Result<Ticket, ApiError> {
     let demand = Demand {
         model,
         requested_as: None,
@@ -52,9 +52,9 @@ pub(crate) async fn admit_unpriced(
         Ok(Ok(ticket)) => Ok(ticket),
         Ok(Err(denied)) => {
             count_refusal(state, &denied);
-            Err(ApiError::Denied(denied).into_response())
+            Err(ApiError::Denied(denied))
         }
-        Err(e) => Err(ApiError::Internal(format!("the admission task stopped: {e}")).into_response()),
+        Err(e) => Err(ApiError::Internal(format!("the admission task stopped: {e}"))),
     }
 }
 
@@ -108,7 +108,7 @@ pub(crate) fn error_for(path: &str, headers: &HeaderMap, error: ApiError) -> Res
     let path = path.strip_prefix("/v1").unwrap_or(path);
     let anthropic_models =
         (path == "/models" || path.starts_with("/models/")) && headers.contains_key("anthropic-version");
-    if path == "/messages" || path == "/messages/count_tokens" || anthropic_models {
+    if path == "/messages" || path.starts_with("/messages/") || anthropic_models {
         AnthropicError(error).into_response()
     } else {
         error.into_response()

@@ -547,6 +547,13 @@ impl Trail {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
+        // Answered after its client went away (the work goes on, and is
+        // charged): the client got nothing, as the metrics count it.
+        let (status, class) = if status < 400 && crate::routes::client_gone() {
+            (499, Some("client_closed".to_owned()))
+        } else {
+            (status, class)
+        };
         let latency = self.started.elapsed().as_secs_f64() * 1000.0;
         let mut record = std::mem::take(&mut self.record);
         record.latency_ms = latency;

@@ -296,7 +296,12 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     };
     // An upstream that echoes a TRACE would show the route's credentials.
     if matches!(request.method().as_str(), "TRACE" | "CONNECT") {
-        return ApiError::MethodNotAllowed(request.method().to_string()).into_response();
+        let mut refused = ApiError::MethodNotAllowed(request.method().to_string()).into_response();
+        refused.headers_mut().insert(
+            axum::http::header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+        );
+        return refused;
     }
     let rest = request
         .uri()
@@ -353,7 +358,7 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
                     deployment: format!("pass-through {}", route.path),
                 });
             }
-            Err(refused) => return refused,
+            Err(refused) => return refused.into_response(),
         }
     }
     let mut url = route.target.clone();

@@ -118,7 +118,7 @@ pub struct RedisConfig {
     /// memory: at 200 requests/s, 48 hours hold about 35 million.
     #[serde(default = "default_settled_ttl_hours")]
     pub settled_ttl_hours: u64,
-    /// Spend records kept in the Redis log stream (approximately).
+    /// Spend records kept in the Redis log stream (approximately; at least 1).
     #[serde(default = "default_log_max_len")]
     pub log_max_len: u64,
     /// Settlements kept (in memory, and in `data_dir`) while Redis is down;
@@ -192,7 +192,9 @@ impl PolicyConfig {
         let master_key = match &self.master_key {
             Some(value) => resolve_secret(value, "policy.master_key", env, issues).map(|s| s.expose().to_owned()),
             None => {
-                let from = |name: &str| env.get(name).filter(|v| !v.is_empty());
+                // Set but empty (`${KEY:-}` with the key unset) is refused
+                // below, not taken for no key: that would open every route.
+                let from = |name: &str| env.get(name);
                 let litellm = || {
                     self.litellm_master_key_env
                         .then(|| from(LITELLM_MASTER_KEY_ENV))
@@ -237,6 +239,10 @@ impl PolicyConfig {
             if r.max_queued_spend == 0 {
                 issues.push(issue("policy.redis.max_queued_spend", "must be greater than 0"));
             }
+            // 0 would cap the spend log at one node, not leave it uncapped.
+            if r.log_max_len == 0 {
+                issues.push(issue("policy.redis.log_max_len", "must be greater than 0"));
+            }
             if r.hold_ttl_ms < 1000 {
                 issues.push(issue("policy.redis.hold_ttl_ms", "must be at least 1000"));
             }
@@ -250,7 +256,7 @@ impl PolicyConfig {
                 timeout: Duration::from_millis(r.timeout_ms),
                 hold_ttl: Duration::from_millis(r.hold_ttl_ms),
                 settled_ttl: Duration::from_secs(r.settled_ttl_hours.saturating_mul(3600)),
-                log_max_len: r.log_max_len.max(1),
+                log_max_len: r.log_max_len,
                 max_queued_spend: r.max_queued_spend,
             })
         });

@@ -531,7 +531,11 @@ async fn front(State(live): State<Arc<Live>>, request: Request) -> Response {
     let path = request.uri().path();
     if path == "/config/reload" {
         if request.method() != Method::POST {
-            return ApiError::MethodNotAllowed(request.method().to_string()).into_response();
+            let mut refused = ApiError::MethodNotAllowed(request.method().to_string()).into_response();
+            refused
+                .headers_mut()
+                .insert(axum::http::header::ALLOW, axum::http::HeaderValue::from_static("POST"));
+            return refused;
         }
         let headers = request.headers().clone();
         drop(request);

@@ -1340,7 +1340,7 @@ fn model_object(state: &SharedState, name: &str) -> ModelObject {
 /// `GET /metrics`: Prometheus text exposition.
 async fn metrics(State(state): State<SharedState>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
     if !state.telemetry.metrics {
-        return unknown_route(method, uri).await.into_response();
+        return unknown_route(method, uri, headers).await;
     }
     if state.telemetry.metrics_require_auth
         && let Err(refused) = crate::metering::master_only(&state, &headers).await
@@ -1465,7 +1465,7 @@ async fn feedback(
     // nothing and is not a spend record (the ticket is dropped, not settled).
     let _held = match crate::metering::admit_unpriced(&state, &principal, ("/v1/feedback".into(), true), None).await {
         Ok(ticket) => ticket,
-        Err(refused) => return refused,
+        Err(refused) => return refused.into_response(),
     };
     let key_ref = principal.view().map(|v| switchyard_telemetry::key_ref(&v.key.key_id));
     log.feedback(request_id, score, comment, key_ref);
@@ -1497,13 +1497,16 @@ async fn readiness(State(state): State<SharedState>) -> impl IntoResponse {
     )
 }
 
-async fn unknown_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::UnknownRoute {
+/// 404, in Anthropic's shape under `/v1/messages` as every error there.
+async fn unknown_route(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    let error = ApiError::UnknownRoute {
         method: method.to_string(),
         path: crate::observe::span_path(uri.path()).into_owned(),
-    }
+    };
+    crate::metering::error_for(uri.path(), &headers, error)
 }
 
-async fn method_not_allowed(method: Method) -> ApiError {
-    ApiError::MethodNotAllowed(method.to_string())
+/// 405 (axum adds `Allow`), in Anthropic's shape under `/v1/messages`.
+async fn method_not_allowed(method: Method, uri: Uri, headers: HeaderMap) -> Response {
+    crate::metering::error_for(uri.path(), &headers, ApiError::MethodNotAllowed(method.to_string()))
 }

@@ -426,10 +426,10 @@ impl TelemetryConfig {
                     let url = resolve_url(&redis.url, "telemetry.request_log.redis.url", env, issues)
                         .map(|s| s.expose().to_owned())
                         .unwrap_or_default();
-                    if !(url.is_empty() || url.starts_with("redis://") || url.starts_with("rediss://")) {
+                    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
                         issues.push(issue(
                             "telemetry.request_log.redis.url",
-                            "must start with redis:// or rediss://",
+                            "must start with redis://, rediss:// or unix://",
                         ));
                     }
                     if redis.max_len == 0 {

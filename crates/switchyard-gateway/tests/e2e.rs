@@ -347,7 +347,34 @@ async fn client_errors_are_openai_shaped_and_name_the_field() {
         .await
         .unwrap();
     assert_eq!(response.status(), 405);
+    assert!(response.headers().contains_key("allow"));
     assert_error_shape(&response.json().await.unwrap());
+    // Under /v1/messages errors come in Anthropic's shape too, unknown
+    // routes and methods included (the Anthropic SDK's batches call).
+    for (method, path, status) in [
+        (reqwest::Method::GET, "/v1/messages", 405),
+        (reqwest::Method::POST, "/v1/messages/batches", 404),
+    ] {
+        let response = s
+            .http
+            .request(method, format!("{}{path}", s.gateway.base_url()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["type"], "error", "{path}: {body}");
+        assert!(body["error"]["type"].is_string(), "{path}: {body}");
+    }
+    // A 405 says which method the route takes.
+    let response = s
+        .http
+        .get(format!("{}/config/reload", s.gateway.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    assert_eq!(response.headers()["allow"], "POST");
     assert_eq!(
         s.mock.requests().len(),
         1,

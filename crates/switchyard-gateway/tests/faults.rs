@@ -1684,3 +1684,56 @@ async fn a_failure_keeps_the_last_upstream_answers_id() {
         answer.headers
     );
 }
+
+/// A token count an upstream answers is a request on the gateway's
+/// credentials: a key's per-minute limit applies to it, and one refused
+/// never reaches the upstream. One the gateway's estimate answers is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_counts_an_upstream_answers_are_limited_by_the_key() {
+    let mock = MockUpstream::start().await;
+    let key = "sk-count-tokens-limited-0001";
+    let gw = gateway(
+        &mock,
+        &format!("policy:\n  keys:\n    - key: {key}\n      rpm_limit: 1\n"),
+        r#"
+  - model_name: claude
+    deployments:
+      - {provider: anthropic, api_base: "{root}", api_key: k, model: "claude-native"}
+  - model_name: openai-only
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "gpt"}
+"#,
+    );
+    let count = |model: &str| {
+        let url = format!("{}/v1/messages/count_tokens", gw.base_url());
+        let body = json!({"model": model, "messages": [{"role": "user", "content": "hello there"}]});
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .header("x-api-key", key)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status().as_u16();
+            let body: Value = response.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    // Estimates cost the key nothing.
+    for _ in 0..3 {
+        let (status, body) = count("openai-only").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = count("claude").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = count("claude").await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["type"], "error", "an Anthropic-shaped error: {body}");
+    let counted = mock
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/count_tokens"))
+        .count();
+    assert_eq!(counted, 1, "the refused count never reached the upstream");
+}

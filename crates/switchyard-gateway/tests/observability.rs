@@ -744,8 +744,11 @@ async fn the_request_log_can_be_a_redis_stream() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_whose_client_left_is_counted() {
     let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.jsonl");
     let yaml = format!(
-        "{}  - model_name: slow\n    deployments:\n      - {{provider: openai, api_base: \"{}\", api_key: k, model: \"slow::first_byte_ms=4000\"}}\n",
+        "telemetry:\n  request_log:\n    path: {}\n{}  - model_name: slow\n    deployments:\n      - {{provider: openai, api_base: \"{}\", api_key: k, model: \"slow::first_byte_ms=4000\"}}\n",
+        log.display(),
         models(&mock),
         mock.base_url()
     );
@@ -776,6 +779,22 @@ async fn a_request_whose_client_left_is_counted() {
             && l.contains(r#"status="499""#)),
         "{metrics}"
     );
+    // The request log agrees once the answer came (and was charged).
+    let mut written = String::new();
+    for _ in 0..200 {
+        written = std::fs::read_to_string(&log).unwrap_or_default();
+        if written.contains("\"model\":\"slow\"") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let record: Value = written
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|r| r["model"] == "slow")
+        .unwrap_or_else(|| panic!("no record: {written}"));
+    assert_eq!(record["status"], 499, "{record}");
+    assert_eq!(record["error_class"], "client_closed", "{record}");
 }
 
 /// `telemetry.metrics_require_auth`: `/metrics` (which names keys and their

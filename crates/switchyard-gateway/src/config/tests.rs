@@ -665,3 +665,48 @@ fn a_semantic_index_has_a_bounded_size() {
     }
     with("10000000").unwrap();
 }
+
+/// An empty master key variable (`${KEY:-}` with the key unset) is refused,
+/// not taken for no key, which would open every route.
+#[test]
+fn an_empty_master_key_variable_is_refused() {
+    let config =
+        parse("model_list:\n  - model_name: a\n    deployments:\n      - {provider: mock, model: m}\n").unwrap();
+    let err = crate::build_state(&config, &env(&[("SWITCHYARD_MASTER_KEY", "")]))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("policy.master_key"), "{err}");
+}
+
+/// YAML merge keys work, as in LiteLLM's files.
+#[test]
+fn merge_keys_are_read() {
+    let config = parse(
+        "model_list:\n  - model_name: a\n    deployments: [&d {provider: mock, model: m}]\n  - model_name: b\n    deployments: [{<<: *d, weight: 2}]\n",
+    )
+    .unwrap();
+    assert_eq!(config.model_list[1].deployments[0].model, "m");
+}
+
+/// Settings that would fail every request, or quietly do something else,
+/// are refused at load, naming the field.
+#[test]
+fn credentials_and_caps_that_cannot_work_are_refused() {
+    let yaml = "model_list:\n  - model_name: a\n    deployments:\n      - {provider: openai, model: gpt-4o}\n      - {provider: anthropic, model: claude-sonnet-4-5, headers: {x-api-key: os.environ/K}}\n      - {provider: openai, model: m, api_base: \"http://127.0.0.1:8000/v1\"}\n      - {provider: openai, model: m, api_key: k, headers: {Authorization: \"Bearer os.environ/TOKEN\"}}\npolicy:\n  redis: {url: \"redis://127.0.0.1:6379\", log_max_len: 0}\n";
+    let config = parse(yaml).unwrap();
+    let err = crate::build_state(&config, &env(&[("K", "secret"), ("TOKEN", "t")]))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    for expected in [
+        "model_list[0].deployments[0].api_key",
+        "model_list[0].deployments[3].headers.Authorization",
+        "policy.redis.log_max_len",
+    ] {
+        assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
+    }
+    for unexpected in ["deployments[1].api_key", "deployments[2].api_key"] {
+        assert!(!err.contains(unexpected), "`{unexpected}` in:\n{err}");
+    }
+}

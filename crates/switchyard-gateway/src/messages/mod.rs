@@ -479,6 +479,29 @@ pub(crate) async fn count_tokens(
     }
     let betas = betas(&headers);
     let model = state.group_name(&model);
+    // A token count an upstream answers is a request to it, on the
+    // gateway's credentials: the key's per-minute and in-flight limits
+    // apply to it (it costs nothing, and is no spend record: the ticket is
+    // dropped). One only the gateway's estimate answers is not.
+    // (An Anthropic or Bedrock deployment it may reach, its fallbacks'
+    // included, is what gives the group a default output.)
+    let counts_upstream = state.ceilings.get(model).is_some_and(|c| c.default_output.is_some())
+        || options.fallbacks.as_ref().is_some_and(|names| {
+            names.iter().any(|n| {
+                state
+                    .ceilings
+                    .get(n.as_str())
+                    .is_some_and(|c| c.default_output.is_some())
+            })
+        });
+    let _held = if counts_upstream {
+        match metering::admit_unpriced(&state, &principal, (model.to_owned(), true), Some(ctx.id.clone())).await {
+            Ok(ticket) => Some(ticket),
+            Err(refused) => return failed(refused.into()),
+        }
+    } else {
+        None
+    };
     match dispatch(&state, model, &mut Call::CountTokens(&mut req, &betas), &options).await {
         Ok(Served {
             reply: Reply::Native(body),
