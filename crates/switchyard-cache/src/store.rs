@@ -24,6 +24,12 @@ pub struct CachedAnswer {
     /// Completion tokens it used.
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Of its prompt tokens, those read from the upstream's prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_read_tokens: u64,
+    /// Of its prompt tokens, those written to the upstream's prompt cache.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_tokens: u64,
     /// What it cost when it was produced, nano-dollars.
     #[serde(default)]
     pub cost_nanos: i64,
@@ -33,6 +39,10 @@ pub struct CachedAnswer {
     /// Its time to live.
     #[serde(default)]
     pub ttl_secs: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// A JSON answer, or a stream's chunks in order.
@@ -432,6 +442,8 @@ mod tests {
             deployment: "d".into(),
             prompt_tokens: 1,
             completion_tokens: 2,
+            cache_read_tokens: 0,
+            cache_write_tokens: 0,
             cost_nanos: 3,
             created_ms: 0,
             ttl_secs,
@@ -490,6 +502,7 @@ mod tests {
     fn stream_bodies_round_trip_through_json() {
         let a = CachedAnswer {
             body: CachedBody::Chunks(vec!["{\"a\":1}".into(), "{\"b\":2}".into()]),
+            cache_read_tokens: 7,
             ..answer("", 5)
         };
         let text = serde_json::to_string(&a).unwrap();

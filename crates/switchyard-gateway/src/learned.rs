@@ -115,6 +115,29 @@ pub(crate) fn aws_reason<E: std::error::Error>(e: &E) -> String {
     reason
 }
 
+/// `reason` without the request ids an AWS error's metadata prints
+/// (`aws_request_id: "…"`, `s3_extended_request_id: "…"`, in any order).
+fn without_request_ids(reason: &str) -> String {
+    const MARK: &str = "request_id: \"";
+    let mut out = String::with_capacity(reason.len());
+    let mut rest = reason;
+    while let Some(at) = rest.find(MARK) {
+        let key_start = rest[..at].rfind([' ', '{']).map_or(0, |i| i + 1);
+        let value_start = at + MARK.len();
+        let Some(len) = rest[value_start..].find('"') else {
+            break;
+        };
+        let mut end = value_start + len + 1;
+        if rest[end..].starts_with(", ") {
+            end += 2;
+        }
+        out.push_str(&rest[..key_start]);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// An S3 client with the given settings; credentials from the standard AWS sources.
 pub(crate) async fn s3_client(s3: &S3Entry) -> aws_sdk_s3::Client {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
@@ -155,7 +178,7 @@ impl Source {
     /// A cheap fingerprint of the manifest: its modification time and size, or its ETag.
     async fn version(&self) -> Result<String, String> {
         match self {
-            Source::Local(dir) => local_version(&dir.join("manifest.json")),
+            Source::Local(dir) => local_version_off(dir.join("manifest.json")).await,
             Source::S3 { client, bucket, prefix } => {
                 let head = tokio::time::timeout(
                     S3_TIMEOUT,
@@ -167,7 +190,9 @@ impl Source {
                 )
                 .await
                 .map_err(|_| "the store did not answer in time".to_owned())?
-                .map_err(|e| aws_reason(&e))?;
+                // Without the request ids, which differ at each call: a
+                // check failing the same way is warned of once.
+                .map_err(|e| without_request_ids(&aws_reason(&e)))?;
                 Ok(object_version(
                     head.e_tag(),
                     head.last_modified(),
@@ -189,8 +214,9 @@ impl Source {
         let unknown = |failure: ReadFailure| (failure, None);
         match self {
             Source::Local(dir) => {
-                let before =
-                    local_version(&dir.join("manifest.json")).map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
+                let before = local_version_off(dir.join("manifest.json"))
+                    .await
+                    .map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
                 let path = dir.clone();
                 let guard = Building::start(building);
                 let result = tokio::task::spawn_blocking(move || {
@@ -199,8 +225,9 @@ impl Source {
                 })
                 .await
                 .map_err(|e| unknown(ReadFailure::Invalid(e.to_string())))?;
-                let after =
-                    local_version(&dir.join("manifest.json")).map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
+                let after = local_version_off(dir.join("manifest.json"))
+                    .await
+                    .map_err(|e| unknown(ReadFailure::Unreachable(e)))?;
                 if before != after {
                     return Err(unknown(ReadFailure::Changed));
                 }
@@ -315,6 +342,14 @@ impl Drop for Building {
     }
 }
 
+/// [`local_version`] on the blocking pool: a stalled mount (NFS, EFS)
+/// holds no async worker.
+async fn local_version_off(manifest: PathBuf) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || local_version(&manifest))
+        .await
+        .map_err(|e| format!("the manifest check stopped: {e}"))?
+}
+
 fn local_version(manifest: &Path) -> Result<String, String> {
     use sha2::Digest as _;
     let meta = std::fs::metadata(manifest).map_err(|e| format!("{}: {e}", manifest.display()))?;
@@ -323,6 +358,10 @@ fn local_version(manifest: &Path) -> Result<String, String> {
         .ok()
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_nanos());
+    // One too large to load is not read (loading it says why).
+    if meta.len() > switchyard_routing::learned::MAX_MANIFEST_BYTES {
+        return Ok(format!("{mtime}-{}", meta.len()));
+    }
     // And its content (a few hundred bytes): a manifest rewritten in place
     // within the same second at the same length, on a mount whose times
     // have a second's granularity, is a new version too.
@@ -923,6 +962,18 @@ pub(crate) async fn start_after(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An S3 refusal prints request ids that differ at each call: without
+    /// them, two refusals read alike (and are warned of once).
+    #[test]
+    fn request_ids_are_left_out_of_a_check_failure() {
+        let a = r#"service error: unhandled error (Forbidden): Error { code: "Forbidden", aws_request_id: "A1B2", s3_extended_request_id: "xyz=" }"#;
+        let b = r#"service error: unhandled error (Forbidden): Error { code: "Forbidden", s3_extended_request_id: "q+r=", aws_request_id: "C3D4" }"#;
+        assert_eq!(without_request_ids(a), without_request_ids(b));
+        assert!(!without_request_ids(a).contains("A1B2"));
+        assert!(without_request_ids(a).contains("Forbidden"));
+        assert_eq!(without_request_ids("no such key"), "no such key");
+    }
 
     /// A manifest rewritten at the same length and modification time (a
     /// mount whose times have a second's granularity) is a new version.

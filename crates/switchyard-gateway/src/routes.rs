@@ -602,6 +602,12 @@ async fn openai_inner(
                     completion_tokens: record
                         .as_ref()
                         .map_or_else(|| usage.map_or(0, |u| u.completion), |r| r.usage.completion),
+                    cache_read_tokens: record
+                        .as_ref()
+                        .map_or_else(|| usage.map_or(0, |u| u.cache_read), |r| r.usage.cache_read),
+                    cache_write_tokens: record
+                        .as_ref()
+                        .map_or_else(|| usage.map_or(0, |u| u.cache_write), |r| r.usage.cache_write),
                     // The answer's price even when its charge could not be
                     // recorded, so later hits are not free.
                     cost_nanos: record.as_ref().map_or_else(
@@ -676,6 +682,8 @@ async fn openai_inner(
                                 deployment: name,
                                 prompt_tokens: usage.map_or(0, |u| u.prompt),
                                 completion_tokens: usage.map_or(0, |u| u.completion),
+                                cache_read_tokens: usage.map_or(0, |u| u.cache_read),
+                                cache_write_tokens: usage.map_or(0, |u| u.cache_write),
                                 cost_nanos: cost,
                                 created_ms: 0,
                                 ttl_secs: 0,
@@ -778,9 +786,12 @@ async fn serve_hit(
     let ratio = state.cache.as_ref().map_or(0.0, |c| c.hit_cost_ratio);
     // A stored cost is never a credit.
     let cost = (answer.cost_nanos.max(0) as f64 * ratio).round() as i64;
+    // The original token counts, its prompt cache's share included.
     let usage = switchyard_policy::TokenUsage {
         prompt: answer.prompt_tokens,
         completion: answer.completion_tokens,
+        cache_read: answer.cache_read_tokens,
+        cache_write: answer.cache_write_tokens,
         ..Default::default()
     };
     let record = meter.settle_cached(state, &answer.deployment, usage, cost).await;

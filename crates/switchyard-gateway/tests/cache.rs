@@ -287,6 +287,39 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
         .await
         .unwrap();
     assert_eq!(paid.as_array().unwrap().len(), 12, "{paid}");
+
+    // A hit is logged with the original token counts, the share its
+    // upstream read from its prompt cache included.
+    let marked = json!({"model": "gpt", "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "cached prefix", "cache_control": {"type": "ephemeral"}}]}
+    ]});
+    assert_eq!(
+        post(&gw, MASTER, marked.clone(), &[])
+            .await
+            .header("x-switchyard-cache"),
+        "miss"
+    );
+    assert_eq!(post(&gw, MASTER, marked, &[]).await.header("x-switchyard-cache"), "hit");
+    let logs = reqwest::Client::new()
+        .get(format!("{}/spend/logs", gw.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    let read = |hit: bool| {
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["cache_hit"] == hit)
+            .map(|r| r["usage"]["cache_read"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0)
+    };
+    assert!(read(false) > 0, "{logs}");
+    assert_eq!(read(true), read(false), "{logs}");
 }
 
 /// Answers over `cache.max_entry_bytes` are served but not kept; a long
