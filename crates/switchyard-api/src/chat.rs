@@ -180,7 +180,8 @@ impl ChatMessage {
 
     /// Moves the text of an answer's `thinking` parts (Mistral's reasoning
     /// models answer with `thinking` and `text` parts) to
-    /// `reasoning_content`, where other servers put it, unless that is set.
+    /// `reasoning_content`, where other servers put it, unless that holds
+    /// text already.
     pub fn lift_thinking_parts(&mut self) {
         let Some(MessageContent::Parts(parts)) = &mut self.content else {
             return;
@@ -194,7 +195,12 @@ impl ChatMessage {
                 true
             }
         });
-        if !thinking.is_empty() && !self.extra.contains_key("reasoning_content") {
+        // A `null` or empty `reasoning_content` beside them is none.
+        let unset = self
+            .extra
+            .get("reasoning_content")
+            .is_none_or(|r| r.is_null() || r.as_str() == Some(""));
+        if !thinking.is_empty() && unset {
             self.extra
                 .insert("reasoning_content".into(), serde_json::Value::String(thinking));
         }

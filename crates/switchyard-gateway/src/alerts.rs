@@ -319,7 +319,7 @@ async fn deliver(
         // (claimed for a minute) when their claim ends.
         if delivered {
             if let Alert::Policy(a) = &alert {
-                policy.confirm_policy_alert(&a.claim).await;
+                policy.confirm_policy_alert(a).await;
             }
         } else {
             match (&claim, &alert) {
@@ -488,6 +488,7 @@ mod tests {
             max_budget: Some(30_000),
             period: Some(switchyard_policy::period::BudgetPeriod::Monthly),
             claim: String::new(),
+            lasts_ms: 0,
         });
         let body = json_body(&alert);
         assert_eq!(body["event"], "soft_budget_crossed");
@@ -508,6 +509,7 @@ mod tests {
             max_budget: None,
             period: None,
             claim: String::new(),
+            lasts_ms: 0,
         });
         let text = sentence(&forged);
         assert_eq!(

@@ -294,10 +294,10 @@ impl GatewayCache {
     }
 
     /// Looks `call` to `model` up; `None` when the cache does not apply.
-    /// `learned` is, for a learned router's group, the models the caller
-    /// may reach (`None`: every model, or not a learned router): which
-    /// candidate answers depends on it, so callers share answers only with
-    /// callers allowed the same models.
+    /// `learned` is, for a learned router's group, the caller's lists of
+    /// the models it may reach, one string each (`None`: every model, or
+    /// not a learned router): which candidate answers depends on them, so
+    /// callers share answers only with callers of the same lists.
     #[allow(clippy::too_many_arguments)]
     pub(crate) async fn lookup(
         &self,
@@ -451,7 +451,7 @@ impl GatewayCache {
 
 /// What besides the request keys an answer: the client's namespace, the caller's key with
 /// `per_key`, and for a learned router's group the caller's model
-/// allow-list (a key allowed only some candidates is routed among those).
+/// allow-lists (a key allowed only some candidates is routed among those).
 fn scope(per_key: bool, learned: Option<&[String]>, principal: &Principal, namespace: Option<&str>) -> Option<String> {
     let mut scope = String::new();
     if let Some(ns) = namespace {

@@ -1479,27 +1479,31 @@ fn validate_deployment(
         .collect();
     // OpenAI's and Anthropic's own APIs, and Azure, answer nothing without
     // a credential: a deployment with none would fail every request.
-    let needs_key = match entry.provider {
-        ProviderKind::Openai | ProviderKind::Anthropic => entry.api_base.is_none(),
-        ProviderKind::Azure => true,
-        _ => false,
+    let official = |host: &str| entry.api_base.as_deref().is_none_or(|b| b.contains(host));
+    let (needs_key, auth_headers, what): (bool, &[&str], &str) = match entry.provider {
+        ProviderKind::Openai => (
+            official("api.openai.com"),
+            &["authorization"],
+            "for OpenAI's API (or an Authorization header)",
+        ),
+        ProviderKind::Anthropic => (
+            official("api.anthropic.com"),
+            &["x-api-key", "authorization"],
+            "for Anthropic's API (or an x-api-key or Authorization header)",
+        ),
+        ProviderKind::Azure => (
+            true,
+            &["api-key", "authorization"],
+            "for azure (or an api-key or Authorization header)",
+        ),
+        _ => (false, &[], ""),
     };
     let carries_auth = entry
         .headers
         .keys()
-        .any(|h| ["authorization", "x-api-key", "api-key"].contains(&h.to_ascii_lowercase().as_str()));
+        .any(|h| auth_headers.contains(&h.to_ascii_lowercase().as_str()));
     if needs_key && entry.api_key.is_none() && !carries_auth {
-        issues.push(issue(
-            format!("{path}.api_key"),
-            format!(
-                "is required for {} without api_base (or an Authorization, x-api-key or api-key header)",
-                match entry.provider {
-                    ProviderKind::Azure => "azure",
-                    ProviderKind::Anthropic => "anthropic",
-                    _ => "openai",
-                }
-            ),
-        ));
+        issues.push(issue(format!("{path}.api_key"), format!("is required {what}")));
     }
     let prices = deployment_prices(entry, path, issues);
     let mock = entry.mock.clone().unwrap_or_default();
@@ -1644,6 +1648,8 @@ fn token_prices(entry: &DeploymentEntry, path: &str, issues: &mut Vec<ConfigIssu
         per_second: known.and_then(|p| p.per_second),
         per_query: known.and_then(|p| p.per_query),
         image_input: known.and_then(|p| p.image_input),
+        // A well-known model's long prompts cost more in the same ratio.
+        long_context: known.and_then(|p| p.long_context),
     }
 }
 

@@ -1084,8 +1084,11 @@ async fn try_group<'s>(
                         && !(options.wildcard.is_some() && deployment.model.contains('*'))
                         && !names_missing_model(message, code.as_deref()) =>
                     {
-                        // The upstream took the request: it counts against the rpm.
-                        state.stats.record_request(deployment.id, now);
+                        // The upstream took the request: it counts against
+                        // the rpm (a token count counts nothing).
+                        if !matches!(call, Call::CountTokens(..)) {
+                            state.stats.record_request(deployment.id, now);
+                        }
                         tracing::warn!(
                             deployment = %deployment.name,
                             operation = call.operation(),

@@ -55,7 +55,7 @@ enum Command {
 fn litellm_report(path: &PathBuf) -> anyhow::Result<Option<Vec<String>>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let doc: serde_json::Value =
-        figment::Figment::from(<figment::providers::Yaml as figment::providers::Format>::string(&text))
+        figment::Figment::from(<figment::providers::YamlExtended as figment::providers::Format>::string(&text))
             .extract()
             .with_context(|| format!("{} is not valid YAML", path.display()))?;
     let mut out = std::io::stdout().lock();

@@ -200,16 +200,18 @@ impl PolicyConfig {
                         .then(|| from(LITELLM_MASTER_KEY_ENV))
                         .flatten()
                 };
-                match (from(MASTER_KEY_ENV), litellm()) {
-                    (Some(key), _) => {
-                        source = format!("policy.master_key (from {MASTER_KEY_ENV})");
-                        Some(key)
-                    }
-                    (None, Some(key)) => {
-                        source = format!("policy.master_key (from {LITELLM_MASTER_KEY_ENV})");
-                        Some(key)
-                    }
-                    (None, None) => None,
+                // An empty variable gives way to the other one; empty where
+                // no other gives a key, it is refused.
+                let given = |v: Option<&String>| v.is_some_and(|k| !k.trim().is_empty());
+                let (ours, theirs) = (from(MASTER_KEY_ENV), litellm());
+                if ours.is_some() && (given(ours.as_ref()) || !given(theirs.as_ref())) {
+                    source = format!("policy.master_key (from {MASTER_KEY_ENV})");
+                    ours
+                } else if theirs.is_some() {
+                    source = format!("policy.master_key (from {LITELLM_MASTER_KEY_ENV})");
+                    theirs
+                } else {
+                    None
                 }
             }
         };

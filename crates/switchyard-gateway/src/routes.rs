@@ -358,8 +358,7 @@ async fn openai_inner(
     mut options: RequestOptions,
     controls: Controls,
 ) -> Response {
-    options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
-    options.allowed_lists = state.allowed_lists(principal.view().map(|v| &**v));
+    state.restrict(&mut options, principal.view().map(|v| &**v));
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     options.wildcard = state.wildcard_part(requested).map(str::to_owned);
     if state.tag_filtering {

@@ -276,6 +276,9 @@ pub struct Ceiling {
     /// Whether a Claude model it may reach thinks unasked (and is given
     /// room for it on top of the request's `max_tokens`).
     pub thinkers: switchyard_providers::reasoning::Thinkers,
+    /// Whether a deployment it may reach counts tokens upstream
+    /// (`/v1/messages/count_tokens`: Anthropic, Claude on Bedrock).
+    pub counts_tokens: bool,
 }
 
 impl Ceiling {
@@ -285,6 +288,7 @@ impl Ceiling {
             prices: max_prices(self.prices, other.prices),
             default_output: self.default_output.max(other.default_output),
             thinkers: self.thinkers.or(other.thinkers),
+            counts_tokens: self.counts_tokens || other.counts_tokens,
         }
     }
 }
@@ -357,6 +361,11 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
                             switchyard_providers::reasoning::Thinkers::of(&d.model)
                         }
                         _ => switchyard_providers::reasoning::Thinkers::default(),
+                    },
+                    counts_tokens: match d.provider {
+                        ProviderKind::Anthropic => true,
+                        ProviderKind::Bedrock => switchyard_providers::BedrockProvider::counts_tokens(&d.model),
+                        _ => false,
                     },
                 })
             });
@@ -512,6 +521,15 @@ pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
         per_second: opt(a.per_second, b.per_second),
         per_query: opt(a.per_query, b.per_query),
         image_input: opt(a.image_input, b.image_input),
+        // The lowest threshold at the highest rates: never under either.
+        long_context: match (a.long_context, b.long_context) {
+            (Some(x), Some(y)) => Some(switchyard_policy::LongContext {
+                above: x.above.min(y.above),
+                input: x.input.max(y.input),
+                output: x.output.max(y.output),
+            }),
+            (x, y) => x.or(y),
+        },
     }
 }
 
@@ -979,8 +997,6 @@ impl AppState {
         )
     }
 
-    /// `models` with the group of each alias and the members of each access
-    /// group added, sorted; `None` for an empty list (every model).
     /// Each of the key's, its team's and its user's lists that limits the
     /// models, widened as [`AppState::allowed_groups`] widens them (`None`:
     /// none limits them). A learned router reads them one by one: a list
@@ -995,6 +1011,8 @@ impl AppState {
         (!lists.is_empty()).then_some(lists)
     }
 
+    /// `models` with the group of each alias and the members of each access
+    /// group added, sorted; `None` for an empty list (every model).
     fn widened(&self, models: &[String]) -> Option<Vec<String>> {
         if models.is_empty() {
             return None;
@@ -1013,6 +1031,17 @@ impl AppState {
         names.sort_unstable();
         names.dedup();
         Some(names)
+    }
+
+    /// Sets what `view` may call on a request's options: the models every
+    /// list allows (fallbacks) and each list (a learned router's candidates).
+    pub(crate) fn restrict(
+        &self,
+        options: &mut crate::dispatch::RequestOptions,
+        view: Option<&switchyard_policy::KeyView>,
+    ) {
+        options.allowed_models = self.allowed_groups(view);
+        options.allowed_lists = self.allowed_lists(view);
     }
 
     /// The client of a deployment chosen from this state's registry.

@@ -423,10 +423,13 @@ impl TelemetryConfig {
             }
             let sink = match &r.redis {
                 Some(redis) => {
-                    let url = resolve_url(&redis.url, "telemetry.request_log.redis.url", env, issues)
-                        .map(|s| s.expose().to_owned())
-                        .unwrap_or_default();
-                    if !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://")) {
+                    let resolved = resolve_url(&redis.url, "telemetry.request_log.redis.url", env, issues)
+                        .map(|s| s.expose().to_owned());
+                    let url = resolved.clone().unwrap_or_default();
+                    // (One that could not be read is named already.)
+                    if resolved.is_some()
+                        && !(url.starts_with("redis://") || url.starts_with("rediss://") || url.starts_with("unix://"))
+                    {
                         issues.push(issue(
                             "telemetry.request_log.redis.url",
                             "must start with redis://, rediss:// or unix://",

@@ -761,6 +761,19 @@ async fn a_key_limited_to_some_candidates_is_routed_among_those() {
     assert_eq!(status, 200, "{made}");
     let crossed = made["key"].as_str().unwrap().to_owned();
     assert_eq!(ask_as(crossed).await, (403, None));
+
+    // /v1/messages routes a limited key among its candidates too.
+    let limited = generate(json!(["switchyard/auto", "cheap"])).await;
+    let response = client
+        .post(format!("{}/v1/messages", gw.base_url()))
+        .header("x-api-key", limited)
+        .json(&json!({"model": "switchyard/auto", "max_tokens": 50,
+            "messages": [{"role": "user", "content": MATH_QUERY}], "cache": {"no-cache": true}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-switchyard-router-choice"], "cheap");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

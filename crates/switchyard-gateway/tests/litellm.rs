@@ -492,6 +492,9 @@ fn a_litellm_file_reads_the_litellm_master_key_variable() {
     let mut both = env.clone();
     both.insert("SWITCHYARD_MASTER_KEY".into(), "sk-switchyard-master-01".into());
     assert_eq!(master(litellm, &both).as_deref(), Some("sk-switchyard-master-01"));
+    // An empty SWITCHYARD_MASTER_KEY (`${KEY:-}`) gives way to LiteLLM's.
+    both.insert("SWITCHYARD_MASTER_KEY".into(), String::new());
+    assert_eq!(master(litellm, &both).as_deref(), Some(MASTER));
     // LiteLLM's example key is too short here; the error names the variable.
     let short: BTreeMap<String, String> = [("LITELLM_MASTER_KEY".to_owned(), "sk-1234".to_owned())].into();
     let config = config::load(Source::Text(litellm), &Overrides::default()).unwrap();

@@ -195,6 +195,7 @@ async fn pass_through_routes_forward_with_their_own_credentials() {
         .await
         .unwrap();
     assert_eq!(traced.status(), 405);
+    assert!(traced.headers()["allow"].to_str().unwrap().contains("POST"));
     // A key limited to some models uses only the routes its list names.
     for (models, status) in [(json!(["m"]), 403), (json!(["m", "/openai-native"]), 200)] {
         let limited = new_key(&gateway, json!({"models": models})).await;

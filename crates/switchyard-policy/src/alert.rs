@@ -28,6 +28,9 @@ pub struct PolicyAlert {
     /// What the policy claimed to send it once: given back with
     /// [`crate::Policy::release_policy_alert`] when it could not be delivered.
     pub claim: String,
+    /// How long the claim lasts once the alert is delivered, milliseconds
+    /// ([`crate::Policy::confirm_policy_alert`]); 0 when it was not claimed.
+    pub lasts_ms: u64,
 }
 
 /// The kinds of [`PolicyAlert`].

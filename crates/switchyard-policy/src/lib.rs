@@ -32,6 +32,6 @@ pub use money::{Nanos, format_usd, from_usd, to_usd};
 pub use policy::{
     Charge, EndUserBudget, FailureMode, KeySpend, Labels, Policy, PolicySettings, Principal, Ticket, WriteGuard,
 };
-pub use price::{ImageTable, Prices, TokenUsage};
+pub use price::{ImageTable, LongContext, Prices, TokenUsage};
 pub use redis_store::RedisSettings;
 pub use spend::{LogFilter, SpendRecord};

@@ -1058,6 +1058,7 @@ impl Policy {
             max_budget: Some(limit),
             period: check.period,
             claim: String::new(),
+            lasts_ms: 0,
         };
         let claim = alert_claim("exhausted", &check.subject, check.period, day_of_ms(now_ms()), limit);
         let policy = self.clone();
@@ -1098,6 +1099,7 @@ impl Policy {
                 max_budget: limits.max_budget.map(crate::money::from_usd),
                 period: limits.budget_duration,
                 claim: String::new(),
+                lasts_ms: 0,
             };
             self.send_once(&claim, check_ttl(alert.period), alert).await;
         }
@@ -1107,6 +1109,7 @@ impl Policy {
     /// process, or by any replica through Redis).
     async fn send_once(&self, claim: &str, ttl_ms: u64, mut alert: PolicyAlert) {
         claim.clone_into(&mut alert.claim);
+        alert.lasts_ms = ttl_ms;
         let Some((alerts, _, _)) = self.0.alerts.get() else {
             return;
         };
@@ -1214,21 +1217,18 @@ impl Policy {
         }
     }
 
-    /// Gives an alert the webhook took its claim's full length (until its
-    /// budget period ends), among the replicas sharing Redis: until then it
-    /// is claimed for ten minutes only.
-    pub async fn confirm_policy_alert(&self, claim: &str) {
+    /// Gives an alert the webhook took its claim's full length (`lasts_ms`,
+    /// a little longer than its budget period), among the replicas sharing
+    /// Redis: until then it is claimed for ten minutes only. Written whole,
+    /// so a lease that ran out meanwhile (a long queue) is claimed again.
+    pub async fn confirm_policy_alert(&self, alert: &PolicyAlert) {
         let Store::Redis { redis, .. } = &self.0.store else {
             return;
         };
-        let until = self.0.alerted.lock().get(claim).copied();
-        let Some(left) = until
-            .map(|until| until.saturating_sub(now_ms()))
-            .filter(|left| *left > 0)
-        else {
+        if alert.claim.is_empty() || alert.lasts_ms == 0 {
             return;
-        };
-        if let Err(StoreDown(reason)) = redis.set_claim_ttl(claim, u64::try_from(left).unwrap_or(1)).await {
+        }
+        if let Err(StoreDown(reason)) = redis.hold_claim(&alert.claim, alert.lasts_ms).await {
             tracing::warn!(%reason, "Redis is down: a delivered alert's claim ends early and it may be sent again");
         }
     }
@@ -2701,9 +2701,6 @@ fn owner_names(scope: &str, view: Option<&KeyView>, end_user: Option<&str>) -> (
     }
 }
 
-/// The name an alert about `subject`'s budget is claimed under: one per
-/// kind, subject and period.
-/// A budget changed meanwhile (its `amount`) is another claim.
 /// Whether an alert claim ([`alert_claim`]) is an end user's.
 fn is_end_user_claim(claim: &str) -> bool {
     claim
@@ -2711,6 +2708,9 @@ fn is_end_user_claim(claim: &str) -> bool {
         .is_some_and(|(_, subject)| subject.starts_with("end_user:"))
 }
 
+/// The name an alert about `subject`'s budget is claimed under: one per
+/// kind, subject and period.
+/// A budget changed meanwhile (its `amount`) is another claim.
 fn alert_claim(
     kind: &str,
     subject: &str,
@@ -2726,7 +2726,9 @@ fn alert_claim(
 const MAX_ALERT_CLAIMS: usize = 10_000;
 
 /// How long a budget alert is claimed in Redis before it is delivered
-/// (then for its period): long enough for the queue and three tries.
+/// (then for its period): enough for three tries of many alerts; a longer
+/// queue may see it claimed and sent again by another replica (better
+/// twice than never).
 const ALERT_LEASE_MS: u64 = 10 * 60 * 1000;
 
 /// How long an alert's claim lasts: past the end of its period (a budget
@@ -2837,7 +2839,10 @@ mod tests {
                 .update_team(&body(serde_json::json!({"team_id": "t", "spend": spend})))
                 .await
                 .unwrap_err();
-            assert!(matches!(&err, PolicyError::Field(f) if f.param == "spend"), "{err:?}");
+            assert!(
+                matches!(&err, PolicyError::Field(f) if f.param == "spend" && f.message.contains("not set or reset")),
+                "{err:?}"
+            );
             let err = policy
                 .update_user(&body(serde_json::json!({"user_id": "ana", "spend": spend})))
                 .await

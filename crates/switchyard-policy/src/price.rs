@@ -46,6 +46,24 @@ pub struct Prices {
     /// `None`: the input price.
     #[serde(default)]
     pub image_input: Option<f64>,
+    /// Higher prices for a request whose prompt is long (`None`: none).
+    #[serde(default)]
+    pub long_context: Option<LongContext>,
+}
+
+/// Prices a request pays when its prompt (cache reads and writes included)
+/// is over `above` tokens: every prompt price times `input`, the output
+/// price times `output`, on the whole request (Anthropic's Claude Sonnet 4
+/// and 4.5 with a 1M-token context above 200,000 tokens; Claude Haiku 5.5
+/// above 100,000).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LongContext {
+    /// Prompt tokens above which these prices apply.
+    pub above: u64,
+    /// What the prompt's prices are multiplied by.
+    pub input: f64,
+    /// What the output price is multiplied by.
+    pub output: f64,
 }
 
 /// Token counts of one request, normalised across providers: `prompt`
@@ -102,6 +120,37 @@ impl Prices {
             per_second: None,
             per_query: None,
             image_input: None,
+            long_context: None,
+        }
+    }
+
+    /// These prices, with a request over `above` prompt tokens paying
+    /// `input` times the prompt's and `output` times the output's.
+    const fn long_above(self, above: u64, input: f64, output: f64) -> Self {
+        Self {
+            long_context: Some(LongContext { above, input, output }),
+            ..self
+        }
+    }
+
+    /// The prices a request with `prompt` prompt tokens pays: these, or
+    /// their long-context prices when the prompt is over the threshold.
+    pub fn at_prompt(&self, prompt: u64) -> Prices {
+        match self.long_context {
+            Some(long) if prompt > long.above => {
+                let scale = |p: Option<f64>| p.map(|p| p * long.input);
+                Prices {
+                    input: self.input * long.input,
+                    output: self.output * long.output,
+                    cache_read: scale(self.cache_read),
+                    cache_write: scale(self.cache_write),
+                    cache_write_1h: scale(self.cache_write_1h),
+                    image_input: scale(self.image_input),
+                    long_context: None,
+                    ..*self
+                }
+            }
+            _ => *self,
         }
     }
 
@@ -126,8 +175,15 @@ impl Prices {
         self.input == 0.0 && self.output == 0.0 && self.cache_read.unwrap_or(0.0) == 0.0
     }
 
-    /// The cost of `usage`, rounded to the nearest nano-dollar.
+    /// The cost of `usage`, rounded to the nearest nano-dollar (at the
+    /// long-context prices when its prompt is long).
     pub fn cost(&self, usage: &TokenUsage) -> Nanos {
+        let prices = self.at_prompt(usage.prompt);
+        prices.flat_cost(usage)
+    }
+
+    /// [`Prices::cost`] at these prices, whatever the prompt's length.
+    fn flat_cost(&self, usage: &TokenUsage) -> Nanos {
         let cached = usage.cache_read.saturating_add(usage.cache_write).min(usage.prompt);
         let uncached = usage.prompt - cached;
         let read = usage.cache_read.min(cached);
@@ -144,14 +200,16 @@ impl Prices {
     }
 
     /// The most a request can cost: every prompt token at the highest input
-    /// price, and `max_output` generated tokens.
+    /// price, and `max_output` generated tokens (at the long-context prices
+    /// when `prompt`, a bound on its tokens, is long).
     pub fn ceiling(&self, prompt: u64, max_output: u64) -> Nanos {
-        let input = self
+        let prices = self.at_prompt(prompt);
+        let input = prices
             .input
-            .max(self.cache_read.unwrap_or(0.0))
-            .max(self.cache_write.unwrap_or(0.0))
-            .max(self.cache_write_1h.unwrap_or(0.0));
-        from_usd(prompt as f64 * input + max_output as f64 * self.output)
+            .max(prices.cache_read.unwrap_or(0.0))
+            .max(prices.cache_write.unwrap_or(0.0))
+            .max(prices.cache_write_1h.unwrap_or(0.0));
+        from_usd(prompt as f64 * input + max_output as f64 * prices.output)
     }
 }
 
@@ -221,15 +279,53 @@ const BUILTIN: &[(&str, Prices)] = &[
         "claude-3-7-sonnet",
         Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
     ),
-    ("claude-sonnet-4", Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75))),
+    // With the 1M-token context, a prompt over 200,000 tokens costs twice
+    // as much to read and half as much again to answer.
+    (
+        "claude-sonnet-4",
+        Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)).long_above(200_000, 2.0, 1.5),
+    ),
     // Anthropic's `-0` aliases of the first Claude 4 models.
     (
         "claude-sonnet-4-0",
-        Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
+        Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)).long_above(200_000, 2.0, 1.5),
     ),
     (
         "claude-sonnet-4-5",
+        Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)).long_above(200_000, 2.0, 1.5),
+    ),
+    // From Sonnet 4.6 on, the whole 1M-token context at one price.
+    (
+        "claude-sonnet-4-6",
         Prices::per_million(3.0, 15.0, Some(0.3), Some(3.75)),
+    ),
+    ("claude-sonnet-5", Prices::per_million(2.0, 10.0, Some(0.2), Some(2.5))),
+    (
+        "claude-sonnet-5-5",
+        Prices::per_million(2.0, 10.0, Some(0.1), Some(2.5)),
+    ),
+    // Haiku 5.5: five times each price for a prompt over 100,000 tokens.
+    (
+        "claude-haiku-5-5",
+        Prices::per_million(0.1, 0.5, Some(0.01), Some(0.125)).long_above(100_000, 5.0, 5.0),
+    ),
+    ("claude-opus-4-6", Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25))),
+    ("claude-opus-4-7", Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25))),
+    ("claude-opus-4-8", Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25))),
+    ("claude-opus-5", Prices::per_million(5.0, 25.0, Some(0.5), Some(6.25))),
+    ("claude-opus-5-5", Prices::per_million(4.0, 20.0, Some(0.2), Some(5.0))),
+    ("claude-fable-5", Prices::per_million(10.0, 50.0, Some(1.0), Some(12.5))),
+    (
+        "claude-fable-5-1",
+        Prices::per_million(10.0, 50.0, Some(0.25), Some(12.5)),
+    ),
+    (
+        "claude-mythos-5",
+        Prices::per_million(10.0, 50.0, Some(1.0), Some(12.5)),
+    ),
+    (
+        "claude-mythos-5-1",
+        Prices::per_million(10.0, 50.0, Some(0.25), Some(12.5)),
     ),
     ("claude-haiku-4-5", Prices::per_million(1.0, 5.0, Some(0.1), Some(1.25))),
     ("claude-3-opus", Prices::per_million(15.0, 75.0, Some(1.5), Some(18.75))),
@@ -350,6 +446,47 @@ fn is_version_suffix(rest: &str) -> bool {
 mod tests {
     use super::*;
 
+    /// Claude's current models are priced by name, and a long prompt pays
+    /// the long-context prices on the whole request.
+    #[test]
+    fn claude_5_models_and_long_prompts_are_priced() {
+        let usage = |prompt: u64, completion: u64| TokenUsage {
+            prompt,
+            completion,
+            ..TokenUsage::default()
+        };
+        let opus = builtin("claude-opus-5-5").unwrap();
+        assert_eq!(opus.cost(&usage(1_000_000, 1_000_000)), 24_000_000_000);
+        assert_ne!(builtin("claude-opus-5"), builtin("claude-opus-5-5"));
+        assert_eq!(
+            builtin("us.anthropic.claude-sonnet-5-5-v1:0"),
+            builtin("claude-sonnet-5-5")
+        );
+        assert_eq!(opus.cache_write_1h, Some(8.0 / 1_000_000.0));
+        // Sonnet 4.5 over 200,000 prompt tokens: $6 in, $22.50 out a million.
+        let sonnet = builtin("claude-sonnet-4-5-20250929").unwrap();
+        assert_eq!(sonnet.cost(&usage(200_000, 1_000)), 615_000_000);
+        assert_eq!(sonnet.cost(&usage(300_000, 1_000)), 1_822_500_000);
+        // Cache reads and writes count toward the threshold and scale too.
+        let cached = TokenUsage {
+            prompt: 300_000,
+            cache_read: 250_000,
+            ..TokenUsage::default()
+        };
+        assert_eq!(sonnet.cost(&cached), 50_000 * 6_000 + 250_000 * 600);
+        // Sonnet 4.6 has no long-context price.
+        let flat = builtin("claude-sonnet-4-6").unwrap();
+        assert_eq!(flat.cost(&usage(300_000, 0)), 900_000_000);
+        // Haiku 5.5: five times each price over 100,000 prompt tokens.
+        let haiku = builtin("claude-haiku-5-5").unwrap();
+        assert_eq!(haiku.cost(&usage(100_000, 1_000)), 10_500_000);
+        assert_eq!(haiku.cost(&usage(100_001, 1_000)), 52_500_500);
+        // A reservation of a long prompt counts the long prices (every
+        // prompt token at the highest, an hour's cache write: $12, or $6).
+        assert_eq!(sonnet.ceiling(300_000, 1_000), 3_622_500_000);
+        assert_eq!(sonnet.ceiling(100_000, 1_000), 615_000_000);
+    }
+
     #[test]
     fn images_are_priced_by_model_size_and_quality() {
         let image = |model: &str, size, quality| builtin(model).unwrap_or_default().per_image(size, quality);
@@ -411,7 +548,8 @@ mod tests {
             builtin("claude-haiku-4-5")
         );
         assert!(builtin("claude-haiku-4-5").is_some());
-        assert_eq!(builtin("claude-sonnet-4-6"), None);
+        assert_eq!(builtin("claude-sonnet-4-9"), None);
+        assert!(builtin("claude-sonnet-4-6").is_some());
         assert_eq!(builtin("o3-pro"), Some(Prices::per_million(20.0, 80.0, None, None)));
         assert_eq!(builtin("o3-deep-research"), None);
         assert_eq!(builtin("gpt-5-chat-latest"), None);
@@ -465,8 +603,9 @@ mod tests {
         // 1M uncached at $3, 1M read at $0.30, 1M written at $3.75.
         assert_eq!(p.cost(&cached), 7_050_000_000);
         // Writes kept for an hour cost twice the input price on Claude
-        // ($6 for Sonnet's), the rest of the writes $3.75.
-        let sonnet = builtin("claude-sonnet-4-5").unwrap();
+        // ($6 for Sonnet's), the rest of the writes $3.75 (Sonnet 4.6: no
+        // long-context price for this 3M-token prompt).
+        let sonnet = builtin("claude-sonnet-4-6").unwrap();
         let hour = TokenUsage {
             cache_write_1h: 400_000,
             ..cached

@@ -115,9 +115,12 @@ for _, b in ipairs(budgets) do
   redis.call('ZADD', b[1], now + ttl, rid)
   redis.call('HSET', b[2], rid, string.format('%d', cost))
   -- Gone with its last hold: a subject never admitted again (an end user
-  -- of a replica that died) leaves nothing behind.
-  redis.call('PEXPIRE', b[1], ttl)
-  redis.call('PEXPIRE', b[2], ttl)
+  -- of a replica that died) leaves nothing behind. Only ever pushed back:
+  -- a replica with a shorter hold_ttl does not cut another's hold short.
+  for _, name in ipairs({b[1], b[2]}) do
+    local left = redis.call('PTTL', name)
+    if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', name, ttl) end
+  end
 end
 return out
 "#;
@@ -211,7 +214,8 @@ for j = 1, sets do
 end
 if held > 0 then
   for j = 1, #KEYS do
-    if redis.call('EXISTS', KEYS[j]) == 1 then redis.call('PEXPIRE', KEYS[j], ttl) end
+    local left = redis.call('PTTL', KEYS[j])
+    if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', KEYS[j], ttl) end
   end
 end
 return held
@@ -503,6 +507,22 @@ return 0",
     /// replica to claim it, so that an alert is sent once.
     pub async fn claim(&self, name: &str, ttl_ms: u64) -> Result<bool, StoreDown> {
         self.set_new(&format!("alerted:{name}"), "1", ttl_ms).await
+    }
+
+    /// Claims `name` for `ttl_ms` whether or not it is claimed now (a
+    /// delivered alert's claim, whose lease may have run out).
+    pub async fn hold_claim(&self, name: &str, ttl_ms: u64) -> Result<(), StoreDown> {
+        let _: () = self
+            .query(
+                redis::cmd("SET")
+                    .arg(self.name(&format!("alerted:{name}")))
+                    .arg("1")
+                    .arg("PX")
+                    .arg(ttl_ms.max(1))
+                    .clone(),
+            )
+            .await?;
+        Ok(())
     }
 
     /// Makes a claim made with [`RedisStore::claim`] end in `ttl_ms`

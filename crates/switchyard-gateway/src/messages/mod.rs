@@ -209,7 +209,7 @@ async fn messages_inner(
     if let Err(e) = crate::cache::Controls::take(&mut req.extra, &axum::http::HeaderMap::new()) {
         return failed(e.into());
     }
-    options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
+    state.restrict(&mut options, principal.view().map(|v| &**v));
     let requested = std::mem::take(&mut req.model);
     let model = state.group_name(&requested);
     options.wildcard = state.wildcard_part(&requested).map(str::to_owned);
@@ -465,7 +465,7 @@ pub(crate) async fn count_tokens(
         Some(Err(e)) => return failed(e.into()),
         None => RequestOptions::default(),
     };
-    options.allowed_models = state.allowed_groups(principal.view().map(|v| &**v));
+    state.restrict(&mut options, principal.view().map(|v| &**v));
     options.upstream_ns = Some(ctx.upstream_ns.clone());
     if let Err(e) = metering::check_fallbacks(&state, &principal, options.fallbacks.as_deref()) {
         return failed(e.into());

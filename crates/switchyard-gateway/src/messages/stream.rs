@@ -534,8 +534,13 @@ impl Converter {
             return;
         }
         self.start(&chunk.id, &chunk.model, out);
-        if chunk.usage.is_some() {
-            self.usage = chunk.usage;
+        // An all-zero usage (some servers put one in every chunk) counts
+        // nothing: the estimates stand, as the stream is charged.
+        if let Some(usage) = chunk
+            .usage
+            .filter(|u| u.prompt_tokens > 0 || u.completion_tokens > 0 || u.total_tokens > 0)
+        {
+            self.usage = Some(usage);
         }
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             // Reasoning from OpenAI-compatible servers (vLLM, DeepSeek…):
