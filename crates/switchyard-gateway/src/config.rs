@@ -502,8 +502,9 @@ pub struct DeploymentEntry {
     #[serde(default)]
     pub api_base: Option<String>,
     /// Credential: `os.environ/NAME` (preferred) or a literal. Required for
-    /// Azure, and for OpenAI and Anthropic without `api_base`, unless
-    /// `headers` carry one.
+    /// Azure, and for OpenAI's and Anthropic's own APIs (no `api_base`, or
+    /// their official address), unless `headers` carry one
+    /// (`Authorization`; Anthropic's `x-api-key`; any header for Azure).
     #[serde(default)]
     pub api_key: Option<String>,
     /// Azure `api-version`.
@@ -1479,7 +1480,15 @@ fn validate_deployment(
         .collect();
     // OpenAI's and Anthropic's own APIs, and Azure, answer nothing without
     // a credential: a deployment with none would fail every request.
-    let official = |host: &str| entry.api_base.as_deref().is_none_or(|b| b.contains(host));
+    let official = |host: &str| {
+        entry.api_base.is_none()
+            || api_base.as_deref().is_some_and(|b| {
+                reqwest::Url::parse(b)
+                    .ok()
+                    .and_then(|u| u.host_str().map(|h| h.eq_ignore_ascii_case(host)))
+                    .unwrap_or(false)
+            })
+    };
     let (needs_key, auth_headers, what): (bool, &[&str], &str) = match entry.provider {
         ProviderKind::Openai => (
             official("api.openai.com"),
@@ -1498,10 +1507,13 @@ fn validate_deployment(
         ),
         _ => (false, &[], ""),
     };
+    // Azure behind a gateway of its own (API Management) may take its
+    // credential in a header of any name.
     let carries_auth = entry
         .headers
         .keys()
-        .any(|h| auth_headers.contains(&h.to_ascii_lowercase().as_str()));
+        .any(|h| auth_headers.contains(&h.to_ascii_lowercase().as_str()))
+        || (entry.provider == ProviderKind::Azure && !entry.headers.is_empty());
     if needs_key && entry.api_key.is_none() && !carries_auth {
         issues.push(issue(format!("{path}.api_key"), format!("is required {what}")));
     }

@@ -263,6 +263,15 @@ fn transcribes(upstream: &str, entry: &Value) -> bool {
 }
 
 /// The provider of a model named without one, as LiteLLM finds it.
+/// Whether a deployment's `api_base` is OpenAI's own API, which LiteLLM
+/// calls with `OPENAI_API_KEY` as it does without one.
+fn official_openai(d: &serde_json::Map<String, Value>) -> bool {
+    d.get("api_base")
+        .and_then(Value::as_str)
+        .and_then(|b| reqwest::Url::parse(b).ok())
+        .is_some_and(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case("api.openai.com")))
+}
+
 fn unprefixed_provider(model: &str, has_base: bool) -> Option<&'static str> {
     const OPENAI: &[&str] = &[
         "gpt-",
@@ -551,7 +560,7 @@ impl Translator {
                 hosted_key = [("api_key", key)];
                 &hosted_key
             }
-            ("openai", Served::AsGiven) if !has_base => &[("api_key", "OPENAI_API_KEY")],
+            ("openai", Served::AsGiven) if !has_base || official_openai(&d) => &[("api_key", "OPENAI_API_KEY")],
             ("anthropic", _) => &[("api_key", "ANTHROPIC_API_KEY")],
             ("azure", _) => &[
                 ("api_key", "AZURE_API_KEY"),

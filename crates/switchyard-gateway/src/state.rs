@@ -521,16 +521,39 @@ pub(crate) fn max_prices(a: Prices, b: Prices) -> Prices {
         per_second: opt(a.per_second, b.per_second),
         per_query: opt(a.per_query, b.per_query),
         image_input: opt(a.image_input, b.image_input),
-        // The lowest threshold at the highest rates: never under either.
-        long_context: match (a.long_context, b.long_context) {
-            (Some(x), Some(y)) => Some(switchyard_policy::LongContext {
-                above: x.above.min(y.above),
-                input: x.input.max(y.input),
-                output: x.output.max(y.output),
-            }),
-            (x, y) => x.or(y),
-        },
+        long_context: long_ceiling(&a, &b),
     }
+}
+
+/// The long-context part of [`max_prices`]: from the lowest threshold, the
+/// multipliers that take the merged prices to the higher of the two
+/// models' own long-context prices (not one model's multipliers on the
+/// other's prices, which would reserve far more than either can cost).
+fn long_ceiling(a: &Prices, b: &Prices) -> Option<switchyard_policy::LongContext> {
+    if a.long_context.is_none() && b.long_context.is_none() {
+        return None;
+    }
+    let prompt = |p: &Prices| {
+        p.input
+            .max(p.cache_read.unwrap_or(0.0))
+            .max(p.cache_write.unwrap_or(0.0))
+            .max(p.cache_write_1h.unwrap_or(0.0))
+    };
+    let factors = |p: &Prices| p.long_context.map_or((1.0, 1.0), |l| (l.input, l.output));
+    let ratio = |long: f64, flat: f64| if flat > 0.0 { (long / flat).max(1.0) } else { 1.0 };
+    let (ai, ao) = factors(a);
+    let (bi, bo) = factors(b);
+    let above = [a.long_context, b.long_context]
+        .into_iter()
+        .flatten()
+        .map(|l| l.above)
+        .min()
+        .unwrap_or(u64::MAX);
+    Some(switchyard_policy::LongContext {
+        above,
+        input: ratio((prompt(a) * ai).max(prompt(b) * bi), prompt(a).max(prompt(b))),
+        output: ratio((a.output * ao).max(b.output * bo), a.output.max(b.output)),
+    })
 }
 
 fn provider_name(kind: ProviderKind) -> &'static str {
@@ -1055,6 +1078,27 @@ impl AppState {
 mod tests {
     use super::*;
     use crate::config::{Overrides, Source, load};
+
+    /// A group's reservation of a long prompt is the most one of its
+    /// models costs for it, not one model's long-context multiplier on
+    /// another's prices.
+    #[test]
+    fn long_context_prices_merge_to_the_dearest_model() {
+        let builtin = |m: &str| switchyard_policy::price::builtin(m).unwrap();
+        let (opus, haiku, sonnet) = (
+            builtin("claude-opus-4-1"),
+            builtin("claude-haiku-5-5"),
+            builtin("claude-sonnet-4-5"),
+        );
+        let merged = max_prices(opus, haiku);
+        assert_eq!(merged.ceiling(400_000, 1_000), opus.ceiling(400_000, 1_000));
+        let merged = max_prices(haiku, sonnet);
+        assert_eq!(merged.ceiling(400_000, 1_000), sonnet.ceiling(400_000, 1_000));
+        // Between the two thresholds the merged prices stay above both
+        // (from the lower threshold on, the higher long-context prices).
+        let between = merged.ceiling(150_000, 0);
+        assert!(between >= sonnet.ceiling(150_000, 0) && between >= haiku.ceiling(150_000, 0));
+    }
 
     fn models(yaml: &str) -> Vec<ModelSpec> {
         let config = load(Source::Text(yaml), &Overrides::default()).unwrap();

@@ -58,16 +58,25 @@ pub struct Journal {
 
 impl Journal {
     /// Opens (or creates) `path`, returning the complete lines already in it.
-    /// A last line without its newline (a torn write) is cut off.
+    /// A last line without its newline is kept when it is a whole JSON
+    /// object (a line written by hand, by an editor that adds no final
+    /// newline), which gets its newline; otherwise (a torn write) it is cut off.
     pub fn open(path: &Path, policy: FsyncPolicy) -> io::Result<(Journal, Vec<String>)> {
         let mut file = private_file().read(true).append(true).create(true).open(path)?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
-        let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        let mut complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
         if complete < bytes.len() {
-            tracing::warn!(path = %path.display(), bytes = bytes.len() - complete, "dropping a torn last line");
-            file.set_len(complete as u64)?;
-            file.seek(SeekFrom::End(0))?;
+            let whole = serde_json::from_slice::<serde_json::Value>(&bytes[complete..]).is_ok_and(|v| v.is_object());
+            if whole {
+                file.write_all(b"\n")?;
+                bytes.push(b'\n');
+                complete = bytes.len();
+            } else {
+                tracing::warn!(path = %path.display(), bytes = bytes.len() - complete, "dropping a torn last line");
+                file.set_len(complete as u64)?;
+                file.seek(SeekFrom::End(0))?;
+            }
         }
         let lines = bytes[..complete]
             .split(|b| *b == b'\n')
@@ -262,6 +271,20 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((mode(&moved), mode(&path)), (0o600, 0o600));
+    }
+
+    /// A whole record without its newline (written by hand) is a line,
+    /// and the next append goes after it.
+    #[test]
+    fn a_whole_last_line_without_its_newline_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.jsonl");
+        std::fs::write(&path, b"{\"a\":1}\n{\"op\":\"delete_key\",\"token\":\"t\"}").unwrap();
+        let (journal, lines) = Journal::open(&path, FsyncPolicy::Always).unwrap();
+        assert_eq!(lines, vec!["{\"a\":1}", "{\"op\":\"delete_key\",\"token\":\"t\"}"]);
+        journal.append(&serde_json::json!({"a": 3})).unwrap();
+        let (_, lines) = Journal::open(&path, FsyncPolicy::Never).unwrap();
+        assert_eq!(lines.len(), 3, "{lines:?}");
     }
 
     #[test]

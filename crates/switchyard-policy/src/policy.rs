@@ -475,6 +475,16 @@ impl Policy {
             Some(redis) => {
                 let (spill, queued) = match &settings.data_dir {
                     Some(dir) => {
+                        // A local store's records are not read with Redis:
+                        // keys made before switching would quietly stop working.
+                        for left in ["keys.jsonl", "spend-summary.json", "spend.jsonl"] {
+                            if dir.join(left).exists() {
+                                tracing::warn!(
+                                    file = %dir.join(left).display(),
+                                    "policy.data_dir holds a local store's records, which are not read with policy.redis: its keys, teams, users and spend are not in Redis"
+                                );
+                            }
+                        }
                         let (spill, queued) = open_spill(dir, settings.fsync)?;
                         (Some(spill), queued)
                     }

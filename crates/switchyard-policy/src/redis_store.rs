@@ -108,7 +108,8 @@ for j = 1, tonumber(arg()) do
 end
 for _, name in ipairs(par) do
   redis.call('ZADD', name, now + ttl, rid)
-  redis.call('PEXPIRE', name, ttl)
+  local left = redis.call('PTTL', name)
+  if left == -1 or (left >= 0 and left < ttl) then redis.call('PEXPIRE', name, ttl) end
 end
 for _, r in ipairs(rates) do redis.call('SET', r[1], string.format('%.3f', r[2]), 'PX', 61000) end
 for _, b in ipairs(budgets) do

@@ -483,17 +483,14 @@ pub(crate) async fn count_tokens(
     // gateway's credentials: the key's per-minute and in-flight limits
     // apply to it (it costs nothing, and is no spend record: the ticket is
     // dropped). One only the gateway's estimate answers is not.
-    // (An Anthropic or Bedrock deployment it may reach, its fallbacks'
-    // included, is what gives the group a default output.)
-    let counts_upstream = state.ceilings.get(model).is_some_and(|c| c.default_output.is_some())
-        || options.fallbacks.as_ref().is_some_and(|names| {
-            names.iter().any(|n| {
-                state
-                    .ceilings
-                    .get(n.as_str())
-                    .is_some_and(|c| c.default_output.is_some())
-            })
-        });
+    // (A deployment that can count, Anthropic or Claude on Bedrock by a
+    // foundation model id, that it may reach, its fallbacks included.)
+    let counts = |name: &str| state.ceilings.get(name).is_some_and(|c| c.counts_tokens);
+    let counts_upstream = counts(model)
+        || options
+            .fallbacks
+            .as_ref()
+            .is_some_and(|names| names.iter().any(|n| counts(n)));
     let _held = if counts_upstream {
         match metering::admit_unpriced(&state, &principal, (model.to_owned(), true), Some(ctx.id.clone())).await {
             Ok(ticket) => Some(ticket),
