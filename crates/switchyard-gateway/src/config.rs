@@ -504,7 +504,8 @@ pub struct DeploymentEntry {
     /// Credential: `os.environ/NAME` (preferred) or a literal. Required for
     /// Azure, and for OpenAI's and Anthropic's own APIs (no `api_base`, or
     /// their official address), unless `headers` carry one
-    /// (`Authorization`; Anthropic's `x-api-key`; any header for Azure).
+    /// (`Authorization`; Anthropic's `x-api-key`; for Azure, any header
+    /// whose name says it holds a key or token).
     #[serde(default)]
     pub api_key: Option<String>,
     /// Azure `api-version`.
@@ -1508,12 +1509,11 @@ fn validate_deployment(
         _ => (false, &[], ""),
     };
     // Azure behind a gateway of its own (API Management) may take its
-    // credential in a header of any name.
-    let carries_auth = entry
-        .headers
-        .keys()
-        .any(|h| auth_headers.contains(&h.to_ascii_lowercase().as_str()))
-        || (entry.provider == ProviderKind::Azure && !entry.headers.is_empty());
+    // credential in a header of another name (`Ocp-Apim-Subscription-Key`).
+    let carries_auth = entry.headers.keys().any(|h| {
+        auth_headers.contains(&h.to_ascii_lowercase().as_str())
+            || (entry.provider == ProviderKind::Azure && crate::state::credential_header(h))
+    });
     if needs_key && entry.api_key.is_none() && !carries_auth {
         issues.push(issue(format!("{path}.api_key"), format!("is required {what}")));
     }

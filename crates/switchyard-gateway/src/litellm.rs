@@ -262,7 +262,6 @@ fn transcribes(upstream: &str, entry: &Value) -> bool {
         || entry.pointer("/model_info/mode").and_then(Value::as_str) == Some("audio_transcription")
 }
 
-/// The provider of a model named without one, as LiteLLM finds it.
 /// Whether a deployment's `api_base` is OpenAI's own API, which LiteLLM
 /// calls with `OPENAI_API_KEY` as it does without one.
 fn official_openai(d: &serde_json::Map<String, Value>) -> bool {
@@ -272,6 +271,7 @@ fn official_openai(d: &serde_json::Map<String, Value>) -> bool {
         .is_some_and(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case("api.openai.com")))
 }
 
+/// The provider of a model named without one, as LiteLLM finds it.
 fn unprefixed_provider(model: &str, has_base: bool) -> Option<&'static str> {
     const OPENAI: &[&str] = &[
         "gpt-",

@@ -395,7 +395,7 @@ fn price_ceilings(models: &[ModelSpec]) -> HashMap<String, Ceiling> {
 }
 
 /// Whether an upstream header's value is a credential (kept out of hashes).
-fn credential_header(name: &str) -> bool {
+pub(crate) fn credential_header(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     ["auth", "key", "token", "secret", "password", "cookie", "signature"]
         .iter()

@@ -73,7 +73,12 @@ impl Journal {
                 bytes.push(b'\n');
                 complete = bytes.len();
             } else {
-                tracing::warn!(path = %path.display(), bytes = bytes.len() - complete, "dropping a torn last line");
+                // Kept aside (`<file>.torn`): a hand-written line with a
+                // typo is not lost without a trace.
+                let torn = path.with_extension("torn");
+                let tail = String::from_utf8_lossy(&bytes[complete..]).into_owned();
+                set_aside(&torn, &[tail.as_str()])?;
+                tracing::warn!(path = %path.display(), torn = %torn.display(), bytes = bytes.len() - complete, "a torn last line is set aside");
                 file.set_len(complete as u64)?;
                 file.seek(SeekFrom::End(0))?;
             }
@@ -294,6 +299,9 @@ mod tests {
         std::fs::write(&path, b"{\"a\":1}\n{\"a\":2}\n{\"a\":").unwrap();
         let (journal, lines) = Journal::open(&path, FsyncPolicy::Always).unwrap();
         assert_eq!(lines, vec!["{\"a\":1}", "{\"a\":2}"]);
+        // What was cut is kept aside.
+        let torn = std::fs::read_to_string(dir.path().join("log.torn")).unwrap();
+        assert_eq!(torn, "{\"a\":\n");
         journal.append(&serde_json::json!({"a": 3})).unwrap();
         let (_, lines) = Journal::open(&path, FsyncPolicy::Never).unwrap();
         assert_eq!(lines.len(), 3);

@@ -693,7 +693,7 @@ fn merge_keys_are_read() {
 /// are refused at load, naming the field.
 #[test]
 fn credentials_and_caps_that_cannot_work_are_refused() {
-    let yaml = "model_list:\n  - model_name: a\n    deployments:\n      - {provider: openai, model: gpt-4o}\n      - {provider: anthropic, model: claude-sonnet-4-5, headers: {x-api-key: os.environ/K}}\n      - {provider: openai, model: m, api_base: \"http://127.0.0.1:8000/v1\"}\n      - {provider: openai, model: m, api_key: k, headers: {Authorization: \"Bearer os.environ/TOKEN\"}}\n      - {provider: openai, model: gpt-4o, api_base: \"https://api.openai.com/v1\", headers: {api-key: os.environ/K}}\npolicy:\n  redis: {url: \"redis://127.0.0.1:6379\", log_max_len: 0}\n";
+    let yaml = "model_list:\n  - model_name: a\n    deployments:\n      - {provider: openai, model: gpt-4o}\n      - {provider: anthropic, model: claude-sonnet-4-5, headers: {x-api-key: os.environ/K}}\n      - {provider: openai, model: m, api_base: \"http://127.0.0.1:8000/v1\"}\n      - {provider: openai, model: m, api_key: k, headers: {Authorization: \"Bearer os.environ/TOKEN\"}}\n      - {provider: openai, model: gpt-4o, api_base: \"https://api.openai.com/v1\", headers: {api-key: os.environ/K}}\n      - {provider: azure, model: d, api_base: \"https://x.openai.azure.com\", api_version: \"2024-10-21\", headers: {x-ms-client-request-id: r}}\n      - {provider: azure, model: d, api_base: \"https://apim.example.com\", api_version: \"2024-10-21\", headers: {Ocp-Apim-Subscription-Key: os.environ/K}}\npolicy:\n  redis: {url: \"redis://127.0.0.1:6379\", log_max_len: 0}\n";
     let config = parse(yaml).unwrap();
     let err = crate::build_state(&config, &env(&[("K", "secret"), ("TOKEN", "t")]))
         .map(|_| ())
@@ -703,11 +703,16 @@ fn credentials_and_caps_that_cannot_work_are_refused() {
         "model_list[0].deployments[0].api_key",
         "model_list[0].deployments[3].headers.Authorization",
         "model_list[0].deployments[4].api_key",
+        "model_list[0].deployments[5].api_key",
         "policy.redis.log_max_len",
     ] {
         assert!(err.contains(expected), "missing `{expected}` in:\n{err}");
     }
-    for unexpected in ["deployments[1].api_key", "deployments[2].api_key"] {
+    for unexpected in [
+        "deployments[1].api_key",
+        "deployments[2].api_key",
+        "deployments[6].api_key",
+    ] {
         assert!(!err.contains(unexpected), "`{unexpected}` in:\n{err}");
     }
 }
