@@ -83,6 +83,19 @@ async fn post(gw: &GatewayProcess, key: &str, body: Value, headers: &[(&str, &st
 /// has gone out), for up to 20 s; the asks store nothing, so a miss does not
 /// replace the entry. Returns the last answer and how many asks missed (each
 /// an upstream call).
+/// The gateway's spend records, filtered by `query` (`?cache_hit=true`…).
+async fn spend_logs(gw: &GatewayProcess, query: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/spend/logs{query}", gw.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()
+}
+
 async fn until_hit(gw: &GatewayProcess, body: Value) -> (Answer, usize) {
     let body = with(body, json!({"cache": {"no-store": true}}));
     let mut misses = 0;
@@ -262,30 +275,14 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
     assert_eq!(bad.json()["error"]["param"], "cache.namespace");
 
     // Spend: hits are recorded apart, at no cost.
-    let logs = reqwest::Client::new()
-        .get(format!("{}/spend/logs?cache_hit=true", gw.base_url()))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let logs = spend_logs(&gw, "?cache_hit=true").await;
     let hits = logs.as_array().unwrap();
     assert_eq!(hits.len(), 6, "{logs}");
     assert!(
         hits.iter().all(|r| r["cache_hit"] == true && r["cost_nanos"] == 0),
         "{logs}"
     );
-    let paid = reqwest::Client::new()
-        .get(format!("{}/spend/logs?cache_hit=false", gw.base_url()))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let paid = spend_logs(&gw, "?cache_hit=false").await;
     assert_eq!(paid.as_array().unwrap().len(), 12, "{paid}");
 
     // A hit is logged with the original token counts, the share its
@@ -300,15 +297,7 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
         "miss"
     );
     assert_eq!(post(&gw, MASTER, marked, &[]).await.header("x-switchyard-cache"), "hit");
-    let logs = reqwest::Client::new()
-        .get(format!("{}/spend/logs", gw.base_url()))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json::<Value>()
-        .await
-        .unwrap();
+    let logs = spend_logs(&gw, "").await;
     let read = |hit: bool| {
         logs.as_array()
             .unwrap()

@@ -71,6 +71,21 @@ async fn charge(policy: &Policy) {
     policy.settle(ticket, charge).await.unwrap();
 }
 
+/// An answer of 1,500 tokens, far past its estimate of 10 and past a
+/// 1,000-token minute.
+fn long_answer() -> Charge {
+    Charge {
+        deployment: "m-1".into(),
+        usage: TokenUsage {
+            prompt: 10,
+            completion: 1_490,
+            ..TokenUsage::default()
+        },
+        cost: COST,
+        cache_hit: false,
+    }
+}
+
 fn pending(policy: &Policy) -> usize {
     policy.redis_status().unwrap().1
 }
@@ -661,16 +676,7 @@ async fn replayed_spend_does_not_limit_the_key_again() {
     // the key's minute.
     let principal = policy.authenticate(Some(KEY)).await.unwrap();
     let ticket = policy.admit(&principal, &demand()).await.unwrap();
-    let charge = Charge {
-        deployment: "m-1".into(),
-        usage: TokenUsage {
-            prompt: 10,
-            completion: 1_490,
-            ..TokenUsage::default()
-        },
-        cost: COST,
-        cache_hit: false,
-    };
+    let charge = long_answer();
     policy.settle(ticket, charge).await.unwrap();
     assert_eq!(pending(&policy), 1);
     // During the outage the in-process limits counted every token it used.
@@ -706,16 +712,7 @@ async fn a_request_admitted_during_an_outage_settles_its_tokens_once() {
     redis.restart();
     until_reconnected(&policy).await;
     // It ends with Redis back, having used 1,500 tokens.
-    let charge = Charge {
-        deployment: "m-1".into(),
-        usage: TokenUsage {
-            prompt: 10,
-            completion: 1_490,
-            ..TokenUsage::default()
-        },
-        cost: COST,
-        cache_hit: false,
-    };
+    let charge = long_answer();
     policy.settle(ticket, charge).await.unwrap();
     policy.flush().await;
     assert_eq!(pending(&policy), 0);
