@@ -796,7 +796,12 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
         yaml += &deployment("bedrock", &mock, model, "");
     }
     yaml += "  - model_name: claude\n    deployments:\n";
-    yaml += &deployment("anthropic", &mock, "claude-mock", "");
+    yaml += &deployment(
+        "anthropic",
+        &mock,
+        "claude-mock",
+        "        headers: {anthropic-beta: context-1m-2025-08-07}\n",
+    );
     yaml += "  - model_name: bedrock-claude\n    deployments:\n";
     yaml += &deployment("bedrock", &mock, "anthropic.claude-3-5-sonnet-20240620-v1:0", "");
     let gateway = GatewayProcess::start_with(
@@ -899,7 +904,7 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
         "{}",
         seen.body
     );
-    // Beta features reach the count too.
+    // Beta features reach the count too, beside the deployment's own.
     let counted = http
         .post(format!("{}/v1/messages/count_tokens", gateway.base_url()))
         .header("anthropic-beta", "beta-one-2025-01-01")
@@ -908,14 +913,32 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
         .await
         .unwrap();
     assert_eq!(counted.status(), 200);
-    let seen = mock.last_request().unwrap();
-    assert!(
+    let betas = |seen: switchyard_testkit::RecordedRequest| -> Vec<String> {
         seen.headers
             .iter()
-            .any(|(n, v)| n == "anthropic-beta" && v == "beta-one-2025-01-01"),
-        "{:?}",
-        seen.headers
+            .filter(|(n, _)| n == "anthropic-beta")
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(
+        betas(mock.last_request().unwrap()),
+        ["context-1m-2025-08-07,beta-one-2025-01-01"]
     );
+    // So does a message's; without the client's, the deployment's goes alone.
+    for (client, sent) in [
+        (Some("context-1m-2025-08-07, beta-two"), "context-1m-2025-08-07,beta-two"),
+        (None, "context-1m-2025-08-07"),
+    ] {
+        let mut request = http
+            .post(format!("{}/v1/messages", gateway.base_url()))
+            .json(&json!({"model": "claude", "max_tokens": 16, "messages": [{"role": "user", "content": "one"}]}));
+        if let Some(client) = client {
+            request = request.header("anthropic-beta", client);
+        }
+        let answered = request.send().await.unwrap();
+        assert_eq!(answered.status(), 200);
+        assert_eq!(betas(mock.last_request().unwrap()), [sent], "{client:?}");
+    }
     // Claude on Bedrock is counted by Bedrock's CountTokens.
     let counted = http
         .post(format!("{}/v1/messages/count_tokens", gateway.base_url()))

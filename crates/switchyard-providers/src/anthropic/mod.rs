@@ -49,6 +49,8 @@ pub struct AnthropicProvider {
     count_tokens_url: reqwest::Url,
     default_max_tokens: u32,
     drop_params: bool,
+    /// The beta features of the deployment's own `anthropic-beta` header.
+    betas: Vec<String>,
 }
 
 fn now() -> u64 {
@@ -98,13 +100,14 @@ impl AnthropicProvider {
             count_tokens_url: parse(format!("{base}/v1/messages/count_tokens"))?,
             default_max_tokens: settings.default_max_tokens,
             drop_params: settings.drop_params,
+            betas: configured_betas(http),
         })
     }
 
     /// Sends an Anthropic-format request as is and returns the upstream's JSON.
     pub async fn messages(&self, req: &MessagesRequest) -> Result<Bytes> {
         self.http
-            .post_bytes(&self.messages_url, encode(req)?, beta_header(&req.betas)?)
+            .post_bytes(&self.messages_url, encode(req)?, self.beta_header(&req.betas)?)
             .await
     }
 
@@ -112,28 +115,48 @@ impl AnthropicProvider {
     /// beta features the client named.
     pub async fn count_tokens(&self, req: &serde_json::Value, betas: &[String]) -> Result<Bytes> {
         self.http
-            .post_bytes(&self.count_tokens_url, encode(req)?, beta_header(betas)?)
+            .post_bytes(&self.count_tokens_url, encode(req)?, self.beta_header(betas)?)
             .await
     }
 
     /// Sends an Anthropic-format streaming request and returns the raw events.
     pub async fn messages_stream(&self, req: &MessagesRequest) -> Result<EventStream> {
         self.http
-            .post_events(&self.messages_url, encode(req)?, beta_header(&req.betas)?)
+            .post_events(&self.messages_url, encode(req)?, self.beta_header(&req.betas)?)
             .await
+    }
+
+    /// The `anthropic-beta` header for the betas a client asked for, with
+    /// the deployment's own (a request's header would replace the
+    /// deployment's, not add to it).
+    fn beta_header(&self, betas: &[String]) -> Result<Option<(HeaderName, HeaderValue)>> {
+        if betas.is_empty() {
+            return Ok(None);
+        }
+        let mut all: Vec<&str> = self.betas.iter().map(String::as_str).collect();
+        for beta in betas {
+            if !all.contains(&beta.as_str()) {
+                all.push(beta);
+            }
+        }
+        let value = HeaderValue::from_str(&all.join(",")).map_err(|_| ProviderError::InvalidRequest {
+            message: "`anthropic-beta` holds characters not allowed in a header".into(),
+            param: None,
+        })?;
+        Ok(Some((HeaderName::from_static("anthropic-beta"), value)))
     }
 }
 
-/// The `anthropic-beta` header for the betas a client asked for.
-fn beta_header(betas: &[String]) -> Result<Option<(HeaderName, HeaderValue)>> {
-    if betas.is_empty() {
-        return Ok(None);
-    }
-    let value = HeaderValue::from_str(&betas.join(",")).map_err(|_| ProviderError::InvalidRequest {
-        message: "`anthropic-beta` holds characters not allowed in a header".into(),
-        param: None,
-    })?;
-    Ok(Some((HeaderName::from_static("anthropic-beta"), value)))
+/// The beta features named by a deployment's `anthropic-beta` header.
+fn configured_betas(http: &HttpSettings) -> Vec<String> {
+    http.headers
+        .iter()
+        .filter(|(name, _)| name.eq_ignore_ascii_case("anthropic-beta"))
+        .flat_map(|(_, value)| value.split(','))
+        .map(str::trim)
+        .filter(|beta| !beta.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 impl Provider for AnthropicProvider {
