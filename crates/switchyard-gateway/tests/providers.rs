@@ -926,7 +926,10 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
     );
     // So does a message's; without the client's, the deployment's goes alone.
     for (client, sent) in [
-        (Some("context-1m-2025-08-07, beta-two"), "context-1m-2025-08-07,beta-two"),
+        (
+            Some("context-1m-2025-08-07, beta-two"),
+            "context-1m-2025-08-07,beta-two",
+        ),
         (None, "context-1m-2025-08-07"),
     ] {
         let mut request = http

@@ -91,6 +91,11 @@ pub fn offers_tools(req: &ChatCompletionRequest) -> bool {
         && req.extra.get("tool_choice").and_then(Value::as_str) != Some("none")
 }
 
+/// Whether `req` names tools the model may not call (`tool_choice: none`).
+pub fn forbids_tools(req: &ChatCompletionRequest) -> bool {
+    req.extra.get("tool_choice").and_then(Value::as_str) == Some("none")
+}
+
 /// The finish reason of a JSON answer: its tool call is the answer (`json`:
 /// the answer is JSON and called none of the client's tools).
 pub(crate) fn json_finish(finish: String, json: bool) -> String {

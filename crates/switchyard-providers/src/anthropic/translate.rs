@@ -10,7 +10,7 @@ use switchyard_api::{
 };
 
 use crate::chunks::{chat_response, tool_call, tool_use_id};
-use crate::json_mode::{JSON_TOOL, json_finish, json_tool, offers_tools, tool_input_schema};
+use crate::json_mode::{JSON_TOOL, forbids_tools, json_finish, json_tool, offers_tools, tool_input_schema};
 use crate::reasoning;
 use crate::{ProviderError, Result};
 
@@ -33,6 +33,13 @@ pub(crate) const REJECTED: &[&str] = &[
     "functions",
     "function_call",
 ];
+
+/// Whether the conversation holds tool calls or their results.
+fn holds_tool_turns(req: &ChatCompletionRequest) -> bool {
+    req.messages
+        .iter()
+        .any(|m| matches!(m.role, Role::Tool | Role::Function) || m.tool_calls.as_ref().is_some_and(|c| !c.is_empty()))
+}
 
 /// Whether `value` of parameter `key` asks for what Anthropic and Bedrock
 /// cannot give: `null`, `false`, `modalities: ["text"]` (OpenAI's default,
@@ -591,13 +598,18 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                 }
                 // Claude cannot think while a tool is forced: a request that
                 // asks for both, or to a model that always thinks, gets the
-                // JSON tool offered instead.
-                // The client's tools stay defined (a conversation holding
-                // `tool_use` blocks needs them).
-                _ if thinking.as_ref().is_some_and(|t| t.explicit) || reasoning::always_thinks(&req.model) => (
-                    Some(tools.unwrap_or_default().into_iter().chain([tool]).collect()),
-                    Some(json!({"type": "auto"})),
-                ),
+                // JSON tool offered instead. The client's tools stay defined
+                // when the conversation holds `tool_use` blocks (Claude
+                // needs them then); else tools it may not call
+                // (`tool_choice: none`) are left out, since nothing would
+                // stop Claude calling them beside the unforced JSON tool.
+                _ if thinking.as_ref().is_some_and(|t| t.explicit) || reasoning::always_thinks(&req.model) => {
+                    let keep = tools.filter(|_| !forbids_tools(req) || holds_tool_turns(req));
+                    (
+                        Some(keep.unwrap_or_default().into_iter().chain([tool]).collect()),
+                        Some(json!({"type": "auto"})),
+                    )
+                }
                 // The client's tools stay defined beside the forced JSON
                 // tool (a conversation holding `tool_use` blocks needs
                 // them); forced, the JSON tool is the only one called.
