@@ -37,6 +37,9 @@ struct Converter {
     json_block: Option<u32>,
     /// Later JSON tool blocks, left out.
     extra_json_blocks: Vec<u32>,
+    /// The JSON tool's input has been streamed (an empty object comes
+    /// without a piece: `{}` is sent when the block ends).
+    json_argued: bool,
     /// Text of a JSON answer held back: left out if the JSON tool answers,
     /// passed on if the model answers in text instead.
     held: String,
@@ -130,7 +133,11 @@ impl Converter {
                 "text_delta" if self.json => {}
                 "text_delta" => out.push_back(self.out.text(delta.text.unwrap_or_default())),
                 "input_json_delta" if self.json_block == Some(index) => {
-                    out.push_back(self.out.text(delta.partial_json.unwrap_or_default()));
+                    let piece = delta.partial_json.unwrap_or_default();
+                    if !piece.is_empty() {
+                        self.json_argued = true;
+                        out.push_back(self.out.text(piece));
+                    }
                 }
                 "input_json_delta" if self.extra_json_blocks.contains(&index) => {}
                 "input_json_delta" => {
@@ -148,6 +155,11 @@ impl Converter {
                 }
                 _ => {}
             },
+            StreamEvent::ContentBlockStop { index } if self.json_block == Some(index) => {
+                if !std::mem::replace(&mut self.json_argued, true) {
+                    out.push_back(self.out.text("{}".into()));
+                }
+            }
             StreamEvent::ContentBlockStop { index } if self.tools.contains_key(&index) => {
                 if !self.argued.contains(&index)
                     && let Some(&tool_index) = self.tools.get(&index)
@@ -202,6 +214,7 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         json,
         json_block: None,
         extra_json_blocks: Vec::new(),
+        json_argued: false,
         held: String::new(),
         thinking: HashMap::new(),
         blocks: ThinkingBlocks::default(),

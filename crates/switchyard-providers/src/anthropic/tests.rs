@@ -469,6 +469,27 @@ async fn a_json_answer_is_the_first_json_tool_input_alone() {
     }
     assert_eq!(text, r#"{"a":1}"#);
     assert_eq!(finish.as_deref(), Some("stop"));
+
+    // An empty object streams no piece of input: it is still `{}`.
+    let stream = vec![
+        stream[0].clone(),
+        start(0, "json_tool_call"),
+        piece(0, ""),
+        (
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ),
+        stream[8].clone(),
+        stream[9].clone(),
+    ];
+    let chunks: Vec<_> = to_chat_chunks(events(&stream), false, 1, true).collect().await;
+    let mut text = String::new();
+    for chunk in chunks {
+        let chunk: ChatCompletionChunk = serde_json::from_slice(&chunk.unwrap().data).unwrap();
+        let choice = serde_json::to_value(&chunk).unwrap()["choices"][0].clone();
+        text.push_str(choice["delta"]["content"].as_str().unwrap_or_default());
+    }
+    assert_eq!(text, "{}");
 }
 
 #[test]
