@@ -475,10 +475,7 @@ async fn a_json_answer_is_the_first_json_tool_input_alone() {
         stream[0].clone(),
         start(0, "json_tool_call"),
         piece(0, ""),
-        (
-            "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
-        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
         stream[8].clone(),
         stream[9].clone(),
     ];
@@ -1147,4 +1144,38 @@ fn a_blank_user_turn_is_kept_as_a_turn() {
     ]}));
     let out = serde_json::to_value(to_messages_request(&tools, 4096).unwrap()).unwrap();
     assert_eq!(out["messages"][2]["content"][0]["type"], "tool_result", "{out}");
+}
+
+#[test]
+fn cache_marks_on_messages_and_tools_reach_claude() {
+    let mark = json!({"type": "ephemeral"});
+    let req = chat(json!({
+        "model": "claude",
+        "tools": [
+            {"type": "function", "function": {"name": "a", "parameters": {}}},
+            {"type": "function", "function": {"name": "b", "parameters": {}}, "cache_control": mark}
+        ],
+        "messages": [
+            {"role": "system", "content": "long instructions", "cache_control": mark},
+            {"role": "user", "content": "question", "cache_control": mark},
+            {"role": "assistant", "content": "let me look", "cache_control": mark, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "a", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "found"},
+            {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}],
+             "cache_control": mark}
+        ]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 100).unwrap()).unwrap();
+    assert_eq!(out["system"][0]["cache_control"], mark, "{out}");
+    assert!(out["tools"][0].get("cache_control").is_none(), "{out}");
+    assert_eq!(out["tools"][1]["cache_control"], mark, "{out}");
+    let messages = out["messages"].as_array().unwrap();
+    assert_eq!(messages[0]["content"][0]["cache_control"], mark, "{out}");
+    // The assistant's mark goes on its last block, the tool call.
+    assert_eq!(messages[1]["content"][1]["type"], "tool_use", "{out}");
+    assert_eq!(messages[1]["content"][1]["cache_control"], mark, "{out}");
+    assert!(messages[1]["content"][0].get("cache_control").is_none(), "{out}");
+    let last = messages[2]["content"].as_array().unwrap();
+    assert!(last[1].get("cache_control").is_none(), "{out}");
+    assert_eq!(last[2]["cache_control"], mark, "{out}");
 }

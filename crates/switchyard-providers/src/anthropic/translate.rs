@@ -6,7 +6,8 @@ use switchyard_api::anthropic::{
     Content, ContentBlock, Message, MessageRole, MessagesRequest, MessagesResponse, MessagesUsage, Tool,
 };
 use switchyard_api::{
-    ChatCompletionRequest, ChatCompletionResponse, ContentPart, Extra, MessageContent, Role, ToolCall, Usage,
+    ChatCompletionRequest, ChatCompletionResponse, ChatMessage, ContentPart, Extra, MessageContent, Role, ToolCall,
+    Usage,
 };
 
 use crate::chunks::{chat_response, tool_call, tool_use_id};
@@ -210,6 +211,26 @@ fn with_cache_mark(mut block: ContentBlock, part: &ContentPart) -> ContentBlock 
     block
 }
 
+/// A message's content as blocks with the message's own `cache_control`
+/// (as LiteLLM takes it, for content sent as a string) on its last block.
+fn message_blocks(message: &ChatMessage, param: &str) -> Result<Vec<ContentBlock>> {
+    let mut blocks = content_blocks(&message.content, param)?;
+    mark_last(&mut blocks, message);
+    Ok(blocks)
+}
+
+/// Puts a message's `cache_control` on the last of its blocks that has none
+/// (a thinking block takes none).
+fn mark_last(blocks: &mut [ContentBlock], message: &ChatMessage) {
+    if let Some(mark) = message.extra.get("cache_control").filter(|c| !c.is_null())
+        && let Some(last) = blocks.last_mut()
+        && !matches!(last.kind.as_str(), "thinking" | "redacted_thinking")
+        && !last.extra.contains_key("cache_control")
+    {
+        last.extra.insert("cache_control".into(), mark.clone());
+    }
+}
+
 /// A message's content as blocks; blank text is left out (Anthropic
 /// refuses text blocks without non-whitespace text).
 fn content_blocks(content: &Option<MessageContent>, param: &str) -> Result<Vec<ContentBlock>> {
@@ -325,11 +346,17 @@ fn convert_tools(tools: &Value) -> Result<Vec<Tool>> {
                 .get("name")
                 .and_then(Value::as_str)
                 .ok_or_else(|| invalid("a tool needs `function.name`", &format!("tools[{i}].function.name")))?;
+            // A cache mark on the tool (LiteLLM's form) makes the tool
+            // definitions up to it a cached prefix.
+            let mut extra = Extra::new();
+            if let Some(mark) = tool.get("cache_control").filter(|c| !c.is_null()) {
+                extra.insert("cache_control".into(), mark.clone());
+            }
             Ok(Tool {
                 name: name.to_owned(),
                 description: function.get("description").and_then(Value::as_str).map(str::to_owned),
                 input_schema: Some(tool_input_schema(function.get("parameters"))),
-                extra: Extra::new(),
+                extra,
             })
         })
         .collect()
@@ -402,14 +429,12 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
         match message.role {
             // Instructions after the assistant's last word ask for its next
             // one: a user turn, not a prefill for Claude to continue.
-            Role::System | Role::Developer if i >= instructions_after => push(
-                &mut messages,
-                MessageRole::User,
-                content_blocks(&message.content, &param)?,
-            ),
-            Role::System | Role::Developer => system.extend(content_blocks(&message.content, &param)?),
+            Role::System | Role::Developer if i >= instructions_after => {
+                push(&mut messages, MessageRole::User, message_blocks(message, &param)?)
+            }
+            Role::System | Role::Developer => system.extend(message_blocks(message, &param)?),
             Role::User => {
-                let mut blocks = content_blocks(&message.content, &param)?;
+                let mut blocks = message_blocks(message, &param)?;
                 // A blank user turn (Anthropic refuses blank text) after the
                 // assistant is still a turn: left out, it would make the
                 // assistant's message a prefill to continue, or merge it with
@@ -450,6 +475,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
                         }));
                     }
                 }
+                mark_last(&mut blocks, message);
                 push(&mut messages, MessageRole::Assistant, blocks);
             }
             Role::Function => {

@@ -276,6 +276,25 @@ fn tool_cache_control<'a>(message: &'a ChatMessage) -> Option<&'a Value> {
     })
 }
 
+/// The `cache_control` of a message itself (as LiteLLM takes it, for
+/// content sent as a string).
+fn message_cache_control(message: &ChatMessage) -> Option<&Value> {
+    message.extra.get("cache_control").filter(|c| !c.is_null())
+}
+
+/// `content` with a cache point after it when its message is marked
+/// `cache_control` (and its last part did not already end with one).
+fn marked(mut content: Vec<ContentBlock>, message: &ChatMessage) -> Result<Vec<ContentBlock>> {
+    if let Some(control) = message_cache_control(message)
+        && content
+            .last()
+            .is_some_and(|b| !matches!(b, ContentBlock::CachePoint(_)))
+    {
+        content.push(ContentBlock::CachePoint(cache_point_block(control)?));
+    }
+    Ok(content)
+}
+
 /// The cache point a part's `cache_control` asks for, with its lifetime
 /// (`ttl: "1h"` or the default five minutes).
 fn cache_point_block(control: &Value) -> Result<CachePointBlock> {
@@ -629,6 +648,13 @@ fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolC
             .input_schema(ToolInputSchema::Json(to_document(&schema)))
             .build();
         specs.push(Tool::ToolSpec(built(spec, &param)?));
+        // A cache mark on the tool (LiteLLM's form) makes the definitions
+        // up to it a cached prefix, for a model that caches prompts.
+        if let Some(control) = tool.get("cache_control").filter(|c| !c.is_null())
+            && prompt_caching(&req.model)
+        {
+            specs.push(Tool::CachePoint(cache_point_block(control)?));
+        }
     }
     specs.extend(json);
     let choice = match req.extra.get("tool_choice") {
@@ -804,13 +830,23 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
             Role::System | Role::Developer if i >= instructions_after => push(
                 &mut turns,
                 ConversationRole::User,
-                blocks(&message.content, &param, true)?,
+                marked(blocks(&message.content, &param, true)?, message)?,
             ),
-            Role::System | Role::Developer => system.extend(system_blocks(&message.content, &param)?),
+            Role::System | Role::Developer => {
+                let mut content = system_blocks(&message.content, &param)?;
+                if let Some(control) = message_cache_control(message)
+                    && content
+                        .last()
+                        .is_some_and(|b| !matches!(b, SystemContentBlock::CachePoint(_)))
+                {
+                    content.push(SystemContentBlock::CachePoint(cache_point_block(control)?));
+                }
+                system.extend(content);
+            }
             Role::User => push(
                 &mut turns,
                 ConversationRole::User,
-                blocks(&message.content, &param, true)?,
+                marked(blocks(&message.content, &param, true)?, message)?,
             ),
             Role::Assistant => {
                 // Claude's own thinking goes back first, as it came.
@@ -849,7 +885,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
                         .build();
                     content.push(ContentBlock::ToolUse(built(block, &param)?));
                 }
-                push(&mut turns, ConversationRole::Assistant, content);
+                push(&mut turns, ConversationRole::Assistant, marked(content, message)?);
             }
             Role::Tool | Role::Function => {
                 let id = message
@@ -1502,6 +1538,65 @@ mod tests {
             "{:?}",
             input.messages[2]
         );
+    }
+
+    /// A mark on a message sent as a string, or on a tool, is a cache point
+    /// after it (for a model that caches prompts).
+    #[test]
+    fn cache_marks_on_messages_and_tools_are_cache_points() {
+        let mark = json!({"type": "ephemeral"});
+        let body = |model: &str| {
+            json!({"model": model,
+            "tools": [{"type": "function", "function": {"name": "weather", "parameters": {}}, "cache_control": mark}],
+            "messages": [
+                {"role": "system", "content": "long instructions", "cache_control": mark},
+                {"role": "user", "content": "weather?", "cache_control": mark},
+                {"role": "assistant", "content": "looking", "cache_control": mark, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "weather", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+            ]})
+        };
+        let input = converse(body("anthropic.claude-sonnet-4-5-20250929-v1:0"));
+        assert!(
+            matches!(
+                input.system.as_slice(),
+                [SystemContentBlock::Text(_), SystemContentBlock::CachePoint(_)]
+            ),
+            "{:?}",
+            input.system.as_slice()
+        );
+        assert!(
+            matches!(
+                input.messages[0].content(),
+                [ContentBlock::Text(_), ContentBlock::CachePoint(_)]
+            ),
+            "{:?}",
+            input.messages[0]
+        );
+        assert!(
+            matches!(
+                input.messages[1].content(),
+                [
+                    ContentBlock::Text(_),
+                    ContentBlock::ToolUse(_),
+                    ContentBlock::CachePoint(_)
+                ]
+            ),
+            "{:?}",
+            input.messages[1]
+        );
+        let tools = input.tools.as_ref().map(|t| t.tools()).unwrap_or_default();
+        assert!(matches!(tools, [Tool::ToolSpec(_), Tool::CachePoint(_)]), "{tools:?}");
+        // A model without prompt caching gets none of them.
+        let input = converse(body("meta.llama3-70b-instruct-v1:0"));
+        assert!(
+            matches!(input.system.as_slice(), [SystemContentBlock::Text(_)]),
+            "{:?}",
+            input.system.as_slice()
+        );
+        assert!(matches!(input.messages[0].content(), [ContentBlock::Text(_)]));
+        let tools = input.tools.as_ref().map(|t| t.tools()).unwrap_or_default();
+        assert!(matches!(tools, [Tool::ToolSpec(_)]), "{tools:?}");
     }
 
     /// Instructions alone (a conversation of one system message, which
