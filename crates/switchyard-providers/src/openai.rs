@@ -501,9 +501,16 @@ impl serde::Serialize for RenamedMaxTokens<'_> {
             map.serialize_entry("stream_options", options)?;
         }
         let refused = refuses_sampling(req, self.1);
-        let both = req.extra.contains_key("max_completion_tokens");
+        // A `max_completion_tokens` of `null` (clients that write every
+        // field) is none: `max_tokens` takes its place.
+        let set = |key: &str| req.extra.get(key).is_some_and(|v| !v.is_null());
+        let both = set("max_completion_tokens");
+        let renamed = !both && set("max_tokens");
         for (name, value) in &req.extra {
-            if refused(name, value) || (both && name == "max_tokens") {
+            if refused(name, value)
+                || (both && name == "max_tokens")
+                || (renamed && name == "max_completion_tokens")
+            {
                 continue;
             }
             let name = if name == "max_tokens" {
@@ -1277,6 +1284,18 @@ mod tests {
             serde_json::from_slice(&encode_chat(&req, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
         assert_eq!(body["max_completion_tokens"], 50);
         assert!(body.get("max_tokens").is_none());
+        // A `null` beside it is none.
+        for order in [
+            r#"{"model": "o3", "max_tokens": 50, "max_completion_tokens": null, "messages": []}"#,
+            r#"{"model": "o3", "max_completion_tokens": null, "max_tokens": 50, "messages": []}"#,
+        ] {
+            let req: ChatCompletionRequest = serde_json::from_str(order).unwrap();
+            let sent = encode_chat(&req, Echoed::ALL, ChatWire::default()).unwrap();
+            let sent = String::from_utf8(sent).unwrap();
+            assert_eq!(sent.matches("max_completion_tokens").count(), 1, "{sent}");
+            let body: serde_json::Value = serde_json::from_str(&sent).unwrap();
+            assert_eq!(body["max_completion_tokens"], 50, "{sent}");
+        }
         // Everything else is written as the request's own serialisation
         // writes it.
         let mut full: ChatCompletionRequest = serde_json::from_value(serde_json::json!({
