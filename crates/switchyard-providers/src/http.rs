@@ -622,6 +622,11 @@ enum ErrorEnvelope {
     Plain {
         error: String,
     },
+    /// A FastAPI server's own `{"detail": …}`: a text, or a validation
+    /// error's list of problems (read without the `input` they quote).
+    Detail {
+        detail: serde_json::Value,
+    },
 }
 
 impl ErrorEnvelope {
@@ -629,6 +634,16 @@ impl ErrorEnvelope {
     fn into_error(self) -> LenientError {
         match self {
             ErrorEnvelope::Wrapped { error } | ErrorEnvelope::Flat(error) => error,
+            ErrorEnvelope::Detail { detail } => LenientError {
+                message: match detail {
+                    serde_json::Value::String(text) => text,
+                    other => problems_text(&other).unwrap_or_else(|| "the request was refused".to_owned()),
+                },
+                kind: None,
+                code: None,
+                param: None,
+                extra: serde_json::Map::new(),
+            },
             ErrorEnvelope::Plain { error } => LenientError {
                 message: error,
                 kind: None,
@@ -663,7 +678,22 @@ struct LenientError {
 /// (`null` as nothing).
 fn text_of_any<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<String, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
-    if let Some(problems) = value.get("detail").and_then(serde_json::Value::as_array) {
+    if let Some(said) = value.get("detail").and_then(problems_text) {
+        return Ok(said);
+    }
+    Ok(match value {
+        serde_json::Value::String(s) => s,
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
+    })
+}
+
+/// A FastAPI validation error's problems (`[{"loc", "msg", "input"}]`) as
+/// `body.stream_options: Extra inputs are not permitted`, without the
+/// `input` each quotes; `None` for anything else.
+fn problems_text(detail: &serde_json::Value) -> Option<String> {
+    let problems = detail.as_array()?;
+    {
         let said: Vec<String> = problems
             .iter()
             .filter_map(|p| {
@@ -682,15 +712,8 @@ fn text_of_any<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<St
                 })
             })
             .collect();
-        if !said.is_empty() {
-            return Ok(said.join("; "));
-        }
+        (!said.is_empty()).then(|| said.join("; "))
     }
-    Ok(match value {
-        serde_json::Value::String(s) => s,
-        serde_json::Value::Null => String::new(),
-        other => other.to_string(),
-    })
 }
 
 /// A string, or `None` for any other JSON value.
@@ -803,6 +826,13 @@ mod tests {
         // Ollama's native API and TGI: the message as the error itself.
         let plain = read(r#"{"error":"model \"llama9\" not found, try pulling it first"}"#);
         assert_eq!(plain.message, r#"model "llama9" not found, try pulling it first"#);
+        // A FastAPI server's own validation error, without the prompt it
+        // quotes; its plain `detail` as the message.
+        let fastapi = read(
+            r#"{"detail":[{"type":"missing","loc":["body","input"],"msg":"Field required","input":{"prompt":"a secret prompt"}}]}"#,
+        );
+        assert_eq!(fastapi.message, "body.input: Field required");
+        assert_eq!(read(r#"{"detail":"Not Found"}"#).message, "Not Found");
     }
 
     #[test]

@@ -507,10 +507,7 @@ impl serde::Serialize for RenamedMaxTokens<'_> {
         let both = set("max_completion_tokens");
         let renamed = !both && set("max_tokens");
         for (name, value) in &req.extra {
-            if refused(name, value)
-                || (both && name == "max_tokens")
-                || (renamed && name == "max_completion_tokens")
-            {
+            if refused(name, value) || (both && name == "max_tokens") || (renamed && name == "max_completion_tokens") {
                 continue;
             }
             let name = if name == "max_tokens" {
