@@ -854,6 +854,14 @@ async fn a_refusal_in_a_streams_first_event_is_the_answer() {
     fallbacks: [other]
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "sm::refused_in_stream"}
+  - model_name: converse
+    fallbacks: [other]
+    deployments:
+      - {provider: bedrock, api_base: "{root}", aws_region: us-east-1, aws_access_key_id: AKIDTEST, aws_secret_access_key: test-secret, model: "amazon.nova-lite-v1:0::refused_in_stream"}
+  - model_name: invoke
+    fallbacks: [other]
+    deployments:
+      - {provider: bedrock, api_base: "{root}", aws_region: us-east-1, aws_access_key_id: AKIDTEST, aws_secret_access_key: test-secret, model: "anthropic.claude-3-5-sonnet-20240620-v1:0::refused_in_stream"}
   - model_name: other
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "other-1"}
@@ -866,6 +874,17 @@ async fn a_refusal_in_a_streams_first_event_is_the_answer() {
         assert!(a.body.contains("best_of must be 1"), "{}", a.body);
     }
     assert_eq!(sent_to(&mock, "sm::refused_in_stream"), 2, "not retried");
+    // Bedrock's refusal in a stream's first frame, by ConverseStream and
+    // by Claude's InvokeModelWithResponseStream.
+    for group in ["converse", "invoke"] {
+        for _ in 0..2 {
+            let a = chat(&gw, group, json!({"stream": true})).await;
+            assert_eq!(a.status, 400, "{group}: {}", a.body);
+            assert_eq!(a.header("x-switchyard-attempts"), "1", "{group}");
+            assert!(a.body.contains("Did not find 1"), "{group}: {}", a.body);
+        }
+        assert_eq!(breaker(&gw, &format!("{group}/0")).await["state"], "closed", "{group}");
+    }
     assert_eq!(sent_to(&mock, "other-1"), 0, "no fallback answers for it");
     assert_eq!(breaker(&gw, "strict/0").await["state"], "closed");
 }

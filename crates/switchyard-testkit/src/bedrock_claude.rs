@@ -140,6 +140,11 @@ pub(crate) fn invoke_stream(ctx: &RequestCtx<'_>) -> Response {
         Ok(answer) => answer,
         Err(response) => return *response,
     };
+    if ctx.scenario.refused_in_stream {
+        let mut response = crate::bedrock_mock::refused_in_stream(ctx);
+        set_header(&mut response, "x-amzn-bedrock-content-type", "application/json");
+        return response;
+    }
     let (events, output_tokens) = answer.stream_events(ctx.scenario.chunks);
     let events = events
         .into_iter()

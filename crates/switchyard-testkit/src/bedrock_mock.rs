@@ -15,7 +15,7 @@ use serde_json::{Map, Value, json};
 use crate::openai_mock::{RequestCtx, json_response, non_stream_fault, word_count};
 use crate::reply::{Reply, ReplyBlock, ReplyRequest, ToolChoice, build_reply, cache_tokens, contains_key, json_pieces};
 use crate::server::RecordedRequest;
-use crate::sse::{EventRole, PlannedEvent, content_pieces, plan_events, stream_response};
+use crate::sse::{EventRole, PlannedEvent, SseItem, content_pieces, plan_events, stream_response};
 
 /// Content type of an AWS event-stream response body.
 pub(crate) const EVENT_STREAM_CONTENT_TYPE: &str = "application/vnd.amazon.eventstream";
@@ -551,6 +551,22 @@ fn event_frame(event_type: &str, payload: &Value) -> Bytes {
     event_frame_raw(event_type, Bytes::from(payload.to_string()))
 }
 
+/// A stream answered 200 whose only frame refuses the request (Bedrock
+/// reports what the model refuses, such as a tool call without its result,
+/// in the stream of a request it accepted).
+pub(crate) fn refused_in_stream(ctx: &RequestCtx<'_>) -> Response {
+    let refusal = exception_frame(
+        "validationException",
+        "messages.1: Did not find 1 `tool_result` block(s) at the beginning of this message.",
+    );
+    stream_response(
+        &ctx.state.streams,
+        vec![SseItem::Raw(refusal)],
+        Duration::ZERO,
+        EVENT_STREAM_CONTENT_TYPE,
+    )
+}
+
 /// An `exception` frame, e.g. `throttlingException`.
 pub(crate) fn exception_frame(exception_type: &str, message: &str) -> Bytes {
     let headers = vec![
@@ -567,6 +583,9 @@ pub(crate) fn converse_stream(ctx: &RequestCtx<'_>) -> Response {
         Ok(planned) => planned,
         Err(response) => return *response,
     };
+    if ctx.scenario.refused_in_stream {
+        return refused_in_stream(ctx);
+    }
     let event = |role, name: &str, payload: Value| PlannedEvent::new(role, event_frame(name, &payload));
     let mut events = vec![event(EventRole::Frame, "messageStart", json!({"role": "assistant"}))];
     let mut output_tokens = 0;

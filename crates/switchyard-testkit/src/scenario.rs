@@ -45,10 +45,11 @@ pub struct Scenario {
     /// event, a Bedrock exception, or OpenAI's `{"error": …}` chunk), then
     /// end the stream.
     pub error_event: bool,
-    /// OpenAI-format streaming: answer 200, then refuse the request in the
-    /// stream's first event (vLLM's flat error object, a sampling setting
-    /// it refuses), then `[DONE]`, as vLLM reports what it refuses once it
-    /// has begun a stream.
+    /// Streaming: answer 200, then refuse the request in the stream's first
+    /// event, as vLLM reports what it refuses once it has begun a stream
+    /// (its flat error object for a sampling setting it refuses, then
+    /// `[DONE]`) and Bedrock what the model refuses (a `validationException`
+    /// frame).
     pub refused_in_stream: bool,
     /// OpenAI format: refuse a request with `tools` as Ollama does for a
     /// model without tool calling (400 "… does not support tools").

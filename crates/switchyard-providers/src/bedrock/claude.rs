@@ -162,22 +162,23 @@ impl BedrockProvider {
             .body(Blob::new(invoke_body(req)?))
             .send();
         let output = self.within_first_byte(send).await?;
-        let events = stream::unfold((output.body, true, false), move |(mut rx, first, done)| async move {
+        // `seen`: the events read so far (the first is `message_start`).
+        let events = stream::unfold((output.body, 0_usize, false), move |(mut rx, seen, done)| async move {
             if done {
                 return None;
             }
             loop {
-                let next = if first {
+                let next = if seen == 0 {
                     match tokio::time::timeout(first_byte, rx.recv()).await {
                         Ok(next) => next,
                         Err(_) => {
-                            return Some((Err(ProviderError::Timeout(TimeoutPhase::FirstByte)), (rx, false, true)));
+                            return Some((Err(ProviderError::Timeout(TimeoutPhase::FirstByte)), (rx, seen, true)));
                         }
                     }
                 } else {
                     match tokio::time::timeout_at(deadline, rx.recv()).await {
                         Ok(next) => next,
-                        Err(_) => return Some((Err(ProviderError::Timeout(TimeoutPhase::Total)), (rx, false, true))),
+                        Err(_) => return Some((Err(ProviderError::Timeout(TimeoutPhase::Total)), (rx, seen, true))),
                     }
                 };
                 let item = match next {
@@ -187,10 +188,10 @@ impl BedrockProvider {
                     },
                     Ok(Some(_)) => continue,
                     Ok(None) => return None,
-                    Err(e) => Err(super::stream_exception(&e, exception_name)),
+                    Err(e) => Err(super::stream_exception(&e, exception_name, seen > 1)),
                 };
                 let done = item.is_err();
-                return Some((item, (rx, false, done)));
+                return Some((item, (rx, seen + 1, done)));
             }
         });
         Ok(Box::pin(events))

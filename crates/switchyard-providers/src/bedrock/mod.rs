@@ -213,13 +213,16 @@ fn credentials_fault(
 /// An exception Bedrock sent inside a stream (`throttlingException`,
 /// `modelStreamErrorException`…), typed as the status it stands for, so a
 /// throttled stream is a 429 (retried, counted against the deployment)
-/// rather than a broken answer.
+/// rather than a broken answer. Before any output (`begun`: events past
+/// the message's start were read) it is Bedrock's answer to the request, as
+/// an HTTP error would be: a `validationException` then is the client's 400.
 pub(crate) fn stream_exception<
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug,
 >(
     err: &SdkError<E, R>,
     name: impl Fn(&E) -> Option<&'static str>,
+    begun: bool,
 ) -> ProviderError {
     // Modelled stream exceptions carry no code in their metadata: their
     // variant names them.
@@ -248,6 +251,9 @@ pub(crate) fn stream_exception<
             retry_after: None,
             details: None,
         };
+        if !begun && !matches!(status, 401..=403) {
+            return typed;
+        }
         return crate::error::in_stream(typed, &format!("{code}: {message}"));
     }
     ProviderError::Stream(format!("the upstream stream failed: {}", DisplayErrorContext(err)))

@@ -29,6 +29,8 @@ struct Converter {
     /// (a tool without parameters) gets `{}`, as OpenAI sends.
     argued: HashSet<i32>,
     stopped: bool,
+    /// Events read so far (the first is `messageStart`).
+    seen: usize,
     finished: bool,
     /// The request asked for a JSON answer: the JSON tool's input is
     /// streamed as text.
@@ -61,6 +63,7 @@ impl Converter {
             include_usage,
             tools: HashMap::new(),
             argued: HashSet::new(),
+            seen: 0,
             stopped: false,
             finished: false,
             json,
@@ -237,12 +240,15 @@ pub(crate) fn to_chat_chunks(
                     }
                 };
                 match next {
-                    Ok(Some(event)) => conv.on_event(event, &mut queue),
+                    Ok(Some(event)) => {
+                        conv.seen += 1;
+                        conv.on_event(event, &mut queue);
+                    }
                     Ok(None) if conv.stopped => return None,
                     Ok(None) => queue.push_back(Err(ProviderError::Stream(
                         "the upstream closed the stream before messageStop".into(),
                     ))),
-                    Err(e) => queue.push_back(Err(super::stream_exception(&e, exception_name))),
+                    Err(e) => queue.push_back(Err(super::stream_exception(&e, exception_name, conv.seen > 1))),
                 }
             }
         },
