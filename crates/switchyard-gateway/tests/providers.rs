@@ -707,6 +707,7 @@ async fn run_contract(provider: &str) {
     // Faults.
     let (status, body) = c.chat(user("limited", "x")).await;
     assert_eq!(status, 429, "{provider}: {body}");
+    assert_eq!(body["error"]["type"], "rate_limit_error", "{provider}: {body}");
     assert!(
         body["error"]["message"].as_str().is_some_and(|m| !m.is_empty()),
         "{provider}"
@@ -1293,8 +1294,9 @@ async fn bedrock_converse_edges() {
         ("denied", "amazon.nova-lite-v1:0::status=403"),
         ("denied-alone", "amazon.nova-lite-v1:0::status=403"),
         ("expired", "amazon.nova-lite-v1:0::expired_token"),
+        ("skewed", "amazon.nova-lite-v1:0::skewed_clock"),
     ] {
-        let fallbacks = if matches!(name, "failing" | "malformed" | "denied" | "expired") {
+        let fallbacks = if matches!(name, "failing" | "malformed" | "denied" | "expired" | "skewed") {
             "    fallbacks: [nova]\n"
         } else {
             ""
@@ -1351,7 +1353,7 @@ async fn bedrock_converse_edges() {
     // (model access not granted), not the keys; temporary credentials that
     // ran out are renewed by the credential chain: the fallback answers, and
     // the deployment is not taken for one whose key is invalid (state 3).
-    for group in ["denied", "expired"] {
+    for group in ["denied", "expired", "skewed"] {
         let (status, answered_by, body) = chat(user(group, "hello")).await;
         assert_eq!((status, answered_by.as_deref()), (200, Some("nova")), "{group}: {body}");
         let metrics = http

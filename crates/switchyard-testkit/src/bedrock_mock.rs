@@ -76,6 +76,15 @@ pub(crate) fn expired_token() -> Response {
     )
 }
 
+/// AWS's refusal of a signature made by a clock ahead of its own.
+pub(crate) fn skewed_clock() -> Response {
+    error_response(
+        StatusCode::FORBIDDEN,
+        "InvalidSignatureException",
+        "Signature not yet current: 20261202T120000Z is still later than 20261202T110500Z (20261202T110000Z + 5 min.)",
+    )
+}
+
 /// Requires a SigV4 `authorization` header, as the AWS SDK sends.
 pub(crate) fn check_auth(request: &RecordedRequest) -> Option<Response> {
     let signed = request

@@ -72,6 +72,10 @@ pub struct Scenario {
     /// Bedrock: refuse the request as AWS does a temporary credential that
     /// ran out (403 `ExpiredTokenException`).
     pub expired_token: bool,
+    /// Bedrock: refuse the request as AWS does a signature from a clock
+    /// ahead of its own (403 `InvalidSignatureException`, "Signature not
+    /// yet current").
+    pub skewed_clock: bool,
     /// OpenAI format, not streaming: end the answer with vLLM's
     /// `finish_reason: "abort"` (the engine dropped the request).
     pub engine_abort: bool,
@@ -194,6 +198,7 @@ impl Scenario {
                 "moderated" => scenario.moderated = flag(name, value)?,
                 "engine_abort" => scenario.engine_abort = flag(name, value)?,
                 "expired_token" => scenario.expired_token = flag(name, value)?,
+                "skewed_clock" => scenario.skewed_clock = flag(name, value)?,
                 "malformed_tool_use" => scenario.malformed_tool_use = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
                 "no_stream" => scenario.no_stream = flag(name, value)?,

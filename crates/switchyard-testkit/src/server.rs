@@ -647,6 +647,9 @@ async fn handle(State(state): State<Arc<MockState>>, request: Request) -> Respon
     if scenario.expired_token && protocol == Protocol::Bedrock {
         return bedrock_mock::expired_token();
     }
+    if scenario.skewed_clock && protocol == Protocol::Bedrock {
+        return bedrock_mock::skewed_clock();
+    }
     if scenario.moderated && protocol == Protocol::OpenAi {
         return crate::openai_mock::moderation_refusal();
     }

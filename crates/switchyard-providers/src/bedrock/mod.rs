@@ -104,7 +104,8 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
                     if ctx
                         .err()
                         .message()
-                        .is_some_and(|m| m.to_ascii_lowercase().contains("expired")) =>
+                        .map(str::to_ascii_lowercase)
+                        .is_some_and(|m| m.contains("expired") || m.contains("signature not yet current")) =>
                 {
                     503
                 }
@@ -136,7 +137,10 @@ fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static
             ProviderError::Status {
                 status,
                 message,
-                kind: code.as_deref().map(Into::into),
+                // AWS's exception name is the code; the type is left to
+                // the status (`rate_limit_error`…), as OpenAI's clients read
+                // it.
+                kind: None,
                 code,
                 param: None,
                 retry_after: None,
@@ -245,7 +249,7 @@ pub(crate) fn stream_exception<
         let typed = ProviderError::Status {
             status,
             message: format!("{message} (in the stream)"),
-            kind: Some(code.into()),
+            kind: None,
             code: Some(code.to_owned()),
             param: None,
             retry_after: None,
