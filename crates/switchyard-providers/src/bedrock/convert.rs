@@ -962,14 +962,19 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
     if is_claude(req)
         && let Some((ConversationRole::Assistant, content)) = turns.last_mut()
     {
-        if let Some(ContentBlock::Text(text)) = content.last_mut() {
+        // The last text may be followed by its cache point.
+        let last = content.iter().rposition(|b| !matches!(b, ContentBlock::CachePoint(_)));
+        if let Some(i) = last
+            && let Some(ContentBlock::Text(text)) = content.get_mut(i)
+        {
             let kept = text.trim_end().len();
             text.truncate(kept);
+            if kept == 0 {
+                // Left out with its cache point: one must follow content.
+                content.truncate(i);
+            }
         }
-        if matches!(content.last(), Some(ContentBlock::Text(text)) if text.is_empty()) {
-            content.pop();
-        }
-        if content.is_empty() {
+        if content.iter().all(|b| matches!(b, ContentBlock::CachePoint(_))) {
             turns.pop();
         }
     }
@@ -1538,6 +1543,30 @@ mod tests {
             "{:?}",
             input.messages[2]
         );
+    }
+
+    /// A Claude prefill's trailing white space is left out before its cache
+    /// point too; a blank one goes with its cache point.
+    #[test]
+    fn a_marked_prefill_is_trimmed() {
+        let mark = json!({"type": "ephemeral"});
+        let input = converse(
+            json!({"model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "messages": [
+                {"role": "user", "content": "question"},
+                {"role": "assistant", "content": [{"type": "text", "text": "Answer: ", "cache_control": mark}]}
+            ]}),
+        );
+        match input.messages[1].content() {
+            [ContentBlock::Text(text), ContentBlock::CachePoint(_)] => assert_eq!(text, "Answer:"),
+            other => panic!("{other:?}"),
+        }
+        let input = converse(
+            json!({"model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "messages": [
+                {"role": "user", "content": "question"},
+                {"role": "assistant", "content": "  ", "cache_control": mark}
+            ]}),
+        );
+        assert_eq!(input.messages.len(), 1, "{:?}", input.messages);
     }
 
     /// A mark on a message sent as a string, or on a tool, is a cache point
