@@ -855,7 +855,8 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
         assert_eq!((status, &body["error"]["param"]), (400, &json!("input")), "{body}");
     }
     // Cohere's `input_type` reaches it (`search_document` when none is given);
-    // `dimensions` is v4's `output_dimension`, and v3 is not sent it.
+    // `dimensions` is v4's `output_dimension`; v3 has one size (1,024),
+    // so another is refused, not answered in it.
     let (status, body) = post(
         "/v1/embeddings",
         json!({"model": "cohere-v4", "input": "alpha", "input_type": "search_query", "dimensions": 8}),
@@ -870,8 +871,16 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
         json!({"model": "cohere", "input": "alpha", "dimensions": 8}),
     )
     .await;
+    assert_eq!((status, &body["error"]["param"]), (400, &json!("dimensions")), "{body}");
+    let (status, body) = post(
+        "/v1/embeddings",
+        json!({"model": "cohere", "input": "alpha", "dimensions": 1024}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(mock.last_request().unwrap().body["input_type"], "search_document");
+    let seen = mock.last_request().unwrap().body;
+    assert_eq!(seen["input_type"], "search_document");
+    assert!(seen.get("output_dimension").is_none(), "{seen}");
     let (status, body) = post("/v1/embeddings", json!({"model": "nova", "input": "x"})).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),

@@ -500,9 +500,22 @@ impl BedrockProvider {
             body["truncate"] = json!(truncate);
         }
         // Embed v4 names it `output_dimension`; v3 has one size (and
-        // refuses the field).
-        if let Some(d) = dimensions.filter(|_| model.contains("embed-v4")) {
-            body["output_dimension"] = json!(d);
+        // refuses the field): another asked of it is refused here, not
+        // answered in the wrong size.
+        if let Some(d) = dimensions {
+            if model.contains("embed-v4") {
+                body["output_dimension"] = json!(d);
+            } else {
+                let native = if model.contains("light") { 384 } else { 1024 };
+                if d != native {
+                    return Err(ProviderError::InvalidRequest {
+                        message: format!(
+                            "this model's embeddings have {native} dimensions; `dimensions` cannot change them"
+                        ),
+                        param: Some("dimensions".into()),
+                    });
+                }
+            }
         }
         let answer = self.invoke_json(model, &body).await?;
         // v3 answers a list of vectors; v4 (and v3 asked for
