@@ -1082,6 +1082,14 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             }
         }
     }
+    // LiteLLM's cache is Redis unless `cache_params.type` names another.
+    if cache.get("enabled") == Some(&json!(true)) && !cache.contains_key("backend") {
+        cache.insert("backend".into(), json!("redis"));
+        t.map(
+            "litellm_settings.cache",
+            "cache.backend: redis (LiteLLM's default type)",
+        );
+    }
     let cache_redis = cache.remove("__redis").and_then(|v| v.as_object().cloned());
     let has_address = cache_redis
         .as_ref()
@@ -1114,6 +1122,21 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         }
         cache.insert("redis".into(), Value::Object(r));
         t.map("router_settings.redis_*", "cache.redis.url");
+    } else if cache.get("backend") == Some(&json!("redis")) {
+        // Where LiteLLM looks then: the environment's Redis.
+        let mut r = Map::new();
+        r.insert(
+            "url".into(),
+            json!("redis://:{os.environ/REDIS_PASSWORD:-}@{os.environ/REDIS_HOST}:{os.environ/REDIS_PORT:-6379}"),
+        );
+        if let Some(prefix) = cache_redis_prefix(&doc_cache_namespace(doc)) {
+            r.insert("prefix".into(), json!(prefix));
+        }
+        cache.insert("redis".into(), Value::Object(r));
+        t.map(
+            "litellm_settings.cache",
+            "cache.redis.url from REDIS_HOST, REDIS_PORT and REDIS_PASSWORD",
+        );
     }
     let mut alerts = Map::new();
     let mut no_alerts = false;

@@ -421,6 +421,38 @@ fn redis_settings_become_one_url_and_the_cache_follows_it() {
     }
 }
 
+/// LiteLLM's cache is Redis when `cache_params` names no `type`: at the
+/// address they give, else the environment's (`REDIS_HOST`, …).
+#[test]
+fn a_cache_without_a_type_is_redis() {
+    let model_list = json!([{"model_name": "a", "litellm_params": {"model": "openai/x", "api_key": "k"}}]);
+    let doc = json!({"model_list": model_list, "litellm_settings": {"cache": true, "cache_params":
+        {"host": "redis.internal", "port": 6379, "password": "os.environ/REDIS_PASSWORD", "namespace": "n"}}});
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert_eq!(t.config["cache"]["backend"], "redis", "{}", t.config);
+    assert_eq!(
+        t.config["cache"]["redis"],
+        json!({"url": "redis://:{os.environ/REDIS_PASSWORD}@redis.internal:6379", "prefix": "n:"})
+    );
+    let doc = json!({"model_list": model_list, "litellm_settings": {"cache": true}});
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert_eq!(t.config["cache"]["backend"], "redis", "{}", t.config);
+    // JSON is YAML.
+    let config = config::load(Source::Text(&doc.to_string()), &Overrides::default()).unwrap();
+    let env: BTreeMap<String, String> = [("REDIS_HOST".to_owned(), "redis.internal".to_owned())].into();
+    let mut issues = Vec::new();
+    let cache = config.cache.validate(&env, &["a".to_owned()], &mut issues);
+    assert!(issues.is_empty(), "{issues:?}");
+    // Without a password: an empty one is none to the URL parser.
+    let url = "redis://:@redis.internal:6379";
+    assert!(format!("{cache:?}").contains(url), "{cache:?}");
+    assert_eq!(reqwest::Url::parse(url).unwrap().password(), None);
+    // A local cache stays local.
+    let doc = json!({"model_list": model_list, "litellm_settings": {"cache": true, "cache_params": {"type": "local"}}});
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert_eq!(t.config["cache"]["backend"], "memory", "{}", t.config);
+}
+
 /// LiteLLM's production guide sets every Redis part from the environment;
 /// each becomes a placeholder resolved at validation, percent-encoded (a
 /// password may hold `@` or `/`).
