@@ -54,6 +54,11 @@ pub struct Config {
     /// unsupported settings), logged at start-up.
     #[serde(skip)]
     pub notices: Vec<String>,
+    /// A LiteLLM file's `environment_variables`: read before the process
+    /// environment wherever the configuration names a variable
+    /// (`os.environ/NAME`), as LiteLLM sets them at start-up.
+    #[serde(skip)]
+    pub environment: BTreeMap<String, String>,
 }
 
 /// `router_settings:` — how a deployment is chosen for each request.
@@ -774,10 +779,12 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         .extract()
         .map_err(|err| ConfigError::Parse(without_values(err)))?;
     let mut notices = Vec::new();
+    let mut environment = BTreeMap::new();
     let litellm = crate::litellm::is_litellm(&doc);
     let mut figment = if litellm {
         let translation = crate::litellm::translate(&doc).map_err(ConfigError::Invalid)?;
         notices = translation.warnings;
+        environment = translation.environment;
         Figment::from(figment::providers::Serialized::defaults(translation.config)).merge(env)
     } else {
         Figment::new().merge(YamlExtended::string(&yaml)).merge(env)
@@ -791,6 +798,7 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
     let mut config = figment
         .extract::<Config>()
         .map_err(|err| ConfigError::Parse(without_values(err)))?;
+    config.environment = environment;
     // A variable shaped as a setting (`SECTION__KEY`) that no section takes
     // would otherwise change nothing, silently.
     for (name, _) in std::env::vars_os() {
@@ -1114,6 +1122,21 @@ impl EnvSource for ProcessEnv {
 impl EnvSource for BTreeMap<String, String> {
     fn get(&self, name: &str) -> Option<String> {
         BTreeMap::get(self, name).cloned()
+    }
+}
+
+/// Variables the configuration sets itself (a LiteLLM file's
+/// `environment_variables`), read before the environment under them.
+pub(crate) struct Overlay<'a> {
+    /// The configuration's own variables.
+    pub(crate) vars: &'a BTreeMap<String, String>,
+    /// The environment under them.
+    pub(crate) under: &'a dyn EnvSource,
+}
+
+impl EnvSource for Overlay<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        self.vars.get(name).cloned().or_else(|| self.under.get(name))
     }
 }
 

@@ -52,6 +52,11 @@ pub(crate) fn build_state_with(
     env: &dyn config::EnvSource,
     embedder: Option<std::sync::Arc<switchyard_routing::embed::Embedder>>,
 ) -> Result<AppState, ConfigError> {
+    let overlay = config::Overlay {
+        vars: &config.environment,
+        under: env,
+    };
+    let env: &dyn config::EnvSource = &overlay;
     // Every section is checked before any problem is reported, so that one
     // run lists them all.
     let mut issues = Vec::new();

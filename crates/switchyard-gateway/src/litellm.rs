@@ -24,6 +24,9 @@ pub struct Translation {
     pub mapped: Vec<(String, String)>,
     /// Keys ignored, each with the reason.
     pub warnings: Vec<String>,
+    /// `environment_variables`: read before the process environment where
+    /// the configuration names a variable.
+    pub environment: BTreeMap<String, String>,
 }
 
 /// A Redis URL from LiteLLM's separate `host`, `port`, `password` and `db`
@@ -1289,7 +1292,28 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                 "model_list" | "router_settings" | "litellm_settings" | "general_settings" => {}
                 // Switchyard's own sections may sit beside LiteLLM's.
                 "server" | "embedder" | "policy" | "cache" | "telemetry" => {}
-                "environment_variables" => t.warn(key, "set these in the process environment"),
+                "environment_variables" => match doc.get(key).and_then(Value::as_object) {
+                    Some(vars) => {
+                        for (name, value) in vars {
+                            let value = match value {
+                                Value::String(s) => s.clone(),
+                                Value::Number(_) | Value::Bool(_) => value.to_string(),
+                                _ => {
+                                    t.refuse(&format!("{key}.{name}"), "must be a string, a number or true/false");
+                                    continue;
+                                }
+                            };
+                            t.out.environment.insert(name.clone(), value);
+                        }
+                        t.warn(
+                            key,
+                            "read wherever the configuration names a variable (os.environ/NAME), before the \
+                             process environment; what libraries read from the environment themselves (AWS \
+                             credentials for Bedrock, OTEL_EXPORTER_OTLP_*) must be set there",
+                        );
+                    }
+                    None => t.refuse(key, "must be a map of names to values"),
+                },
                 other => t.refuse(other, "is not a LiteLLM section Switchyard knows"),
             }
         }

@@ -872,18 +872,22 @@ model_list:
       api_key: "{UPSTREAM_KEY}"
 litellm_settings:
   success_callback: ["langfuse"]
+environment_variables:
+  LANGFUSE_HOST: "{host}"
+  LANGFUSE_SECRET_KEY: sk-lf-secret-0002
 "#,
-        base = mock.base_url()
+        base = mock.base_url(),
+        host = receiver.endpoint()
     );
-    let host = receiver.endpoint();
+    // The file's `environment_variables` come before the process's, as
+    // LiteLLM sets them.
     let gw = GatewayProcess::start_with(
         BIN.as_ref(),
         &yaml,
         &[],
         &[
-            ("LANGFUSE_HOST", host.as_str()),
+            ("LANGFUSE_HOST", "http://127.0.0.1:9"),
             ("LANGFUSE_PUBLIC_KEY", "pk-lf-test-0001"),
-            ("LANGFUSE_SECRET_KEY", "sk-lf-secret-0002"),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     );
