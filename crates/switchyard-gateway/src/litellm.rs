@@ -350,6 +350,15 @@ impl Translator {
                 }
             },
         };
+        if prefix == "text-completion-openai" {
+            // LiteLLM sends every call of this provider to `/v1/completions`.
+            self.warn(
+                &format!("{path}.model"),
+                "`text-completion-openai/` is an `openai` deployment here: `/v1/completions` requests reach the \
+                 model as sent, while chat requests go to the upstream's `/chat/completions` (LiteLLM turns them \
+                 into a prompt), which a completions-only model refuses",
+            );
+        }
         let found = match prefix {
             "openai" | "text-completion-openai" => ("openai", Served::AsGiven),
             // Servers of one's own: never OpenAI's address, with its key.
@@ -928,6 +937,15 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                                     if otlp.as_ref().is_some_and(|o| o.contains_key("basic_auth")) {
                                         continue;
                                     }
+                                    // Spans go to one exporter: Langfuse
+                                    // takes the place of `otel` named before.
+                                    if otlp.as_ref().is_some_and(Map::is_empty) {
+                                        t.out.mapped.retain(|(key, _)| !key.ends_with(": otel"));
+                                        t.warn(
+                                            "litellm_settings: otel",
+                                            "spans are exported to one place, and Langfuse, also named, takes them",
+                                        );
+                                    }
                                     otlp = Some(langfuse);
                                     t.map(
                                         format!("{here}: {name}"),
@@ -936,12 +954,19 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                                     );
                                 }
                                 // The standard OTEL_EXPORTER_OTLP_* variables say where.
-                                "otel" => {
-                                    if otlp.is_none() {
+                                "otel" => match &otlp {
+                                    Some(o) if o.contains_key("basic_auth") => t.warn(
+                                        "litellm_settings: otel",
+                                        "spans are exported to one place, and Langfuse, also named, takes them",
+                                    ),
+                                    _ => {
                                         otlp = Some(Map::new());
+                                        t.map(
+                                            format!("{here}: otel"),
+                                            "telemetry.otlp (OTEL_EXPORTER_OTLP_* variables)",
+                                        );
                                     }
-                                    t.map(format!("{here}: otel"), "telemetry.otlp (OTEL_EXPORTER_OTLP_* variables)");
-                                }
+                                },
                                 // Logging sinks: what they would have received
                                 // is in the gateway's own telemetry.
                                 _ if key != "callbacks" || LOGGING_CALLBACKS.contains(&name.as_str()) => t.warn(
@@ -1249,6 +1274,25 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                             let mut route = Map::new();
                             for (field, v) in entry {
                                 match field.as_str() {
+                                    // LiteLLM turns Langfuse's two keys into
+                                    // one basic-auth header; sent as they are
+                                    // they would be refused, the secret key
+                                    // in the clear.
+                                    "headers"
+                                        if v.as_object().is_some_and(|h| {
+                                            h.keys().any(|k| {
+                                                k.eq_ignore_ascii_case("LANGFUSE_PUBLIC_KEY")
+                                                    || k.eq_ignore_ascii_case("LANGFUSE_SECRET_KEY")
+                                            })
+                                        }) =>
+                                    {
+                                        t.refuse(
+                                            &format!("{at}.headers"),
+                                            "LANGFUSE_PUBLIC_KEY and LANGFUSE_SECRET_KEY are not headers Langfuse \
+                                             reads: write `Authorization: \"Basic {os.environ/LANGFUSE_BASIC_AUTH}\"` \
+                                             with that variable holding base64 of `public_key:secret_key`",
+                                        );
+                                    }
                                     "path" | "target" | "headers" | "forward_headers" | "include_subpath" | "auth" => {
                                         route.insert(field.clone(), v.clone());
                                     }

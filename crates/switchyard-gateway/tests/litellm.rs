@@ -382,6 +382,30 @@ fn pass_through_endpoints_come_over_open_as_in_litellm() {
         .map(ToString::to_string)
         .collect();
     assert!(err.contains("pass_through_endpoints[0].guardrails"), "{err}");
+    // Langfuse's two keys as headers, which LiteLLM makes basic auth.
+    let langfuse = json!({
+        "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
+        "general_settings": {"pass_through_endpoints": [{"path": "/langfuse", "target": "https://us.cloud.langfuse.com",
+            "headers": {"LANGFUSE_PUBLIC_KEY": "os.environ/LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY": "os.environ/LANGFUSE_SECRET_KEY"}}]},
+    });
+    let err: String = switchyard_gateway::litellm::translate(&langfuse)
+        .unwrap_err()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert!(
+        err.contains("pass_through_endpoints[0].headers") && err.contains("Basic"),
+        "{err}"
+    );
+    // A `text-completion-openai/` model is told of.
+    let completion = json!({"model_list": [{"model_name": "instruct",
+        "litellm_params": {"model": "text-completion-openai/gpt-3.5-turbo-instruct", "api_key": "k"}}]});
+    let t = switchyard_gateway::litellm::translate(&completion).unwrap();
+    assert!(
+        t.warnings.iter().any(|w| w.contains("/v1/completions")),
+        "{:?}",
+        t.warnings
+    );
 }
 
 #[test]
@@ -1085,6 +1109,29 @@ async fn langfuse_and_otel_callbacks_become_span_export() {
     );
     let t = switchyard_gateway::litellm::translate(&doc(json!({"callbacks": ["otel"]}))).unwrap();
     assert_eq!(t.config["telemetry"]["otlp"], json!({}));
+    // Both named: Langfuse takes the spans, in either order, and the
+    // collector's loss is said.
+    for settings in [
+        json!({"callbacks": ["otel"], "success_callback": ["langfuse"]}),
+        json!({"success_callback": ["langfuse"], "callbacks": ["otel"]}),
+    ] {
+        let t = switchyard_gateway::litellm::translate(&doc(settings)).unwrap();
+        assert!(
+            t.config["telemetry"]["otlp"].get("basic_auth").is_some(),
+            "{}",
+            t.config
+        );
+        assert!(
+            t.warnings.iter().any(|w| w.contains("otel") && w.contains("Langfuse")),
+            "{:?}",
+            t.warnings
+        );
+        assert!(
+            !t.mapped.iter().any(|(key, _)| key.ends_with(": otel")),
+            "{:?}",
+            t.mapped
+        );
+    }
     let t = switchyard_gateway::litellm::translate(&doc(json!({"success_callback": ["langfuse"]}))).unwrap();
     assert_eq!(t.config["telemetry"]["otlp"]["capture_content"], true);
     // Without Langfuse's keys, start-up names them (its address defaults
