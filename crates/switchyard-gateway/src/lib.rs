@@ -102,8 +102,8 @@ pub async fn bind(state: &AppState) -> std::io::Result<TcpListener> {
 
 /// Serves until `shutdown` resolves: then readiness reports `draining` for
 /// `server.drain_delay_ms` while requests are still taken, the listener
-/// closes, and in-flight requests (streams included) get up to
-/// `server.shutdown_timeout_ms` to finish.
+/// closes, and in-flight requests (streams and background responses
+/// included) get up to `server.shutdown_timeout_ms` to finish.
 pub async fn serve(
     listener: TcpListener,
     live: Arc<reload::Live>,
@@ -131,25 +131,41 @@ pub async fn serve(
     let server = accept_loop(listener, app, limits, stop, signalled_tx);
     let server = tokio::spawn(server);
     tokio::pin!(server);
-    tokio::select! {
-        result = &mut server => return result.map_err(std::io::Error::other),
-        _ = signalled_rx => {}
-    }
-    match tokio::time::timeout(drain, &mut server).await {
-        Ok(result) => result.map_err(std::io::Error::other),
-        Err(_) => {
-            tracing::warn!(
-                timeout_ms = drain.as_millis() as u64,
-                "in-flight requests did not finish before the drain timeout; cutting them"
-            );
-            // End the streams still running; their trackers charge what was
-            // used and write the request log on tasks of their own: let
-            // those run before the process exits.
-            live.state().cut.send_replace(true);
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            Ok(())
+    // The server ends by itself once the signal came and no connection is
+    // left (at once when none was open).
+    let finished = tokio::select! {
+        result = &mut server => Some(result),
+        _ = signalled_rx => None,
+    };
+    let deadline = tokio::time::Instant::now() + drain;
+    let served = match finished {
+        Some(result) => Some(result),
+        None => tokio::time::timeout_at(deadline, &mut server).await.ok(),
+    };
+    let drained = match served {
+        Some(result) => {
+            result.map_err(std::io::Error::other)?;
+            // Background responses were answered at once: their work goes
+            // on after their connections closed.
+            while live.state().responses.jobs_running() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            !live.state().responses.jobs_running()
         }
+        None => false,
+    };
+    if !drained {
+        tracing::warn!(
+            timeout_ms = drain.as_millis() as u64,
+            "in-flight requests did not finish before the drain timeout; cutting them"
+        );
+        // End the streams and background responses still running; their
+        // trackers charge what was used and write the request log on tasks
+        // of their own: let those run before the process exits.
+        live.state().cut.send_replace(true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    Ok(())
 }
 
 /// What one client connection may hold.

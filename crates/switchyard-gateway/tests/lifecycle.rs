@@ -467,6 +467,44 @@ async fn a_request_still_waiting_at_the_drain_timeout_is_ended_and_logged() {
     assert_eq!(record["error_class"], "shutting_down");
 }
 
+/// A background response still being answered is waited for by the drain
+/// like a request, then ended, charged and logged before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_background_response_at_the_drain_timeout_is_ended_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let stuck = "  - model_name: stuck\n    deployments:\n      - {provider: mock, model: stuck-1, mock: {reply: \"late\", delay_ms: 20000}}\n";
+    let yaml = format!(
+        "{}\ntelemetry:\n  request_log:\n    path: {}\n",
+        config("v1", stuck, "  drain_delay_ms: 0\n  shutdown_timeout_ms: 600"),
+        dir.path().join("requests.jsonl").display()
+    );
+    let mut gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let client = reqwest::Client::new();
+    let queued = client
+        .post(format!("{}/v1/responses", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "stuck", "input": "hi", "background": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 200);
+    let body: Value = queued.json().await.unwrap();
+    assert_eq!(body["status"], "queued", "{body}");
+    gw.wait_in_flight(Some(MASTER)).await;
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{:?}", gw.logs());
+    let logs = gw.logs();
+    assert!(logs.iter().any(|l| l.contains("cutting them")), "{logs:?}");
+    let log = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap_or_default();
+    let record: Value = serde_json::from_str(
+        log.lines()
+            .find(|l| l.contains("stuck") && l.contains("503"))
+            .unwrap_or_else(|| panic!("no record of the job: {log}")),
+    )
+    .unwrap();
+    assert_eq!(record["error_class"], "shutting_down", "{record}");
+}
+
 /// A reload that leaves the `embedder` section alone keeps the embedder
 /// already loaded (and its cache of embeddings); one that changes it loads
 /// the model again.

@@ -255,6 +255,11 @@ impl ResponseStore {
         self.running.lock().insert(id, task);
     }
 
+    /// Whether a background response of this process is still being answered.
+    pub(crate) fn jobs_running(&self) -> bool {
+        self.running.lock().values().any(|task| !task.is_finished())
+    }
+
     /// Forgets the task of background response `id`, handing it back (to be
     /// stopped) if this process runs it.
     pub(crate) fn finished(&self, id: &str) -> Option<tokio::task::JoinHandle<()>> {
