@@ -332,7 +332,8 @@ pub struct ServerConfig {
     /// answer starts and for as long as its own work runs (a stream's body
     /// is not counted); beyond it a request gets 429 `gateway_overloaded`
     /// with `Retry-After: 1`. Bounds the memory of bodies read and parsed
-    /// at once.
+    /// at once. Reading, cancelling and deleting stored responses are not
+    /// counted.
     pub max_concurrent_requests: usize,
     /// Where responses of `/v1/responses` are kept so that a later request
     /// can continue them (`previous_response_id`) or read them back:

@@ -67,13 +67,21 @@ pub fn router(state: SharedState) -> Router {
         .route("/messages", post(crate::messages::messages))
         .route("/messages/count_tokens", post(crate::messages::count_tokens))
         .route("/responses", post(crate::responses::create))
+        .route("/feedback", post(feedback));
+    // Stored responses are read, cancelled and deleted outside the
+    // concurrency limit: background responses hold its slots while they
+    // run, and a cancel must reach them when they are what fills it.
+    let stored = Router::new()
         .route(
             "/responses/{id}",
             get(crate::responses::retrieve).delete(crate::responses::delete),
         )
         .route("/responses/{id}/input_items", get(crate::responses::input_items))
-        .route("/responses/{id}/cancel", post(crate::responses::cancel))
-        .route("/feedback", post(feedback));
+        .route("/responses/{id}/cancel", post(crate::responses::cancel));
+    let stored = Router::new()
+        .merge(stored.clone())
+        .nest("/v1", stored)
+        .route_layer(middleware::from_fn_with_state(state.clone(), metering::authenticate));
     let client = Router::new()
         .merge(api.clone())
         .nest("/v1", api)
@@ -130,6 +138,7 @@ pub fn router(state: SharedState) -> Router {
     }
     let router = Router::new()
         .merge(client)
+        .merge(stored)
         .merge(admin)
         .merge(key_info)
         .merge(status)

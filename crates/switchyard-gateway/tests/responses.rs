@@ -716,3 +716,39 @@ async fn background_responses_are_polled_and_cancelled() {
         );
     }
 }
+
+/// A background response holds its request's `server.max_concurrent_requests`
+/// slot while it runs; reading, cancelling and deleting stored responses do
+/// not need one, so a job that fills the limit can still be stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_responses_are_reached_when_jobs_fill_the_limit() {
+    let mock = MockUpstream::start().await;
+    let base = mock.base_url();
+    let yaml = format!(
+        "server:\n  max_concurrent_requests: 1\npolicy:\n  master_key: {MASTER}\nmodel_list:\n  - model_name: stuck\n    deployments:\n      - {{provider: openai, model: \"mock-model::first_byte_ms=5000\", api_base: {base}}}\n"
+    );
+    let gw = GatewayProcess::start(Path::new(BIN), &yaml);
+    let (status, queued) = post(
+        &gw,
+        Some(MASTER),
+        &json!({"model": "stuck", "input": "take your time", "background": true}),
+    )
+    .await;
+    assert_eq!(status, 200, "{queued}");
+    let id = queued["id"].as_str().unwrap().to_owned();
+    gw.wait_in_flight(Some(MASTER)).await;
+    // The job holds the one slot: another request waits its turn…
+    let (status, busy) = post(&gw, Some(MASTER), &json!({"model": "stuck", "input": "me too"})).await;
+    assert_eq!(status, 429, "{busy}");
+    // …but the job itself is still reached.
+    let (status, running) = call(&gw, reqwest::Method::GET, MASTER, &id).await;
+    assert_eq!(status, 200, "{running}");
+    let (status, cancelled) = cancel(&gw, MASTER, &id).await;
+    assert_eq!(
+        (status, cancelled["status"].as_str()),
+        (200, Some("cancelled")),
+        "{cancelled}"
+    );
+    let (status, _) = call(&gw, reqwest::Method::DELETE, MASTER, &id).await;
+    assert_eq!(status, 200);
+}
