@@ -60,10 +60,14 @@ pub(crate) fn label_failure(state: &SharedState, model: &str, response: &mut Res
 /// Marks a generation span failed when its answer is an error: `error.type`
 /// is the status code (as OpenTelemetry's HTTP conventions write it) and
 /// the span's status is error. A stream that breaks after its 200 is
-/// marked where it breaks.
+/// marked where it breaks. A client that left (499) is no failure of the
+/// generation: its `error.type` is `client_closed`, as for a stream it
+/// left, and the status stays unset.
 pub(crate) fn record_failure(span: &tracing::Span, response: &Response) {
     let status = response.status();
-    if status.is_client_error() || status.is_server_error() {
+    if status.as_u16() == 499 {
+        span.record("error.type", "client_closed");
+    } else if status.is_client_error() || status.is_server_error() {
         span.record("error.type", status.as_str());
         span.record("otel.status_code", "error");
     }

@@ -739,6 +739,72 @@ async fn the_request_log_can_be_a_redis_stream() {
     assert_eq!(entries[1]["score"], 1.0);
 }
 
+/// A background response's spans stay in its request's trace, under its
+/// server span; a request whose client left before a retry is no failed
+/// generation (`error.type` `client_closed`, no error status).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_work_keeps_its_trace_and_a_client_leaving_is_no_failure() {
+    let receiver = OtlpReceiver::start().await.unwrap();
+    let mock = MockUpstream::start().await;
+    let yaml = format!(
+        r#"
+router_settings:
+  num_retries: 1
+  retry_backoff_ms: 1
+telemetry:
+  otlp:
+    endpoint: "{endpoint}"
+    batch_delay_ms: 100
+{models}  - model_name: failing-slowly
+    deployments:
+      - {{provider: openai, api_base: "{base}", api_key: "{UPSTREAM_KEY}", model: "late::first_byte_ms=1500,status=500"}}
+"#,
+        endpoint = receiver.endpoint(),
+        models = models(&mock),
+        base = mock.base_url()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let traceparent = format!("00-{trace_id}-00f067aa0ba902b8-01");
+    let queued = post(
+        &gw,
+        "/v1/responses",
+        "",
+        json!({"model": "gpt", "input": "in the background", "background": true}),
+        &[("traceparent", &traceparent)],
+    )
+    .await;
+    assert_eq!(queued.status, 200, "{}", queued.text);
+    let gone = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .timeout(Duration::from_millis(500))
+        .json(&chat("failing-slowly", "I will not wait"))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the client gave up first");
+    let spans = receiver
+        .wait_for(Duration::from_secs(20), |spans| {
+            spans.iter().any(|s| s.name == "chat gpt" && s.kind == 1)
+                && spans.iter().any(|s| s.name == "chat failing-slowly" && s.kind == 1)
+        })
+        .await;
+    let genai = one(&spans, "background gen_ai span", |s| {
+        s.name == "chat gpt" && s.kind == 1
+    });
+    assert_eq!(genai.trace_id, trace_id, "{genai:?}");
+    let server = one(&spans, "its server span", |s| s.span_id == genai.parent_span_id);
+    assert_eq!(server.kind, 2, "{server:?}");
+    assert_eq!(server.trace_id, trace_id);
+    let left = one(&spans, "left gen_ai span", |s| {
+        s.name == "chat failing-slowly" && s.kind == 1
+    });
+    assert_eq!(
+        (left.attr("error.type"), left.status),
+        (Some("client_closed"), 0),
+        "{left:?}"
+    );
+}
+
 /// A client that leaves before its answer is still counted (status 499),
 /// while the work it started goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,19 +349,25 @@ impl Job {
         // The task waits until it is on the books, so that it is never
         // forgotten there when it ends at once.
         let (go, ready) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            if ready.await.is_err() {
-                return;
+        // The job's spans and log lines stay the request's: under its server
+        // span (and the client's trace), with its request id.
+        use tracing::Instrument as _;
+        let task = tokio::spawn(
+            async move {
+                if ready.await.is_err() {
+                    return;
+                }
+                let _untrack = Untrack {
+                    store: self.keep.store.clone(),
+                    id: self.echo.id.clone(),
+                };
+                match slot {
+                    Some(slot) => crate::metering::REQUEST_SLOT.scope(slot, self.run()).await,
+                    None => self.run().await,
+                }
             }
-            let _untrack = Untrack {
-                store: self.keep.store.clone(),
-                id: self.echo.id.clone(),
-            };
-            match slot {
-                Some(slot) => crate::metering::REQUEST_SLOT.scope(slot, self.run()).await,
-                None => self.run().await,
-            }
-        });
+            .in_current_span(),
+        );
         store.running(id, task);
         let _ = go.send(());
         ([(header::CONTENT_TYPE, "application/json")], bytes).into_response()
