@@ -56,6 +56,28 @@ pub(crate) struct Probe {
     /// `"error"` in vLLM's flat error body (`{"object": "error", "message": …}`).
     #[serde(default)]
     pub(crate) object: Option<serde_json::Value>,
+    /// Each choice's index and finish reason, when they have that shape.
+    #[serde(default)]
+    pub(crate) choices: Option<ProbedChoices>,
+}
+
+/// The `choices` of an upstream body, as far as a stream's end needs them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(crate) enum ProbedChoices {
+    /// Choices with their index and finish reason.
+    Ends(Vec<ChoiceEnd>),
+    /// Anything else, skipped.
+    Other(serde::de::IgnoredAny),
+}
+
+/// A choice's index and finish reason (`null` while it goes on).
+#[derive(Deserialize)]
+pub(crate) struct ChoiceEnd {
+    #[serde(default)]
+    pub(crate) index: Option<u64>,
+    #[serde(default)]
+    pub(crate) finish_reason: Option<serde_json::Value>,
 }
 
 /// A keep-alive connection pool to one upstream, with its timeouts and headers.

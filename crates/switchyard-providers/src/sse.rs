@@ -9,7 +9,7 @@ pub use eventsource_stream::Event;
 use eventsource_stream::{EventStreamError, Eventsource};
 use futures_util::{Stream, StreamExt, stream};
 
-use crate::http::{Probe, stream_error};
+use crate::http::{Probe, ProbedChoices, stream_error};
 use crate::{ChunkStream, ProviderError, StreamChunk, TimeoutPhase};
 use serde_json::Value;
 
@@ -313,8 +313,10 @@ pub(crate) fn aborted(data: &str) -> Option<&'static str> {
 
 /// Turns an OpenAI-style stream into chunks. Each event's JSON is validated and
 /// its usage read; the bytes themselves pass through untouched. The stream ends
-/// after `[DONE]`; a stream that closes before it, a malformed event or an error
-/// event ends with an error instead. An error event before any output (a
+/// after `[DONE]`, or when it closes after every choice it began has finished
+/// (Perplexity, older TGI and llama.cpp servers send no `[DONE]`); a stream
+/// that closes before that, a malformed event or an error event ends with an
+/// error instead. An error event before any output (a
 /// role-only chunk aside) is the upstream's answer to the request (see
 /// [`crate::http::first_event_error`]).
 pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
@@ -326,12 +328,18 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
         begun: bool,
         /// The error to end with once the chunk before it is handed on.
         pending: Option<ProviderError>,
+        /// Choices begun and not finished yet.
+        open: Vec<u64>,
+        /// Choices that finished (a `finish_reason` came).
+        finished: Vec<u64>,
     }
     let state = State {
         events,
         done: false,
         begun: false,
         pending: None,
+        open: Vec::new(),
+        finished: Vec::new(),
     };
     let chunks = stream::unfold(state, |mut state| async move {
         if let Some(error) = state.pending.take() {
@@ -343,6 +351,8 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
         }
         loop {
             let item = match state.events.next().await {
+                // Every choice finished: the answer is whole without `[DONE]`.
+                None if !state.finished.is_empty() && state.open.is_empty() => return None,
                 None => Err(ProviderError::Stream(
                     "the upstream closed the stream before [DONE]".into(),
                 )),
@@ -376,7 +386,20 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
                             Err(crate::http::first_event_error(&error))
                         }
                         Ok(Probe { error: Some(error), .. }) => Err(stream_error(&error)),
-                        Ok(Probe { usage, .. }) => {
+                        Ok(Probe { usage, choices, .. }) => {
+                            if let Some(ProbedChoices::Ends(choices)) = choices {
+                                for choice in choices {
+                                    let index = choice.index.unwrap_or(0);
+                                    if choice.finish_reason.is_some_and(|f| !f.is_null()) {
+                                        state.open.retain(|&i| i != index);
+                                        if !state.finished.contains(&index) {
+                                            state.finished.push(index);
+                                        }
+                                    } else if !state.finished.contains(&index) && !state.open.contains(&index) {
+                                        state.open.push(index);
+                                    }
+                                }
+                            }
                             // Ollama puts a zero `usage` in every chunk when
                             // asked for usage, and the counts in the last: a
                             // prompt has tokens, so all zeros is no count.
@@ -575,6 +598,37 @@ mod tests {
         sse_chunks_of(sse_events_of(bytes, Duration::from_secs(5)))
             .collect()
             .await
+    }
+
+    /// A stream that closes without `[DONE]` is whole once every choice it
+    /// began has finished (Perplexity), and broken otherwise.
+    #[tokio::test]
+    async fn a_stream_ends_without_done_only_once_every_choice_finished() {
+        let whole = chunks(concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],",
+            "\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n",
+        ))
+        .await;
+        assert!(
+            matches!(&whole[..], [Ok(_), Ok(last)] if last.usage.is_some()),
+            "{whole:?}"
+        );
+        let cut =
+            chunks("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":null}]}\n\n")
+                .await;
+        assert!(matches!(&cut[..], [Ok(_), Err(ProviderError::Stream(_))]), "{cut:?}");
+        // Two choices, one finished: still cut.
+        let half = chunks(concat!(
+            "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null},",
+            "{\"index\":1,\"delta\":{\"content\":\"b\"},\"finish_reason\":null}]}\n\n",
+            "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+        ))
+        .await;
+        assert!(
+            matches!(&half[..], [Ok(_), Ok(_), Err(ProviderError::Stream(_))]),
+            "{half:?}"
+        );
     }
 
     #[tokio::test]
