@@ -46,8 +46,12 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
         add_list(&mut tags, value, "tags")?;
     }
     if let Some(Value::Object(metadata)) = extra.get_mut("metadata") {
-        if let Some(value) = metadata.shift_remove("tags") {
-            add_list(&mut tags, value, "metadata.tags")?;
+        match metadata.shift_remove("tags") {
+            // OpenAI's metadata holds strings only: there a list of tags is
+            // one string, comma-separated as in the tag headers.
+            Some(Value::String(list)) => list.split(',').for_each(|tag| push(&mut tags, tag)),
+            Some(value) => add_list(&mut tags, value, "metadata.tags")?,
+            None => {}
         }
         metadata.retain(|_, v| v.is_string());
         if metadata.is_empty() {
@@ -167,6 +171,17 @@ mod tests {
         let long = format!("{} {}", "a".repeat(255), "b".repeat(44));
         assert_eq!(kept(&long, 256), Some("a".repeat(255)));
         assert_eq!(kept("  x  ", 256).as_deref(), Some("x"));
+    }
+
+    /// OpenAI's `metadata` holds strings only: its `tags` may be one string.
+    #[test]
+    fn metadata_tags_may_be_one_comma_separated_string() {
+        let mut body = extra(json!({"store": true, "metadata": {"tags": "prod, team-a", "trace": "t"}}));
+        let labels = take(&mut body, &HeaderMap::new()).unwrap();
+        assert_eq!(labels.tags, ["prod", "team-a"]);
+        assert_eq!(body["metadata"], json!({"trace": "t"}));
+        let mut odd = extra(json!({"metadata": {"tags": 7}}));
+        assert!(take(&mut odd, &HeaderMap::new()).is_err());
     }
 
     #[test]
