@@ -31,8 +31,15 @@ struct Cli {
     /// S3 endpoint for an `s3://bucket/key` configuration (MinIO, LocalStack, a VPC endpoint).
     #[arg(long, env = "SWITCHYARD_S3_ENDPOINT_URL", global = true)]
     s3_endpoint_url: Option<String>,
-    /// Path-style S3 addressing, which most S3-compatible stores need.
-    #[arg(long, env = "SWITCHYARD_S3_FORCE_PATH_STYLE", global = true)]
+    /// Path-style S3 addressing, which most S3-compatible stores need (from
+    /// the environment: `1`, `true`, `yes`…; `0`, `false`, `no` or empty
+    /// for off).
+    #[arg(
+        long,
+        env = "SWITCHYARD_S3_FORCE_PATH_STYLE",
+        global = true,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
     s3_force_path_style: bool,
     #[command(subcommand)]
     command: Option<Command>,

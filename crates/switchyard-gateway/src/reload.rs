@@ -101,10 +101,13 @@ impl Origin {
                 fingerprint: "embedded".into(),
             }),
             Origin::File(path) => {
-                let text = tokio::fs::read_to_string(path)
+                let bytes = tokio::fs::read(path)
                     .await
                     .map_err(|e| ReloadError::Fetch(format!("{}: {e}", path.display())))?;
-                let fingerprint = hex::encode(Sha256::digest(text.as_bytes()));
+                let fingerprint = hex::encode(Sha256::digest(&bytes));
+                // Read, but not a configuration: rejected, not unreachable.
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| ReloadError::Config(ConfigError::Parse(format!("{} is not UTF-8", path.display()))))?;
                 Ok(Fetched {
                     text: Some(text),
                     fingerprint,
@@ -165,7 +168,11 @@ impl Origin {
                     ))),
                 }
             }
-            other => other.fetch().await.map(|f| f.fingerprint),
+            Origin::File(path) => tokio::fs::read(path)
+                .await
+                .map(|bytes| hex::encode(Sha256::digest(&bytes)))
+                .map_err(|e| ReloadError::Fetch(format!("{}: {e}", path.display()))),
+            Origin::Embedded => Ok("embedded".into()),
         }
     }
 
@@ -371,8 +378,11 @@ impl Live {
                     // Read failed (the file went away between the poll and
                     // the read, S3 failed after it answered the poll): the
                     // source is unreachable, not the configuration wrong.
+                    // The watch logs it once until it changes.
                     self.state().metrics.config_unreachable();
-                    tracing::warn!(trigger, error = %e, "configuration could not be read; the previous one keeps serving");
+                    if trigger != "watch" {
+                        tracing::warn!(trigger, error = %e, "configuration could not be read; the previous one keeps serving");
+                    }
                 } else {
                     self.rejected.fetch_add(1, Ordering::Relaxed);
                     self.state().metrics.config_reload(false);
@@ -388,7 +398,16 @@ impl Live {
     /// read is not the `expected` one the watch saw settle (the file is
     /// changing still), and is left for the next poll.
     async fn apply(&self, tried: &mut Option<String>, expected: Option<&str>) -> Result<bool, ReloadError> {
-        let fetched = self.origin.fetch().await?;
+        let fetched = match self.origin.fetch().await {
+            Ok(fetched) => fetched,
+            // Read, and not a configuration (not UTF-8): the version the
+            // poll saw is refused until it changes.
+            Err(e @ ReloadError::Config(_)) => {
+                *tried = expected.map(str::to_owned);
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if expected.is_some_and(|e| e != fetched.fingerprint) {
             *self.settling.lock() = Some(fetched.fingerprint);
             return Ok(false);
@@ -488,7 +507,12 @@ impl Live {
                     return;
                 }
                 match live.reload("watch", false).await {
-                    Ok(_) => last_error = None,
+                    // A poll that found the source as it was, or a change
+                    // to settle on: an error logged before is not over
+                    // while a version the poll saw cannot be read.
+                    Ok(true) => last_error = None,
+                    Ok(false) if live.settling.lock().is_none() => last_error = None,
+                    Ok(false) => {}
                     Err(e) => {
                         let reason = e.to_string();
                         if last_error.as_deref() != Some(reason.as_str()) {

@@ -812,4 +812,40 @@ fn settings_from_the_environment_are_read_or_reported() {
         out.contains("SWITCHYARD_SEVER__PORT is not read"),
         "a misspelt section is reported: {out}"
     );
+    // A flag from the environment takes the words compose files and charts
+    // write.
+    for value in ["1", "yes", "TRUE", "0", "false", ""] {
+        let (ok, out) = check(&[("SWITCHYARD_S3_FORCE_PATH_STYLE", value)]);
+        assert!(ok, "{value:?}: {out}");
+    }
+}
+
+/// A configuration file saved in another encoding is a configuration
+/// rejected (`POST /config/reload` gets 400), not a source unreachable,
+/// and the watch does not read that version again until it changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_file_that_is_not_utf8_is_rejected_once() {
+    use switchyard_gateway::reload::{Live, Origin, ReloadError, parse};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.yaml");
+    std::fs::write(&path, format!("model_list:\n{MODEL_B}")).unwrap();
+    let origin = Origin::File(path.clone());
+    let fetched = origin.fetch().await.unwrap();
+    let overrides = switchyard_gateway::Overrides::default();
+    let config = parse(&fetched, &overrides).unwrap();
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let state = switchyard_gateway::build_state(&config, &env).unwrap();
+    let live = Live::new(origin, overrides, Box::new(env), config, fetched.fingerprint, state);
+    // Latin-1: `ü` as one byte.
+    std::fs::write(&path, b"model_list:\n  - model_name: gr\xfcn\n").unwrap();
+    assert!(!live.reload("watch", false).await.unwrap(), "settling");
+    match live.reload("watch", false).await {
+        Err(ReloadError::Config(e)) => assert!(e.to_string().contains("not UTF-8"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    for _ in 0..3 {
+        assert!(!live.reload("watch", false).await.unwrap(), "not read again");
+    }
+    assert!(matches!(live.reload("test", true).await, Err(ReloadError::Config(_))));
+    assert_eq!(models_of(&live), ["b"]);
 }
