@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use futures_util::TryStreamExt as _;
+use futures_util::StreamExt as _;
 use serde::{Deserialize, Serialize};
 use switchyard_providers::Secret;
 
@@ -463,11 +463,31 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
         }
     }
     // The admission is held until the answer has been passed on (or the
-    // client leaves), then recorded.
-    let stream = upstream.bytes_stream().map_err(move |e| {
-        let _held = &admitted;
-        std::io::Error::other(e)
-    });
+    // client leaves), then recorded. A drain that runs out of time cuts the
+    // answer (the client sees its body end in an error), so that it is
+    // recorded before the process exits.
+    let cut = state.cut.subscribe();
+    let body = upstream.bytes_stream();
+    let stream = futures_util::stream::unfold(
+        (body, cut, Some(admitted)),
+        |(mut body, mut cut, mut admitted)| async move {
+            admitted.as_ref()?;
+            let item = tokio::select! {
+                next = body.next() => match next {
+                    Some(Ok(bytes)) => Ok(bytes),
+                    Some(Err(e)) => Err(std::io::Error::other(e)),
+                    None => return None,
+                },
+                Ok(_) = cut.wait_for(|cut| *cut) => {
+                    Err(std::io::Error::other("the gateway is shutting down"))
+                }
+            };
+            if item.is_err() {
+                admitted = None;
+            }
+            Some((item, (body, cut, admitted)))
+        },
+    );
     response
         .body(Body::from_stream(stream))
         .unwrap_or_else(|_| ApiError::Internal("an unreadable pass-through answer".into()).into_response())

@@ -370,3 +370,49 @@ async fn an_upstream_gateways_own_headers_are_not_passed_on() {
     let answer: Value = through.json().await.unwrap();
     assert_eq!(answer["choices"][0]["message"]["content"], "mock reply: hi");
 }
+
+/// A pass-through stream still running when the drain runs out of time is
+/// cut (its client sees the body fail) and recorded before the process
+/// exits: the spend log holds it after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_stream_cut_at_shutdown_is_recorded() {
+    let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "server:\n  drain_delay_ms: 0\n  shutdown_timeout_ms: 300\npolicy:\n  data_dir: \"{}\"\n{}",
+        dir.path().display(),
+        config(&mock).replace("policy:\n", "")
+    );
+    let start = || GatewayProcess::start_with(Path::new(BIN), &yaml, &[], &[("PASS_THROUGH_TEST_KEY", UPSTREAM_KEY)]);
+    let mut gateway = start();
+    let key = new_key(&gateway, json!({})).await;
+    let long = json!({"model": "gpt-4o-mini::chunks=60,chunk_delay_ms=200", "stream": true,
+                      "messages": [{"role": "user", "content": "hi"}]});
+    let streaming = reqwest::Client::new()
+        .post(format!("{}/openai-native/chat/completions", gateway.base_url()))
+        .bearer_auth(&key)
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(streaming.status(), 200);
+    gateway.signal("TERM");
+    assert!(streaming.text().await.is_err(), "the body ends in an error");
+    assert_eq!(
+        gateway.wait_exit(std::time::Duration::from_secs(10)),
+        Some(0),
+        "{:?}",
+        gateway.logs()
+    );
+    let gateway = start();
+    let logs: Value = reqwest::Client::new()
+        .get(format!("{}/spend/logs?api_key={key}", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(logs.as_array().map(Vec::len), Some(1), "{logs}");
+}
