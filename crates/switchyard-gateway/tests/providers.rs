@@ -57,6 +57,7 @@ fn start(provider: &str, mock: &MockUpstream) -> GatewayProcess {
         ("malformed", "::malformed_sse".to_owned(), String::new()),
         ("pretty", "::multiline_sse".to_owned(), String::new()),
         ("truncated", "::no_stop".to_owned(), String::new()),
+        ("unnamed", "::unnamed_events".to_owned(), String::new()),
         ("broken", "::malformed_json".to_owned(), String::new()),
         // 17 MiB in one event, past the 16 MiB a stream's event may hold.
         ("huge", "::huge_event_kib=17408".to_owned(), String::new()),
@@ -420,6 +421,23 @@ async fn run_contract(provider: &str) {
                 "{provider}: streams {before} -> {after}, output tokens {output_before} -> {output} (reported {reported})"
             );
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+
+        // Events sent without their `event:` line (a compatible proxy's)
+        // are passed on under the names their data's `type` gives.
+        if provider == "anthropic" {
+            let response = c
+                .messages(json!({"model": "unnamed", "max_tokens": 64, "stream": true,
+                    "messages": [{"role": "user", "content": "stream me please"}]}))
+                .await;
+            let body = response.text().await.unwrap();
+            for name in ["message_start", "content_block_delta", "message_stop"] {
+                assert!(body.contains(&format!("event: {name}\n")), "{name}: {body}");
+            }
+            assert!(
+                !body.contains("event: error") && !body.contains("event: message\n"),
+                "{body}"
+            );
         }
 
         // A passed-through stream that closes before `message_stop` ends with

@@ -521,21 +521,28 @@ pub(crate) fn count_tokens(ctx: &RequestCtx<'_>) -> Response {
     json_response(StatusCode::OK, &json!({"input_tokens": prompt_tokens(&parsed)}))
 }
 
-fn sse_event(name: &str, data: &Value, multiline: bool) -> Bytes {
-    Bytes::from(format!("event: {name}\n{}\n", crate::sse::data_lines(data, multiline)))
+/// One SSE event: its `event:` line (left out with `unnamed_events`, as
+/// some Anthropic-compatible proxies send), then its data.
+fn sse_event(name: &str, data: &Value, scenario: &crate::Scenario) -> Bytes {
+    let data = crate::sse::data_lines(data, scenario.multiline_sse);
+    if scenario.unnamed_events {
+        Bytes::from(format!("{data}\n"))
+    } else {
+        Bytes::from(format!("event: {name}\n{data}\n"))
+    }
 }
 
 fn stream(ctx: &RequestCtx<'_>, answer: &Answer) -> Response {
     let (events, _) = answer.stream_events(ctx.scenario.chunks);
     let events = events
         .into_iter()
-        .map(|e| PlannedEvent::new(e.role, sse_event(e.name, &e.data, ctx.scenario.multiline_sse)))
+        .map(|e| PlannedEvent::new(e.role, sse_event(e.name, &e.data, ctx.scenario)))
         .collect();
     let malformed = Bytes::from_static(b"event: content_block_delta\ndata: {not json}\n\n");
     let error = sse_event(
         "error",
         &json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}),
-        false,
+        ctx.scenario,
     );
     let items = crate::sse::with_huge_event(plan_events(events, ctx.scenario, malformed, error), ctx.scenario);
     let delay = std::time::Duration::from_millis(ctx.scenario.chunk_delay_ms.unwrap_or(0));

@@ -76,6 +76,9 @@ pub struct Scenario {
     /// ahead of its own (403 `InvalidSignatureException`, "Signature not
     /// yet current").
     pub skewed_clock: bool,
+    /// Anthropic-format streaming: send each event as its `data:` lines
+    /// alone, without its `event:` line, as some compatible proxies do.
+    pub unnamed_events: bool,
     /// OpenAI format, not streaming: end the answer with vLLM's
     /// `finish_reason: "abort"` (the engine dropped the request).
     pub engine_abort: bool,
@@ -199,6 +202,7 @@ impl Scenario {
                 "engine_abort" => scenario.engine_abort = flag(name, value)?,
                 "expired_token" => scenario.expired_token = flag(name, value)?,
                 "skewed_clock" => scenario.skewed_clock = flag(name, value)?,
+                "unnamed_events" => scenario.unnamed_events = flag(name, value)?,
                 "malformed_tool_use" => scenario.malformed_tool_use = flag(name, value)?,
                 "wrong_shape" => scenario.wrong_shape = flag(name, value)?,
                 "no_stream" => scenario.no_stream = flag(name, value)?,

@@ -119,11 +119,16 @@ impl AnthropicProvider {
             .await
     }
 
-    /// Sends an Anthropic-format streaming request and returns the raw events.
+    /// Sends an Anthropic-format streaming request and returns the raw
+    /// events, each named by its data's `type` when the upstream sent no
+    /// `event:` line (some Anthropic-compatible proxies send data alone).
     pub async fn messages_stream(&self, req: &MessagesRequest) -> Result<EventStream> {
-        self.http
+        use futures_util::StreamExt as _;
+        let events = self
+            .http
             .post_events(&self.messages_url, encode(req)?, self.beta_header(&req.betas)?)
-            .await
+            .await?;
+        Ok(Box::pin(events.map(|event| event.map(named_by_type))))
     }
 
     /// The `anthropic-beta` header for the betas a client asked for, with
@@ -145,6 +150,22 @@ impl AnthropicProvider {
         })?;
         Ok(Some((HeaderName::from_static("anthropic-beta"), value)))
     }
+}
+
+/// An event that came without its name (the SSE default, `message`) named
+/// by its data's `type`, as Anthropic names each event.
+fn named_by_type(mut event: crate::sse::Event) -> crate::sse::Event {
+    #[derive(serde::Deserialize)]
+    struct Typed {
+        #[serde(rename = "type")]
+        kind: Option<String>,
+    }
+    if (event.event.is_empty() || event.event == "message")
+        && let Some(kind) = serde_json::from_str::<Typed>(&event.data).ok().and_then(|t| t.kind)
+    {
+        event.event = kind;
+    }
+    event
 }
 
 /// The beta features named by a deployment's `anthropic-beta` header.
