@@ -1110,12 +1110,18 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
             }
         }
     }
-    // LiteLLM's cache is Redis unless `cache_params.type` names another.
-    if cache.get("enabled") == Some(&json!(true)) && !cache.contains_key("backend") {
+    // `cache: true` without `cache_params` is LiteLLM's Redis cache, at the
+    // environment's Redis; with `cache_params` that name no `type`, its
+    // in-memory one (LiteLLM's `Cache` defaults to local).
+    let params_given = doc
+        .pointer("/litellm_settings/cache_params")
+        .and_then(Value::as_object)
+        .is_some_and(|p| !p.is_empty());
+    if cache.get("enabled") == Some(&json!(true)) && !cache.contains_key("backend") && !params_given {
         cache.insert("backend".into(), json!("redis"));
         t.map(
             "litellm_settings.cache",
-            "cache.backend: redis (LiteLLM's default type)",
+            "cache.backend: redis (LiteLLM's default without cache_params)",
         );
     }
     let cache_redis = cache.remove("__redis").and_then(|v| v.as_object().cloned());
@@ -1164,6 +1170,10 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
         t.map(
             "litellm_settings.cache",
             "cache.redis.url from REDIS_HOST, REDIS_PORT and REDIS_PASSWORD",
+        );
+        t.warn(
+            "litellm_settings.cache",
+            "REDIS_URL, REDIS_SSL and REDIS_USERNAME are not read: for TLS or a user, set cache.redis.url",
         );
     }
     let mut alerts = Map::new();
