@@ -445,8 +445,8 @@ impl Live {
         let same_cache = {
             let (previous, _) = &*self.config.lock();
             // A semantic index holds the embedder's vectors: with another
-            // embedder, the cache starts afresh.
-            previous.cache == config.cache && previous.embedder == config.embedder
+            // embedder, a cache that has one starts afresh.
+            previous.cache == config.cache && (config.cache.semantic.is_empty() || previous.embedder == config.embedder)
         };
         next.inherit(&old, same_cache);
         next.start_learned_after(Some(&old)).await.map_err(|e| match e {

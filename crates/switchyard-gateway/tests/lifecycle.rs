@@ -555,6 +555,32 @@ async fn a_reload_keeps_the_loaded_embedder_unless_its_settings_change() {
     assert!(!Arc::ptr_eq(&first, &reloaded), "new settings load the model again");
 }
 
+/// An exact-match cache, which holds no embeddings, is kept by a reload that
+/// changes only the embedder's settings.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exact_cache_outlives_an_embedder_change() {
+    use switchyard_gateway::reload::{Live, Origin, parse};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.yaml");
+    let write = |batch: u32| {
+        let yaml = format!("embedder:\n  batch_size: {batch}\ncache:\n  enabled: true\nmodel_list:\n{MODEL_B}");
+        std::fs::write(&path, yaml).unwrap();
+    };
+    write(8);
+    let origin = Origin::File(path.clone());
+    let fetched = origin.fetch().await.unwrap();
+    let overrides = switchyard_gateway::Overrides::default();
+    let config = parse(&fetched, &overrides).unwrap();
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let state = switchyard_gateway::build_state(&config, &env).unwrap();
+    let live = Live::new(origin, overrides, Box::new(env), config, fetched.fingerprint, state);
+    let before = live.state().cache.clone().expect("a cache");
+    write(16);
+    assert!(live.reload("test", true).await.unwrap());
+    let after = live.state().cache.clone().expect("a cache");
+    assert!(Arc::ptr_eq(&before, &after), "the cache and its answers are kept");
+}
+
 fn models_of(live: &switchyard_gateway::reload::Live) -> Vec<String> {
     let mut names: Vec<String> = live.state().registry.model_names().map(str::to_owned).collect();
     names.sort();
