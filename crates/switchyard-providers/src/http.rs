@@ -659,7 +659,13 @@ impl ErrorEnvelope {
             ErrorEnvelope::Detail { detail } => LenientError {
                 message: match detail {
                     serde_json::Value::String(text) => text,
-                    other => problems_text(&other).unwrap_or_else(|| "the request was refused".to_owned()),
+                    // `{"detail": {"error": "…"}}` (an `HTTPException` with
+                    // a map): its words, else the problems it lists.
+                    other => ["message", "error", "msg"]
+                        .iter()
+                        .find_map(|k| other.get(k).and_then(serde_json::Value::as_str).map(str::to_owned))
+                        .or_else(|| problems_text(&other))
+                        .unwrap_or_else(|| "the request was refused".to_owned()),
                 },
                 kind: None,
                 code: None,
@@ -855,6 +861,10 @@ mod tests {
         );
         assert_eq!(fastapi.message, "body.input: Field required");
         assert_eq!(read(r#"{"detail":"Not Found"}"#).message, "Not Found");
+        assert_eq!(
+            read(r#"{"detail":{"error":"Invalid model name passed"}}"#).message,
+            "Invalid model name passed"
+        );
     }
 
     #[test]

@@ -504,10 +504,13 @@ impl serde::Serialize for RenamedMaxTokens<'_> {
         // A `max_completion_tokens` of `null` (clients that write every
         // field) is none: `max_tokens` takes its place.
         let set = |key: &str| req.extra.get(key).is_some_and(|v| !v.is_null());
-        let both = set("max_completion_tokens");
-        let renamed = !both && set("max_tokens");
+        let renamed = !set("max_completion_tokens") && set("max_tokens");
+        let has_completion = req.extra.contains_key("max_completion_tokens");
         for (name, value) in &req.extra {
-            if refused(name, value) || (both && name == "max_tokens") || (renamed && name == "max_completion_tokens") {
+            if refused(name, value)
+                || (!renamed && has_completion && name == "max_tokens")
+                || (renamed && name == "max_completion_tokens")
+            {
                 continue;
             }
             let name = if name == "max_tokens" {
@@ -1293,6 +1296,12 @@ mod tests {
             let body: serde_json::Value = serde_json::from_str(&sent).unwrap();
             assert_eq!(body["max_completion_tokens"], 50, "{sent}");
         }
+        let nulls: ChatCompletionRequest = serde_json::from_str(
+            r#"{"model": "o3", "max_tokens": null, "max_completion_tokens": null, "messages": []}"#,
+        )
+        .unwrap();
+        let sent = String::from_utf8(encode_chat(&nulls, Echoed::ALL, ChatWire::default()).unwrap()).unwrap();
+        assert_eq!(sent.matches("max_completion_tokens").count(), 1, "{sent}");
         // Everything else is written as the request's own serialisation
         // writes it.
         let mut full: ChatCompletionRequest = serde_json::from_value(serde_json::json!({

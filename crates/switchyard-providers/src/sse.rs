@@ -390,7 +390,14 @@ pub(crate) fn sse_chunks_of(events: EventStream) -> ChunkStream {
                             if let Some(ProbedChoices::Ends(choices)) = choices {
                                 for choice in choices {
                                     let index = choice.index.unwrap_or(0);
-                                    if choice.finish_reason.is_some_and(|f| !f.is_null()) {
+                                    // SGLang and older Ollama send `""` while
+                                    // a choice goes on.
+                                    let ended = choice
+                                        .finish_reason
+                                        .as_ref()
+                                        .and_then(Value::as_str)
+                                        .is_some_and(|f| !f.is_empty());
+                                    if ended {
                                         state.open.retain(|&i| i != index);
                                         if !state.finished.contains(&index) {
                                             state.finished.push(index);
@@ -628,6 +635,14 @@ mod tests {
         assert!(
             matches!(&half[..], [Ok(_), Ok(_), Err(ProviderError::Stream(_))]),
             "{half:?}"
+        );
+        // An empty finish reason (SGLang's while a choice goes on) is none.
+        let going =
+            chunks("data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":\"\"}]}\n\n")
+                .await;
+        assert!(
+            matches!(&going[..], [Ok(_), Err(ProviderError::Stream(_))]),
+            "{going:?}"
         );
     }
 

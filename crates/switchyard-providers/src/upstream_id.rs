@@ -4,10 +4,10 @@
 //! calls outside record nothing.
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 
 tokio::task_local! {
-    static SLOT: Arc<OnceLock<String>>;
+    static SLOT: Arc<Mutex<Option<String>>>;
 }
 
 /// Response headers that carry an upstream's request id, most specific first.
@@ -16,12 +16,15 @@ const HEADERS: [&str; 4] = ["request-id", "x-amzn-requestid", "x-request-id", "a
 /// The longest id kept; a longer value is not an id.
 const MAX_LEN: usize = 200;
 
-/// Runs `call` and returns its output with the request id of the first
-/// upstream answer it received, if that answer carried one.
+/// Runs `call` and returns its output with the request id of the last
+/// upstream answer it received that carried one (a request sent again
+/// within the call, without a parameter the upstream refused, is the one
+/// whose answer the client gets).
 pub async fn capture<F: Future>(call: F) -> (F::Output, Option<String>) {
-    let slot = Arc::new(OnceLock::new());
+    let slot = Arc::new(Mutex::new(None));
     let output = SLOT.scope(Arc::clone(&slot), call).await;
-    (output, slot.get().cloned())
+    let id = slot.lock().unwrap_or_else(PoisonError::into_inner).take();
+    (output, id)
 }
 
 /// The id among an answer's headers, read through `header`: only a plain
@@ -39,7 +42,7 @@ pub fn from_headers(headers: &reqwest::header::HeaderMap) -> Option<String> {
 /// Records the id among an answer's headers, read through `header`.
 pub(crate) fn record_from<'h>(header: impl Fn(&str) -> Option<&'h str>) {
     if let Some(id) = id_from(header) {
-        let _ = SLOT.try_with(|slot| slot.set(id.to_owned()));
+        let _ = SLOT.try_with(|slot| *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(id.to_owned()));
     }
 }
 
@@ -53,7 +56,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_first_answers_id_is_kept_and_odd_values_are_not() {
+    async fn the_last_answers_id_is_kept_and_odd_values_are_not() {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("x-request-id", "req_abc123".parse().unwrap_or_else(|_| unreachable!()));
         let ((), id) = capture(async {
@@ -63,7 +66,7 @@ mod tests {
             record(&later);
         })
         .await;
-        assert_eq!(id.as_deref(), Some("req_abc123"));
+        assert_eq!(id.as_deref(), Some("req_second"));
         let ((), id) = capture(async { record_from(|_| Some("has space")) }).await;
         assert_eq!(id, None);
         let long = "x".repeat(MAX_LEN + 1);

@@ -285,10 +285,11 @@ fn message_cache_control(message: &ChatMessage) -> Option<&Value> {
 /// `content` with a cache point after it when its message is marked
 /// `cache_control` (and its last part did not already end with one).
 fn marked(mut content: Vec<ContentBlock>, message: &ChatMessage) -> Result<Vec<ContentBlock>> {
+    // Not after a thinking block, which Claude takes no cache mark on.
     if let Some(control) = message_cache_control(message)
         && content
             .last()
-            .is_some_and(|b| !matches!(b, ContentBlock::CachePoint(_)))
+            .is_some_and(|b| !matches!(b, ContentBlock::CachePoint(_) | ContentBlock::ReasoningContent(_)))
     {
         content.push(ContentBlock::CachePoint(cache_point_block(control)?));
     }
@@ -649,9 +650,10 @@ fn tool_config(req: &ChatCompletionRequest, thinks: bool) -> Result<Option<ToolC
             .build();
         specs.push(Tool::ToolSpec(built(spec, &param)?));
         // A cache mark on the tool (LiteLLM's form) makes the definitions
-        // up to it a cached prefix, for a model that caches prompts.
+        // up to it a cached prefix, for Claude (Nova caches no tools).
         if let Some(control) = tool.get("cache_control").filter(|c| !c.is_null())
             && prompt_caching(&req.model)
+            && is_claude(req)
         {
             specs.push(Tool::CachePoint(cache_point_block(control)?));
         }
@@ -962,19 +964,16 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
     if is_claude(req)
         && let Some((ConversationRole::Assistant, content)) = turns.last_mut()
     {
-        // The last text may be followed by its cache point.
+        // The last text may be followed by its cache point. (Blank text
+        // was left out when the turn was built: what is trimmed keeps some.)
         let last = content.iter().rposition(|b| !matches!(b, ContentBlock::CachePoint(_)));
         if let Some(i) = last
             && let Some(ContentBlock::Text(text)) = content.get_mut(i)
         {
             let kept = text.trim_end().len();
             text.truncate(kept);
-            if kept == 0 {
-                // Left out with its cache point: one must follow content.
-                content.truncate(i);
-            }
         }
-        if content.iter().all(|b| matches!(b, ContentBlock::CachePoint(_))) {
+        if content.is_empty() {
             turns.pop();
         }
     }
@@ -1546,7 +1545,7 @@ mod tests {
     }
 
     /// A Claude prefill's trailing white space is left out before its cache
-    /// point too; a blank one goes with its cache point.
+    /// point too.
     #[test]
     fn a_marked_prefill_is_trimmed() {
         let mark = json!({"type": "ephemeral"});
@@ -1616,6 +1615,28 @@ mod tests {
         );
         let tools = input.tools.as_ref().map(|t| t.tools()).unwrap_or_default();
         assert!(matches!(tools, [Tool::ToolSpec(_), Tool::CachePoint(_)]), "{tools:?}");
+        // Not after a thinking block.
+        let input = converse(json!({"model": "anthropic.claude-sonnet-4-5-20250929-v1:0",
+        "thinking": {"type": "enabled", "budget_tokens": 1024}, "max_tokens": 4000,
+        "messages": [
+            {"role": "user", "content": "question"},
+            {"role": "assistant", "content": "", "cache_control": mark,
+             "thinking_blocks": [{"type": "thinking", "thinking": "hmm", "signature": "sig"}]},
+            {"role": "user", "content": "go on"}
+        ]}));
+        let content = input.messages[1].content();
+        assert!(
+            !content.iter().any(|b| matches!(b, ContentBlock::CachePoint(_))),
+            "{content:?}"
+        );
+        // Nova caches no tools.
+        let input = converse(body("amazon.nova-pro-v1:0"));
+        assert!(matches!(
+            input.messages[0].content(),
+            [ContentBlock::Text(_), ContentBlock::CachePoint(_)]
+        ));
+        let tools = input.tools.as_ref().map(|t| t.tools()).unwrap_or_default();
+        assert!(matches!(tools, [Tool::ToolSpec(_)]), "{tools:?}");
         // A model without prompt caching gets none of them.
         let input = converse(body("meta.llama3-70b-instruct-v1:0"));
         assert!(
