@@ -230,8 +230,13 @@ struct Converter {
     tool_names: Vec<(String, String)>,
     /// Which call each streamed piece belongs to.
     keys: ToolKeys,
-    /// Whether the client asked for thinking (reasoning is passed on only then).
+    /// Whether the client asked for thinking (reasoning is passed on only
+    /// then, or before a tool call).
     thinking: bool,
+    /// Reasoning the client did not ask for, kept until a tool call shows
+    /// it is needed: a reasoning model (DeepSeek, Kimi) wants it back with
+    /// the call's turn, which the client sends as the thinking block.
+    unasked: String,
     /// The stop sequence that ended the answer, when the server said which.
     stop_sequence: Option<String>,
     /// The gateway's estimate of the prompt's tokens, for `message_start`.
@@ -545,19 +550,18 @@ impl Converter {
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             // Reasoning from OpenAI-compatible servers (vLLM, DeepSeek…):
             // `reasoning_content`, or `reasoning` in newer vLLM.
-            let reasoning = ["reasoning_content", "reasoning"]
-                .iter()
-                .find_map(|k| {
-                    choice
-                        .delta
-                        .extra
-                        .get(*k)
-                        .and_then(Value::as_str)
-                        .filter(|t| !t.is_empty())
-                })
-                .filter(|_| self.thinking);
+            let reasoning = ["reasoning_content", "reasoning"].iter().find_map(|k| {
+                choice
+                    .delta
+                    .extra
+                    .get(*k)
+                    .and_then(Value::as_str)
+                    .filter(|t| !t.is_empty())
+            });
             if let Some(thinking) = reasoning.map(str::to_owned) {
-                if self.mid_call() {
+                if !self.thinking {
+                    self.unasked.push_str(&thinking);
+                } else if self.mid_call() {
                     self.hold(Held::Thinking(thinking));
                 } else {
                     self.release_held(out);
@@ -596,6 +600,15 @@ impl Converter {
                 .and_then(Value::as_array)
                 .cloned()
                 .unwrap_or_default();
+            if !calls.is_empty() && !self.unasked.is_empty() {
+                let thinking = std::mem::take(&mut self.unasked);
+                if self.mid_call() {
+                    self.hold(Held::Thinking(thinking));
+                } else {
+                    self.release_held(out);
+                    self.reasoning(thinking, out);
+                }
+            }
             for call in &calls {
                 self.tool_call(call, out);
             }
@@ -692,6 +705,7 @@ fn converted(
         used_tools: false,
         arguments: String::new(),
         held: Vec::new(),
+        unasked: String::new(),
     };
     stream::unfold(
         (chunks, converter, (deployment, fault), false),
@@ -778,6 +792,7 @@ mod tests {
             estimated_input: 42,
             arguments: String::new(),
             held: Vec::new(),
+            unasked: String::new(),
         }
     }
 
@@ -1285,6 +1300,28 @@ mod tests {
         let plain = tests::events(&out);
         assert_eq!(plain[1].1["content_block"]["type"], "text", "{plain:?}");
         assert!(!plain.iter().any(|(_, d)| d["delta"]["type"] == "thinking_delta"));
+        // Unless the answer calls a tool: the reasoning model wants its
+        // reasoning back with that turn.
+        let mut conv = Converter {
+            thinking: false,
+            ..converter()
+        };
+        let mut out = Vec::new();
+        for delta in [
+            json!({"reasoning_content": "I should look"}),
+            json!({"tool_calls": [{"index": 0, "id": "a", "function": {"name": "read", "arguments": "{}"}}]}),
+        ] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let called = tests::events(&out);
+        let kinds: Vec<&Value> = called
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| &d["content_block"]["type"])
+            .collect();
+        assert_eq!(kinds, [&json!("thinking"), &json!("tool_use")], "{called:?}");
+        assert!(called.iter().any(|(_, d)| d["delta"]["thinking"] == "I should look"));
     }
 
     #[test]

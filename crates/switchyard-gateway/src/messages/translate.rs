@@ -615,7 +615,10 @@ pub fn to_messages_response(
         choice.message.lift_thinking_parts();
         finish = choice.finish_reason;
         // Reasoning from OpenAI-compatible servers becomes a thinking block,
-        // for a client that asked for thinking.
+        // for a client that asked for thinking, and beside a tool call (a
+        // reasoning model wants it back with that turn, which the client
+        // sends as the thinking block).
+        let called = choice.message.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
         if let Some(thinking) = ["reasoning_content", "reasoning"]
             .iter()
             .find_map(|k| {
@@ -626,7 +629,7 @@ pub fn to_messages_response(
                     .and_then(Value::as_str)
                     .filter(|t| !t.is_empty())
             })
-            .filter(|_| thinking)
+            .filter(|_| thinking || called)
         {
             let mut block = ContentBlock {
                 kind: "thinking".into(),
@@ -974,6 +977,27 @@ mod openai_limit_tests {
             unasked["content"][0]["type"], "text",
             "no thinking the client did not ask for"
         );
+        // Beside a tool call it comes back anyway: DeepSeek wants it with
+        // the call's turn, which then carries it upstream.
+        let calling: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "deepseek-reasoner",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+                "reasoning_content": "I should look.", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": "read", "arguments": "{}"}}]}}]
+        }))
+        .unwrap();
+        let answer = serde_json::to_value(to_messages_response(calling, &[], false)).unwrap();
+        assert_eq!(answer["content"][0]["thinking"], "I should look.", "{answer}");
+        assert_eq!(answer["content"][1]["type"], "tool_use", "{answer}");
+        let next: MessagesRequest = serde_json::from_value(json!({"model": "deepseek-reasoner", "max_tokens": 100,
+        "messages": [
+            {"role": "user", "content": "read it"},
+            {"role": "assistant", "content": answer["content"]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "call_1", "content": "ok"}]}
+        ]}))
+        .unwrap();
+        let chat = to_chat_request(&next).unwrap();
+        assert_eq!(chat.messages[1].extra["reasoning_content"], "I should look.");
 
         // Documents: text as text, a base64 PDF as a file part.
         let docs: MessagesRequest = serde_json::from_value(json!({
