@@ -430,6 +430,7 @@ async fn dispatch_all<'s>(
                 return Err(ApiError::Deadline {
                     after: begun.elapsed(),
                     attempts: 0,
+                    deployment: None,
                 }
                 .into());
             };
@@ -1006,6 +1007,7 @@ async fn try_group<'s>(
                 return GroupOutcome::Final(ApiError::Deadline {
                     after: started.elapsed(),
                     attempts: *attempts,
+                    deployment: Some(deployment.name.clone()),
                 });
             }
         };

@@ -63,6 +63,9 @@ pub enum ApiError {
         after: std::time::Duration,
         /// Attempts made.
         attempts: u32,
+        /// The deployment the last attempt went to (none when the time ran
+        /// out before one was made).
+        deployment: Option<String>,
     },
     /// The client left before an answer started, and no further attempt
     /// was made for it.

@@ -502,8 +502,13 @@ impl Trail {
         if failed.attempts > 0 {
             r.served_model.clone_from(&failed.group);
         }
-        if let ApiError::Upstream { deployment, .. } = &failed.error {
-            r.deployment = Some(deployment.clone());
+        match &failed.error {
+            ApiError::Upstream { deployment, .. }
+            | ApiError::Deadline {
+                deployment: Some(deployment),
+                ..
+            } => r.deployment = Some(deployment.clone()),
+            _ => {}
         }
     }
 

@@ -861,6 +861,31 @@ async fn a_request_whose_client_left_is_counted() {
         .unwrap_or_else(|| panic!("no record: {written}"));
     assert_eq!(record["status"], 499, "{record}");
     assert_eq!(record["error_class"], "client_closed", "{record}");
+    // A request whose own timeout ran out during an attempt names the
+    // deployment it was waiting on.
+    let late = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .json(&json!({"model": "slow", "timeout": 0.5, "messages": [{"role": "user", "content": "late"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(late.status(), 504);
+    let id = late.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let mut record = Value::Null;
+    for _ in 0..200 {
+        let written = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(found) = written
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|r| r["request_id"] == id.as_str())
+        {
+            record = found;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(record["status"], 504, "{record}");
+    assert_eq!(record["deployment"], "slow/0", "{record}");
 }
 
 /// `telemetry.metrics_require_auth`: `/metrics` (which names keys and their
