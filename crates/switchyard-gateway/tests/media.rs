@@ -50,6 +50,9 @@ model_list:
   - model_name: tts-1
     deployments:
       - {{provider: openai, model: tts-1, api_base: "{base}", api_key: k}}
+  - model_name: stalling-tts
+    deployments:
+      - {{provider: openai, model: "tts-1::chunk_delay_ms=5000", api_base: "{base}", api_key: k, timeouts: {{idle_ms: 300}}}}
   - model_name: broken-tts
     fallbacks: [tts-1]
     deployments:
@@ -543,6 +546,13 @@ async fn speech_comes_back_as_audio_charged_per_character() {
         let error: Value = refused.json().await.unwrap();
         assert_eq!(error["error"]["param"], param, "{body}");
     }
+    // Audio that stalls once begun ends in an error after the idle timeout,
+    // not once the upstream goes on.
+    let stalled = speak(json!({"model": "stalling-tts", "voice": "alloy", "input": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(stalled.status(), 200);
+    assert!(stalled.bytes().await.is_err(), "the stalled audio ends in an error");
     // An upstream failing before its audio starts is retried elsewhere.
     let fell_back = speak(json!({"model": "broken-tts", "voice": "alloy", "input": "hi"}))
         .await

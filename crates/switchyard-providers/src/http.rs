@@ -221,9 +221,11 @@ impl HttpUpstream {
 
     /// POSTs JSON and returns the answer's body as it arrives (audio):
     /// within the first-byte timeout (one window from sending the request to
-    /// its first piece of audio), the total one for all of it.
+    /// its first piece of audio), the total one for all of it, and no
+    /// silence between pieces longer than the idle one.
     pub(crate) async fn post_media_stream(&self, url: &reqwest::Url, body: Vec<u8>) -> Result<crate::AudioStream> {
         let deadline = tokio::time::Instant::now() + self.timeouts.first_byte;
+        let idle = self.timeouts.idle;
         let request = self
             .client
             .post(url.clone())
@@ -250,9 +252,24 @@ impl HttpUpstream {
                 Err(_) => return Err(ProviderError::Timeout(crate::TimeoutPhase::FirstByte)),
             }
         };
+        // An answer that stalls once begun ends in an error after the idle
+        // timeout, instead of holding its client until the total one.
+        let rest = futures_util::stream::unfold((body, false), move |(mut body, done)| async move {
+            if done {
+                return None;
+            }
+            match tokio::time::timeout(idle, body.next()).await {
+                Ok(Some(item)) => {
+                    let failed = item.is_err();
+                    Some((item, (body, failed)))
+                }
+                Ok(None) => None,
+                Err(_) => Some((Err(ProviderError::Timeout(crate::TimeoutPhase::Idle)), (body, true))),
+            }
+        });
         Ok(crate::AudioStream {
             content_type,
-            body: Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(body)),
+            body: Box::pin(futures_util::stream::once(async move { Ok(first) }).chain(rest)),
         })
     }
 

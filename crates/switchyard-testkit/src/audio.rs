@@ -49,7 +49,8 @@ pub(crate) async fn form_as_json(parts: &axum::http::request::Parts, body: Bytes
 }
 
 /// `POST /v1/audio/speech`: 32 bytes per input character after the
-/// format's magic bytes, with the format's media type.
+/// format's magic bytes, with the format's media type; with
+/// `chunk_delay_ms`, the magic bytes first and the rest after that pause.
 pub(crate) fn speech(ctx: &RequestCtx<'_>) -> Response {
     let Some(input) = ctx.body.get("input").and_then(Value::as_str).filter(|i| !i.is_empty()) else {
         return invalid_request("Missing required parameter: 'input'.", Some("input"));
@@ -71,6 +72,21 @@ pub(crate) fn speech(ctx: &RequestCtx<'_>) -> Response {
     }
     let mut audio = magic.to_vec();
     audio.resize(magic.len() + 32 * input.chars().count(), 0x55);
+    if let Some(pause) = ctx.scenario.chunk_delay_ms
+        && !magic.is_empty()
+    {
+        let rest = audio.split_off(magic.len());
+        let items = vec![
+            crate::sse::SseItem::Raw(Bytes::from(audio)),
+            crate::sse::SseItem::Raw(Bytes::from(rest)),
+        ];
+        return crate::sse::stream_response(
+            &ctx.state.streams,
+            items,
+            std::time::Duration::from_millis(pause),
+            media_type,
+        );
+    }
     ([(CONTENT_TYPE, media_type)], audio).into_response()
 }
 
