@@ -1808,6 +1808,7 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#,
             r#"{"choices":[{"index":0,"delta":{"role":"assistant"}}]}"#,
             r#"{"choices":[{"index":0,"delta":{"role":"assistant","function_call":null,"audio":null}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":""}]}"#,
             // Azure's first chunk: prompt filter results only.
             r#"{"choices":[],"prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#,
         ];

@@ -1128,7 +1128,14 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     let has_address = cache_redis
         .as_ref()
         .is_some_and(|r| r.contains_key("host") || r.contains_key("port") || r.contains_key("password"));
-    if let Some(redis) = cache_redis.filter(|_| has_address) {
+    if cache.get("backend").is_none() && has_address {
+        t.warn(
+            "litellm_settings.cache_params",
+            "names a Redis address but no `type`: LiteLLM's cache is then in memory, and so is this one \
+             (add `type: redis` to share it)",
+        );
+    }
+    if let Some(redis) = cache_redis.filter(|_| has_address && cache.get("backend") == Some(&json!("redis"))) {
         let parts = redis
             .iter()
             .filter_map(|(k, v)| match k.as_str() {

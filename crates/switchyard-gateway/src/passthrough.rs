@@ -464,28 +464,46 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
     }
     // The admission is held until the answer has been passed on (or the
     // client leaves), then recorded. A drain that runs out of time cuts the
-    // answer (the client sees its body end in an error), so that it is
-    // recorded before the process exits.
+    // answer (the client sees its body end in an error) and records it
+    // before the process exits, also while a client that stopped reading
+    // leaves the body unpolled: a watcher takes the admission then.
+    let held = std::sync::Arc::new(parking_lot::Mutex::new(Some(admitted)));
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    {
+        let held = std::sync::Arc::clone(&held);
+        let mut cut = state.cut.subscribe();
+        tokio::spawn(async move {
+            tokio::select! {
+                Ok(_) = cut.wait_for(|cut| *cut) => drop(held.lock().take()),
+                // The answer ended (its stream, holding `done`, was dropped).
+                _ = finished => {}
+            }
+        });
+    }
     let cut = state.cut.subscribe();
     let body = upstream.bytes_stream();
     let stream = futures_util::stream::unfold(
-        (body, cut, Some(admitted)),
-        |(mut body, mut cut, mut admitted)| async move {
-            admitted.as_ref()?;
+        (body, cut, held, Some(done)),
+        |(mut body, mut cut, held, mut done)| async move {
+            done.as_ref()?;
             let item = tokio::select! {
                 next = body.next() => match next {
                     Some(Ok(bytes)) => Ok(bytes),
                     Some(Err(e)) => Err(std::io::Error::other(e)),
-                    None => return None,
+                    None => {
+                        drop(held.lock().take());
+                        return None;
+                    }
                 },
                 Ok(_) = cut.wait_for(|cut| *cut) => {
                     Err(std::io::Error::other("the gateway is shutting down"))
                 }
             };
             if item.is_err() {
-                admitted = None;
+                drop(held.lock().take());
+                done = None;
             }
-            Some((item, (body, cut, admitted)))
+            Some((item, (body, cut, held, done)))
         },
     );
     response

@@ -459,6 +459,12 @@ fn a_cache_without_params_is_redis() {
     let cache = config.cache.validate(&BTreeMap::new(), &["a".to_owned()], &mut issues);
     assert!(issues.is_empty(), "{issues:?}");
     assert!(format!("{cache:?}").contains("Memory"), "{cache:?}");
+    // An address without a type is said to be unused.
+    let doc = json!({"model_list": model_list, "litellm_settings": {"cache": true,
+        "cache_params": {"host": "redis.internal", "port": 6379}}});
+    let t = switchyard_gateway::litellm::translate(&doc).unwrap();
+    assert!(t.config["cache"].get("redis").is_none(), "{}", t.config);
+    assert!(t.warnings.iter().any(|w| w.contains("type: redis")), "{:?}", t.warnings);
     let doc = json!({"model_list": model_list, "litellm_settings": {"cache": true}});
     let t = switchyard_gateway::litellm::translate(&doc).unwrap();
     assert_eq!(t.config["cache"]["backend"], "redis", "{}", t.config);

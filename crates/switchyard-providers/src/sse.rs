@@ -284,7 +284,8 @@ pub fn is_output(data: &[u8]) -> bool {
             || ["tool_calls", "function_call", "audio"]
                 .iter()
                 .any(|name| field(name).is_some_and(|v| !v.is_null()))
-            || choice.get("finish_reason").is_some_and(|f| !f.is_null())
+            // SGLang and older Ollama send `""` while a choice goes on.
+            || text(choice.get("finish_reason"))
     })
 }
 
