@@ -384,6 +384,32 @@ pub struct Loaded {
     pub loaded_at: u64,
 }
 
+impl Drop for Loaded {
+    /// The last holder of a router frees it off the async workers: freeing a
+    /// large HNSW graph (an allocation per point and per edge) would hold a
+    /// worker, and every request waiting on it, for a while.
+    fn drop(&mut self) {
+        if Arc::strong_count(&self.router) != 1 {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let router = Arc::clone(&self.router);
+        handle.spawn_blocking(move || {
+            // This copy is the last once the `Loaded` being dropped has let
+            // go of its own, a moment after this task is handed over.
+            for _ in 0..1_000 {
+                if Arc::strong_count(&router) == 1 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(router);
+        });
+    }
+}
+
 /// What `GET /admin/routers` reports about one router.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RouterStatus {

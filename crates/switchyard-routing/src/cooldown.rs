@@ -274,8 +274,11 @@ impl Cooldowns {
             open(b);
             return true;
         }
+        // A window starts at the first failure after the last one ended (or
+        // after the breaker last opened), not at start-up or at the opening.
         let start = b.window_start.load(Ordering::Acquire);
-        let failures = if now_ms.saturating_sub(start) > self.policy.window_ms
+        let fresh = b.failures.load(Ordering::Acquire) == 0 || now_ms.saturating_sub(start) > self.policy.window_ms;
+        let failures = if fresh
             && b.window_start
                 .compare_exchange(start, now_ms, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -365,6 +368,17 @@ mod tests {
     /// A breaker shared across a reload: the probe claimed before it
     /// closes the breaker the new configuration reads; a key rejected
     /// before it is not carried.
+    /// A failure window starts at the first failure, not at start-up.
+    #[test]
+    fn a_window_starts_at_its_first_failure() {
+        let c = breakers();
+        assert!(!c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 900));
+        assert!(
+            c.record_failure(D, ErrorClass::ServerError, Claim::Closed, 1_100),
+            "two failures 200 ms apart, within one window"
+        );
+    }
+
     #[test]
     fn a_shared_breaker_hears_the_probe_sent_before_the_reload() {
         let old = breakers();

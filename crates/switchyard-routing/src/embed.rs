@@ -228,6 +228,14 @@ impl Embedder {
                 )));
             }
             let table = table.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            // One bad row would make every prompt holding its token an
+            // embedding of NaN, which no index or network can rank.
+            if let Some(at) = table.iter().position(|v| !v.is_finite()) {
+                return Err(EmbedError::Static(format!(
+                    "row {} of the table holds a value that is not a finite number",
+                    at / dims
+                )));
+            }
             (Encoder::Static(table), dims, fingerprint)
         } else {
             let bert: BertConfig =
@@ -436,8 +444,15 @@ impl Embedder {
         let counts = mask.sum(1)?.clamp(1e-9f32, f32::MAX)?;
         let mean = summed.broadcast_div(&counts)?;
         let norm = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-        let normalised = mean.broadcast_div(&norm)?;
-        Ok(normalised.to_vec2::<f32>()?)
+        let normalised = mean.broadcast_div(&norm)?.to_vec2::<f32>()?;
+        // Weights that make NaN (a damaged model file) are refused here,
+        // not passed to an index or a network that cannot rank them.
+        if normalised.iter().flatten().any(|v| !v.is_finite()) {
+            return Err(EmbedError::Static(
+                "the model made an embedding that is not finite numbers".into(),
+            ));
+        }
+        Ok(normalised)
     }
 
     /// A static embedding: the sum of the tokens' rows (special tokens' rows

@@ -3,8 +3,11 @@
 //! A [`Registry`] maps public model names to [`ModelGroup`]s of deployments;
 //! a [`RoutingStrategy`] picks one deployment of a group per request, reading
 //! the [`LiveStats`] the gateway records as requests start and finish.
-//! Nothing here does I/O, reads a clock or takes a lock: a decision is a few
-//! arithmetic operations on configuration and atomics.
+//! The registry and the strategies do no I/O, read no clock and take no
+//! lock: a decision is a few arithmetic operations on configuration and
+//! atomics. The learned routers' parts (the embedder, the KNN and MLP
+//! routers) read their files when loaded, and a prediction is CPU work for
+//! a blocking thread, not an async worker.
 //!
 //! Built-in strategies, by name (see [`StrategyRegistry::with_builtins`]):
 //! [`SimpleShuffle`] (`simple-shuffle`), [`LeastBusy`] (`least-busy`),

@@ -53,7 +53,8 @@ impl<'a> RouteContext<'a> {
 /// A way of choosing one deployment of a group per request.
 ///
 /// Implementations must not block or do I/O: `choose` runs on every request.
-/// The built-in strategies read only atomics and never allocate.
+/// The built-in strategies read only atomics (`latency-based` allocates one
+/// short list of the candidates in its band per decision).
 pub trait RoutingStrategy: Send + Sync + std::fmt::Debug {
     /// The name the strategy is known by, e.g. `least-busy`.
     fn name(&self) -> &str;

@@ -152,6 +152,17 @@ fn a_table_that_does_not_cover_the_vocabulary_is_refused() {
     .unwrap_err();
     assert!(matches!(error, EmbedError::Static(_)), "{error}");
     assert!(error.to_string().contains("100×8"), "{error}");
+    // A table with a value that is not a finite number is refused, naming
+    // its row.
+    let mut table = vec![vec![0.5f32; 8]; 30_522];
+    table[1_234][3] = f32::NAN;
+    write_static(&table, &models().join("all-MiniLM-L6-v2/tokenizer.json"), dir.path()).unwrap();
+    let error = Embedder::load(&EmbedderConfig {
+        model_dir: dir.path().to_owned(),
+        ..EmbedderConfig::default()
+    })
+    .unwrap_err();
+    assert!(error.to_string().contains("row 1234"), "{error}");
     // A missing table is a missing file, named.
     std::fs::remove_file(dir.path().join(STATIC_FILE)).unwrap();
     let error = Embedder::load(&EmbedderConfig {
