@@ -75,10 +75,26 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
     })
 }
 
-/// The labels of a `/v1/messages` request: `metadata.user_id` and the tag
-/// headers; its body is left as Anthropic defines it.
-pub(crate) fn anthropic(extra: &Extra, headers: &HeaderMap) -> Result<Labels, ApiError> {
+/// The labels of a `/v1/messages` request: `metadata.user_id`, the tag
+/// headers, and tags in the body (`tags`, `metadata.tags`), taken out of it:
+/// Anthropic refuses members it does not define.
+pub(crate) fn anthropic(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, ApiError> {
     let mut tags = Vec::new();
+    if let Some(value) = extra.shift_remove("tags") {
+        add_list(&mut tags, value, "tags")?;
+    }
+    let mut emptied = false;
+    if let Some(Value::Object(metadata)) = extra.get_mut("metadata") {
+        match metadata.shift_remove("tags") {
+            Some(Value::String(list)) => list.split(',').for_each(|tag| push(&mut tags, tag)),
+            Some(value) => add_list(&mut tags, value, "metadata.tags")?,
+            None => {}
+        }
+        emptied = metadata.is_empty();
+    }
+    if emptied {
+        extra.shift_remove("metadata");
+    }
     add_headers(&mut tags, headers)?;
     let end_user = match extra.get("metadata").and_then(|m| m.get("user_id")) {
         Some(Value::String(user)) => kept(user, MAX_USER_LEN),
@@ -173,6 +189,20 @@ mod tests {
         assert_eq!(kept("  x  ", 256).as_deref(), Some("x"));
     }
 
+    /// `/v1/messages`: body tags are read and taken out (Anthropic refuses
+    /// members it does not define).
+    #[test]
+    fn message_tags_are_taken_out_of_the_body() {
+        let mut body = extra(json!({"tags": ["a"], "metadata": {"user_id": "u-1", "tags": ["b"]}}));
+        let labels = anthropic(&mut body, &HeaderMap::new()).unwrap();
+        assert_eq!(labels.tags, ["a", "b"]);
+        assert_eq!(labels.end_user.as_deref(), Some("u-1"));
+        assert_eq!(Value::Object(body), json!({"metadata": {"user_id": "u-1"}}));
+        let mut only = extra(json!({"metadata": {"tags": "x"}}));
+        anthropic(&mut only, &HeaderMap::new()).unwrap();
+        assert!(only.is_empty(), "{only:?}");
+    }
+
     /// OpenAI's `metadata` holds strings only: its `tags` may be one string.
     #[test]
     fn metadata_tags_may_be_one_comma_separated_string() {
@@ -249,12 +279,16 @@ mod tests {
             "a".repeat(36),
             "s".repeat(36)
         );
-        let labels = anthropic(&extra(json!({"metadata": {"user_id": claude_code}})), &HeaderMap::new()).unwrap();
+        let labels = anthropic(
+            &mut extra(json!({"metadata": {"user_id": claude_code}})),
+            &HeaderMap::new(),
+        )
+        .unwrap();
         assert_eq!(labels.end_user.as_deref(), Some(claude_code.as_str()));
-        let body = extra(json!({"metadata": {"user_id": "u-1"}}));
+        let mut body = extra(json!({"metadata": {"user_id": "u-1"}}));
         let mut headers = HeaderMap::new();
         headers.insert("x-switchyard-tags", "nightly".parse().unwrap());
-        let labels = anthropic(&body, &headers).unwrap();
+        let labels = anthropic(&mut body, &headers).unwrap();
         assert_eq!(
             (labels.end_user.as_deref(), labels.tags.as_slice()),
             (Some("u-1"), &["nightly".to_owned()][..])

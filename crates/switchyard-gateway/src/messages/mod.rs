@@ -179,7 +179,7 @@ pub(crate) async fn messages(
         "error.type" = Empty,
         otel.status_code = Empty,
     );
-    let labels = match crate::labels::anthropic(&req.extra, &headers) {
+    let labels = match crate::labels::anthropic(&mut req.extra, &headers) {
         Ok(labels) => labels,
         Err(e) => return AnthropicError(e).into_response(),
     };
@@ -473,7 +473,7 @@ pub(crate) async fn count_tokens(
     state.resolve_fallbacks(&mut options.fallbacks);
     options.wildcard = state.wildcard_part(&model).map(str::to_owned);
     if state.tag_filtering
-        && let Ok(labels) = crate::labels::anthropic(&serde_json::Map::new(), &headers)
+        && let Ok(labels) = crate::labels::anthropic(&mut serde_json::Map::new(), &headers)
     {
         options.route_tags = labels.tags;
     }
