@@ -229,14 +229,20 @@ impl OtlpReceiver {
         self.exports.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
-    /// Waits until `ready` holds for the spans received, up to `max_wait`.
+    /// Waits until `ready` holds for the spans received, up to `max_wait`;
+    /// panics with the spans seen if it never does (a test waiting for spans
+    /// that never come must fail, not go on to check nothing).
     pub async fn wait_for(&self, max_wait: Duration, ready: impl Fn(&[ReceivedSpan]) -> bool) -> Vec<ReceivedSpan> {
         let deadline = Instant::now() + max_wait;
         loop {
             let spans = self.spans();
-            if ready(&spans) || Instant::now() >= deadline {
+            if ready(&spans) {
                 return spans;
             }
+            assert!(
+                Instant::now() < deadline,
+                "the spans awaited did not arrive within {max_wait:?}; received: {spans:#?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
