@@ -6,6 +6,7 @@
 //! and the request log, and exits 0.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "tests")]
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -430,19 +431,29 @@ async fn a_stream_cut_at_the_drain_timeout_is_still_charged_and_logged() {
     assert_eq!(record["error_class"], "shutting_down");
 }
 
+/// A gateway whose `stuck` model answers after 20 s, with a request log in
+/// `dir` and the drain timeout `drain_ms`.
+fn stuck_gateway(dir: &Path, drain_ms: u64) -> GatewayProcess {
+    let stuck = "  - model_name: stuck\n    deployments:\n      - {provider: mock, model: stuck-1, mock: {reply: \"late\", delay_ms: 20000}}\n";
+    let yaml = format!(
+        "{}\ntelemetry:\n  request_log:\n    path: {}\n",
+        config(
+            "v1",
+            stuck,
+            &format!("  drain_delay_ms: 0\n  shutdown_timeout_ms: {drain_ms}")
+        ),
+        dir.join("requests.jsonl").display()
+    );
+    GatewayProcess::start(BIN.as_ref(), &yaml)
+}
+
 /// A request still waiting for its answer when the drain runs out of time
 /// is ended: the client gets a 503 saying why, and its record is written as
 /// the gateway's doing, before the process exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_still_waiting_at_the_drain_timeout_is_ended_and_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let stuck = "  - model_name: stuck\n    deployments:\n      - {provider: mock, model: stuck-1, mock: {reply: \"late\", delay_ms: 20000}}\n";
-    let yaml = format!(
-        "{}\ntelemetry:\n  request_log:\n    path: {}\n",
-        config("v1", stuck, "  drain_delay_ms: 0\n  shutdown_timeout_ms: 300"),
-        dir.path().join("requests.jsonl").display()
-    );
-    let mut gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let mut gw = stuck_gateway(dir.path(), 300);
     let client = reqwest::Client::new();
     let pending = client
         .post(format!("{}/v1/chat/completions", gw.base_url()))
@@ -472,13 +483,7 @@ async fn a_request_still_waiting_at_the_drain_timeout_is_ended_and_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_background_response_at_the_drain_timeout_is_ended_and_logged() {
     let dir = tempfile::tempdir().unwrap();
-    let stuck = "  - model_name: stuck\n    deployments:\n      - {provider: mock, model: stuck-1, mock: {reply: \"late\", delay_ms: 20000}}\n";
-    let yaml = format!(
-        "{}\ntelemetry:\n  request_log:\n    path: {}\n",
-        config("v1", stuck, "  drain_delay_ms: 0\n  shutdown_timeout_ms: 600"),
-        dir.path().join("requests.jsonl").display()
-    );
-    let mut gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let mut gw = stuck_gateway(dir.path(), 600);
     let client = reqwest::Client::new();
     let queued = client
         .post(format!("{}/v1/responses", gw.base_url()))
@@ -510,7 +515,6 @@ async fn a_background_response_at_the_drain_timeout_is_ended_and_logged() {
 /// the model again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_keeps_the_loaded_embedder_unless_its_settings_change() {
-    use switchyard_gateway::reload::{Live, Origin, parse};
     let model_dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("../../models/all-MiniLM-L6-v2")
         .canonicalize()
@@ -525,13 +529,7 @@ async fn a_reload_keeps_the_loaded_embedder_unless_its_settings_change() {
         std::fs::write(&path, yaml).unwrap();
     };
     write(100, "");
-    let origin = Origin::File(path.clone());
-    let fetched = origin.fetch().await.unwrap();
-    let overrides = switchyard_gateway::Overrides::default();
-    let config = parse(&fetched, &overrides).unwrap();
-    let env = std::collections::BTreeMap::<String, String>::new();
-    let state = switchyard_gateway::build_state(&config, &env).unwrap();
-    let live = Live::new(origin, overrides, Box::new(env), config, fetched.fingerprint, state);
+    let live = live_on(&path).await;
     let first = live
         .state()
         .embedder
@@ -559,7 +557,6 @@ async fn a_reload_keeps_the_loaded_embedder_unless_its_settings_change() {
 /// changes only the embedder's settings.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_exact_cache_outlives_an_embedder_change() {
-    use switchyard_gateway::reload::{Live, Origin, parse};
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.yaml");
     let write = |batch: u32| {
@@ -567,18 +564,25 @@ async fn an_exact_cache_outlives_an_embedder_change() {
         std::fs::write(&path, yaml).unwrap();
     };
     write(8);
-    let origin = Origin::File(path.clone());
-    let fetched = origin.fetch().await.unwrap();
-    let overrides = switchyard_gateway::Overrides::default();
-    let config = parse(&fetched, &overrides).unwrap();
-    let env = std::collections::BTreeMap::<String, String>::new();
-    let state = switchyard_gateway::build_state(&config, &env).unwrap();
-    let live = Live::new(origin, overrides, Box::new(env), config, fetched.fingerprint, state);
+    let live = live_on(&path).await;
     let before = live.state().cache.clone().expect("a cache");
     write(16);
     assert!(live.reload("test", true).await.unwrap());
     let after = live.state().cache.clone().expect("a cache");
     assert!(Arc::ptr_eq(&before, &after), "the cache and its answers are kept");
+}
+
+/// A gateway's live state on the configuration file at `path`, without a
+/// server.
+async fn live_on(path: &Path) -> Arc<switchyard_gateway::reload::Live> {
+    use switchyard_gateway::reload::{Live, Origin, parse};
+    let origin = Origin::File(path.to_owned());
+    let fetched = origin.fetch().await.unwrap();
+    let overrides = switchyard_gateway::Overrides::default();
+    let config = parse(&fetched, &overrides).unwrap();
+    let env = std::collections::BTreeMap::<String, String>::new();
+    let state = switchyard_gateway::build_state(&config, &env).unwrap();
+    Live::new(origin, overrides, Box::new(env), config, fetched.fingerprint, state)
 }
 
 fn models_of(live: &switchyard_gateway::reload::Live) -> Vec<String> {
@@ -851,17 +855,11 @@ fn settings_from_the_environment_are_read_or_reported() {
 /// and the watch does not read that version again until it changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_file_that_is_not_utf8_is_rejected_once() {
-    use switchyard_gateway::reload::{Live, Origin, ReloadError, parse};
+    use switchyard_gateway::reload::ReloadError;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.yaml");
     std::fs::write(&path, format!("model_list:\n{MODEL_B}")).unwrap();
-    let origin = Origin::File(path.clone());
-    let fetched = origin.fetch().await.unwrap();
-    let overrides = switchyard_gateway::Overrides::default();
-    let config = parse(&fetched, &overrides).unwrap();
-    let env = std::collections::BTreeMap::<String, String>::new();
-    let state = switchyard_gateway::build_state(&config, &env).unwrap();
-    let live = Live::new(origin, overrides, Box::new(env), config, fetched.fingerprint, state);
+    let live = live_on(&path).await;
     // Latin-1: `ü` as one byte.
     std::fs::write(&path, b"model_list:\n  - model_name: gr\xfcn\n").unwrap();
     assert!(!live.reload("watch", false).await.unwrap(), "settling");

@@ -46,6 +46,19 @@ fn start(mock: &MockUpstream) -> GatewayProcess {
     )
 }
 
+/// The spend records of `key`, as the master key lists them.
+async fn spend_logs(gateway: &GatewayProcess, key: &str) -> Value {
+    reqwest::Client::new()
+        .get(format!("{}/spend/logs?api_key={key}", gateway.base_url()))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A virtual key made by the master key with `body`'s fields.
 async fn new_key(gateway: &GatewayProcess, body: Value) -> String {
     let made: Value = reqwest::Client::new()
@@ -294,15 +307,7 @@ async fn pass_through_requests_count_against_a_keys_limits() {
     // Each admitted request is in the spend log, at no cost.
     let mut logs = Value::Null;
     for _ in 0..50 {
-        logs = client
-            .get(format!("{}/spend/logs?api_key={key}", gateway.base_url()))
-            .bearer_auth(MASTER)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        logs = spend_logs(&gateway, &key).await;
         if logs.as_array().is_some_and(|l| l.len() >= 3) {
             break;
         }
@@ -405,14 +410,6 @@ async fn a_pass_through_stream_cut_at_shutdown_is_recorded() {
         gateway.logs()
     );
     let gateway = start();
-    let logs: Value = reqwest::Client::new()
-        .get(format!("{}/spend/logs?api_key={key}", gateway.base_url()))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs = spend_logs(&gateway, &key).await;
     assert_eq!(logs.as_array().map(Vec::len), Some(1), "{logs}");
 }

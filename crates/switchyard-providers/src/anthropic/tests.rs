@@ -550,28 +550,23 @@ fn a_json_answer_asked_with_thinking_offers_the_json_tool_instead_of_forcing_it(
         "response_format": {"type": "json_object"}, "tool_choice": "none",
         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {}}}]
     });
-    let out = serde_json::to_value(to_messages_request(&chat(forbidden.clone()), 4096).unwrap()).unwrap();
-    let names: Vec<&str> = out["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
-    assert_eq!(names, ["json_tool_call"], "{out}");
+    let names = |body: &Value| -> Vec<String> {
+        let out = serde_json::to_value(to_messages_request(&chat(body.clone()), 4096).unwrap()).unwrap();
+        out["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["name"].as_str().map(str::to_owned))
+            .collect()
+    };
+    assert_eq!(names(&forbidden), ["json_tool_call"]);
     forbidden["messages"] = json!([
         {"role": "user", "content": "weather?"},
         {"role": "assistant", "content": null, "tool_calls": [
             {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
         {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
     ]);
-    let out = serde_json::to_value(to_messages_request(&chat(forbidden), 4096).unwrap()).unwrap();
-    let names: Vec<&str> = out["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|t| t["name"].as_str())
-        .collect();
-    assert_eq!(names, ["get_weather", "json_tool_call"], "{out}");
+    assert_eq!(names(&forbidden), ["get_weather", "json_tool_call"]);
     // From an effort, the JSON tool stays forced and thinking gives way.
     let effort = chat(json!({
         "model": "claude", "messages": [{"role": "user", "content": "json please"}],
