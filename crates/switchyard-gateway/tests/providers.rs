@@ -906,13 +906,20 @@ async fn bedrock_embeddings_and_anthropic_count_tokens() {
         "{body}"
     );
 
-    let request = json!({"model": "claude", "messages": [{"role": "user", "content": "one two three"}]});
+    let request = json!({"model": "claude", "tags": ["eval"], "metadata": {"tags": ["nightly"]},
+        "messages": [{"role": "user", "content": "one two three"}]});
     let (status, body) = post("/v1/messages/count_tokens", request).await;
     assert_eq!(status, 200, "{body}");
     assert!(body["input_tokens"].as_u64().unwrap() >= 3, "{body}");
     let seen = mock.last_request().unwrap();
     assert_eq!(seen.path, "/v1/messages/count_tokens");
     assert_eq!(seen.body["model"], "claude-mock");
+    // Tags are the gateway's, taken out of what Anthropic counts.
+    assert!(
+        seen.body.get("tags").is_none() && seen.body.get("metadata").is_none(),
+        "{}",
+        seen.body
+    );
     // Another model's tool ids are counted as Claude takes them.
     let (status, body) = post(
         "/v1/messages/count_tokens",

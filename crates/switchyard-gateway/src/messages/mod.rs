@@ -472,10 +472,16 @@ pub(crate) async fn count_tokens(
     }
     state.resolve_fallbacks(&mut options.fallbacks);
     options.wildcard = state.wildcard_part(&model).map(str::to_owned);
-    if state.tag_filtering
-        && let Ok(labels) = crate::labels::anthropic(&mut serde_json::Map::new(), &headers)
-    {
-        options.route_tags = labels.tags;
+    // Tags in the body are taken out (Anthropic refuses them), and route
+    // the count as they would the request.
+    let labels = match req.as_object_mut() {
+        Some(body) => crate::labels::anthropic(body, &headers),
+        None => crate::labels::anthropic(&mut serde_json::Map::new(), &headers),
+    };
+    match labels {
+        Ok(labels) if state.tag_filtering => options.route_tags = labels.tags,
+        Ok(_) => {}
+        Err(e) => return failed(e.into()),
     }
     let betas = betas(&headers);
     let model = state.group_name(&model);
