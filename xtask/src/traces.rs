@@ -169,6 +169,9 @@ fn shown_url(url: &str) -> String {
 
 fn read_redis(url: &str, stream: &str) -> Result<Vec<Value>> {
     let shown = shown_url(url);
+    // TLS (`rediss://`) builds its rustls configuration from the process's
+    // provider, which must be chosen: more than one is compiled in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("bad Redis URL {shown}: {e}"))?;
     let mut con = client
         .get_connection()
@@ -521,6 +524,17 @@ mod tests {
             let mode = std::fs::metadata(&out).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn a_tls_redis_url_that_cannot_be_reached_is_an_error() {
+        // Nothing listens on port 9: the read fails to connect instead of
+        // panicking over an unchosen TLS provider.
+        let err = read_redis("rediss://127.0.0.1:9/", "switchyard:requests").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("cannot connect to rediss://127.0.0.1:9/"),
+            "{err:#}"
+        );
     }
 
     #[test]
