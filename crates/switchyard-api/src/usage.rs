@@ -50,16 +50,21 @@ impl Usage {
     }
 
     /// Prompt tokens written to the upstream's prompt cache, when reported:
-    /// `prompt_tokens_details.cache_creation_tokens`, or, as Anthropic's and
+    /// `prompt_tokens_details.cache_creation_tokens`, OpenRouter's
+    /// `prompt_tokens_details.cache_write_tokens`, or, as Anthropic's and
     /// Bedrock's answers translated to OpenAI's format carry them,
-    /// `cache_creation_input_tokens`.
+    /// `cache_creation_input_tokens`. The first that holds a count is read (a
+    /// `null` one gives way to the next).
     pub fn cache_write_tokens(&self) -> u64 {
-        self.extra
-            .get("prompt_tokens_details")
-            .and_then(|d| d.get("cache_creation_tokens"))
-            .or_else(|| self.extra.get("cache_creation_input_tokens"))
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(0)
+        let details = self.extra.get("prompt_tokens_details");
+        [
+            details.and_then(|d| d.get("cache_creation_tokens")),
+            details.and_then(|d| d.get("cache_write_tokens")),
+            self.extra.get("cache_creation_input_tokens"),
+        ]
+        .into_iter()
+        .find_map(|count| count.and_then(serde_json::Value::as_u64))
+        .unwrap_or(0)
     }
 
     /// Prompt tokens served from the upstream's prompt cache, when reported.
@@ -102,6 +107,34 @@ impl Usage {
 #[allow(clippy::unwrap_used, reason = "tests")]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_writes_are_read_in_each_reported_shape() {
+        let usage = |json: &str| serde_json::from_str::<Usage>(json).unwrap();
+        // OpenRouter's usage accounting.
+        let openrouter = usage(
+            r#"{"prompt_tokens":194,"completion_tokens":2,"total_tokens":196,
+                "prompt_tokens_details":{"cached_tokens":0,"cache_write_tokens":100,"audio_tokens":0}}"#,
+        );
+        assert_eq!(openrouter.cache_write_tokens(), 100);
+        assert_eq!(openrouter.cached_prompt_tokens(), 0);
+        let details = usage(
+            r#"{"prompt_tokens":10,"completion_tokens":2,"total_tokens":12,
+                "prompt_tokens_details":{"cache_creation_tokens":7}}"#,
+        );
+        assert_eq!(details.cache_write_tokens(), 7);
+        // A null count gives way to the next place it may be.
+        let null_first = usage(
+            r#"{"prompt_tokens":60,"completion_tokens":2,"total_tokens":62,
+                "prompt_tokens_details":{"cache_creation_tokens":null},
+                "cache_creation_input_tokens":50}"#,
+        );
+        assert_eq!(null_first.cache_write_tokens(), 50);
+        assert_eq!(
+            usage(r#"{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}"#).cache_write_tokens(),
+            0
+        );
+    }
 
     #[test]
     fn reasoning_counted_outside_completion_tokens_is_generated() {

@@ -654,7 +654,8 @@ pub(crate) struct Metered {
 }
 
 /// OpenAI usage, normalised. Cache writes are read from
-/// `prompt_tokens_details.cache_creation_tokens` or, as Anthropic's and
+/// `prompt_tokens_details.cache_creation_tokens` (OpenRouter's
+/// `cache_write_tokens`) or, as Anthropic's and
 /// Bedrock's answers translated to OpenAI's format carry them, from
 /// `cache_creation_input_tokens` (and its `cache_creation` breakdown).
 pub(crate) fn openai_usage(usage: &Usage) -> TokenUsage {
