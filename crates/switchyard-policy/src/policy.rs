@@ -948,7 +948,14 @@ impl Policy {
             });
         }
         let id = demand.request_id.clone().unwrap_or_else(|| self.new_id());
-        let max_cost = if checks.budgets.is_empty() { 0 } else { demand.max_cost };
+        // A request that costs nothing still needs room under a budget: a
+        // spent budget (or one of 0) refuses it too, so it holds at least
+        // one nano-dollar while it runs.
+        let max_cost = if checks.budgets.is_empty() {
+            0
+        } else {
+            demand.max_cost.max(1)
+        };
         let ticket = |holder, states: Vec<RateState>| Ticket {
             policy: self.clone(),
             id: id.clone(),
@@ -2829,6 +2836,44 @@ mod tests {
         assert!(is_end_user_claim("exhausted:end_user:u-1:0:0"));
         assert!(!is_end_user_claim("exhausted:key:abc:0:5"));
         assert!(!is_end_user_claim("soft:team:end_user:0:5"));
+    }
+
+    /// A request that costs nothing (feedback, a token count, a free
+    /// model) is refused by a spent budget as any other, and admitted by one
+    /// with room left.
+    #[tokio::test]
+    async fn a_free_request_needs_room_under_a_budget() {
+        let budget = |max_budget: f64| PolicySettings {
+            end_user_budget: Some(EndUserBudget {
+                max_budget,
+                budget_duration: None,
+            }),
+            ..PolicySettings::default()
+        };
+        let demand = Demand {
+            model: "m".into(),
+            requested_as: None,
+            access_groups: Vec::new(),
+            end_user: Some("user-1".into()),
+            unpriced: false,
+            any_model: false,
+            estimated_tokens: 10,
+            max_cost: 0,
+            request_id: None,
+        };
+        let policy = Policy::memory(&budget(0.0));
+        let principal = policy.authenticate(None).await.unwrap();
+        let refused = policy.admit(&principal, &demand).await;
+        assert!(
+            matches!(refused, Err(Denied::BudgetExceeded { .. })),
+            "{:?}",
+            refused.err()
+        );
+        let policy = Policy::memory(&budget(1.0));
+        let principal = policy.authenticate(None).await.unwrap();
+        let ticket = policy.admit(&principal, &demand).await.unwrap();
+        drop(ticket);
+        assert!(policy.admit(&principal, &demand).await.is_ok());
     }
 
     /// `spend: 0` is LiteLLM's reset: a 200 that reset nothing would leave
