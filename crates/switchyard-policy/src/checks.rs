@@ -72,6 +72,9 @@ pub struct RateCheck {
     pub cost: u32,
 }
 
+/// The scope of an end user's checks.
+pub(crate) const END_USER_SCOPE: &str = "end user";
+
 /// A budget the request reserves its maximum cost against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetCheck {
@@ -265,7 +268,7 @@ impl Checks {
         default_budget: Option<(f64, Option<BudgetPeriod>)>,
         estimated_tokens: u32,
     ) {
-        let scope = "end user";
+        let scope = END_USER_SCOPE;
         if let Some(limits) = own {
             for (kind, limit, cost) in [
                 (RateKind::Requests, limits.rpm_limit, 1),

@@ -248,17 +248,22 @@ fn busy_key() -> PolicyError {
     PolicyError::Conflict("The key changed while this change was being made; try again.".into())
 }
 
-/// A duration the way OpenAI writes it in `x-ratelimit-reset-*`: `20ms`, `1.5s`, `6m0s`.
+/// A duration the way OpenAI writes it in `x-ratelimit-reset-*` (Go's
+/// duration format, to the millisecond): `20ms`, `1.5s`, `6m0s`, `1m1.9s`,
+/// `1h15m0s`.
 pub fn format_reset(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
-        format!("{ms}ms")
-    } else if ms < 60_000 {
-        let s = d.as_secs_f64();
-        let text = format!("{s:.3}");
-        format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
-    } else {
-        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+        return format!("{ms}ms");
+    }
+    let seconds_ms = ms % 60_000;
+    let seconds = format!("{}.{:03}", seconds_ms / 1000, seconds_ms % 1000);
+    let seconds = seconds.trim_end_matches('0').trim_end_matches('.');
+    let minutes = ms / 60_000;
+    match (minutes / 60, minutes % 60) {
+        (0, 0) => format!("{seconds}s"),
+        (0, m) => format!("{m}m{seconds}s"),
+        (h, m) => format!("{h}h{m}m{seconds}s"),
     }
 }
 
@@ -961,7 +966,15 @@ impl Policy {
             id: id.clone(),
             view: view.clone(),
             model: demand.model.clone(),
-            rates: checks.rates.iter().map(|r| r.kind).zip(states).collect(),
+            // The headers speak of the key's limits: an end user's are
+            // counted by every key that names it, another tenant's figures.
+            rates: checks
+                .rates
+                .iter()
+                .zip(states)
+                .filter(|(r, _)| r.scope != crate::checks::END_USER_SCOPE)
+                .map(|(r, state)| (r.kind, state))
+                .collect(),
             checks: checks.clone(),
             max_cost,
             holder,
@@ -2876,6 +2889,41 @@ mod tests {
         assert!(policy.admit(&principal, &demand).await.is_ok());
     }
 
+    /// An end user's own limits bind the request but stay out of the
+    /// key's `x-ratelimit-*` headers: every key naming the end user counts
+    /// against them.
+    #[tokio::test]
+    async fn rate_headers_leave_out_an_end_users_limits() {
+        let policy = Policy::memory(&PolicySettings::default());
+        let body = serde_json::json!({"user_id": "acme", "rpm_limit": 5});
+        policy.new_end_user(body.as_object().unwrap()).await.unwrap();
+        let principal = policy.authenticate(None).await.unwrap();
+        let demand = Demand {
+            model: "m".into(),
+            requested_as: None,
+            access_groups: Vec::new(),
+            end_user: Some("acme".into()),
+            unpriced: false,
+            any_model: false,
+            estimated_tokens: 10,
+            max_cost: 0,
+            request_id: None,
+        };
+        let ticket = policy.admit(&principal, &demand).await.unwrap();
+        assert!(ticket.rate_headers().is_empty(), "{:?}", ticket.rate_headers());
+        drop(ticket);
+        // The limit itself still holds: 5 a minute, one taken already.
+        for _ in 0..4 {
+            drop(policy.admit(&principal, &demand).await.unwrap());
+        }
+        let refused = policy.admit(&principal, &demand).await;
+        assert!(
+            matches!(refused, Err(Denied::RateLimited { .. })),
+            "{:?}",
+            refused.err()
+        );
+    }
+
     /// `spend: 0` is LiteLLM's reset: a 200 that reset nothing would leave
     /// the team or user refused while the admin thinks it was freed.
     #[tokio::test]
@@ -3165,5 +3213,11 @@ mod tests {
         assert_eq!(format_reset(Duration::from_millis(1500)), "1.5s");
         assert_eq!(format_reset(Duration::from_secs(2)), "2s");
         assert_eq!(format_reset(Duration::from_secs(360)), "6m0s");
+        // Past a minute the fraction stays, so a client waiting that long
+        // is not early; hours are written as hours.
+        assert_eq!(format_reset(Duration::from_millis(61_900)), "1m1.9s");
+        assert_eq!(format_reset(Duration::from_millis(60_020)), "1m0.02s");
+        assert_eq!(format_reset(Duration::from_secs(4_500)), "1h15m0s");
+        assert_eq!(format_reset(Duration::from_secs(3_600)), "1h0m0s");
     }
 }
