@@ -481,8 +481,10 @@ async fn dispatch_all<'s>(
     let mut attempts = 0u32;
     let mut upstream_request_id = None;
     let mut group: (&'s str, &'s GroupRoute) = (requested.as_str(), first);
-    // The error of the group fallen back from.
-    let mut earlier: Option<(ApiError, &'s str)> = None;
+    // The error of the group fallen back from, that group and why.
+    let mut earlier: Option<(ApiError, (&'s str, &'s GroupRoute), Reason)> = None;
+    // The fallback list the current group was taken from.
+    let mut hop_list: &[String] = general;
     loop {
         visited.push(group.0);
         // With no fallback group left that could serve now (as a learned
@@ -499,7 +501,7 @@ async fn dispatch_all<'s>(
         };
         let last_resort = !settings.cooldown_fail_fast
             && (visited.len() > settings.max_fallbacks
-                || !general.iter().any(|name| {
+                || !hop_list.iter().any(|name| {
                     !visited.contains(&name.as_str())
                         && (ranking
                             || options
@@ -525,7 +527,7 @@ async fn dispatch_all<'s>(
         )
         .await;
         // The group whose failure the request ends with.
-        let mut blamed = group.0;
+        let mut blamed = group;
         let (error, reason) = match outcome {
             GroupOutcome::Served(mut served) => {
                 served.decision.prediction = prediction;
@@ -540,22 +542,28 @@ async fn dispatch_all<'s>(
                     group: Some(group.0.to_owned()),
                 });
             }
-            GroupOutcome::Exhausted(error, reason) => match (error, earlier.take()) {
+            GroupOutcome::Exhausted(error, reason, unable) => match (error, earlier.take()) {
                 // A fallback group that could not route (every deployment
-                // over its limits or cooling down: no attempt made) leaves
-                // the request the error the group before it met (an
-                // upstream 429 and its Retry-After, not a 503).
-                (ApiError::Routing(RoutingError::NoDeployment(_)), Some((before, from))) => {
+                // over its limits or cooling down: no attempt made), or none
+                // of whose deployments could take the request, leaves the
+                // request the error the group before it met (an upstream
+                // 429 and its Retry-After, not a 503 or what a fallback
+                // cannot express), and that group's reason to fall back.
+                (ApiError::Routing(RoutingError::NoDeployment(_)), Some((before, from, why))) => {
                     blamed = from;
-                    (before, Reason::Failed)
+                    (before, why)
+                }
+                (_, Some((before, from, why))) if unable => {
+                    blamed = from;
+                    (before, why)
                 }
                 (error, _) => (error, reason),
             },
         };
         let list = match reason {
             Reason::Failed => general,
-            Reason::ContextWindow => group.1.context_window_fallbacks.as_slice(),
-            Reason::ContentPolicy => group.1.content_policy_fallbacks.as_slice(),
+            Reason::ContextWindow => blamed.1.context_window_fallbacks.as_slice(),
+            Reason::ContentPolicy => blamed.1.content_policy_fallbacks.as_slice(),
         };
         // A fallback the caller's key may not call is skipped: a key limited
         // to some models never gets answers from others through a failure.
@@ -581,15 +589,16 @@ async fn dispatch_all<'s>(
                 tracing::info!(from = group.0, to = %name, ?reason, "falling back to another model group");
                 state.metrics.fallback(group.0, name);
                 group = (name.as_str(), route);
-                earlier = Some((error, blamed));
+                hop_list = list;
+                earlier = Some((error, blamed, reason));
             }
             _ => {
-                alert_failure(state, blamed, call, options, &error);
+                alert_failure(state, blamed.0, call, options, &error);
                 return Err(Failed {
                     error,
                     attempts,
                     upstream_request_id,
-                    group: Some(blamed.to_owned()),
+                    group: Some(blamed.0.to_owned()),
                 });
             }
         }
@@ -635,8 +644,11 @@ enum GroupOutcome<'s> {
     Served(Served<'s>),
     /// A failure no other group would fix (or the deadline passed).
     Final(ApiError),
-    /// The group could not answer; fallbacks may.
-    Exhausted(ApiError, Reason),
+    /// The group could not answer; fallbacks may. The flag: no deployment
+    /// of it could take the request at all (what each cannot express or
+    /// reach as configured, a rejected key), so its error says less than
+    /// that of a group fallen back from.
+    Exhausted(ApiError, Reason, bool),
 }
 
 /// How far one group's attempts may go.
@@ -688,14 +700,18 @@ async fn try_group<'s>(
     // can be asked (cooling down, its key rejected, left out by tags), that
     // is the client's answer, and another model must not answer for it.
     let mut model_missing = false;
-    let exhausted = |error: ApiError, model_missing: bool| {
+    let exhausted = |error: ApiError, model_missing: bool, unable_only: bool| {
         if model_missing && matches!(error, ApiError::ModelNotFound(_) | ApiError::ModelForbidden(_)) {
             GroupOutcome::Final(error)
         } else {
-            GroupOutcome::Exhausted(error, Reason::Failed)
+            GroupOutcome::Exhausted(error, Reason::Failed, unable_only)
         }
     };
     let mut last: Option<ApiError> = None;
+    // Whether `last` is only a deployment's inability to take the request:
+    // an upstream's transient failure (a 429 and its Retry-After, a 529)
+    // is what the client should get rather than that.
+    let mut last_unable = false;
     let mut retry = 0u32;
     // The retry whose pause is being slept, and how long it has slept: a
     // deployment that could not take the request hands it on without a
@@ -716,7 +732,7 @@ async fn try_group<'s>(
                 options.route_tags
             ),
         };
-        return GroupOutcome::Exhausted(error, Reason::Failed);
+        return GroupOutcome::Exhausted(error, Reason::Failed, true);
     }
     let eligible = |i: &usize| tagged.as_ref().is_none_or(|t| t.contains(i));
     while retry <= num_retries {
@@ -785,7 +801,7 @@ async fn try_group<'s>(
                     tracing::warn!(group = name, "every deployment of the group is cooling down");
                     ApiError::Routing(RoutingError::NoDeployment(name.to_owned()))
                 });
-                return exhausted(error, model_missing);
+                return exhausted(error, model_missing, last_unable);
             }
             let ctx = RouteContext {
                 group,
@@ -802,7 +818,10 @@ async fn try_group<'s>(
                     continue;
                 }
                 // E.g. every deployment is over its rpm: fallbacks may answer.
-                Err(e) => return exhausted(last.take().unwrap_or_else(|| e.into()), model_missing),
+                Err(e) => {
+                    let unable_only = last.is_some() && last_unable;
+                    return exhausted(last.take().unwrap_or_else(|| e.into()), model_missing, unable_only);
+                }
             };
             // A strategy must choose among the candidates it was given.
             if !pool.contains(&index) {
@@ -1218,7 +1237,7 @@ async fn try_group<'s>(
                     _ => ApiError::upstream(&deployment.name, e),
                 };
                 if let Some(reason) = reason {
-                    return GroupOutcome::Exhausted(error, reason);
+                    return GroupOutcome::Exhausted(error, reason, false);
                 }
                 // A rejected key (marked, so later requests skip it) is the
                 // deployment's, as is what it cannot express or reach as
@@ -1233,14 +1252,18 @@ async fn try_group<'s>(
                         || (matches!(error, ApiError::ModelNotFound(_)) && says_model_missing);
                     model_missing |= names_missing;
                     if unable.len() < route.all.len() {
-                        last = Some(error);
+                        // Not in place of another deployment's failure.
+                        if last.is_none() || last_unable {
+                            last = Some(error);
+                            last_unable = true;
+                        }
                         continue;
                     }
                     if names_missing {
                         return GroupOutcome::Final(error);
                     }
                     // No deployment of the group can: a fallback group may.
-                    return GroupOutcome::Exhausted(error, Reason::Failed);
+                    return GroupOutcome::Exhausted(error, Reason::Failed, true);
                 }
                 if !retryable {
                     return GroupOutcome::Final(error);
@@ -1251,12 +1274,13 @@ async fn try_group<'s>(
                     None => tried.push((index, until)),
                 }
                 last = Some(error);
+                last_unable = false;
             }
         }
         retry += 1;
     }
     let error = last.unwrap_or_else(|| ApiError::Routing(RoutingError::NoDeployment(name.to_owned())));
-    exhausted(error, model_missing)
+    exhausted(error, model_missing, last_unable)
 }
 
 /// The GenAI semantic conventions' name of a provider kind (`azure` is

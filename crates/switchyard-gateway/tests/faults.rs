@@ -924,6 +924,63 @@ async fn a_model_without_a_capability_hands_the_request_on() {
     assert!(none.body.contains("does not support tools"), "{}", none.body);
 }
 
+/// What a deployment or a fallback group cannot take (tools a model lacks)
+/// does not replace the failure the client should see: the upstream's 429
+/// and its Retry-After come back, which an SDK retries, not a 400 it would
+/// not. A refused prompt goes only where its own list sends it, also when
+/// a group on that list cannot route it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_cannot_take_the_request_leaves_the_client_the_earlier_failure() {
+    let mock = MockUpstream::start().await;
+    let gw = gateway(
+        &mock,
+        "  max_retry_after_ms: 5000\n  num_retries: 2",
+        r#"
+  - model_name: mixed
+    routing_strategy: cost-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "busy::status=429,retry_after=120", input_cost_per_token: 0.000001}
+      - {provider: openai, api_base: "{base}", api_key: k, model: "small::no_tools", input_cost_per_token: 0.00001}
+  - model_name: primary
+    fallbacks: [local]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "primary::status=429,retry_after=120"}
+  - model_name: local
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "lone::no_tools"}
+  - model_name: flagged
+    content_policy_fallbacks: [moderated]
+    fallbacks: [anything]
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "flagged-1::content_filter"}
+  - model_name: moderated
+    routing_strategy: usage-based
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "moderated-1", rpm: 1}
+  - model_name: anything
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "anything-1"}
+"#,
+    );
+    let tools = json!({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]});
+    for group in ["mixed", "primary"] {
+        let a = chat(&gw, group, tools.clone()).await;
+        assert_eq!(a.status, 429, "{group}: {}", a.body);
+        assert_eq!(a.header("retry-after"), "120", "{group}");
+        assert_eq!(a.json()["error"]["type"], "rate_limit_error", "{group}");
+    }
+    assert_eq!(sent_to(&mock, "small::no_tools"), 1);
+    assert_eq!(sent_to(&mock, "lone::no_tools"), 1);
+
+    // The content-policy fallback has used its minute: the refusal is the
+    // client's answer, and the general fallback never sees the prompt.
+    assert_eq!(chat(&gw, "moderated", json!({})).await.status, 200);
+    let a = chat(&gw, "flagged", json!({})).await;
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "content_policy_violation");
+    assert_eq!(sent_to(&mock, "anything-1"), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_request_deadline_bounds_retries_and_anthropic_clients_get_fallbacks_too() {
     let mock = MockUpstream::start().await;
