@@ -76,8 +76,9 @@ pub(crate) fn take(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, Api
 }
 
 /// The labels of a `/v1/messages` request: `metadata.user_id`, the tag
-/// headers, and tags in the body (`tags`, `metadata.tags`), taken out of it:
-/// Anthropic refuses members it does not define.
+/// headers, and tags in the body (`tags`, `metadata.tags`), taken out of it
+/// with every other `metadata` member: Anthropic refuses members it does
+/// not define.
 pub(crate) fn anthropic(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels, ApiError> {
     let mut tags = Vec::new();
     if let Some(value) = extra.shift_remove("tags") {
@@ -90,6 +91,9 @@ pub(crate) fn anthropic(extra: &mut Extra, headers: &HeaderMap) -> Result<Labels
             Some(value) => add_list(&mut tags, value, "metadata.tags")?,
             None => {}
         }
+        // Anthropic's metadata holds `user_id` alone; LiteLLM clients send
+        // trace ids and names there for the gateway.
+        metadata.retain(|name, value| name == "user_id" && (value.is_string() || value.is_null()));
         emptied = metadata.is_empty();
     }
     if emptied {
@@ -201,6 +205,13 @@ mod tests {
         let mut only = extra(json!({"metadata": {"tags": "x"}}));
         anthropic(&mut only, &HeaderMap::new()).unwrap();
         assert!(only.is_empty(), "{only:?}");
+        // LiteLLM's members are the gateway's, not Anthropic's.
+        let mut litellm = extra(json!({"metadata": {"user_id": "u", "trace_id": "t", "generation_name": {"a": 1}}}));
+        anthropic(&mut litellm, &HeaderMap::new()).unwrap();
+        assert_eq!(Value::Object(litellm), json!({"metadata": {"user_id": "u"}}));
+        let mut traced = extra(json!({"max_tokens": 5, "metadata": {"trace_id": "t"}}));
+        anthropic(&mut traced, &HeaderMap::new()).unwrap();
+        assert_eq!(Value::Object(traced), json!({"max_tokens": 5}));
     }
 
     /// OpenAI's `metadata` holds strings only: its `tags` may be one string.
