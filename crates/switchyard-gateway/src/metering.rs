@@ -271,6 +271,9 @@ fn prompt_count(prompt: &switchyard_api::Prompt) -> u64 {
 /// costs are about 1,600–2,500 tokens.
 const MEDIA_TOKENS: u64 = 2_500;
 
+/// Chat content parts that hold text, not media, without a `text` member.
+const TEXT_PARTS: &[&str] = &["text", "refusal", "thinking", "reasoning", "redacted_thinking"];
+
 /// The length of `value` as JSON, counted as it is written, without a copy
 /// (for the small typed parts: tool definitions and calls).
 fn json_len(value: &impl serde::Serialize) -> u64 {
@@ -409,6 +412,11 @@ pub(crate) fn prompt_size(call: &Call<'_>) -> PromptSize {
                             match &p.text {
                                 Some(t) => size.add(t.len() as u64),
                                 None if p.kind == "image_url" => size.add(MEDIA_TOKENS),
+                                // Text under another name (a refusal sent
+                                // back, Mistral's thinking, a null text).
+                                None if TEXT_PARTS.contains(&p.kind.as_str()) => {
+                                    size.add(p.extra.values().map(value_len).sum())
+                                }
                                 None => size.add_media(p.extra.values().map(value_len).sum()),
                             }
                         }
@@ -1111,5 +1119,27 @@ mod tests {
         assert_eq!(size.media_parts, 1);
         assert!(size.bound - size.media > 3000, "{size:?}");
         assert!(size.expected_tokens() < 5_000, "{size:?}");
+    }
+
+    /// Parts that hold text under another name (a refusal sent back,
+    /// Mistral's thinking, a null text) count as their text, not as media.
+    #[test]
+    fn text_parts_without_text_are_not_media() {
+        let mut chat: ChatCompletionRequest = serde_json::from_value(json!({
+            "model": "m",
+            "messages": [
+                {"role": "user", "content": "tell me"},
+                {"role": "assistant", "content": [
+                    {"type": "refusal", "refusal": "I cannot help with that."},
+                    {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]},
+                    {"type": "text", "text": null}]},
+                {"role": "user", "content": "why"}
+            ]
+        }))
+        .unwrap();
+        let size = prompt_size(&Call::Chat(&mut chat));
+        assert_eq!(size.media_parts, 0, "{size:?}");
+        assert!(size.bound > "I cannot help with that.".len() as u64, "{size:?}");
+        assert!(size.expected_tokens() < 100, "{size:?}");
     }
 }
