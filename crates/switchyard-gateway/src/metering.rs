@@ -888,7 +888,8 @@ impl Metered {
     }
 }
 
-fn add_ticket_headers(response: &mut Response, ticket: &Ticket) {
+/// Adds an admitted request's id and its key's `x-ratelimit-*` headers.
+pub(crate) fn add_ticket_headers(response: &mut Response, ticket: &Ticket) {
     let headers = response.headers_mut();
     if let Ok(v) = HeaderValue::from_str(ticket.id()) {
         headers.insert(REQUEST_ID_HEADER, v);

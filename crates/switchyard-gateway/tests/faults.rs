@@ -1792,18 +1792,24 @@ async fn token_counts_an_upstream_answers_are_limited_by_the_key() {
                 .await
                 .unwrap();
             let status = response.status().as_u16();
+            let headers = response.headers().clone();
             let body: Value = response.json().await.unwrap_or_default();
-            (status, body)
+            (status, body, headers)
         }
     };
     // Estimates cost the key nothing.
     for _ in 0..3 {
-        let (status, body) = count("openai-only").await;
+        let (status, body, headers) = count("openai-only").await;
         assert_eq!(status, 200, "{body}");
+        assert!(headers.get("x-ratelimit-remaining-requests").is_none());
     }
-    let (status, body) = count("claude").await;
+    // A counted one is the key's request, with its headers.
+    let (status, body, headers) = count("claude").await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = count("claude").await;
+    assert_eq!(headers["x-ratelimit-limit-requests"], "1");
+    assert_eq!(headers["x-ratelimit-remaining-requests"], "0");
+    assert!(headers.contains_key("x-switchyard-request-id"));
+    let (status, body, _) = count("claude").await;
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["type"], "error", "an Anthropic-shaped error: {body}");
     let counted = mock

@@ -497,7 +497,7 @@ pub(crate) async fn count_tokens(
             .fallbacks
             .as_ref()
             .is_some_and(|names| names.iter().any(|n| counts(n)));
-    let _held = if counts_upstream {
+    let held = if counts_upstream {
         match metering::admit_unpriced(&state, &principal, (model.to_owned(), true), Some(ctx.id.clone())).await {
             Ok(ticket) => Some(ticket),
             Err(refused) => return failed(refused.into()),
@@ -505,7 +505,7 @@ pub(crate) async fn count_tokens(
     } else {
         None
     };
-    match dispatch(&state, model, &mut Call::CountTokens(&mut req, &betas), &options).await {
+    let mut response = match dispatch(&state, model, &mut Call::CountTokens(&mut req, &betas), &options).await {
         Ok(Served {
             reply: Reply::Native(body),
             decision,
@@ -520,7 +520,13 @@ pub(crate) async fn count_tokens(
         // clients such as Claude Code would hit on every turn.
         Err(f) if f.error.parts().3.as_deref() == Some("unsupported") => estimate_tokens(req),
         Err(f) => failed(f),
+    };
+    // An admitted count is a request as any other: its id and the key's
+    // rate-limit headers.
+    if let Some(ticket) = &held {
+        metering::add_ticket_headers(&mut response, ticket);
     }
+    response
 }
 
 /// `{"input_tokens": N}` from the gateway's estimate of the prompt (a token
