@@ -262,11 +262,25 @@ impl PolicyConfig {
                 max_queued_spend: r.max_queued_spend,
             })
         });
-        let known = |list: &[String], path: &str, issues: &mut Vec<ConfigIssue>| {
-            for (i, m) in list.iter().enumerate() {
-                if !models.iter().any(|k| switchyard_policy::key::names_model(k, m)) {
+        let is_model = |m: &str| models.iter().any(|k| switchyard_policy::key::names_model(k, m));
+        // The models a key or team may call, and those its per-model
+        // limits name: a limit for a name no model has would never apply.
+        let known = |limits: &switchyard_policy::key::Limits, path: &str, issues: &mut Vec<ConfigIssue>| {
+            for (i, m) in limits.models.iter().enumerate() {
+                if !is_model(m) {
                     issues.push(issue(
                         format!("{path}.models[{i}]"),
+                        format!("`{m}` is not a model_name in model_list"),
+                    ));
+                }
+            }
+            for (name, per_model) in [
+                ("model_rpm_limit", &limits.model_rpm_limit),
+                ("model_tpm_limit", &limits.model_tpm_limit),
+            ] {
+                for m in per_model.keys().filter(|m| !is_model(m)) {
+                    issues.push(issue(
+                        format!("{path}.{name}.{m}"),
                         format!("`{m}` is not a model_name in model_list"),
                     ));
                 }
@@ -306,7 +320,7 @@ impl PolicyConfig {
                     issues.push(issue(format!("{path}.{}", e.param), e.message));
                 }
             }
-            known(&record.limits.models, &path, issues);
+            known(&record.limits, &path, issues);
             teams.push(record);
         }
         let mut keys = Vec::new();
@@ -346,7 +360,17 @@ impl PolicyConfig {
                     }
                 }
             }
-            known(&record.limits.models, &path, issues);
+            known(&record.limits, &path, issues);
+            if let Some(alias) = &record.key_alias
+                && keys
+                    .iter()
+                    .any(|(_, k): &(String, KeyRecord)| k.key_alias.as_ref() == Some(alias))
+            {
+                issues.push(issue(
+                    format!("{path}.key_alias"),
+                    format!("`{alias}` is another key's alias (an alias names one key)"),
+                ));
+            }
             if let Some(team) = &record.team_id
                 && !teams.iter().any(|t| &t.team_id == team)
             {

@@ -46,12 +46,15 @@ pub fn new_key_id() -> Result<String, getrandom::Error> {
     Ok(format!("key-{}", hex::encode(bytes)))
 }
 
-/// What may be shown of a key after creation: its prefix and last four characters.
+/// What may be shown of a key after creation: its prefix and last four
+/// characters (fewer for a key shorter than 20: a fifth of it at most, so
+/// that no short key declared in a file is half shown).
 pub fn display_name(plaintext: &str) -> String {
+    let shown = (plaintext.chars().count() / 5).min(4);
     let tail: String = plaintext
         .chars()
         .rev()
-        .take(4)
+        .take(shown)
         .collect::<Vec<_>>()
         .into_iter()
         .rev()
@@ -764,7 +767,10 @@ mod tests {
         assert!(!h.contains(&a[3..]));
         assert!(hashes_equal(&h, &hash_key(&a)));
         assert!(!hashes_equal(&h, &hash_key(&b)));
-        assert_eq!(display_name("sk-abcdef1234"), "sk-...1234");
+        assert_eq!(display_name("sk-abcdef1234567890ab"), "sk-...90ab");
+        // A short key shows a fifth of itself at most.
+        assert_eq!(display_name("sk-abcdef1234"), "sk-...34");
+        assert_eq!(display_name("abcd1234"), "sk-...4");
     }
 
     #[test]

@@ -539,8 +539,42 @@ impl Policy {
             alerted: Mutex::new(HashMap::new()),
             alias_writes: tokio::sync::Mutex::new(()),
         }));
+        policy.refuse_shadowed_records().await?;
         policy.start_background();
         Ok(policy)
+    }
+
+    /// A team or key declared in the configuration that the store also holds
+    /// (made through the admin API) would take its place unseen: the
+    /// stored one's spend would no longer count against its budget, and it
+    /// could not be deleted. Start-up is refused, naming the entry.
+    async fn refuse_shadowed_records(&self) -> Result<(), PolicyError> {
+        for id in self.0.config_teams.keys() {
+            let stored = match &self.0.store {
+                Store::Local(local) => local.team(id),
+                Store::Redis { redis, .. } => redis.team(id).await.map_err(down)?,
+            };
+            if stored.is_some() {
+                return Err(PolicyError::Conflict(format!(
+                    "policy.teams: team `{id}` was also made through the admin API, and its spend is kept there; \
+                     declare the team under another id, or take it out of the configuration and delete it with /team/delete first"
+                )));
+            }
+        }
+        for (token, record) in &self.0.config_keys {
+            let stored = match &self.0.store {
+                Store::Local(local) => local.key(token),
+                Store::Redis { redis, .. } => redis.key(token).await.map_err(down)?,
+            };
+            if let Some(stored) = stored {
+                return Err(PolicyError::Conflict(format!(
+                    "policy.keys: the key {} was also made through the admin API (key_id {}), and its spend is kept there; \
+                     declare another key, or take it out of the configuration and delete it with /key/delete first",
+                    record.key_name, stored.key_id
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// A policy in memory with the configured master key and keys, without
@@ -2921,6 +2955,70 @@ mod tests {
             matches!(refused, Err(Denied::RateLimited { .. })),
             "{:?}",
             refused.err()
+        );
+    }
+
+    /// A team or key declared in the file that the store also holds (made
+    /// through the API) refuses start-up instead of quietly taking the
+    /// stored one's place, and its spend with it.
+    #[tokio::test]
+    async fn a_declared_team_or_key_may_not_shadow_a_stored_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = PolicySettings {
+            data_dir: Some(dir.path().to_path_buf()),
+            ..PolicySettings::default()
+        };
+        let body = |v: Value| v.as_object().unwrap().clone();
+        let policy = Policy::open(settings.clone()).await.unwrap();
+        policy
+            .new_team(&body(serde_json::json!({"team_id": "research"})))
+            .await
+            .unwrap();
+        let (plaintext, _) = policy
+            .generate_key(&body(serde_json::json!({"key": "sk-made-through-the-api-01"})))
+            .await
+            .unwrap();
+        drop(policy);
+
+        let team = TeamRecord {
+            team_id: "research".into(),
+            team_alias: None,
+            created_at: 0,
+            from_config: true,
+            revision: 0,
+            ledger_id: None,
+            limits: Default::default(),
+        };
+        let err = Policy::open(PolicySettings {
+            teams: vec![team.clone()],
+            ..settings.clone()
+        })
+        .await
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("policy.teams: team `research`"), "{err}");
+        let declared = KeyRecord::new(&plaintext, 0, true);
+        let err = Policy::open(PolicySettings {
+            keys: vec![(plaintext.clone(), declared)],
+            ..settings.clone()
+        })
+        .await
+        .err()
+        .unwrap();
+        assert!(err.to_string().contains("policy.keys: the key sk-..."), "{err}");
+        assert!(!err.to_string().contains(&plaintext), "{err}");
+        // Other ids are declared as before.
+        let other = TeamRecord {
+            team_id: "ops".into(),
+            ..team
+        };
+        assert!(
+            Policy::open(PolicySettings {
+                teams: vec![other],
+                ..settings
+            })
+            .await
+            .is_ok()
         );
     }
 

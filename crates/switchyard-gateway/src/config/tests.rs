@@ -242,6 +242,34 @@ fn an_empty_credential_fails_at_load() {
     );
 }
 
+/// A per-model limit naming no model would never apply, and an alias
+/// names one key: both are refused in the file as through the admin API.
+#[test]
+fn declared_limits_name_models_and_aliases_name_one_key() {
+    let yaml = "policy:
+  teams:
+    - {team_id: t, model_tpm_limit: {gpt-4o: 100}}
+  keys:
+    - {key: sk-declared-key-0001, key_alias: notebooks, model_rpm_limit: {gpt4o: 10}}
+    - {key: sk-declared-key-0002, key_alias: notebooks, model_rpm_limit: {a: 10}}
+model_list:
+  - model_name: a
+    deployments:
+      - {provider: mock, model: m}
+";
+    let err = crate::build_state(&parse(yaml).unwrap(), &env(&[]))
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("policy.teams[0].model_tpm_limit.gpt-4o"), "{err}");
+    assert!(err.contains("policy.keys[0].model_rpm_limit.gpt4o"), "{err}");
+    assert!(!err.contains("model_rpm_limit.a"), "{err}");
+    assert!(
+        err.contains("policy.keys[1].key_alias: `notebooks` is another key's alias"),
+        "{err}"
+    );
+}
+
 #[test]
 fn a_declared_key_expires_at_a_time_not_after_a_duration() {
     let yaml = |field: &str| {
