@@ -104,6 +104,18 @@ const IGNORED_GENERAL_SETTINGS: &[(&str, &str)] = &[
         "deployments are watched by their circuit breakers",
     ),
     ("ui_access_mode", "Switchyard has no admin UI"),
+    (
+        "spend_report_frequency",
+        "spend reports are not sent: /spend/logs, /spend/keys and /spend/teams hold the figures",
+    ),
+    (
+        "alerting_args",
+        "alerts are throttled by Switchyard's own rules (telemetry.alerts)",
+    ),
+    (
+        "alert_to_webhook_url",
+        "every alert goes to the one webhook of telemetry.alerts",
+    ),
 ];
 
 const IGNORED_ROUTER_SETTINGS: &[(&str, &str)] = &[

@@ -378,7 +378,18 @@ async fn list_keys(State(state): State<SharedState>, Query(q): Query<HashMap<Str
     let total = keys.len();
     // Without `size`, one page holds them all.
     let size = size.unwrap_or(total.max(1));
-    let full = q.get("return_full_object").is_some_and(|v| v == "true");
+    let full = match q.get("return_full_object").map(|v| v.to_ascii_lowercase()) {
+        None => false,
+        Some(v) if matches!(v.as_str(), "true" | "1" | "yes" | "on") => true,
+        Some(v) if matches!(v.as_str(), "false" | "0" | "no" | "off") => false,
+        Some(_) => {
+            return ApiError::InvalidField {
+                param: Some("return_full_object".into()),
+                message: "'return_full_object' must be true or false.".into(),
+            }
+            .into_response();
+        }
+    };
     let items: Vec<Value> = keys
         .iter()
         .skip(page.saturating_sub(1).saturating_mul(size))

@@ -293,6 +293,11 @@ fn slack_and_webhook_alerting_come_over() {
             "alerting": ["slack", "email"],
             "alert_types": ["budget_alerts", "llm_too_slow", "cooldown_deployment", "llm_exceptions", "daily_reports"],
             "alerting_threshold": 120,
+            // LiteLLM's alerting quick start: how often and how loudly, not
+            // what is routed, allowed or charged.
+            "spend_report_frequency": "1d",
+            "alerting_args": {"budget_alert_ttl": 86400},
+            "alert_to_webhook_url": {"llm_exceptions": "https://hooks.example/x"},
         },
     });
     let t = switchyard_gateway::litellm::translate(&doc).unwrap();
@@ -302,7 +307,13 @@ fn slack_and_webhook_alerting_come_over() {
                "events": ["soft_budget_crossed", "budget_exhausted", "slow_request", "deployment_cooldown", "request_failed"]})
     );
     let warned = t.warnings.join("\n");
-    for unused in ["alerting: email", "alert_types: daily_reports"] {
+    for unused in [
+        "alerting: email",
+        "alert_types: daily_reports",
+        "spend_report_frequency",
+        "alerting_args",
+        "alert_to_webhook_url",
+    ] {
         assert!(warned.contains(unused), "{warned}");
     }
     assert!(!warned.contains("alerting_threshold"), "{warned}");

@@ -1529,6 +1529,23 @@ async fn litellm_admin_clients_list_page_and_delete_by_alias() {
     let some_hash = all.body["keys"][0].as_str().unwrap().to_owned();
     let by_hash = admin_get(&gw, &format!("/key/list?key_hash={some_hash}")).await;
     assert_eq!(by_hash.body["keys"], json!([some_hash]), "{}", by_hash.body);
+    // `return_full_object` is read as LiteLLM reads a flag; a value that
+    // is none is refused rather than ignored.
+    for flag in ["true", "True", "1"] {
+        let full = admin_get(
+            &gw,
+            &format!("/key/list?key_hash={some_hash}&return_full_object={flag}"),
+        )
+        .await;
+        assert_eq!(full.body["keys"][0]["token"], json!(some_hash), "{flag}: {}", full.body);
+    }
+    let hashes = list("?return_full_object=False").await;
+    assert!(hashes.body["keys"][0].is_string(), "{}", hashes.body);
+    let odd = list("?return_full_object=maybe").await;
+    assert_eq!(
+        (odd.status, odd.body["error"]["param"].as_str()),
+        (400, Some("return_full_object"))
+    );
 
     let deleted = admin(&gw, "/key/delete", json!({"keys": null, "key_aliases": ["second"]})).await;
     assert_eq!(deleted.status, 200, "{}", deleted.body);
