@@ -120,14 +120,36 @@ const MEMORY_LOG_LIMIT: usize = 10_000;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum KeyOp {
-    PutKey { record: KeyRecord },
-    DeleteKey { token: String },
-    PutTeam { record: TeamRecord },
-    DeleteTeam { team_id: String },
-    PutEndUser { record: EndUserRecord },
-    DeleteEndUser { user_id: String },
-    PutUser { record: UserRecord },
-    DeleteUser { user_id: String },
+    PutKey {
+        record: KeyRecord,
+    },
+    DeleteKey {
+        token: String,
+    },
+    /// A key given a new value (regenerated): one line, so that a crash or
+    /// a failed write leaves the old key or the new, never both.
+    RenameKey {
+        old: String,
+        record: KeyRecord,
+    },
+    PutTeam {
+        record: TeamRecord,
+    },
+    DeleteTeam {
+        team_id: String,
+    },
+    PutEndUser {
+        record: EndUserRecord,
+    },
+    DeleteEndUser {
+        user_id: String,
+    },
+    PutUser {
+        record: UserRecord,
+    },
+    DeleteUser {
+        user_id: String,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -254,6 +276,10 @@ impl LocalStore {
             match serde_json::from_str::<KeyOp>(line) {
                 Ok(KeyOp::PutKey { record }) => drop(state.keys.insert(record.token.clone(), record)),
                 Ok(KeyOp::DeleteKey { token }) => drop(state.keys.remove(&token)),
+                Ok(KeyOp::RenameKey { old, record }) => {
+                    state.keys.remove(&old);
+                    state.keys.insert(record.token.clone(), record);
+                }
                 Ok(KeyOp::PutTeam { record }) => drop(state.teams.insert(record.team_id.clone(), record)),
                 Ok(KeyOp::DeleteTeam { team_id }) => drop(state.teams.remove(&team_id)),
                 Ok(KeyOp::PutEndUser { record }) => drop(state.end_users.insert(record.user_id.clone(), record)),
@@ -400,11 +426,9 @@ impl LocalStore {
     }
 
     /// Moves the key stored under `old`, if still at revision `read`, to
-    /// `record` (a new token), in one step among key writes. The new value
-    /// is journalled before the old is removed, so a crash between the two
-    /// leaves both working rather than neither. When the old one's removal
-    /// cannot be journalled, the new one is taken back (the rename fails
-    /// whole): a rotation that reports failure leaves one key, the old.
+    /// `record` (a new token), in one step among key writes, journalled as
+    /// one line: a crash or a failed write leaves the old key alone, never
+    /// two keys with one id.
     pub fn rename_key(&self, old: &str, read: u64, record: KeyRecord) -> Result<KeyWrite, PolicyError> {
         let _writing = self.key_writes.lock();
         {
@@ -420,19 +444,13 @@ impl LocalStore {
                 return Ok(KeyWrite::Taken);
             }
         }
-        let token = record.token.clone();
-        self.log_key_op(&KeyOp::PutKey { record: record.clone() })?;
-        self.state.lock().keys.insert(token.clone(), record);
-        if let Err(e) = self.log_key_op(&KeyOp::DeleteKey { token: old.to_owned() }) {
-            self.state.lock().keys.remove(&token);
-            // Best effort: were this lost too, the journal keeps a key
-            // whose value was never given to anyone.
-            if let Err(again) = self.log_key_op(&KeyOp::DeleteKey { token }) {
-                tracing::warn!(error = %again, "a regenerated key that was taken back could not be journalled as deleted");
-            }
-            return Err(e);
-        }
-        self.state.lock().keys.remove(old);
+        self.log_key_op(&KeyOp::RenameKey {
+            old: old.to_owned(),
+            record: record.clone(),
+        })?;
+        let mut state = self.state.lock();
+        state.keys.remove(old);
+        state.keys.insert(record.token.clone(), record);
         Ok(KeyWrite::Done)
     }
 
@@ -1151,6 +1169,45 @@ mod tests {
         assert_eq!(store.put_team(changed, true).unwrap(), KeyWrite::Changed);
         assert!(store.delete_team("t1").unwrap());
         assert!(store.team("t1").is_none());
+    }
+
+    /// A regenerated key is one line of the journal: read again, the store
+    /// holds the new value alone under the key's id, and a rename cut off
+    /// in its write leaves the old key as it was.
+    #[test]
+    fn a_regenerated_key_is_written_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = KeyRecord::new("sk-local-store-rename-0001", 0, false);
+        let new = KeyRecord {
+            token: KeyRecord::new("sk-local-store-rename-0002", 0, false).token,
+            ..record.clone()
+        };
+        let journal = dir.path().join("keys.jsonl");
+        let written = {
+            let store = LocalStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+            assert!(store.insert_key(record.clone()).unwrap());
+            let before = std::fs::read_to_string(&journal).unwrap();
+            assert_eq!(store.rename_key(&record.token, 0, new.clone()).unwrap(), KeyWrite::Done);
+            let after = std::fs::read_to_string(&journal).unwrap();
+            assert_eq!(
+                after.lines().count(),
+                before.lines().count() + 1,
+                "a rename is one line"
+            );
+            (before, after)
+        };
+        let store = LocalStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        let ids: Vec<String> = store.keys().into_iter().map(|k| k.token).collect();
+        assert_eq!(ids, std::slice::from_ref(&new.token));
+        drop(store);
+
+        // The rename's line cut short (a crash mid-write): the old key stays.
+        let (before, after) = written;
+        let rename = &after[before.len()..];
+        std::fs::write(&journal, format!("{before}{}", &rename[..rename.len() / 2])).unwrap();
+        let store = LocalStore::open(dir.path(), FsyncPolicy::Always).unwrap();
+        let ids: Vec<String> = store.keys().into_iter().map(|k| k.token).collect();
+        assert_eq!(ids, [record.token]);
     }
 
     /// A request refused by its end user's limit takes nothing from its
