@@ -156,6 +156,42 @@ def test_a_master_key_on_several_pods_needs_redis() -> None:
     assert out.returncode != 0 and "needs Redis" in out.stderr, out.stderr
 
 
+def render_notes(tmp_path: Path, *args: str) -> str:
+    """The chart's NOTES.txt as ``helm install`` prints it: ``helm template``
+    leaves NOTES out, so a copy of the chart renders it through ``tpl``."""
+    chart = tmp_path / "chart"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-source.txt")
+    (chart / "templates" / "notes-rendered.yaml").write_text(
+        'notes: {{ tpl (.Files.Get "notes-source.txt") . | toJson }}\n', encoding="utf-8"
+    )
+    out = subprocess.run(
+        [helm(), "template", "gw", str(chart), "--show-only", "templates/notes-rendered.yaml", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    notes = yaml.safe_load(out.stdout)["notes"]
+    assert "Switchyard" in notes, notes
+    return str(notes)
+
+
+def test_the_notes_warn_of_a_missing_master_key_only_when_none_is_set(tmp_path: Path) -> None:
+    bearer = "authorization: Bearer"
+    open_notes = render_notes(tmp_path / "open")
+    assert "WARNING: no master key is set" in open_notes
+    assert bearer not in open_notes
+    for name, args in [
+        ("chart", ("--set", "masterKey.value=sk-chart-test", "--set", "replicaCount=1")),
+        ("config", ("--set", "config.policy.master_key=os.environ/KEY", "--set", "replicaCount=1")),
+    ]:
+        notes = render_notes(tmp_path / name, *args)
+        assert "no master key" not in notes, (name, notes)
+        assert bearer in notes, (name, notes)
+
+
 def test_values_are_checked_against_the_schema() -> None:
     out = subprocess.run(
         [helm(), "template", "gw", str(CHART), "--set", "replicaCount=many"],

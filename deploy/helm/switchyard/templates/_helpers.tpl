@@ -101,6 +101,18 @@ true
 {{- end }}
 
 {{/*
+Whether any master key is set: through `masterKey`, or in the gateway's own
+configuration (`config.policy.master_key`, or a ConfigMap of the user's,
+which may hold one).
+*/}}
+{{- define "switchyard.anyMasterKey" -}}
+{{- $configMaster := dig "policy" "master_key" "" (default (dict) .Values.config) }}
+{{- if or (include "switchyard.hasMasterKey" .) $configMaster .Values.existingConfigMap -}}
+true
+{{- end }}
+{{- end }}
+
+{{/*
 Whether Redis holds the policy state: through `redis` or `config.policy.redis`.
 */}}
 {{- define "switchyard.sharedPolicy" -}}
