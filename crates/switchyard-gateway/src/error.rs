@@ -224,7 +224,9 @@ impl ApiError {
     /// The client-facing message. Upstream 4xx keep the upstream's own words,
     /// except a rejection of the gateway's own credentials (401, 403): that
     /// is the gateway's configuration, not the client's request, and the
-    /// upstream's text may name the account or part of the key.
+    /// upstream's text may name the account or part of the key; and a 429,
+    /// the gateway's account's limit, whose text names the organisation and
+    /// its limits (the gateway's log keeps it).
     pub fn message(&self) -> String {
         if let ApiError::Upstream { source, deployment } = self {
             match source.as_ref() {
@@ -233,6 +235,24 @@ impl ApiError {
                         "The upstream of deployment {deployment} rejected the gateway's credentials (HTTP {status}); \
                          the gateway's operator must fix its configuration."
                     );
+                }
+                ProviderError::Status {
+                    status: 429,
+                    code,
+                    retry_after,
+                    ..
+                } => {
+                    let after = retry_after.map_or_else(String::new, |after| {
+                        format!(" Try again in {}s.", after.as_secs_f64().ceil().max(1.0))
+                    });
+                    return if code.as_deref() == Some("insufficient_quota") {
+                        format!(
+                            "The upstream of deployment {deployment} has no quota left on the gateway's account \
+                             (HTTP 429); the gateway's operator must see to its billing."
+                        )
+                    } else {
+                        format!("The upstream of deployment {deployment} is over its rate limit (HTTP 429).{after}")
+                    };
                 }
                 // The gateway's own account, not the client's request.
                 ProviderError::Status { status: 402, .. } => {

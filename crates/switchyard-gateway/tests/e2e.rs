@@ -424,7 +424,10 @@ async fn upstream_faults_become_typed_errors() {
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers()["retry-after"], "7");
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["error"]["message"], "mock upstream error 429");
+    assert_eq!(
+        body["error"]["message"],
+        "The upstream of deployment limited/0 is over its rate limit (HTTP 429). Try again in 7s."
+    );
     assert_eq!(body["error"]["type"], "rate_limit_error");
 
     let response = s.post("/v1/chat/completions", &chat("bad-request", true)).await;

@@ -203,6 +203,14 @@ async fn retry_after_is_honoured_and_a_long_one_is_returned() {
     assert_eq!(a.header("retry-after"), "120");
     assert_eq!(a.header("x-switchyard-attempts"), "1");
     assert_eq!(a.json()["error"]["type"], "rate_limit_error");
+    // The upstream's words name the gateway's organisation and its limits:
+    // the client reads the gateway's.
+    let message = a.json()["error"]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(!message.contains("org-mock"), "{message}");
+    assert_eq!(
+        message,
+        "The upstream of deployment very-limited/0 is over its rate limit (HTTP 429). Try again in 120s."
+    );
 
     // A long Retry-After rules out only its own deployment: the retry goes
     // to the other one, tried before but without asking for a pause.

@@ -107,6 +107,11 @@ pub(crate) fn injected_error(code: u16, retry_after: Option<u64>) -> Response {
     // A 403 as OpenAI words one for a model the project may not use.
     let message = if code == 403 {
         "Project `proj_mock` does not have access to this model.".to_owned()
+    } else if code == 429 {
+        // OpenAI's words, which name the organisation and its limits.
+        "Rate limit reached for gpt-4o in organization org-mock on tokens per min (TPM): \
+         Limit 30000, Used 29500, Requested 1200. Please try again in 1.4s."
+            .to_owned()
     } else {
         format!("mock upstream error {code}")
     };

@@ -272,7 +272,8 @@ async fn injected_status_with_retry_after() {
     assert_eq!(
         body,
         json!({"error": {
-            "message": "mock upstream error 429",
+            "message": "Rate limit reached for gpt-4o in organization org-mock on tokens per min (TPM): \
+                        Limit 30000, Used 29500, Requested 1200. Please try again in 1.4s.",
             "type": "rate_limit_error",
             "param": null,
             "code": null,
