@@ -85,6 +85,38 @@ def test_streaming_include_usage(client: openai.OpenAI) -> None:
     assert stream_text(chunks) == EXPECTED_REPLY
 
 
+@pytest.mark.parametrize("base", ["endpoint", "v1"])
+def test_azure_clients_name_the_group_as_their_deployment(gateway: Gateway, base: str) -> None:
+    """``AzureOpenAI`` calls ``/openai/deployments/{name}/...`` (``base_url``
+    ``.../v1``: ``/v1/deployments/{name}/...``) with ``api-version`` and an
+    ``api-key`` header; the deployment in the path is the model group."""
+    where: dict[str, Any] = (
+        {"azure_endpoint": gateway.url} if base == "endpoint" else {"base_url": f"{gateway.url}/v1"}
+    )
+    azure = openai.AzureOpenAI(
+        api_key="test-key",
+        api_version="2024-10-21",
+        max_retries=0,
+        timeout=30.0,
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+        **where,
+    )
+    try:
+        resp = azure.chat.completions.create(model="gpt-test", messages=HELLO)
+        assert resp.choices[0].message.content == EXPECTED_REPLY
+        chunks = list(azure.chat.completions.create(model="gpt-test", messages=HELLO, stream=True))
+        assert stream_text(chunks) == EXPECTED_REPLY
+        vectors = azure.embeddings.create(model="gpt-test", input=["a", "b"], encoding_format="float")
+        assert len(vectors.data) == 2
+        text = azure.completions.create(model="gpt-test", prompt="hello there", max_tokens=5)
+        assert text.choices
+        with pytest.raises(openai.NotFoundError) as missing:
+            azure.chat.completions.create(model="no-such-group", messages=HELLO)
+        assert missing.value.code == "model_not_found"
+    finally:
+        azure.close()
+
+
 def test_embeddings_base64_default_matches_float(client: openai.OpenAI) -> None:
     inputs = ["first input", "second input", "third input"]
     # Without encoding_format the SDK asks for base64 and decodes it itself.

@@ -30,6 +30,12 @@ pub struct CachedAnswer {
     /// Of its prompt tokens, those written to the upstream's prompt cache.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cache_write_tokens: u64,
+    /// Of those writes, the ones kept for an hour (Claude's `ttl: 1h`).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cache_write_1h_tokens: u64,
+    /// Web searches it ran.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub web_searches: u64,
     /// What it cost when it was produced, nano-dollars.
     #[serde(default)]
     pub cost_nanos: i64,
@@ -444,6 +450,8 @@ mod tests {
             completion_tokens: 2,
             cache_read_tokens: 0,
             cache_write_tokens: 0,
+            cache_write_1h_tokens: 0,
+            web_searches: 0,
             cost_nanos: 3,
             created_ms: 0,
             ttl_secs,
@@ -503,6 +511,9 @@ mod tests {
         let a = CachedAnswer {
             body: CachedBody::Chunks(vec!["{\"a\":1}".into(), "{\"b\":2}".into()]),
             cache_read_tokens: 7,
+            cache_write_tokens: 9,
+            cache_write_1h_tokens: 4,
+            web_searches: 1,
             ..answer("", 5)
         };
         let text = serde_json::to_string(&a).unwrap();

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod cache;
 pub mod cache_config;
 pub mod config;
+mod deployment_paths;
 mod dispatch;
 mod end_users;
 pub mod error;

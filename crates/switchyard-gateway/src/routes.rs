@@ -67,7 +67,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/messages", post(crate::messages::messages))
         .route("/messages/count_tokens", post(crate::messages::count_tokens))
         .route("/responses", post(crate::responses::create))
-        .route("/feedback", post(feedback));
+        .route("/feedback", post(feedback))
+        .merge(crate::deployment_paths::routes());
     // Stored responses are read, cancelled and deleted outside the
     // concurrency limit: background responses hold its slots while they
     // run, and a cancel must reach them when they are what fills it.
@@ -616,6 +617,12 @@ async fn openai_inner(
                     cache_write_tokens: record
                         .as_ref()
                         .map_or_else(|| usage.map_or(0, |u| u.cache_write), |r| r.usage.cache_write),
+                    cache_write_1h_tokens: record
+                        .as_ref()
+                        .map_or_else(|| usage.map_or(0, |u| u.cache_write_1h), |r| r.usage.cache_write_1h),
+                    web_searches: record
+                        .as_ref()
+                        .map_or_else(|| usage.map_or(0, |u| u.web_searches), |r| r.usage.web_searches),
                     // The answer's price even when its charge could not be
                     // recorded, so later hits are not free.
                     cost_nanos: record.as_ref().map_or_else(
@@ -692,6 +699,8 @@ async fn openai_inner(
                                 completion_tokens: usage.map_or(0, |u| u.completion),
                                 cache_read_tokens: usage.map_or(0, |u| u.cache_read),
                                 cache_write_tokens: usage.map_or(0, |u| u.cache_write),
+                                cache_write_1h_tokens: usage.map_or(0, |u| u.cache_write_1h),
+                                web_searches: usage.map_or(0, |u| u.web_searches),
                                 cost_nanos: cost,
                                 created_ms: 0,
                                 ttl_secs: 0,
@@ -800,7 +809,8 @@ async fn serve_hit(
         completion: answer.completion_tokens,
         cache_read: answer.cache_read_tokens,
         cache_write: answer.cache_write_tokens,
-        ..Default::default()
+        cache_write_1h: answer.cache_write_1h_tokens,
+        web_searches: answer.web_searches,
     };
     let record = meter.settle_cached(state, &answer.deployment, usage, cost).await;
     let mut response = cache::replay(answer, strip_usage);
@@ -832,7 +842,8 @@ pub(crate) fn gateway_fields(
     Ok((options, controls))
 }
 
-async fn chat_completions(
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     Extension(ctx): Extension<RequestContext>,
@@ -1010,7 +1021,8 @@ where
     }
 }
 
-async fn completions(
+/// `POST /v1/completions`.
+pub(crate) async fn completions(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     Extension(ctx): Extension<RequestContext>,
@@ -1046,7 +1058,8 @@ async fn completions(
     .await
 }
 
-async fn embeddings(
+/// `POST /v1/embeddings`.
+pub(crate) async fn embeddings(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
     Extension(ctx): Extension<RequestContext>,

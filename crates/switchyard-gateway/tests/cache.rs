@@ -56,8 +56,15 @@ model_list:
         model: gpt-upstream
         input_cost_per_token: 0.000001
         output_cost_per_token: 0.000002
+  - model_name: claude
+    deployments:
+      - provider: anthropic
+        api_base: "{root}"
+        api_key: sk-upstream
+        model: claude-sonnet-4-5
 "#,
-        base = mock.base_url()
+        base = mock.base_url(),
+        root = mock.root_url()
     );
     GatewayProcess::start(BIN.as_ref(), &yaml)
 }
@@ -309,6 +316,28 @@ async fn identical_requests_are_answered_once_and_controls_are_obeyed() {
     };
     assert!(read(false) > 0, "{logs}");
     assert_eq!(read(true), read(false), "{logs}");
+
+    // Claude's hour-long cache writes keep their share on a hit.
+    let hour = json!({"model": "claude", "max_tokens": 20, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "a prefix kept an hour",
+            "cache_control": {"type": "ephemeral", "ttl": "1h"}}]}
+    ]});
+    assert_eq!(
+        post(&gw, MASTER, hour.clone(), &[]).await.header("x-switchyard-cache"),
+        "miss"
+    );
+    assert_eq!(post(&gw, MASTER, hour, &[]).await.header("x-switchyard-cache"), "hit");
+    let logs = spend_logs(&gw, "").await;
+    let usage = |hit: bool| {
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["cache_hit"] == hit && r["model"] == "claude")
+            .map(|r| r["usage"].clone())
+            .unwrap_or_default()
+    };
+    assert!(usage(false)["cache_write_1h"].as_u64().unwrap_or(0) > 0, "{logs}");
+    assert_eq!(usage(true), usage(false), "{logs}");
 }
 
 /// Answers over `cache.max_entry_bytes` are served but not kept; a long
