@@ -319,7 +319,7 @@ pub struct ServerConfig {
     /// milliseconds, once the connection's buffers are full: a client that
     /// stopped reading (a stuck consumer) is then taken as gone, the
     /// upstream stream closed and what it used charged, as for a client
-    /// that disconnects.
+    /// that disconnects. Streamed speech audio is held to it too.
     pub stream_write_timeout_ms: u64,
     /// Client connections served at once; beyond it, new ones wait in the
     /// listen backlog until one closes.

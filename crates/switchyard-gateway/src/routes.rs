@@ -761,14 +761,16 @@ async fn openai_inner(
                 t.charged(usage, record.as_ref());
                 t.finish(200, None);
             }
-            let deployment = decision.deployment.name.clone();
-            let body = futures_util::TryStreamExt::map_err(audio.body, move |e| {
-                // Held until the audio has all gone (or the client left).
-                let _busy = &in_flight;
-                tracing::warn!(deployment = %deployment, error = %e, "speech broke off while it was passed on");
-                std::io::Error::other(e.to_string())
-            });
-            let mut response = axum::body::Body::from_stream(body).into_response();
+            // The client's pace, bounded by `server.stream_write_timeout_ms`
+            // and the shutdown's cut, as a stream's.
+            let body = crate::stream::paced_bytes(
+                audio.body,
+                in_flight,
+                std::time::Duration::from_millis(state.server.stream_write_timeout_ms),
+                state.cut.subscribe(),
+                decision.deployment.name.clone(),
+            );
+            let mut response = body.into_response();
             if let Ok(kind) = HeaderValue::from_str(&audio.content_type) {
                 response.headers_mut().insert(header::CONTENT_TYPE, kind);
             }

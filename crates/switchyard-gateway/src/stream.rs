@@ -26,6 +26,81 @@ use switchyard_policy::TokenUsage;
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// Chunks of audio queued for a client that has not taken them yet.
+const PACED_QUEUE: usize = 4;
+
+/// Passes a byte stream (speech audio) on to its client through a short
+/// queue, as a stream's events are: a client that takes nothing for `stall`
+/// once its connection's buffers are full (a stuck player), or the
+/// shutdown's cut, ends it, letting go of the upstream and of what `held`
+/// keeps (the deployment counted busy); the client's body then ends broken,
+/// never as if the audio were whole.
+pub(crate) fn paced_bytes<H: Send + 'static>(
+    mut body: Pin<Box<dyn Stream<Item = Result<Bytes, ProviderError>> + Send>>,
+    held: H,
+    stall: Duration,
+    mut cut: tokio::sync::watch::Receiver<bool>,
+    deployment: String,
+) -> Body {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::sync::mpsc::error::SendTimeoutError;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(PACED_QUEUE);
+    let broken = Arc::new(AtomicBool::new(false));
+    let flag = broken.clone();
+    tokio::spawn(async move {
+        let _held = held;
+        let cut_off = loop {
+            let next = tokio::select! {
+                biased;
+                _ = cut.wait_for(|cut| *cut) => break true,
+                () = tx.closed() => break false,
+                next = body.next() => next,
+            };
+            let Some(item) = next else { break false };
+            let item = item.map_err(|e| {
+                tracing::warn!(%deployment, error = %e, "speech broke off while it was passed on");
+                std::io::Error::other(e.to_string())
+            });
+            let failed = item.is_err();
+            let sent = tokio::select! {
+                biased;
+                _ = cut.wait_for(|cut| *cut) => break true,
+                sent = tx.send_timeout(item, stall) => sent,
+            };
+            match sent {
+                // The error went to the client as its body's end.
+                Ok(()) if failed => break false,
+                Ok(()) => {}
+                Err(SendTimeoutError::Timeout(_)) => {
+                    tracing::warn!(
+                        %deployment,
+                        stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
+                        "the client stopped reading its audio; ended as the client's leaving"
+                    );
+                    break true;
+                }
+                Err(SendTimeoutError::Closed(_)) => break false,
+            }
+        };
+        // Before the sender goes: the client's side reads the flag once
+        // the queue has ended.
+        if cut_off {
+            flag.store(true, Ordering::Release);
+        }
+        drop(tx);
+    });
+    let chunks = stream::unfold((rx, broken), |(mut rx, broken)| async move {
+        match rx.recv().await {
+            Some(item) => Some((item, (rx, broken))),
+            None if broken.swap(false, Ordering::AcqRel) => {
+                Some((Err(std::io::Error::other("the audio was cut off")), (rx, broken)))
+            }
+            None => None,
+        }
+    });
+    Body::from_stream(chunks)
+}
+
 /// Frames one JSON payload as an SSE `data:` event.
 fn frame(data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + 8);

@@ -702,6 +702,54 @@ async fn a_client_that_stops_reading_its_stream_is_let_go() {
     drop(stream);
 }
 
+/// Speech audio goes at its client's pace as a stream's events do: a client
+/// that stops reading is let go after `stream_write_timeout_ms`, the
+/// upstream's audio closed and the deployment no longer counted busy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_its_audio_is_let_go() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    // A long recording: 4,096 characters' audio (128 KiB) 400 times.
+    let speech = format!(
+        "  - model_name: voice\n    deployments:\n      - {{provider: openai, api_base: \"{}\", api_key: k, model: \"tts-1::chunks=400\"}}\n",
+        mock.base_url()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &config("hi", &speech, "  stream_write_timeout_ms: 500"));
+    let base = gw.base_url();
+    let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.connect(&address.into()).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let mut stream = tokio::net::TcpStream::from_std(socket.into()).unwrap();
+    let body = json!({"model": "voice", "voice": "alloy", "input": "a".repeat(4096)}).to_string();
+    let request = format!(
+        "POST /v1/audio/speech HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {MASTER}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut head = [0u8; 16];
+    stream.read_exact(&mut head).await.unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    // Nothing more is read; the connection stays open.
+    wait_until("the stalled audio to be let go", async || {
+        !gw.any_in_flight(Some(MASTER)).await
+    })
+    .await;
+    assert!(
+        gw.logs().iter().any(|l| l.contains("stopped reading its audio")),
+        "{:?}",
+        gw.logs()
+    );
+    wait_until("the upstream's audio to be closed", async || {
+        let stats = mock.stream_stats();
+        stats.started == 1 && stats.completed == 0 && stats.cancelled == 1
+    })
+    .await;
+    drop(stream);
+}
+
 /// With `max_connections` open, a new connection waits until one closes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_for_a_free_slot() {

@@ -50,7 +50,10 @@ pub(crate) async fn form_as_json(parts: &axum::http::request::Parts, body: Bytes
 
 /// `POST /v1/audio/speech`: 32 bytes per input character after the
 /// format's magic bytes, with the format's media type; with
-/// `chunk_delay_ms`, the magic bytes first and the rest after that pause.
+/// `chunk_delay_ms`, the magic bytes first and the rest after that pause;
+/// with `chunks=N`, the magic bytes and then those 32 bytes per character N
+/// times, as N chunks (a long recording), `chunk_delay_ms` (or nothing)
+/// apart.
 pub(crate) fn speech(ctx: &RequestCtx<'_>) -> Response {
     let Some(input) = ctx.body.get("input").and_then(Value::as_str).filter(|i| !i.is_empty()) else {
         return invalid_request("Missing required parameter: 'input'.", Some("input"));
@@ -72,6 +75,17 @@ pub(crate) fn speech(ctx: &RequestCtx<'_>) -> Response {
     }
     let mut audio = magic.to_vec();
     audio.resize(magic.len() + 32 * input.chars().count(), 0x55);
+    if let Some(chunks) = ctx.scenario.chunks {
+        let rest = Bytes::from(audio.split_off(magic.len()));
+        let mut items = vec![crate::sse::SseItem::Raw(Bytes::from(audio))];
+        items.extend((0..chunks).map(|_| crate::sse::SseItem::Raw(rest.clone())));
+        return crate::sse::stream_response(
+            &ctx.state.streams,
+            items,
+            std::time::Duration::from_millis(ctx.scenario.chunk_delay_ms.unwrap_or(0)),
+            media_type,
+        );
+    }
     if let Some(pause) = ctx.scenario.chunk_delay_ms
         && !magic.is_empty()
     {
