@@ -183,13 +183,20 @@ def test_the_notes_warn_of_a_missing_master_key_only_when_none_is_set(tmp_path: 
     open_notes = render_notes(tmp_path / "open")
     assert "WARNING: no master key is set" in open_notes
     assert bearer not in open_notes
-    for name, args in [
-        ("chart", ("--set", "masterKey.value=sk-chart-test", "--set", "replicaCount=1")),
-        ("config", ("--set", "config.policy.master_key=os.environ/KEY", "--set", "replicaCount=1")),
+    for name, args, shown in [
+        ("chart", ("--set", "masterKey.value=sk-chart-test", "--set", "replicaCount=1"), "$SWITCHYARD_MASTER_KEY"),
+        (
+            "config",
+            ("--set", "config.policy.master_key=os.environ/KEY", "--set", "replicaCount=1"),
+            "<your master key>",
+        ),
     ]:
         notes = render_notes(tmp_path / name, *args)
         assert "no master key" not in notes, (name, notes)
-        assert bearer in notes, (name, notes)
+        assert f"{bearer} {shown}" in notes, (name, notes)
+    # The chart cannot see into a ConfigMap of the user's: it says so.
+    theirs = render_notes(tmp_path / "theirs", "--set", "existingConfigMap=my-config")
+    assert "unless the ConfigMap my-config sets policy.master_key" in theirs, theirs
 
 
 def test_values_are_checked_against_the_schema() -> None:

@@ -18,10 +18,23 @@ use crate::extract::{JsonBody, parse, read_body};
 use crate::observe::RequestContext;
 use crate::routes::SharedState;
 
-/// The routes, for every prefix an Azure client uses.
-pub(crate) fn routes() -> Router<SharedState> {
+/// The routes, for every prefix an Azure client uses that no pass-through
+/// route claims: a pass-through at `/openai` (LiteLLM's route to OpenAI's
+/// own API) keeps forwarding what is under it.
+pub(crate) fn routes(pass_through: &[crate::passthrough::PassThrough]) -> Router<SharedState> {
     let mut router = Router::new();
     for prefix in ["/openai/deployments", "/deployments", "/engines"] {
+        let claimed = pass_through.iter().find(|p| {
+            let path = p.path.trim_end_matches('/');
+            path == prefix || prefix.starts_with(&format!("{path}/")) || path.starts_with(&format!("{prefix}/"))
+        });
+        if let Some(claimed) = claimed {
+            tracing::info!(
+                pass_through = %claimed.path,
+                "Azure clients' {prefix}/{{model}}/… paths are the pass-through route's, not routed to model groups"
+            );
+            continue;
+        }
         router = router
             .route(&format!("{prefix}/{{model}}/chat/completions"), post(chat))
             .route(&format!("{prefix}/{{model}}/completions"), post(completions))

@@ -236,6 +236,16 @@ impl ApiError {
                          the gateway's operator must fix its configuration."
                     );
                 }
+                // OpenAI's 429 for a request larger than the account's whole
+                // minute: waiting does not help, making it smaller does.
+                ProviderError::Status {
+                    status: 429, message, ..
+                } if message.contains("Request too large") || message.contains("must be reduced") => {
+                    return format!(
+                        "The request is larger than the per-minute token limit of deployment {deployment}'s \
+                         upstream (HTTP 429); its input or output tokens must be reduced."
+                    );
+                }
                 ProviderError::Status {
                     status: 429,
                     code,
@@ -566,6 +576,52 @@ mod retry_after_tests {
             (code, kind),
             (StatusCode::UNPROCESSABLE_ENTITY, "invalid_request_error")
         );
+    }
+
+    /// A 429's words are the gateway's: the upstream's name its
+    /// organisation and limits. One for a request too large for the whole
+    /// minute says to make it smaller, not to wait.
+    #[test]
+    fn an_upstream_429_is_worded_by_the_gateway() {
+        let limited =
+            |message: &str, code: Option<&str>, retry_after: Option<std::time::Duration>| ApiError::Upstream {
+                deployment: "gpt/0".into(),
+                source: Box::new(ProviderError::Status {
+                    status: 429,
+                    message: message.into(),
+                    kind: Some("tokens".into()),
+                    code: code.map(str::to_owned),
+                    param: None,
+                    retry_after,
+                    details: None,
+                }),
+            };
+        let busy = limited(
+            "Rate limit reached for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000.",
+            Some("rate_limit_exceeded"),
+            Some(std::time::Duration::from_millis(1_400)),
+        );
+        assert_eq!(
+            busy.message(),
+            "The upstream of deployment gpt/0 is over its rate limit (HTTP 429). Try again in 2s."
+        );
+        let large = limited(
+            "Request too large for gpt-4o in organization org-abc on tokens per min (TPM): Limit 30000, Requested 45000. \
+             The input or output tokens must be reduced in order to run successfully.",
+            Some("rate_limit_exceeded"),
+            None,
+        );
+        assert!(large.message().contains("must be reduced"), "{}", large.message());
+        assert!(!large.message().contains("org-abc"), "{}", large.message());
+        let quota = limited(
+            "You exceeded your current quota, org-abc.",
+            Some("insufficient_quota"),
+            None,
+        );
+        assert!(quota.message().contains("no quota left"), "{}", quota.message());
+        for e in [busy, large, quota] {
+            assert_eq!(e.parts().0, StatusCode::TOO_MANY_REQUESTS);
+        }
     }
 
     #[test]

@@ -173,6 +173,7 @@ fn route_name(path: &str) -> &'static str {
         "/models" => "models",
         p if p.starts_with("/models/") => "models",
         "/feedback" => "feedback",
+        p if azure_route(p).is_some() => azure_route(p).unwrap_or("other"),
         "/metrics" => "metrics",
         p if under(p, "/health") => "health",
         p if ["/key", "/team", "/spend", "/admin", "/customer", "/end_user", "/user"]
@@ -182,6 +183,20 @@ fn route_name(path: &str) -> &'static str {
             "admin"
         }
         _ => "other",
+    }
+}
+
+/// The route an Azure client's path (`/openai/deployments/{model}/…`,
+/// `/deployments/…`, `/engines/…`) names.
+fn azure_route(path: &str) -> Option<&'static str> {
+    let rest = ["/openai/deployments/", "/deployments/", "/engines/"]
+        .iter()
+        .find_map(|prefix| path.strip_prefix(prefix))?;
+    match rest.split_once('/')?.1 {
+        "chat/completions" => Some("chat"),
+        "completions" => Some("completions"),
+        "embeddings" => Some("embeddings"),
+        _ => None,
     }
 }
 
@@ -200,9 +215,14 @@ fn under(path: &str, prefix: &str) -> bool {
 pub(crate) async fn observe(State(state): State<SharedState>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = state.policy.request_id();
-    let route = match route_name(request.uri().path()) {
-        "other" if state.pass_through.iter().any(|r| r.serves(request.uri().path())) => "pass_through",
-        named => named,
+    let path = request.uri().path();
+    let named = route_name(path);
+    // An Azure client's path a pass-through route claims is the route's.
+    let claimable = named == "other" || azure_route(path).is_some();
+    let route = if claimable && state.pass_through.iter().any(|r| r.serves(path)) {
+        "pass_through"
+    } else {
+        named
     };
     // A method outside HTTP's own set is `_OTHER`, as the semantic
     // conventions say: clients cannot make up span names.
@@ -599,6 +619,20 @@ pub(crate) fn error_class(error: &ApiError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Azure clients' paths are named as the routes they reach.
+    #[test]
+    fn azure_paths_are_named_by_their_route() {
+        for (path, name) in [
+            ("/openai/deployments/gpt-4o/chat/completions", "chat"),
+            ("/v1/deployments/gpt-4o/embeddings", "embeddings"),
+            ("/engines/m/completions", "completions"),
+            ("/openai/deployments/gpt-4o/images/generations", "other"),
+            ("/v1/chat/completions", "chat"),
+        ] {
+            assert_eq!(route_name(path), name, "{path}");
+        }
+    }
 
     #[test]
     fn logged_names_and_prompts_are_bounded_on_character_boundaries() {

@@ -68,7 +68,7 @@ pub fn router(state: SharedState) -> Router {
         .route("/messages/count_tokens", post(crate::messages::count_tokens))
         .route("/responses", post(crate::responses::create))
         .route("/feedback", post(feedback))
-        .merge(crate::deployment_paths::routes());
+        .merge(crate::deployment_paths::routes(&state.pass_through));
     // Stored responses are read, cancelled and deleted outside the
     // concurrency limit: background responses hold its slots while they
     // run, and a cancel must reach them when they are what fills it.

@@ -376,6 +376,51 @@ async fn an_upstream_gateways_own_headers_are_not_passed_on() {
     assert_eq!(answer["choices"][0]["message"]["content"], "mock reply: hi");
 }
 
+/// A pass-through route under a path Azure clients use (LiteLLM's `/openai`
+/// route to OpenAI's own API) keeps it: what is under it is forwarded, not
+/// routed to this gateway's groups, and one that catches every subpath
+/// where the gateway has Azure routes starts as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pass_through_routes_keep_the_paths_azure_clients_use() {
+    let inner = GatewayProcess::start(
+        Path::new(BIN),
+        "model_list:\n  - model_name: inner-model\n    deployments:\n      - {provider: mock, model: m}\n",
+    );
+    let outer = GatewayProcess::start(
+        Path::new(BIN),
+        &format!(
+            "pass_through:\n  - {{path: /openai, target: \"{base}/openai\", include_subpath: true, auth: false}}\n  \
+             - {{path: /engines, target: \"{base}/engines\", include_subpath: true, auth: false}}\n\
+             model_list:\n  - model_name: m\n    deployments:\n      - {{provider: mock, model: m}}\n",
+            base = inner.base_url()
+        ),
+    );
+    let body = json!({"messages": [{"role": "user", "content": "hi"}]});
+    for path in [
+        "/openai/deployments/inner-model/chat/completions",
+        "/engines/inner-model/chat/completions",
+    ] {
+        let through = reqwest::Client::new()
+            .post(format!("{}{path}?api-version=2024-10-21", outer.base_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(through.status(), 200, "{path}");
+        let answer: Value = through.json().await.unwrap();
+        assert_eq!(answer["choices"][0]["message"]["content"], "mock reply: hi", "{path}");
+    }
+    // The Azure paths no pass-through claims are this gateway's own.
+    let routed = reqwest::Client::new()
+        .post(format!("{}/deployments/m/chat/completions", outer.base_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(routed.status(), 200);
+    assert_eq!(routed.headers()["x-switchyard-model"], "m");
+}
+
 /// A pass-through stream still running when the drain runs out of time is
 /// cut (its client sees the body fail) and recorded before the process
 /// exits: the spend log holds it after a restart.

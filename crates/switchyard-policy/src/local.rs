@@ -127,7 +127,10 @@ enum KeyOp {
         token: String,
     },
     /// A key given a new value (regenerated): one line, so that a crash or
-    /// a failed write leaves the old key or the new, never both.
+    /// a failed write leaves the old key or the new, never both. Named as a
+    /// deletion: a line that cannot be read (by a build before this op, or
+    /// damaged) stops the store rather than bringing the old key back.
+    #[serde(rename = "delete_and_put_key")]
     RenameKey {
         old: String,
         record: KeyRecord,
@@ -1207,7 +1210,16 @@ mod tests {
         std::fs::write(&journal, format!("{before}{}", &rename[..rename.len() / 2])).unwrap();
         let store = LocalStore::open(dir.path(), FsyncPolicy::Always).unwrap();
         let ids: Vec<String> = store.keys().into_iter().map(|k| k.token).collect();
-        assert_eq!(ids, [record.token]);
+        assert_eq!(ids, std::slice::from_ref(&record.token));
+        drop(store);
+
+        // Whole but unreadable (damaged, or a build that does not know it):
+        // it deletes a key, so the store does not open without it.
+        assert!(rename.starts_with(r#"{"op":"delete_and_put_key""#), "{rename}");
+        let damaged = rename.replacen(r#""record":{"#, r#""record":{"revision":"x","#, 1);
+        std::fs::write(&journal, format!("{before}{damaged}")).unwrap();
+        let refused = LocalStore::open(dir.path(), FsyncPolicy::Always).err().unwrap();
+        assert!(refused.to_string().contains("may delete or change"), "{refused}");
     }
 
     /// A request refused by its end user's limit takes nothing from its

@@ -101,13 +101,20 @@ true
 {{- end }}
 
 {{/*
-Whether any master key is set: through `masterKey`, or in the gateway's own
-configuration (`config.policy.master_key`, or a ConfigMap of the user's,
-which may hold one).
+Whether the chart's `config` sets a master key (`config.policy.master_key`).
+*/}}
+{{- define "switchyard.configMasterKey" -}}
+{{- if dig "policy" "master_key" "" (default (dict) .Values.config) -}}
+true
+{{- end }}
+{{- end }}
+
+{{/*
+Whether a master key is known to be set: through `masterKey`, or in the
+chart's `config`. (A ConfigMap of the user's may set one the chart cannot see.)
 */}}
 {{- define "switchyard.anyMasterKey" -}}
-{{- $configMaster := dig "policy" "master_key" "" (default (dict) .Values.config) }}
-{{- if or (include "switchyard.hasMasterKey" .) $configMaster .Values.existingConfigMap -}}
+{{- if or (include "switchyard.hasMasterKey" .) (include "switchyard.configMasterKey" .) -}}
 true
 {{- end }}
 {{- end }}
