@@ -482,7 +482,17 @@ fn gateway_form_fields(fields: &mut Vec<(String, String)>) -> switchyard_api::Ex
             _ => match name.strip_prefix("metadata[").and_then(|k| k.strip_suffix(']')) {
                 Some(k) => {
                     if let Some(all) = metadata_of(&mut extra) {
-                        all.insert(k.to_owned(), Value::String(value.clone()));
+                        match k.strip_suffix("][") {
+                            // `metadata[tags][]`, as the SDKs write a list
+                            // in a form: each value one more element.
+                            Some(list) => {
+                                match all.entry(list.to_owned()).or_insert_with(|| Value::Array(Vec::new())) {
+                                    Value::Array(items) => items.push(Value::String(value.clone())),
+                                    other => *other = Value::Array(vec![other.take(), Value::String(value.clone())]),
+                                }
+                            }
+                            None => drop(all.insert(k.to_owned(), Value::String(value.clone()))),
+                        }
                     }
                 }
                 None => return true,
@@ -991,6 +1001,8 @@ mod tests {
             ("fallbacks[]", "b"),
             ("tags", "x, y"),
             ("metadata[trace]", "t-1"),
+            ("metadata[tags][]", "team-a"),
+            ("metadata[tags][]", "x"),
             ("user", "12345"),
             ("num_retries", "2"),
             ("timestamp_granularities[]", "word"),
@@ -1007,9 +1019,13 @@ mod tests {
             ]
         );
         assert_eq!(
-            Value::Object(extra),
-            serde_json::json!({"fallbacks": ["a", "b"], "tags": ["x", "y"], "metadata": {"trace": "t-1"}, "user": "12345", "num_retries": 2})
+            Value::Object(extra.clone()),
+            serde_json::json!({"fallbacks": ["a", "b"], "tags": ["x", "y"], "metadata": {"trace": "t-1", "tags": ["team-a", "x"]}, "user": "12345", "num_retries": 2})
         );
+        // The list reaches the labels as a JSON body's `metadata.tags` does.
+        let mut extra = extra;
+        let labels = crate::labels::take(&mut extra, &axum::http::HeaderMap::new()).unwrap();
+        assert_eq!(labels.tags, ["x", "y", "team-a"]);
         assert_eq!(audio_file_name(Some("audio/mpeg")), "audio.mp3");
         assert_eq!(audio_file_name(None), "audio");
     }
