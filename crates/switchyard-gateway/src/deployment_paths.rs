@@ -57,71 +57,35 @@ async fn with_path_model<T: DeserializeOwned>(
     parse(&bytes)
 }
 
-async fn chat(
-    State(state): State<SharedState>,
-    Path(model): Path<String>,
-    Extension(principal): Extension<Principal>,
-    Extension(ctx): Extension<RequestContext>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    match with_path_model(&state, model, request).await {
-        Ok(req) => {
-            crate::routes::chat_completions(
-                State(state),
-                Extension(principal),
-                Extension(ctx),
-                headers,
-                JsonBody(req),
-            )
-            .await
+/// A handler that puts the path's model in the body and hands the request
+/// to the plain route's handler.
+macro_rules! with_model_from_path {
+    ($name:ident, $route:path) => {
+        async fn $name(
+            State(state): State<SharedState>,
+            Path(model): Path<String>,
+            Extension(principal): Extension<Principal>,
+            Extension(ctx): Extension<RequestContext>,
+            headers: HeaderMap,
+            request: Request,
+        ) -> Response {
+            match with_path_model(&state, model, request).await {
+                Ok(req) => {
+                    $route(
+                        State(state),
+                        Extension(principal),
+                        Extension(ctx),
+                        headers,
+                        JsonBody(req),
+                    )
+                    .await
+                }
+                Err(e) => e.into_response(),
+            }
         }
-        Err(e) => e.into_response(),
-    }
+    };
 }
 
-async fn completions(
-    State(state): State<SharedState>,
-    Path(model): Path<String>,
-    Extension(principal): Extension<Principal>,
-    Extension(ctx): Extension<RequestContext>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    match with_path_model(&state, model, request).await {
-        Ok(req) => {
-            crate::routes::completions(
-                State(state),
-                Extension(principal),
-                Extension(ctx),
-                headers,
-                JsonBody(req),
-            )
-            .await
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn embeddings(
-    State(state): State<SharedState>,
-    Path(model): Path<String>,
-    Extension(principal): Extension<Principal>,
-    Extension(ctx): Extension<RequestContext>,
-    headers: HeaderMap,
-    request: Request,
-) -> Response {
-    match with_path_model(&state, model, request).await {
-        Ok(req) => {
-            crate::routes::embeddings(
-                State(state),
-                Extension(principal),
-                Extension(ctx),
-                headers,
-                JsonBody(req),
-            )
-            .await
-        }
-        Err(e) => e.into_response(),
-    }
-}
+with_model_from_path!(chat, crate::routes::chat_completions);
+with_model_from_path!(completions, crate::routes::completions);
+with_model_from_path!(embeddings, crate::routes::embeddings);

@@ -1708,7 +1708,17 @@ fn lacks_capability(message: &str, call: &Call<'_>) -> bool {
         let text = body.get("messages").map(Value::to_string).unwrap_or_default();
         text.contains("\"image_url\"") || text.contains("\"type\":\"image\"")
     };
-    tools || thinking || images
+    // "This model does not support assistant message prefill" (Claude
+    // from 4.6, behind an OpenAI-compatible server).
+    let prefill = says("assistant message prefill")
+        && body
+            .get("messages")
+            .and_then(Value::as_array)
+            .and_then(|m| m.last())
+            .and_then(|m| m.get("role"))
+            .and_then(Value::as_str)
+            == Some("assistant");
+    tools || thinking || images || prefill
 }
 
 /// Whether an upstream's 404 says the model or deployment it was sent does
@@ -1824,6 +1834,24 @@ mod tests {
             "This model doesn't support tool use in streaming mode.",
             &Call::Chat(&mut req)
         ));
+    }
+
+    /// Claude from 4.6 behind an OpenAI-compatible server refuses to continue
+    /// an assistant message: another deployment may take the request.
+    #[test]
+    fn a_refused_prefill_is_a_capability_the_deployment_lacks() {
+        let message =
+            "This model does not support assistant message prefill. The conversation must end with a user message.";
+        let mut prefill: switchyard_api::ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Sure,"}]
+        }))
+        .unwrap();
+        assert!(lacks_capability(message, &Call::Chat(&mut prefill)));
+        let mut ends_with_user: switchyard_api::ChatCompletionRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "messages": [{"role": "user", "content": "hi"}]
+        }))
+        .unwrap();
+        assert!(!lacks_capability(message, &Call::Chat(&mut ends_with_user)));
     }
 
     #[test]

@@ -33,6 +33,26 @@ pub(crate) fn can_think(model: &str) -> bool {
     !old
 }
 
+/// Whether the conversation ends with an assistant message to continue (a
+/// prefill) that carries no thinking of Claude's: with thinking on, Claude
+/// refuses a final assistant message that does not open with its blocks.
+fn prefill_without_thinking(req: &ChatCompletionRequest) -> bool {
+    req.messages
+        .last()
+        .is_some_and(|m| m.role == Role::Assistant && !m.content_text().trim().is_empty() && blocks_of(m).is_empty())
+}
+
+/// Whether a Claude model takes a final assistant message to continue (a
+/// prefill): Opus and Sonnet 4.6 and later models refuse one ("the
+/// conversation must end with a user message").
+pub(crate) fn takes_prefill(model: &str) -> bool {
+    match claude_name(model) {
+        Some(ClaudeName { version: Some(v), .. }) => v < (4, 6),
+        Some(ClaudeName { family, version: None }) => !later_family(&family),
+        None => true,
+    }
+}
+
 /// Whether the conversation ends with tool results whose assistant turn
 /// carries no thinking of Claude's to give back: Claude refuses to think
 /// on such a turn (the turn was made without thinking, or by another model,
@@ -56,18 +76,28 @@ fn tool_turn_without_thinking(req: &ChatCompletionRequest) -> bool {
     if k == 0 || seen[k - 1].role != Role::Tool {
         return false;
     }
-    let mut first = None;
+    // Whether the turn's first assistant message carries blocks: assistant
+    // messages in a row are one message as Claude sees it.
+    let mut first: Option<bool> = None;
+    let mut after_assistant = false;
     while k > 0 {
         let m = seen[k - 1];
         match m.role {
-            Role::Assistant => first = Some(m),
+            Role::Assistant => {
+                let carries = !blocks_of(m).is_empty();
+                first = Some(carries || (after_assistant && first == Some(true)));
+                after_assistant = true;
+                k -= 1;
+                continue;
+            }
             Role::Tool => {}
             Role::User if k >= 2 && matches!(seen[k - 2].role, Role::Tool | Role::User) => {}
             _ => break,
         }
+        after_assistant = false;
         k -= 1;
     }
-    first.is_some_and(|m| blocks_of(m).is_empty())
+    first == Some(false)
 }
 
 /// The thinking a chat request asks of Claude.
@@ -341,7 +371,9 @@ fn invalid(message: impl Into<String>, param: &str) -> ProviderError {
 fn possible(req: &ChatCompletionRequest) -> bool {
     // A model that thinks by default takes a turn without blocks (it thinks
     // then anyway).
-    if can_think(&req.model) && (thinks_by_default(&req.model) || !tool_turn_without_thinking(req)) {
+    if can_think(&req.model)
+        && (thinks_by_default(&req.model) || !(tool_turn_without_thinking(req) || prefill_without_thinking(req)))
+    {
         return true;
     }
     tracing::debug!(model = %req.model, "thinking asked where Claude would refuse it: the request goes without");
@@ -350,8 +382,9 @@ fn possible(req: &ChatCompletionRequest) -> bool {
 
 /// The thinking `req` asks for: its `thinking` object, or a budget for its
 /// `reasoning_effort` (`none`: no thinking). Either is ignored for a model
-/// that cannot think, and on a turn that answers tool calls made without
-/// thinking (Claude would refuse it).
+/// that cannot think, on a turn that answers tool calls made without
+/// thinking, and on an assistant message to continue that carries none
+/// (Claude would refuse it).
 pub(crate) fn requested(req: &ChatCompletionRequest) -> Result<Option<Thinking>> {
     match req.extra.get("thinking") {
         None | Some(Value::Null) => {}

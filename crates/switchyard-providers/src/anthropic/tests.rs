@@ -1174,3 +1174,136 @@ fn cache_marks_on_messages_and_tools_reach_claude() {
     assert!(last[1].get("cache_control").is_none(), "{out}");
     assert_eq!(last[2]["cache_control"], mark, "{out}");
 }
+
+/// Opus and Sonnet 4.6 and later refuse to continue an assistant message:
+/// the request is refused before it is sent, naming `messages` (another
+/// deployment may take it); earlier models still take a prefill.
+#[test]
+fn a_prefill_goes_only_to_claude_models_that_continue_one() {
+    let prefill = |model: &str| {
+        chat(json!({
+            "model": model,
+            "messages": [{"role": "user", "content": "Give JSON"}, {"role": "assistant", "content": "{"}]
+        }))
+    };
+    for model in [
+        "claude-opus-4-6",
+        "claude-sonnet-4-6-20260301",
+        "claude-opus-5",
+        "claude-mythos-preview",
+    ] {
+        match to_messages_request(&prefill(model), 100) {
+            Err(ProviderError::InvalidRequest { param, .. }) => assert_eq!(param.as_deref(), Some("messages")),
+            other => panic!("{model}: {other:?}"),
+        }
+    }
+    for model in ["claude-sonnet-4-5", "claude-3-7-sonnet-latest", "claude-opus-4-1"] {
+        let out = serde_json::to_value(to_messages_request(&prefill(model), 100).unwrap()).unwrap();
+        assert_eq!(out["messages"][1]["content"][0]["text"], "{", "{model}: {out}");
+    }
+    // Ending with a user turn, the newer models take the conversation.
+    let mut answered = prefill("claude-opus-4-6");
+    answered
+        .messages
+        .push(serde_json::from_value(json!({"role": "user", "content": "go on"})).unwrap());
+    assert!(to_messages_request(&answered, 100).is_ok());
+}
+
+/// Claude refuses to think before continuing an assistant message that
+/// does not open with its thinking: the prefill is sent, without thinking.
+#[test]
+fn a_prefill_without_thinking_blocks_goes_without_thinking() {
+    let req = chat(json!({
+        "model": "claude-sonnet-4-5", "reasoning_effort": "low", "temperature": 0.2,
+        "messages": [{"role": "user", "content": "Give JSON"}, {"role": "assistant", "content": "{"}]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 100).unwrap()).unwrap();
+    assert!(out.get("thinking").is_none(), "{out}");
+    assert_eq!(out["temperature"], 0.2, "{out}");
+    assert_eq!(out["messages"][1]["content"][0]["text"], "{", "{out}");
+}
+
+/// Thinking left unsent takes a message of thinking alone with it, and the
+/// messages it stood between become one turn (Anthropic refuses a message
+/// without content and two of one role in a row).
+#[test]
+fn a_message_of_thinking_alone_goes_with_its_thinking() {
+    let req = chat(json!({
+        "model": "claude-sonnet-4-5", "reasoning_effort": "low", "tool_choice": "required",
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "messages": [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": "",
+             "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "s"}]},
+            {"role": "user", "content": "again"}
+        ]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 100).unwrap()).unwrap();
+    assert!(out.get("thinking").is_none(), "{out}");
+    let messages = out["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "{out}");
+    assert_eq!(messages[0]["role"], "user");
+    let texts: Vec<&Value> = messages[0]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["text"])
+        .collect();
+    assert_eq!(texts, [&json!("q"), &json!("again")], "{out}");
+}
+
+/// Two assistant messages in a row (text, then a tool call with its
+/// thinking) become one that opens with the thinking, as Claude requires.
+#[test]
+fn merged_assistant_messages_open_with_their_thinking() {
+    let req = chat(json!({
+        "model": "claude-sonnet-4-5", "reasoning_effort": "low",
+        "tools": [{"type": "function", "function": {"name": "f"}}],
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": "Let me check."},
+            {"role": "assistant", "content": null,
+             "thinking_blocks": [{"type": "thinking", "thinking": "need the tool", "signature": "sig-1"}],
+             "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+        ]
+    }));
+    let out = serde_json::to_value(to_messages_request(&req, 4096).unwrap()).unwrap();
+    assert!(out.get("thinking").is_some(), "{out}");
+    let kinds: Vec<&Value> = out["messages"][1]["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| &b["type"])
+        .collect();
+    assert_eq!(kinds, [&json!("thinking"), &json!("text"), &json!("tool_use")], "{out}");
+}
+
+/// Anthropic takes a tool call's input as an object only: `null` (how some
+/// servers write a call without arguments) is `{}`, anything else a 400
+/// naming the arguments.
+#[test]
+fn tool_call_arguments_must_be_an_object() {
+    let with = |arguments: &str| {
+        chat(json!({
+            "model": "claude-sonnet-4-5",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [
+                {"role": "user", "content": "q"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": arguments}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "done"}
+            ]
+        }))
+    };
+    let out = serde_json::to_value(to_messages_request(&with("null"), 100).unwrap()).unwrap();
+    assert_eq!(out["messages"][1]["content"][0]["input"], json!({}), "{out}");
+    for arguments in ["[1]", "\"x\"", "3"] {
+        match to_messages_request(&with(arguments), 100) {
+            Err(ProviderError::InvalidRequest { param, .. }) => {
+                assert_eq!(param.as_deref(), Some("messages[1].tool_calls[0].function.arguments"))
+            }
+            other => panic!("{arguments}: {other:?}"),
+        }
+    }
+}

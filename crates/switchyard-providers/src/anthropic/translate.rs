@@ -260,6 +260,12 @@ fn push(messages: &mut Vec<Message>, role: MessageRole, blocks: Vec<ContentBlock
         let previous = std::mem::replace(&mut last.content, Content::Blocks(Vec::new()));
         let mut merged = previous.into_blocks();
         merged.extend(blocks);
+        // Claude refuses an assistant message whose thinking does not open
+        // it: two assistant messages in a row (text, then a tool call with
+        // its thinking) keep the thinking first.
+        if role == MessageRole::Assistant {
+            merged.sort_by_key(|b| !is_thinking(b));
+        }
         last.content = Content::Blocks(merged);
         return;
     }
@@ -267,6 +273,10 @@ fn push(messages: &mut Vec<Message>, role: MessageRole, blocks: Vec<ContentBlock
         role,
         content: Content::Blocks(blocks),
     });
+}
+
+fn is_thinking(block: &ContentBlock) -> bool {
+    block.kind == "thinking" || block.kind == "redacted_thinking"
 }
 
 /// The user turn put before a conversation that opens with the assistant.
@@ -321,6 +331,18 @@ fn tool_use_blocks(calls: &[ToolCall], param: &str) -> Result<Vec<ContentBlock>>
                     &format!("{param}[{i}].function.arguments"),
                 )
             })?;
+            // Some servers write `null` for a call without arguments;
+            // Anthropic takes an object only.
+            let input = match input {
+                Value::Null => json!({}),
+                Value::Object(_) => input,
+                _ => {
+                    return Err(invalid(
+                        "tool call arguments must be a JSON object",
+                        &format!("{param}[{i}].function.arguments"),
+                    ));
+                }
+            };
             Ok(ContentBlock {
                 kind: "tool_use".into(),
                 id: Some(tool_use_id(&call.id)),
@@ -541,37 +563,6 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             }
         }
     }
-    trim_final_assistant(&mut messages);
-    // Instructions alone (OpenAI answers a conversation of only a system
-    // message): Anthropic needs a turn, so they are the user's.
-    if messages.is_empty() && !system.is_empty() {
-        push(&mut messages, MessageRole::User, std::mem::take(&mut system));
-    }
-    // Nothing but blank user turns: still a turn to answer.
-    if messages.is_empty() && req.messages.iter().any(|m| m.role == Role::User) {
-        push(
-            &mut messages,
-            MessageRole::User,
-            vec![ContentBlock::text(OPENING_USER_TURN)],
-        );
-    }
-    if messages.is_empty() {
-        return Err(invalid(
-            "at least one user or assistant message is required",
-            "messages",
-        ));
-    }
-    // Anthropic requires the conversation to start with a user turn; a chat
-    // that opens with the assistant's greeting gets a minimal one first.
-    if messages.first().is_some_and(|m| m.role == MessageRole::Assistant) {
-        messages.insert(
-            0,
-            Message {
-                role: MessageRole::User,
-                content: Content::Blocks(vec![ContentBlock::text(OPENING_USER_TURN)]),
-            },
-        );
-    }
     let max_tokens = ["max_completion_tokens", "max_tokens"]
         .iter()
         .find_map(|k| req.extra.get(*k).and_then(Value::as_u64))
@@ -662,12 +653,58 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
     let decided = reasoning::decide(req, thinking, forced);
     let thinking = decided.thinking;
     if thinking.is_none() {
-        // Without thinking, earlier thinking goes unsent.
-        for message in &mut messages {
+        // Without thinking, earlier thinking goes unsent; a message of
+        // thinking alone goes with it (Anthropic refuses one without
+        // content), and the messages it stood between are joined.
+        let built = std::mem::take(&mut messages);
+        for mut message in built {
             if let Content::Blocks(blocks) = &mut message.content {
-                blocks.retain(|b| b.kind != "thinking" && b.kind != "redacted_thinking");
+                blocks.retain(|b| !is_thinking(b));
             }
+            push(&mut messages, message.role, message.content.into_blocks());
         }
+    }
+    trim_final_assistant(&mut messages);
+    // Instructions alone (OpenAI answers a conversation of only a system
+    // message): Anthropic needs a turn, so they are the user's.
+    if messages.is_empty() && !system.is_empty() {
+        push(&mut messages, MessageRole::User, std::mem::take(&mut system));
+    }
+    // Nothing but blank user turns: still a turn to answer.
+    if messages.is_empty() && req.messages.iter().any(|m| m.role == Role::User) {
+        push(
+            &mut messages,
+            MessageRole::User,
+            vec![ContentBlock::text(OPENING_USER_TURN)],
+        );
+    }
+    if messages.is_empty() {
+        return Err(invalid(
+            "at least one user or assistant message is required",
+            "messages",
+        ));
+    }
+    // Anthropic requires the conversation to start with a user turn; a chat
+    // that opens with the assistant's greeting gets a minimal one first.
+    if messages.first().is_some_and(|m| m.role == MessageRole::Assistant) {
+        messages.insert(
+            0,
+            Message {
+                role: MessageRole::User,
+                content: Content::Blocks(vec![ContentBlock::text(OPENING_USER_TURN)]),
+            },
+        );
+    }
+    // Opus and Sonnet 4.6 and later refuse to continue an assistant
+    // message: another deployment of the group may take the request.
+    if messages.last().is_some_and(|m| m.role == MessageRole::Assistant) && !reasoning::takes_prefill(&req.model) {
+        return Err(invalid(
+            format!(
+                "`{}` does not continue a final assistant message (a prefill): end the conversation with a user message",
+                req.model
+            ),
+            "messages",
+        ));
     }
     let max_tokens = thinking
         .as_ref()

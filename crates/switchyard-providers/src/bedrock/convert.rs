@@ -997,6 +997,22 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
             ),
         );
     }
+    // Opus and Sonnet 4.6 and later refuse to continue an assistant
+    // message: another deployment of the group may take the request.
+    if is_claude(req)
+        && !reasoning::takes_prefill(&req.model)
+        && turns
+            .last()
+            .is_some_and(|(role, _)| *role == ConversationRole::Assistant)
+    {
+        return Err(invalid(
+            format!(
+                "`{}` does not continue a final assistant message (a prefill): end the conversation with a user message",
+                req.model
+            ),
+            "messages",
+        ));
+    }
     for (role, content) in &mut turns {
         if *role == ConversationRole::User
             && content.iter().any(|b| matches!(b, ContentBlock::Document(_)))
@@ -1542,6 +1558,32 @@ mod tests {
             "{:?}",
             input.messages[2]
         );
+    }
+
+    /// Opus and Sonnet 4.6 and later refuse to continue an assistant
+    /// message: refused before it is sent, naming `messages`; other models
+    /// take it.
+    #[test]
+    fn a_prefill_goes_only_to_models_that_continue_one() {
+        let prefill = |model: &str| -> ChatCompletionRequest {
+            serde_json::from_value(json!({"model": model, "messages": [
+                {"role": "user", "content": "Give JSON"}, {"role": "assistant", "content": "{"}]}))
+            .unwrap()
+        };
+        for model in ["anthropic.claude-opus-4-6-v1", "us.anthropic.claude-sonnet-4-6"] {
+            match to_converse(&prefill(model), Some(100)) {
+                Err(ProviderError::InvalidRequest { param, .. }) => assert_eq!(param.as_deref(), Some("messages")),
+                Err(other) => panic!("{model}: {other:?}"),
+                Ok(input) => panic!("{model}: sent {:?}", input.messages),
+            }
+        }
+        for model in [
+            "anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "meta.llama3-70b-instruct-v1:0",
+        ] {
+            let input = to_converse(&prefill(model), Some(100)).unwrap();
+            assert_eq!(input.messages.len(), 2, "{model}");
+        }
     }
 
     /// A Claude prefill's trailing white space is left out before its cache
