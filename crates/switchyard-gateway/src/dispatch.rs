@@ -1268,7 +1268,13 @@ async fn try_group<'s>(
                 if !retryable {
                     return GroupOutcome::Final(error);
                 }
-                let until = retry_after.map(|after| tokio::time::Instant::now() + after);
+                // (An upstream's wait is at most a year, which fits on the clock;
+                // past it, the wait is the year.)
+                let until = retry_after.map(|after| {
+                    let now = tokio::time::Instant::now();
+                    now.checked_add(after)
+                        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+                });
                 match tried.iter_mut().find(|(t, _)| *t == index) {
                     Some(entry) => entry.1 = until,
                     None => tried.push((index, until)),

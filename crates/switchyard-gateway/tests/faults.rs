@@ -174,6 +174,9 @@ async fn retry_after_is_honoured_and_a_long_one_is_returned() {
   - model_name: very-limited
     deployments:
       - {provider: openai, api_base: "{base}", api_key: k, model: "m::status=429,retry_after=120"}
+  - model_name: forever-limited
+    deployments:
+      - {provider: openai, api_base: "{base}", api_key: k, model: "m::status=429,retry_after=18446744073709551615"}
   - model_name: mixed
     routing_strategy: cost-based
     deployments:
@@ -211,6 +214,11 @@ async fn retry_after_is_honoured_and_a_long_one_is_returned() {
         message,
         "The upstream of deployment very-limited/0 is over its rate limit (HTTP 429). Try again in 120s."
     );
+
+    // A Retry-After too long for any clock is a long one like the others.
+    let a = chat(&gw, "forever-limited", json!({})).await;
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.header("retry-after"), "86400");
 
     // A long Retry-After rules out only its own deployment: the retry goes
     // to the other one, tried before but without asking for a pause.

@@ -562,17 +562,20 @@ fn typed_stream_error(error: &serde_json::Value) -> ProviderError {
     }
 }
 
+/// The longest wait an upstream's `Retry-After` is read as: far past any
+/// retry's patience, and short enough to add to a clock.
+pub(crate) const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// How long the upstream asks to wait: `retry-after-ms` (OpenAI, Azure), else
-/// `Retry-After` in seconds or as an HTTP date. A value too large for a
-/// `Duration` (`1e20`, `inf`) is the longest wait, which no retry waits for;
-/// an unreadable one is ignored.
+/// `Retry-After` in seconds or as an HTTP date. A value past a year (`1e20`,
+/// `inf`) is a year, which no retry waits for; an unreadable one is ignored.
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::SystemTime) -> Option<Duration> {
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
     let seconds = |v: &str, scale: f64| {
         v.parse::<f64>()
             .ok()
             .filter(|s| *s >= 0.0)
-            .map(|s| Duration::try_from_secs_f64(s / scale).unwrap_or(Duration::MAX))
+            .map(|s| Duration::try_from_secs_f64(s / scale).map_or(LONGEST_RETRY_AFTER, |d| d.min(LONGEST_RETRY_AFTER)))
     };
     if let Some(d) = text("retry-after-ms").and_then(|v| seconds(v, 1000.0)) {
         return Some(d);
@@ -580,7 +583,11 @@ pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap, now: std::time::
     let value = text(reqwest::header::RETRY_AFTER.as_str())?;
     seconds(value, 1.0).or_else(|| {
         let at = httpdate::parse_http_date(value).ok()?;
-        Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+        Some(
+            at.duration_since(now)
+                .unwrap_or(Duration::ZERO)
+                .min(LONGEST_RETRY_AFTER),
+        )
     })
 }
 
@@ -610,9 +617,30 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
         .ok()
         .and_then(Result::ok)
         .unwrap_or_default();
-    match serde_json::from_slice::<ErrorEnvelope>(&body).map(ErrorEnvelope::into_error) {
+    // Gemini's OpenAI-compatible API wraps its error in a list.
+    let envelope = serde_json::from_slice::<ErrorEnvelope>(&body).or_else(|e| {
+        serde_json::from_slice::<Vec<ErrorEnvelope>>(&body)
+            .ok()
+            .filter(|list| list.len() == 1)
+            .and_then(|mut list| list.pop())
+            .ok_or(e)
+    });
+    // TGI's 424 is a generation that failed on the server (out of memory
+    // mid-answer): the upstream's fault, as the same error in a stream is.
+    let status = if status.as_u16() == 424 {
+        reqwest::StatusCode::BAD_GATEWAY
+    } else {
+        status
+    };
+    match envelope.map(ErrorEnvelope::into_error) {
         Ok(error) => ProviderError::Status {
-            status: status.as_u16(),
+            // xAI and Gemini refuse a wrong key with a 400: a refusal of the
+            // gateway's credentials all the same.
+            status: if status.as_u16() == 400 && refuses_key(&error) {
+                401
+            } else {
+                status.as_u16()
+            },
             message: crate::error::without_keys(&error.message).into_owned(),
             kind: error.kind.map(Into::into),
             code: error.code.and_then(|c| match c {
@@ -644,6 +672,20 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
             }
         }
     }
+}
+
+/// Whether an upstream's error says the key it was sent is wrong: xAI's
+/// "Incorrect API key provided", Gemini's "API key not valid" (reason
+/// `API_KEY_INVALID`). The upstream sees only the gateway's key.
+fn refuses_key(error: &LenientError) -> bool {
+    let message = error.message.to_ascii_lowercase();
+    ["incorrect api key", "api key not valid", "invalid api key"]
+        .iter()
+        .any(|words| message.contains(words))
+        || error
+            .extra
+            .get("details")
+            .is_some_and(|details| details.to_string().contains("\"API_KEY_INVALID\""))
 }
 
 /// An upstream's error body, read leniently: OpenAI's envelope with any of
@@ -776,7 +818,8 @@ mod tests {
 
     use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-    use super::retry_after;
+    use super::{LONGEST_RETRY_AFTER, retry_after};
+    use crate::ProviderError;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         pairs
@@ -806,10 +849,21 @@ mod tests {
         );
         assert_eq!(
             read(&[("retry-after", "1e20")]),
-            Some(Duration::MAX),
+            Some(LONGEST_RETRY_AFTER),
             "too long to wait for"
         );
-        assert_eq!(read(&[("retry-after", "inf")]), Some(Duration::MAX));
+        assert_eq!(read(&[("retry-after", "inf")]), Some(LONGEST_RETRY_AFTER));
+        assert_eq!(
+            read(&[("retry-after", "99999999999999999999")]),
+            Some(LONGEST_RETRY_AFTER)
+        );
+        assert_eq!(read(&[("retry-after-ms", "1e22")]), Some(LONGEST_RETRY_AFTER));
+        assert_eq!(
+            read(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]),
+            Some(LONGEST_RETRY_AFTER)
+        );
+        // The longest wait still fits on a clock.
+        assert!(tokio::time::Instant::now().checked_add(LONGEST_RETRY_AFTER).is_some());
         assert_eq!(read(&[("retry-after", "-3")]), None);
         assert_eq!(read(&[("retry-after", "soon")]), None);
         assert_eq!(read(&[]), None);
@@ -838,6 +892,69 @@ mod tests {
         ))
         .await;
         assert!(!other.too_large_for_deployment(), "{other:?}");
+    }
+
+    fn error_answer(status: u16, body: &'static str) -> reqwest::Response {
+        reqwest::Response::from(
+            http::Response::builder()
+                .status(status)
+                .header("content-type", "application/json")
+                .body(body)
+                .unwrap(),
+        )
+    }
+
+    /// xAI and Gemini refuse a wrong key with a 400: read as the refusal
+    /// of the gateway's credentials it is, not as the client's bad request.
+    /// Gemini's error comes in a list.
+    #[tokio::test]
+    async fn a_400_refusing_the_key_is_a_rejected_credential() {
+        let xai = super::status_error(error_answer(
+            400,
+            r#"{"code":"Client specified an invalid argument","error":"Incorrect API key provided: ba***na. You can obtain an API key from https://console.x.ai."}"#,
+        ))
+        .await;
+        assert!(xai.rejects_credentials(), "{xai:?}");
+        let gemini = super::status_error(error_answer(
+            400,
+            r#"[{"error":{"code":400,"message":"API key not valid. Please pass a valid API key.","status":"INVALID_ARGUMENT","details":[{"@type":"type.googleapis.com/google.rpc.ErrorInfo","reason":"API_KEY_INVALID","domain":"googleapis.com"}]}}]"#,
+        ))
+        .await;
+        assert!(gemini.rejects_credentials(), "{gemini:?}");
+        match &gemini {
+            ProviderError::Status { message, code, .. } => {
+                assert_eq!(message, "API key not valid. Please pass a valid API key.");
+                assert_eq!(code.as_deref(), Some("400"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let bad_request = super::status_error(error_answer(
+            400,
+            r#"[{"error":{"code":400,"message":"Invalid JSON payload received.","status":"INVALID_ARGUMENT"}}]"#,
+        ))
+        .await;
+        assert!(
+            !bad_request.rejects_credentials() && !bad_request.is_retryable(),
+            "{bad_request:?}"
+        );
+        assert!(
+            matches!(&bad_request, ProviderError::Status { status: 400, message, .. } if message == "Invalid JSON payload received.")
+        );
+    }
+
+    /// TGI's 424 is a generation that failed on the server: retried as the
+    /// upstream's fault.
+    #[tokio::test]
+    async fn a_failed_generation_is_the_upstreams_fault() {
+        let tgi = super::status_error(error_answer(
+            424,
+            r#"{"error":"Request failed during generation: Server error: CUDA out of memory","error_type":"generation"}"#,
+        ))
+        .await;
+        assert!(tgi.is_retryable(), "{tgi:?}");
+        assert!(
+            matches!(&tgi, ProviderError::Status { status: 502, message, .. } if message.starts_with("Request failed during generation"))
+        );
     }
 
     #[test]
