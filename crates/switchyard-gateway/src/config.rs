@@ -59,6 +59,11 @@ pub struct Config {
     /// (`os.environ/NAME`), as LiteLLM sets them at start-up.
     #[serde(skip)]
     pub environment: BTreeMap<String, String>,
+    /// For a LiteLLM file, where each deployment stood in it (see
+    /// [`crate::litellm::Translation::origins`]): problems are reported at
+    /// the file's own paths.
+    #[serde(skip)]
+    pub origins: BTreeMap<String, String>,
 }
 
 /// `router_settings:` — how a deployment is chosen for each request.
@@ -781,11 +786,13 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         .map_err(|err| ConfigError::Parse(without_values(err)))?;
     let mut notices = Vec::new();
     let mut environment = BTreeMap::new();
+    let mut origins = BTreeMap::new();
     let litellm = crate::litellm::is_litellm(&doc);
     let mut figment = if litellm {
         let translation = crate::litellm::translate(&doc).map_err(ConfigError::Invalid)?;
         notices = translation.warnings;
         environment = translation.environment;
+        origins = translation.origins;
         Figment::from(figment::providers::Serialized::defaults(translation.config)).merge(env)
     } else {
         Figment::new().merge(YamlExtended::string(&yaml)).merge(env)
@@ -800,6 +807,7 @@ pub fn load(source: Source<'_>, overrides: &Overrides) -> Result<Config, ConfigE
         .extract::<Config>()
         .map_err(|err| ConfigError::Parse(without_values(err)))?;
     config.environment = environment;
+    config.origins = origins;
     // A variable shaped as a setting (`SECTION__KEY`) that no section takes
     // would otherwise change nothing, silently.
     for (name, _) in std::env::vars_os() {
@@ -1256,9 +1264,19 @@ fn resolve_credential(value: &str, path: &str, env: &dyn EnvSource, issues: &mut
 }
 
 /// A plain setting (an address, a version, a region) that may also be read
-/// from the environment as `os.environ/NAME`, as LiteLLM files do; empty is
-/// refused either way.
+/// from the environment as `os.environ/NAME`, as LiteLLM files do, or hold
+/// `{os.environ/NAME}` placeholders (`{os.environ/OLLAMA_API_BASE}/v1`);
+/// empty is refused either way.
 fn resolve_setting(value: &str, path: &str, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Option<String> {
+    if !value.starts_with("os.environ/") && value.contains("{os.environ/") {
+        let resolved = resolve_parts(value, path, env, issues, false)?;
+        let resolved = resolved.expose().trim();
+        if resolved.is_empty() {
+            issues.push(issue(path, "is empty"));
+            return None;
+        }
+        return Some(resolved.to_owned());
+    }
     resolve_credential(value, path, env, issues).map(|v| v.expose().trim().to_owned())
 }
 
@@ -2110,6 +2128,16 @@ impl Config {
         }
         if let Err(found) = self.router_settings.dispatch() {
             issues.extend(found);
+        }
+        // A LiteLLM file's deployments are named where the file has them.
+        for found in &mut issues {
+            let origin = self.origins.iter().find_map(|(translated, original)| {
+                let rest = found.path.strip_prefix(translated.as_str())?;
+                (rest.is_empty() || rest.starts_with('.')).then(|| format!("{original}{rest}"))
+            });
+            if let Some(path) = origin {
+                found.path = path;
+            }
         }
         if issues.is_empty() {
             Ok(models)

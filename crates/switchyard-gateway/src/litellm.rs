@@ -27,6 +27,10 @@ pub struct Translation {
     /// `environment_variables`: read before the process environment where
     /// the configuration names a variable.
     pub environment: BTreeMap<String, String>,
+    /// Where each deployment stood in the file: `model_list[g].deployments[d]`
+    /// of the translation → `model_list[i].litellm_params` of the file, so
+    /// that a problem found later names the entry the user wrote.
+    pub origins: BTreeMap<String, String>,
 }
 
 /// A Redis URL from LiteLLM's separate `host`, `port`, `password` and `db`
@@ -205,7 +209,15 @@ enum Served {
     AsGiven,
     /// A local server: this address by default, and `/v1` is added to an
     /// `api_base` given without it, as LiteLLM does for Ollama.
-    Local(&'static str),
+    Local {
+        /// The server's OpenAI-compatible base URL by default.
+        base: &'static str,
+        /// The environment variable LiteLLM reads the server's address
+        /// from, without `/v1` (Ollama's `OLLAMA_API_BASE`): read first,
+        /// and `/v1` is added to it, as to an address given from the
+        /// environment.
+        var: Option<&'static str>,
+    },
     /// A server of the user's own (vLLM, LM Studio): at `api_base`, else at
     /// the address in this environment variable, as LiteLLM reads it; never
     /// OpenAI's (with an OpenAI key).
@@ -384,8 +396,20 @@ impl Translator {
             "custom_openai" | "openai_like" => ("openai", Served::Server("")),
             "hosted_vllm" | "vllm" => ("openai", Served::Server("HOSTED_VLLM_API_BASE")),
             "lm_studio" => ("openai", Served::Server("LM_STUDIO_API_BASE")),
-            "llamafile" => ("openai", Served::Local("http://127.0.0.1:8080/v1")),
-            "ollama" | "ollama_chat" => ("openai", Served::Local("http://localhost:11434/v1")),
+            "llamafile" => (
+                "openai",
+                Served::Local {
+                    base: "http://127.0.0.1:8080/v1",
+                    var: None,
+                },
+            ),
+            "ollama" | "ollama_chat" => (
+                "openai",
+                Served::Local {
+                    base: "http://localhost:11434/v1",
+                    var: Some("OLLAMA_API_BASE"),
+                },
+            ),
             "azure" => ("azure", Served::AsGiven),
             "anthropic" => ("anthropic", Served::AsGiven),
             "bedrock" | "bedrock_converse" => ("bedrock", Served::AsGiven),
@@ -443,8 +467,15 @@ impl Translator {
         let mut d = Map::new();
         d.insert("provider".into(), json!(provider));
         d.insert("model".into(), json!(upstream));
-        if let Served::Local(base) | Served::Hosted { base, .. } = served {
-            d.insert("api_base".into(), json!(base));
+        match served {
+            Served::Local { base, var: Some(var) } => {
+                let root = base.strip_suffix("/v1").unwrap_or(base);
+                d.insert("api_base".into(), json!(format!("{{os.environ/{var}:-{root}}}/v1")));
+            }
+            Served::Local { base, .. } | Served::Hosted { base, .. } => {
+                d.insert("api_base".into(), json!(base));
+            }
+            _ => {}
         }
         if let Served::Server(var) = served
             && !has_base
@@ -469,10 +500,15 @@ impl Translator {
                     {
                         base = root.to_owned();
                     }
-                    // An address read from the environment is taken as it is.
-                    if matches!(served, Served::Local(_)) && !base.ends_with("/v1") && !base.starts_with("os.environ/")
-                    {
-                        base.push_str("/v1");
+                    // An address read from the environment is taken as it
+                    // is, except Ollama's, which LiteLLM reads without `/v1`.
+                    if let Served::Local { var, .. } = served {
+                        match base.strip_prefix("os.environ/") {
+                            Some(name) if var.is_some() => base = format!("{{os.environ/{name}}}/v1"),
+                            Some(_) => {}
+                            None if !base.ends_with("/v1") => base.push_str("/v1"),
+                            None => {}
+                        }
                     }
                     d.insert("api_base".into(), json!(base));
                     "api_base"
@@ -746,6 +782,8 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
     };
     let mut groups: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
+    // (group, index in the group, index in the file) of each deployment.
+    let mut placed: Vec<(String, usize, usize)> = Vec::new();
     for (i, entry) in doc
         .get("model_list")
         .and_then(Value::as_array)
@@ -772,8 +810,17 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                 }
             }
             if let Some(Value::Array(list)) = group.get_mut("deployments") {
+                placed.push((name.clone(), list.len(), i));
                 list.push(deployment);
             }
+        }
+    }
+    for (name, d, i) in placed {
+        if let Some(g) = order.iter().position(|n| *n == name) {
+            t.out.origins.insert(
+                format!("model_list[{g}].deployments[{d}]"),
+                format!("model_list[{i}].litellm_params"),
+            );
         }
     }
     // LiteLLM's shuffle weighs deployments by `weight`, else by `rpm`, else
@@ -1330,6 +1377,24 @@ pub fn translate(doc: &Value) -> Result<Translation, Vec<ConfigIssue>> {
                                         "is not supported, and ignoring it would change behaviour",
                                     ),
                                 }
+                            }
+                            // LiteLLM forwards a client's own key with its
+                            // headers when the route sets none; a client's
+                            // key is never forwarded here.
+                            let sets_key = entry.get("headers").and_then(Value::as_object).is_some_and(|h| {
+                                h.keys().any(|k| {
+                                    ["authorization", "x-api-key", "api-key", "x-goog-api-key"]
+                                        .iter()
+                                        .any(|name| k.eq_ignore_ascii_case(name))
+                                })
+                            });
+                            if entry.get("forward_headers") == Some(&Value::Bool(true)) && !sets_key {
+                                t.warn(
+                                    &format!("{at}.forward_headers"),
+                                    "the client's own key headers (Authorization, x-api-key, api-key) are not \
+                                     forwarded, as LiteLLM forwards them when the route sets none: put the \
+                                     target's credential in the route's headers",
+                                );
                             }
                             // LiteLLM's routes are open unless `auth` says otherwise.
                             if !entry.get("auth").is_some_and(|a| a == &Value::Bool(true)) {

@@ -32,7 +32,8 @@ pub struct PassThroughEntry {
     /// `include_subpath`, plus the request's query.
     pub target: String,
     /// Headers added upstream, e.g. the provider's key; values may be
-    /// `os.environ/NAME`, or hold one (`Bearer os.environ/NAME`).
+    /// `os.environ/NAME`, or hold one (`Bearer os.environ/NAME`,
+    /// `Basic {os.environ/NAME}`); a variable set but empty is refused.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     /// Callers need a virtual key (or the master key); without it anyone
@@ -267,12 +268,39 @@ pub fn validate(entries: &[PassThroughEntry], env: &dyn EnvSource, issues: &mut 
     out
 }
 
-/// A header value: `os.environ/NAME` as a whole, or with such a reference
-/// inside (`Bearer os.environ/NAME`, as LiteLLM writes them), replaced by
-/// the variable's value.
+/// A header value: `os.environ/NAME` as a whole, with such a reference
+/// inside (`Bearer os.environ/NAME`, as LiteLLM writes them), or with
+/// `{os.environ/NAME}` placeholders (`Basic {os.environ/NAME}`), replaced
+/// by the variable's value. A variable set but empty is refused, as a
+/// header without its credential would be sent.
 fn resolve_header(value: &str, field: &str, env: &dyn EnvSource, issues: &mut Vec<ConfigIssue>) -> Option<Secret> {
     const MARK: &str = "os.environ/";
+    let empty_variable = |name: &str, issues: &mut Vec<ConfigIssue>| {
+        let empty = env.get(name).is_some_and(|v| v.trim().is_empty());
+        if empty {
+            issues.push(issue(field, format!("environment variable `{name}` is empty")));
+        }
+        empty
+    };
+    if value.contains("{os.environ/") {
+        let resolved = crate::config::resolve_parts(value, field, env, issues, false)?;
+        // A placeholder with a default stands in for its empty variable.
+        let refused = value
+            .split("{os.environ/")
+            .skip(1)
+            .filter_map(|rest| rest.split_once('}').map(|(inside, _)| inside))
+            .filter(|inside| !inside.contains(":-"))
+            .filter(|name| empty_variable(name, issues))
+            .count()
+            > 0;
+        return (!refused).then_some(resolved);
+    }
     let Some(at) = value.find(MARK).filter(|at| *at > 0) else {
+        if let Some(name) = value.strip_prefix(MARK)
+            && empty_variable(name, issues)
+        {
+            return None;
+        }
         return resolve_secret(value, field, env, issues);
     };
     let name_start = at + MARK.len();
@@ -280,6 +308,9 @@ fn resolve_header(value: &str, field: &str, env: &dyn EnvSource, issues: &mut Ve
         .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .unwrap_or(value.len() - name_start);
     let name = &value[name_start..name_start + name_len];
+    if empty_variable(name, issues) {
+        return None;
+    }
     let resolved = resolve_secret(&format!("{MARK}{name}"), field, env, issues)?;
     Some(Secret::new(format!(
         "{}{}{}",
@@ -520,4 +551,49 @@ fn connection_named(headers: &HeaderMap) -> Vec<String> {
         .flat_map(|v| v.split(','))
         .map(|n| n.trim().to_ascii_lowercase())
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::resolve_header;
+
+    fn resolve(value: &str) -> (Option<String>, Vec<String>) {
+        let env: BTreeMap<String, String> = [("KEY", "c2stbGY"), ("EMPTY", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let mut issues = Vec::new();
+        let out = resolve_header(value, "pass_through[0].headers.authorization", &env, &mut issues);
+        (
+            out.map(|s| s.expose().to_owned()),
+            issues.into_iter().map(|i| i.message).collect(),
+        )
+    }
+
+    /// The forms LiteLLM's files and the migration guide write: a whole
+    /// reference, one inside a value, and `{…}` placeholders (with a
+    /// default); a variable set but empty is refused, naming it.
+    #[test]
+    fn header_values_read_the_environment_in_every_form() {
+        assert_eq!(resolve("os.environ/KEY").0.as_deref(), Some("c2stbGY"));
+        assert_eq!(resolve("Bearer os.environ/KEY").0.as_deref(), Some("Bearer c2stbGY"));
+        assert_eq!(resolve("Basic {os.environ/KEY}").0.as_deref(), Some("Basic c2stbGY"));
+        assert_eq!(resolve("Basic {os.environ/UNSET:-abc}").0.as_deref(), Some("Basic abc"));
+        assert_eq!(resolve("Basic {os.environ/EMPTY:-abc}").0.as_deref(), Some("Basic abc"));
+        assert_eq!(resolve("plain").0.as_deref(), Some("plain"));
+        for value in [
+            "os.environ/EMPTY",
+            "Bearer os.environ/EMPTY",
+            "Basic {os.environ/EMPTY}",
+        ] {
+            let (out, issues) = resolve(value);
+            assert!(out.is_none(), "{value}");
+            assert_eq!(issues, ["environment variable `EMPTY` is empty"], "{value}");
+        }
+        let (out, issues) = resolve("Basic {os.environ/UNSET}");
+        assert!(out.is_none());
+        assert_eq!(issues, ["environment variable `UNSET` is not set"]);
+    }
 }

@@ -370,6 +370,8 @@ fn pass_through_endpoints_come_over_open_as_in_litellm() {
         "general_settings": {"pass_through_endpoints": [
             {"path": "/cohere", "target": "https://api.cohere.com/v1", "headers": {"Authorization": "bearer os.environ/COHERE_API_KEY"}, "include_subpath": true},
             {"path": "/private", "target": "https://example.com", "auth": true},
+            {"path": "/vendor", "target": "https://vendor.example.com", "forward_headers": true},
+            {"path": "/keyed", "target": "https://keyed.example.com", "forward_headers": true, "headers": {"x-api-key": "os.environ/VENDOR_KEY"}},
         ]},
     });
     let t = switchyard_gateway::litellm::translate(&doc).unwrap();
@@ -378,11 +380,19 @@ fn pass_through_endpoints_come_over_open_as_in_litellm() {
         json!([
             {"path": "/cohere", "target": "https://api.cohere.com/v1", "headers": {"Authorization": "bearer os.environ/COHERE_API_KEY"}, "include_subpath": true, "auth": false},
             {"path": "/private", "target": "https://example.com", "auth": true},
+            {"path": "/vendor", "target": "https://vendor.example.com", "forward_headers": true, "auth": false},
+            {"path": "/keyed", "target": "https://keyed.example.com", "forward_headers": true, "headers": {"x-api-key": "os.environ/VENDOR_KEY"}, "auth": false},
         ])
     );
     let warned = t.warnings.join("\n");
     assert!(warned.contains("pass_through_endpoints[0].auth"), "{warned}");
     assert!(!warned.contains("pass_through_endpoints[1]"), "{warned}");
+    // LiteLLM would forward the client's own key on a route that sets none.
+    assert!(warned.contains("pass_through_endpoints[2].forward_headers"), "{warned}");
+    assert!(
+        !warned.contains("pass_through_endpoints[3].forward_headers"),
+        "{warned}"
+    );
     let extra = json!({
         "model_list": [{"model_name": "gpt", "litellm_params": {"model": "openai/gpt-4o", "api_key": "k"}}],
         "general_settings": {"pass_through_endpoints": [{"path": "/x", "target": "https://example.com", "guardrails": {"a": 1}}]},
@@ -1184,7 +1194,10 @@ fn servers_of_ones_own_are_never_sent_to_openai() {
         ("vllm/qwen", "os.environ/HOSTED_VLLM_API_BASE"),
         ("lm_studio/qwen2.5", "os.environ/LM_STUDIO_API_BASE"),
         ("llamafile/mistral", "http://127.0.0.1:8080/v1"),
-        ("ollama/llama3", "http://localhost:11434/v1"),
+        (
+            "ollama/llama3",
+            "{os.environ/OLLAMA_API_BASE:-http://localhost:11434}/v1",
+        ),
     ] {
         let d = deployment(json!({"model": model})).unwrap();
         assert_eq!(d["provider"], "openai", "{model}: {d}");
@@ -1206,6 +1219,43 @@ fn servers_of_ones_own_are_never_sent_to_openai() {
         "api_base": "https://llm-proxy.corp/v1/messages"}))
     .unwrap();
     assert_eq!(d["api_base"], "https://llm-proxy.corp", "{d}");
+}
+
+/// Ollama's address, which LiteLLM reads from `OLLAMA_API_BASE` (or an
+/// `api_base` from the environment) without `/v1`, gains `/v1` as one
+/// written in the file does.
+#[test]
+fn ollamas_address_from_the_environment_gains_v1() {
+    let base = |params: Value, env: &[(&str, &str)]| {
+        let doc = json!({"model_list": [{"model_name": "m", "litellm_params": params}]});
+        let translated = switchyard_gateway::litellm::translate(&doc).unwrap();
+        let yaml = translated.config.to_string();
+        let config = config::load(Source::Text(&yaml), &Overrides::default()).unwrap();
+        let env: BTreeMap<String, String> = env.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let specs = config.validate(&env).unwrap();
+        specs[0].deployments[0].api_base.clone().unwrap_or_default()
+    };
+    let named = json!({"model": "ollama/llama3", "api_base": "os.environ/MY_OLLAMA"});
+    assert_eq!(
+        base(named.clone(), &[("MY_OLLAMA", "http://ollama:11434")]),
+        "http://ollama:11434/v1"
+    );
+    assert_eq!(
+        base(named, &[("MY_OLLAMA", "http://ollama:11434/")]),
+        "http://ollama:11434/v1"
+    );
+    let unnamed = json!({"model": "ollama_chat/llama3"});
+    assert_eq!(
+        base(unnamed.clone(), &[("OLLAMA_API_BASE", "http://gpu-box:11434")]),
+        "http://gpu-box:11434/v1"
+    );
+    assert_eq!(base(unnamed, &[]), "http://localhost:11434/v1");
+    // Another local server's address from the environment is taken as it is.
+    let llamafile = json!({"model": "llamafile/m", "api_base": "os.environ/LLAMAFILE_BASE"});
+    assert_eq!(
+        base(llamafile, &[("LLAMAFILE_BASE", "http://h:8080/v1")]),
+        "http://h:8080/v1"
+    );
 }
 
 /// A callback that may check or change requests (a guardrail such as
@@ -1280,4 +1330,38 @@ fn model_info_prices_and_bare_media_models_come_over() {
     let chat = deployment("chat");
     assert_eq!(chat["input_cost_per_token"], 0.000002, "{chat}");
     assert_eq!(chat["cache_read_input_token_cost"], 0.000001, "{chat}");
+}
+
+/// A problem with a LiteLLM file's deployment names the entry as the file
+/// has it, though entries of one `model_name` become one group.
+#[test]
+fn problems_name_the_files_own_entries() {
+    let yaml = r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params: {model: openai/gpt-4o, api_key: os.environ/OPENAI_API_KEY}
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-sonnet-4-5, api_key: os.environ/ANTHROPIC_API_KEY}
+  - model_name: gpt-4o
+    litellm_params: {model: azure/gpt-4o, api_base: "https://x.openai.azure.com", api_key: os.environ/AZURE_API_KEY, api_version: "2024-10-21"}
+"#;
+    let config = config::load(Source::Text(yaml), &Overrides::default()).unwrap();
+    let env: BTreeMap<String, String> = [("OPENAI_API_KEY", "k"), ("ANTHROPIC_API_KEY", "k")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let err = config.validate(&env).unwrap_err().to_string();
+    assert!(
+        err.contains("model_list[2].litellm_params.api_key: environment variable `AZURE_API_KEY` is not set"),
+        "{err}"
+    );
+    let env: BTreeMap<String, String> = [("OPENAI_API_KEY", "k"), ("AZURE_API_KEY", "k")]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let err = config.validate(&env).unwrap_err().to_string();
+    assert!(
+        err.contains("model_list[1].litellm_params.api_key: environment variable `ANTHROPIC_API_KEY` is not set"),
+        "{err}"
+    );
 }
