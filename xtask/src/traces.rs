@@ -296,7 +296,9 @@ pub fn join(lines: &[Value], args: &ExportArgs) -> (Vec<Sample>, Summary) {
         // with what it was charged (often nothing), which would make a model
         // that fails look cheap. A cost the log does not give is not known
         // (not free).
+        // A cache hit is charged at the hit's rate, not what the model costs.
         if status == 200
+            && r["cache"] != "hit"
             && let Some(cost) = r["cost_usd"].as_f64()
         {
             entry.1.push(cost);
@@ -624,6 +626,20 @@ mod tests {
         let (samples, _) = join(&flaky, &lenient);
         let costs = samples[0].costs.as_ref().unwrap();
         assert_eq!(costs["small"], 0.002, "{costs:?}");
+        // A scored cache hit counts as the model's answer; its discounted
+        // charge is not what the model costs.
+        let mut hit = request("n", Some("again"), "small", 200, 0.0);
+        hit["cache"] = json!("hit");
+        let cached = vec![
+            request("o", Some("again"), "small", 200, 0.003),
+            hit,
+            json!({"type": "feedback", "request_id": "n", "score": 1.0}),
+            json!({"type": "feedback", "request_id": "o", "score": 0.0}),
+        ];
+        let (samples, summary) = join(&cached, &args());
+        assert_eq!(summary.used, 2);
+        assert_eq!(samples[0].scores["small"], 0.5);
+        assert_eq!(samples[0].costs.as_ref().unwrap()["small"], 0.003);
         let mut other = args();
         other.model = Some("another-router".into());
         assert!(join(&lines, &other).0.is_empty());

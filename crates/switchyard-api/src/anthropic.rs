@@ -134,6 +134,11 @@ impl ContentBlock {
                 .is_none_or(str::is_empty)
     }
 
+    /// Whether this is a text block without non-white-space text.
+    pub fn is_blank_text(&self) -> bool {
+        self.kind == "text" && self.text.as_deref().is_none_or(|t| t.trim().is_empty())
+    }
+
     /// The call id a `tool_use` block carries, or a `tool_result` answers.
     pub fn tool_id(&self) -> Option<&str> {
         match self.kind.as_str() {
@@ -242,15 +247,29 @@ impl MessagesRequest {
     /// signature are left out ([`Self::drop_unsigned_thinking`]); so is
     /// `thinking` when the turn being continued called tools without
     /// thinking first ([`Self::turn_without_thinking`]); tool ids are
-    /// rewritten with `tool_id`, the same in calls and results.
+    /// rewritten with `tool_id`, the same in calls and results; text
+    /// blocks of white space alone (another model's `"\n\n"` before its
+    /// tool call, sent back), which Claude refuses, are left out, and a
+    /// message left without blocks with them.
     pub fn for_claude(&self, tool_id: impl Fn(&str) -> String) -> Option<MessagesRequest> {
         let ids_change = self.blocks().any(|b| b.tool_id().is_some_and(|id| tool_id(id) != id));
         let unsigned = self.blocks().any(ContentBlock::is_unsigned_thinking);
-        if !ids_change && !unsigned && !self.turn_without_thinking() {
+        let blank = self.blocks().any(ContentBlock::is_blank_text);
+        if !ids_change && !unsigned && !blank && !self.turn_without_thinking() {
             return None;
         }
         let mut fixed = self.clone();
         fixed.drop_unsigned_thinking();
+        if blank {
+            for message in &mut fixed.messages {
+                if let Content::Blocks(blocks) = &mut message.content {
+                    blocks.retain(|b| !b.is_blank_text());
+                }
+            }
+            fixed
+                .messages
+                .retain(|m| !matches!(&m.content, Content::Blocks(blocks) if blocks.is_empty()));
+        }
         if fixed.turn_without_thinking() {
             fixed.extra.shift_remove("thinking");
         }
@@ -596,5 +615,31 @@ mod tests {
             .messages
             .push(serde_json::from_value(serde_json::json!({"role": "user", "content": "and also"})).unwrap());
         assert!(split.turn_without_thinking());
+    }
+
+    /// Another model's white space before its tool call, sent back, is
+    /// left out for Claude, which refuses blank text blocks.
+    #[test]
+    fn blank_text_blocks_are_left_out_for_claude() {
+        let request: MessagesRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "max_tokens": 100,
+            "messages": [
+                {"role": "user", "content": "go"},
+                {"role": "assistant", "content": [{"type": "text", "text": "\n\n"},
+                    {"type": "tool_use", "id": "c1", "name": "f", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "ok"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": " "}]},
+                {"role": "user", "content": "more"}
+            ]
+        }))
+        .unwrap();
+        let fixed = request.for_claude(str::to_owned).unwrap();
+        assert_eq!(fixed.messages.len(), 4);
+        let Content::Blocks(call) = &fixed.messages[1].content else {
+            panic!()
+        };
+        assert_eq!(call.len(), 1);
+        assert_eq!(call[0].kind, "tool_use");
+        assert!(fixed.blocks().all(|b| !b.is_blank_text()));
     }
 }

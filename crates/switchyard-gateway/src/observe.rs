@@ -537,6 +537,11 @@ impl Trail {
         self.record.cache = Some(if hit { "hit" } else { "miss" }.into());
         if let Some(d) = deployment {
             self.record.deployment = Some(d.to_owned());
+            // The group that made the answer (`group/index`), as the hit's
+            // `x-switchyard-model` names it.
+            if let Some((group, _)) = d.rsplit_once('/') {
+                self.record.served_model = Some(group.to_owned());
+            }
         }
     }
 

@@ -248,8 +248,11 @@ fn sample(text: &str, prefix: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusals() {
     let mock = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("requests.jsonl");
     let yaml = format!(
-        "policy:\n  master_key: {MASTER}\nrouter_settings:\n  num_retries: 3\n  retry_backoff_ms: 1\n  cooldown_ms: 600000\ncache:\n  enabled: true\n{}",
+        "policy:\n  master_key: {MASTER}\nrouter_settings:\n  num_retries: 3\n  retry_backoff_ms: 1\n  cooldown_ms: 600000\ncache:\n  enabled: true\ntelemetry:\n  request_log:\n    path: {}\n{}",
+        log_path.display(),
         models(&mock)
     );
     let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
@@ -291,6 +294,14 @@ async fn prometheus_metrics_count_requests_tokens_cost_cache_routing_and_refusal
             .status,
         429
     );
+
+    // A cache hit's record names the group that made the answer, as its
+    // `x-switchyard-model` does (training reads it).
+    let records = wait_for_lines(&log_path, 8).await;
+    let hits: Vec<&Value> = records.iter().filter(|r| r["cache"] == "hit").collect();
+    assert_eq!(hits.len(), 1, "{records:#?}");
+    assert_eq!(hits[0]["served_model"], "gpt", "{:#?}", hits[0]);
+    assert_eq!(hits[0]["deployment"], "gpt/0", "{:#?}", hits[0]);
 
     let text = metrics(&gw).await;
     assert!(text.contains("# TYPE switchyard_requests_total counter"), "{text}");

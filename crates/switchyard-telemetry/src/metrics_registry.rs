@@ -278,7 +278,11 @@ impl Metrics {
 
     /// What a virtual key (`key`: its reference, never its value) was
     /// charged, in nano-dollars, with its alias and team (empty when none).
+    /// Nothing charged makes no series: a key has one once it spends.
     pub fn key_spend(&self, key: &str, alias: &str, team: &str, cost_nanos: i64) {
+        if cost_nanos <= 0 {
+            return;
+        }
         with_local_recorder(&*self.keys, || {
             counter!(
                 "switchyard_key_spend_nanousd",
@@ -477,6 +481,18 @@ mod tests {
             kept.render().contains(r#"key="key-gone""#),
             "without a timeout nothing is dropped"
         );
+    }
+
+    /// A key that was charged nothing (a cache hit, a free model) has no
+    /// series: one per key that ever spent, as documented.
+    #[test]
+    fn a_key_charged_nothing_has_no_series() {
+        let m = Metrics::new();
+        m.key_spend("k-free", "", "", 0);
+        m.key_spend("k-paid", "", "", 25);
+        let text = m.render();
+        assert!(!text.contains("k-free"), "{text}");
+        assert!(text.contains("k-paid"), "{text}");
     }
 
     /// The cache's counts keep rising across a reload that makes a new

@@ -642,7 +642,11 @@ pub fn to_messages_response(
             content.push(block);
         }
         let text = choice.message.content_text();
-        if !text.is_empty() {
+        // White space alone before tool calls (Qwen's `"\n\n"`) is no
+        // text: Claude would refuse the block sent back.
+        let calls = choice.message.tool_calls.as_ref().is_some_and(|c| !c.is_empty());
+        let blank_beside_calls = calls && text.trim().is_empty();
+        if !text.is_empty() && !blank_beside_calls {
             content.push(ContentBlock::text(text));
         }
         // A refusal (OpenAI's `refusal` field) is the answer's text.
@@ -989,6 +993,22 @@ mod openai_limit_tests {
         let answer = serde_json::to_value(to_messages_response(calling, &[], false)).unwrap();
         assert_eq!(answer["content"][0]["thinking"], "I should look.", "{answer}");
         assert_eq!(answer["content"][1]["type"], "tool_use", "{answer}");
+        // White space alone before a call (Qwen's) is no text block.
+        let spaced: ChatCompletionResponse = serde_json::from_value(json!({
+            "id": "c", "object": "chat.completion", "created": 1, "model": "qwen3",
+            "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+                "content": "\n\n", "tool_calls": [
+                    {"id": "call_2", "type": "function", "function": {"name": "read", "arguments": "{}"}}]}}]
+        }))
+        .unwrap();
+        let spaced = serde_json::to_value(to_messages_response(spaced, &[], false)).unwrap();
+        let kinds: Vec<&Value> = spaced["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| &b["type"])
+            .collect();
+        assert_eq!(kinds, [&json!("tool_use")], "{spaced}");
         let next: MessagesRequest = serde_json::from_value(json!({"model": "deepseek-reasoner", "max_tokens": 100,
         "messages": [
             {"role": "user", "content": "read it"},
