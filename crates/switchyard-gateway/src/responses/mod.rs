@@ -821,24 +821,30 @@ pub(crate) async fn delete(
     ResponseId(id): ResponseId,
 ) -> Response {
     let owner = owner(&principal);
-    // A background response still being answered is stopped first, so that
-    // it writes nothing after it is gone.
-    match state.responses.get(&id, &owner).await {
-        Ok(Some(_)) => {
-            if let Some(task) = state.responses.finished(&id) {
-                task.abort();
-                let _ = task.await;
-            }
+    let store = state.responses.clone();
+    // Removed first, then a background response still being answered here
+    // is stopped: its answer, were it to finish meanwhile, finds no record
+    // to replace, and a removal that fails leaves it running and findable
+    // (never stopped with its record left unfinished). On a task of its
+    // own: a client that leaves does not cut it short.
+    let work = tokio::spawn(async move {
+        if store.get(&id, &owner).await?.is_none() {
+            return Ok((id, false));
         }
-        Ok(None) => return ApiError::ResponseNotFound { id, param: None }.into_response(),
-        Err(e) => return store_down(e),
-    }
-    match state.responses.remove(&id, &owner).await {
-        Ok(true) => {
+        let removed = store.remove(&id, &owner).await?;
+        if removed && let Some(task) = store.finished(&id) {
+            task.abort();
+            let _ = task.await;
+        }
+        Ok::<_, store::StoreUnavailable>((id, removed))
+    });
+    match work.await {
+        Ok(Ok((id, true))) => {
             axum::Json(serde_json::json!({"id": id, "object": "response.deleted", "deleted": true})).into_response()
         }
-        Ok(false) => ApiError::ResponseNotFound { id, param: None }.into_response(),
-        Err(e) => store_down(e),
+        Ok(Ok((id, false))) => ApiError::ResponseNotFound { id, param: None }.into_response(),
+        Ok(Err(e)) => store_down(e),
+        Err(e) => ApiError::Internal(format!("the deletion did not complete ({e})")).into_response(),
     }
 }
 

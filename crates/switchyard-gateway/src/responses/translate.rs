@@ -210,8 +210,10 @@ pub(crate) fn to_chat(
         store,
         mut extra,
     } = req;
+    // A `null` is the field left out (clients that write every field send
+    // them so): not refused, and not passed on either.
     for (name, why) in UNSUPPORTED {
-        if extra.get(*name).is_some_and(|v| !v.is_null()) {
+        if extra.shift_remove(*name).is_some_and(|v| !v.is_null()) {
             return Err(invalid(*name, *why));
         }
     }
@@ -1145,6 +1147,22 @@ mod tests {
         assert_eq!(messages[3]["reasoning_content"], "Now answer.", "{body}");
         assert!(messages[4].get("reasoning_content").is_none(), "{body}");
         assert!(messages.iter().all(|m| m.get("thinking_blocks").is_none()), "{body}");
+    }
+
+    /// A refused field sent as `null` is one left out: not refused, and not
+    /// passed on (a `messages: null` would be a second `messages` upstream).
+    #[test]
+    fn refused_fields_sent_as_null_are_left_out() {
+        let chat = translate(json!({"model": "m", "input": "hi", "messages": null, "prompt": null,
+            "conversation": null, "n": null}))
+        .unwrap();
+        let text = serde_json::to_string(&chat).unwrap();
+        assert_eq!(text.matches("\"messages\"").count(), 1, "{text}");
+        for name in ["\"prompt\"", "\"conversation\"", "\"n\""] {
+            assert!(!text.contains(name), "{text}");
+        }
+        let err = translate(json!({"model": "m", "input": "hi", "prompt": {"id": "p"}})).unwrap_err();
+        assert_eq!(param(err).as_deref(), Some("prompt"));
     }
 
     /// A call's arguments sent as an object are encoded as the string chat

@@ -82,6 +82,32 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
+/// With credentials of the configuration's own (keys and a session token
+/// it holds), an expired token is renewed by nothing: it is a rejected
+/// key (marked until a reload), not a passing fault to retry.
+fn expired_for_good(err: ProviderError, own_credentials: bool) -> ProviderError {
+    match err {
+        ProviderError::Status {
+            status: 503,
+            message,
+            kind,
+            code: Some(code),
+            param,
+            retry_after,
+            details,
+        } if own_credentials && code == "ExpiredTokenException" => ProviderError::Status {
+            status: 403,
+            message,
+            kind,
+            code: Some(code),
+            param,
+            retry_after,
+            details,
+        },
+        other => other,
+    }
+}
+
 /// A typed error for an SDK failure; messages come from the service, never credentials.
 fn sdk_error<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     err: SdkError<E, HttpResponse>,
@@ -322,7 +348,15 @@ impl BedrockProvider {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        send.await.map_err(sdk_error)
+        send.await.map_err(|e| self.failed(e))
+    }
+
+    /// A typed error for an SDK failure of this deployment.
+    fn failed<E>(&self, err: SdkError<E, HttpResponse>) -> ProviderError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        expired_for_good(sdk_error(err), self.settings.credentials.is_some())
     }
 
     /// Awaits a streaming SDK call's response within the first-byte timeout.
@@ -334,7 +368,7 @@ impl BedrockProvider {
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
         match tokio::time::timeout(self.settings.timeouts.first_byte, send).await {
-            Ok(result) => result.map_err(sdk_error),
+            Ok(result) => result.map_err(|e| self.failed(e)),
             Err(_) => Err(ProviderError::Timeout(TimeoutPhase::FirstByte)),
         }
     }
@@ -410,7 +444,7 @@ impl BedrockProvider {
             .body(Blob::new(body.to_string()))
             .send()
             .await
-            .map_err(sdk_error)?;
+            .map_err(|e| self.failed(e))?;
         serde_json::from_slice(output.body.as_ref())
             .map_err(|e| ProviderError::InvalidResponse(format!("InvokeModel returned invalid JSON ({e})")))
     }
@@ -728,5 +762,34 @@ mod tests {
             assert!(!names_unusable_model(Some(client)), "{client}");
         }
         assert!(!names_unusable_model(None));
+    }
+
+    /// An expired token of the configuration's own is a rejected key; one
+    /// the credential chain gave is renewed by it, so retried.
+    #[test]
+    fn an_expired_token_of_the_configurations_own_is_a_rejected_key() {
+        let expired = || ProviderError::Status {
+            status: 503,
+            message: "The security token included in the request is expired".into(),
+            kind: None,
+            code: Some("ExpiredTokenException".into()),
+            param: None,
+            retry_after: None,
+            details: None,
+        };
+        let own = expired_for_good(expired(), true);
+        assert!(own.rejects_credentials() && !own.is_retryable(), "{own:?}");
+        let chain = expired_for_good(expired(), false);
+        assert!(!chain.rejects_credentials() && chain.is_retryable(), "{chain:?}");
+        let throttled = ProviderError::Status {
+            status: 503,
+            message: "busy".into(),
+            kind: None,
+            code: Some("ServiceUnavailableException".into()),
+            param: None,
+            retry_after: None,
+            details: None,
+        };
+        assert!(expired_for_good(throttled, true).is_retryable());
     }
 }
