@@ -146,12 +146,17 @@ pub async fn serve(
     let drained = match served {
         Some(result) => {
             result.map_err(std::io::Error::other)?;
-            // Background responses were answered at once: their work goes
-            // on after their connections closed.
-            while live.state().responses.jobs_running() && tokio::time::Instant::now() < deadline {
+            // Background responses were answered at once, and work whose
+            // client left has no connection: both go on after their
+            // connections closed.
+            let busy = || {
+                let state = live.state();
+                state.responses.jobs_running() || state.abandoned.load(std::sync::atomic::Ordering::Acquire) > 0
+            };
+            while busy() && tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            !live.state().responses.jobs_running()
+            !busy()
         }
         None => false,
     };

@@ -413,7 +413,25 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
         .extensions()
         .get::<crate::observe::RequestContext>()
         .map(|ctx| ctx.upstream_ns.clone());
-    let body = match crate::extract::read_body(request, &state).await {
+    // A drain that runs out of time while the body is still coming (a slow
+    // upload) or the upstream has not answered: the client gets a 503 and
+    // the admission is let go (recorded once sent), as on the other routes.
+    let mut cut = state.cut.subscribe();
+    let shutting_down = || {
+        ApiError::Unavailable("the gateway is shutting down and could not finish this request; send it again".into())
+            .into_response()
+    };
+    let read = tokio::select! {
+        biased;
+        read = crate::extract::read_body(request, &state) => read,
+        Ok(_) = cut.wait_for(|cut| *cut) => {
+            if let Some(mut held) = admitted {
+                drop(held.ticket.take());
+            }
+            return shutting_down();
+        }
+    };
+    let body = match read {
         Ok(b) => b,
         Err(e) => {
             // Nothing was sent: the admission is let go, not recorded.
@@ -442,14 +460,21 @@ pub(crate) async fn forward(state: SharedState, index: usize, request: Request) 
         }
     }
     let asked = std::time::Instant::now();
-    let sent = state
+    let send = state
         .pass_through_client
         .request(method, url)
         .headers(headers)
         .body(body)
         .timeout(route.timeout)
-        .send()
-        .await;
+        .send();
+    let sent = tokio::select! {
+        biased;
+        sent = send => sent,
+        Ok(_) = cut.wait_for(|cut| *cut) => {
+            drop(admitted);
+            return shutting_down();
+        }
+    };
     if let Some(counter) = &upstream_ns {
         crate::observe::RequestContext::add_upstream(counter, asked.elapsed());
     }

@@ -962,12 +962,31 @@ where
             let Some(handle) = self.handle.take().filter(|h| !h.is_finished()) else {
                 return;
             };
-            // The attempt under way finishes (it is billed); no new one starts.
+            // The attempt under way finishes (it is billed); no new one
+            // starts. The drain waits for it; a drain that runs out of time
+            // ends it while the process can still record it and release
+            // its holds.
             self.gone.store(true, std::sync::atomic::Ordering::Release);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let guard = self.state.policy.write_guard();
+                let abandoned = Arc::clone(&self.state.abandoned);
+                abandoned.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let mut cut = self.state.cut.subscribe();
                 runtime.spawn(async move {
-                    let _ = handle.await;
+                    let mut handle = handle;
+                    let cut_now = async move {
+                        if cut.wait_for(|cut| *cut).await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        _ = &mut handle => {}
+                        () = cut_now => {
+                            handle.abort();
+                            let _ = handle.await;
+                        }
+                    }
+                    abandoned.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
                     drop(guard);
                 });
             }

@@ -124,6 +124,9 @@ pub struct AppState {
     /// Set when shutdown cuts the streams still running after the drain
     /// timeout (shared by every state a reload makes).
     pub cut: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Work whose client left, still running (shared by every state a
+    /// reload makes): the drain waits for it, and the cut ends it.
+    pub abandoned: Arc<std::sync::atomic::AtomicUsize>,
     /// Slots of `server.max_concurrent_requests` (shared by every state a
     /// reload makes; `None`: no limit).
     pub request_slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -775,6 +778,7 @@ impl AppState {
             request_log: None,
             telemetry,
             cut: Arc::new(tokio::sync::watch::Sender::new(false)),
+            abandoned: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             request_slots: (server.max_concurrent_requests > 0)
                 .then(|| Arc::new(tokio::sync::Semaphore::new(server.max_concurrent_requests))),
             responses,
@@ -880,6 +884,7 @@ impl AppState {
         self.telemetry = old.telemetry.clone();
         self.server = old.server.clone();
         self.cut = old.cut.clone();
+        self.abandoned = old.abandoned.clone();
         self.request_slots = old.request_slots.clone();
         self.responses = old.responses.clone();
         if same_cache {

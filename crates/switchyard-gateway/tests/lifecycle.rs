@@ -478,6 +478,119 @@ async fn a_request_still_waiting_at_the_drain_timeout_is_ended_and_logged() {
     assert_eq!(record["error_class"], "shutting_down");
 }
 
+/// Work whose client left is waited for by the drain like a request, then
+/// ended and logged while the process can still write it: the final flush
+/// finds nothing left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_whose_client_left_is_ended_and_logged_at_the_drain_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = stuck_gateway(dir.path(), 300);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let left = client
+        .post(format!("{}/v1/chat/completions", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "stuck", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await;
+    assert!(left.is_err(), "the client gave up: {left:?}");
+    gw.wait_in_flight(Some(MASTER)).await;
+    gw.signal("TERM");
+    assert_eq!(gw.wait_exit(Duration::from_secs(20)), Some(0), "{:?}", gw.logs());
+    let logs = gw.logs();
+    assert!(
+        logs.iter().any(|l| l.contains("spend and the request log are written")),
+        "{logs:?}"
+    );
+    let log = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap_or_default();
+    assert!(
+        log.lines().any(|l| l.contains("\"stuck\"")),
+        "the abandoned request has its record: {log}"
+    );
+}
+
+/// A token count still waiting for its upstream when the drain runs out of
+/// time is answered 503 in Anthropic's shape, as `/v1/messages` is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_count_still_waiting_at_the_drain_timeout_is_answered() {
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let claude = format!(
+        "  - model_name: claude\n    deployments:\n      - {{provider: anthropic, api_base: \"{}\", api_key: k, model: \"claude-haiku-4-5::first_byte_ms=20000\"}}\n",
+        mock.root_url()
+    );
+    let mut gw = GatewayProcess::start(
+        BIN.as_ref(),
+        &config("v1", &claude, "  drain_delay_ms: 0\n  shutdown_timeout_ms: 300"),
+    );
+    let client = reqwest::Client::new();
+    let pending = client
+        .post(format!("{}/v1/messages/count_tokens", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}]}))
+        .send();
+    let pending = tokio::spawn(pending);
+    gw.wait_in_flight(Some(MASTER)).await;
+    gw.signal("TERM");
+    let response = pending.await.unwrap().expect("an answer, not a closed connection");
+    assert_eq!(response.status(), 503);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["type"], "error", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("shutting down"),
+        "{body}"
+    );
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{:?}", gw.logs());
+}
+
+/// A pass-through request whose upstream has not answered when the drain
+/// runs out of time is ended the same way: a 503 saying why, and its
+/// admission recorded before the process exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pass_through_request_still_waiting_at_the_drain_timeout_is_ended_and_logged() {
+    let mock = switchyard_testkit::MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "{}\npass_through:\n  - {{path: /vendor, target: \"{}\", include_subpath: true}}\n",
+        config("v1", "", "  drain_delay_ms: 0\n  shutdown_timeout_ms: 300").replace(
+            &format!("policy:\n  master_key: {MASTER}\n"),
+            &format!(
+                "policy:\n  master_key: {MASTER}\n  data_dir: {}\n",
+                dir.path().display()
+            )
+        ),
+        mock.root_url()
+    );
+    let mut gw = GatewayProcess::start(BIN.as_ref(), &yaml);
+    let client = reqwest::Client::new();
+    let pending = client
+        .post(format!("{}/vendor/v1/chat/completions", gw.base_url()))
+        .bearer_auth(MASTER)
+        .json(&json!({"model": "m::first_byte_ms=20000", "messages": [{"role": "user", "content": "hi"}]}))
+        .send();
+    let pending = tokio::spawn(pending);
+    // The upstream has the request (a pass-through counts in no
+    // deployment's statistics).
+    for _ in 0..400 {
+        if !mock.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(!mock.requests().is_empty(), "the request reached the upstream");
+    gw.signal("TERM");
+    let response = pending.await.unwrap().expect("an answer, not a closed connection");
+    assert_eq!(response.status(), 503);
+    let id = response.headers()["x-request-id"].to_str().unwrap().to_owned();
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{:?}", gw.logs());
+    let spend = std::fs::read_to_string(dir.path().join("spend.jsonl")).unwrap_or_default();
+    assert!(spend.contains(&id), "the admission was recorded: {spend:?}");
+}
+
 /// A background response still being answered is waited for by the drain
 /// like a request, then ended, charged and logged before the process exits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

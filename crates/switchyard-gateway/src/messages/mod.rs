@@ -497,36 +497,45 @@ pub(crate) async fn count_tokens(
             .fallbacks
             .as_ref()
             .is_some_and(|names| names.iter().any(|n| counts(n)));
-    let held = if counts_upstream {
-        match metering::admit_unpriced(&state, &principal, (model.to_owned(), true), Some(ctx.id.clone())).await {
-            Ok(ticket) => Some(ticket),
-            Err(refused) => return failed(refused.into()),
+    // Run as the other routes are: a drain that runs out of time answers
+    // a count still waiting 503, with its holds released.
+    let model = model.to_owned();
+    let work_state = state.clone();
+    let work = async move {
+        let state = work_state;
+        let model = model.as_str();
+        let held = if counts_upstream {
+            match metering::admit_unpriced(&state, &principal, (model.to_owned(), true), Some(ctx.id.clone())).await {
+                Ok(ticket) => Some(ticket),
+                Err(refused) => return failed(refused.into()),
+            }
+        } else {
+            None
+        };
+        let mut response = match dispatch(&state, model, &mut Call::CountTokens(&mut req, &betas), &options).await {
+            Ok(Served {
+                reply: Reply::Native(body),
+                decision,
+                ..
+            }) => with_route_headers(
+                ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+                &decision,
+            ),
+            Ok(_) => failed(ApiError::Internal("count_tokens answered in an unexpected format".into()).into()),
+            // No deployment reached can count (only Anthropic and Bedrock do): the
+            // gateway's own estimate, marked as one, rather than an error that
+            // clients such as Claude Code would hit on every turn.
+            Err(f) if f.error.parts().3.as_deref() == Some("unsupported") => estimate_tokens(req),
+            Err(f) => failed(f),
+        };
+        // An admitted count is a request as any other: its id and the key's
+        // rate-limit headers.
+        if let Some(ticket) = &held {
+            metering::add_ticket_headers(&mut response, ticket);
         }
-    } else {
-        None
+        response
     };
-    let mut response = match dispatch(&state, model, &mut Call::CountTokens(&mut req, &betas), &options).await {
-        Ok(Served {
-            reply: Reply::Native(body),
-            decision,
-            ..
-        }) => with_route_headers(
-            ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
-            &decision,
-        ),
-        Ok(_) => failed(ApiError::Internal("count_tokens answered in an unexpected format".into()).into()),
-        // No deployment reached can count (only Anthropic and Bedrock do): the
-        // gateway's own estimate, marked as one, rather than an error that
-        // clients such as Claude Code would hit on every turn.
-        Err(f) if f.error.parts().3.as_deref() == Some("unsupported") => estimate_tokens(req),
-        Err(f) => failed(f),
-    };
-    // An admitted count is a request as any other: its id and the key's
-    // rate-limit headers.
-    if let Some(ticket) = &held {
-        metering::add_ticket_headers(&mut response, ticket);
-    }
-    response
+    crate::routes::detached_with(&state, work, |e| failed(e.into())).await
 }
 
 /// `{"input_tokens": N}` from the gateway's estimate of the prompt (a token
