@@ -264,6 +264,11 @@ impl MessagesRequest {
             for message in &mut fixed.messages {
                 if let Content::Blocks(blocks) = &mut message.content {
                     blocks.retain(|b| !b.is_blank_text());
+                    // A user turn stays a turn (left out, the assistant's
+                    // message before it would become one to continue).
+                    if blocks.is_empty() && message.role == MessageRole::User {
+                        blocks.push(ContentBlock::text("."));
+                    }
                 }
             }
             fixed
@@ -629,12 +634,19 @@ mod tests {
                     {"type": "tool_use", "id": "c1", "name": "f", "input": {}}]},
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "c1", "content": "ok"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": " "}]},
-                {"role": "user", "content": "more"}
+                {"role": "user", "content": "more"},
+                {"role": "assistant", "content": "answer"},
+                {"role": "user", "content": [{"type": "text", "text": " "}]}
             ]
         }))
         .unwrap();
         let fixed = request.for_claude(str::to_owned).unwrap();
-        assert_eq!(fixed.messages.len(), 4);
+        assert_eq!(fixed.messages.len(), 6);
+        // A blank user turn stays a turn.
+        let Content::Blocks(last) = &fixed.messages[5].content else {
+            panic!()
+        };
+        assert_eq!(last[0].text.as_deref(), Some("."));
         let Content::Blocks(call) = &fixed.messages[1].content else {
             panic!()
         };

@@ -509,7 +509,10 @@ pub struct DeploymentEntry {
     pub provider: ProviderKind,
     /// Upstream model name (for Azure: the deployment name).
     pub model: String,
-    /// Base URL (`…/v1` for OpenAI-compatible servers, the resource URL for Azure).
+    /// Base URL (`…/v1` for OpenAI-compatible servers, the resource URL for
+    /// Azure); `os.environ/NAME`, or with `{os.environ/NAME}` placeholders
+    /// (`{os.environ/HOST:-http://localhost:11434}/v1`), reads it from the
+    /// environment.
     #[serde(default)]
     pub api_base: Option<String>,
     /// Credential: `os.environ/NAME` (preferred) or a literal. Required for

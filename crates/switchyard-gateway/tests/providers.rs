@@ -1328,15 +1328,25 @@ async fn bedrock_converse_edges() {
         ("denied", "amazon.nova-lite-v1:0::status=403"),
         ("denied-alone", "amazon.nova-lite-v1:0::status=403"),
         ("expired", "amazon.nova-lite-v1:0::expired_token"),
+        ("expired-session", "amazon.nova-lite-v1:0::expired_token"),
         ("skewed", "amazon.nova-lite-v1:0::skewed_clock"),
     ] {
-        let fallbacks = if matches!(name, "failing" | "malformed" | "denied" | "expired" | "skewed") {
+        let fallbacks = if matches!(
+            name,
+            "failing" | "malformed" | "denied" | "expired" | "expired-session" | "skewed"
+        ) {
             "    fallbacks: [nova]\n"
         } else {
             ""
         };
         yaml += &format!("  - model_name: {name}\n{fallbacks}    deployments:\n");
-        yaml += &deployment("bedrock", &mock, model, "");
+        // A session token of the configuration's own: nothing renews it.
+        let extra = if name == "expired-session" {
+            "        aws_session_token: a-session-token\n"
+        } else {
+            ""
+        };
+        yaml += &deployment("bedrock", &mock, model, extra);
     }
     let gateway = GatewayProcess::start_with(
         Path::new(BIN),
@@ -1405,6 +1415,24 @@ async fn bedrock_converse_edges() {
             .unwrap_or_else(|| panic!("{metrics}"));
         assert!(!state.ends_with(" 3"), "{state}");
     }
+    // A session token the configuration holds is renewed by nothing: its
+    // expiry marks the deployment's key rejected (state 3).
+    let (status, answered_by, body) = chat(user("expired-session", "hello")).await;
+    assert_eq!((status, answered_by.as_deref()), (200, Some("nova")), "{body}");
+    let metrics = http
+        .get(format!("{}/metrics", gateway.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchyard_deployment_state{")
+            && l.contains(r#"deployment="expired-session/0""#)
+            && l.ends_with(" 3")),
+        "{metrics}"
+    );
     // Its words name the gateway's AWS account and role: the client is not
     // shown them.
     let (status, _, body) = chat(user("denied-alone", "hello")).await;

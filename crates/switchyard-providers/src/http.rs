@@ -677,11 +677,14 @@ async fn status_error(response: reqwest::Response) -> ProviderError {
 /// Whether an upstream's error says the key it was sent is wrong: xAI's
 /// "Incorrect API key provided", Gemini's "API key not valid" (reason
 /// `API_KEY_INVALID`). The upstream sees only the gateway's key.
+///
+/// Only the services' own words, at the start of the message: an upstream
+/// that quotes the client's input in a 400 (an invalid value, a prompt in a
+/// validation error) must not get the gateway's key marked rejected.
 fn refuses_key(error: &LenientError) -> bool {
-    let message = error.message.to_ascii_lowercase();
-    ["incorrect api key", "api key not valid", "invalid api key"]
+    ["Incorrect API key provided", "API key not valid"]
         .iter()
-        .any(|words| message.contains(words))
+        .any(|words| error.message.starts_with(words))
         || error
             .extra
             .get("details")
@@ -940,6 +943,19 @@ mod tests {
         assert!(
             matches!(&bad_request, ProviderError::Status { status: 400, message, .. } if message == "Invalid JSON payload received.")
         );
+        // The client's own input quoted back is no refusal of the key.
+        let quoted = super::status_error(error_answer(
+            400,
+            r#"{"error":{"message":"Invalid value: 'Incorrect API key provided'. Supported values are: 'low', 'medium' and 'high'.","type":"invalid_request_error","param":"reasoning_effort","code":"invalid_value"}}"#,
+        ))
+        .await;
+        assert!(!quoted.rejects_credentials(), "{quoted:?}");
+        let echoed = super::status_error(error_answer(
+            400,
+            r#"{"object":"error","message":"1 validation error: body.messages.0.content: the prompt says invalid api key, api key not valid","type":"BadRequestError","param":null,"code":400}"#,
+        ))
+        .await;
+        assert!(!echoed.rejects_credentials(), "{echoed:?}");
     }
 
     /// TGI's 424 is a generation that failed on the server: retried as the

@@ -43,7 +43,7 @@ fn prefill_without_thinking(req: &ChatCompletionRequest) -> bool {
 }
 
 /// Whether a Claude model takes a final assistant message to continue (a
-/// prefill): Opus and Sonnet 4.6 and later models refuse one ("the
+/// prefill): Claude models of version 4.6 and later refuse one ("the
 /// conversation must end with a user message").
 pub(crate) fn takes_prefill(model: &str) -> bool {
     match claude_name(model) {

@@ -828,9 +828,6 @@ pub(crate) async fn delete(
     // (never stopped with its record left unfinished). On a task of its
     // own: a client that leaves does not cut it short.
     let work = tokio::spawn(async move {
-        if store.get(&id, &owner).await?.is_none() {
-            return Ok((id, false));
-        }
         let removed = store.remove(&id, &owner).await?;
         if removed && let Some(task) = store.finished(&id) {
             task.abort();

@@ -87,12 +87,22 @@ impl Converter {
                 }
             }
             StreamEvent::ContentBlockStart { index, content_block } if content_block.kind == "thinking" => {
+                // Claude's start is empty; a compatible server's may hold
+                // the thinking, or its signature, already.
                 let text = content_block
                     .extra
                     .get("thinking")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                self.thinking.insert(index, (text.to_owned(), String::new()));
+                let signature = content_block
+                    .extra
+                    .get("signature")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if !text.is_empty() {
+                    out.push_back(self.out.reasoning(text.to_owned()));
+                }
+                self.thinking.insert(index, (text.to_owned(), signature.to_owned()));
             }
             StreamEvent::ContentBlockStart { content_block, .. } if content_block.kind == "redacted_thinking" => {
                 let block = serde_json::to_value(&content_block).unwrap_or_default();
@@ -111,6 +121,15 @@ impl Converter {
                 let id = content_block.id.unwrap_or_default();
                 let name = content_block.name.unwrap_or_default();
                 out.push_back(self.out.tool_start(tool_index, &id, &name));
+                // Some Anthropic-compatible servers send the whole input in
+                // the block's start, with no `input_json_delta` after it.
+                if let Some(input) = content_block
+                    .input
+                    .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                {
+                    self.argued.insert(index);
+                    out.push_back(self.out.tool_arguments(tool_index, input.to_string()));
+                }
             }
             StreamEvent::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
                 "thinking_delta" => {

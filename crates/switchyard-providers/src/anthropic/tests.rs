@@ -1175,7 +1175,7 @@ fn cache_marks_on_messages_and_tools_reach_claude() {
     assert_eq!(last[2]["cache_control"], mark, "{out}");
 }
 
-/// Opus and Sonnet 4.6 and later refuse to continue an assistant message:
+/// Claude 4.6 and later models refuse to continue an assistant message:
 /// the request is refused before it is sent, naming `messages` (another
 /// deployment may take it); earlier models still take a prefill.
 #[test]
@@ -1306,4 +1306,48 @@ fn tool_call_arguments_must_be_an_object() {
             other => panic!("{arguments}: {other:?}"),
         }
     }
+}
+
+/// A compatible server that sends a tool's whole input, or its thinking,
+/// in the block's start: both reach the client.
+#[tokio::test]
+async fn content_in_a_blocks_start_is_streamed() {
+    let items = vec![
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 4, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "look it up", "signature": "sig"}}),
+        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {"x": 1}}}),
+        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let chunks: Vec<_> = to_chat_chunks(events(&items), false, 1, false).collect().await;
+    let parsed: Vec<Value> = chunks
+        .iter()
+        .map(|c| serde_json::from_slice(&c.as_ref().unwrap().data).unwrap())
+        .collect();
+    let deltas: Vec<&Value> = parsed.iter().map(|c| &c["choices"][0]["delta"]).collect();
+    let reasoning: String = deltas.iter().filter_map(|d| d["reasoning_content"].as_str()).collect();
+    assert_eq!(reasoning, "look it up");
+    let blocks: Vec<&Value> = deltas.iter().filter_map(|d| d.get("thinking_blocks")).collect();
+    assert_eq!(blocks[0][0]["signature"], "sig", "{blocks:?}");
+    let arguments: String = deltas
+        .iter()
+        .filter_map(|d| d["tool_calls"].as_array())
+        .flatten()
+        .filter_map(|c| c["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(arguments, "{\"x\":1}");
 }

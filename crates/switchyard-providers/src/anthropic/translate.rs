@@ -695,7 +695,7 @@ pub fn to_messages_request(req: &ChatCompletionRequest, default_max_tokens: u32)
             },
         );
     }
-    // Opus and Sonnet 4.6 and later refuse to continue an assistant
+    // Claude 4.6 and later models refuse to continue an assistant
     // message: another deployment of the group may take the request.
     if messages.last().is_some_and(|m| m.role == MessageRole::Assistant) && !reasoning::takes_prefill(&req.model) {
         return Err(invalid(

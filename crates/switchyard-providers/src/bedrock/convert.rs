@@ -426,6 +426,12 @@ fn push(messages: &mut Vec<(ConversationRole, Vec<ContentBlock>)>, role: Convers
                 messages.push((role, content));
             } else {
                 existing.extend(content);
+                // Claude refuses an assistant turn whose thinking does not
+                // open it: two assistant messages in a row (text, then a
+                // tool call with its thinking) keep the thinking first.
+                if role == ConversationRole::Assistant {
+                    existing.sort_by_key(|b| !matches!(b, ContentBlock::ReasoningContent(_)));
+                }
             }
         }
         _ => messages.push((role, content)),
@@ -803,10 +809,23 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
         None
     };
     // A model that always thinks is offered the JSON tool, not forced to it.
-    let tools = tool_config(
+    let mut tools = tool_config(
         req,
         asked.as_ref().is_some_and(|t| t.explicit) || (is_claude(req) && reasoning::always_thinks(&req.model)),
     )?;
+    // `parallel_tool_calls: false`, which Converse has no field for, is
+    // Claude's own `tool_choice` among the additional fields: an `auto`
+    // choice goes there alone (two choices would conflict). A forced one
+    // stays as it is.
+    let one_call = is_claude(req)
+        && req.extra.get("parallel_tool_calls") == Some(&Value::Bool(false))
+        && tools.as_mut().is_some_and(|t| match t.tool_choice {
+            None | Some(ToolChoice::Auto(_)) => {
+                t.tool_choice = None;
+                true
+            }
+            _ => false,
+        });
     let forced = tools
         .as_ref()
         .and_then(|t| t.tool_choice.as_ref())
@@ -997,7 +1016,7 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
             ),
         );
     }
-    // Opus and Sonnet 4.6 and later refuse to continue an assistant
+    // Claude 4.6 and later models refuse to continue an assistant
     // message: another deployment of the group may take the request.
     if is_claude(req)
         && !reasoning::takes_prefill(&req.model)
@@ -1079,8 +1098,14 @@ pub(crate) fn to_converse(req: &ChatCompletionRequest, default_max_tokens: Optio
         .set_top_p(top_p(req).map(|t| t as f32).filter(|_| samples))
         .set_stop_sequences(stop)
         .build();
-    let additional = (decided.field.is_some() || decided.effort.is_some()).then(|| {
+    let additional = (decided.field.is_some() || decided.effort.is_some() || one_call).then(|| {
         let mut fields = Map::new();
+        if one_call {
+            fields.insert(
+                "tool_choice".into(),
+                json!({"type": "auto", "disable_parallel_tool_use": true}),
+            );
+        }
         if let Some(field) = decided.field {
             fields.insert("thinking".into(), field);
         }
@@ -1560,7 +1585,76 @@ mod tests {
         );
     }
 
-    /// Opus and Sonnet 4.6 and later refuse to continue an assistant
+    /// Two assistant messages in a row (text, then a tool call with its
+    /// thinking) become one turn that opens with the thinking.
+    #[test]
+    fn merged_assistant_turns_open_with_their_thinking() {
+        let input = converse(
+            json!({"model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "reasoning_effort": "low",
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [
+                {"role": "user", "content": "weather?"},
+                {"role": "assistant", "content": "Let me check."},
+                {"role": "assistant", "content": null,
+                 "thinking_blocks": [{"type": "thinking", "thinking": "need the tool", "signature": "sig-1"}],
+                 "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+            ]}),
+        );
+        let fields = from_document(input.additional.as_ref().unwrap());
+        assert!(fields.get("thinking").is_some(), "{fields}");
+        match input.messages[1].content() {
+            [
+                ContentBlock::ReasoningContent(_),
+                ContentBlock::Text(_),
+                ContentBlock::ToolUse(_),
+            ] => {}
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// `parallel_tool_calls: false` reaches Claude as its own `tool_choice`
+    /// among the additional fields, in place of Converse's `auto`; a forced
+    /// choice and other models are left as they were.
+    #[test]
+    fn one_call_at_a_time_reaches_claude() {
+        let tools =
+            json!([{"type": "function", "function": {"name": "f"}}, {"type": "function", "function": {"name": "g"}}]);
+        let input = converse(
+            json!({"model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "tools": tools,
+            "tool_choice": "auto", "parallel_tool_calls": false,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert!(input.tools.as_ref().unwrap().tool_choice.is_none());
+        let fields = from_document(input.additional.as_ref().unwrap());
+        assert_eq!(
+            fields["tool_choice"],
+            json!({"type": "auto", "disable_parallel_tool_use": true}),
+            "{fields}"
+        );
+        let forced = converse(
+            json!({"model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "tools": tools,
+            "tool_choice": "required", "parallel_tool_calls": false,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert!(matches!(
+            forced.tools.as_ref().unwrap().tool_choice,
+            Some(ToolChoice::Any(_))
+        ));
+        assert!(forced.additional.is_none());
+        let other = converse(
+            json!({"model": "amazon.nova-pro-v1:0", "tools": tools, "parallel_tool_calls": false,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert!(other.additional.is_none());
+        let parallel = converse(
+            json!({"model": "anthropic.claude-sonnet-4-5-20250929-v1:0", "tools": tools,
+            "messages": [{"role": "user", "content": "hi"}]}),
+        );
+        assert!(parallel.additional.is_none());
+    }
+
+    /// Claude 4.6 and later models refuse to continue an assistant
     /// message: refused before it is sent, naming `messages`; other models
     /// take it.
     #[test]

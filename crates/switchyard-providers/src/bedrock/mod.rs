@@ -82,9 +82,9 @@ fn now() -> u64 {
         .unwrap_or(0)
 }
 
-/// With credentials of the configuration's own (keys and a session token
-/// it holds), an expired token is renewed by nothing: it is a rejected
-/// key (marked until a reload), not a passing fault to retry.
+/// With a session token of the configuration's own (`aws_session_token`),
+/// an expired token is renewed by nothing: it is a rejected key (marked
+/// until a reload), not a passing fault to retry.
 fn expired_for_good(err: ProviderError, own_credentials: bool) -> ProviderError {
     match err {
         ProviderError::Status {
@@ -356,7 +356,12 @@ impl BedrockProvider {
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        expired_for_good(sdk_error(err), self.settings.credentials.is_some())
+        let own_token = self
+            .settings
+            .credentials
+            .as_ref()
+            .is_some_and(|c| c.session_token.is_some());
+        expired_for_good(sdk_error(err), own_token)
     }
 
     /// Awaits a streaming SDK call's response within the first-byte timeout.
