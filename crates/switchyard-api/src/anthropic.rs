@@ -254,7 +254,11 @@ impl MessagesRequest {
     pub fn for_claude(&self, tool_id: impl Fn(&str) -> String) -> Option<MessagesRequest> {
         let ids_change = self.blocks().any(|b| b.tool_id().is_some_and(|id| tool_id(id) != id));
         let unsigned = self.blocks().any(ContentBlock::is_unsigned_thinking);
-        let blank = self.blocks().any(ContentBlock::is_blank_text);
+        let blank = self.blocks().any(ContentBlock::is_blank_text)
+            || self
+                .messages
+                .iter()
+                .any(|m| matches!(&m.content, Content::Text(t) if t.trim().is_empty()));
         if !ids_change && !unsigned && !blank && !self.turn_without_thinking() {
             return None;
         }
@@ -262,6 +266,11 @@ impl MessagesRequest {
         fixed.drop_unsigned_thinking();
         if blank {
             for message in &mut fixed.messages {
+                if let Content::Text(text) = &message.content
+                    && text.trim().is_empty()
+                {
+                    message.content = Content::Blocks(Vec::new());
+                }
                 if let Content::Blocks(blocks) = &mut message.content {
                     blocks.retain(|b| !b.is_blank_text());
                     // A user turn stays a turn (left out, the assistant's
@@ -647,6 +656,18 @@ mod tests {
             panic!()
         };
         assert_eq!(last[0].text.as_deref(), Some("."));
+        // One sent as a string of white space too.
+        let spaced: MessagesRequest = serde_json::from_value(serde_json::json!({
+            "model": "m", "max_tokens": 100,
+            "messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": "answer"},
+                {"role": "user", "content": "  "}]
+        }))
+        .unwrap();
+        let respaced = spaced.for_claude(str::to_owned).unwrap();
+        let Content::Blocks(spaced_last) = &respaced.messages[2].content else {
+            panic!()
+        };
+        assert_eq!(spaced_last[0].text.as_deref(), Some("."));
         let Content::Blocks(call) = &fixed.messages[1].content else {
             panic!()
         };

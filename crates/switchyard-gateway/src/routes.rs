@@ -956,6 +956,14 @@ where
         handle: Option<tokio::task::JoinHandle<Response>>,
         state: &'a SharedState,
         gone: Arc<std::sync::atomic::AtomicBool>,
+        answered: Arc<std::sync::atomic::AtomicBool>,
+    }
+    /// Counts a task whose client left for as long as it lives.
+    struct Counted(Arc<std::sync::atomic::AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
     impl Drop for Abandoned<'_> {
         fn drop(&mut self) {
@@ -965,13 +973,15 @@ where
             // The attempt under way finishes (it is billed); no new one
             // starts. The drain waits for it; a drain that runs out of time
             // ends it while the process can still record it and release
-            // its holds.
+            // its holds, unless it has its answer in hand (then it is
+            // charged and recorded as answered, within the final flush).
             self.gone.store(true, std::sync::atomic::Ordering::Release);
             if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                 let guard = self.state.policy.write_guard();
-                let abandoned = Arc::clone(&self.state.abandoned);
-                abandoned.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                self.state.abandoned.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+                let counted = Counted(Arc::clone(&self.state.abandoned));
                 let mut cut = self.state.cut.subscribe();
+                let answered = Arc::clone(&self.answered);
                 runtime.spawn(async move {
                     let mut handle = handle;
                     let cut_now = async move {
@@ -982,11 +992,13 @@ where
                     tokio::select! {
                         _ = &mut handle => {}
                         () = cut_now => {
-                            handle.abort();
+                            if !answered.load(std::sync::atomic::Ordering::Acquire) {
+                                handle.abort();
+                            }
                             let _ = handle.await;
                         }
                     }
-                    abandoned.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+                    drop(counted);
                     drop(guard);
                 });
             }
@@ -998,6 +1010,7 @@ where
     let answered = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut cut = state.cut.subscribe();
     let (left, has_answer) = (Arc::clone(&gone), Arc::clone(&answered));
+    let watched_answer = Arc::clone(&answered);
     let shutdown = async move {
         if cut.wait_for(|cut| *cut).await.is_err()
             || left.load(std::sync::atomic::Ordering::Acquire)
@@ -1026,6 +1039,7 @@ where
         handle: Some(tokio::spawn(work.in_current_span())),
         state,
         gone,
+        answered: watched_answer,
     };
     let result = match watch.handle.as_mut() {
         Some(handle) => handle.await,

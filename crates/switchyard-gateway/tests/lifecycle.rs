@@ -505,10 +505,14 @@ async fn work_whose_client_left_is_ended_and_logged_at_the_drain_timeout() {
         "{logs:?}"
     );
     let log = std::fs::read_to_string(dir.path().join("requests.jsonl")).unwrap_or_default();
-    assert!(
-        log.lines().any(|l| l.contains("\"stuck\"")),
-        "the abandoned request has its record: {log}"
-    );
+    let record: Value = serde_json::from_str(
+        log.lines()
+            .find(|l| l.contains("\"stuck\""))
+            .unwrap_or_else(|| panic!("the abandoned request has its record: {log}")),
+    )
+    .unwrap();
+    assert_eq!(record["status"], 503, "{record}");
+    assert_eq!(record["error_class"], "shutting_down", "{record}");
 }
 
 /// A token count still waiting for its upstream when the drain runs out of

@@ -688,7 +688,8 @@ fn refuses_key(error: &LenientError) -> bool {
         || error
             .extra
             .get("details")
-            .is_some_and(|details| details.to_string().contains("\"API_KEY_INVALID\""))
+            .and_then(serde_json::Value::as_array)
+            .is_some_and(|details| details.iter().any(|d| d["reason"] == "API_KEY_INVALID"))
 }
 
 /// An upstream's error body, read leniently: OpenAI's envelope with any of

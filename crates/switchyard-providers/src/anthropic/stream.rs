@@ -48,6 +48,9 @@ struct Converter {
     thinking: HashMap<u32, (String, String)>,
     /// Thinking blocks sent so far.
     blocks: ThinkingBlocks,
+    /// Tool blocks whose start held their whole input (compatible servers):
+    /// argument deltas after it are left out.
+    whole_at_start: HashSet<u32>,
 }
 
 impl Converter {
@@ -82,6 +85,16 @@ impl Converter {
                 if self.json_block.is_none() {
                     self.json_block = Some(index);
                     self.held.clear();
+                    // A compatible server's start may hold the whole input.
+                    if let Some(input) = content_block
+                        .input
+                        .as_ref()
+                        .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
+                    {
+                        self.json_argued = true;
+                        self.whole_at_start.insert(index);
+                        out.push_back(self.out.text(input.to_string()));
+                    }
                 } else {
                     self.extra_json_blocks.push(index);
                 }
@@ -128,9 +141,13 @@ impl Converter {
                     .filter(|i| i.as_object().is_some_and(|o| !o.is_empty()))
                 {
                     self.argued.insert(index);
+                    self.whole_at_start.insert(index);
                     out.push_back(self.out.tool_arguments(tool_index, input.to_string()));
                 }
             }
+            // A tool's input its block's start held whole, streamed again.
+            StreamEvent::ContentBlockDelta { index, delta }
+                if self.whole_at_start.contains(&index) && delta.kind == "input_json_delta" => {}
             StreamEvent::ContentBlockDelta { index, delta } => match delta.kind.as_str() {
                 "thinking_delta" => {
                     let piece = delta.extra.get("thinking").and_then(Value::as_str).unwrap_or_default();
@@ -141,9 +158,16 @@ impl Converter {
                         out.push_back(self.out.reasoning(piece.to_owned()));
                     }
                 }
+                // Claude signs a block in one piece: it replaces a signature
+                // a compatible server put in the block's start.
                 "signature_delta" => {
                     if let Some((_, signature)) = self.thinking.get_mut(&index) {
-                        signature.push_str(delta.extra.get("signature").and_then(Value::as_str).unwrap_or_default());
+                        delta
+                            .extra
+                            .get("signature")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .clone_into(signature);
                     }
                 }
                 "text_delta" if self.json && self.json_block.is_none() => {
@@ -237,6 +261,7 @@ pub(crate) fn to_chat_chunks(events: EventStream, include_usage: bool, created: 
         held: String::new(),
         thinking: HashMap::new(),
         blocks: ThinkingBlocks::default(),
+        whole_at_start: HashSet::new(),
     };
     let state = (events, converter, VecDeque::<Result<StreamChunk>>::new(), false);
     let chunks = stream::unfold(state, |(mut events, mut conv, mut queue, mut failed)| async move {

@@ -1321,10 +1321,19 @@ async fn content_in_a_blocks_start_is_streamed() {
             "content_block_start",
             json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "look it up", "signature": "sig"}}),
         ),
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "sig"}}),
+        ),
         ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
         (
             "content_block_start",
             json!({"type": "content_block_start", "index": 1, "content_block": {"type": "tool_use", "id": "t", "name": "f", "input": {"x": 1}}}),
+        ),
+        // A server that also streams what the start held: not sent twice.
+        (
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": "{\"x\":1}"}}),
         ),
         ("content_block_stop", json!({"type": "content_block_stop", "index": 1})),
         (
@@ -1350,4 +1359,33 @@ async fn content_in_a_blocks_start_is_streamed() {
         .filter_map(|c| c["function"]["arguments"].as_str())
         .collect();
     assert_eq!(arguments, "{\"x\":1}");
+}
+
+/// A JSON answer whose tool input comes whole in the block's start is the
+/// answer's content, not `{}`.
+#[tokio::test]
+async fn a_json_answer_in_a_blocks_start_is_the_content() {
+    let items = vec![
+        (
+            "message_start",
+            json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "stop_sequence": null, "usage": {"input_tokens": 4, "output_tokens": 1}}}),
+        ),
+        (
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "t", "name": "json_tool_call", "input": {"city": "Paris"}}}),
+        ),
+        ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+        (
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 9}}),
+        ),
+        ("message_stop", json!({"type": "message_stop"})),
+    ];
+    let chunks: Vec<_> = to_chat_chunks(events(&items), false, 1, true).collect().await;
+    let text: String = chunks
+        .iter()
+        .map(|c| serde_json::from_slice::<Value>(&c.as_ref().unwrap().data).unwrap())
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(text, "{\"city\":\"Paris\"}");
 }
