@@ -757,10 +757,19 @@ async fn openai_inner(
             if let Some(u) = usage {
                 current.record("gen_ai.usage.input_tokens", i64::try_from(u.prompt).unwrap_or(i64::MAX));
             }
-            if let Some(mut t) = trail.take() {
+            // Recorded once the audio has gone: whole, or how it ended.
+            let trail = trail.take().map(|mut t| {
                 t.charged(usage, record.as_ref());
-                t.finish(200, None);
-            }
+                t
+            });
+            let ended = move |outcome: Option<(u16, &'static str)>| {
+                if let Some(t) = trail {
+                    match outcome {
+                        None => t.finish(200, None),
+                        Some((status, class)) => t.finish_with(status, Some(class.into())),
+                    }
+                }
+            };
             // The client's pace, bounded by `server.stream_write_timeout_ms`
             // and the shutdown's cut, as a stream's.
             let body = crate::stream::paced_bytes(
@@ -769,6 +778,7 @@ async fn openai_inner(
                 std::time::Duration::from_millis(state.server.stream_write_timeout_ms),
                 state.cut.subscribe(),
                 decision.deployment.name.clone(),
+                ended,
             );
             let mut response = body.into_response();
             if let Ok(kind) = HeaderValue::from_str(&audio.content_type) {

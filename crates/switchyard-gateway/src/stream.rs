@@ -34,29 +34,36 @@ const PACED_QUEUE: usize = 4;
 /// once its connection's buffers are full (a stuck player), or the
 /// shutdown's cut, ends it, letting go of the upstream and of what `held`
 /// keeps (the deployment counted busy); the client's body then ends broken,
-/// never as if the audio were whole.
+/// never as if the audio were whole. `ended` is told how it ended: `None`
+/// whole, else the status and class its record takes (503
+/// `shutting_down` for the cut, 499 `client_closed` for a client that left
+/// or stalled, 502 `upstream_error` for audio that broke off upstream).
 pub(crate) fn paced_bytes<H: Send + 'static>(
     mut body: Pin<Box<dyn Stream<Item = Result<Bytes, ProviderError>> + Send>>,
     held: H,
     stall: Duration,
     mut cut: tokio::sync::watch::Receiver<bool>,
     deployment: String,
+    ended: impl FnOnce(Option<(u16, &'static str)>) + Send + 'static,
 ) -> Body {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::sync::mpsc::error::SendTimeoutError;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(PACED_QUEUE);
     let broken = Arc::new(AtomicBool::new(false));
     let flag = broken.clone();
+    const SHUT: Option<(u16, &str)> = Some((503, "shutting_down"));
+    const LEFT: Option<(u16, &str)> = Some((499, "client_closed"));
     tokio::spawn(async move {
         let _held = held;
-        let cut_off = loop {
+        // How it ended, and whether the client's body ends broken.
+        let (outcome, cut_off) = loop {
             let next = tokio::select! {
                 biased;
-                _ = cut.wait_for(|cut| *cut) => break true,
-                () = tx.closed() => break false,
+                _ = cut.wait_for(|cut| *cut) => break (SHUT, true),
+                () = tx.closed() => break (LEFT, false),
                 next = body.next() => next,
             };
-            let Some(item) = next else { break false };
+            let Some(item) = next else { break (None, false) };
             let item = item.map_err(|e| {
                 tracing::warn!(%deployment, error = %e, "speech broke off while it was passed on");
                 std::io::Error::other(e.to_string())
@@ -64,12 +71,12 @@ pub(crate) fn paced_bytes<H: Send + 'static>(
             let failed = item.is_err();
             let sent = tokio::select! {
                 biased;
-                _ = cut.wait_for(|cut| *cut) => break true,
+                _ = cut.wait_for(|cut| *cut) => break (SHUT, true),
                 sent = tx.send_timeout(item, stall) => sent,
             };
             match sent {
                 // The error went to the client as its body's end.
-                Ok(()) if failed => break false,
+                Ok(()) if failed => break (Some((502, "upstream_error")), false),
                 Ok(()) => {}
                 Err(SendTimeoutError::Timeout(_)) => {
                     tracing::warn!(
@@ -77,11 +84,12 @@ pub(crate) fn paced_bytes<H: Send + 'static>(
                         stall_ms = u64::try_from(stall.as_millis()).unwrap_or(u64::MAX),
                         "the client stopped reading its audio; ended as the client's leaving"
                     );
-                    break true;
+                    break (LEFT, true);
                 }
-                Err(SendTimeoutError::Closed(_)) => break false,
+                Err(SendTimeoutError::Closed(_)) => break (LEFT, false),
             }
         };
+        ended(outcome);
         // Before the sender goes: the client's side reads the flag once
         // the queue has ended.
         if cut_off {

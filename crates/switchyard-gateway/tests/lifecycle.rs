@@ -831,7 +831,14 @@ async fn a_client_that_stops_reading_its_audio_is_let_go() {
         "  - model_name: voice\n    deployments:\n      - {{provider: openai, api_base: \"{}\", api_key: k, model: \"tts-1::chunks=400\"}}\n",
         mock.base_url()
     );
-    let gw = GatewayProcess::start(BIN.as_ref(), &config("hi", &speech, "  stream_write_timeout_ms: 500"));
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("requests.jsonl");
+    let yaml = format!(
+        "{}\ntelemetry:\n  request_log:\n    path: {}\n",
+        config("hi", &speech, "  stream_write_timeout_ms: 500"),
+        log_path.display()
+    );
+    let gw = GatewayProcess::start(BIN.as_ref(), &yaml);
     let base = gw.base_url();
     let address: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
     let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None).unwrap();
@@ -864,6 +871,15 @@ async fn a_client_that_stops_reading_its_audio_is_let_go() {
         stats.started == 1 && stats.completed == 0 && stats.cancelled == 1
     })
     .await;
+    // Its record says how it ended, not 200.
+    wait_until("the audio's record", async || {
+        std::fs::read_to_string(&log_path).is_ok_and(|l| l.contains("\"voice\""))
+    })
+    .await;
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let record: Value = serde_json::from_str(log.lines().find(|l| l.contains("\"voice\"")).unwrap()).unwrap();
+    assert_eq!(record["status"], 499, "{record}");
+    assert_eq!(record["error_class"], "client_closed", "{record}");
     drop(stream);
 }
 

@@ -252,6 +252,10 @@ struct Converter {
     /// coming, in order: sent once they are whole (a text or thinking block
     /// closes the calls before it, which would cut the call in two).
     held: Vec<Held>,
+    /// White space that would open a text block, held until text follows:
+    /// alone (Qwen's `"\n\n"` before a tool call) it would be a blank
+    /// block, which Claude refuses when the turn is sent back.
+    space: String,
 }
 
 /// A tool call held until the block before it is stopped.
@@ -283,6 +287,18 @@ impl Converter {
 
     /// Sends `text` in the open text block, or a new one.
     fn text(&mut self, text: String, out: &mut Vec<Bytes>) {
+        let in_text = matches!(self.open, Some((_, None)));
+        if !in_text && text.trim().is_empty() {
+            self.space.push_str(&text);
+            return;
+        }
+        let text = if self.space.is_empty() {
+            text
+        } else {
+            let mut joined = std::mem::take(&mut self.space);
+            joined.push_str(&text);
+            joined
+        };
         let index = match self.open {
             Some((index, None)) => index,
             _ => self.open(ContentBlock::text(""), None, out),
@@ -705,6 +721,7 @@ fn converted(
         used_tools: false,
         arguments: String::new(),
         held: Vec::new(),
+        space: String::new(),
         unasked: String::new(),
     };
     stream::unfold(
@@ -792,6 +809,7 @@ mod tests {
             estimated_input: 42,
             arguments: String::new(),
             held: Vec::new(),
+            space: String::new(),
             unasked: String::new(),
         }
     }
@@ -975,6 +993,41 @@ mod tests {
     fn head(delta: Value) -> Value {
         json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
             "choices": [{"index": 0, "delta": delta}]})
+    }
+
+    /// White space before a tool call (Qwen's `"\n\n"`) opens no text
+    /// block; before text, it is that text's start.
+    #[test]
+    fn white_space_alone_opens_no_text_block() {
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [
+            json!({"content": "\n\n"}),
+            json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "read", "arguments": "{}"}}]}),
+        ] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let seen = events(&out);
+        let kinds: Vec<&str> = seen
+            .iter()
+            .filter(|(n, _)| n == "content_block_start")
+            .map(|(_, d)| d["content_block"]["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(kinds, ["tool_use"], "{seen:?}");
+
+        let mut conv = converter();
+        let mut out = Vec::new();
+        for delta in [json!({"content": "\n"}), json!({"content": "Hi"})] {
+            conv.on_chunk(chunk(head(delta)), &mut out);
+        }
+        conv.finish(&mut out);
+        let text: String = events(&out)
+            .iter()
+            .filter(|(n, _)| n == "content_block_delta")
+            .filter_map(|(_, d)| d["delta"]["text"].as_str().map(str::to_owned))
+            .collect();
+        assert_eq!(text, "\nHi");
     }
 
     #[test]
